@@ -1,0 +1,430 @@
+//! The content-addressed store as the services see it: streaming uploads and downloads run on
+//! blocking threads, joined to gRPC by small bounded channels, so memory stays flat whatever
+//! the blob size.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use proto::frames::{FrameDecoder, FrameEncoder};
+use proto::{Digest, FRAME_SIZE};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::store::{Committed, FrameWriter, SharedStore};
+
+/// Frames in flight between gRPC and the store, per stream.
+const CHANNEL_FRAMES: usize = 4;
+/// Server-side compression of uncompressed uploads: the fastest level, because the server's
+/// CPU is shared by every client. Clients that care about ratio compress themselves.
+const SERVER_ZSTD_LEVEL: i32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Zstd,
+}
+
+/// One message of a download.
+pub struct ReadChunk {
+    pub data: Bytes,
+    pub encoding: Encoding,
+    /// Uncompressed bytes to drop from the start of this (first) frame.
+    pub skip_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadOutcome {
+    Stored { stored_bytes: u64 },
+    AlreadyPresent,
+}
+
+pub struct Cas {
+    store: SharedStore,
+    limits: Limits,
+    streams: Arc<Semaphore>,
+}
+
+impl Cas {
+    pub fn new(store: SharedStore, limits: Limits) -> Self {
+        let streams = Arc::new(Semaphore::new(limits.max_concurrent_streams));
+        Self { store, limits, streams }
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub async fn contains(&self, digests: Vec<Digest>) -> Result<Vec<bool>> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.contains(&digests)).await?
+    }
+
+    pub async fn find_missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>> {
+        self.check_batch_len(digests.len())?;
+        let present = self.contains(digests.clone()).await?;
+        Ok(digests
+            .into_iter()
+            .zip(present)
+            .filter_map(|(digest, present)| (!present).then_some(digest))
+            .collect())
+    }
+
+    fn stream_permit(&self) -> Result<OwnedSemaphorePermit> {
+        Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "the server is already serving {} streams (max_concurrent_streams); retry shortly",
+                self.limits.max_concurrent_streams
+            ))
+        })
+    }
+
+    pub fn check_batch_len(&self, len: usize) -> Result<()> {
+        if len > self.limits.max_batch_items {
+            return Err(Error::invalid(format!(
+                "a batch of {len} items is over the limit of {} (max_batch_items); split it",
+                self.limits.max_batch_items
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_blob_size(&self, digest: &Digest) -> Result<()> {
+        if digest.size > self.limits.max_blob_size {
+            return Err(Error::ResourceExhausted(format!(
+                "blob {digest} is larger than the server's limit of {} bytes (max_blob_size)",
+                self.limits.max_blob_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores the blob whose bytes arrive on `data`. The upload is verified against `digest`
+    /// before it becomes visible; if `data` ends early or fails, nothing is stored.
+    pub async fn upload<S>(&self, digest: Digest, encoding: Encoding, mut data: S) -> Result<UploadOutcome>
+    where
+        S: Stream<Item = Result<Bytes>> + Unpin,
+    {
+        self.check_blob_size(&digest)?;
+        let _permit = self.stream_permit()?;
+        if self.contains(vec![digest]).await?[0] {
+            return Ok(UploadOutcome::AlreadyPresent);
+        }
+        let (sender, receiver) = mpsc::channel(CHANNEL_FRAMES);
+        let store = Arc::clone(&self.store);
+        let writer = tokio::task::spawn_blocking(move || write_blob(&store, digest, encoding, receiver));
+        let mut received = 0u64;
+        while let Some(piece) = data.next().await {
+            let piece = piece?;
+            received += piece.len() as u64;
+            if encoding == Encoding::Identity && received > digest.size {
+                return Err(Error::invalid(format!(
+                    "upload of {digest} sent more than its {} bytes; nothing was stored",
+                    digest.size
+                )));
+            }
+            if sender.send(Upload::Data(piece)).await.is_err() {
+                break; // The writer gave up; its error is the answer.
+            }
+        }
+        // A send failure here means the writer already failed; its result says why.
+        let _ = sender.send(Upload::Finish).await;
+        drop(sender);
+        writer.await?
+    }
+
+    /// Streams a stored blob from `offset`, `limit` bytes (0: to the end), as frames or raw.
+    pub async fn download(
+        &self,
+        digest: Digest,
+        offset: u64,
+        limit: u64,
+        encoding: Encoding,
+    ) -> Result<mpsc::Receiver<Result<ReadChunk>>> {
+        if offset > digest.size {
+            return Err(Error::invalid(format!("offset {offset} is past the end of blob {digest}")));
+        }
+        let permit = self.stream_permit()?;
+        let first_frame = offset / FRAME_SIZE as u64;
+        let store = Arc::clone(&self.store);
+        let frames = tokio::task::spawn_blocking(move || store.read(&digest, first_frame))
+            .await??
+            .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the store")))?;
+        let end = match limit {
+            0 => digest.size,
+            limit => offset.saturating_add(limit).min(digest.size),
+        };
+        let (sender, receiver) = mpsc::channel(CHANNEL_FRAMES);
+        let range = ReadRange { digest, offset, end, first_frame };
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            if let Err(err) = send_frames(frames, range, encoding, &sender) {
+                let _ = sender.blocking_send(Err(err));
+            }
+        });
+        Ok(receiver)
+    }
+
+    /// Stores small blobs, each at most one frame. One result per blob, in order.
+    pub async fn batch_write(
+        &self,
+        blobs: Vec<(Digest, Encoding, Bytes)>,
+    ) -> Result<Vec<Result<UploadOutcome>>> {
+        self.check_batch_len(blobs.len())?;
+        let store = Arc::clone(&self.store);
+        let present = self.contains(blobs.iter().map(|blob| blob.0).collect()).await?;
+        tokio::task::spawn_blocking(move || {
+            let mut encoder = None;
+            blobs
+                .into_iter()
+                .zip(present)
+                .map(|((digest, encoding, data), present)| {
+                    if present {
+                        return Ok(UploadOutcome::AlreadyPresent);
+                    }
+                    write_small_blob(&store, digest, encoding, data, &mut encoder)
+                })
+                .collect()
+        })
+        .await
+        .map_err(Error::from)
+    }
+
+    /// Reads small blobs (at most one frame each). One result per digest, in order; the whole
+    /// response stays under the message size limit.
+    pub async fn batch_read(
+        &self,
+        digests: Vec<Digest>,
+        encoding: Encoding,
+    ) -> Result<Vec<Result<ReadChunk>>> {
+        self.check_batch_len(digests.len())?;
+        let store = Arc::clone(&self.store);
+        let budget = self.limits.max_message_size as u64;
+        tokio::task::spawn_blocking(move || {
+            let mut used = 0u64;
+            digests
+                .into_iter()
+                .map(|digest| {
+                    if digest.size > FRAME_SIZE as u64 {
+                        return Err(Error::invalid(format!(
+                            "blob {digest} is larger than one frame ({FRAME_SIZE} bytes); read it with Cas.Read"
+                        )));
+                    }
+                    used += digest.size;
+                    if used > budget {
+                        return Err(Error::ResourceExhausted(format!(
+                            "the batch's blobs exceed the {budget}-byte response limit; read {digest} in another batch"
+                        )));
+                    }
+                    read_small_blob(&store, &digest, encoding)
+                })
+                .collect()
+        })
+        .await
+        .map_err(Error::from)
+    }
+}
+
+enum Upload {
+    Data(Bytes),
+    Finish,
+}
+
+/// Runs on a blocking thread: feeds the upload's frames to the store and commits once the
+/// stream finished cleanly. If the channel closes without `Finish`, the writer is dropped
+/// and its frames discarded.
+fn write_blob(
+    store: &SharedStore,
+    digest: Digest,
+    encoding: Encoding,
+    mut receiver: mpsc::Receiver<Upload>,
+) -> Result<UploadOutcome> {
+    let mut writer = store.write(&digest)?;
+    let mut framer = Framer::new(encoding)?;
+    loop {
+        match receiver.blocking_recv() {
+            Some(Upload::Data(piece)) => framer.push(piece, writer.as_mut())?,
+            Some(Upload::Finish) => break,
+            None => {
+                return Err(Error::Aborted(format!(
+                    "upload of {digest} was cut off before it finished; nothing was stored"
+                )));
+            }
+        }
+    }
+    framer.finish(writer.as_mut())?;
+    Ok(outcome(writer.commit()?))
+}
+
+fn outcome(committed: Committed) -> UploadOutcome {
+    match committed {
+        Committed::Stored { stored_bytes } => UploadOutcome::Stored { stored_bytes },
+        Committed::AlreadyPresent => UploadOutcome::AlreadyPresent,
+    }
+}
+
+/// Turns what a client sends into stored frames: zstd messages are frames already; raw bytes
+/// are cut at frame boundaries and compressed here.
+enum Framer {
+    Frames,
+    Raw { encoder: FrameEncoder, pending: Vec<u8> },
+}
+
+impl Framer {
+    fn new(encoding: Encoding) -> Result<Self> {
+        Ok(match encoding {
+            Encoding::Zstd => Self::Frames,
+            Encoding::Identity => {
+                Self::Raw { encoder: new_encoder()?, pending: Vec::with_capacity(FRAME_SIZE) }
+            }
+        })
+    }
+
+    fn push(&mut self, mut piece: Bytes, writer: &mut dyn FrameWriter) -> Result<()> {
+        match self {
+            Self::Frames => writer.put_frame(piece),
+            Self::Raw { encoder, pending } => {
+                while !piece.is_empty() {
+                    let take = piece.len().min(FRAME_SIZE - pending.len());
+                    pending.extend_from_slice(&piece.split_to(take));
+                    if pending.len() == FRAME_SIZE {
+                        writer.put_frame(encode(encoder, pending)?)?;
+                        pending.clear();
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self, writer: &mut dyn FrameWriter) -> Result<()> {
+        match self {
+            Self::Raw { encoder, pending } if !pending.is_empty() => {
+                writer.put_frame(encode(encoder, pending)?)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn new_encoder() -> Result<FrameEncoder> {
+    FrameEncoder::new(SERVER_ZSTD_LEVEL).map_err(|err| Error::Internal(format!("zstd encoder: {err}")))
+}
+
+fn encode(encoder: &mut FrameEncoder, raw: &[u8]) -> Result<Bytes> {
+    encoder
+        .encode(raw)
+        .map(Bytes::from)
+        .map_err(|err| Error::Internal(format!("zstd compression failed: {err}")))
+}
+
+fn write_small_blob(
+    store: &SharedStore,
+    digest: Digest,
+    encoding: Encoding,
+    data: Bytes,
+    encoder: &mut Option<FrameEncoder>,
+) -> Result<UploadOutcome> {
+    if digest.size > FRAME_SIZE as u64 {
+        return Err(Error::invalid(format!(
+            "blob {digest} is larger than one frame ({FRAME_SIZE} bytes); upload it with Cas.Write"
+        )));
+    }
+    let mut writer = store.write(&digest)?;
+    let frame = match encoding {
+        Encoding::Zstd => data,
+        Encoding::Identity if data.is_empty() => data,
+        Encoding::Identity => {
+            if data.len() as u64 != digest.size {
+                return Err(Error::invalid(format!(
+                    "blob {digest} arrived with {} bytes; nothing was stored",
+                    data.len()
+                )));
+            }
+            let encoder = match encoder {
+                Some(encoder) => encoder,
+                None => encoder.insert(new_encoder()?),
+            };
+            encode(encoder, &data)?
+        }
+    };
+    if !frame.is_empty() || digest.size > 0 {
+        writer.put_frame(frame)?;
+    }
+    Ok(outcome(writer.commit()?))
+}
+
+fn read_small_blob(store: &SharedStore, digest: &Digest, encoding: Encoding) -> Result<ReadChunk> {
+    let frames = store
+        .read(digest, 0)?
+        .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the store")))?;
+    let mut data = Bytes::new();
+    for frame in frames {
+        data = frame?;
+    }
+    let data = match encoding {
+        Encoding::Zstd => data,
+        Encoding::Identity if data.is_empty() => data,
+        Encoding::Identity => {
+            Bytes::copy_from_slice(decoder(digest, 0)?.decode(&data).map_err(corrupt(digest))?)
+        }
+    };
+    Ok(ReadChunk { data, encoding, skip_bytes: 0 })
+}
+
+fn decoder(digest: &Digest, first_frame: u64) -> Result<FrameDecoder> {
+    FrameDecoder::new(digest.size, first_frame).map_err(|err| Error::Internal(format!("zstd decoder: {err}")))
+}
+
+fn corrupt(digest: &Digest) -> impl Fn(proto::frames::FrameError) -> Error + '_ {
+    move |err| Error::Corrupt(format!("blob {digest}: {err}"))
+}
+
+struct ReadRange {
+    digest: Digest,
+    offset: u64,
+    end: u64,
+    first_frame: u64,
+}
+
+/// Runs on a blocking thread: sends the frames covering `[offset, end)`. Returns early,
+/// without error, when the client has gone away.
+fn send_frames(
+    frames: crate::store::FrameReader,
+    range: ReadRange,
+    encoding: Encoding,
+    sender: &mpsc::Sender<Result<ReadChunk>>,
+) -> Result<()> {
+    let frame_size = FRAME_SIZE as u64;
+    let mut decoder = match encoding {
+        Encoding::Identity => Some(decoder(&range.digest, range.first_frame)?),
+        Encoding::Zstd => None,
+    };
+    let mut frame_start = range.first_frame * frame_size;
+    for frame in frames {
+        if frame_start >= range.end {
+            break;
+        }
+        let frame = frame?;
+        let skip = range.offset.saturating_sub(frame_start);
+        let chunk = match decoder.as_mut() {
+            None => ReadChunk { data: frame, encoding, skip_bytes: skip },
+            Some(decoder) => {
+                let raw = decoder.decode(&frame).map_err(corrupt(&range.digest))?;
+                let stop = (range.end - frame_start).min(raw.len() as u64);
+                let data = Bytes::copy_from_slice(&raw[skip as usize..stop as usize]);
+                ReadChunk { data, encoding, skip_bytes: 0 }
+            }
+        };
+        if sender.blocking_send(Ok(chunk)).is_err() {
+            return Ok(());
+        }
+        frame_start += frame_size;
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Opens RocksDB with one column family per kind of record.
+//!
+//! Keys carry the digest function as their first byte (`DigestFunction`), so other digest
+//! functions can live beside BLAKE3 later without a migration.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Options};
+
+use crate::error::{Error, Result};
+
+/// Blob metadata: `BlobKey` → `BlobMeta`.
+pub const CF_BLOBS: &str = "blobs";
+/// Compressed frames: upload id (u64 BE) + frame index (u32 BE) → one zstd frame.
+pub const CF_CHUNKS: &str = "chunks";
+/// Access order for eviction: access time in ms (u64 BE) + `BlobKey` → empty.
+pub const CF_LRU: &str = "lru";
+/// Uploads in progress: upload id → `BlobKey`. Whatever is left here at start-up was cut off by
+/// a crash, and its chunks are deleted.
+pub const CF_PENDING: &str = "pending";
+/// Go action entries: namespace + 0x00 + ActionID → entry.
+pub const CF_GO_ACTIONS: &str = "go_actions";
+/// Store-wide totals, written in the same batches that change them.
+pub const CF_COUNTERS: &str = "counters";
+
+const ALL_CFS: &[&str] = &[CF_BLOBS, CF_CHUNKS, CF_LRU, CF_PENDING, CF_GO_ACTIONS, CF_COUNTERS];
+
+/// Small enough that memtables and cache stay well inside the memory budget of a streaming
+/// upload; frames bypass the block cache entirely because they live in blob files.
+const BLOCK_CACHE_BYTES: usize = 16 << 20;
+const CHUNK_MEMTABLE_BYTES: usize = 16 << 20;
+const META_MEMTABLE_BYTES: usize = 8 << 20;
+
+pub fn open(path: &Path) -> Result<Arc<DB>> {
+    std::fs::create_dir_all(path)
+        .map_err(|err| Error::Internal(format!("cannot create data directory {}: {err}", path.display())))?;
+    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let descriptors = ALL_CFS
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)))
+        .collect::<Vec<_>>();
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_max_background_jobs(2);
+    options.set_bytes_per_sync(1 << 20);
+    options.set_max_total_wal_size(128 << 20);
+    options.set_keep_log_file_num(4);
+    let db = DB::open_cf_descriptors(&options, path, descriptors)?;
+    Ok(Arc::new(db))
+}
+
+fn cf_options(name: &str, cache: &Cache) -> Options {
+    let mut options = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    options.set_block_based_table_factory(&table);
+    if name == CF_CHUNKS {
+        // Frames are already zstd-compressed by the client: compressing again wastes CPU.
+        // Integrated BlobDB keeps them out of the LSM tree so compaction does not rewrite them.
+        options.set_compression_type(DBCompressionType::None);
+        options.set_enable_blob_files(true);
+        options.set_min_blob_size(4096);
+        options.set_blob_file_size(CHUNK_MEMTABLE_BYTES as u64);
+        options.set_blob_compression_type(DBCompressionType::None);
+        options.set_enable_blob_gc(true);
+        options.set_blob_gc_age_cutoff(0.25);
+        options.set_write_buffer_size(CHUNK_MEMTABLE_BYTES);
+        options.set_max_write_buffer_number(2);
+        options.set_target_file_size_base(8 << 20);
+    } else {
+        options.set_compression_type(DBCompressionType::Lz4);
+        options.set_write_buffer_size(META_MEMTABLE_BYTES);
+        options.set_max_write_buffer_number(2);
+    }
+    options
+}
+
+pub fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| Error::Internal(format!("column family {name} is missing")))
+}

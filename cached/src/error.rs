@@ -1,0 +1,87 @@
+//! The daemon's one error type, and the only place that turns errors into gRPC statuses.
+
+use tonic::{Code, Status};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or its data does not match what it claims.
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is well-formed but the store is not in a state to accept it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A size, count or concurrency limit was hit, or the disk is full.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The client went away or the stream broke before the request was complete.
+    #[error("{0}")]
+    Aborted(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("storage error: {0}")]
+    Storage(#[from] rocksdb::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidArgument(message.into())
+    }
+
+    fn is_disk_full(&self) -> bool {
+        let Self::Storage(err) = self else {
+            return false;
+        };
+        let text = err.to_string();
+        text.contains("No space left") || text.contains("NoSpace")
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(err: tokio::task::JoinError) -> Self {
+        Self::Internal(format!("worker task failed: {err}"))
+    }
+}
+
+impl From<proto::DigestError> for Error {
+    fn from(err: proto::DigestError) -> Self {
+        Self::InvalidArgument(err.to_string())
+    }
+}
+
+impl From<proto::GoIdError> for Error {
+    fn from(err: proto::GoIdError) -> Self {
+        Self::InvalidArgument(err.to_string())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        if err.is_disk_full() {
+            return Status::resource_exhausted(format!(
+                "the server's disk is full ({err}); nothing was stored. Free space or lower --max-size"
+            ));
+        }
+        let code = match &err {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Aborted(_) => Code::Aborted,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Corrupt(_) => Code::DataLoss,
+            Error::Storage(_) | Error::Internal(_) => Code::Internal,
+        };
+        if code == Code::Internal || code == Code::DataLoss {
+            tracing::error!(error = %err, "request failed");
+        }
+        Status::new(code, err.to_string())
+    }
+}

@@ -1,0 +1,177 @@
+//! Go action entries: (namespace, ActionID) → {OutputID, size, digest, time}. An entry is only
+//! a hit while its blob is stored; an entry whose blob was evicted is removed when found.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use proto::{ActionId, Digest, INLINE_BODY_MAX, OutputId};
+use rocksdb::DB;
+
+use crate::db::{CF_GO_ACTIONS, cf};
+use crate::error::{Error, Result};
+use crate::stats::Stats;
+use crate::store::SharedStore;
+
+const ENTRY_VERSION: u8 = 1;
+const ENTRY_LEN: usize = 1 + 32 + 8 + 32 + 8;
+const MAX_NAMESPACE_LEN: usize = 256;
+/// The namespace of requests that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoEntry {
+    pub output_id: OutputId,
+    pub digest: Digest,
+    pub time_unix_nanos: i64,
+}
+
+impl GoEntry {
+    fn encode(&self) -> [u8; ENTRY_LEN] {
+        let mut out = [0u8; ENTRY_LEN];
+        out[0] = ENTRY_VERSION;
+        out[1..33].copy_from_slice(&self.output_id.0);
+        out[33..41].copy_from_slice(&self.digest.size.to_be_bytes());
+        out[41..73].copy_from_slice(&self.digest.hash);
+        out[73..81].copy_from_slice(&self.time_unix_nanos.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != ENTRY_LEN || bytes[0] != ENTRY_VERSION {
+            return Err(Error::Corrupt(format!("Go action entry of {} bytes", bytes.len())));
+        }
+        let array = |range: std::ops::Range<usize>| -> [u8; 32] {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&bytes[range]);
+            out
+        };
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[33..41]);
+        let size = u64::from_be_bytes(word);
+        word.copy_from_slice(&bytes[73..81]);
+        Ok(Self {
+            output_id: OutputId(array(1..33)),
+            digest: Digest { hash: array(41..73), size },
+            time_unix_nanos: i64::from_be_bytes(word),
+        })
+    }
+}
+
+/// A found entry, with its body when it is small enough to travel inline (one zstd frame).
+#[derive(Debug, Clone)]
+pub struct GoHit {
+    pub entry: GoEntry,
+    pub inline_body: Option<Bytes>,
+}
+
+/// Checks a namespace and returns the one to use.
+pub fn namespace(name: &str) -> Result<&str> {
+    if name.is_empty() {
+        return Ok(DEFAULT_NAMESPACE);
+    }
+    if name.len() > MAX_NAMESPACE_LEN || name.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "namespace {name:?} must be at most {MAX_NAMESPACE_LEN} bytes of printable text"
+        )));
+    }
+    Ok(name)
+}
+
+fn entry_key(namespace: &str, action_id: &ActionId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(namespace.len() + 33);
+    key.extend_from_slice(namespace.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&action_id.0);
+    key
+}
+
+pub struct GoCache {
+    db: Arc<DB>,
+    store: SharedStore,
+    stats: Arc<Stats>,
+}
+
+impl GoCache {
+    pub fn new(db: Arc<DB>, store: SharedStore, stats: Arc<Stats>) -> Arc<Self> {
+        Arc::new(Self { db, store, stats })
+    }
+
+    pub async fn get_many(
+        self: &Arc<Self>,
+        namespace: String,
+        ids: Vec<ActionId>,
+    ) -> Result<Vec<Option<GoHit>>> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let counters = this.stats.namespace(&namespace);
+            ids.iter()
+                .map(|id| {
+                    let hit = this.lookup(&namespace, id)?;
+                    let counter = if hit.is_some() { &counters.go_hits } else { &counters.go_misses };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    Ok(hit)
+                })
+                .collect()
+        })
+        .await?
+    }
+
+    fn lookup(&self, namespace: &str, action_id: &ActionId) -> Result<Option<GoHit>> {
+        let actions = cf(&self.db, CF_GO_ACTIONS)?;
+        let key = entry_key(namespace, action_id);
+        let Some(bytes) = self.db.get_pinned_cf(actions, &key)? else {
+            return Ok(None);
+        };
+        let entry = GoEntry::decode(&bytes)?;
+        // Opening the blob both proves it is still stored and marks it as used.
+        let Some(mut frames) = self.store.read(&entry.digest, 0)? else {
+            self.db.delete_cf(actions, &key)?;
+            self.stats.go_entries_dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        };
+        let inline_body = match entry.digest.size {
+            0 => None,
+            size if size <= INLINE_BODY_MAX => frames.next().transpose()?,
+            _ => None,
+        };
+        Ok(Some(GoHit { entry, inline_body }))
+    }
+
+    pub async fn put(self: &Arc<Self>, namespace: String, action_id: ActionId, entry: GoEntry) -> Result<()> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            if !this.store.contains(&[entry.digest])?[0] {
+                return Err(Error::FailedPrecondition(format!(
+                    "the entry's blob {} is not in the CAS; upload it (Cas.Write or BatchWrite) before recording the entry",
+                    entry.digest
+                )));
+            }
+            let actions = cf(&this.db, CF_GO_ACTIONS)?;
+            this.db.put_cf(actions, entry_key(&namespace, &action_id), entry.encode())?;
+            this.stats.namespace(&namespace).go_puts.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_round_trips() {
+        let entry =
+            GoEntry { output_id: OutputId([3; 32]), digest: Digest::of(b"body"), time_unix_nanos: -5 };
+        assert_eq!(GoEntry::decode(&entry.encode()).unwrap(), entry);
+    }
+
+    #[test]
+    fn namespaces_are_checked() {
+        assert_eq!(namespace("").unwrap(), DEFAULT_NAMESPACE);
+        assert_eq!(namespace("team/main").unwrap(), "team/main");
+        assert!(namespace("a\0b").is_err());
+        assert!(namespace(&"x".repeat(300)).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! cached: a content-addressed store and Go action cache on RocksDB, served over gRPC.
+//!
+//! `run` is the whole server, so tests embed it with their own listener and shutdown signal.
+
+#![forbid(unsafe_code)]
+
+pub mod cas;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod gocache;
+pub mod metrics;
+pub mod service;
+pub mod shutdown;
+pub mod stats;
+pub mod store;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use proto::v1::cas_server::CasServer;
+use proto::v1::go_cache_server::GoCacheServer;
+use proto::v1::stats_server::StatsServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::store::{Metered, RocksStore, SharedStore, StoreCounters, Verified, rocks_budget};
+
+/// Runs cached on `listener` (and `/metrics` on `metrics_listener`) until `shutdown`
+/// resolves, then drains and flushes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    let budget = rocks_budget(&config);
+    let (db, rocks) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let db = db::open(&data_dir)?;
+        let rocks = RocksStore::open(Arc::clone(&db), budget)?;
+        Ok((db, rocks))
+    })
+    .await??;
+    let stats = Arc::new(stats::Stats::default());
+    let store_counters = Arc::new(StoreCounters::default());
+    let store: SharedStore =
+        Arc::new(Metered::new(Verified::new(rocks.clone()), Arc::clone(&store_counters)));
+    let limits = config.limits.clone();
+    let cas = Arc::new(cas::Cas::new(Arc::clone(&store), limits.clone()));
+    let go_cache = gocache::GoCache::new(Arc::clone(&db), Arc::clone(&store), Arc::clone(&stats));
+    let metrics = metrics::Metrics::new(Arc::clone(&stats), rocks.clone(), store_counters);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let housekeeping =
+        tokio::spawn(housekeeping(rocks.clone(), config.maintenance_interval, stop_rx.clone()));
+    let metrics_server = metrics_listener.map(|listener| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }))
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CasServer<service::CasService>>().await;
+    health.set_serving::<GoCacheServer<service::GoCacheService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|err| Error::Internal(format!("reflection service: {err}")))?;
+
+    let max_message = limits.max_message_size;
+    let router = tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(true))
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .layer(metrics::GrpcMetricsLayer::new(metrics))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            CasServer::new(service::CasService::new(cas, Arc::clone(&stats)))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            GoCacheServer::new(service::GoCacheService::new(go_cache, Arc::clone(&stats), limits))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(StatsServer::new(service::StatsService::new(stats, rocks.clone())));
+
+    tracing::info!(
+        listen = %listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?,
+        data_dir = %config.data_dir.display(),
+        max_size = config.max_size,
+        "cached is serving"
+    );
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        let _ = drain_rx.await;
+    });
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))?,
+        () = shutdown => {
+            health.set_not_serving::<CasServer<service::CasService>>().await;
+            let _ = drain_tx.send(());
+            match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
+                Ok(result) => result.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))?,
+                Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period over; cutting off the streams still running"),
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = housekeeping.await;
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
+    tokio::task::spawn_blocking(move || rocks.flush()).await??;
+    tracing::info!("store flushed; stopped");
+    Ok(())
+}
+
+/// Persists access times and evicts past the high watermark, every `interval`.
+async fn housekeeping(store: RocksStore, interval: std::time::Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.maintain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "store housekeeping failed"),
+            Err(err) => tracing::warn!(error = %err, "store housekeeping panicked"),
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Prometheus metrics: a tower layer that times every gRPC call and counts it by method and
+//! status, a collector that exports the stats counters at scrape time, and `/metrics`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use http_body::Frame;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::stats::{ApiCounters, Stats};
+use crate::store::{RocksStore, StoreCounters};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<CallLabels, Counter>,
+    latency: Family<MethodLabels, Histogram>,
+    stats: Arc<Stats>,
+}
+
+impl Metrics {
+    pub fn new(stats: Arc<Stats>, store: RocksStore, store_counters: Arc<StoreCounters>) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("cached");
+        let requests = Family::<CallLabels, Counter>::default();
+        registry.register("grpc_requests", "gRPC calls by method and status code", requests.clone());
+        let latency = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            // 50 µs to about 27 s.
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC call duration until the last byte of the response, by method",
+            latency.clone(),
+        );
+        registry.register_collector(Box::new(StatsCollector {
+            stats: Arc::clone(&stats),
+            store,
+            store_counters,
+        }));
+        Arc::new(Self { registry, requests, latency, stats })
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            Ok(()) => text,
+            Err(err) => format!("# encoding metrics failed: {err}\n"),
+        }
+    }
+
+    fn observe(&self, api: &str, code: tonic::Code, elapsed: f64) {
+        let method = api.to_owned();
+        self.requests.get_or_create(&CallLabels { method: method.clone(), code: format!("{code:?}") }).inc();
+        self.latency.get_or_create(&MethodLabels { method }).observe(elapsed);
+        let counters = self.stats.api(api);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        if code != tonic::Code::Ok {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves `/metrics` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render())
+            }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+struct StatsCollector {
+    stats: Arc<Stats>,
+    store: RocksStore,
+    store_counters: Arc<StoreCounters>,
+}
+
+impl std::fmt::Debug for StatsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatsCollector")
+    }
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let metric = ConstGauge::new(value as i64);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// One counter family labelled by `label`, one sample per `(label value, count)`.
+fn labelled<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl Iterator<Item = (&'a str, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (value, count) in samples {
+        let labels = [(label, value)];
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let apis = self.stats.apis();
+        let api_field = |field: fn(&ApiCounters) -> &AtomicU64| {
+            apis.iter().map(move |(name, counters)| (name.as_str(), load(field(counters))))
+        };
+        labelled(
+            &mut encoder,
+            "hits",
+            "lookups that found what they asked for",
+            "api",
+            api_field(|c| &c.hits),
+        )?;
+        labelled(&mut encoder, "misses", "lookups that did not", "api", api_field(|c| &c.misses))?;
+        labelled(
+            &mut encoder,
+            "bytes_in",
+            "uncompressed bytes stored, by API",
+            "api",
+            api_field(|c| &c.bytes_in),
+        )?;
+        labelled(
+            &mut encoder,
+            "bytes_out",
+            "uncompressed bytes served, by API",
+            "api",
+            api_field(|c| &c.bytes_out),
+        )?;
+
+        let namespaces = self.stats.namespaces();
+        let ns_field = |field: fn(&crate::stats::NamespaceCounters) -> &AtomicU64| {
+            namespaces.iter().map(move |(name, counters)| (name.as_str(), load(field(counters))))
+        };
+        labelled(&mut encoder, "go_hits", "Go action cache hits", "namespace", ns_field(|c| &c.go_hits))?;
+        labelled(
+            &mut encoder,
+            "go_misses",
+            "Go action cache misses",
+            "namespace",
+            ns_field(|c| &c.go_misses),
+        )?;
+        labelled(
+            &mut encoder,
+            "go_puts",
+            "Go action entries recorded",
+            "namespace",
+            ns_field(|c| &c.go_puts),
+        )?;
+
+        let store = &self.store_counters;
+        counter(
+            &mut encoder,
+            "store_read_bytes",
+            "compressed bytes read from the store",
+            load(&store.read_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "store_written_bytes",
+            "compressed bytes written to the store",
+            load(&store.written_bytes),
+        )?;
+        let (evicted_blobs, evicted_bytes) = self.store.evictions();
+        counter(&mut encoder, "evicted_blobs", "blobs evicted to stay within max_size", evicted_blobs)?;
+        counter(&mut encoder, "evicted_bytes", "stored bytes evicted", evicted_bytes)?;
+        counter(
+            &mut encoder,
+            "go_entries_dropped",
+            "Go entries removed because their blob was evicted",
+            load(&self.stats.go_entries_dropped),
+        )?;
+
+        let totals = self.store.totals();
+        gauge(&mut encoder, "stored_blobs", "blobs in the store", totals.blobs)?;
+        gauge(&mut encoder, "stored_raw_bytes", "uncompressed bytes of the stored blobs", totals.raw_bytes)?;
+        gauge(&mut encoder, "stored_bytes", "bytes the stored blobs take (compressed)", totals.stored_bytes)?;
+        gauge(&mut encoder, "max_bytes", "the byte budget (max_size)", self.store.budget().max_bytes)?;
+        gauge(&mut encoder, "uptime_seconds", "seconds since start", self.stats.uptime_seconds())
+    }
+}
+
+/// Tower layer that records every gRPC call's method, status and duration.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl GrpcMetricsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner, metrics: Arc::clone(&self.metrics) }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let mut recorder = Recorder {
+            api: crate::stats::api_name(request.uri().path()),
+            started: Instant::now(),
+            code: None,
+            metrics: Some(Arc::clone(&self.metrics)),
+        };
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            // A trailers-only response (every unary error) carries the status in its headers.
+            recorder.code = grpc_code(response.headers());
+            Ok(response.map(|inner| MeteredBody { inner, recorder }))
+        })
+    }
+}
+
+fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(tonic::Code::from_i32(value))
+}
+
+/// Records the call once: when the body has sent its trailers, or when it is dropped (a
+/// client that went away counts as Cancelled).
+struct Recorder {
+    api: String,
+    started: Instant,
+    code: Option<tonic::Code>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Recorder {
+    fn finish(&mut self) {
+        if let Some(metrics) = self.metrics.take() {
+            let code = self.code.unwrap_or(tonic::Code::Cancelled);
+            metrics.observe(&self.api, code, self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        recorder: Recorder,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for MeteredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_code) {
+                    this.recorder.code = Some(code);
+                    this.recorder.finish();
+                }
+            }
+            Poll::Ready(None) => {
+                this.recorder.code.get_or_insert(tonic::Code::Ok);
+                this.recorder.finish();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

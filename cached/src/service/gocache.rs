@@ -1,0 +1,124 @@
+use std::sync::Arc;
+
+use proto::v1;
+use proto::{ActionId, Digest, OutputId};
+use tonic::{Request, Response, Status};
+
+use crate::config::Limits;
+use crate::error::Error;
+use crate::gocache::{GoCache, GoEntry, GoHit, namespace};
+use crate::stats::Stats;
+
+pub struct GoCacheService {
+    cache: Arc<GoCache>,
+    stats: Arc<Stats>,
+    limits: Limits,
+}
+
+impl GoCacheService {
+    pub fn new(cache: Arc<GoCache>, stats: Arc<Stats>, limits: Limits) -> Self {
+        Self { cache, stats, limits }
+    }
+
+    async fn lookup(
+        &self,
+        api: &str,
+        ns: &str,
+        ids: &[bytes::Bytes],
+    ) -> Result<Vec<v1::GoGetResponse>, Status> {
+        let ns = namespace(ns)?.to_owned();
+        let ids = ids
+            .iter()
+            .map(|id| ActionId::try_from(id.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::from)?;
+        let hits = self.cache.get_many(ns, ids).await?;
+        let counters = self.stats.api(api);
+        // Inline bodies stop once half the message budget is used; the rest are read through
+        // Cas.Read, so a large batch never produces a reply the client would refuse.
+        let mut inline_budget = self.limits.max_message_size as u64 / 2;
+        Ok(hits
+            .into_iter()
+            .map(|mut hit| {
+                if let Some(hit) = hit.as_mut() {
+                    let inline = hit.inline_body.as_ref().map_or(0, |body| body.len() as u64);
+                    if inline > inline_budget {
+                        hit.inline_body = None;
+                    } else {
+                        inline_budget -= inline;
+                    }
+                }
+                match &hit {
+                    Some(hit) => {
+                        counters.hit();
+                        counters.add_out(hit.inline_body.as_ref().map_or(0, |_| hit.entry.digest.size));
+                    }
+                    None => counters.miss(),
+                }
+                response(hit)
+            })
+            .collect())
+    }
+}
+
+fn response(hit: Option<GoHit>) -> v1::GoGetResponse {
+    let Some(hit) = hit else {
+        return v1::GoGetResponse::default();
+    };
+    let entry = hit.entry;
+    v1::GoGetResponse {
+        entry: Some(v1::GoEntry {
+            output_id: entry.output_id.0.to_vec().into(),
+            size: entry.digest.size,
+            digest: Some(entry.digest.to_wire()),
+            time_unix_nanos: entry.time_unix_nanos,
+        }),
+        body_inline: hit.inline_body.is_some(),
+        body_zstd: hit.inline_body.unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::go_cache_server::GoCache for GoCacheService {
+    async fn get(&self, request: Request<v1::GoGetRequest>) -> Result<Response<v1::GoGetResponse>, Status> {
+        let request = request.into_inner();
+        let mut results = self.lookup("GoCache.Get", &request.namespace, &[request.action_id]).await?;
+        Ok(Response::new(results.pop().unwrap_or_default()))
+    }
+
+    async fn get_many(
+        &self,
+        request: Request<v1::GoGetManyRequest>,
+    ) -> Result<Response<v1::GoGetManyResponse>, Status> {
+        let request = request.into_inner();
+        let max = self.limits.max_batch_items;
+        if request.action_ids.len() > max {
+            return Err(Error::invalid(format!(
+                "GetMany asks for {} entries; at most {max} per request (max_batch_items)",
+                request.action_ids.len()
+            ))
+            .into());
+        }
+        let results = self.lookup("GoCache.GetMany", &request.namespace, &request.action_ids).await?;
+        Ok(Response::new(v1::GoGetManyResponse { results }))
+    }
+
+    async fn put(&self, request: Request<v1::GoPutRequest>) -> Result<Response<v1::GoPutResponse>, Status> {
+        let request = request.into_inner();
+        let ns = namespace(&request.namespace)?.to_owned();
+        let action_id = ActionId::try_from(request.action_id.as_ref()).map_err(Error::from)?;
+        let wire = request.entry.ok_or_else(|| Error::invalid("GoCache.Put needs an entry"))?;
+        let output_id = OutputId::try_from(wire.output_id.as_ref()).map_err(Error::from)?;
+        let digest = Digest::from_wire(wire.digest.as_ref()).map_err(Error::from)?;
+        if digest.size != wire.size {
+            return Err(Error::invalid(format!(
+                "entry size {} differs from the size in its digest {digest}",
+                wire.size
+            ))
+            .into());
+        }
+        let entry = GoEntry { output_id, digest, time_unix_nanos: wire.time_unix_nanos };
+        self.cache.put(ns, action_id, entry).await?;
+        Ok(Response::new(v1::GoPutResponse {}))
+    }
+}

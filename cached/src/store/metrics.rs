@@ -1,0 +1,87 @@
+//! Metrics decorator: counts blob lookups, hits, misses and the compressed bytes that move
+//! through the store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use proto::Digest;
+
+use super::{BlobStore, Committed, FrameReader, FrameWriter};
+use crate::error::Result;
+
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub written_bytes: AtomicU64,
+    pub commits: AtomicU64,
+    pub duplicate_commits: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, value: u64) {
+    counter.fetch_add(value, Ordering::Relaxed);
+}
+
+pub struct Metered<S> {
+    inner: S,
+    counters: Arc<StoreCounters>,
+}
+
+impl<S: BlobStore> Metered<S> {
+    pub fn new(inner: S, counters: Arc<StoreCounters>) -> Self {
+        Self { inner, counters }
+    }
+}
+
+impl<S: BlobStore> BlobStore for Metered<S> {
+    fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        let found = self.inner.contains(digests)?;
+        let hits = found.iter().filter(|present| **present).count() as u64;
+        add(&self.counters.hits, hits);
+        add(&self.counters.misses, found.len() as u64 - hits);
+        Ok(found)
+    }
+
+    fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
+        let Some(frames) = self.inner.read(digest, first_frame)? else {
+            add(&self.counters.misses, 1);
+            return Ok(None);
+        };
+        add(&self.counters.hits, 1);
+        let counters = Arc::clone(&self.counters);
+        Ok(Some(Box::new(frames.inspect(move |frame| {
+            if let Ok(frame) = frame {
+                add(&counters.read_bytes, frame.len() as u64);
+            }
+        }))))
+    }
+
+    fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {
+        Ok(Box::new(MeteredWriter { inner: self.inner.write(digest)?, counters: Arc::clone(&self.counters) }))
+    }
+}
+
+struct MeteredWriter {
+    inner: Box<dyn FrameWriter>,
+    counters: Arc<StoreCounters>,
+}
+
+impl FrameWriter for MeteredWriter {
+    fn put_frame(&mut self, frame: Bytes) -> Result<()> {
+        let len = frame.len() as u64;
+        self.inner.put_frame(frame)?;
+        add(&self.counters.written_bytes, len);
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<Committed> {
+        let committed = self.inner.commit()?;
+        match committed {
+            Committed::Stored { .. } => add(&self.counters.commits, 1),
+            Committed::AlreadyPresent => add(&self.counters.duplicate_commits, 1),
+        }
+        Ok(committed)
+    }
+}

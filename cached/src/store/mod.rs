@@ -1,0 +1,65 @@
+//! The blob store: a small trait that backends implement, and decorators that add one
+//! behaviour each (verification, metrics) around it.
+//!
+//! Blobs are held as the zstd frames of `proto::frames`. A store never sees uncompressed data
+//! on its hot path: uploads arrive as frames and downloads leave as frames.
+
+mod keys;
+mod lru;
+mod metrics;
+mod rocks;
+mod verify;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proto::Digest;
+
+pub use keys::BlobKey;
+pub use metrics::{Metered, StoreCounters};
+pub use rocks::{RocksStore, StoreTotals};
+pub use verify::Verified;
+
+use crate::error::Result;
+
+/// What `FrameWriter::commit` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The blob is now stored, taking this many (compressed) bytes.
+    Stored { stored_bytes: u64 },
+    /// Another upload of the same digest got there first; this one was discarded.
+    AlreadyPresent,
+}
+
+/// A content-addressed store of framed blobs. Every method blocks: call it from a blocking
+/// task, never from an async worker thread.
+pub trait BlobStore: Send + Sync + 'static {
+    /// For each digest, whether the store holds it.
+    fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>>;
+
+    /// The frames of a stored blob from frame `first_frame` on, or `None` on a miss.
+    fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>>;
+
+    /// Starts an upload. Nothing becomes visible until `commit`; dropping the writer without
+    /// committing discards what it wrote.
+    fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>>;
+}
+
+/// The stored frames of one blob, read lazily one at a time.
+pub type FrameReader = Box<dyn Iterator<Item = Result<Bytes>> + Send>;
+
+pub trait FrameWriter: Send {
+    /// Appends the next zstd frame of the blob.
+    fn put_frame(&mut self, frame: Bytes) -> Result<()>;
+
+    /// Makes the blob visible, atomically.
+    fn commit(self: Box<Self>) -> Result<Committed>;
+}
+
+/// The store handle the services share.
+pub type SharedStore = Arc<dyn BlobStore>;
+
+/// The eviction budget a configuration asks for.
+pub fn rocks_budget(config: &crate::config::Config) -> rocks::Budget {
+    rocks::Budget::new(config.max_size, config.high_watermark, config.low_watermark)
+}

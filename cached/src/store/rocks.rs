@@ -1,0 +1,332 @@
+//! The RocksDB backend: frames in `chunks` (BlobDB), metadata in `blobs`, committed together.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use proto::Digest;
+use proto::frames::frame_count;
+use rocksdb::{DB, IteratorMode, WriteBatch};
+
+use super::keys::{BlobKey, BlobMeta, chunk_key, lru_key, u64_be};
+use super::lru::AccessLog;
+use super::{BlobStore, Committed, FrameReader, FrameWriter};
+use crate::db::{CF_BLOBS, CF_CHUNKS, CF_COUNTERS, CF_LRU, CF_PENDING, cf};
+use crate::error::{Error, Result};
+
+const TOTALS_KEY: &[u8] = b"totals";
+const TOTALS_VERSION: u8 = 1;
+
+/// What the store holds, kept exact by writing it in the same batch as every change to it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreTotals {
+    pub blobs: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+}
+
+impl StoreTotals {
+    fn encode(&self) -> [u8; 25] {
+        let mut out = [0u8; 25];
+        out[0] = TOTALS_VERSION;
+        out[1..9].copy_from_slice(&self.blobs.to_be_bytes());
+        out[9..17].copy_from_slice(&self.raw_bytes.to_be_bytes());
+        out[17..25].copy_from_slice(&self.stored_bytes.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != 25 || bytes[0] != TOTALS_VERSION {
+            return Err(Error::Corrupt("store totals record".into()));
+        }
+        Ok(Self {
+            blobs: u64_be(&bytes[1..]),
+            raw_bytes: u64_be(&bytes[9..]),
+            stored_bytes: u64_be(&bytes[17..]),
+        })
+    }
+
+    pub(super) fn add(&mut self, meta: &BlobMeta) {
+        self.blobs += 1;
+        self.raw_bytes += meta.size;
+        self.stored_bytes += meta.stored_bytes;
+    }
+
+    pub(super) fn remove(&mut self, meta: &BlobMeta) {
+        self.blobs = self.blobs.saturating_sub(1);
+        self.raw_bytes = self.raw_bytes.saturating_sub(meta.size);
+        self.stored_bytes = self.stored_bytes.saturating_sub(meta.stored_bytes);
+    }
+}
+
+/// The byte budget for stored frames, with the watermarks eviction works between.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub max_bytes: u64,
+    /// Eviction starts above this many stored bytes...
+    pub high_bytes: u64,
+    /// ...and stops once the store is down to this many.
+    pub low_bytes: u64,
+}
+
+impl Budget {
+    pub fn new(max_bytes: u64, high_watermark: f64, low_watermark: f64) -> Self {
+        let fraction = |f: f64| (max_bytes as f64 * f) as u64;
+        Self { max_bytes, high_bytes: fraction(high_watermark), low_bytes: fraction(low_watermark) }
+    }
+}
+
+#[derive(Clone)]
+pub struct RocksStore {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) db: Arc<DB>,
+    /// Held by every change to `blobs`, `lru` and the totals, which keeps them consistent
+    /// without read-modify-write races. Commits are short, so one lock is enough.
+    pub(super) totals: Mutex<StoreTotals>,
+    pub(super) budget: Budget,
+    pub(super) access_log: AccessLog,
+    pub(super) evicted_blobs: AtomicU64,
+    pub(super) evicted_bytes: AtomicU64,
+    pub(super) over_high_watermark: AtomicBool,
+    next_upload: AtomicU64,
+}
+
+impl RocksStore {
+    /// Opens the store in `db`, discarding uploads a crash cut off.
+    pub fn open(db: Arc<DB>, budget: Budget) -> Result<Self> {
+        let totals = match db.get_cf(cf(&db, CF_COUNTERS)?, TOTALS_KEY)? {
+            Some(bytes) => StoreTotals::decode(&bytes)?,
+            None => StoreTotals::default(),
+        };
+        let next_upload = discard_interrupted_uploads(&db)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                totals: Mutex::new(totals),
+                budget,
+                access_log: AccessLog::default(),
+                evicted_blobs: AtomicU64::new(0),
+                evicted_bytes: AtomicU64::new(0),
+                over_high_watermark: AtomicBool::new(false),
+                next_upload: AtomicU64::new(next_upload),
+            }),
+        })
+    }
+
+    pub fn totals(&self) -> StoreTotals {
+        *self.inner.lock_totals()
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.inner.budget
+    }
+
+    /// (blobs, bytes) evicted since start.
+    pub fn evictions(&self) -> (u64, u64) {
+        (self.inner.evicted_blobs.load(Ordering::Relaxed), self.inner.evicted_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Persists access times and flushes memtables and the WAL, for a clean shutdown.
+    pub fn flush(&self) -> Result<()> {
+        self.flush_access_times()?;
+        self.inner.db.flush_wal(true)?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    pub(super) fn lock_totals(&self) -> MutexGuard<'_, StoreTotals> {
+        // A panic while holding the lock cannot leave the totals half-updated: they are only
+        // assigned after the batch that persists them succeeded.
+        self.totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn meta(&self, key: &BlobKey) -> Result<Option<BlobMeta>> {
+        self.db
+            .get_pinned_cf(cf(&self.db, CF_BLOBS)?, key.as_bytes())?
+            .map(|bytes| BlobMeta::decode(&bytes))
+            .transpose()
+    }
+
+    /// Adds the deletion of every frame of an upload to `batch`.
+    pub(super) fn delete_chunks(&self, batch: &mut WriteBatch, upload_id: u64, frames: u64) -> Result<()> {
+        let chunks = cf(&self.db, CF_CHUNKS)?;
+        for frame in 0..frames {
+            batch.delete_cf(chunks, chunk_key(upload_id, frame));
+        }
+        Ok(())
+    }
+
+    pub(super) fn put_totals(&self, batch: &mut WriteBatch, totals: &StoreTotals) -> Result<()> {
+        batch.put_cf(cf(&self.db, CF_COUNTERS)?, TOTALS_KEY, totals.encode());
+        Ok(())
+    }
+}
+
+/// Deletes the chunks of uploads that were in progress when the process stopped, and returns
+/// the first upload id that is certainly unused.
+fn discard_interrupted_uploads(db: &DB) -> Result<u64> {
+    let pending = cf(db, CF_PENDING)?;
+    let chunks = cf(db, CF_CHUNKS)?;
+    let mut batch = WriteBatch::default();
+    let mut discarded = 0;
+    for item in db.iterator_cf(pending, IteratorMode::Start) {
+        let (key, _) = item?;
+        let upload_id = u64_be(&key);
+        batch.delete_range_cf(chunks, chunk_key(upload_id, 0), chunk_key(upload_id + 1, 0));
+        batch.delete_cf(pending, key);
+        discarded += 1;
+    }
+    let last_id = |name| -> Result<u64> {
+        Ok(match db.iterator_cf(cf(db, name)?, IteratorMode::End).next() {
+            Some(item) => u64_be(&item?.0),
+            None => 0,
+        })
+    };
+    let next = last_id(CF_CHUNKS)?.max(last_id(CF_PENDING)?) + 1;
+    if discarded > 0 {
+        db.write(batch)?;
+        tracing::info!(discarded, "discarded uploads interrupted by the last shutdown");
+    }
+    Ok(next)
+}
+
+impl BlobStore for RocksStore {
+    fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        let blobs = cf(&self.inner.db, CF_BLOBS)?;
+        let keys: Vec<BlobKey> = digests.iter().map(BlobKey::blake3).collect();
+        let values = self.inner.db.batched_multi_get_cf(blobs, keys.iter().map(BlobKey::as_bytes), false);
+        digests
+            .iter()
+            .zip(values)
+            .map(|(digest, value)| match value? {
+                Some(bytes) => Ok(BlobMeta::decode(&bytes)?.size == digest.size),
+                None => Ok(false),
+            })
+            .collect()
+    }
+
+    fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
+        let key = BlobKey::blake3(digest);
+        let Some(meta) = self.inner.meta(&key)?.filter(|meta| meta.size == digest.size) else {
+            return Ok(None);
+        };
+        self.inner.access_log.touch(key);
+        let inner = Arc::clone(&self.inner);
+        let digest = *digest;
+        let frames = (first_frame..frame_count(meta.size)).map(move |frame| {
+            let chunks = cf(&inner.db, CF_CHUNKS)?;
+            match inner.db.get_cf(chunks, chunk_key(meta.upload_id, frame))? {
+                Some(bytes) => Ok(Bytes::from(bytes)),
+                // Upload ids are never reused, so a missing frame means the blob went away
+                // (eviction) after the read started: never another blob's bytes.
+                None => {
+                    Err(Error::NotFound(format!("blob {digest} was evicted while it was being read; retry")))
+                }
+            }
+        });
+        Ok(Some(Box::new(frames)))
+    }
+
+    fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {
+        let upload_id = self.inner.next_upload.fetch_add(1, Ordering::Relaxed);
+        let key = BlobKey::blake3(digest);
+        let db = &self.inner.db;
+        db.put_cf(cf(db, CF_PENDING)?, upload_id.to_be_bytes(), key.as_bytes())?;
+        Ok(Box::new(RocksWriter {
+            store: self.clone(),
+            key,
+            size: digest.size,
+            upload_id,
+            frames: 0,
+            stored_bytes: 0,
+            finished: false,
+        }))
+    }
+}
+
+struct RocksWriter {
+    store: RocksStore,
+    key: BlobKey,
+    size: u64,
+    upload_id: u64,
+    frames: u64,
+    stored_bytes: u64,
+    finished: bool,
+}
+
+impl FrameWriter for RocksWriter {
+    fn put_frame(&mut self, frame: Bytes) -> Result<()> {
+        let db = &self.store.inner.db;
+        let len = frame.len() as u64;
+        db.put_cf(cf(db, CF_CHUNKS)?, chunk_key(self.upload_id, self.frames), frame)?;
+        self.frames += 1;
+        self.stored_bytes += len;
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<Committed> {
+        let inner = Arc::clone(&self.store.inner);
+        let mut totals = inner.lock_totals();
+        if inner.meta(&self.key)?.is_some() {
+            return Ok(Committed::AlreadyPresent);
+        }
+        let budget = inner.budget;
+        if self.stored_bytes > budget.max_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "a blob taking {} bytes does not fit in the store's budget of {} bytes (--max-size)",
+                self.stored_bytes, budget.max_bytes
+            )));
+        }
+        if totals.stored_bytes + self.stored_bytes > budget.max_bytes {
+            let target = budget.low_bytes.min(budget.max_bytes - self.stored_bytes);
+            self.store.evict_locked(&mut totals, target)?;
+        }
+        let now = super::lru::now_ms();
+        let meta = BlobMeta {
+            size: self.size,
+            stored_bytes: self.stored_bytes,
+            upload_id: self.upload_id,
+            atime_ms: now,
+        };
+        let mut next_totals = *totals;
+        next_totals.add(&meta);
+        let db = &inner.db;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(db, CF_BLOBS)?, self.key.as_bytes(), meta.encode());
+        batch.put_cf(cf(db, CF_LRU)?, lru_key(now, &self.key), []);
+        batch.delete_cf(cf(db, CF_PENDING)?, self.upload_id.to_be_bytes());
+        inner.put_totals(&mut batch, &next_totals)?;
+        db.write(batch)?;
+        *totals = next_totals;
+        self.finished = true;
+        if next_totals.stored_bytes > budget.high_bytes {
+            inner.over_high_watermark.store(true, Ordering::Relaxed);
+        }
+        Ok(Committed::Stored { stored_bytes: self.stored_bytes })
+    }
+}
+
+impl Drop for RocksWriter {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let inner = &self.store.inner;
+        let discard = || -> Result<()> {
+            let mut batch = WriteBatch::default();
+            inner.delete_chunks(&mut batch, self.upload_id, self.frames)?;
+            batch.delete_cf(cf(&inner.db, CF_PENDING)?, self.upload_id.to_be_bytes());
+            inner.db.write(batch)?;
+            Ok(())
+        };
+        if let Err(err) = discard() {
+            // The pending record stays, so the next start-up deletes the chunks instead.
+            tracing::warn!(error = %err, upload_id = self.upload_id, "could not discard an unfinished upload");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! One file per subcommand.
+
+pub mod get;
+pub mod has;
+pub mod put;
+pub mod stats;

@@ -1,0 +1,10 @@
+//! cachectl: the client side of cached. The binary is a thin clap front over these modules,
+//! and runner-agent reuses them rather than re-implementing any of it.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod commands;
+pub mod error;
+pub mod render;
+pub mod transfer;

@@ -1,0 +1,219 @@
+//! Stats as data (`StatsReport`, the stable `--json` form) and as a readable table.
+
+use std::fmt::Write;
+
+use proto::v1;
+use serde::Serialize;
+
+/// The `cachectl stats --json` document. Fields are only ever added, never renamed.
+#[derive(Debug, Serialize)]
+pub struct StatsReport {
+    pub server: String,
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub store: StoreReport,
+    pub apis: Vec<ApiReport>,
+    pub namespaces: Vec<NamespaceReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StoreReport {
+    pub blobs: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    /// raw_bytes / stored_bytes; null while the store is empty.
+    pub compression_ratio: Option<f64>,
+    pub max_bytes: u64,
+    pub evicted_blobs: u64,
+    pub evicted_bytes: u64,
+    pub go_entries_dropped: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiReport {
+    pub api: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// hits / (hits + misses); null when nothing was looked up.
+    pub hit_rate: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NamespaceReport {
+    pub namespace: String,
+    pub go_hits: u64,
+    pub go_misses: u64,
+    pub go_puts: u64,
+    pub hit_rate: Option<f64>,
+}
+
+fn ratio(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+impl StatsReport {
+    pub fn new(server: &str, stats: v1::StatsResponse) -> Self {
+        let store = stats.store.unwrap_or_default();
+        Self {
+            server: server.to_owned(),
+            version: stats.version,
+            uptime_seconds: stats.uptime_seconds,
+            store: StoreReport {
+                blobs: store.blobs,
+                raw_bytes: store.raw_bytes,
+                stored_bytes: store.stored_bytes,
+                compression_ratio: (store.stored_bytes > 0)
+                    .then(|| store.raw_bytes as f64 / store.stored_bytes as f64),
+                max_bytes: store.max_bytes,
+                evicted_blobs: store.evicted_blobs,
+                evicted_bytes: store.evicted_bytes,
+                go_entries_dropped: store.go_entries_dropped,
+            },
+            apis: stats
+                .apis
+                .into_iter()
+                .map(|api| ApiReport {
+                    hit_rate: ratio(api.hits, api.hits + api.misses),
+                    api: api.api,
+                    requests: api.requests,
+                    errors: api.errors,
+                    hits: api.hits,
+                    misses: api.misses,
+                    bytes_in: api.bytes_in,
+                    bytes_out: api.bytes_out,
+                })
+                .collect(),
+            namespaces: stats
+                .namespaces
+                .into_iter()
+                .map(|ns| NamespaceReport {
+                    hit_rate: ratio(ns.go_hits, ns.go_hits + ns.go_misses),
+                    namespace: ns.namespace,
+                    go_hits: ns.go_hits,
+                    go_misses: ns.go_misses,
+                    go_puts: ns.go_puts,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|err| format!("{{\"error\": \"{err}\"}}"))
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let store = &self.store;
+        let _ =
+            writeln!(out, "cached {} at {}, up {}", self.version, self.server, duration(self.uptime_seconds));
+        let _ = writeln!(out);
+        let _ = writeln!(out, "store");
+        let _ = writeln!(out, "  blobs      {}", store.blobs);
+        let _ = writeln!(
+            out,
+            "  stored     {} of {} budget ({} uncompressed, ratio {})",
+            bytes(store.stored_bytes),
+            bytes(store.max_bytes),
+            bytes(store.raw_bytes),
+            store.compression_ratio.map_or("-".to_owned(), |r| format!("{r:.2}x"))
+        );
+        let _ = writeln!(out, "  evicted    {} blobs, {}", store.evicted_blobs, bytes(store.evicted_bytes));
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>7} {:>9} {:>9} {:>8} {:>11} {:>11}",
+            "API", "requests", "errors", "hits", "misses", "hit rate", "bytes in", "bytes out"
+        );
+        for api in &self.apis {
+            let _ = writeln!(
+                out,
+                "{:<20} {:>9} {:>7} {:>9} {:>9} {:>8} {:>11} {:>11}",
+                api.api,
+                api.requests,
+                api.errors,
+                api.hits,
+                api.misses,
+                percent(api.hit_rate),
+                bytes(api.bytes_in),
+                bytes(api.bytes_out)
+            );
+        }
+        if !self.namespaces.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{:<30} {:>9} {:>9} {:>9} {:>8}",
+                "Go namespace", "hits", "misses", "puts", "hit rate"
+            );
+            for ns in &self.namespaces {
+                let _ = writeln!(
+                    out,
+                    "{:<30} {:>9} {:>9} {:>9} {:>8}",
+                    ns.namespace,
+                    ns.go_hits,
+                    ns.go_misses,
+                    ns.go_puts,
+                    percent(ns.hit_rate)
+                );
+            }
+        }
+        out
+    }
+}
+
+fn percent(rate: Option<f64>) -> String {
+    rate.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0))
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn bytes(count: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{count} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn duration(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m {s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(20 << 30), "20.0 GiB");
+    }
+
+    #[test]
+    fn report_computes_rates() {
+        let response = v1::StatsResponse {
+            version: "1".into(),
+            store: Some(v1::StoreStats { raw_bytes: 300, stored_bytes: 100, ..Default::default() }),
+            apis: vec![v1::ApiStats { api: "Cas.Read".into(), hits: 3, misses: 1, ..Default::default() }],
+            ..Default::default()
+        };
+        let report = StatsReport::new("http://x", response);
+        assert_eq!(report.store.compression_ratio, Some(3.0));
+        assert_eq!(report.apis[0].hit_rate, Some(0.75));
+        assert!(report.to_table().contains("75.0%"));
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["apis"][0]["hits"], 3);
+    }
+}
