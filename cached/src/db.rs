@@ -29,7 +29,7 @@ const ALL_CFS: &[&str] = &[CF_BLOBS, CF_CHUNKS, CF_LRU, CF_PENDING, CF_GO_ACTION
 /// Small enough that memtables and cache stay well inside the memory budget of a streaming
 /// upload; frames bypass the block cache entirely because they live in blob files.
 const BLOCK_CACHE_BYTES: usize = 16 << 20;
-const CHUNK_MEMTABLE_BYTES: usize = 16 << 20;
+const CHUNK_MEMTABLE_BYTES: usize = 8 << 20;
 const META_MEMTABLE_BYTES: usize = 8 << 20;
 
 pub fn open(path: &Path) -> Result<Arc<DB>> {

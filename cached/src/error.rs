@@ -28,6 +28,10 @@ pub enum Error {
     Corrupt(String),
     #[error("{0}")]
     Internal(String),
+    /// A status the transport raised while reading a client's stream (a message over
+    /// max_message_size, a reset), passed on with its own code.
+    #[error("{}", .0.message())]
+    Transport(Status),
 }
 
 impl Error {
@@ -64,6 +68,9 @@ impl From<proto::GoIdError> for Error {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
+        if let Error::Transport(status) = err {
+            return status;
+        }
         if err.is_disk_full() {
             return Status::resource_exhausted(format!(
                 "the server's disk is full ({err}); nothing was stored. Free space or lower --max-size"
@@ -78,6 +85,7 @@ impl From<Error> for Status {
             Error::ShuttingDown => Code::Unavailable,
             Error::Corrupt(_) => Code::DataLoss,
             Error::Storage(_) | Error::Internal(_) => Code::Internal,
+            Error::Transport(status) => status.code(),
         };
         if code == Code::Internal || code == Code::DataLoss {
             tracing::error!(error = %err, "request failed");

@@ -56,7 +56,7 @@ impl v1::cas_server::Cas for CasService {
         let data = stream.map(|message| match message {
             Ok(v1::WriteRequest { kind: Some(write_request::Kind::Data(data)) }) => Ok(data),
             Ok(_) => Err(Error::invalid("after the WriteHeader, Cas.Write messages must carry data")),
-            Err(status) => Err(Error::Aborted(format!("upload stream failed: {}", status.message()))),
+            Err(status) => Err(Error::Transport(status)),
         });
         let outcome = self.cas.upload(digest, encoding(header.compression)?, Box::pin(data)).await?;
         let (already_present, stored_bytes) = match outcome {

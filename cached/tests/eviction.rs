@@ -1,0 +1,94 @@
+//! The byte budget: eviction keeps the store within it, least recently used first, and Go
+//! entries whose blob went are misses, never dangling hits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Clients, Server, noise};
+use proto::v1::{self, Compression};
+use proto::{Digest, OutputId};
+
+const BLOB: usize = 256 << 10;
+const BUDGET: &[(&str, &str)] = &[("max_size", "4MiB")];
+
+async fn write_spaced(clients: &Clients, seeds: std::ops::Range<u64>) -> Vec<Digest> {
+    let mut digests = Vec::new();
+    for seed in seeds {
+        digests.push(clients.write(&noise(BLOB, seed)).await);
+        // Distinct access times make the expected order exact.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    digests
+}
+
+#[tokio::test]
+async fn eviction_keeps_the_budget_and_takes_least_recently_used_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), BUDGET).await;
+    let clients = server.clients().await;
+    let first = write_spaced(&clients, 0..12).await;
+    // Reading the two oldest makes them the most recently used.
+    for digest in &first[..2] {
+        clients.read(*digest, 0, 0, Compression::Zstd).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let second = write_spaced(&clients, 12..24).await;
+
+    let store = clients.store_stats().await;
+    assert!(store.stored_bytes <= 4 << 20, "stored {} > budget", store.stored_bytes);
+    assert!(store.evicted_blobs > 0);
+    assert!(
+        clients.is_stored(first[0]).await && clients.is_stored(first[1]).await,
+        "recently read blobs kept"
+    );
+    assert!(!clients.is_stored(first[2]).await, "the least recently used blob goes first");
+    assert!(clients.is_stored(*second.last().unwrap()).await, "the newest blob is kept");
+    let kept = futures::future::join_all(first.iter().chain(&second).map(|d| clients.is_stored(*d))).await;
+    assert_eq!(kept.iter().filter(|k| **k).count() as u64, store.blobs);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn go_entries_need_their_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), BUDGET).await;
+    let clients = server.clients().await;
+    let body = noise(BLOB, 100);
+    let entry = |digest: Digest| v1::GoEntry {
+        output_id: OutputId([7; 32]).0.to_vec().into(),
+        size: digest.size,
+        digest: Some(digest.to_wire()),
+        time_unix_nanos: 1_700_000_000_000_000_000,
+    };
+    let put = |digest: Digest| v1::GoPutRequest {
+        namespace: "team".into(),
+        action_id: vec![1; 32].into(),
+        entry: Some(entry(digest)),
+    };
+    let get = v1::GoGetRequest { namespace: "team".into(), action_id: vec![1; 32].into() };
+
+    let err = clients.go.clone().put(put(Digest::of(&body))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
+
+    let digest = clients.write(&body).await;
+    clients.go.clone().put(put(digest)).await.unwrap();
+    let hit = clients.go.clone().get(get.clone()).await.unwrap().into_inner();
+    assert_eq!(hit.entry, Some(entry(digest)));
+    assert!(hit.body_inline);
+    let inline = zstd::bulk::decompress(&hit.body_zstd, BLOB).unwrap();
+    assert!(inline == body);
+    let other_namespace = v1::GoGetRequest { namespace: "other".into(), ..get.clone() };
+    assert!(clients.go.clone().get(other_namespace).await.unwrap().into_inner().entry.is_none());
+
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    write_spaced(&clients, 0..24).await;
+    assert!(!clients.is_stored(digest).await, "the entry's blob was evicted");
+    let miss = clients.go.clone().get(get.clone()).await.unwrap().into_inner();
+    assert_eq!(miss.entry, None);
+    let stats = clients.stats().await;
+    assert_eq!(stats.store.unwrap().go_entries_dropped, 1);
+    let team = stats.namespaces.iter().find(|ns| ns.namespace == "team").unwrap();
+    assert_eq!((team.go_hits, team.go_misses, team.go_puts), (1, 1, 1));
+    server.stop().await;
+}
