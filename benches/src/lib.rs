@@ -3,52 +3,23 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-
 /// A cached server running in this process on 127.0.0.1, stopped on drop.
 pub struct EmbeddedServer {
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    server: cached::embedded::Embedded,
     _data_dir: tempfile::TempDir,
 }
 
 impl EmbeddedServer {
     pub async fn start() -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let flags = BTreeMap::from([
-            ("data_dir".to_owned(), data_dir.path().display().to_string()),
-            ("metrics_listen".to_owned(), "off".to_owned()),
-            ("max_size".to_owned(), "64GiB".to_owned()),
-        ]);
-        let config = cached::config::Config::load(&flags, None, &|_| None).expect("config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel();
-        tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(err) = cached::run(config, listener, None, shutdown).await {
-                eprintln!("embedded cached failed: {err}");
-            }
-        });
-        Self { addr, stop: Some(stop), _data_dir: data_dir }
+        let server = cached::embedded::Embedded::start(data_dir.path(), &[("max_size", "64GiB")])
+            .await
+            .expect("cached starts");
+        Self { server, _data_dir: data_dir }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for EmbeddedServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.server.url()
     }
 }
 

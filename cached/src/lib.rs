@@ -7,6 +7,7 @@
 pub mod cas;
 pub mod config;
 pub mod db;
+pub mod embedded;
 pub mod error;
 pub mod gocache;
 pub mod metrics;

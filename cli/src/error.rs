@@ -36,6 +36,14 @@ impl CliError {
         }
     }
 
+    /// Names the server in errors that came from a status without knowing it.
+    pub fn for_server(self, server: &str) -> Self {
+        match self {
+            Self::Unreachable { reason, .. } => Self::Unreachable { server: server.to_owned(), reason },
+            other => other,
+        }
+    }
+
     pub fn file(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::File { path, source }

@@ -61,6 +61,7 @@ async fn run(cli: Cli) -> Result<()> {
     // server is down.
     match cli.command {
         Command::Put { files, level } => {
+            commands::put::check(&files)?;
             let client = Client::connect(&cli.server).await?;
             commands::put::run(&client, &files, level).await
         }
@@ -84,7 +85,8 @@ async fn run(cli: Cli) -> Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let server = cli.server.clone();
+    match run(cli).await.map_err(|err| err.for_server(&server)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("cachectl: {err}");

@@ -3,7 +3,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -15,47 +14,24 @@ use proto::v1::go_cache_client::GoCacheClient;
 use proto::v1::stats_client::StatsClient;
 use proto::v1::{self, Compression, write_request};
 use proto::{Digest, FRAME_SIZE};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub struct Server {
+    inner: cached::embedded::Embedded,
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<cached::error::Result<()>>,
 }
 
 impl Server {
     /// Starts cached on `dir` with the given settings (keys as in the config file).
     pub async fn start(dir: &Path, settings: &[(&str, &str)]) -> Self {
-        let mut flags = BTreeMap::from([
-            ("data_dir".to_owned(), dir.display().to_string()),
-            // Tests flush access times and evict explicitly through the write path.
-            ("maintenance_interval".to_owned(), "1h".to_owned()),
-        ]);
-        for (key, value) in settings {
-            flags.insert((*key).to_owned(), (*value).to_owned());
-        }
-        let config = cached::config::Config::load(&flags, None, &|_| None).expect("valid config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
-        let addr = listener.local_addr().expect("addr");
-        let metrics_addr = metrics.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(cached::run(config, listener, Some(metrics), async move {
-            let _ = stopped.await;
-        }));
-        Self { addr, metrics_addr, stop: Some(stop), task }
+        let inner = cached::embedded::Embedded::start(dir, settings).await.expect("cached starts");
+        Self { addr: inner.addr, metrics_addr: inner.metrics_addr, inner }
     }
 
     /// Shuts down gracefully and waits until the store is flushed and closed.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await.expect("server task").expect("server stopped cleanly");
+    pub async fn stop(self) {
+        self.inner.stop().await.expect("server stopped cleanly");
     }
 
     pub async fn clients(&self) -> Clients {

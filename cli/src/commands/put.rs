@@ -4,14 +4,19 @@ use crate::client::Client;
 use crate::error::{CliError, Result};
 use crate::transfer;
 
-/// Uploads the files the server lacks; prints one `<hex>/<size>` per file, in order.
-pub async fn run(client: &Client, files: &[PathBuf], level: i32) -> Result<()> {
+/// Checks every file is a readable regular file, before anything is sent.
+pub fn check(files: &[PathBuf]) -> Result<()> {
     for file in files {
         let metadata = std::fs::metadata(file).map_err(CliError::file(file))?;
         if !metadata.is_file() {
             return Err(CliError::Usage(format!("{} is not a regular file", file.display())));
         }
     }
+    Ok(())
+}
+
+/// Uploads the files the server lacks; prints one `<hex>/<size>` per file, in order.
+pub async fn run(client: &Client, files: &[PathBuf], level: i32) -> Result<()> {
     for digest in transfer::upload_files(client, files, level).await? {
         println!("{digest}");
     }

@@ -1,0 +1,70 @@
+//! cached inside another process, on 127.0.0.1 with ephemeral ports: what tests, benchmarks
+//! and tools that need a throwaway server use.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+pub struct Embedded {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl Embedded {
+    /// Starts cached on `data_dir` with `settings` (keys as in the config file) on top of the
+    /// defaults. Housekeeping is hourly unless a setting says otherwise, so callers decide
+    /// when eviction happens.
+    pub async fn start(data_dir: &Path, settings: &[(&str, &str)]) -> Result<Self> {
+        let mut flags = BTreeMap::from([
+            ("data_dir".to_owned(), data_dir.display().to_string()),
+            ("maintenance_interval".to_owned(), "1h".to_owned()),
+        ]);
+        for (key, value) in settings {
+            flags.insert((*key).to_owned(), (*value).to_owned());
+        }
+        let config = Config::load(&flags, None, &|_| None).map_err(|err| Error::invalid(err.to_string()))?;
+        let bind = || async {
+            TcpListener::bind("127.0.0.1:0").await.map_err(|err| Error::Internal(format!("bind: {err}")))
+        };
+        let (listener, metrics) = (bind().await?, bind().await?);
+        let local = |l: &TcpListener| l.local_addr().map_err(|err| Error::Internal(err.to_string()));
+        let (addr, metrics_addr) = (local(&listener)?, local(&metrics)?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::run(config, listener, Some(metrics), async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, metrics_addr, stop: Some(stop), task: Some(task) })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts down gracefully and waits until the store is flushed and closed.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
