@@ -6,5 +6,6 @@
 pub mod client;
 pub mod commands;
 pub mod error;
+pub mod gocacheprog;
 pub mod render;
 pub mod transfer;

@@ -44,6 +44,8 @@ enum Command {
         #[arg(required = true)]
         digests: Vec<String>,
     },
+    /// Serve the go command's build cache: GOCACHEPROG="cachectl gocacheprog" go build ./...
+    Gocacheprog(commands::gocacheprog::Args),
     /// Server statistics: store size, requests, hits and misses per API and namespace.
     Stats {
         /// Print the stable JSON document instead of the table.
@@ -75,6 +77,7 @@ async fn run(cli: Cli) -> Result<()> {
             let client = Client::connect(&cli.server).await?;
             commands::has::run(&client, &digests).await
         }
+        Command::Gocacheprog(args) => commands::gocacheprog::run(&cli.server, args).await,
         Command::Stats { json } => {
             let client = Client::connect(&cli.server).await?;
             commands::stats::run(&client, json).await

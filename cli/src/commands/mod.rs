@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod get;
+pub mod gocacheprog;
 pub mod has;
 pub mod put;
 pub mod stats;

@@ -1,0 +1,431 @@
+//! The local disk tier: the files the go command opens through `DiskPath`.
+//!
+//! Layout under an absolute root:
+//! - `o/<2 hex>/<OutputID hex>`: bodies. Mode 0755 (Go runs cached test binaries straight from
+//!   here), no extension (cgo tools choke on one, golang/go#74451), never rewritten once present.
+//! - `a/<2 hex>/<ActionID hex>`: one line, `<OutputID hex> <size> <time unix nanos>`.
+//! - `tmp/`: bodies being written. `trim.txt`: its mtime is the last trim.
+//!
+//! Several go processes may share a root at once: every file appears whole by an atomic rename
+//! (bodies by a no-clobber link), so a reader sees a complete file or none. Nothing is fsynced,
+//! as in Go's own cache: a power cut may lose recent entries; the size check on lookup drops an
+//! entry whose body did not survive.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use proto::{ActionId, Digest, OutputId};
+use sha2::{Digest as _, Sha256};
+
+/// A used file's mtime is refreshed (for LRU trimming) only when older than this, so hits do
+/// not each cost a metadata write.
+const TOUCH_AFTER: Duration = Duration::from_secs(3600);
+/// Files used more recently than this are never trimmed: a concurrent build may hold their
+/// paths. Twice `TOUCH_AFTER`, because a used file's mtime may lag its use by that much.
+const TRIM_PROTECT: Duration = Duration::from_secs(2 * 3600);
+/// How often a session's close looks at the tier's total size.
+const TRIM_INTERVAL: Duration = Duration::from_secs(3600);
+/// Trimming stops once the tier is below this fraction of its cap, so it does not run again
+/// at once.
+const TRIM_LOW_WATER: f64 = 0.9;
+
+/// An action's entry as the local tier records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub output_id: OutputId,
+    pub size: u64,
+    pub time_unix_nanos: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("body of {size} bytes hashes to {actual}, not to its OutputID {expected}")]
+    WrongBody { size: u64, expected: OutputId, actual: String },
+    #[error("body has {actual} bytes, not the {expected} announced")]
+    WrongSize { expected: u64, actual: u64 },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
+    move |source| DiskError::Io { path: path.to_owned(), source }
+}
+
+pub struct DiskTier {
+    root: PathBuf,
+    max_size: u64,
+}
+
+impl DiskTier {
+    /// Opens (creating) the tier at `root`, which becomes absolute.
+    pub fn open(root: &Path, max_size: u64) -> Result<Self, DiskError> {
+        for sub in ["o", "a", "tmp"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        }
+        let root = fs::canonicalize(root).map_err(io_at(root))?;
+        if root.to_str().is_none() {
+            // DiskPath travels in JSON, which cannot carry a non-UTF-8 path.
+            let source = io::Error::new(io::ErrorKind::InvalidInput, "the path must be valid UTF-8");
+            return Err(DiskError::Io { path: root, source });
+        }
+        Ok(Self { root, max_size })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn output_path(&self, output_id: &OutputId) -> PathBuf {
+        sharded(&self.root.join("o"), &output_id.to_string())
+    }
+
+    fn action_path(&self, action_id: &ActionId) -> PathBuf {
+        sharded(&self.root.join("a"), &action_id.to_string())
+    }
+
+    /// The entry and body path of an action, if both are here and the body has its size.
+    pub fn lookup(&self, action_id: &ActionId) -> Result<Option<(Entry, PathBuf)>, DiskError> {
+        let record = self.action_path(action_id);
+        let text = match fs::read_to_string(&record) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(io_at(&record)(err)),
+        };
+        let Some(entry) = parse_entry(&text) else {
+            return Ok(None); // Unreadable records are misses; the next put rewrites them.
+        };
+        let Some(body) = self.existing_output(&entry.output_id, entry.size) else {
+            return Ok(None);
+        };
+        touch_if_old(&record);
+        touch_if_old(&body);
+        Ok(Some((entry, body)))
+    }
+
+    /// The body's path when it is present with the expected size.
+    pub fn existing_output(&self, output_id: &OutputId, size: u64) -> Option<PathBuf> {
+        let path = self.output_path(output_id);
+        let metadata = fs::metadata(&path).ok()?;
+        (metadata.is_file() && metadata.len() == size).then_some(path)
+    }
+
+    /// Records an action's entry (replacing an older one: a rebuild may produce new output).
+    pub fn record(&self, action_id: &ActionId, entry: &Entry) -> Result<(), DiskError> {
+        let path = self.action_path(action_id);
+        let line = format!("{} {} {}\n", entry.output_id, entry.size, entry.time_unix_nanos);
+        let mut temp = self.temp_file()?;
+        temp.write_all(line.as_bytes()).map_err(io_at(temp.path()))?;
+        ensure_parent(&path)?;
+        temp.persist(&path).map_err(|err| io_at(&path)(err.error))?;
+        Ok(())
+    }
+
+    /// A writer for a body that is verified against `output_id` before it appears.
+    pub fn writer(&self, output_id: OutputId, size: u64) -> Result<BodyWriter, DiskError> {
+        let dest = self.output_path(&output_id);
+        // A body already here is not rewritten: the go command may have it open. The incoming
+        // bytes are still hashed, so the caller learns their digest.
+        let file = match self.existing_output(&output_id, size) {
+            Some(_) => None,
+            None => Some(self.temp_file()?),
+        };
+        Ok(BodyWriter {
+            file,
+            dest,
+            output_id,
+            expected: size,
+            written: 0,
+            sha256: Sha256::new(),
+            blake3: blake3::Hasher::new(),
+        })
+    }
+
+    fn temp_file(&self) -> Result<tempfile::NamedTempFile, DiskError> {
+        let dir = self.root.join("tmp");
+        tempfile::Builder::new().prefix(".part-").tempfile_in(&dir).map_err(io_at(&dir))
+    }
+
+    /// Trims to the size cap unless a trim ran within `TRIM_INTERVAL`. Returns bytes removed.
+    pub fn trim_if_due(&self) -> Result<u64, DiskError> {
+        let stamp = self.root.join("trim.txt");
+        let now = SystemTime::now();
+        let last = fs::metadata(&stamp).and_then(|m| m.modified()).ok();
+        if last.is_some_and(|last| now.duration_since(last).unwrap_or_default() < TRIM_INTERVAL) {
+            return Ok(0);
+        }
+        fs::write(&stamp, b"").map_err(io_at(&stamp))?;
+        self.trim(now.checked_sub(TRIM_PROTECT).unwrap_or(SystemTime::UNIX_EPOCH))
+    }
+
+    /// Removes the least recently used files until the tier is under its low-water mark, never
+    /// touching files used after `protect_after`. Also clears abandoned temp files.
+    pub fn trim(&self, protect_after: SystemTime) -> Result<u64, DiskError> {
+        let mut files = Vec::new();
+        for sub in ["o", "a"] {
+            list_files(&self.root.join(sub), 2, &mut files)?;
+        }
+        let mut total: u64 = files.iter().map(|f| f.size).sum();
+        let mut removed = 0;
+        if total > self.max_size {
+            files.sort_by_key(|f| f.modified);
+            let target = (self.max_size as f64 * TRIM_LOW_WATER) as u64;
+            for file in files.iter().take_while(|f| f.modified <= protect_after) {
+                if total <= target {
+                    break;
+                }
+                if remove(&file.path) {
+                    total -= file.size;
+                    removed += file.size;
+                }
+            }
+        }
+        let mut temps = Vec::new();
+        list_files(&self.root.join("tmp"), 1, &mut temps)?;
+        for temp in temps.iter().filter(|f| f.modified <= protect_after) {
+            remove(&temp.path);
+        }
+        Ok(removed)
+    }
+}
+
+/// Receives a body, hashing it as it goes (SHA-256 for Go's OutputID, BLAKE3 for the CAS).
+pub struct BodyWriter {
+    file: Option<tempfile::NamedTempFile>,
+    dest: PathBuf,
+    output_id: OutputId,
+    expected: u64,
+    written: u64,
+    sha256: Sha256,
+    blake3: blake3::Hasher,
+}
+
+impl BodyWriter {
+    pub fn write(&mut self, piece: &[u8]) -> Result<(), DiskError> {
+        self.written += piece.len() as u64;
+        if self.written > self.expected {
+            return Err(DiskError::WrongSize { expected: self.expected, actual: self.written });
+        }
+        self.sha256.update(piece);
+        self.blake3.update(piece);
+        if let Some(file) = self.file.as_mut() {
+            file.write_all(piece).map_err(io_at(&self.dest))?;
+        }
+        Ok(())
+    }
+
+    /// Verifies the body and moves it into place; returns its path and CAS digest.
+    pub fn commit(self) -> Result<(PathBuf, Digest), DiskError> {
+        if self.written != self.expected {
+            return Err(DiskError::WrongSize { expected: self.expected, actual: self.written });
+        }
+        let actual: [u8; 32] = self.sha256.finalize().into();
+        if actual != self.output_id.0 {
+            let actual = OutputId(actual).to_string();
+            return Err(DiskError::WrongBody { size: self.written, expected: self.output_id, actual });
+        }
+        let digest = Digest::from_hasher(&self.blake3, self.written);
+        if let Some(file) = self.file {
+            set_executable(file.as_file()).map_err(io_at(&self.dest))?;
+            ensure_parent(&self.dest)?;
+            match file.persist_noclobber(&self.dest) {
+                Ok(_) => {}
+                // Another process stored the same verified body first; theirs is as good.
+                Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(io_at(&self.dest)(err.error)),
+            }
+        }
+        Ok((self.dest, digest))
+    }
+}
+
+fn sharded(dir: &Path, hex: &str) -> PathBuf {
+    dir.join(&hex[..2]).join(hex)
+}
+
+fn ensure_parent(path: &Path) -> Result<(), DiskError> {
+    match path.parent() {
+        Some(parent) => fs::create_dir_all(parent).map_err(io_at(parent)),
+        None => Ok(()),
+    }
+}
+
+fn parse_entry(text: &str) -> Option<Entry> {
+    let mut fields = text.split_ascii_whitespace();
+    let output_id = parse_hex32(fields.next()?)?;
+    let size = fields.next()?.parse().ok()?;
+    let time_unix_nanos = fields.next()?.parse().ok()?;
+    Some(Entry { output_id: OutputId(output_id), size, time_unix_nanos })
+}
+
+fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Refreshes the mtime that LRU trimming orders by. Best effort: a failure only makes the file
+/// look older than it is.
+fn touch_if_old(path: &Path) {
+    let now = SystemTime::now();
+    let old = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > TOUCH_AFTER);
+    if old && let Ok(file) = File::open(path) {
+        let _ = file.set_modified(now);
+    }
+}
+
+#[cfg(unix)]
+fn set_executable(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(0o755))
+}
+
+#[cfg(not(unix))]
+fn set_executable(_file: &File) -> io::Result<()> {
+    Ok(())
+}
+
+struct FileInfo {
+    path: PathBuf,
+    size: u64,
+    modified: SystemTime,
+}
+
+/// Lists regular files `depth` directory levels below `dir` (1: its own files).
+fn list_files(dir: &Path, depth: u32, out: &mut Vec<FileInfo>) -> Result<(), DiskError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(io_at(dir)(err)),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // Another process may remove files while we list: skip what vanished.
+        let Ok(metadata) = entry.metadata() else { continue };
+        if depth > 1 && metadata.is_dir() {
+            list_files(&path, depth - 1, out)?;
+        } else if depth == 1 && metadata.is_file() {
+            let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            out.push(FileInfo { path, size: metadata.len(), modified });
+        }
+    }
+    Ok(())
+}
+
+/// Removes a file; true when this call removed it (a concurrent trim may have been first).
+fn remove(path: &Path) -> bool {
+    fs::remove_file(path).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output_id(body: &[u8]) -> OutputId {
+        OutputId(Sha256::digest(body).into())
+    }
+
+    fn put(tier: &DiskTier, action: u8, body: &[u8]) -> PathBuf {
+        let id = output_id(body);
+        let mut writer = tier.writer(id, body.len() as u64).unwrap();
+        for piece in body.chunks(3) {
+            writer.write(piece).unwrap();
+        }
+        let (path, digest) = writer.commit().unwrap();
+        assert_eq!(digest, Digest::of(body));
+        let entry = Entry { output_id: id, size: body.len() as u64, time_unix_nanos: 7 };
+        tier.record(&ActionId([action; 32]), &entry).unwrap();
+        path
+    }
+
+    #[test]
+    fn bodies_round_trip_as_absolute_executable_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(&dir.path().join("tier"), 1 << 30).unwrap();
+        let path = put(&tier, 1, b"hello body");
+        assert!(path.is_absolute());
+        assert_eq!(path.extension(), None);
+        assert_eq!(path.file_name().unwrap().to_str().unwrap(), output_id(b"hello body").to_string());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o755);
+        }
+        let (entry, found) = tier.lookup(&ActionId([1; 32])).unwrap().unwrap();
+        assert_eq!((entry.size, entry.time_unix_nanos, found), (10, 7, path));
+        assert!(tier.lookup(&ActionId([2; 32])).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_wrong_body_never_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 1 << 30).unwrap();
+        let id = output_id(b"right");
+        let mut writer = tier.writer(id, 5).unwrap();
+        writer.write(b"wrong").unwrap();
+        assert!(matches!(writer.commit(), Err(DiskError::WrongBody { .. })));
+        assert!(!tier.output_path(&id).exists());
+        let mut writer = tier.writer(id, 5).unwrap();
+        assert!(matches!(writer.write(b"right!"), Err(DiskError::WrongSize { .. })));
+    }
+
+    #[test]
+    fn present_bodies_are_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 1 << 30).unwrap();
+        let path = put(&tier, 1, b"same");
+        let before = fs::metadata(&path).unwrap();
+        put(&tier, 2, b"same");
+        let after = fs::metadata(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(before.ino(), after.ino());
+        }
+        assert_eq!(before.modified().unwrap(), after.modified().unwrap());
+    }
+
+    #[test]
+    fn an_entry_whose_body_is_gone_or_short_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 1 << 30).unwrap();
+        let path = put(&tier, 1, b"vanishing");
+        fs::write(&path, b"short").unwrap();
+        assert!(tier.lookup(&ActionId([1; 32])).unwrap().is_none());
+        fs::remove_file(&path).unwrap();
+        assert!(tier.lookup(&ActionId([1; 32])).unwrap().is_none());
+    }
+
+    #[test]
+    fn trim_removes_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 3000).unwrap();
+        let old = put(&tier, 1, &[1u8; 1000]);
+        let middle = put(&tier, 2, &[2u8; 1000]);
+        let new = put(&tier, 3, &[3u8; 1000]);
+        let base = SystemTime::now() - Duration::from_secs(10_000);
+        for (i, path) in [&old, &middle, &new].into_iter().enumerate() {
+            File::open(path).unwrap().set_modified(base + Duration::from_secs(i as u64 * 100)).unwrap();
+        }
+        // Over the cap by the action records: the oldest body goes, the rest stay.
+        let removed = tier.trim(SystemTime::now()).unwrap();
+        assert!(removed >= 1000, "{removed}");
+        assert!(!old.exists());
+        assert!(middle.exists() && new.exists());
+        assert!(tier.lookup(&ActionId([1; 32])).unwrap().is_none());
+        assert!(tier.lookup(&ActionId([3; 32])).unwrap().is_some());
+        // Recently used files are protected even over the cap.
+        let tight = DiskTier::open(dir.path(), 10).unwrap();
+        tight.trim(base).unwrap();
+        assert!(new.exists());
+    }
+}

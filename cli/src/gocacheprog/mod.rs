@@ -1,0 +1,68 @@
+//! The GOCACHEPROG bridge: the go command's build cache served from a local disk tier and, behind
+//! it, cached. `GOCACHEPROG="cachectl gocacheprog" go build ./...`.
+//!
+//! Read in this order: [`protocol`] (the wire format, no I/O), [`server`] (the loop: reader and
+//! writer threads, remote work on the runtime), [`tiers`] (local first, then remote), [`disk`]
+//! (the files behind `DiskPath`), [`remote`] and [`uploads`] (cached, fail-open behind
+//! [`breaker`]), [`counters`] (the session summary).
+
+pub mod breaker;
+pub mod counters;
+pub mod disk;
+pub mod protocol;
+pub mod remote;
+pub mod server;
+pub mod tiers;
+pub mod uploads;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{CliError, Result};
+
+/// Everything a session is configured with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Root of the local disk tier.
+    pub dir: PathBuf,
+    /// Size cap of the local disk tier, in bytes.
+    pub max_size: u64,
+    /// cached's address; `None` serves the local tier only.
+    pub server: Option<String>,
+    pub namespace: String,
+    /// Deadline of each remote request (transfers get more in proportion to their size).
+    pub timeout: Duration,
+    /// How long `close` waits for pending uploads.
+    pub close_timeout: Duration,
+    /// Fetch from cached but never upload (for untrusted builds).
+    pub read_only: bool,
+    /// Print the session summary line on close.
+    pub summary: bool,
+}
+
+/// The default local tier: `<user cache dir>/cached/gocache`.
+pub fn default_dir() -> Option<PathBuf> {
+    dirs::cache_dir().map(|dir| dir.join("cached").join("gocache"))
+}
+
+/// Serves the go command on stdin/stdout until it closes the session.
+pub async fn run(options: Options) -> Result<()> {
+    let disk = disk::DiskTier::open(&options.dir, options.max_size)
+        .map_err(|err| CliError::Usage(format!("cannot use the local cache directory: {err}")))?;
+    let counters = Arc::new(counters::Counters::default());
+    let remote = match &options.server {
+        Some(server) => Some(remote::Remote::new(
+            server,
+            options.namespace.clone(),
+            options.timeout,
+            Arc::clone(&counters),
+        )?),
+        None => None,
+    };
+    let tier_options = tiers::TierOptions { close_timeout: options.close_timeout, summary: options.summary };
+    let tiers = tiers::Tiers::new(disk, remote, !options.read_only, counters, tier_options);
+    server::serve(std::io::stdin(), std::io::stdout(), Arc::new(tiers))
+        .await
+        .map_err(|err| CliError::Usage(format!("gocacheprog: {err}")))
+}

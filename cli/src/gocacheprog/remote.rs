@@ -1,0 +1,375 @@
+//! The remote tier: cached's GoCache and Cas services, behind a circuit breaker.
+//!
+//! Fetches land in the local tier (the go command needs a file), verified twice on the way:
+//! BLAKE3 against the CAS digest and SHA-256 against the OutputID. Every call has a deadline,
+//! and no failure here is ever the build's failure: it is a miss, or an upload not made.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::v1::cas_client::CasClient;
+use proto::v1::go_cache_client::GoCacheClient;
+use proto::v1::stats_client::StatsClient;
+use proto::v1::{self, Compression};
+use proto::{ActionId, Digest, FRAME_SIZE, OutputId};
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+
+use super::breaker::Breaker;
+use super::counters::{Counters, add};
+use super::disk::{DiskError, DiskTier, Entry};
+use super::uploads::Upload;
+use crate::client::Client;
+use crate::error::CliError;
+use crate::transfer;
+
+/// zstd level for uploads. Level 1 costs the compiler, which shares the CPU with us during a
+/// cold build, a third less than level 3 and gives up under 5% of the ratio on Go outputs.
+const UPLOAD_LEVEL: i32 = 1;
+/// Transfers get this rate's worth of time on top of the base deadline, so a large body on a
+/// slow link is not cut off while a hung server still is.
+const MIN_BYTES_PER_SECOND: u64 = 10 << 20;
+const MAX_MESSAGE: usize = 64 << 20;
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Frames buffered between the network and the file being written.
+const PIPELINE_FRAMES: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("it sent a corrupt body: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Client(#[from] CliError),
+    #[error("local tier: {0}")]
+    Local(DiskError),
+}
+
+impl RemoteError {
+    /// Whether the failure is the server's (counts toward the breaker) rather than ours.
+    fn is_remote(&self) -> bool {
+        !matches!(self, Self::Local(_))
+    }
+}
+
+impl From<DiskError> for RemoteError {
+    fn from(err: DiskError) -> Self {
+        match err {
+            // A body that does not hash to what the server said came from the server.
+            DiskError::WrongBody { .. } | DiskError::WrongSize { .. } => Self::Corrupt(err.to_string()),
+            DiskError::Io { .. } => Self::Local(err),
+        }
+    }
+}
+
+pub struct Remote {
+    client: Client,
+    namespace: String,
+    timeout: Duration,
+    pub breaker: Breaker,
+    counters: Arc<Counters>,
+}
+
+impl Remote {
+    /// Prepares a connection that is made on first use, so a down server costs the go command
+    /// nothing at startup.
+    pub fn new(
+        server: &str,
+        namespace: String,
+        timeout: Duration,
+        counters: Arc<Counters>,
+    ) -> Result<Self, CliError> {
+        let endpoint = Endpoint::from_shared(server.to_owned())
+            .map_err(|err| CliError::Usage(format!("--server {server:?} is not a valid URL: {err}")))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            // Inline bodies reach 1 MiB of zstd: a window that holds a few of them whole saves
+            // the round trips of growing an adaptive one from 64 KiB on every new connection.
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW));
+        let channel = endpoint.connect_lazy();
+        let client = Client {
+            server: server.to_owned(),
+            cas: CasClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            go: GoCacheClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            stats: StatsClient::new(channel),
+        };
+        Ok(Self { client, namespace, timeout, breaker: Breaker::new(server), counters })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.client.server
+    }
+
+    /// Looks an action up on the server and brings its body into the local tier. `None` on a
+    /// miss and on any failure.
+    pub async fn fetch(&self, action_id: ActionId, disk: Arc<DiskTier>) -> Option<(Entry, PathBuf)> {
+        if !self.breaker.allows() {
+            return None;
+        }
+        match self.try_fetch(action_id, disk).await {
+            Ok(found) => {
+                self.breaker.success();
+                found
+            }
+            Err(err) => {
+                self.note_failure(&err);
+                None
+            }
+        }
+    }
+
+    fn note_failure(&self, err: &RemoteError) {
+        if err.is_remote() {
+            self.breaker.failure(&err.to_string());
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        limit: Duration,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, RemoteError> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(status.into()),
+            Err(_) => Err(RemoteError::Timeout(limit)),
+        }
+    }
+
+    fn transfer_deadline(&self, size: u64) -> Duration {
+        self.timeout + Duration::from_secs(size / MIN_BYTES_PER_SECOND)
+    }
+
+    async fn try_fetch(
+        &self,
+        action_id: ActionId,
+        disk: Arc<DiskTier>,
+    ) -> Result<Option<(Entry, PathBuf)>, RemoteError> {
+        let request =
+            v1::GoGetRequest { namespace: self.namespace.clone(), action_id: action_id.0.to_vec().into() };
+        let reply = self.call(self.timeout, self.client.go.clone().get(request)).await?;
+        let Some(wire) = reply.entry else { return Ok(None) };
+        let corrupt = |err: &dyn std::fmt::Display| RemoteError::Corrupt(err.to_string());
+        let output_id = OutputId::try_from(wire.output_id.as_ref()).map_err(|e| corrupt(&e))?;
+        let digest = Digest::from_wire(wire.digest.as_ref()).map_err(|e| corrupt(&e))?;
+        let entry = Entry { output_id, size: digest.size, time_unix_nanos: wire.time_unix_nanos };
+        let path = match disk.existing_output(&output_id, entry.size) {
+            Some(path) => path,
+            None if reply.body_inline || entry.size == 0 => {
+                let body = reply.body_zstd;
+                let disk = Arc::clone(&disk);
+                tokio::task::spawn_blocking(move || store_inline(&disk, entry, digest, &body))
+                    .await
+                    .map_err(|err| RemoteError::Corrupt(format!("decoding failed: {err}")))??
+            }
+            None => match self.download(Arc::clone(&disk), entry, digest).await? {
+                Some(path) => path,
+                None => return Ok(None), // The blob was evicted since the lookup.
+            },
+        };
+        add(&self.counters.bytes_down, entry.size);
+        tokio::task::spawn_blocking(move || disk.record(&action_id, &entry))
+            .await
+            .map_err(|err| RemoteError::Corrupt(format!("recording failed: {err}")))?
+            .map_err(RemoteError::Local)?;
+        Ok(Some((entry, path)))
+    }
+
+    /// Streams a body too large to travel inline through Cas.Read into the local tier.
+    async fn download(
+        &self,
+        disk: Arc<DiskTier>,
+        entry: Entry,
+        digest: Digest,
+    ) -> Result<Option<PathBuf>, RemoteError> {
+        let limit = self.transfer_deadline(entry.size);
+        let request = v1::ReadRequest {
+            digest: Some(digest.to_wire()),
+            offset: 0,
+            limit: 0,
+            accept: Compression::Zstd as i32,
+        };
+        let transfer = async {
+            let mut stream = match self.client.cas.clone().read(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+                Err(status) => return Err(status.into()),
+            };
+            let (sender, pieces) = mpsc::channel(PIPELINE_FRAMES);
+            let writer = tokio::task::spawn_blocking(move || store_frames(&disk, entry, digest, pieces));
+            let mut failure = None;
+            loop {
+                match stream.message().await {
+                    Ok(Some(piece)) => {
+                        if sender.send(piece).await.is_err() {
+                            break; // The writer failed; its result says why.
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        failure = Some(status);
+                        break;
+                    }
+                }
+            }
+            drop(sender);
+            let stored =
+                writer.await.map_err(|err| RemoteError::Corrupt(format!("writing failed: {err}")))?;
+            match failure {
+                Some(status) => Err(status.into()),
+                None => stored.map(Some),
+            }
+        };
+        tokio::time::timeout(limit, transfer).await.map_err(|_| RemoteError::Timeout(limit))?
+    }
+
+    /// Uploads bodies (CAS blob first, then the entry that names it). Never fails: what cannot
+    /// be uploaded is counted as lost.
+    pub async fn upload(&self, uploads: Vec<Upload>) {
+        let count = uploads.len() as u64;
+        if !self.breaker.allows() {
+            add(&self.counters.uploads_lost, count);
+            return;
+        }
+        match self.try_upload(&uploads).await {
+            Ok(bytes) => {
+                self.breaker.success();
+                add(&self.counters.uploads, count);
+                add(&self.counters.bytes_up, bytes);
+            }
+            Err(err) => {
+                self.note_failure(&err);
+                add(&self.counters.uploads_lost, count);
+            }
+        }
+    }
+
+    /// Returns the bytes sent.
+    async fn try_upload(&self, uploads: &[Upload]) -> Result<u64, RemoteError> {
+        let (small, large): (Vec<&Upload>, Vec<&Upload>) =
+            uploads.iter().partition(|u| u.digest.size <= FRAME_SIZE as u64);
+        let mut sent = 0;
+        if !small.is_empty() {
+            sent += self.write_small(&small).await?;
+        }
+        for upload in large {
+            sent += self.write_large(upload).await?;
+        }
+        let puts = uploads.iter().map(|upload| self.put_entry(upload));
+        futures::future::try_join_all(puts).await?;
+        Ok(sent)
+    }
+
+    /// One BatchWrite for many small blobs. No FindMissing first: for small blobs the extra
+    /// round trip costs more than resending what the server may already hold.
+    async fn write_small(&self, uploads: &[&Upload]) -> Result<u64, RemoteError> {
+        let files: Vec<(Digest, PathBuf)> = uploads.iter().map(|u| (u.digest, u.path.clone())).collect();
+        let blobs = tokio::task::spawn_blocking(move || read_blobs(files))
+            .await
+            .map_err(|err| RemoteError::Corrupt(format!("reading failed: {err}")))??;
+        let bytes: u64 = blobs.iter().map(|(digest, _)| digest.size).sum();
+        let limit = self.transfer_deadline(bytes);
+        tokio::time::timeout(limit, transfer::batch_write(&self.client, blobs, UPLOAD_LEVEL))
+            .await
+            .map_err(|_| RemoteError::Timeout(limit))??;
+        Ok(bytes)
+    }
+
+    async fn write_large(&self, upload: &Upload) -> Result<u64, RemoteError> {
+        let size = upload.digest.size;
+        let missing =
+            tokio::time::timeout(self.timeout, transfer::find_missing(&self.client, &[upload.digest]))
+                .await
+                .map_err(|_| RemoteError::Timeout(self.timeout))??;
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let limit = self.transfer_deadline(size);
+        tokio::time::timeout(
+            limit,
+            transfer::upload_file(&self.client, &upload.path, upload.digest, UPLOAD_LEVEL),
+        )
+        .await
+        .map_err(|_| RemoteError::Timeout(limit))??;
+        Ok(size)
+    }
+
+    async fn put_entry(&self, upload: &Upload) -> Result<(), RemoteError> {
+        let request = v1::GoPutRequest {
+            namespace: self.namespace.clone(),
+            action_id: upload.action_id.0.to_vec().into(),
+            entry: Some(v1::GoEntry {
+                output_id: upload.output_id.0.to_vec().into(),
+                size: upload.digest.size,
+                digest: Some(upload.digest.to_wire()),
+                time_unix_nanos: upload.time_unix_nanos,
+            }),
+        };
+        self.call(self.timeout, self.client.go.clone().put(request)).await?;
+        Ok(())
+    }
+}
+
+fn read_blobs(files: Vec<(Digest, PathBuf)>) -> Result<Vec<(Digest, Bytes)>, RemoteError> {
+    files
+        .into_iter()
+        .map(|(digest, path)| {
+            let data =
+                std::fs::read(&path).map_err(|source| RemoteError::Local(DiskError::Io { path, source }))?;
+            Ok((digest, Bytes::from(data)))
+        })
+        .collect()
+}
+
+/// Writes a body that came inline (one zstd frame, or nothing for an empty body).
+fn store_inline(disk: &DiskTier, entry: Entry, digest: Digest, frame: &[u8]) -> Result<PathBuf, RemoteError> {
+    let mut writer = disk.writer(entry.output_id, entry.size)?;
+    if entry.size > 0 {
+        let mut decoder = proto::frames::FrameDecoder::new(entry.size, 0)
+            .map_err(|err| RemoteError::Corrupt(err.to_string()))?;
+        let raw = decoder.decode(frame).map_err(|err| RemoteError::Corrupt(err.to_string()))?;
+        writer.write(raw)?;
+    }
+    commit_checked(writer, digest)
+}
+
+/// Runs on a blocking thread: decodes each streamed piece into the body file.
+fn store_frames(
+    disk: &DiskTier,
+    entry: Entry,
+    digest: Digest,
+    mut pieces: mpsc::Receiver<v1::ReadResponse>,
+) -> Result<PathBuf, RemoteError> {
+    let corrupt = |err: &dyn std::fmt::Display| RemoteError::Corrupt(err.to_string());
+    let mut writer = disk.writer(entry.output_id, entry.size)?;
+    let mut decoder = proto::frames::FrameDecoder::new(entry.size, 0).map_err(|e| corrupt(&e))?;
+    while let Some(piece) = pieces.blocking_recv() {
+        if piece.compression == Compression::Zstd as i32 {
+            writer.write(decoder.decode(&piece.data).map_err(|e| corrupt(&e))?)?;
+        } else {
+            writer.write(&piece.data)?;
+        }
+    }
+    commit_checked(writer, digest)
+}
+
+fn commit_checked(writer: super::disk::BodyWriter, digest: Digest) -> Result<PathBuf, RemoteError> {
+    let (path, actual) = writer.commit()?;
+    if actual != digest {
+        // SHA-256 matched the OutputID, so the body is right; the server's digest is not.
+        return Err(RemoteError::Corrupt(format!("entry names digest {digest}, body is {actual}")));
+    }
+    Ok(path)
+}

@@ -1,0 +1,225 @@
+//! The cache the server loop serves: the local disk tier first, then the remote tier, with
+//! identical concurrent remote lookups sharing one fetch.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use proto::{ActionId, OutputId};
+
+use super::counters::{Counters, add, bump};
+use super::disk::{DiskError, DiskTier, Entry};
+use super::protocol::{Hit, now_unix_nanos};
+use super::remote::Remote;
+use super::server::{BodySink, Cache, Local};
+use super::uploads::{Upload, Uploader};
+
+pub struct TierOptions {
+    /// How long `close` waits for pending uploads.
+    pub close_timeout: Duration,
+    /// Print the session summary line on close.
+    pub summary: bool,
+}
+
+type Flight = Shared<BoxFuture<'static, Option<Hit>>>;
+
+pub struct Tiers {
+    disk: Arc<DiskTier>,
+    remote: Option<Arc<Remote>>,
+    /// None when there is no remote tier or it is read-only.
+    uploader: Option<Uploader>,
+    flights: Mutex<HashMap<ActionId, Flight>>,
+    counters: Arc<Counters>,
+    options: TierOptions,
+}
+
+impl Tiers {
+    /// `upload` false makes the remote tier read-only. Needs a tokio runtime.
+    pub fn new(
+        disk: DiskTier,
+        remote: Option<Remote>,
+        upload: bool,
+        counters: Arc<Counters>,
+        options: TierOptions,
+    ) -> Self {
+        let remote = remote.map(Arc::new);
+        let uploader = remote
+            .as_ref()
+            .filter(|_| upload)
+            .map(|remote| Uploader::start(Arc::clone(remote), Arc::clone(&counters)));
+        Self {
+            disk: Arc::new(disk),
+            remote,
+            uploader,
+            flights: Mutex::new(HashMap::new()),
+            counters,
+            options,
+        }
+    }
+
+    fn local_miss(&self) -> Local {
+        if self.remote.as_ref().is_some_and(|remote| remote.breaker.allows()) {
+            Local::TryRemote
+        } else {
+            bump(&self.counters.misses);
+            Local::Miss
+        }
+    }
+
+    /// The fetch of `action_id` in progress, or a new one.
+    fn flight(self: &Arc<Self>, action_id: ActionId) -> Flight {
+        let mut flights = self.flights.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(flight) = flights.get(&action_id) {
+            return flight.clone();
+        }
+        let this = Arc::clone(self);
+        let flight = async move {
+            let found = match &this.remote {
+                Some(remote) => remote.fetch(action_id, Arc::clone(&this.disk)).await,
+                None => None,
+            };
+            this.flights.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&action_id);
+            found.map(|(entry, path)| hit(entry, path))
+        }
+        .boxed()
+        .shared();
+        flights.insert(action_id, flight.clone());
+        flight
+    }
+}
+
+fn hit(entry: Entry, path: PathBuf) -> Hit {
+    Hit {
+        output_id: entry.output_id,
+        size: entry.size,
+        time_unix_nanos: entry.time_unix_nanos,
+        disk_path: path.to_string_lossy().into_owned(),
+    }
+}
+
+impl Cache for Tiers {
+    fn get_local(&self, action_id: &ActionId) -> Local {
+        bump(&self.counters.gets);
+        match self.disk.lookup(action_id) {
+            Ok(Some((entry, path))) => {
+                bump(&self.counters.local_hits);
+                Local::Hit(hit(entry, path))
+            }
+            // An unreadable record is as good as none; the next put of the action rewrites it.
+            Ok(None) | Err(_) => self.local_miss(),
+        }
+    }
+
+    fn get_remote(self: Arc<Self>, action_id: ActionId) -> BoxFuture<'static, Option<Hit>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let found = self.flight(action_id).await;
+            self.counters.waited(start.elapsed());
+            bump(if found.is_some() { &self.counters.remote_hits } else { &self.counters.misses });
+            found
+        })
+    }
+
+    fn begin_put(
+        &self,
+        action_id: ActionId,
+        output_id: OutputId,
+        size: u64,
+    ) -> Result<Box<dyn BodySink>, String> {
+        bump(&self.counters.puts);
+        let writer = self.disk.writer(output_id, size).map_err(|err| self.put_failed(&err))?;
+        Ok(Box::new(PutSink {
+            tiers: PutTiers {
+                disk: Arc::clone(&self.disk),
+                uploader: self.uploader.clone(),
+                counters: Arc::clone(&self.counters),
+            },
+            writer,
+            action_id,
+            output_id,
+        }))
+    }
+
+    fn close(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Some(uploader) = &self.uploader {
+                let start = Instant::now();
+                let left = uploader.drain(self.options.close_timeout).await;
+                self.counters.waited(start.elapsed());
+                if left > 0 {
+                    add(&self.counters.uploads_lost, left as u64);
+                    eprintln!(
+                        "cachectl gocacheprog: warning: {left} uploads were still pending after {:?} \
+                         (--close-timeout); they are not in cached",
+                        self.options.close_timeout
+                    );
+                }
+            }
+            let disk = Arc::clone(&self.disk);
+            let _ = tokio::task::spawn_blocking(move || disk.trim_if_due()).await;
+            if self.options.summary {
+                eprintln!("{}", self.counters.summary(self.remote.as_ref().map(|remote| remote.server())));
+            }
+        })
+    }
+}
+
+impl Tiers {
+    fn put_failed(&self, err: &DiskError) -> String {
+        bump(&self.counters.put_errors);
+        err.to_string()
+    }
+}
+
+/// What a put needs once its body is complete.
+struct PutTiers {
+    disk: Arc<DiskTier>,
+    uploader: Option<Uploader>,
+    counters: Arc<Counters>,
+}
+
+struct PutSink {
+    tiers: PutTiers,
+    writer: super::disk::BodyWriter,
+    action_id: ActionId,
+    output_id: OutputId,
+}
+
+impl PutSink {
+    fn store(self) -> Result<PathBuf, DiskError> {
+        let (path, digest) = self.writer.commit()?;
+        let time_unix_nanos = now_unix_nanos();
+        let entry = Entry { output_id: self.output_id, size: digest.size, time_unix_nanos };
+        self.tiers.disk.record(&self.action_id, &entry)?;
+        if let Some(uploader) = &self.tiers.uploader {
+            uploader.enqueue(Upload {
+                action_id: self.action_id,
+                output_id: self.output_id,
+                digest,
+                time_unix_nanos,
+                path: path.clone(),
+            });
+        }
+        Ok(path)
+    }
+}
+
+impl BodySink for PutSink {
+    fn write(&mut self, piece: &[u8]) -> Result<(), String> {
+        self.writer.write(piece).map_err(|err| {
+            bump(&self.tiers.counters.put_errors);
+            err.to_string()
+        })
+    }
+
+    fn finish(self: Box<Self>) -> Result<PathBuf, String> {
+        let counters = Arc::clone(&self.tiers.counters);
+        self.store().map_err(|err| {
+            bump(&counters.put_errors);
+            err.to_string()
+        })
+    }
+}

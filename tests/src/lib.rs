@@ -1,0 +1,255 @@
+//! Harness for end-to-end tests: the real `cached` and `cachectl` binaries as processes, and
+//! the real go command in a sealed environment (temp GOCACHE/GOPATH/HOME, no network).
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`), because one crate
+//! cannot name another's binaries: run `cargo build --workspace --bins` before the tests.
+
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest any one go command may take before the test fails instead of hanging CI.
+pub const GO_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Path of a workspace binary built next to this test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// The go command. These tests need it (CI has it): a missing go is a failure, not a skip.
+pub fn go() -> PathBuf {
+    let output = Command::new("go").arg("version").output();
+    match output {
+        Ok(output) if output.status.success() => PathBuf::from("go"),
+        _ => panic!("the go command (1.24 or newer) is required for these tests and was not found on PATH"),
+    }
+}
+
+/// The multi-package Go module the tests build.
+pub fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("gomod")
+}
+
+/// A `cached` daemon on 127.0.0.1 with its own data directory; killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub addr: String,
+    _data: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start() -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = File::create(data.path().join("cached.log")).expect("log file");
+        let child = Command::new(binary("cached"))
+            .args(["--listen", &addr, "--metrics-listen", "off", "--log-level", "warn"])
+            .arg("--data-dir")
+            .arg(data.path().join("db"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start cached");
+        let daemon = Self { child, addr, _data: data };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&self.addr).is_err() {
+            assert!(Instant::now() < deadline, "cached did not listen on {} within 30s", self.addr);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown, no flush, as a crash or an OOM kill would end it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nobody listens on right now (bound then released; good enough on loopback).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port()
+}
+
+/// A sealed go environment: its own GOCACHE, GOPATH and HOME under one temp dir, no proxy,
+/// no toolchain switching, no cgo (no C compiler needed), nothing inherited but PATH.
+pub struct GoEnv {
+    pub root: tempfile::TempDir,
+}
+
+impl Default for GoEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GoEnv {
+    pub fn new() -> Self {
+        Self { root: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn gocache(&self) -> PathBuf {
+        self.root.path().join("gocache")
+    }
+
+    /// A `go` command in the fixture module, without GOCACHEPROG.
+    pub fn go(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(go());
+        command.args(args).current_dir(fixture()).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            command.env("PATH", path);
+        }
+        let root = self.root.path();
+        command
+            .env("HOME", root.join("home"))
+            .env("GOCACHE", self.gocache())
+            .env("GOPATH", root.join("gopath"))
+            .env("GOMODCACHE", root.join("gopath/pkg/mod"))
+            .env("GOENV", "off")
+            .env("GOFLAGS", "")
+            .env("GOPROXY", "off")
+            .env("GOSUMDB", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOWORK", "off")
+            .env("GOTELEMETRY", "off")
+            .env("CGO_ENABLED", "0")
+            .env("TMPDIR", std::env::temp_dir());
+        command
+    }
+
+    /// A `go` command whose cache is `cachectl gocacheprog` on `tier`, talking to `server`
+    /// (or local only), with the session summary on.
+    pub fn go_bridged(&self, args: &[&str], tier: &Path, server: Option<&str>) -> Command {
+        let mut command = self.go(args);
+        let mut program = format!("{} gocacheprog", binary("cachectl").display());
+        match server {
+            Some(server) => {
+                command.env("CACHED_ADDR", server);
+            }
+            None => program.push_str(" --local-only"),
+        }
+        command.env("GOCACHEPROG", program).env("CACHED_GOCACHE_DIR", tier).env("CACHED_SUMMARY", "1");
+        command
+    }
+
+    /// Empties GOCACHE, as a fresh runner has it.
+    pub fn wipe_gocache(&self) {
+        wipe(&self.gocache());
+    }
+}
+
+/// Removes a directory tree if it exists. Go marks module files read-only; GOCACHE has none.
+pub fn wipe(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => panic!("removing {}: {err}", dir.display()),
+    }
+}
+
+/// What a finished command printed.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Panics with everything printed unless the command succeeded.
+    pub fn success(self, what: &str) -> Self {
+        assert!(self.status.success(), "{what} failed ({}):\n{}\n{}", self.status, self.stdout, self.stderr);
+        self
+    }
+}
+
+/// A started command whose output goes to temp files (no pipe can fill up and block it).
+pub struct Running {
+    child: Child,
+    out: tempfile::NamedTempFile,
+    err: tempfile::NamedTempFile,
+    started: Instant,
+}
+
+impl Running {
+    pub fn start(mut command: Command) -> Self {
+        let out = tempfile::NamedTempFile::new().expect("temp file");
+        let err = tempfile::NamedTempFile::new().expect("temp file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.reopen().expect("reopen"))
+            .stderr(err.reopen().expect("reopen"))
+            .spawn()
+            .expect("spawn");
+        Self { child, out, err, started: Instant::now() }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `GO_DEADLINE`, killing the command past it.
+    pub fn finish(mut self) -> Finished {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if self.started.elapsed() > GO_DEADLINE {
+                let _ = self.child.kill();
+                panic!("command still running after {GO_DEADLINE:?}: {}", read(self.err.path()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Finished { status, stdout: read(self.out.path()), stderr: read(self.err.path()) }
+    }
+}
+
+fn read(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// Runs a command to completion (within `GO_DEADLINE`).
+pub fn run(command: Command) -> Finished {
+    Running::start(command).finish()
+}
+
+/// Number of files under `dir`, recursively.
+pub fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => count_files(&entry.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
+}

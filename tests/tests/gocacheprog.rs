@@ -1,0 +1,175 @@
+//! The GOCACHEPROG bridge end to end: the real go command, `cachectl gocacheprog` and a real
+//! `cached` on loopback, each test in its own temp dirs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cached_e2e::{Daemon, GoEnv, Running, binary, count_files, run, wipe};
+
+/// Lines of the go command's -x trace that run the compiler.
+fn compile_actions(trace: &str) -> Vec<&str> {
+    trace.lines().filter(|line| line.contains("pkg/tool/") && line.contains("/compile ")).collect()
+}
+
+fn summary(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|line| line.starts_with("cachectl gocacheprog: ") && line.contains(" gets "))
+        .unwrap_or("")
+}
+
+fn warnings(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|line| line.starts_with("cachectl gocacheprog: warning")).collect()
+}
+
+#[test]
+fn a_fresh_runner_builds_from_cached_without_compiling_and_matches_plain_go() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let out = env.root.path().join("bin");
+    let out = out.to_str().unwrap();
+
+    let cold = run(env.go_bridged(
+        &["build", "-trimpath", "-o", out, "./cmd/app"],
+        tier.path(),
+        Some(&daemon.url()),
+    ))
+    .success("cold build through the bridge");
+    assert!(summary(&cold.stderr).contains(" puts"), "{}", cold.stderr);
+
+    // A fresh runner: empty GOCACHE, empty local tier, warm cached.
+    env.wipe_gocache();
+    wipe(tier.path());
+    std::fs::remove_file(out).unwrap();
+    let warm = run(env.go_bridged(
+        &["build", "-x", "-trimpath", "-o", out, "./cmd/app"],
+        tier.path(),
+        Some(&daemon.url()),
+    ))
+    .success("build from cached");
+    assert_eq!(compile_actions(&warm.stderr), Vec::<&str>::new(), "the second build compiled");
+    assert!(summary(&warm.stderr).contains(" remote hits"), "{}", warm.stderr);
+    assert!(warnings(&warm.stderr).is_empty(), "{}", warm.stderr);
+
+    let plain_env = GoEnv::new();
+    let plain_out = plain_env.root.path().join("bin");
+    run(plain_env.go(&["build", "-trimpath", "-o", plain_out.to_str().unwrap(), "./cmd/app"]))
+        .success("plain build");
+    assert!(std::fs::read(out).unwrap() == std::fs::read(&plain_out).unwrap(), "binaries differ");
+}
+
+#[test]
+fn go_test_after_a_wipe_reports_cached() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let first =
+        run(env.go_bridged(&["test", "./..."], tier.path(), Some(&daemon.url()))).success("first go test");
+    assert!(!first.stdout.contains("(cached)"), "{}", first.stdout);
+
+    env.wipe_gocache();
+    wipe(tier.path());
+    let second =
+        run(env.go_bridged(&["test", "./..."], tier.path(), Some(&daemon.url()))).success("second go test");
+    let results: Vec<&str> = second.stdout.lines().filter(|line| line.starts_with("ok")).collect();
+    assert_eq!(results.len(), 3, "{}", second.stdout);
+    for line in results {
+        assert!(line.contains("(cached)"), "not from the cache: {line}\n{}", second.stderr);
+    }
+}
+
+#[test]
+fn go_list_export_paths_stay_readable_after_the_bridge_exits() {
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let listed = run(env.go_bridged(
+        &["list", "-export", "-f", "{{.ImportPath}} {{.Export}}", "./...", "fmt"],
+        tier.path(),
+        None,
+    ))
+    .success("go list -export");
+    let root = std::fs::canonicalize(tier.path()).unwrap();
+    let mut count = 0;
+    for line in listed.stdout.lines() {
+        let (package, export) = line.split_once(' ').unwrap();
+        let export = Path::new(export);
+        assert!(export.is_absolute() && export.starts_with(&root), "{package}: {}", export.display());
+        assert_eq!(export.extension(), None, "{package}: {}", export.display());
+        let bytes =
+            std::fs::read(export).unwrap_or_else(|err| panic!("{package}: {}: {err}", export.display()));
+        assert!(!bytes.is_empty(), "{package}: empty export data");
+        count += 1;
+    }
+    assert_eq!(count, 5, "{}", listed.stdout);
+}
+
+#[test]
+fn a_daemon_killed_mid_build_costs_one_warning_and_no_failure() {
+    let mut daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let out = env.root.path().join("bin");
+    let mut build = Running::start(env.go_bridged(
+        &["build", "-trimpath", "-o", out.to_str().unwrap(), "./cmd/app"],
+        tier.path(),
+        Some(&daemon.url()),
+    ));
+    // Kill once the build is well under way: bodies are being stored and uploaded.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count_files(&tier.path().join("o")) < 20 {
+        assert!(build.is_running() && Instant::now() < deadline, "the build ended before the kill");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(build.is_running(), "the build ended before the kill");
+    daemon.kill();
+    let finished = build.finish().success("build with the daemon killed");
+    assert_eq!(warnings(&finished.stderr).len(), 1, "{}", finished.stderr);
+    assert!(out.is_file());
+}
+
+#[test]
+fn two_builds_sharing_one_local_tier_both_succeed() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let (one, two) = (GoEnv::new(), GoEnv::new());
+    let out_one = one.root.path().join("bin");
+    let out_two = two.root.path().join("bin");
+    let start = |env: &GoEnv, out: &Path| {
+        Running::start(env.go_bridged(
+            &["build", "-trimpath", "-o", out.to_str().unwrap(), "./cmd/app"],
+            tier.path(),
+            Some(&daemon.url()),
+        ))
+    };
+    let (first, second) = (start(&one, &out_one), start(&two, &out_two));
+    let first = first.finish().success("first concurrent build");
+    let second = second.finish().success("second concurrent build");
+    assert!(warnings(&first.stderr).is_empty() && warnings(&second.stderr).is_empty());
+    assert!(std::fs::read(&out_one).unwrap() == std::fs::read(&out_two).unwrap(), "binaries differ");
+    let ran = Command::new(&out_one).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "hello, Cached\nsum: 10 (mean 5)\n");
+}
+
+#[test]
+fn malformed_input_exits_non_zero_with_a_clear_error() {
+    let tier = tempfile::tempdir().unwrap();
+    let mut bridge = Command::new(binary("cachectl"))
+        .args(["gocacheprog", "--local-only", "--dir"])
+        .arg(tier.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut handshake = String::new();
+    BufReader::new(bridge.stdout.take().unwrap()).read_line(&mut handshake).unwrap();
+    assert_eq!(handshake, "{\"ID\":0,\"KnownCommands\":[\"get\",\"put\",\"close\"]}\n");
+    bridge.stdin.take().unwrap().write_all(b"{\"ID\":1,\"Command\":\"get\",\"ActionID\":\"!!\"}\n").unwrap();
+    let output = bridge.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("malformed input from the go command at line 1"), "{stderr}");
+}
