@@ -7,5 +7,6 @@ pub mod client;
 pub mod commands;
 pub mod error;
 pub mod gocacheprog;
+pub mod oci;
 pub mod render;
 pub mod transfer;

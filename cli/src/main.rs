@@ -46,6 +46,8 @@ enum Command {
     },
     /// Serve the go command's build cache: GOCACHEPROG="cachectl gocacheprog" go build ./...
     Gocacheprog(commands::gocacheprog::Args),
+    /// Build a multi-platform OCI image from built binaries; write a layout and/or push it.
+    Image(Box<commands::image::Args>),
     /// Server statistics: store size, requests, hits and misses per API and namespace.
     Stats {
         /// Print the stable JSON document instead of the table.
@@ -78,6 +80,7 @@ async fn run(cli: Cli) -> Result<()> {
             commands::has::run(&client, &digests).await
         }
         Command::Gocacheprog(args) => commands::gocacheprog::run(&cli.server, args).await,
+        Command::Image(args) => commands::image::run(&cli.server, *args).await,
         Command::Stats { json } => {
             let client = Client::connect(&cli.server).await?;
             commands::stats::run(&client, json).await

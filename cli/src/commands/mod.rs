@@ -3,5 +3,6 @@
 pub mod get;
 pub mod gocacheprog;
 pub mod has;
+pub mod image;
 pub mod put;
 pub mod stats;

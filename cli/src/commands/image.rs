@@ -1,0 +1,215 @@
+//! `cachectl image`: built binaries in, a multi-platform OCI image out (layout and/or push).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::error::{CliError, Result};
+use crate::oci::{self, Compression, ImageResult, ImageSpec, LayerCache, Platform, RegistryOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A binary and its platform, OS/ARCH[/VARIANT]=PATH; repeat for each platform.
+    #[arg(long = "platform", value_name = "OS/ARCH=PATH", required = true)]
+    platforms: Vec<String>,
+    /// Name of the binary in the image: it is installed as DIR/NAME and is the entrypoint.
+    #[arg(long)]
+    name: String,
+    /// Directory of the binary in the image; it is appended to PATH.
+    #[arg(long, default_value = "/app")]
+    dir: String,
+    /// Base image: a registry reference, oci:DIR[:NAME], or an OCI layout directory [default: none]
+    #[arg(long, value_name = "REF")]
+    base: Option<String>,
+    /// Write the image to this OCI image layout directory (created if absent).
+    #[arg(long, value_name = "DIR")]
+    oci_layout: Option<PathBuf>,
+    /// Name of the image in the layout's index.json [default: the --push tag, else latest]
+    #[arg(long)]
+    tag: Option<String>,
+    /// Push the image to REGISTRY/REPOSITORY:TAG.
+    #[arg(long, value_name = "REPO:TAG")]
+    push: Option<String>,
+    /// Layer compression: gzip (what every runtime reads) or zstd.
+    #[arg(long, default_value = "gzip", value_parser = parse_compression)]
+    compression: Compression,
+    /// User the container runs as [default: the base's, else 65532 (nonroot)]
+    #[arg(long)]
+    user: Option<String>,
+    /// Owner of the binary in the layer, UID:GID.
+    #[arg(long, default_value = "0:0", value_parser = parse_owner)]
+    owner: (u64, u64),
+    /// Environment variable for the image, KEY=VALUE; repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Image label, KEY=VALUE; repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    label: Vec<String>,
+    /// Time of files and of `created`, in seconds since the epoch.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
+    source_date_epoch: u64,
+    /// Speak plain HTTP to registries (loopback registries always get it).
+    #[arg(long)]
+    insecure: bool,
+    /// docker config.json with registry credentials [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json]
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+    /// Blobs larger than this are uploaded in chunks of this size.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size, hide = true)]
+    chunk_size: u64,
+    /// Do not use the layer cache in cached.
+    #[arg(long)]
+    no_cache: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_compression(text: &str) -> std::result::Result<Compression, String> {
+    text.parse().map_err(|err: oci::OciError| err.to_string())
+}
+
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    text.parse::<bytesize::ByteSize>().map(|size| size.as_u64()).map_err(|err| format!("{text:?}: {err}"))
+}
+
+fn parse_owner(text: &str) -> std::result::Result<(u64, u64), String> {
+    let (uid, gid) = text.split_once(':').ok_or_else(|| format!("{text:?}: expected UID:GID"))?;
+    let number = |n: &str| n.parse::<u64>().map_err(|_| format!("{text:?}: {n:?} is not a number"));
+    Ok((number(uid)?, number(gid)?))
+}
+
+impl Args {
+    /// Checks the arguments and turns them into a spec, before anything is contacted.
+    pub fn spec(&self) -> Result<ImageSpec> {
+        let mut binaries = Vec::new();
+        for entry in &self.platforms {
+            let (platform, path) = entry.split_once('=').ok_or_else(|| {
+                CliError::Usage(format!(
+                    "--platform {entry:?}: expected OS/ARCH=PATH, like linux/amd64=bin/app"
+                ))
+            })?;
+            let platform: Platform = platform.parse().map_err(CliError::from)?;
+            binaries.push((platform, PathBuf::from(path)));
+        }
+        let mut labels = BTreeMap::new();
+        for label in &self.label {
+            let (key, value) = label
+                .split_once('=')
+                .filter(|(key, _)| !key.is_empty())
+                .ok_or_else(|| CliError::Usage(format!("--label {label:?}: expected KEY=VALUE")))?;
+            labels.insert(key.to_owned(), value.to_owned());
+        }
+        let mut spec = ImageSpec::new(&self.name, binaries);
+        spec.dir.clone_from(&self.dir);
+        spec.user.clone_from(&self.user);
+        (spec.uid, spec.gid) = self.owner;
+        spec.env.clone_from(&self.env);
+        spec.labels = labels;
+        spec.compression = self.compression;
+        spec.epoch = self.source_date_epoch;
+        spec.base.clone_from(&self.base);
+        spec.oci_layout.clone_from(&self.oci_layout);
+        spec.tag.clone_from(&self.tag);
+        spec.push.clone_from(&self.push);
+        spec.registry = RegistryOptions {
+            insecure: self.insecure,
+            docker_config: self.docker_config.clone(),
+            chunk_size: self.chunk_size,
+            ..RegistryOptions::default()
+        };
+        Ok(spec)
+    }
+}
+
+pub async fn run(server: &str, args: Args) -> Result<()> {
+    let spec = args.spec()?;
+    let cache = if args.no_cache {
+        None
+    } else {
+        match LayerCache::connect(server).await {
+            Ok(cache) => Some(cache),
+            Err(warning) => {
+                eprintln!("cachectl: warning: {warning}");
+                None
+            }
+        }
+    };
+    let result = oci::build_image(&spec, cache.as_ref()).await?;
+    for warning in &result.warnings {
+        eprintln!("cachectl: warning: {warning}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&result)).unwrap_or_default());
+    } else {
+        print!("{}", render(&result));
+    }
+    Ok(())
+}
+
+fn size(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).to_string()
+}
+
+/// The human report: one line per platform, then the index, the layout and the push.
+pub fn render(result: &ImageResult) -> String {
+    let mut out = String::new();
+    let width = result.images.iter().map(|i| i.platform.to_string().len()).max().unwrap_or(0);
+    for image in &result.images {
+        out.push_str(&format!(
+            "{:width$}  {}  layer {} {}\n",
+            image.platform.to_string(),
+            image.manifest.digest,
+            size(image.layer.size),
+            if image.layer_cached { "(cached)" } else { "(built)" },
+        ));
+    }
+    out.push_str(&format!("index {}\n", result.index.digest));
+    if let Some((dir, name)) = &result.layout {
+        out.push_str(&format!("wrote {} ({name})\n", dir.display()));
+    }
+    if let Some(push) = &result.push {
+        let c = &push.counts;
+        out.push_str(&format!(
+            "pushed {}@{}: {} blobs uploaded ({}), {} already there, {} mounted; {} manifests put; {} requests\n",
+            push.reference,
+            result.index.digest,
+            c.blobs_uploaded,
+            size(c.blob_bytes_uploaded),
+            c.blobs_present,
+            c.blobs_mounted,
+            c.manifests_put,
+            c.requests,
+        ));
+    }
+    out
+}
+
+/// The stable JSON document of `--json`.
+pub fn to_json(result: &ImageResult) -> serde_json::Value {
+    json!({
+        "index": result.index.digest.to_string(),
+        "images": result.images.iter().map(|image| json!({
+            "platform": image.platform.to_string(),
+            "manifest": image.manifest.digest.to_string(),
+            "config": image.config.digest.to_string(),
+            "layer": image.layer.digest.to_string(),
+            "layer_size": image.layer.size,
+            "diff_id": image.layer.diff_id.to_string(),
+            "layer_cached": image.layer_cached,
+        })).collect::<Vec<_>>(),
+        "layout": result.layout.as_ref().map(|(dir, name)| json!({"dir": dir, "name": name})),
+        "push": result.push.as_ref().map(|push| json!({
+            "reference": push.reference,
+            "requests": push.counts.requests,
+            "blobs_uploaded": push.counts.blobs_uploaded,
+            "blob_bytes_uploaded": push.counts.blob_bytes_uploaded,
+            "blobs_present": push.counts.blobs_present,
+            "blobs_mounted": push.counts.blobs_mounted,
+            "manifests_put": push.counts.manifests_put,
+            "manifests_present": push.counts.manifests_present,
+        })),
+        "warnings": result.warnings,
+    })
+}

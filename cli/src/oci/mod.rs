@@ -1,0 +1,37 @@
+//! Image layering: built Go binaries in, reproducible multi-platform OCI images out, written
+//! to an OCI layout and/or pushed to a registry with nothing uploaded that is already there.
+//! No Docker daemon; `cachectl image` and (later) runner-agent call [`build_image`].
+//!
+//! Read in data-flow order:
+//! - inputs: `platform`, `reference`;
+//! - layers: `layer` (deterministic tar, pinned gzip or zstd), `cache` (layers kept in cached,
+//!   keyed by binary and options);
+//! - documents: `config`, `manifest` (and their canonical bytes), `base` (an optional base);
+//! - outputs: `layout` (OCI layout directories), `sources` (where each blob's bytes come
+//!   from), `auth`, `registry` and `push` (the distribution API);
+//! - `build`, which runs them all.
+
+pub mod auth;
+pub mod base;
+pub mod build;
+pub mod cache;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod layer;
+pub mod layout;
+pub mod manifest;
+pub mod platform;
+pub mod push;
+pub mod reference;
+pub mod registry;
+pub mod sources;
+
+pub use build::{ImageResult, ImageSpec, PlatformImage, PushReport, build_image};
+pub use cache::LayerCache;
+pub use digest::Sha256;
+pub use error::OciError;
+pub use layer::Compression;
+pub use platform::Platform;
+pub use reference::Reference;
+pub use registry::{PushCounts, RegistryOptions};

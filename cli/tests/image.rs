@@ -1,0 +1,690 @@
+//! `cachectl image` end to end: real Go binaries (built here for three platforms), images
+//! checked with skopeo and umoci, pushed to a real docker-registry (distribution 2.8) on
+//! loopback, and layers cached in a real cached. Needs go, skopeo, umoci and docker-registry
+//! (scripts/setup installs the last three).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const CACHECTL: &str = env!("CARGO_BIN_EXE_cachectl");
+/// Where no cached listens: image commands must work without a cache.
+const NO_SERVER: &str = "http://127.0.0.1:9";
+/// The htpasswd fixture's user and password.
+const USER: &str = "ci";
+const PASSWORD: &str = "correct horse";
+
+/// The fixture program built for each platform, once per test process.
+struct Fixture {
+    binaries: Vec<(&'static str, PathBuf)>,
+}
+
+impl Fixture {
+    fn path(&self, platform: &str) -> &Path {
+        &self.binaries.iter().find(|(p, _)| *p == platform).expect("fixture platform").1
+    }
+
+    /// `--platform P=PATH` for every platform.
+    fn platform_args(&self) -> Vec<String> {
+        self.binaries
+            .iter()
+            .flat_map(|(p, path)| ["--platform".into(), format!("{p}={}", path.display())])
+            .collect()
+    }
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/image/hello");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("image-fixture");
+        let mut binaries = Vec::new();
+        for (platform, goarch, goarm) in
+            [("linux/amd64", "amd64", ""), ("linux/arm64", "arm64", ""), ("linux/arm/v7", "arm", "7")]
+        {
+            let path = out.join(platform.replace('/', "-")).join("hello");
+            let status = Command::new("go")
+                .args(["build", "-trimpath", "-o"])
+                .arg(&path)
+                .arg(".")
+                .current_dir(&source)
+                .env("CGO_ENABLED", "0")
+                .env("GOOS", "linux")
+                .env("GOARCH", goarch)
+                .env("GOARM", goarm)
+                .env("GOTOOLCHAIN", "local")
+                .env("GOFLAGS", "")
+                .env_remove("GOCACHEPROG")
+                .status()
+                .expect("the go command is needed to build the image fixtures");
+            assert!(status.success(), "go build for {platform} failed");
+            binaries.push((platform, path));
+        }
+        Fixture { binaries }
+    })
+}
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "{tool} is needed by the image tests; scripts/setup installs it (apt-get install {tool})");
+}
+
+fn cachectl(args: &[String]) -> Output {
+    Command::new(CACHECTL).arg("--server").arg(NO_SERVER).args(args).output().expect("run cachectl")
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Runs `cachectl image ... --json` and returns the parsed report.
+fn image(args: &[String]) -> Value {
+    let mut all = strings(&["image", "--json"]);
+    all.extend_from_slice(args);
+    let output = cachectl(&all);
+    assert!(output.status.success(), "cachectl {all:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("--json prints JSON")
+}
+
+fn image_failure(args: &[String]) -> String {
+    let mut all = strings(&["image", "--no-cache"]);
+    all.extend_from_slice(args);
+    let output = cachectl(&all);
+    assert!(!output.status.success(), "cachectl {all:?} should fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().unwrap_or_else(|err| panic!("{program}: {err}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn skopeo_json(args: &[&str]) -> Value {
+    serde_json::from_str(&run("skopeo", args)).expect("skopeo prints JSON")
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Every blob name in a layout, sorted.
+fn blobs(layout: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+fn index_entry(layout: &Path) -> Value {
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "one image in {}", layout.display());
+    entries[0].clone()
+}
+
+/// A docker-registry (distribution 2.8) on an ephemeral loopback port, killed on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(htpasswd: Option<&Path>) -> Self {
+        require("docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let auth = htpasswd
+            .map(|path| format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", path.display()))
+            .unwrap_or_default();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n{auth}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("registry.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Self { child, port, log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start: {}", registry.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `(method, path)` of every request in the access log so far.
+    fn requests(&self) -> Vec<(String, String)> {
+        self.log_text()
+            .lines()
+            .filter_map(|line| {
+                let request = line.split('"').nth(1)?;
+                let mut parts = request.split(' ');
+                let (method, path) = (parts.next()?, parts.next()?);
+                parts.next()?.starts_with("HTTP/").then(|| (method.to_owned(), path.to_owned()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Requests that upload blob bytes or start doing so.
+fn blob_writes(requests: &[(String, String)]) -> Vec<&(String, String)> {
+    requests
+        .iter()
+        .filter(|(method, path)| method != "HEAD" && method != "GET" && path.contains("/blobs/"))
+        .collect()
+}
+
+#[test]
+fn layouts_are_byte_identical_across_directories_and_flag_order() {
+    let fixture = fixture();
+    let mut reports = Vec::new();
+    let mut layouts = Vec::new();
+    for (run, reversed) in [(0, false), (1, true)] {
+        // Copies of the binaries in a different directory each time, and a different output.
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = Vec::new();
+        let mut binaries = fixture.binaries.clone();
+        if reversed {
+            binaries.reverse();
+        }
+        for (platform, path) in &binaries {
+            let copy = dir.path().join(format!("in-{run}")).join(platform.replace('/', "_")).join("bin");
+            std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+            std::fs::copy(path, &copy).unwrap();
+            args.extend(["--platform".to_owned(), format!("{platform}={}", copy.display())]);
+        }
+        let layout = dir.path().join(format!("layout-{run}"));
+        args.extend(strings(&["--name", "hello", "--no-cache", "--tag", "v1", "--oci-layout", s(&layout)]));
+        reports.push(image(&args));
+        layouts.push((dir, layout));
+    }
+    let (first, second) = (&reports[0], &reports[1]);
+    assert_eq!(first["index"], second["index"]);
+    for (a, b) in first["images"].as_array().unwrap().iter().zip(second["images"].as_array().unwrap()) {
+        assert_eq!(a["manifest"], b["manifest"]);
+        assert_eq!(a["layer"], b["layer"]);
+        assert_eq!(a["layer_cached"], false);
+    }
+    let (a, b) = (&layouts[0].1, &layouts[1].1);
+    assert_eq!(blobs(a), blobs(b));
+    for name in blobs(a) {
+        assert_eq!(
+            std::fs::read(a.join("blobs/sha256").join(&name)).unwrap(),
+            std::fs::read(b.join("blobs/sha256").join(&name)).unwrap()
+        );
+    }
+    assert_eq!(std::fs::read(a.join("index.json")).unwrap(), std::fs::read(b.join("index.json")).unwrap());
+    assert_eq!(index_entry(a)["digest"], first["index"]);
+    assert_eq!(index_entry(a)["annotations"]["org.opencontainers.image.ref.name"], "v1");
+}
+
+#[test]
+fn skopeo_reads_the_layout_and_each_platform_config() {
+    require("skopeo");
+    let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let mut args = fixture.platform_args();
+    args.extend(strings(&["--name", "hello", "--no-cache", "--oci-layout", s(&layout), "--tag", "v1"]));
+    args.extend(strings(&[
+        "--env",
+        "MODE=test",
+        "--label",
+        "org.opencontainers.image.source=https://example.invalid",
+    ]));
+    let report = image(&args);
+    let target = format!("oci:{}:v1", layout.display());
+
+    let index = skopeo_json(&["inspect", "--raw", &target]);
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let manifests = index["manifests"].as_array().unwrap();
+    let platforms: Vec<String> = manifests
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            match p["variant"].as_str() {
+                Some(v) => {
+                    format!("{}/{}/{v}", p["os"].as_str().unwrap(), p["architecture"].as_str().unwrap())
+                }
+                None => format!("{}/{}", p["os"].as_str().unwrap(), p["architecture"].as_str().unwrap()),
+            }
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm/v7", "linux/arm64"], "sorted, arm with its variant");
+
+    for image in report["images"].as_array().unwrap() {
+        let platform = image["platform"].as_str().unwrap();
+        let parts: Vec<&str> = platform.split('/').collect();
+        let mut args = vec!["inspect", "--config", "--override-os", parts[0], "--override-arch", parts[1]];
+        if let Some(variant) = parts.get(2) {
+            args.extend(["--override-variant", variant]);
+        }
+        args.push(&target);
+        let config = skopeo_json(&args);
+        assert_eq!(config["os"], parts[0]);
+        assert_eq!(config["architecture"], parts[1]);
+        assert_eq!(config["variant"].as_str(), parts.get(2).copied());
+        assert_eq!(config["created"], "1970-01-01T00:00:00Z");
+        assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/app/hello"]));
+        assert_eq!(config["config"]["User"], "65532");
+        let env: Vec<&str> =
+            config["config"]["Env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        assert!(env[0].starts_with("PATH=") && env[0].ends_with(":/app"), "{env:?}");
+        assert!(env.contains(&"MODE=test"));
+        assert_eq!(config["config"]["Labels"]["org.opencontainers.image.source"], "https://example.invalid");
+        assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!([image["diff_id"]]));
+        assert_eq!(config["history"].as_array().unwrap().len(), 1);
+
+        // And skopeo's own view of the image for that platform.
+        args.remove(1);
+        let summary = skopeo_json(&args);
+        assert_eq!(summary["Layers"], serde_json::json!([image["layer"]]));
+        let digest = image["manifest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(digest)).unwrap())
+                .unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+    }
+}
+
+#[test]
+fn umoci_unpacks_the_amd64_image_and_its_binary_runs() {
+    require("umoci");
+    let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    // umoci reads single-platform images only; the amd64 layer is the same as in the
+    // multi-platform image, since layers depend only on the binary and the layer options.
+    let layout = dir.path().join("layout");
+    let binary = fixture.path("linux/amd64");
+    let single = image(&strings(&[
+        "--platform",
+        &format!("linux/amd64={}", binary.display()),
+        "--name",
+        "hello",
+        "--no-cache",
+        "--oci-layout",
+        s(&layout),
+        "--tag",
+        "amd64",
+    ]));
+    let mut args = fixture.platform_args();
+    args.extend(strings(&["--name", "hello", "--no-cache"]));
+    let multi = image(&args);
+    let amd64 = multi["images"].as_array().unwrap().iter().find(|i| i["platform"] == "linux/amd64").unwrap();
+    assert_eq!(single["images"][0]["layer"], amd64["layer"]);
+    assert_eq!(single["images"][0]["manifest"], amd64["manifest"]);
+
+    let bundle = dir.path().join("bundle");
+    run("umoci", &["unpack", "--rootless", "--image", &format!("{}:amd64", layout.display()), s(&bundle)]);
+    let unpacked = bundle.join("rootfs/app/hello");
+    assert_eq!(std::fs::read(&unpacked).unwrap(), std::fs::read(binary).unwrap());
+    assert_eq!(run(s(&unpacked), &[]), "hello from linux/amd64\n");
+    let config: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["process"]["args"], serde_json::json!(["/app/hello"]));
+}
+
+#[test]
+fn push_copy_back_and_an_unchanged_repush_uploads_no_blob() {
+    require("skopeo");
+    let fixture = fixture();
+    let registry = Registry::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let target = format!("{}/hello:v1", registry.host());
+    let mut args = fixture.platform_args();
+    args.extend(strings(&["--name", "hello", "--no-cache", "--oci-layout", s(&layout), "--push", &target]));
+
+    let first = image(&args);
+    let push = &first["push"];
+    assert_eq!(push["reference"], target);
+    assert_eq!(push["blobs_uploaded"], 6, "a layer and a config per platform: {push}");
+    assert_eq!(push["manifests_put"], 4, "three manifests and the index");
+    let uploaded_first = blob_writes(&registry.requests()).len();
+    assert!(uploaded_first >= 12, "POST and PUT per blob");
+
+    // skopeo copies it back with the same digests, and the same blobs as our layout.
+    let back = dir.path().join("back");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--insecure-policy",
+            "--src-tls-verify=false",
+            &format!("docker://{target}"),
+            &format!("oci:{}:v1", back.display()),
+        ],
+    );
+    assert_eq!(index_entry(&back)["digest"], first["index"]);
+    assert_eq!(blobs(&back), blobs(&layout));
+
+    // The same image again: HEADs only, no blob and no manifest written.
+    let before = registry.requests().len();
+    let second = image(&args);
+    assert_eq!(second["index"], first["index"]);
+    let push = &second["push"];
+    assert_eq!((push["blobs_uploaded"].as_u64(), push["blob_bytes_uploaded"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(push["manifests_put"], 0);
+    let requests = registry.requests()[before..].to_vec();
+    assert!(blob_writes(&requests).is_empty(), "second push wrote blobs: {requests:?}");
+    assert!(requests.iter().all(|(method, _)| method == "HEAD" || method == "GET"), "{requests:?}");
+    assert_eq!(requests.len() as u64, push["requests"].as_u64().unwrap(), "the registry saw what we counted");
+
+    // Chunked upload (PATCH with Content-Range, Range checked) into another repository.
+    let chunked = format!("{}/chunked:v1", registry.host());
+    let mut args = fixture.platform_args();
+    args.extend(strings(&["--name", "hello", "--no-cache", "--push", &chunked, "--chunk-size", "256KiB"]));
+    let before = registry.requests().len();
+    let third = image(&args);
+    assert_eq!(third["index"], first["index"]);
+    let patches = registry.requests()[before..].iter().filter(|(method, _)| method == "PATCH").count();
+    assert!(patches >= 15, "1.2+ MiB layers in 256 KiB chunks: {patches} PATCHes");
+    let back = dir.path().join("back-chunked");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--insecure-policy",
+            "--src-tls-verify=false",
+            &format!("docker://{chunked}"),
+            &format!("oci:{}:v1", back.display()),
+        ],
+    );
+    assert_eq!(blobs(&back), blobs(&layout));
+}
+
+#[test]
+fn a_base_image_from_an_oci_layout_is_honoured() {
+    require("umoci");
+    let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    // A base image made of one file per platform, with its own environment and user.
+    let release = dir.path().join("os-release");
+    std::fs::write(&release, "ID=fixture\n").unwrap();
+    let base = dir.path().join("base");
+    let mut args = Vec::new();
+    for (platform, _) in &fixture.binaries {
+        args.extend(["--platform".to_owned(), format!("{platform}={}", release.display())]);
+    }
+    args.extend(strings(&["--name", "os-release", "--dir", "/etc", "--user", "1000", "--env", "BASE=1"]));
+    args.extend(strings(&["--no-cache", "--oci-layout", s(&base), "--tag", "base"]));
+    let base_report = image(&args);
+
+    let layout = dir.path().join("app");
+    let amd64 = fixture.path("linux/amd64");
+    let report = image(&strings(&[
+        "--platform",
+        &format!("linux/amd64={}", amd64.display()),
+        "--name",
+        "hello",
+        "--base",
+        &format!("oci:{}:base", base.display()),
+        "--no-cache",
+        "--oci-layout",
+        s(&layout),
+        "--tag",
+        "app",
+    ]));
+    let base_amd64 =
+        base_report["images"].as_array().unwrap().iter().find(|i| i["platform"] == "linux/amd64").unwrap();
+
+    let target = format!("oci:{}:app", layout.display());
+    let manifest = skopeo_json(&["inspect", "--raw", "--override-arch", "amd64", &target]);
+    let manifest = if manifest["manifests"].is_array() {
+        let digest =
+            manifest["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(digest)).unwrap()).unwrap()
+    } else {
+        manifest
+    };
+    let layers: Vec<&Value> = manifest["layers"].as_array().unwrap().iter().map(|l| &l["digest"]).collect();
+    assert_eq!(
+        layers,
+        [&base_amd64["layer"], &report["images"][0]["layer"]],
+        "base layer first, ours on top"
+    );
+    assert_eq!(manifest["annotations"]["org.opencontainers.image.base.digest"], base_amd64["manifest"]);
+    let config = skopeo_json(&["inspect", "--config", "--override-arch", "amd64", &target]);
+    assert_eq!(config["config"]["User"], "1000", "the base's user is kept");
+    let env = config["config"]["Env"].as_array().unwrap();
+    assert!(env.contains(&Value::from("BASE=1")), "{env:?}");
+    assert!(env[0].as_str().unwrap().ends_with(":/etc:/app"), "{env:?}");
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(config["history"].as_array().unwrap().len(), 2);
+
+    let bundle = dir.path().join("bundle");
+    run("umoci", &["unpack", "--rootless", "--image", &format!("{}:app", layout.display()), s(&bundle)]);
+    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/etc/os-release")).unwrap(), "ID=fixture\n");
+    assert_eq!(run(s(&bundle.join("rootfs/app/hello")), &[]), "hello from linux/amd64\n");
+
+    // A platform the base lacks is named in the error.
+    let err = image_failure(&strings(&[
+        "--platform",
+        &format!("linux/s390x={}", amd64.display()),
+        "--name",
+        "hello",
+        "--base",
+        &format!("oci:{}:base", base.display()),
+    ]));
+    assert!(err.contains("has no linux/s390x (it has: linux/amd64, linux/arm/v7, linux/arm64)"), "{err}");
+}
+
+#[test]
+fn a_base_image_in_the_same_registry_is_mounted_not_uploaded() {
+    let fixture = fixture();
+    let registry = Registry::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/base:v1", registry.host());
+    let mut args = Vec::new();
+    for (platform, _) in &fixture.binaries {
+        // A different file per platform, so that each has a base layer of its own to mount.
+        let release = dir.path().join(platform.replace('/', "-"));
+        std::fs::write(&release, format!("ID=fixture-{platform}\n")).unwrap();
+        args.extend(["--platform".to_owned(), format!("{platform}={}", release.display())]);
+    }
+    args.extend(strings(&["--name", "os-release", "--dir", "/etc", "--no-cache", "--push", &base]));
+    image(&args);
+
+    let mut args = fixture.platform_args();
+    let app = format!("{}/app:v1", registry.host());
+    args.extend(strings(&["--name", "hello", "--no-cache", "--base", &base, "--push", &app]));
+    let report = image(&args);
+    let push = &report["push"];
+    assert_eq!(push["blobs_mounted"], 3, "each platform's base layer is mounted from base: {push}");
+    assert_eq!(push["blobs_uploaded"], 6, "our layers and configs are uploaded: {push}");
+    let mounts = registry.requests().iter().filter(|(m, p)| m == "POST" && p.contains("mount=")).count();
+    assert_eq!(mounts, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_are_cached_in_cached_and_never_rebuilt_or_reuploaded() {
+    let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        cached::embedded::Embedded::start(&dir.path().join("data"), &[]).await.expect("cached starts");
+    let url = server.url();
+    let run_image = |layout: &Path| {
+        let mut args =
+            strings(&["--server", &url, "image", "--json", "--name", "hello", "--oci-layout", s(layout)]);
+        args.extend(fixture.platform_args());
+        let output = Command::new(CACHECTL).args(&args).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(output.stderr.is_empty(), "no warnings: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let stats = || {
+        let output = Command::new(CACHECTL).args(["--server", &url, "stats", "--json"]).output().unwrap();
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let first = run_image(&dir.path().join("one"));
+    assert!(first["images"].as_array().unwrap().iter().all(|i| i["layer_cached"] == false));
+    let blobs_after_first = stats()["store"]["blobs"].as_u64().unwrap();
+    assert_eq!(blobs_after_first, 6, "three layers and three records");
+
+    let second = run_image(&dir.path().join("two"));
+    assert!(second["images"].as_array().unwrap().iter().all(|i| i["layer_cached"] == true), "{second}");
+    assert_eq!(second["index"], first["index"]);
+    assert_eq!(blobs(&dir.path().join("one")), blobs(&dir.path().join("two")));
+    let stats = stats();
+    assert_eq!(stats["store"]["blobs"].as_u64().unwrap(), blobs_after_first, "nothing uploaded again");
+    let namespace =
+        stats["namespaces"].as_array().unwrap().iter().find(|n| n["namespace"] == "oci-layers/v1").unwrap();
+    assert_eq!(
+        (namespace["go_hits"].as_u64(), namespace["go_puts"].as_u64()),
+        (Some(3), Some(3)),
+        "{namespace}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[test]
+fn without_a_server_images_still_build_with_one_warning() {
+    let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = strings(&["image", "--name", "hello", "--oci-layout", s(&dir.path().join("layout"))]);
+    args.extend(fixture.platform_args());
+    let output = cachectl(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("cachectl: warning: layer cache off: cannot reach cached"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("linux/arm/v7  sha256:")
+            && stdout.contains("(built)")
+            && stdout.contains("index sha256:"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn malformed_references_and_credentials_give_clear_errors() {
+    let fixture = fixture();
+    let amd64 = format!("linux/amd64={}", fixture.path("linux/amd64").display());
+    let push = |target: &str, extra: &[&str]| {
+        let mut args = strings(&["--platform", &amd64, "--name", "hello", "--push", target]);
+        args.extend(strings(extra));
+        image_failure(&args)
+    };
+    for (target, expected) in [
+        ("Bad/Repo:v1", "invalid image reference \"Bad/Repo:v1\": repository \"Bad/Repo\" must be lowercase"),
+        ("127.0.0.1:5000/app:", "tag \"\" must be 1 to 128"),
+        ("https://127.0.0.1:5000/app", "leave out the scheme"),
+        ("127.0.0.1:5000/app@sha256:1234", "64 lowercase hex digits"),
+        ("127.0.0.1:99999/app", "registry port \"99999\""),
+    ] {
+        let err = push(target, &[]);
+        assert!(err.contains(expected), "{target}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    for (platform, expected) in [
+        ("windows/amd64=x", "only linux images are supported"),
+        ("linux/amd64", "expected OS/ARCH=PATH"),
+        ("linux/amd64=/no/such/binary", "/no/such/binary: No such file"),
+    ] {
+        let err = image_failure(&strings(&["--platform", platform, "--name", "hello"]));
+        assert!(err.contains(expected), "{platform}: {err}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/image/htpasswd");
+    let registry = Registry::start(Some(&htpasswd));
+    let target = format!("{}/app:v1", registry.host());
+    let config = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let auth = |user_password: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(user_password)
+    };
+    let host = registry.host();
+
+    let none = config("none.json", "{}");
+    let err = push(&target, &["--docker-config", &none]);
+    assert!(err.contains(&format!("registry {host} requires a user name and password")), "{err}");
+    assert!(err.contains(&format!("docker login {host}")), "{err}");
+
+    let bad = config("bad.json", &format!(r#"{{"auths": {{"{host}": {{"auth": "not base64!"}}}}}}"#));
+    let err = push(&target, &["--docker-config", &bad]);
+    assert!(err.contains("bad.json auths[") && err.contains("is not valid base64"), "{err}");
+
+    let colon = config("colon.json", &format!(r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#, auth("ci")));
+    let err = push(&target, &["--docker-config", &colon]);
+    assert!(err.contains("decodes to text without a ':'"), "{err}");
+
+    let broken = config("broken.json", "{\"auths\": ");
+    let err = push(&target, &["--docker-config", &broken]);
+    assert!(err.contains("broken.json is not a valid docker config.json"), "{err}");
+
+    let wrong =
+        config("wrong.json", &format!(r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#, auth("ci:wrong")));
+    let err = push(&target, &["--docker-config", &wrong]);
+    assert!(err.contains(&format!("registry {host} refused the credentials (user \"ci\" from ")), "{err}");
+    assert!(!err.contains("wrong\""), "the password is never printed: {err}");
+
+    // The right password, given as username and password this time, pushes.
+    let right = config(
+        "right.json",
+        &format!(r#"{{"auths": {{"http://{host}": {{"username": "{USER}", "password": "{PASSWORD}"}}}}}}"#),
+    );
+    let report = image(&strings(&[
+        "--platform",
+        &amd64,
+        "--name",
+        "hello",
+        "--no-cache",
+        "--push",
+        &target,
+        "--docker-config",
+        &right,
+    ]));
+    assert_eq!(report["push"]["blobs_uploaded"], 2);
+}
