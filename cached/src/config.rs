@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::auth::TokenSpec;
+use crate::auth::tokens;
+
 /// One setting: its name in the file, its help, and its default as text.
 pub struct Setting {
     pub key: &'static str,
@@ -62,7 +65,44 @@ pub const SETTINGS: &[Setting] = &[
         help: "HTTP/2 concurrent streams per connection",
         default: "1024",
     },
+    Setting {
+        key: "max_concurrent_uploads",
+        help: "most Cas.Write and Cas.BatchWrite calls received at once",
+        default: "128",
+    },
+    Setting {
+        key: "rate_limit",
+        help: "requests per second per token (a token's own rate_limit wins); 0 = unlimited",
+        default: "10000",
+    },
+    Setting { key: "request_timeout", help: "deadline of every unary call", default: "60s" },
+    Setting {
+        key: "idle_timeout",
+        help: "cut off a stream whose client sends nothing this long; also bounds TLS handshakes and \
+               the HTTP/2 keepalive that drops dead connections",
+        default: "60s",
+    },
+    Setting {
+        key: "tokens_file",
+        help: "TOML file of [[tokens]] tables, added to those in --config (see `cached token new`)",
+        default: "",
+    },
+    Setting {
+        key: "allow_anonymous",
+        help: "serve without tokens on an address beyond loopback: anyone who can connect may write",
+        default: "false",
+    },
+    Setting { key: "tls_cert", help: "PEM certificate chain: serve TLS (reloaded on SIGHUP)", default: "" },
+    Setting { key: "tls_key", help: "PEM private key of tls_cert", default: "" },
+    Setting {
+        key: "tls_client_ca",
+        help: "PEM CA certificates: require client certificates they signed (mTLS)",
+        default: "",
+    },
 ];
+
+/// Settings that are switches: `--allow-anonymous` alone means true.
+pub const SWITCHES: &[&str] = &["allow_anonymous"];
 
 /// Key of the setting that names the config file itself.
 pub const CONFIG_FILE_ENV: &str = "CACHED_CONFIG";
@@ -80,6 +120,20 @@ pub struct Limits {
     pub max_batch_items: usize,
     pub max_concurrent_streams: usize,
     pub max_streams_per_connection: u32,
+    pub max_concurrent_uploads: usize,
+    /// Requests per second per token; `None` is unlimited.
+    pub rate_limit: Option<u32>,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Files of the server's TLS identity, read at start and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With it, clients must present a certificate signed by one of these CAs (mTLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +149,11 @@ pub struct Config {
     pub low_watermark: f64,
     pub maintenance_interval: Duration,
     pub limits: Limits,
+    /// With none, every caller is anonymous and may do everything (loopback only, unless
+    /// `allow_anonymous`).
+    pub tokens: Vec<TokenSpec>,
+    pub allow_anonymous: bool,
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +166,8 @@ pub enum ConfigError {
     File { file: String, reason: String },
     #[error("{0}")]
     Inconsistent(String),
+    #[error("{0}")]
+    Tokens(String),
 }
 
 /// Where a value came from, for error messages.
@@ -147,11 +208,14 @@ impl Config {
             .iter()
             .map(|setting| (setting.key, (setting.default.to_owned(), Origin::Default)))
             .collect();
+        let mut tokens = Vec::new();
         if let Some(path) = config_file {
-            for (key, value) in read_file(path)? {
+            let (settings, file_tokens) = read_file(path)?;
+            for (key, value) in settings {
                 let setting = known_key(&key, path)?;
                 values.insert(setting, (value, Origin::File(path.to_owned())));
             }
+            tokens = file_tokens;
         }
         for setting in SETTINGS {
             if let Some(value) = env(&env_name(setting.key)) {
@@ -161,7 +225,13 @@ impl Config {
                 values.insert(setting.key, (value.clone(), Origin::Flag));
             }
         }
-        let config = Self::parse(&values)?;
+        let mut config = Self::parse(&values)?;
+        let (tokens_file, _) = &values["tokens_file"];
+        if !tokens_file.trim().is_empty() {
+            tokens.extend(read_tokens_file(Path::new(tokens_file.trim()))?);
+        }
+        tokens::check_unique(&tokens).map_err(ConfigError::Tokens)?;
+        config.tokens = tokens;
         config.validate()?;
         Ok(config)
     }
@@ -199,7 +269,20 @@ impl Config {
                 max_batch_items: get("max_batch_items").count()? as usize,
                 max_concurrent_streams: get("max_concurrent_streams").count()? as usize,
                 max_streams_per_connection: get("max_streams_per_connection").count()? as u32,
+                max_concurrent_uploads: get("max_concurrent_uploads").count()? as usize,
+                rate_limit: get("rate_limit").parse_with(|v| match v.parse::<u32>() {
+                    Ok(0) => Ok(None),
+                    Ok(rate) => Ok(Some(rate)),
+                    Err(_) => {
+                        Err("expected a whole number of requests per second (0 = unlimited)".to_owned())
+                    }
+                })?,
+                request_timeout: get("request_timeout").duration()?,
+                idle_timeout: get("idle_timeout").duration()?,
             },
+            tokens: Vec::new(),
+            allow_anonymous: get("allow_anonymous").switch()?,
+            tls: tls_files(get("tls_cert").path(), get("tls_key").path(), get("tls_client_ca").path())?,
         })
     }
 
@@ -224,7 +307,45 @@ impl Config {
         if self.limits.max_message_size > u32::MAX as usize {
             return fail("max_message_size must be below 4GiB".to_owned());
         }
-        Ok(())
+        for (key, value) in
+            [("request_timeout", self.limits.request_timeout), ("idle_timeout", self.limits.idle_timeout)]
+        {
+            if value.is_zero() {
+                return fail(format!("{key} must be longer than 0s"));
+            }
+        }
+        check_exposure(self.listen, !self.tokens.is_empty(), self.allow_anonymous)
+            .map_err(ConfigError::Inconsistent)
+    }
+}
+
+/// The safe default: a server without tokens lets anyone write its action cache, so it serves
+/// loopback only unless the operator says otherwise.
+pub fn check_exposure(listen: SocketAddr, has_tokens: bool, allow_anonymous: bool) -> Result<(), String> {
+    if has_tokens || allow_anonymous || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "listen ({listen}) is beyond loopback and no tokens are configured, so anyone who can connect \
+         could write the cache: add tokens (`cached token new`, then [[tokens]] in --config or \
+         --tokens-file), or pass --allow-anonymous to accept that"
+    ))
+}
+
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key, client_ca })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => Err(ConfigError::Inconsistent(
+            "tls_client_ca needs tls_cert and tls_key: mTLS is TLS with client certificates".to_owned(),
+        )),
+        _ => {
+            Err(ConfigError::Inconsistent("tls_cert and tls_key go together: set both or neither".to_owned()))
+        }
     }
 }
 
@@ -239,22 +360,31 @@ fn known_key(key: &str, file: &Path) -> Result<&'static str, ConfigError> {
         ConfigError::UnknownKey {
             key: key.to_owned(),
             file: file.display().to_string(),
-            known: SETTINGS.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
+            known: format!("{}, [[tokens]]", SETTINGS.iter().map(|s| s.key).collect::<Vec<_>>().join(", ")),
         }
     })
 }
 
-fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+type FileSettings = Vec<(String, String)>;
+
+fn read_file(path: &Path) -> Result<(FileSettings, Vec<TokenSpec>), ConfigError> {
     let file_error = |reason: String| ConfigError::File { file: path.display().to_string(), reason };
     let text = std::fs::read_to_string(path).map_err(|err| file_error(err.to_string()))?;
-    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| file_error(err.to_string()))?;
-    table
+    let mut table: toml::Table = text.parse().map_err(|err: toml::de::Error| file_error(err.to_string()))?;
+    let tokens = match table.remove("tokens") {
+        Some(value) => {
+            tokens::parse_tokens(&value, &path.display().to_string()).map_err(ConfigError::Tokens)?
+        }
+        None => Vec::new(),
+    };
+    let settings = table
         .into_iter()
         .map(|(key, value)| {
             let text = match value {
                 toml::Value::String(text) => text,
                 toml::Value::Integer(number) => number.to_string(),
                 toml::Value::Float(number) => number.to_string(),
+                toml::Value::Boolean(switch) => switch.to_string(),
                 other => {
                     return Err(ConfigError::Invalid {
                         origin: describe(&Origin::File(path.to_owned()), &key),
@@ -265,7 +395,29 @@ fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
             };
             Ok((key, text))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((settings, tokens))
+}
+
+/// A `tokens_file`: `[[tokens]]` tables and nothing else.
+fn read_tokens_file(path: &Path) -> Result<Vec<TokenSpec>, ConfigError> {
+    let file_error = |reason: String| ConfigError::File { file: path.display().to_string(), reason };
+    let text = std::fs::read_to_string(path).map_err(|err| file_error(err.to_string()))?;
+    let mut table: toml::Table = text.parse().map_err(|err: toml::de::Error| file_error(err.to_string()))?;
+    let tokens = match table.remove("tokens") {
+        Some(value) => {
+            tokens::parse_tokens(&value, &path.display().to_string()).map_err(ConfigError::Tokens)?
+        }
+        None => Vec::new(),
+    };
+    if let Some(key) = table.keys().next() {
+        return Err(ConfigError::UnknownKey {
+            key: key.clone(),
+            file: path.display().to_string(),
+            known: "tokens (only [[tokens]] tables belong in tokens_file)".to_owned(),
+        });
+    }
+    Ok(tokens)
 }
 
 struct Field<'a> {
@@ -304,6 +456,20 @@ impl Field<'_> {
         self.parse_with(|v| {
             humantime::parse_duration(v).map_err(|e| format!("{e} (expected e.g. 30s or 5m)"))
         })
+    }
+
+    fn switch(&self) -> Result<bool, ConfigError> {
+        self.parse_with(|v| match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" | "" => Ok(false),
+            _ => Err("expected true or false".to_owned()),
+        })
+    }
+
+    /// A file path; empty means none.
+    fn path(&self) -> Option<PathBuf> {
+        let value = self.value.trim();
+        (!value.is_empty()).then(|| PathBuf::from(value))
     }
 
     fn fraction(&self) -> Result<f64, ConfigError> {
@@ -365,5 +531,74 @@ mod tests {
         let flags = BTreeMap::from([("low_watermark".to_owned(), "0.99".to_owned())]);
         let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
         assert!(err.contains("low_watermark"), "{err}");
+    }
+
+    fn token_table(name: &str) -> String {
+        let hash = crate::auth::SecretHash::new("secret").unwrap();
+        format!(
+            "[[tokens]]\nname = \"{name}\"\nscopes = [\"read\"]\nnamespaces = [\"*\"]\nsecret_hash = \"{hash}\"\n"
+        )
+    }
+
+    #[test]
+    fn tokens_come_from_the_file_and_the_tokens_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cached.toml");
+        let tokens_file = dir.path().join("tokens.toml");
+        std::fs::write(&file, format!("max_size = \"1GiB\"\n{}", token_table("dev"))).unwrap();
+        std::fs::write(&tokens_file, token_table("ci")).unwrap();
+        let flags = BTreeMap::from([("tokens_file".to_owned(), tokens_file.display().to_string())]);
+        let config = Config::load(&flags, Some(&file), &no_env).unwrap();
+        let names: Vec<&str> = config.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["dev", "ci"]);
+        assert!(!format!("{config:?}").contains("blake3:"), "the config's Debug leaves hashes out");
+
+        std::fs::write(&tokens_file, token_table("dev")).unwrap();
+        let err = Config::load(&flags, Some(&file), &no_env).unwrap_err().to_string();
+        assert!(err.contains("two tokens are named `dev`"), "{err}");
+        std::fs::write(&tokens_file, format!("listen = \"0.0.0.0:1\"\n{}", token_table("ci"))).unwrap();
+        let err = Config::load(&flags, Some(&file), &no_env).unwrap_err().to_string();
+        assert!(err.contains("unknown key `listen`") && err.contains("tokens.toml"), "{err}");
+        std::fs::write(&file, "[[tokens]]\nname = \"x\"\n").unwrap();
+        let err = Config::load(&BTreeMap::new(), Some(&file), &no_env).unwrap_err().to_string();
+        assert!(err.contains("tokens[0]") && err.contains("`scopes` is missing"), "{err}");
+    }
+
+    #[test]
+    fn beyond_loopback_needs_tokens_or_an_explicit_switch() {
+        let open = BTreeMap::from([("listen".to_owned(), "0.0.0.0:7070".to_owned())]);
+        let err = Config::load(&open, None, &no_env).unwrap_err().to_string();
+        assert!(err.contains("beyond loopback") && err.contains("--allow-anonymous"), "{err}");
+        let env = |name: &str| (name == "CACHED_ALLOW_ANONYMOUS").then(|| "true".to_owned());
+        assert!(Config::load(&open, None, &env).unwrap().allow_anonymous);
+        let ipv6 = BTreeMap::from([("listen".to_owned(), "[::1]:7070".to_owned())]);
+        assert!(Config::load(&ipv6, None, &no_env).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cached.toml");
+        std::fs::write(&file, token_table("ci")).unwrap();
+        assert_eq!(Config::load(&open, Some(&file), &no_env).unwrap().tokens.len(), 1);
+    }
+
+    #[test]
+    fn tls_and_limits_settings() {
+        let flags = BTreeMap::from([("tls_cert".to_owned(), "/c.pem".to_owned())]);
+        let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
+        assert!(err.contains("tls_cert and tls_key"), "{err}");
+        let flags = BTreeMap::from([("tls_client_ca".to_owned(), "/ca.pem".to_owned())]);
+        assert!(Config::load(&flags, None, &no_env).is_err());
+        let flags = BTreeMap::from([
+            ("tls_cert".to_owned(), "/c.pem".to_owned()),
+            ("tls_key".to_owned(), "/k.pem".to_owned()),
+            ("rate_limit".to_owned(), "0".to_owned()),
+        ]);
+        let config = Config::load(&flags, None, &no_env).unwrap();
+        assert_eq!(config.tls.unwrap().key, PathBuf::from("/k.pem"));
+        assert_eq!(config.limits.rate_limit, None);
+        let defaults = Config::load(&BTreeMap::new(), None, &no_env).unwrap();
+        assert_eq!(defaults.limits.rate_limit, Some(10_000));
+        assert!(defaults.tls.is_none() && defaults.tokens.is_empty() && !defaults.allow_anonymous);
+        let flags = BTreeMap::from([("idle_timeout".to_owned(), "0s".to_owned())]);
+        assert!(Config::load(&flags, None, &no_env).unwrap_err().to_string().contains("idle_timeout"));
     }
 }

@@ -17,6 +17,15 @@ pub enum Error {
     /// A size, count or concurrency limit was hit, or the disk is full.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// No token, or one this server does not know.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token lacks the scope or the namespace the call needs; the message names which.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A request or idle timeout expired.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The client went away or the stream broke before the request was complete.
     #[error("{0}")]
     Aborted(String),
@@ -81,6 +90,9 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Aborted(_) => Code::Aborted,
             Error::ShuttingDown => Code::Unavailable,
             Error::Corrupt(_) => Code::DataLoss,

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cas;
 pub mod config;
 pub mod db;
@@ -11,14 +12,18 @@ pub mod embedded;
 pub mod error;
 pub mod gocache;
 pub mod metrics;
+pub mod redact;
 pub mod service;
 pub mod shutdown;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use proto::v1::cas_server::CasServer;
 use proto::v1::go_cache_server::GoCacheServer;
@@ -31,6 +36,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::{Metered, RocksStore, SharedStore, StoreCounters, Verified, rocks_budget};
 
+/// How long an HTTP/2 keepalive ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Runs cached on `listener` (and `/metrics` on `metrics_listener`) until `shutdown`
 /// resolves, then drains and flushes.
 pub async fn run(
@@ -39,6 +47,14 @@ pub async fn run(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let listen = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+    config::check_exposure(listen, !config.tokens.is_empty(), config.allow_anonymous)
+        .map_err(Error::FailedPrecondition)?;
+    if config.tokens.is_empty() && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "serving without tokens beyond loopback (allow_anonymous): anyone who can connect may write the cache");
+    }
+    let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
+    let auth = Arc::new(auth::AuthSettings::new(&config));
     let data_dir = config.data_dir.clone();
     let budget = rocks_budget(&config);
     let (db, rocks) = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -76,10 +92,15 @@ pub async fn run(
         .map_err(|err| Error::Internal(format!("reflection service: {err}")))?;
 
     let max_message = limits.max_message_size;
+    let idle_timeout = limits.idle_timeout;
     let router = tonic::transport::Server::builder()
         .http2_adaptive_window(Some(true))
         .max_concurrent_streams(limits.max_streams_per_connection)
+        // Pings find connections whose peer vanished without closing them.
+        .http2_keepalive_interval(Some(idle_timeout))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(metrics::GrpcMetricsLayer::new(metrics))
+        .layer(auth::AuthLayer::new(Arc::clone(&auth)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -95,16 +116,25 @@ pub async fn run(
         .add_service(StatsServer::new(service::StatsService::new(stats, rocks.clone())));
 
     tracing::info!(
-        listen = %listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?,
+        %listen,
         data_dir = %config.data_dir.display(),
         max_size = config.max_size,
+        tls = tls.as_ref().map_or("off", |tls| if tls.is_mutual() { "mTLS" } else { "TLS" }),
+        tokens = auth.token_count(),
         "cached is serving"
     );
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+    let drained = async move {
         let _ = drain_rx.await;
-    });
-    tokio::pin!(serve);
+    };
+    let reload =
+        tls.as_ref().map(|tls| tokio::spawn(tls::reload_on_sighup(Arc::clone(tls), stop_rx.clone())));
+    let mut serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        Some(tls) => {
+            Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls, idle_timeout), drained))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)),
+    };
     tokio::select! {
         result = &mut serve => result.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))?,
         () = shutdown => {
@@ -118,6 +148,9 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     let _ = housekeeping.await;
+    if let Some(reload) = reload {
+        let _ = reload.await;
+    }
     if let Some(server) = metrics_server {
         let _ = server.await;
     }

@@ -4,6 +4,7 @@ use proto::v1;
 use proto::{ActionId, Digest, OutputId};
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::gocache::{GoCache, GoEntry, GoHit, namespace};
@@ -23,10 +24,12 @@ impl GoCacheService {
     async fn lookup(
         &self,
         api: &str,
+        extensions: &http::Extensions,
         ns: &str,
         ids: &[bytes::Bytes],
     ) -> Result<Vec<v1::GoGetResponse>, Status> {
         let ns = namespace(ns)?.to_owned();
+        auth::check_namespace(extensions, &ns)?;
         let ids = ids
             .iter()
             .map(|id| ActionId::try_from(id.as_ref()))
@@ -81,8 +84,9 @@ fn response(hit: Option<GoHit>) -> v1::GoGetResponse {
 #[tonic::async_trait]
 impl v1::go_cache_server::GoCache for GoCacheService {
     async fn get(&self, request: Request<v1::GoGetRequest>) -> Result<Response<v1::GoGetResponse>, Status> {
-        let request = request.into_inner();
-        let mut results = self.lookup("GoCache.Get", &request.namespace, &[request.action_id]).await?;
+        let (_, extensions, request) = request.into_parts();
+        let mut results =
+            self.lookup("GoCache.Get", &extensions, &request.namespace, &[request.action_id]).await?;
         Ok(Response::new(results.pop().unwrap_or_default()))
     }
 
@@ -90,7 +94,7 @@ impl v1::go_cache_server::GoCache for GoCacheService {
         &self,
         request: Request<v1::GoGetManyRequest>,
     ) -> Result<Response<v1::GoGetManyResponse>, Status> {
-        let request = request.into_inner();
+        let (_, extensions, request) = request.into_parts();
         let max = self.limits.max_batch_items;
         if request.action_ids.len() > max {
             return Err(Error::invalid(format!(
@@ -99,13 +103,15 @@ impl v1::go_cache_server::GoCache for GoCacheService {
             ))
             .into());
         }
-        let results = self.lookup("GoCache.GetMany", &request.namespace, &request.action_ids).await?;
+        let results =
+            self.lookup("GoCache.GetMany", &extensions, &request.namespace, &request.action_ids).await?;
         Ok(Response::new(v1::GoGetManyResponse { results }))
     }
 
     async fn put(&self, request: Request<v1::GoPutRequest>) -> Result<Response<v1::GoPutResponse>, Status> {
-        let request = request.into_inner();
+        let (_, extensions, request) = request.into_parts();
         let ns = namespace(&request.namespace)?.to_owned();
+        let grant = auth::check_namespace(&extensions, &ns)?;
         let action_id = ActionId::try_from(request.action_id.as_ref()).map_err(Error::from)?;
         let wire = request.entry.ok_or_else(|| Error::invalid("GoCache.Put needs an entry"))?;
         let output_id = OutputId::try_from(wire.output_id.as_ref()).map_err(Error::from)?;
@@ -118,7 +124,19 @@ impl v1::go_cache_server::GoCache for GoCacheService {
             .into());
         }
         let entry = GoEntry { output_id, digest, time_unix_nanos: wire.time_unix_nanos };
-        self.cache.put(ns, action_id, entry).await?;
+        let result = self.cache.put(ns.clone(), action_id, entry).await;
+        // Whoever writes the action cache decides what every build that reads it gets.
+        tracing::info!(
+            target: "audit",
+            token = %grant.token,
+            namespace = %ns,
+            action_id = %action_id,
+            output_id = %output_id,
+            digest = %digest,
+            outcome = if result.is_ok() { "stored" } else { "failed" },
+            "GoCache.Put"
+        );
+        result?;
         Ok(Response::new(v1::GoPutResponse {}))
     }
 }

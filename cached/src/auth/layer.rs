@@ -1,0 +1,237 @@
+//! The one tower layer every gRPC call passes: authentication, scope, rate, upload slots,
+//! deadlines. Refusals are answered here, before any handler runs or any body is read.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::body::Body;
+
+use super::Grant;
+use super::idle::IdleBody;
+use super::scopes::{self, Access, Method, Scope};
+use super::tokens::{TokenSpec, TokenTable};
+use crate::config::Config;
+use crate::error::Error;
+
+/// Everything the layer checks, built once from the configuration.
+pub struct AuthSettings {
+    tokens: TokenTable,
+    anonymous: Arc<Grant>,
+    request_timeout: Duration,
+    idle_timeout: Duration,
+    uploads: Arc<Semaphore>,
+    max_uploads: usize,
+}
+
+impl AuthSettings {
+    pub fn new(config: &Config) -> Self {
+        Self::with_tokens(&config.tokens, config)
+    }
+
+    fn with_tokens(tokens: &[TokenSpec], config: &Config) -> Self {
+        let limits = &config.limits;
+        Self {
+            tokens: TokenTable::new(tokens, limits.rate_limit),
+            anonymous: Arc::new(Grant::anonymous()),
+            request_timeout: limits.request_timeout,
+            idle_timeout: limits.idle_timeout,
+            uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
+            max_uploads: limits.max_concurrent_uploads,
+        }
+    }
+
+    /// Whether callers need a token (otherwise everyone is `anonymous`).
+    pub fn requires_tokens(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Decides whether the call may run. What it returns is held for the whole call.
+    fn admit<B>(&self, request: &http::Request<B>, method: &Method, scope: Scope) -> Result<Admitted, Error> {
+        let api = crate::stats::api_name(request.uri().path());
+        let grant = if self.tokens.is_empty() {
+            Arc::clone(&self.anonymous)
+        } else {
+            let token = self.authenticate(request, &api)?;
+            if let Some(limiter) = &token.limiter
+                && let Err(wait) = limiter.check()
+            {
+                return Err(Error::ResourceExhausted(format!(
+                    "token `{}` is over its rate limit of {} requests per second (rate_limit); retry in {} ms",
+                    token.grant.token,
+                    limiter.rate(),
+                    wait.as_millis().max(1)
+                )));
+            }
+            Arc::clone(&token.grant)
+        };
+        if !grant.scopes.contains(scope) {
+            tracing::warn!(target: "audit", token = %grant.token, api, scope = %scope, "scope denied");
+            return Err(Error::PermissionDenied(format!(
+                "token `{}` lacks the `{scope}` scope that {api} needs (it has: {})",
+                grant.token, grant.scopes
+            )));
+        }
+        let upload = if method.upload {
+            Some(Arc::clone(&self.uploads).try_acquire_owned().map_err(|_| {
+                Error::ResourceExhausted(format!(
+                    "the server is already receiving {} uploads (max_concurrent_uploads); retry shortly",
+                    self.max_uploads
+                ))
+            })?)
+        } else {
+            None
+        };
+        Ok(Admitted { grant, _upload: upload })
+    }
+
+    fn authenticate<B>(&self, request: &http::Request<B>, api: &str) -> Result<&super::tokens::Token, Error> {
+        let header = request.headers().get(http::header::AUTHORIZATION);
+        let Some(secret) = header.and_then(|value| bearer(value.as_bytes())) else {
+            tracing::info!(target: "audit", api, peer = %peer(request), "call without a token refused");
+            let reason = if header.is_some() {
+                "the authorization header must be `Bearer <token>`"
+            } else {
+                "this server requires a token"
+            };
+            return Err(Error::Unauthenticated(format!(
+                "{reason}: pass --token, --token-file or CACHED_TOKEN (from `cached token new`)"
+            )));
+        };
+        self.tokens.verify(secret).ok_or_else(|| {
+            tracing::warn!(target: "audit", api, peer = %peer(request), "unknown token refused");
+            Error::Unauthenticated(
+                "the token is not known to this server (mistyped, revoked, or meant for another server)"
+                    .to_owned(),
+            )
+        })
+    }
+}
+
+/// The secret of `Bearer <secret>` (the scheme is case-insensitive).
+fn bearer(value: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (scheme, secret) = text.split_once(' ')?;
+    let secret = secret.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then_some(secret)
+}
+
+fn peer<B>(request: &http::Request<B>) -> String {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
+        .and_then(TcpConnectInfo::remote_addr)
+        .map_or_else(|| "unknown".to_owned(), |addr| addr.to_string())
+}
+
+struct Admitted {
+    grant: Arc<Grant>,
+    _upload: Option<OwnedSemaphorePermit>,
+}
+
+fn refuse(err: Error) -> http::Response<Body> {
+    tonic::Status::from(err).into_http()
+}
+
+/// Tower layer installed beside the metrics layer in `lib::run`.
+#[derive(Clone)]
+pub struct AuthLayer {
+    settings: Arc<AuthSettings>,
+}
+
+impl AuthLayer {
+    pub fn new(settings: Arc<AuthSettings>) -> Self {
+        Self { settings }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth { inner, settings: Arc::clone(&self.settings) }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    settings: Arc<AuthSettings>,
+}
+
+impl<S, ResBody> tower::Service<http::Request<Body>> for Auth<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The clone that was polled ready serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let settings = Arc::clone(&self.settings);
+        let method = scopes::lookup(request.uri().path());
+        let Access::Needs(scope) = method.access else {
+            let call = inner.call(request);
+            return Box::pin(async move { Ok(call.await?.map(Body::new)) });
+        };
+        let admitted = match settings.admit(&request, &method, scope) {
+            Ok(admitted) => admitted,
+            Err(err) => return Box::pin(async move { Ok(refuse(err)) }),
+        };
+        request.extensions_mut().insert(Arc::clone(&admitted.grant));
+        let request = request.map(|body| Body::new(IdleBody::new(body, settings.idle_timeout)));
+        let call = inner.call(request);
+        Box::pin(async move {
+            let response = if method.unary {
+                match tokio::time::timeout(settings.request_timeout, call).await {
+                    Ok(response) => response?,
+                    Err(_) => {
+                        return Ok(refuse(Error::DeadlineExceeded(format!(
+                            "the call took longer than {} (request_timeout)",
+                            humantime::format_duration(settings.request_timeout)
+                        ))));
+                    }
+                }
+            } else {
+                call.await?
+            };
+            // A streaming upload's reply comes after its last byte, so the slot is held until
+            // the upload is over.
+            drop(admitted);
+            Ok(response.map(Body::new))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_header() {
+        assert_eq!(bearer(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer(b"bearer  abc "), Some("abc"));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(&[0xff, b' ', b'a']), None);
+    }
+}

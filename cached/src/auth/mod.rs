@@ -1,0 +1,92 @@
+//! Who may do what. Every gRPC call passes one tower layer ([`AuthLayer`]) that finds the
+//! caller's token (`authorization: Bearer <secret>`), checks the scope its method needs (the
+//! table in [`scopes`]), applies the token's rate limit and the upload, deadline and idle
+//! limits, and attaches the token's [`Grant`] to the request. Handlers whose request names a
+//! namespace check it with [`check_namespace`].
+//!
+//! With no tokens configured every caller is `anonymous` with every scope; `config` only allows
+//! that on loopback unless `allow_anonymous` is set.
+
+mod idle;
+pub mod layer;
+pub mod rate;
+pub mod scopes;
+pub mod tokens;
+
+use std::sync::Arc;
+
+pub use layer::{AuthLayer, AuthSettings};
+pub use scopes::{NamespacePattern, Scope, Scopes};
+pub use tokens::{SecretHash, TokenSpec};
+
+use crate::error::{Error, Result};
+
+/// What the caller of one request may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The token's name, for audit logs and messages; `anonymous` without tokens.
+    pub token: String,
+    pub scopes: Scopes,
+    pub namespaces: Vec<NamespacePattern>,
+}
+
+impl Grant {
+    pub const ANONYMOUS: &str = "anonymous";
+
+    /// The caller of a server that has no tokens: everything.
+    pub fn anonymous() -> Self {
+        Self {
+            token: Self::ANONYMOUS.to_owned(),
+            scopes: Scopes::all(),
+            namespaces: vec![NamespacePattern::Any],
+        }
+    }
+
+    pub fn allows_namespace(&self, namespace: &str) -> bool {
+        self.namespaces.iter().any(|pattern| pattern.matches(namespace))
+    }
+}
+
+/// The grant the auth layer attached to this request. A request without one was never
+/// checked, and is refused.
+pub fn grant(extensions: &http::Extensions) -> Result<Arc<Grant>> {
+    extensions
+        .get::<Arc<Grant>>()
+        .cloned()
+        .ok_or_else(|| Error::PermissionDenied("this call did not pass the auth layer".to_owned()))
+}
+
+/// Checks that the caller may touch `namespace` (already normalised: `default` for none), and
+/// returns its grant for the audit log.
+pub fn check_namespace(extensions: &http::Extensions, namespace: &str) -> Result<Arc<Grant>> {
+    let grant = grant(extensions)?;
+    if grant.allows_namespace(namespace) {
+        return Ok(grant);
+    }
+    let allowed: Vec<String> = grant.namespaces.iter().map(ToString::to_string).collect();
+    tracing::warn!(target: "audit", token = %grant.token, namespace, "namespace denied");
+    Err(Error::PermissionDenied(format!(
+        "token `{}` may not use namespace `{namespace}`; it may use: {}",
+        grant.token,
+        allowed.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_check_names_the_namespace() {
+        let mut extensions = http::Extensions::new();
+        assert!(check_namespace(&extensions, "main").is_err(), "no grant, no access");
+        extensions.insert(Arc::new(Grant {
+            token: "pr".to_owned(),
+            scopes: Scopes::parse_list("read").unwrap(),
+            namespaces: NamespacePattern::parse_list("pr-7/*").unwrap(),
+        }));
+        assert_eq!(check_namespace(&extensions, "pr-7/linux").unwrap().token, "pr");
+        let err = check_namespace(&extensions, "main").unwrap_err().to_string();
+        assert!(err.contains("`main`") && err.contains("pr-7/*"), "{err}");
+    }
+}

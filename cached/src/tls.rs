@@ -1,0 +1,166 @@
+//! TLS and mTLS with rustls. The server's identity (certificate chain, key, and the client CAs
+//! of mTLS) is read at start and again on SIGHUP; every new connection uses the identity that is
+//! current when it arrives, and a reload that fails keeps the previous one.
+//!
+//! tonic's own `ServerTlsConfig` cannot reload, so connections are accepted here: each
+//! handshake runs in its own task under a deadline (a client that never finishes its handshake
+//! holds nothing but that task), and finished streams are handed to tonic.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::TlsFiles;
+use crate::error::{Error, Result};
+
+/// Handshakes in progress at once; further connections wait in the listen backlog.
+const MAX_HANDSHAKES: usize = 256;
+
+pub struct Tls {
+    files: TlsFiles,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl Tls {
+    pub fn load(files: &TlsFiles) -> Result<Arc<Self>> {
+        let config = server_config(files)?;
+        Ok(Arc::new(Self { files: files.clone(), current: RwLock::new(Arc::new(config)) }))
+    }
+
+    /// Reads the files again. On failure the current identity stays.
+    pub fn reload(&self) -> Result<()> {
+        let config = Arc::new(server_config(&self.files)?);
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        Ok(())
+    }
+
+    pub fn is_mutual(&self) -> bool {
+        self.files.client_ca.is_some()
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)))
+    }
+}
+
+fn unusable(key: &str, path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::FailedPrecondition(format!("{key} {}: {reason}", path.display()))
+}
+
+fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|err| unusable("tls_cert", &files.cert, err))?;
+    if certs.is_empty() {
+        return Err(unusable("tls_cert", &files.cert, "holds no PEM certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|err| unusable("tls_key", &files.key, err))?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| Error::Internal(format!("TLS protocol versions: {err}")))?;
+    let builder = match &files.client_ca {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|err| unusable("tls_client_ca", path, err))?;
+            for ca in cas {
+                roots.add(ca).map_err(|err| unusable("tls_client_ca", path, err))?;
+            }
+            if roots.is_empty() {
+                return Err(unusable("tls_client_ca", path, "holds no PEM certificate"));
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|err| unusable("tls_client_ca", path, err))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|err| unusable("tls_cert", &files.cert, format!("does not go with tls_key: {err}")))?;
+    // gRPC is HTTP/2 only.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The TLS streams of the connections `listener` accepts, each handshake limited to
+/// `handshake_timeout`. Failed handshakes (a wrong client certificate, plain HTTP, a scanner)
+/// are logged and dropped. Accepting stops when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+    handshake_timeout: Duration,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = sender.closed() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
+            let _ = stream.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                    Ok(Err(err)) => tracing::info!(%peer, error = %err, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out (idle_timeout)"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+/// Reloads the TLS identity on every SIGHUP until `stop` turns true.
+pub async fn reload_on_sighup(tls: Arc<Tls>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; certificates will not reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        match tls.reload() {
+            Ok(()) => tracing::info!(cert = %tls.files.cert.display(), "SIGHUP: TLS certificate reloaded"),
+            Err(err) => {
+                tracing::error!(error = %err, "SIGHUP: TLS reload failed; still serving the previous certificate")
+            }
+        }
+    }
+}

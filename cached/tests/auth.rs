@@ -1,0 +1,398 @@
+//! Tokens, scopes and namespaces: every RPC × every scope × in and out of the token's
+//! namespaces answers exactly as the README's "Securing cached" table says; rate limits hold one
+//! token back without slowing another; writes to the action cache are audited by token name.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use cached::auth::{NamespacePattern, Scope, Scopes, SecretHash, TokenSpec};
+use common::{Server, data, header};
+use futures::StreamExt;
+use proto::Digest;
+use proto::v1::cas_client::CasClient;
+use proto::v1::go_cache_client::GoCacheClient;
+use proto::v1::stats_client::StatsClient;
+use proto::v1::{self, Compression};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// A caller: the secret it presents (if any) and what it should be allowed.
+struct Caller {
+    name: &'static str,
+    secret: Option<String>,
+    /// `None`: not a token the server knows.
+    scopes: Option<Scopes>,
+}
+
+fn secret_of(name: &str) -> String {
+    format!("test-secret-of-{name}")
+}
+
+fn spec(name: &str, scopes: &str, namespaces: &str, rate_limit: Option<u32>) -> TokenSpec {
+    TokenSpec {
+        name: name.to_owned(),
+        scopes: Scopes::parse_list(scopes).unwrap(),
+        namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
+        secret_hash: SecretHash::new(&secret_of(name)).unwrap(),
+        rate_limit,
+    }
+}
+
+fn write_tokens(dir: &Path, specs: &[TokenSpec]) -> String {
+    let path = dir.join("tokens.toml");
+    let text: String = specs.iter().map(|spec| format!("{}\n", spec.to_toml())).collect();
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn request<T>(message: T, secret: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(secret) = secret {
+        request.metadata_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    }
+    request
+}
+
+#[derive(Clone)]
+struct Clients {
+    cas: CasClient<Channel>,
+    go: GoCacheClient<Channel>,
+    stats: StatsClient<Channel>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    reflection: tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient<Channel>,
+}
+
+async fn clients(server: &Server) -> Clients {
+    let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    Clients {
+        cas: CasClient::new(channel.clone()),
+        go: GoCacheClient::new(channel.clone()),
+        stats: StatsClient::new(channel.clone()),
+        health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
+        reflection: tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel),
+    }
+}
+
+/// A blob and Go entry the setup token stored, so every allowed call can succeed.
+struct Fixture {
+    blob: Vec<u8>,
+    digest: Digest,
+}
+
+/// The documented table: what each RPC needs, and whether its namespace is checked.
+const RPCS: &[(&str, Option<Scope>, bool)] = &[
+    ("Cas.FindMissing", Some(Scope::Read), false),
+    ("Cas.Read", Some(Scope::Read), false),
+    ("Cas.BatchRead", Some(Scope::Read), false),
+    ("Cas.Write", Some(Scope::CasWrite), false),
+    ("Cas.BatchWrite", Some(Scope::CasWrite), false),
+    ("GoCache.Get", Some(Scope::Read), true),
+    ("GoCache.GetMany", Some(Scope::Read), true),
+    ("GoCache.Put", Some(Scope::AcWrite), true),
+    ("Stats.Get", Some(Scope::Read), false),
+    ("Health.Check", None, false),
+    ("ServerReflection.ServerReflectionInfo", None, false),
+];
+
+async fn call(
+    clients: &Clients,
+    rpc: &str,
+    secret: Option<&str>,
+    ns: &str,
+    fixture: &Fixture,
+) -> Result<(), Status> {
+    let digest = fixture.digest;
+    let Clients { mut cas, mut go, mut stats, mut health, mut reflection } = clients.clone();
+    match rpc {
+        "Cas.FindMissing" => {
+            cas.find_missing(request(v1::FindMissingRequest { digests: vec![digest.to_wire()] }, secret))
+                .await?;
+        }
+        "Cas.Read" => {
+            let read = v1::ReadRequest { digest: Some(digest.to_wire()), ..Default::default() };
+            let mut stream = cas.read(request(read, secret)).await?.into_inner();
+            let mut out = Vec::new();
+            while let Some(message) = stream.next().await {
+                out.extend_from_slice(&message?.data);
+            }
+            assert_eq!(out, fixture.blob);
+        }
+        "Cas.BatchRead" => {
+            let batch = v1::BatchReadRequest { digests: vec![digest.to_wire()], accept: 0 };
+            let reply = cas.batch_read(request(batch, secret)).await?.into_inner();
+            assert_eq!(reply.results[0].status.as_ref().unwrap().code, 0);
+        }
+        "Cas.Write" => {
+            let messages =
+                vec![header(digest, Compression::Identity), data(Bytes::from(fixture.blob.clone()))];
+            cas.write(request(futures::stream::iter(messages), secret)).await?;
+        }
+        "Cas.BatchWrite" => {
+            let blob = v1::batch_write_request::Blob {
+                digest: Some(digest.to_wire()),
+                compression: 0,
+                data: Bytes::from(fixture.blob.clone()),
+            };
+            let reply = cas.batch_write(request(v1::BatchWriteRequest { blobs: vec![blob] }, secret)).await?;
+            assert_eq!(reply.into_inner().results[0].status.as_ref().unwrap().code, 0);
+        }
+        "GoCache.Get" => {
+            let get = v1::GoGetRequest { namespace: ns.to_owned(), action_id: vec![1; 32].into() };
+            go.get(request(get, secret)).await?;
+        }
+        "GoCache.GetMany" => {
+            let get = v1::GoGetManyRequest { namespace: ns.to_owned(), action_ids: vec![vec![1; 32].into()] };
+            go.get_many(request(get, secret)).await?;
+        }
+        "GoCache.Put" => {
+            let entry = v1::GoEntry {
+                output_id: vec![2; 32].into(),
+                size: digest.size,
+                digest: Some(digest.to_wire()),
+                time_unix_nanos: 1,
+            };
+            let put = v1::GoPutRequest {
+                namespace: ns.to_owned(),
+                action_id: vec![1; 32].into(),
+                entry: Some(entry),
+            };
+            go.put(request(put, secret)).await?;
+        }
+        "Stats.Get" => {
+            stats.get(request(v1::StatsRequest {}, secret)).await?;
+        }
+        "Health.Check" => {
+            let check = tonic_health::pb::HealthCheckRequest { service: String::new() };
+            health.check(request(check, secret)).await?;
+        }
+        "ServerReflection.ServerReflectionInfo" => {
+            use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+            let list = tonic_reflection::pb::v1::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut replies = reflection
+                .server_reflection_info(request(futures::stream::iter([list]), secret))
+                .await?
+                .into_inner();
+            replies.next().await.expect("a reply")?;
+        }
+        other => panic!("no call for {other}"),
+    }
+    Ok(())
+}
+
+const IN_NAMESPACE: &str = "team/linux";
+const OUT_OF_NAMESPACE: &str = "main";
+
+#[tokio::test]
+async fn authorization_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut specs: Vec<TokenSpec> =
+        Scope::ALL.iter().map(|scope| spec(scope.name(), scope.name(), "team/*", Some(0))).collect();
+    specs.push(spec("everything-in-team", "read,cas-write,ac-write,worker,submit,admin", "team/*", Some(0)));
+    specs.push(spec("setup", "read,cas-write,ac-write", "*", Some(0)));
+    let tokens_file = write_tokens(dir.path(), &specs);
+    let server = Server::start(&dir.path().join("data"), &[("tokens_file", &tokens_file)]).await;
+    let clients = clients(&server).await;
+
+    let blob = common::noise(3000, 7);
+    let fixture = Fixture { digest: Digest::of(&blob), blob };
+    call(&clients, "Cas.Write", Some(&secret_of("setup")), "", &fixture).await.expect("setup write");
+
+    let mut callers: Vec<Caller> = specs
+        .iter()
+        .filter(|spec| spec.name != "setup")
+        .map(|spec| Caller {
+            name: Box::leak(spec.name.clone().into_boxed_str()),
+            secret: Some(secret_of(&spec.name)),
+            scopes: Some(spec.scopes),
+        })
+        .collect();
+    callers.push(Caller { name: "no token", secret: None, scopes: None });
+    callers.push(Caller {
+        name: "unknown token",
+        secret: Some("cached_not-a-token".to_owned()),
+        scopes: None,
+    });
+
+    let mut checked = 0;
+    for &(rpc, needs, namespaced) in RPCS {
+        for caller in &callers {
+            for ns in [IN_NAMESPACE, OUT_OF_NAMESPACE] {
+                let result = call(&clients, rpc, caller.secret.as_deref(), ns, &fixture).await;
+                let context = format!("{rpc} as `{}` in namespace `{ns}`", caller.name);
+                match (needs, caller.scopes) {
+                    (None, _) => assert!(result.is_ok(), "{context}: open, got {result:?}"),
+                    (Some(_), None) => {
+                        let status = result.expect_err(&context);
+                        assert_eq!(status.code(), Code::Unauthenticated, "{context}: {status:?}");
+                        assert!(status.message().contains("token"), "{context}: {}", status.message());
+                    }
+                    (Some(scope), Some(scopes)) if !scopes.contains(scope) => {
+                        let status = result.expect_err(&context);
+                        assert_eq!(status.code(), Code::PermissionDenied, "{context}: {status:?}");
+                        assert!(
+                            status.message().contains(&format!("`{scope}` scope")),
+                            "{context}: the missing scope is named: {}",
+                            status.message()
+                        );
+                    }
+                    (Some(_), Some(_)) if namespaced && ns == OUT_OF_NAMESPACE => {
+                        let status = result.expect_err(&context);
+                        assert_eq!(status.code(), Code::PermissionDenied, "{context}: {status:?}");
+                        assert!(
+                            status.message().contains(&format!("namespace `{ns}`")),
+                            "{context}: the namespace is named: {}",
+                            status.message()
+                        );
+                    }
+                    (Some(_), Some(_)) => assert!(result.is_ok(), "{context}: allowed, got {result:?}"),
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, RPCS.len() * callers.len() * 2);
+    server.stop().await;
+}
+
+/// The test's table and the server's table cover every method the server serves, so a new RPC
+/// cannot go unchecked.
+#[test]
+fn every_served_method_is_in_the_scope_table() {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+    let served: BTreeSet<String> = set
+        .file
+        .iter()
+        .flat_map(|file| {
+            let package = file.package().to_owned();
+            file.service.iter().flat_map(move |service| {
+                let package = package.clone();
+                service
+                    .method
+                    .iter()
+                    .map(move |method| format!("/{package}.{}/{}", service.name(), method.name()))
+            })
+        })
+        .collect();
+    let table: BTreeSet<String> = cached::auth::scopes::METHODS.iter().map(|m| m.path.to_owned()).collect();
+    assert_eq!(served, table, "cached/src/auth/scopes.rs METHODS must list every served method");
+    for path in &served {
+        let short = cached::stats::api_name(path);
+        let documented =
+            RPCS.iter().find(|(rpc, ..)| *rpc == short).unwrap_or_else(|| panic!("{short} is not in RPCS"));
+        assert_eq!(
+            cached::auth::scopes::lookup(path).access,
+            cached::auth::scopes::Access::Needs(documented.1.unwrap())
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_flooding_token_is_rate_limited_while_another_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = [spec("flood", "read", "*", Some(20)), spec("calm", "read", "*", None)];
+    let tokens_file = write_tokens(dir.path(), &specs);
+    let server =
+        Server::start(&dir.path().join("data"), &[("tokens_file", &tokens_file), ("rate_limit", "50")]).await;
+    let clients = clients(&server).await;
+    let stats = |secret: String| {
+        let mut stats = clients.stats.clone();
+        async move { stats.get(request(v1::StatsRequest {}, Some(&secret))).await.map(drop) }
+    };
+    let results = futures::future::join_all((0..100).map(|_| stats(secret_of("flood")))).await;
+    let limited: Vec<&Status> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(limited.len() >= 50, "a burst of 20 and a trickle of 20/s pass: {} refused", limited.len());
+    for status in &limited {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("`flood`") && status.message().contains("rate_limit"),
+            "{status:?}"
+        );
+    }
+    // The other token has its own bucket (the server's rate_limit of 50).
+    for _ in 0..10 {
+        stats(secret_of("calm")).await.expect("another token is served meanwhile");
+    }
+    server.stop().await;
+}
+
+/// Captures the `audit` log of the server running on this (current-thread) test runtime.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn action_cache_writes_are_audited_and_secrets_never_logged() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("audit=info,cached=debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let specs = [spec("ci-main", "read,cas-write,ac-write", "main/*", None), spec("dev", "read", "*", None)];
+    let tokens_file = write_tokens(dir.path(), &specs);
+    let server = Server::start(&dir.path().join("data"), &[("tokens_file", &tokens_file)]).await;
+    let clients = clients(&server).await;
+    let blob = b"compiled object".to_vec();
+    let fixture = Fixture { digest: Digest::of(&blob), blob };
+    let ci = secret_of("ci-main");
+    call(&clients, "Cas.Write", Some(&ci), "", &fixture).await.unwrap();
+    call(&clients, "GoCache.Put", Some(&ci), "main/linux", &fixture).await.unwrap();
+    let denied = call(&clients, "GoCache.Put", Some(&secret_of("dev")), "main/linux", &fixture).await;
+    assert_eq!(denied.unwrap_err().code(), Code::PermissionDenied);
+    server.stop().await;
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let put = log.lines().find(|line| line.contains("GoCache.Put") && line.contains("audit")).unwrap_or_else(
+        || {
+            panic!("no audit line for the put:\n{log}");
+        },
+    );
+    assert!(
+        put.contains("token=ci-main") && put.contains("namespace=main/linux") && put.contains("stored"),
+        "{put}"
+    );
+    assert!(
+        log.lines().any(|line| line.contains("scope denied") && line.contains("token=dev")),
+        "denials are audited too:\n{log}"
+    );
+    for secret in [ci, secret_of("dev")] {
+        assert!(!log.contains(&secret), "a secret reached the log:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn without_tokens_everything_is_open_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let clients = clients(&server).await;
+    let blob = b"anonymous".to_vec();
+    let fixture = Fixture { digest: Digest::of(&blob), blob };
+    call(&clients, "Cas.Write", None, "", &fixture).await.unwrap();
+    for &(rpc, ..) in RPCS {
+        call(&clients, rpc, None, "any/namespace", &fixture)
+            .await
+            .unwrap_or_else(|err| panic!("{rpc}: {err:?}"));
+    }
+    server.stop().await;
+}
