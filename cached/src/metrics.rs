@@ -199,6 +199,13 @@ impl Collector for StatsCollector {
             "compressed bytes written to the store",
             load(&store.written_bytes),
         )?;
+        counter(&mut encoder, "store_commits", "uploads verified and committed", load(&store.commits))?;
+        counter(
+            &mut encoder,
+            "store_duplicate_uploads",
+            "verified uploads discarded because another upload of the digest committed first",
+            load(&store.duplicate_commits),
+        )?;
         let (evicted_blobs, evicted_bytes) = self.store.evictions();
         counter(&mut encoder, "evicted_blobs", "blobs evicted to stay within max_size", evicted_blobs)?;
         counter(&mut encoder, "evicted_bytes", "stored bytes evicted", evicted_bytes)?;

@@ -1,5 +1,6 @@
-//! Metrics decorator: counts blob lookups, hits, misses and the compressed bytes that move
-//! through the store.
+//! Metrics decorator: counts the compressed bytes that move through the store and how
+//! uploads end. Hits and misses are counted per API by the services, which know what a
+//! lookup meant.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +13,6 @@ use crate::error::Result;
 
 #[derive(Debug, Default)]
 pub struct StoreCounters {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
     pub read_bytes: AtomicU64,
     pub written_bytes: AtomicU64,
     pub commits: AtomicU64,
@@ -37,19 +36,13 @@ impl<S: BlobStore> Metered<S> {
 
 impl<S: BlobStore> BlobStore for Metered<S> {
     fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
-        let found = self.inner.contains(digests)?;
-        let hits = found.iter().filter(|present| **present).count() as u64;
-        add(&self.counters.hits, hits);
-        add(&self.counters.misses, found.len() as u64 - hits);
-        Ok(found)
+        self.inner.contains(digests)
     }
 
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
         let Some(frames) = self.inner.read(digest, first_frame)? else {
-            add(&self.counters.misses, 1);
             return Ok(None);
         };
-        add(&self.counters.hits, 1);
         let counters = Arc::clone(&self.counters);
         Ok(Some(Box::new(frames.inspect(move |frame| {
             if let Ok(frame) = frame {
