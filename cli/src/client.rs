@@ -1,11 +1,18 @@
-//! Connections to cached.
+//! Connections to cached: the address, TLS for `https://` servers (a CA file or the system
+//! roots; a client certificate for mTLS), and the bearer token every call carries.
 
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use proto::v1::cas_client::CasClient;
 use proto::v1::go_cache_client::GoCacheClient;
 use proto::v1::stats_client::StatsClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::{CliError, Result};
 
@@ -13,33 +20,182 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 /// Large enough for a batch of small blobs; the server enforces its own limit.
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// A token secret. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into().trim().to_owned())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// How to reach cached and prove who we are: what the global `--token`, `--token-file`,
+/// `--tls-ca`, `--tls-client-cert` and `--tls-client-key` options say.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub token: Option<Secret>,
+    /// PEM CA certificates that sign the server's certificate; without it an `https://` server
+    /// is checked against the system's roots.
+    pub tls_ca: Option<PathBuf>,
+    /// mTLS: the client certificate chain and its key (PEM).
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+}
+
+/// The options of this process: what `main` parsed from the global options.
+static PROCESS_DEFAULT: OnceLock<ConnectOptions> = OnceLock::new();
+
+impl ConnectOptions {
+    /// Makes these the options [`Client::connect`] and [`ConnectOptions::process_default`] use,
+    /// so every command of this process connects the same way. Once per process; later calls
+    /// are ignored.
+    pub fn install_process_default(self) {
+        let _ = PROCESS_DEFAULT.set(self);
+    }
+
+    /// The options `main` installed, or none (no token, system roots) in a library or test.
+    pub fn process_default() -> Self {
+        PROCESS_DEFAULT.get().cloned().unwrap_or_default()
+    }
+
+    pub fn with_token(token: impl Into<String>) -> Self {
+        Self { token: Some(Secret::new(token)), ..Self::default() }
+    }
+
+    /// Reads a token file: the secret, alone, surrounding whitespace ignored.
+    pub fn read_token_file(path: &Path) -> Result<Secret> {
+        let text = std::fs::read_to_string(path).map_err(CliError::file(path))?;
+        let secret = Secret::new(text);
+        if secret.expose().is_empty() || secret.expose().contains(char::is_whitespace) {
+            return Err(CliError::Usage(format!(
+                "token file {} must hold one token and nothing else",
+                path.display()
+            )));
+        }
+        Ok(secret)
+    }
+
+    /// The endpoint of `server` with TLS set up when it is `https://`. Callers add their own
+    /// timeouts and windows, then connect.
+    pub fn endpoint(&self, server: &str) -> Result<Endpoint> {
+        let endpoint = Endpoint::from_shared(server.to_owned())
+            .map_err(|err| CliError::Usage(format!("--server {server:?} is not a valid URL: {err}")))?;
+        let tls_wanted = self.tls_ca.is_some() || self.tls_client_cert.is_some();
+        if !server.starts_with("https://") {
+            if tls_wanted {
+                return Err(CliError::Usage(format!(
+                    "--tls-ca and --tls-client-cert need an https:// server, not {server:?}"
+                )));
+            }
+            return Ok(endpoint);
+        }
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.tls_ca {
+            Some(path) => tls.ca_certificate(Certificate::from_pem(read(path)?)),
+            None => tls.with_native_roots(),
+        };
+        match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
+            (None, None) => {}
+            _ => {
+                return Err(CliError::Usage(
+                    "--tls-client-cert and --tls-client-key go together: give both or neither".to_owned(),
+                ));
+            }
+        }
+        endpoint.tls_config(tls).map_err(|err| CliError::Usage(format!("TLS setup for {server}: {err}")))
+    }
+
+    /// The interceptor that puts the token on every call.
+    pub fn credentials(&self) -> Result<Credentials> {
+        let authorization = match &self.token {
+            None => None,
+            Some(secret) => {
+                let mut value: AsciiMetadataValue =
+                    MetadataValue::try_from(format!("Bearer {}", secret.expose())).map_err(|_| {
+                        CliError::Usage("the token holds characters a token cannot have".to_owned())
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(Credentials { authorization })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(CliError::file(path))
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Credentials {
+    authorization: Option<AsciiMetadataValue>,
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// What the service clients run over: a channel that adds the credentials.
+pub type Transport = InterceptedService<Channel, Credentials>;
+
 /// A connection to one cached server, with a client per service.
 #[derive(Clone)]
 pub struct Client {
     pub server: String,
-    pub cas: CasClient<Channel>,
-    pub go: GoCacheClient<Channel>,
-    pub stats: StatsClient<Channel>,
+    pub cas: CasClient<Transport>,
+    pub go: GoCacheClient<Transport>,
+    pub stats: StatsClient<Transport>,
 }
 
 impl Client {
+    /// Connects with the process's options ([`ConnectOptions::process_default`]): in cachectl,
+    /// the global --token/--tls-* options; elsewhere no token and the system's roots.
     pub async fn connect(server: &str) -> Result<Self> {
+        Self::connect_with(server, &ConnectOptions::process_default()).await
+    }
+
+    pub async fn connect_with(server: &str, options: &ConnectOptions) -> Result<Self> {
         let unreachable = |reason: String| CliError::Unreachable { server: server.to_owned(), reason };
-        let endpoint = Endpoint::from_shared(server.to_owned())
-            .map_err(|err| CliError::Usage(format!("--server {server:?} is not a valid URL: {err}")))?
+        let endpoint = options
+            .endpoint(server)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
         let channel = endpoint.connect().await.map_err(|err| unreachable(source_chain(&err)))?;
+        Self::from_channel(server, channel, options)
+    }
+
+    /// Wraps a channel the caller made (e.g. a lazy one from [`ConnectOptions::endpoint`]).
+    pub fn from_channel(server: &str, channel: Channel, options: &ConnectOptions) -> Result<Self> {
+        let credentials = options.credentials()?;
+        let transport = InterceptedService::new(channel, credentials);
         Ok(Self {
             server: server.to_owned(),
-            cas: CasClient::new(channel.clone())
+            cas: CasClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-            go: GoCacheClient::new(channel.clone())
+            go: GoCacheClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-            stats: StatsClient::new(channel),
+            stats: StatsClient::new(transport),
         })
     }
 }
@@ -54,4 +210,44 @@ fn source_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let options = ConnectOptions::with_token("cached_hunter2");
+        assert!(!format!("{options:?}").contains("hunter2"));
+        let mut credentials = options.credentials().unwrap();
+        let request = credentials.call(tonic::Request::new(())).unwrap();
+        let value = request.metadata().get("authorization").unwrap();
+        assert!(value.is_sensitive());
+        assert_eq!(value.to_str().unwrap(), "Bearer cached_hunter2");
+        assert!(!format!("{:?}", request.metadata()).contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_options_need_https_and_come_in_pairs() {
+        let ca = ConnectOptions { tls_ca: Some("/ca.pem".into()), ..ConnectOptions::default() };
+        assert!(matches!(ca.endpoint("http://127.0.0.1:1"), Err(CliError::Usage(_))));
+        let half = ConnectOptions { tls_client_cert: Some("/c.pem".into()), ..ConnectOptions::default() };
+        let err = half.endpoint("https://127.0.0.1:1").unwrap_err().to_string();
+        assert!(err.contains("--tls-client-key"), "{err}");
+        assert!(ConnectOptions::default().endpoint("https://127.0.0.1:1").is_ok());
+        let err = ConnectOptions::with_token("a\u{7}b").credentials().err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("token")));
+    }
+
+    #[test]
+    fn token_files_hold_one_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "cached_abc\n").unwrap();
+        assert_eq!(ConnectOptions::read_token_file(&path).unwrap().expose(), "cached_abc");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(ConnectOptions::read_token_file(&path).is_err());
+        assert!(ConnectOptions::read_token_file(&dir.path().join("missing")).is_err());
+    }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cachectl::client::{Client, DEFAULT_SERVER};
+use cachectl::client::{Client, ConnectOptions, DEFAULT_SERVER, Secret};
 use cachectl::commands;
 use cachectl::error::{CliError, Result};
 use cachectl::transfer::DEFAULT_LEVEL;
@@ -18,8 +18,47 @@ struct Cli {
     /// Address of the cached server.
     #[arg(long, global = true, env = "CACHED_ADDR", default_value = DEFAULT_SERVER)]
     server: String,
+    /// Token for a server that requires one (from `cached token new`). Prefer --token-file or
+    /// the environment: a flag shows in the process list.
+    #[arg(long, global = true, env = "CACHED_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// File that holds the token.
+    #[arg(long, global = true, env = "CACHED_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign an https:// server's certificate [default: the system's roots].
+    #[arg(long, global = true, env = "CACHED_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires mTLS.
+    #[arg(long, global = true, env = "CACHED_TLS_CLIENT_CERT", value_name = "FILE")]
+    tls_client_cert: Option<PathBuf>,
+    /// Key of --tls-client-cert (PEM).
+    #[arg(long, global = true, env = "CACHED_TLS_CLIENT_KEY", value_name = "FILE")]
+    tls_client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The global connection options, every file read and checked up front.
+    fn connect_options(&self) -> Result<ConnectOptions> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(CliError::Usage(
+                    "give the token one way: --token (CACHED_TOKEN) or --token-file (CACHED_TOKEN_FILE)"
+                        .to_owned(),
+                ));
+            }
+            (Some(token), None) => Some(Secret::new(token.as_str())),
+            (None, Some(path)) => Some(ConnectOptions::read_token_file(path)?),
+            (None, None) => None,
+        };
+        Ok(ConnectOptions {
+            token,
+            tls_ca: self.tls_ca.clone(),
+            tls_client_cert: self.tls_client_cert.clone(),
+            tls_client_key: self.tls_client_key.clone(),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -63,26 +102,28 @@ fn parse_digest(text: &str) -> Result<Digest> {
 async fn run(cli: Cli) -> Result<()> {
     // Parse arguments before connecting, so bad input is reported as such even when the
     // server is down.
+    let connect = cli.connect_options()?;
+    connect.clone().install_process_default();
     match cli.command {
         Command::Put { files, level } => {
             commands::put::check(&files)?;
-            let client = Client::connect(&cli.server).await?;
+            let client = Client::connect_with(&cli.server, &connect).await?;
             commands::put::run(&client, &files, level).await
         }
         Command::Get { digest, output } => {
             let digest = parse_digest(&digest)?;
-            let client = Client::connect(&cli.server).await?;
+            let client = Client::connect_with(&cli.server, &connect).await?;
             commands::get::run(&client, digest, &output).await
         }
         Command::Has { digests } => {
             let digests = digests.iter().map(|d| parse_digest(d)).collect::<Result<Vec<_>>>()?;
-            let client = Client::connect(&cli.server).await?;
+            let client = Client::connect_with(&cli.server, &connect).await?;
             commands::has::run(&client, &digests).await
         }
         Command::Gocacheprog(args) => commands::gocacheprog::run(&cli.server, args).await,
         Command::Image(args) => commands::image::run(&cli.server, *args).await,
         Command::Stats { json } => {
-            let client = Client::connect(&cli.server).await?;
+            let client = Client::connect_with(&cli.server, &connect).await?;
             commands::stats::run(&client, json).await
         }
     }

@@ -10,19 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::v1::cas_client::CasClient;
-use proto::v1::go_cache_client::GoCacheClient;
-use proto::v1::stats_client::StatsClient;
 use proto::v1::{self, Compression};
 use proto::{ActionId, Digest, FRAME_SIZE, OutputId};
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
 
 use super::breaker::Breaker;
 use super::counters::{Counters, add};
 use super::disk::{DiskError, DiskTier, Entry};
 use super::uploads::Upload;
-use crate::client::Client;
+use crate::client::{Client, ConnectOptions};
 use crate::error::CliError;
 use crate::transfer;
 
@@ -32,7 +28,6 @@ const UPLOAD_LEVEL: i32 = 1;
 /// Transfers get this rate's worth of time on top of the base deadline, so a large body on a
 /// slow link is not cut off while a hung server still is.
 const MIN_BYTES_PER_SECOND: u64 = 10 << 20;
-const MAX_MESSAGE: usize = 64 << 20;
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 /// Frames buffered between the network and the file being written.
@@ -88,8 +83,9 @@ impl Remote {
         timeout: Duration,
         counters: Arc<Counters>,
     ) -> Result<Self, CliError> {
-        let endpoint = Endpoint::from_shared(server.to_owned())
-            .map_err(|err| CliError::Usage(format!("--server {server:?} is not a valid URL: {err}")))?
+        let options = ConnectOptions::process_default();
+        let endpoint = options
+            .endpoint(server)?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             // Inline bodies reach 1 MiB of zstd: a window that holds a few of them whole saves
@@ -97,16 +93,7 @@ impl Remote {
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
         let channel = endpoint.connect_lazy();
-        let client = Client {
-            server: server.to_owned(),
-            cas: CasClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-            go: GoCacheClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-            stats: StatsClient::new(channel),
-        };
+        let client = Client::from_channel(server, channel, &options)?;
         Ok(Self { client, namespace, timeout, breaker: Breaker::new(server), counters })
     }
 
