@@ -4,11 +4,13 @@
 //! Read in this order: [`protocol`] (the wire format, no I/O), [`server`] (the loop: reader and
 //! writer threads, remote work on the runtime), [`tiers`] (local first, then remote), [`disk`]
 //! (the files behind `DiskPath`), [`remote`] and [`uploads`] (cached, fail-open behind
-//! [`breaker`]), [`counters`] (the session summary).
+//! [`breaker`]), [`prefetch`] (a compile hit's second lookup, started with the first),
+//! [`counters`] (the session summary).
 
 pub mod breaker;
 pub mod counters;
 pub mod disk;
+pub mod prefetch;
 pub mod protocol;
 pub mod remote;
 pub mod server;

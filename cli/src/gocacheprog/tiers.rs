@@ -12,6 +12,7 @@ use proto::{ActionId, OutputId};
 
 use super::counters::{Counters, add, bump};
 use super::disk::{DiskError, DiskTier, Entry};
+use super::prefetch::{Prefetches, State};
 use super::protocol::{Hit, now_unix_nanos};
 use super::remote::Remote;
 use super::server::{BodySink, Cache, Local};
@@ -32,6 +33,7 @@ pub struct Tiers {
     /// None when there is no remote tier or it is read-only.
     uploader: Option<Uploader>,
     flights: Mutex<HashMap<ActionId, Flight>>,
+    prefetches: Prefetches,
     counters: Arc<Counters>,
     options: TierOptions,
 }
@@ -55,6 +57,7 @@ impl Tiers {
             remote,
             uploader,
             flights: Mutex::new(HashMap::new()),
+            prefetches: Prefetches::default(),
             counters,
             options,
         }
@@ -105,16 +108,26 @@ impl Cache for Tiers {
         bump(&self.counters.gets);
         match self.disk.lookup(action_id) {
             Ok(Some((entry, path))) => {
-                bump(&self.counters.local_hits);
+                let prefetched = self.prefetches.take(action_id) == Some(State::Found);
+                bump(if prefetched { &self.counters.remote_hits } else { &self.counters.local_hits });
                 Local::Hit(hit(entry, path))
             }
             // An unreadable record is as good as none; the next put of the action rewrites it.
-            Ok(None) | Err(_) => self.local_miss(),
+            Ok(None) | Err(_) => {
+                if self.prefetches.take(action_id) == Some(State::Missing) {
+                    bump(&self.counters.misses);
+                    return Local::Miss; // The server was just asked.
+                }
+                self.local_miss()
+            }
         }
     }
 
     fn get_remote(self: Arc<Self>, action_id: ActionId) -> BoxFuture<'static, Option<Hit>> {
         Box::pin(async move {
+            if let Some(stdout) = self.prefetches.start(&action_id) {
+                self.prefetch(stdout);
+            }
             let start = Instant::now();
             let found = self.flight(action_id).await;
             self.counters.waited(start.elapsed());
@@ -168,6 +181,15 @@ impl Cache for Tiers {
 }
 
 impl Tiers {
+    /// Fetches a subkey into the local tier in the background (see `prefetch`).
+    fn prefetch(self: &Arc<Self>, action_id: ActionId) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let found = this.flight(action_id).await.is_some();
+            this.prefetches.finished(&action_id, found);
+        });
+    }
+
     fn put_failed(&self, err: &DiskError) -> String {
         bump(&self.counters.put_errors);
         err.to_string()
