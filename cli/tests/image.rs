@@ -413,6 +413,11 @@ fn push_copy_back_and_an_unchanged_repush_uploads_no_blob() {
     assert!(blob_writes(&requests).is_empty(), "second push wrote blobs: {requests:?}");
     assert!(requests.iter().all(|(method, _)| method == "HEAD" || method == "GET"), "{requests:?}");
     assert_eq!(requests.len() as u64, push["requests"].as_u64().unwrap(), "the registry saw what we counted");
+    assert_eq!(
+        requests.len(),
+        2,
+        "GET /v2/, then HEAD on the tag, which already names the index: {requests:?}"
+    );
 
     // Chunked upload (PATCH with Content-Range, Range checked) into another repository.
     let chunked = format!("{}/chunked:v1", registry.host());
@@ -437,6 +442,57 @@ fn push_copy_back_and_an_unchanged_repush_uploads_no_blob() {
         ],
     );
     assert_eq!(blobs(&back), blobs(&layout));
+}
+
+#[test]
+fn zstd_layers_are_read_by_skopeo_and_survive_a_registry_round_trip() {
+    require("skopeo");
+    let fixture = fixture();
+    let registry = Registry::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let (gzip, zstd) = (dir.path().join("gzip"), dir.path().join("zstd"));
+    let mut args = fixture.platform_args();
+    args.extend(strings(&["--name", "hello", "--no-cache", "--oci-layout", s(&gzip)]));
+    let gzip_report = image(&args);
+    let target = format!("{}/hello:zstd", registry.host());
+    let mut args = fixture.platform_args();
+    args.extend(strings(&["--name", "hello", "--no-cache", "--compression", "zstd"]));
+    args.extend(strings(&["--oci-layout", s(&zstd), "--tag", "zstd", "--push", &target]));
+    let zstd_report = image(&args);
+    assert_ne!(zstd_report["index"], gzip_report["index"]);
+    for (z, g) in
+        zstd_report["images"].as_array().unwrap().iter().zip(gzip_report["images"].as_array().unwrap())
+    {
+        assert_eq!(z["diff_id"], g["diff_id"], "the same tar under either codec");
+        assert_ne!(z["layer"], g["layer"]);
+        let digest = z["manifest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(zstd.join("blobs/sha256").join(digest)).unwrap()).unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
+    }
+    let config = skopeo_json(&[
+        "inspect",
+        "--config",
+        "--override-arch",
+        "arm64",
+        &format!("oci:{}:zstd", zstd.display()),
+    ]);
+    assert_eq!(config["architecture"], "arm64");
+    let back = dir.path().join("back");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--insecure-policy",
+            "--src-tls-verify=false",
+            &format!("docker://{target}"),
+            &format!("oci:{}:zstd", back.display()),
+        ],
+    );
+    assert_eq!(index_entry(&back)["digest"], zstd_report["index"]);
+    assert_eq!(blobs(&back), blobs(&zstd));
 }
 
 #[test]
@@ -687,4 +743,151 @@ fn malformed_references_and_credentials_give_clear_errors() {
         &right,
     ]));
     assert_eq!(report["push"]["blobs_uploaded"], 2);
+}
+
+/// A registry front that demands bearer tokens, as Docker Hub, GHCR and most hosted
+/// registries do: a request without `Bearer <token>` gets a 401 challenge naming the token
+/// realm, and the realm hands out the token for the right basic credentials. Everything
+/// else is forwarded to a plain registry.
+struct BearerFront {
+    addr: std::net::SocketAddr,
+    scopes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const TOKEN: &str = "t0k3n";
+
+impl BearerFront {
+    async fn start(upstream: String) -> Self {
+        use axum::body::Body;
+        use axum::extract::Request;
+        use axum::http::{HeaderValue, StatusCode, header};
+        use axum::response::Response;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let scopes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = scopes.clone();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let handler = move |request: Request| {
+            let (seen, http, upstream) = (seen.clone(), http.clone(), upstream.clone());
+            async move {
+                let auth =
+                    request.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).unwrap_or("");
+                let auth = auth.to_owned();
+                if request.uri().path() == "/token" {
+                    use base64::Engine;
+                    let basic = format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+                    );
+                    if auth != basic {
+                        return Response::builder()
+                            .status(StatusCode::UNAUTHORIZED)
+                            .body(Body::empty())
+                            .unwrap();
+                    }
+                    let query = request.uri().query().unwrap_or("").to_owned();
+                    seen.lock().unwrap().push(query);
+                    return Response::new(Body::from(format!(r#"{{"token": "{TOKEN}"}}"#)));
+                }
+                if auth != format!("Bearer {TOKEN}") {
+                    let challenge = format!(r#"Bearer realm="http://{addr}/token",service="front""#);
+                    return Response::builder()
+                        .status(StatusCode::UNAUTHORIZED)
+                        .header(header::WWW_AUTHENTICATE, challenge)
+                        .body(Body::from(
+                            r#"{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}"#,
+                        ))
+                        .unwrap();
+                }
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                let url = format!(
+                    "http://{upstream}{}",
+                    parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+                );
+                let mut forward = http.request(parts.method.clone(), url);
+                for (name, value) in &parts.headers {
+                    if name != header::HOST && name != header::AUTHORIZATION {
+                        forward = forward.header(name, value);
+                    }
+                }
+                let answer = forward.body(body).send().await.unwrap();
+                let mut response = Response::builder().status(answer.status().as_u16());
+                for (name, value) in answer.headers() {
+                    // Upload sessions must come back through the front.
+                    let value = match value.to_str() {
+                        Ok(text) if name == header::LOCATION => {
+                            HeaderValue::from_str(&text.replace(&upstream, &addr.to_string())).unwrap()
+                        }
+                        _ => value.clone(),
+                    };
+                    response = response.header(name, value);
+                }
+                response.body(Body::from(answer.bytes().await.unwrap())).unwrap()
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, scopes, task }
+    }
+}
+
+impl Drop for BearerFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_tokens_are_fetched_with_the_config_credentials() {
+    let fixture = fixture();
+    let registry = Registry::start(None);
+    let front = BearerFront::start(registry.host()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = front.addr.to_string();
+    let target = format!("{host}/team/app:v1");
+    let amd64 = format!("linux/amd64={}", fixture.path("linux/amd64").display());
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths": {{"{host}": {{"username": "{USER}", "password": "{PASSWORD}"}}}}}}"#),
+    )
+    .unwrap();
+    let args = strings(&[
+        "--platform",
+        &amd64,
+        "--name",
+        "hello",
+        "--no-cache",
+        "--push",
+        &target,
+        "--docker-config",
+        s(&config),
+    ]);
+    let report = tokio::task::spawn_blocking(move || image(&args)).await.unwrap();
+    assert_eq!(report["push"]["blobs_uploaded"], 2, "{report}");
+    let scopes = front.scopes.lock().unwrap().clone();
+    assert!(!scopes.is_empty() && scopes.iter().all(|q| q.contains("service=front")), "{scopes:?}");
+    assert!(scopes[0].contains("scope=repository%3Ateam%2Fapp%3Apull%2Cpush"), "{scopes:?}");
+    // What landed in the registry behind the front is what we pushed.
+    let manifest =
+        registry.requests().iter().filter(|(m, p)| m == "PUT" && p == "/v2/team/app/manifests/v1").count();
+    assert_eq!(manifest, 1);
+
+    // A wrong password is refused at the token service, and said so.
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths": {{"{host}": {{"username": "{USER}", "password": "nope"}}}}}}"#),
+    )
+    .unwrap();
+    let args =
+        strings(&["--platform", &amd64, "--name", "hello", "--push", &target, "--docker-config", s(&config)]);
+    let err = tokio::task::spawn_blocking(move || image_failure(&args)).await.unwrap();
+    assert!(err.contains(&format!("the token service of registry {host}")), "{err}");
+    assert!(err.contains("refused user \"ci\" from"), "{err}");
 }

@@ -114,6 +114,7 @@ pub async fn resolve(
     let mut platforms = Vec::new();
     if manifest::is_index(&media_type) {
         let index: Index = manifest::parse(&bytes, &format!("base index {shown}"))?;
+        let mut entries = Vec::new();
         for platform in wanted {
             let entry = index
                 .manifests
@@ -133,9 +134,17 @@ pub async fn resolve(
                         if has.is_empty() { "none".to_owned() } else { has.join(", ") }
                     ))
                 })?;
-            let bytes = fetcher.document(&entry.digest).await?;
-            platforms.push(fetcher.platform(platform, entry.digest, &bytes).await?);
+            entries.push((platform, entry));
         }
+        // Every platform's manifest and config at once: each is a round trip or two.
+        let fetches = entries.into_iter().map(|(platform, entry)| {
+            let fetcher = &fetcher;
+            async move {
+                let bytes = fetcher.document(&entry.digest).await?;
+                fetcher.platform(platform, entry.digest, &bytes).await
+            }
+        });
+        platforms = futures::future::try_join_all(fetches).await?;
     } else if manifest::is_manifest(&media_type) {
         let single = fetcher.platform(&wanted[0], digest, &bytes).await?;
         let actual = config_platform(&single.config);

@@ -22,7 +22,7 @@ use super::manifest::{
     MEDIA_MANIFEST, Manifest,
 };
 use super::platform::Platform;
-use super::push::{self, Document, PushBlob, PushPlan};
+use super::push::{self, Document, PushBlob, PushImage, PushPlan};
 use super::reference::Reference;
 use super::registry::{PushCounts, Registry, RegistryOptions};
 use super::sources::{Rebuild, Sources};
@@ -222,12 +222,11 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
         }
     };
 
-    let layers = layers(&plan, &staging, cache, &mut warnings).await?;
+    let (layers, stores) = layers(&plan, &staging, cache, &mut warnings).await?;
 
     // Configs, manifests, the index.
     let mut images = Vec::new();
-    let mut documents = Vec::new();
-    let mut blobs = Vec::new();
+    let mut push_images = Vec::new();
     let mount_from = match &base {
         Some(BaseImage { origin: BaseOrigin::Registry { reference, .. }, .. }) => Some(reference),
         _ => None,
@@ -246,6 +245,7 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
             config::image_config(base_platform.map(|b| &b.config), platform, layer.diff_id, &options)?;
         let config = staging.write_blob(MEDIA_CONFIG, &config_bytes)?;
         let mut manifest_layers = base_platform.map(|b| b.layers.clone()).unwrap_or_default();
+        let mut blobs = Vec::new();
         for base_layer in &manifest_layers {
             let mount = mount_from
                 .filter(|r| plan.push.as_ref().is_some_and(|p| p.registry == r.registry))
@@ -271,7 +271,8 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
         };
         let bytes = manifest::to_json(&manifest);
         let mut descriptor = staging.write_blob(MEDIA_MANIFEST, &bytes)?;
-        documents.push(Document { descriptor: descriptor.clone(), bytes: Bytes::from(bytes) });
+        let document = Document { descriptor: descriptor.clone(), bytes: Bytes::from(bytes) };
+        push_images.push(PushImage { manifest: document, blobs });
         descriptor.platform = Some(platform.clone());
         images.push(PlatformImage {
             platform: platform.clone(),
@@ -300,7 +301,13 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
 
     let mut layout = None;
     if let Some(dir) = &spec.oci_layout {
-        let fetches = futures::stream::iter(&blobs).map(|blob| sources.local(&blob.descriptor));
+        let mut blobs: Vec<&Descriptor> = Vec::new();
+        for blob in push_images.iter().flat_map(|image| &image.blobs) {
+            if !blobs.iter().any(|b| b.digest == blob.descriptor.digest) {
+                blobs.push(&blob.descriptor);
+            }
+        }
+        let fetches = futures::stream::iter(blobs).map(|descriptor| sources.local(descriptor));
         let fetched: Vec<Result<PathBuf>> =
             fetches.buffer_unordered(spec.registry.parallelism.max(1)).collect().await;
         fetched.into_iter().collect::<Result<Vec<_>>>()?;
@@ -318,12 +325,18 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
         }
         let registry = Arc::new(Registry::connect(&reference.registry, &repositories, &spec.registry).await?);
         let tag = reference.tag.clone().unwrap_or_else(|| "latest".to_owned());
-        let plan = PushPlan { blobs, manifests: documents, index: index_document, tag: tag.clone() };
+        let plan = PushPlan { images: push_images, index: index_document, tag: tag.clone() };
         push::push(&registry, &reference.repository, &plan, &sources, spec.registry.parallelism).await?;
         let shown = Reference { tag: Some(tag), ..reference.clone() };
         push_report = Some(PushReport { reference: shown.to_string(), counts: registry.counters.snapshot() });
     }
 
+    // New layers went to the cache while the image was written and pushed.
+    for store in stores {
+        if let Err(err) = join(store).await {
+            warnings.push(format!("could not store a layer in the cache: {err}"));
+        }
+    }
     Ok(ImageResult { index: index_descriptor, images, layout, push: push_report, warnings })
 }
 
@@ -336,14 +349,15 @@ fn base_annotations(name: Option<&str>, digest: Sha256) -> BTreeMap<String, Stri
     annotations
 }
 
-/// Each platform's layer, from the cache or built here (then stored in the cache), in the
-/// order of `plan.binaries`, with whether it was cached and how to rebuild it.
+/// Each platform's layer, from the cache or built here, in the order of `plan.binaries`,
+/// with whether it was cached and how to rebuild it; plus the tasks storing the new layers
+/// in the cache, which run on while the image is written.
 async fn layers(
     plan: &Plan,
     staging: &Layout,
     cache: Option<&LayerCache>,
     warnings: &mut Vec<String>,
-) -> Result<Vec<(Layer, bool, Rebuild)>> {
+) -> Result<(Vec<(Layer, bool, Rebuild)>, Vec<tokio::task::JoinHandle<Result<()>>>)> {
     let hashes = plan.binaries.iter().map(|(_, path)| {
         let path = path.clone();
         join(tokio::task::spawn_blocking(move || {
@@ -380,15 +394,13 @@ async fn layers(
     });
     let built = futures::future::try_join_all(builds).await?;
 
-    // Store the new layers; a cache failure is a warning, never a failed image.
+    // A cache failure is a warning, never a failed image.
+    let mut stores = Vec::new();
     if let Some(cache) = cache {
-        let stores = built.iter().zip(&keys).filter_map(|(layer, key)| {
-            let (layer, path) = layer.as_ref()?;
-            Some(async move { cache.store(*key, layer, path).await })
-        });
-        for result in futures::future::join_all(stores).await {
-            if let Err(err) = result {
-                warnings.push(format!("could not store a layer in the cache: {err}"));
+        for (layer, key) in built.iter().zip(&keys) {
+            if let Some((layer, path)) = layer {
+                let (cache, key, layer, path) = (cache.clone(), *key, layer.clone(), path.clone());
+                stores.push(tokio::spawn(async move { cache.store(key, &layer, &path).await }));
             }
         }
     }
@@ -409,7 +421,7 @@ async fn layers(
         };
         out.push((layer, cached, rebuild));
     }
-    Ok(out)
+    Ok((out, stores))
 }
 
 /// Tars and compresses one binary into the staging layout.

@@ -1,7 +1,7 @@
-//! Pushing an image to a registry without wasted uploads: every blob is checked with HEAD
-//! first and mounted from the base's repository when that is on the same registry; only
-//! then is it uploaded. Children go before the index, and the tag is moved last (and only
-//! when it does not already point at the index).
+//! Pushing an image to a registry without wasted uploads: the tag, then each manifest, then
+//! each blob is checked with HEAD first, and a blob is mounted from the base's repository
+//! when that is on the same registry; only then is anything uploaded. Children go before the
+//! index, and the tag is moved last.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -25,18 +25,25 @@ pub struct Document {
     pub bytes: Bytes,
 }
 
+/// One platform's manifest and the blobs it references.
+#[derive(Clone, Debug)]
+pub struct PushImage {
+    pub manifest: Document,
+    pub blobs: Vec<PushBlob>,
+}
+
 /// Everything pushed for one image, in push order.
 #[derive(Clone, Debug)]
 pub struct PushPlan {
-    pub blobs: Vec<PushBlob>,
-    /// One manifest per platform, pushed by digest.
-    pub manifests: Vec<Document>,
+    pub images: Vec<PushImage>,
     /// Pushed last, under the tag.
     pub index: Document,
     pub tag: String,
 }
 
-/// Pushes the plan's blobs, then its manifests (by digest), then its index under its tag.
+/// Pushes what the registry lacks: nothing when the tag already names the index; else the
+/// blobs of each manifest the registry does not have (a registry only accepts a manifest
+/// whose blobs it holds), then those manifests by digest, then the index under the tag.
 pub async fn push(
     registry: &Registry,
     repository: &str,
@@ -44,38 +51,56 @@ pub async fn push(
     sources: &Sources,
     parallelism: usize,
 ) -> Result<()> {
-    let PushPlan { blobs, manifests, index, tag } = plan;
+    let parallelism = parallelism.max(1);
+    let PushPlan { images, index, tag } = plan;
+    if registry.manifest_digest(repository, tag).await? == Some(index.descriptor.digest) {
+        add_present(registry);
+        return Ok(());
+    }
+    let heads: Vec<Result<bool>> = futures::stream::iter(images)
+        .map(|image| async move {
+            let digest = image.manifest.descriptor.digest.to_string();
+            Ok(registry.manifest_digest(repository, &digest).await?.is_some())
+        })
+        .buffered(parallelism)
+        .collect()
+        .await;
+    let mut missing = Vec::new();
+    for (image, present) in images.iter().zip(heads) {
+        if present? {
+            add_present(registry);
+        } else {
+            missing.push(image);
+        }
+    }
+
     let mut unique: Vec<&PushBlob> = Vec::new();
-    for blob in blobs {
+    for blob in missing.iter().flat_map(|image| &image.blobs) {
         if !unique.iter().any(|b| b.descriptor.digest == blob.descriptor.digest) {
             unique.push(blob);
         }
     }
     let results: Vec<Result<()>> = futures::stream::iter(unique)
         .map(|blob| push_blob(registry, repository, blob, sources))
-        .buffer_unordered(parallelism.max(1))
+        .buffer_unordered(parallelism)
         .collect()
         .await;
     results.into_iter().collect::<Result<()>>()?;
 
-    let results: Vec<Result<()>> = futures::stream::iter(manifests.iter())
-        .map(|document| async move {
+    let results: Vec<Result<()>> = futures::stream::iter(missing)
+        .map(|image| {
+            let document = &image.manifest;
             let digest = document.descriptor.digest.to_string();
-            if registry.manifest_digest(repository, &digest).await?.is_some() {
-                add_present(registry);
-                return Ok(());
+            async move {
+                registry
+                    .put_manifest(repository, &digest, &document.descriptor.media_type, &document.bytes)
+                    .await
             }
-            registry.put_manifest(repository, &digest, &document.descriptor.media_type, &document.bytes).await
         })
-        .buffer_unordered(parallelism.max(1))
+        .buffer_unordered(parallelism)
         .collect()
         .await;
     results.into_iter().collect::<Result<()>>()?;
-
-    if registry.manifest_digest(repository, tag.as_str()).await? == Some(index.descriptor.digest) {
-        add_present(registry);
-        return Ok(());
-    }
     registry.put_manifest(repository, tag, &index.descriptor.media_type, &index.bytes).await
 }
 

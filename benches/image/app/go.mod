@@ -1,0 +1,3 @@
+module example.com/imagebench
+
+go 1.22
