@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,6 +51,20 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// Whether the server refused the caller's rights (a token without write scope).
+    fn is_refusal(&self) -> bool {
+        let refused =
+            |text: &str| text.starts_with("PermissionDenied") || text.starts_with("Unauthenticated");
+        match self {
+            Self::Status(status) => {
+                matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated)
+            }
+            // transfer:: reports statuses as `CliError::Server("<Code>: <message>")`.
+            Self::Client(CliError::Server(text)) => refused(text),
+            _ => false,
+        }
+    }
+
     /// Whether the failure is the server's (counts toward the breaker) rather than ours.
     fn is_remote(&self) -> bool {
         !matches!(self, Self::Local(_) | Self::Internal(_))
@@ -72,6 +87,8 @@ pub struct Remote {
     timeout: Duration,
     pub breaker: Breaker,
     counters: Arc<Counters>,
+    /// Set once cached refuses our writes (a read-only token): reads go on, uploads stop.
+    uploads_refused: AtomicBool,
 }
 
 impl Remote {
@@ -94,7 +111,14 @@ impl Remote {
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
         let channel = endpoint.connect_lazy();
         let client = Client::from_channel(server, channel, &options)?;
-        Ok(Self { client, namespace, timeout, breaker: Breaker::new(server), counters })
+        Ok(Self {
+            client,
+            namespace,
+            timeout,
+            breaker: Breaker::new(server),
+            counters,
+            uploads_refused: AtomicBool::new(false),
+        })
     }
 
     pub fn server(&self) -> &str {
@@ -223,7 +247,7 @@ impl Remote {
     /// be uploaded is counted as lost.
     pub async fn upload(&self, uploads: Vec<Upload>) {
         let count = uploads.len() as u64;
-        if !self.breaker.allows() {
+        if !self.breaker.allows() || self.uploads_refused.load(Ordering::Relaxed) {
             add(&self.counters.uploads_lost, count);
             return;
         }
@@ -232,6 +256,17 @@ impl Remote {
                 self.breaker.success();
                 add(&self.counters.uploads, count);
                 add(&self.counters.bytes_up, bytes);
+            }
+            Err(err) if err.is_refusal() => {
+                // Not an outage: this client may read but not write. Say so once, keep reading.
+                if !self.uploads_refused.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "cachectl gocacheprog: warning: cached at {} refuses uploads ({err}); \
+                         reading from it only",
+                        self.server()
+                    );
+                }
+                add(&self.counters.uploads_lost, count);
             }
             Err(err) => {
                 self.note_failure(&err);
@@ -389,4 +424,19 @@ fn commit_checked(writer: super::disk::BodyWriter, digest: Digest) -> Result<Pat
         return Err(RemoteError::Corrupt(format!("entry names digest {digest}, body is {actual}")));
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_told_apart_from_outages() {
+        assert!(RemoteError::Status(tonic::Status::permission_denied("no ac-write")).is_refusal());
+        let via_transfer: CliError = tonic::Status::unauthenticated("no token").into();
+        assert!(RemoteError::Client(via_transfer).is_refusal());
+        let outage = RemoteError::Status(tonic::Status::unavailable("down"));
+        assert!(!outage.is_refusal() && outage.is_remote());
+        assert!(!RemoteError::Internal("join".into()).is_remote());
+    }
 }
