@@ -7,8 +7,9 @@
 # 1. Wall time (median of RUNS) to produce the 4-platform image in an OCI layout. ko always
 #    runs `go build` itself, so our side is `go build` per platform (in parallel, as ko does)
 #    followed by `cachectl image`; both start from a warm Go build cache. Each tool also runs
-#    with its layer cache warm (KOCACHE for ko, cached for us), and our image step is timed
-#    alone.
+#    with its caches warm: KOCACHE for ko (which also keeps the binaries, so go build does not
+#    relink them), cached for us (with the binaries kept in one directory likewise). Our image
+#    step is also timed alone.
 # 2. Blob bytes and requests of a first and an unchanged second push to a local
 #    docker-registry 2.8, counted by a proxy in front of it (benches/image/proxy.py).
 set -euo pipefail
@@ -112,12 +113,12 @@ ours_image() { # BIN_DIR OUT_DIR [cachectl image flags...]
   mapfile -t args < <(binary_args "$bin")
   "$cachectl" --server "$server" image "${args[@]}" --name app --base "$base" "$@" >"$out.json" 2>"$out.err"
 }
-ours_full() { # OUT_DIR [flags]: go build, then image into a layout
-  local out=$1
-  shift
+ours_full() { # OUT_DIR BIN_DIR [flags]: go build into BIN_DIR, then image into a layout
+  local out=$1 bin=$2
+  shift 2
   mkdir -p "$out"
-  go_build "$out/bin"
-  ours_image "$out/bin" "$out" --oci-layout "$out/layout" "$@"
+  go_build "$bin"
+  ours_image "$bin" "$out" --oci-layout "$out/layout" "$@"
 }
 ko_platforms=$(IFS=,; echo "${platforms[*]}")
 ko_build() { # OUT_DIR REPO [ko flags...]
@@ -147,8 +148,9 @@ mkdir -p "$work/prebuilt" && go_build "$work/prebuilt/bin"
 
 ko_layout() { mkdir -p "$1" && ko_build "$1/ko" "$registry/ko" --push=false --oci-layout-path "$1/layout"; }
 ko_layout_cached() { KOCACHE=$work/kocache ko_layout "$1"; }
-ours_cold() { ours_full "$1" --no-cache; }
-ours_warm() { ours_full "$1"; }
+ours_cold() { ours_full "$1" "$1/bin" --no-cache; }
+# Like KOCACHE's bin directory: binaries stay where go build can see they are up to date.
+ours_warm() { ours_full "$1" "$work/ours-bin"; }
 image_cold() { ours_image "$work/prebuilt/bin" "$1/img" --no-cache --oci-layout "$1/layout"; }
 image_warm() { ours_image "$work/prebuilt/bin" "$1/img" --oci-layout "$1/layout"; }
 

@@ -171,17 +171,24 @@ pub fn render(result: &ImageResult) -> String {
     }
     if let Some(push) = &result.push {
         let c = &push.counts;
-        out.push_str(&format!(
-            "pushed {}@{}: {} blobs uploaded ({}), {} already there, {} mounted; {} manifests put; {} requests\n",
-            push.reference,
-            result.index.digest,
-            c.blobs_uploaded,
-            size(c.blob_bytes_uploaded),
-            c.blobs_present,
-            c.blobs_mounted,
-            c.manifests_put,
-            c.requests,
-        ));
+        if c.blobs_uploaded == 0 && c.blobs_mounted == 0 && c.manifests_put == 0 {
+            out.push_str(&format!(
+                "pushed {}@{}: already there, nothing uploaded; {} requests\n",
+                push.reference, result.index.digest, c.requests
+            ));
+        } else {
+            out.push_str(&format!(
+                "pushed {}@{}: {} blobs uploaded ({}), {} already there, {} mounted; {} manifests put; {} requests\n",
+                push.reference,
+                result.index.digest,
+                c.blobs_uploaded,
+                size(c.blob_bytes_uploaded),
+                c.blobs_present,
+                c.blobs_mounted,
+                c.manifests_put,
+                c.requests,
+            ));
+        }
     }
     out
 }

@@ -198,22 +198,16 @@ impl Registry {
         Ok(registry)
     }
 
-    /// `GET /v2/`: learns how the registry wants us to authenticate, and does it.
+    /// `GET /v2/`: learns how the registry wants us to authenticate, and gets the token or
+    /// header ready, so no upload is ever sent only to be refused.
     async fn ping(&self) -> Result<()> {
         let url = self.url("v2/");
         let response = self.raw_send(self.http.get(url.clone()), &format!("GET {url}")).await?;
         match response.status() {
             status if status.is_success() => Ok(()),
-            StatusCode::UNAUTHORIZED => {
-                self.authenticate(&response, None).await?;
-                // Check the credentials now, so a wrong password is reported as such.
-                let response = self.send(Method::GET, url, "GET /v2/", |r| r).await?;
-                if response.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(self.error("GET /v2/", response).await)
-                }
-            }
+            // Credentials are checked by the first real request: a token scoped to a
+            // repository need not open /v2/ itself on every registry.
+            StatusCode::UNAUTHORIZED => self.authenticate(&response, None).await,
             _ => Err(self.error("GET /v2/", response).await),
         }
     }
