@@ -171,10 +171,15 @@ impl Registry {
             .stderr(log_file)
             .spawn()
             .expect("start docker-registry");
-        let registry = Self { child, port, log, _dir: dir };
+        let mut registry = Self { child, port, log, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start: {}", registry.log_text());
+            let exited = registry.child.try_wait().ok().flatten();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "docker-registry did not start: {}",
+                registry.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         registry

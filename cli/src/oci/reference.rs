@@ -71,7 +71,7 @@ impl Reference {
 
     /// What the registry's API is addressed by.
     pub fn api_host(&self) -> &str {
-        if self.registry == DOCKER_HUB { DOCKER_HUB_API } else { &self.registry }
+        api_host(&self.registry)
     }
 
     /// The tag or digest to ask the registry for (`latest` when neither is given).
@@ -105,6 +105,11 @@ impl fmt::Display for Reference {
         }
         Ok(())
     }
+}
+
+/// The host the API of `registry` (as written in references) answers on.
+pub fn api_host(registry: &str) -> &str {
+    if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry }
 }
 
 pub fn is_loopback_host(registry: &str) -> bool {

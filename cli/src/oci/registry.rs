@@ -18,7 +18,7 @@ use super::auth::{self, Challenge, Credentials, Found};
 use super::digest::{HashingWriter, Sha256};
 use super::error::{OciError, Result};
 use super::manifest::ACCEPT_MANIFESTS;
-use super::reference::is_loopback_host;
+use super::reference::{api_host, is_loopback_host};
 
 /// Blobs up to this size go up in one PUT; larger ones in PATCH chunks of this size.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
@@ -162,8 +162,7 @@ impl Registry {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let loopback = is_loopback_host(host);
         let scheme = if options.insecure || loopback { "http" } else { "https" };
-        let api_host = if host == super::reference::DOCKER_HUB { "registry-1.docker.io" } else { host };
-        let base = Url::parse(&format!("{scheme}://{api_host}/"))
+        let base = Url::parse(&format!("{scheme}://{}/", api_host(host)))
             .map_err(|err| OciError::reference(host, format!("not a usable host: {err}")))?;
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("cachectl/", env!("CARGO_PKG_VERSION")))
