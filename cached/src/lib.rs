@@ -30,7 +30,6 @@ use proto::v1::go_cache_server::GoCacheServer;
 use proto::v1::stats_server::StatsServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -133,7 +132,11 @@ pub async fn run(
         Some(tls) => {
             Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls, idle_timeout), drained))
         }
-        None => Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)),
+        // Without TCP_NODELAY, small replies wait for delayed ACKs: ~40 ms per round trip.
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            drained,
+        )),
     };
     tokio::select! {
         result = &mut serve => result.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))?,

@@ -273,6 +273,8 @@ fn write_verified(
     if actual != digest {
         return Err(corrupt(format!("received bytes hash to {actual}")));
     }
-    temp.as_file().sync_data().map_err(CliError::file(&path))?;
+    // No fsync: the rename makes the file appear whole or not at all, which is what readers
+    // need; durability across a power cut is not worth a disk flush per download (the go
+    // command does not sync its outputs either).
     Ok(temp)
 }
