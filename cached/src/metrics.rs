@@ -185,6 +185,27 @@ impl Collector for StatsCollector {
             "namespace",
             ns_field(|c| &c.go_puts),
         )?;
+        labelled(
+            &mut encoder,
+            "client_gets",
+            "lookups clients reported (Stats.Report), whichever tier answered",
+            "namespace",
+            ns_field(|c| &c.client_gets),
+        )?;
+        labelled(
+            &mut encoder,
+            "client_local_hits",
+            "lookups clients answered from their local tier",
+            "namespace",
+            ns_field(|c| &c.client_local_hits),
+        )?;
+        labelled(
+            &mut encoder,
+            "client_remote_hits",
+            "lookups clients answered from cached",
+            "namespace",
+            ns_field(|c| &c.client_remote_hits),
+        )?;
 
         let store = &self.store_counters;
         counter(

@@ -40,6 +40,13 @@ pub struct NamespaceCounters {
     pub go_hits: AtomicU64,
     pub go_misses: AtomicU64,
     pub go_puts: AtomicU64,
+    /// Reported by clients (`Stats.Report`), local-tier hits included.
+    pub client_sessions: AtomicU64,
+    pub client_gets: AtomicU64,
+    pub client_local_hits: AtomicU64,
+    pub client_remote_hits: AtomicU64,
+    pub client_misses: AtomicU64,
+    pub client_wait_nanos: AtomicU64,
 }
 
 #[derive(Debug)]

@@ -94,6 +94,7 @@ const RPCS: &[(&str, Option<Scope>, bool)] = &[
     ("GoCache.GetMany", Some(Scope::Read), true),
     ("GoCache.Put", Some(Scope::AcWrite), true),
     ("Stats.Get", Some(Scope::Read), false),
+    ("Stats.Report", Some(Scope::Read), true),
     ("Health.Check", None, false),
     ("ServerReflection.ServerReflectionInfo", None, false),
 ];
@@ -164,6 +165,10 @@ async fn call(
         }
         "Stats.Get" => {
             stats.get(request(v1::StatsRequest {}, secret)).await?;
+        }
+        "Stats.Report" => {
+            let session = v1::ClientSession { namespace: ns.to_owned(), gets: 1, ..Default::default() };
+            stats.report(request(v1::ReportRequest { session: Some(session) }, secret)).await?;
         }
         "Health.Check" => {
             let check = tonic_health::pb::HealthCheckRequest { service: String::new() };

@@ -45,10 +45,21 @@ pub struct ApiReport {
 #[derive(Debug, Serialize)]
 pub struct NamespaceReport {
     pub namespace: String,
+    /// Lookups the server answered, and its hit rate.
     pub go_hits: u64,
     pub go_misses: u64,
     pub go_puts: u64,
     pub hit_rate: Option<f64>,
+    /// What `cachectl gocacheprog` sessions reported: every lookup of the go command, whichever
+    /// tier answered it.
+    pub client_sessions: u64,
+    pub client_gets: u64,
+    pub client_local_hits: u64,
+    pub client_remote_hits: u64,
+    pub client_misses: u64,
+    /// (local + remote hits) / gets: the Go action hit rate the builds saw.
+    pub client_hit_rate: Option<f64>,
+    pub client_wait_seconds: f64,
 }
 
 fn ratio(part: u64, whole: u64) -> Option<f64> {
@@ -92,10 +103,17 @@ impl StatsReport {
                 .into_iter()
                 .map(|ns| NamespaceReport {
                     hit_rate: ratio(ns.go_hits, ns.go_hits + ns.go_misses),
+                    client_hit_rate: ratio(ns.client_local_hits + ns.client_remote_hits, ns.client_gets),
+                    client_wait_seconds: ns.client_wait_nanos as f64 / 1e9,
                     namespace: ns.namespace,
                     go_hits: ns.go_hits,
                     go_misses: ns.go_misses,
                     go_puts: ns.go_puts,
+                    client_sessions: ns.client_sessions,
+                    client_gets: ns.client_gets,
+                    client_local_hits: ns.client_local_hits,
+                    client_remote_hits: ns.client_remote_hits,
+                    client_misses: ns.client_misses,
                 })
                 .collect(),
         }
@@ -146,20 +164,37 @@ impl StatsReport {
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "{:<30} {:>9} {:>9} {:>9} {:>8}",
-                "Go namespace", "hits", "misses", "puts", "hit rate"
+                "{:<24} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10} {:>11} {:>10}",
+                "Go namespace",
+                "hits",
+                "misses",
+                "puts",
+                "hit rate",
+                "sessions",
+                "build gets",
+                "local hits",
+                "build rate"
             );
             for ns in &self.namespaces {
                 let _ = writeln!(
                     out,
-                    "{:<30} {:>9} {:>9} {:>9} {:>8}",
+                    "{:<24} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10} {:>11} {:>10}",
                     ns.namespace,
                     ns.go_hits,
                     ns.go_misses,
                     ns.go_puts,
-                    percent(ns.hit_rate)
+                    percent(ns.hit_rate),
+                    ns.client_sessions,
+                    ns.client_gets,
+                    ns.client_local_hits,
+                    percent(ns.client_hit_rate)
                 );
             }
+            let _ = writeln!(
+                out,
+                "(hits, misses, puts: what cached answered; build gets and rate: what go commands \
+                 saw through cachectl gocacheprog, local-tier hits included)"
+            );
         }
         out
     }

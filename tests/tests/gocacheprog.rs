@@ -59,6 +59,19 @@ fn a_fresh_runner_builds_from_cached_without_compiling_and_matches_plain_go() {
     run(plain_env.go(&["build", "-trimpath", "-o", plain_out.to_str().unwrap(), "./cmd/app"]))
         .success("plain build");
     assert!(std::fs::read(out).unwrap() == std::fs::read(&plain_out).unwrap(), "binaries differ");
+
+    // Both sessions reported what they saw, so stats show the hit rate the builds got.
+    let stats = Command::new(binary("cachectl"))
+        .args(["--server", &daemon.url(), "stats", "--json"])
+        .output()
+        .expect("cachectl stats");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+    let ns = &stats["namespaces"].as_array().expect("namespaces")[0];
+    assert_eq!(ns["namespace"], "default");
+    assert_eq!(ns["client_sessions"], 2, "{ns}");
+    let gets = ns["client_gets"].as_u64().unwrap();
+    let hits = ns["client_local_hits"].as_u64().unwrap() + ns["client_remote_hits"].as_u64().unwrap();
+    assert!(gets > 0 && hits > 0 && hits < gets, "{ns}");
 }
 
 #[test]

@@ -4,6 +4,8 @@ use std::sync::atomic::Ordering;
 use proto::v1;
 use tonic::{Request, Response, Status};
 
+use crate::auth;
+use crate::gocache::namespace;
 use crate::stats::Stats;
 use crate::store::RocksStore;
 
@@ -56,6 +58,12 @@ fn snapshot(stats: &Stats, store: &RocksStore) -> v1::StatsResponse {
                 go_hits: load(&c.go_hits),
                 go_misses: load(&c.go_misses),
                 go_puts: load(&c.go_puts),
+                client_sessions: load(&c.client_sessions),
+                client_gets: load(&c.client_gets),
+                client_local_hits: load(&c.client_local_hits),
+                client_remote_hits: load(&c.client_remote_hits),
+                client_misses: load(&c.client_misses),
+                client_wait_nanos: load(&c.client_wait_nanos),
             })
             .collect(),
     }
@@ -65,5 +73,25 @@ fn snapshot(stats: &Stats, store: &RocksStore) -> v1::StatsResponse {
 impl v1::stats_server::Stats for StatsService {
     async fn get(&self, _request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
         Ok(Response::new(snapshot(&self.stats, &self.store)))
+    }
+
+    async fn report(
+        &self,
+        request: Request<v1::ReportRequest>,
+    ) -> Result<Response<v1::ReportResponse>, Status> {
+        let session = request.get_ref().session.clone().unwrap_or_default();
+        let ns = namespace(&session.namespace)?;
+        auth::check_namespace(request.extensions(), ns)?;
+        let counters = self.stats.namespace(ns);
+        let add = |counter: &std::sync::atomic::AtomicU64, value: u64| {
+            counter.fetch_add(value, Ordering::Relaxed);
+        };
+        add(&counters.client_sessions, 1);
+        add(&counters.client_gets, session.gets);
+        add(&counters.client_local_hits, session.local_hits);
+        add(&counters.client_remote_hits, session.remote_hits);
+        add(&counters.client_misses, session.misses);
+        add(&counters.client_wait_nanos, session.wait_nanos);
+        Ok(Response::new(v1::ReportResponse {}))
     }
 }

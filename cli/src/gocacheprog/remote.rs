@@ -125,6 +125,31 @@ impl Remote {
         &self.client.server
     }
 
+    /// Tells cached what this session saw, local-tier hits included, so `cachectl stats` shows
+    /// the hit rate builds really get. Best effort: skipped while the breaker is open, bounded
+    /// by the request timeout, and failures are ignored.
+    pub async fn report(&self) {
+        if !self.breaker.allows() {
+            return;
+        }
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let counters = &self.counters;
+        let session = v1::ClientSession {
+            namespace: self.namespace.clone(),
+            gets: load(&counters.gets),
+            local_hits: load(&counters.local_hits),
+            remote_hits: load(&counters.remote_hits),
+            misses: load(&counters.misses),
+            puts: load(&counters.puts),
+            bytes_down: load(&counters.bytes_down),
+            bytes_up: load(&counters.bytes_up),
+            wait_nanos: load(&counters.wait_nanos),
+        };
+        let mut request = tonic::Request::new(v1::ReportRequest { session: Some(session) });
+        request.set_timeout(self.timeout);
+        let _ = self.client.stats.clone().report(request).await;
+    }
+
     /// Looks an action up on the server and brings its body into the local tier. `None` on a
     /// miss and on any failure.
     pub async fn fetch(&self, action_id: ActionId, disk: Arc<DiskTier>) -> Option<(Entry, PathBuf)> {

@@ -171,6 +171,9 @@ impl Cache for Tiers {
                     );
                 }
             }
+            if let Some(remote) = &self.remote {
+                remote.report().await;
+            }
             let disk = Arc::clone(&self.disk);
             let _ = tokio::task::spawn_blocking(move || disk.trim_if_due()).await;
             if self.options.summary {
