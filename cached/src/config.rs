@@ -204,13 +204,30 @@ impl Config {
         config_file: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        let text = match config_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|err| ConfigError::File {
+                file: path.display().to_string(),
+                reason: err.to_string(),
+            })?),
+            None => None,
+        };
+        Self::load_text(flags, config_file.zip(text.as_deref()), env)
+    }
+
+    /// As [`Config::load`], with the config file's text in hand: `(path, text)`. What the
+    /// config fuzz target drives.
+    pub fn load_text(
+        flags: &BTreeMap<String, String>,
+        config_file: Option<(&Path, &str)>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut values: BTreeMap<&'static str, (String, Origin)> = SETTINGS
             .iter()
             .map(|setting| (setting.key, (setting.default.to_owned(), Origin::Default)))
             .collect();
         let mut tokens = Vec::new();
-        if let Some(path) = config_file {
-            let (settings, file_tokens) = read_file(path)?;
+        if let Some((path, text)) = config_file {
+            let (settings, file_tokens) = parse_file(path, text)?;
             for (key, value) in settings {
                 let setting = known_key(&key, path)?;
                 values.insert(setting, (value, Origin::File(path.to_owned())));
@@ -367,9 +384,8 @@ fn known_key(key: &str, file: &Path) -> Result<&'static str, ConfigError> {
 
 type FileSettings = Vec<(String, String)>;
 
-fn read_file(path: &Path) -> Result<(FileSettings, Vec<TokenSpec>), ConfigError> {
+fn parse_file(path: &Path, text: &str) -> Result<(FileSettings, Vec<TokenSpec>), ConfigError> {
     let file_error = |reason: String| ConfigError::File { file: path.display().to_string(), reason };
-    let text = std::fs::read_to_string(path).map_err(|err| file_error(err.to_string()))?;
     let mut table: toml::Table = text.parse().map_err(|err: toml::de::Error| file_error(err.to_string()))?;
     let tokens = match table.remove("tokens") {
         Some(value) => {
