@@ -25,6 +25,8 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
 /// Manifests and configs are small; anything larger is refused rather than buffered.
 const MAX_DOCUMENT: u64 = 8 << 20;
 const READ_BUFFER: usize = 256 << 10;
+/// Retries of a read after a transport error or an overloaded registry (0.25 s, then 1 s).
+const READ_RETRIES: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
@@ -235,7 +237,8 @@ impl Registry {
     }
 
     /// Sends a request with our credentials; on a 401, authenticates for the scope the
-    /// challenge names and tries once more. `build` must be repeatable.
+    /// challenge names and tries once more. Reads (HEAD, GET) are also retried after a
+    /// transport error or a 429/502/503/504, with backoff. `build` must be repeatable.
     async fn send(
         &self,
         method: Method,
@@ -243,28 +246,46 @@ impl Registry {
         what: &str,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response> {
-        for attempt in 0..2 {
+        let idempotent = method == Method::HEAD || method == Method::GET;
+        let mut reauthenticated = false;
+        let mut retries = 0;
+        loop {
             let mut request = build(self.http.request(method.clone(), url.clone()));
             if let Some(header) = self.auth_header() {
                 request = request.header(header::AUTHORIZATION, header);
             }
-            let response = self.raw_send(request, what).await?;
+            let result = self.raw_send(request, what).await;
+            let transient = match &result {
+                Err(_) => true,
+                Ok(response) => matches!(
+                    response.status(),
+                    StatusCode::TOO_MANY_REQUESTS
+                        | StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ),
+            };
+            if idempotent && transient && retries < READ_RETRIES {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(250 * 4u64.pow(retries - 1))).await;
+                continue;
+            }
+            let response = result?;
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
-            if attempt == 0 {
-                let scope = response
-                    .headers()
-                    .get(header::WWW_AUTHENTICATE)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(auth::parse_challenge)
-                    .and_then(|c| c.params.get("scope").cloned());
-                self.authenticate(&response, scope).await?;
-                continue;
+            if reauthenticated {
+                return Err(self.refused(what, response).await);
             }
-            return Err(self.refused(what, response).await);
+            reauthenticated = true;
+            let scope = response
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|h| h.to_str().ok())
+                .and_then(auth::parse_challenge)
+                .and_then(|c| c.params.get("scope").cloned());
+            self.authenticate(&response, scope).await?;
         }
-        unreachable!("the loop returns on its second attempt")
     }
 
     /// Sets up credentials for the challenge in `response`.
