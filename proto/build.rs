@@ -2,8 +2,13 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] =
-    &["cached/v1/digest.proto", "cached/v1/cas.proto", "cached/v1/gocache.proto", "cached/v1/stats.proto"];
+const PROTOS: &[&str] = &[
+    "cached/v1/digest.proto",
+    "cached/v1/cas.proto",
+    "cached/v1/gocache.proto",
+    "cached/v1/stats.proto",
+    "cached/v1/jobs.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

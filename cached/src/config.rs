@@ -92,6 +92,22 @@ pub const SETTINGS: &[Setting] = &[
         help: "serve without tokens on an address beyond loopback: anyone who can connect may write",
         default: "false",
     },
+    Setting {
+        key: "heartbeat_interval",
+        help: "how often runner agents heartbeat their leases",
+        default: "10s",
+    },
+    Setting {
+        key: "lease_timeout",
+        help: "a task lease not heartbeated this long expires and the task is requeued",
+        default: "30s",
+    },
+    Setting {
+        key: "max_attempts",
+        help: "leases a task gets before it fails (expired leases and retryable failures count)",
+        default: "3",
+    },
+    Setting { key: "job_timeout", help: "deadline of a job that does not set its own", default: "1h" },
     Setting { key: "tls_cert", help: "PEM certificate chain: serve TLS (reloaded on SIGHUP)", default: "" },
     Setting { key: "tls_key", help: "PEM private key of tls_cert", default: "" },
     Setting {
@@ -154,6 +170,7 @@ pub struct Config {
     pub tokens: Vec<TokenSpec>,
     pub allow_anonymous: bool,
     pub tls: Option<TlsFiles>,
+    pub scheduler: crate::scheduler::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,6 +317,12 @@ impl Config {
             tokens: Vec::new(),
             allow_anonymous: get("allow_anonymous").switch()?,
             tls: tls_files(get("tls_cert").path(), get("tls_key").path(), get("tls_client_ca").path())?,
+            scheduler: crate::scheduler::Settings {
+                heartbeat_interval: get("heartbeat_interval").duration()?,
+                lease_timeout: get("lease_timeout").duration()?,
+                max_attempts: get("max_attempts").count()? as u32,
+                job_timeout: get("job_timeout").duration()?,
+            },
         })
     }
 
@@ -330,6 +353,15 @@ impl Config {
             if value.is_zero() {
                 return fail(format!("{key} must be longer than 0s"));
             }
+        }
+        if self.scheduler.heartbeat_interval.is_zero()
+            || self.scheduler.lease_timeout <= self.scheduler.heartbeat_interval
+        {
+            return fail(format!(
+                "lease_timeout ({}) must be longer than heartbeat_interval ({}), which must be above 0s",
+                humantime::format_duration(self.scheduler.lease_timeout),
+                humantime::format_duration(self.scheduler.heartbeat_interval)
+            ));
         }
         check_exposure(self.listen, !self.tokens.is_empty(), self.allow_anonymous)
             .map_err(ConfigError::Inconsistent)

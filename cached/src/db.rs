@@ -23,8 +23,10 @@ pub const CF_PENDING: &str = "pending";
 pub const CF_GO_ACTIONS: &str = "go_actions";
 /// Store-wide totals, written in the same batches that change them.
 pub const CF_COUNTERS: &str = "counters";
+/// Remote execution jobs: job id → `JobStatus` (spec, tasks, leases), see `scheduler::store`.
+pub const CF_JOBS: &str = "jobs";
 
-const ALL_CFS: &[&str] = &[CF_BLOBS, CF_CHUNKS, CF_LRU, CF_PENDING, CF_GO_ACTIONS, CF_COUNTERS];
+const ALL_CFS: &[&str] = &[CF_BLOBS, CF_CHUNKS, CF_LRU, CF_PENDING, CF_GO_ACTIONS, CF_COUNTERS, CF_JOBS];
 
 /// Small enough that memtables and cache stay well inside the memory budget of a streaming
 /// upload; frames bypass the block cache entirely because they live in blob files.

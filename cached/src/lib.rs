@@ -13,6 +13,7 @@ pub mod error;
 pub mod gocache;
 pub mod metrics;
 pub mod redact;
+pub mod scheduler;
 pub mod service;
 pub mod shutdown;
 pub mod stats;
@@ -27,7 +28,9 @@ use std::time::Duration;
 
 use proto::v1::cas_server::CasServer;
 use proto::v1::go_cache_server::GoCacheServer;
+use proto::v1::jobs_server::JobsServer;
 use proto::v1::stats_server::StatsServer;
+use proto::v1::workers_server::WorkersServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -56,10 +59,12 @@ pub async fn run(
     let auth = Arc::new(auth::AuthSettings::new(&config));
     let data_dir = config.data_dir.clone();
     let budget = rocks_budget(&config);
-    let (db, rocks) = tokio::task::spawn_blocking(move || -> Result<_> {
+    let scheduler_settings = config.scheduler.clone();
+    let (db, rocks, scheduler) = tokio::task::spawn_blocking(move || -> Result<_> {
         let db = db::open(&data_dir)?;
         let rocks = RocksStore::open(Arc::clone(&db), budget)?;
-        Ok((db, rocks))
+        let scheduler = scheduler::Scheduler::open(Arc::clone(&db), scheduler_settings)?;
+        Ok((db, rocks, scheduler))
     })
     .await??;
     let stats = Arc::new(stats::Stats::default());
@@ -74,6 +79,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping =
         tokio::spawn(housekeeping(rocks.clone(), config.maintenance_interval, stop_rx.clone()));
+    let sweeper = tokio::spawn(Arc::clone(&scheduler).run_sweeper());
     let metrics_server = metrics_listener.map(|listener| {
         let mut stop = stop_rx.clone();
         tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), async move {
@@ -112,7 +118,17 @@ pub async fn run(
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
-        .add_service(StatsServer::new(service::StatsService::new(stats, rocks.clone())));
+        .add_service(StatsServer::new(service::StatsService::new(stats, rocks.clone())))
+        .add_service(
+            JobsServer::new(service::JobsService::new(Arc::clone(&scheduler)))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            WorkersServer::new(service::WorkersService::new(Arc::clone(&scheduler)))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        );
 
     tracing::info!(
         %listen,
@@ -142,6 +158,9 @@ pub async fn run(
         result = &mut serve => result.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))?,
         () = shutdown => {
             health.set_not_serving::<CasServer<service::CasService>>().await;
+            // Watch and lease streams never end on their own: end them so draining does not
+            // wait out the grace period. Leases survive in RocksDB; agents reconnect.
+            scheduler.shut_down();
             let _ = drain_tx.send(());
             match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
                 Ok(result) => result.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))?,
@@ -150,6 +169,8 @@ pub async fn run(
         }
     }
     let _ = stop_tx.send(true);
+    scheduler.shut_down();
+    let _ = sweeper.await;
     let _ = housekeeping.await;
     if let Some(reload) = reload {
         let _ = reload.await;

@@ -15,7 +15,9 @@ use futures::StreamExt;
 use proto::Digest;
 use proto::v1::cas_client::CasClient;
 use proto::v1::go_cache_client::GoCacheClient;
+use proto::v1::jobs_client::JobsClient;
 use proto::v1::stats_client::StatsClient;
+use proto::v1::workers_client::WorkersClient;
 use proto::v1::{self, Compression};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -62,6 +64,8 @@ struct Clients {
     cas: CasClient<Channel>,
     go: GoCacheClient<Channel>,
     stats: StatsClient<Channel>,
+    jobs: JobsClient<Channel>,
+    workers: WorkersClient<Channel>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     reflection: tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient<Channel>,
 }
@@ -72,6 +76,8 @@ async fn clients(server: &Server) -> Clients {
         cas: CasClient::new(channel.clone()),
         go: GoCacheClient::new(channel.clone()),
         stats: StatsClient::new(channel.clone()),
+        jobs: JobsClient::new(channel.clone()),
+        workers: WorkersClient::new(channel.clone()),
         health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
         reflection: tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel),
     }
@@ -81,6 +87,26 @@ async fn clients(server: &Server) -> Clients {
 struct Fixture {
     blob: Vec<u8>,
     digest: Digest,
+    /// A job submitted by the setup token in each namespace, for Watch and Cancel.
+    jobs: Vec<(&'static str, String)>,
+}
+
+fn job_spec(ns: &str, source: Digest) -> v1::JobSpec {
+    v1::JobSpec {
+        source_root: Some(source.to_wire()),
+        targets: vec![v1::Target { goos: "linux".into(), goarch: "amd64".into(), ..Default::default() }],
+        namespace: ns.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A call that got past the auth layer and was then refused for what it asked (an unknown
+/// lease) counts as allowed.
+fn passed_auth(result: Result<(), Status>) -> Result<(), Status> {
+    match result {
+        Err(status) if status.code() == Code::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// The documented table: what each RPC needs, and whether its namespace is checked.
@@ -95,6 +121,13 @@ const RPCS: &[(&str, Option<Scope>, bool)] = &[
     ("GoCache.Put", Some(Scope::AcWrite), true),
     ("Stats.Get", Some(Scope::Read), false),
     ("Stats.Report", Some(Scope::Read), true),
+    ("Jobs.Submit", Some(Scope::Submit), true),
+    ("Jobs.Watch", Some(Scope::Read), true),
+    ("Jobs.Cancel", Some(Scope::Submit), true),
+    ("Jobs.List", Some(Scope::Read), false),
+    ("Workers.Lease", Some(Scope::Worker), false),
+    ("Workers.Progress", Some(Scope::Worker), false),
+    ("Workers.Complete", Some(Scope::Worker), false),
     ("Health.Check", None, false),
     ("ServerReflection.ServerReflectionInfo", None, false),
 ];
@@ -107,7 +140,9 @@ async fn call(
     fixture: &Fixture,
 ) -> Result<(), Status> {
     let digest = fixture.digest;
-    let Clients { mut cas, mut go, mut stats, mut health, mut reflection } = clients.clone();
+    let Clients { mut cas, mut go, mut stats, mut jobs, mut workers, mut health, mut reflection } =
+        clients.clone();
+    let job_in = |ns: &str| fixture.jobs.iter().find(|(n, _)| *n == ns).map(|(_, id)| id.clone()).unwrap();
     match rpc {
         "Cas.FindMissing" => {
             cas.find_missing(request(v1::FindMissingRequest { digests: vec![digest.to_wire()] }, secret))
@@ -170,6 +205,46 @@ async fn call(
             let session = v1::ClientSession { namespace: ns.to_owned(), gets: 1, ..Default::default() };
             stats.report(request(v1::ReportRequest { session: Some(session) }, secret)).await?;
         }
+        "Jobs.Submit" => {
+            jobs.submit(request(v1::SubmitRequest { spec: Some(job_spec(ns, digest)) }, secret)).await?;
+        }
+        "Jobs.Watch" => {
+            let watch = v1::WatchRequest { job_id: job_in(ns) };
+            let mut events = jobs.watch(request(watch, secret)).await?.into_inner();
+            events.next().await.expect("a snapshot")?;
+        }
+        "Jobs.Cancel" => {
+            jobs.cancel(request(v1::CancelRequest { job_id: job_in(ns) }, secret)).await?;
+        }
+        "Jobs.List" => {
+            jobs.list(request(v1::ListRequest::default(), secret)).await?;
+        }
+        "Workers.Lease" => {
+            let register = v1::LeaseRequest {
+                kind: Some(v1::lease_request::Kind::Register(v1::AgentInfo {
+                    agent_id: "auth-test".into(),
+                    capacity: 0,
+                    ..Default::default()
+                })),
+            };
+            let mut replies =
+                workers.lease(request(futures::stream::iter([register]), secret)).await?.into_inner();
+            replies.next().await.expect("registered")?;
+        }
+        "Workers.Progress" => {
+            let token = v1::FencingToken { job_id: "none".into(), task: 0, attempt: 1 };
+            let progress = v1::ProgressRequest { token: Some(token), started: true, lines: vec![] };
+            passed_auth(workers.progress(request(progress, secret)).await.map(drop))?;
+        }
+        "Workers.Complete" => {
+            let token = v1::FencingToken { job_id: "none".into(), task: 0, attempt: 1 };
+            let failure = v1::TaskFailure { reason: "x".into(), retryable: false };
+            let complete = v1::CompleteRequest {
+                token: Some(token),
+                outcome: Some(v1::complete_request::Outcome::Failure(failure)),
+            };
+            passed_auth(workers.complete(request(complete, secret)).await.map(drop))?;
+        }
         "Health.Check" => {
             let check = tonic_health::pb::HealthCheckRequest { service: String::new() };
             health.check(request(check, secret)).await?;
@@ -200,14 +275,19 @@ async fn authorization_matrix() {
     let mut specs: Vec<TokenSpec> =
         Scope::ALL.iter().map(|scope| spec(scope.name(), scope.name(), "team/*", Some(0))).collect();
     specs.push(spec("everything-in-team", "read,cas-write,ac-write,worker,submit,admin", "team/*", Some(0)));
-    specs.push(spec("setup", "read,cas-write,ac-write", "*", Some(0)));
+    specs.push(spec("setup", "read,cas-write,ac-write,submit", "*", Some(0)));
     let tokens_file = write_tokens(dir.path(), &specs);
     let server = Server::start(&dir.path().join("data"), &[("tokens_file", &tokens_file)]).await;
     let clients = clients(&server).await;
 
     let blob = common::noise(3000, 7);
-    let fixture = Fixture { digest: Digest::of(&blob), blob };
+    let mut fixture = Fixture { digest: Digest::of(&blob), blob, jobs: Vec::new() };
     call(&clients, "Cas.Write", Some(&secret_of("setup")), "", &fixture).await.expect("setup write");
+    for ns in [IN_NAMESPACE, OUT_OF_NAMESPACE] {
+        let submit = v1::SubmitRequest { spec: Some(job_spec(ns, fixture.digest)) };
+        let reply = clients.jobs.clone().submit(request(submit, Some(&secret_of("setup")))).await;
+        fixture.jobs.push((ns, reply.expect("setup submit").into_inner().job_id));
+    }
 
     let mut callers: Vec<Caller> = specs
         .iter()
@@ -359,7 +439,7 @@ async fn action_cache_writes_are_audited_and_secrets_never_logged() {
     let server = Server::start(&dir.path().join("data"), &[("tokens_file", &tokens_file)]).await;
     let clients = clients(&server).await;
     let blob = b"compiled object".to_vec();
-    let fixture = Fixture { digest: Digest::of(&blob), blob };
+    let fixture = Fixture { digest: Digest::of(&blob), blob, jobs: Vec::new() };
     let ci = secret_of("ci-main");
     call(&clients, "Cas.Write", Some(&ci), "", &fixture).await.unwrap();
     call(&clients, "GoCache.Put", Some(&ci), "main/linux", &fixture).await.unwrap();
@@ -392,8 +472,11 @@ async fn without_tokens_everything_is_open_on_loopback() {
     let server = Server::start(dir.path(), &[]).await;
     let clients = clients(&server).await;
     let blob = b"anonymous".to_vec();
-    let fixture = Fixture { digest: Digest::of(&blob), blob };
+    let mut fixture = Fixture { digest: Digest::of(&blob), blob, jobs: Vec::new() };
     call(&clients, "Cas.Write", None, "", &fixture).await.unwrap();
+    let submit = v1::SubmitRequest { spec: Some(job_spec("any/namespace", fixture.digest)) };
+    let job = clients.jobs.clone().submit(request(submit, None)).await.unwrap().into_inner().job_id;
+    fixture.jobs.push(("any/namespace", job));
     for &(rpc, ..) in RPCS {
         call(&clients, rpc, None, "any/namespace", &fixture)
             .await

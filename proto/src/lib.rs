@@ -8,9 +8,11 @@
 mod digest;
 pub mod frames;
 mod go_ids;
+pub mod platform;
 
 pub use digest::{Digest, DigestError};
 pub use go_ids::{ActionId, GoIdError, OutputId};
+pub use platform::{Platform, PlatformError};
 
 /// Generated messages, clients and servers for package `cached.v1`.
 #[allow(unreachable_pub, clippy::all)]

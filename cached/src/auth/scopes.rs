@@ -202,6 +202,13 @@ pub const METHODS: &[Method] = &[
     method("/cached.v1.GoCache/Put", Scope::AcWrite, true, false),
     method("/cached.v1.Stats/Get", Scope::Read, true, false),
     method("/cached.v1.Stats/Report", Scope::Read, true, false),
+    method("/cached.v1.Jobs/Submit", Scope::Submit, true, false),
+    method("/cached.v1.Jobs/Watch", Scope::Read, false, false),
+    method("/cached.v1.Jobs/Cancel", Scope::Submit, true, false),
+    method("/cached.v1.Jobs/List", Scope::Read, true, false),
+    method("/cached.v1.Workers/Lease", Scope::Worker, false, false),
+    method("/cached.v1.Workers/Progress", Scope::Worker, true, false),
+    method("/cached.v1.Workers/Complete", Scope::Worker, true, false),
 ];
 
 /// Services anyone may call.
@@ -254,7 +261,8 @@ mod tests {
     #[test]
     fn unknown_methods_need_admin_and_probes_are_open() {
         assert_eq!(lookup("/cached.v1.Cas/Write").access, Access::Needs(Scope::CasWrite));
-        assert_eq!(lookup("/cached.v1.Jobs/Submit").access, Access::Needs(Scope::Admin));
+        assert_eq!(lookup("/cached.v1.Jobs/Submit").access, Access::Needs(Scope::Submit));
+        assert_eq!(lookup("/cached.v1.Admin/Evict").access, Access::Needs(Scope::Admin));
         assert_eq!(lookup("/grpc.health.v1.Health/Check").access, Access::Open);
         assert_eq!(lookup("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").access, Access::Open);
     }

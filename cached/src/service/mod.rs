@@ -3,10 +3,12 @@
 
 mod cas;
 mod gocache;
+mod jobs;
 mod stats;
 
 pub use cas::CasService;
 pub use gocache::GoCacheService;
+pub use jobs::{JobsService, WorkersService};
 pub use stats::StatsService;
 
 use proto::Digest;

@@ -1,0 +1,355 @@
+//! The scheduler over the wire, with scripted agents speaking `Workers` directly: one task per
+//! target, leases and heartbeats, fencing tokens, expiry and requeue up to the attempt cap,
+//! matching (Go version, cgo cross compilers, capacity), cancel, and restarts that lose nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use futures::StreamExt;
+use proto::Digest;
+use proto::v1::jobs_client::JobsClient;
+use proto::v1::workers_client::WorkersClient;
+use proto::v1::{
+    self, AgentInfo, CCompiler, FencingToken, JobEvent, JobState, LeaseRequest, LeaseResponse, TaskState,
+    job_event::Kind, lease_request, lease_response,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Short timings so expiry takes a fraction of a second.
+const FAST: &[(&str, &str)] =
+    &[("heartbeat_interval", "100ms"), ("lease_timeout", "400ms"), ("max_attempts", "3")];
+
+async fn channel(server: &Server) -> Channel {
+    Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap()
+}
+
+fn spec(targets: &[&str], go_version: &str) -> v1::JobSpec {
+    v1::JobSpec {
+        source_root: Some(Digest::of(b"tree").to_wire()),
+        targets: targets.iter().map(|t| t.parse::<proto::Platform>().unwrap().to_wire("")).collect(),
+        go_version: go_version.to_owned(),
+        ..Default::default()
+    }
+}
+
+async fn submit(jobs: &mut JobsClient<Channel>, spec: v1::JobSpec) -> String {
+    jobs.submit(v1::SubmitRequest { spec: Some(spec) }).await.unwrap().into_inner().job_id
+}
+
+/// A scripted agent: registers, then heartbeats only when told to.
+struct Agent {
+    sender: mpsc::Sender<LeaseRequest>,
+    replies: tonic::Streaming<LeaseResponse>,
+    workers: WorkersClient<Channel>,
+}
+
+impl Agent {
+    async fn connect(server: &Server, id: &str, go: &str, capacity: u32, cgo: &[(&str, &str)]) -> Self {
+        let mut workers = WorkersClient::new(channel(server).await);
+        let (sender, receiver) = mpsc::channel(16);
+        let info = AgentInfo {
+            agent_id: id.to_owned(),
+            go_version: go.to_owned(),
+            host_goos: "linux".into(),
+            host_goarch: "amd64".into(),
+            c_compilers: cgo
+                .iter()
+                .map(|(platform, cc)| {
+                    let (goos, goarch) = platform.split_once('/').unwrap();
+                    CCompiler { goos: goos.into(), goarch: goarch.into(), cc: (*cc).into() }
+                })
+                .collect(),
+            capacity,
+            version: "test".into(),
+        };
+        sender.send(LeaseRequest { kind: Some(lease_request::Kind::Register(info)) }).await.unwrap();
+        let mut replies = workers.lease(ReceiverStream::new(receiver)).await.unwrap().into_inner();
+        let first = replies.next().await.unwrap().unwrap();
+        assert!(matches!(first.kind, Some(lease_response::Kind::Registered(_))), "{first:?}");
+        Self { sender, replies, workers }
+    }
+
+    async fn next(&mut self, within: Duration) -> Option<lease_response::Kind> {
+        match tokio::time::timeout(within, self.replies.next()).await {
+            Ok(Some(Ok(reply))) => reply.kind,
+            _ => None,
+        }
+    }
+
+    async fn task(&mut self) -> v1::TaskLease {
+        match self.next(Duration::from_secs(5)).await {
+            Some(lease_response::Kind::Task(task)) => task,
+            other => panic!("expected a task, got {other:?}"),
+        }
+    }
+
+    async fn heartbeat(&self, running: &[FencingToken]) {
+        let heartbeat = v1::Heartbeat { free_slots: 0, running: running.to_vec(), draining: false };
+        self.sender
+            .send(LeaseRequest { kind: Some(lease_request::Kind::Heartbeat(heartbeat)) })
+            .await
+            .unwrap();
+    }
+
+    async fn complete(&mut self, token: &FencingToken, name: &str) -> Result<(), tonic::Status> {
+        let result = v1::TaskResult {
+            outputs: vec![v1::OutputFile {
+                name: name.into(),
+                digest: Some(Digest::of(name.as_bytes()).to_wire()),
+                executable: true,
+            }],
+            hit: false,
+            ..Default::default()
+        };
+        let request = v1::CompleteRequest {
+            token: Some(token.clone()),
+            outcome: Some(v1::complete_request::Outcome::Success(result)),
+        };
+        self.workers.complete(request).await.map(drop)
+    }
+
+    async fn fail(
+        &mut self,
+        token: &FencingToken,
+        reason: &str,
+        retryable: bool,
+    ) -> Result<(), tonic::Status> {
+        let failure = v1::TaskFailure { reason: reason.into(), retryable };
+        let request = v1::CompleteRequest {
+            token: Some(token.clone()),
+            outcome: Some(v1::complete_request::Outcome::Failure(failure)),
+        };
+        self.workers.complete(request).await.map(drop)
+    }
+}
+
+/// Waits for the job to finish and returns its final status and every event seen.
+async fn watch_to_end(jobs: &mut JobsClient<Channel>, job_id: &str) -> (v1::JobStatus, Vec<JobEvent>) {
+    let mut events = jobs.watch(v1::WatchRequest { job_id: job_id.into() }).await.unwrap().into_inner();
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("the job finishes")
+            .expect("the stream ends with JOB_FINISHED")
+            .unwrap();
+        let kind = event.kind;
+        seen.push(event.clone());
+        if kind == Kind::JobFinished as i32 {
+            return (event.status.unwrap(), seen);
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_task_per_target_spread_over_agents_with_fenced_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut a = Agent::connect(&server, "a", "go1.26.8", 1, &[]).await;
+    let mut b = Agent::connect(&server, "b", "go1.26.8", 1, &[]).await;
+    let job = submit(&mut jobs, spec(&["linux/amd64", "windows/amd64"], "go1.26.8")).await;
+
+    let (ta, tb) = (a.task().await, b.task().await);
+    let (ka, kb) = (ta.token.clone().unwrap(), tb.token.clone().unwrap());
+    assert_eq!(ka.job_id, job);
+    assert_ne!(ka.task, kb.task, "each agent got its own target");
+    assert_eq!((ka.attempt, kb.attempt), (1, 1));
+    assert_eq!(ta.spec.unwrap().source_root, Some(Digest::of(b"tree").to_wire()));
+
+    // A token for an attempt that was never leased is refused.
+    let forged = FencingToken { attempt: 2, ..ka.clone() };
+    assert_eq!(a.complete(&forged, "x").await.unwrap_err().code(), Code::FailedPrecondition);
+
+    a.complete(&ka, "app").await.unwrap();
+    // Completing twice is a stale completion.
+    let again = a.complete(&ka, "app").await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(again.message().contains("stale lease"), "{}", again.message());
+    b.complete(&kb, "app.exe").await.unwrap();
+
+    let (status, events) = watch_to_end(&mut jobs, &job).await;
+    assert_eq!(status.state, JobState::Succeeded as i32);
+    assert!(status.tasks.iter().all(|t| t.state == TaskState::Succeeded as i32 && t.result.is_some()));
+    assert_eq!(events[0].kind, Kind::Snapshot as i32);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn expired_leases_requeue_refuse_late_completions_and_fail_after_three_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut silent = Agent::connect(&server, "silent", "", 1, &[]).await;
+    let job = submit(&mut jobs, spec(&["linux/arm64"], "")).await;
+    let first = silent.task().await.token.unwrap();
+
+    // No heartbeat: the lease expires, the task is requeued with the next attempt, and the
+    // server tells the agent to stop.
+    match silent.next(Duration::from_secs(3)).await {
+        Some(lease_response::Kind::Abort(token)) => assert_eq!(token, first),
+        other => panic!("expected an abort, got {other:?}"),
+    }
+    let second = silent.task().await.token.unwrap();
+    assert_eq!(second.attempt, 2);
+    let late = silent.complete(&first, "app").await.unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "a zombie's completion is refused");
+
+    // Heartbeats keep a lease alive well past lease_timeout.
+    for _ in 0..8 {
+        silent.heartbeat(std::slice::from_ref(&second)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = jobs.list(v1::ListRequest { limit: 0, all: true }).await.unwrap().into_inner().jobs;
+    assert_eq!(status[0].tasks[0].attempt, 2, "heartbeats held the lease");
+
+    // Then silence twice more: attempt 3 expires too and the task fails with the reason.
+    let _ = silent.next(Duration::from_secs(3)).await; // abort of attempt 2
+    let third = silent.task().await.token.unwrap();
+    assert_eq!(third.attempt, 3);
+    let (status, _) = watch_to_end(&mut jobs, &job).await;
+    assert_eq!(status.state, JobState::Failed as i32);
+    let error = &status.tasks[0].error;
+    assert!(error.contains("3 attempts") && error.contains("silent") && error.contains("expired"), "{error}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn matching_by_go_version_cgo_compiler_and_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("heartbeat_interval", "1s"), ("lease_timeout", "10s")]).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut old_go = Agent::connect(&server, "old", "go1.24.0", 4, &[]).await;
+    let mut plain = Agent::connect(&server, "plain", "go1.26.8", 1, &[("linux/amd64", "gcc")]).await;
+    let job =
+        submit(&mut jobs, spec(&["linux/arm64+cgo", "darwin/arm64", "windows/amd64"], "go1.26.8")).await;
+
+    // `plain` takes one pure-Go target (capacity 1); nobody can build the cgo one yet; the old
+    // Go gets nothing.
+    let first = plain.task().await;
+    assert!(!first.target.as_ref().unwrap().cgo);
+    assert!(old_go.next(Duration::from_millis(300)).await.is_none(), "wrong Go version");
+    assert!(plain.next(Duration::from_millis(300)).await.is_none(), "capacity 1");
+
+    let mut cross = Agent::connect(
+        &server,
+        "cross",
+        "go1.26.8",
+        2,
+        &[("linux/amd64", "gcc"), ("linux/arm64", "aarch64-linux-gnu-gcc")],
+    )
+    .await;
+    let mut got = [cross.task().await, cross.task().await];
+    got.sort_by_key(|task| task.token.as_ref().unwrap().task);
+    assert!(
+        got.iter().any(|task| task.target.as_ref().unwrap().cgo),
+        "the cgo target went to the cross agent"
+    );
+    for task in got.iter().chain([&first]) {
+        let token = task.token.clone().unwrap();
+        let agent = if task.token == first.token { &mut plain } else { &mut cross };
+        agent.complete(&token, "app").await.unwrap();
+    }
+    let (status, _) = watch_to_end(&mut jobs, &job).await;
+    assert_eq!(status.state, JobState::Succeeded as i32);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn build_errors_fail_at_once_and_retryable_failures_requeue() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut agent = Agent::connect(&server, "a", "", 1, &[]).await;
+    let job = submit(&mut jobs, spec(&["linux/amd64"], "")).await;
+    let first = agent.task().await.token.unwrap();
+    agent.fail(&first, "cannot fetch the sources", true).await.unwrap();
+    let second = agent.task().await.token.unwrap();
+    assert_eq!(second.attempt, 2);
+    agent.fail(&second, "./main.go:3:1: syntax error", false).await.unwrap();
+    let (status, events) = watch_to_end(&mut jobs, &job).await;
+    assert_eq!(status.state, JobState::Failed as i32);
+    assert_eq!(status.tasks[0].error, "./main.go:3:1: syntax error");
+    assert!(events.iter().any(|e| e.kind == Kind::Snapshot as i32));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_aborts_running_tasks_and_drops_queued_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut agent = Agent::connect(&server, "a", "", 1, &[]).await;
+    let job = submit(&mut jobs, spec(&["linux/amd64", "linux/arm64"], "")).await;
+    let running = agent.task().await.token.unwrap();
+    let status =
+        jobs.cancel(v1::CancelRequest { job_id: job.clone() }).await.unwrap().into_inner().status.unwrap();
+    assert_eq!(status.state, JobState::Cancelled as i32);
+    assert!(status.tasks.iter().all(|t| t.state == TaskState::Cancelled as i32));
+    match agent.next(Duration::from_secs(2)).await {
+        Some(lease_response::Kind::Abort(token)) => assert_eq!(token, running),
+        other => panic!("expected an abort, got {other:?}"),
+    }
+    assert_eq!(agent.complete(&running, "app").await.unwrap_err().code(), Code::FailedPrecondition);
+    assert!(agent.next(Duration::from_millis(300)).await.is_none(), "the queued task was dropped");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_loses_no_task_and_keeps_leases_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [("heartbeat_interval", "200ms"), ("lease_timeout", "5s")];
+    let server = Server::start(dir.path(), &settings).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let job = submit(&mut jobs, spec(&["linux/amd64", "darwin/arm64"], "")).await;
+    let mut agent = Agent::connect(&server, "a", "", 1, &[]).await;
+    let held = agent.task().await.token.unwrap();
+    drop(agent);
+    server.stop().await;
+
+    // The second task is still queued and the first still leased to `a`, attempt 1.
+    let server = Server::start(dir.path(), &settings).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let listed = jobs.list(v1::ListRequest::default()).await.unwrap().into_inner().jobs;
+    assert_eq!(listed.len(), 1);
+    let states: Vec<i32> = listed[0].tasks.iter().map(|t| t.state).collect();
+    assert!(states.contains(&(TaskState::Leased as i32)) && states.contains(&(TaskState::Queued as i32)));
+
+    // The agent reconnects and goes on heartbeating its lease; a stale attempt is refused.
+    let mut agent = Agent::connect(&server, "a", "", 2, &[]).await;
+    agent.heartbeat(std::slice::from_ref(&held)).await;
+    let other = agent.task().await.token.unwrap();
+    let stale = FencingToken { attempt: 0, ..held.clone() };
+    assert_eq!(agent.complete(&stale, "app").await.unwrap_err().code(), Code::FailedPrecondition);
+    agent.complete(&held, "app").await.unwrap();
+    agent.complete(&other, "app").await.unwrap();
+    let (status, _) = watch_to_end(&mut jobs, &job).await;
+    assert_eq!(status.state, JobState::Succeeded as i32);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn submissions_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut bad = spec(&["linux/amd64"], "");
+    bad.build_flags = vec!["-toolexec=/bin/sh".into()];
+    let err = jobs.submit(v1::SubmitRequest { spec: Some(bad) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("-toolexec"), "{}", err.message());
+    let mut none = spec(&["linux/amd64"], "");
+    none.targets.clear();
+    assert_eq!(
+        jobs.submit(v1::SubmitRequest { spec: Some(none) }).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let err = jobs.watch(v1::WatchRequest { job_id: "nope".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    server.stop().await;
+}
