@@ -750,11 +750,19 @@ fn malformed_references_and_credentials_give_clear_errors() {
     assert_eq!(report["push"]["blobs_uploaded"], 2);
 }
 
-/// A registry front that demands bearer tokens, as Docker Hub, GHCR and most hosted
-/// registries do: a request without `Bearer <token>` gets a 401 challenge naming the token
-/// realm, and the realm hands out the token for the right basic credentials. Everything
-/// else is forwarded to a plain registry.
-struct BearerFront {
+/// A front before a plain registry that forwards everything, and either
+/// - demands bearer tokens, as Docker Hub, GHCR and most hosted registries do: a request
+///   without `Bearer <token>` gets a 401 challenge naming the token realm, and the realm hands
+///   out the token for the right basic credentials; or
+/// - acknowledges less than was sent in chunked uploads (a `Range` short of the chunk), the
+///   kind of answer a client must check since distribution 2.8 accepts a gap until the end.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Bearer,
+    ShortRange,
+}
+
+struct Front {
     addr: std::net::SocketAddr,
     scopes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -762,8 +770,8 @@ struct BearerFront {
 
 const TOKEN: &str = "t0k3n";
 
-impl BearerFront {
-    async fn start(upstream: String) -> Self {
+impl Front {
+    async fn start(upstream: String, mode: Mode) -> Self {
         use axum::body::Body;
         use axum::extract::Request;
         use axum::http::{HeaderValue, StatusCode, header};
@@ -781,7 +789,7 @@ impl BearerFront {
                 let auth =
                     request.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).unwrap_or("");
                 let auth = auth.to_owned();
-                if request.uri().path() == "/token" {
+                if mode == Mode::Bearer && request.uri().path() == "/token" {
                     use base64::Engine;
                     let basic = format!(
                         "Basic {}",
@@ -797,7 +805,7 @@ impl BearerFront {
                     seen.lock().unwrap().push(query);
                     return Response::new(Body::from(format!(r#"{{"token": "{TOKEN}"}}"#)));
                 }
-                if auth != format!("Bearer {TOKEN}") {
+                if mode == Mode::Bearer && auth != format!("Bearer {TOKEN}") {
                     let challenge = format!(r#"Bearer realm="http://{addr}/token",service="front""#);
                     return Response::builder()
                         .status(StatusCode::UNAUTHORIZED)
@@ -821,7 +829,12 @@ impl BearerFront {
                 }
                 let answer = forward.body(body).send().await.unwrap();
                 let mut response = Response::builder().status(answer.status().as_u16());
+                let patch = parts.method == axum::http::Method::PATCH;
                 for (name, value) in answer.headers() {
+                    if mode == Mode::ShortRange && patch && name == header::RANGE {
+                        response = response.header(name, "0-0");
+                        continue;
+                    }
                     // Upload sessions must come back through the front.
                     let value = match value.to_str() {
                         Ok(text) if name == header::LOCATION => {
@@ -842,7 +855,7 @@ impl BearerFront {
     }
 }
 
-impl Drop for BearerFront {
+impl Drop for Front {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -852,7 +865,7 @@ impl Drop for BearerFront {
 async fn bearer_tokens_are_fetched_with_the_config_credentials() {
     let fixture = fixture();
     let registry = Registry::start(None);
-    let front = BearerFront::start(registry.host()).await;
+    let front = Front::start(registry.host(), Mode::Bearer).await;
     let dir = tempfile::tempdir().unwrap();
     let host = front.addr.to_string();
     let target = format!("{host}/team/app:v1");
@@ -895,4 +908,21 @@ async fn bearer_tokens_are_fetched_with_the_config_credentials() {
     let err = tokio::task::spawn_blocking(move || image_failure(&args)).await.unwrap();
     assert!(err.contains(&format!("the token service of registry {host}")), "{err}");
     assert!(err.contains("refused user \"ci\" from"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_the_registry_did_not_fully_take_stops_the_push() {
+    let fixture = fixture();
+    let registry = Registry::start(None);
+    let front = Front::start(registry.host(), Mode::ShortRange).await;
+    let target = format!("{}/app:v1", front.addr);
+    let amd64 = format!("linux/amd64={}", fixture.path("linux/amd64").display());
+    let args =
+        strings(&["--platform", &amd64, "--name", "hello", "--push", &target, "--chunk-size", "256KiB"]);
+    let err = tokio::task::spawn_blocking(move || image_failure(&args)).await.unwrap();
+    assert!(err.contains("the registry holds \"0-0\", not 0-262143"), "{err}");
+    assert!(err.contains("rather than pushing a corrupt blob"), "{err}");
+    let manifests =
+        registry.requests().iter().filter(|(m, p)| m == "PUT" && p.contains("/manifests/")).count();
+    assert_eq!(manifests, 0, "nothing that references the blob was pushed");
 }
