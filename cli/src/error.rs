@@ -24,6 +24,10 @@ pub enum CliError {
     Server(String),
     #[error("{0} of the given digests are missing")]
     SomeMissing(usize),
+    /// A command that could not do its job for a reason outside the user's input: a registry
+    /// refusing a push, a tool failing. Says what failed and why.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl CliError {

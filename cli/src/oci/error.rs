@@ -47,11 +47,7 @@ impl From<OciError> for CliError {
         match err {
             OciError::File { path, source } => CliError::File { path, source },
             err if err.is_input() => CliError::Usage(err.to_string()),
-            // CliError has no general failure variant; `File` prints just "<subject>: <reason>".
-            err => CliError::File {
-                path: PathBuf::from("image"),
-                source: std::io::Error::other(err.to_string()),
-            },
+            err => CliError::Failed(format!("image: {err}")),
         }
     }
 }
