@@ -9,4 +9,5 @@ pub mod error;
 pub mod gocacheprog;
 pub mod oci;
 pub mod render;
+pub mod submit;
 pub mod transfer;

@@ -87,6 +87,13 @@ enum Command {
     Gocacheprog(commands::gocacheprog::Args),
     /// Build a multi-platform OCI image from built binaries; write a layout and/or push it.
     Image(Box<commands::image::Args>),
+    /// Build a GOOS/GOARCH matrix of this module on runner agents; outputs to dist/<goos>_<goarch>/.
+    Submit(Box<commands::submit::Args>),
+    /// Follow, list and cancel submitted jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: commands::jobs::Command,
+    },
     /// Server statistics: store size, requests, hits and misses per API and namespace.
     Stats {
         /// Print the stable JSON document instead of the table.
@@ -122,6 +129,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Gocacheprog(args) => commands::gocacheprog::run(&cli.server, args).await,
         Command::Image(args) => commands::image::run(&cli.server, *args).await,
+        Command::Submit(args) => commands::submit::run(&cli.server, &connect, *args).await,
+        Command::Jobs { command } => commands::jobs::run(&cli.server, &connect, command).await,
         Command::Stats { json } => {
             let client = Client::connect_with(&cli.server, &connect).await?;
             commands::stats::run(&client, json).await

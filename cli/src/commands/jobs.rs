@@ -1,0 +1,78 @@
+//! `cachectl jobs watch|list|cancel`: follow up on submitted jobs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use proto::platform::label;
+use proto::v1::{self, JobState, TaskState};
+
+use crate::client::ConnectOptions;
+use crate::error::Result;
+use crate::submit::Remote;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Follow a job to its end and download its outputs.
+    Watch {
+        job_id: String,
+        /// Where outputs go: <output>/<goos>_<goarch>/<name>.
+        #[arg(short, long, default_value = "dist")]
+        output: PathBuf,
+        /// Only follow; download nothing.
+        #[arg(long)]
+        no_download: bool,
+    },
+    /// Jobs, newest first: unfinished ones, or all with --all.
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Cancel a job: its queued tasks are dropped and running builds killed.
+    Cancel { job_id: String },
+}
+
+fn state_name(state: i32) -> String {
+    JobState::try_from(state).map_or("?".to_owned(), |s| format!("{s:?}").to_lowercase())
+}
+
+pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Result<()> {
+    let mut remote = Remote::connect(server, connect).await?;
+    match command {
+        Command::Watch { job_id, output, no_download } => {
+            let output = (!no_download).then_some(output);
+            super::submit::follow(server, connect, remote, &job_id, output.as_deref(), Instant::now()).await
+        }
+        Command::List { all, limit } => {
+            let jobs = remote.jobs.list(v1::ListRequest { limit, all }).await?.into_inner().jobs;
+            println!("{:<22}  {:<10}  {:<6}  {:<8}  TARGETS", "JOB", "STATE", "DONE", "AGE");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            for job in jobs {
+                let done = job.tasks.iter().filter(|t| t.state == TaskState::Succeeded as i32).count();
+                let targets: Vec<String> =
+                    job.tasks.iter().map(|t| label(&t.target.clone().unwrap_or_default())).collect();
+                let age = humantime::format_duration(std::time::Duration::from_secs(
+                    ((now - job.submitted_unix_ms) / 1000).max(0) as u64,
+                ));
+                println!(
+                    "{:<22}  {:<10}  {:<6}  {:<8}  {}",
+                    job.job_id,
+                    state_name(job.state),
+                    format!("{done}/{}", job.tasks.len()),
+                    age.to_string(),
+                    targets.join(",")
+                );
+            }
+            Ok(())
+        }
+        Command::Cancel { job_id } => {
+            let status =
+                remote.jobs.cancel(v1::CancelRequest { job_id: job_id.clone() }).await?.into_inner().status;
+            println!("job {job_id} {}", status.map_or("?".to_owned(), |s| state_name(s.state)));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! `cachectl submit`: build a GOOS/GOARCH matrix on runner agents. Uploads the module (only
+//! what cached lacks) and the dependencies' module files, submits one job, follows it with
+//! live progress, downloads every output to `dist/<goos>_<goarch>/<name>` and prints a
+//! summary; exits non-zero when a target failed.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use proto::platform::label;
+use proto::v1::{self, JobEvent, JobState, TaskState, job_event::Kind};
+use proto::{Digest, Platform};
+
+use crate::client::ConnectOptions;
+use crate::error::{CliError, Result};
+use crate::submit::Remote;
+use crate::submit::modules;
+use crate::submit::tree::Tree;
+
+pub const DEFAULT_TARGETS: &str = "linux/amd64,linux/arm64,darwin/arm64,windows/amd64";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Targets, `goos/goarch[/level][+cgo]`, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_TARGETS)]
+    targets: Vec<String>,
+    /// Where outputs go: <output>/<goos>_<goarch>/<name>.
+    #[arg(short, long, default_value = "dist")]
+    output: PathBuf,
+    /// Directory in the module to submit from (its go.mod is found upwards).
+    #[arg(short = 'C', long, default_value = ".")]
+    dir: PathBuf,
+    /// Print the job id and return; follow it with `cachectl jobs watch ID`.
+    #[arg(long)]
+    detach: bool,
+    /// Namespace of the cache entries the builds use.
+    #[arg(long, env = "CACHED_NAMESPACE", default_value = "")]
+    namespace: String,
+    /// Build without -trimpath (on by default: binaries then do not depend on where agents
+    /// put the sources, so builds hit across agents).
+    #[arg(long)]
+    no_trimpath: bool,
+    /// -ldflags for go build.
+    #[arg(long, allow_hyphen_values = true)]
+    ldflags: Option<String>,
+    /// -tags for go build.
+    #[arg(long)]
+    tags: Option<String>,
+    /// Any other go build flag (repeatable), e.g. --build-flag=-buildvcs=false.
+    #[arg(long = "build-flag", allow_hyphen_values = true)]
+    build_flags: Vec<String>,
+    /// C compiler for a cgo target, `goos/goarch=command` (repeatable); agents must have it.
+    #[arg(long = "cc")]
+    cc: Vec<String>,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    priority: i32,
+    /// Deadline of the whole job [default: the server's job_timeout].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Let agents with any Go version build (by default they must have this machine's).
+    #[arg(long)]
+    any_go: bool,
+    /// Packages to build, relative to --dir [default: .].
+    packages: Vec<String>,
+}
+
+fn usage(message: impl Into<String>) -> CliError {
+    CliError::Usage(message.into())
+}
+
+/// The directory of the nearest go.mod at or above `dir`.
+fn module_root(dir: &Path) -> Result<PathBuf> {
+    let dir = std::fs::canonicalize(dir).map_err(CliError::file(dir))?;
+    dir.ancestors().find(|candidate| candidate.join("go.mod").is_file()).map(Path::to_owned).ok_or_else(
+        || usage(format!("no go.mod in {} or above it: submit runs in a Go module", dir.display())),
+    )
+}
+
+fn go_version(dir: &Path) -> Result<String> {
+    let output = std::process::Command::new("go")
+        .args(["env", "GOVERSION"])
+        .current_dir(dir)
+        .output()
+        .map_err(|err| usage(format!("cannot run go: {err}")))?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
+    let root = module_root(&args.dir)?;
+    let here = std::fs::canonicalize(&args.dir).map_err(CliError::file(&args.dir))?;
+    let sub = here.strip_prefix(&root).unwrap_or(Path::new("")).to_string_lossy().replace('\\', "/");
+    let mut targets = Vec::new();
+    let ccs: BTreeMap<String, String> = args
+        .cc
+        .iter()
+        .map(|spec| {
+            spec.split_once('=')
+                .map(|(platform, cc)| (platform.to_owned(), cc.to_owned()))
+                .ok_or_else(|| usage(format!("--cc {spec:?}: expected goos/goarch=command")))
+        })
+        .collect::<Result<_>>()?;
+    for text in &args.targets {
+        let platform: Platform = text.parse().map_err(|err: proto::PlatformError| usage(err.to_string()))?;
+        let cc = ccs.get(&format!("{}/{}", platform.goos, platform.goarch)).cloned().unwrap_or_default();
+        targets.push(platform.to_wire(if platform.cgo { &cc } else { "" }));
+    }
+    let packages: Vec<String> =
+        if args.packages.is_empty() { vec![".".to_owned()] } else { args.packages.clone() };
+    let packages = packages
+        .into_iter()
+        .map(|package| match (sub.is_empty(), package.strip_prefix('.')) {
+            (false, Some(rest)) if rest.is_empty() || rest.starts_with('/') => format!("./{sub}{rest}"),
+            _ => package,
+        })
+        .collect();
+    let mut build_flags = Vec::new();
+    if !args.no_trimpath {
+        build_flags.push("-trimpath".to_owned());
+    }
+    if let Some(ldflags) = &args.ldflags {
+        build_flags.push(format!("-ldflags={ldflags}"));
+    }
+    if let Some(tags) = &args.tags {
+        build_flags.push(format!("-tags={tags}"));
+    }
+    build_flags.extend(args.build_flags.iter().cloned());
+
+    let started = Instant::now();
+    let walk_root = root.clone();
+    let output = std::fs::canonicalize(&args.output).unwrap_or_else(|_| root.join(&args.output));
+    let (tree, deps) = tokio::task::spawn_blocking(move || -> Result<(Tree, modules::ModuleFiles)> {
+        let mut tree = Tree::from_dir(&walk_root)?;
+        if let Ok(inside) = output.strip_prefix(&walk_root) {
+            tree.remove_prefix(&inside.to_string_lossy().replace('\\', "/"));
+        }
+        Ok((tree, modules::collect(&walk_root)?))
+    })
+    .await
+    .map_err(|err| usage(format!("reading the module failed: {err}")))??;
+    let mut remote = Remote::connect(server, connect).await?;
+    let sources = tree.upload(&remote.client).await?;
+    let proxy = if deps.files.is_empty() { None } else { Some(deps.tree()?.upload(&remote.client).await?) };
+    if !deps.vendored && !deps.files.is_empty() {
+        let go_sum = std::fs::read_to_string(root.join("go.sum")).unwrap_or_default();
+        let coverage = modules::coverage(&go_sum, deps.files.keys().map(String::as_str));
+        if !coverage.complete() {
+            eprintln!(
+                "cachectl: warning: go.sum has no line for {} of the module files (e.g. {}); agents keep the \
+                 checksum database on and cannot reach it, so builds needing them fail. Run `go mod tidy`.",
+                coverage.missing.len(),
+                coverage.missing[0]
+            );
+        }
+    }
+    let uploaded = sources.sent_blobs + proxy.map_or(0, |p| p.sent_blobs);
+    let sent = sources.sent_bytes + proxy.map_or(0, |p| p.sent_bytes);
+    eprintln!(
+        "uploaded {} ({} files, {}; {} new blobs, {} sent){} in {:.1}s",
+        root.display(),
+        sources.files,
+        bytesize::ByteSize(sources.bytes),
+        uploaded,
+        bytesize::ByteSize(sent),
+        match (deps.vendored, &proxy) {
+            (true, _) => ", vendored dependencies".to_owned(),
+            (false, Some(proxy)) => format!(", {} modules ({} files)", deps.modules, proxy.files),
+            (false, None) => String::new(),
+        },
+        started.elapsed().as_secs_f64()
+    );
+
+    let spec = v1::JobSpec {
+        source_root: Some(sources.root.to_wire()),
+        module_dir: String::new(),
+        packages,
+        targets,
+        build_flags,
+        env: Vec::new(),
+        module_proxy: proxy.map(|p| p.root.to_wire()),
+        go_version: if args.any_go { String::new() } else { go_version(&root)? },
+        namespace: args.namespace.clone(),
+        priority: args.priority,
+        timeout_seconds: args.timeout.map_or(0, |t| t.as_secs().max(1)),
+        image: None,
+    };
+    let job_id = remote.jobs.submit(v1::SubmitRequest { spec: Some(spec) }).await?.into_inner().job_id;
+    if args.detach {
+        println!("{job_id}");
+        return Ok(());
+    }
+    eprintln!("job {job_id}");
+    follow(server, connect, remote, &job_id, Some(&args.output), started).await
+}
+
+/// Follows a job to its end (reconnecting if cached restarts), downloads its outputs to
+/// `output` and prints the summary. Fails when any target failed.
+pub async fn follow(
+    server: &str,
+    connect: &ConnectOptions,
+    mut remote: Remote,
+    job_id: &str,
+    output: Option<&Path>,
+    started: Instant,
+) -> Result<()> {
+    let mut view = View::new();
+    let mut backoff = Duration::from_millis(200);
+    let status = 'watch: loop {
+        let events = remote.jobs.watch(v1::WatchRequest { job_id: job_id.to_owned() }).await;
+        let mut events = match events {
+            Ok(events) => events.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                view.note("cached is unreachable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                if let Ok(again) = Remote::connect(server, connect).await {
+                    remote = again;
+                }
+                continue;
+            }
+            Err(status) => return Err(status.into()),
+        };
+        backoff = Duration::from_millis(200);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    if let Some(done) = view.apply(&event) {
+                        break 'watch done;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        view.note("watch interrupted; reconnecting");
+        tokio::time::sleep(backoff).await;
+        if let Ok(again) = Remote::connect(server, connect).await {
+            remote = again;
+        }
+    };
+    view.finish();
+    let mut failed = 0;
+    let mut rows = Vec::new();
+    for task in &status.tasks {
+        let target = task.target.clone().unwrap_or_default();
+        let platform = Platform::from_wire(&target).map_err(|err| CliError::Server(err.to_string()))?;
+        let state = TaskState::try_from(task.state).unwrap_or(TaskState::Unspecified);
+        let result = task.result.clone().unwrap_or_default();
+        let mut files = Vec::new();
+        if state == TaskState::Succeeded {
+            if let Some(output) = output {
+                let dir = output.join(platform.dir_name());
+                std::fs::create_dir_all(&dir).map_err(CliError::file(&dir))?;
+                for file in &result.outputs {
+                    let digest = Digest::from_wire(file.digest.as_ref())
+                        .map_err(|err| CliError::Server(err.to_string()))?;
+                    proto::platform::check_entry_name(&file.name).map_err(CliError::Server)?;
+                    let dest = dir.join(&file.name);
+                    crate::transfer::download_to_file(&remote.client, digest, &dest).await?;
+                    set_executable(&dest, file.executable)?;
+                    files.push(dest.display().to_string());
+                }
+            } else {
+                files.extend(result.outputs.iter().map(|file| file.name.clone()));
+            }
+        } else {
+            failed += 1;
+        }
+        let outcome = match state {
+            TaskState::Succeeded if result.hit => "hit".to_owned(),
+            TaskState::Succeeded => "miss".to_owned(),
+            TaskState::Failed => "FAILED".to_owned(),
+            TaskState::Cancelled => "cancelled".to_owned(),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        let duration = if result.duration_ms > 0 {
+            format!("{:.1}s", result.duration_ms as f64 / 1000.0)
+        } else {
+            "-".to_owned()
+        };
+        rows.push([label(&target), task.agent.clone(), outcome, duration, files.join(" ")]);
+    }
+    print_table(&rows);
+    for task in status.tasks.iter().filter(|task| task.state == TaskState::Failed as i32) {
+        eprintln!("\n{} failed:\n{}", label(&task.target.clone().unwrap_or_default()), task.error.trim_end());
+    }
+    let state = JobState::try_from(status.state).unwrap_or(JobState::Unspecified);
+    println!(
+        "job {job_id} {} in {:.1}s",
+        format!("{state:?}").to_lowercase(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        return Err(CliError::Server(format!("{failed} of {} targets did not build", status.tasks.len())));
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[[String; 5]]) {
+    let header = ["TARGET", "AGENT", "CACHE", "TIME", "OUTPUT"];
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == 4 {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", text.trim_end());
+    };
+    line(header);
+    for row in rows {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+}
+
+#[cfg(unix)]
+fn set_executable(path: &Path, executable: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if executable { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(CliError::file(path))
+}
+
+#[cfg(not(unix))]
+fn set_executable(_: &Path, _: bool) -> Result<()> {
+    Ok(())
+}
+
+/// Progress: one bar per target on a terminal, one line per change otherwise.
+struct View {
+    bars: Option<(MultiProgress, BTreeMap<u32, ProgressBar>)>,
+    labels: BTreeMap<u32, String>,
+}
+
+impl View {
+    fn new() -> Self {
+        let bars = std::io::stderr().is_terminal().then(|| (MultiProgress::new(), BTreeMap::new()));
+        Self { bars, labels: BTreeMap::new() }
+    }
+
+    fn note(&mut self, text: &str) {
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn set(&mut self, task: u32, text: &str) {
+        let label = self.labels.get(&task).cloned().unwrap_or_else(|| format!("task {task}"));
+        match &mut self.bars {
+            Some((multi, bars)) => {
+                let bar = bars.entry(task).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new_spinner());
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} {prefix:<22} {elapsed:>4} {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    bar.set_prefix(label.clone());
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    bar
+                });
+                bar.set_message(text.to_owned());
+            }
+            None => eprintln!("[{label}] {text}"),
+        }
+    }
+
+    fn done(&mut self, task: u32, text: &str) {
+        self.set(task, text);
+        if let Some(bar) = self.bars.as_ref().and_then(|(_, bars)| bars.get(&task)) {
+            bar.finish();
+        }
+    }
+
+    /// Applies one event; the final status when the job finished.
+    fn apply(&mut self, event: &JobEvent) -> Option<v1::JobStatus> {
+        let kind = Kind::try_from(event.kind).unwrap_or(Kind::Unspecified);
+        let task = event.task;
+        match kind {
+            Kind::Snapshot => {
+                let status = event.status.as_ref()?;
+                for task in &status.tasks {
+                    self.labels.insert(task.index, label(&task.target.clone().unwrap_or_default()));
+                    let state = TaskState::try_from(task.state).unwrap_or(TaskState::Unspecified);
+                    let text = match state {
+                        TaskState::Queued => "queued".to_owned(),
+                        TaskState::Leased => format!("building on {}", task.agent),
+                        other => format!("{other:?}").to_lowercase(),
+                    };
+                    self.set(task.index, &text);
+                }
+            }
+            Kind::Queued if !event.message.is_empty() => {
+                self.set(task, &format!("requeued: {}", event.message))
+            }
+            Kind::Queued => self.set(task, "queued"),
+            Kind::Leased => self.set(task, &format!("leased by {} (attempt {})", event.agent, event.attempt)),
+            Kind::Started => self.set(task, &format!("building on {}", event.agent)),
+            Kind::Log => {
+                if let Some(last) = event.message.lines().last().filter(|_| self.bars.is_some()) {
+                    let text: String = last.chars().take(80).collect();
+                    self.set(task, &format!("{}: {text}", event.agent));
+                }
+            }
+            Kind::TaskSucceeded => {
+                let result = event.result.clone().unwrap_or_default();
+                let cache = if result.hit { "hit" } else { "built" };
+                self.done(
+                    task,
+                    &format!("{cache} on {} in {:.1}s", event.agent, result.duration_ms as f64 / 1000.0),
+                );
+            }
+            Kind::TaskFailed => {
+                let first = event.message.lines().next().unwrap_or("").to_owned();
+                self.done(task, &format!("failed: {first}"));
+            }
+            Kind::TaskCancelled => self.done(task, "cancelled"),
+            Kind::JobFinished => return event.status.clone(),
+            Kind::Unspecified => {}
+        }
+        None
+    }
+
+    fn finish(&mut self) {
+        if let Some((multi, bars)) = &self.bars {
+            for bar in bars.values() {
+                bar.finish();
+            }
+            let _ = multi.clear();
+        }
+    }
+}

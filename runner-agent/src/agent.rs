@@ -1,0 +1,317 @@
+//! The agent's session with cached: register over `Workers.Lease`, heartbeat every interval
+//! the server asks for (carrying the leases being worked on, which keeps them alive and lets
+//! the server answer with aborts), run each task it is handed, and reconnect with backoff when
+//! the stream breaks; running tasks carry on meanwhile, and their leases are heartbeated again
+//! once the stream is back.
+//!
+//! SIGTERM drains: stop taking tasks, let the running ones finish within the grace period,
+//! then kill what is left and release it (a retryable failure, so it is requeued at once).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cachectl::client::ConnectOptions;
+use cachectl::submit::Remote;
+use proto::v1::{
+    self, AgentInfo, FencingToken, Heartbeat, LeaseRequest, TaskLease, complete_request, lease_request,
+    lease_response,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::TaskError;
+use crate::build::Builder;
+use crate::caps;
+use crate::exec::ProcessRunner;
+use crate::task::{self, TaskContext, token_name};
+use crate::workspace::BlobCache;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: String,
+    pub connect: ConnectOptions,
+    pub agent_id: String,
+    pub concurrency: u32,
+    pub work_dir: PathBuf,
+    pub grace: Duration,
+    pub task_timeout: Duration,
+    pub go: PathBuf,
+    /// Extra C compilers, `goos/goarch=command`.
+    pub cc: Vec<String>,
+    /// The GOCACHEPROG command line for builds.
+    pub gocacheprog: String,
+    /// Environment the bridge needs (CACHED_ADDR, token file, CA).
+    pub bridge_env: Vec<(String, String)>,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+struct Running {
+    token: FencingToken,
+    cancel: watch::Sender<bool>,
+    release: Arc<AtomicBool>,
+}
+
+/// Runs until `shutdown` resolves and the drain is over.
+pub async fn run(
+    config: AgentConfig,
+    runner: Arc<dyn ProcessRunner>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let go = caps::go_info(&config.go)?;
+    let c_compilers = caps::c_compilers(&go, &config.cc)?;
+    let info = AgentInfo {
+        agent_id: config.agent_id.clone(),
+        go_version: go.version.clone(),
+        host_goos: go.goos.clone(),
+        host_goarch: go.goarch.clone(),
+        c_compilers: c_compilers.clone(),
+        capacity: config.concurrency.max(1),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    tracing::info!(
+        agent = %info.agent_id, go = %info.go_version, capacity = info.capacity,
+        c_compilers = %c_compilers.iter().map(|c| format!("{}/{}={}", c.goos, c.goarch, c.cc)).collect::<Vec<_>>().join(","),
+        work_dir = %config.work_dir.display(), "runner agent starting"
+    );
+    std::fs::create_dir_all(&config.work_dir)
+        .map_err(|err| format!("{}: {err}", config.work_dir.display()))?;
+    let cache = BlobCache::open(config.work_dir.join("blobs")).map_err(|err| err.to_string())?;
+    tokio::pin!(shutdown);
+
+    let mut backoff = Duration::from_millis(200);
+    let remote = loop {
+        match Remote::connect(&config.server, &config.connect).await {
+            Ok(remote) => break remote,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot reach cached; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut shutdown => return Ok(()),
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
+    let ctx = Arc::new(TaskContext {
+        remote: remote.clone(),
+        cache,
+        builder: Builder { go: config.go.clone(), runner },
+        work_dir: config.work_dir.clone(),
+        gocacheprog: config.gocacheprog.clone(),
+        bridge_env: config.bridge_env.clone(),
+        c_compilers,
+        task_timeout: config.task_timeout,
+    });
+
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut draining = false;
+    let mut grace_over: Option<Instant> = None;
+    let mut released = false;
+    let mut backoff = Duration::from_millis(200);
+    'session: loop {
+        if draining && running.is_empty() {
+            break;
+        }
+        let (sender, outbound) = mpsc::channel::<LeaseRequest>(16);
+        let _ = sender.send(LeaseRequest { kind: Some(lease_request::Kind::Register(info.clone())) }).await;
+        let stream = remote.workers.clone().lease(ReceiverStream::new(outbound)).await;
+        let mut inbound = match stream {
+            Ok(stream) => {
+                backoff = Duration::from_millis(200);
+                stream.into_inner()
+            }
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "lease stream refused; retrying");
+                if wait_or_finish(backoff, &mut done_rx, &mut running, &mut shutdown, &mut draining).await {
+                    grace_over.get_or_insert_with(|| Instant::now() + config.grace);
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let mut interval = Duration::from_secs(10);
+        let mut ticker = tokio::time::interval(interval);
+        let heartbeat = |running: &HashMap<String, Running>, draining: bool| LeaseRequest {
+            kind: Some(lease_request::Kind::Heartbeat(Heartbeat {
+                free_slots: info.capacity.saturating_sub(running.len() as u32),
+                running: running.values().map(|r| r.token.clone()).collect(),
+                draining,
+            })),
+        };
+        loop {
+            let grace = async {
+                match grace_over {
+                    Some(at) if !released => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if sender.send(heartbeat(&running, draining)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(key) = done_rx.recv() => {
+                    running.remove(&key);
+                    if draining && running.is_empty() {
+                        break 'session;
+                    }
+                    let _ = sender.send(heartbeat(&running, draining)).await;
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => match message.kind {
+                        Some(lease_response::Kind::Registered(registered)) => {
+                            interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
+                            ticker = tokio::time::interval(interval);
+                            tracing::info!(heartbeat = ?interval, "registered with cached");
+                        }
+                        Some(lease_response::Kind::Task(lease)) => {
+                            let token = lease.token.clone().unwrap_or_default();
+                            if draining {
+                                release(&remote, token, "the agent is shutting down").await;
+                                continue;
+                            }
+                            tracing::info!(task = %token_name(&token), "task leased");
+                            let entry = start(Arc::clone(&ctx), lease, done_tx.clone());
+                            running.insert(token_name(&token), entry);
+                            let _ = sender.send(heartbeat(&running, draining)).await;
+                        }
+                        Some(lease_response::Kind::Abort(token)) => {
+                            if let Some(task) = running.get(&token_name(&token)) {
+                                tracing::warn!(task = %token_name(&token), "lease aborted by cached; killing the build");
+                                let _ = task.cancel.send(true);
+                            }
+                        }
+                        None => {}
+                    },
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("lease stream ended; reconnecting");
+                        break;
+                    }
+                },
+                () = &mut shutdown, if !draining => {
+                    draining = true;
+                    grace_over = Some(Instant::now() + config.grace);
+                    tracing::info!(running = running.len(), grace = ?config.grace, "draining: no new tasks");
+                    if running.is_empty() {
+                        break 'session;
+                    }
+                    let _ = sender.send(heartbeat(&running, draining)).await;
+                }
+                () = grace => {
+                    released = true;
+                    tracing::warn!(running = running.len(), "grace period over; releasing the remaining tasks");
+                    for task in running.values() {
+                        task.release.store(true, Ordering::SeqCst);
+                        let _ = task.cancel.send(true);
+                    }
+                }
+            }
+        }
+        if wait_or_finish(backoff, &mut done_rx, &mut running, &mut shutdown, &mut draining).await {
+            grace_over.get_or_insert_with(|| Instant::now() + config.grace);
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    tracing::info!("runner agent stopped");
+    Ok(())
+}
+
+/// Sleeps `backoff` while noting finished tasks; true when shutdown arrived meanwhile.
+async fn wait_or_finish(
+    backoff: Duration,
+    done: &mut mpsc::UnboundedReceiver<String>,
+    running: &mut HashMap<String, Running>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    draining: &mut bool,
+) -> bool {
+    let sleep = tokio::time::sleep(backoff);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return false,
+            Some(key) = done.recv() => { running.remove(&key); }
+            () = shutdown.as_mut(), if !*draining => {
+                *draining = true;
+                return true;
+            }
+        }
+    }
+}
+
+fn start(ctx: Arc<TaskContext>, lease: TaskLease, done: mpsc::UnboundedSender<String>) -> Running {
+    let token = lease.token.clone().unwrap_or_default();
+    let (cancel, cancelled) = watch::channel(false);
+    let release_flag = Arc::new(AtomicBool::new(false));
+    let releasing = Arc::clone(&release_flag);
+    let key = token_name(&token);
+    let task_token = token.clone();
+    tokio::spawn(async move {
+        let remote = ctx.remote.clone();
+        let result = task::run(ctx, lease, cancelled).await;
+        let outcome = match result {
+            Ok(result) => {
+                tracing::info!(task = %key, outputs = result.outputs.len(), hit = result.hit, "task built");
+                Some(complete_request::Outcome::Success(result))
+            }
+            Err(TaskError::Build(reason)) => {
+                tracing::info!(task = %key, "build failed");
+                Some(complete_request::Outcome::Failure(v1::TaskFailure { reason, retryable: false }))
+            }
+            Err(TaskError::Infrastructure(reason)) => {
+                tracing::warn!(task = %key, error = %reason, "task failed");
+                Some(complete_request::Outcome::Failure(v1::TaskFailure { reason, retryable: true }))
+            }
+            Err(TaskError::Cancelled) if releasing.load(Ordering::SeqCst) => {
+                Some(complete_request::Outcome::Failure(v1::TaskFailure {
+                    reason: "released: the agent shut down before the build finished".to_owned(),
+                    retryable: true,
+                }))
+            }
+            Err(TaskError::Cancelled) => None,
+        };
+        if let Some(outcome) = outcome {
+            complete(&remote, task_token, outcome).await;
+        }
+        let _ = done.send(key);
+    });
+    Running { token, cancel, release: release_flag }
+}
+
+async fn release(remote: &Remote, token: FencingToken, why: &str) {
+    let failure = v1::TaskFailure { reason: format!("released: {why}"), retryable: true };
+    complete(remote, token, complete_request::Outcome::Failure(failure)).await;
+}
+
+/// Reports an outcome, retrying while cached is unreachable (it may be restarting; the lease
+/// outlives a restart). A refused token means the lease was lost: nothing more to do.
+async fn complete(remote: &Remote, token: FencingToken, outcome: complete_request::Outcome) {
+    let request = v1::CompleteRequest { token: Some(token.clone()), outcome: Some(outcome) };
+    let mut backoff = Duration::from_millis(200);
+    for _ in 0..60 {
+        match remote.workers.clone().complete(request.clone()).await {
+            Ok(_) => return,
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(status) => {
+                tracing::warn!(task = %token_name(&token), error = %status.message(), "completion refused");
+                return;
+            }
+        }
+    }
+    tracing::error!(task = %token_name(&token), "gave up reporting a completion: cached stayed unreachable");
+}

@@ -1,0 +1,36 @@
+//! runner-agent: the worker side of cached's remote execution.
+//!
+//! Read in this order: [`agent`] (the lease stream: register, heartbeat, take tasks, abort,
+//! drain on SIGTERM), [`task`] (one task: sources, module proxy, build, outputs, completion),
+//! [`workspace`] (trees from the CAS into a directory through a local blob cache with hard
+//! links), [`build`] (the go build, through the cachectl library), [`exec`] (child processes:
+//! own process group, timeout, killed with the task), [`caps`] (what this machine can build).
+
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod build;
+pub mod caps;
+pub mod exec;
+pub mod task;
+pub mod workspace;
+
+/// Errors of one task, split by whether another attempt could succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The build itself failed (compile error, missing package): the same inputs fail again.
+    #[error("{0}")]
+    Build(String),
+    /// Fetching inputs, uploading outputs, the machine: another agent may succeed.
+    #[error("{0}")]
+    Infrastructure(String),
+    /// The lease was aborted (cancelled, expired) or the agent is shutting down.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<cachectl::error::CliError> for TaskError {
+    fn from(err: cachectl::error::CliError) -> Self {
+        Self::Infrastructure(err.to_string())
+    }
+}

@@ -1,0 +1,154 @@
+//! `runner-agent`: lease build tasks from cached and build them through the cache.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cachectl::client::{ConnectOptions, DEFAULT_SERVER, Secret};
+use clap::{Parser, Subcommand};
+use runner_agent::agent::{self, AgentConfig};
+use runner_agent::exec::Processes;
+
+#[derive(Parser)]
+#[command(
+    name = "runner-agent",
+    version,
+    about = "Runner agent for cached: builds GOOS/GOARCH matrices leased from the job queue"
+)]
+struct Cli {
+    /// Address of cached.
+    #[arg(long, global = true, env = "CACHED_ADDR", default_value = DEFAULT_SERVER)]
+    server: String,
+    /// Token with the `worker`, `read`, `cas-write` and `ac-write` scopes. Prefer --token-file.
+    #[arg(long, global = true, env = "CACHED_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File that holds the token.
+    #[arg(long, global = true, env = "CACHED_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) of an https:// server.
+    #[arg(long, global = true, env = "CACHED_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Tasks built at once [default: the number of CPUs].
+    #[arg(long, env = "CACHED_CONCURRENCY")]
+    concurrency: Option<u32>,
+    /// Where sources, the blob cache, GOCACHE and the module cache live [default: <user cache dir>/cached/agent].
+    #[arg(long, env = "CACHED_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// Name of this agent in leases and job events [default: <hostname>-<pid>].
+    #[arg(long, env = "CACHED_AGENT_NAME")]
+    name: Option<String>,
+    /// After SIGTERM, how long running tasks may finish before they are killed and released.
+    #[arg(long, env = "CACHED_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Longest one build may run.
+    #[arg(long, env = "CACHED_TASK_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    task_timeout: Duration,
+    /// A C compiler for cgo targets, `goos/goarch=command` (repeatable); Debian's cross
+    /// compilers on PATH are found without it.
+    #[arg(long = "cc", env = "CACHED_CC", value_delimiter = ',')]
+    cc: Vec<String>,
+    /// The go command.
+    #[arg(long, env = "CACHED_GO", default_value = "go")]
+    go: PathBuf,
+    /// tracing filter.
+    #[arg(long, env = "CACHED_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The GOCACHEPROG bridge the agent's builds use (as `cachectl gocacheprog`).
+    #[command(hide = true)]
+    Gocacheprog(cachectl::commands::gocacheprog::Args),
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "agent".to_owned())
+}
+
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut interrupt), Ok(mut terminate)) => {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(_), Some(_)) => return Err("give the token one way: --token or --token-file".into()),
+        (Some(token), None) => Some(Secret::new(token.as_str())),
+        (None, Some(path)) => Some(ConnectOptions::read_token_file(path).map_err(|err| err.to_string())?),
+        (None, None) => None,
+    };
+    let connect = ConnectOptions { token, tls_ca: cli.tls_ca.clone(), ..ConnectOptions::default() };
+    connect.clone().install_process_default();
+    if let Some(Command::Gocacheprog(args)) = cli.command {
+        return cachectl::commands::gocacheprog::run(&cli.server, args).await.map_err(|err| err.to_string());
+    }
+    let exe = std::env::current_exe().map_err(|err| format!("cannot find this binary: {err}"))?;
+    let mut bridge_env = vec![("CACHED_ADDR".to_owned(), cli.server.clone())];
+    if let Some(path) = &cli.token_file {
+        bridge_env.push(("CACHED_TOKEN_FILE".to_owned(), path.display().to_string()));
+    } else if let Some(token) = &cli.token {
+        bridge_env.push(("CACHED_TOKEN".to_owned(), token.clone()));
+    }
+    if let Some(path) = &cli.tls_ca {
+        bridge_env.push(("CACHED_TLS_CA".to_owned(), path.display().to_string()));
+    }
+    let work_dir = match cli.work_dir {
+        Some(dir) => dir,
+        None => cachectl::gocacheprog::default_dir()
+            .and_then(|dir| dir.parent().map(|parent| parent.join("agent")))
+            .ok_or("no user cache directory is known here; set --work-dir")?,
+    };
+    let concurrency =
+        cli.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let config = AgentConfig {
+        server: cli.server,
+        connect,
+        agent_id: cli.name.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
+        concurrency,
+        work_dir,
+        grace: cli.grace,
+        task_timeout: cli.task_timeout,
+        go: cli.go,
+        cc: cli.cc,
+        gocacheprog: format!("{} gocacheprog", exe.display()),
+        bridge_env,
+    };
+    agent::run(config, Arc::new(Processes), signal()).await
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.command.is_none() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_default())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("runner-agent: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
