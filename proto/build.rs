@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "cached/v1/cas.proto",
     "cached/v1/gocache.proto",
     "cached/v1/stats.proto",
+    "cached/v1/builds.proto",
     "cached/v1/jobs.proto",
 ];
 

@@ -25,8 +25,27 @@ pub const CF_GO_ACTIONS: &str = "go_actions";
 pub const CF_COUNTERS: &str = "counters";
 /// Remote execution jobs: job id → `JobStatus` (spec, tasks, leases), see `scheduler::store`.
 pub const CF_JOBS: &str = "jobs";
+/// Whole-build entries: namespace + 0x00 + build key → outputs and build duration.
+pub const CF_BUILD_ENTRIES: &str = "build_entries";
+/// Build manifests by target: namespace, module, package, GOOS/GOARCH (each + 0x00), time in
+/// ms (i64 BE) and build key → the build's manifest.
+pub const CF_BUILD_INDEX: &str = "build_index";
+/// Build events (lookups, misses with their causes, records): namespace + 0x00 + time in ms
+/// (i64 BE) + sequence (u64 BE) → event.
+pub const CF_BUILD_EVENTS: &str = "build_events";
 
-const ALL_CFS: &[&str] = &[CF_BLOBS, CF_CHUNKS, CF_LRU, CF_PENDING, CF_GO_ACTIONS, CF_COUNTERS, CF_JOBS];
+const ALL_CFS: &[&str] = &[
+    CF_BLOBS,
+    CF_CHUNKS,
+    CF_LRU,
+    CF_PENDING,
+    CF_GO_ACTIONS,
+    CF_COUNTERS,
+    CF_JOBS,
+    CF_BUILD_ENTRIES,
+    CF_BUILD_INDEX,
+    CF_BUILD_EVENTS,
+];
 
 /// Small enough that memtables and cache stay well inside the memory budget of a streaming
 /// upload; frames bypass the block cache entirely because they live in blob files.

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod builds;
 pub mod cas;
 pub mod config;
 pub mod db;
@@ -26,6 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::v1::builds_server::BuildsServer;
 use proto::v1::cas_server::CasServer;
 use proto::v1::go_cache_server::GoCacheServer;
 use proto::v1::jobs_server::JobsServer;
@@ -74,6 +76,10 @@ pub async fn run(
     let limits = config.limits.clone();
     let cas = Arc::new(cas::Cas::new(Arc::clone(&store), limits.clone()));
     let go_cache = gocache::GoCache::new(Arc::clone(&db), Arc::clone(&store), Arc::clone(&stats));
+    let builds = {
+        let (db, store, counters) = (Arc::clone(&db), Arc::clone(&store), Arc::clone(&stats.builds));
+        tokio::task::spawn_blocking(move || builds::Builds::new(db, store, counters)).await??
+    };
     let metrics = metrics::Metrics::new(Arc::clone(&stats), rocks.clone(), store_counters);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -115,6 +121,11 @@ pub async fn run(
         )
         .add_service(
             GoCacheServer::new(service::GoCacheService::new(go_cache, Arc::clone(&stats), limits))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            BuildsServer::new(service::BuildsService::new(builds, Arc::clone(&stats)))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )

@@ -236,6 +236,7 @@ impl Collector for StatsCollector {
             "Go entries removed because their blob was evicted",
             load(&self.stats.go_entries_dropped),
         )?;
+        encode_builds(&mut encoder, &self.stats.builds)?;
 
         let totals = self.store.totals();
         gauge(&mut encoder, "stored_blobs", "blobs in the store", totals.blobs)?;
@@ -244,6 +245,71 @@ impl Collector for StatsCollector {
         gauge(&mut encoder, "max_bytes", "the byte budget (max_size)", self.store.budget().max_bytes)?;
         gauge(&mut encoder, "uptime_seconds", "seconds since start", self.stats.uptime_seconds())
     }
+}
+
+/// Whole-build counters since start-up: lookups by result, misses by cause, records, bytes and
+/// the build time hits saved, per namespace.
+fn encode_builds(encoder: &mut DescriptorEncoder, builds: &crate::builds::BuildCounters) -> std::fmt::Result {
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let namespaces = builds.namespaces();
+    let mut lookups = encoder.encode_descriptor(
+        "build_lookups",
+        "whole-build lookups (cachectl go build) by namespace and result",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for (namespace, counters) in &namespaces {
+        for (result, value) in [("hit", load(&counters.hits)), ("miss", load(&counters.misses))] {
+            let labels = [("namespace", namespace.as_str()), ("result", result)];
+            ConstCounter::new(value).encode(lookups.encode_family(&labels)?)?;
+        }
+    }
+    let causes = builds.causes();
+    let mut family = encoder.encode_descriptor(
+        "build_miss_causes",
+        "whole-build misses by cause category (a miss can have several)",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for (namespace, cause, value) in &causes {
+        let labels = [("namespace", namespace.as_str()), ("cause", cause.as_str())];
+        ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+    }
+    let field = |f: fn(&crate::builds::BuildNamespaceCounters) -> &AtomicU64| {
+        namespaces.iter().map(move |(name, counters)| (name.as_str(), load(f(counters))))
+    };
+    labelled(encoder, "build_records", "successful builds recorded", "namespace", field(|c| &c.records))?;
+    labelled(
+        encoder,
+        "build_bytes_served",
+        "uncompressed output bytes of whole-build hits",
+        "namespace",
+        field(|c| &c.bytes_served),
+    )?;
+    labelled(
+        encoder,
+        "build_bytes_stored",
+        "uncompressed output bytes of recorded builds",
+        "namespace",
+        field(|c| &c.bytes_stored),
+    )?;
+    let mut saved = encoder.encode_descriptor(
+        "build_time_saved_seconds",
+        "recorded build durations of the builds that hit",
+        None,
+        ConstCounter::new(0f64).metric_type(),
+    )?;
+    for (namespace, counters) in &namespaces {
+        let labels = [("namespace", namespace.as_str())];
+        ConstCounter::new(load(&counters.time_saved_ms) as f64 / 1000.0)
+            .encode(saved.encode_family(&labels)?)?;
+    }
+    counter(
+        encoder,
+        "build_entries_dropped",
+        "build entries removed because an output blob was evicted",
+        load(&builds.entries_dropped),
+    )
 }
 
 /// Tower layer that records every gRPC call's method, status and duration.

@@ -56,6 +56,8 @@ pub struct Stats {
     namespaces: DashMap<String, Arc<NamespaceCounters>>,
     /// Go action entries dropped because their blob had been evicted.
     pub go_entries_dropped: AtomicU64,
+    /// Whole-build lookups, misses by cause and records, for `/metrics`.
+    pub builds: Arc<crate::builds::BuildCounters>,
 }
 
 impl Default for Stats {
@@ -65,6 +67,7 @@ impl Default for Stats {
             apis: DashMap::new(),
             namespaces: DashMap::new(),
             go_entries_dropped: AtomicU64::new(0),
+            builds: Arc::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use cached::auth::{NamespacePattern, Scope, Scopes, SecretHash, TokenSpec};
 use common::{Server, data, header};
 use futures::StreamExt;
 use proto::Digest;
+use proto::v1::builds_client::BuildsClient;
 use proto::v1::cas_client::CasClient;
 use proto::v1::go_cache_client::GoCacheClient;
 use proto::v1::jobs_client::JobsClient;
@@ -64,6 +65,7 @@ struct Clients {
     cas: CasClient<Channel>,
     go: GoCacheClient<Channel>,
     stats: StatsClient<Channel>,
+    builds: BuildsClient<Channel>,
     jobs: JobsClient<Channel>,
     workers: WorkersClient<Channel>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
@@ -76,6 +78,7 @@ async fn clients(server: &Server) -> Clients {
         cas: CasClient::new(channel.clone()),
         go: GoCacheClient::new(channel.clone()),
         stats: StatsClient::new(channel.clone()),
+        builds: BuildsClient::new(channel.clone()),
         jobs: JobsClient::new(channel.clone()),
         workers: WorkersClient::new(channel.clone()),
         health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
@@ -100,6 +103,26 @@ fn job_spec(ns: &str, source: Digest) -> v1::JobSpec {
     }
 }
 
+/// A build target, key and manifest that the server accepts.
+fn build_inputs() -> (Option<v1::BuildTarget>, bytes::Bytes, Option<v1::BuildManifest>) {
+    let manifest = v1::BuildManifest {
+        version: 1,
+        components: vec![v1::ManifestComponent {
+            name: "env.GOOS".into(),
+            hash: blake3::hash(b"linux").as_bytes().to_vec().into(),
+            display: "linux".into(),
+        }],
+    };
+    let key = cached::builds::manifest::key(&manifest).to_vec().into();
+    let target = v1::BuildTarget {
+        module: "example.com/m".into(),
+        package: "example.com/m/cmd/app".into(),
+        goos: "linux".into(),
+        goarch: "amd64".into(),
+    };
+    (Some(target), key, Some(manifest))
+}
+
 /// A call that got past the auth layer and was then refused for what it asked (an unknown
 /// lease) counts as allowed.
 fn passed_auth(result: Result<(), Status>) -> Result<(), Status> {
@@ -121,6 +144,10 @@ const RPCS: &[(&str, Option<Scope>, bool)] = &[
     ("GoCache.Put", Some(Scope::AcWrite), true),
     ("Stats.Get", Some(Scope::Read), false),
     ("Stats.Report", Some(Scope::Read), true),
+    ("Builds.Lookup", Some(Scope::Read), true),
+    ("Builds.Record", Some(Scope::AcWrite), true),
+    ("Builds.Explain", Some(Scope::Read), true),
+    ("Builds.Stats", Some(Scope::Read), true),
     ("Jobs.Submit", Some(Scope::Submit), true),
     ("Jobs.Watch", Some(Scope::Read), true),
     ("Jobs.Cancel", Some(Scope::Submit), true),
@@ -140,7 +167,7 @@ async fn call(
     fixture: &Fixture,
 ) -> Result<(), Status> {
     let digest = fixture.digest;
-    let Clients { mut cas, mut go, mut stats, mut jobs, mut workers, mut health, mut reflection } =
+    let Clients { mut cas, mut go, mut stats, mut builds, mut jobs, mut workers, mut health, mut reflection } =
         clients.clone();
     let job_in = |ns: &str| fixture.jobs.iter().find(|(n, _)| *n == ns).map(|(_, id)| id.clone()).unwrap();
     match rpc {
@@ -204,6 +231,32 @@ async fn call(
         "Stats.Report" => {
             let session = v1::ClientSession { namespace: ns.to_owned(), gets: 1, ..Default::default() };
             stats.report(request(v1::ReportRequest { session: Some(session) }, secret)).await?;
+        }
+        "Builds.Lookup" => {
+            let (target, key, manifest) = build_inputs();
+            let lookup = v1::BuildLookupRequest { namespace: ns.to_owned(), target, key, manifest };
+            builds.lookup(request(lookup, secret)).await?;
+        }
+        "Builds.Record" => {
+            let (target, key, manifest) = build_inputs();
+            let output = v1::BuildOutput { path: "app".into(), digest: Some(digest.to_wire()), mode: 0o755 };
+            let record = v1::BuildRecordRequest {
+                namespace: ns.to_owned(),
+                target,
+                key,
+                manifest,
+                outputs: vec![output],
+                build_duration_ms: 1,
+            };
+            builds.record(request(record, secret)).await?;
+        }
+        "Builds.Explain" => {
+            let explain = v1::BuildExplainRequest { namespace: ns.to_owned(), query: "cmd/app".into() };
+            builds.explain(request(explain, secret)).await?;
+        }
+        "Builds.Stats" => {
+            let stats = v1::BuildStatsRequest { namespace: ns.to_owned(), since_seconds: 60, top: 3 };
+            builds.stats(request(stats, secret)).await?;
         }
         "Jobs.Submit" => {
             jobs.submit(request(v1::SubmitRequest { spec: Some(job_spec(ns, digest)) }, secret)).await?;

@@ -1,11 +1,13 @@
 //! Thin tonic handlers: decode the request, call the domain module, encode the answer. Errors
 //! become statuses in `crate::error`, nowhere else.
 
+mod builds;
 mod cas;
 mod gocache;
 mod jobs;
 mod stats;
 
+pub use builds::BuildsService;
 pub use cas::CasService;
 pub use gocache::GoCacheService;
 pub use jobs::{JobsService, WorkersService};
