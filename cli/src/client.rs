@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use proto::v1::builds_client::BuildsClient;
 use proto::v1::cas_client::CasClient;
 use proto::v1::go_cache_client::GoCacheClient;
 use proto::v1::stats_client::StatsClient;
@@ -163,6 +164,8 @@ pub struct Client {
     pub cas: CasClient<Transport>,
     pub go: GoCacheClient<Transport>,
     pub stats: StatsClient<Transport>,
+    /// The whole-build cache (`cachectl go build`).
+    pub builds: BuildsClient<Transport>,
 }
 
 impl Client {
@@ -195,7 +198,10 @@ impl Client {
             go: GoCacheClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-            stats: StatsClient::new(transport),
+            stats: StatsClient::new(transport.clone()),
+            builds: BuildsClient::new(transport)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
         })
     }
 }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod commands;
 pub mod error;
+pub mod gobuild;
 pub mod gocacheprog;
 pub mod oci;
 pub mod render;

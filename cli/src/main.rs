@@ -94,11 +94,52 @@ enum Command {
         #[command(subcommand)]
         command: commands::jobs::Command,
     },
-    /// Server statistics: store size, requests, hits and misses per API and namespace.
+    /// Server statistics: store size, requests, hits and misses per API and namespace, and
+    /// whole builds (hit rate, time saved, top miss causes and missed targets).
     Stats {
         /// Print the stable JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        /// Window of the whole-build numbers (`24h`, `7d`, `90m`).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+    },
+    /// The go command behind the cache: `cachectl go build [flags] [packages]` skips unchanged
+    /// builds and says why a build missed; `cachectl go test ...` runs with the cache bridge.
+    Go {
+        /// Namespace of the build and Go action entries.
+        #[arg(long, env = "CACHED_NAMESPACE", default_value = "")]
+        namespace: String,
+        #[command(subcommand)]
+        command: GoCommand,
+    },
+    /// Why the latest build of a target (an import path such as `cmd/app`, optionally
+    /// followed by `linux/amd64`) or of a build key missed: every input that differed.
+    Explain {
+        /// A target or a build key (at least 8 hex digits).
+        #[arg(num_args = 1.., required = true)]
+        query: Vec<String>,
+        #[arg(long, env = "CACHED_NAMESPACE", default_value = "")]
+        namespace: String,
+        /// Print the stable JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GoCommand {
+    /// go build through the whole-build cache; flags and packages as for go build.
+    #[command(disable_help_flag = true)]
+    Build {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// go test with GOCACHEPROG set to the cache bridge; flags and packages as for go test.
+    #[command(disable_help_flag = true)]
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -131,9 +172,28 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Image(args) => commands::image::run(&cli.server, *args).await,
         Command::Submit(args) => commands::submit::run(&cli.server, &connect, *args).await,
         Command::Jobs { command } => commands::jobs::run(&cli.server, &connect, command).await,
-        Command::Stats { json } => {
+        Command::Stats { json, since } => {
             let client = Client::connect_with(&cli.server, &connect).await?;
-            commands::stats::run(&client, json).await
+            commands::stats::run(&client, json, since).await
+        }
+        Command::Go { namespace, command } => {
+            let code = match command {
+                GoCommand::Build { args } => {
+                    commands::gobuild::build(&cli.server, &connect, namespace, args).await?
+                }
+                GoCommand::Test { args } => {
+                    commands::gobuild::test(&cli.server, &connect, namespace, args).await?
+                }
+            };
+            if code != 0 {
+                // go's own exit code passes through (it has said what failed).
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+        Command::Explain { query, namespace, json } => {
+            let client = Client::connect_with(&cli.server, &connect).await?;
+            commands::explain::run(&client, namespace, query.join(" "), json).await
         }
     }
 }

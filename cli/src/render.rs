@@ -14,6 +14,53 @@ pub struct StatsReport {
     pub store: StoreReport,
     pub apis: Vec<ApiReport>,
     pub namespaces: Vec<NamespaceReport>,
+    /// Whole builds (`cachectl go build`) over the `--since` window; null when the server has
+    /// no Builds service.
+    pub builds: Option<BuildsReport>,
+}
+
+/// Whole-build numbers over a window, per namespace.
+#[derive(Debug, Serialize)]
+pub struct BuildsReport {
+    pub since_seconds: u64,
+    pub namespaces: Vec<BuildNamespaceReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildNamespaceReport {
+    pub namespace: String,
+    pub lookups: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// hits / lookups; null without lookups.
+    pub hit_rate: Option<f64>,
+    /// Successful builds recorded.
+    pub records: u64,
+    /// Uncompressed output bytes restored by hits and uploaded by recorded builds.
+    pub bytes_served: u64,
+    pub bytes_stored: u64,
+    /// The recorded durations of the builds that hit.
+    pub time_saved_seconds: f64,
+    /// The Go action hit rate of this namespace since cached started (what go commands saw
+    /// through the bridge, else what cached answered); null without lookups.
+    pub go_action_hit_rate: Option<f64>,
+    pub top_miss_causes: Vec<CauseReport>,
+    pub top_missed_targets: Vec<TargetReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CauseReport {
+    pub cause: String,
+    pub misses: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetReport {
+    pub module: String,
+    pub package: String,
+    pub goos: String,
+    pub goarch: String,
+    pub misses: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,7 +163,52 @@ impl StatsReport {
                     client_misses: ns.client_misses,
                 })
                 .collect(),
+            builds: None,
         }
+    }
+
+    /// Adds the whole-build section (`Builds.Stats`).
+    pub fn with_builds(mut self, builds: v1::BuildStatsResponse) -> Self {
+        let namespaces = builds
+            .namespaces
+            .into_iter()
+            .map(|ns| {
+                let go = self.namespaces.iter().find(|n| n.namespace == ns.namespace);
+                BuildNamespaceReport {
+                    hit_rate: ratio(ns.hits, ns.lookups),
+                    lookups: ns.lookups,
+                    hits: ns.hits,
+                    misses: ns.misses,
+                    records: ns.records,
+                    bytes_served: ns.bytes_served,
+                    bytes_stored: ns.bytes_stored,
+                    time_saved_seconds: ns.time_saved_ms as f64 / 1000.0,
+                    go_action_hit_rate: go.and_then(|go| go.client_hit_rate.or(go.hit_rate)),
+                    top_miss_causes: ns
+                        .top_miss_causes
+                        .into_iter()
+                        .map(|c| CauseReport { cause: c.cause, misses: c.count })
+                        .collect(),
+                    top_missed_targets: ns
+                        .top_missed_targets
+                        .into_iter()
+                        .map(|t| {
+                            let target = t.target.unwrap_or_default();
+                            TargetReport {
+                                module: target.module,
+                                package: target.package,
+                                goos: target.goos,
+                                goarch: target.goarch,
+                                misses: t.count,
+                            }
+                        })
+                        .collect(),
+                    namespace: ns.namespace,
+                }
+            })
+            .collect();
+        self.builds = Some(BuildsReport { since_seconds: builds.since_seconds, namespaces });
+        self
     }
 
     pub fn to_json(&self) -> String {
@@ -196,7 +288,82 @@ impl StatsReport {
                  saw through cachectl gocacheprog, local-tier hits included)"
             );
         }
+        if let Some(builds) = &self.builds {
+            builds.write_table(&mut out);
+        }
         out
+    }
+}
+
+impl BuildsReport {
+    fn write_table(&self, out: &mut String) {
+        let window = window(self.since_seconds);
+        let _ = writeln!(out);
+        if self.namespaces.is_empty() {
+            let _ = writeln!(out, "whole builds (cachectl go build), last {window}: none");
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "{:<24} {:>8} {:>6} {:>7} {:>8} {:>10} {:>10} {:>11} {:>9}",
+            format!("builds, last {window}"),
+            "lookups",
+            "hits",
+            "misses",
+            "hit rate",
+            "served",
+            "stored",
+            "time saved",
+            "Go hits"
+        );
+        for ns in &self.namespaces {
+            let _ = writeln!(
+                out,
+                "{:<24} {:>8} {:>6} {:>7} {:>8} {:>10} {:>10} {:>11} {:>9}",
+                ns.namespace,
+                ns.lookups,
+                ns.hits,
+                ns.misses,
+                percent(ns.hit_rate),
+                bytes(ns.bytes_served),
+                bytes(ns.bytes_stored),
+                seconds(ns.time_saved_seconds),
+                percent(ns.go_action_hit_rate)
+            );
+            if !ns.top_miss_causes.is_empty() {
+                let causes: Vec<String> =
+                    ns.top_miss_causes.iter().map(|c| format!("{} ({})", c.cause, c.misses)).collect();
+                let _ = writeln!(out, "  top miss causes:    {}", causes.join(", "));
+            }
+            if !ns.top_missed_targets.is_empty() {
+                let targets: Vec<String> = ns
+                    .top_missed_targets
+                    .iter()
+                    .map(|t| format!("{} {}/{} ({})", t.package, t.goos, t.goarch, t.misses))
+                    .collect();
+                let _ = writeln!(out, "  top missed targets: {}", targets.join(", "));
+            }
+        }
+    }
+}
+
+/// A `--since` window as it was probably typed: `24h`, `7d`, `90m`.
+fn window(seconds: u64) -> String {
+    match seconds {
+        0 => "all kept".to_owned(),
+        s if s % 3600 == 0 && s <= 72 * 3600 => format!("{}h", s / 3600),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `83.2` → `1m 23.2s`.
+fn seconds(value: f64) -> String {
+    if value < 60.0 {
+        format!("{value:.1}s")
+    } else {
+        format!("{}m {:.0}s", (value / 60.0).floor(), value % 60.0)
     }
 }
 
@@ -250,5 +417,53 @@ mod tests {
         assert!(report.to_table().contains("75.0%"));
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["apis"][0]["hits"], 3);
+        assert!(json["builds"].is_null());
+    }
+
+    #[test]
+    fn builds_section_reports_rates_causes_and_targets() {
+        let response = v1::StatsResponse {
+            namespaces: vec![v1::NamespaceStats {
+                namespace: "ci".into(),
+                client_gets: 10,
+                client_local_hits: 6,
+                client_remote_hits: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let builds = v1::BuildStatsResponse {
+            since_seconds: 86_400,
+            namespaces: vec![v1::BuildNamespaceStats {
+                namespace: "ci".into(),
+                lookups: 4,
+                hits: 1,
+                misses: 3,
+                time_saved_ms: 2500,
+                top_miss_causes: vec![v1::CauseCount { cause: "GOOS".into(), count: 2 }],
+                top_missed_targets: vec![v1::TargetCount {
+                    target: Some(v1::BuildTarget {
+                        module: "m".into(),
+                        package: "m/cmd/app".into(),
+                        goos: "linux".into(),
+                        goarch: "amd64".into(),
+                    }),
+                    count: 3,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let report = StatsReport::new("http://x", response).with_builds(builds);
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let ns = &json["builds"]["namespaces"][0];
+        assert_eq!(ns["hit_rate"], 0.25);
+        assert_eq!(ns["go_action_hit_rate"], 0.8);
+        assert_eq!(ns["time_saved_seconds"], 2.5);
+        assert_eq!(ns["top_miss_causes"][0]["cause"], "GOOS");
+        assert_eq!(ns["top_missed_targets"][0]["misses"], 3);
+        let table = report.to_table();
+        assert!(table.contains("builds, last 24h"), "{table}");
+        assert!(table.contains("GOOS (2)") && table.contains("m/cmd/app linux/amd64 (3)"), "{table}");
     }
 }

@@ -1,6 +1,8 @@
 //! One file per subcommand.
 
+pub mod explain;
 pub mod get;
+pub mod gobuild;
 pub mod gocacheprog;
 pub mod has;
 pub mod image;

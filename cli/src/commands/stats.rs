@@ -1,10 +1,23 @@
+use std::time::Duration;
+
 use crate::client::Client;
 use crate::error::Result;
 use crate::render::StatsReport;
 
-pub async fn run(client: &Client, json: bool) -> Result<()> {
+/// Top miss causes and missed targets shown per namespace.
+const TOP: u32 = 5;
+
+pub async fn run(client: &Client, json: bool, since: Duration) -> Result<()> {
     let response = client.stats.clone().get(proto::v1::StatsRequest {}).await?.into_inner();
-    let report = StatsReport::new(&client.server, response);
+    let mut report = StatsReport::new(&client.server, response);
+    let request =
+        proto::v1::BuildStatsRequest { namespace: String::new(), since_seconds: since.as_secs(), top: TOP };
+    match client.builds.clone().stats(request).await {
+        Ok(builds) => report = report.with_builds(builds.into_inner()),
+        // A server from before the whole-build cache: its section stays null.
+        Err(status) if status.code() == tonic::Code::Unimplemented => {}
+        Err(status) => return Err(status.into()),
+    }
     if json {
         println!("{}", report.to_json());
     } else {

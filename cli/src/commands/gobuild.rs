@@ -1,0 +1,75 @@
+//! `cachectl go build` and `cachectl go test`: the go command behind the cache.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::client::{Client, ConnectOptions};
+use crate::error::{CliError, Result};
+use crate::gobuild::exec::{Exec, Invocation, RealExec, Sink};
+use crate::gobuild::{self, BuildOptions, BuildRequest};
+
+/// Connects, or says once that the server is unreachable and goes on without it.
+async fn connect(server: &str, connect: &ConnectOptions) -> Result<Option<Client>> {
+    match Client::connect_with(server, connect).await {
+        Ok(client) => Ok(Some(client)),
+        Err(CliError::Unreachable { reason, .. }) => {
+            eprintln!(
+                "cachectl: warning: cached at {server} is unreachable ({reason}); running go without the cache"
+            );
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn log_line(line: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "{line}");
+}
+
+/// Runs go build through the whole-build cache; returns go's exit code.
+pub async fn build(
+    server: &str,
+    options: &ConnectOptions,
+    namespace: String,
+    args: Vec<String>,
+) -> Result<i32> {
+    let dir = std::env::current_dir().map_err(CliError::file("."))?;
+    let (go_flags, packages) = match gobuild::flags::parse_command_line(&args) {
+        Ok(line) => {
+            let split = args.len() - line.packages.len();
+            (args[..split].to_vec(), args[split..].to_vec())
+        }
+        // The library says why it does not cache, and runs go with the arguments as they are.
+        Err(_) => (args, Vec::new()),
+    };
+    let request =
+        BuildRequest { module_dir: dir, packages, output: None, go_flags, env: Vec::new(), namespace };
+    let client = connect(server, options).await?;
+    let build_options = BuildOptions { inherit_stdio: true, ..BuildOptions::default() };
+    let outcome = gobuild::build_with(client.as_ref(), &request, &build_options, &mut log_line).await?;
+    Ok(outcome.exit_code)
+}
+
+/// Runs go test with the GOCACHEPROG bridge pointed at the server; returns go's exit code.
+pub async fn test(
+    server: &str,
+    options: &ConnectOptions,
+    namespace: String,
+    args: Vec<String>,
+) -> Result<i32> {
+    let dir = std::env::current_dir().map_err(CliError::file("."))?;
+    let client = connect(server, options).await?;
+    let mut invocation = Invocation { program: PathBuf::from("go"), dir, ..Invocation::default() };
+    invocation.args.push("test".to_owned());
+    invocation.args.extend(args);
+    if let Some(client) = &client {
+        let (env, remove) = gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog());
+        invocation.env = env;
+        invocation.env_remove = remove;
+    }
+    RealExec
+        .stream(&invocation, Sink::Inherit)
+        .await
+        .map_err(|err| CliError::Usage(format!("cannot run go: {err}")))
+}
