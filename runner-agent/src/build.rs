@@ -18,6 +18,10 @@ use tokio::sync::{mpsc, watch};
 use crate::TaskError;
 use crate::exec::{Exit, ProcessRunner, ProcessSpec};
 
+/// Whether builds go through the whole-build cache (`cachectl::gobuild`), so an unchanged
+/// target is a hit without the go command; false while this file runs go build itself.
+pub const WHOLE_BUILD_CACHE: bool = false;
+
 /// What to build, in the shape of `cachectl::gobuild::BuildRequest`.
 #[derive(Debug, Clone)]
 pub struct BuildInput {

@@ -28,9 +28,43 @@ pub enum Command {
         all: bool,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// One JSON document: [{job_id, state, submitter, tasks: [{target, state, attempt, agent,
+        /// hit, error, outputs}]}].
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a job: its queued tasks are dropped and running builds killed.
     Cancel { job_id: String },
+}
+
+fn task_state_name(state: i32) -> String {
+    TaskState::try_from(state).map_or("?".to_owned(), |s| format!("{s:?}").to_lowercase())
+}
+
+fn job_json(job: &v1::JobStatus) -> serde_json::Value {
+    let tasks: Vec<serde_json::Value> = job
+        .tasks
+        .iter()
+        .map(|task| {
+            let result = task.result.clone().unwrap_or_default();
+            serde_json::json!({
+                "target": label(&task.target.clone().unwrap_or_default()),
+                "state": task_state_name(task.state),
+                "attempt": task.attempt,
+                "agent": task.agent,
+                "hit": result.hit,
+                "error": task.error,
+                "outputs": result.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "job_id": job.job_id,
+        "state": state_name(job.state),
+        "submitter": job.submitter,
+        "submitted_unix_ms": job.submitted_unix_ms,
+        "tasks": tasks,
+    })
 }
 
 fn state_name(state: i32) -> String {
@@ -44,8 +78,12 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
             let output = (!no_download).then_some(output);
             super::submit::follow(server, connect, remote, &job_id, output.as_deref(), Instant::now()).await
         }
-        Command::List { all, limit } => {
+        Command::List { all, limit, json } => {
             let jobs = remote.jobs.list(v1::ListRequest { limit, all }).await?.into_inner().jobs;
+            if json {
+                println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect()));
+                return Ok(());
+            }
             println!("{:<22}  {:<10}  {:<6}  {:<8}  TARGETS", "JOB", "STATE", "DONE", "AGE");
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

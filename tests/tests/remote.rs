@@ -1,0 +1,543 @@
+//! Remote execution end to end: a real `cached`, real `runner-agent` processes and the real go
+//! command, on loopback. The module under test has a dependency served from a file:// module
+//! proxy made here, so the module files travel with the job and agents build offline.
+//!
+//! The tests run one at a time (they share two warm agent work directories, so only the first
+//! pays for compiling the standard library) and use short leases (heartbeat 200ms, lease 2s).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use cached_e2e::{Finished, binary, free_port, go, run};
+
+const LEASE: &[&str] = &["--heartbeat-interval", "200ms", "--lease-timeout", "2s"];
+const MATRIX: &str = "linux/amd64,linux/arm64,darwin/arm64,windows/amd64";
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Work directories of the two long-lived agents, kept warm across tests.
+fn warm_dir(index: usize) -> PathBuf {
+    static DIRS: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIRS.get_or_init(|| tempfile::tempdir().unwrap()).path().join(format!("agent{index}"))
+}
+
+/// cached on a fixed port and data directory, so it can be killed and started again.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Self {
+        let mut server = Self { child: None, port: free_port(), data: tempfile::tempdir().unwrap() };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("cached.log"))
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", self.port);
+        let child = Command::new(binary("cached"))
+            .args(["--listen", &addr, "--metrics-listen", "off", "--log-level", "info"])
+            .args(LEASE)
+            .arg("--data-dir")
+            .arg(self.data.path().join("db"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start cached");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "cached did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("cached.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Agent {
+    child: Option<Child>,
+    work: PathBuf,
+}
+
+impl Agent {
+    fn start(server: &Server, name: &str, work: &Path, concurrency: u32) -> Self {
+        std::fs::create_dir_all(work).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(work.join("agent.log")).unwrap();
+        let child = Command::new(binary("runner-agent"))
+            .args(["--server", &server.url(), "--name", name, "--grace", "2s"])
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .arg("--work-dir")
+            .arg(work)
+            .env_remove("CACHED_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start runner-agent");
+        Self { child: Some(child), work: work.to_owned() }
+    }
+
+    fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.work.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM: the agent kills its builds' process groups on the way out.
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The module under test and the client's sealed go environment.
+struct Module {
+    root: tempfile::TempDir,
+}
+
+const GREETING_GO: &str =
+    "package greeting\n\nfunc Hello(name string) string { return \"hello, \" + name }\n";
+
+const GEN_ZIP: &str = r#"package main
+
+import (
+	"archive/zip"
+	"os"
+)
+
+// gen <zip> <prefix> <name> <file>: a module zip holding one file.
+func main() {
+	out, err := os.Create(os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	w := zip.NewWriter(out)
+	for i := 2; i+2 < len(os.Args)+1; i += 3 {
+		body, err := os.ReadFile(os.Args[i+2])
+		if err != nil {
+			panic(err)
+		}
+		f, err := w.Create(os.Args[i] + "/" + os.Args[i+1])
+		if err != nil {
+			panic(err)
+		}
+		f.Write(body)
+	}
+	if err := w.Close(); err != nil {
+		panic(err)
+	}
+	out.Close()
+}
+"#;
+
+impl Module {
+    /// `example.com/app` with ./cmd/app (pure Go, imports example.com/greeting v1.0.0 from a
+    /// file:// proxy) and ./cmd/cgoapp (cgo).
+    fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let module = Self { root };
+        let r = module.root.path();
+        // A module proxy holding example.com/greeting v1.0.0.
+        let proxy = r.join("proxy/example.com/greeting/@v");
+        std::fs::create_dir_all(&proxy).unwrap();
+        std::fs::write(proxy.join("v1.0.0.mod"), "module example.com/greeting\n\ngo 1.21\n").unwrap();
+        std::fs::write(
+            proxy.join("v1.0.0.info"),
+            "{\"Version\":\"v1.0.0\",\"Time\":\"2024-01-01T00:00:00Z\"}\n",
+        )
+        .unwrap();
+        std::fs::write(proxy.join("list"), "v1.0.0\n").unwrap();
+        let generator = r.join("gen");
+        std::fs::create_dir_all(&generator).unwrap();
+        std::fs::write(generator.join("main.go"), GEN_ZIP).unwrap();
+        std::fs::write(generator.join("go.mod"), "module gen\n\ngo 1.21\n").unwrap();
+        std::fs::write(generator.join("greeting.go.txt"), GREETING_GO).unwrap();
+        std::fs::write(generator.join("go.mod.txt"), "module example.com/greeting\n\ngo 1.21\n").unwrap();
+        let prefix = "example.com/greeting@v1.0.0";
+        let mut zip = module.go(&generator, &["run", "."]);
+        zip.arg(proxy.join("v1.0.0.zip")).args([
+            prefix,
+            "greeting.go",
+            "greeting.go.txt",
+            prefix,
+            "go.mod",
+            "go.mod.txt",
+        ]);
+        run(zip).success("making the module zip");
+
+        let app = module.dir();
+        std::fs::create_dir_all(app.join("cmd/app")).unwrap();
+        std::fs::create_dir_all(app.join("cmd/cgoapp")).unwrap();
+        std::fs::write(
+            app.join("go.mod"),
+            "module example.com/app\n\ngo 1.21\n\nrequire example.com/greeting v1.0.0\n",
+        )
+        .unwrap();
+        std::fs::write(
+            app.join("cmd/app/main.go"),
+            "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/greeting\"\n)\n\nfunc main() { fmt.Println(greeting.Hello(\"matrix\")) }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            app.join("cmd/cgoapp/main.go"),
+            "package main\n\n// int twice(int x) { return 2 * x; }\nimport \"C\"\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(C.twice(21)) }\n",
+        )
+        .unwrap();
+        std::fs::write(app.join(".gitignore"), "dist/\n").unwrap();
+        run(module.go(&app, &["mod", "tidy"])).success("go mod tidy");
+        assert!(
+            std::fs::read_to_string(app.join("go.sum")).unwrap().contains("example.com/greeting v1.0.0 h1:")
+        );
+        module
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.path().join("app")
+    }
+
+    /// The client's go environment: its own module cache, the file:// proxy, no network.
+    fn env(&self, command: &mut Command) {
+        let r = self.root.path();
+        command
+            .env("HOME", r.join("home"))
+            .env("GOMODCACHE", r.join("gomodcache"))
+            .env("GOCACHE", r.join("gocache"))
+            .env("GOPATH", r.join("gopath"))
+            .env("GOPROXY", format!("file://{}", r.join("proxy").display()))
+            .env("GOSUMDB", "off")
+            .env("GOFLAGS", "-modcacherw")
+            .env("GOENV", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOWORK", "off")
+            .env("GOTELEMETRY", "off")
+            .env("CGO_ENABLED", "0");
+    }
+
+    fn go(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(go());
+        command.args(args).current_dir(dir);
+        self.env(&mut command);
+        command
+    }
+
+    fn cachectl(&self, server: &Server, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("cachectl"));
+        command.arg("--server").arg(server.url()).args(args).current_dir(self.dir());
+        self.env(&mut command);
+        command
+    }
+
+    fn submit(&self, server: &Server, extra: &[&str]) -> Finished {
+        let mut args = vec!["submit", "--targets", MATRIX];
+        args.extend_from_slice(extra);
+        run(self.cachectl(server, &args))
+    }
+
+    fn jobs(&self, server: &Server) -> serde_json::Value {
+        let listed = run(self.cachectl(server, &["jobs", "list", "--all", "--json"])).success("jobs list");
+        serde_json::from_str(&listed.stdout).expect("jobs JSON")
+    }
+
+    /// Waits until task 0 of `job` is leased (by `agent`, if given) and started.
+    fn wait_leased(&self, server: &Server, job: &str, agent: Option<&str>) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let jobs = self.jobs(server);
+            let task =
+                jobs.as_array().unwrap().iter().find(|j| j["job_id"] == job).map(|j| j["tasks"][0].clone());
+            if let Some(task) = task
+                .filter(|task| task["state"] == "leased" && agent.is_none_or(|agent| task["agent"] == agent))
+            {
+                return task;
+            }
+            assert!(Instant::now() < deadline, "task of {job} never leased: {jobs}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// ELF e_machine, Mach-O cputype or PE machine of a binary, as a name.
+fn machine(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    if bytes.starts_with(b"\x7fELF") {
+        return match u16_at(18) {
+            0x3e => "elf/x86-64".into(),
+            0xb7 => "elf/aarch64".into(),
+            other => format!("elf/{other:#x}"),
+        };
+    }
+    if bytes.starts_with(&[0xcf, 0xfa, 0xed, 0xfe]) {
+        return match u32_at(4) {
+            0x0100_000c => "macho/arm64".into(),
+            0x0100_0007 => "macho/x86-64".into(),
+            other => format!("macho/{other:#x}"),
+        };
+    }
+    if bytes.starts_with(b"MZ") {
+        let pe = u32_at(0x3c) as usize;
+        assert_eq!(&bytes[pe..pe + 4], b"PE\0\0", "{}: no PE header", path.display());
+        return match u16_at(pe + 4) {
+            0x8664 => "pe/amd64".into(),
+            0xaa64 => "pe/arm64".into(),
+            other => format!("pe/{other:#x}"),
+        };
+    }
+    panic!("{}: not an executable format we know", path.display());
+}
+
+#[test]
+fn a_four_target_matrix_builds_right_binaries_and_the_second_submit_is_warm() {
+    let _serial = serial();
+    let server = Server::start();
+    let (a, b) = (
+        Agent::start(&server, "agent-1", &warm_dir(1), 2),
+        Agent::start(&server, "agent-2", &warm_dir(2), 2),
+    );
+    let module = Module::new();
+
+    let cold_started = Instant::now();
+    let cold = module.submit(&server, &["./cmd/app"]);
+    let cold_time = cold_started.elapsed();
+    let cold = cold.success(&format!("cold submit\n{}\n{}", a.log(), b.log()));
+    assert!(cold.stderr.contains("1 modules"), "the dependency travelled with the job: {}", cold.stderr);
+    let dist = module.dir().join("dist");
+    for (dir, name, expected) in [
+        ("linux_amd64", "app", "elf/x86-64"),
+        ("linux_arm64", "app", "elf/aarch64"),
+        ("darwin_arm64", "app", "macho/arm64"),
+        ("windows_amd64", "app.exe", "pe/amd64"),
+    ] {
+        assert_eq!(machine(&dist.join(dir).join(name)), expected, "{dir}/{name}");
+    }
+    let host = dist.join("linux_amd64/app");
+    let said = Command::new(&host).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&said.stdout).trim(), "hello, matrix");
+    assert!(cold.stdout.contains("TARGET") && cold.stdout.contains("agent-"), "{}", cold.stdout);
+    let agents: std::collections::BTreeSet<&str> = cold
+        .stdout
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter(|a| a.starts_with("agent-"))
+        .collect();
+    assert_eq!(agents.len(), 2, "both agents built: {}", cold.stdout);
+
+    // The same source again: nothing recompiles. With the whole-build cache every target is a
+    // hit; through the Go action cache alone the builds still take a fraction of the cold ones.
+    let warm_started = Instant::now();
+    let warm = module.submit(&server, &["./cmd/app"]).success("warm submit");
+    let warm_time = warm_started.elapsed();
+    let rows: Vec<&str> =
+        warm.stdout.lines().filter(|line| line.contains('/') && line.contains("agent-")).collect();
+    assert_eq!(rows.len(), 4, "{}", warm.stdout);
+    let all_hits = rows.iter().all(|row| row.split_whitespace().nth(2) == Some("hit"));
+    assert!(
+        all_hits || warm_time * 3 < cold_time,
+        "warm {warm_time:?} vs cold {cold_time:?}:\n{}",
+        warm.stdout
+    );
+    assert!(warm.stderr.contains("0 new blobs"), "an unchanged tree uploads nothing: {}", warm.stderr);
+}
+
+#[test]
+fn a_cgo_target_builds_with_the_debian_cross_compiler() {
+    let _serial = serial();
+    assert!(
+        cached_e2e_has("aarch64-linux-gnu-gcc"),
+        "aarch64-linux-gnu-gcc is required (apt-get install -y gcc-aarch64-linux-gnu)"
+    );
+    let server = Server::start();
+    let _agent = Agent::start(&server, "agent-1", &warm_dir(1), 2);
+    let module = Module::new();
+    let built = run(module.cachectl(&server, &["submit", "--targets", "linux/arm64+cgo", "./cmd/cgoapp"]))
+        .success("cgo submit");
+    let binary = module.dir().join("dist/linux_arm64/cgoapp");
+    assert_eq!(machine(&binary), "elf/aarch64");
+    let bytes = std::fs::read(&binary).unwrap();
+    assert!(
+        bytes.windows(b"ld-linux-aarch64".len()).any(|w| w == b"ld-linux-aarch64"),
+        "dynamically linked by the cross toolchain"
+    );
+    assert!(built.stdout.contains("linux/arm64+cgo"), "{}", built.stdout);
+}
+
+fn cached_e2e_has(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_killed_agent_task_is_leased_again_and_the_job_succeeds() {
+    let _serial = serial();
+    let server = Server::start();
+    let cold = tempfile::tempdir().unwrap();
+    let mut doomed = Agent::start(&server, "doomed", &cold.path().join("doomed"), 1);
+    let module = Module::new();
+    let submitted =
+        run(module.cachectl(&server, &["submit", "--detach", "--targets", "linux/arm64", "./cmd/app"]))
+            .success("detached submit");
+    let job = submitted.stdout.trim().to_owned();
+    module.wait_leased(&server, &job, Some("doomed"));
+    std::thread::sleep(Duration::from_millis(500));
+    doomed.sigkill();
+
+    let _rescuer = Agent::start(&server, "rescuer", &warm_dir(2), 2);
+    let watched = run(module.cachectl(&server, &["jobs", "watch", &job])).success("watch");
+    assert!(watched.stdout.contains("rescuer"), "{}", watched.stdout);
+    assert_eq!(machine(&module.dir().join("dist/linux_arm64/app")), "elf/aarch64");
+    let jobs = module.jobs(&server);
+    let task = &jobs[0]["tasks"][0];
+    assert_eq!(task["attempt"], 2, "{task}");
+    assert_eq!(task["agent"], "rescuer");
+    assert!(server.log().contains("lease expired"), "{}", server.log());
+}
+
+#[test]
+fn cached_killed_mid_job_restarts_and_the_job_completes() {
+    let _serial = serial();
+    let mut server = Server::start();
+    let cold = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&server, "steady", &cold.path().join("steady"), 2);
+    let module = Module::new();
+    let submitted = run(module
+        .cachectl(&server, &["submit", "--detach", "--targets", "linux/amd64,windows/amd64", "./cmd/app"]))
+    .success("detached submit");
+    let job = submitted.stdout.trim().to_owned();
+    module.wait_leased(&server, &job, Some("steady"));
+    server.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    server.spawn();
+
+    let watched = run(module.cachectl(&server, &["jobs", "watch", &job]))
+        .success(&format!("watch after restart\n{}", agent.log()));
+    assert!(watched.stdout.contains("succeeded"), "{}", watched.stdout);
+    assert_eq!(machine(&module.dir().join("dist/windows_amd64/app.exe")), "pe/amd64");
+    let jobs = module.jobs(&server);
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "the job survived the restart: {jobs}");
+    for task in jobs[0]["tasks"].as_array().unwrap() {
+        assert_eq!(task["state"], "succeeded", "{task}");
+        // Every accepted completion came from the task's current lease: its last attempt.
+        assert!(task["attempt"].as_u64().unwrap() >= 1, "{task}");
+    }
+    // A completion the server refused would be logged as such by the agent and must concern
+    // an attempt that is not the one recorded.
+    for line in agent.log().lines().filter(|line| line.contains("completion refused")) {
+        assert!(line.contains("stale lease"), "{line}");
+    }
+}
+
+#[test]
+fn a_compile_error_is_reported_with_the_compiler_output_and_nothing_is_cached() {
+    let _serial = serial();
+    let server = Server::start();
+    let _agent = Agent::start(&server, "agent-1", &warm_dir(1), 2);
+    let module = Module::new();
+    std::fs::write(
+        module.dir().join("cmd/app/main.go"),
+        "package main\n\nfunc main() { undefinedThing() }\n",
+    )
+    .unwrap();
+    for attempt in ["first", "second"] {
+        let failed = run(module.cachectl(&server, &["submit", "--targets", "linux/amd64", "./cmd/app"]));
+        assert!(!failed.status.success(), "{attempt}: {}", failed.stdout);
+        assert!(
+            failed.stderr.contains("undefined: undefinedThing"),
+            "{attempt}: the compiler's words: {}",
+            failed.stderr
+        );
+        assert!(failed.stdout.contains("FAILED"), "{attempt}: {}", failed.stdout);
+        assert!(!module.dir().join("dist/linux_amd64/app").exists());
+    }
+    let jobs = module.jobs(&server);
+    for job in jobs.as_array().unwrap() {
+        assert_eq!(job["tasks"][0]["attempt"], 1, "a build error is not retried: {job}");
+        assert_eq!(job["tasks"][0]["hit"], false, "a failed build is never a hit: {job}");
+    }
+}
+
+#[test]
+fn cancel_stops_the_running_builds() {
+    let _serial = serial();
+    let server = Server::start();
+    let cold = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&server, "busy", &cold.path().join("busy"), 1);
+    let module = Module::new();
+    let submitted = run(module
+        .cachectl(&server, &["submit", "--detach", "--targets", "linux/amd64,linux/arm64", "./cmd/app"]))
+    .success("detached submit");
+    let job = submitted.stdout.trim().to_owned();
+    module.wait_leased(&server, &job, Some("busy"));
+    let tasks_dir = agent.work.join("tasks");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&tasks_dir).map_or(0, |d| d.count()) == 0 {
+        assert!(Instant::now() < deadline, "the agent never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cancelled = Instant::now();
+    run(module.cachectl(&server, &["jobs", "cancel", &job])).success("cancel");
+    // The build is killed and its directory removed well before a cold build could finish.
+    while std::fs::read_dir(&tasks_dir).map_or(0, |d| d.count()) > 0 {
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(10),
+            "the build kept running after cancel:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(agent.log().contains("aborted"), "{}", agent.log());
+    let jobs = module.jobs(&server);
+    assert_eq!(jobs[0]["state"], "cancelled");
+    let watched = run(module.cachectl(&server, &["jobs", "watch", "--no-download", &job]));
+    assert!(!watched.status.success(), "a cancelled job is not a success: {}", watched.stdout);
+}
