@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::render::StatsReport;
 
 /// Top miss causes and missed targets shown per namespace.
-const TOP: u32 = 5;
+const TOP: u32 = 10;
 
 pub async fn run(client: &Client, json: bool, since: Duration) -> Result<()> {
     let response = client.stats.clone().get(proto::v1::StatsRequest {}).await?.into_inner();

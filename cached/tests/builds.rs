@@ -1,0 +1,211 @@
+//! The Builds service on the wire: keys checked against manifests, hits only while the outputs
+//! are stored, misses compared with the nearest earlier build, the event log behind Explain and
+//! Stats (kept across a restart), and the counters on /metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, noise};
+use proto::Digest;
+use proto::v1::builds_client::BuildsClient;
+use proto::v1::{self};
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn builds(server: &Server) -> BuildsClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    BuildsClient::new(channel)
+}
+
+fn component(name: &str, value: &str, display: &str) -> v1::ManifestComponent {
+    v1::ManifestComponent {
+        name: name.to_owned(),
+        hash: blake3::hash(value.as_bytes()).as_bytes().to_vec().into(),
+        display: display.to_owned(),
+    }
+}
+
+/// A manifest of a build for `goos` with one source file of `source`, plus `extra`.
+fn manifest(goos: &str, source: &str, extra: &[v1::ManifestComponent]) -> v1::BuildManifest {
+    let mut components = vec![
+        component("env.GOARCH", "amd64", "amd64"),
+        component("env.GOOS", goos, goos),
+        component("file.cmd/app/main.go", source, ""),
+        component("flag.tags", "", ""),
+        component("go.version", "go1.26.8", "go1.26.8"),
+    ];
+    components.extend_from_slice(extra);
+    components.sort_by(|a, b| a.name.cmp(&b.name));
+    v1::BuildManifest { version: 1, components }
+}
+
+fn target(goos: &str) -> v1::BuildTarget {
+    v1::BuildTarget {
+        module: "example.com/m".into(),
+        package: "example.com/m/cmd/app".into(),
+        goos: goos.into(),
+        goarch: "amd64".into(),
+    }
+}
+
+fn key(manifest: &v1::BuildManifest) -> bytes::Bytes {
+    cached::builds::manifest::key(manifest).to_vec().into()
+}
+
+async fn lookup(
+    client: &mut BuildsClient<Channel>,
+    goos: &str,
+    manifest: &v1::BuildManifest,
+) -> v1::BuildLookupResponse {
+    let request = v1::BuildLookupRequest {
+        namespace: String::new(),
+        target: Some(target(goos)),
+        key: key(manifest),
+        manifest: Some(manifest.clone()),
+    };
+    client.lookup(request).await.expect("lookup").into_inner()
+}
+
+fn record_request(goos: &str, manifest: &v1::BuildManifest, digest: Digest) -> v1::BuildRecordRequest {
+    v1::BuildRecordRequest {
+        namespace: String::new(),
+        target: Some(target(goos)),
+        key: key(manifest),
+        manifest: Some(manifest.clone()),
+        outputs: vec![v1::BuildOutput {
+            path: "example.com/m/cmd/app".into(),
+            digest: Some(digest.to_wire()),
+            mode: 0o755,
+        }],
+        build_duration_ms: 1500,
+    }
+}
+
+#[tokio::test]
+async fn hits_misses_explanations_and_stats_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let clients = server.clients().await;
+    let mut client = builds(&server).await;
+
+    let base = manifest("linux", "v1", &[]);
+    let first = lookup(&mut client, "linux", &base).await;
+    assert!(!first.hit);
+    let explanation = first.explanation.unwrap();
+    assert_eq!(explanation.basis, "first_build");
+    assert_eq!(explanation.causes, ["first build"]);
+
+    // Recording needs the outputs in the CAS first.
+    let binary = noise(300_000, 1);
+    let digest = Digest::of(&binary);
+    let refused = client.record(record_request("linux", &base, digest)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    clients.write(&binary).await;
+    client.record(record_request("linux", &base, digest)).await.unwrap();
+
+    let hit = lookup(&mut client, "linux", &base).await;
+    assert!(hit.hit);
+    assert_eq!(hit.build_duration_ms, 1500);
+    assert_eq!(Digest::from_wire(hit.outputs[0].digest.as_ref()).unwrap(), digest);
+
+    // A changed source file and a tag: compared with the same target.
+    let changed = manifest("linux", "v2", &[]);
+    let mut tagged = changed.clone();
+    tagged.components.retain(|c| c.name != "flag.tags");
+    tagged.components.push(component("flag.tags", "netgo", "netgo"));
+    tagged.components.sort_by(|a, b| a.name.cmp(&b.name));
+    let miss = lookup(&mut client, "linux", &tagged).await.explanation.unwrap();
+    assert_eq!(miss.basis, "same_target");
+    assert_eq!(miss.causes, ["source files", "build tags"]);
+    let names: Vec<&str> = miss.changes.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["file.cmd/app/main.go", "flag.tags"]);
+    assert_eq!((miss.changes[1].before.as_str(), miss.changes[1].after.as_str()), ("", "netgo"));
+
+    // Another platform, never built: compared with the same package on linux.
+    let windows = manifest("windows", "v1", &[]);
+    let miss = lookup(&mut client, "windows", &windows).await.explanation.unwrap();
+    assert_eq!(miss.basis, "same_package");
+    assert_eq!(miss.causes, ["GOOS"]);
+    assert_eq!(miss.nearest_target.unwrap().goos, "linux");
+
+    // A key that is not the manifest's, or a manifest out of order, is refused.
+    let mut request = v1::BuildLookupRequest {
+        namespace: String::new(),
+        target: Some(target("linux")),
+        key: vec![0; 32].into(),
+        manifest: Some(base.clone()),
+    };
+    assert_eq!(client.lookup(request.clone()).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut unsorted = base.clone();
+    unsorted.components.reverse();
+    request.key = key(&unsorted);
+    request.manifest = Some(unsorted);
+    assert_eq!(client.lookup(request).await.unwrap_err().code(), Code::InvalidArgument);
+
+    let explain = |query: &str| v1::BuildExplainRequest { namespace: String::new(), query: query.into() };
+    let found = client.explain(explain("cmd/app windows/amd64")).await.unwrap().into_inner();
+    assert!(found.found);
+    assert_eq!(found.event.unwrap().explanation.unwrap().causes, ["GOOS"]);
+    let by_key = cached::builds::hex(&key(&tagged))[..10].to_owned();
+    let found = client.explain(explain(&by_key)).await.unwrap().into_inner();
+    assert_eq!(found.event.unwrap().explanation.unwrap().causes, ["source files", "build tags"]);
+    assert!(!client.explain(explain("cmd/other")).await.unwrap().into_inner().found);
+
+    let metrics = server.metrics().await;
+    for line in [
+        "cached_build_lookups_total{namespace=\"default\",result=\"hit\"} 1",
+        "cached_build_lookups_total{namespace=\"default\",result=\"miss\"} 3",
+        "cached_build_miss_causes_total{namespace=\"default\",cause=\"GOOS\"} 1",
+        "cached_build_records_total{namespace=\"default\"} 1",
+        "cached_build_time_saved_seconds_total{namespace=\"default\"} 1.5",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+
+    server.stop().await;
+    let server = Server::start(dir.path(), &[]).await;
+    let mut client = builds(&server).await;
+    assert!(lookup(&mut client, "linux", &base).await.hit, "entries survive a restart");
+    let stats = v1::BuildStatsRequest { namespace: String::new(), since_seconds: 3600, top: 0 };
+    let stats = client.stats(stats).await.unwrap().into_inner();
+    let ns = &stats.namespaces[0];
+    assert_eq!((ns.namespace.as_str(), ns.lookups, ns.hits, ns.misses, ns.records), ("default", 5, 2, 3, 1));
+    assert_eq!(ns.time_saved_ms, 3000);
+    assert_eq!(ns.bytes_served, 600_000);
+    let causes: Vec<(&str, u64)> = ns.top_miss_causes.iter().map(|c| (c.cause.as_str(), c.count)).collect();
+    assert_eq!(causes, [("GOOS", 1), ("build tags", 1), ("first build", 1), ("source files", 1)]);
+    assert_eq!(ns.top_missed_targets[0].count, 2);
+    assert_eq!(ns.top_missed_targets[0].target.as_ref().unwrap().goos, "linux");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_entry_whose_output_was_evicted_is_a_miss_and_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("max_size", "4MiB")]).await;
+    let clients = server.clients().await;
+    let mut client = builds(&server).await;
+    let binary = noise(256 << 10, 7);
+    let digest = clients.write(&binary).await;
+    let built = manifest("linux", "v1", &[]);
+    client.record(record_request("linux", &built, digest)).await.unwrap();
+    assert!(lookup(&mut client, "linux", &built).await.hit);
+
+    // Newer blobs push the binary out of the budget.
+    for seed in 100..124 {
+        clients.write(&noise(256 << 10, seed)).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert!(!clients.is_stored(digest).await, "the binary was evicted");
+    let miss = lookup(&mut client, "linux", &built).await;
+    assert!(!miss.hit, "never a dangling hit");
+    let explanation = miss.explanation.unwrap();
+    assert_eq!(explanation.basis, "evicted");
+    assert_eq!(explanation.causes, ["outputs evicted"]);
+    // The entry is gone: uploading the binary again does not revive it without a record.
+    clients.write(&binary).await;
+    assert!(!lookup(&mut client, "linux", &built).await.hit);
+    assert!(server.metrics().await.contains("cached_build_entries_dropped_total 1"));
+    server.stop().await;
+}

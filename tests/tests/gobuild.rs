@@ -1,0 +1,278 @@
+//! `cachectl go build` end to end: the real go command, the real cachectl and cached binaries,
+//! on a copy of `fixtures/gobuild` (a main package, an internal package with an embedded file,
+//! and a module from a local replace). One daemon and one module copy serve all the cause
+//! checks, so the suite stays cheap.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cached_e2e::{Daemon, Finished, GoEnv, binary, free_port, run};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A module copy, a sealed go environment and a bridge tier, pointed at one server.
+struct Workspace {
+    env: GoEnv,
+    module: PathBuf,
+    tier: tempfile::TempDir,
+    server: String,
+}
+
+impl Workspace {
+    fn new(server: String) -> Self {
+        let env = GoEnv::new();
+        let module = env.root.path().join("module");
+        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("gobuild"), &module);
+        Self { env, module, tier: tempfile::tempdir().unwrap(), server }
+    }
+
+    /// cachectl in the module, with the sealed go environment (CGO_ENABLED=0, no proxy).
+    fn cachectl(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let template = self.env.go(&[]);
+        let mut command = Command::new(binary("cachectl"));
+        command.env_clear();
+        for (name, value) in template.get_envs() {
+            if let Some(value) = value {
+                command.env(name, value);
+            }
+        }
+        command
+            .current_dir(&self.module)
+            .env("CACHED_ADDR", &self.server)
+            .env("CACHED_GOCACHE_DIR", self.tier.path())
+            .args(args);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command
+    }
+
+    /// `cachectl go build [flags] -o bin/app ./cmd/app`.
+    fn build(&self, flags: &[&str], env: &[(&str, &str)]) -> Finished {
+        let mut args = vec!["go", "build"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["-o", "bin/app", "./cmd/app"]);
+        run(self.cachectl(&args, env))
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.module.join(relative)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let done = run(self.cachectl(args, &[])).success(&args.join(" "));
+        serde_json::from_str(&done.stdout).unwrap_or_else(|err| panic!("{err}: {}", done.stdout))
+    }
+}
+
+/// The wrapper's headline: `cachectl: cache hit ...` or `cachectl: cache miss ...`.
+fn headline(stderr: &str) -> &str {
+    stderr.lines().find(|line| line.starts_with("cachectl: cache ")).unwrap_or("")
+}
+
+/// The explanation lines under a miss's headline.
+fn causes(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter_map(|line| line.strip_prefix("cachectl:   ")).collect()
+}
+
+/// The 12 hex digits of the key the headline names.
+fn short_key(stderr: &str) -> String {
+    let line = headline(stderr);
+    let start = line.find("key ").expect("a key in the headline") + 4;
+    line[start..start + 12].to_owned()
+}
+
+#[test]
+fn unchanged_builds_hit_and_every_miss_names_its_cause() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let binary_path = ws.path("bin/app");
+
+    let first = ws.build(&[], &[]).success("first build");
+    assert!(headline(&first.stderr).contains("first build of this target"), "{}", first.stderr);
+    let first_binary = std::fs::read(&binary_path).unwrap();
+    std::fs::remove_file(&binary_path).unwrap();
+
+    // -x prints every command go runs: a hit runs none (no compiler, no linker).
+    let hit = ws.build(&["-x"], &[]).success("unchanged build");
+    assert!(
+        headline(&hit.stderr)
+            .starts_with("cachectl: cache hit for example.com/gobuild/cmd/app (linux/amd64)"),
+        "{}",
+        hit.stderr
+    );
+    assert_eq!(hit.stderr.lines().count(), 1, "one line on a hit: {}", hit.stderr);
+    assert!(std::fs::read(&binary_path).unwrap() == first_binary, "the restored binary differs");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&binary_path).unwrap().permissions().mode() & 0o777, 0o755);
+    }
+    let output = Command::new(&binary_path).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("hello, cached dev"));
+
+    // Each change misses, and the explanation names exactly that change.
+    type Mutation<'a> =
+        (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], Option<(&'a str, &'a str)>, &'a str);
+    let greet = std::fs::read_to_string(ws.path("internal/greet/greet.go")).unwrap();
+    let edited_greet = greet.replace("hello, ", "hi, ");
+    let go_sum = std::fs::read_to_string(ws.path("go.sum")).unwrap();
+    let grown_go_sum =
+        format!("{go_sum}example.com/other v1.2.3/go.mod h1:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=\n");
+    let lib = std::fs::read_to_string(ws.path("lib/lib.go")).unwrap();
+    let edited_lib = lib.replace("\"cached\"", "\"gophers\"");
+    let mutations: Vec<Mutation<'_>> = vec![
+        ("GOOS", &[], &[("GOOS", "windows")], None, "GOOS: linux → windows"),
+        ("GOARCH", &[], &[("GOARCH", "arm64")], None, "GOARCH: amd64 → arm64"),
+        ("CGO_ENABLED", &[], &[("CGO_ENABLED", "1")], None, "CGO_ENABLED: 0 → 1"),
+        ("build tag", &["-tags=netgo"], &[], None, "build tags: +netgo"),
+        ("-ldflags", &["-ldflags=-X main.version=2"], &[], None, "-ldflags changed"),
+        (
+            "edited source",
+            &[],
+            &[],
+            Some(("internal/greet/greet.go", &edited_greet)),
+            "1 source file changed: internal/greet/greet.go",
+        ),
+        (
+            "added file",
+            &[],
+            &[],
+            Some(("internal/greet/extra.go", "package greet\n")),
+            "1 source file added: internal/greet/extra.go",
+        ),
+        (
+            "embedded file",
+            &[],
+            &[],
+            Some(("internal/greet/banner.txt", "== changed ==\n")),
+            "1 source file changed: internal/greet/banner.txt",
+        ),
+        ("local replace", &[], &[], Some(("lib/lib.go", &edited_lib)), "1 source file changed: lib/lib.go"),
+        ("go.sum", &[], &[], Some(("go.sum", &grown_go_sum)), "go.sum changed"),
+    ];
+    let mut keys = Vec::new();
+    for (what, flags, env, file, expected) in &mutations {
+        let saved = file.map(|(path, contents)| {
+            let path = ws.path(path);
+            let before = std::fs::read(&path).ok();
+            std::fs::write(&path, contents).unwrap();
+            (path, before)
+        });
+        let built = ws.build(flags, env).success(what);
+        assert!(headline(&built.stderr).starts_with("cachectl: cache miss"), "{what}: {}", built.stderr);
+        assert_eq!(causes(&built.stderr), [*expected], "{what}: {}", built.stderr);
+        keys.push((*what, short_key(&built.stderr)));
+        if let Some((path, before)) = saved {
+            match before {
+                Some(bytes) => std::fs::write(&path, bytes).unwrap(),
+                None => std::fs::remove_file(&path).unwrap(),
+            }
+        }
+    }
+    let again = ws.build(&[], &[]).success("back to the original");
+    assert!(headline(&again.stderr).contains("cache hit"), "{}", again.stderr);
+
+    // A compile error: go's output and exit code pass through, and nothing is cached.
+    std::fs::write(
+        ws.path("internal/greet/greet.go"),
+        format!("{greet}\nfunc broken() int {{ return \"x\" }}\n"),
+    )
+    .unwrap();
+    let mut plain = ws.env.go(&["build", "-o", "bin/plain", "./cmd/app"]);
+    plain.current_dir(&ws.module);
+    let plain = run(plain);
+    assert!(!plain.status.success());
+    for attempt in 0..2 {
+        let failed = ws.build(&[], &[]);
+        assert_eq!(failed.status.code(), plain.status.code(), "attempt {attempt}: {}", failed.stderr);
+        assert!(failed.stderr.contains("cannot use \"x\""), "{}", failed.stderr);
+        assert!(
+            headline(&failed.stderr).starts_with("cachectl: cache miss"),
+            "never cached: {}",
+            failed.stderr
+        );
+    }
+    std::fs::write(ws.path("internal/greet/greet.go"), &greet).unwrap();
+
+    // Flags the wrapper does not cache run plain go and say why.
+    let forced = ws.build(&["-n"], &[]).success("go build -n");
+    assert!(
+        forced.stderr.contains("cachectl: not caching this build: -n only prints the commands"),
+        "{}",
+        forced.stderr
+    );
+
+    // go test passes through with the bridge.
+    run(ws.cachectl(&["go", "test", "./..."], &[])).success("cachectl go test");
+
+    let stats = ws.json(&["stats", "--json", "--since", "1h"]);
+    let builds = &stats["builds"];
+    assert_eq!(builds["since_seconds"], 3600);
+    let ns = &builds["namespaces"][0];
+    assert_eq!(ns["namespace"], "default", "{builds}");
+    assert_eq!(ns["hits"], 2, "{ns}");
+    assert_eq!(ns["misses"], 1 + mutations.len() as u64 + 2, "{ns}");
+    assert_eq!(ns["records"], 1 + mutations.len() as u64, "{ns}");
+    assert!(ns["time_saved_seconds"].as_f64().unwrap() > 0.0, "{ns}");
+    assert!(ns["bytes_served"].as_u64().unwrap() > 0 && ns["bytes_stored"].as_u64().unwrap() > 0, "{ns}");
+    assert!(ns["go_action_hit_rate"].is_number(), "{ns}");
+    let counted: Vec<&str> =
+        ns["top_miss_causes"].as_array().unwrap().iter().map(|c| c["cause"].as_str().unwrap()).collect();
+    for cause in
+        ["first build", "GOOS", "GOARCH", "CGO_ENABLED", "build tags", "-ldflags", "source files", "go.sum"]
+    {
+        assert!(counted.contains(&cause), "{cause} is not among {counted:?}");
+    }
+    assert_eq!(ns["top_miss_causes"][0]["cause"], "source files", "{ns}");
+    assert_eq!(ns["top_miss_causes"][0]["misses"], 6, "{ns}");
+    assert_eq!(ns["top_missed_targets"][0]["package"], "example.com/gobuild/cmd/app");
+    assert_eq!(ns["top_missed_targets"][0]["goos"], "linux");
+    let table = run(ws.cachectl(&["stats"], &[])).success("cachectl stats");
+    assert!(table.stdout.contains("top miss causes:    source files (6)"), "{}", table.stdout);
+
+    // explain: by target (the latest miss of it), by platform, and by key.
+    let latest = ws.json(&["explain", "cmd/app", "--json"]);
+    assert_eq!(latest["causes"], serde_json::json!(["source files"]), "{latest}");
+    assert_eq!(latest["changes"][0]["component"], "file.internal/greet/greet.go");
+    let windows = ws.json(&["explain", "example.com/gobuild/cmd/app", "windows/amd64", "--json"]);
+    assert_eq!(windows["basis"], "same_package");
+    assert_eq!(windows["causes"], serde_json::json!(["GOOS"]));
+    assert_eq!(
+        windows["changes"][0],
+        serde_json::json!({"component": "env.GOOS", "kind": "changed", "before": "linux", "after": "windows"})
+    );
+    let (_, ldflags_key) = keys.iter().find(|(what, _)| *what == "-ldflags").unwrap();
+    let text = run(ws.cachectl(&["explain", ldflags_key], &[])).success("explain by key");
+    assert!(
+        text.stdout.contains("flag.ldflags: changed") && text.stdout.contains("causes   -ldflags"),
+        "{}",
+        text.stdout
+    );
+    assert!(!text.stdout.contains("main.version"), "ldflags values are never shown: {}", text.stdout);
+    let unknown = run(ws.cachectl(&["explain", "cmd/nothing"], &[]));
+    assert_eq!(unknown.status.code(), Some(2), "{}", unknown.stderr);
+}
+
+#[test]
+fn with_the_server_down_go_still_builds() {
+    let ws = Workspace::new(format!("http://127.0.0.1:{}", free_port()));
+    let built = ws.build(&["-trimpath"], &[]).success("build with cached down");
+    let warnings: Vec<&str> = built.stderr.lines().filter(|line| line.contains("unreachable")).collect();
+    assert_eq!(warnings.len(), 1, "one warning: {}", built.stderr);
+    assert!(headline(&built.stderr).is_empty(), "{}", built.stderr);
+    let output = Command::new(ws.path("bin/app")).output().unwrap();
+    assert!(output.status.success());
+    run(ws.cachectl(&["go", "test", "./..."], &[])).success("go test with cached down");
+}
