@@ -101,7 +101,7 @@ pub async fn run(
     let ctx = Arc::new(TaskContext {
         remote: remote.clone(),
         cache,
-        builder: Builder { go: config.go.clone(), runner },
+        builder: Builder { go: config.go.clone(), runner, gocacheprog: config.gocacheprog.clone() },
         work_dir: config.work_dir.clone(),
         gocacheprog: config.gocacheprog.clone(),
         bridge_env: config.bridge_env.clone(),

@@ -1,26 +1,27 @@
-//! The build step of a task: `go build` for one target, through the cache.
-//!
-//! Agents must build through the same library as `cachectl go build` (whole-build hit → no
-//! compiler at all; else the go command with the GOCACHEPROG bridge, recording the result).
-//! That library (`cachectl::gobuild`) is being written; until it lands this one function runs
-//! `go build` itself with `GOCACHEPROG` pointing at this binary's `gocacheprog` subcommand
-//! (the same bridge `cachectl gocacheprog` serves), so every remote build already uses and
-//! fills the Go action cache, and reports every build as a whole-build miss. Swapping in
-//! `cachectl::gobuild::build` changes this file only.
+//! The build step of a task: `go build` for one target, through the same library as
+//! `cachectl go build` (`cachectl::gobuild`): a whole-build hit restores the outputs without
+//! the compiler; a miss runs go with the GOCACHEPROG bridge (this binary's `gocacheprog`
+//! subcommand) and records the build. Every process the library starts goes through
+//! [`GroupExec`]: a clean environment, its own process group, the task's timeout and cancel.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use cachectl::client::Client;
+use cachectl::gobuild::exec::{Captured, Exec, Invocation, Sink};
+use cachectl::gobuild::{BuildOptions, BuildRequest, build_with};
 use proto::Digest;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::TaskError;
-use crate::exec::{Exit, ProcessRunner, ProcessSpec};
+use crate::exec::ProcessRunner;
 
 /// Whether builds go through the whole-build cache (`cachectl::gobuild`), so an unchanged
-/// target is a hit without the go command; false while this file runs go build itself.
-pub const WHOLE_BUILD_CACHE: bool = false;
+/// target is a hit without the go command.
+pub const WHOLE_BUILD_CACHE: bool = true;
 
 /// What to build, in the shape of `cachectl::gobuild::BuildRequest`.
 #[derive(Debug, Clone)]
@@ -52,7 +53,11 @@ pub const ERROR_TAIL: usize = 200;
 
 pub struct Builder {
     pub go: PathBuf,
+    /// Kept for callers that run processes of their own; the build library runs go through
+    /// [`GroupExec`].
     pub runner: Arc<dyn ProcessRunner>,
+    /// The GOCACHEPROG command line.
+    pub gocacheprog: String,
 }
 
 impl Builder {
@@ -60,72 +65,154 @@ impl Builder {
     /// [`TaskError::Build`] carrying the tail of the go command's output.
     pub async fn build(
         &self,
+        client: &Client,
         input: &BuildInput,
         lines: mpsc::UnboundedSender<String>,
         cancel: watch::Receiver<bool>,
     ) -> Result<BuildOutput, TaskError> {
-        let started = Instant::now();
         std::fs::create_dir_all(&input.output_dir).map_err(|err| {
             TaskError::Infrastructure(format!("creating {}: {err}", input.output_dir.display()))
         })?;
-        let mut args = vec!["build".to_owned(), "-o".to_owned(), format!("{}/", input.output_dir.display())];
-        args.extend(input.go_flags.iter().cloned());
-        args.extend(input.packages.iter().cloned());
-        let spec = ProcessSpec {
-            program: self.go.clone(),
-            args,
-            env: input.env.clone(),
-            dir: input.module_dir.clone(),
-            timeout: input.timeout,
+        let exec =
+            Arc::new(GroupExec { env: input.env.clone(), timeout: input.timeout, cancel: cancel.clone() });
+        let options = BuildOptions {
+            go: self.go.clone(),
+            gocacheprog: Some(self.gocacheprog.clone()),
+            inherit_stdio: false,
+            timeout: Duration::from_secs(20),
+            exec,
         };
-        // Keep the tail for the error message while passing every line on.
-        let (tee, mut teed) = mpsc::unbounded_channel::<String>();
-        let tail = tokio::spawn(async move {
-            let mut tail = std::collections::VecDeque::new();
-            while let Some(line) = teed.recv().await {
-                if tail.len() == ERROR_TAIL {
-                    tail.pop_front();
-                }
-                tail.push_back(line.clone());
-                let _ = lines.send(line);
+        let request = BuildRequest {
+            module_dir: input.module_dir.clone(),
+            packages: input.packages.clone(),
+            output: Some(PathBuf::from(format!("{}/", input.output_dir.display()))),
+            go_flags: input.go_flags.clone(),
+            env: Vec::new(),
+            namespace: input.namespace.clone(),
+        };
+        let mut tail = std::collections::VecDeque::new();
+        let mut log = |line: &str| {
+            if tail.len() == ERROR_TAIL {
+                tail.pop_front();
             }
-            tail.into_iter().collect::<Vec<_>>()
-        });
-        let exit = self.runner.run(spec, tee, cancel).await;
-        let tail = tail.await.unwrap_or_default();
-        let exit = exit
-            .map_err(|err| TaskError::Infrastructure(format!("cannot run {}: {err}", self.go.display())))?;
-        match exit {
-            Exit::Code(0) => {}
-            Exit::Cancelled => return Err(TaskError::Cancelled),
-            Exit::TimedOut => {
-                return Err(TaskError::Build(format!(
-                    "go build timed out after {}\n{}",
-                    humantime::format_duration(input.timeout),
-                    tail.join("\n")
-                )));
-            }
-            Exit::Code(code) => {
-                return Err(TaskError::Build(format!(
-                    "go build failed (exit status {code}):\n{}",
-                    tail.join("\n")
-                )));
-            }
-            Exit::Signal => {
-                return Err(TaskError::Infrastructure(format!(
-                    "go build was killed by a signal:\n{}",
-                    tail.join("\n")
-                )));
-            }
+            tail.push_back(line.to_owned());
+            let _ = lines.send(line.to_owned());
+        };
+        let outcome = build_with(Some(client), &request, &options, &mut log).await;
+        let tail: Vec<String> = tail.into_iter().collect();
+        if *cancel.borrow() {
+            return Err(TaskError::Cancelled);
         }
-        let outputs = hash_outputs(&input.output_dir)?;
+        let outcome = outcome.map_err(|err| TaskError::Infrastructure(format!("build failed: {err}")))?;
+        if outcome.exit_code != 0 {
+            return Err(TaskError::Build(format!(
+                "go build failed (exit status {}):\n{}",
+                outcome.exit_code,
+                tail.join("\n")
+            )));
+        }
+        let outputs =
+            if outcome.outputs.is_empty() { hash_outputs(&input.output_dir)? } else { outcome.outputs };
         Ok(BuildOutput {
-            hit: false,
-            key: String::new(),
+            hit: outcome.hit,
+            key: outcome.key,
             outputs,
-            duration: started.elapsed(),
-            explanation: None,
+            duration: outcome.duration,
+            explanation: outcome.explanation,
         })
+    }
+}
+
+/// Runs the build library's processes with the task's sealed environment (nothing inherited
+/// but what `env` holds), in their own process group, killed as a group on timeout, cancel or
+/// drop.
+pub struct GroupExec {
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub cancel: watch::Receiver<bool>,
+}
+
+impl GroupExec {
+    fn command(&self, invocation: &Invocation) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&invocation.program);
+        command
+            .args(&invocation.args)
+            .current_dir(&invocation.dir)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        for name in &invocation.env_remove {
+            command.env_remove(name);
+        }
+        for (name, value) in &invocation.env {
+            command.env(name, value);
+        }
+        command
+    }
+
+    /// Waits for `work`, or kills the group on timeout or cancel.
+    async fn bounded<T>(
+        &self,
+        pid: Option<u32>,
+        work: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> std::io::Result<T> {
+        let guard = crate::exec::GroupGuard(pid);
+        let mut cancel = self.cancel.clone();
+        let result = tokio::select! {
+            result = work => result,
+            () = tokio::time::sleep(self.timeout) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out after {}", humantime::format_duration(self.timeout)))),
+            _ = cancel.wait_for(|cancelled| *cancelled) => Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled")),
+        };
+        drop(guard);
+        result
+    }
+}
+
+fn code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().map_or_else(|| status.code().unwrap_or(1), |signal| 128 + signal)
+}
+
+#[tonic::async_trait]
+impl Exec for GroupExec {
+    async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
+        let child = self.command(invocation).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let pid = child.id();
+        let output = self.bounded(pid, child.wait_with_output()).await?;
+        Ok(Captured { code: code(output.status), stdout: output.stdout, stderr: output.stderr })
+    }
+
+    async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
+        let mut child = self.command(invocation).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let pid = child.id();
+        let mut out = child.stdout.take().map(|s| BufReader::new(s).lines());
+        let mut err = child.stderr.take().map(|s| BufReader::new(s).lines());
+        let mut log: Box<dyn FnMut(&str) + Send + '_> = match sink {
+            Sink::Lines(log) => Box::new(log),
+            Sink::Inherit => Box::new(|line: &str| eprintln!("{line}")),
+        };
+        let work = async {
+            while out.is_some() || err.is_some() {
+                tokio::select! {
+                    line = async { out.as_mut().expect("checked").next_line().await }, if out.is_some() => {
+                        match line? {
+                            Some(line) => log(&line),
+                            None => out = None,
+                        }
+                    }
+                    line = async { err.as_mut().expect("checked").next_line().await }, if err.is_some() => {
+                        match line? {
+                            Some(line) => log(&line),
+                            None => err = None,
+                        }
+                    }
+                }
+            }
+            Ok(code(child.wait().await?))
+        };
+        self.bounded(pid, work).await
     }
 }
 

@@ -56,7 +56,7 @@ fn kill_group(pid: Option<u32>) {
 }
 
 /// Kills the group when dropped: a task future dropped mid-build leaves no compiler behind.
-struct GroupGuard(Option<u32>);
+pub(crate) struct GroupGuard(pub(crate) Option<u32>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {

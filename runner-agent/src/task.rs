@@ -129,7 +129,7 @@ async fn build_task(
         timeout,
     };
     say(format!("runner-agent: go build {} for {platform}", spec.packages.join(" ")));
-    let built = ctx.builder.build(&input, lines.clone(), cancel).await?;
+    let built = ctx.builder.build(&ctx.remote.client, &input, lines.clone(), cancel).await?;
     let paths: Vec<PathBuf> = built.outputs.iter().map(|(path, _)| path.clone()).collect();
     let digests =
         cachectl::transfer::upload_files(&ctx.remote.client, &paths, cachectl::transfer::DEFAULT_LEVEL)
