@@ -210,6 +210,25 @@ impl Run<'_> {
         Ok((code, started.elapsed()))
     }
 
+    /// What an uncached build wrote to the request's -o path: the file, or the files directly
+    /// in the directory.
+    async fn written_outputs(&self) -> Vec<(PathBuf, proto::Digest)> {
+        let Some(output) = &self.request.output else { return Vec::new() };
+        let path = self.dir.join(output);
+        let files: Vec<PathBuf> = if path.is_dir() {
+            std::fs::read_dir(&path)
+                .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+                .unwrap_or_default()
+        } else if path.is_file() {
+            vec![path]
+        } else {
+            Vec::new()
+        };
+        let planned: Vec<Planned> =
+            files.into_iter().map(|path| Planned { package: String::new(), path }).collect();
+        outputs::hash(&planned).await
+    }
+
     /// go build without the whole-build cache.
     async fn uncached(
         &self,
@@ -218,10 +237,11 @@ impl Run<'_> {
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<BuildOutcome, CliError> {
         let (exit_code, _) = self.go(client, log).await?;
+        let outputs = if exit_code == 0 { self.written_outputs().await } else { Vec::new() };
         Ok(BuildOutcome {
             hit: false,
             key: String::new(),
-            outputs: Vec::new(),
+            outputs,
             duration: self.started.elapsed(),
             explanation: Some(reason),
             exit_code,
