@@ -653,3 +653,47 @@ fn summarize(namespace: String, events: &[v1::BuildEvent], top: usize) -> v1::Bu
         .collect();
     stats
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RocksStore;
+
+    fn open(dir: &std::path::Path) -> Arc<Builds> {
+        let db = crate::db::open(dir).unwrap();
+        let config =
+            crate::config::Config::load(&std::collections::BTreeMap::new(), None, &|_| None).unwrap();
+        let rocks = RocksStore::open(Arc::clone(&db), crate::store::rocks_budget(&config)).unwrap();
+        Builds::new(db, Arc::new(rocks), Arc::default()).unwrap()
+    }
+
+    fn event(namespace: &str, time: i64) -> v1::BuildEvent {
+        v1::BuildEvent {
+            kind: "hit".into(),
+            namespace: namespace.into(),
+            time_unix_ms: time,
+            ..Default::default()
+        }
+    }
+
+    fn count(builds: &Builds, namespace: &str) -> usize {
+        builds.events(namespace, 0).unwrap().len()
+    }
+
+    #[test]
+    fn the_event_log_is_bounded_by_count_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let builds = open(dir.path());
+        let now = now_ms();
+        for i in 0..MAX_EVENTS_PER_NAMESPACE + 10 {
+            builds.append(&event("busy", now - 1000 + (i as i64 % 1000))).unwrap();
+        }
+        builds.append(&event("old", now - RETENTION.as_millis() as i64 - 1)).unwrap();
+        builds.append(&event("quiet", now)).unwrap();
+        builds.prune_events(now).unwrap();
+        assert_eq!(count(&builds, "busy"), MAX_EVENTS_PER_NAMESPACE);
+        assert_eq!(count(&builds, "old"), 0);
+        assert_eq!(count(&builds, "quiet"), 1);
+        assert_eq!(builds.event_namespaces().unwrap(), ["busy", "quiet"]);
+    }
+}

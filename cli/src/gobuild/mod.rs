@@ -470,3 +470,161 @@ async fn record(
     }
     Ok(uploaded.into_iter().map(|(planned, digest)| (planned.path, digest)).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::exec::Captured;
+    use super::*;
+
+    /// Scripted results by the command's first argument (`env`, `list`, `build`).
+    #[derive(Default)]
+    struct Scripted {
+        outputs: Vec<(&'static str, Captured)>,
+        build_lines: Vec<&'static str>,
+        build_code: i32,
+        seen: Mutex<Vec<Invocation>>,
+    }
+
+    #[tonic::async_trait]
+    impl Exec for Scripted {
+        async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
+            self.seen.lock().unwrap().push(invocation.clone());
+            let first = invocation.args.first().map_or("", String::as_str);
+            let found = self.outputs.iter().find(|(arg, _)| *arg == first).map(|(_, c)| c.clone());
+            Ok(found.unwrap_or(Captured {
+                code: 1,
+                stderr: b"unexpected command".to_vec(),
+                ..Captured::default()
+            }))
+        }
+
+        async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
+            self.seen.lock().unwrap().push(invocation.clone());
+            if let Sink::Lines(log) = sink {
+                for line in &self.build_lines {
+                    log(line);
+                }
+            }
+            Ok(self.build_code)
+        }
+    }
+
+    fn ok(stdout: String) -> Captured {
+        Captured { code: 0, stdout: stdout.into_bytes(), stderr: Vec::new() }
+    }
+
+    fn module() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cmd/app")).unwrap();
+        std::fs::write(dir.path().join("go.mod"), "module example.com/m\n").unwrap();
+        std::fs::write(dir.path().join("go.sum"), "").unwrap();
+        std::fs::write(dir.path().join("cmd/app/main.go"), "package main\n").unwrap();
+        dir
+    }
+
+    fn scripted(dir: &std::path::Path) -> Scripted {
+        let root = dir.display();
+        let env = format!(
+            r#"{{"GOOS":"linux","GOARCH":"amd64","GOAMD64":"v1","CGO_ENABLED":"0","GOVERSION":"go1.26.8",
+            "GOMOD":"{root}/go.mod","GOMODCACHE":"/modcache","GOFLAGS":"","GOROOT":"/goroot","GOWORK":"",
+            "GOPROXY":"https://user:hunter2@proxy.example","GOAUTH":"netrc"}}"#
+        );
+        let list = format!(
+            r#"{{"ImportPath":"fmt","Standard":true,"DepOnly":true,"Dir":"/goroot/src/fmt","GoFiles":["print.go"]}}
+{{"ImportPath":"golang.org/x/mod/semver","Name":"semver","DepOnly":true,"Dir":"/modcache/golang.org/x/mod@v0.1.0/semver",
+ "Module":{{"Path":"golang.org/x/mod","Version":"v0.1.0","Sum":"h1:abc="}},"GoFiles":["semver.go"]}}
+{{"ImportPath":"example.com/m/cmd/app","Name":"main","Dir":"{root}/cmd/app",
+ "Module":{{"Path":"example.com/m","Main":true,"Dir":"{root}"}},"GoFiles":["main.go"]}}"#
+        );
+        Scripted { outputs: vec![("env", ok(env)), ("list", ok(list))], ..Scripted::default() }
+    }
+
+    async fn derive_with(exec: &Scripted, dir: &std::path::Path, args: &[&str]) -> Derived {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let line = flags::parse_command_line(&args).unwrap();
+        let command_line = flags::effective("", &line).unwrap();
+        let call = GoCall { exec, go: std::path::Path::new("go"), dir, env: &[] };
+        let (env, packages) = call.read(&command_line, &line.packages).await.unwrap();
+        let flags = flags::effective("", &line).unwrap();
+        inputs::derive(&call, &flags, &env, &packages).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_manifest_names_files_modules_and_settings_and_nothing_secret() {
+        let dir = module();
+        let exec = scripted(dir.path());
+        let derived = derive_with(&exec, dir.path(), &["-trimpath", "-tags=netgo", "./cmd/app"]).await;
+        let manifest = &derived.manifest;
+        assert_eq!(derived.module, "example.com/m");
+        assert_eq!((derived.goos.as_str(), derived.goarch.as_str()), ("linux", "amd64"));
+        assert_eq!(manifest.get("env.arch_level").unwrap().display, "GOAMD64=v1");
+        assert_eq!(manifest.get("flag.tags").unwrap().display, "netgo");
+        assert_eq!(manifest.get("dep.golang.org/x/mod").unwrap().display, "v0.1.0");
+        assert!(manifest.get("file.cmd/app/main.go").is_some());
+        assert!(manifest.get("mod.go.mod").is_some() && manifest.get("mod.go.sum").is_some());
+        assert!(manifest.get("path.goroot").is_none(), "-trimpath leaves paths out");
+        assert_eq!((derived.files, derived.modules), (3, 1));
+        let wire = format!("{:?}", manifest.to_wire());
+        for secret in ["hunter2", "proxy.example", "GOPROXY", "GOAUTH", "netrc"] {
+            assert!(!wire.contains(secret), "{secret} reached the manifest");
+        }
+        // go list saw the tags; nothing ran with GOCACHEPROG.
+        let seen = exec.seen.lock().unwrap();
+        let list = seen.iter().find(|i| i.args[0] == "list").unwrap();
+        assert!(
+            list.args.contains(&"-tags=netgo".to_owned())
+                && list.args.ends_with(&["--".into(), "./cmd/app".into()])
+        );
+        assert!(seen.iter().all(|i| i.env_remove.contains(&"GOCACHEPROG".to_owned())));
+        drop(seen);
+
+        let before = manifest.key();
+        std::fs::write(dir.path().join("cmd/app/main.go"), "package main // edited\n").unwrap();
+        let edited = derive_with(&exec, dir.path(), &["-trimpath", "-tags=netgo", "./cmd/app"]).await;
+        assert_ne!(edited.manifest.key(), before);
+        let without_trimpath = derive_with(&exec, dir.path(), &["-tags=netgo", "./cmd/app"]).await;
+        assert_eq!(without_trimpath.manifest.get("path.goroot").unwrap().display, "/goroot");
+    }
+
+    #[tokio::test]
+    async fn without_a_server_go_runs_plainly_and_its_exit_code_passes_through() {
+        let dir = module();
+        let exec = Arc::new(Scripted {
+            build_lines: vec!["# example.com/m/cmd/app", "main.go:1: oops"],
+            build_code: 2,
+            ..scripted(dir.path())
+        });
+        let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
+        let request = BuildRequest {
+            module_dir: dir.path().to_owned(),
+            packages: vec!["./cmd/app".into()],
+            output: Some(PathBuf::from("bin/app")),
+            go_flags: vec!["-trimpath".into()],
+            env: vec![("GOOS".into(), "windows".into())],
+            namespace: "ci".into(),
+        };
+        let mut lines = Vec::new();
+        let outcome = build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(outcome.exit_code, 2);
+        assert!(!outcome.hit && outcome.key.is_empty());
+        assert_eq!(lines, ["# example.com/m/cmd/app", "main.go:1: oops"]);
+        let seen = exec.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "no key derivation without a server");
+        assert_eq!(seen[0].args, ["build", "-trimpath", "-o", "bin/app", "./cmd/app"]);
+        assert!(seen[0].env.contains(&("GOOS".into(), "windows".into())));
+        assert!(!seen[0].env.iter().any(|(name, _)| name == "GOCACHEPROG"));
+    }
+
+    #[test]
+    fn the_bridge_gets_the_server_and_namespace() {
+        let (env, _) = bridge_env("http://cache:7070", "ci/main", "cachectl gocacheprog".into());
+        assert!(env.contains(&("GOCACHEPROG".into(), "cachectl gocacheprog".into())));
+        assert!(env.contains(&("CACHED_ADDR".into(), "http://cache:7070".into())));
+        assert!(env.contains(&("CACHED_NAMESPACE".into(), "ci/main".into())));
+        assert!(default_gocacheprog().ends_with(" gocacheprog"));
+    }
+}
