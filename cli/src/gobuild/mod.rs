@@ -571,14 +571,15 @@ mod tests {
             assert!(!wire.contains(secret), "{secret} reached the manifest");
         }
         // go list saw the tags; nothing ran with GOCACHEPROG.
-        let seen = exec.seen.lock().unwrap();
-        let list = seen.iter().find(|i| i.args[0] == "list").unwrap();
-        assert!(
-            list.args.contains(&"-tags=netgo".to_owned())
-                && list.args.ends_with(&["--".into(), "./cmd/app".into()])
-        );
-        assert!(seen.iter().all(|i| i.env_remove.contains(&"GOCACHEPROG".to_owned())));
-        drop(seen);
+        {
+            let seen = exec.seen.lock().unwrap();
+            let list = seen.iter().find(|i| i.args[0] == "list").unwrap();
+            assert!(
+                list.args.contains(&"-tags=netgo".to_owned())
+                    && list.args.ends_with(&["--".into(), "./cmd/app".into()])
+            );
+            assert!(seen.iter().all(|i| i.env_remove.contains(&"GOCACHEPROG".to_owned())));
+        }
 
         let before = manifest.key();
         std::fs::write(dir.path().join("cmd/app/main.go"), "package main // edited\n").unwrap();
