@@ -65,6 +65,15 @@ pub trait Exec: Send + Sync {
     async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32>;
 }
 
+/// Hands one line (without its line ending) to the log and empties the buffer.
+fn emit(log: &mut (dyn FnMut(&str) + Send), line: &mut Vec<u8>) {
+    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        line.pop();
+    }
+    log(&String::from_utf8_lossy(line));
+    line.clear();
+}
+
 /// Processes of this machine.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RealExec;
@@ -110,24 +119,54 @@ impl Exec for RealExec {
             Sink::Lines(log) => log,
         };
         let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        let mut out = child.stdout.take().map(|s| BufReader::new(s).lines());
-        let mut err = child.stderr.take().map(|s| BufReader::new(s).lines());
+        let mut out = child.stdout.take().map(BufReader::new);
+        let mut err = child.stderr.take().map(BufReader::new);
+        let (mut out_line, mut err_line) = (Vec::new(), Vec::new());
         while out.is_some() || err.is_some() {
+            // Bytes, not `lines()`: a line that is not UTF-8 is shown lossily, never an error.
             tokio::select! {
-                line = async { out.as_mut().expect("checked").next_line().await }, if out.is_some() => {
-                    match line? {
-                        Some(line) => log(&line),
-                        None => out = None,
+                read = async { out.as_mut().expect("checked").read_until(b'\n', &mut out_line).await }, if out.is_some() => {
+                    // A cancelled read keeps what it read in the buffer; EOF flushes it.
+                    if read? == 0 {
+                        out = None;
+                    }
+                    if !out_line.is_empty() && (out.is_none() || out_line.ends_with(b"\n")) {
+                        emit(log, &mut out_line);
                     }
                 }
-                line = async { err.as_mut().expect("checked").next_line().await }, if err.is_some() => {
-                    match line? {
-                        Some(line) => log(&line),
-                        None => err = None,
+                read = async { err.as_mut().expect("checked").read_until(b'\n', &mut err_line).await }, if err.is_some() => {
+                    // A cancelled read keeps what it read in the buffer; EOF flushes it.
+                    if read? == 0 {
+                        err = None;
+                    }
+                    if !err_line.is_empty() && (err.is_none() || err_line.ends_with(b"\n")) {
+                        emit(log, &mut err_line);
                     }
                 }
             }
         }
         Ok(code(child.wait().await?))
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streamed_lines_come_from_both_streams_and_survive_bad_utf8() {
+        let script = r"printf 'out one\n'; printf 'err \377 two\n' >&2; printf 'no newline'; exit 3";
+        let invocation = Invocation::new("sh", &["-c", script], std::env::temp_dir());
+        let mut lines = Vec::new();
+        let code = RealExec
+            .stream(&invocation, Sink::Lines(&mut |line: &str| lines.push(line.to_owned())))
+            .await
+            .unwrap();
+        assert_eq!(code, 3);
+        lines.sort();
+        assert_eq!(lines, ["err \u{fffd} two", "no newline", "out one"]);
+        let captured = RealExec.output(&invocation).await.unwrap();
+        assert_eq!(captured.code, 3);
+        assert_eq!(captured.first_error_line(), "err \u{fffd} two");
     }
 }
