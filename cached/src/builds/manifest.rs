@@ -17,7 +17,7 @@ const MAX_COMPONENTS: usize = 200_000;
 const MAX_NAME_LEN: usize = 4096;
 const MAX_DISPLAY_LEN: usize = 1024;
 /// Changes kept per miss in the event log; the count beyond is kept exactly.
-pub const MAX_STORED_CHANGES: usize = 2000;
+pub const MAX_STORED_CHANGES: usize = 1000;
 
 /// Checks a manifest's form: version, sorted unique names, 32-byte hashes, bounded sizes.
 pub fn check(manifest: &v1::BuildManifest) -> Result<()> {

@@ -33,7 +33,7 @@ pub const MAX_PER_TARGET: usize = 32;
 /// Events older than this are dropped.
 pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Events kept per namespace, newest first.
-pub const MAX_EVENTS_PER_NAMESPACE: usize = 20_000;
+pub const MAX_EVENTS_PER_NAMESPACE: usize = 10_000;
 /// The event log is pruned after this many appends (and at start-up).
 const PRUNE_EVERY: u64 = 1024;
 const MAX_OUTPUTS: usize = 10_000;
