@@ -431,13 +431,31 @@ async fn compiler_identity(
         return Err(NoKey(format!("{program} --version failed: {}", captured.first_error_line())));
     }
     let version = String::from_utf8_lossy(&captured.stdout).into_owned();
+    let resolved = resolve(program, call.env).map_or_else(|| program.to_owned(), |p| p.display().to_string());
     let mut hasher = blake3::Hasher::new();
     hasher.update(command.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(resolved.as_bytes());
     hasher.update(b"\0");
     hasher.update(version.as_bytes());
     let first = version.lines().next().unwrap_or("").trim();
     manifest.insert(format!("cc.{var}"), *hasher.finalize().as_bytes(), format!("{command}: {first}"));
     Ok(())
+}
+
+/// Where `program` is: itself when it names a path, else the first match on PATH (the
+/// request's PATH when it sets one).
+fn resolve(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    if program.contains('/') {
+        return std::fs::canonicalize(program).ok();
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| std::ffi::OsString::from(value))
+        .or_else(|| std::env::var_os("PATH"))?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
 /// VCS stamping: the revision and whether the tree is modified, as go records them.
