@@ -353,3 +353,104 @@ async fn submissions_are_checked() {
     assert_eq!(err.code(), Code::NotFound);
     server.stop().await;
 }
+
+fn blob(what: &str) -> v1::OciBlob {
+    v1::OciBlob {
+        media_type: format!("application/vnd.oci.image.{what}.v1+json"),
+        digest: format!("sha256:{}", blake3::hash(what.as_bytes()).to_hex()),
+        size: what.len() as u64,
+        cas: Some(Digest::of(what.as_bytes()).to_wire()),
+    }
+}
+
+fn imaged(targets: &[&str]) -> v1::JobSpec {
+    v1::JobSpec { image: Some(v1::ImageSpec::default()), ..spec(targets, "go1.26.8") }
+}
+
+async fn succeed(
+    agent: &mut Agent,
+    token: &FencingToken,
+    result: v1::TaskResult,
+) -> Result<(), tonic::Status> {
+    let request = v1::CompleteRequest {
+        token: Some(token.clone()),
+        outcome: Some(v1::complete_request::Outcome::Success(result)),
+    };
+    agent.workers.complete(request).await.map(drop)
+}
+
+#[tokio::test]
+async fn an_image_job_ends_with_an_index_task_that_needs_no_build_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut agent = Agent::connect(&server, "a", "go1.26.8", 1, &[]).await;
+    let job = submit(&mut jobs, imaged(&["linux/amd64", "darwin/arm64"])).await;
+    let other = submit(&mut jobs, spec(&["linux/arm64"], "go1.26.8")).await;
+
+    let image = v1::PlatformImage {
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        manifest: Some(blob("manifest")),
+        config: Some(blob("config")),
+        layer: Some(blob("layer")),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let lease = agent.task().await;
+        assert_eq!(lease.kind, v1::TaskKind::Build as i32);
+        let token = lease.token.unwrap();
+        assert_eq!(token.job_id, job);
+        let linux = lease.target.unwrap().goos == "linux";
+        let result = v1::TaskResult { image: linux.then(|| image.clone()), ..Default::default() };
+        agent.heartbeat(std::slice::from_ref(&token)).await;
+        succeed(&mut agent, &token, result).await.unwrap();
+    }
+    // Every build succeeded: the index task comes first, though the agent's only slot goes to
+    // the other job's build at the same time.
+    let mut leases = [agent.task().await, agent.task().await];
+    leases.sort_by_key(|lease| lease.kind);
+    let [build, index] = leases;
+    assert_eq!(build.token.as_ref().unwrap().job_id, other);
+    assert_eq!(index.kind, v1::TaskKind::ImageIndex as i32);
+    assert!(index.target.is_none());
+    assert_eq!(index.images, std::slice::from_ref(&image), "the linux target's image, and only that");
+    let token = index.token.unwrap();
+    assert_eq!(token.task, 2, "after the two build tasks");
+
+    // A malformed index is refused; the real one finishes the job with the index digest.
+    let bad = v1::TaskResult {
+        index: Some(v1::OciBlob { digest: "sha256:nope".into(), ..blob("index") }),
+        ..Default::default()
+    };
+    assert_eq!(succeed(&mut agent, &token, bad).await.unwrap_err().code(), Code::InvalidArgument);
+    let done = v1::TaskResult { index: Some(blob("index")), ..Default::default() };
+    succeed(&mut agent, &token, done).await.unwrap();
+    let (status, events) = watch_to_end(&mut jobs, &job).await;
+    assert_eq!(status.state, JobState::Succeeded as i32, "{status:?}");
+    assert_eq!(status.image, Some(blob("index")));
+    assert_eq!(status.tasks.len(), 3);
+    assert_eq!(status.tasks[2].kind, v1::TaskKind::ImageIndex as i32);
+    let finished = events.last().unwrap().status.clone().unwrap();
+    assert_eq!(finished.image, Some(blob("index")), "the final event carries the index");
+
+    // A linux target that comes back without an image fails the job, with the reason.
+    let job = submit(&mut jobs, imaged(&["linux/arm64"])).await;
+    agent.complete(build.token.as_ref().unwrap(), "app").await.unwrap();
+    let lease = agent.task().await.token.unwrap();
+    assert_eq!(lease.job_id, job);
+    agent.complete(&lease, "app").await.unwrap();
+    let (status, _) = watch_to_end(&mut jobs, &job).await;
+    assert_eq!(status.state, JobState::Failed as i32);
+    assert!(status.error.contains("without an image"), "{}", status.error);
+    assert!(status.image.is_none() && status.tasks.len() == 1);
+
+    // Image specs are checked at submission.
+    let err = jobs.submit(v1::SubmitRequest { spec: Some(imaged(&["darwin/arm64"])) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut based = imaged(&["linux/amd64"]);
+    based.image.as_mut().unwrap().base = "cgr.dev/chainguard/static".into();
+    let err = jobs.submit(v1::SubmitRequest { spec: Some(based) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    server.stop().await;
+}

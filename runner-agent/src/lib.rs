@@ -3,8 +3,10 @@
 //! Read in this order: [`agent`] (the lease stream: register, heartbeat, take tasks, abort,
 //! drain on SIGTERM), [`task`] (one task: sources, module proxy, build, outputs, completion),
 //! [`workspace`] (trees from the CAS into a directory through a local blob cache with hard
-//! links), [`build`] (the go build, through the cachectl library), [`exec`] (child processes:
-//! own process group, timeout, killed with the task), [`caps`] (what this machine can build).
+//! links), [`build`] (the go build, through the cachectl library), [`image`] (a target's
+//! platform image and a job's image index, through `cachectl::oci`), [`exec`] (child
+//! processes: own process group, timeout, killed with the task), [`caps`] (what this machine
+//! can build).
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +14,7 @@ pub mod agent;
 pub mod build;
 pub mod caps;
 pub mod exec;
+pub mod image;
 pub mod task;
 pub mod workspace;
 

@@ -1,5 +1,6 @@
 //! One leased task: materialize the sources (and the module proxy), build the target, upload
-//! the outputs, report. Build output is streamed to cached as it comes (Workers.Progress, in
+//! the outputs, layer its image when the job has one, report; or, for a job's last step,
+//! assemble the image index. Build output is streamed to cached as it comes (Workers.Progress, in
 //! batches); the task directory is removed at the end whatever happened.
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::TaskError;
 use crate::build::{BuildInput, Builder};
+use crate::image;
 use crate::workspace::{BlobCache, materialize};
 
 /// Log lines are sent at most this often.
@@ -46,10 +48,16 @@ pub async fn run(
     cancel: watch::Receiver<bool>,
 ) -> Result<v1::TaskResult, TaskError> {
     let token = lease.token.clone().unwrap_or_default();
-    let dir = ctx.work_dir.join("tasks").join(token_name(&token));
-    let _ = std::fs::remove_dir_all(&dir);
     let (lines, received) = mpsc::unbounded_channel::<String>();
     let logger = tokio::spawn(forward_logs(ctx.remote.clone(), token.clone(), received));
+    if lease.kind == v1::TaskKind::ImageIndex as i32 {
+        let result = image::index(&ctx.remote.client, &lease, &lines).await;
+        drop(lines);
+        let _ = logger.await;
+        return result;
+    }
+    let dir = ctx.work_dir.join("tasks").join(token_name(&token));
+    let _ = std::fs::remove_dir_all(&dir);
     let result = build_task(&ctx, &lease, &dir, lines, cancel).await;
     let _ = logger.await;
     if let Err(err) = remove_tree(&dir) {
@@ -143,12 +151,20 @@ async fn build_task(
             executable: true,
         })
         .collect();
+    let image = match &spec.image {
+        Some(image) => {
+            image::platform_image(&ctx.remote.client, image, &platform, &built.outputs, &lines).await?
+        }
+        None => None,
+    };
     Ok(v1::TaskResult {
         outputs,
         hit: built.hit,
         build_key: built.key,
         duration_ms: started.elapsed().as_millis() as u64,
         explanation: built.explanation.unwrap_or_default(),
+        image,
+        index: None,
     })
 }
 

@@ -540,3 +540,231 @@ fn cancel_stops_the_running_builds() {
     let watched = run(module.cachectl(&server, &["jobs", "watch", "--no-download", &job]));
     assert!(!watched.status.success(), "a cancelled job is not a success: {}", watched.stdout);
 }
+
+/// A docker-registry (distribution 2.8) on a loopback port with its access log, killed on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Self {
+        assert!(
+            cached_e2e_has("docker-registry"),
+            "docker-registry is required (apt-get install docker-registry)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let mut registry = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = registry.child.try_wait().ok().flatten();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "docker-registry did not start: {}",
+                registry.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// `(method, path)` of every request in the access log so far.
+    fn requests(&self) -> Vec<(String, String)> {
+        self.log()
+            .lines()
+            .filter_map(|line| {
+                let request = line.split('"').nth(1)?;
+                let mut parts = request.split(' ');
+                let (method, path) = (parts.next()?, parts.next()?);
+                parts.next()?.starts_with("HTTP/").then(|| (method.to_owned(), path.to_owned()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sha256:<hex>` of bytes, by sha256sum.
+fn sha256(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), bytes).unwrap();
+    let output = child.wait_with_output().unwrap();
+    format!("sha256:{}", String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap())
+}
+
+fn skopeo(args: &[&str]) -> Vec<u8> {
+    let output = Command::new("skopeo").args(args).output().expect("skopeo (apt-get install skopeo)");
+    assert!(output.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
+#[test]
+fn an_image_job_is_layered_by_the_agents_and_a_resubmit_pushes_no_blob() {
+    let _serial = serial();
+    let server = Server::start();
+    let (a, b) = (
+        Agent::start(&server, "agent-1", &warm_dir(1), 2),
+        Agent::start(&server, "agent-2", &warm_dir(2), 2),
+    );
+    let registry = Registry::start();
+    let module = Module::new();
+    let layout = module.root.path().join("layout");
+    let reference = format!("127.0.0.1:{}/matrix/app:v1", registry.port);
+    let layout_arg = layout.display().to_string();
+    // Two linux targets get images; windows is built, not imaged.
+    let submit = || {
+        run(module.cachectl(
+            &server,
+            &[
+                "submit",
+                "--targets",
+                "linux/amd64,linux/arm64,windows/amd64",
+                "--image",
+                &reference,
+                "--oci-layout",
+                &layout_arg,
+                "--image-env",
+                "MODE=matrix",
+                "./cmd/app",
+            ],
+        ))
+    };
+
+    let first = submit().success(&format!("image submit\n{}\n{}", a.log(), b.log()));
+    let index = first
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("index "))
+        .unwrap_or_else(|| panic!("no index line: {}", first.stdout))
+        .to_owned();
+    assert!(first.stdout.contains("image index"), "the index task is in the table: {}", first.stdout);
+    assert!(first.stdout.contains(&format!("wrote {layout_arg} (v1)")), "{}", first.stdout);
+    assert!(first.stdout.contains(&format!("pushed {reference}@{index}")), "{}", first.stdout);
+
+    // The job result carries the index digest; each linux target its platform image.
+    let jobs = module.jobs(&server);
+    let job = &jobs[0];
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["image"], index.as_str(), "{job}");
+    let tasks = job["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 4, "three builds and the index: {job}");
+    assert_eq!(tasks[3]["kind"], "image-index");
+    assert_eq!(tasks[3]["index"], index.as_str());
+    let imaged: Vec<&str> = tasks.iter().filter_map(|t| t["image"]["platform"].as_str()).collect();
+    assert_eq!(imaged, ["linux/amd64", "linux/arm64"], "{job}");
+
+    // The registry and the layout hold exactly that index, over both platforms.
+    let docker = format!("docker://{reference}");
+    let raw = skopeo(&["inspect", "--tls-verify=false", "--raw", &docker]);
+    assert_eq!(sha256(&raw), index, "the pushed index is the job's");
+    assert_eq!(skopeo(&["inspect", "--raw", &format!("oci:{layout_arg}:v1")]), raw, "the layout's index");
+    let parsed: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let platforms: Vec<String> = parsed["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    for (arch, digest) in
+        tasks.iter().take(2).map(|t| (t["target"].as_str().unwrap(), &t["image"]["manifest"]))
+    {
+        let arch = arch.trim_start_matches("linux/");
+        let config: serde_json::Value = serde_json::from_slice(&skopeo(&[
+            "inspect",
+            "--tls-verify=false",
+            "--config",
+            "--override-arch",
+            arch,
+            &docker,
+        ]))
+        .unwrap();
+        assert_eq!(config["architecture"], arch);
+        assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/app/app"]));
+        assert!(
+            config["config"]["Env"].as_array().unwrap().contains(&serde_json::json!("MODE=matrix")),
+            "{config}"
+        );
+        // The index references the manifests the agents built.
+        let entry =
+            parsed["manifests"].as_array().unwrap().iter().find(|m| m["platform"]["architecture"] == arch);
+        assert_eq!(&entry.unwrap()["digest"], digest, "{arch}: the agent's manifest is in the index");
+    }
+    // The amd64 layer from the layout holds the binary, which runs.
+    let amd64 = parsed["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(amd64)).unwrap()).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+    let rootfs = module.root.path().join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let untar = Command::new("tar")
+        .arg("xzf")
+        .arg(layout.join("blobs/sha256").join(layer))
+        .arg("-C")
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let said = Command::new(rootfs.join("app/app")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&said.stdout).trim(), "hello, matrix");
+
+    // The same source again: every build a hit, every layer from the cache, the same index,
+    // and the registry is sent no blob (the tag already names the index).
+    let before = registry.requests().len();
+    let second = submit().success("image resubmit");
+    let rows: Vec<&str> = second.stdout.lines().filter(|line| line.contains("agent-")).collect();
+    assert_eq!(rows.len(), 4, "{}", second.stdout);
+    assert!(
+        rows.iter()
+            .filter(|row| !row.starts_with("image index"))
+            .all(|row| row.split_whitespace().nth(2) == Some("hit")),
+        "all hits:\n{}",
+        second.stdout
+    );
+    assert!(second.stdout.contains(&format!("index {index}")), "the same index: {}", second.stdout);
+    assert!(second.stdout.contains("already there, nothing uploaded"), "{}", second.stdout);
+    let requests = registry.requests()[before..].to_vec();
+    assert!(
+        requests
+            .iter()
+            .all(|(method, path)| !path.contains("/blobs/") && (method == "HEAD" || method == "GET")),
+        "nothing uploaded on the resubmit: {requests:?}"
+    );
+    let jobs = module.jobs(&server);
+    assert_eq!(jobs[0]["image"], index.as_str());
+    for task in jobs[0]["tasks"].as_array().unwrap().iter().take(2) {
+        assert_eq!(task["image"]["layer_cached"], true, "layers came from the layer cache: {task}");
+    }
+}

@@ -10,6 +10,10 @@
 //! fails with the reason. A completion is accepted only from the current, unexpired lease, so a
 //! zombie agent can never overwrite a newer attempt's result.
 //!
+//! A job with an image spec gets one more task once every build task has succeeded: an
+//! IMAGE_INDEX task that assembles the image index over the targets' images (see
+//! [`Scheduler::add_index_task`] for why an agent does that, not cached).
+//!
 //! All state sits behind one mutex; nothing awaits while holding it. Events go out on a
 //! broadcast channel while the lock is held, so a watcher that subscribed under the lock sees
 //! every change after its snapshot, in order.
@@ -24,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::v1::{
     AgentInfo, FencingToken, Heartbeat, JobEvent, JobSpec, JobState, JobStatus, LeaseResponse, Registered,
-    TaskLease, TaskResult, TaskState, TaskStatus, job_event::Kind, lease_response,
+    TaskKind, TaskLease, TaskResult, TaskState, TaskStatus, job_event::Kind, lease_response,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -62,7 +66,7 @@ pub type Events = broadcast::Receiver<Arc<(String, JobEvent)>>;
 
 /// What happened to a completed lease.
 pub enum Outcome {
-    Success(TaskResult),
+    Success(Box<TaskResult>),
     Failure { reason: String, retryable: bool },
 }
 
@@ -85,6 +89,10 @@ pub fn now_ms() -> i64 {
 
 fn is_terminal(state: i32) -> bool {
     matches!(TaskState::try_from(state), Ok(TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled))
+}
+
+fn is_index(task: &TaskStatus) -> bool {
+    task.kind == TaskKind::ImageIndex as i32
 }
 
 fn job_finished(job: &JobStatus) -> bool {
@@ -184,6 +192,7 @@ impl Scheduler {
             submitted_unix_ms: now_ms(),
             finished_unix_ms: 0,
             submitter: submitter.to_owned(),
+            ..JobStatus::default()
         };
         let mut state = self.lock();
         self.store.save(&job)?;
@@ -369,8 +378,8 @@ impl Scheduler {
                 task.finished_unix_ms = now_ms();
                 task.error.clear();
                 let mut done = event(Kind::TaskSucceeded, task);
-                done.result = Some(result.clone());
-                task.result = Some(result);
+                done.result = Some((*result).clone());
+                task.result = Some(*result);
                 self.emit(&token.job_id, done);
             }
             Outcome::Failure { reason, retryable } if retryable && task.attempt < max_attempts => {
@@ -485,7 +494,20 @@ impl Scheduler {
             }
             return;
         }
-        let ok = job.tasks.iter().all(|task| task.state == TaskState::Succeeded as i32);
+        let mut ok = job.tasks.iter().all(|task| task.state == TaskState::Succeeded as i32);
+        if ok && job.spec.as_ref().is_some_and(|spec| spec.image.is_some()) {
+            match job.tasks.iter().find(|task| is_index(task)) {
+                None => match self.add_index_task(job) {
+                    Ok(()) => return,
+                    Err(reason) => {
+                        tracing::warn!(job = %job.job_id, %reason, "no image index");
+                        job.error = reason;
+                        ok = false;
+                    }
+                },
+                Some(task) => job.image = task.result.as_ref().and_then(|result| result.index.clone()),
+            }
+        }
         job.state = if ok { JobState::Succeeded } else { JobState::Failed } as i32;
         job.finished_unix_ms = now_ms();
         tracing::info!(job = %job.job_id, ok, "job finished");
@@ -498,6 +520,45 @@ impl Scheduler {
                 ..JobEvent::default()
             },
         );
+    }
+
+    /// Queues the IMAGE_INDEX task of a job whose build tasks all succeeded, or says why there
+    /// can be no index (a linux target that returned no image).
+    ///
+    /// Why an agent assembles the index rather than cached: the index is a pure function of the
+    /// targets' manifests, but its bytes (canonical JSON) and SHA-256 define the image, and the
+    /// one encoder of image documents is `cachectl::oci`, which agents link and cached does not;
+    /// a second encoder here could drift from it and publish an index no client derives. cached
+    /// stays ignorant of OCI. As a task the step gets persistence, leases, fencing and retries
+    /// for free; it is a few hundred bytes of work, so it takes no build slot, goes to any
+    /// connected agent whatever its Go, and is dispatched before any queued build.
+    fn add_index_task(&self, job: &mut JobStatus) -> std::result::Result<(), String> {
+        let mut images = 0;
+        for task in &job.tasks {
+            let Some(target) = task.target.as_ref().filter(|target| target.goos == "linux") else { continue };
+            if task.result.as_ref().and_then(|result| result.image.as_ref()).is_none() {
+                return Err(format!(
+                    "target {} succeeded without an image (agent {} does not layer images?)",
+                    proto::platform::label(target),
+                    task.agent
+                ));
+            }
+            images += 1;
+        }
+        if images == 0 {
+            return Err("no target produced an image".to_owned());
+        }
+        let task = TaskStatus {
+            index: job.tasks.len() as u32,
+            state: TaskState::Queued as i32,
+            kind: TaskKind::ImageIndex as i32,
+            ..TaskStatus::default()
+        };
+        self.emit(&job.job_id, event(Kind::Queued, &task));
+        job.tasks.push(task);
+        job.state = JobState::Running as i32;
+        tracing::info!(job = %job.job_id, images, "every target built; assembling the image index");
+        Ok(())
     }
 
     /// Deletes the oldest finished jobs beyond [`KEEP_FINISHED`].
@@ -525,9 +586,13 @@ impl Scheduler {
             let priority = job.spec.as_ref().map_or(0, |spec| spec.priority);
             for task in &job.tasks {
                 if task.state == TaskState::Leased as i32 {
-                    *leased.entry(task.agent.clone()).or_default() += 1;
+                    if !is_index(task) {
+                        *leased.entry(task.agent.clone()).or_default() += 1;
+                    }
                 } else if task.state == TaskState::Queued as i32 {
+                    // Index tasks first: they finish jobs, in milliseconds.
                     queued.push((
+                        !is_index(task),
                         -i64::from(priority),
                         job.submitted_unix_ms,
                         job.job_id.clone(),
@@ -549,14 +614,19 @@ impl Scheduler {
             })
             .collect();
         let until = now_ms() + self.settings.lease_timeout.as_millis() as i64;
-        for (_, _, job_id, index) in queued {
+        for (_, _, _, job_id, index) in queued {
             let Some(job) = jobs.get_mut(&job_id) else { continue };
             let Some(spec) = job.spec.as_ref() else { continue };
-            let target = job.tasks[index as usize].target.clone().unwrap_or_default();
+            let index_task = is_index(&job.tasks[index as usize]);
+            let target = job.tasks[index as usize].target.clone();
+            let build_target = target.clone().unwrap_or_default();
             let chosen = workers
                 .iter()
                 .filter(|(session, worker)| {
-                    free.get(session).copied().unwrap_or(0) > 0 && can_build(&worker.info, spec, &target)
+                    // Any agent that is taking tasks can assemble an index.
+                    free.get(session).is_some_and(|free| {
+                        index_task || (*free > 0 && can_build(&worker.info, spec, &build_target))
+                    })
                 })
                 .max_by_key(|(session, _)| free.get(session).copied().unwrap_or(0))
                 .map(|(session, worker)| (*session, worker.info.agent_id.clone(), worker.sender.clone()));
@@ -565,11 +635,23 @@ impl Scheduler {
                 0 => self.settings.job_timeout,
                 seconds => Duration::from_secs(seconds),
             };
+            let (kind, images) = if index_task {
+                let images = job
+                    .tasks
+                    .iter()
+                    .filter_map(|task| task.result.as_ref().and_then(|result| result.image.clone()))
+                    .collect();
+                (TaskKind::ImageIndex, images)
+            } else {
+                (TaskKind::Build, Vec::new())
+            };
             let lease = TaskLease {
                 token: None,
                 spec: Some(spec.clone()),
-                target: Some(target),
+                target,
                 deadline_unix_ms: job.submitted_unix_ms + timeout.as_millis() as i64,
+                kind: kind as i32,
+                images,
             };
             let task = &mut job.tasks[index as usize];
             task.state = TaskState::Leased as i32;
@@ -588,7 +670,7 @@ impl Scheduler {
                 // The stream is gone; the lease expires and the task is requeued.
                 tracing::warn!(job = %job_id, task = index, "agent stream closed while leasing");
             }
-            if let Some(slots) = free.get_mut(&session) {
+            if let Some(slots) = free.get_mut(&session).filter(|_| !index_task) {
                 *slots -= 1;
             }
             self.emit(&job_id, leased_event);

@@ -2,7 +2,7 @@
 //! flags and environment are allow-listed: `-toolexec`, `-exec`, `-overlay` or a `CC` of the
 //! submitter's choosing would run arbitrary programs on every agent.
 
-use proto::v1::{JobSpec, Target};
+use proto::v1::{ImageSpec, JobSpec, OciBlob, Target, TaskResult};
 use proto::{Digest, Platform};
 
 use crate::error::{Error, Result};
@@ -82,12 +82,6 @@ pub fn check_spec(spec: &mut JobSpec) -> Result<()> {
     if let Some(proxy) = &spec.module_proxy {
         Digest::from_wire(Some(proxy)).map_err(|err| invalid(format!("module_proxy: {err}")))?;
     }
-    if spec.image.is_some() {
-        return Err(Error::FailedPrecondition(
-            "image specs are not built by runner agents yet; build the image with `cachectl image` from the outputs"
-                .to_owned(),
-        ));
-    }
     check_relative("module_dir", &spec.module_dir)?;
     if spec.packages.is_empty() {
         spec.packages.push(".".to_owned());
@@ -137,6 +131,102 @@ pub fn check_spec(spec: &mut JobSpec) -> Result<()> {
     }
     if spec.go_version.len() > 64 || spec.go_version.contains(char::is_whitespace) {
         return Err(invalid(format!("go_version {:?} is not a Go version", spec.go_version)));
+    }
+    if let Some(image) = &spec.image {
+        check_image(image, &spec.targets)?;
+    }
+    Ok(())
+}
+
+/// Entries of the image's env and labels.
+const MAX_IMAGE_ENTRIES: usize = 64;
+const MAX_IMAGE_TEXT: usize = 4096;
+
+/// Checks an image spec. Agents check the rest (platforms, the binary) with the image library
+/// itself; what is checked here fails a job at submission instead of on every agent.
+fn check_image(image: &ImageSpec, targets: &[Target]) -> Result<()> {
+    if !image.base.is_empty() {
+        return Err(Error::FailedPrecondition(
+            "base images are not supported in jobs yet; layer the outputs with `cachectl image --base`"
+                .to_owned(),
+        ));
+    }
+    // Container images are linux only; the other targets of the job are built, not imaged.
+    let linux: Vec<&Target> = targets.iter().filter(|t| t.goos == "linux").collect();
+    if linux.is_empty() {
+        return Err(invalid("an image needs at least one linux target".to_owned()));
+    }
+    // cgo does not change the image platform.
+    for (i, a) in linux.iter().enumerate() {
+        if let Some(b) = linux[i + 1..].iter().find(|b| b.goarch == a.goarch && b.arch_level == a.arch_level)
+        {
+            return Err(invalid(format!(
+                "targets {} and {} would be the same image platform",
+                proto::platform::label(a),
+                proto::platform::label(b)
+            )));
+        }
+    }
+    if !image.binary.is_empty() {
+        proto::platform::check_entry_name(&image.binary).map_err(invalid)?;
+    }
+    if !image.dir.is_empty()
+        && (!image.dir.starts_with('/')
+            || image.dir.split('/').any(|part| part == ".." || part.contains('\0')))
+    {
+        return Err(invalid(format!("image dir {:?} must be an absolute path", image.dir)));
+    }
+    if !matches!(image.compression.as_str(), "" | "gzip" | "zstd") {
+        return Err(invalid(format!("image compression {:?}: expected gzip or zstd", image.compression)));
+    }
+    if image.env.len() > MAX_IMAGE_ENTRIES || image.labels.len() > MAX_IMAGE_ENTRIES {
+        return Err(invalid(format!("at most {MAX_IMAGE_ENTRIES} image env entries and labels")));
+    }
+    let texts = image.env.iter().chain(image.labels.keys()).chain(image.labels.values());
+    for text in texts.chain([&image.user, &image.dir, &image.binary]) {
+        if text.len() > MAX_IMAGE_TEXT || text.contains('\0') {
+            return Err(invalid(format!("image spec entry {text:.40?}... is too long or holds NUL")));
+        }
+    }
+    if image.env.iter().any(|entry| entry.split_once('=').is_none_or(|(key, _)| key.is_empty())) {
+        return Err(invalid("image env entries are KEY=VALUE".to_owned()));
+    }
+    Ok(())
+}
+
+/// `sha256:<64 lowercase hex>`.
+fn is_sha256(text: &str) -> bool {
+    text.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+fn check_blob(blob: Option<&OciBlob>, what: &str) -> Result<()> {
+    let blob = blob.ok_or_else(|| invalid(format!("{what} is missing")))?;
+    let cas = Digest::from_wire(blob.cas.as_ref()).map_err(|err| invalid(format!("{what}: {err}")))?;
+    if !is_sha256(&blob.digest) || cas.size != blob.size || blob.media_type.is_empty() {
+        return Err(invalid(format!("{what} is not a valid OCI blob")));
+    }
+    Ok(())
+}
+
+/// Checks what an agent reports of a successful task: output names and digests, and the image
+/// blobs it recorded.
+pub fn check_result(result: &TaskResult) -> Result<()> {
+    for output in &result.outputs {
+        Digest::from_wire(output.digest.as_ref())?;
+        proto::platform::check_entry_name(&output.name).map_err(Error::InvalidArgument)?;
+    }
+    if let Some(image) = &result.image {
+        check_blob(image.manifest.as_ref(), "the image manifest")?;
+        check_blob(image.config.as_ref(), "the image config")?;
+        check_blob(image.layer.as_ref(), "the image layer")?;
+        if image.os.is_empty() || image.architecture.is_empty() {
+            return Err(invalid("the image has no platform".to_owned()));
+        }
+    }
+    if let Some(index) = &result.index {
+        check_blob(Some(index), "the image index")?;
     }
     Ok(())
 }
@@ -206,5 +296,60 @@ mod tests {
         let mut none = spec();
         none.source_root = None;
         assert!(check_spec(&mut none).is_err());
+    }
+
+    #[test]
+    fn image_specs() {
+        let imaged = |targets: &[&str], image: ImageSpec| {
+            let mut job = spec();
+            job.targets = targets.iter().map(|t| t.parse::<Platform>().unwrap().to_wire("")).collect();
+            job.image = Some(image);
+            check_spec(&mut job)
+        };
+        let plain = ImageSpec::default();
+        imaged(&["linux/amd64", "linux/arm64", "darwin/arm64"], plain.clone()).unwrap();
+        imaged(&["linux/amd64", "linux/amd64/v3"], plain.clone()).unwrap();
+        let err = imaged(&["darwin/arm64", "windows/amd64"], plain.clone()).unwrap_err();
+        assert!(err.to_string().contains("linux target"), "{err}");
+        let err = imaged(&["linux/amd64", "linux/amd64+cgo"], plain.clone()).unwrap_err();
+        assert!(err.to_string().contains("same image platform"), "{err}");
+        let based = ImageSpec { base: "cgr.dev/chainguard/static".into(), ..plain.clone() };
+        assert!(matches!(imaged(&["linux/amd64"], based), Err(Error::FailedPrecondition(_))));
+        for bad in [
+            ImageSpec { dir: "app".into(), ..plain.clone() },
+            ImageSpec { dir: "/app/../etc".into(), ..plain.clone() },
+            ImageSpec { binary: "a/b".into(), ..plain.clone() },
+            ImageSpec { compression: "xz".into(), ..plain.clone() },
+            ImageSpec { env: vec!["NOVALUE".into()], ..plain.clone() },
+        ] {
+            assert!(imaged(&["linux/amd64"], bad.clone()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn task_results_with_images() {
+        let blob = |bytes: &[u8]| OciBlob {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size: bytes.len() as u64,
+            cas: Some(Digest::of(bytes).to_wire()),
+        };
+        let image = proto::v1::PlatformImage {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            manifest: Some(blob(b"m")),
+            config: Some(blob(b"c")),
+            layer: Some(blob(b"l")),
+            ..Default::default()
+        };
+        let good =
+            TaskResult { image: Some(image.clone()), index: Some(blob(b"i")), ..TaskResult::default() };
+        check_result(&good).unwrap();
+        let short = OciBlob { digest: "sha256:abc".into(), ..blob(b"m") };
+        let bad = TaskResult {
+            image: Some(proto::v1::PlatformImage { manifest: Some(short), ..image }),
+            ..TaskResult::default()
+        };
+        assert!(check_result(&bad).is_err());
     }
 }

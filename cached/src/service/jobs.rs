@@ -223,11 +223,8 @@ impl Workers for WorkersService {
         let token = request.token.ok_or_else(|| Error::invalid("token is missing"))?;
         let outcome = match request.outcome {
             Some(complete_request::Outcome::Success(result)) => {
-                for output in &result.outputs {
-                    proto::Digest::from_wire(output.digest.as_ref()).map_err(Error::from)?;
-                    proto::platform::check_entry_name(&output.name).map_err(Error::InvalidArgument)?;
-                }
-                Outcome::Success(result)
+                crate::scheduler::validate::check_result(&result)?;
+                Outcome::Success(Box::new(result))
             }
             Some(complete_request::Outcome::Failure(failure)) => {
                 Outcome::Failure { reason: failure.reason, retryable: failure.retryable }

@@ -9,6 +9,7 @@ use proto::v1::{self, JobState, TaskState};
 use crate::client::ConnectOptions;
 use crate::error::Result;
 use crate::submit::Remote;
+use crate::submit::image::platform_label;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -28,8 +29,8 @@ pub enum Command {
         all: bool,
         #[arg(long, default_value_t = 50)]
         limit: u32,
-        /// One JSON document: [{job_id, state, submitter, tasks: [{target, state, attempt, agent,
-        /// hit, error, outputs}]}].
+        /// One JSON document: [{job_id, state, submitter, image, error, tasks: [{kind, target,
+        /// state, attempt, agent, hit, error, outputs, image, index}]}].
         #[arg(long)]
         json: bool,
     },
@@ -47,14 +48,24 @@ fn job_json(job: &v1::JobStatus) -> serde_json::Value {
         .iter()
         .map(|task| {
             let result = task.result.clone().unwrap_or_default();
+            let index = task.kind == v1::TaskKind::ImageIndex as i32;
             serde_json::json!({
-                "target": label(&task.target.clone().unwrap_or_default()),
+                "kind": if index { "image-index" } else { "build" },
+                "target": if index { String::new() } else { label(&task.target.clone().unwrap_or_default()) },
                 "state": task_state_name(task.state),
                 "attempt": task.attempt,
                 "agent": task.agent,
                 "hit": result.hit,
                 "error": task.error,
                 "outputs": result.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+                "image": result.image.as_ref().map(|image| serde_json::json!({
+                    "platform": platform_label(image),
+                    "manifest": image.manifest.as_ref().map(|b| b.digest.clone()),
+                    "config": image.config.as_ref().map(|b| b.digest.clone()),
+                    "layer": image.layer.as_ref().map(|b| b.digest.clone()),
+                    "layer_cached": image.layer_cached,
+                })),
+                "index": result.index.as_ref().map(|b| b.digest.clone()),
             })
         })
         .collect();
@@ -64,6 +75,8 @@ fn job_json(job: &v1::JobStatus) -> serde_json::Value {
         "submitter": job.submitter,
         "submitted_unix_ms": job.submitted_unix_ms,
         "tasks": tasks,
+        "image": job.image.as_ref().map(|b| b.digest.clone()),
+        "error": job.error,
     })
 }
 
@@ -76,7 +89,13 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
     match command {
         Command::Watch { job_id, output, no_download } => {
             let output = (!no_download).then_some(output);
-            super::submit::follow(server, connect, remote, &job_id, output.as_deref(), Instant::now()).await
+            let (status, _) =
+                super::submit::follow(server, connect, remote, &job_id, output.as_deref(), Instant::now())
+                    .await?;
+            if let Some(index) = &status.image {
+                println!("image index {}", index.digest);
+            }
+            Ok(())
         }
         Command::List { all, limit, json } => {
             let jobs = remote.jobs.list(v1::ListRequest { limit, all }).await?.into_inner().jobs;
@@ -90,8 +109,15 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
                 .map_or(0, |d| d.as_millis() as i64);
             for job in jobs {
                 let done = job.tasks.iter().filter(|t| t.state == TaskState::Succeeded as i32).count();
-                let targets: Vec<String> =
-                    job.tasks.iter().map(|t| label(&t.target.clone().unwrap_or_default())).collect();
+                let mut targets: Vec<String> = job
+                    .tasks
+                    .iter()
+                    .filter(|t| t.kind == v1::TaskKind::Build as i32)
+                    .map(|t| label(&t.target.clone().unwrap_or_default()))
+                    .collect();
+                if job.spec.as_ref().is_some_and(|spec| spec.image.is_some()) {
+                    targets.push("+image".to_owned());
+                }
                 let age = humantime::format_duration(std::time::Duration::from_secs(
                     ((now - job.submitted_unix_ms) / 1000).max(0) as u64,
                 ));

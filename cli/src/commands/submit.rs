@@ -17,8 +17,8 @@ use proto::{Digest, Platform};
 use crate::client::ConnectOptions;
 use crate::error::{CliError, Result};
 use crate::submit::Remote;
-use crate::submit::modules;
 use crate::submit::tree::Tree;
+use crate::submit::{image, modules};
 
 pub const DEFAULT_TARGETS: &str = "linux/amd64,linux/arm64,darwin/arm64,windows/amd64";
 
@@ -64,6 +64,40 @@ pub struct Args {
     /// Let agents with any Go version build (by default they must have this machine's).
     #[arg(long)]
     any_go: bool,
+    /// Make an image of the linux targets and push it to REGISTRY/REPOSITORY:TAG, with this
+    /// machine's registry credentials (agents never get any).
+    #[arg(long, value_name = "REPO:TAG")]
+    image: Option<String>,
+    /// Make an image of the linux targets and write it to this OCI image layout directory.
+    #[arg(long, value_name = "DIR")]
+    oci_layout: Option<PathBuf>,
+    /// The output that goes in the image, when the build makes several.
+    #[arg(long, value_name = "NAME")]
+    image_binary: Option<String>,
+    /// Directory of the binary in the image; it joins PATH.
+    #[arg(long, value_name = "DIR", default_value = crate::submit::image::DEFAULT_DIR)]
+    image_dir: String,
+    /// User the container runs as [default: 65532 (nonroot)]
+    #[arg(long, value_name = "USER")]
+    image_user: Option<String>,
+    /// Image environment variable, KEY=VALUE; repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    image_env: Vec<String>,
+    /// Image label, KEY=VALUE; repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    image_label: Vec<String>,
+    /// Layer compression: gzip or zstd.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
+    compression: String,
+    /// Time of the image's files and `created`, in seconds since the epoch.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
+    source_date_epoch: u64,
+    /// Speak plain HTTP to the registry (loopback registries always get it).
+    #[arg(long)]
+    insecure: bool,
+    /// docker config.json with registry credentials [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json]
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
     /// Packages to build, relative to --dir [default: .].
     packages: Vec<String>,
 }
@@ -87,6 +121,60 @@ fn go_version(dir: &Path) -> Result<String> {
         .output()
         .map_err(|err| usage(format!("cannot run go: {err}")))?;
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The image part of the job, and the registry and layout the image goes to; checked before
+/// anything is uploaded.
+fn image_spec(args: &Args, targets: &[v1::Target]) -> Result<Option<v1::ImageSpec>> {
+    if args.image.is_none() && args.oci_layout.is_none() {
+        return Ok(None);
+    }
+    if args.detach {
+        return Err(usage("--image and --oci-layout need the job followed to its end: drop --detach"));
+    }
+    if let Some(reference) = &args.image {
+        crate::oci::Reference::parse(reference)?;
+    }
+    let mut platforms: Vec<(String, crate::oci::Platform)> = Vec::new();
+    for target in targets {
+        let platform = Platform::from_wire(target).map_err(|err| usage(err.to_string()))?;
+        let Some(image) = image::image_platform(&platform) else { continue };
+        let image = image?;
+        if let Some((other, _)) = platforms.iter().find(|(_, p)| p.matches(&image)) {
+            return Err(usage(format!(
+                "targets {other} and {platform} would be the same image platform ({image})"
+            )));
+        }
+        platforms.push((platform.to_string(), image));
+    }
+    if platforms.is_empty() {
+        return Err(usage("an image needs at least one linux target in --targets"));
+    }
+    let pairs = |what: &str, entries: &[String]| -> Result<Vec<(String, String)>> {
+        entries
+            .iter()
+            .map(|entry| {
+                entry
+                    .split_once('=')
+                    .filter(|(key, _)| !key.is_empty())
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .ok_or_else(|| usage(format!("--{what} {entry:?}: expected KEY=VALUE")))
+            })
+            .collect()
+    };
+    pairs("image-env", &args.image_env)?;
+    Ok(Some(v1::ImageSpec {
+        base: String::new(),
+        binary: args.image_binary.clone().unwrap_or_default(),
+        dir: args.image_dir.clone(),
+        user: args.image_user.clone().unwrap_or_default(),
+        env: args.image_env.clone(),
+        labels: pairs("image-label", &args.image_label)?.into_iter().collect(),
+        compression: args.compression.clone(),
+        epoch: args.source_date_epoch,
+        uid: 0,
+        gid: 0,
+    }))
 }
 
 pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
@@ -128,14 +216,22 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
         build_flags.push(format!("-tags={tags}"));
     }
     build_flags.extend(args.build_flags.iter().cloned());
+    let image = image_spec(&args, &targets)?;
 
     let started = Instant::now();
     let walk_root = root.clone();
-    let output = std::fs::canonicalize(&args.output).unwrap_or_else(|_| root.join(&args.output));
+    // Outputs and the image layout are not sources.
+    let outside: Vec<PathBuf> = [Some(&args.output), args.oci_layout.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|dir| std::fs::canonicalize(dir).unwrap_or_else(|_| root.join(dir)))
+        .collect();
     let (tree, deps) = tokio::task::spawn_blocking(move || -> Result<(Tree, modules::ModuleFiles)> {
         let mut tree = Tree::from_dir(&walk_root)?;
-        if let Ok(inside) = output.strip_prefix(&walk_root) {
-            tree.remove_prefix(&inside.to_string_lossy().replace('\\', "/"));
+        for dir in outside {
+            if let Ok(inside) = dir.strip_prefix(&walk_root) {
+                tree.remove_prefix(&inside.to_string_lossy().replace('\\', "/"));
+            }
         }
         Ok((tree, modules::collect(&walk_root)?))
     })
@@ -185,7 +281,7 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
         namespace: args.namespace.clone(),
         priority: args.priority,
         timeout_seconds: args.timeout.map_or(0, |t| t.as_secs().max(1)),
-        image: None,
+        image: image.clone(),
     };
     let job_id = remote.jobs.submit(v1::SubmitRequest { spec: Some(spec) }).await?.into_inner().job_id;
     if args.detach {
@@ -193,7 +289,63 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
         return Ok(());
     }
     eprintln!("job {job_id}");
-    follow(server, connect, remote, &job_id, Some(&args.output), started).await
+    let (status, remote) = follow(server, connect, remote, &job_id, Some(&args.output), started).await?;
+    if let Some(image) = &image {
+        publish(&remote, &status, image, &args).await?;
+    }
+    Ok(())
+}
+
+/// Writes the job's image to the layout and/or pushes it: the image is built again here from
+/// the downloaded binaries through the same library and spec as on the agents, so every layer
+/// is a hit in the layer cache (the agents stored them) and the documents come out
+/// byte-identical; it must arrive at the job's index digest, or nothing is claimed. Building
+/// here rather than pushing from the agents keeps registry credentials on this machine.
+async fn publish(remote: &Remote, status: &v1::JobStatus, spec: &v1::ImageSpec, args: &Args) -> Result<()> {
+    let index = status
+        .image
+        .as_ref()
+        .ok_or_else(|| CliError::Server(format!("job {} finished without an image index", status.job_id)))?;
+    let mut name: Option<String> = None;
+    let mut binaries = Vec::new();
+    for task in status.tasks.iter().filter(|task| task.kind == v1::TaskKind::Build as i32) {
+        let platform = Platform::from_wire(&task.target.clone().unwrap_or_default())
+            .map_err(|err| CliError::Server(err.to_string()))?;
+        let Some(image_platform) = image::image_platform(&platform) else { continue };
+        let result = task.result.clone().unwrap_or_default();
+        let names: Vec<&str> = result.outputs.iter().map(|output| output.name.as_str()).collect();
+        let picked = image::pick_binary(spec, &names).map_err(CliError::Server)?.to_owned();
+        if name.as_ref().is_some_and(|name| *name != picked) {
+            return Err(CliError::Server(format!(
+                "the targets put different binaries in the image ({picked})"
+            )));
+        }
+        binaries.push((image_platform?, args.output.join(platform.dir_name()).join(&picked)));
+        name = Some(picked);
+    }
+    let name = name.ok_or_else(|| CliError::Server("no target of the job has an image".into()))?;
+    let mut library = image::oci_spec(spec, &name, binaries)?;
+    library.oci_layout.clone_from(&args.oci_layout);
+    library.push.clone_from(&args.image);
+    library.registry = crate::oci::RegistryOptions {
+        insecure: args.insecure,
+        docker_config: args.docker_config.clone(),
+        ..crate::oci::RegistryOptions::default()
+    };
+    let cache = crate::oci::LayerCache::new(remote.client.clone());
+    let built = crate::oci::build_image(&library, Some(&cache)).await?;
+    for warning in &built.warnings {
+        eprintln!("cachectl: warning: {warning}");
+    }
+    if built.index.digest.to_string() != index.digest {
+        return Err(CliError::Failed(format!(
+            "the image built here has index {} but the agents assembled {}: the image is not reproducible \
+             between this machine and the agents (different cachectl versions?); nothing was claimed",
+            built.index.digest, index.digest
+        )));
+    }
+    print!("{}", super::image::render(&built));
+    Ok(())
 }
 
 /// Follows a job to its end (reconnecting if cached restarts), downloads its outputs to
@@ -205,7 +357,7 @@ pub async fn follow(
     job_id: &str,
     output: Option<&Path>,
     started: Instant,
-) -> Result<()> {
+) -> Result<(v1::JobStatus, Remote)> {
     let mut view = View::new();
     let mut backoff = Duration::from_millis(200);
     let status = 'watch: loop {
@@ -244,10 +396,23 @@ pub async fn follow(
     let mut failed = 0;
     let mut rows = Vec::new();
     for task in &status.tasks {
-        let target = task.target.clone().unwrap_or_default();
-        let platform = Platform::from_wire(&target).map_err(|err| CliError::Server(err.to_string()))?;
         let state = TaskState::try_from(task.state).unwrap_or(TaskState::Unspecified);
         let result = task.result.clone().unwrap_or_default();
+        if task.kind == v1::TaskKind::ImageIndex as i32 {
+            if state != TaskState::Succeeded {
+                failed += 1;
+            }
+            let index = result.index.as_ref().map_or("-".to_owned(), |index| index.digest.clone());
+            let time = if result.duration_ms > 0 {
+                format!("{:.1}s", result.duration_ms as f64 / 1000.0)
+            } else {
+                "-".to_owned()
+            };
+            rows.push([task_label(task), task.agent.clone(), outcome(state, false, "-"), time, index]);
+            continue;
+        }
+        let target = task.target.clone().unwrap_or_default();
+        let platform = Platform::from_wire(&target).map_err(|err| CliError::Server(err.to_string()))?;
         let mut files = Vec::new();
         if state == TaskState::Succeeded {
             if let Some(output) = output {
@@ -268,13 +433,10 @@ pub async fn follow(
         } else {
             failed += 1;
         }
-        let outcome = match state {
-            TaskState::Succeeded if result.hit => "hit".to_owned(),
-            TaskState::Succeeded => "miss".to_owned(),
-            TaskState::Failed => "FAILED".to_owned(),
-            TaskState::Cancelled => "cancelled".to_owned(),
-            other => format!("{other:?}").to_lowercase(),
-        };
+        if let Some(image) = &result.image {
+            files.push(format!("+ image {}", image::platform_label(image)));
+        }
+        let outcome = outcome(state, result.hit, "miss");
         let duration = if result.duration_ms > 0 {
             format!("{:.1}s", result.duration_ms as f64 / 1000.0)
         } else {
@@ -284,7 +446,11 @@ pub async fn follow(
     }
     print_table(&rows);
     for task in status.tasks.iter().filter(|task| task.state == TaskState::Failed as i32) {
-        eprintln!("\n{} failed:\n{}", label(&task.target.clone().unwrap_or_default()), task.error.trim_end());
+        eprintln!("\n{} failed:\n{}", task_label(task), task.error.trim_end());
+    }
+    if !status.error.is_empty() {
+        eprintln!("\njob {job_id} failed: {}", status.error);
+        failed += 1;
     }
     let state = JobState::try_from(status.state).unwrap_or(JobState::Unspecified);
     println!(
@@ -293,9 +459,28 @@ pub async fn follow(
         started.elapsed().as_secs_f64()
     );
     if failed > 0 {
-        return Err(CliError::Server(format!("{failed} of {} targets did not build", status.tasks.len())));
+        return Err(CliError::Server(format!("{failed} of {} tasks did not succeed", status.tasks.len())));
     }
-    Ok(())
+    Ok((status, remote))
+}
+
+/// `linux/arm64+cgo` for a build task, `image index` for the last step of an image job.
+pub fn task_label(task: &v1::TaskStatus) -> String {
+    if task.kind == v1::TaskKind::ImageIndex as i32 {
+        "image index".to_owned()
+    } else {
+        label(&task.target.clone().unwrap_or_default())
+    }
+}
+
+fn outcome(state: TaskState, hit: bool, done: &str) -> String {
+    match state {
+        TaskState::Succeeded if hit => "hit".to_owned(),
+        TaskState::Succeeded => done.to_owned(),
+        TaskState::Failed => "FAILED".to_owned(),
+        TaskState::Cancelled => "cancelled".to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    }
 }
 
 fn print_table(rows: &[[String; 5]]) {
@@ -357,7 +542,8 @@ impl View {
     }
 
     fn set(&mut self, task: u32, text: &str) {
-        let label = self.labels.get(&task).cloned().unwrap_or_else(|| format!("task {task}"));
+        // Only the image index task joins a job after its first snapshot.
+        let label = self.labels.get(&task).cloned().unwrap_or_else(|| "image index".to_owned());
         match &mut self.bars {
             Some((multi, bars)) => {
                 let bar = bars.entry(task).or_insert_with(|| {
@@ -391,7 +577,7 @@ impl View {
             Kind::Snapshot => {
                 let status = event.status.as_ref()?;
                 for task in &status.tasks {
-                    self.labels.insert(task.index, label(&task.target.clone().unwrap_or_default()));
+                    self.labels.insert(task.index, task_label(task));
                     let state = TaskState::try_from(task.state).unwrap_or(TaskState::Unspecified);
                     let text = match state {
                         TaskState::Queued => "queued".to_owned(),
@@ -406,7 +592,10 @@ impl View {
             }
             Kind::Queued => self.set(task, "queued"),
             Kind::Leased => self.set(task, &format!("leased by {} (attempt {})", event.agent, event.attempt)),
-            Kind::Started => self.set(task, &format!("building on {}", event.agent)),
+            Kind::Started if self.labels.get(&task).is_some_and(|label| label != "image index") => {
+                self.set(task, &format!("building on {}", event.agent))
+            }
+            Kind::Started => self.set(task, &format!("assembling on {}", event.agent)),
             Kind::Log => {
                 if let Some(last) = event.message.lines().last().filter(|_| self.bars.is_some()) {
                     let text: String = last.chars().take(80).collect();
@@ -415,7 +604,11 @@ impl View {
             }
             Kind::TaskSucceeded => {
                 let result = event.result.clone().unwrap_or_default();
-                let cache = if result.hit { "hit" } else { "built" };
+                let cache = match &result.index {
+                    Some(index) => format!("index {}", index.digest),
+                    None if result.hit => "hit".to_owned(),
+                    None => "built".to_owned(),
+                };
                 self.done(
                     task,
                     &format!("{cache} on {} in {:.1}s", event.agent, result.duration_ms as f64 / 1000.0),

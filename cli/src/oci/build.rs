@@ -232,43 +232,19 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
         _ => None,
     };
     for ((platform, _), (layer, layer_cached, _)) in plan.binaries.iter().zip(&layers) {
-        let base_platform = base.as_ref().and_then(|b| b.for_platform(platform));
-        let options = ConfigOptions {
-            binary_path: spec.binary_path(),
-            env: spec.env.clone(),
-            user: spec.user.clone(),
-            labels: spec.labels.clone(),
-            created: spec.epoch,
-            created_by: format!("cachectl image {}", spec.binary_path()),
-        };
-        let config_bytes =
-            config::image_config(base_platform.map(|b| &b.config), platform, layer.diff_id, &options)?;
+        let (config_bytes, manifest) = documents(spec, platform, layer, base.as_ref())?;
         let config = staging.write_blob(MEDIA_CONFIG, &config_bytes)?;
-        let mut manifest_layers = base_platform.map(|b| b.layers.clone()).unwrap_or_default();
         let mut blobs = Vec::new();
-        for base_layer in &manifest_layers {
-            let mount = mount_from
-                .filter(|r| plan.push.as_ref().is_some_and(|p| p.registry == r.registry))
-                .map(|r| r.repository.clone());
-            blobs.push(PushBlob { descriptor: base_layer.clone(), mount_from: mount });
-        }
-        let ours = Descriptor::new(&layer.media_type, layer.digest, layer.size);
-        manifest_layers.push(ours.clone());
-        blobs.push(PushBlob { descriptor: ours, mount_from: None });
-        blobs.push(PushBlob { descriptor: config.clone(), mount_from: None });
-        let annotations = match (&base, base_platform) {
-            (Some(base), Some(base_platform)) => {
-                Some(base_annotations(base.name.as_deref(), base_platform.manifest_digest))
+        if let Some((ours, base_layers)) = manifest.layers.split_last() {
+            for base_layer in base_layers {
+                let mount = mount_from
+                    .filter(|r| plan.push.as_ref().is_some_and(|p| p.registry == r.registry))
+                    .map(|r| r.repository.clone());
+                blobs.push(PushBlob { descriptor: base_layer.clone(), mount_from: mount });
             }
-            _ => None,
-        };
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: MEDIA_MANIFEST.to_owned(),
-            config: config.clone(),
-            layers: manifest_layers,
-            annotations,
-        };
+            blobs.push(PushBlob { descriptor: ours.clone(), mount_from: None });
+        }
+        blobs.push(PushBlob { descriptor: config.clone(), mount_from: None });
         let bytes = manifest::to_json(&manifest);
         let mut descriptor = staging.write_blob(MEDIA_MANIFEST, &bytes)?;
         let document = Document { descriptor: descriptor.clone(), bytes: Bytes::from(bytes) };
@@ -283,8 +259,8 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
         });
     }
     let index_annotations = base.as_ref().map(|b| base_annotations(b.name.as_deref(), b.digest));
-    let index = Index::new(images.iter().map(|image| image.manifest.clone()).collect(), index_annotations);
-    let index_bytes = manifest::to_json(&index);
+    let (_, index_bytes) =
+        index_document(images.iter().map(|image| image.manifest.clone()).collect(), index_annotations)?;
     let index_descriptor = staging.write_blob(MEDIA_INDEX, &index_bytes)?;
     let index_document = Document { descriptor: index_descriptor.clone(), bytes: Bytes::from(index_bytes) };
 
@@ -338,6 +314,125 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
         }
     }
     Ok(ImageResult { index: index_descriptor, images, layout, push: push_report, warnings })
+}
+
+/// The config (its canonical bytes) and manifest of one platform: `layer` on top of the
+/// base's layers for `platform`, if there is a base.
+fn documents(
+    spec: &ImageSpec,
+    platform: &Platform,
+    layer: &Layer,
+    base: Option<&BaseImage>,
+) -> Result<(Vec<u8>, Manifest)> {
+    let base_platform = base.and_then(|b| b.for_platform(platform));
+    let options = ConfigOptions {
+        binary_path: spec.binary_path(),
+        env: spec.env.clone(),
+        user: spec.user.clone(),
+        labels: spec.labels.clone(),
+        created: spec.epoch,
+        created_by: format!("cachectl image {}", spec.binary_path()),
+    };
+    let config_bytes =
+        config::image_config(base_platform.map(|b| &b.config), platform, layer.diff_id, &options)?;
+    let mut layers = base_platform.map(|b| b.layers.clone()).unwrap_or_default();
+    layers.push(Descriptor::new(&layer.media_type, layer.digest, layer.size));
+    let annotations = match (base, base_platform) {
+        (Some(base), Some(base_platform)) => {
+            Some(base_annotations(base.name.as_deref(), base_platform.manifest_digest))
+        }
+        _ => None,
+    };
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: MEDIA_MANIFEST.to_owned(),
+        config: Descriptor::of(MEDIA_CONFIG, &config_bytes),
+        layers,
+        annotations,
+    };
+    Ok((config_bytes, manifest))
+}
+
+/// The image index over per-platform manifests (each descriptor with its platform), in
+/// platform order whatever order they come in, and its descriptor. The one encoder of indexes:
+/// [`build_image`] and runner agents assembling a job's image both use it, so the same
+/// manifests give the same index digest everywhere.
+pub fn index_document(
+    mut manifests: Vec<Descriptor>,
+    annotations: Option<BTreeMap<String, String>>,
+) -> Result<(Descriptor, Vec<u8>)> {
+    if manifests.is_empty() {
+        return Err(OciError::Usage("an image index needs at least one platform".into()));
+    }
+    if manifests.iter().any(|m| m.platform.is_none()) {
+        return Err(OciError::Invalid("a manifest of the index has no platform".into()));
+    }
+    manifests.sort_by(|a, b| a.platform.cmp(&b.platform));
+    let platforms: Vec<&Platform> = manifests.iter().filter_map(|m| m.platform.as_ref()).collect();
+    for (i, a) in platforms.iter().enumerate() {
+        if let Some(b) = platforms[i + 1..].iter().find(|b| a.matches(b)) {
+            return Err(OciError::Usage(format!("two images for one platform: {a} and {b}")));
+        }
+    }
+    let bytes = manifest::to_json(&Index::new(manifests, annotations));
+    Ok((Descriptor::of(MEDIA_INDEX, &bytes), bytes))
+}
+
+/// One platform's image, built without an index, a layout or a push: what a runner agent
+/// makes for its target. The layer comes from the cache or is built and stored in it (awaited,
+/// so whoever assembles the image next finds it there); the config and manifest bytes are
+/// returned for the caller to keep.
+#[derive(Clone, Debug)]
+pub struct PlatformBuild {
+    /// The manifest descriptor carries the platform, as an index entry does.
+    pub image: PlatformImage,
+    pub config: Vec<u8>,
+    pub manifest: Vec<u8>,
+    pub warnings: Vec<String>,
+}
+
+/// Builds the image of the single platform in `spec` (no base, layout or push: those belong to
+/// the whole image). The documents are exactly those [`build_image`] writes for that platform.
+pub async fn build_platform_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result<PlatformBuild> {
+    if spec.binaries.len() != 1 {
+        return Err(OciError::Usage(format!(
+            "a platform image needs exactly one binary, got {}",
+            spec.binaries.len()
+        )));
+    }
+    if spec.base.is_some() || spec.oci_layout.is_some() || spec.push.is_some() {
+        return Err(OciError::Usage(
+            "a platform image has no base, layout or push; build the whole image for those".into(),
+        ));
+    }
+    let plan = plan(spec)?;
+    let mut warnings = Vec::new();
+    let temp = tempfile::tempdir().map_err(OciError::file(std::env::temp_dir()))?;
+    let staging = Layout::create(temp.path())?;
+    let (layers, stores) = layers(&plan, &staging, cache, &mut warnings).await?;
+    let ((platform, _), (layer, layer_cached, _)) = plan
+        .binaries
+        .iter()
+        .zip(&layers)
+        .next()
+        .ok_or_else(|| OciError::Invalid("no layer was built".into()))?;
+    let (config_bytes, manifest) = documents(spec, platform, layer, None)?;
+    let manifest_bytes = manifest::to_json(&manifest);
+    let mut descriptor = Descriptor::of(MEDIA_MANIFEST, &manifest_bytes);
+    descriptor.platform = Some(platform.clone());
+    for store in stores {
+        if let Err(err) = join(store).await {
+            warnings.push(format!("could not store a layer in the cache: {err}"));
+        }
+    }
+    let image = PlatformImage {
+        platform: platform.clone(),
+        manifest: descriptor,
+        config: manifest.config.clone(),
+        layer: layer.clone(),
+        layer_cached: *layer_cached,
+    };
+    Ok(PlatformBuild { image, config: config_bytes, manifest: manifest_bytes, warnings })
 }
 
 fn base_annotations(name: Option<&str>, digest: Sha256) -> BTreeMap<String, String> {

@@ -1,6 +1,7 @@
 //! Image layering: built Go binaries in, reproducible multi-platform OCI images out, written
 //! to an OCI layout and/or pushed to a registry with nothing uploaded that is already there.
-//! No Docker daemon; `cachectl image` and (later) runner-agent call [`build_image`].
+//! No Docker daemon; `cachectl image` calls [`build_image`], runner agents
+//! [`build_platform_image`] for their target and [`index_document`] for a job's index.
 //!
 //! Read in data-flow order:
 //! - inputs: `platform`, `reference`;
@@ -27,7 +28,10 @@ pub mod reference;
 pub mod registry;
 pub mod sources;
 
-pub use build::{ImageResult, ImageSpec, PlatformImage, PushReport, build_image};
+pub use build::{
+    ImageResult, ImageSpec, PlatformBuild, PlatformImage, PushReport, build_image, build_platform_image,
+    index_document,
+};
 pub use cache::LayerCache;
 pub use digest::Sha256;
 pub use error::OciError;

@@ -45,6 +45,28 @@ impl Platform {
     }
 }
 
+/// The image platform of a Go build target: the one conversion between the two, used by
+/// runner agents (which image a target gets) and by `cachectl submit` (checking a matrix before
+/// it is submitted). Only linux targets have container images. The architecture level becomes
+/// the variant where OCI defines one: GOAMD64 (`v2`, `v3`), GOARM (`7` → `v7`, bare arm →
+/// `v7`), GOARM64 (`v8.2,lse` → `v8.2`, `v9.0` → `v9`); other levels (GO386, GOPPC64, ...)
+/// have no OCI variant and are left out. cgo does not change the platform.
+pub fn from_target(target: &proto::Platform) -> Result<Platform, OciError> {
+    let level = target.level.split(',').next().unwrap_or("");
+    let variant = match (target.goarch.as_str(), level) {
+        (_, "") => None,
+        ("amd64", level) => Some(level.to_owned()),
+        ("arm", level) => Some(format!("v{}", level.trim_start_matches('v'))),
+        ("arm64", level) => Some(level.strip_suffix(".0").unwrap_or(level).to_owned()),
+        _ => None,
+    };
+    let text = match variant {
+        Some(variant) => format!("{}/{}/{variant}", target.goos, target.goarch),
+        None => format!("{}/{}", target.goos, target.goarch),
+    };
+    text.parse().map_err(|err: OciError| OciError::Usage(format!("target {target}: {err}")))
+}
+
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.os, self.architecture)?;
@@ -117,5 +139,21 @@ mod tests {
         {
             assert!(bad.parse::<Platform>().is_err(), "{bad} should not parse");
         }
+    }
+
+    #[test]
+    fn go_targets_become_image_platforms() {
+        let image = |target: &str| from_target(&target.parse().unwrap()).map(|p| p.to_string());
+        assert_eq!(image("linux/amd64").unwrap(), "linux/amd64");
+        assert_eq!(image("linux/amd64/v3").unwrap(), "linux/amd64/v3");
+        assert_eq!(image("linux/arm64+cgo").unwrap(), "linux/arm64");
+        assert_eq!(image("linux/arm64/v8.2,lse").unwrap(), "linux/arm64/v8.2");
+        assert_eq!(image("linux/arm64/v9.0").unwrap(), "linux/arm64/v9");
+        assert_eq!(image("linux/arm").unwrap(), "linux/arm/v7");
+        assert_eq!(image("linux/arm/6").unwrap(), "linux/arm/v6");
+        assert_eq!(image("linux/386/softfloat").unwrap(), "linux/386");
+        assert_eq!(image("linux/ppc64le/power9").unwrap(), "linux/ppc64le");
+        assert!(image("darwin/arm64").unwrap_err().to_string().contains("only linux"));
+        assert!(image("windows/amd64").is_err());
     }
 }

@@ -1,7 +1,9 @@
 //! The client side of remote execution: source trees into the CAS as Merkle trees
 //! ([`tree`]), the module dependencies a build needs as a module proxy tree ([`modules`]),
-//! and reading trees back ([`tree::read_directory`]) for runner agents.
+//! reading trees back ([`tree::read_directory`]) for runner agents, and the image part of a
+//! job between the wire and the image library ([`image`]).
 
+pub mod image;
 pub mod modules;
 pub mod tree;
 
