@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub agent_id: String,
     pub concurrency: u32,
     pub work_dir: PathBuf,
+    /// Cap of the blob cache in the work dir, in bytes.
+    pub cache_size: u64,
     pub grace: Duration,
     pub task_timeout: Duration,
     pub go: PathBuf,
@@ -81,7 +83,8 @@ pub async fn run(
     );
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|err| format!("{}: {err}", config.work_dir.display()))?;
-    let cache = BlobCache::open(config.work_dir.join("blobs")).map_err(|err| err.to_string())?;
+    let cache =
+        BlobCache::open(config.work_dir.join("blobs"), config.cache_size).map_err(|err| err.to_string())?;
     tokio::pin!(shutdown);
 
     let mut backoff = Duration::from_millis(200);

@@ -37,6 +37,10 @@ struct Cli {
     /// Where sources, the blob cache, GOCACHE and the module cache live [default: <user cache dir>/cached/agent].
     #[arg(long, env = "CACHED_WORK_DIR")]
     work_dir: Option<PathBuf>,
+    /// Cap of the blob cache (sources and module files) in the work dir; least recently used
+    /// entries go past it, never one a running task uses.
+    #[arg(long, env = "CACHED_AGENT_CACHE_SIZE", default_value = "20GiB", value_parser = parse_size)]
+    cache_size: u64,
     /// Name of this agent in leases and job events [default: <hostname>-<pid>].
     #[arg(long, env = "CACHED_AGENT_NAME")]
     name: Option<String>,
@@ -65,6 +69,10 @@ enum Command {
     /// The GOCACHEPROG bridge the agent's builds use (as `cachectl gocacheprog`).
     #[command(hide = true)]
     Gocacheprog(cachectl::commands::gocacheprog::Args),
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.parse::<bytesize::ByteSize>().map(|size| size.as_u64()).map_err(|err| format!("{text:?}: {err}"))
 }
 
 fn hostname() -> String {
@@ -125,6 +133,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         agent_id: cli.name.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
         concurrency,
         work_dir,
+        cache_size: cli.cache_size,
         grace: cli.grace,
         task_timeout: cli.task_timeout,
         go: cli.go,
