@@ -21,12 +21,12 @@ use tokio::sync::mpsc;
 
 use crate::TaskError;
 
-/// A bad spec or matrix fails the same way on every agent; anything else may be this machine.
+/// A bad spec or matrix fails the same way on every agent; anything else (files, the cache)
+/// may be this machine, and another attempt elsewhere may succeed.
 fn task_error(err: OciError) -> TaskError {
-    if err.is_input() {
-        TaskError::Build(format!("image: {err}"))
-    } else {
-        TaskError::Infrastructure(format!("image: {err}"))
+    match err {
+        OciError::Usage(_) | OciError::Reference { .. } => TaskError::Build(format!("image: {err}")),
+        err => TaskError::Infrastructure(format!("image: {err}")),
     }
 }
 

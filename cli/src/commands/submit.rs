@@ -299,8 +299,9 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
 /// Writes the job's image to the layout and/or pushes it: the image is built again here from
 /// the downloaded binaries through the same library and spec as on the agents, so every layer
 /// is a hit in the layer cache (the agents stored them) and the documents come out
-/// byte-identical; it must arrive at the job's index digest, or nothing is claimed. Building
-/// here rather than pushing from the agents keeps registry credentials on this machine.
+/// byte-identical; it must arrive at the job's index digest before anything is written or
+/// pushed. Publishing here rather than from the agents keeps registry credentials on this
+/// machine: agents run builds for every submitter and hold none.
 async fn publish(remote: &Remote, status: &v1::JobStatus, spec: &v1::ImageSpec, args: &Args) -> Result<()> {
     let index = status
         .image
@@ -325,6 +326,17 @@ async fn publish(remote: &Remote, status: &v1::JobStatus, spec: &v1::ImageSpec, 
     }
     let name = name.ok_or_else(|| CliError::Server("no target of the job has an image".into()))?;
     let mut library = image::oci_spec(spec, &name, binaries)?;
+    let cache = crate::oci::LayerCache::new(remote.client.clone());
+    // The documents alone first (nothing written or pushed; every layer a cache hit, so this
+    // costs hashing the binaries and one lookup), checked against the job's index.
+    let derived = crate::oci::build_image(&library, Some(&cache)).await?;
+    if derived.index.digest.to_string() != index.digest {
+        return Err(CliError::Failed(format!(
+            "the image built here has index {} but the agents assembled {}: the image is not reproducible \
+             between this machine and the agents (different cachectl versions?); nothing was written or pushed",
+            derived.index.digest, index.digest
+        )));
+    }
     library.oci_layout.clone_from(&args.oci_layout);
     library.push.clone_from(&args.image);
     library.registry = crate::oci::RegistryOptions {
@@ -332,17 +344,9 @@ async fn publish(remote: &Remote, status: &v1::JobStatus, spec: &v1::ImageSpec, 
         docker_config: args.docker_config.clone(),
         ..crate::oci::RegistryOptions::default()
     };
-    let cache = crate::oci::LayerCache::new(remote.client.clone());
     let built = crate::oci::build_image(&library, Some(&cache)).await?;
-    for warning in &built.warnings {
+    for warning in derived.warnings.iter().chain(&built.warnings) {
         eprintln!("cachectl: warning: {warning}");
-    }
-    if built.index.digest.to_string() != index.digest {
-        return Err(CliError::Failed(format!(
-            "the image built here has index {} but the agents assembled {}: the image is not reproducible \
-             between this machine and the agents (different cachectl versions?); nothing was claimed",
-            built.index.digest, index.digest
-        )));
     }
     print!("{}", super::image::render(&built));
     Ok(())
