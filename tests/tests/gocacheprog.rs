@@ -20,6 +20,17 @@ fn summary(stderr: &str) -> &str {
         .unwrap_or("")
 }
 
+/// The count the summary line gives right before `label` and a separator (so "preloaded"
+/// does not match "preloaded hits"), or 0.
+fn counted(summary: &str, label: &str) -> u64 {
+    let pattern = format!(" {label}");
+    summary
+        .match_indices(&pattern)
+        .filter(|(at, _)| summary[at + pattern.len()..].starts_with([',', ';', ')']))
+        .find_map(|(at, _)| summary[..at].rsplit([' ', '(']).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn warnings(stderr: &str) -> Vec<&str> {
     stderr.lines().filter(|line| line.starts_with("cachectl gocacheprog: warning")).collect()
 }
@@ -51,7 +62,10 @@ fn a_fresh_runner_builds_from_cached_without_compiling_and_matches_plain_go() {
     ))
     .success("build from cached");
     assert_eq!(compile_actions(&warm.stderr), Vec::<&str>::new(), "the second build compiled");
-    assert!(summary(&warm.stderr).contains(" remote hits"), "{}", warm.stderr);
+    let line = summary(&warm.stderr);
+    assert!(counted(line, "preloaded hits") + counted(line, "remote hits") > 0, "{line}");
+    // The cold build left its session list: the fresh runner fetched ahead of the go command.
+    assert!(counted(line, "preloaded") > 0, "{line}");
     assert!(warnings(&warm.stderr).is_empty(), "{}", warm.stderr);
 
     let plain_env = GoEnv::new();

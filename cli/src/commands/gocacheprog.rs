@@ -29,6 +29,13 @@ pub struct Args {
     /// How long the end of a go command waits for pending uploads.
     #[arg(long, env = "CACHED_CLOSE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     close_timeout: Duration,
+    /// Do not read or write session lists: no preload of what the last run of the same go
+    /// command used (also CACHED_PRELOAD=0).
+    #[arg(long)]
+    no_preload: bool,
+    /// Most bytes of bodies one session preloads (0 preloads nothing, but lists are still kept).
+    #[arg(long, env = "CACHED_PRELOAD_MAX", default_value = "2GiB", value_parser = parse_size)]
+    preload_max: u64,
     /// Print a one-line session summary on stderr when the go command ends (also CACHED_SUMMARY=1).
     #[arg(short, long)]
     verbose: bool,
@@ -44,6 +51,12 @@ fn summary_from_env() -> bool {
         .is_ok_and(|value| matches!(value.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
+/// CACHED_PRELOAD=0 (or false/no/off) turns the preload off without changing GOCACHEPROG.
+fn preload_off_in_env() -> bool {
+    std::env::var("CACHED_PRELOAD")
+        .is_ok_and(|value| matches!(value.to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off"))
+}
+
 pub async fn run(server: &str, args: Args) -> Result<()> {
     let dir = args.dir.or_else(gocacheprog::default_dir).ok_or_else(|| {
         CliError::Usage("no user cache directory is known here; set --dir or CACHED_GOCACHE_DIR".into())
@@ -57,6 +70,8 @@ pub async fn run(server: &str, args: Args) -> Result<()> {
         close_timeout: args.close_timeout,
         read_only: args.read_only,
         summary: args.verbose || summary_from_env(),
+        preload: !(args.no_preload || preload_off_in_env()),
+        preload_max: args.preload_max,
     };
     gocacheprog::run(options).await
 }

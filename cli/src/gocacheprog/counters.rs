@@ -10,12 +10,17 @@ pub struct Counters {
     pub gets: AtomicU64,
     pub local_hits: AtomicU64,
     pub remote_hits: AtomicU64,
+    /// Hits on entries the session preload brought in (see `preload`).
+    pub preloaded_hits: AtomicU64,
     pub misses: AtomicU64,
     pub puts: AtomicU64,
     pub put_errors: AtomicU64,
     pub uploads: AtomicU64,
     /// Uploads not made: queue full, server refusing, or still pending at the close deadline.
     pub uploads_lost: AtomicU64,
+    /// Entries the session preload brought into the local tier.
+    pub preloaded: AtomicU64,
+    /// Bytes down, preloaded bodies included.
     pub bytes_down: AtomicU64,
     pub bytes_up: AtomicU64,
     /// Time the go command spent blocked on the server: remote lookups and the close flush.
@@ -40,9 +45,10 @@ impl Counters {
     pub fn summary(&self, remote: Option<&str>) -> String {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let mut line = format!(
-            "cachectl gocacheprog: {} gets ({} local hits, {} remote hits, {} misses), {} puts",
+            "cachectl gocacheprog: {} gets ({} local hits, {} preloaded hits, {} remote hits, {} misses), {} puts",
             get(&self.gets),
             get(&self.local_hits),
+            get(&self.preloaded_hits),
             get(&self.remote_hits),
             get(&self.misses),
             get(&self.puts),
@@ -53,9 +59,10 @@ impl Counters {
         match remote {
             Some(server) => {
                 line += &format!(
-                    ", {} uploaded, {} not uploaded; {} down, {} up; {:.2}s waiting on cached at {server}",
+                    ", {} uploaded, {} not uploaded; {} preloaded, {} down, {} up; {:.2}s waiting on cached at {server}",
                     get(&self.uploads),
                     get(&self.uploads_lost),
+                    get(&self.preloaded),
                     bytes(get(&self.bytes_down)),
                     bytes(get(&self.bytes_up)),
                     Duration::from_nanos(get(&self.wait_nanos)).as_secs_f64(),
@@ -81,8 +88,8 @@ mod tests {
         let line = counters.summary(Some("http://c"));
         assert_eq!(
             line,
-            "cachectl gocacheprog: 1 gets (1 local hits, 0 remote hits, 0 misses), 0 puts, 0 uploaded, \
-             0 not uploaded; 0 B down, 2.0 KiB up; 1.50s waiting on cached at http://c"
+            "cachectl gocacheprog: 1 gets (1 local hits, 0 preloaded hits, 0 remote hits, 0 misses), 0 puts, \
+             0 uploaded, 0 not uploaded; 0 preloaded, 0 B down, 2.0 KiB up; 1.50s waiting on cached at http://c"
         );
         assert!(!line.contains('\n'));
     }

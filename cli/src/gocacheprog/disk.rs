@@ -105,6 +105,11 @@ impl DiskTier {
         Ok(Some((entry, body)))
     }
 
+    /// Whether an entry for the action is recorded here (its body is not looked at).
+    pub fn has_entry(&self, action_id: &ActionId) -> bool {
+        fs::symlink_metadata(self.action_path(action_id)).is_ok()
+    }
+
     /// The body's path when it is present with the expected size.
     pub fn existing_output(&self, output_id: &OutputId, size: u64) -> Option<PathBuf> {
         let path = self.output_path(output_id);

@@ -5,15 +5,18 @@
 //! writer threads, remote work on the runtime), [`tiers`] (local first, then remote), [`disk`]
 //! (the files behind `DiskPath`), [`remote`] and [`uploads`] (cached, fail-open behind
 //! [`breaker`]), [`prefetch`] (a compile hit's second lookup, started with the first),
-//! [`counters`] (the session summary).
+//! [`session`] and [`preload`] (what the last run of the same command used, fetched before
+//! the go command asks), [`counters`] (the session summary).
 
 pub mod breaker;
 pub mod counters;
 pub mod disk;
 pub mod prefetch;
+pub mod preload;
 pub mod protocol;
 pub mod remote;
 pub mod server;
+pub mod session;
 pub mod tiers;
 pub mod uploads;
 
@@ -41,6 +44,10 @@ pub struct Options {
     pub read_only: bool,
     /// Print the session summary line on close.
     pub summary: bool,
+    /// Read and write session lists and preload what they name.
+    pub preload: bool,
+    /// Bytes a session preloads at most.
+    pub preload_max: u64,
 }
 
 /// The default local tier: `<user cache dir>/cached/gocache`.
@@ -62,9 +69,16 @@ pub async fn run(options: Options) -> Result<()> {
         )?),
         None => None,
     };
+    let preload = options.preload.then(|| {
+        let key = session::KeyInputs::from_process(&options.namespace).key();
+        // Never more than half the local tier, so a preload cannot trim what the build uses.
+        preload::Preload::new(key, options.preload_max.min(options.max_size / 2), !options.read_only)
+    });
     let tier_options = tiers::TierOptions { close_timeout: options.close_timeout, summary: options.summary };
-    let tiers = tiers::Tiers::new(disk, remote, !options.read_only, counters, tier_options);
-    server::serve(std::io::stdin(), std::io::stdout(), Arc::new(tiers))
+    let tiers =
+        Arc::new(tiers::Tiers::new(disk, remote, !options.read_only, preload, counters, tier_options));
+    tiers.start();
+    server::serve(std::io::stdin(), std::io::stdout(), tiers)
         .await
         .map_err(|err| CliError::Usage(format!("gocacheprog: {err}")))
 }

@@ -13,11 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use proto::v1::{self, Compression};
 use proto::{ActionId, Digest, FRAME_SIZE, OutputId};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use super::breaker::Breaker;
 use super::counters::{Counters, add};
 use super::disk::{DiskError, DiskTier, Entry};
+use super::session::{self, Record};
 use super::uploads::Upload;
 use crate::client::{Client, ConnectOptions};
 use crate::error::CliError;
@@ -82,7 +84,11 @@ impl From<DiskError> for RemoteError {
 }
 
 pub struct Remote {
+    /// The go command's own lookups and the uploads.
     client: Client,
+    /// The preload's bulk fetches, on a connection of their own, so a large reply never sits
+    /// in front of a lookup the go command is waiting for.
+    bulk: Client,
     namespace: String,
     timeout: Duration,
     pub breaker: Breaker,
@@ -109,10 +115,12 @@ impl Remote {
             // the round trips of growing an adaptive one from 64 KiB on every new connection.
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
-        let channel = endpoint.connect_lazy();
-        let client = Client::from_channel(server, channel, &options)?;
+        // Two lazy channels are two connections, each made on its first call.
+        let client = Client::from_channel(server, endpoint.clone().connect_lazy(), &options)?;
+        let bulk = Client::from_channel(server, endpoint.connect_lazy(), &options)?;
         Ok(Self {
             client,
+            bulk,
             namespace,
             timeout,
             breaker: Breaker::new(server),
@@ -138,7 +146,8 @@ impl Remote {
             namespace: self.namespace.clone(),
             gets: load(&counters.gets),
             local_hits: load(&counters.local_hits),
-            remote_hits: load(&counters.remote_hits),
+            // Preloaded hits came from cached too.
+            remote_hits: load(&counters.remote_hits) + load(&counters.preloaded_hits),
             misses: load(&counters.misses),
             puts: load(&counters.puts),
             bytes_down: load(&counters.bytes_down),
@@ -168,7 +177,7 @@ impl Remote {
         }
     }
 
-    fn note_failure(&self, err: &RemoteError) {
+    pub fn note_failure(&self, err: &RemoteError) {
         if err.is_remote() {
             self.breaker.failure(&err.to_string());
         }
@@ -198,29 +207,135 @@ impl Remote {
         let request =
             v1::GoGetRequest { namespace: self.namespace.clone(), action_id: action_id.0.to_vec().into() };
         let reply = self.call(self.timeout, self.client.go.clone().get(request)).await?;
-        let Some(wire) = reply.entry else { return Ok(None) };
-        let corrupt = |err: &dyn std::fmt::Display| RemoteError::Corrupt(err.to_string());
-        let output_id = OutputId::try_from(wire.output_id.as_ref()).map_err(|e| corrupt(&e))?;
-        let digest = Digest::from_wire(wire.digest.as_ref()).map_err(|e| corrupt(&e))?;
-        let entry = Entry { output_id, size: digest.size, time_unix_nanos: wire.time_unix_nanos };
-        let path =
-            if reply.body_inline || entry.size == 0 || disk.existing_output(&output_id, entry.size).is_some()
-            {
-                let body = reply.body_zstd;
-                off_runtime(entry.size, move || store_inline(&disk, action_id, entry, digest, &body)).await?
-            } else {
-                match self.download(disk, action_id, entry, digest).await? {
-                    Some(path) => path,
-                    None => return Ok(None), // The blob was evicted since the lookup.
-                }
-            };
+        let Some(found) = Found::from_reply(reply)? else { return Ok(None) };
+        let (entry, digest) = (found.entry, found.digest);
+        let path = if found.is_here(&disk) {
+            off_runtime(entry.size, move || found.store(&disk, action_id)).await?
+        } else {
+            match self.download(&self.client, disk, action_id, entry, digest).await? {
+                Some(path) => path,
+                None => return Ok(None), // The blob was evicted since the lookup.
+            }
+        };
         add(&self.counters.bytes_down, entry.size);
         Ok(Some((entry, path)))
+    }
+
+    /// Looks many actions up at once on the bulk connection (GetMany: small bodies inline).
+    /// `expected_bytes` (a hint) sizes the deadline. Counts toward the breaker.
+    pub async fn get_many(
+        &self,
+        action_ids: &[ActionId],
+        expected_bytes: u64,
+    ) -> Result<Vec<Option<Found>>, RemoteError> {
+        if !self.breaker.allows() {
+            return Err(RemoteError::Internal("cached is not being asked (breaker open)".into()));
+        }
+        let request = v1::GoGetManyRequest {
+            namespace: self.namespace.clone(),
+            action_ids: action_ids.iter().map(|id| id.0.to_vec().into()).collect(),
+        };
+        let limit = self.transfer_deadline(expected_bytes);
+        let result = self.call(limit, self.bulk.go.clone().get_many(request)).await.and_then(|reply| {
+            if reply.results.len() != action_ids.len() {
+                return Err(RemoteError::Corrupt(format!(
+                    "GetMany answered {} of {} lookups",
+                    reply.results.len(),
+                    action_ids.len()
+                )));
+            }
+            reply.results.into_iter().map(Found::from_reply).collect()
+        });
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(err) => self.note_failure(err),
+        }
+        result
+    }
+
+    /// Brings a body GetMany did not inline into the local tier over the bulk connection.
+    /// `None` when the blob is gone; failures count toward the breaker.
+    pub async fn download_bulk(
+        &self,
+        disk: Arc<DiskTier>,
+        action_id: ActionId,
+        found: &Found,
+    ) -> Result<Option<PathBuf>, RemoteError> {
+        if !self.breaker.allows() {
+            return Err(RemoteError::Internal("cached is not being asked (breaker open)".into()));
+        }
+        let result = self.download(&self.bulk, disk, action_id, found.entry, found.digest).await;
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(err) => self.note_failure(err),
+        }
+        result
+    }
+
+    /// Reads the session list stored under `key`, verified like any body. `Ok(None)` when
+    /// there is none (or it is not a list this version reads); `Err` when cached could not
+    /// say, so the caller does not overwrite a list it never saw.
+    pub async fn fetch_list(&self, key: ActionId) -> Result<Option<Vec<Record>>, RemoteError> {
+        if !self.breaker.allows() {
+            return Err(RemoteError::Internal("cached is not being asked (breaker open)".into()));
+        }
+        let request =
+            v1::GoGetRequest { namespace: self.namespace.clone(), action_id: key.0.to_vec().into() };
+        let reply = match self.call(self.timeout, self.bulk.go.clone().get(request)).await {
+            Ok(reply) => reply,
+            Err(err) => {
+                self.note_failure(&err);
+                return Err(err);
+            }
+        };
+        self.breaker.success();
+        let Some(found) = Found::from_reply(reply)? else { return Ok(None) };
+        // Lists are written to fit one frame, so they always come inline.
+        let Some(frame) = found.inline.as_ref() else { return Ok(None) };
+        let body = found.decode_inline(frame)?;
+        Ok(session::decode(&body))
+    }
+
+    /// Stores a session list under `key`: its blob, then the entry that names it.
+    pub async fn write_list(&self, key: ActionId, list: Vec<u8>) -> Result<(), RemoteError> {
+        if !self.breaker.allows() || self.uploads_refused.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let digest = Digest::of(&list);
+        let output_id = OutputId(Sha256::digest(&list).into());
+        let limit = self.transfer_deadline(digest.size);
+        let written = tokio::time::timeout(
+            limit,
+            transfer::batch_write(&self.client, vec![(digest, list.into())], UPLOAD_LEVEL),
+        )
+        .await
+        .map_err(|_| RemoteError::Timeout(limit))
+        .and_then(|result| result.map_err(RemoteError::from));
+        let result = match written {
+            Ok(()) => {
+                let upload = Upload {
+                    action_id: key,
+                    output_id,
+                    digest,
+                    time_unix_nanos: super::protocol::now_unix_nanos(),
+                    path: PathBuf::new(),
+                };
+                self.put_entry(&upload).await
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = &result
+            && !err.is_refusal()
+        {
+            self.note_failure(err);
+        }
+        result
     }
 
     /// Streams a body too large to travel inline through Cas.Read into the local tier.
     async fn download(
         &self,
+        client: &Client,
         disk: Arc<DiskTier>,
         action_id: ActionId,
         entry: Entry,
@@ -234,7 +349,7 @@ impl Remote {
             accept: Compression::Zstd as i32,
         };
         let transfer = async {
-            let mut stream = match self.client.cas.clone().read(request).await {
+            let mut stream = match client.cas.clone().read(request).await {
                 Ok(response) => response.into_inner(),
                 Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
                 Err(status) => return Err(status.into()),
@@ -393,30 +508,74 @@ async fn off_runtime<T: Send + 'static>(
         .map_err(|err| RemoteError::Internal(format!("storing failed: {err}")))?
 }
 
-/// Stores a body that came inline (one zstd frame, or nothing for an empty body), unless it is
-/// already here, and records the action.
-fn store_inline(
-    disk: &DiskTier,
-    action_id: ActionId,
-    entry: Entry,
-    digest: Digest,
-    frame: &[u8],
-) -> Result<PathBuf, RemoteError> {
-    let path = match disk.existing_output(&entry.output_id, entry.size) {
-        Some(path) => path,
-        None => {
-            let mut writer = disk.writer(entry.output_id, entry.size)?;
-            if entry.size > 0 {
-                let mut decoder = proto::frames::FrameDecoder::new(entry.size, 0)
-                    .map_err(|err| RemoteError::Corrupt(err.to_string()))?;
-                let raw = decoder.decode(frame).map_err(|err| RemoteError::Corrupt(err.to_string()))?;
-                writer.write(raw)?;
+/// A hit as cached answered it: the entry, and the body when it came inline.
+#[derive(Debug)]
+pub struct Found {
+    pub entry: Entry,
+    pub digest: Digest,
+    /// One zstd frame (empty for an empty body), when the body came with the entry.
+    pub inline: Option<Bytes>,
+}
+
+impl Found {
+    /// Checks the shape of a reply; `None` on a miss.
+    pub fn from_reply(reply: v1::GoGetResponse) -> Result<Option<Self>, RemoteError> {
+        let Some(wire) = reply.entry else { return Ok(None) };
+        let corrupt = |err: &dyn std::fmt::Display| RemoteError::Corrupt(err.to_string());
+        let output_id = OutputId::try_from(wire.output_id.as_ref()).map_err(|e| corrupt(&e))?;
+        let digest = Digest::from_wire(wire.digest.as_ref()).map_err(|e| corrupt(&e))?;
+        let entry = Entry { output_id, size: digest.size, time_unix_nanos: wire.time_unix_nanos };
+        let inline = (reply.body_inline || digest.size == 0).then_some(reply.body_zstd);
+        Ok(Some(Self { entry, digest, inline }))
+    }
+
+    /// Whether [`Found::store`] can land it without a download: the body came inline or the
+    /// local tier already has it.
+    pub fn is_here(&self, disk: &DiskTier) -> bool {
+        self.inline.is_some() || disk.existing_output(&self.entry.output_id, self.entry.size).is_some()
+    }
+
+    /// Stores the body (unless it is already here) and records the action. Needs
+    /// [`Found::is_here`]. The body must hash to its OutputID and digest, or nothing is stored.
+    pub fn store(&self, disk: &DiskTier, action_id: ActionId) -> Result<PathBuf, RemoteError> {
+        let entry = self.entry;
+        let path = match disk.existing_output(&entry.output_id, entry.size) {
+            Some(path) => path,
+            None => {
+                let Some(frame) = &self.inline else {
+                    return Err(RemoteError::Internal("the body is neither inline nor here".into()));
+                };
+                let mut writer = disk.writer(entry.output_id, entry.size)?;
+                if entry.size > 0 {
+                    let mut decoder = proto::frames::FrameDecoder::new(entry.size, 0)
+                        .map_err(|err| RemoteError::Corrupt(err.to_string()))?;
+                    let raw = decoder.decode(frame).map_err(|err| RemoteError::Corrupt(err.to_string()))?;
+                    writer.write(raw)?;
+                }
+                commit_checked(writer, self.digest)?
             }
-            commit_checked(writer, digest)?
+        };
+        disk.record(&action_id, &entry)?;
+        Ok(path)
+    }
+
+    /// The inline body in memory, checked against both its OutputID and its digest.
+    fn decode_inline(&self, frame: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let size = self.entry.size;
+        let body = if size == 0 {
+            Vec::new()
+        } else {
+            let mut decoder = proto::frames::FrameDecoder::new(size, 0)
+                .map_err(|err| RemoteError::Corrupt(err.to_string()))?;
+            decoder.decode(frame).map_err(|err| RemoteError::Corrupt(err.to_string()))?.to_vec()
+        };
+        if <[u8; 32]>::from(Sha256::digest(&body)) != self.entry.output_id.0
+            || Digest::of(&body) != self.digest
+        {
+            return Err(RemoteError::Corrupt("a session list does not hash to its entry".into()));
         }
-    };
-    disk.record(&action_id, &entry)?;
-    Ok(path)
+        Ok(body)
+    }
 }
 
 /// Runs on a blocking thread: decodes each streamed piece into the body file.

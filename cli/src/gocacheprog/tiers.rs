@@ -1,5 +1,5 @@
 //! The cache the server loop serves: the local disk tier first, then the remote tier, with
-//! identical concurrent remote lookups sharing one fetch.
+//! identical concurrent remote lookups sharing one fetch (the session preload's included).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use proto::{ActionId, OutputId};
+use tokio::sync::oneshot;
 
 use super::counters::{Counters, add, bump};
 use super::disk::{DiskError, DiskTier, Entry};
 use super::prefetch::{Prefetches, State};
+use super::preload::{Outcome, Preload};
 use super::protocol::{Hit, now_unix_nanos};
 use super::remote::Remote;
 use super::server::{BodySink, Cache, Local};
@@ -27,6 +29,18 @@ pub struct TierOptions {
 
 type Flight = Shared<BoxFuture<'static, Option<Hit>>>;
 
+/// An action the preload is fetching: lookups of it wait for [`Tiers::settle`].
+pub struct Claim {
+    action_id: ActionId,
+    answer: oneshot::Sender<Option<Hit>>,
+}
+
+impl Claim {
+    pub fn action_id(&self) -> ActionId {
+        self.action_id
+    }
+}
+
 pub struct Tiers {
     disk: Arc<DiskTier>,
     remote: Option<Arc<Remote>>,
@@ -34,6 +48,8 @@ pub struct Tiers {
     uploader: Option<Uploader>,
     flights: Mutex<HashMap<ActionId, Flight>>,
     prefetches: Prefetches,
+    /// None without a remote tier or with preload off.
+    preload: Option<Arc<Preload>>,
     counters: Arc<Counters>,
     options: TierOptions,
 }
@@ -44,6 +60,7 @@ impl Tiers {
         disk: DiskTier,
         remote: Option<Remote>,
         upload: bool,
+        preload: Option<Preload>,
         counters: Arc<Counters>,
         options: TierOptions,
     ) -> Self {
@@ -54,21 +71,105 @@ impl Tiers {
             .map(|remote| Uploader::start(Arc::clone(remote), Arc::clone(&counters)));
         Self {
             disk: Arc::new(disk),
-            remote,
             uploader,
             flights: Mutex::new(HashMap::new()),
             prefetches: Prefetches::default(),
+            preload: preload.filter(|_| remote.is_some()).map(Arc::new),
+            remote,
             counters,
             options,
         }
     }
 
-    fn local_miss(&self) -> Local {
+    /// Starts the session preload, if there is one.
+    pub fn start(self: &Arc<Self>) {
+        if let (Some(preload), Some(remote)) = (&self.preload, &self.remote) {
+            preload.start(Arc::clone(self), Arc::clone(remote));
+        }
+    }
+
+    pub fn disk(&self) -> &Arc<DiskTier> {
+        &self.disk
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Claims an action for the preload unless a fetch of it is under way. Until the claim is
+    /// settled, lookups of the action wait for it; if it fails, they fetch it themselves.
+    pub fn claim(self: &Arc<Self>, action_id: ActionId) -> Option<Claim> {
+        let mut flights = self.flights.lock().unwrap_or_else(|poison| poison.into_inner());
+        if flights.contains_key(&action_id) {
+            return None;
+        }
+        let (answer, answered) = oneshot::channel();
+        let this = Arc::clone(self);
+        let flight = async move {
+            match answered.await {
+                Ok(found) => found,
+                Err(_) => this.fetch(action_id).await,
+            }
+        }
+        .boxed()
+        .shared();
+        flights.insert(action_id, flight);
+        Some(Claim { action_id, answer })
+    }
+
+    /// Answers the lookups waiting for a claimed action.
+    pub fn settle(&self, claim: Claim, outcome: Outcome) {
+        let Claim { action_id, answer } = claim;
+        match outcome {
+            Outcome::Found(entry, path) => {
+                let _ = answer.send(Some(hit(entry, path)));
+            }
+            Outcome::Missing => {
+                let _ = answer.send(None);
+            }
+            Outcome::Failed => drop(answer),
+        }
+        // After the answer: a lookup that finds the flight now gets it at once, and one that
+        // comes later finds the action on disk.
+        self.flights.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&action_id);
+    }
+
+    /// Fetches an action from cached into the local tier, unless it landed there (by the
+    /// preload or another process) since the lookup that missed.
+    async fn fetch(self: Arc<Self>, action_id: ActionId) -> Option<Hit> {
+        if let Ok(Some((entry, path))) = self.disk.lookup(&action_id) {
+            return Some(hit(entry, path));
+        }
+        let remote = self.remote.as_ref()?;
+        let found = remote.fetch(action_id, Arc::clone(&self.disk)).await;
+        found.map(|(entry, path)| hit(entry, path))
+    }
+
+    fn local_miss(&self, action_id: &ActionId) -> Local {
         if self.remote.as_ref().is_some_and(|remote| remote.breaker.allows()) {
             Local::TryRemote
         } else {
-            bump(&self.counters.misses);
+            self.missed(action_id);
             Local::Miss
+        }
+    }
+
+    /// Whether the preload brought this action in; true once per action.
+    fn preloaded(&self, action_id: &ActionId) -> bool {
+        self.preload.as_ref().is_some_and(|preload| preload.take(action_id))
+    }
+
+    /// A lookup found the action: it goes on the session list.
+    fn used(&self, action_id: &ActionId, size: u64) {
+        if let Some(preload) = &self.preload {
+            preload.recorder.used(*action_id, size);
+        }
+    }
+
+    fn missed(&self, action_id: &ActionId) {
+        bump(&self.counters.misses);
+        if let Some(preload) = &self.preload {
+            preload.recorder.missed(*action_id);
         }
     }
 
@@ -80,12 +181,9 @@ impl Tiers {
         }
         let this = Arc::clone(self);
         let flight = async move {
-            let found = match &this.remote {
-                Some(remote) => remote.fetch(action_id, Arc::clone(&this.disk)).await,
-                None => None,
-            };
+            let found = Arc::clone(&this).fetch(action_id).await;
             this.flights.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&action_id);
-            found.map(|(entry, path)| hit(entry, path))
+            found
         }
         .boxed()
         .shared();
@@ -106,19 +204,30 @@ fn hit(entry: Entry, path: PathBuf) -> Hit {
 impl Cache for Tiers {
     fn get_local(&self, action_id: &ActionId) -> Local {
         bump(&self.counters.gets);
+        if let Some(preload) = &self.preload {
+            preload.asked(action_id);
+        }
         match self.disk.lookup(action_id) {
             Ok(Some((entry, path))) => {
                 let prefetched = self.prefetches.take(action_id) == Some(State::Found);
-                bump(if prefetched { &self.counters.remote_hits } else { &self.counters.local_hits });
+                let counter = if self.preloaded(action_id) {
+                    &self.counters.preloaded_hits
+                } else if prefetched {
+                    &self.counters.remote_hits
+                } else {
+                    &self.counters.local_hits
+                };
+                bump(counter);
+                self.used(action_id, entry.size);
                 Local::Hit(hit(entry, path))
             }
             // An unreadable record is as good as none; the next put of the action rewrites it.
             Ok(None) | Err(_) => {
                 if self.prefetches.take(action_id) == Some(State::Missing) {
-                    bump(&self.counters.misses);
+                    self.missed(action_id);
                     return Local::Miss; // The server was just asked.
                 }
-                self.local_miss()
+                self.local_miss(action_id)
             }
         }
     }
@@ -131,7 +240,14 @@ impl Cache for Tiers {
             let start = Instant::now();
             let found = self.flight(action_id).await;
             self.counters.waited(start.elapsed());
-            bump(if found.is_some() { &self.counters.remote_hits } else { &self.counters.misses });
+            match &found {
+                Some(hit) => {
+                    let preloaded = self.preloaded(&action_id);
+                    bump(if preloaded { &self.counters.preloaded_hits } else { &self.counters.remote_hits });
+                    self.used(&action_id, hit.size);
+                }
+                None => self.missed(&action_id),
+            }
             found
         })
     }
@@ -148,6 +264,7 @@ impl Cache for Tiers {
             tiers: PutTiers {
                 disk: Arc::clone(&self.disk),
                 uploader: self.uploader.clone(),
+                preload: self.preload.clone(),
                 counters: Arc::clone(&self.counters),
             },
             writer,
@@ -158,6 +275,9 @@ impl Cache for Tiers {
 
     fn close(self: Arc<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            if let Some(preload) = &self.preload {
+                preload.stop();
+            }
             if let Some(uploader) = &self.uploader {
                 let start = Instant::now();
                 let left = uploader.drain(self.options.close_timeout).await;
@@ -172,7 +292,12 @@ impl Cache for Tiers {
                 }
             }
             if let Some(remote) = &self.remote {
-                remote.report().await;
+                let save = async {
+                    if let Some(preload) = &self.preload {
+                        preload.save(remote).await;
+                    }
+                };
+                tokio::join!(remote.report(), save);
             }
             let disk = Arc::clone(&self.disk);
             let _ = tokio::task::spawn_blocking(move || disk.trim_if_due()).await;
@@ -203,6 +328,7 @@ impl Tiers {
 struct PutTiers {
     disk: Arc<DiskTier>,
     uploader: Option<Uploader>,
+    preload: Option<Arc<Preload>>,
     counters: Arc<Counters>,
 }
 
@@ -219,6 +345,9 @@ impl PutSink {
         let time_unix_nanos = now_unix_nanos();
         let entry = Entry { output_id: self.output_id, size: digest.size, time_unix_nanos };
         self.tiers.disk.record(&self.action_id, &entry)?;
+        if let Some(preload) = &self.tiers.preload {
+            preload.recorder.used(self.action_id, entry.size);
+        }
         if let Some(uploader) = &self.tiers.uploader {
             uploader.enqueue(Upload {
                 action_id: self.action_id,
