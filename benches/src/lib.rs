@@ -3,6 +3,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod report;
+pub mod workspace;
+
 /// A cached server running in this process on 127.0.0.1, stopped on drop.
 pub struct EmbeddedServer {
     server: cached::embedded::Embedded,

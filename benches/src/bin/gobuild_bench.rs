@@ -24,6 +24,8 @@ use cachectl::gobuild::exec::RealExec;
 use cachectl::gobuild::flags;
 use cachectl::gobuild::inputs::{self, GoCall};
 use cached_benches::EmbeddedServer;
+use cached_benches::report::{cell, load, ratio};
+use cached_benches::workspace::{copy_dir, gomodcache};
 
 const GOPLS: &str = "golang.org/x/tools/gopls";
 const DEFAULT_VERSION: &str = "v0.21.0";
@@ -94,10 +96,10 @@ fn main() {
         inputs_seen.0,
         inputs_seen.1,
         size as f64 / f64::from(1 << 20),
-        cell(&plain),
-        cell(&hits),
+        cell(&plain, 3),
+        cell(&hits, 3),
         ratio(&hits, &plain),
-        cell(&derivations),
+        cell(&derivations, 3),
         ratio(&derivations, &plain),
         cold.as_secs_f64(),
         miss.0.as_secs_f64()
@@ -150,10 +152,7 @@ struct Bench {
 
 impl Bench {
     fn new(scratch: &Path, settings: &Settings) -> Self {
-        let gomodcache = std::env::var_os("BENCH_GOMODCACHE").map(PathBuf::from).unwrap_or_else(|| {
-            std::env::home_dir().unwrap_or_else(std::env::temp_dir).join(".cache/cached/bench-gomodcache")
-        });
-        Self { scratch: scratch.to_owned(), gomodcache, cachectl: settings.cachectl.clone() }
+        Self { scratch: scratch.to_owned(), gomodcache: gomodcache(), cachectl: settings.cachectl.clone() }
     }
 
     fn env(&self) -> Vec<(String, String)> {
@@ -267,22 +266,6 @@ mod serde_like {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-            let mut permissions = std::fs::metadata(&target).expect("metadata").permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            permissions.set_readonly(false);
-            std::fs::set_permissions(&target, permissions).expect("chmod");
-        }
-    }
-}
-
 fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
@@ -292,25 +275,4 @@ fn timed(mut command: Command) -> Duration {
     let output = command.stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("run");
     assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
     started.elapsed()
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map_or_else(|_| "?".to_owned(), |text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-}
-
-fn median(times: &[Duration]) -> Duration {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    sorted[sorted.len() / 2]
-}
-
-fn cell(times: &[Duration]) -> String {
-    let min = times.iter().min().copied().unwrap_or_default();
-    let max = times.iter().max().copied().unwrap_or_default();
-    format!("{:.3}s ({:.3}–{:.3})", median(times).as_secs_f64(), min.as_secs_f64(), max.as_secs_f64())
-}
-
-fn ratio(a: &[Duration], b: &[Duration]) -> f64 {
-    median(a).as_secs_f64() / median(b).as_secs_f64()
 }

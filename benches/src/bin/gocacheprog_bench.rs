@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cached_benches::EmbeddedServer;
+use cached_benches::report::{cell, ratio};
 
 struct Settings {
     runs: usize,
@@ -217,34 +218,18 @@ fn measure(settings: &Settings, server: &str, workload: &Workload) -> Row {
     Row { name: workload.name, cells, summaries }
 }
 
-fn median(times: &[Duration]) -> Duration {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    sorted[sorted.len() / 2]
-}
-
-fn cell(times: &[Duration]) -> String {
-    let (min, max) =
-        (times.iter().min().copied().unwrap_or_default(), times.iter().max().copied().unwrap_or_default());
-    format!("{:.2}s ({:.2}–{:.2})", median(times).as_secs_f64(), min.as_secs_f64(), max.as_secs_f64())
-}
-
-fn ratio(a: &[Duration], b: &[Duration]) -> String {
-    format!("{:.2}", median(a).as_secs_f64() / median(b).as_secs_f64())
-}
-
 fn print_table(rows: &[Row]) {
     println!("| workload | (a) cold | (b) local warm | (c) fresh runner | (d) warm tier | c/b | c/a | d/b |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for row in rows {
         let [a, b, c, d] = &row.cells;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
             row.name,
-            cell(a),
-            cell(b),
-            cell(c),
-            cell(d),
+            cell(a, 2),
+            cell(b, 2),
+            cell(c, 2),
+            cell(d, 2),
             ratio(c, b),
             ratio(c, a),
             ratio(d, b)

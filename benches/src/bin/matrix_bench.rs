@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cached_benches::report::{cell, load, ratio};
+use cached_benches::workspace::{copy_dir, gomodcache, wipe};
+
 const GOPLS: &str = "golang.org/x/tools/gopls";
 /// gopls v0.21.0 needs go 1.25 (v0.22 and later need 1.26.0+ or 1.27): any current Go builds it.
 const DEFAULT_VERSION: &str = "v0.21.0";
@@ -135,9 +138,9 @@ fn main() {
     ] {
         println!(
             "| {name} | {} | {} | {:.2} | {} |",
-            cell(&scenario.local),
-            cell(&scenario.remote),
-            median(&scenario.remote).as_secs_f64() / median(&scenario.local).as_secs_f64(),
+            cell(&scenario.local, 1),
+            cell(&scenario.remote, 1),
+            ratio(&scenario.remote, &scenario.local),
             scenario.hits.iter().map(|h| format!("{h}/4")).collect::<Vec<_>>().join(", ")
         );
     }
@@ -210,12 +213,9 @@ struct Bench {
 
 impl Bench {
     fn new(scratch: &Path, settings: &Settings) -> Self {
-        let gomodcache = std::env::var_os("BENCH_GOMODCACHE").map(PathBuf::from).unwrap_or_else(|| {
-            std::env::home_dir().unwrap_or_else(std::env::temp_dir).join(".cache/cached/bench-gomodcache")
-        });
         Self {
             scratch: scratch.to_owned(),
-            gomodcache,
+            gomodcache: gomodcache(),
             bin: settings.bin.clone(),
             concurrency: settings.concurrency,
         }
@@ -443,22 +443,6 @@ fn run(mut command: Command, what: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-            let mut permissions = std::fs::metadata(&target).expect("metadata").permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            permissions.set_readonly(false);
-            std::fs::set_permissions(&target, permissions).expect("chmod");
-        }
-    }
-}
-
 /// The agents' module caches are read-only trees.
 fn make_writable(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -468,31 +452,4 @@ fn make_writable(dir: &Path) {
             make_writable(&entry.path());
         }
     }
-}
-
-/// Removes a directory tree if it is there (GOCACHE files are read-only, their dirs are not).
-fn wipe(dir: &Path) {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => panic!("removing {}: {err}", dir.display()),
-    }
-}
-
-fn median(times: &[Duration]) -> Duration {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    sorted[sorted.len() / 2]
-}
-
-fn cell(times: &[Duration]) -> String {
-    let min = times.iter().min().copied().unwrap_or_default();
-    let max = times.iter().max().copied().unwrap_or_default();
-    format!("{:.1}s ({:.1}–{:.1})", median(times).as_secs_f64(), min.as_secs_f64(), max.as_secs_f64())
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".to_owned())
 }

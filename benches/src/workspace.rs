@@ -1,0 +1,37 @@
+//! Files and modules for the drivers that build real Go programs.
+
+use std::path::{Path, PathBuf};
+
+/// The module cache the gopls benchmarks share (`BENCH_GOMODCACHE`, or one under the user's
+/// cache directory), so only the first run downloads.
+pub fn gomodcache() -> PathBuf {
+    std::env::var_os("BENCH_GOMODCACHE").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::home_dir().unwrap_or_else(std::env::temp_dir).join(".cache/cached/bench-gomodcache")
+    })
+}
+
+/// Copies a tree, leaving every file writable (module cache files are read-only).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+            let mut permissions = std::fs::metadata(&target).expect("metadata").permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            permissions.set_readonly(false);
+            std::fs::set_permissions(&target, permissions).expect("chmod");
+        }
+    }
+}
+
+/// Removes a directory tree if it is there.
+pub fn wipe(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => panic!("removing {}: {err}", dir.display()),
+    }
+}
