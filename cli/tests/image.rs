@@ -3,12 +3,11 @@
 //! loopback, and layers cached in a real cached. Needs go, skopeo, umoci and docker-registry
 //! (scripts/setup installs the last three).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
+use cached_e2e::registry::{Registry, require};
 use serde_json::Value;
 
 const CACHECTL: &str = env!("CARGO_BIN_EXE_cachectl");
@@ -66,15 +65,6 @@ fn fixture() -> &'static Fixture {
         }
         Fixture { binaries }
     })
-}
-
-fn require(tool: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(found, "{tool} is needed by the image tests; scripts/setup installs it (apt-get install {tool})");
 }
 
 fn cachectl(args: &[String]) -> Output {
@@ -136,82 +126,6 @@ fn index_entry(layout: &Path) -> Value {
     let entries = index["manifests"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "one image in {}", layout.display());
     entries[0].clone()
-}
-
-/// A docker-registry (distribution 2.8) on an ephemeral loopback port, killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start(htpasswd: Option<&Path>) -> Self {
-        require("docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let auth = htpasswd
-            .map(|path| format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", path.display()))
-            .unwrap_or_default();
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n{auth}",
-            dir.path().join("data").display()
-        );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = dir.path().join("registry.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("start docker-registry");
-        let mut registry = Self { child, port, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let exited = registry.child.try_wait().ok().flatten();
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "docker-registry did not start: {}",
-                registry.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `(method, path)` of every request in the access log so far.
-    fn requests(&self) -> Vec<(String, String)> {
-        self.log_text()
-            .lines()
-            .filter_map(|line| {
-                let request = line.split('"').nth(1)?;
-                let mut parts = request.split(' ');
-                let (method, path) = (parts.next()?, parts.next()?);
-                parts.next()?.starts_with("HTTP/").then(|| (method.to_owned(), path.to_owned()))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Requests that upload blob bytes or start doing so.

@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod registry;
+
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

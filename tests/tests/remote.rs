@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use cached_e2e::registry::{Registry, has_command};
 use cached_e2e::{Finished, binary, free_port, go, run};
 
 const LEASE: &[&str] = &["--heartbeat-interval", "200ms", "--lease-timeout", "2s"];
@@ -391,7 +392,7 @@ fn a_four_target_matrix_builds_right_binaries_and_the_second_submit_is_warm() {
 fn a_cgo_target_builds_with_the_debian_cross_compiler() {
     let _serial = serial();
     assert!(
-        cached_e2e_has("aarch64-linux-gnu-gcc"),
+        has_command("aarch64-linux-gnu-gcc"),
         "aarch64-linux-gnu-gcc is required (apt-get install -y gcc-aarch64-linux-gnu)"
     );
     let server = Server::start();
@@ -407,13 +408,6 @@ fn a_cgo_target_builds_with_the_debian_cross_compiler() {
         "dynamically linked by the cross toolchain"
     );
     assert!(built.stdout.contains("linux/arm64+cgo"), "{}", built.stdout);
-}
-
-fn cached_e2e_has(command: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {command}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
@@ -541,75 +535,6 @@ fn cancel_stops_the_running_builds() {
     assert!(!watched.status.success(), "a cancelled job is not a success: {}", watched.stdout);
 }
 
-/// A docker-registry (distribution 2.8) on a loopback port with its access log, killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Self {
-        assert!(
-            cached_e2e_has("docker-registry"),
-            "docker-registry is required (apt-get install docker-registry)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        );
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let mut registry = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let exited = registry.child.try_wait().ok().flatten();
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "docker-registry did not start: {}",
-                registry.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-
-    /// `(method, path)` of every request in the access log so far.
-    fn requests(&self) -> Vec<(String, String)> {
-        self.log()
-            .lines()
-            .filter_map(|line| {
-                let request = line.split('"').nth(1)?;
-                let mut parts = request.split(' ');
-                let (method, path) = (parts.next()?, parts.next()?);
-                parts.next()?.starts_with("HTTP/").then(|| (method.to_owned(), path.to_owned()))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `sha256:<hex>` of bytes, by sha256sum.
 fn sha256(bytes: &[u8]) -> String {
     let mut child = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
@@ -632,7 +557,7 @@ fn an_image_job_is_layered_by_the_agents_and_a_resubmit_pushes_no_blob() {
         Agent::start(&server, "agent-1", &warm_dir(1), 2),
         Agent::start(&server, "agent-2", &warm_dir(2), 2),
     );
-    let registry = Registry::start();
+    let registry = Registry::start(None);
     let module = Module::new();
     let layout = module.root.path().join("layout");
     let reference = format!("127.0.0.1:{}/matrix/app:v1", registry.port);
