@@ -204,6 +204,25 @@ pub async fn write_frames(client: &Client, digest: Digest, frames: mpsc::Receive
     Ok(())
 }
 
+/// Opens a `Cas.Read` of the whole blob, its zstd frames as stored; `None` when cached does
+/// not have it.
+pub async fn open_read(
+    client: &Client,
+    digest: Digest,
+) -> std::result::Result<Option<tonic::Streaming<v1::ReadResponse>>, tonic::Status> {
+    let request = v1::ReadRequest {
+        digest: Some(digest.to_wire()),
+        offset: 0,
+        limit: 0,
+        accept: Compression::Zstd as i32,
+    };
+    match client.cas.clone().read(request).await {
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(status) => Err(status),
+    }
+}
+
 /// Downloads `digest` to `dest`. The file appears (atomically, by rename) only after every
 /// byte was verified against the digest.
 pub async fn download_to_file(client: &Client, digest: Digest, dest: &Path) -> Result<()> {
@@ -212,17 +231,7 @@ pub async fn download_to_file(client: &Client, digest: Digest, dest: &Path) -> R
         _ => PathBuf::from("."),
     };
     let temp = tempfile::NamedTempFile::new_in(&dir).map_err(CliError::file(&dir))?;
-    let request = v1::ReadRequest {
-        digest: Some(digest.to_wire()),
-        offset: 0,
-        limit: 0,
-        accept: Compression::Zstd as i32,
-    };
-    let mut stream = match client.cas.clone().read(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) if status.code() == tonic::Code::NotFound => return Err(CliError::NotFound(digest)),
-        Err(status) => return Err(status.into()),
-    };
+    let Some(mut stream) = open_read(client, digest).await? else { return Err(CliError::NotFound(digest)) };
     let (sender, receiver) = mpsc::channel::<v1::ReadResponse>(PIPELINE_FRAMES);
     let writer = tokio::task::spawn_blocking(move || write_verified(temp, digest, receiver));
     let mut failure = None;

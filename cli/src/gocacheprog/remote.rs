@@ -342,18 +342,8 @@ impl Remote {
         digest: Digest,
     ) -> Result<Option<PathBuf>, RemoteError> {
         let limit = self.transfer_deadline(entry.size);
-        let request = v1::ReadRequest {
-            digest: Some(digest.to_wire()),
-            offset: 0,
-            limit: 0,
-            accept: Compression::Zstd as i32,
-        };
-        let transfer = async {
-            let mut stream = match client.cas.clone().read(request).await {
-                Ok(response) => response.into_inner(),
-                Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
-                Err(status) => return Err(status.into()),
-            };
+        let streamed = async {
+            let Some(mut stream) = transfer::open_read(client, digest).await? else { return Ok(None) };
             let (sender, pieces) = mpsc::channel(PIPELINE_FRAMES);
             let writer =
                 tokio::task::spawn_blocking(move || store_frames(&disk, action_id, entry, digest, pieces));
@@ -380,7 +370,7 @@ impl Remote {
                 None => stored.map(Some),
             }
         };
-        tokio::time::timeout(limit, transfer).await.map_err(|_| RemoteError::Timeout(limit))?
+        tokio::time::timeout(limit, streamed).await.map_err(|_| RemoteError::Timeout(limit))?
     }
 
     /// Uploads bodies (CAS blob first, then the entry that names it). Never fails: what cannot

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use prost::Message;
 use proto::frames::FrameDecoder;
 use proto::platform::check_entry_name;
-use proto::v1::{self, Compression, Directory, DirectoryNode, FileNode, SymlinkNode};
+use proto::v1::{Compression, Directory, DirectoryNode, FileNode, SymlinkNode};
 use proto::{Digest, FRAME_SIZE};
 
 use crate::client::Client;
@@ -313,16 +313,8 @@ fn is_executable(_: &std::fs::Metadata) -> bool {
 
 /// Reads a whole blob into memory (Directory messages and other small blobs), verified.
 pub async fn read_blob(client: &Client, digest: Digest) -> Result<Vec<u8>> {
-    let request = v1::ReadRequest {
-        digest: Some(digest.to_wire()),
-        offset: 0,
-        limit: 0,
-        accept: Compression::Zstd as i32,
-    };
-    let mut stream = match client.cas.clone().read(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) if status.code() == tonic::Code::NotFound => return Err(CliError::NotFound(digest)),
-        Err(status) => return Err(status.into()),
+    let Some(mut stream) = transfer::open_read(client, digest).await? else {
+        return Err(CliError::NotFound(digest));
     };
     let corrupt = |reason: String| CliError::Corrupt { expected: digest, reason };
     let mut decoder = FrameDecoder::new(digest.size, 0).map_err(|err| corrupt(err.to_string()))?;
