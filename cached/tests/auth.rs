@@ -476,7 +476,7 @@ impl std::io::Write for Captured {
 }
 
 #[tokio::test]
-async fn action_cache_writes_are_audited_and_secrets_never_logged() {
+async fn action_cache_writes_and_jobs_are_audited_and_secrets_never_logged() {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -487,7 +487,8 @@ async fn action_cache_writes_are_audited_and_secrets_never_logged() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let dir = tempfile::tempdir().unwrap();
-    let specs = [spec("ci-main", "read,cas-write,ac-write", "main/*", None), spec("dev", "read", "*", None)];
+    let specs =
+        [spec("ci-main", "read,cas-write,ac-write,submit", "main/*", None), spec("dev", "read", "*", None)];
     let tokens_file = write_tokens(dir.path(), &specs);
     let server = Server::start(&dir.path().join("data"), &[("tokens_file", &tokens_file)]).await;
     let clients = clients(&server).await;
@@ -498,9 +499,29 @@ async fn action_cache_writes_are_audited_and_secrets_never_logged() {
     call(&clients, "GoCache.Put", Some(&ci), "main/linux", &fixture).await.unwrap();
     let denied = call(&clients, "GoCache.Put", Some(&secret_of("dev")), "main/linux", &fixture).await;
     assert_eq!(denied.unwrap_err().code(), Code::PermissionDenied);
+    let submit = v1::SubmitRequest { spec: Some(job_spec("main/linux", fixture.digest)) };
+    let job = clients.jobs.clone().submit(request(submit, Some(&ci))).await.unwrap().into_inner().job_id;
+    let cancel = v1::CancelRequest { job_id: job.clone() };
+    clients.jobs.clone().cancel(request(cancel, Some(&ci))).await.unwrap();
     server.stop().await;
 
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    // Jobs run the submitter's source on the agents: who submitted and cancelled is on record.
+    let audited = |api: &str| {
+        log.lines()
+            .find(|line| line.contains(api) && line.contains("audit"))
+            .unwrap_or_else(|| panic!("no audit line for {api}:\n{log}"))
+            .to_owned()
+    };
+    let submitted = audited("Jobs.Submit");
+    assert!(
+        submitted.contains("token=ci-main")
+            && submitted.contains(&format!("job={job}"))
+            && submitted.contains("queued"),
+        "{submitted}"
+    );
+    let cancelled = audited("Jobs.Cancel");
+    assert!(cancelled.contains("token=ci-main") && cancelled.contains("cancelled"), "{cancelled}");
     let put = log.lines().find(|line| line.contains("GoCache.Put") && line.contains("audit")).unwrap_or_else(
         || {
             panic!("no audit line for the put:\n{log}");

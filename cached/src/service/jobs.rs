@@ -45,10 +45,12 @@ fn job_namespace(job: &proto::v1::JobStatus) -> &str {
 }
 
 /// A job is visible to callers that may use its namespace.
-fn check_job_namespace(extensions: &http::Extensions, job: &proto::v1::JobStatus) -> Result<(), Status> {
+fn check_job_namespace(
+    extensions: &http::Extensions,
+    job: &proto::v1::JobStatus,
+) -> Result<Arc<auth::Grant>, Status> {
     let ns = namespace(job_namespace(job))?.to_owned();
-    auth::check_namespace(extensions, &ns)?;
-    Ok(())
+    Ok(auth::check_namespace(extensions, &ns)?)
 }
 
 #[tonic::async_trait]
@@ -58,8 +60,20 @@ impl Jobs for JobsService {
         let spec = request.spec.ok_or_else(|| Error::invalid("spec is missing"))?;
         let ns = namespace(&spec.namespace)?.to_owned();
         let grant = auth::check_namespace(&extensions, &ns)?;
-        let job_id = self.scheduler.submit(spec, &grant.token)?;
-        Ok(Response::new(SubmitResponse { job_id }))
+        let (packages, targets) = (spec.packages.join(" "), spec.targets.len());
+        let result = self.scheduler.submit(spec, &grant.token);
+        // A job runs the submitter's source on the agents: who asked for what is on record.
+        tracing::info!(
+            target: "audit",
+            token = %grant.token,
+            namespace = %ns,
+            job = %result.as_deref().unwrap_or("-"),
+            packages = %packages,
+            targets,
+            outcome = if result.is_ok() { "queued" } else { "refused" },
+            "Jobs.Submit"
+        );
+        Ok(Response::new(SubmitResponse { job_id: result? }))
     }
 
     type WatchStream = EventStream;
@@ -114,9 +128,16 @@ impl Jobs for JobsService {
             .scheduler
             .get(&request.job_id)
             .ok_or_else(|| Error::NotFound(format!("no job {:?}", request.job_id)))?;
-        check_job_namespace(&extensions, &job)?;
-        let status = self.scheduler.cancel(&request.job_id)?;
-        Ok(Response::new(CancelResponse { status: Some(status) }))
+        let grant = check_job_namespace(&extensions, &job)?;
+        let result = self.scheduler.cancel(&request.job_id);
+        tracing::info!(
+            target: "audit",
+            token = %grant.token,
+            job = %request.job_id,
+            outcome = if result.is_ok() { "cancelled" } else { "failed" },
+            "Jobs.Cancel"
+        );
+        Ok(Response::new(CancelResponse { status: Some(result?) }))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
