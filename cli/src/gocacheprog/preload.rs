@@ -40,10 +40,19 @@ const BATCH_ITEMS: usize = 64;
 const BATCH_BYTES: u64 = 4 << 20;
 /// GetMany requests in flight at once.
 const BATCHES: usize = 2;
+/// Batches being written to the local tier at once (one blocking thread each).
+const STORES: usize = 2;
 /// Cas.Read downloads of large bodies at once.
 const READS: usize = 3;
 /// The go command's lookups seen before the list's usefulness is judged.
 const JUDGE_AFTER: u64 = 64;
+
+/// Bounds on the preload's concurrent work, shared by its batches.
+#[derive(Clone)]
+struct Slots {
+    stores: Arc<Semaphore>,
+    reads: Arc<Semaphore>,
+}
 
 pub struct Preload {
     key: ActionId,
@@ -122,7 +131,8 @@ impl Preload {
         let _ = self.listed.set(list.iter().map(|record| record.action_id).collect());
         let list = self.previous.get_or_init(|| list);
         let batches = Arc::new(Semaphore::new(BATCHES));
-        let reads = Arc::new(Semaphore::new(READS));
+        let slots =
+            Slots { stores: Arc::new(Semaphore::new(STORES)), reads: Arc::new(Semaphore::new(READS)) };
         let mut budget = self.max_bytes;
         let mut running = JoinSet::new();
         let mut next = 0;
@@ -150,9 +160,9 @@ impl Preload {
             if claims.is_empty() {
                 continue;
             }
-            let (this, tiers, remote, reads) =
-                (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote), Arc::clone(&reads));
-            running.spawn(async move { this.fetch_batch(tiers, remote, claims, bytes, permit, reads).await });
+            let (this, tiers, remote, slots) =
+                (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote), slots.clone());
+            running.spawn(async move { this.fetch_batch(tiers, remote, claims, bytes, permit, slots).await });
         }
         while running.join_next().await.is_some() {}
     }
@@ -164,7 +174,7 @@ impl Preload {
         claims: Vec<Claim>,
         bytes: u64,
         permit: OwnedSemaphorePermit,
-        reads: Arc<Semaphore>,
+        slots: Slots,
     ) {
         let ids: Vec<ActionId> = claims.iter().map(Claim::action_id).collect();
         let replies = match remote.get_many(&ids, bytes).await {
@@ -184,6 +194,10 @@ impl Preload {
                 Some(found) => large.push((claim, found)),
             }
         }
+        // The next GetMany goes out while this batch lands; taking the store slot first keeps
+        // the replies held in memory to BATCHES + STORES.
+        let Ok(store_slot) = Arc::clone(&slots.stores).acquire_owned().await else { return };
+        drop(permit);
         // Everything that came inline is stored on one blocking thread, each action answered
         // as soon as it lands; the runtime threads stay free for the go command's lookups.
         let (this, tiers_here, remote_here) = (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote));
@@ -192,12 +206,12 @@ impl Preload {
                 let result = found.store(tiers_here.disk(), claim.action_id());
                 this.landed(&tiers_here, &remote_here, claim, &found, result);
             }
+            drop(store_slot);
         });
-        let _ = stored.await;
-        drop(permit);
+        // Large bodies download meanwhile: they are the slowest to land.
         let downloads = large.into_iter().map(|(claim, found)| {
             let (this, tiers, remote, reads) =
-                (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote), Arc::clone(&reads));
+                (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote), Arc::clone(&slots.reads));
             async move {
                 let Ok(_slot) = reads.acquire_owned().await else { return };
                 let result = remote.download_bulk(Arc::clone(tiers.disk()), claim.action_id(), &found).await;
@@ -208,7 +222,7 @@ impl Preload {
                 }
             }
         });
-        futures::future::join_all(downloads).await;
+        let _ = tokio::join!(stored, futures::future::join_all(downloads));
     }
 
     /// Answers whoever waits for a preloaded action.
