@@ -1,8 +1,9 @@
 //! The remote-execution scheduler: jobs, one task per target, leases to runner agents.
 //!
 //! Read in this order: [`validate`] (what a job may ask of the agents), this module (the state
-//! machine: submit, lease, heartbeat, complete, expire, cancel), [`workers`] (connected agents
-//! and matching), [`store`] (every change written to RocksDB before it is acknowledged).
+//! machine: submit, lease, heartbeat, complete, expire, cancel), [`workers`] (connected agents),
+//! [`dispatch`] (matching queued tasks to agents), [`store`] (every change written to RocksDB
+//! before it is acknowledged).
 //!
 //! A task is QUEUED, then LEASED to one agent at a time under a fencing token (job, task,
 //! attempt). Heartbeats extend the lease; a lease not extended for `lease_timeout` expires and
@@ -18,22 +19,23 @@
 //! broadcast channel while the lock is held, so a watcher that subscribed under the lock sees
 //! every change after its snapshot, in order.
 
+mod dispatch;
 pub mod store;
 pub mod validate;
 pub mod workers;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::v1::{
     AgentInfo, FencingToken, Heartbeat, JobEvent, JobSpec, JobState, JobStatus, LeaseResponse, Registered,
-    TaskKind, TaskLease, TaskResult, TaskState, TaskStatus, job_event::Kind, lease_response,
+    TaskKind, TaskResult, TaskState, TaskStatus, job_event::Kind, lease_response,
 };
 use tokio::sync::{broadcast, watch};
 
 use self::store::{JobStore, KEEP_FINISHED};
-use self::workers::{LeaseSender, Workers, can_build};
+use self::workers::{LeaseSender, Workers};
 use crate::error::{Error, Result};
 
 /// Timing and retry policy (`heartbeat_interval`, `lease_timeout`, `max_attempts`,
@@ -570,110 +572,6 @@ impl Scheduler {
             if let Err(err) = self.store.delete(job_id) {
                 tracing::warn!(job = %job_id, error = %err, "cannot delete an old job");
             }
-        }
-    }
-
-    /// Hands queued tasks, highest priority and oldest first, to agents that can build them
-    /// and have a free slot; among those, the one with the most free slots.
-    fn dispatch(&self, state: &mut State) {
-        let State { jobs, workers } = state;
-        if workers.is_empty() {
-            return;
-        }
-        let mut leased: HashMap<String, u32> = HashMap::new();
-        let mut queued = Vec::new();
-        for job in jobs.values().filter(|job| !job_finished(job)) {
-            let priority = job.spec.as_ref().map_or(0, |spec| spec.priority);
-            for task in &job.tasks {
-                if task.state == TaskState::Leased as i32 {
-                    if !is_index(task) {
-                        *leased.entry(task.agent.clone()).or_default() += 1;
-                    }
-                } else if task.state == TaskState::Queued as i32 {
-                    // Index tasks first: they finish jobs, in milliseconds.
-                    queued.push((
-                        !is_index(task),
-                        -i64::from(priority),
-                        job.submitted_unix_ms,
-                        job.job_id.clone(),
-                        task.index,
-                    ));
-                }
-            }
-        }
-        if queued.is_empty() {
-            return;
-        }
-        queued.sort();
-        let mut free: HashMap<u64, u32> = workers
-            .iter()
-            .filter(|(_, worker)| !worker.draining && !worker.sender.is_closed())
-            .map(|(session, worker)| {
-                let busy = leased.get(&worker.info.agent_id).copied().unwrap_or(0);
-                (*session, worker.info.capacity.saturating_sub(busy))
-            })
-            .collect();
-        let until = now_ms() + self.settings.lease_timeout.as_millis() as i64;
-        for (_, _, _, job_id, index) in queued {
-            let Some(job) = jobs.get_mut(&job_id) else { continue };
-            let Some(spec) = job.spec.as_ref() else { continue };
-            let index_task = is_index(&job.tasks[index as usize]);
-            let target = job.tasks[index as usize].target.clone();
-            let build_target = target.clone().unwrap_or_default();
-            let chosen = workers
-                .iter()
-                .filter(|(session, worker)| {
-                    // Any agent that is taking tasks can assemble an index.
-                    free.get(session).is_some_and(|free| {
-                        index_task || (*free > 0 && can_build(&worker.info, spec, &build_target))
-                    })
-                })
-                .max_by_key(|(session, _)| free.get(session).copied().unwrap_or(0))
-                .map(|(session, worker)| (*session, worker.info.agent_id.clone(), worker.sender.clone()));
-            let Some((session, agent_id, sender)) = chosen else { continue };
-            let timeout = match spec.timeout_seconds {
-                0 => self.settings.job_timeout,
-                seconds => Duration::from_secs(seconds),
-            };
-            let (kind, images) = if index_task {
-                let images = job
-                    .tasks
-                    .iter()
-                    .filter_map(|task| task.result.as_ref().and_then(|result| result.image.clone()))
-                    .collect();
-                (TaskKind::ImageIndex, images)
-            } else {
-                (TaskKind::Build, Vec::new())
-            };
-            let lease = TaskLease {
-                token: None,
-                spec: Some(spec.clone()),
-                target,
-                deadline_unix_ms: job.submitted_unix_ms + timeout.as_millis() as i64,
-                kind: kind as i32,
-                images,
-            };
-            let task = &mut job.tasks[index as usize];
-            task.state = TaskState::Leased as i32;
-            task.attempt += 1;
-            task.agent = agent_id;
-            task.lease_until_unix_ms = until;
-            task.started_unix_ms = 0;
-            let token = FencingToken { job_id: job_id.clone(), task: index, attempt: task.attempt };
-            let leased_event = event(Kind::Leased, task);
-            job.state = JobState::Running as i32;
-            self.save(job);
-            let message = LeaseResponse {
-                kind: Some(lease_response::Kind::Task(TaskLease { token: Some(token), ..lease })),
-            };
-            if sender.send(Ok(message)).is_err() {
-                // The stream is gone; the lease expires and the task is requeued.
-                tracing::warn!(job = %job_id, task = index, "agent stream closed while leasing");
-            }
-            if let Some(slots) = free.get_mut(&session).filter(|_| !index_task) {
-                *slots -= 1;
-            }
-            self.emit(&job_id, leased_event);
         }
     }
 }
