@@ -11,6 +11,7 @@
 //!   [`MAX_EVENTS_PER_NAMESPACE`]; `Stats` windows and `Explain` read it.
 
 mod counters;
+mod keys;
 pub mod manifest;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use counters::{BuildCounters, BuildNamespaceCounters};
-use prost::Message;
+use keys::{decode, encode, entry_key, event_prefix, index_tail, package_prefix, prefix_end, target_prefix};
 use proto::Digest;
 use proto::v1;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
@@ -38,7 +39,6 @@ pub const MAX_EVENTS_PER_NAMESPACE: usize = 10_000;
 const PRUNE_EVERY: u64 = 1024;
 const MAX_OUTPUTS: usize = 10_000;
 const MAX_FIELD_LEN: usize = 4096;
-const VALUE_VERSION: u8 = 1;
 const DEFAULT_TOP: usize = 10;
 
 pub const BASIS_SAME_TARGET: &str = "same_target";
@@ -60,75 +60,6 @@ pub struct Builds {
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-fn encode<M: Message>(message: &M) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.encoded_len() + 1);
-    out.push(VALUE_VERSION);
-    message.encode(&mut out).expect("a Vec grows as needed");
-    out
-}
-
-fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M> {
-    match bytes.split_first() {
-        Some((&VALUE_VERSION, rest)) => {
-            M::decode(rest).map_err(|err| Error::Corrupt(format!("{what} record: {err}")))
-        }
-        _ => Err(Error::Corrupt(format!("{what} record of unknown version"))),
-    }
-}
-
-/// `field` then a NUL, for key prefixes. Fields are checked to hold no control characters.
-fn push_field(key: &mut Vec<u8>, field: &str) {
-    key.extend_from_slice(field.as_bytes());
-    key.push(0);
-}
-
-fn entry_key(namespace: &str, key: &[u8; 32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(namespace.len() + 33);
-    push_field(&mut out, namespace);
-    out.extend_from_slice(key);
-    out
-}
-
-fn package_prefix(namespace: &str, target: &v1::BuildTarget) -> Vec<u8> {
-    let mut out = Vec::new();
-    push_field(&mut out, namespace);
-    push_field(&mut out, &target.module);
-    push_field(&mut out, &target.package);
-    out
-}
-
-fn target_prefix(namespace: &str, target: &v1::BuildTarget) -> Vec<u8> {
-    let mut out = package_prefix(namespace, target);
-    push_field(&mut out, &format!("{}/{}", target.goos, target.goarch));
-    out
-}
-
-fn event_prefix(namespace: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    push_field(&mut out, namespace);
-    out
-}
-
-/// The key just past every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![u8::MAX; prefix.len() + 1]
-}
-
-/// An index value's key and time: the last 40 bytes of its index key.
-fn index_tail(index_key: &[u8]) -> Option<(i64, [u8; 32])> {
-    let tail = index_key.len().checked_sub(40).map(|start| &index_key[start..])?;
-    let time = i64::from_be_bytes(tail[..8].try_into().ok()?);
-    let key = tail[8..].try_into().ok()?;
-    Some((time, key))
 }
 
 /// Checks a target's fields (no control characters, bounded) and a namespace-like field.
