@@ -4,19 +4,18 @@
 //! summary; exits non-zero when a target failed.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use proto::platform::label;
-use proto::v1::{self, JobEvent, JobState, TaskState, job_event::Kind};
+use proto::v1::{self, JobState, TaskState};
 use proto::{Digest, Platform};
 
 use crate::client::ConnectOptions;
 use crate::error::{CliError, Result};
 use crate::submit::Remote;
+use crate::submit::progress::{View, duration, outcome, print_table, task_label};
 use crate::submit::tree::Tree;
 use crate::submit::{image, modules};
 
@@ -362,7 +361,7 @@ pub async fn follow(
     output: Option<&Path>,
     started: Instant,
 ) -> Result<(v1::JobStatus, Remote)> {
-    let mut view = View::new();
+    let mut view = View::on_stderr();
     let mut backoff = Duration::from_millis(200);
     let status = 'watch: loop {
         let events = remote.jobs.watch(v1::WatchRequest { job_id: job_id.to_owned() }).await;
@@ -407,11 +406,7 @@ pub async fn follow(
                 failed += 1;
             }
             let index = result.index.as_ref().map_or("-".to_owned(), |index| index.digest.clone());
-            let time = if result.duration_ms > 0 {
-                format!("{:.1}s", result.duration_ms as f64 / 1000.0)
-            } else {
-                "-".to_owned()
-            };
+            let time = duration(result.duration_ms);
             rows.push([task_label(task), task.agent.clone(), outcome(state, false, "-"), time, index]);
             continue;
         }
@@ -441,12 +436,13 @@ pub async fn follow(
             files.push(format!("+ image {}", image::platform_label(image)));
         }
         let outcome = outcome(state, result.hit, "miss");
-        let duration = if result.duration_ms > 0 {
-            format!("{:.1}s", result.duration_ms as f64 / 1000.0)
-        } else {
-            "-".to_owned()
-        };
-        rows.push([label(&target), task.agent.clone(), outcome, duration, files.join(" ")]);
+        rows.push([
+            label(&target),
+            task.agent.clone(),
+            outcome,
+            duration(result.duration_ms),
+            files.join(" "),
+        ]);
     }
     print_table(&rows);
     for task in status.tasks.iter().filter(|task| task.state == TaskState::Failed as i32) {
@@ -468,50 +464,6 @@ pub async fn follow(
     Ok((status, remote))
 }
 
-/// `linux/arm64+cgo` for a build task, `image index` for the last step of an image job.
-pub fn task_label(task: &v1::TaskStatus) -> String {
-    if task.kind == v1::TaskKind::ImageIndex as i32 {
-        "image index".to_owned()
-    } else {
-        label(&task.target.clone().unwrap_or_default())
-    }
-}
-
-fn outcome(state: TaskState, hit: bool, done: &str) -> String {
-    match state {
-        TaskState::Succeeded if hit => "hit".to_owned(),
-        TaskState::Succeeded => done.to_owned(),
-        TaskState::Failed => "FAILED".to_owned(),
-        TaskState::Cancelled => "cancelled".to_owned(),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
-fn print_table(rows: &[[String; 5]]) {
-    let header = ["TARGET", "AGENT", "CACHE", "TIME", "OUTPUT"];
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i == 4 {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        println!("{}", text.trim_end());
-    };
-    line(header);
-    for row in rows {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
-    }
-}
-
 #[cfg(unix)]
 fn set_executable(path: &Path, executable: bool) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -522,119 +474,4 @@ fn set_executable(path: &Path, executable: bool) -> Result<()> {
 #[cfg(not(unix))]
 fn set_executable(_: &Path, _: bool) -> Result<()> {
     Ok(())
-}
-
-/// Progress: one bar per target on a terminal, one line per change otherwise.
-struct View {
-    bars: Option<(MultiProgress, BTreeMap<u32, ProgressBar>)>,
-    labels: BTreeMap<u32, String>,
-}
-
-impl View {
-    fn new() -> Self {
-        let bars = std::io::stderr().is_terminal().then(|| (MultiProgress::new(), BTreeMap::new()));
-        Self { bars, labels: BTreeMap::new() }
-    }
-
-    fn note(&mut self, text: &str) {
-        match &self.bars {
-            Some((multi, _)) => {
-                let _ = multi.println(text);
-            }
-            None => eprintln!("{text}"),
-        }
-    }
-
-    fn set(&mut self, task: u32, text: &str) {
-        // Only the image index task joins a job after its first snapshot.
-        let label = self.labels.get(&task).cloned().unwrap_or_else(|| "image index".to_owned());
-        match &mut self.bars {
-            Some((multi, bars)) => {
-                let bar = bars.entry(task).or_insert_with(|| {
-                    let bar = multi.add(ProgressBar::new_spinner());
-                    bar.set_style(
-                        ProgressStyle::with_template("{spinner} {prefix:<22} {elapsed:>4} {msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
-                    bar.set_prefix(label.clone());
-                    bar.enable_steady_tick(Duration::from_millis(120));
-                    bar
-                });
-                bar.set_message(text.to_owned());
-            }
-            None => eprintln!("[{label}] {text}"),
-        }
-    }
-
-    fn done(&mut self, task: u32, text: &str) {
-        self.set(task, text);
-        if let Some(bar) = self.bars.as_ref().and_then(|(_, bars)| bars.get(&task)) {
-            bar.finish();
-        }
-    }
-
-    /// Applies one event; the final status when the job finished.
-    fn apply(&mut self, event: &JobEvent) -> Option<v1::JobStatus> {
-        let kind = Kind::try_from(event.kind).unwrap_or(Kind::Unspecified);
-        let task = event.task;
-        match kind {
-            Kind::Snapshot => {
-                let status = event.status.as_ref()?;
-                for task in &status.tasks {
-                    self.labels.insert(task.index, task_label(task));
-                    let state = TaskState::try_from(task.state).unwrap_or(TaskState::Unspecified);
-                    let text = match state {
-                        TaskState::Queued => "queued".to_owned(),
-                        TaskState::Leased => format!("building on {}", task.agent),
-                        other => format!("{other:?}").to_lowercase(),
-                    };
-                    self.set(task.index, &text);
-                }
-            }
-            Kind::Queued if !event.message.is_empty() => {
-                self.set(task, &format!("requeued: {}", event.message))
-            }
-            Kind::Queued => self.set(task, "queued"),
-            Kind::Leased => self.set(task, &format!("leased by {} (attempt {})", event.agent, event.attempt)),
-            Kind::Started if self.labels.get(&task).is_some_and(|label| label != "image index") => {
-                self.set(task, &format!("building on {}", event.agent))
-            }
-            Kind::Started => self.set(task, &format!("assembling on {}", event.agent)),
-            Kind::Log => {
-                if let Some(last) = event.message.lines().last().filter(|_| self.bars.is_some()) {
-                    let text: String = last.chars().take(80).collect();
-                    self.set(task, &format!("{}: {text}", event.agent));
-                }
-            }
-            Kind::TaskSucceeded => {
-                let result = event.result.clone().unwrap_or_default();
-                let cache = match &result.index {
-                    Some(index) => format!("index {}", index.digest),
-                    None if result.hit => "hit".to_owned(),
-                    None => "built".to_owned(),
-                };
-                self.done(
-                    task,
-                    &format!("{cache} on {} in {:.1}s", event.agent, result.duration_ms as f64 / 1000.0),
-                );
-            }
-            Kind::TaskFailed => {
-                let first = event.message.lines().next().unwrap_or("").to_owned();
-                self.done(task, &format!("failed: {first}"));
-            }
-            Kind::TaskCancelled => self.done(task, "cancelled"),
-            Kind::JobFinished => return event.status.clone(),
-            Kind::Unspecified => {}
-        }
-        None
-    }
-
-    fn finish(&mut self) {
-        if let Some((multi, bars)) = &self.bars {
-            for bar in bars.values() {
-                bar.finish();
-            }
-            let _ = multi.clear();
-        }
-    }
 }

@@ -1,0 +1,175 @@
+//! How `cachectl submit` and `cachectl jobs watch` show a job: live progress while it runs (a
+//! spinner per task on a terminal, a line per change otherwise) and the summary table.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use proto::platform::label;
+use proto::v1::{self, JobEvent, TaskState, job_event::Kind};
+
+/// `linux/arm64+cgo` for a build task, `image index` for the last step of an image job.
+pub fn task_label(task: &v1::TaskStatus) -> String {
+    if task.kind == v1::TaskKind::ImageIndex as i32 {
+        "image index".to_owned()
+    } else {
+        label(&task.target.clone().unwrap_or_default())
+    }
+}
+
+/// A task's build time for the table, `-` when it has none.
+pub fn duration(ms: u64) -> String {
+    if ms > 0 { format!("{:.1}s", ms as f64 / 1000.0) } else { "-".to_owned() }
+}
+
+pub fn outcome(state: TaskState, hit: bool, done: &str) -> String {
+    match state {
+        TaskState::Succeeded if hit => "hit".to_owned(),
+        TaskState::Succeeded => done.to_owned(),
+        TaskState::Failed => "FAILED".to_owned(),
+        TaskState::Cancelled => "cancelled".to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+pub fn print_table(rows: &[[String; 5]]) {
+    let header = ["TARGET", "AGENT", "CACHE", "TIME", "OUTPUT"];
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == 4 {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", text.trim_end());
+    };
+    line(header);
+    for row in rows {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+}
+
+/// Progress: one bar per target on a terminal, one line per change otherwise.
+pub struct View {
+    bars: Option<(MultiProgress, BTreeMap<u32, ProgressBar>)>,
+    labels: BTreeMap<u32, String>,
+}
+
+impl View {
+    /// Bars when stderr is a terminal, lines otherwise.
+    pub fn on_stderr() -> Self {
+        let bars = std::io::stderr().is_terminal().then(|| (MultiProgress::new(), BTreeMap::new()));
+        Self { bars, labels: BTreeMap::new() }
+    }
+
+    pub fn note(&mut self, text: &str) {
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn set(&mut self, task: u32, text: &str) {
+        // Only the image index task joins a job after its first snapshot.
+        let label = self.labels.get(&task).cloned().unwrap_or_else(|| "image index".to_owned());
+        match &mut self.bars {
+            Some((multi, bars)) => {
+                let bar = bars.entry(task).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new_spinner());
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} {prefix:<22} {elapsed:>4} {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    bar.set_prefix(label.clone());
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    bar
+                });
+                bar.set_message(text.to_owned());
+            }
+            None => eprintln!("[{label}] {text}"),
+        }
+    }
+
+    fn done(&mut self, task: u32, text: &str) {
+        self.set(task, text);
+        if let Some(bar) = self.bars.as_ref().and_then(|(_, bars)| bars.get(&task)) {
+            bar.finish();
+        }
+    }
+
+    /// Applies one event; the final status when the job finished.
+    pub fn apply(&mut self, event: &JobEvent) -> Option<v1::JobStatus> {
+        let kind = Kind::try_from(event.kind).unwrap_or(Kind::Unspecified);
+        let task = event.task;
+        match kind {
+            Kind::Snapshot => {
+                let status = event.status.as_ref()?;
+                for task in &status.tasks {
+                    self.labels.insert(task.index, task_label(task));
+                    let state = TaskState::try_from(task.state).unwrap_or(TaskState::Unspecified);
+                    let text = match state {
+                        TaskState::Queued => "queued".to_owned(),
+                        TaskState::Leased => format!("building on {}", task.agent),
+                        other => format!("{other:?}").to_lowercase(),
+                    };
+                    self.set(task.index, &text);
+                }
+            }
+            Kind::Queued if !event.message.is_empty() => {
+                self.set(task, &format!("requeued: {}", event.message))
+            }
+            Kind::Queued => self.set(task, "queued"),
+            Kind::Leased => self.set(task, &format!("leased by {} (attempt {})", event.agent, event.attempt)),
+            Kind::Started if self.labels.get(&task).is_some_and(|label| label != "image index") => {
+                self.set(task, &format!("building on {}", event.agent))
+            }
+            Kind::Started => self.set(task, &format!("assembling on {}", event.agent)),
+            Kind::Log => {
+                if let Some(last) = event.message.lines().last().filter(|_| self.bars.is_some()) {
+                    let text: String = last.chars().take(80).collect();
+                    self.set(task, &format!("{}: {text}", event.agent));
+                }
+            }
+            Kind::TaskSucceeded => {
+                let result = event.result.clone().unwrap_or_default();
+                let cache = match &result.index {
+                    Some(index) => format!("index {}", index.digest),
+                    None if result.hit => "hit".to_owned(),
+                    None => "built".to_owned(),
+                };
+                self.done(
+                    task,
+                    &format!("{cache} on {} in {:.1}s", event.agent, result.duration_ms as f64 / 1000.0),
+                );
+            }
+            Kind::TaskFailed => {
+                let first = event.message.lines().next().unwrap_or("").to_owned();
+                self.done(task, &format!("failed: {first}"));
+            }
+            Kind::TaskCancelled => self.done(task, "cancelled"),
+            Kind::JobFinished => return event.status.clone(),
+            Kind::Unspecified => {}
+        }
+        None
+    }
+
+    pub fn finish(&mut self) {
+        if let Some((multi, bars)) = &self.bars {
+            for bar in bars.values() {
+                bar.finish();
+            }
+            let _ = multi.clear();
+        }
+    }
+}
