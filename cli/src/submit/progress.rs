@@ -62,13 +62,15 @@ pub fn print_table(rows: &[[String; 5]]) {
 pub struct View {
     bars: Option<(MultiProgress, BTreeMap<u32, ProgressBar>)>,
     labels: BTreeMap<u32, String>,
+    /// What each task last showed: a snapshot and the event after it can say the same.
+    shown: BTreeMap<u32, String>,
 }
 
 impl View {
     /// Bars when stderr is a terminal, lines otherwise.
     pub fn on_stderr() -> Self {
         let bars = std::io::stderr().is_terminal().then(|| (MultiProgress::new(), BTreeMap::new()));
-        Self { bars, labels: BTreeMap::new() }
+        Self { bars, labels: BTreeMap::new(), shown: BTreeMap::new() }
     }
 
     pub fn note(&mut self, text: &str) {
@@ -81,6 +83,10 @@ impl View {
     }
 
     fn set(&mut self, task: u32, text: &str) {
+        if self.shown.get(&task).is_some_and(|shown| shown == text) {
+            return;
+        }
+        self.shown.insert(task, text.to_owned());
         // Only the image index task joins a job after its first snapshot.
         let label = self.labels.get(&task).cloned().unwrap_or_else(|| "image index".to_owned());
         match &mut self.bars {
