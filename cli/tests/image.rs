@@ -103,6 +103,15 @@ fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// `skopeo copy` of every platform of `reference` from the registry into an OCI layout, with
+/// the digests kept, so tests can compare them with what was pushed.
+fn copy_back(reference: &str, layout: &Path, tag: &str) {
+    let source = format!("docker://{reference}");
+    let dest = format!("oci:{}:{tag}", layout.display());
+    let flags = ["copy", "--all", "--preserve-digests", "--insecure-policy", "--src-tls-verify=false"];
+    run("skopeo", &[&flags[..], &[source.as_str(), dest.as_str()]].concat());
+}
+
 fn skopeo_json(args: &[&str]) -> Value {
     serde_json::from_str(&run("skopeo", args)).expect("skopeo prints JSON")
 }
@@ -306,18 +315,7 @@ fn push_copy_back_and_an_unchanged_repush_uploads_no_blob() {
 
     // skopeo copies it back with the same digests, and the same blobs as our layout.
     let back = dir.path().join("back");
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--insecure-policy",
-            "--src-tls-verify=false",
-            &format!("docker://{target}"),
-            &format!("oci:{}:v1", back.display()),
-        ],
-    );
+    copy_back(&target, &back, "v1");
     assert_eq!(index_entry(&back)["digest"], first["index"]);
     assert_eq!(blobs(&back), blobs(&layout));
 
@@ -348,18 +346,7 @@ fn push_copy_back_and_an_unchanged_repush_uploads_no_blob() {
     let patches = registry.requests()[before..].iter().filter(|(method, _)| method == "PATCH").count();
     assert!(patches >= 15, "1.2+ MiB layers in 256 KiB chunks: {patches} PATCHes");
     let back = dir.path().join("back-chunked");
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--insecure-policy",
-            "--src-tls-verify=false",
-            &format!("docker://{chunked}"),
-            &format!("oci:{}:v1", back.display()),
-        ],
-    );
+    copy_back(&chunked, &back, "v1");
     assert_eq!(blobs(&back), blobs(&layout));
 }
 
@@ -398,18 +385,7 @@ fn zstd_layers_are_read_by_skopeo_and_survive_a_registry_round_trip() {
     ]);
     assert_eq!(config["architecture"], "arm64");
     let back = dir.path().join("back");
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--insecure-policy",
-            "--src-tls-verify=false",
-            &format!("docker://{target}"),
-            &format!("oci:{}:zstd", back.display()),
-        ],
-    );
+    copy_back(&target, &back, "zstd");
     assert_eq!(index_entry(&back)["digest"], zstd_report["index"]);
     assert_eq!(blobs(&back), blobs(&zstd));
 }
