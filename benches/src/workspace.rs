@@ -10,6 +10,23 @@ pub fn gomodcache() -> PathBuf {
     })
 }
 
+/// `given` if it is a file, or else the binary `name` built next to this one (same target
+/// directory and profile); an error says what to build.
+pub fn sibling_or(given: Option<PathBuf>, name: &str) -> Result<PathBuf, String> {
+    let path = match given {
+        Some(path) => path,
+        None => std::env::current_exe().map_err(|err| err.to_string())?.with_file_name(name),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found: build it in the same profile as this benchmark (cargo build --release -p {name})",
+            path.display()
+        ))
+    }
+}
+
 /// Copies a tree, leaving every file writable (module cache files are read-only).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create dir");

@@ -25,7 +25,8 @@ use cachectl::gobuild::flags;
 use cachectl::gobuild::inputs::{self, GoCall};
 use cached_benches::EmbeddedServer;
 use cached_benches::report::{cell, load, ratio};
-use cached_benches::workspace::{copy_dir, gomodcache};
+use cached_benches::workspace::{copy_dir, gomodcache, sibling_or};
+use clap::Parser as _;
 
 const GOPLS: &str = "golang.org/x/tools/gopls";
 const DEFAULT_VERSION: &str = "v0.21.0";
@@ -36,14 +37,31 @@ struct Settings {
     cachectl: PathBuf,
 }
 
+#[derive(clap::Parser)]
+struct Args {
+    /// Runs per variant (at least 5).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// The gopls version to build.
+    #[arg(long, default_value = DEFAULT_VERSION)]
+    version: String,
+    /// cachectl to run [default: the one built next to this binary].
+    #[arg(long, env = "CACHECTL")]
+    cachectl: Option<PathBuf>,
+}
+
+impl Args {
+    fn settings(self) -> Result<Settings, String> {
+        let cachectl = sibling_or(self.cachectl, "cachectl")?;
+        Ok(Settings { runs: self.runs.max(5), version: self.version, cachectl })
+    }
+}
+
 fn main() {
-    let settings = match parse_args() {
-        Ok(settings) => settings,
-        Err(err) => {
-            eprintln!("gobuild_bench: {err}");
-            std::process::exit(2);
-        }
-    };
+    let settings = Args::parse().settings().unwrap_or_else(|err| {
+        eprintln!("gobuild_bench: {err}");
+        std::process::exit(2);
+    });
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let server = runtime.block_on(EmbeddedServer::start());
     let scratch = tempfile::tempdir().expect("temp dir");
@@ -105,41 +123,6 @@ fn main() {
         miss.0.as_secs_f64()
     );
     println!("\nmedians of {} runs (min–max); load average after: {}", settings.runs, load());
-}
-
-fn parse_args() -> Result<Settings, String> {
-    let mut runs = 5;
-    let mut version = DEFAULT_VERSION.to_owned();
-    let mut cachectl = std::env::var_os("CACHECTL").map(PathBuf::from);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--runs" => runs = value()?.parse().map_err(|err| format!("--runs: {err}"))?,
-            "--version" => version = value()?,
-            "--cachectl" => cachectl = Some(PathBuf::from(value()?)),
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?} (--runs N, --version vX.Y.Z, --cachectl PATH)"
-                ));
-            }
-        }
-    }
-    let cachectl = match cachectl {
-        Some(path) => path,
-        None => {
-            let exe = std::env::current_exe().map_err(|err| err.to_string())?;
-            let path = exe.with_file_name("cachectl");
-            if !path.is_file() {
-                return Err(format!(
-                    "{} not found: build cachectl in the same profile or pass --cachectl",
-                    path.display()
-                ));
-            }
-            path
-        }
-    };
-    Ok(Settings { runs: runs.max(5), version, cachectl })
 }
 
 /// The go environment of every run: a module cache that persists across benchmark runs (the

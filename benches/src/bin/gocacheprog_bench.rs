@@ -21,11 +21,33 @@ use std::time::{Duration, Instant};
 
 use cached_benches::EmbeddedServer;
 use cached_benches::report::{cell, ratio};
+use cached_benches::workspace::sibling_or;
+use clap::Parser as _;
 
 struct Settings {
     runs: usize,
     only: Option<String>,
     cachectl: PathBuf,
+}
+
+#[derive(clap::Parser)]
+struct Args {
+    /// Runs per variant.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Only the workloads whose name contains this (build or vet).
+    #[arg(long)]
+    only: Option<String>,
+    /// cachectl to run [default: the one built next to this binary].
+    #[arg(long, env = "CACHECTL")]
+    cachectl: Option<PathBuf>,
+}
+
+impl Args {
+    fn settings(self) -> Result<Settings, String> {
+        let cachectl = sibling_or(self.cachectl, "cachectl")?;
+        Ok(Settings { runs: self.runs.max(1), only: self.only, cachectl })
+    }
 }
 
 struct Workload {
@@ -42,13 +64,10 @@ struct Row {
 }
 
 fn main() {
-    let settings = match parse_args() {
-        Ok(settings) => settings,
-        Err(err) => {
-            eprintln!("gocacheprog_bench: {err}");
-            std::process::exit(2);
-        }
-    };
+    let settings = Args::parse().settings().unwrap_or_else(|err| {
+        eprintln!("gocacheprog_bench: {err}");
+        std::process::exit(2);
+    });
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let server = runtime.block_on(EmbeddedServer::start());
     eprintln!("cached (embedded) on {}; {} runs per variant", server.url(), settings.runs);
@@ -61,45 +80,6 @@ fn main() {
     }
     print_table(&rows);
     drop(server);
-}
-
-fn parse_args() -> Result<Settings, String> {
-    let mut runs = 3;
-    let mut only = None;
-    let mut cachectl = std::env::var_os("CACHECTL").map(PathBuf::from);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--runs" => runs = value()?.parse().map_err(|err| format!("--runs: {err}"))?,
-            "--only" => only = Some(value()?),
-            "--cachectl" => cachectl = Some(PathBuf::from(value()?)),
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?} (--runs N, --only build|vet, --cachectl PATH)"
-                ));
-            }
-        }
-    }
-    let cachectl = match cachectl {
-        Some(path) => path,
-        None => sibling("cachectl")?,
-    };
-    Ok(Settings { runs: runs.max(1), only, cachectl })
-}
-
-/// A binary built next to this one (same target dir and profile).
-fn sibling(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|err| err.to_string())?;
-    let path = exe.with_file_name(name);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} not found: build it in the same profile (cargo build -p cachectl) or pass --cachectl",
-            path.display()
-        ))
-    }
 }
 
 fn workloads() -> Vec<Workload> {

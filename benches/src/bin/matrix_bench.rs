@@ -28,7 +28,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cached_benches::report::{cell, load, ratio};
-use cached_benches::workspace::{copy_dir, gomodcache, wipe};
+use cached_benches::workspace::{copy_dir, gomodcache, sibling_or, wipe};
+use clap::Parser as _;
 
 const GOPLS: &str = "golang.org/x/tools/gopls";
 /// gopls v0.21.0 needs go 1.25 (v0.22 and later need 1.26.0+ or 1.27): any current Go builds it.
@@ -47,14 +48,39 @@ struct Settings {
     bin: PathBuf,
 }
 
-fn main() {
-    let settings = match parse_args() {
-        Ok(settings) => settings,
-        Err(err) => {
-            eprintln!("matrix_bench: {err}");
-            std::process::exit(2);
+#[derive(clap::Parser)]
+struct Args {
+    /// Runs per scenario.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The gopls version to build.
+    #[arg(long, default_value = DEFAULT_VERSION)]
+    version: String,
+    /// Builds each agent runs at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Where the release binaries of cached, runner-agent and cachectl are [default: next to
+    /// this binary].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+impl Args {
+    fn settings(self) -> Result<Settings, String> {
+        let mut bin = PathBuf::new();
+        for name in ["cached", "runner-agent", "cachectl"] {
+            let found = sibling_or(self.bin_dir.as_ref().map(|dir| dir.join(name)), name)?;
+            bin = found.parent().map(Path::to_owned).unwrap_or_default();
         }
-    };
+        Ok(Settings { runs: self.runs.max(1), version: self.version, concurrency: self.concurrency, bin })
+    }
+}
+
+fn main() {
+    let settings = Args::parse().settings().unwrap_or_else(|err| {
+        eprintln!("matrix_bench: {err}");
+        std::process::exit(2);
+    });
     let scratch = tempfile::tempdir().expect("temp dir");
     let bench = Bench::new(scratch.path(), &settings);
     eprintln!(
@@ -159,47 +185,6 @@ struct Results {
     cold: Scenario,
     warm: Scenario,
     edit: Scenario,
-}
-
-fn parse_args() -> Result<Settings, String> {
-    let mut runs = 3;
-    let mut version = DEFAULT_VERSION.to_owned();
-    let mut concurrency = 1;
-    let mut bin = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--runs" => runs = value()?.parse().map_err(|err| format!("--runs: {err}"))?,
-            "--version" => version = value()?,
-            "--concurrency" => {
-                concurrency = value()?.parse().map_err(|err| format!("--concurrency: {err}"))?
-            }
-            "--bin-dir" => bin = Some(PathBuf::from(value()?)),
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?} (--runs N, --version vX.Y.Z, --concurrency N, --bin-dir DIR)"
-                ));
-            }
-        }
-    }
-    let bin = match bin {
-        Some(bin) => bin,
-        None => std::env::current_exe()
-            .map_err(|err| err.to_string())?
-            .parent()
-            .map(Path::to_owned)
-            .ok_or("no directory of this binary")?,
-    };
-    for name in ["cached", "runner-agent", "cachectl"] {
-        if !bin.join(name).is_file() {
-            return Err(format!(
-                "{} not found: cargo build --release -p cached -p cachectl -p runner-agent, or pass --bin-dir",
-                bin.join(name).display()
-            ));
-        }
-    }
-    Ok(Settings { runs: runs.max(1), version, concurrency: concurrency.max(1), bin })
 }
 
 /// The go environment of every command: the persistent module cache (no network once it is
