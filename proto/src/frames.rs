@@ -68,6 +68,13 @@ impl FrameDecoder {
         })
     }
 
+    /// Goes on with another blob, keeping the zstd context and the buffer: setting those up
+    /// costs more than decoding a small body.
+    pub fn restart(&mut self, size: u64, first_index: u64) {
+        self.size = size;
+        self.next_index = first_index;
+    }
+
     /// Decompresses the next frame into an internal buffer that is reused across calls.
     pub fn decode(&mut self, frame: &[u8]) -> Result<&[u8], FrameError> {
         let index = self.next_index;
@@ -135,5 +142,21 @@ mod tests {
         assert!(matches!(decoder.decode(&short), Err(FrameError::Undecodable { .. })));
         let mut decoder = FrameDecoder::new(3, 0).unwrap();
         assert!(matches!(decoder.decode(b"not zstd"), Err(FrameError::Undecodable { .. })));
+    }
+
+    #[test]
+    fn a_restarted_decoder_checks_the_new_blob() {
+        let mut encoder = FrameEncoder::new(1).unwrap();
+        let mut decoder = FrameDecoder::new(3, 0).unwrap();
+        assert_eq!(decoder.decode(&encoder.encode(&[1, 2, 3]).unwrap()).unwrap(), &[1, 2, 3]);
+        decoder.restart(5, 0);
+        assert!(!decoder.is_complete());
+        assert!(matches!(
+            decoder.decode(&encoder.encode(&[1, 2, 3]).unwrap()),
+            Err(FrameError::WrongLength { .. })
+        ));
+        decoder.restart(5, 0);
+        assert_eq!(decoder.decode(&encoder.encode(&[5; 5]).unwrap()).unwrap(), &[5; 5]);
+        assert!(decoder.is_complete());
     }
 }

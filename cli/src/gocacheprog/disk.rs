@@ -4,10 +4,13 @@
 //! - `o/<2 hex>/<OutputID hex>`: bodies. Mode 0755 (Go runs cached test binaries straight from
 //!   here), no extension (cgo tools choke on one, golang/go#74451), never rewritten once present.
 //! - `a/<2 hex>/<ActionID hex>`: one line, `<OutputID hex> <size> <time unix nanos>`.
-//! - `tmp/`: bodies being written. `trim.txt`: its mtime is the last trim.
+//! - `.part-*` beside them: files being written. `trim.txt`: its mtime is the last trim.
 //!
-//! Several go processes may share a root at once: every file appears whole by an atomic rename
-//! (bodies by a no-clobber link), so a reader sees a complete file or none. Nothing is fsynced,
+//! Several go processes may share a root at once: every file is written under a temporary
+//! name in its own directory and appears whole by an atomic rename (bodies by a no-clobber
+//! one), so a reader sees a complete file or none. Renaming within one directory spares the
+//! kernel's file-system-wide lock on cross-directory renames, which concurrent writers (the
+//! preload's threads, the go command's puts, other go processes) would otherwise queue on. Nothing is fsynced,
 //! as in Go's own cache: a power cut may lose recent entries; the size check on lookup drops an
 //! entry whose body did not survive.
 
@@ -30,6 +33,10 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(3600);
 /// Trimming stops once the tier is below this fraction of its cap, so it does not run again
 /// at once.
 const TRIM_LOW_WATER: f64 = 0.9;
+/// Names of files being written; never a 64-hex-digit entry name.
+const TEMP_PREFIX: &str = ".part-";
+/// Where earlier versions wrote temporary files; trimming still clears it.
+const LEGACY_TEMP_DIR: &str = "tmp";
 
 /// An action's entry as the local tier records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +68,7 @@ pub struct DiskTier {
 impl DiskTier {
     /// Opens (creating) the tier at `root`, which becomes absolute.
     pub fn open(root: &Path, max_size: u64) -> Result<Self, DiskError> {
-        for sub in ["o", "a", "tmp"] {
+        for sub in ["o", "a"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         }
@@ -121,9 +128,8 @@ impl DiskTier {
     pub fn record(&self, action_id: &ActionId, entry: &Entry) -> Result<(), DiskError> {
         let path = self.action_path(action_id);
         let line = format!("{} {} {}\n", entry.output_id, entry.size, entry.time_unix_nanos);
-        let mut temp = self.temp_file()?;
+        let mut temp = temp_beside(&path)?;
         temp.write_all(line.as_bytes()).map_err(io_at(temp.path()))?;
-        ensure_parent(&path)?;
         temp.persist(&path).map_err(|err| io_at(&path)(err.error))?;
         Ok(())
     }
@@ -132,33 +138,31 @@ impl DiskTier {
     pub fn writer(&self, output_id: OutputId, size: u64) -> Result<BodyWriter, DiskError> {
         let dest = self.output_path(&output_id);
         // A body already here is not rewritten: the go command may have it open. The incoming
-        // bytes are still hashed, so the caller learns their digest.
+        // bytes are still hashed, so a wrong body is still refused.
         let file = match self.existing_output(&output_id, size) {
             Some(_) => None,
-            None => Some(self.temp_file()?),
+            None => Some(temp_beside(&dest)?),
         };
-        Ok(BodyWriter {
-            file,
-            dest,
-            output_id,
-            expected: size,
-            written: 0,
-            sha256: Sha256::new(),
-            blake3: blake3::Hasher::new(),
-        })
+        Ok(BodyWriter { file, dest, output_id, expected: size, written: 0, sha256: Sha256::new() })
     }
 
-    fn temp_file(&self) -> Result<tempfile::NamedTempFile, DiskError> {
-        let dir = self.root.join("tmp");
-        tempfile::Builder::new().prefix(".part-").tempfile_in(&dir).map_err(io_at(&dir))
+    /// A writer for a body the go command put: also computes its CAS digest, for the upload.
+    pub fn put_writer(&self, output_id: OutputId, size: u64) -> Result<DigestingWriter, DiskError> {
+        Ok(DigestingWriter { body: self.writer(output_id, size)?, blake3: blake3::Hasher::new() })
     }
 
     /// Trims to the size cap unless a trim ran within `TRIM_INTERVAL`. Returns bytes removed.
+    /// A tier without a stamp is new (the stamp is written at the first close): it starts its
+    /// interval instead, because the go command waits for close, and a fresh runner's tier
+    /// would otherwise be listed file by file at the end of every build.
     pub fn trim_if_due(&self) -> Result<u64, DiskError> {
         let stamp = self.root.join("trim.txt");
         let now = SystemTime::now();
-        let last = fs::metadata(&stamp).and_then(|m| m.modified()).ok();
-        if last.is_some_and(|last| now.duration_since(last).unwrap_or_default() < TRIM_INTERVAL) {
+        let last = match fs::metadata(&stamp).and_then(|m| m.modified()) {
+            Ok(last) => last,
+            Err(_) => return fs::write(&stamp, b"").map(|()| 0).map_err(io_at(&stamp)),
+        };
+        if now.duration_since(last).unwrap_or_default() < TRIM_INTERVAL {
             return Ok(0);
         }
         fs::write(&stamp, b"").map_err(io_at(&stamp))?;
@@ -168,9 +172,17 @@ impl DiskTier {
     /// Removes the least recently used files until the tier is under its low-water mark, never
     /// touching files used after `protect_after`. Also clears abandoned temp files.
     pub fn trim(&self, protect_after: SystemTime) -> Result<u64, DiskError> {
-        let mut files = Vec::new();
+        let mut listed = Vec::new();
         for sub in ["o", "a"] {
-            list_files(&self.root.join(sub), 2, &mut files)?;
+            list_files(&self.root.join(sub), 2, &mut listed)?;
+        }
+        list_files(&self.root.join(LEGACY_TEMP_DIR), 1, &mut listed)?;
+        let (temps, mut files): (Vec<_>, Vec<_>) = listed.into_iter().partition(|file| {
+            let name = file.path.file_name().and_then(|name| name.to_str()).unwrap_or("");
+            name.starts_with(TEMP_PREFIX) || file.path.parent() == Some(&self.root.join(LEGACY_TEMP_DIR))
+        });
+        for temp in temps.iter().filter(|f| f.modified <= protect_after) {
+            remove(&temp.path);
         }
         let mut total: u64 = files.iter().map(|f| f.size).sum();
         let mut removed = 0;
@@ -187,16 +199,13 @@ impl DiskTier {
                 }
             }
         }
-        let mut temps = Vec::new();
-        list_files(&self.root.join("tmp"), 1, &mut temps)?;
-        for temp in temps.iter().filter(|f| f.modified <= protect_after) {
-            remove(&temp.path);
-        }
         Ok(removed)
     }
 }
 
-/// Receives a body, hashing it as it goes (SHA-256 for Go's OutputID, BLAKE3 for the CAS).
+/// Receives a body, hashing it as it goes: SHA-256 must give the OutputID before the body
+/// appears. That is the whole check for a download, which is why this does not also compute
+/// the CAS digest (a tenth of the CPU a fresh runner's download costs).
 pub struct BodyWriter {
     file: Option<tempfile::NamedTempFile>,
     dest: PathBuf,
@@ -204,7 +213,6 @@ pub struct BodyWriter {
     expected: u64,
     written: u64,
     sha256: Sha256,
-    blake3: blake3::Hasher,
 }
 
 impl BodyWriter {
@@ -214,15 +222,14 @@ impl BodyWriter {
             return Err(DiskError::WrongSize { expected: self.expected, actual: self.written });
         }
         self.sha256.update(piece);
-        self.blake3.update(piece);
         if let Some(file) = self.file.as_mut() {
             file.write_all(piece).map_err(io_at(&self.dest))?;
         }
         Ok(())
     }
 
-    /// Verifies the body and moves it into place; returns its path and CAS digest.
-    pub fn commit(self) -> Result<(PathBuf, Digest), DiskError> {
+    /// Verifies the body and moves it into place; returns its path.
+    pub fn commit(self) -> Result<PathBuf, DiskError> {
         if self.written != self.expected {
             return Err(DiskError::WrongSize { expected: self.expected, actual: self.written });
         }
@@ -231,10 +238,8 @@ impl BodyWriter {
             let actual = OutputId(actual).to_string();
             return Err(DiskError::WrongBody { size: self.written, expected: self.output_id, actual });
         }
-        let digest = Digest::from_hasher(&self.blake3, self.written);
         if let Some(file) = self.file {
             set_executable(file.as_file()).map_err(io_at(&self.dest))?;
-            ensure_parent(&self.dest)?;
             match file.persist_noclobber(&self.dest) {
                 Ok(_) => {}
                 // Another process stored the same verified body first; theirs is as good.
@@ -242,7 +247,27 @@ impl BodyWriter {
                 Err(err) => return Err(io_at(&self.dest)(err.error)),
             }
         }
-        Ok((self.dest, digest))
+        Ok(self.dest)
+    }
+}
+
+/// A [`BodyWriter`] that also computes the body's CAS digest (BLAKE3), for uploading it.
+pub struct DigestingWriter {
+    body: BodyWriter,
+    blake3: blake3::Hasher,
+}
+
+impl DigestingWriter {
+    pub fn write(&mut self, piece: &[u8]) -> Result<(), DiskError> {
+        self.body.write(piece)?;
+        self.blake3.update(piece);
+        Ok(())
+    }
+
+    /// Verifies the body and moves it into place; returns its path and CAS digest.
+    pub fn commit(self) -> Result<(PathBuf, Digest), DiskError> {
+        let digest = Digest::from_hasher(&self.blake3, self.body.written);
+        Ok((self.body.commit()?, digest))
     }
 }
 
@@ -250,10 +275,17 @@ fn sharded(dir: &Path, hex: &str) -> PathBuf {
     dir.join(&hex[..2]).join(hex)
 }
 
-fn ensure_parent(path: &Path) -> Result<(), DiskError> {
-    match path.parent() {
-        Some(parent) => fs::create_dir_all(parent).map_err(io_at(parent)),
-        None => Ok(()),
+/// A temporary file in `dest`'s directory, which is created on first use (so a write costs
+/// no directory check once the shard exists).
+fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile, DiskError> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let create = || tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir);
+    match create() {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io_at(dir))?;
+            create().map_err(io_at(dir))
+        }
+        result => result.map_err(io_at(dir)),
     }
 }
 
@@ -341,7 +373,7 @@ mod tests {
 
     fn put(tier: &DiskTier, action: u8, body: &[u8]) -> PathBuf {
         let id = output_id(body);
-        let mut writer = tier.writer(id, body.len() as u64).unwrap();
+        let mut writer = tier.put_writer(id, body.len() as u64).unwrap();
         for piece in body.chunks(3) {
             writer.write(piece).unwrap();
         }
@@ -408,6 +440,42 @@ mod tests {
         assert!(tier.lookup(&ActionId([1; 32])).unwrap().is_none());
         fs::remove_file(&path).unwrap();
         assert!(tier.lookup(&ActionId([1; 32])).unwrap().is_none());
+    }
+
+    #[test]
+    fn writes_recreate_a_removed_shard_and_trim_clears_abandoned_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 1 << 30).unwrap();
+        let path = put(&tier, 1, b"first");
+        let shard = path.parent().unwrap().to_owned();
+        fs::remove_dir_all(&shard).unwrap();
+        assert_eq!(put(&tier, 1, b"first"), path);
+        // A writer that died mid-body leaves its part beside the entries; a legacy tmp/ too.
+        let abandoned = shard.join(format!("{TEMP_PREFIX}dead"));
+        fs::write(&abandoned, b"half a bo").unwrap();
+        let legacy = dir.path().join(LEGACY_TEMP_DIR).join(".part-old");
+        fs::create_dir_all(legacy.parent().unwrap()).unwrap();
+        fs::write(&legacy, b"old").unwrap();
+        tier.trim(SystemTime::now() - Duration::from_secs(60)).unwrap();
+        assert!(abandoned.exists() && legacy.exists(), "recent parts may still be being written");
+        assert_eq!(tier.trim(SystemTime::now() + Duration::from_secs(60)).unwrap(), 0);
+        assert!(!abandoned.exists() && !legacy.exists());
+        assert!(tier.lookup(&ActionId([1; 32])).unwrap().is_some(), "under the cap, entries stay");
+    }
+
+    #[test]
+    fn a_new_tier_starts_its_trim_interval_and_an_old_stamp_trims() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 100).unwrap();
+        let body = put(&tier, 1, &[1u8; 1000]);
+        let long_ago = SystemTime::now() - 3 * TRIM_PROTECT;
+        File::open(&body).unwrap().set_modified(long_ago).unwrap();
+        assert_eq!(tier.trim_if_due().unwrap(), 0, "a new tier is not listed at its first close");
+        assert!(body.exists());
+        let stamp = dir.path().join("trim.txt");
+        File::open(&stamp).unwrap().set_modified(long_ago).unwrap();
+        assert_eq!(tier.trim_if_due().unwrap(), 1000);
+        assert!(!body.exists());
     }
 
     #[test]

@@ -6,8 +6,7 @@
 //! order (the order the last session used the actions, close to the order this one will ask):
 //! a few `GoCache.GetMany` batches at a time on a connection of their own (small bodies come
 //! inline), bodies too large to inline through a few `Cas.Read`s. Every body is verified
-//! (SHA-256 = OutputID, BLAKE3 = digest) before it lands in the local tier, exactly as a
-//! lookup's would be.
+//! (SHA-256 = OutputID) before it lands in the local tier, exactly as a lookup's would be.
 //!
 //! The go command comes first: an action it asks for while its batch is in flight joins that
 //! fetch (the tiers' singleflight); one not yet claimed is fetched for it at once, and the
@@ -29,7 +28,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::counters::{add, bump};
 use super::disk::Entry;
-use super::remote::{Found, Remote, RemoteError};
+use super::remote::{Found, Remote, RemoteError, new_decoder};
 use super::session::{self, Record, Recorder};
 use super::tiers::{Claim, Tiers};
 
@@ -202,8 +201,12 @@ impl Preload {
         // as soon as it lands; the runtime threads stay free for the go command's lookups.
         let (this, tiers_here, remote_here) = (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote));
         let stored = tokio::task::spawn_blocking(move || {
+            let mut decoder = new_decoder();
             for (claim, found) in here {
-                let result = found.store(tiers_here.disk(), claim.action_id());
+                let result = decoder
+                    .as_mut()
+                    .map_err(|err| RemoteError::Internal(err.to_string()))
+                    .and_then(|decoder| found.store(tiers_here.disk(), claim.action_id(), decoder));
                 this.landed(&tiers_here, &remote_here, claim, &found, result);
             }
             drop(store_slot);

@@ -259,7 +259,7 @@ impl Cache for Tiers {
         size: u64,
     ) -> Result<Box<dyn BodySink>, String> {
         bump(&self.counters.puts);
-        let writer = self.disk.writer(output_id, size).map_err(|err| self.put_failed(&err))?;
+        let writer = self.disk.put_writer(output_id, size).map_err(|err| self.put_failed(&err))?;
         Ok(Box::new(PutSink {
             tiers: PutTiers {
                 disk: Arc::clone(&self.disk),
@@ -334,7 +334,7 @@ struct PutTiers {
 
 struct PutSink {
     tiers: PutTiers,
-    writer: super::disk::BodyWriter,
+    writer: super::disk::DigestingWriter,
     action_id: ActionId,
     output_id: OutputId,
 }
