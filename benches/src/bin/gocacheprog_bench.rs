@@ -7,7 +7,9 @@
 //!   (b) local warm: warm GOCACHE, no bridge;
 //!   (c) fresh runner: empty GOCACHE and empty local tier, warm cached, through the bridge;
 //!   (d) warm local tier through the bridge.
-//! Targets: c/b ≤ 1.3, d/b ≤ 1.1. cached runs embedded in this process on loopback.
+//! Targets: c/b ≤ 1.3, d/b ≤ 1.1. cached runs embedded in this process on loopback. The
+//! variants take turns, one round of all four at a time, and every run that starts from
+//! nothing gets directories nobody has used.
 //!
 //! Build both binaries in one profile, then run, e.g.:
 //!   cargo build --release -p cachectl -p cached-benches
@@ -33,7 +35,7 @@ struct Settings {
 #[derive(clap::Parser)]
 struct Args {
     /// Runs per variant.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Only the workloads whose name contains this (build or vet).
     #[arg(long)]
@@ -142,58 +144,54 @@ fn timed(mut command: Command) -> (Duration, String) {
     (elapsed, summary)
 }
 
-fn fresh(scratch: &Path, name: &str) -> PathBuf {
-    let dir = scratch.join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A directory nobody has used: each run that starts from nothing gets its own, and all are
+/// removed with the scratch directory at the end. Deleting the last run's files right before
+/// the next would measure the file system instead: ext4 without a journal (as on these
+/// machines) passes over inodes freed in the last minute when it allocates new ones, which
+/// made every file a fresh run created several times slower than on a runner that starts
+/// empty.
+fn unused(scratch: &Path, name: &str, run: usize) -> PathBuf {
+    scratch.join(format!("{name}-{run}"))
 }
 
+/// Runs the four variants round by round, (a) (b) (c) (d) in each, so a drift in the
+/// machine's speed over the minutes a benchmark takes shifts every variant alike.
 fn measure(settings: &Settings, server: &str, workload: &Workload) -> Row {
     let scratch = tempfile::tempdir().expect("temp dir");
     let scratch = scratch.path();
     let namespace = format!("bench-{}-{}", workload.args[0], std::process::id());
-    let mut cells: [Vec<Duration>; 4] = Default::default();
     eprintln!("{}:", workload.name);
-    for run in 0..settings.runs {
-        let gocache = fresh(scratch, "cold");
-        cells[0].push(timed(go(workload, scratch, &gocache)).0);
-        eprintln!("  (a) cold #{run}: {:?}", cells[0][run]);
-    }
-    // (b) reuses the last cold GOCACHE, warmed once more so it holds every entry.
-    let warm = scratch.join("cold");
+    // (b)'s GOCACHE, built twice so it holds every entry.
+    let warm = scratch.join("warm");
     timed(go(workload, scratch, &warm));
-    for run in 0..settings.runs {
-        cells[1].push(timed(go(workload, scratch, &warm)).0);
-        eprintln!("  (b) local warm #{run}: {:?}", cells[1][run]);
-    }
+    timed(go(workload, scratch, &warm));
     // Fill cached once through the bridge; then every (c) run starts from nothing locally.
-    let fill_tier = fresh(scratch, "fill-tier");
     let fill = bridged(
-        go(workload, scratch, &fresh(scratch, "fill-cache")),
+        go(workload, scratch, &scratch.join("fill-cache")),
         settings,
         server,
-        &fill_tier,
+        &scratch.join("fill-tier"),
         &namespace,
     );
     eprintln!("  fill: {:?}", timed(fill).0);
+    let mut cells: [Vec<Duration>; 4] = Default::default();
     let mut summaries: [String; 2] = Default::default();
     for run in 0..settings.runs {
-        let (tier, gocache) = (fresh(scratch, "tier"), fresh(scratch, "gocache"));
-        let (time, summary) =
-            timed(bridged(go(workload, scratch, &gocache), settings, server, &tier, &namespace));
-        cells[2].push(time);
-        summaries[0] = summary;
-        eprintln!("  (c) fresh runner #{run}: {time:?}");
-    }
-    // (d): the local tier the last (c) run filled, a fresh GOCACHE each run.
-    let tier = scratch.join("tier");
-    for run in 0..settings.runs {
-        let gocache = fresh(scratch, "gocache");
-        let (time, summary) =
-            timed(bridged(go(workload, scratch, &gocache), settings, server, &tier, &namespace));
-        cells[3].push(time);
-        summaries[1] = summary;
-        eprintln!("  (d) warm tier #{run}: {time:?}");
+        let cold = timed(go(workload, scratch, &unused(scratch, "cold", run))).0;
+        let local_warm = timed(go(workload, scratch, &warm)).0;
+        let tier = unused(scratch, "tier", run);
+        let fresh_cache = unused(scratch, "fresh-gocache", run);
+        let (fresh, fresh_summary) =
+            timed(bridged(go(workload, scratch, &fresh_cache), settings, server, &tier, &namespace));
+        // (d): the local tier this round's (c) filled, with a GOCACHE of its own.
+        let warm_cache = unused(scratch, "tier-gocache", run);
+        let (warm_tier, warm_summary) =
+            timed(bridged(go(workload, scratch, &warm_cache), settings, server, &tier, &namespace));
+        eprintln!("  #{run}: (a) {cold:.2?}  (b) {local_warm:.2?}  (c) {fresh:.2?}  (d) {warm_tier:.2?}");
+        for (cell, time) in cells.iter_mut().zip([cold, local_warm, fresh, warm_tier]) {
+            cell.push(time);
+        }
+        summaries = [fresh_summary, warm_summary];
     }
     Row { name: workload.name, cells, summaries }
 }
