@@ -2,14 +2,15 @@
 //! remote work on the async runtime in between.
 //!
 //! The reader thread never waits on the network: local hits and puts are answered right there
-//! (a few file system calls), and a local miss becomes a task whose answer is written whenever
-//! it is ready, in any order. The writer thread batches whatever answers are waiting into one
-//! flush, so a burst of hits costs one pipe write.
+//! (a few file system calls), written by the reader itself once it has handled what one read
+//! brought, so a burst of hits costs one pipe write and no thread handoff. A local miss becomes a
+//! task whose answer the writer thread writes whenever it is ready, in any order, batching
+//! whatever is waiting into one flush.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use futures::future::BoxFuture;
 use proto::{ActionId, OutputId};
@@ -68,6 +69,10 @@ struct Outgoing {
 
 type Outbox = mpsc::Sender<Outgoing>;
 
+/// Our stdout, which the go command reads answers from: the reader and writer threads both
+/// write to it.
+type SharedOutput = Arc<Mutex<dyn Write + Send>>;
+
 /// How the reader thread ended.
 enum ReadEnd {
     Closed,
@@ -83,21 +88,30 @@ where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
+    let output: SharedOutput = Arc::new(Mutex::new(BufWriter::with_capacity(64 << 10, output)));
+    // First, before any answer: the go command reads the handshake before anything else. A
+    // failed write here shows again in the writer thread, which ends the session.
+    let _ = write_all(&output, &[Response::handshake()]);
     let (outbox, outgoing) = mpsc::channel::<Outgoing>();
-    let _ = outbox.send(Outgoing { response: Response::handshake(), last: false });
     let (written_tx, written) = oneshot::channel();
+    let writer_output = Arc::clone(&output);
     std::thread::Builder::new()
         .name("gocacheprog-writer".into())
         .spawn(move || {
-            let _ = written_tx.send(write_loop(output, &outgoing));
+            let _ = written_tx.send(write_loop(&writer_output, &outgoing));
         })
         .map_err(ServeError::Read)?;
     let (ended_tx, ended) = oneshot::channel();
     // Held until the end, so the writer stops only at the last answer or a failed write, never
     // merely because the reader finished first.
     let _keep_writer = outbox.clone();
-    let reader =
-        Reader { cache: Arc::clone(&cache), outbox, handle: Handle::current(), in_flight: InFlight::new() };
+    let reader = Reader {
+        cache: Arc::clone(&cache),
+        outbox,
+        output,
+        handle: Handle::current(),
+        in_flight: InFlight::new(),
+    };
     std::thread::Builder::new()
         .name("gocacheprog-reader".into())
         .spawn(move || {
@@ -135,13 +149,13 @@ async fn finish(
     }
 }
 
-fn write_loop<W: Write>(output: W, outgoing: &mpsc::Receiver<Outgoing>) -> io::Result<()> {
-    let mut output = BufWriter::with_capacity(64 << 10, output);
+fn write_loop(output: &SharedOutput, outgoing: &mpsc::Receiver<Outgoing>) -> io::Result<()> {
     while let Ok(first) = outgoing.recv() {
-        let mut last = write_one(&mut output, first)?;
+        let mut output = output.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut last = write_one(&mut *output, first)?;
         while !last {
             match outgoing.try_recv() {
-                Ok(next) => last = write_one(&mut output, next)?,
+                Ok(next) => last = write_one(&mut *output, next)?,
                 Err(_) => break,
             }
         }
@@ -153,9 +167,18 @@ fn write_loop<W: Write>(output: W, outgoing: &mpsc::Receiver<Outgoing>) -> io::R
     Ok(())
 }
 
-fn write_one<W: Write>(output: &mut W, message: Outgoing) -> io::Result<bool> {
+fn write_one(output: &mut (dyn Write + Send), message: Outgoing) -> io::Result<bool> {
     output.write_all(&message.response.encode())?;
     Ok(message.last)
+}
+
+/// Writes and flushes answers at once, on the calling thread.
+fn write_all(output: &SharedOutput, responses: &[Response]) -> io::Result<()> {
+    let mut output = output.lock().unwrap_or_else(|poison| poison.into_inner());
+    for response in responses {
+        output.write_all(&response.encode())?;
+    }
+    output.flush()
 }
 
 /// Counts remote lookups still running, so `close` is answered only after them.
@@ -199,6 +222,7 @@ struct BodyInProgress {
 struct Reader {
     cache: Arc<dyn Cache>,
     outbox: Outbox,
+    output: SharedOutput,
     handle: Handle,
     in_flight: Arc<InFlight>,
 }
@@ -208,6 +232,7 @@ impl Reader {
         let mut decoder = Decoder::new();
         let mut buffer = vec![0u8; READ_SIZE];
         let mut body = None;
+        let mut answers = Vec::new();
         loop {
             let read = match input.read(&mut buffer) {
                 Ok(0) if decoder.is_between_requests() => return ReadEnd::Eof,
@@ -223,7 +248,7 @@ impl Reader {
             loop {
                 match decoder.next_event() {
                     Ok(Some(event)) => {
-                        if self.handle_event(event, &mut body) {
+                        if self.handle_event(event, &mut body, &mut answers) {
                             return ReadEnd::Closed;
                         }
                     }
@@ -231,17 +256,32 @@ impl Reader {
                     Err(err) => return ReadEnd::Failed(err.into()),
                 }
             }
+            self.answer(&mut answers);
         }
     }
 
-    /// Returns true once `close` was received.
-    fn handle_event(&self, event: Event, body: &mut Option<BodyInProgress>) -> bool {
+    /// Writes the answers gathered so far. A failed write means the go command stopped
+    /// reading; the session ends when its requests do.
+    fn answer(&self, answers: &mut Vec<Response>) {
+        if !answers.is_empty() {
+            let _ = write_all(&self.output, answers);
+            answers.clear();
+        }
+    }
+
+    /// Returns true once `close` was received. Answers known at once go to `answers`.
+    fn handle_event(
+        &self,
+        event: Event,
+        body: &mut Option<BodyInProgress>,
+        answers: &mut Vec<Response>,
+    ) -> bool {
         match event {
-            Event::Request(Request::Get { id, action_id }) => self.get(id, action_id),
+            Event::Request(Request::Get { id, action_id }) => self.get(id, action_id, answers),
             Event::Request(Request::Put { id, action_id, output_id, body_size }) => {
                 let sink = self.cache.begin_put(action_id, output_id, body_size);
                 let put = BodyInProgress { id, sink };
-                if body_size == 0 { self.finish_put(put) } else { *body = Some(put) }
+                if body_size == 0 { answers.push(finish_put(put)) } else { *body = Some(put) }
             }
             Event::Body(piece) => {
                 // After a write error the rest of the body is read and dropped; the error
@@ -255,29 +295,26 @@ impl Reader {
             }
             Event::BodyEnd => {
                 if let Some(put) = body.take() {
-                    self.finish_put(put);
+                    answers.push(finish_put(put));
                 }
             }
             Event::Request(Request::Close { id }) => {
+                self.answer(answers);
                 self.close(id);
                 return true;
             }
             Event::Request(Request::Unknown { id, command }) => {
-                self.send(Response::error(id, format!("cachectl gocacheprog: unknown command {command:?}")));
+                answers
+                    .push(Response::error(id, format!("cachectl gocacheprog: unknown command {command:?}")));
             }
         }
         false
     }
 
-    fn send(&self, response: Response) {
-        // A closed outbox means the go command stopped reading; the session is ending anyway.
-        let _ = self.outbox.send(Outgoing { response, last: false });
-    }
-
-    fn get(&self, id: i64, action_id: ActionId) {
+    fn get(&self, id: i64, action_id: ActionId, answers: &mut Vec<Response>) {
         match self.cache.get_local(&action_id) {
-            Local::Hit(hit) => self.send(Response::hit(id, &hit)),
-            Local::Miss => self.send(Response::miss(id)),
+            Local::Hit(hit) => answers.push(Response::hit(id, &hit)),
+            Local::Miss => answers.push(Response::miss(id)),
             Local::TryRemote => {
                 let (cache, outbox, in_flight) =
                     (Arc::clone(&self.cache), self.outbox.clone(), Arc::clone(&self.in_flight));
@@ -294,14 +331,6 @@ impl Reader {
         }
     }
 
-    fn finish_put(&self, put: BodyInProgress) {
-        let response = match put.sink.and_then(|sink| sink.finish()) {
-            Ok(path) => Response::stored(put.id, &path),
-            Err(err) => Response::error(put.id, format!("cachectl gocacheprog: {err}")),
-        };
-        self.send(response);
-    }
-
     /// Answers `close` after every pending lookup was answered and the cache flushed.
     fn close(&self, id: i64) {
         let (cache, outbox, in_flight) =
@@ -311,6 +340,13 @@ impl Reader {
             cache.close().await;
             let _ = outbox.send(Outgoing { response: Response::closed(id), last: true });
         });
+    }
+}
+
+fn finish_put(put: BodyInProgress) -> Response {
+    match put.sink.and_then(|sink| sink.finish()) {
+        Ok(path) => Response::stored(put.id, &path),
+        Err(err) => Response::error(put.id, format!("cachectl gocacheprog: {err}")),
     }
 }
 
