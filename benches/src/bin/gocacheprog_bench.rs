@@ -8,12 +8,13 @@
 //!   (c) fresh runner: empty GOCACHE and empty local tier, warm cached, through the bridge;
 //!   (d) warm local tier through the bridge.
 //! Targets: c/b ≤ 1.3, d/b ≤ 1.1. cached runs embedded in this process on loopback. The
-//! variants take turns, one round of all four at a time, and every run that starts from
-//! nothing gets directories nobody has used.
+//! variants take turns, one round of all four at a time, each run starts after the last one's
+//! writes reached the disk, and every run that starts from nothing gets directories nobody
+//! has used.
 //!
 //! Build both binaries in one profile, then run, e.g.:
 //!   cargo build --release -p cachectl -p cached-benches
-//!   target/release/gocacheprog_bench [--runs 3] [--only build|vet] [--cachectl PATH]
+//!   target/release/gocacheprog_bench [--runs 5] [--only build|vet] [--cachectl PATH]
 
 #![forbid(unsafe_code)]
 
@@ -133,8 +134,11 @@ fn bridged(mut command: Command, settings: &Settings, server: &str, tier: &Path,
     command
 }
 
-/// Runs a command, returning its wall time and the bridge's summary line (if any).
+/// Runs a command, returning its wall time and the bridge's summary line (if any). The
+/// writes of the runs before are on disk first: a cold build leaves hundreds of MiB for the
+/// kernel to write back, and a run during that write-back took twice as long.
 fn timed(mut command: Command) -> (Duration, String) {
+    settle();
     let start = Instant::now();
     let output = command.stderr(Stdio::piped()).output().expect("run go");
     let elapsed = start.elapsed();
@@ -142,6 +146,12 @@ fn timed(mut command: Command) -> (Duration, String) {
     assert!(output.status.success(), "go failed: {stderr}");
     let summary = stderr.lines().find(|l| l.starts_with("cachectl gocacheprog: ")).unwrap_or("").to_owned();
     (elapsed, summary)
+}
+
+fn settle() {
+    if let Err(err) = Command::new("sync").status() {
+        eprintln!("  (sync failed: {err}; the next run may share the disk with write-back)");
+    }
 }
 
 /// A directory nobody has used: each run that starts from nothing gets its own, and all are
