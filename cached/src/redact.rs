@@ -55,6 +55,55 @@ pub fn redact_value(value: &str) -> String {
     format!("{}{user}:{REDACTED}{}", &value[..scheme_end + 3], &rest[at..])
 }
 
+/// Free text (build output an agent sent, a task's failure) with credentials replaced:
+/// `NAME=value` where the name marks a credential, the password of any URL with one, our own
+/// token secrets, and what follows `Bearer` or `Basic`. Whitespace is kept as it was.
+pub fn text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut hide_next = false;
+    for piece in text.split_inclusive(char::is_whitespace) {
+        let word = piece.trim_end_matches(char::is_whitespace);
+        let space = &piece[word.len()..];
+        if word.is_empty() {
+            out.push_str(space);
+            continue;
+        }
+        if std::mem::take(&mut hide_next) {
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(&redact_word(word));
+            hide_next = matches!(word, "Bearer" | "Basic" | "bearer" | "basic");
+        }
+        out.push_str(space);
+    }
+    out
+}
+
+fn redact_word(word: &str) -> String {
+    let bare = word.trim_matches(|c: char| matches!(c, '"' | '\'' | '`' | '(' | ')' | '[' | ']' | ',' | ';'));
+    if let Some((name, _)) = bare.split_once('=')
+        && is_sensitive_name(name.trim_start_matches('-'))
+    {
+        return word.replacen(bare, &format!("{name}={REDACTED}"), 1);
+    }
+    let mut word = word.to_owned();
+    if let Some(start) = word.find("cached_") {
+        let secret = word[start..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+        let end = secret.map_or(word.len(), |len| start + len);
+        if is_sensitive_value(&word[start..end]) {
+            word.replace_range(start..end, REDACTED);
+        }
+    }
+    match word.find("://") {
+        Some(separator) => {
+            let scheme = word[..separator].rfind(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)));
+            let start = scheme.map_or(0, |at| at + 1);
+            format!("{}{}", &word[..start], redact_value(&word[start..]))
+        }
+        None => word,
+    }
+}
+
 /// Environment variables with credential values replaced.
 pub fn env<I, K, V>(vars: I) -> Vec<(String, String)>
 where
@@ -138,6 +187,27 @@ mod tests {
         }
         assert!(text.contains("/run/token") && text.contains("https://ci:[redacted]@cache:7070/x"), "{text}");
         assert_eq!(args(["--token", "--verbose"]), ["--token", "--verbose"]);
+    }
+
+    #[test]
+    fn free_text() {
+        let secret = format!("cached_{}", "B".repeat(43));
+        let output = format!(
+            "go: reading https://ci:pa55@proxy.corp/mod/@v/list: 404\n\
+             \tGOAUTH='netrc' GITHUB_TOKEN=ghp_x (token {secret}), header Authorization: Bearer eyJhbGc.x\n\
+             GOPROXY=\"https://u:hunter2@p,direct\" ok"
+        );
+        let clean = text(&output);
+        for leaked in ["pa55", "ghp_x", &secret, "eyJhbGc", "hunter2", "netrc"] {
+            assert!(!clean.contains(leaked), "{clean}");
+        }
+        assert!(
+            clean.starts_with("go: reading https://ci:[redacted]@proxy.corp/mod/@v/list: 404\n\t"),
+            "{clean}"
+        );
+        assert!(clean.contains("https://u:[redacted]@p,direct") && clean.ends_with(" ok"), "{clean}");
+        let plain = "main.go:3:2: undefined: x\n  see https://go.dev/ref/spec@latest";
+        assert_eq!(text(plain), plain);
     }
 
     #[test]

@@ -280,6 +280,32 @@ async fn build_errors_fail_at_once_and_retryable_failures_requeue() {
 }
 
 #[tokio::test]
+async fn credentials_in_what_agents_send_are_redacted_before_anyone_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut agent = Agent::connect(&server, "a", "", 1, &[]).await;
+    let job = submit(&mut jobs, spec(&["linux/amd64"], "")).await;
+    let token = agent.task().await.token.unwrap();
+    let lines = vec!["go: downloading via https://ci:hunter2@proxy.corp/".to_owned()];
+    let progress = v1::ProgressRequest { token: Some(token.clone()), started: true, lines };
+    let mut watch = jobs.watch(v1::WatchRequest { job_id: job.clone() }).await.unwrap().into_inner();
+    agent.workers.progress(progress).await.unwrap();
+    let log = loop {
+        let event = watch.next().await.unwrap().unwrap();
+        if event.kind == Kind::Log as i32 {
+            break event.message;
+        }
+    };
+    assert_eq!(log, "go: downloading via https://ci:[redacted]@proxy.corp/");
+    agent.fail(&token, "exit 1: GITHUB_TOKEN=ghp_secret go build", false).await.unwrap();
+    let (status, events) = watch_to_end(&mut jobs, &job).await;
+    assert_eq!(status.tasks[0].error, "exit 1: GITHUB_TOKEN=[redacted] go build");
+    assert!(events.iter().all(|e| !e.message.contains("ghp_secret")));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn cancel_aborts_running_tasks_and_drops_queued_ones() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), FAST).await;

@@ -25,6 +25,7 @@ pub mod validate;
 pub mod workers;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -116,10 +117,18 @@ fn token_text(token: &FencingToken) -> String {
     format!("task {} of job {} (attempt {})", token.task, token.job_id, token.attempt)
 }
 
+/// A job ID that sorts after every one this process handed out before: its first part is the
+/// submission time in milliseconds, moved on by one when two jobs arrive within the same
+/// millisecond. Dispatch breaks ties between jobs submitted at the same time by ID, so this
+/// keeps it first come, first served.
 fn new_job_id() -> String {
+    static LAST_MS: AtomicI64 = AtomicI64::new(0);
+    let now = now_ms();
+    let previous = LAST_MS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1)));
+    let stamp = previous.map_or(now, |last| now.max(last + 1));
     let mut random = [0u8; 3];
     let _ = getrandom::fill(&mut random);
-    format!("{:011x}-{}", now_ms(), random.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!("{stamp:011x}-{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 impl Scheduler {
@@ -361,7 +370,8 @@ impl Scheduler {
         if !lines.is_empty() {
             let task = &job.tasks[token.task as usize];
             let mut log = event(Kind::Log, task);
-            log.message = lines.join("\n");
+            // Build output may quote a proxy URL or an environment; watchers see it redacted.
+            log.message = crate::redact::text(&lines.join("\n"));
             self.emit(&token.job_id, log);
         }
         Ok(())
@@ -369,6 +379,12 @@ impl Scheduler {
 
     /// The outcome of a lease; refused unless `token` is the task's current, unexpired lease.
     pub fn complete(&self, token: &FencingToken, outcome: Outcome) -> Result<()> {
+        let outcome = match outcome {
+            Outcome::Failure { reason, retryable } => {
+                Outcome::Failure { reason: crate::redact::text(&reason), retryable }
+            }
+            success => success,
+        };
         let mut state = self.lock();
         let job = state.jobs.get_mut(&token.job_id).ok_or_else(|| unknown_job(&token.job_id))?;
         let max_attempts = self.settings.max_attempts;
@@ -609,4 +625,13 @@ fn abort(workers: &Workers, job_id: &str, task: &TaskStatus) {
 
 fn unknown_job(job_id: &str) -> Error {
     Error::NotFound(format!("no job {job_id:?}; `cachectl jobs list --all` shows the known ones"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn job_ids_sort_in_submission_order_even_within_one_millisecond() {
+        let ids: Vec<String> = (0..1000).map(|_| super::new_job_id()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    }
 }
