@@ -1,9 +1,10 @@
 //! The remote-execution scheduler: jobs, one task per target, leases to runner agents.
 //!
 //! Read in this order: [`validate`] (what a job may ask of the agents), this module (the state
-//! machine: submit, lease, heartbeat, complete, expire, cancel), [`workers`] (connected agents),
-//! [`dispatch`] (matching queued tasks to agents), [`store`] (every change written to RocksDB
-//! before it is acknowledged).
+//! machine: submit, lease, heartbeat, complete, cancel), [`expiry`] (leases and jobs that ran
+//! out of time), [`finish`] (how a job ends), [`workers`] (connected agents), [`dispatch`]
+//! (matching queued tasks to agents), [`store`] (every change written to RocksDB before it is
+//! acknowledged).
 //!
 //! A task is QUEUED, then LEASED to one agent at a time under a fencing token (job, task,
 //! attempt). Heartbeats extend the lease; a lease not extended for `lease_timeout` expires and
@@ -20,6 +21,8 @@
 //! every change after its snapshot, in order.
 
 mod dispatch;
+mod expiry;
+mod finish;
 pub mod store;
 pub mod validate;
 pub mod workers;
@@ -109,6 +112,16 @@ fn event(kind: Kind, task: &TaskStatus) -> JobEvent {
         task: task.index,
         attempt: task.attempt,
         agent: task.agent.clone(),
+        ..JobEvent::default()
+    }
+}
+
+/// JOB_FINISHED, with the job as it ended.
+fn finished_event(job: &JobStatus) -> JobEvent {
+    JobEvent {
+        kind: Kind::JobFinished as i32,
+        time_unix_ms: now_ms(),
+        status: Some(job.clone()),
         ..JobEvent::default()
     }
 }
@@ -263,15 +276,7 @@ impl Scheduler {
         job.finished_unix_ms = now_ms();
         self.save(job);
         tracing::info!(job = %job_id, "job cancelled");
-        self.emit(
-            job_id,
-            JobEvent {
-                kind: Kind::JobFinished as i32,
-                time_unix_ms: now_ms(),
-                status: Some(job.clone()),
-                ..JobEvent::default()
-            },
-        );
+        self.emit(job_id, finished_event(job));
         Ok(job.clone())
     }
 
@@ -401,20 +406,10 @@ impl Scheduler {
                 self.emit(&token.job_id, done);
             }
             Outcome::Failure { reason, retryable } if retryable && task.attempt < max_attempts => {
-                task.state = TaskState::Queued as i32;
-                task.error = format!("attempt {} on {} failed: {reason}", task.attempt, task.agent);
-                let mut queued = event(Kind::Queued, task);
-                queued.message = task.error.clone();
-                self.emit(&token.job_id, queued);
+                let why = format!("attempt {} on {} failed: {reason}", task.attempt, task.agent);
+                self.requeue_task(&token.job_id, task, why);
             }
-            Outcome::Failure { reason, .. } => {
-                task.state = TaskState::Failed as i32;
-                task.finished_unix_ms = now_ms();
-                task.error = reason;
-                let mut failed = event(Kind::TaskFailed, task);
-                failed.message = task.error.clone();
-                self.emit(&token.job_id, failed);
-            }
+            Outcome::Failure { reason, .. } => self.fail_task(&token.job_id, task, reason),
         }
         self.finish_if_done(job);
         self.save(job);
@@ -423,160 +418,25 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Expires leases past their deadline and fails jobs past theirs; then hands out what was
-    /// requeued.
-    pub fn sweep(&self) {
-        let mut state = self.lock();
-        let State { jobs, workers } = &mut *state;
-        let now = now_ms();
-        for (job_id, job) in jobs.iter_mut().filter(|(_, job)| !job_finished(job)) {
-            let mut changed = false;
-            let timeout = match job.spec.as_ref().map_or(0, |spec| spec.timeout_seconds) {
-                0 => self.settings.job_timeout,
-                seconds => Duration::from_secs(seconds),
-            };
-            let deadline = job.submitted_unix_ms + timeout.as_millis() as i64;
-            for task in &mut job.tasks {
-                if is_terminal(task.state) {
-                    continue;
-                }
-                if now > deadline {
-                    if task.state == TaskState::Leased as i32 {
-                        abort(workers, job_id, task);
-                    }
-                    task.state = TaskState::Failed as i32;
-                    task.finished_unix_ms = now;
-                    task.error = format!("the job timed out after {}", humantime::format_duration(timeout));
-                    let mut failed = event(Kind::TaskFailed, task);
-                    failed.message = task.error.clone();
-                    self.emit(job_id, failed);
-                    changed = true;
-                } else if task.state == TaskState::Leased as i32 && task.lease_until_unix_ms < now {
-                    abort(workers, job_id, task);
-                    let why = format!(
-                        "the lease of agent {} expired (no heartbeat for {})",
-                        task.agent,
-                        humantime::format_duration(self.settings.lease_timeout)
-                    );
-                    task.lease_until_unix_ms = 0;
-                    if task.attempt >= self.settings.max_attempts {
-                        task.state = TaskState::Failed as i32;
-                        task.finished_unix_ms = now;
-                        task.error = format!("gave up after {} attempts; last: {why}", task.attempt);
-                        let mut failed = event(Kind::TaskFailed, task);
-                        failed.message = task.error.clone();
-                        self.emit(job_id, failed);
-                    } else {
-                        task.state = TaskState::Queued as i32;
-                        task.started_unix_ms = 0;
-                        task.error = why;
-                        let mut queued = event(Kind::Queued, task);
-                        queued.message = task.error.clone();
-                        self.emit(job_id, queued);
-                    }
-                    tracing::warn!(job = %job_id, task = task.index, attempt = task.attempt, agent = %task.agent, "lease expired");
-                    changed = true;
-                }
-            }
-            if changed {
-                self.finish_if_done(job);
-                self.save(job);
-            }
-        }
-        self.prune(&mut state);
-        self.dispatch(&mut state);
+    /// Ends a task as FAILED, and says why.
+    fn fail_task(&self, job_id: &str, task: &mut TaskStatus, error: String) {
+        task.state = TaskState::Failed as i32;
+        task.finished_unix_ms = now_ms();
+        task.error = error;
+        let mut failed = event(Kind::TaskFailed, task);
+        failed.message = task.error.clone();
+        self.emit(job_id, failed);
     }
 
-    /// Runs [`Scheduler::sweep`] until shutdown.
-    pub async fn run_sweeper(self: Arc<Self>) {
-        let period =
-            (self.settings.lease_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stop = self.stopping();
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => self.sweep(),
-                _ = stop.wait_for(|stopped| *stopped) => return,
-            }
-        }
-    }
-
-    fn finish_if_done(&self, job: &mut JobStatus) {
-        if job_finished(job) {
-            return;
-        }
-        if !job.tasks.iter().all(|task| is_terminal(task.state)) {
-            if job.tasks.iter().any(|task| task.attempt > 0) {
-                job.state = JobState::Running as i32;
-            }
-            return;
-        }
-        let mut ok = job.tasks.iter().all(|task| task.state == TaskState::Succeeded as i32);
-        if ok && job.spec.as_ref().is_some_and(|spec| spec.image.is_some()) {
-            match job.tasks.iter().find(|task| is_index(task)) {
-                None => match self.add_index_task(job) {
-                    Ok(()) => return,
-                    Err(reason) => {
-                        tracing::warn!(job = %job.job_id, %reason, "no image index");
-                        job.error = reason;
-                        ok = false;
-                    }
-                },
-                Some(task) => job.image = task.result.as_ref().and_then(|result| result.index.clone()),
-            }
-        }
-        job.state = if ok { JobState::Succeeded } else { JobState::Failed } as i32;
-        job.finished_unix_ms = now_ms();
-        tracing::info!(job = %job.job_id, ok, "job finished");
-        self.emit(
-            &job.job_id,
-            JobEvent {
-                kind: Kind::JobFinished as i32,
-                time_unix_ms: now_ms(),
-                status: Some(job.clone()),
-                ..JobEvent::default()
-            },
-        );
-    }
-
-    /// Queues the IMAGE_INDEX task of a job whose build tasks all succeeded, or says why there
-    /// can be no index (a linux target that returned no image).
-    ///
-    /// Why an agent assembles the index rather than cached: the index is a pure function of the
-    /// targets' manifests, but its bytes (canonical JSON) and SHA-256 define the image, and the
-    /// one encoder of image documents is `cachectl::oci`, which agents link and cached does not;
-    /// a second encoder here could drift from it and publish an index no client derives. cached
-    /// stays ignorant of OCI. As a task the step gets persistence, leases, fencing and retries
-    /// for free; it is a few hundred bytes of work, so it takes no build slot, goes to any
-    /// connected agent whatever its Go, and is dispatched before any queued build.
-    fn add_index_task(&self, job: &mut JobStatus) -> std::result::Result<(), String> {
-        let mut images = 0;
-        for task in &job.tasks {
-            let Some(target) = task.target.as_ref().filter(|target| target.goos == "linux") else { continue };
-            if task.result.as_ref().and_then(|result| result.image.as_ref()).is_none() {
-                return Err(format!(
-                    "target {} succeeded without an image (agent {} does not layer images?)",
-                    proto::platform::label(target),
-                    task.agent
-                ));
-            }
-            images += 1;
-        }
-        if images == 0 {
-            return Err("no target produced an image".to_owned());
-        }
-        let task = TaskStatus {
-            index: job.tasks.len() as u32,
-            state: TaskState::Queued as i32,
-            kind: TaskKind::ImageIndex as i32,
-            ..TaskStatus::default()
-        };
-        self.emit(&job.job_id, event(Kind::Queued, &task));
-        job.tasks.push(task);
-        job.state = JobState::Running as i32;
-        tracing::info!(job = %job.job_id, images, "every target built; assembling the image index");
-        Ok(())
+    /// Puts a task whose attempt failed back in the queue, and says why; the next lease is
+    /// the next attempt.
+    fn requeue_task(&self, job_id: &str, task: &mut TaskStatus, why: String) {
+        task.state = TaskState::Queued as i32;
+        task.started_unix_ms = 0;
+        task.error = why;
+        let mut queued = event(Kind::Queued, task);
+        queued.message = task.error.clone();
+        self.emit(job_id, queued);
     }
 
     /// Deletes the oldest finished jobs beyond [`KEEP_FINISHED`].
