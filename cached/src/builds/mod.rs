@@ -9,23 +9,27 @@
 //!   last [`MAX_PER_TARGET`] builds of each target; older ones go, with their entries.
 //! - `build_events`: namespace · time · sequence → event. Bounded by [`RETENTION`] and
 //!   [`MAX_EVENTS_PER_NAMESPACE`]; `Stats` windows and `Explain` read it.
+//!
+//! This module looks builds up and records them; `keys` is the byte layout above, `manifest`
+//! compares manifests, `explain` says why a lookup missed, `events` keeps the log and sums it up.
 
 mod counters;
+mod events;
+mod explain;
 mod keys;
 pub mod manifest;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use counters::{BuildCounters, BuildNamespaceCounters};
-use keys::{decode, encode, entry_key, event_prefix, index_tail, package_prefix, prefix_end, target_prefix};
+use keys::{decode, encode, entry_key, index_tail, target_prefix};
 use proto::Digest;
 use proto::v1;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
-use crate::db::{CF_BUILD_ENTRIES, CF_BUILD_EVENTS, CF_BUILD_INDEX, cf};
+use crate::db::{CF_BUILD_ENTRIES, CF_BUILD_INDEX, cf};
 use crate::error::{Error, Result};
 use crate::store::SharedStore;
 
@@ -40,14 +44,6 @@ const PRUNE_EVERY: u64 = 1024;
 const MAX_OUTPUTS: usize = 10_000;
 const MAX_FIELD_LEN: usize = 4096;
 const DEFAULT_TOP: usize = 10;
-
-pub const BASIS_SAME_TARGET: &str = "same_target";
-pub const BASIS_SAME_PACKAGE: &str = "same_package";
-pub const BASIS_FIRST: &str = "first_build";
-pub const BASIS_EVICTED: &str = "evicted";
-/// The cause a miss counts when nothing was built before.
-pub const CAUSE_FIRST: &str = "first build";
-pub const CAUSE_EVICTED: &str = "outputs evicted";
 
 pub struct Builds {
     db: Arc<DB>,
@@ -207,92 +203,6 @@ impl Builds {
         Ok(true)
     }
 
-    /// Compares with the nearest earlier build: of the kept builds of the same target (else of
-    /// the same package on any platform), the one that differs in the fewest components, the
-    /// latest of those.
-    fn explain_miss(
-        &self,
-        namespace: &str,
-        target: &v1::BuildTarget,
-        key: &[u8; 32],
-        manifest: &v1::BuildManifest,
-        evicted: bool,
-    ) -> Result<v1::MissExplanation> {
-        let nearest = match self.nearest(&target_prefix(namespace, target), manifest)? {
-            Some(found) => Some((BASIS_SAME_TARGET, found)),
-            None => self
-                .nearest(&package_prefix(namespace, target), manifest)?
-                .map(|found| (BASIS_SAME_PACKAGE, found)),
-        };
-        let Some((basis, (index_key, mut changes))) = nearest else {
-            return Ok(v1::MissExplanation {
-                basis: (if evicted { BASIS_EVICTED } else { BASIS_FIRST }).to_owned(),
-                causes: vec![(if evicted { CAUSE_EVICTED } else { CAUSE_FIRST }).to_owned()],
-                ..Default::default()
-            });
-        };
-        let (time, nearest_key) =
-            index_tail(&index_key).ok_or_else(|| Error::Corrupt("build index key".into()))?;
-        let nearest_target = self.target_of(namespace, &index_key);
-        let (basis, causes) = if evicted || changes.is_empty() || &nearest_key == key {
-            (BASIS_EVICTED, vec![CAUSE_EVICTED.to_owned()])
-        } else {
-            (basis, manifest::causes(&changes))
-        };
-        let omitted = changes.len().saturating_sub(manifest::MAX_STORED_CHANGES);
-        changes.truncate(manifest::MAX_STORED_CHANGES);
-        Ok(v1::MissExplanation {
-            basis: basis.to_owned(),
-            nearest_key: nearest_key.to_vec().into(),
-            nearest_target,
-            nearest_time_unix_ms: time,
-            changes,
-            causes,
-            changes_omitted: omitted as u32,
-        })
-    }
-
-    /// The index entry under `prefix` whose manifest differs least from `manifest` (the latest
-    /// among equals), with the difference.
-    fn nearest(
-        &self,
-        prefix: &[u8],
-        manifest: &v1::BuildManifest,
-    ) -> Result<Option<(Vec<u8>, Vec<v1::ComponentChange>)>> {
-        let index = cf(&self.db, CF_BUILD_INDEX)?;
-        let mut best: Option<(usize, i64, Vec<u8>, Vec<v1::ComponentChange>)> = None;
-        for item in self.db.iterator_cf(index, IteratorMode::From(prefix, Direction::Forward)) {
-            let (key, value) = item?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            let Some((time, _)) = index_tail(&key) else { continue };
-            let earlier: v1::BuildManifest = decode(&value, "build manifest")?;
-            let changes = manifest::diff(&earlier, manifest);
-            let better = best.as_ref().is_none_or(|(count, best_time, ..)| {
-                changes.len() < *count || changes.len() == *count && time >= *best_time
-            });
-            if better {
-                best = Some((changes.len(), time, key.to_vec(), changes));
-            }
-        }
-        Ok(best.map(|(_, _, key, changes)| (key, changes)))
-    }
-
-    /// The target an index key belongs to (its fields, before the time and key).
-    fn target_of(&self, namespace: &str, index_key: &[u8]) -> Option<v1::BuildTarget> {
-        let body = index_key.get(namespace.len() + 1..index_key.len().checked_sub(40)?)?;
-        let fields: Vec<&str> = body.split(|b| *b == 0).filter_map(|f| std::str::from_utf8(f).ok()).collect();
-        let [module, package, platform, ..] = fields.as_slice() else { return None };
-        let (goos, goarch) = platform.split_once('/')?;
-        Some(v1::BuildTarget {
-            module: (*module).to_owned(),
-            package: (*package).to_owned(),
-            goos: goos.to_owned(),
-            goarch: goarch.to_owned(),
-        })
-    }
-
     pub async fn record(
         self: &Arc<Self>,
         namespace: String,
@@ -382,249 +292,5 @@ impl Builds {
         }
         self.db.write(batch)?;
         Ok(())
-    }
-
-    fn append(&self, event: &v1::BuildEvent) -> Result<()> {
-        let mut key = event_prefix(&event.namespace);
-        key.extend_from_slice(&event.time_unix_ms.to_be_bytes());
-        key.extend_from_slice(&self.sequence.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-        self.db.put_cf(cf(&self.db, CF_BUILD_EVENTS)?, key, encode(event))?;
-        if self.appended.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            self.prune_events(event.time_unix_ms)?;
-        }
-        Ok(())
-    }
-
-    /// Drops events past the retention time and beyond the per-namespace cap.
-    fn prune_events(&self, now: i64) -> Result<()> {
-        let events = cf(&self.db, CF_BUILD_EVENTS)?;
-        let cutoff = now - RETENTION.as_millis() as i64;
-        let mut per_namespace: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut batch = WriteBatch::default();
-        for item in self.db.iterator_cf(events, IteratorMode::Start) {
-            let (key, _) = item?;
-            let Some(split) = key.iter().position(|b| *b == 0) else { continue };
-            let time =
-                key.get(split + 1..split + 9).and_then(|t| t.try_into().ok()).map_or(0, i64::from_be_bytes);
-            if time < cutoff {
-                batch.delete_cf(events, &key);
-            } else {
-                per_namespace.entry(key[..split].to_vec()).or_default().push(key.to_vec());
-            }
-        }
-        for keys in per_namespace.values() {
-            for key in keys.iter().take(keys.len().saturating_sub(MAX_EVENTS_PER_NAMESPACE)) {
-                batch.delete_cf(events, key);
-            }
-        }
-        if !batch.is_empty() {
-            self.db.write(batch)?;
-        }
-        Ok(())
-    }
-
-    /// The events of `namespace` from `since_ms` on, oldest first.
-    fn events(&self, namespace: &str, since_ms: i64) -> Result<Vec<v1::BuildEvent>> {
-        let events = cf(&self.db, CF_BUILD_EVENTS)?;
-        let prefix = event_prefix(namespace);
-        let mut start = prefix.clone();
-        start.extend_from_slice(&since_ms.max(0).to_be_bytes());
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(events, IteratorMode::From(&start, Direction::Forward)) {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            out.push(decode(&value, "build event")?);
-        }
-        Ok(out)
-    }
-
-    /// Every namespace that has events.
-    fn event_namespaces(&self) -> Result<Vec<String>> {
-        let events = cf(&self.db, CF_BUILD_EVENTS)?;
-        let mut out = Vec::new();
-        let mut iter = self.db.raw_iterator_cf(events);
-        iter.seek_to_first();
-        while let Some(key) = iter.key() {
-            let Some(split) = key.iter().position(|b| *b == 0) else { break };
-            let prefix = key[..=split].to_vec();
-            out.push(String::from_utf8_lossy(&key[..split]).into_owned());
-            iter.seek(prefix_end(&prefix));
-        }
-        iter.status()?;
-        Ok(out)
-    }
-
-    pub async fn explain(
-        self: &Arc<Self>,
-        namespace: String,
-        query: String,
-    ) -> Result<Option<v1::BuildEvent>> {
-        let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.explain_blocking(&namespace, &query)).await?
-    }
-
-    fn explain_blocking(&self, namespace: &str, query: &str) -> Result<Option<v1::BuildEvent>> {
-        let query = query.trim();
-        if query.is_empty() {
-            return Err(Error::invalid("explain needs a build key or a target"));
-        }
-        let misses: Vec<v1::BuildEvent> =
-            self.events(namespace, 0)?.into_iter().filter(|e| e.kind == "miss").collect();
-        let is_key = query.len() >= 8 && query.len() <= 64 && query.chars().all(|c| c.is_ascii_hexdigit());
-        if is_key {
-            let query = query.to_ascii_lowercase();
-            let matching: Vec<&v1::BuildEvent> =
-                misses.iter().filter(|e| hex(&e.key).starts_with(&query)).collect();
-            let distinct: std::collections::BTreeSet<&[u8]> =
-                matching.iter().map(|e| e.key.as_ref()).collect();
-            if distinct.len() > 1 {
-                return Err(Error::invalid(format!(
-                    "key prefix {query} matches {} builds; give more digits",
-                    distinct.len()
-                )));
-            }
-            if let Some(event) = matching.last() {
-                return Ok(Some((*event).clone()));
-            }
-        }
-        let (package, platform) = match query.rsplit_once([' ', '@']) {
-            Some((package, platform)) if platform.contains('/') && !platform.contains('.') => {
-                (package.trim(), Some(platform.trim()))
-            }
-            _ => (query, None),
-        };
-        let package = package.trim_start_matches("./");
-        let matches = |event: &v1::BuildEvent| {
-            let Some(target) = &event.target else { return false };
-            let package_matches = target.package.split(' ').any(|p| {
-                p == package
-                    || p.ends_with(&format!("/{package}"))
-                    || format!("{}/{}", target.module, package) == p
-            }) || target.package == package;
-            let platform_matches =
-                platform.is_none_or(|platform| platform == format!("{}/{}", target.goos, target.goarch));
-            package_matches && platform_matches
-        };
-        Ok(misses.into_iter().rev().find(matches))
-    }
-
-    pub async fn stats(
-        self: &Arc<Self>,
-        namespace: Option<String>,
-        allowed: Box<dyn Fn(&str) -> bool + Send>,
-        since: Duration,
-        top: usize,
-    ) -> Result<v1::BuildStatsResponse> {
-        let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let now = now_ms();
-            let since_ms = if since.is_zero() { 0 } else { now - since.as_millis() as i64 };
-            let namespaces = match namespace {
-                Some(namespace) => vec![namespace],
-                None => this.event_namespaces()?.into_iter().filter(|ns| allowed(ns)).collect(),
-            };
-            let top = if top == 0 { DEFAULT_TOP } else { top };
-            let mut out = Vec::new();
-            for namespace in namespaces {
-                let events = this.events(&namespace, since_ms)?;
-                out.push(summarize(namespace, &events, top));
-            }
-            Ok(v1::BuildStatsResponse {
-                since_seconds: since.as_secs(),
-                namespaces: out,
-                oldest_event_unix_ms: now - RETENTION.as_millis() as i64,
-            })
-        })
-        .await?
-    }
-}
-
-fn summarize(namespace: String, events: &[v1::BuildEvent], top: usize) -> v1::BuildNamespaceStats {
-    let mut stats = v1::BuildNamespaceStats { namespace, ..Default::default() };
-    let mut causes: HashMap<String, u64> = HashMap::new();
-    let mut targets: HashMap<(String, String, String, String), u64> = HashMap::new();
-    for event in events {
-        match event.kind.as_str() {
-            "hit" => {
-                stats.hits += 1;
-                stats.bytes_served += event.bytes;
-                stats.time_saved_ms += event.duration_ms;
-            }
-            "miss" => {
-                stats.misses += 1;
-                for cause in event.explanation.as_ref().map(|e| e.causes.as_slice()).unwrap_or_default() {
-                    *causes.entry(cause.clone()).or_default() += 1;
-                }
-                let t = event.target.clone().unwrap_or_default();
-                *targets.entry((t.module, t.package, t.goos, t.goarch)).or_default() += 1;
-            }
-            "record" => {
-                stats.records += 1;
-                stats.bytes_stored += event.bytes;
-            }
-            _ => {}
-        }
-    }
-    stats.lookups = stats.hits + stats.misses;
-    let mut causes: Vec<(String, u64)> = causes.into_iter().collect();
-    causes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    stats.top_miss_causes =
-        causes.into_iter().take(top).map(|(cause, count)| v1::CauseCount { cause, count }).collect();
-    let mut targets: Vec<_> = targets.into_iter().collect();
-    targets.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    stats.top_missed_targets = targets
-        .into_iter()
-        .take(top)
-        .map(|((module, package, goos, goarch), count)| v1::TargetCount {
-            target: Some(v1::BuildTarget { module, package, goos, goarch }),
-            count,
-        })
-        .collect();
-    stats
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::RocksStore;
-
-    fn open(dir: &std::path::Path) -> Arc<Builds> {
-        let db = crate::db::open(dir).unwrap();
-        let config =
-            crate::config::Config::load(&std::collections::BTreeMap::new(), None, &|_| None).unwrap();
-        let rocks = RocksStore::open(Arc::clone(&db), crate::store::rocks_budget(&config)).unwrap();
-        Builds::new(db, Arc::new(rocks), Arc::default()).unwrap()
-    }
-
-    fn event(namespace: &str, time: i64) -> v1::BuildEvent {
-        v1::BuildEvent {
-            kind: "hit".into(),
-            namespace: namespace.into(),
-            time_unix_ms: time,
-            ..Default::default()
-        }
-    }
-
-    fn count(builds: &Builds, namespace: &str) -> usize {
-        builds.events(namespace, 0).unwrap().len()
-    }
-
-    #[test]
-    fn the_event_log_is_bounded_by_count_and_age() {
-        let dir = tempfile::tempdir().unwrap();
-        let builds = open(dir.path());
-        let now = now_ms();
-        for i in 0..MAX_EVENTS_PER_NAMESPACE + 10 {
-            builds.append(&event("busy", now - 1000 + (i as i64 % 1000))).unwrap();
-        }
-        builds.append(&event("old", now - RETENTION.as_millis() as i64 - 1)).unwrap();
-        builds.append(&event("quiet", now)).unwrap();
-        builds.prune_events(now).unwrap();
-        assert_eq!(count(&builds, "busy"), MAX_EVENTS_PER_NAMESPACE);
-        assert_eq!(count(&builds, "old"), 0);
-        assert_eq!(count(&builds, "quiet"), 1);
-        assert_eq!(builds.event_namespaces().unwrap(), ["busy", "quiet"]);
     }
 }

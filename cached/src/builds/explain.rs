@@ -1,0 +1,164 @@
+//! Why a build missed: the nearest earlier build of the same target (else of the same package)
+//! and what differs in its manifest, worked out at lookup time and kept with the miss event;
+//! `Explain` finds that event again by key or target.
+
+use std::sync::Arc;
+
+use proto::v1;
+use rocksdb::{Direction, IteratorMode};
+
+use super::keys::{decode, index_tail, package_prefix, target_prefix};
+use super::{Builds, hex, manifest};
+use crate::db::{CF_BUILD_INDEX, cf};
+use crate::error::{Error, Result};
+
+/// What a miss was compared with (`MissExplanation.basis`).
+const BASIS_SAME_TARGET: &str = "same_target";
+const BASIS_SAME_PACKAGE: &str = "same_package";
+const BASIS_FIRST: &str = "first_build";
+const BASIS_EVICTED: &str = "evicted";
+/// The cause a miss counts when nothing was built before.
+const CAUSE_FIRST: &str = "first build";
+const CAUSE_EVICTED: &str = "outputs evicted";
+
+impl Builds {
+    /// Compares with the nearest earlier build: of the kept builds of the same target (else of
+    /// the same package on any platform), the one that differs in the fewest components, the
+    /// latest of those.
+    pub(super) fn explain_miss(
+        &self,
+        namespace: &str,
+        target: &v1::BuildTarget,
+        key: &[u8; 32],
+        manifest: &v1::BuildManifest,
+        evicted: bool,
+    ) -> Result<v1::MissExplanation> {
+        let nearest = match self.nearest(&target_prefix(namespace, target), manifest)? {
+            Some(found) => Some((BASIS_SAME_TARGET, found)),
+            None => self
+                .nearest(&package_prefix(namespace, target), manifest)?
+                .map(|found| (BASIS_SAME_PACKAGE, found)),
+        };
+        let Some((basis, (index_key, mut changes))) = nearest else {
+            return Ok(v1::MissExplanation {
+                basis: (if evicted { BASIS_EVICTED } else { BASIS_FIRST }).to_owned(),
+                causes: vec![(if evicted { CAUSE_EVICTED } else { CAUSE_FIRST }).to_owned()],
+                ..Default::default()
+            });
+        };
+        let (time, nearest_key) =
+            index_tail(&index_key).ok_or_else(|| Error::Corrupt("build index key".into()))?;
+        let nearest_target = self.target_of(namespace, &index_key);
+        let (basis, causes) = if evicted || changes.is_empty() || &nearest_key == key {
+            (BASIS_EVICTED, vec![CAUSE_EVICTED.to_owned()])
+        } else {
+            (basis, manifest::causes(&changes))
+        };
+        let omitted = changes.len().saturating_sub(manifest::MAX_STORED_CHANGES);
+        changes.truncate(manifest::MAX_STORED_CHANGES);
+        Ok(v1::MissExplanation {
+            basis: basis.to_owned(),
+            nearest_key: nearest_key.to_vec().into(),
+            nearest_target,
+            nearest_time_unix_ms: time,
+            changes,
+            causes,
+            changes_omitted: omitted as u32,
+        })
+    }
+
+    /// The index entry under `prefix` whose manifest differs least from `manifest` (the latest
+    /// among equals), with the difference.
+    fn nearest(
+        &self,
+        prefix: &[u8],
+        manifest: &v1::BuildManifest,
+    ) -> Result<Option<(Vec<u8>, Vec<v1::ComponentChange>)>> {
+        let index = cf(&self.db, CF_BUILD_INDEX)?;
+        let mut best: Option<(usize, i64, Vec<u8>, Vec<v1::ComponentChange>)> = None;
+        for item in self.db.iterator_cf(index, IteratorMode::From(prefix, Direction::Forward)) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let Some((time, _)) = index_tail(&key) else { continue };
+            let earlier: v1::BuildManifest = decode(&value, "build manifest")?;
+            let changes = manifest::diff(&earlier, manifest);
+            let better = best.as_ref().is_none_or(|(count, best_time, ..)| {
+                changes.len() < *count || changes.len() == *count && time >= *best_time
+            });
+            if better {
+                best = Some((changes.len(), time, key.to_vec(), changes));
+            }
+        }
+        Ok(best.map(|(_, _, key, changes)| (key, changes)))
+    }
+
+    /// The target an index key belongs to (its fields, before the time and key).
+    fn target_of(&self, namespace: &str, index_key: &[u8]) -> Option<v1::BuildTarget> {
+        let body = index_key.get(namespace.len() + 1..index_key.len().checked_sub(40)?)?;
+        let fields: Vec<&str> = body.split(|b| *b == 0).filter_map(|f| std::str::from_utf8(f).ok()).collect();
+        let [module, package, platform, ..] = fields.as_slice() else { return None };
+        let (goos, goarch) = platform.split_once('/')?;
+        Some(v1::BuildTarget {
+            module: (*module).to_owned(),
+            package: (*package).to_owned(),
+            goos: goos.to_owned(),
+            goarch: goarch.to_owned(),
+        })
+    }
+
+    pub async fn explain(
+        self: &Arc<Self>,
+        namespace: String,
+        query: String,
+    ) -> Result<Option<v1::BuildEvent>> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.explain_blocking(&namespace, &query)).await?
+    }
+
+    fn explain_blocking(&self, namespace: &str, query: &str) -> Result<Option<v1::BuildEvent>> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Err(Error::invalid("explain needs a build key or a target"));
+        }
+        let misses: Vec<v1::BuildEvent> =
+            self.events(namespace, 0)?.into_iter().filter(|e| e.kind == "miss").collect();
+        let is_key = query.len() >= 8 && query.len() <= 64 && query.chars().all(|c| c.is_ascii_hexdigit());
+        if is_key {
+            let query = query.to_ascii_lowercase();
+            let matching: Vec<&v1::BuildEvent> =
+                misses.iter().filter(|e| hex(&e.key).starts_with(&query)).collect();
+            let distinct: std::collections::BTreeSet<&[u8]> =
+                matching.iter().map(|e| e.key.as_ref()).collect();
+            if distinct.len() > 1 {
+                return Err(Error::invalid(format!(
+                    "key prefix {query} matches {} builds; give more digits",
+                    distinct.len()
+                )));
+            }
+            if let Some(event) = matching.last() {
+                return Ok(Some((*event).clone()));
+            }
+        }
+        let (package, platform) = match query.rsplit_once([' ', '@']) {
+            Some((package, platform)) if platform.contains('/') && !platform.contains('.') => {
+                (package.trim(), Some(platform.trim()))
+            }
+            _ => (query, None),
+        };
+        let package = package.trim_start_matches("./");
+        let matches = |event: &v1::BuildEvent| {
+            let Some(target) = &event.target else { return false };
+            let package_matches = target.package.split(' ').any(|p| {
+                p == package
+                    || p.ends_with(&format!("/{package}"))
+                    || format!("{}/{}", target.module, package) == p
+            }) || target.package == package;
+            let platform_matches =
+                platform.is_none_or(|platform| platform == format!("{}/{}", target.goos, target.goarch));
+            package_matches && platform_matches
+        };
+        Ok(misses.into_iter().rev().find(matches))
+    }
+}
