@@ -84,7 +84,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         key: "tokens_file",
-        help: "TOML file of [[tokens]] tables, added to those in --config (see `cached token new`)",
+        help: "TOML file of [[tokens]] tables, added to those in --config (see `cached token new`); reloaded on SIGHUP",
         default: "",
     },
     Setting {

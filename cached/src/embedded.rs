@@ -39,9 +39,11 @@ impl Embedded {
         let local = |l: &TcpListener| l.local_addr().map_err(|err| Error::Internal(err.to_string()));
         let (addr, metrics_addr) = (local(&listener)?, local(&metrics)?);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::run(config, listener, Some(metrics), async move {
+        let stopped = async move {
             let _ = stopped.await;
-        }));
+        };
+        // SIGHUP belongs to the hosting process, which reloads nothing through it.
+        let task = tokio::spawn(crate::run(config, listener, Some(metrics), stopped, None));
         Ok(Self { addr, metrics_addr, stop: Some(stop), task: Some(task) })
     }
 

@@ -44,12 +44,13 @@ use crate::store::{Metered, RocksStore, SharedStore, StoreCounters, Verified, ro
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs cached on `listener` (and `/metrics` on `metrics_listener`) until `shutdown`
-/// resolves, then drains and flushes.
+/// resolves, then drains and flushes. With `tokens`, SIGHUP reloads the tokens from it.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    tokens: Option<auth::TokenSource>,
 ) -> Result<()> {
     let listen = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     config::check_exposure(listen, !config.tokens.is_empty(), config.allow_anonymous)
@@ -155,6 +156,10 @@ pub async fn run(
     };
     let reload =
         tls.as_ref().map(|tls| tokio::spawn(tls::reload_on_sighup(Arc::clone(tls), stop_rx.clone())));
+    let reload_tokens = tokens.map(|source| {
+        let (auth, stop) = (Arc::clone(&auth), stop_rx.clone());
+        tokio::spawn(auth::reload::reload_on_sighup(auth, source, listen, config.allow_anonymous, stop))
+    });
     let mut serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
         Some(tls) => {
             Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls, idle_timeout), drained))
@@ -183,7 +188,7 @@ pub async fn run(
     scheduler.shut_down();
     let _ = sweeper.await;
     let _ = housekeeping.await;
-    if let Some(reload) = reload {
+    for reload in reload.into_iter().chain(reload_tokens) {
         let _ = reload.await;
     }
     if let Some(server) = metrics_server {

@@ -109,7 +109,7 @@ fn new_token(args: &ArgMatches) -> Result<(), String> {
                 spec.name
             );
             println!("    {secret}\n");
-            println!("Add this to cached's config (--config or --tokens-file) and restart cached:\n");
+            println!("Add this to cached's config (--config or --tokens-file), then send cached SIGHUP:\n");
             print!("{}", spec.to_toml());
         }
     }
@@ -143,7 +143,7 @@ fn log_invocation() {
     tracing::debug!(env = ?cached::redact::env(vars), "environment");
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(config: Config, matches: ArgMatches) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|err| format!("cannot listen on {} (listen): {err}", config.listen))?;
@@ -168,7 +168,10 @@ async fn serve(config: Config) -> Result<(), String> {
         config.metrics_listen.map_or("(off)".to_owned(), |addr| format!("http://{addr}/metrics")),
         config.data_dir.display()
     );
-    cached::run(config, listener, metrics_listener, cached::shutdown::signal_received())
+    // SIGHUP reads the same flags, environment and files again, and takes their tokens.
+    let tokens: cached::auth::TokenSource =
+        Box::new(move || load_config(&matches).map(|config| config.tokens));
+    cached::run(config, listener, metrics_listener, cached::shutdown::signal_received(), Some(tokens))
         .await
         .map_err(|err| err.to_string())
 }
@@ -213,7 +216,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("cached: {err}");

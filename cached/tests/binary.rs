@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
 use futures::StreamExt;
 use proto::v1::{self, Compression};
 use proto::{Digest, FRAME_SIZE};
@@ -57,20 +58,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(data_dir: &std::path::Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &std::path::Path, more_args: &[&str]) -> Self {
         let port = free_port();
-        let child = cached(
-            &[
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--metrics-listen",
-                "off",
-            ],
-            &[],
-        )
-        .spawn()
-        .expect("start cached");
+        let listen = format!("127.0.0.1:{port}");
+        let mut args =
+            vec!["--listen", &listen, "--data-dir", data_dir.to_str().unwrap(), "--metrics-listen", "off"];
+        args.extend_from_slice(more_args);
+        let child = cached(&args, &[]).spawn().expect("start cached");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "cached did not start listening");
@@ -192,4 +189,59 @@ async fn memory_stays_flat_while_a_1gib_blob_streams() {
     let growth = peak.saturating_sub(idle);
     eprintln!("idle RSS {} MiB, peak {} MiB, growth {} MiB", idle >> 20, peak >> 20, growth >> 20);
     assert!(growth <= 64 << 20, "RSS grew by {} MiB while streaming 1 GiB", growth >> 20);
+}
+
+fn token(name: &str, secret: &str) -> TokenSpec {
+    TokenSpec {
+        name: name.to_owned(),
+        scopes: Scopes::parse_list("read").unwrap(),
+        namespaces: NamespacePattern::parse_list("*").unwrap(),
+        secret_hash: SecretHash::new(secret).unwrap(),
+        rate_limit: None,
+    }
+}
+
+/// What a call presenting `secret` gets: OK, or the refusal's code.
+async fn call_with(daemon: &Daemon, secret: &str) -> tonic::Code {
+    let mut request = tonic::Request::new(v1::FindMissingRequest { digests: Vec::new() });
+    request.metadata_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    match daemon.cas().await.find_missing(request).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// Polls until calls with `secret` get `code` (a signal is handled asynchronously).
+async fn until_code(daemon: &Daemon, secret: &str, code: tonic::Code) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call_with(daemon, secret).await != code {
+        assert!(Instant::now() < deadline, "calls with {secret} never got {code:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_tokens_and_keeps_them_when_the_file_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    std::fs::write(&file, token("old", "old-secret").to_toml()).unwrap();
+    let daemon = Daemon::start_with(&dir.path().join("data"), &["--tokens-file", file.to_str().unwrap()]);
+    assert_eq!(call_with(&daemon, "old-secret").await, tonic::Code::Ok);
+    assert_eq!(call_with(&daemon, "new-secret").await, tonic::Code::Unauthenticated);
+
+    std::fs::write(&file, token("new", "new-secret").to_toml()).unwrap();
+    daemon.signal("HUP");
+    until_code(&daemon, "old-secret", tonic::Code::Unauthenticated).await;
+    assert_eq!(call_with(&daemon, "new-secret").await, tonic::Code::Ok, "revoked and added at once");
+
+    // A file that does not parse changes nothing, and neither does one with no tokens left:
+    // revoking every token must not let anonymous callers in.
+    std::fs::write(&file, "[[tokens]]\nname = \"half\"\n").unwrap();
+    daemon.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&file, "").unwrap();
+    daemon.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(call_with(&daemon, "new-secret").await, tonic::Code::Ok);
+    assert_eq!(call_with(&daemon, "anyone").await, tonic::Code::Unauthenticated);
 }

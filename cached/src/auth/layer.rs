@@ -1,7 +1,8 @@
 //! The one tower layer every gRPC call passes: authentication, scope, rate, upload slots,
 //! deadlines. Refusals are answered here, before any handler runs or any body is read.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,9 +17,12 @@ use super::tokens::{TokenSpec, TokenTable};
 use crate::config::Config;
 use crate::error::Error;
 
-/// Everything the layer checks, built once from the configuration.
+/// Everything the layer checks, built from the configuration; the tokens are replaced whole
+/// when SIGHUP reloads them (`auth::reload`).
 pub struct AuthSettings {
-    tokens: TokenTable,
+    /// A call checks against the table it started with.
+    tokens: RwLock<Arc<TokenTable>>,
+    default_rate: Option<u32>,
     anonymous: Arc<Grant>,
     request_timeout: Duration,
     idle_timeout: Duration,
@@ -34,7 +38,8 @@ impl AuthSettings {
     fn with_tokens(tokens: &[TokenSpec], config: &Config) -> Self {
         let limits = &config.limits;
         Self {
-            tokens: TokenTable::new(tokens, limits.rate_limit),
+            tokens: RwLock::new(Arc::new(TokenTable::new(tokens, limits.rate_limit))),
+            default_rate: limits.rate_limit,
             anonymous: Arc::new(Grant::anonymous()),
             request_timeout: limits.request_timeout,
             idle_timeout: limits.idle_timeout,
@@ -43,22 +48,38 @@ impl AuthSettings {
         }
     }
 
+    fn table(&self) -> Arc<TokenTable> {
+        Arc::clone(&self.tokens.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Whether callers need a token (otherwise everyone is `anonymous`).
     pub fn requires_tokens(&self) -> bool {
-        !self.tokens.is_empty()
+        !self.table().is_empty()
     }
 
     pub fn token_count(&self) -> usize {
-        self.tokens.len()
+        self.table().len()
+    }
+
+    /// Serves `specs` from now on (calls already admitted keep their grants). Returns the
+    /// names of the tokens added and removed.
+    pub fn replace_tokens(&self, specs: &[TokenSpec]) -> (Vec<String>, Vec<String>) {
+        let table = Arc::new(TokenTable::new(specs, self.default_rate));
+        let old = std::mem::replace(&mut *self.tokens.write().unwrap_or_else(PoisonError::into_inner), table);
+        let before: BTreeSet<&str> = old.names().collect();
+        let after: BTreeSet<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
+        let names = |set: BTreeSet<&&str>| set.into_iter().map(|name| (*name).to_owned()).collect();
+        (names(after.difference(&before).collect()), names(before.difference(&after).collect()))
     }
 
     /// Decides whether the call may run. What it returns is held for the whole call.
     fn admit<B>(&self, request: &http::Request<B>, method: &Method, scope: Scope) -> Result<Admitted, Error> {
         let api = crate::stats::api_name(request.uri().path());
-        let grant = if self.tokens.is_empty() {
+        let tokens = self.table();
+        let grant = if tokens.is_empty() {
             Arc::clone(&self.anonymous)
         } else {
-            let token = self.authenticate(request, &api)?;
+            let token = authenticate(&tokens, request, &api)?;
             if let Some(limiter) = &token.limiter
                 && let Err(wait) = limiter.check()
             {
@@ -90,28 +111,32 @@ impl AuthSettings {
         };
         Ok(Admitted { grant, _upload: upload })
     }
+}
 
-    fn authenticate<B>(&self, request: &http::Request<B>, api: &str) -> Result<&super::tokens::Token, Error> {
-        let header = request.headers().get(http::header::AUTHORIZATION);
-        let Some(secret) = header.and_then(|value| bearer(value.as_bytes())) else {
-            tracing::info!(target: "audit", api, peer = %peer(request), "call without a token refused");
-            let reason = if header.is_some() {
-                "the authorization header must be `Bearer <token>`"
-            } else {
-                "this server requires a token"
-            };
-            return Err(Error::Unauthenticated(format!(
-                "{reason}: pass --token, --token-file or CACHED_TOKEN (from `cached token new`)"
-            )));
+fn authenticate<'a, B>(
+    tokens: &'a TokenTable,
+    request: &http::Request<B>,
+    api: &str,
+) -> Result<&'a super::tokens::Token, Error> {
+    let header = request.headers().get(http::header::AUTHORIZATION);
+    let Some(secret) = header.and_then(|value| bearer(value.as_bytes())) else {
+        tracing::info!(target: "audit", api, peer = %peer(request), "call without a token refused");
+        let reason = if header.is_some() {
+            "the authorization header must be `Bearer <token>`"
+        } else {
+            "this server requires a token"
         };
-        self.tokens.verify(secret).ok_or_else(|| {
-            tracing::warn!(target: "audit", api, peer = %peer(request), "unknown token refused");
-            Error::Unauthenticated(
-                "the token is not known to this server (mistyped, revoked, or meant for another server)"
-                    .to_owned(),
-            )
-        })
-    }
+        return Err(Error::Unauthenticated(format!(
+            "{reason}: pass --token, --token-file or CACHED_TOKEN (from `cached token new`)"
+        )));
+    };
+    tokens.verify(secret).ok_or_else(|| {
+        tracing::warn!(target: "audit", api, peer = %peer(request), "unknown token refused");
+        Error::Unauthenticated(
+            "the token is not known to this server (mistyped, revoked, or meant for another server)"
+                .to_owned(),
+        )
+    })
 }
 
 /// The secret of `Bearer <secret>` (the scheme is case-insensitive).

@@ -10,12 +10,14 @@
 mod idle;
 pub mod layer;
 pub mod rate;
+pub mod reload;
 pub mod scopes;
 pub mod tokens;
 
 use std::sync::Arc;
 
 pub use layer::{AuthLayer, AuthSettings};
+pub use reload::TokenSource;
 pub use scopes::{NamespacePattern, Scope, Scopes};
 pub use tokens::{SecretHash, TokenSpec};
 

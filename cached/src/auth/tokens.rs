@@ -256,6 +256,10 @@ impl TokenTable {
         self.tokens.is_empty()
     }
 
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tokens.iter().map(|token| token.grant.token.as_str())
+    }
+
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
