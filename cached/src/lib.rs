@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod redact;
 pub mod scheduler;
 pub mod service;
-pub mod shutdown;
+pub mod signals;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

@@ -171,7 +171,7 @@ async fn serve(config: Config, matches: ArgMatches) -> Result<(), String> {
     // SIGHUP reads the same flags, environment and files again, and takes their tokens.
     let tokens: cached::auth::TokenSource =
         Box::new(move || load_config(&matches).map(|config| config.tokens));
-    cached::run(config, listener, metrics_listener, cached::shutdown::signal_received(), Some(tokens))
+    cached::run(config, listener, metrics_listener, cached::signals::shutdown(), Some(tokens))
         .await
         .map_err(|err| err.to_string())
 }

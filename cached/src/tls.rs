@@ -142,25 +142,12 @@ pub fn incoming(
 }
 
 /// Reloads the TLS identity on every SIGHUP until `stop` turns true.
-pub async fn reload_on_sighup(tls: Arc<Tls>, mut stop: watch::Receiver<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
+pub async fn reload_on_sighup(tls: Arc<Tls>, stop: watch::Receiver<bool>) {
+    crate::signals::on_hangup("certificates", stop, || match tls.reload() {
+        Ok(()) => tracing::info!(cert = %tls.files.cert.display(), "SIGHUP: TLS certificate reloaded"),
         Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for SIGHUP; certificates will not reload");
-            return;
+            tracing::error!(error = %err, "SIGHUP: TLS reload failed; still serving the previous certificate")
         }
-    };
-    loop {
-        tokio::select! {
-            _ = hangups.recv() => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        }
-        match tls.reload() {
-            Ok(()) => tracing::info!(cert = %tls.files.cert.display(), "SIGHUP: TLS certificate reloaded"),
-            Err(err) => {
-                tracing::error!(error = %err, "SIGHUP: TLS reload failed; still serving the previous certificate")
-            }
-        }
-    }
+    })
+    .await;
 }

@@ -20,23 +20,9 @@ pub async fn reload_on_sighup(
     source: TokenSource,
     listen: SocketAddr,
     allow_anonymous: bool,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for SIGHUP; tokens will not reload");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = hangups.recv() => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        }
-        reload(&auth, &source, listen, allow_anonymous);
-    }
+    crate::signals::on_hangup("tokens", stop, || reload(&auth, &source, listen, allow_anonymous)).await;
 }
 
 fn reload(auth: &AuthSettings, source: &TokenSource, listen: SocketAddr, allow_anonymous: bool) {
