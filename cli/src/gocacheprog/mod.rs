@@ -11,6 +11,7 @@
 pub mod breaker;
 pub mod counters;
 pub mod disk;
+pub mod landing;
 pub mod prefetch;
 pub mod preload;
 pub mod protocol;

@@ -28,7 +28,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::counters::{add, bump};
 use super::disk::Entry;
-use super::remote::{Found, Remote, RemoteError, new_decoder};
+use super::landing::{Found, new_decoder};
+use super::remote::{Remote, RemoteError};
 use super::session::{self, Record, Recorder};
 use super::tiers::{Claim, Tiers};
 
