@@ -1,12 +1,17 @@
 //! Go action entries: (namespace, ActionID) → {OutputID, size, digest, time}. An entry is only
-//! a hit while its blob is stored; an entry whose blob was evicted is removed when found.
+//! a hit while its blob is stored; an entry whose blob was evicted is removed when found. An
+//! entry is stored only if its blob hashes (SHA-256) to its OutputID, as Go names outputs: a
+//! client that records a wrong one would otherwise make every reader refuse the body, and
+//! refusals count toward the readers' circuit breakers.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use proto::frames::FrameDecoder;
 use proto::{ActionId, Digest, INLINE_BODY_MAX, OutputId};
 use rocksdb::DB;
+use sha2::{Digest as _, Sha256};
 
 use crate::db::{CF_GO_ACTIONS, cf};
 use crate::error::{Error, Result};
@@ -147,12 +152,38 @@ impl GoCache {
                     entry.digest
                 )));
             }
+            let actual = this.output_id_of(&entry.digest)?;
+            if actual != entry.output_id {
+                return Err(Error::invalid(format!(
+                    "the entry's blob {} hashes (SHA-256) to {actual}, not to its OutputID {}; \
+                     Go names an output by the SHA-256 of its bytes",
+                    entry.digest, entry.output_id
+                )));
+            }
             let actions = cf(&this.db, CF_GO_ACTIONS)?;
             this.db.put_cf(actions, entry_key(&namespace, &action_id), entry.encode())?;
             this.stats.namespace(&namespace).go_puts.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
         .await?
+    }
+
+    /// The SHA-256 of a stored blob's bytes (Go's OutputID of them).
+    fn output_id_of(&self, digest: &Digest) -> Result<OutputId> {
+        let mut sha256 = Sha256::new();
+        if digest.size > 0 {
+            let frames = self.store.read(digest, 0)?.ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "the entry's blob {digest} was evicted while it was recorded; upload it again"
+                ))
+            })?;
+            let mut decoder =
+                FrameDecoder::new(digest.size, 0).map_err(|err| Error::Internal(format!("zstd: {err}")))?;
+            for frame in frames {
+                sha256.update(decoder.decode(&frame?).map_err(|err| Error::Corrupt(err.to_string()))?);
+            }
+        }
+        Ok(OutputId(sha256.finalize().into()))
     }
 }
 

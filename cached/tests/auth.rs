@@ -20,6 +20,7 @@ use proto::v1::jobs_client::JobsClient;
 use proto::v1::stats_client::StatsClient;
 use proto::v1::workers_client::WorkersClient;
 use proto::v1::{self, Compression};
+use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
@@ -213,7 +214,7 @@ async fn call(
         }
         "GoCache.Put" => {
             let entry = v1::GoEntry {
-                output_id: vec![2; 32].into(),
+                output_id: Sha256::digest(&fixture.blob).to_vec().into(),
                 size: digest.size,
                 digest: Some(digest.to_wire()),
                 time_unix_nanos: 1,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{Clients, Server, noise};
 use proto::v1::{self, Compression};
 use proto::{Digest, OutputId};
+use sha2::{Digest as _, Sha256};
 
 const BLOB: usize = 256 << 10;
 const BUDGET: &[(&str, &str)] = &[("max_size", "4MiB")];
@@ -56,7 +57,7 @@ async fn go_entries_need_their_blob() {
     let clients = server.clients().await;
     let body = noise(BLOB, 100);
     let entry = |digest: Digest| v1::GoEntry {
-        output_id: OutputId([7; 32]).0.to_vec().into(),
+        output_id: OutputId(Sha256::digest(&body).into()).0.to_vec().into(),
         size: digest.size,
         digest: Some(digest.to_wire()),
         time_unix_nanos: 1_700_000_000_000_000_000,
@@ -72,6 +73,14 @@ async fn go_entries_need_their_blob() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
 
     let digest = clients.write(&body).await;
+    // An entry whose OutputID is not the SHA-256 of its blob would make every reader refuse it.
+    let wrong = v1::GoPutRequest {
+        entry: Some(v1::GoEntry { output_id: vec![7; 32].into(), ..entry(digest) }),
+        ..put(digest)
+    };
+    let err = clients.go.clone().put(wrong).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("not to its OutputID"), "{}", err.message());
     clients.go.clone().put(put(digest)).await.unwrap();
     let hit = clients.go.clone().get(get.clone()).await.unwrap().into_inner();
     assert_eq!(hit.entry, Some(entry(digest)));
