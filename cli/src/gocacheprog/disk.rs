@@ -15,7 +15,7 @@
 //! entry whose body did not survive.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +33,8 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(3600);
 /// Trimming stops once the tier is below this fraction of its cap, so it does not run again
 /// at once.
 const TRIM_LOW_WATER: f64 = 0.9;
+/// Longer than any record (`<64 hex> <size> <time>`, about 100 bytes).
+const RECORD_MAX: usize = 256;
 /// Names of files being written; never a 64-hex-digit entry name.
 const TEMP_PREFIX: &str = ".part-";
 /// Where earlier versions wrote temporary files; trimming still clears it.
@@ -94,21 +96,35 @@ impl DiskTier {
     }
 
     /// The entry and body path of an action, if both are here and the body has its size.
+    /// Every hit of the go command comes through here, so it costs as few system calls as it
+    /// can: the record's and the body's metadata are each read once, and reused for the LRU
+    /// touch.
     pub fn lookup(&self, action_id: &ActionId) -> Result<Option<(Entry, PathBuf)>, DiskError> {
         let record = self.action_path(action_id);
-        let text = match fs::read_to_string(&record) {
-            Ok(text) => text,
+        let mut file = match File::open(&record) {
+            Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(io_at(&record)(err)),
         };
-        let Some(entry) = parse_entry(&text) else {
+        // A record is one short line; a single read takes it whole (it was written whole).
+        let mut line = [0u8; RECORD_MAX];
+        let len = file.read(&mut line).map_err(io_at(&record))?;
+        let Some(entry) = std::str::from_utf8(&line[..len]).ok().and_then(parse_entry) else {
             return Ok(None); // Unreadable records are misses; the next put rewrites them.
         };
-        let Some(body) = self.existing_output(&entry.output_id, entry.size) else {
+        let body = self.output_path(&entry.output_id);
+        let Ok(body_metadata) = fs::metadata(&body) else { return Ok(None) };
+        if !body_metadata.is_file() || body_metadata.len() != entry.size {
             return Ok(None);
-        };
-        touch_if_old(&record);
-        touch_if_old(&body);
+        }
+        if let Ok(record_metadata) = file.metadata() {
+            touch_if_old(&file, &record_metadata);
+        }
+        if is_old(&body_metadata)
+            && let Ok(body_file) = File::open(&body)
+        {
+            touch_if_old(&body_file, &body_metadata);
+        }
         Ok(Some((entry, body)))
     }
 
@@ -310,14 +326,16 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
 
 /// Refreshes the mtime that LRU trimming orders by. Best effort: a failure only makes the file
 /// look older than it is.
-fn touch_if_old(path: &Path) {
-    let now = SystemTime::now();
-    let old = fs::metadata(path)
-        .and_then(|m| m.modified())
-        .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > TOUCH_AFTER);
-    if old && let Ok(file) = File::open(path) {
-        let _ = file.set_modified(now);
+fn touch_if_old(file: &File, metadata: &fs::Metadata) {
+    if is_old(metadata) {
+        let _ = file.set_modified(SystemTime::now());
     }
+}
+
+fn is_old(metadata: &fs::Metadata) -> bool {
+    metadata
+        .modified()
+        .is_ok_and(|modified| SystemTime::now().duration_since(modified).unwrap_or_default() > TOUCH_AFTER)
 }
 
 #[cfg(unix)]
@@ -429,6 +447,25 @@ mod tests {
             assert_eq!(before.ino(), after.ino());
         }
         assert_eq!(before.modified().unwrap(), after.modified().unwrap());
+    }
+
+    #[test]
+    fn a_hit_refreshes_old_files_for_lru_and_leaves_recent_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 1 << 30).unwrap();
+        let body = put(&tier, 1, b"used");
+        let record = tier.action_path(&ActionId([1; 32]));
+        let long_ago = SystemTime::now() - 2 * TOUCH_AFTER;
+        for path in [&body, &record] {
+            File::open(path).unwrap().set_modified(long_ago).unwrap();
+        }
+        let mtime = |path: &Path| fs::metadata(path).unwrap().modified().unwrap();
+        tier.lookup(&ActionId([1; 32])).unwrap().unwrap();
+        assert!(mtime(&body) > long_ago + TOUCH_AFTER && mtime(&record) > long_ago + TOUCH_AFTER);
+        let recent = SystemTime::now() - TOUCH_AFTER / 2;
+        File::open(&body).unwrap().set_modified(recent).unwrap();
+        tier.lookup(&ActionId([1; 32])).unwrap().unwrap();
+        assert_eq!(mtime(&body), recent, "no metadata write for a file used within the hour");
     }
 
     #[test]
