@@ -1,5 +1,7 @@
 //! Go action entries: (namespace, ActionID) → {OutputID, size, digest, time}. An entry is only
-//! a hit while its blob is stored; an entry whose blob was evicted is removed when found. An
+//! a hit while its blob is stored; an entry whose blob was evicted is removed when a lookup
+//! finds it, and by housekeeping, which walks the entries a slice per round (most evicted
+//! actions are never asked for again, and their entries would otherwise pile up). An
 //! entry is stored only if its blob hashes (SHA-256) to its OutputID, as Go names outputs: a
 //! client that records a wrong one would otherwise make every reader refuse the body, and
 //! refusals count toward the readers' circuit breakers.
@@ -10,7 +12,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use proto::frames::FrameDecoder;
 use proto::{ActionId, Digest, INLINE_BODY_MAX, OutputId};
-use rocksdb::DB;
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use sha2::{Digest as _, Sha256};
 
 use crate::db::{CF_GO_ACTIONS, cf};
@@ -168,6 +170,41 @@ impl GoCache {
         .await?
     }
 
+    /// Drops entries whose blob is gone, looking at up to `limit` entries from `cursor` on
+    /// (the key to start at; empty: the first). Moves `cursor` past them, back to the start
+    /// after the last entry. Returns how many it dropped.
+    pub fn sweep_dangling(&self, cursor: &mut Vec<u8>, limit: usize) -> Result<u64> {
+        let actions = cf(&self.db, CF_GO_ACTIONS)?;
+        let (mut looked, mut last_key, mut seen) = (0, None, Vec::new());
+        for item in self.db.iterator_cf(actions, IteratorMode::From(cursor, Direction::Forward)).take(limit) {
+            let (key, value) = item?;
+            looked += 1;
+            // An entry this version cannot read is left to the lookup that finds it.
+            if let Ok(entry) = GoEntry::decode(&value) {
+                seen.push((key.clone(), entry.digest));
+            }
+            last_key = Some(key);
+        }
+        let digests: Vec<Digest> = seen.iter().map(|(_, digest)| *digest).collect();
+        let mut batch = WriteBatch::default();
+        for ((key, _), stored) in seen.iter().zip(self.store.contains(&digests)?) {
+            if !stored {
+                batch.delete_cf(actions, key);
+            }
+        }
+        let dropped = batch.len() as u64;
+        if dropped > 0 {
+            self.db.write(batch)?;
+            self.stats.go_entries_dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        cursor.clear();
+        if let Some(key) = last_key.filter(|_| looked == limit) {
+            cursor.extend_from_slice(&key);
+            cursor.push(0); // The smallest key after this one.
+        }
+        Ok(dropped)
+    }
+
     /// The SHA-256 of a stored blob's bytes (Go's OutputID of them).
     fn output_id_of(&self, digest: &Digest) -> Result<OutputId> {
         let mut sha256 = Sha256::new();
@@ -196,6 +233,37 @@ mod tests {
         let entry =
             GoEntry { output_id: OutputId([3; 32]), digest: Digest::of(b"body"), time_unix_nanos: -5 };
         assert_eq!(GoEntry::decode(&entry.encode()).unwrap(), entry);
+    }
+
+    #[test]
+    fn the_dangling_sweep_walks_every_entry_a_slice_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let config =
+            crate::config::Config::load(&std::collections::BTreeMap::new(), None, &|_| None).unwrap();
+        let rocks =
+            crate::store::RocksStore::open(Arc::clone(&db), crate::store::rocks_budget(&config)).unwrap();
+        let stats = Arc::new(Stats::default());
+        let store: SharedStore = Arc::new(rocks);
+        // The empty blob is stored; the others never were.
+        store.write(&Digest::of(b"")).unwrap().commit().unwrap();
+        let cache = GoCache::new(Arc::clone(&db), store, Arc::clone(&stats));
+        let actions = cf(&db, CF_GO_ACTIONS).unwrap();
+        for (action, body) in [(1u8, &b"gone"[..]), (2, b""), (3, b"gone too")] {
+            let entry =
+                GoEntry { output_id: OutputId([0; 32]), digest: Digest::of(body), time_unix_nanos: 1 };
+            db.put_cf(actions, entry_key("ns", &ActionId([action; 32])), entry.encode()).unwrap();
+        }
+        let mut cursor = Vec::new();
+        let mut dropped = Vec::new();
+        for _ in 0..4 {
+            dropped.push(cache.sweep_dangling(&mut cursor, 1).unwrap());
+        }
+        assert_eq!(dropped, [1, 0, 1, 0], "one entry per round, then back to the start");
+        assert!(cursor.is_empty());
+        assert_eq!(stats.go_entries_dropped.load(Ordering::Relaxed), 2);
+        assert!(cache.lookup("ns", &ActionId([2; 32])).unwrap().is_some());
+        assert_eq!(cache.sweep_dangling(&mut cursor, 10).unwrap(), 0);
     }
 
     #[test]

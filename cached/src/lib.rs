@@ -84,8 +84,12 @@ pub async fn run(
     let metrics = metrics::Metrics::new(Arc::clone(&stats), rocks.clone(), store_counters);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let housekeeping =
-        tokio::spawn(housekeeping(rocks.clone(), config.maintenance_interval, stop_rx.clone()));
+    let housekeeping = tokio::spawn(housekeeping(
+        rocks.clone(),
+        Arc::clone(&go_cache),
+        config.maintenance_interval,
+        stop_rx.clone(),
+    ));
     let sweeper = tokio::spawn(Arc::clone(&scheduler).run_sweeper());
     let metrics_server = metrics_listener.map(|listener| {
         let mut stop = stop_rx.clone();
@@ -199,18 +203,38 @@ pub async fn run(
     Ok(())
 }
 
-/// Persists access times and evicts past the high watermark, every `interval`.
-async fn housekeeping(store: RocksStore, interval: std::time::Duration, mut stop: watch::Receiver<bool>) {
+/// Go entries looked at per housekeeping round for blobs that are gone: a bounded amount of
+/// work (a few hundred milliseconds) however large the action cache is.
+const DANGLING_SWEEP_PER_ROUND: usize = 100_000;
+
+/// Every `interval`: persists access times and evicts past the high watermark, then drops the
+/// next slice of Go entries whose blob is gone.
+async fn housekeeping(
+    store: RocksStore,
+    go_cache: Arc<gocache::GoCache>,
+    interval: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cursor = Vec::new();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.maintain()).await {
-            Ok(Ok(())) => {}
+        let (store, go_cache, mut slice) =
+            (store.clone(), Arc::clone(&go_cache), std::mem::take(&mut cursor));
+        let round = tokio::task::spawn_blocking(move || {
+            store.maintain()?;
+            let dropped = go_cache.sweep_dangling(&mut slice, DANGLING_SWEEP_PER_ROUND)?;
+            if dropped > 0 {
+                tracing::info!(dropped, "dropped Go entries whose blob was evicted");
+            }
+            Ok::<_, Error>(slice)
+        });
+        match round.await {
+            Ok(Ok(next)) => cursor = next,
             Ok(Err(err)) => tracing::warn!(error = %err, "store housekeeping failed"),
             Err(err) => tracing::warn!(error = %err, "store housekeeping panicked"),
         }

@@ -101,3 +101,34 @@ async fn go_entries_need_their_blob() {
     assert_eq!((team.go_hits, team.go_misses, team.go_puts), (1, 1, 1));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn housekeeping_drops_go_entries_whose_blob_was_evicted_without_a_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [BUDGET[0], ("maintenance_interval", "100ms")];
+    let server = Server::start(dir.path(), &settings).await;
+    let clients = server.clients().await;
+    let body = noise(BLOB, 200);
+    let digest = clients.write(&body).await;
+    let entry = v1::GoEntry {
+        output_id: Sha256::digest(&body).to_vec().into(),
+        size: digest.size,
+        digest: Some(digest.to_wire()),
+        time_unix_nanos: 1,
+    };
+    let put =
+        v1::GoPutRequest { namespace: "team".into(), action_id: vec![9; 32].into(), entry: Some(entry) };
+    clients.go.clone().put(put).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    write_spaced(&clients, 300..324).await;
+    assert!(!clients.is_stored(digest).await, "the entry's blob was evicted");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while clients.store_stats().await.go_entries_dropped == 0 {
+        assert!(std::time::Instant::now() < deadline, "housekeeping never dropped the entry");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let get = v1::GoGetRequest { namespace: "team".into(), action_id: vec![9; 32].into() };
+    assert_eq!(clients.go.clone().get(get).await.unwrap().into_inner().entry, None);
+    assert_eq!(clients.store_stats().await.go_entries_dropped, 1, "dropped once, by housekeeping");
+    server.stop().await;
+}
