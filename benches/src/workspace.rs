@@ -10,6 +10,43 @@ pub fn gomodcache() -> PathBuf {
     })
 }
 
+/// The environment of a sealed go command: everything under `scratch` but the shared module
+/// cache and `gocache`, no workspace or toolchain switch, no telemetry, no cgo, modules from
+/// `proxy` without checksum-database lookups, and the caller's PATH.
+pub fn sealed_go_env(
+    scratch: &Path,
+    gomodcache: &Path,
+    gocache: &Path,
+    proxy: &str,
+) -> Vec<(String, String)> {
+    let path = |p: &Path| p.display().to_string();
+    let mut env = vec![
+        ("HOME".to_owned(), path(&scratch.join("home"))),
+        ("GOCACHE".to_owned(), path(gocache)),
+        ("GOPATH".to_owned(), path(&scratch.join("gopath"))),
+        ("GOMODCACHE".to_owned(), path(gomodcache)),
+        ("GOENV".to_owned(), "off".to_owned()),
+        // Module files writable, so the module cache can be removed like any directory.
+        ("GOFLAGS".to_owned(), "-modcacherw".to_owned()),
+        ("GOTOOLCHAIN".to_owned(), "local".to_owned()),
+        ("GOWORK".to_owned(), "off".to_owned()),
+        ("GOTELEMETRY".to_owned(), "off".to_owned()),
+        ("CGO_ENABLED".to_owned(), "0".to_owned()),
+        ("GOPROXY".to_owned(), proxy.to_owned()),
+        ("GOSUMDB".to_owned(), "off".to_owned()),
+        ("TMPDIR".to_owned(), path(&std::env::temp_dir())),
+    ];
+    if let Some(path) = std::env::var_os("PATH") {
+        env.push(("PATH".to_owned(), path.to_string_lossy().into_owned()));
+    }
+    env
+}
+
+/// The module proxy the drivers download from: `GOPROXY`, or the public one.
+pub fn proxy() -> String {
+    std::env::var("GOPROXY").unwrap_or_else(|_| "https://proxy.golang.org".to_owned())
+}
+
 /// `given` if it is a file, or else the binary `name` built next to this one (same target
 /// directory and profile); an error says what to build.
 pub fn sibling_or(given: Option<PathBuf>, name: &str) -> Result<PathBuf, String> {

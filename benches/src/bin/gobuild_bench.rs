@@ -25,7 +25,7 @@ use cachectl::gobuild::flags;
 use cachectl::gobuild::inputs::{self, GoCall};
 use cached_benches::EmbeddedServer;
 use cached_benches::report::{cell, load, ratio};
-use cached_benches::workspace::{copy_dir, gomodcache, sibling_or};
+use cached_benches::workspace::{copy_dir, gomodcache, proxy, sealed_go_env, sibling_or};
 use clap::Parser as _;
 
 const GOPLS: &str = "golang.org/x/tools/gopls";
@@ -139,28 +139,7 @@ impl Bench {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        let path = |p: &Path| p.display().to_string();
-        let mut env = vec![
-            ("HOME".to_owned(), path(&self.scratch.join("home"))),
-            ("GOCACHE".to_owned(), path(&self.scratch.join("gocache"))),
-            ("GOPATH".to_owned(), path(&self.scratch.join("gopath"))),
-            ("GOMODCACHE".to_owned(), path(&self.gomodcache)),
-            ("GOENV".to_owned(), "off".to_owned()),
-            // Module files writable, so the module cache can be removed like any directory.
-            ("GOFLAGS".to_owned(), "-modcacherw".to_owned()),
-            ("GOTOOLCHAIN".to_owned(), "local".to_owned()),
-            ("GOWORK".to_owned(), "off".to_owned()),
-            ("CGO_ENABLED".to_owned(), "0".to_owned()),
-            (
-                "GOPROXY".to_owned(),
-                std::env::var("GOPROXY").unwrap_or_else(|_| "https://proxy.golang.org".to_owned()),
-            ),
-            ("GOSUMDB".to_owned(), "off".to_owned()),
-        ];
-        if let Some(path) = std::env::var_os("PATH") {
-            env.push(("PATH".to_owned(), path.to_string_lossy().into_owned()));
-        }
-        env
+        sealed_go_env(&self.scratch, &self.gomodcache, &self.scratch.join("gocache"), &proxy())
     }
 
     fn command(&self, program: &Path, dir: &Path, args: &[&str]) -> Command {

@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cached_benches::report::{cell, load, ratio};
-use cached_benches::workspace::{copy_dir, gomodcache, sibling_or, wipe};
+use cached_benches::workspace::{copy_dir, gomodcache, proxy, sealed_go_env, sibling_or, wipe};
 use clap::Parser as _;
 
 const GOPLS: &str = "golang.org/x/tools/gopls";
@@ -215,27 +215,7 @@ impl Bench {
     }
 
     fn env(&self, proxy: &str) -> Vec<(String, String)> {
-        let path = |p: &Path| p.display().to_string();
-        let mut env = vec![
-            ("HOME".to_owned(), path(&self.scratch.join("home"))),
-            ("GOCACHE".to_owned(), path(&self.local_gocache())),
-            ("GOPATH".to_owned(), path(&self.scratch.join("gopath"))),
-            ("GOMODCACHE".to_owned(), path(&self.gomodcache)),
-            ("GOENV".to_owned(), "off".to_owned()),
-            // Module files writable, so the module cache can be removed like any directory.
-            ("GOFLAGS".to_owned(), "-modcacherw".to_owned()),
-            ("GOTOOLCHAIN".to_owned(), "local".to_owned()),
-            ("GOWORK".to_owned(), "off".to_owned()),
-            ("GOTELEMETRY".to_owned(), "off".to_owned()),
-            ("CGO_ENABLED".to_owned(), "0".to_owned()),
-            ("GOPROXY".to_owned(), proxy.to_owned()),
-            ("GOSUMDB".to_owned(), "off".to_owned()),
-            ("TMPDIR".to_owned(), path(&std::env::temp_dir())),
-        ];
-        if let Some(path) = std::env::var_os("PATH") {
-            env.push(("PATH".to_owned(), path.to_string_lossy().into_owned()));
-        }
-        env
+        sealed_go_env(&self.scratch, &self.gomodcache, &self.local_gocache(), proxy)
     }
 
     fn go(&self, dir: &Path, args: &[&str]) -> Command {
@@ -246,7 +226,7 @@ impl Bench {
 
     /// Downloads gopls (once) and copies it out of the module cache as a main module.
     fn fetch(&self, version: &str) -> PathBuf {
-        let proxy = std::env::var("GOPROXY").unwrap_or_else(|_| "https://proxy.golang.org".to_owned());
+        let proxy = proxy();
         let spec = format!("{GOPLS}@{version}");
         std::fs::create_dir_all(&self.scratch).expect("scratch");
         let output = Command::new("go")
