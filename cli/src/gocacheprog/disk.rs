@@ -192,10 +192,11 @@ impl DiskTier {
         for sub in ["o", "a"] {
             list_files(&self.root.join(sub), 2, &mut listed)?;
         }
-        list_files(&self.root.join(LEGACY_TEMP_DIR), 1, &mut listed)?;
+        let legacy = self.root.join(LEGACY_TEMP_DIR);
+        list_files(&legacy, 1, &mut listed)?;
         let (temps, mut files): (Vec<_>, Vec<_>) = listed.into_iter().partition(|file| {
             let name = file.path.file_name().and_then(|name| name.to_str()).unwrap_or("");
-            name.starts_with(TEMP_PREFIX) || file.path.parent() == Some(&self.root.join(LEGACY_TEMP_DIR))
+            name.starts_with(TEMP_PREFIX) || file.path.parent() == Some(legacy.as_path())
         });
         for temp in temps.iter().filter(|f| f.modified <= protect_after) {
             remove(&temp.path);
