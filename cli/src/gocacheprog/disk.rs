@@ -112,11 +112,9 @@ impl DiskTier {
         let Some(entry) = std::str::from_utf8(&line[..len]).ok().and_then(parse_entry) else {
             return Ok(None); // Unreadable records are misses; the next put rewrites them.
         };
-        let body = self.output_path(&entry.output_id);
-        let Ok(body_metadata) = fs::metadata(&body) else { return Ok(None) };
-        if !body_metadata.is_file() || body_metadata.len() != entry.size {
+        let Some((body, body_metadata)) = self.body_metadata(&entry.output_id, entry.size) else {
             return Ok(None);
-        }
+        };
         if let Ok(record_metadata) = file.metadata() {
             touch_if_old(&file, &record_metadata);
         }
@@ -135,9 +133,13 @@ impl DiskTier {
 
     /// The body's path when it is present with the expected size.
     pub fn existing_output(&self, output_id: &OutputId, size: u64) -> Option<PathBuf> {
+        self.body_metadata(output_id, size).map(|(path, _)| path)
+    }
+
+    fn body_metadata(&self, output_id: &OutputId, size: u64) -> Option<(PathBuf, fs::Metadata)> {
         let path = self.output_path(output_id);
         let metadata = fs::metadata(&path).ok()?;
-        (metadata.is_file() && metadata.len() == size).then_some(path)
+        (metadata.is_file() && metadata.len() == size).then_some((path, metadata))
     }
 
     /// Records an action's entry (replacing an older one: a rebuild may produce new output).
@@ -152,14 +154,19 @@ impl DiskTier {
 
     /// A writer for a body that is verified against `output_id` before it appears.
     pub fn writer(&self, output_id: OutputId, size: u64) -> Result<BodyWriter, DiskError> {
+        match self.existing_output(&output_id, size) {
+            // Not rewritten: the go command may have it open. The incoming bytes are still
+            // hashed, so a wrong body is still refused.
+            Some(dest) => Ok(BodyWriter::new(None, dest, output_id, size)),
+            None => self.absent_writer(output_id, size),
+        }
+    }
+
+    /// [`DiskTier::writer`] for a body the caller has just found absent, without looking
+    /// again. Should another process land it meanwhile, theirs stays (no-clobber commit).
+    pub fn absent_writer(&self, output_id: OutputId, size: u64) -> Result<BodyWriter, DiskError> {
         let dest = self.output_path(&output_id);
-        // A body already here is not rewritten: the go command may have it open. The incoming
-        // bytes are still hashed, so a wrong body is still refused.
-        let file = match self.existing_output(&output_id, size) {
-            Some(_) => None,
-            None => Some(temp_beside(&dest)?),
-        };
-        Ok(BodyWriter { file, dest, output_id, expected: size, written: 0, sha256: Sha256::new() })
+        Ok(BodyWriter::new(Some(temp_beside(&dest)?), dest, output_id, size))
     }
 
     /// A writer for a body the go command put: also computes its CAS digest, for the upload.
@@ -233,6 +240,10 @@ pub struct BodyWriter {
 }
 
 impl BodyWriter {
+    fn new(file: Option<tempfile::NamedTempFile>, dest: PathBuf, output_id: OutputId, size: u64) -> Self {
+        Self { file, dest, output_id, expected: size, written: 0, sha256: Sha256::new() }
+    }
+
     pub fn write(&mut self, piece: &[u8]) -> Result<(), DiskError> {
         self.written += piece.len() as u64;
         if self.written > self.expected {

@@ -62,7 +62,7 @@ impl Found {
                 let Some(frame) = &self.inline else {
                     return Err(RemoteError::Internal("the body is neither inline nor here".into()));
                 };
-                let mut writer = disk.writer(entry.output_id, entry.size)?;
+                let mut writer = disk.absent_writer(entry.output_id, entry.size)?;
                 if entry.size > 0 {
                     decoder.restart(entry.size, 0);
                     let raw = decoder.decode(frame).map_err(|err| RemoteError::Corrupt(err.to_string()))?;

@@ -202,13 +202,15 @@ impl Preload {
         // as soon as it lands; the runtime threads stay free for the go command's lookups.
         let (this, tiers_here, remote_here) = (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote));
         let stored = tokio::task::spawn_blocking(move || {
-            let mut decoder = new_decoder();
-            for (claim, found) in here {
-                let result = decoder
-                    .as_mut()
-                    .map_err(|err| RemoteError::Internal(err.to_string()))
-                    .and_then(|decoder| found.store(tiers_here.disk(), claim.action_id(), decoder));
-                this.landed(&tiers_here, &remote_here, claim, &found, result);
+            match new_decoder() {
+                Ok(mut decoder) => {
+                    for (claim, found) in here {
+                        let result = found.store(tiers_here.disk(), claim.action_id(), &mut decoder);
+                        this.landed(&tiers_here, &remote_here, claim, &found, result);
+                    }
+                }
+                // Nothing lands; whoever waits fetches these the usual way.
+                Err(_) => here.into_iter().for_each(|(claim, _)| tiers_here.settle(claim, Outcome::Failed)),
             }
             drop(store_slot);
         });
