@@ -148,13 +148,12 @@ impl GoCache {
     pub async fn put(self: &Arc<Self>, namespace: String, action_id: ActionId, entry: GoEntry) -> Result<()> {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            if !this.store.contains(&[entry.digest])?[0] {
+            let Some(actual) = this.output_id_of(&entry.digest)? else {
                 return Err(Error::FailedPrecondition(format!(
                     "the entry's blob {} is not in the CAS; upload it (Cas.Write or BatchWrite) before recording the entry",
                     entry.digest
                 )));
-            }
-            let actual = this.output_id_of(&entry.digest)?;
+            };
             if actual != entry.output_id {
                 return Err(Error::invalid(format!(
                     "the entry's blob {} hashes (SHA-256) to {actual}, not to its OutputID {}; \
@@ -205,22 +204,17 @@ impl GoCache {
         Ok(dropped)
     }
 
-    /// The SHA-256 of a stored blob's bytes (Go's OutputID of them).
-    fn output_id_of(&self, digest: &Digest) -> Result<OutputId> {
+    /// The SHA-256 of a stored blob's bytes (Go's OutputID of them); `None` when it is not
+    /// stored.
+    fn output_id_of(&self, digest: &Digest) -> Result<Option<OutputId>> {
+        let Some(frames) = self.store.read(digest, 0)? else { return Ok(None) };
+        let mut decoder =
+            FrameDecoder::new(digest.size, 0).map_err(|err| Error::Internal(format!("zstd: {err}")))?;
         let mut sha256 = Sha256::new();
-        if digest.size > 0 {
-            let frames = self.store.read(digest, 0)?.ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "the entry's blob {digest} was evicted while it was recorded; upload it again"
-                ))
-            })?;
-            let mut decoder =
-                FrameDecoder::new(digest.size, 0).map_err(|err| Error::Internal(format!("zstd: {err}")))?;
-            for frame in frames {
-                sha256.update(decoder.decode(&frame?).map_err(|err| Error::Corrupt(err.to_string()))?);
-            }
+        for frame in frames {
+            sha256.update(decoder.decode(&frame?).map_err(|err| Error::Corrupt(err.to_string()))?);
         }
-        Ok(OutputId(sha256.finalize().into()))
+        Ok(Some(OutputId(sha256.finalize().into())))
     }
 }
 
