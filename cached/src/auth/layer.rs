@@ -68,8 +68,10 @@ impl AuthSettings {
         let old = std::mem::replace(&mut *self.tokens.write().unwrap_or_else(PoisonError::into_inner), table);
         let before: BTreeSet<&str> = old.names().collect();
         let after: BTreeSet<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
-        let names = |set: BTreeSet<&&str>| set.into_iter().map(|name| (*name).to_owned()).collect();
-        (names(after.difference(&before).collect()), names(before.difference(&after).collect()))
+        let only = |these: &BTreeSet<&str>, those: &BTreeSet<&str>| {
+            these.difference(those).map(|name| (*name).to_owned()).collect()
+        };
+        (only(&after, &before), only(&before, &after))
     }
 
     /// Decides whether the call may run. What it returns is held for the whole call.

@@ -137,8 +137,11 @@ fn token_text(token: &FencingToken) -> String {
 fn new_job_id() -> String {
     static LAST_MS: AtomicI64 = AtomicI64::new(0);
     let now = now_ms();
-    let previous = LAST_MS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1)));
-    let stamp = previous.map_or(now, |last| now.max(last + 1));
+    let mut stamp = now;
+    let _ = LAST_MS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+        stamp = now.max(last + 1);
+        Some(stamp)
+    });
     let mut random = [0u8; 3];
     let _ = getrandom::fill(&mut random);
     format!("{stamp:011x}-{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>())
