@@ -225,17 +225,20 @@ async fn housekeeping(
         }
         let (store, go_cache, mut slice) =
             (store.clone(), Arc::clone(&go_cache), std::mem::take(&mut cursor));
+        // A failed step is logged and the other still runs; the sweep keeps its place.
         let round = tokio::task::spawn_blocking(move || {
-            store.maintain()?;
-            let dropped = go_cache.sweep_dangling(&mut slice, DANGLING_SWEEP_PER_ROUND)?;
-            if dropped > 0 {
-                tracing::info!(dropped, "dropped Go entries whose blob was evicted");
+            if let Err(err) = store.maintain() {
+                tracing::warn!(error = %err, "store housekeeping failed");
             }
-            Ok::<_, Error>(slice)
+            match go_cache.sweep_dangling(&mut slice, DANGLING_SWEEP_PER_ROUND) {
+                Ok(0) => {}
+                Ok(dropped) => tracing::info!(dropped, "dropped Go entries whose blob was evicted"),
+                Err(err) => tracing::warn!(error = %err, "sweeping Go entries failed"),
+            }
+            slice
         });
         match round.await {
-            Ok(Ok(next)) => cursor = next,
-            Ok(Err(err)) => tracing::warn!(error = %err, "store housekeeping failed"),
+            Ok(next) => cursor = next,
             Err(err) => tracing::warn!(error = %err, "store housekeeping panicked"),
         }
     }

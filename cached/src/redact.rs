@@ -82,7 +82,7 @@ pub fn text(text: &str) -> String {
 fn redact_word(word: &str) -> String {
     let bare = word.trim_matches(|c: char| matches!(c, '"' | '\'' | '`' | '(' | ')' | '[' | ']' | ',' | ';'));
     if let Some((name, _)) = bare.split_once('=')
-        && is_sensitive_name(name.trim_start_matches('-'))
+        && is_sensitive_name(name)
     {
         return word.replacen(bare, &format!("{name}={REDACTED}"), 1);
     }
