@@ -200,3 +200,73 @@ fn malformed_input_exits_non_zero_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("malformed input from the go command at line 1"), "{stderr}");
 }
+
+/// A tmpfs of a fixed size mounted on a temp dir: a disk that really fills up. Unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// None (having said why) where mounting is not allowed: it needs root, which CI has.
+    fn mount(bytes: u64) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        if !mounted.status.success() {
+            let uid = Command::new("id").arg("-u").output().expect("run id");
+            assert_ne!(
+                uid.stdout,
+                b"0\n",
+                "mount failed as root: {}",
+                String::from_utf8_lossy(&mounted.stderr)
+            );
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    /// Fills the disk with 1 MiB bodies last used `age` ago; returns how many fit.
+    fn fill_with_old_bodies(&self, tier: &Path, age: Duration) -> usize {
+        let shard = tier.join("o").join("ab");
+        std::fs::create_dir_all(&shard).unwrap();
+        let used = std::time::SystemTime::now() - age;
+        let body = vec![7u8; 1 << 20];
+        (0..)
+            .map_while(|i| {
+                let path = shard.join(format!("ab{i:062}"));
+                std::fs::write(&path, &body).ok()?;
+                std::fs::File::open(&path).unwrap().set_modified(used).unwrap();
+                Some(())
+            })
+            .count()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Without room for the module index, `go test` fails with "package testing is not in std";
+/// the bridge forgets entries nobody used for hours instead, and says so once.
+#[test]
+fn a_full_disk_under_the_local_tier_costs_old_entries_not_the_build() {
+    let Some(disk) = SmallDisk::mount(128 << 20) else { return };
+    let tier = disk.dir.path().join("tier");
+    let old = disk.fill_with_old_bodies(&tier, Duration::from_secs(3 * 3600));
+    assert!(old > 100, "only {old} bodies filled the disk");
+    let env = GoEnv::new();
+    let tested =
+        run(env.go_bridged(&["test", "-count=1", "./..."], &tier, None)).success("go test on a full disk");
+    let warned = warnings(&tested.stderr);
+    assert_eq!(warned.len(), 1, "{}", tested.stderr);
+    assert!(warned[0].contains("no space left") && warned[0].contains("to make room"), "{}", warned[0]);
+    let left = count_files(&tier.join("o").join("ab"));
+    assert!(left < old, "no old body was removed ({left} of {old} left)");
+    assert_eq!(counted(summary(&tested.stderr), "failed"), 0, "{}", tested.stderr);
+}

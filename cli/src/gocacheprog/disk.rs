@@ -12,22 +12,26 @@
 //! kernel's file-system-wide lock on cross-directory renames, which concurrent writers (the
 //! preload's threads, the go command's puts, other go processes) would otherwise queue on. Nothing is fsynced,
 //! as in Go's own cache: a power cut may lose recent entries; the size check on lookup drops an
-//! entry whose body did not survive.
+//! entry whose body did not survive. A write that finds the disk full makes room first (see
+//! [`super::room`]).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use proto::{ActionId, Digest, OutputId};
 use sha2::{Digest as _, Sha256};
+
+use super::room::Room;
 
 /// A used file's mtime is refreshed (for LRU trimming) only when older than this, so hits do
 /// not each cost a metadata write.
 const TOUCH_AFTER: Duration = Duration::from_secs(3600);
 /// Files used more recently than this are never trimmed: a concurrent build may hold their
 /// paths. Twice `TOUCH_AFTER`, because a used file's mtime may lag its use by that much.
-const TRIM_PROTECT: Duration = Duration::from_secs(2 * 3600);
+pub(super) const TRIM_PROTECT: Duration = Duration::from_secs(2 * 3600);
 /// How often a session's close looks at the tier's total size.
 const TRIM_INTERVAL: Duration = Duration::from_secs(3600);
 /// Trimming stops once the tier is below this fraction of its cap, so it does not run again
@@ -65,6 +69,7 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
 pub struct DiskTier {
     root: PathBuf,
     max_size: u64,
+    room: Arc<Room>,
 }
 
 impl DiskTier {
@@ -80,7 +85,7 @@ impl DiskTier {
             let source = io::Error::new(io::ErrorKind::InvalidInput, "the path must be valid UTF-8");
             return Err(DiskError::Io { path: root, source });
         }
-        Ok(Self { root, max_size })
+        Ok(Self { room: Arc::new(Room::new(root.clone())), root, max_size })
     }
 
     pub fn root(&self) -> &Path {
@@ -146,10 +151,13 @@ impl DiskTier {
     pub fn record(&self, action_id: &ActionId, entry: &Entry) -> Result<(), DiskError> {
         let path = self.action_path(action_id);
         let line = format!("{} {} {}\n", entry.output_id, entry.size, entry.time_unix_nanos);
-        let mut temp = temp_beside(&path)?;
-        temp.write_all(line.as_bytes()).map_err(io_at(temp.path()))?;
-        temp.persist(&path).map_err(|err| io_at(&path)(err.error))?;
-        Ok(())
+        self.room
+            .retry(|| {
+                let mut temp = temp_beside(&path)?;
+                temp.write_all(line.as_bytes())?;
+                temp.persist(&path).map(drop).map_err(|err| err.error)
+            })
+            .map_err(io_at(&path))
     }
 
     /// A writer for a body that is verified against `output_id` before it appears.
@@ -157,7 +165,7 @@ impl DiskTier {
         match self.existing_output(&output_id, size) {
             // Not rewritten: the go command may have it open. The incoming bytes are still
             // hashed, so a wrong body is still refused.
-            Some(dest) => Ok(BodyWriter::new(None, dest, output_id, size)),
+            Some(dest) => Ok(BodyWriter::new(None, Arc::clone(&self.room), dest, output_id, size)),
             None => self.absent_writer(output_id, size),
         }
     }
@@ -166,7 +174,8 @@ impl DiskTier {
     /// again. Should another process land it meanwhile, theirs stays (no-clobber commit).
     pub fn absent_writer(&self, output_id: OutputId, size: u64) -> Result<BodyWriter, DiskError> {
         let dest = self.output_path(&output_id);
-        Ok(BodyWriter::new(Some(temp_beside(&dest)?), dest, output_id, size))
+        let file = self.room.retry(|| temp_beside(&dest)).map_err(io_at(&dest))?;
+        Ok(BodyWriter::new(Some(file), Arc::clone(&self.room), dest, output_id, size))
     }
 
     /// A writer for a body the go command put: also computes its CAS digest, for the upload.
@@ -195,36 +204,74 @@ impl DiskTier {
     /// Removes the least recently used files until the tier is under its low-water mark, never
     /// touching files used after `protect_after`. Also clears abandoned temp files.
     pub fn trim(&self, protect_after: SystemTime) -> Result<u64, DiskError> {
-        let mut listed = Vec::new();
-        for sub in ["o", "a"] {
-            list_files(&self.root.join(sub), 2, &mut listed)?;
+        let files = list_entries(&self.root, protect_after, &mut Freed::default())?;
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        if total <= self.max_size {
+            return Ok(0);
         }
-        let legacy = self.root.join(LEGACY_TEMP_DIR);
-        list_files(&legacy, 1, &mut listed)?;
-        let (temps, mut files): (Vec<_>, Vec<_>) = listed.into_iter().partition(|file| {
-            let name = file.path.file_name().and_then(|name| name.to_str()).unwrap_or("");
-            name.starts_with(TEMP_PREFIX) || file.path.parent() == Some(legacy.as_path())
-        });
-        for temp in temps.iter().filter(|f| f.modified <= protect_after) {
-            remove(&temp.path);
-        }
-        let mut total: u64 = files.iter().map(|f| f.size).sum();
-        let mut removed = 0;
-        if total > self.max_size {
-            files.sort_by_key(|f| f.modified);
-            let target = (self.max_size as f64 * TRIM_LOW_WATER) as u64;
-            for file in files.iter().take_while(|f| f.modified <= protect_after) {
-                if total <= target {
-                    break;
-                }
-                if remove(&file.path) {
-                    total -= file.size;
-                    removed += file.size;
-                }
-            }
-        }
-        Ok(removed)
+        let target = (self.max_size as f64 * TRIM_LOW_WATER) as u64;
+        Ok(remove_oldest(files, total - target, protect_after).bytes)
     }
+}
+
+/// What a removal freed.
+#[derive(Debug, Default)]
+pub struct Freed {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Removes the least recently used half (by bytes) of the tier at `root`, and its abandoned
+/// temp files, sparing whatever was used after `protect_after`.
+pub(super) fn forget_oldest_half(root: &Path, protect_after: SystemTime) -> Result<Freed, DiskError> {
+    let mut freed = Freed::default();
+    let files = list_entries(root, protect_after, &mut freed)?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let oldest = remove_oldest(files, total.div_ceil(2), protect_after);
+    Ok(Freed { files: freed.files + oldest.files, bytes: freed.bytes + oldest.bytes })
+}
+
+/// The tier's bodies and records. Temp files abandoned before `protect_after` are removed on
+/// the way, and counted in `temps_removed`.
+fn list_entries(
+    root: &Path,
+    protect_after: SystemTime,
+    temps_removed: &mut Freed,
+) -> Result<Vec<FileInfo>, DiskError> {
+    let mut listed = Vec::new();
+    for sub in ["o", "a"] {
+        list_files(&root.join(sub), 2, &mut listed)?;
+    }
+    let legacy = root.join(LEGACY_TEMP_DIR);
+    list_files(&legacy, 1, &mut listed)?;
+    let (temps, files): (Vec<_>, Vec<_>) = listed.into_iter().partition(|file| {
+        let name = file.path.file_name().and_then(|name| name.to_str()).unwrap_or("");
+        name.starts_with(TEMP_PREFIX) || file.path.parent() == Some(legacy.as_path())
+    });
+    for temp in temps.iter().filter(|f| f.modified <= protect_after) {
+        if remove(&temp.path) {
+            temps_removed.files += 1;
+            temps_removed.bytes += temp.size;
+        }
+    }
+    Ok(files)
+}
+
+/// Removes files, least recently used first, until `want` bytes are gone or the next one was
+/// used after `protect_after`.
+fn remove_oldest(mut files: Vec<FileInfo>, want: u64, protect_after: SystemTime) -> Freed {
+    files.sort_by_key(|f| f.modified);
+    let mut freed = Freed::default();
+    for file in files.iter().take_while(|f| f.modified <= protect_after) {
+        if freed.bytes >= want {
+            break;
+        }
+        if remove(&file.path) {
+            freed.files += 1;
+            freed.bytes += file.size;
+        }
+    }
+    freed
 }
 
 /// Receives a body, hashing it as it goes: SHA-256 must give the OutputID before the body
@@ -232,6 +279,7 @@ impl DiskTier {
 /// the CAS digest (a tenth of the CPU a fresh runner's download costs).
 pub struct BodyWriter {
     file: Option<tempfile::NamedTempFile>,
+    room: Arc<Room>,
     dest: PathBuf,
     output_id: OutputId,
     expected: u64,
@@ -240,18 +288,34 @@ pub struct BodyWriter {
 }
 
 impl BodyWriter {
-    fn new(file: Option<tempfile::NamedTempFile>, dest: PathBuf, output_id: OutputId, size: u64) -> Self {
-        Self { file, dest, output_id, expected: size, written: 0, sha256: Sha256::new() }
+    fn new(
+        file: Option<tempfile::NamedTempFile>,
+        room: Arc<Room>,
+        dest: PathBuf,
+        output_id: OutputId,
+        size: u64,
+    ) -> Self {
+        Self { file, room, dest, output_id, expected: size, written: 0, sha256: Sha256::new() }
     }
 
     pub fn write(&mut self, piece: &[u8]) -> Result<(), DiskError> {
+        let offset = self.written;
         self.written += piece.len() as u64;
         if self.written > self.expected {
             return Err(DiskError::WrongSize { expected: self.expected, actual: self.written });
         }
         self.sha256.update(piece);
         if let Some(file) = self.file.as_mut() {
-            file.write_all(piece).map_err(io_at(&self.dest))?;
+            let mut again = false;
+            self.room
+                .retry(|| {
+                    // A failed write may have stored part of the piece: the retry starts over.
+                    if std::mem::replace(&mut again, true) {
+                        file.seek(SeekFrom::Start(offset))?;
+                    }
+                    file.write_all(piece)
+                })
+                .map_err(io_at(&self.dest))?;
         }
         Ok(())
     }
@@ -305,15 +369,15 @@ fn sharded(dir: &Path, hex: &str) -> PathBuf {
 
 /// A temporary file in `dest`'s directory, which is created on first use (so a write costs
 /// no directory check once the shard exists).
-fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile, DiskError> {
+fn temp_beside(dest: &Path) -> io::Result<tempfile::NamedTempFile> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let create = || tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir);
     match create() {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(io_at(dir))?;
-            create().map_err(io_at(dir))
+            fs::create_dir_all(dir)?;
+            create()
         }
-        result => result.map_err(io_at(dir)),
+        result => result,
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Read in this order: [`protocol`] (the wire format, no I/O), [`server`] (the loop: reader and
 //! writer threads, remote work on the runtime), [`tiers`] (local first, then remote), [`disk`]
-//! (the files behind `DiskPath`), [`remote`] and [`uploads`] (cached, fail-open behind
+//! (the files behind `DiskPath`; [`room`] when their disk is full), [`remote`] and [`uploads`] (cached, fail-open behind
 //! [`breaker`]), [`prefetch`] (a compile hit's second lookup, started with the first),
 //! [`session`] and [`preload`] (what the last run of the same command used, fetched before
 //! the go command asks), [`counters`] (the session summary).
@@ -16,6 +16,7 @@ pub mod prefetch;
 pub mod preload;
 pub mod protocol;
 pub mod remote;
+pub mod room;
 pub mod server;
 pub mod session;
 pub mod tiers;
