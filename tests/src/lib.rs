@@ -84,6 +84,13 @@ impl Daemon {
         format!("http://{}", self.addr)
     }
 
+    /// SIGSTOP: connections stay open and nothing answers, as with a hung or overloaded
+    /// server. Drop still kills it.
+    pub fn pause(&self) {
+        let stopped = Command::new("kill").arg("-STOP").arg(self.child.id().to_string()).status();
+        assert!(stopped.is_ok_and(|status| status.success()), "kill -STOP cached failed");
+    }
+
     /// SIGKILL: no shutdown, no flush, as a crash or an OOM kill would end it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

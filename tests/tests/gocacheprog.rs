@@ -157,6 +157,34 @@ fn a_daemon_killed_mid_build_costs_one_warning_and_no_failure() {
     assert!(out.is_file());
 }
 
+/// A hung server (stopped with SIGSTOP mid-build: connections open, no answers) is a slow one:
+/// requests time out, the breaker trips, and the build finishes on the local tier (a stall
+/// would run into `GO_DEADLINE`).
+#[test]
+fn a_daemon_stopped_mid_build_costs_one_warning_and_no_stall() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let out = env.root.path().join("bin");
+    let mut build = Running::start(env.go_bridged(
+        &["build", "-trimpath", "-o", out.to_str().unwrap(), "./cmd/app"],
+        tier.path(),
+        Some(&daemon.url()),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count_files(&tier.path().join("o")) < 20 {
+        assert!(build.is_running() && Instant::now() < deadline, "the build ended before the stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(build.is_running(), "the build ended before the stop");
+    daemon.pause();
+    let finished = build.finish().success("build with the daemon stopped");
+    let warned = warnings(&finished.stderr);
+    assert_eq!(warned.len(), 1, "{}", finished.stderr);
+    assert!(warned[0].contains("not answering"), "{}", warned[0]);
+    assert!(out.is_file());
+}
+
 #[test]
 fn two_builds_sharing_one_local_tier_both_succeed() {
     let daemon = Daemon::start();
