@@ -17,6 +17,10 @@ pub struct Setting {
     pub default: &'static str,
 }
 
+/// The least `min_free_space` there is any point in: the room RocksDB waits for before it
+/// writes again after a full disk.
+const MIN_FREE_SPACE_FLOOR: u64 = 64 << 20;
+
 pub const SETTINGS: &[Setting] = &[
     Setting { key: "listen", help: "gRPC address to listen on", default: "127.0.0.1:7070" },
     Setting {
@@ -30,6 +34,12 @@ pub const SETTINGS: &[Setting] = &[
         default: "127.0.0.1:7071",
     },
     Setting { key: "max_size", help: "byte budget for stored blobs, e.g. 20GiB", default: "20GiB" },
+    Setting {
+        key: "min_free_space",
+        help: "free space kept on the data directory's disk: below it uploads are refused and least \
+               recently used blobs evicted (0 = off)",
+        default: "1GiB",
+    },
     Setting { key: "log_format", help: "text or json", default: "text" },
     Setting { key: "log_level", help: "tracing filter, e.g. info or cached=debug", default: "info" },
     Setting {
@@ -158,6 +168,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
     pub max_size: u64,
+    pub min_free_space: u64,
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_grace: Duration,
@@ -287,6 +298,7 @@ impl Config {
                 addr => addr.parse::<SocketAddr>().map(Some).map_err(|e| e.to_string()),
             })?,
             max_size: get("max_size").size()?,
+            min_free_space: get("min_free_space").size()?,
             log_format: get("log_format").parse_with(|v| match v {
                 "text" => Ok(LogFormat::Text),
                 "json" => Ok(LogFormat::Json),
@@ -336,6 +348,13 @@ impl Config {
         }
         if self.max_size < 1 << 20 {
             return fail(format!("max_size ({} bytes) must be at least 1MiB", self.max_size));
+        }
+        if self.min_free_space != 0 && self.min_free_space < MIN_FREE_SPACE_FLOOR {
+            return fail(format!(
+                "min_free_space ({} bytes) must be 0 (off) or at least 64MiB: RocksDB needs that much \
+                 free to recover from a full disk",
+                self.min_free_space
+            ));
         }
         // A compressed frame can be slightly larger than the 1 MiB it holds.
         if self.limits.max_message_size < 2 << 20 {
@@ -579,6 +598,12 @@ mod tests {
         let flags = BTreeMap::from([("low_watermark".to_owned(), "0.99".to_owned())]);
         let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
         assert!(err.contains("low_watermark"), "{err}");
+
+        let flags = BTreeMap::from([("min_free_space".to_owned(), "1MiB".to_owned())]);
+        let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
+        assert!(err.contains("min_free_space") && err.contains("64MiB"), "{err}");
+        let flags = BTreeMap::from([("min_free_space".to_owned(), "0".to_owned())]);
+        assert_eq!(Config::load(&flags, None, &no_env).unwrap().min_free_space, 0);
     }
 
     fn token_table(name: &str) -> String {

@@ -99,6 +99,14 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     options
 }
 
+/// Writes every column family's memtable out, which lets RocksDB delete the WAL behind them.
+pub fn flush_all(db: &DB) -> Result<()> {
+    for name in ALL_CFS {
+        db.flush_cf(cf(db, name)?)?;
+    }
+    Ok(())
+}
+
 pub fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
     db.cf_handle(name).ok_or_else(|| Error::Internal(format!("column family {name} is missing")))
 }

@@ -38,7 +38,9 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::store::{Metered, RocksStore, SharedStore, StoreCounters, Verified, rocks_budget};
+use crate::store::{
+    FreeSpace, Metered, RocksStore, SharedStore, SpaceGuarded, StoreCounters, Verified, rocks_budget,
+};
 
 /// How long an HTTP/2 keepalive ping may go unanswered before the connection is dropped.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -70,10 +72,14 @@ pub async fn run(
         Ok((db, rocks, scheduler))
     })
     .await??;
+    let space = Arc::new(FreeSpace::new(config.data_dir.clone(), config.min_free_space));
+    warn_if_the_disk_is_smaller(&config, &space, &rocks)?;
     let stats = Arc::new(stats::Stats::default());
     let store_counters = Arc::new(StoreCounters::default());
-    let store: SharedStore =
-        Arc::new(Metered::new(Verified::new(rocks.clone()), Arc::clone(&store_counters)));
+    let store: SharedStore = Arc::new(Metered::new(
+        SpaceGuarded::new(Verified::new(rocks.clone()), Arc::clone(&space)),
+        Arc::clone(&store_counters),
+    ));
     let limits = config.limits.clone();
     let cas = Arc::new(cas::Cas::new(Arc::clone(&store), limits.clone()));
     let go_cache = gocache::GoCache::new(Arc::clone(&db), Arc::clone(&store), Arc::clone(&stats));
@@ -86,6 +92,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(
         rocks.clone(),
+        space,
         Arc::clone(&go_cache),
         config.maintenance_interval,
         stop_rx.clone(),
@@ -203,14 +210,35 @@ pub async fn run(
     Ok(())
 }
 
+/// Says so at start-up when `max_size` cannot fit on the disk: the free-space floor, not the
+/// budget, will then decide what the store keeps.
+fn warn_if_the_disk_is_smaller(config: &Config, space: &FreeSpace, rocks: &RocksStore) -> Result<()> {
+    if config.min_free_space == 0 {
+        return Ok(());
+    }
+    let room = space.available()?.saturating_sub(config.min_free_space) + rocks.totals().stored_bytes;
+    if config.max_size > room {
+        tracing::warn!(
+            max_size = config.max_size,
+            room,
+            min_free_space = config.min_free_space,
+            data_dir = %config.data_dir.display(),
+            "max_size is more than the disk has room for: the store will be held to the free-space \
+             floor (min_free_space) instead; lower max_size to make eviction predictable"
+        );
+    }
+    Ok(())
+}
+
 /// Go entries looked at per housekeeping round for blobs that are gone: a bounded amount of
 /// work (a few hundred milliseconds) however large the action cache is.
 const DANGLING_SWEEP_PER_ROUND: usize = 100_000;
 
-/// Every `interval`: persists access times and evicts past the high watermark, then drops the
-/// next slice of Go entries whose blob is gone.
+/// Every `interval`: persists access times and evicts past the high watermark or below the
+/// free-space floor, then drops the next slice of Go entries whose blob is gone.
 async fn housekeeping(
     store: RocksStore,
+    space: Arc<FreeSpace>,
     go_cache: Arc<gocache::GoCache>,
     interval: std::time::Duration,
     mut stop: watch::Receiver<bool>,
@@ -223,12 +251,15 @@ async fn housekeeping(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        let (store, go_cache, mut slice) =
-            (store.clone(), Arc::clone(&go_cache), std::mem::take(&mut cursor));
-        // A failed step is logged and the other still runs; the sweep keeps its place.
+        let (store, space, go_cache, mut slice) =
+            (store.clone(), Arc::clone(&space), Arc::clone(&go_cache), std::mem::take(&mut cursor));
+        // A failed step is logged and the others still run; the sweep keeps its place.
         let round = tokio::task::spawn_blocking(move || {
             if let Err(err) = store.maintain() {
                 tracing::warn!(error = %err, "store housekeeping failed");
+            }
+            if let Err(err) = store::reclaim(&store, &space) {
+                tracing::warn!(error = %err, "freeing disk space failed");
             }
             match go_cache.sweep_dangling(&mut slice, DANGLING_SWEEP_PER_ROUND) {
                 Ok(0) => {}

@@ -1,12 +1,16 @@
-//! A full disk answers RESOURCE_EXHAUSTED and corrupts nothing. Runs cached on a small tmpfs,
-//! which needs root (CI runs as root); elsewhere the test says it was skipped.
+//! A disk that fills up: cached keeps its free-space floor by refusing uploads and evicting,
+//! and goes on storing; with the floor off, a full disk answers RESOURCE_EXHAUSTED and
+//! corrupts nothing. Runs cached on small tmpfs mounts, which needs root (CI runs as root);
+//! elsewhere the tests say they were skipped.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::{Server, noise};
+use proto::Digest;
 use proto::v1::Compression;
 
 struct Tmpfs(PathBuf);
@@ -36,7 +40,8 @@ async fn full_disk_is_resource_exhausted_and_stored_blobs_stay_intact() {
         eprintln!("SKIPPED: mounting a tmpfs needs root");
         return;
     };
-    let server = Server::start(&disk.0.join("data"), &[("max_size", "1GiB")]).await;
+    let settings = [("max_size", "1GiB"), ("min_free_space", "0")];
+    let server = Server::start(&disk.0.join("data"), &settings).await;
     let clients = server.clients().await;
     let mut stored = Vec::new();
     let mut refusal = None;
@@ -60,5 +65,67 @@ async fn full_disk_is_resource_exhausted_and_stored_blobs_stay_intact() {
             clients.read(*digest, 0, 0, Compression::Identity).await.expect("stored blobs stay readable");
         assert!(&read == blob, "blob {digest} came back different");
     }
+    drop(server);
+}
+
+/// Uploads 2 MiB blobs of noise from `seed` on until one is refused; returns those stored and
+/// the refusal.
+async fn fill(clients: &common::Clients, seed: u64) -> (Vec<(Digest, Vec<u8>)>, tonic::Status) {
+    let mut stored = Vec::new();
+    for seed in seed..seed + 200 {
+        let blob = noise(2 << 20, seed);
+        let digest = Digest::of(&blob);
+        match clients.write_as(digest, common::frames(&blob)).await {
+            Ok(_) => stored.push((digest, blob)),
+            Err(status) => return (stored, status),
+        }
+    }
+    panic!("400 MiB fit on a 192 MiB disk");
+}
+
+#[tokio::test]
+async fn below_the_free_space_floor_uploads_wait_for_eviction_and_the_store_never_wedges() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "192m") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    };
+    // max_size far beyond the disk: only the floor stands between the store and a full disk.
+    let settings = [("max_size", "10GiB"), ("min_free_space", "64MiB"), ("maintenance_interval", "200ms")];
+    let server = Server::start(&disk.0.join("data"), &settings).await;
+    let clients = server.clients().await;
+
+    // Each round fills the disk to the floor, then waits until uploads are taken again: first
+    // flushing the memtables frees the WAL; once the blobs alone reach the floor, housekeeping
+    // evicts the oldest and compacts them away.
+    let mut stored = Vec::new();
+    for round in 0..8 {
+        let (more, refusal) = fill(&clients, round * 1000).await;
+        assert_eq!(refusal.code(), tonic::Code::ResourceExhausted, "{}", refusal.message());
+        assert!(refusal.message().contains("nearly full"), "the floor, not the disk: {}", refusal.message());
+        stored.extend(more);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let retry = noise(2 << 20, round * 1000 + 999);
+        while clients.write_as(Digest::of(&retry), common::frames(&retry)).await.is_err() {
+            assert!(Instant::now() < deadline, "round {round}: uploads were still refused after 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if clients.store_stats().await.evicted_blobs > 0 {
+            break;
+        }
+    }
+    assert!(clients.store_stats().await.evicted_blobs > 0, "8 rounds up to the floor and nothing evicted");
+    // A cache may forget; it never serves wrong bytes.
+    let mut kept = 0;
+    for (digest, blob) in &stored {
+        match clients.read(*digest, 0, 0, Compression::Identity).await {
+            Ok(read) => {
+                assert!(&read == blob, "blob {digest} came back different");
+                kept += 1;
+            }
+            Err(status) => assert_eq!(status.code(), tonic::Code::NotFound, "{}", status.message()),
+        }
+    }
+    assert!(kept > 0, "every blob was evicted");
     drop(server);
 }

@@ -82,9 +82,17 @@ impl RocksStore {
         Ok(())
     }
 
-    /// Evicts least recently used blobs until at most `target` bytes are stored. The caller
-    /// holds the totals lock.
-    pub(super) fn evict_locked(&self, totals: &mut StoreTotals, target: u64) -> Result<()> {
+    /// Evicts least recently used blobs storing about `bytes`; returns the (blobs, bytes)
+    /// evicted.
+    pub fn evict_bytes(&self, bytes: u64) -> Result<(u64, u64)> {
+        let mut totals = self.inner.lock_totals();
+        let target = totals.stored_bytes.saturating_sub(bytes);
+        self.evict_locked(&mut totals, target)
+    }
+
+    /// Evicts least recently used blobs until at most `target` bytes are stored; returns the
+    /// (blobs, bytes) evicted. The caller holds the totals lock.
+    pub(super) fn evict_locked(&self, totals: &mut StoreTotals, target: u64) -> Result<(u64, u64)> {
         // Reads since the last flush must count, or a blob just used could go first.
         self.flush_access_times_locked(totals)?;
         let inner = &self.inner;
@@ -127,6 +135,6 @@ impl RocksStore {
         if evicted_blobs > 0 {
             tracing::info!(evicted_blobs, evicted_bytes, stored_bytes = totals.stored_bytes, "evicted");
         }
-        Ok(())
+        Ok((evicted_blobs, evicted_bytes))
     }
 }

@@ -1,5 +1,5 @@
 //! The blob store: a small trait that backends implement, and decorators that add one
-//! behaviour each (verification, metrics) around it.
+//! behaviour each (verification, free space, metrics) around it.
 //!
 //! Blobs are held as the zstd frames of `proto::frames`. A store never sees uncompressed data
 //! on its hot path: uploads arrive as frames and downloads leave as frames.
@@ -8,6 +8,7 @@ mod keys;
 mod lru;
 mod metrics;
 mod rocks;
+mod space;
 mod verify;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use proto::Digest;
 pub use keys::BlobKey;
 pub use metrics::{Metered, StoreCounters};
 pub use rocks::{RocksStore, StoreTotals};
+pub use space::{FreeSpace, SpaceGuarded, reclaim};
 pub use verify::Verified;
 
 use crate::error::Result;

@@ -129,6 +129,19 @@ impl RocksStore {
         (self.inner.evicted_blobs.load(Ordering::Relaxed), self.inner.evicted_bytes.load(Ordering::Relaxed))
     }
 
+    /// Flushes every memtable, so the WAL they kept (up to 128 MiB) can go.
+    pub fn flush_memtables(&self) -> Result<()> {
+        crate::db::flush_all(&self.inner.db)
+    }
+
+    /// Compacts the frames' column family, so that the frames of deleted blobs give their disk
+    /// space back now rather than whenever compaction would next reach them.
+    pub fn compact_chunks(&self) -> Result<()> {
+        let db = &self.inner.db;
+        db.compact_range_cf(cf(db, CF_CHUNKS)?, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
     /// Persists access times and flushes memtables and the WAL, for a clean shutdown.
     pub fn flush(&self) -> Result<()> {
         self.flush_access_times()?;
