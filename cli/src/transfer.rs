@@ -134,7 +134,13 @@ pub async fn batch_write(client: &Client, blobs: Vec<(Digest, Bytes)>, level: i3
         if status.code != 0 {
             let digest =
                 Digest::from_wire(result.digest.as_ref()).map_or_else(|_| "?".to_owned(), |d| d.to_string());
-            return Err(CliError::Server(format!("upload of {digest} refused: {}", status.message)));
+            // Code first, as for a whole call's status (`From<tonic::Status>`), so callers can
+            // tell a full disk from an outage.
+            let code = tonic::Code::from(status.code);
+            return Err(CliError::Server(format!(
+                "{code:?}: upload of {digest} refused: {}",
+                status.message
+            )));
         }
     }
     Ok(())

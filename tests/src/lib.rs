@@ -55,6 +55,11 @@ pub struct Daemon {
 impl Daemon {
     pub fn start() -> Self {
         let data = tempfile::tempdir().expect("temp dir");
+        Self::start_in(data, &[])
+    }
+
+    /// Starts with its data under `data` and extra flags.
+    pub fn start_in(data: tempfile::TempDir, flags: &[&str]) -> Self {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = File::create(data.path().join("cached.log")).expect("log file");
@@ -62,6 +67,7 @@ impl Daemon {
             .args(["--listen", &addr, "--metrics-listen", "off", "--log-level", "warn"])
             .arg("--data-dir")
             .arg(data.path().join("db"))
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -234,6 +234,36 @@ struct SmallDisk {
     dir: tempfile::TempDir,
 }
 
+/// cached's disk at its free-space floor: uploads are refused, which is no outage. The bridge
+/// says so once and keeps reading from cached.
+#[test]
+fn a_server_refusing_uploads_for_want_of_disk_is_still_read() {
+    let Some(disk) = SmallDisk::mount(100 << 20) else { return };
+    // The floor is higher than what the empty store leaves free: every upload is refused.
+    let data = tempfile::tempdir_in(disk.dir.path()).unwrap();
+    let daemon = Daemon::start_in(data, &["--min-free-space", "100MiB"]);
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let built =
+        run(env.go_bridged(&["build", "-o", "/dev/null", "./cmd/app"], tier.path(), Some(&daemon.url())))
+            .success("build against a full server");
+    let warned = warnings(&built.stderr);
+    assert_eq!(warned.len(), 1, "{}", built.stderr);
+    assert!(warned[0].contains("refuses uploads") && warned[0].contains("nearly full"), "{}", warned[0]);
+    assert!(warned[0].contains("reading from it only"), "{}", warned[0]);
+    // No breaker tripped: every lookup of the go command was asked of cached.
+    let line = summary(&built.stderr);
+    let gets: u64 =
+        line.split(" gets").next().and_then(|head| head.rsplit(' ').next()?.parse().ok()).unwrap();
+    let stats = Command::new(binary("cachectl"))
+        .args(["--server", &daemon.url(), "stats", "--json"])
+        .output()
+        .expect("cachectl stats");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+    let asked = stats["apis"].as_array().unwrap().iter().find(|api| api["api"] == "GoCache.Get").unwrap();
+    assert!(asked["requests"].as_u64().unwrap() >= gets, "{gets} gets, cached saw {asked}");
+}
+
 impl SmallDisk {
     /// None (having said why) where mounting is not allowed: it needs root, which CI has.
     fn mount(bytes: u64) -> Option<Self> {

@@ -54,14 +54,19 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
-    /// Whether the server refused the caller's rights (a token without write scope).
+    /// Whether the server answered and refused to store (a token without write scope, a disk
+    /// nearly full): it still serves reads, so this is no outage.
     fn is_refusal(&self) -> bool {
-        let refused =
-            |text: &str| text.starts_with("PermissionDenied") || text.starts_with("Unauthenticated");
+        let refused = |text: &str| {
+            ["PermissionDenied", "Unauthenticated", "ResourceExhausted"]
+                .iter()
+                .any(|code| text.starts_with(code))
+        };
         match self {
-            Self::Status(status) => {
-                matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated)
-            }
+            Self::Status(status) => matches!(
+                status.code(),
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated | tonic::Code::ResourceExhausted
+            ),
             // transfer:: reports statuses as `CliError::Server("<Code>: <message>")`.
             Self::Client(CliError::Server(text)) => refused(text),
             _ => false,
@@ -388,7 +393,8 @@ impl Remote {
                 add(&self.counters.bytes_up, bytes);
             }
             Err(err) if err.is_refusal() => {
-                // Not an outage: this client may read but not write. Say so once, keep reading.
+                // Not an outage: cached will not store what this client sends (its token, its
+                // disk). Say so once, keep reading.
                 if !self.uploads_refused.swap(true, Ordering::Relaxed) {
                     eprintln!(
                         "cachectl gocacheprog: warning: cached at {} refuses uploads ({err}); \
@@ -507,6 +513,8 @@ mod tests {
         assert!(RemoteError::Status(tonic::Status::permission_denied("no ac-write")).is_refusal());
         let via_transfer: CliError = tonic::Status::unauthenticated("no token").into();
         assert!(RemoteError::Client(via_transfer).is_refusal());
+        let full = tonic::Status::resource_exhausted("the server's disk is nearly full");
+        assert!(RemoteError::Client(full.into()).is_refusal());
         let outage = RemoteError::Status(tonic::Status::unavailable("down"));
         assert!(!outage.is_refusal() && outage.is_remote());
         assert!(!RemoteError::Internal("join".into()).is_remote());
