@@ -268,3 +268,42 @@ pub fn count_files(dir: &Path) -> usize {
         })
         .sum()
 }
+
+/// A tmpfs of a fixed size mounted on a temp dir: a disk that really fills up. Unmounted on drop.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// None (having said why) where mounting is not allowed: it needs root, which CI has.
+    pub fn mount(bytes: u64) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        if !mounted.status.success() {
+            let uid = Command::new("id").arg("-u").output().expect("run id");
+            assert_ne!(
+                uid.stdout,
+                b"0\n",
+                "mount failed as root: {}",
+                String::from_utf8_lossy(&mounted.stderr)
+            );
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}

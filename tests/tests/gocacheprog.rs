@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cached_e2e::{Daemon, GoEnv, Running, binary, count_files, run, wipe};
+use cached_e2e::{Daemon, GoEnv, Running, Tmpfs, binary, count_files, run, wipe};
 
 /// Lines of the go command's -x trace that run the compiler.
 fn compile_actions(trace: &str) -> Vec<&str> {
@@ -229,18 +229,13 @@ fn malformed_input_exits_non_zero_with_a_clear_error() {
     assert!(stderr.contains("malformed input from the go command at line 1"), "{stderr}");
 }
 
-/// A tmpfs of a fixed size mounted on a temp dir: a disk that really fills up. Unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
 /// cached's disk at its free-space floor: uploads are refused, which is no outage. The bridge
 /// says so once and keeps reading from cached.
 #[test]
 fn a_server_refusing_uploads_for_want_of_disk_is_still_read() {
-    let Some(disk) = SmallDisk::mount(100 << 20) else { return };
+    let Some(disk) = Tmpfs::mount(100 << 20) else { return };
     // The floor is higher than what the empty store leaves free: every upload is refused.
-    let data = tempfile::tempdir_in(disk.dir.path()).unwrap();
+    let data = tempfile::tempdir_in(disk.path()).unwrap();
     let daemon = Daemon::start_in(data, &["--min-free-space", "100MiB"]);
     let tier = tempfile::tempdir().unwrap();
     let env = GoEnv::new();
@@ -264,59 +259,29 @@ fn a_server_refusing_uploads_for_want_of_disk_is_still_read() {
     assert!(asked["requests"].as_u64().unwrap() >= gets, "{gets} gets, cached saw {asked}");
 }
 
-impl SmallDisk {
-    /// None (having said why) where mounting is not allowed: it needs root, which CI has.
-    fn mount(bytes: u64) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount");
-        if !mounted.status.success() {
-            let uid = Command::new("id").arg("-u").output().expect("run id");
-            assert_ne!(
-                uid.stdout,
-                b"0\n",
-                "mount failed as root: {}",
-                String::from_utf8_lossy(&mounted.stderr)
-            );
-            eprintln!("skipped: mounting a small tmpfs needs root");
-            return None;
-        }
-        Some(Self { dir })
-    }
-
-    /// Fills the disk with 1 MiB bodies last used `age` ago; returns how many fit.
-    fn fill_with_old_bodies(&self, tier: &Path, age: Duration) -> usize {
-        let shard = tier.join("o").join("ab");
-        std::fs::create_dir_all(&shard).unwrap();
-        let used = std::time::SystemTime::now() - age;
-        let body = vec![7u8; 1 << 20];
-        (0..)
-            .map_while(|i| {
-                let path = shard.join(format!("ab{i:062}"));
-                std::fs::write(&path, &body).ok()?;
-                std::fs::File::open(&path).unwrap().set_modified(used).unwrap();
-                Some(())
-            })
-            .count()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
+/// Fills `tier`'s disk with 1 MiB bodies last used `age` ago; returns how many fit.
+fn fill_with_old_bodies(tier: &Path, age: Duration) -> usize {
+    let shard = tier.join("o").join("ab");
+    std::fs::create_dir_all(&shard).unwrap();
+    let used = std::time::SystemTime::now() - age;
+    let body = vec![7u8; 1 << 20];
+    (0..)
+        .map_while(|i| {
+            let path = shard.join(format!("ab{i:062}"));
+            std::fs::write(&path, &body).ok()?;
+            std::fs::File::open(&path).unwrap().set_modified(used).unwrap();
+            Some(())
+        })
+        .count()
 }
 
 /// Without room for the module index, `go test` fails with "package testing is not in std";
 /// the bridge forgets entries nobody used for hours instead, and says so once.
 #[test]
 fn a_full_disk_under_the_local_tier_costs_old_entries_not_the_build() {
-    let Some(disk) = SmallDisk::mount(128 << 20) else { return };
-    let tier = disk.dir.path().join("tier");
-    let old = disk.fill_with_old_bodies(&tier, Duration::from_secs(3 * 3600));
+    let Some(disk) = Tmpfs::mount(128 << 20) else { return };
+    let tier = disk.path().join("tier");
+    let old = fill_with_old_bodies(&tier, Duration::from_secs(3 * 3600));
     assert!(old > 100, "only {old} bodies filled the disk");
     let env = GoEnv::new();
     let tested =
