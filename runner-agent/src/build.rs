@@ -105,10 +105,17 @@ impl Builder {
         }
         let outcome = outcome.map_err(|err| TaskError::Infrastructure(format!("build failed: {err}")))?;
         if outcome.exit_code != 0 {
+            let output = tail.join("\n");
+            // Not the code's fault: another agent, or this one later, may well succeed.
+            if ran_out_of_disk(&tail) {
+                return Err(TaskError::Infrastructure(format!(
+                    "go build failed because this agent's disk is full (exit status {}):\n{output}",
+                    outcome.exit_code
+                )));
+            }
             return Err(TaskError::Build(format!(
-                "go build failed (exit status {}):\n{}",
-                outcome.exit_code,
-                tail.join("\n")
+                "go build failed (exit status {}):\n{output}",
+                outcome.exit_code
             )));
         }
         let outputs =
@@ -121,6 +128,11 @@ impl Builder {
             explanation: outcome.explanation,
         })
     }
+}
+
+/// Whether the go command failed for want of disk space (ENOSPC or EDQUOT, as Go spells them).
+fn ran_out_of_disk(output: &[String]) -> bool {
+    output.iter().any(|line| line.contains("no space left on device") || line.contains("disk quota exceeded"))
 }
 
 /// Runs the build library's processes with the task's sealed environment (nothing inherited
@@ -228,4 +240,21 @@ fn hash_outputs(dir: &Path) -> Result<Vec<(PathBuf, Digest)>, TaskError> {
     }
     outputs.sort();
     Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_a_compile_error() {
+        let lines = |text: &str| text.lines().map(str::to_owned).collect::<Vec<_>>();
+        let full =
+            "# example.com/app\ncompile: writing output: write $WORK/b001/_pkg_.a: no space left on device";
+        assert!(ran_out_of_disk(&lines(full)));
+        assert!(ran_out_of_disk(&lines("open /work/x: disk quota exceeded")));
+        assert!(!ran_out_of_disk(&lines(
+            "./main.go:3:1: syntax error: non-declaration statement outside function body"
+        )));
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cached_e2e::registry::{Registry, has_command};
-use cached_e2e::{Finished, binary, free_port, go, run};
+use cached_e2e::{Finished, Tmpfs, binary, free_port, go, run};
 
 const LEASE: &[&str] = &["--heartbeat-interval", "200ms", "--lease-timeout", "2s"];
 const MATRIX: &str = "linux/amd64,linux/arm64,darwin/arm64,windows/amd64";
@@ -434,6 +434,37 @@ fn a_killed_agent_task_is_leased_again_and_the_job_succeeds() {
     assert_eq!(task["attempt"], 2, "{task}");
     assert_eq!(task["agent"], "rescuer");
     assert!(server.log().contains("lease expired"), "{}", server.log());
+}
+
+/// A full disk is the agent's trouble, not the code's: the attempt fails as retryable and
+/// another agent builds the target.
+#[test]
+fn an_agent_out_of_disk_hands_the_task_on_and_the_job_succeeds() {
+    let _serial = serial();
+    let Some(disk) = Tmpfs::mount(16 << 20) else { return };
+    let server = Server::start();
+    let mut cramped = Agent::start(&server, "cramped", &disk.path().join("cramped"), 1);
+    let module = Module::new();
+    let submitted =
+        run(module.cachectl(&server, &["submit", "--detach", "--targets", "linux/amd64", "./cmd/app"]))
+            .success("detached submit");
+    let job = submitted.stdout.trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cramped.log().contains("task failed") {
+        assert!(Instant::now() < deadline, "the cramped agent never failed:\n{}", cramped.log());
+        // Quickly: the cramped agent must not burn the task's last attempt before it stops.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cramped.sigkill();
+    assert!(cramped.log().contains("this agent's disk is full"), "{}", cramped.log());
+
+    let _roomy = Agent::start(&server, "roomy", &warm_dir(0), 2);
+    let watched = run(module.cachectl(&server, &["jobs", "watch", &job])).success("watch");
+    assert!(watched.stdout.contains("roomy"), "{}", watched.stdout);
+    assert_eq!(machine(&module.dir().join("dist/linux_amd64/app")), "elf/x86-64");
+    let task = &module.jobs(&server)[0]["tasks"][0];
+    assert_eq!(task["agent"], "roomy", "{task}");
+    assert!(task["attempt"].as_u64().unwrap() >= 2, "{task}");
 }
 
 #[test]
