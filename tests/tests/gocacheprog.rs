@@ -133,8 +133,9 @@ fn go_list_export_paths_stay_readable_after_the_bridge_exits() {
     assert_eq!(count, 5, "{}", listed.stdout);
 }
 
-#[test]
-fn a_daemon_killed_mid_build_costs_one_warning_and_no_failure() {
+/// Builds the fixture through the bridge and does `meddle` to the daemon once the build is
+/// well under way (bodies being stored and uploaded); returns what the build printed.
+fn build_while(what: &str, meddle: impl FnOnce(&mut Daemon)) -> cached_e2e::Finished {
     let mut daemon = Daemon::start();
     let tier = tempfile::tempdir().unwrap();
     let env = GoEnv::new();
@@ -144,17 +145,22 @@ fn a_daemon_killed_mid_build_costs_one_warning_and_no_failure() {
         tier.path(),
         Some(&daemon.url()),
     ));
-    // Kill once the build is well under way: bodies are being stored and uploaded.
     let deadline = Instant::now() + Duration::from_secs(120);
     while count_files(&tier.path().join("o")) < 20 {
-        assert!(build.is_running() && Instant::now() < deadline, "the build ended before the kill");
+        assert!(build.is_running() && Instant::now() < deadline, "the build ended before {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(build.is_running(), "the build ended before the kill");
-    daemon.kill();
-    let finished = build.finish().success("build with the daemon killed");
-    assert_eq!(warnings(&finished.stderr).len(), 1, "{}", finished.stderr);
+    assert!(build.is_running(), "the build ended before {what}");
+    meddle(&mut daemon);
+    let finished = build.finish().success(&format!("build with {what}"));
     assert!(out.is_file());
+    finished
+}
+
+#[test]
+fn a_daemon_killed_mid_build_costs_one_warning_and_no_failure() {
+    let finished = build_while("the daemon killed", Daemon::kill);
+    assert_eq!(warnings(&finished.stderr).len(), 1, "{}", finished.stderr);
 }
 
 /// A hung server (stopped with SIGSTOP mid-build: connections open, no answers) is a slow one:
@@ -162,27 +168,10 @@ fn a_daemon_killed_mid_build_costs_one_warning_and_no_failure() {
 /// would run into `GO_DEADLINE`).
 #[test]
 fn a_daemon_stopped_mid_build_costs_one_warning_and_no_stall() {
-    let daemon = Daemon::start();
-    let tier = tempfile::tempdir().unwrap();
-    let env = GoEnv::new();
-    let out = env.root.path().join("bin");
-    let mut build = Running::start(env.go_bridged(
-        &["build", "-trimpath", "-o", out.to_str().unwrap(), "./cmd/app"],
-        tier.path(),
-        Some(&daemon.url()),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while count_files(&tier.path().join("o")) < 20 {
-        assert!(build.is_running() && Instant::now() < deadline, "the build ended before the stop");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(build.is_running(), "the build ended before the stop");
-    daemon.pause();
-    let finished = build.finish().success("build with the daemon stopped");
+    let finished = build_while("the daemon stopped", |daemon| daemon.pause());
     let warned = warnings(&finished.stderr);
     assert_eq!(warned.len(), 1, "{}", finished.stderr);
     assert!(warned[0].contains("not answering"), "{}", warned[0]);
-    assert!(out.is_file());
 }
 
 #[test]
