@@ -146,8 +146,9 @@ impl RocksStore {
     pub fn flush(&self) -> Result<()> {
         self.flush_access_times()?;
         self.inner.db.flush_wal(true)?;
-        self.inner.db.flush()?;
-        Ok(())
+        // Every column family: `DB::flush` alone writes out only the default one, which holds
+        // nothing, and the next start would replay the whole WAL.
+        self.flush_memtables()
     }
 }
 
