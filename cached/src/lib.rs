@@ -87,7 +87,8 @@ pub async fn run(
         let (db, store, counters) = (Arc::clone(&db), Arc::clone(&store), Arc::clone(&stats.builds));
         tokio::task::spawn_blocking(move || builds::Builds::new(db, store, counters)).await??
     };
-    let metrics = metrics::Metrics::new(Arc::clone(&stats), rocks.clone(), store_counters);
+    let metrics =
+        metrics::Metrics::new(Arc::clone(&stats), rocks.clone(), store_counters, Arc::clone(&space));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(

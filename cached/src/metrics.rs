@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::stats::{ApiCounters, Stats};
-use crate::store::{RocksStore, StoreCounters};
+use crate::store::{FreeSpace, RocksStore, StoreCounters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -39,7 +39,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(stats: Arc<Stats>, store: RocksStore, store_counters: Arc<StoreCounters>) -> Arc<Self> {
+    pub fn new(
+        stats: Arc<Stats>,
+        store: RocksStore,
+        store_counters: Arc<StoreCounters>,
+        space: Arc<FreeSpace>,
+    ) -> Arc<Self> {
         let mut registry = Registry::with_prefix("cached");
         let requests = Family::<CallLabels, Counter>::default();
         registry.register("grpc_requests", "gRPC calls by method and status code", requests.clone());
@@ -56,6 +61,7 @@ impl Metrics {
             stats: Arc::clone(&stats),
             store,
             store_counters,
+            space,
         }));
         Arc::new(Self { registry, requests, latency, stats })
     }
@@ -102,6 +108,7 @@ struct StatsCollector {
     stats: Arc<Stats>,
     store: RocksStore,
     store_counters: Arc<StoreCounters>,
+    space: Arc<FreeSpace>,
 }
 
 impl std::fmt::Debug for StatsCollector {
@@ -228,7 +235,12 @@ impl Collector for StatsCollector {
             load(&store.duplicate_commits),
         )?;
         let (evicted_blobs, evicted_bytes) = self.store.evictions();
-        counter(&mut encoder, "evicted_blobs", "blobs evicted to stay within max_size", evicted_blobs)?;
+        counter(
+            &mut encoder,
+            "evicted_blobs",
+            "blobs evicted to stay within max_size and keep min_free_space free",
+            evicted_blobs,
+        )?;
         counter(&mut encoder, "evicted_bytes", "stored bytes evicted", evicted_bytes)?;
         counter(
             &mut encoder,
@@ -243,6 +255,15 @@ impl Collector for StatsCollector {
         gauge(&mut encoder, "stored_raw_bytes", "uncompressed bytes of the stored blobs", totals.raw_bytes)?;
         gauge(&mut encoder, "stored_bytes", "bytes the stored blobs take (compressed)", totals.stored_bytes)?;
         gauge(&mut encoder, "max_bytes", "the byte budget (max_size)", self.store.budget().max_bytes)?;
+        if let Ok(free) = self.space.available() {
+            gauge(&mut encoder, "disk_free_bytes", "bytes free on the data directory's disk", free)?;
+        }
+        gauge(
+            &mut encoder,
+            "min_free_bytes",
+            "free space kept on that disk (min_free_space): below it uploads are refused",
+            self.space.floor(),
+        )?;
         gauge(&mut encoder, "uptime_seconds", "seconds since start", self.stats.uptime_seconds())
     }
 }

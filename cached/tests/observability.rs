@@ -36,5 +36,8 @@ async fn stats_and_metrics_count_traffic() {
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
+    assert!(metrics.contains("cached_min_free_bytes 1073741824"), "{metrics}");
+    let free = metrics.lines().find_map(|line| line.strip_prefix("cached_disk_free_bytes "));
+    assert!(free.and_then(|free| free.parse::<u64>().ok()).is_some_and(|free| free > 0), "{metrics}");
     server.stop().await;
 }

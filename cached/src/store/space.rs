@@ -32,6 +32,10 @@ impl FreeSpace {
         Self { dir, floor, sample: Mutex::new(None) }
     }
 
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
     /// Bytes available to cached there, measured now.
     pub fn available(&self) -> Result<u64> {
         let stat = rustix::fs::statvfs(&self.dir).map_err(|err| {
