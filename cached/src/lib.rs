@@ -93,7 +93,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(
         rocks.clone(),
-        space,
+        Arc::clone(&space),
         Arc::clone(&go_cache),
         config.maintenance_interval,
         stop_rx.clone(),
@@ -142,7 +142,7 @@ pub async fn run(
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
-        .add_service(StatsServer::new(service::StatsService::new(stats, rocks.clone())))
+        .add_service(StatsServer::new(service::StatsService::new(stats, rocks.clone(), Arc::clone(&space))))
         .add_service(
             JobsServer::new(service::JobsService::new(Arc::clone(&scheduler)))
                 .max_decoding_message_size(max_message)

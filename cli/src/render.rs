@@ -74,6 +74,9 @@ pub struct StoreReport {
     pub evicted_blobs: u64,
     pub evicted_bytes: u64,
     pub go_entries_dropped: u64,
+    pub disk_free_bytes: u64,
+    /// Below `disk_free_bytes` this, cached refuses uploads; 0 when the floor is off.
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,6 +133,8 @@ impl StatsReport {
                 evicted_blobs: store.evicted_blobs,
                 evicted_bytes: store.evicted_bytes,
                 go_entries_dropped: store.go_entries_dropped,
+                disk_free_bytes: store.disk_free_bytes,
+                min_free_bytes: store.min_free_bytes,
             },
             apis: stats
                 .apis
@@ -232,6 +237,7 @@ impl StatsReport {
             store.compression_ratio.map_or("-".to_owned(), |r| format!("{r:.2}x"))
         );
         let _ = writeln!(out, "  evicted    {} blobs, {}", store.evicted_blobs, bytes(store.evicted_bytes));
+        let _ = writeln!(out, "  disk       {}", disk_line(store));
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -372,6 +378,21 @@ fn percent(rate: Option<f64>) -> String {
 }
 
 /// `1536` → `1.5 KiB`.
+/// The data disk's free space against the floor, with a warning once uploads are refused.
+fn disk_line(store: &StoreReport) -> String {
+    let free = format!("{} free", bytes(store.disk_free_bytes));
+    match store.min_free_bytes {
+        0 => format!("{free} (no floor)"),
+        floor if store.disk_free_bytes < floor => {
+            format!(
+                "{free}, below min_free_space {}: uploads are refused while blobs are evicted",
+                bytes(floor)
+            )
+        }
+        floor => format!("{free} (uploads stop below {})", bytes(floor)),
+    }
+}
+
 pub fn bytes(count: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = count as f64;
@@ -418,6 +439,24 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["apis"][0]["hits"], 3);
         assert!(json["builds"].is_null());
+    }
+
+    #[test]
+    fn the_disk_line_says_when_uploads_stop() {
+        let store = |free: u64, floor: u64| {
+            let response = v1::StatsResponse {
+                store: Some(v1::StoreStats {
+                    disk_free_bytes: free,
+                    min_free_bytes: floor,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            StatsReport::new("http://x", response).to_table()
+        };
+        assert!(store(5 << 30, 1 << 30).contains("disk       5.0 GiB free (uploads stop below 1.0 GiB)"));
+        assert!(store(512 << 20, 1 << 30).contains("below min_free_space 1.0 GiB: uploads are refused"));
+        assert!(store(5 << 30, 0).contains("(no floor)"));
     }
 
     #[test]

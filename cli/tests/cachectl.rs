@@ -118,6 +118,9 @@ async fn has_reports_presence_and_stats_reflect_traffic() {
     let read = json["apis"].as_array().unwrap().iter().find(|a| a["api"] == "Cas.Read").unwrap();
     assert_eq!((read["requests"].as_u64(), read["misses"].as_u64()), (Some(1), Some(1)));
     assert_eq!(json["store"]["raw_bytes"], 10);
+    assert!(table.contains("(uploads stop below 1.0 GiB)"), "{table}");
+    assert_eq!(json["store"]["min_free_bytes"], 1u64 << 30);
+    assert!(json["store"]["disk_free_bytes"].as_u64().unwrap() > 0, "{json}");
     server.stop().await.unwrap();
 }
 

@@ -7,21 +7,22 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::gocache::namespace;
 use crate::stats::Stats;
-use crate::store::RocksStore;
+use crate::store::{FreeSpace, RocksStore};
 
 pub struct StatsService {
     stats: Arc<Stats>,
     store: RocksStore,
+    space: Arc<FreeSpace>,
 }
 
 impl StatsService {
-    pub fn new(stats: Arc<Stats>, store: RocksStore) -> Self {
-        Self { stats, store }
+    pub fn new(stats: Arc<Stats>, store: RocksStore, space: Arc<FreeSpace>) -> Self {
+        Self { stats, store, space }
     }
 }
 
 /// The counters as the wire carries them; `/metrics` renders the same numbers.
-fn snapshot(stats: &Stats, store: &RocksStore) -> v1::StatsResponse {
+fn snapshot(stats: &Stats, store: &RocksStore, space: &FreeSpace) -> v1::StatsResponse {
     let totals = store.totals();
     let (evicted_blobs, evicted_bytes) = store.evictions();
     let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
@@ -36,6 +37,8 @@ fn snapshot(stats: &Stats, store: &RocksStore) -> v1::StatsResponse {
             evicted_blobs,
             evicted_bytes,
             go_entries_dropped: load(&stats.go_entries_dropped),
+            disk_free_bytes: space.available().unwrap_or(0),
+            min_free_bytes: space.floor(),
         }),
         apis: stats
             .apis()
@@ -72,7 +75,7 @@ fn snapshot(stats: &Stats, store: &RocksStore) -> v1::StatsResponse {
 #[tonic::async_trait]
 impl v1::stats_server::Stats for StatsService {
     async fn get(&self, _request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
-        Ok(Response::new(snapshot(&self.stats, &self.store)))
+        Ok(Response::new(snapshot(&self.stats, &self.store, &self.space)))
     }
 
     async fn report(
