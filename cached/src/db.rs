@@ -68,8 +68,21 @@ pub fn open(path: &Path) -> Result<Arc<DB>> {
     options.set_bytes_per_sync(1 << 20);
     options.set_max_total_wal_size(128 << 20);
     options.set_keep_log_file_num(4);
-    let db = DB::open_cf_descriptors(&options, path, descriptors)?;
+    let db = DB::open_cf_descriptors(&options, path, descriptors).map_err(|err| in_use(path, err))?;
     Ok(Arc::new(db))
+}
+
+/// RocksDB's own words for a held LOCK file ("While lock file: …: Resource temporarily
+/// unavailable") do not say that another cached has the directory.
+fn in_use(path: &Path, err: rocksdb::Error) -> Error {
+    if err.as_ref().contains("While lock file") {
+        return Error::FailedPrecondition(format!(
+            "the data directory {} is in use by another cached process ({err}); stop that one or \
+             give this one its own --data-dir",
+            path.display()
+        ));
+    }
+    err.into()
 }
 
 fn cf_options(name: &str, cache: &Cache) -> Options {

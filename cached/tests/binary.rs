@@ -99,6 +99,22 @@ impl Drop for Daemon {
     }
 }
 
+#[test]
+fn a_second_cached_on_the_same_data_directory_says_who_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Daemon::start(dir.path());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let second = cached(
+        &["--listen", &listen, "--data-dir", dir.path().to_str().unwrap(), "--metrics-listen", "off"],
+        &[],
+    )
+    .output()
+    .expect("run cached");
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("is in use by another cached process") && err.contains("--data-dir"), "{err}");
+}
+
 #[tokio::test]
 async fn sigterm_drains_and_flushes() {
     let dir = tempfile::tempdir().unwrap();
