@@ -90,6 +90,13 @@ impl ConnectOptions {
     /// The endpoint of `server` with TLS set up when it is `https://`. Callers add their own
     /// timeouts and windows, then connect.
     pub fn endpoint(&self, server: &str) -> Result<Endpoint> {
+        // Without a scheme the URL parses, and only the first call fails ("invalid URL").
+        if !server.starts_with("http://") && !server.starts_with("https://") {
+            return Err(CliError::Usage(format!(
+                "the server address {server:?} (--server, CACHED_ADDR) needs a scheme: \
+                 http://{server}, or https://{server} for a TLS server"
+            )));
+        }
         let endpoint = Endpoint::from_shared(server.to_owned())
             .map_err(|err| CliError::Usage(format!("--server {server:?} is not a valid URL: {err}")))?;
         let tls_wanted = self.tls_ca.is_some() || self.tls_client_cert.is_some();

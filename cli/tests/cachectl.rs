@@ -145,4 +145,9 @@ fn errors_are_clear_and_exit_codes_distinct() {
     let output = cachectl(&dead, &["put", "/definitely/not/here"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("/definitely/not/here"), "{}", stderr(&output));
+
+    let bare = dead.trim_start_matches("http://");
+    let output = cachectl(bare, &["stats"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains(&format!("needs a scheme: {dead}")), "{}", stderr(&output));
 }

@@ -174,6 +174,19 @@ fn a_daemon_stopped_mid_build_costs_one_warning_and_no_stall() {
     assert!(warned[0].contains("not answering"), "{}", warned[0]);
 }
 
+/// A misconfigured address is a cache problem too: one warning, and the build goes on.
+#[test]
+fn an_unusable_server_address_costs_one_warning_and_no_failure() {
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let built =
+        run(env.go_bridged(&["build", "-o", "/dev/null", "./cmd/app"], tier.path(), Some("127.0.0.1:7070")))
+            .success("build with a server address that lacks its scheme");
+    let warned = warnings(&built.stderr);
+    assert_eq!(warned.len(), 1, "{}", built.stderr);
+    assert!(warned[0].contains("needs a scheme: http://127.0.0.1:7070"), "{}", warned[0]);
+}
+
 #[test]
 fn two_builds_sharing_one_local_tier_both_succeed() {
     let daemon = Daemon::start();

@@ -62,15 +62,17 @@ pub async fn run(options: Options) -> Result<()> {
     let disk = disk::DiskTier::open(&options.dir, options.max_size)
         .map_err(|err| CliError::Usage(format!("cannot use the local cache directory: {err}")))?;
     let counters = Arc::new(counters::Counters::default());
-    let remote = match &options.server {
-        Some(server) => Some(remote::Remote::new(
-            server,
-            options.namespace.clone(),
-            options.timeout,
-            Arc::clone(&counters),
-        )?),
-        None => None,
-    };
+    let remote = options.server.as_ref().and_then(|server| {
+        remote::Remote::new(server, options.namespace.clone(), options.timeout, Arc::clone(&counters))
+            // A cache problem never fails the build, a misconfigured one included: say it once.
+            .inspect_err(|err| {
+                eprintln!(
+                    "cachectl gocacheprog: warning: cannot use cached ({err}); continuing with the \
+                     local cache only"
+                );
+            })
+            .ok()
+    });
     let preload = options.preload.then(|| {
         let key = session::KeyInputs::from_process(&options.namespace).key();
         // Never more than half the local tier, so a preload cannot trim what the build uses.
