@@ -3,10 +3,10 @@
 //!
 //! Read in this order: [`protocol`] (the wire format, no I/O), [`server`] (the loop: reader and
 //! writer threads, remote work on the runtime), [`tiers`] (local first, then remote), [`disk`]
-//! (the files behind `DiskPath`; [`room`] when their disk is full), [`remote`] and [`uploads`] (cached, fail-open behind
-//! [`breaker`]), [`prefetch`] (a compile hit's second lookup, started with the first),
-//! [`session`] and [`preload`] (what the last run of the same command used, fetched before
-//! the go command asks), [`counters`] (the session summary).
+//! (the files behind `DiskPath`; [`room`] when their disk is full), [`remote`] and [`uploads`]
+//! (cached, fail-open behind [`breaker`]), [`prefetch`] (a compile hit's second lookup,
+//! started with the first), [`session`] and [`preload`] (what the last run of the same command
+//! used, fetched before the go command asks), [`counters`] (the session summary).
 
 pub mod breaker;
 pub mod counters;
