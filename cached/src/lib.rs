@@ -73,7 +73,7 @@ pub async fn run(
     })
     .await??;
     let space = Arc::new(FreeSpace::new(config.data_dir.clone(), config.min_free_space));
-    warn_if_the_disk_is_smaller(&config, &space, &rocks)?;
+    warn_if_the_disk_is_smaller(&config, &space, &rocks);
     let stats = Arc::new(stats::Stats::default());
     let store_counters = Arc::new(StoreCounters::default());
     let store: SharedStore = Arc::new(Metered::new(
@@ -213,22 +213,20 @@ pub async fn run(
 
 /// Says so at start-up when `max_size` cannot fit on the disk: the free-space floor, not the
 /// budget, will then decide what the store keeps.
-fn warn_if_the_disk_is_smaller(config: &Config, space: &FreeSpace, rocks: &RocksStore) -> Result<()> {
-    if config.min_free_space == 0 {
-        return Ok(());
-    }
-    let room = space.available()?.saturating_sub(config.min_free_space) + rocks.totals().stored_bytes;
+fn warn_if_the_disk_is_smaller(config: &Config, space: &FreeSpace, rocks: &RocksStore) {
+    // A disk whose free space cannot be read shows in the first upload's error, not here.
+    let Some(free) = (space.floor() > 0).then(|| space.available().ok()).flatten() else { return };
+    let room = free.saturating_sub(space.floor()) + rocks.totals().stored_bytes;
     if config.max_size > room {
         tracing::warn!(
             max_size = config.max_size,
             room,
-            min_free_space = config.min_free_space,
+            min_free_space = space.floor(),
             data_dir = %config.data_dir.display(),
             "max_size is more than the disk has room for: the store will be held to the free-space \
              floor (min_free_space) instead; lower max_size to make eviction predictable"
         );
     }
-    Ok(())
 }
 
 /// Go entries looked at per housekeeping round for blobs that are gone: a bounded amount of

@@ -134,13 +134,9 @@ pub async fn batch_write(client: &Client, blobs: Vec<(Digest, Bytes)>, level: i3
         if status.code != 0 {
             let digest =
                 Digest::from_wire(result.digest.as_ref()).map_or_else(|_| "?".to_owned(), |d| d.to_string());
-            // Code first, as for a whole call's status (`From<tonic::Status>`), so callers can
-            // tell a full disk from an outage.
-            let code = tonic::Code::from(status.code);
-            return Err(CliError::Server(format!(
-                "{code:?}: upload of {digest} refused: {}",
-                status.message
-            )));
+            // As a whole call's status would be, so callers can tell a full disk from an outage.
+            let refused = format!("upload of {digest} refused: {}", status.message);
+            return Err(tonic::Status::new(tonic::Code::from(status.code), refused).into());
         }
     }
     Ok(())

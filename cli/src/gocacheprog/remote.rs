@@ -57,18 +57,14 @@ impl RemoteError {
     /// Whether the server answered and refused to store (a token without write scope, a disk
     /// nearly full): it still serves reads, so this is no outage.
     fn is_refusal(&self) -> bool {
-        let refused = |text: &str| {
-            ["PermissionDenied", "Unauthenticated", "ResourceExhausted"]
-                .iter()
-                .any(|code| text.starts_with(code))
-        };
+        const REFUSALS: [tonic::Code; 3] =
+            [tonic::Code::PermissionDenied, tonic::Code::Unauthenticated, tonic::Code::ResourceExhausted];
         match self {
-            Self::Status(status) => matches!(
-                status.code(),
-                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated | tonic::Code::ResourceExhausted
-            ),
+            Self::Status(status) => REFUSALS.contains(&status.code()),
             // transfer:: reports statuses as `CliError::Server("<Code>: <message>")`.
-            Self::Client(CliError::Server(text)) => refused(text),
+            Self::Client(CliError::Server(text)) => {
+                REFUSALS.iter().any(|code| text.starts_with(&format!("{code:?}:")))
+            }
             _ => false,
         }
     }
