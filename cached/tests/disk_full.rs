@@ -5,43 +5,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cached_e2e::Tmpfs;
 use common::{Server, noise};
 use proto::Digest;
 use proto::v1::Compression;
 
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(path).ok()?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .ok()?;
-        status.success().then(|| Self(path.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test]
 async fn full_disk_is_resource_exhausted_and_stored_blobs_stay_intact() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "40m") else {
-        eprintln!("SKIPPED: mounting a tmpfs needs root");
-        return;
-    };
+    let Some(disk) = Tmpfs::mount(40 << 20) else { return };
     let settings = [("max_size", "1GiB"), ("min_free_space", "0")];
-    let server = Server::start(&disk.0.join("data"), &settings).await;
+    let server = Server::start(&disk.path().join("data"), &settings).await;
     let clients = server.clients().await;
     let mut stored = Vec::new();
     let mut refusal = None;
@@ -85,14 +60,10 @@ async fn fill(clients: &common::Clients, seed: u64) -> (Vec<(Digest, Vec<u8>)>, 
 
 #[tokio::test]
 async fn below_the_free_space_floor_uploads_wait_for_eviction_and_the_store_never_wedges() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "192m") else {
-        eprintln!("SKIPPED: mounting a tmpfs needs root");
-        return;
-    };
+    let Some(disk) = Tmpfs::mount(192 << 20) else { return };
     // max_size far beyond the disk: only the floor stands between the store and a full disk.
     let settings = [("max_size", "10GiB"), ("min_free_space", "64MiB"), ("maintenance_interval", "200ms")];
-    let server = Server::start(&disk.0.join("data"), &settings).await;
+    let server = Server::start(&disk.path().join("data"), &settings).await;
     let clients = server.clients().await;
 
     // Each round fills the disk to the floor, then waits until uploads are taken again: first
