@@ -47,6 +47,15 @@ fn configuration_errors_name_the_key() {
     assert!(err.contains("high_watermark") && err.contains("cached.toml"), "{err}");
 }
 
+/// cached on 127.0.0.1:`port` with its store in `data_dir`, no metrics endpoint.
+fn serving(data_dir: &std::path::Path, port: u16, more_args: &[&str]) -> Command {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args =
+        vec!["--listen", &listen, "--data-dir", data_dir.to_str().unwrap(), "--metrics-listen", "off"];
+    args.extend_from_slice(more_args);
+    cached(&args, &[])
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -63,11 +72,7 @@ impl Daemon {
 
     fn start_with(data_dir: &std::path::Path, more_args: &[&str]) -> Self {
         let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut args =
-            vec!["--listen", &listen, "--data-dir", data_dir.to_str().unwrap(), "--metrics-listen", "off"];
-        args.extend_from_slice(more_args);
-        let child = cached(&args, &[]).spawn().expect("start cached");
+        let child = serving(data_dir, port, more_args).spawn().expect("start cached");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "cached did not start listening");
@@ -103,13 +108,7 @@ impl Drop for Daemon {
 fn a_second_cached_on_the_same_data_directory_says_who_holds_it() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Daemon::start(dir.path());
-    let listen = format!("127.0.0.1:{}", free_port());
-    let second = cached(
-        &["--listen", &listen, "--data-dir", dir.path().to_str().unwrap(), "--metrics-listen", "off"],
-        &[],
-    )
-    .output()
-    .expect("run cached");
+    let second = serving(dir.path(), free_port(), &[]).output().expect("run cached");
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("is in use by another cached process") && err.contains("--data-dir"), "{err}");

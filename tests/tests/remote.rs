@@ -282,6 +282,12 @@ impl Module {
         run(self.cachectl(server, &args))
     }
 
+    /// Submits `./cmd/app` for `targets` without waiting; returns the job id.
+    fn submit_detached(&self, server: &Server, targets: &str) -> String {
+        let args = ["submit", "--detach", "--targets", targets, "./cmd/app"];
+        run(self.cachectl(server, &args)).success("detached submit").stdout.trim().to_owned()
+    }
+
     fn jobs(&self, server: &Server) -> serde_json::Value {
         let listed = run(self.cachectl(server, &["jobs", "list", "--all", "--json"])).success("jobs list");
         serde_json::from_str(&listed.stdout).expect("jobs JSON")
@@ -417,10 +423,7 @@ fn a_killed_agent_task_is_leased_again_and_the_job_succeeds() {
     let cold = tempfile::tempdir().unwrap();
     let mut doomed = Agent::start(&server, "doomed", &cold.path().join("doomed"), 1);
     let module = Module::new();
-    let submitted =
-        run(module.cachectl(&server, &["submit", "--detach", "--targets", "linux/arm64", "./cmd/app"]))
-            .success("detached submit");
-    let job = submitted.stdout.trim().to_owned();
+    let job = module.submit_detached(&server, "linux/arm64");
     module.wait_leased(&server, &job, Some("doomed"));
     std::thread::sleep(Duration::from_millis(500));
     doomed.sigkill();
@@ -445,10 +448,7 @@ fn an_agent_out_of_disk_hands_the_task_on_and_the_job_succeeds() {
     let server = Server::start();
     let mut cramped = Agent::start(&server, "cramped", &disk.path().join("cramped"), 1);
     let module = Module::new();
-    let submitted =
-        run(module.cachectl(&server, &["submit", "--detach", "--targets", "linux/amd64", "./cmd/app"]))
-            .success("detached submit");
-    let job = submitted.stdout.trim().to_owned();
+    let job = module.submit_detached(&server, "linux/amd64");
     let deadline = Instant::now() + Duration::from_secs(120);
     while !cramped.log().contains("task failed") {
         assert!(Instant::now() < deadline, "the cramped agent never failed:\n{}", cramped.log());
@@ -474,10 +474,7 @@ fn cached_killed_mid_job_restarts_and_the_job_completes() {
     let cold = tempfile::tempdir().unwrap();
     let agent = Agent::start(&server, "steady", &cold.path().join("steady"), 2);
     let module = Module::new();
-    let submitted = run(module
-        .cachectl(&server, &["submit", "--detach", "--targets", "linux/amd64,windows/amd64", "./cmd/app"]))
-    .success("detached submit");
-    let job = submitted.stdout.trim().to_owned();
+    let job = module.submit_detached(&server, "linux/amd64,windows/amd64");
     module.wait_leased(&server, &job, Some("steady"));
     server.kill();
     std::thread::sleep(Duration::from_millis(300));
@@ -537,10 +534,7 @@ fn cancel_stops_the_running_builds() {
     let cold = tempfile::tempdir().unwrap();
     let agent = Agent::start(&server, "busy", &cold.path().join("busy"), 1);
     let module = Module::new();
-    let submitted = run(module
-        .cachectl(&server, &["submit", "--detach", "--targets", "linux/amd64,linux/arm64", "./cmd/app"]))
-    .success("detached submit");
-    let job = submitted.stdout.trim().to_owned();
+    let job = module.submit_detached(&server, "linux/amd64,linux/arm64");
     module.wait_leased(&server, &job, Some("busy"));
     let tasks_dir = agent.work.join("tasks");
     let deadline = Instant::now() + Duration::from_secs(30);
