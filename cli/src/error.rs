@@ -22,6 +22,10 @@ pub enum CliError {
     Corrupt { expected: Digest, reason: String },
     #[error("cached refused the request: {0}")]
     Server(String),
+    /// A call cached answered with an error status: the code tells a refusal (no write
+    /// scope, a disk at its floor) from a failure.
+    #[error("cached refused the request: {code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
     #[error("{0} of the given digests are missing")]
     SomeMissing(usize),
     /// A command that could not do its job for a reason outside the user's input: a registry
@@ -60,7 +64,7 @@ impl From<tonic::Status> for CliError {
             tonic::Code::Unavailable => {
                 Self::Unreachable { server: "the server".to_owned(), reason: status.message().to_owned() }
             }
-            code => Self::Server(format!("{code:?}: {}", status.message())),
+            code => Self::Status { code, message: status.message().to_owned() },
         }
     }
 }

@@ -61,10 +61,7 @@ impl RemoteError {
             [tonic::Code::PermissionDenied, tonic::Code::Unauthenticated, tonic::Code::ResourceExhausted];
         match self {
             Self::Status(status) => REFUSALS.contains(&status.code()),
-            // transfer:: reports statuses as `CliError::Server("<Code>: <message>")`.
-            Self::Client(CliError::Server(text)) => {
-                REFUSALS.iter().any(|code| text.starts_with(&format!("{code:?}:")))
-            }
+            Self::Client(CliError::Status { code, .. }) => REFUSALS.contains(code),
             _ => false,
         }
     }
