@@ -107,9 +107,9 @@ impl Builder {
         if outcome.exit_code != 0 {
             let output = tail.join("\n");
             // Not the code's fault: another agent, or this one later, may well succeed.
-            if ran_out_of_disk(&tail) {
+            if let Some(trouble) = agent_trouble(outcome.exit_code, &tail) {
                 return Err(TaskError::Infrastructure(format!(
-                    "go build failed because this agent's disk is full (exit status {}):\n{output}",
+                    "go build failed because {trouble} (exit status {}):\n{output}",
                     outcome.exit_code
                 )));
             }
@@ -130,10 +130,30 @@ impl Builder {
     }
 }
 
-/// Whether the go command failed for want of disk space (ENOSPC or EDQUOT, as Go spells them).
-fn ran_out_of_disk(output: &[String]) -> bool {
-    output.iter().any(|line| line.contains("no space left on device") || line.contains("disk quota exceeded"))
+/// Why a failed go command is this agent's trouble rather than the code's, if it is.
+fn agent_trouble(exit_code: i32, output: &[String]) -> Option<&'static str> {
+    // ENOSPC and EDQUOT, as Go spells them.
+    if output
+        .iter()
+        .any(|line| line.contains("no space left on device") || line.contains("disk quota exceeded"))
+    {
+        return Some("this agent's disk is full");
+    }
+    // Nothing a build runs stops itself with SIGKILL, and the agent's own kills (timeout,
+    // cancel) never get here: on a runner it is the kernel's out-of-memory killer. The go
+    // command says "<package>: <tool>: signal: killed" for a compiler or linker, and dies
+    // with 128 + 9 when it is the victim itself.
+    if exit_code == SIGKILLED || output.iter().any(|line| line.trim_end().ends_with(": signal: killed")) {
+        return Some(
+            "a process of the build was killed (SIGKILL), most likely by the out-of-memory killer: \
+             this agent has too little memory for this build",
+        );
+    }
+    None
 }
+
+/// The exit code [`code`] gives a process SIGKILL ended.
+const SIGKILLED: i32 = 128 + 9;
 
 /// Runs the build library's processes with the task's sealed environment (nothing inherited
 /// but what `env` holds), in their own process group, killed as a group on timeout, cancel or
@@ -246,15 +266,29 @@ fn hash_outputs(dir: &Path) -> Result<Vec<(PathBuf, Digest)>, TaskError> {
 mod tests {
     use super::*;
 
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_owned).collect()
+    }
+
     #[test]
     fn a_full_disk_is_told_apart_from_a_compile_error() {
-        let lines = |text: &str| text.lines().map(str::to_owned).collect::<Vec<_>>();
         let full =
             "# example.com/app\ncompile: writing output: write $WORK/b001/_pkg_.a: no space left on device";
-        assert!(ran_out_of_disk(&lines(full)));
-        assert!(ran_out_of_disk(&lines("open /work/x: disk quota exceeded")));
-        assert!(!ran_out_of_disk(&lines(
-            "./main.go:3:1: syntax error: non-declaration statement outside function body"
-        )));
+        assert_eq!(agent_trouble(1, &lines(full)), Some("this agent's disk is full"));
+        assert!(agent_trouble(1, &lines("open /work/x: disk quota exceeded")).is_some());
+        let syntax = "./main.go:3:1: syntax error: non-declaration statement outside function body";
+        assert_eq!(agent_trouble(1, &lines(syntax)), None);
+    }
+
+    #[test]
+    fn a_killed_compiler_or_go_command_is_the_agents_trouble() {
+        let killed = "example.com/app/cmd/app: /usr/local/go/pkg/tool/linux_amd64/compile: signal: killed";
+        assert!(agent_trouble(1, &lines(killed)).unwrap().contains("out-of-memory killer"));
+        assert!(agent_trouble(SIGKILLED, &[]).unwrap().contains("out-of-memory killer"));
+        // The words in a compile error (a string literal, say) are not a killed process.
+        let quoted = "./main.go:5:2: undefined: x (\"signal: killed\" is not a declaration)";
+        assert_eq!(agent_trouble(1, &lines(quoted)), None);
+        // A tool that exited with 137 itself was not killed.
+        assert_eq!(agent_trouble(1, &lines("exit status 137")), None);
     }
 }

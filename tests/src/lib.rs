@@ -6,7 +6,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cgroup;
 pub mod registry;
+
+pub use cgroup::MemoryCgroup;
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
@@ -269,6 +272,12 @@ pub fn count_files(dir: &Path) -> usize {
         .sum()
 }
 
+/// Whether the tests run as root (CI does), so a test that needs it must not skip.
+pub fn is_root() -> bool {
+    let uid = Command::new("id").arg("-u").output().expect("run id");
+    uid.stdout == b"0\n"
+}
+
 /// A tmpfs of a fixed size mounted on a temp dir: a disk that really fills up. Unmounted on drop.
 pub struct Tmpfs {
     dir: tempfile::TempDir,
@@ -284,13 +293,7 @@ impl Tmpfs {
             .output()
             .expect("run mount");
         if !mounted.status.success() {
-            let uid = Command::new("id").arg("-u").output().expect("run id");
-            assert_ne!(
-                uid.stdout,
-                b"0\n",
-                "mount failed as root: {}",
-                String::from_utf8_lossy(&mounted.stderr)
-            );
+            assert!(!is_root(), "mount failed as root: {}", String::from_utf8_lossy(&mounted.stderr));
             eprintln!("skipped: mounting a small tmpfs needs root");
             return None;
         }

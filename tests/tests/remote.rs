@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cached_e2e::registry::{Registry, has_command};
-use cached_e2e::{Finished, Tmpfs, binary, free_port, go, run};
+use cached_e2e::{Finished, MemoryCgroup, Tmpfs, binary, free_port, go, run};
 
 const LEASE: &[&str] = &["--heartbeat-interval", "200ms", "--lease-timeout", "2s"];
 const MATRIX: &str = "linux/amd64,linux/arm64,darwin/arm64,windows/amd64";
@@ -110,6 +110,10 @@ impl Agent {
             .spawn()
             .expect("start runner-agent");
         Self { child: Some(child), work: work.to_owned() }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the agent runs").id()
     }
 
     fn sigkill(&mut self) {
@@ -457,6 +461,43 @@ fn an_agent_out_of_disk_hands_the_task_on_and_the_job_succeeds() {
     }
     cramped.sigkill();
     assert!(cramped.log().contains("this agent's disk is full"), "{}", cramped.log());
+
+    let _roomy = Agent::start(&server, "roomy", &warm_dir(0), 2);
+    let watched = run(module.cachectl(&server, &["jobs", "watch", &job])).success("watch");
+    assert!(watched.stdout.contains("roomy"), "{}", watched.stdout);
+    assert_eq!(machine(&module.dir().join("dist/linux_amd64/app")), "elf/x86-64");
+    let task = &module.jobs(&server)[0]["tasks"][0];
+    assert_eq!(task["agent"], "roomy", "{task}");
+    assert!(task["attempt"].as_u64().unwrap() >= 2, "{task}");
+}
+
+/// Running out of memory is the agent's trouble too: the compiler the kernel's out-of-memory
+/// killer stops fails the attempt as retryable, and an agent with room builds the target.
+#[test]
+fn an_agent_out_of_memory_hands_the_task_on_and_the_job_succeeds() {
+    let _serial = serial();
+    let Some(memory) = MemoryCgroup::create(192 << 20) else { return };
+    let server = Server::start();
+    let cold = tempfile::tempdir().unwrap();
+    let mut cramped = Agent::start(&server, "cramped", &cold.path().join("cramped"), 1);
+    memory.add(cramped.pid());
+    let module = Module::new();
+    // A map literal of 300,000 entries: its compile needs several times the group's memory.
+    let mut table = String::from("package main\n\nvar table = map[string]int{\n");
+    for i in 0..300_000 {
+        table.push_str(&format!("\t\"key{i}\": {i},\n"));
+    }
+    table.push_str("}\n");
+    std::fs::write(module.dir().join("cmd/app/table.go"), table).unwrap();
+    let job = module.submit_detached(&server, "linux/amd64");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cramped.log().contains("task failed") {
+        assert!(Instant::now() < deadline, "the cramped agent never failed:\n{}", cramped.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cramped.sigkill();
+    assert!(cramped.log().contains("out-of-memory killer"), "{}", cramped.log());
+    assert!(memory.oom_kills() > 0, "the kernel killed nothing, so the test proved nothing");
 
     let _roomy = Agent::start(&server, "roomy", &warm_dir(0), 2);
     let watched = run(module.cachectl(&server, &["jobs", "watch", &job])).success("watch");
