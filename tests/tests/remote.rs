@@ -450,25 +450,10 @@ fn an_agent_out_of_disk_hands_the_task_on_and_the_job_succeeds() {
     let _serial = serial();
     let Some(disk) = Tmpfs::mount(16 << 20) else { return };
     let server = Server::start();
-    let mut cramped = Agent::start(&server, "cramped", &disk.path().join("cramped"), 1);
+    let cramped = Agent::start(&server, "cramped", &disk.path().join("cramped"), 1);
     let module = Module::new();
     let job = module.submit_detached(&server, "linux/amd64");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !cramped.log().contains("task failed") {
-        assert!(Instant::now() < deadline, "the cramped agent never failed:\n{}", cramped.log());
-        // Quickly: the cramped agent must not burn the task's last attempt before it stops.
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cramped.sigkill();
-    assert!(cramped.log().contains("this agent's disk is full"), "{}", cramped.log());
-
-    let _roomy = Agent::start(&server, "roomy", &warm_dir(0), 2);
-    let watched = run(module.cachectl(&server, &["jobs", "watch", &job])).success("watch");
-    assert!(watched.stdout.contains("roomy"), "{}", watched.stdout);
-    assert_eq!(machine(&module.dir().join("dist/linux_amd64/app")), "elf/x86-64");
-    let task = &module.jobs(&server)[0]["tasks"][0];
-    assert_eq!(task["agent"], "roomy", "{task}");
-    assert!(task["attempt"].as_u64().unwrap() >= 2, "{task}");
+    hand_over(&server, &module, &job, cramped, "this agent's disk is full");
 }
 
 /// Running out of memory is the agent's trouble too: the compiler the kernel's out-of-memory
@@ -479,7 +464,7 @@ fn an_agent_out_of_memory_hands_the_task_on_and_the_job_succeeds() {
     let Some(memory) = MemoryCgroup::create(192 << 20) else { return };
     let server = Server::start();
     let cold = tempfile::tempdir().unwrap();
-    let mut cramped = Agent::start(&server, "cramped", &cold.path().join("cramped"), 1);
+    let cramped = Agent::start(&server, "cramped", &cold.path().join("cramped"), 1);
     memory.add(cramped.pid());
     let module = Module::new();
     // A map literal of 300,000 entries: its compile needs several times the group's memory.
@@ -490,20 +475,27 @@ fn an_agent_out_of_memory_hands_the_task_on_and_the_job_succeeds() {
     table.push_str("}\n");
     std::fs::write(module.dir().join("cmd/app/table.go"), table).unwrap();
     let job = module.submit_detached(&server, "linux/amd64");
+    hand_over(&server, &module, &job, cramped, "out-of-memory killer");
+    assert!(memory.oom_kills() > 0, "the kernel killed nothing, so the test proved nothing");
+}
+
+/// The cramped agent fails its attempt as its own trouble (`why` in its log) and is stopped;
+/// an agent with room then builds the linux/amd64 target of `job` as a later attempt.
+fn hand_over(server: &Server, module: &Module, job: &str, mut cramped: Agent, why: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !cramped.log().contains("task failed") {
         assert!(Instant::now() < deadline, "the cramped agent never failed:\n{}", cramped.log());
+        // Quickly: the cramped agent must not burn the task's last attempt before it stops.
         std::thread::sleep(Duration::from_millis(20));
     }
     cramped.sigkill();
-    assert!(cramped.log().contains("out-of-memory killer"), "{}", cramped.log());
-    assert!(memory.oom_kills() > 0, "the kernel killed nothing, so the test proved nothing");
+    assert!(cramped.log().contains(why), "{}", cramped.log());
 
-    let _roomy = Agent::start(&server, "roomy", &warm_dir(0), 2);
-    let watched = run(module.cachectl(&server, &["jobs", "watch", &job])).success("watch");
+    let _roomy = Agent::start(server, "roomy", &warm_dir(0), 2);
+    let watched = run(module.cachectl(server, &["jobs", "watch", job])).success("watch");
     assert!(watched.stdout.contains("roomy"), "{}", watched.stdout);
     assert_eq!(machine(&module.dir().join("dist/linux_amd64/app")), "elf/x86-64");
-    let task = &module.jobs(&server)[0]["tasks"][0];
+    let task = &module.jobs(server)[0]["tasks"][0];
     assert_eq!(task["agent"], "roomy", "{task}");
     assert!(task["attempt"].as_u64().unwrap() >= 2, "{task}");
 }
