@@ -49,12 +49,8 @@ pub struct Args {
     /// Time of files and of `created`, in seconds since the epoch.
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
     source_date_epoch: u64,
-    /// Speak plain HTTP to registries (loopback registries always get it).
-    #[arg(long)]
-    insecure: bool,
-    /// docker config.json with registry credentials [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json]
-    #[arg(long, value_name = "FILE")]
-    docker_config: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Blobs larger than this are uploaded in chunks of this size.
     #[arg(long, default_value = "64MiB", value_parser = parse_size, hide = true)]
     chunk_size: u64,
@@ -64,6 +60,27 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// How to reach registries; `cachectl image` and `cachectl submit --image` take the same.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// Speak plain HTTP to registries (loopback registries always get it).
+    #[arg(long)]
+    insecure: bool,
+    /// docker config.json with registry credentials [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json]
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    pub fn options(&self) -> RegistryOptions {
+        RegistryOptions {
+            insecure: self.insecure,
+            docker_config: self.docker_config.clone(),
+            ..RegistryOptions::default()
+        }
+    }
 }
 
 fn parse_compression(text: &str) -> std::result::Result<Compression, String> {
@@ -113,12 +130,7 @@ impl Args {
         spec.oci_layout.clone_from(&self.oci_layout);
         spec.tag.clone_from(&self.tag);
         spec.push.clone_from(&self.push);
-        spec.registry = RegistryOptions {
-            insecure: self.insecure,
-            docker_config: self.docker_config.clone(),
-            chunk_size: self.chunk_size,
-            ..RegistryOptions::default()
-        };
+        spec.registry = RegistryOptions { chunk_size: self.chunk_size, ..self.registry.options() };
         Ok(spec)
     }
 }

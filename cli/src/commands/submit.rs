@@ -91,12 +91,8 @@ pub struct Args {
     /// Time of the image's files and `created`, in seconds since the epoch.
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
     source_date_epoch: u64,
-    /// Speak plain HTTP to the registry (loopback registries always get it).
-    #[arg(long)]
-    insecure: bool,
-    /// docker config.json with registry credentials [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json]
-    #[arg(long, value_name = "FILE")]
-    docker_config: Option<PathBuf>,
+    #[command(flatten)]
+    registry: super::image::RegistryArgs,
     /// Packages to build, relative to --dir [default: .].
     packages: Vec<String>,
 }
@@ -338,11 +334,7 @@ async fn publish(remote: &Remote, status: &v1::JobStatus, spec: &v1::ImageSpec, 
     }
     library.oci_layout.clone_from(&args.oci_layout);
     library.push.clone_from(&args.image);
-    library.registry = crate::oci::RegistryOptions {
-        insecure: args.insecure,
-        docker_config: args.docker_config.clone(),
-        ..crate::oci::RegistryOptions::default()
-    };
+    library.registry = args.registry.options();
     let built = crate::oci::build_image(&library, Some(&cache)).await?;
     for warning in derived.warnings.iter().chain(&built.warnings) {
         eprintln!("cachectl: warning: {warning}");
