@@ -31,6 +31,12 @@ fn counted(summary: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The go command's lookups, the summary's first count.
+fn gets(summary: &str) -> u64 {
+    let count = summary.strip_prefix("cachectl gocacheprog: ").and_then(|rest| rest.split(' ').next());
+    count.and_then(|count| count.parse().ok()).unwrap_or(0)
+}
+
 fn warnings(stderr: &str) -> Vec<&str> {
     stderr.lines().filter(|line| line.starts_with("cachectl gocacheprog: warning")).collect()
 }
@@ -86,6 +92,34 @@ fn a_fresh_runner_builds_from_cached_without_compiling_and_matches_plain_go() {
     let gets = ns["client_gets"].as_u64().unwrap();
     let hits = ns["client_local_hits"].as_u64().unwrap() + ns["client_remote_hits"].as_u64().unwrap();
     assert!(gets > 0 && hits > 0 && hits < gets, "{ns}");
+}
+
+/// Two builds in one module: each fresh runner preloads what its own command line used, once
+/// that command has run; until then, what any build of the module used.
+#[test]
+fn a_fresh_runner_preloads_what_its_own_command_used_not_every_build_of_the_module() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let fresh = |args: &[&str]| {
+        env.wipe_gocache();
+        wipe(tier.path());
+        let built = run(env.go_bridged(args, tier.path(), Some(&daemon.url()))).success("bridged build");
+        summary(&built.stderr).to_owned()
+    };
+    let everything = fresh(&["build", "./..."]);
+    let first_small = fresh(&["build", "./internal/calc"]);
+    let again_small = fresh(&["build", "./internal/calc"]);
+    // Its first run had only the list `./...` left, and fetched all of it.
+    assert!(counted(&first_small, "preloaded") > gets(&first_small), "{first_small}");
+    // The next fetched what it uses, every lookup found it, and nothing else came.
+    let (preloaded, gets) = (counted(&again_small, "preloaded"), gets(&again_small));
+    assert!(preloaded > 0 && preloaded <= gets, "{again_small}");
+    assert_eq!(counted(&again_small, "misses"), counted(&first_small, "misses"), "{again_small}");
+    assert!(preloaded < counted(&first_small, "preloaded"), "{first_small}\n{again_small}");
+    // And the list of `./...` is still its own.
+    let everything_again = fresh(&["build", "./..."]);
+    assert!(counted(&everything_again, "preloaded") > preloaded, "{everything}\n{everything_again}");
 }
 
 #[test]

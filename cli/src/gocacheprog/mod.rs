@@ -74,9 +74,9 @@ pub async fn run(options: Options) -> Result<()> {
             .ok()
     });
     let preload = options.preload.then(|| {
-        let key = session::KeyInputs::from_process(&options.namespace).key();
+        let keys = session::KeyInputs::from_process(&options.namespace).keys();
         // Never more than half the local tier, so a preload cannot trim what the build uses.
-        preload::Preload::new(key, options.preload_max.min(options.max_size / 2), !options.read_only)
+        preload::Preload::new(keys, options.preload_max.min(options.max_size / 2), !options.read_only)
     });
     let tier_options = tiers::TierOptions { close_timeout: options.close_timeout, summary: options.summary };
     let tiers =

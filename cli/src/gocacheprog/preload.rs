@@ -2,7 +2,9 @@
 //! command used, so the go command's lookups find it on local disk instead of each waiting for
 //! a round trip on the build's critical path.
 //!
-//! At start the bridge reads the session list for its key ([`super::session`]) and walks it in
+//! At start the bridge reads the session lists for its keys ([`super::session`]): its own go
+//! command line's, and the one every go command with its subcommand shares, which it walks
+//! only when its own has not been written yet. It walks the list in
 //! order (the order the last session used the actions, close to the order this one will ask):
 //! a few `GoCache.GetMany` batches at a time on a connection of their own (small bodies come
 //! inline), bodies too large to inline through a few `Cas.Read`s. Every body is verified
@@ -14,8 +16,8 @@
 //! usefulness: when the go command mostly asks for actions the list does not hold, the list
 //! is stale and the preload stops. It also stops when the go command closes the session.
 //!
-//! On close the session writes back what it used (merged with the list it read) unless that
-//! is what the list already said.
+//! On close the session writes back what it used to both lists (merged with what each held)
+//! unless that is what a list already said.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -30,7 +32,7 @@ use super::counters::{add, bump};
 use super::disk::Entry;
 use super::landing::{Found, new_decoder};
 use super::remote::{Remote, RemoteError};
-use super::session::{self, Record, Recorder};
+use super::session::{self, Keys, Record, Recorder};
 use super::tiers::{Claim, Tiers};
 
 /// Actions per GetMany.
@@ -55,13 +57,13 @@ struct Slots {
 }
 
 pub struct Preload {
-    key: ActionId,
+    keys: Keys,
     max_bytes: u64,
     /// Whether the list is written back on close (not for read-only sessions).
     write: bool,
-    /// The list as read; unset until cached answered, and never set if it could not, so a
+    /// The lists as read; unset until cached answered, and never set if it could not, so a
     /// list this session never saw is not overwritten.
-    previous: OnceLock<Vec<Record>>,
+    previous: OnceLock<Lists>,
     listed: OnceLock<HashSet<ActionId>>,
     /// Preloaded actions the go command has not asked for yet.
     stored: Mutex<HashSet<ActionId>>,
@@ -73,9 +75,9 @@ pub struct Preload {
 }
 
 impl Preload {
-    pub fn new(key: ActionId, max_bytes: u64, write: bool) -> Self {
+    pub fn new(keys: Keys, max_bytes: u64, write: bool) -> Self {
         Self {
-            key,
+            keys,
             max_bytes,
             write,
             previous: OnceLock::new(),
@@ -124,12 +126,20 @@ impl Preload {
     }
 
     async fn run(self: Arc<Self>, tiers: Arc<Tiers>, remote: Arc<Remote>) {
-        let list = match remote.fetch_list(self.key).await {
-            Ok(list) => list.unwrap_or_default(),
-            Err(_) => return,
+        let exact = async {
+            match self.keys.exact {
+                Some(key) => remote.fetch_list(key).await,
+                None => Ok(None),
+            }
         };
+        let (Ok(exact), Ok(shared)) = tokio::join!(exact, remote.fetch_list(self.keys.shared)) else {
+            return;
+        };
+        let lists = self
+            .previous
+            .get_or_init(|| Lists { exact: exact.unwrap_or_default(), shared: shared.unwrap_or_default() });
+        let list = if lists.exact.is_empty() { &lists.shared } else { &lists.exact };
         let _ = self.listed.set(list.iter().map(|record| record.action_id).collect());
-        let list = self.previous.get_or_init(|| list);
         let batches = Arc::new(Semaphore::new(BATCHES));
         let slots =
             Slots { stores: Arc::new(Semaphore::new(STORES)), reads: Arc::new(Semaphore::new(READS)) };
@@ -257,17 +267,27 @@ impl Preload {
         }
     }
 
-    /// Writes back what this session used, merged with the list it read, unless that changes
-    /// nothing. Skipped when the list could not be read or nothing was used.
+    /// Writes back what this session used to both lists, each merged with what it held,
+    /// unless that changes nothing. Skipped when the lists could not be read or nothing was
+    /// used.
     pub async fn save(&self, remote: &Remote) {
-        let Some(previous) = self.previous.get().filter(|_| self.write) else { return };
+        let Some(lists) = self.previous.get().filter(|_| self.write) else { return };
         if self.recorder.is_empty() {
             return;
         }
-        if let Some(merged) = self.recorder.merge(previous) {
-            let _ = remote.write_list(self.key, session::encode(&merged)).await;
-        }
+        let lists = [(self.keys.exact, &lists.exact), (Some(self.keys.shared), &lists.shared)];
+        let writes = lists.into_iter().filter_map(|(key, previous)| {
+            let merged = self.recorder.merge(previous)?;
+            Some(remote.write_list(key?, session::encode(&merged)))
+        });
+        futures::future::join_all(writes).await;
     }
+}
+
+/// The session lists as cached had them (empty where there was none).
+struct Lists {
+    exact: Vec<Record>,
+    shared: Vec<Record>,
 }
 
 /// What became of a claimed action.

@@ -1,10 +1,15 @@
 //! Session lists: what a go command used, remembered in cached so the next run of the same
 //! command on a fresh runner can fetch it all before the go command asks (see [`super::preload`]).
 //!
-//! A list is keyed by the session key, a hash of what decides which actions a go command looks
-//! up: the namespace, the go command's subcommand, the module it runs in, and the environment
-//! that salts or selects ActionIDs (Go version, GOOS/GOARCH and arch levels, GOFLAGS, cgo,
-//! experiments). It is stored as an ordinary Go action entry in the session's own namespace,
+//! A session reads and writes two lists. The shared list is keyed by what decides which
+//! actions a go command looks up: the namespace, the go command's subcommand, the module it
+//! runs in, and the environment that salts or selects ActionIDs (Go version, GOOS/GOARCH and
+//! arch levels, GOFLAGS, cgo, experiments). The exact list's key adds the go command line's
+//! shape (flag names and package arguments) and the directory in the module, so `go build
+//! ./...` and `go build ./cmd/small` in one CI job do not each preload what both used. A
+//! session walks its exact list, or the shared one when this command line has not run before.
+//!
+//! A list is stored as an ordinary Go action entry in the session's own namespace,
 //! under the session key as ActionID: the go command never asks for that ID (its IDs are
 //! SHA-256 of other inputs), a token that may write the namespace's entries may write its
 //! lists, and no server change is needed. The entry's body is the list; its OutputID is the
@@ -13,7 +18,7 @@
 //! The key only chooses which list to fetch; a wrong or stale list costs bandwidth, never
 //! correctness, because every preloaded body is verified against its OutputID.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -73,7 +78,70 @@ pub struct KeyInputs {
     /// The module path from the go.mod at or above the working directory, or empty.
     pub module: String,
     pub env: Vec<(String, String)>,
+    /// The go command line's shape ([`command_shape`]) and the working directory within the
+    /// module; unknown when the go command line cannot be read.
+    pub command: Option<Vec<String>>,
 }
+
+/// The keys of the two lists a session reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys {
+    /// This go command line, in this directory of the module, when it can be told.
+    pub exact: Option<ActionId>,
+    /// Every go command with this subcommand in the module.
+    pub shared: ActionId,
+}
+
+/// Flags of `go build`, `test`, `vet`, `run`, `install` and `list` (and of test binaries, which
+/// `go test` passes on) that take a value, so that `-o out` is not read as a package `out`.
+const VALUE_FLAGS: [&str; 46] = [
+    "C",
+    "o",
+    "p",
+    "asmflags",
+    "buildmode",
+    "compiler",
+    "gccgoflags",
+    "gcflags",
+    "installsuffix",
+    "ldflags",
+    "mod",
+    "modfile",
+    "overlay",
+    "pgo",
+    "pkgdir",
+    "tags",
+    "toolexec",
+    "coverpkg",
+    "covermode",
+    "exec",
+    "debug-actiongraph",
+    "debug-runtime-trace",
+    "debug-trace",
+    "f",
+    "reuse",
+    "run",
+    "skip",
+    "bench",
+    "benchtime",
+    "count",
+    "cpu",
+    "parallel",
+    "timeout",
+    "list",
+    "shuffle",
+    "fuzz",
+    "fuzztime",
+    "fuzzminimizetime",
+    "outputdir",
+    "coverprofile",
+    "cpuprofile",
+    "memprofile",
+    "blockprofile",
+    "mutexprofile",
+    "trace",
+    "vet",
+];
 
 impl KeyInputs {
     /// What this process sees: its environment (the go command's), its working directory (the
@@ -83,16 +151,29 @@ impl KeyInputs {
             .iter()
             .filter_map(|name| std::env::var(name).ok().map(|value| ((*name).to_owned(), value)))
             .collect();
-        let module = std::env::current_dir().ok().and_then(|dir| module_path(&dir)).unwrap_or_default();
+        let dir = std::env::current_dir().ok();
+        let root = dir.as_deref().and_then(module_root);
+        let go_command = parent_command_line();
+        let command = go_command.as_deref().and_then(command_shape).map(|mut shape| {
+            let within =
+                dir.as_deref().zip(root.as_ref()).and_then(|(dir, (root, _))| dir.strip_prefix(root).ok());
+            shape.push(format!("dir={}", within.unwrap_or(Path::new("")).display()));
+            shape
+        });
         Self {
             namespace: namespace.to_owned(),
-            subcommand: parent_subcommand().unwrap_or_default(),
-            module,
+            subcommand: go_command.as_deref().and_then(subcommand).unwrap_or_default(),
+            module: root.map(|(_, module)| module).unwrap_or_default(),
             env,
+            command,
         }
     }
 
-    pub fn key(&self) -> ActionId {
+    pub fn keys(&self) -> Keys {
+        Keys { exact: self.command.as_deref().map(|command| self.key(Some(command))), shared: self.key(None) }
+    }
+
+    fn key(&self, command: Option<&[String]>) -> ActionId {
         let mut hash = Sha256::new();
         let mut field = |name: &str, value: &str| {
             for part in [name, value] {
@@ -107,15 +188,18 @@ impl KeyInputs {
         for (name, value) in &self.env {
             field(name, value);
         }
+        for part in command.unwrap_or_default() {
+            field("command", part);
+        }
         ActionId(hash.finalize().into())
     }
 }
 
-/// The module path declared by the go.mod at or above `dir`.
-pub fn module_path(dir: &Path) -> Option<String> {
+/// The directory of the go.mod at or above `dir`, and the module path it declares.
+fn module_root(dir: &Path) -> Option<(std::path::PathBuf, String)> {
     dir.ancestors().find_map(|dir| {
         let text = std::fs::read_to_string(dir.join("go.mod")).ok()?;
-        Some(parse_module(&text).unwrap_or_default())
+        Some((dir.to_owned(), parse_module(&text).unwrap_or_default()))
     })
 }
 
@@ -130,15 +214,16 @@ fn parse_module(go_mod: &str) -> Option<String> {
     })
 }
 
-/// The subcommand of the go command that started us (`go build ...` gives `build`).
-fn parent_subcommand() -> Option<String> {
+/// The command line of the go command that started us.
+fn parent_command_line() -> Option<Vec<String>> {
     #[cfg(target_os = "linux")]
     {
         let ppid = std::os::unix::process::parent_id();
         let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).ok()?;
-        let args: Vec<String> =
+        let mut args: Vec<String> =
             cmdline.split(|&b| b == 0).map(|arg| String::from_utf8_lossy(arg).into_owned()).collect();
-        subcommand(&args)
+        args.pop_if(|last| last.is_empty());
+        Some(args)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -146,21 +231,58 @@ fn parent_subcommand() -> Option<String> {
     }
 }
 
-/// `go [-C dir] <subcommand> ...`: the subcommand, if `args` is a go command line.
-fn subcommand(args: &[String]) -> Option<String> {
+/// `go [-C dir] <subcommand> <rest>...`: the subcommand's position, if `args` is a go command
+/// line.
+fn subcommand_at(args: &[String]) -> Option<usize> {
     let program = Path::new(args.first()?).file_name()?.to_str()?;
     if !program.starts_with("go") {
         return None;
     }
-    let mut rest = args[1..].iter();
-    while let Some(arg) = rest.next() {
-        if arg == "-C" || arg == "--C" {
-            rest.next();
-        } else if !arg.starts_with('-') {
-            return Some(arg.clone());
+    let mut at = 1;
+    while let Some(arg) = args.get(at) {
+        if !arg.starts_with('-') {
+            return Some(at);
         }
+        at += if arg == "-C" || arg == "--C" { 2 } else { 1 };
     }
     None
+}
+
+fn subcommand(args: &[String]) -> Option<String> {
+    subcommand_at(args).map(|at| args[at].clone())
+}
+
+/// What after the subcommand chooses what a go command builds: the names of its flags, not
+/// their values (`-ldflags` often stamps a version that changes with every commit), and its
+/// package arguments, up to `-args` or, for `go run`, the program's own arguments.
+fn command_shape(args: &[String]) -> Option<Vec<String>> {
+    let at = subcommand_at(args)?;
+    let (mut flags, mut packages) = (BTreeSet::new(), Vec::new());
+    let mut rest = args[at + 1..].iter();
+    while let Some(arg) = rest.next() {
+        if matches!(arg.as_str(), "-args" | "--args" | "--") {
+            break;
+        }
+        let Some(flag) = arg.strip_prefix('-') else {
+            packages.push(arg.clone());
+            if args[at] == "run" {
+                break;
+            }
+            continue;
+        };
+        let flag = flag.strip_prefix('-').unwrap_or(flag);
+        let name = match flag.split_once('=') {
+            Some((name, _)) => name,
+            None => {
+                if VALUE_FLAGS.contains(&flag) {
+                    rest.next();
+                }
+                flag
+            }
+        };
+        flags.insert(format!("-{name}"));
+    }
+    Some(flags.into_iter().chain(packages).collect())
 }
 
 pub fn encode(records: &[Record]) -> Vec<u8> {
@@ -288,12 +410,13 @@ mod tests {
             subcommand: "build".into(),
             module: "example.com/app".into(),
             env: vec![("GOOS".into(), "linux".into()), ("GOVERSION".into(), "go1.26.1".into())],
+            command: Some(strings(&["-o", "./...", "dir="])),
         };
-        let mut keys = vec![base.key()];
+        let mut keys = vec![base.keys()];
         let mut vary = |change: &dyn Fn(&mut KeyInputs)| {
             let mut inputs = base.clone();
             change(&mut inputs);
-            keys.push(inputs.key());
+            keys.push(inputs.keys());
         };
         vary(&|k| k.namespace = "ci2".into());
         vary(&|k| k.subcommand = "vet".into());
@@ -305,17 +428,54 @@ mod tests {
             k.namespace = "cib".into();
             k.subcommand = "uild".into();
         });
-        let distinct: HashSet<_> = keys.iter().collect();
-        assert_eq!(distinct.len(), keys.len());
-        assert_eq!(base.key(), base.clone().key());
+        let shared: HashSet<_> = keys.iter().map(|keys| keys.shared).collect();
+        assert_eq!(shared.len(), keys.len());
+        let exact: HashSet<_> = keys.iter().map(|keys| keys.exact.unwrap()).collect();
+        assert_eq!(exact.len(), keys.len());
+        assert!(shared.is_disjoint(&exact));
+        assert_eq!(base.keys(), base.clone().keys());
     }
 
     #[test]
-    fn the_go_command_line_gives_the_subcommand() {
+    fn other_command_lines_share_only_the_shared_list() {
+        let inputs = |command: &[&str]| KeyInputs {
+            namespace: "ci".into(),
+            subcommand: "build".into(),
+            command: Some(strings(command)),
+            ..KeyInputs::default()
+        };
+        let all = inputs(&["./...", "dir="]).keys();
+        let one = inputs(&["./cmd/small", "dir="]).keys();
+        let elsewhere = inputs(&["./...", "dir=sub"]).keys();
+        assert_eq!(all.shared, one.shared);
+        assert_eq!(all.shared, elsewhere.shared);
+        assert_ne!(all.exact, one.exact);
+        assert_ne!(all.exact, elsewhere.exact);
+        let unknown = KeyInputs { command: None, ..inputs(&[]) }.keys();
+        assert_eq!((unknown.exact, unknown.shared), (None, all.shared));
+    }
+
+    #[test]
+    fn the_go_command_line_gives_the_subcommand_and_its_shape() {
         assert_eq!(subcommand(&strings(&["/usr/local/go/bin/go", "build", "./..."])), Some("build".into()));
         assert_eq!(subcommand(&strings(&["go", "-C", "sub", "vet", "./..."])), Some("vet".into()));
         assert_eq!(subcommand(&strings(&["/bin/sh", "-c", "x"])), None);
         assert_eq!(subcommand(&strings(&["go"])), None);
+        let shape = |args: &[&str]| command_shape(&strings(args)).unwrap();
+        // Flag names, sorted; values left out, whichever way they are written.
+        let stamped = ["go", "build", "-trimpath", "-ldflags", "-X main.v=1", "-o", "bin/app", "./cmd/app"];
+        assert_eq!(shape(&stamped), ["-ldflags", "-o", "-trimpath", "./cmd/app"]);
+        assert_eq!(
+            shape(&["go", "build", "-o=bin/x", "--ldflags=-s", "-trimpath", "./cmd/app"]),
+            shape(&stamped)
+        );
+        // go test takes flags after its packages, and passes what follows -args on.
+        let tested = shape(&["go", "test", "./...", "-run", "TestX", "-count=1", "-args", "-update"]);
+        assert_eq!(tested, ["-count", "-run", "./..."]);
+        // go run: what follows the package is the program's.
+        assert_eq!(shape(&["go", "run", "./gen", "-date", "2026-11-27"]), ["./gen"]);
+        assert_eq!(shape(&["go", "-C", "sub", "vet"]), Vec::<String>::new());
+        assert_eq!(command_shape(&strings(&["make", "build"])), None);
     }
 
     #[test]
@@ -329,7 +489,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("go.mod"), "module example.com/top\n").unwrap();
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
-        assert_eq!(module_path(&dir.path().join("a/b")), Some("example.com/top".into()));
+        let root = module_root(&dir.path().join("a/b"));
+        assert_eq!(root, Some((dir.path().to_owned(), "example.com/top".into())));
     }
 
     #[test]
