@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "cached/v1/stats.proto",
     "cached/v1/builds.proto",
     "cached/v1/jobs.proto",
+    "cached/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

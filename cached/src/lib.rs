@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod builds;
 pub mod cas;
@@ -27,6 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::v1::admin_server::AdminServer;
 use proto::v1::builds_server::BuildsServer;
 use proto::v1::cas_server::CasServer;
 use proto::v1::go_cache_server::GoCacheServer;
@@ -152,7 +154,8 @@ pub async fn run(
             WorkersServer::new(service::WorkersService::new(Arc::clone(&scheduler)))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
-        );
+        )
+        .add_service(AdminServer::new(service::AdminService::new(Arc::clone(&db))));
 
     tracing::info!(
         %listen,

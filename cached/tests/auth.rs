@@ -13,6 +13,7 @@ use cached::auth::{NamespacePattern, Scope, Scopes, SecretHash, TokenSpec};
 use common::{Server, data, header};
 use futures::StreamExt;
 use proto::Digest;
+use proto::v1::admin_client::AdminClient;
 use proto::v1::builds_client::BuildsClient;
 use proto::v1::cas_client::CasClient;
 use proto::v1::go_cache_client::GoCacheClient;
@@ -69,6 +70,7 @@ struct Clients {
     builds: BuildsClient<Channel>,
     jobs: JobsClient<Channel>,
     workers: WorkersClient<Channel>,
+    admin: AdminClient<Channel>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     reflection: tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient<Channel>,
 }
@@ -82,6 +84,7 @@ async fn clients(server: &Server) -> Clients {
         builds: BuildsClient::new(channel.clone()),
         jobs: JobsClient::new(channel.clone()),
         workers: WorkersClient::new(channel.clone()),
+        admin: AdminClient::new(channel.clone()),
         health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
         reflection: tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel),
     }
@@ -156,6 +159,8 @@ const RPCS: &[(&str, Option<Scope>, bool)] = &[
     ("Workers.Lease", Some(Scope::Worker), false),
     ("Workers.Progress", Some(Scope::Worker), false),
     ("Workers.Complete", Some(Scope::Worker), false),
+    // Last: what it purges, the calls above no longer find.
+    ("Admin.Purge", Some(Scope::Admin), true),
     ("Health.Check", None, false),
     ("ServerReflection.ServerReflectionInfo", None, false),
 ];
@@ -168,8 +173,17 @@ async fn call(
     fixture: &Fixture,
 ) -> Result<(), Status> {
     let digest = fixture.digest;
-    let Clients { mut cas, mut go, mut stats, mut builds, mut jobs, mut workers, mut health, mut reflection } =
-        clients.clone();
+    let Clients {
+        mut cas,
+        mut go,
+        mut stats,
+        mut builds,
+        mut jobs,
+        mut workers,
+        mut admin,
+        mut health,
+        mut reflection,
+    } = clients.clone();
     let job_in = |ns: &str| fixture.jobs.iter().find(|(n, _)| *n == ns).map(|(_, id)| id.clone()).unwrap();
     match rpc {
         "Cas.FindMissing" => {
@@ -298,6 +312,9 @@ async fn call(
                 outcome: Some(v1::complete_request::Outcome::Failure(failure)),
             };
             passed_auth(workers.complete(request(complete, secret)).await.map(drop))?;
+        }
+        "Admin.Purge" => {
+            admin.purge(request(v1::PurgeRequest { namespace: ns.to_owned() }, secret)).await?;
         }
         "Health.Check" => {
             let check = tonic_health::pb::HealthCheckRequest { service: String::new() };

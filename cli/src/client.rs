@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use proto::v1::admin_client::AdminClient;
 use proto::v1::builds_client::BuildsClient;
 use proto::v1::cas_client::CasClient;
 use proto::v1::go_cache_client::GoCacheClient;
@@ -173,6 +174,7 @@ pub struct Client {
     pub stats: StatsClient<Transport>,
     /// The whole-build cache (`cachectl go build`).
     pub builds: BuildsClient<Transport>,
+    pub admin: AdminClient<Transport>,
 }
 
 impl Client {
@@ -206,6 +208,7 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             stats: StatsClient::new(transport.clone()),
+            admin: AdminClient::new(transport.clone()),
             builds: BuildsClient::new(transport)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),

@@ -89,6 +89,11 @@ enum Command {
     Image(Box<commands::image::Args>),
     /// Build a GOOS/GOARCH matrix of this module on runner agents; outputs to dist/<goos>_<goarch>/.
     Submit(Box<commands::submit::Args>),
+    /// Operator actions (a token with the `admin` scope): `admin purge --namespace NS`.
+    Admin {
+        #[command(subcommand)]
+        command: commands::admin::Command,
+    },
     /// Follow, list and cancel submitted jobs.
     Jobs {
         #[command(subcommand)]
@@ -172,6 +177,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Image(args) => commands::image::run(&cli.server, *args).await,
         Command::Submit(args) => commands::submit::run(&cli.server, &connect, *args).await,
         Command::Jobs { command } => commands::jobs::run(&cli.server, &connect, command).await,
+        Command::Admin { command } => commands::admin::run(&cli.server, &connect, command).await,
         Command::Stats { json, since } => {
             let client = Client::connect_with(&cli.server, &connect).await?;
             commands::stats::run(&client, json, since).await

@@ -276,3 +276,49 @@ fn with_the_server_down_go_still_builds() {
     assert!(output.status.success());
     run(ws.cachectl(&["go", "test", "./..."], &[])).success("go test with cached down");
 }
+
+/// After a writer stored entries it should not have, an operator purges the namespace: its
+/// whole builds and Go action entries are forgotten, so the next build there compiles again;
+/// other namespaces, a longer one with the same start included, keep their hits.
+#[test]
+fn a_purged_namespace_builds_again_and_its_neighbours_keep_their_hits() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let namespaces = ["team", "team2", "team/linux"];
+    let fresh_runner = || {
+        ws.env.wipe_gocache();
+        cached_e2e::wipe(ws.tier.path());
+    };
+    for ns in namespaces {
+        // Each on a fresh runner, so each uploads every entry to its own namespace.
+        fresh_runner();
+        ws.build(&[], &[("CACHED_NAMESPACE", ns)]).success(&format!("first build in {ns}"));
+    }
+    let purge = |ns: &str| run(ws.cachectl(&["admin", "purge", "--namespace", ns], &[]));
+    // "purged namespace `team`: N Go action entries, M whole-build records"
+    let counts = |ns: &str| -> Vec<u64> {
+        let purged = purge(ns).success(&format!("purge {ns}")).stdout;
+        purged.split(' ').filter_map(|word| word.parse().ok()).collect()
+    };
+    let team = counts("team");
+    assert!(matches!(team[..], [entries, 1] if entries > 10), "{team:?}");
+    assert_eq!(counts("team"), [0, 0]);
+
+    for ns in namespaces {
+        fresh_runner();
+        let built = ws.build(&["-x"], &[("CACHED_NAMESPACE", ns)]).success(ns);
+        let compiled = built.stderr.lines().any(|line| line.contains("/compile "));
+        if ns == "team" {
+            assert!(headline(&built.stderr).contains("first build of this target"), "{}", built.stderr);
+            assert!(compiled, "the purged namespace reused an entry:\n{}", built.stderr);
+        } else {
+            assert!(headline(&built.stderr).starts_with("cachectl: cache hit"), "{ns}: {}", built.stderr);
+        }
+    }
+    // team2 lost nothing to team's purge (its hit above stored nothing new).
+    let team2 = counts("team2");
+    assert!(matches!(team2[..], [entries, 1] if entries > 10), "{team2:?}");
+    let empty = purge("");
+    assert_eq!(empty.status.code(), Some(2), "{}", empty.stderr);
+    assert!(empty.stderr.contains("name the namespace"), "{}", empty.stderr);
+}

@@ -213,6 +213,7 @@ pub const METHODS: &[Method] = &[
     method("/cached.v1.Workers/Lease", Scope::Worker, false, false),
     method("/cached.v1.Workers/Progress", Scope::Worker, true, false),
     method("/cached.v1.Workers/Complete", Scope::Worker, true, false),
+    method("/cached.v1.Admin/Purge", Scope::Admin, true, false),
 ];
 
 /// Services anyone may call.

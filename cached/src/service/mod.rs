@@ -1,12 +1,14 @@
 //! Thin tonic handlers: decode the request, call the domain module, encode the answer. Errors
 //! become statuses in `crate::error`, nowhere else.
 
+mod admin;
 mod builds;
 mod cas;
 mod gocache;
 mod jobs;
 mod stats;
 
+pub use admin::AdminService;
 pub use builds::BuildsService;
 pub use cas::CasService;
 pub use gocache::GoCacheService;

@@ -1,0 +1,39 @@
+//! `cachectl admin`: what operators do by hand, with a token that has the `admin` scope.
+
+use proto::v1;
+
+use crate::client::{Client, ConnectOptions};
+use crate::error::{CliError, Result};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Forget every Go action entry and whole-build record of a namespace, for when a writer
+    /// stored entries it should not have. Blobs stay (they are named by their own hash); the
+    /// next builds in the namespace miss, rebuild and store their entries again.
+    Purge {
+        /// The namespace (requests that name none use `default`).
+        #[arg(long)]
+        namespace: String,
+    },
+}
+
+pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Result<()> {
+    match command {
+        Command::Purge { namespace } => {
+            if namespace.is_empty() {
+                return Err(CliError::Usage(
+                    "--namespace is empty: name the namespace to purge (requests that name none use `default`)"
+                        .into(),
+                ));
+            }
+            let mut client = Client::connect_with(server, connect).await?;
+            let request = v1::PurgeRequest { namespace: namespace.clone() };
+            let purged = client.admin.purge(request).await?.into_inner();
+            println!(
+                "purged namespace `{namespace}`: {} Go action entries, {} whole-build records",
+                purged.go_entries, purged.build_records
+            );
+            Ok(())
+        }
+    }
+}
