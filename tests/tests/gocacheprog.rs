@@ -122,6 +122,37 @@ fn a_fresh_runner_preloads_what_its_own_command_used_not_every_build_of_the_modu
     assert!(counted(&everything_again, "preloaded") > preloaded, "{everything}\n{everything_again}");
 }
 
+/// A runner that builds in two namespaces with one local tier keeps their entries apart, as
+/// cached does: the second namespace hits nothing the first recorded, builds, and uploads its
+/// own, so its fresh runners hit.
+#[test]
+fn namespaces_sharing_a_local_tier_keep_their_entries_apart() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let build = |namespace: &str| {
+        let mut go = env.go_bridged(&["build", "./..."], tier.path(), Some(&daemon.url()));
+        go.env("CACHED_NAMESPACE", namespace);
+        let built = run(go).success(&format!("build in {namespace}"));
+        summary(&built.stderr).to_owned()
+    };
+    let first = build("team-a");
+    assert!(counted(&first, "uploaded") > 0, "{first}");
+    env.wipe_gocache();
+    let other = build("team-b");
+    assert_eq!(counted(&other, "local hits"), 0, "team-b used team-a's records: {other}");
+    assert!(counted(&other, "uploaded") > 0, "{other}");
+    // The same namespace on the same runner hits locally, as before.
+    env.wipe_gocache();
+    let again = build("team-a");
+    assert!(counted(&again, "local hits") > 0 && counted(&again, "misses") < gets(&again), "{again}");
+    // A fresh runner in team-b finds what team-b uploaded.
+    env.wipe_gocache();
+    wipe(tier.path());
+    let fresh = build("team-b");
+    assert_eq!(counted(&fresh, "misses"), counted(&again, "misses"), "{fresh}");
+}
+
 #[test]
 fn go_test_after_a_wipe_reports_cached() {
     let daemon = Daemon::start();

@@ -3,7 +3,11 @@
 //! Layout under an absolute root:
 //! - `o/<2 hex>/<OutputID hex>`: bodies. Mode 0755 (Go runs cached test binaries straight from
 //!   here), no extension (cgo tools choke on one, golang/go#74451), never rewritten once present.
-//! - `a/<2 hex>/<ActionID hex>`: one line, `<OutputID hex> <size> <time unix nanos>`.
+//! - `a/<2 hex>/<name>`: one line, `<OutputID hex> <size> <time unix nanos>`. The name is the
+//!   ActionID in hex for the default namespace, and SHA-256 of the namespace and ActionID for
+//!   any other, so a runner that builds in several namespaces keeps their entries apart (as
+//!   cached does): one namespace never hits what another recorded, and uploads its own. Bodies
+//!   are shared; their names are their SHA-256, checked when they are written.
 //! - `.part-*` beside them: files being written. `trim.txt`: its mtime is the last trim.
 //!
 //! Several go processes may share a root at once: every file is written under a temporary
@@ -70,6 +74,8 @@ pub struct DiskTier {
     root: PathBuf,
     max_size: u64,
     room: Arc<Room>,
+    /// Salts record names in a namespace other than the default ([`DiskTier::in_namespace`]).
+    namespace_salt: Option<[u8; 32]>,
 }
 
 impl DiskTier {
@@ -85,7 +91,19 @@ impl DiskTier {
             let source = io::Error::new(io::ErrorKind::InvalidInput, "the path must be valid UTF-8");
             return Err(DiskError::Io { path: root, source });
         }
-        Ok(Self { room: Arc::new(Room::new(root.clone())), root, max_size })
+        Ok(Self { room: Arc::new(Room::new(root.clone())), root, max_size, namespace_salt: None })
+    }
+
+    /// Keeps the records of `namespace` apart from every other namespace's; the default
+    /// namespace (`""` or `default`, as cached reads them) keeps the plain layout.
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
+        self.namespace_salt = (!namespace.is_empty() && namespace != "default").then(|| {
+            let mut salt = Sha256::new();
+            salt.update(b"cachectl gocacheprog local records\0");
+            salt.update(namespace.as_bytes());
+            salt.finalize().into()
+        });
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -97,7 +115,13 @@ impl DiskTier {
     }
 
     fn action_path(&self, action_id: &ActionId) -> PathBuf {
-        sharded(&self.root.join("a"), &action_id.to_string())
+        let name = match &self.namespace_salt {
+            None => *action_id,
+            Some(salt) => {
+                ActionId(Sha256::new().chain_update(salt).chain_update(action_id.0).finalize().into())
+            }
+        };
+        sharded(&self.root.join("a"), &name.to_string())
     }
 
     /// The entry and body path of an action, if both are here and the body has its size.
@@ -476,6 +500,25 @@ mod tests {
         let entry = Entry { output_id: id, size: body.len() as u64, time_unix_nanos: 7 };
         tier.record(&ActionId([action; 32]), &entry).unwrap();
         path
+    }
+
+    #[test]
+    fn namespaces_keep_their_records_apart_and_share_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |namespace: &str| DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace(namespace);
+        let team = open("team");
+        let body = put(&team, 1, b"team's body");
+        let action = ActionId([1; 32]);
+        assert_eq!(open("team").lookup(&action).unwrap().map(|(_, path)| path), Some(body.clone()));
+        for other in ["team2", "", "default"] {
+            assert!(open(other).lookup(&action).unwrap().is_none(), "{other:?} sees team's record");
+            assert!(!open(other).has_entry(&action), "{other:?}");
+        }
+        assert_eq!(open("team2").existing_output(&output_id(b"team's body"), 11), Some(body));
+        // The default namespace, named or not, keeps the plain layout of earlier versions.
+        put(&open(""), 2, b"plain");
+        assert!(open("default").has_entry(&ActionId([2; 32])));
+        assert!(dir.path().join("a/02").join(ActionId([2; 32]).to_string()).is_file());
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub fn default_dir() -> Option<PathBuf> {
 /// Serves the go command on stdin/stdout until it closes the session.
 pub async fn run(options: Options) -> Result<()> {
     let disk = disk::DiskTier::open(&options.dir, options.max_size)
-        .map_err(|err| CliError::Usage(format!("cannot use the local cache directory: {err}")))?;
+        .map_err(|err| CliError::Usage(format!("cannot use the local cache directory: {err}")))?
+        .in_namespace(&options.namespace);
     let counters = Arc::new(counters::Counters::default());
     let remote = options.server.as_ref().and_then(|server| {
         remote::Remote::new(server, options.namespace.clone(), options.timeout, Arc::clone(&counters))
