@@ -377,7 +377,6 @@ fn percent(rate: Option<f64>) -> String {
     rate.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0))
 }
 
-/// `1536` → `1.5 KiB`.
 /// The data disk's free space against the floor, with a warning once uploads are refused.
 fn disk_line(store: &StoreReport) -> String {
     let free = format!("{} free", bytes(store.disk_free_bytes));
@@ -393,6 +392,7 @@ fn disk_line(store: &StoreReport) -> String {
     }
 }
 
+/// `1536` → `1.5 KiB`.
 pub fn bytes(count: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = count as f64;
