@@ -60,8 +60,8 @@ impl Default for BuildFlags {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsupported(pub String);
 
-/// Flags that take a value.
-const VALUE_FLAGS: &[&str] = &[
+/// `go build` flags that take a value (the bridge's session keys read them too).
+pub(crate) const VALUE_FLAGS: &[&str] = &[
     "o",
     "tags",
     "ldflags",

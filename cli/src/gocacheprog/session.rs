@@ -92,32 +92,10 @@ pub struct Keys {
     pub shared: ActionId,
 }
 
-/// Flags of `go build`, `test`, `vet`, `run`, `install` and `list` (and of test binaries, which
-/// `go test` passes on) that take a value, so that `-o out` is not read as a package `out`.
-const VALUE_FLAGS: [&str; 46] = [
-    "C",
-    "o",
-    "p",
-    "asmflags",
-    "buildmode",
-    "compiler",
-    "gccgoflags",
-    "gcflags",
-    "installsuffix",
-    "ldflags",
-    "mod",
-    "modfile",
-    "overlay",
-    "pgo",
-    "pkgdir",
-    "tags",
-    "toolexec",
-    "coverpkg",
-    "covermode",
-    "exec",
-    "debug-actiongraph",
-    "debug-runtime-trace",
-    "debug-trace",
+/// Flags that take a value beyond `go build`'s ([`crate::gobuild::flags::VALUE_FLAGS`]): those
+/// of `go list` and of test binaries, which `go test` passes on. Known, so that `-run TestX`
+/// is not read as a package `TestX`.
+const OTHER_VALUE_FLAGS: &[&str] = &[
     "f",
     "reuse",
     "run",
@@ -142,6 +120,10 @@ const VALUE_FLAGS: [&str; 46] = [
     "trace",
     "vet",
 ];
+
+fn takes_value(flag: &str) -> bool {
+    crate::gobuild::flags::VALUE_FLAGS.contains(&flag) || OTHER_VALUE_FLAGS.contains(&flag)
+}
 
 impl KeyInputs {
     /// What this process sees: its environment (the go command's), its working directory (the
@@ -274,7 +256,7 @@ fn command_shape(args: &[String]) -> Option<Vec<String>> {
         let name = match flag.split_once('=') {
             Some((name, _)) => name,
             None => {
-                if VALUE_FLAGS.contains(&flag) {
+                if takes_value(flag) {
                     rest.next();
                 }
                 flag
