@@ -314,9 +314,8 @@ fn a_server_refusing_uploads_for_want_of_disk_is_still_read() {
     assert!(warned[0].contains("refuses uploads") && warned[0].contains("nearly full"), "{}", warned[0]);
     assert!(warned[0].contains("reading from it only"), "{}", warned[0]);
     // No breaker tripped: every lookup of the go command was asked of cached.
-    let line = summary(&built.stderr);
-    let gets: u64 =
-        line.split(" gets").next().and_then(|head| head.rsplit(' ').next()?.parse().ok()).unwrap();
+    let gets = gets(summary(&built.stderr));
+    assert!(gets > 0, "{}", built.stderr);
     let stats = Command::new(binary("cachectl"))
         .args(["--server", &daemon.url(), "stats", "--json"])
         .output()
