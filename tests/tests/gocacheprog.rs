@@ -122,6 +122,29 @@ fn a_fresh_runner_preloads_what_its_own_command_used_not_every_build_of_the_modu
     assert!(counted(&everything_again, "preloaded") > preloaded, "{everything}\n{everything_again}");
 }
 
+/// A build of another flavour (`-trimpath` changes every ActionID, as `-race` or other tags
+/// do) does not fall back on the list a plain build wrote, whose bodies it would never ask
+/// for; a new command line of its own flavour does fall back on that flavour's list.
+#[test]
+fn a_fresh_runner_falls_back_only_on_a_list_of_its_own_flavour() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let fresh = |args: &[&str]| {
+        env.wipe_gocache();
+        wipe(tier.path());
+        let built = run(env.go_bridged(args, tier.path(), Some(&daemon.url()))).success("bridged build");
+        summary(&built.stderr).to_owned()
+    };
+    fresh(&["build", "./..."]);
+    let trimmed = fresh(&["build", "-trimpath", "./..."]);
+    assert!(gets(&trimmed) > 0, "{trimmed}");
+    assert_eq!(counted(&trimmed, "preloaded"), 0, "fetched the plain build's list: {trimmed}");
+    let trimmed_small = fresh(&["build", "-trimpath", "./internal/calc"]);
+    let (preloaded, hits) = (counted(&trimmed_small, "preloaded"), counted(&trimmed_small, "preloaded hits"));
+    assert!(hits > 0 && preloaded >= hits, "{trimmed_small}");
+}
+
 /// A runner that builds in two namespaces with one local tier keeps their entries apart, as
 /// cached does: the second namespace hits nothing the first recorded, builds, and uploads its
 /// own, so its fresh runners hit.

@@ -3,10 +3,11 @@
 //!
 //! A session reads and writes two lists. The shared list is keyed by what decides which
 //! actions a go command looks up: the namespace, the go command's subcommand, the module it
-//! runs in, and the environment that salts or selects ActionIDs (Go version, GOOS/GOARCH and
-//! arch levels, GOFLAGS, cgo, experiments). The exact list's key adds the go command line's
-//! shape (flag names and package arguments) and the directory in the module, so `go build
-//! ./...` and `go build ./cmd/small` in one CI job do not each preload what both used. A
+//! runs in, the environment that salts or selects ActionIDs (Go version, GOOS/GOARCH and
+//! arch levels, GOFLAGS, cgo, experiments) and the flags that do the same on the command line
+//! (its flavour: `-race`, `-tags`, `-gcflags`, ...). The exact list's key adds the go command
+//! line's shape (flag names and package arguments) and the directory in the module, so `go
+//! build ./...` and `go build ./cmd/small` in one CI job do not each preload what both used. A
 //! session walks its exact list, or the shared one when this command line has not run before.
 //!
 //! A list is stored as an ordinary Go action entry in the session's own namespace,
@@ -78,7 +79,9 @@ pub struct KeyInputs {
     /// The module path from the go.mod at or above the working directory, or empty.
     pub module: String,
     pub env: Vec<(String, String)>,
-    /// The go command line's shape ([`command_shape`]) and the working directory within the
+    /// The go command line's flavour flags with their values ([`FLAVOUR_FLAGS`]), sorted.
+    pub flavour: Vec<String>,
+    /// The go command line's shape ([`CommandLine::shape`]) and the working directory within the
     /// module; unknown when the go command line cannot be read.
     pub command: Option<Vec<String>>,
 }
@@ -121,6 +124,35 @@ const OTHER_VALUE_FLAGS: &[&str] = &[
     "vet",
 ];
 
+/// Flags that change the ActionIDs of (nearly) every package a go command builds: instrumented
+/// (`-race`, `-msan`, `-asan`, coverage), compiled differently (`-gcflags`, `-asmflags`,
+/// `-trimpath`, `-buildmode`, `-pgo`, `-toolexec`, ...) or from other files (`-tags`, `-mod`,
+/// `-modfile`, `-overlay`). A list that a build of another flavour wrote holds almost nothing
+/// this command asks for, so both keys carry them with their values. `-ldflags` is not one: it
+/// changes only the link, and its value is often stamped per commit.
+const FLAVOUR_FLAGS: &[&str] = &[
+    "race",
+    "msan",
+    "asan",
+    "cover",
+    "covermode",
+    "coverpkg",
+    "trimpath",
+    "gcflags",
+    "asmflags",
+    "buildmode",
+    "pgo",
+    "toolexec",
+    "compiler",
+    "gccgoflags",
+    "linkshared",
+    "installsuffix",
+    "tags",
+    "mod",
+    "modfile",
+    "overlay",
+];
+
 fn takes_value(flag: &str) -> bool {
     crate::gobuild::flags::VALUE_FLAGS.contains(&flag) || OTHER_VALUE_FLAGS.contains(&flag)
 }
@@ -136,17 +168,23 @@ impl KeyInputs {
         let dir = std::env::current_dir().ok();
         let root = dir.as_deref().and_then(module_root);
         let go_command = parent_command_line();
-        let command = go_command.as_deref().and_then(command_shape).map(|mut shape| {
-            let within =
-                dir.as_deref().zip(root.as_ref()).and_then(|(dir, (root, _))| dir.strip_prefix(root).ok());
-            shape.push(format!("dir={}", within.unwrap_or(Path::new("")).display()));
-            shape
-        });
+        let (flavour, command) = match go_command.as_deref().and_then(read_command_line) {
+            Some(CommandLine { flavour, mut shape }) => {
+                let within = dir
+                    .as_deref()
+                    .zip(root.as_ref())
+                    .and_then(|(dir, (root, _))| dir.strip_prefix(root).ok());
+                shape.push(format!("dir={}", within.unwrap_or(Path::new("")).display()));
+                (flavour, Some(shape))
+            }
+            None => (Vec::new(), None),
+        };
         Self {
             namespace: namespace.to_owned(),
             subcommand: go_command.as_deref().and_then(subcommand).unwrap_or_default(),
             module: root.map(|(_, module)| module).unwrap_or_default(),
             env,
+            flavour,
             command,
         }
     }
@@ -169,6 +207,10 @@ impl KeyInputs {
         field("module", &self.module);
         for (name, value) in &self.env {
             field(name, value);
+        }
+        // Absent when plain, so a plain command's keys are what they were before flavours.
+        for flag in &self.flavour {
+            field("flavour", flag);
         }
         for part in command.unwrap_or_default() {
             field("command", part);
@@ -234,12 +276,21 @@ fn subcommand(args: &[String]) -> Option<String> {
     subcommand_at(args).map(|at| args[at].clone())
 }
 
-/// What after the subcommand chooses what a go command builds: the names of its flags, not
-/// their values (`-ldflags` often stamps a version that changes with every commit), and its
-/// package arguments, up to `-args` or, for `go run`, the program's own arguments.
-fn command_shape(args: &[String]) -> Option<Vec<String>> {
+/// A go command line as the session keys read it.
+#[derive(Debug, PartialEq, Eq)]
+struct CommandLine {
+    /// Its flavour flags ([`FLAVOUR_FLAGS`]) as `-name=value`, sorted; a boolean one set to
+    /// false is left out, as if absent.
+    flavour: Vec<String>,
+    /// What after the subcommand chooses what it builds: the names of its flags, not their
+    /// values (`-ldflags` often stamps a version that changes with every commit), and its
+    /// package arguments, up to `-args` or, for `go run`, the program's own arguments.
+    shape: Vec<String>,
+}
+
+fn read_command_line(args: &[String]) -> Option<CommandLine> {
     let at = subcommand_at(args)?;
-    let (mut flags, mut packages) = (BTreeSet::new(), Vec::new());
+    let (mut flags, mut flavour, mut packages) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
     let mut rest = args[at + 1..].iter();
     while let Some(arg) = rest.next() {
         if matches!(arg.as_str(), "-args" | "--args" | "--") {
@@ -253,18 +304,20 @@ fn command_shape(args: &[String]) -> Option<Vec<String>> {
             continue;
         };
         let flag = flag.strip_prefix('-').unwrap_or(flag);
-        let name = match flag.split_once('=') {
-            Some((name, _)) => name,
-            None => {
-                if takes_value(flag) {
-                    rest.next();
-                }
-                flag
-            }
+        let (name, value) = match flag.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None if takes_value(flag) => (flag, rest.next().map(String::as_str)),
+            None => (flag, None),
         };
         flags.insert(format!("-{name}"));
+        // `go test -coverprofile` turns coverage on.
+        let (name, value) = if name == "coverprofile" { ("cover", None) } else { (name, value) };
+        if FLAVOUR_FLAGS.contains(&name) && value != Some("false") {
+            flavour.insert(format!("-{name}={}", value.unwrap_or("true")));
+        }
     }
-    Some(flags.into_iter().chain(packages).collect())
+    let shape = flags.into_iter().chain(packages).collect();
+    Some(CommandLine { flavour: flavour.into_iter().collect(), shape })
 }
 
 pub fn encode(records: &[Record]) -> Vec<u8> {
@@ -392,6 +445,7 @@ mod tests {
             subcommand: "build".into(),
             module: "example.com/app".into(),
             env: vec![("GOOS".into(), "linux".into()), ("GOVERSION".into(), "go1.26.1".into())],
+            flavour: strings(&["-tags=a"]),
             command: Some(strings(&["-o", "./...", "dir="])),
         };
         let mut keys = vec![base.keys()];
@@ -405,6 +459,9 @@ mod tests {
         vary(&|k| k.module = "example.com/other".into());
         vary(&|k| k.env[0].1 = "darwin".into());
         vary(&|k| k.env[1].1 = "go1.26.2".into());
+        vary(&|k| k.flavour = strings(&["-race=true", "-tags=a"]));
+        vary(&|k| k.flavour = strings(&["-tags=b"]));
+        vary(&|k| k.flavour.clear());
         // Length-prefixed fields: moving bytes between fields changes the key.
         vary(&|k| {
             k.namespace = "cib".into();
@@ -443,7 +500,7 @@ mod tests {
         assert_eq!(subcommand(&strings(&["go", "-C", "sub", "vet", "./..."])), Some("vet".into()));
         assert_eq!(subcommand(&strings(&["/bin/sh", "-c", "x"])), None);
         assert_eq!(subcommand(&strings(&["go"])), None);
-        let shape = |args: &[&str]| command_shape(&strings(args)).unwrap();
+        let shape = |args: &[&str]| read_command_line(&strings(args)).unwrap().shape;
         // Flag names, sorted; values left out, whichever way they are written.
         let stamped = ["go", "build", "-trimpath", "-ldflags", "-X main.v=1", "-o", "bin/app", "./cmd/app"];
         assert_eq!(shape(&stamped), ["-ldflags", "-o", "-trimpath", "./cmd/app"]);
@@ -457,7 +514,30 @@ mod tests {
         // go run: what follows the package is the program's.
         assert_eq!(shape(&["go", "run", "./gen", "-date", "2026-11-27"]), ["./gen"]);
         assert_eq!(shape(&["go", "-C", "sub", "vet"]), Vec::<String>::new());
-        assert_eq!(command_shape(&strings(&["make", "build"])), None);
+        assert_eq!(read_command_line(&strings(&["make", "build"])), None);
+    }
+
+    #[test]
+    fn the_flavour_is_the_flags_that_change_every_action_with_their_values() {
+        let flavour = |args: &[&str]| read_command_line(&strings(args)).unwrap().flavour;
+        assert_eq!(
+            flavour(&["go", "build", "-o", "x", "-ldflags=-X main.v=1", "./..."]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            flavour(&["go", "test", "-race", "./...", "-tags", "integration", "--gcflags=all=-N -l", "-v"]),
+            ["-gcflags=all=-N -l", "-race=true", "-tags=integration"]
+        );
+        // However a flag is spelt, the same flavour; a boolean set to false is no flavour.
+        assert_eq!(
+            flavour(&["go", "test", "-race=true", "./..."]),
+            flavour(&["go", "test", "./...", "-race"])
+        );
+        assert_eq!(flavour(&["go", "build", "-trimpath=false", "./..."]), Vec::<String>::new());
+        // A coverage profile turns coverage on.
+        assert_eq!(flavour(&["go", "test", "-coverprofile", "c.out", "./..."]), ["-cover=true"]);
+        // Flags after -args are the test binary's.
+        assert_eq!(flavour(&["go", "test", "./...", "-args", "-race"]), Vec::<String>::new());
     }
 
     #[test]
