@@ -94,6 +94,15 @@ fn a_fresh_runner_builds_from_cached_without_compiling_and_matches_plain_go() {
     assert!(gets > 0 && hits > 0 && hits < gets, "{ns}");
 }
 
+/// A go command run as on a fresh runner (empty GOCACHE and local tier) through the bridge;
+/// its session summary.
+fn fresh_build(env: &GoEnv, daemon: &Daemon, tier: &Path, args: &[&str]) -> String {
+    env.wipe_gocache();
+    wipe(tier);
+    let built = run(env.go_bridged(args, tier, Some(&daemon.url()))).success("bridged build");
+    summary(&built.stderr).to_owned()
+}
+
 /// Two builds in one module: each fresh runner preloads what its own command line used, once
 /// that command has run; until then, what any build of the module used.
 #[test]
@@ -101,12 +110,7 @@ fn a_fresh_runner_preloads_what_its_own_command_used_not_every_build_of_the_modu
     let daemon = Daemon::start();
     let tier = tempfile::tempdir().unwrap();
     let env = GoEnv::new();
-    let fresh = |args: &[&str]| {
-        env.wipe_gocache();
-        wipe(tier.path());
-        let built = run(env.go_bridged(args, tier.path(), Some(&daemon.url()))).success("bridged build");
-        summary(&built.stderr).to_owned()
-    };
+    let fresh = |args: &[&str]| fresh_build(&env, &daemon, tier.path(), args);
     let everything = fresh(&["build", "./..."]);
     let first_small = fresh(&["build", "./internal/calc"]);
     let again_small = fresh(&["build", "./internal/calc"]);
@@ -130,12 +134,7 @@ fn a_fresh_runner_falls_back_only_on_a_list_of_its_own_flavour() {
     let daemon = Daemon::start();
     let tier = tempfile::tempdir().unwrap();
     let env = GoEnv::new();
-    let fresh = |args: &[&str]| {
-        env.wipe_gocache();
-        wipe(tier.path());
-        let built = run(env.go_bridged(args, tier.path(), Some(&daemon.url()))).success("bridged build");
-        summary(&built.stderr).to_owned()
-    };
+    let fresh = |args: &[&str]| fresh_build(&env, &daemon, tier.path(), args);
     fresh(&["build", "./..."]);
     let trimmed = fresh(&["build", "-trimpath", "./..."]);
     assert!(gets(&trimmed) > 0, "{trimmed}");
