@@ -118,6 +118,13 @@ enum Command {
         #[command(subcommand)]
         command: GoCommand,
     },
+    /// Set every file of a git clone to the time of its last commit, so `go test` results that
+    /// read files (testdata, golden files) hit the cache on a fresh clone; run it after checkout.
+    RestoreMtimes {
+        /// A directory inside the clone.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Why the latest build of a target (an import path such as `cmd/app`, optionally
     /// followed by `linux/amd64`) or of a build key missed: every input that differed.
     Explain {
@@ -197,6 +204,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::RestoreMtimes { dir } => commands::mtimes::run(&dir),
         Command::Explain { query, namespace, json } => {
             let client = Client::connect_with(&cli.server, &connect).await?;
             commands::explain::run(&client, namespace, query.join(" "), json).await

@@ -195,6 +195,67 @@ fn go_test_after_a_wipe_reports_cached() {
     }
 }
 
+/// A module whose test reads a golden file, committed to a new git repository at `dir`.
+fn golden_repository(dir: &Path) {
+    let files = [
+        ("go.mod", "module example.com/golden\n\ngo 1.24\n"),
+        ("testdata/golden.txt", "expected\n"),
+        (
+            "golden_test.go",
+            "package golden\n\nimport (\n\t\"os\"\n\t\"testing\"\n)\n\n\
+             func TestGolden(t *testing.T) {\n\
+             \tgot, err := os.ReadFile(\"testdata/golden.txt\")\n\
+             \tif err != nil || string(got) != \"expected\\n\" {\n\t\tt.Fatalf(\"%q %v\", got, err)\n\t}\n}\n",
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "."]);
+    git(dir, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "golden"]);
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git").args(args).current_dir(dir).status().expect("git");
+    assert!(status.success(), "git {args:?}");
+}
+
+/// A clone dates every file to the clone, so on a fresh runner a test that reads testdata
+/// never comes from the cache; `cachectl restore-mtimes` after the checkout makes it a hit.
+#[test]
+fn a_test_that_reads_testdata_hits_on_a_fresh_clone_after_restore_mtimes() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let origin = tempfile::tempdir().unwrap();
+    golden_repository(origin.path());
+    // Every clone at the same path, as a CI system checks out: the path is part of the key.
+    let checkout = env.root.path().join("checkout");
+    let test_fresh_clone = |restore: bool| {
+        wipe(&checkout);
+        git(env.root.path(), &["clone", "-q", origin.path().to_str().unwrap(), "checkout"]);
+        if restore {
+            let mut restore = Command::new(binary("cachectl"));
+            restore.arg("restore-mtimes").arg(&checkout);
+            let said = run(restore).success("restore-mtimes").stdout;
+            assert!(said.contains("3 files and 2 directories"), "{said}");
+        }
+        env.wipe_gocache();
+        wipe(tier.path());
+        let mut go = env.go_bridged(&["test", "./..."], tier.path(), Some(&daemon.url()));
+        go.current_dir(&checkout);
+        run(go).success("go test in a fresh clone").stdout
+    };
+    let first = test_fresh_clone(true);
+    assert!(first.starts_with("ok") && !first.contains("(cached)"), "{first}");
+    let unrestored = test_fresh_clone(false);
+    assert!(!unrestored.contains("(cached)"), "a clone's own times hit: {unrestored}");
+    let restored = test_fresh_clone(true);
+    assert!(restored.contains("(cached)"), "{restored}");
+}
+
 #[test]
 fn go_list_export_paths_stay_readable_after_the_bridge_exits() {
     let tier = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@ pub mod gocacheprog;
 pub mod has;
 pub mod image;
 pub mod jobs;
+pub mod mtimes;
 pub mod put;
 pub mod stats;
 pub mod submit;

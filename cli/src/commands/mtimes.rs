@@ -1,0 +1,18 @@
+use std::path::Path;
+
+use crate::error::Result;
+use crate::mtimes;
+
+/// Sets the clone's times and says what it did.
+pub fn run(dir: &Path) -> Result<()> {
+    let restored = mtimes::restore(dir)?;
+    let changed = match restored.changed {
+        0 => String::new(),
+        n => format!("; {n} changed file(s) left as they were"),
+    };
+    println!(
+        "{} files and {} directories set to the time of their last commit{changed}",
+        restored.files, restored.dirs
+    );
+    Ok(())
+}
