@@ -44,7 +44,10 @@ pub fn restore(dir: &Path) -> Result<Restored> {
     let mut restored = Restored { changed, ..Restored::default() };
     let mut dirs: BTreeMap<PathBuf, SystemTime> = BTreeMap::new();
     for (path, time) in &times {
-        set_time(&root.join(path), *time)?;
+        // Absent from the work tree (a sparse checkout leaves it out): nothing to date.
+        if !set_time(&root.join(path), *time)? {
+            continue;
+        }
         restored.files += 1;
         for parent in path.ancestors().skip(1) {
             let latest = dirs.entry(parent.to_owned()).or_insert(*time);
@@ -52,8 +55,7 @@ pub fn restore(dir: &Path) -> Result<Restored> {
         }
     }
     for (path, time) in &dirs {
-        set_time(&root.join(path), *time)?;
-        restored.dirs += 1;
+        restored.dirs += usize::from(set_time(&root.join(path), *time)?);
     }
     Ok(restored)
 }
@@ -149,11 +151,15 @@ fn read_times(
     Ok(times)
 }
 
-fn set_time(path: &Path, time: SystemTime) -> Result<()> {
-    let file = |source| CliError::File { path: path.to_owned(), source };
-    File::open(path)
-        .and_then(|f| f.set_times(FileTimes::new().set_modified(time).set_accessed(time)))
-        .map_err(file)
+/// Sets a file's or directory's times; false if it does not exist.
+fn set_time(path: &Path, time: SystemTime) -> Result<bool> {
+    let set =
+        File::open(path).and_then(|f| f.set_times(FileTimes::new().set_modified(time).set_accessed(time)));
+    match set {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(CliError::File { path: path.to_owned(), source }),
+    }
 }
 
 fn git_command(dir: &Path, args: &[&str]) -> Command {
@@ -233,6 +239,18 @@ mod tests {
         // Run again: the same times.
         assert_eq!(restore(root).unwrap(), restored);
         assert_eq!(mtime(&root.join("pkg/testdata/a")), a);
+    }
+
+    #[test]
+    fn files_a_sparse_checkout_leaves_out_are_skipped() {
+        let repo = tempfile::tempdir().unwrap();
+        sh(
+            repo.path(),
+            "git init -q && git config user.email t@t && git config user.name t \
+             && echo a > kept && echo b > left-out && git add . && git commit -qm one \
+             && git update-index --skip-worktree left-out && rm left-out",
+        );
+        assert_eq!(restore(repo.path()).unwrap(), Restored { files: 1, dirs: 1, changed: 0 });
     }
 
     #[test]
