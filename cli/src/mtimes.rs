@@ -61,15 +61,16 @@ pub fn restore(dir: &Path) -> Result<Restored> {
 }
 
 /// Regular files in the index at stage 0 (not symlinks, submodules or conflicts), with the
-/// nanoseconds their blob IDs give them.
+/// nanoseconds their blob IDs give them. Files marked assume-unchanged or skip-worktree are
+/// left out: git does not report their changes, so their content may not be HEAD's.
 fn tracked_files(root: &Path) -> Result<HashMap<Vec<u8>, u32>> {
-    let listing = git(root, &["ls-files", "--stage", "-z"])?;
+    let listing = git(root, &["ls-files", "--stage", "-v", "-z"])?;
     let mut files = HashMap::new();
     for entry in split_nul(&listing) {
-        // `<mode> <blob> <stage>\t<path>`
+        // `<tag> <mode> <blob> <stage>\t<path>`; `H` is a plain tracked file.
         let Some(tab) = entry.iter().position(|&b| b == b'\t') else { continue };
         let fields: Vec<&[u8]> = entry[..tab].split(|&b| b == b' ').collect();
-        let [mode, blob, b"0"] = fields.as_slice() else { continue };
+        let [b"H", mode, blob, b"0"] = fields.as_slice() else { continue };
         if matches!(*mode, b"100644" | b"100755")
             && let Some(nanos) = nanos_of(blob)
         {
@@ -242,15 +243,19 @@ mod tests {
     }
 
     #[test]
-    fn files_a_sparse_checkout_leaves_out_are_skipped() {
+    fn files_whose_changes_git_would_not_report_are_left_alone() {
         let repo = tempfile::tempdir().unwrap();
+        let root = repo.path();
         sh(
-            repo.path(),
+            root,
             "git init -q && git config user.email t@t && git config user.name t \
-             && echo a > kept && echo b > left-out && git add . && git commit -qm one \
-             && git update-index --skip-worktree left-out && rm left-out",
+             && echo a > kept && echo b > left-out && echo c > assumed && git add . \
+             && GIT_COMMITTER_DATE=@1700000000 git commit -qm one \
+             && git update-index --skip-worktree left-out && rm left-out \
+             && git update-index --assume-unchanged assumed && echo edited > assumed",
         );
-        assert_eq!(restore(repo.path()).unwrap(), Restored { files: 1, dirs: 1, changed: 0 });
+        assert_eq!(restore(root).unwrap(), Restored { files: 1, dirs: 1, changed: 0 });
+        assert!(mtime(&root.join("assumed")) > SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_001_000));
     }
 
     #[test]
