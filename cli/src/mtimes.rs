@@ -44,7 +44,7 @@ pub fn restore(dir: &Path) -> Result<Restored> {
     let mut restored = Restored { changed, ..Restored::default() };
     let mut dirs: BTreeMap<PathBuf, SystemTime> = BTreeMap::new();
     for (path, time) in &times {
-        // Absent from the work tree (a sparse checkout leaves it out): nothing to date.
+        // Removed since git listed it: nothing to date.
         if !set_time(&root.join(path), *time)? {
             continue;
         }
