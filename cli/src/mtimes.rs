@@ -209,6 +209,21 @@ mod tests {
         std::fs::metadata(path).unwrap().modified().unwrap()
     }
 
+    /// A new git repository, set up by `script` (run in it after `git init`).
+    fn repository(script: &str) -> tempfile::TempDir {
+        let repo = tempfile::tempdir().unwrap();
+        sh(
+            repo.path(),
+            &format!("git init -q && git config user.email t@t && git config user.name t && {script}"),
+        );
+        repo
+    }
+
+    /// Whether a file kept a time of today rather than one of the test commits (2023).
+    fn is_undated(path: &Path) -> bool {
+        mtime(path) > SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_001_000)
+    }
+
     fn at(seconds: u64, path: &Path, root: &Path) -> SystemTime {
         let blob = git(root, &["rev-parse", &format!("HEAD:{}", path.display())]).unwrap();
         SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos_of(&blob).unwrap())
@@ -216,24 +231,21 @@ mod tests {
 
     #[test]
     fn files_take_their_last_commit_time_and_changed_files_keep_theirs() {
-        let repo = tempfile::tempdir().unwrap();
-        let root = repo.path();
-        sh(
-            root,
-            "git init -q && git config user.email t@t && git config user.name t \
-             && mkdir -p pkg/testdata && echo a > pkg/testdata/a && echo b > top \
+        let repo = repository(
+            "mkdir -p pkg/testdata && echo a > pkg/testdata/a && echo b > top \
              && git add . && GIT_COMMITTER_DATE=@1700000000 git commit -qm one \
              && echo a2 > pkg/testdata/a && echo c > 'pkg/with space' \
              && git add . && GIT_COMMITTER_DATE=@1700000500 git commit -qm two \
              && echo b2 > top && ln -s top link",
         );
+        let root = repo.path();
         let restored = restore(&root.join("pkg")).unwrap();
         assert_eq!(restored, Restored { files: 2, dirs: 3, changed: 1 });
         let a = at(1_700_000_500, Path::new("pkg/testdata/a"), root);
         assert_eq!(mtime(&root.join("pkg/testdata/a")), a);
         assert_eq!(mtime(&root.join("pkg/with space")), at(1_700_000_500, Path::new("pkg/with space"), root));
         // The changed file is not dated back to the commit it no longer matches.
-        assert!(mtime(&root.join("top")) > SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_001_000));
+        assert!(is_undated(&root.join("top")));
         // Directories: the latest time below them.
         assert_eq!(mtime(&root.join("pkg/testdata")), a);
         assert!(mtime(&root.join("pkg")) >= a);
@@ -244,18 +256,15 @@ mod tests {
 
     #[test]
     fn files_whose_changes_git_would_not_report_are_left_alone() {
-        let repo = tempfile::tempdir().unwrap();
-        let root = repo.path();
-        sh(
-            root,
-            "git init -q && git config user.email t@t && git config user.name t \
-             && echo a > kept && echo b > left-out && echo c > assumed && git add . \
+        let repo = repository(
+            "echo a > kept && echo b > left-out && echo c > assumed && git add . \
              && GIT_COMMITTER_DATE=@1700000000 git commit -qm one \
              && git update-index --skip-worktree left-out && rm left-out \
              && git update-index --assume-unchanged assumed && echo edited > assumed",
         );
+        let root = repo.path();
         assert_eq!(restore(root).unwrap(), Restored { files: 1, dirs: 1, changed: 0 });
-        assert!(mtime(&root.join("assumed")) > SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_001_000));
+        assert!(is_undated(&root.join("assumed")));
     }
 
     #[test]
