@@ -36,7 +36,8 @@ pub struct Restored {
 
 /// Sets the times of the git work tree that holds `dir`.
 pub fn restore(dir: &Path) -> Result<Restored> {
-    let root = PathBuf::from(OsString::from_vec(trim_newline(git(dir, &["rev-parse", "--show-toplevel"])?)));
+    let toplevel = git(dir, &["rev-parse", "--show-toplevel"])?;
+    let root = PathBuf::from(OsString::from_vec(toplevel.strip_suffix(b"\n").unwrap_or(&toplevel).to_vec()));
     let mut wanted = tracked_files(&root)?;
     let changed = split_nul(&git(&root, &["diff", "--name-only", "--no-renames", "-z", "HEAD"])?);
     let changed = changed.iter().filter(|path| wanted.remove(*path).is_some()).count();
@@ -187,13 +188,6 @@ fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
 
 fn split_nul(bytes: &[u8]) -> Vec<Vec<u8>> {
     bytes.split(|&b| b == 0).filter(|part| !part.is_empty()).map(<[u8]>::to_vec).collect()
-}
-
-fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    bytes
 }
 
 #[cfg(test)]
