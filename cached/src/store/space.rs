@@ -24,12 +24,15 @@ pub struct FreeSpace {
     dir: PathBuf,
     floor: u64,
     sample: Mutex<Option<(Instant, u64)>>,
+    /// When housekeeping last said the store had nothing left to evict; cleared once the
+    /// disk is above the floor again.
+    warned_exhausted: Mutex<Option<Instant>>,
 }
 
 impl FreeSpace {
     /// A floor of 0 turns the guard off.
     pub fn new(dir: PathBuf, floor: u64) -> Self {
-        Self { dir, floor, sample: Mutex::new(None) }
+        Self { dir, floor, sample: Mutex::new(None), warned_exhausted: Mutex::new(None) }
     }
 
     pub fn floor(&self) -> u64 {
@@ -117,29 +120,136 @@ impl FrameWriter for GuardedWriter {
     }
 }
 
+/// What one round of [`reclaim`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaimed {
+    /// The disk is above the floor (or the guard is off).
+    NotNeeded,
+    /// Flushing the memtables was enough.
+    Flushed,
+    /// Blobs were evicted and compacted away.
+    Evicted { blobs: u64, bytes: u64 },
+    /// The store holds no blob any more: other files keep the disk below the floor.
+    NothingToEvict,
+}
+
 /// Run by housekeeping: below the floor, first flushes the memtables (the WAL behind them is
 /// often most of what a busy store adds to its disk); if that is not enough, evicts twice the
 /// shortfall (deleted blobs free their disk space only once compaction drops them, and not all
 /// of it at once) and compacts.
-pub fn reclaim(store: &RocksStore, space: &FreeSpace) -> Result<()> {
+pub fn reclaim(store: &RocksStore, space: &FreeSpace) -> Result<Reclaimed> {
     if space.floor == 0 || space.deficit()? == 0 {
-        return Ok(());
+        *space.warned_exhausted.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        return Ok(Reclaimed::NotNeeded);
     }
     store.flush_memtables()?;
     let deficit = space.deficit()?;
     if deficit == 0 {
         tracing::info!(free = space.available()?, "the disk was nearly full: flushing memtables made room");
-        return Ok(());
+        return Ok(Reclaimed::Flushed);
     }
-    let evicted = store.evict_bytes(deficit.saturating_mul(2))?;
+    let (blobs, bytes) = store.evict_bytes(deficit.saturating_mul(2))?;
+    // Also when nothing was evicted: frames of blobs evicted before may still be on disk.
     store.compact_chunks()?;
+    if blobs == 0 {
+        warn_exhausted(space, Instant::now())?;
+        return Ok(Reclaimed::NothingToEvict);
+    }
     tracing::warn!(
         free = space.available()?,
         min_free_space = space.floor,
-        evicted_blobs = evicted.0,
-        evicted_bytes = evicted.1,
+        evicted_blobs = blobs,
+        evicted_bytes = bytes,
         dir = %space.dir.display(),
         "the disk is nearly full: evicted least recently used blobs and compacted to free space"
     );
+    Ok(Reclaimed::Evicted { blobs, bytes })
+}
+
+/// How often an operator is told again that the store has nothing left to give.
+const EXHAUSTED_REPEAT: Duration = Duration::from_secs(300);
+
+/// Says that the store has nothing left to evict: at once, then every `EXHAUSTED_REPEAT`
+/// while it lasts, not every housekeeping round.
+fn warn_exhausted(space: &FreeSpace, now: Instant) -> Result<()> {
+    let mut warned = space.warned_exhausted.lock().unwrap_or_else(PoisonError::into_inner);
+    if warned.is_some_and(|at| now.duration_since(at) < EXHAUSTED_REPEAT) {
+        return Ok(());
+    }
+    *warned = Some(now);
+    tracing::warn!(
+        free = space.available()?,
+        min_free_space = space.floor,
+        dir = %space.dir.display(),
+        "the disk is nearly full and cached has evicted every blob: other files fill it. Uploads \
+         are refused until free space is above min_free_space again; free space there, or move \
+         --data-dir to a disk of its own"
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> RocksStore {
+        let db = crate::db::open(dir).unwrap();
+        let config =
+            crate::config::Config::load(&std::collections::BTreeMap::new(), None, &|_| None).unwrap();
+        RocksStore::open(Arc::clone(&db), crate::store::rocks_budget(&config)).unwrap()
+    }
+
+    fn store_blob(store: &RocksStore, data: &'static [u8]) {
+        let mut writer = store.write(&Digest::of(data)).unwrap();
+        writer.put_frame(bytes::Bytes::from_static(data)).unwrap();
+        writer.commit().unwrap();
+    }
+
+    #[test]
+    fn below_a_floor_no_disk_can_meet_it_evicts_everything_then_says_nothing_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("db"));
+        store_blob(&store, b"first blob");
+        store_blob(&store, b"second blob");
+        let space = FreeSpace::new(dir.path().to_owned(), u64::MAX);
+        let Reclaimed::Evicted { blobs, .. } = reclaim(&store, &space).unwrap() else {
+            panic!("two blobs stored and nothing evicted")
+        };
+        assert_eq!(blobs, 2);
+        assert_eq!(reclaim(&store, &space).unwrap(), Reclaimed::NothingToEvict);
+        assert_eq!(reclaim(&store, &space).unwrap(), Reclaimed::NothingToEvict);
+    }
+
+    #[test]
+    fn with_the_guard_off_nothing_is_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("db"));
+        store_blob(&store, b"kept");
+        let space = FreeSpace::new(dir.path().to_owned(), 0);
+        assert_eq!(reclaim(&store, &space).unwrap(), Reclaimed::NotNeeded);
+        assert_eq!(store.totals().blobs, 1);
+    }
+
+    #[test]
+    fn an_exhausted_store_is_reported_once_per_interval_and_again_after_recovering() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = FreeSpace::new(dir.path().to_owned(), u64::MAX);
+        let start = Instant::now();
+        let warned_at = |space: &FreeSpace| *space.warned_exhausted.lock().unwrap();
+        warn_exhausted(&space, start).unwrap();
+        assert_eq!(warned_at(&space), Some(start));
+        warn_exhausted(&space, start + EXHAUSTED_REPEAT / 2).unwrap();
+        assert_eq!(warned_at(&space), Some(start), "warned again within the interval");
+        warn_exhausted(&space, start + EXHAUSTED_REPEAT).unwrap();
+        assert_eq!(warned_at(&space), Some(start + EXHAUSTED_REPEAT));
+
+        // Any disk has a byte free: above this floor the next shortage is news again.
+        let recovered = FreeSpace::new(dir.path().to_owned(), 1);
+        *recovered.warned_exhausted.lock().unwrap() = Some(start);
+        let store = open(&dir.path().join("db"));
+        assert_eq!(reclaim(&store, &recovered).unwrap(), Reclaimed::NotNeeded);
+        assert_eq!(warned_at(&recovered), None);
+    }
 }
