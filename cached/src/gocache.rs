@@ -232,11 +232,7 @@ mod tests {
     #[test]
     fn the_dangling_sweep_walks_every_entry_a_slice_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::db::open(dir.path()).unwrap();
-        let config =
-            crate::config::Config::load(&std::collections::BTreeMap::new(), None, &|_| None).unwrap();
-        let rocks =
-            crate::store::RocksStore::open(Arc::clone(&db), crate::store::rocks_budget(&config)).unwrap();
+        let (db, rocks) = crate::store::open_for_tests(dir.path());
         let stats = Arc::new(Stats::default());
         let store: SharedStore = Arc::new(rocks);
         // The empty blob is stored; the others never were.

@@ -166,13 +166,9 @@ fn summarize(namespace: String, events: &[v1::BuildEvent], top: usize) -> v1::Bu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RocksStore;
 
     fn open(dir: &std::path::Path) -> Arc<Builds> {
-        let db = crate::db::open(dir).unwrap();
-        let config =
-            crate::config::Config::load(&std::collections::BTreeMap::new(), None, &|_| None).unwrap();
-        let rocks = RocksStore::open(Arc::clone(&db), crate::store::rocks_budget(&config)).unwrap();
+        let (db, rocks) = crate::store::open_for_tests(dir);
         Builds::new(db, Arc::new(rocks), Arc::default()).unwrap()
     }
 

@@ -65,3 +65,12 @@ pub type SharedStore = Arc<dyn BlobStore>;
 pub fn rocks_budget(config: &crate::config::Config) -> rocks::Budget {
     rocks::Budget::new(config.max_size, config.high_watermark, config.low_watermark)
 }
+
+/// For unit tests: the database at `dir` and a store on it with the default budget.
+#[cfg(test)]
+pub(crate) fn open_for_tests(dir: &std::path::Path) -> (Arc<rocksdb::DB>, RocksStore) {
+    let db = crate::db::open(dir).unwrap();
+    let config = crate::config::Config::load(&std::collections::BTreeMap::new(), None, &|_| None).unwrap();
+    let store = RocksStore::open(Arc::clone(&db), rocks_budget(&config)).unwrap();
+    (db, store)
+}

@@ -190,15 +190,10 @@ fn warn_exhausted(space: &FreeSpace, now: Instant) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn open(dir: &std::path::Path) -> RocksStore {
-        let db = crate::db::open(dir).unwrap();
-        let config =
-            crate::config::Config::load(&std::collections::BTreeMap::new(), None, &|_| None).unwrap();
-        RocksStore::open(Arc::clone(&db), crate::store::rocks_budget(&config)).unwrap()
+        crate::store::open_for_tests(dir).1
     }
 
     fn store_blob(store: &RocksStore, data: &'static [u8]) {
