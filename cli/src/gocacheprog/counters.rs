@@ -41,8 +41,10 @@ impl Counters {
         add(&self.wait_nanos, u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
     }
 
-    /// The one summary line: `cachectl gocacheprog: 812 gets (790 local hits, ...`.
-    pub fn summary(&self, remote: Option<&str>) -> String {
+    /// The one summary line: `cachectl gocacheprog: 812 gets (790 local hits, ...`, ending
+    /// with the CPU the bridge used (on a fresh runner, landing the bodies is what competes with
+    /// the go command for the cores).
+    pub fn summary(&self, remote: Option<&str>, cpu: Duration) -> String {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let mut line = format!(
             "cachectl gocacheprog: {} gets ({} local hits, {} preloaded hits, {} remote hits, {} misses), {} puts",
@@ -70,8 +72,15 @@ impl Counters {
             }
             None => line += "; local only",
         }
+        line += &format!("; {:.2}s CPU", cpu.as_secs_f64());
         line
     }
+}
+
+/// The CPU time this process has used so far, all threads together.
+pub fn process_cpu() -> Duration {
+    let spent = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(u64::try_from(spent.tv_sec).unwrap_or(0), u32::try_from(spent.tv_nsec).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -85,12 +94,24 @@ mod tests {
         bump(&counters.local_hits);
         add(&counters.bytes_up, 2048);
         counters.waited(Duration::from_millis(1500));
-        let line = counters.summary(Some("http://c"));
+        let line = counters.summary(Some("http://c"), Duration::from_millis(250));
         assert_eq!(
             line,
             "cachectl gocacheprog: 1 gets (1 local hits, 0 preloaded hits, 0 remote hits, 0 misses), 0 puts, \
-             0 uploaded, 0 not uploaded; 0 preloaded, 0 B down, 2.0 KiB up; 1.50s waiting on cached at http://c"
+             0 uploaded, 0 not uploaded; 0 preloaded, 0 B down, 2.0 KiB up; 1.50s waiting on cached at http://c; \
+             0.25s CPU"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn process_cpu_grows_with_work() {
+        let before = process_cpu();
+        let mut hasher = sha2::Sha256::default();
+        for _ in 0..20_000 {
+            sha2::Digest::update(&mut hasher, [7u8; 4096]);
+        }
+        std::hint::black_box(sha2::Digest::finalize(hasher));
+        assert!(process_cpu() > before, "hashing 80 MiB took no CPU time");
     }
 }

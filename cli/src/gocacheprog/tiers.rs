@@ -302,7 +302,8 @@ impl Cache for Tiers {
             let disk = Arc::clone(&self.disk);
             let _ = tokio::task::spawn_blocking(move || disk.trim_if_due()).await;
             if self.options.summary {
-                eprintln!("{}", self.counters.summary(self.remote.as_ref().map(|remote| remote.server())));
+                let server = self.remote.as_ref().map(|remote| remote.server());
+                eprintln!("{}", self.counters.summary(server, super::counters::process_cpu()));
             }
         })
     }
