@@ -39,8 +39,8 @@ pub fn restore(dir: &Path) -> Result<Restored> {
     let toplevel = git(dir, &["rev-parse", "--show-toplevel"])?;
     let root = PathBuf::from(OsString::from_vec(toplevel.strip_suffix(b"\n").unwrap_or(&toplevel).to_vec()));
     let mut wanted = tracked_files(&root)?;
-    let changed = split_nul(&git(&root, &["diff", "--name-only", "--no-renames", "-z", "HEAD"])?);
-    let changed = changed.iter().filter(|path| wanted.remove(*path).is_some()).count();
+    let changed = git(&root, &["diff", "--name-only", "--no-renames", "-z", "HEAD"])?;
+    let changed = split_nul(&changed).filter(|path| wanted.remove(*path).is_some()).count();
     let times = last_change_times(&root, wanted)?;
     let mut restored = Restored { changed, ..Restored::default() };
     let mut dirs: BTreeMap<PathBuf, SystemTime> = BTreeMap::new();
@@ -186,8 +186,8 @@ fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
     Ok(output.stdout)
 }
 
-fn split_nul(bytes: &[u8]) -> Vec<Vec<u8>> {
-    bytes.split(|&b| b == 0).filter(|part| !part.is_empty()).map(<[u8]>::to_vec).collect()
+fn split_nul(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes.split(|&b| b == 0).filter(|part| !part.is_empty())
 }
 
 #[cfg(test)]
