@@ -300,12 +300,12 @@ async fn call(
             replies.next().await.expect("registered")?;
         }
         "Workers.Progress" => {
-            let token = v1::FencingToken { job_id: "none".into(), task: 0, attempt: 1 };
+            let token = v1::FencingToken { job_id: "none".into(), task: 0, attempt: 1, ..Default::default() };
             let progress = v1::ProgressRequest { token: Some(token), started: true, lines: vec![] };
             passed_auth(workers.progress(request(progress, secret)).await.map(drop))?;
         }
         "Workers.Complete" => {
-            let token = v1::FencingToken { job_id: "none".into(), task: 0, attempt: 1 };
+            let token = v1::FencingToken { job_id: "none".into(), task: 0, attempt: 1, ..Default::default() };
             let failure = v1::TaskFailure { reason: "x".into(), retryable: false };
             let complete = v1::CompleteRequest {
                 token: Some(token),

@@ -66,6 +66,7 @@ impl Agent {
                 .collect(),
             capacity,
             version: "test".into(),
+            instance: Default::default(),
         };
         sender.send(LeaseRequest { kind: Some(lease_request::Kind::Register(info)) }).await.unwrap();
         let mut replies = workers.lease(ReceiverStream::new(receiver)).await.unwrap().into_inner();

@@ -75,6 +75,7 @@ pub async fn run(
         c_compilers: c_compilers.clone(),
         capacity: config.concurrency.max(1),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        instance: Default::default(),
     };
     tracing::info!(
         agent = %info.agent_id, go = %info.go_version, capacity = info.capacity,

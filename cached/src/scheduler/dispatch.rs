@@ -55,7 +55,12 @@ impl Scheduler {
             task.agent = chosen.agent_id;
             task.lease_until_unix_ms = until;
             task.started_unix_ms = 0;
-            let token = FencingToken { job_id: job_id.clone(), task: index, attempt: task.attempt };
+            let token = FencingToken {
+                job_id: job_id.clone(),
+                task: index,
+                attempt: task.attempt,
+                ..FencingToken::default()
+            };
             let leased_event = event(Kind::Leased, task);
             job.state = JobState::Running as i32;
             self.save(job);
@@ -98,6 +103,7 @@ impl Scheduler {
             deadline_unix_ms: job.submitted_unix_ms + timeout.as_millis() as i64,
             kind: kind as i32,
             images,
+            cache_token: String::new(),
         }
     }
 }

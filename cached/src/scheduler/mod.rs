@@ -481,7 +481,12 @@ fn current_lease<'a>(job: &'a mut JobStatus, token: &FencingToken) -> Result<&'a
 /// Tells the holder of a task's lease to stop working on it.
 fn abort(workers: &Workers, job_id: &str, task: &TaskStatus) {
     if let Some(worker) = workers.by_agent(&task.agent) {
-        let token = FencingToken { job_id: job_id.to_owned(), task: task.index, attempt: task.attempt };
+        let token = FencingToken {
+            job_id: job_id.to_owned(),
+            task: task.index,
+            attempt: task.attempt,
+            ..FencingToken::default()
+        };
         let _ = worker.sender.send(Ok(LeaseResponse { kind: Some(lease_response::Kind::Abort(token)) }));
     }
 }

@@ -95,6 +95,7 @@ mod tests {
                 .collect(),
             capacity: 1,
             version: String::new(),
+            instance: Default::default(),
         }
     }
 
