@@ -332,20 +332,21 @@ impl Registry {
         )))
     }
 
-    /// A 401 from another origin than the registry's (where a redirect led) is an error: its
-    /// challenge could name any token service, and the registry's credentials are not for it.
+    /// A 401 from another origin than the registry's (where a redirect or an upload session
+    /// led) is an error: its challenge could name any token service, and the registry's
+    /// credentials are not for it.
     fn check_challenger(&self, response: &Response, what: &str) -> Result<()> {
         if origin::same_origin(response.url(), &self.base) {
             return Ok(());
         }
         Err(OciError::Credentials(format!(
-            "registry {}: {what}: {} (where the registry redirected) answered {}; credentials are only \
-             sent to the registry itself ({}) and its token service, so cachectl does not \
-             authenticate to it",
+            "registry {}: {what}: {}, another origin than the registry's ({}), answered {}; the \
+             registry's credentials go only to the registry and its token service, so cachectl \
+             does not authenticate there",
             self.host,
             origin::show(response.url()),
-            response.status(),
-            origin::show(&self.base)
+            origin::show(&self.base),
+            response.status()
         )))
     }
 
@@ -493,11 +494,14 @@ impl Registry {
 
     async fn error(&self, what: &str, response: Response) -> OciError {
         let status = response.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // Another origin (a CDN, a pre-signed URL that expired) was sent no credentials.
+        let ours = origin::same_origin(response.url(), &self.base);
+        if ours && (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) {
             return self.refused(what, response).await;
         }
+        let at = if ours { String::new() } else { format!(" from {}", origin::show(response.url())) };
         let detail = error_text(response).await;
-        OciError::Registry(format!("registry {}: {what}: {status}{detail}", self.host))
+        OciError::Registry(format!("registry {}: {what}: {status}{at}{detail}", self.host))
     }
 
     /// HEAD on a blob: is it in `repository`?
