@@ -1,5 +1,6 @@
 //! Connections to cached: the address, TLS for `https://` servers (a CA file or the system
-//! roots; a client certificate for mTLS), and the bearer token every call carries.
+//! roots; a client certificate for mTLS), and the bearer token every call carries, which
+//! goes in clear (`http://`) only to a loopback server unless the user opts in.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::{CliError, Result};
+use crate::loopback;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 /// Large enough for a batch of small blobs; the server enforces its own limit.
@@ -53,7 +55,14 @@ pub struct ConnectOptions {
     /// mTLS: the client certificate chain and its key (PEM).
     pub tls_client_cert: Option<PathBuf>,
     pub tls_client_key: Option<PathBuf>,
+    /// Send the token over plain `http://` to a server that is not on loopback
+    /// (`--allow-insecure-token`, `CACHED_ALLOW_INSECURE_TOKEN=1`): for a network path the
+    /// user trusts. Without it such a connection is refused before it is made.
+    pub allow_insecure_token: bool,
 }
+
+/// The opt-in, as error messages name it.
+pub const ALLOW_INSECURE_TOKEN: &str = "--allow-insecure-token (CACHED_ALLOW_INSECURE_TOKEN=1)";
 
 /// The options of this process: what `main` parsed from the global options.
 static PROCESS_DEFAULT: OnceLock<ConnectOptions> = OnceLock::new();
@@ -89,7 +98,8 @@ impl ConnectOptions {
     }
 
     /// The endpoint of `server` with TLS set up when it is `https://`. Callers add their own
-    /// timeouts and windows, then connect.
+    /// timeouts and windows, then connect. Every connection is made from one, so this is where
+    /// a token bound for a plain-HTTP server off this machine is refused.
     pub fn endpoint(&self, server: &str) -> Result<Endpoint> {
         // Without a scheme the URL parses, and only the first call fails ("invalid URL").
         if !server.starts_with("http://") && !server.starts_with("https://") {
@@ -107,6 +117,8 @@ impl ConnectOptions {
                     "--tls-ca and --tls-client-cert need an https:// server, not {server:?}"
                 )));
             }
+            let uri = endpoint.uri();
+            self.check_cleartext(server, uri.host().unwrap_or_default(), uri.port_u16(), loopback::resolve)?;
             return Ok(endpoint);
         }
         let mut tls = ClientTlsConfig::new();
@@ -124,6 +136,30 @@ impl ConnectOptions {
             }
         }
         endpoint.tls_config(tls).map_err(|err| CliError::Usage(format!("TLS setup for {server}: {err}")))
+    }
+
+    /// Refuses to send the token in clear to `host` unless it is on loopback or the user
+    /// opted in.
+    fn check_cleartext(
+        &self,
+        server: &str,
+        host: &str,
+        port: Option<u16>,
+        resolve: impl FnOnce(&str, u16) -> std::io::Result<Vec<std::net::SocketAddr>>,
+    ) -> Result<()> {
+        if self.token.is_none() || self.allow_insecure_token {
+            return Ok(());
+        }
+        let why = match loopback::is_loopback(host, port.unwrap_or(80), resolve) {
+            Ok(true) => return Ok(()),
+            Ok(false) => format!("{host} is not a loopback address"),
+            Err(reason) => format!("{reason}, so it cannot be told to be a loopback address"),
+        };
+        Err(CliError::Usage(format!(
+            "refusing to send the token in clear (http://) to {server}: {why}. Use https:// \
+             (with --tls-ca if a private CA signed the server's certificate), or, if the network \
+             path to the server is trusted, pass {ALLOW_INSECURE_TOKEN}"
+        )))
     }
 
     /// The interceptor that puts the token on every call.
@@ -254,6 +290,49 @@ mod tests {
         assert!(ConnectOptions::default().endpoint("https://127.0.0.1:1").is_ok());
         let err = ConnectOptions::with_token("a\u{7}b").credentials().err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("token")));
+    }
+
+    #[test]
+    fn a_token_goes_in_clear_only_to_loopback_unless_allowed() {
+        let token = ConnectOptions::with_token("cached_hunter2");
+        for server in
+            ["http://127.0.0.1:7070", "http://[::1]:7070", "http://localhost:7070", "https://192.0.2.1"]
+        {
+            assert!(token.endpoint(server).is_ok(), "{server}");
+        }
+        let err = token.endpoint("http://192.0.2.1:7070").unwrap_err();
+        assert!(matches!(err, CliError::Usage(_)));
+        let err = err.to_string();
+        assert!(err.contains("192.0.2.1 is not a loopback address"), "{err}");
+        assert!(err.contains(ALLOW_INSECURE_TOKEN) && err.contains("https://"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(
+            ConnectOptions::default().endpoint("http://192.0.2.1:7070").is_ok(),
+            "no token, nothing to leak"
+        );
+        let allowed = ConnectOptions { allow_insecure_token: true, ..token.clone() };
+        assert!(allowed.endpoint("http://192.0.2.1:7070").is_ok());
+
+        // A name is resolved: loopback only if every address is.
+        let resolved = |ips: &'static [&'static str]| {
+            move |_: &str, port: u16| {
+                Ok(ips.iter().map(|ip| std::net::SocketAddr::new(ip.parse().unwrap(), port)).collect())
+            }
+        };
+        let server = "http://cache.test:7070";
+        assert!(
+            token.check_cleartext(server, "cache.test", Some(7070), resolved(&["127.0.0.1", "::1"])).is_ok()
+        );
+        let err = token
+            .check_cleartext(server, "cache.test", Some(7070), resolved(&["127.0.0.1", "10.0.0.7"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.test is not a loopback address"), "{err}");
+        let err = token
+            .check_cleartext(server, "cache.test", None, |_, _| Err(std::io::Error::other("NXDOMAIN")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot resolve cache.test: NXDOMAIN"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod error;
 pub mod gobuild;
 pub mod gocacheprog;
+pub mod loopback;
 pub mod mtimes;
 pub mod oci;
 pub mod render;

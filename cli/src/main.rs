@@ -9,6 +9,7 @@ use cachectl::client::{Client, ConnectOptions, DEFAULT_SERVER, Secret};
 use cachectl::commands;
 use cachectl::error::{CliError, Result};
 use cachectl::transfer::DEFAULT_LEVEL;
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 use proto::Digest;
 
@@ -34,6 +35,10 @@ struct Cli {
     /// Key of --tls-client-cert (PEM).
     #[arg(long, global = true, env = "CACHED_TLS_CLIENT_KEY", value_name = "FILE")]
     tls_client_key: Option<PathBuf>,
+    /// Send the token over plain http:// to a server that is not on loopback, where anyone on
+    /// the network path can read it. Only for a path you trust; use https:// otherwise.
+    #[arg(long, global = true, env = "CACHED_ALLOW_INSECURE_TOKEN", value_parser = BoolishValueParser::new())]
+    allow_insecure_token: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +62,7 @@ impl Cli {
             tls_ca: self.tls_ca.clone(),
             tls_client_cert: self.tls_client_cert.clone(),
             tls_client_key: self.tls_client_key.clone(),
+            allow_insecure_token: self.allow_insecure_token,
         })
     }
 }
@@ -180,8 +186,8 @@ async fn run(cli: Cli) -> Result<()> {
             let client = Client::connect_with(&cli.server, &connect).await?;
             commands::has::run(&client, &digests).await
         }
-        Command::Gocacheprog(args) => commands::gocacheprog::run(&cli.server, args).await,
-        Command::Image(args) => commands::image::run(&cli.server, *args).await,
+        Command::Gocacheprog(args) => commands::gocacheprog::run(&cli.server, &connect, args).await,
+        Command::Image(args) => commands::image::run(&cli.server, &connect, *args).await,
         Command::Submit(args) => commands::submit::run(&cli.server, &connect, *args).await,
         Command::Jobs { command } => commands::jobs::run(&cli.server, &connect, command).await,
         Command::Admin { command } => commands::admin::run(&cli.server, &connect, command).await,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cachectl::client::{ConnectOptions, DEFAULT_SERVER, Secret};
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 use runner_agent::agent::{self, AgentConfig};
 use runner_agent::exec::Processes;
@@ -31,6 +32,10 @@ struct Cli {
     /// PEM CA certificate(s) of an https:// server.
     #[arg(long, global = true, env = "CACHED_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    /// Send the token over plain http:// to a server that is not on loopback, where anyone on
+    /// the network path can read it. Only for a path you trust; use https:// otherwise.
+    #[arg(long, global = true, env = "CACHED_ALLOW_INSECURE_TOKEN", value_parser = BoolishValueParser::new())]
+    allow_insecure_token: bool,
     /// Tasks built at once [default: the number of CPUs].
     #[arg(long, env = "CACHED_CONCURRENCY")]
     concurrency: Option<u32>,
@@ -104,11 +109,20 @@ async fn run(cli: Cli) -> Result<(), String> {
         (None, Some(path)) => Some(ConnectOptions::read_token_file(path).map_err(|err| err.to_string())?),
         (None, None) => None,
     };
-    let connect = ConnectOptions { token, tls_ca: cli.tls_ca.clone(), ..ConnectOptions::default() };
+    let connect = ConnectOptions {
+        token,
+        tls_ca: cli.tls_ca.clone(),
+        allow_insecure_token: cli.allow_insecure_token,
+        ..ConnectOptions::default()
+    };
     connect.clone().install_process_default();
     if let Some(Command::Gocacheprog(args)) = cli.command {
-        return cachectl::commands::gocacheprog::run(&cli.server, args).await.map_err(|err| err.to_string());
+        return cachectl::commands::gocacheprog::run(&cli.server, &connect, args)
+            .await
+            .map_err(|err| err.to_string());
     }
+    // A bad address or a token that may not go to it is refused now, not retried forever.
+    connect.endpoint(&cli.server).map_err(|err| err.to_string())?;
     let exe = std::env::current_exe().map_err(|err| format!("cannot find this binary: {err}"))?;
     let mut bridge_env = vec![("CACHED_ADDR".to_owned(), cli.server.clone())];
     if let Some(path) = &cli.token_file {
@@ -118,6 +132,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     if let Some(path) = &cli.tls_ca {
         bridge_env.push(("CACHED_TLS_CA".to_owned(), path.display().to_string()));
+    }
+    if cli.allow_insecure_token {
+        bridge_env.push(("CACHED_ALLOW_INSECURE_TOKEN".to_owned(), "1".to_owned()));
     }
     let work_dir = match cli.work_dir {
         Some(dir) => dir,

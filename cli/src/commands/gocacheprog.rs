@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client::ConnectOptions;
 use crate::error::{CliError, Result};
 use crate::gocacheprog::{self, Options};
 
@@ -57,7 +58,7 @@ fn preload_off_in_env() -> bool {
         .is_ok_and(|value| matches!(value.to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off"))
 }
 
-pub async fn run(server: &str, args: Args) -> Result<()> {
+pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
     let dir = args.dir.or_else(gocacheprog::default_dir).ok_or_else(|| {
         CliError::Usage("no user cache directory is known here; set --dir or CACHED_GOCACHE_DIR".into())
     })?;
@@ -65,6 +66,7 @@ pub async fn run(server: &str, args: Args) -> Result<()> {
         dir,
         max_size: args.max_size,
         server: (!args.local_only).then(|| server.to_owned()),
+        connect: connect.clone(),
         namespace: args.namespace,
         timeout: args.timeout,
         close_timeout: args.close_timeout,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
+use crate::client::ConnectOptions;
 use crate::error::{CliError, Result};
 use crate::oci::{self, Compression, ImageResult, ImageSpec, LayerCache, Platform, RegistryOptions};
 
@@ -135,12 +136,12 @@ impl Args {
     }
 }
 
-pub async fn run(server: &str, args: Args) -> Result<()> {
+pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
     let spec = args.spec()?;
     let cache = if args.no_cache {
         None
     } else {
-        match LayerCache::connect(server).await {
+        match LayerCache::connect(server, connect).await {
             Ok(cache) => Some(cache),
             Err(warning) => {
                 eprintln!("cachectl: warning: {warning}");

@@ -139,6 +139,12 @@ pub fn bridge_env(server: &str, namespace: &str, program: String) -> (Vec<(Strin
         env.push(("CACHED_TOKEN".to_owned(), token.expose().to_owned()));
         remove.push("CACHED_TOKEN_FILE".to_owned());
     }
+    // The bridge sends the token where this process would, no further.
+    if connect.allow_insecure_token {
+        env.push(("CACHED_ALLOW_INSECURE_TOKEN".to_owned(), "1".to_owned()));
+    } else {
+        remove.push("CACHED_ALLOW_INSECURE_TOKEN".to_owned());
+    }
     for (name, path) in [
         ("CACHED_TLS_CA", &connect.tls_ca),
         ("CACHED_TLS_CLIENT_CERT", &connect.tls_client_cert),

@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client::ConnectOptions;
 use crate::error::{CliError, Result};
 
 /// Everything a session is configured with.
@@ -37,6 +38,8 @@ pub struct Options {
     pub max_size: u64,
     /// cached's address; `None` serves the local tier only.
     pub server: Option<String>,
+    /// How to reach it: token, TLS.
+    pub connect: ConnectOptions,
     pub namespace: String,
     /// Deadline of each remote request (transfers get more in proportion to their size).
     pub timeout: Duration,
@@ -64,7 +67,8 @@ pub async fn run(options: Options) -> Result<()> {
         .in_namespace(&options.namespace);
     let counters = Arc::new(counters::Counters::default());
     let remote = options.server.as_ref().and_then(|server| {
-        remote::Remote::new(server, options.namespace.clone(), options.timeout, Arc::clone(&counters))
+        let (namespace, counters) = (options.namespace.clone(), Arc::clone(&counters));
+        remote::Remote::new(server, &options.connect, namespace, options.timeout, counters)
             // A cache problem never fails the build, a misconfigured one included: say it once.
             .inspect_err(|err| {
                 eprintln!(

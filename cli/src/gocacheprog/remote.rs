@@ -101,11 +101,11 @@ impl Remote {
     /// nothing at startup.
     pub fn new(
         server: &str,
+        options: &ConnectOptions,
         namespace: String,
         timeout: Duration,
         counters: Arc<Counters>,
     ) -> Result<Self, CliError> {
-        let options = ConnectOptions::process_default();
         let endpoint = options
             .endpoint(server)?
             .connect_timeout(timeout)
@@ -115,8 +115,8 @@ impl Remote {
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
         // Two lazy channels are two connections, each made on its first call.
-        let client = Client::from_channel(server, endpoint.clone().connect_lazy(), &options)?;
-        let bulk = Client::from_channel(server, endpoint.connect_lazy(), &options)?;
+        let client = Client::from_channel(server, endpoint.clone().connect_lazy(), options)?;
+        let bulk = Client::from_channel(server, endpoint.connect_lazy(), options)?;
         Ok(Self {
             client,
             bulk,

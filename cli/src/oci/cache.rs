@@ -20,7 +20,7 @@ use sha2::Digest as _;
 use super::digest::Sha256;
 use super::error::{OciError, Result};
 use super::layer::{Layer, LayerOptions};
-use crate::client::Client;
+use crate::client::{Client, ConnectOptions};
 use crate::transfer;
 
 pub const NAMESPACE: &str = "oci-layers/v1";
@@ -104,8 +104,8 @@ impl LayerCache {
     }
 
     /// Connects, or says in one line why the cache is off.
-    pub async fn connect(server: &str) -> std::result::Result<Self, String> {
-        match Client::connect(server).await {
+    pub async fn connect(server: &str, options: &ConnectOptions) -> std::result::Result<Self, String> {
+        match Client::connect_with(server, options).await {
             Ok(client) => Ok(Self::new(client)),
             Err(err) => Err(format!(
                 "layer cache off: {}",

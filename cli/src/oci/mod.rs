@@ -9,7 +9,8 @@
 //!   keyed by binary and options);
 //! - documents: `config`, `manifest` (and their canonical bytes), `base` (an optional base);
 //! - outputs: `layout` (OCI layout directories), `sources` (where each blob's bytes come
-//!   from), `auth`, `registry` and `push` (the distribution API);
+//!   from), `auth`, `origin` (where credentials may go), `registry` and `push` (the
+//!   distribution API);
 //! - `build`, which runs them all.
 
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod layer;
 pub mod layout;
 pub mod manifest;
+pub mod origin;
 pub mod platform;
 pub mod push;
 pub mod reference;

@@ -1,7 +1,8 @@
 //! A client of the OCI distribution API: blob HEAD, cross-repository mount, monolithic or
 //! chunked upload (with the acknowledged Range checked), manifest HEAD/GET/PUT, and the
 //! basic or bearer authentication registries ask for. Plain HTTP is used for loopback
-//! registries and when asked for; TLS (rustls, system roots) otherwise.
+//! registries and when asked for; TLS (rustls, system roots) otherwise. Credentials go only
+//! where [`origin`](super::origin) allows.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use super::auth::{self, Challenge, Credentials, Found};
 use super::digest::{HashingWriter, Sha256};
 use super::error::{OciError, Result};
 use super::manifest::ACCEPT_MANIFESTS;
+use super::origin::{self, MAX_REDIRECTS};
 use super::reference::{api_host, is_loopback_host};
 
 /// Blobs up to this size go up in one PUT; larger ones in PATCH chunks of this size.
@@ -171,6 +173,9 @@ impl Registry {
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
             .tcp_nodelay(true)
+            // Redirects are followed by hand (`follow`): reqwest's own policy would resend a
+            // POST body, an identity token, to wherever a 307 points.
+            .redirect(reqwest::redirect::Policy::none())
             .tls_backend_rustls();
         if loopback {
             builder = builder.no_proxy();
@@ -203,12 +208,16 @@ impl Registry {
     /// header ready, so no upload is ever sent only to be refused.
     async fn ping(&self) -> Result<()> {
         let url = self.url("v2/");
-        let response = self.raw_send(self.http.get(url.clone()), &format!("GET {url}")).await?;
+        let what = format!("GET {url}");
+        let response = self.follow(&Method::GET, &url, &what, &|r| r).await?;
         match response.status() {
             status if status.is_success() => Ok(()),
             // Credentials are checked by the first real request: a token scoped to a
             // repository need not open /v2/ itself on every registry.
-            StatusCode::UNAUTHORIZED => self.authenticate(&response, None).await,
+            StatusCode::UNAUTHORIZED => {
+                self.check_challenger(&response, &what)?;
+                self.authenticate(&response, None).await
+            }
             _ => Err(self.error("GET /v2/", response).await),
         }
     }
@@ -250,11 +259,7 @@ impl Registry {
         let mut reauthenticated = false;
         let mut retries = 0;
         loop {
-            let mut request = build(self.http.request(method.clone(), url.clone()));
-            if let Some(header) = self.auth_header() {
-                request = request.header(header::AUTHORIZATION, header);
-            }
-            let result = self.raw_send(request, what).await;
+            let result = self.follow(&method, &url, what, &build).await;
             let transient = match &result {
                 Err(_) => true,
                 Ok(response) => matches!(
@@ -274,6 +279,7 @@ impl Registry {
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
+            self.check_challenger(&response, what)?;
             if reauthenticated {
                 return Err(self.refused(what, response).await);
             }
@@ -286,6 +292,62 @@ impl Registry {
                 .and_then(|c| c.params.get("scope").cloned());
             self.authenticate(&response, scope).await?;
         }
+    }
+
+    /// Sends one request, and for a read (HEAD, GET) follows its redirects. Credentials go
+    /// only to the registry's own origin, and never again once a redirect has left it (the
+    /// other origin chose every later hop): a blob redirected to a CDN or a pre-signed URL is
+    /// fetched without them, and so is an upload session the registry placed elsewhere.
+    async fn follow(
+        &self,
+        method: &Method,
+        url: &Url,
+        what: &str,
+        build: &impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response> {
+        let follows = *method == Method::GET || *method == Method::HEAD;
+        let mut url = url.clone();
+        let mut left = false;
+        for _ in 0..=MAX_REDIRECTS {
+            left |= !origin::same_origin(&url, &self.base);
+            let mut request = build(self.http.request(method.clone(), url.clone()));
+            if !left && let Some(header) = self.auth_header() {
+                request = request.header(header::AUTHORIZATION, header);
+            }
+            let response = self.raw_send(request, what).await?;
+            if !follows {
+                return Ok(response);
+            }
+            let next = origin::redirect_target(&response).map_err(|reason| {
+                OciError::Registry(format!("registry {}: {what}: {} answered {reason}", self.host, url))
+            })?;
+            match next {
+                Some(next) => url = next,
+                None => return Ok(response),
+            }
+        }
+        Err(OciError::Registry(format!(
+            "registry {}: {what}: more than {MAX_REDIRECTS} redirects (the last to {url})",
+            self.host
+        )))
+    }
+
+    /// A 401 from another origin than the registry's (where a redirect or an upload session
+    /// led) is an error: its challenge could name any token service, and the registry's
+    /// credentials are not for it.
+    fn check_challenger(&self, response: &Response, what: &str) -> Result<()> {
+        if origin::same_origin(response.url(), &self.base) {
+            return Ok(());
+        }
+        Err(OciError::Credentials(format!(
+            "registry {}: {what}: {}, another origin than the registry's ({}), answered {}; the \
+             registry's credentials go only to the registry and its token service, so cachectl \
+             does not authenticate there",
+            self.host,
+            origin::show(response.url()),
+            origin::show(&self.base),
+            response.status()
+        )))
     }
 
     /// Sets up credentials for the challenge in `response`.
@@ -347,6 +409,15 @@ impl Registry {
         let mut url = Url::parse(realm).map_err(|err| {
             OciError::Registry(format!("registry {}'s token realm {realm:?} is not a URL: {err}", self.host))
         })?;
+        // Anonymous token requests carry nothing to protect.
+        if self.found.credentials != Credentials::Anonymous {
+            origin::check_realm(&self.base, &url).map_err(|reason| {
+                OciError::Credentials(format!(
+                    "registry {} names the token service {realm}, which gets no credentials: {reason}",
+                    self.host
+                ))
+            })?;
+        }
         let service = challenge.params.get("service");
         let request = match &self.found.credentials {
             Credentials::IdentityToken(token) => {
@@ -385,6 +456,13 @@ impl Registry {
         };
         let response = self.raw_send(request, &format!("token from {realm}")).await?;
         let status = response.status();
+        if let Ok(Some(next)) = origin::redirect_target(&response) {
+            return Err(OciError::Credentials(format!(
+                "the token service of registry {} ({realm}) redirected to {next}; cachectl does not \
+                 follow a token service's redirects, which would carry the credentials there",
+                self.host
+            )));
+        }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(OciError::Credentials(format!(
                 "the token service of registry {} ({realm}) refused {}: {status}",
@@ -416,11 +494,14 @@ impl Registry {
 
     async fn error(&self, what: &str, response: Response) -> OciError {
         let status = response.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // Another origin (a CDN, a pre-signed URL that expired) was sent no credentials.
+        let ours = origin::same_origin(response.url(), &self.base);
+        if ours && (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) {
             return self.refused(what, response).await;
         }
+        let at = if ours { String::new() } else { format!(" from {}", origin::show(response.url())) };
         let detail = error_text(response).await;
-        OciError::Registry(format!("registry {}: {what}: {status}{detail}", self.host))
+        OciError::Registry(format!("registry {}: {what}: {status}{at}{detail}", self.host))
     }
 
     /// HEAD on a blob: is it in `repository`?
