@@ -118,6 +118,13 @@ pub const SETTINGS: &[Setting] = &[
         default: "3",
     },
     Setting { key: "job_timeout", help: "deadline of a job that does not set its own", default: "1h" },
+    // A day: a cold matrix of a large module on busy agents takes hours; a job asking for more
+    // is a mistake, or a tenant holding queue and agent slots for days.
+    Setting {
+        key: "max_job_timeout",
+        help: "the longest deadline a submitted job may ask for (timeout_seconds)",
+        default: "24h",
+    },
     Setting { key: "tls_cert", help: "PEM certificate chain: serve TLS (reloaded on SIGHUP)", default: "" },
     Setting { key: "tls_key", help: "PEM private key of tls_cert", default: "" },
     Setting {
@@ -334,6 +341,7 @@ impl Config {
                 lease_timeout: get("lease_timeout").duration()?,
                 max_attempts: get("max_attempts").count()? as u32,
                 job_timeout: get("job_timeout").duration()?,
+                max_job_timeout: get("max_job_timeout").duration()?,
             },
         })
     }
@@ -382,9 +390,28 @@ impl Config {
                 humantime::format_duration(self.scheduler.heartbeat_interval)
             ));
         }
+        check_job_timeouts(&self.scheduler)?;
         check_exposure(self.listen, !self.tokens.is_empty(), self.allow_anonymous)
             .map_err(ConfigError::Inconsistent)
     }
+}
+
+/// The longest `max_job_timeout`: a year keeps every deadline in milliseconds far from
+/// overflowing, and no build needs more.
+const MAX_JOB_TIMEOUT_CEILING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn check_job_timeouts(scheduler: &crate::scheduler::Settings) -> Result<(), ConfigError> {
+    let (default, max) = (scheduler.job_timeout, scheduler.max_job_timeout);
+    let show = |duration| humantime::format_duration(duration).to_string();
+    if default.is_zero() || default > max || max > MAX_JOB_TIMEOUT_CEILING {
+        return Err(ConfigError::Inconsistent(format!(
+            "job_timeout ({}) must be above 0s and at most max_job_timeout ({}), which may be at most {}",
+            show(default),
+            show(max),
+            show(MAX_JOB_TIMEOUT_CEILING)
+        )));
+    }
+    Ok(())
 }
 
 /// The safe default: a server without tokens lets anyone write its action cache, so it serves
@@ -673,5 +700,21 @@ mod tests {
         assert!(defaults.tls.is_none() && defaults.tokens.is_empty() && !defaults.allow_anonymous);
         let flags = BTreeMap::from([("idle_timeout".to_owned(), "0s".to_owned())]);
         assert!(Config::load(&flags, None, &no_env).unwrap_err().to_string().contains("idle_timeout"));
+    }
+
+    #[test]
+    fn job_timeouts() {
+        let defaults = Config::load(&BTreeMap::new(), None, &no_env).unwrap();
+        assert_eq!(defaults.scheduler.max_job_timeout, Duration::from_secs(24 * 3600));
+        let env = |name: &str| (name == "CACHED_MAX_JOB_TIMEOUT").then(|| "2h".to_owned());
+        assert_eq!(
+            Config::load(&BTreeMap::new(), None, &env).unwrap().scheduler.max_job_timeout.as_secs(),
+            7200
+        );
+        for (key, value) in [("max_job_timeout", "30m"), ("max_job_timeout", "2y"), ("job_timeout", "0s")] {
+            let flags = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+            let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
+            assert!(err.contains("job_timeout") && err.contains("max_job_timeout"), "{key}={value}: {err}");
+        }
     }
 }

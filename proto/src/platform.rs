@@ -188,10 +188,60 @@ impl fmt::Display for Platform {
     }
 }
 
-/// Checks one name of a source tree entry: one path component, no NUL, not `.` or `..`.
+/// Bytes in one file name: NAME_MAX of Linux and the BSDs, and what NTFS and APFS hold.
+pub const MAX_NAME: usize = 255;
+
+/// Checks one name of a source tree entry: one path component of at most [`MAX_NAME`] bytes,
+/// no NUL, not `.` or `..`.
 pub fn check_entry_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(format!("{name:?} is not a valid file name in a source tree"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!("a file name of {} bytes is longer than {MAX_NAME} bytes", name.len()));
+    }
+    Ok(())
+}
+
+/// Device names Windows reserves in every directory, whatever the extension or case.
+const WINDOWS_RESERVED: &[&str] = &["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"];
+
+/// Checks the name of a build output (what agents report, what `image.binary` names): a
+/// portable file name, on top of [`check_entry_name`].
+///
+/// Outputs get a check of their own, stricter than source tree entries', because they land on
+/// the submitter's machine, which may run Windows: there `a\..\..\x` climbs out of the output
+/// directory, `app:x` writes an NTFS alternate data stream, `CON` or `lpt1.exe` open a device,
+/// and a trailing dot or space is silently dropped, so two outputs could collide. Go itself
+/// never names a binary so (a binary is named after its package's import path, whose elements
+/// golang.org/x/mod/module.CheckImportPath restricts to letters, digits and `-._~`), so only a
+/// misbehaving agent or server would send one. Source tree entries keep the plain rule: agents
+/// materialise trees on Unix, where these names are harmless, and a module may hold such files
+/// (say testdata named with a timestamp) and build locally, although Go's module zips
+/// (module.CheckFilePath) would refuse to publish them.
+pub fn check_output_name(name: &str) -> Result<(), String> {
+    check_entry_name(name)?;
+    let refuse = |why: &str| Err(format!("output name {name:?} {why}"));
+    if let Some(bad) = name.chars().find(|&c| c.is_control() || "\\:*?\"<>|".contains(c)) {
+        return refuse(&format!("holds {bad:?}, which is not portable to Windows"));
+    }
+    if name.ends_with(['.', ' ']) {
+        return refuse("ends in a dot or space, which Windows drops");
+    }
+    // Windows looks at the part before the first dot, without trailing spaces.
+    let stem = name.split('.').next().unwrap_or(name).trim_end_matches(' ');
+    let numbered = |prefix: &str| {
+        stem.get(..3).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+            && matches!(
+                &stem[3..],
+                "0" | "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "¹" | "²" | "³"
+            )
+    };
+    if WINDOWS_RESERVED.iter().any(|reserved| stem.eq_ignore_ascii_case(reserved))
+        || numbered("COM")
+        || numbered("LPT")
+    {
+        return refuse("is a device name Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9)");
     }
     Ok(())
 }
@@ -220,8 +270,65 @@ mod tests {
     #[test]
     fn entry_names_are_one_component() {
         assert!(check_entry_name("main.go").is_ok());
-        for bad in ["", ".", "..", "a/b", "a\0b"] {
+        assert!(check_entry_name(&"a".repeat(MAX_NAME)).is_ok());
+        for bad in ["", ".", "..", "a/b", "a\0b", &"a".repeat(MAX_NAME + 1)] {
             assert!(check_entry_name(bad).is_err(), "{bad:?}");
         }
+        // Names that are ordinary on Unix stay valid in trees.
+        for unix in ["a:b", "a\\b", "CON", "aux.go", "x."] {
+            assert!(check_entry_name(unix).is_ok(), "{unix:?}");
+        }
+    }
+
+    #[test]
+    fn output_names_are_portable() {
+        for good in
+            ["app", "app.exe", "gopls_v0.21", "console", "com10", "lpt", "auxiliary.exe", "nul-x", "été"]
+        {
+            assert!(check_output_name(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "..",
+            "a/b",
+            "..\\..\\evil.exe",
+            "a\\b",
+            "app:stream",
+            "C:app",
+            "a*b",
+            "a?b",
+            "a\"b",
+            "a<b",
+            "a>b",
+            "a|b",
+            "a\tb",
+            "a\nb",
+            "a\u{7f}b",
+            "a\u{85}b",
+            "app.",
+            "app ",
+            "CON",
+            "con",
+            "Con.exe",
+            "con.tar.gz",
+            "CON .txt",
+            "PRN",
+            "aux.exe",
+            "NUL",
+            "nul.txt",
+            "COM0",
+            "com1.exe",
+            "COM9",
+            "COM¹",
+            "LPT1",
+            "lpt9.log",
+            "LPT³",
+            "CONIN$",
+            &"a".repeat(MAX_NAME + 1),
+        ] {
+            assert!(check_output_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_output_name("aux.exe").unwrap_err().contains("device name"));
+        assert!(check_output_name("a:b").unwrap_err().contains("':'"));
     }
 }

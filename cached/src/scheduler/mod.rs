@@ -43,13 +43,15 @@ use self::workers::{LeaseSender, Workers};
 use crate::error::{Error, Result};
 
 /// Timing and retry policy (`heartbeat_interval`, `lease_timeout`, `max_attempts`,
-/// `job_timeout` in the config).
+/// `job_timeout`, `max_job_timeout` in the config).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub heartbeat_interval: Duration,
     pub lease_timeout: Duration,
     pub max_attempts: u32,
     pub job_timeout: Duration,
+    /// The longest deadline a job may ask for.
+    pub max_job_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             lease_timeout: Duration::from_secs(30),
             max_attempts: 3,
             job_timeout: Duration::from_secs(3600),
+            max_job_timeout: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -198,7 +201,7 @@ impl Scheduler {
     }
 
     pub fn submit(&self, mut spec: JobSpec, submitter: &str) -> Result<String> {
-        validate::check_spec(&mut spec)?;
+        validate::check_spec(&mut spec, &self.settings)?;
         let job_id = new_job_id();
         let tasks = spec
             .targets

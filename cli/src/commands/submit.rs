@@ -412,7 +412,7 @@ pub async fn follow(
                 for file in &result.outputs {
                     let digest = Digest::from_wire(file.digest.as_ref())
                         .map_err(|err| CliError::Server(err.to_string()))?;
-                    proto::platform::check_entry_name(&file.name).map_err(CliError::Server)?;
+                    proto::platform::check_output_name(&file.name).map_err(CliError::Server)?;
                     let dest = dir.join(&file.name);
                     crate::transfer::download_to_file(&remote.client, digest, &dest).await?;
                     set_executable(&dest, file.executable)?;

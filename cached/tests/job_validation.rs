@@ -1,0 +1,219 @@
+//! What a job may ask of the agents, against a live cached with tokens: a `submit` token in
+//! `pr-*` (an untrusted tenant) cannot get a job queued whose flags or environment would run
+//! programs, read or write files on the agents, or whose deadline is beyond the server's cap;
+//! Submit answers INVALID_ARGUMENT naming what was refused. An agent cannot report an output
+//! name that would escape the submitter's output directory on Windows.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
+use common::Server;
+use futures::StreamExt;
+use proto::Digest;
+use proto::v1::jobs_client::JobsClient;
+use proto::v1::workers_client::WorkersClient;
+use proto::v1::{self, AgentInfo, EnvVar, LeaseRequest, lease_request, lease_response};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const TENANT: &str = "tenant-submit-secret";
+const AGENT: &str = "agent-worker-secret";
+
+fn token(name: &str, secret: &str, scopes: &str, namespaces: &str) -> TokenSpec {
+    TokenSpec {
+        name: name.to_owned(),
+        scopes: Scopes::parse_list(scopes).unwrap(),
+        namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
+        secret_hash: SecretHash::new(secret).unwrap(),
+        rate_limit: None,
+    }
+}
+
+/// cached with an untrusted tenant's token and an agent's.
+async fn start(dir: &Path) -> Server {
+    let tokens = [
+        token("tenant", TENANT, "read,submit", "pr-*"),
+        token("agent", AGENT, "read,cas-write,ac-write,worker", "*"),
+    ];
+    let path = dir.join("tokens.toml");
+    std::fs::write(&path, tokens.iter().map(|t| format!("{}\n", t.to_toml())).collect::<String>()).unwrap();
+    Server::start(&dir.join("data"), &[("tokens_file", path.to_str().unwrap())]).await
+}
+
+async fn channel(server: &Server) -> Channel {
+    Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap()
+}
+
+fn authorized<T>(message: T, secret: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    request
+}
+
+fn spec() -> v1::JobSpec {
+    v1::JobSpec {
+        source_root: Some(Digest::of(b"tree").to_wire()),
+        targets: vec!["linux/amd64".parse::<proto::Platform>().unwrap().to_wire("")],
+        namespace: "pr-42".into(),
+        ..Default::default()
+    }
+}
+
+fn with_flag(flag: &str) -> v1::JobSpec {
+    v1::JobSpec { build_flags: vec!["-trimpath".into(), flag.into()], ..spec() }
+}
+
+fn with_env(name: &str, value: &str) -> v1::JobSpec {
+    v1::JobSpec { env: vec![EnvVar { name: name.into(), value: value.into() }], ..spec() }
+}
+
+async fn submit(jobs: &mut JobsClient<Channel>, spec: v1::JobSpec) -> Result<String, tonic::Status> {
+    let request = authorized(v1::SubmitRequest { spec: Some(spec) }, TENANT);
+    Ok(jobs.submit(request).await?.into_inner().job_id)
+}
+
+#[tokio::test]
+async fn submit_accepts_what_a_job_may_well_ask_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let fine = v1::JobSpec {
+        build_flags: vec![
+            "-trimpath".into(),
+            "-ldflags=-s -w -X 'main.version=1.2 beta' -buildid=".into(),
+            "-gcflags=all=-N -l".into(),
+            "-tags=netgo,osusergo".into(),
+        ],
+        env: vec![
+            EnvVar { name: "CGO_CFLAGS".into(), value: "-O2 -g -DNDEBUG".into() },
+            EnvVar { name: "CGO_LDFLAGS".into(), value: "-static -lm -Wl,--as-needed".into() },
+            EnvVar { name: "GOFLAGS".into(), value: "-buildvcs=false '-ldflags=-s -w'".into() },
+        ],
+        timeout_seconds: 3600,
+        priority: 10,
+        ..spec()
+    };
+    submit(&mut jobs, fine).await.expect("a reasonable job is queued");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn submit_refuses_values_that_run_programs_or_touch_files_on_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let attacks = [
+        (with_flag("-ldflags=-extld=./x"), "-extld runs a program of the job's choosing on the agent"),
+        (with_flag("-ldflags=all=-s -extld ./tools/ld"), "-extld runs a program"),
+        (
+            with_flag("-ldflags=-linkmode=external -extldflags=-fuse-ld=./ld"),
+            "-extldflags passes flags to the C linker",
+        ),
+        (with_flag("-ldflags=-X @/var/lib/agent/token"), "starts with @"),
+        (with_flag("-gcflags=-cpuprofile=/tmp/x"), "-cpuprofile writes a file"),
+        (with_flag("-gcflags=all=-importcfg=/etc/passwd"), "-importcfg reads files"),
+        (with_flag("-asmflags=-I=/root"), "-I reads files"),
+        (with_flag("-buildmode=plugin"), "-buildmode may be default, exe, pie only"),
+        (with_env("GOFLAGS", "'-ldflags=-extld=./x'"), "-extld runs a program"),
+        (
+            with_env("CGO_LDFLAGS", "-fplugin=./evil.so"),
+            "\"-fplugin=./evil.so\" is not among the flags Go allows",
+        ),
+        (with_env("CGO_LDFLAGS", "-wrapper ./evil,-c"), "\"-wrapper\" is not among the flags Go allows"),
+        (with_env("CGO_LDFLAGS", "-Wl,-plugin=./evil.so"), "\"-Wl,-plugin=./evil.so\" is not among"),
+        (with_env("CGO_CFLAGS", "@./flags.txt"), "read more flags from that file"),
+        (with_env("CGO_CFLAGS", "-O2 -B ./bin"), "\"-B\" is not among the flags Go allows"),
+        (with_env("CGO_LDFLAGS_ALLOW", ".*"), "CGO_LDFLAGS_ALLOW widens Go's safe-flag rules"),
+        (v1::JobSpec { timeout_seconds: u64::MAX, ..spec() }, "above the server's max_job_timeout (1day)"),
+        (v1::JobSpec { priority: i32::MAX, ..spec() }, "priority 2147483647 is out of range"),
+        (v1::JobSpec { packages: vec!["./cmd\n-toolexec=x".into()], ..spec() }, "control character"),
+    ];
+    // Every attack is tried, so a failure lists all that got through.
+    let mut wrong = Vec::new();
+    for (attack, says) in &attacks {
+        match submit(&mut jobs, attack.clone()).await {
+            Ok(job) => wrong.push(format!("queued as {job}, where Submit should say {says:?}")),
+            Err(status) if status.code() != Code::InvalidArgument || !status.message().contains(says) => {
+                wrong.push(format!("{status:?}, wanted INVALID_ARGUMENT saying {says:?}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} attacks were not refused as they should be:\n{}",
+        wrong.len(),
+        attacks.len(),
+        wrong.join("\n")
+    );
+    let listed = JobsClient::new(channel(&server).await)
+        .list(authorized(v1::ListRequest { all: true, ..Default::default() }, TENANT))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.jobs.is_empty(), "nothing was queued");
+    server.stop().await;
+}
+
+/// An agent that leases the job's one task over the Workers stream.
+async fn lease_one(server: &Server) -> (v1::TaskLease, mpsc::Sender<LeaseRequest>) {
+    let (sender, receiver) = mpsc::channel(4);
+    let info = AgentInfo {
+        agent_id: "agent-1".into(),
+        go_version: "go1.26.8".into(),
+        host_goos: "linux".into(),
+        host_goarch: "amd64".into(),
+        capacity: 1,
+        version: "test".into(),
+        ..Default::default()
+    };
+    sender.send(LeaseRequest { kind: Some(lease_request::Kind::Register(info)) }).await.unwrap();
+    let mut workers = WorkersClient::new(channel(server).await);
+    let mut replies =
+        workers.lease(authorized(ReceiverStream::new(receiver), AGENT)).await.unwrap().into_inner();
+    loop {
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("a task within 10s")
+            .expect("the stream stays open")
+            .unwrap();
+        if let Some(lease_response::Kind::Task(task)) = reply.kind {
+            // The stream must outlive the lease: keep it in a task of its own.
+            tokio::spawn(async move { while replies.next().await.is_some() {} });
+            return (task, sender);
+        }
+    }
+}
+
+#[tokio::test]
+async fn complete_refuses_output_names_that_are_not_portable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    submit(&mut jobs, spec()).await.unwrap();
+    let (task, _sender) = lease_one(&server).await;
+    let mut workers = WorkersClient::new(channel(&server).await);
+    let complete = |name: &str| {
+        let result = v1::TaskResult {
+            outputs: vec![v1::OutputFile {
+                name: name.into(),
+                digest: Some(Digest::of(b"binary").to_wire()),
+                executable: true,
+            }],
+            ..Default::default()
+        };
+        let outcome = v1::complete_request::Outcome::Success(result);
+        authorized(v1::CompleteRequest { token: task.token.clone(), outcome: Some(outcome) }, AGENT)
+    };
+    for name in ["..\\..\\evil.exe", "app:stream", "CON", "aux.exe", "app.", &"a".repeat(256)] {
+        let status = workers.complete(complete(name)).await.expect_err(name);
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+    }
+    workers.complete(complete("app.exe")).await.expect("a plain name is accepted");
+    server.stop().await;
+}
