@@ -118,6 +118,12 @@ pub const SETTINGS: &[Setting] = &[
         default: "3",
     },
     Setting { key: "job_timeout", help: "deadline of a job that does not set its own", default: "1h" },
+    Setting {
+        key: "max_open_jobs_per_namespace",
+        help: "unfinished jobs one namespace may have; more are refused until some finish",
+        default: "100",
+    },
+    Setting { key: "max_open_jobs", help: "unfinished jobs in all namespaces together", default: "1000" },
     Setting { key: "tls_cert", help: "PEM certificate chain: serve TLS (reloaded on SIGHUP)", default: "" },
     Setting { key: "tls_key", help: "PEM private key of tls_cert", default: "" },
     Setting {
@@ -334,6 +340,8 @@ impl Config {
                 lease_timeout: get("lease_timeout").duration()?,
                 max_attempts: get("max_attempts").count()? as u32,
                 job_timeout: get("job_timeout").duration()?,
+                max_open_jobs_per_namespace: get("max_open_jobs_per_namespace").count()? as usize,
+                max_open_jobs: get("max_open_jobs").count()? as usize,
             },
         })
     }
@@ -380,6 +388,12 @@ impl Config {
                 "lease_timeout ({}) must be longer than heartbeat_interval ({}), which must be above 0s",
                 humantime::format_duration(self.scheduler.lease_timeout),
                 humantime::format_duration(self.scheduler.heartbeat_interval)
+            ));
+        }
+        if self.scheduler.max_open_jobs_per_namespace > self.scheduler.max_open_jobs {
+            return fail(format!(
+                "max_open_jobs_per_namespace ({}) must not exceed max_open_jobs ({})",
+                self.scheduler.max_open_jobs_per_namespace, self.scheduler.max_open_jobs
             ));
         }
         check_exposure(self.listen, !self.tokens.is_empty(), self.allow_anonymous)
@@ -673,5 +687,20 @@ mod tests {
         assert!(defaults.tls.is_none() && defaults.tokens.is_empty() && !defaults.allow_anonymous);
         let flags = BTreeMap::from([("idle_timeout".to_owned(), "0s".to_owned())]);
         assert!(Config::load(&flags, None, &no_env).unwrap_err().to_string().contains("idle_timeout"));
+    }
+
+    #[test]
+    fn open_job_caps() {
+        let defaults = Config::load(&BTreeMap::new(), None, &no_env).unwrap().scheduler;
+        assert_eq!((defaults.max_open_jobs_per_namespace, defaults.max_open_jobs), (100, 1000));
+        let env = |name: &str| (name == "CACHED_MAX_OPEN_JOBS").then(|| "50".to_owned());
+        let err = Config::load(&BTreeMap::new(), None, &env).unwrap_err().to_string();
+        assert!(
+            err.contains("max_open_jobs_per_namespace (100)") && err.contains("max_open_jobs (50)"),
+            "{err}"
+        );
+        let flags = BTreeMap::from([("max_open_jobs_per_namespace".to_owned(), "0".to_owned())]);
+        let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
+        assert!(err.contains("--max-open-jobs-per-namespace") && err.contains("at least 1"), "{err}");
     }
 }
