@@ -6,7 +6,7 @@
 //! slot, so with busy agents its cost does not grow with the queue. It runs on the events that
 //! can make a queued task leasable: a new job (only that job's tasks: nothing else changed),
 //! an agent registering or leaving drain mode, and a slot or task freed (completion, expiry,
-//! cancel). A heartbeat changes none of that and dispatches nothing. The leases of one dispatch
+//! cancel). A heartbeat that only extends leases dispatches nothing. The leases of one dispatch
 //! are written in one synced batch before any agent is sent one.
 
 use std::cmp::Reverse;

@@ -115,7 +115,7 @@ pub struct Scheduler {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| millis(d))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis)
 }
 
 /// `duration` in milliseconds, saturating: no timeout, however large, overflows a deadline.

@@ -121,8 +121,13 @@ impl LeaseReceiver {
     }
 }
 
+/// The status the session ended with; an error once every sender is gone without one.
 async fn ended(end: &mut watch::Receiver<Option<Status>>) -> Result<Status, watch::error::RecvError> {
-    end.wait_for(Option::is_some).await.map(|status| status.clone().unwrap_or_else(|| Status::unknown("")))
+    loop {
+        if let Some(status) = end.wait_for(Option::is_some).await?.clone() {
+            return Ok(status);
+        }
+    }
 }
 
 pub struct Worker {
