@@ -55,12 +55,14 @@ pub struct CacheClaims {
 }
 
 impl CacheClaims {
-    fn encode(&self) -> String {
+    /// The claims as they are MACed: one field a line.
+    pub fn encode(&self) -> String {
         let LeaseId { job_id, task, attempt } = &self.lease;
         format!("{CLAIMS_VERSION}\n{job_id}\n{task}\n{attempt}\n{}\n{}", self.namespace, self.expires_unix_ms)
     }
 
-    fn decode(text: &str) -> Option<Self> {
+    /// Claims from [`CacheClaims::encode`]'s text; none for anything else.
+    pub fn decode(text: &str) -> Option<Self> {
         let mut fields = text.split('\n');
         let mut next = || fields.next();
         if next()? != CLAIMS_VERSION {
