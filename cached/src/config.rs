@@ -125,6 +125,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "the longest deadline a submitted job may ask for (timeout_seconds)",
         default: "24h",
     },
+    Setting {
+        key: "max_open_jobs_per_namespace",
+        help: "unfinished jobs one namespace may have; more are refused until some finish",
+        default: "100",
+    },
+    Setting { key: "max_open_jobs", help: "unfinished jobs in all namespaces together", default: "1000" },
     Setting { key: "tls_cert", help: "PEM certificate chain: serve TLS (reloaded on SIGHUP)", default: "" },
     Setting { key: "tls_key", help: "PEM private key of tls_cert", default: "" },
     Setting {
@@ -342,6 +348,8 @@ impl Config {
                 max_attempts: get("max_attempts").count()? as u32,
                 job_timeout: get("job_timeout").duration()?,
                 max_job_timeout: get("max_job_timeout").duration()?,
+                max_open_jobs_per_namespace: get("max_open_jobs_per_namespace").count()? as usize,
+                max_open_jobs: get("max_open_jobs").count()? as usize,
             },
         })
     }
@@ -391,6 +399,12 @@ impl Config {
             ));
         }
         check_job_timeouts(&self.scheduler)?;
+        if self.scheduler.max_open_jobs_per_namespace > self.scheduler.max_open_jobs {
+            return fail(format!(
+                "max_open_jobs_per_namespace ({}) must not exceed max_open_jobs ({})",
+                self.scheduler.max_open_jobs_per_namespace, self.scheduler.max_open_jobs
+            ));
+        }
         check_exposure(self.listen, !self.tokens.is_empty(), self.allow_anonymous)
             .map_err(ConfigError::Inconsistent)
     }
@@ -716,5 +730,20 @@ mod tests {
             let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
             assert!(err.contains("job_timeout") && err.contains("max_job_timeout"), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn open_job_caps() {
+        let defaults = Config::load(&BTreeMap::new(), None, &no_env).unwrap().scheduler;
+        assert_eq!((defaults.max_open_jobs_per_namespace, defaults.max_open_jobs), (100, 1000));
+        let env = |name: &str| (name == "CACHED_MAX_OPEN_JOBS").then(|| "50".to_owned());
+        let err = Config::load(&BTreeMap::new(), None, &env).unwrap_err().to_string();
+        assert!(
+            err.contains("max_open_jobs_per_namespace (100)") && err.contains("max_open_jobs (50)"),
+            "{err}"
+        );
+        let flags = BTreeMap::from([("max_open_jobs_per_namespace".to_owned(), "0".to_owned())]);
+        let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
+        assert!(err.contains("--max-open-jobs-per-namespace") && err.contains("at least 1"), "{err}");
     }
 }

@@ -74,6 +74,8 @@ pub async fn run(
         Ok((db, rocks, scheduler))
     })
     .await??;
+    // Builds reach the cache with their lease's credential, which only the scheduler can vouch for.
+    auth.attach_leases(scheduler.lease_keys(), Arc::clone(&scheduler) as Arc<dyn auth::LiveLeases>);
     let space = Arc::new(FreeSpace::new(config.data_dir.clone(), config.min_free_space));
     warn_if_the_disk_is_smaller(&config, &space, &rocks);
     let stats = Arc::new(stats::Stats::default());

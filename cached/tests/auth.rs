@@ -288,9 +288,12 @@ async fn call(
             jobs.list(request(v1::ListRequest::default(), secret)).await?;
         }
         "Workers.Lease" => {
+            // An agent id of its own each time: a connected id is not for another registration.
+            static AGENTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = AGENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let register = v1::LeaseRequest {
                 kind: Some(v1::lease_request::Kind::Register(v1::AgentInfo {
-                    agent_id: "auth-test".into(),
+                    agent_id: format!("auth-test-{n}"),
                     capacity: 0,
                     ..Default::default()
                 })),

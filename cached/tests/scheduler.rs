@@ -129,6 +129,11 @@ impl Agent {
     }
 }
 
+/// A lease token as aborts carry it: no secret.
+fn without_secret(token: &FencingToken) -> FencingToken {
+    FencingToken { secret: Default::default(), ..token.clone() }
+}
+
 /// Waits for the job to finish and returns its final status and every event seen.
 async fn watch_to_end(jobs: &mut JobsClient<Channel>, job_id: &str) -> (v1::JobStatus, Vec<JobEvent>) {
     let mut events = jobs.watch(v1::WatchRequest { job_id: job_id.into() }).await.unwrap().into_inner();
@@ -163,9 +168,14 @@ async fn one_task_per_target_spread_over_agents_with_fenced_completion() {
     assert_eq!((ka.attempt, kb.attempt), (1, 1));
     assert_eq!(ta.spec.unwrap().source_root, Some(Digest::of(b"tree").to_wire()));
 
-    // A token for an attempt that was never leased is refused.
+    // Every lease carries its own secret; a token for an attempt that was never leased is
+    // refused (its secret is that of another attempt).
+    assert_eq!((ka.secret.len(), kb.secret.len()), (32, 32));
+    assert_ne!(ka.secret, kb.secret);
     let forged = FencingToken { attempt: 2, ..ka.clone() };
-    assert_eq!(a.complete(&forged, "x").await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(a.complete(&forged, "x").await.unwrap_err().code(), Code::PermissionDenied);
+    // Without tokens (anonymous loopback mode) there is no per-lease cache credential.
+    assert!(ta.cache_token.is_empty());
 
     a.complete(&ka, "app").await.unwrap();
     // Completing twice is a stale completion.
@@ -193,7 +203,7 @@ async fn expired_leases_requeue_refuse_late_completions_and_fail_after_three_att
     // No heartbeat: the lease expires, the task is requeued with the next attempt, and the
     // server tells the agent to stop.
     match silent.next(Duration::from_secs(3)).await {
-        Some(lease_response::Kind::Abort(token)) => assert_eq!(token, first),
+        Some(lease_response::Kind::Abort(token)) => assert_eq!(token, without_secret(&first)),
         other => panic!("expected an abort, got {other:?}"),
     }
     let second = silent.task().await.token.unwrap();
@@ -319,7 +329,7 @@ async fn cancel_aborts_running_tasks_and_drops_queued_ones() {
     assert_eq!(status.state, JobState::Cancelled as i32);
     assert!(status.tasks.iter().all(|t| t.state == TaskState::Cancelled as i32));
     match agent.next(Duration::from_secs(2)).await {
-        Some(lease_response::Kind::Abort(token)) => assert_eq!(token, running),
+        Some(lease_response::Kind::Abort(token)) => assert_eq!(token, without_secret(&running)),
         other => panic!("expected an abort, got {other:?}"),
     }
     assert_eq!(agent.complete(&running, "app").await.unwrap_err().code(), Code::FailedPrecondition);
@@ -347,12 +357,13 @@ async fn a_restart_loses_no_task_and_keeps_leases_fenced() {
     let states: Vec<i32> = listed[0].tasks.iter().map(|t| t.state).collect();
     assert!(states.contains(&(TaskState::Leased as i32)) && states.contains(&(TaskState::Queued as i32)));
 
-    // The agent reconnects and goes on heartbeating its lease; a stale attempt is refused.
+    // The agent reconnects and goes on heartbeating its lease, whose secret survived the
+    // restart; a stale attempt is refused.
     let mut agent = Agent::connect(&server, "a", "", 2, &[]).await;
     agent.heartbeat(std::slice::from_ref(&held)).await;
     let other = agent.task().await.token.unwrap();
     let stale = FencingToken { attempt: 0, ..held.clone() };
-    assert_eq!(agent.complete(&stale, "app").await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(agent.complete(&stale, "app").await.unwrap_err().code(), Code::PermissionDenied);
     agent.complete(&held, "app").await.unwrap();
     agent.complete(&other, "app").await.unwrap();
     let (status, _) = watch_to_end(&mut jobs, &job).await;
@@ -479,5 +490,32 @@ async fn an_image_job_ends_with_an_index_task_that_needs_no_build_slot() {
     based.image.as_mut().unwrap().base = "cgr.dev/chainguard/static".into();
     let err = jobs.submit(v1::SubmitRequest { spec: Some(based) }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn build_output_from_one_progress_call_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut agent = Agent::connect(&server, "a", "", 1, &[]).await;
+    let job = submit(&mut jobs, spec(&["linux/amd64"], "")).await;
+    let token = agent.task().await.token.unwrap();
+    let mut watch = jobs.watch(v1::WatchRequest { job_id: job.clone() }).await.unwrap().into_inner();
+    // One enormous line and thousands of ordinary ones: every watcher would get them all.
+    let mut lines = vec!["x".repeat(4 << 20)];
+    lines.extend((0..5000).map(|n| format!("./main.go:{n}: something went wrong")));
+    let progress = v1::ProgressRequest { token: Some(token.clone()), started: true, lines };
+    agent.workers.progress(progress).await.unwrap();
+    let log = loop {
+        let event = watch.next().await.unwrap().unwrap();
+        if event.kind == Kind::Log as i32 {
+            break event.message;
+        }
+    };
+    assert!(log.len() <= 65 << 10, "a progress call became a {}-byte event", log.len());
+    assert!(log.starts_with(&"x".repeat(4000)) && log.contains("[cut by cached"), "{}", &log[4000..4200]);
+    assert!(log.contains("./main.go:0: something went wrong"));
+    assert!(log.ends_with("lines and 64 KiB]"), "{}", &log[log.len() - 200..]);
     server.stop().await;
 }

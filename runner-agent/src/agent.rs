@@ -75,7 +75,7 @@ pub async fn run(
         c_compilers: c_compilers.clone(),
         capacity: config.concurrency.max(1),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        instance: Default::default(),
+        instance: instance()?.to_vec().into(),
     };
     tracing::info!(
         agent = %info.agent_id, go = %info.go_version, capacity = info.capacity,
@@ -226,6 +226,14 @@ pub async fn run(
     }
     tracing::info!("runner agent stopped");
     Ok(())
+}
+
+/// Random per process: cached lets a registration take over a connected agent id only when it
+/// comes from the same process reconnecting (same token, same instance).
+fn instance() -> Result<[u8; 16], String> {
+    let mut instance = [0u8; 16];
+    getrandom::fill(&mut instance).map_err(|err| format!("the system random source failed: {err}"))?;
+    Ok(instance)
 }
 
 /// Sleeps `backoff` while noting finished tasks; true when shutdown arrived meanwhile.

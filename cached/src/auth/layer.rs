@@ -2,16 +2,20 @@
 //! deadlines. Refusals are answered here, before any handler runs or any body is read.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dashmap::DashMap;
 use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 
 use super::Grant;
 use super::idle::IdleBody;
+use super::lease::{CACHE_TOKEN_PREFIX, LeaseId, LeaseKeys, LiveLeases};
+use super::rate::RateLimiter;
 use super::scopes::{self, Access, Method, Scope};
 use super::tokens::{TokenSpec, TokenTable};
 use crate::config::Config;
@@ -22,6 +26,8 @@ use crate::error::Error;
 pub struct AuthSettings {
     /// A call checks against the table it started with.
     tokens: RwLock<Arc<TokenTable>>,
+    /// Lease credentials, once the scheduler is open.
+    leases: OnceLock<Leases>,
     default_rate: Option<u32>,
     anonymous: Arc<Grant>,
     request_timeout: Duration,
@@ -39,6 +45,7 @@ impl AuthSettings {
         let limits = &config.limits;
         Self {
             tokens: RwLock::new(Arc::new(TokenTable::new(tokens, limits.rate_limit))),
+            leases: OnceLock::new(),
             default_rate: limits.rate_limit,
             anonymous: Arc::new(Grant::anonymous()),
             request_timeout: limits.request_timeout,
@@ -61,10 +68,24 @@ impl AuthSettings {
         self.table().len()
     }
 
+    /// Accepts the cache credentials of leases from now on: `keys` checks them, `live` says
+    /// whether their lease is still current. Minting follows whether the server has tokens.
+    pub fn attach_leases(&self, keys: Arc<LeaseKeys>, live: Arc<dyn LiveLeases>) {
+        keys.set_minting(self.requires_tokens());
+        let leases =
+            Leases { keys, live, limiters: DashMap::new(), prune_at: AtomicUsize::new(PRUNE_LIMITERS_AT) };
+        if self.leases.set(leases).is_err() {
+            tracing::warn!("lease credentials attached twice; keeping the first");
+        }
+    }
+
     /// Serves `specs` from now on (calls already admitted keep their grants). Returns the
     /// names of the tokens added and removed.
     pub fn replace_tokens(&self, specs: &[TokenSpec]) -> (Vec<String>, Vec<String>) {
         let table = Arc::new(TokenTable::new(specs, self.default_rate));
+        if let Some(leases) = self.leases.get() {
+            leases.keys.set_minting(!specs.is_empty());
+        }
         let old = std::mem::replace(&mut *self.tokens.write().unwrap_or_else(PoisonError::into_inner), table);
         let before: BTreeSet<&str> = old.names().collect();
         let after: BTreeSet<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
@@ -81,18 +102,18 @@ impl AuthSettings {
         let grant = if tokens.is_empty() {
             Arc::clone(&self.anonymous)
         } else {
-            let token = authenticate(&tokens, request, &api)?;
-            if let Some(limiter) = &token.limiter
+            let caller = self.authenticate(&tokens, request, &api)?;
+            if let Some(limiter) = &caller.limiter
                 && let Err(wait) = limiter.check()
             {
                 return Err(Error::ResourceExhausted(format!(
                     "token `{}` is over its rate limit of {} requests per second (rate_limit); retry in {} ms",
-                    token.grant.token,
+                    caller.grant.token,
                     limiter.rate(),
                     wait.as_millis().max(1)
                 )));
             }
-            Arc::clone(&token.grant)
+            caller.grant
         };
         if !grant.scopes.contains(scope) {
             tracing::warn!(target: "audit", token = %grant.token, api, scope = %scope, "scope denied");
@@ -113,32 +134,105 @@ impl AuthSettings {
         };
         Ok(Admitted { grant, _upload: upload })
     }
+
+    /// The caller of `request`: a configured token, or the cache credential of a live lease.
+    fn authenticate<B>(
+        &self,
+        tokens: &TokenTable,
+        request: &http::Request<B>,
+        api: &str,
+    ) -> Result<Caller, Error> {
+        let header = request.headers().get(http::header::AUTHORIZATION);
+        let Some(secret) = header.and_then(|value| bearer(value.as_bytes())) else {
+            tracing::info!(target: "audit", api, peer = %peer(request), "call without a token refused");
+            let reason = if header.is_some() {
+                "the authorization header must be `Bearer <token>`"
+            } else {
+                "this server requires a token"
+            };
+            return Err(Error::Unauthenticated(format!(
+                "{reason}: pass --token, --token-file or CACHED_TOKEN (from `cached token new`)"
+            )));
+        };
+        if secret.starts_with(CACHE_TOKEN_PREFIX) {
+            return self.lease_caller(secret, request, api);
+        }
+        let token = tokens.verify(secret).ok_or_else(|| {
+            tracing::warn!(target: "audit", api, peer = %peer(request), "unknown token refused");
+            Error::Unauthenticated(
+                "the token is not known to this server (mistyped, revoked, or meant for another server)"
+                    .to_owned(),
+            )
+        })?;
+        Ok(Caller { grant: Arc::clone(&token.grant), limiter: token.limiter.clone() })
+    }
+
+    /// The build of a lease, if its credential is genuine, unexpired and its lease current.
+    fn lease_caller<B>(
+        &self,
+        credential: &str,
+        request: &http::Request<B>,
+        api: &str,
+    ) -> Result<Caller, Error> {
+        let refuse = |reason: String| {
+            tracing::warn!(target: "audit", api, peer = %peer(request), %reason, "lease credential refused");
+            Error::Unauthenticated(reason)
+        };
+        let Some(leases) = self.leases.get() else {
+            return Err(refuse(
+                "this server does not accept lease credentials yet; retry shortly".to_owned(),
+            ));
+        };
+        let claims = leases.keys.verify(credential, now_ms()).map_err(refuse)?;
+        if !leases.live.is_live(&claims.lease) {
+            return Err(refuse(format!(
+                "the lease credential of {} is no longer valid: its lease ended (the task finished, was \
+                 cancelled or requeued, or the agent stopped heartbeating); only the build of a current \
+                 lease may use it",
+                claims.lease.grant_name()
+            )));
+        }
+        let limiter = self.default_rate.map(|rate| leases.limiter(&claims.lease, rate));
+        Ok(Caller { grant: Arc::new(claims.grant()), limiter })
+    }
 }
 
-fn authenticate<'a, B>(
-    tokens: &'a TokenTable,
-    request: &http::Request<B>,
-    api: &str,
-) -> Result<&'a super::tokens::Token, Error> {
-    let header = request.headers().get(http::header::AUTHORIZATION);
-    let Some(secret) = header.and_then(|value| bearer(value.as_bytes())) else {
-        tracing::info!(target: "audit", api, peer = %peer(request), "call without a token refused");
-        let reason = if header.is_some() {
-            "the authorization header must be `Bearer <token>`"
-        } else {
-            "this server requires a token"
-        };
-        return Err(Error::Unauthenticated(format!(
-            "{reason}: pass --token, --token-file or CACHED_TOKEN (from `cached token new`)"
-        )));
-    };
-    tokens.verify(secret).ok_or_else(|| {
-        tracing::warn!(target: "audit", api, peer = %peer(request), "unknown token refused");
-        Error::Unauthenticated(
-            "the token is not known to this server (mistyped, revoked, or meant for another server)"
-                .to_owned(),
+/// Who is calling, and the rate limit that applies.
+struct Caller {
+    grant: Arc<Grant>,
+    limiter: Option<Arc<RateLimiter>>,
+}
+
+/// Limiters of lease credentials are dropped, for leases that ended, once this many exist.
+const PRUNE_LIMITERS_AT: usize = 1024;
+
+/// What the layer needs to accept lease credentials.
+struct Leases {
+    keys: Arc<LeaseKeys>,
+    live: Arc<dyn LiveLeases>,
+    /// One bucket per lease at the server's `rate_limit`.
+    limiters: DashMap<LeaseId, Arc<RateLimiter>>,
+    prune_at: AtomicUsize,
+}
+
+impl Leases {
+    fn limiter(&self, lease: &LeaseId, rate: u32) -> Arc<RateLimiter> {
+        if let Some(limiter) = self.limiters.get(lease) {
+            return Arc::clone(&limiter);
+        }
+        if self.limiters.len() >= self.prune_at.load(Ordering::Relaxed) {
+            self.limiters.retain(|lease, _| self.live.is_live(lease));
+            self.prune_at.store(PRUNE_LIMITERS_AT.max(2 * self.limiters.len()), Ordering::Relaxed);
+        }
+        Arc::clone(
+            &self.limiters.entry(lease.clone()).or_insert_with(|| Arc::new(RateLimiter::per_second(rate))),
         )
-    })
+    }
+}
+
+fn now_ms() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The secret of `Bearer <secret>` (the scheme is case-insensitive).

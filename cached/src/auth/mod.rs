@@ -6,9 +6,13 @@
 //!
 //! With no tokens configured every caller is `anonymous` with every scope; `config` only allows
 //! that on loopback unless `allow_anonymous` is set.
+//!
+//! A build on a runner agent reaches the cache with the credential of its lease ([`lease`]),
+//! which the layer checks beside the configured tokens.
 
 mod idle;
 pub mod layer;
+pub mod lease;
 pub mod rate;
 pub mod reload;
 pub mod scopes;
@@ -17,6 +21,7 @@ pub mod tokens;
 use std::sync::Arc;
 
 pub use layer::{AuthLayer, AuthSettings};
+pub use lease::{LeaseId, LeaseKeys, LiveLeases};
 pub use reload::TokenSource;
 pub use scopes::{NamespacePattern, Scope, Scopes};
 pub use tokens::{SecretHash, TokenSpec};

@@ -219,7 +219,7 @@ pub fn check_unique(tokens: &[TokenSpec]) -> Result<(), String> {
 /// A configured token, ready for requests.
 pub struct Token {
     pub grant: Arc<Grant>,
-    pub limiter: Option<RateLimiter>,
+    pub limiter: Option<Arc<RateLimiter>>,
     hash: SecretHash,
 }
 
@@ -244,7 +244,7 @@ impl TokenTable {
                         scopes: spec.scopes,
                         namespaces: spec.namespaces.clone(),
                     }),
-                    limiter: rate.map(RateLimiter::per_second),
+                    limiter: rate.map(|rate| Arc::new(RateLimiter::per_second(rate))),
                     hash: spec.secret_hash.clone(),
                 }
             })

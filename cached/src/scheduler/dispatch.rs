@@ -1,91 +1,139 @@
-//! Matching queued tasks to agents: highest priority and oldest first, each to an agent that
-//! can build it and has a free slot; among those, the one with the most free slots.
+//! Matching queued tasks to agents: highest priority and oldest first, each to an agent whose
+//! token covers the job's namespace, that can build it and has a free slot; among those, the
+//! one with the most free slots.
+//!
+//! Dispatch walks the queue index in order and stops as soon as no agent has a free build
+//! slot, so with busy agents its cost does not grow with the queue. It runs on the events that
+//! can make a queued task leasable: a new job (only that job's tasks: nothing else changed),
+//! an agent registering or leaving drain mode, and a slot or task freed (completion, expiry,
+//! cancel). A heartbeat that only extends leases dispatches nothing. The leases of one dispatch
+//! are written in one synced batch before any agent is sent one.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 
 use proto::v1::{
-    FencingToken, JobSpec, JobState, JobStatus, LeaseResponse, TaskKind, TaskLease, TaskState,
-    job_event::Kind, lease_response,
+    FencingToken, JobState, JobStatus, LeaseResponse, Target, TaskKind, TaskLease, TaskState, lease_response,
 };
 
-use super::workers::{LeaseSender, Workers, can_build};
-use super::{Scheduler, State, event, is_index, job_finished, now_ms};
+use super::index::QueueKey;
+use super::store::Durability;
+use super::workers::{LeaseSender, MAX_INDEX_LEASES, Workers, can_build};
+use super::{Scheduler, State, event, is_index, job_namespace, millis, now_ms};
+use crate::auth::lease::{CacheClaims, LeaseId};
 
-/// A queued task in dispatch order: index tasks first (they finish jobs, in milliseconds),
-/// then by priority, then oldest job first.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Queued {
-    builds: bool,
-    negated_priority: i64,
-    submitted_unix_ms: i64,
-    job_id: String,
-    index: u32,
+/// Which queued tasks may have become leasable.
+pub(super) enum Scope<'a> {
+    All,
+    /// Only this (new) job's.
+    Job(&'a str),
 }
 
-/// An agent picked for a task.
-struct Chosen {
-    session: u64,
-    agent_id: String,
+/// What an agent can take now.
+struct Room {
+    builds: u32,
+    index_tasks: u32,
+}
+
+/// A lease to send once it is on disk.
+struct Outgoing {
     sender: LeaseSender,
+    message: LeaseResponse,
+    job_id: String,
+    event: proto::v1::JobEvent,
 }
 
 impl Scheduler {
     /// Hands queued tasks to agents while any can take them.
-    pub(super) fn dispatch(&self, state: &mut State) {
-        let State { jobs, workers } = state;
-        if workers.is_empty() {
+    pub(super) fn dispatch(&self, state: &mut State, scope: Scope<'_>) {
+        let State { jobs, workers, index } = state;
+        if workers.is_empty() || index.queued_len() == 0 {
             return;
         }
-        let (leased, queued) = queue(jobs);
-        if queued.is_empty() {
-            return;
-        }
-        let mut free = free_slots(workers, &leased);
-        let until = now_ms() + self.settings.lease_timeout.as_millis() as i64;
-        for Queued { job_id, index, .. } in queued {
-            let Some(job) = jobs.get_mut(&job_id) else { continue };
-            let Some(spec) = job.spec.as_ref() else { continue };
-            let index_task = is_index(&job.tasks[index as usize]);
-            let Some(chosen) = choose(workers, &free, index_task, spec, job, index) else { continue };
-            let lease = self.lease(job, index);
-            let task = &mut job.tasks[index as usize];
+        let mut room = rooms(workers, index);
+        let mut build_slots: u64 = room.values().map(|room| u64::from(room.builds)).sum();
+        let until = now_ms().saturating_add(millis(self.settings.lease_timeout));
+        let mut of_job = match scope {
+            Scope::All => None,
+            Scope::Job(job_id) => Some(index.queued_of(job_id).into_iter()),
+        };
+        let mut cursor: Option<QueueKey> = None;
+        let mut outgoing = Vec::new();
+        let mut changed = BTreeSet::new();
+        loop {
+            let next = match &mut of_job {
+                Some(keys) => keys.next(),
+                None => index.next_queued(cursor.as_ref()).cloned(),
+            };
+            let Some(key) = next else { break };
+            self.examined.fetch_add(1, Ordering::Relaxed);
+            if key.builds && build_slots == 0 {
+                break;
+            }
+            cursor = Some(key.clone());
+            let Some(job) = jobs.get_mut(&key.job_id) else { continue };
+            let Some(session) = choose(workers, &room, &key, job) else { continue };
+            let Some(worker) = workers.get(session) else { continue };
+            let task = &mut job.tasks[key.index as usize];
             task.state = TaskState::Leased as i32;
             task.attempt += 1;
-            task.agent = chosen.agent_id;
+            task.agent = worker.info.agent_id.clone();
             task.lease_until_unix_ms = until;
             task.started_unix_ms = 0;
+            let lease = LeaseId { job_id: key.job_id.clone(), task: key.index, attempt: task.attempt };
             let token = FencingToken {
-                job_id: job_id.clone(),
-                task: index,
+                job_id: key.job_id.clone(),
+                task: key.index,
                 attempt: task.attempt,
-                ..FencingToken::default()
+                secret: self.keys.secret(&lease, &worker.grant.token).to_vec().into(),
             };
-            let leased_event = event(Kind::Leased, task);
+            let leased_event = event(proto::v1::job_event::Kind::Leased, task);
             job.state = JobState::Running as i32;
-            self.save(job);
-            let message = LeaseResponse {
-                kind: Some(lease_response::Kind::Task(TaskLease { token: Some(token), ..lease })),
-            };
-            if chosen.sender.send(Ok(message)).is_err() {
-                // The stream is gone; the lease expires and the task is requeued.
-                tracing::warn!(job = %job_id, task = index, "agent stream closed while leasing");
+            let message =
+                LeaseResponse { kind: Some(lease_response::Kind::Task(self.lease(job, lease, token))) };
+            if let Some(room) = room.get_mut(&session) {
+                if key.builds {
+                    room.builds -= 1;
+                    build_slots -= 1;
+                } else {
+                    room.index_tasks -= 1;
+                }
             }
-            if let Some(slots) = free.get_mut(&chosen.session).filter(|_| !index_task) {
-                *slots -= 1;
+            index.update(job);
+            changed.insert(key.job_id.clone());
+            outgoing.push(Outgoing {
+                sender: worker.sender.clone(),
+                message,
+                job_id: key.job_id,
+                event: leased_event,
+            });
+        }
+        if outgoing.is_empty() {
+            return;
+        }
+        let saved = self.save(changed.iter().filter_map(|job_id| jobs.get(job_id)), Durability::Synced);
+        if saved.is_err() {
+            tracing::error!(
+                leases = outgoing.len(),
+                "leases not sent: they could not be stored; they expire and the tasks are requeued"
+            );
+        }
+        for Outgoing { sender, message, job_id, event } in outgoing {
+            if saved.is_ok() && !sender.send(message) {
+                // The session is gone; the lease expires and the task is requeued.
+                tracing::warn!(job = %job_id, task = event.task, "agent stream gone while leasing");
             }
-            self.emit(&job_id, leased_event);
+            self.emit(&job_id, event);
         }
     }
 
-    /// What the agent gets for task `index` of `job` (without its fencing token).
-    fn lease(&self, job: &JobStatus, index: u32) -> TaskLease {
+    /// What the agent gets for `lease`: the task, its secret in `token`, and the credential its
+    /// build reaches the cache with.
+    fn lease(&self, job: &JobStatus, lease: LeaseId, token: FencingToken) -> TaskLease {
         let spec = job.spec.clone().unwrap_or_default();
-        let timeout = match spec.timeout_seconds {
-            0 => self.settings.job_timeout,
-            seconds => Duration::from_secs(seconds),
-        };
-        let (kind, images) = if is_index(&job.tasks[index as usize]) {
+        let task = &job.tasks[lease.task as usize];
+        let (kind, images) = if is_index(task) {
             // The index is assembled from the platform images the build tasks reported.
             let images = job
                 .tasks
@@ -96,75 +144,56 @@ impl Scheduler {
         } else {
             (TaskKind::Build, Vec::new())
         };
+        let deadline = self.deadline(job);
+        let claims =
+            CacheClaims { lease, namespace: job_namespace(job).to_owned(), expires_unix_ms: deadline };
         TaskLease {
-            token: None,
+            token: Some(token),
             spec: Some(spec),
-            target: job.tasks[index as usize].target.clone(),
-            deadline_unix_ms: job.submitted_unix_ms + timeout.as_millis() as i64,
+            target: task.target.clone(),
+            deadline_unix_ms: deadline,
             kind: kind as i32,
             images,
-            cache_token: String::new(),
+            cache_token: self.keys.mint(&claims).unwrap_or_default(),
         }
     }
 }
 
-/// Build tasks leased per agent, and the queued tasks in dispatch order.
-fn queue(jobs: &BTreeMap<String, JobStatus>) -> (HashMap<String, u32>, Vec<Queued>) {
-    let mut leased: HashMap<String, u32> = HashMap::new();
-    let mut queued = Vec::new();
-    for job in jobs.values().filter(|job| !job_finished(job)) {
-        let priority = job.spec.as_ref().map_or(0, |spec| spec.priority);
-        for task in &job.tasks {
-            if task.state == TaskState::Leased as i32 && !is_index(task) {
-                *leased.entry(task.agent.clone()).or_default() += 1;
-            } else if task.state == TaskState::Queued as i32 {
-                queued.push(Queued {
-                    builds: !is_index(task),
-                    negated_priority: -i64::from(priority),
-                    submitted_unix_ms: job.submitted_unix_ms,
-                    job_id: job.job_id.clone(),
-                    index: task.index,
-                });
-            }
-        }
-    }
-    queued.sort();
-    (leased, queued)
-}
-
-/// Free build slots per agent session that is taking tasks.
-fn free_slots(workers: &Workers, leased: &HashMap<String, u32>) -> HashMap<u64, u32> {
+/// Free build slots and index-task room of each agent session that is taking tasks.
+fn rooms(workers: &Workers, index: &super::index::Index) -> HashMap<u64, Room> {
     workers
         .iter()
-        .filter(|(_, worker)| !worker.draining && !worker.sender.is_closed())
+        .filter(|(_, worker)| worker.taking())
         .map(|(session, worker)| {
-            let busy = leased.get(&worker.info.agent_id).copied().unwrap_or(0);
-            (*session, worker.info.capacity.saturating_sub(busy))
+            let agent = &worker.info.agent_id;
+            let room = Room {
+                builds: worker.info.capacity.saturating_sub(index.leased_builds(agent)),
+                index_tasks: MAX_INDEX_LEASES.saturating_sub(index.leased_index_tasks(agent)),
+            };
+            (*session, room)
         })
         .collect()
 }
 
-/// The agent with the most free slots that can take task `index`. Any agent taking tasks can
-/// assemble an index; a build needs a free slot and an agent that can build its target.
-fn choose(
-    workers: &Workers,
-    free: &HashMap<u64, u32>,
-    index_task: bool,
-    spec: &JobSpec,
-    job: &JobStatus,
-    index: u32,
-) -> Option<Chosen> {
-    let target = job.tasks[index as usize].target.clone().unwrap_or_default();
-    workers
-        .iter()
-        .filter(|(session, worker)| {
-            free.get(session)
-                .is_some_and(|free| index_task || (*free > 0 && can_build(&worker.info, spec, &target)))
+/// The agent with the most free slots that may and can take the task `key` names. Any agent
+/// with room assembles an index; a build needs a free slot and an agent that can build its
+/// target. Either way the agent's token must cover the job's namespace.
+fn choose(workers: &Workers, room: &HashMap<u64, Room>, key: &QueueKey, job: &JobStatus) -> Option<u64> {
+    let spec = job.spec.as_ref()?;
+    let namespace = job_namespace(job);
+    let none = Target::default();
+    let target = job.tasks.get(key.index as usize)?.target.as_ref().unwrap_or(&none);
+    room.iter()
+        .filter(|(session, room)| {
+            workers.get(**session).is_some_and(|worker| {
+                let fits = if key.builds {
+                    room.builds > 0 && can_build(&worker.info, spec, target)
+                } else {
+                    room.index_tasks > 0
+                };
+                fits && worker.grant.allows_namespace(namespace)
+            })
         })
-        .max_by_key(|(session, _)| free.get(session).copied().unwrap_or(0))
-        .map(|(session, worker)| Chosen {
-            session: *session,
-            agent_id: worker.info.agent_id.clone(),
-            sender: worker.sender.clone(),
-        })
+        .max_by_key(|(session, room)| (room.builds, Reverse(**session)))
+        .map(|(session, _)| *session)
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use proto::v1::TaskState;
 
+use super::dispatch::Scope;
+use super::store::Durability;
 use super::{Scheduler, State, abort, is_terminal, job_finished, now_ms};
 
 impl Scheduler {
@@ -13,15 +15,13 @@ impl Scheduler {
     /// requeued.
     pub fn sweep(&self) {
         let mut state = self.lock();
-        let State { jobs, workers } = &mut *state;
+        let State { jobs, workers, index } = &mut *state;
         let now = now_ms();
+        let mut changed = Vec::new();
         for (job_id, job) in jobs.iter_mut().filter(|(_, job)| !job_finished(job)) {
-            let mut changed = false;
-            let timeout = match job.spec.as_ref().map_or(0, |spec| spec.timeout_seconds) {
-                0 => self.settings.job_timeout,
-                seconds => Duration::from_secs(seconds),
-            };
-            let deadline = job.submitted_unix_ms + timeout.as_millis() as i64;
+            let mut job_changed = false;
+            let timeout = self.timeout(job);
+            let deadline = self.deadline(job);
             for task in &mut job.tasks {
                 if is_terminal(task.state) {
                     continue;
@@ -32,7 +32,7 @@ impl Scheduler {
                     }
                     let error = format!("the job timed out after {}", humantime::format_duration(timeout));
                     self.fail_task(job_id, task, error);
-                    changed = true;
+                    job_changed = true;
                 } else if task.state == TaskState::Leased as i32 && task.lease_until_unix_ms < now {
                     abort(workers, job_id, task);
                     let why = format!(
@@ -48,16 +48,21 @@ impl Scheduler {
                         self.requeue_task(job_id, task, why);
                     }
                     tracing::warn!(job = %job_id, task = task.index, attempt = task.attempt, agent = %task.agent, "lease expired");
-                    changed = true;
+                    job_changed = true;
                 }
             }
-            if changed {
+            if job_changed {
                 self.finish_if_done(job);
-                self.save(job);
+                index.update(job);
+                changed.push(job_id.clone());
             }
         }
+        // Not synced: after a power cut the same leases and deadlines expire again.
+        let _ = self.save(changed.iter().filter_map(|job_id| jobs.get(job_id)), Durability::Buffered);
         self.prune(&mut state);
-        self.dispatch(&mut state);
+        if !changed.is_empty() {
+            self.dispatch(&mut state, Scope::All);
+        }
     }
 
     /// Runs [`Scheduler::sweep`] until shutdown.

@@ -1,9 +1,11 @@
 //! The remote-execution scheduler: jobs, one task per target, leases to runner agents.
 //!
 //! Read in this order: [`validate`] (what a job may ask of the agents), this module (the state
-//! machine: submit, lease, heartbeat, complete, cancel), [`expiry`] (leases and jobs that ran
-//! out of time), [`finish`] (how a job ends), [`workers`] (connected agents), [`dispatch`]
-//! (matching queued tasks to agents), [`store`] (every change written to RocksDB before it is
+//! machine: submit, progress, complete, cancel, and who may report on a lease), [`sessions`]
+//! (agents registering and heartbeating), [`expiry`] (leases and jobs that ran out of time),
+//! [`finish`] (how a job ends), [`workers`] (connected agents and their bounded queues),
+//! [`dispatch`] (matching queued tasks to agents), [`index`] (where every job stands, kept in
+//! step with each change), [`store`] (every change written to RocksDB before it is
 //! acknowledged).
 //!
 //! A task is QUEUED, then LEASED to one agent at a time under a fencing token (job, task,
@@ -11,6 +13,12 @@
 //! the task goes back to the queue with the next attempt number, up to `max_attempts`, then
 //! fails with the reason. A completion is accepted only from the current, unexpired lease, so a
 //! zombie agent can never overwrite a newer attempt's result.
+//!
+//! Workers act within their grant: an agent is leased only jobs in the namespaces of the token
+//! it registered with; every lease carries a secret (`FencingToken.secret`, see
+//! [`crate::auth::lease`]) bound to the lease and to that token, which Progress, heartbeats and
+//! Complete must present; an agent id belongs to one live session, and only the same process
+//! (same token, same instance) may take it over when it reconnects.
 //!
 //! A job with an image spec gets one more task once every build task has succeeded: an
 //! IMAGE_INDEX task that assembles the image index over the targets' images (see
@@ -23,27 +31,35 @@
 mod dispatch;
 mod expiry;
 mod finish;
+mod index;
+mod sessions;
 pub mod store;
 pub mod validate;
 pub mod workers;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::v1::{
-    AgentInfo, FencingToken, Heartbeat, JobEvent, JobSpec, JobState, JobStatus, LeaseResponse, Registered,
-    TaskKind, TaskResult, TaskState, TaskStatus, job_event::Kind, lease_response,
+    FencingToken, JobEvent, JobSpec, JobState, JobStatus, LeaseResponse, TaskKind, TaskResult, TaskState,
+    TaskStatus, job_event::Kind, lease_response,
 };
 use tokio::sync::{broadcast, watch};
 
-use self::store::{JobStore, KEEP_FINISHED};
-use self::workers::{LeaseSender, Workers};
+pub use self::sessions::Session;
+
+use self::dispatch::Scope;
+use self::index::Index;
+use self::store::{Durability, JobStore, KEEP_FINISHED};
+use self::workers::Workers;
+use crate::auth::{Grant, LeaseId, LeaseKeys, LiveLeases};
 use crate::error::{Error, Result};
 
-/// Timing and retry policy (`heartbeat_interval`, `lease_timeout`, `max_attempts`,
-/// `job_timeout`, `max_job_timeout` in the config).
+/// Timing, retry and size policy (`heartbeat_interval`, `lease_timeout`, `max_attempts`,
+/// `job_timeout`, `max_job_timeout`, `max_open_jobs_per_namespace`, `max_open_jobs` in the
+/// config).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub heartbeat_interval: Duration,
@@ -52,6 +68,8 @@ pub struct Settings {
     pub job_timeout: Duration,
     /// The longest deadline a job may ask for.
     pub max_job_timeout: Duration,
+    pub max_open_jobs_per_namespace: usize,
+    pub max_open_jobs: usize,
 }
 
 impl Default for Settings {
@@ -62,6 +80,8 @@ impl Default for Settings {
             max_attempts: 3,
             job_timeout: Duration::from_secs(3600),
             max_job_timeout: Duration::from_secs(24 * 3600),
+            max_open_jobs_per_namespace: 100,
+            max_open_jobs: 1000,
         }
     }
 }
@@ -69,6 +89,8 @@ impl Default for Settings {
 /// Events kept for watchers that fall behind; a watcher that lags further gets a new snapshot.
 const EVENT_BUFFER: usize = 4096;
 const MAX_AGENT_CAPACITY: u32 = 1024;
+/// Job ids are `<11 hex>-<6 hex>`; a lease token naming a longer one is not ours.
+const MAX_JOB_ID_LEN: usize = 64;
 
 /// Events of every job, tagged with the job id.
 pub type Events = broadcast::Receiver<Arc<(String, JobEvent)>>;
@@ -82,18 +104,27 @@ pub enum Outcome {
 struct State {
     jobs: BTreeMap<String, JobStatus>,
     workers: Workers,
+    index: Index,
 }
 
 pub struct Scheduler {
     state: Mutex<State>,
     store: JobStore,
+    keys: Arc<LeaseKeys>,
     events: broadcast::Sender<Arc<(String, JobEvent)>>,
     settings: Settings,
     stop: watch::Sender<bool>,
+    /// Queued tasks dispatch has looked at, in all: what its cost grows with.
+    examined: AtomicU64,
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis)
+}
+
+/// `duration` in milliseconds, saturating: no timeout, however large, overflows a deadline.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn is_terminal(state: i32) -> bool {
@@ -106,6 +137,12 @@ fn is_index(task: &TaskStatus) -> bool {
 
 fn job_finished(job: &JobStatus) -> bool {
     matches!(JobState::try_from(job.state), Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled))
+}
+
+/// The job's namespace as grants see it (`default` for none).
+fn job_namespace(job: &JobStatus) -> &str {
+    let namespace = job.spec.as_ref().map_or("", |spec| spec.namespace.as_str());
+    crate::gocache::namespace(namespace).unwrap_or(namespace)
 }
 
 fn event(kind: Kind, task: &TaskStatus) -> JobEvent {
@@ -133,6 +170,10 @@ fn token_text(token: &FencingToken) -> String {
     format!("task {} of job {} (attempt {})", token.task, token.job_id, token.attempt)
 }
 
+fn lease_id(token: &FencingToken) -> LeaseId {
+    LeaseId { job_id: token.job_id.clone(), task: token.task, attempt: token.attempt }
+}
+
 /// A job ID that sorts after every one this process handed out before: its first part is the
 /// submission time in milliseconds, moved on by one when two jobs arrive within the same
 /// millisecond. Dispatch breaks ties between jobs submitted at the same time by ID, so this
@@ -142,7 +183,7 @@ fn new_job_id() -> String {
     let now = now_ms();
     let mut stamp = now;
     let _ = LAST_MS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-        stamp = now.max(last + 1);
+        stamp = now.max(last.saturating_add(1));
         Some(stamp)
     });
     let mut random = [0u8; 3];
@@ -151,29 +192,43 @@ fn new_job_id() -> String {
 }
 
 impl Scheduler {
-    /// Loads the stored jobs; leases keep their deadlines, so agents that are still working
-    /// reconnect and go on heartbeating them.
+    /// Loads the stored jobs and the lease key; leases keep their deadlines and secrets, so
+    /// agents that are still working reconnect and go on heartbeating them.
     pub fn open(db: Arc<rocksdb::DB>, settings: Settings) -> Result<Arc<Self>> {
         let store = JobStore::new(db);
+        let keys = Arc::new(LeaseKeys::new(&store.lease_key()?));
         let jobs: BTreeMap<String, JobStatus> =
             store.load()?.into_iter().map(|job| (job.job_id.clone(), job)).collect();
-        let open = jobs.values().filter(|job| !job_finished(job)).count();
-        if open > 0 {
-            tracing::info!(jobs = open, "resuming unfinished jobs");
+        let index = Index::rebuild(&jobs);
+        if index.open_total() > 0 {
+            tracing::info!(jobs = index.open_total(), "resuming unfinished jobs");
         }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (stop, _) = watch::channel(false);
         Ok(Arc::new(Self {
-            state: Mutex::new(State { jobs, workers: Workers::default() }),
+            state: Mutex::new(State { jobs, workers: Workers::default(), index }),
             store,
+            keys,
             events,
             settings,
             stop,
+            examined: AtomicU64::new(0),
         }))
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// What lease secrets and cache credentials are derived from; the auth layer checks the
+    /// credentials with it.
+    pub fn lease_keys(&self) -> Arc<LeaseKeys> {
+        Arc::clone(&self.keys)
+    }
+
+    /// Queued tasks dispatch has looked at since start: a measure of its cost for tests.
+    pub fn tasks_examined(&self) -> u64 {
+        self.examined.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -184,10 +239,24 @@ impl Scheduler {
         let _ = self.events.send(Arc::new((job_id.to_owned(), event)));
     }
 
-    fn save(&self, job: &JobStatus) {
-        if let Err(err) = self.store.save(job) {
-            tracing::error!(job = %job.job_id, error = %err, "cannot persist job");
+    /// Writes `jobs`; a failure is logged and returned, for the callers that acknowledge.
+    fn save<'a>(&self, jobs: impl IntoIterator<Item = &'a JobStatus>, durability: Durability) -> Result<()> {
+        self.store.save(jobs, durability).inspect_err(|err| {
+            tracing::error!(error = %err, "cannot persist jobs");
+        })
+    }
+
+    /// The job's own timeout, or `job_timeout`.
+    fn timeout(&self, job: &JobStatus) -> Duration {
+        match job.spec.as_ref().map_or(0, |spec| spec.timeout_seconds) {
+            0 => self.settings.job_timeout,
+            seconds => Duration::from_secs(seconds),
         }
+    }
+
+    /// When the job times out, saturating: a stored job with a huge timeout never overflows.
+    fn deadline(&self, job: &JobStatus) -> i64 {
+        job.submitted_unix_ms.saturating_add(millis(self.timeout(job)))
     }
 
     /// Resolves when cached shuts down: long-lived streams (Watch, Lease) end then, so they do
@@ -225,14 +294,33 @@ impl Scheduler {
             ..JobStatus::default()
         };
         let mut state = self.lock();
-        self.store.save(&job)?;
+        self.check_open_jobs(&state.index, job_namespace(&job))?;
+        self.save([&job], Durability::Synced)?;
         for task in &job.tasks {
             self.emit(&job_id, event(Kind::Queued, task));
         }
         tracing::info!(job = %job_id, targets = job.tasks.len(), submitter, "job submitted");
+        state.index.update(&job);
         state.jobs.insert(job_id.clone(), job);
-        self.dispatch(&mut state);
+        self.dispatch(&mut state, Scope::Job(&job_id));
         Ok(job_id)
+    }
+
+    /// Refuses a job beyond `max_open_jobs_per_namespace` or `max_open_jobs`.
+    fn check_open_jobs(&self, index: &Index, namespace: &str) -> Result<()> {
+        let (per_namespace, total) = (self.settings.max_open_jobs_per_namespace, self.settings.max_open_jobs);
+        if index.open_in(namespace) >= per_namespace {
+            return Err(Error::ResourceExhausted(format!(
+                "namespace `{namespace}` already has {per_namespace} unfinished jobs \
+                 (max_open_jobs_per_namespace); wait for one to finish or cancel one"
+            )));
+        }
+        if index.open_total() >= total {
+            return Err(Error::ResourceExhausted(format!(
+                "cached already holds {total} unfinished jobs (max_open_jobs); retry once some finish"
+            )));
+        }
+        Ok(())
     }
 
     pub fn get(&self, job_id: &str) -> Option<JobStatus> {
@@ -261,7 +349,7 @@ impl Scheduler {
 
     pub fn cancel(&self, job_id: &str) -> Result<JobStatus> {
         let mut state = self.lock();
-        let State { jobs, workers } = &mut *state;
+        let State { jobs, workers, index } = &mut *state;
         let job = jobs.get_mut(job_id).ok_or_else(|| unknown_job(job_id))?;
         if job_finished(job) {
             return Ok(job.clone());
@@ -280,102 +368,31 @@ impl Scheduler {
         }
         job.state = JobState::Cancelled as i32;
         job.finished_unix_ms = now_ms();
-        self.save(job);
+        index.update(job);
+        let saved = self.save([&*job], Durability::Synced);
         tracing::info!(job = %job_id, "job cancelled");
         self.emit(job_id, finished_event(job));
-        Ok(job.clone())
-    }
-
-    /// A new agent session. The agent's first message; tasks follow on `sender`.
-    pub fn register(&self, mut info: AgentInfo, sender: LeaseSender) -> Result<u64> {
-        if info.agent_id.is_empty()
-            || info.agent_id.len() > 128
-            || info.agent_id.chars().any(char::is_control)
-        {
-            return Err(Error::invalid("agent_id must be 1 to 128 bytes of printable text"));
-        }
-        info.capacity = info.capacity.clamp(1, MAX_AGENT_CAPACITY);
-        let registered = LeaseResponse {
-            kind: Some(lease_response::Kind::Registered(Registered {
-                heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64,
-                lease_timeout_ms: self.settings.lease_timeout.as_millis() as u64,
-            })),
-        };
-        let _ = sender.send(Ok(registered));
-        let mut state = self.lock();
-        // A reconnect may arrive before the old stream is noticed to be gone.
-        let stale: Vec<u64> = state
-            .workers
-            .iter()
-            .filter(|(_, worker)| worker.info.agent_id == info.agent_id)
-            .map(|(session, _)| *session)
-            .collect();
-        for session in stale {
-            state.workers.remove(session);
-        }
-        tracing::info!(
-            agent = %info.agent_id, go = %info.go_version, capacity = info.capacity,
-            c_compilers = info.c_compilers.len(), "agent connected"
-        );
-        let session = state.workers.add(info, sender);
-        self.dispatch(&mut state);
-        Ok(session)
-    }
-
-    pub fn unregister(&self, session: u64) {
-        let mut state = self.lock();
-        if let Some(worker) = state.workers.remove(session) {
-            tracing::info!(agent = %worker.info.agent_id, "agent disconnected; its leases run until they expire");
-        }
-    }
-
-    pub fn heartbeat(&self, session: u64, heartbeat: Heartbeat) {
-        let mut state = self.lock();
-        let State { jobs, workers } = &mut *state;
-        let Some(worker) = workers.get_mut(session) else { return };
-        worker.draining = heartbeat.draining;
-        let agent_id = worker.info.agent_id.clone();
-        let sender = worker.sender.clone();
-        let now = now_ms();
-        let until = now + self.settings.lease_timeout.as_millis() as i64;
-        let mut changed = HashSet::new();
-        for token in heartbeat.running {
-            let current = jobs
-                .get_mut(&token.job_id)
-                .and_then(|job| job.tasks.get_mut(token.task as usize))
-                .filter(|task| {
-                    task.state == TaskState::Leased as i32
-                        && task.attempt == token.attempt
-                        && task.agent == agent_id
-                        && task.lease_until_unix_ms >= now
-                });
-            match current {
-                Some(task) => {
-                    task.lease_until_unix_ms = until;
-                    changed.insert(token.job_id.clone());
-                }
-                None => {
-                    let _ = sender.send(Ok(LeaseResponse { kind: Some(lease_response::Kind::Abort(token)) }));
-                }
-            }
-        }
-        for job_id in changed {
-            if let Some(job) = jobs.get(&job_id) {
-                self.save(job);
-            }
-        }
-        self.dispatch(&mut state);
+        let status = job.clone();
+        self.prune(&mut state);
+        self.dispatch(&mut state, Scope::All);
+        saved.map(|()| status)
     }
 
     /// The agent started the task, or sent build output.
-    pub fn progress(&self, token: &FencingToken, started: bool, lines: Vec<String>) -> Result<()> {
+    pub fn progress(
+        &self,
+        token: &FencingToken,
+        caller: &Grant,
+        started: bool,
+        lines: Vec<String>,
+    ) -> Result<()> {
         let mut state = self.lock();
         let job = state.jobs.get_mut(&token.job_id).ok_or_else(|| unknown_job(&token.job_id))?;
-        let task = current_lease(job, token)?;
+        let task = self.authorize(job, token, caller)?;
         if started && task.started_unix_ms == 0 {
             task.started_unix_ms = now_ms();
             let started = event(Kind::Started, task);
-            self.save(job);
+            let _ = self.save([&*job], Durability::Buffered);
             self.emit(&token.job_id, started);
         }
         if !lines.is_empty() {
@@ -388,8 +405,9 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The outcome of a lease; refused unless `token` is the task's current, unexpired lease.
-    pub fn complete(&self, token: &FencingToken, outcome: Outcome) -> Result<()> {
+    /// The outcome of a lease; refused unless `token` is the task's current, unexpired lease
+    /// and `caller` the token that holds it.
+    pub fn complete(&self, token: &FencingToken, caller: &Grant, outcome: Outcome) -> Result<()> {
         let outcome = match outcome {
             Outcome::Failure { reason, retryable } => {
                 Outcome::Failure { reason: crate::redact::text(&reason), retryable }
@@ -397,9 +415,10 @@ impl Scheduler {
             success => success,
         };
         let mut state = self.lock();
-        let job = state.jobs.get_mut(&token.job_id).ok_or_else(|| unknown_job(&token.job_id))?;
+        let State { jobs, index, .. } = &mut *state;
+        let job = jobs.get_mut(&token.job_id).ok_or_else(|| unknown_job(&token.job_id))?;
         let max_attempts = self.settings.max_attempts;
-        let task = current_lease(job, token)?;
+        let task = self.authorize(job, token, caller)?;
         task.lease_until_unix_ms = 0;
         match outcome {
             Outcome::Success(result) => {
@@ -418,10 +437,41 @@ impl Scheduler {
             Outcome::Failure { reason, .. } => self.fail_task(&token.job_id, task, reason),
         }
         self.finish_if_done(job);
-        self.save(job);
+        index.update(job);
+        let saved = self.save([&*job], Durability::Synced);
         self.prune(&mut state);
-        self.dispatch(&mut state);
-        Ok(())
+        self.dispatch(&mut state, Scope::All);
+        saved
+    }
+
+    /// The task `token` names, if `caller` may report on it: the job is in the caller's
+    /// namespaces, the token carries the lease's secret for the caller's token, and the lease
+    /// is current. A refusal changes nothing.
+    fn authorize<'a>(
+        &self,
+        job: &'a mut JobStatus,
+        token: &FencingToken,
+        caller: &Grant,
+    ) -> Result<&'a mut TaskStatus> {
+        let namespace = job_namespace(job);
+        if !caller.allows_namespace(namespace) {
+            tracing::warn!(target: "audit", token = %caller.token, namespace, lease = %token_text(token), "worker outside its namespaces refused");
+            return Err(Error::PermissionDenied(format!(
+                "token `{}` may not act for jobs in namespace `{namespace}` ({})",
+                caller.token,
+                token_text(token)
+            )));
+        }
+        if !self.keys.secret_matches(&lease_id(token), &caller.token, &token.secret) {
+            tracing::warn!(target: "audit", token = %caller.token, lease = %token_text(token), "wrong lease secret refused");
+            return Err(Error::PermissionDenied(format!(
+                "the lease secret for {} is missing or wrong: only the agent that holds the lease, \
+                 through the token it registered with, may report on it (pass the lease's token as it \
+                 came, secret included)",
+                token_text(token)
+            )));
+        }
+        current_lease(job, token)
     }
 
     /// Ends a task as FAILED, and says why.
@@ -447,14 +497,27 @@ impl Scheduler {
 
     /// Deletes the oldest finished jobs beyond [`KEEP_FINISHED`].
     fn prune(&self, state: &mut State) {
-        let finished: Vec<String> =
-            state.jobs.values().filter(|job| job_finished(job)).map(|job| job.job_id.clone()).collect();
-        for job_id in finished.iter().take(finished.len().saturating_sub(KEEP_FINISHED)) {
-            state.jobs.remove(job_id);
-            if let Err(err) = self.store.delete(job_id) {
+        while state.index.finished_len() > KEEP_FINISHED {
+            let Some(job_id) = state.index.oldest_finished().cloned() else { break };
+            state.index.remove(&job_id);
+            state.jobs.remove(&job_id);
+            if let Err(err) = self.store.delete(&job_id) {
                 tracing::warn!(job = %job_id, error = %err, "cannot delete an old job");
             }
         }
+    }
+}
+
+/// The auth layer asks whether a cache credential's lease is still current.
+impl LiveLeases for Scheduler {
+    fn is_live(&self, lease: &LeaseId) -> bool {
+        let state = self.lock();
+        let task = state.jobs.get(&lease.job_id).and_then(|job| job.tasks.get(lease.task as usize));
+        task.is_some_and(|task| {
+            task.state == TaskState::Leased as i32
+                && task.attempt == lease.attempt
+                && task.lease_until_unix_ms >= now_ms()
+        })
     }
 }
 
@@ -481,7 +544,7 @@ fn current_lease<'a>(job: &'a mut JobStatus, token: &FencingToken) -> Result<&'a
     Ok(task)
 }
 
-/// Tells the holder of a task's lease to stop working on it.
+/// Tells the holder of a task's lease to stop working on it. Aborts carry no secret.
 fn abort(workers: &Workers, job_id: &str, task: &TaskStatus) {
     if let Some(worker) = workers.by_agent(&task.agent) {
         let token = FencingToken {
@@ -490,8 +553,13 @@ fn abort(workers: &Workers, job_id: &str, task: &TaskStatus) {
             attempt: task.attempt,
             ..FencingToken::default()
         };
-        let _ = worker.sender.send(Ok(LeaseResponse { kind: Some(lease_response::Kind::Abort(token)) }));
+        worker.sender.send(abort_message(token));
     }
+}
+
+fn abort_message(token: FencingToken) -> LeaseResponse {
+    let token = FencingToken { secret: Default::default(), ..token };
+    LeaseResponse { kind: Some(lease_response::Kind::Abort(token)) }
 }
 
 fn unknown_job(job_id: &str) -> Error {
@@ -499,10 +567,4 @@ fn unknown_job(job_id: &str) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn job_ids_sort_in_submission_order_even_within_one_millisecond() {
-        let ids: Vec<String> = (0..1000).map(|_| super::new_job_id()).collect();
-        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
-    }
-}
+mod tests;

@@ -14,18 +14,21 @@ use proto::v1::{
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
 use crate::error::Error;
 use crate::gocache::namespace;
-use crate::scheduler::{Outcome, Scheduler};
+use crate::scheduler::{Outcome, Scheduler, Session};
 
 const DEFAULT_LIST: usize = 50;
 const MAX_LIST: usize = 1000;
-/// Lines in one Progress call.
+/// Lines in one Progress call, bytes of one line, and bytes of the call: build output reaches
+/// every watcher through one shared event buffer, so what a call may add there is bounded.
 const MAX_LINES: usize = 1000;
+const MAX_LINE_BYTES: usize = 4 << 10;
+const MAX_PROGRESS_BYTES: usize = 64 << 10;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
 type LeaseStream = Pin<Box<dyn Stream<Item = Result<LeaseResponse, Status>> + Send>>;
@@ -186,7 +189,8 @@ impl Workers for WorkersService {
         &self,
         request: Request<Streaming<LeaseRequest>>,
     ) -> Result<Response<Self::LeaseStream>, Status> {
-        let mut inbound = request.into_inner();
+        let (_, extensions, mut inbound) = request.into_parts();
+        let grant = auth::grant(&extensions)?;
         let first = inbound
             .message()
             .await?
@@ -194,45 +198,49 @@ impl Workers for WorkersService {
         let Some(lease_request::Kind::Register(info)) = first.kind else {
             return Err(Error::invalid("the first message of a lease stream must be `register`").into());
         };
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let session = self.scheduler.register(info, sender.clone())?;
+        let Session { id, sender, receiver } = self.scheduler.register(info, grant)?;
         let scheduler = Arc::clone(&self.scheduler);
         let mut stop = scheduler.stopping();
         tokio::spawn(async move {
+            let gone = sender.gone();
+            tokio::pin!(gone);
             loop {
                 let message = tokio::select! {
                     message = inbound.next() => message,
                     () = stopped(&mut stop) => {
-                        let _ = sender.send(Err(Status::unavailable("cached is shutting down; reconnect")));
+                        sender.end(Status::unavailable("cached is shutting down; reconnect"));
                         break;
                     }
-                    () = sender.closed() => break,
+                    () = &mut gone => break,
                 };
                 match message {
                     Some(Ok(LeaseRequest { kind: Some(lease_request::Kind::Heartbeat(heartbeat)) })) => {
-                        scheduler.heartbeat(session, heartbeat);
+                        if let Err(err) = scheduler.heartbeat(id, heartbeat) {
+                            sender.end(err.into());
+                            break;
+                        }
                     }
                     Some(Ok(_)) => {
-                        let _ = sender.send(Err(Error::invalid("register is only the first message").into()));
+                        sender.end(Error::invalid("register is only the first message").into());
                         break;
                     }
                     Some(Err(_)) | None => break,
                 }
             }
-            scheduler.unregister(session);
+            scheduler.unregister(id);
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(receiver.into_stream())))
     }
 
     async fn progress(
         &self,
         request: Request<ProgressRequest>,
     ) -> Result<Response<ProgressResponse>, Status> {
-        let request = request.into_inner();
+        let (_, extensions, request) = request.into_parts();
+        let grant = auth::grant(&extensions)?;
         let token = request.token.ok_or_else(|| Error::invalid("token is missing"))?;
-        let mut lines = request.lines;
-        lines.truncate(MAX_LINES);
-        self.scheduler.progress(&token, request.started, lines)?;
+        let lines = bound_lines(request.lines);
+        self.scheduler.progress(&token, &grant, request.started, lines)?;
         Ok(Response::new(ProgressResponse {}))
     }
 
@@ -240,7 +248,8 @@ impl Workers for WorkersService {
         &self,
         request: Request<CompleteRequest>,
     ) -> Result<Response<CompleteResponse>, Status> {
-        let request = request.into_inner();
+        let (_, extensions, request) = request.into_parts();
+        let grant = auth::grant(&extensions)?;
         let token = request.token.ok_or_else(|| Error::invalid("token is missing"))?;
         let outcome = match request.outcome {
             Some(complete_request::Outcome::Success(result)) => {
@@ -252,7 +261,37 @@ impl Workers for WorkersService {
             }
             None => return Err(Error::invalid("outcome is missing").into()),
         };
-        self.scheduler.complete(&token, outcome)?;
+        self.scheduler.complete(&token, &grant, outcome)?;
         Ok(Response::new(CompleteResponse {}))
     }
+}
+
+/// Build output as watchers get it: at most [`MAX_LINES`] lines of at most [`MAX_LINE_BYTES`],
+/// [`MAX_PROGRESS_BYTES`] in all, and a note of what was left out.
+fn bound_lines(lines: Vec<String>) -> Vec<String> {
+    let total = lines.len();
+    let mut bytes = 0;
+    let mut out = Vec::new();
+    for mut line in lines.into_iter().take(MAX_LINES) {
+        if line.len() > MAX_LINE_BYTES {
+            let mut cut = MAX_LINE_BYTES;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(" [cut by cached: a line of build output is at most 4 KiB]");
+        }
+        if bytes + line.len() > MAX_PROGRESS_BYTES {
+            break;
+        }
+        bytes += line.len() + 1;
+        out.push(line);
+    }
+    if out.len() < total {
+        out.push(format!(
+            "[cached dropped {} of {total} lines: one progress call carries at most {MAX_LINES} lines and 64 KiB]",
+            total - out.len()
+        ));
+    }
+    out
 }

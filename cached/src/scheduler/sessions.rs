@@ -1,0 +1,168 @@
+//! Agent sessions: registering (one live session per agent id, taken over only by the same
+//! process reconnecting), heartbeats (which extend the leases they list, if the session holds
+//! them and presents their secrets) and going away.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use proto::v1::{AgentInfo, Heartbeat, LeaseResponse, Registered, TaskState, lease_response};
+use tonic::Status;
+
+use super::dispatch::Scope;
+use super::store::Durability;
+use super::workers::{LeaseReceiver, LeaseSender, Worker, lease_channel, max_running};
+use super::{
+    MAX_AGENT_CAPACITY, MAX_JOB_ID_LEN, Scheduler, State, abort_message, job_namespace, lease_id, millis,
+    now_ms, token_text,
+};
+use crate::auth::Grant;
+use crate::error::{Error, Result};
+
+/// Longest `AgentInfo.instance` (agents send 16 random bytes).
+const MAX_INSTANCE_LEN: usize = 64;
+
+/// A registered agent's end of its session.
+pub struct Session {
+    pub id: u64,
+    pub sender: LeaseSender,
+    pub receiver: LeaseReceiver,
+}
+
+impl Scheduler {
+    /// A new agent session, registered through the token of `grant`. Refused while another
+    /// live session holds the agent id, unless it is the same process reconnecting: the same
+    /// token and the same `instance`.
+    pub fn register(&self, mut info: AgentInfo, grant: Arc<Grant>) -> Result<Session> {
+        check_info(&info)?;
+        info.capacity = info.capacity.clamp(1, MAX_AGENT_CAPACITY);
+        let (sender, receiver) = lease_channel(info.capacity);
+        let registered = LeaseResponse {
+            kind: Some(lease_response::Kind::Registered(Registered {
+                heartbeat_interval_ms: u64::try_from(millis(self.settings.heartbeat_interval)).unwrap_or(0),
+                lease_timeout_ms: u64::try_from(millis(self.settings.lease_timeout)).unwrap_or(0),
+            })),
+        };
+        sender.send(registered);
+        let mut state = self.lock();
+        if let Some(old) = state.workers.session_of(&info.agent_id) {
+            if let Some(worker) = state.workers.get(old).filter(|worker| !worker.sender.is_gone()) {
+                let reconnect = worker.grant.token == grant.token
+                    && !info.instance.is_empty()
+                    && worker.info.instance == info.instance;
+                if !reconnect {
+                    tracing::warn!(
+                        target: "audit", agent = %info.agent_id, token = %grant.token,
+                        holder = %worker.grant.token, "registration under a connected agent id refused"
+                    );
+                    return Err(Error::PermissionDenied(format!(
+                        "agent id `{}` is already connected from another process or token; only that \
+                         process may reconnect under it (same token and instance). Give each runner \
+                         agent its own --name; if the old one stopped, its session ends once cached \
+                         notices the connection dropped (within about idle_timeout)",
+                        info.agent_id
+                    )));
+                }
+                worker.sender.end(Status::aborted("replaced by a new session of the same agent"));
+            }
+            state.workers.remove(old);
+        }
+        tracing::info!(
+            agent = %info.agent_id, token = %grant.token, go = %info.go_version, capacity = info.capacity,
+            c_compilers = info.c_compilers.len(), "agent connected"
+        );
+        let worker = Worker { info, grant, draining: false, sender: sender.clone() };
+        let id = state.workers.add(worker);
+        self.dispatch(&mut state, Scope::All);
+        Ok(Session { id, sender, receiver })
+    }
+
+    pub fn unregister(&self, session: u64) {
+        let mut state = self.lock();
+        if let Some(worker) = state.workers.remove(session) {
+            tracing::info!(agent = %worker.info.agent_id, "agent disconnected; its leases run until they expire");
+        }
+    }
+
+    /// Extends the leases the heartbeat lists that this session holds, with their secrets;
+    /// every other one is answered with an abort. An error ends the session.
+    pub fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()> {
+        let mut state = self.lock();
+        let State { jobs, workers, .. } = &mut *state;
+        let Some(worker) = workers.get_mut(session) else { return Ok(()) };
+        check_heartbeat(&worker.info, &heartbeat)?;
+        let resumed = worker.draining && !heartbeat.draining;
+        worker.draining = heartbeat.draining;
+        let (agent_id, grant, sender) = (&worker.info.agent_id, &worker.grant, &worker.sender);
+        let now = now_ms();
+        let until = now.saturating_add(millis(self.settings.lease_timeout));
+        let mut changed = BTreeSet::new();
+        for token in heartbeat.running {
+            let Some(job) = jobs.get_mut(&token.job_id) else {
+                sender.send(abort_message(token));
+                continue;
+            };
+            let allowed = grant.allows_namespace(job_namespace(job));
+            let held = job.tasks.get_mut(token.task as usize).filter(|task| {
+                task.state == TaskState::Leased as i32
+                    && task.attempt == token.attempt
+                    && task.agent == *agent_id
+                    && task.lease_until_unix_ms >= now
+            });
+            match held {
+                Some(task)
+                    if allowed
+                        && self.keys.secret_matches(&lease_id(&token), &grant.token, &token.secret) =>
+                {
+                    task.lease_until_unix_ms = until;
+                    changed.insert(token.job_id);
+                }
+                Some(_) => {
+                    tracing::warn!(target: "audit", agent = %agent_id, token = %grant.token, lease = %token_text(&token), "heartbeat without the lease's secret refused");
+                    sender.send(abort_message(token));
+                }
+                None => {
+                    sender.send(abort_message(token));
+                }
+            }
+        }
+        // Extensions are not synced: losing one to a power cut costs a requeue at most.
+        let _ = self.save(changed.iter().filter_map(|job_id| jobs.get(job_id)), Durability::Buffered);
+        if resumed {
+            self.dispatch(&mut state, Scope::All);
+        }
+        Ok(())
+    }
+}
+
+fn check_info(info: &AgentInfo) -> Result<()> {
+    if info.agent_id.is_empty() || info.agent_id.len() > 128 || info.agent_id.chars().any(char::is_control) {
+        return Err(Error::invalid("agent_id must be 1 to 128 bytes of printable text"));
+    }
+    if info.instance.len() > MAX_INSTANCE_LEN {
+        return Err(Error::invalid(format!(
+            "instance is {} bytes; at most {MAX_INSTANCE_LEN} (agents send 16 random bytes)",
+            info.instance.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A heartbeat lists at most what the agent can hold, by job ids of ours.
+fn check_heartbeat(info: &AgentInfo, heartbeat: &Heartbeat) -> Result<()> {
+    let most = max_running(info.capacity);
+    if heartbeat.running.len() > most as usize {
+        return Err(Error::ResourceExhausted(format!(
+            "the heartbeat lists {} leases; agent `{}` (capacity {}) holds at most {most}",
+            heartbeat.running.len(),
+            info.agent_id,
+            info.capacity
+        )));
+    }
+    if let Some(token) = heartbeat.running.iter().find(|token| token.job_id.len() > MAX_JOB_ID_LEN) {
+        return Err(Error::invalid(format!(
+            "the heartbeat lists a lease of a {}-byte job id; job ids are at most {MAX_JOB_ID_LEN} bytes",
+            token.job_id.len()
+        )));
+    }
+    Ok(())
+}

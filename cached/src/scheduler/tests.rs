@@ -1,0 +1,255 @@
+//! The state machine on a real RocksDB without the wire: the queue index stays equal to a
+//! rebuild from scratch whatever happens, and what Submit and heartbeats cost does not grow
+//! with the queue (counted in queued tasks dispatch looks at, not in time).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{FutureExt, Stream, StreamExt};
+use proto::Digest;
+use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobSpec, LeaseResponse, TaskState, lease_response};
+use tonic::Status;
+
+use super::index::Index;
+use super::{Outcome, Scheduler, Settings};
+use crate::auth::{Grant, LeaseId, NamespacePattern, Scopes};
+
+#[test]
+fn job_ids_sort_in_submission_order_even_within_one_millisecond() {
+    let ids: Vec<String> = (0..1000).map(|_| super::new_job_id()).collect();
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+}
+
+const TARGETS: [&str; 4] = ["linux/amd64", "linux/arm64", "darwin/arm64", "windows/amd64"];
+
+fn open(dir: &std::path::Path) -> Arc<Scheduler> {
+    let settings =
+        Settings { max_open_jobs_per_namespace: 10_000, max_open_jobs: 10_000, ..Settings::default() };
+    Scheduler::open(crate::db::open(dir).unwrap(), settings).unwrap()
+}
+
+fn spec(namespace: &str, targets: usize, priority: i32) -> JobSpec {
+    JobSpec {
+        source_root: Some(Digest::of(b"tree").to_wire()),
+        targets: TARGETS[..targets]
+            .iter()
+            .map(|t| t.parse::<proto::Platform>().unwrap().to_wire(""))
+            .collect(),
+        namespace: namespace.to_owned(),
+        priority,
+        ..JobSpec::default()
+    }
+}
+
+fn grant(name: &str, namespaces: &str) -> Arc<Grant> {
+    Arc::new(Grant {
+        token: name.to_owned(),
+        scopes: Scopes::parse_list("worker").unwrap(),
+        namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
+    })
+}
+
+type Replies = Pin<Box<dyn Stream<Item = Result<LeaseResponse, Status>> + Send>>;
+
+/// A registered agent whose replies the test reads when it likes.
+struct Agent {
+    session: u64,
+    grant: Arc<Grant>,
+    replies: Replies,
+}
+
+impl Agent {
+    fn register(scheduler: &Scheduler, id: &str, capacity: u32, grant: Arc<Grant>) -> Self {
+        let info = AgentInfo { agent_id: id.to_owned(), capacity, ..AgentInfo::default() };
+        let session = scheduler.register(info, Arc::clone(&grant)).unwrap();
+        Self { session: session.id, grant, replies: Box::pin(session.receiver.into_stream()) }
+    }
+
+    /// The leases it was sent since the last call.
+    fn leases(&mut self) -> Vec<FencingToken> {
+        let mut leases = Vec::new();
+        while let Some(Some(Ok(reply))) = self.replies.next().now_or_never() {
+            if let Some(lease_response::Kind::Task(lease)) = reply.kind {
+                leases.push(lease.token.unwrap());
+            }
+        }
+        leases
+    }
+}
+
+fn assert_index_is_current(scheduler: &Scheduler, after: &str) {
+    let state = scheduler.lock();
+    assert!(state.index == Index::rebuild(&state.jobs), "the index drifted from the jobs after {after}");
+}
+
+/// A small deterministic generator, so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+#[test]
+fn the_queue_index_equals_a_rebuild_after_any_sequence_of_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = open(dir.path());
+    let mut rng = Rng(0x5eed_1234_abcd);
+    let grants = [grant("all", "*"), grant("main", "main/*"), grant("pr", "pr-*")];
+    let namespaces = ["main/linux", "pr-1", "pr-2", "team"];
+    let mut agents: Vec<Agent> = Vec::new();
+    let mut held: Vec<(FencingToken, Arc<Grant>)> = Vec::new();
+    let mut jobs: Vec<String> = Vec::new();
+    for step in 0..1500 {
+        let op = rng.below(10);
+        let what = match op {
+            0..=2 => {
+                let spec = spec(namespaces[rng.below(4)], 1 + rng.below(4), rng.below(3) as i32 - 1);
+                jobs.push(scheduler.submit(spec, "test").unwrap());
+                "submit"
+            }
+            3 => {
+                let grant = Arc::clone(&grants[rng.below(3)]);
+                let id = format!("agent-{}", rng.below(6));
+                if let Some(at) = agents.iter().position(|agent| {
+                    scheduler.lock().workers.get(agent.session).is_some_and(|w| w.info.agent_id == id)
+                }) {
+                    let agent = agents.remove(at);
+                    scheduler.unregister(agent.session);
+                }
+                agents.push(Agent::register(&scheduler, &id, 1 + rng.below(3) as u32, grant));
+                "register"
+            }
+            4 | 5 if !held.is_empty() => {
+                let (token, grant) = held.swap_remove(rng.below(held.len()));
+                let outcome = match rng.below(3) {
+                    0 => Outcome::Failure { reason: "flaky".into(), retryable: true },
+                    1 => Outcome::Failure { reason: "broken".into(), retryable: false },
+                    _ => Outcome::Success(Box::default()),
+                };
+                let _ = scheduler.complete(&token, &grant, outcome);
+                "complete"
+            }
+            6 if !jobs.is_empty() => {
+                let _ = scheduler.cancel(&jobs[rng.below(jobs.len())]);
+                "cancel"
+            }
+            7 if !held.is_empty() => {
+                // The lease runs out: the sweeper requeues or fails it.
+                let (token, _) = &held[rng.below(held.len())];
+                if let Some(task) = scheduler
+                    .lock()
+                    .jobs
+                    .get_mut(&token.job_id)
+                    .map(|job| &mut job.tasks[token.task as usize])
+                {
+                    task.lease_until_unix_ms = 1;
+                }
+                scheduler.sweep();
+                "sweep"
+            }
+            8 if !agents.is_empty() => {
+                let agent = &agents[rng.below(agents.len())];
+                let running = held
+                    .iter()
+                    .filter(|(_, g)| Arc::ptr_eq(g, &agent.grant))
+                    .map(|(t, _)| t.clone())
+                    .collect::<Vec<_>>();
+                let heartbeat = Heartbeat {
+                    running: running.into_iter().take(4).collect(),
+                    draining: rng.below(4) == 0,
+                    free_slots: 0,
+                };
+                let _ = scheduler.heartbeat(agent.session, heartbeat);
+                "heartbeat"
+            }
+            _ if !agents.is_empty() => {
+                let agent = agents.swap_remove(rng.below(agents.len()));
+                scheduler.unregister(agent.session);
+                "unregister"
+            }
+            _ => "nothing",
+        };
+        for agent in &mut agents {
+            held.extend(agent.leases().into_iter().map(|token| (token, Arc::clone(&agent.grant))));
+        }
+        assert_index_is_current(&scheduler, &format!("step {step} ({what})"));
+    }
+    let state = scheduler.lock();
+    assert!(
+        state.jobs.values().any(|job| job.tasks.iter().any(|task| task.state == TaskState::Succeeded as i32))
+    );
+    assert!(state.index.finished_len() > 0 && state.index.queued_len() > 0, "the run covered the states");
+}
+
+#[test]
+fn submit_and_heartbeat_cost_does_not_grow_with_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = open(dir.path());
+    let all = grant("all", "*");
+    let mut agent = Agent::register(&scheduler, "busy", 1, Arc::clone(&all));
+    scheduler.submit(spec("main", 1, 0), "test").unwrap();
+    let running = agent.leases();
+    assert_eq!(running.len(), 1, "the agent's one slot is taken");
+
+    // Thousands of queued tasks behind a busy agent: each Submit looks at its own tasks at
+    // most, a heartbeat at none.
+    for n in 0..500 {
+        let before = scheduler.tasks_examined();
+        scheduler.submit(spec(&format!("pr-{}", n % 7), 4, n % 3), "test").unwrap();
+        assert!(
+            scheduler.tasks_examined() - before <= 4,
+            "submit {n} looked at {}",
+            scheduler.tasks_examined() - before
+        );
+    }
+    assert_eq!(scheduler.lock().index.queued_len(), 2000);
+    let before = scheduler.tasks_examined();
+    for _ in 0..100 {
+        let heartbeat = Heartbeat { running: running.clone(), ..Heartbeat::default() };
+        scheduler.heartbeat(agent.session, heartbeat).unwrap();
+    }
+    assert_eq!(scheduler.tasks_examined(), before, "heartbeats dispatch nothing");
+
+    // A freed slot takes the next task in order and stops there.
+    let before = scheduler.tasks_examined();
+    scheduler.complete(&running[0], &all, Outcome::Success(Box::default())).unwrap();
+    assert!(scheduler.tasks_examined() - before <= 2, "{}", scheduler.tasks_examined() - before);
+    let next = agent.leases();
+    assert_eq!(next.len(), 1);
+    let state = scheduler.lock();
+    let job = &state.jobs[&next[0].job_id];
+    assert_eq!(job.spec.as_ref().unwrap().priority, 2, "highest priority first");
+    assert!(
+        state
+            .jobs
+            .values()
+            .filter(|other| other.spec.as_ref().unwrap().priority == 2)
+            .all(|other| other.job_id >= job.job_id),
+        "oldest first among equals"
+    );
+}
+
+#[test]
+fn lease_secrets_are_bound_to_the_lease_and_the_registering_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = open(dir.path());
+    let (ci, other) = (grant("ci", "*"), grant("other", "*"));
+    let mut agent = Agent::register(&scheduler, "a", 1, Arc::clone(&ci));
+    scheduler.submit(spec("main", 1, 0), "test").unwrap();
+    let token = agent.leases().pop().unwrap();
+    let lease = LeaseId { job_id: token.job_id.clone(), task: token.task, attempt: token.attempt };
+    assert_eq!(token.secret.as_ref(), scheduler.keys.secret(&lease, "ci"));
+    let err = scheduler.progress(&token, &other, true, Vec::new()).unwrap_err();
+    assert!(matches!(err, crate::error::Error::PermissionDenied(_)), "{err}");
+    scheduler.progress(&token, &ci, true, Vec::new()).unwrap();
+
+    // The key is stored: a reopened scheduler derives the same secret.
+    drop((agent, scheduler));
+    let reopened = open(dir.path());
+    assert_eq!(reopened.keys.secret(&lease, "ci").as_slice(), token.secret.as_ref());
+}
