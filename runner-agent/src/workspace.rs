@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cachectl::client::Client;
-use cachectl::submit::tree::{Node, read_tree};
+use cachectl::error::CliError;
+use cachectl::submit::tree::{Node, TreeLimits, read_tree};
 use cachectl::transfer;
 use futures::{StreamExt, TryStreamExt};
 use proto::Digest;
@@ -122,6 +123,14 @@ impl Drop for Pins {
         let removed = lru.trim();
         drop(lru);
         self.cache.remove(&removed);
+    }
+}
+
+/// A tree that was refused fails the same way everywhere: a build error, not retried.
+fn tree_error(err: CliError) -> TaskError {
+    match err {
+        CliError::Usage(reason) => TaskError::Build(format!("the job's tree was refused: {reason}")),
+        other => TaskError::from(other),
     }
 }
 
@@ -267,7 +276,7 @@ pub async fn materialize(
     dest: &Path,
 ) -> Result<Materialized, TaskError> {
     std::fs::create_dir_all(dest).map_err(|err| io_error("creating", dest, err))?;
-    let nodes = read_tree(client, root).await?;
+    let nodes = read_tree(client, root, &TreeLimits::default()).await.map_err(tree_error)?.nodes;
     let mut wanted = BTreeSet::new();
     for node in &nodes {
         match node {
