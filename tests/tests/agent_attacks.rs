@@ -3,8 +3,10 @@
 //! command. A job holds only a `submit` token; everything it ships is hostile.
 //!
 //! - a "spy" go command stands for code running inside the build: it must not see the agent's
-//!   token, list its work dir or blob cache, or enter another task's directory, and concurrent
-//!   tasks run as different uids;
+//!   token, list its work dir or blob cache, or enter another task's directory; concurrent tasks
+//!   run as different uids; what it leaves running (in a session of its own) is killed;
+//! - a build whose output is a link to the agent's token file fails: the agent does not upload
+//!   what the build points it at;
 //! - a tree whose link climbs out through another link (`a/b -> ..`) is refused, and nothing
 //!   outside it is built or written;
 //! - a tree bomb (a directory naming its child twice, 21 levels deep) is refused by the caps at
@@ -253,6 +255,8 @@ tasks=$(dirname "$task")
 name=$(basename "$task")
 job=${name%-*-*}
 try() { if sh -c "$1" >/dev/null 2>&1; then echo "reached:$2"; else echo "refused:$2"; fi; }
+# Something that outlives the build, out of its process group.
+setsid sh -c "echo \$\$ > '$spy/daemon-$me-$$'; exec sleep 600" </dev/null >/dev/null 2>&1 &
 {
     echo "uid=$me"
     echo "together=$together"
@@ -339,6 +343,72 @@ fn a_build_cannot_reach_the_agents_credentials_work_dir_or_other_tasks() {
     assert_eq!(uids.len(), 2, "two tasks running at once ran as {uids:?}");
     // The agent itself says which uids builds run as.
     assert!(agent.log().contains("61000-61063"), "{}", agent.log());
+    // The job is over: nothing it started runs on.
+    let daemons: Vec<String> = std::fs::read_dir(&records)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("daemon-"))
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap().trim().to_owned())
+        .collect();
+    assert!(!daemons.is_empty(), "the spy started no daemon");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in daemons {
+        while Path::new(&format!("/proc/{pid}")).exists() && !zombie(&pid) {
+            assert!(Instant::now() < deadline, "process {pid}, started by a build, outlived its task");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn zombie(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat.contains(") Z "))
+}
+
+/// A go command whose build replaces its output with a link to the agent's token file.
+const SMUGGLER: &str = r#"#!/bin/sh
+real=@GO@
+case "$1" in build) ;; *) exec "$real" "$@";; esac
+"$real" "$@" || exit $?
+prev=
+for arg; do
+    if [ "$prev" = "-o" ]; then out=$arg; fi
+    prev=$arg
+done
+rm -f "${out}app"
+ln -s '@TOKEN@' "${out}app"
+"#;
+
+#[test]
+fn a_build_cannot_smuggle_the_agents_files_out_as_its_outputs() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    let smuggler = dir.path().join("go");
+    let script = SMUGGLER
+        .replace("@GO@", &real_go().display().to_string())
+        .replace("@TOKEN@", &cluster.agent_token_file().display().to_string());
+    std::fs::write(&smuggler, script).unwrap();
+    chmod(&smuggler, 0o755);
+    let agent = Agent::start(&cluster, 1, &smuggler);
+    let module = dir.path().join("module");
+    std::fs::create_dir_all(module.join("cmd/app")).unwrap();
+    std::fs::write(module.join("go.mod"), "module example.com/smuggler\n\ngo 1.21\n").unwrap();
+    std::fs::write(module.join("cmd/app/main.go"), "package main\n\nfunc main() {}\n").unwrap();
+    let submitted = run(cluster.cachectl(&module, &["submit", "--targets", "linux/amd64", "./cmd/app"]));
+    let output = module.join("dist/linux_amd64/app");
+    let got = std::fs::read_to_string(&output).unwrap_or_default();
+    assert!(
+        !got.contains(cluster.agent_secret.trim()),
+        "the agent uploaded its own token as the build's output"
+    );
+    assert!(!submitted.status.success(), "{}\n{}", submitted.stdout, agent.log());
+    assert!(
+        submitted.stderr.contains("not a regular file"),
+        "the failure says why: {}\n{}",
+        submitted.stderr,
+        agent.log()
+    );
 }
 
 fn dir(name: &str, digest: Digest) -> DirectoryNode {
