@@ -58,7 +58,7 @@ pub fn prepare(options: &Options<'_>) -> Result<Prepared, String> {
     let users = BuildUsers::take(first, last, options.concurrency)?;
     let version = caps::go_info(options.go)?.version;
     sandbox::self_check(users.first(), options.go, &bridge, &tasks, &version).map_err(|err| {
-        format!("{err} (the agent needs root, or CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_KILL and CAP_FOWNER)")
+        format!("{err} (the agent needs root, or CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_FOWNER)")
     })?;
     tracing::info!(uids = %users.range(), "builds run as unprivileged build users, one per task");
     Ok(Prepared { sandbox: Sandbox::Users(Arc::new(users)), bridge })
