@@ -16,8 +16,15 @@ use crate::sandbox::{self, Owner};
 /// The build's own directories, created empty for every task.
 const PRIVATE: &[&str] = &["home", "tmp", "gocache", "gomodcache", "gopath", "gocacheprog", "out"];
 
-/// Empties `<work>/tasks` (what a stopped agent left) and makes it reachable, not listable.
+/// What agents before per-task state shared between every build in the work dir.
+const LEGACY_SHARED: &[&str] = &["gocache", "gomodcache", "gopath", "gocacheprog"];
+
+/// Empties `<work>/tasks` (what a stopped agent left) and makes it reachable, not listable;
+/// removes the shared caches older agents kept (every build could write them).
 pub fn reset(work_dir: &Path) -> Result<PathBuf, String> {
+    for legacy in LEGACY_SHARED {
+        let _ = remove_tree(&work_dir.join(legacy));
+    }
     let tasks = work_dir.join("tasks");
     if let Err(err) = remove_tree(&tasks) {
         return Err(format!("removing {}: {err}", tasks.display()));

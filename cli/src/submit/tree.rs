@@ -178,8 +178,11 @@ impl Tree {
             decoded.insert(digest, dir);
         }
         let root = encoded.get("").map(|(digest, _)| *digest).unwrap_or_else(|| unreachable_dir());
-        // What agents check, checked here first: the submitter hears it before uploading.
-        expand(root, &decoded, &TreeLimits::default())
+        // What agents check, checked here first: the submitter hears it before uploading. The
+        // size caps are the agents' to set (a local tree cannot be a bomb); names, paths and
+        // links are the same everywhere.
+        let limits = TreeLimits { max_entries: u64::MAX, max_path_bytes: u64::MAX, ..TreeLimits::default() };
+        expand(root, &decoded, &limits)
             .map_err(|err| invalid(format!("runner agents would refuse this source tree: {err}")))?;
         Ok((root, encoded.into_values().collect()))
     }
