@@ -24,12 +24,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
+use cachectl::submit::tree::TreeLimits;
+
 use crate::TaskError;
+use crate::blobcache::BlobCache;
 use crate::build::Builder;
 use crate::caps;
 use crate::exec::ProcessRunner;
+use crate::sandbox::Sandbox;
 use crate::task::{self, TaskContext, token_name};
-use crate::workspace::BlobCache;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -47,8 +50,11 @@ pub struct AgentConfig {
     pub cc: Vec<String>,
     /// The GOCACHEPROG command line for builds.
     pub gocacheprog: String,
-    /// Environment the bridge needs (CACHED_ADDR, token file, CA).
+    /// Environment the bridge needs (CACHED_ADDR, CA): never the agent's credentials.
     pub bridge_env: Vec<(String, String)>,
+    /// Who builds run as (set up and checked by `sandbox`).
+    pub sandbox: Sandbox,
+    pub tree_limits: TreeLimits,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -107,6 +113,8 @@ pub async fn run(
         cache,
         builder: Builder { go: config.go.clone(), runner, gocacheprog: config.gocacheprog.clone() },
         work_dir: config.work_dir.clone(),
+        sandbox: config.sandbox.clone(),
+        tree_limits: config.tree_limits,
         gocacheprog: config.gocacheprog.clone(),
         bridge_env: config.bridge_env.clone(),
         c_compilers,

@@ -2,11 +2,13 @@
 //! `cachectl go build` (`cachectl::gobuild`): a whole-build hit restores the outputs without
 //! the compiler; a miss runs go with the GOCACHEPROG bridge (this binary's `gocacheprog`
 //! subcommand) and records the build. Every process the library starts goes through
-//! [`GroupExec`]: a clean environment, its own process group, the task's timeout and cancel.
+//! [`GroupExec`]: a clean environment, the task's build user, its own process group, the task's
+//! timeout and cancel. Whenever none of them is running, nothing of the build user may run
+//! either: what is left is killed before the agent reads what the build wrote.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cachectl::client::Client;
@@ -18,6 +20,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::TaskError;
 use crate::exec::ProcessRunner;
+use crate::sandbox::{self, Owner};
+use crate::taskdir;
 
 /// Whether builds go through the whole-build cache (`cachectl::gobuild`), so an unchanged
 /// target is a hit without the go command.
@@ -35,6 +39,8 @@ pub struct BuildInput {
     pub env: Vec<(String, String)>,
     pub namespace: String,
     pub timeout: Duration,
+    /// The build user; `None`: the agent's own.
+    pub owner: Option<Owner>,
 }
 
 /// What came out, in the shape of `cachectl::gobuild::BuildOutcome`.
@@ -73,14 +79,13 @@ impl Builder {
         std::fs::create_dir_all(&input.output_dir).map_err(|err| {
             TaskError::Infrastructure(format!("creating {}: {err}", input.output_dir.display()))
         })?;
-        let exec =
-            Arc::new(GroupExec { env: input.env.clone(), timeout: input.timeout, cancel: cancel.clone() });
+        let exec = Arc::new(GroupExec::new(input, cancel.clone()));
         let options = BuildOptions {
             go: self.go.clone(),
             gocacheprog: Some(self.gocacheprog.clone()),
             inherit_stdio: false,
             timeout: Duration::from_secs(20),
-            exec,
+            exec: Arc::clone(&exec) as Arc<dyn Exec>,
         };
         let request = BuildRequest {
             module_dir: input.module_dir.clone(),
@@ -102,6 +107,9 @@ impl Builder {
         let tail: Vec<String> = tail.into_iter().collect();
         if *cancel.borrow() {
             return Err(TaskError::Cancelled);
+        }
+        if let Some(reason) = exec.refused() {
+            return Err(TaskError::Build(reason));
         }
         let outcome = outcome.map_err(|err| TaskError::Infrastructure(format!("build failed: {err}")))?;
         if outcome.exit_code != 0 {
@@ -155,16 +163,44 @@ fn agent_trouble(exit_code: i32, output: &[String]) -> Option<&'static str> {
 /// The exit code [`code`] gives a process SIGKILL ended.
 const SIGKILLED: i32 = 128 + 9;
 
+/// Credentials the build library would hand its bridge (the process's own token or client
+/// key): the task's environment decides these, never the library, so no agent secret reaches a
+/// build.
+const TASK_DECIDES: &[&str] =
+    &["CACHED_TOKEN", "CACHED_TOKEN_FILE", "CACHED_TLS_CLIENT_CERT", "CACHED_TLS_CLIENT_KEY"];
+
 /// Runs the build library's processes with the task's sealed environment (nothing inherited
-/// but what `env` holds), in their own process group, killed as a group on timeout, cancel or
-/// drop.
+/// but what `env` holds), as the task's build user, in their own process group, killed as a
+/// group on timeout, cancel or drop.
 pub struct GroupExec {
-    pub env: Vec<(String, String)>,
-    pub timeout: Duration,
-    pub cancel: watch::Receiver<bool>,
+    env: Vec<(String, String)>,
+    timeout: Duration,
+    cancel: watch::Receiver<bool>,
+    owner: Option<Owner>,
+    output_dir: PathBuf,
+    /// Processes running now; at zero the build user's leftovers are killed.
+    running: Mutex<usize>,
+    /// Why the build's outputs were refused.
+    refused: Mutex<Option<String>>,
 }
 
 impl GroupExec {
+    pub fn new(input: &BuildInput, cancel: watch::Receiver<bool>) -> Self {
+        Self {
+            env: input.env.clone(),
+            timeout: input.timeout,
+            cancel,
+            owner: input.owner,
+            output_dir: input.output_dir.clone(),
+            running: Mutex::new(0),
+            refused: Mutex::new(None),
+        }
+    }
+
+    fn refused(&self) -> Option<String> {
+        self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
     fn command(&self, invocation: &Invocation) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&invocation.program);
         command
@@ -175,13 +211,35 @@ impl GroupExec {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        for name in &invocation.env_remove {
+        if let Some(owner) = self.owner {
+            // As root, std drops the supplementary groups too.
+            command.uid(owner.uid).gid(owner.gid);
+        }
+        for name in invocation.env_remove.iter().filter(|name| !TASK_DECIDES.contains(&name.as_str())) {
             command.env_remove(name);
         }
-        for (name, value) in &invocation.env {
+        for (name, value) in invocation.env.iter().filter(|(name, _)| !TASK_DECIDES.contains(&name.as_str()))
+        {
             command.env(name, value);
         }
         command
+    }
+
+    fn started(&self) {
+        *self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+    }
+
+    /// One process ended; with none left, nothing of the build user may run on.
+    async fn ended(&self) -> std::io::Result<()> {
+        let idle = {
+            let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *running -= 1;
+            *running == 0
+        };
+        match self.owner {
+            Some(owner) if idle => sandbox::kill_all(owner.uid).await.map_err(std::io::Error::other),
+            _ => Ok(()),
+        }
     }
 
     /// Waits for `work`, or kills the group on timeout or cancel.
@@ -210,13 +268,36 @@ fn code(status: std::process::ExitStatus) -> i32 {
 #[tonic::async_trait]
 impl Exec for GroupExec {
     async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
+        self.started();
+        let result = self.output_of(invocation).await;
+        self.ended().await?;
+        result
+    }
+
+    /// go build. Once it and everything of the build user are gone, the outputs are checked
+    /// before the library reads (and caches) them.
+    async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
+        self.started();
+        let result = self.stream_of(invocation, sink).await;
+        self.ended().await?;
+        let code = result?;
+        if let Err(reason) = taskdir::check_outputs(&self.output_dir, self.owner) {
+            *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.clone());
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason));
+        }
+        Ok(code)
+    }
+}
+
+impl GroupExec {
+    async fn output_of(&self, invocation: &Invocation) -> std::io::Result<Captured> {
         let child = self.command(invocation).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let pid = child.id();
         let output = self.bounded(pid, child.wait_with_output()).await?;
         Ok(Captured { code: code(output.status), stdout: output.stdout, stderr: output.stderr })
     }
 
-    async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
+    async fn stream_of(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
         let mut child = self.command(invocation).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let pid = child.id();
         let mut out = child.stdout.take().map(|s| BufReader::new(s).lines());

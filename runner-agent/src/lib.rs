@@ -2,20 +2,25 @@
 //!
 //! Read in this order: [`agent`] (the lease stream: register, heartbeat, take tasks, abort,
 //! drain on SIGTERM), [`task`] (one task: sources, module proxy, build, outputs, completion),
-//! [`workspace`] (trees from the CAS into a directory through a local blob cache with hard
-//! links), [`build`] (the go build, through the cachectl library), [`image`] (a target's
-//! platform image and a job's image index, through `cachectl::oci`), [`exec`] (child
-//! processes: own process group, timeout, killed with the task), [`caps`] (what this machine
-//! can build).
+//! [`sandbox`] (the build users builds run as, and the start-up checks they need),
+//! [`taskdir`] (a task's own directories), [`workspace`] (checked trees from the CAS into a
+//! directory, never through a link) through the [`blobcache`] (hard links), [`build`] (the go
+//! build, through the cachectl library), [`image`] (a target's platform image and a job's image
+//! index, through `cachectl::oci`), [`exec`] (child processes: own process group, timeout,
+//! killed with the task), [`caps`] (what this machine can build).
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod blobcache;
 pub mod build;
 pub mod caps;
 pub mod exec;
 pub mod image;
+pub mod sandbox;
+pub mod startup;
 pub mod task;
+pub mod taskdir;
 pub mod workspace;
 
 /// Errors of one task, split by whether another attempt could succeed.

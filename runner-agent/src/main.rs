@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cachectl::client::{ConnectOptions, DEFAULT_SERVER, Secret};
+use cachectl::submit::tree::TreeLimits;
 use clap::builder::BoolishValueParser;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use runner_agent::agent::{self, AgentConfig};
 use runner_agent::exec::Processes;
+use runner_agent::startup::{self, ROOT_WORK_DIR};
 
 #[derive(Parser)]
 #[command(
@@ -39,9 +42,19 @@ struct Cli {
     /// Tasks built at once [default: the number of CPUs].
     #[arg(long, env = "CACHED_CONCURRENCY")]
     concurrency: Option<u32>,
-    /// Where sources, the blob cache, GOCACHE and the module cache live [default: <user cache dir>/cached/agent].
+    /// Where the blob cache and the task directories live [default: /var/lib/runner-agent as
+    /// root, else <user cache dir>/cached/agent].
     #[arg(long, env = "CACHED_WORK_DIR")]
     work_dir: Option<PathBuf>,
+    /// Uids builds run as, FIRST-LAST, one per running task (its group: the same number); no
+    /// account may use them [default as root: 61000-61063, or more for a larger --concurrency;
+    /// without root: builds run as the agent's user, unsafe for untrusted jobs].
+    #[arg(long, env = "CACHED_BUILD_UIDS")]
+    build_uids: Option<String>,
+    /// Most entries (files, directories, links; a shared directory counted every time it
+    /// appears) of a job's source or module tree.
+    #[arg(long, env = "CACHED_MAX_TREE_ENTRIES", default_value_t = TreeLimits::default().max_entries)]
+    max_tree_entries: u64,
     /// Cap of the blob cache (sources and module files) in the work dir; least recently used
     /// entries go past it, never one a running task uses.
     #[arg(long, env = "CACHED_AGENT_CACHE_SIZE", default_value = "20GiB", value_parser = parse_size)]
@@ -102,7 +115,7 @@ async fn signal() {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
     let token = match (&cli.token, &cli.token_file) {
         (Some(_), Some(_)) => return Err("give the token one way: --token or --token-file".into()),
         (Some(token), None) => Some(Secret::new(token.as_str())),
@@ -115,7 +128,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         allow_insecure_token: cli.allow_insecure_token,
         ..ConnectOptions::default()
     };
-    connect.clone().install_process_default();
     if let Some(Command::Gocacheprog(args)) = cli.command {
         return cachectl::commands::gocacheprog::run(&cli.server, &connect, args)
             .await
@@ -123,13 +135,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     // A bad address or a token that may not go to it is refused now, not retried forever.
     connect.endpoint(&cli.server).map_err(|err| err.to_string())?;
-    let exe = std::env::current_exe().map_err(|err| format!("cannot find this binary: {err}"))?;
+    // The agent's own calls carry its token (`connect`); the process default, which the build
+    // library hands the builds' bridge, carries none.
+    ConnectOptions { token: None, ..connect.clone() }.install_process_default();
     let mut bridge_env = vec![("CACHED_ADDR".to_owned(), cli.server.clone())];
-    if let Some(path) = &cli.token_file {
-        bridge_env.push(("CACHED_TOKEN_FILE".to_owned(), path.display().to_string()));
-    } else if let Some(token) = &cli.token {
-        bridge_env.push(("CACHED_TOKEN".to_owned(), token.clone()));
-    }
     if let Some(path) = &cli.tls_ca {
         bridge_env.push(("CACHED_TLS_CA".to_owned(), path.display().to_string()));
     }
@@ -138,12 +147,21 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let work_dir = match cli.work_dir {
         Some(dir) => dir,
+        None if runner_agent::sandbox::agent_uid() == 0 => PathBuf::from(ROOT_WORK_DIR),
         None => cachectl::gocacheprog::default_dir()
             .and_then(|dir| dir.parent().map(|parent| parent.join("agent")))
             .ok_or("no user cache directory is known here; set --work-dir")?,
     };
     let concurrency =
         cli.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let prepared = startup::prepare(&startup::Options {
+        work_dir: &work_dir,
+        build_uids: cli.build_uids.as_deref(),
+        concurrency,
+        go: &cli.go,
+        token_file: cli.token_file.as_deref(),
+        token_on_command_line,
+    })?;
     let config = AgentConfig {
         server: cli.server,
         connect,
@@ -155,22 +173,41 @@ async fn run(cli: Cli) -> Result<(), String> {
         task_timeout: cli.task_timeout,
         go: cli.go,
         cc: cli.cc,
-        gocacheprog: format!("{} gocacheprog", exe.display()),
+        gocacheprog: format!("{} gocacheprog", prepared.bridge.display()),
         bridge_env,
+        sandbox: prepared.sandbox,
+        tree_limits: TreeLimits { max_entries: cli.max_tree_entries, ..TreeLimits::default() },
     };
     agent::run(config, Arc::new(Processes), signal()).await
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let token_on_command_line = matches.value_source("token") == Some(ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     if cli.command.is_none() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_default())
             .with_writer(std::io::stderr)
             .init();
+        // Before any thread exists, so every thread and build inherits it: nothing a build
+        // runs gains privileges from a set-user-id file.
+        if let Err(err) = rustix::thread::set_no_new_privs(true) {
+            eprintln!("runner-agent: cannot set no_new_privs: {err}");
+            return ExitCode::FAILURE;
+        }
     }
-    match run(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("runner-agent: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, token_on_command_line)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("runner-agent: {err}");

@@ -1,9 +1,10 @@
-//! One leased task: materialize the sources (and the module proxy), build the target, upload
-//! the outputs, layer its image when the job has one, report; or, for a job's last step,
-//! assemble the image index. Build output is streamed to cached as it comes (Workers.Progress, in
-//! batches); the task directory is removed at the end whatever happened.
+//! One leased task: materialize the sources (and the module proxy), build the target as a build
+//! user of its own, upload the outputs, layer its image when the job has one, report; or, for a
+//! job's last step, assemble the image index. Build output is streamed to cached as it comes
+//! (Workers.Progress, in batches). At the end, whatever happened, everything the build user
+//! still runs is killed and the task directory removed, before the user builds anything else.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,10 +13,15 @@ use proto::v1::{self, FencingToken, TaskLease};
 use proto::{Digest, Platform};
 use tokio::sync::{mpsc, watch};
 
+use cachectl::submit::tree::TreeLimits;
+
 use crate::TaskError;
+use crate::blobcache::BlobCache;
 use crate::build::{BuildInput, Builder};
 use crate::image;
-use crate::workspace::{BlobCache, materialize};
+use crate::sandbox::Sandbox;
+use crate::taskdir::{self, TaskDir};
+use crate::workspace::{self, materialize};
 
 /// Log lines are sent at most this often.
 const LOG_BATCH: Duration = Duration::from_millis(250);
@@ -26,9 +32,14 @@ pub struct TaskContext {
     pub cache: BlobCache,
     pub builder: Builder,
     pub work_dir: PathBuf,
+    /// Who builds run as.
+    pub sandbox: Sandbox,
+    /// What a job's trees may hold.
+    pub tree_limits: TreeLimits,
     /// The GOCACHEPROG command line: this binary's `gocacheprog` subcommand.
     pub gocacheprog: String,
-    /// Environment the GOCACHEPROG bridge needs to reach cached (address, token file).
+    /// Environment the GOCACHEPROG bridge needs to reach cached (address, CA): no credential,
+    /// the build gets the lease's own.
     pub bridge_env: Vec<(String, String)>,
     /// C compilers by `goos/goarch`.
     pub c_compilers: Vec<v1::CCompiler>,
@@ -56,20 +67,35 @@ pub async fn run(
         let _ = logger.await;
         return result;
     }
-    let dir = ctx.work_dir.join("tasks").join(token_name(&token));
-    let _ = std::fs::remove_dir_all(&dir);
-    let result = build_task(&ctx, &lease, &dir, lines, cancel).await;
+    let result = with_build_user(&ctx, &lease, &token, lines, cancel).await;
     let _ = logger.await;
-    if let Err(err) = remove_tree(&dir) {
-        tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a task directory");
+    result
+}
+
+/// A build user and a task directory for the build, and both cleared after it.
+async fn with_build_user(
+    ctx: &TaskContext,
+    lease: &TaskLease,
+    token: &FencingToken,
+    lines: mpsc::UnboundedSender<String>,
+    cancel: watch::Receiver<bool>,
+) -> Result<v1::TaskResult, TaskError> {
+    let user = ctx.sandbox.acquire().await.map_err(TaskError::Infrastructure)?;
+    let dir = TaskDir::create(ctx.work_dir.join("tasks").join(token_name(token)), user.owner())?;
+    let result = build_task(ctx, lease, &dir, lines, cancel).await;
+    // A build that daemonised is still running: nothing of it may outlive the task or touch
+    // the directory while it goes.
+    if let Err(err) = user.kill_all().await {
+        tracing::error!(error = %err, "cannot stop a finished build's processes");
     }
+    dir.remove();
     result
 }
 
 async fn build_task(
     ctx: &TaskContext,
     lease: &TaskLease,
-    dir: &Path,
+    dir: &TaskDir,
     lines: mpsc::UnboundedSender<String>,
     cancel: watch::Receiver<bool>,
 ) -> Result<v1::TaskResult, TaskError> {
@@ -85,21 +111,31 @@ async fn build_task(
 
     let source_root =
         Digest::from_wire(spec.source_root.as_ref()).map_err(|err| TaskError::Build(err.to_string()))?;
-    let src = dir.join("src");
-    let tree = materialize(&ctx.remote.client, &ctx.cache, source_root, &src).await?;
-    let module_dir = src.join(&spec.module_dir);
-    say(format!("runner-agent: {} source files at {}", tree.files, module_dir.display()));
+    let src = dir.path("src");
+    let owner = dir.owner();
+    let tree =
+        materialize(&ctx.remote.client, &ctx.cache, source_root, &src, &ctx.tree_limits, owner).await?;
+    let module_dir = workspace::module_dir(&src, &tree.tree, &spec.module_dir)?;
+    workspace::check_packages(&tree.tree, &spec.module_dir, &spec.packages)?;
+    say(format!("runner-agent: {} source files at {}", tree.files(), module_dir.display()));
 
     let mut env = base_env(ctx, dir, &platform, target)?;
     env.push(("CACHED_NAMESPACE".into(), spec.namespace.clone()));
+    if !lease.cache_token.is_empty() {
+        // The lease's own credential: the job's namespace, for the lease's life.
+        env.push(("CACHED_TOKEN".into(), lease.cache_token.clone()));
+    }
     let mut goflags = vec!["-modcacherw".to_owned()];
     match &spec.module_proxy {
         Some(proxy) => {
             let proxy = Digest::from_wire(Some(proxy)).map_err(|err| TaskError::Build(err.to_string()))?;
-            let proxy_dir = dir.join("proxy");
-            let files = materialize(&ctx.remote.client, &ctx.cache, proxy, &proxy_dir).await?;
+            let proxy_dir = dir.path("proxy");
+            let files =
+                materialize(&ctx.remote.client, &ctx.cache, proxy, &proxy_dir, &ctx.tree_limits, owner)
+                    .await?;
+            // Nothing of the build has run yet, and the tree's links stay inside it.
             let go_sum = std::fs::read_to_string(module_dir.join("go.sum")).unwrap_or_default();
-            let coverage = modules::coverage(&go_sum, files.paths.iter().map(String::as_str));
+            let coverage = modules::coverage(&go_sum, files.file_paths());
             env.push(("GOPROXY".into(), format!("file://{}", proxy_dir.display())));
             goflags.push("-mod=mod".to_owned());
             if coverage.complete() {
@@ -113,7 +149,7 @@ async fn build_task(
                     coverage.missing[0]
                 ));
             }
-            say(format!("runner-agent: module proxy of {} files", files.files));
+            say(format!("runner-agent: module proxy of {} files", files.files()));
         }
         None => env.push(("GOPROXY".into(), "off".into())),
     }
@@ -130,14 +166,17 @@ async fn build_task(
     let input = BuildInput {
         module_dir,
         packages: spec.packages.clone(),
-        output_dir: dir.join("out"),
+        output_dir: dir.path("out"),
         go_flags: spec.build_flags.clone(),
         env,
         namespace: spec.namespace.clone(),
         timeout,
+        owner,
     };
     say(format!("runner-agent: go build {} for {platform}", spec.packages.join(" ")));
     let built = ctx.builder.build(&ctx.remote.client, &input, lines.clone(), cancel).await?;
+    // Nothing of the build runs any more (the build library's last process took it all down).
+    taskdir::check_outputs(&input.output_dir, owner).map_err(TaskError::Build)?;
     let paths: Vec<PathBuf> = built.outputs.iter().map(|(path, _)| path.clone()).collect();
     let digests =
         cachectl::transfer::upload_files(&ctx.remote.client, &paths, cachectl::transfer::DEFAULT_LEVEL)
@@ -172,26 +211,23 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The go command's environment for a target: sealed (own HOME, shared GOCACHE and module
-/// cache under the work dir, no toolchain switching, no telemetry), the target's variables, and
-/// the GOCACHEPROG bridge.
+/// The go command's environment for a target: sealed (HOME, TMPDIR, GOCACHE, the module cache,
+/// GOPATH and the bridge's local tier all the task's own, no toolchain switching, no
+/// telemetry), the target's variables, and the GOCACHEPROG bridge.
 fn base_env(
     ctx: &TaskContext,
-    dir: &Path,
+    dir: &TaskDir,
     platform: &Platform,
     target: &v1::Target,
 ) -> Result<Vec<(String, String)>, TaskError> {
-    let work = &ctx.work_dir;
-    let home = dir.join("home");
-    std::fs::create_dir_all(&home)
-        .map_err(|err| TaskError::Infrastructure(format!("{}: {err}", home.display())))?;
+    let own = |name: &str| dir.path(name).display().to_string();
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
-        ("HOME".into(), home.display().to_string()),
-        ("TMPDIR".into(), std::env::temp_dir().display().to_string()),
-        ("GOCACHE".into(), work.join("gocache").display().to_string()),
-        ("GOMODCACHE".into(), work.join("gomodcache").display().to_string()),
-        ("GOPATH".into(), work.join("gopath").display().to_string()),
+        ("HOME".into(), own("home")),
+        ("TMPDIR".into(), own("tmp")),
+        ("GOCACHE".into(), own("gocache")),
+        ("GOMODCACHE".into(), own("gomodcache")),
+        ("GOPATH".into(), own("gopath")),
         ("GOENV".into(), "off".into()),
         ("GOTOOLCHAIN".into(), "local".into()),
         ("GOTELEMETRY".into(), "off".into()),
@@ -199,7 +235,7 @@ fn base_env(
         ("GOOS".into(), platform.goos.clone()),
         ("GOARCH".into(), platform.goarch.clone()),
         ("GOCACHEPROG".into(), ctx.gocacheprog.clone()),
-        ("CACHED_GOCACHE_DIR".into(), work.join("gocacheprog").display().to_string()),
+        ("CACHED_GOCACHE_DIR".into(), own("gocacheprog")),
     ];
     env.extend(ctx.bridge_env.iter().cloned());
     if let Some(variable) = Platform::level_variable(&platform.goarch).filter(|_| !platform.level.is_empty())
@@ -264,33 +300,6 @@ async fn forward_logs(remote: Remote, token: FencingToken, mut lines: mpsc::Unbo
         let progress = v1::ProgressRequest { token: Some(token.clone()), started: false, lines: batch };
         if let Err(status) = workers.progress(progress).await {
             tracing::debug!(error = %status, "progress refused");
-        }
-    }
-}
-
-/// Removes a task directory, making read-only directories writable first (the go command
-/// leaves module directories read-only unless -modcacherw).
-fn remove_tree(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(_) => {
-            #[cfg(unix)]
-            make_writable(dir);
-            std::fs::remove_dir_all(dir)
-        }
-    }
-}
-
-#[cfg(unix)]
-fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-                make_writable(&entry.path());
-            }
         }
     }
 }

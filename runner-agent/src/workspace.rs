@@ -1,27 +1,34 @@
-//! Trees from the CAS into a task directory. Every file goes through a local blob cache
-//! (`<work-dir>/blobs/<hash>`, read-only) and is hard-linked into place, so inputs that repeat
-//! across tasks (the same sources for every target, the same module zips for every job) are
-//! downloaded once. go.mod, go.sum and go.work are copied instead: the go command rewrites
-//! them in place, which would change the cached blob under every other link.
+//! Trees from the CAS into a task directory. The tree is read and checked first
+//! (`cachectl::submit::tree::read_tree`: caps, names, links resolved inside the tree), its files
+//! fetched into the [`BlobCache`] and hard-linked into place. go.mod, go.sum and go.work are
+//! copied instead: the go command rewrites them in place, which would change the cached blob
+//! under every other link.
 //!
-//! The cache is capped (`--cache-size`): past the cap, the least recently used entries are
-//! removed until it is back under 90% of it. Entries a running task uses are pinned for the
-//! task's life ([`Pins`], taken before they are fetched) and never removed; the cap counts the
-//! cache's own entries (a removed entry that a task directory still links stays on disk until
-//! that directory goes, as hard links do). So the cache may stay over the cap while everything
-//! in it is in use.
+//! Everything is created relative to the tree's root without following a link: each directory
+//! is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and its entries made with
+//! mkdirat, linkat, symlinkat and openat against that descriptor, so no entry of a tree can
+//! redirect where another is written.
+//!
+//! With build users, the tree's directories belong to the agent with the task's group (mode
+//! 0750: the build reads them, cannot change them, and no other task gets in); shared files
+//! stay the agent's (0444/0555, never chowned: the inode is every task's); copied files are
+//! the build's own.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use cachectl::client::Client;
-use cachectl::submit::tree::{Node, read_tree};
-use cachectl::transfer;
+use cachectl::error::CliError;
+use cachectl::submit::tree::{ExpandedTree, Node, TreeLimits, read_tree};
 use futures::{StreamExt, TryStreamExt};
 use proto::Digest;
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use crate::TaskError;
+use crate::blobcache::{BlobCache, Pins};
+use crate::sandbox::{self, Owner};
 
 /// Downloads in flight per task.
 const PARALLEL_DOWNLOADS: usize = 16;
@@ -29,258 +36,52 @@ const PARALLEL_DOWNLOADS: usize = 16;
 /// Files written in place by the go command, so never hard-linked.
 const COPIED: &[&str] = &["go.mod", "go.sum", "go.work", "go.work.sum"];
 
-#[derive(Debug, Clone)]
-pub struct BlobCache {
-    dir: PathBuf,
-    lru: Arc<Mutex<Lru>>,
-}
-
-/// What the cache holds, by file name, in order of last use.
-#[derive(Debug, Default)]
-struct Lru {
-    cap: u64,
-    total: u64,
-    clock: u64,
-    /// name → (size, last use)
-    entries: HashMap<String, (u64, u64)>,
-    /// last use → name
-    order: BTreeMap<u64, String>,
-    /// name → tasks using it
-    pins: HashMap<String, usize>,
-}
-
-impl Lru {
-    fn touch(&mut self, name: &str) {
-        self.clock += 1;
-        if let Some((_, used)) = self.entries.get_mut(name) {
-            self.order.remove(used);
-            *used = self.clock;
-            self.order.insert(self.clock, name.to_owned());
-        }
-    }
-
-    /// Records an entry (once, however many tasks downloaded it) as just used.
-    fn admit(&mut self, name: &str, size: u64) {
-        if !self.entries.contains_key(name) {
-            self.entries.insert(name.to_owned(), (size, 0));
-            self.total += size;
-        }
-        self.touch(name);
-    }
-
-    /// Past the cap, the least recently used unpinned entries until under 90% of it: their
-    /// names, removed from the books (the caller removes the files).
-    fn trim(&mut self) -> Vec<String> {
-        let mut removed = Vec::new();
-        if self.total <= self.cap {
-            return removed;
-        }
-        let target = self.cap - self.cap / 10;
-        let victims: Vec<(u64, String)> = self
-            .order
-            .iter()
-            .filter(|(_, name)| !self.pins.contains_key(*name))
-            .map(|(used, name)| (*used, name.clone()))
-            .collect();
-        for (used, name) in victims {
-            if self.total <= target {
-                break;
-            }
-            self.order.remove(&used);
-            if let Some((size, _)) = self.entries.remove(&name) {
-                self.total -= size;
-            }
-            removed.push(name);
-        }
-        removed
+/// A tree that was refused fails the same way everywhere: a build error, not retried.
+fn tree_error(err: CliError) -> TaskError {
+    match err {
+        CliError::Usage(reason) => TaskError::Build(format!("the job's tree was refused: {reason}")),
+        other => TaskError::from(other),
     }
 }
 
-/// Entries a task uses: never trimmed while this lives.
-pub struct Pins {
-    cache: BlobCache,
-    names: Vec<String>,
-}
-
-impl std::fmt::Debug for Pins {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Pins({} entries)", self.names.len())
-    }
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let mut lru = self.cache.lock();
-        for name in &self.names {
-            if let Some(count) = lru.pins.get_mut(name) {
-                *count -= 1;
-                if *count == 0 {
-                    lru.pins.remove(name);
-                }
-            }
-        }
-        let removed = lru.trim();
-        drop(lru);
-        self.cache.remove(&removed);
-    }
-}
-
-fn io_error(what: &str, path: &Path, err: std::io::Error) -> TaskError {
-    TaskError::Infrastructure(format!("{what} {}: {err}", path.display()))
-}
-
-/// `<64 hex>` or `<64 hex>-x`: an entry; anything else in the directory is not.
-fn is_entry(name: &str) -> bool {
-    let hex = name.strip_suffix("-x").unwrap_or(name);
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-impl BlobCache {
-    /// Opens the cache in `dir` with a cap of `cap` bytes: the entries already there count,
-    /// oldest first (by when they were downloaded), and the cache is trimmed to the cap.
-    /// Leftover partial downloads are removed.
-    pub fn open(dir: PathBuf, cap: u64) -> Result<Self, TaskError> {
-        std::fs::create_dir_all(&dir).map_err(|err| io_error("creating", &dir, err))?;
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|err| io_error("reading", &dir, err))?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(metadata) = entry.metadata() else { continue };
-            if !is_entry(&name) {
-                if name.starts_with(".tmp") && metadata.is_file() {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-                continue;
-            }
-            let modified = metadata.modified().unwrap_or(std::time::UNIX_EPOCH);
-            found.push((modified, name, metadata.len()));
-        }
-        found.sort();
-        let mut lru = Lru { cap, ..Lru::default() };
-        for (_, name, size) in found {
-            lru.admit(&name, size);
-        }
-        let removed = lru.trim();
-        let cache = Self { dir, lru: Arc::new(Mutex::new(lru)) };
-        cache.remove(&removed);
-        Ok(cache)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Lru> {
-        self.lru.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn name(digest: Digest, executable: bool) -> String {
-        format!("{}{}", digest.hex(), if executable { "-x" } else { "" })
-    }
-
-    fn path(&self, digest: Digest, executable: bool) -> PathBuf {
-        self.dir.join(Self::name(digest, executable))
-    }
-
-    fn remove(&self, names: &[String]) {
-        for name in names {
-            let path = self.dir.join(name);
-            if let Err(err) = std::fs::remove_file(&path)
-                && err.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %path.display(), error = %err, "cannot trim the blob cache");
-            }
-        }
-        if !names.is_empty() {
-            tracing::debug!(removed = names.len(), "blob cache trimmed");
-        }
-    }
-
-    /// Pins entries (present or not yet) for as long as the guard lives.
-    pub fn pin(&self, entries: impl IntoIterator<Item = (Digest, bool)>) -> Pins {
-        let names: Vec<String> = entries.into_iter().map(|(d, x)| Self::name(d, x)).collect();
-        let mut lru = self.lock();
-        for name in &names {
-            *lru.pins.entry(name.clone()).or_default() += 1;
-        }
-        drop(lru);
-        Pins { cache: self.clone(), names }
-    }
-
-    /// Bytes in the cache's entries.
-    pub fn size(&self) -> u64 {
-        self.lock().total
-    }
-
-    /// Records a new entry and trims the cache.
-    fn admit(&self, name: &str, size: u64) {
-        let mut lru = self.lock();
-        lru.admit(name, size);
-        let removed = lru.trim();
-        drop(lru);
-        self.remove(&removed);
-    }
-
-    /// The cached copy of a blob, downloading (and verifying) it first if needed. Pin it
-    /// first ([`BlobCache::pin`]) to keep it until it is linked.
-    pub async fn fetch(
-        &self,
-        client: &Client,
-        digest: Digest,
-        executable: bool,
-    ) -> Result<PathBuf, TaskError> {
-        let name = Self::name(digest, executable);
-        let path = self.dir.join(&name);
-        if path.is_file() {
-            self.lock().touch(&name);
-            return Ok(path);
-        }
-        transfer::download_to_file(client, digest, &path).await?;
-        set_mode(&path, if executable { 0o555 } else { 0o444 })?;
-        self.admit(&name, digest.size);
-        Ok(path)
-    }
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<(), TaskError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|err| io_error("chmod", path, err))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) -> Result<(), TaskError> {
-    Ok(())
-}
-
-/// What a materialized tree held.
+/// A materialized tree: what it holds, and its blobs kept in the cache while this lives (the
+/// task's life).
 #[derive(Debug)]
 pub struct Materialized {
-    pub files: usize,
-    /// Every file's path in the tree.
-    pub paths: Vec<String>,
-    /// The tree's blobs, kept in the cache while this lives (the task's life).
+    pub tree: ExpandedTree,
     pub pins: Pins,
 }
 
-/// Writes the tree `root` into `dest` (created; must not exist yet).
+impl Materialized {
+    /// Every file's path in the tree.
+    pub fn file_paths(&self) -> impl Iterator<Item = &str> {
+        self.tree.nodes.iter().filter(|node| matches!(node, Node::File { .. })).map(Node::path)
+    }
+
+    pub fn files(&self) -> usize {
+        self.file_paths().count()
+    }
+}
+
+/// Writes the tree `root` into `dest` (created; must not exist yet). With `owner`, the tree is
+/// laid out for that build user (see the module's doc).
 pub async fn materialize(
     client: &Client,
     cache: &BlobCache,
     root: Digest,
     dest: &Path,
+    limits: &TreeLimits,
+    owner: Option<Owner>,
 ) -> Result<Materialized, TaskError> {
-    std::fs::create_dir_all(dest).map_err(|err| io_error("creating", dest, err))?;
-    let nodes = read_tree(client, root).await?;
-    let mut wanted = BTreeSet::new();
-    for node in &nodes {
-        match node {
-            Node::Dir { path } => {
-                let dir = dest.join(path);
-                std::fs::create_dir_all(&dir).map_err(|err| io_error("creating", &dir, err))?;
-            }
-            Node::File { digest, executable, .. } => {
-                wanted.insert((*digest, *executable));
-            }
-            Node::Symlink { .. } => {}
-        }
-    }
+    let tree = read_tree(client, root, limits).await.map_err(tree_error)?;
+    let wanted: BTreeSet<(Digest, bool)> = tree
+        .nodes
+        .iter()
+        .filter_map(|node| match node {
+            Node::File { digest, executable, .. } => Some((*digest, *executable)),
+            _ => None,
+        })
+        .collect();
     let pins = cache.pin(wanted.iter().copied());
     futures::stream::iter(
         wanted.into_iter().map(|(digest, executable)| cache.fetch(client, digest, executable)),
@@ -288,91 +89,235 @@ pub async fn materialize(
     .buffer_unordered(PARALLEL_DOWNLOADS)
     .try_collect::<Vec<_>>()
     .await?;
-    let mut out = Materialized { files: 0, paths: Vec::new(), pins };
-    for node in &nodes {
-        match node {
-            Node::File { path, digest, executable } => {
-                let source = cache.path(*digest, *executable);
-                let target = dest.join(path);
-                let name = path.rsplit('/').next().unwrap_or(path);
-                if COPIED.contains(&name) {
-                    std::fs::copy(&source, &target).map_err(|err| io_error("copying to", &target, err))?;
-                    set_mode(&target, 0o644)?;
-                } else if std::fs::hard_link(&source, &target).is_err() {
-                    // Another file system: copy.
-                    std::fs::copy(&source, &target).map_err(|err| io_error("copying to", &target, err))?;
-                }
-                out.files += 1;
-                out.paths.push(path.clone());
-            }
-            Node::Symlink { path, target } => {
-                let link = dest.join(path);
-                #[cfg(unix)]
-                std::os::unix::fs::symlink(target, &link).map_err(|err| io_error("linking", &link, err))?;
-                #[cfg(not(unix))]
-                let _ = (target, link);
-            }
-            Node::Dir { .. } => {}
-        }
+    let (dest, blobs) = (dest.to_owned(), cache.dir().to_owned());
+    let tree =
+        tokio::task::spawn_blocking(move || write_tree(&tree.nodes, &dest, &blobs, owner).map(|()| tree))
+            .await
+            .map_err(|err| TaskError::Infrastructure(format!("writing a tree: {err}")))??;
+    Ok(Materialized { tree, pins })
+}
+
+/// Mode of the tree's directories.
+fn dir_mode(owner: Option<Owner>) -> u32 {
+    if owner.is_some() { 0o750 } else { 0o755 }
+}
+
+/// Creates `nodes` (each directory's entries together, parents first) under the new directory
+/// `dest`, every entry relative to its parent's descriptor.
+fn write_tree(nodes: &[Node], dest: &Path, blobs: &Path, owner: Option<Owner>) -> Result<(), TaskError> {
+    let failed = |what: &str, path: &str, err: Errno| {
+        TaskError::Infrastructure(format!("{what} {path:?} in {}: {err}", dest.display()))
+    };
+    std::fs::create_dir(dest)
+        .map_err(|err| TaskError::Infrastructure(format!("creating {}: {err}", dest.display())))?;
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let root = rustix::fs::open(dest, flags, Mode::empty()).map_err(|err| failed("opening", "", err))?;
+    share_with_group(&root, owner).map_err(|err| failed("chown", "", err))?;
+    let blobs = rustix::fs::open(blobs, flags, Mode::empty())
+        .map_err(|err| TaskError::Infrastructure(format!("opening {}: {err}", blobs.display())))?;
+    let mut parent: Option<(&str, OwnedFd)> = None;
+    for node in nodes {
+        let dir = node.parent();
+        let fd = match parent.take() {
+            Some((open, fd)) if open == dir => fd,
+            _ => open_beneath(&root, dir).map_err(|err| failed("opening", dir, err))?,
+        };
+        create(&fd, &blobs, node, owner).map_err(|err| failed("creating", node.path(), err))?;
+        parent = Some((dir, fd));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// `dir` under `root`, refusing any link on the way and anything outside.
+fn open_beneath(root: &OwnedFd, dir: &str) -> rustix::io::Result<OwnedFd> {
+    let path = if dir.is_empty() { "." } else { dir };
+    rustix::fs::openat2(
+        root,
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )
+}
+
+/// One entry in the directory `parent`.
+fn create(parent: &OwnedFd, blobs: &OwnedFd, node: &Node, owner: Option<Owner>) -> rustix::io::Result<()> {
+    let name = node.name();
+    match node {
+        Node::Dir { .. } => {
+            rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(dir_mode(owner)))?;
+            let dir = open_beneath(parent, name)?;
+            share_with_group(&dir, owner)
+        }
+        Node::File { digest, executable, .. } => {
+            let blob = BlobCache::name(*digest, *executable);
+            if COPIED.contains(&name) {
+                return copy(blobs, &blob, parent, name, 0o644, owner);
+            }
+            match rustix::fs::linkat(blobs, &blob, parent, name, AtFlags::empty()) {
+                // Another file system: a copy of the agent's, read-only like the blob.
+                Err(Errno::XDEV) => {
+                    copy(blobs, &blob, parent, name, if *executable { 0o555 } else { 0o444 }, None)
+                }
+                linked => linked,
+            }
+        }
+        Node::Symlink { target, .. } => rustix::fs::symlinkat(target.as_str(), parent, name),
+    }
+}
+
+/// The agent keeps a directory; the task's group reads it.
+fn share_with_group(dir: &OwnedFd, owner: Option<Owner>) -> rustix::io::Result<()> {
+    let Some(owner) = owner else { return Ok(()) };
+    rustix::fs::fchown(dir, None, Some(sandbox::gid(owner.gid)))?;
+    rustix::fs::fchmod(dir, Mode::from_raw_mode(dir_mode(Some(owner))))
+}
+
+/// A new file `name` in `parent` with the blob's bytes, belonging to `owner` (or the agent).
+fn copy(
+    blobs: &OwnedFd,
+    blob: &str,
+    parent: &OwnedFd,
+    name: &str,
+    mode: u32,
+    owner: Option<Owner>,
+) -> rustix::io::Result<()> {
+    let source =
+        rustix::fs::openat(blobs, blob, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())?;
+    let created = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let (mut from, mut to) = (std::fs::File::from(source), std::fs::File::from(created));
+    std::io::copy(&mut from, &mut to).map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
+    if let Some(owner) = owner {
+        rustix::fs::fchown(to.as_fd(), Some(sandbox::uid(owner.uid)), Some(sandbox::gid(owner.gid)))?;
+    }
+    rustix::fs::fchmod(to.as_fd(), Mode::from_raw_mode(mode))
+}
+
+/// The module directory of a job, as a link-free path under `src`: `module_dir` resolved
+/// through the tree's links, refused unless it stays inside and is a directory of the tree.
+pub fn module_dir(src: &Path, tree: &ExpandedTree, module_dir: &str) -> Result<PathBuf, TaskError> {
+    let refused = |why: String| TaskError::Build(format!("module_dir {module_dir:?} {why}"));
+    match tree.resolve(module_dir, "module_dir") {
+        Err(err) => Err(TaskError::Build(err.to_string())),
+        Ok(None) => Err(refused("is not in the source tree".to_owned())),
+        Ok(Some(real)) if real.is_empty() => Ok(src.to_owned()),
+        Ok(Some(real)) => match tree.nodes.iter().find(|node| node.path() == real) {
+            Some(Node::Dir { .. }) => Ok(src.join(real)),
+            _ => Err(refused("is not a directory of the source tree".to_owned())),
+        },
+    }
+}
+
+/// Refuses package patterns that name a directory outside the tree (`./x` resolved from the
+/// module directory through the tree's links, and absolute paths). Import paths and `...`
+/// patterns name packages, not directories, and the go command keeps those in the module.
+pub fn check_packages(tree: &ExpandedTree, module_dir: &str, packages: &[String]) -> Result<(), TaskError> {
+    for package in packages {
+        if package.starts_with('/') {
+            return Err(TaskError::Build(format!(
+                "package {package:?}: absolute paths are not in the source tree"
+            )));
+        }
+        let relative =
+            package == "." || package == ".." || package.starts_with("./") || package.starts_with("../");
+        if !relative {
+            continue;
+        }
+        let dir = package.trim_end_matches("/...").trim_end_matches("...");
+        let path = if module_dir.is_empty() { dir.to_owned() } else { format!("{module_dir}/{dir}") };
+        tree.resolve(&path, &format!("package {package}"))
+            .map_err(|err| TaskError::Build(err.to_string()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use cachectl::submit::tree::expand;
+    use prost::Message;
+    use proto::v1::{Directory, DirectoryNode, FileNode, SymlinkNode};
+
     use super::*;
 
-    /// An entry as a download leaves it.
-    fn put(cache: &BlobCache, bytes: &[u8]) -> PathBuf {
-        let digest = Digest::of(bytes);
-        let path = cache.path(digest, false);
-        std::fs::write(&path, bytes).unwrap();
-        cache.admit(&BlobCache::name(digest, false), digest.size);
-        path
+    #[test]
+    fn trees_are_written_relative_to_their_root_without_following_links() {
+        let work = tempfile::tempdir().unwrap();
+        let blobs = work.path().join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        let body = Digest::of(b"package main\n");
+        std::fs::write(blobs.join(BlobCache::name(body, false)), b"package main\n").unwrap();
+        let dest = work.path().join("src");
+        let nodes = vec![
+            Node::File { path: "go.mod".into(), digest: body, executable: false },
+            Node::Symlink { path: "up".into(), target: "cmd".into() },
+            Node::Dir { path: "cmd".into() },
+            Node::File { path: "cmd/main.go".into(), digest: body, executable: false },
+        ];
+        write_tree(&nodes, &dest, &blobs, None).unwrap();
+        assert_eq!(std::fs::read(dest.join("cmd/main.go")).unwrap(), b"package main\n");
+        assert_eq!(std::fs::read_link(dest.join("up")).unwrap(), Path::new("cmd"));
+        use std::os::unix::fs::MetadataExt;
+        // Shared with the cache, except the copied go.mod.
+        assert_eq!(std::fs::metadata(dest.join("cmd/main.go")).unwrap().nlink(), 2);
+        assert_eq!(std::fs::metadata(dest.join("go.mod")).unwrap().nlink(), 1);
+
+        // Entries under a link (only a forged listing has them: read_tree refuses the
+        // duplicate) are not written through it.
+        let outside = work.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let forged = vec![
+            Node::Symlink { path: "esc".into(), target: outside.display().to_string() },
+            Node::File { path: "esc/planted".into(), digest: body, executable: false },
+        ];
+        let err = write_tree(&forged, &work.path().join("forged"), &blobs, None).unwrap_err();
+        assert!(matches!(err, TaskError::Infrastructure(_)), "{err}");
+        assert!(!outside.join("planted").exists(), "written through a link");
     }
 
     #[test]
-    fn the_cache_trims_least_recently_used_entries_but_never_pinned_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = BlobCache::open(dir.path().to_owned(), 250).unwrap();
-        let a = put(&cache, &[b'a'; 100]);
-        let pinned = cache.pin([(Digest::of(&[b'a'; 100]), false)]);
-        let b = put(&cache, &[b'b'; 100]);
-        assert_eq!(cache.size(), 200);
-        // Over the cap: the oldest entry is pinned, so the next oldest goes.
-        let c = put(&cache, &[b'c'; 100]);
-        assert!(a.is_file() && !b.exists() && c.is_file());
-        assert_eq!(cache.size(), 200);
-
-        // Use makes an entry recent; unpinned, the least recently used goes next.
-        cache.lock().touch(&BlobCache::name(Digest::of(&[b'a'; 100]), false));
-        drop(pinned);
-        let d = put(&cache, &[b'd'; 100]);
-        assert!(a.is_file() && !c.exists() && d.is_file());
-
-        // Everything pinned: the cache stays over its cap rather than pull a file from a task.
-        let all = cache.pin([(Digest::of(&[b'a'; 100]), false), (Digest::of(&[b'd'; 100]), false)]);
-        cache.lock().cap = 150;
-        let e = cache.pin([(Digest::of(&[b'e'; 100]), false)]);
-        let e_path = put(&cache, &[b'e'; 100]);
-        assert!(a.is_file() && d.is_file() && e_path.is_file());
-        assert_eq!(cache.size(), 300);
-        // Unpinned, it comes down under the cap at once, least recently used first.
-        drop(all);
-        assert!(!a.exists() && !d.exists() && e_path.is_file());
-        drop(e);
-        assert_eq!(cache.size(), 100);
-
-        // Reopened with a smaller cap, the oldest downloads go first; partial downloads too.
-        cache.lock().cap = 1000;
-        std::fs::write(dir.path().join(".tmpXYZ"), b"partial").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let f = put(&cache, &[b'f'; 100]);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let g = put(&cache, &[b'g'; 100]);
-        let reopened = BlobCache::open(dir.path().to_owned(), 150).unwrap();
-        assert_eq!(reopened.size(), 100);
-        assert!(!e_path.exists() && !f.exists() && g.is_file());
-        assert!(!dir.path().join(".tmpXYZ").exists());
+    fn module_dirs_and_packages_resolve_inside_the_tree() {
+        let mut blobs: HashMap<Digest, Directory> = HashMap::new();
+        let mut add = |dir: Directory| {
+            let digest = Digest::of(&dir.encode_to_vec());
+            blobs.insert(digest, dir);
+            digest
+        };
+        let file =
+            FileNode { name: "go.mod".into(), digest: Some(Digest::of(b"m").to_wire()), executable: false };
+        let module = add(Directory { files: vec![file], ..Directory::default() });
+        let a = add(Directory {
+            symlinks: vec![SymlinkNode { name: "b".into(), target: "..".into() }],
+            ..Directory::default()
+        });
+        let root = add(Directory {
+            directories: vec![
+                DirectoryNode { name: "a".into(), digest: Some(a.to_wire()) },
+                DirectoryNode { name: "mod".into(), digest: Some(module.to_wire()) },
+            ],
+            symlinks: vec![SymlinkNode { name: "m".into(), target: "a/b/mod".into() }],
+            ..Directory::default()
+        });
+        let tree = expand(root, &blobs, &TreeLimits::default()).unwrap();
+        let src = Path::new("/t/src");
+        assert_eq!(module_dir(src, &tree, "m").unwrap(), Path::new("/t/src/mod"));
+        assert_eq!(module_dir(src, &tree, "").unwrap(), src);
+        for bad in ["a/b/a/b/..", "absent", "mod/go.mod"] {
+            assert!(matches!(module_dir(src, &tree, bad), Err(TaskError::Build(_))), "{bad}");
+        }
+        let packages = |list: &[&str]| list.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>();
+        assert!(
+            check_packages(&tree, "mod", &packages(&[".", "./...", "./cmd/app", "example.com/x/..."]))
+                .is_ok()
+        );
+        for bad in ["../..", "/etc", "../a/b/../..", "./../a/b/a/b/../../.."] {
+            assert!(check_packages(&tree, "mod", &packages(&[bad])).is_err(), "{bad}");
+        }
     }
 }

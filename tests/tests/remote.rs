@@ -2,16 +2,20 @@
 //! command, on loopback. The module under test has a dependency served from a file:// module
 //! proxy made here, so the module files travel with the job and agents build offline.
 //!
-//! The tests run one at a time (they share two warm agent work directories, so only the first
-//! pays for compiling the standard library) and use short leases (heartbeat 200ms, lease 2s).
+//! The tests run one at a time (they share two warm agent work directories, which keep the
+//! agents' blob caches) and use short leases (heartbeat 200ms, lease 2s). As root (CI), agents
+//! build as unprivileged build users, each agent with uids of its own; their work directories
+//! are made reachable by those users, as an operator would.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cached_e2e::registry::{Registry, has_command};
-use cached_e2e::{Finished, MemoryCgroup, Tmpfs, binary, free_port, go, run};
+use cached_e2e::{Finished, MemoryCgroup, Tmpfs, binary, free_port, go, is_root, run};
 
 const LEASE: &[&str] = &["--heartbeat-interval", "200ms", "--lease-timeout", "2s"];
 const MATRIX: &str = "linux/amd64,linux/arm64,darwin/arm64,windows/amd64";
@@ -24,7 +28,21 @@ fn serial() -> MutexGuard<'static, ()> {
 /// Work directories of the two long-lived agents, kept warm across tests.
 fn warm_dir(index: usize) -> PathBuf {
     static DIRS: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIRS.get_or_init(|| tempfile::tempdir().unwrap()).path().join(format!("agent{index}"))
+    DIRS.get_or_init(agent_parent).path().join(format!("agent{index}"))
+}
+
+/// A temp dir for agent work directories: 0711, so build users can reach what is inside.
+fn agent_parent() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    dir
+}
+
+/// A range of build uids no other agent of these tests uses (as root).
+fn build_uids() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(62000);
+    let first = NEXT.fetch_add(4, Ordering::SeqCst);
+    format!("{first}-{}", first + 3)
 }
 
 /// cached on a fixed port and data directory, so it can be killed and started again.
@@ -103,6 +121,7 @@ impl Agent {
             .arg(concurrency.to_string())
             .arg("--work-dir")
             .arg(work)
+            .args(if is_root() { vec!["--build-uids".to_owned(), build_uids()] } else { Vec::new() })
             .env_remove("CACHED_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -424,7 +443,7 @@ fn a_cgo_target_builds_with_the_debian_cross_compiler() {
 fn a_killed_agent_task_is_leased_again_and_the_job_succeeds() {
     let _serial = serial();
     let server = Server::start();
-    let cold = tempfile::tempdir().unwrap();
+    let cold = agent_parent();
     let mut doomed = Agent::start(&server, "doomed", &cold.path().join("doomed"), 1);
     let module = Module::new();
     let job = module.submit_detached(&server, "linux/arm64");
@@ -463,7 +482,7 @@ fn an_agent_out_of_memory_hands_the_task_on_and_the_job_succeeds() {
     let _serial = serial();
     let Some(memory) = MemoryCgroup::create(192 << 20) else { return };
     let server = Server::start();
-    let cold = tempfile::tempdir().unwrap();
+    let cold = agent_parent();
     let cramped = Agent::start(&server, "cramped", &cold.path().join("cramped"), 1);
     memory.add(cramped.pid());
     let module = Module::new();
@@ -504,7 +523,7 @@ fn hand_over(server: &Server, module: &Module, job: &str, mut cramped: Agent, wh
 fn cached_killed_mid_job_restarts_and_the_job_completes() {
     let _serial = serial();
     let mut server = Server::start();
-    let cold = tempfile::tempdir().unwrap();
+    let cold = agent_parent();
     let agent = Agent::start(&server, "steady", &cold.path().join("steady"), 2);
     let module = Module::new();
     let job = module.submit_detached(&server, "linux/amd64,windows/amd64");
@@ -564,7 +583,7 @@ fn a_compile_error_is_reported_with_the_compiler_output_and_nothing_is_cached() 
 fn cancel_stops_the_running_builds() {
     let _serial = serial();
     let server = Server::start();
-    let cold = tempfile::tempdir().unwrap();
+    let cold = agent_parent();
     let agent = Agent::start(&server, "busy", &cold.path().join("busy"), 1);
     let module = Module::new();
     let job = module.submit_detached(&server, "linux/amd64,linux/arm64");

@@ -1,9 +1,10 @@
 //! The client side of remote execution: source trees into the CAS as Merkle trees
 //! ([`tree`]), the module dependencies a build needs as a module proxy tree ([`modules`]),
-//! reading trees back ([`tree::read_directory`]) for runner agents, the image part of a
-//! job between the wire and the image library ([`image`]), and how a job is shown while it
-//! runs and when it ends ([`progress`]).
+//! reading trees back ([`tree::read_tree`], checked by the pure [`expand`]) for runner agents,
+//! the image part of a job between the wire and the image library ([`image`]), and how a job
+//! is shown while it runs and when it ends ([`progress`]).
 
+pub mod expand;
 pub mod image;
 pub mod modules;
 pub mod progress;

@@ -3,17 +3,18 @@
 //! tree), stored as a blob; the root's digest names the whole tree. Uploading asks the server
 //! what it lacks and sends only that, so an unchanged tree costs one FindMissing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use proto::frames::FrameDecoder;
 use proto::platform::check_entry_name;
 use proto::v1::{Compression, Directory, DirectoryNode, FileNode, SymlinkNode};
 use proto::{Digest, FRAME_SIZE};
 
+pub use super::expand::{ExpandedTree, Node, TreeError, TreeLimits, expand};
 use crate::client::Client;
 use crate::error::{CliError, Result};
 use crate::transfer::{self, DEFAULT_LEVEL};
@@ -157,6 +158,7 @@ impl Tree {
         order
             .sort_by_key(|path| std::cmp::Reverse(path.matches('/').count() + usize::from(!path.is_empty())));
         let mut encoded: BTreeMap<String, (Digest, Bytes)> = BTreeMap::new();
+        let mut decoded: HashMap<Digest, Directory> = HashMap::new();
         for path in order {
             let mut dir = dirs.remove(&path).unwrap_or_default();
             let children: Vec<(String, Digest)> = encoded
@@ -171,9 +173,17 @@ impl Tree {
             dir.directories.sort_by(|a, b| a.name.cmp(&b.name));
             dir.symlinks.sort_by(|a, b| a.name.cmp(&b.name));
             let bytes = Bytes::from(dir.encode_to_vec());
-            encoded.insert(path, (Digest::of(&bytes), bytes));
+            let digest = Digest::of(&bytes);
+            encoded.insert(path, (digest, bytes));
+            decoded.insert(digest, dir);
         }
         let root = encoded.get("").map(|(digest, _)| *digest).unwrap_or_else(|| unreachable_dir());
+        // What agents check, checked here first: the submitter hears it before uploading. The
+        // size caps are the agents' to set (a local tree cannot be a bomb); names, paths and
+        // links are the same everywhere.
+        let limits = TreeLimits { max_entries: u64::MAX, max_path_bytes: u64::MAX, ..TreeLimits::default() };
+        expand(root, &decoded, &limits)
+            .map_err(|err| invalid(format!("runner agents would refuse this source tree: {err}")))?;
         Ok((root, encoded.into_values().collect()))
     }
 
@@ -326,6 +336,9 @@ pub async fn read_blob(client: &Client, digest: Digest) -> Result<Vec<u8>> {
         } else {
             out.extend_from_slice(&message.data);
         }
+        if out.len() as u64 > digest.size {
+            return Err(corrupt("the server sent more bytes than the digest's size".to_owned()));
+        }
     }
     if Digest::of(&out) != digest {
         return Err(corrupt("the bytes do not match the digest".to_owned()));
@@ -333,56 +346,61 @@ pub async fn read_blob(client: &Client, digest: Digest) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// One file of a tree read back from the CAS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Node {
-    File { path: String, digest: Digest, executable: bool },
-    Dir { path: String },
-    Symlink { path: String, target: String },
+/// Every directory, file and symlink below `root`, checked as [`expand`] does (the tree may
+/// come from anyone with cas-write): each distinct Directory blob is fetched once, level by
+/// level, within `limits` (its size, depth and the bytes of all blobs), then measured against
+/// the caps before anything is expanded. A refusal is [`CliError::Usage`] naming what was
+/// wrong; trouble fetching is any other error.
+pub async fn read_tree(client: &Client, root: Digest, limits: &TreeLimits) -> Result<ExpandedTree> {
+    let mut directories: HashMap<Digest, Directory> = HashMap::new();
+    let mut level = vec![root];
+    let mut depth = 0u32;
+    let mut bytes = 0u64;
+    while !level.is_empty() {
+        if depth > limits.max_depth {
+            return Err(TreeError::OverCap { cap: "depth", limit: u64::from(limits.max_depth) }.into());
+        }
+        bytes = level.iter().fold(bytes, |sum, digest| sum.saturating_add(digest.size));
+        if bytes > limits.max_directory_bytes {
+            return Err(
+                TreeError::OverCap { cap: "directory bytes", limit: limits.max_directory_bytes }.into()
+            );
+        }
+        let reads: Vec<_> = level.iter().map(|digest| read_directory(client.clone(), *digest)).collect();
+        let fetched: Vec<(Digest, Directory)> =
+            futures::stream::iter(reads).buffer_unordered(PARALLEL_READS).try_collect().await?;
+        let mut next = BTreeSet::new();
+        for (digest, dir) in fetched {
+            for child in &dir.directories {
+                if let Ok(child) = Digest::from_wire(child.digest.as_ref())
+                    && !directories.contains_key(&child)
+                {
+                    next.insert(child);
+                }
+            }
+            directories.insert(digest, dir);
+        }
+        next.retain(|digest| !directories.contains_key(digest));
+        level = next.into_iter().collect();
+        depth += 1;
+    }
+    Ok(expand(root, &directories, limits)?)
 }
 
-/// Every directory, file and symlink below `root`, parents before children, each name and
-/// link checked again (the tree may come from anyone with cas-write).
-pub async fn read_tree(client: &Client, root: Digest) -> Result<Vec<Node>> {
-    let mut out = Vec::new();
-    let mut pending = vec![(String::new(), root)];
-    let mut seen = 0usize;
-    while let Some((path, digest)) = pending.pop() {
-        seen += 1;
-        if seen > 1_000_000 {
-            return Err(invalid("the source tree has more than a million directories".to_owned()));
-        }
-        let bytes = read_blob(client, digest).await?;
-        let dir = Directory::decode(bytes.as_slice())
-            .map_err(|err| invalid(format!("directory {digest} is not a Directory message: {err}")))?;
-        let join = |name: &str| -> Result<String> {
-            check_entry_name(name).map_err(|err| invalid(format!("in {path:?}: {err}")))?;
-            Ok(if path.is_empty() { name.to_owned() } else { format!("{path}/{name}") })
-        };
-        for file in &dir.files {
-            let digest = Digest::from_wire(file.digest.as_ref()).map_err(|err| invalid(err.to_string()))?;
-            out.push(Node::File { path: join(&file.name)?, digest, executable: file.executable });
-        }
-        for link in &dir.symlinks {
-            let full = join(&link.name)?;
-            if !link_stays_inside(&full, Path::new(&link.target)) {
-                return Err(invalid(format!("symlink {full} -> {} leaves the tree", link.target)));
-            }
-            out.push(Node::Symlink { path: full, target: link.target.clone() });
-        }
-        for child in &dir.directories {
-            let full = join(&child.name)?;
-            let digest = Digest::from_wire(child.digest.as_ref()).map_err(|err| invalid(err.to_string()))?;
-            out.push(Node::Dir { path: full.clone() });
-            pending.push((full, digest));
-        }
+async fn read_directory(client: Client, digest: Digest) -> Result<(Digest, Directory)> {
+    let blob = read_blob(&client, digest).await?;
+    let dir = Directory::decode(blob.as_slice())
+        .map_err(|err| TreeError::Malformed { digest, reason: err.to_string() })?;
+    Ok((digest, dir))
+}
+
+/// Directory blobs fetched at once while reading a tree.
+const PARALLEL_READS: usize = 16;
+
+impl From<TreeError> for CliError {
+    fn from(err: TreeError) -> Self {
+        Self::Usage(err.to_string())
     }
-    // Parents before children.
-    out.sort_by_key(|node| match node {
-        Node::Dir { path } => (path.matches('/').count(), 0),
-        Node::File { path, .. } | Node::Symlink { path, .. } => (path.matches('/').count(), 1),
-    });
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -428,6 +446,15 @@ mod tests {
             std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
             let err = Tree::from_dir(root).unwrap_err().to_string();
             assert!(err.contains("escape") && err.contains("outside"), "{err}");
+            std::fs::remove_file(root.join("escape")).unwrap();
+            // Each link inside on its own, but through `a/b -> ..` the chain climbs out: the
+            // submitter hears what agents would say before anything is uploaded.
+            std::fs::create_dir(root.join("a")).unwrap();
+            std::os::unix::fs::symlink("..", root.join("a/b")).unwrap();
+            std::os::unix::fs::symlink("a/b/a/b/a/b/../../../etc", root.join("chain")).unwrap();
+            let tree = Tree::from_dir(root).unwrap();
+            let err = tree.root_digest().unwrap_err().to_string();
+            assert!(err.contains("chain -> a/b/a/b/a/b/../../../etc") && err.contains("outside"), "{err}");
         }
     }
 }

@@ -1,0 +1,440 @@
+//! Who a build runs as. A job is hostile input, so as root the agent runs every build task as
+//! a uid of its own from a pool (`--build-uids`, default 61000-61063), with the same number as
+//! its only group: the build cannot read the agent's token, work directory, blob cache or other
+//! tasks, nor write anything shared. When a task ends everything its uid still runs is killed
+//! (`kill -9 -1` as that uid: a build that daemonised has left its process group) before the
+//! uid is handed out again. Without root, builds run as the agent's own user, which is only
+//! safe for trusted jobs; the agent says so loudly at start.
+//!
+//! Start-up checks what builds will need: the work dir reachable by the build uids, the bridge
+//! (this binary; copied into the work dir when it is not reachable) and the go command runnable
+//! by them, no account using the range, and no other agent on this machine holding the same
+//! uids (a lock per uid under /run/runner-agent).
+
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The first uid of the default pool; the pool has 64 uids, or `--concurrency` if more.
+pub const DEFAULT_FIRST_UID: u32 = 61000;
+const DEFAULT_POOL: u32 = 64;
+
+/// Where the per-uid locks live (root only: pools need root).
+const LOCK_DIR: &str = "/run/runner-agent";
+
+/// A uid and the group it runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Who builds run as.
+#[derive(Debug, Clone)]
+pub enum Sandbox {
+    /// Each running task has a uid of its own from the pool.
+    Users(Arc<BuildUsers>),
+    /// Builds run as the agent's own user (not root): for trusted jobs only.
+    Shared,
+}
+
+impl Sandbox {
+    /// A user for one task, for as long as the guard lives; waits while every uid is taken
+    /// (or still being cleared of a finished task's processes).
+    pub async fn acquire(&self) -> Result<BuildUser, String> {
+        match self {
+            Self::Shared => Ok(BuildUser { owner: None, pool: None, permit: None }),
+            Self::Users(pool) => {
+                let permit = Arc::clone(&pool.permits)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "the build uid pool is closed".to_owned())?;
+                let uid = pool.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+                // A permit is a free uid; never fall back to the agent's own user.
+                let uid = uid.ok_or("no build uid is free")?;
+                Ok(BuildUser {
+                    owner: Some(Owner { uid, gid: uid }),
+                    pool: Some(Arc::clone(pool)),
+                    permit: Some(permit),
+                })
+            }
+        }
+    }
+}
+
+/// The pool of build uids. Holds a lock per uid so no other agent on the machine uses them.
+#[derive(Debug)]
+pub struct BuildUsers {
+    first: u32,
+    last: u32,
+    free: Mutex<Vec<u32>>,
+    permits: Arc<Semaphore>,
+    _locks: Vec<File>,
+}
+
+impl BuildUsers {
+    /// Takes the uids `first..=last` for this agent, checking that no account uses them and no
+    /// other agent holds them, and kills what a previous agent left running as them.
+    pub fn take(first: u32, last: u32, concurrency: u32) -> Result<Self, String> {
+        check_range(first, last, concurrency)?;
+        check_unused(Path::new("/etc/passwd"), first, last, "user")?;
+        check_unused(Path::new("/etc/group"), first, last, "group")?;
+        let locks = lock_uids(first, last)?;
+        for uid in first..=last {
+            reap(uid).map_err(|err| {
+                format!("cannot clear build uid {uid} of a previous agent's processes: {err}")
+            })?;
+        }
+        let count = (last - first + 1) as usize;
+        Ok(Self {
+            first,
+            last,
+            free: Mutex::new((first..=last).rev().collect()),
+            permits: Arc::new(Semaphore::new(count)),
+            _locks: locks,
+        })
+    }
+
+    pub fn first(&self) -> Owner {
+        Owner { uid: self.first, gid: self.first }
+    }
+
+    pub fn range(&self) -> String {
+        format!("{}-{}", self.first, self.last)
+    }
+}
+
+fn check_range(first: u32, last: u32, concurrency: u32) -> Result<(), String> {
+    if first == 0 || first > last || last >= u32::MAX - 1 {
+        return Err(format!("--build-uids {first}-{last}: expected FIRST-LAST with 0 < FIRST <= LAST"));
+    }
+    let count = u64::from(last - first) + 1;
+    if count < u64::from(concurrency) {
+        return Err(format!(
+            "--build-uids {first}-{last} has {count} uids but --concurrency is {concurrency}: every running \
+             task needs a uid of its own; widen the range or lower the concurrency"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `FIRST-LAST`.
+pub fn parse_range(text: &str) -> Result<(u32, u32), String> {
+    let (first, last) =
+        text.split_once('-').ok_or_else(|| format!("{text:?}: expected FIRST-LAST, e.g. 61000-61063"))?;
+    let number = |part: &str| part.trim().parse::<u32>().map_err(|err| format!("{text:?}: {part:?}: {err}"));
+    Ok((number(first)?, number(last)?))
+}
+
+/// The default pool for `concurrency` tasks.
+pub fn default_range(concurrency: u32) -> (u32, u32) {
+    (DEFAULT_FIRST_UID, DEFAULT_FIRST_UID + DEFAULT_POOL.max(concurrency) - 1)
+}
+
+/// Refuses a range an account of `file` (/etc/passwd, /etc/group) uses: its files and
+/// processes would be the builds'.
+fn check_unused(file: &Path, first: u32, last: u32, what: &str) -> Result<(), String> {
+    let Ok(text) = std::fs::read_to_string(file) else { return Ok(()) };
+    for line in text.lines() {
+        let mut fields = line.split(':');
+        let (Some(name), Some(_), Some(id)) = (fields.next(), fields.next(), fields.next()) else { continue };
+        if let Ok(id) = id.parse::<u32>()
+            && (first..=last).contains(&id)
+        {
+            return Err(format!(
+                "--build-uids {first}-{last}: the {what} {name} ({} in {}) is in the range; builds would run as \
+                 it. Choose a range no account uses",
+                id,
+                file.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn lock_uids(first: u32, last: u32) -> Result<Vec<File>, String> {
+    std::fs::create_dir_all(LOCK_DIR).map_err(|err| format!("{LOCK_DIR}: {err}"))?;
+    let _ = std::fs::set_permissions(LOCK_DIR, std::fs::Permissions::from_mode(0o700));
+    (first..=last)
+        .map(|uid| {
+            let path = Path::new(LOCK_DIR).join(format!("uid-{uid}.lock"));
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|err| format!("{}: {err}", path.display()))?;
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+                format!(
+                    "build uid {uid} is taken by another runner-agent on this machine ({} is locked): give \
+                     each agent its own --build-uids range",
+                    path.display()
+                )
+            })?;
+            Ok(file)
+        })
+        .collect()
+}
+
+/// A task's user; handed back to the pool, once nothing runs as it, when dropped.
+#[derive(Debug)]
+pub struct BuildUser {
+    owner: Option<Owner>,
+    pool: Option<Arc<BuildUsers>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl BuildUser {
+    /// The uid and gid builds run as; `None` for the agent's own user.
+    pub fn owner(&self) -> Option<Owner> {
+        self.owner
+    }
+
+    /// Kills every process of this user (nothing when builds share the agent's user: their
+    /// process groups are killed instead).
+    pub async fn kill_all(&self) -> Result<(), String> {
+        match self.owner {
+            Some(owner) => kill_all(owner.uid).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BuildUser {
+    fn drop(&mut self) {
+        let (Some(owner), Some(pool)) = (self.owner.take(), self.pool.take()) else { return };
+        let permit = self.permit.take();
+        // Off the runtime: the uid goes back only once nothing runs as it.
+        std::thread::spawn(move || match reap(owner.uid) {
+            Ok(()) => {
+                pool.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(owner.uid);
+                drop(permit);
+            }
+            Err(err) => {
+                tracing::error!(uid = owner.uid, error = %err, "a build uid still runs processes; it is retired");
+                // The permit goes with it: the pool is one smaller.
+                if let Some(permit) = permit {
+                    permit.forget();
+                }
+            }
+        });
+    }
+}
+
+/// Kills every process `uid` runs, from a blocking thread.
+pub async fn kill_all(uid: u32) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || reap(uid)).await.map_err(|err| err.to_string())?
+}
+
+/// `kill -9 -1` as `uid` (the kernel signals all its processes at once, so a forking build
+/// cannot outrun it), until /proc shows none left.
+fn reap(uid: u32) -> Result<(), String> {
+    for round in 0..100u32 {
+        let status = Command::new("/bin/sh")
+            .args(["-c", "kill -9 -1 2>/dev/null"])
+            .env_clear()
+            .current_dir("/")
+            .uid(uid)
+            .gid(uid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Err(err) = status {
+            return Err(format!("cannot run /bin/sh as uid {uid}: {err}"));
+        }
+        if !runs_as(uid) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(u64::from(round.min(10)) * 10));
+    }
+    Err(format!("processes of uid {uid} survived SIGKILL"))
+}
+
+/// Whether a live (not zombie) process has `uid` as its real, effective, saved or file uid.
+pub fn runs_as(uid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .any(|entry| {
+            let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { return false };
+            let zombie = status.lines().any(|line| line.starts_with("State:") && line.contains('Z'));
+            let uids = status.lines().find_map(|line| line.strip_prefix("Uid:")).unwrap_or("");
+            !zombie && uids.split_whitespace().any(|id| id.parse() == Ok(uid))
+        })
+}
+
+/// Refuses a path the build uids cannot reach: every directory from `/` down must let
+/// others traverse it (they are neither its owner nor in its group).
+pub fn check_reachable(path: &Path, what: &str) -> Result<(), String> {
+    let path = std::fs::canonicalize(path).map_err(|err| format!("{what} {}: {err}", path.display()))?;
+    for dir in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        let metadata = std::fs::metadata(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+        if metadata.is_dir() && metadata.mode() & 0o001 == 0 {
+            return Err(format!(
+                "{what} {}: builds run as other users (--build-uids), and they cannot reach it: {} is mode {:o} \
+                 (owner uid {}). Let others traverse it (chmod o+x {}) or choose another directory",
+                path.display(),
+                dir.display(),
+                metadata.mode() & 0o7777,
+                metadata.uid(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether users other than the owner and group can read `path` (every directory on the way
+/// traversable, the file readable by others).
+pub fn readable_by_others(path: &Path) -> bool {
+    let Ok(path) = std::fs::canonicalize(path) else { return false };
+    let Ok(metadata) = std::fs::metadata(&path) else { return false };
+    metadata.mode() & 0o004 != 0
+        && path.ancestors().skip(1).all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o001 != 0))
+}
+
+/// The binary builds run as their GOCACHEPROG bridge: this one where the build uids can run
+/// it, else a copy in `<work>/bin` (0755 in a 0711 directory).
+pub fn bridge_binary(work_dir: &Path) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|err| format!("cannot find this binary: {err}"))?;
+    let runnable = std::fs::metadata(&exe).is_ok_and(|m| m.mode() & 0o001 != 0);
+    if runnable && check_reachable(&exe, "this binary").is_ok() {
+        return Ok(exe);
+    }
+    let dir = work_dir.join("bin");
+    std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+    set_mode(&dir, 0o711)?;
+    let copy = dir.join("runner-agent");
+    let temp = dir.join(format!(".runner-agent.{}", std::process::id()));
+    // /proc/self/exe still reads when the file was replaced since it started.
+    std::fs::copy("/proc/self/exe", &temp)
+        .map_err(|err| format!("copying this binary to {}: {err}", temp.display()))?;
+    set_mode(&temp, 0o755)?;
+    std::fs::rename(&temp, &copy).map_err(|err| format!("{}: {err}", copy.display()))?;
+    tracing::info!(copy = %copy.display(), "this binary is out of the build users' reach; builds use a copy");
+    Ok(copy)
+}
+
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|err| format!("chmod {:o} {}: {err}", mode, path.display()))
+}
+
+/// Runs `go env GOVERSION` and the bridge's `--version` as `owner` in a scratch directory
+/// under `tasks`, so a toolchain or binary the build users cannot run fails the start, not
+/// every build.
+pub fn self_check(owner: Owner, go: &Path, bridge: &Path, tasks: &Path, version: &str) -> Result<(), String> {
+    let scratch = tasks.join(".self-check");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir(&scratch).map_err(|err| format!("{}: {err}", scratch.display()))?;
+    rustix::fs::chown(&scratch, Some(uid(owner.uid)), Some(gid(owner.gid)))
+        .map_err(|err| format!("chown {}: {err}", scratch.display()))?;
+    set_mode(&scratch, 0o700)?;
+    let run = |program: &Path, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+            .env("HOME", &scratch)
+            .env("GOCACHE", scratch.join("gocache"))
+            .env("GOENV", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOTELEMETRY", "off")
+            .current_dir(&scratch)
+            .uid(owner.uid)
+            .gid(owner.gid)
+            .stdin(Stdio::null())
+            .output()
+    };
+    let result = (|| {
+        let ran = run(go, &["env", "GOVERSION"]).map_err(|err| err.to_string())?;
+        let said = String::from_utf8_lossy(&ran.stdout).trim().to_owned();
+        if !ran.status.success() || said != version {
+            return Err(format!(
+                "the go command ({}) does not run as build uid {} ({}{}): builds run as other users, so Go must be \
+                 installed where every user can read it (e.g. /usr/local/go), or pass --go",
+                go.display(),
+                owner.uid,
+                ran.status,
+                String::from_utf8_lossy(&ran.stderr).trim()
+            ));
+        }
+        let ran = run(bridge, &["--version"]).map_err(|err| format!("{}: {err}", bridge.display()))?;
+        if !ran.status.success() {
+            return Err(format!(
+                "this binary ({}) does not run as build uid {}: {}",
+                bridge.display(),
+                owner.uid,
+                String::from_utf8_lossy(&ran.stderr).trim()
+            ));
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    reap(owner.uid)?;
+    result
+}
+
+pub fn uid(raw: u32) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(raw)
+}
+
+pub fn gid(raw: u32) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(raw)
+}
+
+/// The effective uid of the agent.
+pub fn agent_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_must_cover_the_concurrency() {
+        assert_eq!(parse_range("61000-61063"), Ok((61000, 61063)));
+        assert!(parse_range("61000").is_err());
+        assert!(parse_range("a-b").is_err());
+        assert!(check_range(61000, 61001, 2).is_ok());
+        let err = check_range(61000, 61001, 3).unwrap_err();
+        assert!(err.contains("2 uids") && err.contains("--concurrency is 3"), "{err}");
+        assert!(check_range(0, 10, 1).is_err());
+        assert!(check_range(10, 5, 1).is_err());
+        assert_eq!(default_range(8), (61000, 61063));
+        assert_eq!(default_range(100), (61000, 61099));
+    }
+
+    #[test]
+    fn a_range_an_account_uses_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/sh\nci:x:61005:61005::/home/ci:/bin/sh\n")
+            .unwrap();
+        let err = check_unused(&passwd, 61000, 61063, "user").unwrap_err();
+        assert!(err.contains("ci (61005"), "{err}");
+        assert!(check_unused(&passwd, 62000, 62063, "user").is_ok());
+    }
+
+    #[test]
+    fn unreachable_directories_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("work");
+        std::fs::create_dir(&inner).unwrap();
+        set_mode(dir.path(), 0o700).unwrap();
+        let err = check_reachable(&inner, "--work-dir").unwrap_err();
+        assert!(err.contains(&format!("{} is mode 700", dir.path().display())), "{err}");
+        set_mode(dir.path(), 0o711).unwrap();
+        // /tmp and the rest of the way are traversable on any sane machine.
+        assert!(check_reachable(&inner, "--work-dir").is_ok());
+    }
+}

@@ -1,0 +1,530 @@
+//! Attacks on a runner agent by the jobs it builds: the real cached with tokens, the real
+//! runner-agent as root (as in CI: builds then run as unprivileged build users) and the real go
+//! command. A job holds only a `submit` token; everything it ships is hostile.
+//!
+//! - a "spy" go command stands for code running inside the build: it must not see the agent's
+//!   token, list its work dir or blob cache, or enter another task's directory; concurrent tasks
+//!   run as different uids; what it leaves running (in a session of its own) is killed;
+//! - a build whose output is a link to the agent's token file fails: the agent does not upload
+//!   what the build points it at;
+//! - a tree whose link climbs out through another link (`a/b -> ..`) is refused, and nothing
+//!   outside it is built or written;
+//! - a tree bomb (a directory naming its child twice, 21 levels deep) is refused by the caps at
+//!   once, with the agent's memory flat.
+//!
+//! The tests run one at a time: each agent takes the default build uid range.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cachectl::client::ConnectOptions;
+use cachectl::submit::Remote;
+use cached_e2e::{Daemon, binary, go, is_root, run};
+use prost::Message;
+use proto::Digest;
+use proto::v1::{self, Directory, DirectoryNode, FileNode, SymlinkNode};
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert!(
+        is_root(),
+        "these tests run runner-agent as root, as CI does, so that builds run as build users: run them as root"
+    );
+    guard
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// cached with two tokens: the agent's (`worker` and the cache scopes, every namespace) and a
+/// submitter's (`submit`, `read`, `cas-write`).
+struct Cluster {
+    daemon: Daemon,
+    dir: tempfile::TempDir,
+    agent_secret: String,
+    submit_secret: String,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Open like a home directory: only the token file's own mode keeps builds out.
+        chmod(dir.path(), 0o755);
+        let mut tables = String::new();
+        for (name, scopes) in
+            [("agent", "read,cas-write,ac-write,worker"), ("submitter", "read,cas-write,submit")]
+        {
+            let mut new = Command::new(binary("cached"));
+            new.args([
+                "token",
+                "new",
+                "--name",
+                name,
+                "--scopes",
+                scopes,
+                "--namespaces",
+                "*",
+                "--secret-file",
+            ])
+            .arg(dir.path().join(format!("{name}.token")));
+            tables.push_str(&run(new).success("cached token new").stdout);
+        }
+        let tokens = dir.path().join("tokens.toml");
+        std::fs::write(&tokens, tables).unwrap();
+        let tokens_arg = tokens.display().to_string();
+        let data = tempfile::tempdir().unwrap();
+        let daemon = Daemon::start_in(
+            data,
+            &["--tokens-file", &tokens_arg, "--heartbeat-interval", "200ms", "--lease-timeout", "5s"],
+        );
+        let secret = |name: &str| std::fs::read_to_string(dir.path().join(format!("{name}.token"))).unwrap();
+        Self { agent_secret: secret("agent"), submit_secret: secret("submitter"), daemon, dir }
+    }
+
+    fn agent_token_file(&self) -> PathBuf {
+        self.dir.path().join("agent.token")
+    }
+
+    /// cachectl as the submitter, in `module`, with a sealed go environment.
+    fn cachectl(&self, module: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("cachectl"));
+        let home = self.dir.path().join("client");
+        command
+            .arg("--server")
+            .arg(self.daemon.url())
+            .args(args)
+            .current_dir(module)
+            .env("CACHED_TOKEN", self.submit_secret.trim())
+            .env_remove("CACHED_TOKEN_FILE")
+            .env("HOME", &home)
+            .env("GOMODCACHE", home.join("gomodcache"))
+            .env("GOCACHE", home.join("gocache"))
+            .env("GOPATH", home.join("gopath"))
+            .env("GOPROXY", "off")
+            .env("GOSUMDB", "off")
+            .env("GOFLAGS", "-modcacherw")
+            .env("GOENV", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOWORK", "off")
+            .env("GOTELEMETRY", "off")
+            .env("CGO_ENABLED", "0");
+        command
+    }
+
+    /// The task of `job` once it is over (succeeded or failed), waiting up to `deadline`,
+    /// calling `watch` meanwhile.
+    fn finished_task(&self, job: &str, deadline: Duration, mut watch: impl FnMut()) -> serde_json::Value {
+        let until = Instant::now() + deadline;
+        loop {
+            watch();
+            let listed = run(self.cachectl(self.dir.path(), &["jobs", "list", "--all", "--json"]))
+                .success("jobs list");
+            let jobs: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+            let task =
+                jobs.as_array().unwrap().iter().find(|j| j["job_id"] == job).map(|j| j["tasks"][0].clone());
+            if let Some(task) = task.filter(|t| t["state"] == "succeeded" || t["state"] == "failed") {
+                return task;
+            }
+            assert!(Instant::now() < until, "the task of {job} is not over after {deadline:?}: {jobs}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Uploads `blobs` and submits a job of one linux/amd64 target over the tree `root`, as the
+    /// submitter, through the cachectl library (cachectl submit refuses such trees itself).
+    fn submit_tree(&self, blobs: Vec<(Digest, Bytes)>, root: Digest, module_dir: &str) -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let options = ConnectOptions::with_token(self.submit_secret.trim());
+            let remote = Remote::connect(&self.daemon.url(), &options).await.unwrap();
+            cachectl::transfer::batch_write(&remote.client, blobs, 3).await.unwrap();
+            let spec = v1::JobSpec {
+                source_root: Some(root.to_wire()),
+                module_dir: module_dir.to_owned(),
+                packages: vec!["./cmd/app".to_owned()],
+                targets: vec![v1::Target {
+                    goos: "linux".into(),
+                    goarch: "amd64".into(),
+                    ..v1::Target::default()
+                }],
+                build_flags: vec!["-trimpath".to_owned()],
+                ..v1::JobSpec::default()
+            };
+            let submitted = remote.jobs.clone().submit(v1::SubmitRequest { spec: Some(spec) }).await.unwrap();
+            submitted.into_inner().job_id
+        })
+    }
+}
+
+/// A runner-agent as root with the agent token's file, in a work dir its build users can reach.
+struct Agent {
+    child: Child,
+    work: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+/// A parent for a work dir: 0711, as an operator would make it for build users.
+fn agent_parent() -> tempfile::TempDir {
+    let parent = tempfile::tempdir().unwrap();
+    chmod(parent.path(), 0o711);
+    parent
+}
+
+impl Agent {
+    fn start(cluster: &Cluster, concurrency: u32, go: &Path) -> Self {
+        Self::start_in(agent_parent(), cluster, concurrency, go)
+    }
+
+    fn start_in(parent: tempfile::TempDir, cluster: &Cluster, concurrency: u32, go: &Path) -> Self {
+        let work = parent.path().join("agent");
+        std::fs::create_dir_all(&work).unwrap();
+        let log = std::fs::File::create(parent.path().join("agent.log")).unwrap();
+        let child = Command::new(binary("runner-agent"))
+            .args(["--server", &cluster.daemon.url(), "--name", "target", "--grace", "2s"])
+            .arg("--token-file")
+            .arg(cluster.agent_token_file())
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .arg("--work-dir")
+            .arg(&work)
+            .arg("--go")
+            .arg(go)
+            .env_remove("CACHED_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start runner-agent");
+        Self { child, work, _parent: parent }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.work.parent().unwrap().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Resident memory, in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib = status.lines().find_map(|line| line.strip_prefix("VmRSS:")).unwrap_or("0 kB");
+        kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0) * 1024
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The go command's absolute path.
+fn real_go() -> PathBuf {
+    let found = Command::new("sh").args(["-c", &format!("command -v {}", go().display())]).output().unwrap();
+    PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
+}
+
+/// A go command standing for code inside a build. Once both tasks of the job have arrived (so
+/// they run at once), each records its uid, environment and what it could reach, then runs go.
+const SPY: &str = r#"#!/bin/sh
+real=@GO@
+# The agent's own start-up checks (what this go is, and that build users can run it): not a build.
+case "$*" in "env GOVERSION"*) exec "$real" "$@";; esac
+spy=@SPY@
+me=$(id -u)
+touch "$spy/arrived-$me"
+together=no
+i=0
+while [ $i -lt 300 ]; do
+    if [ "$(ls "$spy" | grep -c '^arrived-')" -ge 2 ]; then together=yes; break; fi
+    sleep 0.1
+    i=$((i + 1))
+done
+task=$(dirname "$HOME")
+tasks=$(dirname "$task")
+name=$(basename "$task")
+job=${name%-*-*}
+try() { if sh -c "$1" >/dev/null 2>&1; then echo "reached:$2"; else echo "refused:$2"; fi; }
+# Something that outlives the build, out of its process group.
+setsid sh -c "echo \$\$ > '$spy/daemon-$me-$$'; exec sleep 600" </dev/null >/dev/null 2>&1 &
+{
+    echo "uid=$me"
+    echo "together=$together"
+    env | sed 's/^/env:/'
+    try "cat '@TOKEN@'" "the agent's token file"
+    try "ls '@WORK@'" "the work dir's listing"
+    try "ls '@WORK@/blobs'" "the blob cache"
+    try "ls '$tasks'" "the tasks' listing"
+    try "cat /proc/$PPID/environ" "the agent's environment"
+    try "touch '@WORK@/planted'" "a file in the work dir"
+    for other in "$tasks/$job-0-1" "$tasks/$job-1-1"; do
+        [ "$other" = "$task" ] && continue
+        try "ls '$other'" "another task's directory"
+        try "ls '$other/src'" "another task's sources"
+    done
+} > "$spy/record-$me-$$.tmp"
+mv "$spy/record-$me-$$.tmp" "$spy/record-$me-$$"
+exec "$real" "$@"
+"#;
+
+#[test]
+fn a_build_cannot_reach_the_agents_credentials_work_dir_or_other_tasks() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let spy_dir = tempfile::tempdir().unwrap();
+    let records = spy_dir.path().join("records");
+    std::fs::create_dir(&records).unwrap();
+    chmod(spy_dir.path(), 0o755);
+    chmod(&records, 0o777);
+    let parent = agent_parent();
+    let spy = spy_dir.path().join("go");
+    let script = SPY
+        .replace("@GO@", &real_go().display().to_string())
+        .replace("@SPY@", &records.display().to_string())
+        .replace("@TOKEN@", &cluster.agent_token_file().display().to_string())
+        .replace("@WORK@", &parent.path().join("agent").display().to_string());
+    std::fs::write(&spy, script).unwrap();
+    chmod(&spy, 0o755);
+    let agent = Agent::start_in(parent, &cluster, 2, &spy);
+    let module = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(module.path().join("cmd/app")).unwrap();
+    std::fs::write(module.path().join("go.mod"), "module example.com/spied\n\ngo 1.21\n").unwrap();
+    std::fs::write(
+        module.path().join("cmd/app/main.go"),
+        "package main\n\nfunc main() { println(\"built\") }\n",
+    )
+    .unwrap();
+    let submitted = run(
+        cluster.cachectl(module.path(), &["submit", "--targets", "linux/amd64,linux/arm64", "./cmd/app"])
+    );
+    let log = agent.log();
+    let submitted = submitted.success(&format!("the spied build\n{log}"));
+    assert!(submitted.stdout.contains("succeeded"), "{}", submitted.stdout);
+
+    let mut uids = std::collections::BTreeSet::new();
+    let mut together = false;
+    let mut count = 0;
+    for entry in std::fs::read_dir(&records).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("record-") || name.ends_with(".tmp") {
+            continue;
+        }
+        count += 1;
+        let record = std::fs::read_to_string(entry.path()).unwrap();
+        assert!(
+            !record.contains(cluster.agent_secret.trim()),
+            "the agent's token reached a build:\n{record}"
+        );
+        for line in record.lines() {
+            assert!(!line.starts_with("reached:"), "{line}: the build could do it\n{record}");
+            assert!(!line.starts_with("env:CACHED_TOKEN_FILE="), "{line}");
+            if let Some(uid) = line.strip_prefix("uid=") {
+                let uid: u32 = uid.parse().unwrap();
+                assert!((61000..=61063).contains(&uid), "built as uid {uid}, not a build user");
+                uids.insert(uid);
+            }
+            together |= line == "together=yes";
+        }
+        assert!(record.contains("refused:the agent's token file"), "{record}");
+        assert!(record.contains("refused:another task's directory"), "{record}");
+    }
+    assert!(count >= 2, "the spy ran in {count} build processes:\n{log}");
+    assert!(together, "the two tasks never ran at once");
+    assert_eq!(uids.len(), 2, "two tasks running at once ran as {uids:?}");
+    // The agent itself says which uids builds run as.
+    assert!(agent.log().contains("61000-61063"), "{}", agent.log());
+    // The job is over: nothing it started runs on.
+    let daemons: Vec<String> = std::fs::read_dir(&records)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("daemon-"))
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap().trim().to_owned())
+        .collect();
+    assert!(!daemons.is_empty(), "the spy started no daemon");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in daemons {
+        while Path::new(&format!("/proc/{pid}")).exists() && !zombie(&pid) {
+            assert!(Instant::now() < deadline, "process {pid}, started by a build, outlived its task");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn zombie(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat.contains(") Z "))
+}
+
+/// A go command whose build replaces its output with a link to the agent's token file.
+const SMUGGLER: &str = r#"#!/bin/sh
+real=@GO@
+case "$1" in build) ;; *) exec "$real" "$@";; esac
+"$real" "$@" || exit $?
+prev=
+for arg; do
+    if [ "$prev" = "-o" ]; then out=$arg; fi
+    prev=$arg
+done
+rm -f "${out}app"
+ln -s '@TOKEN@' "${out}app"
+"#;
+
+#[test]
+fn a_build_cannot_smuggle_the_agents_files_out_as_its_outputs() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    let smuggler = dir.path().join("go");
+    let script = SMUGGLER
+        .replace("@GO@", &real_go().display().to_string())
+        .replace("@TOKEN@", &cluster.agent_token_file().display().to_string());
+    std::fs::write(&smuggler, script).unwrap();
+    chmod(&smuggler, 0o755);
+    let agent = Agent::start(&cluster, 1, &smuggler);
+    let module = dir.path().join("module");
+    std::fs::create_dir_all(module.join("cmd/app")).unwrap();
+    std::fs::write(module.join("go.mod"), "module example.com/smuggler\n\ngo 1.21\n").unwrap();
+    std::fs::write(module.join("cmd/app/main.go"), "package main\n\nfunc main() {}\n").unwrap();
+    let submitted = run(cluster.cachectl(&module, &["submit", "--targets", "linux/amd64", "./cmd/app"]));
+    let output = module.join("dist/linux_amd64/app");
+    let got = std::fs::read_to_string(&output).unwrap_or_default();
+    assert!(
+        !got.contains(cluster.agent_secret.trim()),
+        "the agent uploaded its own token as the build's output"
+    );
+    assert!(!submitted.status.success(), "{}\n{}", submitted.stdout, agent.log());
+    assert!(
+        submitted.stderr.contains("not a regular file"),
+        "the failure says why: {}\n{}",
+        submitted.stderr,
+        agent.log()
+    );
+}
+
+fn dir(name: &str, digest: Digest) -> DirectoryNode {
+    DirectoryNode { name: name.into(), digest: Some(digest.to_wire()) }
+}
+
+fn file(name: &str, body: &[u8]) -> FileNode {
+    FileNode { name: name.into(), digest: Some(Digest::of(body).to_wire()), executable: false }
+}
+
+/// Encodes `directory`, adds it to `blobs` and returns its digest.
+fn add(blobs: &mut Vec<(Digest, Bytes)>, directory: Directory) -> Digest {
+    let bytes = Bytes::from(directory.encode_to_vec());
+    let digest = Digest::of(&bytes);
+    blobs.push((digest, bytes));
+    digest
+}
+
+#[test]
+fn a_tree_whose_link_climbs_out_through_another_link_is_refused() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let agent = Agent::start(&cluster, 1, &real_go());
+    // A module outside the tree, which the job's link points at.
+    let outside = tempfile::tempdir().unwrap();
+    chmod(outside.path(), 0o755);
+    std::fs::create_dir_all(outside.path().join("cmd/app")).unwrap();
+    std::fs::write(outside.path().join("go.mod"), "module example.com/outside\n\ngo 1.21\n").unwrap();
+    std::fs::write(outside.path().join("cmd/app/main.go"), "package main\n\nfunc main() {}\n").unwrap();
+    let before = run({
+        let mut find = Command::new("find");
+        find.arg(outside.path());
+        find
+    })
+    .stdout;
+
+    let (go_mod, main_go) = (b"module example.com/esc\n\ngo 1.21\n".as_slice(), b"package main\n".as_slice());
+    let mut blobs =
+        vec![(Digest::of(go_mod), Bytes::from(go_mod)), (Digest::of(main_go), Bytes::from(main_go))];
+    let app = add(&mut blobs, Directory { files: vec![file("main.go", main_go)], ..Directory::default() });
+    let cmd = add(&mut blobs, Directory { directories: vec![dir("app", app)], ..Directory::default() });
+    // `a/b -> ..`: inside on its own.
+    let a = add(
+        &mut blobs,
+        Directory {
+            symlinks: vec![SymlinkNode { name: "b".into(), target: "..".into() }],
+            ..Directory::default()
+        },
+    );
+    // Read lexically, `esc` goes down 40 and up 40: inside. Through `a/b` it goes nowhere down,
+    // then 40 up, to `/`, and on to the module outside.
+    let target = format!(
+        "{}{}{}",
+        "a/b/".repeat(20),
+        "../".repeat(40),
+        outside.path().display().to_string().trim_start_matches('/')
+    );
+    let root = add(
+        &mut blobs,
+        Directory {
+            files: vec![file("go.mod", go_mod)],
+            directories: vec![dir("a", a), dir("cmd", cmd)],
+            symlinks: vec![SymlinkNode { name: "esc".into(), target: target.clone() }],
+        },
+    );
+    let job = cluster.submit_tree(blobs, root, "esc");
+    let task = cluster.finished_task(&job, Duration::from_secs(120), || {});
+    let log = agent.log();
+    assert_eq!(task["state"], "failed", "the job built what its link pointed at: {task}\n{log}");
+    let error = task["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("symlink esc -> {target}")) && error.contains("outside the tree"),
+        "{error}"
+    );
+    assert_eq!(task["attempt"], 1, "a refused tree is the job's fault, not retried: {task}");
+    let after = run({
+        let mut find = Command::new("find");
+        find.arg(outside.path());
+        find
+    })
+    .stdout;
+    assert_eq!(before, after, "something was written outside the tree");
+}
+
+#[test]
+fn a_tree_bomb_is_refused_by_the_caps_and_the_agent_stays_small() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let agent = Agent::start(&cluster, 1, &real_go());
+    let go_mod = b"module example.com/bomb\n\ngo 1.21\n".as_slice();
+    let mut blobs = vec![(Digest::of(go_mod), Bytes::from(go_mod))];
+    // A directory naming its child twice, 21 levels deep: 22 small blobs, 2^21 directories.
+    let mut level =
+        add(&mut blobs, Directory { files: vec![file("go.mod", go_mod)], ..Directory::default() });
+    for _ in 0..21 {
+        level = add(
+            &mut blobs,
+            Directory { directories: vec![dir("a", level), dir("b", level)], ..Directory::default() },
+        );
+    }
+    let root = add(
+        &mut blobs,
+        Directory {
+            files: vec![file("go.mod", go_mod)],
+            directories: vec![dir("bomb", level)],
+            ..Directory::default()
+        },
+    );
+    let job = cluster.submit_tree(blobs, root, "");
+    let mut peak = 0;
+    let task = cluster.finished_task(&job, Duration::from_secs(60), || peak = peak.max(agent.rss()));
+    let log = agent.log();
+    assert_eq!(task["state"], "failed", "{task}\n{log}");
+    let error = task["error"].as_str().unwrap();
+    assert!(error.contains("cap on entries"), "the refusal names the cap: {error}");
+    assert_eq!(task["attempt"], 1, "a refused tree is not retried: {task}");
+    peak = peak.max(agent.rss());
+    assert!(peak > 0 && peak < 200 << 20, "the agent grew to {} MiB", peak >> 20);
+}
