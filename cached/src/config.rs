@@ -20,6 +20,8 @@ pub struct Setting {
 /// The least `min_free_space` there is any point in: the room RocksDB waits for before it
 /// writes again after a full disk.
 const MIN_FREE_SPACE_FLOOR: u64 = 64 << 20;
+/// The least `max_build_history`: a few of the largest events.
+const MIN_BUILD_HISTORY: u64 = 64 << 10;
 
 pub const SETTINGS: &[Setting] = &[
     Setting { key: "listen", help: "gRPC address to listen on", default: "127.0.0.1:7070" },
@@ -39,6 +41,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "free space kept on the data directory's disk: below it uploads are refused and least \
                recently used blobs evicted (0 = off)",
         default: "1GiB",
+    },
+    Setting {
+        key: "max_build_history",
+        help: "bytes the whole-build event log (cachectl stats/explain) may take; the oldest events go first",
+        default: "256MiB",
     },
     Setting { key: "log_format", help: "text or json", default: "text" },
     Setting { key: "log_level", help: "tracing filter, e.g. info or cached=debug", default: "info" },
@@ -88,9 +95,30 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "request_timeout", help: "deadline of every unary call", default: "60s" },
     Setting {
         key: "idle_timeout",
-        help: "cut off a stream whose client sends nothing this long; also bounds TLS handshakes and \
+        help: "cut off a stream whose client sends or reads nothing this long; also the interval of \
                the HTTP/2 keepalive that drops dead connections",
         default: "60s",
+    },
+    Setting {
+        key: "min_transfer_rate",
+        help: "bytes per second an upload or a response must average once idle_timeout of waiting \
+               on its client is spent (0 = no minimum)",
+        default: "16KiB",
+    },
+    Setting {
+        key: "handshake_timeout",
+        help: "time a new connection has for its TLS handshake, and then for the HTTP/2 preface",
+        default: "10s",
+    },
+    Setting {
+        key: "max_connections_per_peer",
+        help: "open connections per client address (an IPv6 /64 is one); more are closed at accept",
+        default: "256",
+    },
+    Setting {
+        key: "max_handshakes_per_peer",
+        help: "TLS handshakes in progress per client address; more are closed at accept",
+        default: "16",
     },
     Setting {
         key: "tokens_file",
@@ -164,6 +192,11 @@ pub struct Limits {
     pub rate_limit: Option<u32>,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Bytes per second a stream must average past its grace; 0 is no minimum.
+    pub min_transfer_rate: u64,
+    pub handshake_timeout: Duration,
+    pub max_connections_per_peer: usize,
+    pub max_handshakes_per_peer: usize,
 }
 
 /// Files of the server's TLS identity, read at start and again on SIGHUP.
@@ -182,6 +215,7 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub max_size: u64,
     pub min_free_space: u64,
+    pub max_build_history: u64,
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_grace: Duration,
@@ -312,6 +346,7 @@ impl Config {
             })?,
             max_size: get("max_size").size()?,
             min_free_space: get("min_free_space").size()?,
+            max_build_history: get("max_build_history").size()?,
             log_format: get("log_format").parse_with(|v| match v {
                 "text" => Ok(LogFormat::Text),
                 "json" => Ok(LogFormat::Json),
@@ -338,6 +373,10 @@ impl Config {
                 })?,
                 request_timeout: get("request_timeout").duration()?,
                 idle_timeout: get("idle_timeout").duration()?,
+                min_transfer_rate: get("min_transfer_rate").size()?,
+                handshake_timeout: get("handshake_timeout").duration()?,
+                max_connections_per_peer: get("max_connections_per_peer").count()? as usize,
+                max_handshakes_per_peer: get("max_handshakes_per_peer").count()? as usize,
             },
             tokens: Vec::new(),
             allow_anonymous: get("allow_anonymous").switch()?,
@@ -372,6 +411,12 @@ impl Config {
                 self.min_free_space
             ));
         }
+        if self.max_build_history < MIN_BUILD_HISTORY {
+            return fail(format!(
+                "max_build_history ({} bytes) must be at least 64KiB, room for a few events",
+                self.max_build_history
+            ));
+        }
         // A compressed frame can be slightly larger than the 1 MiB it holds.
         if self.limits.max_message_size < 2 << 20 {
             return fail(format!(
@@ -382,9 +427,11 @@ impl Config {
         if self.limits.max_message_size > u32::MAX as usize {
             return fail("max_message_size must be below 4GiB".to_owned());
         }
-        for (key, value) in
-            [("request_timeout", self.limits.request_timeout), ("idle_timeout", self.limits.idle_timeout)]
-        {
+        for (key, value) in [
+            ("request_timeout", self.limits.request_timeout),
+            ("idle_timeout", self.limits.idle_timeout),
+            ("handshake_timeout", self.limits.handshake_timeout),
+        ] {
             if value.is_zero() {
                 return fail(format!("{key} must be longer than 0s"));
             }
@@ -745,5 +792,23 @@ mod tests {
         let flags = BTreeMap::from([("max_open_jobs_per_namespace".to_owned(), "0".to_owned())]);
         let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
         assert!(err.contains("--max-open-jobs-per-namespace") && err.contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits() {
+        let defaults = Config::load(&BTreeMap::new(), None, &no_env).unwrap().limits;
+        assert_eq!((defaults.max_connections_per_peer, defaults.max_handshakes_per_peer), (256, 16));
+        assert_eq!(defaults.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.min_transfer_rate, 16 << 10);
+        let env = |name: &str| (name == "CACHED_MIN_TRANSFER_RATE").then(|| "0".to_owned());
+        assert_eq!(Config::load(&BTreeMap::new(), None, &env).unwrap().limits.min_transfer_rate, 0);
+        for (key, value) in [("max_connections_per_peer", "0"), ("handshake_timeout", "0s")] {
+            let flags = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+            let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
+            assert!(err.contains(key) || err.contains(&flag_name(key)), "{err}");
+        }
+        let flags = BTreeMap::from([("max_build_history".to_owned(), "1KiB".to_owned())]);
+        let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
+        assert!(err.contains("max_build_history") && err.contains("64KiB"), "{err}");
     }
 }

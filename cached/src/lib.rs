@@ -9,6 +9,7 @@ pub mod auth;
 pub mod builds;
 pub mod cas;
 pub mod config;
+pub mod conn;
 pub mod db;
 pub mod embedded;
 pub mod error;
@@ -89,10 +90,17 @@ pub async fn run(
     let go_cache = gocache::GoCache::new(Arc::clone(&db), Arc::clone(&store), Arc::clone(&stats));
     let builds = {
         let (db, store, counters) = (Arc::clone(&db), Arc::clone(&store), Arc::clone(&stats.builds));
-        tokio::task::spawn_blocking(move || builds::Builds::new(db, store, counters)).await??
+        let history = builds::History { max_bytes: config.max_build_history, space: Arc::clone(&space) };
+        tokio::task::spawn_blocking(move || builds::Builds::new(db, store, counters, history)).await??
     };
-    let metrics =
-        metrics::Metrics::new(Arc::clone(&stats), rocks.clone(), store_counters, Arc::clone(&space));
+    let connections = conn::Connections::new(conn::ConnLimits::from(&config.limits));
+    let metrics = metrics::Metrics::new(
+        Arc::clone(&stats),
+        rocks.clone(),
+        store_counters,
+        Arc::clone(&space),
+        Arc::clone(&connections),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(
@@ -127,6 +135,7 @@ pub async fn run(
         // Pings find connections whose peer vanished without closing them.
         .http2_keepalive_interval(Some(idle_timeout))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(conn::WatchLayer::new(Arc::clone(&connections)))
         .layer(metrics::GrpcMetricsLayer::new(metrics))
         .layer(auth::AuthLayer::new(Arc::clone(&auth)))
         .add_service(health_service)
@@ -179,13 +188,11 @@ pub async fn run(
     });
     let mut serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
         Some(tls) => {
-            Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls, idle_timeout), drained))
+            Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls, connections), drained))
         }
-        // Without TCP_NODELAY, small replies wait for delayed ACKs: ~40 ms per round trip.
-        None => Box::pin(router.serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            drained,
-        )),
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(conn::incoming_tcp(listener, connections), drained))
+        }
     };
     tokio::select! {
         result = &mut serve => result.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))?,

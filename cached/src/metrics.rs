@@ -1,5 +1,9 @@
 //! Prometheus metrics: a tower layer that times every gRPC call and counts it by method and
 //! status, a collector that exports the stats counters at scrape time, and `/metrics`.
+//!
+//! Every label value comes from a fixed set or a capped one, never straight from a caller:
+//! methods from the method table (any other path is `other`, refused calls included),
+//! namespaces capped in `stats` and `builds::counters`, miss causes from a fixed list.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,18 +21,19 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::conn::Connections;
 use crate::stats::{ApiCounters, Stats};
 use crate::store::{FreeSpace, RocksStore, StoreCounters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
-    method: String,
+    method: &'static str,
     code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
-    method: String,
+    method: &'static str,
 }
 
 pub struct Metrics {
@@ -44,6 +49,7 @@ impl Metrics {
         store: RocksStore,
         store_counters: Arc<StoreCounters>,
         space: Arc<FreeSpace>,
+        connections: Arc<Connections>,
     ) -> Arc<Self> {
         let mut registry = Registry::with_prefix("cached");
         let requests = Family::<CallLabels, Counter>::default();
@@ -62,6 +68,7 @@ impl Metrics {
             store,
             store_counters,
             space,
+            connections,
         }));
         Arc::new(Self { registry, requests, latency, stats })
     }
@@ -74,10 +81,10 @@ impl Metrics {
         }
     }
 
-    fn observe(&self, api: &str, code: tonic::Code, elapsed: f64) {
-        let method = api.to_owned();
-        self.requests.get_or_create(&CallLabels { method: method.clone(), code: format!("{code:?}") }).inc();
-        self.latency.get_or_create(&MethodLabels { method }).observe(elapsed);
+    /// `api` is a label from [`crate::stats::api_label`]: one of a fixed set.
+    fn observe(&self, api: &'static str, code: tonic::Code, elapsed: f64) {
+        self.requests.get_or_create(&CallLabels { method: api, code: format!("{code:?}") }).inc();
+        self.latency.get_or_create(&MethodLabels { method: api }).observe(elapsed);
         let counters = self.stats.api(api);
         counters.requests.fetch_add(1, Ordering::Relaxed);
         if code != tonic::Code::Ok {
@@ -109,6 +116,7 @@ struct StatsCollector {
     store: RocksStore,
     store_counters: Arc<StoreCounters>,
     space: Arc<FreeSpace>,
+    connections: Arc<Connections>,
 }
 
 impl std::fmt::Debug for StatsCollector {
@@ -264,6 +272,20 @@ impl Collector for StatsCollector {
             "free space kept on that disk (min_free_space): below it uploads are refused",
             self.space.floor(),
         )?;
+        let connections = &self.connections;
+        gauge(&mut encoder, "open_connections", "gRPC connections open", connections.open() as u64)?;
+        counter(
+            &mut encoder,
+            "connections_refused",
+            "connections closed at accept: the peer was at max_connections_per_peer or max_handshakes_per_peer",
+            connections.refused(),
+        )?;
+        counter(
+            &mut encoder,
+            "connections_cut",
+            "connections closed because a response stream's client stopped reading (idle_timeout, min_transfer_rate)",
+            connections.cut(),
+        )?;
         gauge(&mut encoder, "uptime_seconds", "seconds since start", self.stats.uptime_seconds())
     }
 }
@@ -293,7 +315,7 @@ fn encode_builds(encoder: &mut DescriptorEncoder, builds: &crate::builds::BuildC
         ConstCounter::new(0u64).metric_type(),
     )?;
     for (namespace, cause, value) in &causes {
-        let labels = [("namespace", namespace.as_str()), ("cause", cause.as_str())];
+        let labels = [("namespace", namespace.as_str()), ("cause", *cause)];
         ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
     }
     let field = |f: fn(&crate::builds::BuildNamespaceCounters) -> &AtomicU64| {
@@ -374,7 +396,7 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let mut recorder = Recorder {
-            api: crate::stats::api_name(request.uri().path()),
+            api: crate::stats::api_label(request.uri().path()),
             started: Instant::now(),
             code: None,
             metrics: Some(Arc::clone(&self.metrics)),
@@ -397,7 +419,7 @@ fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
 /// Records the call once: when the body has sent its trailers, or when it is dropped (a
 /// client that went away counts as Cancelled).
 struct Recorder {
-    api: String,
+    api: &'static str,
     started: Instant,
     code: Option<tonic::Code>,
     metrics: Option<Arc<Metrics>>,
@@ -407,7 +429,7 @@ impl Recorder {
     fn finish(&mut self) {
         if let Some(metrics) = self.metrics.take() {
             let code = self.code.unwrap_or(tonic::Code::Cancelled);
-            metrics.observe(&self.api, code, self.started.elapsed().as_secs_f64());
+            metrics.observe(self.api, code, self.started.elapsed().as_secs_f64());
         }
     }
 }

@@ -1,11 +1,25 @@
 //! Counters since start-up: per API (requests, errors, hits, misses, bytes) and per Go cache
 //! namespace. The gRPC `Stats` service and `/metrics` both read these.
+//!
+//! Callers choose request paths and namespaces, so neither may grow these maps (or the metric
+//! series made from them) without bound: APIs are named from the method table and anything
+//! else is [`OTHER_API`]; past [`MAX_NAMESPACES`] namespaces, new ones count together under
+//! [`OTHER_NAMESPACES`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use dashmap::DashMap;
+
+/// Namespaces counted one by one since start-up; later ones share [`OTHER_NAMESPACES`].
+pub const MAX_NAMESPACES: usize = 256;
+/// Where the namespaces past [`MAX_NAMESPACES`] are counted. Only a token that may use every
+/// namespace sees it.
+pub const OTHER_NAMESPACES: &str = "(other)";
+/// The API name of every call to a path cached does not serve.
+pub const OTHER_API: &str = "other";
 
 #[derive(Debug, Default)]
 pub struct ApiCounters {
@@ -85,11 +99,9 @@ impl Stats {
         Arc::clone(&self.apis.entry(name.to_owned()).or_default())
     }
 
+    /// Counters of one namespace, or of [`OTHER_NAMESPACES`] once `MAX_NAMESPACES` exist.
     pub fn namespace(&self, name: &str) -> Arc<NamespaceCounters> {
-        if let Some(counters) = self.namespaces.get(name) {
-            return Arc::clone(&counters);
-        }
-        Arc::clone(&self.namespaces.entry(name.to_owned()).or_default())
+        bounded_entry(&self.namespaces, name, MAX_NAMESPACES, OTHER_NAMESPACES)
     }
 
     /// Every API's counters, sorted by name.
@@ -100,6 +112,21 @@ impl Stats {
     pub fn namespaces(&self) -> Vec<(String, Arc<NamespaceCounters>)> {
         sorted(&self.namespaces)
     }
+}
+
+/// The entry of `name`, created while the map holds fewer than `max` names (a race may add a
+/// few more); past that, the shared entry `other`.
+pub fn bounded_entry<T: Default>(
+    map: &DashMap<String, Arc<T>>,
+    name: &str,
+    max: usize,
+    other: &str,
+) -> Arc<T> {
+    if let Some(counters) = map.get(name) {
+        return Arc::clone(&counters);
+    }
+    let name = if map.len() < max { name } else { other };
+    Arc::clone(&map.entry(name.to_owned()).or_default())
 }
 
 fn sorted<T>(map: &DashMap<String, Arc<T>>) -> Vec<(String, Arc<T>)> {
@@ -121,6 +148,28 @@ pub fn api_name(path: &str) -> String {
     }
 }
 
+/// Methods anyone may call, besides those of the method table.
+const OPEN_METHODS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The API name of every method cached serves, by path: a fixed set.
+static API_LABELS: LazyLock<HashMap<&'static str, &'static str>> = LazyLock::new(|| {
+    let paths =
+        crate::auth::scopes::METHODS.iter().map(|method| method.path).chain(OPEN_METHODS.iter().copied());
+    // Leaked once: a few dozen short names, for the life of the process.
+    paths.map(|path| (path, &*api_name(path).leak())).collect()
+});
+
+/// The API name (`Cas.Read`) of a method cached serves, or [`OTHER_API`] for any other path:
+/// what metrics and per-API counters are labelled with, whatever path a caller made up.
+pub fn api_label(path: &str) -> &'static str {
+    API_LABELS.get(path).copied().unwrap_or(OTHER_API)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +178,26 @@ mod tests {
     fn api_names_drop_the_package() {
         assert_eq!(api_name("/cached.v1.Cas/Read"), "Cas.Read");
         assert_eq!(api_name("/grpc.health.v1.Health/Check"), "Health.Check");
+    }
+
+    #[test]
+    fn labels_come_from_the_method_table_only() {
+        assert_eq!(api_label("/cached.v1.Cas/Read"), "Cas.Read");
+        assert_eq!(api_label("/grpc.health.v1.Health/Check"), "Health.Check");
+        assert_eq!(api_label("/cached.v1.Cas/Made-Up-1234"), OTHER_API);
+        assert_eq!(api_label("/x"), OTHER_API);
+    }
+
+    #[test]
+    fn namespaces_past_the_cap_share_one_entry() {
+        let stats = Stats::default();
+        for i in 0..MAX_NAMESPACES + 50 {
+            stats.namespace(&format!("pr-{i}")).go_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        let namespaces = stats.namespaces();
+        assert_eq!(namespaces.len(), MAX_NAMESPACES + 1);
+        let other = namespaces.iter().find(|(name, _)| name == OTHER_NAMESPACES).expect("the shared entry");
+        assert_eq!(other.1.go_hits.load(Ordering::Relaxed), 50);
+        assert_eq!(stats.namespace("pr-0").go_hits.load(Ordering::Relaxed), 1, "known ones keep counting");
     }
 }

@@ -3,8 +3,10 @@
 //! current when it arrives, and a reload that fails keeps the previous one.
 //!
 //! tonic's own `ServerTlsConfig` cannot reload, so connections are accepted here: each
-//! handshake runs in its own task under a deadline (a client that never finishes its handshake
-//! holds nothing but that task), and finished streams are handed to tonic.
+//! handshake runs in its own task under `handshake_timeout` (a client that never finishes its
+//! handshake holds nothing but that task, and a peer at most `max_handshakes_per_peer` of
+//! them), and finished streams are handed to tonic as [`Conn`]s, with the same caps and
+//! watch as plain connections (`crate::conn`).
 
 use std::io;
 use std::path::Path;
@@ -22,9 +24,11 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::TlsFiles;
+use crate::conn::{Conn, Connections};
 use crate::error::{Error, Result};
 
-/// Handshakes in progress at once; further connections wait in the listen backlog.
+/// Handshakes in progress at once, all peers together; further connections wait in the listen
+/// backlog. One peer gets at most `max_handshakes_per_peer` of them.
 const MAX_HANDSHAKES: usize = 256;
 
 pub struct Tls {
@@ -97,14 +101,15 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
     Ok(config)
 }
 
-/// The TLS streams of the connections `listener` accepts, each handshake limited to
-/// `handshake_timeout`. Failed handshakes (a wrong client certificate, plain HTTP, a scanner)
-/// are logged and dropped. Accepting stops when the stream is dropped.
+/// The TLS streams of the connections `listener` accepts within their peer's caps, each
+/// handshake limited to `handshake_timeout`. Failed handshakes (a wrong client certificate,
+/// plain HTTP, a scanner) are logged and dropped. Accepting stops when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<Tls>,
-    handshake_timeout: Duration,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    connections: Arc<Connections>,
+) -> ReceiverStream<io::Result<Conn<TlsStream<TcpStream>>>> {
+    let handshake_timeout = connections.limits().handshake_timeout;
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -122,18 +127,20 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Some(slot) = connections.admit(peer) else { continue };
+            let Some(handshake) = connections.admit_handshake(peer) else { continue };
             let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
             let _ = stream.set_nodelay(true);
             let acceptor = tls.acceptor();
-            let sender = sender.clone();
+            let (sender, connections) = (sender.clone(), Arc::clone(&connections));
             tokio::spawn(async move {
-                let _permit = permit;
+                let _permits = (permit, handshake);
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        let _ = sender.send(Ok(stream)).await;
+                        let _ = sender.send(Ok(connections.wrap(stream, peer, slot))).await;
                     }
                     Ok(Err(err)) => tracing::info!(%peer, error = %err, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out (idle_timeout)"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out (handshake_timeout)"),
                 }
             });
         }

@@ -209,3 +209,112 @@ async fn an_entry_whose_output_was_evicted_is_a_miss_and_goes() {
     assert!(server.metrics().await.contains("cached_build_entries_dropped_total 1"));
     server.stop().await;
 }
+
+/// A miss lookup in `namespace` of a first build, as a `read` token `pr` (secret `pr-secret`).
+fn first_build_lookup(namespace: &str) -> tonic::Request<v1::BuildLookupRequest> {
+    let built = manifest("linux", namespace, &[]);
+    let mut request = tonic::Request::new(v1::BuildLookupRequest {
+        namespace: namespace.to_owned(),
+        target: Some(target("linux")),
+        key: key(&built),
+        manifest: Some(built),
+    });
+    request.metadata_mut().insert("authorization", "Bearer pr-secret".parse().unwrap());
+    request
+}
+
+/// Lookups in the event log of every namespace `pr` may read.
+async fn logged_lookups(client: &mut BuildsClient<Channel>) -> u64 {
+    let mut request =
+        tonic::Request::new(v1::BuildStatsRequest { namespace: String::new(), since_seconds: 0, top: 1 });
+    request.metadata_mut().insert("authorization", "Bearer pr-secret".parse().unwrap());
+    let stats = client.stats(request).await.unwrap().into_inner();
+    stats.namespaces.iter().map(|ns| ns.lookups).sum()
+}
+
+fn read_token_file(dir: &std::path::Path) -> String {
+    use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
+    let spec = TokenSpec {
+        name: "pr".to_owned(),
+        scopes: Scopes::parse_list("read").unwrap(),
+        namespaces: NamespacePattern::parse_list("pr-*").unwrap(),
+        secret_hash: SecretHash::new("pr-secret").unwrap(),
+        rate_limit: None,
+    };
+    let path = dir.join("tokens.toml");
+    std::fs::write(&path, spec.to_toml()).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn lookups_with_a_read_token_keep_the_event_log_within_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = read_token_file(dir.path());
+    let settings = [("tokens_file", tokens.as_str()), ("max_build_history", "64KiB")];
+    let server = Server::start(&dir.path().join("data"), &settings).await;
+    let mut client = builds(&server).await;
+    // Every lookup misses and is logged, each in a namespace of its own.
+    for i in 0..2000 {
+        let miss = client.lookup(first_build_lookup(&format!("pr-{i}"))).await.unwrap().into_inner();
+        assert!(!miss.hit);
+    }
+    let logged = logged_lookups(&mut client).await;
+    // A logged first-build miss takes about 200 bytes; the log is pruned a little past its size.
+    assert!(logged > 100 && logged < 500, "{logged} of 2000 lookups are in a 64KiB log");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_miss_with_a_huge_explanation_is_stored_cut_to_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let clients = server.clients().await;
+    let mut client = builds(&server).await;
+    let long = |i: usize, value: &str| {
+        let name = format!("file.{i:04}.{}", "n".repeat(2000));
+        component(&name, value, &format!("{value}{}", "d".repeat(1000)))
+    };
+    let before = manifest("linux", "v1", &(0..600).map(|i| long(i, "a")).collect::<Vec<_>>());
+    let after = manifest("linux", "v1", &(0..600).map(|i| long(i, "b")).collect::<Vec<_>>());
+    let digest = clients.write(&noise(1000, 3)).await;
+    client.record(record_request("linux", &before, digest)).await.unwrap();
+    let miss = lookup(&mut client, "linux", &after).await.explanation.unwrap();
+    assert_eq!(miss.changes.len(), 600, "the caller still hears every change");
+
+    let query =
+        v1::BuildExplainRequest { namespace: String::new(), query: cached::builds::hex(&key(&after)) };
+    let stored = client.explain(query).await.unwrap().into_inner().event.unwrap();
+    let size = prost::Message::encoded_len(&stored);
+    assert!(size <= cached::builds::MAX_EVENT_BYTES, "the stored miss takes {size} bytes");
+    let explanation = stored.explanation.unwrap();
+    assert_eq!(explanation.changes.len() as u32 + explanation.changes_omitted, 600);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn below_the_free_space_floor_lookups_log_nothing() {
+    let Some(disk) = cached_e2e::Tmpfs::mount(192 << 20) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = read_token_file(dir.path());
+    let settings = [("tokens_file", tokens.as_str()), ("min_free_space", "64MiB")];
+    let server = Server::start(&disk.path().join("data"), &settings).await;
+    let mut client = builds(&server).await;
+    client.lookup(first_build_lookup("pr-1")).await.unwrap();
+    assert_eq!(logged_lookups(&mut client).await, 1);
+
+    // Someone else fills the disk to 32 MiB free: below the floor.
+    let df =
+        std::process::Command::new("df").args(["--output=avail", "-B1"]).arg(disk.path()).output().unwrap();
+    let free: usize = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; free - (32 << 20)]).unwrap();
+    for i in 0..20 {
+        client.lookup(first_build_lookup(&format!("pr-{i}"))).await.expect("lookups are still answered");
+    }
+    assert_eq!(logged_lookups(&mut client).await, 1, "nothing was logged below the floor");
+
+    std::fs::remove_file(&filler).unwrap();
+    client.lookup(first_build_lookup("pr-1")).await.unwrap();
+    assert_eq!(logged_lookups(&mut client).await, 2);
+    server.stop().await;
+}

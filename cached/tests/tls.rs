@@ -129,6 +129,49 @@ async fn mtls_requires_a_client_certificate_from_its_ca() {
     server.stop().await;
 }
 
+/// Whether the server closes `stream` within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(within, stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test]
+async fn a_peer_gets_few_handshakes_and_silent_ones_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("cached test CA");
+    let mut settings = server_files(dir.path(), &ca, None);
+    settings.push(("max_handshakes_per_peer".to_owned(), "2".to_owned()));
+    settings.push(("handshake_timeout".to_owned(), "3s".to_owned()));
+    let server = start(dir.path(), &settings).await;
+    // Two connections that never start their handshake hold all this peer may have.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(closed_within(&mut third, Duration::from_secs(1)).await, "a third handshake is refused at once");
+
+    // Another peer is served meanwhile.
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pem)).domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("another peer connects");
+    StatsClient::new(channel).get(v1::StatsRequest {}).await.expect("and is served");
+
+    for stream in &mut silent {
+        assert!(closed_within(stream, Duration::from_secs(10)).await, "handshake_timeout closes silent ones");
+    }
+    stats_over_tls(server.addr.port(), &ca, None).await.expect("the peer's slots are back");
+    server.stop().await;
+}
+
 struct Daemon {
     child: Child,
     port: u16,

@@ -32,6 +32,7 @@ pub struct AuthSettings {
     anonymous: Arc<Grant>,
     request_timeout: Duration,
     idle_timeout: Duration,
+    min_transfer_rate: u64,
     uploads: Arc<Semaphore>,
     max_uploads: usize,
 }
@@ -50,6 +51,7 @@ impl AuthSettings {
             anonymous: Arc::new(Grant::anonymous()),
             request_timeout: limits.request_timeout,
             idle_timeout: limits.idle_timeout,
+            min_transfer_rate: limits.min_transfer_rate,
             uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
             max_uploads: limits.max_concurrent_uploads,
         }
@@ -318,7 +320,10 @@ where
             Err(err) => return Box::pin(async move { Ok(refuse(err)) }),
         };
         request.extensions_mut().insert(Arc::clone(&admitted.grant));
-        let request = request.map(|body| Body::new(IdleBody::new(body, settings.idle_timeout)));
+        // Uploads must keep up min_transfer_rate too; other streams (heartbeats) send now and then.
+        let min_rate = if method.upload { settings.min_transfer_rate } else { 0 };
+        let pace = crate::conn::Pace { idle: settings.idle_timeout, min_rate };
+        let request = request.map(|body| Body::new(IdleBody::new(body, pace)));
         let call = inner.call(request);
         Box::pin(async move {
             let response = if method.unary {

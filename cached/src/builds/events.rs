@@ -1,57 +1,144 @@
 //! The event log: one event per lookup (hit or miss, with the miss's explanation) and per
-//! record, per namespace in time order, bounded by age and count. `Stats` windows and `Explain`
-//! read it.
+//! record, per namespace in time order. `Stats` windows and `Explain` read it.
+//!
+//! A lookup needs only a `read` token, so what the log keeps is bounded however it is called:
+//! each event is cut to [`MAX_EVENT_BYTES`]; pruning keeps [`MAX_EVENTS_PER_NAMESPACE`] per
+//! namespace, [`MAX_EVENTS_PER_TARGET`] per target and [`RETENTION`] of time, then drops the
+//! oldest events of every namespace until the whole log fits `max_build_history`; and
+//! nothing is appended while the disk is below its free-space floor.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prost::Message;
 use proto::v1;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
-use super::keys::{decode, encode, event_prefix, prefix_end};
-use super::{Builds, DEFAULT_TOP, MAX_EVENTS_PER_NAMESPACE, PRUNE_EVERY, RETENTION, now_ms};
+use super::keys::{decode, encode, event_prefix, prefix_end, target_hash};
+use super::{
+    Builds, DEFAULT_TOP, MAX_EVENT_BYTES, MAX_EVENTS_PER_NAMESPACE, MAX_EVENTS_PER_TARGET, PRUNE_EVERY,
+    RETENTION, now_ms,
+};
 use crate::db::{CF_BUILD_EVENTS, cf};
 use crate::error::Result;
 
+/// How often a skipped append (disk below its floor) is logged.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
 impl Builds {
+    /// Appends `event` to its namespace's log, cut to size; below the disk's free-space floor
+    /// it is dropped instead (stats and explanations lose it, the lookup is answered anyway).
     pub(super) fn append(&self, event: &v1::BuildEvent) -> Result<()> {
+        if self.below_floor() {
+            return Ok(());
+        }
+        let Some(value) = fit(event) else {
+            tracing::debug!(namespace = %event.namespace, "build event too large to keep, even cut down");
+            return Ok(());
+        };
         let mut key = event_prefix(&event.namespace);
         key.extend_from_slice(&event.time_unix_ms.to_be_bytes());
         key.extend_from_slice(&self.sequence.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-        self.db.put_cf(cf(&self.db, CF_BUILD_EVENTS)?, key, encode(event))?;
-        if self.appended.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+        key.extend_from_slice(&target_hash(event.target.as_ref()).to_be_bytes());
+        let size = (key.len() + value.len()) as u64;
+        self.db.put_cf(cf(&self.db, CF_BUILD_EVENTS)?, key, value)?;
+        let total = self.history_bytes.fetch_add(size, Ordering::Relaxed) + size;
+        let appended = self.appended.fetch_add(1, Ordering::Relaxed) + 1;
+        let over = total > self.history.max_bytes + self.history.max_bytes / 16;
+        if over || appended.is_multiple_of(PRUNE_EVERY) {
             self.prune_events(event.time_unix_ms)?;
         }
         Ok(())
     }
 
-    /// Drops events past the retention time and beyond the per-namespace cap.
+    /// Whether the data directory's disk is below its floor; says so at most once a minute.
+    fn below_floor(&self) -> bool {
+        let space = &self.history.space;
+        let floor = space.floor();
+        let Some(free) = (floor > 0).then(|| space.available().ok()).flatten() else { return false };
+        if free >= floor {
+            return false;
+        }
+        let mut warned = self.warned_floor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            *warned = Some(Instant::now());
+            tracing::warn!(
+                free,
+                min_free_space = floor,
+                "disk below min_free_space: whole-build events are not recorded"
+            );
+        }
+        true
+    }
+
+    /// Drops events past the retention time and beyond the per-namespace and per-target caps,
+    /// then the oldest until the log fits `max_build_history`. One pass at a time.
     pub(super) fn prune_events(&self, now: i64) -> Result<()> {
+        if self.pruning.swap(true, Ordering::Acquire) {
+            return Ok(());
+        }
+        let result = self.prune_all(now);
+        self.pruning.store(false, Ordering::Release);
+        result
+    }
+
+    fn prune_all(&self, now: i64) -> Result<()> {
         let events = cf(&self.db, CF_BUILD_EVENTS)?;
         let cutoff = now - RETENTION.as_millis() as i64;
-        let mut per_namespace: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
         let mut batch = WriteBatch::default();
-        for item in self.db.iterator_cf(events, IteratorMode::Start) {
-            let (key, _) = item?;
-            let Some(split) = key.iter().position(|b| *b == 0) else { continue };
-            let time =
-                key.get(split + 1..split + 9).and_then(|t| t.try_into().ok()).map_or(0, i64::from_be_bytes);
-            if time < cutoff {
-                batch.delete_cf(events, &key);
-            } else {
-                per_namespace.entry(key[..split].to_vec()).or_default().push(key.to_vec());
+        // (time, bytes) of every event kept so far, for the size cap.
+        let mut kept: Vec<(i64, u64)> = Vec::new();
+        let namespaces = self.event_namespaces()?;
+        for namespace in &namespaces {
+            let prefix = event_prefix(namespace);
+            let end = prefix_end(&prefix);
+            let mut per_target: HashMap<u64, usize> = HashMap::new();
+            let mut count = 0;
+            // Newest first: what goes past a cap is the oldest.
+            for item in self.db.iterator_cf(events, IteratorMode::From(&end, Direction::Reverse)) {
+                let (key, value) = item?;
+                if !key.starts_with(&prefix) {
+                    if key.as_ref() < prefix.as_slice() {
+                        break;
+                    }
+                    continue;
+                }
+                let tail = &key[prefix.len()..];
+                let time = tail.get(..8).and_then(|t| t.try_into().ok()).map_or(0, i64::from_be_bytes);
+                // Events logged before keys named their target are held to the other caps only.
+                let target = tail.get(16..24).and_then(|t| t.try_into().ok()).map(u64::from_be_bytes);
+                let seen = target.map(|target| per_target.entry(target).or_default());
+                let target_full = seen.as_ref().is_some_and(|seen| **seen >= MAX_EVENTS_PER_TARGET);
+                if time < cutoff || count >= MAX_EVENTS_PER_NAMESPACE || target_full {
+                    batch.delete_cf(events, &key);
+                    continue;
+                }
+                if let Some(seen) = seen {
+                    *seen += 1;
+                }
+                count += 1;
+                kept.push((time, (key.len() + value.len()) as u64));
             }
         }
-        for keys in per_namespace.values() {
-            for key in keys.iter().take(keys.len().saturating_sub(MAX_EVENTS_PER_NAMESPACE)) {
-                batch.delete_cf(events, key);
+        let total: u64 = kept.iter().map(|(_, bytes)| bytes).sum();
+        let kept_bytes = match oldest_kept(&kept, self.history.max_bytes) {
+            Some((first_kept, bytes)) => {
+                for namespace in &namespaces {
+                    let prefix = event_prefix(namespace);
+                    let mut end = prefix.clone();
+                    end.extend_from_slice(&first_kept.to_be_bytes());
+                    batch.delete_range_cf(events, &prefix, &end);
+                }
+                bytes
             }
-        }
+            None => total,
+        };
         if !batch.is_empty() {
             self.db.write(batch)?;
         }
+        self.history_bytes.store(kept_bytes, Ordering::Relaxed);
         Ok(())
     }
 
@@ -119,6 +206,66 @@ impl Builds {
     }
 }
 
+/// When `events` (time, bytes) hold more than `max_bytes`: the time of the oldest event the
+/// newest `max_bytes` keep, and what those hold. Events of one millisecond go or stay together.
+fn oldest_kept(events: &[(i64, u64)], max_bytes: u64) -> Option<(i64, u64)> {
+    if events.iter().map(|(_, bytes)| bytes).sum::<u64>() <= max_bytes {
+        return None;
+    }
+    let mut by_time: BTreeMap<std::cmp::Reverse<i64>, u64> = BTreeMap::new();
+    for (time, bytes) in events.iter() {
+        *by_time.entry(std::cmp::Reverse(*time)).or_default() += bytes;
+    }
+    let (mut first_kept, mut bytes) = (i64::MAX, 0);
+    for (std::cmp::Reverse(time), size) in by_time {
+        if bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        first_kept = time;
+    }
+    Some((first_kept, bytes))
+}
+
+/// The event as stored: encoded within [`MAX_EVENT_BYTES`], its explanation's displayed values
+/// shortened and its changes cut (counted in `changes_omitted`) as far as needed. `None` when
+/// even the event without changes is too large.
+fn fit(event: &v1::BuildEvent) -> Option<Vec<u8>> {
+    if event.encoded_len() < MAX_EVENT_BYTES {
+        return Some(encode(event));
+    }
+    let mut event = event.clone();
+    if let Some(explanation) = &mut event.explanation {
+        for change in &mut explanation.changes {
+            for value in [&mut change.before, &mut change.after] {
+                truncate(value, 128);
+            }
+            truncate(&mut change.name, 512);
+        }
+        while event.encoded_len() >= MAX_EVENT_BYTES {
+            let explanation = event.explanation.as_mut().expect("checked above");
+            if explanation.changes.pop().is_none() {
+                break;
+            }
+            explanation.changes_omitted += 1;
+        }
+    }
+    (event.encoded_len() < MAX_EVENT_BYTES).then(|| encode(&event))
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary, marking the cut with `…`.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+}
+
 fn summarize(namespace: String, events: &[v1::BuildEvent], top: usize) -> v1::BuildNamespaceStats {
     let mut stats = v1::BuildNamespaceStats { namespace, ..Default::default() };
     let mut causes: HashMap<String, u64> = HashMap::new();
@@ -166,17 +313,21 @@ fn summarize(namespace: String, events: &[v1::BuildEvent], top: usize) -> v1::Bu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builds::History;
+    use crate::store::FreeSpace;
 
-    fn open(dir: &std::path::Path) -> Arc<Builds> {
+    fn open(dir: &std::path::Path, max_bytes: u64) -> Arc<Builds> {
         let (db, rocks) = crate::store::open_for_tests(dir);
-        Builds::new(db, Arc::new(rocks), Arc::default()).unwrap()
+        let history = History { max_bytes, space: Arc::new(FreeSpace::new(dir.to_owned(), 0)) };
+        Builds::new(db, Arc::new(rocks), Arc::default(), history).unwrap()
     }
 
-    fn event(namespace: &str, time: i64) -> v1::BuildEvent {
+    fn event(namespace: &str, time: i64, package: &str) -> v1::BuildEvent {
         v1::BuildEvent {
             kind: "hit".into(),
             namespace: namespace.into(),
             time_unix_ms: time,
+            target: Some(v1::BuildTarget { package: package.into(), ..Default::default() }),
             ..Default::default()
         }
     }
@@ -188,17 +339,75 @@ mod tests {
     #[test]
     fn the_event_log_is_bounded_by_count_and_age() {
         let dir = tempfile::tempdir().unwrap();
-        let builds = open(dir.path());
+        let builds = open(dir.path(), 1 << 30);
         let now = now_ms();
         for i in 0..MAX_EVENTS_PER_NAMESPACE + 10 {
-            builds.append(&event("busy", now - 1000 + (i as i64 % 1000))).unwrap();
+            let package = format!("p{}", i % 20);
+            builds.append(&event("busy", now - 1000 + (i as i64 % 1000), &package)).unwrap();
         }
-        builds.append(&event("old", now - RETENTION.as_millis() as i64 - 1)).unwrap();
-        builds.append(&event("quiet", now)).unwrap();
+        builds.append(&event("old", now - RETENTION.as_millis() as i64 - 1, "p")).unwrap();
+        builds.append(&event("quiet", now, "p")).unwrap();
         builds.prune_events(now).unwrap();
         assert_eq!(count(&builds, "busy"), MAX_EVENTS_PER_NAMESPACE);
         assert_eq!(count(&builds, "old"), 0);
         assert_eq!(count(&builds, "quiet"), 1);
         assert_eq!(builds.event_namespaces().unwrap(), ["busy", "quiet"]);
+    }
+
+    #[test]
+    fn one_target_cannot_push_the_others_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let builds = open(dir.path(), 1 << 30);
+        let now = now_ms();
+        builds.append(&event("ci", now - 5000, "quiet")).unwrap();
+        for i in 0..MAX_EVENTS_PER_TARGET + 100 {
+            builds.append(&event("ci", now - 4000 + i as i64, "loop")).unwrap();
+        }
+        builds.prune_events(now).unwrap();
+        let events = builds.events("ci", 0).unwrap();
+        assert_eq!(events.len(), MAX_EVENTS_PER_TARGET + 1);
+        assert_eq!(events[0].target.as_ref().unwrap().package, "quiet");
+    }
+
+    #[test]
+    fn the_whole_log_keeps_to_its_size_dropping_the_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let max_bytes = 64 << 10;
+        let builds = open(dir.path(), max_bytes);
+        let now = now_ms();
+        for i in 0..3000i64 {
+            builds.append(&event(&format!("ns-{i}"), now - 3000 + i, "p")).unwrap();
+        }
+        builds.prune_events(now).unwrap();
+        let namespaces = builds.event_namespaces().unwrap();
+        let total = builds.history_bytes.load(Ordering::Relaxed);
+        assert!(total <= max_bytes && total > max_bytes / 2, "{total} bytes kept");
+        assert!(
+            namespaces.len() < 3000 && namespaces.contains(&"ns-2999".to_owned()),
+            "{}",
+            namespaces.len()
+        );
+        assert!(!namespaces.contains(&"ns-0".to_owned()), "the oldest go first");
+    }
+
+    #[test]
+    fn a_huge_explanation_is_cut_to_size_and_counted() {
+        let change = |i: usize| v1::ComponentChange {
+            name: format!("file.{i}.go{}", "x".repeat(900)),
+            kind: "changed".into(),
+            before: "b".repeat(1000),
+            after: "a".repeat(1000),
+        };
+        let mut miss = event("ci", 1, "p");
+        miss.explanation =
+            Some(v1::MissExplanation { changes: (0..1000).map(change).collect(), ..Default::default() });
+        let stored = fit(&miss).expect("an event without changes fits");
+        assert!(stored.len() <= MAX_EVENT_BYTES, "{} bytes", stored.len());
+        let back: v1::BuildEvent = decode(&stored, "event").unwrap();
+        let explanation = back.explanation.unwrap();
+        assert_eq!(explanation.changes.len() as u32 + explanation.changes_omitted, 1000);
+        assert!(explanation.changes[0].before.len() <= 128 && explanation.changes[0].before.ends_with('…'));
+        let small = event("ci", 1, "p");
+        assert_eq!(fit(&small).unwrap(), encode(&small));
     }
 }

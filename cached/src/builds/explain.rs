@@ -56,6 +56,14 @@ impl Builds {
         };
         let omitted = changes.len().saturating_sub(manifest::MAX_STORED_CHANGES);
         changes.truncate(manifest::MAX_STORED_CHANGES);
+        // Manifests recorded before displays were redacted on arrival may still quote one.
+        for change in &mut changes {
+            for value in [&mut change.before, &mut change.after] {
+                if !value.is_empty() {
+                    *value = crate::redact::text(value);
+                }
+            }
+        }
         Ok(v1::MissExplanation {
             basis: basis.to_owned(),
             nearest_key: nearest_key.to_vec().into(),

@@ -58,6 +58,18 @@ pub(super) fn event_prefix(namespace: &str) -> Vec<u8> {
     out
 }
 
+/// A short name of a target within its namespace, ending event keys so pruning can count
+/// events per target without decoding them.
+pub(super) fn target_hash(target: Option<&v1::BuildTarget>) -> u64 {
+    let target = target.cloned().unwrap_or_default();
+    let mut fields = Vec::new();
+    for field in [&target.module, &target.package, &target.goos, &target.goarch] {
+        push_field(&mut fields, field);
+    }
+    let hash = blake3::hash(&fields);
+    u64::from_be_bytes(hash.as_bytes()[..8].try_into().expect("8 of 32 bytes"))
+}
+
 /// The key just past every key that starts with `prefix`.
 pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

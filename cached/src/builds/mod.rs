@@ -7,8 +7,11 @@
 //!   found, and answers a miss.
 //! - `build_index`: namespace · module · package · GOOS/GOARCH · time · key → manifest. The
 //!   last [`MAX_PER_TARGET`] builds of each target; older ones go, with their entries.
-//! - `build_events`: namespace · time · sequence → event. Bounded by [`RETENTION`] and
-//!   [`MAX_EVENTS_PER_NAMESPACE`]; `Stats` windows and `Explain` read it.
+//! - `build_events`: namespace · time · sequence · target hash → event. Bounded by
+//!   [`RETENTION`], [`MAX_EVENTS_PER_NAMESPACE`], [`MAX_EVENTS_PER_TARGET`], the size of each
+//!   event ([`MAX_EVENT_BYTES`]) and of the whole log (`max_build_history`), and the disk's
+//!   free-space floor: lookups, which only need `read`, append to it. `Stats` windows and
+//!   `Explain` read it.
 //!
 //! This module looks builds up and records them; `keys` is the byte layout above, `manifest`
 //! compares manifests, `explain` says why a lookup missed, `events` keeps the log and sums it up.
@@ -19,9 +22,9 @@ mod explain;
 mod keys;
 pub mod manifest;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use counters::{BuildCounters, BuildNamespaceCounters};
 use keys::{decode, encode, entry_key, index_tail, target_prefix};
@@ -31,7 +34,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use crate::db::{CF_BUILD_ENTRIES, CF_BUILD_INDEX, cf};
 use crate::error::{Error, Result};
-use crate::store::SharedStore;
+use crate::store::{FreeSpace, SharedStore};
 
 /// Builds of one target kept for comparison (and their entries).
 pub const MAX_PER_TARGET: usize = 32;
@@ -39,19 +42,37 @@ pub const MAX_PER_TARGET: usize = 32;
 pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Events kept per namespace, newest first.
 pub const MAX_EVENTS_PER_NAMESPACE: usize = 10_000;
+/// Events kept per target of a namespace, newest first: a loop over one target cannot push
+/// every other target's history out.
+pub const MAX_EVENTS_PER_TARGET: usize = 1_000;
+/// The most one stored event takes: a miss's changes beyond it are counted, not kept (the
+/// lookup's own answer still lists them).
+pub const MAX_EVENT_BYTES: usize = 24 << 10;
 /// The event log is pruned after this many appends (and at start-up).
 const PRUNE_EVERY: u64 = 1024;
 const MAX_OUTPUTS: usize = 10_000;
 const MAX_FIELD_LEN: usize = 4096;
 const DEFAULT_TOP: usize = 10;
 
+/// What the event log may take: `max_bytes` in all (`max_build_history`), and nothing while
+/// `space` is below its floor.
+pub struct History {
+    pub max_bytes: u64,
+    pub space: Arc<FreeSpace>,
+}
+
 pub struct Builds {
     db: Arc<DB>,
     store: SharedStore,
     counters: Arc<BuildCounters>,
+    history: History,
     /// Orders events within one millisecond; starts at the wall clock so restarts never reuse it.
     sequence: AtomicU64,
     appended: AtomicU64,
+    /// Bytes of keys and values in the event log, as of the last prune plus appends since.
+    history_bytes: AtomicU64,
+    pruning: AtomicBool,
+    warned_floor: Mutex<Option<Instant>>,
 }
 
 fn now_ms() -> i64 {
@@ -92,6 +113,18 @@ pub fn check_key(key: &[u8], manifest: &v1::BuildManifest) -> Result<[u8; 32]> {
     Ok(expected)
 }
 
+/// The manifest with credentials in its readable values redacted: displays are kept for
+/// explanations and stored with every build, and a client may show a proxy URL or a flag
+/// there. The key covers names and hashes only, so it stays the same.
+pub fn redact_displays(mut manifest: v1::BuildManifest) -> v1::BuildManifest {
+    for component in &mut manifest.components {
+        if !component.display.is_empty() {
+            component.display = crate::redact::text(&component.display);
+        }
+    }
+    manifest
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -101,14 +134,23 @@ fn outputs_size(outputs: &[v1::BuildOutput]) -> u64 {
 }
 
 impl Builds {
-    pub fn new(db: Arc<DB>, store: SharedStore, counters: Arc<BuildCounters>) -> Result<Arc<Self>> {
+    pub fn new(
+        db: Arc<DB>,
+        store: SharedStore,
+        counters: Arc<BuildCounters>,
+        history: History,
+    ) -> Result<Arc<Self>> {
         let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let this = Arc::new(Self {
             db,
             store,
             counters,
+            history,
             sequence: AtomicU64::new(start),
             appended: AtomicU64::new(0),
+            history_bytes: AtomicU64::new(0),
+            pruning: AtomicBool::new(false),
+            warned_floor: Mutex::new(None),
         });
         this.prune_events(now_ms())?;
         Ok(this)

@@ -412,7 +412,11 @@ impl Scheduler {
             Outcome::Failure { reason, retryable } => {
                 Outcome::Failure { reason: crate::redact::text(&reason), retryable }
             }
-            success => success,
+            // The build library's explanation quotes flags and environment values.
+            Outcome::Success(mut result) => {
+                result.explanation = crate::redact::text(&result.explanation);
+                Outcome::Success(result)
+            }
         };
         let mut state = self.lock();
         let State { jobs, index, .. } = &mut *state;

@@ -39,6 +39,7 @@ impl v1::builds_server::Builds for BuildsService {
         let target = target(request.target)?;
         let manifest = request.manifest.unwrap_or_default();
         let key = builds::check_key(&request.key, &manifest)?;
+        let manifest = builds::redact_displays(manifest);
         let response = self.builds.lookup(ns, target, key, manifest).await?;
         let counters = self.stats.api("Builds.Lookup");
         if response.hit {
@@ -61,7 +62,7 @@ impl v1::builds_server::Builds for BuildsService {
         let key = builds::check_key(&request.key, &manifest)?;
         let described = format!("{} ({}/{})", target.package, target.goos, target.goarch);
         request.target = Some(target);
-        request.manifest = Some(manifest);
+        request.manifest = Some(builds::redact_displays(manifest));
         let result = self.builds.record(ns.clone(), request, key).await;
         // Whoever records build keys decides what every wrapped build gets.
         tracing::info!(

@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 use proto::v1;
 use tonic::{Request, Response, Status};
 
-use crate::auth;
+use crate::auth::{self, Grant, NamespacePattern};
 use crate::gocache::namespace;
-use crate::stats::Stats;
+use crate::stats::{OTHER_NAMESPACES, Stats};
 use crate::store::{FreeSpace, RocksStore};
 
 pub struct StatsService {
@@ -21,8 +21,18 @@ impl StatsService {
     }
 }
 
-/// The counters as the wire carries them; `/metrics` renders the same numbers.
-fn snapshot(stats: &Stats, store: &RocksStore, space: &FreeSpace) -> v1::StatsResponse {
+/// Whether `grant` may see the counters of `namespace`. The namespaces past the cap are
+/// anyone's, so only a token that may use every namespace sees their sum.
+fn may_see(grant: &Grant, namespace: &str) -> bool {
+    if namespace == OTHER_NAMESPACES {
+        return grant.namespaces.contains(&NamespacePattern::Any);
+    }
+    grant.allows_namespace(namespace)
+}
+
+/// The counters as the wire carries them, the namespaces limited to those `grant` covers;
+/// `/metrics` renders the same numbers.
+fn snapshot(stats: &Stats, store: &RocksStore, space: &FreeSpace, grant: &Grant) -> v1::StatsResponse {
     let totals = store.totals();
     let (evicted_blobs, evicted_bytes) = store.evictions();
     let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
@@ -56,6 +66,7 @@ fn snapshot(stats: &Stats, store: &RocksStore, space: &FreeSpace) -> v1::StatsRe
         namespaces: stats
             .namespaces()
             .into_iter()
+            .filter(|(namespace, _)| may_see(grant, namespace))
             .map(|(namespace, c)| v1::NamespaceStats {
                 namespace,
                 go_hits: load(&c.go_hits),
@@ -74,8 +85,9 @@ fn snapshot(stats: &Stats, store: &RocksStore, space: &FreeSpace) -> v1::StatsRe
 
 #[tonic::async_trait]
 impl v1::stats_server::Stats for StatsService {
-    async fn get(&self, _request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
-        Ok(Response::new(snapshot(&self.stats, &self.store, &self.space)))
+    async fn get(&self, request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
+        let grant = auth::grant(request.extensions())?;
+        Ok(Response::new(snapshot(&self.stats, &self.store, &self.space, &grant)))
     }
 
     async fn report(
