@@ -404,3 +404,51 @@ impl Drop for RocksWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_blob(store: &RocksStore, data: &[u8], sha256: [u8; 32]) -> Committed {
+        let mut writer = store.write(&Digest::of(data)).unwrap();
+        writer.put_frame(Bytes::copy_from_slice(data)).unwrap();
+        writer.record_sha256(sha256);
+        writer.commit().unwrap()
+    }
+
+    #[test]
+    fn a_blob_stored_before_sha256s_is_a_miss_and_the_next_upload_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, store) = crate::store::open_for_tests(dir.path());
+        let digest = Digest::of(b"old blob");
+        store_blob(&store, b"old blob", [1; 32]);
+        // Rewrite its metadata as a version 1 record, as an older cached left it.
+        let key = BlobKey::blake3(&digest);
+        let meta = BlobMeta { sha256: None, ..store.inner.meta(&key).unwrap().unwrap() };
+        db.put_cf(cf(&db, CF_BLOBS).unwrap(), key.as_bytes(), meta.encode()).unwrap();
+
+        assert_eq!(store.stat(&[digest]).unwrap(), [None]);
+        assert!(store.read(&digest, 0).unwrap().is_none());
+        assert!(matches!(store_blob(&store, b"old blob", [2; 32]), Committed::Stored { .. }));
+        assert_eq!(store.stat(&[digest]).unwrap()[0].unwrap().sha256, [2; 32]);
+        assert_eq!(store.totals().blobs, 1, "the old copy was replaced, not added to");
+        assert!(db.get_cf(cf(&db, CF_CHUNKS).unwrap(), chunk_key(meta.upload_id, 0)).unwrap().is_none());
+        assert!(matches!(store_blob(&store, b"old blob", [2; 32]), Committed::AlreadyPresent));
+    }
+
+    #[test]
+    fn a_commit_without_a_sha256_is_refused_and_remove_forgets_a_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, store) = crate::store::open_for_tests(dir.path());
+        let mut writer = store.write(&Digest::of(b"x")).unwrap();
+        writer.put_frame(Bytes::from_static(b"x")).unwrap();
+        assert!(matches!(writer.commit(), Err(Error::Internal(_))));
+        assert_eq!(store.totals().blobs, 0);
+
+        store_blob(&store, b"kept", [3; 32]);
+        store.remove(&Digest::of(b"kept")).unwrap();
+        assert_eq!(store.totals(), StoreTotals::default());
+        assert_eq!(store.stat(&[Digest::of(b"kept")]).unwrap(), [None]);
+        store.remove(&Digest::of(b"kept")).unwrap();
+    }
+}
