@@ -1,5 +1,6 @@
 //! The kernels a hit and a put are bound by: BLAKE3 hashing, zstd compression and
-//! decompression of 1 MiB frames (perf.md gives the machine's limits to compare against).
+//! decompression of 1 MiB frames (perf.md gives the machine's limits to compare against), and
+//! the SHA-256 the server takes of every upload beside BLAKE3 (Go's OutputID).
 
 use cached_benches::build_output_like;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -11,6 +12,7 @@ fn kernels(c: &mut Criterion) {
     let mut group = c.benchmark_group("kernels");
     group.throughput(Throughput::Bytes(FRAME_SIZE as u64));
     group.bench_function("blake3_1MiB", |b| b.iter(|| blake3::hash(&frame)));
+    group.bench_function("sha256_1MiB", |b| b.iter(|| <sha2::Sha256 as sha2::Digest>::digest(&frame)));
     for level in [1, 3] {
         let mut encoder = FrameEncoder::new(level).expect("encoder");
         group.bench_function(format!("zstd{level}_compress_1MiB"), |b| b.iter(|| encoder.encode(&frame)));

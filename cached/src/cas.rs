@@ -2,6 +2,7 @@
 //! blocking threads, joined to gRPC by small bounded channels, so memory stays flat whatever
 //! the blob size.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,6 +17,11 @@ use crate::store::{Committed, FrameWriter, SharedStore};
 
 /// Frames in flight between gRPC and the store, per stream.
 const CHANNEL_FRAMES: usize = 4;
+/// What one BatchRead result costs in its reply beyond its data: digest, status (a short
+/// message), framing. Charged to every item, so errors cannot push a reply over the limit.
+const BATCH_ITEM_OVERHEAD: u64 = 256;
+/// Room in a reply kept for what is not per item.
+const REPLY_SLACK: u64 = 4 << 10;
 /// Server-side compression of uncompressed uploads: the fastest level, because the server's
 /// CPU is shared by every client. Clients that care about ratio compress themselves.
 const SERVER_ZSTD_LEVEL: i32 = 1;
@@ -65,10 +71,15 @@ impl Cas {
         tokio::task::spawn_blocking(move || store.contains(&digests)).await?
     }
 
+    /// The digests the store lacks, each once, in the order first asked. Clients ask for the
+    /// digests of whole trees, where identical files repeat: duplicates are answered, not
+    /// refused, and looked up once.
     pub async fn find_missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>> {
         self.check_batch_len(digests.len())?;
-        let present = self.contains(digests.clone()).await?;
-        Ok(digests
+        let mut seen = HashSet::with_capacity(digests.len());
+        let unique: Vec<Digest> = digests.into_iter().filter(|digest| seen.insert(*digest)).collect();
+        let present = self.contains(unique.clone()).await?;
+        Ok(unique
             .into_iter()
             .zip(present)
             .filter_map(|(digest, present)| (!present).then_some(digest))
@@ -105,7 +116,9 @@ impl Cas {
     }
 
     /// Stores the blob whose bytes arrive on `data`. The upload is verified against `digest`
-    /// before it becomes visible; if `data` ends early or fails, nothing is stored.
+    /// before it becomes visible; if `data` ends early or fails, nothing is stored. Whether
+    /// the blob may be stored at all (its size, the room left) is settled before the first
+    /// byte of `data` is read.
     pub async fn upload<S>(&self, digest: Digest, encoding: Encoding, mut data: S) -> Result<UploadOutcome>
     where
         S: Stream<Item = Result<Bytes>> + Unpin,
@@ -115,11 +128,22 @@ impl Cas {
         if self.contains(vec![digest]).await?[0] {
             return Ok(UploadOutcome::AlreadyPresent);
         }
-        let (sender, receiver) = mpsc::channel(CHANNEL_FRAMES);
         let store = Arc::clone(&self.store);
-        let writer = tokio::task::spawn_blocking(move || write_blob(&store, digest, encoding, receiver));
+        let opened = tokio::task::spawn_blocking(move || store.write(&digest)).await??;
+        let (sender, receiver) = mpsc::channel(CHANNEL_FRAMES);
+        let mut writer = tokio::task::spawn_blocking(move || write_blob(opened, digest, encoding, receiver));
         let mut received = 0u64;
-        while let Some(piece) = data.next().await {
+        loop {
+            // The writer may refuse the upload (a bad frame, the disk below its floor) while
+            // the client is between messages: answer then, not at its next message.
+            let piece = tokio::select! {
+                biased;
+                result = &mut writer => return result?.and(Err(Error::Internal(format!(
+                    "upload of {digest} was committed before its stream ended"
+                )))),
+                piece = data.next() => piece,
+            };
+            let Some(piece) = piece else { break };
             let piece = piece?;
             received += piece.len() as u64;
             if encoding == Encoding::Identity && received > digest.size {
@@ -195,38 +219,61 @@ impl Cas {
         .map_err(Error::from)
     }
 
-    /// Reads small blobs (at most one frame each). One result per digest, in order; the whole
-    /// response stays under the message size limit.
+    /// Reads small blobs (at most one frame each). One result per digest, in order. The reply
+    /// is budgeted by the bytes it will carry, known from each blob's metadata before its
+    /// frame is read: once `max_message_size` is used up, the rest are answered
+    /// RESOURCE_EXHAUSTED (read them with Cas.Read or in another batch). A digest asked twice
+    /// is refused: it would cost twice and return nothing new.
     pub async fn batch_read(
         &self,
         digests: Vec<Digest>,
         encoding: Encoding,
     ) -> Result<Vec<Result<ReadChunk>>> {
         self.check_batch_len(digests.len())?;
+        refuse_duplicates(&digests)?;
         let store = Arc::clone(&self.store);
-        let budget = self.limits.max_message_size as u64;
+        let limit = self.limits.max_message_size as u64;
         tokio::task::spawn_blocking(move || {
-            let mut used = 0u64;
-            digests
-                .into_iter()
-                .map(|digest| {
-                    if digest.size > FRAME_SIZE as u64 {
-                        return Err(Error::invalid(format!(
-                            "blob {digest} is larger than one frame ({FRAME_SIZE} bytes); read it with Cas.Read"
-                        )));
-                    }
-                    used += digest.size;
-                    if used > budget {
-                        return Err(Error::ResourceExhausted(format!(
-                            "the batch's blobs exceed the {budget}-byte response limit; read {digest} in another batch"
-                        )));
-                    }
-                    read_small_blob(&store, &digest, encoding)
-                })
-                .collect()
+            let mut budget = ReplyBudget { limit, left: limit.saturating_sub(REPLY_SLACK) };
+            digests.iter().map(|digest| read_small_blob(&store, digest, encoding, &mut budget)).collect()
         })
         .await
         .map_err(Error::from)
+    }
+}
+
+/// Refuses a batch that names a digest twice.
+fn refuse_duplicates(digests: &[Digest]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(digests.len());
+    match digests.iter().find(|digest| !seen.insert(**digest)) {
+        None => Ok(()),
+        Some(digest) => Err(Error::invalid(format!(
+            "blob {digest} is asked for more than once in one batch; ask for each blob once"
+        ))),
+    }
+}
+
+/// What is left of a batch reply's byte budget.
+struct ReplyBudget {
+    limit: u64,
+    left: u64,
+}
+
+impl ReplyBudget {
+    /// Takes `bytes` for `digest`'s result, or says it does not fit.
+    fn take(&mut self, digest: &Digest, bytes: u64) -> Result<()> {
+        let cost = bytes.saturating_add(BATCH_ITEM_OVERHEAD);
+        if cost > self.left {
+            // The refusal itself is paid for by the overhead kept back for it.
+            self.left = self.left.saturating_sub(BATCH_ITEM_OVERHEAD);
+            return Err(Error::ResourceExhausted(format!(
+                "blob {digest} does not fit in what is left of this batch's {}-byte reply \
+                 (max_message_size): read it with Cas.Read or in another batch",
+                self.limit
+            )));
+        }
+        self.left -= cost;
+        Ok(())
     }
 }
 
@@ -239,12 +286,11 @@ enum Upload {
 /// stream finished cleanly. If the channel closes without `Finish`, the writer is dropped
 /// and its frames discarded.
 fn write_blob(
-    store: &SharedStore,
+    mut writer: Box<dyn FrameWriter>,
     digest: Digest,
     encoding: Encoding,
     mut receiver: mpsc::Receiver<Upload>,
 ) -> Result<UploadOutcome> {
-    let mut writer = store.write(&digest)?;
     let mut framer = Framer::new(encoding)?;
     loop {
         match receiver.blocking_recv() {
@@ -359,19 +405,34 @@ fn write_small_blob(
     Ok(outcome(writer.commit()?))
 }
 
-fn read_small_blob(store: &SharedStore, digest: &Digest, encoding: Encoding) -> Result<ReadChunk> {
-    let frames = store
+fn read_small_blob(
+    store: &SharedStore,
+    digest: &Digest,
+    encoding: Encoding,
+    budget: &mut ReplyBudget,
+) -> Result<ReadChunk> {
+    if digest.size > FRAME_SIZE as u64 {
+        return Err(Error::invalid(format!(
+            "blob {digest} is larger than one frame ({FRAME_SIZE} bytes); read it with Cas.Read"
+        )));
+    }
+    let mut frames = store
         .read(digest, 0)?
         .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the store")))?;
-    let mut data = Bytes::new();
-    for frame in frames {
-        data = frame?;
-    }
+    budget.take(
+        digest,
+        match encoding {
+            Encoding::Zstd => frames.info().stored_bytes,
+            Encoding::Identity => digest.size,
+        },
+    )?;
+    let Some(frame) = frames.next().transpose()? else {
+        return Ok(ReadChunk { data: Bytes::new(), encoding, skip_bytes: 0 });
+    };
     let data = match encoding {
-        Encoding::Zstd => data,
-        Encoding::Identity if data.is_empty() => data,
+        Encoding::Zstd => frame,
         Encoding::Identity => {
-            Bytes::copy_from_slice(decoder(digest, 0)?.decode(&data).map_err(corrupt(digest))?)
+            Bytes::copy_from_slice(decoder(digest, 0)?.decode(&frame).map_err(corrupt(digest))?)
         }
     };
     Ok(ReadChunk { data, encoding, skip_bytes: 0 })

@@ -69,7 +69,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "how often access times are persisted and eviction checked",
         default: "10s",
     },
-    Setting { key: "max_blob_size", help: "largest blob accepted", default: "64GiB" },
+    Setting {
+        key: "max_blob_size",
+        help: "largest blob accepted, at most max_size [default: max_size]",
+        default: "",
+    },
     Setting { key: "max_message_size", help: "largest gRPC message accepted or sent", default: "16MiB" },
     Setting { key: "max_batch_items", help: "most digests or blobs in one batch request", default: "10000" },
     Setting {
@@ -337,6 +341,11 @@ impl Config {
             "" => default_data_dir().map_err(|reason| get("data_dir").invalid(reason))?,
             dir => PathBuf::from(dir),
         };
+        let max_size = get("max_size").size()?;
+        let max_blob_size = match get("max_blob_size").value.trim() {
+            "" => max_size,
+            _ => get("max_blob_size").size()?,
+        };
         Ok(Self {
             listen: get("listen").parse_with(|v| v.parse::<SocketAddr>().map_err(|e| e.to_string()))?,
             data_dir,
@@ -344,7 +353,7 @@ impl Config {
                 "off" | "" => Ok(None),
                 addr => addr.parse::<SocketAddr>().map(Some).map_err(|e| e.to_string()),
             })?,
-            max_size: get("max_size").size()?,
+            max_size,
             min_free_space: get("min_free_space").size()?,
             max_build_history: get("max_build_history").size()?,
             log_format: get("log_format").parse_with(|v| match v {
@@ -358,7 +367,7 @@ impl Config {
             low_watermark: get("low_watermark").fraction()?,
             maintenance_interval: get("maintenance_interval").duration()?,
             limits: Limits {
-                max_blob_size: get("max_blob_size").size()?,
+                max_blob_size,
                 max_message_size: get("max_message_size").size()? as usize,
                 max_batch_items: get("max_batch_items").count()? as usize,
                 max_concurrent_streams: get("max_concurrent_streams").count()? as usize,
@@ -403,6 +412,14 @@ impl Config {
         }
         if self.max_size < 1 << 20 {
             return fail(format!("max_size ({} bytes) must be at least 1MiB", self.max_size));
+        }
+        if self.limits.max_blob_size > self.max_size {
+            return fail(format!(
+                "max_blob_size ({} bytes) is larger than max_size ({} bytes): the store could never \
+                 hold such a blob, yet each upload of one would be read to its end before being \
+                 refused. Lower max_blob_size or raise max_size",
+                self.limits.max_blob_size, self.max_size
+            ));
         }
         if self.min_free_space != 0 && self.min_free_space < MIN_FREE_SPACE_FLOOR {
             return fail(format!(
@@ -810,5 +827,19 @@ mod tests {
         let flags = BTreeMap::from([("max_build_history".to_owned(), "1KiB".to_owned())]);
         let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
         assert!(err.contains("max_build_history") && err.contains("64KiB"), "{err}");
+    }
+
+    #[test]
+    fn max_blob_size_defaults_to_max_size_and_never_exceeds_it() {
+        let flags = BTreeMap::from([("max_size".to_owned(), "2GiB".to_owned())]);
+        assert_eq!(Config::load(&flags, None, &no_env).unwrap().limits.max_blob_size, 2 << 30);
+        let env = |name: &str| (name == "CACHED_MAX_BLOB_SIZE").then(|| "1GiB".to_owned());
+        assert_eq!(Config::load(&flags, None, &env).unwrap().limits.max_blob_size, 1 << 30);
+        let env = |name: &str| (name == "CACHED_MAX_BLOB_SIZE").then(|| "3GiB".to_owned());
+        let err = Config::load(&flags, None, &env).unwrap_err().to_string();
+        assert!(err.contains("max_blob_size") && err.contains("max_size"), "{err}");
+        let env = |name: &str| (name == "CACHED_MAX_BLOB_SIZE").then(|| "lots".to_owned());
+        let err = Config::load(&flags, None, &env).unwrap_err().to_string();
+        assert!(err.contains("CACHED_MAX_BLOB_SIZE"), "{err}");
     }
 }

@@ -4,16 +4,21 @@
 //! actions are never asked for again, and their entries would otherwise pile up). An
 //! entry is stored only if its blob hashes (SHA-256) to its OutputID, as Go names outputs: a
 //! client that records a wrong one would otherwise make every reader refuse the body, and
-//! refusals count toward the readers' circuit breakers.
+//! refusals count toward the readers' circuit breakers. That check is a lookup: the store
+//! records every blob's SHA-256 while it verifies the upload, so a Put never reads a blob.
+//!
+//! A stored entry is synced before Put answers (RocksDB groups concurrent synced writes into
+//! one WAL sync). Its blob was committed earlier in the same WAL, so the sync makes the blob
+//! durable too: after a power cut an entry never survives without its blob. A blob can still
+//! go later (eviction, a lost unsynced eviction or upload); a lookup then finds the entry
+//! dangling, answers a miss and removes it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use proto::frames::FrameDecoder;
 use proto::{ActionId, Digest, INLINE_BODY_MAX, OutputId};
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
-use sha2::{Digest as _, Sha256};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 
 use crate::db::{CF_GO_ACTIONS, cf};
 use crate::error::{Error, Result};
@@ -104,17 +109,29 @@ impl GoCache {
         Arc::new(Self { db, store, stats })
     }
 
+    /// Looks up `ids`, in order. Bodies come inline while their stored bytes fit in
+    /// `inline_budget`, which is charged before a body is read: a request costs at most what
+    /// its reply may carry. An id asked twice is refused: it would cost twice and return
+    /// nothing new.
     pub async fn get_many(
         self: &Arc<Self>,
         namespace: String,
         ids: Vec<ActionId>,
+        inline_budget: u64,
     ) -> Result<Vec<Option<GoHit>>> {
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        if let Some(id) = ids.iter().find(|id| !seen.insert(**id)) {
+            return Err(Error::invalid(format!(
+                "action {id} is asked for more than once in one request; ask for each action once"
+            )));
+        }
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let counters = this.stats.namespace(&namespace);
+            let mut budget = inline_budget;
             ids.iter()
                 .map(|id| {
-                    let hit = this.lookup(&namespace, id)?;
+                    let hit = this.lookup(&namespace, id, &mut budget)?;
                     let counter = if hit.is_some() { &counters.go_hits } else { &counters.go_misses };
                     counter.fetch_add(1, Ordering::Relaxed);
                     Ok(hit)
@@ -124,7 +141,12 @@ impl GoCache {
         .await?
     }
 
-    fn lookup(&self, namespace: &str, action_id: &ActionId) -> Result<Option<GoHit>> {
+    fn lookup(
+        &self,
+        namespace: &str,
+        action_id: &ActionId,
+        inline_budget: &mut u64,
+    ) -> Result<Option<GoHit>> {
         let actions = cf(&self.db, CF_GO_ACTIONS)?;
         let key = entry_key(namespace, action_id);
         let Some(bytes) = self.db.get_pinned_cf(actions, &key)? else {
@@ -137,10 +159,13 @@ impl GoCache {
             self.stats.go_entries_dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
-        let inline_body = match entry.digest.size {
-            0 => None,
-            size if size <= INLINE_BODY_MAX => frames.next().transpose()?,
-            _ => None,
+        let stored_bytes = frames.info().stored_bytes;
+        let inline = (1..=INLINE_BODY_MAX).contains(&entry.digest.size) && stored_bytes <= *inline_budget;
+        let inline_body = if inline {
+            *inline_budget -= stored_bytes;
+            frames.next().transpose()?
+        } else {
+            None
         };
         Ok(Some(GoHit { entry, inline_body }))
     }
@@ -148,12 +173,13 @@ impl GoCache {
     pub async fn put(self: &Arc<Self>, namespace: String, action_id: ActionId, entry: GoEntry) -> Result<()> {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let Some(actual) = this.output_id_of(&entry.digest)? else {
+            let Some(blob) = this.store.stat(&[entry.digest])?.pop().flatten() else {
                 return Err(Error::FailedPrecondition(format!(
                     "the entry's blob {} is not in the CAS; upload it (Cas.Write or BatchWrite) before recording the entry",
                     entry.digest
                 )));
             };
+            let actual = OutputId(blob.sha256);
             if actual != entry.output_id {
                 return Err(Error::invalid(format!(
                     "the entry's blob {} hashes (SHA-256) to {actual}, not to its OutputID {}; \
@@ -162,7 +188,10 @@ impl GoCache {
                 )));
             }
             let actions = cf(&this.db, CF_GO_ACTIONS)?;
-            this.db.put_cf(actions, entry_key(&namespace, &action_id), entry.encode())?;
+            // Synced: the client is told the entry is stored.
+            let mut synced = WriteOptions::default();
+            synced.set_sync(true);
+            this.db.put_cf_opt(actions, entry_key(&namespace, &action_id), entry.encode(), &synced)?;
             this.stats.namespace(&namespace).go_puts.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -203,19 +232,6 @@ impl GoCache {
         }
         Ok(dropped)
     }
-
-    /// The SHA-256 of a stored blob's bytes (Go's OutputID of them); `None` when it is not
-    /// stored.
-    fn output_id_of(&self, digest: &Digest) -> Result<Option<OutputId>> {
-        let Some(frames) = self.store.read(digest, 0)? else { return Ok(None) };
-        let mut decoder =
-            FrameDecoder::new(digest.size, 0).map_err(|err| Error::Internal(format!("zstd: {err}")))?;
-        let mut sha256 = Sha256::new();
-        for frame in frames {
-            sha256.update(decoder.decode(&frame?).map_err(|err| Error::Corrupt(err.to_string()))?);
-        }
-        Ok(Some(OutputId(sha256.finalize().into())))
-    }
 }
 
 #[cfg(test)]
@@ -236,7 +252,9 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let store: SharedStore = Arc::new(rocks);
         // The empty blob is stored; the others never were.
-        store.write(&Digest::of(b"")).unwrap().commit().unwrap();
+        let mut writer = store.write(&Digest::of(b"")).unwrap();
+        writer.record_sha256([0; 32]);
+        writer.commit().unwrap();
         let cache = GoCache::new(Arc::clone(&db), store, Arc::clone(&stats));
         let actions = cf(&db, CF_GO_ACTIONS).unwrap();
         for (action, body) in [(1u8, &b"gone"[..]), (2, b""), (3, b"gone too")] {
@@ -252,7 +270,7 @@ mod tests {
         assert_eq!(dropped, [1, 0, 1, 0], "one entry per round, then back to the start");
         assert!(cursor.is_empty());
         assert_eq!(stats.go_entries_dropped.load(Ordering::Relaxed), 2);
-        assert!(cache.lookup("ns", &ActionId([2; 32])).unwrap().is_some());
+        assert!(cache.lookup("ns", &ActionId([2; 32]), &mut 0).unwrap().is_some());
         assert_eq!(cache.sweep_dangling(&mut cursor, 10).unwrap(), 0);
     }
 

@@ -81,8 +81,13 @@ pub async fn run(
     warn_if_the_disk_is_smaller(&config, &space, &rocks);
     let stats = Arc::new(stats::Stats::default());
     let store_counters = Arc::new(StoreCounters::default());
+    let held = rocks.clone();
     let store: SharedStore = Arc::new(Metered::new(
-        SpaceGuarded::new(Verified::new(rocks.clone()), Arc::clone(&space)),
+        SpaceGuarded::new(
+            Verified::new(rocks.clone()),
+            Arc::clone(&space),
+            Box::new(move || held.totals().stored_bytes),
+        ),
         Arc::clone(&store_counters),
     ));
     let limits = config.limits.clone();

@@ -100,3 +100,68 @@ async fn below_the_free_space_floor_uploads_wait_for_eviction_and_the_store_neve
     assert!(kept > 0, "every blob was evicted");
     drop(server);
 }
+
+#[tokio::test]
+async fn an_upload_larger_than_the_room_above_the_floor_is_refused_at_its_header() {
+    let Some(disk) = Tmpfs::mount(128 << 20) else { return };
+    let settings = [("max_size", "10GiB"), ("min_free_space", "64MiB"), ("idle_timeout", "1h")];
+    let server = Server::start(&disk.path().join("data"), &settings).await;
+    let clients = server.clients().await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let too_big = Digest { hash: [6; 32], size: 100 << 20 };
+    sender.send(common::header(too_big, Compression::Zstd)).await.unwrap();
+    let mut cas = clients.cas.clone();
+    let upload = cas.write(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    // No body is ever sent: the header alone must settle it.
+    let answer = tokio::time::timeout(Duration::from_secs(20), upload).await.expect("refused at the header");
+    let err = answer.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("could ever take"), "{}", err.message());
+    drop(sender);
+    drop(server);
+}
+
+#[tokio::test]
+async fn an_upload_that_crosses_the_floor_while_it_streams_is_cut_off_and_stores_nothing() {
+    let Some(disk) = Tmpfs::mount(320 << 20) else { return };
+    let settings = [("max_size", "10GiB"), ("min_free_space", "64MiB"), ("maintenance_interval", "200ms")];
+    let server = Server::start(&disk.path().join("data"), &settings).await;
+    let clients = server.clients().await;
+    // Fits the room above the floor at its header; then something else fills the disk.
+    let blob = noise(200 << 20, 77);
+    let digest = Digest::of(&blob);
+    let frames = common::frames(&blob);
+    let total = frames.len();
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let mut cas = clients.cas.clone();
+    let upload =
+        tokio::spawn(async move { cas.write(tokio_stream::wrappers::ReceiverStream::new(receiver)).await });
+    sender.send(common::header(digest, Compression::Zstd)).await.unwrap();
+    let mut sent = 0;
+    let filler = disk.path().join("filler");
+    for frame in frames {
+        if sent == 16 {
+            std::fs::write(&filler, vec![1u8; 150 << 20]).unwrap();
+        }
+        if sender.send(common::data(frame)).await.is_err() {
+            break; // The server answered and closed the stream.
+        }
+        sent += 1;
+    }
+    drop(sender);
+    let err = upload.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("nearly full"), "the floor, not a full disk: {}", err.message());
+    assert!(sent < total, "refused only after all {total} frames were sent");
+    assert!(!clients.is_stored(digest).await);
+    assert_eq!(clients.store_stats().await.blobs, 0, "nothing was stored");
+    // The store did not wedge: once the disk has room again, uploads are taken again.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let small = noise(1 << 20, 78);
+    while clients.write_as(Digest::of(&small), common::frames(&small)).await.is_err() {
+        assert!(Instant::now() < deadline, "uploads were still refused after 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(server);
+}

@@ -68,3 +68,53 @@ async fn malformed_writes_are_explained() {
     assert!(err.message().contains("frame 0"), "{}", err.message());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_upload_over_max_size_is_refused_at_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    // No max_blob_size: it follows max_size.
+    let server = Server::start(dir.path(), &[("max_size", "64MiB"), ("idle_timeout", "1h")]).await;
+    let clients = server.clients().await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let too_big = Digest { hash: [5; 32], size: 65 << 20 };
+    sender.send(header(too_big, Compression::Zstd)).await.unwrap();
+    let mut cas = clients.cas.clone();
+    let upload = cas.write(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    // The stream stays open and no body is sent: the answer comes from the header alone.
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), upload)
+        .await
+        .expect("refused without waiting for a body");
+    let err = answer.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("max_blob_size"), "{}", err.message());
+    drop(sender);
+    server.stop().await;
+}
+
+#[test]
+fn max_blob_size_over_max_size_fails_at_start_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cached"))
+        .args(["--max-size", "1GiB", "--max-blob-size", "2GiB", "--metrics-listen", "off"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .env_clear()
+        .env("HOME", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("cached started with max_blob_size over max_size");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("max_blob_size") && stderr.contains("max_size"), "{stderr}");
+}

@@ -534,6 +534,30 @@ async fn layers_are_cached_in_cached_and_never_rebuilt_or_reuploaded() {
     server.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn platforms_with_one_binary_share_a_cached_layer() {
+    // Their layer keys are equal, and cached refuses a GetMany that names a key twice.
+    let binary = fixture().path("linux/amd64");
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        cached::embedded::Embedded::start(&dir.path().join("data"), &[]).await.expect("cached starts");
+    for run in ["one", "two"] {
+        let layout = dir.path().join(run);
+        let mut args = strings(&["--server", &server.url(), "image", "--json", "--name", "hello"]);
+        args.extend(strings(&["--oci-layout", s(&layout)]));
+        for platform in ["linux/amd64", "linux/arm64"] {
+            args.extend(["--platform".to_owned(), format!("{platform}={}", binary.display())]);
+        }
+        let output = Command::new(CACHECTL).args(&args).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(output.stderr.is_empty(), "no warnings: {}", String::from_utf8_lossy(&output.stderr));
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let cached = report["images"].as_array().unwrap().iter().all(|i| i["layer_cached"] == true);
+        assert_eq!(cached, run == "two", "{report}");
+    }
+    server.stop().await.unwrap();
+}
+
 #[test]
 fn without_a_server_images_still_build_with_one_warning() {
     let fixture = fixture();

@@ -1,6 +1,7 @@
 //! Frame decoding, as every upload and every client download runs it: arbitrary bytes as the
 //! frames of a blob of arbitrary size. Never a panic, never more than one frame of memory, and
-//! a frame is accepted only with exactly the length it must have.
+//! a frame is accepted only with exactly the length it must have and nothing beyond one zstd
+//! frame (no skippable frame, trailing bytes or second frame; the corpus has each).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,10 +1,23 @@
 //! The framing every blob travels and rests in: independent zstd frames of exactly
 //! `FRAME_SIZE` uncompressed bytes each, the last holding the remainder. Concatenated frames
 //! are a valid zstd stream, and the frame holding any offset is `offset / FRAME_SIZE`.
+//!
+//! A frame is one zstd frame and nothing else: no skippable frame, no second frame, no bytes
+//! after it, its content size in its header, and no larger than zstd's bound for what it
+//! holds. zstd itself would decode all of those padded forms, so a server that stored them
+//! would serve far more bytes than a blob holds ([`check_frame`]).
 
 use std::io;
 
+use zstd::zstd_safe;
+
 use crate::FRAME_SIZE;
+
+/// The first four bytes of a zstd frame (little endian).
+const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+/// Skippable frames start with any of 16 magic numbers, 0x184D2A50 to 0x184D2A5F.
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
+const SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
 
 /// Number of frames a blob of `size` bytes is cut into. An empty blob has none.
 pub fn frame_count(size: u64) -> u64 {
@@ -28,6 +41,59 @@ pub enum FrameError {
     WrongLength { index: u64, expected: usize, actual: usize },
     #[error("a blob of {size} bytes has {frames} frames; frame {index} is one too many")]
     TooMany { size: u64, frames: u64, index: u64 },
+    #[error(
+        "frame {index} is not one plain zstd frame: {reason}. Send each frame as zstd compresses \
+         it, with nothing before or after it"
+    )]
+    Padded { index: u64, reason: String },
+    #[error(
+        "frame {index} takes {len} bytes for {expected} uncompressed bytes, more than zstd's \
+         bound of {bound} for them"
+    )]
+    OverBound { index: u64, len: usize, expected: usize, bound: usize },
+    #[error(
+        "frame {index} declares {declared} in its header but must hold {expected} bytes; compress \
+         each frame in one call, which records its size"
+    )]
+    WrongDeclaredSize { index: u64, expected: usize, declared: String },
+}
+
+/// Checks that `frame`, frame `index` of a blob, is exactly one zstd frame declaring
+/// `expected` uncompressed bytes and taking no more than zstd's bound for them. Reads only
+/// the frame's header and block headers: cheap enough to run on every frame served.
+pub fn check_frame(frame: &[u8], index: u64, expected: usize) -> Result<(), FrameError> {
+    let padded = |reason: &str| FrameError::Padded { index, reason: reason.to_owned() };
+    let bound = zstd_safe::compress_bound(expected);
+    if frame.len() > bound {
+        return Err(FrameError::OverBound { index, len: frame.len(), expected, bound });
+    }
+    let magic = frame.get(..4).map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+    match magic {
+        Some(ZSTD_MAGIC) => {}
+        Some(magic) if magic & SKIPPABLE_MASK == SKIPPABLE_MAGIC => {
+            return Err(padded("it starts with a skippable frame"));
+        }
+        _ => return Err(padded("it does not start with the zstd magic number")),
+    }
+    match zstd_safe::find_frame_compressed_size(frame) {
+        Ok(len) if len == frame.len() => {}
+        Ok(len) => {
+            return Err(padded(&format!(
+                "{} bytes follow the end of its first frame (skippable frames, another frame or \
+                 trailing bytes)",
+                frame.len() - len
+            )));
+        }
+        Err(_) => return Err(padded("its blocks do not parse")),
+    }
+    match zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(declared)) if declared == expected as u64 => Ok(()),
+        Ok(Some(declared)) => {
+            Err(FrameError::WrongDeclaredSize { index, expected, declared: format!("{declared} bytes") })
+        }
+        Ok(None) => Err(FrameError::WrongDeclaredSize { index, expected, declared: "no size".to_owned() }),
+        Err(_) => Err(padded("its header does not parse")),
+    }
 }
 
 /// Compresses one frame's worth of raw bytes. Reuses its zstd context across frames.
@@ -83,6 +149,7 @@ impl FrameDecoder {
             frames: frame_count(self.size),
             index,
         })?;
+        check_frame(frame, index, expected)?;
         self.buffer.clear();
         self.buffer.reserve(expected);
         let actual = self
@@ -136,12 +203,18 @@ mod tests {
         assert!(matches!(decoder.decode(&short), Err(FrameError::TooMany { .. })));
 
         let mut decoder = FrameDecoder::new(FRAME_SIZE as u64 + 3, 0).unwrap();
-        assert!(matches!(decoder.decode(&short), Err(FrameError::WrongLength { .. })));
+        assert!(matches!(decoder.decode(&short), Err(FrameError::WrongDeclaredSize { .. })));
 
         let mut decoder = FrameDecoder::new(2, 0).unwrap();
-        assert!(matches!(decoder.decode(&short), Err(FrameError::Undecodable { .. })));
+        assert!(matches!(decoder.decode(&short), Err(FrameError::WrongDeclaredSize { .. })));
         let mut decoder = FrameDecoder::new(3, 0).unwrap();
-        assert!(matches!(decoder.decode(b"not zstd"), Err(FrameError::Undecodable { .. })));
+        assert!(matches!(decoder.decode(b"not zstd"), Err(FrameError::Padded { .. })));
+        // A header that lies about the content: zstd notices while decoding.
+        let mut lying = short.clone();
+        let size_byte = lying.iter().position(|&b| b == 3).unwrap();
+        lying[size_byte] = 4;
+        let mut decoder = FrameDecoder::new(4, 0).unwrap();
+        assert!(matches!(decoder.decode(&lying), Err(FrameError::Undecodable { .. })));
     }
 
     #[test]
@@ -153,10 +226,63 @@ mod tests {
         assert!(!decoder.is_complete());
         assert!(matches!(
             decoder.decode(&encoder.encode(&[1, 2, 3]).unwrap()),
-            Err(FrameError::WrongLength { .. })
+            Err(FrameError::WrongDeclaredSize { .. })
         ));
         decoder.restart(5, 0);
         assert_eq!(decoder.decode(&encoder.encode(&[5; 5]).unwrap()).unwrap(), &[5; 5]);
         assert!(decoder.is_complete());
+    }
+
+    fn skippable(len: usize) -> Vec<u8> {
+        let mut out = (SKIPPABLE_MAGIC + 3).to_le_bytes().to_vec();
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.resize(8 + len, 0);
+        out
+    }
+
+    #[test]
+    fn a_frame_is_one_zstd_frame_and_nothing_else() {
+        let mut encoder = FrameEncoder::new(1).unwrap();
+        let raw = b"the content of a small blob".repeat(10);
+        let frame = encoder.encode(&raw).unwrap();
+        check_frame(&frame, 0, raw.len()).unwrap();
+
+        let after = [frame.clone(), skippable(100)].concat();
+        let before = [skippable(0), frame.clone()].concat();
+        let trailing = [frame.clone(), b"x".to_vec()].concat();
+        let twice = [frame.clone(), frame.clone()].concat();
+        for (what, bad) in [("after", after), ("before", before), ("trailing", trailing), ("twice", twice)] {
+            let err = check_frame(&bad, 0, raw.len()).unwrap_err();
+            assert!(matches!(err, FrameError::Padded { .. }), "{what}: {err}");
+            let mut decoder = FrameDecoder::new(raw.len() as u64, 0).unwrap();
+            assert!(decoder.decode(&bad).is_err(), "{what} decoded");
+        }
+        let mut compressor = zstd::bulk::Compressor::new(1).unwrap();
+        compressor.include_contentsize(false).unwrap();
+        let sizeless = compressor.compress(&raw).unwrap();
+        let err = check_frame(&sizeless, 0, raw.len()).unwrap_err();
+        assert!(matches!(err, FrameError::WrongDeclaredSize { .. }), "{err}");
+        let err = check_frame(&frame, 0, raw.len() + 1).unwrap_err();
+        assert!(matches!(err, FrameError::WrongDeclaredSize { .. }), "{err}");
+        let noise: Vec<u8> = (0..1000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let err = check_frame(&encoder.encode(&noise).unwrap(), 0, 10).unwrap_err();
+        assert!(matches!(err, FrameError::OverBound { .. }), "{err}");
+        assert!(check_frame(b"", 0, 1).is_err());
+        assert!(check_frame(&frame[..frame.len() - 1], 0, raw.len()).is_err());
+    }
+
+    #[test]
+    fn incompressible_frames_stay_within_the_bound() {
+        let mut state = 1u64;
+        let noise: Vec<u8> = (0..FRAME_SIZE)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 56) as u8
+            })
+            .collect();
+        for level in [1, 3, 19] {
+            let frame = FrameEncoder::new(level).unwrap().encode(&noise).unwrap();
+            check_frame(&frame, 0, FRAME_SIZE).unwrap();
+        }
     }
 }

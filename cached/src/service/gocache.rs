@@ -35,22 +35,12 @@ impl GoCacheService {
             .map(|id| ActionId::try_from(id.as_ref()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(Error::from)?;
-        let hits = self.cache.get_many(ns, ids).await?;
+        let budget = inline_budget(self.limits.max_message_size as u64, ids.len() as u64);
+        let hits = self.cache.get_many(ns, ids, budget).await?;
         let counters = self.stats.api(api);
-        // Inline bodies stop once half the message budget is used; the rest are read through
-        // Cas.Read, so a large batch never produces a reply the client would refuse.
-        let mut inline_budget = self.limits.max_message_size as u64 / 2;
         Ok(hits
             .into_iter()
-            .map(|mut hit| {
-                if let Some(hit) = hit.as_mut() {
-                    let inline = hit.inline_body.as_ref().map_or(0, |body| body.len() as u64);
-                    if inline > inline_budget {
-                        hit.inline_body = None;
-                    } else {
-                        inline_budget -= inline;
-                    }
-                }
+            .map(|hit| {
                 match &hit {
                     Some(hit) => {
                         counters.hit();
@@ -62,6 +52,17 @@ impl GoCacheService {
             })
             .collect())
     }
+}
+
+/// What a GoGetResponse costs beyond its inline body: entry, digest, flags, framing.
+const ENTRY_OVERHEAD: u64 = 160;
+
+/// The bytes of inline bodies a reply to `entries` lookups may carry: at most half the
+/// message limit, and never so much that the entries themselves would not fit. The rest are
+/// read through Cas.Read, so a large batch never produces a reply the client would refuse.
+fn inline_budget(max_message_size: u64, entries: u64) -> u64 {
+    let room = max_message_size.saturating_sub(entries.saturating_mul(ENTRY_OVERHEAD) + (4 << 10));
+    room.min(max_message_size / 2)
 }
 
 fn response(hit: Option<GoHit>) -> v1::GoGetResponse {

@@ -45,8 +45,12 @@ impl BlobKey {
     }
 }
 
-const META_VERSION: u8 = 1;
-const META_LEN: usize = 1 + 8 * 4;
+/// Metadata before blobs carried their SHA-256. Such a blob is a miss (see `BlobMeta::sha256`)
+/// and the next upload of its digest replaces it.
+const META_V1: u8 = 1;
+const META_V1_LEN: usize = 1 + 8 * 4;
+const META_VERSION: u8 = 2;
+const META_LEN: usize = META_V1_LEN + 32;
 
 /// What the store knows about one committed blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,30 +64,43 @@ pub(crate) struct BlobMeta {
     pub upload_id: u64,
     /// Last access, milliseconds since the Unix epoch, updated lazily.
     pub atime_ms: u64,
+    /// SHA-256 of the uncompressed bytes, taken while the upload was verified. `None` for a
+    /// blob stored before that (version 1), whose frames were also never checked for padding:
+    /// it is treated as absent.
+    pub sha256: Option<[u8; 32]>,
 }
 
 impl BlobMeta {
-    pub(crate) fn encode(&self) -> [u8; META_LEN] {
-        let mut out = [0u8; META_LEN];
-        out[0] = META_VERSION;
-        for (slot, value) in
-            out[1..].chunks_exact_mut(8).zip([self.size, self.stored_bytes, self.upload_id, self.atime_ms])
-        {
-            slot.copy_from_slice(&value.to_be_bytes());
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(META_LEN);
+        out.push(if self.sha256.is_some() { META_VERSION } else { META_V1 });
+        for value in [self.size, self.stored_bytes, self.upload_id, self.atime_ms] {
+            out.extend_from_slice(&value.to_be_bytes());
+        }
+        if let Some(sha256) = &self.sha256 {
+            out.extend_from_slice(sha256);
         }
         out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        if bytes.len() != META_LEN || bytes[0] != META_VERSION {
-            return Err(Error::Corrupt(format!(
-                "blob metadata of {} bytes with version {:?}",
-                bytes.len(),
-                bytes.first()
-            )));
-        }
+        let sha256 = match (bytes.first(), bytes.len()) {
+            (Some(&META_V1), META_V1_LEN) => None,
+            (Some(&META_VERSION), META_LEN) => {
+                let mut sha256 = [0u8; 32];
+                sha256.copy_from_slice(&bytes[META_V1_LEN..]);
+                Some(sha256)
+            }
+            _ => {
+                return Err(Error::Corrupt(format!(
+                    "blob metadata of {} bytes with version {:?}",
+                    bytes.len(),
+                    bytes.first()
+                )));
+            }
+        };
         let field = |i: usize| u64_be(&bytes[1 + 8 * i..9 + 8 * i]);
-        Ok(Self { size: field(0), stored_bytes: field(1), upload_id: field(2), atime_ms: field(3) })
+        Ok(Self { size: field(0), stored_bytes: field(1), upload_id: field(2), atime_ms: field(3), sha256 })
     }
 }
 
@@ -113,10 +130,17 @@ mod tests {
 
     #[test]
     fn meta_round_trips_and_rejects_other_versions() {
-        let meta = BlobMeta { size: 5, stored_bytes: 9, upload_id: 7, atime_ms: 11 };
+        let meta = BlobMeta { size: 5, stored_bytes: 9, upload_id: 7, atime_ms: 11, sha256: Some([3; 32]) };
         let mut encoded = meta.encode();
         assert_eq!(BlobMeta::decode(&encoded).unwrap(), meta);
-        encoded[0] = 2;
+        encoded[0] = 3;
         assert!(BlobMeta::decode(&encoded).is_err());
+
+        let legacy = BlobMeta { sha256: None, ..meta };
+        let mut encoded = legacy.encode();
+        assert_eq!(encoded.len(), META_V1_LEN);
+        assert_eq!(BlobMeta::decode(&encoded).unwrap(), legacy);
+        encoded[0] = META_VERSION;
+        assert!(BlobMeta::decode(&encoded).is_err(), "a version 2 record without its SHA-256");
     }
 }

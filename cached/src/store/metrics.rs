@@ -35,8 +35,8 @@ impl<S: BlobStore> Metered<S> {
 }
 
 impl<S: BlobStore> BlobStore for Metered<S> {
-    fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
-        self.inner.contains(digests)
+    fn stat(&self, digests: &[Digest]) -> Result<Vec<Option<super::BlobInfo>>> {
+        self.inner.stat(digests)
     }
 
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
@@ -44,15 +44,18 @@ impl<S: BlobStore> BlobStore for Metered<S> {
             return Ok(None);
         };
         let counters = Arc::clone(&self.counters);
-        Ok(Some(Box::new(frames.inspect(move |frame| {
-            if let Ok(frame) = frame {
-                add(&counters.read_bytes, frame.len() as u64);
-            }
-        }))))
+        Ok(Some(frames.and_then(move |frame| {
+            add(&counters.read_bytes, frame.len() as u64);
+            Ok(frame)
+        })))
     }
 
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {
         Ok(Box::new(MeteredWriter { inner: self.inner.write(digest)?, counters: Arc::clone(&self.counters) }))
+    }
+
+    fn remove(&self, digest: &Digest) -> Result<()> {
+        self.inner.remove(digest)
     }
 }
 
@@ -67,6 +70,10 @@ impl FrameWriter for MeteredWriter {
         self.inner.put_frame(frame)?;
         add(&self.counters.written_bytes, len);
         Ok(())
+    }
+
+    fn record_sha256(&mut self, sha256: [u8; 32]) {
+        self.inner.record_sha256(sha256);
     }
 
     fn commit(self: Box<Self>) -> Result<Committed> {

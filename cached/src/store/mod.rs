@@ -19,7 +19,7 @@ use proto::Digest;
 pub use keys::BlobKey;
 pub use metrics::{Metered, StoreCounters};
 pub use rocks::{RocksStore, StoreTotals};
-pub use space::{FreeSpace, SpaceGuarded, reclaim};
+pub use space::{Evictable, FreeSpace, SpaceGuarded, reclaim};
 pub use verify::Verified;
 
 use crate::error::Result;
@@ -33,11 +33,25 @@ pub enum Committed {
     AlreadyPresent,
 }
 
+/// What the store knows of a stored blob without reading it: what reading it costs, and the
+/// SHA-256 of its bytes (Go's OutputID of them), taken when its upload was verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Bytes of the stored (compressed) frames.
+    pub stored_bytes: u64,
+    pub sha256: [u8; 32],
+}
+
 /// A content-addressed store of framed blobs. Every method blocks: call it from a blocking
 /// task, never from an async worker thread.
 pub trait BlobStore: Send + Sync + 'static {
+    /// For each digest, what the store knows of it, or `None` when it does not hold it.
+    fn stat(&self, digests: &[Digest]) -> Result<Vec<Option<BlobInfo>>>;
+
     /// For each digest, whether the store holds it.
-    fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>>;
+    fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        Ok(self.stat(digests)?.iter().map(Option::is_some).collect())
+    }
 
     /// The frames of a stored blob from frame `first_frame` on, or `None` on a miss.
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>>;
@@ -45,14 +59,50 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Starts an upload. Nothing becomes visible until `commit`; dropping the writer without
     /// committing discards what it wrote.
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>>;
+
+    /// Deletes a stored blob (one found corrupt); nothing happens when it is not stored.
+    fn remove(&self, digest: &Digest) -> Result<()>;
 }
 
-/// The stored frames of one blob, read lazily one at a time.
-pub type FrameReader = Box<dyn Iterator<Item = Result<Bytes>> + Send>;
+type Frames = Box<dyn Iterator<Item = Result<Bytes>> + Send>;
+
+/// The stored frames of one blob, read lazily one at a time, with what the store knew of the
+/// blob when the read started.
+pub struct FrameReader {
+    info: BlobInfo,
+    frames: Frames,
+}
+
+impl FrameReader {
+    pub fn new(info: BlobInfo, frames: impl Iterator<Item = Result<Bytes>> + Send + 'static) -> Self {
+        Self { info, frames: Box::new(frames) }
+    }
+
+    pub fn info(&self) -> &BlobInfo {
+        &self.info
+    }
+
+    /// Passes every frame read through `step`, which may refuse it.
+    pub fn and_then(self, mut step: impl FnMut(Bytes) -> Result<Bytes> + Send + 'static) -> Self {
+        Self { info: self.info, frames: Box::new(self.frames.map(move |frame| frame.and_then(&mut step))) }
+    }
+}
+
+impl Iterator for FrameReader {
+    type Item = Result<Bytes>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.frames.next()
+    }
+}
 
 pub trait FrameWriter: Send {
     /// Appends the next zstd frame of the blob.
     fn put_frame(&mut self, frame: Bytes) -> Result<()>;
+
+    /// Records the SHA-256 of the blob's bytes, to be stored beside it. `Verified` computes it
+    /// and calls this before `commit`; a backend refuses to commit a blob without it.
+    fn record_sha256(&mut self, sha256: [u8; 32]);
 
     /// Makes the blob visible, atomically.
     fn commit(self: Box<Self>) -> Result<Committed>;

@@ -10,7 +10,7 @@ use rocksdb::{DB, IteratorMode, WriteBatch};
 
 use super::keys::{BlobKey, BlobMeta, chunk_key, lru_key, u64_be};
 use super::lru::AccessLog;
-use super::{BlobStore, Committed, FrameReader, FrameWriter};
+use super::{BlobInfo, BlobStore, Committed, FrameReader, FrameWriter};
 use crate::db::{CF_BLOBS, CF_CHUNKS, CF_COUNTERS, CF_LRU, CF_PENDING, cf};
 use crate::error::{Error, Result};
 
@@ -175,6 +175,22 @@ impl Inner {
         Ok(())
     }
 
+    /// Adds the deletion of a stored blob (metadata, access order, frames) to `batch`, and
+    /// takes it off `totals`.
+    pub(super) fn delete_blob(
+        &self,
+        batch: &mut WriteBatch,
+        key: &BlobKey,
+        meta: &BlobMeta,
+        totals: &mut StoreTotals,
+    ) -> Result<()> {
+        batch.delete_cf(cf(&self.db, CF_BLOBS)?, key.as_bytes());
+        batch.delete_cf(cf(&self.db, CF_LRU)?, lru_key(meta.atime_ms, key));
+        self.delete_chunks(batch, meta.upload_id, frame_count(meta.size))?;
+        totals.remove(meta);
+        Ok(())
+    }
+
     pub(super) fn put_totals(&self, batch: &mut WriteBatch, totals: &StoreTotals) -> Result<()> {
         batch.put_cf(cf(&self.db, CF_COUNTERS)?, TOTALS_KEY, totals.encode());
         Ok(())
@@ -209,8 +225,16 @@ fn discard_interrupted_uploads(db: &DB) -> Result<u64> {
     Ok(next)
 }
 
+/// What a lookup of `digest` finds in `meta`: the blob, unless its size differs (another
+/// blob with the same hash cannot exist; a client that names a wrong size asks for nothing)
+/// or it predates SHA-256s and frame checks (a miss, replaced by the next upload).
+fn live(meta: &BlobMeta, digest: &Digest) -> Option<BlobInfo> {
+    let sha256 = meta.sha256.filter(|_| meta.size == digest.size)?;
+    Some(BlobInfo { stored_bytes: meta.stored_bytes, sha256 })
+}
+
 impl BlobStore for RocksStore {
-    fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+    fn stat(&self, digests: &[Digest]) -> Result<Vec<Option<BlobInfo>>> {
         let blobs = cf(&self.inner.db, CF_BLOBS)?;
         let keys: Vec<BlobKey> = digests.iter().map(BlobKey::blake3).collect();
         let values = self.inner.db.batched_multi_get_cf(blobs, keys.iter().map(BlobKey::as_bytes), false);
@@ -218,17 +242,16 @@ impl BlobStore for RocksStore {
             .iter()
             .zip(values)
             .map(|(digest, value)| match value? {
-                Some(bytes) => Ok(BlobMeta::decode(&bytes)?.size == digest.size),
-                None => Ok(false),
+                Some(bytes) => Ok(live(&BlobMeta::decode(&bytes)?, digest)),
+                None => Ok(None),
             })
             .collect()
     }
 
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
         let key = BlobKey::blake3(digest);
-        let Some(meta) = self.inner.meta(&key)?.filter(|meta| meta.size == digest.size) else {
-            return Ok(None);
-        };
+        let Some(meta) = self.inner.meta(&key)? else { return Ok(None) };
+        let Some(info) = live(&meta, digest) else { return Ok(None) };
         self.inner.access_log.touch(key);
         let inner = Arc::clone(&self.inner);
         let digest = *digest;
@@ -243,7 +266,7 @@ impl BlobStore for RocksStore {
                 }
             }
         });
-        Ok(Some(Box::new(frames)))
+        Ok(Some(FrameReader::new(info, frames)))
     }
 
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {
@@ -258,8 +281,23 @@ impl BlobStore for RocksStore {
             upload_id,
             frames: 0,
             stored_bytes: 0,
+            sha256: None,
             finished: false,
         }))
+    }
+
+    fn remove(&self, digest: &Digest) -> Result<()> {
+        let key = BlobKey::blake3(digest);
+        let inner = &self.inner;
+        let mut totals = inner.lock_totals();
+        let Some(meta) = inner.meta(&key)? else { return Ok(()) };
+        let mut batch = WriteBatch::default();
+        let mut next = *totals;
+        inner.delete_blob(&mut batch, &key, &meta, &mut next)?;
+        inner.put_totals(&mut batch, &next)?;
+        inner.db.write(batch)?;
+        *totals = next;
+        Ok(())
     }
 }
 
@@ -270,6 +308,7 @@ struct RocksWriter {
     upload_id: u64,
     frames: u64,
     stored_bytes: u64,
+    sha256: Option<[u8; 32]>,
     finished: bool,
 }
 
@@ -283,11 +322,26 @@ impl FrameWriter for RocksWriter {
         Ok(())
     }
 
+    fn record_sha256(&mut self, sha256: [u8; 32]) {
+        self.sha256 = Some(sha256);
+    }
+
     fn commit(mut self: Box<Self>) -> Result<Committed> {
+        let Some(sha256) = self.sha256 else {
+            return Err(Error::Internal(format!(
+                "blob {} reached the store without its SHA-256: the store must be wrapped in Verified",
+                Digest { hash: self.key.hash(), size: self.size }
+            )));
+        };
         let inner = Arc::clone(&self.store.inner);
         let mut totals = inner.lock_totals();
-        if inner.meta(&self.key)?.is_some() {
-            return Ok(Committed::AlreadyPresent);
+        let mut batch = WriteBatch::default();
+        let mut next_totals = *totals;
+        match inner.meta(&self.key)? {
+            Some(meta) if meta.sha256.is_some() => return Ok(Committed::AlreadyPresent),
+            // A blob from before SHA-256s were recorded: this verified upload replaces it.
+            Some(legacy) => inner.delete_blob(&mut batch, &self.key, &legacy, &mut next_totals)?,
+            None => {}
         }
         let budget = inner.budget;
         if self.stored_bytes > budget.max_bytes {
@@ -296,9 +350,16 @@ impl FrameWriter for RocksWriter {
                 self.stored_bytes, budget.max_bytes
             )));
         }
-        if totals.stored_bytes + self.stored_bytes > budget.max_bytes {
+        if next_totals.stored_bytes + self.stored_bytes > budget.max_bytes {
             let target = budget.low_bytes.min(budget.max_bytes - self.stored_bytes);
             self.store.evict_locked(&mut totals, target)?;
+            // Eviction may have taken the legacy blob being replaced: start again from what
+            // is stored now.
+            batch = WriteBatch::default();
+            next_totals = *totals;
+            if let Some(legacy) = inner.meta(&self.key)? {
+                inner.delete_blob(&mut batch, &self.key, &legacy, &mut next_totals)?;
+            }
         }
         let now = super::lru::now_ms();
         let meta = BlobMeta {
@@ -306,11 +367,10 @@ impl FrameWriter for RocksWriter {
             stored_bytes: self.stored_bytes,
             upload_id: self.upload_id,
             atime_ms: now,
+            sha256: Some(sha256),
         };
-        let mut next_totals = *totals;
         next_totals.add(&meta);
         let db = &inner.db;
-        let mut batch = WriteBatch::default();
         batch.put_cf(cf(db, CF_BLOBS)?, self.key.as_bytes(), meta.encode());
         batch.put_cf(cf(db, CF_LRU)?, lru_key(now, &self.key), []);
         batch.delete_cf(cf(db, CF_PENDING)?, self.upload_id.to_be_bytes());
@@ -342,5 +402,53 @@ impl Drop for RocksWriter {
             // The pending record stays, so the next start-up deletes the chunks instead.
             tracing::warn!(error = %err, upload_id = self.upload_id, "could not discard an unfinished upload");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_blob(store: &RocksStore, data: &[u8], sha256: [u8; 32]) -> Committed {
+        let mut writer = store.write(&Digest::of(data)).unwrap();
+        writer.put_frame(Bytes::copy_from_slice(data)).unwrap();
+        writer.record_sha256(sha256);
+        writer.commit().unwrap()
+    }
+
+    #[test]
+    fn a_blob_stored_before_sha256s_is_a_miss_and_the_next_upload_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, store) = crate::store::open_for_tests(dir.path());
+        let digest = Digest::of(b"old blob");
+        store_blob(&store, b"old blob", [1; 32]);
+        // Rewrite its metadata as a version 1 record, as an older cached left it.
+        let key = BlobKey::blake3(&digest);
+        let meta = BlobMeta { sha256: None, ..store.inner.meta(&key).unwrap().unwrap() };
+        db.put_cf(cf(&db, CF_BLOBS).unwrap(), key.as_bytes(), meta.encode()).unwrap();
+
+        assert_eq!(store.stat(&[digest]).unwrap(), [None]);
+        assert!(store.read(&digest, 0).unwrap().is_none());
+        assert!(matches!(store_blob(&store, b"old blob", [2; 32]), Committed::Stored { .. }));
+        assert_eq!(store.stat(&[digest]).unwrap()[0].unwrap().sha256, [2; 32]);
+        assert_eq!(store.totals().blobs, 1, "the old copy was replaced, not added to");
+        assert!(db.get_cf(cf(&db, CF_CHUNKS).unwrap(), chunk_key(meta.upload_id, 0)).unwrap().is_none());
+        assert!(matches!(store_blob(&store, b"old blob", [2; 32]), Committed::AlreadyPresent));
+    }
+
+    #[test]
+    fn a_commit_without_a_sha256_is_refused_and_remove_forgets_a_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, store) = crate::store::open_for_tests(dir.path());
+        let mut writer = store.write(&Digest::of(b"x")).unwrap();
+        writer.put_frame(Bytes::from_static(b"x")).unwrap();
+        assert!(matches!(writer.commit(), Err(Error::Internal(_))));
+        assert_eq!(store.totals().blobs, 0);
+
+        store_blob(&store, b"kept", [3; 32]);
+        store.remove(&Digest::of(b"kept")).unwrap();
+        assert_eq!(store.totals(), StoreTotals::default());
+        assert_eq!(store.stat(&[Digest::of(b"kept")]).unwrap(), [None]);
+        store.remove(&Digest::of(b"kept")).unwrap();
     }
 }

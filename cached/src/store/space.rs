@@ -6,6 +6,12 @@
 //! free, and housekeeping ([`reclaim`]) evicts least recently used blobs and compacts them
 //! away until it has more. `max_size` bounds what the store holds; this bounds what the disk
 //! lets it hold, whoever else writes there.
+//!
+//! An upload is judged at its header by its declared (uncompressed) size against the most the
+//! store could still take: the room above the floor plus all it holds, which eviction can give
+//! back. A blob beyond that is refused before its body is read. While an upload streams the
+//! disk is measured again every `RECHECK_EVERY` stored bytes, and an upload that takes it
+//! below the floor is cut off and stores nothing (housekeeping then evicts to make room).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,6 +24,9 @@ use crate::error::{Error, Result};
 
 /// Uploads come in bursts of thousands of small blobs; one sample serves a burst.
 const SAMPLE_FOR: Duration = Duration::from_millis(250);
+/// How many stored bytes an upload writes between two looks at the disk. Other uploads and
+/// RocksDB's WAL and flushes fill it too, so the floor, not this, is the margin.
+const RECHECK_EVERY: u64 = 64 << 20;
 
 /// The free space of the data directory's file system, against its floor.
 pub struct FreeSpace {
@@ -54,8 +63,10 @@ impl FreeSpace {
         Ok(self.floor.saturating_sub(self.available()?))
     }
 
-    /// Refuses an upload while the disk is below the floor.
-    fn admit(&self) -> Result<()> {
+    /// Refuses an upload while the disk is below the floor, or when its declared size is more
+    /// than the room above the floor plus the `evictable` bytes the store holds: what it
+    /// stores is about its size at most, so such a blob could never fit.
+    fn admit(&self, digest: &Digest, evictable: u64) -> Result<()> {
         if self.floor == 0 {
             return Ok(());
         }
@@ -64,6 +75,31 @@ impl FreeSpace {
             Some((at, available)) if at.elapsed() < SAMPLE_FOR => available,
             _ => self.available()?,
         };
+        self.check(available)?;
+        let room = (available - self.floor).saturating_add(evictable);
+        if digest.size > room {
+            return Err(Error::ResourceExhausted(format!(
+                "blob {digest} is larger than the {room} bytes the store could ever take on its disk: \
+                 {} bytes free under {} above min_free_space ({} bytes), plus the {evictable} \
+                 bytes it could evict; nothing was stored. Free space there or move --data-dir \
+                 to a larger disk",
+                available - self.floor,
+                self.dir.display(),
+                self.floor
+            )));
+        }
+        Ok(())
+    }
+
+    /// Measures the disk now and refuses to go on below the floor.
+    fn recheck(&self) -> Result<()> {
+        if self.floor == 0 {
+            return Ok(());
+        }
+        self.check(self.available()?)
+    }
+
+    fn check(&self, available: u64) -> Result<()> {
         if available >= self.floor {
             return Ok(());
         }
@@ -77,20 +113,24 @@ impl FreeSpace {
     }
 }
 
+/// The bytes a store holds, which eviction could give back.
+pub type Evictable = Box<dyn Fn() -> u64 + Send + Sync>;
+
 pub struct SpaceGuarded<S> {
     inner: S,
     space: Arc<FreeSpace>,
+    evictable: Evictable,
 }
 
 impl<S: BlobStore> SpaceGuarded<S> {
-    pub fn new(inner: S, space: Arc<FreeSpace>) -> Self {
-        Self { inner, space }
+    pub fn new(inner: S, space: Arc<FreeSpace>, evictable: Evictable) -> Self {
+        Self { inner, space, evictable }
     }
 }
 
 impl<S: BlobStore> BlobStore for SpaceGuarded<S> {
-    fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
-        self.inner.contains(digests)
+    fn stat(&self, digests: &[Digest]) -> Result<Vec<Option<super::BlobInfo>>> {
+        self.inner.stat(digests)
     }
 
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
@@ -98,24 +138,44 @@ impl<S: BlobStore> BlobStore for SpaceGuarded<S> {
     }
 
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {
-        self.space.admit()?;
-        Ok(Box::new(GuardedWriter { inner: self.inner.write(digest)?, space: Arc::clone(&self.space) }))
+        self.space.admit(digest, (self.evictable)())?;
+        Ok(Box::new(GuardedWriter {
+            inner: self.inner.write(digest)?,
+            space: Arc::clone(&self.space),
+            unchecked: 0,
+        }))
+    }
+
+    fn remove(&self, digest: &Digest) -> Result<()> {
+        self.inner.remove(digest)
     }
 }
 
-/// Looks again at commit: a long upload may have taken the disk below the floor.
+/// Looks again every `RECHECK_EVERY` bytes and at commit: a long upload may have taken the
+/// disk below the floor.
 struct GuardedWriter {
     inner: Box<dyn FrameWriter>,
     space: Arc<FreeSpace>,
+    /// Bytes written since the disk was last measured.
+    unchecked: u64,
 }
 
 impl FrameWriter for GuardedWriter {
     fn put_frame(&mut self, frame: bytes::Bytes) -> Result<()> {
+        self.unchecked += frame.len() as u64;
+        if self.unchecked >= RECHECK_EVERY {
+            self.unchecked = 0;
+            self.space.recheck()?;
+        }
         self.inner.put_frame(frame)
     }
 
+    fn record_sha256(&mut self, sha256: [u8; 32]) {
+        self.inner.record_sha256(sha256);
+    }
+
     fn commit(self: Box<Self>) -> Result<Committed> {
-        self.space.admit()?;
+        self.space.recheck()?;
         self.inner.commit()
     }
 }
@@ -199,6 +259,7 @@ mod tests {
     fn store_blob(store: &RocksStore, data: &'static [u8]) {
         let mut writer = store.write(&Digest::of(data)).unwrap();
         writer.put_frame(bytes::Bytes::from_static(data)).unwrap();
+        writer.record_sha256([0; 32]);
         writer.commit().unwrap();
     }
 

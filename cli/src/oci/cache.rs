@@ -121,17 +121,23 @@ impl LayerCache {
     /// Looks up every key at once. A hit is only returned when its layer bytes are still in
     /// the CAS (the record and the layer are separate blobs and may be evicted separately).
     pub async fn lookup(&self, keys: &[[u8; 32]]) -> Result<Vec<Option<Layer>>> {
+        // Platforms with byte-identical binaries share a key; cached refuses a key asked twice.
+        let mut unique = keys.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
         let request = v1::GoGetManyRequest {
             namespace: NAMESPACE.to_owned(),
-            action_ids: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+            action_ids: unique.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
         };
         let response = self.client.go.clone().get_many(request).await.map_err(cache_error)?.into_inner();
-        let mut layers = Vec::with_capacity(keys.len());
+        let mut found = Vec::with_capacity(unique.len());
         for result in response.results {
             // An unreadable entry is a miss; the layer is rebuilt and the entry replaced.
-            layers.push(self.record(result).await.unwrap_or_default());
+            found.push(self.record(result).await.unwrap_or_default());
         }
-        layers.resize(keys.len(), None);
+        found.resize(unique.len(), None);
+        let mut layers: Vec<Option<Layer>> =
+            keys.iter().map(|key| unique.binary_search(key).ok().and_then(|i| found[i].clone())).collect();
         let present: Vec<proto::Digest> = layers.iter().flatten().map(|layer| layer.cas).collect();
         if !present.is_empty() {
             let missing = transfer::find_missing(&self.client, &present).await.map_err(cache_error)?;
