@@ -228,10 +228,10 @@ fn check_directory(digest: Digest, dir: &Directory, limits: &TreeLimits) -> Resu
         .chain(dir.directories.iter().map(|d| &d.name))
         .chain(dir.symlinks.iter().map(|l| &l.name));
     for name in all {
-        check_entry_name(name).map_err(|reason| TreeError::BadName { dir: here.clone(), reason })?;
         if name.len() > limits.max_name_len {
             return Err(TreeError::OverCap { cap: "name length", limit: limits.max_name_len as u64 });
         }
+        check_entry_name(name).map_err(|reason| TreeError::BadName { dir: here.clone(), reason })?;
         if !names.insert(name.as_str()) {
             return Err(TreeError::Duplicate { dir: here, name: name.clone() });
         }
