@@ -101,14 +101,27 @@ async fn below_the_free_space_floor_uploads_wait_for_eviction_and_the_store_neve
     drop(server);
 }
 
+/// The `min_free_space` of the tests that keep a floor.
+const FLOOR: u64 = 64 << 20;
+
+/// Bytes free on the disk under `dir` above `floor`.
+fn room_above(dir: &std::path::Path, floor: u64) -> u64 {
+    let stat = rustix::fs::statvfs(dir).unwrap();
+    let free = stat.f_bavail * stat.f_frsize;
+    assert!(free > floor, "{free} bytes free under {}: already below the floor", dir.display());
+    free - floor
+}
+
 #[tokio::test]
 async fn an_upload_larger_than_the_room_above_the_floor_is_refused_at_its_header() {
-    let Some(disk) = Tmpfs::mount(128 << 20) else { return };
+    let Some(disk) = Tmpfs::mount(256 << 20) else { return };
     let settings = [("max_size", "10GiB"), ("min_free_space", "64MiB"), ("idle_timeout", "1h")];
     let server = Server::start(&disk.path().join("data"), &settings).await;
     let clients = server.clients().await;
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
-    let too_big = Digest { hash: [6; 32], size: 100 << 20 };
+    // Sized from what is free once RocksDB has preallocated its log, which varies by filesystem.
+    let room = room_above(disk.path(), FLOOR);
+    let too_big = Digest { hash: [6; 32], size: room + (32 << 20) };
     sender.send(common::header(too_big, Compression::Zstd)).await.unwrap();
     let mut cas = clients.cas.clone();
     let upload = cas.write(tokio_stream::wrappers::ReceiverStream::new(receiver));
@@ -123,7 +136,7 @@ async fn an_upload_larger_than_the_room_above_the_floor_is_refused_at_its_header
 
 #[tokio::test]
 async fn an_upload_that_crosses_the_floor_while_it_streams_is_cut_off_and_stores_nothing() {
-    let Some(disk) = Tmpfs::mount(320 << 20) else { return };
+    let Some(disk) = Tmpfs::mount(512 << 20) else { return };
     let settings = [("max_size", "10GiB"), ("min_free_space", "64MiB"), ("maintenance_interval", "200ms")];
     let server = Server::start(&disk.path().join("data"), &settings).await;
     let clients = server.clients().await;
@@ -132,6 +145,7 @@ async fn an_upload_that_crosses_the_floor_while_it_streams_is_cut_off_and_stores
     let digest = Digest::of(&blob);
     let frames = common::frames(&blob);
     let total = frames.len();
+    assert!(room_above(disk.path(), FLOOR) > blob.len() as u64, "the blob must fit at its header");
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
     let mut cas = clients.cas.clone();
     let upload =
@@ -141,7 +155,8 @@ async fn an_upload_that_crosses_the_floor_while_it_streams_is_cut_off_and_stores
     let filler = disk.path().join("filler");
     for frame in frames {
         if sent == 16 {
-            std::fs::write(&filler, vec![1u8; 150 << 20]).unwrap();
+            let below_the_floor = room_above(disk.path(), FLOOR) + (8 << 20);
+            std::fs::write(&filler, vec![1u8; below_the_floor as usize]).unwrap();
         }
         if sender.send(common::data(frame)).await.is_err() {
             break; // The server answered and closed the stream.

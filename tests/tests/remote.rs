@@ -467,7 +467,10 @@ fn a_killed_agent_task_is_leased_again_and_the_job_succeeds() {
 #[test]
 fn an_agent_out_of_disk_hands_the_task_on_and_the_job_succeeds() {
     let _serial = serial();
-    let Some(disk) = Tmpfs::mount(16 << 20) else { return };
+    // Room for a copy of the agent's binary too: it copies itself into its work dir when the
+    // build users cannot reach it where it is (a target dir under /root, as in CI).
+    let binary = std::fs::metadata(binary("runner-agent")).unwrap().len();
+    let Some(disk) = Tmpfs::mount(binary + (16 << 20)) else { return };
     let server = Server::start();
     let cramped = Agent::start(&server, "cramped", &disk.path().join("cramped"), 1);
     let module = Module::new();
