@@ -3,14 +3,10 @@
 
 #![forbid(unsafe_code)]
 
-pub mod client;
 pub mod commands;
-pub mod error;
 pub mod gobuild;
 pub mod gocacheprog;
-pub mod loopback;
 pub mod mtimes;
 pub mod oci;
 pub mod render;
 pub mod submit;
-pub mod transfer;

@@ -11,9 +11,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cachectl::client::Client;
 use cachectl::gobuild::exec::{Captured, Exec, Invocation, Sink};
 use cachectl::gobuild::{BuildOptions, BuildRequest, build_with};
+use cached_client::connect::{Client, ConnectOptions};
 use proto::Digest;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
@@ -64,6 +64,9 @@ pub struct Builder {
     pub runner: Arc<dyn ProcessRunner>,
     /// The GOCACHEPROG command line.
     pub gocacheprog: String,
+    /// How the builds' bridge connects: the agent's TLS settings, never its token (a build
+    /// gets a per-lease credential through its environment instead).
+    pub bridge_connect: ConnectOptions,
 }
 
 impl Builder {
@@ -86,6 +89,7 @@ impl Builder {
             inherit_stdio: false,
             timeout: Duration::from_secs(20),
             exec: Arc::clone(&exec) as Arc<dyn Exec>,
+            bridge_connect: self.bridge_connect.clone(),
         };
         let request = BuildRequest {
             module_dir: input.module_dir.clone(),
@@ -336,7 +340,7 @@ fn hash_outputs(dir: &Path) -> Result<Vec<(PathBuf, Digest)>, TaskError> {
     for entry in entries {
         let path = entry.map_err(|err| TaskError::Infrastructure(err.to_string()))?.path();
         if path.is_file() {
-            outputs.push((path.clone(), cachectl::transfer::hash_file(&path)?));
+            outputs.push((path.clone(), cached_client::transfer::hash_file(&path)?));
         }
     }
     outputs.sort();

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cachectl::client::Client;
 use cachectl::oci::{self, LayerCache, OciError};
 use cachectl::submit::image::{
     blob_to_wire, image_platform, index_entry, oci_spec, pick_binary, platform_label, platform_to_wire,
 };
-use cachectl::transfer;
+use cached_client::connect::Client;
+use cached_client::transfer;
 use proto::v1::{self, TaskLease};
 use proto::{Digest, Platform};
 use tokio::sync::mpsc;

@@ -37,8 +37,8 @@ pub enum TaskError {
     Cancelled,
 }
 
-impl From<cachectl::error::CliError> for TaskError {
-    fn from(err: cachectl::error::CliError) -> Self {
+impl From<cached_client::error::ClientError> for TaskError {
+    fn from(err: cached_client::error::ClientError) -> Self {
         Self::Infrastructure(err.to_string())
     }
 }

@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachectl::submit::{Remote, modules};
+use cachectl::submit::modules;
+use cached_client::remote_exec::RemoteExec;
 use proto::v1::{self, FencingToken, TaskLease};
 use proto::{Digest, Platform};
 use tokio::sync::{mpsc, watch};
 
-use cachectl::submit::tree::TreeLimits;
+use cached_client::tree::TreeLimits;
 
 use crate::TaskError;
 use crate::blobcache::BlobCache;
@@ -28,7 +29,7 @@ const LOG_BATCH: Duration = Duration::from_millis(250);
 
 /// Everything tasks share.
 pub struct TaskContext {
-    pub remote: Remote,
+    pub remote: RemoteExec,
     pub cache: BlobCache,
     pub builder: Builder,
     pub work_dir: PathBuf,
@@ -178,9 +179,12 @@ async fn build_task(
     // Nothing of the build runs any more (the build library's last process took it all down).
     taskdir::check_outputs(&input.output_dir, owner).map_err(TaskError::Build)?;
     let paths: Vec<PathBuf> = built.outputs.iter().map(|(path, _)| path.clone()).collect();
-    let digests =
-        cachectl::transfer::upload_files(&ctx.remote.client, &paths, cachectl::transfer::DEFAULT_LEVEL)
-            .await?;
+    let digests = cached_client::transfer::upload_files(
+        &ctx.remote.client,
+        &paths,
+        cached_client::transfer::DEFAULT_LEVEL,
+    )
+    .await?;
     let outputs = paths
         .iter()
         .zip(digests)
@@ -266,7 +270,7 @@ fn base_env(
 
 /// Sends log lines to cached in batches until the sender side closes. A refused progress call
 /// means the lease is gone.
-async fn forward_logs(remote: Remote, token: FencingToken, mut lines: mpsc::UnboundedReceiver<String>) {
+async fn forward_logs(remote: RemoteExec, token: FencingToken, mut lines: mpsc::UnboundedReceiver<String>) {
     let mut workers = remote.workers;
     let started = v1::ProgressRequest { token: Some(token.clone()), started: true, lines: Vec::new() };
     if let Err(status) = workers.progress(started).await {

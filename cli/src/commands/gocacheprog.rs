@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::client::ConnectOptions;
-use crate::error::{CliError, Result};
 use crate::gocacheprog::{self, Options};
+use cached_client::connect::ConnectOptions;
+use cached_client::error::{ClientError, Result};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(long, env = "CACHED_GOCACHE_DIR")]
     dir: Option<PathBuf>,
     /// Size cap of the local cache directory; least recently used entries are trimmed past it.
-    #[arg(long, env = "CACHED_GOCACHE_MAX_SIZE", default_value = "10GiB", value_parser = parse_size)]
+    #[arg(long, env = "CACHED_GOCACHE_MAX_SIZE", default_value = "10GiB", value_parser = cached_client::size::parse)]
     max_size: u64,
     /// Namespace of the Go action entries in cached (teams, branches or runner images).
     #[arg(long, env = "CACHED_NAMESPACE", default_value = "")]
@@ -35,15 +35,11 @@ pub struct Args {
     #[arg(long)]
     no_preload: bool,
     /// Most bytes of bodies one session preloads (0 preloads nothing, but lists are still kept).
-    #[arg(long, env = "CACHED_PRELOAD_MAX", default_value = "2GiB", value_parser = parse_size)]
+    #[arg(long, env = "CACHED_PRELOAD_MAX", default_value = "2GiB", value_parser = cached_client::size::parse)]
     preload_max: u64,
     /// Print a one-line session summary on stderr when the go command ends (also CACHED_SUMMARY=1).
     #[arg(short, long)]
     verbose: bool,
-}
-
-fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    text.parse::<bytesize::ByteSize>().map(|size| size.as_u64()).map_err(|err| format!("{text:?}: {err}"))
 }
 
 /// CACHED_SUMMARY=1 (or true/yes) asks for the summary without changing GOCACHEPROG.
@@ -60,7 +56,7 @@ fn preload_off_in_env() -> bool {
 
 pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
     let dir = args.dir.or_else(gocacheprog::default_dir).ok_or_else(|| {
-        CliError::Usage("no user cache directory is known here; set --dir or CACHED_GOCACHE_DIR".into())
+        ClientError::Usage("no user cache directory is known here; set --dir or CACHED_GOCACHE_DIR".into())
     })?;
     let options = Options {
         dir,

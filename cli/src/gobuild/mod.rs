@@ -28,8 +28,8 @@ use proto::v1;
 use self::exec::{Exec, Invocation, RealExec, Sink};
 use self::inputs::{Derived, GoCall};
 use self::outputs::Planned;
-use crate::client::{Client, ConnectOptions};
-use crate::error::CliError;
+use cached_client::connect::{Client, ConnectOptions};
+use cached_client::error::ClientError;
 
 /// One `go build`.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +76,8 @@ pub struct BuildOptions {
     /// Deadline of each whole-build cache call.
     pub timeout: Duration,
     pub exec: Arc<dyn Exec>,
+    /// How the GOCACHEPROG bridge of a miss connects: the token and TLS files it is handed.
+    pub bridge_connect: ConnectOptions,
 }
 
 impl Default for BuildOptions {
@@ -86,6 +88,7 @@ impl Default for BuildOptions {
             inherit_stdio: false,
             timeout: Duration::from_secs(20),
             exec: Arc::new(RealExec),
+            bridge_connect: ConnectOptions::default(),
         }
     }
 }
@@ -95,7 +98,7 @@ pub async fn build(
     client: Option<&Client>,
     request: &BuildRequest,
     log: &mut (dyn FnMut(&str) + Send),
-) -> Result<BuildOutcome, CliError> {
+) -> Result<BuildOutcome, ClientError> {
     build_with(client, request, &BuildOptions::default(), log).await
 }
 
@@ -124,17 +127,21 @@ pub fn default_gocacheprog() -> String {
     format!("{quoted} gocacheprog")
 }
 
-/// The environment that points the GOCACHEPROG bridge (`program`) at `server`, with this
-/// process's token and TLS settings (passed by environment, never on a command line, never
+/// The environment that points the GOCACHEPROG bridge (`program`) at `server`, with the token
+/// and TLS settings of `connect` (passed by environment, never on a command line, never
 /// logged), and the variables to remove so the bridge sees the token one way only.
-pub fn bridge_env(server: &str, namespace: &str, program: String) -> (Vec<(String, String)>, Vec<String>) {
+pub fn bridge_env(
+    server: &str,
+    namespace: &str,
+    program: String,
+    connect: &ConnectOptions,
+) -> (Vec<(String, String)>, Vec<String>) {
     let mut env = vec![
         ("GOCACHEPROG".to_owned(), program),
         ("CACHED_ADDR".to_owned(), server.to_owned()),
         ("CACHED_NAMESPACE".to_owned(), namespace.to_owned()),
     ];
     let mut remove = Vec::new();
-    let connect = ConnectOptions::process_default();
     if let Some(token) = &connect.token {
         env.push(("CACHED_TOKEN".to_owned(), token.expose().to_owned()));
         remove.push("CACHED_TOKEN_FILE".to_owned());
@@ -189,12 +196,13 @@ impl Run<'_> {
         &self,
         client: Option<&Client>,
         log: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<(i32, Duration), CliError> {
+    ) -> Result<(i32, Duration), ClientError> {
         let mut env = self.request.env.clone();
         let mut env_remove = Vec::new();
         if let Some(client) = client {
             let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
-            let (bridge, remove) = bridge_env(&client.server, &self.request.namespace, program);
+            let (bridge, remove) =
+                bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect);
             env.extend(bridge);
             env_remove = remove;
         }
@@ -207,12 +215,10 @@ impl Run<'_> {
         };
         let started = Instant::now();
         let sink = if self.options.inherit_stdio { Sink::Inherit } else { Sink::Lines(log) };
-        let code = self
-            .options
-            .exec
-            .stream(&invocation, sink)
-            .await
-            .map_err(|err| CliError::Usage(format!("cannot run {}: {err}", self.options.go.display())))?;
+        let code =
+            self.options.exec.stream(&invocation, sink).await.map_err(|err| {
+                ClientError::Usage(format!("cannot run {}: {err}", self.options.go.display()))
+            })?;
         Ok((code, started.elapsed()))
     }
 
@@ -241,7 +247,7 @@ impl Run<'_> {
         client: Option<&Client>,
         reason: String,
         log: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<BuildOutcome, CliError> {
+    ) -> Result<BuildOutcome, ClientError> {
         let (exit_code, _) = self.go(client, log).await?;
         let outputs = if exit_code == 0 { self.written_outputs().await } else { Vec::new() };
         Ok(BuildOutcome {
@@ -266,7 +272,7 @@ pub async fn build_with(
     request: &BuildRequest,
     options: &BuildOptions,
     log: &mut (dyn FnMut(&str) + Send),
-) -> Result<BuildOutcome, CliError> {
+) -> Result<BuildOutcome, ClientError> {
     let started = Instant::now();
     let mut all_args = request.go_flags.clone();
     all_args.extend(request.packages.iter().cloned());
@@ -363,7 +369,7 @@ pub async fn build_with(
                         explain::target_text(&target),
                         explain::short(&key),
                         files(written.len()),
-                        crate::render::bytes(bytes),
+                        cached_client::size::human(bytes),
                         elapsed.as_millis()
                     ),
                 );
@@ -451,7 +457,7 @@ async fn record(
     planned: &[Planned],
     build_time: Duration,
     timeout: Duration,
-) -> Result<Vec<(PathBuf, proto::Digest)>, CliError> {
+) -> Result<Vec<(PathBuf, proto::Digest)>, ClientError> {
     let uploaded = outputs::upload(client, planned).await?;
     let record = v1::BuildRecordRequest {
         namespace: request.namespace.clone(),
@@ -472,7 +478,7 @@ async fn record(
         Ok(result) => {
             result?;
         }
-        Err(_) => return Err(CliError::Server(format!("Builds.Record: no answer within {timeout:?}"))),
+        Err(_) => return Err(ClientError::Server(format!("Builds.Record: no answer within {timeout:?}"))),
     }
     Ok(uploaded.into_iter().map(|(planned, digest)| (planned.path, digest)).collect())
 }
@@ -628,10 +634,21 @@ mod tests {
 
     #[test]
     fn the_bridge_gets_the_server_and_namespace() {
-        let (env, _) = bridge_env("http://cache:7070", "ci/main", "cachectl gocacheprog".into());
+        let anonymous = ConnectOptions::default();
+        let (env, remove) =
+            bridge_env("http://cache:7070", "ci/main", "cachectl gocacheprog".into(), &anonymous);
         assert!(env.contains(&("GOCACHEPROG".into(), "cachectl gocacheprog".into())));
         assert!(env.contains(&("CACHED_ADDR".into(), "http://cache:7070".into())));
         assert!(env.contains(&("CACHED_NAMESPACE".into(), "ci/main".into())));
+        assert!(!env.iter().any(|(name, _)| name == "CACHED_TOKEN"));
+        assert!(remove.contains(&"CACHED_ALLOW_INSECURE_TOKEN".into()));
+        let with_token =
+            ConnectOptions { allow_insecure_token: true, ..ConnectOptions::with_token("cached_t") };
+        let (env, remove) =
+            bridge_env("http://cache:7070", "ci/main", "cachectl gocacheprog".into(), &with_token);
+        assert!(env.contains(&("CACHED_TOKEN".into(), "cached_t".into())));
+        assert!(env.contains(&("CACHED_ALLOW_INSECURE_TOKEN".into(), "1".into())));
+        assert_eq!(remove, ["CACHED_TOKEN_FILE"]);
         assert!(default_gocacheprog().ends_with(" gocacheprog"));
     }
 }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use proto::Digest;
 
 use super::inputs::Root;
-use crate::client::Client;
-use crate::error::{CliError, Result};
-use crate::transfer;
+use cached_client::connect::Client;
+use cached_client::error::{ClientError, Result};
+use cached_client::transfer;
 
 /// zstd level for output uploads: the build waits for them, and level 1 costs a third less
 /// than 3 for a few percent of ratio on Go binaries.
@@ -79,7 +79,8 @@ pub fn plan(
 #[cfg(unix)]
 fn make_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(EXECUTABLE)).map_err(CliError::file(path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(EXECUTABLE))
+        .map_err(ClientError::file(path))
 }
 
 #[cfg(not(unix))]
@@ -96,12 +97,12 @@ pub async fn restore(
     let mut written = Vec::with_capacity(planned.len());
     for output in planned {
         let stored = recorded.iter().find(|r| r.path == output.package).ok_or_else(|| {
-            CliError::Server(format!("the cached build has no output for {}", output.package))
+            ClientError::Server(format!("the cached build has no output for {}", output.package))
         })?;
         let digest =
-            Digest::from_wire(stored.digest.as_ref()).map_err(|err| CliError::Server(err.to_string()))?;
+            Digest::from_wire(stored.digest.as_ref()).map_err(|err| ClientError::Server(err.to_string()))?;
         if let Some(parent) = output.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(CliError::file(parent))?;
+            std::fs::create_dir_all(parent).map_err(ClientError::file(parent))?;
         }
         transfer::download_to_file(client, digest, &output.path).await?;
         make_executable(&output.path)?;

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::render::bytes;
+use cached_client::size::human as bytes;
 
 #[derive(Default)]
 pub struct Counters {

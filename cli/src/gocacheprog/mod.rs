@@ -26,8 +26,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::ConnectOptions;
-use crate::error::{CliError, Result};
+use cached_client::connect::ConnectOptions;
+use cached_client::error::{ClientError, Result};
 
 /// Everything a session is configured with.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub fn default_dir() -> Option<PathBuf> {
 /// Serves the go command on stdin/stdout until it closes the session.
 pub async fn run(options: Options) -> Result<()> {
     let disk = disk::DiskTier::open(&options.dir, options.max_size)
-        .map_err(|err| CliError::Usage(format!("cannot use the local cache directory: {err}")))?
+        .map_err(|err| ClientError::Usage(format!("cannot use the local cache directory: {err}")))?
         .in_namespace(&options.namespace);
     let counters = Arc::new(counters::Counters::default());
     let remote = options.server.as_ref().and_then(|server| {
@@ -89,5 +89,5 @@ pub async fn run(options: Options) -> Result<()> {
     tiers.start();
     server::serve(std::io::stdin(), std::io::stdout(), tiers)
         .await
-        .map_err(|err| CliError::Usage(format!("gocacheprog: {err}")))
+        .map_err(|err| ClientError::Usage(format!("gocacheprog: {err}")))
 }

@@ -22,9 +22,9 @@ use super::disk::{DiskError, DiskTier, Entry};
 use super::landing::{Found, new_decoder, store_frames};
 use super::session::{self, Record};
 use super::uploads::Upload;
-use crate::client::{Client, ConnectOptions};
-use crate::error::CliError;
-use crate::transfer;
+use cached_client::connect::{Client, ConnectOptions};
+use cached_client::error::ClientError;
+use cached_client::transfer;
 
 /// zstd level for uploads. Level 1 costs the compiler, which shares the CPU with us during a
 /// cold build, a third less than level 3 and gives up under 5% of the ratio on Go outputs.
@@ -46,7 +46,7 @@ pub enum RemoteError {
     #[error("it sent a corrupt body: {0}")]
     Corrupt(String),
     #[error("{0}")]
-    Client(#[from] CliError),
+    Client(#[from] ClientError),
     #[error("local tier: {0}")]
     Local(DiskError),
     #[error("{0}")]
@@ -61,7 +61,7 @@ impl RemoteError {
             [tonic::Code::PermissionDenied, tonic::Code::Unauthenticated, tonic::Code::ResourceExhausted];
         match self {
             Self::Status(status) => REFUSALS.contains(&status.code()),
-            Self::Client(CliError::Status { code, .. }) => REFUSALS.contains(code),
+            Self::Client(ClientError::Status { code, .. }) => REFUSALS.contains(code),
             _ => false,
         }
     }
@@ -105,7 +105,7 @@ impl Remote {
         namespace: String,
         timeout: Duration,
         counters: Arc<Counters>,
-    ) -> Result<Self, CliError> {
+    ) -> Result<Self, ClientError> {
         let endpoint = options
             .endpoint(server)?
             .connect_timeout(timeout)
@@ -504,7 +504,7 @@ mod tests {
     #[test]
     fn refusals_are_told_apart_from_outages() {
         assert!(RemoteError::Status(tonic::Status::permission_denied("no ac-write")).is_refusal());
-        let via_transfer: CliError = tonic::Status::unauthenticated("no token").into();
+        let via_transfer: ClientError = tonic::Status::unauthenticated("no token").into();
         assert!(RemoteError::Client(via_transfer).is_refusal());
         let full = tonic::Status::resource_exhausted("the server's disk is nearly full");
         assert!(RemoteError::Client(full.into()).is_refusal());

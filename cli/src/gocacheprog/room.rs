@@ -14,7 +14,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use super::disk::{self, Freed, TRIM_PROTECT};
-use crate::render;
+use cached_client::size;
 
 pub struct Room {
     root: PathBuf,
@@ -78,7 +78,7 @@ impl Room {
             return format!(
                 "{full}; removed its {} least recently used files ({}) to make room",
                 freed.files,
-                render::bytes(freed.bytes)
+                size::human(freed.bytes)
             );
         }
         format!(

@@ -456,7 +456,7 @@ async fn layers(
     let hashes = plan.binaries.iter().map(|(_, path)| {
         let path = path.clone();
         join(tokio::task::spawn_blocking(move || {
-            crate::transfer::hash_file(&path).map_err(|err| OciError::Usage(err.to_string()))
+            cached_client::transfer::hash_file(&path).map_err(|err| OciError::Usage(err.to_string()))
         }))
     });
     let digests = futures::future::try_join_all(hashes).await?;

@@ -20,8 +20,8 @@ use sha2::Digest as _;
 use super::digest::Sha256;
 use super::error::{OciError, Result};
 use super::layer::{Layer, LayerOptions};
-use crate::client::{Client, ConnectOptions};
-use crate::transfer;
+use cached_client::connect::{Client, ConnectOptions};
+use cached_client::transfer;
 
 pub const NAMESPACE: &str = "oci-layers/v1";
 /// Bumped whenever the layer bytes for the same inputs could change for a reason the key
@@ -105,7 +105,7 @@ impl LayerCache {
 
     /// Connects, or says in one line why the cache is off.
     pub async fn connect(server: &str, options: &ConnectOptions) -> std::result::Result<Self, String> {
-        match Client::connect_with(server, options).await {
+        match Client::connect(server, options).await {
             Ok(client) => Ok(Self::new(client)),
             Err(err) => Err(format!(
                 "layer cache off: {}",

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::error::CliError;
+use cached_client::error::ClientError;
 
 pub type Result<T, E = OciError> = std::result::Result<T, E>;
 
@@ -42,12 +42,12 @@ impl OciError {
     }
 }
 
-impl From<OciError> for CliError {
+impl From<OciError> for ClientError {
     fn from(err: OciError) -> Self {
         match err {
-            OciError::File { path, source } => CliError::File { path, source },
-            err if err.is_input() => CliError::Usage(err.to_string()),
-            err => CliError::Failed(format!("image: {err}")),
+            OciError::File { path, source } => ClientError::File { path, source },
+            err if err.is_input() => ClientError::Usage(err.to_string()),
+            err => ClientError::Failed(format!("image: {err}")),
         }
     }
 }

@@ -18,8 +18,8 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use super::tree::Tree;
-use crate::error::{CliError, Result};
+use cached_client::error::{ClientError, Result};
+use cached_client::tree::Tree;
 
 /// The go command's answer for one module of `go mod download -json`.
 #[derive(Debug, Deserialize)]
@@ -67,10 +67,10 @@ fn go(module_dir: &Path, args: &[&str]) -> Result<String> {
         .env("GOWORK", "off")
         .output()
         .map_err(|err| {
-            CliError::Usage(format!("cannot run go: {err}; remote builds need the go command here"))
+            ClientError::Usage(format!("cannot run go: {err}; remote builds need the go command here"))
         })?;
     if !output.status.success() {
-        return Err(CliError::Usage(format!(
+        return Err(ClientError::Usage(format!(
             "go {} in {} failed: {}",
             args.join(" "),
             module_dir.display(),
@@ -78,7 +78,7 @@ fn go(module_dir: &Path, args: &[&str]) -> Result<String> {
         )));
     }
     String::from_utf8(output.stdout)
-        .map_err(|_| CliError::Usage(format!("go {}: output is not UTF-8", args.join(" "))))
+        .map_err(|_| ClientError::Usage(format!("go {}: output is not UTF-8", args.join(" "))))
 }
 
 /// The module cache's `cache/download` directory.
@@ -102,17 +102,18 @@ pub fn collect(module_dir: &Path) -> Result<ModuleFiles> {
         }
         let path = PathBuf::from(path);
         if let Ok(relative) = path.strip_prefix(&root) {
-            let relative =
-                relative.to_str().ok_or_else(|| CliError::Usage(format!("{}: not UTF-8", path.display())))?;
+            let relative = relative
+                .to_str()
+                .ok_or_else(|| ClientError::Usage(format!("{}: not UTF-8", path.display())))?;
             files.insert(relative.replace('\\', "/"), path.clone());
         }
         Ok(())
     };
     let listing = go(module_dir, &["mod", "download", "-json"])?;
     for item in serde_json::Deserializer::from_str(&listing).into_iter::<Download>() {
-        let module = item.map_err(|err| CliError::Usage(format!("go mod download -json: {err}")))?;
+        let module = item.map_err(|err| ClientError::Usage(format!("go mod download -json: {err}")))?;
         if !module.error.is_empty() {
-            return Err(CliError::Usage(format!(
+            return Err(ClientError::Usage(format!(
                 "module {}@{}: {}",
                 module.path, module.version, module.error
             )));

@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use proto::v1::admin_client::AdminClient;
@@ -17,7 +16,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::error::{CliError, Result};
+use crate::error::{ClientError, Result};
 use crate::loopback;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
@@ -64,32 +63,31 @@ pub struct ConnectOptions {
 /// The opt-in, as error messages name it.
 pub const ALLOW_INSECURE_TOKEN: &str = "--allow-insecure-token (CACHED_ALLOW_INSECURE_TOKEN=1)";
 
-/// The options of this process: what `main` parsed from the global options.
-static PROCESS_DEFAULT: OnceLock<ConnectOptions> = OnceLock::new();
-
 impl ConnectOptions {
-    /// Makes these the options [`Client::connect`] and [`ConnectOptions::process_default`] use,
-    /// so every command of this process connects the same way. Once per process; later calls
-    /// are ignored.
-    pub fn install_process_default(self) {
-        let _ = PROCESS_DEFAULT.set(self);
-    }
-
-    /// The options `main` installed, or none (no token, system roots) in a library or test.
-    pub fn process_default() -> Self {
-        PROCESS_DEFAULT.get().cloned().unwrap_or_default()
-    }
-
     pub fn with_token(token: impl Into<String>) -> Self {
         Self { token: Some(Secret::new(token)), ..Self::default() }
     }
 
+    /// The token of the `--token` and `--token-file` flags (and their environment variables),
+    /// which give it one way or not at all.
+    pub fn token_from_flags(token: Option<&str>, token_file: Option<&Path>) -> Result<Option<Secret>> {
+        match (token, token_file) {
+            (Some(_), Some(_)) => Err(ClientError::Usage(
+                "give the token one way: --token (CACHED_TOKEN) or --token-file (CACHED_TOKEN_FILE)"
+                    .to_owned(),
+            )),
+            (Some(token), None) => Ok(Some(Secret::new(token))),
+            (None, Some(path)) => Self::read_token_file(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Reads a token file: the secret, alone, surrounding whitespace ignored.
     pub fn read_token_file(path: &Path) -> Result<Secret> {
-        let text = std::fs::read_to_string(path).map_err(CliError::file(path))?;
+        let text = std::fs::read_to_string(path).map_err(ClientError::file(path))?;
         let secret = Secret::new(text);
         if secret.expose().is_empty() || secret.expose().contains(char::is_whitespace) {
-            return Err(CliError::Usage(format!(
+            return Err(ClientError::Usage(format!(
                 "token file {} must hold one token and nothing else",
                 path.display()
             )));
@@ -103,17 +101,17 @@ impl ConnectOptions {
     pub fn endpoint(&self, server: &str) -> Result<Endpoint> {
         // Without a scheme the URL parses, and only the first call fails ("invalid URL").
         if !server.starts_with("http://") && !server.starts_with("https://") {
-            return Err(CliError::Usage(format!(
+            return Err(ClientError::Usage(format!(
                 "the server address {server:?} (--server, CACHED_ADDR) needs a scheme: \
                  http://{server}, or https://{server} for a TLS server"
             )));
         }
         let endpoint = Endpoint::from_shared(server.to_owned())
-            .map_err(|err| CliError::Usage(format!("--server {server:?} is not a valid URL: {err}")))?;
+            .map_err(|err| ClientError::Usage(format!("--server {server:?} is not a valid URL: {err}")))?;
         let tls_wanted = self.tls_ca.is_some() || self.tls_client_cert.is_some();
         if !server.starts_with("https://") {
             if tls_wanted {
-                return Err(CliError::Usage(format!(
+                return Err(ClientError::Usage(format!(
                     "--tls-ca and --tls-client-cert need an https:// server, not {server:?}"
                 )));
             }
@@ -130,12 +128,12 @@ impl ConnectOptions {
             (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
             (None, None) => {}
             _ => {
-                return Err(CliError::Usage(
+                return Err(ClientError::Usage(
                     "--tls-client-cert and --tls-client-key go together: give both or neither".to_owned(),
                 ));
             }
         }
-        endpoint.tls_config(tls).map_err(|err| CliError::Usage(format!("TLS setup for {server}: {err}")))
+        endpoint.tls_config(tls).map_err(|err| ClientError::Usage(format!("TLS setup for {server}: {err}")))
     }
 
     /// Refuses to send the token in clear to `host` unless it is on loopback or the user
@@ -155,7 +153,7 @@ impl ConnectOptions {
             Ok(false) => format!("{host} is not a loopback address"),
             Err(reason) => format!("{reason}, so it cannot be told to be a loopback address"),
         };
-        Err(CliError::Usage(format!(
+        Err(ClientError::Usage(format!(
             "refusing to send the token in clear (http://) to {server}: {why}. Use https:// \
              (with --tls-ca if a private CA signed the server's certificate), or, if the network \
              path to the server is trusted, pass {ALLOW_INSECURE_TOKEN}"
@@ -169,7 +167,7 @@ impl ConnectOptions {
             Some(secret) => {
                 let mut value: AsciiMetadataValue =
                     MetadataValue::try_from(format!("Bearer {}", secret.expose())).map_err(|_| {
-                        CliError::Usage("the token holds characters a token cannot have".to_owned())
+                        ClientError::Usage("the token holds characters a token cannot have".to_owned())
                     })?;
                 value.set_sensitive(true);
                 Some(value)
@@ -180,7 +178,7 @@ impl ConnectOptions {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(CliError::file(path))
+    std::fs::read(path).map_err(ClientError::file(path))
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -214,14 +212,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects with the process's options ([`ConnectOptions::process_default`]): in cachectl,
-    /// the global --token/--tls-* options; elsewhere no token and the system's roots.
-    pub async fn connect(server: &str) -> Result<Self> {
-        Self::connect_with(server, &ConnectOptions::process_default()).await
-    }
-
-    pub async fn connect_with(server: &str, options: &ConnectOptions) -> Result<Self> {
-        let unreachable = |reason: String| CliError::Unreachable { server: server.to_owned(), reason };
+    pub async fn connect(server: &str, options: &ConnectOptions) -> Result<Self> {
+        let unreachable = |reason: String| ClientError::Unreachable { server: server.to_owned(), reason };
         let endpoint = options
             .endpoint(server)?
             .connect_timeout(Duration::from_secs(5))
@@ -283,7 +275,7 @@ mod tests {
     #[test]
     fn tls_options_need_https_and_come_in_pairs() {
         let ca = ConnectOptions { tls_ca: Some("/ca.pem".into()), ..ConnectOptions::default() };
-        assert!(matches!(ca.endpoint("http://127.0.0.1:1"), Err(CliError::Usage(_))));
+        assert!(matches!(ca.endpoint("http://127.0.0.1:1"), Err(ClientError::Usage(_))));
         let half = ConnectOptions { tls_client_cert: Some("/c.pem".into()), ..ConnectOptions::default() };
         let err = half.endpoint("https://127.0.0.1:1").unwrap_err().to_string();
         assert!(err.contains("--tls-client-key"), "{err}");
@@ -301,7 +293,7 @@ mod tests {
             assert!(token.endpoint(server).is_ok(), "{server}");
         }
         let err = token.endpoint("http://192.0.2.1:7070").unwrap_err();
-        assert!(matches!(err, CliError::Usage(_)));
+        assert!(matches!(err, ClientError::Usage(_)));
         let err = err.to_string();
         assert!(err.contains("192.0.2.1 is not a loopback address"), "{err}");
         assert!(err.contains(ALLOW_INSECURE_TOKEN) && err.contains("https://"), "{err}");
@@ -344,5 +336,12 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         assert!(ConnectOptions::read_token_file(&path).is_err());
         assert!(ConnectOptions::read_token_file(&dir.path().join("missing")).is_err());
+        let from_file = ConnectOptions::token_from_flags(None, Some(&path));
+        assert!(from_file.is_err(), "the file holds no token now");
+        let both = ConnectOptions::token_from_flags(Some("cached_abc"), Some(&path)).unwrap_err();
+        assert!(both.to_string().contains("one way"), "{both}");
+        let flag = ConnectOptions::token_from_flags(Some(" cached_abc\n"), None).unwrap();
+        assert_eq!(flag.map(|secret| secret.expose().to_owned()).as_deref(), Some("cached_abc"));
+        assert!(ConnectOptions::token_from_flags(None, None).unwrap().is_none());
     }
 }

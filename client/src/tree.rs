@@ -14,9 +14,11 @@ use proto::platform::check_entry_name;
 use proto::v1::{Compression, Directory, DirectoryNode, FileNode, SymlinkNode};
 use proto::{Digest, FRAME_SIZE};
 
-pub use super::expand::{ExpandedTree, Node, TreeError, TreeLimits, expand};
-use crate::client::Client;
-use crate::error::{CliError, Result};
+mod expand;
+
+pub use self::expand::{ExpandedTree, Node, TreeError, TreeLimits, expand};
+use crate::connect::Client;
+use crate::error::{ClientError, Result};
 use crate::transfer::{self, DEFAULT_LEVEL};
 
 /// One entry of a tree being built, by its `/`-separated path inside the tree.
@@ -43,8 +45,8 @@ pub struct Uploaded {
     pub sent_bytes: u64,
 }
 
-fn invalid(message: String) -> CliError {
-    CliError::Usage(message)
+fn invalid(message: String) -> ClientError {
+    ClientError::Usage(message)
 }
 
 impl Tree {
@@ -73,7 +75,7 @@ impl Tree {
             }
             let relative = relative_name(root, path)?;
             if kind.is_symlink() {
-                let target = std::fs::read_link(path).map_err(CliError::file(path))?;
+                let target = std::fs::read_link(path).map_err(ClientError::file(path))?;
                 tree.add_symlink(&relative, &target)?;
             } else if kind.is_file() {
                 tree.add_file(&relative, path)?;
@@ -85,7 +87,7 @@ impl Tree {
     /// Adds `source` as the file at `relative` (`a/b/c.go`), hashing it now.
     pub fn add_file(&mut self, relative: &str, source: &Path) -> Result<()> {
         check_path(relative)?;
-        let metadata = std::fs::metadata(source).map_err(CliError::file(source))?;
+        let metadata = std::fs::metadata(source).map_err(ClientError::file(source))?;
         let executable = is_executable(&metadata);
         let digest = transfer::hash_file(source)?;
         self.entries
@@ -224,7 +226,7 @@ impl Tree {
                 continue;
             }
             if digest.size <= FRAME_SIZE as u64 {
-                let data = std::fs::read(source).map_err(CliError::file(*source))?;
+                let data = std::fs::read(source).map_err(ClientError::file(*source))?;
                 if Digest::of(&data) != *digest {
                     return Err(invalid(format!(
                         "{} changed while it was being uploaded; run again",
@@ -324,9 +326,9 @@ fn is_executable(_: &std::fs::Metadata) -> bool {
 /// Reads a whole blob into memory (Directory messages and other small blobs), verified.
 pub async fn read_blob(client: &Client, digest: Digest) -> Result<Vec<u8>> {
     let Some(mut stream) = transfer::open_read(client, digest).await? else {
-        return Err(CliError::NotFound(digest));
+        return Err(ClientError::NotFound(digest));
     };
-    let corrupt = |reason: String| CliError::Corrupt { expected: digest, reason };
+    let corrupt = |reason: String| ClientError::Corrupt { expected: digest, reason };
     let mut decoder = FrameDecoder::new(digest.size, 0).map_err(|err| corrupt(err.to_string()))?;
     let mut out = Vec::with_capacity(digest.size.min(64 << 20) as usize);
     while let Some(message) = stream.next().await {
@@ -349,7 +351,7 @@ pub async fn read_blob(client: &Client, digest: Digest) -> Result<Vec<u8>> {
 /// Every directory, file and symlink below `root`, checked as [`expand`] does (the tree may
 /// come from anyone with cas-write): each distinct Directory blob is fetched once, level by
 /// level, within `limits` (its size, depth and the bytes of all blobs), then measured against
-/// the caps before anything is expanded. A refusal is [`CliError::Usage`] naming what was
+/// the caps before anything is expanded. A refusal is [`ClientError::Usage`] naming what was
 /// wrong; trouble fetching is any other error.
 pub async fn read_tree(client: &Client, root: Digest, limits: &TreeLimits) -> Result<ExpandedTree> {
     let mut directories: HashMap<Digest, Directory> = HashMap::new();
@@ -397,7 +399,7 @@ async fn read_directory(client: Client, digest: Digest) -> Result<(Digest, Direc
 /// Directory blobs fetched at once while reading a tree.
 const PARALLEL_READS: usize = 16;
 
-impl From<TreeError> for CliError {
+impl From<TreeError> for ClientError {
     fn from(err: TreeError) -> Self {
         Self::Usage(err.to_string())
     }

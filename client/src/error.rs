@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use proto::Digest;
 
-pub type Result<T, E = CliError> = std::result::Result<T, E>;
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub enum ClientError {
     #[error(
         "cannot reach cached at {server}: {reason}\n  is cached running? Start it with `cached`, or point --server / CACHED_ADDR at it"
     )]
@@ -34,7 +34,7 @@ pub enum CliError {
     Failed(String),
 }
 
-impl CliError {
+impl ClientError {
     /// 0 success, 1 failure, 2 bad input, 3 server unreachable.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -58,7 +58,7 @@ impl CliError {
     }
 }
 
-impl From<tonic::Status> for CliError {
+impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
         match status.code() {
             tonic::Code::Unavailable => {

@@ -14,8 +14,8 @@ use proto::{Digest, FRAME_SIZE};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::client::Client;
-use crate::error::{CliError, Result};
+use crate::connect::Client;
+use crate::error::{ClientError, Result};
 
 /// zstd level for uploads: level 3 shrinks Go outputs ~4x at ~0.35 GB/s per core; higher
 /// levels cost far more time than they save on the wire.
@@ -27,12 +27,12 @@ const BATCH_BYTES: u64 = 8 << 20;
 const BATCH_ITEMS: usize = 1000;
 
 pub fn hash_file(path: &Path) -> Result<Digest> {
-    let mut file = File::open(path).map_err(CliError::file(path))?;
+    let mut file = File::open(path).map_err(ClientError::file(path))?;
     let mut hasher = blake3::Hasher::new();
     let mut buffer = vec![0u8; FRAME_SIZE];
     let mut size = 0u64;
     loop {
-        let read = file.read(&mut buffer).map_err(CliError::file(path))?;
+        let read = file.read(&mut buffer).map_err(ClientError::file(path))?;
         if read == 0 {
             break;
         }
@@ -43,7 +43,7 @@ pub fn hash_file(path: &Path) -> Result<Digest> {
 }
 
 fn encoder(level: i32) -> Result<FrameEncoder> {
-    FrameEncoder::new(level).map_err(|err| CliError::Usage(format!("zstd level {level}: {err}")))
+    FrameEncoder::new(level).map_err(|err| ClientError::Usage(format!("zstd level {level}: {err}")))
 }
 
 /// Uploads the files the server lacks and returns every file's digest, in order.
@@ -52,7 +52,7 @@ pub async fn upload_files(client: &Client, paths: &[PathBuf], level: i32) -> Res
     let digests =
         tokio::task::spawn_blocking(move || owned.iter().map(|p| hash_file(p)).collect::<Result<Vec<_>>>())
             .await
-            .map_err(|err| CliError::Server(format!("hashing failed: {err}")))??;
+            .map_err(|err| ClientError::Server(format!("hashing failed: {err}")))??;
     let missing = find_missing(client, &digests).await?;
     let mut uploads: Vec<(Digest, &PathBuf)> = Vec::new();
     for (digest, path) in digests.iter().zip(paths) {
@@ -66,7 +66,7 @@ pub async fn upload_files(client: &Client, paths: &[PathBuf], level: i32) -> Res
         let blobs = batch
             .iter()
             .map(|(digest, path)| {
-                let data = std::fs::read(path).map_err(CliError::file(*path))?;
+                let data = std::fs::read(path).map_err(ClientError::file(*path))?;
                 Ok((*digest, Bytes::from(data)))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -100,7 +100,7 @@ pub async fn find_missing(client: &Client, digests: &[Digest]) -> Result<Vec<Dig
         let request = v1::FindMissingRequest { digests: chunk.iter().map(|d| d.to_wire()).collect() };
         let response = client.cas.clone().find_missing(request).await?.into_inner();
         for wire in response.missing {
-            missing.push(Digest::from_wire(Some(&wire)).map_err(|err| CliError::Server(err.to_string()))?);
+            missing.push(Digest::from_wire(Some(&wire)).map_err(|err| ClientError::Server(err.to_string()))?);
         }
     }
     Ok(missing)
@@ -116,7 +116,7 @@ pub async fn batch_write(client: &Client, blobs: Vec<(Digest, Bytes)>, level: i3
                 let data = if data.is_empty() {
                     data
                 } else {
-                    Bytes::from(encoder.encode(&data).map_err(|err| CliError::Server(err.to_string()))?)
+                    Bytes::from(encoder.encode(&data).map_err(|err| ClientError::Server(err.to_string()))?)
                 };
                 Ok(v1::batch_write_request::Blob {
                     digest: Some(digest.to_wire()),
@@ -127,7 +127,7 @@ pub async fn batch_write(client: &Client, blobs: Vec<(Digest, Bytes)>, level: i3
             .collect()
     })
     .await
-    .map_err(|err| CliError::Server(format!("compression failed: {err}")))??;
+    .map_err(|err| ClientError::Server(format!("compression failed: {err}")))??;
     let response = client.cas.clone().batch_write(v1::BatchWriteRequest { blobs: compressed }).await?;
     for result in response.into_inner().results {
         let status = result.status.unwrap_or_default();
@@ -148,17 +148,17 @@ pub async fn upload_file(client: &Client, path: &Path, digest: Digest, level: i3
     let source = path.to_owned();
     let framer = tokio::task::spawn_blocking(move || frame_file(&source, digest, level, &sender));
     let result = write_frames(client, digest, frames).await;
-    framer.await.map_err(|err| CliError::Server(format!("compression failed: {err}")))??;
+    framer.await.map_err(|err| ClientError::Server(format!("compression failed: {err}")))??;
     result
 }
 
 fn frame_file(path: &Path, digest: Digest, level: i32, sender: &mpsc::Sender<Bytes>) -> Result<()> {
-    let mut file = File::open(path).map_err(CliError::file(path))?;
+    let mut file = File::open(path).map_err(ClientError::file(path))?;
     let mut encoder = encoder(level)?;
     let mut buffer = vec![0u8; FRAME_SIZE];
     let mut total = 0u64;
     loop {
-        let filled = read_full(&mut file, &mut buffer).map_err(CliError::file(path))?;
+        let filled = read_full(&mut file, &mut buffer).map_err(ClientError::file(path))?;
         if filled == 0 {
             break;
         }
@@ -166,13 +166,13 @@ fn frame_file(path: &Path, digest: Digest, level: i32, sender: &mpsc::Sender<Byt
         if total > digest.size {
             break;
         }
-        let frame = encoder.encode(&buffer[..filled]).map_err(|err| CliError::Server(err.to_string()))?;
+        let frame = encoder.encode(&buffer[..filled]).map_err(|err| ClientError::Server(err.to_string()))?;
         if sender.blocking_send(Bytes::from(frame)).is_err() {
             return Ok(()); // The upload ended early; its own result says why.
         }
     }
     if total != digest.size {
-        return Err(CliError::Usage(format!(
+        return Err(ClientError::Usage(format!(
             "{} changed while it was being uploaded; run again",
             path.display()
         )));
@@ -232,8 +232,10 @@ pub async fn download_to_file(client: &Client, digest: Digest, dest: &Path) -> R
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
         _ => PathBuf::from("."),
     };
-    let temp = tempfile::NamedTempFile::new_in(&dir).map_err(CliError::file(&dir))?;
-    let Some(mut stream) = open_read(client, digest).await? else { return Err(CliError::NotFound(digest)) };
+    let temp = tempfile::NamedTempFile::new_in(&dir).map_err(ClientError::file(&dir))?;
+    let Some(mut stream) = open_read(client, digest).await? else {
+        return Err(ClientError::NotFound(digest));
+    };
     let (sender, receiver) = mpsc::channel::<v1::ReadResponse>(PIPELINE_FRAMES);
     let writer = tokio::task::spawn_blocking(move || write_verified(temp, digest, receiver));
     let mut failure = None;
@@ -251,11 +253,11 @@ pub async fn download_to_file(client: &Client, digest: Digest, dest: &Path) -> R
         }
     }
     drop(sender);
-    let temp = writer.await.map_err(|err| CliError::Server(format!("writing failed: {err}")))?;
+    let temp = writer.await.map_err(|err| ClientError::Server(format!("writing failed: {err}")))?;
     if let Some(status) = failure {
         return Err(status.into());
     }
-    temp?.persist(dest).map_err(|err| CliError::file(dest)(err.error))?;
+    temp?.persist(dest).map_err(|err| ClientError::file(dest)(err.error))?;
     Ok(())
 }
 
@@ -265,7 +267,7 @@ fn write_verified(
     digest: Digest,
     mut pieces: mpsc::Receiver<v1::ReadResponse>,
 ) -> Result<tempfile::NamedTempFile> {
-    let corrupt = |reason: String| CliError::Corrupt { expected: digest, reason };
+    let corrupt = |reason: String| ClientError::Corrupt { expected: digest, reason };
     let mut decoder = FrameDecoder::new(digest.size, 0).map_err(|err| corrupt(err.to_string()))?;
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
@@ -278,7 +280,7 @@ fn write_verified(
         };
         hasher.update(raw);
         size += raw.len() as u64;
-        temp.write_all(raw).map_err(CliError::file(&path))?;
+        temp.write_all(raw).map_err(ClientError::file(&path))?;
     }
     let actual = Digest::from_hasher(&hasher, size);
     if actual != digest {
