@@ -7,6 +7,5 @@ pub mod commands;
 pub mod gobuild;
 pub mod gocacheprog;
 pub mod mtimes;
-pub mod oci;
 pub mod render;
 pub mod submit;

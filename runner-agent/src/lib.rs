@@ -6,7 +6,7 @@
 //! [`taskdir`] (a task's own directories), [`workspace`] (checked trees from the CAS into a
 //! directory, never through a link) through the [`blobcache`] (hard links), [`build`] (the go
 //! build, through the cachectl library), [`image`] (a target's platform image and a job's image
-//! index, through `cachectl::oci`), [`exec`] (child processes: own process group, timeout,
+//! index, through `cached_oci::job`), [`exec`] (child processes: own process group, timeout,
 //! killed with the task), [`caps`] (what this machine can build).
 
 #![forbid(unsafe_code)]

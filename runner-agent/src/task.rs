@@ -162,7 +162,9 @@ async fn build_task(
         }
     }
     env.push(("GOFLAGS".into(), goflags.join(" ")));
-    let deadline = Duration::from_millis(u64::try_from(lease.deadline_unix_ms - now_ms()).unwrap_or(0));
+    let deadline = Duration::from_millis(
+        u64::try_from(lease.deadline_unix_ms - cached_client::clock::now_ms()).unwrap_or(0),
+    );
     let timeout = ctx.task_timeout.min(deadline.max(Duration::from_secs(1)));
     let input = BuildInput {
         module_dir,
@@ -209,10 +211,6 @@ async fn build_task(
         image,
         index: None,
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The go command's environment for a target: sealed (HOME, TMPDIR, GOCACHE, the module cache,

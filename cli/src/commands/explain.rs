@@ -137,7 +137,7 @@ pub async fn run(client: &Client, namespace: String, query: String, json: bool) 
     if json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
-        print!("{}", report.to_text(explain::now_ms()));
+        print!("{}", report.to_text(cached_client::clock::now_ms()));
     }
     Ok(())
 }

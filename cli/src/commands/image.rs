@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::oci::{self, Compression, ImageResult, ImageSpec, LayerCache, Platform, RegistryOptions};
 use cached_client::connect::ConnectOptions;
 use cached_client::error::{ClientError, Result};
+use cached_oci::{
+    self as oci, Compression, ImagePlatform, ImageResult, ImageSpec, LayerCache, RegistryOptions,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -104,7 +106,7 @@ impl Args {
                     "--platform {entry:?}: expected OS/ARCH=PATH, like linux/amd64=bin/app"
                 ))
             })?;
-            let platform: Platform = platform.parse().map_err(ClientError::from)?;
+            let platform: ImagePlatform = platform.parse().map_err(ClientError::from)?;
             binaries.push((platform, PathBuf::from(path)));
         }
         let mut labels = BTreeMap::new();

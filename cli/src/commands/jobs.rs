@@ -6,10 +6,10 @@ use std::time::Instant;
 use proto::platform::label;
 use proto::v1::{self, JobState, TaskState};
 
-use crate::submit::image::platform_label;
 use cached_client::connect::ConnectOptions;
 use cached_client::error::Result;
 use cached_client::remote_exec::RemoteExec;
+use cached_oci::job::platform_label;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {

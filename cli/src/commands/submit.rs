@@ -12,12 +12,13 @@ use proto::platform::label;
 use proto::v1::{self, JobState, TaskState};
 use proto::{Digest, Platform};
 
+use crate::submit::modules;
 use crate::submit::progress::{View, duration, outcome, print_table, task_label};
-use crate::submit::{image, modules};
 use cached_client::connect::ConnectOptions;
 use cached_client::error::{ClientError, Result};
 use cached_client::remote_exec::RemoteExec;
 use cached_client::tree::Tree;
+use cached_oci::job as image;
 
 pub const DEFAULT_TARGETS: &str = "linux/amd64,linux/arm64,darwin/arm64,windows/amd64";
 
@@ -74,7 +75,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     image_binary: Option<String>,
     /// Directory of the binary in the image; it joins PATH.
-    #[arg(long, value_name = "DIR", default_value = crate::submit::image::DEFAULT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = cached_oci::job::DEFAULT_DIR)]
     image_dir: String,
     /// User the container runs as [default: 65532 (nonroot)]
     #[arg(long, value_name = "USER")]
@@ -128,9 +129,9 @@ fn image_spec(args: &Args, targets: &[v1::Target]) -> Result<Option<v1::ImageSpe
         return Err(usage("--image and --oci-layout need the job followed to its end: drop --detach"));
     }
     if let Some(reference) = &args.image {
-        crate::oci::Reference::parse(reference)?;
+        cached_oci::Reference::parse(reference)?;
     }
-    let mut platforms: Vec<(String, crate::oci::Platform)> = Vec::new();
+    let mut platforms: Vec<(String, cached_oci::ImagePlatform)> = Vec::new();
     for target in targets {
         let platform = Platform::from_wire(target).map_err(|err| usage(err.to_string()))?;
         let Some(image) = image::image_platform(&platform) else { continue };
@@ -325,10 +326,10 @@ async fn publish(
     }
     let name = name.ok_or_else(|| ClientError::Server("no target of the job has an image".into()))?;
     let mut library = image::oci_spec(spec, &name, binaries)?;
-    let cache = crate::oci::LayerCache::new(remote.client.clone());
+    let cache = cached_oci::LayerCache::new(remote.client.clone());
     // The documents alone first (nothing written or pushed; every layer a cache hit, so this
     // costs hashing the binaries and one lookup), checked against the job's index.
-    let derived = crate::oci::build_image(&library, Some(&cache)).await?;
+    let derived = cached_oci::build_image(&library, Some(&cache)).await?;
     if derived.index.digest.to_string() != index.digest {
         return Err(ClientError::Failed(format!(
             "the image built here has index {} but the agents assembled {}: the image is not reproducible \
@@ -339,7 +340,7 @@ async fn publish(
     library.oci_layout.clone_from(&args.oci_layout);
     library.push.clone_from(&args.image);
     library.registry = args.registry.options();
-    let built = crate::oci::build_image(&library, Some(&cache)).await?;
+    let built = cached_oci::build_image(&library, Some(&cache)).await?;
     for warning in derived.warnings.iter().chain(&built.warnings) {
         eprintln!("cachectl: warning: {warning}");
     }

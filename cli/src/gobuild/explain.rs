@@ -31,10 +31,6 @@ pub fn ago(time_ms: i64, now_ms: i64) -> String {
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Components whose values are never shown: contents, and flags that may carry secrets.
 fn hidden(name: &str) -> bool {
     matches!(name, "flag.ldflags" | "flag.gcflags" | "flag.asmflags" | "env.GOFLAGS")

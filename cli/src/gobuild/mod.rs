@@ -387,7 +387,7 @@ pub async fn build_with(
     }
     let lines = match &answer.explanation {
         Some(explanation) if !answer.hit => {
-            explain::miss_lines(&target, &key, explanation, explain::now_ms())
+            explain::miss_lines(&target, &key, explanation, cached_client::clock::now_ms())
         }
         _ => vec![format!(
             "cache miss for {}, key {}: restoring failed",

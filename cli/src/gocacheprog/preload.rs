@@ -191,7 +191,7 @@ impl Preload {
             Ok(replies) => replies,
             Err(_) => {
                 // Whoever joined these fetches makes their own.
-                claims.into_iter().for_each(|claim| tiers.settle(claim, Outcome::Failed));
+                claims.into_iter().for_each(|claim| tiers.settle(claim, PreloadOutcome::Failed));
                 return;
             }
         };
@@ -199,7 +199,7 @@ impl Preload {
         let (mut here, mut large) = (Vec::new(), Vec::new());
         for (claim, found) in claims.into_iter().zip(replies) {
             match found {
-                None => tiers.settle(claim, Outcome::Missing),
+                None => tiers.settle(claim, PreloadOutcome::Missing),
                 Some(found) if found.is_here(&disk) => here.push((claim, found)),
                 Some(found) => large.push((claim, found)),
             }
@@ -220,7 +220,9 @@ impl Preload {
                     }
                 }
                 // Nothing lands; whoever waits fetches these the usual way.
-                Err(_) => here.into_iter().for_each(|(claim, _)| tiers_here.settle(claim, Outcome::Failed)),
+                Err(_) => {
+                    here.into_iter().for_each(|(claim, _)| tiers_here.settle(claim, PreloadOutcome::Failed))
+                }
             }
             drop(store_slot);
         });
@@ -233,7 +235,7 @@ impl Preload {
                 let result = remote.download_bulk(Arc::clone(tiers.disk()), claim.action_id(), &found).await;
                 match result {
                     Ok(Some(path)) => this.landed(&tiers, &remote, claim, &found, Ok(path)),
-                    Ok(None) => tiers.settle(claim, Outcome::Missing),
+                    Ok(None) => tiers.settle(claim, PreloadOutcome::Missing),
                     Err(err) => this.landed(&tiers, &remote, claim, &found, Err(err)),
                 }
             }
@@ -256,14 +258,14 @@ impl Preload {
                 let counters = tiers.counters();
                 bump(&counters.preloaded);
                 add(&counters.bytes_down, found.entry.size);
-                tiers.settle(claim, Outcome::Found(found.entry, path));
+                tiers.settle(claim, PreloadOutcome::Found(found.entry, path));
             }
             // A body that is not what its entry says is never served: a miss.
             Err(err @ RemoteError::Corrupt(_)) => {
                 remote.note_failure(&err);
-                tiers.settle(claim, Outcome::Missing);
+                tiers.settle(claim, PreloadOutcome::Missing);
             }
-            Err(_) => tiers.settle(claim, Outcome::Failed),
+            Err(_) => tiers.settle(claim, PreloadOutcome::Failed),
         }
     }
 
@@ -291,7 +293,7 @@ struct Lists {
 }
 
 /// What became of a claimed action.
-pub enum Outcome {
+pub enum PreloadOutcome {
     Found(Entry, PathBuf),
     /// cached has no (usable) entry: the go command's lookup is a miss.
     Missing,

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use super::counters::{Counters, add, bump};
 use super::disk::{DiskError, DiskTier, Entry};
 use super::prefetch::{Prefetches, State};
-use super::preload::{Outcome, Preload};
+use super::preload::{Preload, PreloadOutcome};
 use super::protocol::{Hit, now_unix_nanos};
 use super::remote::Remote;
 use super::server::{BodySink, Cache, Local};
@@ -118,16 +118,16 @@ impl Tiers {
     }
 
     /// Answers the lookups waiting for a claimed action.
-    pub fn settle(&self, claim: Claim, outcome: Outcome) {
+    pub fn settle(&self, claim: Claim, outcome: PreloadOutcome) {
         let Claim { action_id, answer } = claim;
         match outcome {
-            Outcome::Found(entry, path) => {
+            PreloadOutcome::Found(entry, path) => {
                 let _ = answer.send(Some(hit(entry, path)));
             }
-            Outcome::Missing => {
+            PreloadOutcome::Missing => {
                 let _ = answer.send(None);
             }
-            Outcome::Failed => drop(answer),
+            PreloadOutcome::Failed => drop(answer),
         }
         // After the answer: a lookup that finds the flight now gets it at once, and one that
         // comes later finds the action on disk.

@@ -12,7 +12,7 @@ use super::layout::Layout;
 use super::manifest::{
     self, DOCKER_LAYER_GZIP, Descriptor, Index, MEDIA_LAYER_GZIP, MEDIA_LAYER_TAR, MEDIA_LAYER_ZSTD, Manifest,
 };
-use super::platform::Platform;
+use super::platform::ImagePlatform;
 use super::reference::Reference;
 use super::registry::{Registry, RegistryOptions};
 
@@ -58,7 +58,7 @@ pub enum BaseOrigin {
 /// The part of the base for one platform.
 #[derive(Clone, Debug)]
 pub struct BasePlatform {
-    pub platform: Platform,
+    pub platform: ImagePlatform,
     pub manifest_digest: Sha256,
     /// Layers in order, media types in the OCI family.
     pub layers: Vec<Descriptor>,
@@ -76,7 +76,7 @@ pub struct BaseImage {
 }
 
 impl BaseImage {
-    pub fn for_platform(&self, platform: &Platform) -> Option<&BasePlatform> {
+    pub fn for_platform(&self, platform: &ImagePlatform) -> Option<&BasePlatform> {
         self.platforms.iter().find(|base| base.platform.matches(platform))
     }
 }
@@ -84,7 +84,7 @@ impl BaseImage {
 /// Resolves `source` for each of `wanted`; every wanted platform must be in the base.
 pub async fn resolve(
     source: &BaseSource,
-    wanted: &[Platform],
+    wanted: &[ImagePlatform],
     options: &RegistryOptions,
 ) -> Result<BaseImage> {
     let (origin, top, name, shown) = match source {
@@ -180,8 +180,8 @@ fn media_type_of(bytes: &[u8], given: &str) -> String {
     }
 }
 
-fn config_platform(config: &Value) -> Option<Platform> {
-    Some(Platform {
+fn config_platform(config: &Value) -> Option<ImagePlatform> {
+    Some(ImagePlatform {
         architecture: config.get("architecture")?.as_str()?.to_owned(),
         os: config.get("os")?.as_str()?.to_owned(),
         variant: config.get("variant").and_then(Value::as_str).map(str::to_owned),
@@ -224,7 +224,7 @@ impl Fetcher<'_> {
         }
     }
 
-    async fn platform(&self, platform: &Platform, digest: Sha256, bytes: &[u8]) -> Result<BasePlatform> {
+    async fn platform(&self, platform: &ImagePlatform, digest: Sha256, bytes: &[u8]) -> Result<BasePlatform> {
         let shown = self.shown;
         let manifest: Manifest = manifest::parse(bytes, &format!("base manifest {shown} {platform}"))?;
         let config_bytes = self.blob(&manifest.config.digest).await?;

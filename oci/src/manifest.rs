@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::digest::Sha256;
 use super::error::{OciError, Result};
-use super::platform::Platform;
+use super::platform::ImagePlatform;
 
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -60,7 +60,7 @@ pub struct Descriptor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
+    pub platform: Option<ImagePlatform>,
 }
 
 impl Descriptor {

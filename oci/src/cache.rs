@@ -224,7 +224,7 @@ fn cache_error(err: impl std::fmt::Display) -> OciError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::layer::Compression;
+    use crate::layer::Compression;
 
     fn options() -> LayerOptions {
         LayerOptions {

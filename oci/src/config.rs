@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use super::digest::Sha256;
 use super::error::{OciError, Result};
 use super::manifest::canonical_json;
-use super::platform::Platform;
+use super::platform::ImagePlatform;
 
 /// PATH of an image whose base sets none (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -40,7 +40,7 @@ pub fn rfc3339(seconds: u64) -> String {
 /// The config JSON (canonical bytes) for `platform`, over `base` when given.
 pub fn image_config(
     base: Option<&Value>,
-    platform: &Platform,
+    platform: &ImagePlatform,
     diff_id: Sha256,
     options: &ConfigOptions,
 ) -> Result<Vec<u8>> {
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn scratch_config_has_platform_entrypoint_user_and_one_layer() {
-        let platform: Platform = "linux/arm/v7".parse().unwrap();
+        let platform: ImagePlatform = "linux/arm/v7".parse().unwrap();
         let bytes = image_config(None, &platform, Sha256::of(b"tar"), &options()).unwrap();
         let config: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(config["architecture"], "arm");
@@ -179,7 +179,7 @@ mod tests {
             "rootfs": {"type": "layers", "diff_ids": ["sha256:aa"]},
             "history": [{"created_by": "base"}],
         });
-        let platform: Platform = "linux/amd64".parse().unwrap();
+        let platform: ImagePlatform = "linux/amd64".parse().unwrap();
         let mut options = options();
         options.created = 1_700_000_000;
         let bytes = image_config(Some(&base), &platform, Sha256::of(b"tar"), &options).unwrap();

@@ -15,17 +15,17 @@ const ARCHITECTURES: &[&str] = &[
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Platform {
+pub struct ImagePlatform {
     pub architecture: String,
     pub os: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
 
-impl Platform {
+impl ImagePlatform {
     /// True when both name the same machine, as containerd compares them: `arm` is `arm/v7`,
     /// `arm64` is `arm64/v8` and `amd64` is `amd64/v1`.
-    pub fn matches(&self, other: &Platform) -> bool {
+    pub fn matches(&self, other: &ImagePlatform) -> bool {
         self.os == other.os
             && self.architecture == other.architecture
             && self.normal_variant() == other.normal_variant()
@@ -51,7 +51,7 @@ impl Platform {
 /// the variant where OCI defines one: GOAMD64 (`v2`, `v3`), GOARM (`7` → `v7`, bare arm →
 /// `v7`), GOARM64 (`v8.2,lse` → `v8.2`, `v9.0` → `v9`); other levels (GO386, GOPPC64, ...)
 /// have no OCI variant and are left out. cgo does not change the platform.
-pub fn from_target(target: &proto::Platform) -> Result<Platform, OciError> {
+pub fn from_target(target: &proto::Platform) -> Result<ImagePlatform, OciError> {
     let level = target.level.split(',').next().unwrap_or("");
     let variant = match (target.goarch.as_str(), level) {
         (_, "") => None,
@@ -67,7 +67,7 @@ pub fn from_target(target: &proto::Platform) -> Result<Platform, OciError> {
     text.parse().map_err(|err: OciError| OciError::Usage(format!("target {target}: {err}")))
 }
 
-impl fmt::Display for Platform {
+impl fmt::Display for ImagePlatform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.os, self.architecture)?;
         if let Some(variant) = &self.variant {
@@ -77,7 +77,7 @@ impl fmt::Display for Platform {
     }
 }
 
-impl FromStr for Platform {
+impl FromStr for ImagePlatform {
     type Err = OciError;
 
     /// Parses `os/arch[/variant]`. 32-bit arm always gets a variant (`v7` unless given), since
@@ -123,7 +123,7 @@ impl FromStr for Platform {
 mod tests {
     use super::*;
 
-    fn p(text: &str) -> Platform {
+    fn p(text: &str) -> ImagePlatform {
         text.parse().unwrap()
     }
 
@@ -137,7 +137,7 @@ mod tests {
         assert!(!p("linux/arm/v6").matches(&p("linux/arm/v7")));
         for bad in ["linux", "windows/amd64", "linux/x86", "linux/arm/v9", "linux/amd64/v3/x", "linux/arm64/"]
         {
-            assert!(bad.parse::<Platform>().is_err(), "{bad} should not parse");
+            assert!(bad.parse::<ImagePlatform>().is_err(), "{bad} should not parse");
         }
     }
 

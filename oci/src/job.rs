@@ -1,29 +1,36 @@
 //! The image part of a job, between the wire (`cached.v1.ImageSpec`, `PlatformImage`,
-//! `OciBlob`) and the image library ([`crate::oci`]). Runner agents and `cachectl submit` both
+//! `OciBlob`) and the image library ([`crate`]). Runner agents and `cachectl submit` both
 //! go through these functions, so an agent's per-platform image and the image the submitter
 //! writes or pushes come from the same spec and get the same digests.
 //!
 //! Who does what: the agent of each linux target layers its binary, writes that platform's
 //! config and manifest, and records all three (SHA-256 and CAS digest) in its task result; a
-//! final task assembles the index ([`crate::oci::index_document`]) and the job carries its
+//! final task assembles the index ([`crate::index_document`]) and the job carries its
 //! digest; the submitter, who holds the registry credentials, writes the OCI layout and/or
 //! pushes, building the image again from the downloaded binaries with every layer a cache hit,
-//! and checks that it arrives at the job's index digest.
+//! and checks that it arrives at the job's index digest. The agent's part is
+//! [`build_platform_for_job`] and [`build_index_for_job`]: everything goes to cached, the layer
+//! through the layer cache (so the submitter's image build finds it), the config, manifest
+//! and index as CAS blobs. Agents hold no registry credentials and push nothing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use proto::v1;
+use bytes::Bytes;
+use cached_client::connect::Client;
+use cached_client::error::ClientError;
+use cached_client::transfer;
+use proto::{Digest, v1};
 
-use crate::oci::manifest::{Descriptor, MEDIA_MANIFEST};
-use crate::oci::{self, Compression, ImageSpec, OciError, Platform, Sha256};
+use crate::manifest::{Descriptor, MEDIA_MANIFEST};
+use crate::{Compression, ImagePlatform, ImageSpec, LayerCache, OciError, PlatformBuild, Sha256};
 
 /// Where the binary goes in the image unless the spec says otherwise.
 pub const DEFAULT_DIR: &str = "/app";
 
 /// The image platform of a target, or `None` for a target that gets no image (not linux).
-pub fn image_platform(target: &proto::Platform) -> Option<Result<Platform, OciError>> {
-    (target.goos == "linux").then(|| oci::platform::from_target(target))
+pub fn image_platform(target: &proto::Platform) -> Option<Result<ImagePlatform, OciError>> {
+    (target.goos == "linux").then(|| crate::platform::from_target(target))
 }
 
 /// The output that goes in the image: the one `image.binary` names, else the build's only one.
@@ -48,7 +55,7 @@ pub fn pick_binary<'a>(image: &v1::ImageSpec, names: &[&'a str]) -> Result<&'a s
 pub fn oci_spec(
     image: &v1::ImageSpec,
     name: &str,
-    binaries: Vec<(Platform, PathBuf)>,
+    binaries: Vec<(ImagePlatform, PathBuf)>,
 ) -> Result<ImageSpec, OciError> {
     if !image.base.is_empty() {
         return Err(OciError::Usage(
@@ -100,7 +107,7 @@ pub fn blob_from_wire(
 /// A platform image for a task result; `config` and `manifest` are where the agent stored
 /// those documents in the CAS.
 pub fn platform_to_wire(
-    image: &oci::PlatformImage,
+    image: &crate::PlatformImage,
     config: proto::Digest,
     manifest: proto::Digest,
 ) -> v1::PlatformImage {
@@ -119,13 +126,13 @@ pub fn platform_to_wire(
 }
 
 /// The index entry of a platform image from the wire: its manifest descriptor with the
-/// platform, as [`oci::index_document`] takes it.
+/// platform, as [`crate::index_document`] takes it.
 pub fn index_entry(image: &v1::PlatformImage) -> Result<Descriptor, OciError> {
     let mut text = format!("{}/{}", image.os, image.architecture);
     if !image.variant.is_empty() {
         text = format!("{text}/{}", image.variant);
     }
-    let platform: Platform = text.parse()?;
+    let platform: ImagePlatform = text.parse()?;
     let (mut manifest, _) = blob_from_wire(image.manifest.as_ref(), &format!("the manifest of {platform}"))?;
     if manifest.media_type != MEDIA_MANIFEST {
         return Err(OciError::Invalid(format!(
@@ -143,6 +150,98 @@ pub fn platform_label(image: &v1::PlatformImage) -> String {
         "" => format!("{}/{}", image.os, image.architecture),
         variant => format!("{}/{}/{variant}", image.os, image.architecture),
     }
+}
+
+/// Why an agent could not make its part of a job's image.
+#[derive(Debug, thiserror::Error)]
+pub enum JobImageError {
+    /// No output, or several and none named, to put in the image.
+    #[error("image: {0}")]
+    Binary(String),
+    #[error("image: output {0} vanished")]
+    Vanished(String),
+    #[error("image: {0}")]
+    Oci(#[source] OciError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+impl From<OciError> for JobImageError {
+    fn from(err: OciError) -> Self {
+        Self::Oci(err)
+    }
+}
+
+impl JobImageError {
+    /// A bad spec or matrix fails the same way on every agent; anything else (files, the
+    /// cache) may be this machine, and another attempt elsewhere may succeed.
+    pub fn is_spec(&self) -> bool {
+        matches!(self, Self::Binary(_) | Self::Oci(OciError::Usage(_) | OciError::Reference { .. }))
+    }
+}
+
+/// Stores small blobs (configs, manifests, indexes) in the CAS unless it has them; their
+/// CAS digests, in order.
+pub async fn store_documents(client: &Client, blobs: &[&[u8]]) -> Result<Vec<Digest>, ClientError> {
+    let digests: Vec<Digest> = blobs.iter().map(|bytes| Digest::of(bytes)).collect();
+    let missing = transfer::find_missing(client, &digests).await?;
+    let writes: Vec<(Digest, Bytes)> = digests
+        .iter()
+        .zip(blobs)
+        .filter(|(digest, _)| missing.contains(digest))
+        .map(|(digest, bytes)| (*digest, Bytes::copy_from_slice(bytes)))
+        .collect();
+    if !writes.is_empty() {
+        transfer::batch_write(client, writes, transfer::DEFAULT_LEVEL).await?;
+    }
+    Ok(digests)
+}
+
+/// A target's platform image, built and stored in cached.
+pub struct StoredPlatformImage {
+    /// What the task result carries.
+    pub wire: v1::PlatformImage,
+    pub build: PlatformBuild,
+    pub spec: ImageSpec,
+}
+
+/// The image of one built target (`outputs`: its files and their CAS digests), stored in
+/// cached: `None` for a target that gets none (not linux).
+pub async fn build_platform_for_job(
+    client: &Client,
+    image: &v1::ImageSpec,
+    target: &proto::Platform,
+    outputs: &[(PathBuf, Digest)],
+) -> Result<Option<StoredPlatformImage>, JobImageError> {
+    let Some(platform) = image_platform(target) else { return Ok(None) };
+    let platform = platform?;
+    let names: Vec<&str> =
+        outputs.iter().filter_map(|(path, _)| path.file_name().and_then(|name| name.to_str())).collect();
+    let name = pick_binary(image, &names).map_err(JobImageError::Binary)?;
+    let binary = outputs
+        .iter()
+        .find(|(path, _)| path.file_name().and_then(|n| n.to_str()) == Some(name))
+        .map(|(path, _)| path.clone())
+        .ok_or_else(|| JobImageError::Vanished(name.to_owned()))?;
+    let spec = oci_spec(image, name, vec![(platform, binary)])?;
+    let cache = LayerCache::new(client.clone());
+    let build = crate::build_platform_image(&spec, Some(&cache)).await?;
+    let stored = store_documents(client, &[&build.config, &build.manifest]).await?;
+    let wire = platform_to_wire(&build.image, stored[0], stored[1]);
+    Ok(Some(StoredPlatformImage { wire, build, spec }))
+}
+
+/// A job's last step: the image index over its targets' images, stored in cached; its
+/// descriptor and the blob the task result carries.
+pub async fn build_index_for_job(
+    client: &Client,
+    images: &[v1::PlatformImage],
+) -> Result<(Descriptor, v1::OciBlob), JobImageError> {
+    let entries = images.iter().map(index_entry).collect::<Result<Vec<_>, _>>()?;
+    let (descriptor, bytes) = crate::index_document(entries, None)?;
+    let stored = store_documents(client, &[&bytes]).await?;
+    let blob = blob_to_wire(&descriptor, stored[0]);
+    Ok((descriptor, blob))
 }
 
 #[cfg(test)]

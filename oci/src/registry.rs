@@ -49,7 +49,7 @@ impl Default for RegistryOptions {
 
 /// What was sent to a registry, for reports and for tests that check nothing was wasted.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub struct PushCounters {
     pub requests: AtomicU64,
     pub blob_bytes_uploaded: AtomicU64,
     pub blobs_uploaded: AtomicU64,
@@ -71,7 +71,7 @@ pub struct PushCounts {
     pub manifests_present: u64,
 }
 
-impl Counters {
+impl PushCounters {
     pub fn snapshot(&self) -> PushCounts {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         PushCounts {
@@ -112,7 +112,7 @@ pub struct Registry {
     /// `repository:<name>:<actions>` scopes asked of a token service.
     scopes: Vec<String>,
     chunk_size: u64,
-    pub counters: Arc<Counters>,
+    pub counters: Arc<PushCounters>,
 }
 
 #[derive(Deserialize)]
@@ -198,7 +198,7 @@ impl Registry {
             auth: Mutex::new(Auth::None),
             scopes,
             chunk_size: options.chunk_size.max(1),
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(PushCounters::default()),
         };
         registry.ping().await?;
         Ok(registry)

@@ -21,7 +21,7 @@ use super::manifest::{
     self, ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, Index, MEDIA_CONFIG, MEDIA_INDEX,
     MEDIA_MANIFEST, Manifest,
 };
-use super::platform::Platform;
+use super::platform::ImagePlatform;
 use super::push::{self, Document, PushBlob, PushImage, PushPlan};
 use super::reference::Reference;
 use super::registry::{PushCounts, Registry, RegistryOptions};
@@ -34,7 +34,7 @@ pub struct ImageSpec {
     /// The binary's name in the image (`/app/<name>` by default) and in history.
     pub name: String,
     /// One binary per platform.
-    pub binaries: Vec<(Platform, PathBuf)>,
+    pub binaries: Vec<(ImagePlatform, PathBuf)>,
     /// The directory the binary goes in.
     pub dir: String,
     /// The user the container runs as; `None` keeps the base's, or 65532 (nonroot).
@@ -59,7 +59,7 @@ pub struct ImageSpec {
 }
 
 impl ImageSpec {
-    pub fn new(name: &str, binaries: Vec<(Platform, PathBuf)>) -> Self {
+    pub fn new(name: &str, binaries: Vec<(ImagePlatform, PathBuf)>) -> Self {
         Self {
             name: name.to_owned(),
             binaries,
@@ -99,7 +99,7 @@ impl ImageSpec {
 /// One platform's image.
 #[derive(Clone, Debug)]
 pub struct PlatformImage {
-    pub platform: Platform,
+    pub platform: ImagePlatform,
     pub manifest: Descriptor,
     pub config: Descriptor,
     pub layer: Layer,
@@ -127,7 +127,7 @@ pub struct ImageResult {
 
 /// Checked inputs.
 struct Plan {
-    binaries: Vec<(Platform, PathBuf)>,
+    binaries: Vec<(ImagePlatform, PathBuf)>,
     base: Option<BaseSource>,
     push: Option<Reference>,
     layout_name: String,
@@ -204,7 +204,7 @@ fn check_ref_name(name: &str) -> Result<()> {
 pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result<ImageResult> {
     let plan = plan(spec)?;
     let mut warnings = Vec::new();
-    let platforms: Vec<Platform> = plan.binaries.iter().map(|(p, _)| p.clone()).collect();
+    let platforms: Vec<ImagePlatform> = plan.binaries.iter().map(|(p, _)| p.clone()).collect();
 
     // The base first: a wrong base should fail before any work is done.
     let base = match &plan.base {
@@ -320,7 +320,7 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
 /// base's layers for `platform`, if there is a base.
 fn documents(
     spec: &ImageSpec,
-    platform: &Platform,
+    platform: &ImagePlatform,
     layer: &Layer,
     base: Option<&BaseImage>,
 ) -> Result<(Vec<u8>, Manifest)> {
@@ -368,7 +368,7 @@ pub fn index_document(
         return Err(OciError::Invalid("a manifest of the index has no platform".into()));
     }
     manifests.sort_by(|a, b| a.platform.cmp(&b.platform));
-    let platforms: Vec<&Platform> = manifests.iter().filter_map(|m| m.platform.as_ref()).collect();
+    let platforms: Vec<&ImagePlatform> = manifests.iter().filter_map(|m| m.platform.as_ref()).collect();
     for (i, a) in platforms.iter().enumerate() {
         if let Some(b) = platforms[i + 1..].iter().find(|b| a.matches(b)) {
             return Err(OciError::Usage(format!("two images for one platform: {a} and {b}")));
