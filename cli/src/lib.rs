@@ -4,7 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod commands;
-pub mod gobuild;
 pub mod gocacheprog;
 pub mod mtimes;
 pub mod render;

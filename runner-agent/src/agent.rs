@@ -30,7 +30,6 @@ use crate::TaskError;
 use crate::blobcache::BlobCache;
 use crate::build::Builder;
 use crate::caps;
-use crate::exec::ProcessRunner;
 use crate::sandbox::Sandbox;
 use crate::task::{self, TaskContext, token_name};
 
@@ -66,11 +65,7 @@ struct Running {
 }
 
 /// Runs until `shutdown` resolves and the drain is over.
-pub async fn run(
-    config: AgentConfig,
-    runner: Arc<dyn ProcessRunner>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let go = caps::go_info(&config.go)?;
     let c_compilers = caps::c_compilers(&go, &config.cc)?;
     let info = AgentInfo {
@@ -113,7 +108,6 @@ pub async fn run(
         cache,
         builder: Builder {
             go: config.go.clone(),
-            runner,
             gocacheprog: config.gocacheprog.clone(),
             bridge_connect: ConnectOptions { token: None, ..config.connect.clone() },
         },

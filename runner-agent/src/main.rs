@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cached_client::connect::{ConnectOptions, DEFAULT_SERVER};
@@ -13,7 +12,6 @@ use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use runner_agent::agent::{self, AgentConfig};
-use runner_agent::exec::Processes;
 use runner_agent::startup::{self, ROOT_WORK_DIR};
 
 #[derive(Parser)]
@@ -167,7 +165,7 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
         sandbox: prepared.sandbox,
         tree_limits: TreeLimits { max_entries: cli.max_tree_entries, ..TreeLimits::default() },
     };
-    agent::run(config, Arc::new(Processes), signal()).await
+    agent::run(config, signal()).await
 }
 
 fn main() -> ExitCode {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachectl::submit::modules;
 use cached_client::remote_exec::RemoteExec;
+use cached_gobuild::modules;
 use proto::v1::{self, FencingToken, TaskLease};
 use proto::{Digest, Platform};
 use tokio::sync::{mpsc, watch};

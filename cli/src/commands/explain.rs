@@ -3,10 +3,10 @@
 use proto::v1;
 use serde::Serialize;
 
-use crate::gobuild::explain;
-use crate::gobuild::manifest::hex;
 use cached_client::connect::Client;
 use cached_client::error::{ClientError, Result};
+use cached_gobuild::explain;
+use cached_gobuild::manifest::hex;
 
 /// The `--json` document. Fields are only ever added.
 #[derive(Debug, Serialize)]

@@ -3,10 +3,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::gobuild::exec::{Exec, Invocation, RealExec, Sink};
-use crate::gobuild::{self, BuildOptions, BuildRequest};
 use cached_client::connect::{Client, ConnectOptions};
 use cached_client::error::{ClientError, Result};
+use cached_gobuild::exec::{Exec, Invocation, Processes, Sink};
+use cached_gobuild::{self as gobuild, BuildOptions, BuildRequest};
 
 /// Connects, or says once that the server is unreachable and goes on without it.
 async fn connect(server: &str, connect: &ConnectOptions) -> Result<Option<Client>> {
@@ -70,7 +70,7 @@ pub async fn test(
         invocation.env = env;
         invocation.env_remove = remove;
     }
-    RealExec
+    Processes::default()
         .stream(&invocation, Sink::Inherit)
         .await
         .map_err(|err| ClientError::Usage(format!("cannot run go: {err}")))

@@ -12,12 +12,12 @@ use proto::platform::label;
 use proto::v1::{self, JobState, TaskState};
 use proto::{Digest, Platform};
 
-use crate::submit::modules;
 use crate::submit::progress::{View, duration, outcome, print_table, task_label};
 use cached_client::connect::ConnectOptions;
 use cached_client::error::{ClientError, Result};
 use cached_client::remote_exec::RemoteExec;
 use cached_client::tree::Tree;
+use cached_gobuild::modules;
 use cached_oci::job as image;
 
 pub const DEFAULT_TARGETS: &str = "linux/amd64,linux/arm64,darwin/arm64,windows/amd64";

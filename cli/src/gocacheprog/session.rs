@@ -95,7 +95,7 @@ pub struct Keys {
     pub shared: ActionId,
 }
 
-/// Flags that take a value beyond `go build`'s ([`crate::gobuild::flags::VALUE_FLAGS`]): those
+/// Flags that take a value beyond `go build`'s ([`cached_gobuild::flags::VALUE_FLAGS`]): those
 /// of `go list` and of test binaries, which `go test` passes on. Known, so that `-run TestX`
 /// is not read as a package `TestX`.
 const OTHER_VALUE_FLAGS: &[&str] = &[
@@ -154,7 +154,7 @@ const FLAVOUR_FLAGS: &[&str] = &[
 ];
 
 fn takes_value(flag: &str) -> bool {
-    crate::gobuild::flags::VALUE_FLAGS.contains(&flag) || OTHER_VALUE_FLAGS.contains(&flag)
+    cached_gobuild::flags::VALUE_FLAGS.contains(&flag) || OTHER_VALUE_FLAGS.contains(&flag)
 }
 
 impl KeyInputs {

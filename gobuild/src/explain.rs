@@ -3,7 +3,7 @@
 
 use proto::v1;
 
-use super::manifest::hex;
+use crate::manifest::hex;
 
 /// Files or modules named in one summary line before "and N more".
 const NAMED: usize = 5;

@@ -7,9 +7,9 @@ use std::path::{Component as PathPart, Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::exec::{Exec, Invocation};
-use super::flags::BuildFlags;
-use super::manifest::Manifest;
+use crate::exec::{Exec, Invocation};
+use crate::flags::BuildFlags;
+use crate::manifest::Manifest;
 
 /// `go env -json`.
 pub type GoEnv = BTreeMap<String, String>;

@@ -1,23 +1,5 @@
-//! `cachectl go build`: go build behind a whole-build cache.
-//!
-//! The build key comes from the Go build inputs ([`inputs`]: `go env -json` and one
-//! `go list -deps -json`), each hashed on its own into a [`manifest`]; the key is the hash of
-//! the manifest (docs/build-keys.md). A hit restores the outputs without running the compiler
-//! or the linker ([`outputs`]); a miss prints why ([`explain`]: the server compared the
-//! manifest with the nearest earlier build of the target), runs go build with the GOCACHEPROG
-//! bridge, uploads the outputs and records the build. go's output and exit code pass through;
-//! a failed build is never recorded; flags the wrapper does not understand ([`flags`]) and an
-//! unreachable server make it run go without the whole-build cache and say why.
-//!
-//! runner-agent builds its targets through [`build`] too, so remote builds use and fill the
-//! same cache.
-
-pub mod exec;
-pub mod explain;
-pub mod flags;
-pub mod inputs;
-pub mod manifest;
-pub mod outputs;
+//! One go build through the whole-build cache: derive the key, restore a hit, or run go with
+//! the GOCACHEPROG bridge, upload the outputs and record the build.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use proto::v1;
 
-use self::exec::{Exec, Invocation, RealExec, Sink};
-use self::inputs::{Derived, GoCall};
-use self::outputs::Planned;
+use crate::exec::{Exec, Invocation, Processes, Sink};
+use crate::inputs::{Derived, GoCall};
+use crate::outputs::Planned;
+use crate::{explain, flags, inputs, manifest, outputs};
 use cached_client::connect::{Client, ConnectOptions};
 use cached_client::error::ClientError;
 
@@ -87,7 +70,7 @@ impl Default for BuildOptions {
             gocacheprog: None,
             inherit_stdio: false,
             timeout: Duration::from_secs(20),
-            exec: Arc::new(RealExec),
+            exec: Arc::new(Processes::default()),
             bridge_connect: ConnectOptions::default(),
         }
     }
@@ -487,8 +470,8 @@ async fn record(
 mod tests {
     use std::sync::Mutex;
 
-    use super::exec::Captured;
     use super::*;
+    use crate::exec::Captured;
 
     /// Scripted results by the command's first argument (`env`, `list`, `build`).
     #[derive(Default)]

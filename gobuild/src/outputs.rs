@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use proto::Digest;
 
-use super::inputs::Root;
+use crate::inputs::Root;
 use cached_client::connect::Client;
 use cached_client::error::{ClientError, Result};
 use cached_client::transfer;

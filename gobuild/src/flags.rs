@@ -61,7 +61,7 @@ impl Default for BuildFlags {
 pub struct Unsupported(pub String);
 
 /// `go build` flags that take a value (the bridge's session keys read them too).
-pub(crate) const VALUE_FLAGS: &[&str] = &[
+pub const VALUE_FLAGS: &[&str] = &[
     "o",
     "tags",
     "ldflags",
