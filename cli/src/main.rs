@@ -80,7 +80,7 @@ enum Command {
         digests: Vec<String>,
     },
     /// Serve the go command's build cache: GOCACHEPROG="cachectl gocacheprog" go build ./...
-    Gocacheprog(commands::gocacheprog::Args),
+    Gocacheprog(cached_gocacheprog::command::Args),
     /// Build a multi-platform OCI image from built binaries; write a layout and/or push it.
     Image(Box<commands::image::Args>),
     /// Build a GOOS/GOARCH matrix of this module on runner agents; outputs to dist/<goos>_<goarch>/.
@@ -175,7 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
             let client = Client::connect(&cli.server, &connect).await?;
             commands::has::run(&client, &digests).await
         }
-        Command::Gocacheprog(args) => commands::gocacheprog::run(&cli.server, &connect, args).await,
+        Command::Gocacheprog(args) => cached_gocacheprog::command::run(&cli.server, &connect, args).await,
         Command::Image(args) => commands::image::run(&cli.server, &connect, *args).await,
         Command::Submit(args) => commands::submit::run(&cli.server, &connect, *args).await,
         Command::Jobs { command } => commands::jobs::run(&cli.server, &connect, command).await,

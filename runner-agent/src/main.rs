@@ -84,7 +84,7 @@ struct Cli {
 enum Command {
     /// The GOCACHEPROG bridge the agent's builds use (as `cachectl gocacheprog`).
     #[command(hide = true)]
-    Gocacheprog(cachectl::commands::gocacheprog::Args),
+    Gocacheprog(cached_gocacheprog::command::Args),
 }
 
 fn hostname() -> String {
@@ -119,7 +119,7 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
         ..ConnectOptions::default()
     };
     if let Some(Command::Gocacheprog(args)) = cli.command {
-        return cachectl::commands::gocacheprog::run(&cli.server, &connect, args)
+        return cached_gocacheprog::command::run(&cli.server, &connect, args)
             .await
             .map_err(|err| err.to_string());
     }
@@ -135,7 +135,7 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
     let work_dir = match cli.work_dir {
         Some(dir) => dir,
         None if runner_agent::sandbox::agent_uid() == 0 => PathBuf::from(ROOT_WORK_DIR),
-        None => cachectl::gocacheprog::default_dir()
+        None => cached_gocacheprog::default_dir()
             .and_then(|dir| dir.parent().map(|parent| parent.join("agent")))
             .ok_or("no user cache directory is known here; set --work-dir")?,
     };

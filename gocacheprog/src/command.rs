@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::gocacheprog::{self, Options};
+use crate::Options;
 use cached_client::connect::ConnectOptions;
 use cached_client::error::{ClientError, Result};
 
@@ -55,7 +55,7 @@ fn preload_off_in_env() -> bool {
 }
 
 pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
-    let dir = args.dir.or_else(gocacheprog::default_dir).ok_or_else(|| {
+    let dir = args.dir.or_else(crate::default_dir).ok_or_else(|| {
         ClientError::Usage("no user cache directory is known here; set --dir or CACHED_GOCACHE_DIR".into())
     })?;
     let options = Options {
@@ -71,5 +71,5 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
         preload: !(args.no_preload || preload_off_in_env()),
         preload_max: args.preload_max,
     };
-    gocacheprog::run(options).await
+    crate::run(options).await
 }

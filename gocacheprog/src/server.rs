@@ -360,7 +360,7 @@ mod tests {
 
     use super::*;
 
-    /// Remote lookups take `action_id[0]` milliseconds and hit; puts are kept in memory.
+    /// RemoteTier lookups take `action_id[0]` milliseconds and hit; puts are kept in memory.
     #[derive(Default)]
     struct FakeCache {
         bodies: Mutex<Vec<Vec<u8>>>,

@@ -6,9 +6,13 @@
 //! (the files behind `DiskPath`; [`room`] when their disk is full), [`remote`] and [`uploads`]
 //! (cached, fail-open behind [`breaker`]), [`prefetch`] (a compile hit's second lookup,
 //! started with the first), [`session`] and [`preload`] (what the last run of the same command
-//! used, fetched before the go command asks), [`counters`] (the session summary).
+//! used, fetched before the go command asks), [`counters`] (the session summary), and
+//! [`command`], the `gocacheprog` subcommand cachectl and runner-agent both offer.
+
+#![forbid(unsafe_code)]
 
 pub mod breaker;
+pub mod command;
 pub mod counters;
 pub mod disk;
 pub mod landing;
@@ -68,7 +72,7 @@ pub async fn run(options: Options) -> Result<()> {
     let counters = Arc::new(counters::Counters::default());
     let remote = options.server.as_ref().and_then(|server| {
         let (namespace, counters) = (options.namespace.clone(), Arc::clone(&counters));
-        remote::Remote::new(server, &options.connect, namespace, options.timeout, counters)
+        remote::RemoteTier::new(server, &options.connect, namespace, options.timeout, counters)
             // A cache problem never fails the build, a misconfigured one included: say it once.
             .inspect_err(|err| {
                 eprintln!(

@@ -16,7 +16,7 @@ use super::disk::{DiskError, DiskTier, Entry};
 use super::prefetch::{Prefetches, State};
 use super::preload::{Preload, PreloadOutcome};
 use super::protocol::{Hit, now_unix_nanos};
-use super::remote::Remote;
+use super::remote::RemoteTier;
 use super::server::{BodySink, Cache, Local};
 use super::uploads::{Upload, Uploader};
 
@@ -43,7 +43,7 @@ impl Claim {
 
 pub struct Tiers {
     disk: Arc<DiskTier>,
-    remote: Option<Arc<Remote>>,
+    remote: Option<Arc<RemoteTier>>,
     /// None when there is no remote tier or it is read-only.
     uploader: Option<Uploader>,
     flights: Mutex<HashMap<ActionId, Flight>>,
@@ -58,7 +58,7 @@ impl Tiers {
     /// `upload` false makes the remote tier read-only. Needs a tokio runtime.
     pub fn new(
         disk: DiskTier,
-        remote: Option<Remote>,
+        remote: Option<RemoteTier>,
         upload: bool,
         preload: Option<Preload>,
         counters: Arc<Counters>,

@@ -11,7 +11,7 @@ use proto::{ActionId, Digest, FRAME_SIZE, OutputId};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::counters::{Counters, bump};
-use super::remote::Remote;
+use super::remote::RemoteTier;
 
 /// Uploads waiting at most. An entry is a path and a few IDs, so this is a few hundred KiB.
 const QUEUE: usize = 4096;
@@ -47,7 +47,7 @@ pub struct Uploader {
 
 impl Uploader {
     /// Starts the background sender. Needs a tokio runtime.
-    pub fn start(remote: Arc<Remote>, counters: Arc<Counters>) -> Self {
+    pub fn start(remote: Arc<RemoteTier>, counters: Arc<Counters>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let pending = Arc::new(Pending { count: AtomicUsize::new(0), idle: Notify::new() });
         tokio::spawn(dispatch(receiver, remote, Arc::clone(&pending)));
@@ -86,7 +86,7 @@ fn finished(pending: &Pending, count: usize) {
 }
 
 /// Takes uploads off the queue in batches and sends a few batches at a time.
-async fn dispatch(mut receiver: mpsc::Receiver<Upload>, remote: Arc<Remote>, pending: Arc<Pending>) {
+async fn dispatch(mut receiver: mpsc::Receiver<Upload>, remote: Arc<RemoteTier>, pending: Arc<Pending>) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
     while let Some(first) = receiver.recv().await {
         let batch = gather(first, &mut receiver);

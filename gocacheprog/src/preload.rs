@@ -31,7 +31,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::counters::{add, bump};
 use super::disk::Entry;
 use super::landing::{Found, new_decoder};
-use super::remote::{Remote, RemoteError};
+use super::remote::{RemoteError, RemoteTier};
 use super::session::{self, Keys, Record, Recorder};
 use super::tiers::{Claim, Tiers};
 
@@ -91,7 +91,7 @@ impl Preload {
     }
 
     /// Starts preloading in the background. Needs a tokio runtime.
-    pub fn start(self: &Arc<Self>, tiers: Arc<Tiers>, remote: Arc<Remote>) {
+    pub fn start(self: &Arc<Self>, tiers: Arc<Tiers>, remote: Arc<RemoteTier>) {
         let this = Arc::clone(self);
         let task = tokio::spawn(async move { this.run(tiers, remote).await });
         *self.task.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(task);
@@ -125,7 +125,7 @@ impl Preload {
         asked >= JUDGE_AFTER && self.asked_listed.load(Ordering::Relaxed) * 4 < asked
     }
 
-    async fn run(self: Arc<Self>, tiers: Arc<Tiers>, remote: Arc<Remote>) {
+    async fn run(self: Arc<Self>, tiers: Arc<Tiers>, remote: Arc<RemoteTier>) {
         let exact = async {
             match self.keys.exact {
                 Some(key) => remote.fetch_list(key).await,
@@ -180,7 +180,7 @@ impl Preload {
     async fn fetch_batch(
         self: Arc<Self>,
         tiers: Arc<Tiers>,
-        remote: Arc<Remote>,
+        remote: Arc<RemoteTier>,
         claims: Vec<Claim>,
         bytes: u64,
         permit: OwnedSemaphorePermit,
@@ -247,7 +247,7 @@ impl Preload {
     fn landed(
         &self,
         tiers: &Tiers,
-        remote: &Remote,
+        remote: &RemoteTier,
         claim: Claim,
         found: &Found,
         result: Result<PathBuf, RemoteError>,
@@ -272,7 +272,7 @@ impl Preload {
     /// Writes back what this session used to both lists, each merged with what it held,
     /// unless that changes nothing. Skipped when the lists could not be read or nothing was
     /// used.
-    pub async fn save(&self, remote: &Remote) {
+    pub async fn save(&self, remote: &RemoteTier) {
         let Some(lists) = self.previous.get().filter(|_| self.write) else { return };
         if self.recorder.is_empty() {
             return;

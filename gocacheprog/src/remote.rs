@@ -82,7 +82,7 @@ impl From<DiskError> for RemoteError {
     }
 }
 
-pub struct Remote {
+pub struct RemoteTier {
     /// The go command's own lookups and the uploads.
     client: Client,
     /// The preload's bulk fetches, on a connection of their own, so a large reply never sits
@@ -96,7 +96,7 @@ pub struct Remote {
     uploads_refused: AtomicBool,
 }
 
-impl Remote {
+impl RemoteTier {
     /// Prepares a connection that is made on first use, so a down server costs the go command
     /// nothing at startup.
     pub fn new(
