@@ -49,10 +49,11 @@ fn encoder(level: i32) -> Result<FrameEncoder> {
 /// Uploads the files the server lacks and returns every file's digest, in order.
 pub async fn upload_files(client: &Client, paths: &[PathBuf], level: i32) -> Result<Vec<Digest>> {
     let owned = paths.to_vec();
-    let digests =
-        tokio::task::spawn_blocking(move || owned.iter().map(|p| hash_file(p)).collect::<Result<Vec<_>>>())
-            .await
-            .map_err(|err| ClientError::Server(format!("hashing failed: {err}")))??;
+    let digests = crate::task::spawn_blocking("hash-files", move || {
+        owned.iter().map(|p| hash_file(p)).collect::<Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|err| ClientError::Server(format!("hashing failed: {err}")))??;
     let missing = find_missing(client, &digests).await?;
     let mut uploads: Vec<(Digest, &PathBuf)> = Vec::new();
     for (digest, path) in digests.iter().zip(paths) {
@@ -108,24 +109,29 @@ pub async fn find_missing(client: &Client, digests: &[Digest]) -> Result<Vec<Dig
 
 /// Uploads small blobs (each at most one frame) in one request.
 pub async fn batch_write(client: &Client, blobs: Vec<(Digest, Bytes)>, level: i32) -> Result<()> {
-    let compressed = tokio::task::spawn_blocking(move || -> Result<Vec<v1::batch_write_request::Blob>> {
-        let mut encoder = encoder(level)?;
-        blobs
-            .into_iter()
-            .map(|(digest, data)| {
-                let data = if data.is_empty() {
-                    data
-                } else {
-                    Bytes::from(encoder.encode(&data).map_err(|err| ClientError::Server(err.to_string()))?)
-                };
-                Ok(v1::batch_write_request::Blob {
-                    digest: Some(digest.to_wire()),
-                    compression: Compression::Zstd as i32,
-                    data,
+    let compressed = crate::task::spawn_blocking(
+        "compress-blobs",
+        move || -> Result<Vec<v1::batch_write_request::Blob>> {
+            let mut encoder = encoder(level)?;
+            blobs
+                .into_iter()
+                .map(|(digest, data)| {
+                    let data = if data.is_empty() {
+                        data
+                    } else {
+                        Bytes::from(
+                            encoder.encode(&data).map_err(|err| ClientError::Server(err.to_string()))?,
+                        )
+                    };
+                    Ok(v1::batch_write_request::Blob {
+                        digest: Some(digest.to_wire()),
+                        compression: Compression::Zstd as i32,
+                        data,
+                    })
                 })
-            })
-            .collect()
-    })
+                .collect()
+        },
+    )
     .await
     .map_err(|err| ClientError::Server(format!("compression failed: {err}")))??;
     let response = client.cas.clone().batch_write(v1::BatchWriteRequest { blobs: compressed }).await?;
@@ -146,7 +152,8 @@ pub async fn batch_write(client: &Client, blobs: Vec<(Digest, Bytes)>, level: i3
 pub async fn upload_file(client: &Client, path: &Path, digest: Digest, level: i32) -> Result<()> {
     let (sender, frames) = mpsc::channel::<Bytes>(PIPELINE_FRAMES);
     let source = path.to_owned();
-    let framer = tokio::task::spawn_blocking(move || frame_file(&source, digest, level, &sender));
+    let framer =
+        crate::task::spawn_blocking("frame-upload", move || frame_file(&source, digest, level, &sender));
     let result = write_frames(client, digest, frames).await;
     framer.await.map_err(|err| ClientError::Server(format!("compression failed: {err}")))??;
     result
@@ -237,7 +244,8 @@ pub async fn download_to_file(client: &Client, digest: Digest, dest: &Path) -> R
         return Err(ClientError::NotFound(digest));
     };
     let (sender, receiver) = mpsc::channel::<v1::ReadResponse>(PIPELINE_FRAMES);
-    let writer = tokio::task::spawn_blocking(move || write_verified(temp, digest, receiver));
+    let writer =
+        crate::task::spawn_blocking("write-download", move || write_verified(temp, digest, receiver));
     let mut failure = None;
     while let Some(message) = stream.next().await {
         match message {

@@ -393,7 +393,7 @@ pub async fn derive(
     }
 
     let count = files.len();
-    let hashed = tokio::task::spawn_blocking(move || hash_files(files))
+    let hashed = cached_client::task::spawn_blocking("hash-inputs", move || hash_files(files))
         .await
         .map_err(|err| NoKey(format!("hashing failed: {err}")))??;
     for (name, hash) in hashed {

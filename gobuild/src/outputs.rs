@@ -121,7 +121,7 @@ pub async fn upload(client: &Client, planned: &[Planned]) -> Result<Vec<(Planned
 /// The digests of the outputs without uploading them (no server).
 pub async fn hash(planned: &[Planned]) -> Vec<(PathBuf, Digest)> {
     let paths: Vec<PathBuf> = planned.iter().map(|p| p.path.clone()).collect();
-    tokio::task::spawn_blocking(move || {
+    cached_client::task::spawn_blocking("hash-outputs", move || {
         paths
             .into_iter()
             .filter_map(|path| transfer::hash_file(&path).ok().map(|digest| (path, digest)))

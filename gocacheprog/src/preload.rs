@@ -24,9 +24,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use cached_client::task::AbortOnDrop;
 use proto::ActionId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 use super::counters::{add, bump};
 use super::disk::Entry;
@@ -70,7 +71,7 @@ pub struct Preload {
     /// The go command's lookups, and how many of them the list held.
     asked: AtomicU64,
     asked_listed: AtomicU64,
-    task: Mutex<Option<JoinHandle<()>>>,
+    task: Mutex<Option<AbortOnDrop<()>>>,
     pub recorder: Recorder,
 }
 
@@ -93,16 +94,15 @@ impl Preload {
     /// Starts preloading in the background. Needs a tokio runtime.
     pub fn start(self: &Arc<Self>, tiers: Arc<Tiers>, remote: Arc<RemoteTier>) {
         let this = Arc::clone(self);
-        let task = tokio::spawn(async move { this.run(tiers, remote).await });
+        let task =
+            cached_client::task::spawn_guarded("preload", async move { this.run(tiers, remote).await });
         *self.task.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(task);
     }
 
     /// Stops preloading (the go command is done asking). Downloads in progress are dropped;
     /// a body being written still lands whole or not at all.
     pub fn stop(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|poison| poison.into_inner()).take() {
-            task.abort();
-        }
+        drop(self.task.lock().unwrap_or_else(|poison| poison.into_inner()).take());
     }
 
     /// Notes one lookup of the go command, for judging the list.
@@ -211,7 +211,7 @@ impl Preload {
         // Everything that came inline is stored on one blocking thread, each action answered
         // as soon as it lands; the runtime threads stay free for the go command's lookups.
         let (this, tiers_here, remote_here) = (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote));
-        let stored = tokio::task::spawn_blocking(move || {
+        let stored = cached_client::task::spawn_blocking("preload-store", move || {
             match new_decoder() {
                 Ok(mut decoder) => {
                     for (claim, found) in here {

@@ -344,7 +344,9 @@ impl RemoteTier {
         let streamed = async {
             let Some(mut stream) = transfer::open_read(client, digest).await? else { return Ok(None) };
             let (sender, pieces) = mpsc::channel(PIPELINE_FRAMES);
-            let writer = tokio::task::spawn_blocking(move || store_frames(&disk, action_id, entry, pieces));
+            let writer = cached_client::task::spawn_blocking("store-frames", move || {
+                store_frames(&disk, action_id, entry, pieces)
+            });
             let mut failure = None;
             loop {
                 match stream.message().await {
@@ -424,7 +426,7 @@ impl RemoteTier {
     /// round trip costs more than resending what the server may already hold.
     async fn write_small(&self, uploads: &[&Upload]) -> Result<u64, RemoteError> {
         let files: Vec<(Digest, PathBuf)> = uploads.iter().map(|u| (u.digest, u.path.clone())).collect();
-        let blobs = tokio::task::spawn_blocking(move || read_blobs(files))
+        let blobs = cached_client::task::spawn_blocking("read-upload-blobs", move || read_blobs(files))
             .await
             .map_err(|err| RemoteError::Internal(format!("reading failed: {err}")))??;
         let bytes: u64 = blobs.iter().map(|(digest, _)| digest.size).sum();
@@ -492,7 +494,7 @@ async fn off_runtime<T: Send + 'static>(
     if size <= STORE_IN_PLACE_MAX {
         return work();
     }
-    tokio::task::spawn_blocking(work)
+    cached_client::task::spawn_blocking("store-entry", work)
         .await
         .map_err(|err| RemoteError::Internal(format!("storing failed: {err}")))?
 }

@@ -319,7 +319,7 @@ impl Reader {
                 let (cache, outbox, in_flight) =
                     (Arc::clone(&self.cache), self.outbox.clone(), Arc::clone(&self.in_flight));
                 in_flight.start();
-                self.handle.spawn(async move {
+                cached_client::task::spawn_on(&self.handle, "lookup-remote", async move {
                     let response = match cache.get_remote(action_id).await {
                         Some(hit) => Response::hit(id, &hit),
                         None => Response::miss(id),
@@ -335,7 +335,7 @@ impl Reader {
     fn close(&self, id: i64) {
         let (cache, outbox, in_flight) =
             (Arc::clone(&self.cache), self.outbox.clone(), Arc::clone(&self.in_flight));
-        self.handle.spawn(async move {
+        cached_client::task::spawn_on(&self.handle, "close-session", async move {
             in_flight.wait_idle().await;
             cache.close().await;
             let _ = outbox.send(Outgoing { response: Response::closed(id), last: true });

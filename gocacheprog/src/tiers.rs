@@ -300,7 +300,7 @@ impl Cache for Tiers {
                 tokio::join!(remote.report(), save);
             }
             let disk = Arc::clone(&self.disk);
-            let _ = tokio::task::spawn_blocking(move || disk.trim_if_due()).await;
+            let _ = cached_client::task::spawn_blocking("trim-disk", move || disk.trim_if_due()).await;
             if self.options.summary {
                 let server = self.remote.as_ref().map(|remote| remote.server());
                 eprintln!("{}", self.counters.summary(server, super::counters::process_cpu()));
@@ -313,7 +313,7 @@ impl Tiers {
     /// Fetches a subkey into the local tier in the background (see `prefetch`).
     fn prefetch(self: &Arc<Self>, action_id: ActionId) {
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        cached_client::task::spawn("prefetch", async move {
             let found = this.flight(action_id).await.is_some();
             this.prefetches.finished(&action_id, found);
         });

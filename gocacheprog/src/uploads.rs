@@ -50,7 +50,7 @@ impl Uploader {
     pub fn start(remote: Arc<RemoteTier>, counters: Arc<Counters>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let pending = Arc::new(Pending { count: AtomicUsize::new(0), idle: Notify::new() });
-        tokio::spawn(dispatch(receiver, remote, Arc::clone(&pending)));
+        cached_client::task::spawn("upload-dispatch", dispatch(receiver, remote, Arc::clone(&pending)));
         Self { queue, pending, counters }
     }
 
@@ -92,7 +92,7 @@ async fn dispatch(mut receiver: mpsc::Receiver<Upload>, remote: Arc<RemoteTier>,
         let batch = gather(first, &mut receiver);
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
         let (remote, pending) = (Arc::clone(&remote), Arc::clone(&pending));
-        tokio::spawn(async move {
+        cached_client::task::spawn("upload", async move {
             let count = batch.len();
             remote.upload(batch).await;
             finished(&pending, count);

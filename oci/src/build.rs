@@ -455,7 +455,7 @@ async fn layers(
 ) -> Result<(Vec<(Layer, bool, Rebuild)>, Vec<tokio::task::JoinHandle<Result<()>>>)> {
     let hashes = plan.binaries.iter().map(|(_, path)| {
         let path = path.clone();
-        join(tokio::task::spawn_blocking(move || {
+        join(cached_client::task::spawn_blocking("hash-binary", move || {
             cached_client::transfer::hash_file(&path).map_err(|err| OciError::Usage(err.to_string()))
         }))
     });
@@ -482,9 +482,11 @@ async fn layers(
                 return Ok(None);
             }
             let _permit = permits.acquire_owned().await.map_err(|err| OciError::Invalid(err.to_string()))?;
-            join(tokio::task::spawn_blocking(move || build_layer(&staging, &binary, digest, &options)))
-                .await
-                .map(Some)
+            join(cached_client::task::spawn_blocking("build-layer", move || {
+                build_layer(&staging, &binary, digest, &options)
+            }))
+            .await
+            .map(Some)
         }
     });
     let built = futures::future::try_join_all(builds).await?;
@@ -495,7 +497,9 @@ async fn layers(
         for (layer, key) in built.iter().zip(&keys) {
             if let Some((layer, path)) = layer {
                 let (cache, key, layer, path) = (cache.clone(), *key, layer.clone(), path.clone());
-                stores.push(tokio::spawn(async move { cache.store(key, &layer, &path).await }));
+                stores.push(cached_client::task::spawn("store-layer", async move {
+                    cache.store(key, &layer, &path).await
+                }));
             }
         }
     }

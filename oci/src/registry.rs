@@ -185,9 +185,11 @@ impl Registry {
 
         let config_path = auth::docker_config_path(options.docker_config.as_deref());
         let registry_name = host.to_owned();
-        let found = tokio::task::spawn_blocking(move || auth::credentials_for(&config_path, &registry_name))
-            .await
-            .map_err(|err| OciError::Credentials(format!("reading credentials failed: {err}")))??;
+        let found = cached_client::task::spawn_blocking("read-credentials", move || {
+            auth::credentials_for(&config_path, &registry_name)
+        })
+        .await
+        .map_err(|err| OciError::Credentials(format!("reading credentials failed: {err}")))??;
         let scopes =
             repositories.iter().map(|(name, actions)| format!("repository:{name}:{actions}")).collect();
         let registry = Self {

@@ -45,7 +45,10 @@ impl Sources {
         match &self.base {
             Some(BaseOrigin::Layout(layout)) if layout.has_blob(digest, *size) => {
                 let (from, to, digest, size) = (layout.clone(), self.staging.clone(), *digest, *size);
-                join(tokio::task::spawn_blocking(move || to.copy_from(&from, &digest, size))).await?;
+                join(cached_client::task::spawn_blocking("copy-blob", move || {
+                    to.copy_from(&from, &digest, size)
+                }))
+                .await?;
                 Ok(dest)
             }
             Some(BaseOrigin::Registry { registry, reference }) => {
@@ -75,7 +78,7 @@ impl Sources {
         // The CAS lost the bytes since the lookup: the layer is deterministic, so make it again.
         let (binary, digest, options, path) =
             (rebuild.binary.clone(), rebuild.binary_digest, rebuild.options.clone(), temp.path().to_owned());
-        let built = join(tokio::task::spawn_blocking(move || {
+        let built = join(cached_client::task::spawn_blocking("rebuild-layer", move || {
             let file = std::fs::File::create(&path).map_err(OciError::file(&path))?;
             layer::write_layer(&binary, digest, &options, std::io::BufWriter::new(file))
         }))

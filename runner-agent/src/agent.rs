@@ -272,7 +272,7 @@ fn start(ctx: Arc<TaskContext>, lease: TaskLease, done: mpsc::UnboundedSender<St
     let releasing = Arc::clone(&release_flag);
     let key = token_name(&token);
     let task_token = token.clone();
-    tokio::spawn(async move {
+    cached_client::task::spawn("lease-task", async move {
         let remote = ctx.remote.clone();
         let result = task::run(ctx, lease, cancelled).await;
         let outcome = match result {

@@ -61,7 +61,8 @@ pub async fn run(
 ) -> Result<v1::TaskResult, TaskError> {
     let token = lease.token.clone().unwrap_or_default();
     let (lines, received) = mpsc::unbounded_channel::<String>();
-    let logger = tokio::spawn(forward_logs(ctx.remote.clone(), token.clone(), received));
+    let logger =
+        cached_client::task::spawn("forward-logs", forward_logs(ctx.remote.clone(), token.clone(), received));
     if lease.kind == v1::TaskKind::ImageIndex as i32 {
         let result = image::index(&ctx.remote.client, &lease, &lines).await;
         drop(lines);

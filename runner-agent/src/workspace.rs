@@ -90,10 +90,11 @@ pub async fn materialize(
     .try_collect::<Vec<_>>()
     .await?;
     let (dest, blobs) = (dest.to_owned(), cache.dir().to_owned());
-    let tree =
-        tokio::task::spawn_blocking(move || write_tree(&tree.nodes, &dest, &blobs, owner).map(|()| tree))
-            .await
-            .map_err(|err| TaskError::Infrastructure(format!("writing a tree: {err}")))??;
+    let tree = cached_client::task::spawn_blocking("write-tree", move || {
+        write_tree(&tree.nodes, &dest, &blobs, owner).map(|()| tree)
+    })
+    .await
+    .map_err(|err| TaskError::Infrastructure(format!("writing a tree: {err}")))??;
     Ok(Materialized { tree, pins })
 }
 

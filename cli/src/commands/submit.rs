@@ -222,15 +222,18 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
         .flatten()
         .map(|dir| std::fs::canonicalize(dir).unwrap_or_else(|_| root.join(dir)))
         .collect();
-    let (tree, deps) = tokio::task::spawn_blocking(move || -> Result<(Tree, modules::ModuleFiles)> {
-        let mut tree = Tree::from_dir(&walk_root)?;
-        for dir in outside {
-            if let Ok(inside) = dir.strip_prefix(&walk_root) {
-                tree.remove_prefix(&inside.to_string_lossy().replace('\\', "/"));
+    let (tree, deps) = cached_client::task::spawn_blocking(
+        "walk-sources",
+        move || -> Result<(Tree, modules::ModuleFiles)> {
+            let mut tree = Tree::from_dir(&walk_root)?;
+            for dir in outside {
+                if let Ok(inside) = dir.strip_prefix(&walk_root) {
+                    tree.remove_prefix(&inside.to_string_lossy().replace('\\', "/"));
+                }
             }
-        }
-        Ok((tree, modules::collect(&walk_root)?))
-    })
+            Ok((tree, modules::collect(&walk_root)?))
+        },
+    )
     .await
     .map_err(|err| usage(format!("reading the module failed: {err}")))??;
     let mut remote = RemoteExec::connect(server, connect).await?;
