@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cachectl::client::Client;
-use cachectl::transfer::{DEFAULT_LEVEL, download_to_file, hash_file, upload_file, upload_files};
 use cached_benches::{EmbeddedServer, build_output_like};
+use cached_client::connect::{Client, ConnectOptions};
+use cached_client::transfer::{DEFAULT_LEVEL, download_to_file, hash_file, upload_file, upload_files};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use proto::v1;
 use sha2::{Digest as _, Sha256};
@@ -18,7 +18,8 @@ const SIZES: [(&str, usize); 3] = [("4KiB", 4 << 10), ("1MiB", 1 << 20), ("64MiB
 fn transfer(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let server = runtime.block_on(EmbeddedServer::start());
-    let client = runtime.block_on(Client::connect(&server.url())).expect("connect");
+    let client =
+        runtime.block_on(Client::connect(&server.url(), &ConnectOptions::default())).expect("connect");
     let dir = tempfile::tempdir().expect("temp dir");
     let mut group = c.benchmark_group("loopback");
     group.sample_size(10).measurement_time(Duration::from_secs(10));

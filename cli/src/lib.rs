@@ -1,16 +1,11 @@
-//! cachectl: the client side of cached. The binary is a thin clap front over these modules,
-//! and runner-agent reuses them rather than re-implementing any of it.
+//! cachectl: the command line of cached. The work is done by the library crates
+//! (cached-client, cached-gobuild, cached-gocacheprog, cached-oci), which runner-agent uses
+//! too; here are the subcommands ([`commands`]), how their results are shown ([`render`],
+//! [`submit`]) and `restore-mtimes` ([`mtimes`]).
 
 #![forbid(unsafe_code)]
 
-pub mod client;
 pub mod commands;
-pub mod error;
-pub mod gobuild;
-pub mod gocacheprog;
-pub mod loopback;
 pub mod mtimes;
-pub mod oci;
 pub mod render;
 pub mod submit;
-pub mod transfer;

@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cachectl::client::{Client, ConnectOptions, DEFAULT_SERVER, Secret};
 use cachectl::commands;
-use cachectl::error::{CliError, Result};
-use cachectl::transfer::DEFAULT_LEVEL;
+use cached_client::connect::{Client, ConnectOptions, DEFAULT_SERVER};
+use cached_client::error::{ClientError, Result};
+use cached_client::transfer::DEFAULT_LEVEL;
 use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 use proto::Digest;
@@ -46,17 +46,7 @@ struct Cli {
 impl Cli {
     /// The global connection options, every file read and checked up front.
     fn connect_options(&self) -> Result<ConnectOptions> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(_), Some(_)) => {
-                return Err(CliError::Usage(
-                    "give the token one way: --token (CACHED_TOKEN) or --token-file (CACHED_TOKEN_FILE)"
-                        .to_owned(),
-                ));
-            }
-            (Some(token), None) => Some(Secret::new(token.as_str())),
-            (None, Some(path)) => Some(ConnectOptions::read_token_file(path)?),
-            (None, None) => None,
-        };
+        let token = ConnectOptions::token_from_flags(self.token.as_deref(), self.token_file.as_deref())?;
         Ok(ConnectOptions {
             token,
             tls_ca: self.tls_ca.clone(),
@@ -90,7 +80,7 @@ enum Command {
         digests: Vec<String>,
     },
     /// Serve the go command's build cache: GOCACHEPROG="cachectl gocacheprog" go build ./...
-    Gocacheprog(commands::gocacheprog::Args),
+    Gocacheprog(cached_gocacheprog::command::Args),
     /// Build a multi-platform OCI image from built binaries; write a layout and/or push it.
     Image(Box<commands::image::Args>),
     /// Build a GOOS/GOARCH matrix of this module on runner agents; outputs to dist/<goos>_<goarch>/.
@@ -162,37 +152,36 @@ enum GoCommand {
 }
 
 fn parse_digest(text: &str) -> Result<Digest> {
-    text.parse().map_err(|err: proto::DigestError| CliError::Usage(err.to_string()))
+    text.parse().map_err(|err: proto::DigestError| ClientError::Usage(err.to_string()))
 }
 
 async fn run(cli: Cli) -> Result<()> {
     // Parse arguments before connecting, so bad input is reported as such even when the
     // server is down.
     let connect = cli.connect_options()?;
-    connect.clone().install_process_default();
     match cli.command {
         Command::Put { files, level } => {
             commands::put::check(&files)?;
-            let client = Client::connect_with(&cli.server, &connect).await?;
+            let client = Client::connect(&cli.server, &connect).await?;
             commands::put::run(&client, &files, level).await
         }
         Command::Get { digest, output } => {
             let digest = parse_digest(&digest)?;
-            let client = Client::connect_with(&cli.server, &connect).await?;
+            let client = Client::connect(&cli.server, &connect).await?;
             commands::get::run(&client, digest, &output).await
         }
         Command::Has { digests } => {
             let digests = digests.iter().map(|d| parse_digest(d)).collect::<Result<Vec<_>>>()?;
-            let client = Client::connect_with(&cli.server, &connect).await?;
+            let client = Client::connect(&cli.server, &connect).await?;
             commands::has::run(&client, &digests).await
         }
-        Command::Gocacheprog(args) => commands::gocacheprog::run(&cli.server, &connect, args).await,
+        Command::Gocacheprog(args) => cached_gocacheprog::command::run(&cli.server, &connect, args).await,
         Command::Image(args) => commands::image::run(&cli.server, &connect, *args).await,
         Command::Submit(args) => commands::submit::run(&cli.server, &connect, *args).await,
         Command::Jobs { command } => commands::jobs::run(&cli.server, &connect, command).await,
         Command::Admin { command } => commands::admin::run(&cli.server, &connect, command).await,
         Command::Stats { json, since } => {
-            let client = Client::connect_with(&cli.server, &connect).await?;
+            let client = Client::connect(&cli.server, &connect).await?;
             commands::stats::run(&client, json, since).await
         }
         Command::Go { namespace, command } => {
@@ -212,7 +201,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::RestoreMtimes { dir } => commands::mtimes::run(&dir),
         Command::Explain { query, namespace, json } => {
-            let client = Client::connect_with(&cli.server, &connect).await?;
+            let client = Client::connect(&cli.server, &connect).await?;
             commands::explain::run(&client, namespace, query.join(" "), json).await
         }
     }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use crate::error::{CliError, Result};
+use cached_client::error::{ClientError, Result};
 
 /// What [`restore`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -105,15 +105,16 @@ fn last_change_times(root: &Path, mut wanted: HashMap<Vec<u8>, u32>) -> Result<V
     let mut child = git_command(root, &args)
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|err| CliError::Failed(format!("running git: {err}")))?;
+        .map_err(|err| ClientError::Failed(format!("running git: {err}")))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let times = read_times(BufReader::new(stdout), &mut wanted)
-        .map_err(|err| CliError::Failed(format!("reading git log: {err}")))?;
+        .map_err(|err| ClientError::Failed(format!("reading git log: {err}")))?;
     if !wanted.is_empty() {
         // The whole history was read: git must have finished well for it to be all.
-        let status = child.wait().map_err(|err| CliError::Failed(format!("waiting for git log: {err}")))?;
+        let status =
+            child.wait().map_err(|err| ClientError::Failed(format!("waiting for git log: {err}")))?;
         if !status.success() {
-            return Err(CliError::Failed(format!(
+            return Err(ClientError::Failed(format!(
                 "git {} in {} failed ({status})",
                 args.join(" "),
                 root.display()
@@ -160,7 +161,7 @@ fn set_time(path: &Path, time: SystemTime) -> Result<bool> {
     match set {
         Ok(()) => Ok(true),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(CliError::File { path: path.to_owned(), source }),
+        Err(source) => Err(ClientError::File { path: path.to_owned(), source }),
     }
 }
 
@@ -173,11 +174,11 @@ fn git_command(dir: &Path, args: &[&str]) -> Command {
 /// Runs git, returning its output; its error output, when it fails, says why.
 fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
     let output = git_command(dir, args).stderr(Stdio::piped()).output().map_err(|err| {
-        CliError::Failed(format!("running git: {err}; restore-mtimes needs git on the PATH"))
+        ClientError::Failed(format!("running git: {err}; restore-mtimes needs git on the PATH"))
     })?;
     if !output.status.success() {
         let said = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        return Err(CliError::Usage(format!(
+        return Err(ClientError::Usage(format!(
             "git {} in {} failed: {said}\n  restore-mtimes works in a git clone with at least one commit",
             args.join(" "),
             dir.display()

@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use cached_client::size::human as bytes;
 use proto::v1;
 use serde::Serialize;
 
@@ -392,18 +393,6 @@ fn disk_line(store: &StoreReport) -> String {
     }
 }
 
-/// `1536` → `1.5 KiB`.
-pub fn bytes(count: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = count as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{count} B") } else { format!("{value:.1} {}", UNITS[unit]) }
-}
-
 fn duration(seconds: u64) -> String {
     let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
     match (h, m) {
@@ -416,13 +405,6 @@ fn duration(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_read_naturally() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(20 << 30), "20.0 GiB");
-    }
 
     #[test]
     fn report_computes_rates() {

@@ -3,7 +3,7 @@
 //! than its put announced.
 #![no_main]
 
-use cachectl::gocacheprog::protocol::{Decoder, Event, Request};
+use cached_gocacheprog::protocol::{Decoder, Event, Request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cachectl::submit::expand::{ExpandedTree, Node, TreeLimits, expand};
+use cached_client::tree::{ExpandedTree, Node, TreeLimits, expand};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use proto::Digest;

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cachectl::client::ConnectOptions;
-use cachectl::submit::Remote;
+use cached_client::connect::ConnectOptions;
+use cached_client::remote_exec::RemoteExec;
 use proto::v1::{
     self, AgentInfo, FencingToken, Heartbeat, LeaseRequest, TaskLease, complete_request, lease_request,
     lease_response,
@@ -24,13 +24,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use cachectl::submit::tree::TreeLimits;
+use cached_client::tree::TreeLimits;
 
 use crate::TaskError;
 use crate::blobcache::BlobCache;
 use crate::build::Builder;
 use crate::caps;
-use crate::exec::ProcessRunner;
 use crate::sandbox::Sandbox;
 use crate::task::{self, TaskContext, token_name};
 
@@ -66,11 +65,7 @@ struct Running {
 }
 
 /// Runs until `shutdown` resolves and the drain is over.
-pub async fn run(
-    config: AgentConfig,
-    runner: Arc<dyn ProcessRunner>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let go = caps::go_info(&config.go)?;
     let c_compilers = caps::c_compilers(&go, &config.cc)?;
     let info = AgentInfo {
@@ -96,7 +91,7 @@ pub async fn run(
 
     let mut backoff = Duration::from_millis(200);
     let remote = loop {
-        match Remote::connect(&config.server, &config.connect).await {
+        match RemoteExec::connect(&config.server, &config.connect).await {
             Ok(remote) => break remote,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot reach cached; retrying");
@@ -111,7 +106,11 @@ pub async fn run(
     let ctx = Arc::new(TaskContext {
         remote: remote.clone(),
         cache,
-        builder: Builder { go: config.go.clone(), runner, gocacheprog: config.gocacheprog.clone() },
+        builder: Builder {
+            go: config.go.clone(),
+            gocacheprog: config.gocacheprog.clone(),
+            bridge_connect: ConnectOptions { token: None, ..config.connect.clone() },
+        },
         work_dir: config.work_dir.clone(),
         sandbox: config.sandbox.clone(),
         tree_limits: config.tree_limits,
@@ -273,7 +272,7 @@ fn start(ctx: Arc<TaskContext>, lease: TaskLease, done: mpsc::UnboundedSender<St
     let releasing = Arc::clone(&release_flag);
     let key = token_name(&token);
     let task_token = token.clone();
-    tokio::spawn(async move {
+    cached_client::task::spawn("lease-task", async move {
         let remote = ctx.remote.clone();
         let result = task::run(ctx, lease, cancelled).await;
         let outcome = match result {
@@ -305,14 +304,14 @@ fn start(ctx: Arc<TaskContext>, lease: TaskLease, done: mpsc::UnboundedSender<St
     Running { token, cancel, release: release_flag }
 }
 
-async fn release(remote: &Remote, token: FencingToken, why: &str) {
+async fn release(remote: &RemoteExec, token: FencingToken, why: &str) {
     let failure = v1::TaskFailure { reason: format!("released: {why}"), retryable: true };
     complete(remote, token, complete_request::Outcome::Failure(failure)).await;
 }
 
 /// Reports an outcome, retrying while cached is unreachable (it may be restarting; the lease
 /// outlives a restart). A refused token means the lease was lost: nothing more to do.
-async fn complete(remote: &Remote, token: FencingToken, outcome: complete_request::Outcome) {
+async fn complete(remote: &RemoteExec, token: FencingToken, outcome: complete_request::Outcome) {
     let request = v1::CompleteRequest { token: Some(token.clone()), outcome: Some(outcome) };
     let mut backoff = Duration::from_millis(200);
     for _ in 0..60 {

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cachectl::client::Client;
-use cachectl::transfer;
+use cached_client::connect::Client;
+use cached_client::transfer;
 use proto::Digest;
 
 use crate::TaskError;

@@ -1,5 +1,5 @@
 //! The build step of a task: `go build` for one target, through the same library as
-//! `cachectl go build` (`cachectl::gobuild`): a whole-build hit restores the outputs without
+//! `cachectl go build` (`cached_gobuild`): a whole-build hit restores the outputs without
 //! the compiler; a miss runs go with the GOCACHEPROG bridge (this binary's `gocacheprog`
 //! subcommand) and records the build. Every process the library starts goes through
 //! [`GroupExec`]: a clean environment, the task's build user, its own process group, the task's
@@ -7,27 +7,24 @@
 //! either: what is left is killed before the agent reads what the build wrote.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cachectl::client::Client;
-use cachectl::gobuild::exec::{Captured, Exec, Invocation, Sink};
-use cachectl::gobuild::{BuildOptions, BuildRequest, build_with};
+use cached_client::connect::{Client, ConnectOptions};
+use cached_gobuild::exec::{Captured, Exec, Invocation, Prepare, Processes, Sink};
+use cached_gobuild::{BuildOptions, BuildRequest, build_with};
 use proto::Digest;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::TaskError;
-use crate::exec::ProcessRunner;
 use crate::sandbox::{self, Owner};
 use crate::taskdir;
 
-/// Whether builds go through the whole-build cache (`cachectl::gobuild`), so an unchanged
+/// Whether builds go through the whole-build cache (`cached_gobuild`), so an unchanged
 /// target is a hit without the go command.
 pub const WHOLE_BUILD_CACHE: bool = true;
 
-/// What to build, in the shape of `cachectl::gobuild::BuildRequest`.
+/// What to build, in the shape of `cached_gobuild::BuildRequest`.
 #[derive(Debug, Clone)]
 pub struct BuildInput {
     pub module_dir: PathBuf,
@@ -43,7 +40,7 @@ pub struct BuildInput {
     pub owner: Option<Owner>,
 }
 
-/// What came out, in the shape of `cachectl::gobuild::BuildOutcome`.
+/// What came out, in the shape of `cached_gobuild::BuildOutcome`.
 #[derive(Debug, Clone)]
 pub struct BuildOutput {
     pub hit: bool,
@@ -59,11 +56,11 @@ pub const ERROR_TAIL: usize = 200;
 
 pub struct Builder {
     pub go: PathBuf,
-    /// Kept for callers that run processes of their own; the build library runs go through
-    /// [`GroupExec`].
-    pub runner: Arc<dyn ProcessRunner>,
     /// The GOCACHEPROG command line.
     pub gocacheprog: String,
+    /// How the builds' bridge connects: the agent's TLS settings, never its token (a build
+    /// gets a per-lease credential through its environment instead).
+    pub bridge_connect: ConnectOptions,
 }
 
 impl Builder {
@@ -86,6 +83,7 @@ impl Builder {
             inherit_stdio: false,
             timeout: Duration::from_secs(20),
             exec: Arc::clone(&exec) as Arc<dyn Exec>,
+            bridge_connect: self.bridge_connect.clone(),
         };
         let request = BuildRequest {
             module_dir: input.module_dir.clone(),
@@ -173,9 +171,7 @@ const TASK_DECIDES: &[&str] =
 /// but what `env` holds), as the task's build user, in their own process group, killed as a
 /// group on timeout, cancel or drop.
 pub struct GroupExec {
-    env: Vec<(String, String)>,
-    timeout: Duration,
-    cancel: watch::Receiver<bool>,
+    processes: Processes,
     owner: Option<Owner>,
     output_dir: PathBuf,
     /// Processes running now; at zero the build user's leftovers are killed.
@@ -186,11 +182,23 @@ pub struct GroupExec {
 
 impl GroupExec {
     pub fn new(input: &BuildInput, cancel: watch::Receiver<bool>) -> Self {
+        let owner = input.owner;
+        let prepare = owner.map(|owner| -> Prepare {
+            Arc::new(move |command: &mut tokio::process::Command| {
+                // As root, std drops the supplementary groups too.
+                command.uid(owner.uid).gid(owner.gid);
+            })
+        });
+        let processes = Processes {
+            clean_env: Some(input.env.clone()),
+            own_group: true,
+            timeout: Some(input.timeout),
+            cancel: Some(cancel),
+            prepare,
+        };
         Self {
-            env: input.env.clone(),
-            timeout: input.timeout,
-            cancel,
-            owner: input.owner,
+            processes,
+            owner,
             output_dir: input.output_dir.clone(),
             running: Mutex::new(0),
             refused: Mutex::new(None),
@@ -201,28 +209,14 @@ impl GroupExec {
         self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
-    fn command(&self, invocation: &Invocation) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(&invocation.program);
-        command
-            .args(&invocation.args)
-            .current_dir(&invocation.dir)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(owner) = self.owner {
-            // As root, std drops the supplementary groups too.
-            command.uid(owner.uid).gid(owner.gid);
+    /// The invocation without the credentials the task decides.
+    fn sealed(invocation: &Invocation) -> Invocation {
+        let decided_by_task = |name: &str| TASK_DECIDES.contains(&name);
+        Invocation {
+            env_remove: invocation.env_remove.iter().filter(|name| !decided_by_task(name)).cloned().collect(),
+            env: invocation.env.iter().filter(|(name, _)| !decided_by_task(name)).cloned().collect(),
+            ..invocation.clone()
         }
-        for name in invocation.env_remove.iter().filter(|name| !TASK_DECIDES.contains(&name.as_str())) {
-            command.env_remove(name);
-        }
-        for (name, value) in invocation.env.iter().filter(|(name, _)| !TASK_DECIDES.contains(&name.as_str()))
-        {
-            command.env(name, value);
-        }
-        command
     }
 
     fn started(&self) {
@@ -241,35 +235,13 @@ impl GroupExec {
             _ => Ok(()),
         }
     }
-
-    /// Waits for `work`, or kills the group on timeout or cancel.
-    async fn bounded<T>(
-        &self,
-        pid: Option<u32>,
-        work: impl std::future::Future<Output = std::io::Result<T>>,
-    ) -> std::io::Result<T> {
-        let guard = crate::exec::GroupGuard(pid);
-        let mut cancel = self.cancel.clone();
-        let result = tokio::select! {
-            result = work => result,
-            () = tokio::time::sleep(self.timeout) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out after {}", humantime::format_duration(self.timeout)))),
-            _ = cancel.wait_for(|cancelled| *cancelled) => Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled")),
-        };
-        drop(guard);
-        result
-    }
-}
-
-fn code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.signal().map_or_else(|| status.code().unwrap_or(1), |signal| 128 + signal)
 }
 
 #[tonic::async_trait]
 impl Exec for GroupExec {
     async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
         self.started();
-        let result = self.output_of(invocation).await;
+        let result = self.processes.output(&Self::sealed(invocation)).await;
         self.ended().await?;
         result
     }
@@ -278,7 +250,7 @@ impl Exec for GroupExec {
     /// before the library reads (and caches) them.
     async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
         self.started();
-        let result = self.stream_of(invocation, sink).await;
+        let result = self.processes.stream(&Self::sealed(invocation), sink).await;
         self.ended().await?;
         let code = result?;
         if let Err(reason) = taskdir::check_outputs(&self.output_dir, self.owner) {
@@ -289,46 +261,6 @@ impl Exec for GroupExec {
     }
 }
 
-impl GroupExec {
-    async fn output_of(&self, invocation: &Invocation) -> std::io::Result<Captured> {
-        let child = self.command(invocation).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        let pid = child.id();
-        let output = self.bounded(pid, child.wait_with_output()).await?;
-        Ok(Captured { code: code(output.status), stdout: output.stdout, stderr: output.stderr })
-    }
-
-    async fn stream_of(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
-        let mut child = self.command(invocation).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        let pid = child.id();
-        let mut out = child.stdout.take().map(|s| BufReader::new(s).lines());
-        let mut err = child.stderr.take().map(|s| BufReader::new(s).lines());
-        let mut log: Box<dyn FnMut(&str) + Send + '_> = match sink {
-            Sink::Lines(log) => Box::new(log),
-            Sink::Inherit => Box::new(|line: &str| eprintln!("{line}")),
-        };
-        let work = async {
-            while out.is_some() || err.is_some() {
-                tokio::select! {
-                    line = async { out.as_mut().expect("checked").next_line().await }, if out.is_some() => {
-                        match line? {
-                            Some(line) => log(&line),
-                            None => out = None,
-                        }
-                    }
-                    line = async { err.as_mut().expect("checked").next_line().await }, if err.is_some() => {
-                        match line? {
-                            Some(line) => log(&line),
-                            None => err = None,
-                        }
-                    }
-                }
-            }
-            Ok(code(child.wait().await?))
-        };
-        self.bounded(pid, work).await
-    }
-}
-
 fn hash_outputs(dir: &Path) -> Result<Vec<(PathBuf, Digest)>, TaskError> {
     let mut outputs = Vec::new();
     let entries = std::fs::read_dir(dir)
@@ -336,7 +268,7 @@ fn hash_outputs(dir: &Path) -> Result<Vec<(PathBuf, Digest)>, TaskError> {
     for entry in entries {
         let path = entry.map_err(|err| TaskError::Infrastructure(err.to_string()))?.path();
         if path.is_file() {
-            outputs.push((path.clone(), cachectl::transfer::hash_file(&path)?));
+            outputs.push((path.clone(), cached_client::transfer::hash_file(&path)?));
         }
     }
     outputs.sort();

@@ -5,9 +5,8 @@
 //! [`sandbox`] (the build users builds run as, and the start-up checks they need),
 //! [`taskdir`] (a task's own directories), [`workspace`] (checked trees from the CAS into a
 //! directory, never through a link) through the [`blobcache`] (hard links), [`build`] (the go
-//! build, through the cachectl library), [`image`] (a target's platform image and a job's image
-//! index, through `cachectl::oci`), [`exec`] (child processes: own process group, timeout,
-//! killed with the task), [`caps`] (what this machine can build).
+//! build, through `cached_gobuild`, its processes through `cached_gobuild::exec`), [`image`] (a target's platform image and a job's image
+//! index, through `cached_oci::job`), [`caps`] (what this machine can build).
 
 #![forbid(unsafe_code)]
 
@@ -15,7 +14,6 @@ pub mod agent;
 pub mod blobcache;
 pub mod build;
 pub mod caps;
-pub mod exec;
 pub mod image;
 pub mod sandbox;
 pub mod startup;
@@ -37,8 +35,8 @@ pub enum TaskError {
     Cancelled,
 }
 
-impl From<cachectl::error::CliError> for TaskError {
-    fn from(err: cachectl::error::CliError) -> Self {
+impl From<cached_client::error::ClientError> for TaskError {
+    fn from(err: cached_client::error::ClientError) -> Self {
         Self::Infrastructure(err.to_string())
     }
 }

@@ -4,16 +4,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use cachectl::client::{ConnectOptions, DEFAULT_SERVER, Secret};
-use cachectl::submit::tree::TreeLimits;
+use cached_client::connect::{ConnectOptions, DEFAULT_SERVER};
+use cached_client::tree::TreeLimits;
 use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use runner_agent::agent::{self, AgentConfig};
-use runner_agent::exec::Processes;
 use runner_agent::startup::{self, ROOT_WORK_DIR};
 
 #[derive(Parser)]
@@ -57,7 +55,7 @@ struct Cli {
     max_tree_entries: u64,
     /// Cap of the blob cache (sources and module files) in the work dir; least recently used
     /// entries go past it, never one a running task uses.
-    #[arg(long, env = "CACHED_AGENT_CACHE_SIZE", default_value = "20GiB", value_parser = parse_size)]
+    #[arg(long, env = "CACHED_AGENT_CACHE_SIZE", default_value = "20GiB", value_parser = cached_client::size::parse)]
     cache_size: u64,
     /// Name of this agent in leases and job events [default: <hostname>-<pid>].
     #[arg(long, env = "CACHED_AGENT_NAME")]
@@ -86,11 +84,7 @@ struct Cli {
 enum Command {
     /// The GOCACHEPROG bridge the agent's builds use (as `cachectl gocacheprog`).
     #[command(hide = true)]
-    Gocacheprog(cachectl::commands::gocacheprog::Args),
-}
-
-fn parse_size(text: &str) -> Result<u64, String> {
-    text.parse::<bytesize::ByteSize>().map(|size| size.as_u64()).map_err(|err| format!("{text:?}: {err}"))
+    Gocacheprog(cached_gocacheprog::command::Args),
 }
 
 fn hostname() -> String {
@@ -116,12 +110,8 @@ async fn signal() {
 }
 
 async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
-    let token = match (&cli.token, &cli.token_file) {
-        (Some(_), Some(_)) => return Err("give the token one way: --token or --token-file".into()),
-        (Some(token), None) => Some(Secret::new(token.as_str())),
-        (None, Some(path)) => Some(ConnectOptions::read_token_file(path).map_err(|err| err.to_string())?),
-        (None, None) => None,
-    };
+    let token = ConnectOptions::token_from_flags(cli.token.as_deref(), cli.token_file.as_deref())
+        .map_err(|err| err.to_string())?;
     let connect = ConnectOptions {
         token,
         tls_ca: cli.tls_ca.clone(),
@@ -129,15 +119,12 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
         ..ConnectOptions::default()
     };
     if let Some(Command::Gocacheprog(args)) = cli.command {
-        return cachectl::commands::gocacheprog::run(&cli.server, &connect, args)
+        return cached_gocacheprog::command::run(&cli.server, &connect, args)
             .await
             .map_err(|err| err.to_string());
     }
     // A bad address or a token that may not go to it is refused now, not retried forever.
     connect.endpoint(&cli.server).map_err(|err| err.to_string())?;
-    // The agent's own calls carry its token (`connect`); the process default, which the build
-    // library hands the builds' bridge, carries none.
-    ConnectOptions { token: None, ..connect.clone() }.install_process_default();
     let mut bridge_env = vec![("CACHED_ADDR".to_owned(), cli.server.clone())];
     if let Some(path) = &cli.tls_ca {
         bridge_env.push(("CACHED_TLS_CA".to_owned(), path.display().to_string()));
@@ -148,7 +135,7 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
     let work_dir = match cli.work_dir {
         Some(dir) => dir,
         None if runner_agent::sandbox::agent_uid() == 0 => PathBuf::from(ROOT_WORK_DIR),
-        None => cachectl::gocacheprog::default_dir()
+        None => cached_gocacheprog::default_dir()
             .and_then(|dir| dir.parent().map(|parent| parent.join("agent")))
             .ok_or("no user cache directory is known here; set --work-dir")?,
     };
@@ -178,7 +165,7 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
         sandbox: prepared.sandbox,
         tree_limits: TreeLimits { max_entries: cli.max_tree_entries, ..TreeLimits::default() },
     };
-    agent::run(config, Arc::new(Processes), signal()).await
+    agent::run(config, signal()).await
 }
 
 fn main() -> ExitCode {

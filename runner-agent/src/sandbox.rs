@@ -211,7 +211,7 @@ impl Drop for BuildUser {
         let (Some(owner), Some(pool)) = (self.owner.take(), self.pool.take()) else { return };
         let permit = self.permit.take();
         // Off the runtime: the uid goes back only once nothing runs as it.
-        std::thread::spawn(move || match reap(owner.uid) {
+        cached_client::task::spawn_thread("reap-build-user", move || match reap(owner.uid) {
             Ok(()) => {
                 pool.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(owner.uid);
                 drop(permit);
@@ -229,7 +229,9 @@ impl Drop for BuildUser {
 
 /// Kills every process `uid` runs, from a blocking thread.
 pub async fn kill_all(uid: u32) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || reap(uid)).await.map_err(|err| err.to_string())?
+    cached_client::task::spawn_blocking("reap-build-user", move || reap(uid))
+        .await
+        .map_err(|err| err.to_string())?
 }
 
 /// `kill -9 -1` as `uid` (the kernel signals all its processes at once, so a forking build

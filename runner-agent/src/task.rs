@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachectl::submit::{Remote, modules};
+use cached_client::remote_exec::RemoteExec;
+use cached_gobuild::modules;
 use proto::v1::{self, FencingToken, TaskLease};
 use proto::{Digest, Platform};
 use tokio::sync::{mpsc, watch};
 
-use cachectl::submit::tree::TreeLimits;
+use cached_client::tree::TreeLimits;
 
 use crate::TaskError;
 use crate::blobcache::BlobCache;
@@ -28,7 +29,7 @@ const LOG_BATCH: Duration = Duration::from_millis(250);
 
 /// Everything tasks share.
 pub struct TaskContext {
-    pub remote: Remote,
+    pub remote: RemoteExec,
     pub cache: BlobCache,
     pub builder: Builder,
     pub work_dir: PathBuf,
@@ -60,7 +61,8 @@ pub async fn run(
 ) -> Result<v1::TaskResult, TaskError> {
     let token = lease.token.clone().unwrap_or_default();
     let (lines, received) = mpsc::unbounded_channel::<String>();
-    let logger = tokio::spawn(forward_logs(ctx.remote.clone(), token.clone(), received));
+    let logger =
+        cached_client::task::spawn("forward-logs", forward_logs(ctx.remote.clone(), token.clone(), received));
     if lease.kind == v1::TaskKind::ImageIndex as i32 {
         let result = image::index(&ctx.remote.client, &lease, &lines).await;
         drop(lines);
@@ -161,7 +163,9 @@ async fn build_task(
         }
     }
     env.push(("GOFLAGS".into(), goflags.join(" ")));
-    let deadline = Duration::from_millis(u64::try_from(lease.deadline_unix_ms - now_ms()).unwrap_or(0));
+    let deadline = Duration::from_millis(
+        u64::try_from(lease.deadline_unix_ms - cached_client::clock::now_ms()).unwrap_or(0),
+    );
     let timeout = ctx.task_timeout.min(deadline.max(Duration::from_secs(1)));
     let input = BuildInput {
         module_dir,
@@ -178,9 +182,12 @@ async fn build_task(
     // Nothing of the build runs any more (the build library's last process took it all down).
     taskdir::check_outputs(&input.output_dir, owner).map_err(TaskError::Build)?;
     let paths: Vec<PathBuf> = built.outputs.iter().map(|(path, _)| path.clone()).collect();
-    let digests =
-        cachectl::transfer::upload_files(&ctx.remote.client, &paths, cachectl::transfer::DEFAULT_LEVEL)
-            .await?;
+    let digests = cached_client::transfer::upload_files(
+        &ctx.remote.client,
+        &paths,
+        cached_client::transfer::DEFAULT_LEVEL,
+    )
+    .await?;
     let outputs = paths
         .iter()
         .zip(digests)
@@ -205,10 +212,6 @@ async fn build_task(
         image,
         index: None,
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The go command's environment for a target: sealed (HOME, TMPDIR, GOCACHE, the module cache,
@@ -266,7 +269,7 @@ fn base_env(
 
 /// Sends log lines to cached in batches until the sender side closes. A refused progress call
 /// means the lease is gone.
-async fn forward_logs(remote: Remote, token: FencingToken, mut lines: mpsc::UnboundedReceiver<String>) {
+async fn forward_logs(remote: RemoteExec, token: FencingToken, mut lines: mpsc::UnboundedReceiver<String>) {
     let mut workers = remote.workers;
     let started = v1::ProgressRequest { token: Some(token.clone()), started: true, lines: Vec::new() };
     if let Err(status) = workers.progress(started).await {

@@ -1,5 +1,5 @@
 //! Trees from the CAS into a task directory. The tree is read and checked first
-//! (`cachectl::submit::tree::read_tree`: caps, names, links resolved inside the tree), its files
+//! (`cached_client::tree::read_tree`: caps, names, links resolved inside the tree), its files
 //! fetched into the [`BlobCache`] and hard-linked into place. go.mod, go.sum and go.work are
 //! copied instead: the go command rewrites them in place, which would change the cached blob
 //! under every other link.
@@ -18,9 +18,9 @@ use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use cachectl::client::Client;
-use cachectl::error::CliError;
-use cachectl::submit::tree::{ExpandedTree, Node, TreeLimits, read_tree};
+use cached_client::connect::Client;
+use cached_client::error::ClientError;
+use cached_client::tree::{ExpandedTree, Node, TreeLimits, read_tree};
 use futures::{StreamExt, TryStreamExt};
 use proto::Digest;
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
@@ -37,9 +37,9 @@ const PARALLEL_DOWNLOADS: usize = 16;
 const COPIED: &[&str] = &["go.mod", "go.sum", "go.work", "go.work.sum"];
 
 /// A tree that was refused fails the same way everywhere: a build error, not retried.
-fn tree_error(err: CliError) -> TaskError {
+fn tree_error(err: ClientError) -> TaskError {
     match err {
-        CliError::Usage(reason) => TaskError::Build(format!("the job's tree was refused: {reason}")),
+        ClientError::Usage(reason) => TaskError::Build(format!("the job's tree was refused: {reason}")),
         other => TaskError::from(other),
     }
 }
@@ -90,10 +90,11 @@ pub async fn materialize(
     .try_collect::<Vec<_>>()
     .await?;
     let (dest, blobs) = (dest.to_owned(), cache.dir().to_owned());
-    let tree =
-        tokio::task::spawn_blocking(move || write_tree(&tree.nodes, &dest, &blobs, owner).map(|()| tree))
-            .await
-            .map_err(|err| TaskError::Infrastructure(format!("writing a tree: {err}")))??;
+    let tree = cached_client::task::spawn_blocking("write-tree", move || {
+        write_tree(&tree.nodes, &dest, &blobs, owner).map(|()| tree)
+    })
+    .await
+    .map_err(|err| TaskError::Infrastructure(format!("writing a tree: {err}")))??;
     Ok(Materialized { tree, pins })
 }
 
@@ -240,7 +241,7 @@ pub fn check_packages(tree: &ExpandedTree, module_dir: &str, packages: &[String]
 mod tests {
     use std::collections::HashMap;
 
-    use cachectl::submit::tree::expand;
+    use cached_client::tree::expand;
     use prost::Message;
     use proto::v1::{Directory, DirectoryNode, FileNode, SymlinkNode};
 

@@ -21,8 +21,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cachectl::client::ConnectOptions;
-use cachectl::submit::Remote;
+use cached_client::connect::ConnectOptions;
+use cached_client::remote_exec::RemoteExec;
 use cached_e2e::{Daemon, binary, go, is_root, run};
 use prost::Message;
 use proto::Digest;
@@ -142,8 +142,8 @@ impl Cluster {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let options = ConnectOptions::with_token(self.submit_secret.trim());
-            let remote = Remote::connect(&self.daemon.url(), &options).await.unwrap();
-            cachectl::transfer::batch_write(&remote.client, blobs, 3).await.unwrap();
+            let remote = RemoteExec::connect(&self.daemon.url(), &options).await.unwrap();
+            cached_client::transfer::batch_write(&remote.client, blobs, 3).await.unwrap();
             let spec = v1::JobSpec {
                 source_root: Some(root.to_wire()),
                 module_dir: module_dir.to_owned(),

@@ -20,12 +20,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cachectl::gobuild::exec::RealExec;
-use cachectl::gobuild::flags;
-use cachectl::gobuild::inputs::{self, GoCall};
 use cached_benches::EmbeddedServer;
 use cached_benches::report::{cell, load, ratio};
 use cached_benches::workspace::{copy_dir, gomodcache, proxy, sealed_go_env, sibling_or};
+use cached_gobuild::exec::Processes;
+use cached_gobuild::flags;
+use cached_gobuild::inputs::{self, GoCall};
 use clap::Parser as _;
 
 const GOPLS: &str = "golang.org/x/tools/gopls";
@@ -199,7 +199,7 @@ impl Bench {
         let line = flags::parse_command_line(&args).expect("flags");
         let command_line = flags::effective("", &line).expect("flags");
         let env = self.env();
-        let exec = RealExec;
+        let exec = Processes::default();
         let call = GoCall { exec: &exec, go: Path::new("go"), dir: module, env: &env };
         let (go_env, packages) = call.read(&command_line, &line.packages).await.expect("go env and go list");
         let goflags = go_env.get("GOFLAGS").cloned().unwrap_or_default();

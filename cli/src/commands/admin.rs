@@ -2,8 +2,8 @@
 
 use proto::v1;
 
-use crate::client::{Client, ConnectOptions};
-use crate::error::{CliError, Result};
+use cached_client::connect::{Client, ConnectOptions};
+use cached_client::error::{ClientError, Result};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -21,12 +21,12 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
     match command {
         Command::Purge { namespace } => {
             if namespace.is_empty() {
-                return Err(CliError::Usage(
+                return Err(ClientError::Usage(
                     "--namespace is empty: name the namespace to purge (requests that name none use `default`)"
                         .into(),
                 ));
             }
-            let mut client = Client::connect_with(server, connect).await?;
+            let mut client = Client::connect(server, connect).await?;
             let request = v1::PurgeRequest { namespace: namespace.clone() };
             let purged = client.admin.purge(request).await?.into_inner();
             println!(

@@ -3,10 +3,10 @@
 use proto::v1;
 use serde::Serialize;
 
-use crate::client::Client;
-use crate::error::{CliError, Result};
-use crate::gobuild::explain;
-use crate::gobuild::manifest::hex;
+use cached_client::connect::Client;
+use cached_client::error::{ClientError, Result};
+use cached_gobuild::explain;
+use cached_gobuild::manifest::hex;
 
 /// The `--json` document. Fields are only ever added.
 #[derive(Debug, Serialize)]
@@ -131,13 +131,13 @@ pub async fn run(client: &Client, namespace: String, query: String, json: bool) 
     let response = client.builds.clone().explain(request).await?.into_inner();
     let Some(event) = response.event.filter(|_| response.found) else {
         let ns = if namespace.is_empty() { "default" } else { namespace.as_str() };
-        return Err(CliError::Usage(format!("no miss of {query:?} is recorded in namespace {ns}")));
+        return Err(ClientError::Usage(format!("no miss of {query:?} is recorded in namespace {ns}")));
     };
     let report = ExplainReport::new(event);
     if json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
-        print!("{}", report.to_text(explain::now_ms()));
+        print!("{}", report.to_text(cached_client::clock::now_ms()));
     }
     Ok(())
 }

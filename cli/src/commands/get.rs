@@ -2,9 +2,9 @@ use std::path::Path;
 
 use proto::Digest;
 
-use crate::client::Client;
-use crate::error::Result;
-use crate::transfer;
+use cached_client::connect::Client;
+use cached_client::error::Result;
+use cached_client::transfer;
 
 /// Downloads one blob to `output`, verified before it appears.
 pub async fn run(client: &Client, digest: Digest, output: &Path) -> Result<()> {

@@ -3,16 +3,16 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::client::{Client, ConnectOptions};
-use crate::error::{CliError, Result};
-use crate::gobuild::exec::{Exec, Invocation, RealExec, Sink};
-use crate::gobuild::{self, BuildOptions, BuildRequest};
+use cached_client::connect::{Client, ConnectOptions};
+use cached_client::error::{ClientError, Result};
+use cached_gobuild::exec::{Exec, Invocation, Processes, Sink};
+use cached_gobuild::{self as gobuild, BuildOptions, BuildRequest};
 
 /// Connects, or says once that the server is unreachable and goes on without it.
 async fn connect(server: &str, connect: &ConnectOptions) -> Result<Option<Client>> {
-    match Client::connect_with(server, connect).await {
+    match Client::connect(server, connect).await {
         Ok(client) => Ok(Some(client)),
-        Err(CliError::Unreachable { reason, .. }) => {
+        Err(ClientError::Unreachable { reason, .. }) => {
             eprintln!(
                 "cachectl: warning: cached at {server} is unreachable ({reason}); running go without the cache"
             );
@@ -34,7 +34,7 @@ pub async fn build(
     namespace: String,
     args: Vec<String>,
 ) -> Result<i32> {
-    let dir = std::env::current_dir().map_err(CliError::file("."))?;
+    let dir = std::env::current_dir().map_err(ClientError::file("."))?;
     let (go_flags, packages) = match gobuild::flags::parse_command_line(&args) {
         Ok(line) => {
             let split = args.len() - line.packages.len();
@@ -46,7 +46,8 @@ pub async fn build(
     let request =
         BuildRequest { module_dir: dir, packages, output: None, go_flags, env: Vec::new(), namespace };
     let client = connect(server, options).await?;
-    let build_options = BuildOptions { inherit_stdio: true, ..BuildOptions::default() };
+    let build_options =
+        BuildOptions { inherit_stdio: true, bridge_connect: options.clone(), ..BuildOptions::default() };
     let outcome = gobuild::build_with(client.as_ref(), &request, &build_options, &mut log_line).await?;
     Ok(outcome.exit_code)
 }
@@ -58,18 +59,19 @@ pub async fn test(
     namespace: String,
     args: Vec<String>,
 ) -> Result<i32> {
-    let dir = std::env::current_dir().map_err(CliError::file("."))?;
+    let dir = std::env::current_dir().map_err(ClientError::file("."))?;
     let client = connect(server, options).await?;
     let mut invocation = Invocation { program: PathBuf::from("go"), dir, ..Invocation::default() };
     invocation.args.push("test".to_owned());
     invocation.args.extend(args);
     if let Some(client) = &client {
-        let (env, remove) = gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog());
+        let (env, remove) =
+            gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog(), options);
         invocation.env = env;
         invocation.env_remove = remove;
     }
-    RealExec
+    Processes::default()
         .stream(&invocation, Sink::Inherit)
         .await
-        .map_err(|err| CliError::Usage(format!("cannot run go: {err}")))
+        .map_err(|err| ClientError::Usage(format!("cannot run go: {err}")))
 }

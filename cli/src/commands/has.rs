@@ -1,8 +1,8 @@
 use proto::Digest;
 
-use crate::client::Client;
-use crate::error::{CliError, Result};
-use crate::transfer;
+use cached_client::connect::Client;
+use cached_client::error::{ClientError, Result};
+use cached_client::transfer;
 
 /// Prints `present` or `missing` for each digest; fails when any is missing.
 pub async fn run(client: &Client, digests: &[Digest]) -> Result<()> {
@@ -13,6 +13,6 @@ pub async fn run(client: &Client, digests: &[Digest]) -> Result<()> {
     }
     match missing.len() {
         0 => Ok(()),
-        count => Err(CliError::SomeMissing(count)),
+        count => Err(ClientError::SomeMissing(count)),
     }
 }

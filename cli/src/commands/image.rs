@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::client::ConnectOptions;
-use crate::error::{CliError, Result};
-use crate::oci::{self, Compression, ImageResult, ImageSpec, LayerCache, Platform, RegistryOptions};
+use cached_client::connect::ConnectOptions;
+use cached_client::error::{ClientError, Result};
+use cached_oci::{
+    self as oci, Compression, ImagePlatform, ImageResult, ImageSpec, LayerCache, RegistryOptions,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -53,7 +55,7 @@ pub struct Args {
     #[command(flatten)]
     registry: RegistryArgs,
     /// Blobs larger than this are uploaded in chunks of this size.
-    #[arg(long, default_value = "64MiB", value_parser = parse_size, hide = true)]
+    #[arg(long, default_value = "64MiB", value_parser = cached_client::size::parse, hide = true)]
     chunk_size: u64,
     /// Do not use the layer cache in cached.
     #[arg(long)]
@@ -88,10 +90,6 @@ fn parse_compression(text: &str) -> std::result::Result<Compression, String> {
     text.parse().map_err(|err: oci::OciError| err.to_string())
 }
 
-fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    text.parse::<bytesize::ByteSize>().map(|size| size.as_u64()).map_err(|err| format!("{text:?}: {err}"))
-}
-
 fn parse_owner(text: &str) -> std::result::Result<(u64, u64), String> {
     let (uid, gid) = text.split_once(':').ok_or_else(|| format!("{text:?}: expected UID:GID"))?;
     let number = |n: &str| n.parse::<u64>().map_err(|_| format!("{text:?}: {n:?} is not a number"));
@@ -104,11 +102,11 @@ impl Args {
         let mut binaries = Vec::new();
         for entry in &self.platforms {
             let (platform, path) = entry.split_once('=').ok_or_else(|| {
-                CliError::Usage(format!(
+                ClientError::Usage(format!(
                     "--platform {entry:?}: expected OS/ARCH=PATH, like linux/amd64=bin/app"
                 ))
             })?;
-            let platform: Platform = platform.parse().map_err(CliError::from)?;
+            let platform: ImagePlatform = platform.parse().map_err(ClientError::from)?;
             binaries.push((platform, PathBuf::from(path)));
         }
         let mut labels = BTreeMap::new();
@@ -116,7 +114,7 @@ impl Args {
             let (key, value) = label
                 .split_once('=')
                 .filter(|(key, _)| !key.is_empty())
-                .ok_or_else(|| CliError::Usage(format!("--label {label:?}: expected KEY=VALUE")))?;
+                .ok_or_else(|| ClientError::Usage(format!("--label {label:?}: expected KEY=VALUE")))?;
             labels.insert(key.to_owned(), value.to_owned());
         }
         let mut spec = ImageSpec::new(&self.name, binaries);

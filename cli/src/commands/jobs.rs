@@ -6,10 +6,10 @@ use std::time::Instant;
 use proto::platform::label;
 use proto::v1::{self, JobState, TaskState};
 
-use crate::client::ConnectOptions;
-use crate::error::Result;
-use crate::submit::Remote;
-use crate::submit::image::platform_label;
+use cached_client::connect::ConnectOptions;
+use cached_client::error::Result;
+use cached_client::remote_exec::RemoteExec;
+use cached_oci::job::platform_label;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -85,7 +85,7 @@ fn state_name(state: i32) -> String {
 }
 
 pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Result<()> {
-    let mut remote = Remote::connect(server, connect).await?;
+    let mut remote = RemoteExec::connect(server, connect).await?;
     match command {
         Command::Watch { job_id, output, no_download } => {
             let output = (!no_download).then_some(output);

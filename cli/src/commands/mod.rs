@@ -4,7 +4,6 @@ pub mod admin;
 pub mod explain;
 pub mod get;
 pub mod gobuild;
-pub mod gocacheprog;
 pub mod has;
 pub mod image;
 pub mod jobs;

@@ -1,7 +1,7 @@
 use std::path::Path;
 
-use crate::error::Result;
 use crate::mtimes;
+use cached_client::error::Result;
 
 /// Sets the clone's times and says what it did.
 pub fn run(dir: &Path) -> Result<()> {

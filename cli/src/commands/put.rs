@@ -1,15 +1,15 @@
 use std::path::PathBuf;
 
-use crate::client::Client;
-use crate::error::{CliError, Result};
-use crate::transfer;
+use cached_client::connect::Client;
+use cached_client::error::{ClientError, Result};
+use cached_client::transfer;
 
 /// Checks every file is a readable regular file, before anything is sent.
 pub fn check(files: &[PathBuf]) -> Result<()> {
     for file in files {
-        let metadata = std::fs::metadata(file).map_err(CliError::file(file))?;
+        let metadata = std::fs::metadata(file).map_err(ClientError::file(file))?;
         if !metadata.is_file() {
-            return Err(CliError::Usage(format!("{} is not a regular file", file.display())));
+            return Err(ClientError::Usage(format!("{} is not a regular file", file.display())));
         }
     }
     Ok(())

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
-use crate::client::Client;
-use crate::error::Result;
 use crate::render::StatsReport;
+use cached_client::connect::Client;
+use cached_client::error::Result;
 
 /// Top miss causes and missed targets shown per namespace.
 const TOP: u32 = 10;

@@ -12,12 +12,13 @@ use proto::platform::label;
 use proto::v1::{self, JobState, TaskState};
 use proto::{Digest, Platform};
 
-use crate::client::ConnectOptions;
-use crate::error::{CliError, Result};
-use crate::submit::Remote;
 use crate::submit::progress::{View, duration, outcome, print_table, task_label};
-use crate::submit::tree::Tree;
-use crate::submit::{image, modules};
+use cached_client::connect::ConnectOptions;
+use cached_client::error::{ClientError, Result};
+use cached_client::remote_exec::RemoteExec;
+use cached_client::tree::Tree;
+use cached_gobuild::modules;
+use cached_oci::job as image;
 
 pub const DEFAULT_TARGETS: &str = "linux/amd64,linux/arm64,darwin/arm64,windows/amd64";
 
@@ -74,7 +75,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     image_binary: Option<String>,
     /// Directory of the binary in the image; it joins PATH.
-    #[arg(long, value_name = "DIR", default_value = crate::submit::image::DEFAULT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = cached_oci::job::DEFAULT_DIR)]
     image_dir: String,
     /// User the container runs as [default: 65532 (nonroot)]
     #[arg(long, value_name = "USER")]
@@ -97,13 +98,13 @@ pub struct Args {
     packages: Vec<String>,
 }
 
-fn usage(message: impl Into<String>) -> CliError {
-    CliError::Usage(message.into())
+fn usage(message: impl Into<String>) -> ClientError {
+    ClientError::Usage(message.into())
 }
 
 /// The directory of the nearest go.mod at or above `dir`.
 fn module_root(dir: &Path) -> Result<PathBuf> {
-    let dir = std::fs::canonicalize(dir).map_err(CliError::file(dir))?;
+    let dir = std::fs::canonicalize(dir).map_err(ClientError::file(dir))?;
     dir.ancestors().find(|candidate| candidate.join("go.mod").is_file()).map(Path::to_owned).ok_or_else(
         || usage(format!("no go.mod in {} or above it: submit runs in a Go module", dir.display())),
     )
@@ -128,9 +129,9 @@ fn image_spec(args: &Args, targets: &[v1::Target]) -> Result<Option<v1::ImageSpe
         return Err(usage("--image and --oci-layout need the job followed to its end: drop --detach"));
     }
     if let Some(reference) = &args.image {
-        crate::oci::Reference::parse(reference)?;
+        cached_oci::Reference::parse(reference)?;
     }
-    let mut platforms: Vec<(String, crate::oci::Platform)> = Vec::new();
+    let mut platforms: Vec<(String, cached_oci::ImagePlatform)> = Vec::new();
     for target in targets {
         let platform = Platform::from_wire(target).map_err(|err| usage(err.to_string()))?;
         let Some(image) = image::image_platform(&platform) else { continue };
@@ -174,7 +175,7 @@ fn image_spec(args: &Args, targets: &[v1::Target]) -> Result<Option<v1::ImageSpe
 
 pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
     let root = module_root(&args.dir)?;
-    let here = std::fs::canonicalize(&args.dir).map_err(CliError::file(&args.dir))?;
+    let here = std::fs::canonicalize(&args.dir).map_err(ClientError::file(&args.dir))?;
     let sub = here.strip_prefix(&root).unwrap_or(Path::new("")).to_string_lossy().replace('\\', "/");
     let mut targets = Vec::new();
     let ccs: BTreeMap<String, String> = args
@@ -221,18 +222,21 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
         .flatten()
         .map(|dir| std::fs::canonicalize(dir).unwrap_or_else(|_| root.join(dir)))
         .collect();
-    let (tree, deps) = tokio::task::spawn_blocking(move || -> Result<(Tree, modules::ModuleFiles)> {
-        let mut tree = Tree::from_dir(&walk_root)?;
-        for dir in outside {
-            if let Ok(inside) = dir.strip_prefix(&walk_root) {
-                tree.remove_prefix(&inside.to_string_lossy().replace('\\', "/"));
+    let (tree, deps) = cached_client::task::spawn_blocking(
+        "walk-sources",
+        move || -> Result<(Tree, modules::ModuleFiles)> {
+            let mut tree = Tree::from_dir(&walk_root)?;
+            for dir in outside {
+                if let Ok(inside) = dir.strip_prefix(&walk_root) {
+                    tree.remove_prefix(&inside.to_string_lossy().replace('\\', "/"));
+                }
             }
-        }
-        Ok((tree, modules::collect(&walk_root)?))
-    })
+            Ok((tree, modules::collect(&walk_root)?))
+        },
+    )
     .await
     .map_err(|err| usage(format!("reading the module failed: {err}")))??;
-    let mut remote = Remote::connect(server, connect).await?;
+    let mut remote = RemoteExec::connect(server, connect).await?;
     let sources = tree.upload(&remote.client).await?;
     let proxy = if deps.files.is_empty() { None } else { Some(deps.tree()?.upload(&remote.client).await?) };
     if !deps.vendored && !deps.files.is_empty() {
@@ -297,36 +301,40 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
 /// byte-identical; it must arrive at the job's index digest before anything is written or
 /// pushed. Publishing here rather than from the agents keeps registry credentials on this
 /// machine: agents run builds for every submitter and hold none.
-async fn publish(remote: &Remote, status: &v1::JobStatus, spec: &v1::ImageSpec, args: &Args) -> Result<()> {
-    let index = status
-        .image
-        .as_ref()
-        .ok_or_else(|| CliError::Server(format!("job {} finished without an image index", status.job_id)))?;
+async fn publish(
+    remote: &RemoteExec,
+    status: &v1::JobStatus,
+    spec: &v1::ImageSpec,
+    args: &Args,
+) -> Result<()> {
+    let index = status.image.as_ref().ok_or_else(|| {
+        ClientError::Server(format!("job {} finished without an image index", status.job_id))
+    })?;
     let mut name: Option<String> = None;
     let mut binaries = Vec::new();
     for task in status.tasks.iter().filter(|task| task.kind == v1::TaskKind::Build as i32) {
         let platform = Platform::from_wire(&task.target.clone().unwrap_or_default())
-            .map_err(|err| CliError::Server(err.to_string()))?;
+            .map_err(|err| ClientError::Server(err.to_string()))?;
         let Some(image_platform) = image::image_platform(&platform) else { continue };
         let result = task.result.clone().unwrap_or_default();
         let names: Vec<&str> = result.outputs.iter().map(|output| output.name.as_str()).collect();
-        let picked = image::pick_binary(spec, &names).map_err(CliError::Server)?.to_owned();
+        let picked = image::pick_binary(spec, &names).map_err(ClientError::Server)?.to_owned();
         if name.as_ref().is_some_and(|name| *name != picked) {
-            return Err(CliError::Server(format!(
+            return Err(ClientError::Server(format!(
                 "the targets put different binaries in the image ({picked})"
             )));
         }
         binaries.push((image_platform?, args.output.join(platform.dir_name()).join(&picked)));
         name = Some(picked);
     }
-    let name = name.ok_or_else(|| CliError::Server("no target of the job has an image".into()))?;
+    let name = name.ok_or_else(|| ClientError::Server("no target of the job has an image".into()))?;
     let mut library = image::oci_spec(spec, &name, binaries)?;
-    let cache = crate::oci::LayerCache::new(remote.client.clone());
+    let cache = cached_oci::LayerCache::new(remote.client.clone());
     // The documents alone first (nothing written or pushed; every layer a cache hit, so this
     // costs hashing the binaries and one lookup), checked against the job's index.
-    let derived = crate::oci::build_image(&library, Some(&cache)).await?;
+    let derived = cached_oci::build_image(&library, Some(&cache)).await?;
     if derived.index.digest.to_string() != index.digest {
-        return Err(CliError::Failed(format!(
+        return Err(ClientError::Failed(format!(
             "the image built here has index {} but the agents assembled {}: the image is not reproducible \
              between this machine and the agents (different cachectl versions?); nothing was written or pushed",
             derived.index.digest, index.digest
@@ -335,7 +343,7 @@ async fn publish(remote: &Remote, status: &v1::JobStatus, spec: &v1::ImageSpec, 
     library.oci_layout.clone_from(&args.oci_layout);
     library.push.clone_from(&args.image);
     library.registry = args.registry.options();
-    let built = crate::oci::build_image(&library, Some(&cache)).await?;
+    let built = cached_oci::build_image(&library, Some(&cache)).await?;
     for warning in derived.warnings.iter().chain(&built.warnings) {
         eprintln!("cachectl: warning: {warning}");
     }
@@ -348,11 +356,11 @@ async fn publish(remote: &Remote, status: &v1::JobStatus, spec: &v1::ImageSpec, 
 pub async fn follow(
     server: &str,
     connect: &ConnectOptions,
-    mut remote: Remote,
+    mut remote: RemoteExec,
     job_id: &str,
     output: Option<&Path>,
     started: Instant,
-) -> Result<(v1::JobStatus, Remote)> {
+) -> Result<(v1::JobStatus, RemoteExec)> {
     let mut view = View::on_stderr();
     let mut backoff = Duration::from_millis(200);
     let status = 'watch: loop {
@@ -363,7 +371,7 @@ pub async fn follow(
                 view.note("cached is unreachable; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                if let Ok(again) = Remote::connect(server, connect).await {
+                if let Ok(again) = RemoteExec::connect(server, connect).await {
                     remote = again;
                 }
                 continue;
@@ -383,7 +391,7 @@ pub async fn follow(
         }
         view.note("watch interrupted; reconnecting");
         tokio::time::sleep(backoff).await;
-        if let Ok(again) = Remote::connect(server, connect).await {
+        if let Ok(again) = RemoteExec::connect(server, connect).await {
             remote = again;
         }
     };
@@ -403,18 +411,18 @@ pub async fn follow(
             continue;
         }
         let target = task.target.clone().unwrap_or_default();
-        let platform = Platform::from_wire(&target).map_err(|err| CliError::Server(err.to_string()))?;
+        let platform = Platform::from_wire(&target).map_err(|err| ClientError::Server(err.to_string()))?;
         let mut files = Vec::new();
         if state == TaskState::Succeeded {
             if let Some(output) = output {
                 let dir = output.join(platform.dir_name());
-                std::fs::create_dir_all(&dir).map_err(CliError::file(&dir))?;
+                std::fs::create_dir_all(&dir).map_err(ClientError::file(&dir))?;
                 for file in &result.outputs {
                     let digest = Digest::from_wire(file.digest.as_ref())
-                        .map_err(|err| CliError::Server(err.to_string()))?;
-                    proto::platform::check_output_name(&file.name).map_err(CliError::Server)?;
+                        .map_err(|err| ClientError::Server(err.to_string()))?;
+                    proto::platform::check_output_name(&file.name).map_err(ClientError::Server)?;
                     let dest = dir.join(&file.name);
-                    crate::transfer::download_to_file(&remote.client, digest, &dest).await?;
+                    cached_client::transfer::download_to_file(&remote.client, digest, &dest).await?;
                     set_executable(&dest, file.executable)?;
                     files.push(dest.display().to_string());
                 }
@@ -451,7 +459,7 @@ pub async fn follow(
         started.elapsed().as_secs_f64()
     );
     if failed > 0 {
-        return Err(CliError::Server(format!("{failed} of {} tasks did not succeed", status.tasks.len())));
+        return Err(ClientError::Server(format!("{failed} of {} tasks did not succeed", status.tasks.len())));
     }
     Ok((status, remote))
 }
@@ -460,7 +468,7 @@ pub async fn follow(
 fn set_executable(path: &Path, executable: bool) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = if executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(CliError::file(path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(ClientError::file(path))
 }
 
 #[cfg(not(unix))]

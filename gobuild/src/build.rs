@@ -1,0 +1,637 @@
+//! One go build through the whole-build cache: derive the key, restore a hit, or run go with
+//! the GOCACHEPROG bridge, upload the outputs and record the build.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::v1;
+
+use crate::exec::{Exec, Invocation, Processes, Sink};
+use crate::inputs::{Derived, GoCall};
+use crate::outputs::Planned;
+use crate::{explain, flags, inputs, manifest, outputs};
+use cached_client::connect::{Client, ConnectOptions};
+use cached_client::error::ClientError;
+
+/// One `go build`.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    /// Where go runs (where go.mod is, or a directory inside the module).
+    pub module_dir: PathBuf,
+    /// Package patterns, e.g. `["./cmd/app"]`; empty builds the package in `module_dir`.
+    pub packages: Vec<String>,
+    /// The -o path (file or directory), relative to `module_dir`; None: go's default name.
+    pub output: Option<PathBuf>,
+    /// The go build flags as given (`-trimpath`, `-ldflags=...`, `-tags=...`).
+    pub go_flags: Vec<String>,
+    /// Extra environment for go (GOOS, GOARCH, GOAMD64, CGO_ENABLED, CC, ...). Only
+    /// allow-listed variables enter the key (through `go env`).
+    pub env: Vec<(String, String)>,
+    pub namespace: String,
+}
+
+/// What a build did.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    pub hit: bool,
+    /// The build key in hex; empty when none was derived.
+    pub key: String,
+    /// Files written, with their CAS digests.
+    pub outputs: Vec<(PathBuf, proto::Digest)>,
+    pub duration: Duration,
+    /// On a miss, the explanation lines (or why the build was not cached); None on a hit.
+    pub explanation: Option<String>,
+    /// go's exit code (0 on a hit).
+    pub exit_code: i32,
+}
+
+/// How builds run; the defaults suit runner agents and tests.
+#[derive(Clone)]
+pub struct BuildOptions {
+    /// The go command.
+    pub go: PathBuf,
+    /// The GOCACHEPROG command line for misses; None: `cachectl gocacheprog` (this executable
+    /// when it is cachectl, else `cachectl` next to it, else on PATH).
+    pub gocacheprog: Option<String>,
+    /// go's stdout and stderr go straight to ours instead of to the log (the CLI).
+    pub inherit_stdio: bool,
+    /// Deadline of each whole-build cache call.
+    pub timeout: Duration,
+    pub exec: Arc<dyn Exec>,
+    /// How the GOCACHEPROG bridge of a miss connects: the token and TLS files it is handed.
+    pub bridge_connect: ConnectOptions,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            go: PathBuf::from("go"),
+            gocacheprog: None,
+            inherit_stdio: false,
+            timeout: Duration::from_secs(20),
+            exec: Arc::new(Processes::default()),
+            bridge_connect: ConnectOptions::default(),
+        }
+    }
+}
+
+/// Builds `request` through the whole-build cache of `client` (None: plain go build).
+pub async fn build(
+    client: Option<&Client>,
+    request: &BuildRequest,
+    log: &mut (dyn FnMut(&str) + Send),
+) -> Result<BuildOutcome, ClientError> {
+    build_with(client, request, &BuildOptions::default(), log).await
+}
+
+/// The prefix of the wrapper's own lines.
+const PREFIX: &str = "cachectl:";
+
+fn say(log: &mut (dyn FnMut(&str) + Send), text: &str) {
+    log(&format!("{PREFIX} {text}"));
+}
+
+/// `cachectl gocacheprog` as a GOCACHEPROG command line.
+pub fn default_gocacheprog() -> String {
+    let exe = std::env::current_exe().ok();
+    let program = exe
+        .as_ref()
+        .and_then(|exe| {
+            let stem = exe.file_stem()?.to_string_lossy();
+            if stem == "cachectl" {
+                return Some(exe.clone());
+            }
+            let sibling = exe.with_file_name(format!("cachectl{}", std::env::consts::EXE_SUFFIX));
+            sibling.is_file().then_some(sibling)
+        })
+        .map_or_else(|| "cachectl".to_owned(), |path| path.display().to_string());
+    let quoted = if program.contains(char::is_whitespace) { format!("'{program}'") } else { program };
+    format!("{quoted} gocacheprog")
+}
+
+/// The environment that points the GOCACHEPROG bridge (`program`) at `server`, with the token
+/// and TLS settings of `connect` (passed by environment, never on a command line, never
+/// logged), and the variables to remove so the bridge sees the token one way only.
+pub fn bridge_env(
+    server: &str,
+    namespace: &str,
+    program: String,
+    connect: &ConnectOptions,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let mut env = vec![
+        ("GOCACHEPROG".to_owned(), program),
+        ("CACHED_ADDR".to_owned(), server.to_owned()),
+        ("CACHED_NAMESPACE".to_owned(), namespace.to_owned()),
+    ];
+    let mut remove = Vec::new();
+    if let Some(token) = &connect.token {
+        env.push(("CACHED_TOKEN".to_owned(), token.expose().to_owned()));
+        remove.push("CACHED_TOKEN_FILE".to_owned());
+    }
+    // The bridge sends the token where this process would, no further.
+    if connect.allow_insecure_token {
+        env.push(("CACHED_ALLOW_INSECURE_TOKEN".to_owned(), "1".to_owned()));
+    } else {
+        remove.push("CACHED_ALLOW_INSECURE_TOKEN".to_owned());
+    }
+    for (name, path) in [
+        ("CACHED_TLS_CA", &connect.tls_ca),
+        ("CACHED_TLS_CLIENT_CERT", &connect.tls_client_cert),
+        ("CACHED_TLS_CLIENT_KEY", &connect.tls_client_key),
+    ] {
+        if let Some(path) = path {
+            env.push((name.to_owned(), path.display().to_string()));
+        }
+    }
+    (env, remove)
+}
+
+/// A build in progress: what every path through `build_with` shares.
+struct Run<'a> {
+    request: &'a BuildRequest,
+    options: &'a BuildOptions,
+    dir: PathBuf,
+    started: Instant,
+}
+
+impl Run<'_> {
+    /// go build with the request's flags, output and packages.
+    fn go_args(&self) -> Vec<String> {
+        let mut args = vec!["build".to_owned()];
+        args.extend(self.request.go_flags.iter().cloned());
+        let has_output = self
+            .request
+            .go_flags
+            .iter()
+            .any(|f| f == "-o" || f.starts_with("-o=") || f == "--o" || f.starts_with("--o="));
+        if let (Some(output), false) = (&self.request.output, has_output) {
+            args.push("-o".to_owned());
+            args.push(output.display().to_string());
+        }
+        args.extend(self.request.packages.iter().cloned());
+        args
+    }
+
+    /// Runs go build (with the bridge when `client` is given); returns go's exit code and how
+    /// long it took.
+    async fn go(
+        &self,
+        client: Option<&Client>,
+        log: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<(i32, Duration), ClientError> {
+        let mut env = self.request.env.clone();
+        let mut env_remove = Vec::new();
+        if let Some(client) = client {
+            let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
+            let (bridge, remove) =
+                bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect);
+            env.extend(bridge);
+            env_remove = remove;
+        }
+        let invocation = Invocation {
+            program: self.options.go.clone(),
+            args: self.go_args(),
+            dir: self.request.module_dir.clone(),
+            env,
+            env_remove,
+        };
+        let started = Instant::now();
+        let sink = if self.options.inherit_stdio { Sink::Inherit } else { Sink::Lines(log) };
+        let code =
+            self.options.exec.stream(&invocation, sink).await.map_err(|err| {
+                ClientError::Usage(format!("cannot run {}: {err}", self.options.go.display()))
+            })?;
+        Ok((code, started.elapsed()))
+    }
+
+    /// What an uncached build wrote to the request's -o path: the file, or the files directly
+    /// in the directory.
+    async fn written_outputs(&self) -> Vec<(PathBuf, proto::Digest)> {
+        let Some(output) = &self.request.output else { return Vec::new() };
+        let path = self.dir.join(output);
+        let files: Vec<PathBuf> = if path.is_dir() {
+            std::fs::read_dir(&path)
+                .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+                .unwrap_or_default()
+        } else if path.is_file() {
+            vec![path]
+        } else {
+            Vec::new()
+        };
+        let planned: Vec<Planned> =
+            files.into_iter().map(|path| Planned { package: String::new(), path }).collect();
+        outputs::hash(&planned).await
+    }
+
+    /// go build without the whole-build cache.
+    async fn uncached(
+        &self,
+        client: Option<&Client>,
+        reason: String,
+        log: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<BuildOutcome, ClientError> {
+        let (exit_code, _) = self.go(client, log).await?;
+        let outputs = if exit_code == 0 { self.written_outputs().await } else { Vec::new() };
+        Ok(BuildOutcome {
+            hit: false,
+            key: String::new(),
+            outputs,
+            duration: self.started.elapsed(),
+            explanation: Some(reason),
+            exit_code,
+        })
+    }
+}
+
+/// Whether a failed call means the server cannot be reached (rather than that it refused).
+fn unreachable(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
+}
+
+/// [`build`] with explicit options.
+pub async fn build_with(
+    client: Option<&Client>,
+    request: &BuildRequest,
+    options: &BuildOptions,
+    log: &mut (dyn FnMut(&str) + Send),
+) -> Result<BuildOutcome, ClientError> {
+    let started = Instant::now();
+    let mut all_args = request.go_flags.clone();
+    all_args.extend(request.packages.iter().cloned());
+    let parsed = flags::parse_command_line(&all_args).and_then(|line| {
+        let command_line = flags::effective("", &line)?;
+        Ok((line, command_line))
+    });
+    let dir = match &parsed {
+        Ok((_, flags)) => match &flags.chdir {
+            Some(chdir) => request.module_dir.join(chdir),
+            None => request.module_dir.clone(),
+        },
+        Err(_) => request.module_dir.clone(),
+    };
+    let run = Run { request, options, dir, started };
+    let Some(client) = client else {
+        return run.uncached(None, "not cached: cached is unreachable".to_owned(), log).await;
+    };
+    let (line, command_line) = match parsed {
+        Ok(parsed) => parsed,
+        Err(flags::Unsupported(reason)) => {
+            say(log, &format!("not caching this build: {reason}"));
+            return run.uncached(Some(client), format!("not cached: {reason}"), log).await;
+        }
+    };
+
+    let derived = derive(&run, &line, &command_line).await;
+    let (derived, planned) = match derived {
+        Ok(found) => found,
+        Err(reason) => {
+            say(log, &format!("not caching this build: {reason}"));
+            return run.uncached(Some(client), format!("not cached: {reason}"), log).await;
+        }
+    };
+    let key = derived.manifest.key();
+    let key_hex = manifest::hex(&key);
+    let target = v1::BuildTarget {
+        module: derived.module.clone(),
+        package: {
+            let mut roots: Vec<&str> = derived.roots.iter().map(|r| r.import_path.as_str()).collect();
+            roots.sort_unstable();
+            roots.join(" ")
+        },
+        goos: derived.goos.clone(),
+        goarch: derived.goarch.clone(),
+    };
+    let wire_manifest = derived.manifest.to_wire();
+    let lookup = v1::BuildLookupRequest {
+        namespace: request.namespace.clone(),
+        target: Some(target.clone()),
+        key: key.to_vec().into(),
+        manifest: Some(wire_manifest.clone()),
+    };
+    let answer = match tokio::time::timeout(options.timeout, client.builds.clone().lookup(lookup)).await {
+        Ok(Ok(answer)) => answer.into_inner(),
+        Ok(Err(status)) if !unreachable(&status) => {
+            say(
+                log,
+                &format!(
+                    "warning: the whole-build lookup failed ({}: {}); building without it",
+                    code_name(&status),
+                    status.message()
+                ),
+            );
+            return run
+                .uncached(Some(client), format!("not cached: lookup failed: {}", status.message()), log)
+                .await;
+        }
+        failed => {
+            let reason = match failed {
+                Ok(Err(status)) => status.message().to_owned(),
+                _ => format!("no answer within {:?}", options.timeout),
+            };
+            say(
+                log,
+                &format!(
+                    "warning: cached at {} is unreachable ({reason}); running go build without the cache",
+                    client.server
+                ),
+            );
+            return run.uncached(None, format!("not cached: cached is unreachable ({reason})"), log).await;
+        }
+    };
+
+    if answer.hit {
+        match outputs::restore(client, &planned, &answer.outputs).await {
+            Ok(written) => {
+                let bytes: u64 = written.iter().map(|(_, digest)| digest.size).sum();
+                let elapsed = started.elapsed();
+                say(
+                    log,
+                    &format!(
+                        "cache hit for {}, key {}: restored {} ({}) in {} ms",
+                        explain::target_text(&target),
+                        explain::short(&key),
+                        files(written.len()),
+                        cached_client::size::human(bytes),
+                        elapsed.as_millis()
+                    ),
+                );
+                return Ok(BuildOutcome {
+                    hit: true,
+                    key: key_hex,
+                    outputs: written,
+                    duration: elapsed,
+                    explanation: None,
+                    exit_code: 0,
+                });
+            }
+            Err(err) => say(log, &format!("the cached outputs could not be restored ({err}); building")),
+        }
+    }
+    let lines = match &answer.explanation {
+        Some(explanation) if !answer.hit => {
+            explain::miss_lines(&target, &key, explanation, cached_client::clock::now_ms())
+        }
+        _ => vec![format!(
+            "cache miss for {}, key {}: restoring failed",
+            explain::target_text(&target),
+            explain::short(&key)
+        )],
+    };
+    for line in &lines {
+        say(log, line);
+    }
+    let (exit_code, build_time) = run.go(Some(client), log).await?;
+    let mut outcome = BuildOutcome {
+        hit: false,
+        key: key_hex,
+        outputs: Vec::new(),
+        duration: Duration::ZERO,
+        explanation: Some(lines.join("\n")),
+        exit_code,
+    };
+    if exit_code == 0 {
+        match record(client, request, &target, &key, wire_manifest, &planned, build_time, options.timeout)
+            .await
+        {
+            Ok(written) => outcome.outputs = written,
+            Err(err) => {
+                say(log, &format!("warning: the build was not cached: {err}"));
+                outcome.outputs = outputs::hash(&planned).await;
+            }
+        }
+    }
+    outcome.duration = started.elapsed();
+    Ok(outcome)
+}
+
+fn code_name(status: &tonic::Status) -> String {
+    format!("{:?}", status.code())
+}
+
+fn files(count: usize) -> String {
+    if count == 1 { "1 file".to_owned() } else { format!("{count} files") }
+}
+
+/// The key inputs and the planned outputs, or why there are none.
+async fn derive(
+    run: &Run<'_>,
+    line: &flags::CommandLine,
+    command_line: &flags::BuildFlags,
+) -> Result<(Derived, Vec<Planned>), String> {
+    let call =
+        GoCall { exec: run.options.exec.as_ref(), go: &run.options.go, dir: &run.dir, env: &run.request.env };
+    let (env, packages) = call.read(command_line, &line.packages).await.map_err(|err| err.0)?;
+    let flags = flags::effective(env.get("GOFLAGS").map_or("", String::as_str), line).map_err(|err| err.0)?;
+    let derived = inputs::derive(&call, &flags, &env, &packages).await.map_err(|err| err.0)?;
+    let output = run.request.output.as_deref().or(flags.output.as_deref());
+    let planned = outputs::plan(output, &derived.roots, &derived.goos, &run.dir)?;
+    Ok((derived, planned))
+}
+
+/// Uploads the outputs and records the build.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    client: &Client,
+    request: &BuildRequest,
+    target: &v1::BuildTarget,
+    key: &[u8; 32],
+    manifest: v1::BuildManifest,
+    planned: &[Planned],
+    build_time: Duration,
+    timeout: Duration,
+) -> Result<Vec<(PathBuf, proto::Digest)>, ClientError> {
+    let uploaded = outputs::upload(client, planned).await?;
+    let record = v1::BuildRecordRequest {
+        namespace: request.namespace.clone(),
+        target: Some(target.clone()),
+        key: key.to_vec().into(),
+        manifest: Some(manifest),
+        outputs: uploaded
+            .iter()
+            .map(|(planned, digest)| v1::BuildOutput {
+                path: planned.package.clone(),
+                digest: Some(digest.to_wire()),
+                mode: outputs::EXECUTABLE,
+            })
+            .collect(),
+        build_duration_ms: build_time.as_millis() as u64,
+    };
+    match tokio::time::timeout(timeout, client.builds.clone().record(record)).await {
+        Ok(result) => {
+            result?;
+        }
+        Err(_) => return Err(ClientError::Server(format!("Builds.Record: no answer within {timeout:?}"))),
+    }
+    Ok(uploaded.into_iter().map(|(planned, digest)| (planned.path, digest)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::exec::Captured;
+
+    /// Scripted results by the command's first argument (`env`, `list`, `build`).
+    #[derive(Default)]
+    struct Scripted {
+        outputs: Vec<(&'static str, Captured)>,
+        build_lines: Vec<&'static str>,
+        build_code: i32,
+        seen: Mutex<Vec<Invocation>>,
+    }
+
+    #[tonic::async_trait]
+    impl Exec for Scripted {
+        async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
+            self.seen.lock().unwrap().push(invocation.clone());
+            let first = invocation.args.first().map_or("", String::as_str);
+            let found = self.outputs.iter().find(|(arg, _)| *arg == first).map(|(_, c)| c.clone());
+            Ok(found.unwrap_or(Captured {
+                code: 1,
+                stderr: b"unexpected command".to_vec(),
+                ..Captured::default()
+            }))
+        }
+
+        async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
+            self.seen.lock().unwrap().push(invocation.clone());
+            if let Sink::Lines(log) = sink {
+                for line in &self.build_lines {
+                    log(line);
+                }
+            }
+            Ok(self.build_code)
+        }
+    }
+
+    fn ok(stdout: String) -> Captured {
+        Captured { code: 0, stdout: stdout.into_bytes(), stderr: Vec::new() }
+    }
+
+    fn module() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cmd/app")).unwrap();
+        std::fs::write(dir.path().join("go.mod"), "module example.com/m\n").unwrap();
+        std::fs::write(dir.path().join("go.sum"), "").unwrap();
+        std::fs::write(dir.path().join("cmd/app/main.go"), "package main\n").unwrap();
+        dir
+    }
+
+    fn scripted(dir: &std::path::Path) -> Scripted {
+        let root = dir.display();
+        let env = format!(
+            r#"{{"GOOS":"linux","GOARCH":"amd64","GOAMD64":"v1","CGO_ENABLED":"0","GOVERSION":"go1.26.8",
+            "GOMOD":"{root}/go.mod","GOMODCACHE":"/modcache","GOFLAGS":"","GOROOT":"/goroot","GOWORK":"",
+            "GOPROXY":"https://user:hunter2@proxy.example","GOAUTH":"netrc"}}"#
+        );
+        let list = format!(
+            r#"{{"ImportPath":"fmt","Standard":true,"DepOnly":true,"Dir":"/goroot/src/fmt","GoFiles":["print.go"]}}
+{{"ImportPath":"golang.org/x/mod/semver","Name":"semver","DepOnly":true,"Dir":"/modcache/golang.org/x/mod@v0.1.0/semver",
+ "Module":{{"Path":"golang.org/x/mod","Version":"v0.1.0","Sum":"h1:abc="}},"GoFiles":["semver.go"]}}
+{{"ImportPath":"example.com/m/cmd/app","Name":"main","Dir":"{root}/cmd/app",
+ "Module":{{"Path":"example.com/m","Main":true,"Dir":"{root}"}},"GoFiles":["main.go"]}}"#
+        );
+        Scripted { outputs: vec![("env", ok(env)), ("list", ok(list))], ..Scripted::default() }
+    }
+
+    async fn derive_with(exec: &Scripted, dir: &std::path::Path, args: &[&str]) -> Derived {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let line = flags::parse_command_line(&args).unwrap();
+        let command_line = flags::effective("", &line).unwrap();
+        let call = GoCall { exec, go: std::path::Path::new("go"), dir, env: &[] };
+        let (env, packages) = call.read(&command_line, &line.packages).await.unwrap();
+        let flags = flags::effective("", &line).unwrap();
+        inputs::derive(&call, &flags, &env, &packages).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_manifest_names_files_modules_and_settings_and_nothing_secret() {
+        let dir = module();
+        let exec = scripted(dir.path());
+        let derived = derive_with(&exec, dir.path(), &["-trimpath", "-tags=netgo", "./cmd/app"]).await;
+        let manifest = &derived.manifest;
+        assert_eq!(derived.module, "example.com/m");
+        assert_eq!((derived.goos.as_str(), derived.goarch.as_str()), ("linux", "amd64"));
+        assert_eq!(manifest.get("env.arch_level").unwrap().display, "GOAMD64=v1");
+        assert_eq!(manifest.get("flag.tags").unwrap().display, "netgo");
+        assert_eq!(manifest.get("dep.golang.org/x/mod").unwrap().display, "v0.1.0");
+        assert!(manifest.get("file.cmd/app/main.go").is_some());
+        assert!(manifest.get("mod.go.mod").is_some() && manifest.get("mod.go.sum").is_some());
+        assert!(manifest.get("path.goroot").is_none(), "-trimpath leaves paths out");
+        assert_eq!((derived.files, derived.modules), (3, 1));
+        let wire = format!("{:?}", manifest.to_wire());
+        for secret in ["hunter2", "proxy.example", "GOPROXY", "GOAUTH", "netrc"] {
+            assert!(!wire.contains(secret), "{secret} reached the manifest");
+        }
+        // go list saw the tags; nothing ran with GOCACHEPROG.
+        {
+            let seen = exec.seen.lock().unwrap();
+            let list = seen.iter().find(|i| i.args[0] == "list").unwrap();
+            assert!(
+                list.args.contains(&"-tags=netgo".to_owned())
+                    && list.args.ends_with(&["--".into(), "./cmd/app".into()])
+            );
+            assert!(seen.iter().all(|i| i.env_remove.contains(&"GOCACHEPROG".to_owned())));
+        }
+
+        let before = manifest.key();
+        std::fs::write(dir.path().join("cmd/app/main.go"), "package main // edited\n").unwrap();
+        let edited = derive_with(&exec, dir.path(), &["-trimpath", "-tags=netgo", "./cmd/app"]).await;
+        assert_ne!(edited.manifest.key(), before);
+        let without_trimpath = derive_with(&exec, dir.path(), &["-tags=netgo", "./cmd/app"]).await;
+        assert_eq!(without_trimpath.manifest.get("path.goroot").unwrap().display, "/goroot");
+    }
+
+    #[tokio::test]
+    async fn without_a_server_go_runs_plainly_and_its_exit_code_passes_through() {
+        let dir = module();
+        let exec = Arc::new(Scripted {
+            build_lines: vec!["# example.com/m/cmd/app", "main.go:1: oops"],
+            build_code: 2,
+            ..scripted(dir.path())
+        });
+        let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
+        let request = BuildRequest {
+            module_dir: dir.path().to_owned(),
+            packages: vec!["./cmd/app".into()],
+            output: Some(PathBuf::from("bin/app")),
+            go_flags: vec!["-trimpath".into()],
+            env: vec![("GOOS".into(), "windows".into())],
+            namespace: "ci".into(),
+        };
+        let mut lines = Vec::new();
+        let outcome = build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(outcome.exit_code, 2);
+        assert!(!outcome.hit && outcome.key.is_empty());
+        assert_eq!(lines, ["# example.com/m/cmd/app", "main.go:1: oops"]);
+        let seen = exec.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "no key derivation without a server");
+        assert_eq!(seen[0].args, ["build", "-trimpath", "-o", "bin/app", "./cmd/app"]);
+        assert!(seen[0].env.contains(&("GOOS".into(), "windows".into())));
+        assert!(!seen[0].env.iter().any(|(name, _)| name == "GOCACHEPROG"));
+    }
+
+    #[test]
+    fn the_bridge_gets_the_server_and_namespace() {
+        let anonymous = ConnectOptions::default();
+        let (env, remove) =
+            bridge_env("http://cache:7070", "ci/main", "cachectl gocacheprog".into(), &anonymous);
+        assert!(env.contains(&("GOCACHEPROG".into(), "cachectl gocacheprog".into())));
+        assert!(env.contains(&("CACHED_ADDR".into(), "http://cache:7070".into())));
+        assert!(env.contains(&("CACHED_NAMESPACE".into(), "ci/main".into())));
+        assert!(!env.iter().any(|(name, _)| name == "CACHED_TOKEN"));
+        assert!(remove.contains(&"CACHED_ALLOW_INSECURE_TOKEN".into()));
+        let with_token =
+            ConnectOptions { allow_insecure_token: true, ..ConnectOptions::with_token("cached_t") };
+        let (env, remove) =
+            bridge_env("http://cache:7070", "ci/main", "cachectl gocacheprog".into(), &with_token);
+        assert!(env.contains(&("CACHED_TOKEN".into(), "cached_t".into())));
+        assert!(env.contains(&("CACHED_ALLOW_INSECURE_TOKEN".into(), "1".into())));
+        assert_eq!(remove, ["CACHED_TOKEN_FILE"]);
+        assert!(default_gocacheprog().ends_with(" gocacheprog"));
+    }
+}

@@ -1,0 +1,313 @@
+//! Running the go command (and the C compiler, and git) behind one small trait, [`Exec`], so
+//! the pure logic around it can be tested with scripted results. The real runner,
+//! [`Processes`], serves both the wrapper on a terminal (this process's environment, the
+//! terminal's process group) and runner agents (a clean environment, each command in its own
+//! process group killed as a whole on timeout, cancel and drop, and a hook for the build user).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+
+/// One command to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invocation {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub dir: PathBuf,
+    /// Set on top of the inherited environment.
+    pub env: Vec<(String, String)>,
+    /// Removed from the inherited environment.
+    pub env_remove: Vec<String>,
+}
+
+impl Invocation {
+    pub fn new(program: impl Into<PathBuf>, args: &[&str], dir: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            dir: dir.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a finished command printed, and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Captured {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+
+    /// The first non-empty line of stderr, for messages.
+    pub fn first_error_line(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).lines().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned()
+    }
+}
+
+/// Where a streamed command's output goes.
+pub enum Sink<'a> {
+    /// The child writes to our stdout and stderr directly (a terminal stays a terminal).
+    Inherit,
+    /// Every line of stdout and stderr goes to the callback, as it comes.
+    Lines(&'a mut (dyn FnMut(&str) + Send)),
+}
+
+#[tonic::async_trait]
+pub trait Exec: Send + Sync {
+    /// Runs to completion and captures the output.
+    async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured>;
+    /// Runs to completion with the output going to `sink`; returns the exit code.
+    async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32>;
+}
+
+/// Hands one line (without its line ending) to the log and empties the buffer.
+fn emit(log: &mut (dyn FnMut(&str) + Send), line: &mut Vec<u8>) {
+    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        line.pop();
+    }
+    log(&String::from_utf8_lossy(line));
+    line.clear();
+}
+
+/// Changes a command just before it starts (runner agents: the build user).
+pub type Prepare = Arc<dyn Fn(&mut tokio::process::Command) + Send + Sync>;
+
+/// Processes of this machine. The default suits a terminal: this process's environment, the
+/// terminal's process group (so Ctrl-C reaches go), no deadline.
+#[derive(Clone, Default)]
+pub struct Processes {
+    /// The whole environment of every command, the invocation's on top; `None`: this
+    /// process's.
+    pub clean_env: Option<Vec<(String, String)>>,
+    /// Each command in its own process group, and the whole group killed when the command
+    /// ends, times out, is cancelled or dropped: no compiler go started outlives it.
+    pub own_group: bool,
+    /// Longest a command may run; it ends with a `TimedOut` error.
+    pub timeout: Option<Duration>,
+    /// Turning true stops the command with an `Interrupted` error.
+    pub cancel: Option<watch::Receiver<bool>>,
+    pub prepare: Option<Prepare>,
+}
+
+impl Processes {
+    fn command(&self, invocation: &Invocation) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&invocation.program);
+        command.args(&invocation.args).current_dir(&invocation.dir).kill_on_drop(true).stdin(Stdio::null());
+        if let Some(env) = &self.clean_env {
+            command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        for name in &invocation.env_remove {
+            command.env_remove(name);
+        }
+        for (name, value) in &invocation.env {
+            command.env(name, value);
+        }
+        if self.own_group {
+            command.process_group(0);
+        }
+        if let Some(prepare) = &self.prepare {
+            prepare(&mut command);
+        }
+        command
+    }
+
+    /// Waits for `work` of the child `pid`, or gives up on timeout or cancel; then, with its
+    /// own group, nothing of that group is left running.
+    async fn bounded<T>(
+        &self,
+        pid: Option<u32>,
+        work: impl Future<Output = std::io::Result<T>>,
+    ) -> std::io::Result<T> {
+        let guard = self.own_group.then_some(GroupGuard(pid));
+        let timeout = async {
+            match self.timeout {
+                Some(timeout) => tokio::time::sleep(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let cancelled = async {
+            match self.cancel.clone() {
+                // A cancel sender that is gone counts as a cancel: nobody waits for the result.
+                Some(mut cancel) => drop(cancel.wait_for(|cancelled| *cancelled).await),
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            result = work => result,
+            () = timeout => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("timed out after {}", humantime::format_duration(self.timeout.unwrap_or_default())),
+            )),
+            () = cancelled => Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled")),
+        };
+        drop(guard);
+        result
+    }
+}
+
+/// Kills the process group led by `pid` when dropped; a group that is gone already is fine.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let Some(pid) = self.0.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) else { return };
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// The exit code, or 128 + signal as a shell reports a killed process.
+fn code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().map_or_else(|| status.code().unwrap_or(1), |signal| 128 + signal)
+}
+
+#[tonic::async_trait]
+impl Exec for Processes {
+    async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
+        let child = self.command(invocation).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let pid = child.id();
+        let output = self.bounded(pid, child.wait_with_output()).await?;
+        Ok(Captured { code: code(output.status), stdout: output.stdout, stderr: output.stderr })
+    }
+
+    async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
+        let mut command = self.command(invocation);
+        let log = match sink {
+            Sink::Inherit => {
+                let mut child = command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).spawn()?;
+                let pid = child.id();
+                return self.bounded(pid, async { Ok(code(child.wait().await?)) }).await;
+            }
+            Sink::Lines(log) => log,
+        };
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let pid = child.id();
+        let mut out = child.stdout.take().map(BufReader::new);
+        let mut err = child.stderr.take().map(BufReader::new);
+        let work = async {
+            let (mut out_line, mut err_line) = (Vec::new(), Vec::new());
+            while out.is_some() || err.is_some() {
+                // Bytes, not `lines()`: a line that is not UTF-8 is shown lossily, never an error.
+                tokio::select! {
+                    read = async { out.as_mut().expect("checked").read_until(b'\n', &mut out_line).await }, if out.is_some() => {
+                        // A cancelled read keeps what it read in the buffer; EOF flushes it.
+                        if read? == 0 {
+                            out = None;
+                        }
+                        if !out_line.is_empty() && (out.is_none() || out_line.ends_with(b"\n")) {
+                            emit(log, &mut out_line);
+                        }
+                    }
+                    read = async { err.as_mut().expect("checked").read_until(b'\n', &mut err_line).await }, if err.is_some() => {
+                        // A cancelled read keeps what it read in the buffer; EOF flushes it.
+                        if read? == 0 {
+                            err = None;
+                        }
+                        if !err_line.is_empty() && (err.is_none() || err_line.ends_with(b"\n")) {
+                            emit(log, &mut err_line);
+                        }
+                    }
+                }
+            }
+            Ok(code(child.wait().await?))
+        };
+        self.bounded(pid, work).await
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streamed_lines_come_from_both_streams_and_survive_bad_utf8() {
+        let script = r"printf 'out one\n'; printf 'err \377 two\n' >&2; printf 'no newline'; exit 3";
+        let invocation = Invocation::new("sh", &["-c", script], std::env::temp_dir());
+        let mut lines = Vec::new();
+        let code = Processes::default()
+            .stream(&invocation, Sink::Lines(&mut |line: &str| lines.push(line.to_owned())))
+            .await
+            .unwrap();
+        assert_eq!(code, 3);
+        lines.sort();
+        assert_eq!(lines, ["err \u{fffd} two", "no newline", "out one"]);
+        let captured = Processes::default().output(&invocation).await.unwrap();
+        assert_eq!(captured.code, 3);
+        assert_eq!(captured.first_error_line(), "err \u{fffd} two");
+    }
+}
+
+#[cfg(all(test, unix))]
+mod group_tests {
+    use super::*;
+
+    fn sh(script: &str) -> Invocation {
+        Invocation::new("/bin/sh", &["-c", script], std::env::temp_dir())
+    }
+
+    fn alive(pid: i32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+    }
+
+    #[tokio::test]
+    async fn a_clean_environment_holds_only_what_it_is_given() {
+        let processes = Processes {
+            clean_env: Some(vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())]),
+            ..Processes::default()
+        };
+        let mut invocation = sh("echo ${HOME:-no-home} $EXTRA");
+        invocation.env.push(("EXTRA".into(), "extra".into()));
+        let captured = processes.output(&invocation).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&captured.stdout), "no-home extra\n");
+    }
+
+    #[tokio::test]
+    async fn timeout_and_cancel_kill_the_whole_group() {
+        for cancel_it in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let pidfile = dir.path().join("pid");
+            // A grandchild in the background, as the go command starts compilers.
+            let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+            let (cancel, cancelled) = watch::channel(false);
+            let timeout = if cancel_it { Duration::from_secs(60) } else { Duration::from_millis(500) };
+            let processes = Processes {
+                own_group: true,
+                timeout: Some(timeout),
+                cancel: Some(cancelled),
+                ..Processes::default()
+            };
+            let canceller = async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if cancel_it {
+                    let _ = cancel.send(true);
+                }
+            };
+            let invocation = sh(&script);
+            let mut ignore = |_: &str| {};
+            let run = processes.stream(&invocation, Sink::Lines(&mut ignore));
+            let (result, ()) = tokio::join!(run, canceller);
+            let kind = result.unwrap_err().kind();
+            let expected =
+                if cancel_it { std::io::ErrorKind::Interrupted } else { std::io::ErrorKind::TimedOut };
+            assert_eq!(kind, expected);
+            let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while alive(pid) {
+                assert!(std::time::Instant::now() < deadline, "the grandchild {pid} outlived its command");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The go build command line as the wrapper understands it: every flag that changes what is
+//! built becomes part of the key; flags that only change how go reports its work pass through;
+//! anything else makes the wrapper step aside (plain go build, with the reason).
+
+use std::path::PathBuf;
+
+/// The build flags that decide the outputs, after GOFLAGS and the command line are merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFlags {
+    pub output: Option<PathBuf>,
+    /// Sorted, without duplicates.
+    pub tags: Vec<String>,
+    pub trimpath: bool,
+    pub ldflags: String,
+    pub gcflags: String,
+    pub asmflags: String,
+    pub buildmode: String,
+    pub race: bool,
+    pub msan: bool,
+    pub asan: bool,
+    pub cover: bool,
+    pub covermode: String,
+    pub coverpkg: String,
+    pub buildvcs: String,
+    pub modmode: String,
+    pub pgo: String,
+    /// Where go runs (`-C dir`), relative to the starting directory.
+    pub chdir: Option<PathBuf>,
+    /// The flags (from the command line) that go list must see too, because they change which
+    /// packages and files are in the build.
+    pub list_flags: Vec<String>,
+}
+
+impl Default for BuildFlags {
+    fn default() -> Self {
+        Self {
+            output: None,
+            tags: Vec::new(),
+            trimpath: false,
+            ldflags: String::new(),
+            gcflags: String::new(),
+            asmflags: String::new(),
+            buildmode: "default".to_owned(),
+            race: false,
+            msan: false,
+            asan: false,
+            cover: false,
+            covermode: String::new(),
+            coverpkg: String::new(),
+            buildvcs: "auto".to_owned(),
+            modmode: String::new(),
+            pgo: "auto".to_owned(),
+            chdir: None,
+            list_flags: Vec::new(),
+        }
+    }
+}
+
+/// Why the wrapper does not cache a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+/// `go build` flags that take a value (the bridge's session keys read them too).
+pub const VALUE_FLAGS: &[&str] = &[
+    "o",
+    "tags",
+    "ldflags",
+    "gcflags",
+    "asmflags",
+    "buildmode",
+    "covermode",
+    "coverpkg",
+    "mod",
+    "pgo",
+    "C",
+    "p",
+    "overlay",
+    "toolexec",
+    "pkgdir",
+    "modfile",
+    "installsuffix",
+    "compiler",
+    "gccgoflags",
+    "exec",
+    "debug-actiongraph",
+    "debug-runtime-trace",
+    "debug-trace",
+];
+/// Boolean flags (`-race`, `-race=true`).
+const BOOL_FLAGS: &[&str] = &[
+    "a",
+    "n",
+    "x",
+    "v",
+    "race",
+    "msan",
+    "asan",
+    "cover",
+    "trimpath",
+    "linkshared",
+    "modcacherw",
+    "work",
+    "json",
+    "i",
+];
+
+/// How a flag bears on the key.
+fn unsupported_reason(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "a" => "-a forces a rebuild",
+        "n" => "-n only prints the commands",
+        "overlay" => "-overlay replaces files the wrapper cannot see",
+        "toolexec" => "-toolexec runs a program the wrapper cannot identify",
+        "pkgdir" | "installsuffix" | "linkshared" => "shared or relocated package builds are not cached",
+        "modfile" => "-modfile is not supported yet",
+        "compiler" | "gccgoflags" => "only the gc compiler is supported",
+        "exec" | "debug-actiongraph" | "debug-runtime-trace" | "debug-trace" => {
+            "debugging flags are not cached"
+        }
+        "i" => "-i is not supported",
+        _ => return None,
+    })
+}
+
+fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, Unsupported> {
+    match value {
+        None | Some("true") | Some("1") | Some("t") | Some("T") | Some("TRUE") | Some("True") => Ok(true),
+        Some("false") | Some("0") | Some("f") | Some("F") | Some("FALSE") | Some("False") => Ok(false),
+        Some(other) => Err(Unsupported(format!("-{name}={other} is not a boolean"))),
+    }
+}
+
+/// Splits `tags` as go does (commas; spaces in old-style lists).
+fn split_tags(text: &str) -> Vec<String> {
+    let mut tags: Vec<String> =
+        text.split([',', ' ']).map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+impl BuildFlags {
+    /// Applies one flag. `from_goflags`: unknown flags are ignored (GOFLAGS may hold flags of
+    /// other commands); on the command line they make the wrapper step aside.
+    fn apply(&mut self, name: &str, value: Option<String>, from_goflags: bool) -> Result<(), Unsupported> {
+        if let Some(reason) = unsupported_reason(name) {
+            if from_goflags && matches!(name, "i" | "exec") {
+                return Ok(());
+            }
+            return Err(Unsupported(format!("{reason} (flag -{name})")));
+        }
+        let text = || value.clone().unwrap_or_default();
+        match name {
+            "o" => self.output = Some(PathBuf::from(text())),
+            "tags" => self.tags = split_tags(&text()),
+            "ldflags" => self.ldflags = text(),
+            "gcflags" => self.gcflags = text(),
+            "asmflags" => self.asmflags = text(),
+            "buildmode" => {
+                let mode = text();
+                if !matches!(mode.as_str(), "default" | "exe" | "pie") {
+                    return Err(Unsupported(format!(
+                        "-buildmode={mode} is not cached (only exe and pie are)"
+                    )));
+                }
+                self.buildmode = mode;
+            }
+            "race" => self.race = parse_bool(name, value.as_deref())?,
+            "msan" => self.msan = parse_bool(name, value.as_deref())?,
+            "asan" => self.asan = parse_bool(name, value.as_deref())?,
+            "cover" => self.cover = parse_bool(name, value.as_deref())?,
+            "trimpath" => self.trimpath = parse_bool(name, value.as_deref())?,
+            "covermode" => self.covermode = text(),
+            "coverpkg" => self.coverpkg = text(),
+            "buildvcs" => {
+                self.buildvcs = match value.as_deref() {
+                    None => "true".to_owned(),
+                    Some(v @ ("true" | "false" | "auto")) => v.to_owned(),
+                    Some(v) => match parse_bool(name, Some(v)) {
+                        Ok(b) => b.to_string(),
+                        Err(err) => return Err(err),
+                    },
+                }
+            }
+            "mod" => self.modmode = text(),
+            "pgo" => self.pgo = text(),
+            "C" => {
+                if from_goflags {
+                    return Err(Unsupported("-C may not be set in GOFLAGS".to_owned()));
+                }
+                self.chdir = Some(PathBuf::from(text()));
+            }
+            // How go reports or schedules its work, not what it builds.
+            "x" | "v" | "p" | "modcacherw" | "work" | "json" => {}
+            other if from_goflags => {
+                let _ = other;
+            }
+            other => return Err(Unsupported(format!("the wrapper does not know the flag -{other}"))),
+        }
+        if !from_goflags
+            && matches!(name, "tags" | "mod" | "race" | "msan" | "asan" | "cover" | "coverpkg" | "pgo")
+        {
+            self.list_flags.push(match value {
+                Some(value) => format!("-{name}={value}"),
+                None => format!("-{name}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// GOFLAGS: space-separated `-flag` or `-flag=value`, defaults for the command line.
+    pub fn apply_goflags(&mut self, goflags: &str) -> Result<(), Unsupported> {
+        for word in goflags.split_whitespace() {
+            let Some(flag) = word.strip_prefix("--").or_else(|| word.strip_prefix('-')) else {
+                return Err(Unsupported(format!("GOFLAGS holds {word:?}, which is not a flag")));
+            };
+            let (name, value) = match flag.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_owned())),
+                None => (flag, None),
+            };
+            self.apply(name, value, true)?;
+        }
+        Ok(())
+    }
+}
+
+/// A go build command line split into its flags and its package arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandLine {
+    /// The flags as given (without `-o`, which `BuildFlags::output` holds).
+    pub flags: Vec<(String, Option<String>)>,
+    pub packages: Vec<String>,
+}
+
+/// Parses `go build` arguments: flags first (`-f`, `--f`, `-f=v`, `-f v`), then packages.
+pub fn parse_command_line(args: &[String]) -> Result<CommandLine, Unsupported> {
+    let mut line = CommandLine::default();
+    let mut iter = args.iter().peekable();
+    while let Some(arg) = iter.next() {
+        if arg == "--" {
+            line.packages.extend(iter.by_ref().cloned());
+            break;
+        }
+        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')).filter(|f| !f.is_empty())
+        else {
+            line.packages.push(arg.clone());
+            line.packages.extend(iter.by_ref().cloned());
+            break;
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
+            None => (flag.to_owned(), None),
+        };
+        let value = if VALUE_FLAGS.contains(&name.as_str()) {
+            match inline {
+                Some(value) => Some(value),
+                None => match iter.next() {
+                    Some(value) => Some(value.clone()),
+                    None => return Err(Unsupported(format!("flag -{name} needs a value"))),
+                },
+            }
+        } else if BOOL_FLAGS.contains(&name.as_str()) || name == "buildvcs" {
+            inline
+        } else {
+            return Err(Unsupported(format!("the wrapper does not know the flag -{name}")));
+        };
+        line.flags.push((name, value));
+    }
+    if line.packages.iter().any(|p| p.ends_with(".go")) {
+        return Err(Unsupported(
+            "building .go files named on the command line is not cached; name packages".into(),
+        ));
+    }
+    Ok(line)
+}
+
+/// The effective build flags: GOFLAGS first, then the command line.
+pub fn effective(goflags: &str, line: &CommandLine) -> Result<BuildFlags, Unsupported> {
+    let mut flags = BuildFlags::default();
+    flags.apply_goflags(goflags)?;
+    for (name, value) in &line.flags {
+        flags.apply(name, value.clone(), false)?;
+    }
+    Ok(flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn flags_and_packages_split_as_go_does() {
+        let line =
+            parse_command_line(&args("-trimpath -o bin/app -tags=netgo,osusergo --ldflags -s ./cmd/app ./x"))
+                .unwrap();
+        assert_eq!(line.packages, ["./cmd/app", "./x"]);
+        let flags = effective("-buildvcs=false -mod=readonly -tags=ignored", &line).unwrap();
+        assert!(flags.trimpath);
+        assert_eq!(flags.output, Some(PathBuf::from("bin/app")));
+        assert_eq!(flags.tags, ["netgo", "osusergo"]);
+        assert_eq!(flags.ldflags, "-s");
+        assert_eq!(flags.buildvcs, "false");
+        assert_eq!(flags.modmode, "readonly");
+        assert_eq!(flags.list_flags, ["-tags=netgo,osusergo"]);
+    }
+
+    #[test]
+    fn unknown_or_unsafe_flags_make_the_wrapper_step_aside() {
+        for line in [
+            "-frobnicate ./x",
+            "-toolexec=strace ./x",
+            "-a ./x",
+            "-overlay o.json ./x",
+            "-buildmode=plugin ./x",
+        ] {
+            let parsed = parse_command_line(&args(line)).and_then(|l| effective("", &l));
+            assert!(parsed.is_err(), "{line}");
+        }
+        assert!(parse_command_line(&args("main.go")).is_err());
+        assert!(effective("-toolexec=x", &CommandLine::default()).is_err());
+        // GOFLAGS may carry flags of other commands; they are no reason to step aside.
+        assert!(effective("-count=1 -modcacherw", &CommandLine::default()).is_ok());
+        assert!(parse_command_line(&args("-o")).is_err());
+    }
+
+    #[test]
+    fn booleans_take_go_spellings() {
+        let line = parse_command_line(&args("-race=false -trimpath=true -buildvcs")).unwrap();
+        let flags = effective("", &line).unwrap();
+        assert!(!flags.race && flags.trimpath);
+        assert_eq!(flags.buildvcs, "true");
+        assert!(effective("", &parse_command_line(&args("-race=maybe")).unwrap()).is_err());
+    }
+}

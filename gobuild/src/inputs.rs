@@ -1,0 +1,534 @@
+//! Build inputs from the go command itself: `go env -json` for the toolchain and target, and one
+//! `go list -deps -json` for every package and file in the build. They become the manifest
+//! (docs/build-keys.md lists every component).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component as PathPart, Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::exec::{Exec, Invocation};
+use crate::flags::BuildFlags;
+use crate::manifest::Manifest;
+
+/// `go env -json`.
+pub type GoEnv = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Module {
+    pub path: String,
+    pub version: String,
+    pub main: bool,
+    pub dir: String,
+    pub sum: String,
+    pub replace: Option<Box<Module>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Package {
+    pub import_path: String,
+    pub name: String,
+    pub dir: String,
+    pub standard: bool,
+    pub dep_only: bool,
+    pub module: Option<Module>,
+    pub go_files: Vec<String>,
+    pub cgo_files: Vec<String>,
+    pub c_files: Vec<String>,
+    #[serde(rename = "CXXFiles")]
+    pub cxx_files: Vec<String>,
+    pub m_files: Vec<String>,
+    pub h_files: Vec<String>,
+    pub f_files: Vec<String>,
+    pub s_files: Vec<String>,
+    pub swig_files: Vec<String>,
+    #[serde(rename = "SwigCXXFiles")]
+    pub swig_cxx_files: Vec<String>,
+    pub syso_files: Vec<String>,
+    pub embed_files: Vec<String>,
+}
+
+/// The fields `go list` is asked for: only these are computed and printed.
+const LIST_FIELDS: &str = "ImportPath,Name,Dir,Standard,DepOnly,Module,GoFiles,CgoFiles,CFiles,CXXFiles,MFiles,\
+HFiles,FFiles,SFiles,SwigFiles,SwigCXXFiles,SysoFiles,EmbedFiles";
+
+/// Environment variables that enter the key (besides what `go env` reports). Nothing else of
+/// the environment does: no proxies, no tokens, no GOAUTH.
+const ARCH_LEVELS: &[(&str, &str)] = &[
+    ("amd64", "GOAMD64"),
+    ("arm", "GOARM"),
+    ("arm64", "GOARM64"),
+    ("386", "GO386"),
+    ("mips", "GOMIPS"),
+    ("mipsle", "GOMIPS"),
+    ("mips64", "GOMIPS64"),
+    ("mips64le", "GOMIPS64"),
+    ("ppc64", "GOPPC64"),
+    ("ppc64le", "GOPPC64"),
+    ("riscv64", "GORISCV64"),
+    ("wasm", "GOWASM"),
+];
+const CGO_FLAG_VARS: &[&str] = &["CGO_CFLAGS", "CGO_CPPFLAGS", "CGO_CXXFLAGS", "CGO_FFLAGS", "CGO_LDFLAGS"];
+
+/// A package named on the command line.
+#[derive(Debug, Clone)]
+pub struct Root {
+    pub import_path: String,
+    pub is_main: bool,
+    pub dir: PathBuf,
+}
+
+/// Everything derived from the inputs.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    pub manifest: Manifest,
+    pub module: String,
+    pub roots: Vec<Root>,
+    pub goos: String,
+    pub goarch: String,
+    /// Files hashed by content.
+    pub files: usize,
+    /// Modules identified by version and go.sum hash.
+    pub modules: usize,
+}
+
+/// Why no key could be derived (the wrapper then builds without the whole-build cache).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoKey(pub String);
+
+impl From<String> for NoKey {
+    fn from(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
+/// What the go commands run with.
+pub struct GoCall<'a> {
+    pub exec: &'a dyn Exec,
+    pub go: &'a Path,
+    pub dir: &'a Path,
+    pub env: &'a [(String, String)],
+}
+
+impl GoCall<'_> {
+    fn invocation(&self, args: Vec<String>) -> Invocation {
+        Invocation {
+            program: self.go.to_owned(),
+            args,
+            dir: self.dir.to_owned(),
+            env: self.env.to_vec(),
+            // The inputs are read with the plain go command: no cache program is needed for it.
+            env_remove: vec!["GOCACHEPROG".to_owned()],
+        }
+    }
+
+    async fn run(&self, args: Vec<String>, what: &str) -> Result<Vec<u8>, NoKey> {
+        let captured = self
+            .exec
+            .output(&self.invocation(args))
+            .await
+            .map_err(|err| NoKey(format!("cannot run {}: {err}", self.go.display())))?;
+        if !captured.success() {
+            return Err(NoKey(format!("{what} failed: {}", captured.first_error_line())));
+        }
+        Ok(captured.stdout)
+    }
+
+    /// `go env -json` and `go list -deps -json`, run at the same time.
+    pub async fn read(
+        &self,
+        flags: &BuildFlags,
+        packages: &[String],
+    ) -> Result<(GoEnv, Vec<Package>), NoKey> {
+        let mut list = vec!["list".to_owned(), "-deps".to_owned(), format!("-json={LIST_FIELDS}")];
+        list.extend(flags.list_flags.iter().cloned());
+        list.push("--".to_owned());
+        if packages.is_empty() {
+            list.push(".".to_owned());
+        } else {
+            list.extend(packages.iter().cloned());
+        }
+        let (env, listed) = tokio::join!(
+            self.run(vec!["env".to_owned(), "-json".to_owned()], "go env -json"),
+            self.run(list, "go list -deps")
+        );
+        let env: GoEnv =
+            serde_json::from_slice(&env?).map_err(|err| NoKey(format!("cannot read go env -json: {err}")))?;
+        let listed = listed?;
+        let packages = serde_json::Deserializer::from_slice(&listed)
+            .into_iter::<Package>()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| NoKey(format!("cannot read go list -json: {err}")))?;
+        Ok((env, packages))
+    }
+}
+
+fn var<'a>(env: &'a GoEnv, name: &str) -> &'a str {
+    env.get(name).map_or("", String::as_str)
+}
+
+/// `path` relative to `base`, with `/` separators (and `..` when it lies outside).
+pub fn relative(path: &Path, base: &Path) -> String {
+    let path_parts: Vec<PathPart<'_>> = path.components().collect();
+    let base_parts: Vec<PathPart<'_>> = base.components().collect();
+    let common = path_parts.iter().zip(&base_parts).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = Vec::new();
+    for _ in common..base_parts.len() {
+        parts.push("..".to_owned());
+    }
+    for part in &path_parts[common..] {
+        parts.push(part.as_os_str().to_string_lossy().into_owned());
+    }
+    parts.join("/")
+}
+
+/// The module cache holds immutable, checksummed module versions.
+fn in_module_cache(dir: &str, gomodcache: &str) -> bool {
+    !gomodcache.is_empty() && Path::new(dir).starts_with(gomodcache)
+}
+
+/// Finds a VCS root from `dir` upwards: its directory and kind.
+fn vcs_root(dir: &Path) -> Option<(PathBuf, &'static str)> {
+    const KINDS: &[(&str, &str)] =
+        &[(".git", "git"), (".hg", "hg"), (".svn", "svn"), (".fossil", "fossil"), (".bzr", "bzr")];
+    let mut current = Some(dir);
+    while let Some(path) = current {
+        for (marker, kind) in KINDS {
+            if path.join(marker).exists() {
+                return Some((path.to_owned(), kind));
+            }
+        }
+        current = path.parent();
+    }
+    None
+}
+
+/// A file to hash by content: component name and path.
+type FileInput = (String, PathBuf);
+
+/// Derives the manifest of a build from what go reported.
+pub async fn derive(
+    call: &GoCall<'_>,
+    flags: &BuildFlags,
+    env: &GoEnv,
+    packages: &[Package],
+) -> Result<Derived, NoKey> {
+    let mut manifest = Manifest::default();
+    let goos = var(env, "GOOS").to_owned();
+    let goarch = var(env, "GOARCH").to_owned();
+    let gomod = var(env, "GOMOD");
+    if gomod.is_empty() || gomod == "/dev/null" || gomod == "NUL" {
+        return Err(NoKey("not in a Go module (go env GOMOD is empty)".to_owned()));
+    }
+    let gowork = var(env, "GOWORK");
+    let workspace = !gowork.is_empty() && gowork != "off";
+    let base: PathBuf = if workspace { Path::new(gowork) } else { Path::new(gomod) }
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    let gomodcache = var(env, "GOMODCACHE");
+
+    manifest.shown("go.version", var(env, "GOVERSION"));
+    manifest.shown("env.GOOS", &goos);
+    manifest.shown("env.GOARCH", &goarch);
+    if let Some((_, level)) = ARCH_LEVELS.iter().find(|(arch, _)| *arch == goarch) {
+        manifest.shown("env.arch_level", &format!("{level}={}", var(env, level)));
+    }
+    manifest.shown("env.CGO_ENABLED", var(env, "CGO_ENABLED"));
+    manifest.shown("env.GOEXPERIMENT", var(env, "GOEXPERIMENT"));
+    manifest.shown("env.GOFIPS140", var(env, "GOFIPS140"));
+    manifest.hidden("env.GOFLAGS", var(env, "GOFLAGS"));
+    let extlink = call
+        .env
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "GO_EXTLINK_ENABLED")
+        .map(|(_, value)| value.clone())
+        .or_else(|| std::env::var("GO_EXTLINK_ENABLED").ok());
+    if let Some(extlink) = extlink {
+        manifest.shown("env.GO_EXTLINK_ENABLED", &extlink);
+    }
+
+    manifest.shown("flag.tags", &flags.tags.join(","));
+    manifest.shown("flag.trimpath", &flags.trimpath.to_string());
+    manifest.hidden("flag.ldflags", &flags.ldflags);
+    manifest.hidden("flag.gcflags", &flags.gcflags);
+    manifest.hidden("flag.asmflags", &flags.asmflags);
+    manifest.shown("flag.buildmode", &flags.buildmode);
+    manifest.shown("flag.race", &flags.race.to_string());
+    manifest.shown("flag.msan", &flags.msan.to_string());
+    manifest.shown("flag.asan", &flags.asan.to_string());
+    manifest.shown("flag.cover", &flags.cover.to_string());
+    manifest.shown("flag.covermode", &flags.covermode);
+    manifest.shown("flag.coverpkg", &flags.coverpkg);
+    manifest.shown("flag.buildvcs", &flags.buildvcs);
+    manifest.shown("flag.mod", &flags.modmode);
+    manifest.shown("flag.pgo", &flags.pgo);
+
+    if !flags.trimpath {
+        // Without -trimpath, the binary records where its sources and the toolchain were.
+        manifest.shown("path.module_dir", &base.display().to_string());
+        manifest.shown("path.goroot", var(env, "GOROOT"));
+        manifest.shown("path.gomodcache", gomodcache);
+    }
+
+    let roots: Vec<Root> = packages
+        .iter()
+        .filter(|p| !p.dep_only)
+        .map(|p| Root {
+            import_path: p.import_path.clone(),
+            is_main: p.name == "main",
+            dir: PathBuf::from(&p.dir),
+        })
+        .collect();
+    if roots.is_empty() {
+        return Err(NoKey("go list named no packages".to_owned()));
+    }
+    let mut root_paths: Vec<&str> = roots.iter().map(|r| r.import_path.as_str()).collect();
+    root_paths.sort_unstable();
+    manifest.shown("pkg.roots", &root_paths.join(" "));
+    let module = packages
+        .iter()
+        .filter(|p| !p.dep_only)
+        .find_map(|p| p.module.as_ref().filter(|m| m.main).map(|m| m.path.clone()))
+        .unwrap_or_default();
+
+    let mut files: Vec<FileInput> = Vec::new();
+    let mut deps: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut seen_dirs = BTreeSet::new();
+    let mut cgo = false;
+    let mut cxx = false;
+    for package in packages {
+        cgo |= !package.cgo_files.is_empty()
+            || !package.swig_files.is_empty()
+            || !package.swig_cxx_files.is_empty();
+        cxx |= !package.cxx_files.is_empty() || !package.swig_cxx_files.is_empty();
+        if package.standard {
+            continue; // The go version (and GOROOT without -trimpath) identifies the standard library.
+        }
+        if let Some(module) = &package.module {
+            let effective = module.replace.as_deref().unwrap_or(module);
+            let from_cache = in_module_cache(&package.dir, gomodcache);
+            if from_cache && !effective.version.is_empty() && !effective.sum.is_empty() {
+                let value = match &module.replace {
+                    Some(to) => (
+                        format!("=> {} {}", to.path, to.version),
+                        format!("=> {} {} {}", to.path, to.version, to.sum),
+                    ),
+                    None => (module.version.clone(), format!("{} {}", module.version, module.sum)),
+                };
+                deps.insert(module.path.clone(), value);
+                continue;
+            }
+        }
+        if !seen_dirs.insert(package.dir.clone()) {
+            continue;
+        }
+        let dir = Path::new(&package.dir);
+        for name in package
+            .go_files
+            .iter()
+            .chain(&package.cgo_files)
+            .chain(&package.c_files)
+            .chain(&package.cxx_files)
+            .chain(&package.m_files)
+            .chain(&package.h_files)
+            .chain(&package.f_files)
+            .chain(&package.s_files)
+            .chain(&package.swig_files)
+            .chain(&package.swig_cxx_files)
+            .chain(&package.syso_files)
+            .chain(&package.embed_files)
+        {
+            let path = dir.join(name);
+            files.push((format!("file.{}", relative(&path, &base)), path));
+        }
+    }
+    let modules = deps.len();
+    for (path, (display, value)) in deps {
+        let hash = *blake3::hash(value.as_bytes()).as_bytes();
+        manifest.insert(format!("dep.{path}"), hash, display);
+    }
+
+    files.push(("mod.go.mod".to_owned(), PathBuf::from(gomod)));
+    let gosum = Path::new(gomod).with_file_name("go.sum");
+    if gosum.exists() {
+        files.push(("mod.go.sum".to_owned(), gosum));
+    }
+    if workspace {
+        files.push(("mod.go.work".to_owned(), PathBuf::from(gowork)));
+        let worksum = Path::new(gowork).with_file_name("go.work.sum");
+        if worksum.exists() {
+            files.push(("mod.go.work.sum".to_owned(), worksum));
+        }
+    }
+    match flags.pgo.as_str() {
+        "off" | "" => {}
+        "auto" => {
+            for root in roots.iter().filter(|r| r.is_main) {
+                let profile = root.dir.join("default.pgo");
+                if profile.is_file() {
+                    files.push((format!("pgo.{}", relative(&profile, &base)), profile));
+                }
+            }
+        }
+        path => files.push(("pgo.profile".to_owned(), call.dir.join(path))),
+    }
+
+    if cgo && var(env, "CGO_ENABLED") == "1" {
+        compiler_identity(call, &mut manifest, "CC", var(env, "CC")).await?;
+        if cxx {
+            compiler_identity(call, &mut manifest, "CXX", var(env, "CXX")).await?;
+        }
+        for name in CGO_FLAG_VARS {
+            manifest.hidden(format!("env.{name}"), var(env, name));
+        }
+        manifest.shown("env.PKG_CONFIG", var(env, "PKG_CONFIG"));
+    }
+
+    if flags.buildvcs != "false" && roots.iter().any(|r| r.is_main) {
+        stamp(call, &mut manifest, &base).await?;
+    }
+
+    let count = files.len();
+    let hashed = cached_client::task::spawn_blocking("hash-inputs", move || hash_files(files))
+        .await
+        .map_err(|err| NoKey(format!("hashing failed: {err}")))??;
+    for (name, hash) in hashed {
+        manifest.insert(name, hash, String::new());
+    }
+    Ok(Derived { manifest, module, roots, goos, goarch, files: count, modules })
+}
+
+/// The C compiler's identity: its command and what `--version` prints.
+async fn compiler_identity(
+    call: &GoCall<'_>,
+    manifest: &mut Manifest,
+    var: &str,
+    command: &str,
+) -> Result<(), NoKey> {
+    let mut words = command.split_whitespace();
+    let Some(program) = words.next() else {
+        return Err(NoKey(format!("cgo is on but {var} is empty")));
+    };
+    let mut args: Vec<String> = words.map(str::to_owned).collect();
+    args.push("--version".to_owned());
+    let invocation = Invocation {
+        program: PathBuf::from(program),
+        args,
+        dir: call.dir.to_owned(),
+        env: call.env.to_vec(),
+        env_remove: Vec::new(),
+    };
+    let captured = call
+        .exec
+        .output(&invocation)
+        .await
+        .map_err(|err| NoKey(format!("cannot run the C compiler {program} ({var}): {err}")))?;
+    if !captured.success() {
+        return Err(NoKey(format!("{program} --version failed: {}", captured.first_error_line())));
+    }
+    let version = String::from_utf8_lossy(&captured.stdout).into_owned();
+    let resolved = resolve(program, call.env).map_or_else(|| program.to_owned(), |p| p.display().to_string());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(command.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(resolved.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(version.as_bytes());
+    let first = version.lines().next().unwrap_or("").trim();
+    manifest.insert(format!("cc.{var}"), *hasher.finalize().as_bytes(), format!("{command}: {first}"));
+    Ok(())
+}
+
+/// Where `program` is: itself when it names a path, else the first match on PATH (the
+/// request's PATH when it sets one).
+fn resolve(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    if program.contains('/') {
+        return std::fs::canonicalize(program).ok();
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| std::ffi::OsString::from(value))
+        .or_else(|| std::env::var_os("PATH"))?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
+}
+
+/// VCS stamping: the revision and whether the tree is modified, as go records them.
+async fn stamp(call: &GoCall<'_>, manifest: &mut Manifest, base: &Path) -> Result<(), NoKey> {
+    let Some((root, kind)) = vcs_root(base) else { return Ok(()) };
+    if kind != "git" {
+        return Err(NoKey(format!(
+            "VCS stamping of {kind} checkouts is not supported; build with -buildvcs=false"
+        )));
+    }
+    let git = |args: &[&str]| Invocation::new("git", args, root.clone());
+    let revision = call.exec.output(&git(&["rev-parse", "HEAD"])).await;
+    let status = call.exec.output(&git(&["status", "--porcelain"])).await;
+    match (revision, status) {
+        (Ok(revision), Ok(status)) if revision.success() && status.success() => {
+            let revision = String::from_utf8_lossy(&revision.stdout).trim().to_owned();
+            manifest.shown("vcs.revision", &revision);
+            manifest.shown("vcs.modified", &(!status.stdout.is_empty()).to_string());
+            Ok(())
+        }
+        // go build fails the same way (it stamps by default), so nothing is cached.
+        _ => Err(NoKey(format!("cannot read the git status of {} for VCS stamping", root.display()))),
+    }
+}
+
+/// BLAKE3 of each file's contents, on a few threads.
+fn hash_files(files: Vec<FileInput>) -> Result<Vec<(String, [u8; 32])>, NoKey> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(name, path)| {
+                            let bytes = std::fs::read(path)
+                                .map_err(|err| NoKey(format!("cannot read {}: {err}", path.display())))?;
+                            Ok((name.clone(), *blake3::hash(&bytes).as_bytes()))
+                        })
+                        .collect::<Result<Vec<_>, NoKey>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(files.len());
+        for worker in workers {
+            out.extend(worker.join().map_err(|_| NoKey("a hashing thread panicked".to_owned()))??);
+        }
+        Ok(out)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_use_slashes_and_dots() {
+        assert_eq!(relative(Path::new("/m/cmd/app/main.go"), Path::new("/m")), "cmd/app/main.go");
+        assert_eq!(relative(Path::new("/lib/x.go"), Path::new("/m/sub")), "../../lib/x.go");
+    }
+
+    #[test]
+    fn go_list_output_parses_as_a_stream() {
+        let text = r#"{"ImportPath":"fmt","Standard":true,"DepOnly":true,"GoFiles":["print.go"]}
+{"ImportPath":"example.com/m","Name":"main","Dir":"/m","Module":{"Path":"example.com/m","Main":true},"GoFiles":["main.go"],"CXXFiles":["x.cc"]}"#;
+        let packages: Vec<Package> = serde_json::Deserializer::from_str(text)
+            .into_iter::<Package>()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(packages.len(), 2);
+        assert!(packages[0].standard && packages[0].dep_only);
+        assert!(packages[1].module.as_ref().unwrap().main);
+        assert_eq!(packages[1].cxx_files, ["x.cc"]);
+    }
+}

@@ -1,0 +1,169 @@
+//! Where go build writes its outputs, and moving them to and from the cache.
+
+use std::path::{Path, PathBuf};
+
+use proto::Digest;
+
+use crate::inputs::Root;
+use cached_client::connect::Client;
+use cached_client::error::{ClientError, Result};
+use cached_client::transfer;
+
+/// zstd level for output uploads: the build waits for them, and level 1 costs a third less
+/// than 3 for a few percent of ratio on Go binaries.
+const UPLOAD_LEVEL: i32 = 1;
+/// Mode of restored executables.
+pub const EXECUTABLE: u32 = 0o755;
+
+/// One file go build writes: the package it is the binary of, and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub package: String,
+    pub path: PathBuf,
+}
+
+/// Whether `elem` is a major-version suffix (`v2`, `v10`) as go's DefaultExecName sees it.
+fn is_version_element(elem: &str) -> bool {
+    elem.len() >= 2
+        && elem.starts_with('v')
+        && elem[1..].bytes().all(|b| b.is_ascii_digit())
+        && !matches!(elem, "v0" | "v1")
+}
+
+/// The executable name go gives a main package: its last path element (the one before a
+/// major-version suffix), with `.exe` for Windows.
+pub fn exe_name(import_path: &str, goos: &str) -> String {
+    let mut parts = import_path.rsplit('/');
+    let mut name = parts.next().unwrap_or(import_path);
+    if name != import_path && is_version_element(name) {
+        name = parts.next().unwrap_or(name);
+    }
+    if goos == "windows" { format!("{name}.exe") } else { name.to_owned() }
+}
+
+/// The files a build writes, or why the wrapper cannot tell (then it does not cache).
+pub fn plan(
+    output: Option<&Path>,
+    roots: &[Root],
+    goos: &str,
+    dir: &Path,
+) -> std::result::Result<Vec<Planned>, String> {
+    let mains: Vec<&Root> = roots.iter().filter(|r| r.is_main).collect();
+    let planned = |root: &Root, path: PathBuf| Planned { package: root.import_path.clone(), path };
+    match output {
+        Some(output) => {
+            let path = dir.join(output);
+            let text = output.to_string_lossy();
+            if path.is_dir() || text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) {
+                return Ok(mains
+                    .iter()
+                    .map(|root| planned(root, path.join(exe_name(&root.import_path, goos))))
+                    .collect());
+            }
+            match (roots.len(), mains.first()) {
+                (1, Some(root)) => Ok(vec![planned(root, path)]),
+                (1, None) => {
+                    Err("-o with a non-main package writes an archive, which is not cached".to_owned())
+                }
+                _ => Err("-o names a file but several packages are built".to_owned()),
+            }
+        }
+        None => match (roots.len(), mains.first()) {
+            (1, Some(root)) => Ok(vec![planned(root, dir.join(exe_name(&root.import_path, goos)))]),
+            // Several packages, or a library: go checks that they build and writes nothing.
+            _ => Ok(Vec::new()),
+        },
+    }
+}
+
+#[cfg(unix)]
+fn make_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(EXECUTABLE))
+        .map_err(ClientError::file(path))
+}
+
+#[cfg(not(unix))]
+fn make_executable(_path: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// Downloads each recorded output to its planned path (verified, atomic, mode 0755).
+pub async fn restore(
+    client: &Client,
+    planned: &[Planned],
+    recorded: &[proto::v1::BuildOutput],
+) -> Result<Vec<(PathBuf, Digest)>> {
+    let mut written = Vec::with_capacity(planned.len());
+    for output in planned {
+        let stored = recorded.iter().find(|r| r.path == output.package).ok_or_else(|| {
+            ClientError::Server(format!("the cached build has no output for {}", output.package))
+        })?;
+        let digest =
+            Digest::from_wire(stored.digest.as_ref()).map_err(|err| ClientError::Server(err.to_string()))?;
+        if let Some(parent) = output.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(ClientError::file(parent))?;
+        }
+        transfer::download_to_file(client, digest, &output.path).await?;
+        make_executable(&output.path)?;
+        written.push((output.path.clone(), digest));
+    }
+    Ok(written)
+}
+
+/// Uploads the outputs the build wrote; returns them with their digests.
+pub async fn upload(client: &Client, planned: &[Planned]) -> Result<Vec<(Planned, Digest)>> {
+    let paths: Vec<PathBuf> = planned.iter().map(|p| p.path.clone()).collect();
+    let digests = transfer::upload_files(client, &paths, UPLOAD_LEVEL).await?;
+    Ok(planned.iter().cloned().zip(digests).collect())
+}
+
+/// The digests of the outputs without uploading them (no server).
+pub async fn hash(planned: &[Planned]) -> Vec<(PathBuf, Digest)> {
+    let paths: Vec<PathBuf> = planned.iter().map(|p| p.path.clone()).collect();
+    cached_client::task::spawn_blocking("hash-outputs", move || {
+        paths
+            .into_iter()
+            .filter_map(|path| transfer::hash_file(&path).ok().map(|digest| (path, digest)))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(path: &str, main: bool) -> Root {
+        Root { import_path: path.to_owned(), is_main: main, dir: PathBuf::from("/m") }
+    }
+
+    #[test]
+    fn names_follow_go() {
+        assert_eq!(exe_name("example.com/m/cmd/app", "linux"), "app");
+        assert_eq!(exe_name("example.com/tool/v2", "linux"), "tool");
+        assert_eq!(exe_name("example.com/m/cmd/app", "windows"), "app.exe");
+        assert_eq!(exe_name("app", "linux"), "app");
+        assert_eq!(exe_name("example.com/x/v1", "linux"), "v1");
+    }
+
+    #[test]
+    fn plans_cover_files_directories_and_libraries() {
+        let dir = Path::new("/work");
+        let app = [root("m/cmd/app", true)];
+        assert_eq!(plan(None, &app, "linux", dir).unwrap()[0].path, Path::new("/work/app"));
+        assert_eq!(
+            plan(Some(Path::new("bin/x")), &app, "linux", dir).unwrap()[0].path,
+            Path::new("/work/bin/x")
+        );
+        let two = [root("m/cmd/a", true), root("m/cmd/b", true), root("m/lib", false)];
+        let planned = plan(Some(Path::new("out/")), &two, "windows", dir).unwrap();
+        assert_eq!(
+            planned.iter().map(|p| p.path.clone()).collect::<Vec<_>>(),
+            [Path::new("/work/out/a.exe"), Path::new("/work/out/b.exe")]
+        );
+        assert!(plan(None, &two, "linux", dir).unwrap().is_empty());
+        assert!(plan(Some(Path::new("x.a")), &[root("m/lib", false)], "linux", dir).is_err());
+    }
+}

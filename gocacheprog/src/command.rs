@@ -1,0 +1,75 @@
+//! `cachectl gocacheprog`: the go command's cache program (GOCACHEPROG).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::Options;
+use cached_client::connect::ConnectOptions;
+use cached_client::error::{ClientError, Result};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Local cache directory (the files the go command reads) [default: <user cache dir>/cached/gocache].
+    #[arg(long, env = "CACHED_GOCACHE_DIR")]
+    dir: Option<PathBuf>,
+    /// Size cap of the local cache directory; least recently used entries are trimmed past it.
+    #[arg(long, env = "CACHED_GOCACHE_MAX_SIZE", default_value = "10GiB", value_parser = cached_client::size::parse)]
+    max_size: u64,
+    /// Namespace of the Go action entries in cached (teams, branches or runner images).
+    #[arg(long, env = "CACHED_NAMESPACE", default_value = "")]
+    namespace: String,
+    /// Use the local cache directory only; never contact cached.
+    #[arg(long)]
+    local_only: bool,
+    /// Fetch from cached but never upload.
+    #[arg(long, env = "CACHED_READ_ONLY")]
+    read_only: bool,
+    /// Deadline of each request to cached; transfers get more in proportion to their size.
+    #[arg(long, env = "CACHED_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// How long the end of a go command waits for pending uploads.
+    #[arg(long, env = "CACHED_CLOSE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    close_timeout: Duration,
+    /// Do not read or write session lists: no preload of what the last run of the same go
+    /// command used (also CACHED_PRELOAD=0).
+    #[arg(long)]
+    no_preload: bool,
+    /// Most bytes of bodies one session preloads (0 preloads nothing, but lists are still kept).
+    #[arg(long, env = "CACHED_PRELOAD_MAX", default_value = "2GiB", value_parser = cached_client::size::parse)]
+    preload_max: u64,
+    /// Print a one-line session summary on stderr when the go command ends (also CACHED_SUMMARY=1).
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+/// CACHED_SUMMARY=1 (or true/yes) asks for the summary without changing GOCACHEPROG.
+fn summary_from_env() -> bool {
+    std::env::var("CACHED_SUMMARY")
+        .is_ok_and(|value| matches!(value.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// CACHED_PRELOAD=0 (or false/no/off) turns the preload off without changing GOCACHEPROG.
+fn preload_off_in_env() -> bool {
+    std::env::var("CACHED_PRELOAD")
+        .is_ok_and(|value| matches!(value.to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off"))
+}
+
+pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
+    let dir = args.dir.or_else(crate::default_dir).ok_or_else(|| {
+        ClientError::Usage("no user cache directory is known here; set --dir or CACHED_GOCACHE_DIR".into())
+    })?;
+    let options = Options {
+        dir,
+        max_size: args.max_size,
+        server: (!args.local_only).then(|| server.to_owned()),
+        connect: connect.clone(),
+        namespace: args.namespace,
+        timeout: args.timeout,
+        close_timeout: args.close_timeout,
+        read_only: args.read_only,
+        summary: args.verbose || summary_from_env(),
+        preload: !(args.no_preload || preload_off_in_env()),
+        preload_max: args.preload_max,
+    };
+    crate::run(options).await
+}

@@ -1,0 +1,97 @@
+//! The GOCACHEPROG bridge: the go command's build cache served from a local disk tier and, behind
+//! it, cached. `GOCACHEPROG="cachectl gocacheprog" go build ./...`.
+//!
+//! Read in this order: [`protocol`] (the wire format, no I/O), [`server`] (the loop: reader and
+//! writer threads, remote work on the runtime), [`tiers`] (local first, then remote), [`disk`]
+//! (the files behind `DiskPath`; [`room`] when their disk is full), [`remote`] and [`uploads`]
+//! (cached, fail-open behind [`breaker`]), [`prefetch`] (a compile hit's second lookup,
+//! started with the first), [`session`] and [`preload`] (what the last run of the same command
+//! used, fetched before the go command asks), [`counters`] (the session summary), and
+//! [`command`], the `gocacheprog` subcommand cachectl and runner-agent both offer.
+
+#![forbid(unsafe_code)]
+
+pub mod breaker;
+pub mod command;
+pub mod counters;
+pub mod disk;
+pub mod landing;
+pub mod prefetch;
+pub mod preload;
+pub mod protocol;
+pub mod remote;
+pub mod room;
+pub mod server;
+pub mod session;
+pub mod tiers;
+pub mod uploads;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cached_client::connect::ConnectOptions;
+use cached_client::error::{ClientError, Result};
+
+/// Everything a session is configured with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Root of the local disk tier.
+    pub dir: PathBuf,
+    /// Size cap of the local disk tier, in bytes.
+    pub max_size: u64,
+    /// cached's address; `None` serves the local tier only.
+    pub server: Option<String>,
+    /// How to reach it: token, TLS.
+    pub connect: ConnectOptions,
+    pub namespace: String,
+    /// Deadline of each remote request (transfers get more in proportion to their size).
+    pub timeout: Duration,
+    /// How long `close` waits for pending uploads.
+    pub close_timeout: Duration,
+    /// Fetch from cached but never upload (for untrusted builds).
+    pub read_only: bool,
+    /// Print the session summary line on close.
+    pub summary: bool,
+    /// Read and write session lists and preload what they name.
+    pub preload: bool,
+    /// Bytes a session preloads at most.
+    pub preload_max: u64,
+}
+
+/// The default local tier: `<user cache dir>/cached/gocache`.
+pub fn default_dir() -> Option<PathBuf> {
+    dirs::cache_dir().map(|dir| dir.join("cached").join("gocache"))
+}
+
+/// Serves the go command on stdin/stdout until it closes the session.
+pub async fn run(options: Options) -> Result<()> {
+    let disk = disk::DiskTier::open(&options.dir, options.max_size)
+        .map_err(|err| ClientError::Usage(format!("cannot use the local cache directory: {err}")))?
+        .in_namespace(&options.namespace);
+    let counters = Arc::new(counters::Counters::default());
+    let remote = options.server.as_ref().and_then(|server| {
+        let (namespace, counters) = (options.namespace.clone(), Arc::clone(&counters));
+        remote::RemoteTier::new(server, &options.connect, namespace, options.timeout, counters)
+            // A cache problem never fails the build, a misconfigured one included: say it once.
+            .inspect_err(|err| {
+                eprintln!(
+                    "cachectl gocacheprog: warning: cannot use cached ({err}); continuing with the \
+                     local cache only"
+                );
+            })
+            .ok()
+    });
+    let preload = options.preload.then(|| {
+        let keys = session::KeyInputs::from_process(&options.namespace).keys();
+        // Never more than half the local tier, so a preload cannot trim what the build uses.
+        preload::Preload::new(keys, options.preload_max.min(options.max_size / 2), !options.read_only)
+    });
+    let tier_options = tiers::TierOptions { close_timeout: options.close_timeout, summary: options.summary };
+    let tiers =
+        Arc::new(tiers::Tiers::new(disk, remote, !options.read_only, preload, counters, tier_options));
+    tiers.start();
+    server::serve(std::io::stdin(), std::io::stdout(), tiers)
+        .await
+        .map_err(|err| ClientError::Usage(format!("gocacheprog: {err}")))
+}

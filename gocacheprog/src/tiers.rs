@@ -1,0 +1,380 @@
+//! The cache the server loop serves: the local disk tier first, then the remote tier, with
+//! identical concurrent remote lookups sharing one fetch (the session preload's included).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use proto::{ActionId, OutputId};
+use tokio::sync::oneshot;
+
+use super::counters::{Counters, add, bump};
+use super::disk::{DiskError, DiskTier, Entry};
+use super::prefetch::{Prefetches, State};
+use super::preload::{Preload, PreloadOutcome};
+use super::protocol::{Hit, now_unix_nanos};
+use super::remote::RemoteTier;
+use super::server::{BodySink, Cache, Local};
+use super::uploads::{Upload, Uploader};
+
+pub struct TierOptions {
+    /// How long `close` waits for pending uploads.
+    pub close_timeout: Duration,
+    /// Print the session summary line on close.
+    pub summary: bool,
+}
+
+type Flight = Shared<BoxFuture<'static, Option<Hit>>>;
+
+/// An action the preload is fetching: lookups of it wait for [`Tiers::settle`].
+pub struct Claim {
+    action_id: ActionId,
+    answer: oneshot::Sender<Option<Hit>>,
+}
+
+impl Claim {
+    pub fn action_id(&self) -> ActionId {
+        self.action_id
+    }
+}
+
+pub struct Tiers {
+    disk: Arc<DiskTier>,
+    remote: Option<Arc<RemoteTier>>,
+    /// None when there is no remote tier or it is read-only.
+    uploader: Option<Uploader>,
+    flights: Mutex<HashMap<ActionId, Flight>>,
+    prefetches: Prefetches,
+    /// None without a remote tier or with preload off.
+    preload: Option<Arc<Preload>>,
+    counters: Arc<Counters>,
+    options: TierOptions,
+}
+
+impl Tiers {
+    /// `upload` false makes the remote tier read-only. Needs a tokio runtime.
+    pub fn new(
+        disk: DiskTier,
+        remote: Option<RemoteTier>,
+        upload: bool,
+        preload: Option<Preload>,
+        counters: Arc<Counters>,
+        options: TierOptions,
+    ) -> Self {
+        let remote = remote.map(Arc::new);
+        let uploader = remote
+            .as_ref()
+            .filter(|_| upload)
+            .map(|remote| Uploader::start(Arc::clone(remote), Arc::clone(&counters)));
+        Self {
+            disk: Arc::new(disk),
+            uploader,
+            flights: Mutex::new(HashMap::new()),
+            prefetches: Prefetches::default(),
+            preload: preload.filter(|_| remote.is_some()).map(Arc::new),
+            remote,
+            counters,
+            options,
+        }
+    }
+
+    /// Starts the session preload, if there is one.
+    pub fn start(self: &Arc<Self>) {
+        if let (Some(preload), Some(remote)) = (&self.preload, &self.remote) {
+            preload.start(Arc::clone(self), Arc::clone(remote));
+        }
+    }
+
+    pub fn disk(&self) -> &Arc<DiskTier> {
+        &self.disk
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Claims an action for the preload unless a fetch of it is under way. Until the claim is
+    /// settled, lookups of the action wait for it; if it fails, they fetch it themselves.
+    pub fn claim(self: &Arc<Self>, action_id: ActionId) -> Option<Claim> {
+        let mut flights = self.flights.lock().unwrap_or_else(|poison| poison.into_inner());
+        if flights.contains_key(&action_id) {
+            return None;
+        }
+        let (answer, answered) = oneshot::channel();
+        let this = Arc::clone(self);
+        let flight = async move {
+            match answered.await {
+                Ok(found) => found,
+                Err(_) => this.fetch(action_id).await,
+            }
+        }
+        .boxed()
+        .shared();
+        flights.insert(action_id, flight);
+        Some(Claim { action_id, answer })
+    }
+
+    /// Answers the lookups waiting for a claimed action.
+    pub fn settle(&self, claim: Claim, outcome: PreloadOutcome) {
+        let Claim { action_id, answer } = claim;
+        match outcome {
+            PreloadOutcome::Found(entry, path) => {
+                let _ = answer.send(Some(hit(entry, path)));
+            }
+            PreloadOutcome::Missing => {
+                let _ = answer.send(None);
+            }
+            PreloadOutcome::Failed => drop(answer),
+        }
+        // After the answer: a lookup that finds the flight now gets it at once, and one that
+        // comes later finds the action on disk.
+        self.flights.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&action_id);
+    }
+
+    /// Fetches an action from cached into the local tier, unless it landed there (by the
+    /// preload or another process) since the lookup that missed.
+    async fn fetch(self: Arc<Self>, action_id: ActionId) -> Option<Hit> {
+        if let Ok(Some((entry, path))) = self.disk.lookup(&action_id) {
+            return Some(hit(entry, path));
+        }
+        let remote = self.remote.as_ref()?;
+        let found = remote.fetch(action_id, Arc::clone(&self.disk)).await;
+        found.map(|(entry, path)| hit(entry, path))
+    }
+
+    fn local_miss(&self, action_id: &ActionId) -> Local {
+        if self.remote.as_ref().is_some_and(|remote| remote.breaker.allows()) {
+            Local::TryRemote
+        } else {
+            self.missed(action_id);
+            Local::Miss
+        }
+    }
+
+    /// Whether the preload brought this action in; true once per action.
+    fn preloaded(&self, action_id: &ActionId) -> bool {
+        self.preload.as_ref().is_some_and(|preload| preload.take(action_id))
+    }
+
+    /// A lookup found the action: it goes on the session list.
+    fn used(&self, action_id: &ActionId, size: u64) {
+        if let Some(preload) = &self.preload {
+            preload.recorder.used(*action_id, size);
+        }
+    }
+
+    fn missed(&self, action_id: &ActionId) {
+        bump(&self.counters.misses);
+        if let Some(preload) = &self.preload {
+            preload.recorder.missed(*action_id);
+        }
+    }
+
+    /// The fetch of `action_id` in progress, or a new one.
+    fn flight(self: &Arc<Self>, action_id: ActionId) -> Flight {
+        let mut flights = self.flights.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(flight) = flights.get(&action_id) {
+            return flight.clone();
+        }
+        let this = Arc::clone(self);
+        let flight = async move {
+            let found = Arc::clone(&this).fetch(action_id).await;
+            this.flights.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&action_id);
+            found
+        }
+        .boxed()
+        .shared();
+        flights.insert(action_id, flight.clone());
+        flight
+    }
+}
+
+fn hit(entry: Entry, path: PathBuf) -> Hit {
+    Hit {
+        output_id: entry.output_id,
+        size: entry.size,
+        time_unix_nanos: entry.time_unix_nanos,
+        disk_path: path.to_string_lossy().into_owned(),
+    }
+}
+
+impl Cache for Tiers {
+    fn get_local(&self, action_id: &ActionId) -> Local {
+        bump(&self.counters.gets);
+        if let Some(preload) = &self.preload {
+            preload.asked(action_id);
+        }
+        match self.disk.lookup(action_id) {
+            Ok(Some((entry, path))) => {
+                let prefetched = self.prefetches.take(action_id) == Some(State::Found);
+                let counter = if self.preloaded(action_id) {
+                    &self.counters.preloaded_hits
+                } else if prefetched {
+                    &self.counters.remote_hits
+                } else {
+                    &self.counters.local_hits
+                };
+                bump(counter);
+                self.used(action_id, entry.size);
+                Local::Hit(hit(entry, path))
+            }
+            // An unreadable record is as good as none; the next put of the action rewrites it.
+            Ok(None) | Err(_) => {
+                if self.prefetches.take(action_id) == Some(State::Missing) {
+                    self.missed(action_id);
+                    return Local::Miss; // The server was just asked.
+                }
+                self.local_miss(action_id)
+            }
+        }
+    }
+
+    fn get_remote(self: Arc<Self>, action_id: ActionId) -> BoxFuture<'static, Option<Hit>> {
+        Box::pin(async move {
+            if let Some(stdout) = self.prefetches.start(&action_id) {
+                self.prefetch(stdout);
+            }
+            let start = Instant::now();
+            let found = self.flight(action_id).await;
+            self.counters.waited(start.elapsed());
+            match &found {
+                Some(hit) => {
+                    let preloaded = self.preloaded(&action_id);
+                    bump(if preloaded { &self.counters.preloaded_hits } else { &self.counters.remote_hits });
+                    self.used(&action_id, hit.size);
+                }
+                None => self.missed(&action_id),
+            }
+            found
+        })
+    }
+
+    fn begin_put(
+        &self,
+        action_id: ActionId,
+        output_id: OutputId,
+        size: u64,
+    ) -> Result<Box<dyn BodySink>, String> {
+        bump(&self.counters.puts);
+        let writer = self.disk.put_writer(output_id, size).map_err(|err| self.put_failed(&err))?;
+        Ok(Box::new(PutSink {
+            tiers: PutTiers {
+                disk: Arc::clone(&self.disk),
+                uploader: self.uploader.clone(),
+                preload: self.preload.clone(),
+                counters: Arc::clone(&self.counters),
+            },
+            writer,
+            action_id,
+            output_id,
+        }))
+    }
+
+    fn close(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Some(preload) = &self.preload {
+                preload.stop();
+            }
+            if let Some(uploader) = &self.uploader {
+                let start = Instant::now();
+                let left = uploader.drain(self.options.close_timeout).await;
+                self.counters.waited(start.elapsed());
+                if left > 0 {
+                    add(&self.counters.uploads_lost, left as u64);
+                    eprintln!(
+                        "cachectl gocacheprog: warning: {left} uploads were still pending after {:?} \
+                         (--close-timeout); they are not in cached",
+                        self.options.close_timeout
+                    );
+                }
+            }
+            if let Some(remote) = &self.remote {
+                let save = async {
+                    if let Some(preload) = &self.preload {
+                        preload.save(remote).await;
+                    }
+                };
+                tokio::join!(remote.report(), save);
+            }
+            let disk = Arc::clone(&self.disk);
+            let _ = cached_client::task::spawn_blocking("trim-disk", move || disk.trim_if_due()).await;
+            if self.options.summary {
+                let server = self.remote.as_ref().map(|remote| remote.server());
+                eprintln!("{}", self.counters.summary(server, super::counters::process_cpu()));
+            }
+        })
+    }
+}
+
+impl Tiers {
+    /// Fetches a subkey into the local tier in the background (see `prefetch`).
+    fn prefetch(self: &Arc<Self>, action_id: ActionId) {
+        let this = Arc::clone(self);
+        cached_client::task::spawn("prefetch", async move {
+            let found = this.flight(action_id).await.is_some();
+            this.prefetches.finished(&action_id, found);
+        });
+    }
+
+    fn put_failed(&self, err: &DiskError) -> String {
+        bump(&self.counters.put_errors);
+        err.to_string()
+    }
+}
+
+/// What a put needs once its body is complete.
+struct PutTiers {
+    disk: Arc<DiskTier>,
+    uploader: Option<Uploader>,
+    preload: Option<Arc<Preload>>,
+    counters: Arc<Counters>,
+}
+
+struct PutSink {
+    tiers: PutTiers,
+    writer: super::disk::DigestingWriter,
+    action_id: ActionId,
+    output_id: OutputId,
+}
+
+impl PutSink {
+    fn store(self) -> Result<PathBuf, DiskError> {
+        let (path, digest) = self.writer.commit()?;
+        let time_unix_nanos = now_unix_nanos();
+        let entry = Entry { output_id: self.output_id, size: digest.size, time_unix_nanos };
+        self.tiers.disk.record(&self.action_id, &entry)?;
+        if let Some(preload) = &self.tiers.preload {
+            preload.recorder.used(self.action_id, entry.size);
+        }
+        if let Some(uploader) = &self.tiers.uploader {
+            uploader.enqueue(Upload {
+                action_id: self.action_id,
+                output_id: self.output_id,
+                digest,
+                time_unix_nanos,
+                path: path.clone(),
+            });
+        }
+        Ok(path)
+    }
+}
+
+impl BodySink for PutSink {
+    fn write(&mut self, piece: &[u8]) -> Result<(), String> {
+        self.writer.write(piece).map_err(|err| {
+            bump(&self.tiers.counters.put_errors);
+            err.to_string()
+        })
+    }
+
+    fn finish(self: Box<Self>) -> Result<PathBuf, String> {
+        let counters = Arc::clone(&self.tiers.counters);
+        self.store().map_err(|err| {
+            bump(&counters.put_errors);
+            err.to_string()
+        })
+    }
+}
