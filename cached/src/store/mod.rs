@@ -4,6 +4,7 @@
 //! Blobs are held as the zstd frames of `proto::frames`. A store never sees uncompressed data
 //! on its hot path: uploads arrive as frames and downloads leave as frames.
 
+pub mod housekeeping;
 mod keys;
 mod lru;
 mod metrics;
@@ -110,6 +111,20 @@ pub trait FrameWriter: Send {
 
 /// The store handle the services share.
 pub type SharedStore = Arc<dyn BlobStore>;
+
+/// The store the services share: RocksDB under verification, then the free-space guard,
+/// then metrics, each decorator adding one behaviour.
+pub fn layered(rocks: &RocksStore, space: &Arc<FreeSpace>, counters: &Arc<StoreCounters>) -> SharedStore {
+    let held = rocks.clone();
+    Arc::new(Metered::new(
+        SpaceGuarded::new(
+            Verified::new(rocks.clone()),
+            Arc::clone(space),
+            Box::new(move || held.totals().stored_bytes),
+        ),
+        Arc::clone(counters),
+    ))
+}
 
 /// The eviction budget a configuration asks for.
 pub fn rocks_budget(config: &crate::config::Config) -> rocks::Budget {
