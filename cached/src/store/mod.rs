@@ -6,7 +6,6 @@
 
 pub mod housekeeping;
 mod keys;
-mod lru;
 mod metrics;
 mod rocks;
 mod space;
