@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backend;
 pub mod builds;
 pub mod cas;
 pub mod config;
@@ -30,10 +31,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::backend::Backends;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::shutdown::Tasks;
-use crate::store::{FreeSpace, RocksStore, SharedStore, StoreCounters, rocks_budget};
+use crate::store::{FreeSpace, SharedStore, StoreCounters, StoreUsage, rocks_budget};
 
 /// Runs cached on `listener` (and `/metrics` on `metrics_listener`) until `shutdown`
 /// resolves, then stops in order (`shutdown`). With `tokens`, SIGHUP reloads the tokens from it.
@@ -48,19 +50,20 @@ pub async fn run(
     check_exposure(&config, listen)?;
     let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
     let auth = Arc::new(auth::AuthSettings::new(&config));
-    let (db, rocks, scheduler) = open_records(&config).await?;
+    let (backends, scheduler) = open_records(&config).await?;
     // Builds reach the cache with their lease's credential, which only the scheduler can vouch for.
     auth.attach_leases(scheduler.lease_keys(), Arc::clone(&scheduler) as Arc<dyn auth::LiveLeases>);
-    let space = free_space(&config, &rocks);
+    let space = free_space(&config, &*backends.usage);
     let (stats, store_counters) = (Arc::new(stats::Stats::default()), Arc::new(StoreCounters::default()));
-    let store = store::layered(&rocks, &space, &store_counters);
+    let store = store::layered(&backends.blobs, &space, &store_counters);
     let cas = Arc::new(cas::Cas::new(Arc::clone(&store), config.limits.clone()));
-    let go_cache = gocache::GoCache::new(Arc::clone(&db), Arc::clone(&store), Arc::clone(&stats));
-    let builds = open_builds(&config, &db, store, &stats, &space).await?;
+    let go_cache =
+        gocache::GoCache::new(Arc::clone(&backends.go_entries), Arc::clone(&store), Arc::clone(&stats));
+    let builds = open_builds(&config, &backends, store, &stats, &space).await?;
     let connections = conn::Connections::new(conn::ConnLimits::from(&config.limits));
     let metrics = metrics::Metrics::new(
         Arc::clone(&stats),
-        rocks.clone(),
+        Arc::clone(&backends.usage),
         store_counters,
         Arc::clone(&space),
         Arc::clone(&connections),
@@ -69,10 +72,7 @@ pub async fn run(
     if let Some(listener) = metrics_listener {
         spawn_metrics_server(&mut servers, listener, Arc::clone(&metrics));
     }
-    let (interval, stop) = (config.maintenance_interval, background.stop_signal());
-    let upkeep =
-        store::housekeeping::run(rocks.clone(), Arc::clone(&space), Arc::clone(&go_cache), interval, stop);
-    background.spawn("housekeeping", upkeep);
+    spawn_housekeeping(&mut background, &config, &backends, &space, &go_cache);
     background.spawn("lease sweeper", Arc::clone(&scheduler).run_sweeper());
     spawn_reloads(&mut background, tls.as_ref(), tokens, &auth, listen, config.allow_anonymous);
     let services = server::Services {
@@ -81,9 +81,10 @@ pub async fn run(
         builds,
         scheduler: Arc::clone(&scheduler),
         stats,
-        rocks: rocks.clone(),
+        usage: Arc::clone(&backends.usage),
         space,
-        db,
+        go_entries: backends.go_entries,
+        build_records: backends.build_records,
     };
     let layers = server::Layers { connections, metrics, auth: Arc::clone(&auth) };
     let (grpc, health) = server::start(services, layers, &config.limits, listener, tls.clone()).await?;
@@ -93,7 +94,7 @@ pub async fn run(
         before_drain: server::stopping(health, scheduler),
         servers,
         background,
-        flush: Box::new(move || rocks.flush()),
+        flush: Box::new(move || backends.upkeep.flush()),
     };
     ordered.serve_until(grpc, shutdown).await
 }
@@ -108,16 +109,15 @@ fn check_exposure(config: &Config, listen: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Opens RocksDB, the blob store on it and the scheduler with its stored jobs (blocking).
-async fn open_records(config: &Config) -> Result<(Arc<rocksdb::DB>, RocksStore, Arc<scheduler::Scheduler>)> {
+/// Opens the stores and the scheduler with its stored jobs (blocking).
+async fn open_records(config: &Config) -> Result<(Backends, Arc<scheduler::Scheduler>)> {
     let data_dir = config.data_dir.clone();
     let budget = rocks_budget(config);
     let scheduler_settings = config.scheduler.clone();
     tokio::task::spawn_blocking(move || -> Result<_> {
-        let db = db::open(&data_dir)?;
-        let rocks = RocksStore::open(Arc::clone(&db), budget)?;
-        let scheduler = scheduler::Scheduler::open(Arc::clone(&db), scheduler_settings)?;
-        Ok((db, rocks, scheduler))
+        let backends = Backends::open_rocksdb(&data_dir, budget)?;
+        let scheduler = scheduler::Scheduler::open(Arc::clone(&backends.jobs), scheduler_settings)?;
+        Ok((backends, scheduler))
     })
     .await?
 }
@@ -125,14 +125,27 @@ async fn open_records(config: &Config) -> Result<(Arc<rocksdb::DB>, RocksStore, 
 /// The whole-build cache, with its event log pruned as it opens (blocking).
 async fn open_builds(
     config: &Config,
-    db: &Arc<rocksdb::DB>,
+    backends: &Backends,
     store: SharedStore,
     stats: &stats::Stats,
     space: &Arc<FreeSpace>,
 ) -> Result<Arc<builds::Builds>> {
-    let (db, counters) = (Arc::clone(db), Arc::clone(&stats.builds));
+    let (records, counters) = (Arc::clone(&backends.build_records), Arc::clone(&stats.builds));
     let history = builds::History { max_bytes: config.max_build_history, space: Arc::clone(space) };
-    tokio::task::spawn_blocking(move || builds::Builds::new(db, store, counters, history)).await?
+    tokio::task::spawn_blocking(move || builds::Builds::new(records, store, counters, history)).await?
+}
+
+fn spawn_housekeeping(
+    background: &mut Tasks,
+    config: &Config,
+    backends: &Backends,
+    space: &Arc<FreeSpace>,
+    go_cache: &Arc<gocache::GoCache>,
+) {
+    let (upkeep, space, go_cache) = (Arc::clone(&backends.upkeep), Arc::clone(space), Arc::clone(go_cache));
+    let stop = background.stop_signal();
+    let rounds = store::housekeeping::run(upkeep, space, go_cache, config.maintenance_interval, stop);
+    background.spawn("housekeeping", rounds);
 }
 
 fn spawn_metrics_server(
@@ -184,18 +197,18 @@ fn announce(config: &Config, listen: SocketAddr, tls: Option<&tls::Tls>, auth: &
 }
 
 /// The free-space guard of the data directory, with a warning when `max_size` cannot fit there.
-fn free_space(config: &Config, rocks: &RocksStore) -> Arc<FreeSpace> {
+fn free_space(config: &Config, usage: &dyn StoreUsage) -> Arc<FreeSpace> {
     let space = Arc::new(FreeSpace::new(config.data_dir.clone(), config.min_free_space));
-    warn_if_the_disk_is_smaller(config, &space, rocks);
+    warn_if_the_disk_is_smaller(config, &space, usage);
     space
 }
 
 /// Says so at start-up when `max_size` cannot fit on the disk: the free-space floor, not the
 /// budget, will then decide what the store keeps.
-fn warn_if_the_disk_is_smaller(config: &Config, space: &FreeSpace, rocks: &RocksStore) {
+fn warn_if_the_disk_is_smaller(config: &Config, space: &FreeSpace, usage: &dyn StoreUsage) {
     // A disk whose free space cannot be read shows in the first upload's error, not here.
     let Some(free) = (space.floor() > 0).then(|| space.available().ok()).flatten() else { return };
-    let room = free.saturating_sub(space.floor()) + rocks.totals().stored_bytes;
+    let room = free.saturating_sub(space.floor()) + usage.totals().stored_bytes;
     if config.max_size > room {
         tracing::warn!(
             max_size = config.max_size,

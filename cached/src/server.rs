@@ -16,18 +16,18 @@ use proto::v1::workers_server::WorkersServer;
 use tokio::net::TcpListener;
 use tonic_health::server::HealthReporter;
 
-use crate::builds::Builds;
+use crate::builds::{BuildRecords, Builds};
 use crate::cas::Cas;
 use crate::config::Limits;
 use crate::conn::Connections;
 use crate::error::{Error, Result};
-use crate::gocache::GoCache;
+use crate::gocache::{GoCache, GoEntryStore};
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::service;
 use crate::shutdown::Grpc;
 use crate::stats::Stats;
-use crate::store::{FreeSpace, RocksStore};
+use crate::store::{FreeSpace, StoreUsage};
 use crate::{auth, conn, metrics, tls};
 
 /// How long an HTTP/2 keepalive ping may go unanswered before the connection is dropped.
@@ -40,9 +40,10 @@ pub struct Services {
     pub builds: Arc<Builds>,
     pub scheduler: Arc<Scheduler>,
     pub stats: Arc<Stats>,
-    pub rocks: RocksStore,
+    pub usage: Arc<dyn StoreUsage>,
     pub space: Arc<FreeSpace>,
-    pub db: Arc<rocksdb::DB>,
+    pub go_entries: Arc<dyn GoEntryStore>,
+    pub build_records: Arc<dyn BuildRecords>,
 }
 
 /// What every call passes through, outermost first.
@@ -68,7 +69,8 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|err| Error::Internal(format!("reflection service: {err}")))?;
-    let Services { cas, go_cache, builds, scheduler, stats, rocks, space, db } = services;
+    let Services { cas, go_cache, builds, scheduler, stats, usage, space, go_entries, build_records } =
+        services;
     let max = limits.max_message_size;
     let router = tonic::transport::Server::builder()
         .http2_adaptive_window(Some(true))
@@ -96,7 +98,7 @@ pub async fn start(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .add_service(StatsServer::new(service::StatsService::new(stats, rocks, space)))
+        .add_service(StatsServer::new(service::StatsService::new(stats, usage, space)))
         .add_service(
             JobsServer::new(service::JobsService::new(Arc::clone(&scheduler)))
                 .max_decoding_message_size(max)
@@ -107,7 +109,7 @@ pub async fn start(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .add_service(AdminServer::new(service::AdminService::new(db)));
+        .add_service(AdminServer::new(service::AdminService::new(go_entries, build_records)));
     let (drain, drained) = tokio::sync::oneshot::channel::<()>();
     let drained = async move {
         let _ = drained.await;

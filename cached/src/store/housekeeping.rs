@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{FreeSpace, RocksStore, reclaim};
+use super::{FreeSpace, StoreUpkeep, reclaim};
 use crate::gocache::GoCache;
 
 /// Go entries looked at per housekeeping round for blobs that are gone: a bounded amount of
@@ -19,7 +19,7 @@ const DANGLING_SWEEP_PER_ROUND: usize = 100_000;
 /// below the free-space floor, then drops the next slice of Go entries whose blob is gone. A
 /// round under way when `stop` comes is finished first, so it never races the final flush.
 pub async fn run(
-    store: RocksStore,
+    store: Arc<dyn StoreUpkeep>,
     space: Arc<FreeSpace>,
     go_cache: Arc<GoCache>,
     interval: Duration,
@@ -34,8 +34,8 @@ pub async fn run(
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
         let (store, space, go_cache, slice) =
-            (store.clone(), Arc::clone(&space), Arc::clone(&go_cache), std::mem::take(&mut cursor));
-        match tokio::task::spawn_blocking(move || round(&store, &space, &go_cache, slice)).await {
+            (Arc::clone(&store), Arc::clone(&space), Arc::clone(&go_cache), std::mem::take(&mut cursor));
+        match tokio::task::spawn_blocking(move || round(&*store, &space, &go_cache, slice)).await {
             Ok(next) => cursor = next,
             Err(err) => tracing::warn!(error = %err, "store housekeeping panicked"),
         }
@@ -44,7 +44,7 @@ pub async fn run(
 
 /// One round, blocking. A failed step is logged and the others still run; the sweep of Go
 /// entries goes on from `slice` and returns where the next round starts.
-fn round(store: &RocksStore, space: &FreeSpace, go_cache: &GoCache, mut slice: Vec<u8>) -> Vec<u8> {
+fn round(store: &dyn StoreUpkeep, space: &FreeSpace, go_cache: &GoCache, mut slice: Vec<u8>) -> Vec<u8> {
     if let Err(err) = store.maintain() {
         tracing::warn!(error = %err, "store housekeeping failed");
     }

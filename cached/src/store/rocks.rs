@@ -13,7 +13,7 @@ use rocksdb::{DB, IteratorMode, WriteBatch};
 
 use self::lru::AccessLog;
 use super::keys::{BlobKey, BlobMeta, chunk_key, lru_key, u64_be};
-use super::{BlobInfo, BlobStore, Committed, FrameReader, FrameWriter};
+use super::{BlobInfo, BlobStore, Committed, FrameReader, FrameWriter, StoreUpkeep, StoreUsage};
 use crate::db::{CF_BLOBS, CF_CHUNKS, CF_COUNTERS, CF_LRU, CF_PENDING, cf};
 use crate::error::{Error, Result};
 
@@ -152,6 +152,42 @@ impl RocksStore {
         // Every column family: `DB::flush` alone writes out only the default one, which holds
         // nothing, and the next start would replay the whole WAL.
         self.flush_memtables()
+    }
+}
+
+impl StoreUsage for RocksStore {
+    fn totals(&self) -> StoreTotals {
+        RocksStore::totals(self)
+    }
+
+    fn budget(&self) -> Budget {
+        RocksStore::budget(self)
+    }
+
+    fn evictions(&self) -> (u64, u64) {
+        RocksStore::evictions(self)
+    }
+}
+
+impl StoreUpkeep for RocksStore {
+    fn maintain(&self) -> Result<()> {
+        RocksStore::maintain(self)
+    }
+
+    fn evict_bytes(&self, bytes: u64) -> Result<(u64, u64)> {
+        RocksStore::evict_bytes(self, bytes)
+    }
+
+    fn flush_buffers(&self) -> Result<()> {
+        self.flush_memtables()
+    }
+
+    fn compact(&self) -> Result<()> {
+        self.compact_chunks()
+    }
+
+    fn flush(&self) -> Result<()> {
+        RocksStore::flush(self)
     }
 }
 
