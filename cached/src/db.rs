@@ -23,7 +23,8 @@ pub const CF_PENDING: &str = "pending";
 pub const CF_GO_ACTIONS: &str = "go_actions";
 /// Store-wide totals, written in the same batches that change them.
 pub const CF_COUNTERS: &str = "counters";
-/// Remote execution jobs: job id → `JobStatus` (spec, tasks, leases), see `scheduler::store`.
+/// Remote execution jobs: job id → the job's record (spec, tasks, leases), a format version
+/// byte then the stored job, see `scheduler::store::record`.
 pub const CF_JOBS: &str = "jobs";
 /// Whole-build entries: namespace + 0x00 + build key → outputs and build duration.
 pub const CF_BUILD_ENTRIES: &str = "build_entries";

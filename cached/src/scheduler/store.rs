@@ -13,6 +13,7 @@
 //! that looks older than it was expires again) or a timeout noticed again, never a wrong
 //! result. A crash of the process alone loses nothing: the WAL is written before each answer.
 
+pub mod record;
 mod rocks;
 
 use proto::v1::JobStatus;

@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use proto::v1::JobStatus;
 use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
 
-use super::{Durability, JobRecords};
+use super::{Durability, JobRecords, record};
 use crate::db::{CF_COUNTERS, CF_JOBS, cf};
 use crate::error::{Error, Result};
 
@@ -37,9 +36,8 @@ impl JobRecords for RocksJobs {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(jobs, IteratorMode::Start) {
             let (key, value) = item?;
-            let job = JobStatus::decode(value.as_ref()).map_err(|err| {
-                Error::Corrupt(format!("job record {}: {err}", String::from_utf8_lossy(&key)))
-            })?;
+            let job = record::decode(&value)
+                .map_err(|err| Error::Corrupt(format!("job {}: {err}", String::from_utf8_lossy(&key))))?;
             out.push(job);
         }
         Ok(out)
@@ -64,7 +62,7 @@ impl JobRecords for RocksJobs {
         let cf_jobs = cf(&self.db, CF_JOBS)?;
         let mut batch = WriteBatch::default();
         for job in jobs {
-            batch.put_cf(cf_jobs, job.job_id.as_bytes(), job.encode_to_vec());
+            batch.put_cf(cf_jobs, job.job_id.as_bytes(), record::encode(job));
         }
         if batch.is_empty() {
             return Ok(());
@@ -77,5 +75,27 @@ impl JobRecords for RocksJobs {
         let mut batch = WriteBatch::default();
         batch.delete_cf(jobs, job_id.as_bytes());
         self.write(batch, Durability::Buffered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::store::record::{FORMAT_VERSION, tests::VERSION_0};
+
+    #[test]
+    fn a_store_written_before_storage_types_still_loads_and_is_rewritten_in_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let id = b"0018c6f2a1b-3f9a0c";
+        db.put_cf(cf(&db, CF_JOBS).unwrap(), id, VERSION_0).unwrap();
+        let jobs = RocksJobs::new(Arc::clone(&db));
+        let loaded = jobs.load().unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0], record::decode(VERSION_0).unwrap());
+        jobs.save(&[&loaded[0]], Durability::Synced).unwrap();
+        let stored = db.get_cf(cf(&db, CF_JOBS).unwrap(), id).unwrap().unwrap();
+        assert_eq!(stored[0], FORMAT_VERSION);
+        assert_eq!(jobs.load().unwrap(), loaded);
     }
 }
