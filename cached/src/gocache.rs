@@ -148,7 +148,7 @@ impl GoCache {
             )));
         }
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        crate::task::spawn_blocking("go cache get", move || {
             let counters = this.stats.namespace(&namespace);
             let mut budget = inline_budget;
             ids.iter()
@@ -191,7 +191,7 @@ impl GoCache {
 
     pub async fn put(self: &Arc<Self>, namespace: String, action_id: ActionId, entry: GoEntry) -> Result<()> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        crate::task::spawn_blocking("go cache put", move || {
             let Some(blob) = this.store.stat(&[entry.digest])?.pop().flatten() else {
                 return Err(Error::FailedPrecondition(format!(
                     "the entry's blob {} is not in the CAS; upload it (Cas.Write or BatchWrite) before recording the entry",

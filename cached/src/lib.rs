@@ -24,6 +24,7 @@ pub mod shutdown;
 pub mod signals;
 pub mod stats;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod tls;
 
@@ -114,7 +115,7 @@ async fn open_records(config: &Config) -> Result<(Backends, Arc<scheduler::Sched
     let data_dir = config.data_dir.clone();
     let budget = rocks_budget(config);
     let scheduler_settings = config.scheduler.clone();
-    tokio::task::spawn_blocking(move || -> Result<_> {
+    crate::task::spawn_blocking("open stores", move || -> Result<_> {
         let backends = Backends::open_rocksdb(&data_dir, budget)?;
         let scheduler = scheduler::Scheduler::open(Arc::clone(&backends.jobs), scheduler_settings)?;
         Ok((backends, scheduler))
@@ -132,7 +133,8 @@ async fn open_builds(
 ) -> Result<Arc<builds::Builds>> {
     let (records, counters) = (Arc::clone(&backends.build_records), Arc::clone(&stats.builds));
     let history = builds::History { max_bytes: config.max_build_history, space: Arc::clone(space) };
-    tokio::task::spawn_blocking(move || builds::Builds::new(records, store, counters, history)).await?
+    crate::task::spawn_blocking("open builds", move || builds::Builds::new(records, store, counters, history))
+        .await?
 }
 
 fn spawn_housekeeping(

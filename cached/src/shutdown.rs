@@ -8,10 +8,10 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::task::Task;
 
 /// A step that starts after the grace period is spent still gets this long: tasks told to
 /// stop normally end at once, and one that is finishing a housekeeping round should not be
@@ -21,7 +21,7 @@ const LAST_STEP: Duration = Duration::from_secs(2);
 /// Tasks that run until told to stop, and are then awaited until a deadline.
 pub struct Tasks {
     stop: watch::Sender<bool>,
-    running: Vec<(&'static str, JoinHandle<()>)>,
+    running: Vec<(&'static str, Task<()>)>,
 }
 
 impl Default for Tasks {
@@ -45,7 +45,7 @@ impl Tasks {
     }
 
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
-        self.running.push((name, tokio::spawn(task)));
+        self.running.push((name, crate::task::spawn(name, task)));
     }
 
     /// Tells every task to stop and waits for them until `deadline`; those still running
@@ -110,7 +110,7 @@ impl Ordered {
         drop(serving);
         self.servers.stop(deadline.max(Instant::now() + LAST_STEP)).await;
         self.background.stop(deadline.max(Instant::now() + LAST_STEP)).await;
-        tokio::task::spawn_blocking(self.flush).await??;
+        crate::task::spawn_blocking("flush store", self.flush).await??;
         tracing::info!("store flushed; stopped");
         served.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))
     }

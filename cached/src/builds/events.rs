@@ -175,7 +175,7 @@ impl Builds {
         top: usize,
     ) -> Result<v1::BuildStatsResponse> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        crate::task::spawn_blocking("build stats", move || {
             let now = now_ms();
             let since_ms = if since.is_zero() { 0 } else { now - since.as_millis() as i64 };
             let namespaces = match namespace {

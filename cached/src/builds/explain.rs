@@ -119,7 +119,8 @@ impl Builds {
         query: String,
     ) -> Result<Option<v1::BuildEvent>> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.explain_blocking(&namespace, &query)).await?
+        crate::task::spawn_blocking("build explain", move || this.explain_blocking(&namespace, &query))
+            .await?
     }
 
     fn explain_blocking(&self, namespace: &str, query: &str) -> Result<Option<v1::BuildEvent>> {

@@ -166,8 +166,10 @@ impl Builds {
         manifest: v1::BuildManifest,
     ) -> Result<v1::BuildLookupResponse> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.lookup_blocking(&namespace, &target, &key, &manifest))
-            .await?
+        crate::task::spawn_blocking("build lookup", move || {
+            this.lookup_blocking(&namespace, &target, &key, &manifest)
+        })
+        .await?
     }
 
     fn lookup_blocking(
@@ -253,7 +255,8 @@ impl Builds {
         key: [u8; 32],
     ) -> Result<()> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.record_blocking(&namespace, request, &key)).await?
+        crate::task::spawn_blocking("build record", move || this.record_blocking(&namespace, request, &key))
+            .await?
     }
 
     fn record_blocking(

@@ -34,10 +34,11 @@ impl v1::admin_server::Admin for AdminService {
         let grant = auth::check_namespace(&extensions, &ns)?;
         let (go_entries, build_records) = (Arc::clone(&self.go_entries), Arc::clone(&self.build_records));
         let target = ns.clone();
-        let purged =
-            tokio::task::spawn_blocking(move || purge_namespace(&*go_entries, &*build_records, &target))
-                .await
-                .map_err(|err| Error::Internal(format!("purge: {err}")))??;
+        let purged = crate::task::spawn_blocking("purge", move || {
+            purge_namespace(&*go_entries, &*build_records, &target)
+        })
+        .await
+        .map_err(|err| Error::Internal(format!("purge: {err}")))??;
         tracing::warn!(
             target: "audit",
             token = %grant.token,

@@ -35,7 +35,11 @@ pub async fn run(
         }
         let (store, space, go_cache, slice) =
             (Arc::clone(&store), Arc::clone(&space), Arc::clone(&go_cache), std::mem::take(&mut cursor));
-        match tokio::task::spawn_blocking(move || round(&*store, &space, &go_cache, slice)).await {
+        match crate::task::spawn_blocking("housekeeping round", move || {
+            round(&*store, &space, &go_cache, slice)
+        })
+        .await
+        {
             Ok(next) => cursor = next,
             Err(err) => tracing::warn!(error = %err, "store housekeeping panicked"),
         }
