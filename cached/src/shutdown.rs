@@ -115,3 +115,68 @@ impl Ordered {
         served.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    type Log = Arc<Mutex<Vec<&'static str>>>;
+
+    /// A task that notes `name` in `log` once its group tells it to stop.
+    fn stops_when_told(tasks: &Tasks, log: &Log, name: &'static str) -> impl Future<Output = ()> + use<> {
+        let (mut stop, log) = (tasks.stop_signal(), Arc::clone(log));
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+            log.lock().unwrap().push(name);
+        }
+    }
+
+    #[tokio::test]
+    async fn servers_stop_before_background_tasks_and_the_flush_comes_last() {
+        let log: Log = Arc::default();
+        let (drain, drained) = oneshot::channel::<()>();
+        let grpc_log = Arc::clone(&log);
+        let serving: Serving = Box::pin(async move {
+            let _ = drained.await;
+            grpc_log.lock().unwrap().push("gRPC drained");
+            Ok(())
+        });
+        let (mut servers, mut background) = (Tasks::default(), Tasks::default());
+        servers.spawn("metrics", stops_when_told(&servers, &log, "metrics stopped"));
+        background.spawn("housekeeping", stops_when_told(&background, &log, "housekeeping stopped"));
+        let (before, flushed) = (Arc::clone(&log), Arc::clone(&log));
+        let ordered = Ordered {
+            grace: Duration::from_secs(5),
+            before_drain: Box::pin(async move { before.lock().unwrap().push("streams ended") }),
+            servers,
+            background,
+            flush: Box::new(move || {
+                flushed.lock().unwrap().push("flushed");
+                Ok(())
+            }),
+        };
+        ordered.serve_until(Grpc { serving, drain }, async {}).await.unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["streams ended", "gRPC drained", "metrics stopped", "housekeeping stopped", "flushed"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_does_not_stop_is_aborted_at_the_deadline() {
+        let mut tasks = Tasks::default();
+        let (alive, mut gone) = oneshot::channel::<()>();
+        tasks.spawn("stuck", async move {
+            let _alive = alive;
+            std::future::pending::<()>().await;
+        });
+        let started = Instant::now();
+        tasks.stop(started + Duration::from_millis(100)).await;
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        // Aborted, the task drops its sender: the receiver hears it closed, never a value.
+        let closed = tokio::time::timeout(Duration::from_secs(5), &mut gone).await;
+        assert!(matches!(closed, Ok(Err(_))), "the task still runs");
+    }
+}
