@@ -1,20 +1,22 @@
 //! The whole-build cache: build keys → outputs, the nearest earlier manifest of each target,
 //! and an event log of every lookup, miss cause and record.
 //!
-//! Three column families (`crate::db`):
-//! - `build_entries`: namespace · key → the recorded outputs and build duration. An entry is a
+//! Three ordered tables ([`Table`], kept by a [`BuildRecords`]; in RocksDB, the column
+//! families `build_entries`, `build_index` and `build_events` of `crate::db`):
+//! - entries: namespace · key → the recorded outputs and build duration. An entry is a
 //!   hit only while every output blob is stored; one whose blob was evicted is removed when
 //!   found, and answers a miss.
-//! - `build_index`: namespace · module · package · GOOS/GOARCH · time · key → manifest. The
+//! - index: namespace · module · package · GOOS/GOARCH · time · key → manifest. The
 //!   last [`MAX_PER_TARGET`] builds of each target; older ones go, with their entries.
-//! - `build_events`: namespace · time · sequence · target hash → event. Bounded by
+//! - events: namespace · time · sequence · target hash → event. Bounded by
 //!   [`RETENTION`], [`MAX_EVENTS_PER_NAMESPACE`], [`MAX_EVENTS_PER_TARGET`], the size of each
 //!   event ([`MAX_EVENT_BYTES`]) and of the whole log (`max_build_history`), and the disk's
 //!   free-space floor: lookups, which only need `read`, append to it. `Stats` windows and
 //!   `Explain` read it.
 //!
 //! This module looks builds up and records them; `keys` is the byte layout above, `manifest`
-//! compares manifests, `explain` says why a lookup missed, `events` keeps the log and sums it up.
+//! compares manifests, `explain` says why a lookup missed, `events` keeps the log and sums it up,
+//! `records` is where the tables are kept and `rocks` keeps them in RocksDB.
 
 mod counters;
 mod events;

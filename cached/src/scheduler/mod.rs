@@ -5,8 +5,7 @@
 //! (agents registering and heartbeating), [`expiry`] (leases and jobs that ran out of time),
 //! [`finish`] (how a job ends), [`workers`] (connected agents and their bounded queues),
 //! [`dispatch`] (matching queued tasks to agents), [`index`] (where every job stands, kept in
-//! step with each change), [`store`] (every change written to RocksDB before it is
-//! acknowledged).
+//! step with each change), [`store`] (every change stored before it is acknowledged).
 //!
 //! A task is QUEUED, then LEASED to one agent at a time under a fencing token (job, task,
 //! attempt). Heartbeats extend the lease; a lease not extended for `lease_timeout` expires and
