@@ -68,7 +68,7 @@ impl Cas {
 
     pub async fn contains(&self, digests: Vec<Digest>) -> Result<Vec<bool>> {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.contains(&digests)).await?
+        crate::task::spawn_blocking("cas contains", move || store.contains(&digests)).await?
     }
 
     /// The digests the store lacks, each once, in the order first asked. Clients ask for the
@@ -129,9 +129,10 @@ impl Cas {
             return Ok(UploadOutcome::AlreadyPresent);
         }
         let store = Arc::clone(&self.store);
-        let opened = tokio::task::spawn_blocking(move || store.write(&digest)).await??;
+        let opened = crate::task::spawn_blocking("cas open upload", move || store.write(&digest)).await??;
         let (sender, receiver) = mpsc::channel(CHANNEL_FRAMES);
-        let mut writer = tokio::task::spawn_blocking(move || write_blob(opened, digest, encoding, receiver));
+        let mut writer =
+            crate::task::spawn_blocking("cas upload", move || write_blob(opened, digest, encoding, receiver));
         let mut received = 0u64;
         loop {
             // The writer may refuse the upload (a bad frame, the disk below its floor) while
@@ -176,7 +177,7 @@ impl Cas {
         let permit = self.stream_permit()?;
         let first_frame = offset / FRAME_SIZE as u64;
         let store = Arc::clone(&self.store);
-        let frames = tokio::task::spawn_blocking(move || store.read(&digest, first_frame))
+        let frames = crate::task::spawn_blocking("cas open read", move || store.read(&digest, first_frame))
             .await??
             .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the store")))?;
         let end = match limit {
@@ -185,12 +186,14 @@ impl Cas {
         };
         let (sender, receiver) = mpsc::channel(CHANNEL_FRAMES);
         let range = ReadRange { digest, offset, end, first_frame };
-        tokio::task::spawn_blocking(move || {
+        // Ends at the blob's last frame, or as soon as the caller drops the receiver.
+        crate::task::spawn_blocking("cas read", move || {
             let _permit = permit;
             if let Err(err) = send_frames(frames, range, encoding, &sender) {
                 let _ = sender.blocking_send(Err(err));
             }
-        });
+        })
+        .detach();
         Ok(receiver)
     }
 
@@ -202,7 +205,7 @@ impl Cas {
         self.check_batch_len(blobs.len())?;
         let store = Arc::clone(&self.store);
         let present = self.contains(blobs.iter().map(|blob| blob.0).collect()).await?;
-        tokio::task::spawn_blocking(move || {
+        crate::task::spawn_blocking("cas batch write", move || {
             let mut encoder = None;
             blobs
                 .into_iter()
@@ -233,7 +236,7 @@ impl Cas {
         refuse_duplicates(&digests)?;
         let store = Arc::clone(&self.store);
         let limit = self.limits.max_message_size as u64;
-        tokio::task::spawn_blocking(move || {
+        crate::task::spawn_blocking("cas batch read", move || {
             let mut budget = ReplyBudget { limit, left: limit.saturating_sub(REPLY_SLACK) };
             digests.iter().map(|digest| read_small_blob(&store, digest, encoding, &mut budget)).collect()
         })

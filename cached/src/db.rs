@@ -23,7 +23,8 @@ pub const CF_PENDING: &str = "pending";
 pub const CF_GO_ACTIONS: &str = "go_actions";
 /// Store-wide totals, written in the same batches that change them.
 pub const CF_COUNTERS: &str = "counters";
-/// Remote execution jobs: job id → `JobStatus` (spec, tasks, leases), see `scheduler::store`.
+/// Remote execution jobs: job id → the job's record (spec, tasks, leases), a format version
+/// byte then the stored job, see `scheduler::store::record`.
 pub const CF_JOBS: &str = "jobs";
 /// Whole-build entries: namespace + 0x00 + build key → outputs and build duration.
 pub const CF_BUILD_ENTRIES: &str = "build_entries";
@@ -122,4 +123,25 @@ pub fn flush_all(db: &DB) -> Result<()> {
 
 pub fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
     db.cf_handle(name).ok_or_else(|| Error::Internal(format!("column family {name} is missing")))
+}
+
+/// Removes every record of `namespace` from `counted` and `others`; returns how many `counted`
+/// held. Every such key starts with the namespace and a NUL, and namespaces hold no control
+/// characters, so `namespace\0 .. namespace\x01` is exactly one namespace's range.
+pub fn purge_namespace(db: &DB, counted: &str, others: &[&str], namespace: &str) -> Result<u64> {
+    let from = [namespace.as_bytes(), b"\0"].concat();
+    let to = [namespace.as_bytes(), b"\x01"].concat();
+    let mut count = 0;
+    let mut keys = db.raw_iterator_cf(cf(db, counted)?);
+    keys.seek(&from);
+    while keys.key().is_some_and(|key| key < to.as_slice()) {
+        count += 1;
+        keys.next();
+    }
+    keys.status()?;
+    // Counted first, then removed by range: an entry written in between goes too, uncounted.
+    for name in std::iter::once(&counted).chain(others) {
+        db.delete_range_cf(cf(db, name)?, &from, &to)?;
+    }
+    Ok(count)
 }

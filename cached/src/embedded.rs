@@ -7,7 +7,6 @@ use std::path::Path;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -16,7 +15,7 @@ pub struct Embedded {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<()>>>,
+    task: Option<crate::task::Task<Result<()>>>,
 }
 
 impl Embedded {
@@ -43,7 +42,8 @@ impl Embedded {
             let _ = stopped.await;
         };
         // SIGHUP belongs to the hosting process, which reloads nothing through it.
-        let task = tokio::spawn(crate::run(config, listener, Some(metrics), stopped, None));
+        let task =
+            crate::task::spawn("embedded cached", crate::run(config, listener, Some(metrics), stopped, None));
         Ok(Self { addr, metrics_addr, stop: Some(stop), task: Some(task) })
     }
 
@@ -67,6 +67,10 @@ impl Drop for Embedded {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        // Told to stop, the server shuts down in order and flushes on its own: let it.
+        if let Some(task) = self.task.take() {
+            task.detach();
         }
     }
 }

@@ -13,14 +13,15 @@
 //! go later (eviction, a lost unsynced eviction or upload); a lookup then finds the entry
 //! dangling, answers a miss and removes it.
 
+mod rocks;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use proto::{ActionId, Digest, INLINE_BODY_MAX, OutputId};
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 
-use crate::db::{CF_GO_ACTIONS, cf};
+pub use self::rocks::RocksGoEntries;
 use crate::error::{Error, Result};
 use crate::stats::Stats;
 use crate::store::SharedStore;
@@ -90,23 +91,44 @@ pub fn namespace(name: &str) -> Result<&str> {
     Ok(name)
 }
 
-fn entry_key(namespace: &str, action_id: &ActionId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(namespace.len() + 33);
-    key.extend_from_slice(namespace.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&action_id.0);
-    key
+/// Where Go entries are kept. Every method blocks: call it from a blocking task.
+pub trait GoEntryStore: Send + Sync + 'static {
+    fn get(&self, namespace: &str, action_id: &ActionId) -> Result<Option<GoEntry>>;
+
+    /// Stores `entry`, durably before it returns: the client is told it is stored.
+    fn put_synced(&self, namespace: &str, action_id: &ActionId, entry: &GoEntry) -> Result<()>;
+
+    fn remove(&self, namespace: &str, action_id: &ActionId) -> Result<()>;
+
+    /// Up to `limit` entries of every namespace from the position `from` on (empty: the
+    /// first), in the store's order, for a sweep that walks them all a slice at a time.
+    fn slice(&self, from: &[u8], limit: usize) -> Result<EntrySlice>;
+
+    /// Removes the entries at positions a `slice` returned.
+    fn remove_keys(&self, positions: &[Vec<u8>]) -> Result<()>;
+
+    /// Removes every entry of `namespace`; returns about how many there were.
+    fn purge_namespace(&self, namespace: &str) -> Result<u64>;
+}
+
+/// A slice of stored entries: each readable one with its position, how many were looked at,
+/// and the position of the last one.
+#[derive(Debug, Default)]
+pub struct EntrySlice {
+    pub entries: Vec<(Vec<u8>, GoEntry)>,
+    pub looked: usize,
+    pub last: Option<Vec<u8>>,
 }
 
 pub struct GoCache {
-    db: Arc<DB>,
+    entries: Arc<dyn GoEntryStore>,
     store: SharedStore,
     stats: Arc<Stats>,
 }
 
 impl GoCache {
-    pub fn new(db: Arc<DB>, store: SharedStore, stats: Arc<Stats>) -> Arc<Self> {
-        Arc::new(Self { db, store, stats })
+    pub fn new(entries: Arc<dyn GoEntryStore>, store: SharedStore, stats: Arc<Stats>) -> Arc<Self> {
+        Arc::new(Self { entries, store, stats })
     }
 
     /// Looks up `ids`, in order. Bodies come inline while their stored bytes fit in
@@ -126,7 +148,7 @@ impl GoCache {
             )));
         }
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        crate::task::spawn_blocking("go cache get", move || {
             let counters = this.stats.namespace(&namespace);
             let mut budget = inline_budget;
             ids.iter()
@@ -147,15 +169,12 @@ impl GoCache {
         action_id: &ActionId,
         inline_budget: &mut u64,
     ) -> Result<Option<GoHit>> {
-        let actions = cf(&self.db, CF_GO_ACTIONS)?;
-        let key = entry_key(namespace, action_id);
-        let Some(bytes) = self.db.get_pinned_cf(actions, &key)? else {
+        let Some(entry) = self.entries.get(namespace, action_id)? else {
             return Ok(None);
         };
-        let entry = GoEntry::decode(&bytes)?;
         // Opening the blob both proves it is still stored and marks it as used.
         let Some(mut frames) = self.store.read(&entry.digest, 0)? else {
-            self.db.delete_cf(actions, &key)?;
+            self.entries.remove(namespace, action_id)?;
             self.stats.go_entries_dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
@@ -172,7 +191,7 @@ impl GoCache {
 
     pub async fn put(self: &Arc<Self>, namespace: String, action_id: ActionId, entry: GoEntry) -> Result<()> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        crate::task::spawn_blocking("go cache put", move || {
             let Some(blob) = this.store.stat(&[entry.digest])?.pop().flatten() else {
                 return Err(Error::FailedPrecondition(format!(
                     "the entry's blob {} is not in the CAS; upload it (Cas.Write or BatchWrite) before recording the entry",
@@ -187,11 +206,7 @@ impl GoCache {
                     entry.digest, entry.output_id
                 )));
             }
-            let actions = cf(&this.db, CF_GO_ACTIONS)?;
-            // Synced: the client is told the entry is stored.
-            let mut synced = WriteOptions::default();
-            synced.set_sync(true);
-            this.db.put_cf_opt(actions, entry_key(&namespace, &action_id), entry.encode(), &synced)?;
+            this.entries.put_synced(&namespace, &action_id, &entry)?;
             this.stats.namespace(&namespace).go_puts.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -202,33 +217,23 @@ impl GoCache {
     /// (the key to start at; empty: the first). Moves `cursor` past them, back to the start
     /// after the last entry. Returns how many it dropped.
     pub fn sweep_dangling(&self, cursor: &mut Vec<u8>, limit: usize) -> Result<u64> {
-        let actions = cf(&self.db, CF_GO_ACTIONS)?;
-        let (mut looked, mut last_key, mut seen) = (0, None, Vec::new());
-        for item in self.db.iterator_cf(actions, IteratorMode::From(cursor, Direction::Forward)).take(limit) {
-            let (key, value) = item?;
-            looked += 1;
-            // An entry this version cannot read is left to the lookup that finds it.
-            if let Ok(entry) = GoEntry::decode(&value) {
-                seen.push((key.clone(), entry.digest));
-            }
-            last_key = Some(key);
-        }
-        let digests: Vec<Digest> = seen.iter().map(|(_, digest)| *digest).collect();
-        let mut batch = WriteBatch::default();
-        for ((key, _), stored) in seen.iter().zip(self.store.contains(&digests)?) {
-            if !stored {
-                batch.delete_cf(actions, key);
-            }
-        }
-        let dropped = batch.len() as u64;
+        let slice = self.entries.slice(cursor, limit)?;
+        let digests: Vec<Digest> = slice.entries.iter().map(|(_, entry)| entry.digest).collect();
+        let gone: Vec<Vec<u8>> = slice
+            .entries
+            .into_iter()
+            .zip(self.store.contains(&digests)?)
+            .filter_map(|((position, _), stored)| (!stored).then_some(position))
+            .collect();
+        let dropped = gone.len() as u64;
         if dropped > 0 {
-            self.db.write(batch)?;
+            self.entries.remove_keys(&gone)?;
             self.stats.go_entries_dropped.fetch_add(dropped, Ordering::Relaxed);
         }
         cursor.clear();
-        if let Some(key) = last_key.filter(|_| looked == limit) {
-            cursor.extend_from_slice(&key);
-            cursor.push(0); // The smallest key after this one.
+        if let Some(last) = slice.last.filter(|_| slice.looked == limit) {
+            cursor.extend_from_slice(&last);
+            cursor.push(0); // The smallest position after this one.
         }
         Ok(dropped)
     }
@@ -255,12 +260,11 @@ mod tests {
         let mut writer = store.write(&Digest::of(b"")).unwrap();
         writer.record_sha256([0; 32]);
         writer.commit().unwrap();
-        let cache = GoCache::new(Arc::clone(&db), store, Arc::clone(&stats));
-        let actions = cf(&db, CF_GO_ACTIONS).unwrap();
+        let cache = GoCache::new(Arc::new(RocksGoEntries::new(Arc::clone(&db))), store, Arc::clone(&stats));
         for (action, body) in [(1u8, &b"gone"[..]), (2, b""), (3, b"gone too")] {
             let entry =
                 GoEntry { output_id: OutputId([0; 32]), digest: Digest::of(body), time_unix_nanos: 1 };
-            db.put_cf(actions, entry_key("ns", &ActionId([action; 32])), entry.encode()).unwrap();
+            rocks::put_for_tests(&db, "ns", &ActionId([action; 32]), &entry);
         }
         let mut cursor = Vec::new();
         let mut dropped = Vec::new();

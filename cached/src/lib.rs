@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backend;
 pub mod builds;
 pub mod cas;
 pub mod config;
@@ -17,223 +18,199 @@ pub mod gocache;
 pub mod metrics;
 pub mod redact;
 pub mod scheduler;
+pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod signals;
 pub mod stats;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod tls;
 
 use std::future::Future;
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use proto::v1::admin_server::AdminServer;
-use proto::v1::builds_server::BuildsServer;
-use proto::v1::cas_server::CasServer;
-use proto::v1::go_cache_server::GoCacheServer;
-use proto::v1::jobs_server::JobsServer;
-use proto::v1::stats_server::StatsServer;
-use proto::v1::workers_server::WorkersServer;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-
+use crate::backend::Backends;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::store::{
-    FreeSpace, Metered, RocksStore, SharedStore, SpaceGuarded, StoreCounters, Verified, rocks_budget,
-};
-
-/// How long an HTTP/2 keepalive ping may go unanswered before the connection is dropped.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::shutdown::Tasks;
+use crate::store::{FreeSpace, SharedStore, StoreCounters, StoreUsage, rocks_budget};
 
 /// Runs cached on `listener` (and `/metrics` on `metrics_listener`) until `shutdown`
-/// resolves, then drains and flushes. With `tokens`, SIGHUP reloads the tokens from it.
+/// resolves, then stops in order (`shutdown`). With `tokens`, SIGHUP reloads the tokens from it.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+    listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     tokens: Option<auth::TokenSource>,
 ) -> Result<()> {
     let listen = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+    check_exposure(&config, listen)?;
+    let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
+    let auth = Arc::new(auth::AuthSettings::new(&config));
+    let (backends, scheduler) = open_records(&config).await?;
+    // Builds reach the cache with their lease's credential, which only the scheduler can vouch for.
+    auth.attach_leases(scheduler.lease_keys(), Arc::clone(&scheduler) as Arc<dyn auth::LiveLeases>);
+    let space = free_space(&config, &*backends.usage);
+    let (stats, store_counters) = (Arc::new(stats::Stats::default()), Arc::new(StoreCounters::default()));
+    let store = store::layered(&backends.blobs, &space, &store_counters);
+    let cas = Arc::new(cas::Cas::new(Arc::clone(&store), config.limits.clone()));
+    let go_cache =
+        gocache::GoCache::new(Arc::clone(&backends.go_entries), Arc::clone(&store), Arc::clone(&stats));
+    let builds = open_builds(&config, &backends, store, &stats, &space).await?;
+    let connections = conn::Connections::new(conn::ConnLimits::from(&config.limits));
+    let metrics = metrics::Metrics::new(
+        Arc::clone(&stats),
+        Arc::clone(&backends.usage),
+        store_counters,
+        Arc::clone(&space),
+        Arc::clone(&connections),
+    );
+    let (mut servers, mut background) = (Tasks::default(), Tasks::default());
+    if let Some(listener) = metrics_listener {
+        spawn_metrics_server(&mut servers, listener, Arc::clone(&metrics));
+    }
+    spawn_housekeeping(&mut background, &config, &backends, &space, &go_cache);
+    background.spawn("lease sweeper", Arc::clone(&scheduler).run_sweeper());
+    spawn_reloads(&mut background, tls.as_ref(), tokens, &auth, listen, config.allow_anonymous);
+    let services = server::Services {
+        cas,
+        go_cache,
+        builds,
+        scheduler: Arc::clone(&scheduler),
+        stats,
+        usage: Arc::clone(&backends.usage),
+        space,
+        go_entries: backends.go_entries,
+        build_records: backends.build_records,
+    };
+    let layers = server::Layers { connections, metrics, auth: Arc::clone(&auth) };
+    let (grpc, health) = server::start(services, layers, &config.limits, listener, tls.clone()).await?;
+    announce(&config, listen, tls.as_deref(), &auth);
+    let ordered = shutdown::Ordered {
+        grace: config.shutdown_grace,
+        before_drain: server::stopping(health, scheduler),
+        servers,
+        background,
+        flush: Box::new(move || backends.upkeep.flush()),
+    };
+    ordered.serve_until(grpc, shutdown).await
+}
+
+/// Refuses to serve beyond loopback without tokens unless allowed, and warns when allowed.
+fn check_exposure(config: &Config, listen: SocketAddr) -> Result<()> {
     config::check_exposure(listen, !config.tokens.is_empty(), config.allow_anonymous)
         .map_err(Error::FailedPrecondition)?;
     if config.tokens.is_empty() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "serving without tokens beyond loopback (allow_anonymous): anyone who can connect may write the cache");
     }
-    let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
-    let auth = Arc::new(auth::AuthSettings::new(&config));
+    Ok(())
+}
+
+/// Opens the stores and the scheduler with its stored jobs (blocking).
+async fn open_records(config: &Config) -> Result<(Backends, Arc<scheduler::Scheduler>)> {
     let data_dir = config.data_dir.clone();
-    let budget = rocks_budget(&config);
+    let budget = rocks_budget(config);
     let scheduler_settings = config.scheduler.clone();
-    let (db, rocks, scheduler) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let db = db::open(&data_dir)?;
-        let rocks = RocksStore::open(Arc::clone(&db), budget)?;
-        let scheduler = scheduler::Scheduler::open(Arc::clone(&db), scheduler_settings)?;
-        Ok((db, rocks, scheduler))
+    crate::task::spawn_blocking("open stores", move || -> Result<_> {
+        let backends = Backends::open_rocksdb(&data_dir, budget)?;
+        let scheduler = scheduler::Scheduler::open(Arc::clone(&backends.jobs), scheduler_settings)?;
+        Ok((backends, scheduler))
     })
-    .await??;
-    // Builds reach the cache with their lease's credential, which only the scheduler can vouch for.
-    auth.attach_leases(scheduler.lease_keys(), Arc::clone(&scheduler) as Arc<dyn auth::LiveLeases>);
-    let space = Arc::new(FreeSpace::new(config.data_dir.clone(), config.min_free_space));
-    warn_if_the_disk_is_smaller(&config, &space, &rocks);
-    let stats = Arc::new(stats::Stats::default());
-    let store_counters = Arc::new(StoreCounters::default());
-    let held = rocks.clone();
-    let store: SharedStore = Arc::new(Metered::new(
-        SpaceGuarded::new(
-            Verified::new(rocks.clone()),
-            Arc::clone(&space),
-            Box::new(move || held.totals().stored_bytes),
-        ),
-        Arc::clone(&store_counters),
-    ));
-    let limits = config.limits.clone();
-    let cas = Arc::new(cas::Cas::new(Arc::clone(&store), limits.clone()));
-    let go_cache = gocache::GoCache::new(Arc::clone(&db), Arc::clone(&store), Arc::clone(&stats));
-    let builds = {
-        let (db, store, counters) = (Arc::clone(&db), Arc::clone(&store), Arc::clone(&stats.builds));
-        let history = builds::History { max_bytes: config.max_build_history, space: Arc::clone(&space) };
-        tokio::task::spawn_blocking(move || builds::Builds::new(db, store, counters, history)).await??
-    };
-    let connections = conn::Connections::new(conn::ConnLimits::from(&config.limits));
-    let metrics = metrics::Metrics::new(
-        Arc::clone(&stats),
-        rocks.clone(),
-        store_counters,
-        Arc::clone(&space),
-        Arc::clone(&connections),
-    );
+    .await?
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let housekeeping = tokio::spawn(housekeeping(
-        rocks.clone(),
-        Arc::clone(&space),
-        Arc::clone(&go_cache),
-        config.maintenance_interval,
-        stop_rx.clone(),
-    ));
-    let sweeper = tokio::spawn(Arc::clone(&scheduler).run_sweeper());
-    let metrics_server = metrics_listener.map(|listener| {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        }))
+/// The whole-build cache, with its event log pruned as it opens (blocking).
+async fn open_builds(
+    config: &Config,
+    backends: &Backends,
+    store: SharedStore,
+    stats: &stats::Stats,
+    space: &Arc<FreeSpace>,
+) -> Result<Arc<builds::Builds>> {
+    let (records, counters) = (Arc::clone(&backends.build_records), Arc::clone(&stats.builds));
+    let history = builds::History { max_bytes: config.max_build_history, space: Arc::clone(space) };
+    crate::task::spawn_blocking("open builds", move || builds::Builds::new(records, store, counters, history))
+        .await?
+}
+
+fn spawn_housekeeping(
+    background: &mut Tasks,
+    config: &Config,
+    backends: &Backends,
+    space: &Arc<FreeSpace>,
+    go_cache: &Arc<gocache::GoCache>,
+) {
+    let (upkeep, space, go_cache) = (Arc::clone(&backends.upkeep), Arc::clone(space), Arc::clone(go_cache));
+    let stop = background.stop_signal();
+    let rounds = store::housekeeping::run(upkeep, space, go_cache, config.maintenance_interval, stop);
+    background.spawn("housekeeping", rounds);
+}
+
+fn spawn_metrics_server(
+    servers: &mut Tasks,
+    listener: tokio::net::TcpListener,
+    metrics: Arc<metrics::Metrics>,
+) {
+    let serve = metrics::serve(listener, metrics, servers.stopped());
+    servers.spawn("metrics server", async move {
+        if let Err(err) = serve.await {
+            tracing::warn!(error = %err, "the metrics server failed");
+        }
     });
+}
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<CasServer<service::CasService>>().await;
-    health.set_serving::<GoCacheServer<service::GoCacheService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|err| Error::Internal(format!("reflection service: {err}")))?;
+/// SIGHUP reloads the TLS identity (with TLS) and the tokens (with a token source).
+fn spawn_reloads(
+    background: &mut Tasks,
+    tls: Option<&Arc<tls::Tls>>,
+    tokens: Option<auth::TokenSource>,
+    auth: &Arc<auth::AuthSettings>,
+    listen: SocketAddr,
+    allow_anonymous: bool,
+) {
+    if let Some(tls) = tls {
+        background.spawn("TLS reload", tls::reload_on_sighup(Arc::clone(tls), background.stop_signal()));
+    }
+    if let Some(source) = tokens {
+        let reload = auth::reload::reload_on_sighup(
+            Arc::clone(auth),
+            source,
+            listen,
+            allow_anonymous,
+            background.stop_signal(),
+        );
+        background.spawn("token reload", reload);
+    }
+}
 
-    let max_message = limits.max_message_size;
-    let idle_timeout = limits.idle_timeout;
-    let router = tonic::transport::Server::builder()
-        .http2_adaptive_window(Some(true))
-        .max_concurrent_streams(limits.max_streams_per_connection)
-        // Pings find connections whose peer vanished without closing them.
-        .http2_keepalive_interval(Some(idle_timeout))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .layer(conn::WatchLayer::new(Arc::clone(&connections)))
-        .layer(metrics::GrpcMetricsLayer::new(metrics))
-        .layer(auth::AuthLayer::new(Arc::clone(&auth)))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
-            CasServer::new(service::CasService::new(cas, Arc::clone(&stats)))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        )
-        .add_service(
-            GoCacheServer::new(service::GoCacheService::new(go_cache, Arc::clone(&stats), limits))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        )
-        .add_service(
-            BuildsServer::new(service::BuildsService::new(builds, Arc::clone(&stats)))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        )
-        .add_service(StatsServer::new(service::StatsService::new(stats, rocks.clone(), Arc::clone(&space))))
-        .add_service(
-            JobsServer::new(service::JobsService::new(Arc::clone(&scheduler)))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        )
-        .add_service(
-            WorkersServer::new(service::WorkersService::new(Arc::clone(&scheduler)))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        )
-        .add_service(AdminServer::new(service::AdminService::new(Arc::clone(&db))));
-
+fn announce(config: &Config, listen: SocketAddr, tls: Option<&tls::Tls>, auth: &auth::AuthSettings) {
     tracing::info!(
         %listen,
         data_dir = %config.data_dir.display(),
         max_size = config.max_size,
-        tls = tls.as_ref().map_or("off", |tls| if tls.is_mutual() { "mTLS" } else { "TLS" }),
+        tls = tls.map_or("off", |tls| if tls.is_mutual() { "mTLS" } else { "TLS" }),
         tokens = auth.token_count(),
         "cached is serving"
     );
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let drained = async move {
-        let _ = drain_rx.await;
-    };
-    let reload =
-        tls.as_ref().map(|tls| tokio::spawn(tls::reload_on_sighup(Arc::clone(tls), stop_rx.clone())));
-    let reload_tokens = tokens.map(|source| {
-        let (auth, stop) = (Arc::clone(&auth), stop_rx.clone());
-        tokio::spawn(auth::reload::reload_on_sighup(auth, source, listen, config.allow_anonymous, stop))
-    });
-    let mut serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
-        Some(tls) => {
-            Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls, connections), drained))
-        }
-        None => {
-            Box::pin(router.serve_with_incoming_shutdown(conn::incoming_tcp(listener, connections), drained))
-        }
-    };
-    tokio::select! {
-        result = &mut serve => result.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))?,
-        () = shutdown => {
-            health.set_not_serving::<CasServer<service::CasService>>().await;
-            // Watch and lease streams never end on their own: end them so draining does not
-            // wait out the grace period. Leases survive in RocksDB; agents reconnect.
-            scheduler.shut_down();
-            let _ = drain_tx.send(());
-            match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
-                Ok(result) => result.map_err(|err| Error::Internal(format!("gRPC server failed: {err}")))?,
-                Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period over; cutting off the streams still running"),
-            }
-        }
-    }
-    let _ = stop_tx.send(true);
-    scheduler.shut_down();
-    let _ = sweeper.await;
-    let _ = housekeeping.await;
-    for reload in reload.into_iter().chain(reload_tokens) {
-        let _ = reload.await;
-    }
-    if let Some(server) = metrics_server {
-        let _ = server.await;
-    }
-    tokio::task::spawn_blocking(move || rocks.flush()).await??;
-    tracing::info!("store flushed; stopped");
-    Ok(())
+}
+
+/// The free-space guard of the data directory, with a warning when `max_size` cannot fit there.
+fn free_space(config: &Config, usage: &dyn StoreUsage) -> Arc<FreeSpace> {
+    let space = Arc::new(FreeSpace::new(config.data_dir.clone(), config.min_free_space));
+    warn_if_the_disk_is_smaller(config, &space, usage);
+    space
 }
 
 /// Says so at start-up when `max_size` cannot fit on the disk: the free-space floor, not the
 /// budget, will then decide what the store keeps.
-fn warn_if_the_disk_is_smaller(config: &Config, space: &FreeSpace, rocks: &RocksStore) {
+fn warn_if_the_disk_is_smaller(config: &Config, space: &FreeSpace, usage: &dyn StoreUsage) {
     // A disk whose free space cannot be read shows in the first upload's error, not here.
     let Some(free) = (space.floor() > 0).then(|| space.available().ok()).flatten() else { return };
-    let room = free.saturating_sub(space.floor()) + rocks.totals().stored_bytes;
+    let room = free.saturating_sub(space.floor()) + usage.totals().stored_bytes;
     if config.max_size > room {
         tracing::warn!(
             max_size = config.max_size,
@@ -243,50 +220,5 @@ fn warn_if_the_disk_is_smaller(config: &Config, space: &FreeSpace, rocks: &Rocks
             "max_size is more than the disk has room for: the store will be held to the free-space \
              floor (min_free_space) instead; lower max_size to make eviction predictable"
         );
-    }
-}
-
-/// Go entries looked at per housekeeping round for blobs that are gone: a bounded amount of
-/// work (a few hundred milliseconds) however large the action cache is.
-const DANGLING_SWEEP_PER_ROUND: usize = 100_000;
-
-/// Every `interval`: persists access times and evicts past the high watermark or below the
-/// free-space floor, then drops the next slice of Go entries whose blob is gone.
-async fn housekeeping(
-    store: RocksStore,
-    space: Arc<FreeSpace>,
-    go_cache: Arc<gocache::GoCache>,
-    interval: std::time::Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut cursor = Vec::new();
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        }
-        let (store, space, go_cache, mut slice) =
-            (store.clone(), Arc::clone(&space), Arc::clone(&go_cache), std::mem::take(&mut cursor));
-        // A failed step is logged and the others still run; the sweep keeps its place.
-        let round = tokio::task::spawn_blocking(move || {
-            if let Err(err) = store.maintain() {
-                tracing::warn!(error = %err, "store housekeeping failed");
-            }
-            if let Err(err) = store::reclaim(&store, &space) {
-                tracing::warn!(error = %err, "freeing disk space failed");
-            }
-            match go_cache.sweep_dangling(&mut slice, DANGLING_SWEEP_PER_ROUND) {
-                Ok(0) => {}
-                Ok(dropped) => tracing::info!(dropped, "dropped Go entries whose blob was evicted"),
-                Err(err) => tracing::warn!(error = %err, "sweeping Go entries failed"),
-            }
-            slice
-        });
-        match round.await {
-            Ok(next) => cursor = next,
-            Err(err) => tracing::warn!(error = %err, "store housekeeping panicked"),
-        }
     }
 }

@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 
 use crate::conn::Connections;
 use crate::stats::{ApiCounters, Stats};
-use crate::store::{FreeSpace, RocksStore, StoreCounters};
+use crate::store::{FreeSpace, StoreCounters, StoreUsage};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -46,7 +46,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(
         stats: Arc<Stats>,
-        store: RocksStore,
+        store: Arc<dyn StoreUsage>,
         store_counters: Arc<StoreCounters>,
         space: Arc<FreeSpace>,
         connections: Arc<Connections>,
@@ -113,7 +113,7 @@ pub async fn serve(
 
 struct StatsCollector {
     stats: Arc<Stats>,
-    store: RocksStore,
+    store: Arc<dyn StoreUsage>,
     store_counters: Arc<StoreCounters>,
     space: Arc<FreeSpace>,
     connections: Arc<Connections>,

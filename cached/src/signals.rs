@@ -1,6 +1,7 @@
 //! Signals: SIGINT and SIGTERM shut down (the order of the shutdown itself lives in
-//! `lib::run`: stop accepting, drain in-flight streams for the grace period, stop housekeeping,
-//! flush RocksDB); SIGHUP reloads what can change without a restart (TLS identity, tokens).
+//! `crate::shutdown`: stop accepting, drain in-flight streams for the grace period, stop
+//! housekeeping, flush RocksDB); SIGHUP reloads what can change without a restart (TLS
+//! identity, tokens).
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;

@@ -111,7 +111,8 @@ pub fn incoming(
 ) -> ReceiverStream<io::Result<Conn<TlsStream<TcpStream>>>> {
     let handshake_timeout = connections.limits().handshake_timeout;
     let (sender, receiver) = mpsc::channel(64);
-    tokio::spawn(async move {
+    // Ends when the server drops the stream of connections.
+    crate::task::spawn("TLS accept", async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         loop {
             let accepted = tokio::select! {
@@ -133,7 +134,8 @@ pub fn incoming(
             let _ = stream.set_nodelay(true);
             let acceptor = tls.acceptor();
             let (sender, connections) = (sender.clone(), Arc::clone(&connections));
-            tokio::spawn(async move {
+            // Bounded by handshake_timeout.
+            crate::task::spawn("TLS handshake", async move {
                 let _permits = (permit, handshake);
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
@@ -142,9 +144,11 @@ pub fn incoming(
                     Ok(Err(err)) => tracing::info!(%peer, error = %err, "TLS handshake failed"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out (handshake_timeout)"),
                 }
-            });
+            })
+            .detach();
         }
-    });
+    })
+    .detach();
     ReceiverStream::new(receiver)
 }
 

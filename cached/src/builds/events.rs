@@ -14,14 +14,12 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use proto::v1;
-use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::keys::{decode, encode, event_prefix, prefix_end, target_hash};
 use super::{
-    Builds, DEFAULT_TOP, MAX_EVENT_BYTES, MAX_EVENTS_PER_NAMESPACE, MAX_EVENTS_PER_TARGET, PRUNE_EVERY,
-    RETENTION, now_ms,
+    Builds, Change, DEFAULT_TOP, MAX_EVENT_BYTES, MAX_EVENTS_PER_NAMESPACE, MAX_EVENTS_PER_TARGET,
+    PRUNE_EVERY, RETENTION, Table, now_ms,
 };
-use crate::db::{CF_BUILD_EVENTS, cf};
 use crate::error::Result;
 
 /// How often a skipped append (disk below its floor) is logged.
@@ -43,7 +41,7 @@ impl Builds {
         key.extend_from_slice(&self.sequence.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         key.extend_from_slice(&target_hash(event.target.as_ref()).to_be_bytes());
         let size = (key.len() + value.len()) as u64;
-        self.db.put_cf(cf(&self.db, CF_BUILD_EVENTS)?, key, value)?;
+        self.records.write(vec![Change::Put(Table::Events, key, value)])?;
         let total = self.history_bytes.fetch_add(size, Ordering::Relaxed) + size;
         let appended = self.appended.fetch_add(1, Ordering::Relaxed) + 1;
         let over = total > self.history.max_bytes + self.history.max_bytes / 16;
@@ -85,9 +83,8 @@ impl Builds {
     }
 
     fn prune_all(&self, now: i64) -> Result<()> {
-        let events = cf(&self.db, CF_BUILD_EVENTS)?;
         let cutoff = now - RETENTION.as_millis() as i64;
-        let mut batch = WriteBatch::default();
+        let mut changes = Vec::new();
         // (time, bytes) of every event kept so far, for the size cap.
         let mut kept: Vec<(i64, u64)> = Vec::new();
         let namespaces = self.event_namespaces()?;
@@ -97,7 +94,7 @@ impl Builds {
             let mut per_target: HashMap<u64, usize> = HashMap::new();
             let mut count = 0;
             // Newest first: what goes past a cap is the oldest.
-            for item in self.db.iterator_cf(events, IteratorMode::From(&end, Direction::Reverse)) {
+            for item in self.records.scan(Table::Events, &end, true)? {
                 let (key, value) = item?;
                 if !key.starts_with(&prefix) {
                     if key.as_ref() < prefix.as_slice() {
@@ -112,7 +109,7 @@ impl Builds {
                 let seen = target.map(|target| per_target.entry(target).or_default());
                 let target_full = seen.as_ref().is_some_and(|seen| **seen >= MAX_EVENTS_PER_TARGET);
                 if time < cutoff || count >= MAX_EVENTS_PER_NAMESPACE || target_full {
-                    batch.delete_cf(events, &key);
+                    changes.push(Change::Delete(Table::Events, key.to_vec()));
                     continue;
                 }
                 if let Some(seen) = seen {
@@ -129,27 +126,24 @@ impl Builds {
                     let prefix = event_prefix(namespace);
                     let mut end = prefix.clone();
                     end.extend_from_slice(&first_kept.to_be_bytes());
-                    batch.delete_range_cf(events, &prefix, &end);
+                    changes.push(Change::DeleteRange(Table::Events, prefix, end));
                 }
                 bytes
             }
             None => total,
         };
-        if !batch.is_empty() {
-            self.db.write(batch)?;
-        }
+        self.records.write(changes)?;
         self.history_bytes.store(kept_bytes, Ordering::Relaxed);
         Ok(())
     }
 
     /// The events of `namespace` from `since_ms` on, oldest first.
     pub(super) fn events(&self, namespace: &str, since_ms: i64) -> Result<Vec<v1::BuildEvent>> {
-        let events = cf(&self.db, CF_BUILD_EVENTS)?;
         let prefix = event_prefix(namespace);
         let mut start = prefix.clone();
         start.extend_from_slice(&since_ms.max(0).to_be_bytes());
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(events, IteratorMode::From(&start, Direction::Forward)) {
+        for item in self.records.scan(Table::Events, &start, false)? {
             let (key, value) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -161,17 +155,15 @@ impl Builds {
 
     /// Every namespace that has events.
     fn event_namespaces(&self) -> Result<Vec<String>> {
-        let events = cf(&self.db, CF_BUILD_EVENTS)?;
         let mut out = Vec::new();
-        let mut iter = self.db.raw_iterator_cf(events);
-        iter.seek_to_first();
-        while let Some(key) = iter.key() {
+        let mut from = Vec::new();
+        // One seek per namespace: past each one's events straight to the next namespace.
+        while let Some(row) = self.records.scan(Table::Events, &from, false)?.next() {
+            let (key, _) = row?;
             let Some(split) = key.iter().position(|b| *b == 0) else { break };
-            let prefix = key[..=split].to_vec();
             out.push(String::from_utf8_lossy(&key[..split]).into_owned());
-            iter.seek(prefix_end(&prefix));
+            from = prefix_end(&key[..=split]);
         }
-        iter.status()?;
         Ok(out)
     }
 
@@ -183,7 +175,7 @@ impl Builds {
         top: usize,
     ) -> Result<v1::BuildStatsResponse> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        crate::task::spawn_blocking("build stats", move || {
             let now = now_ms();
             let since_ms = if since.is_zero() { 0 } else { now - since.as_millis() as i64 };
             let namespaces = match namespace {
@@ -319,7 +311,8 @@ mod tests {
     fn open(dir: &std::path::Path, max_bytes: u64) -> Arc<Builds> {
         let (db, rocks) = crate::store::open_for_tests(dir);
         let history = History { max_bytes, space: Arc::new(FreeSpace::new(dir.to_owned(), 0)) };
-        Builds::new(db, Arc::new(rocks), Arc::default(), history).unwrap()
+        let records = Arc::new(crate::builds::RocksBuildRecords::new(db));
+        Builds::new(records, Arc::new(rocks), Arc::default(), history).unwrap()
     }
 
     fn event(namespace: &str, time: i64, package: &str) -> v1::BuildEvent {

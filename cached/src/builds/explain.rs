@@ -5,11 +5,9 @@
 use std::sync::Arc;
 
 use proto::v1;
-use rocksdb::{Direction, IteratorMode};
 
 use super::keys::{decode, index_tail, package_prefix, target_prefix};
-use super::{Builds, hex, manifest};
-use crate::db::{CF_BUILD_INDEX, cf};
+use super::{Builds, Table, hex, manifest};
 use crate::error::{Error, Result};
 
 /// What a miss was compared with (`MissExplanation.basis`).
@@ -82,9 +80,8 @@ impl Builds {
         prefix: &[u8],
         manifest: &v1::BuildManifest,
     ) -> Result<Option<(Vec<u8>, Vec<v1::ComponentChange>)>> {
-        let index = cf(&self.db, CF_BUILD_INDEX)?;
         let mut best: Option<(usize, i64, Vec<u8>, Vec<v1::ComponentChange>)> = None;
-        for item in self.db.iterator_cf(index, IteratorMode::From(prefix, Direction::Forward)) {
+        for item in self.records.scan(Table::Index, prefix, false)? {
             let (key, value) = item?;
             if !key.starts_with(prefix) {
                 break;
@@ -122,7 +119,8 @@ impl Builds {
         query: String,
     ) -> Result<Option<v1::BuildEvent>> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.explain_blocking(&namespace, &query)).await?
+        crate::task::spawn_blocking("build explain", move || this.explain_blocking(&namespace, &query))
+            .await?
     }
 
     fn explain_blocking(&self, namespace: &str, query: &str) -> Result<Option<v1::BuildEvent>> {

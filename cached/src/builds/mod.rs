@@ -1,26 +1,30 @@
 //! The whole-build cache: build keys → outputs, the nearest earlier manifest of each target,
 //! and an event log of every lookup, miss cause and record.
 //!
-//! Three column families (`crate::db`):
-//! - `build_entries`: namespace · key → the recorded outputs and build duration. An entry is a
+//! Three ordered tables ([`Table`], kept by a [`BuildRecords`]; in RocksDB, the column
+//! families `build_entries`, `build_index` and `build_events` of `crate::db`):
+//! - entries: namespace · key → the recorded outputs and build duration. An entry is a
 //!   hit only while every output blob is stored; one whose blob was evicted is removed when
 //!   found, and answers a miss.
-//! - `build_index`: namespace · module · package · GOOS/GOARCH · time · key → manifest. The
+//! - index: namespace · module · package · GOOS/GOARCH · time · key → manifest. The
 //!   last [`MAX_PER_TARGET`] builds of each target; older ones go, with their entries.
-//! - `build_events`: namespace · time · sequence · target hash → event. Bounded by
+//! - events: namespace · time · sequence · target hash → event. Bounded by
 //!   [`RETENTION`], [`MAX_EVENTS_PER_NAMESPACE`], [`MAX_EVENTS_PER_TARGET`], the size of each
 //!   event ([`MAX_EVENT_BYTES`]) and of the whole log (`max_build_history`), and the disk's
 //!   free-space floor: lookups, which only need `read`, append to it. `Stats` windows and
 //!   `Explain` read it.
 //!
 //! This module looks builds up and records them; `keys` is the byte layout above, `manifest`
-//! compares manifests, `explain` says why a lookup missed, `events` keeps the log and sums it up.
+//! compares manifests, `explain` says why a lookup missed, `events` keeps the log and sums it up,
+//! `records` is where the tables are kept and `rocks` keeps them in RocksDB.
 
 mod counters;
 mod events;
 mod explain;
 mod keys;
 pub mod manifest;
+mod records;
+mod rocks;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,9 +34,9 @@ pub use counters::{BuildCounters, BuildNamespaceCounters};
 use keys::{decode, encode, entry_key, index_tail, target_prefix};
 use proto::Digest;
 use proto::v1;
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
-use crate::db::{CF_BUILD_ENTRIES, CF_BUILD_INDEX, cf};
+pub use self::records::{BuildRecords, Change, Rows, Table};
+pub use self::rocks::RocksBuildRecords;
 use crate::error::{Error, Result};
 use crate::store::{FreeSpace, SharedStore};
 
@@ -62,7 +66,7 @@ pub struct History {
 }
 
 pub struct Builds {
-    db: Arc<DB>,
+    records: Arc<dyn BuildRecords>,
     store: SharedStore,
     counters: Arc<BuildCounters>,
     history: History,
@@ -135,14 +139,14 @@ fn outputs_size(outputs: &[v1::BuildOutput]) -> u64 {
 
 impl Builds {
     pub fn new(
-        db: Arc<DB>,
+        records: Arc<dyn BuildRecords>,
         store: SharedStore,
         counters: Arc<BuildCounters>,
         history: History,
     ) -> Result<Arc<Self>> {
         let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let this = Arc::new(Self {
-            db,
+            records,
             store,
             counters,
             history,
@@ -164,8 +168,10 @@ impl Builds {
         manifest: v1::BuildManifest,
     ) -> Result<v1::BuildLookupResponse> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.lookup_blocking(&namespace, &target, &key, &manifest))
-            .await?
+        crate::task::spawn_blocking("build lookup", move || {
+            this.lookup_blocking(&namespace, &target, &key, &manifest)
+        })
+        .await?
     }
 
     fn lookup_blocking(
@@ -202,7 +208,7 @@ impl Builds {
                 });
             }
             // Never a dangling hit: the entry goes, the lookup is a miss.
-            self.db.delete_cf(cf(&self.db, CF_BUILD_ENTRIES)?, entry_key(namespace, key))?;
+            self.records.write(vec![Change::Delete(Table::Entries, entry_key(namespace, key))])?;
             self.counters.entries_dropped.fetch_add(1, Ordering::Relaxed);
             evicted = true;
         }
@@ -227,8 +233,7 @@ impl Builds {
     }
 
     fn entry(&self, namespace: &str, key: &[u8; 32]) -> Result<Option<v1::BuildRecordRequest>> {
-        let entries = cf(&self.db, CF_BUILD_ENTRIES)?;
-        match self.db.get_pinned_cf(entries, entry_key(namespace, key))? {
+        match self.records.get(Table::Entries, &entry_key(namespace, key))? {
             Some(bytes) => Ok(Some(decode(&bytes, "build entry")?)),
             None => Ok(None),
         }
@@ -252,7 +257,8 @@ impl Builds {
         key: [u8; 32],
     ) -> Result<()> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.record_blocking(&namespace, request, &key)).await?
+        crate::task::spawn_blocking("build record", move || this.record_blocking(&namespace, request, &key))
+            .await?
     }
 
     fn record_blocking(
@@ -284,10 +290,10 @@ impl Builds {
         let mut index_key = target_prefix(namespace, &target);
         index_key.extend_from_slice(&now.to_be_bytes());
         index_key.extend_from_slice(key);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_BUILD_ENTRIES)?, entry_key(namespace, key), encode(&request));
-        batch.put_cf(cf(&self.db, CF_BUILD_INDEX)?, &index_key, encode(&manifest));
-        self.db.write(batch)?;
+        self.records.write(vec![
+            Change::Put(Table::Entries, entry_key(namespace, key), encode(&request)),
+            Change::Put(Table::Index, index_key, encode(&manifest)),
+        ])?;
         self.prune_target(namespace, &target)?;
         let bytes = outputs_size(&request.outputs);
         let counters = self.counters.namespace(namespace);
@@ -307,10 +313,9 @@ impl Builds {
 
     /// Keeps the newest `MAX_PER_TARGET` builds of a target; entries of dropped keys go too.
     fn prune_target(&self, namespace: &str, target: &v1::BuildTarget) -> Result<()> {
-        let index = cf(&self.db, CF_BUILD_INDEX)?;
         let prefix = target_prefix(namespace, target);
         let mut found: Vec<(Vec<u8>, [u8; 32])> = Vec::new();
-        for item in self.db.iterator_cf(index, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in self.records.scan(Table::Index, &prefix, false)? {
             let (key, _) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -324,15 +329,14 @@ impl Builds {
         }
         // Keys sort by time within a target: the first ones are the oldest.
         let (old, kept) = found.split_at(found.len() - MAX_PER_TARGET);
-        let mut batch = WriteBatch::default();
-        let entries = cf(&self.db, CF_BUILD_ENTRIES)?;
+        let mut changes = Vec::new();
         for (index_key, build_key) in old {
-            batch.delete_cf(index, index_key);
+            changes.push(Change::Delete(Table::Index, index_key.clone()));
             if !kept.iter().any(|(_, k)| k == build_key) {
-                batch.delete_cf(entries, entry_key(namespace, build_key));
+                changes.push(Change::Delete(Table::Entries, entry_key(namespace, build_key)));
             }
         }
-        self.db.write(batch)?;
+        self.records.write(changes)?;
         Ok(())
     }
 }

@@ -92,7 +92,9 @@ impl Watched {
             streams.next += 1;
             streams.clocks.insert(id, Arc::clone(&clock));
             if !std::mem::replace(&mut streams.watchdog, true) {
-                tokio::spawn(watchdog(Arc::clone(connections), Arc::clone(&conn)));
+                // Ends once the connection closes or has no stream left to watch.
+                crate::task::spawn("stream watchdog", watchdog(Arc::clone(connections), Arc::clone(&conn)))
+                    .detach();
             }
             id
         };

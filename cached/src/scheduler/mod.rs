@@ -5,8 +5,7 @@
 //! (agents registering and heartbeating), [`expiry`] (leases and jobs that ran out of time),
 //! [`finish`] (how a job ends), [`workers`] (connected agents and their bounded queues),
 //! [`dispatch`] (matching queued tasks to agents), [`index`] (where every job stands, kept in
-//! step with each change), [`store`] (every change written to RocksDB before it is
-//! acknowledged).
+//! step with each change), [`store`] (every change stored before it is acknowledged).
 //!
 //! A task is QUEUED, then LEASED to one agent at a time under a fencing token (job, task,
 //! attempt). Heartbeats extend the lease; a lease not extended for `lease_timeout` expires and
@@ -52,7 +51,7 @@ pub use self::sessions::Session;
 
 use self::dispatch::Scope;
 use self::index::Index;
-use self::store::{Durability, JobStore, KEEP_FINISHED};
+use self::store::{Durability, JobRecords, KEEP_FINISHED};
 use self::workers::Workers;
 use crate::auth::{Grant, LeaseId, LeaseKeys, LiveLeases};
 use crate::error::{Error, Result};
@@ -109,7 +108,7 @@ struct State {
 
 pub struct Scheduler {
     state: Mutex<State>,
-    store: JobStore,
+    store: Arc<dyn JobRecords>,
     keys: Arc<LeaseKeys>,
     events: broadcast::Sender<Arc<(String, JobEvent)>>,
     settings: Settings,
@@ -194,8 +193,7 @@ fn new_job_id() -> String {
 impl Scheduler {
     /// Loads the stored jobs and the lease key; leases keep their deadlines and secrets, so
     /// agents that are still working reconnect and go on heartbeating them.
-    pub fn open(db: Arc<rocksdb::DB>, settings: Settings) -> Result<Arc<Self>> {
-        let store = JobStore::new(db);
+    pub fn open(store: Arc<dyn JobRecords>, settings: Settings) -> Result<Arc<Self>> {
         let keys = Arc::new(LeaseKeys::new(&store.lease_key()?));
         let jobs: BTreeMap<String, JobStatus> =
             store.load()?.into_iter().map(|job| (job.job_id.clone(), job)).collect();
@@ -241,7 +239,8 @@ impl Scheduler {
 
     /// Writes `jobs`; a failure is logged and returned, for the callers that acknowledge.
     fn save<'a>(&self, jobs: impl IntoIterator<Item = &'a JobStatus>, durability: Durability) -> Result<()> {
-        self.store.save(jobs, durability).inspect_err(|err| {
+        let jobs: Vec<&JobStatus> = jobs.into_iter().collect();
+        self.store.save(&jobs, durability).inspect_err(|err| {
             tracing::error!(error = %err, "cannot persist jobs");
         })
     }

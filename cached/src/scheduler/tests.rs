@@ -25,7 +25,8 @@ const TARGETS: [&str; 4] = ["linux/amd64", "linux/arm64", "darwin/arm64", "windo
 fn open(dir: &std::path::Path) -> Arc<Scheduler> {
     let settings =
         Settings { max_open_jobs_per_namespace: 10_000, max_open_jobs: 10_000, ..Settings::default() };
-    Scheduler::open(crate::db::open(dir).unwrap(), settings).unwrap()
+    let jobs = Arc::new(super::store::RocksJobs::new(crate::db::open(dir).unwrap()));
+    Scheduler::open(jobs, settings).unwrap()
 }
 
 fn spec(namespace: &str, targets: usize, priority: i32) -> JobSpec {

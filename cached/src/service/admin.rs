@@ -1,21 +1,22 @@
 use std::sync::Arc;
 
 use proto::v1;
-use rocksdb::DB;
 use tonic::{Request, Response, Status};
 
 use crate::admin::purge_namespace;
 use crate::auth;
+use crate::builds::BuildRecords;
 use crate::error::Error;
-use crate::gocache::namespace;
+use crate::gocache::{GoEntryStore, namespace};
 
 pub struct AdminService {
-    db: Arc<DB>,
+    go_entries: Arc<dyn GoEntryStore>,
+    build_records: Arc<dyn BuildRecords>,
 }
 
 impl AdminService {
-    pub fn new(db: Arc<DB>) -> Self {
-        Self { db }
+    pub fn new(go_entries: Arc<dyn GoEntryStore>, build_records: Arc<dyn BuildRecords>) -> Self {
+        Self { go_entries, build_records }
     }
 }
 
@@ -31,11 +32,13 @@ impl v1::admin_server::Admin for AdminService {
         }
         let ns = namespace(&request.namespace)?.to_owned();
         let grant = auth::check_namespace(&extensions, &ns)?;
-        let db = Arc::clone(&self.db);
+        let (go_entries, build_records) = (Arc::clone(&self.go_entries), Arc::clone(&self.build_records));
         let target = ns.clone();
-        let purged = tokio::task::spawn_blocking(move || purge_namespace(&db, &target))
-            .await
-            .map_err(|err| Error::Internal(format!("purge: {err}")))??;
+        let purged = crate::task::spawn_blocking("purge", move || {
+            purge_namespace(&*go_entries, &*build_records, &target)
+        })
+        .await
+        .map_err(|err| Error::Internal(format!("purge: {err}")))??;
         tracing::warn!(
             target: "audit",
             token = %grant.token,

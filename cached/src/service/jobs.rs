@@ -88,7 +88,8 @@ impl Jobs for JobsService {
         let (sender, receiver) = mpsc::channel(64);
         let scheduler = Arc::clone(&self.scheduler);
         let mut stop = scheduler.stopping();
-        tokio::spawn(async move {
+        // Ends when the job finishes, the watcher goes, or cached shuts down.
+        crate::task::spawn("job watch", async move {
             let job_id = job.job_id.clone();
             let finished = job.finished_unix_ms != 0;
             let snapshot = snapshot_event(Kind::Snapshot, job.clone());
@@ -121,7 +122,8 @@ impl Jobs for JobsService {
                     return;
                 }
             }
-        });
+        })
+        .detach();
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
@@ -201,7 +203,8 @@ impl Workers for WorkersService {
         let Session { id, sender, receiver } = self.scheduler.register(info, grant)?;
         let scheduler = Arc::clone(&self.scheduler);
         let mut stop = scheduler.stopping();
-        tokio::spawn(async move {
+        // Ends when the agent goes or cached shuts down.
+        crate::task::spawn("lease stream", async move {
             let gone = sender.gone();
             tokio::pin!(gone);
             loop {
@@ -228,7 +231,8 @@ impl Workers for WorkersService {
                 }
             }
             scheduler.unregister(id);
-        });
+        })
+        .detach();
         Ok(Response::new(Box::pin(receiver.into_stream())))
     }
 

@@ -7,16 +7,16 @@ use tonic::{Request, Response, Status};
 use crate::auth::{self, Grant, NamespacePattern};
 use crate::gocache::namespace;
 use crate::stats::{OTHER_NAMESPACES, Stats};
-use crate::store::{FreeSpace, RocksStore};
+use crate::store::{FreeSpace, StoreUsage};
 
 pub struct StatsService {
     stats: Arc<Stats>,
-    store: RocksStore,
+    store: Arc<dyn StoreUsage>,
     space: Arc<FreeSpace>,
 }
 
 impl StatsService {
-    pub fn new(stats: Arc<Stats>, store: RocksStore, space: Arc<FreeSpace>) -> Self {
+    pub fn new(stats: Arc<Stats>, store: Arc<dyn StoreUsage>, space: Arc<FreeSpace>) -> Self {
         Self { stats, store, space }
     }
 }
@@ -32,7 +32,7 @@ fn may_see(grant: &Grant, namespace: &str) -> bool {
 
 /// The counters as the wire carries them, the namespaces limited to those `grant` covers;
 /// `/metrics` renders the same numbers.
-fn snapshot(stats: &Stats, store: &RocksStore, space: &FreeSpace, grant: &Grant) -> v1::StatsResponse {
+fn snapshot(stats: &Stats, store: &dyn StoreUsage, space: &FreeSpace, grant: &Grant) -> v1::StatsResponse {
     let totals = store.totals();
     let (evicted_blobs, evicted_bytes) = store.evictions();
     let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
@@ -87,7 +87,7 @@ fn snapshot(stats: &Stats, store: &RocksStore, space: &FreeSpace, grant: &Grant)
 impl v1::stats_server::Stats for StatsService {
     async fn get(&self, request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
         let grant = auth::grant(request.extensions())?;
-        Ok(Response::new(snapshot(&self.stats, &self.store, &self.space, &grant)))
+        Ok(Response::new(snapshot(&self.stats, &*self.store, &self.space, &grant)))
     }
 
     async fn report(

@@ -4,8 +4,8 @@
 //! Blobs are held as the zstd frames of `proto::frames`. A store never sees uncompressed data
 //! on its hot path: uploads arrive as frames and downloads leave as frames.
 
+pub mod housekeeping;
 mod keys;
-mod lru;
 mod metrics;
 mod rocks;
 mod space;
@@ -18,7 +18,7 @@ use proto::Digest;
 
 pub use keys::BlobKey;
 pub use metrics::{Metered, StoreCounters};
-pub use rocks::{RocksStore, StoreTotals};
+pub use rocks::{Budget, RocksStore, StoreTotals};
 pub use space::{Evictable, FreeSpace, SpaceGuarded, reclaim};
 pub use verify::Verified;
 
@@ -108,8 +108,48 @@ pub trait FrameWriter: Send {
     fn commit(self: Box<Self>) -> Result<Committed>;
 }
 
+/// What the store holds, its budget, and what eviction took: what operators see (`Stats`,
+/// `/metrics`) and what the free-space guard may count on getting back.
+pub trait StoreUsage: Send + Sync + 'static {
+    fn totals(&self) -> StoreTotals;
+    fn budget(&self) -> Budget;
+    /// (blobs, bytes) evicted since start.
+    fn evictions(&self) -> (u64, u64);
+}
+
+/// The store's upkeep, run by housekeeping and at shutdown, off the request path. Every
+/// method blocks.
+pub trait StoreUpkeep: StoreUsage {
+    /// Persists access times noted by reads, and evicts down to the low watermark once the
+    /// high one was crossed.
+    fn maintain(&self) -> Result<()>;
+    /// Evicts least recently used blobs storing about `bytes`; returns the (blobs, bytes)
+    /// evicted.
+    fn evict_bytes(&self, bytes: u64) -> Result<(u64, u64)>;
+    /// Writes buffered writes out, so the logs that kept them can go: disk given back.
+    fn flush_buffers(&self) -> Result<()>;
+    /// Gives back the disk space of evicted blobs now rather than eventually.
+    fn compact(&self) -> Result<()>;
+    /// Makes everything durable, for a clean shutdown.
+    fn flush(&self) -> Result<()>;
+}
+
 /// The store handle the services share.
 pub type SharedStore = Arc<dyn BlobStore>;
+
+/// The store the services share: RocksDB under verification, then the free-space guard,
+/// then metrics, each decorator adding one behaviour.
+pub fn layered(rocks: &RocksStore, space: &Arc<FreeSpace>, counters: &Arc<StoreCounters>) -> SharedStore {
+    let held: Arc<dyn StoreUsage> = Arc::new(rocks.clone());
+    Arc::new(Metered::new(
+        SpaceGuarded::new(
+            Verified::new(rocks.clone()),
+            Arc::clone(space),
+            Box::new(move || held.totals().stored_bytes),
+        ),
+        Arc::clone(counters),
+    ))
+}
 
 /// The eviction budget a configuration asks for.
 pub fn rocks_budget(config: &crate::config::Config) -> rocks::Budget {

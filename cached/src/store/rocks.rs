@@ -1,4 +1,7 @@
 //! The RocksDB backend: frames in `chunks` (BlobDB), metadata in `blobs`, committed together.
+//! Eviction (`lru`) is a part of it: it works on the same batches, under the same lock.
+
+mod lru;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,9 +11,9 @@ use proto::Digest;
 use proto::frames::frame_count;
 use rocksdb::{DB, IteratorMode, WriteBatch};
 
+use self::lru::AccessLog;
 use super::keys::{BlobKey, BlobMeta, chunk_key, lru_key, u64_be};
-use super::lru::AccessLog;
-use super::{BlobInfo, BlobStore, Committed, FrameReader, FrameWriter};
+use super::{BlobInfo, BlobStore, Committed, FrameReader, FrameWriter, StoreUpkeep, StoreUsage};
 use crate::db::{CF_BLOBS, CF_CHUNKS, CF_COUNTERS, CF_LRU, CF_PENDING, cf};
 use crate::error::{Error, Result};
 
@@ -46,13 +49,13 @@ impl StoreTotals {
         })
     }
 
-    pub(super) fn add(&mut self, meta: &BlobMeta) {
+    fn add(&mut self, meta: &BlobMeta) {
         self.blobs += 1;
         self.raw_bytes += meta.size;
         self.stored_bytes += meta.stored_bytes;
     }
 
-    pub(super) fn remove(&mut self, meta: &BlobMeta) {
+    fn remove(&mut self, meta: &BlobMeta) {
         self.blobs = self.blobs.saturating_sub(1);
         self.raw_bytes = self.raw_bytes.saturating_sub(meta.size);
         self.stored_bytes = self.stored_bytes.saturating_sub(meta.stored_bytes);
@@ -78,19 +81,19 @@ impl Budget {
 
 #[derive(Clone)]
 pub struct RocksStore {
-    pub(super) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(super) struct Inner {
-    pub(super) db: Arc<DB>,
+struct Inner {
+    db: Arc<DB>,
     /// Held by every change to `blobs`, `lru` and the totals, which keeps them consistent
     /// without read-modify-write races. Commits are short, so one lock is enough.
-    pub(super) totals: Mutex<StoreTotals>,
-    pub(super) budget: Budget,
-    pub(super) access_log: AccessLog,
-    pub(super) evicted_blobs: AtomicU64,
-    pub(super) evicted_bytes: AtomicU64,
-    pub(super) over_high_watermark: AtomicBool,
+    totals: Mutex<StoreTotals>,
+    budget: Budget,
+    access_log: AccessLog,
+    evicted_blobs: AtomicU64,
+    evicted_bytes: AtomicU64,
+    over_high_watermark: AtomicBool,
     next_upload: AtomicU64,
 }
 
@@ -152,14 +155,50 @@ impl RocksStore {
     }
 }
 
+impl StoreUsage for RocksStore {
+    fn totals(&self) -> StoreTotals {
+        RocksStore::totals(self)
+    }
+
+    fn budget(&self) -> Budget {
+        RocksStore::budget(self)
+    }
+
+    fn evictions(&self) -> (u64, u64) {
+        RocksStore::evictions(self)
+    }
+}
+
+impl StoreUpkeep for RocksStore {
+    fn maintain(&self) -> Result<()> {
+        RocksStore::maintain(self)
+    }
+
+    fn evict_bytes(&self, bytes: u64) -> Result<(u64, u64)> {
+        RocksStore::evict_bytes(self, bytes)
+    }
+
+    fn flush_buffers(&self) -> Result<()> {
+        self.flush_memtables()
+    }
+
+    fn compact(&self) -> Result<()> {
+        self.compact_chunks()
+    }
+
+    fn flush(&self) -> Result<()> {
+        RocksStore::flush(self)
+    }
+}
+
 impl Inner {
-    pub(super) fn lock_totals(&self) -> MutexGuard<'_, StoreTotals> {
+    fn lock_totals(&self) -> MutexGuard<'_, StoreTotals> {
         // A panic while holding the lock cannot leave the totals half-updated: they are only
         // assigned after the batch that persists them succeeded.
         self.totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(super) fn meta(&self, key: &BlobKey) -> Result<Option<BlobMeta>> {
+    fn meta(&self, key: &BlobKey) -> Result<Option<BlobMeta>> {
         self.db
             .get_pinned_cf(cf(&self.db, CF_BLOBS)?, key.as_bytes())?
             .map(|bytes| BlobMeta::decode(&bytes))
@@ -167,7 +206,7 @@ impl Inner {
     }
 
     /// Adds the deletion of every frame of an upload to `batch`.
-    pub(super) fn delete_chunks(&self, batch: &mut WriteBatch, upload_id: u64, frames: u64) -> Result<()> {
+    fn delete_chunks(&self, batch: &mut WriteBatch, upload_id: u64, frames: u64) -> Result<()> {
         let chunks = cf(&self.db, CF_CHUNKS)?;
         for frame in 0..frames {
             batch.delete_cf(chunks, chunk_key(upload_id, frame));
@@ -177,7 +216,7 @@ impl Inner {
 
     /// Adds the deletion of a stored blob (metadata, access order, frames) to `batch`, and
     /// takes it off `totals`.
-    pub(super) fn delete_blob(
+    fn delete_blob(
         &self,
         batch: &mut WriteBatch,
         key: &BlobKey,
@@ -191,7 +230,7 @@ impl Inner {
         Ok(())
     }
 
-    pub(super) fn put_totals(&self, batch: &mut WriteBatch, totals: &StoreTotals) -> Result<()> {
+    fn put_totals(&self, batch: &mut WriteBatch, totals: &StoreTotals) -> Result<()> {
         batch.put_cf(cf(&self.db, CF_COUNTERS)?, TOTALS_KEY, totals.encode());
         Ok(())
     }
@@ -361,7 +400,7 @@ impl FrameWriter for RocksWriter {
                 inner.delete_blob(&mut batch, &self.key, &legacy, &mut next_totals)?;
             }
         }
-        let now = super::lru::now_ms();
+        let now = lru::now_ms();
         let meta = BlobMeta {
             size: self.size,
             stored_bytes: self.stored_bytes,

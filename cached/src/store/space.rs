@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use proto::Digest;
 
-use super::{BlobStore, Committed, FrameReader, FrameWriter, RocksStore};
+use super::{BlobStore, Committed, FrameReader, FrameWriter, StoreUpkeep};
 use crate::error::{Error, Result};
 
 /// Uploads come in bursts of thousands of small blobs; one sample serves a burst.
@@ -197,12 +197,12 @@ pub enum Reclaimed {
 /// often most of what a busy store adds to its disk); if that is not enough, evicts twice the
 /// shortfall (deleted blobs free their disk space only once compaction drops them, and not all
 /// of it at once) and compacts.
-pub fn reclaim(store: &RocksStore, space: &FreeSpace) -> Result<Reclaimed> {
+pub fn reclaim(store: &dyn StoreUpkeep, space: &FreeSpace) -> Result<Reclaimed> {
     if space.floor == 0 || space.deficit()? == 0 {
         *space.warned_exhausted.lock().unwrap_or_else(PoisonError::into_inner) = None;
         return Ok(Reclaimed::NotNeeded);
     }
-    store.flush_memtables()?;
+    store.flush_buffers()?;
     let deficit = space.deficit()?;
     if deficit == 0 {
         tracing::info!(free = space.available()?, "the disk was nearly full: flushing memtables made room");
@@ -210,7 +210,7 @@ pub fn reclaim(store: &RocksStore, space: &FreeSpace) -> Result<Reclaimed> {
     }
     let (blobs, bytes) = store.evict_bytes(deficit.saturating_mul(2))?;
     // Also when nothing was evicted: frames of blobs evicted before may still be on disk.
-    store.compact_chunks()?;
+    store.compact()?;
     if blobs == 0 {
         warn_exhausted(space, Instant::now())?;
         return Ok(Reclaimed::NothingToEvict);
@@ -251,6 +251,7 @@ fn warn_exhausted(space: &FreeSpace, now: Instant) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RocksStore;
 
     fn open(dir: &std::path::Path) -> RocksStore {
         crate::store::open_for_tests(dir).1

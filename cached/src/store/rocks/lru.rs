@@ -8,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use rocksdb::{IteratorMode, WriteBatch};
 
-use super::keys::{BlobKey, lru_key, u64_be};
-use super::rocks::{RocksStore, StoreTotals};
+use super::{RocksStore, StoreTotals};
 use crate::db::{CF_BLOBS, CF_LRU, cf};
 use crate::error::Result;
+use crate::store::keys::{BlobKey, lru_key, u64_be};
 
 /// Blobs evicted per write batch: bounds the batch size and the time the commit lock is held.
 const EVICTION_BATCH: usize = 512;

@@ -1,0 +1,39 @@
+//! The stores cached keeps its records in, each behind the trait its users hold, so that
+//! another backend can take the place of one (a shared blob tier, a scheduler database)
+//! without the services changing. One RocksDB database backs them all today.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::builds::{BuildRecords, RocksBuildRecords};
+use crate::error::Result;
+use crate::gocache::{GoEntryStore, RocksGoEntries};
+use crate::scheduler::store::{JobRecords, RocksJobs};
+use crate::store::{Budget, RocksStore, StoreUpkeep, StoreUsage};
+
+pub struct Backends {
+    /// Blobs, under the decorators of `store::layered`.
+    pub blobs: RocksStore,
+    pub usage: Arc<dyn StoreUsage>,
+    pub upkeep: Arc<dyn StoreUpkeep>,
+    pub go_entries: Arc<dyn GoEntryStore>,
+    pub build_records: Arc<dyn BuildRecords>,
+    pub jobs: Arc<dyn JobRecords>,
+}
+
+impl Backends {
+    /// Opens (or creates) the RocksDB database at `data_dir` with every store on it, discarding
+    /// uploads a crash cut off. Blocking.
+    pub fn open_rocksdb(data_dir: &Path, budget: Budget) -> Result<Self> {
+        let db = crate::db::open(data_dir)?;
+        let blobs = RocksStore::open(Arc::clone(&db), budget)?;
+        Ok(Self {
+            usage: Arc::new(blobs.clone()),
+            upkeep: Arc::new(blobs.clone()),
+            blobs,
+            go_entries: Arc::new(RocksGoEntries::new(Arc::clone(&db))),
+            build_records: Arc::new(RocksBuildRecords::new(Arc::clone(&db))),
+            jobs: Arc::new(RocksJobs::new(db)),
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! Every task cached starts goes through here, named: its logs carry a `task` span saying
+//! what they are part of. The [`Task`] returned aborts the task when dropped, so a task lives
+//! only as long as whoever started it holds it; one that ends on its own (a stream that stops
+//! when its receiver goes) is let go with [`Task::detach`], which says so where it is started.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::task::{JoinError, JoinHandle};
+use tracing::Instrument;
+
+/// A running task, aborted when dropped. Awaiting it gives its output, or the panic or abort
+/// that ended it.
+#[must_use = "dropping a Task aborts it; call detach() to let it run"]
+pub struct Task<T> {
+    handle: Option<JoinHandle<T>>,
+}
+
+impl<T> Task<T> {
+    /// Lets the task run to its own end, with nobody waiting for it.
+    pub fn detach(mut self) {
+        self.handle.take();
+    }
+
+    /// Stops the task at its next await; a blocking task already running runs on.
+    pub fn abort(&self) {
+        if let Some(handle) = &self.handle {
+            handle.abort();
+        }
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+impl<T> Future for Task<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let handle = self.handle.as_mut().expect("a detached Task is consumed by detach()");
+        Pin::new(handle).poll(cx)
+    }
+}
+
+fn span(name: &'static str) -> tracing::Span {
+    tracing::info_span!("task", name)
+}
+
+/// Runs `future` on the runtime as the task `name`.
+#[allow(clippy::disallowed_methods)] // The one place tasks are spawned.
+pub fn spawn<F>(name: &'static str, future: F) -> Task<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    Task { handle: Some(tokio::spawn(future.instrument(span(name)))) }
+}
+
+/// Runs `work` on the blocking thread pool as the task `name`: for anything that blocks
+/// (RocksDB, disk), never on an async worker thread.
+#[allow(clippy::disallowed_methods)] // The one place blocking tasks are spawned.
+pub fn spawn_blocking<F, R>(name: &'static str, work: F) -> Task<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let span = span(name);
+    Task { handle: Some(tokio::task::spawn_blocking(move || span.in_scope(work))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dropped_task_is_aborted_and_a_detached_one_runs_on() {
+        let (dropped_tx, mut dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let pending = spawn("aborted", async move {
+            let _alive = dropped_tx;
+            std::future::pending::<()>().await;
+        });
+        drop(pending);
+        // The sender goes with the aborted task, so the receiver learns it was dropped.
+        let closed = tokio::time::timeout(Duration::from_secs(5), &mut dropped_rx).await;
+        assert!(matches!(closed, Ok(Err(_))), "the task still holds its sender");
+
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        spawn("detached", async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = done_tx.send(());
+        })
+        .detach();
+        tokio::time::timeout(Duration::from_secs(5), done_rx).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn awaiting_a_task_gives_its_output_or_its_panic() {
+        assert_eq!(spawn_blocking("adds", || 2 + 2).await.unwrap(), 4);
+        let panicked = spawn("panics", async { panic!("on purpose") }).await;
+        assert!(panicked.unwrap_err().is_panic());
+    }
+}
