@@ -23,6 +23,11 @@ impl<T> Task<T> {
         self.handle.take();
     }
 
+    /// Whether the task has ended (a result waits to be taken by awaiting it).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     /// Stops the task at its next await; a blocking task already running runs on.
     pub fn abort(&self) {
         if let Some(handle) = &self.handle {

@@ -166,18 +166,22 @@ async fn memory_stays_flat_while_a_1gib_blob_streams() {
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
         let sampling = sampling.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0u64;
-            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    && let Some(line) = status.lines().find(|l| l.starts_with("VmRSS:"))
-                {
-                    peak = peak.max(line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024);
+        std::thread::Builder::new()
+            .name("rss sampler".into())
+            .spawn(move || {
+                let mut peak = 0u64;
+                while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                        && let Some(line) = status.lines().find(|l| l.starts_with("VmRSS:"))
+                    {
+                        peak =
+                            peak.max(line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        })
+                peak
+            })
+            .expect("start the RSS sampler")
     };
 
     let sent = frame.clone();

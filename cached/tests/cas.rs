@@ -143,8 +143,9 @@ async fn truncated_or_aborted_uploads_stay_invisible() {
     sender.send(header(digest, Compression::Zstd)).await.unwrap();
     sender.send(data(frames(&blob).remove(0))).await.unwrap();
     let mut cas = clients.cas.clone();
-    let upload =
-        tokio::spawn(async move { cas.write(tokio_stream::wrappers::ReceiverStream::new(receiver)).await });
+    let upload = cached::task::spawn("upload", async move {
+        cas.write(tokio_stream::wrappers::ReceiverStream::new(receiver)).await
+    });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     upload.abort();
     drop(sender);
@@ -170,7 +171,7 @@ async fn concurrent_writers_of_one_digest_store_one_copy() {
     let uploads: Vec<_> = (0..16)
         .map(|_| {
             let (clients, frames) = (clients.clone(), frames(&blob));
-            tokio::spawn(async move { clients.write_as(digest, frames).await })
+            cached::task::spawn("upload", async move { clients.write_as(digest, frames).await })
         })
         .collect();
     let mut stored_bytes = 0;

@@ -162,7 +162,7 @@ async fn an_upload_that_trickles_is_cut_off() {
 
     let (sender, receiver) = mpsc::channel(4);
     let mut cas = clients.cas.clone();
-    let upload = tokio::spawn(async move { cas.write(ReceiverStream::new(receiver)).await });
+    let upload = cached::task::spawn("upload", async move { cas.write(ReceiverStream::new(receiver)).await });
     sender.send(header(digest, Compression::Identity)).await.unwrap();
     let started = Instant::now();
     // Each gap is well under idle_timeout, the average far under min_transfer_rate.

@@ -148,8 +148,9 @@ async fn an_upload_that_crosses_the_floor_while_it_streams_is_cut_off_and_stores
     assert!(room_above(disk.path(), FLOOR) > blob.len() as u64, "the blob must fit at its header");
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
     let mut cas = clients.cas.clone();
-    let upload =
-        tokio::spawn(async move { cas.write(tokio_stream::wrappers::ReceiverStream::new(receiver)).await });
+    let upload = cached::task::spawn("upload", async move {
+        cas.write(tokio_stream::wrappers::ReceiverStream::new(receiver)).await
+    });
     sender.send(common::header(digest, Compression::Zstd)).await.unwrap();
     let mut sent = 0;
     let filler = disk.path().join("filler");

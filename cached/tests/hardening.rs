@@ -211,13 +211,18 @@ async fn oversize_input_is_refused_and_memory_stays_flat() {
 fn open_upload(
     clients: &common::Clients,
     digest: Digest,
-) -> (mpsc::Sender<v1::WriteRequest>, tokio::task::JoinHandle<Result<v1::WriteResponse, tonic::Status>>) {
+) -> (mpsc::Sender<v1::WriteRequest>, cached::task::Task<Result<v1::WriteResponse, tonic::Status>>) {
     let (sender, receiver) = mpsc::channel(4);
     let mut cas = clients.cas.clone();
-    let task =
-        tokio::spawn(async move { cas.write(ReceiverStream::new(receiver)).await.map(|r| r.into_inner()) });
+    let task = cached::task::spawn("upload", async move {
+        cas.write(ReceiverStream::new(receiver)).await.map(|r| r.into_inner())
+    });
     let first = sender.clone();
-    tokio::spawn(async move { first.send(header(digest, Compression::Identity)).await });
+    cached::task::spawn(
+        "upload header",
+        async move { first.send(header(digest, Compression::Identity)).await },
+    )
+    .detach();
     (sender, task)
 }
 

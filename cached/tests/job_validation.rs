@@ -184,7 +184,8 @@ async fn lease_one(server: &Server) -> (v1::TaskLease, mpsc::Sender<LeaseRequest
             .unwrap();
         if let Some(lease_response::Kind::Task(task)) = reply.kind {
             // The stream must outlive the lease: keep it in a task of its own.
-            tokio::spawn(async move { while replies.next().await.is_some() {} });
+            cached::task::spawn("lease stream", async move { while replies.next().await.is_some() {} })
+                .detach();
             return (task, sender);
         }
     }

@@ -762,7 +762,7 @@ impl Front {
             }
         };
         let app = axum::Router::new().fallback(handler);
-        let task = tokio::spawn(async move {
+        let task = cached_client::task::spawn("registry", async move {
             axum::serve(listener, app).await.unwrap();
         });
         Self { addr, scopes, task }
@@ -801,7 +801,7 @@ async fn bearer_tokens_are_fetched_with_the_config_credentials() {
         "--docker-config",
         s(&config),
     ]);
-    let report = tokio::task::spawn_blocking(move || image(&args)).await.unwrap();
+    let report = cached_client::task::spawn_blocking("cachectl image", move || image(&args)).await.unwrap();
     assert_eq!(report["push"]["blobs_uploaded"], 2, "{report}");
     let scopes = front.scopes.lock().unwrap().clone();
     assert!(!scopes.is_empty() && scopes.iter().all(|q| q.contains("service=front")), "{scopes:?}");
@@ -819,7 +819,8 @@ async fn bearer_tokens_are_fetched_with_the_config_credentials() {
     .unwrap();
     let args =
         strings(&["--platform", &amd64, "--name", "hello", "--push", &target, "--docker-config", s(&config)]);
-    let err = tokio::task::spawn_blocking(move || image_failure(&args)).await.unwrap();
+    let err =
+        cached_client::task::spawn_blocking("cachectl image", move || image_failure(&args)).await.unwrap();
     assert!(err.contains(&format!("the token service of registry {host}")), "{err}");
     assert!(err.contains("refused user \"ci\" from"), "{err}");
 }
@@ -833,7 +834,8 @@ async fn a_chunk_the_registry_did_not_fully_take_stops_the_push() {
     let amd64 = format!("linux/amd64={}", fixture.path("linux/amd64").display());
     let args =
         strings(&["--platform", &amd64, "--name", "hello", "--push", &target, "--chunk-size", "256KiB"]);
-    let err = tokio::task::spawn_blocking(move || image_failure(&args)).await.unwrap();
+    let err =
+        cached_client::task::spawn_blocking("cachectl image", move || image_failure(&args)).await.unwrap();
     assert!(err.contains("the registry holds \"0-0\", not 0-262143"), "{err}");
     assert!(err.contains("rather than pushing a corrupt blob"), "{err}");
     let manifests =

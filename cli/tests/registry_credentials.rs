@@ -140,7 +140,7 @@ impl Proxy {
             }
         };
         let app = axum::Router::new().fallback(handler);
-        let task = tokio::spawn(async move {
+        let task = cached_client::task::spawn("registry", async move {
             axum::serve(listener, app).await.unwrap();
         });
         Self { origin, seen, task }
@@ -210,7 +210,9 @@ async fn image(dir: &Path, name: &str, args: &[&str]) -> Output {
         .arg("--platform")
         .arg(format!("linux/amd64={}", file.display()))
         .args(args);
-    tokio::task::spawn_blocking(move || command.output().expect("run cachectl")).await.unwrap()
+    cached_client::task::spawn_blocking("cachectl", move || command.output().expect("run cachectl"))
+        .await
+        .unwrap()
 }
 
 fn stderr(output: &Output) -> String {
