@@ -1,5 +1,5 @@
 //! Tokens, scopes and namespaces: every RPC × every scope × in and out of the token's
-//! namespaces answers exactly as the README's "Securing cached" table says; rate limits hold one
+//! namespaces answers exactly as the scopes table of docs/securing.md says; rate limits hold one
 //! token back without slowing another; writes to the action cache are audited by token name.
 
 mod common;
