@@ -29,13 +29,11 @@ use proto::{ActionId, Digest, OutputId};
 use sha2::{Digest as _, Sha256};
 
 use super::room::Room;
+use super::trim::{self, Freed, TEMP_PREFIX, TRIM_PROTECT};
 
 /// A used file's mtime is refreshed (for LRU trimming) only when older than this, so hits do
 /// not each cost a metadata write.
 const TOUCH_AFTER: Duration = Duration::from_secs(3600);
-/// Files used more recently than this are never trimmed: a concurrent build may hold their
-/// paths. Twice `TOUCH_AFTER`, because a used file's mtime may lag its use by that much.
-pub(super) const TRIM_PROTECT: Duration = Duration::from_secs(2 * 3600);
 /// How often a session's close looks at the tier's total size.
 const TRIM_INTERVAL: Duration = Duration::from_secs(3600);
 /// Trimming stops once the tier is below this fraction of its cap, so it does not run again
@@ -43,10 +41,6 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(3600);
 const TRIM_LOW_WATER: f64 = 0.9;
 /// Longer than any record (`<64 hex> <size> <time>`, about 100 bytes).
 const RECORD_MAX: usize = 256;
-/// Names of files being written; never a 64-hex-digit entry name.
-const TEMP_PREFIX: &str = ".part-";
-/// Where earlier versions wrote temporary files; trimming still clears it.
-const LEGACY_TEMP_DIR: &str = "tmp";
 
 /// An action's entry as the local tier records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +58,12 @@ pub enum DiskError {
     WrongBody { size: u64, expected: OutputId, actual: String },
     #[error("body has {actual} bytes, not the {expected} announced")]
     WrongSize { expected: u64, actual: u64 },
+}
+
+impl From<trim::ListError> for DiskError {
+    fn from(err: trim::ListError) -> Self {
+        Self::Io { path: err.path, source: err.source }
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
@@ -228,74 +228,14 @@ impl DiskTier {
     /// Removes the least recently used files until the tier is under its low-water mark, never
     /// touching files used after `protect_after`. Also clears abandoned temp files.
     pub fn trim(&self, protect_after: SystemTime) -> Result<u64, DiskError> {
-        let files = list_entries(&self.root, protect_after, &mut Freed::default())?;
+        let files = trim::list_entries(&self.root, protect_after, &mut Freed::default())?;
         let total: u64 = files.iter().map(|f| f.size).sum();
         if total <= self.max_size {
             return Ok(0);
         }
         let target = (self.max_size as f64 * TRIM_LOW_WATER) as u64;
-        Ok(remove_oldest(files, total - target, protect_after).bytes)
+        Ok(trim::remove_oldest(files, total - target, protect_after).bytes)
     }
-}
-
-/// What a removal freed.
-#[derive(Debug, Default)]
-pub struct Freed {
-    pub files: u64,
-    pub bytes: u64,
-}
-
-/// Removes the least recently used half (by bytes) of the tier at `root`, and its abandoned
-/// temp files, sparing whatever was used after `protect_after`.
-pub(super) fn forget_oldest_half(root: &Path, protect_after: SystemTime) -> Result<Freed, DiskError> {
-    let mut freed = Freed::default();
-    let files = list_entries(root, protect_after, &mut freed)?;
-    let total: u64 = files.iter().map(|f| f.size).sum();
-    let oldest = remove_oldest(files, total.div_ceil(2), protect_after);
-    Ok(Freed { files: freed.files + oldest.files, bytes: freed.bytes + oldest.bytes })
-}
-
-/// The tier's bodies and records. Temp files abandoned before `protect_after` are removed on
-/// the way, and counted in `temps_removed`.
-fn list_entries(
-    root: &Path,
-    protect_after: SystemTime,
-    temps_removed: &mut Freed,
-) -> Result<Vec<FileInfo>, DiskError> {
-    let mut listed = Vec::new();
-    for sub in ["o", "a"] {
-        list_files(&root.join(sub), 2, &mut listed)?;
-    }
-    let legacy = root.join(LEGACY_TEMP_DIR);
-    list_files(&legacy, 1, &mut listed)?;
-    let (temps, files): (Vec<_>, Vec<_>) = listed.into_iter().partition(|file| {
-        let name = file.path.file_name().and_then(|name| name.to_str()).unwrap_or("");
-        name.starts_with(TEMP_PREFIX) || file.path.parent() == Some(legacy.as_path())
-    });
-    for temp in temps.iter().filter(|f| f.modified <= protect_after) {
-        if remove(&temp.path) {
-            temps_removed.files += 1;
-            temps_removed.bytes += temp.size;
-        }
-    }
-    Ok(files)
-}
-
-/// Removes files, least recently used first, until `want` bytes are gone or the next one was
-/// used after `protect_after`.
-fn remove_oldest(mut files: Vec<FileInfo>, want: u64, protect_after: SystemTime) -> Freed {
-    files.sort_by_key(|f| f.modified);
-    let mut freed = Freed::default();
-    for file in files.iter().take_while(|f| f.modified <= protect_after) {
-        if freed.bytes >= want {
-            break;
-        }
-        if remove(&file.path) {
-            freed.files += 1;
-            freed.bytes += file.size;
-        }
-    }
-    freed
 }
 
 /// Receives a body, hashing it as it goes: SHA-256 must give the OutputID before the body
@@ -449,38 +389,6 @@ fn set_executable(_file: &File) -> io::Result<()> {
     Ok(())
 }
 
-struct FileInfo {
-    path: PathBuf,
-    size: u64,
-    modified: SystemTime,
-}
-
-/// Lists regular files `depth` directory levels below `dir` (1: its own files).
-fn list_files(dir: &Path, depth: u32, out: &mut Vec<FileInfo>) -> Result<(), DiskError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(io_at(dir)(err)),
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        // Another process may remove files while we list: skip what vanished.
-        let Ok(metadata) = entry.metadata() else { continue };
-        if depth > 1 && metadata.is_dir() {
-            list_files(&path, depth - 1, out)?;
-        } else if depth == 1 && metadata.is_file() {
-            let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            out.push(FileInfo { path, size: metadata.len(), modified });
-        }
-    }
-    Ok(())
-}
-
-/// Removes a file; true when this call removed it (a concurrent trim may have been first).
-fn remove(path: &Path) -> bool {
-    fs::remove_file(path).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,7 +517,7 @@ mod tests {
         // A writer that died mid-body leaves its part beside the entries; a legacy tmp/ too.
         let abandoned = shard.join(format!("{TEMP_PREFIX}dead"));
         fs::write(&abandoned, b"half a bo").unwrap();
-        let legacy = dir.path().join(LEGACY_TEMP_DIR).join(".part-old");
+        let legacy = dir.path().join(trim::LEGACY_TEMP_DIR).join(".part-old");
         fs::create_dir_all(legacy.parent().unwrap()).unwrap();
         fs::write(&legacy, b"old").unwrap();
         tier.trim(SystemTime::now() - Duration::from_secs(60)).unwrap();

@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use super::disk::{DiskTier, Entry};
-use super::remote::RemoteError;
+use super::remote_error::RemoteError;
 
 /// A decoder for [`Found::store`], which restarts it on each body.
 pub fn new_decoder() -> Result<FrameDecoder, RemoteError> {

@@ -20,10 +20,12 @@ pub mod prefetch;
 pub mod preload;
 pub mod protocol;
 pub mod remote;
+pub mod remote_error;
 pub mod room;
 pub mod server;
 pub mod session;
 pub mod tiers;
+pub mod trim;
 pub mod uploads;
 
 use std::path::PathBuf;

@@ -20,8 +20,8 @@ use super::breaker::Breaker;
 use super::counters::{Counters, add};
 use super::disk::{DiskError, DiskTier, Entry};
 use super::landing::{Found, new_decoder, store_frames};
+pub use super::remote_error::RemoteError;
 use super::session::{self, Record};
-use super::uploads::Upload;
 use cached_client::connect::{Client, ConnectOptions};
 use cached_client::error::ClientError;
 use cached_client::transfer;
@@ -37,41 +37,6 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 /// Frames buffered between the network and the file being written.
 const PIPELINE_FRAMES: usize = 4;
 
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteError {
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("it sent a corrupt body: {0}")]
-    Corrupt(String),
-    #[error("{0}")]
-    Client(#[from] ClientError),
-    #[error("local tier: {0}")]
-    Local(DiskError),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl RemoteError {
-    /// Whether the server answered and refused to store (a token without write scope, a disk
-    /// nearly full): it still serves reads, so this is no outage.
-    fn is_refusal(&self) -> bool {
-        const REFUSALS: [tonic::Code; 3] =
-            [tonic::Code::PermissionDenied, tonic::Code::Unauthenticated, tonic::Code::ResourceExhausted];
-        match self {
-            Self::Status(status) => REFUSALS.contains(&status.code()),
-            Self::Client(ClientError::Status { code, .. }) => REFUSALS.contains(code),
-            _ => false,
-        }
-    }
-
-    /// Whether the failure is the server's (counts toward the breaker) rather than ours.
-    fn is_remote(&self) -> bool {
-        !matches!(self, Self::Local(_) | Self::Internal(_))
-    }
-}
-
 impl From<DiskError> for RemoteError {
     fn from(err: DiskError) -> Self {
         match err {
@@ -80,6 +45,17 @@ impl From<DiskError> for RemoteError {
             DiskError::Io { .. } => Self::Local(err),
         }
     }
+}
+
+/// One stored body to send: its CAS blob, then its entry.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub action_id: ActionId,
+    pub output_id: OutputId,
+    pub digest: Digest,
+    pub time_unix_nanos: i64,
+    /// The body in the local tier, which never rewrites it, so it stays valid.
+    pub path: PathBuf,
 }
 
 pub struct RemoteTier {

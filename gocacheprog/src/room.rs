@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
-use super::disk::{self, Freed, TRIM_PROTECT};
+use super::trim::{self, Freed, TRIM_PROTECT};
 use cached_client::size;
 
 pub struct Room {
@@ -60,7 +60,7 @@ impl Room {
             return false;
         }
         let protect_after = SystemTime::now().checked_sub(TRIM_PROTECT).unwrap_or(SystemTime::UNIX_EPOCH);
-        let freed = disk::forget_oldest_half(&self.root, protect_after).unwrap_or_default();
+        let freed = trim::forget_oldest_half(&self.root, protect_after).unwrap_or_default();
         self.exhausted.store(freed.bytes == 0, Ordering::Relaxed);
         self.rounds.fetch_add(1, Ordering::Release);
         if !self.warned.swap(true, Ordering::Relaxed) {

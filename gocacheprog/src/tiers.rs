@@ -16,9 +16,9 @@ use super::disk::{DiskError, DiskTier, Entry};
 use super::prefetch::{Prefetches, State};
 use super::preload::{Preload, PreloadOutcome};
 use super::protocol::{Hit, now_unix_nanos};
-use super::remote::RemoteTier;
+use super::remote::{RemoteTier, Upload};
 use super::server::{BodySink, Cache, Local};
-use super::uploads::{Upload, Uploader};
+use super::uploads::Uploader;
 
 pub struct TierOptions {
     /// How long `close` waits for pending uploads.

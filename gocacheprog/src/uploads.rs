@@ -2,16 +2,15 @@
 //! here in the background, small ones batched. Bounded: when the server cannot keep up, the
 //! surplus is dropped (counted), never buffered without limit or waited for by the build.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use proto::{ActionId, Digest, FRAME_SIZE, OutputId};
+use proto::FRAME_SIZE;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::counters::{Counters, bump};
-use super::remote::RemoteTier;
+use super::remote::{RemoteTier, Upload};
 
 /// Uploads waiting at most. An entry is a path and a few IDs, so this is a few hundred KiB.
 const QUEUE: usize = 4096;
@@ -20,17 +19,6 @@ const QUEUE: usize = 4096;
 const CONCURRENT_BATCHES: usize = 4;
 const BATCH_ITEMS: usize = 256;
 const BATCH_BYTES: u64 = 4 << 20;
-
-/// One stored body to send: its CAS blob, then its entry.
-#[derive(Debug, Clone)]
-pub struct Upload {
-    pub action_id: ActionId,
-    pub output_id: OutputId,
-    pub digest: Digest,
-    pub time_unix_nanos: i64,
-    /// The body in the local tier, which never rewrites it, so it stays valid.
-    pub path: PathBuf,
-}
 
 /// Queued plus running uploads, so `close` can wait for them.
 struct Pending {
