@@ -11,7 +11,6 @@
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -116,19 +115,10 @@ pub fn incoming(
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         loop {
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                accepted = connections.accept(&listener) => accepted,
                 () = sender.closed() => return,
             };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %err, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Some(slot) = connections.admit(peer) else { continue };
+            let Some((stream, peer, slot)) = accepted else { continue };
             let Some(handshake) = connections.admit_handshake(peer) else { continue };
             let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
             let _ = stream.set_nodelay(true);

@@ -163,6 +163,25 @@ impl Connections {
     }
 
     /// A connection slot for `peer`, or `None` when it holds `max_connections_per_peer`.
+    /// Accepts the next connection and admits it within its peer's cap; None when accepting
+    /// failed (after a pause, so a lack of file descriptors does not spin) or the peer is over
+    /// its cap (the connection is then closed).
+    pub async fn accept(
+        self: &Arc<Self>,
+        listener: &TcpListener,
+    ) -> Option<(TcpStream, SocketAddr, PeerSlot)> {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(error = %err, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return None;
+            }
+        };
+        let slot = self.admit(peer)?;
+        Some((stream, peer, slot))
+    }
+
     pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<PeerSlot> {
         let key = PeerKey::of(peer);
         let mut peers = self.peers();
@@ -248,16 +267,7 @@ pub fn incoming_tcp(
 ) -> impl Stream<Item = std::io::Result<Conn<TcpStream>>> {
     futures::stream::unfold((listener, connections), |(listener, connections)| async move {
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %err, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Some(slot) = connections.admit(peer) else { continue };
+            let Some((stream, peer, slot)) = connections.accept(&listener).await else { continue };
             let _ = stream.set_nodelay(true);
             let conn = connections.wrap(stream, peer, slot);
             return Some((Ok(conn), (listener, connections)));
