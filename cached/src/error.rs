@@ -48,12 +48,12 @@ impl Error {
         Self::InvalidArgument(message.into())
     }
 
+    /// RocksDB's kIOError with its kNoSpace subcode. The binding hands a status over as its
+    /// text only ("IO error: No space left on device: ..."): the kind comes from its prefix,
+    /// the subcode from the phrase RocksDB writes for it.
     fn is_disk_full(&self) -> bool {
-        let Self::Storage(err) = self else {
-            return false;
-        };
-        let text = err.to_string();
-        text.contains("No space left") || text.contains("NoSpace")
+        matches!(self, Self::Storage(err)
+            if err.kind() == rocksdb::ErrorKind::IOError && err.as_ref().contains("No space left on device"))
     }
 }
 

@@ -175,7 +175,10 @@ async fn run(cli: Cli) -> Result<()> {
             let client = Client::connect(&cli.server, &connect).await?;
             commands::has::run(&client, &digests).await
         }
-        Command::Gocacheprog(args) => cached_gocacheprog::command::run(&cli.server, &connect, args).await,
+        Command::Gocacheprog(args) => {
+            cached_gocacheprog::command::init_log();
+            cached_gocacheprog::command::run(&cli.server, &connect, args).await
+        }
         Command::Image(args) => commands::image::run(&cli.server, &connect, *args).await,
         Command::Submit(args) => commands::submit::run(&cli.server, &connect, *args).await,
         Command::Jobs { command } => commands::jobs::run(&cli.server, &connect, command).await,

@@ -28,6 +28,21 @@ pub enum ClientError {
     Status { code: tonic::Code, message: String },
     #[error("{0} of the given digests are missing")]
     SomeMissing(usize),
+    /// A program this command runs (the go command) could not be started or waited for.
+    #[error("cannot run {program}: {source}")]
+    Run {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The local cache directory (or another file the command keeps) failed; the cause says
+    /// which file and why.
+    #[error("{what}: {source}")]
+    Local {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A command that could not do its job for a reason outside the user's input: a registry
     /// refusing a push, a tool failing. Says what failed and why.
     #[error("{0}")]
@@ -50,6 +65,11 @@ impl ClientError {
             Self::Unreachable { reason, .. } => Self::Unreachable { server: server.to_owned(), reason },
             other => other,
         }
+    }
+
+    pub fn run(program: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let program = program.into();
+        move |source| Self::Run { program, source }
     }
 
     pub fn file(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {

@@ -198,10 +198,12 @@ impl Run<'_> {
         };
         let started = Instant::now();
         let sink = if self.options.inherit_stdio { Sink::Inherit } else { Sink::Lines(log) };
-        let code =
-            self.options.exec.stream(&invocation, sink).await.map_err(|err| {
-                ClientError::Usage(format!("cannot run {}: {err}", self.options.go.display()))
-            })?;
+        let code = self
+            .options
+            .exec
+            .stream(&invocation, sink)
+            .await
+            .map_err(ClientError::run(self.options.go.display().to_string()))?;
         Ok((code, started.elapsed()))
     }
 

@@ -66,11 +66,9 @@ fn go(module_dir: &Path, args: &[&str]) -> Result<String> {
         .env("GOFLAGS", "-mod=mod")
         .env("GOWORK", "off")
         .output()
-        .map_err(|err| {
-            ClientError::Usage(format!("cannot run go: {err}; remote builds need the go command here"))
-        })?;
+        .map_err(ClientError::run("go (remote builds list the module's dependencies with it)"))?;
     if !output.status.success() {
-        return Err(ClientError::Usage(format!(
+        return Err(ClientError::Failed(format!(
             "go {} in {} failed: {}",
             args.join(" "),
             module_dir.display(),
@@ -78,7 +76,7 @@ fn go(module_dir: &Path, args: &[&str]) -> Result<String> {
         )));
     }
     String::from_utf8(output.stdout)
-        .map_err(|_| ClientError::Usage(format!("go {}: output is not UTF-8", args.join(" "))))
+        .map_err(|_| ClientError::Failed(format!("go {}: output is not UTF-8", args.join(" "))))
 }
 
 /// The module cache's `cache/download` directory.
@@ -111,7 +109,7 @@ pub fn collect(module_dir: &Path) -> Result<ModuleFiles> {
     };
     let listing = go(module_dir, &["mod", "download", "-json"])?;
     for item in serde_json::Deserializer::from_str(&listing).into_iter::<Download>() {
-        let module = item.map_err(|err| ClientError::Usage(format!("go mod download -json: {err}")))?;
+        let module = item.map_err(|err| ClientError::Failed(format!("go mod download -json: {err}")))?;
         if !module.error.is_empty() {
             return Err(ClientError::Usage(format!(
                 "module {}@{}: {}",

@@ -48,9 +48,8 @@ impl Breaker {
         *self.open_until.lock().unwrap_or_else(|poison| poison.into_inner()) =
             Some(Instant::now() + COOLDOWN);
         if !self.warned.swap(true, Ordering::Relaxed) {
-            eprintln!(
-                "cachectl gocacheprog: warning: cached at {} is not answering ({reason}); \
-                 continuing with the local cache only",
+            tracing::warn!(
+                "cached at {} is not answering ({reason}); continuing with the local cache only",
                 self.server
             );
         }

@@ -3,6 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
 use crate::Options;
 use cached_client::connect::ConnectOptions;
 use cached_client::error::{ClientError, Result};
@@ -52,6 +56,39 @@ fn summary_from_env() -> bool {
 fn preload_off_in_env() -> bool {
     std::env::var("CACHED_PRELOAD")
         .is_ok_and(|value| matches!(value.to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off"))
+}
+
+/// Prints what the bridge reports (through `tracing`) on stderr, which the go command shows
+/// with the build's output: warnings as `cachectl gocacheprog: warning: ...` lines, the
+/// session summary as it is. For the binaries that offer the subcommand, before `run`.
+pub fn init_log() {
+    let _ = tracing_subscriber::fmt()
+        .event_format(BridgeLines)
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+/// One plain line per event: the go command's users read these, not an operator's log.
+struct BridgeLines;
+
+impl<S, N> FormatEvent<S, N> for BridgeLines
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            write!(writer, "cachectl gocacheprog: warning: ")?;
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {

@@ -2,7 +2,8 @@
 //! it, cached. `GOCACHEPROG="cachectl gocacheprog" go build ./...`.
 //!
 //! Read in this order: [`protocol`] (the wire format, no I/O), [`server`] (the loop: reader and
-//! writer threads, remote work on the runtime), [`tiers`] (local first, then remote), [`disk`]
+//! writer threads, remote work on the runtime), [`tiers`] (local first, then remote, one fetch
+//! per action through [`flights`]), [`disk`]
 //! (the files behind `DiskPath`; [`room`] when their disk is full), [`remote`] and [`uploads`]
 //! (cached, fail-open behind [`breaker`]), [`prefetch`] (a compile hit's second lookup,
 //! started with the first), [`session`] and [`preload`] (what the last run of the same command
@@ -15,6 +16,7 @@ pub mod breaker;
 pub mod command;
 pub mod counters;
 pub mod disk;
+pub mod flights;
 pub mod landing;
 pub mod prefetch;
 pub mod preload;
@@ -69,7 +71,10 @@ pub fn default_dir() -> Option<PathBuf> {
 /// Serves the go command on stdin/stdout until it closes the session.
 pub async fn run(options: Options) -> Result<()> {
     let disk = disk::DiskTier::open(&options.dir, options.max_size)
-        .map_err(|err| ClientError::Usage(format!("cannot use the local cache directory: {err}")))?
+        .map_err(|err| ClientError::Local {
+            what: "cannot use the local cache directory".into(),
+            source: err.into(),
+        })?
         .in_namespace(&options.namespace);
     let counters = Arc::new(counters::Counters::default());
     let remote = options.server.as_ref().and_then(|server| {
@@ -77,17 +82,15 @@ pub async fn run(options: Options) -> Result<()> {
         remote::RemoteTier::new(server, &options.connect, namespace, options.timeout, counters)
             // A cache problem never fails the build, a misconfigured one included: say it once.
             .inspect_err(|err| {
-                eprintln!(
-                    "cachectl gocacheprog: warning: cannot use cached ({err}); continuing with the \
-                     local cache only"
-                );
+                tracing::warn!("cannot use cached ({err}); continuing with the local cache only");
             })
             .ok()
     });
     let preload = options.preload.then(|| {
         let keys = session::KeyInputs::from_process(&options.namespace).keys();
         // Never more than half the local tier, so a preload cannot trim what the build uses.
-        preload::Preload::new(keys, options.preload_max.min(options.max_size / 2), !options.read_only)
+        let max_bytes = options.preload_max.min(options.max_size / 2);
+        preload::Preload::new(keys, max_bytes, !options.read_only, Arc::clone(&counters))
     });
     let tier_options = tiers::TierOptions { close_timeout: options.close_timeout, summary: options.summary };
     let tiers =
@@ -95,5 +98,5 @@ pub async fn run(options: Options) -> Result<()> {
     tiers.start();
     server::serve(std::io::stdin(), std::io::stdout(), tiers)
         .await
-        .map_err(|err| ClientError::Usage(format!("gocacheprog: {err}")))
+        .map_err(|err| ClientError::Local { what: "gocacheprog".into(), source: err.into() })
 }

@@ -29,12 +29,11 @@ use proto::ActionId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::counters::{add, bump};
-use super::disk::Entry;
+use super::counters::{Counters, add, bump};
+use super::flights::{Claim, Flights, PreloadOutcome};
 use super::landing::{Found, new_decoder};
 use super::remote::{RemoteError, RemoteTier};
 use super::session::{self, Keys, Record, Recorder};
-use super::tiers::{Claim, Tiers};
 
 /// Actions per GetMany.
 const BATCH_ITEMS: usize = 64;
@@ -72,11 +71,12 @@ pub struct Preload {
     asked: AtomicU64,
     asked_listed: AtomicU64,
     task: Mutex<Option<AbortOnDrop<()>>>,
+    counters: Arc<Counters>,
     pub recorder: Recorder,
 }
 
 impl Preload {
-    pub fn new(keys: Keys, max_bytes: u64, write: bool) -> Self {
+    pub fn new(keys: Keys, max_bytes: u64, write: bool, counters: Arc<Counters>) -> Self {
         Self {
             keys,
             max_bytes,
@@ -87,15 +87,16 @@ impl Preload {
             asked: AtomicU64::new(0),
             asked_listed: AtomicU64::new(0),
             task: Mutex::new(None),
+            counters,
             recorder: Recorder::default(),
         }
     }
 
     /// Starts preloading in the background. Needs a tokio runtime.
-    pub fn start(self: &Arc<Self>, tiers: Arc<Tiers>, remote: Arc<RemoteTier>) {
+    pub fn start(self: &Arc<Self>, flights: Arc<Flights>, remote: Arc<RemoteTier>) {
         let this = Arc::clone(self);
         let task =
-            cached_client::task::spawn_guarded("preload", async move { this.run(tiers, remote).await });
+            cached_client::task::spawn_guarded("preload", async move { this.run(flights, remote).await });
         *self.task.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(task);
     }
 
@@ -125,7 +126,7 @@ impl Preload {
         asked >= JUDGE_AFTER && self.asked_listed.load(Ordering::Relaxed) * 4 < asked
     }
 
-    async fn run(self: Arc<Self>, tiers: Arc<Tiers>, remote: Arc<RemoteTier>) {
+    async fn run(self: Arc<Self>, flights: Arc<Flights>, remote: Arc<RemoteTier>) {
         let exact = async {
             match self.keys.exact {
                 Some(key) => remote.fetch_list(key).await,
@@ -158,10 +159,10 @@ impl Preload {
             while next < list.len() && claims.len() < BATCH_ITEMS && bytes < BATCH_BYTES {
                 let record = list[next];
                 next += 1;
-                if record.size > budget || tiers.disk().has_entry(&record.action_id) {
+                if record.size > budget || flights.disk().has_entry(&record.action_id) {
                     continue;
                 }
-                if let Some(claim) = tiers.claim(record.action_id) {
+                if let Some(claim) = flights.claim(record.action_id) {
                     budget -= record.size;
                     bytes += record.size;
                     claims.push(claim);
@@ -170,16 +171,17 @@ impl Preload {
             if claims.is_empty() {
                 continue;
             }
-            let (this, tiers, remote, slots) =
-                (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote), slots.clone());
-            running.spawn(async move { this.fetch_batch(tiers, remote, claims, bytes, permit, slots).await });
+            let (this, flights, remote, slots) =
+                (Arc::clone(&self), Arc::clone(&flights), Arc::clone(&remote), slots.clone());
+            running
+                .spawn(async move { this.fetch_batch(flights, remote, claims, bytes, permit, slots).await });
         }
         while running.join_next().await.is_some() {}
     }
 
     async fn fetch_batch(
         self: Arc<Self>,
-        tiers: Arc<Tiers>,
+        flights: Arc<Flights>,
         remote: Arc<RemoteTier>,
         claims: Vec<Claim>,
         bytes: u64,
@@ -191,15 +193,15 @@ impl Preload {
             Ok(replies) => replies,
             Err(_) => {
                 // Whoever joined these fetches makes their own.
-                claims.into_iter().for_each(|claim| tiers.settle(claim, PreloadOutcome::Failed));
+                claims.into_iter().for_each(|claim| flights.settle(claim, PreloadOutcome::Failed));
                 return;
             }
         };
-        let disk = Arc::clone(tiers.disk());
+        let disk = Arc::clone(flights.disk());
         let (mut here, mut large) = (Vec::new(), Vec::new());
         for (claim, found) in claims.into_iter().zip(replies) {
             match found {
-                None => tiers.settle(claim, PreloadOutcome::Missing),
+                None => flights.settle(claim, PreloadOutcome::Missing),
                 Some(found) if found.is_here(&disk) => here.push((claim, found)),
                 Some(found) => large.push((claim, found)),
             }
@@ -210,33 +212,35 @@ impl Preload {
         drop(permit);
         // Everything that came inline is stored on one blocking thread, each action answered
         // as soon as it lands; the runtime threads stay free for the go command's lookups.
-        let (this, tiers_here, remote_here) = (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote));
+        let (this, flights_here, remote_here) =
+            (Arc::clone(&self), Arc::clone(&flights), Arc::clone(&remote));
         let stored = cached_client::task::spawn_blocking("preload-store", move || {
             match new_decoder() {
                 Ok(mut decoder) => {
                     for (claim, found) in here {
-                        let result = found.store(tiers_here.disk(), claim.action_id(), &mut decoder);
-                        this.landed(&tiers_here, &remote_here, claim, &found, result);
+                        let result = found.store(flights_here.disk(), claim.action_id(), &mut decoder);
+                        this.landed(&flights_here, &remote_here, claim, &found, result);
                     }
                 }
                 // Nothing lands; whoever waits fetches these the usual way.
                 Err(_) => {
-                    here.into_iter().for_each(|(claim, _)| tiers_here.settle(claim, PreloadOutcome::Failed))
+                    here.into_iter().for_each(|(claim, _)| flights_here.settle(claim, PreloadOutcome::Failed))
                 }
             }
             drop(store_slot);
         });
         // Large bodies download meanwhile: they are the slowest to land.
         let downloads = large.into_iter().map(|(claim, found)| {
-            let (this, tiers, remote, reads) =
-                (Arc::clone(&self), Arc::clone(&tiers), Arc::clone(&remote), Arc::clone(&slots.reads));
+            let (this, flights, remote, reads) =
+                (Arc::clone(&self), Arc::clone(&flights), Arc::clone(&remote), Arc::clone(&slots.reads));
             async move {
                 let Ok(_slot) = reads.acquire_owned().await else { return };
-                let result = remote.download_bulk(Arc::clone(tiers.disk()), claim.action_id(), &found).await;
+                let result =
+                    remote.download_bulk(Arc::clone(flights.disk()), claim.action_id(), &found).await;
                 match result {
-                    Ok(Some(path)) => this.landed(&tiers, &remote, claim, &found, Ok(path)),
-                    Ok(None) => tiers.settle(claim, PreloadOutcome::Missing),
-                    Err(err) => this.landed(&tiers, &remote, claim, &found, Err(err)),
+                    Ok(Some(path)) => this.landed(&flights, &remote, claim, &found, Ok(path)),
+                    Ok(None) => flights.settle(claim, PreloadOutcome::Missing),
+                    Err(err) => this.landed(&flights, &remote, claim, &found, Err(err)),
                 }
             }
         });
@@ -246,7 +250,7 @@ impl Preload {
     /// Answers whoever waits for a preloaded action.
     fn landed(
         &self,
-        tiers: &Tiers,
+        flights: &Flights,
         remote: &RemoteTier,
         claim: Claim,
         found: &Found,
@@ -255,17 +259,17 @@ impl Preload {
         match result {
             Ok(path) => {
                 self.stored.lock().unwrap_or_else(|poison| poison.into_inner()).insert(claim.action_id());
-                let counters = tiers.counters();
+                let counters = &self.counters;
                 bump(&counters.preloaded);
                 add(&counters.bytes_down, found.entry.size);
-                tiers.settle(claim, PreloadOutcome::Found(found.entry, path));
+                flights.settle(claim, PreloadOutcome::Found(found.entry, path));
             }
             // A body that is not what its entry says is never served: a miss.
             Err(err @ RemoteError::Corrupt(_)) => {
                 remote.note_failure(&err);
-                tiers.settle(claim, PreloadOutcome::Missing);
+                flights.settle(claim, PreloadOutcome::Missing);
             }
-            Err(_) => tiers.settle(claim, PreloadOutcome::Failed),
+            Err(_) => flights.settle(claim, PreloadOutcome::Failed),
         }
     }
 
@@ -290,13 +294,4 @@ impl Preload {
 struct Lists {
     exact: Vec<Record>,
     shared: Vec<Record>,
-}
-
-/// What became of a claimed action.
-pub enum PreloadOutcome {
-    Found(Entry, PathBuf),
-    /// cached has no (usable) entry: the go command's lookup is a miss.
-    Missing,
-    /// The preload could not tell: whoever waits fetches it the usual way.
-    Failed,
 }

@@ -367,9 +367,8 @@ impl RemoteTier {
                 // Not an outage: cached will not store what this client sends (its token, its
                 // disk). Say so once, keep reading.
                 if !self.uploads_refused.swap(true, Ordering::Relaxed) {
-                    eprintln!(
-                        "cachectl gocacheprog: warning: cached at {} refuses uploads ({err}); \
-                         reading from it only",
+                    tracing::warn!(
+                        "cached at {} refuses uploads ({err}); reading from it only",
                         self.server()
                     );
                 }

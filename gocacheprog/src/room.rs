@@ -64,16 +64,13 @@ impl Room {
         self.exhausted.store(freed.bytes == 0, Ordering::Relaxed);
         self.rounds.fetch_add(1, Ordering::Release);
         if !self.warned.swap(true, Ordering::Relaxed) {
-            eprintln!("{}", self.warning(err, &freed));
+            tracing::warn!("{}", self.warning(err, &freed));
         }
         freed.bytes > 0
     }
 
     fn warning(&self, err: &io::Error, freed: &Freed) -> String {
-        let full = format!(
-            "cachectl gocacheprog: warning: no space left for the local tier at {} ({err})",
-            self.root.display()
-        );
+        let full = format!("no space left for the local tier at {} ({err})", self.root.display());
         if freed.bytes > 0 {
             return format!(
                 "{full}; removed its {} least recently used files ({}) to make room",

@@ -1,20 +1,18 @@
 //! The cache the server loop serves: the local disk tier first, then the remote tier, with
 //! identical concurrent remote lookups sharing one fetch (the session preload's included).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
+use futures::future::BoxFuture;
 use proto::{ActionId, OutputId};
-use tokio::sync::oneshot;
 
 use super::counters::{Counters, add, bump};
 use super::disk::{DiskError, DiskTier, Entry};
+use super::flights::{Flights, hit};
 use super::prefetch::{Prefetches, State};
-use super::preload::{Preload, PreloadOutcome};
+use super::preload::Preload;
 use super::protocol::{Hit, now_unix_nanos};
 use super::remote::{RemoteTier, Upload};
 use super::server::{BodySink, Cache, Local};
@@ -27,26 +25,12 @@ pub struct TierOptions {
     pub summary: bool,
 }
 
-type Flight = Shared<BoxFuture<'static, Option<Hit>>>;
-
-/// An action the preload is fetching: lookups of it wait for [`Tiers::settle`].
-pub struct Claim {
-    action_id: ActionId,
-    answer: oneshot::Sender<Option<Hit>>,
-}
-
-impl Claim {
-    pub fn action_id(&self) -> ActionId {
-        self.action_id
-    }
-}
-
 pub struct Tiers {
     disk: Arc<DiskTier>,
     remote: Option<Arc<RemoteTier>>,
     /// None when there is no remote tier or it is read-only.
     uploader: Option<Uploader>,
-    flights: Mutex<HashMap<ActionId, Flight>>,
+    flights: Arc<Flights>,
     prefetches: Prefetches,
     /// None without a remote tier or with preload off.
     preload: Option<Arc<Preload>>,
@@ -65,14 +49,15 @@ impl Tiers {
         options: TierOptions,
     ) -> Self {
         let remote = remote.map(Arc::new);
+        let disk = Arc::new(disk);
         let uploader = remote
             .as_ref()
             .filter(|_| upload)
             .map(|remote| Uploader::start(Arc::clone(remote), Arc::clone(&counters)));
         Self {
-            disk: Arc::new(disk),
+            flights: Arc::new(Flights::new(Arc::clone(&disk), remote.clone())),
+            disk,
             uploader,
-            flights: Mutex::new(HashMap::new()),
             prefetches: Prefetches::default(),
             preload: preload.filter(|_| remote.is_some()).map(Arc::new),
             remote,
@@ -84,65 +69,8 @@ impl Tiers {
     /// Starts the session preload, if there is one.
     pub fn start(self: &Arc<Self>) {
         if let (Some(preload), Some(remote)) = (&self.preload, &self.remote) {
-            preload.start(Arc::clone(self), Arc::clone(remote));
+            preload.start(Arc::clone(&self.flights), Arc::clone(remote));
         }
-    }
-
-    pub fn disk(&self) -> &Arc<DiskTier> {
-        &self.disk
-    }
-
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    /// Claims an action for the preload unless a fetch of it is under way. Until the claim is
-    /// settled, lookups of the action wait for it; if it fails, they fetch it themselves.
-    pub fn claim(self: &Arc<Self>, action_id: ActionId) -> Option<Claim> {
-        let mut flights = self.flights.lock().unwrap_or_else(|poison| poison.into_inner());
-        if flights.contains_key(&action_id) {
-            return None;
-        }
-        let (answer, answered) = oneshot::channel();
-        let this = Arc::clone(self);
-        let flight = async move {
-            match answered.await {
-                Ok(found) => found,
-                Err(_) => this.fetch(action_id).await,
-            }
-        }
-        .boxed()
-        .shared();
-        flights.insert(action_id, flight);
-        Some(Claim { action_id, answer })
-    }
-
-    /// Answers the lookups waiting for a claimed action.
-    pub fn settle(&self, claim: Claim, outcome: PreloadOutcome) {
-        let Claim { action_id, answer } = claim;
-        match outcome {
-            PreloadOutcome::Found(entry, path) => {
-                let _ = answer.send(Some(hit(entry, path)));
-            }
-            PreloadOutcome::Missing => {
-                let _ = answer.send(None);
-            }
-            PreloadOutcome::Failed => drop(answer),
-        }
-        // After the answer: a lookup that finds the flight now gets it at once, and one that
-        // comes later finds the action on disk.
-        self.flights.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&action_id);
-    }
-
-    /// Fetches an action from cached into the local tier, unless it landed there (by the
-    /// preload or another process) since the lookup that missed.
-    async fn fetch(self: Arc<Self>, action_id: ActionId) -> Option<Hit> {
-        if let Ok(Some((entry, path))) = self.disk.lookup(&action_id) {
-            return Some(hit(entry, path));
-        }
-        let remote = self.remote.as_ref()?;
-        let found = remote.fetch(action_id, Arc::clone(&self.disk)).await;
-        found.map(|(entry, path)| hit(entry, path))
     }
 
     fn local_miss(&self, action_id: &ActionId) -> Local {
@@ -171,33 +99,6 @@ impl Tiers {
         if let Some(preload) = &self.preload {
             preload.recorder.missed(*action_id);
         }
-    }
-
-    /// The fetch of `action_id` in progress, or a new one.
-    fn flight(self: &Arc<Self>, action_id: ActionId) -> Flight {
-        let mut flights = self.flights.lock().unwrap_or_else(|poison| poison.into_inner());
-        if let Some(flight) = flights.get(&action_id) {
-            return flight.clone();
-        }
-        let this = Arc::clone(self);
-        let flight = async move {
-            let found = Arc::clone(&this).fetch(action_id).await;
-            this.flights.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&action_id);
-            found
-        }
-        .boxed()
-        .shared();
-        flights.insert(action_id, flight.clone());
-        flight
-    }
-}
-
-fn hit(entry: Entry, path: PathBuf) -> Hit {
-    Hit {
-        output_id: entry.output_id,
-        size: entry.size,
-        time_unix_nanos: entry.time_unix_nanos,
-        disk_path: path.to_string_lossy().into_owned(),
     }
 }
 
@@ -238,7 +139,7 @@ impl Cache for Tiers {
                 self.prefetch(stdout);
             }
             let start = Instant::now();
-            let found = self.flight(action_id).await;
+            let found = self.flights.join(action_id).await;
             self.counters.waited(start.elapsed());
             match &found {
                 Some(hit) => {
@@ -284,9 +185,9 @@ impl Cache for Tiers {
                 self.counters.waited(start.elapsed());
                 if left > 0 {
                     add(&self.counters.uploads_lost, left as u64);
-                    eprintln!(
-                        "cachectl gocacheprog: warning: {left} uploads were still pending after {:?} \
-                         (--close-timeout); they are not in cached",
+                    tracing::warn!(
+                        "{left} uploads were still pending after {:?} (--close-timeout); they are \
+                         not in cached",
                         self.options.close_timeout
                     );
                 }
@@ -303,7 +204,7 @@ impl Cache for Tiers {
             let _ = cached_client::task::spawn_blocking("trim-disk", move || disk.trim_if_due()).await;
             if self.options.summary {
                 let server = self.remote.as_ref().map(|remote| remote.server());
-                eprintln!("{}", self.counters.summary(server, super::counters::process_cpu()));
+                tracing::info!("{}", self.counters.summary(server, super::counters::process_cpu()));
             }
         })
     }
@@ -314,7 +215,7 @@ impl Tiers {
     fn prefetch(self: &Arc<Self>, action_id: ActionId) {
         let this = Arc::clone(self);
         cached_client::task::spawn("prefetch", async move {
-            let found = this.flight(action_id).await.is_some();
+            let found = this.flights.join(action_id).await.is_some();
             this.prefetches.finished(&action_id, found);
         });
     }

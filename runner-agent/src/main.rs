@@ -119,6 +119,7 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
         ..ConnectOptions::default()
     };
     if let Some(Command::Gocacheprog(args)) = cli.command {
+        cached_gocacheprog::command::init_log();
         return cached_gocacheprog::command::run(&cli.server, &connect, args)
             .await
             .map_err(|err| err.to_string());

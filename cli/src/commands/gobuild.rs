@@ -70,8 +70,5 @@ pub async fn test(
         invocation.env = env;
         invocation.env_remove = remove;
     }
-    Processes::default()
-        .stream(&invocation, Sink::Inherit)
-        .await
-        .map_err(|err| ClientError::Usage(format!("cannot run go: {err}")))
+    Processes::default().stream(&invocation, Sink::Inherit).await.map_err(ClientError::run("go"))
 }
