@@ -170,10 +170,37 @@ pub const SETTINGS: &[Setting] = &[
         help: "PEM CA certificates: require client certificates they signed (mTLS)",
         default: "",
     },
+    // The shared tier (several replicas on one bucket); empty shared_store: one machine.
+    Setting {
+        key: "shared_store",
+        help: "s3://bucket/prefix of the S3-compatible bucket replicas share, behind the local RocksDB \
+               tier (empty = one machine, no shared tier)",
+        default: "",
+    },
+    Setting {
+        key: "shared_store_endpoint",
+        help: "URL of the S3 service (MinIO, SeaweedFS, Ceph...) [default: AWS, or AWS_ENDPOINT_URL]",
+        default: "",
+    },
+    Setting {
+        key: "shared_store_region",
+        help: "region of the bucket [default: AWS_REGION, else us-east-1]",
+        default: "",
+    },
+    Setting {
+        key: "shared_store_path_style",
+        help: "address the bucket in the path (http://host/bucket) rather than the host name",
+        default: "false",
+    },
+    Setting {
+        key: "shared_store_timeout",
+        help: "how long one request to the shared store may take, retries included",
+        default: "10s",
+    },
 ];
 
 /// Settings that are switches: `--allow-anonymous` alone means true.
-pub const SWITCHES: &[&str] = &["allow_anonymous"];
+pub const SWITCHES: &[&str] = &["allow_anonymous", "shared_store_path_style"];
 
 /// Key of the setting that names the config file itself.
 pub const CONFIG_FILE_ENV: &str = "CACHED_CONFIG";
@@ -233,6 +260,8 @@ pub struct Config {
     pub allow_anonymous: bool,
     pub tls: Option<TlsFiles>,
     pub scheduler: crate::scheduler::Settings,
+    /// The bucket replicas share, when there is one.
+    pub shared_store: Option<crate::shared::SharedSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -399,6 +428,7 @@ impl Config {
                 max_open_jobs_per_namespace: get("max_open_jobs_per_namespace").count()? as usize,
                 max_open_jobs: get("max_open_jobs").count()? as usize,
             },
+            shared_store: shared_settings(&get)?,
         })
     }
 
@@ -472,6 +502,31 @@ impl Config {
         check_exposure(self.listen, !self.tokens.is_empty(), self.allow_anonymous)
             .map_err(ConfigError::Inconsistent)
     }
+}
+
+/// The shared-tier settings, or `None` without `shared_store`.
+fn shared_settings<'a>(
+    get: &impl Fn(&str) -> Field<'a>,
+) -> Result<Option<crate::shared::SharedSettings>, ConfigError> {
+    let url = get("shared_store");
+    if url.value.trim().is_empty() {
+        return Ok(None);
+    }
+    let (bucket, prefix) = url.parse_with(crate::shared::parse_store_url)?;
+    let optional = |key: &str| Some(get(key).value.trim().to_owned()).filter(|value| !value.is_empty());
+    let timeout = get("shared_store_timeout");
+    let request_timeout = timeout.duration()?;
+    if request_timeout.is_zero() {
+        return Err(timeout.invalid("must be longer than 0s"));
+    }
+    Ok(Some(crate::shared::SharedSettings {
+        bucket,
+        prefix,
+        endpoint: optional("shared_store_endpoint"),
+        region: optional("shared_store_region"),
+        path_style: get("shared_store_path_style").switch()?,
+        request_timeout,
+    }))
 }
 
 /// The longest `max_job_timeout`: a year keeps every deadline in milliseconds far from

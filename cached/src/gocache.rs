@@ -40,7 +40,7 @@ pub struct GoEntry {
 }
 
 impl GoEntry {
-    fn encode(&self) -> [u8; ENTRY_LEN] {
+    pub(crate) fn encode(&self) -> [u8; ENTRY_LEN] {
         let mut out = [0u8; ENTRY_LEN];
         out[0] = ENTRY_VERSION;
         out[1..33].copy_from_slice(&self.output_id.0);
@@ -50,7 +50,7 @@ impl GoEntry {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.len() != ENTRY_LEN || bytes[0] != ENTRY_VERSION {
             return Err(Error::Corrupt(format!("Go action entry of {} bytes", bytes.len())));
         }
