@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod registry;
+pub mod s3;
 
 pub use cgroup::MemoryCgroup;
 
@@ -48,6 +49,11 @@ pub fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("gomod")
 }
 
+/// Lines of the go command's -x trace that run the compiler.
+pub fn compile_actions(trace: &str) -> Vec<&str> {
+    trace.lines().filter(|line| line.contains("pkg/tool/") && line.contains("/compile ")).collect()
+}
+
 /// A `cached` daemon on 127.0.0.1 with its own data directory; killed on drop.
 pub struct Daemon {
     child: Child,
@@ -63,6 +69,11 @@ impl Daemon {
 
     /// Starts with its data under `data` and extra flags.
     pub fn start_in(data: tempfile::TempDir, flags: &[&str]) -> Self {
+        Self::start_with(data, flags, &[])
+    }
+
+    /// As `start_in`, with extra environment variables.
+    pub fn start_with(data: tempfile::TempDir, flags: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = File::create(data.path().join("cached.log")).expect("log file");
@@ -71,6 +82,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(data.path().join("db"))
             .args(flags)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -75,6 +75,12 @@ impl Bucket {
     /// Runs one request to its end, timing and counting it. A missing object is an answer,
     /// not a failure.
     async fn request<T>(&self, request: impl Future<Output = object_store::Result<T>>) -> Result<Option<T>> {
+        if !self.counters.may_send() {
+            return Err(self.unavailable(object_store::Error::Generic {
+                store: "S3",
+                source: "it did not answer the last request; it is tried again once a second".into(),
+            }));
+        }
         let started = Instant::now();
         let outcome = request.await;
         let reached = !matches!(&outcome, Err(err) if !is_answer(err));

@@ -3,7 +3,12 @@
 //! answers at all. `cachectl stats` and `/metrics` show them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// While the bucket does not answer, one request this often tries it; the others fail at
+/// once rather than each waiting out its retries (a build's misses would crawl).
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct SharedCounters {
@@ -22,6 +27,8 @@ pub struct SharedCounters {
     pub requests: AtomicU64,
     pub request_nanos: AtomicU64,
     reachable: AtomicBool,
+    /// When the bucket last failed a request, or was last probed since.
+    last_try: Mutex<Option<Instant>>,
 }
 
 impl Default for SharedCounters {
@@ -38,6 +45,7 @@ impl Default for SharedCounters {
             requests: AtomicU64::new(0),
             request_nanos: AtomicU64::new(0),
             reachable: AtomicBool::new(true),
+            last_try: Mutex::new(None),
         }
     }
 }
@@ -69,6 +77,7 @@ impl SharedCounters {
         Self::add(&self.request_nanos, u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
         if !reached {
             Self::add(&self.errors, 1);
+            *self.last_try.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         }
         let was = self.reachable.swap(reached, Ordering::Relaxed);
         if was != reached {
@@ -78,6 +87,21 @@ impl SharedCounters {
                 tracing::warn!("the shared store does not answer: reads use the local tier, writes fail");
             }
         }
+    }
+
+    /// Whether a request should be sent: always while the bucket answers; while it does not,
+    /// one probe per `PROBE_INTERVAL`. A request not sent counts as an error.
+    pub fn may_send(&self) -> bool {
+        if self.reachable() {
+            return true;
+        }
+        let mut last_try = self.last_try.lock().unwrap_or_else(PoisonError::into_inner);
+        if last_try.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
+            Self::add(&self.errors, 1);
+            return false;
+        }
+        *last_try = Some(Instant::now());
+        true
     }
 
     pub fn reachable(&self) -> bool {
