@@ -897,4 +897,27 @@ mod tests {
         let err = Config::load(&flags, None, &env).unwrap_err().to_string();
         assert!(err.contains("CACHED_MAX_BLOB_SIZE"), "{err}");
     }
+
+    #[test]
+    fn the_shared_store_comes_from_the_file_env_or_flags_and_is_off_without_one() {
+        assert_eq!(Config::load(&BTreeMap::new(), None, &no_env).unwrap().shared_store, None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cached.toml");
+        std::fs::write(&file, "shared_store = \"s3://cache/team/ci\"\nshared_store_path_style = true\n")
+            .unwrap();
+        let env =
+            |name: &str| (name == "CACHED_SHARED_STORE_ENDPOINT").then(|| "http://127.0.0.1:9000".to_owned());
+        let flags = BTreeMap::from([("shared_store_region".to_owned(), "eu-west-1".to_owned())]);
+        let shared = Config::load(&flags, Some(&file), &env).unwrap().shared_store.expect("configured");
+        assert_eq!((shared.bucket.as_str(), shared.prefix.as_str()), ("cache", "team/ci"));
+        assert_eq!(shared.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(shared.region.as_deref(), Some("eu-west-1"));
+        assert!(shared.path_style);
+        assert_eq!(shared.request_timeout, Duration::from_secs(10));
+        assert_eq!(shared.url(), "s3://cache/team/ci");
+
+        let flags = BTreeMap::from([("shared_store".to_owned(), "cache/ci".to_owned())]);
+        let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
+        assert!(err.contains("--shared-store") && err.contains("s3://"), "{err}");
+    }
 }

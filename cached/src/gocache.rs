@@ -213,7 +213,8 @@ impl GoCache {
         .await?
     }
 
-    /// Drops entries whose blob is gone, looking at up to `limit` entries from `cursor` on
+    /// Drops entries whose blob is gone from this machine (with a shared tier, a lookup finds
+    /// the entry in the bucket again), looking at up to `limit` entries from `cursor` on
     /// (the key to start at; empty: the first). Moves `cursor` past them, back to the start
     /// after the last entry. Returns how many it dropped.
     pub fn sweep_dangling(&self, cursor: &mut Vec<u8>, limit: usize) -> Result<u64> {
@@ -222,7 +223,7 @@ impl GoCache {
         let gone: Vec<Vec<u8>> = slice
             .entries
             .into_iter()
-            .zip(self.store.contains(&digests)?)
+            .zip(self.store.contains_locally(&digests)?)
             .filter_map(|((position, _), stored)| (!stored).then_some(position))
             .collect();
         let dropped = gone.len() as u64;

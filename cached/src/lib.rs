@@ -93,6 +93,10 @@ pub async fn run(
     };
     let layers = server::Layers { connections, metrics, auth: Arc::clone(&auth) };
     let (grpc, health) = server::start(services, layers, &config.limits, listener, tls.clone()).await?;
+    if let Some(bucket) = &backends.shared {
+        let watch = shared::health::watch(Arc::clone(bucket), health.clone(), background.stop_signal());
+        background.spawn("shared store health", watch);
+    }
     announce(&config, listen, tls.as_deref(), &auth);
     let ordered = shutdown::Ordered {
         grace: config.shutdown_grace,

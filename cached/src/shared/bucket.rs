@@ -187,6 +187,14 @@ impl Bucket {
         Ok(())
     }
 
+    /// Asks the bucket for an object that is never written: any answer (a miss) proves it
+    /// reachable again.
+    pub fn probe(&self) -> Result<()> {
+        let path = self.layout.probe();
+        self.call(self.store.head(&path))?;
+        Ok(())
+    }
+
     /// Deletes every Go entry of `namespace` from the bucket; returns how many there were.
     /// Blobs stay: other namespaces may share them, and the bucket's lifecycle rule ages them.
     pub fn purge_namespace(&self, namespace: &str) -> Result<u64> {

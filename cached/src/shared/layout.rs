@@ -6,7 +6,9 @@
 //!   the frames' total length (u64, little-endian) and `TRAILER_MAGIC`. A blob's object is
 //!   immutable: its key is its content.
 //! - `v1/go/<namespace>/<ActionID hex>`: a Go action entry, in the local tier's encoding
-//!   (`GoEntry::encode`). Stored only once its blob's object is in the bucket.
+//!   (`GoEntry::encode`). Stored only once its blob's object is in the bucket. The bridge's
+//!   session lists are such entries, so fresh runners preload through any replica.
+//! - `v1/probe`: never written; health probes ask for it while the bucket does not answer.
 //!
 //! A later layout gets a new version directory; version 1 readers never look beyond `v1/`.
 
@@ -43,6 +45,11 @@ impl Layout {
 
     pub(super) fn entry(&self, namespace: &str, action_id: &ActionId) -> Path {
         self.path([PathPart::from("go"), PathPart::from(namespace), PathPart::from(hex(&action_id.0))])
+    }
+
+    /// A key nothing writes, which health probes ask for.
+    pub(super) fn probe(&self) -> Path {
+        self.path([PathPart::from("probe")])
     }
 
     /// Where every entry of `namespace` lives.

@@ -11,6 +11,7 @@ mod bucket;
 mod counters;
 mod flights;
 mod go_entries;
+pub mod health;
 mod layout;
 mod settings;
 mod tiered;

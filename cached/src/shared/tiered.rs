@@ -136,6 +136,10 @@ impl BlobStore for Tiered {
         Ok(found)
     }
 
+    fn contains_locally(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        self.local.contains(digests)
+    }
+
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
         if let Some(frames) = self.local.read(digest, first_frame)? {
             SharedCounters::add(&self.counters().local_hits, 1);

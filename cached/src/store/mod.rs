@@ -53,6 +53,12 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(self.stat(digests)?.iter().map(Option::is_some).collect())
     }
 
+    /// For each digest, whether this machine's own tier holds it: for upkeep, which must not
+    /// send a request to a shared tier per blob. Without a shared tier, `contains`.
+    fn contains_locally(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        self.contains(digests)
+    }
+
     /// The frames of a stored blob from frame `first_frame` on, or `None` on a miss.
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>>;
 
