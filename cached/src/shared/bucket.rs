@@ -36,7 +36,8 @@ pub struct Bucket {
 
 impl Bucket {
     /// A client of the bucket `settings` name, with credentials found the way AWS tools find
-    /// them (AWS_* variables, profile files, web identity). Nothing is sent yet: a bucket that
+    /// them (AWS_* variables, web identity, container and instance credentials, then the
+    /// shared credentials file). Nothing is sent yet: a bucket that
     /// does not answer leaves cached serving from its local tier.
     pub fn open(settings: &SharedSettings, runtime: Handle) -> Result<Arc<Self>> {
         // HTTPS endpoints: the client's TLS uses the process's provider (ring, as cached's own).
@@ -52,6 +53,13 @@ impl Bucket {
             );
         if let Some(endpoint) = &settings.endpoint {
             builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(keys) = super::credentials::from_profile_file(&|name| std::env::var(name).ok()) {
+            builder =
+                builder.with_access_key_id(keys.access_key_id).with_secret_access_key(keys.secret_access_key);
+            if let Some(token) = keys.session_token {
+                builder = builder.with_token(token);
+            }
         }
         if let Some(region) = &settings.region {
             builder = builder.with_region(region);

@@ -9,6 +9,7 @@
 
 mod bucket;
 mod counters;
+mod credentials;
 mod flights;
 mod go_entries;
 pub mod health;
