@@ -105,6 +105,10 @@ impl Daemon {
         format!("http://{}", self.addr)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGSTOP: connections stay open and nothing answers, as with a hung or overloaded
     /// server. Drop still kills it.
     pub fn pause(&self) {

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use cached_client::connect::{Client, ConnectOptions};
 use cached_e2e::s3::S3Server;
 use cached_e2e::{Daemon, GoEnv, Running, binary, compile_actions, count_files, run, wipe};
-use proto::Digest;
+use proto::frames::FrameEncoder;
+use proto::v1::{self, write_request};
+use proto::{Digest, FRAME_SIZE};
 
 fn cachectl(daemon: &Daemon, args: &[&str]) -> std::process::Output {
     Command::new(binary("cachectl")).args(["--server", &daemon.url()]).args(args).output().expect("cachectl")
@@ -200,4 +202,98 @@ fn a_corrupt_object_is_not_served_is_counted_and_a_new_put_repairs_it() {
     let c = s3.replica();
     assert!(get(&c, &digest, &fetched), "the repaired object was not served");
     assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&file).unwrap());
+}
+
+/// The peak RSS of a process while it is sampled, from a thread of its own.
+struct PeakRss {
+    sampling: Arc<std::sync::atomic::AtomicBool>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse::<u64>().ok()).unwrap_or(0) * 1024
+}
+
+impl PeakRss {
+    fn sample(pid: u32) -> Self {
+        let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let running = Arc::clone(&sampling);
+        let sampler = std::thread::Builder::new()
+            .name("rss sampler".into())
+            .spawn(move || {
+                let mut peak = 0;
+                while running.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(rss(pid));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                peak
+            })
+            .expect("start the RSS sampler");
+        Self { sampling, sampler }
+    }
+
+    fn peak(self) -> u64 {
+        self.sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.sampler.join().unwrap()
+    }
+}
+
+/// A 1 GiB blob written through A (a multipart upload) and read through B (a fill from the
+/// bucket): neither replica's memory grows by more than 64 MiB.
+#[test]
+fn memory_stays_flat_while_a_1gib_blob_goes_through_the_bucket() {
+    const FRAMES: usize = 1024;
+    let s3 = S3Server::start();
+    let (a, b) = (s3.replica(), s3.replica());
+    // One incompressible frame sent 1024 times: every replica still decompresses, hashes and
+    // stores each one, while the test stays cheap.
+    let block = noise(9, FRAME_SIZE);
+    let frame = Bytes::from(FrameEncoder::new(1).unwrap().encode(&block).unwrap());
+    let mut hasher = blake3::Hasher::new();
+    (0..FRAMES).for_each(|_| {
+        hasher.update(&block);
+    });
+    let digest = Digest::from_hasher(&hasher, (FRAMES * FRAME_SIZE) as u64);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (idle, writing) = (rss(a.pid()), PeakRss::sample(a.pid()));
+    runtime.block_on(async {
+        let client = Client::connect(&a.url(), &ConnectOptions::default()).await.unwrap();
+        let header = v1::WriteRequest {
+            kind: Some(write_request::Kind::Header(v1::WriteHeader {
+                digest: Some(digest.to_wire()),
+                compression: v1::Compression::Zstd as i32,
+            })),
+        };
+        let sent = frame.clone();
+        let data = (0..FRAMES)
+            .map(move |_| v1::WriteRequest { kind: Some(write_request::Kind::Data(Bytes::clone(&sent))) });
+        client.cas.clone().write(futures::stream::iter(std::iter::once(header).chain(data))).await.unwrap();
+    });
+    let written = writing.peak().saturating_sub(idle);
+
+    let (idle, reading) = (rss(b.pid()), PeakRss::sample(b.pid()));
+    let frames_read = runtime.block_on(async {
+        let client = Client::connect(&b.url(), &ConnectOptions::default()).await.unwrap();
+        let request = v1::ReadRequest {
+            digest: Some(digest.to_wire()),
+            accept: v1::Compression::Zstd as i32,
+            ..Default::default()
+        };
+        let mut stream = client.cas.clone().read(request).await.unwrap().into_inner();
+        let mut frames_read = 0;
+        while let Some(message) = futures::StreamExt::next(&mut stream).await {
+            assert!(message.unwrap().data == frame, "B served another frame");
+            frames_read += 1;
+        }
+        frames_read
+    });
+    let read = reading.peak().saturating_sub(idle);
+    assert_eq!(frames_read, FRAMES);
+    eprintln!("RSS growth: {} MiB writing through A, {} MiB reading through B", written >> 20, read >> 20);
+    assert!(written <= 64 << 20, "A's RSS grew by {} MiB while writing 1 GiB", written >> 20);
+    assert!(read <= 64 << 20, "B's RSS grew by {} MiB while reading 1 GiB", read >> 20);
 }

@@ -46,11 +46,7 @@ impl Bucket {
             .with_bucket_name(&settings.bucket)
             .with_virtual_hosted_style_request(!settings.path_style)
             .with_retry(retry(settings.request_timeout))
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(settings.request_timeout)
-                    .with_connect_timeout(settings.request_timeout.min(Duration::from_secs(3))),
-            );
+            .with_client_options(client_options(settings.request_timeout));
         if let Some(endpoint) = &settings.endpoint {
             builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
         }
@@ -213,6 +209,15 @@ impl Bucket {
         })?;
         Ok(deleted.unwrap_or(0))
     }
+}
+
+/// A request may stall at most `timeout` at any point (connecting, waiting for an answer,
+/// between two reads of a body), but a large blob's body may take as long as it streams.
+fn client_options(timeout: Duration) -> ClientOptions {
+    ClientOptions::new()
+        .with_timeout_disabled()
+        .with_read_timeout(timeout)
+        .with_connect_timeout(timeout.min(Duration::from_secs(3)))
 }
 
 /// Bounded retries: a bucket that does not answer fails the request within `timeout`, and

@@ -1,6 +1,6 @@
 //! Write-through: an upload goes to the bucket and to the local tier side by side, and is
 //! acknowledged only once both hold it. Small blobs go up in one PUT at commit; a blob past
-//! `PART_SIZE` streams up as a multipart upload, a few parts in flight, so memory stays
+//! `PART_SIZE` (5 MiB) streams up as a multipart upload, a few parts in flight, so memory stays
 //! bounded whatever the blob's size. The bucket completes first: what the local tier holds
 //! after an acknowledged write, the bucket holds too.
 
@@ -16,8 +16,9 @@ use super::layout::trailer;
 use crate::error::{Error, Result};
 use crate::store::{Committed, FrameWriter};
 
-/// Bytes of one multipart part (S3 wants at least 5 MiB but the last).
-const PART_SIZE: usize = 8 << 20;
+/// Bytes of one multipart part: S3's least (but for the last part), as memory is what a
+/// large upload costs; up to 10,000 parts make objects of up to 48 GiB.
+const PART_SIZE: usize = 5 << 20;
 /// Parts uploading at once: with the part being filled, about 3 × PART_SIZE in memory.
 const PARTS_IN_FLIGHT: usize = 2;
 
