@@ -99,6 +99,13 @@ impl S3Server {
         Daemon::start_with(tempfile::tempdir().expect("temp dir"), &flags, &env)
     }
 
+    /// How many Go entries of `namespace` the bucket holds.
+    pub fn entries(&self, namespace: &str) -> usize {
+        crate::count_files(
+            &self.dir.path().join("data").join(BUCKET).join(PREFIX).join("v1/go").join(namespace),
+        )
+    }
+
     /// The file holding a blob's object (`<64 hex>/<size>`, as cachectl prints digests).
     pub fn blob_object(&self, digest: &str) -> PathBuf {
         let (hash, size) = digest.split_once('/').expect("<hash>/<size>");

@@ -50,7 +50,7 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 }
 
 #[test]
-fn a_blob_and_a_build_put_through_one_replica_are_served_by_another() {
+fn a_blob_a_build_and_a_purge_through_one_replica_reach_another() {
     let s3 = S3Server::start();
     let (a, b) = (s3.replica(), s3.replica());
     let dir = tempfile::tempdir().unwrap();
@@ -83,6 +83,12 @@ fn a_blob_and_a_build_put_through_one_replica_are_served_by_another() {
     let shared = shared_stats(&b);
     assert!(shared["shared_hits"].as_u64().unwrap() > 1, "{shared}");
     assert_eq!(shared["reachable"], true, "{shared}");
+
+    // A purge through either replica reaches the bucket.
+    assert!(s3.entries("default") > 0);
+    let purged = cachectl(&a, &["admin", "purge", "--namespace", "default"]);
+    assert!(purged.status.success(), "{}", String::from_utf8_lossy(&purged.stderr));
+    assert_eq!(s3.entries("default"), 0, "the purge left entries in the bucket");
 }
 
 /// Every blob replica A acknowledged before it was killed (SIGKILL, mid-storm) reads back
