@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 /// Longest any one go command may take before the test fails instead of hanging CI.
 pub const GO_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Path of a workspace binary built next to this test executable.
+/// Path of a workspace binary built next to this test executable (or this benchmark driver).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // target/<profile>/deps/<test> → target/<profile>/<name>; a driver is in target/<profile>.
+    let beside = exe.parent().expect("target dir");
+    let dir = if beside.ends_with("deps") { beside.parent().expect("target dir") } else { beside };
     let path = dir.join(name);
     assert!(
         path.is_file(),
