@@ -490,6 +490,38 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_store_section_shows_tiers_and_degradation() {
+        let response = v1::StatsResponse {
+            shared_store: Some(v1::SharedStoreStats {
+                url: "s3://cache/ci".into(),
+                reachable: false,
+                local_hits: 30,
+                shared_hits: 4,
+                requests: 4,
+                request_nanos: 8_000_000,
+                corrupt_objects: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let report = StatsReport::new("http://x", response);
+        let table = report.to_table();
+        assert!(table.contains("shared store s3://cache/ci (DEGRADED: not answering)"), "{table}");
+        assert!(
+            table.contains("30 local hits, 4 shared hits") && table.contains("mean 2.0 ms; 1 corrupt"),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["shared_store"]["mean_request_seconds"], 0.002);
+        let one_machine = StatsReport::new("http://x", v1::StatsResponse::default());
+        assert!(!one_machine.to_table().contains("shared store"));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&one_machine.to_json()).unwrap()["shared_store"]
+                .is_null()
+        );
+    }
+
+    #[test]
     fn the_disk_line_says_when_uploads_stop() {
         let store = |free: u64, floor: u64| {
             let response = v1::StatsResponse {
