@@ -84,8 +84,6 @@ impl S3Server {
             "--shared-store-region",
             "us-east-1",
             "--shared-store-path-style",
-            "--shared-store-timeout",
-            "3s",
         ]
         .map(str::to_owned)
         .to_vec()

@@ -151,6 +151,10 @@ impl Bucket {
         Ok(Some(ObjectFrames {
             chunks: result.into_stream(),
             runtime: self.runtime.clone(),
+            store: Arc::clone(&self.store),
+            path,
+            received: 0,
+            resumes_left: RESUMES,
             buffer: Vec::new(),
             frames_left: proto::frames::frame_count(digest.size),
         }))
@@ -237,11 +241,20 @@ fn is_answer(err: &object_store::Error) -> bool {
     )
 }
 
+/// How often a read of one object may pick up where its stream broke off (a stall past the
+/// read timeout while the local tier was busy writing what came before).
+const RESUMES: u8 = 3;
+
 /// The frames of one object, split off its stream by their length prefixes. Each `next`
-/// blocks on the runtime for the bytes it needs, so memory holds about one frame.
+/// blocks on the runtime for the bytes it needs, so memory holds about one frame. A stream
+/// that breaks off is resumed from the byte it reached, a few times.
 pub struct ObjectFrames {
     chunks: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
     runtime: Handle,
+    store: Arc<dyn ObjectStore>,
+    path: object_store::path::Path,
+    received: u64,
+    resumes_left: u8,
     buffer: Vec<u8>,
     frames_left: u64,
 }
@@ -258,11 +271,26 @@ impl ObjectFrames {
     fn fill_to(&mut self, len: usize) -> Result<(), FramesError> {
         while self.buffer.len() < len {
             match self.runtime.block_on(self.chunks.next()) {
-                Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
-                Some(Err(err)) => return Err(FramesError::Unreachable(err)),
+                Some(Ok(chunk)) => {
+                    self.received += chunk.len() as u64;
+                    self.buffer.extend_from_slice(&chunk);
+                }
+                Some(Err(err)) if self.resumes_left == 0 => return Err(FramesError::Unreachable(err)),
+                Some(Err(err)) => {
+                    self.resumes_left -= 1;
+                    tracing::debug!(path = %self.path, at = self.received, error = %err, "resuming a broken read");
+                    self.resume()?;
+                }
                 None => return Err(FramesError::Malformed("the object ends early".to_owned())),
             }
         }
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), FramesError> {
+        let options = GetOptions::default().with_range(Some(GetRange::Offset(self.received)));
+        let result = self.runtime.block_on(self.store.get_opts(&self.path, options));
+        self.chunks = result.map_err(FramesError::Unreachable)?.into_stream();
         Ok(())
     }
 
