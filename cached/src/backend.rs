@@ -46,7 +46,8 @@ impl Backends {
     /// Puts the shared bucket behind the blobs and the Go entries: the local stores become
     /// its hot tier. Without it nothing changes.
     pub fn with_shared_store(mut self, bucket: Arc<Bucket>) -> Self {
-        self.go_entries = Arc::new(SharedGoEntries::new(self.go_entries, Arc::clone(&bucket)));
+        let entries = SharedGoEntries::new(self.go_entries, self.blobs.clone(), Arc::clone(&bucket));
+        self.go_entries = Arc::new(entries);
         self.shared = Some(bucket);
         self
     }

@@ -7,17 +7,41 @@ use std::sync::Arc;
 use proto::ActionId;
 
 use super::bucket::Bucket;
+use super::upload::BlobUpload;
 use crate::error::{Error, Result};
 use crate::gocache::{EntrySlice, GoEntry, GoEntryStore};
+use crate::store::{BlobStore, RocksStore};
 
 pub struct SharedGoEntries {
     local: Arc<dyn GoEntryStore>,
+    /// The local blobs, to copy up one the bucket lacks.
+    local_blobs: RocksStore,
     bucket: Arc<Bucket>,
 }
 
 impl SharedGoEntries {
-    pub fn new(local: Arc<dyn GoEntryStore>, bucket: Arc<Bucket>) -> Self {
-        Self { local, bucket }
+    pub fn new(local: Arc<dyn GoEntryStore>, local_blobs: RocksStore, bucket: Arc<Bucket>) -> Self {
+        Self { local, local_blobs, bucket }
+    }
+
+    /// Makes sure the bucket holds the entry's blob: a blob only this replica holds (stored
+    /// before it joined the bucket, or while the bucket's copy was lost) is copied up.
+    fn ensure_blob_shared(&self, digest: &proto::Digest) -> Result<()> {
+        if self.bucket.stat(digest)?.is_some() {
+            return Ok(());
+        }
+        let Some(frames) = self.local_blobs.read(digest, 0)? else {
+            return Err(Error::FailedPrecondition(format!(
+                "the entry's blob {digest} is not in the shared store {}; upload it again before recording the entry",
+                self.bucket.url()
+            )));
+        };
+        let sha256 = frames.info().sha256;
+        let mut upload = BlobUpload::new(Arc::clone(&self.bucket), digest);
+        for frame in frames {
+            upload.push(&frame?)?;
+        }
+        upload.finish(&sha256)
     }
 }
 
@@ -42,13 +66,7 @@ impl GoEntryStore for SharedGoEntries {
     }
 
     fn put_synced(&self, namespace: &str, action_id: &ActionId, entry: &GoEntry) -> Result<()> {
-        if self.bucket.stat(&entry.digest)?.is_none() {
-            return Err(Error::FailedPrecondition(format!(
-                "the entry's blob {} is not in the shared store {}; upload it again before recording the entry",
-                entry.digest,
-                self.bucket.url()
-            )));
-        }
+        self.ensure_blob_shared(&entry.digest)?;
         self.bucket.put_entry(namespace, action_id, entry)?;
         self.local.put_synced(namespace, action_id, entry)
     }

@@ -38,7 +38,7 @@ impl BlobUpload {
         Self { bucket, path, pending: Vec::new(), pending_len: 0, multipart: None, frame_bytes: 0 }
     }
 
-    fn push(&mut self, frame: &Bytes) -> Result<()> {
+    pub(super) fn push(&mut self, frame: &Bytes) -> Result<()> {
         let prefix = u32::try_from(frame.len()).map_err(|_| Error::invalid("a frame over 4 GiB"))?;
         self.pending.push(Bytes::copy_from_slice(&prefix.to_le_bytes()));
         self.pending.push(frame.clone());
@@ -65,7 +65,7 @@ impl BlobUpload {
     }
 
     /// Ends the object with its trailer and makes it visible.
-    fn finish(mut self, sha256: &[u8; 32]) -> Result<()> {
+    pub(super) fn finish(mut self, sha256: &[u8; 32]) -> Result<()> {
         self.pending.push(Bytes::from(trailer(sha256, self.frame_bytes)));
         let bucket = Arc::clone(&self.bucket);
         match self.multipart.take() {
