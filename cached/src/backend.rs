@@ -9,11 +9,14 @@ use crate::builds::{BuildRecords, RocksBuildRecords};
 use crate::error::Result;
 use crate::gocache::{GoEntryStore, RocksGoEntries};
 use crate::scheduler::store::{JobRecords, RocksJobs};
+use crate::shared::{Bucket, SharedGoEntries};
 use crate::store::{Budget, RocksStore, StoreUpkeep, StoreUsage};
 
 pub struct Backends {
     /// Blobs, under the decorators of `store::layered`.
     pub blobs: RocksStore,
+    /// The bucket replicas share behind `blobs` and `go_entries`, when there is one.
+    pub shared: Option<Arc<Bucket>>,
     pub usage: Arc<dyn StoreUsage>,
     pub upkeep: Arc<dyn StoreUpkeep>,
     pub go_entries: Arc<dyn GoEntryStore>,
@@ -31,9 +34,21 @@ impl Backends {
             usage: Arc::new(blobs.clone()),
             upkeep: Arc::new(blobs.clone()),
             blobs,
+            shared: None,
             go_entries: Arc::new(RocksGoEntries::new(Arc::clone(&db))),
             build_records: Arc::new(RocksBuildRecords::new(Arc::clone(&db))),
             jobs: Arc::new(RocksJobs::new(db)),
         })
+    }
+}
+
+impl Backends {
+    /// Puts the shared bucket behind the blobs and the Go entries: the local stores become
+    /// its hot tier. Without it nothing changes.
+    pub fn with_shared_store(mut self, bucket: Arc<Bucket>) -> Self {
+        let entries = SharedGoEntries::new(self.go_entries, self.blobs.clone(), Arc::clone(&bucket));
+        self.go_entries = Arc::new(entries);
+        self.shared = Some(bucket);
+        self
     }
 }

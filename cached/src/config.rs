@@ -170,10 +170,37 @@ pub const SETTINGS: &[Setting] = &[
         help: "PEM CA certificates: require client certificates they signed (mTLS)",
         default: "",
     },
+    // The shared tier (several replicas on one bucket); empty shared_store: one machine.
+    Setting {
+        key: "shared_store",
+        help: "s3://bucket/prefix of the S3-compatible bucket replicas share, behind the local RocksDB \
+               tier (empty = one machine, no shared tier)",
+        default: "",
+    },
+    Setting {
+        key: "shared_store_endpoint",
+        help: "URL of the S3 service (MinIO, SeaweedFS, Ceph...) [default: AWS, or AWS_ENDPOINT_URL]",
+        default: "",
+    },
+    Setting {
+        key: "shared_store_region",
+        help: "region of the bucket [default: AWS_REGION, else us-east-1]",
+        default: "",
+    },
+    Setting {
+        key: "shared_store_path_style",
+        help: "address the bucket in the path (http://host/bucket) rather than the host name",
+        default: "false",
+    },
+    Setting {
+        key: "shared_store_timeout",
+        help: "how long one request to the shared store may take, retries included",
+        default: "10s",
+    },
 ];
 
 /// Settings that are switches: `--allow-anonymous` alone means true.
-pub const SWITCHES: &[&str] = &["allow_anonymous"];
+pub const SWITCHES: &[&str] = &["allow_anonymous", "shared_store_path_style"];
 
 /// Key of the setting that names the config file itself.
 pub const CONFIG_FILE_ENV: &str = "CACHED_CONFIG";
@@ -233,6 +260,8 @@ pub struct Config {
     pub allow_anonymous: bool,
     pub tls: Option<TlsFiles>,
     pub scheduler: crate::scheduler::Settings,
+    /// The bucket replicas share, when there is one.
+    pub shared_store: Option<crate::shared::SharedSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -399,6 +428,7 @@ impl Config {
                 max_open_jobs_per_namespace: get("max_open_jobs_per_namespace").count()? as usize,
                 max_open_jobs: get("max_open_jobs").count()? as usize,
             },
+            shared_store: shared_settings(&get)?,
         })
     }
 
@@ -472,6 +502,31 @@ impl Config {
         check_exposure(self.listen, !self.tokens.is_empty(), self.allow_anonymous)
             .map_err(ConfigError::Inconsistent)
     }
+}
+
+/// The shared-tier settings, or `None` without `shared_store`.
+fn shared_settings<'a>(
+    get: &impl Fn(&str) -> Field<'a>,
+) -> Result<Option<crate::shared::SharedSettings>, ConfigError> {
+    let url = get("shared_store");
+    if url.value.trim().is_empty() {
+        return Ok(None);
+    }
+    let (bucket, prefix) = url.parse_with(crate::shared::parse_store_url)?;
+    let optional = |key: &str| Some(get(key).value.trim().to_owned()).filter(|value| !value.is_empty());
+    let timeout = get("shared_store_timeout");
+    let request_timeout = timeout.duration()?;
+    if request_timeout.is_zero() {
+        return Err(timeout.invalid("must be longer than 0s"));
+    }
+    Ok(Some(crate::shared::SharedSettings {
+        bucket,
+        prefix,
+        endpoint: optional("shared_store_endpoint"),
+        region: optional("shared_store_region"),
+        path_style: get("shared_store_path_style").switch()?,
+        request_timeout,
+    }))
 }
 
 /// The longest `max_job_timeout`: a year keeps every deadline in milliseconds far from
@@ -841,5 +896,28 @@ mod tests {
         let env = |name: &str| (name == "CACHED_MAX_BLOB_SIZE").then(|| "lots".to_owned());
         let err = Config::load(&flags, None, &env).unwrap_err().to_string();
         assert!(err.contains("CACHED_MAX_BLOB_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn the_shared_store_comes_from_the_file_env_or_flags_and_is_off_without_one() {
+        assert_eq!(Config::load(&BTreeMap::new(), None, &no_env).unwrap().shared_store, None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cached.toml");
+        std::fs::write(&file, "shared_store = \"s3://cache/team/ci\"\nshared_store_path_style = true\n")
+            .unwrap();
+        let env =
+            |name: &str| (name == "CACHED_SHARED_STORE_ENDPOINT").then(|| "http://127.0.0.1:9000".to_owned());
+        let flags = BTreeMap::from([("shared_store_region".to_owned(), "eu-west-1".to_owned())]);
+        let shared = Config::load(&flags, Some(&file), &env).unwrap().shared_store.expect("configured");
+        assert_eq!((shared.bucket.as_str(), shared.prefix.as_str()), ("cache", "team/ci"));
+        assert_eq!(shared.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(shared.region.as_deref(), Some("eu-west-1"));
+        assert!(shared.path_style);
+        assert_eq!(shared.request_timeout, Duration::from_secs(10));
+        assert_eq!(shared.url(), "s3://cache/team/ci");
+
+        let flags = BTreeMap::from([("shared_store".to_owned(), "cache/ci".to_owned())]);
+        let err = Config::load(&flags, None, &no_env).unwrap_err().to_string();
+        assert!(err.contains("--shared-store") && err.contains("s3://"), "{err}");
     }
 }

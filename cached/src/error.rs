@@ -37,6 +37,14 @@ pub enum Error {
     Corrupt(String),
     #[error("{0}")]
     Internal(String),
+    /// The shared store (the bucket several replicas share) could not be reached or answered
+    /// with an error; `store` names it.
+    #[error("the shared store {store} is unavailable: {source}")]
+    SharedStoreUnavailable {
+        store: String,
+        #[source]
+        source: object_store::Error,
+    },
     /// A status the transport raised while reading a client's stream (a message over
     /// max_message_size, a reset), passed on with its own code.
     #[error("{}", .0.message())]
@@ -94,7 +102,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Aborted(_) => Code::Aborted,
-            Error::ShuttingDown => Code::Unavailable,
+            Error::ShuttingDown | Error::SharedStoreUnavailable { .. } => Code::Unavailable,
             Error::Corrupt(_) => Code::DataLoss,
             Error::Storage(_) | Error::Internal(_) => Code::Internal,
             Error::Transport(status) => status.code(),

@@ -40,7 +40,7 @@ pub struct GoEntry {
 }
 
 impl GoEntry {
-    fn encode(&self) -> [u8; ENTRY_LEN] {
+    pub(crate) fn encode(&self) -> [u8; ENTRY_LEN] {
         let mut out = [0u8; ENTRY_LEN];
         out[0] = ENTRY_VERSION;
         out[1..33].copy_from_slice(&self.output_id.0);
@@ -50,7 +50,7 @@ impl GoEntry {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.len() != ENTRY_LEN || bytes[0] != ENTRY_VERSION {
             return Err(Error::Corrupt(format!("Go action entry of {} bytes", bytes.len())));
         }
@@ -213,7 +213,8 @@ impl GoCache {
         .await?
     }
 
-    /// Drops entries whose blob is gone, looking at up to `limit` entries from `cursor` on
+    /// Drops entries whose blob is gone from this machine (with a shared tier, a lookup finds
+    /// the entry in the bucket again), looking at up to `limit` entries from `cursor` on
     /// (the key to start at; empty: the first). Moves `cursor` past them, back to the start
     /// after the last entry. Returns how many it dropped.
     pub fn sweep_dangling(&self, cursor: &mut Vec<u8>, limit: usize) -> Result<u64> {
@@ -222,7 +223,7 @@ impl GoCache {
         let gone: Vec<Vec<u8>> = slice
             .entries
             .into_iter()
-            .zip(self.store.contains(&digests)?)
+            .zip(self.store.contains_locally(&digests)?)
             .filter_map(|((position, _), stored)| (!stored).then_some(position))
             .collect();
         let dropped = gone.len() as u64;

@@ -20,6 +20,7 @@ pub mod redact;
 pub mod scheduler;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod shutdown;
 pub mod signals;
 pub mod stats;
@@ -56,7 +57,10 @@ pub async fn run(
     auth.attach_leases(scheduler.lease_keys(), Arc::clone(&scheduler) as Arc<dyn auth::LiveLeases>);
     let space = free_space(&config, &*backends.usage);
     let (stats, store_counters) = (Arc::new(stats::Stats::default()), Arc::new(StoreCounters::default()));
-    let store = store::layered(&backends.blobs, &space, &store_counters);
+    if let Some(bucket) = &backends.shared {
+        let _ = stats.shared_store.set((bucket.url().to_owned(), Arc::clone(&bucket.counters)));
+    }
+    let store = store::layered(&backends.blobs, backends.shared.as_ref(), &space, &store_counters);
     let cas = Arc::new(cas::Cas::new(Arc::clone(&store), config.limits.clone()));
     let go_cache =
         gocache::GoCache::new(Arc::clone(&backends.go_entries), Arc::clone(&store), Arc::clone(&stats));
@@ -89,6 +93,10 @@ pub async fn run(
     };
     let layers = server::Layers { connections, metrics, auth: Arc::clone(&auth) };
     let (grpc, health) = server::start(services, layers, &config.limits, listener, tls.clone()).await?;
+    if let Some(bucket) = &backends.shared {
+        let watch = shared::health::watch(Arc::clone(bucket), health.clone(), background.stop_signal());
+        background.spawn("shared store health", watch);
+    }
     announce(&config, listen, tls.as_deref(), &auth);
     let ordered = shutdown::Ordered {
         grace: config.shutdown_grace,
@@ -115,8 +123,16 @@ async fn open_records(config: &Config) -> Result<(Backends, Arc<scheduler::Sched
     let data_dir = config.data_dir.clone();
     let budget = rocks_budget(config);
     let scheduler_settings = config.scheduler.clone();
+    let shared = config
+        .shared_store
+        .as_ref()
+        .map(|settings| shared::Bucket::open(settings, tokio::runtime::Handle::current()))
+        .transpose()?;
     crate::task::spawn_blocking("open stores", move || -> Result<_> {
-        let backends = Backends::open_rocksdb(&data_dir, budget)?;
+        let mut backends = Backends::open_rocksdb(&data_dir, budget)?;
+        if let Some(bucket) = shared {
+            backends = backends.with_shared_store(bucket);
+        }
         let scheduler = scheduler::Scheduler::open(Arc::clone(&backends.jobs), scheduler_settings)?;
         Ok((backends, scheduler))
     })

@@ -257,6 +257,9 @@ impl Collector for StatsCollector {
             load(&self.stats.go_entries_dropped),
         )?;
         encode_builds(&mut encoder, &self.stats.builds)?;
+        if let Some((_, shared)) = self.stats.shared_store.get() {
+            encode_shared_store(&mut encoder, &shared.snapshot())?;
+        }
 
         let totals = self.store.totals();
         gauge(&mut encoder, "stored_blobs", "blobs in the store", totals.blobs)?;
@@ -481,4 +484,54 @@ impl<B: http_body::Body> http_body::Body for MeteredBody<B> {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The shared tier, per tier: reads each answered, bytes each way, request latency, and
+/// whether the bucket answers.
+fn encode_shared_store(
+    encoder: &mut DescriptorEncoder,
+    now: &crate::shared::SharedSnapshot,
+) -> std::fmt::Result {
+    labelled(
+        encoder,
+        "tier_blob_hits",
+        "blob reads answered, by tier: local (RocksDB) or shared (the bucket, filling the local tier)",
+        "tier",
+        [("local", now.local_hits), ("shared", now.shared_hits)].into_iter(),
+    )?;
+    counter(
+        encoder,
+        "shared_store_misses",
+        "local misses the bucket did not hold either",
+        now.shared_misses,
+    )?;
+    counter(
+        encoder,
+        "shared_store_fill_bytes",
+        "stored bytes read from the bucket into the local tier",
+        now.fill_bytes,
+    )?;
+    counter(encoder, "shared_store_uploads", "blobs written through to the bucket", now.uploads)?;
+    counter(encoder, "shared_store_upload_bytes", "stored bytes written to the bucket", now.upload_bytes)?;
+    counter(
+        encoder,
+        "shared_store_corrupt_objects",
+        "bucket objects that did not match their key: deleted, never served",
+        now.corrupt_objects,
+    )?;
+    counter(encoder, "shared_store_errors", "requests that failed for want of the bucket", now.errors)?;
+    counter(encoder, "shared_store_requests", "requests sent to the bucket", now.requests)?;
+    let seconds = ConstCounter::new(now.request_seconds_total);
+    seconds.encode(encoder.encode_descriptor(
+        "shared_store_request_seconds",
+        "time requests to the bucket took, together (divide by shared_store_requests for the mean)",
+        None,
+        seconds.metric_type(),
+    )?)?;
+    gauge(
+        encoder,
+        "shared_store_up",
+        "1 while the bucket answers, 0 while it does not (degraded)",
+        u64::from(now.reachable),
+    )
 }

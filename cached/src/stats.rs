@@ -72,6 +72,8 @@ pub struct Stats {
     pub go_entries_dropped: AtomicU64,
     /// Whole-build lookups, misses by cause and records, for `/metrics`.
     pub builds: Arc<crate::builds::BuildCounters>,
+    /// The shared tier's URL and counters, once it is configured.
+    pub shared_store: std::sync::OnceLock<(String, Arc<crate::shared::SharedCounters>)>,
 }
 
 impl Default for Stats {
@@ -82,6 +84,7 @@ impl Default for Stats {
             namespaces: DashMap::new(),
             go_entries_dropped: AtomicU64::new(0),
             builds: Arc::default(),
+            shared_store: std::sync::OnceLock::new(),
         }
     }
 }

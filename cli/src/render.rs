@@ -18,6 +18,68 @@ pub struct StatsReport {
     /// Whole builds (`cachectl go build`) over the `--since` window; null when the server has
     /// no Builds service.
     pub builds: Option<BuildsReport>,
+    /// The shared tier (a bucket replicas share); null without one.
+    pub shared_store: Option<SharedStoreReport>,
+}
+
+/// Blob reads per tier and the bucket's traffic.
+#[derive(Debug, Serialize)]
+pub struct SharedStoreReport {
+    pub url: String,
+    /// Whether the last request reached the bucket; false: degraded (local reads only).
+    pub reachable: bool,
+    pub local_hits: u64,
+    pub shared_hits: u64,
+    pub shared_misses: u64,
+    pub fill_bytes: u64,
+    pub uploads: u64,
+    pub upload_bytes: u64,
+    pub corrupt_objects: u64,
+    pub errors: u64,
+    pub requests: u64,
+    /// Mean time of a request to the bucket; null before the first.
+    pub mean_request_seconds: Option<f64>,
+}
+
+impl SharedStoreReport {
+    fn new(shared: v1::SharedStoreStats) -> Self {
+        Self {
+            mean_request_seconds: (shared.requests > 0)
+                .then(|| shared.request_nanos as f64 / 1e9 / shared.requests as f64),
+            url: shared.url,
+            reachable: shared.reachable,
+            local_hits: shared.local_hits,
+            shared_hits: shared.shared_hits,
+            shared_misses: shared.shared_misses,
+            fill_bytes: shared.fill_bytes,
+            uploads: shared.uploads,
+            upload_bytes: shared.upload_bytes,
+            corrupt_objects: shared.corrupt_objects,
+            errors: shared.errors,
+            requests: shared.requests,
+        }
+    }
+
+    fn write_table(&self, out: &mut String) {
+        let _ = writeln!(out);
+        let state = if self.reachable { "reachable" } else { "DEGRADED: not answering" };
+        let _ = writeln!(out, "shared store {} ({state})", self.url);
+        let _ = writeln!(
+            out,
+            "  blob reads {} local hits, {} shared hits (filled {}), {} misses",
+            self.local_hits,
+            self.shared_hits,
+            bytes(self.fill_bytes),
+            self.shared_misses
+        );
+        let _ = writeln!(out, "  uploads    {} blobs, {}", self.uploads, bytes(self.upload_bytes));
+        let mean = self.mean_request_seconds.map_or("-".to_owned(), |s| format!("{:.1} ms", s * 1e3));
+        let _ = writeln!(
+            out,
+            "  requests   {} ({} failed), mean {mean}; {} corrupt objects deleted",
+            self.requests, self.errors, self.corrupt_objects
+        );
+    }
 }
 
 /// Whole-build numbers over a window, per namespace.
@@ -170,6 +232,7 @@ impl StatsReport {
                 })
                 .collect(),
             builds: None,
+            shared_store: stats.shared_store.map(SharedStoreReport::new),
         }
     }
 
@@ -294,6 +357,9 @@ impl StatsReport {
                 "(hits, misses, puts: what cached answered; build gets and rate: what go commands \
                  saw through cachectl gocacheprog, local-tier hits included)"
             );
+        }
+        if let Some(shared) = &self.shared_store {
+            shared.write_table(&mut out);
         }
         if let Some(builds) = &self.builds {
             builds.write_table(&mut out);
@@ -421,6 +487,38 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["apis"][0]["hits"], 3);
         assert!(json["builds"].is_null());
+    }
+
+    #[test]
+    fn the_shared_store_section_shows_tiers_and_degradation() {
+        let response = v1::StatsResponse {
+            shared_store: Some(v1::SharedStoreStats {
+                url: "s3://cache/ci".into(),
+                reachable: false,
+                local_hits: 30,
+                shared_hits: 4,
+                requests: 4,
+                request_nanos: 8_000_000,
+                corrupt_objects: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let report = StatsReport::new("http://x", response);
+        let table = report.to_table();
+        assert!(table.contains("shared store s3://cache/ci (DEGRADED: not answering)"), "{table}");
+        assert!(
+            table.contains("30 local hits, 4 shared hits") && table.contains("mean 2.0 ms; 1 corrupt"),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["shared_store"]["mean_request_seconds"], 0.002);
+        let one_machine = StatsReport::new("http://x", v1::StatsResponse::default());
+        assert!(!one_machine.to_table().contains("shared store"));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&one_machine.to_json()).unwrap()["shared_store"]
+                .is_null()
+        );
     }
 
     #[test]

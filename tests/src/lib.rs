@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod registry;
+pub mod s3;
 
 pub use cgroup::MemoryCgroup;
 
@@ -20,11 +21,12 @@ use std::time::{Duration, Instant};
 /// Longest any one go command may take before the test fails instead of hanging CI.
 pub const GO_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Path of a workspace binary built next to this test executable.
+/// Path of a workspace binary built next to this test executable (or this benchmark driver).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // target/<profile>/deps/<test> → target/<profile>/<name>; a driver is in target/<profile>.
+    let beside = exe.parent().expect("target dir");
+    let dir = if beside.ends_with("deps") { beside.parent().expect("target dir") } else { beside };
     let path = dir.join(name);
     assert!(
         path.is_file(),
@@ -48,6 +50,11 @@ pub fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("gomod")
 }
 
+/// Lines of the go command's -x trace that run the compiler.
+pub fn compile_actions(trace: &str) -> Vec<&str> {
+    trace.lines().filter(|line| line.contains("pkg/tool/") && line.contains("/compile ")).collect()
+}
+
 /// A `cached` daemon on 127.0.0.1 with its own data directory; killed on drop.
 pub struct Daemon {
     child: Child,
@@ -63,6 +70,11 @@ impl Daemon {
 
     /// Starts with its data under `data` and extra flags.
     pub fn start_in(data: tempfile::TempDir, flags: &[&str]) -> Self {
+        Self::start_with(data, flags, &[])
+    }
+
+    /// As `start_in`, with extra environment variables.
+    pub fn start_with(data: tempfile::TempDir, flags: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = File::create(data.path().join("cached.log")).expect("log file");
@@ -71,6 +83,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(data.path().join("db"))
             .args(flags)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -91,6 +104,10 @@ impl Daemon {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGSTOP: connections stay open and nothing answers, as with a hung or overloaded

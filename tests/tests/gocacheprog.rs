@@ -6,12 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cached_e2e::{Daemon, GoEnv, Running, Tmpfs, binary, count_files, run, wipe};
-
-/// Lines of the go command's -x trace that run the compiler.
-fn compile_actions(trace: &str) -> Vec<&str> {
-    trace.lines().filter(|line| line.contains("pkg/tool/") && line.contains("/compile ")).collect()
-}
+use cached_e2e::{Daemon, GoEnv, Running, Tmpfs, binary, compile_actions, count_files, run, wipe};
 
 fn summary(stderr: &str) -> &str {
     stderr

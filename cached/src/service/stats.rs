@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Grant, NamespacePattern};
 use crate::gocache::namespace;
+use crate::shared::SharedCounters;
 use crate::stats::{OTHER_NAMESPACES, Stats};
 use crate::store::{FreeSpace, StoreUsage};
 
@@ -28,6 +29,24 @@ fn may_see(grant: &Grant, namespace: &str) -> bool {
         return grant.namespaces.contains(&NamespacePattern::Any);
     }
     grant.allows_namespace(namespace)
+}
+
+fn shared_store(url: &str, counters: &SharedCounters) -> v1::SharedStoreStats {
+    let now = counters.snapshot();
+    v1::SharedStoreStats {
+        url: url.to_owned(),
+        reachable: now.reachable,
+        local_hits: now.local_hits,
+        shared_hits: now.shared_hits,
+        shared_misses: now.shared_misses,
+        fill_bytes: now.fill_bytes,
+        uploads: now.uploads,
+        upload_bytes: now.upload_bytes,
+        corrupt_objects: now.corrupt_objects,
+        errors: now.errors,
+        requests: now.requests,
+        request_nanos: (now.request_seconds_total * 1e9) as u64,
+    }
 }
 
 /// The counters as the wire carries them, the namespaces limited to those `grant` covers;
@@ -63,6 +82,7 @@ fn snapshot(stats: &Stats, store: &dyn StoreUsage, space: &FreeSpace, grant: &Gr
                 bytes_out: load(&c.bytes_out),
             })
             .collect(),
+        shared_store: stats.shared_store.get().map(|(url, counters)| shared_store(url, counters)),
         namespaces: stats
             .namespaces()
             .into_iter()

@@ -53,6 +53,12 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(self.stat(digests)?.iter().map(Option::is_some).collect())
     }
 
+    /// For each digest, whether this machine's own tier holds it: for upkeep, which must not
+    /// send a request to a shared tier per blob. Without a shared tier, `contains`.
+    fn contains_locally(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        self.contains(digests)
+    }
+
     /// The frames of a stored blob from frame `first_frame` on, or `None` on a miss.
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>>;
 
@@ -139,14 +145,31 @@ pub type SharedStore = Arc<dyn BlobStore>;
 
 /// The store the services share: RocksDB under verification, then the free-space guard,
 /// then metrics, each decorator adding one behaviour.
-pub fn layered(rocks: &RocksStore, space: &Arc<FreeSpace>, counters: &Arc<StoreCounters>) -> SharedStore {
+/// With a shared bucket, RocksDB is its local tier (`shared::Tiered`) under the same decorators.
+pub fn layered(
+    rocks: &RocksStore,
+    shared: Option<&Arc<crate::shared::Bucket>>,
+    space: &Arc<FreeSpace>,
+    counters: &Arc<StoreCounters>,
+) -> SharedStore {
+    match shared {
+        None => decorated(rocks, Verified::new(rocks.clone()), space, counters),
+        Some(bucket) => {
+            let tiered = crate::shared::Tiered::new(rocks.clone(), Arc::clone(bucket));
+            decorated(rocks, Verified::new(tiered), space, counters)
+        }
+    }
+}
+
+fn decorated(
+    rocks: &RocksStore,
+    verified: impl BlobStore,
+    space: &Arc<FreeSpace>,
+    counters: &Arc<StoreCounters>,
+) -> SharedStore {
     let held: Arc<dyn StoreUsage> = Arc::new(rocks.clone());
     Arc::new(Metered::new(
-        SpaceGuarded::new(
-            Verified::new(rocks.clone()),
-            Arc::clone(space),
-            Box::new(move || held.totals().stored_bytes),
-        ),
+        SpaceGuarded::new(verified, Arc::clone(space), Box::new(move || held.totals().stored_bytes)),
         Arc::clone(counters),
     ))
 }

@@ -133,6 +133,10 @@ impl<S: BlobStore> BlobStore for SpaceGuarded<S> {
         self.inner.stat(digests)
     }
 
+    fn contains_locally(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        self.inner.contains_locally(digests)
+    }
+
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
         self.inner.read(digest, first_frame)
     }

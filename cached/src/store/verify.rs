@@ -33,6 +33,10 @@ impl<S: BlobStore + Clone> BlobStore for Verified<S> {
         self.inner.stat(digests)
     }
 
+    fn contains_locally(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        self.inner.contains_locally(digests)
+    }
+
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
         let Some(frames) = self.inner.read(digest, first_frame)? else { return Ok(None) };
         let (store, digest) = (self.inner.clone(), *digest);

@@ -1,0 +1,322 @@
+//! The S3 calls of the shared tier. Stores run on blocking threads, so each call is driven to
+//! its end on the runtime's handle (`Handle::block_on`), which a blocking thread may do. Every
+//! call is bounded by `request_timeout` (retries included) and counted; a failure for want of
+//! the bucket becomes `SharedStoreUnavailable`, naming the store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+use object_store::aws::AmazonS3Builder;
+use object_store::{
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+use proto::{ActionId, Digest};
+use tokio::runtime::Handle;
+
+use super::counters::SharedCounters;
+use super::layout::{LENGTH_PREFIX, Layout, TRAILER_LEN, parse_trailer};
+use super::settings::SharedSettings;
+use crate::error::{Error, Result};
+use crate::gocache::GoEntry;
+use crate::store::BlobInfo;
+
+/// How many objects one batch asks about at once (FindMissing of local misses).
+const STAT_CONCURRENCY: usize = 16;
+
+pub struct Bucket {
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) layout: Layout,
+    pub(super) runtime: Handle,
+    url: String,
+    pub counters: Arc<SharedCounters>,
+}
+
+impl Bucket {
+    /// A client of the bucket `settings` name, with credentials found the way AWS tools find
+    /// them (AWS_* variables, web identity, container and instance credentials, then the
+    /// shared credentials file). Nothing is sent yet: a bucket that
+    /// does not answer leaves cached serving from its local tier.
+    pub fn open(settings: &SharedSettings, runtime: Handle) -> Result<Arc<Self>> {
+        // HTTPS endpoints: the client's TLS uses the process's provider (ring, as cached's own).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&settings.bucket)
+            .with_virtual_hosted_style_request(!settings.path_style)
+            .with_retry(retry(settings.request_timeout))
+            .with_client_options(client_options(settings.request_timeout));
+        if let Some(endpoint) = &settings.endpoint {
+            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(keys) = super::credentials::from_profile_file(&|name| std::env::var(name).ok()) {
+            builder =
+                builder.with_access_key_id(keys.access_key_id).with_secret_access_key(keys.secret_access_key);
+            if let Some(token) = keys.session_token {
+                builder = builder.with_token(token);
+            }
+        }
+        if let Some(region) = &settings.region {
+            builder = builder.with_region(region);
+        }
+        let store = builder
+            .build()
+            .map_err(|err| Error::SharedStoreUnavailable { store: settings.url(), source: err })?;
+        Ok(Arc::new(Self {
+            store: Arc::new(store),
+            layout: Layout::new(&settings.prefix),
+            runtime,
+            url: settings.url(),
+            counters: Arc::new(SharedCounters::default()),
+        }))
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs one request to its end, timing and counting it. A missing object is an answer,
+    /// not a failure.
+    async fn request<T>(&self, request: impl Future<Output = object_store::Result<T>>) -> Result<Option<T>> {
+        if !self.counters.may_send() {
+            return Err(self.unavailable(object_store::Error::Generic {
+                store: "S3",
+                source: "it did not answer the last request; it is tried again once a second".into(),
+            }));
+        }
+        let started = Instant::now();
+        let outcome = request.await;
+        let reached = !matches!(&outcome, Err(err) if !is_answer(err));
+        self.counters.request_ended(started.elapsed(), reached);
+        match outcome {
+            Ok(value) => Ok(Some(value)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(self.unavailable(source)),
+        }
+    }
+
+    /// `request`, from a blocking thread.
+    pub(super) fn call<T>(
+        &self,
+        request: impl Future<Output = object_store::Result<T>>,
+    ) -> Result<Option<T>> {
+        self.runtime.block_on(self.request(request))
+    }
+
+    pub(super) fn unavailable(&self, source: object_store::Error) -> Error {
+        Error::SharedStoreUnavailable { store: self.url.clone(), source }
+    }
+
+    /// What the bucket knows of a blob: its trailer, read with one ranged GET. An object whose
+    /// trailer does not fit its size is corrupt: it is deleted and reported missing.
+    pub fn stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        self.runtime.block_on(self.stat_async(digest))
+    }
+
+    async fn stat_async(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        let path = self.layout.blob(digest);
+        let options = GetOptions::default().with_range(Some(GetRange::Suffix(TRAILER_LEN as u64)));
+        let fetched = self
+            .request(async {
+                let result = self.store.get_opts(&path, options).await?;
+                let size = result.meta.size;
+                Ok((result.bytes().await?, size))
+            })
+            .await?;
+        let Some((trailer, object_size)) = fetched else { return Ok(None) };
+        match parse_trailer(digest, &trailer, object_size) {
+            Some((sha256, stored_bytes)) => Ok(Some(BlobInfo { stored_bytes, sha256 })),
+            None => {
+                self.discard_corrupt_async(digest, "its trailer does not match its size").await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// `stat` of many blobs, a bounded number at a time.
+    pub fn stat_many(&self, digests: &[Digest]) -> Result<Vec<Option<BlobInfo>>> {
+        self.runtime.block_on(
+            stream::iter(digests)
+                .map(|digest| self.stat_async(digest))
+                .buffered(STAT_CONCURRENCY)
+                .try_collect(),
+        )
+    }
+
+    /// The frames of a blob's object, read as they arrive, or `None` when there is none.
+    pub fn open_blob(&self, digest: &Digest) -> Result<Option<ObjectFrames>> {
+        let path = self.layout.blob(digest);
+        let Some(result) = self.call(self.store.get(&path))? else { return Ok(None) };
+        Ok(Some(ObjectFrames {
+            chunks: result.into_stream(),
+            runtime: self.runtime.clone(),
+            store: Arc::clone(&self.store),
+            path,
+            received: 0,
+            resumes_left: RESUMES,
+            buffer: Vec::new(),
+            frames_left: proto::frames::frame_count(digest.size),
+        }))
+    }
+
+    /// Deletes an object that did not match its key, so the next write of the blob replaces it
+    /// and no replica serves it meanwhile.
+    pub fn discard_corrupt(&self, digest: &Digest, why: &str) {
+        self.runtime.block_on(self.discard_corrupt_async(digest, why));
+    }
+
+    async fn discard_corrupt_async(&self, digest: &Digest, why: &str) {
+        SharedCounters::add(&self.counters.corrupt_objects, 1);
+        tracing::error!(%digest, store = %self.url, why, "a shared-store object does not match its key; deleting it");
+        if let Err(err) = self.request(self.store.delete(&self.layout.blob(digest))).await {
+            tracing::warn!(%digest, error = %err, "could not delete a corrupt shared-store object");
+        }
+    }
+
+    pub fn get_entry(&self, namespace: &str, action_id: &ActionId) -> Result<Option<GoEntry>> {
+        let path = self.layout.entry(namespace, action_id);
+        let Some(bytes) = self.call(async { self.store.get(&path).await?.bytes().await })? else {
+            return Ok(None);
+        };
+        match GoEntry::decode(&bytes) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(err) => {
+                tracing::warn!(store = %self.url, %path, error = %err, "an unreadable Go entry in the shared store");
+                Ok(None)
+            }
+        }
+    }
+
+    pub fn put_entry(&self, namespace: &str, action_id: &ActionId, entry: &GoEntry) -> Result<()> {
+        let path = self.layout.entry(namespace, action_id);
+        let payload = PutPayload::from(Bytes::copy_from_slice(&entry.encode()));
+        self.call(self.store.put(&path, payload))?;
+        Ok(())
+    }
+
+    /// Asks the bucket for an object that is never written: any answer (a miss) proves it
+    /// reachable again.
+    pub fn probe(&self) -> Result<()> {
+        let path = self.layout.probe();
+        self.call(self.store.head(&path))?;
+        Ok(())
+    }
+
+    /// Deletes every Go entry of `namespace` from the bucket; returns how many there were.
+    /// Blobs stay: other namespaces may share them, and the bucket's lifecycle rule ages them.
+    pub fn purge_namespace(&self, namespace: &str) -> Result<u64> {
+        let prefix = self.layout.namespace(namespace);
+        let deleted = self.call(async {
+            let locations = self.store.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
+            self.store.delete_stream(locations).try_fold(0u64, |count, _| async move { Ok(count + 1) }).await
+        })?;
+        Ok(deleted.unwrap_or(0))
+    }
+}
+
+/// A request may stall at most `timeout` at any point (connecting, waiting for an answer,
+/// between two reads of a body), but a large blob's body may take as long as it streams.
+fn client_options(timeout: Duration) -> ClientOptions {
+    ClientOptions::new()
+        .with_timeout_disabled()
+        .with_read_timeout(timeout)
+        .with_connect_timeout(timeout.min(Duration::from_secs(3)))
+}
+
+/// Bounded retries: a bucket that does not answer fails the request within `timeout`, and
+/// the next request tries again (that is how the tier recovers by itself).
+fn retry(timeout: Duration) -> RetryConfig {
+    RetryConfig { max_retries: 3, retry_timeout: timeout, ..RetryConfig::default() }
+}
+
+/// Whether an error is the bucket's answer (it was reached) rather than a failure to reach it.
+fn is_answer(err: &object_store::Error) -> bool {
+    matches!(
+        err,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::NotModified { .. }
+    )
+}
+
+/// How often a read of one object may pick up where its stream broke off (a stall past the
+/// read timeout while the local tier was busy writing what came before).
+const RESUMES: u8 = 3;
+
+/// The frames of one object, split off its stream by their length prefixes. Each `next`
+/// blocks on the runtime for the bytes it needs, so memory holds about one frame. A stream
+/// that breaks off is resumed from the byte it reached, a few times.
+pub struct ObjectFrames {
+    chunks: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    runtime: Handle,
+    store: Arc<dyn ObjectStore>,
+    path: object_store::path::Path,
+    received: u64,
+    resumes_left: u8,
+    buffer: Vec<u8>,
+    frames_left: u64,
+}
+
+/// Why an object's frames could not be read.
+pub enum FramesError {
+    /// The bucket stopped answering.
+    Unreachable(object_store::Error),
+    /// The object is not what its layout says (truncated, a length beyond any frame).
+    Malformed(String),
+}
+
+impl ObjectFrames {
+    fn fill_to(&mut self, len: usize) -> Result<(), FramesError> {
+        while self.buffer.len() < len {
+            match self.runtime.block_on(self.chunks.next()) {
+                Some(Ok(chunk)) => {
+                    self.received += chunk.len() as u64;
+                    self.buffer.extend_from_slice(&chunk);
+                }
+                Some(Err(err)) if self.resumes_left == 0 => return Err(FramesError::Unreachable(err)),
+                Some(Err(err)) => {
+                    self.resumes_left -= 1;
+                    tracing::debug!(path = %self.path, at = self.received, error = %err, "resuming a broken read");
+                    self.resume()?;
+                }
+                None => return Err(FramesError::Malformed("the object ends early".to_owned())),
+            }
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), FramesError> {
+        let options = GetOptions::default().with_range(Some(GetRange::Offset(self.received)));
+        let result = self.runtime.block_on(self.store.get_opts(&self.path, options));
+        self.chunks = result.map_err(FramesError::Unreachable)?.into_stream();
+        Ok(())
+    }
+
+    fn take(&mut self, len: usize) -> Result<Vec<u8>, FramesError> {
+        self.fill_to(len)?;
+        let rest = self.buffer.split_off(len);
+        Ok(std::mem::replace(&mut self.buffer, rest))
+    }
+
+    /// The next frame, or `None` after the last.
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, FramesError> {
+        if self.frames_left == 0 {
+            return Ok(None);
+        }
+        self.frames_left -= 1;
+        let prefix = self.take(LENGTH_PREFIX)?;
+        let len = u32::from_le_bytes(prefix[..].try_into().expect("four bytes")) as usize;
+        // A compressed frame is never much larger than the frame it holds.
+        if len > 2 * proto::FRAME_SIZE {
+            return Err(FramesError::Malformed(format!("a frame of {len} bytes")));
+        }
+        Ok(Some(Bytes::from(self.take(len)?)))
+    }
+
+    /// The trailer after the last frame.
+    pub fn trailer(&mut self) -> Result<Vec<u8>, FramesError> {
+        self.take(TRAILER_LEN)
+    }
+}

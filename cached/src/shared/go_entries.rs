@@ -1,0 +1,95 @@
+//! Go entries with the shared tier: the bucket holds every entry, each replica's RocksDB the
+//! ones it used. An entry goes to the bucket only once its blob's object is there, so another
+//! replica that finds the entry can find its output too.
+
+use std::sync::Arc;
+
+use proto::ActionId;
+
+use super::bucket::Bucket;
+use super::upload::BlobUpload;
+use crate::error::{Error, Result};
+use crate::gocache::{EntrySlice, GoEntry, GoEntryStore};
+use crate::store::{BlobStore, RocksStore};
+
+pub struct SharedGoEntries {
+    local: Arc<dyn GoEntryStore>,
+    /// The local blobs, to copy up one the bucket lacks.
+    local_blobs: RocksStore,
+    bucket: Arc<Bucket>,
+}
+
+impl SharedGoEntries {
+    pub fn new(local: Arc<dyn GoEntryStore>, local_blobs: RocksStore, bucket: Arc<Bucket>) -> Self {
+        Self { local, local_blobs, bucket }
+    }
+
+    /// Makes sure the bucket holds the entry's blob: a blob only this replica holds (stored
+    /// before it joined the bucket, or while the bucket's copy was lost) is copied up.
+    fn ensure_blob_shared(&self, digest: &proto::Digest) -> Result<()> {
+        if self.bucket.stat(digest)?.is_some() {
+            return Ok(());
+        }
+        let Some(frames) = self.local_blobs.read(digest, 0)? else {
+            return Err(Error::FailedPrecondition(format!(
+                "the entry's blob {digest} is not in the shared store {}; upload it again before recording the entry",
+                self.bucket.url()
+            )));
+        };
+        let sha256 = frames.info().sha256;
+        let mut upload = BlobUpload::new(Arc::clone(&self.bucket), digest);
+        for frame in frames {
+            upload.push(&frame?)?;
+        }
+        upload.finish(&sha256)
+    }
+}
+
+impl GoEntryStore for SharedGoEntries {
+    /// Local first; a local miss asks the bucket and keeps what it finds. A bucket that does
+    /// not answer makes it a miss (the build goes on and compiles).
+    fn get(&self, namespace: &str, action_id: &ActionId) -> Result<Option<GoEntry>> {
+        if let Some(entry) = self.local.get(namespace, action_id)? {
+            return Ok(Some(entry));
+        }
+        match self.bucket.get_entry(namespace, action_id) {
+            Ok(Some(entry)) => {
+                self.local.put_synced(namespace, action_id, &entry)?;
+                Ok(Some(entry))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => {
+                tracing::warn!(error = %err, "a Go entry could not be looked up in the shared store");
+                Ok(None)
+            }
+        }
+    }
+
+    fn put_synced(&self, namespace: &str, action_id: &ActionId, entry: &GoEntry) -> Result<()> {
+        self.ensure_blob_shared(&entry.digest)?;
+        self.bucket.put_entry(namespace, action_id, entry)?;
+        self.local.put_synced(namespace, action_id, entry)
+    }
+
+    /// Removes the local copy: an entry is removed locally when its blob is gone from this
+    /// replica, which says nothing of the bucket.
+    fn remove(&self, namespace: &str, action_id: &ActionId) -> Result<()> {
+        self.local.remove(namespace, action_id)
+    }
+
+    fn slice(&self, from: &[u8], limit: usize) -> Result<EntrySlice> {
+        self.local.slice(from, limit)
+    }
+
+    fn remove_keys(&self, positions: &[Vec<u8>]) -> Result<()> {
+        self.local.remove_keys(positions)
+    }
+
+    /// Purges the bucket's entries of `namespace` too: a purge is of what the namespace
+    /// recorded, wherever it is kept.
+    fn purge_namespace(&self, namespace: &str) -> Result<u64> {
+        let shared = self.bucket.purge_namespace(namespace)?;
+        let local = self.local.purge_namespace(namespace)?;
+        Ok(shared.max(local))
+    }
+}
