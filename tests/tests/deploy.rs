@@ -9,10 +9,10 @@ use cached_e2e::binary;
 /// A unit as shipped, with its binary at the path this build put it.
 fn install(unit: &str, dir: &Path) {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd").join(unit);
-    let text = std::fs::read_to_string(&shipped).expect("the shipped unit");
-    let mut text = text;
+    let mut text = std::fs::read_to_string(&shipped).expect("the shipped unit");
     for program in ["cached", "runner-agent"] {
-        text = text.replace(&format!("/usr/local/bin/{program} "), &format!("{} ", binary(program).display()));
+        text =
+            text.replace(&format!("/usr/local/bin/{program} "), &format!("{} ", binary(program).display()));
     }
     // Verifying loads the environment file; the shipped one is the operator's to write.
     text = text.replace("EnvironmentFile=/etc/", "EnvironmentFile=-/etc/");
