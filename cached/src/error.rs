@@ -33,6 +33,10 @@ pub enum Error {
     ShuttingDown,
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// The PostgreSQL database of jobs and build records (`database_url`) failed or is out of
+    /// reach; the cache itself is unaffected.
+    #[error("the database is unavailable: {0}; jobs and build records wait for it, the cache works on")]
+    Database(#[from] crate::postgres::DatabaseError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -54,6 +58,18 @@ impl Error {
         };
         let text = err.to_string();
         text.contains("No space left") || text.contains("NoSpace")
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self::Database(err.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self::Database(err.into())
     }
 }
 
@@ -94,7 +110,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Aborted(_) => Code::Aborted,
-            Error::ShuttingDown => Code::Unavailable,
+            Error::ShuttingDown | Error::Database(_) => Code::Unavailable,
             Error::Corrupt(_) => Code::DataLoss,
             Error::Storage(_) | Error::Internal(_) => Code::Internal,
             Error::Transport(status) => status.code(),
