@@ -4,13 +4,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{FutureExt, Stream};
+use futures::Stream;
 use proto::v1::jobs_server::Jobs;
 use proto::v1::workers_server::Workers;
 use proto::v1::{
-    CancelRequest, CancelResponse, CompleteRequest, CompleteResponse, Heartbeat, JobEvent, LeaseRequest,
-    LeaseResponse, ListRequest, ListResponse, ProgressRequest, ProgressResponse, SubmitRequest,
-    SubmitResponse, WatchRequest, complete_request, job_event::Kind, lease_request,
+    CancelRequest, CancelResponse, CompleteRequest, CompleteResponse, JobEvent, LeaseRequest, LeaseResponse,
+    ListRequest, ListResponse, ProgressRequest, ProgressResponse, SubmitRequest, SubmitResponse,
+    WatchRequest, complete_request, job_event::Kind, lease_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -152,29 +152,6 @@ impl Jobs for JobsService {
     }
 }
 
-/// A message of the lease stream as it arrives: `None` once the agent closed it.
-type Inbound = Option<Result<LeaseRequest, Status>>;
-
-/// The newest of the heartbeats the agent has already sent, and the first other message
-/// queued after them. Each heartbeat lists every lease the agent holds, so a newer one makes
-/// the older ones moot; handling each in turn falls behind an agent that heartbeats faster
-/// than the scheduler writes (a database transaction per heartbeat, on a busy machine), and
-/// the backlog then outlasts the very leases it should extend.
-fn newest_heartbeat(
-    mut newest: Heartbeat,
-    inbound: &mut Streaming<LeaseRequest>,
-) -> (Heartbeat, Option<Inbound>) {
-    while let Some(message) = inbound.next().now_or_never() {
-        match message {
-            Some(Ok(LeaseRequest { kind: Some(lease_request::Kind::Heartbeat(heartbeat)) })) => {
-                newest = heartbeat
-            }
-            other => return (newest, Some(other)),
-        }
-    }
-    (newest, None)
-}
-
 /// Resolves once cached shuts down.
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
@@ -223,23 +200,17 @@ impl Workers for WorkersService {
         crate::task::spawn("lease stream", async move {
             let gone = sender.gone();
             tokio::pin!(gone);
-            let mut held_back = None;
             loop {
-                let message = match held_back.take() {
-                    Some(message) => message,
-                    None => tokio::select! {
-                        message = inbound.next() => message,
-                        () = stopped(&mut stop) => {
-                            sender.end(Status::unavailable("cached is shutting down; reconnect"));
-                            break;
-                        }
-                        () = &mut gone => break,
-                    },
+                let message = tokio::select! {
+                    message = inbound.next() => message,
+                    () = stopped(&mut stop) => {
+                        sender.end(Status::unavailable("cached is shutting down; reconnect"));
+                        break;
+                    }
+                    () = &mut gone => break,
                 };
                 match message {
                     Some(Ok(LeaseRequest { kind: Some(lease_request::Kind::Heartbeat(heartbeat)) })) => {
-                        let (heartbeat, next) = newest_heartbeat(heartbeat, &mut inbound);
-                        held_back = next;
                         if let Err(err) = scheduler.heartbeat(id, heartbeat).await {
                             sender.end(err.into());
                             break;
