@@ -197,6 +197,19 @@ pub const SETTINGS: &[Setting] = &[
         help: "how long one request to the shared store may take, retries included",
         default: "10s",
     },
+    // Replicas: one PostgreSQL database keeps jobs, leases and build records (crate::postgres).
+    Setting {
+        key: "database_url",
+        help: "postgres://USER@HOST:PORT/DB: jobs, leases and build records in PostgreSQL, shared by \
+               every cached replica (empty = in the local RocksDB); the password comes from \
+               database_password_file or CACHED_DATABASE_PASSWORD",
+        default: "",
+    },
+    Setting {
+        key: "database_password_file",
+        help: "file holding the password of database_url's user (its first line)",
+        default: "",
+    },
 ];
 
 /// Settings that are switches: `--allow-anonymous` alone means true.
@@ -262,6 +275,8 @@ pub struct Config {
     pub scheduler: crate::scheduler::Settings,
     /// The bucket replicas share, when there is one.
     pub shared_store: Option<crate::shared::SharedSettings>,
+    /// With it, the scheduler and build records live in PostgreSQL rather than RocksDB.
+    pub database: Option<crate::postgres::DatabaseSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +372,11 @@ impl Config {
         }
         tokens::check_unique(&tokens).map_err(ConfigError::Tokens)?;
         config.tokens = tokens;
+        config.database = crate::postgres::DatabaseSettings::from_config(
+            &values["database_url"].0,
+            &values["database_password_file"].0,
+            env,
+        )?;
         config.validate()?;
         Ok(config)
     }
@@ -419,6 +439,7 @@ impl Config {
             tokens: Vec::new(),
             allow_anonymous: get("allow_anonymous").switch()?,
             tls: tls_files(get("tls_cert").path(), get("tls_key").path(), get("tls_client_ca").path())?,
+            database: None,
             scheduler: crate::scheduler::Settings {
                 heartbeat_interval: get("heartbeat_interval").duration()?,
                 lease_timeout: get("lease_timeout").duration()?,

@@ -33,6 +33,10 @@ pub enum Error {
     ShuttingDown,
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// The PostgreSQL database of jobs and build records (`database_url`) failed or is out of
+    /// reach; the cache itself is unaffected.
+    #[error("the database is unavailable: {0}; jobs and build records wait for it, the cache works on")]
+    Database(#[from] crate::postgres::DatabaseError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -62,6 +66,18 @@ impl Error {
     fn is_disk_full(&self) -> bool {
         matches!(self, Self::Storage(err)
             if err.kind() == rocksdb::ErrorKind::IOError && err.as_ref().contains("No space left on device"))
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self::Database(err.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self::Database(err.into())
     }
 }
 
@@ -102,7 +118,9 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Aborted(_) => Code::Aborted,
-            Error::ShuttingDown | Error::SharedStoreUnavailable { .. } => Code::Unavailable,
+            Error::ShuttingDown | Error::SharedStoreUnavailable { .. } | Error::Database(_) => {
+                Code::Unavailable
+            }
             Error::Corrupt(_) => Code::DataLoss,
             Error::Storage(_) | Error::Internal(_) => Code::Internal,
             Error::Transport(status) => status.code(),

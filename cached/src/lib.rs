@@ -16,6 +16,7 @@ pub mod embedded;
 pub mod error;
 pub mod gocache;
 pub mod metrics;
+pub mod postgres;
 pub mod redact;
 pub mod scheduler;
 pub mod server;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::scheduler::backend::SchedulerBackend;
 use crate::shutdown::Tasks;
 use crate::store::{FreeSpace, SharedStore, StoreCounters, StoreUsage, rocks_budget};
 
@@ -118,25 +120,35 @@ fn check_exposure(config: &Config, listen: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Opens the stores and the scheduler with its stored jobs (blocking).
-async fn open_records(config: &Config) -> Result<(Backends, Arc<scheduler::Scheduler>)> {
+/// Opens the stores and the scheduler with its stored jobs: all in the local RocksDB, or with
+/// `database_url` the jobs and build records in PostgreSQL.
+async fn open_records(config: &Config) -> Result<(Backends, Arc<dyn SchedulerBackend>)> {
     let data_dir = config.data_dir.clone();
     let budget = rocks_budget(config);
     let scheduler_settings = config.scheduler.clone();
+    let local = config.database.is_none();
     let shared = config
         .shared_store
         .as_ref()
         .map(|settings| shared::Bucket::open(settings, tokio::runtime::Handle::current()))
         .transpose()?;
-    crate::task::spawn_blocking("open stores", move || -> Result<_> {
+    let (mut backends, scheduler) = crate::task::spawn_blocking("open stores", move || -> Result<_> {
         let mut backends = Backends::open_rocksdb(&data_dir, budget)?;
         if let Some(bucket) = shared {
             backends = backends.with_shared_store(bucket);
         }
-        let scheduler = scheduler::Scheduler::open(Arc::clone(&backends.jobs), scheduler_settings)?;
+        let scheduler = local
+            .then(|| scheduler::Scheduler::open(Arc::clone(&backends.jobs), scheduler_settings))
+            .transpose()?;
         Ok((backends, scheduler))
     })
-    .await?
+    .await??;
+    if let Some(scheduler) = scheduler {
+        return Ok((backends, scheduler));
+    }
+    let settings = config.database.as_ref().expect("no local scheduler without a database");
+    let scheduler = postgres::attach(settings, &mut backends, config.scheduler.clone()).await?;
+    Ok((backends, scheduler))
 }
 
 /// The whole-build cache, with its event log pruned as it opens (blocking).

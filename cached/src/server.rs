@@ -23,7 +23,7 @@ use crate::conn::Connections;
 use crate::error::{Error, Result};
 use crate::gocache::{GoCache, GoEntryStore};
 use crate::metrics::Metrics;
-use crate::scheduler::Scheduler;
+use crate::scheduler::backend::SchedulerBackend;
 use crate::service;
 use crate::shutdown::Grpc;
 use crate::stats::Stats;
@@ -38,7 +38,7 @@ pub struct Services {
     pub cas: Arc<Cas>,
     pub go_cache: Arc<GoCache>,
     pub builds: Arc<Builds>,
-    pub scheduler: Arc<Scheduler>,
+    pub scheduler: Arc<dyn SchedulerBackend>,
     pub stats: Arc<Stats>,
     pub usage: Arc<dyn StoreUsage>,
     pub space: Arc<FreeSpace>,
@@ -132,7 +132,7 @@ pub async fn start(
 /// reconnect).
 pub fn stopping(
     health: HealthReporter,
-    scheduler: Arc<Scheduler>,
+    scheduler: Arc<dyn SchedulerBackend>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
         health.set_not_serving::<CasServer<service::CasService>>().await;

@@ -16,7 +16,8 @@ use proto::Digest;
 #[derive(Parser)]
 #[command(name = "cachectl", version, about = "Client for the cached build cache")]
 struct Cli {
-    /// Address of the cached server.
+    /// Address of the cached server, or of several replicas separated by commas (calls fail
+    /// over between them).
     #[arg(long, global = true, env = "CACHED_ADDR", default_value = DEFAULT_SERVER)]
     server: String,
     /// Token for a server that requires one (from `cached token new`). Prefer --token-file or

@@ -17,6 +17,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::{ClientError, Result};
+use crate::failover::Failover;
 use crate::loopback;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
@@ -160,6 +161,21 @@ impl ConnectOptions {
         )))
     }
 
+    /// The endpoint of each server of a comma list (one replica each), set up by `configure`.
+    pub fn endpoints(
+        &self,
+        servers: &str,
+        configure: impl Fn(Endpoint) -> Endpoint,
+    ) -> Result<Vec<Endpoint>> {
+        let list = crate::failover::servers(servers);
+        if list.is_empty() {
+            return Err(ClientError::Usage(format!(
+                "no server address in {servers:?} (--server, CACHED_ADDR): give one, or several separated by commas"
+            )));
+        }
+        list.into_iter().map(|server| self.endpoint(server).map(&configure)).collect()
+    }
+
     /// The interceptor that puts the token on every call.
     pub fn credentials(&self) -> Result<Credentials> {
         let authorization = match &self.token {
@@ -197,7 +213,7 @@ impl Interceptor for Credentials {
 }
 
 /// What the service clients run over: a channel that adds the credentials.
-pub type Transport = InterceptedService<Channel, Credentials>;
+pub type Transport = InterceptedService<Failover, Credentials>;
 
 /// A connection to one cached server, with a client per service.
 #[derive(Clone)]
@@ -212,21 +228,26 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to `server`, or to the first of a comma list of replicas that answers (the
+    /// others take over if it stops answering).
     pub async fn connect(server: &str, options: &ConnectOptions) -> Result<Self> {
         let unreachable = |reason: String| ClientError::Unreachable { server: server.to_owned(), reason };
-        let endpoint = options
-            .endpoint(server)?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true);
-        let channel = endpoint.connect().await.map_err(|err| unreachable(source_chain(&err)))?;
-        Self::from_channel(server, channel, options)
+        let endpoints = options.endpoints(server, |endpoint| {
+            endpoint.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).http2_adaptive_window(true)
+        })?;
+        let replicas = Failover::connect(&endpoints).await.map_err(unreachable)?;
+        Self::from_replicas(server, replicas, options)
     }
 
     /// Wraps a channel the caller made (e.g. a lazy one from [`ConnectOptions::endpoint`]).
     pub fn from_channel(server: &str, channel: Channel, options: &ConnectOptions) -> Result<Self> {
+        Self::from_replicas(server, Failover::single(channel), options)
+    }
+
+    /// Wraps channels to the replicas of `server` (a comma list).
+    pub fn from_replicas(server: &str, replicas: Failover, options: &ConnectOptions) -> Result<Self> {
         let credentials = options.credentials()?;
-        let transport = InterceptedService::new(channel, credentials);
+        let transport = InterceptedService::new(replicas, credentials);
         Ok(Self {
             server: server.to_owned(),
             cas: CasClient::new(transport.clone())
@@ -246,7 +267,7 @@ impl Client {
 
 /// The whole chain of an error, because tonic's top-level message ("transport error") alone
 /// does not say what went wrong.
-fn source_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn source_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

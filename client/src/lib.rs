@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod connect;
 pub mod error;
+pub mod failover;
 pub mod loopback;
 pub mod remote_exec;
 pub mod size;

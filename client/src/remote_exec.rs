@@ -9,6 +9,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::connect::{Client, ConnectOptions, Transport};
 use crate::error::{ClientError, Result};
+use crate::failover::Failover;
 
 /// Large enough for a job listing with many specs.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -23,20 +24,22 @@ pub struct RemoteExec {
 }
 
 impl RemoteExec {
+    /// Connects to `server`, or to the first of a comma list of replicas that answers; when it
+    /// stops answering, the calls after the one that failed go to the next.
     pub async fn connect(server: &str, options: &ConnectOptions) -> Result<Self> {
-        let endpoint = options
-            .endpoint(server)?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
+        let endpoints = options.endpoints(server, |endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_adaptive_window(true)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+        })?;
+        let replicas = Failover::connect(&endpoints)
             .await
-            .map_err(|err| ClientError::Unreachable { server: server.to_owned(), reason: err.to_string() })?;
-        let client = Client::from_channel(server, channel.clone(), options)?;
-        let transport = InterceptedService::new(channel, options.credentials()?);
+            .map_err(|reason| ClientError::Unreachable { server: server.to_owned(), reason })?;
+        let client = Client::from_replicas(server, replicas.clone(), options)?;
+        let transport = InterceptedService::new(replicas, options.credentials()?);
         Ok(Self {
             client,
             jobs: JobsClient::new(transport.clone())

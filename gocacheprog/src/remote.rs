@@ -24,6 +24,7 @@ pub use super::remote_error::RemoteError;
 use super::session::{self, Record};
 use cached_client::connect::{Client, ConnectOptions};
 use cached_client::error::ClientError;
+use cached_client::failover::Failover;
 use cached_client::transfer;
 
 /// zstd level for uploads. Level 1 costs the compiler, which shares the CPU with us during a
@@ -82,17 +83,18 @@ impl RemoteTier {
         timeout: Duration,
         counters: Arc<Counters>,
     ) -> Result<Self, ClientError> {
-        let endpoint = options
-            .endpoint(server)?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            // Inline bodies reach 1 MiB of zstd: a window that holds a few of them whole saves
-            // the round trips of growing an adaptive one from 64 KiB on every new connection.
-            .initial_stream_window_size(Some(STREAM_WINDOW))
-            .initial_connection_window_size(Some(CONNECTION_WINDOW));
-        // Two lazy channels are two connections, each made on its first call.
-        let client = Client::from_channel(server, endpoint.clone().connect_lazy(), options)?;
-        let bulk = Client::from_channel(server, endpoint.connect_lazy(), options)?;
+        let endpoints = options.endpoints(server, |endpoint| {
+            endpoint
+                .connect_timeout(timeout)
+                .tcp_nodelay(true)
+                // Inline bodies reach 1 MiB of zstd: a window that holds a few of them whole saves
+                // the round trips of growing an adaptive one from 64 KiB on every new connection.
+                .initial_stream_window_size(Some(STREAM_WINDOW))
+                .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        })?;
+        // Two lazy channels (per replica) are two connections, each made on its first call.
+        let client = Client::from_replicas(server, Failover::lazy(&endpoints), options)?;
+        let bulk = Client::from_replicas(server, Failover::lazy(&endpoints), options)?;
         Ok(Self {
             client,
             bulk,

@@ -21,7 +21,8 @@ use runner_agent::startup::{self, ROOT_WORK_DIR};
     about = "Runner agent for cached: builds GOOS/GOARCH matrices leased from the job queue"
 )]
 struct Cli {
-    /// Address of cached.
+    /// Address of cached, or of several cached replicas separated by commas (the agent fails
+    /// over between them).
     #[arg(long, global = true, env = "CACHED_ADDR", default_value = DEFAULT_SERVER)]
     server: String,
     /// Token with the `worker`, `read`, `cas-write` and `ac-write` scopes. Prefer --token-file.
@@ -125,7 +126,7 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
             .map_err(|err| err.to_string());
     }
     // A bad address or a token that may not go to it is refused now, not retried forever.
-    connect.endpoint(&cli.server).map_err(|err| err.to_string())?;
+    connect.endpoints(&cli.server, |endpoint| endpoint).map_err(|err| err.to_string())?;
     let mut bridge_env = vec![("CACHED_ADDR".to_owned(), cli.server.clone())];
     if let Some(path) = &cli.tls_ca {
         bridge_env.push(("CACHED_TLS_CA".to_owned(), path.display().to_string()));

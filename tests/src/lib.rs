@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cgroup;
+pub mod postgres;
 pub mod registry;
 pub mod s3;
 

@@ -23,6 +23,7 @@ mod events;
 mod explain;
 mod keys;
 pub mod manifest;
+mod pg;
 mod records;
 mod rocks;
 
@@ -35,6 +36,7 @@ use keys::{decode, encode, entry_key, index_tail, target_prefix};
 use proto::Digest;
 use proto::v1;
 
+pub use self::pg::PgBuildRecords;
 pub use self::records::{BuildRecords, Change, Rows, Table};
 pub use self::rocks::RocksBuildRecords;
 use crate::error::{Error, Result};

@@ -21,7 +21,7 @@ use super::index::QueueKey;
 use super::store::Durability;
 use super::workers::{LeaseSender, MAX_INDEX_LEASES, Workers, can_build};
 use super::{Scheduler, State, event, is_index, job_namespace, millis, now_ms};
-use crate::auth::lease::{CacheClaims, LeaseId};
+use crate::auth::lease::{CacheClaims, LeaseId, LeaseKeys};
 
 /// Which queued tasks may have become leasable.
 pub(super) enum Scope<'a> {
@@ -131,31 +131,41 @@ impl Scheduler {
     /// What the agent gets for `lease`: the task, its secret in `token`, and the credential its
     /// build reaches the cache with.
     fn lease(&self, job: &JobStatus, lease: LeaseId, token: FencingToken) -> TaskLease {
-        let spec = job.spec.clone().unwrap_or_default();
-        let task = &job.tasks[lease.task as usize];
-        let (kind, images) = if is_index(task) {
-            // The index is assembled from the platform images the build tasks reported.
-            let images = job
-                .tasks
-                .iter()
-                .filter_map(|task| task.result.as_ref().and_then(|result| result.image.clone()))
-                .collect();
-            (TaskKind::ImageIndex, images)
-        } else {
-            (TaskKind::Build, Vec::new())
-        };
-        let deadline = self.deadline(job);
-        let claims =
-            CacheClaims { lease, namespace: job_namespace(job).to_owned(), expires_unix_ms: deadline };
-        TaskLease {
-            token: Some(token),
-            spec: Some(spec),
-            target: task.target.clone(),
-            deadline_unix_ms: deadline,
-            kind: kind as i32,
-            images,
-            cache_token: self.keys.mint(&claims).unwrap_or_default(),
-        }
+        task_lease(&self.keys, job, lease, token, self.deadline(job))
+    }
+}
+
+/// What the agent gets for `lease` of a job due by `deadline`: the task, its secret in
+/// `token`, and the credential its build reaches the cache with.
+pub(super) fn task_lease(
+    keys: &LeaseKeys,
+    job: &JobStatus,
+    lease: LeaseId,
+    token: FencingToken,
+    deadline: i64,
+) -> TaskLease {
+    let spec = job.spec.clone().unwrap_or_default();
+    let task = &job.tasks[lease.task as usize];
+    let (kind, images) = if is_index(task) {
+        // The index is assembled from the platform images the build tasks reported.
+        let images = job
+            .tasks
+            .iter()
+            .filter_map(|task| task.result.as_ref().and_then(|result| result.image.clone()))
+            .collect();
+        (TaskKind::ImageIndex, images)
+    } else {
+        (TaskKind::Build, Vec::new())
+    };
+    let claims = CacheClaims { lease, namespace: job_namespace(job).to_owned(), expires_unix_ms: deadline };
+    TaskLease {
+        token: Some(token),
+        spec: Some(spec),
+        target: task.target.clone(),
+        deadline_unix_ms: deadline,
+        kind: kind as i32,
+        images,
+        cache_token: keys.mint(&claims).unwrap_or_default(),
     }
 }
 

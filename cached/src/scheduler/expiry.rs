@@ -4,11 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::v1::TaskState;
-
 use super::dispatch::Scope;
 use super::store::Durability;
-use super::{Scheduler, State, abort, is_terminal, job_finished, now_ms};
+use super::{Scheduler, State, abort, job_finished, now_ms, transitions};
 
 impl Scheduler {
     /// Expires leases past their deadline and fails jobs past theirs; then hands out what was
@@ -19,40 +17,23 @@ impl Scheduler {
         let now = now_ms();
         let mut changed = Vec::new();
         for (job_id, job) in jobs.iter_mut().filter(|(_, job)| !job_finished(job)) {
-            let mut job_changed = false;
-            let timeout = self.timeout(job);
-            let deadline = self.deadline(job);
-            for task in &mut job.tasks {
-                if is_terminal(task.state) {
-                    continue;
-                }
-                if now > deadline {
-                    if task.state == TaskState::Leased as i32 {
-                        abort(workers, job_id, task);
-                    }
-                    let error = format!("the job timed out after {}", humantime::format_duration(timeout));
-                    self.fail_task(job_id, task, error);
-                    job_changed = true;
-                } else if task.state == TaskState::Leased as i32 && task.lease_until_unix_ms < now {
-                    abort(workers, job_id, task);
-                    let why = format!(
-                        "the lease of agent {} expired (no heartbeat for {})",
-                        task.agent,
-                        humantime::format_duration(self.settings.lease_timeout)
-                    );
-                    task.lease_until_unix_ms = 0;
-                    if task.attempt >= self.settings.max_attempts {
-                        let error = format!("gave up after {} attempts; last: {why}", task.attempt);
-                        self.fail_task(job_id, task, error);
-                    } else {
-                        self.requeue_task(job_id, task, why);
-                    }
-                    tracing::warn!(job = %job_id, task = task.index, attempt = task.attempt, agent = %task.agent, "lease expired");
-                    job_changed = true;
-                }
+            let (timeout, deadline) = (self.timeout(job), self.deadline(job));
+            let settings = &self.settings;
+            let (events, aborted) = transitions::expire(
+                job,
+                now,
+                timeout,
+                deadline,
+                settings.lease_timeout,
+                settings.max_attempts,
+            );
+            for task in &aborted {
+                abort(workers, job_id, task);
             }
-            if job_changed {
-                self.finish_if_done(job);
+            if !events.is_empty() {
+                for event in events {
+                    self.emit(job_id, event);
+                }
                 index.update(job);
                 changed.push(job_id.clone());
             }

@@ -27,12 +27,15 @@
 //! broadcast channel while the lock is held, so a watcher that subscribed under the lock sees
 //! every change after its snapshot, in order.
 
+pub mod backend;
 mod dispatch;
 mod expiry;
-mod finish;
 mod index;
+mod memory;
+pub mod pg;
 mod sessions;
 pub mod store;
+mod transitions;
 pub mod validate;
 pub mod workers;
 
@@ -165,6 +168,68 @@ fn finished_event(job: &JobStatus) -> JobEvent {
     }
 }
 
+/// The job's own timeout, or `job_timeout`.
+fn job_timeout(settings: &Settings, job: &JobStatus) -> Duration {
+    match job.spec.as_ref().map_or(0, |spec| spec.timeout_seconds) {
+        0 => settings.job_timeout,
+        seconds => Duration::from_secs(seconds),
+    }
+}
+
+/// When the job times out, saturating: a stored job with a huge timeout never overflows.
+fn job_deadline(settings: &Settings, job: &JobStatus) -> i64 {
+    job.submitted_unix_ms.saturating_add(millis(job_timeout(settings, job)))
+}
+
+/// A checked job of `spec`, queued, one task per target, under a new id.
+fn new_job(mut spec: JobSpec, submitter: &str, settings: &Settings) -> Result<JobStatus> {
+    validate::check_spec(&mut spec, settings)?;
+    let tasks = spec
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(index, target)| TaskStatus {
+            index: index as u32,
+            target: Some(target.clone()),
+            state: TaskState::Queued as i32,
+            ..TaskStatus::default()
+        })
+        .collect();
+    Ok(JobStatus {
+        job_id: new_job_id(),
+        state: JobState::Queued as i32,
+        spec: Some(spec),
+        tasks,
+        submitted_unix_ms: now_ms(),
+        finished_unix_ms: 0,
+        submitter: submitter.to_owned(),
+        ..JobStatus::default()
+    })
+}
+
+/// Refuses a job beyond `max_open_jobs_per_namespace` or `max_open_jobs`, given how many
+/// unfinished jobs its namespace and cached hold.
+fn check_open_jobs(
+    settings: &Settings,
+    namespace: &str,
+    open_in_namespace: usize,
+    open: usize,
+) -> Result<()> {
+    let (per_namespace, total) = (settings.max_open_jobs_per_namespace, settings.max_open_jobs);
+    if open_in_namespace >= per_namespace {
+        return Err(Error::ResourceExhausted(format!(
+            "namespace `{namespace}` already has {per_namespace} unfinished jobs \
+             (max_open_jobs_per_namespace); wait for one to finish or cancel one"
+        )));
+    }
+    if open >= total {
+        return Err(Error::ResourceExhausted(format!(
+            "cached already holds {total} unfinished jobs (max_open_jobs); retry once some finish"
+        )));
+    }
+    Ok(())
+}
+
 fn token_text(token: &FencingToken) -> String {
     format!("task {} of job {} (attempt {})", token.task, token.job_id, token.attempt)
 }
@@ -247,15 +312,12 @@ impl Scheduler {
 
     /// The job's own timeout, or `job_timeout`.
     fn timeout(&self, job: &JobStatus) -> Duration {
-        match job.spec.as_ref().map_or(0, |spec| spec.timeout_seconds) {
-            0 => self.settings.job_timeout,
-            seconds => Duration::from_secs(seconds),
-        }
+        job_timeout(&self.settings, job)
     }
 
     /// When the job times out, saturating: a stored job with a huge timeout never overflows.
     fn deadline(&self, job: &JobStatus) -> i64 {
-        job.submitted_unix_ms.saturating_add(millis(self.timeout(job)))
+        job_deadline(&self.settings, job)
     }
 
     /// Resolves when cached shuts down: long-lived streams (Watch, Lease) end then, so they do
@@ -268,30 +330,9 @@ impl Scheduler {
         let _ = self.stop.send(true);
     }
 
-    pub fn submit(&self, mut spec: JobSpec, submitter: &str) -> Result<String> {
-        validate::check_spec(&mut spec, &self.settings)?;
-        let job_id = new_job_id();
-        let tasks = spec
-            .targets
-            .iter()
-            .enumerate()
-            .map(|(index, target)| TaskStatus {
-                index: index as u32,
-                target: Some(target.clone()),
-                state: TaskState::Queued as i32,
-                ..TaskStatus::default()
-            })
-            .collect();
-        let job = JobStatus {
-            job_id: job_id.clone(),
-            state: JobState::Queued as i32,
-            spec: Some(spec),
-            tasks,
-            submitted_unix_ms: now_ms(),
-            finished_unix_ms: 0,
-            submitter: submitter.to_owned(),
-            ..JobStatus::default()
-        };
+    pub fn submit(&self, spec: JobSpec, submitter: &str) -> Result<String> {
+        let job = new_job(spec, submitter, &self.settings)?;
+        let job_id = job.job_id.clone();
         let mut state = self.lock();
         self.check_open_jobs(&state.index, job_namespace(&job))?;
         self.save([&job], Durability::Synced)?;
@@ -307,19 +348,7 @@ impl Scheduler {
 
     /// Refuses a job beyond `max_open_jobs_per_namespace` or `max_open_jobs`.
     fn check_open_jobs(&self, index: &Index, namespace: &str) -> Result<()> {
-        let (per_namespace, total) = (self.settings.max_open_jobs_per_namespace, self.settings.max_open_jobs);
-        if index.open_in(namespace) >= per_namespace {
-            return Err(Error::ResourceExhausted(format!(
-                "namespace `{namespace}` already has {per_namespace} unfinished jobs \
-                 (max_open_jobs_per_namespace); wait for one to finish or cancel one"
-            )));
-        }
-        if index.open_total() >= total {
-            return Err(Error::ResourceExhausted(format!(
-                "cached already holds {total} unfinished jobs (max_open_jobs); retry once some finish"
-            )));
-        }
-        Ok(())
+        check_open_jobs(&self.settings, namespace, index.open_in(namespace), index.open_total())
     }
 
     pub fn get(&self, job_id: &str) -> Option<JobStatus> {
@@ -353,24 +382,16 @@ impl Scheduler {
         if job_finished(job) {
             return Ok(job.clone());
         }
-        for task in &mut job.tasks {
-            if is_terminal(task.state) {
-                continue;
-            }
-            if task.state == TaskState::Leased as i32 {
-                abort(workers, job_id, task);
-            }
-            task.state = TaskState::Cancelled as i32;
-            task.error = "cancelled".to_owned();
-            task.finished_unix_ms = now_ms();
-            self.emit(job_id, event(Kind::TaskCancelled, task));
+        let (events, aborted) = transitions::cancel(job);
+        for task in &aborted {
+            abort(workers, job_id, task);
         }
-        job.state = JobState::Cancelled as i32;
-        job.finished_unix_ms = now_ms();
         index.update(job);
         let saved = self.save([&*job], Durability::Synced);
         tracing::info!(job = %job_id, "job cancelled");
-        self.emit(job_id, finished_event(job));
+        for event in events {
+            self.emit(job_id, event);
+        }
         let status = job.clone();
         self.prune(&mut state);
         self.dispatch(&mut state, Scope::All);
@@ -387,18 +408,13 @@ impl Scheduler {
     ) -> Result<()> {
         let mut state = self.lock();
         let job = state.jobs.get_mut(&token.job_id).ok_or_else(|| unknown_job(&token.job_id))?;
-        let task = self.authorize(job, token, caller)?;
-        if started && task.started_unix_ms == 0 {
-            task.started_unix_ms = now_ms();
-            let started = event(Kind::Started, task);
+        let task = transitions::authorize(&self.keys, job, token, caller)?;
+        if let Some(started) = started.then(|| transitions::mark_started(task)).flatten() {
             let _ = self.save([&*job], Durability::Buffered);
             self.emit(&token.job_id, started);
         }
         if !lines.is_empty() {
-            let task = &job.tasks[token.task as usize];
-            let mut log = event(Kind::Log, task);
-            // Build output may quote a proxy URL or an environment; watchers see it redacted.
-            log.message = crate::redact::text(&lines.join("\n"));
+            let log = transitions::log_event(&job.tasks[token.task as usize], &lines);
             self.emit(&token.job_id, log);
         }
         Ok(())
@@ -407,95 +423,19 @@ impl Scheduler {
     /// The outcome of a lease; refused unless `token` is the task's current, unexpired lease
     /// and `caller` the token that holds it.
     pub fn complete(&self, token: &FencingToken, caller: &Grant, outcome: Outcome) -> Result<()> {
-        let outcome = match outcome {
-            Outcome::Failure { reason, retryable } => {
-                Outcome::Failure { reason: crate::redact::text(&reason), retryable }
-            }
-            // The build library's explanation quotes flags and environment values.
-            Outcome::Success(mut result) => {
-                result.explanation = crate::redact::text(&result.explanation);
-                Outcome::Success(result)
-            }
-        };
+        let outcome = transitions::redact_outcome(outcome);
         let mut state = self.lock();
         let State { jobs, index, .. } = &mut *state;
         let job = jobs.get_mut(&token.job_id).ok_or_else(|| unknown_job(&token.job_id))?;
-        let max_attempts = self.settings.max_attempts;
-        let task = self.authorize(job, token, caller)?;
-        task.lease_until_unix_ms = 0;
-        match outcome {
-            Outcome::Success(result) => {
-                task.state = TaskState::Succeeded as i32;
-                task.finished_unix_ms = now_ms();
-                task.error.clear();
-                let mut done = event(Kind::TaskSucceeded, task);
-                done.result = Some((*result).clone());
-                task.result = Some(*result);
-                self.emit(&token.job_id, done);
-            }
-            Outcome::Failure { reason, retryable } if retryable && task.attempt < max_attempts => {
-                let why = format!("attempt {} on {} failed: {reason}", task.attempt, task.agent);
-                self.requeue_task(&token.job_id, task, why);
-            }
-            Outcome::Failure { reason, .. } => self.fail_task(&token.job_id, task, reason),
+        transitions::authorize(&self.keys, job, token, caller)?;
+        for event in transitions::apply_outcome(job, token, outcome, self.settings.max_attempts) {
+            self.emit(&token.job_id, event);
         }
-        self.finish_if_done(job);
         index.update(job);
         let saved = self.save([&*job], Durability::Synced);
         self.prune(&mut state);
         self.dispatch(&mut state, Scope::All);
         saved
-    }
-
-    /// The task `token` names, if `caller` may report on it: the job is in the caller's
-    /// namespaces, the token carries the lease's secret for the caller's token, and the lease
-    /// is current. A refusal changes nothing.
-    fn authorize<'a>(
-        &self,
-        job: &'a mut JobStatus,
-        token: &FencingToken,
-        caller: &Grant,
-    ) -> Result<&'a mut TaskStatus> {
-        let namespace = job_namespace(job);
-        if !caller.allows_namespace(namespace) {
-            tracing::warn!(target: "audit", token = %caller.token, namespace, lease = %token_text(token), "worker outside its namespaces refused");
-            return Err(Error::PermissionDenied(format!(
-                "token `{}` may not act for jobs in namespace `{namespace}` ({})",
-                caller.token,
-                token_text(token)
-            )));
-        }
-        if !self.keys.secret_matches(&lease_id(token), &caller.token, &token.secret) {
-            tracing::warn!(target: "audit", token = %caller.token, lease = %token_text(token), "wrong lease secret refused");
-            return Err(Error::PermissionDenied(format!(
-                "the lease secret for {} is missing or wrong: only the agent that holds the lease, \
-                 through the token it registered with, may report on it (pass the lease's token as it \
-                 came, secret included)",
-                token_text(token)
-            )));
-        }
-        current_lease(job, token)
-    }
-
-    /// Ends a task as FAILED, and says why.
-    fn fail_task(&self, job_id: &str, task: &mut TaskStatus, error: String) {
-        task.state = TaskState::Failed as i32;
-        task.finished_unix_ms = now_ms();
-        task.error = error;
-        let mut failed = event(Kind::TaskFailed, task);
-        failed.message = task.error.clone();
-        self.emit(job_id, failed);
-    }
-
-    /// Puts a task whose attempt failed back in the queue, and says why; the next lease is
-    /// the next attempt.
-    fn requeue_task(&self, job_id: &str, task: &mut TaskStatus, why: String) {
-        task.state = TaskState::Queued as i32;
-        task.started_unix_ms = 0;
-        task.error = why;
-        let mut queued = event(Kind::Queued, task);
-        queued.message = task.error.clone();
-        self.emit(job_id, queued);
     }
 
     /// Deletes the oldest finished jobs beyond [`KEEP_FINISHED`].
@@ -522,29 +462,6 @@ impl LiveLeases for Scheduler {
                 && task.lease_until_unix_ms >= now_ms()
         })
     }
-}
-
-/// The task `token` names, if `token` is its current, unexpired lease.
-fn current_lease<'a>(job: &'a mut JobStatus, token: &FencingToken) -> Result<&'a mut TaskStatus> {
-    let task = job
-        .tasks
-        .get_mut(token.task as usize)
-        .ok_or_else(|| Error::NotFound(format!("job {} has no task {}", token.job_id, token.task)))?;
-    if task.state != TaskState::Leased as i32 || task.attempt != token.attempt {
-        let state = TaskState::try_from(task.state).map_or("unknown", |state| state.as_str_name());
-        return Err(Error::FailedPrecondition(format!(
-            "stale lease: {} is no longer current (the task is {state}, attempt {})",
-            token_text(token),
-            task.attempt
-        )));
-    }
-    if task.lease_until_unix_ms < now_ms() {
-        return Err(Error::FailedPrecondition(format!(
-            "stale lease: the lease of {} expired",
-            token_text(token)
-        )));
-    }
-    Ok(task)
 }
 
 /// Tells the holder of a task's lease to stop working on it. Aborts carry no secret.

@@ -10,10 +10,10 @@ use tonic::Status;
 
 use super::dispatch::Scope;
 use super::store::Durability;
-use super::workers::{LeaseReceiver, LeaseSender, Worker, lease_channel, max_running};
+use super::workers::{LeaseReceiver, LeaseSender, Worker, Workers, lease_channel, max_running};
 use super::{
-    MAX_AGENT_CAPACITY, MAX_JOB_ID_LEN, Scheduler, State, abort_message, job_namespace, lease_id, millis,
-    now_ms, token_text,
+    MAX_AGENT_CAPACITY, MAX_JOB_ID_LEN, Scheduler, Settings, State, abort_message, job_namespace, lease_id,
+    millis, now_ms, token_text,
 };
 use crate::auth::Grant;
 use crate::error::{Error, Result};
@@ -32,48 +32,11 @@ impl Scheduler {
     /// A new agent session, registered through the token of `grant`. Refused while another
     /// live session holds the agent id, unless it is the same process reconnecting: the same
     /// token and the same `instance`.
-    pub fn register(&self, mut info: AgentInfo, grant: Arc<Grant>) -> Result<Session> {
-        check_info(&info)?;
-        info.capacity = info.capacity.clamp(1, MAX_AGENT_CAPACITY);
-        let (sender, receiver) = lease_channel(info.capacity);
-        let registered = LeaseResponse {
-            kind: Some(lease_response::Kind::Registered(Registered {
-                heartbeat_interval_ms: u64::try_from(millis(self.settings.heartbeat_interval)).unwrap_or(0),
-                lease_timeout_ms: u64::try_from(millis(self.settings.lease_timeout)).unwrap_or(0),
-            })),
-        };
-        sender.send(registered);
+    pub fn register(&self, info: AgentInfo, grant: Arc<Grant>) -> Result<Session> {
         let mut state = self.lock();
-        if let Some(old) = state.workers.session_of(&info.agent_id) {
-            if let Some(worker) = state.workers.get(old).filter(|worker| !worker.sender.is_gone()) {
-                let reconnect = worker.grant.token == grant.token
-                    && !info.instance.is_empty()
-                    && worker.info.instance == info.instance;
-                if !reconnect {
-                    tracing::warn!(
-                        target: "audit", agent = %info.agent_id, token = %grant.token,
-                        holder = %worker.grant.token, "registration under a connected agent id refused"
-                    );
-                    return Err(Error::PermissionDenied(format!(
-                        "agent id `{}` is already connected from another process or token; only that \
-                         process may reconnect under it (same token and instance). Give each runner \
-                         agent its own --name; if the old one stopped, its session ends once cached \
-                         notices the connection dropped (within about idle_timeout)",
-                        info.agent_id
-                    )));
-                }
-                worker.sender.end(Status::aborted("replaced by a new session of the same agent"));
-            }
-            state.workers.remove(old);
-        }
-        tracing::info!(
-            agent = %info.agent_id, token = %grant.token, go = %info.go_version, capacity = info.capacity,
-            c_compilers = info.c_compilers.len(), "agent connected"
-        );
-        let worker = Worker { info, grant, draining: false, sender: sender.clone() };
-        let id = state.workers.add(worker);
+        let session = admit(&mut state.workers, info, grant, &self.settings)?;
         self.dispatch(&mut state, Scope::All);
-        Ok(Session { id, sender, receiver })
+        Ok(session)
     }
 
     pub fn unregister(&self, session: u64) {
@@ -134,6 +97,56 @@ impl Scheduler {
     }
 }
 
+/// Adds a session of `info` to `workers`, registered through the token of `grant`. Refused
+/// while another live session holds the agent id, unless it is the same process reconnecting:
+/// the same token and the same `instance`.
+pub(super) fn admit(
+    workers: &mut Workers,
+    mut info: AgentInfo,
+    grant: Arc<Grant>,
+    settings: &Settings,
+) -> Result<Session> {
+    check_info(&info)?;
+    info.capacity = info.capacity.clamp(1, MAX_AGENT_CAPACITY);
+    let (sender, receiver) = lease_channel(info.capacity);
+    let registered = LeaseResponse {
+        kind: Some(lease_response::Kind::Registered(Registered {
+            heartbeat_interval_ms: u64::try_from(millis(settings.heartbeat_interval)).unwrap_or(0),
+            lease_timeout_ms: u64::try_from(millis(settings.lease_timeout)).unwrap_or(0),
+        })),
+    };
+    sender.send(registered);
+    if let Some(old) = workers.session_of(&info.agent_id) {
+        if let Some(worker) = workers.get(old).filter(|worker| !worker.sender.is_gone()) {
+            let reconnect = worker.grant.token == grant.token
+                && !info.instance.is_empty()
+                && worker.info.instance == info.instance;
+            if !reconnect {
+                tracing::warn!(
+                    target: "audit", agent = %info.agent_id, token = %grant.token,
+                    holder = %worker.grant.token, "registration under a connected agent id refused"
+                );
+                return Err(Error::PermissionDenied(format!(
+                    "agent id `{}` is already connected from another process or token; only that \
+                     process may reconnect under it (same token and instance). Give each runner \
+                     agent its own --name; if the old one stopped, its session ends once cached \
+                     notices the connection dropped (within about idle_timeout)",
+                    info.agent_id
+                )));
+            }
+            worker.sender.end(Status::aborted("replaced by a new session of the same agent"));
+        }
+        workers.remove(old);
+    }
+    tracing::info!(
+        agent = %info.agent_id, token = %grant.token, go = %info.go_version, capacity = info.capacity,
+        c_compilers = info.c_compilers.len(), "agent connected"
+    );
+    let worker = Worker { info, grant, draining: false, sender: sender.clone() };
+    let id = workers.add(worker);
+    Ok(Session { id, sender, receiver })
+}
+
 fn check_info(info: &AgentInfo) -> Result<()> {
     if info.agent_id.is_empty() || info.agent_id.len() > 128 || info.agent_id.chars().any(char::is_control) {
         return Err(Error::invalid("agent_id must be 1 to 128 bytes of printable text"));
@@ -148,7 +161,7 @@ fn check_info(info: &AgentInfo) -> Result<()> {
 }
 
 /// A heartbeat lists at most what the agent can hold, by job ids of ours.
-fn check_heartbeat(info: &AgentInfo, heartbeat: &Heartbeat) -> Result<()> {
+pub(super) fn check_heartbeat(info: &AgentInfo, heartbeat: &Heartbeat) -> Result<()> {
     let most = max_running(info.capacity);
     if heartbeat.running.len() > most as usize {
         return Err(Error::ResourceExhausted(format!(

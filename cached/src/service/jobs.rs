@@ -12,7 +12,7 @@ use proto::v1::{
     ListRequest, ListResponse, ProgressRequest, ProgressResponse, SubmitRequest, SubmitResponse,
     WatchRequest, complete_request, job_event::Kind, lease_request,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -20,7 +20,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth;
 use crate::error::Error;
 use crate::gocache::namespace;
-use crate::scheduler::{Outcome, Scheduler, Session};
+use crate::scheduler::backend::SchedulerBackend;
+use crate::scheduler::{Outcome, Session};
 
 const DEFAULT_LIST: usize = 50;
 const MAX_LIST: usize = 1000;
@@ -34,11 +35,11 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
 type LeaseStream = Pin<Box<dyn Stream<Item = Result<LeaseResponse, Status>> + Send>>;
 
 pub struct JobsService {
-    scheduler: Arc<Scheduler>,
+    scheduler: Arc<dyn SchedulerBackend>,
 }
 
 impl JobsService {
-    pub fn new(scheduler: Arc<Scheduler>) -> Self {
+    pub fn new(scheduler: Arc<dyn SchedulerBackend>) -> Self {
         Self { scheduler }
     }
 }
@@ -64,7 +65,7 @@ impl Jobs for JobsService {
         let ns = namespace(&spec.namespace)?.to_owned();
         let grant = auth::check_namespace(&extensions, &ns)?;
         let (packages, targets) = (spec.packages.join(" "), spec.targets.len());
-        let result = self.scheduler.submit(spec, &grant.token);
+        let result = self.scheduler.submit(spec, &grant.token).await;
         // A job runs the submitter's source on the agents: who asked for what is on record.
         tracing::info!(
             target: "audit",
@@ -83,14 +84,12 @@ impl Jobs for JobsService {
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let (_, extensions, request) = request.into_parts();
-        let (job, mut events) = self.scheduler.watch(&request.job_id)?;
+        let (job, mut events) = Arc::clone(&self.scheduler).watch(&request.job_id).await?;
         check_job_namespace(&extensions, &job)?;
         let (sender, receiver) = mpsc::channel(64);
-        let scheduler = Arc::clone(&self.scheduler);
-        let mut stop = scheduler.stopping();
+        let mut stop = self.scheduler.stopping();
         // Ends when the job finishes, the watcher goes, or cached shuts down.
         crate::task::spawn("job watch", async move {
-            let job_id = job.job_id.clone();
             let finished = job.finished_unix_ms != 0;
             let snapshot = snapshot_event(Kind::Snapshot, job.clone());
             if sender.send(Ok(snapshot)).await.is_err() {
@@ -102,21 +101,13 @@ impl Jobs for JobsService {
             }
             loop {
                 let next = tokio::select! {
-                    next = events.recv() => next,
+                    next = events.next() => next,
                     () = stopped(&mut stop) => {
                         let _ = sender.send(Err(Status::unavailable("cached is shutting down; watch again"))).await;
                         return;
                     }
                 };
-                let event = match next {
-                    Ok(event) if event.0 == job_id => event.1.clone(),
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => match scheduler.get(&job_id) {
-                        Some(job) => snapshot_event(Kind::Snapshot, job),
-                        None => return,
-                    },
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
+                let Some(event) = next else { return };
                 let last = event.kind == Kind::JobFinished as i32;
                 if sender.send(Ok(event)).await.is_err() || last {
                     return;
@@ -132,9 +123,10 @@ impl Jobs for JobsService {
         let job = self
             .scheduler
             .get(&request.job_id)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("no job {:?}", request.job_id)))?;
         let grant = check_job_namespace(&extensions, &job)?;
-        let result = self.scheduler.cancel(&request.job_id);
+        let result = self.scheduler.cancel(&request.job_id).await;
         tracing::info!(
             target: "audit",
             token = %grant.token,
@@ -152,9 +144,10 @@ impl Jobs for JobsService {
             0 => DEFAULT_LIST,
             n => n.min(MAX_LIST),
         };
-        let jobs = self.scheduler.list(limit, request.all, |job| {
+        let visible = |job: &proto::v1::JobStatus| {
             namespace(job_namespace(job)).is_ok_and(|ns| grant.allows_namespace(ns))
-        });
+        };
+        let jobs = self.scheduler.list(limit, request.all, &visible).await?;
         Ok(Response::new(ListResponse { jobs }))
     }
 }
@@ -174,11 +167,11 @@ fn snapshot_event(kind: Kind, job: proto::v1::JobStatus) -> JobEvent {
 }
 
 pub struct WorkersService {
-    scheduler: Arc<Scheduler>,
+    scheduler: Arc<dyn SchedulerBackend>,
 }
 
 impl WorkersService {
-    pub fn new(scheduler: Arc<Scheduler>) -> Self {
+    pub fn new(scheduler: Arc<dyn SchedulerBackend>) -> Self {
         Self { scheduler }
     }
 }
@@ -200,7 +193,7 @@ impl Workers for WorkersService {
         let Some(lease_request::Kind::Register(info)) = first.kind else {
             return Err(Error::invalid("the first message of a lease stream must be `register`").into());
         };
-        let Session { id, sender, receiver } = self.scheduler.register(info, grant)?;
+        let Session { id, sender, receiver } = self.scheduler.register(info, grant).await?;
         let scheduler = Arc::clone(&self.scheduler);
         let mut stop = scheduler.stopping();
         // Ends when the agent goes or cached shuts down.
@@ -218,7 +211,7 @@ impl Workers for WorkersService {
                 };
                 match message {
                     Some(Ok(LeaseRequest { kind: Some(lease_request::Kind::Heartbeat(heartbeat)) })) => {
-                        if let Err(err) = scheduler.heartbeat(id, heartbeat) {
+                        if let Err(err) = scheduler.heartbeat(id, heartbeat).await {
                             sender.end(err.into());
                             break;
                         }
@@ -230,7 +223,7 @@ impl Workers for WorkersService {
                     Some(Err(_)) | None => break,
                 }
             }
-            scheduler.unregister(id);
+            scheduler.unregister(id).await;
         })
         .detach();
         Ok(Response::new(Box::pin(receiver.into_stream())))
@@ -244,7 +237,7 @@ impl Workers for WorkersService {
         let grant = auth::grant(&extensions)?;
         let token = request.token.ok_or_else(|| Error::invalid("token is missing"))?;
         let lines = bound_lines(request.lines);
-        self.scheduler.progress(&token, &grant, request.started, lines)?;
+        self.scheduler.progress(&token, &grant, request.started, lines).await?;
         Ok(Response::new(ProgressResponse {}))
     }
 
@@ -265,7 +258,7 @@ impl Workers for WorkersService {
             }
             None => return Err(Error::invalid("outcome is missing").into()),
         };
-        self.scheduler.complete(&token, &grant, outcome)?;
+        self.scheduler.complete(&token, &grant, outcome).await?;
         Ok(Response::new(CompleteResponse {}))
     }
 }

@@ -1,0 +1,71 @@
+//! What the Jobs and Workers services hold: one scheduler, whichever backend keeps its state.
+//! [`crate::scheduler::Scheduler`] keeps every job in memory and in the local RocksDB (one
+//! machine); [`crate::scheduler::pg::PgScheduler`] keeps them in PostgreSQL, where several
+//! cached replicas lease, heartbeat, complete and expire the same jobs.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobEvent, JobSpec, JobStatus};
+use tokio::sync::watch;
+
+use super::{Outcome, Session, Settings};
+use crate::auth::{Grant, LeaseKeys, LiveLeases};
+use crate::error::Result;
+
+/// The events of one job after a snapshot, in order; a watcher that fell behind gets a new
+/// snapshot instead of what it missed. Ends when the job is gone.
+pub type JobEvents = Pin<Box<dyn Stream<Item = JobEvent> + Send>>;
+
+/// Which jobs a caller may see.
+pub type Visible<'a> = &'a (dyn Fn(&JobStatus) -> bool + Send + Sync);
+
+#[tonic::async_trait]
+pub trait SchedulerBackend: LiveLeases + Send + Sync + 'static {
+    fn settings(&self) -> &Settings;
+
+    /// What lease secrets and cache credentials are derived from.
+    fn lease_keys(&self) -> Arc<LeaseKeys>;
+
+    /// Resolves when cached shuts down: long-lived streams (Watch, Lease) end then.
+    fn stopping(&self) -> watch::Receiver<bool>;
+
+    fn shut_down(&self);
+
+    /// Expires leases and jobs that ran out of time, until shutdown.
+    async fn run_sweeper(self: Arc<Self>);
+
+    async fn submit(&self, spec: JobSpec, submitter: &str) -> Result<String>;
+
+    async fn get(&self, job_id: &str) -> Result<Option<JobStatus>>;
+
+    /// The job as it is now, and every event after it.
+    async fn watch(self: Arc<Self>, job_id: &str) -> Result<(JobStatus, JobEvents)>;
+
+    /// Newest first; unfinished only unless `all`.
+    async fn list(&self, limit: usize, all: bool, visible: Visible<'_>) -> Result<Vec<JobStatus>>;
+
+    async fn cancel(&self, job_id: &str) -> Result<JobStatus>;
+
+    /// The agent started the task, or sent build output.
+    async fn progress(
+        &self,
+        token: &FencingToken,
+        caller: &Grant,
+        started: bool,
+        lines: Vec<String>,
+    ) -> Result<()>;
+
+    /// The outcome of a lease; refused unless `token` is the task's current, unexpired lease
+    /// and `caller` the token that holds it.
+    async fn complete(&self, token: &FencingToken, caller: &Grant, outcome: Outcome) -> Result<()>;
+
+    /// A new agent session, registered through the token of `grant`.
+    async fn register(&self, info: AgentInfo, grant: Arc<Grant>) -> Result<Session>;
+
+    async fn unregister(&self, session: u64);
+
+    /// Extends the leases the heartbeat lists that this session holds; an error ends the session.
+    async fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()>;
+}

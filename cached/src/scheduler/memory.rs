@@ -1,0 +1,107 @@
+//! The one-machine scheduler as a [`SchedulerBackend`]: every call is a short critical section
+//! on the in-memory state, so none of them awaits.
+
+use std::sync::Arc;
+
+use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobSpec, JobStatus, job_event::Kind};
+use tokio::sync::{broadcast, watch};
+
+use super::backend::{JobEvents, SchedulerBackend, Visible};
+use super::{Outcome, Scheduler, Session, Settings, now_ms};
+use crate::auth::{Grant, LeaseKeys};
+use crate::error::Result;
+
+#[tonic::async_trait]
+impl SchedulerBackend for Scheduler {
+    fn settings(&self) -> &Settings {
+        Scheduler::settings(self)
+    }
+
+    fn lease_keys(&self) -> Arc<LeaseKeys> {
+        Scheduler::lease_keys(self)
+    }
+
+    fn stopping(&self) -> watch::Receiver<bool> {
+        Scheduler::stopping(self)
+    }
+
+    fn shut_down(&self) {
+        Scheduler::shut_down(self);
+    }
+
+    async fn run_sweeper(self: Arc<Self>) {
+        Scheduler::run_sweeper(self).await;
+    }
+
+    async fn submit(&self, spec: JobSpec, submitter: &str) -> Result<String> {
+        Scheduler::submit(self, spec, submitter)
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<JobStatus>> {
+        Ok(Scheduler::get(self, job_id))
+    }
+
+    async fn watch(self: Arc<Self>, job_id: &str) -> Result<(JobStatus, JobEvents)> {
+        let (job, receiver) = Scheduler::watch(&self, job_id)?;
+        let job_id = job_id.to_owned();
+        let events = futures::stream::unfold((self, receiver), move |(scheduler, mut receiver)| {
+            let job_id = job_id.clone();
+            async move {
+                loop {
+                    match receiver.recv().await {
+                        Ok(event) if event.0 == job_id => {
+                            return Some((event.1.clone(), (scheduler, receiver)));
+                        }
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let job = Scheduler::get(&scheduler, &job_id)?;
+                            let snapshot = proto::v1::JobEvent {
+                                kind: Kind::Snapshot as i32,
+                                time_unix_ms: now_ms(),
+                                status: Some(job),
+                                ..proto::v1::JobEvent::default()
+                            };
+                            return Some((snapshot, (scheduler, receiver)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok((job, Box::pin(events)))
+    }
+
+    async fn list(&self, limit: usize, all: bool, visible: Visible<'_>) -> Result<Vec<JobStatus>> {
+        Ok(Scheduler::list(self, limit, all, visible))
+    }
+
+    async fn cancel(&self, job_id: &str) -> Result<JobStatus> {
+        Scheduler::cancel(self, job_id)
+    }
+
+    async fn progress(
+        &self,
+        token: &FencingToken,
+        caller: &Grant,
+        started: bool,
+        lines: Vec<String>,
+    ) -> Result<()> {
+        Scheduler::progress(self, token, caller, started, lines)
+    }
+
+    async fn complete(&self, token: &FencingToken, caller: &Grant, outcome: Outcome) -> Result<()> {
+        Scheduler::complete(self, token, caller, outcome)
+    }
+
+    async fn register(&self, info: AgentInfo, grant: Arc<Grant>) -> Result<Session> {
+        Scheduler::register(self, info, grant)
+    }
+
+    async fn unregister(&self, session: u64) {
+        Scheduler::unregister(self, session);
+    }
+
+    async fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()> {
+        Scheduler::heartbeat(self, session, heartbeat)
+    }
+}

@@ -1,0 +1,334 @@
+//! The scheduler of several cached replicas: every job, task and lease lives in PostgreSQL, and
+//! every change is one transaction on the job's row (`SELECT ... FOR UPDATE`), applying the
+//! same steps as the one-machine scheduler ([`super::transitions`]). So any replica may take
+//! any call: an agent leases through one replica and completes through another with the same
+//! fencing token, and a replica that dies takes nothing with it but its agents' streams.
+//!
+//! - Leasing ([`dispatch`]): each replica hands queued tasks to the agents connected to it,
+//!   taking jobs with `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other's rows nor
+//!   lease a task twice. It runs when something local may have freed work and every
+//!   [`POLL`] for what other replicas did.
+//! - Fencing: a completion is accepted only if the conditional update of its task row (same
+//!   job, task and attempt, still LEASED, lease not expired) changes one row.
+//! - Expiry ([`sweep`]): whichever replica sees a lease or job past its time expires it, under
+//!   the row lock and with `SKIP LOCKED`, so doing it twice changes nothing.
+//! - Watch ([`watch`]): events are rows written in the transaction that caused them; watchers
+//!   page through them, woken by local changes and every [`POLL`].
+//! - Agents connected elsewhere learn of a cancellation or an expired lease from the abort
+//!   their next heartbeat draws.
+
+mod dispatch;
+mod rows;
+mod sessions;
+mod sweep;
+mod watch;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobSpec, JobStatus, TaskState};
+use tokio::sync::{Notify, watch as signal};
+
+use super::backend::{JobEvents, SchedulerBackend, Visible};
+use super::workers::Workers;
+use super::{Outcome, Session, Settings, abort, job_namespace, new_job, now_ms, transitions, unknown_job};
+use crate::auth::{Grant, LeaseId, LeaseKeys, LiveLeases};
+use crate::error::Result;
+use crate::postgres::Database;
+
+/// How often a replica looks for what other replicas changed: queued work for its agents, and
+/// events for its watchers.
+pub const POLL: Duration = Duration::from_millis(200);
+/// Serialises the open-job caps check of submissions on every replica.
+const SUBMIT_LOCK: i64 = 0x6361_6368_6564_0002;
+/// The name of the lease server key in `server_keys`.
+const LEASE_KEY: &str = "lease";
+
+pub struct PgScheduler {
+    db: Database,
+    keys: Arc<LeaseKeys>,
+    settings: Settings,
+    stop: signal::Sender<bool>,
+    /// The agents connected to this replica.
+    workers: Mutex<Workers>,
+    /// Wakes this replica's dispatcher.
+    work: Notify,
+    /// Bumped on every change this replica makes: wakes its watchers.
+    changes: signal::Sender<u64>,
+    /// Current leases, as last read (every sweep) or granted here: what lease credentials are
+    /// checked against without a query per request.
+    live: RwLock<HashSet<LeaseId>>,
+}
+
+impl PgScheduler {
+    /// The scheduler over `db`; makes the lease key on first start, and reads it on every
+    /// other, so every replica derives the same lease secrets and credentials.
+    pub async fn open(db: Database, settings: Settings) -> Result<Arc<Self>> {
+        let keys = Arc::new(LeaseKeys::new(&lease_key(&db).await?));
+        let (stop, _) = signal::channel(false);
+        let (changes, _) = signal::channel(0);
+        let scheduler = Arc::new(Self {
+            db,
+            keys,
+            settings,
+            stop,
+            workers: Mutex::new(Workers::default()),
+            work: Notify::new(),
+            changes,
+            live: RwLock::new(HashSet::new()),
+        });
+        scheduler.refresh_live().await?;
+        Ok(scheduler)
+    }
+
+    fn workers(&self) -> MutexGuard<'_, Workers> {
+        self.workers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// After a change: wake the dispatcher and the watchers here.
+    fn changed(&self) {
+        self.work.notify_one();
+        self.changes.send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Tells the holders of `tasks` connected here to stop; the others hear it at their next
+    /// heartbeat.
+    fn abort_local(&self, job_id: &str, tasks: &[proto::v1::TaskStatus]) {
+        let workers = self.workers();
+        for task in tasks {
+            abort(&workers, job_id, task);
+        }
+    }
+
+    async fn refresh_live(&self) -> Result<()> {
+        let client = self.db.client().await?;
+        let rows = client
+            .query(
+                "SELECT job_id, idx, attempt FROM tasks WHERE state = 2 AND lease_until_ms >= $1",
+                &[&now_ms()],
+            )
+            .await?;
+        let live = rows
+            .iter()
+            .map(|row| LeaseId {
+                job_id: row.get(0),
+                task: row.get::<_, i32>(1) as u32,
+                attempt: row.get::<_, i32>(2) as u32,
+            })
+            .collect();
+        *self.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = live;
+        Ok(())
+    }
+
+    fn set_live(&self, lease: LeaseId, live: bool) {
+        let mut leases = self.live.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if live {
+            leases.insert(lease);
+        } else {
+            leases.remove(&lease);
+        }
+    }
+}
+
+async fn lease_key(db: &Database) -> Result<[u8; 32]> {
+    let mut fresh = [0u8; 32];
+    getrandom::fill(&mut fresh)
+        .map_err(|err| crate::error::Error::Internal(format!("the system random source failed: {err}")))?;
+    let client = db.client().await?;
+    client
+        .execute(
+            "INSERT INTO server_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&LEASE_KEY, &fresh.as_slice()],
+        )
+        .await?;
+    let row = client.query_one("SELECT key FROM server_keys WHERE name = $1", &[&LEASE_KEY]).await?;
+    let stored: Vec<u8> = row.get(0);
+    <[u8; 32]>::try_from(stored.as_slice()).map_err(|_| {
+        crate::error::Error::Corrupt(format!(
+            "the lease key in the database is {} bytes, not 32",
+            stored.len()
+        ))
+    })
+}
+
+impl LiveLeases for PgScheduler {
+    fn is_live(&self, lease: &LeaseId) -> bool {
+        self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(lease)
+    }
+}
+
+#[tonic::async_trait]
+impl SchedulerBackend for PgScheduler {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn lease_keys(&self) -> Arc<LeaseKeys> {
+        Arc::clone(&self.keys)
+    }
+
+    fn stopping(&self) -> signal::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    fn shut_down(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Runs this replica's dispatcher beside the sweeps; both end at shutdown.
+    async fn run_sweeper(self: Arc<Self>) {
+        let _dispatcher = crate::task::spawn("dispatcher", Arc::clone(&self).run_dispatcher());
+        self.run_sweeps().await;
+    }
+
+    async fn submit(&self, spec: JobSpec, submitter: &str) -> Result<String> {
+        let job = new_job(spec, submitter, &self.settings)?;
+        let namespace = job_namespace(&job).to_owned();
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SUBMIT_LOCK]).await?;
+        let row = tx
+            .query_one(
+                "SELECT count(*) FILTER (WHERE namespace = $1), count(*) FROM jobs WHERE NOT finished",
+                &[&namespace],
+            )
+            .await?;
+        let (open_in, open): (i64, i64) = (row.get(0), row.get(1));
+        super::check_open_jobs(&self.settings, &namespace, open_in as usize, open as usize)?;
+        rows::insert(&tx, &job, &self.settings).await?;
+        let queued: Vec<_> =
+            job.tasks.iter().map(|task| super::event(proto::v1::job_event::Kind::Queued, task)).collect();
+        rows::append_events(&tx, &job.job_id, &queued).await?;
+        tx.commit().await?;
+        tracing::info!(job = %job.job_id, targets = job.tasks.len(), submitter, "job submitted");
+        self.changed();
+        Ok(job.job_id)
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<JobStatus>> {
+        let client = self.db.client().await?;
+        let row = client.query_opt("SELECT record FROM jobs WHERE job_id = $1", &[&job_id]).await?;
+        row.map(|row| rows::decode(job_id, row.get(0))).transpose()
+    }
+
+    async fn watch(self: Arc<Self>, job_id: &str) -> Result<(JobStatus, JobEvents)> {
+        watch::watch(self, job_id).await
+    }
+
+    async fn list(&self, limit: usize, all: bool, visible: Visible<'_>) -> Result<Vec<JobStatus>> {
+        const PAGE: i64 = 256;
+        let client = self.db.client().await?;
+        let (mut out, mut before) = (Vec::new(), None::<String>);
+        while out.len() < limit {
+            let rows = client
+                .query(
+                    "SELECT job_id, record FROM jobs WHERE ($1 OR NOT finished) AND ($2::text IS NULL OR job_id < $2) \
+                     ORDER BY job_id DESC LIMIT $3",
+                    &[&all, &before, &PAGE],
+                )
+                .await?;
+            for row in &rows {
+                let job = rows::decode(row.get(0), row.get(1))?;
+                if visible(&job) && out.len() < limit {
+                    out.push(job);
+                }
+            }
+            if rows.len() < PAGE as usize {
+                break;
+            }
+            before = rows.last().map(|row| row.get(0));
+        }
+        Ok(out)
+    }
+
+    async fn cancel(&self, job_id: &str) -> Result<JobStatus> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        let mut locked = rows::lock(&tx, job_id, false).await?.ok_or_else(|| unknown_job(job_id))?;
+        let (events, aborted) = transitions::cancel(&mut locked.job);
+        if events.is_empty() {
+            return Ok(locked.job);
+        }
+        rows::update(&tx, &locked.job, locked.version).await?;
+        rows::append_events(&tx, job_id, &events).await?;
+        tx.commit().await?;
+        tracing::info!(job = %job_id, "job cancelled");
+        for task in &aborted {
+            self.set_live(
+                LeaseId { job_id: job_id.to_owned(), task: task.index, attempt: task.attempt },
+                false,
+            );
+        }
+        self.abort_local(job_id, &aborted);
+        self.changed();
+        Ok(locked.job)
+    }
+
+    async fn progress(
+        &self,
+        token: &FencingToken,
+        caller: &Grant,
+        started: bool,
+        lines: Vec<String>,
+    ) -> Result<()> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        let mut locked =
+            rows::lock(&tx, &token.job_id, false).await?.ok_or_else(|| unknown_job(&token.job_id))?;
+        let task = transitions::authorize(&self.keys, &mut locked.job, token, caller)?;
+        let mut events: Vec<_> =
+            started.then(|| transitions::mark_started(task)).flatten().into_iter().collect();
+        let changed = !events.is_empty();
+        if !lines.is_empty() {
+            events.push(transitions::log_event(task, &lines));
+        }
+        if changed {
+            rows::update(&tx, &locked.job, locked.version).await?;
+        }
+        rows::append_events(&tx, &token.job_id, &events).await?;
+        tx.commit().await?;
+        self.changed();
+        Ok(())
+    }
+
+    async fn complete(&self, token: &FencingToken, caller: &Grant, outcome: Outcome) -> Result<()> {
+        let outcome = transitions::redact_outcome(outcome);
+        let succeeded = matches!(outcome, Outcome::Success(_));
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        let mut locked =
+            rows::lock(&tx, &token.job_id, false).await?.ok_or_else(|| unknown_job(&token.job_id))?;
+        let agent = transitions::authorize(&self.keys, &mut locked.job, token, caller)?.agent.clone();
+        let now = now_ms();
+        let ended = if succeeded { TaskState::Succeeded } else { TaskState::Failed };
+        rows::fence(&tx, token, ended as i32, now).await?;
+        let events = transitions::apply_outcome(&mut locked.job, token, outcome, self.settings.max_attempts);
+        rows::update(&tx, &locked.job, locked.version).await?;
+        rows::record_completion(&tx, token, &agent, succeeded, now).await?;
+        rows::append_events(&tx, &token.job_id, &events).await?;
+        tx.commit().await?;
+        self.set_live(super::lease_id(token), false);
+        self.changed();
+        Ok(())
+    }
+
+    async fn register(&self, info: AgentInfo, grant: Arc<Grant>) -> Result<Session> {
+        let session = super::sessions::admit(&mut self.workers(), info, grant, &self.settings)?;
+        self.work.notify_one();
+        Ok(session)
+    }
+
+    async fn unregister(&self, session: u64) {
+        if let Some(worker) = self.workers().remove(session) {
+            tracing::info!(agent = %worker.info.agent_id, "agent disconnected; its leases run until they expire");
+        }
+    }
+
+    async fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()> {
+        self.extend_leases(session, heartbeat).await
+    }
+}
+
+/// How long after an error the background loops try the database again.
+const RETRY: Duration = Duration::from_secs(1);

@@ -1,0 +1,151 @@
+//! A job's row and its tasks' rows: read under the row lock, written back with the version it
+//! was read at (a write that finds another version changes nothing), the tasks table kept in
+//! step with the record, and the job's events appended in the same transaction.
+
+use prost::Message;
+use proto::v1::{FencingToken, JobEvent, JobStatus, TaskState};
+use tokio_postgres::Transaction;
+
+use super::super::store::record;
+use super::super::{Settings, is_index, job_deadline, job_finished, job_namespace};
+use crate::error::{Error, Result};
+
+/// A job as read under its row lock, and the version it had.
+pub(super) struct Locked {
+    pub(super) job: JobStatus,
+    pub(super) version: i64,
+}
+
+pub(super) fn decode(job_id: &str, bytes: &[u8]) -> Result<JobStatus> {
+    record::decode(bytes).map_err(|err| Error::Corrupt(format!("job {job_id}: {err}")))
+}
+
+/// The job, locked until the transaction ends; `None` if there is none, or with `skip_locked`
+/// if another transaction holds it (someone else is already on it).
+pub(super) async fn lock(tx: &Transaction<'_>, job_id: &str, skip_locked: bool) -> Result<Option<Locked>> {
+    let sql = if skip_locked {
+        "SELECT record, version FROM jobs WHERE job_id = $1 FOR UPDATE SKIP LOCKED"
+    } else {
+        "SELECT record, version FROM jobs WHERE job_id = $1 FOR UPDATE"
+    };
+    let Some(row) = tx.query_opt(sql, &[&job_id]).await? else { return Ok(None) };
+    Ok(Some(Locked { job: decode(job_id, row.get(0))?, version: row.get(1) }))
+}
+
+/// The queue columns of a job: (queued builds, queued index tasks).
+fn queued(job: &JobStatus) -> (i32, i32) {
+    let queued = job.tasks.iter().filter(|task| task.state == TaskState::Queued as i32);
+    let (index, builds): (Vec<_>, Vec<_>) = queued.partition(|task| is_index(task));
+    (builds.len() as i32, index.len() as i32)
+}
+
+pub(super) async fn insert(tx: &Transaction<'_>, job: &JobStatus, settings: &Settings) -> Result<()> {
+    let (builds, index) = queued(job);
+    let priority = job.spec.as_ref().map_or(0, |spec| spec.priority);
+    tx.execute(
+        "INSERT INTO jobs (job_id, namespace, finished, queued_builds, queued_index, priority, submitted_ms, \
+         deadline_ms, version, record) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9)",
+        &[
+            &job.job_id,
+            &job_namespace(job),
+            &job_finished(job),
+            &builds,
+            &index,
+            &priority,
+            &job.submitted_unix_ms,
+            &job_deadline(settings, job),
+            &record::encode(job),
+        ],
+    )
+    .await?;
+    write_tasks(tx, job).await
+}
+
+/// Writes `job` back over the version it was read at.
+pub(super) async fn update(tx: &Transaction<'_>, job: &JobStatus, version: i64) -> Result<()> {
+    let (builds, index) = queued(job);
+    let written = tx
+        .execute(
+            "UPDATE jobs SET finished = $3, queued_builds = $4, queued_index = $5, version = version + 1, \
+             record = $6 WHERE job_id = $1 AND version = $2",
+            &[&job.job_id, &version, &job_finished(job), &builds, &index, &record::encode(job)],
+        )
+        .await?;
+    if written != 1 {
+        return Err(Error::Aborted(format!("job {} changed meanwhile; retry", job.job_id)));
+    }
+    write_tasks(tx, job).await
+}
+
+async fn write_tasks(tx: &Transaction<'_>, job: &JobStatus) -> Result<()> {
+    let tasks = &job.tasks;
+    let index: Vec<i32> = tasks.iter().map(|task| task.index as i32).collect();
+    let state: Vec<i16> = tasks.iter().map(|task| task.state as i16).collect();
+    let attempt: Vec<i32> = tasks.iter().map(|task| task.attempt as i32).collect();
+    let agent: Vec<&str> = tasks.iter().map(|task| task.agent.as_str()).collect();
+    let until: Vec<i64> = tasks.iter().map(|task| task.lease_until_unix_ms).collect();
+    let kind: Vec<bool> = tasks.iter().map(is_index).collect();
+    tx.execute(
+        "INSERT INTO tasks (job_id, idx, state, attempt, agent, lease_until_ms, is_index) \
+         SELECT $1, * FROM unnest($2::integer[], $3::smallint[], $4::integer[], $5::text[], $6::bigint[], $7::boolean[]) \
+         ON CONFLICT (job_id, idx) DO UPDATE SET state = excluded.state, attempt = excluded.attempt, \
+         agent = excluded.agent, lease_until_ms = excluded.lease_until_ms, is_index = excluded.is_index",
+        &[&job.job_id, &index, &state, &attempt, &agent, &until, &kind],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends the job's events, in order.
+pub(super) async fn append_events(tx: &Transaction<'_>, job_id: &str, events: &[JobEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let encoded: Vec<Vec<u8>> = events.iter().map(Message::encode_to_vec).collect();
+    tx.execute(
+        "INSERT INTO job_events (job_id, event) SELECT $1, e FROM unnest($2::bytea[]) WITH ORDINALITY AS t(e, n) ORDER BY n",
+        &[&job_id, &encoded],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The fencing check as the database makes it: the task moves out of LEASED only if `token`
+/// is still its current, unexpired lease. Zero rows: a stale, expired or cancelled lease.
+pub(super) async fn fence(
+    tx: &Transaction<'_>,
+    token: &FencingToken,
+    new_state: i32,
+    now: i64,
+) -> Result<()> {
+    let fenced = tx
+        .execute(
+            "UPDATE tasks SET state = $4, lease_until_ms = 0 WHERE job_id = $1 AND idx = $2 AND attempt = $3 \
+             AND state = 2 AND lease_until_ms >= $5",
+            &[&token.job_id, &(token.task as i32), &(token.attempt as i32), &(new_state as i16), &now],
+        )
+        .await?;
+    if fenced != 1 {
+        return Err(Error::FailedPrecondition(format!(
+            "stale lease: task {} of job {} (attempt {}) is no longer current",
+            token.task, token.job_id, token.attempt
+        )));
+    }
+    Ok(())
+}
+
+/// Records an accepted completion: at most one per (task, attempt).
+pub(super) async fn record_completion(
+    tx: &Transaction<'_>,
+    token: &FencingToken,
+    agent: &str,
+    succeeded: bool,
+    now: i64,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO completions (job_id, idx, attempt, agent, succeeded, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&token.job_id, &(token.task as i32), &(token.attempt as i32), &agent, &succeeded, &now],
+    )
+    .await?;
+    Ok(())
+}
