@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod postgres;
 pub mod registry;
+pub mod remote;
 pub mod s3;
 
 pub use cgroup::MemoryCgroup;

@@ -3,15 +3,14 @@
 //! replicas, and a tiny Go module. Leases are short (heartbeat 200ms, lease 2s) so expiry and
 //! failover happen within seconds.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cached_client::connect::ConnectOptions;
 use cached_client::remote_exec::RemoteExec;
 use cached_e2e::postgres::Postgres;
-use cached_e2e::{Daemon, GoEnv, binary, go, is_root, run};
+use cached_e2e::remote::{Agent, TinyModule, succeeded_with_outputs};
+use cached_e2e::{Daemon, go, run};
 use proto::v1::{
     AgentInfo, CompleteRequest, LeaseRequest, TaskResult, complete_request, lease_request, lease_response,
 };
@@ -37,131 +36,6 @@ fn replica_leasing(db: &Postgres, lease_flags: &[&str]) -> Daemon {
     Daemon::start_in(tempfile::tempdir().unwrap(), &flags)
 }
 
-/// A range of build uids no other agent of these tests uses (as root).
-fn build_uids() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(63000);
-    let first = NEXT.fetch_add(4, Ordering::SeqCst);
-    format!("{first}-{}", first + 3)
-}
-
-struct Agent {
-    child: Option<Child>,
-    _work: tempfile::TempDir,
-}
-
-impl Agent {
-    /// An agent given `servers` (a comma list), building `concurrency` tasks at once.
-    fn start(servers: &str, name: &str, concurrency: u32) -> Self {
-        let work = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(work.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
-        let log = std::fs::File::create(work.path().join("agent.log")).unwrap();
-        let child = Command::new(binary("runner-agent"))
-            .args(["--server", servers, "--name", name, "--grace", "2s"])
-            .arg("--concurrency")
-            .arg(concurrency.to_string())
-            .arg("--work-dir")
-            .arg(work.path().join("work"))
-            .args(if is_root() { vec!["--build-uids".to_owned(), build_uids()] } else { Vec::new() })
-            .env_remove("CACHED_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start runner-agent");
-        Self { child: Some(child), _work: work }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A one-package module with no dependencies, in a sealed go environment.
-struct Tiny {
-    env: GoEnv,
-}
-
-impl Tiny {
-    fn new() -> Self {
-        let env = GoEnv::new();
-        let dir = env.root.path().join("tiny");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("go.mod"), "module example.com/tiny\n\ngo 1.21\n").unwrap();
-        std::fs::write(dir.join("main.go"), "package main\n\nfunc main() { println(\"tiny\") }\n").unwrap();
-        Self { env }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.env.root.path().join("tiny")
-    }
-
-    fn cachectl(&self, server: &str, args: &[&str]) -> Command {
-        let template = self.env.go(&[]);
-        let mut command = Command::new(binary("cachectl"));
-        command.env_clear();
-        for (name, value) in template.get_envs() {
-            if let Some(value) = value {
-                command.env(name, value);
-            }
-        }
-        command
-            .current_dir(self.dir())
-            .env("CACHED_ADDR", server)
-            .env("CACHED_GOCACHE_DIR", self.env.root.path().join("tier"))
-            .args(args);
-        command
-    }
-
-    /// Submits the module for linux/amd64 without waiting; the job id.
-    fn submit(&self, server: &str) -> String {
-        let args = ["submit", "--detach", "--targets", "linux/amd64", "."];
-        run(self.cachectl(server, &args)).success("detached submit").stdout.trim().to_owned()
-    }
-
-    fn jobs(&self, server: &str) -> Vec<serde_json::Value> {
-        let listed = run(self.cachectl(server, &["jobs", "list", "--all", "--json", "--limit", "1000"]))
-            .success("jobs list");
-        let jobs: serde_json::Value = serde_json::from_str(&listed.stdout).expect("jobs JSON");
-        jobs.as_array().expect("a list").clone()
-    }
-
-    /// Waits until every job in `ids` finished, as `server` sees it; returns them.
-    fn wait_finished(&self, server: &str, ids: &[String], within: Duration) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + within;
-        loop {
-            let jobs: Vec<serde_json::Value> = self
-                .jobs(server)
-                .into_iter()
-                .filter(|job| ids.iter().any(|id| job["job_id"] == id.as_str()))
-                .collect();
-            let finished = jobs.iter().filter(|job| finished(job)).count();
-            if jobs.len() == ids.len() && finished == ids.len() {
-                return jobs;
-            }
-            assert!(Instant::now() < deadline, "{finished} of {} jobs finished: {jobs:?}", ids.len());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-fn finished(job: &serde_json::Value) -> bool {
-    ["succeeded", "failed", "cancelled"].iter().any(|state| job["state"] == *state)
-}
-
-fn succeeded_with_outputs(job: &serde_json::Value) -> bool {
-    job["state"] == "succeeded"
-        && job["tasks"].as_array().is_some_and(|tasks| {
-            tasks.iter().all(|task| {
-                task["state"] == "succeeded" && task["outputs"].as_array().is_some_and(|o| !o.is_empty())
-            })
-        })
-}
-
 /// Every accepted completion is one row; no (task) completed twice.
 fn assert_each_task_completed_once(db: &Postgres, jobs: usize) {
     assert_eq!(db.query("SELECT count(*) FROM completions WHERE succeeded"), jobs.to_string());
@@ -178,7 +52,7 @@ fn two_replicas_and_three_agents_complete_each_of_a_hundred_jobs_once() {
     let db = Postgres::start();
     let (a, b) = (replica_leasing(&db, PATIENT_LEASE), replica_leasing(&db, PATIENT_LEASE));
     let (a_url, b_url) = (a.url(), b.url());
-    let tiny = Tiny::new();
+    let tiny = TinyModule::new();
     // Each replica keeps its own blobs (no shared blob tier here): the first submission through
     // each puts the module's tree in both, before any agent could look for it in the other.
     let mut ids = vec![tiny.submit(&a_url), tiny.submit(&b_url)];
@@ -215,7 +89,7 @@ fn a_replica_killed_mid_jobs_leaves_every_job_to_the_other() {
     let (mut a, b) = (replica(&db), replica(&db));
     let (a_url, b_url) = (a.url(), b.url());
     // Both agents start on replica a, the one that dies.
-    let tiny = Tiny::new();
+    let tiny = TinyModule::new();
     // The tree in both replicas' blob stores (each keeps its own here) before the agents start.
     let mut ids = vec![tiny.submit(&a_url)];
     ids.extend((1..JOBS).map(|_| tiny.submit(&b_url)));
@@ -266,7 +140,7 @@ fn a_lost_agent_task_is_leased_again_elsewhere_and_its_stale_completion_is_refus
             workers.lease(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
         (sender, inbound, remote)
     });
-    let tiny = Tiny::new();
+    let tiny = TinyModule::new();
     let job = tiny.submit(&b_url);
     let token = runtime.block_on(async {
         loop {
@@ -307,7 +181,7 @@ fn explain_and_stats_answer_the_same_through_either_replica() {
     let db = Postgres::start();
     let (a, b) = (replica(&db), replica(&db));
     let (a_url, b_url) = (a.url(), b.url());
-    let tiny = Tiny::new();
+    let tiny = TinyModule::new();
     let build = |server: &str| {
         run(tiny.cachectl(server, &["go", "build", "-o", "bin/tiny", "."])).success("go build")
     };
@@ -346,7 +220,7 @@ fn without_the_database_jobs_answer_unavailable_the_cache_works_on_and_all_recov
     let db = Postgres::start();
     let a = replica(&db);
     let url = a.url();
-    let tiny = Tiny::new();
+    let tiny = TinyModule::new();
     let job = tiny.submit(&url);
     db.stop();
     let listed = run(tiny.cachectl(&url, &["jobs", "list", "--all", "--json"]));
