@@ -32,6 +32,56 @@ pub(super) async fn lock(tx: &Transaction<'_>, job_id: &str, skip_locked: bool) 
     Ok(Some(Locked { job: decode(job_id, row.get(0))?, version: row.get(1) }))
 }
 
+/// The jobs of `job_ids` that exist, each locked until the transaction ends, in one round trip.
+/// Locked in job id order, the order every multi-job transaction of every replica uses, so two
+/// of them never deadlock.
+pub(super) async fn lock_many(tx: &Transaction<'_>, job_ids: &[&str]) -> Result<Vec<Locked>> {
+    let rows = tx
+        .query(
+            "SELECT job_id, record, version FROM jobs WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE",
+            &[&job_ids],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let job_id: &str = row.get(0);
+            Ok(Locked { job: decode(job_id, row.get(1))?, version: row.get(2) })
+        })
+        .collect()
+}
+
+/// Writes back jobs whose only change is longer leases, and those leases' task rows: two
+/// statements however many jobs and tasks a heartbeat lists.
+pub(super) async fn extend_leases(
+    tx: &Transaction<'_>,
+    jobs: &[Locked],
+    leases: &[(&str, i32)],
+    until: i64,
+) -> Result<()> {
+    let ids: Vec<&str> = jobs.iter().map(|locked| locked.job.job_id.as_str()).collect();
+    let versions: Vec<i64> = jobs.iter().map(|locked| locked.version).collect();
+    let records: Vec<Vec<u8>> = jobs.iter().map(|locked| record::encode(&locked.job)).collect();
+    let written = tx
+        .execute(
+            "UPDATE jobs SET version = jobs.version + 1, record = u.record \
+             FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(job_id, version, record) \
+             WHERE jobs.job_id = u.job_id AND jobs.version = u.version",
+            &[&ids, &versions, &records],
+        )
+        .await?;
+    if written != jobs.len() as u64 {
+        return Err(Error::Aborted("jobs changed during a heartbeat; retry".into()));
+    }
+    let (lease_jobs, lease_tasks): (Vec<&str>, Vec<i32>) = leases.iter().copied().unzip();
+    tx.execute(
+        "UPDATE tasks SET lease_until_ms = $3 FROM unnest($1::text[], $2::integer[]) AS u(job_id, idx) \
+         WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx",
+        &[&lease_jobs, &lease_tasks, &until],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The queue columns of a job: (queued builds, queued index tasks).
 fn queued(job: &JobStatus) -> (i32, i32) {
     let queued = job.tasks.iter().filter(|task| task.state == TaskState::Queued as i32);

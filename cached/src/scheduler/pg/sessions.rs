@@ -8,6 +8,7 @@ use proto::v1::{FencingToken, Heartbeat, TaskState};
 use super::super::sessions::check_heartbeat;
 use super::super::{abort_message, job_namespace, lease_id, millis, now_ms, token_text};
 use super::{PgScheduler, rows};
+use crate::auth::Grant;
 use crate::error::Result;
 
 impl PgScheduler {
@@ -31,58 +32,62 @@ impl PgScheduler {
         if heartbeat.running.is_empty() {
             return Ok(());
         }
-        let mut running = heartbeat.running;
-        // Rows are locked in one order by every replica, so two heartbeats never deadlock.
-        running.sort_by(|a, b| a.job_id.cmp(&b.job_id));
         let now = now_ms();
         let until = now.saturating_add(millis(self.settings.lease_timeout));
         let mut client = self.db.client().await?;
         let tx = client.transaction().await?;
-        let mut refused: Vec<FencingToken> = Vec::new();
-        let mut current: Option<rows::Locked> = None;
-        let mut changed = false;
-        for token in running {
-            if current.as_ref().is_none_or(|locked| locked.job.job_id != token.job_id) {
-                if let Some(locked) = current.take().filter(|_| changed) {
-                    rows::update(&tx, &locked.job, locked.version).await?;
-                }
-                changed = false;
-                current = rows::lock(&tx, &token.job_id, false).await?;
-            }
-            let Some(locked) = current.as_mut() else {
-                refused.push(token);
-                continue;
-            };
-            let allowed = grant.allows_namespace(job_namespace(&locked.job));
-            let held = locked.job.tasks.get_mut(token.task as usize).filter(|task| {
-                task.state == TaskState::Leased as i32
-                    && task.attempt == token.attempt
-                    && task.agent == agent_id
-                    && task.lease_until_unix_ms >= now
-            });
-            match held {
-                Some(task)
-                    if allowed
-                        && self.keys.secret_matches(&lease_id(&token), &grant.token, &token.secret) =>
-                {
-                    task.lease_until_unix_ms = until;
-                    changed = true;
-                    self.set_live(lease_id(&token), true);
-                }
-                Some(_) => {
-                    tracing::warn!(target: "audit", agent = %agent_id, token = %grant.token, lease = %token_text(&token), "heartbeat without the lease's secret refused");
-                    refused.push(token);
-                }
-                None => refused.push(token),
-            }
-        }
-        if let Some(locked) = current.filter(|_| changed) {
-            rows::update(&tx, &locked.job, locked.version).await?;
-        }
+        let mut job_ids: Vec<&str> = heartbeat.running.iter().map(|token| token.job_id.as_str()).collect();
+        job_ids.sort_unstable();
+        job_ids.dedup();
+        let mut jobs = rows::lock_many(&tx, &job_ids).await?;
+        let held = Holder { agent_id: &agent_id, grant: &grant, now };
+        let (extended, refused): (Vec<&FencingToken>, Vec<&FencingToken>) =
+            heartbeat.running.iter().partition(|token| self.extend(&mut jobs, token, &held, until));
+        jobs.retain(|locked| extended.iter().any(|token| token.job_id == locked.job.job_id));
+        let leases: Vec<(&str, i32)> =
+            extended.iter().map(|token| (token.job_id.as_str(), token.task as i32)).collect();
+        rows::extend_leases(&tx, &jobs, &leases, until).await?;
         tx.commit().await?;
+        for token in extended {
+            self.set_live(lease_id(token), true);
+        }
         for token in refused {
-            sender.send(abort_message(token));
+            sender.send(abort_message(token.clone()));
         }
         Ok(())
     }
+
+    /// Extends `token`'s lease in its locked job if the agent still holds it with that secret.
+    fn extend(
+        &self,
+        jobs: &mut [rows::Locked],
+        token: &FencingToken,
+        holder: &Holder<'_>,
+        until: i64,
+    ) -> bool {
+        let Some(locked) = jobs.iter_mut().find(|locked| locked.job.job_id == token.job_id) else {
+            return false;
+        };
+        let allowed = holder.grant.allows_namespace(job_namespace(&locked.job));
+        let held = locked.job.tasks.get_mut(token.task as usize).filter(|task| {
+            task.state == TaskState::Leased as i32
+                && task.attempt == token.attempt
+                && task.agent == holder.agent_id
+                && task.lease_until_unix_ms >= holder.now
+        });
+        let Some(task) = held else { return false };
+        if !allowed || !self.keys.secret_matches(&lease_id(token), &holder.grant.token, &token.secret) {
+            tracing::warn!(target: "audit", agent = %holder.agent_id, token = %holder.grant.token, lease = %token_text(token), "heartbeat without the lease's secret refused");
+            return false;
+        }
+        task.lease_until_unix_ms = until;
+        true
+    }
+}
+
+/// Who sends a heartbeat, and when it is judged.
+struct Holder<'a> {
+    agent_id: &'a str,
+    grant: &'a Grant,
+    now: i64,
 }
