@@ -25,6 +25,8 @@ const REPLY_SLACK: u64 = 4 << 10;
 /// Server-side compression of uncompressed uploads: the fastest level, because the server's
 /// CPU is shared by every client. Clients that care about ratio compress themselves.
 const SERVER_ZSTD_LEVEL: i32 = 1;
+/// Blocking tasks one BatchWrite spreads its blobs over.
+const WRITE_LANES: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -203,23 +205,23 @@ impl Cas {
         blobs: Vec<(Digest, Encoding, Bytes)>,
     ) -> Result<Vec<Result<UploadOutcome>>> {
         self.check_batch_len(blobs.len())?;
-        let store = Arc::clone(&self.store);
         let present = self.contains(blobs.iter().map(|blob| blob.0).collect()).await?;
-        crate::task::spawn_blocking("cas batch write", move || {
-            let mut encoder = None;
-            blobs
-                .into_iter()
-                .zip(present)
-                .map(|((digest, encoding, data), present)| {
-                    if present {
-                        return Ok(UploadOutcome::AlreadyPresent);
-                    }
-                    write_small_blob(&store, digest, encoding, data, &mut encoder)
-                })
-                .collect()
-        })
-        .await
-        .map_err(Error::from)
+        let mut items: Vec<_> = blobs.into_iter().zip(present).collect();
+        // A write blocks until the store holds it: through a shared tier that is a network
+        // round trip per blob, so the batch goes out in lanes rather than one after another.
+        let per_lane = items.len().div_ceil(WRITE_LANES).max(1);
+        let mut lanes = Vec::new();
+        while !items.is_empty() {
+            let rest = items.split_off(per_lane.min(items.len()));
+            let lane = std::mem::replace(&mut items, rest);
+            let store = Arc::clone(&self.store);
+            lanes.push(crate::task::spawn_blocking("cas batch write", move || write_lane(&store, lane)));
+        }
+        let mut outcomes = Vec::new();
+        for lane in futures::future::join_all(lanes).await {
+            outcomes.extend(lane.map_err(Error::from)?);
+        }
+        Ok(outcomes)
     }
 
     /// Reads small blobs (at most one frame each). One result per digest, in order. The reply
@@ -370,6 +372,22 @@ fn encode(encoder: &mut FrameEncoder, raw: &[u8]) -> Result<Bytes> {
         .encode(raw)
         .map(Bytes::from)
         .map_err(|err| Error::Internal(format!("zstd compression failed: {err}")))
+}
+
+/// Writes one lane of a batch in order, present blobs skipped.
+fn write_lane(
+    store: &SharedStore,
+    lane: Vec<((Digest, Encoding, Bytes), bool)>,
+) -> Vec<Result<UploadOutcome>> {
+    let mut encoder = None;
+    lane.into_iter()
+        .map(|((digest, encoding, data), present)| {
+            if present {
+                return Ok(UploadOutcome::AlreadyPresent);
+            }
+            write_small_blob(store, digest, encoding, data, &mut encoder)
+        })
+        .collect()
 }
 
 fn write_small_blob(
