@@ -150,6 +150,16 @@ mod tests {
         assert!(public.verify(b"payload!", &signature).is_err());
     }
 
+    /// A pair `cosign generate-key-pair` (v2.6.5) wrote with COSIGN_PASSWORD=fixture.
+    #[test]
+    fn cosign_generated_pair_loads_and_matches() {
+        let key = PrivateKey::from_pem(include_bytes!("testdata/cosign.key"), Some(b"fixture")).unwrap();
+        let public = PublicKey::from_pem(include_bytes!("testdata/cosign.pub")).unwrap();
+        assert_eq!(key.public_key(), public);
+        let wrong = PrivateKey::from_pem(include_bytes!("testdata/cosign.key"), Some(b"fixtures"));
+        assert!(matches!(wrong, Err(KeyError::WrongPassword)));
+    }
+
     #[test]
     fn encrypted_key_needs_the_right_password() {
         let pem = encrypted_pem(&fixed_key(), b"pw");
