@@ -240,4 +240,8 @@ fn key_errors_are_clear_and_stop_before_the_push() {
     assert_fails(&bench.cachectl(&[&args[..], &public_as_key[..]].concat()), 2, "is not a private key");
     let output = bench.cachectl(&["image", "--name", "app", "--platform", &platform, "--sign-key", "k"]);
     assert_fails(&output, 2, "--push");
+
+    // A digest the registry does not hold is not signed.
+    let absent = format!("{}/signed@sha256:{}", bench.registry.host(), "0".repeat(64));
+    assert_fails(&bench.cachectl(&["sign", &absent, "--key", key.to_str().unwrap()]), 1, "MANIFEST_UNKNOWN");
 }

@@ -15,7 +15,8 @@ pub enum KeyError {
     #[error("a {label:?} PEM block is not {expected}")]
     UnexpectedLabel { label: String, expected: &'static str },
     #[error(
-        "the key is encrypted: give its password in COSIGN_PASSWORD (as cosign takes it) or with --key-password-file"
+        "the key is encrypted: give its password in COSIGN_PASSWORD (as cosign takes it) or in a file \
+         (--key-password-file; --sign-key-password-file for cachectl image)"
     )]
     NeedsPassword,
     #[error("wrong password for the encrypted key (or the key file is damaged)")]
@@ -58,6 +59,8 @@ impl From<SignatureError> for ClientError {
     fn from(err: SignatureError) -> Self {
         match err {
             SignatureError::KeyFile { path, source } => ClientError::File { path, source },
+            // Not OciError's own conversion: that one prefixes "image:", and nothing is built here.
+            SignatureError::Registry(err) if !err.is_input() => ClientError::Failed(err.to_string()),
             SignatureError::Registry(err) => err.into(),
             err @ SignatureError::Key { .. } => ClientError::Usage(err.to_string()),
             err => ClientError::Failed(err.to_string()),

@@ -134,18 +134,17 @@ async fn check_signature(
     Ok(())
 }
 
-/// The digest of the manifest `reference` names: given, or what its tag points to now.
+/// The digest of the manifest `reference` names: given, or what its tag points to now. Either
+/// way the manifest must exist: a signature of nothing would only mislead.
 async fn resolve(registry: &Registry, reference: &Reference) -> Result<Sha256, OciError> {
-    if let Some(digest) = reference.digest {
-        return Ok(digest);
-    }
     let target = reference.target();
     if let Some(digest) = registry.manifest_digest(&reference.repository, &target).await? {
-        return Ok(digest);
+        return Ok(reference.digest.unwrap_or(digest));
     }
     // No such tag, or a registry that leaves Docker-Content-Digest out of HEAD answers: the
     // GET says which, and its bytes give the digest.
     let (bytes, _) = registry.get_manifest(&reference.repository, &target).await?;
+    // get_manifest has checked the bytes against a digest reference.
     Ok(Sha256::of(&bytes))
 }
 
