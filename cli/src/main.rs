@@ -84,6 +84,10 @@ enum Command {
     Gocacheprog(cached_gocacheprog::command::Args),
     /// Build a multi-platform OCI image from built binaries; write a layout and/or push it.
     Image(Box<commands::image::Args>),
+    /// Sign an image in a registry the way `cosign sign --key` does (no transparency log).
+    Sign(Box<commands::sign::Args>),
+    /// Check an image's cosign-compatible signature; exits 1 when none holds for the key.
+    Verify(Box<commands::verify::Args>),
     /// Build a GOOS/GOARCH matrix of this module on runner agents; outputs to dist/<goos>_<goarch>/.
     Submit(Box<commands::submit::Args>),
     /// Operator actions (a token with the `admin` scope): `admin purge --namespace NS`.
@@ -181,6 +185,8 @@ async fn run(cli: Cli) -> Result<()> {
             cached_gocacheprog::command::run(&cli.server, &connect, args).await
         }
         Command::Image(args) => commands::image::run(&cli.server, &connect, *args).await,
+        Command::Sign(args) => commands::sign::run(*args).await,
+        Command::Verify(args) => commands::verify::run(*args).await,
         Command::Submit(args) => commands::submit::run(&cli.server, &connect, *args).await,
         Command::Jobs { command } => commands::jobs::run(&cli.server, &connect, command).await,
         Command::Admin { command } => commands::admin::run(&cli.server, &connect, command).await,

@@ -12,7 +12,8 @@
 //! - outputs: `layout` (OCI layout directories), `sources` (where each blob's bytes come
 //!   from), `auth`, `origin` (where credentials may go), `registry` and `push` (the
 //!   distribution API);
-//! - `build`, which runs them all; `job`, the image part of a remote build.
+//! - `build`, which runs them all; `job`, the image part of a remote build;
+//! - `signature`: cosign-compatible signing and verification of pushed images.
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod platform;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod signature;
 pub mod sources;
 
 pub use build::{

@@ -7,8 +7,9 @@ use serde_json::json;
 
 use cached_client::connect::ConnectOptions;
 use cached_client::error::{ClientError, Result};
+use cached_oci::signature::{self, PrivateKey, SignReport};
 use cached_oci::{
-    self as oci, Compression, ImagePlatform, ImageResult, ImageSpec, LayerCache, RegistryOptions,
+    self as oci, Compression, ImagePlatform, ImageResult, ImageSpec, LayerCache, Reference, RegistryOptions,
 };
 
 #[derive(Debug, clap::Args)]
@@ -34,6 +35,12 @@ pub struct Args {
     /// Push the image to REGISTRY/REPOSITORY:TAG.
     #[arg(long, value_name = "REPO:TAG")]
     push: Option<String>,
+    /// Sign the pushed image index as `cosign sign --key KEY` does (see `cachectl sign`).
+    #[arg(long, value_name = "KEY", requires = "push")]
+    sign_key: Option<PathBuf>,
+    /// File holding --sign-key's password [default: $COSIGN_PASSWORD]
+    #[arg(long, value_name = "FILE", requires = "sign_key")]
+    sign_key_password_file: Option<PathBuf>,
     /// Layer compression: gzip (what every runtime reads) or zstd.
     #[arg(long, default_value = "gzip", value_parser = parse_compression)]
     compression: Compression,
@@ -136,6 +143,11 @@ impl Args {
 
 pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
     let spec = args.spec()?;
+    // A wrong password should stop us before the build, not after the push.
+    let sign_key = match &args.sign_key {
+        Some(path) => Some(super::sign::load_key(path, args.sign_key_password_file.as_deref())?),
+        None => None,
+    };
     let cache = if args.no_cache {
         None
     } else {
@@ -151,12 +163,38 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
     for warning in &result.warnings {
         eprintln!("cachectl: warning: {warning}");
     }
+    let signed = match &sign_key {
+        Some(key) => Some(sign_index(&result, key, &spec.registry).await?),
+        None => None,
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&result)).unwrap_or_default());
+        let mut document = to_json(&result);
+        if let Some(report) = &signed {
+            document["signature"] = json!({
+                "image": report.image,
+                "signatures_at": report.signatures_at,
+                "signatures": report.signatures,
+                "added": report.added,
+            });
+        }
+        println!("{}", serde_json::to_string_pretty(&document).unwrap_or_default());
     } else {
         print!("{}", render(&result));
+        if let Some(report) = &signed {
+            print!("{}", super::sign::render(report));
+        }
     }
     Ok(())
+}
+
+/// Signs the index just pushed, by its digest: the tag may have moved since.
+async fn sign_index(result: &ImageResult, key: &PrivateKey, options: &RegistryOptions) -> Result<SignReport> {
+    let pushed = result
+        .push
+        .as_ref()
+        .ok_or_else(|| ClientError::Usage("--sign-key signs what --push pushed; add --push".to_owned()))?;
+    let reference = Reference { digest: Some(result.index.digest), ..Reference::parse(&pushed.reference)? };
+    Ok(signature::sign(&reference, key, options).await?)
 }
 
 fn size(bytes: u64) -> String {

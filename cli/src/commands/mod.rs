@@ -9,5 +9,7 @@ pub mod image;
 pub mod jobs;
 pub mod mtimes;
 pub mod put;
+pub mod sign;
 pub mod stats;
 pub mod submit;
+pub mod verify;
