@@ -112,6 +112,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// What it logged so far (warnings and errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._data.path().join("cached.log")).unwrap_or_default()
+    }
+
     /// SIGSTOP: connections stay open and nothing answers, as with a hung or overloaded
     /// server. Drop still kills it.
     pub fn pause(&self) {

@@ -159,7 +159,13 @@ fn burst(runtime: &tokio::runtime::Runtime, backend: Backend, args: &Args) -> Bu
         let remotes = connect_all(&urls).await;
         let spec = spec_of(&remotes[0], &primers[0]).await;
         let started = Instant::now();
-        let ids = submit_all(&remotes, &spec, args.jobs).await;
+        let ids = match submit_all(&remotes, &spec, args.jobs).await {
+            Ok(ids) => ids,
+            Err(status) => {
+                let logs: Vec<String> = servers.iter().map(Daemon::log).collect();
+                panic!("submit: {status:?}\nserver logs:\n{}", logs.join("\n---\n"))
+            }
+        };
         let jobs = wait_finished(&remotes[0], &ids).await;
         let wall = started.elapsed();
         let mut to_start: Vec<Duration> = jobs.iter().map(submit_to_start).collect();
@@ -205,13 +211,17 @@ async fn spec_of(remote: &RemoteExec, job_id: &str) -> JobSpec {
 }
 
 /// Submits `count` copies of `spec` at once, spread over the replicas; their ids.
-async fn submit_all(remotes: &[RemoteExec], spec: &JobSpec, count: usize) -> Vec<String> {
+async fn submit_all(
+    remotes: &[RemoteExec],
+    spec: &JobSpec,
+    count: usize,
+) -> Result<Vec<String>, tonic::Status> {
     let submits = (0..count).map(|index| {
         let mut jobs = remotes[index % remotes.len()].jobs.clone();
         let request = SubmitRequest { spec: Some(spec.clone()) };
-        async move { jobs.submit(request).await.expect("submit").into_inner().job_id }
+        async move { Ok(jobs.submit(request).await?.into_inner().job_id) }
     });
-    futures::future::join_all(submits).await
+    futures::future::try_join_all(submits).await
 }
 
 /// Polls until every job in `ids` finished; they must all have succeeded.
