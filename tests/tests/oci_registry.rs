@@ -294,3 +294,98 @@ fn without_tokens_the_registry_stays_on_loopback() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("registry_listen") && stderr.contains("--allow-anonymous"), "{stderr}");
 }
+
+/// The image fixture program (cli's), built for `goarch` into `out`.
+fn hello_binary(goarch: &str, out: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/fixtures/image/hello");
+    let path = out.join(goarch).join("hello");
+    let status = Command::new(cached_e2e::go())
+        .args(["build", "-trimpath", "-o"])
+        .arg(&path)
+        .arg(".")
+        .current_dir(&source)
+        .env("CGO_ENABLED", "0")
+        .env("GOOS", "linux")
+        .env("GOARCH", goarch)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "")
+        .env_remove("GOCACHEPROG")
+        .status()
+        .expect("the go command builds the image fixture");
+    assert!(status.success(), "go build for {goarch} failed");
+    path
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().unwrap_or_else(|err| panic!("{command:?}: {err}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn skopeo_and_crane_pull_what_cachectl_pushed_and_the_amd64_binary_runs() {
+    cached_e2e::registry::require("skopeo");
+    cached_e2e::registry::require("umoci");
+    let server = Server::start(&[("ci", "read,cas-write,ac-write")]);
+    let dir = tempfile::tempdir().unwrap();
+    let (amd64, arm64) = (hello_binary("amd64", dir.path()), hello_binary("arm64", dir.path()));
+    // docker's config.json, as `docker login -u ci -p <token>` writes it.
+    let docker = dir.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("ci:{}", server.secret("ci")))
+    };
+    let auths = format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, server.registry);
+    std::fs::write(docker.join("config.json"), auths).unwrap();
+
+    let reference = format!("{}/main/hello:v1", server.registry);
+    run(Command::new(binary("cachectl"))
+        .args(["--server", "http://127.0.0.1:9", "image", "--name", "hello", "--no-cache"])
+        .arg("--platform")
+        .arg(format!("linux/amd64={}", amd64.display()))
+        .arg("--platform")
+        .arg(format!("linux/arm64={}", arm64.display()))
+        .args(["--push", &reference, "--docker-config"])
+        .arg(docker.join("config.json")));
+
+    // skopeo: every platform into an OCI layout, then the amd64 image alone for umoci.
+    let creds = format!("ci:{}", server.secret("ci"));
+    let skopeo_copy = |layout: &Path, extra: &[&str]| {
+        run(Command::new("skopeo")
+            .args(["copy", "--insecure-policy", "--src-tls-verify=false", "--src-creds", &creds])
+            .args(extra)
+            .arg(format!("docker://{reference}"))
+            .arg(format!("oci:{}:v1", layout.display())));
+    };
+    skopeo_copy(&dir.path().join("all"), &["--all", "--preserve-digests"]);
+    let single = dir.path().join("amd64");
+    skopeo_copy(&single, &["--override-arch", "amd64"]);
+    let bundle = dir.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:v1", single.display()))
+        .arg(&bundle));
+    let unpacked = bundle.join("rootfs/app/hello");
+    assert_eq!(run(&mut Command::new(&unpacked)), "hello from linux/amd64\n");
+
+    // crane, with the same docker config: the index lists both platforms, and the amd64
+    // filesystem it exports holds the binary.
+    let crane = |args: &[&str]| {
+        run(Command::new(tool("crane")).env("DOCKER_CONFIG", &docker).arg("--insecure").args(args))
+    };
+    let index = crane(&["manifest", &reference]);
+    assert!(index.contains("\"arm64\"") && index.contains("\"amd64\""), "{index}");
+    let tar = dir.path().join("fs.tar");
+    crane(&["export", "--platform", "linux/amd64", &reference, &tar.display().to_string()]);
+    let root = dir.path().join("crane-root");
+    std::fs::create_dir_all(&root).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&root));
+    assert_eq!(std::fs::read(root.join("app/hello")).unwrap(), std::fs::read(&amd64).unwrap());
+    assert_eq!(run(&mut Command::new(root.join("app/hello"))), "hello from linux/amd64\n");
+}
