@@ -116,6 +116,8 @@ pub async fn run(
             Arc::clone(&layers.metrics),
             tls.is_some(),
         )?;
+        background
+            .spawn("registry upload expiry", Arc::clone(&registry).expire_uploads(background.stop_signal()));
         spawn_registry_server(&mut servers, listener, registry, tls.clone());
     }
     let (grpc, health) = server::start(services, layers, &config.limits, listener, tls.clone()).await?;

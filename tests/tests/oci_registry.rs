@@ -19,6 +19,11 @@ struct Server {
 impl Server {
     /// Starts cached with one token per `(name, scopes)`.
     fn start(tokens: &[(&str, &str)]) -> Self {
+        Self::start_with(tokens, &[])
+    }
+
+    /// As `start`, with more flags.
+    fn start_with(tokens: &[(&str, &str)], flags: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
         let tokens_file = data.path().join("tokens.toml");
         let mut table = String::new();
@@ -38,7 +43,9 @@ impl Server {
         std::fs::write(&tokens_file, table).unwrap();
         let registry = format!("127.0.0.1:{}", free_port());
         let tokens_flag = tokens_file.display().to_string();
-        let daemon = Daemon::start_in(data, &["--registry-listen", &registry, "--tokens-file", &tokens_flag]);
+        let mut all = vec!["--registry-listen", &registry, "--tokens-file", &tokens_flag];
+        all.extend_from_slice(flags);
+        let daemon = Daemon::start_in(data, &all);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&registry).is_err() {
             assert!(Instant::now() < deadline, "the registry did not listen on {registry} within 30s");
@@ -388,4 +395,25 @@ fn skopeo_and_crane_pull_what_cachectl_pushed_and_the_amd64_binary_runs() {
     run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&root));
     assert_eq!(std::fs::read(root.join("app/hello")).unwrap(), std::fs::read(&amd64).unwrap());
     assert_eq!(run(&mut Command::new(root.join("app/hello"))), "hello from linux/amd64\n");
+}
+
+#[test]
+fn with_tls_the_registry_serves_https_from_the_grpc_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    let (cert_flag, key_flag) = (cert.display().to_string(), key.display().to_string());
+    let server = Server::start_with(&[("ci", "read")], &["--tls-cert", &cert_flag, "--tls-key", &key_flag]);
+    let url = format!("https://{}/v2/", server.registry);
+    let cacert = ["--cacert", cert_flag.as_str()];
+    let challenge = curl("GET", &url, None, &cacert, None);
+    assert_eq!(challenge.status, 401, "{}", challenge.body);
+    assert!(challenge.headers.contains("realm=\"https://"), "{}", challenge.headers);
+    assert_eq!(curl("GET", &url, Some(server.secret("ci")), &cacert, None).status, 200);
+    assert_eq!(curl("GET", &url.replace("https", "http"), None, &[], None).status, 0, "no plain HTTP");
 }

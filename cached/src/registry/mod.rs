@@ -81,6 +81,22 @@ impl Registry {
         Ok(Arc::new(Self { records, cas, auth, uploads, metrics, tls }))
     }
 
+    /// Drops uploads untouched for `registry_upload_timeout`, with their spooled bytes, until
+    /// `stop` turns true: sessions are also swept as new ones open, but abandoned ones must
+    /// not keep their disk when no upload follows.
+    pub async fn expire_uploads(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let period = (self.uploads.timeout() / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let registry = Arc::clone(&self);
+            let _ =
+                crate::task::spawn_blocking("registry upload expiry", move || registry.uploads.sweep()).await;
+        }
+    }
+
     /// Runs a blocking record operation off the async workers.
     async fn records<T: Send + 'static>(
         &self,

@@ -68,6 +68,10 @@ impl Uploads {
         Ok(Self { dir, limits, sessions: Mutex::new(HashMap::new()) })
     }
 
+    pub(super) fn timeout(&self) -> Duration {
+        self.limits.timeout
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -121,7 +125,7 @@ impl Uploads {
     }
 
     /// Drops sessions untouched for the timeout and not in use.
-    fn sweep(&self) {
+    pub(super) fn sweep(&self) {
         let now = Instant::now();
         let timeout = self.limits.timeout;
         let mut sessions = self.sessions();
