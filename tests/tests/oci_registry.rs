@@ -417,3 +417,31 @@ fn with_tls_the_registry_serves_https_from_the_grpc_certificate() {
     assert_eq!(curl("GET", &url, Some(server.secret("ci")), &cacert, None).status, 200);
     assert_eq!(curl("GET", &url.replace("https", "http"), None, &[], None).status, 0, "no plain HTTP");
 }
+
+#[test]
+fn a_layer_already_in_the_cas_is_published_by_a_mount_not_uploaded_again() {
+    let server = Server::start(&[("ci", "read,cas-write")]);
+    let dir = tempfile::tempdir().unwrap();
+    let layer = dir.path().join("layer");
+    std::fs::write(&layer, b"a layer the image builder stored over gRPC").unwrap();
+    let put = run(Command::new(binary("cachectl"))
+        .args(["put", "--server", &format!("http://{}", server.daemon.addr), "--token", server.secret("ci")])
+        .arg(&layer));
+    let cas = put.trim();
+    let sha = sha256(b"a layer the image builder stored over gRPC");
+    let secret = Some(server.secret("ci"));
+    let mount = |sha: &str| server.url(&format!("/v2/main/app/blobs/uploads/?mount={sha}&cas={cas}"));
+
+    // The server's own SHA-256 of the CAS blob decides: another digest is not linked.
+    let other = sha256(b"something else");
+    assert_eq!(curl("POST", &mount(&other), secret, &[], None).status, 202, "an upload session instead");
+    assert_eq!(
+        curl("HEAD", &server.url(&format!("/v2/main/app/blobs/{other}")), secret, &[], None).status,
+        404
+    );
+
+    let mounted = curl("POST", &mount(&sha), secret, &[], None);
+    assert_eq!(mounted.status, 201, "{}", mounted.body);
+    let pulled = curl("GET", &server.url(&format!("/v2/main/app/blobs/{sha}")), secret, &[], None);
+    assert_eq!((pulled.status, pulled.body.as_str()), (200, "a layer the image builder stored over gRPC"));
+}

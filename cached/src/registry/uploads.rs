@@ -1,5 +1,7 @@
 //! Blob pushes: upload sessions (POST, PATCH chunks, PUT to close, GET status, DELETE),
-//! single-request uploads (`POST ?digest=`) and cross-repository mounts (`?mount=&from=`).
+//! single-request uploads (`POST ?digest=`), cross-repository mounts (`?mount=&from=`) and
+//! mounts from the CAS (`?mount=&cas=<BLAKE3>/<size>`, cached's own): a layer `cachectl`
+//! or an agent already stored over gRPC is published without sending its bytes again.
 //!
 //! A session's bytes are spooled to a file under the data directory, never held in memory;
 //! SHA-256 and BLAKE3 are computed as they arrive, so closing a session checks the client's
@@ -176,6 +178,12 @@ fn created(repo: &Repository, sha256: &Sha256Digest) -> Response {
 pub(super) async fn start(registry: &Registry, repo: &Repository, call: Call) -> RegistryResult<Response> {
     if let Some(mount) = call.param("mount") {
         let sha256 = Sha256Digest::parse(mount)?;
+        if let Some(cas) = call.param("cas")
+            && let Some(digest) = registry.cas_blob_with_sha256(cas, sha256).await?
+        {
+            link(registry, repo, sha256, digest).await?;
+            return Ok(created(repo, &sha256));
+        }
         if let Some(from) = call.param("from").map(Repository::parse).transpose()?
             && auth::check(&call.grant, Scope::Read, &from).is_ok()
             && let Some(digest) = registry.resolve_blob(&from, sha256).await?
@@ -193,6 +201,22 @@ pub(super) async fn start(registry: &Registry, repo: &Repository, call: Call) ->
     let result = complete(registry, repo, &entry, call.body, expected).await;
     registry.uploads.remove(&id);
     result.map(|()| created(repo, &expected))
+}
+
+impl Registry {
+    /// The CAS blob `cas` (`<BLAKE3 hex>/<size>`), if the CAS holds it and the SHA-256 the
+    /// server computed when it verified the blob's upload is `sha256`. The client names the
+    /// blob; only the server's own hash decides whether it is the one asked for.
+    async fn cas_blob_with_sha256(&self, cas: &str, sha256: Sha256Digest) -> RegistryResult<Option<Digest>> {
+        let digest: Digest = cas.parse().map_err(|err| {
+            RegistryError::new(Code::DigestInvalid, format!("cas={cas:?} is not a CAS digest: {err}"))
+        })?;
+        let store = std::sync::Arc::clone(self.cas.store());
+        let info = crate::task::spawn_blocking("registry cas stat", move || store.stat(&[digest]))
+            .await
+            .map_err(crate::error::Error::from)??;
+        Ok(info.first().copied().flatten().filter(|info| info.sha256 == sha256.0).map(|_| digest))
+    }
 }
 
 /// PATCH: appends a chunk; with `Content-Range`, only at the end of what the session holds.
