@@ -121,6 +121,12 @@ impl Metrics {
     ) {
         self.registry_requests.get_or_create(&RegistryLabels { route, method, status }).inc();
         self.registry_latency.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+        // `cachectl stats` lists them beside the gRPC APIs, as `Registry.blobs` and so on.
+        let counters = self.stats.api(&format!("Registry.{route}"));
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 400 {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// `api` is a label from [`crate::stats::api_label`]: one of a fixed set.
