@@ -375,3 +375,56 @@ fn read_chunks(file: tokio::fs::File) -> impl futures::Stream<Item = crate::erro
         Ok(Some((Bytes::from(buffer), file)))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uploads(dir: &std::path::Path, timeout: Duration) -> Uploads {
+        let limits = UploadLimits { timeout, per_namespace: 2, max_blob_size: 1 << 20 };
+        Uploads::open(dir.join("spool"), limits).unwrap()
+    }
+
+    #[test]
+    fn sessions_are_capped_per_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = uploads(dir.path(), Duration::from_secs(3600));
+        let (app, lib) = (Repository::parse("main/app").unwrap(), Repository::parse("main/lib").unwrap());
+        uploads.create(&app).unwrap();
+        uploads.create(&lib).unwrap();
+        let refused = uploads.create(&app).unwrap_err();
+        assert_eq!(refused.code, Code::TooManyRequests, "{refused}");
+        assert!(
+            uploads.create(&Repository::parse("pr-7/app").unwrap()).is_ok(),
+            "another namespace has its own"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("spool")).unwrap().count(),
+            3,
+            "a refused session leaves no file"
+        );
+    }
+
+    #[test]
+    fn expired_sessions_go_with_their_spool_and_a_restart_empties_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = uploads(dir.path(), Duration::ZERO);
+        let repo = Repository::parse("main/app").unwrap();
+        let id = uploads.create(&repo).unwrap();
+        assert!(
+            uploads.get(&Repository::parse("main/other").unwrap(), &id).is_err(),
+            "a session is its repository's"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        uploads.sweep();
+        assert_eq!(uploads.get(&repo, &id).err().map(|err| err.code), Some(Code::BlobUploadUnknown));
+        assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
+
+        let kept = self::uploads(dir.path(), Duration::from_secs(3600));
+        kept.create(&repo).unwrap();
+        drop(kept);
+        let reopened = self::uploads(dir.path(), Duration::from_secs(3600));
+        assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
+        drop(reopened);
+    }
+}
