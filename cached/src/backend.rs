@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::builds::{BuildRecords, RocksBuildRecords};
 use crate::error::Result;
 use crate::gocache::{GoEntryStore, RocksGoEntries};
+use crate::registry::{RegistryRecords, RocksRegistry};
 use crate::scheduler::store::{JobRecords, RocksJobs};
 use crate::shared::{Bucket, SharedGoEntries};
 use crate::store::{Budget, RocksStore, StoreUpkeep, StoreUsage};
@@ -22,6 +23,8 @@ pub struct Backends {
     pub go_entries: Arc<dyn GoEntryStore>,
     pub build_records: Arc<dyn BuildRecords>,
     pub jobs: Arc<dyn JobRecords>,
+    /// The OCI registry's blobs links, manifests, tags and referrers.
+    pub registry: Arc<dyn RegistryRecords>,
 }
 
 impl Backends {
@@ -37,6 +40,7 @@ impl Backends {
             shared: None,
             go_entries: Arc::new(RocksGoEntries::new(Arc::clone(&db))),
             build_records: Arc::new(RocksBuildRecords::new(Arc::clone(&db))),
+            registry: Arc::new(RocksRegistry::new(Arc::clone(&db))),
             jobs: Arc::new(RocksJobs::new(db)),
         })
     }

@@ -210,6 +210,23 @@ pub const SETTINGS: &[Setting] = &[
         help: "file holding the password of database_url's user (its first line)",
         default: "",
     },
+    // The OCI registry (crate::registry): off unless registry_listen is set.
+    Setting {
+        key: "registry_listen",
+        help: "address of the OCI distribution API (docker, skopeo, crane pull and push), with TLS when \
+               tls_cert is set, or \"off\"",
+        default: "off",
+    },
+    Setting {
+        key: "registry_upload_timeout",
+        help: "how long an unfinished registry blob upload is kept after its last request",
+        default: "1h",
+    },
+    Setting {
+        key: "registry_max_uploads",
+        help: "registry blob uploads a namespace may have open at once",
+        default: "64",
+    },
 ];
 
 /// Settings that are switches: `--allow-anonymous` alone means true.
@@ -277,6 +294,8 @@ pub struct Config {
     pub shared_store: Option<crate::shared::SharedSettings>,
     /// With it, the scheduler and build records live in PostgreSQL rather than RocksDB.
     pub database: Option<crate::postgres::DatabaseSettings>,
+    /// The OCI distribution API, when it is on.
+    pub registry: Option<crate::registry::RegistrySettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -450,6 +469,7 @@ impl Config {
                 max_open_jobs: get("max_open_jobs").count()? as usize,
             },
             shared_store: shared_settings(&get)?,
+            registry: registry_settings(&get)?,
         })
     }
 
@@ -521,8 +541,34 @@ impl Config {
             ));
         }
         check_exposure(self.listen, !self.tokens.is_empty(), self.allow_anonymous)
-            .map_err(ConfigError::Inconsistent)
+            .map_err(ConfigError::Inconsistent)?;
+        if let Some(registry) = &self.registry {
+            check_exposure(registry.listen, !self.tokens.is_empty(), self.allow_anonymous)
+                .map_err(|reason| ConfigError::Inconsistent(format!("registry_listen: {reason}")))?;
+        }
+        Ok(())
     }
+}
+
+/// The registry's settings, or `None` when `registry_listen` is off.
+fn registry_settings<'a>(
+    get: &impl Fn(&str) -> Field<'a>,
+) -> Result<Option<crate::registry::RegistrySettings>, ConfigError> {
+    let listen = get("registry_listen").parse_with(|v| match v {
+        "off" | "" => Ok(None),
+        addr => addr.parse::<SocketAddr>().map(Some).map_err(|e| e.to_string()),
+    })?;
+    let Some(listen) = listen else { return Ok(None) };
+    let timeout = get("registry_upload_timeout");
+    let upload_timeout = timeout.duration()?;
+    if upload_timeout.is_zero() {
+        return Err(timeout.invalid("must be longer than 0s"));
+    }
+    Ok(Some(crate::registry::RegistrySettings {
+        listen,
+        upload_timeout,
+        max_uploads_per_namespace: get("registry_max_uploads").count()? as usize,
+    }))
 }
 
 /// The shared-tier settings, or `None` without `shared_store`.

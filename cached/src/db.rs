@@ -35,6 +35,15 @@ pub const CF_BUILD_INDEX: &str = "build_index";
 /// (i64 BE) + sequence (u64 BE) → event.
 pub const CF_BUILD_EVENTS: &str = "build_events";
 
+/// Registry blobs of a repository: repository + 0x00 + SHA-256 → the CAS digest (`registry::rocks`).
+pub const CF_REGISTRY_BLOBS: &str = "registry_blobs";
+/// Registry manifests: repository + 0x00 + SHA-256 → media type and the exact bytes pushed.
+pub const CF_REGISTRY_MANIFESTS: &str = "registry_manifests";
+/// Registry tags: repository + 0x00 + tag → the manifest's SHA-256.
+pub const CF_REGISTRY_TAGS: &str = "registry_tags";
+/// Referrers: repository + 0x00 + subject SHA-256 + referrer SHA-256 → the referrer's descriptor.
+pub const CF_REGISTRY_REFERRERS: &str = "registry_referrers";
+
 const ALL_CFS: &[&str] = &[
     CF_BLOBS,
     CF_CHUNKS,
@@ -46,6 +55,10 @@ const ALL_CFS: &[&str] = &[
     CF_BUILD_ENTRIES,
     CF_BUILD_INDEX,
     CF_BUILD_EVENTS,
+    CF_REGISTRY_BLOBS,
+    CF_REGISTRY_MANIFESTS,
+    CF_REGISTRY_TAGS,
+    CF_REGISTRY_REFERRERS,
 ];
 
 /// Small enough that memtables and cache stay well inside the memory budget of a streaming

@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 pub struct Embedded {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The OCI registry's address, when `registry_listen` is set (`127.0.0.1:0` picks a port).
+    pub registry_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<crate::task::Task<Result<()>>>,
 }
@@ -37,14 +39,23 @@ impl Embedded {
         let (listener, metrics) = (bind().await?, bind().await?);
         let local = |l: &TcpListener| l.local_addr().map_err(|err| Error::Internal(err.to_string()));
         let (addr, metrics_addr) = (local(&listener)?, local(&metrics)?);
+        let registry = match &config.registry {
+            Some(registry) => Some(
+                TcpListener::bind(registry.listen)
+                    .await
+                    .map_err(|err| Error::Internal(format!("bind the registry: {err}")))?,
+            ),
+            None => None,
+        };
+        let registry_addr = registry.as_ref().map(local).transpose()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = async move {
             let _ = stopped.await;
         };
         // SIGHUP belongs to the hosting process, which reloads nothing through it.
-        let task =
-            crate::task::spawn("embedded cached", crate::run(config, listener, Some(metrics), stopped, None));
-        Ok(Self { addr, metrics_addr, stop: Some(stop), task: Some(task) })
+        let listeners = crate::Listeners { grpc: listener, metrics: Some(metrics), registry };
+        let task = crate::task::spawn("embedded cached", crate::run(config, listeners, stopped, None));
+        Ok(Self { addr, metrics_addr, registry_addr, stop: Some(stop), task: Some(task) })
     }
 
     pub fn url(&self) -> String {

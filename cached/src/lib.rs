@@ -18,6 +18,7 @@ pub mod gocache;
 pub mod metrics;
 pub mod postgres;
 pub mod redact;
+pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod service;
@@ -41,17 +42,28 @@ use crate::scheduler::backend::SchedulerBackend;
 use crate::shutdown::Tasks;
 use crate::store::{FreeSpace, SharedStore, StoreCounters, StoreUsage, rocks_budget};
 
-/// Runs cached on `listener` (and `/metrics` on `metrics_listener`) until `shutdown`
-/// resolves, then stops in order (`shutdown`). With `tokens`, SIGHUP reloads the tokens from it.
+/// The sockets cached serves on.
+pub struct Listeners {
+    pub grpc: tokio::net::TcpListener,
+    pub metrics: Option<tokio::net::TcpListener>,
+    /// The OCI registry's, with `registry_listen`.
+    pub registry: Option<tokio::net::TcpListener>,
+}
+
+/// Runs cached on `listeners` until `shutdown` resolves, then stops in order (`shutdown`).
+/// With `tokens`, SIGHUP reloads the tokens from it.
 pub async fn run(
     config: Config,
-    listener: tokio::net::TcpListener,
-    metrics_listener: Option<tokio::net::TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
     tokens: Option<auth::TokenSource>,
 ) -> Result<()> {
+    let Listeners { grpc: listener, metrics: metrics_listener, registry: registry_listener } = listeners;
     let listen = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     check_exposure(&config, listen)?;
+    if let Some(registry) = &registry_listener {
+        check_exposure(&config, registry.local_addr().map_err(|e| Error::Internal(e.to_string()))?)?;
+    }
     let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
     let auth = Arc::new(auth::AuthSettings::new(&config));
     let (backends, scheduler) = open_records(&config).await?;
@@ -94,6 +106,20 @@ pub async fn run(
         build_records: backends.build_records,
     };
     let layers = server::Layers { connections, metrics, auth: Arc::clone(&auth) };
+    if let Some(listener) = registry_listener {
+        let registry = registry::Registry::new(
+            config.registry.as_ref().expect("a registry listener only with registry settings"),
+            &config.data_dir,
+            Arc::clone(&backends.registry),
+            Arc::clone(&services.cas),
+            Arc::clone(&auth),
+            Arc::clone(&layers.metrics),
+            tls.is_some(),
+        )?;
+        background
+            .spawn("registry upload expiry", Arc::clone(&registry).expire_uploads(background.stop_signal()));
+        spawn_registry_server(&mut servers, listener, registry, tls.clone());
+    }
     let (grpc, health) = server::start(services, layers, &config.limits, listener, tls.clone()).await?;
     if let Some(bucket) = &backends.shared {
         let watch = shared::health::watch(Arc::clone(bucket), health.clone(), background.stop_signal());
@@ -187,6 +213,20 @@ fn spawn_metrics_server(
     servers.spawn("metrics server", async move {
         if let Err(err) = serve.await {
             tracing::warn!(error = %err, "the metrics server failed");
+        }
+    });
+}
+
+fn spawn_registry_server(
+    servers: &mut Tasks,
+    listener: tokio::net::TcpListener,
+    registry: Arc<registry::Registry>,
+    tls: Option<Arc<tls::Tls>>,
+) {
+    let serve = registry::serve(listener, registry, tls, servers.stopped());
+    servers.spawn("registry server", async move {
+        if let Err(err) = serve.await {
+            tracing::warn!(error = %err, "the registry server failed");
         }
     });
 }

@@ -155,8 +155,16 @@ async fn serve(config: Config, matches: ArgMatches) -> Result<(), String> {
         ),
         None => None,
     };
+    let registry_listener = match &config.registry {
+        Some(registry) => Some(
+            tokio::net::TcpListener::bind(registry.listen)
+                .await
+                .map_err(|err| format!("cannot listen on {} (registry_listen): {err}", registry.listen))?,
+        ),
+        None => None,
+    };
     eprintln!(
-        "cached {}: gRPC{} on {}, metrics on {}, data in {}",
+        "cached {}: gRPC{} on {}, metrics on {}, registry on {}, data in {}",
         env!("CARGO_PKG_VERSION"),
         match (&config.tls, config.tokens.len()) {
             (Some(_), 0) => " (TLS, no tokens)".to_owned(),
@@ -166,12 +174,15 @@ async fn serve(config: Config, matches: ArgMatches) -> Result<(), String> {
         },
         config.listen,
         config.metrics_listen.map_or("(off)".to_owned(), |addr| format!("http://{addr}/metrics")),
+        config.registry.as_ref().map_or("(off)".to_owned(), |registry| registry.listen.to_string()),
         config.data_dir.display()
     );
     // SIGHUP reads the same flags, environment and files again, and takes their tokens.
     let tokens: cached::auth::TokenSource =
         Box::new(move || load_config(&matches).map(|config| config.tokens));
-    cached::run(config, listener, metrics_listener, cached::signals::shutdown(), Some(tokens))
+    let listeners =
+        cached::Listeners { grpc: listener, metrics: metrics_listener, registry: registry_listener };
+    cached::run(config, listeners, cached::signals::shutdown(), Some(tokens))
         .await
         .map_err(|err| err.to_string())
 }

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use http_body::Frame;
@@ -36,10 +36,25 @@ struct MethodLabels {
     method: &'static str,
 }
 
+/// Labels of a registry request: its kind and method from fixed sets, its HTTP status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<CallLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
+    registry_requests: Family<RegistryLabels, Counter>,
+    registry_latency: Family<RouteLabels, Histogram>,
     stats: Arc<Stats>,
 }
 
@@ -63,6 +78,20 @@ impl Metrics {
             "gRPC call duration until the last byte of the response, by method",
             latency.clone(),
         );
+        let registry_requests = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "registry_requests",
+            "OCI registry requests by kind (route), method and HTTP status",
+            registry_requests.clone(),
+        );
+        let registry_latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
+        registry.register(
+            "registry_request_duration_seconds",
+            "OCI registry request duration until the response starts, by kind",
+            registry_latency.clone(),
+        );
         registry.register_collector(Box::new(StatsCollector {
             stats: Arc::clone(&stats),
             store,
@@ -70,7 +99,7 @@ impl Metrics {
             space,
             connections,
         }));
-        Arc::new(Self { registry, requests, latency, stats })
+        Arc::new(Self { registry, requests, latency, registry_requests, registry_latency, stats })
     }
 
     pub fn render(&self) -> String {
@@ -78,6 +107,25 @@ impl Metrics {
         match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             Ok(()) => text,
             Err(err) => format!("# encoding metrics failed: {err}\n"),
+        }
+    }
+
+    /// One registry request: `route` and `method` come from fixed sets, `status` is an HTTP
+    /// status (a few dozen at most).
+    pub fn observe_registry(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        self.registry_requests.get_or_create(&RegistryLabels { route, method, status }).inc();
+        self.registry_latency.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+        // `cachectl stats` lists them beside the gRPC APIs, as `Registry.blobs` and so on.
+        let counters = self.stats.api(&format!("Registry.{route}"));
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 400 {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 

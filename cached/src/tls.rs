@@ -52,6 +52,15 @@ impl Tls {
         self.files.client_ca.is_some()
     }
 
+    /// An acceptor for HTTP/1.1 (the registry's listener): the same identity, without gRPC's
+    /// h2-only ALPN, which clients that speak only HTTP/1.1 would fail to agree on.
+    pub fn http1_acceptor(&self) -> TlsAcceptor {
+        let current = Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut config = (*current).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsAcceptor::from(Arc::new(config))
+    }
+
     fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)))
     }

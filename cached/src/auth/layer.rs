@@ -97,6 +97,22 @@ impl AuthSettings {
         (only(&after, &before), only(&before, &after))
     }
 
+    /// The grant of a caller outside gRPC (the registry's HTTP API) that presented `secret`,
+    /// within its rate limit: the same tokens and lease credentials as gRPC, and `anonymous`
+    /// when the server has no tokens. `peer` is for the audit log.
+    pub fn grant_for_secret(&self, secret: Option<&str>, api: &str, peer: &str) -> Result<Arc<Grant>, Error> {
+        let tokens = self.table();
+        if tokens.is_empty() {
+            return Ok(Arc::clone(&self.anonymous));
+        }
+        let Some(secret) = secret else {
+            tracing::info!(target: "audit", api, peer, "request without a token refused");
+            return Err(Error::Unauthenticated("this server requires a token".to_owned()));
+        };
+        let caller = self.authenticate_secret(&tokens, secret, api, peer)?;
+        within_rate(caller)
+    }
+
     /// Decides whether the call may run. What it returns is held for the whole call.
     fn admit<B>(&self, request: &http::Request<B>, method: &Method, scope: Scope) -> Result<Admitted, Error> {
         let api = crate::stats::api_name(request.uri().path());
@@ -104,18 +120,7 @@ impl AuthSettings {
         let grant = if tokens.is_empty() {
             Arc::clone(&self.anonymous)
         } else {
-            let caller = self.authenticate(&tokens, request, &api)?;
-            if let Some(limiter) = &caller.limiter
-                && let Err(wait) = limiter.check()
-            {
-                return Err(Error::ResourceExhausted(format!(
-                    "token `{}` is over its rate limit of {} requests per second (rate_limit); retry in {} ms",
-                    caller.grant.token,
-                    limiter.rate(),
-                    wait.as_millis().max(1)
-                )));
-            }
-            caller.grant
+            within_rate(self.authenticate(&tokens, request, &api)?)?
         };
         if !grant.scopes.contains(scope) {
             tracing::warn!(target: "audit", token = %grant.token, api, scope = %scope, "scope denied");
@@ -156,11 +161,22 @@ impl AuthSettings {
                 "{reason}: pass --token, --token-file or CACHED_TOKEN (from `cached token new`)"
             )));
         };
+        self.authenticate_secret(tokens, secret, api, &peer(request))
+    }
+
+    /// The caller whose credential is `secret`: a configured token or a lease's.
+    fn authenticate_secret(
+        &self,
+        tokens: &TokenTable,
+        secret: &str,
+        api: &str,
+        peer: &str,
+    ) -> Result<Caller, Error> {
         if secret.starts_with(CACHE_TOKEN_PREFIX) {
-            return self.lease_caller(secret, request, api);
+            return self.lease_caller(secret, peer, api);
         }
         let token = tokens.verify(secret).ok_or_else(|| {
-            tracing::warn!(target: "audit", api, peer = %peer(request), "unknown token refused");
+            tracing::warn!(target: "audit", api, peer, "unknown token refused");
             Error::Unauthenticated(
                 "the token is not known to this server (mistyped, revoked, or meant for another server)"
                     .to_owned(),
@@ -170,14 +186,9 @@ impl AuthSettings {
     }
 
     /// The build of a lease, if its credential is genuine, unexpired and its lease current.
-    fn lease_caller<B>(
-        &self,
-        credential: &str,
-        request: &http::Request<B>,
-        api: &str,
-    ) -> Result<Caller, Error> {
+    fn lease_caller(&self, credential: &str, peer: &str, api: &str) -> Result<Caller, Error> {
         let refuse = |reason: String| {
-            tracing::warn!(target: "audit", api, peer = %peer(request), %reason, "lease credential refused");
+            tracing::warn!(target: "audit", api, peer, %reason, "lease credential refused");
             Error::Unauthenticated(reason)
         };
         let Some(leases) = self.leases.get() else {
@@ -203,6 +214,21 @@ impl AuthSettings {
 struct Caller {
     grant: Arc<Grant>,
     limiter: Option<Arc<RateLimiter>>,
+}
+
+/// The caller's grant, unless it is over its rate limit.
+fn within_rate(caller: Caller) -> Result<Arc<Grant>, Error> {
+    if let Some(limiter) = &caller.limiter
+        && let Err(wait) = limiter.check()
+    {
+        return Err(Error::ResourceExhausted(format!(
+            "token `{}` is over its rate limit of {} requests per second (rate_limit); retry in {} ms",
+            caller.grant.token,
+            limiter.rate(),
+            wait.as_millis().max(1)
+        )));
+    }
+    Ok(caller.grant)
 }
 
 /// Limiters of lease credentials are dropped, for leases that ended, once this many exist.

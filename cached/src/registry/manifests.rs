@@ -1,0 +1,285 @@
+//! Manifests: pulls by tag or digest, pushes (exact bytes, every referenced blob and child
+//! manifest present, Content-Type equal to the manifest's mediaType, at most 4 MiB), and
+//! deletes. A manifest with a `subject` is listed by the referrers API and answered with
+//! `OCI-Subject`.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{StatusCode, header};
+use serde::Deserialize;
+
+use super::Registry;
+use super::auth;
+use super::blobs::{DIGEST_HEADER, insert};
+use super::errors::{Code, RegistryError, RegistryResult};
+use super::names::{Repository, Sha256Digest, check_tag};
+use super::records::{ManifestWrite, StoredManifest};
+use super::routes::Call;
+use crate::auth::Scope;
+
+/// The largest manifest accepted: what the spec suggests registries accept at least.
+pub(super) const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+pub(super) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The parts of a manifest or index the registry checks.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    media_type: Option<String>,
+    artifact_type: Option<String>,
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    subject: Option<Descriptor>,
+    annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    urls: Vec<String>,
+}
+
+fn unknown(repo: &Repository, reference: &str) -> RegistryError {
+    RegistryError::new(Code::ManifestUnknown, format!("manifest {reference} is not in {repo}"))
+}
+
+fn invalid(message: impl Into<String>) -> RegistryError {
+    RegistryError::new(Code::ManifestInvalid, message)
+}
+
+impl Registry {
+    /// The digest `reference` (a tag or a digest) names in `repo`, if any.
+    async fn resolve_reference(
+        &self,
+        repo: &Repository,
+        reference: &str,
+    ) -> RegistryResult<Option<Sha256Digest>> {
+        if Sha256Digest::looks_like_digest(reference) {
+            return Ok(Some(Sha256Digest::parse(reference)?));
+        }
+        check_tag(reference)?;
+        let (repo, tag) = (repo.clone(), reference.to_owned());
+        Ok(self.records("registry tag", move |records| records.tag(&repo, &tag)).await?)
+    }
+
+    async fn stored_manifest(
+        &self,
+        repo: &Repository,
+        digest: Sha256Digest,
+    ) -> RegistryResult<Option<StoredManifest>> {
+        let repo = repo.clone();
+        Ok(self.records("registry manifest", move |records| records.manifest(&repo, &digest)).await?)
+    }
+}
+
+pub(super) async fn get(
+    registry: &Registry,
+    repo: &Repository,
+    reference: &str,
+    head_only: bool,
+) -> RegistryResult<Response> {
+    let digest =
+        registry.resolve_reference(repo, reference).await?.ok_or_else(|| unknown(repo, reference))?;
+    let manifest = registry.stored_manifest(repo, digest).await?.ok_or_else(|| unknown(repo, reference))?;
+    let length = manifest.bytes.len();
+    let mut response = Response::new(if head_only { Body::empty() } else { Body::from(manifest.bytes) });
+    let headers = response.headers_mut();
+    insert(headers, header::CONTENT_TYPE.as_str(), &manifest.media_type);
+    headers.insert(header::CONTENT_LENGTH, length.into());
+    insert(headers, DIGEST_HEADER, &digest.to_string());
+    Ok(response)
+}
+
+pub(super) async fn put(
+    registry: &Registry,
+    repo: &Repository,
+    reference: &str,
+    call: Call,
+) -> RegistryResult<Response> {
+    let by_digest = Sha256Digest::looks_like_digest(reference);
+    // A manifest by digest is content-addressed; a tag is a pointer whoever may move decides
+    // what every pull of it gets.
+    auth::check(&call.grant, if by_digest { Scope::CasWrite } else { Scope::AcWrite }, repo)?;
+    if !by_digest {
+        check_tag(reference)?;
+    }
+    let content_type =
+        call.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let bytes = read_limited(call.body).await?;
+    let digest = Sha256Digest::of(&bytes);
+    if by_digest && Sha256Digest::parse(reference)? != digest {
+        return Err(RegistryError::new(
+            Code::DigestInvalid,
+            format!("the manifest's digest is {digest}, not {reference}; nothing was stored"),
+        ));
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|err| invalid(format!("not a manifest: {err}")))?;
+    let media_type = media_type(&manifest, content_type.as_deref())?;
+    check_references(registry, repo, &manifest).await?;
+    let referrer = match &manifest.subject {
+        Some(subject) => Some((
+            Sha256Digest::parse(&subject.digest)?,
+            referrer_descriptor(&manifest, &media_type, digest, bytes.len()),
+        )),
+        None => None,
+    };
+    let subject = referrer.as_ref().map(|(subject, _)| *subject);
+    let stored = StoredManifest { media_type, bytes };
+    let (owned, tag) = (repo.clone(), (!by_digest).then(|| reference.to_owned()));
+    registry
+        .records("registry manifest put", move |records| {
+            records.put_manifest(
+                &owned,
+                ManifestWrite { digest, manifest: &stored, tag: tag.as_deref(), referrer },
+            )
+        })
+        .await?;
+    let mut response = StatusCode::CREATED.into_response();
+    let headers = response.headers_mut();
+    insert(headers, header::LOCATION.as_str(), &format!("/v2/{repo}/manifests/{digest}"));
+    insert(headers, DIGEST_HEADER, &digest.to_string());
+    if let Some(subject) = subject {
+        insert(headers, "oci-subject", &subject.to_string());
+    }
+    headers.insert(header::CONTENT_LENGTH, 0.into());
+    Ok(response)
+}
+
+/// The body, refused with 413 past [`MAX_MANIFEST_BYTES`] without reading further.
+async fn read_limited(body: Body) -> RegistryResult<Bytes> {
+    axum::body::to_bytes(body, MAX_MANIFEST_BYTES).await.map_err(|_| {
+        invalid(format!(
+            "the manifest is larger than {MAX_MANIFEST_BYTES} bytes, or was cut off; nothing was stored"
+        ))
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    })
+}
+
+/// The media type to serve the manifest with: its own `mediaType`, which `Content-Type` must
+/// equal; without one, `Content-Type`.
+fn media_type(manifest: &Manifest, content_type: Option<&str>) -> RegistryResult<String> {
+    let content_type = content_type.map(|value| value.split(';').next().unwrap_or(value).trim());
+    match (manifest.media_type.as_deref(), content_type) {
+        (Some(own), Some(sent)) if own != sent => {
+            Err(invalid(format!("Content-Type {sent:?} is not the manifest's mediaType {own:?}")))
+        }
+        (Some(own), _) => Ok(own.to_owned()),
+        (None, Some(sent)) => Ok(sent.to_owned()),
+        (None, None) => Err(invalid("the manifest has no mediaType and the request no Content-Type")),
+    }
+}
+
+/// Every blob and child manifest the manifest names must be in the repository (layers that are
+/// fetched from elsewhere, `urls`, excepted); the subject need not be.
+async fn check_references(registry: &Registry, repo: &Repository, manifest: &Manifest) -> RegistryResult<()> {
+    let blobs = manifest.config.iter().chain(manifest.layers.iter().filter(|layer| layer.urls.is_empty()));
+    for descriptor in blobs {
+        let sha256 = Sha256Digest::parse(&descriptor.digest).map_err(|err| invalid(err.message))?;
+        if registry.resolve_blob(repo, sha256).await?.is_none() {
+            return Err(RegistryError::new(
+                Code::ManifestBlobUnknown,
+                format!("blob {sha256} ({}) is not in {repo}; push it first", descriptor.media_type),
+            ));
+        }
+    }
+    for child in &manifest.manifests {
+        let sha256 = Sha256Digest::parse(&child.digest).map_err(|err| invalid(err.message))?;
+        if registry.stored_manifest(repo, sha256).await?.is_none() {
+            return Err(RegistryError::new(
+                Code::ManifestBlobUnknown,
+                format!("manifest {sha256} is not in {repo}; push the children before the index"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The descriptor the referrers API lists for a manifest with a subject.
+fn referrer_descriptor(manifest: &Manifest, media_type: &str, digest: Sha256Digest, size: usize) -> Vec<u8> {
+    let artifact_type = manifest
+        .artifact_type
+        .clone()
+        .or_else(|| manifest.config.as_ref().map(|config| config.media_type.clone()));
+    let mut descriptor = serde_json::json!({
+        "mediaType": media_type,
+        "digest": digest.to_string(),
+        "size": size,
+    });
+    if let Some(artifact_type) = artifact_type {
+        descriptor["artifactType"] = artifact_type.into();
+    }
+    if let Some(annotations) = &manifest.annotations {
+        descriptor["annotations"] = serde_json::Value::Object(annotations.clone());
+    }
+    descriptor.to_string().into_bytes()
+}
+
+pub(super) async fn delete(
+    registry: &Registry,
+    repo: &Repository,
+    reference: &str,
+) -> RegistryResult<Response> {
+    if !Sha256Digest::looks_like_digest(reference) {
+        check_tag(reference)?;
+        let (owned, tag) = (repo.clone(), reference.to_owned());
+        let held =
+            registry.records("registry tag delete", move |records| records.delete_tag(&owned, &tag)).await?;
+        return if held { Ok(StatusCode::ACCEPTED.into_response()) } else { Err(unknown(repo, reference)) };
+    }
+    let digest = Sha256Digest::parse(reference)?;
+    let stored = registry.stored_manifest(repo, digest).await?.ok_or_else(|| unknown(repo, reference))?;
+    let subject = serde_json::from_slice::<Manifest>(&stored.bytes)
+        .ok()
+        .and_then(|manifest| manifest.subject)
+        .and_then(|subject| Sha256Digest::parse(&subject.digest).ok());
+    let owned = repo.clone();
+    registry
+        .records("registry manifest delete", move |records| {
+            records.delete_manifest(&owned, &digest, subject.as_ref())
+        })
+        .await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(json: &str) -> Manifest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn content_type_must_match_the_media_type() {
+        let oci = manifest(r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#);
+        assert_eq!(
+            media_type(&oci, Some("application/vnd.oci.image.manifest.v1+json")).unwrap(),
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert_eq!(media_type(&oci, Some(OCI_INDEX)).unwrap_err().code, Code::ManifestInvalid);
+        let bare = manifest("{}");
+        assert_eq!(media_type(&bare, Some("x/y; charset=utf-8")).unwrap(), "x/y");
+        assert!(media_type(&bare, None).is_err());
+    }
+
+    #[test]
+    fn referrers_list_the_artifact_type_or_the_config_media_type() {
+        let digest = Sha256Digest::of(b"m");
+        let image = manifest(
+            r#"{"config":{"mediaType":"application/x-sig","digest":"sha256:00","size":1},"subject":{"mediaType":"m","digest":"sha256:00","size":1}}"#,
+        );
+        let descriptor: serde_json::Value =
+            serde_json::from_slice(&referrer_descriptor(&image, "m", digest, 3)).unwrap();
+        assert_eq!(descriptor["artifactType"], "application/x-sig");
+        assert_eq!(descriptor["size"], 3);
+    }
+}

@@ -1,0 +1,126 @@
+//! The OCI distribution API (v1.1) on a listener of its own (`registry_listen`): docker,
+//! containerd, skopeo and crane pull and push with cached's tokens.
+//!
+//! Blob bytes are CAS blobs (BLAKE3, zstd frames); a repository's blobs are links from their
+//! SHA-256 to the CAS digest, made only after the server hashed the bytes itself. Manifests
+//! (exact bytes), tags and referrers are records ([`RegistryRecords`]). A repository's first
+//! path segment is the cached namespace tokens are checked against: `main/app` lives in `main`.
+//!
+//! Handlers are thin: `routes` parses a request and checks who may make it (`auth`), the
+//! modules by concern (`blobs`, `uploads`, `manifests`, `tags`, `referrers`) answer it, and
+//! every refusal is one of the spec's codes (`errors`).
+
+mod auth;
+mod blobs;
+mod errors;
+mod listen;
+mod manifests;
+mod names;
+mod records;
+mod referrers;
+mod rocks;
+mod routes;
+mod tags;
+mod uploads;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use errors::{Code, RegistryError};
+pub use names::{Repository, Sha256Digest};
+pub use records::{ManifestWrite, RegistryRecords, StoredManifest};
+pub use rocks::RocksRegistry;
+
+use crate::auth::AuthSettings;
+use crate::cas::Cas;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// The registry's settings, from `registry_*` in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    pub listen: SocketAddr,
+    /// An upload untouched this long is dropped with its spooled bytes.
+    pub upload_timeout: Duration,
+    pub max_uploads_per_namespace: usize,
+}
+
+/// Everything a registry request may use.
+pub struct Registry {
+    records: Arc<dyn RegistryRecords>,
+    cas: Arc<Cas>,
+    auth: Arc<AuthSettings>,
+    uploads: uploads::Uploads,
+    metrics: Arc<Metrics>,
+    /// Whether the listener speaks TLS, for the token realm it advertises.
+    tls: bool,
+}
+
+impl Registry {
+    /// The registry over `records` and `cas`, spooling uploads under `data_dir`; uploads a
+    /// previous run left there are removed.
+    pub fn new(
+        settings: &RegistrySettings,
+        data_dir: &Path,
+        records: Arc<dyn RegistryRecords>,
+        cas: Arc<Cas>,
+        auth: Arc<AuthSettings>,
+        metrics: Arc<Metrics>,
+        tls: bool,
+    ) -> Result<Arc<Self>> {
+        let spool = data_dir.join("registry-uploads");
+        let limits = uploads::UploadLimits {
+            timeout: settings.upload_timeout,
+            per_namespace: settings.max_uploads_per_namespace,
+            max_blob_size: cas.limits().max_blob_size,
+        };
+        let uploads = uploads::Uploads::open(spool, limits)
+            .map_err(|err| Error::Internal(format!("registry upload directory: {err}")))?;
+        Ok(Arc::new(Self { records, cas, auth, uploads, metrics, tls }))
+    }
+
+    /// Drops uploads untouched for `registry_upload_timeout`, with their spooled bytes, until
+    /// `stop` turns true: sessions are also swept as new ones open, but abandoned ones must
+    /// not keep their disk when no upload follows.
+    pub async fn expire_uploads(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let period = (self.uploads.timeout() / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let registry = Arc::clone(&self);
+            let _ =
+                crate::task::spawn_blocking("registry upload expiry", move || registry.uploads.sweep()).await;
+        }
+    }
+
+    /// Runs a blocking record operation off the async workers.
+    async fn records<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        operation: impl FnOnce(&dyn RegistryRecords) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let records = Arc::clone(&self.records);
+        crate::task::spawn_blocking(what, move || operation(&*records)).await?
+    }
+}
+
+/// Serves the registry on `listener` (TLS with `tls`) until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    tls: Option<Arc<crate::tls::Tls>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = routes::router(registry).into_make_service_with_connect_info::<listen::Peer>();
+    match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        Some(tls) => {
+            let listener = listen::TlsListener::new(listener, tls);
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The registry's records in cached's RocksDB, one column family each (see `crate::db`).
+//! Keys start with the repository name and a NUL, which no repository name contains.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proto::Digest;
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
+
+use super::names::{Repository, Sha256Digest};
+use super::records::{ManifestWrite, RegistryRecords, StoredManifest};
+use crate::db::{CF_REGISTRY_BLOBS, CF_REGISTRY_MANIFESTS, CF_REGISTRY_REFERRERS, CF_REGISTRY_TAGS, cf};
+use crate::error::{Error, Result};
+
+/// Leading byte of a stored manifest, so the layout can change later.
+const MANIFEST_VERSION: u8 = 1;
+
+pub struct RocksRegistry {
+    db: Arc<DB>,
+}
+
+impl RocksRegistry {
+    pub fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+}
+
+fn key(repo: &Repository, rest: &[&[u8]]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(repo.as_str().len() + 1 + 64);
+    key.extend_from_slice(repo.as_str().as_bytes());
+    key.push(0);
+    for part in rest {
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+fn encode_digest(digest: &Digest) -> Vec<u8> {
+    let mut value = digest.hash.to_vec();
+    value.extend_from_slice(&digest.size.to_be_bytes());
+    value
+}
+
+fn decode_digest(value: &[u8]) -> Result<Digest> {
+    let (hash, size) = value
+        .split_first_chunk::<32>()
+        .and_then(|(hash, size)| Some((*hash, u64::from_be_bytes(size.try_into().ok()?))))
+        .ok_or_else(|| Error::Corrupt("a registry blob record is malformed".to_owned()))?;
+    Ok(Digest { hash, size })
+}
+
+fn encode_manifest(manifest: &StoredManifest) -> Vec<u8> {
+    let media_type = manifest.media_type.as_bytes();
+    let mut value = Vec::with_capacity(3 + media_type.len() + manifest.bytes.len());
+    value.push(MANIFEST_VERSION);
+    value.extend_from_slice(&(media_type.len() as u16).to_be_bytes());
+    value.extend_from_slice(media_type);
+    value.extend_from_slice(&manifest.bytes);
+    value
+}
+
+fn decode_manifest(value: &[u8]) -> Result<StoredManifest> {
+    let corrupt = || Error::Corrupt("a registry manifest record is malformed".to_owned());
+    let [MANIFEST_VERSION, high, low, rest @ ..] = value else { return Err(corrupt()) };
+    let len = usize::from(u16::from_be_bytes([*high, *low]));
+    let (media_type, bytes) = (rest.get(..len).ok_or_else(corrupt)?, &rest[len..]);
+    Ok(StoredManifest {
+        media_type: String::from_utf8(media_type.to_vec()).map_err(|_| corrupt())?,
+        bytes: Bytes::copy_from_slice(bytes),
+    })
+}
+
+fn sha256_of(value: &[u8]) -> Result<Sha256Digest> {
+    <[u8; 32]>::try_from(value)
+        .map(Sha256Digest)
+        .map_err(|_| Error::Corrupt("a registry tag record is malformed".to_owned()))
+}
+
+impl RocksRegistry {
+    /// Keys and values of `family` under `prefix`, from `from` on, at most `limit`.
+    fn scan(
+        &self,
+        family: &str,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut found = Vec::new();
+        let entries =
+            self.db.iterator_cf(cf(&self.db, family)?, IteratorMode::From(from, Direction::Forward));
+        for entry in entries {
+            let (key, value) = entry?;
+            if !key.starts_with(prefix) || found.len() >= limit {
+                break;
+            }
+            found.push((key[prefix.len()..].to_vec(), value.to_vec()));
+        }
+        Ok(found)
+    }
+}
+
+impl RegistryRecords for RocksRegistry {
+    fn blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<Option<Digest>> {
+        let value = self.db.get_cf(cf(&self.db, CF_REGISTRY_BLOBS)?, key(repo, &[&sha256.0]))?;
+        value.map(|value| decode_digest(&value)).transpose()
+    }
+
+    fn link_blob(&self, repo: &Repository, sha256: &Sha256Digest, digest: &Digest) -> Result<()> {
+        let family = cf(&self.db, CF_REGISTRY_BLOBS)?;
+        Ok(self.db.put_cf(family, key(repo, &[&sha256.0]), encode_digest(digest))?)
+    }
+
+    fn unlink_blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<bool> {
+        let (family, key) = (cf(&self.db, CF_REGISTRY_BLOBS)?, key(repo, &[&sha256.0]));
+        let held = self.db.get_pinned_cf(family, &key)?.is_some();
+        self.db.delete_cf(family, key)?;
+        Ok(held)
+    }
+
+    fn manifest(&self, repo: &Repository, digest: &Sha256Digest) -> Result<Option<StoredManifest>> {
+        let value = self.db.get_cf(cf(&self.db, CF_REGISTRY_MANIFESTS)?, key(repo, &[&digest.0]))?;
+        value.map(|value| decode_manifest(&value)).transpose()
+    }
+
+    fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let manifests = cf(&self.db, CF_REGISTRY_MANIFESTS)?;
+        batch.put_cf(manifests, key(repo, &[&write.digest.0]), encode_manifest(write.manifest));
+        if let Some(tag) = write.tag {
+            batch.put_cf(cf(&self.db, CF_REGISTRY_TAGS)?, key(repo, &[tag.as_bytes()]), write.digest.0);
+        }
+        if let Some((subject, descriptor)) = &write.referrer {
+            let referrers = cf(&self.db, CF_REGISTRY_REFERRERS)?;
+            batch.put_cf(referrers, key(repo, &[&subject.0, &write.digest.0]), descriptor);
+        }
+        Ok(self.db.write(batch)?)
+    }
+
+    fn delete_manifest(
+        &self,
+        repo: &Repository,
+        digest: &Sha256Digest,
+        subject: Option<&Sha256Digest>,
+    ) -> Result<bool> {
+        let manifests = cf(&self.db, CF_REGISTRY_MANIFESTS)?;
+        let held = self.db.get_pinned_cf(manifests, key(repo, &[&digest.0]))?.is_some();
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(manifests, key(repo, &[&digest.0]));
+        // Tags pointing at a deleted manifest would be dangling: they go with it.
+        let tags = cf(&self.db, CF_REGISTRY_TAGS)?;
+        let prefix = key(repo, &[]);
+        for entry in self.db.iterator_cf(tags, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (tag_key, value) = entry?;
+            if !tag_key.starts_with(&prefix) {
+                break;
+            }
+            if *value == digest.0 {
+                batch.delete_cf(tags, tag_key);
+            }
+        }
+        if let Some(subject) = subject {
+            batch.delete_cf(cf(&self.db, CF_REGISTRY_REFERRERS)?, key(repo, &[&subject.0, &digest.0]));
+        }
+        self.db.write(batch)?;
+        Ok(held)
+    }
+
+    fn tag(&self, repo: &Repository, tag: &str) -> Result<Option<Sha256Digest>> {
+        let value = self.db.get_cf(cf(&self.db, CF_REGISTRY_TAGS)?, key(repo, &[tag.as_bytes()]))?;
+        value.map(|value| sha256_of(&value)).transpose()
+    }
+
+    fn delete_tag(&self, repo: &Repository, tag: &str) -> Result<bool> {
+        let (family, key) = (cf(&self.db, CF_REGISTRY_TAGS)?, key(repo, &[tag.as_bytes()]));
+        let held = self.db.get_pinned_cf(family, &key)?.is_some();
+        self.db.delete_cf(family, key)?;
+        Ok(held)
+    }
+
+    fn tags(&self, repo: &Repository, last: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let prefix = key(repo, &[]);
+        // The first key after `last`: `last` followed by a NUL sorts right after it.
+        let from = match last {
+            Some(last) => key(repo, &[last.as_bytes(), b"\0"]),
+            None => prefix.clone(),
+        };
+        self.scan(CF_REGISTRY_TAGS, &prefix, &from, limit)?
+            .into_iter()
+            .map(|(tag, _)| {
+                String::from_utf8(tag).map_err(|_| Error::Corrupt("a registry tag is not UTF-8".to_owned()))
+            })
+            .collect()
+    }
+
+    fn referrers(&self, repo: &Repository, subject: &Sha256Digest, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let prefix = key(repo, &[&subject.0]);
+        Ok(self
+            .scan(CF_REGISTRY_REFERRERS, &prefix, &prefix, limit)?
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, RocksRegistry) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        (dir, RocksRegistry::new(db))
+    }
+
+    #[test]
+    fn tags_page_in_order_and_go_with_their_manifest() {
+        let (_dir, records) = open();
+        let repo = Repository::parse("main/app").unwrap();
+        let other = Repository::parse("main/app2").unwrap();
+        let manifest = StoredManifest { media_type: "m".to_owned(), bytes: Bytes::from_static(b"{}") };
+        let digest = Sha256Digest::of(b"{}");
+        for tag in ["b", "a", "c"] {
+            let write = ManifestWrite { digest, manifest: &manifest, tag: Some(tag), referrer: None };
+            records.put_manifest(&repo, write).unwrap();
+        }
+        let write = ManifestWrite { digest, manifest: &manifest, tag: Some("z"), referrer: None };
+        records.put_manifest(&other, write).unwrap();
+        assert_eq!(records.tags(&repo, None, 10).unwrap(), ["a", "b", "c"]);
+        assert_eq!(records.tags(&repo, Some("a"), 1).unwrap(), ["b"]);
+        assert_eq!(records.manifest(&repo, &digest).unwrap(), Some(manifest));
+        assert!(records.delete_manifest(&repo, &digest, None).unwrap());
+        assert!(records.tags(&repo, None, 10).unwrap().is_empty());
+        assert_eq!(records.tags(&other, None, 10).unwrap(), ["z"], "another repository keeps its own");
+    }
+
+    #[test]
+    fn blobs_and_referrers_are_per_repository() {
+        let (_dir, records) = open();
+        let (repo, other) = (Repository::parse("a/b").unwrap(), Repository::parse("a/c").unwrap());
+        let (sha, digest) = (Sha256Digest::of(b"x"), Digest::of(b"x"));
+        records.link_blob(&repo, &sha, &digest).unwrap();
+        assert_eq!(records.blob(&repo, &sha).unwrap(), Some(digest));
+        assert_eq!(records.blob(&other, &sha).unwrap(), None);
+        assert!(records.unlink_blob(&repo, &sha).unwrap() && !records.unlink_blob(&repo, &sha).unwrap());
+
+        let manifest = StoredManifest { media_type: "m".to_owned(), bytes: Bytes::from_static(b"r") };
+        let referrer = Sha256Digest::of(b"r");
+        let write = ManifestWrite {
+            digest: referrer,
+            manifest: &manifest,
+            tag: None,
+            referrer: Some((sha, b"d".to_vec())),
+        };
+        records.put_manifest(&repo, write).unwrap();
+        assert_eq!(records.referrers(&repo, &sha, 10).unwrap(), [b"d".to_vec()]);
+        records.delete_manifest(&repo, &referrer, Some(&sha)).unwrap();
+        assert!(records.referrers(&repo, &sha, 10).unwrap().is_empty());
+    }
+}

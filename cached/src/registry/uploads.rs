@@ -1,0 +1,430 @@
+//! Blob pushes: upload sessions (POST, PATCH chunks, PUT to close, GET status, DELETE),
+//! single-request uploads (`POST ?digest=`), cross-repository mounts (`?mount=&from=`) and
+//! mounts from the CAS (`?mount=&cas=<BLAKE3>/<size>`, cached's own): a layer `cachectl`
+//! or an agent already stored over gRPC is published without sending its bytes again.
+//!
+//! A session's bytes are spooled to a file under the data directory, never held in memory;
+//! SHA-256 and BLAKE3 are computed as they arrive, so closing a session checks the client's
+//! digest without reading the bytes again, and only a match is written to the CAS (once, read
+//! back from the spool) and linked into the repository. Sessions are capped per namespace and
+//! dropped once untouched for `registry_upload_timeout`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{StatusCode, header};
+use proto::{Digest, FRAME_SIZE};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Registry;
+use super::auth;
+use super::blobs::{DIGEST_HEADER, insert};
+use super::errors::{Code, RegistryError, RegistryResult};
+use super::names::{Repository, Sha256Digest};
+use super::routes::Call;
+use crate::auth::Scope;
+use crate::cas::Encoding;
+
+pub(super) struct UploadLimits {
+    pub timeout: Duration,
+    pub per_namespace: usize,
+    pub max_blob_size: u64,
+}
+
+/// The open sessions and their spool directory.
+pub(super) struct Uploads {
+    dir: PathBuf,
+    limits: UploadLimits,
+    sessions: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+struct Entry {
+    repo: Repository,
+    touched: Mutex<Instant>,
+    /// Held by the one request working on the session.
+    session: tokio::sync::Mutex<Session>,
+}
+
+struct Session {
+    path: PathBuf,
+    written: u64,
+    sha256: Sha256,
+    blake3: blake3::Hasher,
+}
+
+impl Uploads {
+    /// Empties `dir` (sessions do not survive a restart) and serves sessions from it.
+    pub(super) fn open(dir: PathBuf, limits: UploadLimits) -> std::io::Result<Self> {
+        match std::fs::remove_dir_all(&dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir, limits, sessions: Mutex::new(HashMap::new()) })
+    }
+
+    pub(super) fn timeout(&self) -> Duration {
+        self.limits.timeout
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens a session in `repo`, after dropping expired ones.
+    fn create(&self, repo: &Repository) -> RegistryResult<String> {
+        self.sweep();
+        let mut id_bytes = [0u8; 16];
+        getrandom::fill(&mut id_bytes)
+            .map_err(|err| RegistryError::new(Code::Internal, format!("random source: {err}")))?;
+        let id: String = id_bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        let path = self.dir.join(&id);
+        std::fs::File::create_new(&path).map_err(io_error)?;
+        let mut sessions = self.sessions();
+        let open = sessions.values().filter(|entry| entry.repo.namespace() == repo.namespace()).count();
+        if open >= self.limits.per_namespace {
+            drop(sessions);
+            let _ = std::fs::remove_file(&path);
+            return Err(RegistryError::new(
+                Code::TooManyRequests,
+                format!(
+                    "namespace `{}` already has {open} uploads open (registry_max_uploads); finish or cancel one",
+                    repo.namespace()
+                ),
+            ));
+        }
+        let session = Session { path, written: 0, sha256: Sha256::new(), blake3: blake3::Hasher::new() };
+        let entry = Entry {
+            repo: repo.clone(),
+            touched: Mutex::new(Instant::now()),
+            session: tokio::sync::Mutex::new(session),
+        };
+        sessions.insert(id.clone(), Arc::new(entry));
+        Ok(id)
+    }
+
+    fn get(&self, repo: &Repository, id: &str) -> RegistryResult<Arc<Entry>> {
+        let entry = self.sessions().get(id).filter(|entry| entry.repo == *repo).cloned();
+        let entry = entry.ok_or_else(|| {
+            RegistryError::new(Code::BlobUploadUnknown, format!("no upload {id} in {repo}"))
+        })?;
+        *entry.touched.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        Ok(entry)
+    }
+
+    fn remove(&self, id: &str) {
+        if let Some(entry) = self.sessions().remove(id) {
+            let _ = std::fs::remove_file(self.dir.join(id));
+            drop(entry);
+        }
+    }
+
+    /// Drops sessions untouched for the timeout and not in use.
+    pub(super) fn sweep(&self) {
+        let now = Instant::now();
+        let timeout = self.limits.timeout;
+        let mut sessions = self.sessions();
+        sessions.retain(|id, entry| {
+            let touched = *entry.touched.lock().unwrap_or_else(PoisonError::into_inner);
+            let expired = now.duration_since(touched) > timeout && entry.session.try_lock().is_ok();
+            if expired {
+                let _ = std::fs::remove_file(self.dir.join(id));
+            }
+            !expired
+        });
+    }
+}
+
+fn io_error(err: std::io::Error) -> RegistryError {
+    RegistryError::from(crate::error::Error::Internal(format!("registry upload spool: {err}")))
+}
+
+fn location(repo: &Repository, id: &str) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+/// The `Range` of what a session holds: `0-<last byte>` (`0-0` when empty, as distribution).
+fn range(written: u64) -> String {
+    format!("0-{}", written.saturating_sub(1))
+}
+
+fn accepted(repo: &Repository, id: &str, written: u64, status: StatusCode) -> Response {
+    let mut response = status.into_response();
+    let headers = response.headers_mut();
+    insert(headers, header::LOCATION.as_str(), &location(repo, id));
+    insert(headers, header::RANGE.as_str(), &range(written));
+    insert(headers, "docker-upload-uuid", id);
+    headers.insert(header::CONTENT_LENGTH, 0.into());
+    response
+}
+
+fn created(repo: &Repository, sha256: &Sha256Digest) -> Response {
+    let mut response = StatusCode::CREATED.into_response();
+    let headers = response.headers_mut();
+    insert(headers, header::LOCATION.as_str(), &format!("/v2/{repo}/blobs/{sha256}"));
+    insert(headers, DIGEST_HEADER, &sha256.to_string());
+    headers.insert(header::CONTENT_LENGTH, 0.into());
+    response
+}
+
+/// POST `/blobs/uploads/`: a mount, a whole blob in one request, or a new session.
+pub(super) async fn start(registry: &Registry, repo: &Repository, call: Call) -> RegistryResult<Response> {
+    if let Some(mount) = call.param("mount") {
+        let sha256 = Sha256Digest::parse(mount)?;
+        if let Some(cas) = call.param("cas")
+            && let Some(digest) = registry.cas_blob_with_sha256(cas, sha256).await?
+        {
+            link(registry, repo, sha256, digest).await?;
+            return Ok(created(repo, &sha256));
+        }
+        if let Some(from) = call.param("from").map(Repository::parse).transpose()?
+            && auth::check(&call.grant, Scope::Read, &from).is_ok()
+            && let Some(digest) = registry.resolve_blob(&from, sha256).await?
+        {
+            link(registry, repo, sha256, digest).await?;
+            return Ok(created(repo, &sha256));
+        }
+        // Not mountable: the spec's answer is an ordinary session.
+    }
+    let id = registry.uploads.create(repo)?;
+    let Some(expected) = call.param("digest").map(Sha256Digest::parse).transpose()? else {
+        return Ok(accepted(repo, &id, 0, StatusCode::ACCEPTED));
+    };
+    let entry = registry.uploads.get(repo, &id)?;
+    let result = complete(registry, repo, &entry, call.body, expected).await;
+    registry.uploads.remove(&id);
+    result.map(|()| created(repo, &expected))
+}
+
+impl Registry {
+    /// The CAS blob `cas` (`<BLAKE3 hex>/<size>`), if the CAS holds it and the SHA-256 the
+    /// server computed when it verified the blob's upload is `sha256`. The client names the
+    /// blob; only the server's own hash decides whether it is the one asked for.
+    async fn cas_blob_with_sha256(&self, cas: &str, sha256: Sha256Digest) -> RegistryResult<Option<Digest>> {
+        let digest: Digest = cas.parse().map_err(|err| {
+            RegistryError::new(Code::DigestInvalid, format!("cas={cas:?} is not a CAS digest: {err}"))
+        })?;
+        let store = std::sync::Arc::clone(self.cas.store());
+        let info = crate::task::spawn_blocking("registry cas stat", move || store.stat(&[digest]))
+            .await
+            .map_err(crate::error::Error::from)??;
+        Ok(info.first().copied().flatten().filter(|info| info.sha256 == sha256.0).map(|_| digest))
+    }
+}
+
+/// PATCH: appends a chunk; with `Content-Range`, only at the end of what the session holds.
+pub(super) async fn patch(
+    registry: &Registry,
+    repo: &Repository,
+    id: &str,
+    call: Call,
+) -> RegistryResult<Response> {
+    let entry = registry.uploads.get(repo, id)?;
+    let mut session = entry.session.lock().await;
+    check_content_range(&call, repo, id, session.written)?;
+    if let Err(err) = append(&mut session, call.body, registry.uploads.limits.max_blob_size).await {
+        drop(session);
+        registry.uploads.remove(id);
+        return Err(err);
+    }
+    Ok(accepted(repo, id, session.written, StatusCode::ACCEPTED))
+}
+
+/// A chunk must start where the session ends: 416 with the session's range otherwise.
+fn check_content_range(call: &Call, repo: &Repository, id: &str, written: u64) -> RegistryResult<()> {
+    let Some(value) = call.headers.get(header::CONTENT_RANGE).and_then(|value| value.to_str().ok()) else {
+        return Ok(());
+    };
+    let spec = value.trim().trim_start_matches("bytes").trim_start_matches([' ', '=']);
+    let start = spec.split_once('-').and_then(|(start, _)| start.trim().parse::<u64>().ok());
+    if start == Some(written) {
+        return Ok(());
+    }
+    Err(RegistryError::new(
+        Code::BlobUploadInvalid,
+        format!("chunk range {value:?} does not start at byte {written}, where the upload ends"),
+    )
+    .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+    .with_header(header::RANGE, range(written))
+    .with_header(header::LOCATION, location(repo, id)))
+}
+
+/// PUT `?digest=`: the last chunk (if any), then the digest check and the store.
+pub(super) async fn finish(
+    registry: &Registry,
+    repo: &Repository,
+    id: &str,
+    call: Call,
+) -> RegistryResult<Response> {
+    let entry = registry.uploads.get(repo, id)?;
+    let Some(expected) = call.param("digest").map(Sha256Digest::parse).transpose()? else {
+        return Err(RegistryError::new(Code::DigestInvalid, "closing an upload needs ?digest="));
+    };
+    {
+        let session = entry.session.lock().await;
+        check_content_range(&call, repo, id, session.written)?;
+    }
+    let result = complete(registry, repo, &entry, call.body, expected).await;
+    registry.uploads.remove(id);
+    result.map(|()| created(repo, &expected))
+}
+
+pub(super) fn status(registry: &Registry, repo: &Repository, id: &str) -> RegistryResult<Response> {
+    let entry = registry.uploads.get(repo, id)?;
+    let written = entry.session.try_lock().map(|session| session.written).map_err(|_| {
+        RegistryError::new(Code::TooManyRequests, format!("upload {id} is receiving a chunk; ask again"))
+    })?;
+    Ok(accepted(repo, id, written, StatusCode::NO_CONTENT))
+}
+
+pub(super) async fn cancel(registry: &Registry, repo: &Repository, id: &str) -> RegistryResult<Response> {
+    let entry = registry.uploads.get(repo, id)?;
+    let _session = entry.session.lock().await;
+    registry.uploads.remove(id);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Appends `body` to the session's spool file, hashing it, within `max` bytes in all.
+async fn append(session: &mut Session, body: Body, max: u64) -> RegistryResult<()> {
+    let mut file = tokio::fs::OpenOptions::new().append(true).open(&session.path).await.map_err(io_error)?;
+    let mut data = body.into_data_stream();
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|err| {
+            RegistryError::new(Code::BlobUploadInvalid, format!("the upload was cut off: {err}"))
+        })?;
+        if session.written + chunk.len() as u64 > max {
+            return Err(RegistryError::new(
+                Code::SizeInvalid,
+                format!("the blob is larger than the server's limit of {max} bytes (max_blob_size)"),
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        file.write_all(&chunk).await.map_err(io_error)?;
+        session.sha256.update(&chunk);
+        session.blake3.update(&chunk);
+        session.written += chunk.len() as u64;
+    }
+    file.flush().await.map_err(io_error)
+}
+
+/// Appends the last chunk, checks the whole blob's SHA-256 against `expected`, and stores and
+/// links it only on a match.
+async fn complete(
+    registry: &Registry,
+    repo: &Repository,
+    entry: &Entry,
+    body: Body,
+    expected: Sha256Digest,
+) -> RegistryResult<()> {
+    let mut session = entry.session.lock().await;
+    append(&mut session, body, registry.uploads.limits.max_blob_size).await?;
+    let actual = Sha256Digest(session.sha256.clone().finalize().into());
+    if actual != expected {
+        return Err(RegistryError::new(
+            Code::DigestInvalid,
+            format!(
+                "the upload's {} bytes have digest {actual}, not {expected}; nothing was stored",
+                session.written
+            ),
+        ));
+    }
+    let digest = Digest::from_hasher(&session.blake3, session.written);
+    if !registry.cas.contains(vec![digest]).await?[0] {
+        let file = tokio::fs::File::open(&session.path).await.map_err(io_error)?;
+        registry.cas.upload(digest, Encoding::Identity, Box::pin(read_chunks(file))).await?;
+    }
+    link(registry, repo, expected, digest).await
+}
+
+async fn link(
+    registry: &Registry,
+    repo: &Repository,
+    sha256: Sha256Digest,
+    digest: Digest,
+) -> RegistryResult<()> {
+    let repo = repo.clone();
+    registry.records("registry link", move |records| records.link_blob(&repo, &sha256, &digest)).await?;
+    Ok(())
+}
+
+/// The spool file in frame-sized pieces.
+fn read_chunks(file: tokio::fs::File) -> impl futures::Stream<Item = crate::error::Result<Bytes>> {
+    futures::stream::try_unfold(file, |mut file| async move {
+        let mut buffer = vec![0u8; FRAME_SIZE];
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let read = file.read(&mut buffer[filled..]).await.map_err(|err| {
+                crate::error::Error::Internal(format!("reading the registry upload spool: {err}"))
+            })?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        buffer.truncate(filled);
+        Ok(Some((Bytes::from(buffer), file)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uploads(dir: &std::path::Path, timeout: Duration) -> Uploads {
+        let limits = UploadLimits { timeout, per_namespace: 2, max_blob_size: 1 << 20 };
+        Uploads::open(dir.join("spool"), limits).unwrap()
+    }
+
+    #[test]
+    fn sessions_are_capped_per_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = uploads(dir.path(), Duration::from_secs(3600));
+        let (app, lib) = (Repository::parse("main/app").unwrap(), Repository::parse("main/lib").unwrap());
+        uploads.create(&app).unwrap();
+        uploads.create(&lib).unwrap();
+        let refused = uploads.create(&app).unwrap_err();
+        assert_eq!(refused.code, Code::TooManyRequests, "{refused}");
+        assert!(
+            uploads.create(&Repository::parse("pr-7/app").unwrap()).is_ok(),
+            "another namespace has its own"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("spool")).unwrap().count(),
+            3,
+            "a refused session leaves no file"
+        );
+    }
+
+    #[test]
+    fn expired_sessions_go_with_their_spool_and_a_restart_empties_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = uploads(dir.path(), Duration::ZERO);
+        let repo = Repository::parse("main/app").unwrap();
+        let id = uploads.create(&repo).unwrap();
+        assert!(
+            uploads.get(&Repository::parse("main/other").unwrap(), &id).is_err(),
+            "a session is its repository's"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        uploads.sweep();
+        assert_eq!(uploads.get(&repo, &id).err().map(|err| err.code), Some(Code::BlobUploadUnknown));
+        assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
+
+        let kept = self::uploads(dir.path(), Duration::from_secs(3600));
+        kept.create(&repo).unwrap();
+        drop(kept);
+        let reopened = self::uploads(dir.path(), Duration::from_secs(3600));
+        assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
+        drop(reopened);
+    }
+}

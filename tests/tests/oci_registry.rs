@@ -1,0 +1,447 @@
+//! cached's OCI registry (`registry_listen`) against the real clients: the distribution-spec
+//! conformance suite (built by scripts/setup), and authorisation and bad input checked with
+//! curl against a live cached on loopback.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cached_e2e::{Daemon, binary, free_port};
+
+/// A cached with the registry on its own port, and the secrets of its tokens by name.
+struct Server {
+    daemon: Daemon,
+    registry: String,
+    secrets: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts cached with one token per `(name, scopes)`.
+    fn start(tokens: &[(&str, &str)]) -> Self {
+        Self::start_with(tokens, &[])
+    }
+
+    /// As `start`, with more flags.
+    fn start_with(tokens: &[(&str, &str)], flags: &[&str]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let tokens_file = data.path().join("tokens.toml");
+        let mut table = String::new();
+        let mut secrets = Vec::new();
+        for (name, scopes) in tokens {
+            let secret_file = data.path().join(format!("{name}.secret"));
+            let output = Command::new(binary("cached"))
+                .args(["token", "new", "--name", name, "--scopes", scopes, "--secret-file"])
+                .arg(&secret_file)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "cached token new: {}", String::from_utf8_lossy(&output.stderr));
+            table.push_str(&String::from_utf8(output.stdout).unwrap());
+            let secret = std::fs::read_to_string(&secret_file).unwrap().trim().to_owned();
+            secrets.push(((*name).to_owned(), secret));
+        }
+        std::fs::write(&tokens_file, table).unwrap();
+        let registry = format!("127.0.0.1:{}", free_port());
+        let tokens_flag = tokens_file.display().to_string();
+        let mut all = vec!["--registry-listen", &registry, "--tokens-file", &tokens_flag];
+        all.extend_from_slice(flags);
+        let daemon = Daemon::start_in(data, &all);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&registry).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not listen on {registry} within 30s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { daemon, registry, secrets }
+    }
+
+    fn secret(&self, name: &str) -> &str {
+        &self.secrets.iter().find(|(token, _)| token == name).expect("a token of that name").1
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.registry)
+    }
+}
+
+/// A tool scripts/setup builds into the persistent tools directory.
+fn tool(name: &str) -> PathBuf {
+    let tools = std::env::var_os("CACHED_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/cached/tools")))
+        .expect("HOME or CACHED_TOOLS_DIR");
+    let path = tools.join("bin").join(name);
+    assert!(path.is_file(), "{} is missing: run scripts/setup, which builds it", path.display());
+    path
+}
+
+/// One curl request: its status, headers and body.
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+fn curl(method: &str, url: &str, secret: Option<&str>, extra: &[&str], body: Option<&Path>) -> Reply {
+    let dir = tempfile::tempdir().unwrap();
+    let (headers, out) = (dir.path().join("headers"), dir.path().join("body"));
+    let mut command = Command::new("curl");
+    command.args(["-s", "-X", method, "-o"]).arg(&out).arg("-D").arg(&headers).args(["-w", "%{http_code}"]);
+    if method == "HEAD" {
+        command.args(["-I"]);
+    }
+    if let Some(secret) = secret {
+        command.args(["-H", &format!("Authorization: Bearer {secret}")]);
+    }
+    if let Some(body) = body {
+        command.arg("--data-binary").arg(format!("@{}", body.display()));
+    }
+    let output = command.args(extra).arg(url).output().expect("curl runs");
+    Reply {
+        status: String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0),
+        headers: std::fs::read_to_string(&headers).unwrap_or_default().to_ascii_lowercase(),
+        body: std::fs::read_to_string(&out).unwrap_or_default(),
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let output = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    format!("sha256:{}", String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap())
+}
+
+#[test]
+fn the_distribution_spec_conformance_suite_passes() {
+    let server = Server::start(&[("ci", "read,cas-write,ac-write,admin")]);
+    let results = tempfile::tempdir().unwrap();
+    let output = Command::new(tool("oci-conformance"))
+        .current_dir(results.path())
+        .env("OCI_REGISTRY", &server.registry)
+        .env("OCI_TLS", "disabled")
+        .env("OCI_REPO1", "conformance/repo1")
+        .env("OCI_REPO2", "conformance/repo2")
+        .env("OCI_USERNAME", "ci")
+        .env("OCI_PASSWORD", server.secret("ci"))
+        .env("OCI_RESULTS_DIR", results.path())
+        // sha256 is the digest the registry serves (what the spec requires).
+        .env("OCI_DATA_SHA512", "false")
+        .env("OCI_API_BLOBS_UPLOAD_CANCEL", "true")
+        .env("OCI_LOG", "warn")
+        .output()
+        .expect("the conformance suite runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the conformance suite failed:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let count = |outcome: &str| {
+        let prefix = format!("{outcome}...");
+        let line = report.lines().find(|line| line.trim_start().starts_with(&prefix)).unwrap_or_default();
+        line.rsplit(':').next().unwrap_or_default().trim().parse::<u32>().unwrap_or(u32::MAX)
+    };
+    assert_eq!((count("FAIL"), count("Error")), (0, 0), "{report}");
+    assert!(count("Pass") > 700, "the suite ran few tests:\n{report}");
+    let apis = ["Blob chunked", "Blob mount", "Blob upload cancel", "Manifest put with subject", "Referrers"];
+    for api in apis {
+        let line = report.lines().find(|line| line.trim_start().starts_with(api)).unwrap_or_default();
+        assert!(line.ends_with("Pass"), "{api} did not pass: {line:?}\n{report}");
+    }
+    drop(server.daemon);
+}
+
+#[test]
+fn tokens_decide_who_pulls_pushes_and_moves_tags() {
+    let server =
+        Server::start(&[("pull", "read"), ("push", "read,cas-write"), ("ci", "read,cas-write,ac-write")]);
+    let ping = curl("GET", &server.url("/v2/"), None, &[], None);
+    assert_eq!(ping.status, 401, "{}", ping.body);
+    assert!(ping.headers.contains("www-authenticate: bearer realm=\"http://"), "{}", ping.headers);
+    assert!(ping.body.contains("UNAUTHORIZED"), "{}", ping.body);
+    // The token endpoint takes the token as a Basic password, as docker login sends it.
+    let basic = format!("pull:{}", server.secret("pull"));
+    let token = curl("GET", &server.url("/token"), None, &["-u", &basic], None);
+    assert_eq!(token.status, 200, "{}", token.body);
+    assert!(token.body.contains(server.secret("pull")), "{}", token.body);
+
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("blob");
+    std::fs::write(&blob, b"layer bytes").unwrap();
+    let digest = sha256(b"layer bytes");
+    let upload = format!("/v2/main/app/blobs/uploads/?digest={digest}");
+    let denied = curl("POST", &server.url(&upload), Some(server.secret("pull")), &[], Some(&blob));
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(denied.body.contains("DENIED"), "{}", denied.body);
+    let anonymous = curl("POST", &server.url(&upload), None, &[], Some(&blob));
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+
+    let pushed = curl("POST", &server.url(&upload), Some(server.secret("push")), &[], Some(&blob));
+    assert_eq!(pushed.status, 201, "{}", pushed.body);
+    let pulled = curl(
+        "GET",
+        &server.url(&format!("/v2/main/app/blobs/{digest}")),
+        Some(server.secret("pull")),
+        &[],
+        None,
+    );
+    assert_eq!((pulled.status, pulled.body.as_str()), (200, "layer bytes"));
+    let ranged = curl(
+        "GET",
+        &server.url(&format!("/v2/main/app/blobs/{digest}")),
+        Some(server.secret("pull")),
+        &["-H", "Range: bytes=6-"],
+        None,
+    );
+    assert_eq!((ranged.status, ranged.body.as_str()), (206, "bytes"));
+
+    // A manifest by tag moves a pointer: cas-write is not enough.
+    let config = dir.path().join("config");
+    std::fs::write(&config, b"{}").unwrap();
+    let config_digest = sha256(b"{}");
+    let config_upload = format!("/v2/main/app/blobs/uploads/?digest={config_digest}");
+    assert_eq!(
+        curl("POST", &server.url(&config_upload), Some(server.secret("push")), &[], Some(&config)).status,
+        201
+    );
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{digest}","size":11}}]}}"#
+    );
+    let manifest_file = dir.path().join("manifest");
+    std::fs::write(&manifest_file, &manifest).unwrap();
+    let content_type = ["-H", "Content-Type: application/vnd.oci.image.manifest.v1+json"];
+    let tag = server.url("/v2/main/app/manifests/v1");
+    let refused = curl("PUT", &tag, Some(server.secret("push")), &content_type, Some(&manifest_file));
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let by_digest = server.url(&format!("/v2/main/app/manifests/{}", sha256(manifest.as_bytes())));
+    assert_eq!(
+        curl("PUT", &by_digest, Some(server.secret("push")), &content_type, Some(&manifest_file)).status,
+        201
+    );
+    assert_eq!(curl("PUT", &tag, Some(server.secret("ci")), &content_type, Some(&manifest_file)).status, 201);
+    let got = curl("GET", &tag, Some(server.secret("pull")), &[], None);
+    assert_eq!((got.status, got.body.as_str()), (200, manifest.as_str()), "the exact bytes pushed");
+    // Deleting needs admin.
+    assert_eq!(curl("DELETE", &tag, Some(server.secret("ci")), &[], None).status, 403);
+}
+
+#[test]
+fn bad_input_stores_nothing() {
+    let server = Server::start(&[("ci", "read,cas-write,ac-write")]);
+    let secret = Some(server.secret("ci"));
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("blob");
+    std::fs::write(&blob, b"some bytes").unwrap();
+    let wrong = sha256(b"other bytes");
+    let bad = curl(
+        "POST",
+        &server.url(&format!("/v2/main/app/blobs/uploads/?digest={wrong}")),
+        secret,
+        &[],
+        Some(&blob),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("DIGEST_INVALID"), "{}", bad.body);
+    assert_eq!(
+        curl("HEAD", &server.url(&format!("/v2/main/app/blobs/{wrong}")), secret, &[], None).status,
+        404
+    );
+    let right = sha256(b"some bytes");
+    assert_eq!(
+        curl("HEAD", &server.url(&format!("/v2/main/app/blobs/{right}")), secret, &[], None).status,
+        404
+    );
+
+    // A chunk that leaves a gap is refused at once, with where the upload ends.
+    let started = curl("POST", &server.url("/v2/main/app/blobs/uploads/"), secret, &[], None);
+    assert_eq!(started.status, 202, "{}", started.body);
+    let location =
+        started.headers.lines().find_map(|line| line.strip_prefix("location: ")).unwrap().trim().to_owned();
+    let gap = curl("PATCH", &server.url(&location), secret, &["-H", "Content-Range: 5-14"], Some(&blob));
+    assert_eq!(gap.status, 416, "{}", gap.body);
+    assert!(gap.headers.contains("range: 0-0"), "{}", gap.headers);
+
+    let absent = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{right}","size":10}},"layers":[]}}"#
+    );
+    let manifest = dir.path().join("manifest");
+    std::fs::write(&manifest, &absent).unwrap();
+    let content_type = ["-H", "Content-Type: application/vnd.oci.image.manifest.v1+json"];
+    let tag = server.url("/v2/main/app/manifests/v1");
+    let unknown = curl("PUT", &tag, secret, &content_type, Some(&manifest));
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
+    assert!(unknown.body.contains("MANIFEST_BLOB_UNKNOWN"), "{}", unknown.body);
+    assert_eq!(curl("GET", &tag, secret, &[], None).status, 404, "nothing was tagged");
+
+    std::fs::write(&manifest, format!("{{\"pad\":\"{}\"}}", "x".repeat(5 << 20))).unwrap();
+    let oversized = curl("PUT", &tag, secret, &content_type, Some(&manifest));
+    assert_eq!(oversized.status, 413, "{}", oversized.body);
+    assert!(oversized.body.contains("MANIFEST_INVALID"), "{}", oversized.body);
+    let tags = curl("GET", &server.url("/v2/main/app/tags/list"), secret, &[], None);
+    assert_eq!(tags.status, 200, "{}", tags.body);
+    assert!(tags.body.contains("\"tags\":[]"), "{}", tags.body);
+}
+
+#[test]
+fn without_tokens_the_registry_stays_on_loopback() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(binary("cached"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--registry-listen", "0.0.0.0:0"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "cached served the registry beyond loopback without tokens");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("registry_listen") && stderr.contains("--allow-anonymous"), "{stderr}");
+}
+
+/// The image fixture program (cli's), built for `goarch` into `out`.
+fn hello_binary(goarch: &str, out: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/fixtures/image/hello");
+    let path = out.join(goarch).join("hello");
+    let status = Command::new(cached_e2e::go())
+        .args(["build", "-trimpath", "-o"])
+        .arg(&path)
+        .arg(".")
+        .current_dir(&source)
+        .env("CGO_ENABLED", "0")
+        .env("GOOS", "linux")
+        .env("GOARCH", goarch)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "")
+        .env_remove("GOCACHEPROG")
+        .status()
+        .expect("the go command builds the image fixture");
+    assert!(status.success(), "go build for {goarch} failed");
+    path
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().unwrap_or_else(|err| panic!("{command:?}: {err}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn skopeo_and_crane_pull_what_cachectl_pushed_and_the_amd64_binary_runs() {
+    cached_e2e::registry::require("skopeo");
+    cached_e2e::registry::require("umoci");
+    let server = Server::start(&[("ci", "read,cas-write,ac-write")]);
+    let dir = tempfile::tempdir().unwrap();
+    let (amd64, arm64) = (hello_binary("amd64", dir.path()), hello_binary("arm64", dir.path()));
+    // docker's config.json, as `docker login -u ci -p <token>` writes it.
+    let docker = dir.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("ci:{}", server.secret("ci")))
+    };
+    let auths = format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, server.registry);
+    std::fs::write(docker.join("config.json"), auths).unwrap();
+
+    let reference = format!("{}/main/hello:v1", server.registry);
+    run(Command::new(binary("cachectl"))
+        .args(["--server", "http://127.0.0.1:9", "image", "--name", "hello", "--no-cache"])
+        .arg("--platform")
+        .arg(format!("linux/amd64={}", amd64.display()))
+        .arg("--platform")
+        .arg(format!("linux/arm64={}", arm64.display()))
+        .args(["--push", &reference, "--docker-config"])
+        .arg(docker.join("config.json")));
+
+    // skopeo: every platform into an OCI layout, then the amd64 image alone for umoci.
+    let creds = format!("ci:{}", server.secret("ci"));
+    let skopeo_copy = |layout: &Path, extra: &[&str]| {
+        run(Command::new("skopeo")
+            .args(["copy", "--insecure-policy", "--src-tls-verify=false", "--src-creds", &creds])
+            .args(extra)
+            .arg(format!("docker://{reference}"))
+            .arg(format!("oci:{}:v1", layout.display())));
+    };
+    skopeo_copy(&dir.path().join("all"), &["--all", "--preserve-digests"]);
+    let single = dir.path().join("amd64");
+    skopeo_copy(&single, &["--override-arch", "amd64"]);
+    let bundle = dir.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:v1", single.display()))
+        .arg(&bundle));
+    let unpacked = bundle.join("rootfs/app/hello");
+    assert_eq!(run(&mut Command::new(&unpacked)), "hello from linux/amd64\n");
+
+    // crane, with the same docker config: the index lists both platforms, and the amd64
+    // filesystem it exports holds the binary.
+    let crane = |args: &[&str]| {
+        run(Command::new(tool("crane")).env("DOCKER_CONFIG", &docker).arg("--insecure").args(args))
+    };
+    let index = crane(&["manifest", &reference]);
+    assert!(index.contains("\"arm64\"") && index.contains("\"amd64\""), "{index}");
+    let tar = dir.path().join("fs.tar");
+    crane(&["export", "--platform", "linux/amd64", &reference, &tar.display().to_string()]);
+    let root = dir.path().join("crane-root");
+    std::fs::create_dir_all(&root).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&root));
+    assert_eq!(std::fs::read(root.join("app/hello")).unwrap(), std::fs::read(&amd64).unwrap());
+    assert_eq!(run(&mut Command::new(root.join("app/hello"))), "hello from linux/amd64\n");
+}
+
+#[test]
+fn with_tls_the_registry_serves_https_from_the_grpc_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    let (cert_flag, key_flag) = (cert.display().to_string(), key.display().to_string());
+    let server = Server::start_with(&[("ci", "read")], &["--tls-cert", &cert_flag, "--tls-key", &key_flag]);
+    let url = format!("https://{}/v2/", server.registry);
+    let cacert = ["--cacert", cert_flag.as_str()];
+    let challenge = curl("GET", &url, None, &cacert, None);
+    assert_eq!(challenge.status, 401, "{}", challenge.body);
+    assert!(challenge.headers.contains("realm=\"https://"), "{}", challenge.headers);
+    assert_eq!(curl("GET", &url, Some(server.secret("ci")), &cacert, None).status, 200);
+    assert_eq!(curl("GET", &url.replace("https", "http"), None, &[], None).status, 0, "no plain HTTP");
+}
+
+#[test]
+fn a_layer_already_in_the_cas_is_published_by_a_mount_not_uploaded_again() {
+    let server = Server::start(&[("ci", "read,cas-write")]);
+    let dir = tempfile::tempdir().unwrap();
+    let layer = dir.path().join("layer");
+    std::fs::write(&layer, b"a layer the image builder stored over gRPC").unwrap();
+    let put = run(Command::new(binary("cachectl"))
+        .args(["put", "--server", &format!("http://{}", server.daemon.addr), "--token", server.secret("ci")])
+        .arg(&layer));
+    let cas = put.trim();
+    let sha = sha256(b"a layer the image builder stored over gRPC");
+    let secret = Some(server.secret("ci"));
+    let mount = |sha: &str| server.url(&format!("/v2/main/app/blobs/uploads/?mount={sha}&cas={cas}"));
+
+    // The server's own SHA-256 of the CAS blob decides: another digest is not linked.
+    let other = sha256(b"something else");
+    assert_eq!(curl("POST", &mount(&other), secret, &[], None).status, 202, "an upload session instead");
+    assert_eq!(
+        curl("HEAD", &server.url(&format!("/v2/main/app/blobs/{other}")), secret, &[], None).status,
+        404
+    );
+
+    let mounted = curl("POST", &mount(&sha), secret, &[], None);
+    assert_eq!(mounted.status, 201, "{}", mounted.body);
+    let pulled = curl("GET", &server.url(&format!("/v2/main/app/blobs/{sha}")), secret, &[], None);
+    assert_eq!((pulled.status, pulled.body.as_str()), (200, "a layer the image builder stored over gRPC"));
+}
