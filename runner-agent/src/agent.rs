@@ -64,6 +64,14 @@ struct Running {
     release: Arc<AtomicBool>,
 }
 
+/// Heartbeats every `interval`. After a stall (a busy machine, a slow send) the next one goes
+/// out once and the rhythm starts again from there: missed ticks are not sent in a burst.
+fn heartbeat_ticker(interval: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
 /// Runs until `shutdown` resolves and the drain is over.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let go = caps::go_info(&config.go)?;
@@ -148,11 +156,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             }
         };
         let mut interval = Duration::from_secs(10);
-        let mut ticker = tokio::time::interval(interval);
+        let mut ticker = heartbeat_ticker(interval);
         let heartbeat = |running: &HashMap<String, Running>, draining: bool| LeaseRequest {
             kind: Some(lease_request::Kind::Heartbeat(Heartbeat {
                 free_slots: info.capacity.saturating_sub(running.len() as u32),
-                running: running.values().map(|r| r.token.clone()).collect(),
+                // A build being killed still takes its slot, but its lease is given up.
+                running: running.values().filter(|r| !*r.cancel.borrow()).map(|r| r.token.clone()).collect(),
                 draining,
             })),
         };
@@ -180,7 +189,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                     Ok(Some(message)) => match message.kind {
                         Some(lease_response::Kind::Registered(registered)) => {
                             interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
-                            ticker = tokio::time::interval(interval);
+                            ticker = heartbeat_ticker(interval);
                             tracing::info!(heartbeat = ?interval, "registered with cached");
                         }
                         Some(lease_response::Kind::Task(lease)) => {

@@ -19,6 +19,7 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Keeps `HEALTH_SERVICE`'s status in step with the bucket until `stop`.
 pub async fn watch(bucket: Arc<Bucket>, health: HealthReporter, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(CHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = None;
     loop {
         tokio::select! {
