@@ -240,11 +240,13 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
                 let mount = mount_from
                     .filter(|r| plan.push.as_ref().is_some_and(|p| p.registry == r.registry))
                     .map(|r| r.repository.clone());
-                blobs.push(PushBlob { descriptor: base_layer.clone(), mount_from: mount });
+                blobs.push(PushBlob { descriptor: base_layer.clone(), mount_from: mount, cas: None });
             }
-            blobs.push(PushBlob { descriptor: ours.clone(), mount_from: None });
+            // A layer from the layer cache is in the CAS: a cached registry links it.
+            let cas = layer_cached.then_some(layer.cas);
+            blobs.push(PushBlob { descriptor: ours.clone(), mount_from: None, cas });
         }
-        blobs.push(PushBlob { descriptor: config.clone(), mount_from: None });
+        blobs.push(PushBlob { descriptor: config.clone(), mount_from: None, cas: None });
         let bytes = manifest::to_json(&manifest);
         let mut descriptor = staging.write_blob(MEDIA_MANIFEST, &bytes)?;
         let document = Document { descriptor: descriptor.clone(), bytes: Bytes::from(bytes) };

@@ -1,6 +1,7 @@
 //! Pushing an image to a registry without wasted uploads: the tag, then each manifest, then
 //! each blob is checked with HEAD first, and a blob is mounted from the base's repository
-//! when that is on the same registry; only then is anything uploaded. Children go before the
+//! when that is on the same registry, or linked from cached's CAS when the registry is a cached
+//! that holds it; only then is anything uploaded. Children go before the
 //! index, and the tag is moved last.
 
 use bytes::Bytes;
@@ -11,11 +12,14 @@ use super::manifest::Descriptor;
 use super::registry::{Mount, Registry};
 use super::sources::Sources;
 
-/// A blob to push, and the repository on the same registry it may be mounted from.
+/// A blob to push, and where the registry may already have it.
 #[derive(Clone, Debug)]
 pub struct PushBlob {
     pub descriptor: Descriptor,
+    /// A repository on the same registry to mount it from.
     pub mount_from: Option<String>,
+    /// Its digest in cached's CAS, when it is there (a layer from the layer cache).
+    pub cas: Option<proto::Digest>,
 }
 
 /// One document (manifest or index) with its exact bytes.
@@ -114,14 +118,16 @@ async fn push_blob(registry: &Registry, repository: &str, blob: &PushBlob, sourc
         registry.counters.blobs_present.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Ok(());
     }
-    let session = match &blob.mount_from {
-        Some(from) if from != repository => match registry.mount(repository, digest, from).await {
-            Ok(Mount::Mounted) => return Ok(()),
-            Ok(Mount::Session(session)) => Some(session),
-            // Some registries fail a mount they cannot do instead of starting a session.
-            Err(_) => None,
-        },
+    let mount = match (&blob.mount_from, &blob.cas) {
+        (Some(from), _) if from != repository => Some(registry.mount(repository, digest, from).await),
+        (_, Some(cas)) => Some(registry.mount_cas(repository, digest, cas).await),
         _ => None,
+    };
+    let session = match mount {
+        Some(Ok(Mount::Mounted)) => return Ok(()),
+        Some(Ok(Mount::Session(session))) => Some(session),
+        // Some registries fail a mount they cannot do instead of starting a session.
+        Some(Err(_)) | None => None,
     };
     let path = sources.local(&blob.descriptor).await?;
     let session = match session {

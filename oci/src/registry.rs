@@ -535,6 +535,24 @@ impl Registry {
         }
     }
 
+    /// Asks a cached registry to link the blob it holds in its CAS as `cas` under `digest`
+    /// (cached's own mount: it links only if its own hash of those bytes is `digest`). Other
+    /// registries see a mount without a source, and start an ordinary session.
+    pub async fn mount_cas(&self, repository: &str, digest: &Sha256, cas: &proto::Digest) -> Result<Mount> {
+        let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"));
+        url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("cas", &cas.to_string());
+        let what = format!("mount {digest} from the CAS into {repository}");
+        let response = self.send(Method::POST, url, &what, |r| r.header(header::CONTENT_LENGTH, 0)).await?;
+        match response.status() {
+            StatusCode::CREATED => {
+                add(&self.counters.blobs_mounted, 1);
+                Ok(Mount::Mounted)
+            }
+            StatusCode::ACCEPTED => Ok(Mount::Session(self.location(&response, &what)?)),
+            _ => Err(self.error(&what, response).await),
+        }
+    }
+
     /// Starts an upload session.
     pub async fn start_upload(&self, repository: &str) -> Result<Url> {
         let url = self.url(&format!("v2/{repository}/blobs/uploads/"));

@@ -334,6 +334,19 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// docker's config directory after `docker login -u NAME -p <token>` to the server's registry.
+fn docker_login(server: &Server, name: &str, dir: &Path) -> PathBuf {
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{}", server.secret(name)))
+    };
+    let auths = format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, server.registry);
+    std::fs::write(docker.join("config.json"), auths).unwrap();
+    docker
+}
+
 #[test]
 fn skopeo_and_crane_pull_what_cachectl_pushed_and_the_amd64_binary_runs() {
     cached_e2e::registry::require("skopeo");
@@ -341,15 +354,7 @@ fn skopeo_and_crane_pull_what_cachectl_pushed_and_the_amd64_binary_runs() {
     let server = Server::start(&[("ci", "read,cas-write,ac-write")]);
     let dir = tempfile::tempdir().unwrap();
     let (amd64, arm64) = (hello_binary("amd64", dir.path()), hello_binary("arm64", dir.path()));
-    // docker's config.json, as `docker login -u ci -p <token>` writes it.
-    let docker = dir.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    let auth = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(format!("ci:{}", server.secret("ci")))
-    };
-    let auths = format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, server.registry);
-    std::fs::write(docker.join("config.json"), auths).unwrap();
+    let docker = docker_login(&server, "ci", dir.path());
 
     let reference = format!("{}/main/hello:v1", server.registry);
     run(Command::new(binary("cachectl"))
@@ -444,4 +449,43 @@ fn a_layer_already_in_the_cas_is_published_by_a_mount_not_uploaded_again() {
     assert_eq!(mounted.status, 201, "{}", mounted.body);
     let pulled = curl("GET", &server.url(&format!("/v2/main/app/blobs/{sha}")), secret, &[], None);
     assert_eq!((pulled.status, pulled.body.as_str()), (200, "a layer the image builder stored over gRPC"));
+}
+
+#[test]
+fn publishing_to_cached_sends_no_layer_the_cas_already_holds() {
+    let server = Server::start(&[("ci", "read,cas-write,ac-write")]);
+    let dir = tempfile::tempdir().unwrap();
+    let amd64 = hello_binary("amd64", dir.path());
+    let docker = docker_login(&server, "ci", dir.path());
+    let publish = |repository: &str| -> serde_json::Value {
+        let reference = format!("{}/main/{repository}:v1", server.registry);
+        let printed = run(Command::new(binary("cachectl"))
+            .args(["--server", &format!("http://{}", server.daemon.addr), "--token", server.secret("ci")])
+            .args(["image", "--json", "--name", "hello"])
+            .arg("--platform")
+            .arg(format!("linux/amd64={}", amd64.display()))
+            .args(["--push", &reference, "--docker-config"])
+            .arg(docker.join("config.json")));
+        serde_json::from_str(&printed).unwrap_or_else(|err| panic!("{err}: {printed}"))
+    };
+    // The first build makes the layer and stores it in the layer cache, in the CAS.
+    let first = publish("hello");
+    assert_eq!(first["images"][0]["layer_cached"], false, "{first}");
+    // Into another repository: the registry has no link there, the CAS has the layer.
+    let second = publish("other");
+    assert_eq!(second["images"][0]["layer_cached"], true, "{second}");
+    let push = &second["push"];
+    assert_eq!(push["blobs_mounted"], 1, "the layer was linked from the CAS: {push}");
+    assert_eq!(push["blobs_uploaded"], 1, "only the config went up: {push}");
+    let layer_size = second["images"][0]["layer_size"].as_u64().unwrap();
+    assert!(push["blob_bytes_uploaded"].as_u64().unwrap() < layer_size, "{push}");
+    let layer = second["images"][0]["layer"].as_str().unwrap();
+    let pulled = curl(
+        "GET",
+        &server.url(&format!("/v2/main/other/blobs/{layer}")),
+        Some(server.secret("ci")),
+        &[],
+        None,
+    );
+    assert_eq!(pulled.status, 200, "the linked layer is pullable at once");
 }
