@@ -1,6 +1,7 @@
 // Command validate checks rendered Kubernetes manifests strictly: every document is decoded by
-// its apiVersion and kind into the Go type the API server itself uses, and any field that type
-// does not have (a misspelt key, a key at the wrong level), any value of the wrong type, a
+// its apiVersion and kind into the Go type the API server itself uses, as the API server's
+// strict field validation decodes it (case-sensitive), and any field that type does not have (a
+// misspelt key, a key in the wrong case or at the wrong level), any value of the wrong type, a
 // duplicated key or a kind it does not know is an error. Helm's own lint only checks YAML syntax
 // and a few top-level keys; the API server would drop an unknown field with a warning at best.
 //
@@ -16,6 +17,7 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/yaml"
+	kjson "sigs.k8s.io/json"
 	strictyaml "sigs.k8s.io/yaml"
 )
 
@@ -115,10 +117,26 @@ func validateDocument(document []byte) error {
 	if meta.Metadata.Name == "" {
 		return fmt.Errorf("%s: metadata.name is empty", describe(meta))
 	}
-	if err := strictyaml.UnmarshalStrict(document, object); err != nil {
+	if err := decodeStrict(document, object); err != nil {
 		return fmt.Errorf("%s %q: %w", describe(meta), meta.Metadata.Name, err)
 	}
 	return nil
+}
+
+// decodeStrict decodes as the API server does with fieldValidation=Strict. Not
+// sigs.k8s.io/yaml's UnmarshalStrict: it ends in encoding/json, which matches field names
+// case-insensitively, so `containerport` would pass for `containerPort` there, and the API
+// server would then drop it.
+func decodeStrict(document []byte, object any) error {
+	data, err := strictyaml.YAMLToJSONStrict(document)
+	if err != nil {
+		return err
+	}
+	strict, err := kjson.UnmarshalStrict(data, object, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strict...)
 }
 
 func describe(meta typeMeta) string {
