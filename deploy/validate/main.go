@@ -2,7 +2,8 @@
 // its apiVersion and kind into the Go type the API server itself uses, as the API server's
 // strict field validation decodes it (case-sensitive), and any field that type does not have (a
 // misspelt key, a key in the wrong case or at the wrong level), any value of the wrong type, a
-// duplicated key or a kind it does not know is an error. Helm's own lint only checks YAML syntax
+// duplicated key or a kind it does not know is an error; so is PromQL in a PrometheusRule that
+// Prometheus would not parse. Helm's own lint only checks YAML syntax
 // and a few top-level keys; the API server would drop an unknown field with a warning at best.
 //
 // Usage: validate FILE...   (or `-` for standard input; each a stream of YAML documents)
@@ -16,6 +17,7 @@ import (
 	"os"
 	"strings"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	kjson "sigs.k8s.io/json"
 	strictyaml "sigs.k8s.io/yaml"
@@ -119,6 +121,11 @@ func validateDocument(document []byte) error {
 	}
 	if err := decodeStrict(document, object); err != nil {
 		return fmt.Errorf("%s %q: %w", describe(meta), meta.Metadata.Name, err)
+	}
+	if rule, ok := object.(*monitoringv1.PrometheusRule); ok {
+		if err := checkRules(rule); err != nil {
+			return fmt.Errorf("%s %q: %w", describe(meta), meta.Metadata.Name, err)
+		}
 	}
 	return nil
 }

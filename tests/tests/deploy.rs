@@ -1,8 +1,8 @@
 //! deploy/: the systemd units are what systemd accepts, every key known to it and every
 //! command present (systemd-analyze verify, with the units pointing at the built binaries);
 //! the Helm chart lints, renders with its default values and with every option on, and every
-//! manifest it renders decodes strictly into the Kubernetes API's types (deploy/validate); the
-//! cached.toml it renders is one cached starts with.
+//! manifest it renders decodes strictly into the Kubernetes API's types, its alerts' PromQL
+//! parsing (deploy/validate); the cached.toml it renders is one cached starts with.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -206,6 +206,17 @@ fn the_validator_refuses_misspelt_duplicated_and_mistyped_fields_and_unknown_kin
         assert!(!output.status.success(), "the validator accepted {wrong:?} for {right:?}");
         assert!(stderr.contains(named), "the validator's error does not name {named}: {stderr}");
     }
+}
+
+#[test]
+fn the_validator_refuses_promql_prometheus_would_not_load() {
+    let manifests = render(&["-f", &all_options()]);
+    assert_valid(&manifests);
+    assert!(manifests.contains(" offset 1d"), "the hit-rate alert compares with a day earlier");
+    let output = validate(&manifests.replacen(" offset 1d", " ofset 1d", 1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the validator accepted broken PromQL");
+    assert!(stderr.contains("CachedHitRateFalling") && stderr.contains("parse error"), "{stderr}");
 }
 
 #[test]
