@@ -38,6 +38,18 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A program scripts/setup builds into the tools directory (`CACHED_TOOLS_DIR`, by default
+/// `~/.cache/cached/tools`) at a pinned version.
+pub fn tool(name: &str) -> PathBuf {
+    let tools = std::env::var_os("CACHED_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/cached/tools")))
+        .expect("HOME or CACHED_TOOLS_DIR");
+    let path = tools.join("bin").join(name);
+    assert!(path.is_file(), "{} is missing: run scripts/setup, which builds it", path.display());
+    path
+}
+
 /// The go command. These tests need it (CI has it): a missing go is a failure, not a skip.
 pub fn go() -> PathBuf {
     let output = Command::new("go").arg("version").output();

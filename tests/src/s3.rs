@@ -119,11 +119,5 @@ impl Drop for S3Server {
 
 /// The versitygw binary scripts/setup installs into the tools directory.
 fn versitygw() -> PathBuf {
-    let tools = std::env::var_os("CACHED_TOOLS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/cached/tools")))
-        .expect("HOME or CACHED_TOOLS_DIR");
-    let path = tools.join("bin/versitygw");
-    assert!(path.is_file(), "{} is missing: run scripts/setup, which builds it", path.display());
-    path
+    crate::tool("versitygw")
 }
