@@ -39,6 +39,7 @@ use crate::backend::Backends;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::scheduler::backend::SchedulerBackend;
+use crate::scheduler::gauges::QueueGauges;
 use crate::shutdown::Tasks;
 use crate::store::{FreeSpace, SharedStore, StoreCounters, StoreUsage, rocks_budget};
 
@@ -58,12 +59,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     tokens: Option<auth::TokenSource>,
 ) -> Result<()> {
+    let listen = check_listeners(&config, &listeners)?;
     let Listeners { grpc: listener, metrics: metrics_listener, registry: registry_listener } = listeners;
-    let listen = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
-    check_exposure(&config, listen)?;
-    if let Some(registry) = &registry_listener {
-        check_exposure(&config, registry.local_addr().map_err(|e| Error::Internal(e.to_string()))?)?;
-    }
     let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
     let auth = Arc::new(auth::AuthSettings::new(&config));
     let (backends, scheduler) = open_records(&config).await?;
@@ -80,45 +77,19 @@ pub async fn run(
         gocache::GoCache::new(Arc::clone(&backends.go_entries), Arc::clone(&store), Arc::clone(&stats));
     let builds = open_builds(&config, &backends, store, &stats, &space).await?;
     let connections = conn::Connections::new(conn::ConnLimits::from(&config.limits));
-    let metrics = metrics::Metrics::new(
-        Arc::clone(&stats),
-        Arc::clone(&backends.usage),
-        store_counters,
-        Arc::clone(&space),
-        Arc::clone(&connections),
-    );
+    let (metrics, queue) = new_metrics(&stats, &backends, store_counters, &space, &connections, tls.clone());
     let (mut servers, mut background) = (Tasks::default(), Tasks::default());
     if let Some(listener) = metrics_listener {
         spawn_metrics_server(&mut servers, listener, Arc::clone(&metrics));
     }
     spawn_housekeeping(&mut background, &config, &backends, &space, &go_cache);
-    background.spawn("lease sweeper", Arc::clone(&scheduler).run_sweeper());
+    spawn_scheduler_tasks(&mut background, &scheduler, queue);
     spawn_reloads(&mut background, tls.as_ref(), tokens, &auth, listen, config.allow_anonymous);
-    let services = server::Services {
-        cas,
-        go_cache,
-        builds,
-        scheduler: Arc::clone(&scheduler),
-        stats,
-        usage: Arc::clone(&backends.usage),
-        space,
-        go_entries: backends.go_entries,
-        build_records: backends.build_records,
-    };
+    let services = new_services((cas, go_cache, builds), &scheduler, stats, space, &backends);
     let layers = server::Layers { connections, metrics, auth: Arc::clone(&auth) };
     if let Some(listener) = registry_listener {
-        let registry = registry::Registry::new(
-            config.registry.as_ref().expect("a registry listener only with registry settings"),
-            &config.data_dir,
-            Arc::clone(&backends.registry),
-            Arc::clone(&services.cas),
-            Arc::clone(&auth),
-            Arc::clone(&layers.metrics),
-            tls.is_some(),
-        )?;
-        background
-            .spawn("registry upload expiry", Arc::clone(&registry).expire_uploads(background.stop_signal()));
-        spawn_registry_server(&mut servers, listener, registry, tls.clone());
+        let tasks = (&mut servers, &mut background);
+        start_registry(tasks, listener, &config, &backends, &services, &layers, tls.clone())?;
     }
     let (grpc, health) = server::start(services, layers, &config.limits, listener, tls.clone()).await?;
     if let Some(bucket) = &backends.shared {
@@ -134,6 +105,60 @@ pub async fn run(
         flush: Box::new(move || backends.upkeep.flush()),
     };
     ordered.serve_until(grpc, shutdown).await
+}
+
+/// The metrics, and the queue gauges they show, which the scheduler's task keeps current.
+fn new_metrics(
+    stats: &Arc<stats::Stats>,
+    backends: &Backends,
+    store_counters: Arc<StoreCounters>,
+    space: &Arc<FreeSpace>,
+    connections: &Arc<conn::Connections>,
+    tls: Option<Arc<tls::Tls>>,
+) -> (Arc<metrics::Metrics>, Arc<QueueGauges>) {
+    let queue = Arc::new(QueueGauges::default());
+    let sources = metrics::Sources {
+        store: Arc::clone(&backends.usage),
+        store_counters,
+        space: Arc::clone(space),
+        connections: Arc::clone(connections),
+        queue: Arc::clone(&queue),
+        tls,
+    };
+    (metrics::Metrics::new(Arc::clone(stats), sources), queue)
+}
+
+fn new_services(
+    (cas, go_cache, builds): (Arc<cas::Cas>, Arc<gocache::GoCache>, Arc<builds::Builds>),
+    scheduler: &Arc<dyn SchedulerBackend>,
+    stats: Arc<stats::Stats>,
+    space: Arc<FreeSpace>,
+    backends: &Backends,
+) -> server::Services {
+    server::Services {
+        cas,
+        go_cache,
+        builds,
+        scheduler: Arc::clone(scheduler),
+        stats,
+        usage: Arc::clone(&backends.usage),
+        space,
+        go_entries: Arc::clone(&backends.go_entries),
+        build_records: Arc::clone(&backends.build_records),
+    }
+}
+
+/// Checks each listener's address against the exposure rules; the gRPC listener's address.
+fn check_listeners(config: &Config, listeners: &Listeners) -> Result<SocketAddr> {
+    let address = |listener: &tokio::net::TcpListener| {
+        listener.local_addr().map_err(|e| Error::Internal(e.to_string()))
+    };
+    let listen = address(&listeners.grpc)?;
+    check_exposure(config, listen)?;
+    if let Some(registry) = &listeners.registry {
+        check_exposure(config, address(registry)?)?;
+    }
+    Ok(listen)
 }
 
 /// Refuses to serve beyond loopback without tokens unless allowed, and warns when allowed.
@@ -215,6 +240,42 @@ fn spawn_metrics_server(
             tracing::warn!(error = %err, "the metrics server failed");
         }
     });
+}
+
+/// The lease sweeper (and, with a database, this replica's dispatcher) and the queue gauges.
+fn spawn_scheduler_tasks(
+    background: &mut Tasks,
+    scheduler: &Arc<dyn SchedulerBackend>,
+    queue: Arc<QueueGauges>,
+) {
+    background.spawn("lease sweeper", Arc::clone(scheduler).run_sweeper());
+    let gauges = scheduler::gauges::refresh(Arc::clone(scheduler), queue, background.stop_signal());
+    background.spawn("queue gauges", gauges);
+}
+
+/// The OCI registry on its own listener, and the expiry of its abandoned uploads.
+fn start_registry(
+    (servers, background): (&mut Tasks, &mut Tasks),
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    backends: &Backends,
+    services: &server::Services,
+    layers: &server::Layers,
+    tls: Option<Arc<tls::Tls>>,
+) -> Result<()> {
+    let registry = registry::Registry::new(
+        config.registry.as_ref().expect("a registry listener only with registry settings"),
+        &config.data_dir,
+        Arc::clone(&backends.registry),
+        Arc::clone(&services.cas),
+        Arc::clone(&layers.auth),
+        Arc::clone(&layers.metrics),
+        tls.is_some(),
+    )?;
+    background
+        .spawn("registry upload expiry", Arc::clone(&registry).expire_uploads(background.stop_signal()));
+    spawn_registry_server(servers, listener, registry, tls);
+    Ok(())
 }
 
 fn spawn_registry_server(

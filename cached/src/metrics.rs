@@ -22,8 +22,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::conn::Connections;
+use crate::scheduler::gauges::QueueGauges;
 use crate::stats::{ApiCounters, Stats};
 use crate::store::{FreeSpace, StoreCounters, StoreUsage};
+use crate::tls::Tls;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -58,14 +60,18 @@ pub struct Metrics {
     stats: Arc<Stats>,
 }
 
+/// What the scrape-time collector reads, besides the stats.
+pub struct Sources {
+    pub store: Arc<dyn StoreUsage>,
+    pub store_counters: Arc<StoreCounters>,
+    pub space: Arc<FreeSpace>,
+    pub connections: Arc<Connections>,
+    pub queue: Arc<QueueGauges>,
+    pub tls: Option<Arc<Tls>>,
+}
+
 impl Metrics {
-    pub fn new(
-        stats: Arc<Stats>,
-        store: Arc<dyn StoreUsage>,
-        store_counters: Arc<StoreCounters>,
-        space: Arc<FreeSpace>,
-        connections: Arc<Connections>,
-    ) -> Arc<Self> {
+    pub fn new(stats: Arc<Stats>, sources: Sources) -> Arc<Self> {
         let mut registry = Registry::with_prefix("cached");
         let requests = Family::<CallLabels, Counter>::default();
         registry.register("grpc_requests", "gRPC calls by method and status code", requests.clone());
@@ -92,13 +98,7 @@ impl Metrics {
             "OCI registry request duration until the response starts, by kind",
             registry_latency.clone(),
         );
-        registry.register_collector(Box::new(StatsCollector {
-            stats: Arc::clone(&stats),
-            store,
-            store_counters,
-            space,
-            connections,
-        }));
+        registry.register_collector(Box::new(StatsCollector { stats: Arc::clone(&stats), sources }));
         Arc::new(Self { registry, requests, latency, registry_requests, registry_latency, stats })
     }
 
@@ -161,10 +161,7 @@ pub async fn serve(
 
 struct StatsCollector {
     stats: Arc<Stats>,
-    store: Arc<dyn StoreUsage>,
-    store_counters: Arc<StoreCounters>,
-    space: Arc<FreeSpace>,
-    connections: Arc<Connections>,
+    sources: Sources,
 }
 
 impl std::fmt::Debug for StatsCollector {
@@ -270,7 +267,7 @@ impl Collector for StatsCollector {
             ns_field(|c| &c.client_remote_hits),
         )?;
 
-        let store = &self.store_counters;
+        let store = &self.sources.store_counters;
         counter(
             &mut encoder,
             "store_read_bytes",
@@ -290,7 +287,7 @@ impl Collector for StatsCollector {
             "verified uploads discarded because another upload of the digest committed first",
             load(&store.duplicate_commits),
         )?;
-        let (evicted_blobs, evicted_bytes) = self.store.evictions();
+        let (evicted_blobs, evicted_bytes) = self.sources.store.evictions();
         counter(
             &mut encoder,
             "evicted_blobs",
@@ -309,21 +306,35 @@ impl Collector for StatsCollector {
             encode_shared_store(&mut encoder, &shared.snapshot())?;
         }
 
-        let totals = self.store.totals();
+        encode_queue(&mut encoder, &self.sources.queue)?;
+        if let Some(tls) = &self.sources.tls {
+            gauge(
+                &mut encoder,
+                "tls_certificate_expiry_timestamp_seconds",
+                "when the certificate cached serves expires (seconds since the epoch; follows reloads)",
+                u64::try_from(tls.not_after()).unwrap_or(0),
+            )?;
+        }
+        let totals = self.sources.store.totals();
         gauge(&mut encoder, "stored_blobs", "blobs in the store", totals.blobs)?;
         gauge(&mut encoder, "stored_raw_bytes", "uncompressed bytes of the stored blobs", totals.raw_bytes)?;
         gauge(&mut encoder, "stored_bytes", "bytes the stored blobs take (compressed)", totals.stored_bytes)?;
-        gauge(&mut encoder, "max_bytes", "the byte budget (max_size)", self.store.budget().max_bytes)?;
-        if let Ok(free) = self.space.available() {
+        gauge(
+            &mut encoder,
+            "max_bytes",
+            "the byte budget (max_size)",
+            self.sources.store.budget().max_bytes,
+        )?;
+        if let Ok(free) = self.sources.space.available() {
             gauge(&mut encoder, "disk_free_bytes", "bytes free on the data directory's disk", free)?;
         }
         gauge(
             &mut encoder,
             "min_free_bytes",
             "free space kept on that disk (min_free_space): below it uploads are refused",
-            self.space.floor(),
+            self.sources.space.floor(),
         )?;
-        let connections = &self.connections;
+        let connections = &self.sources.connections;
         gauge(&mut encoder, "open_connections", "gRPC connections open", connections.open() as u64)?;
         counter(
             &mut encoder,
@@ -339,6 +350,23 @@ impl Collector for StatsCollector {
         )?;
         gauge(&mut encoder, "uptime_seconds", "seconds since start", self.stats.uptime_seconds())
     }
+}
+
+/// The remote-build queue, as last read from the scheduler (every few seconds).
+fn encode_queue(encoder: &mut DescriptorEncoder, queue: &QueueGauges) -> std::fmt::Result {
+    gauge(
+        encoder,
+        "scheduler_queued_tasks",
+        "build and image-index tasks waiting for an agent (every replica's, with a database)",
+        queue.queued_tasks(),
+    )?;
+    gauge(
+        encoder,
+        "scheduler_oldest_queued_seconds",
+        "how long the oldest job with a queued task has waited since it was submitted (0: none queued)",
+        queue.oldest_queued_seconds(),
+    )?;
+    gauge(encoder, "scheduler_agents", "runner agents connected to this replica", queue.agents())
 }
 
 /// Whole-build counters since start-up: lookups by result, misses by cause, records, bytes and

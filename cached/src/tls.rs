@@ -10,6 +10,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::RootCertStore;
@@ -33,19 +34,32 @@ const MAX_HANDSHAKES: usize = 256;
 pub struct Tls {
     files: TlsFiles,
     current: RwLock<Arc<ServerConfig>>,
+    /// When the served certificate expires, in seconds since the epoch (for the alert that
+    /// comes before it does).
+    not_after: AtomicI64,
 }
 
 impl Tls {
     pub fn load(files: &TlsFiles) -> Result<Arc<Self>> {
-        let config = server_config(files)?;
-        Ok(Arc::new(Self { files: files.clone(), current: RwLock::new(Arc::new(config)) }))
+        let (config, not_after) = server_config(files)?;
+        Ok(Arc::new(Self {
+            files: files.clone(),
+            current: RwLock::new(Arc::new(config)),
+            not_after: AtomicI64::new(not_after),
+        }))
     }
 
     /// Reads the files again. On failure the current identity stays.
     pub fn reload(&self) -> Result<()> {
-        let config = Arc::new(server_config(&self.files)?);
-        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        let (config, not_after) = server_config(&self.files)?;
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+        self.not_after.store(not_after, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// When the certificate served now expires, in seconds since the epoch.
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
     }
 
     pub fn is_mutual(&self) -> bool {
@@ -70,7 +84,15 @@ fn unusable(key: &str, path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::FailedPrecondition(format!("{key} {}: {reason}", path.display()))
 }
 
-fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
+/// The end of the validity of the certificate served (the first of the chain).
+fn expiry(files: &TlsFiles, leaf: &CertificateDer<'_>) -> Result<i64> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|err| unusable("tls_cert", &files.cert, format!("is not an X.509 certificate: {err}")))?;
+    Ok(certificate.validity().not_after.timestamp())
+}
+
+/// The server's TLS configuration, and when its certificate expires.
+fn server_config(files: &TlsFiles) -> Result<(ServerConfig, i64)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
@@ -78,6 +100,7 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
     if certs.is_empty() {
         return Err(unusable("tls_cert", &files.cert, "holds no PEM certificate"));
     }
+    let not_after = expiry(files, &certs[0])?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|err| unusable("tls_key", &files.key, err))?;
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -106,7 +129,7 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
         .map_err(|err| unusable("tls_cert", &files.cert, format!("does not go with tls_key: {err}")))?;
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+    Ok((config, not_after))
 }
 
 /// The TLS streams of the connections `listener` accepts within their peer's caps, each

@@ -519,3 +519,31 @@ async fn build_output_from_one_progress_call_is_bounded() {
     assert!(log.ends_with("lines and 64 KiB]"), "{}", &log[log.len() - 200..]);
     server.stop().await;
 }
+
+/// The value of a sample in the metrics text, if the metric is there.
+fn sample(metrics: &str, name: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| line.strip_prefix(&format!("{name} "))?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_show_the_queue_its_oldest_wait_and_the_connected_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    // A go version no agent has: the two tasks stay queued.
+    submit(&mut jobs, spec(&["linux/amd64", "linux/arm64"], "go1.0")).await;
+    let _agent = Agent::connect(&server, "a1", "go1.22.0", 1, &[]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = server.metrics().await;
+        let queued = sample(&metrics, "cached_scheduler_queued_tasks");
+        let agents = sample(&metrics, "cached_scheduler_agents");
+        let oldest = sample(&metrics, "cached_scheduler_oldest_queued_seconds");
+        if queued == Some(2) && agents == Some(1) && oldest.is_some_and(|seconds| seconds >= 1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the queue gauges never caught up:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    server.stop().await;
+}

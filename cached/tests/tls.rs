@@ -105,6 +105,10 @@ async fn tls_serves_https_and_refuses_plain_http_and_strangers() {
     stats_over_plain_http(port).await.expect_err("plain HTTP/2 gets no answer from a TLS port");
     // The server is unharmed by the failed handshakes.
     stats_over_tls(port, &ca, None).await.expect("still serving");
+    // rcgen's certificates are valid until 4096-01-01T00:00:00Z unless told otherwise.
+    let metrics = server.metrics().await;
+    let expiry = "cached_tls_certificate_expiry_timestamp_seconds 67090118400";
+    assert!(metrics.contains(expiry), "missing {expiry:?} in\n{metrics}");
     server.stop().await;
 }
 

@@ -68,4 +68,7 @@ pub trait SchedulerBackend: LiveLeases + Send + Sync + 'static {
 
     /// Extends the leases the heartbeat lists that this session holds; an error ends the session.
     async fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()>;
+
+    /// Tasks waiting for an agent (on every replica), and the agents connected here.
+    async fn queue_depth(&self) -> Result<super::gauges::QueueDepth>;
 }

@@ -130,6 +130,12 @@ impl Index {
         self.queued.len()
     }
 
+    /// The submission time of the oldest job with a queued task (the queue is ordered by
+    /// kind and priority first, so this looks at each queued task).
+    pub(super) fn oldest_queued_submitted_ms(&self) -> Option<i64> {
+        self.queued.iter().map(|key| key.submitted_unix_ms).min()
+    }
+
     pub(super) fn leased_builds(&self, agent: &str) -> u32 {
         count(&self.builds, agent)
     }

@@ -104,4 +104,8 @@ impl SchedulerBackend for Scheduler {
     async fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()> {
         Scheduler::heartbeat(self, session, heartbeat)
     }
+
+    async fn queue_depth(&self) -> Result<super::gauges::QueueDepth> {
+        Ok(Scheduler::queue_depth(self))
+    }
 }

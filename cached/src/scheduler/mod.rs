@@ -30,6 +30,7 @@
 pub mod backend;
 mod dispatch;
 mod expiry;
+pub mod gauges;
 mod index;
 mod memory;
 pub mod pg;
@@ -292,6 +293,15 @@ impl Scheduler {
     /// Queued tasks dispatch has looked at since start: a measure of its cost for tests.
     pub fn tasks_examined(&self) -> u64 {
         self.examined.load(Ordering::Relaxed)
+    }
+
+    pub fn queue_depth(&self) -> gauges::QueueDepth {
+        let state = self.lock();
+        gauges::QueueDepth {
+            queued_tasks: state.index.queued_len() as u64,
+            oldest_queued_submitted_ms: state.index.oldest_queued_submitted_ms(),
+            agents: state.workers.iter().count() as u64,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

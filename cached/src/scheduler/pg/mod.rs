@@ -328,6 +328,23 @@ impl SchedulerBackend for PgScheduler {
     async fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()> {
         self.extend_leases(session, heartbeat).await
     }
+
+    async fn queue_depth(&self) -> Result<super::gauges::QueueDepth> {
+        let client = self.db.client().await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(queued_builds + queued_index), 0)::bigint, min(submitted_ms) FROM jobs \
+                 WHERE NOT finished AND (queued_builds > 0 OR queued_index > 0)",
+                &[],
+            )
+            .await?;
+        let queued: i64 = row.get(0);
+        Ok(super::gauges::QueueDepth {
+            queued_tasks: u64::try_from(queued).unwrap_or(0),
+            oldest_queued_submitted_ms: row.get(1),
+            agents: self.workers().iter().count() as u64,
+        })
+    }
 }
 
 /// How long after an error the background loops try the database again.
