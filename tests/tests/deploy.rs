@@ -244,17 +244,19 @@ fn the_chart_refuses_a_setting_it_manages_and_an_open_server_by_mistake() {
     assert!(error.contains("auth.allowAnonymous=true"), "{error}");
     let error = render_error(&["--set", "agents.enabled=true", "--set", "agents.tokenSecret=agent"]);
     assert!(error.contains("agents.allowInsecureToken=true"), "{error}");
-    let error = render_error(&[
-        "--set",
-        "agents.enabled=true",
-        "--set",
-        "agents.tokenSecret=agent",
-        "--set",
-        "agents.allowInsecureToken=true",
-        "--set",
-        "agents.keda.enabled=true",
-    ]);
-    assert!(error.contains("agents.keda.query is required"), "{error}");
+}
+
+#[test]
+fn keda_scales_the_agents_on_cacheds_own_queue_metric_unless_given_a_query() {
+    let agents = ["agents.enabled=true", "agents.tokenSecret=agent", "agents.allowInsecureToken=true"];
+    let mut flags: Vec<&str> = agents.iter().flat_map(|value| ["--set", value]).collect();
+    flags.extend(["--set", "agents.keda.enabled=true"]);
+    let manifests = render(&flags);
+    assert!(
+        manifests.contains(r#"query: "max(cached_scheduler_queued_tasks{job=\"release-cached-metrics\"})""#),
+        "{manifests}"
+    );
+    assert_valid(&manifests);
 }
 
 /// The `cached.toml` of a render's ConfigMap, unindented.

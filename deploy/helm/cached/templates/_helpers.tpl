@@ -83,9 +83,6 @@ Values that would make a broken release are refused at render time, each with th
 {{- if and $v.auth.tokensSecret (not $v.agents.tokenSecret) -}}
 {{- fail "cached has tokens, so the agents need one: agents.tokenSecret (scopes worker, read, cas-write, ac-write)" -}}
 {{- end -}}
-{{- if and $v.agents.keda.enabled (not $v.agents.keda.query) -}}
-{{- fail "agents.keda.query is required: cached exports no queue-depth metric yet, so give the PromQL of your queued builds (docs/deploy.md, \"Autoscaling the agents\")" -}}
-{{- end -}}
 {{- end -}}
 {{- end -}}
 
