@@ -1,0 +1,149 @@
+//! scripts/images: the container images of cached and runner-agent come out with the same
+//! digests twice, and the cached image, unpacked with umoci and started in its own root
+//! filesystem as its non-root user, serves: gRPC health and a `cachectl put`/`get` from outside.
+//! Built from the debug binaries the suite already has (`--bin-dir`), so nothing is rebuilt.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cached_e2e::{binary, free_port, is_root, run};
+
+/// Runs scripts/images into `out`, returning each image's index digest by name.
+fn build_images(out: &Path) -> Vec<(String, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/images");
+    let bin_dir = binary("cached").parent().expect("bin dir").to_owned();
+    let mut command = Command::new(script);
+    command.arg("--bin-dir").arg(&bin_dir).arg("--out").arg(out);
+    run(command).success("scripts/images");
+    ["cached", "runner-agent"]
+        .into_iter()
+        .map(|name| {
+            let index = std::fs::read(out.join(name).join("index.json")).expect("index.json of the layout");
+            let index: serde_json::Value = serde_json::from_slice(&index).expect("index.json is JSON");
+            let digest = index["manifests"][0]["digest"].as_str().expect("an image in the layout").to_owned();
+            (name.to_owned(), digest)
+        })
+        .collect()
+}
+
+/// `cached` from the image, in a mount and PID namespace chrooted to the unpacked root
+/// filesystem, as the image's user; the host's network, so its loopback port is ours too.
+struct Contained {
+    unshare: Child,
+}
+
+impl Contained {
+    fn start(rootfs: &Path, user: &str, args: &[&str], log: &Path) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        let unshare = Command::new("unshare")
+            // --kill-child: the contained process dies with unshare, even by SIGKILL.
+            .args(["--mount", "--pid", "--fork", "--kill-child", "chroot"])
+            .arg(format!("--userspec={user}"))
+            .arg(rootfs)
+            .args(args)
+            // The image's environment, not ours (PATH also finds chroot for unshare).
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("unshare (util-linux)");
+        Self { unshare }
+    }
+
+    fn wait_listening(&mut self, addr: &str, log: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            let log = || std::fs::read_to_string(log).unwrap_or_default();
+            if let Ok(Some(status)) = self.unshare.try_wait() {
+                panic!("cached in the image exited ({status}):\n{}", log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cached in the image did not listen on {addr} within 30s:\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+fn health(url: &str) -> i32 {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to cached in the image");
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        client.check(request).await.expect("grpc.health.v1.Health/Check").into_inner().status
+    })
+}
+
+fn cachectl(url: &str) -> Command {
+    let mut command = Command::new(binary("cachectl"));
+    command.arg("--server").arg(url);
+    command
+}
+
+#[test]
+fn the_images_are_reproducible_and_the_cached_image_serves_as_nonroot() {
+    // chroot and new mount and PID namespaces need root (CI runs the suite as root).
+    assert!(is_root(), "this test starts the image in a chroot and namespaces: run it as root");
+    let work = tempfile::tempdir().expect("temp dir");
+    let first = build_images(&work.path().join("first"));
+    let second = build_images(&work.path().join("second"));
+    assert_eq!(first, second, "the same binaries and commit must give the same image digests");
+
+    let unpacked = work.path().join("unpacked");
+    let image = format!("{}:latest", work.path().join("first/cached").display());
+    let mut unpack = Command::new("umoci");
+    unpack.args(["unpack", "--rootless", "--image", &image]).arg(&unpacked);
+    run(unpack).success("umoci unpack (scripts/setup installs umoci)");
+    let rootfs = unpacked.join("rootfs");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(unpacked.join("config.json")).expect("runtime config"))
+            .expect("config.json is JSON");
+    let user = &config["process"]["user"];
+    assert_eq!((user["uid"].as_u64(), user["gid"].as_u64()), (Some(65532), Some(65532)), "{user}");
+    let entrypoint = config["process"]["args"][0].as_str().expect("an entrypoint");
+    assert_eq!(entrypoint, "/usr/local/bin/cached");
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = work.path().join("cached.log");
+    let args = [entrypoint, "--listen", &addr, "--metrics-listen", "off", "--data-dir", "/tmp/data"];
+    let mut cached = Contained::start(&rootfs, "65532:65532", &args, &log);
+    cached.wait_listening(&addr, &log);
+    let url = format!("http://{addr}");
+    assert_eq!(health(&url), tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    let file = work.path().join("blob");
+    std::fs::write(&file, b"stored by cached running from its own image").expect("write blob");
+    let mut put = cachectl(&url);
+    put.arg("put").arg(&file);
+    let put = run(put).success("cachectl put");
+    let digest = put.stdout.trim().to_owned();
+    let fetched = work.path().join("fetched");
+    let mut get = cachectl(&url);
+    get.arg("get").arg(&digest).arg("-o").arg(&fetched);
+    run(get).success("cachectl get");
+    assert_eq!(std::fs::read(&fetched).expect("fetched blob"), std::fs::read(&file).expect("blob"));
+
+    // The store is on the image's /tmp, written by the image's non-root user.
+    let data: PathBuf = rootfs.join("tmp/data");
+    let owner = std::fs::metadata(&data).expect("the data dir inside the image");
+    assert_eq!((owner.uid(), owner.gid()), (65532, 65532));
+}
