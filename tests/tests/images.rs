@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cached_e2e::{binary, free_port, is_root, run};
+use cached_e2e::remote::{TinyModule, succeeded_with_outputs};
+use cached_e2e::{Daemon, binary, free_port, is_root, run};
 
 /// Runs scripts/images into `out`, returning each image's index digest by name.
 fn build_images(out: &Path) -> Vec<(String, String)> {
@@ -28,24 +29,68 @@ fn build_images(out: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `cached` from the image, in a mount and PID namespace chrooted to the unpacked root
-/// filesystem, as the image's user; the host's network, so its loopback port is ours too.
+/// An image unpacked by umoci: its root filesystem and runtime config.
+struct Unpacked {
+    rootfs: PathBuf,
+    config: serde_json::Value,
+}
+
+impl Unpacked {
+    fn new(layout: &Path, into: &Path) -> Self {
+        let image = format!("{}:latest", layout.display());
+        let mut unpack = Command::new("umoci");
+        unpack.args(["unpack", "--rootless", "--image", &image]).arg(into);
+        run(unpack).success("umoci unpack (scripts/setup installs umoci)");
+        let config = std::fs::read(into.join("config.json")).expect("runtime config");
+        let config = serde_json::from_slice(&config).expect("config.json is JSON");
+        Self { rootfs: into.join("rootfs"), config }
+    }
+
+    fn user(&self) -> (u64, u64) {
+        let user = &self.config["process"]["user"];
+        (user["uid"].as_u64().expect("uid"), user["gid"].as_u64().expect("gid"))
+    }
+
+    fn entrypoint(&self) -> &str {
+        self.config["process"]["args"][0].as_str().expect("an entrypoint")
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let env = self.config["process"]["env"].as_array().expect("an environment");
+        env.iter()
+            .filter_map(|entry| entry.as_str()?.split_once('='))
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect()
+    }
+}
+
+/// The image's entrypoint with `args`, as a runtime would start it: in new mount and PID
+/// namespaces with /proc mounted and the host's /dev, chrooted to the root filesystem, as the
+/// image's user with the image's environment; the host's network, so its loopback is ours.
 struct Contained {
     unshare: Child,
 }
 
 impl Contained {
-    fn start(rootfs: &Path, user: &str, args: &[&str], log: &Path) -> Self {
+    fn start(image: &Unpacked, args: &[&str], log: &Path) -> Self {
         let log = std::fs::File::create(log).expect("log file");
+        let root = &image.rootfs;
+        for mount_point in ["proc", "dev"] {
+            std::fs::create_dir_all(root.join(mount_point)).expect("mount point");
+        }
+        let (uid, gid) = image.user();
         let unshare = Command::new("unshare")
             // --kill-child: the contained process dies with unshare, even by SIGKILL.
-            .args(["--mount", "--pid", "--fork", "--kill-child", "chroot"])
-            .arg(format!("--userspec={user}"))
-            .arg(rootfs)
+            .args(["--mount", "--pid", "--fork", "--kill-child", "sh", "-euc"])
+            .arg(r#"root=$1; shift; mount -t proc proc "$root/proc"; mount --rbind /dev "$root/dev"; exec chroot "$@""#)
+            .arg("sh")
+            .arg(root)
+            .arg(format!("--userspec={uid}:{gid}"))
+            .arg(root)
+            .arg(image.entrypoint())
             .args(args)
-            // The image's environment, not ours (PATH also finds chroot for unshare).
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(image.env())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -107,26 +152,15 @@ fn the_images_are_reproducible_and_the_cached_image_serves_as_nonroot() {
     let second = build_images(&work.path().join("second"));
     assert_eq!(first, second, "the same binaries and commit must give the same image digests");
 
-    let unpacked = work.path().join("unpacked");
-    let image = format!("{}:latest", work.path().join("first/cached").display());
-    let mut unpack = Command::new("umoci");
-    unpack.args(["unpack", "--rootless", "--image", &image]).arg(&unpacked);
-    run(unpack).success("umoci unpack (scripts/setup installs umoci)");
-    let rootfs = unpacked.join("rootfs");
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(unpacked.join("config.json")).expect("runtime config"))
-            .expect("config.json is JSON");
-    let user = &config["process"]["user"];
-    assert_eq!((user["uid"].as_u64(), user["gid"].as_u64()), (Some(65532), Some(65532)), "{user}");
-    let entrypoint = config["process"]["args"][0].as_str().expect("an entrypoint");
-    assert_eq!(entrypoint, "/usr/local/bin/cached");
-
+    let cached = Unpacked::new(&work.path().join("first/cached"), &work.path().join("cached"));
+    assert_eq!(cached.user(), (65532, 65532));
+    assert_eq!(cached.entrypoint(), "/usr/local/bin/cached");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let log = work.path().join("cached.log");
-    let args = [entrypoint, "--listen", &addr, "--metrics-listen", "off", "--data-dir", "/tmp/data"];
-    let mut cached = Contained::start(&rootfs, "65532:65532", &args, &log);
-    cached.wait_listening(&addr, &log);
+    let args = ["--listen", &addr, "--metrics-listen", "off", "--data-dir", "/tmp/data"];
+    let mut server = Contained::start(&cached, &args, &log);
+    server.wait_listening(&addr, &log);
     let url = format!("http://{addr}");
     assert_eq!(health(&url), tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
@@ -143,7 +177,37 @@ fn the_images_are_reproducible_and_the_cached_image_serves_as_nonroot() {
     assert_eq!(std::fs::read(&fetched).expect("fetched blob"), std::fs::read(&file).expect("blob"));
 
     // The store is on the image's /tmp, written by the image's non-root user.
-    let data: PathBuf = rootfs.join("tmp/data");
+    let data = cached.rootfs.join("tmp/data");
     let owner = std::fs::metadata(&data).expect("the data dir inside the image");
     assert_eq!((owner.uid(), owner.gid()), (65532, 65532));
+}
+
+#[test]
+fn the_runner_agent_image_completes_a_build_from_a_live_cached() {
+    // The agent runs builds as build uids from a chroot and namespaces: root only.
+    assert!(is_root(), "this test starts the image in a chroot and namespaces: run it as root");
+    let work = tempfile::tempdir().expect("temp dir");
+    build_images(&work.path().join("images"));
+    let agent = Unpacked::new(&work.path().join("images/runner-agent"), &work.path().join("agent"));
+    assert_eq!(agent.user(), (0, 0), "the agent's sandbox needs root to switch to build uids");
+    let go = agent.rootfs.join("usr/local/go/bin/go");
+    assert!(go.is_file(), "the Go toolchain layer puts go at {}", go.display());
+
+    let daemon = Daemon::start();
+    let url = daemon.url();
+    let log = work.path().join("agent.log");
+    // A range of build uids of its own: remote.rs's agents start at 63000.
+    let args = ["--server", &url, "--name", "image", "--grace", "2s", "--work-dir", "/tmp/work"];
+    let _agent = Contained::start(&agent, &[&args[..], &["--build-uids", "62000-62003"]].concat(), &log);
+
+    let tiny = TinyModule::new();
+    let job = tiny.submit(&url);
+    let jobs = tiny.wait_finished(&url, std::slice::from_ref(&job), Duration::from_secs(180));
+    let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(succeeded_with_outputs(&jobs[0]), "{:#}\nagent:\n{agent_log}", jobs[0]);
+    assert!(
+        jobs[0]["tasks"][0]["agent"].as_str().is_some_and(|name| name.starts_with("image")),
+        "built by the agent in the image: {:#}",
+        jobs[0]
+    );
 }
