@@ -588,6 +588,80 @@ fn build_layer(
 mod tests {
     use super::*;
 
+    /// A spec for one linux/amd64 binary and one tree, into `layout`.
+    fn spec_with_tree(
+        name: &str,
+        binary: &std::path::Path,
+        tree: &std::path::Path,
+        layout: PathBuf,
+    ) -> ImageSpec {
+        let mut spec = ImageSpec::new(name, vec![("linux/amd64".parse().unwrap(), binary.to_owned())]);
+        spec.layers = vec![tree.to_owned()];
+        spec.epoch = 1_700_000_000;
+        spec.oci_layout = Some(layout);
+        spec
+    }
+
+    fn manifest_and_config(layout: &std::path::Path, result: &ImageResult) -> (Manifest, serde_json::Value) {
+        let layout = Layout::open(layout).unwrap();
+        let manifest: Manifest =
+            serde_json::from_slice(&layout.read_blob(&result.images[0].manifest.digest).unwrap()).unwrap();
+        let config = serde_json::from_slice(&layout.read_blob(&manifest.config.digest).unwrap()).unwrap();
+        (manifest, config)
+    }
+
+    /// A base made with --layer, given as `oci:DIR`, under an image with a tree of its own:
+    /// base layers, then ours in order, each with its diff_id and history entry.
+    #[tokio::test]
+    async fn tree_layers_sit_between_the_base_and_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("app");
+        std::fs::write(&binary, b"\x7fELF not really").unwrap();
+        let (rootfs, extra) = (dir.path().join("rootfs"), dir.path().join("extra"));
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::write(rootfs.join("etc/passwd"), "nonroot:x:65532:65532::/:/sbin/nologin\n").unwrap();
+        std::fs::create_dir_all(extra.join("usr/share")).unwrap();
+        std::fs::write(extra.join("usr/share/data"), "data").unwrap();
+
+        let base_dir = dir.path().join("base");
+        let base =
+            build_image(&spec_with_tree("base", &binary, &rootfs, base_dir.clone()), None).await.unwrap();
+        assert_eq!(base.tree_layers.len(), 1);
+
+        let build = |out: &str| {
+            let mut spec = spec_with_tree("app", &binary, &extra, dir.path().join(out));
+            spec.base = Some(format!("oci:{}", base_dir.display()));
+            async move { build_image(&spec, None).await.unwrap() }
+        };
+        let image = build("one").await;
+        assert_eq!(build("two").await.index.digest, image.index.digest, "the same inputs, the same index");
+
+        let (manifest, config) = manifest_and_config(&dir.path().join("one"), &image);
+        let digests: Vec<Sha256> = manifest.layers.iter().map(|layer| layer.digest).collect();
+        let expected = [
+            base.tree_layers[0].digest,
+            base.images[0].layer.digest,
+            image.tree_layers[0].digest,
+            image.images[0].layer.digest,
+        ];
+        assert_eq!(digests, expected);
+        let diff_ids: Vec<&str> =
+            config["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap()).collect();
+        let expected_ids: Vec<String> =
+            [&base.tree_layers[0], &base.images[0].layer, &image.tree_layers[0], &image.images[0].layer]
+                .iter()
+                .map(|layer| layer.diff_id.to_string())
+                .collect();
+        assert_eq!(diff_ids, expected_ids);
+        let history = config["history"].as_array().unwrap();
+        assert_eq!(history.len(), 4);
+        assert_eq!(history[2]["created_by"], "cachectl image --layer");
+        assert!(
+            !String::from_utf8_lossy(&serde_json::to_vec(&config).unwrap())
+                .contains(&*dir.path().to_string_lossy())
+        );
+    }
+
     #[test]
     fn ref_names_follow_the_layout_grammar() {
         for good in ["latest", "v1.2", "ghcr.io/o/app:v1", "a+b"] {
