@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cached_e2e::remote::{TinyModule, succeeded_with_outputs};
+use cached_e2e::remote::{TinyModule, finished, succeeded_with_outputs};
 use cached_e2e::{Daemon, binary, free_port, is_root, run};
 
 /// Runs scripts/images into `out`, returning each image's index digest by name.
@@ -202,12 +202,21 @@ fn the_runner_agent_image_completes_a_build_from_a_live_cached() {
 
     let tiny = TinyModule::new();
     let job = tiny.submit(&url);
-    let jobs = tiny.wait_finished(&url, std::slice::from_ref(&job), Duration::from_secs(180));
+    // Polled here rather than by wait_finished, so that a job left queued shows the agent's log.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let job = loop {
+        let listed = tiny.jobs(&url).into_iter().find(|listed| listed["job_id"] == job.as_str());
+        if let Some(listed) = listed.filter(finished) {
+            break listed;
+        }
+        let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(Instant::now() < deadline, "job {job} did not finish within 180s; agent:\n{agent_log}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(succeeded_with_outputs(&jobs[0]), "{:#}\nagent:\n{agent_log}", jobs[0]);
+    assert!(succeeded_with_outputs(&job), "{job:#}\nagent:\n{agent_log}");
     assert!(
-        jobs[0]["tasks"][0]["agent"].as_str().is_some_and(|name| name.starts_with("image")),
-        "built by the agent in the image: {:#}",
-        jobs[0]
+        job["tasks"][0]["agent"].as_str().is_some_and(|name| name.starts_with("image")),
+        "built by the agent in the image: {job:#}"
     );
 }
