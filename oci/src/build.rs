@@ -26,6 +26,7 @@ use super::push::{self, Document, PushBlob, PushImage, PushPlan};
 use super::reference::Reference;
 use super::registry::{PushCounts, Registry, RegistryOptions};
 use super::sources::{Rebuild, Sources};
+use super::tree::{self, TreeOptions};
 
 /// Everything that defines an image. Only what is listed here enters its digests: never the
 /// paths of the binaries or of the output directory.
@@ -50,6 +51,9 @@ pub struct ImageSpec {
     pub epoch: u64,
     /// `--base`: a registry reference, `oci:DIR[:NAME]`, or a layout directory.
     pub base: Option<String>,
+    /// `--layer`: directories whose trees become layers at `/`, in this order, between the
+    /// base's layers and the binary's. Their contents enter the digests, their paths do not.
+    pub layers: Vec<PathBuf>,
     pub oci_layout: Option<PathBuf>,
     /// The name of the image in the layout's index.json; defaults to the push tag or `latest`.
     pub tag: Option<String>,
@@ -73,6 +77,7 @@ impl ImageSpec {
             compression: Compression::Gzip,
             epoch: 0,
             base: None,
+            layers: Vec::new(),
             oci_layout: None,
             tag: None,
             push: None,
@@ -82,6 +87,10 @@ impl ImageSpec {
 
     pub fn binary_path(&self) -> String {
         format!("{}/{}", self.dir.trim_end_matches('/'), self.name)
+    }
+
+    fn tree_options(&self) -> TreeOptions {
+        TreeOptions { uid: self.uid, gid: self.gid, mtime: self.epoch, compression: self.compression }
     }
 
     fn layer_options(&self) -> LayerOptions {
@@ -118,6 +127,8 @@ pub struct ImageResult {
     /// The image index over every platform: what a job result carries.
     pub index: Descriptor,
     pub images: Vec<PlatformImage>,
+    /// The `--layer` directories' layers, in order; every platform has them.
+    pub tree_layers: Vec<Layer>,
     /// The layout written, and the image's name in it.
     pub layout: Option<(PathBuf, String)>,
     pub push: Option<PushReport>,
@@ -157,6 +168,13 @@ fn plan(spec: &ImageSpec) -> Result<Plan> {
     for pair in binaries.windows(2) {
         if pair[0].0.matches(&pair[1].0) {
             return Err(OciError::Usage(format!("platform {} is given twice", pair[1].0)));
+        }
+    }
+    for dir in &spec.layers {
+        let metadata = std::fs::metadata(dir)
+            .map_err(|err| OciError::Usage(format!("--layer {}: {err}", dir.display())))?;
+        if !metadata.is_dir() {
+            return Err(OciError::Usage(format!("--layer {}: not a directory", dir.display())));
         }
     }
     for (platform, path) in &binaries {
@@ -223,6 +241,7 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
     };
 
     let (layers, stores) = layers(&plan, &staging, cache, &mut warnings).await?;
+    let tree_layers = tree_layers(spec, &staging).await?;
 
     // Configs, manifests, the index.
     let mut images = Vec::new();
@@ -232,19 +251,18 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
         _ => None,
     };
     for ((platform, _), (layer, layer_cached, _)) in plan.binaries.iter().zip(&layers) {
-        let (config_bytes, manifest) = documents(spec, platform, layer, base.as_ref())?;
+        let (config_bytes, manifest) = documents(spec, platform, layer, &tree_layers, base.as_ref())?;
         let config = staging.write_blob(MEDIA_CONFIG, &config_bytes)?;
+        let base_count = manifest.layers.len() - tree_layers.len() - 1;
         let mut blobs = Vec::new();
-        if let Some((ours, base_layers)) = manifest.layers.split_last() {
-            for base_layer in base_layers {
-                let mount = mount_from
-                    .filter(|r| plan.push.as_ref().is_some_and(|p| p.registry == r.registry))
-                    .map(|r| r.repository.clone());
-                blobs.push(PushBlob { descriptor: base_layer.clone(), mount_from: mount, cas: None });
-            }
-            // A layer from the layer cache is in the CAS: a cached registry links it.
-            let cas = layer_cached.then_some(layer.cas);
-            blobs.push(PushBlob { descriptor: ours.clone(), mount_from: None, cas });
+        let binary_layer = manifest.layers.len() - 1;
+        for (i, descriptor) in manifest.layers.iter().enumerate() {
+            let mount = mount_from
+                .filter(|r| i < base_count && plan.push.as_ref().is_some_and(|p| p.registry == r.registry))
+                .map(|r| r.repository.clone());
+            // A binary layer from the layer cache is in the CAS: a cached registry links it.
+            let cas = (i == binary_layer && *layer_cached).then_some(layer.cas);
+            blobs.push(PushBlob { descriptor: descriptor.clone(), mount_from: mount, cas });
         }
         blobs.push(PushBlob { descriptor: config.clone(), mount_from: None, cas: None });
         let bytes = manifest::to_json(&manifest);
@@ -315,7 +333,7 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
             warnings.push(format!("could not store a layer in the cache: {err}"));
         }
     }
-    Ok(ImageResult { index: index_descriptor, images, layout, push: push_report, warnings })
+    Ok(ImageResult { index: index_descriptor, images, tree_layers, layout, push: push_report, warnings })
 }
 
 /// The config (its canonical bytes) and manifest of one platform: `layer` on top of the
@@ -324,6 +342,7 @@ fn documents(
     spec: &ImageSpec,
     platform: &ImagePlatform,
     layer: &Layer,
+    tree_layers: &[Layer],
     base: Option<&BaseImage>,
 ) -> Result<(Vec<u8>, Manifest)> {
     let base_platform = base.and_then(|b| b.for_platform(platform));
@@ -334,10 +353,12 @@ fn documents(
         labels: spec.labels.clone(),
         created: spec.epoch,
         created_by: format!("cachectl image {}", spec.binary_path()),
+        tree_layers: tree_layers.iter().map(|tree| tree.diff_id).collect(),
     };
     let config_bytes =
         config::image_config(base_platform.map(|b| &b.config), platform, layer.diff_id, &options)?;
     let mut layers = base_platform.map(|b| b.layers.clone()).unwrap_or_default();
+    layers.extend(tree_layers.iter().map(|tree| Descriptor::new(&tree.media_type, tree.digest, tree.size)));
     layers.push(Descriptor::new(&layer.media_type, layer.digest, layer.size));
     let annotations = match (base, base_platform) {
         (Some(base), Some(base_platform)) => {
@@ -402,9 +423,10 @@ pub async fn build_platform_image(spec: &ImageSpec, cache: Option<&LayerCache>) 
             spec.binaries.len()
         )));
     }
-    if spec.base.is_some() || spec.oci_layout.is_some() || spec.push.is_some() {
+    if spec.base.is_some() || !spec.layers.is_empty() || spec.oci_layout.is_some() || spec.push.is_some() {
         return Err(OciError::Usage(
-            "a platform image has no base, layout or push; build the whole image for those".into(),
+            "a platform image has no base, extra layers, layout or push; build the whole image for those"
+                .into(),
         ));
     }
     let plan = plan(spec)?;
@@ -418,7 +440,7 @@ pub async fn build_platform_image(spec: &ImageSpec, cache: Option<&LayerCache>) 
         .zip(&layers)
         .next()
         .ok_or_else(|| OciError::Invalid("no layer was built".into()))?;
-    let (config_bytes, manifest) = documents(spec, platform, layer, None)?;
+    let (config_bytes, manifest) = documents(spec, platform, layer, &[], None)?;
     let manifest_bytes = manifest::to_json(&manifest);
     let mut descriptor = Descriptor::of(MEDIA_MANIFEST, &manifest_bytes);
     descriptor.platform = Some(platform.clone());
@@ -525,6 +547,30 @@ async fn layers(
     Ok((out, stores))
 }
 
+/// The `--layer` directories' layers, built into the staging layout (in parallel, bounded by
+/// the cores). They are not cached: a tree has no single digest to key them by without
+/// reading it all, which is what building the layer does anyway.
+async fn tree_layers(spec: &ImageSpec, staging: &Layout) -> Result<Vec<Layer>> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let builds = spec.layers.iter().map(|dir| {
+        let (dir, options, staging) = (dir.clone(), spec.tree_options(), staging.clone());
+        join(cached_client::task::spawn_blocking("build-tree-layer", move || {
+            build_tree_layer(&staging, &dir, &options)
+        }))
+    });
+    futures::stream::iter(builds).buffered(cores).collect::<Vec<_>>().await.into_iter().collect()
+}
+
+fn build_tree_layer(staging: &Layout, dir: &std::path::Path, options: &TreeOptions) -> Result<Layer> {
+    let blobs = staging.root.join("blobs").join("sha256");
+    let temp =
+        tempfile::Builder::new().prefix(".tmp-").tempfile_in(&blobs).map_err(OciError::file(&blobs))?;
+    let file = temp.reopen().map_err(OciError::file(temp.path()))?;
+    let layer = tree::write_tree_layer(dir, options, std::io::BufWriter::with_capacity(1 << 20, file))?;
+    staging.import(temp.path(), &layer.digest, layer.size)?;
+    Ok(layer)
+}
+
 /// Tars and compresses one binary into the staging layout.
 fn build_layer(
     staging: &Layout,
@@ -544,6 +590,80 @@ fn build_layer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spec for one linux/amd64 binary and one tree, into `layout`.
+    fn spec_with_tree(
+        name: &str,
+        binary: &std::path::Path,
+        tree: &std::path::Path,
+        layout: PathBuf,
+    ) -> ImageSpec {
+        let mut spec = ImageSpec::new(name, vec![("linux/amd64".parse().unwrap(), binary.to_owned())]);
+        spec.layers = vec![tree.to_owned()];
+        spec.epoch = 1_700_000_000;
+        spec.oci_layout = Some(layout);
+        spec
+    }
+
+    fn manifest_and_config(layout: &std::path::Path, result: &ImageResult) -> (Manifest, serde_json::Value) {
+        let layout = Layout::open(layout).unwrap();
+        let manifest: Manifest =
+            serde_json::from_slice(&layout.read_blob(&result.images[0].manifest.digest).unwrap()).unwrap();
+        let config = serde_json::from_slice(&layout.read_blob(&manifest.config.digest).unwrap()).unwrap();
+        (manifest, config)
+    }
+
+    /// A base made with --layer, given as `oci:DIR`, under an image with a tree of its own:
+    /// base layers, then ours in order, each with its diff_id and history entry.
+    #[tokio::test]
+    async fn tree_layers_sit_between_the_base_and_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("app");
+        std::fs::write(&binary, b"\x7fELF not really").unwrap();
+        let (rootfs, extra) = (dir.path().join("rootfs"), dir.path().join("extra"));
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::write(rootfs.join("etc/passwd"), "nonroot:x:65532:65532::/:/sbin/nologin\n").unwrap();
+        std::fs::create_dir_all(extra.join("usr/share")).unwrap();
+        std::fs::write(extra.join("usr/share/data"), "data").unwrap();
+
+        let base_dir = dir.path().join("base");
+        let base =
+            build_image(&spec_with_tree("base", &binary, &rootfs, base_dir.clone()), None).await.unwrap();
+        assert_eq!(base.tree_layers.len(), 1);
+
+        let build = |out: &str| {
+            let mut spec = spec_with_tree("app", &binary, &extra, dir.path().join(out));
+            spec.base = Some(format!("oci:{}", base_dir.display()));
+            async move { build_image(&spec, None).await.unwrap() }
+        };
+        let image = build("one").await;
+        assert_eq!(build("two").await.index.digest, image.index.digest, "the same inputs, the same index");
+
+        let (manifest, config) = manifest_and_config(&dir.path().join("one"), &image);
+        let digests: Vec<Sha256> = manifest.layers.iter().map(|layer| layer.digest).collect();
+        let expected = [
+            base.tree_layers[0].digest,
+            base.images[0].layer.digest,
+            image.tree_layers[0].digest,
+            image.images[0].layer.digest,
+        ];
+        assert_eq!(digests, expected);
+        let diff_ids: Vec<&str> =
+            config["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap()).collect();
+        let expected_ids: Vec<String> =
+            [&base.tree_layers[0], &base.images[0].layer, &image.tree_layers[0], &image.images[0].layer]
+                .iter()
+                .map(|layer| layer.diff_id.to_string())
+                .collect();
+        assert_eq!(diff_ids, expected_ids);
+        let history = config["history"].as_array().unwrap();
+        assert_eq!(history.len(), 4);
+        assert_eq!(history[2]["created_by"], "cachectl image --layer");
+        assert!(
+            !String::from_utf8_lossy(&serde_json::to_vec(&config).unwrap())
+                .contains(&*dir.path().to_string_lossy())
+        );
+    }
 
     #[test]
     fn ref_names_follow_the_layout_grammar() {

@@ -29,6 +29,8 @@ pub struct ConfigOptions {
     pub created: u64,
     /// `created_by` of our history entry.
     pub created_by: String,
+    /// diff_ids of the directory layers (`--layer`), which go between the base's and ours.
+    pub tree_layers: Vec<Sha256>,
 }
 
 /// RFC 3339 UTC time of `seconds` since the epoch, as configs carry it.
@@ -92,6 +94,7 @@ pub fn image_config(
         Some(Value::Array(ids)) => ids.clone(),
         _ => Vec::new(),
     };
+    diff_ids.extend(options.tree_layers.iter().map(|id| json!(id.to_string())));
     diff_ids.push(json!(diff_id.to_string()));
     root.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
 
@@ -99,6 +102,10 @@ pub fn image_config(
         Some(Value::Array(entries)) => entries,
         _ => Vec::new(),
     };
+    for _ in &options.tree_layers {
+        // Never the directory's path: where the tree was must not enter the digest.
+        history.push(json!({"created": created, "created_by": "cachectl image --layer"}));
+    }
     history.push(json!({
         "created": created,
         "created_by": options.created_by,

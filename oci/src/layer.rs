@@ -139,11 +139,8 @@ pub fn write_layer(
     let size = file.metadata().map_err(OciError::file(binary))?.len();
     let mut reader = Blake3Reader::new(BufReader::with_capacity(1 << 20, file));
 
-    let compressed = HashingWriter::with_blake3(out);
-    let encoder = match options.compression {
-        Compression::Gzip => Encoder::Gzip(GzipWriter::new(compressed)),
-        Compression::Zstd => Encoder::Zstd(zstd_encoder(compressed).map_err(OciError::file(binary))?),
-    };
+    let encoder =
+        Encoder::new(HashingWriter::with_blake3(out), options.compression).map_err(OciError::file(binary))?;
     let mut tar = tar::Builder::new(HashingWriter::new(encoder));
     let io_error = OciError::file(binary);
     let mut write = || -> io::Result<()> {
@@ -217,13 +214,21 @@ fn zstd_encoder<W: Write>(out: W) -> io::Result<zstd::stream::write::Encoder<'st
     Ok(encoder)
 }
 
-enum Encoder<W: Write> {
+/// The layer's compressor, whichever codec the options name.
+pub(crate) enum Encoder<W: Write> {
     Gzip(GzipWriter<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
 impl<W: Write> Encoder<W> {
-    fn finish(self) -> io::Result<W> {
+    pub(crate) fn new(out: W, compression: Compression) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::Gzip => Self::Gzip(GzipWriter::new(out)),
+            Compression::Zstd => Self::Zstd(zstd_encoder(out)?),
+        })
+    }
+
+    pub(crate) fn finish(self) -> io::Result<W> {
         match self {
             Self::Gzip(gzip) => gzip.finish(),
             Self::Zstd(zstd) => zstd.finish(),
@@ -328,7 +333,7 @@ impl<W: Write> Write for GzipWriter<W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Read;
     use std::path::PathBuf;
 
@@ -357,7 +362,7 @@ mod tests {
         (path, proto::Digest::of(&data))
     }
 
-    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    pub(crate) fn gunzip(bytes: &[u8]) -> Vec<u8> {
         assert_eq!(&bytes[..10], &GZIP_HEADER, "fixed gzip header");
         let body = &bytes[10..bytes.len() - 8];
         let raw = miniz_oxide::inflate::decompress_to_vec(body).expect("valid deflate");

@@ -6,7 +6,8 @@
 //!
 //! Read in data-flow order:
 //! - inputs: `platform`, `reference`;
-//! - layers: `layer` (deterministic tar, pinned gzip or zstd), `cache` (layers kept in cached,
+//! - layers: `layer` (deterministic tar, pinned gzip or zstd), `tree` (a directory as a
+//!   layer), `cache` (layers kept in cached,
 //!   keyed by binary and options);
 //! - documents: `config`, `manifest` (and their canonical bytes), `base` (an optional base);
 //! - outputs: `layout` (OCI layout directories), `sources` (where each blob's bytes come
@@ -35,6 +36,7 @@ pub mod reference;
 pub mod registry;
 pub mod signature;
 pub mod sources;
+pub mod tree;
 
 pub use build::{
     ImageResult, ImageSpec, PlatformBuild, PlatformImage, PushReport, build_image, build_platform_image,

@@ -26,6 +26,10 @@ pub struct Args {
     /// Base image: a registry reference, oci:DIR[:NAME], or an OCI layout directory [default: none]
     #[arg(long, value_name = "REF")]
     base: Option<String>,
+    /// A directory whose tree becomes a layer at / (sorted, modes and symlinks kept, owned by
+    /// --owner, mtimes from SOURCE_DATE_EPOCH), between the base and the binary; repeatable.
+    #[arg(long = "layer", value_name = "DIR")]
+    layers: Vec<PathBuf>,
     /// Write the image to this OCI image layout directory (created if absent).
     #[arg(long, value_name = "DIR")]
     oci_layout: Option<PathBuf>,
@@ -47,7 +51,7 @@ pub struct Args {
     /// User the container runs as [default: the base's, else 65532 (nonroot)]
     #[arg(long)]
     user: Option<String>,
-    /// Owner of the binary in the layer, UID:GID.
+    /// Owner of the binary and of the --layer trees in their layers, UID:GID.
     #[arg(long, default_value = "0:0", value_parser = parse_owner)]
     owner: (u64, u64),
     /// Environment variable for the image, KEY=VALUE; repeatable.
@@ -133,6 +137,7 @@ impl Args {
         spec.compression = self.compression;
         spec.epoch = self.source_date_epoch;
         spec.base.clone_from(&self.base);
+        spec.layers.clone_from(&self.layers);
         spec.oci_layout.clone_from(&self.oci_layout);
         spec.tag.clone_from(&self.tag);
         spec.push.clone_from(&self.push);
@@ -205,6 +210,9 @@ fn size(bytes: u64) -> String {
 pub fn render(result: &ImageResult) -> String {
     let mut out = String::new();
     let width = result.images.iter().map(|i| i.platform.to_string().len()).max().unwrap_or(0);
+    for (n, layer) in result.tree_layers.iter().enumerate() {
+        out.push_str(&format!("--layer #{}  {}  {}\n", n + 1, layer.digest, size(layer.size)));
+    }
     for image in &result.images {
         out.push_str(&format!(
             "{:width$}  {}  layer {} {}\n",
@@ -254,6 +262,11 @@ pub fn to_json(result: &ImageResult) -> serde_json::Value {
             "layer_size": image.layer.size,
             "diff_id": image.layer.diff_id.to_string(),
             "layer_cached": image.layer_cached,
+        })).collect::<Vec<_>>(),
+        "layers": result.tree_layers.iter().map(|layer| json!({
+            "digest": layer.digest.to_string(),
+            "size": layer.size,
+            "diff_id": layer.diff_id.to_string(),
         })).collect::<Vec<_>>(),
         "layout": result.layout.as_ref().map(|(dir, name)| json!({"dir": dir, "name": name})),
         "push": result.push.as_ref().map(|push| json!({
