@@ -80,7 +80,6 @@ impl Contained {
         }
         let (uid, gid) = image.user();
         let unshare = Command::new("unshare")
-            // --kill-child: the contained process dies with unshare, even by SIGKILL.
             .args(["--mount", "--pid", "--fork", "--kill-child", "sh", "-euc"])
             .arg(r#"root=$1; shift; mount -t proc proc "$root/proc"; mount --rbind /dev "$root/dev"; exec chroot "$@""#)
             .arg("sh")
@@ -118,6 +117,10 @@ impl Contained {
 
 impl Drop for Contained {
     fn drop(&mut self) {
+        // The contained process is PID 1 of its namespace: killing it ends everything in there.
+        // unshare's --kill-child does not reach it, because a death signal is cleared when
+        // chroot --userspec changes the credentials.
+        let _ = Command::new("pkill").args(["-KILL", "-P", &self.unshare.id().to_string()]).status();
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
     }
