@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use super::error::Result;
 use super::manifest::Descriptor;
-use super::registry::{Mount, Registry};
+use super::registry::{Mount, MountSource, Registry};
 use super::sources::Sources;
 
 /// A blob to push, and where the registry may already have it.
@@ -119,8 +119,10 @@ async fn push_blob(registry: &Registry, repository: &str, blob: &PushBlob, sourc
         return Ok(());
     }
     let mount = match (&blob.mount_from, &blob.cas) {
-        (Some(from), _) if from != repository => Some(registry.mount(repository, digest, from).await),
-        (_, Some(cas)) => Some(registry.mount_cas(repository, digest, cas).await),
+        (Some(from), _) if from != repository => {
+            Some(registry.mount(repository, digest, MountSource::Repository(from)).await)
+        }
+        (_, Some(cas)) => Some(registry.mount(repository, digest, MountSource::Cas(cas)).await),
         _ => None,
     };
     let session = match mount {

@@ -91,6 +91,17 @@ fn add(counter: &AtomicU64, n: u64) {
 }
 
 /// Result of a mount attempt: done, or an ordinary upload session to use instead.
+/// Where a mounted blob comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum MountSource<'a> {
+    /// Another repository on the same registry.
+    Repository(&'a str),
+    /// cached's CAS, by its digest there: a cached registry links it only if its own SHA-256 of
+    /// those bytes is the digest asked for; other registries see a mount without a source and
+    /// start an ordinary session.
+    Cas(&'a proto::Digest),
+}
+
 pub enum Mount {
     Mounted,
     Session(Url),
@@ -518,10 +529,14 @@ impl Registry {
         }
     }
 
-    /// Asks the registry to mount `digest` from `from` (same registry) into `repository`.
-    pub async fn mount(&self, repository: &str, digest: &Sha256, from: &str) -> Result<Mount> {
+    /// Asks the registry to mount `digest` into `repository` from `source`.
+    pub async fn mount(&self, repository: &str, digest: &Sha256, source: MountSource<'_>) -> Result<Mount> {
         let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"));
-        url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from);
+        let (parameter, value, from) = match source {
+            MountSource::Repository(from) => ("from", from.to_owned(), from.to_owned()),
+            MountSource::Cas(cas) => ("cas", cas.to_string(), "the CAS".to_owned()),
+        };
+        url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair(parameter, &value);
         let what = format!("mount {digest} from {from} into {repository}");
         let response = self.send(Method::POST, url, &what, |r| r.header(header::CONTENT_LENGTH, 0)).await?;
         match response.status() {
@@ -530,24 +545,6 @@ impl Registry {
                 Ok(Mount::Mounted)
             }
             // The registry could not mount and started an ordinary upload session instead.
-            StatusCode::ACCEPTED => Ok(Mount::Session(self.location(&response, &what)?)),
-            _ => Err(self.error(&what, response).await),
-        }
-    }
-
-    /// Asks a cached registry to link the blob it holds in its CAS as `cas` under `digest`
-    /// (cached's own mount: it links only if its own hash of those bytes is `digest`). Other
-    /// registries see a mount without a source, and start an ordinary session.
-    pub async fn mount_cas(&self, repository: &str, digest: &Sha256, cas: &proto::Digest) -> Result<Mount> {
-        let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"));
-        url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("cas", &cas.to_string());
-        let what = format!("mount {digest} from the CAS into {repository}");
-        let response = self.send(Method::POST, url, &what, |r| r.header(header::CONTENT_LENGTH, 0)).await?;
-        match response.status() {
-            StatusCode::CREATED => {
-                add(&self.counters.blobs_mounted, 1);
-                Ok(Mount::Mounted)
-            }
             StatusCode::ACCEPTED => Ok(Mount::Session(self.location(&response, &what)?)),
             _ => Err(self.error(&what, response).await),
         }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cached_e2e::{Daemon, binary, free_port};
+use cached_e2e::{Daemon, binary, free_port, tool};
 
 /// A cached with the registry on its own port, and the secrets of its tokens by name.
 struct Server {
@@ -61,17 +61,6 @@ impl Server {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.registry)
     }
-}
-
-/// A tool scripts/setup builds into the persistent tools directory.
-fn tool(name: &str) -> PathBuf {
-    let tools = std::env::var_os("CACHED_TOOLS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/cached/tools")))
-        .expect("HOME or CACHED_TOOLS_DIR");
-    let path = tools.join("bin").join(name);
-    assert!(path.is_file(), "{} is missing: run scripts/setup, which builds it", path.display());
-    path
 }
 
 /// One curl request: its status, headers and body.
