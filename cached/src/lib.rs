@@ -274,7 +274,10 @@ fn start_registry(
     )?;
     background
         .spawn("registry upload expiry", Arc::clone(&registry).expire_uploads(background.stop_signal()));
-    spawn_registry_server(servers, listener, registry, tls);
+    // The registry's connections count against caps of their own: a docker pull opening a few
+    // connections does not take them from the same host's builds.
+    let connections = conn::Connections::new(conn::ConnLimits::from(&config.limits));
+    spawn_registry_server(servers, listener, registry, tls, connections);
     Ok(())
 }
 
@@ -283,8 +286,9 @@ fn spawn_registry_server(
     listener: tokio::net::TcpListener,
     registry: Arc<registry::Registry>,
     tls: Option<Arc<tls::Tls>>,
+    connections: Arc<conn::Connections>,
 ) {
-    let serve = registry::serve(listener, registry, tls, servers.stopped());
+    let serve = registry::serve(listener, registry, tls, connections, servers.stopped());
     servers.spawn("registry server", async move {
         if let Err(err) = serve.await {
             tracing::warn!(error = %err, "the registry server failed");

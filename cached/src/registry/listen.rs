@@ -1,100 +1,228 @@
-//! The registry's TLS listener: handshakes run in their own tasks under a timeout (a client
-//! that never finishes one holds only its task), and finished streams are handed to axum.
+//! The registry's listener, held to the limits gRPC connections are ([`crate::conn`]): a peer
+//! holds at most `max_connections_per_peer` connections and `max_handshakes_per_peer` TLS
+//! handshakes; a handshake, and then each request's headers, must arrive within
+//! `handshake_timeout`; and a connection whose peer neither sends nor takes a byte for
+//! `idle_timeout` while hyper waits on it is closed. Without these, a client that opens
+//! connections and trickles (or stops) would hold the server's sockets and memory for ever.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::server::TlsStream;
+use tokio::time::Sleep;
 
+use crate::conn::{Connections, PeerSlot};
 use crate::tls::Tls;
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; further connections wait in the listen backlog.
-const MAX_HANDSHAKES: usize = 64;
 
 /// The address of the peer of a registry connection, plain or TLS.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Peer(pub SocketAddr);
 
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
+/// How the listener serves each connection.
+struct Serving {
+    app: Router,
+    tls: Option<Arc<Tls>>,
+    connections: Arc<Connections>,
 }
 
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-pub(super) struct TlsListener {
-    local: std::io::Result<SocketAddr>,
-    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    /// Accepts on `listener` until the returned listener is dropped.
-    pub(super) fn new(listener: TcpListener, tls: Arc<Tls>) -> Self {
-        let local = listener.local_addr();
-        let (sender, handshaken) = mpsc::channel(16);
-        crate::task::spawn("registry TLS accept", async move {
-            let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    () = sender.closed() => return,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "registry accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
-                let (acceptor, sender) = (tls.http1_acceptor(), sender.clone());
-                // Bounded by HANDSHAKE_TIMEOUT.
-                crate::task::spawn("registry TLS handshake", async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = sender.send((stream, peer)).await;
-                        }
-                        Ok(Err(err)) => tracing::info!(%peer, error = %err, "registry TLS handshake failed"),
-                        Err(_) => tracing::info!(%peer, "registry TLS handshake timed out"),
-                    }
-                })
-                .detach();
-            }
+/// Serves `app` on `listener` until `shutdown` resolves, then lets the requests in progress
+/// finish (the caller bounds how long).
+pub(super) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Arc<Tls>>,
+    connections: Arc<Connections>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let serving = Arc::new(Serving { app, tls, connections });
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = serving.connections.accept(&listener) => accepted,
+            () = &mut shutdown => break,
+        };
+        let Some((stream, peer, slot)) = accepted else { continue };
+        let _ = stream.set_nodelay(true);
+        let (serving, watcher) = (Arc::clone(&serving), graceful.watcher());
+        // Bounded by the limits above: the handshake and headers by handshake_timeout, every
+        // wait on the peer by idle_timeout.
+        crate::task::spawn("registry connection", async move {
+            let _slot: PeerSlot = slot;
+            serving.connection(stream, peer, watcher).await;
         })
         .detach();
-        Self { local, handshaken }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+impl Serving {
+    async fn connection(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let Some(tls) = &self.tls else {
+            return self.http(stream, peer, watcher).await;
+        };
+        let Some(handshake) = self.connections.admit_handshake(peer) else { return };
+        let timeout = self.connections.limits().handshake_timeout;
+        let accepted = tokio::time::timeout(timeout, tls.http1_acceptor().accept(stream)).await;
+        drop(handshake);
+        match accepted {
+            Ok(Ok(stream)) => self.http(stream, peer, watcher).await,
+            Ok(Err(err)) => tracing::info!(%peer, error = %err, "registry TLS handshake failed"),
+            Err(_) => tracing::info!(%peer, "registry TLS handshake timed out"),
+        }
+    }
+
+    async fn http<T>(&self, io: T, peer: SocketAddr, watcher: Watcher)
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let limits = self.connections.limits();
+        let app = self.app.clone().layer(axum::Extension(ConnectInfo(Peer(peer))));
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.handshake_timeout)
+            .serve_connection(TokioIo::new(Stalls::new(io, limits.pace.idle)), TowerToHyperService::new(app));
+        if let Err(err) = watcher.watch(connection).await {
+            tracing::debug!(%peer, error = %err, "registry connection ended");
+        }
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+pin_project_lite::pin_project! {
+    /// A connection that fails once it has waited `idle` on its peer with no byte moving either
+    /// way: hyper may wait to read (for the next request, or a close) all through a long
+    /// download, which is progress all the same.
+    struct Stalls<T> {
+        #[pin]
+        inner: T,
+        waits: Waits,
+    }
+}
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.handshaken.recv().await {
-            Some(accepted) => accepted,
-            // The accept task only ends when this listener is dropped.
-            None => std::future::pending().await,
+impl<T> Stalls<T> {
+    fn new(inner: T, idle: Duration) -> Self {
+        Self { inner, waits: Waits { idle, read: None, write: None } }
+    }
+}
+
+/// The deadlines of a pending read and a pending write.
+struct Waits {
+    idle: Duration,
+    read: Option<Pin<Box<Sleep>>>,
+    write: Option<Pin<Box<Sleep>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
+impl Waits {
+    fn of(&mut self, direction: Direction) -> &mut Option<Pin<Box<Sleep>>> {
+        match direction {
+            Direction::Read => &mut self.read,
+            Direction::Write => &mut self.write,
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        match &self.local {
-            Ok(addr) => Ok(*addr),
-            Err(err) => Err(std::io::Error::new(err.kind(), err.to_string())),
+    /// Bytes moved: every wait starts over. Polling the moved deadline registers this task
+    /// again, so it wakes even if the direction that armed it is not polled before then.
+    fn moved(&mut self, cx: &mut Context<'_>) {
+        let deadline = tokio::time::Instant::now() + self.idle;
+        for sleep in [&mut self.read, &mut self.write].into_iter().flatten() {
+            sleep.as_mut().reset(deadline);
+            let _ = sleep.as_mut().poll(cx);
         }
+    }
+
+    /// `poll` of `direction`, or a timeout error once it has waited `idle` since bytes last
+    /// moved. `moved` says whether a ready `poll` moved any.
+    fn within<R>(
+        &mut self,
+        direction: Direction,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<R>>,
+        moved: bool,
+    ) -> Poll<io::Result<R>> {
+        if poll.is_ready() {
+            *self.of(direction) = None;
+            if moved {
+                self.moved(cx);
+            }
+            return poll;
+        }
+        let idle = self.idle;
+        let sleep = self.of(direction).get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer moved nothing for {} (idle_timeout)", humantime::format_duration(idle)),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Stalls<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let poll = this.inner.poll_read(cx, buf);
+        let moved = buf.filled().len() > before;
+        this.waits.within(Direction::Read, cx, poll, moved)
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Stalls<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let poll = this.inner.poll_write(cx, buf);
+        let moved = matches!(poll, Poll::Ready(Ok(written)) if written > 0);
+        this.waits.within(Direction::Write, cx, poll, moved)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let poll = this.inner.poll_flush(cx);
+        this.waits.within(Direction::Write, cx, poll, false)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_fails_once_nothing_moved_for_idle() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut stalls = Stalls::new(server, Duration::from_millis(300));
+        let mut client = client;
+        client.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        stalls.read_exact(&mut buf).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let err = stalls.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
     }
 }

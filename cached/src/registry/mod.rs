@@ -108,19 +108,14 @@ impl Registry {
     }
 }
 
-/// Serves the registry on `listener` (TLS with `tls`) until `shutdown` resolves.
+/// Serves the registry on `listener` (TLS with `tls`), each peer within `connections`' limits,
+/// until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     tls: Option<Arc<crate::tls::Tls>>,
+    connections: Arc<crate::conn::Connections>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = routes::router(registry).into_make_service_with_connect_info::<listen::Peer>();
-    match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
-        Some(tls) => {
-            let listener = listen::TlsListener::new(listener, tls);
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-        }
-    }
+    listen::serve(listener, routes::router(registry), tls, connections, shutdown).await
 }

@@ -20,13 +20,15 @@ pub struct Server {
     inner: cached::embedded::Embedded,
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// With `registry_listen`.
+    pub registry_addr: Option<SocketAddr>,
 }
 
 impl Server {
     /// Starts cached on `dir` with the given settings (keys as in the config file).
     pub async fn start(dir: &Path, settings: &[(&str, &str)]) -> Self {
         let inner = cached::embedded::Embedded::start(dir, settings).await.expect("cached starts");
-        Self { addr: inner.addr, metrics_addr: inner.metrics_addr, inner }
+        Self { addr: inner.addr, metrics_addr: inner.metrics_addr, registry_addr: inner.registry_addr, inner }
     }
 
     /// Shuts down gracefully and waits until the store is flushed and closed.
