@@ -115,6 +115,12 @@ pub const SETTINGS: &[Setting] = &[
         default: "10s",
     },
     Setting {
+        key: "max_connections",
+        help: "open connections per listener (gRPC, the registry) from all peers together; more are \
+               closed at accept. Keep it under the process's open-file limit",
+        default: "16384",
+    },
+    Setting {
         key: "max_connections_per_peer",
         help: "open connections per client address (an IPv6 /64 is one); more are closed at accept",
         default: "256",
@@ -256,6 +262,7 @@ pub struct Limits {
     /// Bytes per second a stream must average past its grace; 0 is no minimum.
     pub min_transfer_rate: u64,
     pub handshake_timeout: Duration,
+    pub max_connections: usize,
     pub max_connections_per_peer: usize,
     pub max_handshakes_per_peer: usize,
 }
@@ -452,6 +459,7 @@ impl Config {
                 idle_timeout: get("idle_timeout").duration()?,
                 min_transfer_rate: get("min_transfer_rate").size()?,
                 handshake_timeout: get("handshake_timeout").duration()?,
+                max_connections: get("max_connections").count()? as usize,
                 max_connections_per_peer: get("max_connections_per_peer").count()? as usize,
                 max_handshakes_per_peer: get("max_handshakes_per_peer").count()? as usize,
             },
@@ -937,6 +945,7 @@ mod tests {
     fn connection_limits() {
         let defaults = Config::load(&BTreeMap::new(), None, &no_env).unwrap().limits;
         assert_eq!((defaults.max_connections_per_peer, defaults.max_handshakes_per_peer), (256, 16));
+        assert_eq!(defaults.max_connections, 16384);
         assert_eq!(defaults.handshake_timeout, Duration::from_secs(10));
         assert_eq!(defaults.min_transfer_rate, 16 << 10);
         let env = |name: &str| (name == "CACHED_MIN_TRANSFER_RATE").then(|| "0".to_owned());

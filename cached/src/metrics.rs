@@ -339,7 +339,7 @@ impl Collector for StatsCollector {
         counter(
             &mut encoder,
             "connections_refused",
-            "connections closed at accept: the peer was at max_connections_per_peer or max_handshakes_per_peer",
+            "connections closed at accept: the listener was at max_connections, or the peer at max_connections_per_peer or max_handshakes_per_peer",
             connections.refused(),
         )?;
         counter(

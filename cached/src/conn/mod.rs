@@ -3,7 +3,9 @@
 //! `tls::incoming`), so none can hold a slot of the server by doing nothing:
 //!
 //! - a peer (an IPv4 address, an IPv6 /64) holds at most `max_connections_per_peer`
-//!   connections and `max_handshakes_per_peer` TLS handshakes; the excess is closed at accept;
+//!   connections and `max_handshakes_per_peer` TLS handshakes, and all peers together at most
+//!   `max_connections` (many addresses, an IPv6 /48 say, must not exhaust the open-file
+//!   limit); the excess is closed at accept;
 //! - a connection must finish its TLS handshake, and then send the HTTP/2 preface, within
 //!   `handshake_timeout` each ([`io::Conn`]);
 //! - a response stream whose client takes nothing for `idle_timeout`, or reads slower than
@@ -73,6 +75,7 @@ fn round_ms(duration: Duration) -> Duration {
 /// The connection limits of the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
+    pub total: usize,
     pub per_peer: usize,
     pub handshakes_per_peer: usize,
     pub handshake_timeout: Duration,
@@ -82,6 +85,7 @@ pub struct ConnLimits {
 impl From<&Limits> for ConnLimits {
     fn from(limits: &Limits) -> Self {
         Self {
+            total: limits.max_connections,
             per_peer: limits.max_connections_per_peer,
             handshakes_per_peer: limits.max_handshakes_per_peer,
             handshake_timeout: limits.handshake_timeout,
@@ -113,10 +117,17 @@ struct PeerUse {
     handshakes: usize,
 }
 
+/// What the peers of one listener hold.
+#[derive(Debug, Default)]
+struct Held {
+    by_peer: HashMap<PeerKey, PeerUse>,
+    connections: usize,
+}
+
 /// Every connection of one listener, by peer.
 pub struct Connections {
     limits: ConnLimits,
-    peers: Mutex<HashMap<PeerKey, PeerUse>>,
+    peers: Mutex<Held>,
     /// Open connections by the peer's address and port, for the stream watch.
     open: DashMap<SocketAddr, Arc<ConnState>>,
     refused: AtomicU64,
@@ -131,7 +142,7 @@ impl Connections {
     pub fn new(limits: ConnLimits) -> Arc<Self> {
         Arc::new(Self {
             limits,
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(Held::default()),
             open: DashMap::new(),
             refused: AtomicU64::new(0),
             cut: AtomicU64::new(0),
@@ -158,7 +169,7 @@ impl Connections {
         self.cut.load(Ordering::Relaxed)
     }
 
-    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<PeerKey, PeerUse>> {
+    fn peers(&self) -> std::sync::MutexGuard<'_, Held> {
         self.peers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -184,24 +195,30 @@ impl Connections {
 
     pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<PeerSlot> {
         let key = PeerKey::of(peer);
-        let mut peers = self.peers();
-        let used = peers.entry(key).or_default();
+        let mut held = self.peers();
+        if held.connections >= self.limits.total {
+            drop(held);
+            self.refuse(peer, "max_connections", self.limits.total);
+            return None;
+        }
+        let used = held.by_peer.entry(key).or_default();
         if used.connections >= self.limits.per_peer {
-            drop(peers);
+            drop(held);
             self.refuse(peer, "max_connections_per_peer", self.limits.per_peer);
             return None;
         }
         used.connections += 1;
+        held.connections += 1;
         Some(PeerSlot { connections: Arc::clone(self), key, handshake: false })
     }
 
     /// A TLS handshake slot for `peer`, or `None` when it has `max_handshakes_per_peer` running.
     pub fn admit_handshake(self: &Arc<Self>, peer: SocketAddr) -> Option<PeerSlot> {
         let key = PeerKey::of(peer);
-        let mut peers = self.peers();
-        let used = peers.entry(key).or_default();
+        let mut held = self.peers();
+        let used = held.by_peer.entry(key).or_default();
         if used.handshakes >= self.limits.handshakes_per_peer {
-            drop(peers);
+            drop(held);
             self.refuse(peer, "max_handshakes_per_peer", self.limits.handshakes_per_peer);
             return None;
         }
@@ -210,12 +227,15 @@ impl Connections {
     }
 
     fn release(&self, key: PeerKey, handshake: bool) {
-        let mut peers = self.peers();
-        if let Some(used) = peers.get_mut(&key) {
+        let mut held = self.peers();
+        if !handshake {
+            held.connections = held.connections.saturating_sub(1);
+        }
+        if let Some(used) = held.by_peer.get_mut(&key) {
             let count = if handshake { &mut used.handshakes } else { &mut used.connections };
             *count = count.saturating_sub(1);
             if used.connections == 0 && used.handshakes == 0 {
-                peers.remove(&key);
+                held.by_peer.remove(&key);
             }
         }
     }
@@ -281,6 +301,7 @@ mod tests {
 
     fn limits(per_peer: usize, handshakes_per_peer: usize) -> ConnLimits {
         ConnLimits {
+            total: usize::MAX,
             per_peer,
             handshakes_per_peer,
             handshake_timeout: Duration::from_secs(1),
@@ -302,6 +323,19 @@ mod tests {
         drop((first, handshake));
         assert!(connections.admit(a).is_some() && connections.admit_handshake(a).is_some());
         assert_eq!(connections.refused(), 2);
+    }
+
+    #[test]
+    fn all_peers_together_stay_under_the_listeners_cap() {
+        let connections = Connections::new(ConnLimits { total: 3, ..limits(2, 1) });
+        let peer = |n: u8| SocketAddr::from(([10, 0, 0, n], 1000));
+        let first = connections.admit(peer(1)).unwrap();
+        let _held = [connections.admit(peer(1)).unwrap(), connections.admit(peer(2)).unwrap()];
+        assert!(connections.admit(peer(3)).is_none(), "a fourth connection, from a new peer");
+        assert!(connections.admit_handshake(peer(3)).is_some(), "handshakes hold no connection slot");
+        drop(first);
+        assert!(connections.admit(peer(3)).is_some(), "the slot came back");
+        assert_eq!(connections.refused(), 1);
     }
 
     #[test]
