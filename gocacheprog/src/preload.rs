@@ -8,7 +8,7 @@
 //! order (the order the last session used the actions, close to the order this one will ask):
 //! a few `GoCache.GetMany` batches at a time on a connection of their own (small bodies come
 //! inline), bodies too large to inline through a few `Cas.Read`s. Every body is verified
-//! (SHA-256 = OutputID) before it lands in the local tier, exactly as a lookup's would be.
+//! (BLAKE3 = the entry's digest) before it lands in the local tier, exactly as a lookup's would be.
 //!
 //! The go command comes first: an action it asks for while its batch is in flight joins that
 //! fetch (the tiers' singleflight); one not yet claimed is fetched for it at once, and the

@@ -14,10 +14,11 @@
 //! under the session key as ActionID: the go command never asks for that ID (its IDs are
 //! SHA-256 of other inputs), a token that may write the namespace's entries may write its
 //! lists, and no server change is needed. The entry's body is the list; its OutputID is the
-//! list's SHA-256, checked like every other body.
+//! list's SHA-256, which cached checks when the entry is put; readers check the digest, like
+//! every other body.
 //!
 //! The key only chooses which list to fetch; a wrong or stale list costs bandwidth, never
-//! correctness, because every preloaded body is verified against its OutputID.
+//! correctness, because every preloaded body is verified against its entry.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
