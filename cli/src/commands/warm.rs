@@ -76,6 +76,11 @@ fn key_inputs(args: &Args) -> Result<KeyInputs> {
     if !command[0].starts_with("go") {
         command.insert(0, "go".into());
     }
+    // The go command runs in its -C directory, and so does the bridge it starts.
+    let here = match chdir_of(&command) {
+        Some(dir) => here.join(dir),
+        None => here,
+    };
     let root = match &args.module {
         Some(module) => Some((here.clone(), module.clone())),
         None => session::module_root(&here),
@@ -88,6 +93,22 @@ fn key_inputs(args: &Args) -> Result<KeyInputs> {
     }
     let env = if args.go_env.is_empty() { go_env(&args.go)? } else { parse_go_env(&args.go_env)? };
     Ok(KeyInputs::for_command(&args.namespace, Some(&command), Some(&here), root, env))
+}
+
+/// The directory of `go -C dir ...`, given before the subcommand.
+fn chdir_of(command: &[String]) -> Option<&str> {
+    let mut args = command.iter().skip(1);
+    while let Some(arg) = args.next() {
+        // The first argument that is no flag is the subcommand.
+        let flag = arg.strip_prefix('-')?.trim_start_matches('-');
+        if flag == "C" {
+            return args.next().map(String::as_str);
+        }
+        if let Some(dir) = flag.strip_prefix("C=") {
+            return Some(dir);
+        }
+    }
+    None
 }
 
 fn parse_go_env(pairs: &[String]) -> Result<BTreeMap<String, String>> {
@@ -124,4 +145,18 @@ fn go_env(go: &Path) -> Result<BTreeMap<String, String>> {
         return Err(failed(format!("{} env failed ({})", go.display(), output.status)));
     }
     serde_json::from_slice(&output.stdout).map_err(|err| failed(format!("{} env -json: {err}", go.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_go_command_runs_in_its_dash_c_directory() {
+        let line = |args: &[&str]| args.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
+        assert_eq!(chdir_of(&line(&["go", "-C", "sub", "build", "./..."])), Some("sub"));
+        assert_eq!(chdir_of(&line(&["go", "--C=sub/dir", "test"])), Some("sub/dir"));
+        assert_eq!(chdir_of(&line(&["go", "build", "-C", "x"])), None, "after the subcommand it is not go's");
+        assert_eq!(chdir_of(&line(&["go", "build", "./..."])), None);
+    }
 }
