@@ -103,7 +103,7 @@ pub async fn run(options: WarmOptions) -> Result<String, WarmError> {
             let _ = std::fs::remove_file(&socket);
             let _ = stop.send(true);
             let _ = (&mut serving).await;
-            "its list is landed"
+            "its list is walked"
         }
         _ = &mut serving => "the go command's session ended",
     };

@@ -70,7 +70,7 @@ fn a_warm_that_finished_leaves_the_go_command_nothing_to_fetch() {
     let (daemon, _) = daemon_after_a_cold_build(&env, tier.path());
     let warmed = run(warm(&env, &daemon, tier.path(), BUILD)).success("warm");
     let line = summary(&warmed.stderr, "cachectl warm: ");
-    assert!(counted(line, "preloaded") > 0 && line.contains("its list is landed"), "{}", warmed.stderr);
+    assert!(counted(line, "preloaded") > 0 && line.contains("its list is walked"), "{}", warmed.stderr);
 
     let built = run(env.go_bridged(BUILD, tier.path(), Some(&daemon.url()))).success("build after warm");
     assert!(compile_actions(&built.stderr).is_empty(), "{}", built.stderr);
