@@ -90,16 +90,16 @@ pub async fn run(options: Options) -> Result<()> {
             })
             .ok()
     });
-    let preload = options.preload.then(|| {
-        let keys = session::KeyInputs::from_process(&options.namespace).keys();
+    let keys = options.preload.then(|| session::KeyInputs::from_process(&options.namespace).keys());
+    let warm = match &remote {
+        Some(_) => warm_link::WarmLink::connect(disk.root(), &options.namespace, keys.as_ref()).await,
+        None => None,
+    };
+    let preload = keys.map(|keys| {
         // Never more than half the local tier, so a preload cannot trim what the build uses.
         let max_bytes = options.preload_max.min(options.max_size / 2);
         preload::Preload::new(keys, max_bytes, !options.read_only, Arc::clone(&counters))
     });
-    let warm = match &remote {
-        Some(_) => warm_link::WarmLink::connect(disk.root(), &options.namespace).await,
-        None => None,
-    };
     let tier_options =
         tiers::TierOptions { close_timeout: options.close_timeout, summary: options.summary, warm };
     let tiers =

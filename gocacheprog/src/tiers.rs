@@ -72,7 +72,9 @@ impl Tiers {
     /// Starts the session preload, if there is one.
     pub fn start(self: &Arc<Self>) {
         if let (Some(preload), Some(remote)) = (&self.preload, &self.remote) {
-            preload.start(Arc::clone(&self.flights), Arc::clone(remote), self.options.warm.clone());
+            // A warm that lands this session's list walks it; one that lands another's does not.
+            let warm = self.options.warm.clone().filter(|warm| warm.lands_our_list());
+            preload.start(Arc::clone(&self.flights), Arc::clone(remote), warm);
         }
     }
 

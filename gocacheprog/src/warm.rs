@@ -11,8 +11,8 @@
 //! fetches anything else right away, ahead of its list; so no action is fetched twice. The
 //! bridge walks the list itself only once the warm is gone, skipping what is on disk.
 //!
-//! A warm stops when its list is walked (or `--preload-max` reached), and when a bridge that
-//! joined it ends its session. It writes no session list: the bridge does, from what the go
+//! A warm stops when its list is walked (or `--preload-max` reached), and when a bridge of its
+//! go command (one with its session keys) ends its session; other bridges are served too. It writes no session list: the bridge does, from what the go
 //! command used.
 
 use std::io;
@@ -87,13 +87,14 @@ pub async fn run(options: WarmOptions) -> Result<String, WarmError> {
     let remote = Arc::new(remote);
     // Never more than half the local tier, as for the bridge's own preload.
     let max_bytes = options.preload_max.min(options.max_size / 2);
-    let preload = Arc::new(Preload::new(options.keys, max_bytes, false, Arc::clone(&counters)));
+    let keys = options.keys;
+    let preload = Arc::new(Preload::new(keys, max_bytes, false, Arc::clone(&counters)));
     let flights = Arc::new(Flights::new(Arc::new(disk), Some(Arc::clone(&remote)), None));
 
     let (stop, stopped) = watch::channel(false);
     let serving = cached_client::task::spawn(
         "warm-serve",
-        serve(listener, Arc::clone(&flights), Arc::clone(&counters), stopped),
+        serve(listener, keys, Arc::clone(&flights), Arc::clone(&counters), stopped),
     );
     tokio::pin!(serving);
     let walk = Arc::clone(&preload).run(Arc::clone(&flights), remote, None);
@@ -133,10 +134,11 @@ fn restrict_to_owner(socket: &Path) -> io::Result<()> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
 }
 
-/// Serves bridges until the first one that joined has gone (its go command is done), or,
-/// once `stopped` turns true, until each has its answers.
+/// Serves bridges until one of the go command with `keys` has gone (it is done), or, once
+/// `stopped` turns true, until each has its answers.
 async fn serve(
     listener: UnixListener,
+    keys: Keys,
     flights: Arc<Flights>,
     counters: Arc<Counters>,
     mut stopped: watch::Receiver<bool>,
@@ -147,10 +149,10 @@ async fn serve(
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
                     let (flights, counters) = (Arc::clone(&flights), Arc::clone(&counters));
-                    bridges.spawn(answer_bridge(stream, flights, counters, stopped.clone()));
+                    bridges.spawn(answer_bridge(stream, keys, flights, counters, stopped.clone()));
                 }
             }
-            Some(_) = bridges.join_next() => return,
+            Some(Ok(true)) = bridges.join_next() => return,
             _ = stopped.changed() => break,
         }
     }
@@ -158,29 +160,46 @@ async fn serve(
 }
 
 /// Answers one bridge's wants, each as soon as it is settled, until the bridge hangs up or
-/// the warm stops (then what was asked is still answered).
+/// the warm stops (then what was asked is still answered). Returns whether it was a bridge
+/// of the warm's own go command.
 async fn answer_bridge(
     stream: UnixStream,
+    keys: Keys,
     flights: Arc<Flights>,
     counters: Arc<Counters>,
     mut stopped: watch::Receiver<bool>,
-) {
+) -> bool {
     let (reader, mut writer) = stream.into_split();
+    let mut lines = BufReader::new(reader).lines();
+    // A bridge without session keys (its preload is off) says no hello and starts wanting.
+    let mut first = tokio::select! {
+        line = lines.next_line() => line.ok().flatten(),
+        _ = stopped.wait_for(|stop| *stop) => None,
+    };
+    let ours = match first.as_deref().and_then(warm_wire::parse_session) {
+        Some(theirs) => {
+            first = None;
+            let hello = if theirs == keys { warm_wire::JOINED } else { warm_wire::OTHER };
+            if writer.write_all(format!("{hello}\n").as_bytes()).await.is_err() {
+                return false;
+            }
+            theirs == keys
+        }
+        None => false,
+    };
     let (answers, mut outgoing) = mpsc::unbounded_channel::<String>();
     let reading = async move {
-        let mut lines = BufReader::new(reader).lines();
         loop {
+            if let Some(line) = first.take() {
+                want_from(&line, &flights, &counters, &answers);
+                continue;
+            }
             let line = tokio::select! {
                 line = lines.next_line() => line,
-                _ = stopped.changed() => break,
+                _ = stopped.wait_for(|stop| *stop) => break,
             };
             let Ok(Some(line)) = line else { break };
-            let Some(action_id) = warm_wire::parse_want(&line) else { continue };
-            let (flights, counters, answers) = (Arc::clone(&flights), Arc::clone(&counters), answers.clone());
-            cached_client::task::spawn("warm-want", async move {
-                let answer = want(&flights, &counters, action_id).await;
-                let _ = answers.send(warm_wire::answer(&action_id, answer));
-            });
+            want_from(&line, &flights, &counters, &answers);
         }
     };
     let writing = async move {
@@ -197,6 +216,22 @@ async fn answer_bridge(
         }
     };
     tokio::join!(reading, writing);
+    ours
+}
+
+/// Starts answering a bridge's `want` line.
+fn want_from(
+    line: &str,
+    flights: &Arc<Flights>,
+    counters: &Arc<Counters>,
+    answers: &mpsc::UnboundedSender<String>,
+) {
+    let Some(action_id) = warm_wire::parse_want(line) else { return };
+    let (flights, counters, answers) = (Arc::clone(flights), Arc::clone(counters), answers.clone());
+    cached_client::task::spawn("warm-want", async move {
+        let answer = want(&flights, &counters, action_id).await;
+        let _ = answers.send(warm_wire::answer(&action_id, answer));
+    });
 }
 
 /// A lookup of the go command, on the bridge's behalf: from disk, from a fetch in flight, or

@@ -1,6 +1,9 @@
 //! What a warm ([`super::warm`]) and the bridges that join it say to each other over a unix
 //! socket in the local tier: one line per message, so either side can be read with `socat`.
 //!
+//! - bridge → warm, first: `session <exact key hex or -> <shared key hex>`, its session keys;
+//!   the warm answers `joined` when they are its own (the warm lands this go command's list, and
+//!   stops when this bridge goes) or `other` (it lands another's; the bridge walks its own).
 //! - bridge → warm: `want <ActionID hex>`: the go command asked for this action and it is not
 //!   on local disk.
 //! - warm → bridge: `landed <hex>` (it is in the local tier now), `missing <hex>` (cached has
@@ -12,6 +15,8 @@
 use std::path::{Path, PathBuf};
 
 use proto::ActionId;
+
+use super::session::Keys;
 use sha2::{Digest as _, Sha256};
 
 /// What the warm tells a bridge about an action it wanted.
@@ -40,6 +45,21 @@ pub fn socket_path(root: &Path, namespace: &str) -> PathBuf {
     let hash = Sha256::new().chain_update(b"cachectl warm socket\0").chain_update(namespace).finalize();
     let hex: String = hash[..8].iter().map(|byte| format!("{byte:02x}")).collect();
     root.join(format!("warm-{hex}.sock"))
+}
+
+pub const JOINED: &str = "joined";
+pub const OTHER: &str = "other";
+
+pub fn session(keys: &Keys) -> String {
+    let exact = keys.exact.map_or_else(|| "-".to_owned(), |key| key.to_string());
+    format!("session {exact} {}\n", keys.shared)
+}
+
+/// Reads a bridge's first line; `None` for anything else.
+pub fn parse_session(line: &str) -> Option<Keys> {
+    let (exact, shared) = line.trim_end().strip_prefix("session ")?.split_once(' ')?;
+    let exact = if exact == "-" { None } else { Some(parse_action(exact)?) };
+    Some(Keys { exact, shared: parse_action(shared)? })
 }
 
 pub fn want(action_id: &ActionId) -> String {
@@ -87,6 +107,12 @@ mod tests {
         assert_eq!(parse_want("want abc\n"), None);
         assert_eq!(parse_answer(&want(&action)), None);
         assert_eq!(parse_answer(&format!("landed {}zz\n", "0".repeat(62))), None);
+        for keys in
+            [Keys { exact: Some(action), shared: ActionId([1; 32]) }, Keys { exact: None, shared: action }]
+        {
+            assert_eq!(parse_session(&session(&keys)), Some(keys));
+        }
+        assert_eq!(parse_session(&want(&action)), None);
     }
 
     #[test]
