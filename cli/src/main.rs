@@ -82,6 +82,9 @@ enum Command {
     },
     /// Serve the go command's build cache: GOCACHEPROG="cachectl gocacheprog" go build ./...
     Gocacheprog(cached_gocacheprog::command::Args),
+    /// Land what the last run of a go command used into the local cache before it starts, as
+    /// CI's first step: `cachectl warm -- go build ./... &`; its bridge joins the warm.
+    Warm(Box<commands::warm::Args>),
     /// Build a multi-platform OCI image from built binaries; write a layout and/or push it.
     Image(Box<commands::image::Args>),
     /// Sign an image in a registry the way `cosign sign --key` does (no transparency log).
@@ -184,6 +187,7 @@ async fn run(cli: Cli) -> Result<()> {
             cached_gocacheprog::command::init_log();
             cached_gocacheprog::command::run(&cli.server, &connect, args).await
         }
+        Command::Warm(args) => commands::warm::run(&cli.server, &connect, *args).await,
         Command::Image(args) => commands::image::run(&cli.server, &connect, *args).await,
         Command::Sign(args) => commands::sign::run(*args).await,
         Command::Verify(args) => commands::verify::run(*args).await,

@@ -7,7 +7,9 @@
 //!   ActionID in hex for the default namespace, and SHA-256 of the namespace and ActionID for
 //!   any other, so a runner that builds in several namespaces keeps their entries apart (as
 //!   cached does): one namespace never hits what another recorded, and uploads its own. Bodies
-//!   are shared; their names are their SHA-256, checked when they are written.
+//!   are shared; their names are their SHA-256, checked when the go command puts them. A body
+//!   that comes from cached is checked against the CAS digest its entry names instead (cached
+//!   checked the SHA-256 when the entry was written; see `docs/gocacheprog.md`).
 //! - `.part-*` beside them: files being written. `trim.txt`: its mtime is the last trim.
 //!
 //! Several go processes may share a root at once: every file is written under a temporary
@@ -56,6 +58,8 @@ pub enum DiskError {
     Io { path: PathBuf, source: io::Error },
     #[error("body of {size} bytes hashes to {actual}, not to its OutputID {expected}")]
     WrongBody { size: u64, expected: OutputId, actual: String },
+    #[error("body has digest {actual}, not the digest {expected} its entry names")]
+    WrongDigest { expected: Digest, actual: Digest },
     #[error("body has {actual} bytes, not the {expected} announced")]
     WrongSize { expected: u64, actual: u64 },
 }
@@ -184,27 +188,42 @@ impl DiskTier {
             .map_err(io_at(&path))
     }
 
-    /// A writer for a body that is verified against `output_id` before it appears.
-    pub fn writer(&self, output_id: OutputId, size: u64) -> Result<BodyWriter, DiskError> {
+    /// A writer for a body from cached, stored under `output_id` once it has `digest` (BLAKE3,
+    /// the one hash of the read path: cached vouched for the OutputID when the entry was put).
+    pub fn landing_writer(&self, output_id: OutputId, digest: Digest) -> Result<BodyWriter, DiskError> {
+        self.writer(output_id, digest.size, Check::digest(digest))
+    }
+
+    /// [`DiskTier::landing_writer`] for a body the caller has just found absent, without
+    /// looking again. Should another process land it meanwhile, theirs stays (no-clobber commit).
+    pub fn absent_landing_writer(
+        &self,
+        output_id: OutputId,
+        digest: Digest,
+    ) -> Result<BodyWriter, DiskError> {
+        self.absent_writer(output_id, digest.size, Check::digest(digest))
+    }
+
+    fn writer(&self, output_id: OutputId, size: u64, check: Check) -> Result<BodyWriter, DiskError> {
         match self.existing_output(&output_id, size) {
             // Not rewritten: the go command may have it open. The incoming bytes are still
             // hashed, so a wrong body is still refused.
-            Some(dest) => Ok(BodyWriter::new(None, Arc::clone(&self.room), dest, output_id, size)),
-            None => self.absent_writer(output_id, size),
+            Some(dest) => Ok(BodyWriter::new(None, Arc::clone(&self.room), dest, output_id, size, check)),
+            None => self.absent_writer(output_id, size, check),
         }
     }
 
-    /// [`DiskTier::writer`] for a body the caller has just found absent, without looking
-    /// again. Should another process land it meanwhile, theirs stays (no-clobber commit).
-    pub fn absent_writer(&self, output_id: OutputId, size: u64) -> Result<BodyWriter, DiskError> {
+    fn absent_writer(&self, output_id: OutputId, size: u64, check: Check) -> Result<BodyWriter, DiskError> {
         let dest = self.output_path(&output_id);
         let file = self.room.retry(|| temp_beside(&dest)).map_err(io_at(&dest))?;
-        Ok(BodyWriter::new(Some(file), Arc::clone(&self.room), dest, output_id, size))
+        Ok(BodyWriter::new(Some(file), Arc::clone(&self.room), dest, output_id, size, check))
     }
 
     /// A writer for a body the go command put: also computes its CAS digest, for the upload.
+    /// The body must hash (SHA-256) to the OutputID the go command gave, as cached will check.
     pub fn put_writer(&self, output_id: OutputId, size: u64) -> Result<DigestingWriter, DiskError> {
-        Ok(DigestingWriter { body: self.writer(output_id, size)?, blake3: blake3::Hasher::new() })
+        let body = self.writer(output_id, size, Check::OutputId(Box::default()))?;
+        Ok(DigestingWriter { body, blake3: blake3::Hasher::new() })
     }
 
     /// Trims to the size cap unless a trim ran within `TRIM_INTERVAL`. Returns bytes removed.
@@ -238,9 +257,49 @@ impl DiskTier {
     }
 }
 
-/// Receives a body, hashing it as it goes: SHA-256 must give the OutputID before the body
-/// appears. That is the whole check for a download, which is why this does not also compute
-/// the CAS digest (a tenth of the CPU a fresh runner's download costs).
+/// What a body must hash to before it appears: one hash per byte either way.
+enum Check {
+    /// SHA-256 gives the OutputID: what the go command puts (it names its outputs so).
+    OutputId(Box<Sha256>),
+    /// BLAKE3 gives the CAS digest cached's entry names: what lands from cached.
+    Digest(Box<blake3::Hasher>, Digest),
+}
+
+impl Check {
+    fn digest(expected: Digest) -> Self {
+        Self::Digest(Box::new(blake3::Hasher::new()), expected)
+    }
+
+    fn update(&mut self, piece: &[u8]) {
+        match self {
+            Self::OutputId(sha256) => sha256.update(piece),
+            Self::Digest(blake3, _) => {
+                blake3.update(piece);
+            }
+        }
+    }
+
+    fn verify(self, output_id: OutputId, size: u64) -> Result<(), DiskError> {
+        match self {
+            Self::OutputId(sha256) => {
+                let actual: [u8; 32] = sha256.finalize().into();
+                if actual != output_id.0 {
+                    let actual = OutputId(actual).to_string();
+                    return Err(DiskError::WrongBody { size, expected: output_id, actual });
+                }
+            }
+            Self::Digest(blake3, expected) => {
+                let actual = Digest::from_hasher(&blake3, size);
+                if actual != expected {
+                    return Err(DiskError::WrongDigest { expected, actual });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Receives a body, hashing it as it goes ([`Check`]); it appears only if the hash is right.
 pub struct BodyWriter {
     file: Option<tempfile::NamedTempFile>,
     room: Arc<Room>,
@@ -248,7 +307,7 @@ pub struct BodyWriter {
     output_id: OutputId,
     expected: u64,
     written: u64,
-    sha256: Sha256,
+    check: Check,
 }
 
 impl BodyWriter {
@@ -258,8 +317,9 @@ impl BodyWriter {
         dest: PathBuf,
         output_id: OutputId,
         size: u64,
+        check: Check,
     ) -> Self {
-        Self { file, room, dest, output_id, expected: size, written: 0, sha256: Sha256::new() }
+        Self { file, room, dest, output_id, expected: size, written: 0, check }
     }
 
     pub fn write(&mut self, piece: &[u8]) -> Result<(), DiskError> {
@@ -268,7 +328,7 @@ impl BodyWriter {
         if self.written > self.expected {
             return Err(DiskError::WrongSize { expected: self.expected, actual: self.written });
         }
-        self.sha256.update(piece);
+        self.check.update(piece);
         if let Some(file) = self.file.as_mut() {
             let mut again = false;
             self.room
@@ -289,11 +349,7 @@ impl BodyWriter {
         if self.written != self.expected {
             return Err(DiskError::WrongSize { expected: self.expected, actual: self.written });
         }
-        let actual: [u8; 32] = self.sha256.finalize().into();
-        if actual != self.output_id.0 {
-            let actual = OutputId(actual).to_string();
-            return Err(DiskError::WrongBody { size: self.written, expected: self.output_id, actual });
-        }
+        self.check.verify(self.output_id, self.written)?;
         if let Some(file) = self.file {
             set_executable(file.as_file()).map_err(io_at(&self.dest))?;
             match file.persist_noclobber(&self.dest) {
@@ -452,12 +508,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tier = DiskTier::open(dir.path(), 1 << 30).unwrap();
         let id = output_id(b"right");
-        let mut writer = tier.writer(id, 5).unwrap();
+        let mut writer = tier.put_writer(id, 5).unwrap();
         writer.write(b"wrong").unwrap();
         assert!(matches!(writer.commit(), Err(DiskError::WrongBody { .. })));
         assert!(!tier.output_path(&id).exists());
-        let mut writer = tier.writer(id, 5).unwrap();
+        let mut writer = tier.put_writer(id, 5).unwrap();
         assert!(matches!(writer.write(b"right!"), Err(DiskError::WrongSize { .. })));
+        // A landing is checked against the entry's digest, whatever the OutputID says.
+        let mut writer = tier.landing_writer(output_id(b"wrong"), Digest::of(b"right")).unwrap();
+        writer.write(b"wrong").unwrap();
+        assert!(matches!(writer.commit(), Err(DiskError::WrongDigest { .. })));
+        assert!(!tier.output_path(&output_id(b"wrong")).exists());
+        let mut writer = tier.landing_writer(id, Digest::of(b"right")).unwrap();
+        writer.write(b"right").unwrap();
+        assert_eq!(writer.commit().unwrap(), tier.output_path(&id));
     }
 
     #[test]

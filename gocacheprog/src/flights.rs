@@ -1,6 +1,8 @@
 //! The singleflight table: one fetch from cached per action at a time, whoever asks (a lookup
 //! of the go command, a prefetch, the session preload). The preload claims actions before it
 //! fetches them in batches; lookups of a claimed action wait for its [`Claim`] to be settled.
+//! With a warm process running on the same local tier, a fetch asks it first
+//! ([`super::warm_link`]), so the two processes do not fetch one action twice either.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,6 +16,8 @@ use tokio::sync::oneshot;
 use super::disk::{DiskTier, Entry};
 use super::protocol::Hit;
 use super::remote::RemoteTier;
+use super::warm_link::WarmLink;
+use super::warm_wire::Answer;
 
 type Flight = Shared<BoxFuture<'static, Option<Hit>>>;
 
@@ -41,12 +45,13 @@ pub enum PreloadOutcome {
 pub struct Flights {
     disk: Arc<DiskTier>,
     remote: Option<Arc<RemoteTier>>,
+    warm: Option<Arc<WarmLink>>,
     flights: Mutex<HashMap<ActionId, Flight>>,
 }
 
 impl Flights {
-    pub fn new(disk: Arc<DiskTier>, remote: Option<Arc<RemoteTier>>) -> Self {
-        Self { disk, remote, flights: Mutex::new(HashMap::new()) }
+    pub fn new(disk: Arc<DiskTier>, remote: Option<Arc<RemoteTier>>, warm: Option<Arc<WarmLink>>) -> Self {
+        Self { disk, remote, warm, flights: Mutex::new(HashMap::new()) }
     }
 
     pub fn disk(&self) -> &Arc<DiskTier> {
@@ -110,10 +115,21 @@ impl Flights {
     }
 
     /// Fetches an action from cached into the local tier, unless it landed there (by the
-    /// preload or another process) since the lookup that missed.
+    /// preload or another process) since the lookup that missed, or a warm lands it.
     async fn fetch(self: Arc<Self>, action_id: ActionId) -> Option<Hit> {
         if let Ok(Some((entry, path))) = self.disk.lookup(&action_id) {
             return Some(hit(entry, path));
+        }
+        if let Some(warm) = &self.warm {
+            match warm.ask(action_id).await {
+                Answer::Landed => {
+                    if let Ok(Some((entry, path))) = self.disk.lookup(&action_id) {
+                        return Some(hit(entry, path));
+                    }
+                }
+                Answer::Missing => return None,
+                Answer::NotHere => {}
+            }
         }
         let remote = self.remote.as_ref()?;
         let found = remote.fetch(action_id, Arc::clone(&self.disk)).await;

@@ -1,6 +1,8 @@
-//! How a body cached sent becomes a file in the local tier: decoded, checked against the
-//! OutputID (the go command's own name for the bytes), then moved into place whole, and the
-//! action recorded. Nothing that fails the check ever appears.
+//! How a body cached sent becomes a file in the local tier: decoded, checked against the CAS
+//! digest its entry names (BLAKE3: one hash per byte; cached checked the SHA-256 against the
+//! OutputID, the go command's own name for the bytes, when the entry was put), then moved into
+//! place whole under its OutputID, and the action recorded. Nothing that fails the check ever
+//! appears.
 
 use std::path::PathBuf;
 
@@ -8,7 +10,6 @@ use bytes::Bytes;
 use proto::frames::FrameDecoder;
 use proto::v1::{self, Compression};
 use proto::{ActionId, Digest, OutputId};
-use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use super::disk::{DiskTier, Entry};
@@ -47,7 +48,7 @@ impl Found {
     }
 
     /// Stores the body (unless it is already here) and records the action. Needs
-    /// [`Found::is_here`]. The body must hash to its OutputID, or nothing is stored. `decoder`
+    /// [`Found::is_here`]. The body must have its digest, or nothing is stored. `decoder`
     /// is any decoder, reused so that landing many small bodies does not set one up for each.
     pub fn store(
         &self,
@@ -62,7 +63,7 @@ impl Found {
                 let Some(frame) = &self.inline else {
                     return Err(RemoteError::Internal("the body is neither inline nor here".into()));
                 };
-                let mut writer = disk.absent_writer(entry.output_id, entry.size)?;
+                let mut writer = disk.absent_landing_writer(entry.output_id, self.digest)?;
                 if entry.size > 0 {
                     decoder.restart(entry.size, 0);
                     let raw = decoder.decode(frame).map_err(|err| RemoteError::Corrupt(err.to_string()))?;
@@ -75,7 +76,7 @@ impl Found {
         Ok(path)
     }
 
-    /// The inline body in memory, checked against both its OutputID and its digest.
+    /// The inline body in memory, checked against its digest.
     pub fn decode_inline(&self, frame: &[u8]) -> Result<Vec<u8>, RemoteError> {
         let size = self.entry.size;
         let body = if size == 0 {
@@ -85,9 +86,7 @@ impl Found {
                 FrameDecoder::new(size, 0).map_err(|err| RemoteError::Corrupt(err.to_string()))?;
             decoder.decode(frame).map_err(|err| RemoteError::Corrupt(err.to_string()))?.to_vec()
         };
-        if <[u8; 32]>::from(Sha256::digest(&body)) != self.entry.output_id.0
-            || Digest::of(&body) != self.digest
-        {
+        if Digest::of(&body) != self.digest {
             return Err(RemoteError::Corrupt("a session list does not hash to its entry".into()));
         }
         Ok(body)
@@ -99,10 +98,11 @@ pub fn store_frames(
     disk: &DiskTier,
     action_id: ActionId,
     entry: Entry,
+    digest: Digest,
     mut pieces: mpsc::Receiver<v1::ReadResponse>,
 ) -> Result<PathBuf, RemoteError> {
     let corrupt = |err: &dyn std::fmt::Display| RemoteError::Corrupt(err.to_string());
-    let mut writer = disk.writer(entry.output_id, entry.size)?;
+    let mut writer = disk.landing_writer(entry.output_id, digest)?;
     let mut decoder = FrameDecoder::new(entry.size, 0).map_err(|e| corrupt(&e))?;
     while let Some(piece) = pieces.blocking_recv() {
         if piece.compression == Compression::Zstd as i32 {
@@ -114,4 +114,54 @@ pub fn store_frames(
     let path = writer.commit()?;
     disk.record(&action_id, &entry)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::frames::FrameEncoder;
+    use sha2::{Digest as _, Sha256};
+
+    use super::*;
+
+    fn output_id(body: &[u8]) -> proto::OutputId {
+        proto::OutputId(Sha256::digest(body).into())
+    }
+
+    fn found(output_id: proto::OutputId, digest: Digest, body: &[u8]) -> Found {
+        let entry = Entry { output_id, size: digest.size, time_unix_nanos: 1 };
+        let inline = FrameEncoder::new(1).unwrap().encode(body).unwrap();
+        Found { entry, digest, inline: Some(inline.into()) }
+    }
+
+    /// The read path's one check is the digest: a body that does hash to its OutputID but is
+    /// not the blob its entry names is not landed, inline or streamed.
+    #[test]
+    fn a_body_whose_digest_is_not_its_entrys_never_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::open(dir.path(), 1 << 30).unwrap();
+        let (wrong, right) = (b"wrong body".as_slice(), b"right body".as_slice());
+        let action = ActionId([1; 32]);
+        let lying = found(output_id(wrong), Digest::of(right), wrong);
+        let stored = lying.store(&disk, action, &mut new_decoder().unwrap());
+        assert!(matches!(stored, Err(RemoteError::Corrupt(_))), "{stored:?}");
+        assert!(!disk.output_path(&output_id(wrong)).exists());
+        assert!(disk.lookup(&action).unwrap().is_none());
+
+        let (sender, pieces) = mpsc::channel(1);
+        let piece = v1::ReadResponse {
+            data: lying.inline.clone().unwrap(),
+            compression: Compression::Zstd as i32,
+            ..Default::default()
+        };
+        sender.try_send(piece).unwrap();
+        drop(sender);
+        let stored = store_frames(&disk, action, lying.entry, lying.digest, pieces);
+        assert!(matches!(stored, Err(RemoteError::Corrupt(_))), "{stored:?}");
+        assert!(!disk.output_path(&output_id(wrong)).exists());
+        assert!(disk.lookup(&action).unwrap().is_none());
+
+        let honest = found(output_id(right), Digest::of(right), right);
+        let path = honest.store(&disk, action, &mut new_decoder().unwrap()).unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), right);
+    }
 }

@@ -7,7 +7,8 @@
 //! (the files behind `DiskPath`; [`room`] when their disk is full), [`remote`] and [`uploads`]
 //! (cached, fail-open behind [`breaker`]), [`prefetch`] (a compile hit's second lookup,
 //! started with the first), [`session`] and [`preload`] (what the last run of the same command
-//! used, fetched before the go command asks), [`counters`] (the session summary), and
+//! used, fetched before the go command asks), [`warm`] (the same, started by CI before the go
+//! command, which joins it through [`warm_link`] and [`warm_wire`]), [`counters`] (the session summary), and
 //! [`command`], the `gocacheprog` subcommand cachectl and runner-agent both offer.
 
 #![forbid(unsafe_code)]
@@ -29,6 +30,9 @@ pub mod session;
 pub mod tiers;
 pub mod trim;
 pub mod uploads;
+pub mod warm;
+pub mod warm_link;
+pub mod warm_wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,13 +90,18 @@ pub async fn run(options: Options) -> Result<()> {
             })
             .ok()
     });
-    let preload = options.preload.then(|| {
-        let keys = session::KeyInputs::from_process(&options.namespace).keys();
+    let keys = options.preload.then(|| session::KeyInputs::from_process(&options.namespace).keys());
+    let warm = match &remote {
+        Some(_) => warm_link::WarmLink::connect(disk.root(), &options.namespace, keys.as_ref()).await,
+        None => None,
+    };
+    let preload = keys.map(|keys| {
         // Never more than half the local tier, so a preload cannot trim what the build uses.
         let max_bytes = options.preload_max.min(options.max_size / 2);
         preload::Preload::new(keys, max_bytes, !options.read_only, Arc::clone(&counters))
     });
-    let tier_options = tiers::TierOptions { close_timeout: options.close_timeout, summary: options.summary };
+    let tier_options =
+        tiers::TierOptions { close_timeout: options.close_timeout, summary: options.summary, warm };
     let tiers =
         Arc::new(tiers::Tiers::new(disk, remote, !options.read_only, preload, counters, tier_options));
     tiers.start();

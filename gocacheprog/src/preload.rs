@@ -8,13 +8,17 @@
 //! order (the order the last session used the actions, close to the order this one will ask):
 //! a few `GoCache.GetMany` batches at a time on a connection of their own (small bodies come
 //! inline), bodies too large to inline through a few `Cas.Read`s. Every body is verified
-//! (SHA-256 = OutputID) before it lands in the local tier, exactly as a lookup's would be.
+//! (BLAKE3 = the entry's digest) before it lands in the local tier, exactly as a lookup's would be.
 //!
 //! The go command comes first: an action it asks for while its batch is in flight joins that
 //! fetch (the tiers' singleflight); one not yet claimed is fetched for it at once, and the
 //! preload then skips it. Bounded by bytes (`--preload-max`), by the list's length, and by
 //! usefulness: when the go command mostly asks for actions the list does not hold, the list
 //! is stale and the preload stops. It also stops when the go command closes the session.
+//!
+//! When a warm ([`super::warm`]) is landing the list into the same local tier, the bridge walks
+//! nothing while it runs (its lookups join the warm's fetches instead, [`super::warm_link`]),
+//! and walks what is left once the warm is gone: killed, or done, when nothing is left.
 //!
 //! On close the session writes back what it used to both lists (merged with what each held)
 //! unless that is what a list already said.
@@ -34,6 +38,7 @@ use super::flights::{Claim, Flights, PreloadOutcome};
 use super::landing::{Found, new_decoder};
 use super::remote::{RemoteError, RemoteTier};
 use super::session::{self, Keys, Record, Recorder};
+use super::warm_link::WarmLink;
 
 /// Actions per GetMany.
 const BATCH_ITEMS: usize = 64;
@@ -92,11 +97,18 @@ impl Preload {
         }
     }
 
-    /// Starts preloading in the background. Needs a tokio runtime.
-    pub fn start(self: &Arc<Self>, flights: Arc<Flights>, remote: Arc<RemoteTier>) {
+    /// Starts preloading in the background, once `warm` is gone if there is one. Needs a tokio
+    /// runtime.
+    pub fn start(
+        self: &Arc<Self>,
+        flights: Arc<Flights>,
+        remote: Arc<RemoteTier>,
+        warm: Option<Arc<WarmLink>>,
+    ) {
         let this = Arc::clone(self);
-        let task =
-            cached_client::task::spawn_guarded("preload", async move { this.run(flights, remote).await });
+        let task = cached_client::task::spawn_guarded("preload", async move {
+            this.run(flights, remote, warm.as_deref()).await;
+        });
         *self.task.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(task);
     }
 
@@ -126,7 +138,14 @@ impl Preload {
         asked >= JUDGE_AFTER && self.asked_listed.load(Ordering::Relaxed) * 4 < asked
     }
 
-    async fn run(self: Arc<Self>, flights: Arc<Flights>, remote: Arc<RemoteTier>) {
+    /// Reads the lists and walks the one that applies, once `warm` is gone if there is one;
+    /// returns when the walk is over.
+    pub async fn run(
+        self: Arc<Self>,
+        flights: Arc<Flights>,
+        remote: Arc<RemoteTier>,
+        warm: Option<&WarmLink>,
+    ) {
         let exact = async {
             match self.keys.exact {
                 Some(key) => remote.fetch_list(key).await,
@@ -141,6 +160,9 @@ impl Preload {
             .get_or_init(|| Lists { exact: exact.unwrap_or_default(), shared: shared.unwrap_or_default() });
         let list = if lists.exact.is_empty() { &lists.shared } else { &lists.exact };
         let _ = self.listed.set(list.iter().map(|record| record.action_id).collect());
+        if let Some(warm) = warm {
+            warm.gone().await;
+        }
         let batches = Arc::new(Semaphore::new(BATCHES));
         let slots =
             Slots { stores: Arc::new(Semaphore::new(STORES)), reads: Arc::new(Semaphore::new(READS)) };

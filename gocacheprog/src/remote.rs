@@ -1,7 +1,8 @@
 //! The remote tier: cached's GoCache and Cas services, behind a circuit breaker.
 //!
-//! Fetches land in the local tier (the go command needs a file), verified on the way: SHA-256
-//! against the OutputID, the go command's own name for the bytes. Every call has a deadline,
+//! Fetches land in the local tier (the go command needs a file), verified on the way: BLAKE3
+//! against the CAS digest of the entry, which cached accepted only for a blob whose SHA-256 is
+//! its OutputID, the go command's own name for the bytes. Every call has a deadline,
 //! and no failure here is ever the build's failure: it is a miss, or an upload not made.
 
 use std::future::Future;
@@ -42,7 +43,9 @@ impl From<DiskError> for RemoteError {
     fn from(err: DiskError) -> Self {
         match err {
             // A body that does not hash to what the server said came from the server.
-            DiskError::WrongBody { .. } | DiskError::WrongSize { .. } => Self::Corrupt(err.to_string()),
+            DiskError::WrongBody { .. } | DiskError::WrongDigest { .. } | DiskError::WrongSize { .. } => {
+                Self::Corrupt(err.to_string())
+            }
             DiskError::Io { .. } => Self::Local(err),
         }
     }
@@ -323,7 +326,7 @@ impl RemoteTier {
             let Some(mut stream) = transfer::open_read(client, digest).await? else { return Ok(None) };
             let (sender, pieces) = mpsc::channel(PIPELINE_FRAMES);
             let writer = cached_client::task::spawn_blocking("store-frames", move || {
-                store_frames(&disk, action_id, entry, pieces)
+                store_frames(&disk, action_id, entry, digest, pieces)
             });
             let mut failure = None;
             loop {

@@ -14,12 +14,13 @@
 //! under the session key as ActionID: the go command never asks for that ID (its IDs are
 //! SHA-256 of other inputs), a token that may write the namespace's entries may write its
 //! lists, and no server change is needed. The entry's body is the list; its OutputID is the
-//! list's SHA-256, checked like every other body.
+//! list's SHA-256, which cached checks when the entry is put; readers check the digest, like
+//! every other body.
 //!
 //! The key only chooses which list to fetch; a wrong or stale list costs bandwidth, never
-//! correctness, because every preloaded body is verified against its OutputID.
+//! correctness, because every preloaded body is verified against its entry.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -40,8 +41,8 @@ const MAX_AGE: u8 = 3;
 const _: () = assert!(MAGIC.len() + MAX_ENTRIES * RECORD <= FRAME_SIZE);
 
 /// Environment variables the go command sets for its cache program (it exports its whole
-/// `go env`) that change which ActionIDs it computes.
-const KEY_ENV: [&str; 16] = [
+/// `go env`, the empty ones left out) that change which ActionIDs it computes.
+pub const KEY_ENV: [&str; 16] = [
     "GOVERSION",
     "GOOS",
     "GOARCH",
@@ -161,19 +162,35 @@ impl KeyInputs {
     /// What this process sees: its environment (the go command's), its working directory (the
     /// go command's) and, on Linux, the go command's command line.
     pub fn from_process(namespace: &str) -> Self {
+        let env = KEY_ENV.iter().filter_map(|name| Some(((*name).to_owned(), std::env::var(name).ok()?)));
+        let dir = std::env::current_dir().ok();
+        let module = dir.as_deref().and_then(module_root);
+        Self::for_command(namespace, parent_command_line().as_deref(), dir.as_deref(), module, env)
+    }
+
+    /// The inputs of a go command line run in `dir`, in the module rooted at `module` (its
+    /// directory and path), with the `go env` values `env` (any of [`KEY_ENV`]; empty values
+    /// count as unset, as the go command leaves them out of its cache program's environment).
+    /// What a warm computes for the go command it prepares for.
+    pub fn for_command(
+        namespace: &str,
+        go_command: Option<&[String]>,
+        dir: Option<&Path>,
+        root: Option<(std::path::PathBuf, String)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        let env = env
+            .into_iter()
+            .filter(|(name, value)| !value.is_empty() && KEY_ENV.contains(&name.as_str()))
+            .collect::<BTreeMap<_, _>>();
+        // In KEY_ENV's order, as the bridge has always hashed them.
         let env = KEY_ENV
             .iter()
-            .filter_map(|name| std::env::var(name).ok().map(|value| ((*name).to_owned(), value)))
+            .filter_map(|name| env.get(*name).map(|value| ((*name).to_owned(), value.clone())))
             .collect();
-        let dir = std::env::current_dir().ok();
-        let root = dir.as_deref().and_then(module_root);
-        let go_command = parent_command_line();
-        let (flavour, command) = match go_command.as_deref().and_then(read_command_line) {
+        let (flavour, command) = match go_command.and_then(read_command_line) {
             Some(CommandLine { flavour, mut shape }) => {
-                let within = dir
-                    .as_deref()
-                    .zip(root.as_ref())
-                    .and_then(|(dir, (root, _))| dir.strip_prefix(root).ok());
+                let within = dir.zip(root.as_ref()).and_then(|(dir, (root, _))| dir.strip_prefix(root).ok());
                 shape.push(format!("dir={}", within.unwrap_or(Path::new("")).display()));
                 (flavour, Some(shape))
             }
@@ -181,7 +198,7 @@ impl KeyInputs {
         };
         Self {
             namespace: namespace.to_owned(),
-            subcommand: go_command.as_deref().and_then(subcommand).unwrap_or_default(),
+            subcommand: go_command.and_then(subcommand).unwrap_or_default(),
             module: root.map(|(_, module)| module).unwrap_or_default(),
             env,
             flavour,
@@ -220,7 +237,7 @@ impl KeyInputs {
 }
 
 /// The directory of the go.mod at or above `dir`, and the module path it declares.
-fn module_root(dir: &Path) -> Option<(std::path::PathBuf, String)> {
+pub fn module_root(dir: &Path) -> Option<(std::path::PathBuf, String)> {
     dir.ancestors().find_map(|dir| {
         let text = std::fs::read_to_string(dir.join("go.mod")).ok()?;
         Some((dir.to_owned(), parse_module(&text).unwrap_or_default()))

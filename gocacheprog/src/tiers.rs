@@ -17,12 +17,15 @@ use super::protocol::{Hit, now_unix_nanos};
 use super::remote::{RemoteTier, Upload};
 use super::server::{BodySink, Cache, Local};
 use super::uploads::Uploader;
+use super::warm_link::WarmLink;
 
 pub struct TierOptions {
     /// How long `close` waits for pending uploads.
     pub close_timeout: Duration,
     /// Print the session summary line on close.
     pub summary: bool,
+    /// A warm landing into the same local tier, which lookups ask before fetching.
+    pub warm: Option<Arc<WarmLink>>,
 }
 
 pub struct Tiers {
@@ -55,7 +58,7 @@ impl Tiers {
             .filter(|_| upload)
             .map(|remote| Uploader::start(Arc::clone(remote), Arc::clone(&counters)));
         Self {
-            flights: Arc::new(Flights::new(Arc::clone(&disk), remote.clone())),
+            flights: Arc::new(Flights::new(Arc::clone(&disk), remote.clone(), options.warm.clone())),
             disk,
             uploader,
             prefetches: Prefetches::default(),
@@ -69,7 +72,9 @@ impl Tiers {
     /// Starts the session preload, if there is one.
     pub fn start(self: &Arc<Self>) {
         if let (Some(preload), Some(remote)) = (&self.preload, &self.remote) {
-            preload.start(Arc::clone(&self.flights), Arc::clone(remote));
+            // A warm that lands this session's list walks it; one that lands another's does not.
+            let warm = self.options.warm.clone().filter(|warm| warm.lands_our_list());
+            preload.start(Arc::clone(&self.flights), Arc::clone(remote), warm);
         }
     }
 

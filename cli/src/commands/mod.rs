@@ -13,3 +13,4 @@ pub mod sign;
 pub mod stats;
 pub mod submit;
 pub mod verify;
+pub mod warm;

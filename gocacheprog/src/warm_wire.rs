@@ -1,0 +1,125 @@
+//! What a warm ([`super::warm`]) and the bridges that join it say to each other over a unix
+//! socket in the local tier: one line per message, so either side can be read with `socat`.
+//!
+//! - bridge → warm, first: `session <exact key hex or -> <shared key hex>`, its session keys;
+//!   the warm answers `joined` when they are its own (the warm lands this go command's list, and
+//!   stops when this bridge goes) or `other` (it lands another's; the bridge walks its own).
+//! - bridge → warm: `want <ActionID hex>`: the go command asked for this action and it is not
+//!   on local disk.
+//! - warm → bridge: `landed <hex>` (it is in the local tier now), `missing <hex>` (cached has
+//!   no usable entry) or `not <hex>` (the warm could not tell; fetch it yourself).
+//!
+//! The socket is named after the namespace, since a local tier keeps namespaces' entries
+//! apart, and lives with the files it is about: whoever may use the tier may connect.
+
+use std::path::{Path, PathBuf};
+
+use proto::ActionId;
+
+use super::session::Keys;
+use sha2::{Digest as _, Sha256};
+
+/// What the warm tells a bridge about an action it wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Landed,
+    Missing,
+    /// The warm could not tell (it failed, or is going away): the bridge fetches it itself.
+    NotHere,
+}
+
+impl Answer {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Landed => "landed",
+            Self::Missing => "missing",
+            Self::NotHere => "not",
+        }
+    }
+}
+
+/// The socket of the warm for `namespace` in the local tier at `root`.
+pub fn socket_path(root: &Path, namespace: &str) -> PathBuf {
+    // cached reads "" and "default" as one namespace, and so does the local tier.
+    let namespace = if namespace.is_empty() { "default" } else { namespace };
+    let hash = Sha256::new().chain_update(b"cachectl warm socket\0").chain_update(namespace).finalize();
+    let hex: String = hash[..8].iter().map(|byte| format!("{byte:02x}")).collect();
+    root.join(format!("warm-{hex}.sock"))
+}
+
+pub const JOINED: &str = "joined";
+pub const OTHER: &str = "other";
+
+pub fn session(keys: &Keys) -> String {
+    let exact = keys.exact.map_or_else(|| "-".to_owned(), |key| key.to_string());
+    format!("session {exact} {}\n", keys.shared)
+}
+
+/// Reads a bridge's first line; `None` for anything else.
+pub fn parse_session(line: &str) -> Option<Keys> {
+    let (exact, shared) = line.trim_end().strip_prefix("session ")?.split_once(' ')?;
+    let exact = if exact == "-" { None } else { Some(parse_action(exact)?) };
+    Some(Keys { exact, shared: parse_action(shared)? })
+}
+
+pub fn want(action_id: &ActionId) -> String {
+    format!("want {action_id}\n")
+}
+
+pub fn answer(action_id: &ActionId, answer: Answer) -> String {
+    format!("{} {action_id}\n", answer.word())
+}
+
+/// Reads a bridge's line; `None` for anything else.
+pub fn parse_want(line: &str) -> Option<ActionId> {
+    parse_action(line.trim_end().strip_prefix("want ")?)
+}
+
+/// Reads a warm's line; `None` for anything else.
+pub fn parse_answer(line: &str) -> Option<(ActionId, Answer)> {
+    let (word, hex) = line.trim_end().split_once(' ')?;
+    let answer = [Answer::Landed, Answer::Missing, Answer::NotHere].into_iter().find(|a| a.word() == word)?;
+    Some((parse_action(hex)?, answer))
+}
+
+fn parse_action(hex: &str) -> Option<ActionId> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(ActionId(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_and_anything_else_is_ignored() {
+        let action = ActionId([0xab; 32]);
+        assert_eq!(parse_want(&want(&action)), Some(action));
+        for kind in [Answer::Landed, Answer::Missing, Answer::NotHere] {
+            assert_eq!(parse_answer(&answer(&action, kind)), Some((action, kind)));
+        }
+        assert_eq!(parse_want("want abc\n"), None);
+        assert_eq!(parse_answer(&want(&action)), None);
+        assert_eq!(parse_answer(&format!("landed {}zz\n", "0".repeat(62))), None);
+        for keys in
+            [Keys { exact: Some(action), shared: ActionId([1; 32]) }, Keys { exact: None, shared: action }]
+        {
+            assert_eq!(parse_session(&session(&keys)), Some(keys));
+        }
+        assert_eq!(parse_session(&want(&action)), None);
+    }
+
+    #[test]
+    fn each_namespace_has_its_socket() {
+        let root = Path::new("/tier");
+        assert_eq!(socket_path(root, ""), socket_path(root, "default"));
+        assert_ne!(socket_path(root, "team"), socket_path(root, "default"));
+        assert!(socket_path(root, "team").starts_with(root));
+    }
+}
