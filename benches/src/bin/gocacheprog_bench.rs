@@ -215,7 +215,12 @@ impl Bridge<'_> {
     fn warm(&self, workload: &Workload, scratch: &Path, tier: &Path, log: &Path) -> Child {
         let go = go(workload, scratch, &scratch.join("unused-gocache"));
         let mut command = Command::new(&self.settings.cachectl);
-        command.arg("warm").arg("--").arg("go").args(&workload.args).current_dir(&workload.dir).env_clear();
+        command.arg("warm");
+        // A go command outside any module (cmd/go) keys by an empty module path.
+        if !workload.dir.join("go.mod").exists() {
+            command.args(["--module", ""]);
+        }
+        command.arg("--").arg("go").args(&workload.args).current_dir(&workload.dir).env_clear();
         command.envs(go.get_envs().filter_map(|(key, value)| Some((key, value?))));
         self.env(&mut command, tier);
         let log = std::fs::File::create(log).expect("warm log");

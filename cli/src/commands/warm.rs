@@ -87,7 +87,8 @@ fn key_inputs(args: &Args) -> Result<KeyInputs> {
     };
     if root.is_none() {
         return Err(ClientError::Usage(format!(
-            "no go.mod at or above {}; pass --module with the module's path",
+            "no go.mod at or above {}; pass --module with the module's path (--module '' for a go \
+             command outside any module, such as `go build cmd/go`)",
             here.display()
         )));
     }
