@@ -213,18 +213,75 @@ pub async fn write_frames(client: &Client, digest: Digest, frames: mpsc::Receive
     Ok(())
 }
 
+/// How a download asks cached to send a blob's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransferCompression {
+    /// Uncompressed from a server on this machine, where loopback outruns zstd decoding and
+    /// the server has the frames' decode to do anyway; zstd frames from any other.
+    #[default]
+    Auto,
+    /// The stored zstd frames as they are: the fewest bytes on the wire, decoded here.
+    Zstd,
+    /// Decoded by the server: twice the bytes on the wire, no decode here.
+    None,
+}
+
+impl std::str::FromStr for TransferCompression {
+    type Err = ClientError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "zstd" => Ok(Self::Zstd),
+            "none" => Ok(Self::None),
+            other => Err(ClientError::Usage(format!(
+                "transfer compression {other:?} is none of auto, zstd or none"
+            ))),
+        }
+    }
+}
+
+impl TransferCompression {
+    /// The encoding to ask `server` for.
+    fn accept(self, server: &str) -> Compression {
+        match self {
+            Self::Zstd => Compression::Zstd,
+            Self::None => Compression::Identity,
+            Self::Auto if on_this_machine(server) => Compression::Identity,
+            Self::Auto => Compression::Zstd,
+        }
+    }
+}
+
+/// Whether every address in `server` (one URL or a comma list of replicas) is a loopback
+/// literal or `localhost`. Names are not resolved: a download should not wait on DNS to
+/// choose an encoding, and guessing "remote" only costs the decode on this side.
+fn on_this_machine(server: &str) -> bool {
+    server.split(',').all(|address| {
+        let uri = address.trim().parse::<tonic::codegen::http::Uri>();
+        uri.ok().and_then(|uri| uri.host().map(str::to_owned)).is_some_and(|host| {
+            crate::loopback::is_loopback(&host, 0, |_, _| Err(std::io::ErrorKind::Unsupported.into()))
+                .unwrap_or(false)
+        })
+    })
+}
+
 /// Opens a `Cas.Read` of the whole blob, its zstd frames as stored; `None` when cached does
 /// not have it.
 pub async fn open_read(
     client: &Client,
     digest: Digest,
 ) -> std::result::Result<Option<tonic::Streaming<v1::ReadResponse>>, tonic::Status> {
-    let request = v1::ReadRequest {
-        digest: Some(digest.to_wire()),
-        offset: 0,
-        limit: 0,
-        accept: Compression::Zstd as i32,
-    };
+    open_read_as(client, digest, Compression::Zstd).await
+}
+
+async fn open_read_as(
+    client: &Client,
+    digest: Digest,
+    accept: Compression,
+) -> std::result::Result<Option<tonic::Streaming<v1::ReadResponse>>, tonic::Status> {
+    let request =
+        v1::ReadRequest { digest: Some(digest.to_wire()), offset: 0, limit: 0, accept: accept as i32 };
     match client.cas.clone().read(request).await {
         Ok(response) => Ok(Some(response.into_inner())),
         Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
@@ -235,12 +292,22 @@ pub async fn open_read(
 /// Downloads `digest` to `dest`. The file appears (atomically, by rename) only after every
 /// byte was verified against the digest.
 pub async fn download_to_file(client: &Client, digest: Digest, dest: &Path) -> Result<()> {
+    download_to_file_as(client, digest, dest, TransferCompression::default()).await
+}
+
+/// [`download_to_file`], with the bytes sent as `compression` asks.
+pub async fn download_to_file_as(
+    client: &Client,
+    digest: Digest,
+    dest: &Path,
+    compression: TransferCompression,
+) -> Result<()> {
     let dir = match dest.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
         _ => PathBuf::from("."),
     };
     let temp = tempfile::NamedTempFile::new_in(&dir).map_err(ClientError::file(&dir))?;
-    let Some(mut stream) = open_read(client, digest).await? else {
+    let Some(mut stream) = open_read_as(client, digest, compression.accept(&client.server)).await? else {
         return Err(ClientError::NotFound(digest));
     };
     let (sender, receiver) = mpsc::channel::<v1::ReadResponse>(PIPELINE_FRAMES);
