@@ -366,3 +366,65 @@ fn write_verified(
     // command does not sync its outputs either).
     Ok(temp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(data: &[u8], compression: Compression) -> v1::ReadResponse {
+        v1::ReadResponse {
+            data: Bytes::copy_from_slice(data),
+            compression: compression as i32,
+            skip_bytes: 0,
+        }
+    }
+
+    /// Feeds `pieces` to `write_verified` as a download of `digest` would.
+    fn land(
+        digest: Digest,
+        pieces: Vec<v1::ReadResponse>,
+    ) -> (tempfile::TempDir, Result<tempfile::NamedTempFile>) {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+        let (sender, receiver) = mpsc::channel(pieces.len().max(1));
+        for piece in pieces {
+            sender.try_send(piece).unwrap();
+        }
+        drop(sender);
+        (dir, write_verified(temp, digest, receiver))
+    }
+
+    #[test]
+    fn uncompressed_pieces_land_byte_for_byte() {
+        let raw: Vec<u8> = (0..FRAME_SIZE + 500).map(|i| (i % 251) as u8).collect();
+        let (head, tail) = raw.split_at(FRAME_SIZE);
+        let (_dir, landed) = land(
+            Digest::of(&raw),
+            vec![piece(head, Compression::Identity), piece(tail, Compression::Identity)],
+        );
+        assert!(std::fs::read(landed.unwrap().path()).unwrap() == raw);
+    }
+
+    #[test]
+    fn uncompressed_bytes_that_do_not_match_the_digest_are_refused() {
+        let raw = b"the bytes the digest names".repeat(100);
+        let mut flipped = raw.clone();
+        flipped[7] ^= 1;
+        let (_dir, landed) = land(Digest::of(&raw), vec![piece(&flipped, Compression::Identity)]);
+        assert!(matches!(landed, Err(ClientError::Corrupt { .. })), "a flipped bit is refused");
+        let (_dir, landed) = land(Digest::of(&raw), vec![piece(&raw[..100], Compression::Identity)]);
+        assert!(matches!(landed, Err(ClientError::Corrupt { .. })), "a short download is refused");
+    }
+
+    #[test]
+    fn auto_asks_for_raw_bytes_only_from_this_machine() {
+        let auto = TransferCompression::Auto;
+        assert_eq!(auto.accept("http://127.0.0.1:7070"), Compression::Identity);
+        assert_eq!(auto.accept("http://localhost:7070,http://[::1]:7070"), Compression::Identity);
+        assert_eq!(auto.accept("https://cache.example.com"), Compression::Zstd);
+        assert_eq!(auto.accept("http://127.0.0.1:7070,http://10.0.0.2:7070"), Compression::Zstd);
+        assert_eq!(TransferCompression::Zstd.accept("http://127.0.0.1:7070"), Compression::Zstd);
+        assert_eq!(TransferCompression::None.accept("https://cache.example.com"), Compression::Identity);
+        assert!("gzip".parse::<TransferCompression>().is_err());
+    }
+}
