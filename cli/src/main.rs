@@ -79,9 +79,9 @@ enum Command {
         /// A directory to write each blob into, named by its digest's hex.
         #[arg(long, value_name = "DIR")]
         output_dir: Option<PathBuf>,
-        /// How cached sends the bytes: zstd frames (fewer bytes, decoded here), none (decoded
-        /// by the server), or auto: none from a server on loopback, zstd from any other.
-        #[arg(long, env = "CACHED_TRANSFER_COMPRESSION", default_value = "auto", value_parser = ["auto", "zstd", "none"])]
+        /// How cached sends the bytes: zstd frames (fewer bytes, least CPU, decoded here), none
+        /// (decoded by the server), or auto: none from a server on loopback, zstd from any other.
+        #[arg(long, env = "CACHED_TRANSFER_COMPRESSION", default_value = "zstd", value_parser = ["auto", "zstd", "none"])]
         transfer_compression: String,
     },
     /// Report which digests the server holds; exits 1 when any is missing.

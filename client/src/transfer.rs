@@ -216,11 +216,14 @@ pub async fn write_frames(client: &Client, digest: Digest, frames: mpsc::Receive
 /// How a download asks cached to send a blob's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TransferCompression {
-    /// Uncompressed from a server on this machine, where loopback outruns zstd decoding and
-    /// the server has the frames' decode to do anyway; zstd frames from any other.
-    #[default]
+    /// Uncompressed from a server on this machine, zstd frames from any other: the decode
+    /// moves to the server, which overlaps it with this side's hashing and writing when
+    /// cores are idle, but costs more CPU in all (two copies of twice the bytes through
+    /// loopback), so it lost on a busy machine (docs/benchmarks.md).
     Auto,
-    /// The stored zstd frames as they are: the fewest bytes on the wire, decoded here.
+    /// The stored zstd frames as they are: the fewest bytes on the wire and the least CPU in
+    /// all, decoded here.
+    #[default]
     Zstd,
     /// Decoded by the server: twice the bytes on the wire, no decode here.
     None,

@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 2000)]
     small_count: usize,
     /// Passed to `cachectl get` (auto, zstd or none).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "zstd")]
     transfer_compression: String,
     /// cachectl to run [default: the one built next to this binary].
     #[arg(long, env = "CACHECTL")]
