@@ -510,3 +510,83 @@ fn send_frames(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use sha2::Digest as _;
+
+    use super::*;
+    use crate::store::{BlobStore, RocksStore, Verified};
+
+    fn cas_on(rocks: &RocksStore) -> Cas {
+        let config =
+            crate::config::Config::load(&std::collections::BTreeMap::new(), None, &|_| None).unwrap();
+        Cas::new(Arc::new(Verified::new(rocks.clone())), config.limits)
+    }
+
+    /// Bytes that do not repeat within a frame, so each frame compresses differently.
+    fn varied(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    }
+
+    /// Stores `frames` as `raw`'s blob without verification, as a damaged disk could leave it.
+    fn store_unchecked(rocks: &RocksStore, raw: &[u8], frames: Vec<Bytes>) -> Digest {
+        let digest = Digest::of(raw);
+        let mut writer = rocks.write(&digest).unwrap();
+        for frame in frames {
+            writer.put_frame(frame).unwrap();
+        }
+        writer.record_sha256(sha2::Sha256::digest(raw).into());
+        writer.commit().unwrap();
+        digest
+    }
+
+    fn encode_frames(raw: &[u8]) -> Vec<Bytes> {
+        let mut encoder = FrameEncoder::new(1).unwrap();
+        raw.chunks(FRAME_SIZE).map(|chunk| Bytes::from(encoder.encode(chunk).unwrap())).collect()
+    }
+
+    async fn read_all(cas: &Cas, digest: Digest, offset: u64, limit: u64) -> Result<Vec<u8>> {
+        let mut chunks = cas.download(digest, offset, limit, Encoding::Identity).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = chunks.recv().await {
+            let chunk = chunk?;
+            assert_eq!(chunk.encoding, Encoding::Identity);
+            out.extend_from_slice(&chunk.data);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn uncompressed_reads_return_the_stored_bytes_whole_and_in_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, rocks) = crate::store::open_for_tests(dir.path());
+        let raw = varied(3 * FRAME_SIZE + 12_345);
+        let digest = store_unchecked(&rocks, &raw, encode_frames(&raw));
+        let cas = cas_on(&rocks);
+        assert!(read_all(&cas, digest, 0, 0).await.unwrap() == raw, "the whole blob, decoded");
+        let (offset, limit) = (FRAME_SIZE as u64 - 7, FRAME_SIZE as u64 + 100);
+        let range = read_all(&cas, digest, offset, limit).await.unwrap();
+        assert!(range == raw[offset as usize..(offset + limit) as usize], "a range across frames");
+    }
+
+    #[tokio::test]
+    async fn uncompressed_reads_refuse_a_corrupt_stored_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, rocks) = crate::store::open_for_tests(dir.path());
+        let raw = varied(2 * FRAME_SIZE);
+        // The second frame stands for fewer bytes than it must: zstd decodes it, the frame
+        // check on read refuses it.
+        let mut frames = encode_frames(&raw);
+        frames[1] = Bytes::from(FrameEncoder::new(1).unwrap().encode(&raw[..100]).unwrap());
+        let digest = store_unchecked(&rocks, &raw, frames);
+        let cas = cas_on(&rocks);
+        let err = read_all(&cas, digest, 0, 0).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt(_)), "{err}");
+        // Bytes that are not zstd at all are refused too.
+        let other = varied(1000);
+        let digest = store_unchecked(&rocks, &other[..999], vec![Bytes::from_static(b"not a zstd frame")]);
+        let err = read_all(&cas, digest, 0, 0).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt(_)), "{err}");
+    }
+}

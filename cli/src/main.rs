@@ -68,12 +68,21 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
         level: i32,
     },
-    /// Download a blob; the file appears only after its digest was verified.
+    /// Download blobs; each file appears only after its digest was verified.
     Get {
-        /// `<64 hex digits>/<size>`, as `cachectl put` prints it.
-        digest: String,
-        #[arg(short, long)]
-        output: PathBuf,
+        /// `<64 hex digits>/<size>`, as `cachectl put` prints it; several with --output-dir.
+        #[arg(required = true)]
+        digests: Vec<String>,
+        /// The file to write (one digest).
+        #[arg(short, long, required_unless_present = "output_dir", conflicts_with = "output_dir")]
+        output: Option<PathBuf>,
+        /// A directory to write each blob into, named by its digest's hex.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// How cached sends the bytes: zstd frames (fewer bytes, least CPU, decoded here), none
+        /// (decoded by the server), or auto: none from a server on loopback, zstd from any other.
+        #[arg(long, env = "CACHED_TRANSFER_COMPRESSION", default_value = "zstd", value_parser = ["auto", "zstd", "none"])]
+        transfer_compression: String,
     },
     /// Report which digests the server holds; exits 1 when any is missing.
     Has {
@@ -173,10 +182,23 @@ async fn run(cli: Cli) -> Result<()> {
             let client = Client::connect(&cli.server, &connect).await?;
             commands::put::run(&client, &files, level).await
         }
-        Command::Get { digest, output } => {
-            let digest = parse_digest(&digest)?;
+        Command::Get { digests, output, output_dir, transfer_compression } => {
+            let digests = digests.iter().map(|d| parse_digest(d)).collect::<Result<Vec<_>>>()?;
+            let destination = match (output, output_dir) {
+                (Some(file), _) if digests.len() == 1 => commands::get::Destination::File(file),
+                (Some(_), _) => {
+                    return Err(ClientError::Usage(
+                        "--output names one file: download several digests with --output-dir".to_owned(),
+                    ));
+                }
+                (None, Some(dir)) => commands::get::Destination::Dir(dir),
+                (None, None) => {
+                    return Err(ClientError::Usage("give --output FILE or --output-dir DIR".to_owned()));
+                }
+            };
+            let compression = transfer_compression.parse()?;
             let client = Client::connect(&cli.server, &connect).await?;
-            commands::get::run(&client, digest, &output).await
+            commands::get::run(&client, &digests, &destination, compression).await
         }
         Command::Has { digests } => {
             let digests = digests.iter().map(|d| parse_digest(d)).collect::<Result<Vec<_>>>()?;

@@ -68,6 +68,19 @@ async fn put_then_get_round_trips_a_200mib_file() {
         stdout(&cachectl(&url, &["get", digest, "-o", copy.to_str().unwrap()]));
         assert!(std::fs::read(&copy).unwrap() == std::fs::read(original).unwrap(), "{digest} differs");
     }
+    // Many at once, as stored frames or decoded by the server: the same bytes either way.
+    for compression in ["zstd", "none", "auto"] {
+        let out = dir.path().join(format!("many-{compression}"));
+        std::fs::create_dir(&out).unwrap();
+        let mut args =
+            vec!["get", "--transfer-compression", compression, "--output-dir", out.to_str().unwrap()];
+        args.extend(digests.iter().copied());
+        stdout(&cachectl(&url, &args));
+        for (digest, original) in digests.iter().zip([&file, &small, &empty]) {
+            let landed = out.join(digest.split('/').next().unwrap());
+            assert!(std::fs::read(&landed).unwrap() == std::fs::read(original).unwrap(), "{digest} differs");
+        }
+    }
 
     // A second put uploads nothing: the stats count no new writes.
     let writes = |json: &serde_json::Value| {

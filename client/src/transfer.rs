@@ -213,18 +213,78 @@ pub async fn write_frames(client: &Client, digest: Digest, frames: mpsc::Receive
     Ok(())
 }
 
+/// How a download asks cached to send a blob's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransferCompression {
+    /// Uncompressed from a server on this machine, zstd frames from any other: the decode
+    /// moves to the server, which overlaps it with this side's hashing and writing when
+    /// cores are idle, but costs more CPU in all (two copies of twice the bytes through
+    /// loopback), so it lost on a busy machine (docs/benchmarks.md).
+    Auto,
+    /// The stored zstd frames as they are: the fewest bytes on the wire and the least CPU in
+    /// all, decoded here.
+    #[default]
+    Zstd,
+    /// Decoded by the server: twice the bytes on the wire, no decode here.
+    None,
+}
+
+impl std::str::FromStr for TransferCompression {
+    type Err = ClientError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "zstd" => Ok(Self::Zstd),
+            "none" => Ok(Self::None),
+            other => Err(ClientError::Usage(format!(
+                "transfer compression {other:?} is none of auto, zstd or none"
+            ))),
+        }
+    }
+}
+
+impl TransferCompression {
+    /// The encoding to ask `server` for.
+    fn accept(self, server: &str) -> Compression {
+        match self {
+            Self::Zstd => Compression::Zstd,
+            Self::None => Compression::Identity,
+            Self::Auto if on_this_machine(server) => Compression::Identity,
+            Self::Auto => Compression::Zstd,
+        }
+    }
+}
+
+/// Whether every address in `server` (one URL or a comma list of replicas) is a loopback
+/// literal or `localhost`. Names are not resolved: a download should not wait on DNS to
+/// choose an encoding, and guessing "remote" only costs the decode on this side.
+fn on_this_machine(server: &str) -> bool {
+    server.split(',').all(|address| {
+        let uri = address.trim().parse::<tonic::codegen::http::Uri>();
+        uri.ok().and_then(|uri| uri.host().map(str::to_owned)).is_some_and(|host| {
+            crate::loopback::is_loopback(&host, 0, |_, _| Err(std::io::ErrorKind::Unsupported.into()))
+                .unwrap_or(false)
+        })
+    })
+}
+
 /// Opens a `Cas.Read` of the whole blob, its zstd frames as stored; `None` when cached does
 /// not have it.
 pub async fn open_read(
     client: &Client,
     digest: Digest,
 ) -> std::result::Result<Option<tonic::Streaming<v1::ReadResponse>>, tonic::Status> {
-    let request = v1::ReadRequest {
-        digest: Some(digest.to_wire()),
-        offset: 0,
-        limit: 0,
-        accept: Compression::Zstd as i32,
-    };
+    open_read_as(client, digest, Compression::Zstd).await
+}
+
+async fn open_read_as(
+    client: &Client,
+    digest: Digest,
+    accept: Compression,
+) -> std::result::Result<Option<tonic::Streaming<v1::ReadResponse>>, tonic::Status> {
+    let request =
+        v1::ReadRequest { digest: Some(digest.to_wire()), offset: 0, limit: 0, accept: accept as i32 };
     match client.cas.clone().read(request).await {
         Ok(response) => Ok(Some(response.into_inner())),
         Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
@@ -235,12 +295,22 @@ pub async fn open_read(
 /// Downloads `digest` to `dest`. The file appears (atomically, by rename) only after every
 /// byte was verified against the digest.
 pub async fn download_to_file(client: &Client, digest: Digest, dest: &Path) -> Result<()> {
+    download_to_file_as(client, digest, dest, TransferCompression::default()).await
+}
+
+/// [`download_to_file`], with the bytes sent as `compression` asks.
+pub async fn download_to_file_as(
+    client: &Client,
+    digest: Digest,
+    dest: &Path,
+    compression: TransferCompression,
+) -> Result<()> {
     let dir = match dest.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
         _ => PathBuf::from("."),
     };
     let temp = tempfile::NamedTempFile::new_in(&dir).map_err(ClientError::file(&dir))?;
-    let Some(mut stream) = open_read(client, digest).await? else {
+    let Some(mut stream) = open_read_as(client, digest, compression.accept(&client.server)).await? else {
         return Err(ClientError::NotFound(digest));
     };
     let (sender, receiver) = mpsc::channel::<v1::ReadResponse>(PIPELINE_FRAMES);
@@ -298,4 +368,66 @@ fn write_verified(
     // need; durability across a power cut is not worth a disk flush per download (the go
     // command does not sync its outputs either).
     Ok(temp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(data: &[u8], compression: Compression) -> v1::ReadResponse {
+        v1::ReadResponse {
+            data: Bytes::copy_from_slice(data),
+            compression: compression as i32,
+            skip_bytes: 0,
+        }
+    }
+
+    /// Feeds `pieces` to `write_verified` as a download of `digest` would.
+    fn land(
+        digest: Digest,
+        pieces: Vec<v1::ReadResponse>,
+    ) -> (tempfile::TempDir, Result<tempfile::NamedTempFile>) {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+        let (sender, receiver) = mpsc::channel(pieces.len().max(1));
+        for piece in pieces {
+            sender.try_send(piece).unwrap();
+        }
+        drop(sender);
+        (dir, write_verified(temp, digest, receiver))
+    }
+
+    #[test]
+    fn uncompressed_pieces_land_byte_for_byte() {
+        let raw: Vec<u8> = (0..FRAME_SIZE + 500).map(|i| (i % 251) as u8).collect();
+        let (head, tail) = raw.split_at(FRAME_SIZE);
+        let (_dir, landed) = land(
+            Digest::of(&raw),
+            vec![piece(head, Compression::Identity), piece(tail, Compression::Identity)],
+        );
+        assert!(std::fs::read(landed.unwrap().path()).unwrap() == raw);
+    }
+
+    #[test]
+    fn uncompressed_bytes_that_do_not_match_the_digest_are_refused() {
+        let raw = b"the bytes the digest names".repeat(100);
+        let mut flipped = raw.clone();
+        flipped[7] ^= 1;
+        let (_dir, landed) = land(Digest::of(&raw), vec![piece(&flipped, Compression::Identity)]);
+        assert!(matches!(landed, Err(ClientError::Corrupt { .. })), "a flipped bit is refused");
+        let (_dir, landed) = land(Digest::of(&raw), vec![piece(&raw[..100], Compression::Identity)]);
+        assert!(matches!(landed, Err(ClientError::Corrupt { .. })), "a short download is refused");
+    }
+
+    #[test]
+    fn auto_asks_for_raw_bytes_only_from_this_machine() {
+        let auto = TransferCompression::Auto;
+        assert_eq!(auto.accept("http://127.0.0.1:7070"), Compression::Identity);
+        assert_eq!(auto.accept("http://localhost:7070,http://[::1]:7070"), Compression::Identity);
+        assert_eq!(auto.accept("https://cache.example.com"), Compression::Zstd);
+        assert_eq!(auto.accept("http://127.0.0.1:7070,http://10.0.0.2:7070"), Compression::Zstd);
+        assert_eq!(TransferCompression::Zstd.accept("http://127.0.0.1:7070"), Compression::Zstd);
+        assert_eq!(TransferCompression::None.accept("https://cache.example.com"), Compression::Identity);
+        assert!("gzip".parse::<TransferCompression>().is_err());
+    }
 }
