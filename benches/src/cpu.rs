@@ -1,6 +1,5 @@
-//! CPU seconds from /proc: this process's own (the drivers run cached embedded, so that is
-//! cached's) and those of the children it has waited for (the go command, its tools, and the
-//! `cachectl` processes the go command started).
+//! CPU seconds from /proc: a process's own (the drivers run cached embedded, so this process's
+//! is cached's) and those of the children it has waited for.
 
 use std::process::Command;
 use std::sync::OnceLock;
@@ -14,10 +13,13 @@ pub struct CpuTimes {
 impl CpuTimes {
     /// This process's times now; zero if /proc cannot say.
     pub fn now() -> Self {
-        std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|stat| parse_stat(&stat, ticks()))
-            .unwrap_or_default()
+        Self::of("self")
+    }
+
+    /// The times of process `pid` (or `self`) now; zero if /proc cannot say.
+    pub fn of(pid: &str) -> Self {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        stat.and_then(|stat| parse_stat(&stat, ticks())).unwrap_or_default()
     }
 
     pub fn since(self, earlier: Self) -> Self {

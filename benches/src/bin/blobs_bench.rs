@@ -31,6 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cached_benches::EmbeddedServer;
+use cached_benches::cpu::CpuTimes;
 use cached_benches::report::{cell, load, median, ratio};
 use cached_benches::workspace::sibling_or;
 use clap::Parser as _;
@@ -262,14 +263,8 @@ fn local_speeds(path: &Path) -> (f64, f64) {
 
 /// CPU time of a process from /proc: its own threads, or the children it has waited for.
 fn cpu_of(pid: &str, children: bool) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces), counted from field 3.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
-    let (user, system) = if children { (13, 14) } else { (11, 12) };
-    let ticks: u64 = [user, system].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-    // USER_HZ, the unit of /proc's times, is 100 on every Linux architecture we run on.
-    Duration::from_millis(ticks * 10)
+    let times = CpuTimes::of(pid);
+    Duration::from_secs_f64(if children { times.children } else { times.own })
 }
 
 /// Runs `command` to completion; its CPU, and the server's (read by `server_cpu`) over it.
