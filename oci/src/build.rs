@@ -264,7 +264,11 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
             let cas = (i == binary_layer && *layer_cached).then_some(layer.cas);
             blobs.push(PushBlob { descriptor: descriptor.clone(), mount_from: mount, cas });
         }
-        blobs.push(PushBlob { descriptor: config.clone(), mount_from: None, cas: None });
+        // Runner agents store every config they make in the CAS (`job::store_documents`), so
+        // publishing a job's image links its configs too; where the CAS lacks one, the mount
+        // starts the upload session the push needs anyway.
+        let config_cas = cache.is_some().then(|| proto::Digest::of(&config_bytes));
+        blobs.push(PushBlob { descriptor: config.clone(), mount_from: None, cas: config_cas });
         let bytes = manifest::to_json(&manifest);
         let mut descriptor = staging.write_blob(MEDIA_MANIFEST, &bytes)?;
         let document = Document { descriptor: descriptor.clone(), bytes: Bytes::from(bytes) };

@@ -50,11 +50,18 @@ struct Server {
     child: Option<Child>,
     port: u16,
     data: tempfile::TempDir,
+    flags: Vec<String>,
 }
 
 impl Server {
     fn start() -> Self {
-        let mut server = Self { child: None, port: free_port(), data: tempfile::tempdir().unwrap() };
+        Self::start_with(&[])
+    }
+
+    /// As `start`, with more flags for cached.
+    fn start_with(flags: &[&str]) -> Self {
+        let flags = flags.iter().map(|flag| (*flag).to_owned()).collect();
+        let mut server = Self { child: None, port: free_port(), data: tempfile::tempdir().unwrap(), flags };
         server.spawn();
         server
     }
@@ -69,6 +76,7 @@ impl Server {
         let child = Command::new(binary("cached"))
             .args(["--listen", &addr, "--metrics-listen", "off", "--log-level", "info"])
             .args(LEASE)
+            .args(&self.flags)
             .arg("--data-dir")
             .arg(self.data.path().join("db"))
             .stdin(Stdio::null())
@@ -772,4 +780,98 @@ fn an_image_job_is_layered_by_the_agents_and_a_resubmit_pushes_no_blob() {
     for task in jobs[0]["tasks"].as_array().unwrap().iter().take(2) {
         assert_eq!(task["image"]["layer_cached"], true, "layers came from the layer cache: {task}");
     }
+}
+
+/// The counts in `cachectl image`'s push line: blobs uploaded, bytes uploaded (as printed),
+/// blobs mounted, manifests put.
+fn push_counts(stdout: &str) -> (u64, String, u64, u64) {
+    let line = stdout.lines().find(|line| line.starts_with("pushed ")).unwrap_or_else(|| panic!("{stdout}"));
+    let (_, counts) = line.split_once(": ").unwrap();
+    let number = |word: &str| -> u64 {
+        let words: Vec<&str> = counts.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| w.trim_end_matches([',', ';']) == word)
+            .unwrap_or_else(|| panic!("{line}"));
+        words[at - 1].parse().unwrap_or_else(|_| panic!("{line}"))
+    };
+    let bytes = counts.split_once('(').and_then(|(_, rest)| rest.split_once(')')).map(|(bytes, _)| bytes);
+    (
+        number("blobs"),
+        bytes.unwrap_or_else(|| panic!("{line}")).to_owned(),
+        number("mounted"),
+        number("manifests"),
+    )
+}
+
+#[test]
+fn an_image_job_published_to_cached_sends_its_manifests_and_no_blob_and_is_signed() {
+    let _serial = serial();
+    let registry = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_with(&["--registry-listen", &registry]);
+    let (a, b) = (
+        Agent::start(&server, "agent-1", &warm_dir(1), 2),
+        Agent::start(&server, "agent-2", &warm_dir(2), 2),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&registry).is_err() {
+        assert!(Instant::now() < deadline, "the registry did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let module = Module::new();
+    let reference = format!("{registry}/main/app:v1");
+    let dir = module.root.path();
+    let (key_arg, public_arg) =
+        (dir.join("sign.key").display().to_string(), dir.join("sign.pub").display().to_string());
+    let openssl = |args: &[&str]| {
+        let mut command = Command::new("openssl");
+        command.args(args);
+        run(command).success("openssl");
+    };
+    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key_arg]);
+    openssl(&["pkey", "-pubout", "-in", &key_arg, "-out", &public_arg]);
+    let submitted = run(module.cachectl(
+        &server,
+        &[
+            "submit",
+            "--targets",
+            "linux/amd64,linux/arm64,windows/amd64",
+            "--image",
+            &reference,
+            "--sign-key",
+            &key_arg,
+            "./cmd/app",
+        ],
+    ))
+    .success(&format!("image submit\n{}\n{}\n{}", a.log(), b.log(), server.log()));
+    let index = submitted
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("index "))
+        .unwrap_or_else(|| panic!("no index line: {}", submitted.stdout))
+        .to_owned();
+    assert!(submitted.stdout.contains(&format!("pushed {reference}@{index}")), "{}", submitted.stdout);
+    // The agents stored both layers and both configs in the CAS: each is linked, none sent.
+    let (uploaded, bytes, mounted, manifests) = push_counts(&submitted.stdout);
+    assert_eq!((uploaded, bytes.as_str(), mounted, manifests), (0, "0 B", 4, 3), "{}", submitted.stdout);
+    // And the image is pullable from cached at once, by the tag, as the job's index.
+    let raw = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{reference}")]);
+    assert_eq!(sha256(&raw), index);
+    let config = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--config",
+        "--override-arch",
+        "arm64",
+        &format!("docker://{reference}"),
+    ]);
+    let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(config["architecture"], "arm64");
+    // --sign-key signed that index, as `cachectl sign` would have.
+    assert!(
+        submitted.stdout.contains(&format!("signed {registry}/main/app@{index}")),
+        "{}",
+        submitted.stdout
+    );
+    run(module.cachectl(&server, &["verify", &reference, "--key", &public_arg])).success("cachectl verify");
 }

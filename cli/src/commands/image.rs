@@ -193,7 +193,11 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
 }
 
 /// Signs the index just pushed, by its digest: the tag may have moved since.
-async fn sign_index(result: &ImageResult, key: &PrivateKey, options: &RegistryOptions) -> Result<SignReport> {
+pub async fn sign_index(
+    result: &ImageResult,
+    key: &PrivateKey,
+    options: &RegistryOptions,
+) -> Result<SignReport> {
     let pushed = result
         .push
         .as_ref()

@@ -92,6 +92,12 @@ pub struct Args {
     /// Time of the image's files and `created`, in seconds since the epoch.
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
     source_date_epoch: u64,
+    /// Sign the pushed image index as `cosign sign --key KEY` does (see `cachectl sign`).
+    #[arg(long, value_name = "KEY", requires = "image")]
+    sign_key: Option<PathBuf>,
+    /// File holding --sign-key's password [default: $COSIGN_PASSWORD]
+    #[arg(long, value_name = "FILE", requires = "sign_key")]
+    sign_key_password_file: Option<PathBuf>,
     #[command(flatten)]
     registry: super::image::RegistryArgs,
     /// Packages to build, relative to --dir [default: .].
@@ -213,6 +219,11 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
     }
     build_flags.extend(args.build_flags.iter().cloned());
     let image = image_spec(&args, &targets)?;
+    // A wrong password should stop us before the upload, not after the push.
+    let sign_key = match &args.sign_key {
+        Some(path) => Some(super::sign::load_key(path, args.sign_key_password_file.as_deref())?),
+        None => None,
+    };
 
     let started = Instant::now();
     let walk_root = root.clone();
@@ -290,7 +301,11 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
     eprintln!("job {job_id}");
     let (status, remote) = follow(server, connect, remote, &job_id, Some(&args.output), started).await?;
     if let Some(image) = &image {
-        publish(&remote, &status, image, &args).await?;
+        let built = publish(&remote, &status, image, &args).await?;
+        if let Some(key) = &sign_key {
+            let report = super::image::sign_index(&built, key, &args.registry.options()).await?;
+            print!("{}", super::sign::render(&report));
+        }
     }
     Ok(())
 }
@@ -306,7 +321,7 @@ async fn publish(
     status: &v1::JobStatus,
     spec: &v1::ImageSpec,
     args: &Args,
-) -> Result<()> {
+) -> Result<cached_oci::ImageResult> {
     let index = status.image.as_ref().ok_or_else(|| {
         ClientError::Server(format!("job {} finished without an image index", status.job_id))
     })?;
@@ -348,7 +363,7 @@ async fn publish(
         eprintln!("cachectl: warning: {warning}");
     }
     print!("{}", super::image::render(&built));
-    Ok(())
+    Ok(built)
 }
 
 /// Follows a job to its end (reconnecting if cached restarts), downloads its outputs to
