@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod cpu;
 pub mod report;
 pub mod workspace;

@@ -187,7 +187,7 @@ async fn answer_bridge(
         }
         None => false,
     };
-    let (answers, mut outgoing) = mpsc::unbounded_channel::<String>();
+    let (answers, outgoing) = mpsc::unbounded_channel::<String>();
     let reading = async move {
         loop {
             if let Some(line) = first.take() {
@@ -202,18 +202,9 @@ async fn answer_bridge(
             want_from(&line, &flights, &counters, &answers);
         }
     };
+    // A bridge that went away only ends the answers to it.
     let writing = async move {
-        let mut batch = String::new();
-        while let Some(first) = outgoing.recv().await {
-            batch.clear();
-            batch.push_str(&first);
-            while let Ok(next) = outgoing.try_recv() {
-                batch.push_str(&next);
-            }
-            if writer.write_all(batch.as_bytes()).await.is_err() {
-                break;
-            }
-        }
+        let _ = warm_wire::write_lines(writer, outgoing).await;
     };
     tokio::join!(reading, writing);
     ours

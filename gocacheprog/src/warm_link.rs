@@ -18,7 +18,7 @@ use std::time::Duration;
 use proto::ActionId;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::OwnedReadHalf;
 
 use super::session::Keys;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -69,7 +69,7 @@ impl WarmLink {
         let link = Arc::new(Self { lands_our_list, wants, waiting, gone: Notify::new() });
         let this = Arc::clone(&link);
         cached_client::task::spawn("warm-link-write", async move {
-            let _ = send_wants(writer, outgoing).await;
+            let _ = warm_wire::write_lines(writer, outgoing).await;
             this.close();
         });
         let this = Arc::clone(&link);
@@ -144,23 +144,6 @@ impl WarmLink {
     fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|poison| poison.into_inner())
     }
-}
-
-/// Writes wants as they come, one flush for whatever is queued.
-async fn send_wants(
-    mut writer: OwnedWriteHalf,
-    mut outgoing: mpsc::UnboundedReceiver<String>,
-) -> std::io::Result<()> {
-    let mut batch = String::new();
-    while let Some(first) = outgoing.recv().await {
-        batch.clear();
-        batch.push_str(&first);
-        while let Ok(next) = outgoing.try_recv() {
-            batch.push_str(&next);
-        }
-        writer.write_all(batch.as_bytes()).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -93,6 +93,25 @@ fn parse_action(hex: &str) -> Option<ActionId> {
     Some(ActionId(out))
 }
 
+/// Writes the lines `outgoing` gives as they come, one write for whatever is queued, until the
+/// sender is gone or the peer is.
+pub async fn write_lines(
+    mut writer: tokio::net::unix::OwnedWriteHalf,
+    mut outgoing: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut batch = String::new();
+    while let Some(first) = outgoing.recv().await {
+        batch.clear();
+        batch.push_str(&first);
+        while let Ok(next) = outgoing.try_recv() {
+            batch.push_str(&next);
+        }
+        writer.write_all(batch.as_bytes()).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,13 +28,13 @@
 #![forbid(unsafe_code)]
 
 use std::fs::File;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cached_benches::cluster::{Cluster, GoBench, free_addr, run, wait_listening};
 use cached_benches::report::{cell, load, median};
-use cached_benches::workspace::{copy_dir, gomodcache, proxy, sealed_go_env, sibling_or, wipe};
+use cached_benches::workspace::{copy_dir, sibling_or, wipe};
 use clap::Parser as _;
 
 const MODULE: &str = "github.com/google/go-containerregistry";
@@ -126,7 +126,7 @@ fn main() {
         std::process::exit(2);
     });
     let scratch = tempfile::tempdir().expect("temp dir");
-    let bench = Bench::new(scratch.path(), &settings);
+    let bench = GoBench::new(scratch.path(), &settings.bin, settings.concurrency);
     eprintln!(
         "binaries from {}; {} rounds; {} build(s) per agent; load {}",
         settings.bin.display(),
@@ -134,8 +134,8 @@ fn main() {
         settings.concurrency,
         load()
     );
-    let pristine = bench.fetch(&settings.version);
-    let packages = bench.package_count(&pristine);
+    let pristine = bench.fetch(&format!("{MODULE}@{}", settings.version), "pristine");
+    let packages = bench.package_count(&pristine, PACKAGE);
     let key = bench.signing_key();
 
     let mut results: Vec<Scenario> = SCENARIOS.iter().map(|_| Scenario::default()).collect();
@@ -147,7 +147,7 @@ fn main() {
             copy_dir(&pristine, dir);
         }
         wipe(&bench.local_gocache());
-        let cluster = Cluster::start(&bench, &format!("round{round}"));
+        let cluster = Cluster::start(&bench, &format!("round{round}"), true);
         let registry = Registry::start(&bench, &format!("round{round}"));
         for (scenario, name) in SCENARIOS.iter().enumerate() {
             if *name == "one-file" {
@@ -229,77 +229,21 @@ fn print_report(settings: &Settings, packages: usize, results: &[Scenario]) {
     );
 }
 
-/// The go environment of every command: the shared module cache (no network once it is
-/// filled), this run's GOCACHE and HOME, no cgo.
-struct Bench {
-    scratch: PathBuf,
-    gomodcache: PathBuf,
-    bin: PathBuf,
-    concurrency: u32,
+/// The driver's own steps on the shared go environment.
+trait DeliveryRuns {
+    fn signing_key(&self) -> (PathBuf, PathBuf);
+    fn baseline(&self, module: &Path, registry: &Registry, tag: &str, key: &(PathBuf, PathBuf)) -> Stages;
+    fn cached(
+        &self,
+        cluster: &Cluster,
+        module: &Path,
+        tag: &str,
+        key: &(PathBuf, PathBuf),
+    ) -> (Stages, usize);
+    fn sign(&self, module: &Path, reference: &str, key: &(PathBuf, PathBuf)) -> Duration;
 }
 
-impl Bench {
-    fn new(scratch: &Path, settings: &Settings) -> Self {
-        Self {
-            scratch: scratch.to_owned(),
-            gomodcache: gomodcache(),
-            bin: settings.bin.clone(),
-            concurrency: settings.concurrency,
-        }
-    }
-
-    fn local_gocache(&self) -> PathBuf {
-        self.scratch.join("gocache-local")
-    }
-
-    fn env(&self, proxy: &str) -> Vec<(String, String)> {
-        sealed_go_env(&self.scratch, &self.gomodcache, &self.local_gocache(), proxy)
-    }
-
-    fn go(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut command = Command::new("go");
-        command.args(args).current_dir(dir).env_clear().envs(self.env("off")).stdin(Stdio::null());
-        command
-    }
-
-    fn cachectl(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut command = Command::new(self.bin.join("cachectl"));
-        command.args(args).current_dir(dir).env_clear().envs(self.env("off")).stdin(Stdio::null());
-        command
-    }
-
-    /// Downloads the module (once) and copies it out of the module cache as a main module.
-    fn fetch(&self, version: &str) -> PathBuf {
-        let proxy = proxy();
-        let spec = format!("{MODULE}@{version}");
-        std::fs::create_dir_all(&self.scratch).expect("scratch");
-        let mut download = Command::new("go");
-        download.args(["mod", "download", "-json", &spec]).current_dir(&self.scratch).env_clear();
-        download.envs(self.env(&proxy));
-        let text = run(download, "go mod download");
-        let dir = text
-            .lines()
-            .find_map(|line| line.trim().strip_prefix("\"Dir\": \""))
-            .and_then(|rest| rest.strip_suffix("\","))
-            .expect("a Dir in go mod download -json");
-        let module = self.scratch.join("pristine");
-        copy_dir(Path::new(dir), &module);
-        let started = Instant::now();
-        let mut deps = Command::new("go");
-        deps.args(["mod", "download"]).current_dir(&module).env_clear().envs(self.env(&proxy));
-        run(deps, "go mod download (dependencies)");
-        eprintln!(
-            "{spec} and its dependencies ready in {:.1?} ({})",
-            started.elapsed(),
-            self.gomodcache.display()
-        );
-        module
-    }
-
-    fn package_count(&self, module: &Path) -> usize {
-        run(self.go(module, &["list", "-deps", PACKAGE]), "go list").lines().count()
-    }
-
+impl DeliveryRuns for GoBench {
     /// A plain ECDSA P-256 key (cosign's algorithm) and its public half.
     fn signing_key(&self) -> (PathBuf, PathBuf) {
         let (key, public) = (self.scratch.join("sign.key"), self.scratch.join("sign.pub"));
@@ -374,7 +318,8 @@ impl Bench {
         let dist = self.scratch.join("dist-remote");
         wipe(&dist);
         let targets = MATRIX.iter().map(|(os, arch)| format!("{os}/{arch}")).collect::<Vec<_>>().join(",");
-        let reference = format!("{}/main/{NAME}:{tag}", cluster.registry);
+        let registry = cluster.registry.as_deref().expect("the cluster serves a registry");
+        let reference = format!("{registry}/main/{NAME}:{tag}");
         let mut submit = self.cachectl(module, &["--server", &cluster.url, "submit", "--targets", &targets]);
         submit.args(["--image", &reference, "--sign-key"]).arg(&key.0).arg("-o").arg(&dist).arg(PACKAGE);
         let lines = timed_lines(submit, "cachectl submit");
@@ -427,87 +372,6 @@ impl Bench {
 
 /// A cached with its registry, and two runner agents, each with fresh directories; stopped
 /// and removed on drop.
-struct Cluster {
-    url: String,
-    registry: String,
-    cached: Child,
-    agents: Vec<Child>,
-    dir: PathBuf,
-}
-
-fn free_addr() -> String {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();
-    format!("127.0.0.1:{port}")
-}
-
-fn wait_listening(addr: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Cluster {
-    fn start(bench: &Bench, name: &str) -> Self {
-        let dir = bench.scratch.join(format!("cluster-{name}"));
-        std::fs::create_dir_all(&dir).expect("cluster dir");
-        let (addr, registry) = (free_addr(), free_addr());
-        let cached = Command::new(bench.bin.join("cached"))
-            .args(["--listen", &addr, "--registry-listen", &registry, "--metrics-listen", "off"])
-            .args(["--log-level", "warn", "--data-dir"])
-            .arg(dir.join("db"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.join("cached.log")).expect("log"))
-            .spawn()
-            .expect("start cached");
-        wait_listening(&addr, "cached");
-        wait_listening(&registry, "cached's registry");
-        let url = format!("http://{addr}");
-        let agents = (1..=2)
-            .map(|i| {
-                let work = dir.join(format!("agent{i}"));
-                std::fs::create_dir_all(&work).expect("agent dir");
-                Command::new(bench.bin.join("runner-agent"))
-                    .args(["--server", &url, "--name", &format!("agent-{i}"), "--log-level", "warn"])
-                    .arg("--concurrency")
-                    .arg(bench.concurrency.to_string())
-                    .arg("--work-dir")
-                    .arg(&work)
-                    .env_remove("CACHED_TOKEN")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(File::create(work.join("agent.log")).expect("log"))
-                    .spawn()
-                    .expect("start runner-agent")
-            })
-            .collect();
-        Self { url, registry, cached, agents, dir }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for agent in &mut self.agents {
-            // SIGTERM: the agent stops its builds' process groups on the way out.
-            let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-        }
-        for agent in &mut self.agents {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(agent.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
-        let _ = self.cached.kill();
-        let _ = self.cached.wait();
-        make_writable(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// distribution's registry on loopback with its own storage; stopped and removed on drop.
 struct Registry {
     addr: String,
@@ -516,7 +380,7 @@ struct Registry {
 }
 
 impl Registry {
-    fn start(bench: &Bench, name: &str) -> Self {
+    fn start(bench: &GoBench, name: &str) -> Self {
         let dir = bench.scratch.join(format!("registry-{name}"));
         std::fs::create_dir_all(&dir).expect("registry dir");
         let addr = free_addr();
@@ -588,27 +452,4 @@ fn timed_lines(mut command: Command, what: &str) -> Vec<(Duration, String)> {
     assert!(status.success(), "{what} failed:\n{}", text.join("\n"));
     lines.push((exited, String::new()));
     lines
-}
-
-/// Runs a command to success; its stdout.
-fn run(mut command: Command, what: &str) -> String {
-    let output = command.stdout(Stdio::piped()).stderr(Stdio::piped()).output().expect(what);
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The agents' module caches are read-only trees.
-fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            make_writable(&entry.path());
-        }
-    }
 }

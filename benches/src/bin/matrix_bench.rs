@@ -21,14 +21,13 @@
 
 #![forbid(unsafe_code)]
 
-use std::fs::File;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cached_benches::cluster::{Cluster, GoBench, run};
 use cached_benches::report::{cell, load, ratio};
-use cached_benches::workspace::{copy_dir, gomodcache, proxy, sealed_go_env, sibling_or, wipe};
+use cached_benches::workspace::{copy_dir, sibling_or, wipe};
 use clap::Parser as _;
 
 const GOPLS: &str = "golang.org/x/tools/gopls";
@@ -82,7 +81,7 @@ fn main() {
         std::process::exit(2);
     });
     let scratch = tempfile::tempdir().expect("temp dir");
-    let bench = Bench::new(scratch.path(), &settings);
+    let bench = GoBench::new(scratch.path(), &settings.bin, settings.concurrency);
     eprintln!(
         "binaries from {}; {} runs per scenario; {} build(s) per agent; load {}",
         settings.bin.display(),
@@ -90,8 +89,8 @@ fn main() {
         settings.concurrency,
         load()
     );
-    let pristine = bench.fetch(&settings.version);
-    let packages = bench.package_count(&pristine);
+    let pristine = bench.fetch(&format!("{GOPLS}@{}", settings.version), "gopls");
+    let packages = bench.package_count(&pristine, ".");
     let local = scratch.path().join("local");
     let remote = scratch.path().join("remote");
     copy_dir(&pristine, &local);
@@ -107,7 +106,7 @@ fn main() {
 
         // A new cached and new agents each cold run; the last ones stay for the warm runs.
         drop(cluster.take());
-        let fresh = Cluster::start(&bench, &format!("cold{run}"));
+        let fresh = Cluster::start(&bench, &format!("cold{run}"), false);
         let (time, hits) = bench.submit(&fresh, &remote);
         eprintln!("cold  remote #{run}: {time:.1?} ({hits}/4 hits)");
         results.cold.remote.push(time);
@@ -187,89 +186,16 @@ struct Results {
     edit: Scenario,
 }
 
-/// The go environment of every command: the persistent module cache (no network once it is
-/// filled), this run's GOCACHE and HOME, no cgo.
-struct Bench {
-    scratch: PathBuf,
-    gomodcache: PathBuf,
-    bin: PathBuf,
-    concurrency: u32,
+/// The drivers' own steps on the shared go environment.
+trait MatrixRuns {
+    fn remote_dist(&self) -> PathBuf;
+    fn local_matrix(&self, module: &Path) -> Duration;
+    fn submit(&self, cluster: &Cluster, module: &Path) -> (Duration, usize);
 }
 
-impl Bench {
-    fn new(scratch: &Path, settings: &Settings) -> Self {
-        Self {
-            scratch: scratch.to_owned(),
-            gomodcache: gomodcache(),
-            bin: settings.bin.clone(),
-            concurrency: settings.concurrency,
-        }
-    }
-
-    fn local_gocache(&self) -> PathBuf {
-        self.scratch.join("gocache-local")
-    }
-
+impl MatrixRuns for GoBench {
     fn remote_dist(&self) -> PathBuf {
         self.scratch.join("dist-remote")
-    }
-
-    fn env(&self, proxy: &str) -> Vec<(String, String)> {
-        sealed_go_env(&self.scratch, &self.gomodcache, &self.local_gocache(), proxy)
-    }
-
-    fn go(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut command = Command::new("go");
-        command.args(args).current_dir(dir).env_clear().envs(self.env("off")).stdin(Stdio::null());
-        command
-    }
-
-    /// Downloads gopls (once) and copies it out of the module cache as a main module.
-    fn fetch(&self, version: &str) -> PathBuf {
-        let proxy = proxy();
-        let spec = format!("{GOPLS}@{version}");
-        std::fs::create_dir_all(&self.scratch).expect("scratch");
-        let output = Command::new("go")
-            .args(["mod", "download", "-json", &spec])
-            .current_dir(&self.scratch)
-            .env_clear()
-            .envs(self.env(&proxy))
-            .output()
-            .expect("go mod download");
-        assert!(
-            output.status.success(),
-            "go mod download {spec}: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        let text = String::from_utf8_lossy(&output.stdout);
-        let dir = text
-            .lines()
-            .find_map(|line| line.trim().strip_prefix("\"Dir\": \""))
-            .and_then(|rest| rest.strip_suffix("\","))
-            .expect("a Dir in go mod download -json");
-        let module = self.scratch.join("gopls");
-        copy_dir(Path::new(dir), &module);
-        let started = Instant::now();
-        let downloaded = Command::new("go")
-            .args(["mod", "download"])
-            .current_dir(&module)
-            .env_clear()
-            .envs(self.env(&proxy))
-            .status()
-            .expect("go mod download");
-        assert!(downloaded.success(), "downloading gopls's dependencies failed");
-        eprintln!(
-            "gopls {version} and its dependencies ready in {:.1?} ({})",
-            started.elapsed(),
-            self.gomodcache.display()
-        );
-        module
-    }
-
-    fn package_count(&self, module: &Path) -> usize {
-        let output = self.go(module, &["list", "-deps", "."]).output().expect("go list");
-        assert!(output.status.success(), "go list: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).lines().count()
     }
 
     /// The four targets, one `go build` after the other, outputs removed first.
@@ -318,103 +244,10 @@ impl Bench {
 }
 
 /// A cached and two runner agents, each with fresh directories; stopped and removed on drop.
-struct Cluster {
-    url: String,
-    cached: Child,
-    agents: Vec<Child>,
-    dir: PathBuf,
-}
-
-impl Cluster {
-    fn start(bench: &Bench, name: &str) -> Self {
-        let dir = bench.scratch.join(format!("cluster-{name}"));
-        std::fs::create_dir_all(&dir).expect("cluster dir");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();
-        let addr = format!("127.0.0.1:{port}");
-        let cached = Command::new(bench.bin.join("cached"))
-            .args(["--listen", &addr, "--metrics-listen", "off", "--log-level", "warn", "--data-dir"])
-            .arg(dir.join("db"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.join("cached.log")).expect("log"))
-            .spawn()
-            .expect("start cached");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "cached did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let url = format!("http://{addr}");
-        let agents = (1..=2)
-            .map(|i| {
-                let work = dir.join(format!("agent{i}"));
-                std::fs::create_dir_all(&work).expect("agent dir");
-                Command::new(bench.bin.join("runner-agent"))
-                    .args(["--server", &url, "--name", &format!("agent-{i}"), "--log-level", "warn"])
-                    .arg("--concurrency")
-                    .arg(bench.concurrency.to_string())
-                    .arg("--work-dir")
-                    .arg(&work)
-                    .env_remove("CACHED_TOKEN")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(File::create(work.join("agent.log")).expect("log"))
-                    .spawn()
-                    .expect("start runner-agent")
-            })
-            .collect();
-        Self { url, cached, agents, dir }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for agent in &mut self.agents {
-            // SIGTERM: the agent stops its builds' process groups on the way out.
-            let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-        }
-        for agent in &mut self.agents {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(agent.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
-        let _ = self.cached.kill();
-        let _ = self.cached.wait();
-        make_writable(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Appends a new function to the edited file: a different source each run.
 fn edit(module: &Path, run: usize) {
     let path = module.join(EDITED);
     let mut text = std::fs::read_to_string(&path).expect("read the edited file");
     text.push_str(&format!("\nfunc matrixBenchEdit{run}() int {{ return {run} }}\n"));
     std::fs::write(&path, text).expect("write the edited file");
-}
-
-/// Runs a command to success; its stdout.
-fn run(mut command: Command, what: &str) -> String {
-    let output = command.stdout(Stdio::piped()).stderr(Stdio::piped()).output().expect(what);
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The agents' module caches are read-only trees.
-fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            make_writable(&entry.path());
-        }
-    }
 }
