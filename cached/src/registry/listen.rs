@@ -94,6 +94,10 @@ impl Serving {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.handshake_timeout)
+            // Otherwise hyper reads (to notice a close) while a handler works on a request
+            // whose body it has read, and a handler slower than idle_timeout would look like
+            // a client that stopped sending.
+            .half_close(true)
             .serve_connection(TokioIo::new(Stalls::new(io, limits.pace.idle)), TowerToHyperService::new(app));
         if let Err(err) = watcher.watch(connection).await {
             tracing::debug!(%peer, error = %err, "registry connection ended");
@@ -211,6 +215,40 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::conn::{ConnLimits, Pace};
+
+    #[tokio::test]
+    async fn a_handler_slower_than_idle_is_not_a_stalled_client() {
+        let idle = Duration::from_millis(300);
+        let limits = ConnLimits {
+            total: 8,
+            per_peer: 8,
+            handshakes_per_peer: 8,
+            handshake_timeout: Duration::from_secs(5),
+            pace: Pace { idle, min_rate: 0 },
+        };
+        let slow = move || async move {
+            tokio::time::sleep(idle * 4).await;
+            "done"
+        };
+        let app = Router::new().route("/slow", axum::routing::get(slow));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = crate::task::spawn(
+            "registry under test",
+            serve(listener, app, None, Connections::new(limits), async {
+                let _ = stopped.await;
+            }),
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK") && response.ends_with("done"), "{response:?}");
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
 
     #[tokio::test]
     async fn a_connection_fails_once_nothing_moved_for_idle() {
