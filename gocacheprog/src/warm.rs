@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use cached_client::connect::ConnectOptions;
 use proto::ActionId;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -170,7 +170,7 @@ async fn answer_bridge(
     mut stopped: watch::Receiver<bool>,
 ) -> bool {
     let (reader, mut writer) = stream.into_split();
-    let mut lines = BufReader::new(reader).lines();
+    let mut lines = warm_wire::LineReader::new(reader);
     // A bridge without session keys (its preload is off) says no hello and starts wanting.
     let mut first = tokio::select! {
         line = lines.next_line() => line.ok().flatten(),

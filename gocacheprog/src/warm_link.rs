@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::ActionId;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
 
 use super::session::Keys;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -51,7 +50,7 @@ impl WarmLink {
     pub async fn connect(root: &Path, namespace: &str, keys: Option<&Keys>) -> Option<Arc<Self>> {
         let stream = UnixStream::connect(warm_wire::socket_path(root, namespace)).await.ok()?;
         let (reader, mut writer) = stream.into_split();
-        let mut reader = BufReader::new(reader).lines();
+        let mut reader = warm_wire::LineReader::new(reader);
         let lands_our_list = match keys {
             Some(keys) => {
                 let hello = async {
@@ -122,7 +121,7 @@ impl WarmLink {
         }
     }
 
-    async fn read_answers(&self, mut lines: Lines<BufReader<OwnedReadHalf>>) {
+    async fn read_answers(&self, mut lines: warm_wire::LineReader) {
         while let Ok(Some(line)) = lines.next_line().await {
             let Some((action_id, answer)) = warm_wire::parse_answer(&line) else { continue };
             for waiter in self.waiting().answers.remove(&action_id).unwrap_or_default() {
@@ -157,7 +156,7 @@ mod tests {
     async fn one_answer_then_die(listener: UnixListener) {
         let (stream, _) = listener.accept().await.unwrap();
         let (reader, mut writer) = stream.into_split();
-        let mut lines = BufReader::new(reader).lines();
+        let mut lines = warm_wire::LineReader::new(reader);
         warm_wire::parse_session(&lines.next_line().await.unwrap().unwrap()).unwrap();
         writer.write_all(format!("{}\n", warm_wire::OTHER).as_bytes()).await.unwrap();
         let first = warm_wire::parse_want(&lines.next_line().await.unwrap().unwrap()).unwrap();

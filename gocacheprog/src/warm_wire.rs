@@ -93,6 +93,38 @@ fn parse_action(hex: &str) -> Option<ActionId> {
     Some(ActionId(out))
 }
 
+/// The longest line either side sends (a `session` line is about 140 bytes).
+const MAX_LINE: usize = 1024;
+
+/// Reads the other side's lines, each at most [`MAX_LINE`] bytes: a longer one is an error,
+/// so a peer that never sends a newline cannot grow this side's memory.
+pub struct LineReader {
+    inner: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    line: Vec<u8>,
+}
+
+impl LineReader {
+    pub fn new(reader: tokio::net::unix::OwnedReadHalf) -> Self {
+        Self { inner: tokio::io::BufReader::new(reader), line: Vec::new() }
+    }
+
+    /// The next line without its newline; `None` at the end of the stream.
+    pub async fn next_line(&mut self) -> std::io::Result<Option<String>> {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+        self.line.clear();
+        let read = (&mut self.inner).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut self.line).await?;
+        if read == 0 {
+            return Ok(None);
+        }
+        if self.line.pop_if(|last| *last == b'\n').is_none() && read > MAX_LINE {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a line over 1024 bytes"));
+        }
+        String::from_utf8(std::mem::take(&mut self.line))
+            .map(Some)
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+    }
+}
+
 /// Writes the lines `outgoing` gives as they come, one write for whatever is queued, until the
 /// sender is gone or the peer is.
 pub async fn write_lines(
@@ -115,6 +147,20 @@ pub async fn write_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_line_without_an_end_is_refused_at_the_bound() {
+        use tokio::io::AsyncWriteExt as _;
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (reader, _writer) = ours.into_split();
+        let mut lines = LineReader::new(reader);
+        let (_, mut sender) = theirs.into_split();
+        sender.write_all(b"want ab\n").await.unwrap();
+        sender.write_all(&[b'x'; 4096]).await.unwrap();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("want ab"));
+        let err = lines.next_line().await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
 
     #[test]
     fn lines_round_trip_and_anything_else_is_ignored() {
