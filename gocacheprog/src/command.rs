@@ -11,26 +11,49 @@ use crate::Options;
 use cached_client::connect::ConnectOptions;
 use cached_client::error::{ClientError, Result};
 
+/// Where the local tier is and how it reaches cached: the flags `cachectl gocacheprog` and
+/// `cachectl warm` share, so a warm prepares exactly the tier its bridge will use.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct TierArgs {
     /// Local cache directory (the files the go command reads) [default: <user cache dir>/cached/gocache].
     #[arg(long, env = "CACHED_GOCACHE_DIR")]
-    dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
     /// Size cap of the local cache directory; least recently used entries are trimmed past it.
     #[arg(long, env = "CACHED_GOCACHE_MAX_SIZE", default_value = "10GiB", value_parser = cached_client::size::parse)]
-    max_size: u64,
+    pub max_size: u64,
     /// Namespace of the Go action entries in cached (teams, branches or runner images).
     #[arg(long, env = "CACHED_NAMESPACE", default_value = "")]
-    namespace: String,
+    pub namespace: String,
+    /// Deadline of each request to cached; transfers get more in proportion to their size.
+    #[arg(long, env = "CACHED_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Most bytes of bodies landed ahead of the go command (0: none, but lists are still kept;
+    /// never more than half the local cache).
+    #[arg(long, env = "CACHED_PRELOAD_MAX", default_value = "2GiB", value_parser = cached_client::size::parse)]
+    pub preload_max: u64,
+}
+
+impl TierArgs {
+    /// `--dir`, or the user's cache directory.
+    pub fn dir(&self) -> Result<PathBuf> {
+        self.dir.clone().or_else(crate::default_dir).ok_or_else(|| {
+            ClientError::Usage(
+                "no user cache directory is known here; set --dir or CACHED_GOCACHE_DIR".into(),
+            )
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    tier: TierArgs,
     /// Use the local cache directory only; never contact cached.
     #[arg(long)]
     local_only: bool,
     /// Fetch from cached but never upload.
     #[arg(long, env = "CACHED_READ_ONLY")]
     read_only: bool,
-    /// Deadline of each request to cached; transfers get more in proportion to their size.
-    #[arg(long, env = "CACHED_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
     /// How long the end of a go command waits for pending uploads.
     #[arg(long, env = "CACHED_CLOSE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     close_timeout: Duration,
@@ -38,9 +61,6 @@ pub struct Args {
     /// command used (also CACHED_PRELOAD=0).
     #[arg(long)]
     no_preload: bool,
-    /// Most bytes of bodies one session preloads (0 preloads nothing, but lists are still kept).
-    #[arg(long, env = "CACHED_PRELOAD_MAX", default_value = "2GiB", value_parser = cached_client::size::parse)]
-    preload_max: u64,
     /// Print a one-line session summary on stderr when the go command ends (also CACHED_SUMMARY=1).
     #[arg(short, long)]
     verbose: bool,
@@ -92,21 +112,18 @@ where
 }
 
 pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
-    let dir = args.dir.or_else(crate::default_dir).ok_or_else(|| {
-        ClientError::Usage("no user cache directory is known here; set --dir or CACHED_GOCACHE_DIR".into())
-    })?;
     let options = Options {
-        dir,
-        max_size: args.max_size,
+        dir: args.tier.dir()?,
+        max_size: args.tier.max_size,
         server: (!args.local_only).then(|| server.to_owned()),
         connect: connect.clone(),
-        namespace: args.namespace,
-        timeout: args.timeout,
+        namespace: args.tier.namespace,
+        timeout: args.tier.timeout,
         close_timeout: args.close_timeout,
         read_only: args.read_only,
         summary: args.verbose || summary_from_env(),
         preload: !(args.no_preload || preload_off_in_env()),
-        preload_max: args.preload_max,
+        preload_max: args.tier.preload_max,
     };
     crate::run(options).await
 }

@@ -4,30 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use cached_client::connect::ConnectOptions;
 use cached_client::error::{ClientError, Result};
+use cached_gocacheprog::command::TierArgs;
 use cached_gocacheprog::session::{self, KeyInputs};
 use cached_gocacheprog::warm::{self, WarmOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Local cache directory, as the bridge's [default: <user cache dir>/cached/gocache].
-    #[arg(long, env = "CACHED_GOCACHE_DIR")]
-    dir: Option<PathBuf>,
-    /// Size cap of the local cache directory, as the bridge's.
-    #[arg(long, env = "CACHED_GOCACHE_MAX_SIZE", default_value = "10GiB", value_parser = cached_client::size::parse)]
-    max_size: u64,
-    /// Namespace of the Go action entries in cached, as the bridge's.
-    #[arg(long, env = "CACHED_NAMESPACE", default_value = "")]
-    namespace: String,
-    /// Deadline of each request to cached; transfers get more in proportion to their size.
-    #[arg(long, env = "CACHED_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
-    /// Most bytes of bodies to land (never more than half the local cache).
-    #[arg(long, env = "CACHED_PRELOAD_MAX", default_value = "2GiB", value_parser = cached_client::size::parse)]
-    preload_max: u64,
+    #[command(flatten)]
+    tier: TierArgs,
     /// Module path of the code the go command will build, for when its go.mod is not checked
     /// out yet; this directory is then taken as the module's root.
     #[arg(long)]
@@ -47,18 +34,15 @@ pub struct Args {
 }
 
 pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<()> {
-    let dir = args.dir.clone().or_else(cached_gocacheprog::default_dir).ok_or_else(|| {
-        ClientError::Usage("no user cache directory is known here; set --dir or CACHED_GOCACHE_DIR".into())
-    })?;
     let keys = key_inputs(&args)?.keys();
     let options = WarmOptions {
-        dir,
-        max_size: args.max_size,
+        dir: args.tier.dir()?,
+        max_size: args.tier.max_size,
         server: server.to_owned(),
         connect: connect.clone(),
-        namespace: args.namespace,
-        timeout: args.timeout,
-        preload_max: args.preload_max,
+        namespace: args.tier.namespace,
+        timeout: args.tier.timeout,
+        preload_max: args.tier.preload_max,
         keys,
     };
     let summary = warm::run(options)
@@ -93,7 +77,7 @@ fn key_inputs(args: &Args) -> Result<KeyInputs> {
         )));
     }
     let env = if args.go_env.is_empty() { go_env(&args.go)? } else { parse_go_env(&args.go_env)? };
-    Ok(KeyInputs::for_command(&args.namespace, Some(&command), Some(&here), root, env))
+    Ok(KeyInputs::for_command(&args.tier.namespace, Some(&command), Some(&here), root, env))
 }
 
 /// The directory of `go -C dir ...`, given before the subcommand.
