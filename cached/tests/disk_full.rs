@@ -79,8 +79,15 @@ async fn below_the_free_space_floor_uploads_wait_for_eviction_and_the_store_neve
         stored.extend(more);
         let deadline = Instant::now() + Duration::from_secs(60);
         let retry = noise(2 << 20, round * 1000 + 999);
-        while clients.write_as(Digest::of(&retry), common::frames(&retry)).await.is_err() {
-            assert!(Instant::now() < deadline, "round {round}: uploads were still refused after 60 s");
+        while let Err(status) = clients.write_as(Digest::of(&retry), common::frames(&retry)).await {
+            if Instant::now() >= deadline {
+                panic!(
+                    "round {round}: uploads were still refused after 60 s: {}\nstore: {:?}\n{}",
+                    status.message(),
+                    clients.store_stats().await,
+                    files_and_sizes(&disk.path().join("data"))
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if clients.store_stats().await.evicted_blobs > 0 {
@@ -101,6 +108,31 @@ async fn below_the_free_space_floor_uploads_wait_for_eviction_and_the_store_neve
     }
     assert!(kept > 0, "every blob was evicted");
     drop(server);
+}
+
+/// What fills the disk, for a failure message.
+fn files_and_sizes(dir: &std::path::Path) -> String {
+    let mut files = walkdir(dir);
+    files.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
+    let total: u64 = files.iter().map(|(_, size)| size).sum();
+    let mut lines = vec![format!("{} files, {total} bytes; the largest:", files.len())];
+    for (path, size) in files.iter().take(12) {
+        lines.push(format!("{size:>12} {}", path.display()));
+    }
+    lines.join("\n")
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match entry.metadata() {
+            Ok(meta) if meta.is_dir() => found.extend(walkdir(&path)),
+            Ok(meta) => found.push((path, meta.len())),
+            Err(_) => {}
+        }
+    }
+    found
 }
 
 /// The `min_free_space` of the tests that keep a floor.

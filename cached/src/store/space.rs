@@ -7,13 +7,18 @@
 //! away until it has more. `max_size` bounds what the store holds; this bounds what the disk
 //! lets it hold, whoever else writes there.
 //!
-//! An upload is judged at its header by its declared (uncompressed) size against the most the
-//! store could still take: the room above the floor plus all it holds, which eviction can give
-//! back. A blob beyond that is refused before its body is read. While an upload streams the
-//! disk is measured again every `RECHECK_EVERY` stored bytes, and an upload that takes it
-//! below the floor is cut off and stores nothing (housekeeping then evicts to make room).
+//! An upload is judged at its header by its declared (uncompressed) size. Beyond the most the
+//! store could still take (the room above the floor plus all it holds, which eviction can give
+//! back) it is refused for good. Beyond the room above the floor now it is refused too, since
+//! it would be cut off on the way, and housekeeping is asked to make that room: otherwise a
+//! disk just above its floor refuses every upload at commit and never looks full to
+//! housekeeping. While an upload streams the disk is measured again every `RECHECK_EVERY`
+//! stored bytes, and an upload that takes it below the floor is cut off and stores nothing.
+//! Housekeeping, once it acts, frees `HEADROOM` beyond what was short, so the uploads that
+//! were waiting fit again.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -27,6 +32,9 @@ const SAMPLE_FOR: Duration = Duration::from_millis(250);
 /// How many stored bytes an upload writes between two looks at the disk. Other uploads and
 /// RocksDB's WAL and flushes fill it too, so the floor, not this, is the margin.
 const RECHECK_EVERY: u64 = 64 << 20;
+/// Room housekeeping frees above the floor (and above what a refused upload asked for) once it
+/// acts: uploads in flight write their frames and their WAL before they commit.
+const HEADROOM: u64 = 64 << 20;
 
 /// The free space of the data directory's file system, against its floor.
 pub struct FreeSpace {
@@ -36,12 +44,21 @@ pub struct FreeSpace {
     /// When housekeeping last said the store had nothing left to evict; cleared once the
     /// disk is above the floor again.
     warned_exhausted: Mutex<Option<Instant>>,
+    /// The largest upload refused since housekeeping last ran because the room above the floor
+    /// was too small for it: housekeeping makes that room.
+    wanted: AtomicU64,
 }
 
 impl FreeSpace {
     /// A floor of 0 turns the guard off.
     pub fn new(dir: PathBuf, floor: u64) -> Self {
-        Self { dir, floor, sample: Mutex::new(None), warned_exhausted: Mutex::new(None) }
+        Self {
+            dir,
+            floor,
+            sample: Mutex::new(None),
+            warned_exhausted: Mutex::new(None),
+            wanted: AtomicU64::new(0),
+        }
     }
 
     pub fn floor(&self) -> u64 {
@@ -63,6 +80,12 @@ impl FreeSpace {
         Ok(self.floor.saturating_sub(self.available()?))
     }
 
+    /// How many bytes must go for the disk to have `wanted` plus `HEADROOM` above the floor.
+    fn shortfall(&self, wanted: u64) -> Result<u64> {
+        let target = self.floor.saturating_add(wanted).saturating_add(HEADROOM);
+        Ok(target.saturating_sub(self.available()?))
+    }
+
     /// Refuses an upload while the disk is below the floor, or when its declared size is more
     /// than the room above the floor plus the `evictable` bytes the store holds: what it
     /// stores is about its size at most, so such a blob could never fit.
@@ -76,14 +99,24 @@ impl FreeSpace {
             _ => self.available()?,
         };
         self.check(available)?;
-        let room = (available - self.floor).saturating_add(evictable);
+        let room_now = available - self.floor;
+        let room = room_now.saturating_add(evictable);
         if digest.size > room {
             return Err(Error::ResourceExhausted(format!(
                 "blob {digest} is larger than the {room} bytes the store could ever take on its disk: \
-                 {} bytes free under {} above min_free_space ({} bytes), plus the {evictable} \
+                 {room_now} bytes free under {} above min_free_space ({} bytes), plus the {evictable} \
                  bytes it could evict; nothing was stored. Free space there or move --data-dir \
                  to a larger disk",
-                available - self.floor,
+                self.dir.display(),
+                self.floor
+            )));
+        }
+        if digest.size > room_now {
+            self.wanted.fetch_max(digest.size, Ordering::Relaxed);
+            return Err(Error::ResourceExhausted(format!(
+                "the server's disk is nearly full: blob {digest} needs more than the {room_now} bytes \
+                 free under {} above min_free_space ({} bytes); nothing was stored. cached is \
+                 evicting least recently used blobs to make room for it: retry later",
                 self.dir.display(),
                 self.floor
             )));
@@ -197,22 +230,24 @@ pub enum Reclaimed {
     NothingToEvict,
 }
 
-/// Run by housekeeping: below the floor, first flushes the memtables (the WAL behind them is
-/// often most of what a busy store adds to its disk); if that is not enough, evicts twice the
-/// shortfall (deleted blobs free their disk space only once compaction drops them, and not all
-/// of it at once) and compacts.
+/// Run by housekeeping: below the floor, or when an upload was refused for want of room above
+/// it, first flushes the memtables (the WAL behind them is often most of what a busy store adds
+/// to its disk); if that does not leave the room wanted plus `HEADROOM`, evicts what is short
+/// and compacts. Deleted blobs free their disk space only once compaction drops them, which the
+/// headroom also covers.
 pub fn reclaim(store: &dyn StoreUpkeep, space: &FreeSpace) -> Result<Reclaimed> {
-    if space.floor == 0 || space.deficit()? == 0 {
+    let wanted = space.wanted.swap(0, Ordering::Relaxed);
+    if space.floor == 0 || (wanted == 0 && space.deficit()? == 0) {
         *space.warned_exhausted.lock().unwrap_or_else(PoisonError::into_inner) = None;
         return Ok(Reclaimed::NotNeeded);
     }
     store.flush_buffers()?;
-    let deficit = space.deficit()?;
-    if deficit == 0 {
+    let shortfall = space.shortfall(wanted)?;
+    if shortfall == 0 {
         tracing::info!(free = space.available()?, "the disk was nearly full: flushing memtables made room");
         return Ok(Reclaimed::Flushed);
     }
-    let (blobs, bytes) = store.evict_bytes(deficit.saturating_mul(2))?;
+    let (blobs, bytes) = store.evict_bytes(shortfall)?;
     // Also when nothing was evicted: frames of blobs evicted before may still be on disk.
     store.compact()?;
     if blobs == 0 {
@@ -281,6 +316,28 @@ mod tests {
         assert_eq!(blobs, 2);
         assert_eq!(reclaim(&store, &space).unwrap(), Reclaimed::NothingToEvict);
         assert_eq!(reclaim(&store, &space).unwrap(), Reclaimed::NothingToEvict);
+    }
+
+    /// A disk a little above its floor once refused every upload at commit (its own frames and
+    /// WAL took the disk below the floor) while housekeeping, finding the disk above the floor
+    /// again after a flush, never evicted.
+    #[test]
+    fn an_upload_the_room_above_the_floor_cannot_take_is_refused_at_once_and_room_is_made_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("db"));
+        store_blob(&store, b"least recently used");
+        let available = FreeSpace::new(dir.path().to_owned(), 1).available().unwrap();
+        let space = FreeSpace::new(dir.path().to_owned(), available - (16 << 20));
+        let upload = Digest { hash: [7; 32], size: 64 << 20 };
+        let err = space.admit(&upload, 1 << 40).expect_err("64 MiB admitted with 16 MiB of room");
+        assert!(
+            matches!(&err, Error::ResourceExhausted(message) if message.contains("nearly full")),
+            "{err}"
+        );
+        let Reclaimed::Evicted { blobs, .. } = reclaim(&store, &space).unwrap() else {
+            panic!("housekeeping made no room for the refused upload")
+        };
+        assert_eq!(blobs, 1);
     }
 
     #[test]
