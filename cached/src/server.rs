@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::gocache::{GoCache, GoEntryStore};
 use crate::metrics::Metrics;
 use crate::scheduler::backend::SchedulerBackend;
+use crate::scheduler::reuse::FinishedJobs;
 use crate::service;
 use crate::shutdown::Grpc;
 use crate::stats::Stats;
@@ -71,6 +72,7 @@ pub async fn start(
         .map_err(|err| Error::Internal(format!("reflection service: {err}")))?;
     let Services { cas, go_cache, builds, scheduler, stats, usage, space, go_entries, build_records } =
         services;
+    let finished = finished_jobs(&cas, &scheduler);
     let max = limits.max_message_size;
     let router = tonic::transport::Server::builder()
         .http2_adaptive_window(Some(true))
@@ -100,7 +102,7 @@ pub async fn start(
         )
         .add_service(StatsServer::new(service::StatsService::new(stats, usage, space)))
         .add_service(
-            JobsServer::new(service::JobsService::new(Arc::clone(&scheduler)))
+            JobsServer::new(service::JobsService::new(Arc::clone(&scheduler), finished))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
@@ -138,4 +140,17 @@ pub fn stopping(
         health.set_not_serving::<CasServer<service::CasService>>().await;
         scheduler.shut_down();
     })
+}
+
+/// What job reuse knows, learning the jobs kept from before this start in the background.
+fn finished_jobs(cas: &Arc<Cas>, scheduler: &Arc<dyn SchedulerBackend>) -> Arc<FinishedJobs> {
+    let finished = Arc::new(FinishedJobs::new(Arc::clone(cas)));
+    let (learning, scheduler) = (Arc::clone(&finished), Arc::clone(scheduler));
+    crate::task::spawn("learn finished jobs", async move {
+        if let Err(err) = learning.learn_kept(&*scheduler).await {
+            tracing::warn!(error = %err, "finished jobs could not be read: jobs before this start are not reused");
+        }
+    })
+    .detach();
+    finished
 }

@@ -274,7 +274,11 @@ async fn call(
             builds.stats(request(stats, secret)).await?;
         }
         "Jobs.Submit" => {
-            jobs.submit(request(v1::SubmitRequest { spec: Some(job_spec(ns, digest)) }, secret)).await?;
+            jobs.submit(request(
+                v1::SubmitRequest { spec: Some(job_spec(ns, digest)), rebuild: false },
+                secret,
+            ))
+            .await?;
         }
         "Jobs.Watch" => {
             let watch = v1::WatchRequest { job_id: job_in(ns) };
@@ -358,7 +362,7 @@ async fn authorization_matrix() {
     let mut fixture = Fixture { digest: Digest::of(&blob), blob, jobs: Vec::new() };
     call(&clients, "Cas.Write", Some(&secret_of("setup")), "", &fixture).await.expect("setup write");
     for ns in [IN_NAMESPACE, OUT_OF_NAMESPACE] {
-        let submit = v1::SubmitRequest { spec: Some(job_spec(ns, fixture.digest)) };
+        let submit = v1::SubmitRequest { spec: Some(job_spec(ns, fixture.digest)), rebuild: false };
         let reply = clients.jobs.clone().submit(request(submit, Some(&secret_of("setup")))).await;
         fixture.jobs.push((ns, reply.expect("setup submit").into_inner().job_id));
     }
@@ -520,7 +524,7 @@ async fn action_cache_writes_and_jobs_are_audited_and_secrets_never_logged() {
     call(&clients, "GoCache.Put", Some(&ci), "main/linux", &fixture).await.unwrap();
     let denied = call(&clients, "GoCache.Put", Some(&secret_of("dev")), "main/linux", &fixture).await;
     assert_eq!(denied.unwrap_err().code(), Code::PermissionDenied);
-    let submit = v1::SubmitRequest { spec: Some(job_spec("main/linux", fixture.digest)) };
+    let submit = v1::SubmitRequest { spec: Some(job_spec("main/linux", fixture.digest)), rebuild: false };
     let job = clients.jobs.clone().submit(request(submit, Some(&ci))).await.unwrap().into_inner().job_id;
     let cancel = v1::CancelRequest { job_id: job.clone() };
     clients.jobs.clone().cancel(request(cancel, Some(&ci))).await.unwrap();
@@ -569,7 +573,7 @@ async fn without_tokens_everything_is_open_on_loopback() {
     let blob = b"anonymous".to_vec();
     let mut fixture = Fixture { digest: Digest::of(&blob), blob, jobs: Vec::new() };
     call(&clients, "Cas.Write", None, "", &fixture).await.unwrap();
-    let submit = v1::SubmitRequest { spec: Some(job_spec("any/namespace", fixture.digest)) };
+    let submit = v1::SubmitRequest { spec: Some(job_spec("any/namespace", fixture.digest)), rebuild: false };
     let job = clients.jobs.clone().submit(request(submit, None)).await.unwrap().into_inner().job_id;
     fixture.jobs.push(("any/namespace", job));
     for &(rpc, ..) in RPCS {

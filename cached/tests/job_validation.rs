@@ -73,7 +73,7 @@ fn with_env(name: &str, value: &str) -> v1::JobSpec {
 }
 
 async fn submit(jobs: &mut JobsClient<Channel>, spec: v1::JobSpec) -> Result<String, tonic::Status> {
-    let request = authorized(v1::SubmitRequest { spec: Some(spec) }, TENANT);
+    let request = authorized(v1::SubmitRequest { spec: Some(spec), rebuild: false }, TENANT);
     Ok(jobs.submit(request).await?.into_inner().job_id)
 }
 

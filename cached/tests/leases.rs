@@ -113,7 +113,7 @@ fn spec(ns: &str, targets: &[&str]) -> v1::JobSpec {
 }
 
 async fn submit(jobs: &mut JobsClient<Authed>, spec: v1::JobSpec) -> String {
-    jobs.submit(v1::SubmitRequest { spec: Some(spec) }).await.unwrap().into_inner().job_id
+    jobs.submit(v1::SubmitRequest { spec: Some(spec), rebuild: false }).await.unwrap().into_inner().job_id
 }
 
 /// A scripted agent speaking `Workers` with a token: registers, then heartbeats when told to.
@@ -443,8 +443,10 @@ async fn the_cache_token_of_a_lease_reaches_its_namespace_only_while_the_lease_i
     denied(go_get(&mut go, "main/linux").await.map(drop), "lease credential reads main");
     denied(go_put(&mut go, "pr-8", &blob).await, "lease credential writes another PR");
     let mut as_jobs = JobsClient::with_interceptor(channel.clone(), with(&credential));
-    let err =
-        as_jobs.submit(v1::SubmitRequest { spec: Some(spec("pr-7", &["linux/amd64"])) }).await.unwrap_err();
+    let err = as_jobs
+        .submit(v1::SubmitRequest { spec: Some(spec("pr-7", &["linux/amd64"])), rebuild: false })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let mut as_workers = WorkersClient::with_interceptor(channel.clone(), with(&credential));
     let first_token = first.token.clone().unwrap();
@@ -502,8 +504,10 @@ async fn open_jobs_are_capped_per_namespace_and_in_total() {
     let mut jobs = jobs(&server, "submitter").await;
     let a1 = submit(&mut jobs, spec("pr-1", &["linux/amd64"])).await;
     submit(&mut jobs, spec("pr-1", &["linux/amd64"])).await;
-    let err =
-        jobs.submit(v1::SubmitRequest { spec: Some(spec("pr-1", &["linux/amd64"])) }).await.unwrap_err();
+    let err = jobs
+        .submit(v1::SubmitRequest { spec: Some(spec("pr-1", &["linux/amd64"])), rebuild: false })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
         err.message().contains("max_open_jobs_per_namespace") && err.message().contains("pr-1"),
@@ -511,8 +515,10 @@ async fn open_jobs_are_capped_per_namespace_and_in_total() {
         err.message()
     );
     submit(&mut jobs, spec("pr-2", &["linux/amd64"])).await;
-    let err =
-        jobs.submit(v1::SubmitRequest { spec: Some(spec("pr-3", &["linux/amd64"])) }).await.unwrap_err();
+    let err = jobs
+        .submit(v1::SubmitRequest { spec: Some(spec("pr-3", &["linux/amd64"])), rebuild: false })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("max_open_jobs"), "{}", err.message());
 
@@ -594,7 +600,7 @@ async fn a_huge_job_timeout_neither_panics_the_scheduler_nor_stops_its_sweeper()
     let mut agent = Agent::connect(&server, "agent-any", "a", 1).await;
     for seconds in [i64::MAX as u64 / 1000, u64::MAX, u64::MAX / 1000] {
         let huge = v1::JobSpec { timeout_seconds: seconds, ..spec("pr-1", &["linux/amd64"]) };
-        match jobs.submit(v1::SubmitRequest { spec: Some(huge) }).await {
+        match jobs.submit(v1::SubmitRequest { spec: Some(huge), rebuild: false }).await {
             // A validation cap at Submit is a clean refusal too.
             Err(status) => assert_eq!(status.code(), Code::InvalidArgument, "{seconds}: {status:?}"),
             Ok(reply) => {

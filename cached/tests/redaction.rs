@@ -57,7 +57,12 @@ impl Agent {
             targets: vec!["linux/amd64".parse::<proto::Platform>().unwrap().to_wire("")],
             ..Default::default()
         };
-        let job = jobs.submit(v1::SubmitRequest { spec: Some(spec) }).await.unwrap().into_inner().job_id;
+        let job = jobs
+            .submit(v1::SubmitRequest { spec: Some(spec), rebuild: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
         loop {
             let next = tokio::time::timeout(Duration::from_secs(10), self.replies.next()).await;
             if let Some(lease_response::Kind::Task(task)) = next.unwrap().unwrap().unwrap().kind {

@@ -38,7 +38,7 @@ fn spec(targets: &[&str], go_version: &str) -> v1::JobSpec {
 }
 
 async fn submit(jobs: &mut JobsClient<Channel>, spec: v1::JobSpec) -> String {
-    jobs.submit(v1::SubmitRequest { spec: Some(spec) }).await.unwrap().into_inner().job_id
+    jobs.submit(v1::SubmitRequest { spec: Some(spec), rebuild: false }).await.unwrap().into_inner().job_id
 }
 
 /// A scripted agent: registers, then heartbeats only when told to.
@@ -371,6 +371,82 @@ async fn a_restart_loses_no_task_and_keeps_leases_fenced() {
     server.stop().await;
 }
 
+async fn submit_for_reuse(
+    jobs: &mut JobsClient<Channel>,
+    spec: v1::JobSpec,
+    rebuild: bool,
+) -> (String, bool) {
+    let answer = jobs.submit(v1::SubmitRequest { spec: Some(spec), rebuild }).await.unwrap().into_inner();
+    (answer.job_id, answer.reused)
+}
+
+/// Runs the job's only task on `agent`, reporting `output` as its result.
+async fn build_one(agent: &mut Agent, jobs: &mut JobsClient<Channel>, job: &str, output: &str) {
+    let token = agent.task().await.token.unwrap();
+    assert_eq!(token.job_id, job);
+    agent.complete(&token, output).await.unwrap();
+    let (status, _) = watch_to_end(jobs, job).await;
+    assert_eq!(status.state, JobState::Succeeded as i32);
+}
+
+#[tokio::test]
+async fn a_job_like_a_succeeded_one_whose_results_are_stored_is_answered_with_it_and_queues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut agent = Agent::connect(&server, "a", "go1.26.8", 1, &[]).await;
+    let clients = server.clients().await;
+    let stored = b"app";
+    clients.write_as(Digest::of(stored), common::frames(stored)).await.unwrap();
+
+    let app = spec(&["linux/amd64"], "go1.26.8");
+    let (first, reused) = submit_for_reuse(&mut jobs, app.clone(), false).await;
+    assert!(!reused);
+    build_one(&mut agent, &mut jobs, &first, "app").await;
+
+    // The same spec, at another priority: the finished job, and no task for any agent.
+    let (again, reused) =
+        submit_for_reuse(&mut jobs, v1::JobSpec { priority: 5, ..app.clone() }, false).await;
+    assert_eq!((again.as_str(), reused), (first.as_str(), true));
+    assert!(agent.next(Duration::from_millis(300)).await.is_none(), "a reused job leased a task");
+
+    // Asked to, it builds; another namespace never shares the first one's results.
+    let (rebuilt, reused) = submit_for_reuse(&mut jobs, app.clone(), true).await;
+    assert!(!reused && rebuilt != first);
+    build_one(&mut agent, &mut jobs, &rebuilt, "app").await;
+    let elsewhere = v1::JobSpec { namespace: "other-team".into(), ..app.clone() };
+    let (other, reused) = submit_for_reuse(&mut jobs, elsewhere, false).await;
+    assert!(!reused && other != first && other != rebuilt);
+    build_one(&mut agent, &mut jobs, &other, "app").await;
+
+    // A job whose result is not in the CAS (evicted, or never stored) is built again.
+    let darwin = spec(&["darwin/arm64"], "go1.26.8");
+    let (lost, _) = submit_for_reuse(&mut jobs, darwin.clone(), false).await;
+    build_one(&mut agent, &mut jobs, &lost, "not-stored").await;
+    let (fresh, reused) = submit_for_reuse(&mut jobs, darwin, false).await;
+    assert!(!reused && fresh != lost);
+    build_one(&mut agent, &mut jobs, &fresh, "not-stored").await;
+    drop(agent);
+    server.stop().await;
+
+    // After a restart the kept jobs are reused too (the newest of equal specs).
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (job, reused) = submit_for_reuse(&mut jobs, app.clone(), false).await;
+        if reused {
+            assert_eq!(job, rebuilt);
+            break;
+        }
+        // Learning the kept jobs runs in the background: an early submission builds.
+        assert!(std::time::Instant::now() < deadline, "kept jobs are not reused after a restart");
+        jobs.cancel(v1::CancelRequest { job_id: job }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn submissions_are_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -378,13 +454,13 @@ async fn submissions_are_checked() {
     let mut jobs = JobsClient::new(channel(&server).await);
     let mut bad = spec(&["linux/amd64"], "");
     bad.build_flags = vec!["-toolexec=/bin/sh".into()];
-    let err = jobs.submit(v1::SubmitRequest { spec: Some(bad) }).await.unwrap_err();
+    let err = jobs.submit(v1::SubmitRequest { spec: Some(bad), rebuild: false }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("-toolexec"), "{}", err.message());
     let mut none = spec(&["linux/amd64"], "");
     none.targets.clear();
     assert_eq!(
-        jobs.submit(v1::SubmitRequest { spec: Some(none) }).await.unwrap_err().code(),
+        jobs.submit(v1::SubmitRequest { spec: Some(none), rebuild: false }).await.unwrap_err().code(),
         Code::InvalidArgument
     );
     let err = jobs.watch(v1::WatchRequest { job_id: "nope".into() }).await.unwrap_err();
@@ -484,11 +560,14 @@ async fn an_image_job_ends_with_an_index_task_that_needs_no_build_slot() {
     assert!(status.image.is_none() && status.tasks.len() == 1);
 
     // Image specs are checked at submission.
-    let err = jobs.submit(v1::SubmitRequest { spec: Some(imaged(&["darwin/arm64"])) }).await.unwrap_err();
+    let err = jobs
+        .submit(v1::SubmitRequest { spec: Some(imaged(&["darwin/arm64"])), rebuild: false })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let mut based = imaged(&["linux/amd64"]);
     based.image.as_mut().unwrap().base = "cgr.dev/chainguard/static".into();
-    let err = jobs.submit(v1::SubmitRequest { spec: Some(based) }).await.unwrap_err();
+    let err = jobs.submit(v1::SubmitRequest { spec: Some(based), rebuild: false }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     server.stop().await;
 }

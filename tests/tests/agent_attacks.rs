@@ -156,7 +156,12 @@ impl Cluster {
                 build_flags: vec!["-trimpath".to_owned()],
                 ..v1::JobSpec::default()
             };
-            let submitted = remote.jobs.clone().submit(v1::SubmitRequest { spec: Some(spec) }).await.unwrap();
+            let submitted = remote
+                .jobs
+                .clone()
+                .submit(v1::SubmitRequest { spec: Some(spec), rebuild: false })
+                .await
+                .unwrap();
             submitted.into_inner().job_id
         })
     }

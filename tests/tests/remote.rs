@@ -409,9 +409,10 @@ fn a_four_target_matrix_builds_right_binaries_and_the_second_submit_is_warm() {
         .collect();
     assert_eq!(agents.len(), 2, "both agents built: {}", cold.stdout);
 
-    // The same source again: every target is a whole-build hit (no compiler, no linker).
+    // The same source again, built again: every target is a whole-build hit (no compiler, no
+    // linker).
     let warm_started = Instant::now();
-    let warm = module.submit(&server, &["./cmd/app"]).success("warm submit");
+    let warm = module.submit(&server, &["--rebuild", "./cmd/app"]).success("warm submit");
     let warm_time = warm_started.elapsed();
     let rows: Vec<&str> =
         warm.stdout.lines().filter(|line| line.contains('/') && line.contains("agent-")).collect();
@@ -423,6 +424,19 @@ fn a_four_target_matrix_builds_right_binaries_and_the_second_submit_is_warm() {
     );
     assert!(warm_time < cold_time, "warm {warm_time:?} vs cold {cold_time:?}");
     assert!(warm.stderr.contains("0 new blobs"), "an unchanged tree uploads nothing: {}", warm.stderr);
+
+    // And without --rebuild: the last job is the answer, its outputs downloaded, no task leased.
+    std::fs::remove_dir_all(&dist).unwrap();
+    let reused = module.submit(&server, &["./cmd/app"]).success("reusing submit");
+    let job_of = |finished: &Finished| {
+        let line =
+            finished.stderr.lines().find(|line| line.starts_with("job ")).unwrap_or_default().to_owned();
+        line.split_whitespace().nth(1).unwrap_or_default().to_owned()
+    };
+    assert!(reused.stderr.contains("(reused"), "{}", reused.stderr);
+    assert_eq!(job_of(&reused), job_of(&warm), "{}", reused.stderr);
+    assert_eq!(machine(&dist.join("linux_arm64/app")), "elf/aarch64");
+    assert_eq!(module.jobs(&server).as_array().unwrap().len(), 2, "the reused submit queued a job");
 }
 
 #[test]
@@ -651,11 +665,12 @@ fn an_image_job_is_layered_by_the_agents_and_a_resubmit_pushes_no_blob() {
     let reference = format!("127.0.0.1:{}/matrix/app:v1", registry.port);
     let layout_arg = layout.display().to_string();
     // Two linux targets get images; windows is built, not imaged.
-    let submit = || {
+    let submit = |again: &str| {
         run(module.cachectl(
             &server,
             &[
                 "submit",
+                again,
                 "--targets",
                 "linux/amd64,linux/arm64,windows/amd64",
                 "--image",
@@ -669,7 +684,7 @@ fn an_image_job_is_layered_by_the_agents_and_a_resubmit_pushes_no_blob() {
         ))
     };
 
-    let first = submit().success(&format!("image submit\n{}\n{}", a.log(), b.log()));
+    let first = submit("--priority=0").success(&format!("image submit\n{}\n{}", a.log(), b.log()));
     let index = first
         .stdout
         .lines()
@@ -753,10 +768,10 @@ fn an_image_job_is_layered_by_the_agents_and_a_resubmit_pushes_no_blob() {
     let said = Command::new(rootfs.join("app/app")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&said.stdout).trim(), "hello, matrix");
 
-    // The same source again: every build a hit, every layer from the cache, the same index,
-    // and the registry is sent no blob (the tag already names the index).
+    // The same source again, built again: every build a hit, every layer from the cache, the
+    // same index, and the registry is sent no blob (the tag already names the index).
     let before = registry.requests().len();
-    let second = submit().success("image resubmit");
+    let second = submit("--rebuild").success("image resubmit");
     let rows: Vec<&str> = second.stdout.lines().filter(|line| line.contains("agent-")).collect();
     assert_eq!(rows.len(), 4, "{}", second.stdout);
     assert!(
@@ -780,6 +795,15 @@ fn an_image_job_is_layered_by_the_agents_and_a_resubmit_pushes_no_blob() {
     for task in jobs[0]["tasks"].as_array().unwrap().iter().take(2) {
         assert_eq!(task["image"]["layer_cached"], true, "layers came from the layer cache: {task}");
     }
+
+    // Submitted once more without --rebuild: that job is reused, and published alike.
+    let before = registry.requests().len();
+    let third = submit("--priority=1").success("image reuse");
+    assert!(third.stderr.contains("(reused"), "{}", third.stderr);
+    assert!(third.stdout.contains(&format!("index {index}")), "the same index: {}", third.stdout);
+    let requests = registry.requests()[before..].to_vec();
+    assert!(requests.iter().all(|(_, path)| !path.contains("/blobs/uploads")), "{requests:?}");
+    assert_eq!(module.jobs(&server).as_array().unwrap().len(), 2, "the reused submit queued a job");
 }
 
 /// The counts in `cachectl image`'s push line: blobs uploaded, bytes uploaded (as printed),

@@ -219,7 +219,8 @@ impl MatrixRuns for GoBench {
         let targets = MATRIX.iter().map(|(os, arch)| format!("{os}/{arch}")).collect::<Vec<_>>().join(",");
         let mut command = Command::new(self.bin.join("cachectl"));
         command
-            .args(["--server", &cluster.url, "submit", "--targets", &targets, "-o"])
+            // --rebuild: this measures the agents building, not cached answering with the last job.
+            .args(["--server", &cluster.url, "submit", "--rebuild", "--targets", &targets, "-o"])
             .arg(&dist)
             .arg(".")
             .current_dir(module)

@@ -218,7 +218,7 @@ async fn submit_all(
 ) -> Result<Vec<String>, tonic::Status> {
     let submits = (0..count).map(|index| {
         let mut jobs = remotes[index % remotes.len()].jobs.clone();
-        let request = SubmitRequest { spec: Some(spec.clone()) };
+        let request = SubmitRequest { spec: Some(spec.clone()), rebuild: false };
         async move { Ok(jobs.submit(request).await?.into_inner().job_id) }
     });
     futures::future::try_join_all(submits).await

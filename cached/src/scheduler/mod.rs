@@ -34,6 +34,7 @@ pub mod gauges;
 mod index;
 mod memory;
 pub mod pg;
+pub mod reuse;
 mod sessions;
 pub mod store;
 mod transitions;

@@ -8,9 +8,9 @@ use futures::Stream;
 use proto::v1::jobs_server::Jobs;
 use proto::v1::workers_server::Workers;
 use proto::v1::{
-    CancelRequest, CancelResponse, CompleteRequest, CompleteResponse, JobEvent, LeaseRequest, LeaseResponse,
-    ListRequest, ListResponse, ProgressRequest, ProgressResponse, SubmitRequest, SubmitResponse,
-    WatchRequest, complete_request, job_event::Kind, lease_request,
+    CancelRequest, CancelResponse, CompleteRequest, CompleteResponse, JobEvent, JobSpec, JobStatus,
+    LeaseRequest, LeaseResponse, ListRequest, ListResponse, ProgressRequest, ProgressResponse, SubmitRequest,
+    SubmitResponse, WatchRequest, complete_request, job_event::Kind, lease_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -21,7 +21,8 @@ use crate::auth;
 use crate::error::Error;
 use crate::gocache::namespace;
 use crate::scheduler::backend::SchedulerBackend;
-use crate::scheduler::{Outcome, Session};
+use crate::scheduler::reuse::{FinishedJobs, JobKey};
+use crate::scheduler::{Outcome, Session, validate};
 
 const DEFAULT_LIST: usize = 50;
 const MAX_LIST: usize = 1000;
@@ -36,11 +37,31 @@ type LeaseStream = Pin<Box<dyn Stream<Item = Result<LeaseResponse, Status>> + Se
 
 pub struct JobsService {
     scheduler: Arc<dyn SchedulerBackend>,
+    finished: Arc<FinishedJobs>,
 }
 
 impl JobsService {
-    pub fn new(scheduler: Arc<dyn SchedulerBackend>) -> Self {
-        Self { scheduler }
+    pub fn new(scheduler: Arc<dyn SchedulerBackend>, finished: Arc<FinishedJobs>) -> Self {
+        Self { scheduler, finished }
+    }
+
+    /// A succeeded job with the same spec whose results are all in the CAS. A spec the
+    /// current settings refuse finds none: `submit_new` says why.
+    async fn reusable(&self, spec: &JobSpec) -> Result<Option<JobStatus>, Error> {
+        let mut checked = spec.clone();
+        if validate::check_spec(&mut checked, self.scheduler.settings()).is_err() {
+            return Ok(None);
+        }
+        self.finished.find(&*self.scheduler, JobKey::of(&checked)).await
+    }
+
+    /// Queues the job and remembers it, so the next identical submission can reuse it.
+    async fn submit_new(&self, spec: JobSpec, submitter: &str) -> Result<String, Error> {
+        let job_id = self.scheduler.submit(spec, submitter).await?;
+        if let Some(stored) = self.scheduler.get(&job_id).await?.and_then(|job| job.spec) {
+            self.finished.remember(JobKey::of(&stored), &job_id);
+        }
+        Ok(job_id)
     }
 }
 
@@ -65,7 +86,14 @@ impl Jobs for JobsService {
         let ns = namespace(&spec.namespace)?.to_owned();
         let grant = auth::check_namespace(&extensions, &ns)?;
         let (packages, targets) = (spec.packages.join(" "), spec.targets.len());
-        let result = self.scheduler.submit(spec, &grant.token).await;
+        let reused = match request.rebuild {
+            true => None,
+            false => self.reusable(&spec).await?,
+        };
+        let result = match &reused {
+            Some(job) => Ok(job.job_id.clone()),
+            None => self.submit_new(spec, &grant.token).await,
+        };
         // A job runs the submitter's source on the agents: who asked for what is on record.
         tracing::info!(
             target: "audit",
@@ -74,10 +102,14 @@ impl Jobs for JobsService {
             job = %result.as_deref().unwrap_or("-"),
             packages = %packages,
             targets,
-            outcome = if result.is_ok() { "queued" } else { "refused" },
+            outcome = match (&result, &reused) {
+                (Err(_), _) => "refused",
+                (Ok(_), Some(_)) => "reused",
+                (Ok(_), None) => "queued",
+            },
             "Jobs.Submit"
         );
-        Ok(Response::new(SubmitResponse { job_id: result? }))
+        Ok(Response::new(SubmitResponse { job_id: result?, reused: reused.is_some() }))
     }
 
     type WatchStream = EventStream;

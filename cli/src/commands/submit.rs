@@ -64,6 +64,10 @@ pub struct Args {
     /// Let agents with any Go version build (by default they must have this machine's).
     #[arg(long)]
     any_go: bool,
+    /// Build even when an earlier job with the same sources and settings succeeded and its
+    /// results are still in cached (by default cached answers with that job at once).
+    #[arg(long)]
+    rebuild: bool,
     /// Make an image of the linux targets and push it to REGISTRY/REPOSITORY:TAG, with this
     /// machine's registry credentials (agents never get any).
     #[arg(long, value_name = "REPO:TAG")]
@@ -293,12 +297,20 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
         timeout_seconds: args.timeout.map_or(0, |t| t.as_secs().max(1)),
         image: image.clone(),
     };
-    let job_id = remote.jobs.submit(v1::SubmitRequest { spec: Some(spec) }).await?.into_inner().job_id;
+    let request = v1::SubmitRequest { spec: Some(spec), rebuild: args.rebuild };
+    let submitted = remote.jobs.submit(request).await?.into_inner();
+    let job_id = submitted.job_id;
     if args.detach {
         println!("{job_id}");
         return Ok(());
     }
-    eprintln!("job {job_id}");
+    match submitted.reused {
+        true => eprintln!(
+            "job {job_id} (reused: it built these sources with these settings and its results are \
+             still in cached; nothing was built, --rebuild builds anyway)"
+        ),
+        false => eprintln!("job {job_id}"),
+    }
     let (status, remote) = follow(server, connect, remote, &job_id, Some(&args.output), started).await?;
     if let Some(image) = &image {
         let built = publish(&remote, &status, image, &args).await?;
