@@ -91,10 +91,16 @@ impl S3Server {
 
     /// A replica on this server's bucket, with its own empty local tier.
     pub fn replica(&self) -> Daemon {
+        self.replica_in(tempfile::tempdir().expect("temp dir"), &[])
+    }
+
+    /// A replica with its local tier under `data` and more flags.
+    pub fn replica_in(&self, data: tempfile::TempDir, extra: &[&str]) -> Daemon {
         let flags = self.replica_flags();
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        flags.extend_from_slice(extra);
         let env = [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY)];
-        Daemon::start_with(tempfile::tempdir().expect("temp dir"), &flags, &env)
+        Daemon::start_with(data, &flags, &env)
     }
 
     /// How many Go entries of `namespace` the bucket holds.

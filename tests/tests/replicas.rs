@@ -91,6 +91,46 @@ fn a_blob_a_build_and_a_purge_through_one_replica_reach_another() {
     assert_eq!(s3.entries("default"), 0, "the purge left entries in the bucket");
 }
 
+/// Bytes free on the file system of `path`, as df says.
+fn free_bytes(path: &Path) -> u64 {
+    let out = Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().expect("df");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1).and_then(|line| line.trim().parse().ok()).unwrap_or_else(|| panic!("df said {text}"))
+}
+
+/// A fill from the bucket writes the local disk as an upload does: on a replica whose disk has
+/// less room above its floor than the blob, the read is a miss rather than a write into the
+/// floor (which a burst of reads would carry on to a full disk, where RocksDB wedges).
+#[test]
+fn a_replica_near_its_free_space_floor_does_not_fill_a_miss_it_has_no_room_for() {
+    const FLOOR: u64 = 64 << 20;
+    let Some(disk) = cached_e2e::Tmpfs::mount(256 << 20) else { return };
+    let s3 = S3Server::start();
+    let a = s3.replica();
+    let b = s3.replica_in(tempfile::tempdir_in(disk.path()).unwrap(), &["--min-free-space", "64MiB"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    std::fs::write(&file, noise(7, 24 << 20)).unwrap();
+    let digest = put(&a, &file);
+
+    // 8 MiB above B's floor, after RocksDB preallocated its log.
+    let filler = disk.path().join("filler");
+    let room = free_bytes(disk.path()) - FLOOR;
+    std::fs::write(&filler, vec![1u8; (room - (8 << 20)) as usize]).unwrap();
+    let fetched = dir.path().join("fetched");
+    assert!(!get(&b, &digest, &fetched), "B filled 24 MiB into a disk with 8 MiB above its floor");
+    assert!(free_bytes(disk.path()) >= FLOOR, "B wrote below its floor");
+
+    // With room again, the same read is filled and served.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !get(&b, &digest, &fetched) {
+        assert!(Instant::now() < deadline, "B did not serve the blob once it had room");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&file).unwrap(), "B served other bytes");
+}
+
 /// Every blob replica A acknowledged before it was killed (SIGKILL, mid-storm) reads back
 /// byte-identical through replica B.
 #[test]

@@ -5,6 +5,10 @@
 //!
 //! The bucket being down never fails a read: a miss that cannot be fetched is a miss. It
 //! fails writes, which are acknowledged only once in both tiers.
+//!
+//! A fill is a write to the local disk like an upload, under the same free-space floor: one
+//! the room above the floor cannot take is a miss (housekeeping is asked to make that room),
+//! so a burst of reads on a nearly full replica cannot fill its disk and wedge RocksDB.
 
 use std::sync::Arc;
 
@@ -16,18 +20,21 @@ use super::flights::Flights;
 use super::layout::parse_trailer;
 use super::upload::{BlobUpload, TieredWriter};
 use crate::error::{Error, Result};
-use crate::store::{BlobInfo, BlobStore, FrameReader, FrameWriter, RocksStore, Verified};
+use crate::store::{
+    BlobInfo, BlobStore, FrameReader, FrameWriter, FreeSpace, RocksStore, SpaceGuarded, Verified,
+};
 
 #[derive(Clone)]
 pub struct Tiered {
     local: RocksStore,
     bucket: Arc<Bucket>,
     flights: Arc<Flights>,
+    space: Arc<FreeSpace>,
 }
 
 impl Tiered {
-    pub fn new(local: RocksStore, bucket: Arc<Bucket>) -> Self {
-        Self { local, bucket, flights: Arc::new(Flights::default()) }
+    pub fn new(local: RocksStore, bucket: Arc<Bucket>, space: Arc<FreeSpace>) -> Self {
+        Self { local, bucket, flights: Arc::new(Flights::default()), space }
     }
 
     fn counters(&self) -> &SharedCounters {
@@ -62,13 +69,20 @@ impl Tiered {
                 self.bucket.discard_corrupt(digest, &why);
                 Ok(false)
             }
+            Err(FillError::Local(Error::ResourceExhausted(why))) => {
+                tracing::info!(%digest, reason = %why, "a local miss was not filled from the shared store: no room");
+                Ok(false)
+            }
             Err(FillError::Local(err)) => Err(err),
         }
     }
 
     /// Copies an object's frames into the local tier through verification; returns their bytes.
     fn copy_verified(&self, digest: &Digest, mut frames: ObjectFrames) -> Result<u64, FillError> {
-        let mut writer = Verified::new(self.local.clone()).write(digest).map_err(FillError::Local)?;
+        let held = self.local.clone();
+        let evictable = Box::new(move || held.totals().stored_bytes);
+        let local = SpaceGuarded::new(Verified::new(self.local.clone()), Arc::clone(&self.space), evictable);
+        let mut writer = local.write(digest).map_err(FillError::Local)?;
         let mut stored_bytes = 0u64;
         while let Some(frame) = frames.next_frame()? {
             stored_bytes += frame.len() as u64;

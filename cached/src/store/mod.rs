@@ -155,7 +155,7 @@ pub fn layered(
     match shared {
         None => decorated(rocks, Verified::new(rocks.clone()), space, counters),
         Some(bucket) => {
-            let tiered = crate::shared::Tiered::new(rocks.clone(), Arc::clone(bucket));
+            let tiered = crate::shared::Tiered::new(rocks.clone(), Arc::clone(bucket), Arc::clone(space));
             decorated(rocks, Verified::new(tiered), space, counters)
         }
     }
