@@ -23,6 +23,9 @@ use crate::loopback;
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 /// Large enough for a batch of small blobs; the server enforces its own limit.
 const MAX_MESSAGE: usize = 64 << 20;
+/// The largest HTTP/2 DATA frame this side accepts: a frame of a blob (up to 1 MiB) then
+/// arrives in one or two HTTP/2 frames rather than sixty-four of the default 16 KiB.
+const MAX_FRAME_SIZE: u32 = 1 << 20;
 
 /// A token secret. Its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -233,7 +236,11 @@ impl Client {
     pub async fn connect(server: &str, options: &ConnectOptions) -> Result<Self> {
         let unreachable = |reason: String| ClientError::Unreachable { server: server.to_owned(), reason };
         let endpoints = options.endpoints(server, |endpoint| {
-            endpoint.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).http2_adaptive_window(true)
+            endpoint
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_adaptive_window(true)
+                .max_frame_size(MAX_FRAME_SIZE)
         })?;
         let replicas = Failover::connect(&endpoints).await.map_err(unreachable)?;
         Self::from_replicas(server, replicas, options)

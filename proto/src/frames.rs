@@ -143,6 +143,16 @@ impl FrameDecoder {
 
     /// Decompresses the next frame into an internal buffer that is reused across calls.
     pub fn decode(&mut self, frame: &[u8]) -> Result<&[u8], FrameError> {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let decoded = self.decode_into(frame, &mut buffer);
+        self.buffer = buffer;
+        decoded?;
+        Ok(&self.buffer)
+    }
+
+    /// Decompresses the next frame into `out`, replacing what it held: for a caller that
+    /// hands the bytes on to another thread and gets the buffer back later.
+    pub fn decode_into(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
         let index = self.next_index;
         let expected = frame_len(self.size, index).ok_or(FrameError::TooMany {
             size: self.size,
@@ -150,17 +160,17 @@ impl FrameDecoder {
             index,
         })?;
         check_frame(frame, index, expected)?;
-        self.buffer.clear();
-        self.buffer.reserve(expected);
+        out.clear();
+        out.reserve(expected);
         let actual = self
             .decompressor
-            .decompress_to_buffer(frame, &mut self.buffer)
+            .decompress_to_buffer(frame, out)
             .map_err(|source| FrameError::Undecodable { index, expected, source })?;
         if actual != expected {
             return Err(FrameError::WrongLength { index, expected, actual });
         }
         self.next_index += 1;
-        Ok(&self.buffer)
+        Ok(())
     }
 
     /// Whether every frame of the blob has been decoded.
