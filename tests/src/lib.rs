@@ -136,6 +136,14 @@ impl Daemon {
         assert!(stopped.is_ok_and(|status| status.success()), "kill -STOP cached failed");
     }
 
+    /// Stops it as an operator would (SIGTERM, then its clean shutdown) and hands back its
+    /// data directory, for a restart on the same data.
+    pub fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"))
+    }
+
     /// SIGKILL: no shutdown, no flush, as a crash or an OOM kill would end it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

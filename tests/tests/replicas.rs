@@ -131,6 +131,58 @@ fn a_replica_near_its_free_space_floor_does_not_fill_a_miss_it_has_no_room_for()
     assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&file).unwrap(), "B served other bytes");
 }
 
+/// A single cached that joins a bucket keeps serving what it holds; a blob only it holds goes
+/// up to the bucket once a Go entry naming it is recorded through it, and from then on another
+/// replica serves both.
+#[test]
+fn a_single_cached_that_joins_a_bucket_copies_up_the_blob_of_an_entry_recorded_through_it() {
+    let s3 = S3Server::start();
+    let single = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, noise(11, (1 << 20) + 4_321)).unwrap();
+    let digest = put(&single, &file);
+    let a = s3.replica_in(single.stop_keeping_data(), &[]);
+    let b = s3.replica();
+    let fetched = dir.path().join("fetched");
+    assert!(get(&a, &digest, &fetched), "A lost what it held before joining");
+    assert!(!get(&b, &digest, &fetched), "the blob reached the bucket before any entry named it");
+
+    let sha256 = Command::new("sha256sum").arg(&file).output().expect("sha256sum");
+    let output_id = hex_bytes(String::from_utf8_lossy(&sha256.stdout).split_whitespace().next().unwrap());
+    let action_id = vec![0xa5; 32];
+    let parsed = digest.parse::<Digest>().expect("a digest as cachectl prints it");
+    let entry =
+        v1::GoEntry { output_id, size: parsed.size, digest: Some(parsed.to_wire()), time_unix_nanos: 1 };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let through_a = Client::connect(&a.url(), &ConnectOptions::default()).await.unwrap();
+        let put = v1::GoPutRequest {
+            namespace: "default".into(),
+            action_id: action_id.clone().into(),
+            entry: Some(entry),
+        };
+        through_a.go.clone().put(put).await.expect("the entry is recorded, its blob copied up");
+        let through_b = Client::connect(&b.url(), &ConnectOptions::default()).await.unwrap();
+        let get = v1::GoGetRequest { namespace: "default".into(), action_id: action_id.into() };
+        let found = through_b.go.clone().get(get).await.unwrap().into_inner();
+        assert!(
+            found.entry.is_some_and(|entry| entry.digest == Some(parsed.to_wire())),
+            "B misses the entry"
+        );
+    });
+    assert!(get(&b, &digest, &fetched), "B cannot read the copied-up blob");
+    assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&file).unwrap(), "B served other bytes");
+}
+
+fn hex_bytes(hex: &str) -> Bytes {
+    (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap())
+        .collect::<Vec<u8>>()
+        .into()
+}
+
 /// Every blob replica A acknowledged before it was killed (SIGKILL, mid-storm) reads back
 /// byte-identical through replica B.
 #[test]
