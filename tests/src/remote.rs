@@ -97,9 +97,11 @@ impl TinyModule {
         command
     }
 
-    /// Submits the module for linux/amd64 without waiting; the job id.
+    /// Submits the module for linux/amd64 without waiting; the job id. Always a new job
+    /// (`--rebuild`): the tests that submit it many times count leases and completions, which
+    /// reusing a finished job would skip.
     pub fn submit(&self, server: &str) -> String {
-        let args = ["submit", "--detach", "--targets", "linux/amd64", "."];
+        let args = ["submit", "--detach", "--rebuild", "--targets", "linux/amd64", "."];
         run(self.cachectl(server, &args)).success("detached submit").stdout.trim().to_owned()
     }
 

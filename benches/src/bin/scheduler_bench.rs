@@ -218,7 +218,8 @@ async fn submit_all(
 ) -> Result<Vec<String>, tonic::Status> {
     let submits = (0..count).map(|index| {
         let mut jobs = remotes[index % remotes.len()].jobs.clone();
-        let request = SubmitRequest { spec: Some(spec.clone()), rebuild: false };
+        // Copies of one spec: reusing the first finished job would measure no scheduling.
+        let request = SubmitRequest { spec: Some(spec.clone()), rebuild: true };
         async move { Ok(jobs.submit(request).await?.into_inner().job_id) }
     });
     futures::future::try_join_all(submits).await
