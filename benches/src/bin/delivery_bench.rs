@@ -115,7 +115,7 @@ impl Stages {
 struct Scenario {
     baseline: Vec<Stages>,
     cached: Vec<Stages>,
-    hits: Vec<usize>,
+    hits: Vec<String>,
 }
 
 const SCENARIOS: [&str; 3] = ["cold", "unchanged", "one-file"];
@@ -158,7 +158,7 @@ fn main() {
             let baseline = bench.baseline(&local, &registry, &tag, &key);
             let (cached, hits) = bench.cached(&cluster, &remote, &tag, &key);
             eprintln!(
-                "round {round} {name:<9}  baseline {:6.1?}  cached {:6.1?} ({hits}/4 hits)",
+                "round {round} {name:<9}  baseline {:6.1?}  cached {:6.1?} ({hits})",
                 baseline.total(),
                 cached.total()
             );
@@ -218,7 +218,7 @@ fn print_report(settings: &Settings, packages: usize, results: &[Scenario]) {
             "| {name} | {} | {} | {} |",
             cell(&totals(&scenario.baseline), 1),
             cell(&totals(&scenario.cached), 1),
-            scenario.hits.iter().map(|h| format!("{h}/4")).collect::<Vec<_>>().join(", ")
+            scenario.hits.join(", ")
         );
     }
     println!(
@@ -239,7 +239,7 @@ trait DeliveryRuns {
         module: &Path,
         tag: &str,
         key: &(PathBuf, PathBuf),
-    ) -> (Stages, usize);
+    ) -> (Stages, String);
     fn sign(&self, module: &Path, reference: &str, key: &(PathBuf, PathBuf)) -> Duration;
 }
 
@@ -307,14 +307,15 @@ impl DeliveryRuns for GoBench {
         stages
     }
 
-    /// The chain through cached, one command; the stages and how many targets were build hits.
+    /// The chain through cached, one command; the stages, and how many targets were build hits
+    /// (or that cached answered with an earlier job).
     fn cached(
         &self,
         cluster: &Cluster,
         module: &Path,
         tag: &str,
         key: &(PathBuf, PathBuf),
-    ) -> (Stages, usize) {
+    ) -> (Stages, String) {
         let dist = self.scratch.join("dist-remote");
         wipe(&dist);
         let targets = MATRIX.iter().map(|(os, arch)| format!("{os}/{arch}")).collect::<Vec<_>>().join(",");
@@ -344,6 +345,8 @@ impl DeliveryRuns for GoBench {
             .filter(|line| line.contains(" agent-") && !line.starts_with("image index"))
             .filter(|line| line.split_whitespace().nth(2) == Some("hit"))
             .count();
+        let reused = lines.iter().any(|(_, line)| line.starts_with("job ") && line.contains("(reused"));
+        let hits = if reused { "job reused".to_owned() } else { format!("{hits}/4 hits") };
         let stages = Stages {
             upload: uploaded,
             build: job.saturating_sub(uploaded),
