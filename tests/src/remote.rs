@@ -105,6 +105,12 @@ impl TinyModule {
         run(self.cachectl(server, &args)).success("detached submit").stdout.trim().to_owned()
     }
 
+    /// Submits it as a user would (a finished job with the same spec may answer); the job id.
+    pub fn submit_reusing(&self, server: &str) -> String {
+        let args = ["submit", "--detach", "--targets", "linux/amd64", "."];
+        run(self.cachectl(server, &args)).success("detached submit").stdout.trim().to_owned()
+    }
+
     /// Every job `server` lists, as `cachectl jobs list --json` prints them.
     pub fn jobs(&self, server: &str) -> Vec<serde_json::Value> {
         let listed = run(self.cachectl(server, &["jobs", "list", "--all", "--json", "--limit", "1000"]))

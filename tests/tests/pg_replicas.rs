@@ -108,6 +108,26 @@ fn a_replica_killed_mid_jobs_leaves_every_job_to_the_other() {
     assert!(done.parse::<usize>().unwrap() < JOBS, "replica a died before the jobs were done ({done})");
 }
 
+/// Replicas on one database and one bucket: a job finished through A answers the same
+/// submission through B, which never saw it submitted.
+#[test]
+fn a_job_finished_through_one_replica_answers_the_same_submission_through_another() {
+    let db = Postgres::start();
+    let s3 = cached_e2e::s3::S3Server::start();
+    let database = db.flags();
+    let database: Vec<&str> = database.iter().map(String::as_str).collect();
+    let on_both = || s3.replica_in(tempfile::tempdir().unwrap(), &database);
+    let (a, b) = (on_both(), on_both());
+    let (a_url, b_url) = (a.url(), b.url());
+    let tiny = TinyModule::new();
+    let first = tiny.submit_reusing(&a_url);
+    let _agent = Agent::start(&a_url, "one", 1);
+    let jobs = tiny.wait_finished(&a_url, std::slice::from_ref(&first), Duration::from_secs(120));
+    assert!(succeeded_with_outputs(&jobs[0]), "{jobs:?}");
+    assert_eq!(tiny.submit_reusing(&b_url), first, "B built again what A had finished");
+    assert_eq!(db.query("SELECT count(*) FROM jobs"), "1", "B queued a job");
+}
+
 /// The go version agents report, which jobs are matched against.
 fn go_version() -> String {
     let output = Command::new(go()).args(["env", "GOVERSION"]).output().unwrap();

@@ -10,6 +10,7 @@ use futures::Stream;
 use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobEvent, JobSpec, JobStatus};
 use tokio::sync::watch;
 
+use super::reuse::JobKey;
 use super::{Outcome, Session, Settings};
 use crate::auth::{Grant, LeaseKeys, LiveLeases};
 use crate::error::Result;
@@ -39,6 +40,13 @@ pub trait SchedulerBackend: LiveLeases + Send + Sync + 'static {
     async fn submit(&self, spec: JobSpec, submitter: &str) -> Result<String>;
 
     async fn get(&self, job_id: &str) -> Result<Option<JobStatus>>;
+
+    /// A few finished jobs whose spec has `key` ([`super::reuse`]), newest first, from a
+    /// store replicas share. A backend on one machine keeps no such index: reuse there knows
+    /// its jobs from submitting them and from the jobs it kept.
+    async fn finished_with_key(&self, _key: &JobKey) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 
     /// The job as it is now, and every event after it.
     async fn watch(self: Arc<Self>, job_id: &str) -> Result<(JobStatus, JobEvents)>;

@@ -9,9 +9,9 @@
 //! after validation (which normalises it), so two spellings of one request match, and a
 //! request the current settings refuse is refused before any lookup.
 //!
-//! Which jobs are known: those submitted through this process, and at start the finished jobs
-//! the scheduler keeps. With several replicas on one database, a job finished through another
-//! replica is reused only once this one has seen it submitted; a miss only costs a build.
+//! Which jobs are known: those submitted through this process, at start the finished jobs the
+//! scheduler keeps, and with several replicas on one database, the finished jobs the database
+//! holds under the key (whichever replica they were submitted through).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -49,6 +49,10 @@ impl JobKey {
             }
         }
         Self(*hasher.finalize().as_bytes())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 }
 
@@ -107,27 +111,39 @@ impl FinishedJobs {
         self.lock().insert(key, job_id.to_owned());
     }
 
-    /// The succeeded job with this key whose every result is still in the CAS, if any. A job
-    /// that failed, was deleted or lost a result to eviction is forgotten.
+    /// The succeeded job with this key whose every result is still in the CAS, if any: the
+    /// one this process knows, else those the scheduler's database holds. A known job that
+    /// failed, was deleted or lost a result to eviction is forgotten.
     pub async fn find(&self, scheduler: &dyn SchedulerBackend, key: JobKey) -> Result<Option<JobStatus>> {
-        let Some(job_id) = self.lock().jobs.get(&key).cloned() else { return Ok(None) };
-        let job = scheduler.get(&job_id).await?;
-        let usable = match &job {
+        let known = self.lock().jobs.get(&key).cloned();
+        if let Some(job_id) = known {
+            let job = scheduler.get(&job_id).await?;
             // Still running: a second identical submission builds on its own rather than
             // share a job the first submitter may cancel.
-            Some(job) if job.finished_unix_ms == 0 => return Ok(None),
-            Some(job) => {
-                job.state == JobState::Succeeded as i32
-                    && job.spec.as_ref().is_some_and(|spec| JobKey::of(spec) == key)
-                    && self.results_present(job).await?
+            if job.as_ref().is_some_and(|job| job.finished_unix_ms == 0) {
+                return Ok(None);
             }
-            None => false,
-        };
-        if !usable {
+            if let Some(job) = self.usable(job, key).await? {
+                return Ok(Some(job));
+            }
             self.lock().forget(&key);
-            return Ok(None);
         }
-        Ok(job)
+        for job_id in scheduler.finished_with_key(&key).await? {
+            if let Some(job) = self.usable(scheduler.get(&job_id).await?, key).await? {
+                self.remember(key, &job.job_id);
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The job, if it succeeded under this key and every result is still in the CAS.
+    async fn usable(&self, job: Option<JobStatus>, key: JobKey) -> Result<Option<JobStatus>> {
+        let Some(job) = job else { return Ok(None) };
+        let usable = job.state == JobState::Succeeded as i32
+            && job.spec.as_ref().is_some_and(|spec| JobKey::of(spec) == key)
+            && self.results_present(&job).await?;
+        Ok(usable.then_some(job))
     }
 
     async fn results_present(&self, job: &JobStatus) -> Result<bool> {

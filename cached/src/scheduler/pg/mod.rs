@@ -31,6 +31,7 @@ use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobSpec, JobStatus, TaskStat
 use tokio::sync::{Notify, watch as signal};
 
 use super::backend::{JobEvents, SchedulerBackend, Visible};
+use super::reuse::JobKey;
 use super::workers::Workers;
 use super::{Outcome, Session, Settings, abort, job_namespace, new_job, now_ms, transitions, unknown_job};
 use crate::auth::{Grant, LeaseId, LeaseKeys, LiveLeases};
@@ -210,6 +211,17 @@ impl SchedulerBackend for PgScheduler {
         let client = self.db.client().await?;
         let row = client.query_opt("SELECT record FROM jobs WHERE job_id = $1", &[&job_id]).await?;
         row.map(|row| rows::decode(job_id, row.get(0))).transpose()
+    }
+
+    async fn finished_with_key(&self, key: &JobKey) -> Result<Vec<String>> {
+        let client = self.db.client().await?;
+        let rows = client
+            .query(
+                "SELECT job_id FROM jobs WHERE spec_key = $1 AND finished ORDER BY submitted_ms DESC LIMIT 4",
+                &[&key.as_bytes().as_slice()],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     async fn watch(self: Arc<Self>, job_id: &str) -> Result<(JobStatus, JobEvents)> {

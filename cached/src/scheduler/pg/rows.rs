@@ -6,6 +6,7 @@ use prost::Message;
 use proto::v1::{FencingToken, JobEvent, JobStatus, TaskState};
 use tokio_postgres::Transaction;
 
+use super::super::reuse::JobKey;
 use super::super::store::record;
 use super::super::{Settings, is_index, job_deadline, job_finished, job_namespace};
 use crate::error::{Error, Result};
@@ -92,9 +93,10 @@ fn queued(job: &JobStatus) -> (i32, i32) {
 pub(super) async fn insert(tx: &Transaction<'_>, job: &JobStatus, settings: &Settings) -> Result<()> {
     let (builds, index) = queued(job);
     let priority = job.spec.as_ref().map_or(0, |spec| spec.priority);
+    let spec_key = job.spec.as_ref().map(|spec| JobKey::of(spec).as_bytes().to_vec());
     tx.execute(
         "INSERT INTO jobs (job_id, namespace, finished, queued_builds, queued_index, priority, submitted_ms, \
-         deadline_ms, version, record) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9)",
+         deadline_ms, version, record, spec_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10)",
         &[
             &job.job_id,
             &job_namespace(job),
@@ -105,6 +107,7 @@ pub(super) async fn insert(tx: &Transaction<'_>, job: &JobStatus, settings: &Set
             &job.submitted_unix_ms,
             &job_deadline(settings, job),
             &record::encode(job),
+            &spec_key,
         ],
     )
     .await?;
