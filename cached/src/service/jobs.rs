@@ -8,8 +8,8 @@ use futures::Stream;
 use proto::v1::jobs_server::Jobs;
 use proto::v1::workers_server::Workers;
 use proto::v1::{
-    CancelRequest, CancelResponse, CompleteRequest, CompleteResponse, JobEvent, JobSpec, JobStatus,
-    LeaseRequest, LeaseResponse, ListRequest, ListResponse, ProgressRequest, ProgressResponse, SubmitRequest,
+    CancelRequest, CancelResponse, CompleteRequest, CompleteResponse, JobEvent, JobSpec, LeaseRequest,
+    LeaseResponse, ListRequest, ListResponse, ProgressRequest, ProgressResponse, SubmitRequest,
     SubmitResponse, WatchRequest, complete_request, job_event::Kind, lease_request,
 };
 use tokio::sync::mpsc;
@@ -45,21 +45,20 @@ impl JobsService {
         Self { scheduler, finished }
     }
 
-    /// A succeeded job with the same spec whose results are all in the CAS. A spec the
-    /// current settings refuse finds none: `submit_new` says why.
-    async fn reusable(&self, spec: &JobSpec) -> Result<Option<JobStatus>, Error> {
+    /// The key of the spec as the scheduler will store it (validation normalises it); none for
+    /// a spec the current settings refuse, which `submit` then refuses with the reason.
+    fn key_of(&self, spec: &JobSpec) -> Option<JobKey> {
         let mut checked = spec.clone();
-        if validate::check_spec(&mut checked, self.scheduler.settings()).is_err() {
-            return Ok(None);
-        }
-        self.finished.find(&*self.scheduler, JobKey::of(&checked)).await
+        validate::check_spec(&mut checked, self.scheduler.settings()).ok()?;
+        Some(JobKey::of(&checked))
     }
 
-    /// Queues the job and remembers it, so the next identical submission can reuse it.
-    async fn submit_new(&self, spec: JobSpec, submitter: &str) -> Result<String, Error> {
+    /// Queues the job and remembers it under `key`, so the next identical submission can
+    /// reuse it.
+    async fn submit_new(&self, spec: JobSpec, key: Option<JobKey>, submitter: &str) -> Result<String, Error> {
         let job_id = self.scheduler.submit(spec, submitter).await?;
-        if let Some(stored) = self.scheduler.get(&job_id).await?.and_then(|job| job.spec) {
-            self.finished.remember(JobKey::of(&stored), &job_id);
+        if let Some(key) = key {
+            self.finished.remember(key, &job_id);
         }
         Ok(job_id)
     }
@@ -86,13 +85,14 @@ impl Jobs for JobsService {
         let ns = namespace(&spec.namespace)?.to_owned();
         let grant = auth::check_namespace(&extensions, &ns)?;
         let (packages, targets) = (spec.packages.join(" "), spec.targets.len());
-        let reused = match request.rebuild {
-            true => None,
-            false => self.reusable(&spec).await?,
+        let key = self.key_of(&spec);
+        let reused = match key {
+            Some(key) if !request.rebuild => self.finished.find(&*self.scheduler, key).await?,
+            _ => None,
         };
         let result = match &reused {
             Some(job) => Ok(job.job_id.clone()),
-            None => self.submit_new(spec, &grant.token).await,
+            None => self.submit_new(spec, key, &grant.token).await,
         };
         // A job runs the submitter's source on the agents: who asked for what is on record.
         tracing::info!(
