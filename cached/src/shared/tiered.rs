@@ -79,8 +79,7 @@ impl Tiered {
 
     /// Copies an object's frames into the local tier through verification; returns their bytes.
     fn copy_verified(&self, digest: &Digest, mut frames: ObjectFrames) -> Result<u64, FillError> {
-        let held = self.local.clone();
-        let evictable = Box::new(move || held.totals().stored_bytes);
+        let evictable = crate::store::evictable(&self.local);
         let local = SpaceGuarded::new(Verified::new(self.local.clone()), Arc::clone(&self.space), evictable);
         let mut writer = local.write(digest).map_err(FillError::Local)?;
         let mut stored_bytes = 0u64;

@@ -167,11 +167,16 @@ fn decorated(
     space: &Arc<FreeSpace>,
     counters: &Arc<StoreCounters>,
 ) -> SharedStore {
-    let held: Arc<dyn StoreUsage> = Arc::new(rocks.clone());
     Arc::new(Metered::new(
-        SpaceGuarded::new(verified, Arc::clone(space), Box::new(move || held.totals().stored_bytes)),
+        SpaceGuarded::new(verified, Arc::clone(space), evictable(rocks)),
         Arc::clone(counters),
     ))
+}
+
+/// What eviction could give back of `rocks`: every byte it stores.
+pub fn evictable(rocks: &RocksStore) -> Evictable {
+    let held = rocks.clone();
+    Box::new(move || held.totals().stored_bytes)
 }
 
 /// The eviction budget a configuration asks for.
