@@ -8,7 +8,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::workspace::{copy_dir, gomodcache, proxy, sealed_go_env};
+use crate::workspace::{copy_dir, gomodcache, proxy, sealed_go_env, sibling_or};
+
+/// The flags of a driver that runs cached and runner agents as processes.
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    /// Builds each agent runs at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: u32,
+    /// Where the release binaries of cached, runner-agent and cachectl are [default: next to
+    /// this binary].
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The directory of the cached, runner-agent and cachectl binaries, each checked to be there.
+    pub fn bin(&self) -> Result<PathBuf, String> {
+        let mut bin = PathBuf::new();
+        for name in ["cached", "runner-agent", "cachectl"] {
+            let found = sibling_or(self.bin_dir.as_ref().map(|dir| dir.join(name)), name)?;
+            bin = found.parent().map(Path::to_owned).unwrap_or_default();
+        }
+        Ok(bin)
+    }
+}
 
 /// The go environment of every command: the shared module cache (no network once it is
 /// filled), this run's GOCACHE and HOME, no cgo.

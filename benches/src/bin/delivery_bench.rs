@@ -32,9 +32,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cached_benches::cluster::{Cluster, GoBench, free_addr, run, wait_listening};
+use cached_benches::cluster::{Cluster, ClusterArgs, GoBench, free_addr, run, wait_listening};
 use cached_benches::report::{cell, load, median};
-use cached_benches::workspace::{copy_dir, sibling_or, wipe};
+use cached_benches::workspace::{copy_dir, wipe};
 use clap::Parser as _;
 
 const MODULE: &str = "github.com/google/go-containerregistry";
@@ -58,13 +58,8 @@ struct Args {
     /// The go-containerregistry version whose crane is built.
     #[arg(long, default_value = DEFAULT_VERSION)]
     version: String,
-    /// Builds each agent runs at once.
-    #[arg(long, default_value_t = 1)]
-    concurrency: u32,
-    /// Where the release binaries of cached, runner-agent and cachectl are [default: next to
-    /// this binary].
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 struct Settings {
@@ -76,17 +71,18 @@ struct Settings {
 
 impl Args {
     fn settings(self) -> Result<Settings, String> {
-        let mut bin = PathBuf::new();
-        for name in ["cached", "runner-agent", "cachectl"] {
-            let found = sibling_or(self.bin_dir.as_ref().map(|dir| dir.join(name)), name)?;
-            bin = found.parent().map(Path::to_owned).unwrap_or_default();
-        }
+        let bin = self.cluster.bin()?;
         for tool in [REGISTRY_TOOL, "skopeo", "openssl", "go"] {
             if which(tool).is_none() {
                 return Err(format!("{tool} is not on PATH: source scripts/setup first"));
             }
         }
-        Ok(Settings { runs: self.runs.max(1), version: self.version, concurrency: self.concurrency, bin })
+        Ok(Settings {
+            runs: self.runs.max(1),
+            version: self.version,
+            concurrency: self.cluster.concurrency,
+            bin,
+        })
     }
 }
 

@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cached_benches::cluster::{Cluster, GoBench, run};
+use cached_benches::cluster::{Cluster, ClusterArgs, GoBench, run};
 use cached_benches::report::{cell, load, ratio};
-use cached_benches::workspace::{copy_dir, sibling_or, wipe};
+use cached_benches::workspace::{copy_dir, wipe};
 use clap::Parser as _;
 
 const GOPLS: &str = "golang.org/x/tools/gopls";
@@ -55,23 +55,19 @@ struct Args {
     /// The gopls version to build.
     #[arg(long, default_value = DEFAULT_VERSION)]
     version: String,
-    /// Builds each agent runs at once.
-    #[arg(long, default_value_t = 1)]
-    concurrency: u32,
-    /// Where the release binaries of cached, runner-agent and cachectl are [default: next to
-    /// this binary].
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 impl Args {
     fn settings(self) -> Result<Settings, String> {
-        let mut bin = PathBuf::new();
-        for name in ["cached", "runner-agent", "cachectl"] {
-            let found = sibling_or(self.bin_dir.as_ref().map(|dir| dir.join(name)), name)?;
-            bin = found.parent().map(Path::to_owned).unwrap_or_default();
-        }
-        Ok(Settings { runs: self.runs.max(1), version: self.version, concurrency: self.concurrency, bin })
+        let bin = self.cluster.bin()?;
+        Ok(Settings {
+            runs: self.runs.max(1),
+            version: self.version,
+            concurrency: self.cluster.concurrency,
+            bin,
+        })
     }
 }
 
