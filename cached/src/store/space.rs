@@ -9,10 +9,12 @@
 //!
 //! An upload is judged at its header by its declared (uncompressed) size. Beyond the most the
 //! store could still take (the room above the floor plus all it holds, which eviction can give
-//! back) it is refused for good. Beyond the room above the floor now it is refused too, since
-//! it would be cut off on the way, and housekeeping is asked to make that room: otherwise a
-//! disk just above its floor refuses every upload at commit and never looks full to
-//! housekeeping. While an upload streams the disk is measured again every `RECHECK_EVERY`
+//! back) it is refused for good. One of at most `HEADROOM` beyond the room above the floor now
+//! is refused too, since it would be cut off on the way, and housekeeping is asked to make that
+//! room: otherwise a disk just above its floor refuses every upload at commit and never looks
+//! full to housekeeping. A larger one is let in and measured as it streams: a header alone,
+//! which costs a client nothing, never makes housekeeping evict more than `HEADROOM` past the
+//! floor. While an upload streams the disk is measured again every `RECHECK_EVERY`
 //! stored bytes, and an upload that takes it below the floor is cut off and stores nothing.
 //! Housekeeping, once it acts, frees `HEADROOM` beyond what was short, so the uploads that
 //! were waiting fit again.
@@ -111,7 +113,7 @@ impl FreeSpace {
                 self.floor
             )));
         }
-        if digest.size > room_now {
+        if digest.size > room_now && digest.size <= HEADROOM {
             self.wanted.fetch_max(digest.size, Ordering::Relaxed);
             return Err(Error::ResourceExhausted(format!(
                 "the server's disk is nearly full: blob {digest} needs more than the {room_now} bytes \
@@ -338,6 +340,21 @@ mod tests {
             panic!("housekeeping made no room for the refused upload")
         };
         assert_eq!(blobs, 1);
+    }
+
+    /// Declaring a blob costs a client nothing: a header alone must not make housekeeping evict
+    /// the store to make room for it.
+    #[test]
+    fn a_large_declared_upload_near_the_floor_is_measured_as_it_streams_and_evicts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("db"));
+        store_blob(&store, b"kept");
+        let available = FreeSpace::new(dir.path().to_owned(), 1).available().unwrap();
+        let space = FreeSpace::new(dir.path().to_owned(), available - (16 << 20));
+        let declared = Digest { hash: [8; 32], size: 1 << 30 };
+        space.admit(&declared, 4 << 30).expect("let in, to be cut off if it really crosses the floor");
+        assert_eq!(reclaim(&store, &space).unwrap(), Reclaimed::NotNeeded);
+        assert_eq!(store.totals().blobs, 1, "a header made housekeeping evict");
     }
 
     #[test]
