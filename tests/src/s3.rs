@@ -65,6 +65,11 @@ impl S3Server {
         }
     }
 
+    /// What the server logged so far, for a failure message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("versitygw.log")).unwrap_or_default()
+    }
+
     /// SIGKILL: the service is gone until `resume`.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -212,7 +212,12 @@ fn every_put_a_killed_replica_acknowledged_reads_back_through_another() {
         let deadline = Instant::now() + Duration::from_secs(240);
         while acknowledged.lock().unwrap().len() < (PUTS / 5) as usize {
             let count = acknowledged.lock().unwrap().len();
-            assert!(Instant::now() < deadline, "A acknowledged {count} of {PUTS} puts in 240 s");
+            assert!(
+                Instant::now() < deadline,
+                "A acknowledged {count} of {PUTS} puts in 240 s\nA's log:\n{}\nversitygw's log:\n{}",
+                a.log(),
+                s3.log()
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         a.kill();
