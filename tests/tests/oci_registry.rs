@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cached_e2e::postgres::Postgres;
+use cached_e2e::s3::S3Server;
 use cached_e2e::{Daemon, binary, free_port, tool};
 
 /// A cached with the registry on its own port, and the secrets of its tokens by name.
@@ -109,6 +111,22 @@ fn sha256(bytes: &[u8]) -> String {
 #[test]
 fn the_distribution_spec_conformance_suite_passes() {
     let server = Server::start(&[("ci", "read,cas-write,ac-write,admin")]);
+    assert_conformance(&server);
+}
+
+/// The same suite with the registry's records in PostgreSQL, as replicas keep them (that they
+/// are there is the next test's: the suite deletes what it pushed).
+#[test]
+fn the_conformance_suite_passes_with_the_records_in_postgresql() {
+    let db = Postgres::start();
+    let flags = db.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = Server::start_with(&[("ci", "read,cas-write,ac-write,admin")], &flags);
+    assert_conformance(&server);
+}
+
+/// Runs the conformance suite (every API, the optional ones included) against `server`.
+fn assert_conformance(server: &Server) {
     let results = tempfile::tempdir().unwrap();
     let output = Command::new(tool("oci-conformance"))
         .current_dir(results.path())
@@ -143,7 +161,6 @@ fn the_distribution_spec_conformance_suite_passes() {
         let line = report.lines().find(|line| line.trim_start().starts_with(api)).unwrap_or_default();
         assert!(line.ends_with("Pass"), "{api} did not pass: {line:?}\n{report}");
     }
-    drop(server.daemon);
 }
 
 #[test]
@@ -477,4 +494,56 @@ fn publishing_to_cached_sends_no_blob_the_cas_already_holds() {
         None,
     );
     assert_eq!(pulled.status, 200, "the linked layer is pullable at once");
+}
+
+/// A replica on `s3`'s bucket and `db`, its registry on a port of its own (no tokens: loopback).
+fn registry_replica(s3: &S3Server, db: &Postgres) -> (Daemon, String) {
+    let registry = format!("127.0.0.1:{}", free_port());
+    let mut flags = vec!["--registry-listen".to_owned(), registry.clone()];
+    flags.extend(db.flags());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let daemon = s3.replica_in(tempfile::tempdir().unwrap(), &flags);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(&registry).is_err() {
+        assert!(Instant::now() < deadline, "the registry did not listen on {registry} within 30s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (daemon, registry)
+}
+
+/// Replicas share the registry: blobs are in the bucket, manifests and tags in PostgreSQL, so
+/// what is pushed, tagged or deleted through one replica is what the other serves.
+#[test]
+fn an_image_pushed_through_one_replica_is_pulled_tagged_and_deleted_through_another() {
+    let (s3, db) = (S3Server::start(), Postgres::start());
+    let ((a, a_registry), (_b, b_registry)) = (registry_replica(&s3, &db), registry_replica(&s3, &db));
+    let dir = tempfile::tempdir().unwrap();
+    let amd64 = hello_binary("amd64", dir.path());
+    run(Command::new(binary("cachectl"))
+        .args(["--server", &a.url(), "image", "--name", "hello"])
+        .arg("--platform")
+        .arg(format!("linux/amd64={}", amd64.display()))
+        .args(["--push", &format!("{a_registry}/main/hello:v1")]));
+
+    let crane = |args: &[&str]| run(Command::new(tool("crane")).arg("--insecure").args(args));
+    let (through_a, through_b) = (format!("{a_registry}/main/hello"), format!("{b_registry}/main/hello"));
+    let index = crane(&["manifest", &format!("{through_a}:v1")]);
+    assert_eq!(crane(&["manifest", &format!("{through_b}:v1")]), index, "the same bytes through B");
+    let tar = dir.path().join("fs.tar");
+    crane(&["export", "--platform", "linux/amd64", &format!("{through_b}:v1"), &tar.display().to_string()]);
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&root));
+    assert_eq!(std::fs::read(root.join("app/hello")).unwrap(), std::fs::read(&amd64).unwrap());
+
+    crane(&["tag", &format!("{through_b}:v1"), "v2"]);
+    assert_eq!(crane(&["ls", &through_a]), "v1\nv2\n", "a tag made through B is listed through A");
+    let digest = crane(&["digest", &format!("{through_b}:v2")]);
+    crane(&["delete", &format!("{through_a}@{}", digest.trim())]);
+    let gone =
+        Command::new(tool("crane")).arg("--insecure").args(["manifest", &format!("{through_b}:v1")]).output();
+    let gone = gone.unwrap();
+    assert!(!gone.status.success(), "deleted through A, still served through B");
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("MANIFEST_UNKNOWN"), "{gone:?}");
+    assert_eq!(crane(&["ls", &through_b]), "", "its tags went with it");
 }

@@ -19,8 +19,8 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// Moves the scheduler and the build records of `backends` to the database: opens it (applying
-/// migrations) and returns the scheduler every replica shares.
+/// Moves the scheduler, the build records and the registry's records of `backends` to the
+/// database: opens it (applying migrations) and returns the scheduler every replica shares.
 pub async fn attach(
     settings: &DatabaseSettings,
     backends: &mut crate::backend::Backends,
@@ -28,6 +28,7 @@ pub async fn attach(
 ) -> crate::error::Result<std::sync::Arc<dyn crate::scheduler::backend::SchedulerBackend>> {
     let db = Database::open(settings).await?;
     backends.build_records = std::sync::Arc::new(crate::builds::PgBuildRecords::new(db.clone()));
+    backends.registry = std::sync::Arc::new(crate::registry::PgRegistry::new(db.clone()));
     let scheduler = crate::scheduler::pg::PgScheduler::open(db, scheduler).await?;
     Ok(scheduler)
 }

@@ -16,6 +16,7 @@ mod errors;
 mod listen;
 mod manifests;
 mod names;
+mod pg;
 mod records;
 mod referrers;
 mod rocks;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 pub use errors::{Code, RegistryError};
 pub use names::{Repository, Sha256Digest};
+pub use pg::PgRegistry;
 pub use records::{ManifestWrite, RegistryRecords, StoredManifest};
 pub use rocks::RocksRegistry;
 

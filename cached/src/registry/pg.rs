@@ -1,0 +1,213 @@
+//! The registry's records in PostgreSQL (migration V4), shared by every replica: an image
+//! pushed through one replica is pullable through any other (its blobs are CAS blobs in the
+//! shared bucket). Tags and referrer entries reference their manifest, so deleting it takes
+//! them along in the database itself. The trait blocks (its callers run in blocking tasks), so
+//! each call drives its query on the runtime it was made in.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use proto::Digest;
+use tokio::runtime::Handle;
+
+use super::names::{Repository, Sha256Digest};
+use super::records::{ManifestWrite, RegistryRecords, StoredManifest};
+use crate::error::{Error, Result};
+use crate::postgres::Database;
+
+pub struct PgRegistry {
+    db: Database,
+    runtime: Handle,
+}
+
+impl PgRegistry {
+    /// Call from within the runtime that will run its queries.
+    pub fn new(db: Database) -> Self {
+        Self { db, runtime: Handle::current() }
+    }
+
+    fn run<T>(&self, query: impl Future<Output = Result<T>>) -> Result<T> {
+        self.runtime.block_on(query)
+    }
+}
+
+fn sha256_of(value: &[u8]) -> Result<Sha256Digest> {
+    <[u8; 32]>::try_from(value)
+        .map(Sha256Digest)
+        .map_err(|_| Error::Corrupt("a registry digest in the database is not 32 bytes".to_owned()))
+}
+
+fn cas_digest(hash: &[u8], size: i64) -> Result<Digest> {
+    let corrupt = || Error::Corrupt("a registry blob row in the database is malformed".to_owned());
+    let hash = <[u8; 32]>::try_from(hash).map_err(|_| corrupt())?;
+    Ok(Digest { hash, size: u64::try_from(size).map_err(|_| corrupt())? })
+}
+
+impl RegistryRecords for PgRegistry {
+    fn blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<Option<Digest>> {
+        self.run(async {
+            let client = self.db.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT cas_hash, cas_size FROM registry_blobs WHERE repository = $1 AND sha256 = $2",
+                    &[&repo.as_str(), &sha256.0.as_slice()],
+                )
+                .await?;
+            row.map(|row| cas_digest(row.get(0), row.get(1))).transpose()
+        })
+    }
+
+    fn link_blob(&self, repo: &Repository, sha256: &Sha256Digest, digest: &Digest) -> Result<()> {
+        let size = i64::try_from(digest.size)
+            .map_err(|_| Error::InvalidArgument(format!("blob {digest} is too large to record")))?;
+        self.run(async {
+            let client = self.db.client().await?;
+            client
+                .execute(
+                    "INSERT INTO registry_blobs (repository, sha256, cas_hash, cas_size) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (repository, sha256) \
+                     DO UPDATE SET cas_hash = excluded.cas_hash, cas_size = excluded.cas_size",
+                    &[&repo.as_str(), &sha256.0.as_slice(), &digest.hash.as_slice(), &size],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn unlink_blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<bool> {
+        self.run(async {
+            let client = self.db.client().await?;
+            let deleted = client
+                .execute(
+                    "DELETE FROM registry_blobs WHERE repository = $1 AND sha256 = $2",
+                    &[&repo.as_str(), &sha256.0.as_slice()],
+                )
+                .await?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn manifest(&self, repo: &Repository, digest: &Sha256Digest) -> Result<Option<StoredManifest>> {
+        self.run(async {
+            let client = self.db.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT media_type, body FROM registry_manifests WHERE repository = $1 AND digest = $2",
+                    &[&repo.as_str(), &digest.0.as_slice()],
+                )
+                .await?;
+            Ok(row.map(|row| StoredManifest {
+                media_type: row.get(0),
+                bytes: Bytes::from(row.get::<_, Vec<u8>>(1)),
+            }))
+        })
+    }
+
+    fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<()> {
+        let (repo, digest) = (repo.as_str(), write.digest.0.as_slice());
+        self.run(async {
+            let mut client = self.db.client().await?;
+            let tx = client.transaction().await?;
+            tx.execute(
+                "INSERT INTO registry_manifests (repository, digest, media_type, body) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (repository, digest) \
+                 DO UPDATE SET media_type = excluded.media_type, body = excluded.body",
+                &[&repo, &digest, &write.manifest.media_type, &write.manifest.bytes.as_ref()],
+            )
+            .await?;
+            if let Some(tag) = write.tag {
+                tx.execute(
+                    "INSERT INTO registry_tags (repository, tag, digest) VALUES ($1, $2, $3) \
+                     ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest",
+                    &[&repo, &tag, &digest],
+                )
+                .await?;
+            }
+            if let Some((subject, descriptor)) = &write.referrer {
+                tx.execute(
+                    "INSERT INTO registry_referrers (repository, subject, referrer, descriptor) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (repository, subject, referrer) \
+                     DO UPDATE SET descriptor = excluded.descriptor",
+                    &[&repo, &subject.0.as_slice(), &digest, descriptor],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn delete_manifest(
+        &self,
+        repo: &Repository,
+        digest: &Sha256Digest,
+        _subject: Option<&Sha256Digest>,
+    ) -> Result<bool> {
+        self.run(async {
+            let client = self.db.client().await?;
+            let deleted = client
+                .execute(
+                    "DELETE FROM registry_manifests WHERE repository = $1 AND digest = $2",
+                    &[&repo.as_str(), &digest.0.as_slice()],
+                )
+                .await?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn tag(&self, repo: &Repository, tag: &str) -> Result<Option<Sha256Digest>> {
+        self.run(async {
+            let client = self.db.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT digest FROM registry_tags WHERE repository = $1 AND tag = $2",
+                    &[&repo.as_str(), &tag],
+                )
+                .await?;
+            row.map(|row| sha256_of(row.get(0))).transpose()
+        })
+    }
+
+    fn delete_tag(&self, repo: &Repository, tag: &str) -> Result<bool> {
+        self.run(async {
+            let client = self.db.client().await?;
+            let deleted = client
+                .execute(
+                    "DELETE FROM registry_tags WHERE repository = $1 AND tag = $2",
+                    &[&repo.as_str(), &tag],
+                )
+                .await?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn tags(&self, repo: &Repository, last: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(async {
+            let client = self.db.client().await?;
+            // Without `last`, every tag is after the empty string.
+            let rows = client
+                .query(
+                    "SELECT tag FROM registry_tags WHERE repository = $1 AND tag > $2 ORDER BY tag LIMIT $3",
+                    &[&repo.as_str(), &last.unwrap_or(""), &limit],
+                )
+                .await?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+    }
+
+    fn referrers(&self, repo: &Repository, subject: &Sha256Digest, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(async {
+            let client = self.db.client().await?;
+            let rows = client
+                .query(
+                    "SELECT descriptor FROM registry_referrers WHERE repository = $1 AND subject = $2 \
+                     ORDER BY referrer LIMIT $3",
+                    &[&repo.as_str(), &subject.0.as_slice(), &limit],
+                )
+                .await?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+    }
+}
