@@ -174,10 +174,16 @@ fn every_option_renders_valid_manifests() {
             "Service",
             "Service",
             "Service",
+            "Service",
             "ServiceAccount",
             "ServiceMonitor",
             "StatefulSet"
         ]
+    );
+    assert!(
+        manifests.contains("registry_listen = \"0.0.0.0:5000\"")
+            && manifests.contains("sessionAffinity: ClientIP"),
+        "the registry's listener and its Service, one replica per client:\n{manifests}"
     );
     assert_valid(&manifests);
     // KEDA makes its own autoscaler; without it the chart's HorizontalPodAutoscaler takes over.
@@ -274,14 +280,16 @@ fn cached_toml(manifests: &str) -> String {
 
 /// cached refuses an unknown key or a bad value at start, so starting it on the rendered file
 /// proves the chart writes only settings cached has. Paths of Secrets the test has not got
-/// (TLS, the bucket, the database) are emptied by flags, which win over the file.
+/// (TLS, the bucket, the database) are emptied by flags, which win over the file, and the
+/// listeners are moved to loopback.
 #[test]
 fn cached_starts_with_the_config_the_chart_renders() {
     let all_options = all_options();
     for values in [&[][..], &["-f", &all_options]] {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("cached.toml");
-        std::fs::write(&config, cached_toml(&render(values))).expect("config file");
+        let toml = cached_toml(&render(values));
+        std::fs::write(&config, &toml).expect("config file");
         let tokens = dir.path().join("tokens.toml");
         let made = Command::new(binary("cached"))
             .args(["token", "new", "--name", "ci", "--scopes", "read", "--namespaces", "*", "--secret-file"])
@@ -300,6 +308,9 @@ fn cached_starts_with_the_config_the_chart_renders() {
             .arg("--data-dir")
             .arg(dir.path().join("db"))
             .args(["--listen", &listen, "--metrics-listen", "off"]);
+        if toml.contains("registry_listen") {
+            command.args(["--registry-listen", &format!("127.0.0.1:{}", free_port())]);
+        }
         for setting in [
             "--tls-cert",
             "--tls-key",
