@@ -576,6 +576,10 @@ fn registry_settings<'a>(
         listen,
         upload_timeout,
         max_uploads_per_namespace: get("registry_max_uploads").count()? as usize,
+        upload_pace: crate::conn::Pace {
+            idle: get("idle_timeout").duration()?,
+            min_rate: get("min_transfer_rate").size()?,
+        },
     }))
 }
 

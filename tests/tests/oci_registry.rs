@@ -294,6 +294,36 @@ fn bad_input_stores_nothing() {
     assert!(tags.body.contains("\"tags\":[]"), "{}", tags.body);
 }
 
+/// A client trickling an upload (a byte now and then, never idle for `idle_timeout`) would
+/// hold an upload slot for ever: below `min_transfer_rate` it is cut off, and the blob it was
+/// sending is not stored.
+#[test]
+fn an_upload_slower_than_min_transfer_rate_is_cut_off() {
+    let flags = ["--idle-timeout", "2s", "--min-transfer-rate", "64KiB"];
+    let server = Server::start_with(&[("ci", "read,cas-write")], &flags);
+    let secret = Some(server.secret("ci"));
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("blob");
+    let bytes = vec![7u8; 256 << 10];
+    std::fs::write(&blob, &bytes).unwrap();
+    let digest = sha256(&bytes);
+    let upload = server.url(&format!("/v2/main/app/blobs/uploads/?digest={digest}"));
+    // 4 KiB/s: 64 s for the blob, never a second without a byte.
+    let started = Instant::now();
+    let slow = curl("POST", &upload, secret, &["--limit-rate", "4K", "--max-time", "40"], Some(&blob));
+    assert_eq!(slow.status, 400, "{:?} after {:?}", slow.body, started.elapsed());
+    assert!(
+        slow.body.contains("BLOB_UPLOAD_INVALID") && slow.body.contains("min_transfer_rate"),
+        "{}",
+        slow.body
+    );
+    let head = server.url(&format!("/v2/main/app/blobs/{digest}"));
+    assert_eq!(curl("HEAD", &head, secret, &[], None).status, 404, "nothing was stored");
+    // At full speed the same upload goes through.
+    assert_eq!(curl("POST", &upload, secret, &[], Some(&blob)).status, 201);
+    assert_eq!(curl("HEAD", &head, secret, &[], None).status, 200);
+}
+
 #[test]
 fn without_tokens_the_registry_stays_on_loopback() {
     let data = tempfile::tempdir().unwrap();

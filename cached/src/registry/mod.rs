@@ -47,6 +47,9 @@ pub struct RegistrySettings {
     /// An upload untouched this long is dropped with its spooled bytes.
     pub upload_timeout: Duration,
     pub max_uploads_per_namespace: usize,
+    /// How long an upload's body may keep the server waiting (`idle_timeout`,
+    /// `min_transfer_rate`), as gRPC uploads are held to it.
+    pub upload_pace: crate::conn::Pace,
 }
 
 /// Everything a registry request may use.
@@ -77,6 +80,7 @@ impl Registry {
             timeout: settings.upload_timeout,
             per_namespace: settings.max_uploads_per_namespace,
             max_blob_size: cas.limits().max_blob_size,
+            pace: settings.upload_pace,
         };
         let uploads = uploads::Uploads::open(spool, limits)
             .map_err(|err| Error::Internal(format!("registry upload directory: {err}")))?;

@@ -31,11 +31,13 @@ use super::names::{Repository, Sha256Digest};
 use super::routes::Call;
 use crate::auth::Scope;
 use crate::cas::Encoding;
+use crate::conn::Pace;
 
 pub(super) struct UploadLimits {
     pub timeout: Duration,
     pub per_namespace: usize,
     pub max_blob_size: u64,
+    pub pace: Pace,
 }
 
 /// The open sessions and their spool directory.
@@ -229,7 +231,7 @@ pub(super) async fn patch(
     let entry = registry.uploads.get(repo, id)?;
     let mut session = entry.session.lock().await;
     check_content_range(&call, repo, id, session.written)?;
-    if let Err(err) = append(&mut session, call.body, registry.uploads.limits.max_blob_size).await {
+    if let Err(err) = append(&mut session, call.body, &registry.uploads.limits).await {
         drop(session);
         registry.uploads.remove(id);
         return Err(err);
@@ -291,11 +293,26 @@ pub(super) async fn cancel(registry: &Registry, repo: &Repository, id: &str) -> 
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Appends `body` to the session's spool file, hashing it, within `max` bytes in all.
-async fn append(session: &mut Session, body: Body, max: u64) -> RegistryResult<()> {
+/// Appends `body` to the session's spool file, hashing it, within `max` bytes in all. A body
+/// that keeps the server waiting longer than `pace` allows is cut off: otherwise a client
+/// trickling a byte now and then holds an upload slot for ever.
+async fn append(session: &mut Session, body: Body, limits: &UploadLimits) -> RegistryResult<()> {
+    let max = limits.max_blob_size;
     let mut file = tokio::fs::OpenOptions::new().append(true).open(&session.path).await.map_err(io_error)?;
     let mut data = body.into_data_stream();
-    while let Some(chunk) = data.next().await {
+    let (mut waited, mut received) = (Duration::ZERO, 0u64);
+    loop {
+        let allowance = limits.pace.allowance(waited, received);
+        let started = Instant::now();
+        let Ok(next) = tokio::time::timeout(allowance, data.next()).await else {
+            let why = limits.pace.overdue(waited, allowance, received).unwrap_or_default();
+            return Err(RegistryError::new(
+                Code::BlobUploadInvalid,
+                format!("the upload was cut off for being too slow ({why})"),
+            ));
+        };
+        waited += started.elapsed();
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|err| {
             RegistryError::new(Code::BlobUploadInvalid, format!("the upload was cut off: {err}"))
         })?;
@@ -310,6 +327,7 @@ async fn append(session: &mut Session, body: Body, max: u64) -> RegistryResult<(
         session.sha256.update(&chunk);
         session.blake3.update(&chunk);
         session.written += chunk.len() as u64;
+        received += chunk.len() as u64;
     }
     file.flush().await.map_err(io_error)
 }
@@ -324,7 +342,7 @@ async fn complete(
     expected: Sha256Digest,
 ) -> RegistryResult<()> {
     let mut session = entry.session.lock().await;
-    append(&mut session, body, registry.uploads.limits.max_blob_size).await?;
+    append(&mut session, body, &registry.uploads.limits).await?;
     let actual = Sha256Digest(session.sha256.clone().finalize().into());
     if actual != expected {
         return Err(RegistryError::new(
@@ -381,7 +399,8 @@ mod tests {
     use super::*;
 
     fn uploads(dir: &std::path::Path, timeout: Duration) -> Uploads {
-        let limits = UploadLimits { timeout, per_namespace: 2, max_blob_size: 1 << 20 };
+        let pace = Pace { idle: Duration::from_secs(60), min_rate: 0 };
+        let limits = UploadLimits { timeout, per_namespace: 2, max_blob_size: 1 << 20, pace };
         Uploads::open(dir.join("spool"), limits).unwrap()
     }
 
