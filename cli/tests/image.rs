@@ -189,6 +189,183 @@ fn layouts_are_byte_identical_across_directories_and_flag_order() {
     assert_eq!(index_entry(a)["annotations"]["org.opencontainers.image.ref.name"], "v1");
 }
 
+/// Writes `contents` at `path` under `root`, making its directories.
+fn write_file(root: &Path, path: &str, contents: &str) {
+    let file = root.join(path);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(file, contents).unwrap();
+}
+
+/// A blob of the layout, parsed as JSON.
+fn blob_json(layout: &Path, digest: &Value) -> Value {
+    let name = digest.as_str().unwrap().trim_start_matches("sha256:");
+    serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(name)).unwrap()).unwrap()
+}
+
+/// The paths of the regular files in a gzip layer of the layout, without a leading `./`.
+fn layer_files(layout: &Path, digest: &Value) -> Vec<String> {
+    let name = digest.as_str().unwrap().trim_start_matches("sha256:");
+    let blob = layout.join("blobs/sha256").join(name);
+    // `tar -tv` lines start with the entry's type; the fixtures' paths have no spaces.
+    run("tar", &["-tvzf", s(&blob)])
+        .lines()
+        .filter(|line| line.starts_with('-'))
+        .filter_map(|line| line.split_whitespace().last())
+        .map(|entry| entry.trim_start_matches("./").to_owned())
+        .collect()
+}
+
+/// `--layer OS/ARCH=DIR` puts a tree in that platform's image only, a plain `--layer DIR` in
+/// every platform's: each manifest has exactly the shared trees and its own, in command-line
+/// order, under the binary. From copies of the trees elsewhere and with the platforms given in
+/// the other order, the layout is byte for byte the same.
+#[test]
+fn per_platform_layers_go_into_their_own_platform_image_only() {
+    let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut reports = Vec::new();
+    let mut layouts = Vec::new();
+    for (run, reversed) in [(0, false), (1, true)] {
+        let trees = dir.path().join(format!("trees-{run}"));
+        write_file(&trees.join("shared"), "etc/passwd", "nonroot:x:65532:65532::/:/sbin/nologin\n");
+        write_file(&trees.join("amd64"), "lib/x86_64-linux-gnu/libc.so.6", "amd64 libc");
+        write_file(&trees.join("arm64"), "lib/aarch64-linux-gnu/libc.so.6", "arm64 libc");
+        write_file(&trees.join("arm64-go"), "usr/local/go/VERSION", "go1.26 linux/arm64");
+        let mut platforms = ["linux/amd64", "linux/arm64"];
+        if reversed {
+            platforms.reverse();
+        }
+        let mut args = Vec::new();
+        for platform in platforms {
+            args.extend([
+                "--platform".to_owned(),
+                format!("{platform}={}", fixture.path(platform).display()),
+            ]);
+        }
+        for layer in [
+            format!("linux/arm64={}", trees.join("arm64").display()),
+            trees.join("shared").display().to_string(),
+            format!("linux/amd64={}", trees.join("amd64").display()),
+            format!("linux/arm64={}", trees.join("arm64-go").display()),
+        ] {
+            args.extend(["--layer".to_owned(), layer]);
+        }
+        let layout = dir.path().join(format!("layout-{run}"));
+        args.extend(strings(&["--name", "hello", "--no-cache", "--tag", "v1", "--oci-layout", s(&layout)]));
+        reports.push(image(&args));
+        layouts.push(layout);
+    }
+
+    let (report, layout) = (&reports[0], &layouts[0]);
+    let trees = report["layers"].as_array().unwrap();
+    let scopes: Vec<&Value> = trees.iter().map(|tree| &tree["platform"]).collect();
+    assert_eq!(
+        scopes,
+        [&Value::from("linux/arm64"), &Value::Null, &Value::from("linux/amd64"), &Value::from("linux/arm64")]
+    );
+    let digest = |n: usize| trees[n]["digest"].clone();
+    for (platform, own, files) in [
+        ("linux/amd64", vec![1, 2], vec!["etc/passwd", "lib/x86_64-linux-gnu/libc.so.6", "app/hello"]),
+        (
+            "linux/arm64",
+            vec![0, 1, 3],
+            vec!["lib/aarch64-linux-gnu/libc.so.6", "etc/passwd", "usr/local/go/VERSION", "app/hello"],
+        ),
+    ] {
+        let image = report["images"].as_array().unwrap().iter().find(|i| i["platform"] == platform).unwrap();
+        let expected_trees: Vec<Value> = own.iter().map(|&n| digest(n)).collect();
+        assert_eq!(image["tree_layers"], Value::from(expected_trees.clone()), "{platform}");
+
+        let manifest = blob_json(layout, &image["manifest"]);
+        let layers: Vec<Value> =
+            manifest["layers"].as_array().unwrap().iter().map(|layer| layer["digest"].clone()).collect();
+        let mut expected = expected_trees;
+        expected.push(image["layer"].clone());
+        assert_eq!(layers, expected, "{platform}: the shared trees and its own, in order, then the binary");
+
+        let config = blob_json(layout, &manifest["config"]["digest"]);
+        assert_eq!(config["architecture"], platform.trim_start_matches("linux/"));
+        let mut diff_ids: Vec<Value> = own.iter().map(|&n| trees[n]["diff_id"].clone()).collect();
+        diff_ids.push(image["diff_id"].clone());
+        assert_eq!(config["rootfs"]["diff_ids"], Value::from(diff_ids), "{platform}");
+        assert_eq!(config["history"].as_array().unwrap().len(), own.len() + 1);
+
+        // What the image holds, layer by layer: its own libraries, never the other platform's.
+        let held: Vec<String> = layers.iter().flat_map(|layer| layer_files(layout, layer)).collect();
+        assert_eq!(held, files, "{platform}");
+    }
+
+    // The same inputs, the same image, whatever the trees' paths and the --platform order.
+    assert_eq!(reports[0]["index"], reports[1]["index"]);
+    assert_eq!(reports[0]["layers"], reports[1]["layers"]);
+    assert_eq!(reports[0]["images"], reports[1]["images"]);
+    let (a, b) = (&layouts[0], &layouts[1]);
+    assert_eq!(blobs(a), blobs(b));
+    for name in blobs(a) {
+        assert_eq!(
+            std::fs::read(a.join("blobs/sha256").join(&name)).unwrap(),
+            std::fs::read(b.join("blobs/sha256").join(&name)).unwrap()
+        );
+    }
+    assert_eq!(std::fs::read(a.join("index.json")).unwrap(), std::fs::read(b.join("index.json")).unwrap());
+    // One manifest per platform in the index, and a blob per tree, binary, config and manifest.
+    let index = blob_json(a, &reports[0]["index"]);
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(blobs(a).len(), 4 + 2 + 2 + 2 + 1);
+}
+
+/// The human report says which platform a per-platform layer is for; a per-platform layer
+/// with no binary of its platform, or a platform that is none, is refused before any work.
+#[test]
+fn a_per_platform_layer_is_named_and_needs_a_binary_of_its_platform() {
+    let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    write_file(&tree, "etc/os-release", "ID=fixture\n");
+    // A directory whose path has a platform and = in it is a plain tree all the same.
+    let odd = dir.path().join("linux/arm64=odd");
+    write_file(&odd, "etc/odd", "odd");
+    let amd64 = format!("linux/amd64={}", fixture.path("linux/amd64").display());
+    let arm64 = format!("linux/arm64={}", fixture.path("linux/arm64").display());
+
+    let mut args =
+        strings(&["image", "--no-cache", "--name", "hello", "--platform", &amd64, "--platform", &arm64]);
+    args.extend(strings(&["--layer", &format!("linux/arm64={}", tree.display()), "--layer", s(&odd)]));
+    let output = cachectl(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("--layer #1 (linux/arm64 only)  sha256:"), "{stdout}");
+    assert!(lines[1].starts_with("--layer #2  sha256:"), "{stdout}");
+
+    let err = image_failure(&strings(&[
+        "--name",
+        "hello",
+        "--platform",
+        &amd64,
+        "--layer",
+        &format!("linux/arm64={}", tree.display()),
+    ]));
+    assert!(
+        err.contains(&format!(
+            "--layer linux/arm64={}: no --platform binary for linux/arm64, so no image to put it in (the platforms are linux/amd64)",
+            tree.display()
+        )),
+        "{err}"
+    );
+    let err = image_failure(&strings(&[
+        "--name",
+        "hello",
+        "--platform",
+        &amd64,
+        "--layer",
+        &format!("windows/amd64={}", tree.display()),
+    ]));
+    assert!(err.contains("neither OS/ARCH=DIR (platform \"windows/amd64\": only linux images"), "{err}");
+    let err = image_failure(&strings(&["--name", "hello", "--platform", &amd64, "--layer", "linux/amd64="]));
+    assert!(err.contains("expected OS/ARCH=DIR"), "{err}");
+}
+
 #[test]
 fn skopeo_reads_the_layout_and_each_platform_config() {
     require("skopeo");

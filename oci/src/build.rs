@@ -52,8 +52,9 @@ pub struct ImageSpec {
     /// `--base`: a registry reference, `oci:DIR[:NAME]`, or a layout directory.
     pub base: Option<String>,
     /// `--layer`: directories whose trees become layers at `/`, in this order, between the
-    /// base's layers and the binary's. Their contents enter the digests, their paths do not.
-    pub layers: Vec<PathBuf>,
+    /// base's layers and the binary's, each for every platform or for one. Their contents
+    /// enter the digests, their paths do not.
+    pub layers: Vec<LayerDir>,
     pub oci_layout: Option<PathBuf>,
     /// The name of the image in the layout's index.json; defaults to the push tag or `latest`.
     pub tag: Option<String>,
@@ -105,6 +106,48 @@ impl ImageSpec {
     }
 }
 
+/// A `--layer` directory, for every platform (`platform: None`) or for the binary of one
+/// (`--layer OS/ARCH=DIR`: a root filesystem of that architecture's libraries, say).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerDir {
+    pub platform: Option<ImagePlatform>,
+    pub dir: PathBuf,
+}
+
+impl LayerDir {
+    /// A tree every platform gets.
+    pub fn shared(dir: impl Into<PathBuf>) -> Self {
+        Self { platform: None, dir: dir.into() }
+    }
+
+    /// A tree only `platform`'s image gets.
+    pub fn for_platform(platform: ImagePlatform, dir: impl Into<PathBuf>) -> Self {
+        Self { platform: Some(platform), dir: dir.into() }
+    }
+
+    /// How the flag spelled it, for messages.
+    fn flag(&self) -> String {
+        match &self.platform {
+            Some(platform) => format!("--layer {platform}={}", self.dir.display()),
+            None => format!("--layer {}", self.dir.display()),
+        }
+    }
+}
+
+/// A `--layer` directory's layer, and the platform it is for (`None`: every platform).
+#[derive(Clone, Debug)]
+pub struct TreeLayer {
+    pub platform: Option<ImagePlatform>,
+    pub layer: Layer,
+}
+
+impl TreeLayer {
+    /// True when `platform`'s image has this layer.
+    pub fn applies_to(&self, platform: &ImagePlatform) -> bool {
+        self.platform.as_ref().is_none_or(|own| own.matches(platform))
+    }
+}
+
 /// One platform's image.
 #[derive(Clone, Debug)]
 pub struct PlatformImage {
@@ -114,6 +157,8 @@ pub struct PlatformImage {
     pub layer: Layer,
     /// The layer came from the cache (not tarred or compressed here).
     pub layer_cached: bool,
+    /// The `--layer` layers this platform's image has (the shared ones and its own), in order.
+    pub tree_layers: Vec<Sha256>,
 }
 
 #[derive(Clone, Debug)]
@@ -127,8 +172,9 @@ pub struct ImageResult {
     /// The image index over every platform: what a job result carries.
     pub index: Descriptor,
     pub images: Vec<PlatformImage>,
-    /// The `--layer` directories' layers, in order; every platform has them.
-    pub tree_layers: Vec<Layer>,
+    /// The `--layer` directories' layers, in command-line order, each with its platform;
+    /// a platform's image has the shared ones and its own, in this order.
+    pub tree_layers: Vec<TreeLayer>,
     /// The layout written, and the image's name in it.
     pub layout: Option<(PathBuf, String)>,
     pub push: Option<PushReport>,
@@ -170,11 +216,21 @@ fn plan(spec: &ImageSpec) -> Result<Plan> {
             return Err(OciError::Usage(format!("platform {} is given twice", pair[1].0)));
         }
     }
-    for dir in &spec.layers {
-        let metadata = std::fs::metadata(dir)
-            .map_err(|err| OciError::Usage(format!("--layer {}: {err}", dir.display())))?;
+    for tree in &spec.layers {
+        if let Some(platform) = &tree.platform
+            && !binaries.iter().any(|(binary, _)| binary.matches(platform))
+        {
+            let platforms: Vec<String> = binaries.iter().map(|(p, _)| p.to_string()).collect();
+            return Err(OciError::Usage(format!(
+                "{}: no --platform binary for {platform}, so no image to put it in (the platforms are {})",
+                tree.flag(),
+                platforms.join(", ")
+            )));
+        }
+        let metadata =
+            std::fs::metadata(&tree.dir).map_err(|err| OciError::Usage(format!("{}: {err}", tree.flag())))?;
         if !metadata.is_dir() {
-            return Err(OciError::Usage(format!("--layer {}: not a directory", dir.display())));
+            return Err(OciError::Usage(format!("{}: not a directory", tree.flag())));
         }
     }
     for (platform, path) in &binaries {
@@ -251,9 +307,11 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
         _ => None,
     };
     for ((platform, _), (layer, layer_cached, _)) in plan.binaries.iter().zip(&layers) {
-        let (config_bytes, manifest) = documents(spec, platform, layer, &tree_layers, base.as_ref())?;
+        let own_trees: Vec<&Layer> =
+            tree_layers.iter().filter(|tree| tree.applies_to(platform)).map(|tree| &tree.layer).collect();
+        let (config_bytes, manifest) = documents(spec, platform, layer, &own_trees, base.as_ref())?;
         let config = staging.write_blob(MEDIA_CONFIG, &config_bytes)?;
-        let base_count = manifest.layers.len() - tree_layers.len() - 1;
+        let base_count = manifest.layers.len() - own_trees.len() - 1;
         let mut blobs = Vec::new();
         let binary_layer = manifest.layers.len() - 1;
         for (i, descriptor) in manifest.layers.iter().enumerate() {
@@ -280,6 +338,7 @@ pub async fn build_image(spec: &ImageSpec, cache: Option<&LayerCache>) -> Result
             config,
             layer: layer.clone(),
             layer_cached: *layer_cached,
+            tree_layers: own_trees.iter().map(|tree| tree.digest).collect(),
         });
     }
     let index_annotations = base.as_ref().map(|b| base_annotations(b.name.as_deref(), b.digest));
@@ -346,7 +405,7 @@ fn documents(
     spec: &ImageSpec,
     platform: &ImagePlatform,
     layer: &Layer,
-    tree_layers: &[Layer],
+    tree_layers: &[&Layer],
     base: Option<&BaseImage>,
 ) -> Result<(Vec<u8>, Manifest)> {
     let base_platform = base.and_then(|b| b.for_platform(platform));
@@ -459,6 +518,7 @@ pub async fn build_platform_image(spec: &ImageSpec, cache: Option<&LayerCache>) 
         config: manifest.config.clone(),
         layer: layer.clone(),
         layer_cached: *layer_cached,
+        tree_layers: Vec::new(),
     };
     Ok(PlatformBuild { image, config: config_bytes, manifest: manifest_bytes, warnings })
 }
@@ -551,15 +611,16 @@ async fn layers(
     Ok((out, stores))
 }
 
-/// The `--layer` directories' layers, built into the staging layout (in parallel, bounded by
-/// the cores). They are not cached: a tree has no single digest to key them by without
-/// reading it all, which is what building the layer does anyway.
-async fn tree_layers(spec: &ImageSpec, staging: &Layout) -> Result<Vec<Layer>> {
+/// The `--layer` directories' layers, in order, built into the staging layout (in parallel,
+/// bounded by the cores). They are not cached: a tree has no single digest to key them by
+/// without reading it all, which is what building the layer does anyway.
+async fn tree_layers(spec: &ImageSpec, staging: &Layout) -> Result<Vec<TreeLayer>> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let builds = spec.layers.iter().map(|dir| {
-        let (dir, options, staging) = (dir.clone(), spec.tree_options(), staging.clone());
+    let builds = spec.layers.iter().map(|tree| {
+        let (tree, options, staging) = (tree.clone(), spec.tree_options(), staging.clone());
         join(cached_client::task::spawn_blocking("build-tree-layer", move || {
-            build_tree_layer(&staging, &dir, &options)
+            let layer = build_tree_layer(&staging, &tree.dir, &options)?;
+            Ok(TreeLayer { platform: tree.platform, layer })
         }))
     });
     futures::stream::iter(builds).buffered(cores).collect::<Vec<_>>().await.into_iter().collect()
@@ -603,7 +664,7 @@ mod tests {
         layout: PathBuf,
     ) -> ImageSpec {
         let mut spec = ImageSpec::new(name, vec![("linux/amd64".parse().unwrap(), binary.to_owned())]);
-        spec.layers = vec![tree.to_owned()];
+        spec.layers = vec![LayerDir::shared(tree)];
         spec.epoch = 1_700_000_000;
         spec.oci_layout = Some(layout);
         spec
@@ -646,19 +707,23 @@ mod tests {
         let (manifest, config) = manifest_and_config(&dir.path().join("one"), &image);
         let digests: Vec<Sha256> = manifest.layers.iter().map(|layer| layer.digest).collect();
         let expected = [
-            base.tree_layers[0].digest,
+            base.tree_layers[0].layer.digest,
             base.images[0].layer.digest,
-            image.tree_layers[0].digest,
+            image.tree_layers[0].layer.digest,
             image.images[0].layer.digest,
         ];
         assert_eq!(digests, expected);
         let diff_ids: Vec<&str> =
             config["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap()).collect();
-        let expected_ids: Vec<String> =
-            [&base.tree_layers[0], &base.images[0].layer, &image.tree_layers[0], &image.images[0].layer]
-                .iter()
-                .map(|layer| layer.diff_id.to_string())
-                .collect();
+        let expected_ids: Vec<String> = [
+            &base.tree_layers[0].layer,
+            &base.images[0].layer,
+            &image.tree_layers[0].layer,
+            &image.images[0].layer,
+        ]
+        .iter()
+        .map(|layer| layer.diff_id.to_string())
+        .collect();
         assert_eq!(diff_ids, expected_ids);
         let history = config["history"].as_array().unwrap();
         assert_eq!(history.len(), 4);

@@ -39,8 +39,8 @@ pub mod sources;
 pub mod tree;
 
 pub use build::{
-    ImageResult, ImageSpec, PlatformBuild, PlatformImage, PushReport, build_image, build_platform_image,
-    index_document,
+    ImageResult, ImageSpec, LayerDir, PlatformBuild, PlatformImage, PushReport, TreeLayer, build_image,
+    build_platform_image, index_document,
 };
 pub use cache::LayerCache;
 pub use digest::Sha256;

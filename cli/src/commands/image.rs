@@ -1,7 +1,7 @@
 //! `cachectl image`: built binaries in, a multi-platform OCI image out (layout and/or push).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
@@ -9,7 +9,8 @@ use cached_client::connect::ConnectOptions;
 use cached_client::error::{ClientError, Result};
 use cached_oci::signature::{self, PrivateKey, SignReport};
 use cached_oci::{
-    self as oci, Compression, ImagePlatform, ImageResult, ImageSpec, LayerCache, Reference, RegistryOptions,
+    self as oci, Compression, ImagePlatform, ImageResult, ImageSpec, LayerCache, LayerDir, Reference,
+    RegistryOptions,
 };
 
 #[derive(Debug, clap::Args)]
@@ -28,8 +29,10 @@ pub struct Args {
     base: Option<String>,
     /// A directory whose tree becomes a layer at / (sorted, modes and symlinks kept, owned by
     /// --owner, mtimes from SOURCE_DATE_EPOCH), between the base and the binary; repeatable.
-    #[arg(long = "layer", value_name = "DIR")]
-    layers: Vec<PathBuf>,
+    /// OS/ARCH=DIR puts it in that --platform's image only (its root filesystem, say); a plain
+    /// DIR goes in every platform's.
+    #[arg(long = "layer", value_name = "[OS/ARCH=]DIR")]
+    layers: Vec<String>,
     /// Write the image to this OCI image layout directory (created if absent).
     #[arg(long, value_name = "DIR")]
     oci_layout: Option<PathBuf>,
@@ -101,6 +104,29 @@ fn parse_compression(text: &str) -> std::result::Result<Compression, String> {
     text.parse().map_err(|err: oci::OciError| err.to_string())
 }
 
+/// `--layer`: `OS/ARCH[/VARIANT]=DIR` when what comes before the first `=` is a platform, else
+/// a plain `DIR` (a directory whose path starts with a platform and `=` is written `./...`).
+fn parse_layer(text: &str) -> Result<LayerDir> {
+    if let Some((prefix, dir)) = text.split_once('=') {
+        match prefix.parse::<ImagePlatform>() {
+            Ok(_) if dir.is_empty() => {
+                return Err(ClientError::Usage(format!(
+                    "--layer {text:?}: expected OS/ARCH=DIR, like linux/arm64=rootfs-arm64"
+                )));
+            }
+            Ok(platform) => return Ok(LayerDir::for_platform(platform, dir)),
+            // Meant as a platform, most likely, unless there is such a directory.
+            Err(err) if prefix.contains('/') && !Path::new(text).exists() => {
+                return Err(ClientError::Usage(format!(
+                    "--layer {text:?}: neither OS/ARCH=DIR ({err}) nor an existing directory"
+                )));
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(LayerDir::shared(text))
+}
+
 fn parse_owner(text: &str) -> std::result::Result<(u64, u64), String> {
     let (uid, gid) = text.split_once(':').ok_or_else(|| format!("{text:?}: expected UID:GID"))?;
     let number = |n: &str| n.parse::<u64>().map_err(|_| format!("{text:?}: {n:?} is not a number"));
@@ -137,7 +163,7 @@ impl Args {
         spec.compression = self.compression;
         spec.epoch = self.source_date_epoch;
         spec.base.clone_from(&self.base);
-        spec.layers.clone_from(&self.layers);
+        spec.layers = self.layers.iter().map(|text| parse_layer(text)).collect::<Result<_>>()?;
         spec.oci_layout.clone_from(&self.oci_layout);
         spec.tag.clone_from(&self.tag);
         spec.push.clone_from(&self.push);
@@ -214,8 +240,15 @@ fn size(bytes: u64) -> String {
 pub fn render(result: &ImageResult) -> String {
     let mut out = String::new();
     let width = result.images.iter().map(|i| i.platform.to_string().len()).max().unwrap_or(0);
-    for (n, layer) in result.tree_layers.iter().enumerate() {
-        out.push_str(&format!("--layer #{}  {}  {}\n", n + 1, layer.digest, size(layer.size)));
+    for (n, tree) in result.tree_layers.iter().enumerate() {
+        // A layer of one platform's image says which; the others are in every image.
+        let only = tree.platform.as_ref().map(|p| format!(" ({p} only)")).unwrap_or_default();
+        out.push_str(&format!(
+            "--layer #{}{only}  {}  {}\n",
+            n + 1,
+            tree.layer.digest,
+            size(tree.layer.size)
+        ));
     }
     for image in &result.images {
         out.push_str(&format!(
@@ -266,11 +299,13 @@ pub fn to_json(result: &ImageResult) -> serde_json::Value {
             "layer_size": image.layer.size,
             "diff_id": image.layer.diff_id.to_string(),
             "layer_cached": image.layer_cached,
+            "tree_layers": image.tree_layers.iter().map(|digest| digest.to_string()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "layers": result.tree_layers.iter().map(|layer| json!({
-            "digest": layer.digest.to_string(),
-            "size": layer.size,
-            "diff_id": layer.diff_id.to_string(),
+        "layers": result.tree_layers.iter().map(|tree| json!({
+            "digest": tree.layer.digest.to_string(),
+            "size": tree.layer.size,
+            "diff_id": tree.layer.diff_id.to_string(),
+            "platform": tree.platform.as_ref().map(|p| p.to_string()),
         })).collect::<Vec<_>>(),
         "layout": result.layout.as_ref().map(|(dir, name)| json!({"dir": dir, "name": name})),
         "push": result.push.as_ref().map(|push| json!({
