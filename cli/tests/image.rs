@@ -130,6 +130,18 @@ fn blobs(layout: &Path) -> Vec<String> {
     names
 }
 
+/// Two OCI layouts hold the same blobs, byte for byte, and the same index.
+fn assert_same_layout(a: &Path, b: &Path) {
+    assert_eq!(blobs(a), blobs(b));
+    for name in blobs(a) {
+        assert_eq!(
+            std::fs::read(a.join("blobs/sha256").join(&name)).unwrap(),
+            std::fs::read(b.join("blobs/sha256").join(&name)).unwrap()
+        );
+    }
+    assert_eq!(std::fs::read(a.join("index.json")).unwrap(), std::fs::read(b.join("index.json")).unwrap());
+}
+
 fn index_entry(layout: &Path) -> Value {
     let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let entries = index["manifests"].as_array().unwrap();
@@ -177,14 +189,7 @@ fn layouts_are_byte_identical_across_directories_and_flag_order() {
         assert_eq!(a["layer_cached"], false);
     }
     let (a, b) = (&layouts[0].1, &layouts[1].1);
-    assert_eq!(blobs(a), blobs(b));
-    for name in blobs(a) {
-        assert_eq!(
-            std::fs::read(a.join("blobs/sha256").join(&name)).unwrap(),
-            std::fs::read(b.join("blobs/sha256").join(&name)).unwrap()
-        );
-    }
-    assert_eq!(std::fs::read(a.join("index.json")).unwrap(), std::fs::read(b.join("index.json")).unwrap());
+    assert_same_layout(a, b);
     assert_eq!(index_entry(a)["digest"], first["index"]);
     assert_eq!(index_entry(a)["annotations"]["org.opencontainers.image.ref.name"], "v1");
 }
@@ -300,14 +305,7 @@ fn per_platform_layers_go_into_their_own_platform_image_only() {
     assert_eq!(reports[0]["layers"], reports[1]["layers"]);
     assert_eq!(reports[0]["images"], reports[1]["images"]);
     let (a, b) = (&layouts[0], &layouts[1]);
-    assert_eq!(blobs(a), blobs(b));
-    for name in blobs(a) {
-        assert_eq!(
-            std::fs::read(a.join("blobs/sha256").join(&name)).unwrap(),
-            std::fs::read(b.join("blobs/sha256").join(&name)).unwrap()
-        );
-    }
-    assert_eq!(std::fs::read(a.join("index.json")).unwrap(), std::fs::read(b.join("index.json")).unwrap());
+    assert_same_layout(a, b);
     // One manifest per platform in the index, and a blob per tree, binary, config and manifest.
     let index = blob_json(a, &reports[0]["index"]);
     assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
