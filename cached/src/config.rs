@@ -421,6 +421,27 @@ impl Config {
             "" => max_size,
             _ => get("max_blob_size").size()?,
         };
+        let limits = Limits {
+            max_blob_size,
+            max_message_size: get("max_message_size").size()? as usize,
+            max_batch_items: get("max_batch_items").count()? as usize,
+            max_concurrent_streams: get("max_concurrent_streams").count()? as usize,
+            max_streams_per_connection: get("max_streams_per_connection").count()? as u32,
+            max_concurrent_uploads: get("max_concurrent_uploads").count()? as usize,
+            rate_limit: get("rate_limit").parse_with(|v| match v.parse::<u32>() {
+                Ok(0) => Ok(None),
+                Ok(rate) => Ok(Some(rate)),
+                Err(_) => Err("expected a whole number of requests per second (0 = unlimited)".to_owned()),
+            })?,
+            request_timeout: get("request_timeout").duration()?,
+            idle_timeout: get("idle_timeout").duration()?,
+            min_transfer_rate: get("min_transfer_rate").size()?,
+            handshake_timeout: get("handshake_timeout").duration()?,
+            max_connections: get("max_connections").count()? as usize,
+            max_connections_per_peer: get("max_connections_per_peer").count()? as usize,
+            max_handshakes_per_peer: get("max_handshakes_per_peer").count()? as usize,
+        };
+        let registry = registry_settings(&get, &limits)?;
         Ok(Self {
             listen: get("listen").parse_with(|v| v.parse::<SocketAddr>().map_err(|e| e.to_string()))?,
             data_dir,
@@ -441,28 +462,7 @@ impl Config {
             high_watermark: get("high_watermark").fraction()?,
             low_watermark: get("low_watermark").fraction()?,
             maintenance_interval: get("maintenance_interval").duration()?,
-            limits: Limits {
-                max_blob_size,
-                max_message_size: get("max_message_size").size()? as usize,
-                max_batch_items: get("max_batch_items").count()? as usize,
-                max_concurrent_streams: get("max_concurrent_streams").count()? as usize,
-                max_streams_per_connection: get("max_streams_per_connection").count()? as u32,
-                max_concurrent_uploads: get("max_concurrent_uploads").count()? as usize,
-                rate_limit: get("rate_limit").parse_with(|v| match v.parse::<u32>() {
-                    Ok(0) => Ok(None),
-                    Ok(rate) => Ok(Some(rate)),
-                    Err(_) => {
-                        Err("expected a whole number of requests per second (0 = unlimited)".to_owned())
-                    }
-                })?,
-                request_timeout: get("request_timeout").duration()?,
-                idle_timeout: get("idle_timeout").duration()?,
-                min_transfer_rate: get("min_transfer_rate").size()?,
-                handshake_timeout: get("handshake_timeout").duration()?,
-                max_connections: get("max_connections").count()? as usize,
-                max_connections_per_peer: get("max_connections_per_peer").count()? as usize,
-                max_handshakes_per_peer: get("max_handshakes_per_peer").count()? as usize,
-            },
+            limits,
             tokens: Vec::new(),
             allow_anonymous: get("allow_anonymous").switch()?,
             tls: tls_files(get("tls_cert").path(), get("tls_key").path(), get("tls_client_ca").path())?,
@@ -477,7 +477,7 @@ impl Config {
                 max_open_jobs: get("max_open_jobs").count()? as usize,
             },
             shared_store: shared_settings(&get)?,
-            registry: registry_settings(&get)?,
+            registry,
         })
     }
 
@@ -561,6 +561,7 @@ impl Config {
 /// The registry's settings, or `None` when `registry_listen` is off.
 fn registry_settings<'a>(
     get: &impl Fn(&str) -> Field<'a>,
+    limits: &Limits,
 ) -> Result<Option<crate::registry::RegistrySettings>, ConfigError> {
     let listen = get("registry_listen").parse_with(|v| match v {
         "off" | "" => Ok(None),
@@ -576,10 +577,7 @@ fn registry_settings<'a>(
         listen,
         upload_timeout,
         max_uploads_per_namespace: get("registry_max_uploads").count()? as usize,
-        upload_pace: crate::conn::Pace {
-            idle: get("idle_timeout").duration()?,
-            min_rate: get("min_transfer_rate").size()?,
-        },
+        upload_pace: crate::conn::ConnLimits::from(limits).pace,
     }))
 }
 

@@ -83,6 +83,13 @@ pub(super) fn check_tag(tag: &str) -> Result<(), RegistryError> {
 pub struct Sha256Digest(pub [u8; 32]);
 
 impl Sha256Digest {
+    /// A digest as a record store keeps it: its 32 bytes.
+    pub fn from_stored(bytes: &[u8]) -> crate::error::Result<Self> {
+        <[u8; 32]>::try_from(bytes)
+            .map(Self)
+            .map_err(|_| crate::error::Error::Corrupt("a stored registry digest is not 32 bytes".to_owned()))
+    }
+
     pub fn of(bytes: &[u8]) -> Self {
         Self(Sha256::digest(bytes).into())
     }

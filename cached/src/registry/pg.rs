@@ -31,12 +31,6 @@ impl PgRegistry {
     }
 }
 
-fn sha256_of(value: &[u8]) -> Result<Sha256Digest> {
-    <[u8; 32]>::try_from(value)
-        .map(Sha256Digest)
-        .map_err(|_| Error::Corrupt("a registry digest in the database is not 32 bytes".to_owned()))
-}
-
 fn cas_digest(hash: &[u8], size: i64) -> Result<Digest> {
     let corrupt = || Error::Corrupt("a registry blob row in the database is malformed".to_owned());
     let hash = <[u8; 32]>::try_from(hash).map_err(|_| corrupt())?;
@@ -164,7 +158,7 @@ impl RegistryRecords for PgRegistry {
                     &[&repo.as_str(), &tag],
                 )
                 .await?;
-            row.map(|row| sha256_of(row.get(0))).transpose()
+            row.map(|row| Sha256Digest::from_stored(row.get(0))).transpose()
         })
     }
 

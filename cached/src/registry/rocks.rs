@@ -70,12 +70,6 @@ fn decode_manifest(value: &[u8]) -> Result<StoredManifest> {
     })
 }
 
-fn sha256_of(value: &[u8]) -> Result<Sha256Digest> {
-    <[u8; 32]>::try_from(value)
-        .map(Sha256Digest)
-        .map_err(|_| Error::Corrupt("a registry tag record is malformed".to_owned()))
-}
-
 impl RocksRegistry {
     /// Keys and values of `family` under `prefix`, from `from` on, at most `limit`.
     fn scan(
@@ -167,7 +161,7 @@ impl RegistryRecords for RocksRegistry {
 
     fn tag(&self, repo: &Repository, tag: &str) -> Result<Option<Sha256Digest>> {
         let value = self.db.get_cf(cf(&self.db, CF_REGISTRY_TAGS)?, key(repo, &[tag.as_bytes()]))?;
-        value.map(|value| sha256_of(&value)).transpose()
+        value.map(|value| Sha256Digest::from_stored(&value)).transpose()
     }
 
     fn delete_tag(&self, repo: &Repository, tag: &str) -> Result<bool> {
