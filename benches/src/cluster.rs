@@ -139,14 +139,36 @@ impl Cluster {
         }
         let url = format!("http://{addr}");
         let agents = (1..=2).map(|i| start_agent(bench, &url, &dir, i)).collect();
-        Self { url, registry, cached, agents, dir }
+        let mut cluster = Self { url, registry, cached, agents, dir };
+        cluster.check_agents_stay_up();
+        cluster
+    }
+
+    /// An agent that cannot start (its build uids taken, say) exits at once; the other would
+    /// then build everything and the figures would be of one agent.
+    fn check_agents_stay_up(&mut self) {
+        std::thread::sleep(Duration::from_secs(1));
+        for (index, agent) in self.agents.iter_mut().enumerate() {
+            if let Ok(Some(status)) = agent.try_wait() {
+                let log = self.dir.join(format!("agent{}/agent.log", index + 1));
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("runner agent {} exited at start ({status}):\n{log}", index + 1);
+            }
+        }
     }
 }
 
 fn start_agent(bench: &GoBench, url: &str, dir: &Path, index: usize) -> Child {
     let work = dir.join(format!("agent{index}"));
     std::fs::create_dir_all(&work).expect("agent dir");
-    Command::new(bench.bin.join("runner-agent"))
+    let mut agent = Command::new(bench.bin.join("runner-agent"));
+    if cached_e2e::is_root() {
+        // As root each agent takes a pool of build uids, and two agents with the same pool
+        // cannot both start: the second would exit and the first build everything.
+        let first = 61000 + 100 * index as u32;
+        agent.arg("--build-uids").arg(format!("{first}-{}", first + 63));
+    }
+    agent
         .args(["--server", url, "--name", &format!("agent-{index}"), "--log-level", "warn"])
         .arg("--concurrency")
         .arg(bench.concurrency.to_string())
