@@ -107,11 +107,11 @@ pub async fn start(
                 .max_encoding_message_size(max),
         )
         .add_service(
-            WorkersServer::new(service::WorkersService::new(scheduler))
+            WorkersServer::new(service::WorkersService::new(Arc::clone(&scheduler)))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .add_service(AdminServer::new(service::AdminService::new(go_entries, build_records)));
+        .add_service(AdminServer::new(service::AdminService::new(go_entries, build_records, scheduler)));
     let (drain, drained) = tokio::sync::oneshot::channel::<()>();
     let drained = async move {
         let _ = drained.await;

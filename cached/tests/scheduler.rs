@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::Server;
 use futures::StreamExt;
 use proto::Digest;
+use proto::v1::admin_client::AdminClient;
 use proto::v1::jobs_client::JobsClient;
 use proto::v1::workers_client::WorkersClient;
 use proto::v1::{
@@ -444,6 +445,67 @@ async fn a_job_like_a_succeeded_one_whose_results_are_stored_is_answered_with_it
         jobs.cancel(v1::CancelRequest { job_id: job }).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    server.stop().await;
+}
+
+/// A purge is for entries someone should not have written; jobs built while they were there
+/// may hold their effect, so none of the namespace's jobs from before answers a submission.
+#[tokio::test]
+async fn after_a_purge_no_job_of_the_namespace_from_before_it_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let mut admin = AdminClient::new(channel(&server).await);
+    let mut agent = Agent::connect(&server, "a", "go1.26.8", 1, &[]).await;
+    let clients = server.clients().await;
+    clients.write_as(Digest::of(b"app"), common::frames(b"app")).await.unwrap();
+    let team = |targets: &[&str]| v1::JobSpec { namespace: "team".into(), ..spec(targets, "go1.26.8") };
+    let (finished, running, elsewhere) =
+        (team(&["linux/amd64"]), team(&["linux/arm64"]), spec(&["linux/amd64"], "go1.26.8"));
+
+    let (before, _) = submit_for_reuse(&mut jobs, finished.clone(), false).await;
+    build_one(&mut agent, &mut jobs, &before, "app").await;
+    let (other_namespace, _) = submit_for_reuse(&mut jobs, elsewhere.clone(), false).await;
+    build_one(&mut agent, &mut jobs, &other_namespace, "app").await;
+    // Still building when the purge comes: it may have read the purged entries already.
+    let (during, _) = submit_for_reuse(&mut jobs, running.clone(), false).await;
+    let token = agent.task().await.token.unwrap();
+
+    let purged = admin.purge(v1::PurgeRequest { namespace: "team".into() }).await.unwrap().into_inner();
+    assert_eq!(purged.jobs_revoked, 2);
+    agent.complete(&token, "app").await.unwrap();
+    assert_eq!(watch_to_end(&mut jobs, &during).await.0.state, JobState::Succeeded as i32);
+
+    let (after, reused) = submit_for_reuse(&mut jobs, finished.clone(), false).await;
+    assert!(!reused && after != before, "a job from before the purge was reused");
+    build_one(&mut agent, &mut jobs, &after, "app").await;
+    let (again, reused) = submit_for_reuse(&mut jobs, running.clone(), false).await;
+    assert!(!reused && again != during, "a job running during the purge was reused");
+    build_one(&mut agent, &mut jobs, &again, "app").await;
+    // Jobs built since, and other namespaces' jobs, are reused as before.
+    assert_eq!(submit_for_reuse(&mut jobs, finished.clone(), false).await, (after.clone(), true));
+    assert_eq!(submit_for_reuse(&mut jobs, elsewhere, false).await, (other_namespace, true));
+    let listed = jobs.list(v1::ListRequest { limit: 0, all: true }).await.unwrap().into_inner().jobs;
+    let revoked =
+        |job_id: &str| listed.iter().any(|job| job.job_id == job_id && job.reuse_revoked_unix_ms != 0);
+    assert!(
+        revoked(&before) && revoked(&during) && !revoked(&after),
+        "the jobs list shows which were revoked"
+    );
+    drop(agent);
+    server.stop().await;
+
+    // The revocation outlives a restart: once the kept jobs are learned (the one built after
+    // the purge is reused), the one from before still is not.
+    let server = Server::start(dir.path(), FAST).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while submit_for_reuse(&mut jobs, finished.clone(), false).await != (after.clone(), true) {
+        assert!(std::time::Instant::now() < deadline, "kept jobs are not reused after a restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (job, reused) = submit_for_reuse(&mut jobs, running, false).await;
+    assert!(!reused || job == again, "a revoked job was reused after a restart");
     server.stop().await;
 }
 

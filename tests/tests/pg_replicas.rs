@@ -109,7 +109,8 @@ fn a_replica_killed_mid_jobs_leaves_every_job_to_the_other() {
 }
 
 /// Replicas on one database and one bucket: a job finished through A answers the same
-/// submission through B, which never saw it submitted.
+/// submission through B, which never saw it submitted; once the namespace is purged through A,
+/// B answers with it no more (B had it in memory since it last answered with it).
 #[test]
 fn a_job_finished_through_one_replica_answers_the_same_submission_through_another() {
     let db = Postgres::start();
@@ -126,6 +127,12 @@ fn a_job_finished_through_one_replica_answers_the_same_submission_through_anothe
     assert!(succeeded_with_outputs(&jobs[0]), "{jobs:?}");
     assert_eq!(tiny.submit_reusing(&b_url), first, "B built again what A had finished");
     assert_eq!(db.query("SELECT count(*) FROM jobs"), "1", "B queued a job");
+
+    let purge = ["admin", "purge", "--namespace", "default"];
+    let purged = run(tiny.cachectl(&a_url, &purge)).success("purge through A").stdout;
+    assert!(purged.contains("1 earlier jobs will not be reused"), "{purged}");
+    assert_ne!(tiny.submit_reusing(&b_url), first, "B reused a job from before the purge");
+    assert_eq!(db.query("SELECT count(*) FROM jobs"), "2");
 }
 
 /// The go version agents report, which jobs are matched against.

@@ -56,6 +56,10 @@ pub trait SchedulerBackend: LiveLeases + Send + Sync + 'static {
 
     async fn cancel(&self, job_id: &str) -> Result<JobStatus>;
 
+    /// Marks every job of `namespace` (finished or not) as never to be reused
+    /// ([`super::reuse`]), durably and for every replica; how many were marked.
+    async fn revoke_reuse(&self, namespace: &str) -> Result<u64>;
+
     /// The agent started the task, or sent build output.
     async fn progress(
         &self,

@@ -79,6 +79,10 @@ impl SchedulerBackend for Scheduler {
         Scheduler::cancel(self, job_id)
     }
 
+    async fn revoke_reuse(&self, namespace: &str) -> Result<u64> {
+        Scheduler::revoke_reuse(self, namespace)
+    }
+
     async fn progress(
         &self,
         token: &FencingToken,

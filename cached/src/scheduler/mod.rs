@@ -409,6 +409,22 @@ impl Scheduler {
         saved.map(|()| status)
     }
 
+    pub fn revoke_reuse(&self, namespace: &str) -> Result<u64> {
+        let mut state = self.lock();
+        let now = now_ms();
+        let mut revoked = Vec::new();
+        for job in state.jobs.values_mut() {
+            if job_namespace(job) == namespace && job.reuse_revoked_unix_ms == 0 {
+                job.reuse_revoked_unix_ms = now;
+                revoked.push(job.job_id.clone());
+            }
+        }
+        let jobs = revoked.iter().filter_map(|job_id| state.jobs.get(job_id));
+        self.save(jobs, Durability::Synced)?;
+        tracing::info!(namespace, jobs = revoked.len(), "reuse of the namespace's jobs revoked");
+        Ok(revoked.len() as u64)
+    }
+
     /// The agent started the task, or sent build output.
     pub fn progress(
         &self,

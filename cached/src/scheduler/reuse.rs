@@ -9,6 +9,11 @@
 //! after validation (which normalises it), so two spellings of one request match, and a
 //! request the current settings refuse is refused before any lookup.
 //!
+//! What the key cannot see is the action cache the agents built through. When an admin purges a
+//! namespace because it held entries it should not have, every job of it submitted before may
+//! have read them: the purge revokes their reuse, in their stored records (and, on PostgreSQL,
+//! out of the key index), so no replica, now or after a restart, answers with them.
+//!
 //! Which jobs are known: those submitted through this process, at start the finished jobs the
 //! scheduler keeps, and with several replicas on one database, the finished jobs the database
 //! holds under the key (whichever replica they were submitted through).
@@ -137,10 +142,12 @@ impl FinishedJobs {
         Ok(None)
     }
 
-    /// The job, if it succeeded under this key and every result is still in the CAS.
+    /// The job, if it succeeded under this key, no purge revoked it, and every result is still in
+    /// the CAS.
     async fn usable(&self, job: Option<JobStatus>, key: JobKey) -> Result<Option<JobStatus>> {
         let Some(job) = job else { return Ok(None) };
         let usable = job.state == JobState::Succeeded as i32
+            && job.reuse_revoked_unix_ms == 0
             && job.spec.as_ref().is_some_and(|spec| JobKey::of(spec) == key)
             && self.results_present(&job).await?;
         Ok(usable.then_some(job))

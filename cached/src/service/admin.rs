@@ -8,15 +8,21 @@ use crate::auth;
 use crate::builds::BuildRecords;
 use crate::error::Error;
 use crate::gocache::{GoEntryStore, namespace};
+use crate::scheduler::backend::SchedulerBackend;
 
 pub struct AdminService {
     go_entries: Arc<dyn GoEntryStore>,
     build_records: Arc<dyn BuildRecords>,
+    scheduler: Arc<dyn SchedulerBackend>,
 }
 
 impl AdminService {
-    pub fn new(go_entries: Arc<dyn GoEntryStore>, build_records: Arc<dyn BuildRecords>) -> Self {
-        Self { go_entries, build_records }
+    pub fn new(
+        go_entries: Arc<dyn GoEntryStore>,
+        build_records: Arc<dyn BuildRecords>,
+        scheduler: Arc<dyn SchedulerBackend>,
+    ) -> Self {
+        Self { go_entries, build_records, scheduler }
     }
 }
 
@@ -39,17 +45,22 @@ impl v1::admin_server::Admin for AdminService {
         })
         .await
         .map_err(|err| Error::Internal(format!("purge: {err}")))??;
+        // After the entries are gone: a job submitted from now on builds without them, and
+        // every job before may have read them.
+        let jobs_revoked = self.scheduler.revoke_reuse(&ns).await?;
         tracing::warn!(
             target: "audit",
             token = %grant.token,
             namespace = %ns,
             go_entries = purged.go_entries,
             build_records = purged.build_records,
+            jobs_revoked,
             "namespace purged"
         );
         Ok(Response::new(v1::PurgeResponse {
             go_entries: purged.go_entries,
             build_records: purged.build_records,
+            jobs_revoked,
         }))
     }
 }

@@ -30,8 +30,9 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
             let request = v1::PurgeRequest { namespace: namespace.clone() };
             let purged = client.admin.purge(request).await?.into_inner();
             println!(
-                "purged namespace `{namespace}`: {} Go action entries, {} whole-build records",
-                purged.go_entries, purged.build_records
+                "purged namespace `{namespace}`: {} Go action entries, {} whole-build records; {} earlier jobs \
+                 will not be reused",
+                purged.go_entries, purged.build_records, purged.jobs_revoked
             );
             Ok(())
         }

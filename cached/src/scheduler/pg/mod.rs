@@ -277,6 +277,26 @@ impl SchedulerBackend for PgScheduler {
         Ok(locked.job)
     }
 
+    async fn revoke_reuse(&self, namespace: &str) -> Result<u64> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        // A job with no key is in no replica's reach already.
+        let keyed = tx
+            .query("SELECT job_id FROM jobs WHERE namespace = $1 AND spec_key IS NOT NULL", &[&namespace])
+            .await?;
+        let job_ids: Vec<&str> = keyed.iter().map(|row| row.get(0)).collect();
+        let now = super::now_ms();
+        let mut revoked = 0;
+        for mut locked in rows::lock_many(&tx, &job_ids).await? {
+            locked.job.reuse_revoked_unix_ms = now;
+            rows::revoke_reuse(&tx, &locked).await?;
+            revoked += 1;
+        }
+        tx.commit().await?;
+        tracing::info!(namespace, jobs = revoked, "reuse of the namespace's jobs revoked");
+        Ok(revoked)
+    }
+
     async fn progress(
         &self,
         token: &FencingToken,

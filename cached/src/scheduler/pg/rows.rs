@@ -130,6 +130,22 @@ pub(super) async fn update(tx: &Transaction<'_>, job: &JobStatus, version: i64) 
     write_tasks(tx, job).await
 }
 
+/// Writes back a job whose only change is its revoked reuse, and takes it out of the key index
+/// so no replica's lookup finds it.
+pub(super) async fn revoke_reuse(tx: &Transaction<'_>, locked: &Locked) -> Result<()> {
+    let job = &locked.job;
+    let written = tx
+        .execute(
+            "UPDATE jobs SET spec_key = NULL, version = version + 1, record = $3 WHERE job_id = $1 AND version = $2",
+            &[&job.job_id, &locked.version, &record::encode(job)],
+        )
+        .await?;
+    if written != 1 {
+        return Err(Error::Aborted(format!("job {} changed meanwhile; retry", job.job_id)));
+    }
+    Ok(())
+}
+
 async fn write_tasks(tx: &Transaction<'_>, job: &JobStatus) -> Result<()> {
     let tasks = &job.tasks;
     let index: Vec<i32> = tasks.iter().map(|task| task.index as i32).collect();

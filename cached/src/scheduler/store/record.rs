@@ -45,6 +45,8 @@ pub struct StoredJob {
     pub image: Option<v1::OciBlob>,
     #[prost(string, tag = "9")]
     pub error: String,
+    #[prost(int64, tag = "10")]
+    pub reuse_revoked_unix_ms: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -111,6 +113,7 @@ impl From<&JobStatus> for StoredJob {
             submitter,
             image,
             error,
+            reuse_revoked_unix_ms,
         } = job.clone();
         Self {
             job_id,
@@ -122,6 +125,7 @@ impl From<&JobStatus> for StoredJob {
             submitter,
             image,
             error,
+            reuse_revoked_unix_ms,
         }
     }
 }
@@ -138,6 +142,7 @@ impl From<StoredJob> for JobStatus {
             submitter,
             image,
             error,
+            reuse_revoked_unix_ms,
         } = job;
         Self {
             job_id,
@@ -149,6 +154,7 @@ impl From<StoredJob> for JobStatus {
             submitter,
             image,
             error,
+            reuse_revoked_unix_ms,
         }
     }
 }
