@@ -264,3 +264,79 @@ async fn sighup_reloads_tokens_and_keeps_them_when_the_file_is_broken() {
     assert_eq!(call_with(&daemon, "new-secret").await, tonic::Code::Ok);
     assert_eq!(call_with(&daemon, "anyone").await, tonic::Code::Unauthenticated);
 }
+
+/// A Lease stream with `secret` as an agent registering as `agent_id`.
+async fn lease_stream(
+    daemon: &Daemon,
+    secret: &str,
+    agent_id: &str,
+) -> (tokio::sync::mpsc::Sender<v1::LeaseRequest>, tonic::Streaming<v1::LeaseResponse>) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let register = v1::AgentInfo {
+        agent_id: agent_id.to_owned(),
+        go_version: "go1.26.8".into(),
+        host_goos: "linux".into(),
+        host_goarch: "amd64".into(),
+        capacity: 1,
+        ..v1::AgentInfo::default()
+    };
+    let first = v1::LeaseRequest { kind: Some(v1::lease_request::Kind::Register(register)) };
+    sender.send(first).await.unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    request.metadata_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    let mut workers = v1::workers_client::WorkersClient::connect(daemon.url.clone()).await.unwrap();
+    let mut replies = workers.lease(request).await.unwrap().into_inner();
+    let registered = replies.message().await.unwrap().and_then(|reply| reply.kind);
+    assert!(matches!(registered, Some(v1::lease_response::Kind::Registered(_))), "{registered:?}");
+    (sender, replies)
+}
+
+/// What the stream does next within `within`: `None` if it stays open and quiet.
+async fn next_on(
+    replies: &mut tonic::Streaming<v1::LeaseResponse>,
+    within: Duration,
+) -> Option<Result<Option<v1::LeaseResponse>, tonic::Status>> {
+    tokio::time::timeout(within, replies.message()).await.ok()
+}
+
+/// An agent's token revoked by SIGHUP ends its open lease stream: before, the stream (and its
+/// heartbeats) lived on, so the agent kept leasing tasks and their cache credentials.
+#[tokio::test]
+async fn a_revoked_agent_token_ends_its_lease_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    let agent = |name: &str, secret: &str, scopes: &str| TokenSpec {
+        scopes: Scopes::parse_list(scopes).unwrap(),
+        ..token(name, secret)
+    };
+    let both = format!(
+        "{}\n{}",
+        agent("agent-a", "secret-a", "worker").to_toml(),
+        agent("agent-b", "secret-b", "worker").to_toml()
+    );
+    std::fs::write(&file, &both).unwrap();
+    let daemon = Daemon::start_with(&dir.path().join("data"), &["--tokens-file", file.to_str().unwrap()]);
+    let (_a_sender, mut a) = lease_stream(&daemon, "secret-a", "a").await;
+    let (_b_sender, mut b) = lease_stream(&daemon, "secret-b", "b").await;
+    let (_c_sender, mut c) = lease_stream(&daemon, "secret-b", "c").await;
+
+    // agent-a revoked, agent-b left as it was, then agent-b's scopes narrowed.
+    std::fs::write(&file, agent("agent-b", "secret-b", "worker").to_toml()).unwrap();
+    daemon.signal("HUP");
+    match next_on(&mut a, Duration::from_secs(10)).await {
+        Some(Err(status)) => {
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+            assert!(status.message().contains("agent-a"), "{status:?}");
+        }
+        other => panic!("the revoked token's lease stream went on: {other:?}"),
+    }
+    assert!(next_on(&mut b, Duration::from_millis(500)).await.is_none(), "an unchanged token's stream ended");
+    std::fs::write(&file, agent("agent-b", "secret-b", "read").to_toml()).unwrap();
+    daemon.signal("HUP");
+    for stream in [&mut b, &mut c] {
+        match next_on(stream, Duration::from_secs(10)).await {
+            Some(Err(status)) => assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}"),
+            other => panic!("a stream whose token lost the worker scope went on: {other:?}"),
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use futures::future::BoxFuture;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tonic::body::Body;
 
 use super::Grant;
@@ -17,6 +17,7 @@ use super::idle::IdleBody;
 use super::lease::{CACHE_TOKEN_PREFIX, LeaseId, LeaseKeys, LiveLeases};
 use super::rate::RateLimiter;
 use super::scopes::{self, Access, Method, Scope};
+use super::standing::{Secret, Standing};
 use super::tokens::{TokenSpec, TokenTable};
 use crate::config::Config;
 use crate::error::Error;
@@ -35,6 +36,8 @@ pub struct AuthSettings {
     min_transfer_rate: u64,
     uploads: Arc<Semaphore>,
     max_uploads: usize,
+    /// Bumped by every reload, so streaming calls check their token again ([`Standing`]).
+    reloads: watch::Sender<u64>,
 }
 
 impl AuthSettings {
@@ -54,6 +57,7 @@ impl AuthSettings {
             min_transfer_rate: limits.min_transfer_rate,
             uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
             max_uploads: limits.max_concurrent_uploads,
+            reloads: watch::Sender::new(0),
         }
     }
 
@@ -89,12 +93,62 @@ impl AuthSettings {
             leases.keys.set_minting(!specs.is_empty());
         }
         let old = std::mem::replace(&mut *self.tokens.write().unwrap_or_else(PoisonError::into_inner), table);
+        self.reloads.send_modify(|generation| *generation += 1);
         let before: BTreeSet<&str> = old.names().collect();
         let after: BTreeSet<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
         let only = |these: &BTreeSet<&str>, those: &BTreeSet<&str>| {
             these.difference(those).map(|name| (*name).to_owned()).collect()
         };
         (only(&after, &before), only(&before, &after))
+    }
+
+    /// Whether a call admitted with `secret` and `grant` for `scope` may go on under the tokens
+    /// served now. Lease credentials are left to their lease, which ends on its own.
+    pub(super) fn recheck(&self, secret: Option<&Secret>, grant: &Grant, scope: Scope) -> Result<(), Error> {
+        let tokens = self.table();
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let Some(Secret(secret)) = secret else {
+            return Err(Error::Unauthenticated(
+                "this server requires a token since its tokens were reloaded; reconnect with one".to_owned(),
+            ));
+        };
+        if secret.starts_with(CACHE_TOKEN_PREFIX) {
+            return Ok(());
+        }
+        let name = &grant.token;
+        match tokens.verify(secret) {
+            None => Err(Error::Unauthenticated(format!(
+                "token `{name}` was revoked (the server's tokens were reloaded)"
+            ))),
+            Some(token) if !token.grant.scopes.contains(scope) => Err(Error::PermissionDenied(format!(
+                "token `{name}` no longer has the `{scope}` scope (the server's tokens were reloaded)"
+            ))),
+            Some(token) if *token.grant != *grant => Err(Error::PermissionDenied(format!(
+                "token `{name}` changed (the server's tokens were reloaded); reconnect to go on with its new grant"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// What a streaming call admitted with `grant` for `scope` is checked against on reloads.
+    fn standing<B>(
+        self: &Arc<Self>,
+        request: &http::Request<B>,
+        grant: &Arc<Grant>,
+        scope: Scope,
+    ) -> Standing {
+        let header = request.headers().get(http::header::AUTHORIZATION);
+        let secret =
+            header.and_then(|value| bearer(value.as_bytes())).map(|secret| Secret(secret.to_owned()));
+        Standing {
+            settings: Arc::clone(self),
+            secret,
+            grant: Arc::clone(grant),
+            scope,
+            reloads: self.reloads.subscribe(),
+        }
     }
 
     /// The grant of a caller outside gRPC (the registry's HTTP API) that presented `secret`,
@@ -346,6 +400,10 @@ where
             Err(err) => return Box::pin(async move { Ok(refuse(err)) }),
         };
         request.extensions_mut().insert(Arc::clone(&admitted.grant));
+        if !method.unary {
+            let standing = settings.standing(&request, &admitted.grant, scope);
+            request.extensions_mut().insert(standing);
+        }
         // Uploads must keep up min_transfer_rate too; other streams (heartbeats) send now and then.
         let min_rate = if method.upload { settings.min_transfer_rate } else { 0 };
         let pace = crate::conn::Pace { idle: settings.idle_timeout, min_rate };

@@ -16,6 +16,7 @@ pub mod lease;
 pub mod rate;
 pub mod reload;
 pub mod scopes;
+pub mod standing;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use layer::{AuthLayer, AuthSettings};
 pub use lease::{LeaseId, LeaseKeys, LiveLeases};
 pub use reload::TokenSource;
 pub use scopes::{NamespacePattern, Scope, Scopes};
+pub use standing::{Standing, lost, standing};
 pub use tokens::{SecretHash, TokenSpec};
 
 use crate::error::{Error, Result};

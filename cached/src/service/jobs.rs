@@ -118,9 +118,10 @@ impl Jobs for JobsService {
         let (_, extensions, request) = request.into_parts();
         let (job, mut events) = Arc::clone(&self.scheduler).watch(&request.job_id).await?;
         check_job_namespace(&extensions, &job)?;
+        let mut standing = auth::standing(&extensions);
         let (sender, receiver) = mpsc::channel(64);
         let mut stop = self.scheduler.stopping();
-        // Ends when the job finishes, the watcher goes, or cached shuts down.
+        // Ends when the job finishes, the watcher goes or loses its token, or cached shuts down.
         crate::task::spawn("job watch", async move {
             let finished = job.finished_unix_ms != 0;
             let snapshot = snapshot_event(Kind::Snapshot, job.clone());
@@ -136,6 +137,10 @@ impl Jobs for JobsService {
                     next = events.next() => next,
                     () = stopped(&mut stop) => {
                         let _ = sender.send(Err(Status::unavailable("cached is shutting down; watch again"))).await;
+                        return;
+                    }
+                    err = auth::lost(&mut standing) => {
+                        let _ = sender.send(Err(err.into())).await;
                         return;
                     }
                 };
@@ -225,7 +230,8 @@ impl Workers for WorkersService {
         let Some(lease_request::Kind::Register(info)) = first.kind else {
             return Err(Error::invalid("the first message of a lease stream must be `register`").into());
         };
-        let Session { id, sender, receiver } = self.scheduler.register(info, grant).await?;
+        let mut standing = auth::standing(&extensions);
+        let Session { id, sender, receiver } = self.scheduler.register(info, Arc::clone(&grant)).await?;
         let scheduler = Arc::clone(&self.scheduler);
         let mut stop = scheduler.stopping();
         // Ends when the agent goes or cached shuts down.
@@ -240,6 +246,11 @@ impl Workers for WorkersService {
                         break;
                     }
                     () = &mut gone => break,
+                    err = auth::lost(&mut standing) => {
+                        tracing::warn!(target: "audit", token = %grant.token, session = id, reason = %err, "lease stream ended");
+                        sender.end(err.into());
+                        break;
+                    }
                 };
                 match message {
                     Some(Ok(LeaseRequest { kind: Some(lease_request::Kind::Heartbeat(heartbeat)) })) => {
