@@ -78,6 +78,10 @@ pub trait SchedulerBackend: LiveLeases + Send + Sync + 'static {
 
     async fn unregister(&self, session: u64);
 
+    /// Ends `session` because its agent lost its token: the leases it holds end now (their
+    /// tasks are requeued and their cache credentials refused), not at their expiry.
+    async fn expel(&self, session: u64);
+
     /// Extends the leases the heartbeat lists that this session holds; an error ends the session.
     async fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()>;
 

@@ -105,6 +105,10 @@ impl SchedulerBackend for Scheduler {
         Scheduler::unregister(self, session);
     }
 
+    async fn expel(&self, session: u64) {
+        Scheduler::expel(self, session);
+    }
+
     async fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()> {
         Scheduler::heartbeat(self, session, heartbeat)
     }

@@ -46,6 +46,23 @@ impl Scheduler {
         }
     }
 
+    pub fn expel(&self, session: u64) {
+        {
+            let mut state = self.lock();
+            let State { jobs, workers, .. } = &mut *state;
+            let Some(worker) = workers.remove(session) else { return };
+            let agent = &worker.info.agent_id;
+            let held = jobs
+                .values_mut()
+                .flat_map(|job| job.tasks.iter_mut())
+                .filter(|task| task.state == TaskState::Leased as i32 && task.agent == *agent);
+            // Past their expiry: no longer live, and the sweep requeues them.
+            let ended = held.map(|task| task.lease_until_unix_ms = 0).count();
+            tracing::warn!(agent = %agent, leases = ended, "agent expelled; its leases end now");
+        }
+        self.sweep();
+    }
+
     /// Extends the leases the heartbeat lists that this session holds, with their secrets;
     /// every other one is answered with an abort. An error ends the session.
     pub fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()> {

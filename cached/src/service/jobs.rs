@@ -249,7 +249,8 @@ impl Workers for WorkersService {
                     err = auth::lost(&mut standing) => {
                         tracing::warn!(target: "audit", token = %grant.token, session = id, reason = %err, "lease stream ended");
                         sender.end(err.into());
-                        break;
+                        scheduler.expel(id).await;
+                        return;
                     }
                 };
                 match message {

@@ -122,6 +122,35 @@ impl PgScheduler {
         Ok(())
     }
 
+    /// Puts the leases `agent` holds past their expiry, for every replica's sweeper to requeue,
+    /// and stops accepting their cache credentials here at once (elsewhere at the next refresh
+    /// of the live leases).
+    async fn end_leases_of(&self, agent: &str) -> Result<usize> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        let held =
+            tx.query("SELECT DISTINCT job_id FROM tasks WHERE agent = $1 AND state = 2", &[&agent]).await?;
+        let job_ids: Vec<&str> = held.iter().map(|row| row.get(0)).collect();
+        let mut ended = Vec::new();
+        for mut locked in rows::lock_many(&tx, &job_ids).await? {
+            let job_id = locked.job.job_id.clone();
+            for task in &mut locked.job.tasks {
+                if task.state == TaskState::Leased as i32 && task.agent == agent {
+                    task.lease_until_unix_ms = 0;
+                    ended.push(LeaseId { job_id: job_id.clone(), task: task.index, attempt: task.attempt });
+                }
+            }
+            rows::update(&tx, &locked.job, locked.version).await?;
+        }
+        tx.commit().await?;
+        let count = ended.len();
+        for lease in ended {
+            self.set_live(lease, false);
+        }
+        self.changed();
+        Ok(count)
+    }
+
     fn set_live(&self, lease: LeaseId, live: bool) {
         let mut leases = self.live.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if live {
@@ -354,6 +383,18 @@ impl SchedulerBackend for PgScheduler {
     async fn unregister(&self, session: u64) {
         if let Some(worker) = self.workers().remove(session) {
             tracing::info!(agent = %worker.info.agent_id, "agent disconnected; its leases run until they expire");
+        }
+    }
+
+    async fn expel(&self, session: u64) {
+        let Some(worker) = self.workers().remove(session) else { return };
+        let agent = worker.info.agent_id;
+        match self.end_leases_of(&agent).await {
+            Ok(ended) => tracing::warn!(agent = %agent, leases = ended, "agent expelled; its leases end now"),
+            Err(err) => tracing::error!(
+                agent = %agent, error = %err,
+                "agent expelled, but its leases could not be ended; they end at their expiry"
+            ),
         }
     }
 
