@@ -30,6 +30,7 @@ use crate::TaskError;
 use crate::blobcache::BlobCache;
 use crate::build::Builder;
 use crate::caps;
+use crate::modules::ModuleStore;
 use crate::sandbox::Sandbox;
 use crate::task::{self, TaskContext, token_name};
 
@@ -95,6 +96,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         .map_err(|err| format!("{}: {err}", config.work_dir.display()))?;
     let cache =
         BlobCache::open(config.work_dir.join("blobs"), config.cache_size).map_err(|err| err.to_string())?;
+    let modules = ModuleStore::open(config.work_dir.join("modules"), config.cache_size)
+        .map_err(|err| err.to_string())?;
     tokio::pin!(shutdown);
 
     let mut backoff = Duration::from_millis(200);
@@ -114,6 +117,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let ctx = Arc::new(TaskContext {
         remote: remote.clone(),
         cache,
+        modules,
         builder: Builder {
             go: config.go.clone(),
             gocacheprog: config.gocacheprog.clone(),

@@ -4,7 +4,8 @@
 //! drain on SIGTERM), [`task`] (one task: sources, module proxy, build, outputs, completion),
 //! [`sandbox`] (the build users builds run as, and the start-up checks they need),
 //! [`taskdir`] (a task's own directories), [`workspace`] (checked trees from the CAS into a
-//! directory, never through a link) through the [`blobcache`] (hard links), [`build`] (the go
+//! directory, never through a link) through the [`blobcache`] (hard links), [`modules`] (module
+//! zips extracted once per agent and hard-linked into each task's module cache), [`build`] (the go
 //! build, through `cached_gobuild`, its processes through `cached_gobuild::exec`), [`image`] (a target's platform image and a job's image
 //! index, through `cached_oci::job`), [`caps`] (what this machine can build).
 
@@ -15,6 +16,7 @@ pub mod blobcache;
 pub mod build;
 pub mod caps;
 pub mod image;
+pub mod modules;
 pub mod sandbox;
 pub mod startup;
 pub mod task;

@@ -54,8 +54,9 @@ struct Cli {
     /// appears) of a job's source or module tree.
     #[arg(long, env = "CACHED_MAX_TREE_ENTRIES", default_value_t = TreeLimits::default().max_entries)]
     max_tree_entries: u64,
-    /// Cap of the blob cache (sources and module files) in the work dir; least recently used
-    /// entries go past it, never one a running task uses.
+    /// Cap of the blob cache (sources and module files) in the work dir, and separately of the
+    /// extracted module zips; least recently used entries go past it, never one a running task
+    /// uses.
     #[arg(long, env = "CACHED_AGENT_CACHE_SIZE", default_value = "20GiB", value_parser = cached_client::size::parse)]
     cache_size: u64,
     /// Name of this agent in leases and job events [default: <hostname>-<pid>].

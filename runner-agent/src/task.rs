@@ -14,15 +14,16 @@ use proto::v1::{self, FencingToken, TaskLease};
 use proto::{Digest, Platform};
 use tokio::sync::{mpsc, watch};
 
-use cached_client::tree::TreeLimits;
+use cached_client::tree::{Node, TreeLimits};
 
 use crate::TaskError;
 use crate::blobcache::BlobCache;
 use crate::build::{BuildInput, Builder};
 use crate::image;
+use crate::modules::{ModuleStore, ModuleZip, Prepared};
 use crate::sandbox::Sandbox;
 use crate::taskdir::{self, TaskDir};
-use crate::workspace::{self, materialize};
+use crate::workspace::{self, Materialized, materialize};
 
 /// Log lines are sent at most this often.
 const LOG_BATCH: Duration = Duration::from_millis(250);
@@ -31,6 +32,8 @@ const LOG_BATCH: Duration = Duration::from_millis(250);
 pub struct TaskContext {
     pub remote: RemoteExec,
     pub cache: BlobCache,
+    /// Module zips of jobs' proxies, extracted once.
+    pub modules: ModuleStore,
     pub builder: Builder,
     pub work_dir: PathBuf,
     /// Who builds run as.
@@ -152,6 +155,17 @@ async fn build_task(
                 ));
             }
             say(format!("runner-agent: module proxy of {} files", files.files()));
+            let prepared = prepare_modules(ctx, &files, &dir.path("gomodcache"), owner).await?;
+            tracing::info!(
+                linked = prepared.linked,
+                extracted = prepared.extracted,
+                left_to_go = prepared.left_to_go,
+                "module cache prepared"
+            );
+            say(format!(
+                "runner-agent: {} modules from the agent's store ({} extracted now), {} left to the go command",
+                prepared.linked, prepared.extracted, prepared.left_to_go
+            ));
         }
         None => env.push(("GOPROXY".into(), "off".into())),
     }
@@ -212,6 +226,31 @@ async fn build_task(
         image,
         index: None,
     })
+}
+
+/// Lays the proxy's module zips out in the task's module cache from the agent's store (see
+/// [`crate::modules`]), before anything of the build runs.
+async fn prepare_modules(
+    ctx: &TaskContext,
+    proxy: &Materialized,
+    gomodcache: &std::path::Path,
+    owner: Option<crate::sandbox::Owner>,
+) -> Result<Prepared, TaskError> {
+    let zips: Vec<ModuleZip> = proxy
+        .tree
+        .nodes
+        .iter()
+        .filter_map(|node| match node {
+            Node::File { path, digest, executable: false } => {
+                ModuleZip::from_proxy_path(path, *digest, ctx.cache.path(*digest, false))
+            }
+            _ => None,
+        })
+        .collect();
+    let (store, gomodcache) = (ctx.modules.clone(), gomodcache.to_owned());
+    cached_client::task::spawn_blocking("prepare-modules", move || store.prepare(&zips, &gomodcache, owner))
+        .await
+        .map_err(|err| TaskError::Infrastructure(format!("preparing the module cache: {err}")))
 }
 
 /// The go command's environment for a target: sealed (HOME, TMPDIR, GOCACHE, the module cache,

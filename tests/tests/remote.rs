@@ -214,6 +214,11 @@ impl Module {
     /// `example.com/app` with ./cmd/app (pure Go, imports example.com/greeting v1.0.0 from a
     /// file:// proxy) and ./cmd/cgoapp (cgo).
     fn new() -> Self {
+        Self::with_greeting(GREETING_GO)
+    }
+
+    /// The same, with `greeting` as example.com/greeting v1.0.0's source.
+    fn with_greeting(greeting: &str) -> Self {
         let root = tempfile::tempdir().unwrap();
         let module = Self { root };
         let r = module.root.path();
@@ -231,7 +236,7 @@ impl Module {
         std::fs::create_dir_all(&generator).unwrap();
         std::fs::write(generator.join("main.go"), GEN_ZIP).unwrap();
         std::fs::write(generator.join("go.mod"), "module gen\n\ngo 1.21\n").unwrap();
-        std::fs::write(generator.join("greeting.go.txt"), GREETING_GO).unwrap();
+        std::fs::write(generator.join("greeting.go.txt"), greeting).unwrap();
         std::fs::write(generator.join("go.mod.txt"), "module example.com/greeting\n\ngo 1.21\n").unwrap();
         let prefix = "example.com/greeting@v1.0.0";
         let mut zip = module.go(&generator, &["run", "."]);
@@ -437,6 +442,70 @@ fn a_four_target_matrix_builds_right_binaries_and_the_second_submit_is_warm() {
     assert_eq!(job_of(&reused), job_of(&warm), "{}", reused.stderr);
     assert_eq!(machine(&dist.join("linux_arm64/app")), "elf/aarch64");
     assert_eq!(module.jobs(&server).as_array().unwrap().len(), 2, "the reused submit queued a job");
+}
+
+/// An agent extracts a module zip of a job's proxy once and links it into its later tasks'
+/// module caches. A job controls both its proxy and its go.sum, so another job may ship other
+/// bytes under the same module version: each job builds with the zip it shipped (the store is
+/// keyed by the zip's digest, not by module and version).
+#[test]
+fn module_zips_are_extracted_once_per_agent_and_never_stand_in_for_another_jobs_zip() {
+    let _serial = serial();
+    let server = Server::start();
+    let parent = agent_parent();
+    let agent = Agent::start(&server, "agent-1", &parent.path().join("agent"), 1);
+    let prepared = |log: &str| -> Vec<(String, String)> {
+        plain(log)
+            .lines()
+            .filter(|line| line.contains("module cache prepared"))
+            .map(|line| (field(line, "linked"), field(line, "extracted")))
+            .collect()
+    };
+    let build = |module: &Module, targets: &str| {
+        let args = ["submit", "--rebuild", "--targets", targets, "./cmd/app"];
+        run(module.cachectl(&server, &args)).success(&format!("submit\n{}", agent.log()));
+        let said = Command::new(module.dir().join("dist/linux_amd64/app")).output().unwrap();
+        String::from_utf8_lossy(&said.stdout).trim().to_owned()
+    };
+
+    let honest = Module::new();
+    assert_eq!(build(&honest, "linux/amd64,linux/arm64"), "hello, matrix");
+    let two = prepared(&agent.log());
+    assert_eq!(two.len(), 2, "{}", agent.log());
+    assert_eq!(two[0], ("1".into(), "1".into()), "the first task extracted the zip: {two:?}");
+    assert_eq!(two[1], ("1".into(), "0".into()), "the second linked it: {two:?}");
+
+    let other = Module::with_greeting(
+        "package greeting\n\nfunc Hello(name string) string { return \"other bytes, \" + name }\n",
+    );
+    assert_eq!(build(&other, "linux/amd64"), "other bytes, matrix", "{}", agent.log());
+    assert_eq!(prepared(&agent.log())[2], ("1".into(), "1".into()), "its own zip is extracted");
+    assert_eq!(build(&honest, "linux/amd64"), "hello, matrix");
+    assert_eq!(prepared(&agent.log())[3], ("1".into(), "0".into()));
+}
+
+/// A log line without its terminal colours.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `name=value` in a log line.
+fn field(line: &str, name: &str) -> String {
+    let prefix = format!("{name}=");
+    line.split_whitespace().find_map(|word| word.strip_prefix(&prefix)).unwrap_or_default().to_owned()
 }
 
 #[test]
