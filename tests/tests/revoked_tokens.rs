@@ -1,5 +1,5 @@
 //! Revoking a runner agent's token (SIGHUP) ends what it holds open: its lease stream, and the
-//! leases it holds with their cache credentials. Before, calls were only checked when admitted:
+//! leases it holds with their cache credentials (and a revoked reader's job watch ends too). Before, calls were only checked when admitted:
 //! the stream and its heartbeats lived on, so the agent kept leasing tasks, each with write
 //! access to the job's namespace. Run against both scheduler backends (RocksDB, PostgreSQL).
 
@@ -28,7 +28,7 @@ async fn a_revoked_agent_token_ends_its_lease_stream_and_leases_on_postgresql() 
 async fn revoked_agent_token(backend: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens.toml");
-    let tokens = [("agent-a", "worker"), ("agent-b", "worker"), ("ci", "submit")];
+    let tokens = [("agent-a", "worker"), ("agent-b", "worker"), ("ci", "submit,read")];
     let tables: Vec<String> = tokens.iter().map(|(name, scopes)| token(dir.path(), name, scopes)).collect();
     std::fs::write(&file, tables.join("\n")).unwrap();
     let mut flags = vec!["--tokens-file".to_owned(), file.display().to_string()];
@@ -38,8 +38,11 @@ async fn revoked_agent_token(backend: &[String]) {
     let secret = |name: &str| std::fs::read_to_string(dir.path().join(format!("{name}.secret"))).unwrap();
 
     let (_a_sender, mut a) = lease_stream(&daemon, &secret("agent-a"), "a").await;
-    // Agent a holds a lease, and its build the lease's cache credential.
-    submit_as(&daemon, &secret("ci")).await;
+    // Agent a holds a lease, and its build the lease's cache credential; ci watches the job.
+    let job_id = submit_as(&daemon, &secret("ci")).await;
+    let mut jobs = v1::jobs_client::JobsClient::connect(daemon.url()).await.unwrap();
+    let watch = authorized(v1::WatchRequest { job_id }, &secret("ci"));
+    let mut watching = jobs.watch(watch).await.unwrap().into_inner();
     let credential = match next_on(&mut a, Duration::from_secs(10)).await {
         Some(Ok(Some(v1::LeaseResponse { kind: Some(Kind::Task(lease)) }))) => lease.cache_token,
         other => panic!("agent a got no task: {other:?}"),
@@ -48,9 +51,21 @@ async fn revoked_agent_token(backend: &[String]) {
     let (_b_sender, mut b) = lease_stream(&daemon, &secret("agent-b"), "b").await;
     let (_c_sender, mut c) = lease_stream(&daemon, &secret("agent-b"), "c").await;
 
-    // agent-a revoked, agent-b left as it was.
+    // agent-a and ci revoked, agent-b left as it was.
     std::fs::write(&file, &tables[1]).unwrap();
     hang_up(&daemon);
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watching.message().await {
+                Ok(Some(_)) => {}
+                other => return other,
+            }
+        }
+    });
+    match ended.await {
+        Ok(Err(status)) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
+        other => panic!("the revoked token's job watch went on: {other:?}"),
+    }
     match next_on(&mut a, Duration::from_secs(10)).await {
         Some(Err(status)) => {
             assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -135,8 +150,8 @@ async fn lease_stream(
     (sender, replies)
 }
 
-/// Submits a one-target job with `secret`.
-async fn submit_as(daemon: &Daemon, secret: &str) {
+/// Submits a one-target job with `secret`; its id.
+async fn submit_as(daemon: &Daemon, secret: &str) -> String {
     let spec = v1::JobSpec {
         source_root: Some(Digest::of(b"tree").to_wire()),
         targets: vec!["linux/amd64".parse::<proto::Platform>().unwrap().to_wire("")],
@@ -144,7 +159,8 @@ async fn submit_as(daemon: &Daemon, secret: &str) {
         ..v1::JobSpec::default()
     };
     let mut jobs = v1::jobs_client::JobsClient::connect(daemon.url()).await.unwrap();
-    jobs.submit(authorized(v1::SubmitRequest { spec: Some(spec), rebuild: false }, secret)).await.unwrap();
+    let request = authorized(v1::SubmitRequest { spec: Some(spec), rebuild: false }, secret);
+    jobs.submit(request).await.unwrap().into_inner().job_id
 }
 
 /// What the stream does next within `within`: `None` if it stays open and quiet.
