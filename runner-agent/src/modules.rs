@@ -128,10 +128,16 @@ impl ModuleStore {
     /// of the build running yet), extracting those the store lacks. Blocking.
     pub fn prepare(&self, zips: &[ModuleZip], gomodcache: &Path, owner: Option<Owner>) -> Prepared {
         let mut prepared = Prepared::default();
+        // A job's proxy may hold zips its build never opens, which the go command would never
+        // extract: what one task makes the agent extract is bounded by the store's cap.
+        let mut budget = self.books().cap;
         for zip in zips {
-            let tree = match self.tree(zip) {
+            let tree = match self.tree(zip, budget) {
                 Ok(Some((tree, extracted))) => {
-                    prepared.extracted += usize::from(extracted);
+                    if extracted {
+                        prepared.extracted += 1;
+                        budget = budget.saturating_sub(tree.size);
+                    }
                     tree
                 }
                 Ok(None) => {
@@ -162,7 +168,7 @@ impl ModuleStore {
 
     /// The zip's tree, held in use until [`Self::release`]; `None` if it is left to the go
     /// command. The flag says whether it was extracted now.
-    fn tree(&self, zip: &ModuleZip) -> Result<Option<(Tree, bool)>, String> {
+    fn tree(&self, zip: &ModuleZip, budget: u64) -> Result<Option<(Tree, bool)>, String> {
         {
             let mut books = self.books();
             if books.refused.contains(&zip.digest) {
@@ -176,6 +182,9 @@ impl ModuleStore {
                 *books.in_use.entry(zip.digest).or_default() += 1;
                 return Ok(Some((tree, false)));
             }
+        }
+        if budget == 0 {
+            return Ok(None);
         }
         let Some(prefix) = zip.prefix() else { return self.refuse(zip, "its module path does not unescape") };
         static STAGING: AtomicU64 = AtomicU64::new(0);
@@ -613,6 +622,11 @@ mod tests {
             assert_eq!(uid("example.com/!m@v1.0.0"), 0);
             assert_eq!(uid("example.com/!m@v1.0.0/sub/x.go"), 0);
         }
+        // A task makes the agent extract at most the store's cap.
+        let none = ModuleStore::open(dir.path().join("store0"), 0).unwrap();
+        let cache = dir.path().join("budget");
+        std::fs::create_dir(&cache).unwrap();
+        assert_eq!(none.prepare(&zips, &cache, None), Prepared { linked: 0, extracted: 0, left_to_go: 2 });
         // Over the cap, unused trees go.
         let small = ModuleStore { dir: store.dir.clone(), books: Arc::clone(&store.books) };
         small.books().cap = 0;
