@@ -73,6 +73,9 @@ pub struct ModuleStore {
     books: Arc<Mutex<Books>>,
 }
 
+/// Refused zips remembered (32 bytes each) before the list starts over.
+const REFUSED_REMEMBERED: usize = 4096;
+
 #[derive(Debug, Default)]
 struct Books {
     cap: u64,
@@ -88,8 +91,8 @@ struct Books {
 
 #[derive(Debug, Clone)]
 struct Tree {
-    /// Paths relative to the module's directory.
-    files: Vec<String>,
+    /// Paths relative to the module's directory; shared, so handing a tree to a task is cheap.
+    files: Arc<[String]>,
     /// `h1:` of the zip, as go.sum has it.
     hash: String,
     size: u64,
@@ -214,7 +217,7 @@ impl ModuleStore {
         }
         std::fs::rename(&staging, &dir).map_err(|err| format!("{}: {err}", dir.display()))?;
         books.clock += 1;
-        let tree = Tree { files, hash, size, used: books.clock };
+        let tree = Tree { files: files.into(), hash, size, used: books.clock };
         books.total += size;
         books.trees.insert(zip.digest, tree.clone());
         *books.in_use.entry(zip.digest).or_default() += 1;
@@ -223,7 +226,13 @@ impl ModuleStore {
 
     fn refuse(&self, zip: &ModuleZip, why: &str) -> Result<Option<(Tree, bool)>, String> {
         tracing::info!(module = %zip.escaped_path, version = %zip.escaped_version, why, "module zip left to the go command");
-        self.books().refused.insert(zip.digest);
+        let mut books = self.books();
+        // Forgetting costs one more attempt at a zip; remembering every distinct one a
+        // tenant sends would grow without bound.
+        if books.refused.len() >= REFUSED_REMEMBERED {
+            books.refused.clear();
+        }
+        books.refused.insert(zip.digest);
         Ok(None)
     }
 
@@ -258,7 +267,7 @@ impl ModuleStore {
         make_dirs(gomodcache, parent, owner)?;
         make_dirs(parent, &to, None)?;
         let mut made = HashSet::new();
-        for file in &tree.files {
+        for file in tree.files.iter() {
             let target = to.join(file);
             if let Some(parent) = target.parent()
                 && made.insert(parent.to_owned())
