@@ -340,35 +340,101 @@ pub async fn download_to_file_as(
 }
 
 /// Runs on a blocking thread: decompresses, hashes and writes each piece; checks the digest.
-/// A blob of several frames is decoded on a thread of its own while this one hashes and
-/// writes the frame before: decoding is the larger half of a download's CPU, and a large get
-/// otherwise runs at one core's speed with the other idle.
+/// A blob of several frames is decoded on threads of their own, one per core (its frames are
+/// independent), while this one hashes and writes them in order: decoding is the larger half
+/// of a download's CPU, and a single decoder holds a large get to one core's decoding speed.
 fn write_verified(
     temp: tempfile::NamedTempFile,
     digest: Digest,
     mut pieces: mpsc::Receiver<v1::ReadResponse>,
 ) -> Result<tempfile::NamedTempFile> {
-    let mut decode = Decode::new(digest)?;
-    if proto::frames::frame_count(digest.size) <= 1 {
+    let frames = proto::frames::frame_count(digest.size);
+    if frames <= 1 {
+        let mut decode = Decode::new(digest, 0, 1)?;
         let plains =
-            std::iter::from_fn(|| pieces.blocking_recv()).map(|piece| decode.plain(piece, Vec::new()));
-        return hash_and_write(temp, digest, plains, drop);
+            std::iter::from_fn(|| pieces.blocking_recv()).map(|piece| (0, decode.plain(piece, Vec::new())));
+        return hash_and_write(temp, digest, plains, |_, _| ());
     }
-    let (plain_sender, plains) = std::sync::mpsc::sync_channel::<Result<Plain>>(PIPELINE_FRAMES);
-    let (spare_sender, spares) = std::sync::mpsc::channel::<Vec<u8>>();
-    let decoding = crate::task::spawn_thread("decode-download", move || {
-        while let Some(piece) = pieces.blocking_recv() {
-            let plain = decode.plain(piece, spares.try_recv().unwrap_or_default());
-            let failed = plain.is_err();
-            // The writer is gone (it failed) or has the error: either way, stop.
-            if plain_sender.send(plain).is_err() || failed {
-                break;
+    decode_in_turn(temp, digest, pieces, decoder_count(frames))
+}
+
+/// [`write_verified`] of a blob of several frames, decoded by `count` threads in turn.
+fn decode_in_turn(
+    temp: tempfile::NamedTempFile,
+    digest: Digest,
+    mut pieces: mpsc::Receiver<v1::ReadResponse>,
+    count: usize,
+) -> Result<tempfile::NamedTempFile> {
+    let (mut inboxes, mut decoders) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    for first in 0..count {
+        let (inbox, decoder) = Decoder::spawn(Decode::new(digest, first as u64, count as u64)?);
+        inboxes.push(inbox);
+        decoders.push(decoder);
+    }
+    // Deals the pieces out in turn, so decoder `i % count` holds piece `i`: taking the decoders'
+    // output in the same turn puts the frames back in order without a reorder buffer.
+    let dealer = crate::task::spawn_thread("deal-download", move || {
+        for next in (0..inboxes.len()).cycle() {
+            let Some(piece) = pieces.blocking_recv() else { break };
+            if inboxes[next].send(piece).is_err() {
+                break; // That decoder stopped at an error, which the writer reports.
             }
         }
     });
-    let written = hash_and_write(temp, digest, plains.into_iter(), |spare| drop(spare_sender.send(spare)));
-    decoding.join().map_err(|_| ClientError::Server("decoding a download panicked".to_owned()))?;
+    let mut turn = (0..count).cycle();
+    let plains = std::iter::from_fn(|| {
+        let next = turn.next()?;
+        decoders[next].plains.recv().ok().map(|plain| (next, plain))
+    });
+    let spares: Vec<_> = decoders.iter().map(|decoder| decoder.spares.clone()).collect();
+    let written = hash_and_write(temp, digest, plains, |from, spare| drop(spares[from].send(spare)));
+    // Dropping the outputs first stops decoders still sending, and with them the dealer.
+    let threads: Vec<_> = decoders.into_iter().map(|decoder| decoder.thread).collect();
+    let panicked = || ClientError::Server("decoding a download panicked".to_owned());
+    dealer.join().map_err(|_| panicked())?;
+    for thread in threads {
+        thread.join().map_err(|_| panicked())?;
+    }
     written
+}
+
+/// Most decoding threads one download uses.
+const MAX_DECODERS: usize = 4;
+
+fn decoder_count(frames: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    cores.clamp(1, MAX_DECODERS).min(usize::try_from(frames).unwrap_or(usize::MAX))
+}
+
+/// A thread decoding every `count`th frame of a download.
+struct Decoder {
+    plains: std::sync::mpsc::Receiver<Result<Plain>>,
+    /// Written buffers go back here to be decoded into again.
+    spares: std::sync::mpsc::Sender<Vec<u8>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Frames queued for one decoder, and decoded frames waiting for the writer.
+const DECODER_QUEUE: usize = 2;
+
+impl Decoder {
+    /// Starts the thread; its pieces go to the returned sender.
+    fn spawn(mut decode: Decode) -> (std::sync::mpsc::SyncSender<v1::ReadResponse>, Self) {
+        let (inbox, pieces) = std::sync::mpsc::sync_channel::<v1::ReadResponse>(DECODER_QUEUE);
+        let (plain_sender, plains) = std::sync::mpsc::sync_channel(DECODER_QUEUE);
+        let (spares, spare_buffers) = std::sync::mpsc::channel::<Vec<u8>>();
+        let thread = crate::task::spawn_thread("decode-download", move || {
+            for piece in pieces {
+                let plain = decode.plain(piece, spare_buffers.try_recv().unwrap_or_default());
+                let failed = plain.is_err();
+                // The writer is gone (it failed) or has the error: either way, stop.
+                if plain_sender.send(plain).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        (inbox, Self { plains, spares, thread })
+    }
 }
 
 /// A piece of a blob ready to land: decoded into a buffer that goes back to the decoder once
@@ -393,8 +459,10 @@ struct Decode {
 }
 
 impl Decode {
-    fn new(digest: Digest) -> Result<Self> {
-        let decoder = FrameDecoder::new(digest.size, 0).map_err(|err| corrupt(digest, err.to_string()))?;
+    /// Decodes every `stride`th frame of the blob from `first` on.
+    fn new(digest: Digest, first: u64, stride: u64) -> Result<Self> {
+        let decoder = FrameDecoder::interleaved(digest.size, first, stride)
+            .map_err(|err| corrupt(digest, err.to_string()))?;
         Ok(Self { decoder, digest })
     }
 
@@ -414,24 +482,25 @@ fn corrupt(expected: Digest, reason: String) -> ClientError {
     ClientError::Corrupt { expected, reason }
 }
 
-/// Hashes and writes every piece in order, handing each decode buffer to `recycle`; the file
-/// is returned only when its bytes hash to `digest`.
+/// Hashes and writes every piece in order, handing each decode buffer back to `recycle` with
+/// the number of the decoder it came from; the file is returned only when its bytes hash to
+/// `digest`.
 fn hash_and_write(
     mut temp: tempfile::NamedTempFile,
     digest: Digest,
-    plains: impl Iterator<Item = Result<Plain>>,
-    mut recycle: impl FnMut(Vec<u8>),
+    plains: impl Iterator<Item = (usize, Result<Plain>)>,
+    mut recycle: impl FnMut(usize, Vec<u8>),
 ) -> Result<tempfile::NamedTempFile> {
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
     let path = temp.path().to_owned();
-    for plain in plains {
+    for (from, plain) in plains {
         let plain = plain?;
         hasher.update(plain.bytes());
         size += plain.bytes().len() as u64;
         temp.write_all(plain.bytes()).map_err(ClientError::file(&path))?;
         if let Plain::Decoded(buffer) = plain {
-            recycle(buffer);
+            recycle(from, buffer);
         }
     }
     let actual = Digest::from_hasher(&hasher, size);
@@ -461,6 +530,25 @@ mod tests {
         digest: Digest,
         pieces: Vec<v1::ReadResponse>,
     ) -> (tempfile::TempDir, Result<tempfile::NamedTempFile>) {
+        land_with(pieces, |temp, receiver| write_verified(temp, digest, receiver))
+    }
+
+    /// [`land`] with `decoders` threads taking the frames in turn, whatever the machine's cores.
+    fn land_in_turn(
+        digest: Digest,
+        pieces: Vec<v1::ReadResponse>,
+        decoders: usize,
+    ) -> (tempfile::TempDir, Result<tempfile::NamedTempFile>) {
+        land_with(pieces, |temp, receiver| decode_in_turn(temp, digest, receiver, decoders))
+    }
+
+    fn land_with(
+        pieces: Vec<v1::ReadResponse>,
+        write: impl FnOnce(
+            tempfile::NamedTempFile,
+            mpsc::Receiver<v1::ReadResponse>,
+        ) -> Result<tempfile::NamedTempFile>,
+    ) -> (tempfile::TempDir, Result<tempfile::NamedTempFile>) {
         let dir = tempfile::tempdir().unwrap();
         let temp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
         let (sender, receiver) = mpsc::channel(pieces.len().max(1));
@@ -468,7 +556,7 @@ mod tests {
             sender.try_send(piece).unwrap();
         }
         drop(sender);
-        (dir, write_verified(temp, digest, receiver))
+        (dir, write(temp, receiver))
     }
 
     #[test]
@@ -491,9 +579,14 @@ mod tests {
     }
 
     #[test]
-    fn compressed_frames_decoded_on_their_own_thread_land_in_order() {
-        // Enough frames that buffers go round the pool several times.
+    fn compressed_frames_decoded_by_threads_in_turn_land_in_order() {
+        // Enough frames that buffers go round each decoder's pool several times, and a last
+        // frame that is short and not the first decoder's.
         let raw: Vec<u8> = (0..FRAME_SIZE * 9 + 77).map(|i| (i * 7 % 253) as u8).collect();
+        for decoders in [1, 2, 3, 4] {
+            let (_dir, landed) = land_in_turn(Digest::of(&raw), zstd_pieces(&raw), decoders);
+            assert!(std::fs::read(landed.unwrap().path()).unwrap() == raw, "{decoders} decoders");
+        }
         let (_dir, landed) = land(Digest::of(&raw), zstd_pieces(&raw));
         assert!(std::fs::read(landed.unwrap().path()).unwrap() == raw);
     }
@@ -501,11 +594,34 @@ mod tests {
     #[test]
     fn an_undecodable_frame_in_the_middle_is_refused_and_named() {
         let raw: Vec<u8> = (0..FRAME_SIZE * 4).map(|i| (i % 241) as u8).collect();
-        let mut pieces = zstd_pieces(&raw);
-        pieces[2].data = Bytes::from_static(b"not zstd at all");
-        let (_dir, landed) = land(Digest::of(&raw), pieces);
-        let Err(ClientError::Corrupt { reason, .. }) = landed else { panic!("a bad frame landed") };
-        assert!(reason.contains('2'), "the frame is named: {reason}");
+        for decoders in [1, 2, 3] {
+            let mut pieces = zstd_pieces(&raw);
+            pieces[2].data = Bytes::from_static(b"not zstd at all");
+            let (_dir, landed) = land_in_turn(Digest::of(&raw), pieces, decoders);
+            let Err(ClientError::Corrupt { reason, .. }) = landed else { panic!("a bad frame landed") };
+            assert!(reason.contains("frame 2"), "the frame is named: {reason}");
+        }
+    }
+
+    #[test]
+    fn frames_swapped_missing_or_extra_are_refused() {
+        let raw: Vec<u8> = (0..FRAME_SIZE * 3 + 10).map(|i| (i * 3 % 239) as u8).collect();
+        let digest = Digest::of(&raw);
+        for decoders in [1, 2, 3] {
+            let mut swapped = zstd_pieces(&raw);
+            swapped.swap(0, 1);
+            let mut missing = zstd_pieces(&raw);
+            missing.remove(2);
+            let mut extra = zstd_pieces(&raw);
+            extra.push(extra[0].clone());
+            for (what, pieces) in [("swapped", swapped), ("missing", missing), ("extra", extra)] {
+                let (_dir, landed) = land_in_turn(digest, pieces, decoders);
+                assert!(
+                    matches!(landed, Err(ClientError::Corrupt { .. })),
+                    "{what} frames with {decoders} decoders are refused"
+                );
+            }
+        }
     }
 
     #[test]

@@ -120,16 +120,25 @@ pub struct FrameDecoder {
     decompressor: zstd::bulk::Decompressor<'static>,
     size: u64,
     next_index: u64,
+    /// Frames from one decoded to the next: 1, or the number of decoders sharing a blob.
+    stride: u64,
     buffer: Vec<u8>,
 }
 
 impl FrameDecoder {
     /// Decodes the frames of a blob of `size` bytes, starting at frame `first_index`.
     pub fn new(size: u64, first_index: u64) -> io::Result<Self> {
+        Self::interleaved(size, first_index, 1)
+    }
+
+    /// Decodes every `stride`th frame from `first_index` on: one of `stride` decoders that
+    /// share a blob's frames in turn.
+    pub fn interleaved(size: u64, first_index: u64, stride: u64) -> io::Result<Self> {
         Ok(Self {
             decompressor: zstd::bulk::Decompressor::new()?,
             size,
             next_index: first_index,
+            stride: stride.max(1),
             buffer: Vec::with_capacity(FRAME_SIZE.min(size as usize)),
         })
     }
@@ -139,6 +148,7 @@ impl FrameDecoder {
     pub fn restart(&mut self, size: u64, first_index: u64) {
         self.size = size;
         self.next_index = first_index;
+        self.stride = 1;
     }
 
     /// Decompresses the next frame into an internal buffer that is reused across calls.
@@ -169,7 +179,7 @@ impl FrameDecoder {
         if actual != expected {
             return Err(FrameError::WrongLength { index, expected, actual });
         }
-        self.next_index += 1;
+        self.next_index += self.stride;
         Ok(())
     }
 
@@ -178,7 +188,8 @@ impl FrameDecoder {
         self.next_index >= frame_count(self.size)
     }
 
-    /// Uncompressed bytes decoded so far, counted from the first frame of the blob.
+    /// Uncompressed bytes decoded so far, counted from the first frame of the blob (by a
+    /// decoder of every frame).
     pub fn decoded_bytes(&self) -> u64 {
         (self.next_index * FRAME_SIZE as u64).min(self.size)
     }
@@ -198,6 +209,24 @@ mod tests {
         assert_eq!(frame_len(FRAME_SIZE as u64 + 1, 1), Some(1));
         assert_eq!(frame_len(FRAME_SIZE as u64 + 1, 2), None);
         assert_eq!(frame_len(0, 0), None);
+    }
+
+    #[test]
+    fn interleaved_decoders_take_every_other_frame() {
+        let mut encoder = FrameEncoder::new(1).unwrap();
+        let full = encoder.encode(&vec![7u8; FRAME_SIZE]).unwrap();
+        let short = encoder.encode(&[1, 2, 3]).unwrap();
+        let size = 2 * FRAME_SIZE as u64 + 3;
+        let mut evens = FrameDecoder::interleaved(size, 0, 2).unwrap();
+        let mut odds = FrameDecoder::interleaved(size, 1, 2).unwrap();
+        assert_eq!(evens.decode(&full).unwrap().len(), FRAME_SIZE);
+        assert_eq!(odds.decode(&full).unwrap().len(), FRAME_SIZE);
+        assert!(odds.is_complete());
+        assert!(matches!(odds.decode(&short), Err(FrameError::TooMany { index: 3, .. })));
+        // Frame 2 is the short last one: a full frame there is refused, the short one decodes.
+        assert!(matches!(evens.decode(&full), Err(FrameError::WrongDeclaredSize { index: 2, .. })));
+        assert_eq!(evens.decode(&short).unwrap(), &[1, 2, 3]);
+        assert!(evens.is_complete());
     }
 
     #[test]
