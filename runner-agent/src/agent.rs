@@ -48,8 +48,9 @@ pub struct AgentConfig {
     pub go: PathBuf,
     /// Extra C compilers, `goos/goarch=command`.
     pub cc: Vec<String>,
-    /// The GOCACHEPROG command line for builds.
-    pub gocacheprog: String,
+    /// This binary as build users reach it: the GOCACHEPROG bridge and the entry of every
+    /// build process.
+    pub bridge: PathBuf,
     /// Environment the bridge needs (CACHED_ADDR, CA): never the agent's credentials.
     pub bridge_env: Vec<(String, String)>,
     /// Who builds run as (set up and checked by `sandbox`).
@@ -114,19 +115,21 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             }
         }
     };
+    let gocacheprog = format!("{} gocacheprog", config.bridge.display());
     let ctx = Arc::new(TaskContext {
         remote: remote.clone(),
         cache,
         modules,
         builder: Builder {
             go: config.go.clone(),
-            gocacheprog: config.gocacheprog.clone(),
+            gocacheprog: gocacheprog.clone(),
+            entry: config.bridge.clone(),
             bridge_connect: ConnectOptions { token: None, ..config.connect.clone() },
         },
         work_dir: config.work_dir.clone(),
         sandbox: config.sandbox.clone(),
         tree_limits: config.tree_limits,
-        gocacheprog: config.gocacheprog.clone(),
+        gocacheprog,
         bridge_env: config.bridge_env.clone(),
         c_compilers,
         task_timeout: config.task_timeout,

@@ -58,6 +58,8 @@ pub struct Builder {
     pub go: PathBuf,
     /// The GOCACHEPROG command line.
     pub gocacheprog: String,
+    /// This binary as build users reach it, which every build process starts through.
+    pub entry: PathBuf,
     /// How the builds' bridge connects: the agent's TLS settings, never its token (a build
     /// gets a per-lease credential through its environment instead).
     pub bridge_connect: ConnectOptions,
@@ -76,7 +78,7 @@ impl Builder {
         std::fs::create_dir_all(&input.output_dir).map_err(|err| {
             TaskError::Infrastructure(format!("creating {}: {err}", input.output_dir.display()))
         })?;
-        let exec = Arc::new(GroupExec::new(input, cancel.clone()));
+        let exec = Arc::new(GroupExec::new(input, &self.entry, cancel.clone()));
         let options = BuildOptions {
             go: self.go.clone(),
             gocacheprog: Some(self.gocacheprog.clone()),
@@ -172,6 +174,8 @@ const TASK_DECIDES: &[&str] =
 /// group on timeout, cancel or drop.
 pub struct GroupExec {
     processes: Processes,
+    /// This binary as the build user reaches it: every process starts through it.
+    entry: PathBuf,
     owner: Option<Owner>,
     output_dir: PathBuf,
     /// Processes running now; at zero the build user's leftovers are killed.
@@ -181,7 +185,7 @@ pub struct GroupExec {
 }
 
 impl GroupExec {
-    pub fn new(input: &BuildInput, cancel: watch::Receiver<bool>) -> Self {
+    pub fn new(input: &BuildInput, entry: &Path, cancel: watch::Receiver<bool>) -> Self {
         let owner = input.owner;
         let prepare = owner.map(|owner| -> Prepare {
             Arc::new(move |command: &mut tokio::process::Command| {
@@ -198,6 +202,7 @@ impl GroupExec {
         };
         Self {
             processes,
+            entry: entry.to_owned(),
             owner,
             output_dir: input.output_dir.clone(),
             running: Mutex::new(0),
@@ -209,13 +214,17 @@ impl GroupExec {
         self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
-    /// The invocation without the credentials the task decides.
-    fn sealed(invocation: &Invocation) -> Invocation {
+    /// The invocation as the build runs it: through the entry, without the credentials the
+    /// task decides.
+    fn sealed(&self, invocation: &Invocation) -> Invocation {
         let decided_by_task = |name: &str| TASK_DECIDES.contains(&name);
+        let (program, args) = sandbox::through_entry(&self.entry, &invocation.program, &invocation.args);
         Invocation {
+            program,
+            args,
             env_remove: invocation.env_remove.iter().filter(|name| !decided_by_task(name)).cloned().collect(),
             env: invocation.env.iter().filter(|(name, _)| !decided_by_task(name)).cloned().collect(),
-            ..invocation.clone()
+            dir: invocation.dir.clone(),
         }
     }
 
@@ -241,7 +250,7 @@ impl GroupExec {
 impl Exec for GroupExec {
     async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
         self.started();
-        let result = self.processes.output(&Self::sealed(invocation)).await;
+        let result = self.processes.output(&self.sealed(invocation)).await;
         self.ended().await?;
         result
     }
@@ -250,7 +259,7 @@ impl Exec for GroupExec {
     /// before the library reads (and caches) them.
     async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
         self.started();
-        let result = self.processes.stream(&Self::sealed(invocation), sink).await;
+        let result = self.processes.stream(&self.sealed(invocation), sink).await;
         self.ended().await?;
         let code = result?;
         if let Err(reason) = taskdir::check_outputs(&self.output_dir, self.owner) {

@@ -87,6 +87,13 @@ enum Command {
     /// The GOCACHEPROG bridge the agent's builds use (as `cachectl gocacheprog`).
     #[command(hide = true)]
     Gocacheprog(cached_gocacheprog::command::Args),
+    /// What every build process starts through (see the sandbox module).
+    #[command(hide = true, name = runner_agent::sandbox::ENTER_BUILD)]
+    EnterBuild {
+        program: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn hostname() -> String {
@@ -163,13 +170,17 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
         task_timeout: cli.task_timeout,
         go: cli.go,
         cc: cli.cc,
-        gocacheprog: format!("{} gocacheprog", prepared.bridge.display()),
+        bridge: prepared.bridge,
         bridge_env,
         sandbox: prepared.sandbox,
         tree_limits: TreeLimits { max_entries: cli.max_tree_entries, ..TreeLimits::default() },
     };
     agent::run(config, signal()).await
 }
+
+/// The exit code of a build process that could not start (as a shell's for a command it
+/// could not run).
+const ENTER_BUILD_FAILED: u8 = 126;
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
@@ -178,6 +189,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
+    if let Some(Command::EnterBuild { program, args }) = &cli.command {
+        eprintln!("runner-agent: {}", runner_agent::sandbox::enter_build(program, args));
+        return ExitCode::from(ENTER_BUILD_FAILED);
+    }
     if cli.command.is_none() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_default())

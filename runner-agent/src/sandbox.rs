@@ -6,6 +6,11 @@
 //! uid is handed out again. Without root, builds run as the agent's own user, which is only
 //! safe for trusted jobs; the agent says so loudly at start.
 //!
+//! Every build process starts through this binary ([`enter_build`]), which makes it the
+//! kernel's out-of-memory killer's first choice (`oom_score_adj` 1000, inherited by what it
+//! runs) with no core dumps: a build that eats the machine's memory is what dies, never the
+//! agent, another task's bridge or a cached beside it.
+//!
 //! Start-up checks what builds will need: the work dir reachable by the build uids, the bridge
 //! (this binary; copied into the work dir when it is not reachable) and the go command runnable
 //! by them, no account using the range, and no other agent on this machine holding the same
@@ -225,6 +230,36 @@ impl Drop for BuildUser {
             }
         });
     }
+}
+
+/// How readily the out-of-memory killer takes a build's processes: first of all.
+const BUILD_OOM_SCORE_ADJ: &str = "1000";
+
+/// The subcommand of this binary every build process starts through.
+pub const ENTER_BUILD: &str = "enter-build";
+
+/// `program args` started through [`ENTER_BUILD`] of `entry` (this binary, as build users
+/// reach it).
+pub fn through_entry(entry: &Path, program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    let mut wrapped = vec![ENTER_BUILD.to_owned(), "--".to_owned(), program.display().to_string()];
+    wrapped.extend(args.iter().cloned());
+    (entry.to_owned(), wrapped)
+}
+
+/// Runs in the build's process, already its user, and becomes `program`: first the
+/// out-of-memory killer's first choice, with no core dumps. Done here, after the user changed,
+/// because a process whose uid changed is not dumpable until it execs, and until then its
+/// /proc files are root's; raising one's own score needs no privilege. Returns only on failure.
+pub fn enter_build(program: &Path, args: &[std::ffi::OsString]) -> String {
+    if let Err(err) = std::fs::write("/proc/self/oom_score_adj", BUILD_OOM_SCORE_ADJ) {
+        return format!("cannot make the build the out-of-memory killer's first choice: {err}");
+    }
+    let no_core = rustix::process::Rlimit { current: Some(0), maximum: Some(0) };
+    if let Err(err) = rustix::process::setrlimit(rustix::process::Resource::Core, no_core) {
+        return format!("cannot turn core dumps off for the build: {err}");
+    }
+    let err = Command::new(program).args(args).exec();
+    format!("cannot run {}: {err}", program.display())
 }
 
 /// Kills every process `uid` runs, from a blocking thread.
