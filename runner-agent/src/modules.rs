@@ -89,6 +89,17 @@ struct Books {
     in_use: HashMap<Digest, usize>,
 }
 
+impl Books {
+    fn remember_refused(&mut self, digest: Digest) {
+        // Forgetting costs one more attempt at a zip; remembering every distinct one a
+        // tenant sends would grow without bound.
+        if self.refused.len() >= REFUSED_REMEMBERED {
+            self.refused.clear();
+        }
+        self.refused.insert(digest);
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Tree {
     /// Paths relative to the module's directory; shared, so handing a tree to a task is cheap.
@@ -226,13 +237,7 @@ impl ModuleStore {
 
     fn refuse(&self, zip: &ModuleZip, why: &str) -> Result<Option<(Tree, bool)>, String> {
         tracing::info!(module = %zip.escaped_path, version = %zip.escaped_version, why, "module zip left to the go command");
-        let mut books = self.books();
-        // Forgetting costs one more attempt at a zip; remembering every distinct one a
-        // tenant sends would grow without bound.
-        if books.refused.len() >= REFUSED_REMEMBERED {
-            books.refused.clear();
-        }
-        books.refused.insert(zip.digest);
+        self.books().remember_refused(zip.digest);
         Ok(None)
     }
 
@@ -486,6 +491,20 @@ fn is_vendored_package(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_refused_zips_remembered_are_bounded() {
+        let mut books = Books::default();
+        let digests: Vec<Digest> =
+            (0..=REFUSED_REMEMBERED as u32).map(|i| Digest::of(&i.to_le_bytes())).collect();
+        for digest in &digests {
+            books.remember_refused(*digest);
+            assert!(books.refused.len() <= REFUSED_REMEMBERED);
+        }
+        let last = digests.last().unwrap();
+        assert!(books.refused.contains(last), "the newest refusal is remembered");
+        assert_eq!(books.refused.len(), 1, "the list started over once full");
+    }
 
     #[test]
     fn proxy_paths_name_module_zips() {
