@@ -28,7 +28,7 @@ async fn a_revoked_agent_token_ends_its_lease_stream_and_leases_on_postgresql() 
 async fn revoked_agent_token(backend: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens.toml");
-    let tokens = [("agent-a", "worker"), ("agent-b", "worker"), ("ci", "submit,read")];
+    let tokens = [("agent-a", "worker"), ("agent-b", "worker"), ("ci", "submit,read"), ("ops", "read")];
     let tables: Vec<String> = tokens.iter().map(|(name, scopes)| token(dir.path(), name, scopes)).collect();
     std::fs::write(&file, tables.join("\n")).unwrap();
     let mut flags = vec!["--tokens-file".to_owned(), file.display().to_string()];
@@ -41,7 +41,7 @@ async fn revoked_agent_token(backend: &[String]) {
     // Agent a holds a lease, and its build the lease's cache credential; ci watches the job.
     let job_id = submit_as(&daemon, &secret("ci")).await;
     let mut jobs = v1::jobs_client::JobsClient::connect(daemon.url()).await.unwrap();
-    let watch = authorized(v1::WatchRequest { job_id }, &secret("ci"));
+    let watch = authorized(v1::WatchRequest { job_id: job_id.clone() }, &secret("ci"));
     let mut watching = jobs.watch(watch).await.unwrap().into_inner();
     let credential = match next_on(&mut a, Duration::from_secs(10)).await {
         Some(Ok(Some(v1::LeaseResponse { kind: Some(Kind::Task(lease)) }))) => lease.cache_token,
@@ -51,8 +51,8 @@ async fn revoked_agent_token(backend: &[String]) {
     let (_b_sender, mut b) = lease_stream(&daemon, &secret("agent-b"), "b").await;
     let (_c_sender, mut c) = lease_stream(&daemon, &secret("agent-b"), "c").await;
 
-    // agent-a and ci revoked, agent-b left as it was.
-    std::fs::write(&file, &tables[1]).unwrap();
+    // agent-a and ci revoked, agent-b and ops left as they were.
+    std::fs::write(&file, [tables[1].as_str(), tables[3].as_str()].join("\n")).unwrap();
     hang_up(&daemon);
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -80,6 +80,12 @@ async fn revoked_agent_token(backend: &[String]) {
         Some(lease) => assert_eq!(lease.token.unwrap().attempt, 2),
         None => panic!("the expelled agent's task was not leased again"),
     }
+    // The job says why its task ran again: not an expiry.
+    let listed =
+        jobs.list(authorized(v1::ListRequest { limit: 0, all: true }, &secret("ops"))).await.unwrap();
+    let job = listed.into_inner().jobs.into_iter().find(|job| job.job_id == job_id).unwrap();
+    let error = &job.tasks[0].error;
+    assert!(error.contains("agent a was expelled"), "{error}");
 
     // agent-b narrowed to `read`: both its streams end.
     std::fs::write(&file, with_scopes(&tables[1], "read")).unwrap();

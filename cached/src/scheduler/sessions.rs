@@ -10,6 +10,7 @@ use tonic::Status;
 
 use super::dispatch::Scope;
 use super::store::Durability;
+use super::transitions::EXPELLED;
 use super::workers::{LeaseReceiver, LeaseSender, Worker, Workers, lease_channel, max_running};
 use super::{
     MAX_AGENT_CAPACITY, MAX_JOB_ID_LEN, Scheduler, Settings, State, abort_message, job_namespace, lease_id,
@@ -56,8 +57,7 @@ impl Scheduler {
                 .values_mut()
                 .flat_map(|job| job.tasks.iter_mut())
                 .filter(|task| task.state == TaskState::Leased as i32 && task.agent == *agent);
-            // Past their expiry: no longer live, and the sweep requeues them.
-            let ended = held.map(|task| task.lease_until_unix_ms = 0).count();
+            let ended = held.map(|task| task.lease_until_unix_ms = EXPELLED).count();
             tracing::warn!(agent = %agent, leases = ended, "agent expelled; its leases end now");
         }
         self.sweep();

@@ -254,3 +254,17 @@ fn lease_secrets_are_bound_to_the_lease_and_the_registering_token() {
     let reopened = open(dir.path());
     assert_eq!(reopened.keys.secret(&lease, "ci").as_slice(), token.secret.as_ref());
 }
+
+#[test]
+fn an_expelled_agents_task_is_queued_again_at_once_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = open(dir.path());
+    let mut agent = Agent::register(&scheduler, "a", 1, grant("revoked", "*"));
+    let job_id = scheduler.submit(spec("main", 1, 0), "test").unwrap();
+    assert_eq!(agent.leases().len(), 1);
+    scheduler.expel(agent.session);
+    let task = &scheduler.get(&job_id).unwrap().tasks[0];
+    assert_eq!(task.state, TaskState::Queued as i32, "{task:?}");
+    assert!(task.error.contains("agent a was expelled"), "{}", task.error);
+    assert!(!task.error.contains("no heartbeat"), "{}", task.error);
+}

@@ -106,6 +106,10 @@ pub(super) fn cancel(job: &mut JobStatus) -> (Vec<JobEvent>, Vec<TaskStatus>) {
     (events, aborted)
 }
 
+/// The expiry an expelled agent's leases are given: the epoch, which no lease granted has, so
+/// the next sweep requeues them at once and says why.
+pub(super) const EXPELLED: i64 = 0;
+
 /// Expires the job's leases past their deadline and fails it past its own; returns the events
 /// and the tasks whose holders must be told to stop. No events: nothing changed.
 pub(super) fn expire(
@@ -132,11 +136,19 @@ pub(super) fn expire(
             events.push(fail_task(task, error));
         } else if task.state == TaskState::Leased as i32 && task.lease_until_unix_ms < now {
             aborted.push(task.clone());
-            let why = format!(
-                "the lease of agent {} expired (no heartbeat for {})",
-                task.agent,
-                humantime::format_duration(lease_timeout)
-            );
+            let why = if task.lease_until_unix_ms == EXPELLED {
+                format!(
+                    "agent {} was expelled: its token was revoked or no longer lets it build (cached's \
+                     audit log says which)",
+                    task.agent
+                )
+            } else {
+                format!(
+                    "the lease of agent {} expired (no heartbeat for {})",
+                    task.agent,
+                    humantime::format_duration(lease_timeout)
+                )
+            };
             task.lease_until_unix_ms = 0;
             if task.attempt >= max_attempts {
                 let error = format!("gave up after {} attempts; last: {why}", task.attempt);

@@ -136,7 +136,7 @@ impl PgScheduler {
             let job_id = locked.job.job_id.clone();
             for task in &mut locked.job.tasks {
                 if task.state == TaskState::Leased as i32 && task.agent == agent {
-                    task.lease_until_unix_ms = 0;
+                    task.lease_until_unix_ms = super::transitions::EXPELLED;
                     ended.push(LeaseId { job_id: job_id.clone(), task: task.index, attempt: task.attempt });
                 }
             }
