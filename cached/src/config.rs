@@ -70,6 +70,11 @@ pub const SETTINGS: &[Setting] = &[
         default: "10s",
     },
     Setting {
+        key: "scrub_rate",
+        help: "stored bytes per second read back in the background and checked against their digests; a blob that fails is removed (0 = off)",
+        default: "8MiB",
+    },
+    Setting {
         key: "max_blob_size",
         help: "largest blob accepted, at most max_size [default: max_size]",
         default: "",
@@ -290,6 +295,8 @@ pub struct Config {
     pub high_watermark: f64,
     pub low_watermark: f64,
     pub maintenance_interval: Duration,
+    /// Stored bytes per second the scrub reads back; 0: no scrub.
+    pub scrub_rate: u64,
     pub limits: Limits,
     /// With none, every caller is anonymous and may do everything (loopback only, unless
     /// `allow_anonymous`).
@@ -462,6 +469,7 @@ impl Config {
             high_watermark: get("high_watermark").fraction()?,
             low_watermark: get("low_watermark").fraction()?,
             maintenance_interval: get("maintenance_interval").duration()?,
+            scrub_rate: get("scrub_rate").size()?,
             limits,
             tokens: Vec::new(),
             allow_anonymous: get("allow_anonymous").switch()?,

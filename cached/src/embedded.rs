@@ -22,12 +22,15 @@ pub struct Embedded {
 
 impl Embedded {
     /// Starts cached on `data_dir` with `settings` (keys as in the config file) on top of the
-    /// defaults. Housekeeping is hourly unless a setting says otherwise, so callers decide
-    /// when eviction happens.
+    /// defaults. Housekeeping is hourly and without a scrub unless a setting says otherwise,
+    /// so callers decide when eviction happens.
     pub async fn start(data_dir: &Path, settings: &[(&str, &str)]) -> Result<Self> {
         let mut flags = BTreeMap::from([
             ("data_dir".to_owned(), data_dir.display().to_string()),
             ("maintenance_interval".to_owned(), "1h".to_owned()),
+            // A short-lived store of this machine's own builds: an hour's scrub in one round
+            // would only hold up its housekeeping.
+            ("scrub_rate".to_owned(), "0".to_owned()),
         ]);
         for (key, value) in settings {
             flags.insert((*key).to_owned(), (*value).to_owned());

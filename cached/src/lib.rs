@@ -225,7 +225,8 @@ fn spawn_housekeeping(
 ) {
     let (upkeep, space, go_cache) = (Arc::clone(&backends.upkeep), Arc::clone(space), Arc::clone(go_cache));
     let stop = background.stop_signal();
-    let rounds = store::housekeeping::run(upkeep, space, go_cache, config.maintenance_interval, stop);
+    let schedule = store::housekeeping::Schedule::new(config.maintenance_interval, config.scrub_rate);
+    let rounds = store::housekeeping::run(upkeep, space, go_cache, schedule, stop);
     background.spawn("housekeeping", rounds);
 }
 

@@ -295,6 +295,19 @@ impl Collector for StatsCollector {
             evicted_blobs,
         )?;
         counter(&mut encoder, "evicted_bytes", "stored bytes evicted", evicted_bytes)?;
+        let scrubbed = self.sources.store.scrubbed();
+        counter(
+            &mut encoder,
+            "scrubbed_bytes",
+            "stored bytes read back by the scrub and checked against their digests",
+            scrubbed.checked_bytes,
+        )?;
+        counter(
+            &mut encoder,
+            "scrub_removed_blobs",
+            "blobs the scrub found rotten at rest and removed",
+            scrubbed.removed_blobs,
+        )?;
         counter(
             &mut encoder,
             "go_entries_dropped",

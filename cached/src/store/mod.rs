@@ -18,7 +18,7 @@ use proto::Digest;
 
 pub use keys::BlobKey;
 pub use metrics::{Metered, StoreCounters};
-pub use rocks::{Budget, RocksStore, StoreTotals};
+pub use rocks::{Budget, RocksStore, ScrubSlice, ScrubTotals, StoreTotals};
 pub use space::{Evictable, FreeSpace, SpaceGuarded, reclaim};
 pub use verify::Verified;
 
@@ -121,6 +121,8 @@ pub trait StoreUsage: Send + Sync + 'static {
     fn budget(&self) -> Budget;
     /// (blobs, bytes) evicted since start.
     fn evictions(&self) -> (u64, u64);
+    /// What scrubbing checked and removed since start.
+    fn scrubbed(&self) -> ScrubTotals;
 }
 
 /// The store's upkeep, run by housekeeping and at shutdown, off the request path. Every
@@ -138,6 +140,9 @@ pub trait StoreUpkeep: StoreUsage {
     fn compact(&self) -> Result<()>;
     /// Makes everything durable, for a clean shutdown.
     fn flush(&self) -> Result<()>;
+    /// Reads back about `budget` stored bytes of blobs after `cursor`, removing any whose
+    /// bytes no longer match their digest; `cursor` moves on (empty: the pass is done).
+    fn scrub(&self, cursor: &mut Vec<u8>, budget: u64) -> Result<ScrubSlice>;
 }
 
 /// The store handle the services share.

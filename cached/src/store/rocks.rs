@@ -2,6 +2,7 @@
 //! Eviction (`lru`) is a part of it: it works on the same batches, under the same lock.
 
 mod lru;
+mod scrub;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,6 +13,7 @@ use proto::frames::frame_count;
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
 
 use self::lru::AccessLog;
+pub use self::scrub::{ScrubSlice, ScrubTotals};
 use super::keys::{BlobKey, BlobMeta, chunk_key, lru_key, u64_be};
 use super::{BlobInfo, BlobStore, Committed, FrameReader, FrameWriter, StoreUpkeep, StoreUsage};
 use crate::db::{CF_BLOBS, CF_CHUNKS, CF_COUNTERS, CF_LRU, CF_PENDING, cf};
@@ -95,6 +97,8 @@ struct Inner {
     evicted_bytes: AtomicU64,
     over_high_watermark: AtomicBool,
     next_upload: AtomicU64,
+    scrubbed_bytes: AtomicU64,
+    scrub_removed: AtomicU64,
 }
 
 impl RocksStore {
@@ -115,6 +119,8 @@ impl RocksStore {
                 evicted_bytes: AtomicU64::new(0),
                 over_high_watermark: AtomicBool::new(false),
                 next_upload: AtomicU64::new(next_upload),
+                scrubbed_bytes: AtomicU64::new(0),
+                scrub_removed: AtomicU64::new(0),
             }),
         })
     }
@@ -167,6 +173,10 @@ impl StoreUsage for RocksStore {
     fn evictions(&self) -> (u64, u64) {
         RocksStore::evictions(self)
     }
+
+    fn scrubbed(&self) -> ScrubTotals {
+        RocksStore::scrubbed(self)
+    }
 }
 
 impl StoreUpkeep for RocksStore {
@@ -188,6 +198,10 @@ impl StoreUpkeep for RocksStore {
 
     fn flush(&self) -> Result<()> {
         RocksStore::flush(self)
+    }
+
+    fn scrub(&self, cursor: &mut Vec<u8>, budget: u64) -> Result<ScrubSlice> {
+        RocksStore::scrub(self, cursor, budget)
     }
 }
 

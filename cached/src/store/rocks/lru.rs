@@ -31,7 +31,7 @@ impl AccessLog {
         self.touched.insert(key, now_ms());
     }
 
-    fn drain(&self) -> Vec<(BlobKey, u64)> {
+    pub(super) fn drain(&self) -> Vec<(BlobKey, u64)> {
         let keys: Vec<BlobKey> = self.touched.iter().map(|entry| *entry.key()).collect();
         keys.into_iter().filter_map(|key| self.touched.remove(&key)).collect()
     }

@@ -1,0 +1,67 @@
+//! Rot at rest: a stored frame whose bytes changed on disk. Readers refuse what they get (they
+//! hash it), but nothing repaired the blob: its digest stayed "present", so uploads of it were
+//! discarded, and every read kept it recently used. The scrub removes it, and the next upload
+//! stores it whole.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Clients, Server, noise};
+use proto::v1::Compression;
+use proto::{Digest, FRAME_SIZE};
+
+/// Flips one byte in the middle of the first stored frame. Chunk keys are (upload id, frame)
+/// and upload ids only grow, so that is the first blob's first frame. Incompressible bytes are
+/// stored as raw zstd blocks: the frame stays well formed and only hashing finds the change.
+fn rot_first_frame(data_dir: &Path) {
+    let db = cached::db::open(data_dir).unwrap();
+    let chunks = cached::db::cf(&db, cached::db::CF_CHUNKS).unwrap();
+    let (key, value) = db.iterator_cf(chunks, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+    let mut value = value.to_vec();
+    let middle = value.len() / 2;
+    value[middle] ^= 0x01;
+    db.put_cf(chunks, key, value).unwrap();
+}
+
+async fn read_back(clients: &Clients, digest: Digest) -> Vec<u8> {
+    clients.read(digest, 0, 0, Compression::Zstd).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_blob_that_rotted_at_rest_is_scrubbed_away_and_stored_again_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let rotten = noise(2 * FRAME_SIZE + 100, 7);
+    let sound = noise(FRAME_SIZE / 2, 8);
+    let server = Server::start(dir.path(), &[]).await;
+    let clients = server.clients().await;
+    let (rotten_digest, sound_digest) = (clients.write(&rotten).await, clients.write(&sound).await);
+    server.stop().await;
+    rot_first_frame(dir.path());
+
+    // Without a scrub (the embedded default) the rot stays, whatever is uploaded.
+    let server = Server::start(dir.path(), &[]).await;
+    let clients = server.clients().await;
+    assert_ne!(Digest::of(&read_back(&clients, rotten_digest).await), rotten_digest);
+    clients.write(&rotten).await;
+    let read = read_back(&clients, rotten_digest).await;
+    assert_ne!(Digest::of(&read), rotten_digest, "the upload was discarded: the digest was present");
+    server.stop().await;
+
+    let scrubbing = [("maintenance_interval", "200ms"), ("scrub_rate", "64MiB")];
+    let server = Server::start(dir.path(), &scrubbing).await;
+    let clients = server.clients().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while clients.is_stored(rotten_digest).await {
+        assert!(Instant::now() < deadline, "the rotten blob was never scrubbed away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(clients.is_stored(sound_digest).await, "a sound blob stays");
+    assert!(read_back(&clients, sound_digest).await == sound);
+    let metrics = server.metrics().await;
+    assert!(metrics.contains("cached_scrub_removed_blobs_total 1"), "{metrics}");
+    clients.write(&rotten).await;
+    assert!(read_back(&clients, rotten_digest).await == rotten, "stored again, whole");
+    server.stop().await;
+}
