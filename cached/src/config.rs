@@ -221,6 +221,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "file holding the password of database_url's user (its first line)",
         default: "",
     },
+    Setting {
+        key: "database_ca",
+        help: "PEM file of the CA(s) the database's certificate must chain to: turns TLS to it on, verified (sslmode=require in database_url does too, with the system's roots)",
+        default: "",
+    },
     // The OCI registry (crate::registry): off unless registry_listen is set.
     Setting {
         key: "registry_listen",
@@ -408,6 +413,7 @@ impl Config {
         config.database = crate::postgres::DatabaseSettings::from_config(
             &values["database_url"].0,
             &values["database_password_file"].0,
+            &values["database_ca"].0,
             env,
         )?;
         config.validate()?;

@@ -17,6 +17,13 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
     bin: PathBuf,
+    tls: bool,
+}
+
+/// The PEM certificate chain and key a TLS server presents.
+pub struct ServerIdentity {
+    pub certificate_pem: String,
+    pub key_pem: String,
 }
 
 /// Where `initdb` and `pg_ctl` are: on PATH, or in Debian's versioned directory.
@@ -40,16 +47,23 @@ fn bin_dir() -> PathBuf {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server that takes TCP connections over TLS only, presenting `identity`: a plain one
+    /// is refused by pg_hba.conf, so a connection that works was encrypted.
+    pub fn start_tls_only(identity: &ServerIdentity) -> Self {
+        Self::start_with(Some(identity))
+    }
+
+    fn start_with(identity: Option<&ServerIdentity>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let bin = bin_dir();
         let port = free_port();
-        let server = Self { dir, port, bin };
+        let server = Self { dir, port, bin, tls: identity.is_some() };
         std::fs::write(server.password_file(), format!("{PASSWORD}\n")).expect("password file");
         std::fs::create_dir(server.sockets()).expect("socket dir");
-        if is_root() {
-            let chown = Command::new("chown").args(["-R", USER]).arg(server.dir.path()).status();
-            assert!(chown.is_ok_and(|status| status.success()), "chown to {USER} failed");
-        }
+        server.give_to_postgres(server.dir.path());
         let mut initdb = server.command("initdb");
         initdb
             .arg("-D")
@@ -57,18 +71,49 @@ impl Postgres {
             .args(["-U", USER, "--auth=scram-sha-256", "--no-sync", "--no-instructions"])
             .arg(format!("--pwfile={}", server.password_file().display()));
         expect_success(initdb, "initdb");
+        if let Some(identity) = identity {
+            server.require_tls(identity);
+        }
         server.resume();
         server
     }
 
+    /// The server's certificate and key in its data directory, and a pg_hba.conf that turns
+    /// away TCP connections without TLS.
+    fn require_tls(&self, identity: &ServerIdentity) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data();
+        std::fs::write(data.join("server.crt"), &identity.certificate_pem).expect("server.crt");
+        std::fs::write(data.join("server.key"), &identity.key_pem).expect("server.key");
+        // PostgreSQL refuses a key others may read.
+        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod server.key");
+        let hba = "local all all scram-sha-256\n\
+                   hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                   hostnossl all all 0.0.0.0/0 reject\n";
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("pg_hba.conf");
+        self.give_to_postgres(&data);
+    }
+
+    /// As root, `path` (recursively) becomes the postgres user's, which the server runs as.
+    fn give_to_postgres(&self, path: &Path) {
+        if is_root() {
+            let chown = Command::new("chown").args(["-R", USER]).arg(path).status();
+            assert!(chown.is_ok_and(|status| status.success()), "chown to {USER} failed");
+        }
+    }
+
     /// Starts the server (again, after [`Postgres::stop`]).
     pub fn resume(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c max_connections=200",
             self.port,
             self.sockets().display()
         );
+        if self.tls {
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let mut start = self.command("pg_ctl");
         start.arg("-D").arg(self.data()).arg("-l").arg(self.log_file()).args(["-w", "-o", &options, "start"]);
         expect_success(start, "pg_ctl start");

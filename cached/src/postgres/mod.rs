@@ -15,6 +15,8 @@ use tokio_postgres::NoTls;
 
 use crate::config::{ConfigError, env_name};
 
+mod tls;
+
 mod embedded {
     refinery::embed_migrations!("migrations");
 }
@@ -43,18 +45,35 @@ const MIGRATION_LOCK: i64 = 0x6361_6368_6564_0001;
 /// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
-    #[error("{0}")]
+    #[error("{}", with_causes(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("{0}")]
+    #[error("{}", with_causes(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("schema migration failed: {0}")]
     Migrate(#[from] refinery::Error),
 }
 
-/// Where the database is, and the password to reach it with.
+/// `err` and the causes its own words leave out: a failed connection says only "db error",
+/// and the server's reason (or the TLS handshake's) is its source.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Where the database is, the password to reach it with, and the TLS that reaches it.
 #[derive(Clone)]
 pub struct DatabaseSettings {
     config: tokio_postgres::Config,
+    /// `None`: plain connections.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -64,11 +83,12 @@ impl fmt::Debug for DatabaseSettings {
 }
 
 impl DatabaseSettings {
-    /// `database_url` with its password from the file, the environment or the URL; `None`
-    /// without a URL.
+    /// `database_url` with its password from the file, the environment or the URL, and TLS
+    /// as `database_ca` and the URL's `sslmode` ask; `None` without a URL.
     pub fn from_config(
         url: &str,
         password_file: &str,
+        ca_file: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, ConfigError> {
         let url = url.trim();
@@ -83,7 +103,8 @@ impl DatabaseSettings {
         if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(invalid("expected postgres://USER@HOST:PORT/DATABASE".to_owned()));
         }
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|err| invalid(err.to_string()))?;
+        let mut config = tokio_postgres::Config::from_str(&tls::normalize_url(url))
+            .map_err(|err| invalid(err.to_string()))?;
         if !password_file.trim().is_empty() {
             let path = Path::new(password_file.trim());
             let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
@@ -96,7 +117,8 @@ impl DatabaseSettings {
         }
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("cached");
-        Ok(Some(Self { config }))
+        let tls = tls::connector(&mut config, ca_file)?;
+        Ok(Some(Self { config, tls }))
     }
 
     /// user@host:port/database, for logs: never the password.
@@ -112,10 +134,11 @@ impl DatabaseSettings {
             })
             .collect();
         format!(
-            "postgres://{}@{}/{}",
+            "postgres://{}@{}/{}{}",
             self.config.get_user().unwrap_or(""),
             hosts.join(","),
-            self.config.get_dbname().unwrap_or("")
+            self.config.get_dbname().unwrap_or(""),
+            if self.tls.is_some() { " (TLS, verified)" } else { "" }
         )
     }
 }
@@ -130,11 +153,11 @@ pub struct Database {
 impl Database {
     /// Connects and applies the migrations this cached knows and the database lacks.
     pub async fn open(settings: &DatabaseSettings) -> Result<Self, DatabaseError> {
-        let manager = Manager::from_config(
-            settings.config.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match &settings.tls {
+            Some(tls) => Manager::from_config(settings.config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(settings.config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -181,24 +204,26 @@ mod tests {
         let no_env = |_: &str| None;
         let url = "postgres://cached@db.example:5433/jobs";
         let settings =
-            DatabaseSettings::from_config(url, &file.display().to_string(), &no_env).unwrap().unwrap();
+            DatabaseSettings::from_config(url, &file.display().to_string(), "", &no_env).unwrap().unwrap();
         assert_eq!(settings.config.get_password(), Some(b"from-file".as_slice()));
         assert_eq!(settings.describe(), url);
         assert!(!format!("{settings:?}").contains("from-file"));
 
         let env = |name: &str| (name == "CACHED_DATABASE_PASSWORD").then(|| "from-env".to_owned());
-        let settings = DatabaseSettings::from_config(url, "", &env).unwrap().unwrap();
+        let settings = DatabaseSettings::from_config(url, "", "", &env).unwrap().unwrap();
         assert_eq!(settings.config.get_password(), Some(b"from-env".as_slice()));
 
-        let in_url =
-            DatabaseSettings::from_config("postgres://cached:in-url@db/jobs", "", &no_env).unwrap().unwrap();
+        let in_url = DatabaseSettings::from_config("postgres://cached:in-url@db/jobs", "", "", &no_env)
+            .unwrap()
+            .unwrap();
         assert_eq!(in_url.describe(), "postgres://cached@db:5432/jobs");
         assert!(!format!("{in_url:?}").contains("in-url"));
 
-        assert!(DatabaseSettings::from_config(" ", "", &no_env).unwrap().is_none());
-        let wrong = DatabaseSettings::from_config("mysql://db/jobs", "", &no_env).unwrap_err().to_string();
+        assert!(DatabaseSettings::from_config(" ", "", "", &no_env).unwrap().is_none());
+        let wrong =
+            DatabaseSettings::from_config("mysql://db/jobs", "", "", &no_env).unwrap_err().to_string();
         assert!(wrong.contains("database_url") && wrong.contains("postgres://"), "{wrong}");
         let missing = dir.path().join("missing").display().to_string();
-        assert!(DatabaseSettings::from_config(url, &missing, &no_env).is_err());
+        assert!(DatabaseSettings::from_config(url, &missing, "", &no_env).is_err());
     }
 }
