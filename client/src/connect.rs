@@ -3,6 +3,7 @@
 //! goes in clear (`http://`) only to a loopback server unless the user opts in.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::error::{ClientError, Result};
 use crate::failover::Failover;
-use crate::loopback;
+use crate::loopback::{self, Place};
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 /// Large enough for a batch of small blobs; the server enforces its own limit.
@@ -103,6 +104,15 @@ impl ConnectOptions {
     /// timeouts and windows, then connect. Every connection is made from one, so this is where
     /// a token bound for a plain-HTTP server off this machine is refused.
     pub fn endpoint(&self, server: &str) -> Result<Endpoint> {
+        self.endpoint_resolving(server, loopback::resolve)
+    }
+
+    /// [`Self::endpoint`], with names looked up by `resolve`.
+    fn endpoint_resolving(
+        &self,
+        server: &str,
+        resolve: impl FnOnce(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
+    ) -> Result<Endpoint> {
         // Without a scheme the URL parses, and only the first call fails ("invalid URL").
         if !server.starts_with("http://") && !server.starts_with("https://") {
             return Err(ClientError::Usage(format!(
@@ -119,9 +129,19 @@ impl ConnectOptions {
                     "--tls-ca and --tls-client-cert need an https:// server, not {server:?}"
                 )));
             }
-            let uri = endpoint.uri();
-            self.check_cleartext(server, uri.host().unwrap_or_default(), uri.port_u16(), loopback::resolve)?;
-            return Ok(endpoint);
+            let uri = endpoint.uri().clone();
+            return match self.check_cleartext(
+                server,
+                uri.host().unwrap_or_default(),
+                uri.port_u16(),
+                resolve,
+            )? {
+                // The connection goes where the check looked; the calls still name the server.
+                Some(address) => Ok(Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|err| ClientError::Usage(format!("--server {server:?}: {err}")))?
+                    .origin(uri)),
+                None => Ok(endpoint),
+            };
         }
         let mut tls = ClientTlsConfig::new();
         tls = match &self.tls_ca {
@@ -141,20 +161,22 @@ impl ConnectOptions {
     }
 
     /// Refuses to send the token in clear to `host` unless it is on loopback or the user
-    /// opted in.
+    /// opted in. A name that resolved to loopback comes back as the address it resolved to,
+    /// which the connection must use.
     fn check_cleartext(
         &self,
         server: &str,
         host: &str,
         port: Option<u16>,
-        resolve: impl FnOnce(&str, u16) -> std::io::Result<Vec<std::net::SocketAddr>>,
-    ) -> Result<()> {
+        resolve: impl FnOnce(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
+    ) -> Result<Option<SocketAddr>> {
         if self.token.is_none() || self.allow_insecure_token {
-            return Ok(());
+            return Ok(None);
         }
-        let why = match loopback::is_loopback(host, port.unwrap_or(80), resolve) {
-            Ok(true) => return Ok(()),
-            Ok(false) => format!("{host} is not a loopback address"),
+        let why = match loopback::place(host, port.unwrap_or(80), resolve) {
+            Ok(Place::Here) => return Ok(None),
+            Ok(Place::HereAt(address)) => return Ok(Some(address)),
+            Ok(Place::Elsewhere) => format!("{host} is not a loopback address"),
             Err(reason) => format!("{reason}, so it cannot be told to be a loopback address"),
         };
         Err(ClientError::Usage(format!(
@@ -340,9 +362,8 @@ mod tests {
             }
         };
         let server = "http://cache.test:7070";
-        assert!(
-            token.check_cleartext(server, "cache.test", Some(7070), resolved(&["127.0.0.1", "::1"])).is_ok()
-        );
+        let pinned = token.check_cleartext(server, "cache.test", Some(7070), resolved(&["127.0.0.1", "::1"]));
+        assert_eq!(pinned.unwrap(), Some("127.0.0.1:7070".parse().unwrap()));
         let err = token
             .check_cleartext(server, "cache.test", Some(7070), resolved(&["127.0.0.1", "10.0.0.7"]))
             .unwrap_err()
@@ -353,6 +374,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot resolve cache.test: NXDOMAIN"), "{err}");
+    }
+
+    /// A name checked to be on loopback is connected to at the address the check found: a
+    /// resolver asked again could answer with another machine (DNS rebinding), and the token
+    /// would go there in clear. `rebind.test` resolves nowhere, so a second lookup would fail.
+    #[tokio::test]
+    async fn a_name_checked_to_be_loopback_is_connected_to_where_the_check_found_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let token = ConnectOptions::with_token("cached_hunter2");
+        let endpoint = token
+            .endpoint_resolving(&format!("http://rebind.test:{}", address.port()), move |_, _| {
+                Ok(vec![address])
+            })
+            .unwrap();
+        let _connecting = crate::task::spawn_guarded("connect", async move { endpoint.connect().await });
+        let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await;
+        assert!(accepted.is_ok_and(|accepted| accepted.is_ok()), "nothing connected to {address}");
     }
 
     #[test]

@@ -263,8 +263,8 @@ fn on_this_machine(server: &str) -> bool {
     server.split(',').all(|address| {
         let uri = address.trim().parse::<tonic::codegen::http::Uri>();
         uri.ok().and_then(|uri| uri.host().map(str::to_owned)).is_some_and(|host| {
-            crate::loopback::is_loopback(&host, 0, |_, _| Err(std::io::ErrorKind::Unsupported.into()))
-                .unwrap_or(false)
+            let unresolved = |_: &str, _| Err(std::io::ErrorKind::Unsupported.into());
+            crate::loopback::place(&host, 0, unresolved) == Ok(crate::loopback::Place::Here)
         })
     })
 }
