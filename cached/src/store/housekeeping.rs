@@ -31,13 +31,6 @@ impl Schedule {
     }
 }
 
-/// Where the slices of the work spread over rounds go on from.
-#[derive(Default)]
-struct Cursors {
-    dangling: Vec<u8>,
-    scrub: Vec<u8>,
-}
-
 /// Every `interval` until `stop`: persists access times and evicts past the high watermark or
 /// below the free-space floor, then drops the next slice of Go entries whose blob is gone and
 /// scrubs the next slice of blobs. A round under way when `stop` comes is finished first, so
@@ -51,52 +44,53 @@ pub async fn run(
 ) {
     let mut ticker = tokio::time::interval(schedule.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut cursors = Cursors::default();
+    let mut cursor = Vec::new();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        let (store, space, go_cache, taken) =
-            (Arc::clone(&store), Arc::clone(&space), Arc::clone(&go_cache), std::mem::take(&mut cursors));
+        let (store, space, go_cache, slice) =
+            (Arc::clone(&store), Arc::clone(&space), Arc::clone(&go_cache), std::mem::take(&mut cursor));
         match crate::task::spawn_blocking("housekeeping round", move || {
-            round(&*store, &space, &go_cache, schedule.scrub_per_round, taken)
+            round(&*store, &space, &go_cache, schedule.scrub_per_round, slice)
         })
         .await
         {
-            Ok(next) => cursors = next,
+            Ok(next) => cursor = next,
             Err(err) => tracing::warn!(error = %err, "store housekeeping panicked"),
         }
     }
 }
 
 /// One round, blocking. A failed step is logged and the others still run; the sweep of Go
-/// entries and the scrub go on from `cursors`, which come back moved on.
+/// entries goes on from `slice` and returns where the next round starts (the scrub keeps its
+/// own place, in the store).
 fn round(
     store: &dyn StoreUpkeep,
     space: &FreeSpace,
     go_cache: &GoCache,
     scrub: u64,
-    mut cursors: Cursors,
-) -> Cursors {
+    mut slice: Vec<u8>,
+) -> Vec<u8> {
     if let Err(err) = store.maintain() {
         tracing::warn!(error = %err, "store housekeeping failed");
     }
     if let Err(err) = reclaim(store, space) {
         tracing::warn!(error = %err, "freeing disk space failed");
     }
-    match go_cache.sweep_dangling(&mut cursors.dangling, DANGLING_SWEEP_PER_ROUND) {
+    match go_cache.sweep_dangling(&mut slice, DANGLING_SWEEP_PER_ROUND) {
         Ok(0) => {}
         Ok(dropped) => tracing::info!(dropped, "dropped Go entries whose blob was evicted"),
         Err(err) => tracing::warn!(error = %err, "sweeping Go entries failed"),
     }
     if scrub > 0 {
-        match store.scrub(&mut cursors.scrub, scrub) {
+        match store.scrub(scrub) {
             Ok(slice) if slice.pass_done => tracing::debug!(?slice, "a scrub pass of the store ended"),
             Ok(_) => {}
-            // The cursor is past the blob that failed to read: the next round goes on after it.
+            // The scrub's place is past the blob that failed to read: the next round goes on.
             Err(err) => tracing::warn!(error = %err, "scrubbing stored blobs failed"),
         }
     }
-    cursors
+    slice
 }

@@ -140,9 +140,9 @@ pub trait StoreUpkeep: StoreUsage {
     fn compact(&self) -> Result<()>;
     /// Makes everything durable, for a clean shutdown.
     fn flush(&self) -> Result<()>;
-    /// Reads back about `budget` stored bytes of blobs after `cursor`, removing any whose
-    /// bytes no longer match their digest; `cursor` moves on (empty: the pass is done).
-    fn scrub(&self, cursor: &mut Vec<u8>, budget: u64) -> Result<ScrubSlice>;
+    /// Reads back the next `budget` stored bytes or so of blobs, removing any whose bytes no
+    /// longer match their digest; the next call goes on after them.
+    fn scrub(&self, budget: u64) -> Result<ScrubSlice>;
 }
 
 /// The store handle the services share.

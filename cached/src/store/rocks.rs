@@ -200,8 +200,8 @@ impl StoreUpkeep for RocksStore {
         RocksStore::flush(self)
     }
 
-    fn scrub(&self, cursor: &mut Vec<u8>, budget: u64) -> Result<ScrubSlice> {
-        RocksStore::scrub(self, cursor, budget)
+    fn scrub(&self, budget: u64) -> Result<ScrubSlice> {
+        RocksStore::scrub(self, budget)
     }
 }
 

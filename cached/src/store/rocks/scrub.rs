@@ -16,8 +16,11 @@ use proto::frames::{FrameDecoder, frame_count};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::{BlobKey, BlobMeta, RocksStore, chunk_key, frame_read_options};
-use crate::db::{CF_BLOBS, CF_CHUNKS, cf};
+use crate::db::{CF_BLOBS, CF_CHUNKS, CF_COUNTERS, cf};
 use crate::error::{Error, Result};
+
+/// Where the next scrub slice starts: the key of the last blob checked (empty: the first).
+const SCRUB_CURSOR_KEY: &[u8] = b"scrub_cursor";
 
 /// What one slice of the scrub did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +50,23 @@ enum Verdict {
 }
 
 impl RocksStore {
-    /// Checks stored blobs in key order after `cursor` until about `budget` stored bytes were
-    /// read, removing any whose bytes fail; `cursor` is left where the next slice starts
-    /// (empty: at the first blob). Reads here are not accesses: they leave eviction's order
-    /// alone.
-    pub fn scrub(&self, cursor: &mut Vec<u8>, budget: u64) -> Result<ScrubSlice> {
+    /// Checks the next stored blobs in key order until about `budget` stored bytes were read,
+    /// removing any whose bytes fail. Where the next slice starts is kept in the database, so
+    /// a pass goes on across restarts: on a large store one pass outlasts many of them. Reads
+    /// here are not accesses: they leave eviction's order alone.
+    pub fn scrub(&self, budget: u64) -> Result<ScrubSlice> {
+        let db = &self.inner.db;
+        let counters = cf(db, CF_COUNTERS)?;
+        let mut cursor = db.get_cf(counters, SCRUB_CURSOR_KEY)?.unwrap_or_default();
+        let slice = self.scrub_from(&mut cursor, budget);
+        // Saved even when the slice failed part way: the blob it failed on is not read again.
+        db.put_cf(counters, SCRUB_CURSOR_KEY, &cursor)?;
+        slice
+    }
+
+    /// [`Self::scrub`] from `cursor`, which is left where the next slice starts (empty: at the
+    /// first blob).
+    fn scrub_from(&self, cursor: &mut Vec<u8>, budget: u64) -> Result<ScrubSlice> {
         let db = &self.inner.db;
         let blobs = cf(db, CF_BLOBS)?;
         let mode = IteratorMode::From(cursor.as_slice(), Direction::Forward);
@@ -191,10 +206,8 @@ mod tests {
         let other = FrameEncoder::new(1).unwrap().encode(&data(9, proto::FRAME_SIZE)).unwrap();
         damage(&rocks, &swapped, 0, |bytes| *bytes = other);
 
-        let mut cursor = Vec::new();
-        let slice = rocks.scrub(&mut cursor, u64::MAX).unwrap();
+        let slice = rocks.scrub(u64::MAX).unwrap();
         assert_eq!((slice.blobs, slice.removed, slice.pass_done), (4, 2, true), "{slice:?}");
-        assert!(cursor.is_empty(), "the next pass starts over");
         assert_eq!(
             rocks.contains(&[sound, flipped, swapped, tiny]).unwrap(),
             [true, false, false, true],
@@ -205,30 +218,32 @@ mod tests {
         // Removed, the blob can be stored again whole.
         let again = store(&rocks, &data(5, 2 * proto::FRAME_SIZE));
         assert_eq!(again, flipped);
-        assert_eq!(rocks.scrub(&mut cursor, u64::MAX).unwrap().removed, 0);
+        let again = rocks.scrub(u64::MAX).unwrap();
+        assert_eq!((again.blobs, again.removed), (3, 0), "the next pass starts over, at the first blob");
     }
 
     #[test]
-    fn slices_take_up_where_the_last_stopped_and_leave_eviction_order_alone() {
+    fn slices_take_up_where_the_last_stopped_even_after_a_restart_and_leave_eviction_order_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let (_db, rocks) = crate::store::open_for_tests(dir.path());
+        let (db, rocks) = crate::store::open_for_tests(dir.path());
         let digests: Vec<Digest> = (1..=10).map(|seed| store(&rocks, &data(seed, 4096))).collect();
-        let mut cursor = Vec::new();
-        let mut seen = 0;
-        let mut slices = 0;
+        // A budget of one byte reads one blob per slice.
+        let first = rocks.scrub(1).unwrap();
+        assert_eq!((first.blobs, first.pass_done), (1, false));
+        // A restart: the pass goes on after the blob checked last.
+        drop((db, rocks));
+        let (_db, rocks) = crate::store::open_for_tests(dir.path());
+        let mut seen = first.blobs;
         loop {
-            // A budget of one byte reads one blob per slice.
-            let slice = rocks.scrub(&mut cursor, 1).unwrap();
+            let slice = rocks.scrub(1).unwrap();
             seen += slice.blobs;
-            slices += 1;
             if slice.pass_done {
                 break;
             }
             assert_eq!(slice.blobs, 1);
         }
-        assert_eq!(seen, 10, "every blob once per pass");
-        assert!(slices >= 10);
-        assert_eq!(rocks.scrubbed().checked_bytes, rocks.totals().stored_bytes);
+        assert_eq!(seen, 10, "every blob once per pass, the restart included");
+        assert_eq!(rocks.scrubbed().checked_bytes + first.stored_bytes, rocks.totals().stored_bytes);
         assert!(rocks.inner.access_log.drain().is_empty(), "scrubbing is not an access");
         assert_eq!(rocks.contains(&digests).unwrap(), vec![true; 10]);
     }
