@@ -2,38 +2,19 @@
 //! connects with the database's CA (`database_ca`), verifies the certificate and its name,
 //! and refuses a server it cannot verify rather than sending it the password.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cached::embedded::Embedded;
 use cached_e2e::postgres::{Postgres, ServerIdentity};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use common::ca::Ca;
 
-/// A certificate authority and the PEM of its certificate.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self { issuer: Issuer::new(params, key), pem }
-    }
-
-    /// The identity of a server known as `names`.
-    fn issue(&self, names: &[&str]) -> ServerIdentity {
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let mut params = CertificateParams::new(names.clone()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0].clone());
-        let key = KeyPair::generate().unwrap();
-        let certificate = params.signed_by(&key, &self.issuer).unwrap();
-        ServerIdentity { certificate_pem: certificate.pem(), key_pem: key.serialize_pem() }
-    }
+/// The identity of a server known as `names`, issued by `ca`.
+fn identity(ca: &Ca, names: &[&str]) -> ServerIdentity {
+    let (certificate_pem, key_pem) = ca.issue(names);
+    ServerIdentity { certificate_pem, key_pem }
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -74,7 +55,7 @@ fn encrypted_connections(db: &Postgres) -> u32 {
 #[tokio::test]
 async fn cached_reaches_a_tls_only_database_through_its_ca_and_refuses_one_it_cannot_verify() {
     let ca = Ca::new("database CA");
-    let db = Postgres::start_tls_only(&ca.issue(&["localhost", "127.0.0.1"]));
+    let db = Postgres::start_tls_only(&identity(&ca, &["localhost", "127.0.0.1"]));
     let files = tempfile::tempdir().unwrap();
     let ca_file = write(files.path(), "ca.pem", &ca.pem);
     let stranger_file = write(files.path(), "stranger.pem", &Ca::new("another CA").pem);

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod ca;
+
 use std::net::SocketAddr;
 use std::path::Path;
 
