@@ -161,6 +161,22 @@ impl RocksStore {
     }
 }
 
+impl RocksStore {
+    /// Deletes the blob stored under `key` if its record passes `still`; whether it did.
+    fn remove_if(&self, key: &BlobKey, still: impl FnOnce(&BlobMeta) -> bool) -> Result<bool> {
+        let inner = &self.inner;
+        let mut totals = inner.lock_totals();
+        let Some(meta) = inner.meta(key)?.filter(still) else { return Ok(false) };
+        let mut batch = WriteBatch::default();
+        let mut next = *totals;
+        inner.delete_blob(&mut batch, key, &meta, &mut next)?;
+        inner.put_totals(&mut batch, &next)?;
+        inner.db.write(batch)?;
+        *totals = next;
+        Ok(true)
+    }
+}
+
 impl StoreUsage for RocksStore {
     fn totals(&self) -> StoreTotals {
         RocksStore::totals(self)
@@ -222,6 +238,12 @@ impl Inner {
         // A panic while holding the lock cannot leave the totals half-updated: they are only
         // assigned after the batch that persists them succeeded.
         self.totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Frame `frame` of upload `upload_id` as stored; `None` when it is not (the blob went).
+    fn stored_frame(&self, upload_id: u64, frame: u64) -> Result<Option<Vec<u8>>> {
+        let chunks = cf(&self.db, CF_CHUNKS)?;
+        Ok(self.db.get_cf_opt(chunks, chunk_key(upload_id, frame), &frame_read_options())?)
     }
 
     fn meta(&self, key: &BlobKey) -> Result<Option<BlobMeta>> {
@@ -321,8 +343,7 @@ impl BlobStore for RocksStore {
         let inner = Arc::clone(&self.inner);
         let digest = *digest;
         let frames = (first_frame..frame_count(meta.size)).map(move |frame| {
-            let chunks = cf(&inner.db, CF_CHUNKS)?;
-            match inner.db.get_cf_opt(chunks, chunk_key(meta.upload_id, frame), &frame_read_options())? {
+            match inner.stored_frame(meta.upload_id, frame)? {
                 Some(bytes) => Ok(Bytes::from(bytes)),
                 // Upload ids are never reused, so a missing frame means the blob went away
                 // (eviction) after the read started: never another blob's bytes.
@@ -352,17 +373,7 @@ impl BlobStore for RocksStore {
     }
 
     fn remove(&self, digest: &Digest) -> Result<()> {
-        let key = BlobKey::blake3(digest);
-        let inner = &self.inner;
-        let mut totals = inner.lock_totals();
-        let Some(meta) = inner.meta(&key)? else { return Ok(()) };
-        let mut batch = WriteBatch::default();
-        let mut next = *totals;
-        inner.delete_blob(&mut batch, &key, &meta, &mut next)?;
-        inner.put_totals(&mut batch, &next)?;
-        inner.db.write(batch)?;
-        *totals = next;
-        Ok(())
+        self.remove_if(&BlobKey::blake3(digest), |_| true).map(drop)
     }
 }
 

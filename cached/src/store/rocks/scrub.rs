@@ -13,10 +13,10 @@ use std::sync::atomic::Ordering;
 
 use proto::Digest;
 use proto::frames::{FrameDecoder, frame_count};
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{Direction, IteratorMode};
 
-use super::{BlobKey, BlobMeta, RocksStore, chunk_key, frame_read_options};
-use crate::db::{CF_BLOBS, CF_CHUNKS, CF_COUNTERS, cf};
+use super::{BlobKey, BlobMeta, RocksStore};
+use crate::db::{CF_BLOBS, CF_COUNTERS, cf};
 use crate::error::{Error, Result};
 
 /// Where the next scrub slice starts: the key of the last blob checked (empty: the first).
@@ -71,6 +71,8 @@ impl RocksStore {
         let blobs = cf(db, CF_BLOBS)?;
         let mode = IteratorMode::From(cursor.as_slice(), Direction::Forward);
         let mut slice = ScrubSlice { pass_done: true, ..ScrubSlice::default() };
+        // One zstd context for the slice: setting one up costs more than a small blob's decode.
+        let mut decoder = FrameDecoder::new(0, 0).map_err(|err| Error::Internal(format!("zstd: {err}")))?;
         for item in db.iterator_cf(blobs, mode) {
             let (key, value) = item?;
             if key.as_ref() == cursor.as_slice() {
@@ -85,9 +87,11 @@ impl RocksStore {
             slice.blobs += 1;
             slice.stored_bytes += meta.stored_bytes;
             let digest = Digest { hash: key.hash(), size: meta.size };
-            if let Verdict::Rotten(why) = self.check(&digest, &meta)? {
+            if let Verdict::Rotten(why) = self.check(&digest, &meta, &mut decoder)? {
                 tracing::error!(blob = %digest, why, "a stored blob failed its scrub; it is removed");
-                slice.removed += u64::from(self.remove_upload(&key, meta.upload_id)?);
+                // Only the upload checked: not a copy stored again since.
+                let checked = meta.upload_id;
+                slice.removed += u64::from(self.remove_if(&key, |now| now.upload_id == checked)?);
             }
         }
         if slice.pass_done {
@@ -106,16 +110,11 @@ impl RocksStore {
         }
     }
 
-    fn check(&self, digest: &Digest, meta: &BlobMeta) -> Result<Verdict> {
-        let db = &self.inner.db;
-        let chunks = cf(db, CF_CHUNKS)?;
-        let mut decoder =
-            FrameDecoder::new(meta.size, 0).map_err(|err| Error::Internal(format!("zstd: {err}")))?;
+    fn check(&self, digest: &Digest, meta: &BlobMeta, decoder: &mut FrameDecoder) -> Result<Verdict> {
+        decoder.restart(meta.size, 0);
         let mut hasher = blake3::Hasher::new();
         for frame in 0..frame_count(meta.size) {
-            let Some(stored) =
-                db.get_cf_opt(chunks, chunk_key(meta.upload_id, frame), &frame_read_options())?
-            else {
+            let Some(stored) = self.inner.stored_frame(meta.upload_id, frame)? else {
                 return Ok(Verdict::Gone);
             };
             match decoder.decode(&stored) {
@@ -132,23 +131,6 @@ impl RocksStore {
             Verdict::Rotten(format!("its bytes hash to {actual}"))
         })
     }
-
-    /// Removes the blob stored under `key` if it is still the upload that was checked (not a
-    /// copy stored again since); whether it did.
-    fn remove_upload(&self, key: &BlobKey, upload_id: u64) -> Result<bool> {
-        let inner = &self.inner;
-        let mut totals = inner.lock_totals();
-        let Some(meta) = inner.meta(key)?.filter(|meta| meta.upload_id == upload_id) else {
-            return Ok(false);
-        };
-        let mut batch = WriteBatch::default();
-        let mut next = *totals;
-        inner.delete_blob(&mut batch, key, &meta, &mut next)?;
-        inner.put_totals(&mut batch, &next)?;
-        inner.db.write(batch)?;
-        *totals = next;
-        Ok(true)
-    }
 }
 
 #[cfg(test)]
@@ -158,6 +140,8 @@ mod tests {
     use sha2::{Digest as _, Sha256};
 
     use super::*;
+    use crate::db::CF_CHUNKS;
+    use crate::store::keys::chunk_key;
     use crate::store::{BlobStore, Committed};
 
     /// Stores `data` as an upload would leave it: zstd frames and their SHA-256.
