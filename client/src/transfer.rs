@@ -402,7 +402,9 @@ fn decode_in_turn(
 const MAX_DECODERS: usize = 4;
 
 fn decoder_count(frames: u64) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // Asked once: the answer reads the process's CPU mask and cgroup quota files.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
     cores.clamp(1, MAX_DECODERS).min(usize::try_from(frames).unwrap_or(usize::MAX))
 }
 
