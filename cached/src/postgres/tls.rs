@@ -20,9 +20,13 @@ use crate::config::ConfigError;
 /// them as `require`, and here `require` is verified anyway.
 const VERIFIED_MODES: [&str; 2] = ["sslmode=verify-full", "sslmode=verify-ca"];
 
-/// `url` with a libpq `sslmode=verify-*` spelled as tokio-postgres reads it.
+/// `url` with a libpq `sslmode=verify-*` in its query spelled as tokio-postgres reads it
+/// (only there: a password may hold anything).
 pub(super) fn normalize_url(url: &str) -> String {
-    VERIFIED_MODES.iter().fold(url.to_owned(), |url, mode| url.replace(mode, "sslmode=require"))
+    let Some((base, query)) = url.split_once('?') else { return url.to_owned() };
+    let query =
+        VERIFIED_MODES.iter().fold(query.to_owned(), |query, mode| query.replace(mode, "sslmode=require"));
+    format!("{base}?{query}")
 }
 
 /// The TLS connector `config` needs, given the `database_ca` setting; `None`: plain. Makes
@@ -127,6 +131,9 @@ mod tests {
             assert_eq!(verified.get_ssl_mode(), SslMode::Require, "{url}");
             assert!(connector(&mut verified, &ca).unwrap().is_some(), "{url}");
         }
+
+        let password = "postgres://u:sslmode=verify-ca@db.test/jobs";
+        assert_eq!(normalize_url(password), password, "only the query is rewritten");
 
         let mut disabled = config("postgres://u@db.test/jobs?sslmode=disable");
         let err = connector(&mut disabled, &ca).err().unwrap().to_string();
