@@ -2,6 +2,8 @@
 //! blocking threads, joined to gRPC by small bounded channels, so memory stays flat whatever
 //! the blob size.
 
+mod recheck;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -11,6 +13,8 @@ use proto::frames::{FrameDecoder, FrameEncoder};
 use proto::{Digest, FRAME_SIZE};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+pub use self::recheck::Recheck;
+use self::recheck::Rechecks;
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::store::{Committed, FrameWriter, SharedStore};
@@ -52,12 +56,19 @@ pub struct Cas {
     store: SharedStore,
     limits: Limits,
     streams: Arc<Semaphore>,
+    rechecks: Rechecks,
 }
 
 impl Cas {
     pub fn new(store: SharedStore, limits: Limits) -> Self {
         let streams = Arc::new(Semaphore::new(limits.max_concurrent_streams));
-        Self { store, limits, streams }
+        let rechecks = Rechecks::new(Arc::clone(&store));
+        Self { store, limits, streams, rechecks }
+    }
+
+    /// Reads back a blob a reader says came back wrong, and removes it if it is corrupt.
+    pub async fn recheck(&self, digest: Digest) -> Result<Recheck> {
+        self.rechecks.recheck(digest).await
     }
 
     pub fn store(&self) -> &SharedStore {

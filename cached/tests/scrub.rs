@@ -1,7 +1,7 @@
 //! Rot at rest: a stored frame whose bytes changed on disk. Readers refuse what they get (they
 //! hash it), but nothing repaired the blob: its digest stayed "present", so uploads of it were
-//! discarded, and every read kept it recently used. The scrub removes it, and the next upload
-//! stores it whole.
+//! discarded, and every read kept it recently used. The scrub removes it, and so does a reader's
+//! report (`Cas.Recheck`) at once; the next upload stores it whole.
 
 mod common;
 
@@ -63,5 +63,40 @@ async fn a_blob_that_rotted_at_rest_is_scrubbed_away_and_stored_again_whole() {
     assert!(metrics.contains("cached_scrub_removed_blobs_total 1"), "{metrics}");
     clients.write(&rotten).await;
     assert!(read_back(&clients, rotten_digest).await == rotten, "stored again, whole");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reader_that_finds_rot_has_cached_recheck_and_remove_the_blob_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rotten = noise(2 * FRAME_SIZE + 100, 7);
+    let sound = noise(FRAME_SIZE / 2, 8);
+    let server = Server::start(dir.path(), &[]).await;
+    let clients = server.clients().await;
+    let (rotten_digest, sound_digest) = (clients.write(&rotten).await, clients.write(&sound).await);
+    server.stop().await;
+    rot_first_frame(dir.path());
+
+    // No scrub runs (the embedded default): only the reader's report can find the rot.
+    let server = Server::start(dir.path(), &[]).await;
+    let client = cached_client::Client::connect(&format!("http://{}", server.addr), &Default::default())
+        .await
+        .unwrap();
+    let dest = dir.path().join("downloaded");
+    let refused = cached_client::transfer::download_to_file(&client, rotten_digest, &dest).await;
+    let Err(err @ cached_client::ClientError::Corrupt { .. }) = refused else {
+        panic!("a rotten blob was not refused: {refused:?}")
+    };
+    assert!(err.to_string().contains("cached found its copy corrupt and removed it"), "{err}");
+    assert!(!dest.exists(), "nothing of a corrupt download is written");
+    let clients = server.clients().await;
+    assert!(!clients.is_stored(rotten_digest).await, "the rotten blob is a miss at once");
+    clients.write(&rotten).await;
+    assert!(read_back(&clients, rotten_digest).await == rotten, "stored again, whole");
+
+    // A report about a sound blob (damage on the way, or a false one) leaves it alone.
+    let recheck = cached_client::recheck::recheck(&client, sound_digest).await.unwrap();
+    assert_eq!(recheck, proto::v1::recheck_response::Outcome::Sound);
+    assert!(read_back(&clients, sound_digest).await == sound);
     server.stop().await;
 }

@@ -298,8 +298,21 @@ pub async fn download_to_file(client: &Client, digest: Digest, dest: &Path) -> R
     download_to_file_as(client, digest, dest, TransferCompression::default()).await
 }
 
-/// [`download_to_file`], with the bytes sent as `compression` asks.
+/// [`download_to_file`], with the bytes sent as `compression` asks. A download that fails its
+/// digest check is reported to cached ([`crate::recheck`]).
 pub async fn download_to_file_as(
+    client: &Client,
+    digest: Digest,
+    dest: &Path,
+    compression: TransferCompression,
+) -> Result<()> {
+    match download_verified(client, digest, dest, compression).await {
+        Err(err) => Err(crate::recheck::after_failure(client, err).await),
+        Ok(()) => Ok(()),
+    }
+}
+
+async fn download_verified(
     client: &Client,
     digest: Digest,
     dest: &Path,

@@ -323,8 +323,16 @@ fn is_executable(_: &std::fs::Metadata) -> bool {
     false
 }
 
-/// Reads a whole blob into memory (Directory messages and other small blobs), verified.
+/// Reads a whole blob into memory (Directory messages and other small blobs), verified; one
+/// that fails is reported to cached ([`crate::recheck`]).
 pub async fn read_blob(client: &Client, digest: Digest) -> Result<Vec<u8>> {
+    match read_verified(client, digest).await {
+        Err(err) => Err(crate::recheck::after_failure(client, err).await),
+        Ok(bytes) => Ok(bytes),
+    }
+}
+
+async fn read_verified(client: &Client, digest: Digest) -> Result<Vec<u8>> {
     let Some(mut stream) = transfer::open_read(client, digest).await? else {
         return Err(ClientError::NotFound(digest));
     };

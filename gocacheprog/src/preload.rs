@@ -289,6 +289,7 @@ impl Preload {
             // A body that is not what its entry says is never served: a miss.
             Err(err @ RemoteError::Corrupt(_)) => {
                 remote.note_failure(&err);
+                remote.report_if_corrupt(found.digest, &err);
                 flights.settle(claim, PreloadOutcome::Missing);
             }
             Err(_) => flights.settle(claim, PreloadOutcome::Failed),

@@ -5,10 +5,11 @@
 //! its OutputID, the go command's own name for the bytes. Every call has a deadline,
 //! and no failure here is ever the build's failure: it is a miss, or an upload not made.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use super::session::{self, Record};
 use cached_client::connect::{Client, ConnectOptions};
 use cached_client::error::ClientError;
 use cached_client::failover::Failover;
+use cached_client::recheck;
 use cached_client::transfer;
 
 /// zstd level for uploads. Level 1 costs the compiler, which shares the CPU with us during a
@@ -38,6 +40,8 @@ const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 /// Frames buffered between the network and the file being written.
 const PIPELINE_FRAMES: usize = 4;
+/// Corrupt bodies a session reports to cached at most.
+const MAX_REPORTS: usize = 16;
 
 impl From<DiskError> for RemoteError {
     fn from(err: DiskError) -> Self {
@@ -74,6 +78,8 @@ pub struct RemoteTier {
     counters: Arc<Counters>,
     /// Set once cached refuses our writes (a read-only token): reads go on, uploads stop.
     uploads_refused: AtomicBool,
+    /// Blobs reported to cached as corrupt this session.
+    reported: Mutex<HashSet<Digest>>,
 }
 
 impl RemoteTier {
@@ -106,6 +112,7 @@ impl RemoteTier {
             breaker: Breaker::new(server),
             counters,
             uploads_refused: AtomicBool::new(false),
+            reported: Mutex::default(),
         })
     }
 
@@ -163,6 +170,33 @@ impl RemoteTier {
         }
     }
 
+    /// Reports a body that was not what its digest names to cached, which checks its copy and
+    /// removes it if that is what is corrupt (`cached_client::recheck`). The report runs in
+    /// the background; the lookup is a miss either way. A session reports few blobs: many
+    /// corrupt bodies point at the link, not at cached's disk.
+    pub fn report_if_corrupt(&self, digest: Digest, err: &RemoteError) {
+        if !matches!(err, RemoteError::Corrupt(_)) {
+            return;
+        }
+        let mut reported = self.reported.lock().unwrap_or_else(|poison| poison.into_inner());
+        if reported.len() >= MAX_REPORTS || !reported.insert(digest) {
+            return;
+        }
+        let client = self.bulk.clone();
+        // Detached: once the report reaches cached, its recheck runs through even if this
+        // session ends first.
+        drop(cached_client::task::spawn("recheck-report", async move {
+            match recheck::recheck(&client, digest).await {
+                Ok(outcome) => {
+                    tracing::warn!(%digest, ?outcome, "a body from cached was corrupt; cached rechecked its copy")
+                }
+                Err(err) => {
+                    tracing::warn!(%digest, error = %err, "a body from cached was corrupt; asking cached to recheck it failed")
+                }
+            }
+        }));
+    }
+
     async fn call<T>(
         &self,
         limit: Duration,
@@ -189,12 +223,19 @@ impl RemoteTier {
         let reply = self.call(self.timeout, self.client.go.clone().get(request)).await?;
         let Some(found) = Found::from_reply(reply)? else { return Ok(None) };
         let (entry, digest) = (found.entry, found.digest);
-        let path = if found.is_here(&disk) {
-            off_runtime(entry.size, move || found.store(&disk, action_id, &mut new_decoder()?)).await?
+        let landed = if found.is_here(&disk) {
+            off_runtime(entry.size, move || found.store(&disk, action_id, &mut new_decoder()?))
+                .await
+                .map(Some)
         } else {
-            match self.download(&self.client, disk, action_id, entry, digest).await? {
-                Some(path) => path,
-                None => return Ok(None), // The blob was evicted since the lookup.
+            self.download(&self.client, disk, action_id, entry, digest).await
+        };
+        let path = match landed {
+            Ok(Some(path)) => path,
+            Ok(None) => return Ok(None), // The blob was evicted since the lookup.
+            Err(err) => {
+                self.report_if_corrupt(digest, &err);
+                return Err(err);
             }
         };
         add(&self.counters.bytes_down, entry.size);

@@ -195,6 +195,7 @@ pub const METHODS: &[Method] = &[
     method("/cached.v1.Cas/FindMissing", Scope::Read, true, false),
     method("/cached.v1.Cas/Read", Scope::Read, false, false),
     method("/cached.v1.Cas/BatchRead", Scope::Read, true, false),
+    method("/cached.v1.Cas/Recheck", Scope::Read, true, false),
     method("/cached.v1.Cas/Write", Scope::CasWrite, false, true),
     method("/cached.v1.Cas/BatchWrite", Scope::CasWrite, true, true),
     method("/cached.v1.GoCache/Get", Scope::Read, true, false),

@@ -8,7 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{compression, digests, encoding, item_status};
-use crate::cas::{Cas, UploadOutcome};
+use crate::cas::{Cas, Recheck, UploadOutcome};
 use crate::error::Error;
 use crate::stats::Stats;
 
@@ -162,5 +162,18 @@ impl v1::cas_server::Cas for CasService {
             })
             .collect();
         Ok(Response::new(v1::BatchReadResponse { results }))
+    }
+
+    async fn recheck(
+        &self,
+        request: Request<v1::RecheckRequest>,
+    ) -> Result<Response<v1::RecheckResponse>, Status> {
+        let digest = Digest::from_wire(request.get_ref().digest.as_ref()).map_err(Error::from)?;
+        let outcome = match self.cas.recheck(digest).await? {
+            Recheck::Sound => v1::recheck_response::Outcome::Sound,
+            Recheck::Removed => v1::recheck_response::Outcome::Removed,
+            Recheck::Absent => v1::recheck_response::Outcome::Absent,
+        };
+        Ok(Response::new(v1::RecheckResponse { outcome: outcome as i32 }))
     }
 }

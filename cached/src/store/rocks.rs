@@ -177,6 +177,25 @@ impl RocksStore {
     }
 }
 
+#[cfg(test)]
+impl RocksStore {
+    /// Rewrites frame `frame` of a stored blob through `damage`, as rot at rest would.
+    pub(crate) fn damage_frame_for_tests(
+        &self,
+        digest: &Digest,
+        frame: u64,
+        damage: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let db = &self.inner.db;
+        let meta = self.inner.meta(&BlobKey::blake3(digest)).unwrap().unwrap();
+        let key = chunk_key(meta.upload_id, frame);
+        let chunks = cf(db, CF_CHUNKS).unwrap();
+        let mut bytes = db.get_cf(chunks, key).unwrap().unwrap();
+        damage(&mut bytes);
+        db.put_cf(chunks, key, bytes).unwrap();
+    }
+}
+
 impl StoreUsage for RocksStore {
     fn totals(&self) -> StoreTotals {
         RocksStore::totals(self)

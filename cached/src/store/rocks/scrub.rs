@@ -140,8 +140,6 @@ mod tests {
     use sha2::{Digest as _, Sha256};
 
     use super::*;
-    use crate::db::CF_CHUNKS;
-    use crate::store::keys::chunk_key;
     use crate::store::{BlobStore, Committed};
 
     /// Stores `data` as an upload would leave it: zstd frames and their SHA-256.
@@ -157,14 +155,8 @@ mod tests {
         digest
     }
 
-    /// Rewrites frame `frame` of a stored blob through `damage`, as rot at rest would.
     fn damage(store: &RocksStore, digest: &Digest, frame: u64, damage: impl FnOnce(&mut Vec<u8>)) {
-        let db = &store.inner.db;
-        let meta = store.inner.meta(&BlobKey::blake3(digest)).unwrap().unwrap();
-        let key = chunk_key(meta.upload_id, frame);
-        let mut bytes = db.get_cf(cf(db, CF_CHUNKS).unwrap(), key).unwrap().unwrap();
-        damage(&mut bytes);
-        db.put_cf(cf(db, CF_CHUNKS).unwrap(), key, bytes).unwrap();
+        store.damage_frame_for_tests(digest, frame, damage);
     }
 
     /// Bytes that compress, different for each `seed`.
