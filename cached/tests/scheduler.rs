@@ -472,9 +472,14 @@ async fn after_a_purge_no_job_of_the_namespace_from_before_it_is_reused() {
     let token = agent.task().await.token.unwrap();
 
     let purged = admin.purge(v1::PurgeRequest { namespace: "team".into() }).await.unwrap().into_inner();
-    assert_eq!(purged.jobs_revoked, 2);
-    agent.complete(&token, "app").await.unwrap();
-    assert_eq!(watch_to_end(&mut jobs, &during).await.0.state, JobState::Succeeded as i32);
+    assert_eq!((purged.jobs_revoked, purged.jobs_cancelled), (2, 1));
+    // Its lease ended with the purge: the agent is told to stop, and what it built is refused.
+    assert!(matches!(agent.next(Duration::from_secs(5)).await, Some(lease_response::Kind::Abort(_))));
+    let refused = agent.complete(&token, "app").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    let (ended, _) = watch_to_end(&mut jobs, &during).await;
+    assert_eq!(ended.state, JobState::Cancelled as i32);
+    assert!(ended.tasks[0].error.contains("namespace was purged while it ran"), "{:?}", ended.tasks[0]);
 
     let (after, reused) = submit_for_reuse(&mut jobs, finished.clone(), false).await;
     assert!(!reused && after != before, "a job from before the purge was reused");

@@ -110,7 +110,8 @@ fn a_replica_killed_mid_jobs_leaves_every_job_to_the_other() {
 
 /// Replicas on one database and one bucket: a job finished through A answers the same
 /// submission through B, which never saw it submitted; once the namespace is purged through A,
-/// B answers with it no more (B had it in memory since it last answered with it).
+/// B answers with it no more (B had it in memory since it last answered with it), and a purge
+/// through either cancels the namespace's unfinished jobs.
 #[test]
 fn a_job_finished_through_one_replica_answers_the_same_submission_through_another() {
     let db = Postgres::start();
@@ -122,7 +123,7 @@ fn a_job_finished_through_one_replica_answers_the_same_submission_through_anothe
     let (a_url, b_url) = (a.url(), b.url());
     let tiny = TinyModule::new();
     let first = tiny.submit_reusing(&a_url);
-    let _agent = Agent::start(&a_url, "one", 1);
+    let agent = Agent::start(&a_url, "one", 1);
     let jobs = tiny.wait_finished(&a_url, std::slice::from_ref(&first), Duration::from_secs(120));
     assert!(succeeded_with_outputs(&jobs[0]), "{jobs:?}");
     assert_eq!(tiny.submit_reusing(&b_url), first, "B built again what A had finished");
@@ -131,8 +132,16 @@ fn a_job_finished_through_one_replica_answers_the_same_submission_through_anothe
     let purge = ["admin", "purge", "--namespace", "default"];
     let purged = run(tiny.cachectl(&a_url, &purge)).success("purge through A").stdout;
     assert!(purged.contains("1 earlier jobs will not be reused"), "{purged}");
-    assert_ne!(tiny.submit_reusing(&b_url), first, "B reused a job from before the purge");
+    drop(agent); // The next job stays unfinished.
+    let second = tiny.submit_reusing(&b_url);
+    assert_ne!(second, first, "B reused a job from before the purge");
     assert_eq!(db.query("SELECT count(*) FROM jobs"), "2");
+
+    // A purge through B ends A's unfinished job too: it may have read what the purge removed.
+    let purged = run(tiny.cachectl(&b_url, &purge)).success("purge through B").stdout;
+    assert!(purged.contains("1 unfinished jobs cancelled"), "{purged}");
+    let finished = db.query(&format!("SELECT finished FROM jobs WHERE job_id = '{second}'"));
+    assert_eq!(finished, "t", "the unfinished job was not cancelled");
 }
 
 /// The go version agents report, which jobs are matched against.

@@ -56,6 +56,11 @@ pub trait SchedulerBackend: LiveLeases + Send + Sync + 'static {
 
     async fn cancel(&self, job_id: &str) -> Result<JobStatus>;
 
+    /// Cancels every unfinished job of `namespace`, its tasks saying `why`, and tells the
+    /// agents running them to stop: their leases, and the credentials they carry, end at once.
+    /// How many jobs.
+    async fn cancel_unfinished(&self, namespace: &str, why: &str) -> Result<u64>;
+
     /// Marks every job of `namespace` (finished or not) as never to be reused
     /// ([`super::reuse`]), durably and for every replica; how many were marked.
     async fn revoke_reuse(&self, namespace: &str) -> Result<u64>;

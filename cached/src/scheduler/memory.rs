@@ -79,6 +79,10 @@ impl SchedulerBackend for Scheduler {
         Scheduler::cancel(self, job_id)
     }
 
+    async fn cancel_unfinished(&self, namespace: &str, why: &str) -> Result<u64> {
+        Scheduler::cancel_unfinished(self, namespace, why)
+    }
+
     async fn revoke_reuse(&self, namespace: &str) -> Result<u64> {
         Scheduler::revoke_reuse(self, namespace)
     }

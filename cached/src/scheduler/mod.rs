@@ -139,6 +139,9 @@ fn is_index(task: &TaskStatus) -> bool {
     task.kind == TaskKind::ImageIndex as i32
 }
 
+/// Why a task a user cancelled ended.
+const CANCELLED: &str = "cancelled";
+
 fn job_finished(job: &JobStatus) -> bool {
     matches!(JobState::try_from(job.state), Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled))
 }
@@ -393,7 +396,7 @@ impl Scheduler {
         if job_finished(job) {
             return Ok(job.clone());
         }
-        let (events, aborted) = transitions::cancel(job);
+        let (events, aborted) = transitions::cancel(job, CANCELLED);
         for task in &aborted {
             abort(workers, job_id, task);
         }
@@ -407,6 +410,33 @@ impl Scheduler {
         self.prune(&mut state);
         self.dispatch(&mut state, Scope::All);
         saved.map(|()| status)
+    }
+
+    /// Cancels every unfinished job of `namespace`, saying `why`; how many.
+    pub fn cancel_unfinished(&self, namespace: &str, why: &str) -> Result<u64> {
+        let mut state = self.lock();
+        let State { jobs, workers, index } = &mut *state;
+        let mut cancelled = Vec::new();
+        for job in jobs.values_mut().filter(|job| !job_finished(job) && job_namespace(job) == namespace) {
+            let (events, aborted) = transitions::cancel(job, why);
+            for task in &aborted {
+                abort(workers, &job.job_id, task);
+            }
+            index.update(job);
+            cancelled.push((job.job_id.clone(), events));
+        }
+        let saved =
+            self.save(cancelled.iter().filter_map(|(job_id, _)| state.jobs.get(job_id)), Durability::Synced);
+        tracing::info!(namespace, jobs = cancelled.len(), why, "the namespace's unfinished jobs cancelled");
+        let count = cancelled.len() as u64;
+        for (job_id, events) in cancelled {
+            for event in events {
+                self.emit(&job_id, event);
+            }
+        }
+        self.prune(&mut state);
+        self.dispatch(&mut state, Scope::All);
+        saved.map(|()| count)
     }
 
     pub fn revoke_reuse(&self, namespace: &str) -> Result<u64> {

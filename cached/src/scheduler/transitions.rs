@@ -81,9 +81,9 @@ pub(super) fn apply_outcome(
     events
 }
 
-/// Cancels every unfinished task; returns the events and the tasks whose holders must be told
-/// to stop (as they were leased).
-pub(super) fn cancel(job: &mut JobStatus) -> (Vec<JobEvent>, Vec<TaskStatus>) {
+/// Cancels every unfinished task, saying `why`; returns the events and the tasks whose holders
+/// must be told to stop (as they were leased).
+pub(super) fn cancel(job: &mut JobStatus, why: &str) -> (Vec<JobEvent>, Vec<TaskStatus>) {
     let (mut events, mut aborted) = (Vec::new(), Vec::new());
     if job_finished(job) {
         return (events, aborted);
@@ -96,7 +96,7 @@ pub(super) fn cancel(job: &mut JobStatus) -> (Vec<JobEvent>, Vec<TaskStatus>) {
             aborted.push(task.clone());
         }
         task.state = TaskState::Cancelled as i32;
-        task.error = "cancelled".to_owned();
+        task.error = why.to_owned();
         task.finished_unix_ms = now_ms();
         events.push(event(Kind::TaskCancelled, task));
     }

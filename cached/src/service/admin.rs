@@ -10,6 +10,10 @@ use crate::error::Error;
 use crate::gocache::{GoEntryStore, namespace};
 use crate::scheduler::backend::SchedulerBackend;
 
+/// What the tasks of a job cancelled by a purge say.
+const PURGED_WHILE_RUNNING: &str = "its namespace was purged while it ran, and it may have used what the purge \
+     removed; submit it again";
+
 pub struct AdminService {
     go_entries: Arc<dyn GoEntryStore>,
     build_records: Arc<dyn BuildRecords>,
@@ -38,6 +42,9 @@ impl v1::admin_server::Admin for AdminService {
         }
         let ns = namespace(&request.namespace)?.to_owned();
         let grant = auth::check_namespace(&extensions, &ns)?;
+        // First: a running build may have read the entries, and its lease credential could
+        // write them back right after they are gone.
+        let mut jobs_cancelled = self.scheduler.cancel_unfinished(&ns, PURGED_WHILE_RUNNING).await?;
         let (go_entries, build_records) = (Arc::clone(&self.go_entries), Arc::clone(&self.build_records));
         let target = ns.clone();
         let purged = crate::task::spawn_blocking("purge", move || {
@@ -48,6 +55,8 @@ impl v1::admin_server::Admin for AdminService {
         // After the entries are gone: a job submitted from now on builds without them, and
         // every job before may have read them.
         let jobs_revoked = self.scheduler.revoke_reuse(&ns).await?;
+        // Again: a job leased while the purge ran may have read entries it then removed.
+        jobs_cancelled += self.scheduler.cancel_unfinished(&ns, PURGED_WHILE_RUNNING).await?;
         tracing::warn!(
             target: "audit",
             token = %grant.token,
@@ -55,12 +64,14 @@ impl v1::admin_server::Admin for AdminService {
             go_entries = purged.go_entries,
             build_records = purged.build_records,
             jobs_revoked,
+            jobs_cancelled,
             "namespace purged"
         );
         Ok(Response::new(v1::PurgeResponse {
             go_entries: purged.go_entries,
             build_records: purged.build_records,
             jobs_revoked,
+            jobs_cancelled,
         }))
     }
 }

@@ -31,8 +31,8 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
             let purged = client.admin.purge(request).await?.into_inner();
             println!(
                 "purged namespace `{namespace}`: {} Go action entries, {} whole-build records; {} earlier jobs \
-                 will not be reused",
-                purged.go_entries, purged.build_records, purged.jobs_revoked
+                 will not be reused; {} unfinished jobs cancelled",
+                purged.go_entries, purged.build_records, purged.jobs_revoked, purged.jobs_cancelled
             );
             Ok(())
         }

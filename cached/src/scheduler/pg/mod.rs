@@ -95,6 +95,31 @@ impl PgScheduler {
 
     /// Tells the holders of `tasks` connected here to stop; the others hear it at their next
     /// heartbeat.
+    /// Cancels the job, its tasks saying `why`; the job as it is now, and whether this call
+    /// cancelled it (not: it had finished already).
+    async fn cancel_because(&self, job_id: &str, why: &str) -> Result<(JobStatus, bool)> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        let mut locked = rows::lock(&tx, job_id, false).await?.ok_or_else(|| unknown_job(job_id))?;
+        let (events, aborted) = transitions::cancel(&mut locked.job, why);
+        if events.is_empty() {
+            return Ok((locked.job, false));
+        }
+        rows::update(&tx, &locked.job, locked.version).await?;
+        rows::append_events(&tx, job_id, &events).await?;
+        tx.commit().await?;
+        tracing::info!(job = %job_id, why, "job cancelled");
+        for task in &aborted {
+            self.set_live(
+                LeaseId { job_id: job_id.to_owned(), task: task.index, attempt: task.attempt },
+                false,
+            );
+        }
+        self.abort_local(job_id, &aborted);
+        self.changed();
+        Ok((locked.job, true))
+    }
+
     fn abort_local(&self, job_id: &str, tasks: &[proto::v1::TaskStatus]) {
         let workers = self.workers();
         for task in tasks {
@@ -284,26 +309,23 @@ impl SchedulerBackend for PgScheduler {
     }
 
     async fn cancel(&self, job_id: &str) -> Result<JobStatus> {
-        let mut client = self.db.client().await?;
-        let tx = client.transaction().await?;
-        let mut locked = rows::lock(&tx, job_id, false).await?.ok_or_else(|| unknown_job(job_id))?;
-        let (events, aborted) = transitions::cancel(&mut locked.job);
-        if events.is_empty() {
-            return Ok(locked.job);
+        Ok(self.cancel_because(job_id, super::CANCELLED).await?.0)
+    }
+
+    async fn cancel_unfinished(&self, namespace: &str, why: &str) -> Result<u64> {
+        let client = self.db.client().await?;
+        let open = client
+            .query("SELECT job_id FROM jobs WHERE namespace = $1 AND NOT finished", &[&namespace])
+            .await?;
+        let mut cancelled = 0;
+        for row in open {
+            // One transaction per job, as a user's cancel: one that finished meanwhile stays so.
+            if self.cancel_because(row.get(0), why).await?.1 {
+                cancelled += 1;
+            }
         }
-        rows::update(&tx, &locked.job, locked.version).await?;
-        rows::append_events(&tx, job_id, &events).await?;
-        tx.commit().await?;
-        tracing::info!(job = %job_id, "job cancelled");
-        for task in &aborted {
-            self.set_live(
-                LeaseId { job_id: job_id.to_owned(), task: task.index, attempt: task.attempt },
-                false,
-            );
-        }
-        self.abort_local(job_id, &aborted);
-        self.changed();
-        Ok(locked.job)
+        tracing::info!(namespace, jobs = cancelled, why, "the namespace's unfinished jobs cancelled");
+        Ok(cancelled)
     }
 
     async fn revoke_reuse(&self, namespace: &str) -> Result<u64> {
