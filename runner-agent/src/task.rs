@@ -28,6 +28,17 @@ use crate::workspace::{self, Materialized, materialize};
 /// Log lines are sent at most this often.
 const LOG_BATCH: Duration = Duration::from_millis(250);
 
+/// No version control on a job's tree, by the go command or by the agent. A tree may hold a
+/// `.git` (or `.hg`, `.svn`, ...) of the job's making, and a VCS command reads its config:
+/// `core.fsmonitor`, for one, names a command git runs. git refuses a repository of another
+/// owner (the tree is the agent's), but a host whose system config says `safe.directory = *`, or
+/// a git older than 2.35.2, trusts it, and the go command's default `-buildvcs=auto` runs
+/// `git status` on every main package. With `false`, the go command runs no VCS command and the
+/// build key (`cached_gobuild`) stamps nothing, so neither runs git. The flag goes last on the
+/// command line and in GOFLAGS, where the go command lets the last say win; cached refuses
+/// any other value at submission, so a job is told rather than silently unstamped.
+pub const NO_VCS: &str = "-buildvcs=false";
+
 /// Everything tasks share.
 pub struct TaskContext {
     pub remote: RemoteExec,
@@ -176,6 +187,8 @@ async fn build_task(
             env.push((var.name.clone(), var.value.clone()));
         }
     }
+    // Last, so nothing the job says overrides it: see [`NO_VCS`].
+    goflags.push(NO_VCS.to_owned());
     env.push(("GOFLAGS".into(), goflags.join(" ")));
     let deadline = Duration::from_millis(
         u64::try_from(lease.deadline_unix_ms - cached_client::clock::now_ms()).unwrap_or(0),
@@ -185,7 +198,7 @@ async fn build_task(
         module_dir,
         packages: spec.packages.clone(),
         output_dir: dir.path("out"),
-        go_flags: spec.build_flags.clone(),
+        go_flags: spec.build_flags.iter().cloned().chain([NO_VCS.to_owned()]).collect(),
         env,
         namespace: spec.namespace.clone(),
         timeout,

@@ -533,3 +533,76 @@ fn a_tree_bomb_is_refused_by_the_caps_and_the_agent_stays_small() {
     peak = peak.max(agent.rss());
     assert!(peak > 0 && peak < 200 << 20, "the agent grew to {} MiB", peak >> 20);
 }
+
+/// A go command on a host whose system git configuration trusts every repository
+/// (`safe.directory = *`, common in CI images): git then reads a job's own `.git/config`.
+const TRUSTING_GIT: &str = r#"#!/bin/sh
+export GIT_CONFIG_SYSTEM=@GITCONFIG@
+exec @GO@ "$@"
+"#;
+
+#[test]
+fn a_trees_git_config_runs_nothing_on_the_agent() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let host = tempfile::tempdir().unwrap();
+    chmod(host.path(), 0o755);
+    let marker_dir = host.path().join("marker");
+    std::fs::create_dir(&marker_dir).unwrap();
+    chmod(&marker_dir, 0o777);
+    let gitconfig = host.path().join("gitconfig");
+    std::fs::write(&gitconfig, "[safe]\n\tdirectory = *\n").unwrap();
+    chmod(&gitconfig, 0o644);
+    let go = host.path().join("go");
+    let script = TRUSTING_GIT
+        .replace("@GO@", &real_go().display().to_string())
+        .replace("@GITCONFIG@", &gitconfig.display().to_string());
+    std::fs::write(&go, script).unwrap();
+    chmod(&go, 0o755);
+    let agent = Agent::start(&cluster, 1, &go);
+
+    let marker = marker_dir.join("ran");
+    let config = format!(
+        "[core]\n\trepositoryformatversion = 0\n\tfsmonitor = \"id -u > {}; true\"\n",
+        marker.display()
+    );
+    let (go_mod, main_go, head) = (
+        b"module example.com/vcs\n\ngo 1.21\n".as_slice(),
+        b"package main\n\nfunc main() {}\n".as_slice(),
+        b"ref: refs/heads/main\n".as_slice(),
+    );
+    let mut blobs = vec![
+        (Digest::of(go_mod), Bytes::from(go_mod)),
+        (Digest::of(main_go), Bytes::from(main_go)),
+        (Digest::of(head), Bytes::from(head)),
+        (Digest::of(config.as_bytes()), Bytes::from(config.clone())),
+    ];
+    let app = add(&mut blobs, Directory { files: vec![file("main.go", main_go)], ..Directory::default() });
+    let cmd = add(&mut blobs, Directory { directories: vec![dir("app", app)], ..Directory::default() });
+    let empty = add(&mut blobs, Directory::default());
+    let git = add(
+        &mut blobs,
+        Directory {
+            files: vec![file("HEAD", head), file("config", config.as_bytes())],
+            directories: vec![dir("objects", empty), dir("refs", empty)],
+            ..Directory::default()
+        },
+    );
+    let root = add(
+        &mut blobs,
+        Directory {
+            files: vec![file("go.mod", go_mod)],
+            directories: vec![dir(".git", git), dir("cmd", cmd)],
+            ..Directory::default()
+        },
+    );
+    let job = cluster.submit_tree(blobs, root, "");
+    let task = cluster.finished_task(&job, Duration::from_secs(120), || {});
+    let log = agent.log();
+    assert!(
+        !marker.exists(),
+        "the tree's .git/config ran a command on the agent as uid {}: {task}\n{log}",
+        std::fs::read_to_string(&marker).unwrap_or_default().trim()
+    );
+    assert_eq!(task["state"], "succeeded", "a tree with VCS metadata still builds: {task}\n{log}");
+}

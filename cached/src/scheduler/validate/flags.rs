@@ -9,8 +9,8 @@ use super::{paths, quoted};
 enum Value {
     /// `-race`, `-race=false`.
     Bool,
-    /// `-buildvcs`, `-buildvcs=auto`, `=true`, `=false`.
-    BoolOrAuto,
+    /// `=false` only; the text says why.
+    False(&'static str),
     /// One of the words; the text says why no other.
     OneOf(&'static [&'static str], &'static str),
     /// The flags of a Go tool, `[pattern=]flags`.
@@ -28,7 +28,14 @@ const ALLOWED: &[(&str, Value)] = &[
     ("asmflags", Value::Tool(&toolflags::ASSEMBLER)),
     ("tags", Value::Tags),
     ("buildmode", Value::OneOf(&["default", "exe", "pie"], "a job builds self-contained executables")),
-    ("buildvcs", Value::BoolOrAuto),
+    (
+        "buildvcs",
+        Value::False(
+            "agents never run version control on a job's tree (a .git/config in it could name \
+             commands for git to run); they build with -buildvcs=false, so drop the flag or set it \
+             to false",
+        ),
+    ),
     ("race", Value::Bool),
     ("msan", Value::Bool),
     ("asan", Value::Bool),
@@ -78,15 +85,16 @@ pub(super) fn check(flag: &str) -> Result<(), String> {
     };
     let Some(value) = value else {
         return match kind {
-            Value::Bool | Value::BoolOrAuto => Ok(()),
+            Value::Bool => Ok(()),
+            Value::False(why) => {
+                Err(format!("-{name} alone means -{name}=true, and -{name} may be false only: {why}"))
+            }
             _ => Err(format!("-{name} takes its value after = in the same item, e.g. -{name}=...")),
         };
     };
     match kind {
         Value::Bool if !toolflags::is_bool(value) => Err(format!("-{name} takes true or false")),
-        Value::BoolOrAuto if !(value.is_empty() || value == "auto" || toolflags::is_bool(value)) => {
-            Err(format!("-{name} takes auto, true or false"))
-        }
+        Value::False(why) if value != "false" => Err(format!("-{name} may be false only: {why}")),
         Value::OneOf(words, why) if !words.contains(&value) => {
             Err(format!("-{name} may be {} only: {why}", words.join(", ")))
         }
@@ -139,8 +147,6 @@ mod tests {
             "-buildmode=pie",
             "-buildmode=exe",
             "-buildmode=default",
-            "-buildvcs",
-            "-buildvcs=auto",
             "-buildvcs=false",
             "-pgo=off",
             "-pgo=auto",
@@ -170,7 +176,10 @@ mod tests {
             ("-covermode=fast", "set, count, atomic"),
             ("-coverpkg=/etc/...", "inside the source tree"),
             ("-coverpkg=-x", "read it as a flag"),
-            ("-buildvcs=maybe", "auto, true or false"),
+            ("-buildvcs=maybe", "false only: agents never run version control"),
+            ("-buildvcs", "alone means -buildvcs=true"),
+            ("-buildvcs=auto", "-buildvcs=false, so drop the flag"),
+            ("-buildvcs=true", "a .git/config in it could name commands"),
             ("-race=yes", "true or false"),
             ("-tags=a;b", "letters, digits"),
             ("-tags=a,$(x)", "letters, digits"),
