@@ -15,6 +15,7 @@ use tonic::body::Body;
 use super::Grant;
 use super::idle::IdleBody;
 use super::lease::{CACHE_TOKEN_PREFIX, LeaseId, LeaseKeys, LiveLeases};
+use super::open::{Holding, OpenStreams};
 use super::rate::RateLimiter;
 use super::scopes::{self, Access, Method, Scope};
 use super::standing::{Secret, Standing};
@@ -38,6 +39,8 @@ pub struct AuthSettings {
     max_uploads: usize,
     /// Bumped by every reload, so streaming calls check their token again ([`Standing`]).
     reloads: watch::Sender<u64>,
+    /// Health and reflection streams, which no token bounds.
+    open: Arc<OpenStreams>,
 }
 
 impl AuthSettings {
@@ -58,6 +61,7 @@ impl AuthSettings {
             uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
             max_uploads: limits.max_concurrent_uploads,
             reloads: watch::Sender::new(0),
+            open: Arc::default(),
         }
     }
 
@@ -326,13 +330,16 @@ fn bearer(value: &[u8]) -> Option<&str> {
 }
 
 fn peer<B>(request: &http::Request<B>) -> String {
+    peer_addr(request).map_or_else(|| "unknown".to_owned(), |addr| addr.to_string())
+}
+
+fn peer_addr<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let extensions = request.extensions();
     extensions
         .get::<TcpConnectInfo>()
         .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
         .and_then(TcpConnectInfo::remote_addr)
-        .map_or_else(|| "unknown".to_owned(), |addr| addr.to_string())
 }
 
 struct Admitted {
@@ -392,8 +399,7 @@ where
         let settings = Arc::clone(&self.settings);
         let method = scopes::lookup(request.uri().path());
         let Access::Needs(scope) = method.access else {
-            let call = inner.call(request);
-            return Box::pin(async move { Ok(call.await?.map(Body::new)) });
+            return open_call(inner, request, &method, settings);
         };
         let admitted = match settings.admit(&request, &method, scope) {
             Ok(admitted) => admitted,
@@ -429,6 +435,43 @@ where
             Ok(response.map(Body::new))
         })
     }
+}
+
+/// A call to a service that needs no token (health, reflection). A unary one (Health/Check)
+/// keeps to `request_timeout`; a stream holds one of the few open-service slots
+/// (`auth::open`) for as long as it lasts, and its client must keep to `idle_timeout` while
+/// it sends.
+fn open_call<S, ResBody>(
+    mut inner: S,
+    request: http::Request<Body>,
+    method: &Method,
+    settings: Arc<AuthSettings>,
+) -> BoxFuture<'static, Result<http::Response<Body>, S::Error>>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<tonic::codegen::StdError>,
+{
+    let pace = crate::conn::Pace { idle: settings.idle_timeout, min_rate: 0 };
+    if method.unary {
+        let call = inner.call(request.map(|body| Body::new(IdleBody::new(body, pace))));
+        return Box::pin(async move {
+            match tokio::time::timeout(settings.request_timeout, call).await {
+                Ok(response) => Ok(response?.map(Body::new)),
+                Err(_) => Ok(refuse(Error::DeadlineExceeded(format!(
+                    "the call took longer than {} (request_timeout)",
+                    humantime::format_duration(settings.request_timeout)
+                )))),
+            }
+        });
+    }
+    let slot = match settings.open.open(peer_addr(&request)) {
+        Ok(slot) => slot,
+        Err(err) => return Box::pin(async move { Ok(refuse(err)) }),
+    };
+    let call = inner.call(request.map(|body| Body::new(IdleBody::new(body, pace))));
+    Box::pin(async move { Ok(call.await?.map(|body| Body::new(Holding::new(body, slot)))) })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 mod idle;
 pub mod layer;
 pub mod lease;
+pub mod open;
 pub mod rate;
 pub mod reload;
 pub mod scopes;

@@ -224,6 +224,10 @@ const OPEN_SERVICES: &[&str] = &[
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
 
+/// The one open method that is unary: probes use it, so it is never held to the caps of open
+/// streams (`auth::open`).
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
 /// The entry for `path`. Open services are open; anything unknown needs `admin` and is treated
 /// as a stream (no request deadline), which is the cautious reading of both.
 pub fn lookup(path: &str) -> Method {
@@ -235,7 +239,7 @@ pub fn lookup(path: &str) -> Method {
     } else {
         Access::Needs(Scope::Admin)
     };
-    Method { path: "", access, unary: false, upload: false }
+    Method { path: "", access, unary: path == HEALTH_CHECK, upload: false }
 }
 
 #[cfg(test)]
@@ -270,6 +274,9 @@ mod tests {
         assert_eq!(lookup("/cached.v1.Jobs/Submit").access, Access::Needs(Scope::Submit));
         assert_eq!(lookup("/cached.v1.Admin/Evict").access, Access::Needs(Scope::Admin));
         assert_eq!(lookup("/grpc.health.v1.Health/Check").access, Access::Open);
+        assert!(
+            lookup("/grpc.health.v1.Health/Check").unary && !lookup("/grpc.health.v1.Health/Watch").unary
+        );
         assert_eq!(lookup("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").access, Access::Open);
     }
 }

@@ -97,10 +97,10 @@ impl From<&Limits> for ConnLimits {
 /// A peer as the caps count it: an IPv4 address, or the /64 of an IPv6 one (a host gets a
 /// whole /64, so its addresses are one peer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct PeerKey(IpAddr);
+pub(crate) struct PeerKey(IpAddr);
 
 impl PeerKey {
-    fn of(addr: SocketAddr) -> Self {
+    pub(crate) fn of(addr: SocketAddr) -> Self {
         match addr.ip() {
             IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
                 Some(v4) => Self(IpAddr::V4(v4)),
