@@ -3,7 +3,8 @@
 //!
 //! Scopes: `read` pulls; `cas-write` pushes blobs and manifests by digest (content-addressed:
 //! they cannot change what an existing name means); `ac-write` moves tags, because a tag is a
-//! mutable pointer and whoever moves it decides what every pull of it gets; `admin` deletes.
+//! mutable pointer and whoever moves it decides what every pull of it gets, and pushes manifests
+//! with a `subject`, because the referrers API lists them for that subject; `admin` deletes.
 
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@ use super::auth;
 use super::blobs::{DIGEST_HEADER, insert};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest, check_tag};
-use super::records::{ManifestWrite, StoredManifest};
+use super::records::{MAX_REFERRERS, ManifestPut, ManifestWrite, StoredManifest};
 use super::routes::Call;
 use crate::auth::Scope;
 
@@ -123,6 +123,9 @@ pub(super) async fn put(
     }
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|err| invalid(format!("not a manifest: {err}")))?;
+    if manifest.subject.is_some() {
+        check_referrer_scope(&call.grant, repo)?;
+    }
     let media_type = media_type(&manifest, content_type.as_deref())?;
     check_references(registry, repo, &manifest).await?;
     let referrer = match &manifest.subject {
@@ -135,7 +138,7 @@ pub(super) async fn put(
     let subject = referrer.as_ref().map(|(subject, _)| *subject);
     let stored = StoredManifest { media_type, bytes };
     let (owned, tag) = (repo.clone(), (!by_digest).then(|| reference.to_owned()));
-    registry
+    let put = registry
         .records("registry manifest put", move |records| {
             records.put_manifest(
                 &owned,
@@ -143,6 +146,13 @@ pub(super) async fn put(
             )
         })
         .await?;
+    if put == ManifestPut::ReferrersFull {
+        let subject = subject.map(|subject| subject.to_string()).unwrap_or_default();
+        return Err(invalid(format!(
+            "{subject} already has {MAX_REFERRERS} referrers in {repo}, the most the referrers API \
+             lists; delete some (admin) before pushing more; nothing was stored"
+        )));
+    }
     let mut response = StatusCode::CREATED.into_response();
     let headers = response.headers_mut();
     insert(headers, header::LOCATION.as_str(), &format!("/v2/{repo}/manifests/{digest}"));
@@ -152,6 +162,20 @@ pub(super) async fn put(
     }
     headers.insert(header::CONTENT_LENGTH, 0.into());
     Ok(response)
+}
+
+/// A manifest with a `subject` is listed by the referrers API to everyone who asks what
+/// refers to that subject (its signatures, SBOMs, attestations), so, like moving a tag, it
+/// decides what others get: by digest too, it needs `ac-write`, not only `cas-write`.
+fn check_referrer_scope(grant: &crate::auth::Grant, repo: &Repository) -> RegistryResult<()> {
+    auth::check(grant, Scope::AcWrite, repo).map_err(|mut err| {
+        err.message = format!(
+            "a manifest with a subject is listed as that subject's referrer (a signature, SBOM or \
+             attestation) to everyone who pulls it, so pushing one needs `ac-write`: {}",
+            err.message
+        );
+        err
+    })
 }
 
 /// The body, refused with 413 past [`MAX_MANIFEST_BYTES`] without reading further.

@@ -11,9 +11,14 @@ use proto::Digest;
 use tokio::runtime::Handle;
 
 use super::names::{Repository, Sha256Digest};
-use super::records::{ManifestWrite, RegistryRecords, StoredManifest};
+use super::records::{MAX_REFERRERS, ManifestPut, ManifestWrite, RegistryRecords, StoredManifest};
 use crate::error::{Error, Result};
 use crate::postgres::Database;
+
+/// The first key of the transaction locks that serialise the pushes of one subject's
+/// referrers (the second is a hash of the subject), a lock space of its own: two-key advisory
+/// locks never meet the one-key locks of the migrations and the scheduler.
+const REFERRERS_LOCK: i32 = 0x4f43_4952; // "OCIR"
 
 pub struct PgRegistry {
     db: Database,
@@ -35,6 +40,29 @@ fn cas_digest(hash: &[u8], size: i64) -> Result<Digest> {
     let corrupt = || Error::Corrupt("a registry blob row in the database is malformed".to_owned());
     let hash = <[u8; 32]>::try_from(hash).map_err(|_| corrupt())?;
     Ok(Digest { hash, size: u64::try_from(size).map_err(|_| corrupt())? })
+}
+
+/// Whether `referrer` would be a new referrer of `subject` past [`MAX_REFERRERS`]. Takes the
+/// subject's lock for the rest of `tx`: pushes through other replicas wait, so none counts
+/// before another has written.
+async fn referrers_full(
+    tx: &tokio_postgres::Transaction<'_>,
+    repo: &str,
+    subject: &Sha256Digest,
+    referrer: &Sha256Digest,
+) -> Result<bool> {
+    let lock = format!("{repo}@{subject}");
+    tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&REFERRERS_LOCK, &lock]).await?;
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM registry_referrers \
+                            WHERE repository = $1 AND subject = $2 AND referrer = $3), \
+                    (SELECT count(*) FROM registry_referrers WHERE repository = $1 AND subject = $2)",
+            &[&repo, &subject.0.as_slice(), &referrer.0.as_slice()],
+        )
+        .await?;
+    let (listed, held): (bool, i64) = (row.get(0), row.get(1));
+    Ok(!listed && usize::try_from(held).unwrap_or(usize::MAX) >= MAX_REFERRERS)
 }
 
 impl RegistryRecords for PgRegistry {
@@ -97,11 +125,16 @@ impl RegistryRecords for PgRegistry {
         })
     }
 
-    fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<()> {
+    fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<ManifestPut> {
         let (repo, digest) = (repo.as_str(), write.digest.0.as_slice());
         self.run(async {
             let mut client = self.db.client().await?;
             let tx = client.transaction().await?;
+            if let Some((subject, _)) = &write.referrer
+                && referrers_full(&tx, repo, subject, &write.digest).await?
+            {
+                return Ok(ManifestPut::ReferrersFull);
+            }
             tx.execute(
                 "INSERT INTO registry_manifests (repository, digest, media_type, body) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (repository, digest) \
@@ -127,7 +160,7 @@ impl RegistryRecords for PgRegistry {
                 .await?;
             }
             tx.commit().await?;
-            Ok(())
+            Ok(ManifestPut::Stored)
         })
     }
 

@@ -15,6 +15,19 @@ pub struct StoredManifest {
     pub bytes: Bytes,
 }
 
+/// Most referrers one subject may have in a repository: the referrers API lists them all in
+/// one reply, so a push past it is refused rather than stored and silently left out (whoever
+/// sorted first would decide what is listed).
+pub(super) const MAX_REFERRERS: usize = 4096;
+
+/// What a manifest push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestPut {
+    Stored,
+    /// The subject already has [`MAX_REFERRERS`]; nothing was written.
+    ReferrersFull,
+}
+
 /// What a manifest push writes at once.
 pub struct ManifestWrite<'a> {
     pub digest: Sha256Digest,
@@ -32,8 +45,9 @@ pub trait RegistryRecords: Send + Sync + 'static {
     fn unlink_blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<bool>;
 
     fn manifest(&self, repo: &Repository, digest: &Sha256Digest) -> Result<Option<StoredManifest>>;
-    /// Stores the manifest, its tag and its referrer entry in one atomic write.
-    fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<()>;
+    /// Stores the manifest, its tag and its referrer entry in one atomic write, unless the
+    /// entry would be a new referrer of a subject that has [`MAX_REFERRERS`] already.
+    fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<ManifestPut>;
     /// Removes the manifest, the tags that point at it and its referrer entry (`subject`).
     /// Whether it was there.
     fn delete_manifest(

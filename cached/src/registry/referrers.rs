@@ -9,10 +9,8 @@ use super::blobs::insert;
 use super::errors::RegistryResult;
 use super::manifests::OCI_INDEX;
 use super::names::{Repository, Sha256Digest};
+use super::records::MAX_REFERRERS;
 use super::routes::Call;
-
-/// Most referrers listed for one subject: a reply stays bounded however many were pushed.
-const MAX_REFERRERS: usize = 4096;
 
 pub(super) async fn list(
     registry: &Registry,

@@ -1,14 +1,14 @@
 //! The registry's records in cached's RocksDB, one column family each (see `crate::db`).
 //! Keys start with the repository name and a NUL, which no repository name contains.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use proto::Digest;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::names::{Repository, Sha256Digest};
-use super::records::{ManifestWrite, RegistryRecords, StoredManifest};
+use super::records::{MAX_REFERRERS, ManifestPut, ManifestWrite, RegistryRecords, StoredManifest};
 use crate::db::{CF_REGISTRY_BLOBS, CF_REGISTRY_MANIFESTS, CF_REGISTRY_REFERRERS, CF_REGISTRY_TAGS, cf};
 use crate::error::{Error, Result};
 
@@ -17,11 +17,14 @@ const MANIFEST_VERSION: u8 = 1;
 
 pub struct RocksRegistry {
     db: Arc<DB>,
+    /// Held by each manifest push: what it checks (a subject's referrers) stays true until it
+    /// has written.
+    puts: Mutex<()>,
 }
 
 impl RocksRegistry {
     pub fn new(db: Arc<DB>) -> Self {
-        Self { db }
+        Self { db, puts: Mutex::new(()) }
     }
 }
 
@@ -93,6 +96,34 @@ impl RocksRegistry {
     }
 }
 
+impl RocksRegistry {
+    /// Whether `referrer` would be a new referrer of `subject` past [`MAX_REFERRERS`].
+    fn referrers_full(
+        &self,
+        repo: &Repository,
+        subject: &Sha256Digest,
+        referrer: &Sha256Digest,
+    ) -> Result<bool> {
+        let family = cf(&self.db, CF_REGISTRY_REFERRERS)?;
+        if self.db.get_pinned_cf(family, key(repo, &[&subject.0, &referrer.0]))?.is_some() {
+            return Ok(false);
+        }
+        let prefix = key(repo, &[&subject.0]);
+        let mut entries = self.db.raw_iterator_cf(family);
+        entries.seek(&prefix);
+        let mut held = 0;
+        while entries.key().is_some_and(|key| key.starts_with(&prefix)) {
+            held += 1;
+            if held >= MAX_REFERRERS {
+                return Ok(true);
+            }
+            entries.next();
+        }
+        entries.status()?;
+        Ok(false)
+    }
+}
+
 impl RegistryRecords for RocksRegistry {
     fn blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<Option<Digest>> {
         let value = self.db.get_cf(cf(&self.db, CF_REGISTRY_BLOBS)?, key(repo, &[&sha256.0]))?;
@@ -116,7 +147,13 @@ impl RegistryRecords for RocksRegistry {
         value.map(|value| decode_manifest(&value)).transpose()
     }
 
-    fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<()> {
+    fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<ManifestPut> {
+        let _put = self.puts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((subject, _)) = &write.referrer
+            && self.referrers_full(repo, subject, &write.digest)?
+        {
+            return Ok(ManifestPut::ReferrersFull);
+        }
         let mut batch = WriteBatch::default();
         let manifests = cf(&self.db, CF_REGISTRY_MANIFESTS)?;
         batch.put_cf(manifests, key(repo, &[&write.digest.0]), encode_manifest(write.manifest));
@@ -127,7 +164,8 @@ impl RegistryRecords for RocksRegistry {
             let referrers = cf(&self.db, CF_REGISTRY_REFERRERS)?;
             batch.put_cf(referrers, key(repo, &[&subject.0, &write.digest.0]), descriptor);
         }
-        Ok(self.db.write(batch)?)
+        self.db.write(batch)?;
+        Ok(ManifestPut::Stored)
     }
 
     fn delete_manifest(

@@ -1,0 +1,209 @@
+//! Attacks on the registry by callers with a token, against the live registry listener:
+//! `cas-write` (what developers hold on `*`) must not change what an existing name means, and
+//! no caller may make the server hold memory or disk beyond its limits.
+
+mod common;
+
+use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
+use common::Server;
+use sha2::{Digest as _, Sha256};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// A registry with the recommended split of tokens: `dev` (`read,cas-write` on `*`) and `ci`
+/// (`read,cas-write,ac-write`, also on `*` so one server holds both).
+struct Registry {
+    server: Server,
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+fn secret(name: &str) -> String {
+    format!("test-secret-of-{name}")
+}
+
+fn token(name: &str, scopes: &str) -> String {
+    let spec = TokenSpec {
+        name: name.to_owned(),
+        scopes: Scopes::parse_list(scopes).unwrap(),
+        namespaces: NamespacePattern::parse_list("*").unwrap(),
+        secret_hash: SecretHash::new(&secret(name)).unwrap(),
+        rate_limit: None,
+    };
+    spec.to_toml()
+}
+
+/// One answer: status and body.
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Registry {
+    async fn start(settings: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens.toml");
+        std::fs::write(&tokens, token("dev", "read,cas-write") + &token("ci", "read,cas-write,ac-write"))
+            .unwrap();
+        let tokens = tokens.display().to_string();
+        let mut all = vec![("registry_listen", "127.0.0.1:0"), ("tokens_file", tokens.as_str())];
+        all.extend_from_slice(settings);
+        let server = Server::start(&dir.path().join("data"), &all).await;
+        let base = format!("http://{}", server.registry_addr.expect("the registry listens"));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().build().unwrap();
+        Self { server, base, http, _dir: dir }
+    }
+
+    /// As `start`, with the registry's records in `db`.
+    async fn on_postgres(db: &cached_e2e::postgres::Postgres) -> Self {
+        let (url, password) = (db.url(), db.password_file().display().to_string());
+        Self::start(&[("database_url", &url), ("database_password_file", &password)]).await
+    }
+
+    async fn stop(self) {
+        self.server.stop().await;
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        who: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut request =
+            self.http.request(method, format!("{}{path}", self.base)).bearer_auth(secret(who)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.expect("the registry answers");
+        let status = response.status().as_u16();
+        Reply { status, body: response.text().await.unwrap() }
+    }
+
+    async fn get(&self, path: &str, who: &str) -> Reply {
+        self.send(reqwest::Method::GET, path, who, None, Vec::new()).await
+    }
+
+    /// PUTs `manifest` by digest (or by `tag`) into `main/app`.
+    async fn put_manifest(&self, who: &str, manifest: &str, content_type: &str, tag: Option<&str>) -> Reply {
+        let reference = tag.map_or_else(|| sha256(manifest.as_bytes()), str::to_owned);
+        let path = format!("/v2/main/app/manifests/{reference}");
+        self.send(reqwest::Method::PUT, &path, who, Some(content_type), manifest.as_bytes().to_vec()).await
+    }
+
+    /// Pushes the empty config blob (`{}`) to `main/app`, which artifact manifests name.
+    async fn push_empty_config(&self) {
+        let path = format!("/v2/main/app/blobs/uploads/?digest={}", sha256(b"{}"));
+        let reply = self.send(reqwest::Method::POST, &path, "ci", None, b"{}".to_vec()).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+
+    /// CI's image `main/app:v1` (an empty image), returning its digest.
+    async fn ci_image(&self) -> String {
+        self.push_empty_config().await;
+        let image = image_manifest();
+        let reply = self.put_manifest("ci", &image, OCI_MANIFEST, Some("v1")).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        sha256(image.as_bytes())
+    }
+
+    async fn referrers(&self, subject: &str) -> serde_json::Value {
+        let reply = self.get(&format!("/v2/main/app/referrers/{subject}"), "dev").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        serde_json::from_str(&reply.body).unwrap()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+fn empty_config() -> String {
+    format!(r#"{{"mediaType":"{EMPTY}","digest":"{}","size":2}}"#, sha256(b"{}"))
+}
+
+fn image_manifest() -> String {
+    format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[]}}"#, empty_config())
+}
+
+/// An artifact (a signature, an SBOM) that refers to `subject`, told apart by `name`.
+fn referrer(subject: &str, kind: &str, name: &str, annotations: &str) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"{kind}","config":{},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject}","size":1}},"annotations":{{"name":"{name}"{annotations}}}}}"#,
+        empty_config()
+    )
+}
+
+fn listed(index: &serde_json::Value) -> Vec<String> {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|descriptor| descriptor["digest"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A developer's `read,cas-write` token may push content by digest, but a manifest with a
+/// `subject` is listed for that subject to everyone who asks for its signatures and SBOMs: it
+/// would forge or (by pushing thousands that sort first) hide CI's.
+#[tokio::test]
+async fn a_cas_write_token_cannot_add_referrers_to_an_image() {
+    let registry = Registry::start(&[]).await;
+    let image = registry.ci_image().await;
+    let forged = referrer(&image, "application/vnd.dev.sigstore.bundle", "forged", "");
+    let refused = registry.put_manifest("dev", &forged, OCI_MANIFEST, None).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("DENIED") && refused.body.contains("ac-write"), "{}", refused.body);
+    assert_eq!(
+        listed(&registry.referrers(&image).await),
+        Vec::<String>::new(),
+        "a forged referrer is listed"
+    );
+
+    let genuine = referrer(&image, "application/vnd.dev.sigstore.bundle", "genuine", "");
+    let pushed = registry.put_manifest("ci", &genuine, OCI_MANIFEST, None).await;
+    assert_eq!(pushed.status, 201, "{}", pushed.body);
+    assert_eq!(listed(&registry.referrers(&image).await), [sha256(genuine.as_bytes())]);
+    registry.stop().await;
+}
+
+/// Past the most the referrers API lists, a push is refused rather than stored and silently
+/// left out of the listing (where whoever sorts first decides what is listed).
+async fn referrers_past_the_cap_are_refused(registry: &Registry) {
+    let image = registry.ci_image().await;
+    for n in 0..4096 {
+        let manifest = referrer(&image, "application/x-note", &n.to_string(), "");
+        let reply = registry.put_manifest("ci", &manifest, OCI_MANIFEST, None).await;
+        assert_eq!(reply.status, 201, "referrer {n}: {}", reply.body);
+    }
+    let one_more = referrer(&image, "application/x-note", "one more", "");
+    let refused = registry.put_manifest("ci", &one_more, OCI_MANIFEST, None).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("MANIFEST_INVALID") && refused.body.contains("4096"), "{}", refused.body);
+    let listing = listed(&registry.referrers(&image).await);
+    assert_eq!(listing.len(), 4096);
+    assert!(!listing.contains(&sha256(one_more.as_bytes())));
+    let again = referrer(&image, "application/x-note", "0", "");
+    let repushed = registry.put_manifest("ci", &again, OCI_MANIFEST, None).await;
+    assert_eq!(repushed.status, 201, "pushing a listed referrer again is no new one: {}", repushed.body);
+}
+
+#[tokio::test]
+async fn referrers_past_the_cap_are_refused_in_rocksdb() {
+    let registry = Registry::start(&[]).await;
+    referrers_past_the_cap_are_refused(&registry).await;
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn referrers_past_the_cap_are_refused_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let registry = Registry::on_postgres(&db).await;
+    referrers_past_the_cap_are_refused(&registry).await;
+    registry.stop().await;
+}
