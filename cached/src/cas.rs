@@ -118,6 +118,23 @@ impl Cas {
         Ok(())
     }
 
+    /// Every blob of a batch is decompressed and hashed before it can be refused, and a zstd
+    /// frame of a few bytes may declare a whole frame of zeros: what a batch may cost is what
+    /// its blobs declare, not what the request weighs. It may declare no more than a message
+    /// may carry, as if it came uncompressed.
+    fn check_batch_declared(&self, blobs: &[(Digest, Encoding, Bytes)]) -> Result<()> {
+        let declared = blobs.iter().fold(0u64, |sum, (digest, ..)| sum.saturating_add(digest.size));
+        let limit = self.limits.max_message_size as u64;
+        if declared > limit {
+            return Err(Error::invalid(format!(
+                "the blobs of this batch add up to {declared} bytes, over the limit of {limit} \
+                 (max_message_size, counted uncompressed): split it into smaller batches, or \
+                 upload large blobs with Cas.Write"
+            )));
+        }
+        Ok(())
+    }
+
     fn check_blob_size(&self, digest: &Digest) -> Result<()> {
         if digest.size > self.limits.max_blob_size {
             return Err(Error::ResourceExhausted(format!(
@@ -216,6 +233,7 @@ impl Cas {
         blobs: Vec<(Digest, Encoding, Bytes)>,
     ) -> Result<Vec<Result<UploadOutcome>>> {
         self.check_batch_len(blobs.len())?;
+        self.check_batch_declared(&blobs)?;
         let present = self.contains(blobs.iter().map(|blob| blob.0).collect()).await?;
         let mut items: Vec<_> = blobs.into_iter().zip(present).collect();
         // A write blocks until the store holds it: through a shared tier that is a network
