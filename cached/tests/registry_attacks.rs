@@ -9,6 +9,7 @@ use common::Server;
 use sha2::{Digest as _, Sha256};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
 /// A registry with the recommended split of tokens: `dev` (`read,cas-write` on `*`) and `ci`
@@ -35,9 +36,10 @@ fn token(name: &str, scopes: &str) -> String {
     spec.to_toml()
 }
 
-/// One answer: status and body.
+/// One answer: status, Content-Type and body.
 struct Reply {
     status: u16,
+    content_type: String,
     body: String,
 }
 
@@ -82,7 +84,9 @@ impl Registry {
         }
         let response = request.send().await.expect("the registry answers");
         let status = response.status().as_u16();
-        Reply { status, body: response.text().await.unwrap() }
+        let content_type =
+            response.headers().get("content-type").map(|value| value.to_str().unwrap().to_owned());
+        Reply { status, content_type: content_type.unwrap_or_default(), body: response.text().await.unwrap() }
     }
 
     async fn get(&self, path: &str, who: &str) -> Reply {
@@ -205,5 +209,42 @@ async fn referrers_past_the_cap_are_refused_in_postgresql() {
     let db = cached_e2e::postgres::Postgres::start();
     let registry = Registry::on_postgres(&db).await;
     referrers_past_the_cap_are_refused(&registry).await;
+    registry.stop().await;
+}
+
+/// A manifest without `mediaType` is served with the Content-Type of its push. Pushing the
+/// same bytes by digest again (`cas-write`) with another Content-Type must not relabel it for
+/// every puller (as an index, say, which no client can then use as an image).
+async fn a_repush_by_digest_cannot_relabel_a_manifest(registry: &Registry) {
+    registry.push_empty_config().await;
+    let manifest = format!(r#"{{"schemaVersion":2,"config":{},"layers":[]}}"#, empty_config());
+    let path = format!("/v2/main/app/manifests/{}", sha256(manifest.as_bytes()));
+    let pushed = registry.put_manifest("ci", &manifest, OCI_MANIFEST, None).await;
+    assert_eq!(pushed.status, 201, "{}", pushed.body);
+    let relabelled = registry.put_manifest("dev", &manifest, OCI_INDEX, None).await;
+    assert_eq!(relabelled.status, 400, "{}", relabelled.body);
+    assert!(
+        relabelled.body.contains("MANIFEST_INVALID") && relabelled.body.contains(OCI_MANIFEST),
+        "the refusal names the stored media type: {}",
+        relabelled.body
+    );
+    let pulled = registry.get(&path, "dev").await;
+    assert_eq!((pulled.status, pulled.content_type.as_str()), (200, OCI_MANIFEST));
+    let again = registry.put_manifest("dev", &manifest, OCI_MANIFEST, None).await;
+    assert_eq!(again.status, 201, "the same push again is fine: {}", again.body);
+}
+
+#[tokio::test]
+async fn a_repush_by_digest_cannot_relabel_a_manifest_in_rocksdb() {
+    let registry = Registry::start(&[]).await;
+    a_repush_by_digest_cannot_relabel_a_manifest(&registry).await;
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn a_repush_by_digest_cannot_relabel_a_manifest_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let registry = Registry::on_postgres(&db).await;
+    a_repush_by_digest_cannot_relabel_a_manifest(&registry).await;
     registry.stop().await;
 }

@@ -146,13 +146,7 @@ pub(super) async fn put(
             )
         })
         .await?;
-    if put == ManifestPut::ReferrersFull {
-        let subject = subject.map(|subject| subject.to_string()).unwrap_or_default();
-        return Err(invalid(format!(
-            "{subject} already has {MAX_REFERRERS} referrers in {repo}, the most the referrers API \
-             lists; delete some (admin) before pushing more; nothing was stored"
-        )));
-    }
+    refuse_unstored(put, repo, digest, subject)?;
     let mut response = StatusCode::CREATED.into_response();
     let headers = response.headers_mut();
     insert(headers, header::LOCATION.as_str(), &format!("/v2/{repo}/manifests/{digest}"));
@@ -162,6 +156,32 @@ pub(super) async fn put(
     }
     headers.insert(header::CONTENT_LENGTH, 0.into());
     Ok(response)
+}
+
+/// The refusal of a push the records did not store.
+fn refuse_unstored(
+    put: ManifestPut,
+    repo: &Repository,
+    digest: Sha256Digest,
+    subject: Option<Sha256Digest>,
+) -> RegistryResult<()> {
+    match put {
+        ManifestPut::Stored => Ok(()),
+        ManifestPut::ReferrersFull => {
+            let subject = subject.map(|subject| subject.to_string()).unwrap_or_default();
+            Err(invalid(format!(
+                "{subject} already has {MAX_REFERRERS} referrers in {repo}, the most the referrers \
+                 API lists; delete some (admin) before pushing more; nothing was stored"
+            )))
+        }
+        // Content-addressed means the same answer for every pull: a later push, which
+        // `cas-write` may make, must not relabel what others pull (an image as an index).
+        ManifestPut::MediaTypeDiffers(stored) => Err(invalid(format!(
+            "manifest {digest} is stored in {repo} as {stored:?}, and a stored manifest never \
+             changes; push it with Content-Type {stored:?}, or have it deleted (admin) first; \
+             nothing was stored"
+        ))),
+    }
 }
 
 /// A manifest with a `subject` is listed by the referrers API to everyone who asks what

@@ -65,6 +65,33 @@ async fn referrers_full(
     Ok(!listed && usize::try_from(held).unwrap_or(usize::MAX) >= MAX_REFERRERS)
 }
 
+/// Inserts the manifest unless it is stored already (its first push decides how it is served);
+/// the other media type it is stored with, if so.
+async fn insert_manifest(
+    tx: &tokio_postgres::Transaction<'_>,
+    repo: &str,
+    write: &ManifestWrite<'_>,
+) -> Result<Option<String>> {
+    let (digest, manifest) = (write.digest.0.as_slice(), write.manifest);
+    let inserted = tx
+        .execute(
+            "INSERT INTO registry_manifests (repository, digest, media_type, body) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (repository, digest) DO NOTHING",
+            &[&repo, &digest, &manifest.media_type, &manifest.bytes.as_ref()],
+        )
+        .await?;
+    if inserted > 0 {
+        return Ok(None);
+    }
+    let stored = tx
+        .query_opt(
+            "SELECT media_type FROM registry_manifests WHERE repository = $1 AND digest = $2",
+            &[&repo, &digest],
+        )
+        .await?;
+    Ok(stored.map(|row| row.get::<_, String>(0)).filter(|stored| *stored != manifest.media_type))
+}
+
 impl RegistryRecords for PgRegistry {
     fn blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<Option<Digest>> {
         self.run(async {
@@ -135,13 +162,9 @@ impl RegistryRecords for PgRegistry {
             {
                 return Ok(ManifestPut::ReferrersFull);
             }
-            tx.execute(
-                "INSERT INTO registry_manifests (repository, digest, media_type, body) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (repository, digest) \
-                 DO UPDATE SET media_type = excluded.media_type, body = excluded.body",
-                &[&repo, &digest, &write.manifest.media_type, &write.manifest.bytes.as_ref()],
-            )
-            .await?;
+            if let Some(media_type) = insert_manifest(&tx, repo, &write).await? {
+                return Ok(ManifestPut::MediaTypeDiffers(media_type));
+            }
             if let Some(tag) = write.tag {
                 tx.execute(
                     "INSERT INTO registry_tags (repository, tag, digest) VALUES ($1, $2, $3) \

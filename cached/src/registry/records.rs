@@ -26,6 +26,9 @@ pub enum ManifestPut {
     Stored,
     /// The subject already has [`MAX_REFERRERS`]; nothing was written.
     ReferrersFull,
+    /// The manifest is stored already, with this other media type; nothing was written. A
+    /// stored manifest never changes: its first push decides how every pull is answered.
+    MediaTypeDiffers(String),
 }
 
 /// What a manifest push writes at once.
@@ -45,8 +48,9 @@ pub trait RegistryRecords: Send + Sync + 'static {
     fn unlink_blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<bool>;
 
     fn manifest(&self, repo: &Repository, digest: &Sha256Digest) -> Result<Option<StoredManifest>>;
-    /// Stores the manifest, its tag and its referrer entry in one atomic write, unless the
-    /// entry would be a new referrer of a subject that has [`MAX_REFERRERS`] already.
+    /// Stores the manifest (unless it is stored already), its tag and its referrer entry in
+    /// one atomic write; nothing when the manifest is stored with another media type, or when
+    /// the entry would be a new referrer of a subject that has [`MAX_REFERRERS`] already.
     fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<ManifestPut>;
     /// Removes the manifest, the tags that point at it and its referrer entry (`subject`).
     /// Whether it was there.

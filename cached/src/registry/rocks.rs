@@ -63,14 +63,21 @@ fn encode_manifest(manifest: &StoredManifest) -> Vec<u8> {
 }
 
 fn decode_manifest(value: &[u8]) -> Result<StoredManifest> {
+    let (media_type, bytes) = split_manifest(value)?;
+    Ok(StoredManifest { media_type, bytes: Bytes::copy_from_slice(bytes) })
+}
+
+/// The media type of a stored manifest, without copying its bytes.
+fn decode_media_type(value: &[u8]) -> Result<String> {
+    Ok(split_manifest(value)?.0)
+}
+
+fn split_manifest(value: &[u8]) -> Result<(String, &[u8])> {
     let corrupt = || Error::Corrupt("a registry manifest record is malformed".to_owned());
     let [MANIFEST_VERSION, high, low, rest @ ..] = value else { return Err(corrupt()) };
     let len = usize::from(u16::from_be_bytes([*high, *low]));
     let (media_type, bytes) = (rest.get(..len).ok_or_else(corrupt)?, &rest[len..]);
-    Ok(StoredManifest {
-        media_type: String::from_utf8(media_type.to_vec()).map_err(|_| corrupt())?,
-        bytes: Bytes::copy_from_slice(bytes),
-    })
+    Ok((String::from_utf8(media_type.to_vec()).map_err(|_| corrupt())?, bytes))
 }
 
 impl RocksRegistry {
@@ -156,7 +163,16 @@ impl RegistryRecords for RocksRegistry {
         }
         let mut batch = WriteBatch::default();
         let manifests = cf(&self.db, CF_REGISTRY_MANIFESTS)?;
-        batch.put_cf(manifests, key(repo, &[&write.digest.0]), encode_manifest(write.manifest));
+        let manifest_key = key(repo, &[&write.digest.0]);
+        match self.db.get_pinned_cf(manifests, &manifest_key)? {
+            None => batch.put_cf(manifests, manifest_key, encode_manifest(write.manifest)),
+            Some(stored) => {
+                let media_type = decode_media_type(&stored)?;
+                if media_type != write.manifest.media_type {
+                    return Ok(ManifestPut::MediaTypeDiffers(media_type));
+                }
+            }
+        }
         if let Some(tag) = write.tag {
             batch.put_cf(cf(&self.db, CF_REGISTRY_TAGS)?, key(repo, &[tag.as_bytes()]), write.digest.0);
         }
