@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::gocache::{GoEntryStore, RocksGoEntries};
 use crate::registry::{RegistryRecords, RocksRegistry};
 use crate::scheduler::store::{JobRecords, RocksJobs};
+use crate::shared::purges::PurgeFollower;
 use crate::shared::{Bucket, SharedGoEntries};
 use crate::store::{Budget, RocksStore, StoreUpkeep, StoreUsage};
 
@@ -18,6 +19,9 @@ pub struct Backends {
     pub blobs: RocksStore,
     /// The bucket replicas share behind `blobs` and `go_entries`, when there is one.
     pub shared: Option<Arc<Bucket>>,
+    /// With `shared`: what keeps this replica's local entries in step with purges through
+    /// the others.
+    pub purges: Option<Arc<PurgeFollower>>,
     pub usage: Arc<dyn StoreUsage>,
     pub upkeep: Arc<dyn StoreUpkeep>,
     pub go_entries: Arc<dyn GoEntryStore>,
@@ -38,6 +42,7 @@ impl Backends {
             upkeep: Arc::new(blobs.clone()),
             blobs,
             shared: None,
+            purges: None,
             go_entries: Arc::new(RocksGoEntries::new(Arc::clone(&db))),
             build_records: Arc::new(RocksBuildRecords::new(Arc::clone(&db))),
             registry: Arc::new(RocksRegistry::new(Arc::clone(&db))),
@@ -50,6 +55,7 @@ impl Backends {
     /// Puts the shared bucket behind the blobs and the Go entries: the local stores become
     /// its hot tier. Without it nothing changes.
     pub fn with_shared_store(mut self, bucket: Arc<Bucket>) -> Self {
+        self.purges = Some(Arc::new(PurgeFollower::new(Arc::clone(&bucket), Arc::clone(&self.go_entries))));
         let entries = SharedGoEntries::new(self.go_entries, self.blobs.clone(), Arc::clone(&bucket));
         self.go_entries = Arc::new(entries);
         self.shared = Some(bucket);

@@ -91,6 +91,7 @@ pub async fn run(
         let tasks = (&mut servers, &mut background);
         start_registry(tasks, listener, &config, &backends, &services, &layers, tls.clone())?;
     }
+    follow_purges(&mut background, &backends).await;
     let (grpc, health) = server::start(services, layers, &config.limits, listener, tls.clone()).await?;
     if let Some(bucket) = &backends.shared {
         let watch = shared::health::watch(Arc::clone(bucket), health.clone(), background.stop_signal());
@@ -105,6 +106,19 @@ pub async fn run(
         flush: Box::new(move || backends.upkeep.flush()),
     };
     ordered.serve_until(grpc, shutdown).await
+}
+
+/// With a shared bucket: drops the local entries of namespaces purged through other replicas,
+/// first before serving, then in the background.
+async fn follow_purges(background: &mut Tasks, backends: &Backends) {
+    let Some(follower) = &backends.purges else { return };
+    let first = Arc::clone(follower);
+    match task::spawn_blocking("follow purges", move || first.catch_up()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "could not look for purges through other replicas yet"),
+        Err(err) => tracing::warn!(error = %err, "following purges panicked"),
+    }
+    background.spawn("follow purges", shared::purges::follow(Arc::clone(follower), background.stop_signal()));
 }
 
 /// The metrics, and the queue gauges they show, which the scheduler's task keeps current.

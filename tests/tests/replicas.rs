@@ -89,6 +89,20 @@ fn a_blob_a_build_and_a_purge_through_one_replica_reach_another() {
     let purged = cachectl(&a, &["admin", "purge", "--namespace", "default"]);
     assert!(purged.status.success(), "{}", String::from_utf8_lossy(&purged.stderr));
     assert_eq!(s3.entries("default"), 0, "the purge left entries in the bucket");
+
+    // ... and B, which kept local copies of the entries its fresh runner used, drops them: a
+    // fresh runner through B compiles again (B follows purges every few seconds).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        env.wipe_gocache();
+        wipe(tier.path());
+        let after = build(&b, &["-x"]);
+        if !compile_actions(&after.stderr).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B still answers with entries purged through A");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Bytes free on the file system of `path`, as df says.

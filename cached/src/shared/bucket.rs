@@ -23,6 +23,12 @@ use crate::error::{Error, Result};
 use crate::gocache::GoEntry;
 use crate::store::BlobInfo;
 
+/// A purge marker as the bucket lists it.
+pub(super) struct PurgeMarker {
+    pub(super) key: object_store::path::Path,
+    pub(super) version: String,
+}
+
 /// How many objects one batch asks about at once (FindMissing of local misses).
 const STAT_CONCURRENCY: usize = 16;
 
@@ -193,6 +199,47 @@ impl Bucket {
         let payload = PutPayload::from(Bytes::copy_from_slice(&entry.encode()));
         self.call(self.store.put(&path, payload))?;
         Ok(())
+    }
+
+    /// Leaves word of a purge of `namespace` for the other replicas. The first line is new for
+    /// every purge, so a replica that applied an earlier one sees this one as new.
+    pub fn mark_purged(&self, namespace: &str) -> Result<()> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|err| Error::Internal(format!("no randomness: {err}")))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let body = format!("{}-{:016x}\n{namespace}", now.as_millis(), u64::from_le_bytes(nonce));
+        self.call(self.store.put(&self.layout.purge_marker(namespace), PutPayload::from(body)))?;
+        Ok(())
+    }
+
+    /// Every purge marker, as listed: a version that changes when the marker is written again.
+    pub(super) fn purge_markers(&self) -> Result<Vec<PurgeMarker>> {
+        let prefix = self.layout.purge_markers();
+        let markers = self.call(async {
+            self.store
+                .list(Some(&prefix))
+                .map_ok(|meta| PurgeMarker {
+                    version: format!(
+                        "{}|{}|{}",
+                        meta.last_modified,
+                        meta.e_tag.unwrap_or_default(),
+                        meta.size
+                    ),
+                    key: meta.location,
+                })
+                .try_collect::<Vec<_>>()
+                .await
+        })?;
+        Ok(markers.unwrap_or_default())
+    }
+
+    /// The namespace a purge marker names; `None` if it went away meanwhile.
+    pub(super) fn purged_namespace(&self, marker: &PurgeMarker) -> Result<Option<String>> {
+        let Some(body) = self.call(async { self.store.get(&marker.key).await?.bytes().await })? else {
+            return Ok(None);
+        };
+        let body = String::from_utf8_lossy(&body);
+        Ok(body.split_once('\n').map(|(_, namespace)| namespace.to_owned()))
     }
 
     /// Asks the bucket for an object that is never written: any answer (a miss) proves it

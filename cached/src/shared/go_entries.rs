@@ -86,10 +86,12 @@ impl GoEntryStore for SharedGoEntries {
     }
 
     /// Purges the bucket's entries of `namespace` too: a purge is of what the namespace
-    /// recorded, wherever it is kept.
+    /// recorded, wherever it is kept. The other replicas' local copies go when they see the
+    /// marker left for them ([`super::purges`]).
     fn purge_namespace(&self, namespace: &str) -> Result<u64> {
         let shared = self.bucket.purge_namespace(namespace)?;
         let local = self.local.purge_namespace(namespace)?;
+        self.bucket.mark_purged(namespace)?;
         Ok(shared.max(local))
     }
 }

@@ -8,6 +8,8 @@
 //! - `v1/go/<namespace>/<ActionID hex>`: a Go action entry, in the local tier's encoding
 //!   (`GoEntry::encode`). Stored only once its blob's object is in the bucket. The bridge's
 //!   session lists are such entries, so fresh runners preload through any replica.
+//! - `v1/purges/<namespace>`: word of the namespace's last purge, for the replicas that did not
+//!   take it (`super::purges`): a line that changes with every purge, then the namespace.
 //! - `v1/probe`: never written; health probes ask for it while the bucket does not answer.
 //!
 //! A later layout gets a new version directory; version 1 readers never look beyond `v1/`.
@@ -45,6 +47,16 @@ impl Layout {
 
     pub(super) fn entry(&self, namespace: &str, action_id: &ActionId) -> Path {
         self.path([PathPart::from("go"), PathPart::from(namespace), PathPart::from(hex(&action_id.0))])
+    }
+
+    /// The word of `namespace`'s last purge.
+    pub(super) fn purge_marker(&self, namespace: &str) -> Path {
+        self.path([PathPart::from("purges"), PathPart::from(namespace)])
+    }
+
+    /// Where every purge marker lives.
+    pub(super) fn purge_markers(&self) -> Path {
+        self.path([PathPart::from("purges")])
     }
 
     /// A key nothing writes, which health probes ask for.

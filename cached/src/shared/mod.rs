@@ -14,6 +14,7 @@ mod flights;
 mod go_entries;
 pub mod health;
 mod layout;
+pub mod purges;
 mod settings;
 mod tiered;
 mod upload;
