@@ -103,7 +103,17 @@ impl Builder {
             tail.push_back(line.to_owned());
             let _ = lines.send(line.to_owned());
         };
-        let outcome = build_with(Some(client), &request, &options, &mut log).await;
+        let mut machine = Machine::watch(&input.output_dir);
+        let outcome = {
+            let build = build_with(Some(client), &request, &options, &mut log);
+            tokio::pin!(build);
+            loop {
+                tokio::select! {
+                    outcome = &mut build => break outcome,
+                    () = tokio::time::sleep(DISK_SAMPLE) => machine.sample(),
+                }
+            }
+        };
         let tail: Vec<String> = tail.into_iter().collect();
         if *cancel.borrow() {
             return Err(TaskError::Cancelled);
@@ -115,7 +125,7 @@ impl Builder {
         if outcome.exit_code != 0 {
             let output = tail.join("\n");
             // Not the code's fault: another agent, or this one later, may well succeed.
-            if let Some(trouble) = agent_trouble(outcome.exit_code, &tail) {
+            if let Some(trouble) = agent_trouble(outcome.exit_code, &tail, &machine.facts()) {
                 return Err(TaskError::Infrastructure(format!(
                     "go build failed because {trouble} (exit status {}):\n{output}",
                     outcome.exit_code
@@ -138,26 +148,89 @@ impl Builder {
     }
 }
 
-/// Why a failed go command is this agent's trouble rather than the code's, if it is.
-fn agent_trouble(exit_code: i32, output: &[String]) -> Option<&'static str> {
-    // ENOSPC and EDQUOT, as Go spells them.
-    if output
-        .iter()
-        .any(|line| line.contains("no space left on device") || line.contains("disk quota exceeded"))
-    {
+/// Why a failed go command is this agent's trouble rather than the code's, if it is. The output
+/// alone never decides: the job's code can make the compiler print any words (a string
+/// constant quoted in a type error), and a failure blamed on the agent is retried elsewhere.
+fn agent_trouble(exit_code: i32, output: &[String], facts: &Facts) -> Option<&'static str> {
+    // ENOSPC, whatever the build printed about it. EDQUOT is not here: a quota is the operator's
+    // limit on the build user, which every agent would enforce alike.
+    if facts.disk_low {
         return Some("this agent's disk is full");
     }
     // Nothing a build runs stops itself with SIGKILL, and the agent's own kills (timeout,
-    // cancel) never get here: on a runner it is the kernel's out-of-memory killer. The go
-    // command says "<package>: <tool>: signal: killed" for a compiler or linker, and dies
-    // with 128 + 9 when it is the victim itself.
-    if exit_code == SIGKILLED || output.iter().any(|line| line.trim_end().ends_with(": signal: killed")) {
+    // cancel) never get here: it is the kernel's out-of-memory killer when it killed something
+    // meanwhile. The go command says "<package>: <tool>: signal: killed" for a compiler or
+    // linker, and dies with 128 + 9 when it is the victim itself.
+    let killed =
+        exit_code == SIGKILLED || output.iter().any(|line| line.trim_end().ends_with(": signal: killed"));
+    if killed && facts.oom_killed {
         return Some(
-            "a process of the build was killed (SIGKILL), most likely by the out-of-memory killer: \
+            "a process of the build was killed (SIGKILL) by the out-of-memory killer: \
              this agent has too little memory for this build",
         );
     }
     None
+}
+
+/// What the machine said while a build ran.
+#[derive(Debug, Clone, Copy, Default)]
+struct Facts {
+    /// The task's filesystem had (or has) too little room left for a build.
+    disk_low: bool,
+    /// The kernel's out-of-memory killer killed a process (or this kernel does not count).
+    oom_killed: bool,
+}
+
+/// How often the task's free disk space is read while a build runs: the go command removes
+/// its temporary files when it fails, so the room it ran out of may be back by the end.
+const DISK_SAMPLE: Duration = Duration::from_secs(1);
+
+/// Less room than this on the task's filesystem, for users without root's reserve, is a full
+/// disk: a compile or a link writes tens to hundreds of MiB.
+const LOW_DISK: u64 = 256 << 20;
+
+/// Free space of the task's filesystem and the kernel's out-of-memory kill count, read
+/// before, during and after a build.
+struct Machine {
+    dir: PathBuf,
+    least_free: Option<u64>,
+    oom_kills: Option<u64>,
+}
+
+impl Machine {
+    fn watch(dir: &Path) -> Self {
+        let mut machine = Self { dir: dir.to_owned(), least_free: None, oom_kills: oom_kills() };
+        machine.sample();
+        machine
+    }
+
+    fn sample(&mut self) {
+        if let Some(free) = free_bytes(&self.dir) {
+            self.least_free = Some(self.least_free.map_or(free, |least| least.min(free)));
+        }
+    }
+
+    fn facts(&mut self) -> Facts {
+        self.sample();
+        let oom_killed = match (self.oom_kills, oom_kills()) {
+            (Some(before), Some(after)) => after > before,
+            // A kernel before 4.13 does not count: a killed process is all there is to go by.
+            _ => true,
+        };
+        Facts { disk_low: self.least_free.is_some_and(|free| free < LOW_DISK), oom_killed }
+    }
+}
+
+/// Bytes users without root's reserve may still write on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The kernel's count of processes its out-of-memory killer killed since boot.
+fn oom_kills() -> Option<u64> {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").ok()?;
+    vmstat.lines().find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
 }
 
 /// The exit code [`code`] gives a process SIGKILL ended.
@@ -292,25 +365,41 @@ mod tests {
         text.lines().map(str::to_owned).collect()
     }
 
+    const ROOMY: Facts = Facts { disk_low: false, oom_killed: false };
+
     #[test]
-    fn a_full_disk_is_told_apart_from_a_compile_error() {
-        let full =
-            "# example.com/app\ncompile: writing output: write $WORK/b001/_pkg_.a: no space left on device";
-        assert_eq!(agent_trouble(1, &lines(full)), Some("this agent's disk is full"));
-        assert!(agent_trouble(1, &lines("open /work/x: disk quota exceeded")).is_some());
-        let syntax = "./main.go:3:1: syntax error: non-declaration statement outside function body";
-        assert_eq!(agent_trouble(1, &lines(syntax)), None);
+    fn a_full_disk_is_what_the_filesystem_says_not_what_the_build_prints() {
+        let full = Facts { disk_low: true, ..ROOMY };
+        let said = "compile: writing output: write $WORK/b001/_pkg_.a: no space left on device";
+        assert_eq!(agent_trouble(1, &lines(said), &full), Some("this agent's disk is full"));
+        // A compile error quoting the words, on a disk with room.
+        let quoted =
+            "./main.go:3:16: cannot use \"no space left on device\" (untyped string constant) as int value";
+        assert_eq!(agent_trouble(1, &lines(quoted), &ROOMY), None);
+        assert_eq!(agent_trouble(1, &lines("open /work/x: disk quota exceeded"), &ROOMY), None);
     }
 
     #[test]
-    fn a_killed_compiler_or_go_command_is_the_agents_trouble() {
+    fn a_process_is_the_out_of_memory_killers_only_when_the_kernel_killed_one() {
+        let oom = Facts { oom_killed: true, ..ROOMY };
         let killed = "example.com/app/cmd/app: /usr/local/go/pkg/tool/linux_amd64/compile: signal: killed";
-        assert!(agent_trouble(1, &lines(killed)).unwrap().contains("out-of-memory killer"));
-        assert!(agent_trouble(SIGKILLED, &[]).unwrap().contains("out-of-memory killer"));
+        assert!(agent_trouble(1, &lines(killed), &oom).unwrap().contains("out-of-memory killer"));
+        assert!(agent_trouble(SIGKILLED, &[], &oom).unwrap().contains("out-of-memory killer"));
+        // The words alone, with no kill by the kernel, are the build's.
+        assert_eq!(agent_trouble(1, &lines(killed), &ROOMY), None);
         // The words in a compile error (a string literal, say) are not a killed process.
         let quoted = "./main.go:5:2: undefined: x (\"signal: killed\" is not a declaration)";
-        assert_eq!(agent_trouble(1, &lines(quoted)), None);
+        assert_eq!(agent_trouble(1, &lines(quoted), &oom), None);
         // A tool that exited with 137 itself was not killed.
-        assert_eq!(agent_trouble(1, &lines("exit status 137")), None);
+        assert_eq!(agent_trouble(1, &lines("exit status 137"), &oom), None);
+    }
+
+    #[test]
+    fn the_machine_reads_free_space_and_the_kernels_kill_count() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).is_some_and(|free| free > 0));
+        assert!(Path::new("/proc/vmstat").exists() && oom_kills().is_some());
+        let facts = Machine::watch(dir.path()).facts();
+        assert!(!facts.oom_killed || oom_kills().is_none(), "{facts:?}");
     }
 }

@@ -606,3 +606,37 @@ fn a_trees_git_config_runs_nothing_on_the_agent() {
     );
     assert_eq!(task["state"], "succeeded", "a tree with VCS metadata still builds: {task}\n{log}");
 }
+
+#[test]
+fn a_compile_error_cannot_blame_the_agent_for_its_disk_or_memory() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let agent = Agent::start(&cluster, 1, &real_go());
+    // The compiler quotes the constant: the words of an agent's trouble, on a disk with room.
+    let go_mod = b"module example.com/blame\n\ngo 1.21\n".as_slice();
+    let main_go =
+        b"package main\n\nvar disk int = \"no space left on device\"\n\nfunc main() {}\n".as_slice();
+    let mut blobs =
+        vec![(Digest::of(go_mod), Bytes::from(go_mod)), (Digest::of(main_go), Bytes::from(main_go))];
+    let app = add(&mut blobs, Directory { files: vec![file("main.go", main_go)], ..Directory::default() });
+    let cmd = add(&mut blobs, Directory { directories: vec![dir("app", app)], ..Directory::default() });
+    let root = add(
+        &mut blobs,
+        Directory {
+            files: vec![file("go.mod", go_mod)],
+            directories: vec![dir("cmd", cmd)],
+            ..Directory::default()
+        },
+    );
+    let job = cluster.submit_tree(blobs, root, "");
+    let task = cluster.finished_task(&job, Duration::from_secs(120), || {});
+    let log = agent.log();
+    assert_eq!(task["state"], "failed", "{task}\n{log}");
+    let error = task["error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot use \"no space left on device\""),
+        "the failure shows go's error: {error}"
+    );
+    assert!(!error.contains("disk is full"), "a compile error was blamed on the agent's disk: {error}");
+    assert_eq!(task["attempt"], 1, "a compile error is the code's fault, not retried: {task}\n{log}");
+}
