@@ -17,6 +17,7 @@ use super::idle::IdleBody;
 use super::lease::{CACHE_TOKEN_PREFIX, LeaseId, LeaseKeys, LiveLeases};
 use super::open::{Holding, OpenStreams};
 use super::rate::RateLimiter;
+use super::refusals::{EVERY, RefusalLog};
 use super::scopes::{self, Access, Method, Scope};
 use super::standing::{Secret, Standing};
 use super::tokens::{TokenSpec, TokenTable};
@@ -41,6 +42,7 @@ pub struct AuthSettings {
     reloads: watch::Sender<u64>,
     /// Health and reflection streams, which no token bounds.
     open: Arc<OpenStreams>,
+    refusals: RefusalLog,
 }
 
 impl AuthSettings {
@@ -62,6 +64,7 @@ impl AuthSettings {
             max_uploads: limits.max_concurrent_uploads,
             reloads: watch::Sender::new(0),
             open: Arc::default(),
+            refusals: RefusalLog::default(),
         }
     }
 
@@ -164,7 +167,9 @@ impl AuthSettings {
             return Ok(Arc::clone(&self.anonymous));
         }
         let Some(secret) = secret else {
-            tracing::info!(target: "audit", api, peer, "request without a token refused");
+            if let Some(unlogged) = self.refusals.admit(peer, "no token") {
+                tracing::info!(target: "audit", api, peer, unlogged, "request without a token refused{EVERY}");
+            }
             return Err(Error::Unauthenticated("this server requires a token".to_owned()));
         };
         let caller = self.authenticate_secret(&tokens, secret, api, peer)?;
@@ -181,7 +186,9 @@ impl AuthSettings {
             within_rate(self.authenticate(&tokens, request, &api)?)?
         };
         if !grant.scopes.contains(scope) {
-            tracing::warn!(target: "audit", token = %grant.token, api, scope = %scope, "scope denied");
+            if let Some(unlogged) = self.refusals.admit(&peer(request), "scope denied") {
+                tracing::warn!(target: "audit", token = %grant.token, api, scope = %scope, unlogged, "scope denied{EVERY}");
+            }
             return Err(Error::PermissionDenied(format!(
                 "token `{}` lacks the `{scope}` scope that {api} needs (it has: {})",
                 grant.token, grant.scopes
@@ -209,7 +216,10 @@ impl AuthSettings {
     ) -> Result<Caller, Error> {
         let header = request.headers().get(http::header::AUTHORIZATION);
         let Some(secret) = header.and_then(|value| bearer(value.as_bytes())) else {
-            tracing::info!(target: "audit", api, peer = %peer(request), "call without a token refused");
+            let peer = peer(request);
+            if let Some(unlogged) = self.refusals.admit(&peer, "no token") {
+                tracing::info!(target: "audit", api, peer, unlogged, "call without a token refused{EVERY}");
+            }
             let reason = if header.is_some() {
                 "the authorization header must be `Bearer <token>`"
             } else {
@@ -234,7 +244,9 @@ impl AuthSettings {
             return self.lease_caller(secret, peer, api);
         }
         let token = tokens.verify(secret).ok_or_else(|| {
-            tracing::warn!(target: "audit", api, peer, "unknown token refused");
+            if let Some(unlogged) = self.refusals.admit(peer, "unknown token") {
+                tracing::warn!(target: "audit", api, peer, unlogged, "unknown token refused{EVERY}");
+            }
             Error::Unauthenticated(
                 "the token is not known to this server (mistyped, revoked, or meant for another server)"
                     .to_owned(),
@@ -246,7 +258,9 @@ impl AuthSettings {
     /// The build of a lease, if its credential is genuine, unexpired and its lease current.
     fn lease_caller(&self, credential: &str, peer: &str, api: &str) -> Result<Caller, Error> {
         let refuse = |reason: String| {
-            tracing::warn!(target: "audit", api, peer, %reason, "lease credential refused");
+            if let Some(unlogged) = self.refusals.admit(peer, "lease credential") {
+                tracing::warn!(target: "audit", api, peer, %reason, unlogged, "lease credential refused{EVERY}");
+            }
             Error::Unauthenticated(reason)
         };
         let Some(leases) = self.leases.get() else {

@@ -15,6 +15,7 @@ pub mod layer;
 pub mod lease;
 pub mod open;
 pub mod rate;
+mod refusals;
 pub mod reload;
 pub mod scopes;
 pub mod standing;

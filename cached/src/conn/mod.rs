@@ -136,7 +136,7 @@ pub struct Connections {
 }
 
 /// Refusals are logged at most this often: a flood must not become a flood of log lines.
-const WARN_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Connections {
     pub fn new(limits: ConnLimits) -> Arc<Self> {

@@ -1,0 +1,89 @@
+//! Refusals are audited, but nobody needs a token to be refused: a flood of bad calls from one
+//! address must not become a flood of log lines. Each address gets one line per reason per
+//! interval; the rest are counted into its next line.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
+use common::Server;
+use proto::v1;
+use proto::v1::stats_client::StatsClient;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+/// The log of the server running on this (current-thread) test runtime.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn request(secret: Option<&str>) -> Request<v1::StatsRequest> {
+    let mut request = Request::new(v1::StatsRequest {});
+    if let Some(secret) = secret {
+        request.metadata_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_calls_is_logged_once_per_reason() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("audit=info,cached=info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TokenSpec {
+        name: "ci".to_owned(),
+        scopes: Scopes::parse_list("cas-write").unwrap(),
+        namespaces: NamespacePattern::parse_list("*").unwrap(),
+        secret_hash: SecretHash::new("the-ci-secret").unwrap(),
+        rate_limit: Some(0),
+    };
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, spec.to_toml()).unwrap();
+    let server = Server::start(&dir.path().join("data"), &[("tokens_file", tokens.to_str().unwrap())]).await;
+    let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let stats = StatsClient::new(channel);
+
+    let callers = [
+        (None, Code::Unauthenticated),
+        (Some("not-a-token-this-server-knows"), Code::Unauthenticated),
+        (Some("cached_lease.forged"), Code::Unauthenticated),
+        (Some("the-ci-secret"), Code::PermissionDenied),
+    ];
+    for _ in 0..250 {
+        for (secret, code) in callers {
+            let err = stats.clone().get(request(secret)).await.unwrap_err();
+            assert_eq!(err.code(), code, "{err:?}");
+        }
+    }
+    server.stop().await;
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let refusals: Vec<&str> =
+        log.lines().filter(|line| line.contains(" refused") || line.contains("scope denied")).collect();
+    assert_eq!(
+        refusals.len(),
+        callers.len(),
+        "1,000 refused calls from one address, one line per reason:\n{}",
+        refusals.iter().take(10).copied().collect::<Vec<_>>().join("\n")
+    );
+    for line in &refusals {
+        assert!(line.contains("unlogged=0") && line.contains("once per 10s"), "{line}");
+    }
+}
