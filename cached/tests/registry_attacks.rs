@@ -248,3 +248,93 @@ async fn a_repush_by_digest_cannot_relabel_a_manifest_in_postgresql() {
     a_repush_by_digest_cannot_relabel_a_manifest(&registry).await;
     registry.stop().await;
 }
+
+/// A referrer's annotations (up to the 4 MiB a manifest may take) were copied into its entry
+/// and every listing of its subject: 4096 of them made one GET build gigabytes. Large
+/// annotations are left out of the listing (the manifest keeps them), small ones stay.
+#[tokio::test]
+async fn a_referrer_with_huge_annotations_is_listed_without_them() {
+    let registry = Registry::start(&[]).await;
+    let image = registry.ci_image().await;
+    let huge = format!(r#","padding":"{}""#, "x".repeat(1 << 20));
+    let bulky = referrer(&image, "application/spdx+json", "bulky", &huge);
+    let pushed = registry.put_manifest("ci", &bulky, OCI_MANIFEST, None).await;
+    assert_eq!(pushed.status, 201, "{}", pushed.body);
+    let signed = referrer(&image, "application/vnd.dev.sigstore.bundle", "signed", r#","created":"today""#);
+    assert_eq!(registry.put_manifest("ci", &signed, OCI_MANIFEST, None).await.status, 201);
+
+    let reply = registry.get(&format!("/v2/main/app/referrers/{image}"), "dev").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.len() < 16 << 10, "the listing takes {} bytes", reply.body.len());
+    let index: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let find = |digest: String| {
+        let manifests = index["manifests"].as_array().unwrap();
+        manifests.iter().find(|descriptor| descriptor["digest"] == digest.as_str()).cloned().unwrap()
+    };
+    let bulky = find(sha256(bulky.as_bytes()));
+    assert_eq!(bulky["artifactType"], "application/spdx+json");
+    assert!(bulky.get("annotations").is_none(), "{bulky}");
+    assert_eq!(find(sha256(signed.as_bytes()))["annotations"]["created"], "today");
+    registry.stop().await;
+}
+
+/// However the referrers of one subject are made up, their listing is at most what a client
+/// reads as an image index (4 MiB): a push past that is refused, not stored and left out.
+async fn a_subjects_referrers_are_capped_in_bytes(registry: &Registry) {
+    let image = registry.ci_image().await;
+    let padding = format!(r#","padding":"{}""#, "x".repeat(3 << 10));
+    let mut stored = Vec::new();
+    let refused = loop {
+        assert!(stored.len() < 4096, "4096 referrers of 3 KiB each were stored");
+        let manifest = referrer(&image, "application/x-note", &stored.len().to_string(), &padding);
+        let reply = registry.put_manifest("ci", &manifest, OCI_MANIFEST, None).await;
+        if reply.status != 201 {
+            break reply;
+        }
+        stored.push(sha256(manifest.as_bytes()));
+    };
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("MANIFEST_INVALID"), "{}", refused.body);
+    let reply = registry.get(&format!("/v2/main/app/referrers/{image}"), "dev").await;
+    assert!(reply.body.len() <= (4 << 20) + 1024, "the listing takes {} bytes", reply.body.len());
+    let index: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(listed(&index).len(), stored.len(), "every stored referrer is listed");
+}
+
+#[tokio::test]
+async fn a_subjects_referrers_are_capped_in_bytes_in_rocksdb() {
+    let registry = Registry::start(&[]).await;
+    a_subjects_referrers_are_capped_in_bytes(&registry).await;
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn a_subjects_referrers_are_capped_in_bytes_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let registry = Registry::on_postgres(&db).await;
+    a_subjects_referrers_are_capped_in_bytes(&registry).await;
+    registry.stop().await;
+}
+
+/// Entries stored before descriptors were bounded are listed without their annotations, which
+/// the database drops before sending them.
+#[tokio::test]
+async fn an_oversized_entry_stored_earlier_is_listed_without_annotations_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let registry = Registry::on_postgres(&db).await;
+    let image = registry.ci_image().await;
+    let manifest = referrer(&image, "application/spdx+json", "earlier", "");
+    assert_eq!(registry.put_manifest("ci", &manifest, OCI_MANIFEST, None).await.status, 201);
+    let digest = sha256(manifest.as_bytes());
+    db.query(&format!(
+        "UPDATE registry_referrers SET descriptor = convert_to('{{\"digest\":\"{digest}\",\
+         \"artifactType\":\"application/spdx+json\",\"annotations\":{{\"pad\":\"' || repeat('x', 1 << 20) \
+         || '\"}}}}', 'UTF8')"
+    ));
+    let reply = registry.get(&format!("/v2/main/app/referrers/{image}"), "dev").await;
+    assert!(reply.body.len() < 4 << 10, "the listing takes {} bytes", reply.body.len());
+    let index: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(listed(&index), [digest]);
+    assert!(index["manifests"][0].get("annotations").is_none(), "{index}");
+    registry.stop().await;
+}

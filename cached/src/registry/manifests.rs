@@ -14,7 +14,7 @@ use super::auth;
 use super::blobs::{DIGEST_HEADER, insert};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest, check_tag};
-use super::records::{MAX_REFERRERS, ManifestPut, ManifestWrite, StoredManifest};
+use super::records::{MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, ManifestPut, ManifestWrite, StoredManifest};
 use super::routes::Call;
 use crate::auth::Scope;
 
@@ -131,7 +131,7 @@ pub(super) async fn put(
     let referrer = match &manifest.subject {
         Some(subject) => Some((
             Sha256Digest::parse(&subject.digest)?,
-            referrer_descriptor(&manifest, &media_type, digest, bytes.len()),
+            referrer_descriptor(&manifest, &media_type, digest, bytes.len())?,
         )),
         None => None,
     };
@@ -247,8 +247,15 @@ async fn check_references(registry: &Registry, repo: &Repository, manifest: &Man
     Ok(())
 }
 
-/// The descriptor the referrers API lists for a manifest with a subject.
-fn referrer_descriptor(manifest: &Manifest, media_type: &str, digest: Sha256Digest, size: usize) -> Vec<u8> {
+/// The descriptor the referrers API lists for a manifest with a subject, within
+/// [`MAX_DESCRIPTOR_BYTES`]: with the manifest's annotations only if they fit, since every
+/// listing of the subject carries them.
+fn referrer_descriptor(
+    manifest: &Manifest,
+    media_type: &str,
+    digest: Sha256Digest,
+    size: usize,
+) -> RegistryResult<Vec<u8>> {
     let artifact_type = manifest
         .artifact_type
         .clone()
@@ -261,10 +268,22 @@ fn referrer_descriptor(manifest: &Manifest, media_type: &str, digest: Sha256Dige
     if let Some(artifact_type) = artifact_type {
         descriptor["artifactType"] = artifact_type.into();
     }
+    let bare = descriptor.to_string().into_bytes();
+    if bare.len() > MAX_DESCRIPTOR_BYTES {
+        return Err(invalid(format!(
+            "the referrers API would list this manifest in {} bytes, more than {MAX_DESCRIPTOR_BYTES}: \
+             shorten its mediaType and artifactType (or its config's mediaType); nothing was stored",
+            bare.len()
+        )));
+    }
     if let Some(annotations) = &manifest.annotations {
         descriptor["annotations"] = serde_json::Value::Object(annotations.clone());
+        let annotated = descriptor.to_string().into_bytes();
+        if annotated.len() <= MAX_DESCRIPTOR_BYTES {
+            return Ok(annotated);
+        }
     }
-    descriptor.to_string().into_bytes()
+    Ok(bare)
 }
 
 pub(super) async fn delete(
@@ -322,7 +341,7 @@ mod tests {
             r#"{"config":{"mediaType":"application/x-sig","digest":"sha256:00","size":1},"subject":{"mediaType":"m","digest":"sha256:00","size":1}}"#,
         );
         let descriptor: serde_json::Value =
-            serde_json::from_slice(&referrer_descriptor(&image, "m", digest, 3)).unwrap();
+            serde_json::from_slice(&referrer_descriptor(&image, "m", digest, 3).unwrap()).unwrap();
         assert_eq!(descriptor["artifactType"], "application/x-sig");
         assert_eq!(descriptor["size"], 3);
     }

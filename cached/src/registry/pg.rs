@@ -7,11 +7,15 @@
 use std::future::Future;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use proto::Digest;
 use tokio::runtime::Handle;
 
 use super::names::{Repository, Sha256Digest};
-use super::records::{MAX_REFERRERS, ManifestPut, ManifestWrite, RegistryRecords, StoredManifest};
+use super::records::{
+    MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, RegistryRecords,
+    StoredManifest, listed_descriptor,
+};
 use crate::error::{Error, Result};
 use crate::postgres::Database;
 
@@ -42,14 +46,15 @@ fn cas_digest(hash: &[u8], size: i64) -> Result<Digest> {
     Ok(Digest { hash, size: u64::try_from(size).map_err(|_| corrupt())? })
 }
 
-/// Whether `referrer` would be a new referrer of `subject` past [`MAX_REFERRERS`]. Takes the
-/// subject's lock for the rest of `tx`: pushes through other replicas wait, so none counts
-/// before another has written.
+/// Whether `referrer`, with an entry of `bytes`, would be a new referrer of `subject` past
+/// [`MAX_REFERRERS`] or [`MAX_REFERRERS_BYTES`]. Takes the subject's lock for the rest of `tx`:
+/// pushes through other replicas wait, so none counts before another has written.
 async fn referrers_full(
     tx: &tokio_postgres::Transaction<'_>,
     repo: &str,
     subject: &Sha256Digest,
     referrer: &Sha256Digest,
+    bytes: usize,
 ) -> Result<bool> {
     let lock = format!("{repo}@{subject}");
     tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&REFERRERS_LOCK, &lock]).await?;
@@ -57,12 +62,15 @@ async fn referrers_full(
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM registry_referrers \
                             WHERE repository = $1 AND subject = $2 AND referrer = $3), \
-                    (SELECT count(*) FROM registry_referrers WHERE repository = $1 AND subject = $2)",
+                    count(*), coalesce(sum(octet_length(descriptor)), 0)::bigint \
+             FROM registry_referrers WHERE repository = $1 AND subject = $2",
             &[&repo, &subject.0.as_slice(), &referrer.0.as_slice()],
         )
         .await?;
-    let (listed, held): (bool, i64) = (row.get(0), row.get(1));
-    Ok(!listed && usize::try_from(held).unwrap_or(usize::MAX) >= MAX_REFERRERS)
+    let (listed, held, total): (bool, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let total = usize::try_from(total).unwrap_or(usize::MAX).saturating_add(bytes);
+    let full = usize::try_from(held).unwrap_or(usize::MAX) >= MAX_REFERRERS || total > MAX_REFERRERS_BYTES;
+    Ok(!listed && full)
 }
 
 /// Inserts the manifest unless it is stored already (its first push decides how it is served);
@@ -157,8 +165,8 @@ impl RegistryRecords for PgRegistry {
         self.run(async {
             let mut client = self.db.client().await?;
             let tx = client.transaction().await?;
-            if let Some((subject, _)) = &write.referrer
-                && referrers_full(&tx, repo, subject, &write.digest).await?
+            if let Some((subject, descriptor)) = &write.referrer
+                && referrers_full(&tx, repo, subject, &write.digest, descriptor.len()).await?
             {
                 return Ok(ManifestPut::ReferrersFull);
             }
@@ -246,18 +254,43 @@ impl RegistryRecords for PgRegistry {
         })
     }
 
-    fn referrers(&self, repo: &Repository, subject: &Sha256Digest, limit: usize) -> Result<Vec<Vec<u8>>> {
+    fn referrers(
+        &self,
+        repo: &Repository,
+        subject: &Sha256Digest,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let cap = i32::try_from(MAX_DESCRIPTOR_BYTES).unwrap_or(i32::MAX);
         self.run(async {
             let client = self.db.client().await?;
+            // Entries stored before MAX_DESCRIPTOR_BYTES held lose their annotations in the
+            // database, so their bytes never come over; rows are read one at a time up to the
+            // budget.
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&repo.as_str(), &subject.0.as_slice(), &limit, &cap];
             let rows = client
-                .query(
-                    "SELECT descriptor FROM registry_referrers WHERE repository = $1 AND subject = $2 \
+                .query_raw(
+                    "SELECT CASE WHEN octet_length(descriptor) <= $4 THEN descriptor \
+                            ELSE convert_to((convert_from(descriptor, 'UTF8')::jsonb - 'annotations')::text, 'UTF8') \
+                            END \
+                     FROM registry_referrers WHERE repository = $1 AND subject = $2 \
                      ORDER BY referrer LIMIT $3",
-                    &[&repo.as_str(), &subject.0.as_slice(), &limit],
+                    params,
                 )
                 .await?;
-            Ok(rows.iter().map(|row| row.get(0)).collect())
+            let mut rows = std::pin::pin!(rows);
+            let (mut listed, mut total) = (Vec::new(), 0);
+            while let Some(row) = rows.next().await.transpose()? {
+                let Some(descriptor) = listed_descriptor(row.get::<_, &[u8]>(0)) else { continue };
+                total += descriptor.len();
+                if total > max_bytes {
+                    break;
+                }
+                listed.push(descriptor);
+            }
+            Ok(listed)
         })
     }
 }

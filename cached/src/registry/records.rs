@@ -20,11 +20,21 @@ pub struct StoredManifest {
 /// sorted first would decide what is listed).
 pub(super) const MAX_REFERRERS: usize = 4096;
 
+/// Most bytes the entry of one referrer takes in its subject's listing. A manifest may carry
+/// 4 MiB of annotations; copied into every listing they made one GET build gigabytes, so
+/// annotations that would take an entry past this are left out of it (the manifest keeps them).
+pub(super) const MAX_DESCRIPTOR_BYTES: usize = 4 << 10;
+
+/// Most bytes of a subject's referrer entries together: their listing is one image index, which
+/// clients read within the manifest limit (4 MiB); the rest is room for the index around them.
+pub(super) const MAX_REFERRERS_BYTES: usize = (4 << 20) - (16 << 10);
+
 /// What a manifest push did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManifestPut {
     Stored,
-    /// The subject already has [`MAX_REFERRERS`]; nothing was written.
+    /// The subject already has [`MAX_REFERRERS`], or its entries would take more than
+    /// [`MAX_REFERRERS_BYTES`]; nothing was written.
     ReferrersFull,
     /// The manifest is stored already, with this other media type; nothing was written. A
     /// stored manifest never changes: its first push decides how every pull is answered.
@@ -50,7 +60,8 @@ pub trait RegistryRecords: Send + Sync + 'static {
     fn manifest(&self, repo: &Repository, digest: &Sha256Digest) -> Result<Option<StoredManifest>>;
     /// Stores the manifest (unless it is stored already), its tag and its referrer entry in
     /// one atomic write; nothing when the manifest is stored with another media type, or when
-    /// the entry would be a new referrer of a subject that has [`MAX_REFERRERS`] already.
+    /// the entry would be a new referrer of a subject whose referrers are full (see
+    /// [`ManifestPut::ReferrersFull`]).
     fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<ManifestPut>;
     /// Removes the manifest, the tags that point at it and its referrer entry (`subject`).
     /// Whether it was there.
@@ -66,6 +77,40 @@ pub trait RegistryRecords: Send + Sync + 'static {
     /// At most `limit` tags, in lexical order, after `last`.
     fn tags(&self, repo: &Repository, last: Option<&str>, limit: usize) -> Result<Vec<String>>;
 
-    /// The descriptors of at most `limit` manifests whose subject is `subject`.
-    fn referrers(&self, repo: &Repository, subject: &Sha256Digest, limit: usize) -> Result<Vec<Vec<u8>>>;
+    /// The descriptors of at most `limit` manifests whose subject is `subject`, taking at most
+    /// `max_bytes` together, each as [`listed_descriptor`] makes it.
+    fn referrers(
+        &self,
+        repo: &Repository,
+        subject: &Sha256Digest,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>>;
+}
+
+/// A stored referrer entry as listed: entries stored before [`MAX_DESCRIPTOR_BYTES`] was
+/// enforced lose their annotations, and are left out if that is not enough.
+pub(super) fn listed_descriptor(stored: &[u8]) -> Option<Vec<u8>> {
+    if stored.len() <= MAX_DESCRIPTOR_BYTES {
+        return Some(stored.to_vec());
+    }
+    let mut descriptor: serde_json::Value = serde_json::from_slice(stored).ok()?;
+    descriptor.as_object_mut()?.remove("annotations");
+    let trimmed = descriptor.to_string().into_bytes();
+    (trimmed.len() <= MAX_DESCRIPTOR_BYTES).then_some(trimmed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_stored_entries_are_listed_without_annotations_or_not_at_all() {
+        let small = br#"{"digest":"sha256:00","annotations":{"a":"b"}}"#;
+        assert_eq!(listed_descriptor(small).as_deref(), Some(&small[..]));
+        let large = serde_json::json!({"digest": "sha256:00", "annotations": {"a": "x".repeat(1 << 20)}});
+        assert_eq!(listed_descriptor(large.to_string().as_bytes()).unwrap(), br#"{"digest":"sha256:00"}"#);
+        let hopeless = serde_json::json!({"digest": "sha256:00", "artifactType": "x".repeat(8 << 10)});
+        assert_eq!(listed_descriptor(hopeless.to_string().as_bytes()), None);
+    }
 }

@@ -8,7 +8,10 @@ use proto::Digest;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::names::{Repository, Sha256Digest};
-use super::records::{MAX_REFERRERS, ManifestPut, ManifestWrite, RegistryRecords, StoredManifest};
+use super::records::{
+    MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, RegistryRecords, StoredManifest,
+    listed_descriptor,
+};
 use crate::db::{CF_REGISTRY_BLOBS, CF_REGISTRY_MANIFESTS, CF_REGISTRY_REFERRERS, CF_REGISTRY_TAGS, cf};
 use crate::error::{Error, Result};
 
@@ -104,12 +107,14 @@ impl RocksRegistry {
 }
 
 impl RocksRegistry {
-    /// Whether `referrer` would be a new referrer of `subject` past [`MAX_REFERRERS`].
+    /// Whether `referrer`, with an entry of `bytes`, would be a new referrer of `subject` past
+    /// [`MAX_REFERRERS`] or [`MAX_REFERRERS_BYTES`].
     fn referrers_full(
         &self,
         repo: &Repository,
         subject: &Sha256Digest,
         referrer: &Sha256Digest,
+        bytes: usize,
     ) -> Result<bool> {
         let family = cf(&self.db, CF_REGISTRY_REFERRERS)?;
         if self.db.get_pinned_cf(family, key(repo, &[&subject.0, &referrer.0]))?.is_some() {
@@ -118,16 +123,17 @@ impl RocksRegistry {
         let prefix = key(repo, &[&subject.0]);
         let mut entries = self.db.raw_iterator_cf(family);
         entries.seek(&prefix);
-        let mut held = 0;
+        let (mut held, mut total) = (0, bytes);
         while entries.key().is_some_and(|key| key.starts_with(&prefix)) {
             held += 1;
-            if held >= MAX_REFERRERS {
+            total += entries.value().map_or(0, <[u8]>::len);
+            if held >= MAX_REFERRERS || total > MAX_REFERRERS_BYTES {
                 return Ok(true);
             }
             entries.next();
         }
         entries.status()?;
-        Ok(false)
+        Ok(total > MAX_REFERRERS_BYTES)
     }
 }
 
@@ -156,8 +162,8 @@ impl RegistryRecords for RocksRegistry {
 
     fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<ManifestPut> {
         let _put = self.puts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((subject, _)) = &write.referrer
-            && self.referrers_full(repo, subject, &write.digest)?
+        if let Some((subject, descriptor)) = &write.referrer
+            && self.referrers_full(repo, subject, &write.digest, descriptor.len())?
         {
             return Ok(ManifestPut::ReferrersFull);
         }
@@ -240,13 +246,29 @@ impl RegistryRecords for RocksRegistry {
             .collect()
     }
 
-    fn referrers(&self, repo: &Repository, subject: &Sha256Digest, limit: usize) -> Result<Vec<Vec<u8>>> {
+    fn referrers(
+        &self,
+        repo: &Repository,
+        subject: &Sha256Digest,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>> {
         let prefix = key(repo, &[&subject.0]);
-        Ok(self
-            .scan(CF_REGISTRY_REFERRERS, &prefix, &prefix, limit)?
-            .into_iter()
-            .map(|(_, value)| value)
-            .collect())
+        let mut entries = self.db.raw_iterator_cf(cf(&self.db, CF_REGISTRY_REFERRERS)?);
+        entries.seek(&prefix);
+        let (mut listed, mut total) = (Vec::new(), 0);
+        while listed.len() < limit && entries.key().is_some_and(|key| key.starts_with(&prefix)) {
+            if let Some(descriptor) = entries.value().and_then(listed_descriptor) {
+                total += descriptor.len();
+                if total > max_bytes {
+                    break;
+                }
+                listed.push(descriptor);
+            }
+            entries.next();
+        }
+        entries.status()?;
+        Ok(listed)
     }
 }
 
@@ -300,8 +322,8 @@ mod tests {
             referrer: Some((sha, b"d".to_vec())),
         };
         records.put_manifest(&repo, write).unwrap();
-        assert_eq!(records.referrers(&repo, &sha, 10).unwrap(), [b"d".to_vec()]);
+        assert_eq!(records.referrers(&repo, &sha, 10, 1 << 20).unwrap(), [b"d".to_vec()]);
         records.delete_manifest(&repo, &referrer, Some(&sha)).unwrap();
-        assert!(records.referrers(&repo, &sha, 10).unwrap().is_empty());
+        assert!(records.referrers(&repo, &sha, 10, 1 << 20).unwrap().is_empty());
     }
 }
