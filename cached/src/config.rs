@@ -173,6 +173,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "unfinished jobs one namespace may have; more are refused until some finish",
         default: "100",
     },
+    Setting {
+        key: "max_open_jobs_per_token",
+        help: "unfinished jobs one submitting token may have, across all its namespaces",
+        default: "100",
+    },
     Setting { key: "max_open_jobs", help: "unfinished jobs in all namespaces together", default: "1000" },
     Setting { key: "tls_cert", help: "PEM certificate chain: serve TLS (reloaded on SIGHUP)", default: "" },
     Setting { key: "tls_key", help: "PEM private key of tls_cert", default: "" },
@@ -488,6 +493,7 @@ impl Config {
                 job_timeout: get("job_timeout").duration()?,
                 max_job_timeout: get("max_job_timeout").duration()?,
                 max_open_jobs_per_namespace: get("max_open_jobs_per_namespace").count()? as usize,
+                max_open_jobs_per_token: get("max_open_jobs_per_token").count()? as usize,
                 max_open_jobs: get("max_open_jobs").count()? as usize,
             },
             shared_store: shared_settings(&get)?,
@@ -556,11 +562,17 @@ impl Config {
             ));
         }
         check_job_timeouts(&self.scheduler)?;
-        if self.scheduler.max_open_jobs_per_namespace > self.scheduler.max_open_jobs {
-            return fail(format!(
-                "max_open_jobs_per_namespace ({}) must not exceed max_open_jobs ({})",
-                self.scheduler.max_open_jobs_per_namespace, self.scheduler.max_open_jobs
-            ));
+        let scheduler = &self.scheduler;
+        for (key, cap) in [
+            ("max_open_jobs_per_namespace", scheduler.max_open_jobs_per_namespace),
+            ("max_open_jobs_per_token", scheduler.max_open_jobs_per_token),
+        ] {
+            if cap > scheduler.max_open_jobs {
+                return fail(format!(
+                    "{key} ({cap}) must not exceed max_open_jobs ({})",
+                    scheduler.max_open_jobs
+                ));
+            }
         }
         check_exposure(self.listen, !self.tokens.is_empty(), self.allow_anonymous)
             .map_err(ConfigError::Inconsistent)?;

@@ -56,6 +56,7 @@ const AGENT_SCOPES: &str = "worker,read,cas-write,ac-write";
 fn tokens() -> Vec<TokenSpec> {
     vec![
         token("submitter", "submit,read,cas-write", "*"),
+        token("pr-1-submitter", "submit,read", "pr-1/*"),
         token("ci-main", "read,cas-write,ac-write", "main/*"),
         token("agent-main", AGENT_SCOPES, "main/*"),
         token("agent-pr", AGENT_SCOPES, "pr-*"),
@@ -496,10 +497,42 @@ async fn the_cache_token_of_a_lease_reaches_its_namespace_only_while_the_lease_i
     server.stop().await;
 }
 
+/// A token that may name many namespaces cannot take every open slot by spreading its jobs
+/// over them: the others' submissions still get in.
+#[tokio::test]
+async fn open_jobs_are_capped_per_token_across_its_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps =
+        [("max_open_jobs_per_namespace", "2"), ("max_open_jobs_per_token", "3"), ("max_open_jobs", "10")];
+    let server = start(dir.path(), &caps).await;
+    let mut pull_request = jobs(&server, "pr-1-submitter").await;
+    let first = submit(&mut pull_request, spec("pr-1/0", &["linux/amd64"])).await;
+    submit(&mut pull_request, spec("pr-1/0", &["linux/amd64"])).await;
+    submit(&mut pull_request, spec("pr-1/1", &["linux/amd64"])).await;
+    let err = pull_request
+        .submit(v1::SubmitRequest { spec: Some(spec("pr-1/2", &["linux/amd64"])), rebuild: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("max_open_jobs_per_token") && err.message().contains("pr-1-submitter"),
+        "{}",
+        err.message()
+    );
+    // Another token's jobs are not held back by it.
+    let mut main = jobs(&server, "submitter").await;
+    submit(&mut main, spec("main", &["linux/amd64"])).await;
+    // A finished job no longer counts against its token.
+    pull_request.cancel(v1::CancelRequest { job_id: first }).await.unwrap();
+    submit(&mut pull_request, spec("pr-1/2", &["linux/amd64"])).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn open_jobs_are_capped_per_namespace_and_in_total() {
     let dir = tempfile::tempdir().unwrap();
-    let caps = [("max_open_jobs_per_namespace", "2"), ("max_open_jobs", "3")];
+    let caps =
+        [("max_open_jobs_per_namespace", "2"), ("max_open_jobs_per_token", "3"), ("max_open_jobs", "3")];
     let server = start(dir.path(), &caps).await;
     let mut jobs = jobs(&server, "submitter").await;
     let a1 = submit(&mut jobs, spec("pr-1", &["linux/amd64"])).await;

@@ -31,8 +31,8 @@ struct Entry {
     queued: Vec<QueueKey>,
     /// (agent, is an index task) of each leased task.
     leased: Vec<(String, bool)>,
-    /// The namespace it counts against while unfinished.
-    open: Option<String>,
+    /// The namespace and the submitter it counts against while unfinished.
+    open: Option<(String, String)>,
     finished: bool,
 }
 
@@ -44,6 +44,7 @@ pub(super) struct Index {
     /// Leased index tasks per agent.
     assembling: HashMap<String, usize>,
     open: HashMap<String, usize>,
+    open_by_submitter: HashMap<String, usize>,
     open_total: usize,
     /// Finished jobs by id, which sorts by submission.
     finished: BTreeSet<String>,
@@ -70,8 +71,9 @@ impl Index {
         } else {
             let namespace = job_namespace(job).to_owned();
             *self.open.entry(namespace.clone()).or_default() += 1;
+            *self.open_by_submitter.entry(job.submitter.clone()).or_default() += 1;
             self.open_total += 1;
-            entry.open = Some(namespace);
+            entry.open = Some((namespace, job.submitter.clone()));
             let priority = job.spec.as_ref().map_or(0, |spec| spec.priority);
             for task in &job.tasks {
                 if task.state == TaskState::Queued as i32 {
@@ -104,8 +106,9 @@ impl Index {
             let counts = if *index_task { &mut self.assembling } else { &mut self.builds };
             decrement(counts, agent);
         }
-        if let Some(namespace) = &entry.open {
+        if let Some((namespace, submitter)) = &entry.open {
             decrement(&mut self.open, namespace);
+            decrement(&mut self.open_by_submitter, submitter);
             self.open_total -= 1;
         }
         if entry.finished {
@@ -147,6 +150,10 @@ impl Index {
     /// Unfinished jobs in `namespace`.
     pub(super) fn open_in(&self, namespace: &str) -> usize {
         self.open.get(namespace).copied().unwrap_or(0)
+    }
+
+    pub(super) fn open_by(&self, submitter: &str) -> usize {
+        self.open_by_submitter.get(submitter).copied().unwrap_or(0)
     }
 
     pub(super) fn open_total(&self) -> usize {

@@ -62,8 +62,8 @@ use crate::auth::{Grant, LeaseId, LeaseKeys, LiveLeases};
 use crate::error::{Error, Result};
 
 /// Timing, retry and size policy (`heartbeat_interval`, `lease_timeout`, `max_attempts`,
-/// `job_timeout`, `max_job_timeout`, `max_open_jobs_per_namespace`, `max_open_jobs` in the
-/// config).
+/// `job_timeout`, `max_job_timeout`, `max_open_jobs_per_namespace`, `max_open_jobs_per_token`,
+/// `max_open_jobs` in the config).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub heartbeat_interval: Duration,
@@ -73,6 +73,9 @@ pub struct Settings {
     /// The longest deadline a job may ask for.
     pub max_job_timeout: Duration,
     pub max_open_jobs_per_namespace: usize,
+    /// Per submitting token: one that may name many namespaces (`pr-1/*`) could otherwise take
+    /// every open slot by spreading its jobs over them.
+    pub max_open_jobs_per_token: usize,
     pub max_open_jobs: usize,
 }
 
@@ -85,6 +88,7 @@ impl Default for Settings {
             job_timeout: Duration::from_secs(3600),
             max_job_timeout: Duration::from_secs(24 * 3600),
             max_open_jobs_per_namespace: 100,
+            max_open_jobs_per_token: 100,
             max_open_jobs: 1000,
         }
     }
@@ -212,21 +216,33 @@ fn new_job(mut spec: JobSpec, submitter: &str, settings: &Settings) -> Result<Jo
     })
 }
 
-/// Refuses a job beyond `max_open_jobs_per_namespace` or `max_open_jobs`, given how many
-/// unfinished jobs its namespace and cached hold.
-fn check_open_jobs(
-    settings: &Settings,
-    namespace: &str,
-    open_in_namespace: usize,
-    open: usize,
-) -> Result<()> {
-    let (per_namespace, total) = (settings.max_open_jobs_per_namespace, settings.max_open_jobs);
-    if open_in_namespace >= per_namespace {
+/// How many unfinished jobs there are: of the new job's namespace, of its submitter's, and in
+/// all.
+struct OpenJobs {
+    in_namespace: usize,
+    by_submitter: usize,
+    total: usize,
+}
+
+/// Refuses a job beyond `max_open_jobs_per_namespace`, `max_open_jobs_per_token` or
+/// `max_open_jobs`.
+fn check_open_jobs(settings: &Settings, job: &JobStatus, open: OpenJobs) -> Result<()> {
+    let (per_namespace, per_token) = (settings.max_open_jobs_per_namespace, settings.max_open_jobs_per_token);
+    if open.in_namespace >= per_namespace {
         return Err(Error::ResourceExhausted(format!(
-            "namespace `{namespace}` already has {per_namespace} unfinished jobs \
-             (max_open_jobs_per_namespace); wait for one to finish or cancel one"
+            "namespace `{}` already has {per_namespace} unfinished jobs \
+             (max_open_jobs_per_namespace); wait for one to finish or cancel one",
+            job_namespace(job)
         )));
     }
+    if open.by_submitter >= per_token {
+        return Err(Error::ResourceExhausted(format!(
+            "token `{}` already has {per_token} unfinished jobs in its namespaces \
+             (max_open_jobs_per_token); wait for one to finish or cancel one",
+            job.submitter
+        )));
+    }
+    let (open, total) = (open.total, settings.max_open_jobs);
     if open >= total {
         return Err(Error::ResourceExhausted(format!(
             "cached already holds {total} unfinished jobs (max_open_jobs); retry once some finish"
@@ -348,7 +364,7 @@ impl Scheduler {
         let job = new_job(spec, submitter, &self.settings)?;
         let job_id = job.job_id.clone();
         let mut state = self.lock();
-        self.check_open_jobs(&state.index, job_namespace(&job))?;
+        self.check_open_jobs(&state.index, &job)?;
         self.save([&job], Durability::Synced)?;
         for task in &job.tasks {
             self.emit(&job_id, event(Kind::Queued, task));
@@ -360,9 +376,14 @@ impl Scheduler {
         Ok(job_id)
     }
 
-    /// Refuses a job beyond `max_open_jobs_per_namespace` or `max_open_jobs`.
-    fn check_open_jobs(&self, index: &Index, namespace: &str) -> Result<()> {
-        check_open_jobs(&self.settings, namespace, index.open_in(namespace), index.open_total())
+    /// Refuses a job beyond the caps on unfinished jobs.
+    fn check_open_jobs(&self, index: &Index, job: &JobStatus) -> Result<()> {
+        let open = OpenJobs {
+            in_namespace: index.open_in(job_namespace(job)),
+            by_submitter: index.open_by(&job.submitter),
+            total: index.open_total(),
+        };
+        check_open_jobs(&self.settings, job, open)
     }
 
     pub fn get(&self, job_id: &str) -> Option<JobStatus> {

@@ -23,8 +23,12 @@ fn job_ids_sort_in_submission_order_even_within_one_millisecond() {
 const TARGETS: [&str; 4] = ["linux/amd64", "linux/arm64", "darwin/arm64", "windows/amd64"];
 
 fn open(dir: &std::path::Path) -> Arc<Scheduler> {
-    let settings =
-        Settings { max_open_jobs_per_namespace: 10_000, max_open_jobs: 10_000, ..Settings::default() };
+    let settings = Settings {
+        max_open_jobs_per_namespace: 10_000,
+        max_open_jobs_per_token: 10_000,
+        max_open_jobs: 10_000,
+        ..Settings::default()
+    };
     let jobs = Arc::new(super::store::RocksJobs::new(crate::db::open(dir).unwrap()));
     Scheduler::open(jobs, settings).unwrap()
 }

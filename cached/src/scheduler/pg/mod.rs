@@ -245,12 +245,14 @@ impl SchedulerBackend for PgScheduler {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SUBMIT_LOCK]).await?;
         let row = tx
             .query_one(
-                "SELECT count(*) FILTER (WHERE namespace = $1), count(*) FROM jobs WHERE NOT finished",
-                &[&namespace],
+                "SELECT count(*) FILTER (WHERE namespace = $1), count(*) FILTER (WHERE submitter = $2), count(*) \
+                 FROM jobs WHERE NOT finished",
+                &[&namespace, &job.submitter],
             )
             .await?;
-        let (open_in, open): (i64, i64) = (row.get(0), row.get(1));
-        super::check_open_jobs(&self.settings, &namespace, open_in as usize, open as usize)?;
+        let count = |column: usize| row.get::<_, i64>(column) as usize;
+        let open = super::OpenJobs { in_namespace: count(0), by_submitter: count(1), total: count(2) };
+        super::check_open_jobs(&self.settings, &job, open)?;
         rows::insert(&tx, &job, &self.settings).await?;
         let queued: Vec<_> =
             job.tasks.iter().map(|task| super::event(proto::v1::job_event::Kind::Queued, task)).collect();

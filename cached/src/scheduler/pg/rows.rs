@@ -96,7 +96,7 @@ pub(super) async fn insert(tx: &Transaction<'_>, job: &JobStatus, settings: &Set
     let spec_key = job.spec.as_ref().map(|spec| JobKey::of(spec).as_bytes().to_vec());
     tx.execute(
         "INSERT INTO jobs (job_id, namespace, finished, queued_builds, queued_index, priority, submitted_ms, \
-         deadline_ms, version, record, spec_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10)",
+         deadline_ms, version, record, spec_key, submitter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11)",
         &[
             &job.job_id,
             &job_namespace(job),
@@ -108,6 +108,7 @@ pub(super) async fn insert(tx: &Transaction<'_>, job: &JobStatus, settings: &Set
             &job_deadline(settings, job),
             &record::encode(job),
             &spec_key,
+            &job.submitter,
         ],
     )
     .await?;
