@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
 /// One command to run.
@@ -71,13 +71,55 @@ pub trait Exec: Send + Sync {
     async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32>;
 }
 
-/// Hands one line (without its line ending) to the log and empties the buffer.
-fn emit(log: &mut (dyn FnMut(&str) + Send), line: &mut Vec<u8>) {
-    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        line.pop();
+/// The most of one line of a streamed command's output that is kept: a build prints what its
+/// code makes the compiler print (a string constant quoted in an error, whole), and whoever
+/// reads the lines keeps some of them.
+pub const MAX_LINE: usize = 4096;
+
+/// One line of output as it is read, at most [`MAX_LINE`] bytes of it.
+#[derive(Default)]
+struct Line {
+    bytes: Vec<u8>,
+    /// Bytes of the line past the cap, read and dropped.
+    cut: u64,
+}
+
+/// Reads to the end of a line (true) or of the stream (false) into `line`. Cancel-safe: what it
+/// consumed is in `line`, so a read cancelled mid-line goes on where it stopped.
+async fn read_line(reader: &mut (impl AsyncBufRead + Unpin), line: &mut Line) -> std::io::Result<bool> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(false);
+        }
+        let end = available.iter().position(|b| *b == b'\n');
+        let chunk = &available[..end.map_or(available.len(), |at| at + 1)];
+        let keep = chunk.len().min(MAX_LINE.saturating_sub(line.bytes.len()));
+        line.bytes.extend_from_slice(&chunk[..keep]);
+        // The line ending is no part of what was cut.
+        let ending = usize::from(end.is_some() && keep < chunk.len());
+        line.cut += (chunk.len() - keep - ending) as u64;
+        let consumed = chunk.len();
+        reader.consume(consumed);
+        if end.is_some() {
+            return Ok(true);
+        }
     }
-    log(&String::from_utf8_lossy(line));
-    line.clear();
+}
+
+/// Hands one line (without its line ending, marked where it was cut) to the log and empties it.
+fn emit(log: &mut (dyn FnMut(&str) + Send), line: &mut Line) {
+    let bytes = &mut line.bytes;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    let text = String::from_utf8_lossy(bytes);
+    if line.cut == 0 {
+        log(&text);
+    } else {
+        log(&format!("{text} [line cut at {MAX_LINE} bytes: {} more not shown]", line.cut));
+    }
+    *line = Line::default();
 }
 
 /// Changes a command just before it starts (runner agents: the build user).
@@ -196,25 +238,23 @@ impl Exec for Processes {
         let mut out = child.stdout.take().map(BufReader::new);
         let mut err = child.stderr.take().map(BufReader::new);
         let work = async {
-            let (mut out_line, mut err_line) = (Vec::new(), Vec::new());
+            let (mut out_line, mut err_line) = (Line::default(), Line::default());
             while out.is_some() || err.is_some() {
                 // Bytes, not `lines()`: a line that is not UTF-8 is shown lossily, never an error.
                 tokio::select! {
-                    read = async { out.as_mut().expect("checked").read_until(b'\n', &mut out_line).await }, if out.is_some() => {
-                        // A cancelled read keeps what it read in the buffer; EOF flushes it.
-                        if read? == 0 {
+                    read = async { read_line(out.as_mut().expect("checked"), &mut out_line).await }, if out.is_some() => {
+                        if !read? {
                             out = None;
                         }
-                        if !out_line.is_empty() && (out.is_none() || out_line.ends_with(b"\n")) {
+                        if !out_line.bytes.is_empty() || out_line.cut > 0 {
                             emit(log, &mut out_line);
                         }
                     }
-                    read = async { err.as_mut().expect("checked").read_until(b'\n', &mut err_line).await }, if err.is_some() => {
-                        // A cancelled read keeps what it read in the buffer; EOF flushes it.
-                        if read? == 0 {
+                    read = async { read_line(err.as_mut().expect("checked"), &mut err_line).await }, if err.is_some() => {
+                        if !read? {
                             err = None;
                         }
-                        if !err_line.is_empty() && (err.is_none() || err_line.ends_with(b"\n")) {
+                        if !err_line.bytes.is_empty() || err_line.cut > 0 {
                             emit(log, &mut err_line);
                         }
                     }
@@ -245,6 +285,36 @@ mod tests {
         let captured = Processes::default().output(&invocation).await.unwrap();
         assert_eq!(captured.code, 3);
         assert_eq!(captured.first_error_line(), "err \u{fffd} two");
+    }
+}
+
+#[cfg(all(test, unix))]
+mod line_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_long_line_is_cut_and_marked_and_the_next_one_is_whole() {
+        // 1 MiB without a newline, a short line, and 5000 bytes at the end of the stream.
+        let script =
+            "head -c 1048576 /dev/zero | tr '\\0' a; echo; echo next; head -c 5000 /dev/zero | tr '\\0' b";
+        let invocation = Invocation::new("sh", &["-c", script], std::env::temp_dir());
+        let mut lines = Vec::new();
+        let code = Processes::default()
+            .stream(&invocation, Sink::Lines(&mut |line: &str| lines.push(line.to_owned())))
+            .await
+            .unwrap();
+        assert_eq!(code, 0);
+        assert_eq!(lines.len(), 3, "{:?}", lines.iter().map(String::len).collect::<Vec<_>>());
+        let cut = (1 << 20) - MAX_LINE;
+        assert_eq!(
+            lines[0],
+            format!("{} [line cut at 4096 bytes: {cut} more not shown]", "a".repeat(MAX_LINE))
+        );
+        assert_eq!(lines[1], "next");
+        assert_eq!(
+            lines[2],
+            format!("{} [line cut at 4096 bytes: 904 more not shown]", "b".repeat(MAX_LINE))
+        );
     }
 }
 

@@ -51,8 +51,13 @@ pub struct BuildOutput {
     pub explanation: Option<String>,
 }
 
-/// Lines of output kept for the failure message of a build error.
+/// Lines of output kept for the failure message of a build error (each at most
+/// `cached_gobuild::exec::MAX_LINE` bytes).
 pub const ERROR_TAIL: usize = 200;
+
+/// Bytes of one build's output forwarded to cached as its log. A build prints what its code
+/// makes the compiler print, and every line waits in the agent until cached has it.
+pub const MAX_LOG_BYTES: usize = 8 << 20;
 
 pub struct Builder {
     pub go: PathBuf,
@@ -96,12 +101,15 @@ impl Builder {
             namespace: input.namespace.clone(),
         };
         let mut tail = std::collections::VecDeque::new();
+        let mut forwarded = LogBudget::new(MAX_LOG_BYTES);
         let mut log = |line: &str| {
             if tail.len() == ERROR_TAIL {
                 tail.pop_front();
             }
             tail.push_back(line.to_owned());
-            let _ = lines.send(line.to_owned());
+            if let Some(line) = forwarded.pass(line) {
+                let _ = lines.send(line);
+            }
         };
         let mut machine = Machine::watch(&input.output_dir);
         let outcome = {
@@ -145,6 +153,38 @@ impl Builder {
             duration: outcome.duration,
             explanation: outcome.explanation,
         })
+    }
+}
+
+/// What of a build's output is forwarded: whole lines up to a number of bytes, then one line
+/// saying the rest was not.
+struct LogBudget {
+    left: usize,
+    spent: bool,
+}
+
+impl LogBudget {
+    fn new(bytes: usize) -> Self {
+        Self { left: bytes, spent: false }
+    }
+
+    fn pass(&mut self, line: &str) -> Option<String> {
+        if self.spent {
+            return None;
+        }
+        match self.left.checked_sub(line.len() + 1) {
+            Some(left) => {
+                self.left = left;
+                Some(line.to_owned())
+            }
+            None => {
+                self.spent = true;
+                Some(format!(
+                    "runner-agent: the build's output passed {} MiB; the rest is not shown (a failure keeps its last lines)",
+                    MAX_LOG_BYTES >> 20
+                ))
+            }
+        }
     }
 }
 
@@ -363,6 +403,15 @@ mod tests {
 
     fn lines(text: &str) -> Vec<String> {
         text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_log_forwards_whole_lines_up_to_its_budget_then_says_so_once() {
+        let mut budget = LogBudget::new(10);
+        assert_eq!(budget.pass("12345").as_deref(), Some("12345"));
+        assert_eq!(budget.pass("123").as_deref(), Some("123"));
+        assert!(budget.pass("1").unwrap().contains("the rest is not shown"));
+        assert_eq!(budget.pass(""), None);
     }
 
     const ROOMY: Facts = Facts { disk_low: false, oom_killed: false };

@@ -640,3 +640,41 @@ fn a_compile_error_cannot_blame_the_agent_for_its_disk_or_memory() {
     assert!(!error.contains("disk is full"), "a compile error was blamed on the agent's disk: {error}");
     assert_eq!(task["attempt"], 1, "a compile error is the code's fault, not retried: {task}\n{log}");
 }
+
+#[test]
+fn a_build_printing_huge_lines_fails_once_with_a_bounded_reason() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let agent = Agent::start(&cluster, 1, &real_go());
+    let module = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(module.path().join("cmd/app")).unwrap();
+    std::fs::write(module.path().join("go.mod"), "module example.com/loud\n\ngo 1.21\n").unwrap();
+    std::fs::write(module.path().join("cmd/app/main.go"), "package main\n\nfunc main() {}\n").unwrap();
+    // 220 type errors, each quoting its 90 KB constant whole (-e: go reports them all): 20 MB
+    // of output, whose last 200 lines were a failure reason cached refuses (16 MiB).
+    let constant = "a".repeat(90_000);
+    for part in 0..4 {
+        let mut source = String::from("package main\n\n");
+        for i in 0..55 {
+            source.push_str(&format!("var loud{part}x{i} int = \"{constant}\"\n"));
+        }
+        std::fs::write(module.path().join(format!("cmd/app/loud{part}.go")), source).unwrap();
+    }
+    let submitted = run(cluster.cachectl(
+        module.path(),
+        &["submit", "--targets", "linux/amd64", "--build-flag=-gcflags=-e", "./cmd/app"],
+    ));
+    assert!(!submitted.status.success(), "{}", submitted.stdout);
+    let listed =
+        run(cluster.cachectl(module.path(), &["jobs", "list", "--all", "--json"])).success("jobs list");
+    let jobs: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let job = jobs[0]["job_id"].as_str().unwrap().to_owned();
+    let task = cluster.finished_task(&job, Duration::from_secs(180), || {});
+    let log = agent.log();
+    assert_eq!(task["state"], "failed", "{task}\n{log:.4000}");
+    assert_eq!(task["attempt"], 1, "the failure reached cached at once, not by lease expiry: {task:.2000}");
+    let error = task["error"].as_str().unwrap();
+    assert!(error.len() <= 64 << 10, "a failure reason of {} bytes", error.len());
+    assert!(error.contains("[line cut at 4096 bytes"), "{error:.2000}");
+    assert!(error.contains("cannot use \"aaaa"), "the reason still shows go's errors: {error:.2000}");
+}
