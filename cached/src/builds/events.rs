@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use proto::v1;
 
-use super::keys::{decode, encode, event_prefix, prefix_end, target_hash};
+use super::keys::{decode, encode, event_prefix, prefix_end, target_digest, target_hash};
 use super::{
     Builds, Change, DEFAULT_TOP, MAX_EVENT_BYTES, MAX_EVENTS_PER_NAMESPACE, MAX_EVENTS_PER_TARGET,
     PRUNE_EVERY, RETENTION, Table, now_ms,
 };
 use crate::error::Result;
 
+/// The most top causes and targets one Stats call returns: each target may be 16 KiB.
+const MAX_TOP: usize = 100;
 /// How often a skipped append (disk below its floor) is logged.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -137,19 +139,32 @@ impl Builds {
         Ok(())
     }
 
-    /// The events of `namespace` from `since_ms` on, oldest first.
-    pub(super) fn events(&self, namespace: &str, since_ms: i64) -> Result<Vec<v1::BuildEvent>> {
+    /// Hands `visit` the events of `namespace` from `since_ms` on, oldest first, one at a time:
+    /// a `read` token can fill a namespace's log with tens of MiB of misses, so no reader holds
+    /// all of it.
+    pub(super) fn for_each_event(
+        &self,
+        namespace: &str,
+        since_ms: i64,
+        mut visit: impl FnMut(v1::BuildEvent),
+    ) -> Result<()> {
         let prefix = event_prefix(namespace);
         let mut start = prefix.clone();
         start.extend_from_slice(&since_ms.max(0).to_be_bytes());
-        let mut out = Vec::new();
         for item in self.records.scan(Table::Events, &start, false)? {
             let (key, value) = item?;
             if !key.starts_with(&prefix) {
                 break;
             }
-            out.push(decode(&value, "build event")?);
+            visit(decode(&value, "build event")?);
         }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(super) fn events(&self, namespace: &str, since_ms: i64) -> Result<Vec<v1::BuildEvent>> {
+        let mut out = Vec::new();
+        self.for_each_event(namespace, since_ms, |event| out.push(event))?;
         Ok(out)
     }
 
@@ -175,18 +190,19 @@ impl Builds {
         top: usize,
     ) -> Result<v1::BuildStatsResponse> {
         let this = Arc::clone(self);
+        let scan = self.scan_slot().await?;
         crate::task::spawn_blocking("build stats", move || {
+            let _scan = scan;
             let now = now_ms();
             let since_ms = if since.is_zero() { 0 } else { now - since.as_millis() as i64 };
             let namespaces = match namespace {
                 Some(namespace) => vec![namespace],
                 None => this.event_namespaces()?.into_iter().filter(|ns| allowed(ns)).collect(),
             };
-            let top = if top == 0 { DEFAULT_TOP } else { top };
+            let top = if top == 0 { DEFAULT_TOP } else { top.min(MAX_TOP) };
             let mut out = Vec::new();
             for namespace in namespaces {
-                let events = this.events(&namespace, since_ms)?;
-                out.push(summarize(namespace, &events, top));
+                out.push(this.summarize(namespace, since_ms, top)?);
             }
             Ok(v1::BuildStatsResponse {
                 since_seconds: since.as_secs(),
@@ -258,12 +274,15 @@ fn truncate(text: &mut String, max: usize) {
     text.push('…');
 }
 
-fn summarize(namespace: String, events: &[v1::BuildEvent], top: usize) -> v1::BuildNamespaceStats {
-    let mut stats = v1::BuildNamespaceStats { namespace, ..Default::default() };
-    let mut causes: HashMap<String, u64> = HashMap::new();
-    let mut targets: HashMap<(String, String, String, String), u64> = HashMap::new();
-    for event in events {
-        match event.kind.as_str() {
+impl Builds {
+    /// The stats of `namespace` from `since_ms` on, in two passes over its log: the first
+    /// counts, naming missed targets only by digest (a target may be 16 KiB); the second keeps
+    /// the `top` most missed whole.
+    fn summarize(&self, namespace: String, since_ms: i64, top: usize) -> Result<v1::BuildNamespaceStats> {
+        let mut stats = v1::BuildNamespaceStats { namespace, ..Default::default() };
+        let mut causes: HashMap<String, u64> = HashMap::new();
+        let mut misses_by_target: HashMap<[u8; 32], u64> = HashMap::new();
+        self.for_each_event(&stats.namespace.clone(), since_ms, |event| match event.kind.as_str() {
             "hit" => {
                 stats.hits += 1;
                 stats.bytes_served += event.bytes;
@@ -271,35 +290,64 @@ fn summarize(namespace: String, events: &[v1::BuildEvent], top: usize) -> v1::Bu
             }
             "miss" => {
                 stats.misses += 1;
-                for cause in event.explanation.as_ref().map(|e| e.causes.as_slice()).unwrap_or_default() {
-                    *causes.entry(cause.clone()).or_default() += 1;
+                for cause in event.explanation.map(|e| e.causes).unwrap_or_default() {
+                    *causes.entry(cause).or_default() += 1;
                 }
-                let t = event.target.clone().unwrap_or_default();
-                *targets.entry((t.module, t.package, t.goos, t.goarch)).or_default() += 1;
+                *misses_by_target.entry(target_digest(event.target.as_ref())).or_default() += 1;
             }
             "record" => {
                 stats.records += 1;
                 stats.bytes_stored += event.bytes;
             }
             _ => {}
+        })?;
+        stats.lookups = stats.hits + stats.misses;
+        let mut causes: Vec<(String, u64)> = causes.into_iter().collect();
+        causes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        stats.top_miss_causes =
+            causes.into_iter().take(top).map(|(cause, count)| v1::CauseCount { cause, count }).collect();
+        if !misses_by_target.is_empty() {
+            stats.top_missed_targets = self.top_missed(&stats.namespace, since_ms, &misses_by_target, top)?;
         }
+        Ok(stats)
     }
-    stats.lookups = stats.hits + stats.misses;
-    let mut causes: Vec<(String, u64)> = causes.into_iter().collect();
-    causes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    stats.top_miss_causes =
-        causes.into_iter().take(top).map(|(cause, count)| v1::CauseCount { cause, count }).collect();
-    let mut targets: Vec<_> = targets.into_iter().collect();
-    targets.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    stats.top_missed_targets = targets
-        .into_iter()
-        .take(top)
-        .map(|((module, package, goos, goarch), count)| v1::TargetCount {
-            target: Some(v1::BuildTarget { module, package, goos, goarch }),
-            count,
-        })
-        .collect();
-    stats
+
+    /// The `top` targets of `counts` (misses by target digest), most missed first, then in
+    /// the order of their fields; only those are ever held whole.
+    fn top_missed(
+        &self,
+        namespace: &str,
+        since_ms: i64,
+        counts: &HashMap<[u8; 32], u64>,
+        top: usize,
+    ) -> Result<Vec<v1::TargetCount>> {
+        type Ranked = (std::cmp::Reverse<u64>, (String, String, String, String));
+        let mut best: std::collections::BTreeSet<Ranked> = std::collections::BTreeSet::new();
+        let mut seen: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
+        self.for_each_event(namespace, since_ms, |event| {
+            let digest = target_digest(event.target.as_ref());
+            // A target first missed after the counting pass has no count and is left out.
+            let Some(&count) = counts.get(&digest) else { return };
+            if event.kind != "miss" || !seen.insert(digest) {
+                return;
+            }
+            if best.len() == top && best.last().is_some_and(|worst| worst.0.0 > count) {
+                return;
+            }
+            let t = event.target.unwrap_or_default();
+            best.insert((std::cmp::Reverse(count), (t.module, t.package, t.goos, t.goarch)));
+            if best.len() > top {
+                best.pop_last();
+            }
+        })?;
+        Ok(best
+            .into_iter()
+            .map(|(std::cmp::Reverse(count), (module, package, goos, goarch))| v1::TargetCount {
+                target: Some(v1::BuildTarget { module, package, goos, goarch }),
+                count,
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

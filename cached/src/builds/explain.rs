@@ -119,8 +119,12 @@ impl Builds {
         query: String,
     ) -> Result<Option<v1::BuildEvent>> {
         let this = Arc::clone(self);
-        crate::task::spawn_blocking("build explain", move || this.explain_blocking(&namespace, &query))
-            .await?
+        let scan = self.scan_slot().await?;
+        crate::task::spawn_blocking("build explain", move || {
+            let _scan = scan;
+            this.explain_blocking(&namespace, &query)
+        })
+        .await?
     }
 
     fn explain_blocking(&self, namespace: &str, query: &str) -> Result<Option<v1::BuildEvent>> {
@@ -128,43 +132,59 @@ impl Builds {
         if query.is_empty() {
             return Err(Error::invalid("explain needs a build key or a target"));
         }
-        let misses: Vec<v1::BuildEvent> =
-            self.events(namespace, 0)?.into_iter().filter(|e| e.kind == "miss").collect();
         let is_key = query.len() >= 8 && query.len() <= 64 && query.chars().all(|c| c.is_ascii_hexdigit());
-        if is_key {
-            let query = query.to_ascii_lowercase();
-            let matching: Vec<&v1::BuildEvent> =
-                misses.iter().filter(|e| hex(&e.key).starts_with(&query)).collect();
-            let distinct: std::collections::BTreeSet<&[u8]> =
-                matching.iter().map(|e| e.key.as_ref()).collect();
-            if distinct.len() > 1 {
-                return Err(Error::invalid(format!(
-                    "key prefix {query} matches {} builds; give more digits",
-                    distinct.len()
-                )));
+        let key_prefix = is_key.then(|| query.to_ascii_lowercase());
+        let matches_target = target_query(query);
+        // One pass over the log, keeping only the latest miss of each kind of match: the log
+        // may hold tens of MiB.
+        let mut keys = std::collections::BTreeSet::new();
+        let (mut by_key, mut by_target) = (None, None);
+        self.for_each_event(namespace, 0, |event| {
+            if event.kind != "miss" {
+                return;
             }
-            if let Some(event) = matching.last() {
-                return Ok(Some((*event).clone()));
+            let key_matches = key_prefix.as_ref().is_some_and(|prefix| hex(&event.key).starts_with(prefix));
+            if key_matches {
+                keys.insert(event.key.clone());
             }
+            match (key_matches, matches_target(&event)) {
+                (true, true) => (by_key, by_target) = (Some(event.clone()), Some(event)),
+                (true, false) => by_key = Some(event),
+                (false, true) => by_target = Some(event),
+                (false, false) => {}
+            }
+        })?;
+        if let Some(prefix) = key_prefix
+            && keys.len() > 1
+        {
+            return Err(Error::invalid(format!(
+                "key prefix {prefix} matches {} builds; give more digits",
+                keys.len()
+            )));
         }
-        let (package, platform) = match query.rsplit_once([' ', '@']) {
-            Some((package, platform)) if platform.contains('/') && !platform.contains('.') => {
-                (package.trim(), Some(platform.trim()))
-            }
-            _ => (query, None),
-        };
-        let package = package.trim_start_matches("./");
-        let matches = |event: &v1::BuildEvent| {
-            let Some(target) = &event.target else { return false };
-            let package_matches = target.package.split(' ').any(|p| {
-                p == package
-                    || p.ends_with(&format!("/{package}"))
-                    || format!("{}/{}", target.module, package) == p
-            }) || target.package == package;
-            let platform_matches =
-                platform.is_none_or(|platform| platform == format!("{}/{}", target.goos, target.goarch));
-            package_matches && platform_matches
-        };
-        Ok(misses.into_iter().rev().find(matches))
+        Ok(by_key.or(by_target))
+    }
+}
+
+/// Whether a miss is of the target `query` names: a package import path (or its last
+/// elements), optionally followed by ` GOOS/GOARCH` or `@GOOS/GOARCH`.
+fn target_query(query: &str) -> impl Fn(&v1::BuildEvent) -> bool + '_ {
+    let (package, platform) = match query.rsplit_once([' ', '@']) {
+        Some((package, platform)) if platform.contains('/') && !platform.contains('.') => {
+            (package.trim(), Some(platform.trim()))
+        }
+        _ => (query, None),
+    };
+    let package = package.trim_start_matches("./");
+    move |event: &v1::BuildEvent| {
+        let Some(target) = &event.target else { return false };
+        let package_matches = target.package.split(' ').any(|p| {
+            p == package
+                || p.ends_with(&format!("/{package}"))
+                || format!("{}/{}", target.module, package) == p
+        }) || target.package == package;
+        let platform_matches =
+            platform.is_none_or(|platform| platform == format!("{}/{}", target.goos, target.goarch));
+        package_matches && platform_matches
     }
 }

@@ -61,13 +61,20 @@ pub(super) fn event_prefix(namespace: &str) -> Vec<u8> {
 /// A short name of a target within its namespace, ending event keys so pruning can count
 /// events per target without decoding them.
 pub(super) fn target_hash(target: Option<&v1::BuildTarget>) -> u64 {
-    let target = target.cloned().unwrap_or_default();
+    let hash = target_digest(target);
+    u64::from_be_bytes(hash[..8].try_into().expect("8 of 32 bytes"))
+}
+
+/// The BLAKE3 of a target's fields: what names a target where its fields (up to 16 KiB) would
+/// cost too much to keep.
+pub(super) fn target_digest(target: Option<&v1::BuildTarget>) -> [u8; 32] {
+    let empty = v1::BuildTarget::default();
+    let target = target.unwrap_or(&empty);
     let mut fields = Vec::new();
     for field in [&target.module, &target.package, &target.goos, &target.goarch] {
         push_field(&mut fields, field);
     }
-    let hash = blake3::hash(&fields);
-    u64::from_be_bytes(hash.as_bytes()[..8].try_into().expect("8 of 32 bytes"))
+    *blake3::hash(&fields).as_bytes()
 }
 
 /// The key just past every key that starts with `prefix`.

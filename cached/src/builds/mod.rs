@@ -79,7 +79,14 @@ pub struct Builds {
     history_bytes: AtomicU64,
     pruning: AtomicBool,
     warned_floor: Mutex<Option<Instant>>,
+    /// Explain and Stats calls reading the log now ([`HISTORY_SCANS`]).
+    scans: Arc<tokio::sync::Semaphore>,
 }
+
+/// Explain and Stats calls that may read the event log at once. Each reads up to the whole log
+/// (`max_build_history`) an event at a time, and a `read` token may call them as often as its
+/// rate limit allows: the rest wait their turn instead of all reading at once.
+const HISTORY_SCANS: usize = 4;
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -140,6 +147,14 @@ fn outputs_size(outputs: &[v1::BuildOutput]) -> u64 {
 }
 
 impl Builds {
+    /// A turn to read the event log, held until the read is over.
+    async fn scan_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.scans)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Internal("the build history's scan slots were closed".to_owned()))
+    }
+
     pub fn new(
         records: Arc<dyn BuildRecords>,
         store: SharedStore,
@@ -157,6 +172,7 @@ impl Builds {
             history_bytes: AtomicU64::new(0),
             pruning: AtomicBool::new(false),
             warned_floor: Mutex::new(None),
+            scans: Arc::new(tokio::sync::Semaphore::new(HISTORY_SCANS)),
         });
         this.prune_events(now_ms())?;
         Ok(this)
