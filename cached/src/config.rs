@@ -603,6 +603,7 @@ fn registry_settings<'a>(
         listen,
         upload_timeout,
         max_uploads_per_namespace: get("registry_max_uploads").count()? as usize,
+        min_free_space: get("min_free_space").size()?,
         upload_pace: crate::conn::ConnLimits::from(limits).pace,
     }))
 }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
 use common::Server;
 use sha2::{Digest as _, Sha256};
@@ -336,5 +338,76 @@ async fn an_oversized_entry_stored_earlier_is_listed_without_annotations_in_post
     let index: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(listed(&index), [digest]);
     assert!(index["manifests"][0].get("annotations").is_none(), "{index}");
+    registry.stop().await;
+}
+
+/// The location of a new upload session in `repo`.
+async fn open_session(registry: &Registry, repo: &str) -> Reply {
+    let path = format!("/v2/{repo}/blobs/uploads/");
+    registry.send(reqwest::Method::POST, &path, "dev", None, Vec::new()).await
+}
+
+async fn session_location(registry: &Registry, repo: &str) -> String {
+    let path = format!("{}/v2/{repo}/blobs/uploads/", registry.base);
+    let response = registry.http.post(path).bearer_auth(secret("dev")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// Below `min_free_space` the CAS refuses uploads; the registry's own writes (the spool of an
+/// upload session, which a client may fill and never finish, and manifests) must too, or a
+/// `cas-write` token fills the disk and wedges RocksDB.
+#[tokio::test]
+async fn below_min_free_space_spools_and_manifests_are_refused() {
+    // No disk has a pebibyte free: the disk is always below this floor.
+    let registry = Registry::start(&[("min_free_space", "1PiB")]).await;
+    let location = session_location(&registry, "main/app").await;
+    let chunk = registry.send(reqwest::Method::PATCH, &location, "dev", None, vec![7; 64 << 10]).await;
+    assert_eq!(chunk.status, 429, "{}", chunk.body);
+    assert!(
+        chunk.body.contains("TOOMANYREQUESTS") && chunk.body.contains("min_free_space"),
+        "{}",
+        chunk.body
+    );
+
+    let index = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
+    let manifest = registry.put_manifest("dev", &index, OCI_INDEX, None).await;
+    assert_eq!(manifest.status, 429, "{}", manifest.body);
+    assert!(manifest.body.contains("min_free_space"), "{}", manifest.body);
+    let path = format!("/v2/main/app/manifests/{}", sha256(index.as_bytes()));
+    assert_eq!(registry.get(&path, "dev").await.status, 404, "nothing was stored");
+    registry.stop().await;
+}
+
+/// `registry_max_uploads` holds per namespace, and a `*` token may name any namespace: open
+/// sessions are also capped in all.
+#[tokio::test]
+async fn upload_sessions_are_capped_across_namespaces() {
+    let registry = Registry::start(&[("registry_max_uploads", "1")]).await;
+    for n in 0..1024 {
+        let opened = open_session(&registry, &format!("ns{n}/app")).await;
+        assert_eq!(opened.status, 202, "session {n}: {}", opened.body);
+    }
+    let refused = open_session(&registry, "one-more/app").await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body.contains("TOOMANYREQUESTS") && refused.body.contains("1024"), "{}", refused.body);
+    registry.stop().await;
+}
+
+/// Asking where an upload stands sends no byte: it must not keep an abandoned session (and its
+/// spool, and its slot) open past `registry_upload_timeout`.
+#[tokio::test]
+async fn asking_for_an_uploads_status_does_not_keep_it_open() {
+    let registry = Registry::start(&[("registry_upload_timeout", "2s")]).await;
+    let location = session_location(&registry, "main/app").await;
+    let mut last = 0;
+    for _ in 0..20 {
+        last = registry.get(&location, "dev").await.status;
+        if last == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(last, 404, "an upload asked about every 300 ms is still open after 6 s");
     registry.stop().await;
 }

@@ -9,13 +9,13 @@ use bytes::Bytes;
 use http::{StatusCode, header};
 use serde::Deserialize;
 
-use super::Registry;
 use super::auth;
 use super::blobs::{DIGEST_HEADER, insert};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest, check_tag};
 use super::records::{MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, ManifestPut, ManifestWrite, StoredManifest};
 use super::routes::Call;
+use super::{Registry, check_free_space};
 use crate::auth::Scope;
 
 /// The largest manifest accepted: what the spec suggests registries accept at least.
@@ -136,6 +136,7 @@ pub(super) async fn put(
         None => None,
     };
     let subject = referrer.as_ref().map(|(subject, _)| *subject);
+    check_free_space(&registry.space)?;
     let stored = StoredManifest { media_type, bytes };
     let (owned, tag) = (repo.clone(), (!by_digest).then(|| reference.to_owned()));
     let put = registry

@@ -39,6 +39,7 @@ use crate::auth::AuthSettings;
 use crate::cas::Cas;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::store::FreeSpace;
 
 /// The registry's settings, from `registry_*` in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub struct RegistrySettings {
     /// An upload untouched this long is dropped with its spooled bytes.
     pub upload_timeout: Duration,
     pub max_uploads_per_namespace: usize,
+    /// `min_free_space`: below it, uploads are not spooled nor manifests stored.
+    pub min_free_space: u64,
     /// How long an upload's body may keep the server waiting (`idle_timeout`,
     /// `min_transfer_rate`), as gRPC uploads are held to it.
     pub upload_pace: crate::conn::Pace,
@@ -58,6 +61,8 @@ pub struct Registry {
     cas: Arc<Cas>,
     auth: Arc<AuthSettings>,
     uploads: uploads::Uploads,
+    /// The data directory's disk, where manifests are stored.
+    space: Arc<FreeSpace>,
     metrics: Arc<Metrics>,
     /// Whether the listener speaks TLS, for the token realm it advertises.
     tls: bool,
@@ -76,15 +81,17 @@ impl Registry {
         tls: bool,
     ) -> Result<Arc<Self>> {
         let spool = data_dir.join("registry-uploads");
+        let space = Arc::new(FreeSpace::new(data_dir.to_owned(), settings.min_free_space));
         let limits = uploads::UploadLimits {
             timeout: settings.upload_timeout,
             per_namespace: settings.max_uploads_per_namespace,
             max_blob_size: cas.limits().max_blob_size,
             pace: settings.upload_pace,
+            space: Arc::clone(&space),
         };
         let uploads = uploads::Uploads::open(spool, limits)
             .map_err(|err| Error::Internal(format!("registry upload directory: {err}")))?;
-        Ok(Arc::new(Self { records, cas, auth, uploads, metrics, tls }))
+        Ok(Arc::new(Self { records, cas, auth, uploads, space, metrics, tls }))
     }
 
     /// Drops uploads untouched for `registry_upload_timeout`, with their spooled bytes, until
@@ -112,6 +119,28 @@ impl Registry {
         let records = Arc::clone(&self.records);
         crate::task::spawn_blocking(what, move || operation(&*records)).await?
     }
+}
+
+/// Refuses a write of the registry's own (an upload's spool, a manifest) while the data
+/// directory's disk is below `min_free_space`, as CAS uploads are refused: a full disk wedges
+/// RocksDB, and these writes are not blobs eviction could give back.
+fn check_free_space(space: &FreeSpace) -> errors::RegistryResult<()> {
+    let floor = space.floor();
+    if floor == 0 {
+        return Ok(());
+    }
+    let available = space.available()?;
+    if available >= floor {
+        return Ok(());
+    }
+    Err(RegistryError::new(
+        Code::TooManyRequests,
+        format!(
+            "the server's disk is nearly full: {available} bytes free, below min_free_space ({floor} \
+             bytes); nothing was stored. cached is evicting least recently used blobs to make room: \
+             retry later"
+        ),
+    ))
 }
 
 /// Serves the registry on `listener` (TLS with `tls`), each peer within `connections`' limits,

@@ -7,7 +7,8 @@
 //! SHA-256 and BLAKE3 are computed as they arrive, so closing a session checks the client's
 //! digest without reading the bytes again, and only a match is written to the CAS (once, read
 //! back from the spool) and linked into the repository. Sessions are capped per namespace and
-//! dropped once untouched for `registry_upload_timeout`.
+//! in all, spool nothing while the disk is below `min_free_space`, and are dropped once nothing
+//! was sent to them for `registry_upload_timeout`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,22 +24,33 @@ use proto::{Digest, FRAME_SIZE};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::Registry;
 use super::auth;
 use super::blobs::{DIGEST_HEADER, insert};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest};
 use super::routes::Call;
+use super::{Registry, check_free_space};
 use crate::auth::Scope;
 use crate::cas::Encoding;
 use crate::conn::Pace;
+use crate::store::FreeSpace;
 
 pub(super) struct UploadLimits {
     pub timeout: Duration,
     pub per_namespace: usize,
     pub max_blob_size: u64,
     pub pace: Pace,
+    /// The spool's disk: nothing is spooled below its floor.
+    pub space: Arc<FreeSpace>,
 }
+
+/// Most sessions open at once in all namespaces together (or `registry_max_uploads`, if more):
+/// the cap per namespace alone lets a token for `*` open sessions in as many namespaces as it
+/// names.
+const MAX_UPLOADS: usize = 1024;
+
+/// How many bytes a chunk spools between two looks at the disk's free space.
+const SPOOL_RECHECK: u64 = 8 << 20;
 
 /// The open sessions and their spool directory.
 pub(super) struct Uploads {
@@ -90,17 +102,10 @@ impl Uploads {
         let path = self.dir.join(&id);
         std::fs::File::create_new(&path).map_err(io_error)?;
         let mut sessions = self.sessions();
-        let open = sessions.values().filter(|entry| entry.repo.namespace() == repo.namespace()).count();
-        if open >= self.limits.per_namespace {
+        if let Err(err) = self.check_room(&sessions, repo) {
             drop(sessions);
             let _ = std::fs::remove_file(&path);
-            return Err(RegistryError::new(
-                Code::TooManyRequests,
-                format!(
-                    "namespace `{}` already has {open} uploads open (registry_max_uploads); finish or cancel one",
-                    repo.namespace()
-                ),
-            ));
+            return Err(err);
         }
         let session = Session { path, written: 0, sha256: Sha256::new(), blake3: blake3::Hasher::new() };
         let entry = Entry {
@@ -112,13 +117,45 @@ impl Uploads {
         Ok(id)
     }
 
+    /// Refuses a new session in `repo` past the cap of its namespace or of all namespaces.
+    fn check_room(&self, sessions: &HashMap<String, Arc<Entry>>, repo: &Repository) -> RegistryResult<()> {
+        let most = MAX_UPLOADS.max(self.limits.per_namespace);
+        if sessions.len() >= most {
+            return Err(RegistryError::new(
+                Code::TooManyRequests,
+                format!(
+                    "the server already has {} uploads open, the most it keeps in all namespaces \
+                     together ({most}); finish or cancel one, or retry later",
+                    sessions.len()
+                ),
+            ));
+        }
+        let open = sessions.values().filter(|entry| entry.repo.namespace() == repo.namespace()).count();
+        if open >= self.limits.per_namespace {
+            return Err(RegistryError::new(
+                Code::TooManyRequests,
+                format!(
+                    "namespace `{}` already has {open} uploads open (registry_max_uploads); finish or cancel one",
+                    repo.namespace()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The session, kept open for another `registry_upload_timeout`: for requests that move
+    /// the upload on.
     fn get(&self, repo: &Repository, id: &str) -> RegistryResult<Arc<Entry>> {
-        let entry = self.sessions().get(id).filter(|entry| entry.repo == *repo).cloned();
-        let entry = entry.ok_or_else(|| {
-            RegistryError::new(Code::BlobUploadUnknown, format!("no upload {id} in {repo}"))
-        })?;
+        let entry = self.find(repo, id)?;
         *entry.touched.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
         Ok(entry)
+    }
+
+    /// The session, without extending it: asking where an upload stands sends no byte, and
+    /// must not keep an abandoned one (its spool, its slot) open for ever.
+    fn find(&self, repo: &Repository, id: &str) -> RegistryResult<Arc<Entry>> {
+        let entry = self.sessions().get(id).filter(|entry| entry.repo == *repo).cloned();
+        entry.ok_or_else(|| RegistryError::new(Code::BlobUploadUnknown, format!("no upload {id} in {repo}")))
     }
 
     fn remove(&self, id: &str) {
@@ -279,7 +316,7 @@ pub(super) async fn finish(
 }
 
 pub(super) fn status(registry: &Registry, repo: &Repository, id: &str) -> RegistryResult<Response> {
-    let entry = registry.uploads.get(repo, id)?;
+    let entry = registry.uploads.find(repo, id)?;
     let written = entry.session.try_lock().map(|session| session.written).map_err(|_| {
         RegistryError::new(Code::TooManyRequests, format!("upload {id} is receiving a chunk; ask again"))
     })?;
@@ -298,6 +335,8 @@ pub(super) async fn cancel(registry: &Registry, repo: &Repository, id: &str) -> 
 /// trickling a byte now and then holds an upload slot for ever.
 async fn append(session: &mut Session, body: Body, limits: &UploadLimits) -> RegistryResult<()> {
     let max = limits.max_blob_size;
+    check_free_space(&limits.space)?;
+    let mut unchecked = 0u64;
     let mut file = tokio::fs::OpenOptions::new().append(true).open(&session.path).await.map_err(io_error)?;
     let mut data = body.into_data_stream();
     let (mut waited, mut received) = (Duration::ZERO, 0u64);
@@ -322,6 +361,11 @@ async fn append(session: &mut Session, body: Body, limits: &UploadLimits) -> Reg
                 format!("the blob is larger than the server's limit of {max} bytes (max_blob_size)"),
             )
             .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        unchecked += chunk.len() as u64;
+        if unchecked >= SPOOL_RECHECK {
+            unchecked = 0;
+            check_free_space(&limits.space)?;
         }
         file.write_all(&chunk).await.map_err(io_error)?;
         session.sha256.update(&chunk);
@@ -400,7 +444,8 @@ mod tests {
 
     fn uploads(dir: &std::path::Path, timeout: Duration) -> Uploads {
         let pace = Pace { idle: Duration::from_secs(60), min_rate: 0 };
-        let limits = UploadLimits { timeout, per_namespace: 2, max_blob_size: 1 << 20, pace };
+        let space = Arc::new(FreeSpace::new(dir.to_owned(), 0));
+        let limits = UploadLimits { timeout, per_namespace: 2, max_blob_size: 1 << 20, pace, space };
         Uploads::open(dir.join("spool"), limits).unwrap()
     }
 
