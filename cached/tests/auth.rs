@@ -141,6 +141,7 @@ const RPCS: &[(&str, Option<Scope>, bool)] = &[
     ("Cas.FindMissing", Some(Scope::Read), false),
     ("Cas.Read", Some(Scope::Read), false),
     ("Cas.BatchRead", Some(Scope::Read), false),
+    ("Cas.Recheck", Some(Scope::Read), false),
     ("Cas.Write", Some(Scope::CasWrite), false),
     ("Cas.BatchWrite", Some(Scope::CasWrite), false),
     ("GoCache.Get", Some(Scope::Read), true),
@@ -203,6 +204,11 @@ async fn call(
             let batch = v1::BatchReadRequest { digests: vec![digest.to_wire()], accept: 0 };
             let reply = cas.batch_read(request(batch, secret)).await?.into_inner();
             assert_eq!(reply.results[0].status.as_ref().unwrap().code, 0);
+        }
+        "Cas.Recheck" => {
+            let recheck = v1::RecheckRequest { digest: Some(digest.to_wire()) };
+            let outcome = cas.recheck(request(recheck, secret)).await?.into_inner().outcome();
+            assert_eq!(outcome, v1::recheck_response::Outcome::Sound);
         }
         "Cas.Write" => {
             let messages =
