@@ -13,7 +13,9 @@ use super::auth;
 use super::blobs::{DIGEST_HEADER, insert};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest, check_tag};
-use super::records::{MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, ManifestPut, ManifestWrite, StoredManifest};
+use super::records::{
+    MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, StoredManifest,
+};
 use super::routes::Call;
 use super::{Registry, check_free_space};
 use crate::auth::Scope;
@@ -171,8 +173,9 @@ fn refuse_unstored(
         ManifestPut::ReferrersFull => {
             let subject = subject.map(|subject| subject.to_string()).unwrap_or_default();
             Err(invalid(format!(
-                "{subject} already has {MAX_REFERRERS} referrers in {repo}, the most the referrers \
-                 API lists; delete some (admin) before pushing more; nothing was stored"
+                "{subject} already has as many referrers in {repo} as the referrers API lists in \
+                 one reply ({MAX_REFERRERS}, in at most {MAX_REFERRERS_BYTES} bytes of descriptors); \
+                 delete some (admin) before pushing more; nothing was stored"
             )))
         }
         // Content-addressed means the same answer for every pull: a later push, which
