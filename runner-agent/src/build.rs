@@ -375,7 +375,7 @@ impl Exec for GroupExec {
         let result = self.processes.stream(&self.sealed(invocation), sink).await;
         self.ended().await?;
         let code = result?;
-        if let Err(reason) = taskdir::check_outputs(&self.output_dir, self.owner) {
+        if let Err(reason) = taskdir::check_outputs(&self.output_dir, self.owner, taskdir::Outputs::Built) {
             *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.clone());
             return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason));
         }

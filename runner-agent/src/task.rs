@@ -207,7 +207,8 @@ async fn build_task(
     say(format!("runner-agent: go build {} for {platform}", spec.packages.join(" ")));
     let built = ctx.builder.build(&ctx.remote.client, &input, lines.clone(), cancel).await?;
     // Nothing of the build runs any more (the build library's last process took it all down).
-    taskdir::check_outputs(&input.output_dir, owner).map_err(TaskError::Build)?;
+    let written = if built.hit { taskdir::Outputs::Restored } else { taskdir::Outputs::Built };
+    taskdir::check_outputs(&input.output_dir, owner, written).map_err(TaskError::Build)?;
     let paths: Vec<PathBuf> = built.outputs.iter().map(|(path, _)| path.clone()).collect();
     let digests = cached_client::transfer::upload_files(
         &ctx.remote.client,

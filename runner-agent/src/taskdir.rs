@@ -85,12 +85,25 @@ impl TaskDir {
     }
 }
 
-/// Refuses an output directory holding anything but regular files of the build user's (or the
-/// agent's: a whole-build hit restores them). The agent reads outputs with its own rights, so a
-/// link (or a hard link to someone else's file) would hand it whatever the build points at.
-pub fn check_outputs(dir: &Path, owner: Option<Owner>) -> Result<(), String> {
+/// Who wrote a task's outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outputs {
+    /// The go command, as the build user: a miss.
+    Built,
+    /// The agent itself, from the whole-build cache: a hit.
+    Restored,
+}
+
+/// Refuses an output directory holding anything but regular files with one link each, of the
+/// build user's (or of the agent's, when it restored them itself). The agent reads outputs with
+/// its own rights, so a symbolic link would hand it whatever the build points at, and so would a
+/// hard link to a file of the agent's (its token file) where the kernel lets a user link files
+/// it does not own (`fs.protected_hardlinks = 0`): such a link belongs to the agent and has a
+/// second name.
+pub fn check_outputs(dir: &Path, owner: Option<Owner>, outputs: Outputs) -> Result<(), String> {
     let entries = std::fs::read_dir(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
     let agent = sandbox::agent_uid();
+    let build = owner.map_or(agent, |owner| owner.uid);
     for entry in entries {
         let entry = entry.map_err(|err| format!("{}: {err}", dir.display()))?;
         let metadata =
@@ -101,11 +114,17 @@ pub fn check_outputs(dir: &Path, owner: Option<Owner>) -> Result<(), String> {
                 "the build left {name:?} in its output directory, which is not a regular file; refused"
             ));
         }
-        let own = owner.map_or(agent, |owner| owner.uid);
-        if metadata.uid() != own && metadata.uid() != agent {
+        let restored = outputs == Outputs::Restored && metadata.uid() == agent;
+        if metadata.uid() != build && !restored {
             return Err(format!(
-                "the build's output {name:?} belongs to uid {}, not to the build; refused",
+                "the build's output {name:?} belongs to uid {}, not to the build (uid {build}); refused",
                 metadata.uid()
+            ));
+        }
+        if metadata.nlink() != 1 {
+            return Err(format!(
+                "the build's output {name:?} has {} links: it is another file's too, not the build's own; refused",
+                metadata.nlink()
             ));
         }
     }
@@ -148,13 +167,38 @@ mod tests {
     fn outputs_must_be_regular_files_of_the_build() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("app"), b"\x7fELF").unwrap();
-        assert!(check_outputs(dir.path(), None).is_ok());
+        assert!(check_outputs(dir.path(), None, Outputs::Built).is_ok());
         std::os::unix::fs::symlink("/etc/shadow", dir.path().join("steal")).unwrap();
-        let err = check_outputs(dir.path(), None).unwrap_err();
+        let err = check_outputs(dir.path(), None, Outputs::Built).unwrap_err();
         assert!(err.contains("\"steal\"") && err.contains("not a regular file"), "{err}");
         std::fs::remove_file(dir.path().join("steal")).unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
-        assert!(check_outputs(dir.path(), None).is_err());
+        assert!(check_outputs(dir.path(), None, Outputs::Built).is_err());
+    }
+
+    /// A hard link to a file of the agent's (its token), as a build user could make where
+    /// `fs.protected_hardlinks` is 0: made here by the agent's uid itself.
+    #[test]
+    fn a_built_output_is_the_build_users_own_file_with_one_link() {
+        let build = Owner { uid: 61_999, gid: 61_999 };
+        let secrets = tempfile::tempdir().unwrap();
+        let token = secrets.path().join("agent.token");
+        std::fs::write(&token, b"cached_secret").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        std::fs::hard_link(&token, out.path().join("app")).unwrap();
+        let err = check_outputs(out.path(), Some(build), Outputs::Built).unwrap_err();
+        assert!(err.contains("\"app\"") && err.contains("not to the build (uid 61999)"), "{err}");
+        // Even as the build's own file, a second name is refused; a restored output of the
+        // agent's with one link is fine on a hit.
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&token, Some(sandbox::uid(build.uid)), None).unwrap();
+            let err = check_outputs(out.path(), Some(build), Outputs::Built).unwrap_err();
+            assert!(err.contains("has 2 links"), "{err}");
+        }
+        std::fs::remove_file(out.path().join("app")).unwrap();
+        std::fs::write(out.path().join("app"), b"\x7fELF").unwrap();
+        assert!(check_outputs(out.path(), Some(build), Outputs::Restored).is_ok());
+        assert!(check_outputs(out.path(), Some(build), Outputs::Built).is_err());
     }
 
     #[test]
