@@ -79,13 +79,46 @@ fn check_experiments(value: &str) -> Result<(), String> {
     }
 }
 
-/// `http2client=0,gctrace=1`: settings of simple words.
+/// GODEBUG keys the go command reads for itself, refused. A job's GODEBUG reaches the build's
+/// processes only (the go command, compiler and linker; a built program's defaults come from
+/// go.mod's `godebug` lines and `//go:debug`), so what a job may honestly tune is those
+/// processes' runtime (`gctrace`, `madvdontneed`, ...): a list of every such key would refuse
+/// settings for no reason and lag every Go release. What must not reach the agent is the go
+/// command's own switches, which change what it reads, writes or runs: tracing every file it
+/// touches into a file (`gofsystrace`, `gofsystracelog`), following links out of embed patterns
+/// (`embedfollowsymlinks`), several VCS in one tree (`allowmultiplevcs`), toolchain switching,
+/// cache checks that rebuild everything. These are the keys of `cmd/go` in the go command's
+/// sources (`godebug.New` in cmd/go, `internal/godebugs`), Go 1.21 to 1.26.
+const GO_COMMAND_KEYS: &[&str] = &[
+    "allowmultiplevcs",
+    "cmdgonetlimit",
+    "embedfollowsymlinks",
+    "gocachehash",
+    "gocachetest",
+    "gocacheverify",
+    "gofsystrace",
+    "gofsystracelog",
+    "gofsystracestack",
+    "goindex",
+    "gotestjsonbuildtext",
+    "gotoolchainexec",
+    "installgoroot",
+    "toolchaintrace",
+];
+
+/// `http2client=0,gctrace=1`: settings of simple words, none of the go command's own.
 fn check_godebug(value: &str) -> Result<(), String> {
     let is_key =
         |key: &str| !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.".contains(&b));
     let is_value = |value: &str| value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     for setting in value.split(',').filter(|setting| !setting.is_empty()) {
         match setting.split_once('=') {
+            Some((key, _)) if GO_COMMAND_KEYS.contains(&key) => {
+                return Err(format!(
+                    "{key} is a setting of the go command itself, which changes what it reads, writes \
+                     or runs on the agent; a job may set GODEBUG only for the build's runtime (e.g. gctrace)"
+                ));
+            }
             Some((key, value)) if is_key(key) && is_value(value) => {}
             _ => {
                 return Err(format!(
@@ -138,6 +171,17 @@ mod tests {
             (var("GODEBUG", "gctrace"), "not a setting"),
             (var("GODEBUG", "a=b;c"), "not a setting"),
             (var("GODEBUG", "a=$(x)"), "not a setting"),
+            (
+                var("GODEBUG", "gofsystrace=1,gofsystracelog=trace.log"),
+                "gofsystrace is a setting of the go command",
+            ),
+            (
+                var("GODEBUG", "gctrace=1,gofsystracelog=trace.log"),
+                "gofsystracelog is a setting of the go command",
+            ),
+            (var("GODEBUG", "allowmultiplevcs=1"), "allowmultiplevcs is a setting of the go command"),
+            (var("GODEBUG", "embedfollowsymlinks=1"), "embedfollowsymlinks is a setting of the go command"),
+            (var("GODEBUG", "gotoolchainexec=0"), "only for the build's runtime"),
             (var("SOURCE_DATE_EPOCH", "-1"), "decimal digits"),
             (var("SOURCE_DATE_EPOCH", "+1"), "decimal digits"),
             (var("SOURCE_DATE_EPOCH", ""), "decimal digits"),
