@@ -100,3 +100,40 @@ async fn a_reader_that_finds_rot_has_cached_recheck_and_remove_the_blob_at_once(
     assert!(read_back(&clients, sound_digest).await == sound);
     server.stop().await;
 }
+
+/// The bridge reports a body that lands wrong: the rotten blob goes at once, the lookup is a
+/// miss that the go command fills again, and its upload stores the blob whole, so the next
+/// fresh runner misses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridge_that_finds_rot_gets_it_removed_and_the_refill_stores_it_whole() {
+    use cached_e2e::{GoEnv, run, wipe};
+    let dir = tempfile::tempdir().unwrap();
+    let (env, tier) = (GoEnv::new(), tempfile::tempdir().unwrap());
+    // A fresh runner's build; the bridge's misses, from its summary line.
+    let misses = |url: String| {
+        env.wipe_gocache();
+        wipe(tier.path());
+        let args = ["build", "-buildvcs=false", "-o", "/dev/null", "./cmd/app"];
+        let go = env.go_bridged(&args, tier.path(), Some(&url));
+        let built = tokio::task::block_in_place(|| run(go).success("bridged build"));
+        let summary = built.stderr.lines().find(|line| line.contains(" misses)")).unwrap_or("");
+        let count = summary.split(" misses)").next().and_then(|head| head.rsplit(' ').next());
+        count
+            .and_then(|count| count.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no summary: {}", built.stderr))
+    };
+    let server = Server::start(dir.path(), &[]).await;
+    let url = format!("http://{}", server.addr);
+    assert!(misses(url.clone()) > 0, "the first build fills the cache");
+    // What a fresh runner misses of a sound cache (the go command asks for a few actions it
+    // never stores).
+    let sound = misses(url);
+    server.stop().await;
+    rot_first_frame(dir.path());
+
+    let server = Server::start(dir.path(), &[]).await;
+    let url = format!("http://{}", server.addr);
+    assert!(misses(url.clone()) > sound, "a rotten body was not refused");
+    assert_eq!(misses(url), sound, "the rotten blob was not stored again whole");
+    server.stop().await;
+}
