@@ -180,16 +180,15 @@ async fn build_task(
         }
         None => env.push(("GOPROXY".into(), "off".into())),
     }
+    let mut job_goflags = None;
     for var in &spec.env {
         if var.name == "GOFLAGS" {
-            goflags.extend(var.value.split_whitespace().map(str::to_owned));
+            job_goflags = Some(var.value.as_str());
         } else {
             env.push((var.name.clone(), var.value.clone()));
         }
     }
-    // Last, so nothing the job says overrides it: see [`NO_VCS`].
-    goflags.push(NO_VCS.to_owned());
-    env.push(("GOFLAGS".into(), goflags.join(" ")));
+    env.push(("GOFLAGS".into(), goflags_with(&goflags, job_goflags)));
     let deadline = Duration::from_millis(
         u64::try_from(lease.deadline_unix_ms - cached_client::clock::now_ms()).unwrap_or(0),
     );
@@ -240,6 +239,18 @@ async fn build_task(
         image,
         index: None,
     })
+}
+
+/// The build's GOFLAGS: the agent's own flags, the job's GOFLAGS exactly as cached checked it,
+/// and [`NO_VCS`] last, so nothing the job says overrides it. cached checks the fields the go
+/// command splits the value into, with its quoting (`'-ldflags=-X "main.v=a  b"'` is one field);
+/// splitting it again here, any other way, would hand the go command other fields than the
+/// ones checked, so the value goes through whole.
+pub fn goflags_with(agent: &[String], job: Option<&str>) -> String {
+    let mut fields: Vec<&str> = agent.iter().map(String::as_str).collect();
+    fields.extend(job.filter(|job| !job.trim().is_empty()));
+    fields.push(NO_VCS);
+    fields.join(" ")
 }
 
 /// Lays the proxy's module zips out in the task's module cache from the agent's store (see
