@@ -45,6 +45,8 @@ pub struct AgentConfig {
     pub cache_size: u64,
     pub grace: Duration,
     pub task_timeout: Duration,
+    /// The most disk a build's own files may take in its task directory, in bytes.
+    pub max_task_disk: u64,
     pub go: PathBuf,
     /// Extra C compilers, `goos/goarch=command`.
     pub cc: Vec<String>,
@@ -133,6 +135,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         bridge_env: config.bridge_env.clone(),
         c_compilers,
         task_timeout: config.task_timeout,
+        max_task_disk: config.max_task_disk,
     });
 
     let mut running: HashMap<String, Running> = HashMap::new();

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cached_client::connect::{Client, ConnectOptions};
 use cached_gobuild::exec::{Captured, Exec, Invocation, Prepare, Processes, Sink};
@@ -38,6 +38,10 @@ pub struct BuildInput {
     pub timeout: Duration,
     /// The build user; `None`: the agent's own.
     pub owner: Option<Owner>,
+    /// The task's directory, all the build writes (see [`TaskDisk`]).
+    pub task_dir: PathBuf,
+    /// The most disk the build's files there may take.
+    pub max_disk: u64,
 }
 
 /// What came out, in the shape of `cached_gobuild::BuildOutcome`.
@@ -112,13 +116,22 @@ impl Builder {
             }
         };
         let mut machine = Machine::watch(&input.output_dir);
+        let mut disk = TaskDisk::new(input);
         let outcome = {
             let build = build_with(Some(client), &request, &options, &mut log);
             tokio::pin!(build);
             loop {
                 tokio::select! {
-                    outcome = &mut build => break outcome,
-                    () = tokio::time::sleep(DISK_SAMPLE) => machine.sample(),
+                    outcome = &mut build => break Some(outcome),
+                    () = tokio::time::sleep(DISK_SAMPLE) => {
+                        machine.sample();
+                        disk.walk_if_due();
+                    }
+                    used = disk.walked() => if used > input.max_disk {
+                        // Dropping the build kills its process group; the task kills the rest
+                        // of the build user's processes before it removes the directory.
+                        break None;
+                    }
                 }
             }
         };
@@ -126,14 +139,20 @@ impl Builder {
         if *cancel.borrow() {
             return Err(TaskError::Cancelled);
         }
+        let Some(outcome) = outcome else { return Err(TaskError::Build(disk.over_budget())) };
         if let Some(reason) = exec.refused() {
             return Err(TaskError::Build(reason));
         }
         let outcome = outcome.map_err(|err| TaskError::Infrastructure(format!("build failed: {err}")))?;
         if outcome.exit_code != 0 {
             let output = tail.join("\n");
+            let facts = machine.facts();
+            // A full disk is the agent's trouble only when this build's own files did not fill it.
+            if facts.disk_low && disk.last_use().await > input.max_disk {
+                return Err(TaskError::Build(format!("{}:\n{output}", disk.over_budget())));
+            }
             // Not the code's fault: another agent, or this one later, may well succeed.
-            if let Some(trouble) = agent_trouble(outcome.exit_code, &tail, &machine.facts()) {
+            if let Some(trouble) = agent_trouble(outcome.exit_code, &tail, &facts) {
                 return Err(TaskError::Infrastructure(format!(
                     "go build failed because {trouble} (exit status {}):\n{output}",
                     outcome.exit_code
@@ -228,6 +247,88 @@ const DISK_SAMPLE: Duration = Duration::from_secs(1);
 /// Less room than this on the task's filesystem, for users without root's reserve, is a full
 /// disk: a compile or a link writes tens to hundreds of MiB.
 const LOW_DISK: u64 = 256 << 20;
+
+/// The least time between two walks of a task's directory, and how many times a walk's own
+/// length the next waits at least: walking costs a stat per entry, so a build of many files
+/// (or one that makes many to slow the walks) spends at most a twentieth of a core on it.
+const MIN_WALK_GAP: Duration = Duration::from_secs(2);
+const WALK_GAP_FACTOR: u32 = 20;
+
+/// The disk a build's files take in its task directory, where everything it writes goes
+/// (HOME, TMPDIR with the go command's work directory, GOCACHE and the bridge's tier, the
+/// modules the go command extracts, the outputs). A build past `--max-task-disk` is stopped and
+/// fails as the build's fault: a job that fills its agent's disk would otherwise fail as the
+/// agent's trouble (a full disk) and be built again on the next agent, and the next.
+///
+/// The directory is walked and its entries summed (see [`taskdir::disk_use`]) in a blocking
+/// thread, every [`MIN_WALK_GAP`] or less often for a slow walk. Free space alone cannot say
+/// whose files took it: other tasks and the agent's caches share the filesystem. A disk quota
+/// would be exact and free, but needs the operator's filesystem set up for it.
+struct TaskDisk {
+    dir: PathBuf,
+    owner: Option<Owner>,
+    stop_at: u64,
+    walking: Option<tokio::task::JoinHandle<(u64, Duration)>>,
+    next_walk: Instant,
+    most: u64,
+}
+
+impl TaskDisk {
+    fn new(input: &BuildInput) -> Self {
+        Self {
+            dir: input.task_dir.clone(),
+            owner: input.owner,
+            stop_at: input.max_disk,
+            walking: None,
+            next_walk: Instant::now() + MIN_WALK_GAP,
+            most: 0,
+        }
+    }
+
+    fn walk(&self) -> tokio::task::JoinHandle<(u64, Duration)> {
+        let (dir, owner, stop_at) = (self.dir.clone(), self.owner, self.stop_at);
+        cached_client::task::spawn_blocking("task-disk-use", move || {
+            let started = Instant::now();
+            (taskdir::disk_use(&dir, owner, stop_at), started.elapsed())
+        })
+    }
+
+    fn walk_if_due(&mut self) {
+        if self.walking.is_none() && Instant::now() >= self.next_walk {
+            self.walking = Some(self.walk());
+        }
+    }
+
+    /// The bytes the walk under way found, once it is over; never, while none is.
+    async fn walked(&mut self) -> u64 {
+        let Some(walking) = &mut self.walking else { return std::future::pending().await };
+        let walked = walking.await;
+        self.walking = None;
+        let (used, took) = walked.unwrap_or_default();
+        self.next_walk = Instant::now() + MIN_WALK_GAP.max(took * WALK_GAP_FACTOR);
+        self.most = self.most.max(used);
+        used
+    }
+
+    /// The most the build's files took, walking once more now (its failure may have come from
+    /// what it wrote since the last walk).
+    async fn last_use(&mut self) -> u64 {
+        if self.walking.is_none() {
+            self.walking = Some(self.walk());
+        }
+        self.walked().await;
+        self.most
+    }
+
+    fn over_budget(&self) -> String {
+        format!(
+            "the build's files took more than {} MiB of disk in its task directory (module cache, GOCACHE, \
+             temporary files, outputs), the most a build may take on this agent (--max-task-disk), and it was \
+             stopped",
+            self.stop_at >> 20
+        )
+    }
+}
 
 /// Free space of the task's filesystem and the kernel's out-of-memory kill count, read
 /// before, during and after a build.

@@ -59,6 +59,11 @@ struct Cli {
     /// uses.
     #[arg(long, env = "CACHED_AGENT_CACHE_SIZE", default_value = "20GiB", value_parser = cached_client::size::parse)]
     cache_size: u64,
+    /// The most disk one build's own files may take in its task directory (module cache,
+    /// GOCACHE, temporary files, outputs); a build past it is stopped and fails as the build's
+    /// fault, not retried.
+    #[arg(long, env = "CACHED_MAX_TASK_DISK", default_value = "10GiB", value_parser = cached_client::size::parse)]
+    max_task_disk: u64,
     /// Name of this agent in leases and job events [default: <hostname>-<pid>].
     #[arg(long, env = "CACHED_AGENT_NAME")]
     name: Option<String>,
@@ -168,6 +173,7 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
         cache_size: cli.cache_size,
         grace: cli.grace,
         task_timeout: cli.task_timeout,
+        max_task_disk: cli.max_task_disk,
         go: cli.go,
         cc: cli.cc,
         bridge: prepared.bridge,

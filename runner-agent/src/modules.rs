@@ -15,8 +15,18 @@
 //! link entry, a nested module or vendor directory, more than 500 MiB) is left to the go
 //! command.
 //!
-//! Trees are dropped, least recently used first, beyond the store's cap; the store is emptied
-//! when the agent starts.
+//! Extraction is only a speed-up: whatever the store does not lay out, the go command extracts
+//! itself, and only the modules the build needs. A job's proxy, though, may hold zips its build
+//! never opens, each up to 500 MiB extracted from half a MiB of zip. So one task makes the agent
+//! extract at most [`TASK_EXTRACTION`] (or an eighth of the store's cap, if less); the next task
+//! of the same modules links those and extracts the next share. The store holds at most its cap,
+//! counting the trees running tasks have linked: a task's hard links keep a tree's blocks in use
+//! however the store forgets it, so a tree stays in the store, and in its count, until every task
+//! that linked it has ended. Room is made before an extraction, by dropping the least recently
+//! used trees no running task holds, for the bytes the zip declares (its files rounded up to
+//! whole blocks); an extraction that finds no room, or that would pass its task's share, is left
+//! to the go command, and one that writes more than its zip declared is stopped there. The store
+//! is emptied when the agent starts.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -34,6 +44,13 @@ use crate::sandbox::{self, Owner};
 
 /// The go command's limit on a module zip's extracted size (golang.org/x/mod/zip).
 const MAX_EXTRACTED: u64 = 500 << 20;
+
+/// The most one task makes the agent extract (of trees the store lacks). Large enough for the
+/// dependencies of most modules at once (crane's are 113 MB), small beside the store's cap.
+pub const TASK_EXTRACTION: u64 = 1 << 30;
+
+/// What a file or directory costs on disk at least: a file's bytes are rounded up to it.
+const BLOCK: u64 = 4096;
 
 /// A module zip of a job's proxy: where the blob cache holds it, and the module it is of.
 #[derive(Debug, Clone)]
@@ -79,13 +96,19 @@ const REFUSED_REMEMBERED: usize = 4096;
 #[derive(Debug, Default)]
 struct Books {
     cap: u64,
+    /// What one task may make the agent extract.
+    task_share: u64,
+    /// Bytes of the trees in the store (as [`charge`] counts them), held or not.
     total: u64,
+    /// Bytes set aside for extractions under way.
+    reserved: u64,
     clock: u64,
     /// zip digest → extracted tree
     trees: HashMap<Digest, Tree>,
     /// Zips found not to extract as the go command would: left to it.
     refused: HashSet<Digest>,
-    /// Trees a task is linking from now.
+    /// Trees running tasks have linked (or are linking), and how many such tasks: never
+    /// dropped, their blocks stay in use through the tasks' links.
     in_use: HashMap<Digest, usize>,
 }
 
@@ -98,6 +121,45 @@ impl Books {
         }
         self.refused.insert(digest);
     }
+
+    /// Sets `bytes` aside for an extraction, first dropping the least recently used trees no
+    /// task holds as far as needed; `None` when even that leaves too little room. The trees
+    /// dropped are returned, for their directories to be removed.
+    fn reserve(&mut self, bytes: u64) -> Option<Vec<Digest>> {
+        let fits = |books: &Self| books.total + books.reserved + bytes <= books.cap;
+        let mut unheld: Vec<(u64, Digest, u64)> = self
+            .trees
+            .iter()
+            .filter(|(digest, _)| !self.in_use.contains_key(*digest))
+            .map(|(digest, tree)| (tree.used, *digest, tree.size))
+            .collect();
+        let freeable: u64 = unheld.iter().map(|(_, _, size)| size).sum();
+        if self.total - freeable + self.reserved + bytes > self.cap {
+            return None;
+        }
+        unheld.sort();
+        let mut victims = Vec::new();
+        for (_, digest, size) in unheld {
+            if fits(self) {
+                break;
+            }
+            self.trees.remove(&digest);
+            self.total -= size;
+            victims.push(digest);
+        }
+        self.reserved += bytes;
+        Some(victims)
+    }
+
+    fn hold(&mut self, digest: Digest) {
+        *self.in_use.entry(digest).or_default() += 1;
+    }
+}
+
+/// What disk an extraction of files of these sizes, in these directories, takes at least.
+fn charge(sizes: impl Iterator<Item = u64>, directories: usize) -> u64 {
+    let files: u64 = sizes.map(|size| size.div_ceil(BLOCK).max(1) * BLOCK).sum();
+    files + directories as u64 * BLOCK
 }
 
 #[derive(Debug, Clone)]
@@ -106,8 +168,35 @@ struct Tree {
     files: Arc<[String]>,
     /// `h1:` of the zip, as go.sum has it.
     hash: String,
+    /// Its cost on disk, as [`charge`] counts it.
     size: u64,
     used: u64,
+}
+
+/// The trees a task linked into its module cache, held in the store (and in its count) until
+/// this is dropped: drop it once the task's directory is removed.
+#[derive(Debug)]
+pub struct Linked {
+    books: Arc<Mutex<Books>>,
+    digests: Vec<Digest>,
+}
+
+impl Drop for Linked {
+    fn drop(&mut self) {
+        let mut books = self.books.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for digest in &self.digests {
+            release(&mut books, *digest);
+        }
+    }
+}
+
+fn release(books: &mut Books, digest: Digest) {
+    if let Some(count) = books.in_use.get_mut(&digest) {
+        *count -= 1;
+        if *count == 0 {
+            books.in_use.remove(&digest);
+        }
+    }
 }
 
 /// What a task got from the store.
@@ -119,7 +208,8 @@ pub struct Prepared {
 }
 
 impl ModuleStore {
-    /// The store in `dir`, emptied, holding at most `cap` bytes of trees beyond those in use.
+    /// The store in `dir`, emptied, holding at most `cap` bytes of trees, those running tasks
+    /// hold included.
     pub fn open(dir: PathBuf, cap: u64) -> Result<Self, TaskError> {
         let failed = |err: std::io::Error| TaskError::Infrastructure(format!("{}: {err}", dir.display()));
         if dir.exists() {
@@ -127,7 +217,8 @@ impl ModuleStore {
         }
         std::fs::create_dir_all(&dir).map_err(failed)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
-        Ok(Self { dir, books: Arc::new(Mutex::new(Books { cap, ..Books::default() })) })
+        let task_share = TASK_EXTRACTION.min(cap / 8);
+        Ok(Self { dir, books: Arc::new(Mutex::new(Books { cap, task_share, ..Books::default() })) })
     }
 
     fn books(&self) -> MutexGuard<'_, Books> {
@@ -138,19 +229,19 @@ impl ModuleStore {
         self.dir.join(digest.hex())
     }
 
-    /// Lays every zip of `zips` out in the module cache `gomodcache` (the task's, empty, nothing
-    /// of the build running yet), extracting those the store lacks. Blocking.
-    pub fn prepare(&self, zips: &[ModuleZip], gomodcache: &Path, owner: Option<Owner>) -> Prepared {
+    /// Lays the zips of `zips` out in the module cache `gomodcache` (the task's, empty, nothing
+    /// of the build running yet), extracting those the store lacks within the task's share and
+    /// the store's room. The trees stay held until the [`Linked`] is dropped. Blocking.
+    pub fn prepare(&self, zips: &[ModuleZip], gomodcache: &Path, owner: Option<Owner>) -> (Prepared, Linked) {
         let mut prepared = Prepared::default();
-        // A job's proxy may hold zips its build never opens, which the go command would never
-        // extract: what one task makes the agent extract is bounded by the store's cap.
-        let mut budget = self.books().cap;
+        let mut linked = Linked { books: Arc::clone(&self.books), digests: Vec::new() };
+        let mut share = self.books().task_share;
         for zip in zips {
-            let tree = match self.tree(zip, budget) {
+            let tree = match self.tree(zip, share) {
                 Ok(Some((tree, extracted))) => {
                     if extracted {
                         prepared.extracted += 1;
-                        budget = budget.saturating_sub(tree.size);
+                        share = share.saturating_sub(tree.size);
                     }
                     tree
                 }
@@ -164,9 +255,9 @@ impl ModuleStore {
                     continue;
                 }
             };
-            let linked = self.link(zip, &tree, gomodcache, owner);
-            self.release(zip.digest);
-            match linked {
+            // Held from here: even a half-made module directory's links keep the tree's blocks.
+            linked.digests.push(zip.digest);
+            match self.link(zip, &tree, gomodcache, owner) {
                 Ok(()) => prepared.linked += 1,
                 Err(err) => {
                     // A half-made module directory would be taken for an extraction: remove it.
@@ -176,13 +267,12 @@ impl ModuleStore {
                 }
             }
         }
-        self.trim();
-        prepared
+        (prepared, linked)
     }
 
-    /// The zip's tree, held in use until [`Self::release`]; `None` if it is left to the go
-    /// command. The flag says whether it was extracted now.
-    fn tree(&self, zip: &ModuleZip, budget: u64) -> Result<Option<(Tree, bool)>, String> {
+    /// The zip's tree, held (counted once more in `in_use`) for the caller; `None` if it is left
+    /// to the go command. The flag says whether it was extracted now, within `share` bytes.
+    fn tree(&self, zip: &ModuleZip, share: u64) -> Result<Option<(Tree, bool)>, String> {
         {
             let mut books = self.books();
             if books.refused.contains(&zip.digest) {
@@ -193,62 +283,103 @@ impl ModuleStore {
             if let Some(tree) = books.trees.get_mut(&zip.digest) {
                 tree.used = clock;
                 let tree = tree.clone();
-                *books.in_use.entry(zip.digest).or_default() += 1;
+                books.hold(zip.digest);
                 return Ok(Some((tree, false)));
             }
         }
-        if budget == 0 {
+        if share == 0 {
             return Ok(None);
         }
         let Some(prefix) = zip.prefix() else { return self.refuse(zip, "its module path does not unescape") };
-        static STAGING: AtomicU64 = AtomicU64::new(0);
-        let attempt = STAGING.fetch_add(1, Ordering::Relaxed);
-        let staging = self.dir.join(format!("{}.{attempt}.partial", zip.digest.hex()));
-        let _ = crate::taskdir::remove_tree(&staging);
-        let extraction = extract(&zip.file, &prefix, &staging);
-        let (files, hash, size) = match extraction {
-            Ok(Extraction::Done { files, hash, size }) => (files, hash, size),
-            Ok(Extraction::LeftToGo(why)) => {
-                let _ = crate::taskdir::remove_tree(&staging);
-                return self.refuse(zip, &why);
-            }
-            Err(err) => {
-                let _ = crate::taskdir::remove_tree(&staging);
-                return Err(err);
-            }
+        let contents = match inspect(&zip.file, &prefix)? {
+            Inspection::Extractable(contents) => contents,
+            Inspection::LeftToGo(why) => return self.refuse(zip, &why),
         };
-        let dir = self.tree_dir(zip.digest);
+        if contents.charge > share {
+            tracing::info!(module = %zip.escaped_path, version = %zip.escaped_version, bytes = contents.charge,
+                "module zip left to the go command: past what one task may have the agent extract");
+            return Ok(None);
+        }
+        let Some(victims) = self.books().reserve(contents.charge) else {
+            tracing::info!(module = %zip.escaped_path, version = %zip.escaped_version, bytes = contents.charge,
+                "module zip left to the go command: the store is full of trees running tasks hold");
+            return Ok(None);
+        };
+        self.remove_trees(victims);
+        let staging = self.staging(zip);
+        let extracted = self.extract_reserved(zip, &contents, &staging);
         let mut books = self.books();
+        books.reserved -= contents.charge;
+        let (files, hash) = match extracted {
+            Ok(Some(done)) => done,
+            Ok(None) => {
+                drop(books);
+                return self.refuse(zip, "its files hold more than the sizes it declares");
+            }
+            Err(err) => return Err(err),
+        };
         if let Some(tree) = books.trees.get(&zip.digest).cloned() {
             // Another task extracted it meanwhile.
-            *books.in_use.entry(zip.digest).or_default() += 1;
+            books.hold(zip.digest);
             drop(books);
             let _ = crate::taskdir::remove_tree(&staging);
             return Ok(Some((tree, false)));
         }
-        std::fs::rename(&staging, &dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+        let dir = self.tree_dir(zip.digest);
+        if let Err(err) = std::fs::rename(&staging, &dir) {
+            drop(books);
+            let _ = crate::taskdir::remove_tree(&staging);
+            return Err(format!("{}: {err}", dir.display()));
+        }
         books.clock += 1;
-        let tree = Tree { files: files.into(), hash, size, used: books.clock };
-        books.total += size;
+        let tree = Tree { files: files.into(), hash, size: contents.charge, used: books.clock };
+        books.total += tree.size;
         books.trees.insert(zip.digest, tree.clone());
-        *books.in_use.entry(zip.digest).or_default() += 1;
+        books.hold(zip.digest);
         Ok(Some((tree, true)))
+    }
+
+    /// A new directory name to extract `zip` into before its tree goes into the store.
+    fn staging(&self, zip: &ModuleZip) -> PathBuf {
+        static STAGING: AtomicU64 = AtomicU64::new(0);
+        let attempt = STAGING.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{}.{attempt}.partial", zip.digest.hex()))
+    }
+
+    /// Extracts `zip` into `staging`; `None` (and nothing left behind) when its files hold more
+    /// than they declare.
+    fn extract_reserved(
+        &self,
+        zip: &ModuleZip,
+        contents: &Contents,
+        staging: &Path,
+    ) -> Result<Option<(Vec<String>, String)>, String> {
+        let _ = crate::taskdir::remove_tree(staging);
+        match write_out(&zip.file, contents, staging) {
+            Ok(Some(hash)) => {
+                let files = contents.names.iter().map(|(_, relative)| relative.clone()).collect();
+                Ok(Some((files, hash)))
+            }
+            outcome => {
+                let _ = crate::taskdir::remove_tree(staging);
+                outcome.map(|_| None)
+            }
+        }
+    }
+
+    fn remove_trees(&self, digests: Vec<Digest>) {
+        for digest in digests {
+            let dir = self.tree_dir(digest);
+            if let Err(err) = crate::taskdir::remove_tree(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove an extracted module");
+            }
+        }
     }
 
     fn refuse(&self, zip: &ModuleZip, why: &str) -> Result<Option<(Tree, bool)>, String> {
         tracing::info!(module = %zip.escaped_path, version = %zip.escaped_version, why, "module zip left to the go command");
         self.books().remember_refused(zip.digest);
         Ok(None)
-    }
-
-    fn release(&self, digest: Digest) {
-        let mut books = self.books();
-        if let Some(count) = books.in_use.get_mut(&digest) {
-            *count -= 1;
-            if *count == 0 {
-                books.in_use.remove(&digest);
-            }
-        }
     }
 
     /// The module directory and its `.ziphash`, as the go command leaves them after extracting:
@@ -287,37 +418,6 @@ impl ModuleStore {
         let mut file = std::fs::File::create_new(&ziphash).map_err(|err| failed(&ziphash, err))?;
         file.write_all(tree.hash.as_bytes()).map_err(|err| failed(&ziphash, err))?;
         Ok(())
-    }
-
-    /// Beyond the cap, drops the least recently used trees no task is linking from.
-    fn trim(&self) {
-        let victims = {
-            let mut books = self.books();
-            let mut by_age: Vec<(u64, Digest)> = books
-                .trees
-                .iter()
-                .filter(|(digest, _)| !books.in_use.contains_key(*digest))
-                .map(|(digest, tree)| (tree.used, *digest))
-                .collect();
-            by_age.sort();
-            let mut victims = Vec::new();
-            for (_, digest) in by_age {
-                if books.total <= books.cap {
-                    break;
-                }
-                if let Some(tree) = books.trees.remove(&digest) {
-                    books.total -= tree.size;
-                    victims.push(digest);
-                }
-            }
-            victims
-        };
-        for digest in victims {
-            let dir = self.tree_dir(digest);
-            if let Err(err) = crate::taskdir::remove_tree(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove an extracted module");
-            }
-        }
     }
 }
 
@@ -369,45 +469,74 @@ fn unescape(escaped: &str) -> Option<String> {
     (!bang).then_some(out)
 }
 
-enum Extraction {
-    Done { files: Vec<String>, hash: String, size: u64 },
+/// What a zip holds, as far as extracting it goes.
+#[derive(Debug)]
+struct Contents {
+    /// Each file's name in the zip and its path in the module directory, in the zip's order.
+    names: Vec<(String, String)>,
+    /// Each file's size as the zip declares it, in the same order.
+    sizes: Vec<u64>,
+    /// What extracting it takes on disk, at least (see [`charge`]).
+    charge: u64,
+}
+
+enum Inspection {
+    Extractable(Contents),
     LeftToGo(String),
 }
 
-/// Extracts the module zip `zip` (every name under `prefix`) into `dest` (new): files 0444, and
-/// the zip's `h1:` hash as the go command computes it (SHA-256 over the sorted lines
-/// `<SHA-256 of the file>  <name>`).
-fn extract(zip: &Path, prefix: &str, dest: &Path) -> Result<Extraction, String> {
+/// Reads the names and declared sizes of the module zip `zip` (every name under `prefix`),
+/// writing nothing: whether the agent extracts it as the go command would, and what that takes.
+fn inspect(zip: &Path, prefix: &str) -> Result<Inspection, String> {
     let file = std::fs::File::open(zip).map_err(|err| format!("{}: {err}", zip.display()))?;
     let mut archive = match zip::ZipArchive::new(file) {
         Ok(archive) => archive,
-        Err(err) => return Ok(Extraction::LeftToGo(format!("not a zip the agent reads: {err}"))),
+        Err(err) => return Ok(Inspection::LeftToGo(format!("not a zip the agent reads: {err}"))),
     };
     let mut names = Vec::with_capacity(archive.len());
+    let mut sizes = Vec::with_capacity(archive.len());
     for index in 0..archive.len() {
         let entry = archive.by_index_raw(index).map_err(|err| err.to_string())?;
         let Ok(name) = std::str::from_utf8(entry.name_raw()) else {
-            return Ok(Extraction::LeftToGo("a name is not UTF-8".into()));
+            return Ok(Inspection::LeftToGo("a name is not UTF-8".into()));
         };
         if entry.is_dir() || entry.is_symlink() {
-            return Ok(Extraction::LeftToGo(format!("{name:?} is not a regular file")));
+            return Ok(Inspection::LeftToGo(format!("{name:?} is not a regular file")));
         }
         let Some(relative) = name.strip_prefix(prefix) else {
-            return Ok(Extraction::LeftToGo(format!("{name:?} is outside {prefix}")));
+            return Ok(Inspection::LeftToGo(format!("{name:?} is outside {prefix}")));
         };
         if let Err(why) = check_file_path(relative) {
-            return Ok(Extraction::LeftToGo(format!("{name:?}: {why}")));
+            return Ok(Inspection::LeftToGo(format!("{name:?}: {why}")));
         }
+        sizes.push(entry.size());
         names.push((name.to_owned(), relative.to_owned()));
     }
     let mut folded = HashSet::new();
     if let Some((name, _)) = names.iter().find(|(name, _)| !folded.insert(name.to_lowercase())) {
-        return Ok(Extraction::LeftToGo(format!("{name:?} differs from another name only in case")));
+        return Ok(Inspection::LeftToGo(format!("{name:?} differs from another name only in case")));
     }
+    let declared = sizes.iter().try_fold(0u64, |sum, size| sum.checked_add(*size));
+    if declared.is_none_or(|declared| declared > MAX_EXTRACTED) {
+        return Ok(Inspection::LeftToGo("more than 500 MiB extracted".into()));
+    }
+    let directories: HashSet<&str> =
+        names.iter().filter_map(|(_, relative)| relative.rsplit_once('/').map(|(dir, _)| dir)).collect();
+    let charge = charge(sizes.iter().copied(), directories.len() + 1);
+    Ok(Inspection::Extractable(Contents { names, sizes, charge }))
+}
+
+/// Extracts the files of `contents` from `zip` into `dest` (new), files 0444, and returns the
+/// zip's `h1:` hash as the go command computes it (SHA-256 over the sorted lines
+/// `<SHA-256 of the file>  <name>`); `None` as soon as a file holds more than the zip declares
+/// (the go command refuses such a zip too).
+fn write_out(zip: &Path, contents: &Contents, dest: &Path) -> Result<Option<String>, String> {
+    let file = std::fs::File::open(zip).map_err(|err| format!("{}: {err}", zip.display()))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|err| format!("{}: {err}", zip.display()))?;
     std::fs::create_dir(dest).map_err(|err| format!("{}: {err}", dest.display()))?;
-    let mut lines = Vec::with_capacity(names.len());
-    let mut size = 0u64;
-    for (index, (name, relative)) in names.iter().enumerate() {
+    let mut lines = Vec::with_capacity(contents.names.len());
+    let mut buffer = vec![0u8; 64 << 10];
+    for (index, ((name, relative), declared)) in contents.names.iter().zip(&contents.sizes).enumerate() {
         let mut entry = archive.by_index(index).map_err(|err| format!("{name}: {err}"))?;
         let target = dest.join(relative);
         if let Some(parent) = target.parent() {
@@ -416,16 +545,16 @@ fn extract(zip: &Path, prefix: &str, dest: &Path) -> Result<Extraction, String> 
         let mut out =
             std::fs::File::create_new(&target).map_err(|err| format!("{}: {err}", target.display()))?;
         let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 64 << 10];
-        let mut limited = (&mut entry).take(MAX_EXTRACTED - size + 1);
+        let mut limited = (&mut entry).take(declared + 1);
+        let mut size = 0u64;
         loop {
             let read = limited.read(&mut buffer).map_err(|err| format!("{name}: {err}"))?;
             if read == 0 {
                 break;
             }
             size += read as u64;
-            if size > MAX_EXTRACTED {
-                return Ok(Extraction::LeftToGo("more than 500 MiB extracted".into()));
+            if size > *declared {
+                return Ok(None);
             }
             hasher.update(&buffer[..read]);
             out.write_all(&buffer[..read]).map_err(|err| format!("{}: {err}", target.display()))?;
@@ -436,9 +565,18 @@ fn extract(zip: &Path, prefix: &str, dest: &Path) -> Result<Extraction, String> 
     }
     lines.sort_by(|a, b| line_name(a).cmp(line_name(b)));
     let summary = Sha256::digest(lines.concat().as_bytes());
-    let hash = format!("h1:{}", base64::engine::general_purpose::STANDARD.encode(summary));
-    let files = names.into_iter().map(|(_, relative)| relative).collect();
-    Ok(Extraction::Done { files, hash, size })
+    Ok(Some(format!("h1:{}", base64::engine::general_purpose::STANDARD.encode(summary))))
+}
+
+/// Inspects and extracts `zip` into `dest`, as the store does.
+#[cfg(test)]
+fn extract(zip: &Path, prefix: &str, dest: &Path) -> Result<Option<(Contents, String)>, String> {
+    match inspect(zip, prefix)? {
+        Inspection::Extractable(contents) => {
+            Ok(write_out(zip, &contents, dest)?.map(|hash| (contents, hash)))
+        }
+        Inspection::LeftToGo(_) => Ok(None),
+    }
 }
 
 /// The name a hash line is of (after the 64 hex digits and two spaces).
@@ -586,12 +724,11 @@ mod tests {
             ],
         );
         let dest = dir.path().join("out");
-        let Extraction::Done { files, hash, size } = extract(&zip, "example.com/m@v1.0.0/", &dest).unwrap()
-        else {
-            panic!("left to go")
-        };
+        let (contents, hash) = extract(&zip, "example.com/m@v1.0.0/", &dest).unwrap().expect("left to go");
+        let files: Vec<&str> = contents.names.iter().map(|(_, relative)| relative.as_str()).collect();
         assert_eq!(files, ["go.mod", "m.go"]);
-        assert_eq!(size, 31);
+        assert_eq!(contents.sizes, [21, 10]);
+        assert_eq!(contents.charge, 3 * BLOCK, "two files of a block each, in one directory");
         assert_eq!(std::fs::read(dest.join("m.go")).unwrap(), b"package m\n");
         assert_eq!(std::fs::metadata(dest.join("m.go")).unwrap().permissions().mode() & 0o777, 0o444);
         // dirhash.Hash1's formula written out; that the go command agrees is checked end to end
@@ -627,7 +764,7 @@ mod tests {
         for (task, extracted) in [("one", 1), ("two", 0)] {
             let cache = dir.path().join(task);
             std::fs::create_dir(&cache).unwrap();
-            let prepared = store.prepare(&zips, &cache, None);
+            let (prepared, _linked) = store.prepare(&zips, &cache, None);
             assert_eq!(prepared, Prepared { linked: 1, extracted, left_to_go: 1 });
             let module = cache.join("example.com/!m@v1.0.0");
             assert_eq!(std::fs::read(module.join("sub/x.go")).unwrap(), b"package sub\n");
@@ -643,23 +780,36 @@ mod tests {
             let cache = dir.path().join("as-user");
             std::fs::create_dir(&cache).unwrap();
             let owner = Owner { uid: 65534, gid: 65534 };
-            store.prepare(&zips, &cache, Some(owner));
+            let _linked = store.prepare(&zips, &cache, Some(owner));
             let uid = |path: &str| std::fs::metadata(cache.join(path)).unwrap().uid();
             assert_eq!(uid("example.com"), 65534);
             assert_eq!(uid("cache/download/example.com/!m/@v"), 65534);
             assert_eq!(uid("example.com/!m@v1.0.0"), 0);
             assert_eq!(uid("example.com/!m@v1.0.0/sub/x.go"), 0);
         }
-        // A task makes the agent extract at most the store's cap.
+        // A store without room extracts nothing.
         let none = ModuleStore::open(dir.path().join("store0"), 0).unwrap();
         let cache = dir.path().join("budget");
         std::fs::create_dir(&cache).unwrap();
-        assert_eq!(none.prepare(&zips, &cache, None), Prepared { linked: 0, extracted: 0, left_to_go: 2 });
-        // Over the cap, unused trees go.
-        let small = ModuleStore { dir: store.dir.clone(), books: Arc::clone(&store.books) };
-        small.books().cap = 0;
-        small.trim();
-        assert!(std::fs::read_dir(&store.dir).unwrap().next().is_none());
+        assert_eq!(none.prepare(&zips, &cache, None).0, Prepared { linked: 0, extracted: 0, left_to_go: 2 });
+    }
+
+    #[test]
+    fn room_is_made_from_the_least_recently_used_trees_no_task_holds() {
+        let tree = |size, used| Tree { files: Arc::from([]), hash: String::new(), size, used };
+        let (old, new, held) = (Digest::of(b"old"), Digest::of(b"new"), Digest::of(b"held"));
+        let mut books = Books { cap: 100, total: 90, ..Books::default() };
+        books.trees.insert(old, tree(30, 1));
+        books.trees.insert(new, tree(30, 2));
+        books.trees.insert(held, tree(30, 0));
+        books.hold(held);
+        assert_eq!(books.reserve(40), Some(vec![old]), "the oldest unheld tree goes, and only it");
+        assert_eq!((books.total, books.reserved), (60, 40));
+        assert_eq!(books.reserve(40), None, "the held tree is never dropped: no room");
+        assert_eq!((books.total, books.reserved, books.trees.len()), (60, 40, 2), "nothing changed");
+        release(&mut books, held);
+        assert_eq!(books.reserve(40).map(|victims| victims.len()), Some(2), "released, it may go");
+        assert_eq!((books.total, books.reserved), (0, 80));
     }
 
     #[test]
@@ -675,7 +825,7 @@ mod tests {
             write_zip(&zip, entries);
             let dest = dir.path().join(format!("out{index}"));
             let outcome = extract(&zip, "example.com/m@v1.0.0/", &dest).unwrap();
-            assert!(matches!(outcome, Extraction::LeftToGo(_)), "case {index}");
+            assert!(outcome.is_none(), "case {index}");
             assert!(!dest.exists(), "case {index} wrote files");
         }
     }

@@ -20,7 +20,7 @@ use crate::TaskError;
 use crate::blobcache::BlobCache;
 use crate::build::{BuildInput, Builder};
 use crate::image;
-use crate::modules::{ModuleStore, ModuleZip, Prepared};
+use crate::modules::{Linked, ModuleStore, ModuleZip, Prepared};
 use crate::sandbox::Sandbox;
 use crate::taskdir::{self, TaskDir};
 use crate::workspace::{self, Materialized, materialize};
@@ -59,6 +59,8 @@ pub struct TaskContext {
     /// C compilers by `goos/goarch`.
     pub c_compilers: Vec<v1::CCompiler>,
     pub task_timeout: Duration,
+    /// The most disk a build's own files may take in its task directory.
+    pub max_task_disk: u64,
 }
 
 /// The key of a task in logs and directory names.
@@ -98,20 +100,26 @@ async fn with_build_user(
 ) -> Result<v1::TaskResult, TaskError> {
     let user = ctx.sandbox.acquire().await.map_err(TaskError::Infrastructure)?;
     let dir = TaskDir::create(ctx.work_dir.join("tasks").join(token_name(token)), user.owner())?;
-    let result = build_task(ctx, lease, &dir, lines, cancel).await;
+    let mut linked = None;
+    let result = build_task(ctx, lease, &dir, &mut linked, lines, cancel).await;
     // A build that daemonised is still running: nothing of it may outlive the task or touch
     // the directory while it goes.
     if let Err(err) = user.kill_all().await {
         tracing::error!(error = %err, "cannot stop a finished build's processes");
     }
     dir.remove();
+    // Only now are the module store's trees this task linked free of its links.
+    drop(linked);
     result
 }
 
+/// `linked` receives the module store's trees the task's module cache links, for the caller to
+/// hold until the directory is gone.
 async fn build_task(
     ctx: &TaskContext,
     lease: &TaskLease,
     dir: &TaskDir,
+    linked: &mut Option<Linked>,
     lines: mpsc::UnboundedSender<String>,
     cancel: watch::Receiver<bool>,
 ) -> Result<v1::TaskResult, TaskError> {
@@ -166,7 +174,8 @@ async fn build_task(
                 ));
             }
             say(format!("runner-agent: module proxy of {} files", files.files()));
-            let prepared = prepare_modules(ctx, &files, &dir.path("gomodcache"), owner).await?;
+            let (prepared, held) = prepare_modules(ctx, &files, &dir.path("gomodcache"), owner).await?;
+            *linked = Some(held);
             tracing::info!(
                 linked = prepared.linked,
                 extracted = prepared.extracted,
@@ -202,6 +211,8 @@ async fn build_task(
         namespace: spec.namespace.clone(),
         timeout,
         owner,
+        task_dir: dir.root.clone(),
+        max_disk: ctx.max_task_disk,
     };
     say(format!("runner-agent: go build {} for {platform}", spec.packages.join(" ")));
     let built = ctx.builder.build(&ctx.remote.client, &input, lines.clone(), cancel).await?;
@@ -260,7 +271,7 @@ async fn prepare_modules(
     proxy: &Materialized,
     gomodcache: &std::path::Path,
     owner: Option<crate::sandbox::Owner>,
-) -> Result<Prepared, TaskError> {
+) -> Result<(Prepared, Linked), TaskError> {
     let zips: Vec<ModuleZip> = proxy
         .tree
         .nodes

@@ -131,6 +131,41 @@ pub fn check_outputs(dir: &Path, owner: Option<Owner>, outputs: Outputs) -> Resu
     Ok(())
 }
 
+/// What a task's directory takes on disk, at least: every entry the build made counted once
+/// (a file with several names too), at a block or more each.
+pub const ENTRY_COST: u64 = 4096;
+
+/// Bytes of disk the build's own files, directories and links under `root` take, stopping
+/// once past `stop_at`. With a build user, what belongs to it (the agent's files there, the
+/// sources and the module store's links, have caps of their own); without one, what has a
+/// single name (the agent's shared files have several). Never follows a link; entries that
+/// vanish meanwhile (the go command removes its temporary files) are skipped.
+pub fn disk_use(root: &Path, owner: Option<Owner>, stop_at: u64) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.metadata() else { continue };
+            if metadata.is_dir() {
+                stack.push(entry.path());
+            }
+            let builds = match owner {
+                Some(owner) => metadata.uid() == owner.uid,
+                None => metadata.is_dir() || metadata.nlink() == 1,
+            };
+            if builds && (metadata.nlink() == 1 || seen.insert((metadata.dev(), metadata.ino()))) {
+                total += (metadata.blocks() * 512).max(ENTRY_COST);
+                if total > stop_at {
+                    return total;
+                }
+            }
+        }
+    }
+    total
+}
+
 /// Removes a directory tree, making read-only directories writable first (without root, the
 /// go command leaves module directories read-only unless -modcacherw). Never follows a link.
 pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
@@ -199,6 +234,23 @@ mod tests {
         std::fs::write(out.path().join("app"), b"\x7fELF").unwrap();
         assert!(check_outputs(out.path(), Some(build), Outputs::Restored).is_ok());
         assert!(check_outputs(out.path(), Some(build), Outputs::Built).is_err());
+    }
+
+    #[test]
+    fn a_builds_disk_use_counts_its_own_entries_once_each_at_a_block_or_more() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/big"), vec![1u8; 1 << 20]).unwrap();
+        std::fs::write(dir.path().join("empty"), b"").unwrap();
+        let me = Some(Owner { uid: sandbox::agent_uid(), gid: 0 });
+        let counted = disk_use(dir.path(), me, u64::MAX);
+        assert_eq!(counted, (1 << 20) + 2 * ENTRY_COST, "a directory, a MiB and an empty file");
+        // A second name for the MiB costs nothing more.
+        std::fs::hard_link(dir.path().join("sub/big"), dir.path().join("again")).unwrap();
+        assert_eq!(disk_use(dir.path(), me, u64::MAX), counted);
+        // Another user's files are not the build's; the walk stops once past its limit.
+        assert_eq!(disk_use(dir.path(), Some(Owner { uid: 61_999, gid: 61_999 }), u64::MAX), 0);
+        assert!(disk_use(dir.path(), me, 1) < counted);
     }
 
     #[test]

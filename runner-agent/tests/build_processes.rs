@@ -41,6 +41,8 @@ fn input(uid: u32) -> BuildInput {
         namespace: "test".to_owned(),
         timeout: Duration::from_secs(60),
         owner: root.then_some(Owner { uid, gid: uid }),
+        task_dir: std::env::temp_dir().join("unused-task"),
+        max_disk: u64::MAX,
     }
 }
 

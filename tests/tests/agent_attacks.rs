@@ -187,6 +187,18 @@ impl Agent {
     }
 
     fn start_in(parent: tempfile::TempDir, cluster: &Cluster, concurrency: u32, go: &Path) -> Self {
+        Self::start_with_env(parent, cluster, concurrency, go, &[])
+    }
+
+    /// With `env` set for the agent (settings by their environment variable, which an agent
+    /// without the setting ignores).
+    fn start_with_env(
+        parent: tempfile::TempDir,
+        cluster: &Cluster,
+        concurrency: u32,
+        go: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let work = parent.path().join("agent");
         std::fs::create_dir_all(&work).unwrap();
         let log = std::fs::File::create(parent.path().join("agent.log")).unwrap();
@@ -201,6 +213,7 @@ impl Agent {
             .arg("--go")
             .arg(go)
             .env_remove("CACHED_TOKEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -677,4 +690,50 @@ fn a_build_printing_huge_lines_fails_once_with_a_bounded_reason() {
     assert!(error.len() <= 64 << 10, "a failure reason of {} bytes", error.len());
     assert!(error.contains("[line cut at 4096 bytes"), "{error:.2000}");
     assert!(error.contains("cannot use \"aaaa"), "the reason still shows go's errors: {error:.2000}");
+}
+
+/// A go command standing for a build that fills the disk: it writes 256 MiB under its TMPDIR
+/// (the go command's own work directory lives there) before building, slowly enough to be seen.
+const FILLER: &str = r#"#!/bin/sh
+real=@GO@
+case "$1" in build) ;; *) exec "$real" "$@";; esac
+dd if=/dev/zero of="$TMPDIR/fill" bs=1M count=256 2>/dev/null
+sleep 20
+exec "$real" "$@"
+"#;
+
+#[test]
+fn a_build_filling_its_task_directory_is_stopped_and_fails_as_its_own_fault() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let host = tempfile::tempdir().unwrap();
+    chmod(host.path(), 0o755);
+    let filler = host.path().join("go");
+    std::fs::write(&filler, FILLER.replace("@GO@", &real_go().display().to_string())).unwrap();
+    chmod(&filler, 0o755);
+    let agent =
+        Agent::start_with_env(agent_parent(), &cluster, 1, &filler, &[("CACHED_MAX_TASK_DISK", "64MiB")]);
+    let go_mod = b"module example.com/filler\n\ngo 1.21\n".as_slice();
+    let main_go = b"package main\n\nfunc main() {}\n".as_slice();
+    let mut blobs =
+        vec![(Digest::of(go_mod), Bytes::from(go_mod)), (Digest::of(main_go), Bytes::from(main_go))];
+    let app = add(&mut blobs, Directory { files: vec![file("main.go", main_go)], ..Directory::default() });
+    let cmd = add(&mut blobs, Directory { directories: vec![dir("app", app)], ..Directory::default() });
+    let root = add(
+        &mut blobs,
+        Directory {
+            files: vec![file("go.mod", go_mod)],
+            directories: vec![dir("cmd", cmd)],
+            ..Directory::default()
+        },
+    );
+    let started = Instant::now();
+    let job = cluster.submit_tree(blobs, root, "");
+    let task = cluster.finished_task(&job, Duration::from_secs(120), || {});
+    let log = agent.log();
+    assert_eq!(task["state"], "failed", "a build past --max-task-disk went on: {task}\n{log}");
+    let error = task["error"].as_str().unwrap();
+    assert!(error.contains("more than 64 MiB") && error.contains("--max-task-disk"), "{error}");
+    assert_eq!(task["attempt"], 1, "the build's own disk use is its fault, not retried: {task}\n{log}");
+    assert!(started.elapsed() < Duration::from_secs(20), "stopped only after {:?}", started.elapsed());
 }
