@@ -2,8 +2,9 @@
 //! a uid of its own from a pool (`--build-uids`, default 61000-61063), with the same number as
 //! its only group: the build cannot read the agent's token, work directory, blob cache or other
 //! tasks, nor write anything shared. When a task ends everything its uid still runs is killed
-//! (`kill -9 -1` as that uid: a build that daemonised has left its process group) before the
-//! uid is handed out again. Without root, builds run as the agent's own user, which is only
+//! (`kill -9 -1` as that uid: a build that daemonised has left its process group), and what it
+//! left where every user writes (`/tmp`, `/var/tmp`, `/dev/shm`, `/dev/mqueue`, SysV IPC) is
+//! removed, before the uid is handed out again. Without root, builds run as the agent's own user, which is only
 //! safe for trusted jobs; the agent says so loudly at start.
 //!
 //! Every build process starts through this binary ([`enter_build`]), which makes it the
@@ -95,6 +96,8 @@ impl BuildUsers {
             reap(uid).map_err(|err| {
                 format!("cannot clear build uid {uid} of a previous agent's processes: {err}")
             })?;
+            clear_leftovers(uid)
+                .map_err(|err| format!("cannot clear build uid {uid} of a previous agent's files: {err}"))?;
         }
         let count = (last - first + 1) as usize;
         Ok(Self {
@@ -215,14 +218,16 @@ impl Drop for BuildUser {
     fn drop(&mut self) {
         let (Some(owner), Some(pool)) = (self.owner.take(), self.pool.take()) else { return };
         let permit = self.permit.take();
-        // Off the runtime: the uid goes back only once nothing runs as it.
-        cached_client::task::spawn_thread("reap-build-user", move || match reap(owner.uid) {
+        // Off the runtime: the uid goes back only once nothing runs as it and nothing it left
+        // where others write remains for the next tenant.
+        let cleared = move || reap(owner.uid).and_then(|()| clear_leftovers(owner.uid));
+        cached_client::task::spawn_thread("reap-build-user", move || match cleared() {
             Ok(()) => {
                 pool.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(owner.uid);
                 drop(permit);
             }
             Err(err) => {
-                tracing::error!(uid = owner.uid, error = %err, "a build uid still runs processes; it is retired");
+                tracing::error!(uid = owner.uid, error = %err, "a build uid could not be cleared; it is retired");
                 // The permit goes with it: the pool is one smaller.
                 if let Some(permit) = permit {
                     permit.forget();
@@ -292,6 +297,99 @@ fn reap(uid: u32) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(u64::from(round.min(10)) * 10));
     }
     Err(format!("processes of uid {uid} survived SIGKILL"))
+}
+
+/// Directories every user may write in, whose entries outlive the processes that made them
+/// (`/dev/mqueue` holds POSIX message queues, `/dev/shm` POSIX shared memory and semaphores).
+/// A build's TMPDIR is its task's, but what the tools it runs put here themselves would be the
+/// next tenant's to see under the same uid.
+const SHARED_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"];
+
+/// SysV IPC objects, as `/proc/sysvipc/<file>` lists them and `ipcrm <flag>` removes them.
+const SYSV_IPC: &[(&str, &str, &str)] =
+    &[("shm", "shmid", "-m"), ("sem", "semid", "-s"), ("msg", "msqid", "-q")];
+
+/// Removes what `uid` left behind outside its task directory: its top-level entries in
+/// [`SHARED_DIRS`], as whole trees (a link itself, never what it points at), and the SysV IPC
+/// objects it owns or made. Call once nothing runs as `uid`. The removal runs as `uid` itself,
+/// so it can touch nothing the build could not have touched: no link or rename a tenant
+/// prepared can turn it against another user's files. Fails when something is left.
+pub fn clear_leftovers(uid: u32) -> Result<(), String> {
+    let (entries, ipc) = (shared_entries(uid), ipc_objects(uid));
+    if entries.is_empty() && ipc.is_empty() {
+        return Ok(());
+    }
+    // The owner may open up what it made read-only; rm never follows a link it removes.
+    let script = r#"for p; do
+  if [ -d "$p" ] && [ ! -L "$p" ]; then chmod -R u+rwx -- "$p" 2>/dev/null; fi
+  rm -rf -- "$p"
+done"#;
+    if !entries.is_empty() {
+        as_user(uid, Command::new("/bin/sh").args(["-c", script, "sh"]).args(&entries))?;
+    }
+    if !ipc.is_empty() {
+        as_user(uid, Command::new("ipcrm").args(&ipc))?;
+    }
+    let (entries, ipc) = (shared_entries(uid), ipc_objects(uid));
+    if entries.is_empty() && ipc.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "uid {uid} still owns {} after removing them, and SysV IPC objects {ipc:?}",
+        entries.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+fn as_user(uid: u32, command: &mut Command) -> Result<(), String> {
+    command
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .current_dir("/")
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(drop)
+        .map_err(|err| format!("cannot clear what uid {uid} left: {err}"))
+}
+
+/// The top-level entries of [`SHARED_DIRS`] that belong to `uid` (not following links).
+fn shared_entries(uid: u32) -> Vec<PathBuf> {
+    SHARED_DIRS
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|entry| entry.metadata().is_ok_and(|metadata| metadata.uid() == uid))
+        .map(|entry| entry.path())
+        .collect()
+}
+
+/// `ipcrm` arguments for the SysV IPC objects `uid` owns or created.
+fn ipc_objects(uid: u32) -> Vec<String> {
+    let mut args = Vec::new();
+    for (file, id_column, flag) in SYSV_IPC {
+        let Ok(table) = std::fs::read_to_string(format!("/proc/sysvipc/{file}")) else { continue };
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+        let column = |name: &str| header.iter().position(|field| *field == name);
+        let (Some(id), Some(owner), Some(creator)) = (column(id_column), column("uid"), column("cuid"))
+        else {
+            continue;
+        };
+        for line in lines {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let is =
+                |index: usize| fields.get(index).and_then(|field| field.parse::<u32>().ok()) == Some(uid);
+            if (is(owner) || is(creator))
+                && let Some(id) = fields.get(id)
+            {
+                args.extend([(*flag).to_owned(), (*id).to_owned()]);
+            }
+        }
+    }
+    args
 }
 
 /// Whether a live (not zombie) process has `uid` as its real, effective, saved or file uid.
