@@ -693,12 +693,60 @@ async fn layers_are_cached_in_cached_and_never_rebuilt_or_reuploaded() {
     let stats = stats();
     assert_eq!(stats["store"]["blobs"].as_u64().unwrap(), blobs_after_first, "nothing uploaded again");
     let namespace =
-        stats["namespaces"].as_array().unwrap().iter().find(|n| n["namespace"] == "oci-layers/v1").unwrap();
+        stats["namespaces"].as_array().unwrap().iter().find(|n| n["namespace"] == "default").unwrap();
     assert_eq!(
         (namespace["go_hits"].as_u64(), namespace["go_puts"].as_u64()),
         (Some(3), Some(3)),
         "{namespace}"
     );
+    server.stop().await.unwrap();
+}
+
+/// Layer records are kept per namespace: whoever may write `pr-1`'s action cache cannot choose
+/// the layer `main`'s image gets. (With one namespace for every caller's records, the forged
+/// record below was what `main` got.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_record_written_in_one_namespace_is_never_used_in_another() {
+    use cached_oci::Compression;
+    use cached_oci::cache::layer_key;
+    use cached_oci::layer::LayerOptions;
+    let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        cached::embedded::Embedded::start(&dir.path().join("data"), &[]).await.expect("cached starts");
+    let url = server.url();
+    let image_in = |namespace: &str, binary: &Path, name: &str| {
+        let layout = dir.path().join(name);
+        let platform = format!("linux/amd64={}", binary.display());
+        let args = ["--server", &url, "image", "--json", "--namespace", namespace, "--name", "hello"];
+        let output = Command::new(CACHECTL)
+            .args(args)
+            .args(["--oci-layout", s(&layout), "--platform", &platform])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let (wanted, other) = (fixture.path("linux/amd64"), fixture.path("linux/arm64"));
+    let honest = image_in("main", wanted, "honest");
+
+    // In pr-1: the layer of other bytes, recorded under the key of the wanted binary's layer.
+    image_in("pr-1", other, "other");
+    let client = cached_client::Client::connect(&url, &Default::default()).await.unwrap();
+    let forger = cached_oci::LayerCache::new(client, "pr-1");
+    let options =
+        LayerOptions { path: "/app/hello".into(), uid: 0, gid: 0, mode: 0o755, mtime: 0, compression: Compression::Gzip };
+    let key_of = |binary: &Path| layer_key(&cached_client::transfer::hash_file(binary).unwrap(), &options);
+    let forged = forger.lookup(&[key_of(other)]).await.unwrap()[0].clone().expect("pr-1 cached its layer");
+    forger.store(key_of(wanted), &forged, Path::new("/nonexistent")).await.unwrap();
+    let in_pr = image_in("pr-1", wanted, "pr-1");
+    assert_eq!(in_pr["images"][0]["layer_cached"], true, "the forged record is pr-1's own: {in_pr}");
+    assert_ne!(in_pr["index"], honest["index"]);
+
+    // main's next build of the wanted binary never sees pr-1's record.
+    let again = image_in("main", wanted, "again");
+    assert_eq!(again["images"][0]["layer_cached"], true, "main's own record: {again}");
+    assert_eq!(again["index"], honest["index"], "main got a layer pr-1 recorded");
     server.stop().await.unwrap();
 }
 

@@ -1,8 +1,13 @@
 //! The layer cache in cached, so an unchanged binary is never re-tarred, recompressed or
 //! re-uploaded, on this machine or any other sharing the server.
 //!
-//! It needs no server support: the Go action cache serves as a generic keyed index under the
-//! reserved namespace `oci-layers/v1`. The key (action ID) is SHA-256 over a canonical,
+//! It needs no server support: the Go action cache serves as a generic keyed index, in the
+//! namespace of the build whose binaries the layers hold. Whoever may write a namespace's action
+//! cache already decides what its builds get, so the layer cache trusts no one new; a record
+//! one namespace wrote is never read in another, and a purge of the namespace takes its records
+//! with its entries. (A namespace shared by every caller would let anyone with `ac-write`
+//! anywhere in it choose the layer of another team's image.) The key (action ID) is SHA-256
+//! over a canonical,
 //! versioned encoding of the binary's BLAKE3 digest and every layer option, the encoder
 //! included. The entry's body is a small JSON [`LayerRecord`] (the SHA-256 side index: OCI
 //! digest, size and diff_id of the layer, and the CAS digest of its compressed bytes); the
@@ -23,7 +28,6 @@ use super::layer::{Layer, LayerOptions};
 use cached_client::connect::{Client, ConnectOptions};
 use cached_client::transfer;
 
-pub const NAMESPACE: &str = "oci-layers/v1";
 /// Bumped whenever the layer bytes for the same inputs could change for a reason the key
 /// does not already capture (tar entry layout, header fields).
 const KEY_VERSION: &str = "cached oci layer key v1";
@@ -92,21 +96,27 @@ pub fn layer_key(binary: &proto::Digest, options: &LayerOptions) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// The layer cache: a connection to cached.
+/// The layer cache of one namespace: a connection to cached.
 #[derive(Clone)]
 pub struct LayerCache {
     client: Client,
+    namespace: String,
 }
 
 impl LayerCache {
-    pub fn new(client: Client) -> Self {
-        Self { client }
+    /// The layer cache of `namespace` (empty: `default`, as for Go action entries).
+    pub fn new(client: Client, namespace: impl Into<String>) -> Self {
+        Self { client, namespace: namespace.into() }
     }
 
     /// Connects, or says in one line why the cache is off.
-    pub async fn connect(server: &str, options: &ConnectOptions) -> std::result::Result<Self, String> {
+    pub async fn connect(
+        server: &str,
+        options: &ConnectOptions,
+        namespace: &str,
+    ) -> std::result::Result<Self, String> {
         match Client::connect(server, options).await {
-            Ok(client) => Ok(Self::new(client)),
+            Ok(client) => Ok(Self::new(client, namespace)),
             Err(err) => Err(format!(
                 "layer cache off: {}",
                 err.to_string().lines().next().unwrap_or("cached is unreachable")
@@ -126,7 +136,7 @@ impl LayerCache {
         unique.sort_unstable();
         unique.dedup();
         let request = v1::GoGetManyRequest {
-            namespace: NAMESPACE.to_owned(),
+            namespace: self.namespace.clone(),
             action_ids: unique.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
         };
         let response = self.client.go.clone().get_many(request).await.map_err(cache_error)?.into_inner();
@@ -189,7 +199,7 @@ impl LayerCache {
             .map_err(cache_error)?;
         let time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
         let request = v1::GoPutRequest {
-            namespace: NAMESPACE.to_owned(),
+            namespace: self.namespace.clone(),
             action_id: Bytes::copy_from_slice(&key),
             entry: Some(v1::GoEntry {
                 output_id: Bytes::copy_from_slice(&Sha256::of(&body).0),

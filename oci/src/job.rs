@@ -205,10 +205,11 @@ pub struct StoredPlatformImage {
     pub spec: ImageSpec,
 }
 
-/// The image of one built target (`outputs`: its files and their CAS digests), stored in
-/// cached: `None` for a target that gets none (not linux).
+/// The image of one built target (`outputs`: its files and their CAS digests) of a job in
+/// `namespace`, stored in cached: `None` for a target that gets none (not linux).
 pub async fn build_platform_for_job(
     client: &Client,
+    namespace: &str,
     image: &v1::ImageSpec,
     target: &proto::Platform,
     outputs: &[(PathBuf, Digest)],
@@ -224,7 +225,7 @@ pub async fn build_platform_for_job(
         .map(|(path, _)| path.clone())
         .ok_or_else(|| JobImageError::Vanished(name.to_owned()))?;
     let spec = oci_spec(image, name, vec![(platform, binary)])?;
-    let cache = LayerCache::new(client.clone());
+    let cache = LayerCache::new(client.clone(), namespace);
     let build = crate::build_platform_image(&spec, Some(&cache)).await?;
     let stored = store_documents(client, &[&build.config, &build.manifest]).await?;
     let wire = platform_to_wire(&build.image, stored[0], stored[1]);

@@ -17,16 +17,18 @@ fn task_error(err: JobImageError) -> TaskError {
     if err.is_spec() { TaskError::Build(err.to_string()) } else { TaskError::Infrastructure(err.to_string()) }
 }
 
-/// The image of one built target: `None` for a target that gets none (not linux).
+/// The image of one built target of a job in `namespace`: `None` for a target that gets none
+/// (not linux).
 pub async fn platform_image(
     client: &Client,
+    namespace: &str,
     image: &v1::ImageSpec,
     target: &Platform,
     outputs: &[(PathBuf, Digest)],
     lines: &mpsc::UnboundedSender<String>,
 ) -> Result<Option<v1::PlatformImage>, TaskError> {
     let Some(stored) =
-        job::build_platform_for_job(client, image, target, outputs).await.map_err(task_error)?
+        job::build_platform_for_job(client, namespace, image, target, outputs).await.map_err(task_error)?
     else {
         return Ok(None);
     };

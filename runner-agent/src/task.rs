@@ -237,7 +237,15 @@ async fn build_task(
         .collect();
     let image = match &spec.image {
         Some(image) => {
-            image::platform_image(&ctx.remote.client, image, &platform, &built.outputs, &lines).await?
+            image::platform_image(
+                &ctx.remote.client,
+                &spec.namespace,
+                image,
+                &platform,
+                &built.outputs,
+                &lines,
+            )
+            .await?
         }
         None => None,
     };

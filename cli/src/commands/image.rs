@@ -48,6 +48,10 @@ pub struct Args {
     /// File holding --sign-key's password [default: $COSIGN_PASSWORD]
     #[arg(long, value_name = "FILE", requires = "sign_key")]
     sign_key_password_file: Option<PathBuf>,
+    /// Namespace of the layer cache's records: layers are only ever reused within one
+    /// namespace, like Go action entries (writing needs `ac-write` in it).
+    #[arg(long, env = "CACHED_NAMESPACE", default_value = "")]
+    namespace: String,
     /// Layer compression: gzip (what every runtime reads) or zstd.
     #[arg(long, default_value = "gzip", value_parser = parse_compression)]
     compression: Compression,
@@ -182,7 +186,7 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
     let cache = if args.no_cache {
         None
     } else {
-        match LayerCache::connect(server, connect).await {
+        match LayerCache::connect(server, connect, &args.namespace).await {
             Ok(cache) => Some(cache),
             Err(warning) => {
                 eprintln!("cachectl: warning: {warning}");

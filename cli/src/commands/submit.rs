@@ -356,7 +356,9 @@ async fn publish(
     }
     let name = name.ok_or_else(|| ClientError::Server("no target of the job has an image".into()))?;
     let mut library = image::oci_spec(spec, &name, binaries)?;
-    let cache = cached_oci::LayerCache::new(remote.client.clone());
+    // The agents' layers, in the job's namespace (as cached has it: the one submitted).
+    let namespace = status.spec.as_ref().map_or("", |spec| spec.namespace.as_str());
+    let cache = cached_oci::LayerCache::new(remote.client.clone(), namespace);
     // The documents alone first (nothing written or pushed; every layer a cache hit, so this
     // costs hashing the binaries and one lookup), checked against the job's index.
     let derived = cached_oci::build_image(&library, Some(&cache)).await?;
