@@ -132,6 +132,15 @@ async fn submit_refuses_values_that_run_programs_or_touch_files_on_agents() {
         (v1::JobSpec { timeout_seconds: u64::MAX, ..spec() }, "above the server's max_job_timeout (1day)"),
         (v1::JobSpec { priority: i32::MAX, ..spec() }, "priority 2147483647 is out of range"),
         (v1::JobSpec { packages: vec!["./cmd\n-toolexec=x".into()], ..spec() }, "control character"),
+        (
+            // Past year 9999 no image config can say when the image was made: every agent's
+            // image step would fail on it.
+            v1::JobSpec {
+                image: Some(v1::ImageSpec { epoch: 253_402_300_800, ..Default::default() }),
+                ..spec()
+            },
+            "after 9999-12-31T23:59:59Z",
+        ),
     ];
     // Every attack is tried, so a failure lists all that got through.
     let mut wrong = Vec::new();

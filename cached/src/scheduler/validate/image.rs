@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 /// Entries of the image's env and labels, and bytes in each text.
 const MAX_IMAGE_ENTRIES: usize = 64;
 const MAX_IMAGE_TEXT: usize = 4096;
+/// The last second of year 9999 (9999-12-31T23:59:59Z): an image config's `created` is an
+/// RFC 3339 time, whose year has four digits, so no later epoch can be written into one.
+const MAX_EPOCH: u64 = 253_402_300_799;
 
 fn invalid(message: String) -> Error {
     Error::InvalidArgument(message)
@@ -37,6 +40,14 @@ pub(super) fn check_image(image: &ImageSpec, targets: &[Target]) -> Result<()> {
                 proto::platform::label(b)
             )));
         }
+    }
+    if image.epoch > MAX_EPOCH {
+        return Err(invalid(format!(
+            "image epoch {} (SOURCE_DATE_EPOCH) is after 9999-12-31T23:59:59Z ({MAX_EPOCH}), the last \
+             time an image config can hold; give seconds since 1970-01-01, such as the last commit's \
+             time (git log -1 --format=%ct)",
+            image.epoch
+        )));
     }
     if image.env.len() > MAX_IMAGE_ENTRIES || image.labels.len() > MAX_IMAGE_ENTRIES {
         return Err(invalid(format!("at most {MAX_IMAGE_ENTRIES} image env entries and labels")));

@@ -174,6 +174,9 @@ fn image_specs() {
     let based = ImageSpec { base: "cgr.dev/chainguard/static".into(), ..plain.clone() };
     assert!(matches!(imaged(&["linux/amd64"], based), Err(Error::FailedPrecondition(_))));
     imaged(&["linux/amd64"], ImageSpec { binary: "app".into(), ..plain.clone() }).unwrap();
+    imaged(&["linux/amd64"], ImageSpec { epoch: 253_402_300_799, ..plain.clone() }).unwrap();
+    let err = imaged(&["linux/amd64"], ImageSpec { epoch: 253_402_300_800, ..plain.clone() }).unwrap_err();
+    assert!(err.to_string().contains("after 9999-12-31T23:59:59Z"), "{err}");
     for bad in [
         ImageSpec { dir: "app".into(), ..plain.clone() },
         ImageSpec { dir: "/app/../etc".into(), ..plain.clone() },
@@ -184,6 +187,8 @@ fn image_specs() {
         ImageSpec { env: vec!["NOVALUE".into()], ..plain.clone() },
         ImageSpec { env: vec!["A=b\nc".into()], ..plain.clone() },
         ImageSpec { user: "x".repeat(5000), ..plain.clone() },
+        ImageSpec { epoch: 253_402_300_800, ..plain.clone() },
+        ImageSpec { epoch: u64::MAX, ..plain.clone() },
     ] {
         assert!(imaged(&["linux/amd64"], bad.clone()).is_err(), "{bad:?}");
     }
