@@ -2,6 +2,7 @@
 //! environment and history kept), with our layer on top and the entrypoint set to the binary.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
 
@@ -33,10 +34,27 @@ pub struct ConfigOptions {
     pub tree_layers: Vec<Sha256>,
 }
 
-/// RFC 3339 UTC time of `seconds` since the epoch, as configs carry it.
-pub fn rfc3339(seconds: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
-        .to_string()
+/// The last second of year 9999 (9999-12-31T23:59:59Z): RFC 3339 years have four digits.
+pub const MAX_EPOCH: u64 = 253_402_300_799;
+
+/// RFC 3339 UTC time of `seconds` since the epoch, as configs carry it. `seconds` comes from
+/// whoever asked for the image (a job's spec, SOURCE_DATE_EPOCH), so a time no config can
+/// hold is an error, never a panic of the agent or cachectl building it.
+pub fn rfc3339(seconds: u64) -> Result<String> {
+    let too_late = || {
+        OciError::Usage(format!(
+            "SOURCE_DATE_EPOCH {seconds} is after 9999-12-31T23:59:59Z ({MAX_EPOCH}), the last time an \
+             image config can hold; give seconds since 1970-01-01, such as the last commit's time \
+             (git log -1 --format=%ct)"
+        ))
+    };
+    let time = (seconds <= MAX_EPOCH)
+        .then(|| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds)))
+        .flatten()
+        .ok_or_else(too_late)?;
+    let mut text = String::new();
+    write!(text, "{}", humantime::format_rfc3339_seconds(time)).map_err(|_| too_late())?;
+    Ok(text)
 }
 
 /// The config JSON (canonical bytes) for `platform`, over `base` when given.
@@ -51,7 +69,7 @@ pub fn image_config(
         Some(_) => return Err(OciError::Invalid("the base image config is not a JSON object".into())),
         None => Map::new(),
     };
-    let created = rfc3339(options.created);
+    let created = rfc3339(options.created)?;
     root.insert("architecture".into(), json!(platform.architecture));
     root.insert("os".into(), json!(platform.os));
     match &platform.variant {
@@ -199,5 +217,24 @@ mod tests {
         assert_eq!(config["created"], "2023-11-14T22:13:20Z");
         assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
         assert_eq!(config["history"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_epoch_past_year_9999_is_an_error_not_a_panic() {
+        let platform: ImagePlatform = "linux/amd64".parse().unwrap();
+        let mut options = options();
+        options.created = 253_402_300_799;
+        let bytes = image_config(None, &platform, Sha256::of(b"tar"), &options).unwrap();
+        let config: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(config["created"], "9999-12-31T23:59:59Z");
+        // Year 10000, past what RFC 3339 writes; past i64::MAX seconds, past what SystemTime holds.
+        for created in [253_402_300_800, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            options.created = created;
+            let err = image_config(None, &platform, Sha256::of(b"tar"), &options).unwrap_err();
+            assert!(matches!(err, OciError::Usage(_)), "{created}: {err:?}");
+            assert!(err.to_string().contains("after 9999-12-31T23:59:59Z"), "{err}");
+            assert!(rfc3339(created).is_err(), "{created}");
+        }
+        assert_eq!(rfc3339(MAX_EPOCH).unwrap(), "9999-12-31T23:59:59Z");
     }
 }
