@@ -9,13 +9,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cached_client::connect::ConnectOptions;
 use cached_client::remote_exec::RemoteExec;
+use futures::FutureExt;
 use proto::v1::{
     self, AgentInfo, FencingToken, Heartbeat, LeaseRequest, TaskLease, complete_request, lease_request,
     lease_response,
@@ -33,6 +35,7 @@ use crate::caps;
 use crate::modules::ModuleStore;
 use crate::sandbox::Sandbox;
 use crate::task::{self, TaskContext, token_name};
+use crate::taskdir;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -293,36 +296,73 @@ fn start(ctx: Arc<TaskContext>, lease: TaskLease, done: mpsc::UnboundedSender<St
     let task_token = token.clone();
     cached_client::task::spawn("lease-task", async move {
         let remote = ctx.remote.clone();
-        let result = task::run(ctx, lease, cancelled).await;
-        let outcome = match result {
-            Ok(result) => {
-                tracing::info!(task = %key, outputs = result.outputs.len(), hit = result.hit, "task built");
-                Some(complete_request::Outcome::Success(result))
-            }
-            Err(TaskError::Build(reason)) => {
-                tracing::info!(task = %key, "build failed");
-                let reason = bounded_reason(reason);
-                Some(complete_request::Outcome::Failure(v1::TaskFailure { reason, retryable: false }))
-            }
-            Err(TaskError::Infrastructure(reason)) => {
-                let reason = bounded_reason(reason);
-                tracing::warn!(task = %key, error = %reason, "task failed");
-                Some(complete_request::Outcome::Failure(v1::TaskFailure { reason, retryable: true }))
-            }
-            Err(TaskError::Cancelled) if releasing.load(Ordering::SeqCst) => {
-                Some(complete_request::Outcome::Failure(v1::TaskFailure {
-                    reason: "released: the agent shut down before the build finished".to_owned(),
-                    retryable: true,
-                }))
-            }
-            Err(TaskError::Cancelled) => None,
-        };
-        if let Some(outcome) = outcome {
+        // Where task::run keeps the task's files, for when it cannot remove them itself.
+        let task_dir = ctx.work_dir.join("tasks").join(&key);
+        let work = task::run(ctx, lease, cancelled);
+        if let Some(outcome) = settle(work, &task_dir, &key, &releasing).await {
             complete(&remote, task_token, outcome).await;
         }
         let _ = done.send(key);
     });
     Running { token, cancel, release: release_flag }
+}
+
+/// What to report of a task once `work` ends; `None`: nothing, its lease is gone.
+///
+/// A panic in `work` (a bug, perhaps one a job's spec reaches) ends the task like any trouble
+/// of the agent's: unreported, its lease would be heartbeated until the job's deadline, its
+/// slot stay taken and SIGTERM wait for it forever. The unwinding skipped the removal of the
+/// task's directory, so it goes here (the build user's processes die as its uid is given back).
+async fn settle(
+    work: impl Future<Output = Result<v1::TaskResult, TaskError>>,
+    task_dir: &Path,
+    key: &str,
+    releasing: &AtomicBool,
+) -> Option<complete_request::Outcome> {
+    let result = match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            if let Err(err) = taskdir::remove_tree(task_dir) {
+                tracing::warn!(dir = %task_dir.display(), error = %err, "cannot remove a task directory");
+            }
+            Err(TaskError::Infrastructure(format!(
+                "the agent failed on this task (a bug in runner-agent; its log has the details): {}",
+                panic_message(panic.as_ref())
+            )))
+        }
+    };
+    match result {
+        Ok(result) => {
+            tracing::info!(task = %key, outputs = result.outputs.len(), hit = result.hit, "task built");
+            Some(complete_request::Outcome::Success(result))
+        }
+        Err(TaskError::Build(reason)) => {
+            tracing::info!(task = %key, "build failed");
+            let reason = bounded_reason(reason);
+            Some(complete_request::Outcome::Failure(v1::TaskFailure { reason, retryable: false }))
+        }
+        Err(TaskError::Infrastructure(reason)) => {
+            let reason = bounded_reason(reason);
+            tracing::warn!(task = %key, error = %reason, "task failed");
+            Some(complete_request::Outcome::Failure(v1::TaskFailure { reason, retryable: true }))
+        }
+        Err(TaskError::Cancelled) if releasing.load(Ordering::SeqCst) => {
+            Some(complete_request::Outcome::Failure(v1::TaskFailure {
+                reason: "released: the agent shut down before the build finished".to_owned(),
+                retryable: true,
+            }))
+        }
+        Err(TaskError::Cancelled) => None,
+    }
+}
+
+/// The text a panic was raised with, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text,
+        (_, Some(text)) => text,
+        _ => "panicked",
+    }
 }
 
 /// The most of a failure's reason sent to cached. cached refuses a message past its
@@ -398,5 +438,39 @@ mod tests {
         assert!(bounded.len() <= MAX_REASON, "{}", bounded.len());
         assert!(bounded.starts_with("go build failed:\nxxx") && bounded.ends_with("üü\nexit status 1"));
         assert!(bounded.contains("bytes cut: a failure's reason is at most 64 KiB"), "{bounded:.200}");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_fails_as_the_agents_trouble_and_leaves_no_directory() {
+        let work_dir = tempfile::tempdir().unwrap();
+        let task_dir = work_dir.path().join("tasks/job-0-1");
+        std::fs::create_dir_all(task_dir.join("src")).unwrap();
+        std::fs::write(task_dir.join("src/main.go"), "package main").unwrap();
+        let work = async {
+            tokio::task::yield_now().await;
+            panic!("the image step met an epoch past year 9999")
+        };
+        let outcome = settle(work, &task_dir, "job-0-1", &AtomicBool::new(false)).await;
+        let Some(complete_request::Outcome::Failure(failure)) = outcome else {
+            panic!("a panicking task is reported as failed, got {outcome:?}")
+        };
+        assert!(failure.retryable, "another agent may do better: {failure:?}");
+        assert!(failure.reason.contains("an epoch past year 9999"), "{}", failure.reason);
+        assert!(!task_dir.exists(), "the task directory is removed");
+    }
+
+    #[tokio::test]
+    async fn a_tasks_result_is_reported_as_it_was() {
+        let task_dir = tempfile::tempdir().unwrap();
+        let (key, releasing) = ("job-0-1", AtomicBool::new(false));
+        let built = async { Ok(v1::TaskResult { hit: true, ..v1::TaskResult::default() }) };
+        let outcome = settle(built, task_dir.path(), key, &releasing).await;
+        assert!(matches!(outcome, Some(complete_request::Outcome::Success(result)) if result.hit));
+        let failed = async { Err(TaskError::Build("syntax error".into())) };
+        let outcome = settle(failed, task_dir.path(), key, &releasing).await;
+        assert!(matches!(outcome, Some(complete_request::Outcome::Failure(f)) if !f.retryable));
+        let cancelled = async { Err(TaskError::Cancelled) };
+        assert!(settle(cancelled, task_dir.path(), key, &releasing).await.is_none());
+        assert!(task_dir.path().exists(), "only a panic's directory is removed here");
     }
 }
