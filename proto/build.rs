@@ -1,6 +1,10 @@
-//! Compiles the `.proto` files with protox (pure Rust), so building needs no protoc.
+//! Compiles the `.proto` files with protox (pure Rust), so building needs no protoc, and writes
+//! the table of message shapes the decoding guard walks (`src/guard.rs`).
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
+
+use tonic_prost_build::FileDescriptorSet;
 
 const PROTOS: &[&str] = &[
     "cached/v1/digest.proto",
@@ -18,7 +22,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // Server reflection serves this set, so grpcurl works without local .proto files.
     std::fs::write(out_dir.join("cached_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    std::fs::write(out_dir.join("wire_shapes.rs"), shapes(&fds))?;
     // `bytes` fields as `Bytes`, so frames pass from RocksDB to the socket without copies.
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    // Every gRPC method decodes through the guard; it needs each message's full name.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
+    tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::guard::GuardedCodec")
+        .compile_fds_with_config(fds, config)?;
     Ok(())
+}
+
+/// Rust source of `MESSAGES` (each message's fields that decode into an element of their own:
+/// sub-messages and repeated fields) and `REQUESTS` (what the methods take).
+fn shapes(fds: &FileDescriptorSet) -> String {
+    let mut out = String::from("static MESSAGES: &[Shape] = &[\n");
+    for file in &fds.file {
+        let prefix = file.package().to_owned();
+        for message in &file.message_type {
+            message_shapes(&prefix, message, &mut out);
+        }
+    }
+    out.push_str("];\n\nstatic REQUESTS: &[&str] = &[\n");
+    for file in &fds.file {
+        for method in file.service.iter().flat_map(|service| &service.method) {
+            let _ = writeln!(out, "    {:?},", method.input_type().trim_start_matches('.'));
+        }
+    }
+    out.push_str("];\n");
+    out
+}
+
+fn message_shapes(prefix: &str, message: &prost_types::DescriptorProto, out: &mut String) {
+    use prost_types::field_descriptor_proto::{Label, Type};
+    let name = format!("{prefix}.{}", message.name());
+    let _ = write!(out, "    Shape {{ name: {name:?}, fields: &[");
+    for field in &message.field {
+        let repeated = field.label() == Label::Repeated;
+        let nested = (field.r#type() == Type::Message).then(|| field.type_name().trim_start_matches('.'));
+        if repeated || nested.is_some() {
+            let _ = write!(
+                out,
+                "Field {{ number: {}, repeated: {repeated}, message: {nested:?} }}, ",
+                field.number()
+            );
+        }
+    }
+    out.push_str("] },\n");
+    for nested in &message.nested_type {
+        message_shapes(&name, nested, out);
+    }
 }

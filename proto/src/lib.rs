@@ -8,6 +8,7 @@
 mod digest;
 pub mod frames;
 mod go_ids;
+pub mod guard;
 pub mod platform;
 
 pub use digest::{Digest, DigestError};
