@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use prost_types::DescriptorProto;
+use prost_types::field_descriptor_proto::{Label, Type};
 use tonic_prost_build::FileDescriptorSet;
 
 const PROTOS: &[&str] = &[
@@ -35,14 +37,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Rust source of `MESSAGES` (each message's fields that decode into an element of their own:
-/// sub-messages and repeated fields) and `REQUESTS` (what the methods take).
+/// sub-messages, by their index in `MESSAGES`, and repeated fields) and `REQUESTS` (what the
+/// methods take).
 fn shapes(fds: &FileDescriptorSet) -> String {
-    let mut out = String::from("static MESSAGES: &[Shape] = &[\n");
+    let mut messages = Vec::new();
     for file in &fds.file {
-        let prefix = file.package().to_owned();
         for message in &file.message_type {
-            message_shapes(&prefix, message, &mut out);
+            collect(file.package(), message, &mut messages);
         }
+    }
+    let index = |name: &str| messages.iter().position(|(full, _)| full == name);
+    let mut out = String::from("static MESSAGES: &[Shape] = &[\n");
+    for (name, message) in &messages {
+        let _ = write!(out, "    Shape {{ name: {name:?}, fields: &[");
+        for field in &message.field {
+            let repeated = field.label() == Label::Repeated;
+            let nested =
+                (field.r#type() == Type::Message).then(|| index(field.type_name().trim_start_matches('.')));
+            if repeated || nested.is_some() {
+                let nested = nested.flatten();
+                let _ = write!(
+                    out,
+                    "Field {{ number: {}, repeated: {repeated}, message: {nested:?} }}, ",
+                    field.number()
+                );
+            }
+        }
+        out.push_str("] },\n");
     }
     out.push_str("];\n\nstatic REQUESTS: &[&str] = &[\n");
     for file in &fds.file {
@@ -54,23 +75,11 @@ fn shapes(fds: &FileDescriptorSet) -> String {
     out
 }
 
-fn message_shapes(prefix: &str, message: &prost_types::DescriptorProto, out: &mut String) {
-    use prost_types::field_descriptor_proto::{Label, Type};
+/// Every message, nested ones included, with its full name.
+fn collect<'a>(prefix: &str, message: &'a DescriptorProto, out: &mut Vec<(String, &'a DescriptorProto)>) {
     let name = format!("{prefix}.{}", message.name());
-    let _ = write!(out, "    Shape {{ name: {name:?}, fields: &[");
-    for field in &message.field {
-        let repeated = field.label() == Label::Repeated;
-        let nested = (field.r#type() == Type::Message).then(|| field.type_name().trim_start_matches('.'));
-        if repeated || nested.is_some() {
-            let _ = write!(
-                out,
-                "Field {{ number: {}, repeated: {repeated}, message: {nested:?} }}, ",
-                field.number()
-            );
-        }
-    }
-    out.push_str("] },\n");
     for nested in &message.nested_type {
-        message_shapes(&name, nested, out);
+        collect(&name, nested, out);
     }
+    out.push((name, message));
 }
