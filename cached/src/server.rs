@@ -73,6 +73,7 @@ pub async fn start(
     let Services { cas, go_cache, builds, scheduler, stats, usage, space, go_entries, build_records } =
         services;
     let finished = finished_jobs(&cas, &scheduler);
+    let blobs = Arc::clone(cas.store());
     let max = limits.max_message_size;
     let router = tonic::transport::Server::builder()
         .http2_adaptive_window(Some(true))
@@ -107,7 +108,7 @@ pub async fn start(
                 .max_encoding_message_size(max),
         )
         .add_service(
-            WorkersServer::new(service::WorkersService::new(Arc::clone(&scheduler)))
+            WorkersServer::new(service::WorkersService::new(Arc::clone(&scheduler), blobs))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )

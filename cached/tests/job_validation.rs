@@ -2,7 +2,8 @@
 //! `pr-*` (an untrusted tenant) cannot get a job queued whose flags or environment would run
 //! programs, read or write files on the agents, or whose deadline is beyond the server's cap;
 //! Submit answers INVALID_ARGUMENT naming what was refused. An agent cannot report an output
-//! name that would escape the submitter's output directory on Windows.
+//! name that would escape the submitter's output directory on Windows, nor image blobs that are
+//! not in the CAS as it says, nor an image or index from a task that has none to give.
 
 mod common;
 
@@ -13,9 +14,11 @@ use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
 use common::Server;
 use futures::StreamExt;
 use proto::Digest;
+use proto::v1::cas_client::CasClient;
 use proto::v1::jobs_client::JobsClient;
 use proto::v1::workers_client::WorkersClient;
 use proto::v1::{self, AgentInfo, EnvVar, LeaseRequest, lease_request, lease_response};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -36,13 +39,20 @@ fn token(name: &str, secret: &str, scopes: &str, namespaces: &str) -> TokenSpec 
 
 /// cached with an untrusted tenant's token and an agent's.
 async fn start(dir: &Path) -> Server {
+    start_with(dir, &[]).await
+}
+
+/// As `start`, with more settings.
+async fn start_with(dir: &Path, settings: &[(&str, &str)]) -> Server {
     let tokens = [
         token("tenant", TENANT, "read,submit", "pr-*"),
         token("agent", AGENT, "read,cas-write,ac-write,worker", "*"),
     ];
     let path = dir.join("tokens.toml");
     std::fs::write(&path, tokens.iter().map(|t| format!("{}\n", t.to_toml())).collect::<String>()).unwrap();
-    Server::start(&dir.join("data"), &[("tokens_file", path.to_str().unwrap())]).await
+    let mut all = vec![("tokens_file", path.to_str().unwrap())];
+    all.extend_from_slice(settings);
+    Server::start(&dir.join("data"), &all).await
 }
 
 async fn channel(server: &Server) -> Channel {
@@ -225,5 +235,182 @@ async fn complete_refuses_output_names_that_are_not_portable() {
         assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
     }
     workers.complete(complete("app.exe")).await.expect("a plain name is accepted");
+    server.stop().await;
+}
+
+/// The descriptor of `bytes` as an agent reports it.
+fn oci(media_type: &str, bytes: &[u8]) -> v1::OciBlob {
+    let sha256: String = Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect();
+    v1::OciBlob {
+        media_type: media_type.into(),
+        digest: format!("sha256:{sha256}"),
+        size: bytes.len() as u64,
+        cas: Some(Digest::of(bytes).to_wire()),
+    }
+}
+
+async fn upload(server: &Server, blobs: &[&[u8]]) {
+    let blobs = blobs
+        .iter()
+        .map(|bytes| v1::batch_write_request::Blob {
+            digest: Some(Digest::of(bytes).to_wire()),
+            compression: v1::Compression::Identity as i32,
+            data: bytes.to_vec().into(),
+        })
+        .collect();
+    let mut cas = CasClient::new(channel(server).await);
+    let written = cas.batch_write(authorized(v1::BatchWriteRequest { blobs }, AGENT)).await.unwrap();
+    for result in written.into_inner().results {
+        assert_eq!(result.status.unwrap_or_default().code, 0, "uploaded");
+    }
+}
+
+/// Agent leases as they come, over one Workers stream.
+async fn lease_stream(server: &Server) -> (mpsc::Receiver<v1::TaskLease>, mpsc::Sender<LeaseRequest>) {
+    let (sender, receiver) = mpsc::channel(4);
+    let info = AgentInfo {
+        agent_id: "agent-1".into(),
+        go_version: "go1.26.8".into(),
+        host_goos: "linux".into(),
+        host_goarch: "amd64".into(),
+        capacity: 1,
+        version: "test".into(),
+        ..Default::default()
+    };
+    sender.send(LeaseRequest { kind: Some(lease_request::Kind::Register(info)) }).await.unwrap();
+    let mut workers = WorkersClient::new(channel(server).await);
+    let mut replies =
+        workers.lease(authorized(ReceiverStream::new(receiver), AGENT)).await.unwrap().into_inner();
+    let (leases, leased) = mpsc::channel(4);
+    cached::task::spawn("lease stream", async move {
+        while let Some(Ok(reply)) = replies.next().await {
+            if let Some(lease_response::Kind::Task(task)) = reply.kind {
+                let _ = leases.send(task).await;
+            }
+        }
+    })
+    .detach();
+    (leased, sender)
+}
+
+async fn next_lease(leases: &mut mpsc::Receiver<v1::TaskLease>) -> v1::TaskLease {
+    tokio::time::timeout(Duration::from_secs(10), leases.recv())
+        .await
+        .expect("a task within 10s")
+        .expect("the stream stays open")
+}
+
+/// Completes `task` with `result` as the agent holding it; the refusal, if any.
+async fn complete_with(
+    server: &Server,
+    task: &v1::TaskLease,
+    result: v1::TaskResult,
+) -> Result<(), tonic::Status> {
+    let outcome = v1::complete_request::Outcome::Success(result);
+    let request =
+        authorized(v1::CompleteRequest { token: task.token.clone(), outcome: Some(outcome) }, AGENT);
+    WorkersClient::new(channel(server).await).complete(request).await.map(|_| ())
+}
+
+/// Why a completion of `task` with `result` was not refused with `code` saying `says`.
+async fn refusal(
+    server: &Server,
+    task: &v1::TaskLease,
+    result: v1::TaskResult,
+    code: Code,
+    says: &str,
+) -> Option<String> {
+    match complete_with(server, task, result).await {
+        Ok(()) => Some(format!("accepted, where Complete should say {says:?}")),
+        Err(status) if status.code() != code || !status.message().contains(says) => {
+            Some(format!("{status:?}, wanted {code:?} saying {says:?}"))
+        }
+        Err(_) => None,
+    }
+}
+
+/// An image job's build task and index task, each completed first with what an agent must not
+/// report (the refusals of each are collected, so a failure lists all that got through), then rightly.
+async fn image_blobs_must_be_what_the_cas_holds(server: &Server) {
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let mut jobs = JobsClient::new(channel(server).await);
+    let image_job = v1::JobSpec { image: Some(v1::ImageSpec::default()), ..spec() };
+    let job = submit(&mut jobs, image_job).await.unwrap();
+    let (mut leases, _sender) = lease_stream(server).await;
+    let build = next_lease(&mut leases).await;
+    assert_eq!(build.kind, v1::TaskKind::Build as i32);
+    upload(server, &[b"manifest", b"config", b"layer", b"index"]).await;
+    let image = v1::PlatformImage {
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        manifest: Some(oci(MANIFEST, b"manifest")),
+        config: Some(oci("application/vnd.oci.image.config.v1+json", b"config")),
+        layer: Some(oci("application/vnd.oci.image.layer.v1.tar+gzip", b"layer")),
+        ..Default::default()
+    };
+    let with_image = |image: v1::PlatformImage| v1::TaskResult { image: Some(image), ..Default::default() };
+    let index = oci("application/vnd.oci.image.index.v1+json", b"index");
+    let mut wrong = Vec::new();
+    let never_stored = v1::PlatformImage {
+        layer: Some(oci("application/vnd.oci.image.layer.v1.tar+gzip", b"other layer")),
+        ..image.clone()
+    };
+    wrong.extend(
+        refusal(server, &build, with_image(never_stored), Code::FailedPrecondition, "is not in the CAS")
+            .await,
+    );
+    let other_bytes = v1::OciBlob { digest: oci(MANIFEST, b"evil").digest, ..oci(MANIFEST, b"manifest") };
+    let mislabelled = v1::PlatformImage { manifest: Some(other_bytes), ..image.clone() };
+    wrong.extend(
+        refusal(server, &build, with_image(mislabelled), Code::InvalidArgument, "bytes in the CAS").await,
+    );
+    let arm = v1::PlatformImage { architecture: "arm64".into(), ..image.clone() };
+    wrong.extend(
+        refusal(server, &build, with_image(arm), Code::InvalidArgument, "the task builds linux/amd64").await,
+    );
+    let both = v1::TaskResult { index: Some(index.clone()), ..with_image(image.clone()) };
+    wrong.extend(refusal(server, &build, both, Code::InvalidArgument, "not an image index").await);
+    let unrefused = |wrong: &[String]| {
+        format!("{} completions were not refused as they should be:\n{}", wrong.len(), wrong.join("\n"))
+    };
+    assert!(wrong.is_empty(), "{}", unrefused(&wrong));
+    complete_with(server, &build, with_image(image.clone())).await.expect("the build task's own image");
+
+    let last = next_lease(&mut leases).await;
+    assert_eq!(last.kind, v1::TaskKind::ImageIndex as i32);
+    assert_eq!(last.images, std::slice::from_ref(&image), "the index task gets the build task's image");
+    wrong.extend(
+        refusal(server, &last, with_image(image.clone()), Code::InvalidArgument, "not a platform image")
+            .await,
+    );
+    let missing = oci("application/vnd.oci.image.index.v1+json", b"no such index");
+    let unstored = v1::TaskResult { index: Some(missing), ..Default::default() };
+    wrong.extend(refusal(server, &last, unstored, Code::FailedPrecondition, "is not in the CAS").await);
+    assert!(wrong.is_empty(), "{}", unrefused(&wrong));
+    let done = v1::TaskResult { index: Some(index.clone()), ..Default::default() };
+    complete_with(server, &last, done).await.expect("the index task's index");
+    let status = jobs.watch(authorized(v1::WatchRequest { job_id: job.clone() }, TENANT)).await.unwrap();
+    let first = status.into_inner().next().await.unwrap().unwrap();
+    let job = first.status.expect("a snapshot first");
+    assert_eq!(job.state, v1::JobState::Succeeded as i32, "{job:?}");
+    assert_eq!(job.image, Some(index));
+}
+
+#[tokio::test]
+async fn complete_refuses_image_blobs_the_cas_does_not_hold_as_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    image_blobs_must_be_what_the_cas_holds(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn complete_refuses_image_blobs_the_cas_does_not_hold_as_reported_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let server =
+        start_with(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    image_blobs_must_be_what_the_cas_holds(&server).await;
     server.stop().await;
 }

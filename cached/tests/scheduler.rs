@@ -16,6 +16,7 @@ use proto::v1::{
     self, AgentInfo, CCompiler, FencingToken, JobEvent, JobState, LeaseRequest, LeaseResponse, TaskState,
     job_event::Kind, lease_request, lease_response,
 };
+use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -535,10 +536,15 @@ async fn submissions_are_checked() {
     server.stop().await;
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The descriptor of a blob whose bytes are `what` (in the CAS once the test uploads them).
 fn blob(what: &str) -> v1::OciBlob {
     v1::OciBlob {
         media_type: format!("application/vnd.oci.image.{what}.v1+json"),
-        digest: format!("sha256:{}", blake3::hash(what.as_bytes()).to_hex()),
+        digest: format!("sha256:{}", hex(&Sha256::digest(what.as_bytes()))),
         size: what.len() as u64,
         cas: Some(Digest::of(what.as_bytes()).to_wire()),
     }
@@ -568,6 +574,11 @@ async fn an_image_job_ends_with_an_index_task_that_needs_no_build_slot() {
     let mut agent = Agent::connect(&server, "a", "go1.26.8", 1, &[]).await;
     let job = submit(&mut jobs, imaged(&["linux/amd64", "darwin/arm64"])).await;
     let other = submit(&mut jobs, spec(&["linux/arm64"], "go1.26.8")).await;
+    // Complete checks each image blob against what the CAS holds.
+    let clients = server.clients().await;
+    for what in ["manifest", "config", "layer", "index"] {
+        clients.write(what.as_bytes()).await;
+    }
 
     let image = v1::PlatformImage {
         os: "linux".into(),

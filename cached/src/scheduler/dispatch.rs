@@ -151,6 +151,7 @@ pub(super) fn task_lease(
         let images = job
             .tasks
             .iter()
+            .filter(|task| !is_index(task))
             .filter_map(|task| task.result.as_ref().and_then(|result| result.image.clone()))
             .collect();
         (TaskKind::ImageIndex, images)

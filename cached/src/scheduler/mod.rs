@@ -506,6 +506,7 @@ impl Scheduler {
         let State { jobs, index, .. } = &mut *state;
         let job = jobs.get_mut(&token.job_id).ok_or_else(|| unknown_job(&token.job_id))?;
         transitions::authorize(&self.keys, job, token, caller)?;
+        transitions::check_outcome(job, token, &outcome)?;
         for event in transitions::apply_outcome(job, token, outcome, self.settings.max_attempts) {
             self.emit(&token.job_id, event);
         }

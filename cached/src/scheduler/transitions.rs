@@ -51,6 +51,15 @@ pub(super) fn redact_outcome(outcome: Outcome) -> Outcome {
     }
 }
 
+/// Refuses a success whose images do not fit the task `token` names
+/// ([`super::validate::check_for_task`]).
+pub(super) fn check_outcome(job: &JobStatus, token: &FencingToken, outcome: &Outcome) -> Result<()> {
+    match (outcome, job.tasks.get(token.task as usize)) {
+        (Outcome::Success(result), Some(task)) => super::validate::check_for_task(result, job, task),
+        _ => Ok(()),
+    }
+}
+
 /// Applies an accepted completion to the task `token` names (already authorized).
 pub(super) fn apply_outcome(
     job: &mut JobStatus,

@@ -23,6 +23,7 @@ use crate::gocache::namespace;
 use crate::scheduler::backend::SchedulerBackend;
 use crate::scheduler::reuse::{FinishedJobs, JobKey};
 use crate::scheduler::{Outcome, Session, validate};
+use crate::store::SharedStore;
 
 const DEFAULT_LIST: usize = 50;
 const MAX_LIST: usize = 1000;
@@ -205,11 +206,13 @@ fn snapshot_event(kind: Kind, job: proto::v1::JobStatus) -> JobEvent {
 
 pub struct WorkersService {
     scheduler: Arc<dyn SchedulerBackend>,
+    /// The CAS's blobs, whose recorded SHA-256 the image blobs of a completion must match.
+    blobs: SharedStore,
 }
 
 impl WorkersService {
-    pub fn new(scheduler: Arc<dyn SchedulerBackend>) -> Self {
-        Self { scheduler }
+    pub fn new(scheduler: Arc<dyn SchedulerBackend>, blobs: SharedStore) -> Self {
+        Self { scheduler, blobs }
     }
 }
 
@@ -294,7 +297,8 @@ impl Workers for WorkersService {
         let token = request.token.ok_or_else(|| Error::invalid("token is missing"))?;
         let outcome = match request.outcome {
             Some(complete_request::Outcome::Success(result)) => {
-                crate::scheduler::validate::check_result(&result)?;
+                validate::check_result(&result)?;
+                validate::check_stored(&result, &self.blobs).await?;
                 Outcome::Success(Box::new(result))
             }
             Some(complete_request::Outcome::Failure(failure)) => {

@@ -385,6 +385,7 @@ impl SchedulerBackend for PgScheduler {
         let mut locked =
             rows::lock(&tx, &token.job_id, false).await?.ok_or_else(|| unknown_job(&token.job_id))?;
         let agent = transitions::authorize(&self.keys, &mut locked.job, token, caller)?.agent.clone();
+        transitions::check_outcome(&locked.job, token, &outcome)?;
         let now = now_ms();
         let ended = if succeeded { TaskState::Succeeded } else { TaskState::Failed };
         rows::fence(&tx, token, ended as i32, now).await?;

@@ -24,7 +24,7 @@ use proto::v1::{JobSpec, Target};
 use proto::{Digest, Platform};
 
 use self::bounds::{MAX_FLAG, MAX_FLAGS, MAX_PACKAGES, MAX_WORD, check_text, check_words};
-pub use self::result::check_result;
+pub use self::result::{check_for_task, check_result, check_stored};
 use super::Settings;
 use crate::error::{Error, Result};
 

@@ -1,10 +1,13 @@
 //! What an agent reports of a successful task: output names and digests, and the image blobs
 //! it recorded. Names reach the submitter's disk, so they are portable file names.
 
+use std::sync::Arc;
+
 use proto::Digest;
-use proto::v1::{OciBlob, TaskResult};
+use proto::v1::{JobStatus, OciBlob, TaskKind, TaskResult, TaskStatus};
 
 use crate::error::{Error, Result};
+use crate::store::{BlobInfo, SharedStore};
 
 fn invalid(message: String) -> Error {
     Error::InvalidArgument(message)
@@ -41,6 +44,90 @@ pub fn check_result(result: &TaskResult) -> Result<()> {
     }
     if let Some(index) = &result.index {
         check_blob(Some(index), "the image index")?;
+    }
+    Ok(())
+}
+
+/// What a task may report: an image only from a build task of a linux target of a job that
+/// asked for one, for the target's own os and architecture; an index only from the job's
+/// image-index task. The index task is leased every build task's image, so an image another
+/// task reports, or one of another platform, would go into the job's index.
+pub fn check_for_task(result: &TaskResult, job: &JobStatus, task: &TaskStatus) -> Result<()> {
+    let index_task = task.kind == TaskKind::ImageIndex as i32;
+    if result.index.is_some() && !index_task {
+        return Err(invalid(
+            "a build task reports its platform's image, not an image index: only the job's image-index task does"
+                .to_owned(),
+        ));
+    }
+    let Some(image) = &result.image else { return Ok(()) };
+    if index_task {
+        return Err(invalid("the image-index task reports the index, not a platform image".to_owned()));
+    }
+    let asked = job.spec.as_ref().is_some_and(|spec| spec.image.is_some());
+    let target = task.target.as_ref().filter(|target| asked && target.goos == "linux").ok_or_else(|| {
+        invalid(format!(
+            "task {} gets no image: the job asks for none, or its target is not linux",
+            task.index
+        ))
+    })?;
+    if image.os != target.goos || image.architecture != target.goarch {
+        return Err(invalid(format!(
+            "the image is for {}/{}, but the task builds {}/{}",
+            image.os, image.architecture, target.goos, target.goarch
+        )));
+    }
+    Ok(())
+}
+
+/// The OCI blobs of `result`, each with what it is.
+fn oci_blobs(result: &TaskResult) -> Vec<(&'static str, &OciBlob)> {
+    let mut blobs = Vec::new();
+    if let Some(image) = &result.image {
+        let parts = [("the image manifest", &image.manifest), ("the image config", &image.config)];
+        let parts = parts.into_iter().chain([("the image layer", &image.layer)]);
+        blobs.extend(parts.filter_map(|(what, blob)| blob.as_ref().map(|blob| (what, blob))));
+    }
+    blobs.extend(result.index.as_ref().map(|index| ("the image index", index)));
+    blobs
+}
+
+/// Checks every OCI blob of `result` (well formed: [`check_result`]) against what the CAS
+/// recorded when the blob was uploaded: it is there, and its bytes hash (SHA-256) to the OCI
+/// digest reported. The job's index is assembled from these descriptors, the submitter rebuilds
+/// the image expecting them, and cached's registry serves the CAS blob under the OCI digest.
+/// The size needs no lookup: a CAS digest names its size, and `check_result` compared the two.
+pub async fn check_stored(result: &TaskResult, store: &SharedStore) -> Result<()> {
+    let blobs = oci_blobs(result);
+    let digests = blobs
+        .iter()
+        .map(|(what, blob)| {
+            Digest::from_wire(blob.cas.as_ref()).map_err(|err| invalid(format!("{what}: {err}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if digests.is_empty() {
+        return Ok(());
+    }
+    let (store, looked_up) = (Arc::clone(store), digests.clone());
+    let infos = crate::task::spawn_blocking("check task blobs", move || store.stat(&looked_up)).await??;
+    for (((what, blob), cas), info) in blobs.into_iter().zip(digests).zip(infos) {
+        check_stored_blob(what, blob, cas, info)?;
+    }
+    Ok(())
+}
+
+fn check_stored_blob(what: &str, blob: &OciBlob, cas: Digest, info: Option<BlobInfo>) -> Result<()> {
+    let Some(info) = info else {
+        return Err(Error::FailedPrecondition(format!(
+            "{what} {cas} is not in the CAS; upload it (Cas.Write) before completing the task"
+        )));
+    };
+    let stored: String = info.sha256.iter().map(|byte| format!("{byte:02x}")).collect();
+    if blob.digest.strip_prefix("sha256:") != Some(stored.as_str()) {
+        return Err(invalid(format!(
+            "{what} is reported as {}, but its bytes in the CAS ({cas}) hash to sha256:{stored}",
+            blob.digest
+        )));
     }
     Ok(())
 }
