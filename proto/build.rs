@@ -56,9 +56,12 @@ fn shapes(fds: &FileDescriptorSet) -> String {
                 (field.r#type() == Type::Message).then(|| index(field.type_name().trim_start_matches('.')));
             if repeated || nested.is_some() {
                 let nested = nested.flatten();
+                // Only numbers pack: a repeated string or bytes field is one element per item.
+                let numbers =
+                    repeated && !matches!(field.r#type(), Type::String | Type::Bytes | Type::Message);
                 let _ = write!(
                     out,
-                    "Field {{ number: {}, repeated: {repeated}, message: {nested:?} }}, ",
+                    "Field {{ number: {}, repeated: {repeated}, numbers: {numbers}, message: {nested:?} }}, ",
                     field.number()
                 );
             }

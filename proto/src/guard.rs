@@ -34,6 +34,8 @@ struct Shape {
 struct Field {
     number: u32,
     repeated: bool,
+    /// Repeated numbers, which may come packed: up to one per byte.
+    numbers: bool,
     message: Option<usize>,
 }
 
@@ -141,8 +143,8 @@ fn count(shape: &Shape, mut bytes: &[u8], depth: u32, elements: &mut u64, allowe
                 *elements += 1;
                 count(&MESSAGES[message], payload, depth + 1, elements, allowed);
             }
-            // A packed list of numbers: up to one per byte.
-            (None, 2) if field.repeated => *elements += 1 + payload.len() as u64 / 8,
+            // A packed list of numbers: up to one per byte, 8 bytes each once decoded.
+            (None, 2) if field.numbers => *elements += 1 + payload.len() as u64 / 8,
             _ if field.repeated => *elements += 1,
             _ => {}
         }
@@ -194,6 +196,14 @@ mod tests {
         let manifest = v1::BuildManifest { version: 1, components };
         let lookup = v1::BuildLookupRequest { manifest: Some(manifest), ..Default::default() };
         check(&v1::BuildLookupRequest::full_name(), &lookup.encode_to_vec()).unwrap();
+    }
+
+    #[test]
+    fn long_strings_count_once() {
+        let mut lines = vec!["x".repeat(4 << 20)];
+        lines.extend((0..5000).map(|n| format!("./main.go:{n}: something went wrong")));
+        let progress = v1::ProgressRequest { token: None, started: true, lines };
+        check(&v1::ProgressRequest::full_name(), &progress.encode_to_vec()).unwrap();
     }
 
     #[test]
