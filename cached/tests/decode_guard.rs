@@ -3,27 +3,12 @@
 //! server allocate many times what it sent. Runs the real binary, whose peak resident memory
 //! (VmHWM) is the measure.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
 use bytes::Bytes;
+use common::process::Daemon;
 use proto::v1;
 use tonic::transport::Channel;
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
 
 /// `BuildLookupRequest` on the wire, its manifest given as bytes: the test need not hold the
 /// millions of components it sends.
@@ -49,26 +34,9 @@ async fn lookup(channel: Channel, manifest: Bytes) -> tonic::Status {
 #[tokio::test]
 async fn a_request_of_tiny_elements_is_refused_before_it_is_decoded() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(env!("CARGO_BIN_EXE_cached"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "off"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env_clear()
-        .env("HOME", std::env::temp_dir())
-        .env("MALLOC_ARENA_MAX", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "cached did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
-    let before = peak_rss(daemon.0.id());
+    let daemon = Daemon::start(dir.path(), &[], &[("MALLOC_ARENA_MAX", "1")]);
+    let channel = daemon.channel().await;
+    let before = daemon.peak_rss();
     // Three at once, each just under max_message_size (16 MiB): 7.5 million components each.
     let manifest = empty_components(7_500_000);
     let refusals = futures::future::join_all((0..3).map(|_| lookup(channel.clone(), manifest.clone()))).await;
@@ -76,7 +44,7 @@ async fn a_request_of_tiny_elements_is_refused_before_it_is_decoded() {
         assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
         assert!(refused.message().contains("elements"), "{}", refused.message());
     }
-    let growth = peak_rss(daemon.0.id()).saturating_sub(before);
+    let growth = daemon.peak_rss().saturating_sub(before);
     eprintln!("peak RSS grew by {} MiB", growth >> 20);
     // The requests' own bytes (3 x 15 MiB) and buffers; decoded, they were over 1 GiB.
     assert!(growth < 160 << 20, "peak RSS grew by {} MiB", growth >> 20);

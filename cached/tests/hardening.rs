@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::Daemon;
 use common::{Server, data, header};
 use proto::Digest;
 use proto::v1::{self, Compression};
@@ -116,21 +117,6 @@ async fn token_new_prints_a_secret_once_and_a_table_that_works() {
     server.stop().await;
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One round of every kind of oversize input; each must be refused with the right code.
 async fn oversize_round(
     cas: &mut v1::cas_client::CasClient<tonic::transport::Channel>,
@@ -171,37 +157,20 @@ async fn oversize_round(
 #[tokio::test]
 async fn oversize_input_is_refused_and_memory_stays_flat() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = cached(&["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "off"])
-        .args(["--max-blob-size", "1MiB", "--max-message-size", "2MiB", "--max-batch-items", "10"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "cached did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let limits = ["--max-blob-size", "1MiB", "--max-message-size", "2MiB", "--max-batch-items", "10"];
+    let daemon = Daemon::start(dir.path(), &limits, &[]);
+    let channel = daemon.channel().await;
     let mut cas = v1::cas_client::CasClient::new(channel.clone()).max_encoding_message_size(64 << 20);
     let mut go = v1::go_cache_client::GoCacheClient::new(channel);
     // The first rounds warm up thread pools and buffers; the rest must not grow memory.
     for _ in 0..3 {
         oversize_round(&mut cas, &mut go).await;
     }
-    let before = rss_bytes(daemon.0.id());
+    let before = daemon.rss();
     for _ in 0..30 {
         oversize_round(&mut cas, &mut go).await;
     }
-    let after = rss_bytes(daemon.0.id());
+    let after = daemon.rss();
     let growth = after.saturating_sub(before);
     eprintln!("RSS before {} MiB, after {} MiB", before >> 20, after >> 20);
     assert!(growth < 16 << 20, "RSS grew by {} MiB over 30 rounds of refused input", growth >> 20);
