@@ -437,6 +437,30 @@ fn file(name: &str, body: &[u8]) -> FileNode {
     FileNode { name: name.into(), digest: Some(Digest::of(body).to_wire()), executable: false }
 }
 
+/// The blobs of a module's `go.mod` and `cmd/app/main.go`, and the digest of its `cmd`
+/// directory, for a root the caller makes with entries of its own.
+fn app_sources(go_mod: &'static [u8], main_go: &'static [u8]) -> (Vec<(Digest, Bytes)>, Digest) {
+    let mut blobs =
+        vec![(Digest::of(go_mod), Bytes::from(go_mod)), (Digest::of(main_go), Bytes::from(main_go))];
+    let app = add(&mut blobs, Directory { files: vec![file("main.go", main_go)], ..Directory::default() });
+    let cmd = add(&mut blobs, Directory { directories: vec![dir("app", app)], ..Directory::default() });
+    (blobs, cmd)
+}
+
+/// A module of `go.mod` and `cmd/app/main.go`: its blobs and its root.
+fn app_module(go_mod: &'static [u8], main_go: &'static [u8]) -> (Vec<(Digest, Bytes)>, Digest) {
+    let (mut blobs, cmd) = app_sources(go_mod, main_go);
+    let root = add(
+        &mut blobs,
+        Directory {
+            files: vec![file("go.mod", go_mod)],
+            directories: vec![dir("cmd", cmd)],
+            ..Directory::default()
+        },
+    );
+    (blobs, root)
+}
+
 /// Encodes `directory`, adds it to `blobs` and returns its digest.
 fn add(blobs: &mut Vec<(Digest, Bytes)>, directory: Directory) -> Digest {
     let bytes = Bytes::from(directory.encode_to_vec());
@@ -464,10 +488,7 @@ fn a_tree_whose_link_climbs_out_through_another_link_is_refused() {
     .stdout;
 
     let (go_mod, main_go) = (b"module example.com/esc\n\ngo 1.21\n".as_slice(), b"package main\n".as_slice());
-    let mut blobs =
-        vec![(Digest::of(go_mod), Bytes::from(go_mod)), (Digest::of(main_go), Bytes::from(main_go))];
-    let app = add(&mut blobs, Directory { files: vec![file("main.go", main_go)], ..Directory::default() });
-    let cmd = add(&mut blobs, Directory { directories: vec![dir("app", app)], ..Directory::default() });
+    let (mut blobs, cmd) = app_sources(go_mod, main_go);
     // `a/b -> ..`: inside on its own.
     let a = add(
         &mut blobs,
@@ -584,14 +605,9 @@ fn a_trees_git_config_runs_nothing_on_the_agent() {
         b"package main\n\nfunc main() {}\n".as_slice(),
         b"ref: refs/heads/main\n".as_slice(),
     );
-    let mut blobs = vec![
-        (Digest::of(go_mod), Bytes::from(go_mod)),
-        (Digest::of(main_go), Bytes::from(main_go)),
-        (Digest::of(head), Bytes::from(head)),
-        (Digest::of(config.as_bytes()), Bytes::from(config.clone())),
-    ];
-    let app = add(&mut blobs, Directory { files: vec![file("main.go", main_go)], ..Directory::default() });
-    let cmd = add(&mut blobs, Directory { directories: vec![dir("app", app)], ..Directory::default() });
+    let (mut blobs, cmd) = app_sources(go_mod, main_go);
+    blobs.push((Digest::of(head), Bytes::from(head)));
+    blobs.push((Digest::of(config.as_bytes()), Bytes::from(config.clone())));
     let empty = add(&mut blobs, Directory::default());
     let git = add(
         &mut blobs,
@@ -629,18 +645,7 @@ fn a_compile_error_cannot_blame_the_agent_for_its_disk_or_memory() {
     let go_mod = b"module example.com/blame\n\ngo 1.21\n".as_slice();
     let main_go =
         b"package main\n\nvar disk int = \"no space left on device\"\n\nfunc main() {}\n".as_slice();
-    let mut blobs =
-        vec![(Digest::of(go_mod), Bytes::from(go_mod)), (Digest::of(main_go), Bytes::from(main_go))];
-    let app = add(&mut blobs, Directory { files: vec![file("main.go", main_go)], ..Directory::default() });
-    let cmd = add(&mut blobs, Directory { directories: vec![dir("app", app)], ..Directory::default() });
-    let root = add(
-        &mut blobs,
-        Directory {
-            files: vec![file("go.mod", go_mod)],
-            directories: vec![dir("cmd", cmd)],
-            ..Directory::default()
-        },
-    );
+    let (blobs, root) = app_module(go_mod, main_go);
     let job = cluster.submit_tree(blobs, root, "");
     let task = cluster.finished_task(&job, Duration::from_secs(120), || {});
     let log = agent.log();
@@ -715,18 +720,7 @@ fn a_build_filling_its_task_directory_is_stopped_and_fails_as_its_own_fault() {
         Agent::start_with_env(agent_parent(), &cluster, 1, &filler, &[("CACHED_MAX_TASK_DISK", "64MiB")]);
     let go_mod = b"module example.com/filler\n\ngo 1.21\n".as_slice();
     let main_go = b"package main\n\nfunc main() {}\n".as_slice();
-    let mut blobs =
-        vec![(Digest::of(go_mod), Bytes::from(go_mod)), (Digest::of(main_go), Bytes::from(main_go))];
-    let app = add(&mut blobs, Directory { files: vec![file("main.go", main_go)], ..Directory::default() });
-    let cmd = add(&mut blobs, Directory { directories: vec![dir("app", app)], ..Directory::default() });
-    let root = add(
-        &mut blobs,
-        Directory {
-            files: vec![file("go.mod", go_mod)],
-            directories: vec![dir("cmd", cmd)],
-            ..Directory::default()
-        },
-    );
+    let (blobs, root) = app_module(go_mod, main_go);
     let started = Instant::now();
     let job = cluster.submit_tree(blobs, root, "");
     let task = cluster.finished_task(&job, Duration::from_secs(120), || {});
