@@ -278,17 +278,7 @@ pub async fn kill_all(uid: u32) -> Result<(), String> {
 /// cannot outrun it), until /proc shows none left.
 fn reap(uid: u32) -> Result<(), String> {
     for round in 0..100u32 {
-        let status = Command::new("/bin/sh")
-            .args(["-c", "kill -9 -1 2>/dev/null"])
-            .env_clear()
-            .current_dir("/")
-            .uid(uid)
-            .gid(uid)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if let Err(err) = status {
+        if let Err(err) = run_as(uid, Command::new("/bin/sh").args(["-c", "kill -9 -1 2>/dev/null"])) {
             return Err(format!("cannot run /bin/sh as uid {uid}: {err}"));
         }
         if !runs_as(uid) {
@@ -341,6 +331,12 @@ done"#;
 }
 
 fn as_user(uid: u32, command: &mut Command) -> Result<(), String> {
+    run_as(uid, command).map(drop).map_err(|err| format!("cannot clear what uid {uid} left: {err}"))
+}
+
+/// Runs `command` to its end as `uid` (and its group), from `/`, with a plain PATH and no
+/// stdio: nothing of the agent's environment or files goes with it.
+fn run_as(uid: u32, command: &mut Command) -> std::io::Result<std::process::ExitStatus> {
     command
         .env_clear()
         .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
@@ -351,8 +347,6 @@ fn as_user(uid: u32, command: &mut Command) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map(drop)
-        .map_err(|err| format!("cannot clear what uid {uid} left: {err}"))
 }
 
 /// The top-level entries of [`SHARED_DIRS`] that belong to `uid` (not following links).
