@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cached::auth::{NamespacePattern, Scope, Scopes, SecretHash, TokenSpec};
@@ -492,30 +491,9 @@ async fn a_flooding_token_is_rate_limited_while_another_is_served() {
     server.stop().await;
 }
 
-/// Captures the `audit` log of the server running on this (current-thread) test runtime.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn action_cache_writes_and_jobs_are_audited_and_secrets_never_logged() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("audit=info,cached=debug")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = common::logs::capture("audit=info,cached=debug");
 
     let dir = tempfile::tempdir().unwrap();
     let specs =
@@ -536,7 +514,7 @@ async fn action_cache_writes_and_jobs_are_audited_and_secrets_never_logged() {
     clients.jobs.clone().cancel(request(cancel, Some(&ci))).await.unwrap();
     server.stop().await;
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     // Jobs run the submitter's source on the agents: who submitted and cancelled is on record.
     let audited = |api: &str| {
         log.lines()

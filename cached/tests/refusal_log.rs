@@ -4,28 +4,12 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
 use common::Server;
 use proto::v1;
 use proto::v1::stats_client::StatsClient;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
-
-/// The log of the server running on this (current-thread) test runtime.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn request(secret: Option<&str>) -> Request<v1::StatsRequest> {
     let mut request = Request::new(v1::StatsRequest {});
@@ -37,14 +21,7 @@ fn request(secret: Option<&str>) -> Request<v1::StatsRequest> {
 
 #[tokio::test]
 async fn a_flood_of_refused_calls_is_logged_once_per_reason() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("audit=info,cached=info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = common::logs::capture("audit=info,cached=info");
 
     let dir = tempfile::tempdir().unwrap();
     let spec = TokenSpec {
@@ -74,7 +51,7 @@ async fn a_flood_of_refused_calls_is_logged_once_per_reason() {
     }
     server.stop().await;
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     let refusals: Vec<&str> =
         log.lines().filter(|line| line.contains(" refused") || line.contains("scope denied")).collect();
     assert_eq!(

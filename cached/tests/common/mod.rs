@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod ca;
+pub mod logs;
 pub mod process;
 
 use std::net::SocketAddr;
