@@ -734,8 +734,14 @@ async fn a_layer_record_written_in_one_namespace_is_never_used_in_another() {
     image_in("pr-1", other, "other");
     let client = cached_client::Client::connect(&url, &Default::default()).await.unwrap();
     let forger = cached_oci::LayerCache::new(client, "pr-1");
-    let options =
-        LayerOptions { path: "/app/hello".into(), uid: 0, gid: 0, mode: 0o755, mtime: 0, compression: Compression::Gzip };
+    let options = LayerOptions {
+        path: "/app/hello".into(),
+        uid: 0,
+        gid: 0,
+        mode: 0o755,
+        mtime: 0,
+        compression: Compression::Gzip,
+    };
     let key_of = |binary: &Path| layer_key(&cached_client::transfer::hash_file(binary).unwrap(), &options);
     let forged = forger.lookup(&[key_of(other)]).await.unwrap()[0].clone().expect("pr-1 cached its layer");
     forger.store(key_of(wanted), &forged, Path::new("/nonexistent")).await.unwrap();
