@@ -297,7 +297,7 @@ fn start(ctx: Arc<TaskContext>, lease: TaskLease, done: mpsc::UnboundedSender<St
     cached_client::task::spawn("lease-task", async move {
         let remote = ctx.remote.clone();
         // Where task::run keeps the task's files, for when it cannot remove them itself.
-        let task_dir = ctx.work_dir.join("tasks").join(&key);
+        let task_dir = taskdir::task_path(&ctx.work_dir, &key);
         let work = task::run(ctx, lease, cancelled);
         if let Some(outcome) = settle(work, &task_dir, &key, &releasing).await {
             complete(&remote, task_token, outcome).await;

@@ -99,7 +99,7 @@ async fn with_build_user(
     cancel: watch::Receiver<bool>,
 ) -> Result<v1::TaskResult, TaskError> {
     let user = ctx.sandbox.acquire().await.map_err(TaskError::Infrastructure)?;
-    let dir = TaskDir::create(ctx.work_dir.join("tasks").join(token_name(token)), user.owner())?;
+    let dir = TaskDir::create(taskdir::task_path(&ctx.work_dir, &token_name(token)), user.owner())?;
     let mut linked = None;
     let result = build_task(ctx, lease, &dir, &mut linked, lines, cancel).await;
     // A build that daemonised is still running: nothing of it may outlive the task or touch

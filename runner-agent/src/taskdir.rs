@@ -25,13 +25,22 @@ pub fn reset(work_dir: &Path) -> Result<PathBuf, String> {
     for legacy in LEGACY_SHARED {
         let _ = remove_tree(&work_dir.join(legacy));
     }
-    let tasks = work_dir.join("tasks");
+    let tasks = tasks_dir(work_dir);
     if let Err(err) = remove_tree(&tasks) {
         return Err(format!("removing {}: {err}", tasks.display()));
     }
     std::fs::create_dir_all(&tasks).map_err(|err| format!("{}: {err}", tasks.display()))?;
     sandbox::set_mode(&tasks, 0o711)?;
     Ok(tasks)
+}
+
+fn tasks_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("tasks")
+}
+
+/// Where the task named `key` (`task::token_name`) keeps its files.
+pub fn task_path(work_dir: &Path, key: &str) -> PathBuf {
+    tasks_dir(work_dir).join(key)
 }
 
 /// One task's directory.
