@@ -24,7 +24,7 @@ use proto::{ActionId, Digest, INLINE_BODY_MAX, OutputId};
 pub use self::rocks::RocksGoEntries;
 use crate::error::{Error, Result};
 use crate::stats::Stats;
-use crate::store::SharedStore;
+use crate::store::{FreeSpace, SharedStore};
 
 const ENTRY_VERSION: u8 = 1;
 const ENTRY_LEN: usize = 1 + 32 + 8 + 32 + 8;
@@ -124,11 +124,18 @@ pub struct GoCache {
     entries: Arc<dyn GoEntryStore>,
     store: SharedStore,
     stats: Arc<Stats>,
+    /// Entries are not blobs eviction could give back: none is stored below the floor.
+    space: Arc<FreeSpace>,
 }
 
 impl GoCache {
-    pub fn new(entries: Arc<dyn GoEntryStore>, store: SharedStore, stats: Arc<Stats>) -> Arc<Self> {
-        Arc::new(Self { entries, store, stats })
+    pub fn new(
+        entries: Arc<dyn GoEntryStore>,
+        store: SharedStore,
+        stats: Arc<Stats>,
+        space: Arc<FreeSpace>,
+    ) -> Arc<Self> {
+        Arc::new(Self { entries, store, stats, space })
     }
 
     /// Looks up `ids`, in order. Bodies come inline while their stored bytes fit in
@@ -206,6 +213,9 @@ impl GoCache {
                     entry.digest, entry.output_id
                 )));
             }
+            // A writer (a job's lease, in its namespace) may record entries without end, each
+            // pointing at a blob it keeps stored: they must not fill the disk RocksDB needs.
+            this.space.recheck()?;
             this.entries.put_synced(&namespace, &action_id, &entry)?;
             this.stats.namespace(&namespace).go_puts.fetch_add(1, Ordering::Relaxed);
             Ok(())
@@ -261,7 +271,8 @@ mod tests {
         let mut writer = store.write(&Digest::of(b"")).unwrap();
         writer.record_sha256([0; 32]);
         writer.commit().unwrap();
-        let cache = GoCache::new(Arc::new(RocksGoEntries::new(Arc::clone(&db))), store, Arc::clone(&stats));
+        let space = Arc::new(FreeSpace::new(dir.path().to_owned(), 0));
+        let cache = GoCache::new(Arc::new(RocksGoEntries::new(Arc::clone(&db))), store, Arc::clone(&stats), space);
         for (action, body) in [(1u8, &b"gone"[..]), (2, b""), (3, b"gone too")] {
             let entry =
                 GoEntry { output_id: OutputId([0; 32]), digest: Digest::of(body), time_unix_nanos: 1 };

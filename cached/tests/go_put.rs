@@ -58,3 +58,30 @@ async fn put_reads_no_blob_even_when_its_client_gives_up() {
     assert_eq!(hit.entry.map(|entry| entry.digest), Some(Some(digest.to_wire())));
     server.stop().await;
 }
+
+/// Entries are not blobs eviction could give back, and a job's lease may record them without
+/// end: below the free-space floor none is stored, as no upload is.
+#[tokio::test]
+async fn below_the_free_space_floor_no_entry_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let body = noise(4096, 3);
+    let digest = server.clients().await.write(&body).await;
+    server.stop().await;
+
+    // A floor no disk here has above it.
+    let server = Server::start(dir.path(), &[("min_free_space", "1PiB")]).await;
+    let entry = v1::GoEntry {
+        output_id: Sha256::digest(&body).to_vec().into(),
+        size: digest.size,
+        digest: Some(digest.to_wire()),
+        time_unix_nanos: 1,
+    };
+    let put = v1::GoPutRequest { namespace: "ns".into(), action_id: vec![2; 32].into(), entry: Some(entry) };
+    let err = server.clients().await.go.put(put).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("min_free_space"), "{}", err.message());
+    let get = v1::GoGetRequest { namespace: "ns".into(), action_id: vec![2; 32].into() };
+    assert!(server.clients().await.go.get(get).await.unwrap().into_inner().entry.is_none());
+    server.stop().await;
+}

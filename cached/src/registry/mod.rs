@@ -125,22 +125,7 @@ impl Registry {
 /// directory's disk is below `min_free_space`, as CAS uploads are refused: a full disk wedges
 /// RocksDB, and these writes are not blobs eviction could give back.
 fn check_free_space(space: &FreeSpace) -> errors::RegistryResult<()> {
-    let floor = space.floor();
-    if floor == 0 {
-        return Ok(());
-    }
-    let available = space.available()?;
-    if available >= floor {
-        return Ok(());
-    }
-    Err(RegistryError::new(
-        Code::TooManyRequests,
-        format!(
-            "the server's disk is nearly full: {available} bytes free, below min_free_space ({floor} \
-             bytes); nothing was stored. cached is evicting least recently used blobs to make room: \
-             retry later"
-        ),
-    ))
+    Ok(space.recheck()?)
 }
 
 /// Serves the registry on `listener` (TLS with `tls`), each peer within `connections`' limits,

@@ -126,8 +126,9 @@ impl FreeSpace {
         Ok(())
     }
 
-    /// Measures the disk now and refuses to go on below the floor.
-    fn recheck(&self) -> Result<()> {
+    /// Measures the disk now and refuses to go on below the floor (RESOURCE_EXHAUSTED saying
+    /// so): for anything else a caller may make cached write (records, spools).
+    pub fn recheck(&self) -> Result<()> {
         if self.floor == 0 {
             return Ok(());
         }
