@@ -272,7 +272,8 @@ mod tests {
         writer.record_sha256([0; 32]);
         writer.commit().unwrap();
         let space = Arc::new(FreeSpace::new(dir.path().to_owned(), 0));
-        let cache = GoCache::new(Arc::new(RocksGoEntries::new(Arc::clone(&db))), store, Arc::clone(&stats), space);
+        let cache =
+            GoCache::new(Arc::new(RocksGoEntries::new(Arc::clone(&db))), store, Arc::clone(&stats), space);
         for (action, body) in [(1u8, &b"gone"[..]), (2, b""), (3, b"gone too")] {
             let entry =
                 GoEntry { output_id: OutputId([0; 32]), digest: Digest::of(body), time_unix_nanos: 1 };

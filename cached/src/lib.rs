@@ -73,8 +73,12 @@ pub async fn run(
     }
     let store = store::layered(&backends.blobs, backends.shared.as_ref(), &space, &store_counters);
     let cas = Arc::new(cas::Cas::new(Arc::clone(&store), config.limits.clone()));
-    let go_cache =
-        gocache::GoCache::new(Arc::clone(&backends.go_entries), Arc::clone(&store), Arc::clone(&stats), Arc::clone(&space));
+    let go_cache = gocache::GoCache::new(
+        Arc::clone(&backends.go_entries),
+        Arc::clone(&store),
+        Arc::clone(&stats),
+        Arc::clone(&space),
+    );
     let builds = open_builds(&config, &backends, store, &stats, &space).await?;
     let connections = conn::Connections::new(conn::ConnLimits::from(&config.limits));
     let (metrics, queue) = new_metrics(&stats, &backends, store_counters, &space, &connections, tls.clone());
