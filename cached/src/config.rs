@@ -92,6 +92,11 @@ pub const SETTINGS: &[Setting] = &[
         default: "1024",
     },
     Setting {
+        key: "max_watches_per_token",
+        help: "Jobs.Watch streams one token may hold open at once",
+        default: "1024",
+    },
+    Setting {
         key: "max_concurrent_uploads",
         help: "most Cas.Write and Cas.BatchWrite calls received at once",
         default: "128",
@@ -270,6 +275,7 @@ pub struct Limits {
     pub max_concurrent_streams: usize,
     pub max_streams_per_connection: u32,
     pub max_concurrent_uploads: usize,
+    pub max_watches_per_token: usize,
     /// Requests per second per token; `None` is unlimited.
     pub rate_limit: Option<u32>,
     pub request_timeout: Duration,
@@ -446,6 +452,7 @@ impl Config {
             max_concurrent_streams: get("max_concurrent_streams").count()? as usize,
             max_streams_per_connection: get("max_streams_per_connection").count()? as u32,
             max_concurrent_uploads: get("max_concurrent_uploads").count()? as usize,
+            max_watches_per_token: get("max_watches_per_token").count()? as usize,
             rate_limit: get("rate_limit").parse_with(|v| match v.parse::<u32>() {
                 Ok(0) => Ok(None),
                 Ok(rate) => Ok(Some(rate)),

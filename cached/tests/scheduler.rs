@@ -704,3 +704,28 @@ async fn metrics_show_the_queue_its_oldest_wait_and_the_connected_agents() {
     }
     server.stop().await;
 }
+
+/// A watch lasts as long as its job: a token holds at most `max_watches_per_token` of them.
+#[tokio::test]
+async fn a_token_holds_at_most_max_watches_per_token_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = FAST.to_vec();
+    settings.push(("max_watches_per_token", "2"));
+    let server = Server::start(dir.path(), &settings).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let job = submit(&mut jobs, spec(&["linux/amd64"], "")).await;
+    let watch = || v1::WatchRequest { job_id: job.clone() };
+    let first = jobs.watch(watch()).await.unwrap().into_inner();
+    let _second = jobs.watch(watch()).await.unwrap().into_inner();
+    let refused = jobs.watch(watch()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("max_watches_per_token"), "{}", refused.message());
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // The slot comes back once the server sees the stream go.
+    while jobs.watch(watch()).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "a closed watch kept its slot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}

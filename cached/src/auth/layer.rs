@@ -21,6 +21,7 @@ use super::refusals::{EVERY, RefusalLog};
 use super::scopes::{self, Access, Method, Scope};
 use super::standing::{Secret, Standing};
 use super::tokens::{TokenSpec, TokenTable};
+use super::watches::{TokenWatches, WATCH};
 use crate::config::Config;
 use crate::error::Error;
 
@@ -42,6 +43,7 @@ pub struct AuthSettings {
     reloads: watch::Sender<u64>,
     /// Health and reflection streams, which no token bounds.
     open: Arc<OpenStreams>,
+    watches: Arc<TokenWatches>,
     refusals: RefusalLog,
 }
 
@@ -64,6 +66,7 @@ impl AuthSettings {
             max_uploads: limits.max_concurrent_uploads,
             reloads: watch::Sender::new(0),
             open: Arc::default(),
+            watches: Arc::new(TokenWatches::new(limits.max_watches_per_token)),
             refusals: RefusalLog::default(),
         }
     }
@@ -419,6 +422,11 @@ where
             Ok(admitted) => admitted,
             Err(err) => return Box::pin(async move { Ok(refuse(err)) }),
         };
+        let watch = match (method.path == WATCH).then(|| settings.watches.open(&admitted.grant.token)) {
+            Some(Err(err)) => return Box::pin(async move { Ok(refuse(err)) }),
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
         request.extensions_mut().insert(Arc::clone(&admitted.grant));
         if !method.unary {
             let standing = settings.standing(&request, &admitted.grant, scope);
@@ -446,7 +454,10 @@ where
             // A streaming upload's reply comes after its last byte, so the slot is held until
             // the upload is over.
             drop(admitted);
-            Ok(response.map(Body::new))
+            Ok(match watch {
+                Some(slot) => response.map(|body| Body::new(Holding::new(body, slot))),
+                None => response.map(Body::new),
+            })
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod reload;
 pub mod scopes;
 pub mod standing;
 pub mod tokens;
+mod watches;
 
 use std::sync::Arc;
 

@@ -87,21 +87,22 @@ impl Drop for OpenSlot {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that holds its stream's slot for as long as the stream lasts.
-    pub(super) struct Holding<B> {
+    /// A response body that holds its stream's slot (any guard that gives it back when
+    /// dropped) for as long as the stream lasts.
+    pub(super) struct Holding<B, S> {
         #[pin]
         inner: B,
-        slot: OpenSlot,
+        slot: S,
     }
 }
 
-impl<B> Holding<B> {
-    pub(super) fn new(inner: B, slot: OpenSlot) -> Self {
+impl<B, S> Holding<B, S> {
+    pub(super) fn new(inner: B, slot: S) -> Self {
         Self { inner, slot }
     }
 }
 
-impl<B: http_body::Body> http_body::Body for Holding<B> {
+impl<B: http_body::Body, S> http_body::Body for Holding<B, S> {
     type Data = B::Data;
     type Error = B::Error;
 
