@@ -756,6 +756,88 @@ async fn a_layer_record_written_in_one_namespace_is_never_used_in_another() {
     server.stop().await.unwrap();
 }
 
+/// A layer record is a few hundred bytes: an entry that names a large blob as the record (any
+/// writer of the namespace can make one) is a miss, and the blob is never fetched.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_naming_a_huge_record_is_a_miss_and_never_fetched() {
+    use cached_oci::Compression;
+    use cached_oci::cache::layer_key;
+    use cached_oci::layer::LayerOptions;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        cached::embedded::Embedded::start(&dir.path().join("data"), &[]).await.expect("cached starts");
+    let url = server.url();
+    let metrics = server.metrics_addr;
+    let store_reads = || async move {
+        let mut stream = tokio::net::TcpStream::connect(metrics).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        let line = text.lines().find(|line| line.starts_with("cached_store_read_bytes")).unwrap().to_owned();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+
+    let client = cached_client::Client::connect(&url, &Default::default()).await.unwrap();
+    // Bytes zstd cannot shrink, so what the store reads is what the blob holds.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let huge: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let digest =
+        cached_client::transfer::upload_files(&client, &[write_temp(dir.path(), &huge)], 1).await.unwrap()[0];
+    let options = LayerOptions {
+        path: "/app/hello".into(),
+        uid: 0,
+        gid: 0,
+        mode: 0o755,
+        mtime: 0,
+        compression: Compression::Gzip,
+    };
+    let binary = fixture.path("linux/amd64");
+    let key = layer_key(&cached_client::transfer::hash_file(binary).unwrap(), &options);
+    let entry = proto::v1::GoEntry {
+        output_id: cached_oci::Sha256::of(&huge).0.to_vec().into(),
+        size: digest.size,
+        digest: Some(digest.to_wire()),
+        time_unix_nanos: 1,
+    };
+    let put = proto::v1::GoPutRequest {
+        namespace: "main".into(),
+        action_id: key.to_vec().into(),
+        entry: Some(entry),
+    };
+    client.go.clone().put(put).await.unwrap();
+
+    let before = store_reads().await;
+    let layout = dir.path().join("layout");
+    let platform = format!("linux/amd64={}", binary.display());
+    let args = ["--server", &url, "image", "--json", "--namespace", "main", "--name", "hello"];
+    let output = Command::new(CACHECTL)
+        .args(args)
+        .args(["--oci-layout", s(&layout), "--platform", &platform])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["images"][0]["layer_cached"], false, "{report}");
+    let read = store_reads().await - before;
+    assert!(read < 1 << 20, "the image build read {read} bytes from the store: it fetched the huge record");
+    server.stop().await.unwrap();
+}
+
+fn write_temp(dir: &Path, bytes: &[u8]) -> PathBuf {
+    let path = dir.join("huge-record");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn platforms_with_one_binary_share_a_cached_layer() {
     // Their layer keys are equal, and cached refuses a GetMany that names a key twice.

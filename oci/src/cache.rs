@@ -31,6 +31,8 @@ use cached_client::transfer;
 /// Bumped whenever the layer bytes for the same inputs could change for a reason the key
 /// does not already capture (tar entry layout, header fields).
 const KEY_VERSION: &str = "cached oci layer key v1";
+/// The largest layer record read: real ones are a few hundred bytes of JSON.
+const MAX_RECORD_BYTES: u64 = 64 << 10;
 /// Compressed layers hardly shrink further; level 1 keeps the CAS upload cheap.
 const CAS_LEVEL: i32 = 1;
 
@@ -164,6 +166,14 @@ impl LayerCache {
         let Some(entry) = result.entry else { return Ok(None) };
         let digest = proto::Digest::from_wire(entry.digest.as_ref())
             .map_err(|err| OciError::Invalid(format!("cached layer entry: {err}")))?;
+        // A record is a few hundred bytes of JSON; whoever writes the namespace could point a
+        // key at gigabytes, which would be fetched and read into memory here.
+        if digest.size > MAX_RECORD_BYTES {
+            return Err(OciError::Invalid(format!(
+                "cached layer entry names a {}-byte record; records are at most {MAX_RECORD_BYTES}",
+                digest.size
+            )));
+        }
         let body = if result.body_inline {
             let mut decoder = proto::frames::FrameDecoder::new(digest.size, 0)
                 .map_err(|err| OciError::Invalid(format!("cached layer entry: {err}")))?;
