@@ -142,9 +142,11 @@ impl AuthSettings {
         }
     }
 
-    /// What a streaming call admitted with `grant` for `scope` is checked against on reloads.
+    /// What a streaming call admitted with `grant` for `scope` is checked against on reloads,
+    /// the ones after `reloads` was taken.
     fn standing<B>(
         self: &Arc<Self>,
+        reloads: watch::Receiver<u64>,
         request: &http::Request<B>,
         grant: &Arc<Grant>,
         scope: Scope,
@@ -152,13 +154,7 @@ impl AuthSettings {
         let header = request.headers().get(http::header::AUTHORIZATION);
         let secret =
             header.and_then(|value| bearer(value.as_bytes())).map(|secret| Secret(secret.to_owned()));
-        Standing {
-            settings: Arc::clone(self),
-            secret,
-            grant: Arc::clone(grant),
-            scope,
-            reloads: self.reloads.subscribe(),
-        }
+        Standing { settings: Arc::clone(self), secret, grant: Arc::clone(grant), scope, reloads }
     }
 
     /// The grant of a caller outside gRPC (the registry's HTTP API) that presented `secret`,
@@ -418,6 +414,9 @@ where
         let Access::Needs(scope) = method.access else {
             return open_call(inner, request, &method, settings);
         };
+        // Before the token table is read: a reload landing between the two is seen as one
+        // after it, so a stream admitted under a token just revoked is ended too.
+        let reloads = settings.reloads.subscribe();
         let admitted = match settings.admit(&request, &method, scope) {
             Ok(admitted) => admitted,
             Err(err) => return Box::pin(async move { Ok(refuse(err)) }),
@@ -429,7 +428,7 @@ where
         };
         request.extensions_mut().insert(Arc::clone(&admitted.grant));
         if !method.unary {
-            let standing = settings.standing(&request, &admitted.grant, scope);
+            let standing = settings.standing(reloads, &request, &admitted.grant, scope);
             request.extensions_mut().insert(standing);
         }
         // Uploads must keep up min_transfer_rate too; other streams (heartbeats) send now and then.
