@@ -211,7 +211,7 @@ async fn lease_one(server: &Server) -> (v1::TaskLease, mpsc::Sender<LeaseRequest
 }
 
 #[tokio::test]
-async fn complete_refuses_output_names_that_are_not_portable() {
+async fn complete_refuses_output_names_that_are_not_portable_repeated_or_too_many() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let mut jobs = JobsClient::new(channel(&server).await);
@@ -234,6 +234,25 @@ async fn complete_refuses_output_names_that_are_not_portable() {
         let status = workers.complete(complete(name)).await.expect_err(name);
         assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
     }
+    // Every submitter downloads every output into one directory: one name twice would
+    // overwrite the other, and thousands would fill the submitter's disk.
+    let outputs = |names: Vec<String>| {
+        let outputs = names
+            .into_iter()
+            .map(|name| v1::OutputFile {
+                name,
+                digest: Some(Digest::of(b"binary").to_wire()),
+                executable: true,
+            })
+            .collect();
+        let outcome =
+            v1::complete_request::Outcome::Success(v1::TaskResult { outputs, ..Default::default() });
+        authorized(v1::CompleteRequest { token: task.token.clone(), outcome: Some(outcome) }, AGENT)
+    };
+    let twice = workers.complete(outputs(vec!["app".into(), "app".into()])).await.unwrap_err();
+    assert!(twice.code() == Code::InvalidArgument && twice.message().contains("twice"), "{twice:?}");
+    let many = workers.complete(outputs((0..1025).map(|n| format!("app{n}")).collect())).await.unwrap_err();
+    assert!(many.code() == Code::InvalidArgument && many.message().contains("at most 1024"), "{many:?}");
     workers.complete(complete("app.exe")).await.expect("a plain name is accepted");
     server.stop().await;
 }

@@ -1,6 +1,7 @@
 //! What an agent reports of a successful task: output names and digests, and the image blobs
 //! it recorded. Names reach the submitter's disk, so they are portable file names.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use proto::Digest;
@@ -29,10 +30,24 @@ fn check_blob(blob: Option<&OciBlob>, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Outputs one task may report: every submitter downloads all of them into one directory.
+const MAX_OUTPUTS: usize = 1024;
+
 pub fn check_result(result: &TaskResult) -> Result<()> {
+    if result.outputs.len() > MAX_OUTPUTS {
+        return Err(invalid(format!(
+            "{} outputs reported; a task has at most {MAX_OUTPUTS}",
+            result.outputs.len()
+        )));
+    }
+    let mut names = HashSet::with_capacity(result.outputs.len());
     for output in &result.outputs {
         Digest::from_wire(output.digest.as_ref())?;
         proto::platform::check_output_name(&output.name).map_err(invalid)?;
+        // Two files of one name would overwrite each other on the submitter's disk.
+        if !names.insert(output.name.as_str()) {
+            return Err(invalid(format!("output {:?} is reported twice", output.name)));
+        }
     }
     if let Some(image) = &result.image {
         check_blob(image.manifest.as_ref(), "the image manifest")?;
