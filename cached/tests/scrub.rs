@@ -29,16 +29,23 @@ async fn read_back(clients: &Clients, digest: Digest) -> Vec<u8> {
     clients.read(digest, 0, 0, Compression::Zstd).await.unwrap()
 }
 
-#[tokio::test]
-async fn a_blob_that_rotted_at_rest_is_scrubbed_away_and_stored_again_whole() {
-    let dir = tempfile::tempdir().unwrap();
+/// A store in `dir` with a blob whose first frame rotted on disk, and a sound one: each's
+/// bytes and digest.
+async fn rotten_and_sound(dir: &Path) -> ((Vec<u8>, Digest), (Vec<u8>, Digest)) {
     let rotten = noise(2 * FRAME_SIZE + 100, 7);
     let sound = noise(FRAME_SIZE / 2, 8);
-    let server = Server::start(dir.path(), &[]).await;
+    let server = Server::start(dir, &[]).await;
     let clients = server.clients().await;
     let (rotten_digest, sound_digest) = (clients.write(&rotten).await, clients.write(&sound).await);
     server.stop().await;
-    rot_first_frame(dir.path());
+    rot_first_frame(dir);
+    ((rotten, rotten_digest), (sound, sound_digest))
+}
+
+#[tokio::test]
+async fn a_blob_that_rotted_at_rest_is_scrubbed_away_and_stored_again_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let ((rotten, rotten_digest), (sound, sound_digest)) = rotten_and_sound(dir.path()).await;
 
     // Without a scrub (the embedded default) the rot stays, whatever is uploaded.
     let server = Server::start(dir.path(), &[]).await;
@@ -69,13 +76,7 @@ async fn a_blob_that_rotted_at_rest_is_scrubbed_away_and_stored_again_whole() {
 #[tokio::test]
 async fn a_reader_that_finds_rot_has_cached_recheck_and_remove_the_blob_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let rotten = noise(2 * FRAME_SIZE + 100, 7);
-    let sound = noise(FRAME_SIZE / 2, 8);
-    let server = Server::start(dir.path(), &[]).await;
-    let clients = server.clients().await;
-    let (rotten_digest, sound_digest) = (clients.write(&rotten).await, clients.write(&sound).await);
-    server.stop().await;
-    rot_first_frame(dir.path());
+    let ((rotten, rotten_digest), (sound, sound_digest)) = rotten_and_sound(dir.path()).await;
 
     // No scrub runs (the embedded default): only the reader's report can find the rot.
     let server = Server::start(dir.path(), &[]).await;

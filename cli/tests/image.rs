@@ -702,30 +702,45 @@ async fn layers_are_cached_in_cached_and_never_rebuilt_or_reuploaded() {
     server.stop().await.unwrap();
 }
 
+/// `cachectl image --name hello` of `binary` for linux/amd64 in `namespace`, written to
+/// `layout`; its JSON report.
+fn image_in(url: &str, namespace: &str, binary: &Path, layout: &Path) -> Value {
+    let platform = format!("linux/amd64={}", binary.display());
+    let args = ["--server", url, "image", "--json", "--namespace", namespace, "--name", "hello"];
+    let output = Command::new(CACHECTL)
+        .args(args)
+        .args(["--oci-layout", s(layout), "--platform", &platform])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice::<Value>(&output.stdout).unwrap()
+}
+
+/// The layer cache key of `binary` as `image_in` builds it.
+fn hello_layer_key(binary: &Path) -> [u8; 32] {
+    let options = cached_oci::layer::LayerOptions {
+        path: "/app/hello".into(),
+        uid: 0,
+        gid: 0,
+        mode: 0o755,
+        mtime: 0,
+        compression: cached_oci::Compression::Gzip,
+    };
+    cached_oci::cache::layer_key(&cached_client::transfer::hash_file(binary).unwrap(), &options)
+}
+
 /// Layer records are kept per namespace: whoever may write `pr-1`'s action cache cannot choose
 /// the layer `main`'s image gets. (With one namespace for every caller's records, the forged
 /// record below was what `main` got.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_layer_record_written_in_one_namespace_is_never_used_in_another() {
-    use cached_oci::Compression;
-    use cached_oci::cache::layer_key;
-    use cached_oci::layer::LayerOptions;
     let fixture = fixture();
     let dir = tempfile::tempdir().unwrap();
     let server =
         cached::embedded::Embedded::start(&dir.path().join("data"), &[]).await.expect("cached starts");
     let url = server.url();
     let image_in = |namespace: &str, binary: &Path, name: &str| {
-        let layout = dir.path().join(name);
-        let platform = format!("linux/amd64={}", binary.display());
-        let args = ["--server", &url, "image", "--json", "--namespace", namespace, "--name", "hello"];
-        let output = Command::new(CACHECTL)
-            .args(args)
-            .args(["--oci-layout", s(&layout), "--platform", &platform])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+        image_in(&url, namespace, binary, &dir.path().join(name))
     };
     let (wanted, other) = (fixture.path("linux/amd64"), fixture.path("linux/arm64"));
     let honest = image_in("main", wanted, "honest");
@@ -734,17 +749,9 @@ async fn a_layer_record_written_in_one_namespace_is_never_used_in_another() {
     image_in("pr-1", other, "other");
     let client = cached_client::Client::connect(&url, &Default::default()).await.unwrap();
     let forger = cached_oci::LayerCache::new(client, "pr-1");
-    let options = LayerOptions {
-        path: "/app/hello".into(),
-        uid: 0,
-        gid: 0,
-        mode: 0o755,
-        mtime: 0,
-        compression: Compression::Gzip,
-    };
-    let key_of = |binary: &Path| layer_key(&cached_client::transfer::hash_file(binary).unwrap(), &options);
-    let forged = forger.lookup(&[key_of(other)]).await.unwrap()[0].clone().expect("pr-1 cached its layer");
-    forger.store(key_of(wanted), &forged, Path::new("/nonexistent")).await.unwrap();
+    let forged =
+        forger.lookup(&[hello_layer_key(other)]).await.unwrap()[0].clone().expect("pr-1 cached its layer");
+    forger.store(hello_layer_key(wanted), &forged, Path::new("/nonexistent")).await.unwrap();
     let in_pr = image_in("pr-1", wanted, "pr-1");
     assert_eq!(in_pr["images"][0]["layer_cached"], true, "the forged record is pr-1's own: {in_pr}");
     assert_ne!(in_pr["index"], honest["index"]);
@@ -760,9 +767,6 @@ async fn a_layer_record_written_in_one_namespace_is_never_used_in_another() {
 /// writer of the namespace can make one) is a miss, and the blob is never fetched.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_entry_naming_a_huge_record_is_a_miss_and_never_fetched() {
-    use cached_oci::Compression;
-    use cached_oci::cache::layer_key;
-    use cached_oci::layer::LayerOptions;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fixture = fixture();
     let dir = tempfile::tempdir().unwrap();
@@ -792,16 +796,8 @@ async fn an_entry_naming_a_huge_record_is_a_miss_and_never_fetched() {
         .collect();
     let digest =
         cached_client::transfer::upload_files(&client, &[write_temp(dir.path(), &huge)], 1).await.unwrap()[0];
-    let options = LayerOptions {
-        path: "/app/hello".into(),
-        uid: 0,
-        gid: 0,
-        mode: 0o755,
-        mtime: 0,
-        compression: Compression::Gzip,
-    };
     let binary = fixture.path("linux/amd64");
-    let key = layer_key(&cached_client::transfer::hash_file(binary).unwrap(), &options);
+    let key = hello_layer_key(binary);
     let entry = proto::v1::GoEntry {
         output_id: cached_oci::Sha256::of(&huge).0.to_vec().into(),
         size: digest.size,
@@ -816,16 +812,7 @@ async fn an_entry_naming_a_huge_record_is_a_miss_and_never_fetched() {
     client.go.clone().put(put).await.unwrap();
 
     let before = store_reads().await;
-    let layout = dir.path().join("layout");
-    let platform = format!("linux/amd64={}", binary.display());
-    let args = ["--server", &url, "image", "--json", "--namespace", "main", "--name", "hello"];
-    let output = Command::new(CACHECTL)
-        .args(args)
-        .args(["--oci-layout", s(&layout), "--platform", &platform])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = image_in(&url, "main", binary, &dir.path().join("layout"));
     assert_eq!(report["images"][0]["layer_cached"], false, "{report}");
     let read = store_reads().await - before;
     assert!(read < 1 << 20, "the image build read {read} bytes from the store: it fetched the huge record");
