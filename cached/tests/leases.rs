@@ -390,6 +390,61 @@ async fn a_second_registration_cannot_take_over_an_agent_identity() {
     server.stop().await;
 }
 
+/// An agent that went away still holds its leases until they expire: another team's worker
+/// token cannot take its name meanwhile (and with it the leases' aborts, their expulsion, and
+/// the agent's own restart), while the agent's own token may reconnect at once.
+#[tokio::test]
+async fn a_gone_agents_name_is_not_taken_by_a_token_that_may_not_build_its_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]).await;
+    gone_agents_name_stays_its_tokens(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_gone_agents_name_is_not_taken_by_a_token_that_may_not_build_its_leases_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let server = start(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    gone_agents_name_stays_its_tokens(&server).await;
+    server.stop().await;
+}
+
+async fn gone_agents_name_stays_its_tokens(server: &Server) {
+    let mut jobs = jobs(server, "submitter").await;
+    let mut builder = Agent::register(server, "agent-main", info("builder-a1", 1, &[1; 16])).await.unwrap();
+    submit(&mut jobs, spec("main/app", &["linux/amd64"])).await;
+    builder.task().await;
+    drop(builder);
+
+    // The pr agents' token registers under the name once its session is gone: refused while
+    // the lease it held in main/app lives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let taken = Agent::register(server, "agent-pr", info("builder-a1", 1, &[2; 16])).await;
+        match taken {
+            Err(status) if status.message().contains("still holds leases") => break status,
+            Err(_) if std::time::Instant::now() < deadline => {
+                // The first session is still being noticed as gone.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => {
+                panic!("another team's token took the name of an agent holding leases: {:?}", other.err())
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("main/app") && refused.message().contains("agent-pr"), "{refused:?}");
+    // Its own token is welcome back (a restart: a new instance), once the old session is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(status) = Agent::register(server, "agent-main", info("builder-a1", 1, &[3; 16])).await {
+        assert!(!status.message().contains("still holds leases"), "its own token was refused: {status:?}");
+        assert!(std::time::Instant::now() < deadline, "its own token was refused: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn go_put(go: &mut GoCacheClient<Authed>, ns: &str, blob: &[u8]) -> Result<(), Status> {
     let digest = Digest::of(blob);
     let entry = v1::GoEntry {

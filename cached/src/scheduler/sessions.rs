@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use proto::v1::{AgentInfo, Heartbeat, LeaseResponse, Registered, TaskState, lease_response};
+use proto::v1::{AgentInfo, Heartbeat, LeaseResponse, Registered, TaskState, TaskStatus, lease_response};
 use tonic::Status;
 
 use super::dispatch::Scope;
@@ -35,6 +35,14 @@ impl Scheduler {
     /// token and the same `instance`.
     pub fn register(&self, info: AgentInfo, grant: Arc<Grant>) -> Result<Session> {
         let mut state = self.lock();
+        let now = now_ms();
+        let held = state.jobs.values().flat_map(|job| {
+            job.tasks
+                .iter()
+                .filter(|task| is_live_lease_of(task, &info.agent_id, now))
+                .map(move |_| job_namespace(job))
+        });
+        check_held_leases(&info.agent_id, &grant, held)?;
         let session = admit(&mut state.workers, info, grant, &self.settings)?;
         self.dispatch(&mut state, Scope::All);
         Ok(session)
@@ -111,6 +119,36 @@ impl Scheduler {
             self.dispatch(&mut state, Scope::All);
         }
         Ok(())
+    }
+}
+
+fn is_live_lease_of(task: &TaskStatus, agent_id: &str, now: i64) -> bool {
+    task.state == TaskState::Leased as i32 && task.agent == agent_id && task.lease_until_unix_ms >= now
+}
+
+/// Refuses to register `agent_id` under `grant` while that id holds live leases in a namespace
+/// `grant` may not build: the leases of an agent that just went away would otherwise be
+/// reported, aborted and expelled through whoever takes its name next, and its own restart
+/// refused (`held`: the namespaces of those leases).
+pub(super) fn check_held_leases<'a>(
+    agent_id: &str,
+    grant: &Grant,
+    mut held: impl Iterator<Item = &'a str>,
+) -> Result<()> {
+    match held.find(|namespace| !grant.allows_namespace(namespace)) {
+        None => Ok(()),
+        Some(namespace) => {
+            tracing::warn!(
+                target: "audit", agent = %agent_id, token = %grant.token, namespace,
+                "registration under an agent id holding another token's leases refused"
+            );
+            Err(Error::PermissionDenied(format!(
+                "agent id `{agent_id}` still holds leases in namespace `{namespace}`, which token \
+                 `{}` may not build: it is another agent's. Give each runner agent its own --name; \
+                 the id is free once those leases end (within lease_timeout)",
+                grant.token
+            )))
+        }
     }
 }
 

@@ -400,6 +400,16 @@ impl SchedulerBackend for PgScheduler {
     }
 
     async fn register(&self, info: AgentInfo, grant: Arc<Grant>) -> Result<Session> {
+        let client = self.db.client().await?;
+        let held = client
+            .query(
+                "SELECT DISTINCT jobs.namespace FROM tasks JOIN jobs USING (job_id) \
+                 WHERE tasks.state = 2 AND tasks.agent = $1 AND tasks.lease_until_ms >= $2",
+                &[&info.agent_id, &super::now_ms()],
+            )
+            .await?;
+        let namespaces: Vec<String> = held.iter().map(|row| row.get(0)).collect();
+        super::sessions::check_held_leases(&info.agent_id, &grant, namespaces.iter().map(String::as_str))?;
         let session = super::sessions::admit(&mut self.workers(), info, grant, &self.settings)?;
         self.work.notify_one();
         Ok(session)
