@@ -65,9 +65,14 @@ struct Agent {
 
 impl Agent {
     fn register(scheduler: &Scheduler, id: &str, capacity: u32, grant: Arc<Grant>) -> Self {
+        Self::try_register(scheduler, id, capacity, grant).unwrap()
+    }
+
+    /// `None` when the scheduler refuses the id to `grant` (it holds leases `grant` may not build).
+    fn try_register(scheduler: &Scheduler, id: &str, capacity: u32, grant: Arc<Grant>) -> Option<Self> {
         let info = AgentInfo { agent_id: id.to_owned(), capacity, ..AgentInfo::default() };
-        let session = scheduler.register(info, Arc::clone(&grant)).unwrap();
-        Self { session: session.id, grant, replies: Box::pin(session.receiver.into_stream()) }
+        let session = scheduler.register(info, Arc::clone(&grant)).ok()?;
+        Some(Self { session: session.id, grant, replies: Box::pin(session.receiver.into_stream()) })
     }
 
     /// The leases it was sent since the last call.
@@ -126,8 +131,13 @@ fn the_queue_index_equals_a_rebuild_after_any_sequence_of_changes() {
                     let agent = agents.remove(at);
                     scheduler.unregister(agent.session);
                 }
-                agents.push(Agent::register(&scheduler, &id, 1 + rng.below(3) as u32, grant));
-                "register"
+                match Agent::try_register(&scheduler, &id, 1 + rng.below(3) as u32, grant) {
+                    Some(agent) => {
+                        agents.push(agent);
+                        "register"
+                    }
+                    None => "register refused",
+                }
             }
             4 | 5 if !held.is_empty() => {
                 let (token, grant) = held.swap_remove(rng.below(held.len()));
