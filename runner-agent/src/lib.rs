@@ -21,6 +21,7 @@ pub mod sandbox;
 pub mod startup;
 pub mod task;
 pub mod taskdir;
+mod trouble;
 pub mod workspace;
 
 /// Errors of one task, split by whether another attempt could succeed.
