@@ -5,7 +5,7 @@
 //! its OutputID, the go command's own name for the bytes. Every call has a deadline,
 //! and no failure here is ever the build's failure: it is a miss, or an upload not made.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use proto::v1;
 use proto::{ActionId, Digest, FRAME_SIZE, OutputId};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::breaker::Breaker;
 use super::counters::{Counters, add};
@@ -78,8 +78,8 @@ pub struct RemoteTier {
     counters: Arc<Counters>,
     /// Set once cached refuses our writes (a read-only token): reads go on, uploads stop.
     uploads_refused: AtomicBool,
-    /// Blobs reported to cached as corrupt this session.
-    reported: Mutex<HashSet<Digest>>,
+    /// Blobs reported to cached as corrupt this session, each with whether its recheck is over.
+    reported: Mutex<HashMap<Digest, watch::Receiver<bool>>>,
 }
 
 impl RemoteTier {
@@ -179,14 +179,18 @@ impl RemoteTier {
             return;
         }
         let mut reported = self.reported.lock().unwrap_or_else(|poison| poison.into_inner());
-        if reported.len() >= MAX_REPORTS || !reported.insert(digest) {
+        if reported.len() >= MAX_REPORTS || reported.contains_key(&digest) {
             return;
         }
+        let (over, recheck_over) = watch::channel(false);
+        reported.insert(digest, recheck_over);
         let client = self.bulk.clone();
         // Detached: once the report reaches cached, its recheck runs through even if this
         // session ends first.
         drop(cached_client::task::spawn("recheck-report", async move {
-            match recheck::recheck(&client, digest).await {
+            let rechecked = recheck::recheck(&client, digest).await;
+            let _ = over.send(true);
+            match rechecked {
                 Ok(outcome) => {
                     tracing::warn!(%digest, ?outcome, "a body from cached was corrupt; cached rechecked its copy")
                 }
@@ -427,8 +431,22 @@ impl RemoteTier {
         }
     }
 
+    /// Waits until cached has rechecked any of `digests` this session reported as corrupt: the
+    /// go command builds such a body again, and its upload would be dropped as already present
+    /// while the rotten copy is still there, leaving the entry pointing at a blob about to go.
+    async fn rechecks_done(&self, digests: impl Iterator<Item = Digest>) {
+        let pending: Vec<watch::Receiver<bool>> = {
+            let reported = self.reported.lock().unwrap_or_else(|poison| poison.into_inner());
+            digests.filter_map(|digest| reported.get(&digest).cloned()).collect()
+        };
+        for mut over in pending {
+            let _ = over.wait_for(|over| *over).await;
+        }
+    }
+
     /// Returns the bytes sent.
     async fn try_upload(&self, uploads: &[Upload]) -> Result<u64, RemoteError> {
+        self.rechecks_done(uploads.iter().map(|upload| upload.digest)).await;
         let (small, large): (Vec<&Upload>, Vec<&Upload>) =
             uploads.iter().partition(|u| u.digest.size <= FRAME_SIZE as u64);
         let mut sent = 0;
