@@ -179,8 +179,10 @@ async fn submit_refuses_values_that_run_programs_or_touch_files_on_agents() {
     server.stop().await;
 }
 
-/// An agent that leases the job's one task over the Workers stream.
-async fn lease_one(server: &Server) -> (v1::TaskLease, mpsc::Sender<LeaseRequest>) {
+/// A linux/amd64 agent registered over a Workers stream: its replies, and what sends to it.
+async fn register_agent(
+    server: &Server,
+) -> (tonic::Streaming<v1::LeaseResponse>, mpsc::Sender<LeaseRequest>) {
     let (sender, receiver) = mpsc::channel(4);
     let info = AgentInfo {
         agent_id: "agent-1".into(),
@@ -193,8 +195,13 @@ async fn lease_one(server: &Server) -> (v1::TaskLease, mpsc::Sender<LeaseRequest
     };
     sender.send(LeaseRequest { kind: Some(lease_request::Kind::Register(info)) }).await.unwrap();
     let mut workers = WorkersClient::new(channel(server).await);
-    let mut replies =
-        workers.lease(authorized(ReceiverStream::new(receiver), AGENT)).await.unwrap().into_inner();
+    let replies = workers.lease(authorized(ReceiverStream::new(receiver), AGENT)).await.unwrap().into_inner();
+    (replies, sender)
+}
+
+/// An agent that leases the job's one task over the Workers stream.
+async fn lease_one(server: &Server) -> (v1::TaskLease, mpsc::Sender<LeaseRequest>) {
+    let (mut replies, sender) = register_agent(server).await;
     loop {
         let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
             .await
@@ -286,20 +293,7 @@ async fn upload(server: &Server, blobs: &[&[u8]]) {
 
 /// Agent leases as they come, over one Workers stream.
 async fn lease_stream(server: &Server) -> (mpsc::Receiver<v1::TaskLease>, mpsc::Sender<LeaseRequest>) {
-    let (sender, receiver) = mpsc::channel(4);
-    let info = AgentInfo {
-        agent_id: "agent-1".into(),
-        go_version: "go1.26.8".into(),
-        host_goos: "linux".into(),
-        host_goarch: "amd64".into(),
-        capacity: 1,
-        version: "test".into(),
-        ..Default::default()
-    };
-    sender.send(LeaseRequest { kind: Some(lease_request::Kind::Register(info)) }).await.unwrap();
-    let mut workers = WorkersClient::new(channel(server).await);
-    let mut replies =
-        workers.lease(authorized(ReceiverStream::new(receiver), AGENT)).await.unwrap().into_inner();
+    let (mut replies, sender) = register_agent(server).await;
     let (leases, leased) = mpsc::channel(4);
     cached::task::spawn("lease stream", async move {
         while let Some(Ok(reply)) = replies.next().await {
