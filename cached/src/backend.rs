@@ -33,8 +33,8 @@ pub struct Backends {
 
 impl Backends {
     /// Opens (or creates) the RocksDB database at `data_dir` with every store on it, discarding
-    /// uploads a crash cut off. Blocking.
-    pub fn open_rocksdb(data_dir: &Path, budget: Budget) -> Result<Self> {
+    /// uploads a crash cut off, keeping about `max_go_entries` Go entries. Blocking.
+    pub fn open_rocksdb(data_dir: &Path, budget: Budget, max_go_entries: u64) -> Result<Self> {
         let db = crate::db::open(data_dir)?;
         let blobs = RocksStore::open(Arc::clone(&db), budget)?;
         Ok(Self {
@@ -43,7 +43,7 @@ impl Backends {
             blobs,
             shared: None,
             purges: None,
-            go_entries: Arc::new(RocksGoEntries::new(Arc::clone(&db))),
+            go_entries: Arc::new(RocksGoEntries::open(Arc::clone(&db), max_go_entries)?),
             build_records: Arc::new(RocksBuildRecords::new(Arc::clone(&db))),
             registry: Arc::new(RocksRegistry::new(Arc::clone(&db))),
             jobs: Arc::new(RocksJobs::new(db)),

@@ -22,6 +22,9 @@ pub struct Setting {
 const MIN_FREE_SPACE_FLOOR: u64 = 64 << 20;
 /// The least `max_build_history`: a few of the largest events.
 const MIN_BUILD_HISTORY: u64 = 64 << 10;
+/// `max_go_entries` by default: one per 4 KiB of `max_size`, many more than the blobs of a
+/// Go cache (most are larger), in a few percent of its disk (an entry takes 200-700 bytes).
+const MAX_SIZE_PER_GO_ENTRY: u64 = 4 << 10;
 
 pub const SETTINGS: &[Setting] = &[
     Setting { key: "listen", help: "gRPC address to listen on", default: "127.0.0.1:7070" },
@@ -41,6 +44,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "free space kept on the data directory's disk: below it uploads are refused and least \
                recently used blobs evicted (0 = off)",
         default: "1GiB",
+    },
+    Setting {
+        key: "max_go_entries",
+        help: "Go action entries kept, all namespaces together; beyond it the oldest puts are \
+               forgotten [default: max_size / 4KiB]",
+        default: "",
     },
     Setting {
         key: "max_build_history",
@@ -304,6 +313,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub max_size: u64,
     pub min_free_space: u64,
+    /// Go entries kept (all namespaces); beyond it the oldest puts are forgotten.
+    pub max_go_entries: u64,
     pub max_build_history: u64,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -476,6 +487,10 @@ impl Config {
             })?,
             max_size,
             min_free_space: get("min_free_space").size()?,
+            max_go_entries: match get("max_go_entries").value.trim() {
+                "" => max_size / MAX_SIZE_PER_GO_ENTRY,
+                _ => get("max_go_entries").count()?,
+            },
             max_build_history: get("max_build_history").size()?,
             log_format: get("log_format").parse_with(|v| match v {
                 "text" => Ok(LogFormat::Text),
@@ -1008,6 +1023,17 @@ mod tests {
         let env = |name: &str| (name == "CACHED_MAX_BLOB_SIZE").then(|| "lots".to_owned());
         let err = Config::load(&flags, None, &env).unwrap_err().to_string();
         assert!(err.contains("CACHED_MAX_BLOB_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn max_go_entries_follows_max_size_unless_set() {
+        let flags = BTreeMap::from([("max_size".to_owned(), "20GiB".to_owned())]);
+        assert_eq!(Config::load(&flags, None, &no_env).unwrap().max_go_entries, 5 << 20);
+        let env = |name: &str| (name == "CACHED_MAX_GO_ENTRIES").then(|| "100".to_owned());
+        assert_eq!(Config::load(&flags, None, &env).unwrap().max_go_entries, 100);
+        let env = |name: &str| (name == "CACHED_MAX_GO_ENTRIES").then(|| "0".to_owned());
+        let err = Config::load(&flags, None, &env).unwrap_err().to_string();
+        assert!(err.contains("CACHED_MAX_GO_ENTRIES") && err.contains("at least 1"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub const CF_LRU: &str = "lru";
 pub const CF_PENDING: &str = "pending";
 /// Go action entries: namespace + 0x00 + ActionID → entry.
 pub const CF_GO_ACTIONS: &str = "go_actions";
+/// Go entries in the order they were put, oldest first, for forgetting the oldest beyond
+/// `max_go_entries`: sequence (u64 BE) + namespace + 0x00 + ActionID → the entry put.
+pub const CF_GO_ORDER: &str = "go_order";
 /// Store-wide totals, written in the same batches that change them.
 pub const CF_COUNTERS: &str = "counters";
 /// Remote execution jobs: job id → the job's record (spec, tasks, leases), a format version
@@ -50,6 +53,7 @@ const ALL_CFS: &[&str] = &[
     CF_LRU,
     CF_PENDING,
     CF_GO_ACTIONS,
+    CF_GO_ORDER,
     CF_COUNTERS,
     CF_JOBS,
     CF_BUILD_ENTRIES,
@@ -119,6 +123,12 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
         options.set_max_write_buffer_number(2);
         options.set_target_file_size_base(8 << 20);
     } else {
+        if name == CF_GO_ORDER {
+            // A queue: rows are deleted from its front as fast as they are added at its end.
+            // Files thick with deletions are compacted early, so a walk from the front does
+            // not step over every deleted row.
+            options.add_compact_on_deletion_collector_factory(16 << 10, 8 << 10, 0.5);
+        }
         options.set_compression_type(DBCompressionType::Lz4);
         options.set_write_buffer_size(META_MEMTABLE_BYTES);
         options.set_max_write_buffer_number(2);

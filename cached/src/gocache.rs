@@ -7,6 +7,14 @@
 //! refusals count toward the readers' circuit breakers. That check is a lookup: the store
 //! records every blob's SHA-256 while it verifies the upload, so a Put never reads a blob.
 //!
+//! Entries point at blobs but are not blobs: eviction under `max_size` never takes one whose
+//! blob stays, and a writer (a pull request's CI token in its namespace, a job's lease) may
+//! record entries without end, a few hundred bytes each, all pointing at one blob it keeps
+//! stored. So they have a bound of their own, `max_go_entries`, all namespaces together:
+//! beyond it the oldest puts are forgotten (by each Put past it, and by housekeeping), never
+//! a new one refused. A writer that floods the action cache pushes out the oldest entries,
+//! as an upload pushes out the least recently used blobs; it cannot fill the disk.
+//!
 //! A stored entry is synced before Put answers (RocksDB groups concurrent synced writes into
 //! one WAL sync). Its blob was committed earlier in the same WAL, so the sync makes the blob
 //! durable too: after a power cut an entry never survives without its blob. A blob can still
@@ -109,7 +117,22 @@ pub trait GoEntryStore: Send + Sync + 'static {
 
     /// Removes every entry of `namespace`; returns about how many there were.
     fn purge_namespace(&self, namespace: &str) -> Result<u64>;
+
+    /// What counts against the store's bound: at least the entries it holds (puts since
+    /// removed or put again may count until they are forgotten).
+    fn count(&self) -> u64;
+
+    /// Forgets the oldest puts beyond the store's bound, at most `limit` of them; returns how
+    /// many entries went. Returns at once when another call is forgetting.
+    fn forget_oldest(&self, limit: usize) -> Result<u64>;
 }
+
+/// Oldest puts a Put or a lookup forgets beyond the bound before it answers: more than the one
+/// it added, so the count comes back to the bound even after housekeeping skipped a round.
+const FORGET_PER_CALL: usize = 64;
+/// Oldest puts housekeeping forgets per round: a few seconds of work at most, however far a
+/// lowered `max_go_entries` left the count above it.
+pub const FORGET_PER_ROUND: usize = 1_000_000;
 
 /// A slice of stored entries: each readable one with its position, how many were looked at,
 /// and the position of the last one.
@@ -158,16 +181,36 @@ impl GoCache {
         crate::task::spawn_blocking("go cache get", move || {
             let counters = this.stats.namespace(&namespace);
             let mut budget = inline_budget;
-            ids.iter()
+            let hits = ids
+                .iter()
                 .map(|id| {
                     let hit = this.lookup(&namespace, id, &mut budget)?;
                     let counter = if hit.is_some() { &counters.go_hits } else { &counters.go_misses };
                     counter.fetch_add(1, Ordering::Relaxed);
                     Ok(hit)
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>();
+            // With a shared tier, a lookup copies the entries it finds in the bucket.
+            this.forget_after_call();
+            hits
         })
         .await?
+    }
+
+    /// What a call that may have added entries forgets: a few of the oldest beyond the bound.
+    /// That is upkeep: its failure is logged, never the call's.
+    fn forget_after_call(&self) {
+        if let Err(err) = self.forget_oldest(FORGET_PER_CALL) {
+            tracing::warn!(error = %err, "forgetting the oldest Go entries failed");
+        }
+    }
+
+    /// Forgets the oldest entries beyond `max_go_entries`, at most `limit`; how many went.
+    pub fn forget_oldest(&self, limit: usize) -> Result<u64> {
+        let forgotten = self.entries.forget_oldest(limit)?;
+        self.stats.go_entries_forgotten.fetch_add(forgotten, Ordering::Relaxed);
+        self.stats.go_entries.store(self.entries.count(), Ordering::Relaxed);
+        Ok(forgotten)
     }
 
     fn lookup(
@@ -213,11 +256,12 @@ impl GoCache {
                     entry.digest, entry.output_id
                 )));
             }
-            // A writer (a job's lease, in its namespace) may record entries without end, each
-            // pointing at a blob it keeps stored: they must not fill the disk RocksDB needs.
+            // The entries are bounded, but RocksDB's WAL and memtables behind them are written
+            // first: not below the floor RocksDB needs.
             this.space.recheck()?;
             this.entries.put_synced(&namespace, &action_id, &entry)?;
             this.stats.namespace(&namespace).go_puts.fetch_add(1, Ordering::Relaxed);
+            this.forget_after_call();
             Ok(())
         })
         .await?
@@ -272,8 +316,8 @@ mod tests {
         writer.record_sha256([0; 32]);
         writer.commit().unwrap();
         let space = Arc::new(FreeSpace::new(dir.path().to_owned(), 0));
-        let cache =
-            GoCache::new(Arc::new(RocksGoEntries::new(Arc::clone(&db))), store, Arc::clone(&stats), space);
+        let entries = RocksGoEntries::open(Arc::clone(&db), u64::MAX).unwrap();
+        let cache = GoCache::new(Arc::new(entries), store, Arc::clone(&stats), space);
         for (action, body) in [(1u8, &b"gone"[..]), (2, b""), (3, b"gone too")] {
             let entry =
                 GoEntry { output_id: OutputId([0; 32]), digest: Digest::of(body), time_unix_nanos: 1 };

@@ -194,6 +194,7 @@ fn check_exposure(config: &Config, listen: SocketAddr) -> Result<()> {
 async fn open_records(config: &Config) -> Result<(Backends, Arc<dyn SchedulerBackend>)> {
     let data_dir = config.data_dir.clone();
     let budget = rocks_budget(config);
+    let max_go_entries = config.max_go_entries;
     let scheduler_settings = config.scheduler.clone();
     let local = config.database.is_none();
     let shared = config
@@ -202,7 +203,7 @@ async fn open_records(config: &Config) -> Result<(Backends, Arc<dyn SchedulerBac
         .map(|settings| shared::Bucket::open(settings, tokio::runtime::Handle::current()))
         .transpose()?;
     let (mut backends, scheduler) = crate::task::spawn_blocking("open stores", move || -> Result<_> {
-        let mut backends = Backends::open_rocksdb(&data_dir, budget)?;
+        let mut backends = Backends::open_rocksdb(&data_dir, budget, max_go_entries)?;
         if let Some(bucket) = shared {
             backends = backends.with_shared_store(bucket);
         }

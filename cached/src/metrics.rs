@@ -314,6 +314,18 @@ impl Collector for StatsCollector {
             "Go entries removed because their blob was evicted",
             load(&self.stats.go_entries_dropped),
         )?;
+        counter(
+            &mut encoder,
+            "go_entries_forgotten",
+            "Go entries forgotten, oldest first, to stay within max_go_entries",
+            load(&self.stats.go_entries_forgotten),
+        )?;
+        gauge(
+            &mut encoder,
+            "go_entries",
+            "Go entries counted against max_go_entries (puts since removed count until forgotten)",
+            load(&self.stats.go_entries),
+        )?;
         encode_builds(&mut encoder, &self.stats.builds)?;
         if let Some((_, shared)) = self.stats.shared_store.get() {
             encode_shared_store(&mut encoder, &shared.snapshot())?;

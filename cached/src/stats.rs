@@ -70,6 +70,10 @@ pub struct Stats {
     namespaces: DashMap<String, Arc<NamespaceCounters>>,
     /// Go action entries dropped because their blob had been evicted.
     pub go_entries_dropped: AtomicU64,
+    /// Go action entries forgotten, oldest first, beyond `max_go_entries`.
+    pub go_entries_forgotten: AtomicU64,
+    /// Go action entries counted against `max_go_entries`, as of the last put or round.
+    pub go_entries: AtomicU64,
     /// Whole-build lookups, misses by cause and records, for `/metrics`.
     pub builds: Arc<crate::builds::BuildCounters>,
     /// The shared tier's URL and counters, once it is configured.
@@ -83,6 +87,8 @@ impl Default for Stats {
             apis: DashMap::new(),
             namespaces: DashMap::new(),
             go_entries_dropped: AtomicU64::new(0),
+            go_entries_forgotten: AtomicU64::new(0),
+            go_entries: AtomicU64::new(0),
             builds: Arc::default(),
             shared_store: std::sync::OnceLock::new(),
         }

@@ -85,3 +85,66 @@ async fn below_the_free_space_floor_no_entry_is_stored() {
     assert!(server.clients().await.go.get(get).await.unwrap().into_inner().entry.is_none());
     server.stop().await;
 }
+
+/// Entries are not blobs: eviction under `max_size` never takes one whose blob stays, so a
+/// writer (a pull request's token in its own namespace) could once record entries without end,
+/// all pointing at one blob, until the disk reached its floor and every tenant's writes were
+/// refused. They are bounded now: beyond `max_go_entries` the oldest puts are forgotten, and
+/// what was recorded last, by anyone, is still a hit.
+#[tokio::test]
+async fn a_flood_of_entries_for_one_blob_forgets_the_oldest_and_keeps_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("max_go_entries", "100")]).await;
+    let clients = server.clients().await;
+    let body = noise(512, 11);
+    let digest = clients.write(&body).await;
+    let entry = v1::GoEntry {
+        output_id: Sha256::digest(&body).to_vec().into(),
+        size: digest.size,
+        digest: Some(digest.to_wire()),
+        time_unix_nanos: 1,
+    };
+    let action = |n: u32| -> bytes::Bytes {
+        let mut id = vec![0; 32];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        id.into()
+    };
+    let put = |namespace: &str, n: u32| {
+        let request = v1::GoPutRequest {
+            namespace: namespace.into(),
+            action_id: action(n),
+            entry: Some(entry.clone()),
+        };
+        let mut go = clients.go.clone();
+        async move { go.put(request).await.expect("put") }
+    };
+
+    // The flood: 1000 entries, 32 puts at a time, all for the one blob.
+    const FLOOD: u32 = 1000;
+    for chunk in (0..FLOOD).collect::<Vec<_>>().chunks(32) {
+        futures::future::join_all(chunk.iter().map(|n| put("pr-1", *n))).await;
+    }
+    // Someone else's build records an entry after it.
+    put("main", 7).await;
+
+    let request =
+        v1::GoGetManyRequest { namespace: "pr-1".into(), action_ids: (0..FLOOD).map(action).collect() };
+    let results = clients.go.clone().get_many(request).await.unwrap().into_inner().results;
+    let hits: Vec<bool> = results.iter().map(|result| result.entry.is_some()).collect();
+    let kept = hits.iter().filter(|hit| **hit).count();
+    assert!(kept < 100, "{kept} of the flood's {FLOOD} entries are still stored, with max_go_entries 100");
+    assert!(hits[FLOOD as usize - 50..].iter().all(|hit| *hit), "the flood's newest entries were forgotten");
+    assert!(!hits[0], "the flood's oldest entry is still stored");
+    let get = v1::GoGetRequest { namespace: "main".into(), action_id: action(7) };
+    let hit = clients.go.clone().get(get).await.unwrap().into_inner();
+    assert!(hit.entry.is_some(), "an entry recorded after the flood was forgotten");
+
+    let metrics = server.metrics().await;
+    let value = |name: &str| -> u64 {
+        let line = metrics.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("cached_go_entries ") <= 100, "{metrics}");
+    assert!(value("cached_go_entries_forgotten_total") > u64::from(FLOOD) - 100, "{metrics}");
+    server.stop().await;
+}

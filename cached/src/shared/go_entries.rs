@@ -94,4 +94,13 @@ impl GoEntryStore for SharedGoEntries {
         self.bucket.mark_purged(namespace)?;
         Ok(shared.max(local))
     }
+
+    /// The local entries: `max_go_entries` bounds what this replica keeps, not the bucket.
+    fn count(&self) -> u64 {
+        self.local.count()
+    }
+
+    fn forget_oldest(&self, limit: usize) -> Result<u64> {
+        self.local.forget_oldest(limit)
+    }
 }

@@ -1,7 +1,8 @@
 //! Housekeeping: the store's periodic upkeep, off the request path. Reads note access times in
 //! memory and uploads only mark the high watermark crossed; this persists the one and evicts
 //! for the other, keeps the disk above its free-space floor, drops Go entries whose blob
-//! eviction took, and scrubs the next slice of stored blobs (`scrub_rate`).
+//! eviction took and forgets the oldest beyond `max_go_entries`, and scrubs the next slice of
+//! stored blobs (`scrub_rate`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +84,11 @@ fn round(
         Ok(0) => {}
         Ok(dropped) => tracing::info!(dropped, "dropped Go entries whose blob was evicted"),
         Err(err) => tracing::warn!(error = %err, "sweeping Go entries failed"),
+    }
+    match go_cache.forget_oldest(crate::gocache::FORGET_PER_ROUND) {
+        Ok(0) => {}
+        Ok(forgotten) => tracing::info!(forgotten, "forgot the oldest Go entries beyond max_go_entries"),
+        Err(err) => tracing::warn!(error = %err, "forgetting the oldest Go entries failed"),
     }
     if scrub > 0 {
         match store.scrub(scrub) {
