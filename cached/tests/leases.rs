@@ -1,7 +1,7 @@
 //! Workers act within their grant, against a live cached with tokens: a worker is leased only
 //! jobs in its token's namespaces; every lease carries a secret that Progress, heartbeats and
-//! Complete must present, bound to the token that holds it; an agent identity cannot be taken
-//! over by a second registration; the per-lease cache credential reaches exactly the job's
+//! Complete must present, bound to the token that holds it; an agent identity (token and name)
+//! cannot be taken over by a second registration; the per-lease cache credential reaches exactly the job's
 //! namespace while the lease is current; jobs and the lease stream are bounded; a huge job
 //! timeout cannot panic the scheduler.
 
@@ -271,7 +271,7 @@ async fn a_worker_is_leased_only_jobs_its_token_covers() {
     complete(&mut pr.workers, &pr_token).await.unwrap();
     let (done, _) = finish(&mut jobs, &pr_job).await;
     assert_eq!(done.state, JobState::Succeeded as i32);
-    assert_eq!(done.tasks[0].agent, "pr-agent");
+    assert_eq!(done.tasks[0].agent, "agent-pr/pr-agent", "the record names the token and the agent");
 
     // A namespace neither covers waits for an all-namespace worker.
     let job = submit(&mut jobs, spec("team/x", &["linux/amd64"])).await;
@@ -358,18 +358,14 @@ async fn a_second_registration_cannot_take_over_an_agent_identity() {
     let job = submit(&mut jobs, spec("pr-1", &["linux/amd64"])).await;
     let token = first.task().await.token.unwrap();
 
-    // The same agent id from another token, or from another process (another instance) under
-    // the same token, is refused while the first session lives.
-    let other_token = Agent::register(&server, "agent-other", first_info.clone()).await.err();
-    let other_token = other_token.expect("registration under another token is refused");
-    assert!(matches!(other_token.code(), Code::AlreadyExists | Code::PermissionDenied), "{other_token:?}");
-    assert!(other_token.message().contains("builder"), "{}", other_token.message());
+    // Another process (another instance) under the same token and name is refused while the
+    // first session lives. The same name under another token is another agent: admitted, it
+    // takes nothing over.
     let other_process = Agent::register(&server, "agent-any", info("builder", 1, &[2; 16])).await.err();
     let other_process = other_process.expect("registration from another instance is refused");
-    assert!(
-        matches!(other_process.code(), Code::AlreadyExists | Code::PermissionDenied),
-        "{other_process:?}"
-    );
+    assert_eq!(other_process.code(), Code::PermissionDenied, "{other_process:?}");
+    assert!(other_process.message().contains("already connected"), "{}", other_process.message());
+    let _other_token = Agent::register(&server, "agent-other", first_info.clone()).await.unwrap();
 
     // The first session keeps its lease: heartbeats hold it past the lease timeout, and it
     // still receives what the server sends it.
@@ -390,59 +386,103 @@ async fn a_second_registration_cannot_take_over_an_agent_identity() {
     server.stop().await;
 }
 
-/// An agent that went away still holds its leases until they expire: another team's worker
-/// token cannot take its name meanwhile (and with it the leases' aborts, their expulsion, and
-/// the agent's own restart), while the agent's own token may reconnect at once.
+/// An agent is its token and its --name: another team's worker token registering the same
+/// name, while the agent is away or not, is another agent. It keeps neither the agent's restart
+/// out nor reaches its leases (their heartbeats, aborts and records).
 #[tokio::test]
-async fn a_gone_agents_name_is_not_taken_by_a_token_that_may_not_build_its_leases() {
+async fn an_agent_name_under_another_token_is_another_agent() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[]).await;
-    gone_agents_name_stays_its_tokens(&server).await;
+    a_name_under_another_token_is_another_agent(&server).await;
     server.stop().await;
 }
 
 #[tokio::test]
-async fn a_gone_agents_name_is_not_taken_by_a_token_that_may_not_build_its_leases_in_postgresql() {
+async fn an_agent_name_under_another_token_is_another_agent_in_postgresql() {
     let db = cached_e2e::postgres::Postgres::start();
     let dir = tempfile::tempdir().unwrap();
     let (url, password) = (db.url(), db.password_file().display().to_string());
     let server = start(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
-    gone_agents_name_stays_its_tokens(&server).await;
+    a_name_under_another_token_is_another_agent(&server).await;
     server.stop().await;
 }
 
-async fn gone_agents_name_stays_its_tokens(server: &Server) {
-    let mut jobs = jobs(server, "submitter").await;
-    let mut builder = Agent::register(server, "agent-main", info("builder-a1", 1, &[1; 16])).await.unwrap();
-    submit(&mut jobs, spec("main/app", &["linux/amd64"])).await;
-    builder.task().await;
-    drop(builder);
-
-    // The pr agents' token registers under the name once its session is gone: refused while
-    // the lease it held in main/app lives.
+/// Registers until the session the same agent had before is noticed gone; panics with the
+/// last refusal after 5s.
+async fn register_once_gone(server: &Server, token: &str, info: AgentInfo, who: &str) -> Agent {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let refused = loop {
-        let taken = Agent::register(server, "agent-pr", info("builder-a1", 1, &[2; 16])).await;
-        match taken {
-            Err(status) if status.message().contains("still holds leases") => break status,
-            Err(_) if std::time::Instant::now() < deadline => {
-                // The first session is still being noticed as gone.
+    loop {
+        match Agent::register(server, token, info.clone()).await {
+            Ok(agent) => return agent,
+            Err(status) if std::time::Instant::now() < deadline => {
+                assert_eq!(status.code(), Code::PermissionDenied, "{who}: {status:?}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            other => {
-                panic!("another team's token took the name of an agent holding leases: {:?}", other.err())
-            }
+            Err(status) => panic!("{who} was refused: {status:?}"),
         }
-    };
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    assert!(refused.message().contains("main/app") && refused.message().contains("agent-pr"), "{refused:?}");
-    // Its own token is welcome back (a restart: a new instance), once the old session is gone.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while let Err(status) = Agent::register(server, "agent-main", info("builder-a1", 1, &[3; 16])).await {
-        assert!(!status.message().contains("still holds leases"), "its own token was refused: {status:?}");
-        assert!(std::time::Instant::now() < deadline, "its own token was refused: {status:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn a_name_under_another_token_is_another_agent(server: &Server) {
+    let mut jobs = jobs(server, "submitter").await;
+
+    // The main team's builder-1 builds a job, then goes away (a restart): it holds no lease.
+    let mut main = Agent::register(server, "agent-main", info("builder-1", 1, &[1; 16])).await.unwrap();
+    let first = submit(&mut jobs, spec("main/app", &["linux/amd64"])).await;
+    let lease = main.task().await.token.unwrap();
+    complete(&mut main.workers, &lease).await.unwrap();
+    finish(&mut jobs, &first).await;
+    drop(main);
+
+    // The pr team's token registers builder-1 meanwhile; then the main one comes back under
+    // its own name, and both are connected.
+    let mut pr = register_once_gone(server, "agent-pr", info("builder-1", 1, &[2; 16]), "agent-pr").await;
+    let mut main =
+        register_once_gone(server, "agent-main", info("builder-1", 1, &[3; 16]), "the returning agent").await;
+
+    // Each has its own slot: both take a task at once.
+    let main_job = submit(&mut jobs, spec("main/app", &["linux/amd64"])).await;
+    let pr_job = submit(&mut jobs, spec("pr-1", &["linux/amd64"])).await;
+    let main_lease = main.task().await.token.unwrap();
+    let pr_lease = pr.task().await.token.unwrap();
+    assert_eq!((main_lease.job_id.as_str(), pr_lease.job_id.as_str()), (main_job.as_str(), pr_job.as_str()));
+
+    // The pr agent's heartbeats cannot hold the main agent's lease, even with its secret: it is
+    // told to abort it, and the main agent is told nothing. Its own lease is extended.
+    pr.heartbeat(&[main_lease.clone(), pr_lease.clone()]).await;
+    match pr.next(Duration::from_secs(5)).await {
+        Some(lease_response::Kind::Abort(token)) => assert_eq!(token.job_id, main_job),
+        other => panic!("the pr agent was not told off the main agent's lease: {other:?}"),
+    }
+    for _ in 0..8 {
+        pr.heartbeat(std::slice::from_ref(&pr_lease)).await;
+        main.heartbeat(std::slice::from_ref(&main_lease)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(main.next(Duration::from_millis(50)).await.is_none(), "the main agent was told to abort");
+    assert!(pr.next(Duration::from_millis(50)).await.is_none(), "the pr agent was told to abort its own");
+    for (job, token) in [(&main_job, &main_lease), (&pr_job, &pr_lease)] {
+        let task = &status(&mut jobs, job).await.tasks[0];
+        assert_eq!((task.state, task.attempt), (TaskState::Leased as i32, token.attempt), "{task:?}");
+    }
+
+    // The main job's cancellation reaches the main agent only.
+    jobs.cancel(v1::CancelRequest { job_id: main_job.clone() }).await.unwrap();
+    match main.next(Duration::from_secs(5)).await {
+        Some(lease_response::Kind::Abort(token)) => assert_eq!(token.job_id, main_job),
+        other => panic!("the main agent was not told of the cancellation: {other:?}"),
+    }
+    complete(&mut pr.workers, &pr_lease).await.unwrap();
+    finish(&mut jobs, &pr_job).await;
+    assert!(pr.next(Duration::from_millis(300)).await.is_none(), "the pr agent was told of the main job");
+
+    // Records say which agent: its token's name and its own.
+    let agents = [&first, &main_job, &pr_job];
+    let mut recorded = Vec::new();
+    for job in agents {
+        recorded.push(status(&mut jobs, job).await.tasks[0].agent.clone());
+    }
+    assert_eq!(recorded, ["agent-main/builder-1", "agent-main/builder-1", "agent-pr/builder-1"]);
 }
 
 async fn go_put(go: &mut GoCacheClient<Authed>, ns: &str, blob: &[u8]) -> Result<(), Status> {

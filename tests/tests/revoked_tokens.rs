@@ -85,7 +85,7 @@ async fn revoked_agent_token(backend: &[String]) {
         jobs.list(authorized(v1::ListRequest { limit: 0, all: true }, &secret("ops"))).await.unwrap();
     let job = listed.into_inner().jobs.into_iter().find(|job| job.job_id == job_id).unwrap();
     let error = &job.tasks[0].error;
-    assert!(error.contains("agent a was expelled"), "{error}");
+    assert!(error.contains("agent agent-a/a was expelled"), "{error}");
 
     // agent-b narrowed to `read`: both its streams end.
     std::fs::write(&file, with_scopes(&tables[1], "read")).unwrap();

@@ -78,7 +78,7 @@ impl Scheduler {
             let task = &mut job.tasks[key.index as usize];
             task.state = TaskState::Leased as i32;
             task.attempt += 1;
-            task.agent = worker.info.agent_id.clone();
+            task.agent = worker.agent.clone();
             task.lease_until_unix_ms = until;
             task.started_unix_ms = 0;
             let lease = LeaseId { job_id: key.job_id.clone(), task: key.index, attempt: task.attempt };
@@ -176,7 +176,7 @@ fn rooms(workers: &Workers, index: &super::index::Index) -> HashMap<u64, Room> {
         .iter()
         .filter(|(_, worker)| worker.taking())
         .map(|(session, worker)| {
-            let agent = &worker.info.agent_id;
+            let agent = &worker.agent;
             let room = Room {
                 builds: worker.info.capacity.saturating_sub(index.leased_builds(agent)),
                 index_tasks: MAX_INDEX_LEASES.saturating_sub(index.leased_index_tasks(agent)),

@@ -16,8 +16,9 @@
 //! Workers act within their grant: an agent is leased only jobs in the namespaces of the token
 //! it registered with; every lease carries a secret (`FencingToken.secret`, see
 //! [`crate::auth::lease`]) bound to the lease and to that token, which Progress, heartbeats and
-//! Complete must present; an agent id belongs to one live session, and only the same process
-//! (same token, same instance) may take it over when it reconnects.
+//! Complete must present. An agent is its token and its name ([`workers::agent_key`]), as its
+//! tasks record it: the same name under another token is another agent. Each agent has one live
+//! session, which only the same process (same instance) may take over when it reconnects.
 //!
 //! A job with an image spec gets one more task once every build task has succeeded: an
 //! IMAGE_INDEX task that assembles the image index over the targets' images (see

@@ -1,17 +1,23 @@
-//! Agent sessions: registering (one live session per agent id, taken over only by the same
+//! Agent sessions: registering (one live session per agent, taken over only by the same
 //! process reconnecting), heartbeats (which extend the leases they list, if the session holds
 //! them and presents their secrets) and going away.
+//!
+//! An agent is its token and its `--name` ([`agent_key`]), and so is what its tasks record: an
+//! agent of another token may take the same name without reaching this one's session, leases,
+//! aborts or records.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use proto::v1::{AgentInfo, Heartbeat, LeaseResponse, Registered, TaskState, TaskStatus, lease_response};
+use proto::v1::{
+    AgentInfo, FencingToken, Heartbeat, LeaseResponse, Registered, TaskState, TaskStatus, lease_response,
+};
 use tonic::Status;
 
 use super::dispatch::Scope;
 use super::store::Durability;
 use super::transitions::EXPELLED;
-use super::workers::{LeaseReceiver, LeaseSender, Worker, Workers, lease_channel, max_running};
+use super::workers::{LeaseReceiver, LeaseSender, Worker, Workers, agent_key, lease_channel, max_running};
 use super::{
     MAX_AGENT_CAPACITY, MAX_JOB_ID_LEN, Scheduler, Settings, State, abort_message, job_namespace, lease_id,
     millis, now_ms, token_text,
@@ -31,18 +37,10 @@ pub struct Session {
 
 impl Scheduler {
     /// A new agent session, registered through the token of `grant`. Refused while another
-    /// live session holds the agent id, unless it is the same process reconnecting: the same
-    /// token and the same `instance`.
+    /// live session of the same agent (token and name) is connected, unless it is the same
+    /// process reconnecting: the same `instance`.
     pub fn register(&self, info: AgentInfo, grant: Arc<Grant>) -> Result<Session> {
         let mut state = self.lock();
-        let now = now_ms();
-        let held = state.jobs.values().flat_map(|job| {
-            job.tasks
-                .iter()
-                .filter(|task| is_live_lease_of(task, &info.agent_id, now))
-                .map(move |_| job_namespace(job))
-        });
-        check_held_leases(&info.agent_id, &grant, held)?;
         let session = admit(&mut state.workers, info, grant, &self.settings)?;
         self.dispatch(&mut state, Scope::All);
         Ok(session)
@@ -51,7 +49,7 @@ impl Scheduler {
     pub fn unregister(&self, session: u64) {
         let mut state = self.lock();
         if let Some(worker) = state.workers.remove(session) {
-            tracing::info!(agent = %worker.info.agent_id, "agent disconnected; its leases run until they expire");
+            tracing::info!(agent = %worker.agent, "agent disconnected; its leases run until they expire");
         }
     }
 
@@ -60,7 +58,7 @@ impl Scheduler {
             let mut state = self.lock();
             let State { jobs, workers, .. } = &mut *state;
             let Some(worker) = workers.remove(session) else { return };
-            let agent = &worker.info.agent_id;
+            let agent = &worker.agent;
             let held = jobs
                 .values_mut()
                 .flat_map(|job| job.tasks.iter_mut())
@@ -80,9 +78,9 @@ impl Scheduler {
         check_heartbeat(&worker.info, &heartbeat)?;
         let resumed = worker.draining && !heartbeat.draining;
         worker.draining = heartbeat.draining;
-        let (agent_id, grant, sender) = (&worker.info.agent_id, &worker.grant, &worker.sender);
-        let now = now_ms();
-        let until = now.saturating_add(millis(self.settings.lease_timeout));
+        let (grant, sender) = (&worker.grant, &worker.sender);
+        let holder = Holder { agent: &worker.agent, now: now_ms() };
+        let until = holder.now.saturating_add(millis(self.settings.lease_timeout));
         let mut changed = BTreeSet::new();
         for token in heartbeat.running {
             let Some(job) = jobs.get_mut(&token.job_id) else {
@@ -90,12 +88,7 @@ impl Scheduler {
                 continue;
             };
             let allowed = grant.allows_namespace(job_namespace(job));
-            let held = job.tasks.get_mut(token.task as usize).filter(|task| {
-                task.state == TaskState::Leased as i32
-                    && task.attempt == token.attempt
-                    && task.agent == *agent_id
-                    && task.lease_until_unix_ms >= now
-            });
+            let held = job.tasks.get_mut(token.task as usize).filter(|task| holder.holds(task, &token));
             match held {
                 Some(task)
                     if allowed
@@ -105,7 +98,7 @@ impl Scheduler {
                     changed.insert(token.job_id);
                 }
                 Some(_) => {
-                    tracing::warn!(target: "audit", agent = %agent_id, token = %grant.token, lease = %token_text(&token), "heartbeat without the lease's secret refused");
+                    tracing::warn!(target: "audit", agent = %holder.agent, token = %grant.token, lease = %token_text(&token), "heartbeat without the lease's secret refused");
                     sender.send(abort_message(token));
                 }
                 None => {
@@ -122,39 +115,26 @@ impl Scheduler {
     }
 }
 
-fn is_live_lease_of(task: &TaskStatus, agent_id: &str, now: i64) -> bool {
-    task.state == TaskState::Leased as i32 && task.agent == agent_id && task.lease_until_unix_ms >= now
+/// The agent a heartbeat comes from, and when it is judged.
+pub(super) struct Holder<'a> {
+    /// Its [`agent_key`].
+    pub(super) agent: &'a str,
+    pub(super) now: i64,
 }
 
-/// Refuses to register `agent_id` under `grant` while that id holds live leases in a namespace
-/// `grant` may not build: the leases of an agent that just went away would otherwise be
-/// reported, aborted and expelled through whoever takes its name next, and its own restart
-/// refused (`held`: the namespaces of those leases).
-pub(super) fn check_held_leases<'a>(
-    agent_id: &str,
-    grant: &Grant,
-    mut held: impl Iterator<Item = &'a str>,
-) -> Result<()> {
-    match held.find(|namespace| !grant.allows_namespace(namespace)) {
-        None => Ok(()),
-        Some(namespace) => {
-            tracing::warn!(
-                target: "audit", agent = %agent_id, token = %grant.token, namespace,
-                "registration under an agent id holding another token's leases refused"
-            );
-            Err(Error::PermissionDenied(format!(
-                "agent id `{agent_id}` still holds leases in namespace `{namespace}`, which token \
-                 `{}` may not build: it is another agent's. Give each runner agent its own --name; \
-                 the id is free once those leases end (within lease_timeout)",
-                grant.token
-            )))
-        }
+impl Holder<'_> {
+    /// Whether `task` is leased to this agent under `token`'s attempt, unexpired.
+    pub(super) fn holds(&self, task: &TaskStatus, token: &FencingToken) -> bool {
+        task.state == TaskState::Leased as i32
+            && task.attempt == token.attempt
+            && task.agent == self.agent
+            && task.lease_until_unix_ms >= self.now
     }
 }
 
 /// Adds a session of `info` to `workers`, registered through the token of `grant`. Refused
-/// while another live session holds the agent id, unless it is the same process reconnecting:
-/// the same token and the same `instance`.
+/// while another live session of the same agent (token and name) is connected, unless it is
+/// the same process reconnecting: the same `instance`.
 pub(super) fn admit(
     workers: &mut Workers,
     mut info: AgentInfo,
@@ -171,22 +151,21 @@ pub(super) fn admit(
         })),
     };
     sender.send(registered);
-    if let Some(old) = workers.session_of(&info.agent_id) {
+    let agent = agent_key(&grant.token, &info.agent_id);
+    if let Some(old) = workers.session_of(&agent) {
         if let Some(worker) = workers.get(old).filter(|worker| !worker.sender.is_gone()) {
-            let reconnect = worker.grant.token == grant.token
-                && !info.instance.is_empty()
-                && worker.info.instance == info.instance;
+            let reconnect = !info.instance.is_empty() && worker.info.instance == info.instance;
             if !reconnect {
                 tracing::warn!(
-                    target: "audit", agent = %info.agent_id, token = %grant.token,
-                    holder = %worker.grant.token, "registration under a connected agent id refused"
+                    target: "audit", agent = %agent, token = %grant.token,
+                    "registration of a connected agent from another process refused"
                 );
                 return Err(Error::PermissionDenied(format!(
-                    "agent id `{}` is already connected from another process or token; only that \
-                     process may reconnect under it (same token and instance). Give each runner \
-                     agent its own --name; if the old one stopped, its session ends once cached \
-                     notices the connection dropped (within about idle_timeout)",
-                    info.agent_id
+                    "agent `{}` of token `{}` is already connected from another process; only \
+                     that process may reconnect under it (same instance). Give each runner agent \
+                     of a token its own --name; if the old one stopped, its session ends once \
+                     cached notices the connection dropped (within about idle_timeout)",
+                    info.agent_id, grant.token
                 )));
             }
             worker.sender.end(Status::aborted("replaced by a new session of the same agent"));
@@ -194,10 +173,10 @@ pub(super) fn admit(
         workers.remove(old);
     }
     tracing::info!(
-        agent = %info.agent_id, token = %grant.token, go = %info.go_version, capacity = info.capacity,
+        agent = %agent, token = %grant.token, go = %info.go_version, capacity = info.capacity,
         c_compilers = info.c_compilers.len(), "agent connected"
     );
-    let worker = Worker { info, grant, draining: false, sender: sender.clone() };
+    let worker = Worker { agent, info, grant, draining: false, sender: sender.clone() };
     let id = workers.add(worker);
     Ok(Session { id, sender, receiver })
 }

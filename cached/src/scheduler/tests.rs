@@ -11,6 +11,7 @@ use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobSpec, LeaseResponse, Task
 use tonic::Status;
 
 use super::index::Index;
+use super::workers::agent_key;
 use super::{Outcome, Scheduler, Settings};
 use crate::auth::{Grant, LeaseId, NamespacePattern, Scopes};
 
@@ -65,14 +66,18 @@ struct Agent {
 
 impl Agent {
     fn register(scheduler: &Scheduler, id: &str, capacity: u32, grant: Arc<Grant>) -> Self {
-        Self::try_register(scheduler, id, capacity, grant).unwrap()
+        let info = AgentInfo { agent_id: id.to_owned(), capacity, ..AgentInfo::default() };
+        let session = scheduler.register(info, Arc::clone(&grant)).unwrap();
+        Self { session: session.id, grant, replies: Box::pin(session.receiver.into_stream()) }
     }
 
-    /// `None` when the scheduler refuses the id to `grant` (it holds leases `grant` may not build).
-    fn try_register(scheduler: &Scheduler, id: &str, capacity: u32, grant: Arc<Grant>) -> Option<Self> {
-        let info = AgentInfo { agent_id: id.to_owned(), capacity, ..AgentInfo::default() };
-        let session = scheduler.register(info, Arc::clone(&grant)).ok()?;
-        Some(Self { session: session.id, grant, replies: Box::pin(session.receiver.into_stream()) })
+    /// Its leases and aborts since the last call.
+    fn replies(&mut self) -> Vec<lease_response::Kind> {
+        let mut replies = Vec::new();
+        while let Some(Some(Ok(reply))) = self.replies.next().now_or_never() {
+            replies.extend(reply.kind.filter(|kind| !matches!(kind, lease_response::Kind::Registered(_))));
+        }
+        replies
     }
 
     /// The leases it was sent since the last call.
@@ -123,21 +128,19 @@ fn the_queue_index_equals_a_rebuild_after_any_sequence_of_changes() {
                 "submit"
             }
             3 => {
+                // Names recur across grants: each (grant, name) is an agent of its own, and
+                // one already connected restarts.
                 let grant = Arc::clone(&grants[rng.below(3)]);
                 let id = format!("agent-{}", rng.below(6));
+                let key = agent_key(&grant.token, &id);
                 if let Some(at) = agents.iter().position(|agent| {
-                    scheduler.lock().workers.get(agent.session).is_some_and(|w| w.info.agent_id == id)
+                    scheduler.lock().workers.get(agent.session).is_some_and(|w| w.agent == key)
                 }) {
                     let agent = agents.remove(at);
                     scheduler.unregister(agent.session);
                 }
-                match Agent::try_register(&scheduler, &id, 1 + rng.below(3) as u32, grant) {
-                    Some(agent) => {
-                        agents.push(agent);
-                        "register"
-                    }
-                    None => "register refused",
-                }
+                agents.push(Agent::register(&scheduler, &id, 1 + rng.below(3) as u32, grant));
+                "register"
             }
             4 | 5 if !held.is_empty() => {
                 let (token, grant) = held.swap_remove(rng.below(held.len()));
@@ -279,6 +282,40 @@ fn an_expelled_agents_task_is_queued_again_at_once_and_says_why() {
     scheduler.expel(agent.session);
     let task = &scheduler.get(&job_id).unwrap().tasks[0];
     assert_eq!(task.state, TaskState::Queued as i32, "{task:?}");
-    assert!(task.error.contains("agent a was expelled"), "{}", task.error);
+    assert!(task.error.contains("agent revoked/a was expelled"), "{}", task.error);
     assert!(!task.error.contains("no heartbeat"), "{}", task.error);
+}
+
+/// The same name under two tokens is two agents: either registers while the other is
+/// connected, and neither's heartbeat, expulsion or aborts reach the other's lease.
+#[test]
+fn an_agent_of_another_token_with_the_same_name_cannot_touch_the_first_ones_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = open(dir.path());
+    let mut ci = Agent::register(&scheduler, "builder-1", 1, grant("ci", "*"));
+    let job_id = scheduler.submit(spec("main", 1, 0), "test").unwrap();
+    let lease = ci.leases().pop().unwrap();
+    let mut other = Agent::register(&scheduler, "builder-1", 1, grant("other", "*"));
+    let leased = |scheduler: &Scheduler| scheduler.get(&job_id).unwrap().tasks[0].clone();
+    let before = leased(&scheduler);
+    assert_eq!((before.agent.as_str(), before.state), ("ci/builder-1", TaskState::Leased as i32));
+
+    // Its heartbeat, even with the lease's secret, extends nothing and draws an abort to itself.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let heartbeat = Heartbeat { running: vec![lease.clone()], ..Heartbeat::default() };
+    scheduler.heartbeat(other.session, heartbeat).unwrap();
+    assert_eq!(leased(&scheduler).lease_until_unix_ms, before.lease_until_unix_ms, "extended");
+    assert!(matches!(other.replies()[..], [lease_response::Kind::Abort(_)]));
+
+    // Its expulsion ends only its own leases.
+    scheduler.expel(other.session);
+    let after = leased(&scheduler);
+    assert_eq!((after.state, after.attempt), (TaskState::Leased as i32, 1), "{after:?}");
+    assert_eq!(after.lease_until_unix_ms, before.lease_until_unix_ms, "{after:?}");
+
+    // A new session of it is told nothing of the first one's cancelled job.
+    let mut other = Agent::register(&scheduler, "builder-1", 1, grant("other", "*"));
+    scheduler.cancel(&job_id).unwrap();
+    assert!(other.replies().is_empty());
+    assert!(matches!(ci.replies()[..], [lease_response::Kind::Abort(ref token)] if token.job_id == job_id));
 }

@@ -130,7 +130,18 @@ async fn ended(end: &mut watch::Receiver<Option<Status>>) -> Result<Status, watc
     }
 }
 
+/// Who an agent is: the token it registered with and its `--name`, as tasks record it
+/// (`ci-workers/builder-1`), so that the same name under another token is another agent. On a
+/// server without tokens every agent is `anonymous` and keeps its bare name (`builder-1`),
+/// unless that has a `/`. Unambiguous either way: token names have no `/`, so a key without one
+/// is an anonymous agent's, and one with one is split at the first.
+pub fn agent_key(token: &str, name: &str) -> String {
+    if token == Grant::ANONYMOUS && !name.contains('/') { name.to_owned() } else { format!("{token}/{name}") }
+}
+
 pub struct Worker {
+    /// [`agent_key`] of its token and name: what its sessions and leases are keyed by.
+    pub agent: String,
     pub info: AgentInfo,
     /// The grant of the token it registered with: the namespaces it may build.
     pub grant: Arc<Grant>,
@@ -145,7 +156,7 @@ impl Worker {
     }
 }
 
-/// Sessions by id, and the one session of each agent id.
+/// Sessions by id, and the one session of each agent (by [`agent_key`]).
 #[derive(Default)]
 pub struct Workers {
     sessions: HashMap<u64, Worker>,
@@ -156,7 +167,7 @@ pub struct Workers {
 impl Workers {
     pub fn add(&mut self, worker: Worker) -> u64 {
         self.next += 1;
-        if let Some(old) = self.agents.insert(worker.info.agent_id.clone(), self.next) {
+        if let Some(old) = self.agents.insert(worker.agent.clone(), self.next) {
             self.sessions.remove(&old);
         }
         self.sessions.insert(self.next, worker);
@@ -165,8 +176,8 @@ impl Workers {
 
     pub fn remove(&mut self, session: u64) -> Option<Worker> {
         let worker = self.sessions.remove(&session)?;
-        if self.agents.get(&worker.info.agent_id) == Some(&session) {
-            self.agents.remove(&worker.info.agent_id);
+        if self.agents.get(&worker.agent) == Some(&session) {
+            self.agents.remove(&worker.agent);
         }
         Some(worker)
     }
@@ -179,14 +190,14 @@ impl Workers {
         self.sessions.get_mut(&session)
     }
 
-    /// The session of an agent id, live or not yet noticed gone.
-    pub fn session_of(&self, agent_id: &str) -> Option<u64> {
-        self.agents.get(agent_id).copied()
+    /// The session of an agent, live or not yet noticed gone.
+    pub fn session_of(&self, agent: &str) -> Option<u64> {
+        self.agents.get(agent).copied()
     }
 
     /// The live session of an agent, to send it an abort.
-    pub fn by_agent(&self, agent_id: &str) -> Option<&Worker> {
-        let session = self.agents.get(agent_id)?;
+    pub fn by_agent(&self, agent: &str) -> Option<&Worker> {
+        let session = self.agents.get(agent)?;
         self.sessions.get(session).filter(|worker| !worker.sender.is_gone())
     }
 
@@ -243,6 +254,14 @@ mod tests {
             version: String::new(),
             instance: Default::default(),
         }
+    }
+
+    #[test]
+    fn agent_keys_tell_tokens_apart_and_leave_anonymous_names_bare() {
+        assert_eq!(agent_key("ci", "builder-1"), "ci/builder-1");
+        assert_eq!(agent_key(Grant::ANONYMOUS, "builder-1"), "builder-1");
+        // A `/` in an anonymous name would pass for another token's agent.
+        assert_eq!(agent_key(Grant::ANONYMOUS, "ci/builder-1"), "anonymous/ci/builder-1");
     }
 
     fn target(spec: &str, cc: &str) -> Target {

@@ -21,6 +21,8 @@ const JOBS_PER_ROUND: i64 = 32;
 
 /// An agent connected here that is taking tasks.
 struct Taker {
+    /// Its [`agent_key`](super::super::workers::agent_key).
+    agent: String,
     info: proto::v1::AgentInfo,
     grant: Arc<Grant>,
     sender: LeaseSender,
@@ -59,6 +61,7 @@ impl PgScheduler {
             .iter()
             .filter(|(_, worker)| worker.taking())
             .map(|(_, worker)| Taker {
+                agent: worker.agent.clone(),
                 info: worker.info.clone(),
                 grant: Arc::clone(&worker.grant),
                 sender: worker.sender.clone(),
@@ -66,7 +69,7 @@ impl PgScheduler {
             .collect();
         let mut rooms = Vec::new();
         for taker in takers {
-            let room = self.room(&taker.info).await?;
+            let room = self.room(&taker).await?;
             if room.builds > 0 || room.index_tasks > 0 {
                 rooms.push((taker, room));
             }
@@ -89,18 +92,18 @@ impl PgScheduler {
     }
 
     /// What the agent holds, wherever it was leased, against what it can hold.
-    async fn room(&self, agent: &proto::v1::AgentInfo) -> Result<Room> {
+    async fn room(&self, taker: &Taker) -> Result<Room> {
         let client = self.db.client().await?;
         let row = client
             .query_one(
                 "SELECT count(*) FILTER (WHERE NOT is_index), count(*) FILTER (WHERE is_index) \
                  FROM tasks WHERE state = 2 AND agent = $1",
-                &[&agent.agent_id],
+                &[&taker.agent],
             )
             .await?;
         let (builds, index_tasks): (i64, i64) = (row.get(0), row.get(1));
         Ok(Room {
-            builds: agent.capacity.saturating_sub(u32::try_from(builds).unwrap_or(u32::MAX)),
+            builds: taker.info.capacity.saturating_sub(u32::try_from(builds).unwrap_or(u32::MAX)),
             index_tasks: MAX_INDEX_LEASES.saturating_sub(u32::try_from(index_tasks).unwrap_or(u32::MAX)),
         })
     }
@@ -173,7 +176,7 @@ impl PgScheduler {
                 let task = &mut job.tasks[index];
                 task.state = TaskState::Leased as i32;
                 task.attempt += 1;
-                task.agent = taker.info.agent_id.clone();
+                task.agent = taker.agent.clone();
                 task.lease_until_unix_ms = until;
                 task.started_unix_ms = 0;
                 if is_index(task) {

@@ -147,9 +147,9 @@ impl PgScheduler {
         Ok(())
     }
 
-    /// Puts the leases `agent` holds past their expiry, for every replica's sweeper to requeue,
-    /// and stops accepting their cache credentials here at once (elsewhere at the next refresh
-    /// of the live leases).
+    /// Puts the leases `agent` (an [`agent_key`](super::workers::agent_key)) holds past their
+    /// expiry, for every replica's sweeper to requeue, and stops accepting their cache
+    /// credentials here at once (elsewhere at the next refresh of the live leases).
     async fn end_leases_of(&self, agent: &str) -> Result<usize> {
         let mut client = self.db.client().await?;
         let tx = client.transaction().await?;
@@ -400,16 +400,6 @@ impl SchedulerBackend for PgScheduler {
     }
 
     async fn register(&self, info: AgentInfo, grant: Arc<Grant>) -> Result<Session> {
-        let client = self.db.client().await?;
-        let held = client
-            .query(
-                "SELECT DISTINCT jobs.namespace FROM tasks JOIN jobs USING (job_id) \
-                 WHERE tasks.state = 2 AND tasks.agent = $1 AND tasks.lease_until_ms >= $2",
-                &[&info.agent_id, &super::now_ms()],
-            )
-            .await?;
-        let namespaces: Vec<String> = held.iter().map(|row| row.get(0)).collect();
-        super::sessions::check_held_leases(&info.agent_id, &grant, namespaces.iter().map(String::as_str))?;
         let session = super::sessions::admit(&mut self.workers(), info, grant, &self.settings)?;
         self.work.notify_one();
         Ok(session)
@@ -417,13 +407,13 @@ impl SchedulerBackend for PgScheduler {
 
     async fn unregister(&self, session: u64) {
         if let Some(worker) = self.workers().remove(session) {
-            tracing::info!(agent = %worker.info.agent_id, "agent disconnected; its leases run until they expire");
+            tracing::info!(agent = %worker.agent, "agent disconnected; its leases run until they expire");
         }
     }
 
     async fn expel(&self, session: u64) {
         let Some(worker) = self.workers().remove(session) else { return };
-        let agent = worker.info.agent_id;
+        let agent = worker.agent;
         match self.end_leases_of(&agent).await {
             Ok(ended) => tracing::warn!(agent = %agent, leases = ended, "agent expelled; its leases end now"),
             Err(err) => tracing::error!(
