@@ -485,6 +485,53 @@ async fn a_name_under_another_token_is_another_agent(server: &Server) {
     assert_eq!(recorded, ["agent-main/builder-1", "agent-main/builder-1", "agent-pr/builder-1"]);
 }
 
+/// A lease recorded before agents were keyed by their tokens names the agent bare. Its agent's
+/// heartbeats, with the lease's secret, still hold it and record it under the agent's key (so
+/// an upgrade costs no running build); another token's agent of that name is told to abort it.
+#[tokio::test]
+async fn a_lease_recorded_under_the_bare_name_stays_its_agents_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let server = start(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    let mut jobs = jobs(&server, "submitter").await;
+    let mut agent = Agent::register(&server, "agent-main", info("builder-1", 1, &[1; 16])).await.unwrap();
+    let job = submit(&mut jobs, spec("main/app", &["linux/amd64"])).await;
+    let lease = agent.task().await.token.unwrap();
+
+    // As the scheduler recorded leases before: the bare name, in the record and the task row.
+    let hex = db.query(&format!("SELECT encode(record, 'hex') FROM jobs WHERE job_id = '{job}'"));
+    let bytes: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap()).collect();
+    let mut record = cached::scheduler::store::record::decode(&bytes).unwrap();
+    assert_eq!(record.tasks[0].agent, "agent-main/builder-1");
+    record.tasks[0].agent = "builder-1".into();
+    let hex: String =
+        cached::scheduler::store::record::encode(&record).iter().map(|b| format!("{b:02x}")).collect();
+    db.query(&format!(
+        "UPDATE jobs SET record = decode('{hex}', 'hex') WHERE job_id = '{job}'; \
+         UPDATE tasks SET agent = 'builder-1' WHERE job_id = '{job}'"
+    ));
+
+    let mut other = Agent::register(&server, "agent-other", info("builder-1", 1, &[2; 16])).await.unwrap();
+    other.heartbeat(std::slice::from_ref(&lease)).await;
+    match other.next(Duration::from_secs(5)).await {
+        Some(lease_response::Kind::Abort(token)) => assert_eq!(token.job_id, job),
+        other => panic!("another token's builder-1 was not told to abort: {other:?}"),
+    }
+    for _ in 0..8 {
+        agent.heartbeat(std::slice::from_ref(&lease)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(agent.next(Duration::from_millis(50)).await.is_none(), "the agent was told to abort its lease");
+    let task = &status(&mut jobs, &job).await.tasks[0];
+    assert_eq!((task.state, task.attempt), (TaskState::Leased as i32, 1), "{task:?}");
+    assert_eq!(task.agent, "agent-main/builder-1");
+    assert_eq!(db.query(&format!("SELECT agent FROM tasks WHERE job_id = '{job}'")), "agent-main/builder-1");
+    complete(&mut agent.workers, &lease).await.unwrap();
+    server.stop().await;
+}
+
 async fn go_put(go: &mut GoCacheClient<Authed>, ns: &str, blob: &[u8]) -> Result<(), Status> {
     let digest = Digest::of(blob);
     let entry = v1::GoEntry {

@@ -73,13 +73,13 @@ impl Scheduler {
     /// every other one is answered with an abort. An error ends the session.
     pub fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()> {
         let mut state = self.lock();
-        let State { jobs, workers, .. } = &mut *state;
+        let State { jobs, workers, index } = &mut *state;
         let Some(worker) = workers.get_mut(session) else { return Ok(()) };
         check_heartbeat(&worker.info, &heartbeat)?;
         let resumed = worker.draining && !heartbeat.draining;
         worker.draining = heartbeat.draining;
         let (grant, sender) = (&worker.grant, &worker.sender);
-        let holder = Holder { agent: &worker.agent, now: now_ms() };
+        let holder = Holder { agent: &worker.agent, name: &worker.info.agent_id, now: now_ms() };
         let until = holder.now.saturating_add(millis(self.settings.lease_timeout));
         let mut changed = BTreeSet::new();
         for token in heartbeat.running {
@@ -95,6 +95,10 @@ impl Scheduler {
                         && self.keys.secret_matches(&lease_id(&token), &grant.token, &token.secret) =>
                 {
                     task.lease_until_unix_ms = until;
+                    if task.agent != holder.agent {
+                        task.agent = holder.agent.to_owned();
+                        index.update(job);
+                    }
                     changed.insert(token.job_id);
                 }
                 Some(_) => {
@@ -119,15 +123,22 @@ impl Scheduler {
 pub(super) struct Holder<'a> {
     /// Its [`agent_key`].
     pub(super) agent: &'a str,
+    /// Its `--name`.
+    pub(super) name: &'a str,
     pub(super) now: i64,
 }
 
 impl Holder<'_> {
-    /// Whether `task` is leased to this agent under `token`'s attempt, unexpired.
+    /// Whether `task` is leased to this agent under `token`'s attempt, unexpired. A lease
+    /// recorded before agents were keyed by their tokens has the bare name, which matches
+    /// too if it has no `/` (else it might be another token's key): the caller still checks
+    /// the lease's secret, which only the token it was leased through can present, and the
+    /// extension records the key. So agents keep their leases across that upgrade.
     pub(super) fn holds(&self, task: &TaskStatus, token: &FencingToken) -> bool {
+        let legacy = !task.agent.contains('/') && task.agent == self.name;
         task.state == TaskState::Leased as i32
             && task.attempt == token.attempt
-            && task.agent == self.agent
+            && (task.agent == self.agent || legacy)
             && task.lease_until_unix_ms >= self.now
     }
 }

@@ -319,3 +319,38 @@ fn an_agent_of_another_token_with_the_same_name_cannot_touch_the_first_ones_leas
     assert!(other.replies().is_empty());
     assert!(matches!(ci.replies()[..], [lease_response::Kind::Abort(ref token)] if token.job_id == job_id));
 }
+
+/// A lease stored before agents were keyed by their tokens names the agent bare: the agent's
+/// heartbeat (with the lease's secret) still extends it, and records it as the agent's.
+#[test]
+fn a_lease_recorded_under_the_bare_name_stays_its_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = open(dir.path());
+    let ci = grant("ci", "*");
+    let mut agent = Agent::register(&scheduler, "builder-1", 1, Arc::clone(&ci));
+    let job_id = scheduler.submit(spec("main", 1, 0), "test").unwrap();
+    let lease = agent.leases().pop().unwrap();
+    {
+        let mut state = scheduler.lock();
+        let super::State { jobs, index, .. } = &mut *state;
+        let job = jobs.get_mut(&job_id).unwrap();
+        job.tasks[0].agent = "builder-1".into();
+        job.tasks[0].lease_until_unix_ms = super::now_ms() + 1000;
+        index.update(job);
+    }
+    let heartbeat = || Heartbeat { running: vec![lease.clone()], ..Heartbeat::default() };
+
+    // Another token's builder-1 has not the secret.
+    let mut other = Agent::register(&scheduler, "builder-1", 1, grant("other", "*"));
+    scheduler.heartbeat(other.session, heartbeat()).unwrap();
+    assert!(matches!(other.replies()[..], [lease_response::Kind::Abort(_)]));
+    assert_eq!(scheduler.get(&job_id).unwrap().tasks[0].agent, "builder-1");
+
+    scheduler.heartbeat(agent.session, heartbeat()).unwrap();
+    assert!(agent.replies().is_empty(), "the agent was told to abort its own lease");
+    let task = &scheduler.get(&job_id).unwrap().tasks[0];
+    assert_eq!(task.agent, "ci/builder-1");
+    assert!(task.lease_until_unix_ms > super::now_ms() + 1000, "not extended: {task:?}");
+    assert_index_is_current(&scheduler, "the heartbeat");
+    scheduler.complete(&lease, &ci, Outcome::Success(Box::default())).unwrap();
+}

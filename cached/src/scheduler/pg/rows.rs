@@ -51,12 +51,13 @@ pub(super) async fn lock_many(tx: &Transaction<'_>, job_ids: &[&str]) -> Result<
         .collect()
 }
 
-/// Writes back jobs whose only change is longer leases, and those leases' task rows: two
-/// statements however many jobs and tasks a heartbeat lists.
+/// Writes back jobs whose only change is longer leases, and those leases' task rows, held by
+/// `agent`: two statements however many jobs and tasks a heartbeat lists.
 pub(super) async fn extend_leases(
     tx: &Transaction<'_>,
     jobs: &[Locked],
     leases: &[(&str, i32)],
+    agent: &str,
     until: i64,
 ) -> Result<()> {
     let ids: Vec<&str> = jobs.iter().map(|locked| locked.job.job_id.as_str()).collect();
@@ -75,9 +76,9 @@ pub(super) async fn extend_leases(
     }
     let (lease_jobs, lease_tasks): (Vec<&str>, Vec<i32>) = leases.iter().copied().unzip();
     tx.execute(
-        "UPDATE tasks SET lease_until_ms = $3 FROM unnest($1::text[], $2::integer[]) AS u(job_id, idx) \
+        "UPDATE tasks SET lease_until_ms = $3, agent = $4 FROM unnest($1::text[], $2::integer[]) AS u(job_id, idx) \
          WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx",
-        &[&lease_jobs, &lease_tasks, &until],
+        &[&lease_jobs, &lease_tasks, &until, &agent],
     )
     .await?;
     Ok(())

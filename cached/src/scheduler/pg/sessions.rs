@@ -13,13 +13,19 @@ use crate::error::Result;
 
 impl PgScheduler {
     pub(super) async fn extend_leases(&self, session: u64, heartbeat: Heartbeat) -> Result<()> {
-        let (agent, grant, sender, resumed) = {
+        let (agent, name, grant, sender, resumed) = {
             let mut workers = self.workers();
             let Some(worker) = workers.get_mut(session) else { return Ok(()) };
             check_heartbeat(&worker.info, &heartbeat)?;
             let resumed = worker.draining && !heartbeat.draining;
             worker.draining = heartbeat.draining;
-            (worker.agent.clone(), std::sync::Arc::clone(&worker.grant), worker.sender.clone(), resumed)
+            (
+                worker.agent.clone(),
+                worker.info.agent_id.clone(),
+                std::sync::Arc::clone(&worker.grant),
+                worker.sender.clone(),
+                resumed,
+            )
         };
         if resumed {
             self.work.notify_one();
@@ -35,13 +41,13 @@ impl PgScheduler {
         job_ids.sort_unstable();
         job_ids.dedup();
         let mut jobs = rows::lock_many(&tx, &job_ids).await?;
-        let holder = Holder { agent: &agent, now };
+        let holder = Holder { agent: &agent, name: &name, now };
         let (extended, refused): (Vec<&FencingToken>, Vec<&FencingToken>) =
             heartbeat.running.iter().partition(|token| self.extend(&mut jobs, token, &holder, &grant, until));
         jobs.retain(|locked| extended.iter().any(|token| token.job_id == locked.job.job_id));
         let leases: Vec<(&str, i32)> =
             extended.iter().map(|token| (token.job_id.as_str(), token.task as i32)).collect();
-        rows::extend_leases(&tx, &jobs, &leases, until).await?;
+        rows::extend_leases(&tx, &jobs, &leases, &agent, until).await?;
         tx.commit().await?;
         for token in extended {
             self.set_live(lease_id(token), true);
@@ -52,7 +58,9 @@ impl PgScheduler {
         Ok(())
     }
 
-    /// Extends `token`'s lease in its locked job if the agent still holds it with that secret.
+    /// Extends `token`'s lease in its locked job if the agent still holds it with that secret,
+    /// and records the lease as the agent's (a lease of before agents were keyed by their
+    /// tokens has the bare name).
     fn extend(
         &self,
         jobs: &mut [rows::Locked],
@@ -72,6 +80,7 @@ impl PgScheduler {
             return false;
         }
         task.lease_until_unix_ms = until;
+        holder.agent.clone_into(&mut task.agent);
         true
     }
 }
