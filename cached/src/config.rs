@@ -25,6 +25,10 @@ const MIN_BUILD_HISTORY: u64 = 64 << 10;
 /// `max_go_entries` by default: one per 4 KiB of `max_size`, many more than the blobs of a
 /// Go cache (most are larger), in a few percent of its disk (an entry takes 200-700 bytes).
 const MAX_SIZE_PER_GO_ENTRY: u64 = 4 << 10;
+/// `max_build_records` by default: a sixteenth of `max_size`.
+const MAX_SIZE_PER_BUILD_RECORDS: u64 = 16;
+/// The least `max_build_records`: a few small builds.
+const MIN_BUILD_RECORDS: u64 = 64 << 10;
 
 pub const SETTINGS: &[Setting] = &[
     Setting { key: "listen", help: "gRPC address to listen on", default: "127.0.0.1:7070" },
@@ -49,6 +53,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "max_go_entries",
         help: "Go action entries kept, all namespaces together; beyond it the oldest puts are \
                forgotten [default: max_size / 4KiB]",
+        default: "",
+    },
+    Setting {
+        key: "max_build_records",
+        help: "bytes the recorded whole builds (entries and manifests) may take; beyond it the oldest \
+               are forgotten [default: max_size / 16]",
         default: "",
     },
     Setting {
@@ -315,6 +325,8 @@ pub struct Config {
     pub min_free_space: u64,
     /// Go entries kept (all namespaces); beyond it the oldest puts are forgotten.
     pub max_go_entries: u64,
+    /// Bytes recorded whole builds may take; beyond it the oldest are forgotten.
+    pub max_build_records: u64,
     pub max_build_history: u64,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -491,6 +503,10 @@ impl Config {
                 "" => max_size / MAX_SIZE_PER_GO_ENTRY,
                 _ => get("max_go_entries").count()?,
             },
+            max_build_records: match get("max_build_records").value.trim() {
+                "" => max_size / MAX_SIZE_PER_BUILD_RECORDS,
+                _ => get("max_build_records").size()?,
+            },
             max_build_history: get("max_build_history").size()?,
             log_format: get("log_format").parse_with(|v| match v {
                 "text" => Ok(LogFormat::Text),
@@ -547,6 +563,12 @@ impl Config {
                 "min_free_space ({} bytes) must be 0 (off) or at least 64MiB: RocksDB needs that much \
                  free to recover from a full disk",
                 self.min_free_space
+            ));
+        }
+        if self.max_build_records < MIN_BUILD_RECORDS {
+            return fail(format!(
+                "max_build_records ({} bytes) must be at least 64KiB, room for a few builds",
+                self.max_build_records
             ));
         }
         if self.max_build_history < MIN_BUILD_HISTORY {
@@ -1034,6 +1056,17 @@ mod tests {
         let env = |name: &str| (name == "CACHED_MAX_GO_ENTRIES").then(|| "0".to_owned());
         let err = Config::load(&flags, None, &env).unwrap_err().to_string();
         assert!(err.contains("CACHED_MAX_GO_ENTRIES") && err.contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn max_build_records_follows_max_size_unless_set() {
+        let flags = BTreeMap::from([("max_size".to_owned(), "20GiB".to_owned())]);
+        assert_eq!(Config::load(&flags, None, &no_env).unwrap().max_build_records, 1280 << 20);
+        let env = |name: &str| (name == "CACHED_MAX_BUILD_RECORDS").then(|| "64KiB".to_owned());
+        assert_eq!(Config::load(&flags, None, &env).unwrap().max_build_records, 64 << 10);
+        let env = |name: &str| (name == "CACHED_MAX_BUILD_RECORDS").then(|| "1KiB".to_owned());
+        let err = Config::load(&flags, None, &env).unwrap_err().to_string();
+        assert!(err.contains("max_build_records") && err.contains("64KiB"), "{err}");
     }
 
     #[test]

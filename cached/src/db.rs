@@ -34,6 +34,9 @@ pub const CF_BUILD_ENTRIES: &str = "build_entries";
 /// Build manifests by target: namespace, module, package, GOOS/GOARCH (each + 0x00), time in
 /// ms (i64 BE) and build key → the build's manifest.
 pub const CF_BUILD_INDEX: &str = "build_index";
+/// Recorded builds oldest first, to keep them to `max_build_records`: time in ms (i64 BE) and
+/// 16 bytes of the BLAKE3 of the build's `build_index` key → its size and that key.
+pub const CF_BUILD_ORDER: &str = "build_order";
 /// Build events (lookups, misses with their causes, records): namespace + 0x00 + time in ms
 /// (i64 BE) + sequence (u64 BE) → event.
 pub const CF_BUILD_EVENTS: &str = "build_events";
@@ -59,6 +62,7 @@ const ALL_CFS: &[&str] = &[
     CF_BUILD_ENTRIES,
     CF_BUILD_INDEX,
     CF_BUILD_EVENTS,
+    CF_BUILD_ORDER,
     CF_REGISTRY_BLOBS,
     CF_REGISTRY_MANIFESTS,
     CF_REGISTRY_TAGS,
@@ -123,7 +127,7 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
         options.set_max_write_buffer_number(2);
         options.set_target_file_size_base(8 << 20);
     } else {
-        if name == CF_GO_ORDER {
+        if name == CF_GO_ORDER || name == CF_BUILD_ORDER {
             // A queue: rows are deleted from its front as fast as they are added at its end.
             // Files thick with deletions are compacted early, so a walk from the front does
             // not step over every deleted row.

@@ -230,7 +230,11 @@ async fn open_builds(
     space: &Arc<FreeSpace>,
 ) -> Result<Arc<builds::Builds>> {
     let (records, counters) = (Arc::clone(&backends.build_records), Arc::clone(&stats.builds));
-    let history = builds::History { max_bytes: config.max_build_history, space: Arc::clone(space) };
+    let history = builds::History {
+        max_bytes: config.max_build_history,
+        max_record_bytes: config.max_build_records,
+        space: Arc::clone(space),
+    };
     crate::task::spawn_blocking("open builds", move || builds::Builds::new(records, store, counters, history))
         .await?
 }

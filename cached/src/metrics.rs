@@ -456,6 +456,18 @@ fn encode_builds(encoder: &mut DescriptorEncoder, builds: &crate::builds::BuildC
         "build_entries_dropped",
         "build entries removed because an output blob was evicted",
         load(&builds.entries_dropped),
+    )?;
+    counter(
+        encoder,
+        "build_records_forgotten",
+        "recorded builds forgotten, oldest first, to stay within max_build_records",
+        load(&builds.records_forgotten),
+    )?;
+    gauge(
+        encoder,
+        "build_record_bytes",
+        "bytes of recorded builds (entries and manifests) counted against max_build_records",
+        load(&builds.record_bytes),
     )
 }
 

@@ -336,3 +336,75 @@ async fn below_the_free_space_floor_lookups_log_nothing() {
     assert_eq!(logged_lookups(&mut client).await, 2);
     server.stop().await;
 }
+
+/// A value of /metrics.
+async fn metric(server: &Server, name: &str) -> u64 {
+    let text = server.metrics().await;
+    let line = text
+        .lines()
+        .find(|line| line.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A recorded build is not a blob: eviction takes its outputs, never its entry or manifest,
+/// and the builds kept per target do not bound the targets, which a namespace's writer names
+/// as it likes. Records once piled up until the disk met its floor; now the oldest are
+/// forgotten beyond `max_build_records`, and the newest are still hits.
+async fn a_flood_of_recorded_builds_forgets_the_oldest_and_keeps_the_newest(settings: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![("max_build_records", "64KiB")];
+    all.extend_from_slice(settings);
+    let server = Server::start(dir.path(), &all).await;
+    let mut client = builds(&server).await;
+    let binary = noise(1000, 5);
+    let digest = server.clients().await.write(&binary).await;
+    let padding = [component("pad", "", &"x".repeat(1000))];
+    let platform = |n: u32| format!("os{n}");
+    const FLOOD: u32 = 200;
+    for n in 0..FLOOD {
+        let built = manifest(&platform(n), "v1", &padding);
+        client.record(record_request(&platform(n), &built, digest)).await.expect("record");
+    }
+    let oldest = manifest(&platform(0), "v1", &padding);
+    assert!(!lookup(&mut client, &platform(0), &oldest).await.hit, "the oldest build is still recorded");
+    let newest = manifest(&platform(FLOOD - 1), "v1", &padding);
+    assert!(lookup(&mut client, &platform(FLOOD - 1), &newest).await.hit, "the newest build was forgotten");
+    let bytes = metric(&server, "cached_build_record_bytes").await;
+    assert!(bytes <= 64 << 10, "recorded builds take {bytes} bytes, with max_build_records 64KiB");
+    assert!(metric(&server, "cached_build_records_forgotten_total").await > 100);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_recorded_builds_forgets_the_oldest_in_rocksdb() {
+    a_flood_of_recorded_builds_forgets_the_oldest_and_keeps_the_newest(&[]).await;
+}
+
+#[tokio::test]
+async fn a_flood_of_recorded_builds_forgets_the_oldest_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let settings = [("database_url", url.as_str()), ("database_password_file", password.as_str())];
+    a_flood_of_recorded_builds_forgets_the_oldest_and_keeps_the_newest(&settings).await;
+}
+
+/// Below the free-space floor nothing is recorded, as no Go entry is stored.
+#[tokio::test]
+async fn below_the_free_space_floor_no_build_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let binary = noise(1000, 6);
+    let digest = server.clients().await.write(&binary).await;
+    server.stop().await;
+
+    // A floor no disk here has above it.
+    let server = Server::start(dir.path(), &[("min_free_space", "1PiB")]).await;
+    let mut client = builds(&server).await;
+    let built = manifest("linux", "v1", &[]);
+    let err = client.record(record_request("linux", &built, digest)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("min_free_space"), "{}", err.message());
+    assert!(!lookup(&mut client, "linux", &built).await.hit);
+    server.stop().await;
+}

@@ -30,6 +30,10 @@ pub struct BuildCounters {
     namespaces: DashMap<String, Arc<BuildNamespaceCounters>>,
     /// Build entries removed because an output blob had been evicted.
     pub entries_dropped: AtomicU64,
+    /// Recorded builds forgotten, oldest first, beyond `max_build_records`.
+    pub records_forgotten: AtomicU64,
+    /// Bytes of the recorded builds counted against `max_build_records`.
+    pub record_bytes: AtomicU64,
 }
 
 /// The causes `/metrics` names one by one: what `manifest::category` gives for the components

@@ -358,7 +358,8 @@ mod tests {
 
     fn open(dir: &std::path::Path, max_bytes: u64) -> Arc<Builds> {
         let (db, rocks) = crate::store::open_for_tests(dir);
-        let history = History { max_bytes, space: Arc::new(FreeSpace::new(dir.to_owned(), 0)) };
+        let space = Arc::new(FreeSpace::new(dir.to_owned(), 0));
+        let history = History { max_bytes, max_record_bytes: 1 << 30, space };
         let records = Arc::new(crate::builds::RocksBuildRecords::new(db));
         Builds::new(records, Arc::new(rocks), Arc::default(), history).unwrap()
     }

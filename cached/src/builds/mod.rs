@@ -8,6 +8,9 @@
 //!   found, and answers a miss.
 //! - index: namespace · module · package · GOOS/GOARCH · time · key → manifest. The
 //!   last [`MAX_PER_TARGET`] builds of each target; older ones go, with their entries.
+//! - order: time · hash of the index key → size and index key, one per recorded build, so
+//!   that entries and index together keep to `max_build_records`, the oldest forgotten first
+//!   (`retention`). Nothing is recorded while the disk is below its free-space floor.
 //! - events: namespace · time · sequence · target hash → event. Bounded by
 //!   [`RETENTION`], [`MAX_EVENTS_PER_NAMESPACE`], [`MAX_EVENTS_PER_TARGET`], the size of each
 //!   event ([`MAX_EVENT_BYTES`]) and of the whole log (`max_build_history`), and the disk's
@@ -16,7 +19,8 @@
 //!
 //! This module looks builds up and records them; `keys` is the byte layout above, `manifest`
 //! compares manifests, `explain` says why a lookup missed, `events` keeps the log and sums it up,
-//! `records` is where the tables are kept and `rocks` keeps them in RocksDB.
+//! `retention` keeps the recorded builds to their bound, `records` is where the tables are kept
+//! and `rocks` keeps them in RocksDB.
 
 mod counters;
 mod events;
@@ -25,6 +29,7 @@ mod keys;
 pub mod manifest;
 mod pg;
 mod records;
+mod retention;
 mod rocks;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,10 +65,12 @@ const MAX_OUTPUTS: usize = 10_000;
 const MAX_FIELD_LEN: usize = 4096;
 const DEFAULT_TOP: usize = 10;
 
-/// What the event log may take: `max_bytes` in all (`max_build_history`), and nothing while
-/// `space` is below its floor.
+/// What the event log may take: `max_bytes` in all (`max_build_history`); what recorded builds
+/// may take: `max_record_bytes` (`max_build_records`); and neither anything while `space` is
+/// below its floor.
 pub struct History {
     pub max_bytes: u64,
+    pub max_record_bytes: u64,
     pub space: Arc<FreeSpace>,
 }
 
@@ -78,6 +85,14 @@ pub struct Builds {
     /// Bytes of keys and values in the event log, as of the last prune plus appends since.
     history_bytes: AtomicU64,
     pruning: AtomicBool,
+    /// `max_build_records`.
+    max_record_bytes: u64,
+    /// Bytes of the recorded builds, as last summed plus what was recorded and dropped since.
+    record_bytes: AtomicU64,
+    /// Bytes recorded here since they were last summed.
+    recorded_since_total: AtomicU64,
+    /// Whether the oldest records are being forgotten now.
+    forgetting: AtomicBool,
     warned_floor: Mutex<Option<Instant>>,
     /// Explain and Stats calls reading the log now ([`HISTORY_SCANS`]).
     scans: Arc<tokio::sync::Semaphore>,
@@ -166,15 +181,20 @@ impl Builds {
             records,
             store,
             counters,
-            history,
             sequence: AtomicU64::new(start),
             appended: AtomicU64::new(0),
             history_bytes: AtomicU64::new(0),
             pruning: AtomicBool::new(false),
+            max_record_bytes: history.max_record_bytes,
+            record_bytes: AtomicU64::new(0),
+            recorded_since_total: AtomicU64::new(0),
+            forgetting: AtomicBool::new(false),
             warned_floor: Mutex::new(None),
             scans: Arc::new(tokio::sync::Semaphore::new(HISTORY_SCANS)),
+            history,
         });
         this.prune_events(now_ms())?;
+        this.open_records()?;
         Ok(this)
     }
 
@@ -302,17 +322,28 @@ impl Builds {
                 )));
             }
         }
+        // Records are bounded (`retention`), but RocksDB's WAL and memtables behind them are
+        // written first: not below the floor RocksDB needs.
+        self.history.space.recheck()?;
         let target = request.target.clone().unwrap_or_default();
         let manifest = request.manifest.take().unwrap_or_default();
         let now = now_ms();
         let mut index_key = target_prefix(namespace, &target);
         index_key.extend_from_slice(&now.to_be_bytes());
         index_key.extend_from_slice(key);
-        self.records.write(vec![
+        let mut changes = vec![
             Change::Put(Table::Entries, entry_key(namespace, key), encode(&request)),
-            Change::Put(Table::Index, index_key, encode(&manifest)),
-        ])?;
+            Change::Put(Table::Index, index_key.clone(), encode(&manifest)),
+        ];
+        let size = retention::record_size(&changes);
+        changes.push(Change::Put(
+            Table::Order,
+            retention::order_key(&index_key),
+            retention::order_value(size, &index_key),
+        ));
+        self.records.write(changes)?;
         self.prune_target(namespace, &target)?;
+        self.count_record(size)?;
         let bytes = outputs_size(&request.outputs);
         let counters = self.counters.namespace(namespace);
         counters.records.fetch_add(1, Ordering::Relaxed);
@@ -348,6 +379,8 @@ impl Builds {
         // Keys sort by time within a target: the first ones are the oldest.
         let (old, kept) = found.split_at(found.len() - MAX_PER_TARGET);
         let mut changes = Vec::new();
+        let old_keys: Vec<Vec<u8>> = old.iter().map(|(index_key, _)| index_key.clone()).collect();
+        self.uncount_rows(&old_keys, &mut changes)?;
         for (index_key, build_key) in old {
             changes.push(Change::Delete(Table::Index, index_key.clone()));
             if !kept.iter().any(|(_, k)| k == build_key) {

@@ -31,6 +31,7 @@ fn table_id(table: Table) -> i16 {
         Table::Entries => 0,
         Table::Index => 1,
         Table::Events => 2,
+        Table::Order => 3,
     }
 }
 
@@ -109,8 +110,12 @@ impl BuildRecords for PgBuildRecords {
             let entries = tx
                 .execute("DELETE FROM build_records WHERE tbl = 0 AND key >= $1 AND key < $2", &[&from, &to])
                 .await?;
-            tx.execute("DELETE FROM build_records WHERE tbl <> 0 AND key >= $1 AND key < $2", &[&from, &to])
-                .await?;
+            // The order rows (3) are keyed by time: they stay, counted until the oldest go.
+            tx.execute(
+                "DELETE FROM build_records WHERE tbl IN (1, 2) AND key >= $1 AND key < $2",
+                &[&from, &to],
+            )
+            .await?;
             tx.commit().await?;
             Ok(entries)
         })

@@ -13,6 +13,8 @@ pub enum Table {
     Index,
     /// namespace · time · sequence · target hash → event.
     Events,
+    /// time · hash of the index key → size and index key of a recorded build (`retention`).
+    Order,
 }
 
 /// One change of a batch.

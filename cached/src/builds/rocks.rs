@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::records::{BuildRecords, Change, Rows, Table};
-use crate::db::{CF_BUILD_ENTRIES, CF_BUILD_EVENTS, CF_BUILD_INDEX, cf};
+use crate::db::{CF_BUILD_ENTRIES, CF_BUILD_EVENTS, CF_BUILD_INDEX, CF_BUILD_ORDER, cf};
 use crate::error::Result;
 
 pub struct RocksBuildRecords {
@@ -27,6 +27,7 @@ fn column_family(table: Table) -> &'static str {
         Table::Entries => CF_BUILD_ENTRIES,
         Table::Index => CF_BUILD_INDEX,
         Table::Events => CF_BUILD_EVENTS,
+        Table::Order => CF_BUILD_ORDER,
     }
 }
 
@@ -56,6 +57,7 @@ impl BuildRecords for RocksBuildRecords {
         Ok(Box::new(rows.map(|row| row.map_err(Into::into))))
     }
 
+    /// The namespace's order rows stay, counted until the oldest go (they are keyed by time).
     fn purge_namespace(&self, namespace: &str) -> Result<u64> {
         crate::db::purge_namespace(&self.db, CF_BUILD_ENTRIES, &[CF_BUILD_INDEX, CF_BUILD_EVENTS], namespace)
     }
