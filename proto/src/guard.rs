@@ -24,6 +24,7 @@ const MIN_ELEMENT_BYTES: u64 = 16;
 /// Nesting walked at most, as prost's own recursion limit.
 const MAX_DEPTH: u32 = 100;
 
+#[derive(Debug)]
 struct Shape {
     name: &'static str,
     fields: &'static [Field],
@@ -31,6 +32,7 @@ struct Shape {
 
 /// A field that decodes into an element of its own: a sub-message (its shape's index in
 /// `MESSAGES`), or any repeated field.
+#[derive(Debug)]
 struct Field {
     number: u32,
     repeated: bool,
@@ -72,18 +74,18 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        GuardedDecoder {
-            inner: ProstDecoder::default(),
-            request: REQUESTS.contains(&U::full_name().as_str()),
-        }
+        // Resolved once per call, not per message of a stream.
+        let name = U::full_name();
+        let shape = if REQUESTS.contains(&name.as_str()) { shape(&name) } else { None };
+        GuardedDecoder { inner: ProstDecoder::default(), shape }
     }
 }
 
 #[derive(Debug)]
 pub struct GuardedDecoder<U> {
     inner: ProstDecoder<U>,
-    /// Whether `U` is what a method takes (decoded by the server).
-    request: bool,
+    /// `U`'s shape when it is what a method takes (decoded by the server).
+    shape: Option<&'static Shape>,
 }
 
 impl<U: Message + Name + Default> Decoder for GuardedDecoder<U> {
@@ -93,8 +95,8 @@ impl<U: Message + Name + Default> Decoder for GuardedDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         use prost::bytes::Buf as _;
         // A message arrives in one piece; were it not, it goes to prost unguarded, as before.
-        if self.request && buf.chunk().len() == buf.remaining() {
-            check(&U::full_name(), buf.chunk())?;
+        if let Some(shape) = self.shape.filter(|_| buf.chunk().len() == buf.remaining()) {
+            check_shape(shape, buf.chunk())?;
         }
         self.inner.decode(buf)
     }
@@ -107,12 +109,15 @@ impl<U: Message + Name + Default> Decoder for GuardedDecoder<U> {
 /// Refuses `bytes`, a message of type `name`, if decoding it would make more elements than
 /// its size allows.
 pub fn check(name: &str, bytes: &[u8]) -> Result<(), Status> {
+    shape(name).map_or(Ok(()), |shape| check_shape(shape, bytes))
+}
+
+fn check_shape(shape: &Shape, bytes: &[u8]) -> Result<(), Status> {
     let allowed = FREE_ELEMENTS + bytes.len() as u64 / MIN_ELEMENT_BYTES;
     let mut elements = 0;
-    if let Some(shape) = shape(name) {
-        count(shape, bytes, 0, &mut elements, allowed);
-    }
+    count(shape, bytes, 0, &mut elements, allowed);
     if elements > allowed {
+        let name = shape.name;
         return Err(Status::invalid_argument(format!(
             "a {name} of {} bytes holds more than {allowed} elements (messages, list items): at \
              most {FREE_ELEMENTS} plus one per {MIN_ELEMENT_BYTES} bytes are decoded; send fewer, \
