@@ -1,14 +1,15 @@
 //! The build manifest: named build inputs, each hashed on its own, and the build key over them
-//! (docs/build-keys.md, encoding version 1). cached computes the same key to check it
+//! (docs/build-keys.md, encoding version 2). cached computes the same key to check it
 //! (`cached/src/builds/manifest.rs`); both pin the documented test vector.
 
 use std::collections::BTreeMap;
 
 use proto::v1;
 
-/// Version of the canonical encoding.
-pub const MANIFEST_VERSION: u32 = 1;
-const KEY_DOMAIN: &[u8] = b"cached build key v1\n";
+/// Version of the canonical encoding, and of the rules that say what each component means: a
+/// change to either is a new version, so no record made under older rules can answer a lookup.
+pub const MANIFEST_VERSION: u32 = 2;
+const KEY_DOMAIN: &[u8] = b"cached build key v2\n";
 /// Display values longer than this are cut (the hash still covers the whole value).
 const MAX_DISPLAY: usize = 200;
 
@@ -111,7 +112,7 @@ mod tests {
         manifest.shown("env.GOOS", "linux");
         manifest.insert("file.main.go".into(), *blake3::hash(b"package main\n").as_bytes(), String::new());
         manifest.shown("env.GOARCH", "amd64");
-        assert_eq!(hex(&manifest.key()), "a8fc8f7777e80175fd9589d04030a994c532aedd9f47c55f01e559f2a3ee656d");
+        assert_eq!(hex(&manifest.key()), "1dc2f2bfcbc87916c727c442b0c49b5c77648b56aa24ab324d913e2ed97554a5");
         let wire = manifest.to_wire();
         let names: Vec<&str> = wire.components.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["env.GOARCH", "env.GOOS", "file.main.go"]);

@@ -1,5 +1,5 @@
-//! Build manifests: checking them, the canonical key (docs/build-keys.md, version 1), the
-//! component difference between two manifests, and the cause categories stats count.
+//! Build manifests: checking them, the canonical key (docs/build-keys.md, versions 1 and 2),
+//! the component difference between two manifests, and the cause categories stats count.
 //!
 //! The client (`cli/src/gobuild/manifest.rs`) derives the same key; both sides pin the test
 //! vector of docs/build-keys.md, so they cannot drift apart.
@@ -10,9 +10,12 @@ use proto::v1;
 
 use crate::error::{Error, Result};
 
-/// The encoding version this server understands.
-pub const MANIFEST_VERSION: u32 = 1;
-const KEY_DOMAIN: &[u8] = b"cached build key v1\n";
+/// The newest encoding version this server understands.
+pub const MANIFEST_VERSION: u32 = 2;
+/// The domain line of each version this server speaks: keys of different versions never
+/// collide, so a record made under one version's rules never answers another's lookup.
+/// Version 1 stays for clients not yet upgraded.
+const KEY_DOMAINS: &[(u32, &[u8])] = &[(1, b"cached build key v1\n"), (2, b"cached build key v2\n")];
 const MAX_COMPONENTS: usize = 200_000;
 const MAX_NAME_LEN: usize = 4096;
 const MAX_DISPLAY_LEN: usize = 1024;
@@ -21,9 +24,9 @@ pub const MAX_STORED_CHANGES: usize = 1000;
 
 /// Checks a manifest's form: version, sorted unique names, 32-byte hashes, bounded sizes.
 pub fn check(manifest: &v1::BuildManifest) -> Result<()> {
-    if manifest.version != MANIFEST_VERSION {
+    if domain(manifest.version).is_none() {
         return Err(Error::invalid(format!(
-            "build manifest version {} is not supported; this server speaks version {MANIFEST_VERSION}",
+            "build manifest version {} is not supported; this server speaks versions 1 to {MANIFEST_VERSION}",
             manifest.version
         )));
     }
@@ -60,11 +63,15 @@ pub fn check(manifest: &v1::BuildManifest) -> Result<()> {
     Ok(())
 }
 
-/// The build key of a (checked) manifest: BLAKE3 over the domain line and, per component in
-/// name order, the name, a NUL and the 32-byte component hash.
+fn domain(version: u32) -> Option<&'static [u8]> {
+    KEY_DOMAINS.iter().find(|(known, _)| *known == version).map(|(_, line)| *line)
+}
+
+/// The build key of a (checked) manifest: BLAKE3 over its version's domain line and, per
+/// component in name order, the name, a NUL and the 32-byte component hash.
 pub fn key(manifest: &v1::BuildManifest) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(KEY_DOMAIN);
+    hasher.update(domain(manifest.version).unwrap_or(b"cached build key (unchecked)\n"));
     for component in &manifest.components {
         hasher.update(component.name.as_bytes());
         hasher.update(&[0]);
@@ -176,14 +183,20 @@ mod tests {
         v1::BuildManifest { version: MANIFEST_VERSION, components }
     }
 
-    /// The test vector of docs/build-keys.md; cli/src/gobuild/manifest.rs pins it too.
+    /// The test vectors of docs/build-keys.md; gobuild/src/manifest.rs pins them too.
     #[test]
     fn key_matches_the_documented_vector() {
-        let m = manifest(vec![
+        let mut m = manifest(vec![
             component("env.GOARCH", "amd64", "amd64"),
             component("env.GOOS", "linux", "linux"),
             component("file.main.go", "package main\n", ""),
         ]);
+        check(&m).unwrap();
+        assert_eq!(
+            blake3::Hash::from_bytes(key(&m)).to_hex().as_str(),
+            "1dc2f2bfcbc87916c727c442b0c49b5c77648b56aa24ab324d913e2ed97554a5"
+        );
+        m.version = 1;
         check(&m).unwrap();
         assert_eq!(
             blake3::Hash::from_bytes(key(&m)).to_hex().as_str(),
@@ -198,8 +211,10 @@ mod tests {
         let m = manifest(vec![component("a", "1", ""), component("a", "2", "")]);
         assert!(check(&m).is_err());
         let mut m = manifest(vec![component("a", "1", "")]);
-        m.version = 2;
-        assert!(check(&m).unwrap_err().to_string().contains("version 2"));
+        m.version = 3;
+        assert!(check(&m).unwrap_err().to_string().contains("version 3"));
+        m.version = 0;
+        assert!(check(&m).is_err());
     }
 
     #[test]
