@@ -22,6 +22,11 @@ pub struct Module {
     pub main: bool,
     pub dir: String,
     pub sum: String,
+    /// The go.mod go loaded the module with: none for vendored modules.
+    pub go_mod: String,
+    /// The `go` line of its go.mod (or of `vendor/modules.txt`): the language version go
+    /// compiles the module's packages with.
+    pub go_version: String,
     pub replace: Option<Box<Module>>,
 }
 
@@ -205,6 +210,11 @@ fn vcs_root(dir: &Path) -> Option<(PathBuf, &'static str)> {
     None
 }
 
+/// A module's Go version as keys and explanations show it.
+fn go_version_text(version: &str) -> String {
+    if version.is_empty() { "no go version".to_owned() } else { format!("go {version}") }
+}
+
 /// A file to hash by content: component name and path.
 type FileInput = (String, PathBuf);
 
@@ -296,7 +306,10 @@ pub async fn derive(
         .unwrap_or_default();
 
     let mut files: Vec<FileInput> = Vec::new();
+    // Module path → (display, value) of its `dep.` component.
     let mut deps: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut from_module_cache = BTreeSet::new();
+    let mut local_go_mods = BTreeSet::new();
     let mut seen_dirs = BTreeSet::new();
     let mut cgo = false;
     let mut cxx = false;
@@ -309,18 +322,36 @@ pub async fn derive(
             continue; // The go version (and GOROOT without -trimpath) identifies the standard library.
         }
         if let Some(module) = &package.module {
+            // go compiles every package with its module's Go version (-lang, and its action
+            // IDs say `go <version>`), so each module's is part of the key.
+            let go = go_version_text(&module.go_version);
             let effective = module.replace.as_deref().unwrap_or(module);
             let from_cache = in_module_cache(&package.dir, gomodcache);
             if from_cache && !effective.version.is_empty() && !effective.sum.is_empty() {
                 let value = match &module.replace {
                     Some(to) => (
                         format!("=> {} {}", to.path, to.version),
-                        format!("=> {} {} {}", to.path, to.version, to.sum),
+                        format!("=> {} {} {} {go}", to.path, to.version, to.sum),
                     ),
-                    None => (module.version.clone(), format!("{} {}", module.version, module.sum)),
+                    None => (module.version.clone(), format!("{} {} {go}", module.version, module.sum)),
                 };
                 deps.insert(module.path.clone(), value);
+                from_module_cache.insert(module.path.clone());
                 continue;
+            }
+            // A module outside the module cache (a main module, a local replace directory, a
+            // vendored module): its files are hashed below, its go.mod (require, replace,
+            // godebug and go lines) as well, and its Go version is a component.
+            let origin = match &module.replace {
+                _ if module.main => "main module".to_owned(),
+                Some(to) if to.version.is_empty() => format!("=> {}", to.path),
+                Some(to) => format!("=> {} {}", to.path, to.version),
+                None => module.version.clone(),
+            };
+            let display = format!("{origin}, {go}");
+            deps.insert(module.path.clone(), (display.clone(), display));
+            if !module.go_mod.is_empty() && module.go_mod != gomod {
+                local_go_mods.insert(module.go_mod.clone());
             }
         }
         if !seen_dirs.insert(package.dir.clone()) {
@@ -346,13 +377,23 @@ pub async fn derive(
             files.push((format!("file.{}", relative(&path, &base)), path));
         }
     }
-    let modules = deps.len();
+    let modules = from_module_cache.len();
     for (path, (display, value)) in deps {
         let hash = *blake3::hash(value.as_bytes()).as_bytes();
         manifest.insert(format!("dep.{path}"), hash, display);
     }
 
     files.push(("mod.go.mod".to_owned(), PathBuf::from(gomod)));
+    for go_mod in local_go_mods {
+        let path = PathBuf::from(go_mod);
+        files.push((format!("file.{}", relative(&path, &base)), path));
+    }
+    // With -mod=vendor (the default when it exists) go reads the vendored modules' Go
+    // versions and requirements from it.
+    let modules_txt = base.join("vendor").join("modules.txt");
+    if modules_txt.is_file() {
+        files.push(("file.vendor/modules.txt".to_owned(), modules_txt));
+    }
     let gosum = Path::new(gomod).with_file_name("go.sum");
     if gosum.exists() {
         files.push(("mod.go.sum".to_owned(), gosum));
@@ -511,6 +552,136 @@ fn hash_files(files: Vec<FileInput>) -> Result<Vec<(String, [u8; 32])>, NoKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::Processes;
+    use crate::flags;
+
+    /// Writes `files` (path, contents) under `dir`.
+    fn write(dir: &Path, files: &[(&str, &str)]) {
+        for (path, contents) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
+    }
+
+    /// Runs `command` in `dir`; it must succeed.
+    fn run(dir: &Path, command: &[&str], env: &[(&str, &str)]) {
+        let output = std::process::Command::new(command[0])
+            .args(&command[1..])
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// The go command's settings for these tests: nothing of this machine's go configuration,
+    /// no network, no toolchain switch; `env` on top.
+    fn go_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
+        let base = [
+            ("GOFLAGS", ""),
+            ("GOENV", "off"),
+            ("GOWORK", ""),
+            ("GOPROXY", "off"),
+            ("GOTOOLCHAIN", "local"),
+            ("GOTELEMETRY", "off"),
+            ("CGO_ENABLED", "0"),
+        ];
+        base.iter().chain(env).map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect()
+    }
+
+    /// The manifest `cachectl go build <args>` derives in `dir`, with the real go command.
+    async fn derive_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Manifest {
+        let exec = Processes::default();
+        let env = go_env(env);
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let line = flags::parse_command_line(&args).unwrap();
+        let call = GoCall { exec: &exec, go: Path::new("go"), dir, env: &env };
+        let (go_env, packages) =
+            call.read(&flags::effective("", &line).unwrap(), &line.packages).await.unwrap();
+        let flags = flags::effective(go_env.get("GOFLAGS").map_or("", String::as_str), &line).unwrap();
+        derive(&call, &flags, &go_env, &packages).await.unwrap().manifest
+    }
+
+    /// Closures made in a `for i` loop: a module at go 1.21 shares one `i` (the program prints
+    /// [3 3 3]), at go 1.22 each iteration has its own ([0 1 2]).
+    const LOOP_LIB: &str = "package lib\n\nfunc Values() []int {\n\tvar fs []func() int\n\tfor i := 0; i < 3; i++ {\n\t\tfs = append(fs, func() int { return i })\n\t}\n\tvar out []int\n\tfor _, f := range fs {\n\t\tout = append(out, f())\n\t}\n\treturn out\n}\n";
+    const LOOP_MAIN: &str = "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/lib\"\n)\n\nfunc main() { fmt.Println(lib.Values()) }\n";
+
+    /// Replaces `from` with `to` in the file at `path`.
+    fn edit(path: &Path, from: &str, to: &str) {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains(from), "{} lacks {from:?}", path.display());
+        std::fs::write(path, text.replace(from, to)).unwrap();
+    }
+
+    /// go compiles each module's packages with that module's Go version (-lang), so a change
+    /// of it in a local `replace` directory, a vendored module or a workspace module is a
+    /// different build.
+    #[tokio::test]
+    async fn the_go_version_of_every_module_is_keyed() {
+        let flags = ["-buildvcs=false", "."];
+        let mut same = Vec::new();
+        let lib_mod = "module example.com/lib\n\ngo 1.21\n";
+
+        // A local replace directory.
+        let replaced = tempfile::tempdir().unwrap();
+        write(
+            replaced.path(),
+            &[
+                (
+                    "go.mod",
+                    "module example.com/m\n\ngo 1.22\n\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => ./lib\n",
+                ),
+                ("main.go", LOOP_MAIN),
+                ("lib/go.mod", lib_mod),
+                ("lib/lib.go", LOOP_LIB),
+            ],
+        );
+        let before = derive_in(replaced.path(), &flags, &[]).await;
+        edit(&replaced.path().join("lib/go.mod"), "go 1.21", "go 1.22");
+        let after = derive_in(replaced.path(), &flags, &[]).await;
+        if before.key() == after.key() {
+            same.push("lib/go.mod's go version");
+        }
+
+        // The same module vendored: the go version is the `## explicit; go 1.21` line.
+        edit(&replaced.path().join("lib/go.mod"), "go 1.22", "go 1.21");
+        run(
+            replaced.path(),
+            &["go", "mod", "vendor"],
+            &[("GOFLAGS", ""), ("GOPROXY", "off"), ("GOWORK", "off")],
+        );
+        let modules_txt = replaced.path().join("vendor/modules.txt");
+        assert!(std::fs::read_to_string(&modules_txt).unwrap().contains("## explicit; go 1.21"));
+        let before = derive_in(replaced.path(), &flags, &[]).await;
+        edit(&modules_txt, "## explicit; go 1.21", "## explicit; go 1.22");
+        let after = derive_in(replaced.path(), &flags, &[]).await;
+        if before.key() == after.key() {
+            same.push("vendor/modules.txt's go version");
+        }
+
+        // A workspace module.
+        let workspace = tempfile::tempdir().unwrap();
+        write(
+            workspace.path(),
+            &[
+                ("go.work", "go 1.22\n\nuse (\n\t./app\n\t./lib\n)\n"),
+                ("app/go.mod", "module example.com/app\n\ngo 1.22\n"),
+                ("app/main.go", LOOP_MAIN),
+                ("lib/go.mod", lib_mod),
+                ("lib/lib.go", LOOP_LIB),
+            ],
+        );
+        let app = workspace.path().join("app");
+        let before = derive_in(&app, &flags, &[]).await;
+        edit(&workspace.path().join("lib/go.mod"), "go 1.21", "go 1.22");
+        let after = derive_in(&app, &flags, &[]).await;
+        if before.key() == after.key() {
+            same.push("a workspace module's go version");
+        }
+        assert!(same.is_empty(), "the key missed {same:?}");
+    }
 
     #[test]
     fn relative_paths_use_slashes_and_dots() {
