@@ -38,6 +38,7 @@ fn hidden(name: &str) -> bool {
         || name.starts_with("mod.")
         || name.starts_with("file.")
         || name.starts_with("pgo.")
+        || name == "vcs.root_go.mod"
 }
 
 /// The label of a component in explanations.
@@ -47,6 +48,8 @@ fn label(name: &str) -> String {
         "env.arch_level" => "arch level".to_owned(),
         "vcs.revision" => "VCS revision".to_owned(),
         "vcs.modified" => "VCS modified".to_owned(),
+        "vcs.tags" => "VCS version tags".to_owned(),
+        "vcs.root_go.mod" => "go.mod at the repository root".to_owned(),
         "path.module_dir" => "module directory".to_owned(),
         "path.goroot" => "GOROOT".to_owned(),
         "path.gomodcache" => "GOMODCACHE".to_owned(),

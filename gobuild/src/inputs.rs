@@ -430,7 +430,7 @@ pub async fn derive(
     }
 
     if flags.buildvcs != "false" && roots.iter().any(|r| r.is_main) {
-        stamp(call, &mut manifest, &base).await?;
+        stamp(call, &mut manifest, &base, Path::new(gomod)).await?;
     }
 
     let count = files.len();
@@ -499,8 +499,9 @@ fn resolve(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
-/// VCS stamping: the revision and whether the tree is modified, as go records them.
-async fn stamp(call: &GoCall<'_>, manifest: &mut Manifest, base: &Path) -> Result<(), NoKey> {
+/// VCS stamping: the revision, whether the tree is modified, and the tags go derives the main
+/// module's version from, as go records them.
+async fn stamp(call: &GoCall<'_>, manifest: &mut Manifest, base: &Path, gomod: &Path) -> Result<(), NoKey> {
     let Some((root, kind)) = vcs_root(base) else { return Ok(()) };
     if kind != "git" {
         return Err(NoKey(format!(
@@ -508,18 +509,82 @@ async fn stamp(call: &GoCall<'_>, manifest: &mut Manifest, base: &Path) -> Resul
         )));
     }
     let git = |args: &[&str]| Invocation::new("git", args, root.clone());
-    let revision = call.exec.output(&git(&["rev-parse", "HEAD"])).await;
-    let status = call.exec.output(&git(&["status", "--porcelain"])).await;
-    match (revision, status) {
-        (Ok(revision), Ok(status)) if revision.success() && status.success() => {
+    let (revision, status, tags) = (
+        git(&["rev-parse", "HEAD"]),
+        git(&["status", "--porcelain"]),
+        // What go reads for the version (modfetch's codeRepo.convert in local mode): the tags
+        // at HEAD (`git log --format=%D`) and the tags HEAD descends from
+        // (`git for-each-ref --merged`); the latter hold the former.
+        git(&[
+            "for-each-ref",
+            "--merged=HEAD",
+            "--format=%(refname) %(objectname) %(*objectname)",
+            "refs/tags",
+        ]),
+    );
+    let (revision, status, tags) =
+        tokio::join!(call.exec.output(&revision), call.exec.output(&status), call.exec.output(&tags));
+    match (revision, status, tags) {
+        (Ok(revision), Ok(status), Ok(tags)) if revision.success() && status.success() && tags.success() => {
             let revision = String::from_utf8_lossy(&revision.stdout).trim().to_owned();
             manifest.shown("vcs.revision", &revision);
             manifest.shown("vcs.modified", &(!status.stdout.is_empty()).to_string());
+            let (value, display) = version_tags(&String::from_utf8_lossy(&tags.stdout), &revision);
+            manifest.summarized("vcs.tags", &value, &display);
+            // go finds the module's place in the repository from the module path in the go.mod
+            // at the repository's root, as it is on disk (ignored or untracked, it changes no
+            // status): that decides which tags are the module's.
+            let root_go_mod = root.join("go.mod");
+            if root_go_mod != gomod {
+                let bytes = std::fs::read(&root_go_mod).unwrap_or_default();
+                manifest.insert(
+                    "vcs.root_go.mod".to_owned(),
+                    *blake3::hash(&bytes).as_bytes(),
+                    String::new(),
+                );
+            }
             Ok(())
         }
         // go build fails the same way (it stamps by default), so nothing is cached.
         _ => Err(NoKey(format!("cannot read the git status of {} for VCS stamping", root.display()))),
     }
+}
+
+/// Of `git for-each-ref --format='%(refname) %(objectname) %(*objectname)'` output, the tags
+/// that may be module versions: their last `/` element (a tag is `<module dir>/<version>`)
+/// starts with `v` and a digit. The value is those lines, sorted; the display names the tags
+/// at `head` and counts the others.
+fn version_tags(listing: &str, head: &str) -> (String, String) {
+    let mut lines: Vec<&str> = listing
+        .lines()
+        .filter(|line| {
+            let name = line.split(' ').next().unwrap_or("");
+            let version = name.rsplit('/').next().unwrap_or("");
+            let mut chars = version.chars();
+            chars.next() == Some('v') && chars.next().is_some_and(|c| c.is_ascii_digit())
+        })
+        .collect();
+    lines.sort_unstable();
+    let mut at_head = Vec::new();
+    let mut earlier = 0;
+    for line in &lines {
+        let mut words = line.split(' ');
+        let name = words.next().unwrap_or("").trim_start_matches("refs/tags/");
+        // A lightweight tag names the commit; an annotated one names a tag object whose
+        // commit is the third word.
+        if words.any(|object| !object.is_empty() && object == head) {
+            at_head.push(name);
+        } else {
+            earlier += 1;
+        }
+    }
+    let display = match (at_head.is_empty(), earlier) {
+        (true, 0) => "none".to_owned(),
+        (true, n) => format!("none at HEAD, {n} earlier"),
+        (false, 0) => at_head.join(", "),
+        (false, n) => format!("{} at HEAD, {n} earlier", at_head.join(", ")),
+    };
+    (lines.join("\n"), display)
 }
 
 /// BLAKE3 of each file's contents, on a few threads.
@@ -613,6 +678,63 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains(from), "{} lacks {from:?}", path.display());
         std::fs::write(path, text.replace(from, to)).unwrap();
+    }
+
+    /// go (1.24 on) stamps the main module's version from git tags: a version tag at HEAD is
+    /// the version, else the highest version tag HEAD descends from is the base of a
+    /// pseudo-version. Tags that are no version change nothing.
+    #[tokio::test]
+    async fn the_git_tags_that_decide_the_stamped_version_are_keyed() {
+        let repo = tempfile::tempdir().unwrap();
+        write(
+            repo.path(),
+            &[
+                ("go.mod", "module example.com/m\n\ngo 1.22\n"),
+                ("main.go", "package main\n\nfunc main() {}\n"),
+            ],
+        );
+        let git = |args: &[&str]| {
+            let mut command = vec!["git", "-c", "user.name=t", "-c", "user.email=t@example.com"];
+            command.extend_from_slice(args);
+            run(repo.path(), &command, &[]);
+        };
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-q", "-m", "one"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "two"]);
+        let untagged = derive_in(repo.path(), &["."], &[]).await.key();
+        git(&["tag", "deploy-1"]);
+        assert_eq!(derive_in(repo.path(), &["."], &[]).await.key(), untagged, "a tag that is no version");
+
+        let mut same = Vec::new();
+        let mut keys = vec![untagged];
+        for (what, tag) in [
+            // v0.0.0-<time>-<hash> → v1.0.1-0.<time>-<hash>
+            ("a version tag HEAD descends from", &["tag", "v1.0.0", "HEAD~1"][..]),
+            // → v1.2.3
+            ("a version tag at HEAD", &["tag", "v1.2.3"]),
+            // → v1.3.0
+            ("an annotated version tag at HEAD", &["tag", "-a", "-m", "release", "v1.3.0"]),
+        ] {
+            git(tag);
+            let key = derive_in(repo.path(), &["."], &[]).await.key();
+            if keys.contains(&key) {
+                same.push(what);
+            }
+            keys.push(key);
+        }
+        assert!(same.is_empty(), "the key missed {same:?}");
+    }
+
+    #[test]
+    fn version_tags_are_those_that_may_name_a_version() {
+        let head = "c0ffee";
+        let listing = "refs/tags/deploy-1 c0ffee \nrefs/tags/sub/v2.0.0 aaaa \nrefs/tags/v1.3.0 7a9 c0ffee\nrefs/tags/v1.0.0 bbbb \nrefs/tags/vendor c0ffee \n";
+        let (value, display) = version_tags(listing, head);
+        assert_eq!(value, "refs/tags/sub/v2.0.0 aaaa \nrefs/tags/v1.0.0 bbbb \nrefs/tags/v1.3.0 7a9 c0ffee");
+        assert_eq!(display, "v1.3.0 at HEAD, 2 earlier");
+        assert_eq!(version_tags("refs/tags/v0.1.0 dd \n", head).1, "none at HEAD, 1 earlier");
+        assert_eq!(version_tags("", head), (String::new(), "none".to_owned()));
     }
 
     /// go compiles each module's packages with that module's Go version (-lang), so a change

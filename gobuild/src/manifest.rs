@@ -31,14 +31,19 @@ pub struct Manifest {
 impl Manifest {
     /// A component whose value is shown in explanations.
     pub fn shown(&mut self, name: impl Into<String>, value: &str) {
-        let display = if value.len() > MAX_DISPLAY {
+        self.summarized(name, value, value);
+    }
+
+    /// A component whose value is hashed and shown as `display`, a readable summary of it.
+    pub fn summarized(&mut self, name: impl Into<String>, value: &str, display: &str) {
+        let display = if display.len() > MAX_DISPLAY {
             let mut end = MAX_DISPLAY;
-            while !value.is_char_boundary(end) {
+            while !display.is_char_boundary(end) {
                 end -= 1;
             }
-            format!("{}…", &value[..end])
+            format!("{}…", &display[..end])
         } else {
-            value.to_owned()
+            display.to_owned()
         };
         self.insert(name.into(), *blake3::hash(value.as_bytes()).as_bytes(), display);
     }
