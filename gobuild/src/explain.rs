@@ -94,6 +94,7 @@ fn plural(count: usize, one: &str, many: &str) -> String {
 pub fn summary(explanation: &v1::MissExplanation) -> Vec<String> {
     let changes = &explanation.changes;
     let goarch_changed = changes.iter().any(|c| c.name == "env.GOARCH");
+    let cgo_changed = changes.iter().any(|c| c.name == "env.CGO_ENABLED");
     let mut lines = Vec::new();
     let mut files: [(Vec<String>, &str); 3] =
         [(Vec::new(), "changed"), (Vec::new(), "added"), (Vec::new(), "removed")];
@@ -115,6 +116,12 @@ pub fn summary(explanation: &v1::MissExplanation) -> Vec<String> {
             continue;
         }
         if name == "env.arch_level" && goarch_changed {
+            continue;
+        }
+        // The cgo flags and the C toolchain enter or leave the key with CGO_ENABLED.
+        let with_cgo = (name.starts_with("env.CGO_") || name.starts_with("cc.") || name == "env.PKG_CONFIG")
+            && name != "env.CGO_ENABLED";
+        if with_cgo && cgo_changed && change.kind != "changed" {
             continue;
         }
         let line = if name == "flag.tags" {
@@ -228,7 +235,9 @@ mod tests {
         let explanation = v1::MissExplanation {
             basis: "same_target".into(),
             changes: vec![
+                change("env.CGO_CFLAGS", "added", "", ""),
                 change("env.CGO_ENABLED", "changed", "0", "1"),
+                change("env.CGO_LDFLAGS", "added", "", ""),
                 change("env.GOARCH", "changed", "amd64", "arm64"),
                 change("env.arch_level", "changed", "GOAMD64=v1", "GOARM64=v8.0"),
                 change("file.a.go", "changed", "", ""),
@@ -258,6 +267,13 @@ mod tests {
         );
         let full = full(&explanation);
         assert!(full.contains(&"flag.ldflags: changed".to_owned()), "{full:?}");
+        assert!(full.contains(&"env.CGO_CFLAGS: added".to_owned()), "{full:?}");
+        let flags_only = v1::MissExplanation {
+            basis: "same_target".into(),
+            changes: vec![change("env.CGO_LDFLAGS", "changed", "", "")],
+            ..Default::default()
+        };
+        assert_eq!(summary(&flags_only), ["CGO_LDFLAGS changed"]);
         assert!(full.contains(&"env.GOARCH: amd64 → arm64".to_owned()));
     }
 

@@ -76,6 +76,9 @@ const ARCH_LEVELS: &[(&str, &str)] = &[
     ("wasm", "GOWASM"),
 ];
 const CGO_FLAG_VARS: &[&str] = &["CGO_CFLAGS", "CGO_CPPFLAGS", "CGO_CXXFLAGS", "CGO_FFLAGS", "CGO_LDFLAGS"];
+/// The ones a binary's build info records, with cgo on and without -trimpath
+/// (cmd/go/internal/load's setBuildInfo), whether or not a package uses cgo.
+const RECORDED_CGO_FLAG_VARS: &[&str] = &["CGO_CFLAGS", "CGO_CPPFLAGS", "CGO_CXXFLAGS", "CGO_LDFLAGS"];
 
 /// A package named on the command line.
 #[derive(Debug, Clone)]
@@ -418,13 +421,25 @@ pub async fn derive(
         path => files.push(("pgo.profile".to_owned(), call.dir.join(path))),
     }
 
-    if cgo && var(env, "CGO_ENABLED") == "1" {
+    let cgo_on = var(env, "CGO_ENABLED") == "1";
+    // The CGO_* flags as set: with cgo in use they (or go's defaults when unset) go to the C
+    // compiler and linker; with cgo on and without -trimpath a binary records four of them.
+    let cgo_flags = if cgo && cgo_on {
+        CGO_FLAG_VARS
+    } else if cgo_on && !flags.trimpath && roots.iter().any(|r| r.is_main) {
+        RECORDED_CGO_FLAG_VARS
+    } else {
+        &[]
+    };
+    if !cgo_flags.is_empty() {
+        for (name, value) in cgo_flags.iter().zip(flags_as_set(call, env, cgo_flags).await?) {
+            manifest.insert(format!("env.{name}"), *blake3::hash(&value).as_bytes(), String::new());
+        }
+    }
+    if cgo && cgo_on {
         compiler_identity(call, &mut manifest, "CC", var(env, "CC")).await?;
         if cxx {
             compiler_identity(call, &mut manifest, "CXX", var(env, "CXX")).await?;
-        }
-        for name in CGO_FLAG_VARS {
-            manifest.hidden(format!("env.{name}"), var(env, name));
         }
         manifest.shown("env.PKG_CONFIG", var(env, "PKG_CONFIG"));
     }
@@ -441,6 +456,66 @@ pub async fn derive(
         manifest.insert(name, hash, String::new());
     }
     Ok(Derived { manifest, module, roots, goos, goarch, files: count, modules })
+}
+
+/// The values of `names` as go reads them (cmd/go/internal/cfg's Getenv): the environment
+/// variable when it is not empty, else the user's go env file (`go env -w`), else
+/// `$GOROOT/go.env`, else empty. Not `go env`'s: it prints go's default when one is unset and
+/// re-quotes the words, while a binary records the value as set.
+async fn flags_as_set(call: &GoCall<'_>, env: &GoEnv, names: &[&str]) -> Result<Vec<Vec<u8>>, NoKey> {
+    // The environment go runs with is the exec's (a runner agent's is sealed), so a shell in
+    // it prints the variables, each ended by a NUL.
+    let script = format!(
+        "printf '%s\\0' {}",
+        names.iter().map(|name| format!("\"${name}\"")).collect::<Vec<_>>().join(" ")
+    );
+    let invocation = Invocation {
+        program: PathBuf::from("/bin/sh"),
+        args: vec!["-c".to_owned(), script],
+        dir: call.dir.to_owned(),
+        env: call.env.to_vec(),
+        env_remove: Vec::new(),
+    };
+    let captured = call
+        .exec
+        .output(&invocation)
+        .await
+        .map_err(|err| NoKey(format!("cannot read the cgo flags: {err}")))?;
+    let mut from_env: Vec<&[u8]> = captured.stdout.split(|b| *b == 0).collect();
+    // Each value ends with a NUL: the last piece is the empty one after it.
+    if !captured.success() || from_env.pop() != Some(&[]) || from_env.len() != names.len() {
+        return Err(NoKey(format!("cannot read the cgo flags: {}", captured.first_error_line())));
+    }
+    let user = match var(env, "GOENV") {
+        "" | "off" => BTreeMap::new(),
+        file => env_file(Path::new(file)),
+    };
+    let goroot = env_file(&Path::new(var(env, "GOROOT")).join("go.env"));
+    Ok(names
+        .iter()
+        .zip(from_env)
+        .map(|(name, value)| {
+            if value.is_empty() {
+                user.get(name.as_bytes()).or_else(|| goroot.get(name.as_bytes())).cloned().unwrap_or_default()
+            } else {
+                value.to_vec()
+            }
+        })
+        .collect())
+}
+
+/// The settings of a go env file, read as go reads them: `NAME=value` lines whose name starts
+/// with an upper-case letter, the last of a name winning; a file that cannot be read has none.
+fn env_file(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|line| line.first().is_some_and(u8::is_ascii_uppercase))
+        .filter_map(|line| {
+            let at = line.iter().position(|b| *b == b'=')?;
+            Some((line[..at].to_vec(), line[at + 1..].to_vec()))
+        })
+        .collect()
 }
 
 /// The C compiler's identity: its command and what `--version` prints.
@@ -735,6 +810,65 @@ mod tests {
         assert_eq!(display, "v1.3.0 at HEAD, 2 earlier");
         assert_eq!(version_tags("refs/tags/v0.1.0 dd \n", head).1, "none at HEAD, 1 earlier");
         assert_eq!(version_tags("", head), (String::new(), "none".to_owned()));
+    }
+
+    /// With cgo on and without -trimpath, go writes CGO_CFLAGS, CGO_CPPFLAGS, CGO_CXXFLAGS and
+    /// CGO_LDFLAGS into every binary's build info, as set (the environment, else `go env -w`),
+    /// even when no package uses cgo.
+    #[tokio::test]
+    async fn the_cgo_flags_a_binary_records_are_keyed_without_cgo_packages() {
+        let module = tempfile::tempdir().unwrap();
+        write(
+            module.path(),
+            &[
+                ("go.mod", "module example.com/m\n\ngo 1.22\n"),
+                ("main.go", "package main\n\nfunc main() {}\n"),
+            ],
+        );
+        let config = module.path().join("go-env");
+        std::fs::write(&config, "CGO_CPPFLAGS=-DFROM_GO_ENV_W\n").unwrap();
+        let dir = module.path();
+        let key = |flags: &'static [&'static str], env: Vec<(&str, &str)>| {
+            let mut all = vec![
+                ("CGO_ENABLED", "1"),
+                ("CGO_CFLAGS", ""),
+                ("CGO_CPPFLAGS", ""),
+                ("CGO_CXXFLAGS", ""),
+                ("CGO_LDFLAGS", ""),
+            ];
+            all.extend(env);
+            let all: Vec<(String, String)> =
+                all.into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+            async move {
+                let all: Vec<(&str, &str)> = all.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                derive_in(dir, flags, &all).await.key()
+            }
+        };
+        const PLAIN: &[&str] = &["-buildvcs=false", "."];
+        let base = key(PLAIN, vec![]).await;
+        let mut same = Vec::new();
+        for (what, env) in [
+            // go env says -O2 -g either way; the binary says CGO_CFLAGS= or CGO_CFLAGS="-O2 -g".
+            ("CGO_CFLAGS set to go's default", vec![("CGO_CFLAGS", "-O2 -g")]),
+            ("CGO_CFLAGS spaced differently", vec![("CGO_CFLAGS", "-O2  -g")]),
+            ("CGO_CPPFLAGS", vec![("CGO_CPPFLAGS", "-DX")]),
+            ("CGO_CXXFLAGS", vec![("CGO_CXXFLAGS", "-O3")]),
+            ("CGO_LDFLAGS", vec![("CGO_LDFLAGS", "-L/opt/lib")]),
+            ("CGO_CPPFLAGS from go env -w", vec![("GOENV", config.to_str().unwrap())]),
+        ] {
+            if key(PLAIN, env).await == base {
+                same.push(what);
+            }
+        }
+        assert!(same.is_empty(), "the key missed {same:?}");
+
+        // Where go records none of them, none is keyed.
+        const TRIMPATH: &[&str] = &["-buildvcs=false", "-trimpath", "."];
+        assert_eq!(key(TRIMPATH, vec![("CGO_LDFLAGS", "-L/opt/lib")]).await, key(TRIMPATH, vec![]).await);
+        assert_eq!(
+            key(PLAIN, vec![("CGO_ENABLED", "0"), ("CGO_LDFLAGS", "-L/opt/lib")]).await,
+            key(PLAIN, vec![("CGO_ENABLED", "0")]).await
+        );
     }
 
     /// go compiles each module's packages with that module's Go version (-lang), so a change
