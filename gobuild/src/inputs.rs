@@ -347,11 +347,11 @@ pub async fn derive(
             // godebug and go lines) as well, and its Go version is a component.
             let origin = match &module.replace {
                 _ if module.main => "main module".to_owned(),
-                Some(to) if to.version.is_empty() => format!("=> {}", to.path),
+                Some(to) if to.version.is_empty() => to.path.clone(),
                 Some(to) => format!("=> {} {}", to.path, to.version),
                 None => module.version.clone(),
             };
-            let display = format!("{origin}, {go}");
+            let display = format!("{origin} ({go})");
             deps.insert(module.path.clone(), (display.clone(), display));
             if !module.go_mod.is_empty() && module.go_mod != gomod {
                 local_go_mods.insert(module.go_mod.clone());

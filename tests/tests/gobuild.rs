@@ -124,7 +124,7 @@ fn unchanged_builds_hit_and_every_miss_names_its_cause() {
 
     // Each change misses, and the explanation names exactly that change.
     type Mutation<'a> =
-        (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], Option<(&'a str, &'a str)>, &'a str);
+        (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], Option<(&'a str, &'a str)>, &'a [&'a str]);
     let greet = std::fs::read_to_string(ws.path("internal/greet/greet.go")).unwrap();
     let edited_greet = greet.replace("hello, ", "hi, ");
     let go_sum = std::fs::read_to_string(ws.path("go.sum")).unwrap();
@@ -132,35 +132,63 @@ fn unchanged_builds_hit_and_every_miss_names_its_cause() {
         format!("{go_sum}example.com/other v1.2.3/go.mod h1:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=\n");
     let lib = std::fs::read_to_string(ws.path("lib/lib.go")).unwrap();
     let edited_lib = lib.replace("\"cached\"", "\"gophers\"");
+    let lib_go_mod = std::fs::read_to_string(ws.path("lib/go.mod")).unwrap();
+    // go compiles the module's packages with the language version of its go.mod.
+    let older_lib_go_mod = lib_go_mod.replace("go 1.24", "go 1.21");
     let mutations: Vec<Mutation<'_>> = vec![
-        ("GOOS", &[], &[("GOOS", "windows")], None, "GOOS: linux → windows"),
-        ("GOARCH", &[], &[("GOARCH", "arm64")], None, "GOARCH: amd64 → arm64"),
-        ("CGO_ENABLED", &[], &[("CGO_ENABLED", "1")], None, "CGO_ENABLED: 0 → 1"),
-        ("build tag", &["-tags=netgo"], &[], None, "build tags: +netgo"),
-        ("-ldflags", &["-ldflags=-X main.version=2"], &[], None, "-ldflags changed"),
+        ("GOOS", &[], &[("GOOS", "windows")], None, &["GOOS: linux → windows"]),
+        ("GOARCH", &[], &[("GOARCH", "arm64")], None, &["GOARCH: amd64 → arm64"]),
+        ("CGO_ENABLED", &[], &[("CGO_ENABLED", "1")], None, &["CGO_ENABLED: 0 → 1"]),
+        // With cgo on and without -trimpath every binary records the cgo flags: compared with
+        // the build above.
+        (
+            "cgo flags",
+            &[],
+            &[("CGO_ENABLED", "1"), ("CGO_LDFLAGS", "-L/opt/lib")],
+            None,
+            &["CGO_LDFLAGS changed"],
+        ),
+        ("build tag", &["-tags=netgo"], &[], None, &["build tags: +netgo"]),
+        ("-ldflags", &["-ldflags=-X main.version=2"], &[], None, &["-ldflags changed"]),
         (
             "edited source",
             &[],
             &[],
             Some(("internal/greet/greet.go", &edited_greet)),
-            "1 source file changed: internal/greet/greet.go",
+            &["1 source file changed: internal/greet/greet.go"],
         ),
         (
             "added file",
             &[],
             &[],
             Some(("internal/greet/extra.go", "package greet\n")),
-            "1 source file added: internal/greet/extra.go",
+            &["1 source file added: internal/greet/extra.go"],
         ),
         (
             "embedded file",
             &[],
             &[],
             Some(("internal/greet/banner.txt", "== changed ==\n")),
-            "1 source file changed: internal/greet/banner.txt",
+            &["1 source file changed: internal/greet/banner.txt"],
         ),
-        ("local replace", &[], &[], Some(("lib/lib.go", &edited_lib)), "1 source file changed: lib/lib.go"),
-        ("go.sum", &[], &[], Some(("go.sum", &grown_go_sum)), "go.sum changed"),
+        (
+            "local replace",
+            &[],
+            &[],
+            Some(("lib/lib.go", &edited_lib)),
+            &["1 source file changed: lib/lib.go"],
+        ),
+        ("go.sum", &[], &[], Some(("go.sum", &grown_go_sum)), &["go.sum changed"]),
+        (
+            "a module's go version",
+            &[],
+            &[],
+            Some(("lib/go.mod", &older_lib_go_mod)),
+            &[
+                "1 source file changed: lib/go.mod",
+                "1 dependency changed: example.com/lib ./lib (go 1.24) → ./lib (go 1.21)",
+            ],
+        ),
     ];
     let mut keys = Vec::new();
     for (what, flags, env, file, expected) in &mutations {
@@ -172,7 +200,7 @@ fn unchanged_builds_hit_and_every_miss_names_its_cause() {
         });
         let built = ws.build(flags, env).success(what);
         assert!(headline(&built.stderr).starts_with("cachectl: cache miss"), "{what}: {}", built.stderr);
-        assert_eq!(causes(&built.stderr), [*expected], "{what}: {}", built.stderr);
+        assert_eq!(causes(&built.stderr), *expected, "{what}: {}", built.stderr);
         keys.push((*what, short_key(&built.stderr)));
         if let Some((path, before)) = saved {
             match before {
@@ -230,17 +258,26 @@ fn unchanged_builds_hit_and_every_miss_names_its_cause() {
     assert!(ns["go_action_hit_rate"].is_number(), "{ns}");
     let counted: Vec<&str> =
         ns["top_miss_causes"].as_array().unwrap().iter().map(|c| c["cause"].as_str().unwrap()).collect();
-    for cause in
-        ["first build", "GOOS", "GOARCH", "CGO_ENABLED", "build tags", "-ldflags", "source files", "go.sum"]
-    {
+    for cause in [
+        "first build",
+        "GOOS",
+        "GOARCH",
+        "CGO_ENABLED",
+        "cgo flags",
+        "build tags",
+        "-ldflags",
+        "source files",
+        "go.sum",
+        "dependencies",
+    ] {
         assert!(counted.contains(&cause), "{cause} is not among {counted:?}");
     }
     assert_eq!(ns["top_miss_causes"][0]["cause"], "source files", "{ns}");
-    assert_eq!(ns["top_miss_causes"][0]["misses"], 6, "{ns}");
+    assert_eq!(ns["top_miss_causes"][0]["misses"], 7, "{ns}");
     assert_eq!(ns["top_missed_targets"][0]["package"], "example.com/gobuild/cmd/app");
     assert_eq!(ns["top_missed_targets"][0]["goos"], "linux");
     let table = run(ws.cachectl(&["stats"], &[])).success("cachectl stats");
-    assert!(table.stdout.contains("top miss causes:    source files (6)"), "{}", table.stdout);
+    assert!(table.stdout.contains("top miss causes:    source files (7)"), "{}", table.stdout);
 
     // explain: by target (the latest miss of it), by platform, and by key.
     let latest = ws.json(&["explain", "cmd/app", "--json"]);
