@@ -25,10 +25,12 @@ const MIN_BUILD_HISTORY: u64 = 64 << 10;
 /// `max_go_entries` by default: one per 4 KiB of `max_size`, many more than the blobs of a
 /// Go cache (most are larger), in a few percent of its disk (an entry takes 200-700 bytes).
 const MAX_SIZE_PER_GO_ENTRY: u64 = 4 << 10;
-/// `max_build_records` by default: a sixteenth of `max_size`.
-const MAX_SIZE_PER_BUILD_RECORDS: u64 = 16;
+/// `max_build_records` and `max_registry_records` by default: a sixteenth of `max_size` each.
+const MAX_SIZE_PER_RECORDS: u64 = 16;
 /// The least `max_build_records`: a few small builds.
 const MIN_BUILD_RECORDS: u64 = 64 << 10;
+/// The least `max_registry_records`: two of the largest manifests.
+const MIN_REGISTRY_RECORDS: u64 = 8 << 20;
 
 pub const SETTINGS: &[Setting] = &[
     Setting { key: "listen", help: "gRPC address to listen on", default: "127.0.0.1:7070" },
@@ -59,6 +61,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "max_build_records",
         help: "bytes the recorded whole builds (entries and manifests) may take; beyond it the oldest \
                are forgotten [default: max_size / 16]",
+        default: "",
+    },
+    Setting {
+        key: "max_registry_records",
+        help: "bytes the registry's records (blob links, manifests, tags) may take; beyond it the \
+               oldest are forgotten [default: max_size / 16, at least 8MiB]",
         default: "",
     },
     Setting {
@@ -504,7 +512,7 @@ impl Config {
                 _ => get("max_go_entries").count()?,
             },
             max_build_records: match get("max_build_records").value.trim() {
-                "" => max_size / MAX_SIZE_PER_BUILD_RECORDS,
+                "" => max_size / MAX_SIZE_PER_RECORDS,
                 _ => get("max_build_records").size()?,
             },
             max_build_history: get("max_build_history").size()?,
@@ -628,6 +636,20 @@ impl Config {
     }
 }
 
+/// `max_registry_records`: a sixteenth of `max_size` unless set, and in any case room for two
+/// of the largest manifests (4 MiB): a push must not be forgotten as it is stored.
+fn max_registry_records<'a>(get: &impl Fn(&str) -> Field<'a>) -> Result<u64, ConfigError> {
+    let field = get("max_registry_records");
+    let max = match field.value.trim() {
+        "" => return Ok((get("max_size").size()? / MAX_SIZE_PER_RECORDS).max(MIN_REGISTRY_RECORDS)),
+        _ => field.size()?,
+    };
+    if max < MIN_REGISTRY_RECORDS {
+        return Err(field.invalid("must be at least 8MiB, room for two of the largest manifests"));
+    }
+    Ok(max)
+}
+
 /// The registry's settings, or `None` when `registry_listen` is off.
 fn registry_settings<'a>(
     get: &impl Fn(&str) -> Field<'a>,
@@ -648,6 +670,7 @@ fn registry_settings<'a>(
         upload_timeout,
         max_uploads_per_namespace: get("registry_max_uploads").count()? as usize,
         min_free_space: get("min_free_space").size()?,
+        max_records: max_registry_records(get)?,
         upload_pace: crate::conn::ConnLimits::from(limits).pace,
     }))
 }
@@ -1067,6 +1090,22 @@ mod tests {
         let env = |name: &str| (name == "CACHED_MAX_BUILD_RECORDS").then(|| "1KiB".to_owned());
         let err = Config::load(&flags, None, &env).unwrap_err().to_string();
         assert!(err.contains("max_build_records") && err.contains("64KiB"), "{err}");
+    }
+
+    #[test]
+    fn max_registry_records_follows_max_size_unless_set_and_holds_two_manifests() {
+        let flags = |max_size: &str| {
+            BTreeMap::from([
+                ("max_size".to_owned(), max_size.to_owned()),
+                ("registry_listen".to_owned(), "127.0.0.1:0".to_owned()),
+            ])
+        };
+        let max = |config: Config| config.registry.expect("the registry is on").max_records;
+        assert_eq!(max(Config::load(&flags("20GiB"), None, &no_env).unwrap()), 1280 << 20);
+        assert_eq!(max(Config::load(&flags("4MiB"), None, &no_env).unwrap()), 8 << 20);
+        let env = |name: &str| (name == "CACHED_MAX_REGISTRY_RECORDS").then(|| "1MiB".to_owned());
+        let err = Config::load(&flags("20GiB"), None, &env).unwrap_err().to_string();
+        assert!(err.contains("CACHED_MAX_REGISTRY_RECORDS") && err.contains("8MiB"), "{err}");
     }
 
     #[test]

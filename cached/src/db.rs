@@ -49,6 +49,10 @@ pub const CF_REGISTRY_MANIFESTS: &str = "registry_manifests";
 pub const CF_REGISTRY_TAGS: &str = "registry_tags";
 /// Referrers: repository + 0x00 + subject SHA-256 + referrer SHA-256 → the referrer's descriptor.
 pub const CF_REGISTRY_REFERRERS: &str = "registry_referrers";
+/// The registry's records oldest first, to keep them to `max_registry_records`: write time in
+/// ms (i64 BE) and 16 bytes of a hash of what the row names → its size and what it names
+/// (`registry::records::Recorded`).
+pub const CF_REGISTRY_ORDER: &str = "registry_order";
 
 const ALL_CFS: &[&str] = &[
     CF_BLOBS,
@@ -67,6 +71,7 @@ const ALL_CFS: &[&str] = &[
     CF_REGISTRY_MANIFESTS,
     CF_REGISTRY_TAGS,
     CF_REGISTRY_REFERRERS,
+    CF_REGISTRY_ORDER,
 ];
 
 /// Small enough that memtables and cache stay well inside the memory budget of a streaming
@@ -127,7 +132,7 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
         options.set_max_write_buffer_number(2);
         options.set_target_file_size_base(8 << 20);
     } else {
-        if name == CF_GO_ORDER || name == CF_BUILD_ORDER {
+        if [CF_GO_ORDER, CF_BUILD_ORDER, CF_REGISTRY_ORDER].contains(&name) {
             // A queue: rows are deleted from its front as fast as they are added at its end.
             // Files thick with deletions are compacted early, so a walk from the front does
             // not step over every deleted row.

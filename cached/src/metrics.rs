@@ -102,6 +102,11 @@ impl Metrics {
         Arc::new(Self { registry, requests, latency, registry_requests, registry_latency, stats })
     }
 
+    /// The counters behind the metrics, for those who add to them.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
     pub fn render(&self) -> String {
         let mut text = String::new();
         match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
@@ -325,6 +330,18 @@ impl Collector for StatsCollector {
             "go_entries",
             "Go entries counted against max_go_entries (puts since removed count until forgotten)",
             load(&self.stats.go_entries),
+        )?;
+        gauge(
+            &mut encoder,
+            "registry_record_bytes",
+            "bytes of registry records (blob links, manifests, tags) counted against max_registry_records",
+            load(&self.stats.registry_record_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "registry_records_forgotten",
+            "registry records forgotten, oldest first, to stay within max_registry_records",
+            load(&self.stats.registry_records_forgotten),
         )?;
         encode_builds(&mut encoder, &self.stats.builds)?;
         if let Some((_, shared)) = self.stats.shared_store.get() {

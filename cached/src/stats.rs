@@ -74,6 +74,10 @@ pub struct Stats {
     pub go_entries_forgotten: AtomicU64,
     /// Go action entries counted against `max_go_entries`, as of the last put or round.
     pub go_entries: AtomicU64,
+    /// Bytes of the registry's records counted against `max_registry_records`.
+    pub registry_record_bytes: AtomicU64,
+    /// Registry records (blob links, manifests, tags) forgotten, oldest first, beyond it.
+    pub registry_records_forgotten: AtomicU64,
     /// Whole-build lookups, misses by cause and records, for `/metrics`.
     pub builds: Arc<crate::builds::BuildCounters>,
     /// The shared tier's URL and counters, once it is configured.
@@ -89,6 +93,8 @@ impl Default for Stats {
             go_entries_dropped: AtomicU64::new(0),
             go_entries_forgotten: AtomicU64::new(0),
             go_entries: AtomicU64::new(0),
+            registry_record_bytes: AtomicU64::new(0),
+            registry_records_forgotten: AtomicU64::new(0),
             builds: Arc::default(),
             shared_store: std::sync::OnceLock::new(),
         }

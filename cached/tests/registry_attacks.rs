@@ -411,3 +411,55 @@ async fn asking_for_an_uploads_status_does_not_keep_it_open() {
     assert_eq!(last, 404, "an upload asked about every 300 ms is still open after 6 s");
     registry.stop().await;
 }
+
+/// A manifest's bytes are a record, not a CAS blob: eviction under `max_size` never takes one,
+/// and a `cas-write` token may push manifests of up to 4 MiB by digest without end, until the
+/// disk (or the database) met its floor and every tenant's pushes were refused. Beyond
+/// `max_registry_records` the oldest records are forgotten now, and the newest still pull.
+async fn a_flood_of_manifests_forgets_the_oldest_and_keeps_the_newest(registry: &Registry) {
+    registry.push_empty_config().await;
+    let padding = "x".repeat(160 << 10);
+    let mut digests = Vec::new();
+    for n in 0..100 {
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[],"annotations":{{"n":"{n}","pad":"{padding}"}}}}"#,
+            empty_config()
+        );
+        let reply = registry.put_manifest("dev", &manifest, OCI_MANIFEST, None).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        digests.push(sha256(manifest.as_bytes()));
+    }
+    let oldest = registry.get(&format!("/v2/main/app/manifests/{}", digests[0]), "dev").await;
+    assert_eq!(oldest.status, 404, "the oldest manifest is still stored");
+    let newest = registry.get(&format!("/v2/main/app/manifests/{}", digests[99]), "dev").await;
+    assert_eq!(newest.status, 200, "the newest manifest was forgotten");
+    let metrics = registry.server.metrics().await;
+    let value = |name: &str| -> u64 {
+        let line = metrics.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let bytes = value("cached_registry_record_bytes ");
+    assert!(bytes <= 8 << 20, "the registry's records take {bytes} bytes, with max_registry_records 8MiB");
+    assert!(value("cached_registry_records_forgotten_total") >= 40, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_flood_of_manifests_forgets_the_oldest_in_rocksdb() {
+    let registry = Registry::start(&[("max_registry_records", "8MiB")]).await;
+    a_flood_of_manifests_forgets_the_oldest_and_keeps_the_newest(&registry).await;
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_manifests_forgets_the_oldest_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let settings = [
+        ("max_registry_records", "8MiB"),
+        ("database_url", url.as_str()),
+        ("database_password_file", password.as_str()),
+    ];
+    let registry = Registry::start(&settings).await;
+    a_flood_of_manifests_forgets_the_oldest_and_keeps_the_newest(&registry).await;
+    registry.stop().await;
+}

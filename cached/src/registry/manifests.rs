@@ -3,6 +3,8 @@
 //! deletes. A manifest with a `subject` is listed by the referrers API and answered with
 //! `OCI-Subject`.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -14,7 +16,8 @@ use super::blobs::{DIGEST_HEADER, insert};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest, check_tag};
 use super::records::{
-    MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, StoredManifest,
+    MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, Recorded,
+    StoredManifest,
 };
 use super::routes::Call;
 use super::{Registry, check_free_space};
@@ -129,7 +132,7 @@ pub(super) async fn put(
         check_referrer_scope(&call.grant, repo)?;
     }
     let media_type = media_type(&manifest, content_type.as_deref())?;
-    check_references(registry, repo, &manifest).await?;
+    let used = check_references(registry, repo, &manifest).await?;
     let referrer = match &manifest.subject {
         Some(subject) => Some((
             Sha256Digest::parse(&subject.digest)?,
@@ -141,12 +144,21 @@ pub(super) async fn put(
     check_free_space(&registry.space)?;
     let stored = StoredManifest { media_type, bytes };
     let (owned, tag) = (repo.clone(), (!by_digest).then(|| reference.to_owned()));
+    let bound = Arc::clone(&registry.bound);
     let put = registry
         .records("registry manifest put", move |records| {
-            records.put_manifest(
+            let put = records.put_manifest(
                 &owned,
                 ManifestWrite { digest, manifest: &stored, tag: tag.as_deref(), referrer },
-            )
+            )?;
+            if let ManifestPut::Stored { counted } = put {
+                // What the manifest names is in use: as recent as it, and not forgotten first.
+                if let Err(err) = records.touch(&used) {
+                    tracing::warn!(error = %err, "marking the records a manifest names as used failed");
+                }
+                bound.count(records, counted);
+            }
+            Ok(put)
         })
         .await?;
     refuse_unstored(put, repo, digest, subject)?;
@@ -169,7 +181,7 @@ fn refuse_unstored(
     subject: Option<Sha256Digest>,
 ) -> RegistryResult<()> {
     match put {
-        ManifestPut::Stored => Ok(()),
+        ManifestPut::Stored { .. } => Ok(()),
         ManifestPut::ReferrersFull => {
             let subject = subject.map(|subject| subject.to_string()).unwrap_or_default();
             Err(invalid(format!(
@@ -227,8 +239,14 @@ fn media_type(manifest: &Manifest, content_type: Option<&str>) -> RegistryResult
 }
 
 /// Every blob and child manifest the manifest names must be in the repository (layers that are
-/// fetched from elsewhere, `urls`, excepted); the subject need not be.
-async fn check_references(registry: &Registry, repo: &Repository, manifest: &Manifest) -> RegistryResult<()> {
+/// fetched from elsewhere, `urls`, excepted); the subject need not be. Returns them: a push
+/// uses them, which keeps them from being the oldest records the registry forgets.
+async fn check_references(
+    registry: &Registry,
+    repo: &Repository,
+    manifest: &Manifest,
+) -> RegistryResult<Vec<Recorded>> {
+    let mut used = Vec::new();
     let blobs = manifest.config.iter().chain(manifest.layers.iter().filter(|layer| layer.urls.is_empty()));
     for descriptor in blobs {
         let sha256 = Sha256Digest::parse(&descriptor.digest).map_err(|err| invalid(err.message))?;
@@ -238,6 +256,7 @@ async fn check_references(registry: &Registry, repo: &Repository, manifest: &Man
                 format!("blob {sha256} ({}) is not in {repo}; push it first", descriptor.media_type),
             ));
         }
+        used.push(Recorded::Blob { repo: repo.clone(), sha256 });
     }
     for child in &manifest.manifests {
         let sha256 = Sha256Digest::parse(&child.digest).map_err(|err| invalid(err.message))?;
@@ -247,8 +266,9 @@ async fn check_references(registry: &Registry, repo: &Repository, manifest: &Man
                 format!("manifest {sha256} is not in {repo}; push the children before the index"),
             ));
         }
+        used.push(Recorded::Manifest { repo: repo.clone(), digest: sha256, subject: None });
     }
-    Ok(())
+    Ok(used)
 }
 
 /// The descriptor the referrers API lists for a manifest with a subject, within

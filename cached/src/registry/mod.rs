@@ -19,6 +19,7 @@ mod names;
 mod pg;
 mod records;
 mod referrers;
+mod retention;
 mod rocks;
 mod routes;
 mod tags;
@@ -50,6 +51,9 @@ pub struct RegistrySettings {
     pub max_uploads_per_namespace: usize,
     /// `min_free_space`: below it, uploads are not spooled nor manifests stored.
     pub min_free_space: u64,
+    /// `max_registry_records`: bytes of blob links, manifests and tags kept; beyond it the
+    /// oldest written are forgotten.
+    pub max_records: u64,
     /// How long an upload's body may keep the server waiting (`idle_timeout`,
     /// `min_transfer_rate`), as gRPC uploads are held to it.
     pub upload_pace: crate::conn::Pace,
@@ -63,6 +67,8 @@ pub struct Registry {
     uploads: uploads::Uploads,
     /// The data directory's disk, where manifests are stored.
     space: Arc<FreeSpace>,
+    /// What the records may take.
+    bound: Arc<retention::RecordBound>,
     metrics: Arc<Metrics>,
     /// Whether the listener speaks TLS, for the token realm it advertises.
     tls: bool,
@@ -91,7 +97,8 @@ impl Registry {
         };
         let uploads = uploads::Uploads::open(spool, limits)
             .map_err(|err| Error::Internal(format!("registry upload directory: {err}")))?;
-        Ok(Arc::new(Self { records, cas, auth, uploads, space, metrics, tls }))
+        let bound = Arc::new(retention::RecordBound::new(settings.max_records, Arc::clone(metrics.stats())));
+        Ok(Arc::new(Self { records, cas, auth, uploads, space, bound, metrics, tls }))
     }
 
     /// Drops uploads untouched for `registry_upload_timeout`, with their spooled bytes, until

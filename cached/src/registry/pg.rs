@@ -13,8 +13,9 @@ use tokio::runtime::Handle;
 
 use super::names::{Repository, Sha256Digest};
 use super::records::{
-    MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, RegistryRecords,
-    StoredManifest, listed_descriptor,
+    MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, ORDER_MARKER,
+    OrderRow, POINTERS, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, is_order_key,
+    listed_descriptor, place, pointed_row, pointer_of,
 };
 use crate::error::{Error, Result};
 use crate::postgres::Database;
@@ -38,6 +39,40 @@ impl PgRegistry {
     fn run<T>(&self, query: impl Future<Output = Result<T>>) -> Result<T> {
         self.runtime.block_on(query)
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Places `recorded`'s row at `time` ([`place`]): a new row with `size`, or its row moved;
+/// returns the bytes it adds.
+async fn place_row(
+    tx: &tokio_postgres::Transaction<'_>,
+    recorded: &Recorded,
+    time: i64,
+    size: Option<usize>,
+) -> Result<u64> {
+    let pointer = recorded.pointer_key();
+    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1", &[&pointer]).await?;
+    let mut current = None;
+    if let Some(row_key) = row.and_then(|row| pointed_row(&pointer, row.get::<_, &[u8]>(0))) {
+        let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1", &[&row_key]).await?;
+        current = row.map(|row| (row_key, row.get::<_, Vec<u8>>(0)));
+    }
+    let placement = place(recorded, time, size.map(|size| size as u64), current);
+    if let Some(key) = &placement.delete {
+        tx.execute("DELETE FROM registry_order WHERE key = $1", &[key]).await?;
+    }
+    for (key, value) in &placement.put {
+        tx.execute(
+            "INSERT INTO registry_order (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[key, value],
+        )
+        .await?;
+    }
+    Ok(placement.counted)
 }
 
 fn cas_digest(hash: &[u8], size: i64) -> Result<Digest> {
@@ -73,13 +108,20 @@ async fn referrers_full(
     Ok(!listed && full)
 }
 
-/// Inserts the manifest unless it is stored already (its first push decides how it is served);
-/// the other media type it is stored with, if so.
+/// What [`insert_manifest`] found.
+enum Inserted {
+    New,
+    Already,
+    /// Stored already, with this other media type.
+    Differs(String),
+}
+
+/// Inserts the manifest unless it is stored already (its first push decides how it is served).
 async fn insert_manifest(
     tx: &tokio_postgres::Transaction<'_>,
     repo: &str,
     write: &ManifestWrite<'_>,
-) -> Result<Option<String>> {
+) -> Result<Inserted> {
     let (digest, manifest) = (write.digest.0.as_slice(), write.manifest);
     let inserted = tx
         .execute(
@@ -89,7 +131,7 @@ async fn insert_manifest(
         )
         .await?;
     if inserted > 0 {
-        return Ok(None);
+        return Ok(Inserted::New);
     }
     let stored = tx
         .query_opt(
@@ -97,7 +139,10 @@ async fn insert_manifest(
             &[&repo, &digest],
         )
         .await?;
-    Ok(stored.map(|row| row.get::<_, String>(0)).filter(|stored| *stored != manifest.media_type))
+    Ok(match stored.map(|row| row.get::<_, String>(0)) {
+        Some(stored) if stored != manifest.media_type => Inserted::Differs(stored),
+        _ => Inserted::Already,
+    })
 }
 
 impl RegistryRecords for PgRegistry {
@@ -114,20 +159,26 @@ impl RegistryRecords for PgRegistry {
         })
     }
 
-    fn link_blob(&self, repo: &Repository, sha256: &Sha256Digest, digest: &Digest) -> Result<()> {
+    fn link_blob(&self, repo: &Repository, sha256: &Sha256Digest, digest: &Digest) -> Result<u64> {
         let size = i64::try_from(digest.size)
             .map_err(|_| Error::InvalidArgument(format!("blob {digest} is too large to record")))?;
         self.run(async {
-            let client = self.db.client().await?;
-            client
+            let mut client = self.db.client().await?;
+            let tx = client.transaction().await?;
+            // The same SHA-256 names the same bytes: a link there already is this one.
+            let inserted = tx
                 .execute(
                     "INSERT INTO registry_blobs (repository, sha256, cas_hash, cas_size) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (repository, sha256) \
-                     DO UPDATE SET cas_hash = excluded.cas_hash, cas_size = excluded.cas_size",
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (repository, sha256) DO NOTHING",
                     &[&repo.as_str(), &sha256.0.as_slice(), &digest.hash.as_slice(), &size],
                 )
                 .await?;
-            Ok(())
+            // Pushed again, it is as recent as a new one.
+            let recorded = Recorded::Blob { repo: repo.clone(), sha256: *sha256 };
+            let size = (inserted > 0).then_some(repo.as_str().len() + 32 + 40);
+            let counted = place_row(&tx, &recorded, now_ms(), size).await?;
+            tx.commit().await?;
+            Ok(counted)
         })
     }
 
@@ -161,7 +212,7 @@ impl RegistryRecords for PgRegistry {
     }
 
     fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<ManifestPut> {
-        let (repo, digest) = (repo.as_str(), write.digest.0.as_slice());
+        let (repository, repo, digest) = (repo, repo.as_str(), write.digest.0.as_slice());
         self.run(async {
             let mut client = self.db.client().await?;
             let tx = client.transaction().await?;
@@ -170,16 +221,38 @@ impl RegistryRecords for PgRegistry {
             {
                 return Ok(ManifestPut::ReferrersFull);
             }
-            if let Some(media_type) = insert_manifest(&tx, repo, &write).await? {
-                return Ok(ManifestPut::MediaTypeDiffers(media_type));
+            let (now, mut counted) = (now_ms(), 0);
+            let subject = write.referrer.as_ref().map(|(subject, _)| *subject);
+            let recorded = Recorded::Manifest { repo: repository.clone(), digest: write.digest, subject };
+            match insert_manifest(&tx, repo, &write).await? {
+                Inserted::Differs(media_type) => return Ok(ManifestPut::MediaTypeDiffers(media_type)),
+                // Pushed again: as recent as a new one.
+                Inserted::Already => counted += place_row(&tx, &recorded, now, None).await?,
+                Inserted::New => {
+                    // The referrer entry lives and goes with the manifest: it counts with it.
+                    let referrer = write.referrer.as_ref().map_or(0, |(_, descriptor)| 64 + descriptor.len());
+                    let size = repo.len()
+                        + 32
+                        + write.manifest.media_type.len()
+                        + write.manifest.bytes.len()
+                        + referrer;
+                    counted += place_row(&tx, &recorded, now, Some(size)).await?;
+                }
             }
             if let Some(tag) = write.tag {
-                tx.execute(
-                    "INSERT INTO registry_tags (repository, tag, digest) VALUES ($1, $2, $3) \
-                     ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest",
-                    &[&repo, &tag, &digest],
-                )
-                .await?;
+                // Only a tag new or moved adds a row; one put again has its row moved.
+                let changed = tx
+                    .execute(
+                        "INSERT INTO registry_tags (repository, tag, digest) VALUES ($1, $2, $3) \
+                         ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest \
+                         WHERE registry_tags.digest <> excluded.digest",
+                        &[&repo, &tag, &digest],
+                    )
+                    .await?;
+                let recorded =
+                    Recorded::Tag { repo: repository.clone(), tag: tag.to_owned(), digest: write.digest };
+                let size = (changed > 0).then_some(repo.len() + tag.len() + 32);
+                counted += place_row(&tx, &recorded, now, size).await?;
             }
             if let Some((subject, descriptor)) = &write.referrer {
                 tx.execute(
@@ -191,7 +264,7 @@ impl RegistryRecords for PgRegistry {
                 .await?;
             }
             tx.commit().await?;
-            Ok(ManifestPut::Stored)
+            Ok(ManifestPut::Stored { counted })
         })
     }
 
@@ -293,4 +366,125 @@ impl RegistryRecords for PgRegistry {
             Ok(listed)
         })
     }
+
+    fn oldest(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<OrderRow>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(async {
+            let client = self.db.client().await?;
+            // Every key is after the empty one; the pointers start at POINTERS.
+            let rows = client
+                .query(
+                    "SELECT key, value FROM registry_order WHERE key > $1 AND key < $2 \
+                     AND octet_length(key) = 24 ORDER BY key LIMIT $3",
+                    &[&after.unwrap_or_default(), &[POINTERS].as_slice(), &limit],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|row| OrderRow::parse(row.get::<_, &[u8]>(0), row.get::<_, &[u8]>(1)))
+                .filter(|row| is_order_key(&row.key))
+                .collect())
+        })
+    }
+
+    fn delete_order_rows(&self, keys: &[Vec<u8>]) -> Result<()> {
+        let pointers: Vec<Vec<u8>> =
+            keys.iter().filter(|key| is_order_key(key)).map(|key| pointer_of(key)).collect();
+        let times: Vec<Vec<u8>> =
+            keys.iter().filter(|key| is_order_key(key)).map(|key| key[..8].to_vec()).collect();
+        self.run(async {
+            let mut client = self.db.client().await?;
+            let tx = client.transaction().await?;
+            tx.execute("DELETE FROM registry_order WHERE key = ANY($1)", &[&keys]).await?;
+            // A pointer goes with the row it points at, not with an older one.
+            tx.execute(
+                "DELETE FROM registry_order o USING unnest($1::bytea[], $2::bytea[]) AS p(key, time) \
+                 WHERE o.key = p.key AND o.value = p.time",
+                &[&pointers, &times],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn touch(&self, recorded: &[Recorded]) -> Result<()> {
+        self.run(async {
+            let mut client = self.db.client().await?;
+            let tx = client.transaction().await?;
+            let now = now_ms();
+            for recorded in recorded {
+                place_row(&tx, recorded, now, None).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn give_order_rows(&self) -> Result<()> {
+        self.run(async {
+            let mut client = self.db.client().await?;
+            let marked = client
+                .query_opt("SELECT 1 FROM registry_order WHERE key = $1", &[&ORDER_MARKER])
+                .await?
+                .is_some();
+            if marked {
+                return Ok(());
+            }
+            let tx = client.transaction().await?;
+            let mut recorded = Vec::new();
+            let blobs = tx.query("SELECT repository, sha256 FROM registry_blobs", &[]).await?;
+            for row in &blobs {
+                let (Some(repo), Ok(sha256)) =
+                    (stored_repository(row.get(0)), Sha256Digest::from_stored(row.get(1)))
+                else {
+                    continue;
+                };
+                recorded.push((Recorded::Blob { repo, sha256 }, 0));
+            }
+            let manifests = tx
+                .query(
+                    "SELECT m.repository, m.digest, octet_length(m.body) + octet_length(m.media_type), \
+                            (SELECT r.subject FROM registry_referrers r \
+                             WHERE r.repository = m.repository AND r.referrer = m.digest LIMIT 1) \
+                     FROM registry_manifests m",
+                    &[],
+                )
+                .await?;
+            for row in &manifests {
+                let (Some(repo), Ok(digest)) =
+                    (stored_repository(row.get(0)), Sha256Digest::from_stored(row.get(1)))
+                else {
+                    continue;
+                };
+                let subject = row.get::<_, Option<&[u8]>>(3).and_then(|s| Sha256Digest::from_stored(s).ok());
+                let size = usize::try_from(row.get::<_, i32>(2)).unwrap_or(0);
+                recorded.push((Recorded::Manifest { repo, digest, subject }, size));
+            }
+            let tags = tx.query("SELECT repository, tag, digest FROM registry_tags", &[]).await?;
+            for row in &tags {
+                let (Some(repo), Ok(digest)) =
+                    (stored_repository(row.get(0)), Sha256Digest::from_stored(row.get(2)))
+                else {
+                    continue;
+                };
+                recorded.push((Recorded::Tag { repo, tag: row.get(1), digest }, 0));
+            }
+            // Records written before any row of theirs: one row each, however often this ran.
+            for (recorded, size) in &recorded {
+                place_row(&tx, recorded, UNKNOWN_TIME, Some(size + 64)).await?;
+            }
+            tx.execute(
+                "INSERT INTO registry_order (key, value) VALUES ($1, '') ON CONFLICT (key) DO NOTHING",
+                &[&ORDER_MARKER],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
+
+fn stored_repository(name: &str) -> Option<Repository> {
+    Repository::parse(name).ok()
 }

@@ -32,7 +32,8 @@ pub(super) const MAX_REFERRERS_BYTES: usize = (4 << 20) - (16 << 10);
 /// What a manifest push did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManifestPut {
-    Stored,
+    /// Stored, adding `counted` bytes of new records (0 when all of it was stored already).
+    Stored { counted: u64 },
     /// The subject already has [`MAX_REFERRERS`], or its entries would take more than
     /// [`MAX_REFERRERS_BYTES`]; nothing was written.
     ReferrersFull,
@@ -50,10 +51,194 @@ pub struct ManifestWrite<'a> {
     pub referrer: Option<(Sha256Digest, Vec<u8>)>,
 }
 
+/// Every record a push adds (a blob link, a manifest with its referrer entry, a tag) also adds
+/// an order row: when it was written (ms, i64 BE) · 16 bytes of the BLAKE3 of what it names →
+/// the bytes it counts (u64 BE) · what it names ([`Recorded`]). The registry forgets the oldest
+/// beyond `max_registry_records` (`super::retention`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Blob {
+        repo: Repository,
+        sha256: Sha256Digest,
+    },
+    /// A manifest, and the subject whose referrer it is.
+    Manifest {
+        repo: Repository,
+        digest: Sha256Digest,
+        subject: Option<Sha256Digest>,
+    },
+    /// A tag and the manifest it named: moved since, it is another row's to forget.
+    Tag {
+        repo: Repository,
+        tag: String,
+        digest: Sha256Digest,
+    },
+}
+
+/// An order row as read back: what it counts and names (`None`: unreadable, only the row goes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRow {
+    pub key: Vec<u8>,
+    pub size: u64,
+    pub recorded: Option<Recorded>,
+}
+
+/// Where the key of a row given to a record written before there were rows starts: before
+/// every other, so those are forgotten first.
+pub(super) const UNKNOWN_TIME: i64 = 0;
+
+impl Recorded {
+    /// What names the record, its subject aside: kind, repository, digest, tag.
+    fn identity(&self) -> Vec<u8> {
+        let (kind, repo, digest) = match self {
+            Self::Blob { repo, sha256 } => (b'B', repo, sha256),
+            Self::Manifest { repo, digest, .. } => (b'M', repo, digest),
+            Self::Tag { repo, digest, .. } => (b'T', repo, digest),
+        };
+        let mut out = vec![kind];
+        out.extend_from_slice(&(repo.as_str().len() as u16).to_be_bytes());
+        out.extend_from_slice(repo.as_str().as_bytes());
+        out.extend_from_slice(&digest.0);
+        if let Self::Tag { tag, .. } = self {
+            out.extend_from_slice(tag.as_bytes());
+        }
+        out
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.identity();
+        if let Self::Manifest { subject: Some(subject), .. } = self {
+            out.extend_from_slice(&subject.0);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&kind, rest) = bytes.split_first()?;
+        let (len, rest) = rest.split_first_chunk::<2>()?;
+        let (repo, rest) = rest.split_at_checked(usize::from(u16::from_be_bytes(*len)))?;
+        let repo = Repository::parse(std::str::from_utf8(repo).ok()?).ok()?;
+        let (digest, rest) = rest.split_first_chunk::<32>()?;
+        let digest = Sha256Digest(*digest);
+        match kind {
+            b'B' if rest.is_empty() => Some(Self::Blob { repo, sha256: digest }),
+            b'M' => {
+                let subject = match rest {
+                    [] => None,
+                    subject => Some(Sha256Digest(subject.try_into().ok()?)),
+                };
+                Some(Self::Manifest { repo, digest, subject })
+            }
+            b'T' => Some(Self::Tag { repo, tag: String::from_utf8(rest.to_vec()).ok()?, digest }),
+            _ => None,
+        }
+    }
+
+    /// The key of the pointer to this record's row: [`POINTERS`] and 16 bytes of the BLAKE3 of
+    /// its identity, → the time of its row (i64 BE).
+    pub(super) fn pointer_key(&self) -> Vec<u8> {
+        let mut key = vec![POINTERS];
+        key.extend_from_slice(&blake3::hash(&self.identity()).as_bytes()[..16]);
+        key
+    }
+
+    /// The order row (key, value) of this record at `time_ms`, taking `size` bytes besides
+    /// the row and its pointer, which count too.
+    fn row(&self, time_ms: i64, size: u64) -> (Vec<u8>, Vec<u8>) {
+        let key = row_key(time_ms, &self.pointer_key());
+        let named = self.encode();
+        let counted = size + (key.len() + 8 + named.len() + 24) as u64;
+        let mut value = counted.to_be_bytes().to_vec();
+        value.extend_from_slice(&named);
+        (key, value)
+    }
+}
+
+/// Pointers sort after every row and the marker: a walk of the rows stops before them.
+pub(super) const POINTERS: u8 = 0xff;
+
+/// A row's key: its time and the hash its pointer's key ends with.
+pub(super) fn row_key(time_ms: i64, pointer_key: &[u8]) -> Vec<u8> {
+    let mut key = time_ms.to_be_bytes().to_vec();
+    key.extend_from_slice(&pointer_key[1..]);
+    key
+}
+
+/// The key of the pointer to the row `row_key`.
+pub(super) fn pointer_of(row_key: &[u8]) -> Vec<u8> {
+    let mut key = vec![POINTERS];
+    key.extend_from_slice(&row_key[8..]);
+    key
+}
+
+/// Where a record's row goes, and what that adds to the count.
+#[derive(Debug, Default)]
+pub(super) struct Placement {
+    pub delete: Option<Vec<u8>>,
+    pub put: Vec<(Vec<u8>, Vec<u8>)>,
+    pub counted: u64,
+}
+
+/// Places `recorded`'s row at `time_ms`, given its row now (`current`, found through its
+/// pointer): a record written (`size` of bytes) gets a row, or its row anew; a record only
+/// used (`size` `None`) has its row moved to `time_ms`, if it has one. One row per record: the
+/// oldest rows are the records longest unwritten and unused.
+pub(super) fn place(
+    recorded: &Recorded,
+    time_ms: i64,
+    size: Option<u64>,
+    current: Option<(Vec<u8>, Vec<u8>)>,
+) -> Placement {
+    let pointer = (recorded.pointer_key(), time_ms.to_be_bytes().to_vec());
+    match (size, current) {
+        (None, None) => Placement::default(),
+        (Some(size), None) => {
+            let (key, value) = recorded.row(time_ms, size);
+            let counted = OrderRow::parse(&key, &value).size;
+            Placement { delete: None, put: vec![(key, value), pointer], counted }
+        }
+        (size, Some((old_key, old_value))) => {
+            let (key, value) = match size {
+                Some(size) => recorded.row(time_ms, size),
+                None => (row_key(time_ms, &recorded.pointer_key()), old_value.clone()),
+            };
+            let counted =
+                OrderRow::parse(&key, &value).size.saturating_sub(OrderRow::parse(&old_key, &old_value).size);
+            let delete = (old_key != key).then_some(old_key);
+            Placement { delete, put: vec![(key, value), pointer], counted }
+        }
+    }
+}
+
+impl OrderRow {
+    pub(super) fn parse(key: &[u8], value: &[u8]) -> Self {
+        let (size, named) = value
+            .split_first_chunk::<8>()
+            .map_or((0, &[][..]), |(size, named)| (u64::from_be_bytes(*size), named));
+        Self { key: key.to_vec(), size, recorded: Recorded::decode(named) }
+    }
+}
+
+/// The row a pointer's value (its time) points at, if it is one.
+pub(super) fn pointed_row(pointer_key: &[u8], value: &[u8]) -> Option<Vec<u8>> {
+    let time = i64::from_be_bytes(value.try_into().ok()?);
+    Some(row_key(time, pointer_key))
+}
+
+/// Whether `key` is an order row's (the marker that rows were given to earlier records is not).
+pub(super) fn is_order_key(key: &[u8]) -> bool {
+    key.len() == 24
+}
+
+/// The marker, in the order table, that records written before there were rows have theirs.
+pub(super) const ORDER_MARKER: &[u8] = b"order v1";
+
 pub trait RegistryRecords: Send + Sync + 'static {
     /// The CAS digest of the blob `sha256` in `repo`, if the repository holds it.
     fn blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<Option<Digest>>;
-    fn link_blob(&self, repo: &Repository, sha256: &Sha256Digest, digest: &Digest) -> Result<()>;
+    /// Links the blob (a link already there is left as it is); returns the bytes of records
+    /// it added.
+    fn link_blob(&self, repo: &Repository, sha256: &Sha256Digest, digest: &Digest) -> Result<u64>;
     /// Whether the repository held it.
     fn unlink_blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<bool>;
 
@@ -86,6 +271,42 @@ pub trait RegistryRecords: Send + Sync + 'static {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>>;
+
+    /// At most `limit` order rows, oldest first, from the first after `after` on.
+    fn oldest(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<OrderRow>>;
+
+    /// Deletes the rows `keys` and the pointers to them.
+    fn delete_order_rows(&self, keys: &[Vec<u8>]) -> Result<()>;
+
+    /// Moves the rows of `recorded`, records a push used (the blobs and manifests a manifest
+    /// names), to now: the oldest rows are of records longest unwritten and unused.
+    fn touch(&self, recorded: &[Recorded]) -> Result<()>;
+
+    /// Gives an order row (at [`UNKNOWN_TIME`]) to every record written before there were rows,
+    /// unless the [`ORDER_MARKER`] says that was done. Doing it again adds nothing.
+    fn give_order_rows(&self) -> Result<()>;
+
+    /// Removes the records `rows` name, each only as its row recorded it, and the rows;
+    /// returns how many records went.
+    fn forget(&self, rows: &[OrderRow]) -> Result<u64> {
+        let mut forgotten = 0;
+        for row in rows {
+            let gone = match &row.recorded {
+                Some(Recorded::Blob { repo, sha256 }) => self.unlink_blob(repo, sha256)?,
+                Some(Recorded::Manifest { repo, digest, subject }) => {
+                    self.delete_manifest(repo, digest, subject.as_ref())?
+                }
+                Some(Recorded::Tag { repo, tag, digest }) => {
+                    self.tag(repo, tag)? == Some(*digest) && self.delete_tag(repo, tag)?
+                }
+                None => false,
+            };
+            forgotten += u64::from(gone);
+        }
+        let keys: Vec<Vec<u8>> = rows.iter().map(|row| row.key.clone()).collect();
+        self.delete_order_rows(&keys)?;
+        Ok(forgotten)
+    }
 }
 
 /// A stored referrer entry as listed: entries stored before [`MAX_DESCRIPTOR_BYTES`] was

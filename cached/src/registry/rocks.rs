@@ -9,10 +9,13 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::names::{Repository, Sha256Digest};
 use super::records::{
-    MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, RegistryRecords, StoredManifest,
-    listed_descriptor,
+    MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, ORDER_MARKER, OrderRow, POINTERS,
+    Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, is_order_key, listed_descriptor, place,
+    pointed_row, pointer_of,
 };
-use crate::db::{CF_REGISTRY_BLOBS, CF_REGISTRY_MANIFESTS, CF_REGISTRY_REFERRERS, CF_REGISTRY_TAGS, cf};
+use crate::db::{
+    CF_REGISTRY_BLOBS, CF_REGISTRY_MANIFESTS, CF_REGISTRY_ORDER, CF_REGISTRY_REFERRERS, CF_REGISTRY_TAGS, cf,
+};
 use crate::error::{Error, Result};
 
 /// Leading byte of a stored manifest, so the layout can change later.
@@ -20,8 +23,8 @@ const MANIFEST_VERSION: u8 = 1;
 
 pub struct RocksRegistry {
     db: Arc<DB>,
-    /// Held by each manifest push: what it checks (a subject's referrers) stays true until it
-    /// has written.
+    /// Held by each write: what a manifest push checks (a subject's referrers) stays true until
+    /// it has written, and a record's row and the pointer to it change together.
     puts: Mutex<()>,
 }
 
@@ -39,6 +42,10 @@ fn key(repo: &Repository, rest: &[&[u8]]) -> Vec<u8> {
         key.extend_from_slice(part);
     }
     key
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn encode_digest(digest: &Digest) -> Vec<u8> {
@@ -84,6 +91,38 @@ fn split_manifest(value: &[u8]) -> Result<(String, &[u8])> {
 }
 
 impl RocksRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.puts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds to `batch` what places `recorded`'s row at `time` ([`place`]): a new row with
+    /// `size`, or its row moved; returns the bytes it adds. Call with `puts` held.
+    fn place_row(
+        &self,
+        batch: &mut WriteBatch,
+        recorded: &Recorded,
+        time: i64,
+        size: Option<usize>,
+    ) -> Result<u64> {
+        let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
+        let pointer = recorded.pointer_key();
+        let current = match self.db.get_cf(rows, &pointer)? {
+            Some(time) => match pointed_row(&pointer, &time) {
+                Some(row) => self.db.get_cf(rows, &row)?.map(|value| (row, value)),
+                None => None,
+            },
+            None => None,
+        };
+        let placement = place(recorded, time, size.map(|size| size as u64), current);
+        if let Some(key) = placement.delete {
+            batch.delete_cf(rows, key);
+        }
+        for (key, value) in placement.put {
+            batch.put_cf(rows, key, value);
+        }
+        Ok(placement.counted)
+    }
+
     /// Keys and values of `family` under `prefix`, from `from` on, at most `limit`.
     fn scan(
         &self,
@@ -143,9 +182,19 @@ impl RegistryRecords for RocksRegistry {
         value.map(|value| decode_digest(&value)).transpose()
     }
 
-    fn link_blob(&self, repo: &Repository, sha256: &Sha256Digest, digest: &Digest) -> Result<()> {
+    fn link_blob(&self, repo: &Repository, sha256: &Sha256Digest, digest: &Digest) -> Result<u64> {
         let family = cf(&self.db, CF_REGISTRY_BLOBS)?;
-        Ok(self.db.put_cf(family, key(repo, &[&sha256.0]), encode_digest(digest))?)
+        let link = key(repo, &[&sha256.0]);
+        let value = encode_digest(digest);
+        let _put = self.lock();
+        let mut batch = WriteBatch::default();
+        let recorded = Recorded::Blob { repo: repo.clone(), sha256: *sha256 };
+        // The same SHA-256 names the same bytes: a link there already is this one, pushed again.
+        let size = self.db.get_pinned_cf(family, &link)?.is_none().then_some(link.len() + value.len());
+        let counted = self.place_row(&mut batch, &recorded, now_ms(), size)?;
+        batch.put_cf(family, link, value);
+        self.db.write(batch)?;
+        Ok(counted)
     }
 
     fn unlink_blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<bool> {
@@ -161,7 +210,7 @@ impl RegistryRecords for RocksRegistry {
     }
 
     fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<ManifestPut> {
-        let _put = self.puts.lock().unwrap_or_else(PoisonError::into_inner);
+        let _put = self.lock();
         if let Some((subject, descriptor)) = &write.referrer
             && self.referrers_full(repo, subject, &write.digest, descriptor.len())?
         {
@@ -170,24 +219,43 @@ impl RegistryRecords for RocksRegistry {
         let mut batch = WriteBatch::default();
         let manifests = cf(&self.db, CF_REGISTRY_MANIFESTS)?;
         let manifest_key = key(repo, &[&write.digest.0]);
+        let (now, mut counted) = (now_ms(), 0);
+        let subject = write.referrer.as_ref().map(|(subject, _)| *subject);
+        let recorded = Recorded::Manifest { repo: repo.clone(), digest: write.digest, subject };
         match self.db.get_pinned_cf(manifests, &manifest_key)? {
-            None => batch.put_cf(manifests, manifest_key, encode_manifest(write.manifest)),
+            None => {
+                let value = encode_manifest(write.manifest);
+                // The referrer entry lives and goes with the manifest: it counts with it.
+                let referrer_size = write
+                    .referrer
+                    .as_ref()
+                    .map_or(0, |(_, descriptor)| repo.as_str().len() + 65 + descriptor.len());
+                let size = manifest_key.len() + value.len() + referrer_size;
+                counted += self.place_row(&mut batch, &recorded, now, Some(size))?;
+                batch.put_cf(manifests, manifest_key, value);
+            }
             Some(stored) => {
                 let media_type = decode_media_type(&stored)?;
                 if media_type != write.manifest.media_type {
                     return Ok(ManifestPut::MediaTypeDiffers(media_type));
                 }
+                // Pushed again: as recent as a new one.
+                counted += self.place_row(&mut batch, &recorded, now, None)?;
             }
         }
         if let Some(tag) = write.tag {
-            batch.put_cf(cf(&self.db, CF_REGISTRY_TAGS)?, key(repo, &[tag.as_bytes()]), write.digest.0);
+            let (tags, tag_key) = (cf(&self.db, CF_REGISTRY_TAGS)?, key(repo, &[tag.as_bytes()]));
+            let moved = self.db.get_pinned_cf(tags, &tag_key)?.is_none_or(|named| *named != write.digest.0);
+            let recorded = Recorded::Tag { repo: repo.clone(), tag: tag.to_owned(), digest: write.digest };
+            counted += self.place_row(&mut batch, &recorded, now, moved.then_some(tag_key.len() + 32))?;
+            batch.put_cf(tags, tag_key, write.digest.0);
         }
         if let Some((subject, descriptor)) = &write.referrer {
             let referrers = cf(&self.db, CF_REGISTRY_REFERRERS)?;
             batch.put_cf(referrers, key(repo, &[&subject.0, &write.digest.0]), descriptor);
         }
         self.db.write(batch)?;
-        Ok(ManifestPut::Stored)
+        Ok(ManifestPut::Stored { counted })
     }
 
     fn delete_manifest(
@@ -269,6 +337,118 @@ impl RegistryRecords for RocksRegistry {
         }
         entries.status()?;
         Ok(listed)
+    }
+
+    fn oldest(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<OrderRow>> {
+        let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
+        let mut found = Vec::new();
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_upper_bound(vec![POINTERS]);
+        let mut iterator = self.db.raw_iterator_cf_opt(rows, options);
+        match after {
+            Some(after) => {
+                iterator.seek(after);
+                if iterator.key() == Some(after) {
+                    iterator.next();
+                }
+            }
+            None => iterator.seek_to_first(),
+        }
+        while found.len() < limit
+            && let (Some(key), Some(value)) = (iterator.key(), iterator.value())
+        {
+            if is_order_key(key) {
+                found.push(OrderRow::parse(key, value));
+            }
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(found)
+    }
+
+    fn delete_order_rows(&self, keys: &[Vec<u8>]) -> Result<()> {
+        let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
+        let _put = self.lock();
+        let mut batch = WriteBatch::default();
+        for key in keys {
+            batch.delete_cf(rows, key);
+            if is_order_key(key) {
+                let pointer = pointer_of(key);
+                if self.db.get_pinned_cf(rows, &pointer)?.is_some_and(|time| *time == key[..8]) {
+                    batch.delete_cf(rows, pointer);
+                }
+            }
+        }
+        Ok(self.db.write(batch)?)
+    }
+
+    fn touch(&self, recorded: &[Recorded]) -> Result<()> {
+        let _put = self.lock();
+        let mut batch = WriteBatch::default();
+        let now = now_ms();
+        for recorded in recorded {
+            self.place_row(&mut batch, recorded, now, None)?;
+        }
+        Ok(self.db.write(batch)?)
+    }
+
+    fn give_order_rows(&self) -> Result<()> {
+        let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
+        let _put = self.lock();
+        if self.db.get_pinned_cf(rows, ORDER_MARKER)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for (family, kind) in
+            [(CF_REGISTRY_BLOBS, b'B'), (CF_REGISTRY_MANIFESTS, b'M'), (CF_REGISTRY_TAGS, b'T')]
+        {
+            for entry in self.db.iterator_cf(cf(&self.db, family)?, IteratorMode::Start) {
+                let (stored_key, value) = entry?;
+                let Some(recorded) = self.recorded_of(kind, &stored_key, &value)? else { continue };
+                // Written before any row of it was: one row each, whatever a crash repeated.
+                let size = stored_key.len() + value.len();
+                self.place_row(&mut batch, &recorded, UNKNOWN_TIME, Some(size))?;
+                if batch.len() >= 10_000 {
+                    self.db.write(std::mem::take(&mut batch))?;
+                }
+            }
+        }
+        batch.put_cf(rows, ORDER_MARKER, []);
+        Ok(self.db.write(batch)?)
+    }
+}
+
+impl RocksRegistry {
+    /// What a stored record of `kind` (`B`, `M`, `T`) names; `None` for one unreadable.
+    fn recorded_of(&self, kind: u8, stored_key: &[u8], value: &[u8]) -> Result<Option<Recorded>> {
+        let Some(split) = stored_key.iter().position(|b| *b == 0) else { return Ok(None) };
+        let Some(repo) =
+            std::str::from_utf8(&stored_key[..split]).ok().and_then(|r| Repository::parse(r).ok())
+        else {
+            return Ok(None);
+        };
+        let rest = &stored_key[split + 1..];
+        Ok(match kind {
+            b'B' => Sha256Digest::from_stored(rest).ok().map(|sha256| Recorded::Blob { repo, sha256 }),
+            b'M' => {
+                let Ok(digest) = Sha256Digest::from_stored(rest) else { return Ok(None) };
+                // The subject of a referrer: the referrer entry naming it, if there is one.
+                let subject = split_manifest(value)
+                    .ok()
+                    .and_then(|(_, bytes)| serde_json::from_slice::<serde_json::Value>(bytes).ok())
+                    .and_then(|manifest| manifest.pointer("/subject/digest")?.as_str().map(str::to_owned))
+                    .and_then(|subject| Sha256Digest::parse(&subject).ok());
+                Some(Recorded::Manifest { repo, digest, subject })
+            }
+            _ => {
+                let (Ok(tag), Ok(digest)) =
+                    (String::from_utf8(rest.to_vec()), Sha256Digest::from_stored(value))
+                else {
+                    return Ok(None);
+                };
+                Some(Recorded::Tag { repo, tag, digest })
+            }
+        })
     }
 }
 

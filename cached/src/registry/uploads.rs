@@ -411,8 +411,16 @@ async fn link(
     sha256: Sha256Digest,
     digest: Digest,
 ) -> RegistryResult<()> {
-    let repo = repo.clone();
-    registry.records("registry link", move |records| records.link_blob(&repo, &sha256, &digest)).await?;
+    // A mount writes no spool, only this record: not below the floor either.
+    check_free_space(&registry.space)?;
+    let (repo, bound) = (repo.clone(), std::sync::Arc::clone(&registry.bound));
+    registry
+        .records("registry link", move |records| {
+            let counted = records.link_blob(&repo, &sha256, &digest)?;
+            bound.count(records, counted);
+            Ok(())
+        })
+        .await?;
     Ok(())
 }
 
