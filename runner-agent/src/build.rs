@@ -70,8 +70,8 @@ pub struct Builder {
     pub gocacheprog: String,
     /// This binary as build users reach it, which every build process starts through.
     pub entry: PathBuf,
-    /// How the builds' bridge connects: the agent's TLS settings, never its token (a build
-    /// gets a per-lease credential through its environment instead).
+    /// How the builds' bridge connects: the agent's TLS settings, never its token (the bridge
+    /// fetches the lease's own credential from the task's socket, `crate::credential`).
     pub bridge_connect: ConnectOptions,
 }
 
@@ -209,10 +209,15 @@ impl LogBudget {
 }
 
 /// Credentials the build library would hand its bridge (the process's own token or client
-/// key): the task's environment decides these, never the library, so no agent secret reaches a
-/// build.
-const TASK_DECIDES: &[&str] =
-    &["CACHED_TOKEN", "CACHED_TOKEN_FILE", "CACHED_TLS_CLIENT_CERT", "CACHED_TLS_CLIENT_KEY"];
+/// key), and the lease credential's socket: the task's environment decides these, never the
+/// library, so no agent secret reaches a build and the bridge fetches the lease's own.
+const TASK_DECIDES: &[&str] = &[
+    "CACHED_TOKEN",
+    "CACHED_TOKEN_FILE",
+    crate::credential::SOCKET_ENV,
+    "CACHED_TLS_CLIENT_CERT",
+    "CACHED_TLS_CLIENT_KEY",
+];
 
 /// Runs the build library's processes with the task's sealed environment (nothing inherited
 /// but what `env` holds), as the task's build user, in their own process group, killed as a

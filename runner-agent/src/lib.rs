@@ -6,7 +6,8 @@
 //! [`taskdir`] (a task's own directories), [`workspace`] (checked trees from the CAS into a
 //! directory, never through a link) through the [`blobcache`] (hard links), [`modules`] (module
 //! zips extracted once per agent and hard-linked into each task's module cache), [`build`] (the go
-//! build, through `cached_gobuild`, its processes through `cached_gobuild::exec`), [`image`] (a target's platform image and a job's image
+//! build, through `cached_gobuild`, its processes through `cached_gobuild::exec`), [`credential`]
+//! (the lease's cache credential, on a socket only the build's bridge reads), [`image`] (a target's platform image and a job's image
 //! index, through `cached_oci::job`), [`caps`] (what this machine can build).
 
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod blobcache;
 pub mod build;
 pub mod caps;
+pub mod credential;
 pub mod image;
 pub mod modules;
 pub mod sandbox;

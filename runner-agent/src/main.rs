@@ -134,6 +134,7 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
     };
     if let Some(Command::Gocacheprog(args)) = cli.command {
         cached_gocacheprog::command::init_log();
+        let connect = bridge_connect(connect)?;
         return cached_gocacheprog::command::run(&cli.server, &connect, args)
             .await
             .map_err(|err| err.to_string());
@@ -182,6 +183,20 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
         tree_limits: TreeLimits { max_entries: cli.max_tree_entries, ..TreeLimits::default() },
     };
     agent::run(config, signal()).await
+}
+
+/// How the bridge of a task's build connects: with the lease's credential, fetched from the
+/// socket the task's environment names (`runner_agent::credential`), held in memory only.
+fn bridge_connect(mut connect: ConnectOptions) -> Result<ConnectOptions, String> {
+    let Some(socket) = std::env::var_os(runner_agent::credential::SOCKET_ENV) else { return Ok(connect) };
+    if connect.token.is_some() {
+        return Err(format!(
+            "give the token one way: {} or --token/--token-file",
+            runner_agent::credential::SOCKET_ENV
+        ));
+    }
+    connect.token = runner_agent::credential::fetch(std::path::Path::new(&socket))?;
+    Ok(connect)
 }
 
 /// The exit code of a build process that could not start (as a shell's for a command it

@@ -19,6 +19,7 @@ use cached_client::tree::{Node, TreeLimits};
 use crate::TaskError;
 use crate::blobcache::BlobCache;
 use crate::build::{BuildInput, Builder};
+use crate::credential;
 use crate::image;
 use crate::modules::{Linked, ModuleStore, ModuleZip, Prepared};
 use crate::sandbox::Sandbox;
@@ -53,8 +54,8 @@ pub struct TaskContext {
     pub tree_limits: TreeLimits,
     /// The GOCACHEPROG command line: this binary's `gocacheprog` subcommand.
     pub gocacheprog: String,
-    /// Environment the GOCACHEPROG bridge needs to reach cached (address, CA): no credential,
-    /// the build gets the lease's own.
+    /// Environment the GOCACHEPROG bridge needs to reach cached (address, CA): no credential;
+    /// the bridge fetches the lease's own from the task's socket.
     pub bridge_env: Vec<(String, String)>,
     /// C compilers by `goos/goarch`.
     pub c_compilers: Vec<v1::CCompiler>,
@@ -145,10 +146,17 @@ async fn build_task(
 
     let mut env = base_env(ctx, dir, &platform, target)?;
     env.push(("CACHED_NAMESPACE".into(), spec.namespace.clone()));
-    if !lease.cache_token.is_empty() {
-        // The lease's own credential: the job's namespace, for the lease's life.
-        env.push(("CACHED_TOKEN".into(), lease.cache_token.clone()));
-    }
+    // The lease's own credential (the job's namespace, for the lease's life) goes to the bridge
+    // alone, on a socket: every tool of the build gets the environment, and reads the files
+    // the job names (see `credential`).
+    let served = if lease.cache_token.is_empty() {
+        None
+    } else {
+        let served = credential::serve(&dir.root, owner, lease.cache_token.clone())
+            .map_err(TaskError::Infrastructure)?;
+        env.push((credential::SOCKET_ENV.into(), served.path().display().to_string()));
+        Some(served)
+    };
     let mut goflags = vec!["-modcacherw".to_owned()];
     match &spec.module_proxy {
         Some(proxy) => {
@@ -215,8 +223,10 @@ async fn build_task(
         max_disk: ctx.max_task_disk,
     };
     say(format!("runner-agent: go build {} for {platform}", spec.packages.join(" ")));
-    let built = ctx.builder.build(&ctx.remote.client, &input, lines.clone(), cancel).await?;
+    let built = ctx.builder.build(&ctx.remote.client, &input, lines.clone(), cancel).await;
     // Nothing of the build runs any more (the build library's last process took it all down).
+    drop(served);
+    let built = built?;
     let written = if built.hit { taskdir::Outputs::Restored } else { taskdir::Outputs::Built };
     taskdir::check_outputs(&input.output_dir, owner, written).map_err(TaskError::Build)?;
     let paths: Vec<PathBuf> = built.outputs.iter().map(|(path, _)| path.clone()).collect();

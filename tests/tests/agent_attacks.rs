@@ -10,7 +10,9 @@
 //! - a tree whose link climbs out through another link (`a/b -> ..`) is refused, and nothing
 //!   outside it is built or written;
 //! - a tree bomb (a directory naming its child twice, 21 levels deep) is refused by the caps at
-//!   once, with the agent's memory flat.
+//!   once, with the agent's memory flat;
+//! - a cgo package whose assembly takes in `/proc/self/environ` finds no lease credential in
+//!   it: only the bridge gets that, from a socket.
 //!
 //! The tests run one at a time: each agent takes the default build uid range.
 
@@ -136,6 +138,17 @@ impl Cluster {
         }
     }
 
+    /// Go action entries stored in all namespaces, as the submitter reads the counters.
+    fn go_puts(&self) -> u64 {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let options = ConnectOptions::with_token(self.submit_secret.trim());
+            let remote = RemoteExec::connect(&self.daemon.url(), &options).await.unwrap();
+            let stats = remote.client.stats.clone().get(v1::StatsRequest {}).await.unwrap().into_inner();
+            stats.namespaces.iter().map(|namespace| namespace.go_puts).sum()
+        })
+    }
+
     /// Uploads `blobs` and submits a job of one linux/amd64 target over the tree `root`, as the
     /// submitter, through the cachectl library (cachectl submit refuses such trees itself).
     fn submit_tree(&self, blobs: Vec<(Digest, Bytes)>, root: Digest, module_dir: &str) -> String {
@@ -248,8 +261,15 @@ impl Drop for Agent {
 
 /// The go command's absolute path.
 fn real_go() -> PathBuf {
-    let found = Command::new("sh").args(["-c", &format!("command -v {}", go().display())]).output().unwrap();
-    PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
+    on_path(&go().display().to_string())
+}
+
+/// The absolute path of `command`, which must be on PATH.
+fn on_path(command: &str) -> PathBuf {
+    let found = Command::new("sh").args(["-c", &format!("command -v {command}")]).output().unwrap();
+    let path = PathBuf::from(String::from_utf8_lossy(&found.stdout).trim());
+    assert!(path.is_absolute(), "{command} is required on PATH");
+    path
 }
 
 /// A go command standing for code inside a build. Once both tasks of the job have arrived (so
@@ -342,6 +362,10 @@ fn a_build_cannot_reach_the_agents_credentials_work_dir_or_other_tasks() {
         assert!(
             !record.contains(cluster.agent_secret.trim()),
             "the agent's token reached a build:\n{record}"
+        );
+        assert!(
+            !record.contains("cached_lease."),
+            "the lease's cache credential is in a build's environment:\n{record}"
         );
         for line in record.lines() {
             assert!(!line.starts_with("reached:"), "{line}: the build could do it\n{record}");
@@ -730,4 +754,95 @@ fn a_build_filling_its_task_directory_is_stopped_and_fails_as_its_own_fault() {
     assert!(error.contains("more than 64 MiB") && error.contains("--max-task-disk"), "{error}");
     assert_eq!(task["attempt"], 1, "the build's own disk use is its fault, not retried: {task}\n{log}");
     assert!(started.elapsed() < Duration::from_secs(20), "stopped only after {:?}", started.elapsed());
+}
+
+/// The host's gcc, with an `.incbin` that reads a file as a stream, to its end. GNU as 2.40
+/// sizes an `.incbin` file by seeking to its end, and /proc files say 0 bytes, so there
+/// `/proc/self/environ` comes in empty; its `.include` and the Go assembler's `#include` read
+/// it whole, and other assemblers and preprocessors may as well. This stands for the tools'
+/// file reads only: the job still runs nothing of its own.
+const STREAMING_INCBIN_CC: &str = r#"#!/bin/bash
+set -e
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+args=()
+for arg in "$@"; do
+    if [[ $arg == *.S && -f $arg ]]; then
+        copy="$tmp/${#args[@]}.S"
+        n=0
+        while IFS= read -r line; do
+            if [[ $line =~ \.incbin\ \"([^\"]+)\" ]]; then
+                n=$((n + 1))
+                blob="$tmp/${#args[@]}-$n.bin"
+                cat -- "${BASH_REMATCH[1]}" > "$blob"
+                line=${line/"${BASH_REMATCH[1]}"/$blob}
+            fi
+            printf '%s\n' "$line"
+        done < "$arg" > "$copy"
+        arg=$copy
+    fi
+    args+=("$arg")
+done
+status=0
+@GCC@ "${args[@]}" || status=$?
+exit $status
+"#;
+
+/// A cgo package whose assembly takes in the environment the go command hands its tools, into a
+/// symbol the program uses, so the linker keeps it.
+const LEAKING_MAIN: &str = r#"package main
+
+/*
+extern const char leaked_environ[];
+static const char *leaked(void) { return leaked_environ; }
+*/
+import "C"
+
+import "fmt"
+
+func main() { fmt.Println(C.GoString(C.leaked())) }
+"#;
+
+const LEAKING_ASSEMBLY: &str = r#"	.section .rodata
+	.globl leaked_environ
+leaked_environ:
+	.incbin "/proc/self/environ"
+	.byte 0
+	.section .note.GNU-stack,"",@progbits
+"#;
+
+/// The lease's cache credential writes the job's namespace's action cache (`ac-write`), which
+/// a submitter must never hold. Every tool the go command runs gets its environment, and a
+/// job's sources choose files those tools read: nothing any of them can read may hold it.
+#[test]
+fn a_builds_tools_cannot_read_the_leases_cache_credential() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let host = tempfile::tempdir().unwrap();
+    chmod(host.path(), 0o755);
+    let cc = host.path().join("cc");
+    let gcc = on_path("gcc");
+    std::fs::write(&cc, STREAMING_INCBIN_CC.replace("@GCC@", &gcc.display().to_string())).unwrap();
+    chmod(&cc, 0o755);
+    let cc_flag = format!("linux/amd64={}", cc.display());
+    let agent =
+        Agent::start_with_env(agent_parent(), &cluster, 1, &real_go(), &[("CACHED_CC", cc_flag.as_str())]);
+    let module = host.path().join("module");
+    std::fs::create_dir_all(module.join("cmd/app")).unwrap();
+    std::fs::write(module.join("go.mod"), "module example.com/leak\n\ngo 1.21\n").unwrap();
+    std::fs::write(module.join("cmd/app/main.go"), LEAKING_MAIN).unwrap();
+    std::fs::write(module.join("cmd/app/leak.S"), LEAKING_ASSEMBLY).unwrap();
+    let submitted = run(cluster.cachectl(&module, &["submit", "--targets", "linux/amd64+cgo", "./cmd/app"]));
+    let log = agent.log();
+    let submitted = submitted.success(&format!("the cgo build\n{log}"));
+    let binary = std::fs::read(module.join("dist/linux_amd64/app")).unwrap();
+    let has = |needle: &[u8]| binary.windows(needle.len()).any(|window| window == needle);
+    // The assembly took the environment in: the attack reached its file.
+    assert!(has(b"CACHED_NAMESPACE="), "the build's environment is not in its binary");
+    assert!(!has(b"cached_lease."), "the lease's cache credential is in the job's binary");
+    for text in [&submitted.stdout, &submitted.stderr, &log] {
+        assert!(!text.contains("cached_lease."), "{text}");
+    }
+    // The bridge had it: the build filled the namespace's cache through it.
+    assert!(cluster.go_puts() > 0, "the bridge stored nothing with the lease's credential\n{log}");
 }
