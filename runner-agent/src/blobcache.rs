@@ -222,16 +222,39 @@ impl BlobCache {
         digest: Digest,
         executable: bool,
     ) -> Result<PathBuf, TaskError> {
-        let name = Self::name(digest, executable);
-        let path = self.dir.join(&name);
-        if path.is_file() {
-            self.lock().touch(&name);
+        if let Some(path) = self.cached(digest, executable)? {
             return Ok(path);
         }
+        let name = Self::name(digest, executable);
+        let path = self.dir.join(&name);
         transfer::download_to_file(client, digest, &path).await?;
         set_mode(&path, if executable { 0o555 } else { 0o444 })?;
         self.admit(&name, digest.size);
         Ok(path)
+    }
+}
+
+impl BlobCache {
+    /// The cached copy of a blob, if there is one. Entries are named by hash alone, so a
+    /// digest whose size is not its bytes' (which no blob has) is refused rather than answered
+    /// with the file of that hash: a job's tree could otherwise understate what it takes.
+    fn cached(&self, digest: Digest, executable: bool) -> Result<Option<PathBuf>, TaskError> {
+        let name = Self::name(digest, executable);
+        let path = self.dir.join(&name);
+        let Some(metadata) = std::fs::metadata(&path).ok().filter(std::fs::Metadata::is_file) else {
+            return Ok(None);
+        };
+        if metadata.len() != digest.size {
+            return Err(TaskError::Build(format!(
+                "the job names blob {} as {} bytes, but the blob of that hash is {} bytes: a \
+                 digest's size is part of it; give each file's true size",
+                digest.hex(),
+                digest.size,
+                metadata.len()
+            )));
+        }
+        self.lock().touch(&name);
+        Ok(Some(path))
     }
 }
 
@@ -258,6 +281,19 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         cache.admit(&BlobCache::name(digest, false), digest.size);
         path
+    }
+
+    #[test]
+    fn a_digest_with_another_size_than_its_blobs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path().to_owned(), 1 << 20).unwrap();
+        let path = put(&cache, &[b'a'; 100]);
+        let digest = Digest::of(&[b'a'; 100]);
+        assert_eq!(cache.cached(digest, false).unwrap(), Some(path));
+        let understated = Digest { size: 1, ..digest };
+        let err = cache.cached(understated, false).unwrap_err();
+        assert!(matches!(&err, TaskError::Build(why) if why.contains("100 bytes")), "{err:?}");
+        assert_eq!(cache.cached(Digest::of(b"absent"), false).unwrap(), None);
     }
 
     #[test]
