@@ -50,7 +50,7 @@ pub const CF_REGISTRY_TAGS: &str = "registry_tags";
 /// Referrers: repository + 0x00 + subject SHA-256 + referrer SHA-256 → the referrer's descriptor.
 pub const CF_REGISTRY_REFERRERS: &str = "registry_referrers";
 /// The registry's records oldest first, to keep them to `max_registry_records`: write time in
-/// ms (i64 BE) and 16 bytes of a hash of what the row names → its size and what it names
+/// µs (i64 BE) and 16 bytes of a hash of what the row names → its size and what it names
 /// (`registry::records::Recorded`).
 pub const CF_REGISTRY_ORDER: &str = "registry_order";
 

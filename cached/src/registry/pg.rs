@@ -15,7 +15,7 @@ use super::names::{Repository, Sha256Digest};
 use super::records::{
     MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, ORDER_MARKER,
     OrderRow, POINTERS, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, is_order_key,
-    listed_descriptor, place, pointed_row, pointer_of,
+    listed_descriptor, order_time, place, pointed_row, pointer_of,
 };
 use crate::error::{Error, Result};
 use crate::postgres::Database;
@@ -39,10 +39,6 @@ impl PgRegistry {
     fn run<T>(&self, query: impl Future<Output = Result<T>>) -> Result<T> {
         self.runtime.block_on(query)
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Places `recorded`'s row at `time` ([`place`]): a new row with `size`, or its row moved;
@@ -176,7 +172,7 @@ impl RegistryRecords for PgRegistry {
             // Pushed again, it is as recent as a new one.
             let recorded = Recorded::Blob { repo: repo.clone(), sha256: *sha256 };
             let size = (inserted > 0).then_some(repo.as_str().len() + 32 + 40);
-            let counted = place_row(&tx, &recorded, now_ms(), size).await?;
+            let counted = place_row(&tx, &recorded, order_time(), size).await?;
             tx.commit().await?;
             Ok(counted)
         })
@@ -221,7 +217,7 @@ impl RegistryRecords for PgRegistry {
             {
                 return Ok(ManifestPut::ReferrersFull);
             }
-            let (now, mut counted) = (now_ms(), 0);
+            let (now, mut counted) = (order_time(), 0);
             let subject = write.referrer.as_ref().map(|(subject, _)| *subject);
             let recorded = Recorded::Manifest { repo: repository.clone(), digest: write.digest, subject };
             match insert_manifest(&tx, repo, &write).await? {
@@ -412,7 +408,7 @@ impl RegistryRecords for PgRegistry {
         self.run(async {
             let mut client = self.db.client().await?;
             let tx = client.transaction().await?;
-            let now = now_ms();
+            let now = order_time();
             for recorded in recorded {
                 place_row(&tx, recorded, now, None).await?;
             }

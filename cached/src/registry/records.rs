@@ -2,6 +2,9 @@
 //! holds, its manifests (the exact bytes pushed), its tags and the referrers of its manifests.
 //! Behind a trait, so another backend can hold them; every method blocks.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use bytes::Bytes;
 use proto::Digest;
 
@@ -52,7 +55,7 @@ pub struct ManifestWrite<'a> {
 }
 
 /// Every record a push adds (a blob link, a manifest with its referrer entry, a tag) also adds
-/// an order row: when it was written (ms, i64 BE) · 16 bytes of the BLAKE3 of what it names →
+/// an order row: when it was written ([`order_time`], i64 BE) · 16 bytes of the BLAKE3 of what it names →
 /// the bytes it counts (u64 BE) · what it names ([`Recorded`]). The registry forgets the oldest
 /// beyond `max_registry_records` (`super::retention`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +89,19 @@ pub struct OrderRow {
 /// Where the key of a row given to a record written before there were rows starts: before
 /// every other, so those are forgotten first.
 pub(super) const UNKNOWN_TIME: i64 = 0;
+
+/// The time of a row written now: microseconds since the epoch, and after every row this
+/// process wrote before, so its rows keep the order they were written in (across replicas,
+/// their clocks order them).
+pub(super) fn order_time() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    let previous = LAST.fetch_max(now, Ordering::Relaxed);
+    if previous < now {
+        return now;
+    }
+    LAST.fetch_add(1, Ordering::Relaxed) + 1
+}
 
 impl Recorded {
     /// What names the record, its subject aside: kind, repository, digest, tag.
@@ -142,10 +158,10 @@ impl Recorded {
         key
     }
 
-    /// The order row (key, value) of this record at `time_ms`, taking `size` bytes besides
+    /// The order row (key, value) of this record at `time`, taking `size` bytes besides
     /// the row and its pointer, which count too.
-    fn row(&self, time_ms: i64, size: u64) -> (Vec<u8>, Vec<u8>) {
-        let key = row_key(time_ms, &self.pointer_key());
+    fn row(&self, time: i64, size: u64) -> (Vec<u8>, Vec<u8>) {
+        let key = row_key(time, &self.pointer_key());
         let named = self.encode();
         let counted = size + (key.len() + 8 + named.len() + 24) as u64;
         let mut value = counted.to_be_bytes().to_vec();
@@ -158,8 +174,8 @@ impl Recorded {
 pub(super) const POINTERS: u8 = 0xff;
 
 /// A row's key: its time and the hash its pointer's key ends with.
-pub(super) fn row_key(time_ms: i64, pointer_key: &[u8]) -> Vec<u8> {
-    let mut key = time_ms.to_be_bytes().to_vec();
+pub(super) fn row_key(time: i64, pointer_key: &[u8]) -> Vec<u8> {
+    let mut key = time.to_be_bytes().to_vec();
     key.extend_from_slice(&pointer_key[1..]);
     key
 }
@@ -179,28 +195,28 @@ pub(super) struct Placement {
     pub counted: u64,
 }
 
-/// Places `recorded`'s row at `time_ms`, given its row now (`current`, found through its
+/// Places `recorded`'s row at `time`, given its row now (`current`, found through its
 /// pointer): a record written (`size` of bytes) gets a row, or its row anew; a record only
-/// used (`size` `None`) has its row moved to `time_ms`, if it has one. One row per record: the
+/// used (`size` `None`) has its row moved to `time`, if it has one. One row per record: the
 /// oldest rows are the records longest unwritten and unused.
 pub(super) fn place(
     recorded: &Recorded,
-    time_ms: i64,
+    time: i64,
     size: Option<u64>,
     current: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Placement {
-    let pointer = (recorded.pointer_key(), time_ms.to_be_bytes().to_vec());
+    let pointer = (recorded.pointer_key(), time.to_be_bytes().to_vec());
     match (size, current) {
         (None, None) => Placement::default(),
         (Some(size), None) => {
-            let (key, value) = recorded.row(time_ms, size);
+            let (key, value) = recorded.row(time, size);
             let counted = OrderRow::parse(&key, &value).size;
             Placement { delete: None, put: vec![(key, value), pointer], counted }
         }
         (size, Some((old_key, old_value))) => {
             let (key, value) = match size {
-                Some(size) => recorded.row(time_ms, size),
-                None => (row_key(time_ms, &recorded.pointer_key()), old_value.clone()),
+                Some(size) => recorded.row(time, size),
+                None => (row_key(time, &recorded.pointer_key()), old_value.clone()),
             };
             let counted =
                 OrderRow::parse(&key, &value).size.saturating_sub(OrderRow::parse(&old_key, &old_value).size);

@@ -10,8 +10,8 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use super::names::{Repository, Sha256Digest};
 use super::records::{
     MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, ORDER_MARKER, OrderRow, POINTERS,
-    Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, is_order_key, listed_descriptor, place,
-    pointed_row, pointer_of,
+    Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, is_order_key, listed_descriptor, order_time,
+    place, pointed_row, pointer_of,
 };
 use crate::db::{
     CF_REGISTRY_BLOBS, CF_REGISTRY_MANIFESTS, CF_REGISTRY_ORDER, CF_REGISTRY_REFERRERS, CF_REGISTRY_TAGS, cf,
@@ -42,10 +42,6 @@ fn key(repo: &Repository, rest: &[&[u8]]) -> Vec<u8> {
         key.extend_from_slice(part);
     }
     key
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn encode_digest(digest: &Digest) -> Vec<u8> {
@@ -191,7 +187,7 @@ impl RegistryRecords for RocksRegistry {
         let recorded = Recorded::Blob { repo: repo.clone(), sha256: *sha256 };
         // The same SHA-256 names the same bytes: a link there already is this one, pushed again.
         let size = self.db.get_pinned_cf(family, &link)?.is_none().then_some(link.len() + value.len());
-        let counted = self.place_row(&mut batch, &recorded, now_ms(), size)?;
+        let counted = self.place_row(&mut batch, &recorded, order_time(), size)?;
         batch.put_cf(family, link, value);
         self.db.write(batch)?;
         Ok(counted)
@@ -219,7 +215,7 @@ impl RegistryRecords for RocksRegistry {
         let mut batch = WriteBatch::default();
         let manifests = cf(&self.db, CF_REGISTRY_MANIFESTS)?;
         let manifest_key = key(repo, &[&write.digest.0]);
-        let (now, mut counted) = (now_ms(), 0);
+        let (now, mut counted) = (order_time(), 0);
         let subject = write.referrer.as_ref().map(|(subject, _)| *subject);
         let recorded = Recorded::Manifest { repo: repo.clone(), digest: write.digest, subject };
         match self.db.get_pinned_cf(manifests, &manifest_key)? {
@@ -385,7 +381,7 @@ impl RegistryRecords for RocksRegistry {
     fn touch(&self, recorded: &[Recorded]) -> Result<()> {
         let _put = self.lock();
         let mut batch = WriteBatch::default();
-        let now = now_ms();
+        let now = order_time();
         for recorded in recorded {
             self.place_row(&mut batch, recorded, now, None)?;
         }
