@@ -343,8 +343,8 @@ pub async fn derive(
                 continue;
             }
             // A module outside the module cache (a main module, a local replace directory, a
-            // vendored module): its files are hashed below, its go.mod (require, replace,
-            // godebug and go lines) as well, and its Go version is a component.
+            // vendored module): its files are hashed below, its go.mod as well (its go and
+            // require lines change the build), and its Go version is a component.
             let origin = match &module.replace {
                 _ if module.main => "main module".to_owned(),
                 Some(to) if to.version.is_empty() => to.path.clone(),
@@ -771,7 +771,8 @@ mod tests {
         let git = |args: &[&str]| {
             let mut command = vec!["git", "-c", "user.name=t", "-c", "user.email=t@example.com"];
             command.extend_from_slice(args);
-            run(repo.path(), &command, &[]);
+            // No signing or hooks from this machine's git configuration.
+            run(repo.path(), &command, &[("GIT_CONFIG_GLOBAL", "/dev/null"), ("GIT_CONFIG_NOSYSTEM", "1")]);
         };
         git(&["init", "-q"]);
         git(&["add", "."]);
