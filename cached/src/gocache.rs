@@ -228,6 +228,15 @@ impl GoCache {
             self.stats.go_entries_dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
+        // Put checked this, but an entry can come back wrong from the disk or a bucket, and
+        // the bridge files a body under its OutputID where every namespace of a runner finds
+        // it: a wrong one is dropped like a dangling one, never answered.
+        if frames.info().sha256 != entry.output_id.0 {
+            tracing::warn!(namespace, action = %action_id, digest = %entry.digest, "Go entry whose OutputID is not its blob's SHA-256 dropped");
+            self.entries.remove(namespace, action_id)?;
+            self.stats.go_entries_dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
         let stored_bytes = frames.info().stored_bytes;
         let inline = (1..=INLINE_BODY_MAX).contains(&entry.digest.size) && stored_bytes <= *inline_budget;
         let inline_body = if inline {
@@ -333,6 +342,30 @@ mod tests {
         assert_eq!(stats.go_entries_dropped.load(Ordering::Relaxed), 2);
         assert!(cache.lookup("ns", &ActionId([2; 32]), &mut 0).unwrap().is_some());
         assert_eq!(cache.sweep_dangling(&mut cursor, 10).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_entry_whose_output_id_is_not_its_blobs_is_dropped_not_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, rocks) = crate::store::open_for_tests(dir.path());
+        let stats = Arc::new(Stats::default());
+        let store: SharedStore = Arc::new(rocks);
+        let body = b"compiled package";
+        let mut writer = store.write(&Digest::of(body)).unwrap();
+        writer.put_frame(proto::frames::FrameEncoder::new(1).unwrap().encode(body).unwrap().into()).unwrap();
+        writer.record_sha256([7; 32]);
+        writer.commit().unwrap();
+        let space = Arc::new(FreeSpace::new(dir.path().to_owned(), 0));
+        let entries = RocksGoEntries::open(Arc::clone(&db), u64::MAX).unwrap();
+        let cache = GoCache::new(Arc::new(entries), store, Arc::clone(&stats), space);
+        for (action, output) in [(1u8, [7; 32]), (2, [9; 32])] {
+            let entry = GoEntry { output_id: OutputId(output), digest: Digest::of(body), time_unix_nanos: 1 };
+            rocks::put_for_tests(&db, "ns", &ActionId([action; 32]), &entry);
+        }
+        assert!(cache.lookup("ns", &ActionId([1; 32]), &mut 0).unwrap().is_some());
+        assert!(cache.lookup("ns", &ActionId([2; 32]), &mut 0).unwrap().is_none());
+        assert_eq!(stats.go_entries_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.sweep_dangling(&mut Vec::new(), 10).unwrap(), 0, "the wrong entry is gone");
     }
 
     #[test]
