@@ -20,7 +20,6 @@ use proto::v1::jobs_client::JobsClient;
 use proto::v1::stats_client::StatsClient;
 use proto::v1::workers_client::WorkersClient;
 use proto::v1::{self, Compression};
-use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
@@ -232,12 +231,7 @@ async fn call(
             go.get_many(request(get, secret)).await?;
         }
         "GoCache.Put" => {
-            let entry = v1::GoEntry {
-                output_id: Sha256::digest(&fixture.blob).to_vec().into(),
-                size: digest.size,
-                digest: Some(digest.to_wire()),
-                time_unix_nanos: 1,
-            };
+            let entry = common::go_entry(&fixture.blob);
             let put = v1::GoPutRequest {
                 namespace: ns.to_owned(),
                 action_id: vec![1; 32].into(),

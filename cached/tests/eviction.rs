@@ -110,12 +110,7 @@ async fn housekeeping_drops_go_entries_whose_blob_was_evicted_without_a_lookup()
     let clients = server.clients().await;
     let body = noise(BLOB, 200);
     let digest = clients.write(&body).await;
-    let entry = v1::GoEntry {
-        output_id: Sha256::digest(&body).to_vec().into(),
-        size: digest.size,
-        digest: Some(digest.to_wire()),
-        time_unix_nanos: 1,
-    };
+    let entry = common::go_entry(&body);
     let put =
         v1::GoPutRequest { namespace: "team".into(), action_id: vec![9; 32].into(), entry: Some(entry) };
     clients.go.clone().put(put).await.unwrap();

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::{Server, noise};
 use proto::v1;
-use sha2::{Digest as _, Sha256};
 use tonic::Code;
 
 /// The compressed bytes read from the store so far, from /metrics.
@@ -29,12 +28,7 @@ async fn put_reads_no_blob_even_when_its_client_gives_up() {
     let clients = server.clients().await;
     let body = noise(64 << 20, 7);
     let digest = clients.write(&body).await;
-    let entry = v1::GoEntry {
-        output_id: Sha256::digest(&body).to_vec().into(),
-        size: digest.size,
-        digest: Some(digest.to_wire()),
-        time_unix_nanos: 1,
-    };
+    let entry = common::go_entry(&body);
     let put = v1::GoPutRequest { namespace: "ns".into(), action_id: vec![1; 32].into(), entry: Some(entry) };
     let before = store_read_bytes(&server).await;
 
@@ -66,17 +60,12 @@ async fn below_the_free_space_floor_no_entry_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]).await;
     let body = noise(4096, 3);
-    let digest = server.clients().await.write(&body).await;
+    server.clients().await.write(&body).await;
     server.stop().await;
 
     // A floor no disk here has above it.
     let server = Server::start(dir.path(), &[("min_free_space", "1PiB")]).await;
-    let entry = v1::GoEntry {
-        output_id: Sha256::digest(&body).to_vec().into(),
-        size: digest.size,
-        digest: Some(digest.to_wire()),
-        time_unix_nanos: 1,
-    };
+    let entry = common::go_entry(&body);
     let put = v1::GoPutRequest { namespace: "ns".into(), action_id: vec![2; 32].into(), entry: Some(entry) };
     let err = server.clients().await.go.put(put).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
@@ -97,13 +86,8 @@ async fn a_flood_of_entries_for_one_blob_forgets_the_oldest_and_keeps_the_newest
     let server = Server::start(dir.path(), &[("max_go_entries", "100")]).await;
     let clients = server.clients().await;
     let body = noise(512, 11);
-    let digest = clients.write(&body).await;
-    let entry = v1::GoEntry {
-        output_id: Sha256::digest(&body).to_vec().into(),
-        size: digest.size,
-        digest: Some(digest.to_wire()),
-        time_unix_nanos: 1,
-    };
+    clients.write(&body).await;
+    let entry = common::go_entry(&body);
     let action = |n: u32| -> bytes::Bytes {
         let mut id = vec![0; 32];
         id[..4].copy_from_slice(&n.to_be_bytes());

@@ -23,7 +23,6 @@ use proto::v1::{
     self, AgentInfo, Compression, FencingToken, JobState, LeaseRequest, LeaseResponse, TaskState,
     job_event::Kind, lease_request, lease_response,
 };
-use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -533,13 +532,7 @@ async fn a_lease_recorded_under_the_bare_name_stays_its_agents_in_postgresql() {
 }
 
 async fn go_put(go: &mut GoCacheClient<Authed>, ns: &str, blob: &[u8]) -> Result<(), Status> {
-    let digest = Digest::of(blob);
-    let entry = v1::GoEntry {
-        output_id: Sha256::digest(blob).to_vec().into(),
-        size: digest.size,
-        digest: Some(digest.to_wire()),
-        time_unix_nanos: 1,
-    };
+    let entry = common::go_entry(blob);
     let put =
         v1::GoPutRequest { namespace: ns.to_owned(), action_id: vec![3; 32].into(), entry: Some(entry) };
     go.put(put).await.map(drop)

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use common::{data, frames, header, noise};
 use proto::v1::{self, Compression};
 use proto::{Digest, FRAME_SIZE};
-use sha2::{Digest as _, Sha256};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -79,13 +78,7 @@ impl Daemon {
 
     /// Records `count` Go entries (actions 0, 1, ...) whose output is `blob`.
     async fn put_entries(&self, blob: &[u8], count: u32) {
-        let digest = Digest::of(blob);
-        let entry = v1::GoEntry {
-            output_id: Sha256::digest(blob).to_vec().into(),
-            size: digest.size,
-            digest: Some(digest.to_wire()),
-            time_unix_nanos: 1,
-        };
+        let entry = common::go_entry(blob);
         let puts = (0..count).map(|i| {
             let request =
                 v1::GoPutRequest { namespace: "ns".into(), action_id: action(i), entry: Some(entry.clone()) };

@@ -154,6 +154,18 @@ pub fn frames(data: &[u8]) -> Vec<Bytes> {
     data.chunks(FRAME_SIZE).map(|chunk| Bytes::from(encoder.encode(chunk).expect("compress"))).collect()
 }
 
+/// A Go entry for `body`: its OutputID (SHA-256) and digest, as the go command's bridge puts it.
+pub fn go_entry(body: &[u8]) -> v1::GoEntry {
+    use sha2::Digest as _;
+    let digest = Digest::of(body);
+    v1::GoEntry {
+        output_id: sha2::Sha256::digest(body).to_vec().into(),
+        size: digest.size,
+        digest: Some(digest.to_wire()),
+        time_unix_nanos: 1,
+    }
+}
+
 /// Incompressible bytes from a seed, so sizes on disk are predictable.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
