@@ -132,6 +132,18 @@ impl GoCall<'_> {
         }
     }
 
+    /// `program` (not the go command) as the build's processes run: its directory and
+    /// environment.
+    fn invocation_of(&self, program: impl Into<PathBuf>, args: Vec<String>) -> Invocation {
+        Invocation {
+            program: program.into(),
+            args,
+            dir: self.dir.to_owned(),
+            env: self.env.to_vec(),
+            env_remove: Vec::new(),
+        }
+    }
+
     async fn run(&self, args: Vec<String>, what: &str) -> Result<Vec<u8>, NoKey> {
         let captured = self
             .exec
@@ -469,13 +481,7 @@ async fn flags_as_set(call: &GoCall<'_>, env: &GoEnv, names: &[&str]) -> Result<
         "printf '%s\\0' {}",
         names.iter().map(|name| format!("\"${name}\"")).collect::<Vec<_>>().join(" ")
     );
-    let invocation = Invocation {
-        program: PathBuf::from("/bin/sh"),
-        args: vec!["-c".to_owned(), script],
-        dir: call.dir.to_owned(),
-        env: call.env.to_vec(),
-        env_remove: Vec::new(),
-    };
+    let invocation = call.invocation_of("/bin/sh", vec!["-c".to_owned(), script]);
     let captured = call
         .exec
         .output(&invocation)
@@ -531,13 +537,7 @@ async fn compiler_identity(
     };
     let mut args: Vec<String> = words.map(str::to_owned).collect();
     args.push("--version".to_owned());
-    let invocation = Invocation {
-        program: PathBuf::from(program),
-        args,
-        dir: call.dir.to_owned(),
-        env: call.env.to_vec(),
-        env_remove: Vec::new(),
-    };
+    let invocation = call.invocation_of(program, args);
     let captured = call
         .exec
         .output(&invocation)
