@@ -98,8 +98,8 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         key: "scrub_rate",
-        help: "stored bytes per second read back in the background and checked against their digests; a blob that fails is removed (0 = off)",
-        default: "8MiB",
+        help: "blob bytes per second read back in the background, decoded and checked against their digests (a blob counts its size, not what it stores); a blob that fails is removed (0 = off)",
+        default: "32MiB",
     },
     Setting {
         key: "max_blob_size",

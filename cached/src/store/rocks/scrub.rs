@@ -50,8 +50,10 @@ enum Verdict {
 }
 
 impl RocksStore {
-    /// Checks the next stored blobs in key order until about `budget` stored bytes were read,
-    /// removing any whose bytes fail. Where the next slice starts is kept in the database, so
+    /// Checks the next stored blobs in key order until about `budget` bytes were checked,
+    /// removing any whose bytes fail. A blob costs its size or its stored bytes, whichever is
+    /// more: checking it is decoding and hashing it, and a blob of zeros stores a few bytes per
+    /// MiB it decodes to, so counting stored bytes alone let a slice decode terabytes. Where the next slice starts is kept in the database, so
     /// a pass goes on across restarts: on a large store one pass outlasts many of them. Reads
     /// here are not accesses: they leave eviction's order alone.
     pub fn scrub(&self, budget: u64) -> Result<ScrubSlice> {
@@ -71,6 +73,7 @@ impl RocksStore {
         let blobs = cf(db, CF_BLOBS)?;
         let mode = IteratorMode::From(cursor.as_slice(), Direction::Forward);
         let mut slice = ScrubSlice { pass_done: true, ..ScrubSlice::default() };
+        let mut spent = 0u64;
         // One zstd context for the slice: setting one up costs more than a small blob's decode.
         let mut decoder = FrameDecoder::new(0, 0).map_err(|err| Error::Internal(format!("zstd: {err}")))?;
         for item in db.iterator_cf(blobs, mode) {
@@ -78,7 +81,7 @@ impl RocksStore {
             if key.as_ref() == cursor.as_slice() {
                 continue; // Checked by the slice before.
             }
-            if slice.stored_bytes >= budget {
+            if spent >= budget {
                 slice.pass_done = false;
                 break;
             }
@@ -86,6 +89,7 @@ impl RocksStore {
             *cursor = key.as_bytes().to_vec();
             slice.blobs += 1;
             slice.stored_bytes += meta.stored_bytes;
+            spent = spent.saturating_add(meta.size.max(meta.stored_bytes));
             let digest = Digest { hash: key.hash(), size: meta.size };
             if let Verdict::Rotten(why) = self.check(&digest, &meta, &mut decoder)? {
                 tracing::error!(blob = %digest, why, "a stored blob failed its scrub; it is removed");
@@ -196,6 +200,19 @@ mod tests {
         assert_eq!(again, flipped);
         let again = rocks.scrub(u64::MAX).unwrap();
         assert_eq!((again.blobs, again.removed), (3, 0), "the next pass starts over, at the first blob");
+    }
+
+    #[test]
+    fn a_slice_counts_what_its_blobs_decode_to_not_what_they_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, rocks) = crate::store::open_for_tests(dir.path());
+        // Zeros store a few bytes per MiB they decode to.
+        for extra in 0..10 {
+            store(&rocks, &vec![0; proto::FRAME_SIZE + extra]);
+        }
+        let slice = rocks.scrub(2 * proto::FRAME_SIZE as u64).unwrap();
+        assert!(slice.blobs <= 2, "a 2 MiB slice decoded {} blobs of a MiB each", slice.blobs);
+        assert!(!slice.pass_done);
     }
 
     #[test]
