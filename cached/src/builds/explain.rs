@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use proto::v1;
 
-use super::keys::{decode, index_tail, package_prefix, target_prefix};
+use super::keys::{decode, index_tail, package_prefix, prefix_end, target_prefix};
 use super::{Builds, Table, hex, manifest};
 use crate::error::{Error, Result};
 
@@ -18,11 +18,25 @@ const BASIS_EVICTED: &str = "evicted";
 /// The cause a miss counts when nothing was built before.
 const CAUSE_FIRST: &str = "first build";
 const CAUSE_EVICTED: &str = "outputs evicted";
+/// Earlier builds one miss explanation compares with at most, newest first within each target.
+/// A lookup needs only `read`, and one naming a target never recorded falls back to every
+/// target of its package: client-named platforms, 32 builds each, manifests of up to ~8 MB.
+const MAX_EXPLAIN_CANDIDATES: usize = 64;
+/// Manifest bytes one miss explanation reads at most. The manifest that crosses it is still
+/// compared, so a package with a kept build is never explained as a first build.
+const MAX_EXPLAIN_BYTES: usize = 64 << 20;
+
+/// What one explanation may still read.
+struct Budget {
+    candidates: usize,
+    bytes: usize,
+}
 
 impl Builds {
     /// Compares with the nearest earlier build: of the kept builds of the same target (else of
     /// the same package on any platform), the one that differs in the fewest components, the
-    /// latest of those.
+    /// latest of those; among the builds read within [`MAX_EXPLAIN_CANDIDATES`] and
+    /// [`MAX_EXPLAIN_BYTES`], the newest first.
     pub(super) fn explain_miss(
         &self,
         namespace: &str,
@@ -31,10 +45,11 @@ impl Builds {
         manifest: &v1::BuildManifest,
         evicted: bool,
     ) -> Result<v1::MissExplanation> {
-        let nearest = match self.nearest(&target_prefix(namespace, target), manifest)? {
+        let budget = &mut Budget { candidates: MAX_EXPLAIN_CANDIDATES, bytes: MAX_EXPLAIN_BYTES };
+        let nearest = match self.nearest(&target_prefix(namespace, target), manifest, budget)? {
             Some(found) => Some((BASIS_SAME_TARGET, found)),
             None => self
-                .nearest(&package_prefix(namespace, target), manifest)?
+                .nearest(&package_prefix(namespace, target), manifest, budget)?
                 .map(|found| (BASIS_SAME_PACKAGE, found)),
         };
         let Some((basis, (index_key, mut changes))) = nearest else {
@@ -74,18 +89,27 @@ impl Builds {
     }
 
     /// The index entry under `prefix` whose manifest differs least from `manifest` (the latest
-    /// among equals), with the difference.
+    /// among equals), with the difference: of those `budget` leaves to read, newest first within
+    /// each target.
     fn nearest(
         &self,
         prefix: &[u8],
         manifest: &v1::BuildManifest,
+        budget: &mut Budget,
     ) -> Result<Option<(Vec<u8>, Vec<v1::ComponentChange>)>> {
         let mut best: Option<(usize, i64, Vec<u8>, Vec<v1::ComponentChange>)> = None;
-        for item in self.records.scan(Table::Index, prefix, false)? {
+        let end = prefix_end(prefix);
+        for item in self.records.scan(Table::Index, &end, true)? {
             let (key, value) = item?;
-            if !key.starts_with(prefix) {
+            // The scan starts at the last key at or before `end`, which may be past the prefix.
+            if *key >= *end {
+                continue;
+            }
+            if !key.starts_with(prefix) || budget.candidates == 0 || budget.bytes == 0 {
                 break;
             }
+            budget.candidates -= 1;
+            budget.bytes = budget.bytes.saturating_sub(value.len());
             let Some((time, _)) = index_tail(&key) else { continue };
             let earlier: v1::BuildManifest = decode(&value, "build manifest")?;
             let changes = manifest::diff(&earlier, manifest);
@@ -186,5 +210,133 @@ fn target_query(query: &str) -> impl Fn(&v1::BuildEvent) -> bool + '_ {
         let platform_matches =
             platform.is_none_or(|platform| platform == format!("{}/{}", target.goos, target.goarch));
         package_matches && platform_matches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use proto::Digest;
+    use proto::v1::BuildRecordRequest;
+
+    use super::*;
+    use crate::builds::records::{BuildRecords, Change, Rows};
+    use crate::builds::{History, RocksBuildRecords};
+    use crate::store::{BlobStore, FreeSpace};
+
+    /// The records in RocksDB, counting the index rows and manifest bytes scans hand out.
+    struct Counting {
+        inner: RocksBuildRecords,
+        rows: AtomicUsize,
+        bytes: AtomicUsize,
+    }
+
+    impl BuildRecords for Counting {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.inner.get(table, key)
+        }
+
+        fn write(&self, changes: Vec<Change>) -> Result<()> {
+            self.inner.write(changes)
+        }
+
+        fn scan(&self, table: Table, from: &[u8], reverse: bool) -> Result<Rows<'_>> {
+            let rows = self.inner.scan(table, from, reverse)?;
+            if table != Table::Index {
+                return Ok(rows);
+            }
+            Ok(Box::new(rows.inspect(|row| {
+                if let Ok((_, value)) = row {
+                    self.rows.fetch_add(1, Ordering::Relaxed);
+                    self.bytes.fetch_add(value.len(), Ordering::Relaxed);
+                }
+            })))
+        }
+
+        fn purge_namespace(&self, namespace: &str) -> Result<u64> {
+            self.inner.purge_namespace(namespace)
+        }
+    }
+
+    fn target(goos: &str) -> v1::BuildTarget {
+        v1::BuildTarget {
+            module: "example.com/m".into(),
+            package: "./cmd/app".into(),
+            goos: goos.into(),
+            goarch: "amd64".into(),
+        }
+    }
+
+    /// A manifest of `files` source files of about 1 KiB each, `build` telling builds apart.
+    fn manifest(build: usize, files: usize) -> v1::BuildManifest {
+        let components = (0..files)
+            .map(|file| v1::ManifestComponent {
+                name: format!("file.cmd/app/f{file}.go"),
+                hash: blake3::hash(format!("{build}/{file}").as_bytes()).as_bytes().to_vec().into(),
+                display: "x".repeat(1000),
+            })
+            .collect();
+        v1::BuildManifest { version: manifest::MANIFEST_VERSION, components }
+    }
+
+    #[test]
+    fn a_miss_on_a_new_platform_reads_a_bounded_part_of_its_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, rocks) = crate::store::open_for_tests(dir.path());
+        let output = Digest::of(b"binary");
+        let mut writer = rocks.write(&output).unwrap();
+        writer.put_frame(bytes::Bytes::from(zstd::encode_all(&b"binary"[..], 1).unwrap())).unwrap();
+        writer.record_sha256([0; 32]);
+        writer.commit().unwrap();
+        let space = Arc::new(FreeSpace::new(dir.path().to_owned(), 0));
+        let history = History { max_bytes: 1 << 30, max_record_bytes: 1 << 40, space };
+        let records = Arc::new(Counting {
+            inner: RocksBuildRecords::new(db),
+            rows: Default::default(),
+            bytes: Default::default(),
+        });
+        let builds = Builds::new(records.clone(), Arc::new(rocks), Arc::default(), history).unwrap();
+
+        // 80 builds of ~1.2 MB: 20 platforms of one package, 4 builds each.
+        let files = 1200;
+        for build in 0..80 {
+            let manifest = manifest(build, files);
+            let key = manifest::key(&manifest);
+            let request = BuildRecordRequest {
+                namespace: "ci".into(),
+                target: Some(target(&format!("os{}", build % 20))),
+                key: key.to_vec().into(),
+                manifest: Some(manifest),
+                outputs: vec![v1::BuildOutput {
+                    path: "app".into(),
+                    digest: Some(output.to_wire()),
+                    mode: 0o755,
+                }],
+                build_duration_ms: 1,
+            };
+            builds.record_blocking("ci", request, &key).unwrap();
+        }
+
+        records.rows.store(0, Ordering::Relaxed);
+        records.bytes.store(0, Ordering::Relaxed);
+        let manifest = manifest(1000, files);
+        let key = manifest::key(&manifest);
+        let response = builds.lookup_blocking("ci", &target("never-seen"), &key, &manifest).unwrap();
+        let explanation = response.explanation.unwrap();
+        assert_eq!(explanation.basis, BASIS_SAME_PACKAGE);
+        assert_eq!(explanation.nearest_target.unwrap().package, "./cmd/app");
+        // Every file differs from every earlier build: what it says of the one it compared holds.
+        assert_eq!(explanation.changes.len() + explanation.changes_omitted as usize, files);
+
+        let (rows, bytes) = (records.rows.load(Ordering::Relaxed), records.bytes.load(Ordering::Relaxed));
+        let one = encode_len(&manifest);
+        // The budget, the manifest that crosses it and the rows just past the package's.
+        assert!(bytes <= MAX_EXPLAIN_BYTES + 2 * one, "{bytes} manifest bytes read");
+        assert!(rows <= MAX_EXPLAIN_CANDIDATES + 2, "{rows} manifests read");
+    }
+
+    fn encode_len(manifest: &v1::BuildManifest) -> usize {
+        super::super::keys::encode(manifest).len()
     }
 }
