@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
 use common::Server;
@@ -461,5 +461,71 @@ async fn a_flood_of_manifests_forgets_the_oldest_in_postgresql() {
     ];
     let registry = Registry::start(&settings).await;
     a_flood_of_manifests_forgets_the_oldest_and_keeps_the_newest(&registry).await;
+    registry.stop().await;
+}
+
+/// An index names its children by digest, the same one as often as it likes: each was looked
+/// up on its own, reading the child's bytes out (a 4 MiB index naming a 4 MiB manifest 26,000
+/// times copied over 200 GB), and all were then marked used while every registry write
+/// waited. What is named twice is looked up once now, without reading its bytes.
+async fn an_index_naming_one_manifest_thousands_of_times_is_checked_once(registry: &Registry) {
+    registry.push_empty_config().await;
+    let padding = "x".repeat((4 << 20) - 1024);
+    let child = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[],"annotations":{{"pad":"{padding}"}}}}"#,
+        empty_config()
+    );
+    let pushed = registry.put_manifest("dev", &child, OCI_MANIFEST, None).await;
+    assert_eq!(pushed.status, 201, "{}", pushed.body);
+    let entry = format!(
+        r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}}"#,
+        sha256(child.as_bytes()),
+        child.len()
+    );
+    let count = ((4 << 20) - 1024) / (entry.len() + 1);
+    assert!(count > 25_000, "{count} entries");
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+        vec![entry; count].join(",")
+    );
+    let started = Instant::now();
+    let push = registry.put_manifest("dev", &index, OCI_INDEX, None);
+    let pushed = tokio::time::timeout(Duration::from_secs(10), push)
+        .await
+        .unwrap_or_else(|_| panic!("checking an index naming one manifest {count} times took over 10s"));
+    assert_eq!(pushed.status, 201, "{}", pushed.body);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn an_index_naming_one_manifest_thousands_of_times_is_checked_once_in_rocksdb() {
+    let registry = Registry::start(&[]).await;
+    an_index_naming_one_manifest_thousands_of_times_is_checked_once(&registry).await;
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn an_index_naming_one_manifest_thousands_of_times_is_checked_once_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let registry = Registry::on_postgres(&db).await;
+    an_index_naming_one_manifest_thousands_of_times_is_checked_once(&registry).await;
+    registry.stop().await;
+}
+
+/// Each distinct child or blob a manifest names is looked up, and marked used while every
+/// registry write waits: past 4096 of them the push is refused before any lookup.
+#[tokio::test]
+async fn an_index_naming_more_than_4096_distinct_manifests_is_refused() {
+    let registry = Registry::start(&[]).await;
+    let image = registry.ci_image().await;
+    let entries: Vec<String> = std::iter::once(image)
+        .chain((0..4096).map(|n| sha256(n.to_string().as_bytes())))
+        .map(|digest| format!(r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{digest}","size":1}}"#))
+        .collect();
+    let index =
+        format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#, entries.join(","));
+    let refused = registry.put_manifest("dev", &index, OCI_INDEX, None).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("MANIFEST_INVALID") && refused.body.contains("4096"), "{}", refused.body);
     registry.stop().await;
 }

@@ -1,8 +1,9 @@
 //! Manifests: pulls by tag or digest, pushes (exact bytes, every referenced blob and child
-//! manifest present, Content-Type equal to the manifest's mediaType, at most 4 MiB), and
-//! deletes. A manifest with a `subject` is listed by the referrers API and answered with
-//! `OCI-Subject`.
+//! manifest present, at most 4096 of them distinct, Content-Type equal to the manifest's
+//! mediaType, at most 4 MiB), and deletes. A manifest with a `subject` is listed by the
+//! referrers API and answered with `OCI-Subject`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -238,37 +239,108 @@ fn media_type(manifest: &Manifest, content_type: Option<&str>) -> RegistryResult
     }
 }
 
+/// Most distinct blobs and child manifests one manifest may name. Each is looked up before the
+/// push is stored and marked used after it, while every other registry write waits: images
+/// have tens of layers and indexes tens of platforms, but a 4 MiB index could name 40,000.
+pub(super) const MAX_REFERENCES: usize = 4096;
+
+/// What a manifest names that the repository lacks.
+enum Lacking {
+    /// The blob at this index of the blobs checked.
+    Blob(usize),
+    Manifest(Sha256Digest),
+}
+
 /// Every blob and child manifest the manifest names must be in the repository (layers that are
 /// fetched from elsewhere, `urls`, excepted); the subject need not be. Returns them: a push
-/// uses them, which keeps them from being the oldest records the registry forgets.
+/// uses them, which keeps them from being the oldest records the registry forgets. What is
+/// named twice (one manifest for two platforms) is checked and used once, all of it in one
+/// lookup of the records and one of the CAS, and children without reading their bytes.
 async fn check_references(
     registry: &Registry,
     repo: &Repository,
     manifest: &Manifest,
 ) -> RegistryResult<Vec<Recorded>> {
-    let mut used = Vec::new();
-    let blobs = manifest.config.iter().chain(manifest.layers.iter().filter(|layer| layer.urls.is_empty()));
-    for descriptor in blobs {
-        let sha256 = Sha256Digest::parse(&descriptor.digest).map_err(|err| invalid(err.message))?;
-        if registry.resolve_blob(repo, sha256).await?.is_none() {
-            return Err(RegistryError::new(
-                Code::ManifestBlobUnknown,
-                format!("blob {sha256} ({}) is not in {repo}; push it first", descriptor.media_type),
-            ));
+    let parse =
+        |descriptor: &Descriptor| Sha256Digest::parse(&descriptor.digest).map_err(|err| invalid(err.message));
+    let (mut blobs, mut seen) = (Vec::new(), HashSet::new());
+    for descriptor in
+        manifest.config.iter().chain(manifest.layers.iter().filter(|layer| layer.urls.is_empty()))
+    {
+        let sha256 = parse(descriptor)?;
+        if seen.insert(sha256) {
+            blobs.push((sha256, descriptor.media_type.as_str()));
         }
-        used.push(Recorded::Blob { repo: repo.clone(), sha256 });
     }
+    let (mut children, mut seen) = (Vec::new(), HashSet::new());
     for child in &manifest.manifests {
-        let sha256 = Sha256Digest::parse(&child.digest).map_err(|err| invalid(err.message))?;
-        if registry.stored_manifest(repo, sha256).await?.is_none() {
+        let sha256 = parse(child)?;
+        if seen.insert(sha256) {
+            children.push(sha256);
+        }
+    }
+    if blobs.len() + children.len() > MAX_REFERENCES {
+        return Err(invalid(format!(
+            "the manifest names {} distinct blobs and child manifests, more than the \
+             {MAX_REFERENCES} a manifest may name; nothing was stored",
+            blobs.len() + children.len()
+        )));
+    }
+    let blob_unknown = |index: usize| {
+        let (sha256, media_type) = blobs[index];
+        RegistryError::new(
+            Code::ManifestBlobUnknown,
+            format!("blob {sha256} ({media_type}) is not in {repo}; push it first"),
+        )
+    };
+    let (owned, digests, named) =
+        (repo.clone(), blobs.iter().map(|(sha256, _)| *sha256).collect::<Vec<_>>(), children.clone());
+    let found = registry
+        .records("registry manifest references", move |records| {
+            let mut links = Vec::with_capacity(digests.len());
+            for (index, sha256) in digests.iter().enumerate() {
+                match records.blob(&owned, sha256)? {
+                    Some(link) => links.push(link),
+                    None => return Ok(Err(Lacking::Blob(index))),
+                }
+            }
+            for child in &named {
+                if !records.has_manifest(&owned, child)? {
+                    return Ok(Err(Lacking::Manifest(*child)));
+                }
+            }
+            Ok(Ok(links))
+        })
+        .await?;
+    let links = match found {
+        Ok(links) => links,
+        Err(Lacking::Blob(index)) => return Err(blob_unknown(index)),
+        Err(Lacking::Manifest(sha256)) => {
             return Err(RegistryError::new(
                 Code::ManifestBlobUnknown,
                 format!("manifest {sha256} is not in {repo}; push the children before the index"),
             ));
         }
-        used.push(Recorded::Manifest { repo: repo.clone(), digest: sha256, subject: None });
+    };
+    if !links.is_empty() {
+        // A link whose CAS blob is gone (evicted) is no blob: it is dropped, as a pull drops it.
+        let present = registry.cas.contains(links).await?;
+        let gone: Vec<usize> =
+            present.iter().enumerate().filter(|(_, held)| !**held).map(|(i, _)| i).collect();
+        if let Some(&first) = gone.first() {
+            let (owned, unlink) = (repo.clone(), gone.iter().map(|&i| blobs[i].0).collect::<Vec<_>>());
+            registry
+                .records("registry unlink", move |records| {
+                    unlink.iter().try_for_each(|sha256| records.unlink_blob(&owned, sha256).map(drop))
+                })
+                .await?;
+            return Err(blob_unknown(first));
+        }
     }
-    Ok(used)
+    let blobs = blobs.into_iter().map(|(sha256, _)| Recorded::Blob { repo: repo.clone(), sha256 });
+    let children =
+        children.into_iter().map(|digest| Recorded::Manifest { repo: repo.clone(), digest, subject: None });
+    Ok(blobs.chain(children).collect())
 }
 
 /// The descriptor the referrers API lists for a manifest with a subject, within

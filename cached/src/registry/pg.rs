@@ -207,6 +207,19 @@ impl RegistryRecords for PgRegistry {
         })
     }
 
+    fn has_manifest(&self, repo: &Repository, digest: &Sha256Digest) -> Result<bool> {
+        self.run(async {
+            let client = self.db.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT 1 FROM registry_manifests WHERE repository = $1 AND digest = $2",
+                    &[&repo.as_str(), &digest.0.as_slice()],
+                )
+                .await?;
+            Ok(row.is_some())
+        })
+    }
+
     fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<ManifestPut> {
         let (repository, repo, digest) = (repo, repo.as_str(), write.digest.0.as_slice());
         self.run(async {

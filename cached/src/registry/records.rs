@@ -259,6 +259,9 @@ pub trait RegistryRecords: Send + Sync + 'static {
     fn unlink_blob(&self, repo: &Repository, sha256: &Sha256Digest) -> Result<bool>;
 
     fn manifest(&self, repo: &Repository, digest: &Sha256Digest) -> Result<Option<StoredManifest>>;
+    /// Whether the repository holds the manifest, without reading its bytes out: an index may
+    /// name thousands of children, each up to 4 MiB.
+    fn has_manifest(&self, repo: &Repository, digest: &Sha256Digest) -> Result<bool>;
     /// Stores the manifest (unless it is stored already), its tag and its referrer entry in
     /// one atomic write; nothing when the manifest is stored with another media type, or when
     /// the entry would be a new referrer of a subject whose referrers are full (see

@@ -205,6 +205,11 @@ impl RegistryRecords for RocksRegistry {
         value.map(|value| decode_manifest(&value)).transpose()
     }
 
+    fn has_manifest(&self, repo: &Repository, digest: &Sha256Digest) -> Result<bool> {
+        let family = cf(&self.db, CF_REGISTRY_MANIFESTS)?;
+        Ok(self.db.get_pinned_cf(family, key(repo, &[&digest.0]))?.is_some())
+    }
+
     fn put_manifest(&self, repo: &Repository, write: ManifestWrite<'_>) -> Result<ManifestPut> {
         let _put = self.lock();
         if let Some((subject, descriptor)) = &write.referrer
