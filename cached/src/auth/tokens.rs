@@ -16,6 +16,8 @@ use super::rate::RateLimiter;
 use super::scopes::{NamespacePattern, Scopes};
 
 const SECRET_PREFIX: &str = "cached_";
+/// A minted secret: the prefix and 32 bytes in unpadded base64url (43 characters).
+const SECRET_LEN: usize = SECRET_PREFIX.len() + 43;
 const HASH_SCHEME: &str = "blake3";
 const MAX_NAME_LEN: usize = 64;
 
@@ -61,6 +63,8 @@ impl SecretHash {
 
     /// Constant-time comparison (`blake3::Hash` equality is).
     pub fn matches(&self, secret: &str) -> bool {
+        #[cfg(test)]
+        tests::count_hash();
         blake3::keyed_hash(&self.salt, secret.as_bytes()) == self.hash
     }
 
@@ -264,8 +268,16 @@ impl TokenTable {
         self.tokens.len()
     }
 
-    /// The token whose secret this is.
+    /// The token whose secret this is. What is longer than a minted secret or has a
+    /// character base64url lacks is no token's secret and is refused before any hashing: a
+    /// refusal costs at most one hash per token (and one more) of at most [`SECRET_LEN`] bytes, whatever an
+    /// unauthenticated caller sends (lease credentials are checked elsewhere, before this).
     pub fn verify(&self, secret: &str) -> Option<&Token> {
+        if !plausible_secret(secret) {
+            return None;
+        }
+        #[cfg(test)]
+        tests::count_hash();
         let memo = blake3::hash(secret.as_bytes());
         if let Some(index) = self.known.get(&memo) {
             return self.tokens.get(*index);
@@ -276,9 +288,30 @@ impl TokenTable {
     }
 }
 
+/// Whether `secret` could be one `cached token new` minted: no longer than one, in its
+/// alphabet. Shorter secrets pass, so hashes made of other secrets (tests do) keep working.
+fn plausible_secret(secret: &str) -> bool {
+    secret.len() <= SECRET_LEN
+        && secret.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        static HASHES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Called before every hash of a presented secret, so tests can count them.
+    pub(super) fn count_hash() {
+        HASHES.with(|n| n.set(n.get() + 1));
+    }
+
+    fn hashes() -> usize {
+        HASHES.with(Cell::get)
+    }
 
     fn spec(secret: &str) -> TokenSpec {
         TokenSpec {
@@ -344,5 +377,29 @@ mod tests {
         assert_eq!(table.verify("one").map(|t| t.grant.token.as_str()), Some("ci"), "memoised");
         assert!(table.verify("two").is_none());
         assert!(table.verify("").is_none());
+    }
+
+    #[test]
+    fn ill_shaped_secrets_are_refused_unhashed() {
+        let minted = new_secret().unwrap();
+        let specs: Vec<TokenSpec> = (0..8).map(|_| spec(&new_secret().unwrap())).collect();
+        let table = TokenTable::new(&specs, None);
+        let refused = [
+            "x".repeat(16 << 10),
+            format!("{minted}{}", "A".repeat(400 << 10)),
+            format!("{minted}A"),
+            minted.replace('_', "."),
+            "cached_ secret".to_owned(),
+            "cached_\nsecret".to_owned(),
+            "caché".to_owned(),
+        ];
+        for secret in &refused {
+            let before = hashes();
+            assert!(table.verify(secret).is_none());
+            assert_eq!(hashes(), before, "a secret of {} bytes was hashed", secret.len());
+        }
+        let before = hashes();
+        assert!(table.verify(&minted).is_none());
+        assert!(hashes() > before, "a secret shaped like a minted one is looked up");
     }
 }
