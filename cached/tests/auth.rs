@@ -544,6 +544,30 @@ async fn action_cache_writes_and_jobs_are_audited_and_secrets_never_logged() {
 }
 
 #[tokio::test]
+async fn a_refused_submit_logs_a_bounded_escaped_line() {
+    let (captured, _guard) = common::logs::capture("audit=info");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens_file = write_tokens(dir.path(), &[spec("ci-main", "read,submit", "main/*", None)]);
+    let server = Server::start(&dir.path().join("data"), &[("tokens_file", &tokens_file)]).await;
+    let clients = clients(&server).await;
+    // About 1 MiB of package patterns, too many and each with a line of its own.
+    let package = format!("./x\nINJECTED audit line {}", "y".repeat(4000));
+    let mut job = job_spec("main/linux", Digest::of(b"source"));
+    job.packages = vec![package; 300];
+    let submit = v1::SubmitRequest { spec: Some(job), rebuild: false };
+    let refused = clients.jobs.clone().submit(request(submit, Some(&secret_of("ci-main")))).await;
+    assert_eq!(refused.unwrap_err().code(), Code::InvalidArgument);
+    server.stop().await;
+
+    let log = captured.text();
+    assert!(!log.lines().any(|line| line.starts_with("INJECTED")), "a submitted newline started a log line");
+    let line =
+        log.lines().find(|line| line.contains("Jobs.Submit")).unwrap_or_else(|| panic!("no audit line"));
+    assert!(line.len() <= 2 << 10, "a line of {} bytes", line.len());
+    assert!(line.contains("refused") && line.contains("more"), "{line}");
+}
+
+#[tokio::test]
 async fn without_tokens_everything_is_open_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]).await;

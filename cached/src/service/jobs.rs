@@ -32,6 +32,8 @@ const MAX_LIST: usize = 1000;
 const MAX_LINES: usize = 1000;
 const MAX_LINE_BYTES: usize = 4 << 10;
 const MAX_PROGRESS_BYTES: usize = 64 << 10;
+/// Bytes of a submitted list in an audit line (what was submitted, refused or not).
+const MAX_LOGGED: usize = 1 << 10;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
 type LeaseStream = Pin<Box<dyn Stream<Item = Result<LeaseResponse, Status>> + Send>>;
@@ -85,7 +87,7 @@ impl Jobs for JobsService {
         let spec = request.spec.ok_or_else(|| Error::invalid("spec is missing"))?;
         let ns = namespace(&spec.namespace)?.to_owned();
         let grant = auth::check_namespace(&extensions, &ns)?;
-        let (packages, targets) = (spec.packages.join(" "), spec.targets.len());
+        let (packages, targets) = (logged_list(&spec.packages), spec.targets.len());
         let key = self.key_of(&spec);
         let reused = match key {
             Some(key) if !request.rebuild => self.finished.find(&*self.scheduler, key).await?,
@@ -188,6 +190,39 @@ impl Jobs for JobsService {
         let jobs = self.scheduler.list(limit, request.all, &visible).await?;
         Ok(Response::new(ListResponse { jobs }))
     }
+}
+
+/// `items` for an audit line: each `{:?}`-escaped, so no newline of theirs starts a forged
+/// line; at most about [`MAX_LOGGED`] bytes in all, and how many were left out.
+fn logged_list(items: &[String]) -> String {
+    let mut out = String::new();
+    let mut shown = 0;
+    for item in items {
+        if out.len() >= MAX_LOGGED {
+            break;
+        }
+        let head = &item[..char_floor(item, MAX_LOGGED)];
+        let cut = if head.len() < item.len() { "…" } else { "" };
+        out.push_str(&format!("{}{head:?}{cut}", if shown > 0 { " " } else { "" }));
+        shown += 1;
+    }
+    if out.len() > MAX_LOGGED {
+        out.truncate(char_floor(&out, MAX_LOGGED));
+        out.push('…');
+    }
+    if shown < items.len() {
+        out.push_str(&format!(" and {} more", items.len() - shown));
+    }
+    out
+}
+
+/// The largest char boundary of `text` at or before `max`.
+fn char_floor(text: &str, max: usize) -> usize {
+    let mut cut = max.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    cut
 }
 
 /// Resolves once cached shuts down.
