@@ -48,6 +48,10 @@ pub trait SchedulerBackend: LiveLeases + Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// The namespace of the job: what a caller is checked against before the job, which may be
+    /// large, is read or copied. Not found if there is no such job.
+    async fn namespace_of(&self, job_id: &str) -> Result<String>;
+
     /// The job as it is now, and every event after it.
     async fn watch(self: Arc<Self>, job_id: &str) -> Result<(JobStatus, JobEvents)>;
 

@@ -41,6 +41,10 @@ impl SchedulerBackend for Scheduler {
         Ok(Scheduler::get(self, job_id))
     }
 
+    async fn namespace_of(&self, job_id: &str) -> Result<String> {
+        Scheduler::namespace_of(self, job_id)
+    }
+
     async fn watch(self: Arc<Self>, job_id: &str) -> Result<(JobStatus, JobEvents)> {
         let (job, receiver) = Scheduler::watch(&self, job_id)?;
         let job_id = job_id.to_owned();

@@ -391,6 +391,12 @@ impl Scheduler {
         self.lock().jobs.get(job_id).cloned()
     }
 
+    pub fn namespace_of(&self, job_id: &str) -> Result<String> {
+        let state = self.lock();
+        let job = state.jobs.get(job_id).ok_or_else(|| unknown_job(job_id))?;
+        Ok(job_namespace(job).to_owned())
+    }
+
     /// The job as it is now, and every event after it.
     pub fn watch(&self, job_id: &str) -> Result<(JobStatus, Events)> {
         let state = self.lock();

@@ -71,13 +71,15 @@ fn job_namespace(job: &proto::v1::JobStatus) -> &str {
     job.spec.as_ref().map_or("", |spec| spec.namespace.as_str())
 }
 
-/// A job is visible to callers that may use its namespace.
-fn check_job_namespace(
+/// A job is visible to callers that may use its namespace, which is checked before the job
+/// is read: a caller refused costs no copy of another namespace's job.
+async fn check_job_namespace(
+    scheduler: &dyn SchedulerBackend,
     extensions: &http::Extensions,
-    job: &proto::v1::JobStatus,
+    job_id: &str,
 ) -> Result<Arc<auth::Grant>, Status> {
-    let ns = namespace(job_namespace(job))?.to_owned();
-    Ok(auth::check_namespace(extensions, &ns)?)
+    let ns = scheduler.namespace_of(job_id).await?;
+    Ok(auth::check_namespace(extensions, namespace(&ns)?)?)
 }
 
 #[tonic::async_trait]
@@ -119,8 +121,8 @@ impl Jobs for JobsService {
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let (_, extensions, request) = request.into_parts();
+        check_job_namespace(&*self.scheduler, &extensions, &request.job_id).await?;
         let (job, mut events) = Arc::clone(&self.scheduler).watch(&request.job_id).await?;
-        check_job_namespace(&extensions, &job)?;
         let mut standing = auth::standing(&extensions);
         let (sender, receiver) = mpsc::channel(64);
         let mut stop = self.scheduler.stopping();
@@ -160,12 +162,7 @@ impl Jobs for JobsService {
 
     async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
         let (_, extensions, request) = request.into_parts();
-        let job = self
-            .scheduler
-            .get(&request.job_id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no job {:?}", request.job_id)))?;
-        let grant = check_job_namespace(&extensions, &job)?;
+        let grant = check_job_namespace(&*self.scheduler, &extensions, &request.job_id).await?;
         let result = self.scheduler.cancel(&request.job_id).await;
         tracing::info!(
             target: "audit",

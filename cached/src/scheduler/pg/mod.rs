@@ -280,6 +280,12 @@ impl SchedulerBackend for PgScheduler {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
+    async fn namespace_of(&self, job_id: &str) -> Result<String> {
+        let client = self.db.client().await?;
+        let row = client.query_opt("SELECT namespace FROM jobs WHERE job_id = $1", &[&job_id]).await?;
+        Ok(row.ok_or_else(|| unknown_job(job_id))?.get(0))
+    }
+
     async fn watch(self: Arc<Self>, job_id: &str) -> Result<(JobStatus, JobEvents)> {
         watch::watch(self, job_id).await
     }
