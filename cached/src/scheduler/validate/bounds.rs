@@ -10,10 +10,28 @@ pub(super) const MAX_PACKAGES: usize = 256;
 /// many `-X` definitions fits).
 pub(super) const MAX_FLAGS: usize = 64;
 pub(super) const MAX_FLAG: usize = 8192;
+/// Bytes of a whole spec as it arrives. The counts and lengths above allow about 1.6 MiB, and
+/// a spec is kept while its job lives (and a while after), copied by Jobs.List and sent to
+/// every agent that builds it; a real one, even with long `-ldflags`, is a few KiB.
+pub(super) const MAX_SPEC_BYTES: usize = 64 << 10;
 /// Bytes in a Go version (`go1.26.8`) and in a C compiler's name.
 pub(super) const MAX_WORD: usize = 64;
 /// The range of `priority`: higher runs first, 0 is the default.
 pub(super) const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+/// A spec of at most [`MAX_SPEC_BYTES`], encoded.
+pub(super) fn check_spec_size(spec: &proto::v1::JobSpec) -> Result<(), String> {
+    let bytes = prost::Message::encoded_len(spec);
+    if bytes > MAX_SPEC_BYTES {
+        return Err(format!(
+            "the job spec is {bytes} bytes; at most {} KiB (package patterns, flags, environment \
+             and image settings together): a real spec takes a few KiB, so pass long settings \
+             in the source tree instead",
+            MAX_SPEC_BYTES >> 10
+        ));
+    }
+    Ok(())
+}
 
 /// The start of a long text, for messages.
 fn shown(text: &str) -> String {

@@ -37,6 +37,7 @@ fn invalid(message: String) -> Error {
 
 /// Checks a submitted spec and fills in defaults; `settings` gives the server's caps.
 pub fn check_spec(spec: &mut JobSpec, settings: &Settings) -> Result<()> {
+    bounds::check_spec_size(spec).map_err(invalid)?;
     Digest::from_wire(spec.source_root.as_ref())
         .map_err(|err| invalid(format!("source_root: {err}; upload the tree first")))?;
     if let Some(proxy) = &spec.module_proxy {

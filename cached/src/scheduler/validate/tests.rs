@@ -114,6 +114,12 @@ fn bounds() {
     let long = "a".repeat(bounds::MAX_FLAG + 1);
     assert!(refused(with_flags(&[&format!("-tags={long}")])).contains("at most 8192"));
     assert!(refused(with_env("GODEBUG", &long)).contains("at most 8192"));
+    // Each flag within its bounds, all of them together past the spec's.
+    let tags = format!("-tags={}", "a".repeat(bounds::MAX_FLAG - 6));
+    let within = with_flags(&[tags.as_str(); 7]);
+    check(within).unwrap();
+    let past = with_flags(&[tags.as_str(); 9]);
+    assert!(refused(past).contains("at most 64 KiB"));
     let many = vec!["-v"; bounds::MAX_FLAGS + 1];
     assert!(refused(with_flags(&many)).contains("at most 64 build flags"));
     let packages = JobSpec { packages: vec![".".into(); MAX_PACKAGES + 1], ..spec() };
