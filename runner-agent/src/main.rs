@@ -61,7 +61,8 @@ struct Cli {
     cache_size: u64,
     /// The most disk one build's own files may take in its task directory (module cache,
     /// GOCACHE, temporary files, outputs); a build past it is stopped and fails as the build's
-    /// fault, not retried.
+    /// fault, not retried. Also the most a job's source tree, and its module tree, may declare
+    /// in all: a larger one is refused, the job's fault, before any of it is downloaded.
     #[arg(long, env = "CACHED_MAX_TASK_DISK", default_value = "10GiB", value_parser = cached_client::size::parse)]
     max_task_disk: u64,
     /// Name of this agent in leases and job events [default: <hostname>-<pid>].

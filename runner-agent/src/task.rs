@@ -138,8 +138,16 @@ async fn build_task(
         Digest::from_wire(spec.source_root.as_ref()).map_err(|err| TaskError::Build(err.to_string()))?;
     let src = dir.path("src");
     let owner = dir.owner();
-    let tree =
-        materialize(&ctx.remote.client, &ctx.cache, source_root, &src, &ctx.tree_limits, owner).await?;
+    let tree = materialize(
+        &ctx.remote.client,
+        &ctx.cache,
+        source_root,
+        &src,
+        &ctx.tree_limits,
+        ctx.max_task_disk,
+        owner,
+    )
+    .await?;
     let module_dir = workspace::module_dir(&src, &tree.tree, &spec.module_dir)?;
     workspace::check_packages(&tree.tree, &spec.module_dir, &spec.packages)?;
     say(format!("runner-agent: {} source files at {}", tree.files(), module_dir.display()));
@@ -162,11 +170,18 @@ async fn build_task(
         Some(proxy) => {
             let proxy = Digest::from_wire(Some(proxy)).map_err(|err| TaskError::Build(err.to_string()))?;
             let proxy_dir = dir.path("proxy");
-            let files =
-                materialize(&ctx.remote.client, &ctx.cache, proxy, &proxy_dir, &ctx.tree_limits, owner)
-                    .await?;
+            let files = materialize(
+                &ctx.remote.client,
+                &ctx.cache,
+                proxy,
+                &proxy_dir,
+                &ctx.tree_limits,
+                ctx.max_task_disk,
+                owner,
+            )
+            .await?;
             // Nothing of the build has run yet, and the tree's links stay inside it.
-            let go_sum = std::fs::read_to_string(module_dir.join("go.sum")).unwrap_or_default();
+            let go_sum = read_go_sum(&module_dir.join("go.sum"), &say);
             let coverage = modules::coverage(&go_sum, files.file_paths());
             env.push(("GOPROXY".into(), format!("file://{}", proxy_dir.display())));
             goflags.push("-mod=mod".to_owned());
@@ -268,6 +283,25 @@ async fn build_task(
         image,
         index: None,
     })
+}
+
+/// The most of a go.sum read to check the module proxy against it; a larger one vouches for
+/// nothing, so the checksum database stays on.
+const MAX_GO_SUM: u64 = 64 << 20;
+
+/// The module's go.sum, empty when absent, unreadable or larger than [`MAX_GO_SUM`].
+fn read_go_sum(path: &std::path::Path, say: &impl Fn(String)) -> String {
+    use std::io::Read;
+    let mut go_sum = String::new();
+    let Ok(file) = std::fs::File::open(path) else { return go_sum };
+    if file.take(MAX_GO_SUM + 1).read_to_string(&mut go_sum).is_err() {
+        return String::new();
+    }
+    if go_sum.len() as u64 > MAX_GO_SUM {
+        say(format!("runner-agent: go.sum is larger than {MAX_GO_SUM} bytes, so it vouches for no module"));
+        return String::new();
+    }
+    go_sum
 }
 
 /// The build's GOFLAGS: the agent's own flags, the job's GOFLAGS exactly as cached checked it,
@@ -397,5 +431,25 @@ async fn forward_logs(remote: RemoteExec, token: FencingToken, mut lines: mpsc::
         if let Err(status) = workers.progress(progress).await {
             tracing::debug!(error = %status, "progress refused");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_go_sum_past_the_cap_vouches_for_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("go.sum");
+        let said = std::cell::RefCell::new(Vec::new());
+        let say = |line: String| said.borrow_mut().push(line);
+        assert_eq!(read_go_sum(&path, &say), "");
+        std::fs::write(&path, "example.com/m v1.0.0 h1:x=\n").unwrap();
+        assert_eq!(read_go_sum(&path, &say), "example.com/m v1.0.0 h1:x=\n");
+        // Sparse: no disk taken, and not read past the cap.
+        std::fs::File::create(&path).unwrap().set_len(MAX_GO_SUM + 1).unwrap();
+        assert_eq!(read_go_sum(&path, &say), "");
+        assert!(said.borrow().iter().any(|line| line.contains("larger than")), "{:?}", said.borrow());
     }
 }

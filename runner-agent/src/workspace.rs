@@ -44,6 +44,29 @@ fn tree_error(err: ClientError) -> TaskError {
     }
 }
 
+/// Refuses a tree whose files declare more than `max_bytes` in all (each file counted every
+/// time it appears: the copied ones take their size again), before any is fetched: fetched
+/// blobs are pinned in the cache for the task's life, past `--cache-size`, so a tree naming a
+/// huge blob (a small upload of compressed zeros) would fill the agent's disk. The declared
+/// sizes are the blobs' own: the cache refuses a blob of another size.
+fn check_size(tree: &ExpandedTree, max_bytes: u64) -> Result<(), TaskError> {
+    let total = tree
+        .nodes
+        .iter()
+        .filter_map(|node| match node {
+            Node::File { digest, .. } => Some(digest.size),
+            _ => None,
+        })
+        .fold(0u64, u64::saturating_add);
+    if total > max_bytes {
+        return Err(TaskError::Build(format!(
+            "the job's tree was refused: its files take {total} bytes, more than the {max_bytes} a tree may \
+             take on this agent (--max-task-disk)"
+        )));
+    }
+    Ok(())
+}
+
 /// A materialized tree: what it holds, and its blobs kept in the cache while this lives (the
 /// task's life).
 #[derive(Debug)]
@@ -64,16 +87,19 @@ impl Materialized {
 }
 
 /// Writes the tree `root` into `dest` (created; must not exist yet). With `owner`, the tree is
-/// laid out for that build user (see the module's doc).
+/// laid out for that build user (see the module's doc). A tree whose files declare more than
+/// `max_bytes` is refused before anything is fetched.
 pub async fn materialize(
     client: &Client,
     cache: &BlobCache,
     root: Digest,
     dest: &Path,
     limits: &TreeLimits,
+    max_bytes: u64,
     owner: Option<Owner>,
 ) -> Result<Materialized, TaskError> {
     let tree = read_tree(client, root, limits).await.map_err(tree_error)?;
+    check_size(&tree, max_bytes)?;
     let wanted: BTreeSet<(Digest, bool)> = tree
         .nodes
         .iter()
@@ -280,6 +306,39 @@ mod tests {
         let err = write_tree(&forged, &work.path().join("forged"), &blobs, None).unwrap_err();
         assert!(matches!(err, TaskError::Infrastructure(_)), "{err}");
         assert!(!outside.join("planted").exists(), "written through a link");
+    }
+
+    #[test]
+    fn a_tree_declaring_more_bytes_than_the_cap_is_refused_before_any_fetch() {
+        // A few bytes of zstd that would decode to 20 GiB, named twice, and a small file.
+        let bomb = Digest { hash: [7; 32], size: 20 << 30 };
+        let small = Digest::of(b"module m\n");
+        let mut blobs: HashMap<Digest, Directory> = HashMap::new();
+        let files = vec![
+            FileNode { name: "a.go".into(), digest: Some(bomb.to_wire()), executable: false },
+            FileNode { name: "go.mod".into(), digest: Some(small.to_wire()), executable: false },
+        ];
+        let sub = Directory { files: files.clone(), ..Directory::default() };
+        let sub_digest = Digest::of(&sub.encode_to_vec());
+        blobs.insert(sub_digest, sub);
+        let root_dir = Directory {
+            files,
+            directories: vec![DirectoryNode { name: "sub".into(), digest: Some(sub_digest.to_wire()) }],
+            ..Directory::default()
+        };
+        let root = Digest::of(&root_dir.encode_to_vec());
+        blobs.insert(root, root_dir);
+        let tree = expand(root, &blobs, &TreeLimits::default()).unwrap();
+        let total = 2 * ((20u64 << 30) + small.size);
+
+        let err = check_size(&tree, 10 << 30).unwrap_err();
+        let TaskError::Build(reason) = &err else { panic!("not the job's fault: {err}") };
+        assert!(reason.contains(&total.to_string()), "names the total: {reason}");
+        assert!(reason.contains(&(10u64 << 30).to_string()), "names the cap: {reason}");
+        assert!(reason.contains("--max-task-disk"), "names the flag: {reason}");
+        // Each file counted every time it appears: one copy of the bomb fits 21 GiB, two do not.
+        assert!(check_size(&tree, 21 << 30).is_err());
+        assert!(check_size(&tree, total).is_ok());
     }
 
     #[test]
