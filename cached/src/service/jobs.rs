@@ -51,6 +51,8 @@ impl JobsService {
     /// The key of the spec as the scheduler will store it (validation normalises it); none for
     /// a spec the current settings refuse, which `submit` then refuses with the reason.
     fn key_of(&self, spec: &JobSpec) -> Option<JobKey> {
+        // A spec of any size up to a message's is copied only once it is known to be small.
+        validate::check_spec_size(spec).ok()?;
         let mut checked = spec.clone();
         validate::check_spec(&mut checked, self.scheduler.settings()).ok()?;
         Some(JobKey::of(&checked))

@@ -37,7 +37,7 @@ fn invalid(message: String) -> Error {
 
 /// Checks a submitted spec and fills in defaults; `settings` gives the server's caps.
 pub fn check_spec(spec: &mut JobSpec, settings: &Settings) -> Result<()> {
-    bounds::check_spec_size(spec).map_err(invalid)?;
+    check_spec_size(spec)?;
     Digest::from_wire(spec.source_root.as_ref())
         .map_err(|err| invalid(format!("source_root: {err}; upload the tree first")))?;
     if let Some(proxy) = &spec.module_proxy {
@@ -57,6 +57,11 @@ pub fn check_spec(spec: &mut JobSpec, settings: &Settings) -> Result<()> {
         image::check_image(image, &spec.targets)?;
     }
     Ok(())
+}
+
+/// A spec's encoded size is within bounds: checked before anything copies or reads its fields.
+pub fn check_spec_size(spec: &JobSpec) -> Result<()> {
+    bounds::check_spec_size(spec).map_err(invalid)
 }
 
 fn check_packages(spec: &mut JobSpec) -> Result<()> {
