@@ -3,6 +3,7 @@
 //! (docs/build-keys.md lists every component).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::path::{Component as PathPart, Path, PathBuf};
 
 use serde::Deserialize;
@@ -494,9 +495,9 @@ async fn flags_as_set(call: &GoCall<'_>, env: &GoEnv, names: &[&str]) -> Result<
     }
     let user = match var(env, "GOENV") {
         "" | "off" => BTreeMap::new(),
-        file => env_file(Path::new(file)),
+        file => env_file(Path::new(file))?,
     };
-    let goroot = env_file(&Path::new(var(env, "GOROOT")).join("go.env"));
+    let goroot = env_file(&Path::new(var(env, "GOROOT")).join("go.env"))?;
     Ok(names
         .iter()
         .zip(from_env)
@@ -510,18 +511,37 @@ async fn flags_as_set(call: &GoCall<'_>, env: &GoEnv, names: &[&str]) -> Result<
         .collect())
 }
 
+/// The most of a go env file that is read. Real ones are a few lines; the path comes from the
+/// build's environment (GOENV, GOROOT), which a runner agent's tenant may point at anything,
+/// and the file is parsed in memory.
+const ENV_FILE_LIMIT: u64 = 1024 * 1024;
+
 /// The settings of a go env file, read as go reads them: `NAME=value` lines whose name starts
 /// with an upper-case letter, the last of a name winning; a file that cannot be read has none.
-fn env_file(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    bytes
+/// One larger than [`ENV_FILE_LIMIT`] gives no key: go would read all of it, and settings past
+/// the limit could change the build.
+fn env_file(path: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, NoKey> {
+    let mut bytes = Vec::new();
+    let read =
+        std::fs::File::open(path).and_then(|file| file.take(ENV_FILE_LIMIT + 1).read_to_end(&mut bytes));
+    if read.is_err() {
+        return Ok(BTreeMap::new());
+    }
+    if bytes.len() as u64 > ENV_FILE_LIMIT {
+        return Err(NoKey(format!(
+            "the go env file {} is larger than {} KiB",
+            path.display(),
+            ENV_FILE_LIMIT / 1024
+        )));
+    }
+    Ok(bytes
         .split(|b| *b == b'\n')
         .filter(|line| line.first().is_some_and(u8::is_ascii_uppercase))
         .filter_map(|line| {
             let at = line.iter().position(|b| *b == b'=')?;
             Some((line[..at].to_vec(), line[at + 1..].to_vec()))
         })
-        .collect()
+        .collect())
 }
 
 /// The C compiler's identity: its command and what `--version` prints.
@@ -611,12 +631,11 @@ async fn stamp(call: &GoCall<'_>, manifest: &mut Manifest, base: &Path, gomod: &
             // status): that decides which tags are the module's.
             let root_go_mod = root.join("go.mod");
             if root_go_mod != gomod {
-                let bytes = std::fs::read(&root_go_mod).unwrap_or_default();
-                manifest.insert(
-                    "vcs.root_go.mod".to_owned(),
-                    *blake3::hash(&bytes).as_bytes(),
-                    String::new(),
-                );
+                // This go.mod is the tree's too, so it is streamed like every input; one that
+                // cannot be read hashes as empty, as it always has.
+                let hash = hash_file(&root_go_mod, &mut vec![0; HASH_BUFFER])
+                    .unwrap_or_else(|_| *blake3::hash(b"").as_bytes());
+                manifest.insert("vcs.root_go.mod".to_owned(), hash, String::new());
             }
             Ok(())
         }
@@ -662,6 +681,32 @@ fn version_tags(listing: &str, head: &str) -> (String, String) {
     (lines.join("\n"), display)
 }
 
+/// How much of a file is held at once while hashing it. Input files come from the build's
+/// sources, which on a runner agent are a tenant's: a file (a `//go:embed` one, say) may be any
+/// size, so hashing must not hold it whole. A few of these per hashing thread is all.
+const HASH_BUFFER: usize = 64 * 1024;
+
+/// BLAKE3 of everything `reader` yields, read through `buffer`. The digest is the one of the
+/// whole contents at once (keys recorded before hashing streamed still hit).
+fn hash_reader(mut reader: impl Read, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new();
+    loop {
+        match reader.read(buffer) {
+            Ok(0) => return Ok(*hasher.finalize().as_bytes()),
+            Ok(read) => {
+                hasher.update(&buffer[..read]);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// BLAKE3 of the contents of the file at `path`.
+fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
+    hash_reader(std::fs::File::open(path)?, buffer)
+}
+
 /// BLAKE3 of each file's contents, on a few threads.
 fn hash_files(files: Vec<FileInput>) -> Result<Vec<(String, [u8; 32])>, NoKey> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
@@ -671,11 +716,12 @@ fn hash_files(files: Vec<FileInput>) -> Result<Vec<(String, [u8; 32])>, NoKey> {
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
+                    let mut buffer = vec![0; HASH_BUFFER];
                     part.iter()
                         .map(|(name, path)| {
-                            let bytes = std::fs::read(path)
+                            let hash = hash_file(path, &mut buffer)
                                 .map_err(|err| NoKey(format!("cannot read {}: {err}", path.display())))?;
-                            Ok((name.clone(), *blake3::hash(&bytes).as_bytes()))
+                            Ok((name.clone(), hash))
                         })
                         .collect::<Result<Vec<_>, NoKey>>()
                 })
@@ -958,5 +1004,83 @@ mod tests {
         assert!(packages[0].standard && packages[0].dep_only);
         assert!(packages[1].module.as_ref().unwrap().main);
         assert_eq!(packages[1].cxx_files, ["x.cc"]);
+    }
+
+    /// `len` bytes that differ from one buffer to the next, so a misplaced chunk changes the
+    /// digest.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i.wrapping_mul(31) ^ (i >> 9)) as u8).collect()
+    }
+
+    /// Serves `data`, as much as each read asks for, and remembers the largest read asked
+    /// for: how much of the input the hasher holds at once.
+    struct Recording {
+        data: Vec<u8>,
+        at: usize,
+        largest_read: usize,
+    }
+
+    impl Read for Recording {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.largest_read = self.largest_read.max(buf.len());
+            let n = buf.len().min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn hashing_holds_a_bounded_part_of_a_large_input() {
+        let len = 16 * 1024 * 1024;
+        let mut reader = Recording { data: pattern(len), at: 0, largest_read: 0 };
+        let hash = hash_reader(&mut reader, &mut vec![0; HASH_BUFFER]).unwrap();
+        assert_eq!(reader.at, len, "the whole input is hashed");
+        assert!(
+            reader.largest_read <= HASH_BUFFER,
+            "a read of {} bytes for a {len}-byte input",
+            reader.largest_read
+        );
+        assert_eq!(hash, *blake3::hash(&reader.data).as_bytes());
+    }
+
+    /// Keys must not change: recorded builds still hit only if the streamed digest of every
+    /// input is the digest of its whole contents, whatever its size against the buffer.
+    #[test]
+    fn streamed_digests_are_those_of_the_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = [0, 1, HASH_BUFFER - 1, HASH_BUFFER, HASH_BUFFER + 1, 3 * HASH_BUFFER + 7, 5 << 20];
+        let files: Vec<FileInput> = sizes
+            .iter()
+            .map(|size| {
+                let path = dir.path().join(format!("f{size}"));
+                std::fs::write(&path, pattern(*size)).unwrap();
+                (format!("file.f{size}"), path)
+            })
+            .collect();
+        let hashed = hash_files(files.clone()).unwrap();
+        assert_eq!(hashed.len(), sizes.len());
+        for ((name, hash), (expected_name, path)) in hashed.iter().zip(&files) {
+            assert_eq!(name, expected_name);
+            let whole = std::fs::read(path).unwrap();
+            assert_eq!(hash, blake3::hash(&whole).as_bytes(), "{name}");
+        }
+        let missing = dir.path().join("missing");
+        let err = hash_files(vec![("file.missing".to_owned(), missing.clone())]).unwrap_err();
+        assert!(err.0.starts_with(&format!("cannot read {}", missing.display())), "{}", err.0);
+    }
+
+    #[test]
+    fn a_go_env_file_past_the_limit_gives_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("env");
+        let mut text = b"CGO_CFLAGS=-O1\n".to_vec();
+        text.resize(usize::try_from(ENV_FILE_LIMIT).unwrap(), b'#');
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(env_file(&path).unwrap()[b"CGO_CFLAGS".as_slice()], b"-O1");
+        text.push(b'#');
+        std::fs::write(&path, &text).unwrap();
+        assert!(env_file(&path).unwrap_err().0.contains("larger than 1024 KiB"));
+        assert!(env_file(&dir.path().join("missing")).unwrap().is_empty());
     }
 }
