@@ -165,7 +165,7 @@ async fn credentials_from_agents_and_manifests_are_stored_redacted() {
     assert_eq!(miss.changes[0].before, "https://ci:[redacted]@proxy-a");
     assert_eq!(miss.changes[0].after, "https://ci:[redacted]@proxy-b");
 
-    let listed = jobs.list(v1::ListRequest { limit: 10, all: true }).await.unwrap();
+    let listed = jobs.list(v1::ListRequest { limit: 10, all: true, ..Default::default() }).await.unwrap();
     let text = format!("{:?}", listed.into_inner());
     for secret in SECRETS {
         assert!(!text.contains(secret), "{secret} is listed: {text}");

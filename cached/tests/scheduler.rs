@@ -218,7 +218,8 @@ async fn expired_leases_requeue_refuse_late_completions_and_fail_after_three_att
         silent.heartbeat(std::slice::from_ref(&second)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = jobs.list(v1::ListRequest { limit: 0, all: true }).await.unwrap().into_inner().jobs;
+    let status =
+        jobs.list(v1::ListRequest { all: true, ..Default::default() }).await.unwrap().into_inner().jobs;
     assert_eq!(status[0].tasks[0].attempt, 2, "heartbeats held the lease");
 
     // Then silence twice more: attempt 3 expires too and the task fails with the reason.
@@ -491,7 +492,8 @@ async fn after_a_purge_no_job_of_the_namespace_from_before_it_is_reused() {
     // Jobs built since, and other namespaces' jobs, are reused as before.
     assert_eq!(submit_for_reuse(&mut jobs, finished.clone(), false).await, (after.clone(), true));
     assert_eq!(submit_for_reuse(&mut jobs, elsewhere, false).await, (other_namespace, true));
-    let listed = jobs.list(v1::ListRequest { limit: 0, all: true }).await.unwrap().into_inner().jobs;
+    let listed =
+        jobs.list(v1::ListRequest { all: true, ..Default::default() }).await.unwrap().into_inner().jobs;
     let revoked =
         |job_id: &str| listed.iter().any(|job| job.job_id == job_id && job.reuse_revoked_unix_ms != 0);
     assert!(

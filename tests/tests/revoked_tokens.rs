@@ -81,8 +81,10 @@ async fn revoked_agent_token(backend: &[String]) {
         None => panic!("the expelled agent's task was not leased again"),
     }
     // The job says why its task ran again: not an expiry.
-    let listed =
-        jobs.list(authorized(v1::ListRequest { limit: 0, all: true }, &secret("ops"))).await.unwrap();
+    let listed = jobs
+        .list(authorized(v1::ListRequest { all: true, ..Default::default() }, &secret("ops")))
+        .await
+        .unwrap();
     let job = listed.into_inner().jobs.into_iter().find(|job| job.job_id == job_id).unwrap();
     let error = &job.tasks[0].error;
     assert!(error.contains("agent agent-a/a was expelled"), "{error}");

@@ -196,7 +196,7 @@ async fn connect_all(urls: &[String]) -> Vec<RemoteExec> {
 }
 
 async fn list(remote: &RemoteExec) -> Vec<JobStatus> {
-    let request = ListRequest { limit: 100_000, all: true };
+    let request = ListRequest { limit: 100_000, all: true, ..ListRequest::default() };
     remote.jobs.clone().list(request).await.expect("list jobs").into_inner().jobs
 }
 

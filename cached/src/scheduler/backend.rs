@@ -10,6 +10,7 @@ use futures::Stream;
 use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobEvent, JobSpec, JobStatus};
 use tokio::sync::watch;
 
+use super::listing::{ListPage, ListQuery};
 use super::reuse::JobKey;
 use super::{Outcome, Session, Settings};
 use crate::auth::{Grant, LeaseKeys, LiveLeases};
@@ -55,8 +56,8 @@ pub trait SchedulerBackend: LiveLeases + Send + Sync + 'static {
     /// The job as it is now, and every event after it.
     async fn watch(self: Arc<Self>, job_id: &str) -> Result<(JobStatus, JobEvents)>;
 
-    /// Newest first; unfinished only unless `all`.
-    async fn list(&self, limit: usize, all: bool, visible: Visible<'_>) -> Result<Vec<JobStatus>>;
+    /// One page of the jobs `query` asks for that are `visible` ([`super::listing`]).
+    async fn list(&self, query: &ListQuery<'_>, visible: Visible<'_>) -> Result<ListPage>;
 
     async fn cancel(&self, job_id: &str) -> Result<JobStatus>;
 

@@ -7,6 +7,7 @@ use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobSpec, JobStatus, job_even
 use tokio::sync::{broadcast, watch};
 
 use super::backend::{JobEvents, SchedulerBackend, Visible};
+use super::listing::{ListPage, ListQuery};
 use super::{Outcome, Scheduler, Session, Settings, now_ms};
 use crate::auth::{Grant, LeaseKeys};
 use crate::error::Result;
@@ -75,8 +76,8 @@ impl SchedulerBackend for Scheduler {
         Ok((job, Box::pin(events)))
     }
 
-    async fn list(&self, limit: usize, all: bool, visible: Visible<'_>) -> Result<Vec<JobStatus>> {
-        Ok(Scheduler::list(self, limit, all, visible))
+    async fn list(&self, query: &ListQuery<'_>, visible: Visible<'_>) -> Result<ListPage> {
+        Ok(Scheduler::list(self, query, visible))
     }
 
     async fn cancel(&self, job_id: &str) -> Result<JobStatus> {

@@ -33,6 +33,7 @@ mod dispatch;
 mod expiry;
 pub mod gauges;
 mod index;
+pub mod listing;
 mod memory;
 pub mod pg;
 pub mod reuse;
@@ -43,6 +44,7 @@ pub mod validate;
 pub mod workers;
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,6 +59,7 @@ pub use self::sessions::Session;
 
 use self::dispatch::Scope;
 use self::index::Index;
+use self::listing::{ListPage, ListQuery};
 use self::store::{Durability, JobRecords, KEEP_FINISHED};
 use self::workers::Workers;
 use crate::auth::{Grant, LeaseId, LeaseKeys, LiveLeases};
@@ -404,17 +407,18 @@ impl Scheduler {
         Ok((job, self.events.subscribe()))
     }
 
-    /// Newest first; unfinished only unless `all`.
-    pub fn list(&self, limit: usize, all: bool, visible: impl Fn(&JobStatus) -> bool) -> Vec<JobStatus> {
+    /// One page of the jobs `query` asks for that are `visible` ([`listing`]).
+    pub fn list(&self, query: &ListQuery<'_>, visible: impl Fn(&JobStatus) -> bool) -> ListPage {
+        let older = query.before.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut pager = listing::Pager::new(query);
         let state = self.lock();
-        state
-            .jobs
-            .values()
-            .rev()
-            .filter(|job| (all || !job_finished(job)) && visible(job))
-            .take(limit)
-            .cloned()
-            .collect()
+        let matching = state.jobs.range::<str, _>((Bound::Unbounded, older)).rev().map(|(_, job)| job);
+        for job in matching.filter(|job| (query.all || !job_finished(job)) && visible(job)) {
+            if !pager.offer(job) {
+                break;
+            }
+        }
+        pager.finish()
     }
 
     pub fn cancel(&self, job_id: &str) -> Result<JobStatus> {

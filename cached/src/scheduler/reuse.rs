@@ -26,6 +26,7 @@ use proto::Digest;
 use proto::v1::{JobSpec, JobState, JobStatus};
 
 use super::backend::SchedulerBackend;
+use super::listing::ListQuery;
 use super::store::KEEP_FINISHED;
 use crate::cas::Cas;
 use crate::error::{Error, Result};
@@ -101,7 +102,9 @@ impl FinishedJobs {
     /// the newest of two equal specs wins.
     pub async fn learn_kept(&self, scheduler: &dyn SchedulerBackend) -> Result<()> {
         let everything = |_: &JobStatus| true;
-        let mut kept = scheduler.list(KEEP_FINISHED, true, &everything).await?;
+        // Once at start, with nobody waiting on a reply: every kept job in one page.
+        let query = ListQuery { limit: KEEP_FINISHED, all: true, before: None, max_bytes: usize::MAX };
+        let mut kept = scheduler.list(&query, &everything).await?.jobs;
         kept.retain(|job| job.state == JobState::Succeeded as i32);
         let mut recent = self.lock();
         for job in kept.into_iter().rev() {

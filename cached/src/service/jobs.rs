@@ -21,12 +21,18 @@ use crate::auth;
 use crate::error::Error;
 use crate::gocache::namespace;
 use crate::scheduler::backend::SchedulerBackend;
+use crate::scheduler::listing::ListQuery;
 use crate::scheduler::reuse::{FinishedJobs, JobKey};
 use crate::scheduler::{Outcome, Session, validate};
 use crate::store::SharedStore;
 
 const DEFAULT_LIST: usize = 50;
 const MAX_LIST: usize = 1000;
+/// Encoded bytes of the jobs of one List reply: half the smallest `max_message_size` cached
+/// accepts, so a reply fits whatever the setting; callers go on with `before`.
+const MAX_LIST_BYTES: usize = 1 << 20;
+/// Job ids are `<11 hex>-<6 hex>`; a longer `before` names no job of ours.
+const MAX_JOB_ID: usize = 64;
 /// Lines in one Progress call, bytes of one line, and bytes of the call: build output reaches
 /// every watcher through one shared event buffer, so what a call may add there is bounded.
 const MAX_LINES: usize = 1000;
@@ -186,8 +192,17 @@ impl Jobs for JobsService {
         let visible = |job: &proto::v1::JobStatus| {
             namespace(job_namespace(job)).is_ok_and(|ns| grant.allows_namespace(ns))
         };
-        let jobs = self.scheduler.list(limit, request.all, &visible).await?;
-        Ok(Response::new(ListResponse { jobs }))
+        if request.before.len() > MAX_JOB_ID {
+            return Err(Error::invalid(format!(
+                "`before` is {} bytes long; it is a job id (a previous reply's `next`)",
+                request.before.len()
+            ))
+            .into());
+        }
+        let before = Some(request.before.as_str()).filter(|before| !before.is_empty());
+        let query = ListQuery { limit, all: request.all, before, max_bytes: MAX_LIST_BYTES };
+        let page = self.scheduler.list(&query, &visible).await?;
+        Ok(Response::new(ListResponse { jobs: page.jobs, next: page.next.unwrap_or_default() }))
     }
 }
 

@@ -80,6 +80,22 @@ fn job_json(job: &v1::JobStatus) -> serde_json::Value {
     })
 }
 
+/// Up to `limit` jobs, newest first, over as many replies as cached splits them into (a reply
+/// holds at most 1 MiB of jobs).
+async fn list(remote: &mut RemoteExec, limit: u32, all: bool) -> Result<Vec<v1::JobStatus>> {
+    let mut jobs = Vec::new();
+    let mut before = String::new();
+    loop {
+        let left = limit.saturating_sub(jobs.len() as u32);
+        let reply = remote.jobs.list(v1::ListRequest { limit: left, all, before }).await?.into_inner();
+        jobs.extend(reply.jobs);
+        if reply.next.is_empty() || jobs.len() as u32 >= limit {
+            return Ok(jobs);
+        }
+        before = reply.next;
+    }
+}
+
 fn state_name(state: i32) -> String {
     JobState::try_from(state).map_or("?".to_owned(), |s| format!("{s:?}").to_lowercase())
 }
@@ -98,7 +114,7 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
             Ok(())
         }
         Command::List { all, limit, json } => {
-            let jobs = remote.jobs.list(v1::ListRequest { limit, all }).await?.into_inner().jobs;
+            let jobs = list(&mut remote, limit, all).await?;
             if json {
                 println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect()));
                 return Ok(());

@@ -31,6 +31,7 @@ use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobSpec, JobStatus, TaskStat
 use tokio::sync::{Notify, watch as signal};
 
 use super::backend::{JobEvents, SchedulerBackend, Visible};
+use super::listing::{ListPage, ListQuery, Pager};
 use super::reuse::JobKey;
 use super::workers::Workers;
 use super::{Outcome, Session, Settings, abort, job_namespace, new_job, now_ms, transitions, unknown_job};
@@ -290,30 +291,30 @@ impl SchedulerBackend for PgScheduler {
         watch::watch(self, job_id).await
     }
 
-    async fn list(&self, limit: usize, all: bool, visible: Visible<'_>) -> Result<Vec<JobStatus>> {
+    async fn list(&self, query: &ListQuery<'_>, visible: Visible<'_>) -> Result<ListPage> {
         const PAGE: i64 = 256;
         let client = self.db.client().await?;
-        let (mut out, mut before) = (Vec::new(), None::<String>);
-        while out.len() < limit {
+        let mut pager = Pager::new(query);
+        let mut before = query.before.map(str::to_owned);
+        loop {
             let rows = client
                 .query(
                     "SELECT job_id, record FROM jobs WHERE ($1 OR NOT finished) AND ($2::text IS NULL OR job_id < $2) \
                      ORDER BY job_id DESC LIMIT $3",
-                    &[&all, &before, &PAGE],
+                    &[&query.all, &before, &PAGE],
                 )
                 .await?;
             for row in &rows {
                 let job = rows::decode(row.get(0), row.get(1))?;
-                if visible(&job) && out.len() < limit {
-                    out.push(job);
+                if visible(&job) && !pager.offer(&job) {
+                    return Ok(pager.finish());
                 }
             }
             if rows.len() < PAGE as usize {
-                break;
+                return Ok(pager.finish());
             }
             before = rows.last().map(|row| row.get(0));
         }
-        Ok(out)
     }
 
     async fn cancel(&self, job_id: &str) -> Result<JobStatus> {
