@@ -324,6 +324,82 @@ fn an_upload_slower_than_min_transfer_rate_is_cut_off() {
     assert_eq!(curl("HEAD", &head, secret, &[], None).status, 200);
 }
 
+/// A client that reads a large blob a little at a time (never idle for `idle_timeout`, far
+/// below `min_transfer_rate`) would hold one of the server's `max_concurrent_streams` slots,
+/// its reader and its buffered frames for ever: the server cuts it off once the pace is
+/// spent, and the slot is free again.
+#[test]
+fn a_download_slower_than_min_transfer_rate_is_cut_off_and_frees_its_slot() {
+    let flags = ["--idle-timeout", "5s", "--min-transfer-rate", "8MiB", "--max-concurrent-streams", "1"];
+    let server = Server::start_with(&[("ci", "read,cas-write")], &flags);
+    let secret = server.secret("ci").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("blob");
+    // Bytes that do not compress, so the CAS read is as large as the response.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let bytes: Vec<u8> = (0..(48usize << 20) / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(&blob, &bytes).unwrap();
+    let digest = sha256(&bytes);
+    let upload = server.url(&format!("/v2/main/app/blobs/uploads/?digest={digest}"));
+    assert_eq!(curl("POST", &upload, Some(&secret), &[], Some(&blob)).status, 201);
+    let path = format!("/v2/main/app/blobs/{digest}");
+    let url = server.url(&path);
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (read, elapsed, slot_held) = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(256 << 10).unwrap();
+        let mut stream = socket.connect(server.registry.parse().unwrap()).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let (mut read, mut buf, mut slot_held) = (0usize, vec![0u8; 64 << 10], None);
+        // 64 KiB every 100 ms: about 640 KiB/s, over a minute for the blob, and the server's
+        // writes never wait near idle_timeout (before the fix it served the whole blob so).
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+            if slot_held.is_none() && started.elapsed() > Duration::from_secs(1) {
+                // While it reads, the one stream slot is taken.
+                let url = url.clone();
+                let secret = secret.clone();
+                let other = tokio::task::spawn_blocking(move || curl("GET", &url, Some(&secret), &[], None));
+                slot_held = Some(other.await.unwrap().status);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "the slow download was not cut off within 40s ({read} bytes read)"
+            );
+        }
+        (read, started.elapsed(), slot_held)
+    });
+    assert!(read < bytes.len(), "the whole blob was read ({read} bytes)");
+    assert_eq!(slot_held, Some(429), "a second download while the slow one held the only slot");
+    // The server cuts it off after the grace (5 s) and what the bytes taken earn at 8 MiB/s
+    // (a second or so); the client sees the end once it has read what the kernel's socket
+    // buffers still held, a few MiB.
+    assert!(elapsed < Duration::from_secs(30), "cut off only after {elapsed:?}");
+    let again = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "30", "-w", "%{http_code} %{size_download}", "-H"])
+        .arg(format!("Authorization: Bearer {secret}"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert_eq!(again, format!("200 {}", bytes.len()), "the slot came back");
+}
+
 #[test]
 fn without_tokens_the_registry_stays_on_loopback() {
     let data = tempfile::tempdir().unwrap();

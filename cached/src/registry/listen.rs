@@ -1,15 +1,20 @@
 //! The registry's listener, held to the limits gRPC connections are ([`crate::conn`]): a peer
 //! holds at most `max_connections_per_peer` connections and `max_handshakes_per_peer` TLS
 //! handshakes; a handshake, and then each request's headers, must arrive within
-//! `handshake_timeout`; and a connection whose peer neither sends nor takes a byte for
-//! `idle_timeout` while hyper waits on it is closed. Without these, a client that opens
-//! connections and trickles (or stops) would hold the server's sockets and memory for ever.
+//! `handshake_timeout`; a connection whose peer neither sends nor takes a byte for
+//! `idle_timeout` while hyper waits on it is closed; and a response (a blob download) whose
+//! client takes it slower than `min_transfer_rate` once `idle_timeout` of waiting on it is
+//! spent is cut off, by the same [`Pace`] `conn::watch` holds gRPC responses to. Without
+//! these, a client that opens connections and trickles (or stops, or reads a byte now and
+//! then) would hold the server's sockets, memory and stream slots (`max_concurrent_streams`)
+//! for ever.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,9 +25,9 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
-use crate::conn::{Connections, PeerSlot};
+use crate::conn::{Connections, Pace, PeerSlot};
 use crate::tls::Tls;
 
 /// The address of the peer of a registry connection, plain or TLS.
@@ -57,7 +62,7 @@ pub(super) async fn serve(
         let _ = stream.set_nodelay(true);
         let (serving, watcher) = (Arc::clone(&serving), graceful.watcher());
         // Bounded by the limits above: the handshake and headers by handshake_timeout, every
-        // wait on the peer by idle_timeout.
+        // wait on the peer by idle_timeout, a response by min_transfer_rate.
         crate::task::spawn("registry connection", async move {
             let _slot: PeerSlot = slot;
             serving.connection(stream, peer, watcher).await;
@@ -91,6 +96,16 @@ impl Serving {
     {
         let limits = self.connections.limits();
         let app = self.app.clone().layer(axum::Extension(ConnectInfo(Peer(peer))));
+        let io = Stalls::new(io, limits.pace, peer);
+        // HTTP/1 answers one request at a time: a new one means the last response was sent, and
+        // the next is held to the pace on its own (a connection that took one blob fast earns
+        // nothing to spend on the next).
+        let new_response = Arc::clone(&io.waits.sent.restart);
+        let app = TowerToHyperService::new(app);
+        let service = hyper::service::service_fn(move |request| {
+            new_response.store(true, Ordering::Release);
+            hyper::service::Service::call(&app, request)
+        });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.handshake_timeout)
@@ -98,7 +113,7 @@ impl Serving {
             // whose body it has read, and a handler slower than idle_timeout would look like
             // a client that stopped sending.
             .half_close(true)
-            .serve_connection(TokioIo::new(Stalls::new(io, limits.pace.idle)), TowerToHyperService::new(app));
+            .serve_connection(TokioIo::new(io), service);
         if let Err(err) = watcher.watch(connection).await {
             tracing::debug!(%peer, error = %err, "registry connection ended");
         }
@@ -107,8 +122,13 @@ impl Serving {
 
 pin_project_lite::pin_project! {
     /// A connection that fails once it has waited `idle` on its peer with no byte moving either
-    /// way: hyper may wait to read (for the next request, or a close) all through a long
-    /// download, which is progress all the same.
+    /// way (hyper may wait to read, for the next request or a close, all through a long
+    /// download, which is progress all the same), or once the response it writes has waited
+    /// on its client longer than the [`Pace`] allows: each wait at most `idle`, all of them
+    /// together at most `idle` plus what the bytes taken earn at `min_rate`. Only time spent
+    /// with a write blocked (the client not taking bytes) counts, not time the handler spends
+    /// producing them. Failing the connection drops the response, and with it the stream
+    /// slot, reader and buffered frames it held.
     struct Stalls<T> {
         #[pin]
         inner: T,
@@ -117,65 +137,118 @@ pin_project_lite::pin_project! {
 }
 
 impl<T> Stalls<T> {
-    fn new(inner: T, idle: Duration) -> Self {
-        Self { inner, waits: Waits { idle, read: None, write: None } }
+    fn new(inner: T, pace: Pace, peer: SocketAddr) -> Self {
+        let sent = Sent {
+            restart: Arc::new(AtomicBool::new(false)),
+            waiting_since: None,
+            waited: Duration::ZERO,
+            bytes: 0,
+        };
+        Self { inner, waits: Waits { pace, peer, read: None, write: None, sent } }
     }
 }
 
 /// The deadlines of a pending read and a pending write.
 struct Waits {
-    idle: Duration,
+    pace: Pace,
+    peer: SocketAddr,
     read: Option<Pin<Box<Sleep>>>,
     write: Option<Pin<Box<Sleep>>>,
+    sent: Sent,
 }
 
-#[derive(Clone, Copy)]
-enum Direction {
-    Read,
-    Write,
+/// How long the current response has waited on its client, as `conn::watch` clocks a gRPC
+/// response stream.
+struct Sent {
+    /// Set when a request arrives: the response to it starts a clock of its own.
+    restart: Arc<AtomicBool>,
+    /// Since when a write waits for the client to take bytes.
+    waiting_since: Option<Instant>,
+    /// Earlier waits of this response, together.
+    waited: Duration,
+    /// Bytes of this response written.
+    bytes: u64,
 }
 
 impl Waits {
-    fn of(&mut self, direction: Direction) -> &mut Option<Pin<Box<Sleep>>> {
-        match direction {
-            Direction::Read => &mut self.read,
-            Direction::Write => &mut self.write,
-        }
-    }
-
-    /// Bytes moved: every wait starts over. Polling the moved deadline registers this task
-    /// again, so it wakes even if the direction that armed it is not polled before then.
+    /// Bytes moved: the read's wait starts over. Polling the moved deadline registers this
+    /// task again, so it wakes even if the read is not polled before then.
     fn moved(&mut self, cx: &mut Context<'_>) {
-        let deadline = tokio::time::Instant::now() + self.idle;
-        for sleep in [&mut self.read, &mut self.write].into_iter().flatten() {
-            sleep.as_mut().reset(deadline);
+        if let Some(sleep) = &mut self.read {
+            sleep.as_mut().reset(Instant::now() + self.pace.idle);
             let _ = sleep.as_mut().poll(cx);
         }
     }
 
-    /// `poll` of `direction`, or a timeout error once it has waited `idle` since bytes last
-    /// moved. `moved` says whether a ready `poll` moved any.
-    fn within<R>(
+    /// `poll` of a read, or a timeout error once it has waited `idle` since bytes last moved
+    /// either way. `moved` says whether a ready `poll` moved any.
+    fn read<R>(
         &mut self,
-        direction: Direction,
         cx: &mut Context<'_>,
         poll: Poll<io::Result<R>>,
         moved: bool,
     ) -> Poll<io::Result<R>> {
         if poll.is_ready() {
-            *self.of(direction) = None;
+            self.read = None;
             if moved {
                 self.moved(cx);
             }
             return poll;
         }
-        let idle = self.idle;
-        let sleep = self.of(direction).get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        let idle = self.pace.idle;
+        let sleep = self.read.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("the peer moved nothing for {} (idle_timeout)", humantime::format_duration(idle)),
             ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// `poll` of a write (or flush) that wrote `written` bytes if ready, or a timeout error
+    /// once the response has waited on its client longer than the pace allows. Bytes the
+    /// peer sends meanwhile do not count: a client that stops reading must not keep its
+    /// response alive by trickling bytes the other way.
+    fn write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<R>>,
+        written: u64,
+    ) -> Poll<io::Result<R>> {
+        let sent = &mut self.sent;
+        if sent.restart.swap(false, Ordering::AcqRel) {
+            sent.waited = Duration::ZERO;
+            sent.bytes = 0;
+            sent.waiting_since = sent.waiting_since.map(|_| Instant::now());
+            self.write = None;
+        }
+        if poll.is_ready() {
+            if let Some(since) = sent.waiting_since.take() {
+                sent.waited += since.elapsed();
+            }
+            sent.bytes += written;
+            self.write = None;
+            if written > 0 {
+                self.moved(cx);
+            }
+            return poll;
+        }
+        let since = *sent.waiting_since.get_or_insert_with(Instant::now);
+        let deadline = since + self.pace.allowance(sent.waited, sent.bytes);
+        let sleep = self.write.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                let why = self
+                    .pace
+                    .overdue(sent.waited, since.elapsed(), sent.bytes)
+                    .unwrap_or_else(|| "it took the response too slowly".to_owned());
+                tracing::info!(peer = %self.peer, "closing a registry connection whose client stopped reading a response: {why}");
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client stopped taking the response: {why}"),
+                )))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -187,7 +260,7 @@ impl<T: AsyncRead> AsyncRead for Stalls<T> {
         let before = buf.filled().len();
         let poll = this.inner.poll_read(cx, buf);
         let moved = buf.filled().len() > before;
-        this.waits.within(Direction::Read, cx, poll, moved)
+        this.waits.read(cx, poll, moved)
     }
 }
 
@@ -195,14 +268,17 @@ impl<T: AsyncWrite> AsyncWrite for Stalls<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.project();
         let poll = this.inner.poll_write(cx, buf);
-        let moved = matches!(poll, Poll::Ready(Ok(written)) if written > 0);
-        this.waits.within(Direction::Write, cx, poll, moved)
+        let written = match poll {
+            Poll::Ready(Ok(written)) => written as u64,
+            _ => 0,
+        };
+        this.waits.write(cx, poll, written)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let poll = this.inner.poll_flush(cx);
-        this.waits.within(Direction::Write, cx, poll, false)
+        this.waits.write(cx, poll, 0)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -253,7 +329,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_fails_once_nothing_moved_for_idle() {
         let (client, server) = tokio::io::duplex(64);
-        let mut stalls = Stalls::new(server, Duration::from_millis(300));
+        let pace = Pace { idle: Duration::from_millis(300), min_rate: 0 };
+        let mut stalls = Stalls::new(server, pace, "127.0.0.1:1".parse().unwrap());
         let mut client = client;
         client.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
@@ -262,5 +339,67 @@ mod tests {
         let err = stalls.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_response_its_client_takes_slower_than_the_minimum_rate_fails() {
+        let idle = Duration::from_millis(400);
+        let pace = Pace { idle, min_rate: 64 << 10 };
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut stalls = Stalls::new(server, pace, "127.0.0.1:1".parse().unwrap());
+        // The client takes 1 KiB every 50 ms (20 KiB/s): never idle, a third of the rate.
+        let reader = crate::task::spawn("slow reader", async move {
+            let mut buf = [0u8; 1024];
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let chunk = [7u8; 4096];
+        let err = loop {
+            if let Err(err) = stalls.write_all(&chunk).await {
+                break err;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the slow client was never cut off");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("min_transfer_rate"), "{err}");
+        // The grace (idle) plus what ~20 KiB/s earns at 64 KiB/s: well under two seconds.
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        drop(stalls);
+        reader.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn each_response_is_held_to_the_pace_on_its_own() {
+        let idle = Duration::from_millis(300);
+        let pace = Pace { idle, min_rate: 1 << 20 };
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut stalls = Stalls::new(server, pace, "127.0.0.1:1".parse().unwrap());
+        // A first response taken fast earns credit (1 MiB is a second at the rate)...
+        let fast = crate::task::spawn("fast reader", async move {
+            let mut buf = vec![0u8; 1 << 20];
+            client.read_exact(&mut buf).await.unwrap();
+            client
+        });
+        stalls.write_all(&vec![1u8; 1 << 20]).await.unwrap();
+        let mut client = fast.await.unwrap();
+        // ...that the next one may not spend: a new request restarts the clock.
+        stalls.waits.sent.restart.store(true, Ordering::Release);
+        let started = tokio::time::Instant::now();
+        let err = loop {
+            if let Err(err) = stalls.write_all(&[2u8; 4096]).await {
+                break err;
+            }
+            let mut buf = [0u8; 16];
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = client.read(&mut buf).await;
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
     }
 }
