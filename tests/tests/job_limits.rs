@@ -3,11 +3,19 @@
 //! - Jobs.List of many jobs with large specs: a reply stops at 1 MiB and says where to go on,
 //!   so it never passes `max_message_size` (which tonic refused only after encoding it all),
 //!   and paging with `before` lists every job once.
+//! - Build output from an agent that ignores its own 8 MiB log cap: cached keeps about 8 MiB
+//!   of each attempt's log, then one line saying the rest was dropped, and nothing more (in
+//!   PostgreSQL every line was a `job_events` row); the task's completion is accepted as ever.
+
+use std::time::Duration;
 
 use cached_e2e::Daemon;
 use cached_e2e::postgres::Postgres;
 use proto::Digest;
+use proto::v1::job_event::Kind;
+use proto::v1::workers_client::WorkersClient;
 use proto::v1::{self, jobs_client::JobsClient};
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 /// Jobs of about 60 KiB each: together past the smallest `max_message_size` (2 MiB).
@@ -73,4 +81,108 @@ async fn listing_many_large_jobs(backend: &[String]) {
     submitted.reverse();
     assert_eq!(listed, submitted, "every job once, newest first");
     assert!(replies > 2, "{JOBS} jobs of 60 KiB take more than two 1 MiB replies, not {replies}");
+}
+
+/// What cached keeps of one attempt's log (`cached::scheduler::logcap`): 8 MiB and 64 KiB.
+const LOG_CAP: usize = (8 << 20) + (64 << 10);
+/// One Progress call of a flooding agent: what a call may carry (64 KiB), and 150 of them.
+const LINES_PER_CALL: usize = 15;
+const LINE: usize = 4000;
+const CALLS: usize = 150;
+
+#[tokio::test]
+async fn an_attempt_logging_past_the_cap_is_cut_once_and_still_completes_on_rocksdb() {
+    let daemon = start(&[], &[]);
+    let (logs, job) = flood_the_log(&daemon).await;
+    check_cut_log(&logs, &job);
+}
+
+#[tokio::test]
+async fn an_attempt_logging_past_the_cap_is_cut_once_and_still_completes_on_postgresql() {
+    let db = Postgres::start();
+    let daemon = start(&db.flags(), &[]);
+    let (logs, job) = flood_the_log(&daemon).await;
+    check_cut_log(&logs, &job);
+    let stored: usize = db.query("SELECT coalesce(sum(length(event)), 0) FROM job_events").parse().unwrap();
+    assert!(stored < LOG_CAP + (64 << 10), "job_events holds {stored} bytes");
+}
+
+fn small_spec() -> v1::JobSpec {
+    v1::JobSpec {
+        source_root: Some(Digest::of(b"tree").to_wire()),
+        targets: vec!["linux/amd64".parse::<proto::Platform>().unwrap().to_wire("")],
+        go_version: "go1.26.8".into(),
+        ..v1::JobSpec::default()
+    }
+}
+
+/// Submits a job, leases its task as an agent, sends [`CALLS`] calls of output and completes
+/// the task; the Log events a watcher saw, and the job as it finished.
+async fn flood_the_log(daemon: &Daemon) -> (Vec<String>, v1::JobStatus) {
+    let mut jobs = JobsClient::connect(daemon.url()).await.unwrap();
+    let request = v1::SubmitRequest { spec: Some(small_spec()), rebuild: false };
+    let job_id = jobs.submit(request).await.unwrap().into_inner().job_id;
+    let mut events = jobs.watch(v1::WatchRequest { job_id }).await.unwrap().into_inner();
+    let watcher = cached_client::task::spawn_guarded("watch", async move {
+        let mut logs = Vec::new();
+        while let Some(event) = events.message().await.unwrap() {
+            match Kind::try_from(event.kind) {
+                Ok(Kind::Log) => logs.push(event.message),
+                Ok(Kind::JobFinished) => return (logs, event.status.unwrap()),
+                _ => {}
+            }
+        }
+        panic!("the watch ended before the job did");
+    });
+    let (_session, token) = lease(daemon).await;
+    let mut workers = WorkersClient::connect(daemon.url()).await.unwrap();
+    let line = "x".repeat(LINE);
+    for call in 0..CALLS {
+        let lines = vec![line.clone(); LINES_PER_CALL];
+        let request = v1::ProgressRequest { token: Some(token.clone()), started: call == 0, lines };
+        workers
+            .progress(request)
+            .await
+            .unwrap_or_else(|status| panic!("Progress {call} refused: {status:?}"));
+    }
+    let success = v1::complete_request::Outcome::Success(v1::TaskResult::default());
+    let request = v1::CompleteRequest { token: Some(token), outcome: Some(success) };
+    workers.complete(request).await.unwrap_or_else(|status| panic!("Complete refused: {status:?}"));
+    tokio::time::timeout(Duration::from_secs(30), watcher).await.expect("the job finishes").unwrap()
+}
+
+/// Registers an agent and waits for its task: the open stream (the session) and the lease.
+async fn lease(daemon: &Daemon) -> (mpsc::Sender<v1::LeaseRequest>, v1::FencingToken) {
+    let (sender, receiver) = mpsc::channel(4);
+    let register = v1::AgentInfo {
+        agent_id: "flood".to_owned(),
+        go_version: "go1.26.8".into(),
+        host_goos: "linux".into(),
+        host_goarch: "amd64".into(),
+        capacity: 1,
+        ..v1::AgentInfo::default()
+    };
+    sender.send(v1::LeaseRequest { kind: Some(v1::lease_request::Kind::Register(register)) }).await.unwrap();
+    let mut workers = WorkersClient::connect(daemon.url()).await.unwrap();
+    let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+    let mut replies = workers.lease(stream).await.unwrap().into_inner();
+    loop {
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.message()).await;
+        match reply.expect("a task within 10 s").unwrap().and_then(|reply| reply.kind) {
+            Some(v1::lease_response::Kind::Task(lease)) => return (sender, lease.token.unwrap()),
+            Some(_) => {}
+            None => panic!("the lease stream ended"),
+        }
+    }
+}
+
+/// About the cap of output, then one note, then nothing; and the job succeeded regardless.
+fn check_cut_log(logs: &[String], job: &v1::JobStatus) {
+    assert_eq!(job.state, v1::JobState::Succeeded as i32, "{:?}", job.tasks);
+    let bytes: usize = logs.iter().map(|log| log.len() + 1).sum();
+    assert!(bytes <= LOG_CAP + 1024, "watchers got {bytes} bytes of log");
+    assert!(bytes > LOG_CAP - (64 << 10), "an honest amount of output is kept: {bytes} bytes");
+    let notes: Vec<&String> = logs.iter().filter(|log| log.contains("the rest is dropped")).collect();
+    assert_eq!(notes.len(), 1, "one note that the log was cut, not {}", notes.len());
+    assert!(logs.last().unwrap().ends_with("the rest is dropped]"), "the note ends the log");
 }

@@ -47,7 +47,7 @@ struct Outgoing {
 impl Scheduler {
     /// Hands queued tasks to agents while any can take them.
     pub(super) fn dispatch(&self, state: &mut State, scope: Scope<'_>) {
-        let State { jobs, workers, index } = state;
+        let State { jobs, workers, index, .. } = state;
         if workers.is_empty() || index.queued_len() == 0 {
             return;
         }

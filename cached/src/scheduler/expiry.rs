@@ -13,7 +13,7 @@ impl Scheduler {
     /// requeued.
     pub fn sweep(&self) {
         let mut state = self.lock();
-        let State { jobs, workers, index } = &mut *state;
+        let State { jobs, workers, index, .. } = &mut *state;
         let now = now_ms();
         let mut changed = Vec::new();
         for (job_id, job) in jobs.iter_mut().filter(|(_, job)| !job_finished(job)) {

@@ -34,6 +34,7 @@ mod expiry;
 pub mod gauges;
 mod index;
 pub mod listing;
+pub mod logcap;
 mod memory;
 pub mod pg;
 pub mod reuse;
@@ -43,7 +44,7 @@ mod transitions;
 pub mod validate;
 pub mod workers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -117,6 +118,9 @@ struct State {
     jobs: BTreeMap<String, JobStatus>,
     workers: Workers,
     index: Index,
+    /// Bytes of build output each attempt has logged ([`logcap`]), by job, then task and
+    /// attempt; a job's entries go with it.
+    logged: HashMap<String, HashMap<(u32, u32), u64>>,
 }
 
 pub struct Scheduler {
@@ -294,7 +298,7 @@ impl Scheduler {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (stop, _) = watch::channel(false);
         Ok(Arc::new(Self {
-            state: Mutex::new(State { jobs, workers: Workers::default(), index }),
+            state: Mutex::new(State { jobs, workers: Workers::default(), index, logged: HashMap::new() }),
             store,
             keys,
             events,
@@ -423,7 +427,7 @@ impl Scheduler {
 
     pub fn cancel(&self, job_id: &str) -> Result<JobStatus> {
         let mut state = self.lock();
-        let State { jobs, workers, index } = &mut *state;
+        let State { jobs, workers, index, .. } = &mut *state;
         let job = jobs.get_mut(job_id).ok_or_else(|| unknown_job(job_id))?;
         if job_finished(job) {
             return Ok(job.clone());
@@ -447,7 +451,7 @@ impl Scheduler {
     /// Cancels every unfinished job of `namespace`, saying `why`; how many.
     pub fn cancel_unfinished(&self, namespace: &str, why: &str) -> Result<u64> {
         let mut state = self.lock();
-        let State { jobs, workers, index } = &mut *state;
+        let State { jobs, workers, index, .. } = &mut *state;
         let mut cancelled = Vec::new();
         for job in jobs.values_mut().filter(|job| !job_finished(job) && job_namespace(job) == namespace) {
             let (events, aborted) = transitions::cancel(job, why);
@@ -496,12 +500,20 @@ impl Scheduler {
         lines: Vec<String>,
     ) -> Result<()> {
         let mut state = self.lock();
-        let job = state.jobs.get_mut(&token.job_id).ok_or_else(|| unknown_job(&token.job_id))?;
+        let State { jobs, logged, .. } = &mut *state;
+        let job = jobs.get_mut(&token.job_id).ok_or_else(|| unknown_job(&token.job_id))?;
         let task = transitions::authorize(&self.keys, job, token, caller)?;
         if let Some(started) = started.then(|| transitions::mark_started(task)).flatten() {
             let _ = self.save([&*job], Durability::Buffered);
             self.emit(&token.job_id, started);
         }
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let spent =
+            logged.entry(token.job_id.clone()).or_default().entry((token.task, token.attempt)).or_default();
+        let (lines, now_spent) = logcap::admit(*spent, lines);
+        *spent = now_spent;
         if !lines.is_empty() {
             let log = transitions::log_event(&job.tasks[token.task as usize], &lines);
             self.emit(&token.job_id, log);
@@ -534,6 +546,7 @@ impl Scheduler {
             let Some(job_id) = state.index.oldest_finished().cloned() else { break };
             state.index.remove(&job_id);
             state.jobs.remove(&job_id);
+            state.logged.remove(&job_id);
             if let Err(err) = self.store.delete(&job_id) {
                 tracing::warn!(job = %job_id, error = %err, "cannot delete an old job");
             }

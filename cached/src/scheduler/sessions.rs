@@ -73,7 +73,7 @@ impl Scheduler {
     /// every other one is answered with an abort. An error ends the session.
     pub fn heartbeat(&self, session: u64, heartbeat: Heartbeat) -> Result<()> {
         let mut state = self.lock();
-        let State { jobs, workers, index } = &mut *state;
+        let State { jobs, workers, index, .. } = &mut *state;
         let Some(worker) = workers.get_mut(session) else { return Ok(()) };
         check_heartbeat(&worker.info, &heartbeat)?;
         let resumed = worker.draining && !heartbeat.draining;

@@ -372,6 +372,7 @@ impl SchedulerBackend for PgScheduler {
         let mut events: Vec<_> =
             started.then(|| transitions::mark_started(task)).flatten().into_iter().collect();
         let changed = !events.is_empty();
+        let lines = if lines.is_empty() { lines } else { rows::admit_log(&tx, token, lines).await? };
         if !lines.is_empty() {
             events.push(transitions::log_event(task, &lines));
         }

@@ -6,6 +6,7 @@ use prost::Message;
 use proto::v1::{FencingToken, JobEvent, JobStatus, TaskState};
 use tokio_postgres::Transaction;
 
+use super::super::logcap;
 use super::super::reuse::JobKey;
 use super::super::store::record;
 use super::super::{Settings, is_index, job_deadline, job_finished, job_namespace};
@@ -179,6 +180,31 @@ pub(super) async fn append_events(tx: &Transaction<'_>, job_id: &str, events: &[
     )
     .await?;
     Ok(())
+}
+
+/// The lines of a Progress call that the attempt's log cap lets in ([`logcap`]), counted in
+/// `task_logs`. The caller holds the job's row lock, so calls of one attempt add up in turn.
+pub(super) async fn admit_log(
+    tx: &Transaction<'_>,
+    token: &FencingToken,
+    lines: Vec<String>,
+) -> Result<Vec<String>> {
+    let key: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&token.job_id, &(token.task as i32), &(token.attempt as i32)];
+    let spent = tx
+        .query_opt("SELECT bytes FROM task_logs WHERE job_id = $1 AND idx = $2 AND attempt = $3", &key)
+        .await?
+        .map_or(0, |row| row.get::<_, i64>(0));
+    let (kept, now_spent) = logcap::admit(spent as u64, lines);
+    if now_spent != spent as u64 {
+        tx.execute(
+            "INSERT INTO task_logs (job_id, idx, attempt, bytes) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (job_id, idx, attempt) DO UPDATE SET bytes = excluded.bytes",
+            &[key[0], key[1], key[2], &(now_spent as i64)],
+        )
+        .await?;
+    }
+    Ok(kept)
 }
 
 /// The fencing check as the database makes it: the task moves out of LEASED only if `token`
