@@ -31,6 +31,7 @@ use cached_client::tree::TreeLimits;
 use crate::TaskError;
 use crate::blobcache::BlobCache;
 use crate::build::Builder;
+use crate::cancel::Cancel;
 use crate::caps;
 use crate::modules::ModuleStore;
 use crate::sandbox::Sandbox;
@@ -218,7 +219,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                         }
                         Some(lease_response::Kind::Abort(token)) => {
                             if let Some(task) = running.get(&token_name(&token)) {
-                                tracing::warn!(task = %token_name(&token), "lease aborted by cached; killing the build");
+                                tracing::warn!(task = %token_name(&token), "lease aborted by cached; stopping the task");
                                 let _ = task.cancel.send(true);
                             }
                         }
@@ -298,7 +299,7 @@ fn start(ctx: Arc<TaskContext>, lease: TaskLease, done: mpsc::UnboundedSender<St
         let remote = ctx.remote.clone();
         // Where task::run keeps the task's files, for when it cannot remove them itself.
         let task_dir = taskdir::task_path(&ctx.work_dir, &key);
-        let work = task::run(ctx, lease, cancelled);
+        let work = task::run(ctx, lease, Cancel::new(cancelled));
         if let Some(outcome) = settle(work, &task_dir, &key, &releasing).await {
             complete(&remote, task_token, outcome).await;
         }

@@ -17,6 +17,7 @@ use proto::Digest;
 use tokio::sync::{mpsc, watch};
 
 use crate::TaskError;
+use crate::cancel::Cancel;
 use crate::sandbox::{self, Owner};
 use crate::taskdir;
 use crate::trouble::{DISK_SAMPLE, Machine, TaskDisk, agent_trouble};
@@ -83,12 +84,12 @@ impl Builder {
         client: &Client,
         input: &BuildInput,
         lines: mpsc::UnboundedSender<String>,
-        cancel: watch::Receiver<bool>,
+        cancel: &Cancel,
     ) -> Result<BuildOutput, TaskError> {
         std::fs::create_dir_all(&input.output_dir).map_err(|err| {
             TaskError::Infrastructure(format!("creating {}: {err}", input.output_dir.display()))
         })?;
-        let exec = Arc::new(GroupExec::new(input, &self.entry, cancel.clone()));
+        let exec = Arc::new(GroupExec::new(input, &self.entry, cancel.flag()));
         let options = BuildOptions {
             go: self.go.clone(),
             gocacheprog: Some(self.gocacheprog.clone()),
@@ -124,6 +125,8 @@ impl Builder {
             loop {
                 tokio::select! {
                     outcome = &mut build => break Some(outcome),
+                    // Not only the go command: a whole-build hit restores its outputs without it.
+                    () = cancel.cancelled() => break None,
                     () = tokio::time::sleep(DISK_SAMPLE) => {
                         machine.sample();
                         disk.walk_if_due();
@@ -137,9 +140,7 @@ impl Builder {
             }
         };
         let tail: Vec<String> = tail.into_iter().collect();
-        if *cancel.borrow() {
-            return Err(TaskError::Cancelled);
-        }
+        cancel.check()?;
         let Some(outcome) = outcome else { return Err(TaskError::Build(disk.over_budget())) };
         if let Some(reason) = exec.refused() {
             return Err(TaskError::Build(reason));

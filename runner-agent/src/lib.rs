@@ -1,7 +1,8 @@
 //! runner-agent: the worker side of cached's remote execution.
 //!
 //! Read in this order: [`agent`] (the lease stream: register, heartbeat, take tasks, abort,
-//! drain on SIGTERM), [`task`] (one task: sources, module proxy, build, outputs, completion),
+//! drain on SIGTERM), [`task`] (one task: sources, module proxy, build, outputs, completion,
+//! each phase stopped by an abort through [`cancel`]),
 //! [`sandbox`] (the build users builds run as, and the start-up checks they need),
 //! [`taskdir`] (a task's own directories), [`workspace`] (checked trees from the CAS into a
 //! directory, never through a link) through the [`blobcache`] (hard links), [`modules`] (module
@@ -15,6 +16,7 @@
 pub mod agent;
 pub mod blobcache;
 pub mod build;
+pub mod cancel;
 pub mod caps;
 pub mod credential;
 pub mod image;

@@ -12,13 +12,14 @@ use cached_client::remote_exec::RemoteExec;
 use cached_gobuild::modules;
 use proto::v1::{self, FencingToken, TaskLease};
 use proto::{Digest, Platform};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use cached_client::tree::{Node, TreeLimits};
 
 use crate::TaskError;
 use crate::blobcache::BlobCache;
 use crate::build::{BuildInput, Builder};
+use crate::cancel::Cancel;
 use crate::credential;
 use crate::image;
 use crate::modules::{Linked, ModuleStore, ModuleZip, Prepared};
@@ -70,18 +71,19 @@ pub fn token_name(token: &FencingToken) -> String {
 }
 
 /// Runs one lease to its result. `Err(Cancelled)` means: report nothing (the lease is gone)
-/// unless the agent is releasing it.
+/// unless the agent is releasing it. Once `cancel` is set, no phase goes on and nothing is
+/// uploaded.
 pub async fn run(
     ctx: Arc<TaskContext>,
     lease: TaskLease,
-    cancel: watch::Receiver<bool>,
+    cancel: Cancel,
 ) -> Result<v1::TaskResult, TaskError> {
     let token = lease.token.clone().unwrap_or_default();
     let (lines, received) = mpsc::unbounded_channel::<String>();
     let logger =
         cached_client::task::spawn("forward-logs", forward_logs(ctx.remote.clone(), token.clone(), received));
     if lease.kind == v1::TaskKind::ImageIndex as i32 {
-        let result = image::index(&ctx.remote.client, &lease, &lines).await;
+        let result = cancel.guard(image::index(&ctx.remote.client, &lease, &lines)).await;
         drop(lines);
         let _ = logger.await;
         return result;
@@ -97,12 +99,14 @@ async fn with_build_user(
     lease: &TaskLease,
     token: &FencingToken,
     lines: mpsc::UnboundedSender<String>,
-    cancel: watch::Receiver<bool>,
+    cancel: Cancel,
 ) -> Result<v1::TaskResult, TaskError> {
-    let user = ctx.sandbox.acquire().await.map_err(TaskError::Infrastructure)?;
+    let user = cancel.guard(async { ctx.sandbox.acquire().await.map_err(TaskError::Infrastructure) }).await?;
     let dir = TaskDir::create(taskdir::task_path(&ctx.work_dir, &token_name(token)), user.owner())?;
     let mut linked = None;
-    let result = build_task(ctx, lease, &dir, &mut linked, lines, cancel).await;
+    let result = build_task(ctx, lease, &dir, &mut linked, lines, &cancel).await;
+    // Whatever finished meanwhile, an aborted task's result is nobody's any more.
+    let result = cancel.check().and(result);
     // A build that daemonised is still running: nothing of it may outlive the task or touch
     // the directory while it goes.
     if let Err(err) = user.kill_all().await {
@@ -122,7 +126,7 @@ async fn build_task(
     dir: &TaskDir,
     linked: &mut Option<Linked>,
     lines: mpsc::UnboundedSender<String>,
-    cancel: watch::Receiver<bool>,
+    cancel: &Cancel,
 ) -> Result<v1::TaskResult, TaskError> {
     let started = Instant::now();
     let spec =
@@ -146,6 +150,7 @@ async fn build_task(
         &ctx.tree_limits,
         ctx.max_task_disk,
         owner,
+        cancel,
     )
     .await?;
     let module_dir = workspace::module_dir(&src, &tree.tree, &spec.module_dir)?;
@@ -178,6 +183,7 @@ async fn build_task(
                 &ctx.tree_limits,
                 ctx.max_task_disk,
                 owner,
+                cancel,
             )
             .await?;
             // Nothing of the build has run yet, and the tree's links stay inside it.
@@ -197,8 +203,10 @@ async fn build_task(
                 ));
             }
             say(format!("runner-agent: module proxy of {} files", files.files()));
-            let (prepared, held) = prepare_modules(ctx, &files, &dir.path("gomodcache"), owner).await?;
+            let (prepared, held) =
+                prepare_modules(ctx, &files, &dir.path("gomodcache"), owner, cancel).await?;
             *linked = Some(held);
+            cancel.check()?;
             tracing::info!(
                 linked = prepared.linked,
                 extracted = prepared.extracted,
@@ -245,12 +253,12 @@ async fn build_task(
     let written = if built.hit { taskdir::Outputs::Restored } else { taskdir::Outputs::Built };
     taskdir::check_outputs(&input.output_dir, owner, written).map_err(TaskError::Build)?;
     let paths: Vec<PathBuf> = built.outputs.iter().map(|(path, _)| path.clone()).collect();
-    let digests = cached_client::transfer::upload_files(
+    let upload = cached_client::transfer::upload_files(
         &ctx.remote.client,
         &paths,
         cached_client::transfer::DEFAULT_LEVEL,
-    )
-    .await?;
+    );
+    let digests = cancel.guard(async { Ok(upload.await?) }).await?;
     let outputs = paths
         .iter()
         .zip(digests)
@@ -262,15 +270,15 @@ async fn build_task(
         .collect();
     let image = match &spec.image {
         Some(image) => {
-            image::platform_image(
+            let layered = image::platform_image(
                 &ctx.remote.client,
                 &spec.namespace,
                 image,
                 &platform,
                 &built.outputs,
                 &lines,
-            )
-            .await?
+            );
+            cancel.guard(layered).await?
         }
         None => None,
     };
@@ -323,6 +331,7 @@ async fn prepare_modules(
     proxy: &Materialized,
     gomodcache: &std::path::Path,
     owner: Option<crate::sandbox::Owner>,
+    cancel: &Cancel,
 ) -> Result<(Prepared, Linked), TaskError> {
     let zips: Vec<ModuleZip> = proxy
         .tree
@@ -335,10 +344,13 @@ async fn prepare_modules(
             _ => None,
         })
         .collect();
-    let (store, gomodcache) = (ctx.modules.clone(), gomodcache.to_owned());
-    cached_client::task::spawn_blocking("prepare-modules", move || store.prepare(&zips, &gomodcache, owner))
-        .await
-        .map_err(|err| TaskError::Infrastructure(format!("preparing the module cache: {err}")))
+    let (store, gomodcache, cancel) = (ctx.modules.clone(), gomodcache.to_owned(), cancel.clone());
+    let stopped = move || cancel.is_cancelled();
+    cached_client::task::spawn_blocking("prepare-modules", move || {
+        store.prepare_unless(&zips, &gomodcache, owner, &stopped)
+    })
+    .await
+    .map_err(|err| TaskError::Infrastructure(format!("preparing the module cache: {err}")))
 }
 
 /// The go command's environment for a target: sealed (HOME, TMPDIR, GOCACHE, the module cache,

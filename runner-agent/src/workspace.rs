@@ -28,6 +28,7 @@ use rustix::io::Errno;
 
 use crate::TaskError;
 use crate::blobcache::{BlobCache, Pins};
+use crate::cancel::Cancel;
 use crate::sandbox::{self, Owner};
 
 /// Downloads in flight per task.
@@ -88,7 +89,9 @@ impl Materialized {
 
 /// Writes the tree `root` into `dest` (created; must not exist yet). With `owner`, the tree is
 /// laid out for that build user (see the module's doc). A tree whose files declare more than
-/// `max_bytes` is refused before anything is fetched.
+/// `max_bytes` is refused before anything is fetched. Once `cancel` is set, nothing more is
+/// fetched or written.
+#[allow(clippy::too_many_arguments)]
 pub async fn materialize(
     client: &Client,
     cache: &BlobCache,
@@ -97,8 +100,9 @@ pub async fn materialize(
     limits: &TreeLimits,
     max_bytes: u64,
     owner: Option<Owner>,
+    cancel: &Cancel,
 ) -> Result<Materialized, TaskError> {
-    let tree = read_tree(client, root, limits).await.map_err(tree_error)?;
+    let tree = cancel.guard(async { read_tree(client, root, limits).await.map_err(tree_error) }).await?;
     check_size(&tree, max_bytes)?;
     let wanted: BTreeSet<(Digest, bool)> = tree
         .nodes
@@ -109,15 +113,15 @@ pub async fn materialize(
         })
         .collect();
     let pins = cache.pin(wanted.iter().copied());
-    futures::stream::iter(
+    let fetches = futures::stream::iter(
         wanted.into_iter().map(|(digest, executable)| cache.fetch(client, digest, executable)),
     )
     .buffer_unordered(PARALLEL_DOWNLOADS)
-    .try_collect::<Vec<_>>()
-    .await?;
-    let (dest, blobs) = (dest.to_owned(), cache.dir().to_owned());
+    .try_collect::<Vec<_>>();
+    cancel.guard(fetches).await?;
+    let (dest, blobs, cancel) = (dest.to_owned(), cache.dir().to_owned(), cancel.clone());
     let tree = cached_client::task::spawn_blocking("write-tree", move || {
-        write_tree(&tree.nodes, &dest, &blobs, owner).map(|()| tree)
+        write_tree(&tree.nodes, &dest, &blobs, owner, &cancel).map(|()| tree)
     })
     .await
     .map_err(|err| TaskError::Infrastructure(format!("writing a tree: {err}")))??;
@@ -130,8 +134,15 @@ fn dir_mode(owner: Option<Owner>) -> u32 {
 }
 
 /// Creates `nodes` (each directory's entries together, parents first) under the new directory
-/// `dest`, every entry relative to its parent's descriptor.
-fn write_tree(nodes: &[Node], dest: &Path, blobs: &Path, owner: Option<Owner>) -> Result<(), TaskError> {
+/// `dest`, every entry relative to its parent's descriptor; stops between entries once `cancel`
+/// is set.
+fn write_tree(
+    nodes: &[Node],
+    dest: &Path,
+    blobs: &Path,
+    owner: Option<Owner>,
+    cancel: &Cancel,
+) -> Result<(), TaskError> {
     let failed = |what: &str, path: &str, err: Errno| {
         TaskError::Infrastructure(format!("{what} {path:?} in {}: {err}", dest.display()))
     };
@@ -144,6 +155,7 @@ fn write_tree(nodes: &[Node], dest: &Path, blobs: &Path, owner: Option<Owner>) -
         .map_err(|err| TaskError::Infrastructure(format!("opening {}: {err}", blobs.display())))?;
     let mut parent: Option<(&str, OwnedFd)> = None;
     for node in nodes {
+        cancel.check()?;
         let dir = node.parent();
         let fd = match parent.take() {
             Some((open, fd)) if open == dir => fd,
@@ -273,8 +285,15 @@ mod tests {
 
     use super::*;
 
+    /// A cancel flag and the sender that sets it.
+    fn cancel() -> (tokio::sync::watch::Sender<bool>, Cancel) {
+        let (abort, flag) = tokio::sync::watch::channel(false);
+        (abort, Cancel::new(flag))
+    }
+
     #[test]
     fn trees_are_written_relative_to_their_root_without_following_links() {
+        let (_abort, cancel) = cancel();
         let work = tempfile::tempdir().unwrap();
         let blobs = work.path().join("blobs");
         std::fs::create_dir(&blobs).unwrap();
@@ -287,7 +306,7 @@ mod tests {
             Node::Dir { path: "cmd".into() },
             Node::File { path: "cmd/main.go".into(), digest: body, executable: false },
         ];
-        write_tree(&nodes, &dest, &blobs, None).unwrap();
+        write_tree(&nodes, &dest, &blobs, None, &cancel).unwrap();
         assert_eq!(std::fs::read(dest.join("cmd/main.go")).unwrap(), b"package main\n");
         assert_eq!(std::fs::read_link(dest.join("up")).unwrap(), Path::new("cmd"));
         use std::os::unix::fs::MetadataExt;
@@ -303,9 +322,27 @@ mod tests {
             Node::Symlink { path: "esc".into(), target: outside.display().to_string() },
             Node::File { path: "esc/planted".into(), digest: body, executable: false },
         ];
-        let err = write_tree(&forged, &work.path().join("forged"), &blobs, None).unwrap_err();
+        let err = write_tree(&forged, &work.path().join("forged"), &blobs, None, &cancel).unwrap_err();
         assert!(matches!(err, TaskError::Infrastructure(_)), "{err}");
         assert!(!outside.join("planted").exists(), "written through a link");
+    }
+
+    #[test]
+    fn an_aborted_tasks_tree_is_not_written() {
+        let work = tempfile::tempdir().unwrap();
+        let blobs = work.path().join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        let body = Digest::of(b"package main\n");
+        std::fs::write(blobs.join(BlobCache::name(body, false)), b"package main\n").unwrap();
+        let nodes: Vec<Node> = (0..100)
+            .map(|i| Node::File { path: format!("f{i}.go"), digest: body, executable: false })
+            .collect();
+        let (abort, cancel) = cancel();
+        abort.send(true).unwrap();
+        let dest = work.path().join("src");
+        let err = write_tree(&nodes, &dest, &blobs, None, &cancel).unwrap_err();
+        assert!(matches!(err, TaskError::Cancelled), "{err}");
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0, "entries written after the abort");
     }
 
     #[test]

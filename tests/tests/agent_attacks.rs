@@ -12,7 +12,9 @@
 //! - a tree bomb (a directory naming its child twice, 21 levels deep) is refused by the caps at
 //!   once, with the agent's memory flat;
 //! - a cgo package whose assembly takes in `/proc/self/environ` finds no lease credential in
-//!   it: only the bridge gets that, from a socket.
+//!   it: only the bridge gets that, from a socket;
+//! - a job cancelled while the agent downloads its huge tree stops the download at once, and
+//!   its task directory is removed.
 //!
 //! The tests run one at a time: each agent takes the default build uid range.
 
@@ -156,7 +158,10 @@ impl Cluster {
         runtime.block_on(async {
             let options = ConnectOptions::with_token(self.submit_secret.trim());
             let remote = RemoteExec::connect(&self.daemon.url(), &options).await.unwrap();
-            cached_client::transfer::batch_write(&remote.client, blobs, 3).await.unwrap();
+            // In requests cached takes: a tree may have many more blobs than one holds.
+            for batch in blobs.chunks(1000) {
+                cached_client::transfer::batch_write(&remote.client, batch.to_vec(), 3).await.unwrap();
+            }
             let spec = v1::JobSpec {
                 source_root: Some(root.to_wire()),
                 module_dir: module_dir.to_owned(),
@@ -845,4 +850,81 @@ fn a_builds_tools_cannot_read_the_leases_cache_credential() {
     }
     // The bridge had it: the build filled the namespace's cache through it.
     assert!(cluster.go_puts() > 0, "the bridge stored nothing with the lease's credential\n{log}");
+}
+
+/// Files in the job's tree of [`a_cancelled_jobs_tree_stops_downloading_at_once`]: each its own
+/// blob, fetched on its own, so the download takes seconds, long after the cancel arrives.
+const MANY_FILES: usize = 20_000;
+
+/// Entries in the agent's blob cache (partial downloads aside).
+fn cached_blobs(agent: &Agent) -> usize {
+    let Ok(entries) = std::fs::read_dir(agent.work.join("blobs")) else { return 0 };
+    entries.flatten().filter(|entry| !entry.file_name().to_string_lossy().starts_with('.')).count()
+}
+
+/// Waits up to `within` for `done`, calling it every 20 ms; whether it came true.
+fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + within;
+    while !done() {
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn a_cancelled_jobs_tree_stops_downloading_at_once() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let agent = Agent::start(&cluster, 1, &real_go());
+    let go_mod = b"module example.com/huge\n\ngo 1.21\n".as_slice();
+    let (mut blobs, cmd) = app_sources(go_mod, b"package main\n");
+    let mut directories = vec![dir("cmd", cmd)];
+    for part in 0..MANY_FILES / 1000 {
+        let mut files = Vec::new();
+        for i in 0..1000 {
+            let body = Bytes::from(format!("package p{part}\n\n// {i}\n"));
+            files.push(file(&format!("f{i}.go"), &body));
+            blobs.push((Digest::of(&body), body));
+        }
+        directories
+            .push(dir(&format!("p{part}"), add(&mut blobs, Directory { files, ..Directory::default() })));
+    }
+    let root = add(
+        &mut blobs,
+        Directory { files: vec![file("go.mod", go_mod)], directories, ..Directory::default() },
+    );
+    let job = cluster.submit_tree(blobs, root, "");
+    assert!(
+        eventually(Duration::from_secs(60), || cached_blobs(&agent) >= 200),
+        "the agent never started downloading the tree\n{}",
+        agent.log()
+    );
+    run(cluster.cachectl(cluster.dir.path(), &["jobs", "cancel", &job])).success("jobs cancel");
+    let tasks = agent.work.join("tasks");
+    let task_gone = || std::fs::read_dir(&tasks).map(|mut entries| entries.next().is_none()).unwrap_or(true);
+    assert!(
+        eventually(Duration::from_secs(5), task_gone),
+        "the cancelled task's directory is still there; {} of {MANY_FILES} blobs fetched\n{}",
+        cached_blobs(&agent),
+        agent.log()
+    );
+    let stopped = cached_blobs(&agent);
+    std::thread::sleep(Duration::from_secs(1));
+    let later = cached_blobs(&agent);
+    assert_eq!(stopped, later, "the agent went on downloading the cancelled job's tree\n{}", agent.log());
+    assert!(
+        later < MANY_FILES / 4,
+        "{later} of {MANY_FILES} blobs downloaded after the cancel\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("lease aborted by cached"), "{}", agent.log());
+    // Its one slot is free again.
+    let (blobs, root) =
+        app_module(b"module example.com/next\n\ngo 1.21\n", b"package main\n\nfunc main() {}\n");
+    let next = cluster.submit_tree(blobs, root, "");
+    let task = cluster.finished_task(&next, Duration::from_secs(120), || {});
+    assert_eq!(task["state"], "succeeded", "{task}\n{}", agent.log());
 }

@@ -102,14 +102,23 @@ pub(super) fn inspect(zip: &Path, prefix: &str) -> Result<Inspection, String> {
 /// Extracts the files of `contents` from `zip` into `dest` (new), files 0444, and returns the
 /// zip's `h1:` hash as the go command computes it (SHA-256 over the sorted lines
 /// `<SHA-256 of the file>  <name>`); `None` as soon as a file holds more than the zip declares
-/// (the go command refuses such a zip too).
-pub(super) fn write_out(zip: &Path, contents: &Contents, dest: &Path) -> Result<Option<String>, String> {
+/// (the go command refuses such a zip too). Gives up (an error, for the caller to clear)
+/// between files once `stopped` says so.
+pub(super) fn write_out(
+    zip: &Path,
+    contents: &Contents,
+    dest: &Path,
+    stopped: &dyn Fn() -> bool,
+) -> Result<Option<String>, String> {
     let file = std::fs::File::open(zip).map_err(|err| format!("{}: {err}", zip.display()))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|err| format!("{}: {err}", zip.display()))?;
     std::fs::create_dir(dest).map_err(|err| format!("{}: {err}", dest.display()))?;
     let mut lines = Vec::with_capacity(contents.names.len());
     let mut buffer = vec![0u8; 64 << 10];
     for (index, ((name, relative), declared)) in contents.names.iter().zip(&contents.sizes).enumerate() {
+        if stopped() {
+            return Err(format!("{}: stopped, the task was aborted", zip.display()));
+        }
         let mut entry = archive.by_index(index).map_err(|err| format!("{name}: {err}"))?;
         let target = dest.join(relative);
         if let Some(parent) = target.parent() {
@@ -146,7 +155,7 @@ pub(super) fn write_out(zip: &Path, contents: &Contents, dest: &Path) -> Result<
 fn extract(zip: &Path, prefix: &str, dest: &Path) -> Result<Option<(Contents, String)>, String> {
     match inspect(zip, prefix)? {
         Inspection::Extractable(contents) => {
-            Ok(write_out(zip, &contents, dest)?.map(|hash| (contents, hash)))
+            Ok(write_out(zip, &contents, dest, &|| false)?.map(|hash| (contents, hash)))
         }
         Inspection::LeftToGo(_) => Ok(None),
     }

@@ -122,11 +122,23 @@ impl ModuleStore {
     /// of the build running yet), extracting those the store lacks within the task's share and
     /// the store's room. The trees stay held until the [`Linked`] is dropped. Blocking.
     pub fn prepare(&self, zips: &[ModuleZip], gomodcache: &Path, owner: Option<Owner>) -> (Prepared, Linked) {
+        self.prepare_unless(zips, gomodcache, owner, &|| false)
+    }
+
+    /// [`ModuleStore::prepare`], given up between zips, and between a zip's files, once
+    /// `stopped` says so (the task was aborted): what was laid out by then stays held.
+    pub fn prepare_unless(
+        &self,
+        zips: &[ModuleZip],
+        gomodcache: &Path,
+        owner: Option<Owner>,
+        stopped: &dyn Fn() -> bool,
+    ) -> (Prepared, Linked) {
         let mut prepared = Prepared::default();
         let mut linked = Linked { books: Arc::clone(&self.books), digests: Vec::new() };
         let mut share = self.books().task_share;
-        for zip in zips {
-            let tree = match self.tree(zip, share) {
+        for zip in zips.iter().take_while(|_| !stopped()) {
+            let tree = match self.tree(zip, share, stopped) {
                 Ok(Some((tree, extracted))) => {
                     if extracted {
                         prepared.extracted += 1;
@@ -138,6 +150,7 @@ impl ModuleStore {
                     prepared.left_to_go += 1;
                     continue;
                 }
+                Err(_) if stopped() => break,
                 Err(err) => {
                     tracing::warn!(zip = %zip.file.display(), error = %err, "module zip left to the go command");
                     prepared.left_to_go += 1;
@@ -161,7 +174,12 @@ impl ModuleStore {
 
     /// The zip's tree, held (counted once more in `in_use`) for the caller; `None` if it is left
     /// to the go command. The flag says whether it was extracted now, within `share` bytes.
-    fn tree(&self, zip: &ModuleZip, share: u64) -> Result<Option<(Tree, bool)>, String> {
+    fn tree(
+        &self,
+        zip: &ModuleZip,
+        share: u64,
+        stopped: &dyn Fn() -> bool,
+    ) -> Result<Option<(Tree, bool)>, String> {
         {
             let mut books = self.books();
             if books.refused.contains(&zip.digest) {
@@ -196,7 +214,7 @@ impl ModuleStore {
         };
         self.remove_trees(victims);
         let staging = self.staging(zip);
-        let extracted = self.extract_reserved(zip, &contents, &staging);
+        let extracted = self.extract_reserved(zip, &contents, &staging, stopped);
         let mut books = self.books();
         books.reserved -= contents.charge;
         let (files, hash) = match extracted {
@@ -242,9 +260,10 @@ impl ModuleStore {
         zip: &ModuleZip,
         contents: &Contents,
         staging: &Path,
+        stopped: &dyn Fn() -> bool,
     ) -> Result<Option<(Vec<String>, String)>, String> {
         let _ = crate::taskdir::remove_tree(staging);
-        match write_out(&zip.file, contents, staging) {
+        match write_out(&zip.file, contents, staging, stopped) {
             Ok(Some(hash)) => {
                 let files = contents.names.iter().map(|(_, relative)| relative.clone()).collect();
                 Ok(Some((files, hash)))
@@ -362,6 +381,31 @@ mod tests {
         ] {
             assert!(ModuleZip::from_proxy_path(other, digest, "z".into()).is_none(), "{other}");
         }
+    }
+
+    #[test]
+    fn an_aborted_task_has_no_more_zips_extracted_or_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let zips: Vec<ModuleZip> = (0..3)
+            .map(|i| {
+                let file = dir.path().join(format!("m{i}.zip"));
+                let (name, body) =
+                    (format!("example.com/m{i}@v1.0.0/go.mod"), format!("module example.com/m{i}\n"));
+                write_zip(&file, &[(name.as_str(), body.as_bytes())]);
+                let path = format!("example.com/m{i}/@v/v1.0.0.zip");
+                ModuleZip::from_proxy_path(&path, Digest::of(body.as_bytes()), file).unwrap()
+            })
+            .collect();
+        let store = ModuleStore::open(dir.path().join("store"), 1 << 20).unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        // Aborted once the first module is in place.
+        let stopped = || cache.join("example.com/m0@v1.0.0/go.mod").exists();
+        let (prepared, _linked) = store.prepare_unless(&zips, &cache, None, &stopped);
+        assert_eq!(prepared, Prepared { linked: 1, extracted: 1, left_to_go: 0 });
+        assert!(!cache.join("example.com/m1@v1.0.0").exists(), "a module laid out after the abort");
+        let extracted = std::fs::read_dir(dir.path().join("store")).unwrap().count();
+        assert_eq!(extracted, 1, "zips extracted after the abort");
     }
 
     #[test]
