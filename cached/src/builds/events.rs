@@ -84,51 +84,55 @@ impl Builds {
         result
     }
 
+    /// One walk over the whole log, and deletes only of what goes: each event past a cap, and
+    /// for the size cap one range per namespace that holds an event older than the oldest
+    /// kept. A pass therefore never deletes more ranges than events it drops, however many
+    /// namespaces there are (a namespace is a name any client may pick), and a namespace with
+    /// nothing to drop costs it no delete.
     fn prune_all(&self, now: i64) -> Result<()> {
         let cutoff = now - RETENTION.as_millis() as i64;
         let mut changes = Vec::new();
         // (time, bytes) of every event kept so far, for the size cap.
         let mut kept: Vec<(i64, u64)> = Vec::new();
-        let namespaces = self.event_namespaces()?;
-        for namespace in &namespaces {
-            let prefix = event_prefix(namespace);
-            let end = prefix_end(&prefix);
-            let mut per_target: HashMap<u64, usize> = HashMap::new();
-            let mut count = 0;
-            // Newest first: what goes past a cap is the oldest.
-            for item in self.records.scan(Table::Events, &end, true)? {
-                let (key, value) = item?;
-                if !key.starts_with(&prefix) {
-                    if key.as_ref() < prefix.as_slice() {
-                        break;
-                    }
-                    continue;
-                }
-                let tail = &key[prefix.len()..];
-                let time = tail.get(..8).and_then(|t| t.try_into().ok()).map_or(0, i64::from_be_bytes);
-                // Events logged before keys named their target are held to the other caps only.
-                let target = tail.get(16..24).and_then(|t| t.try_into().ok()).map(u64::from_be_bytes);
-                let seen = target.map(|target| per_target.entry(target).or_default());
-                let target_full = seen.as_ref().is_some_and(|seen| **seen >= MAX_EVENTS_PER_TARGET);
-                if time < cutoff || count >= MAX_EVENTS_PER_NAMESPACE || target_full {
-                    changes.push(Change::Delete(Table::Events, key.to_vec()));
-                    continue;
-                }
-                if let Some(seen) = seen {
-                    *seen += 1;
-                }
-                count += 1;
-                kept.push((time, (key.len() + value.len()) as u64));
+        // The key prefix of each namespace with events kept, and the time of its oldest kept.
+        let mut oldest: Vec<(Vec<u8>, i64)> = Vec::new();
+        let mut namespace = NamespaceWalk::default();
+        // From the log's last key down: namespace after namespace, each newest first, so what
+        // goes past a cap is the oldest.
+        for item in self.records.scan(Table::Events, &[u8::MAX], true)? {
+            let (key, value) = item?;
+            let Some(split) = key.iter().position(|b| *b == 0) else { continue };
+            let (prefix, tail) = key.split_at(split + 1);
+            if prefix != namespace.prefix.as_slice() {
+                namespace.finish(&mut oldest);
+                namespace = NamespaceWalk { prefix: prefix.to_vec(), ..NamespaceWalk::default() };
             }
+            let time = tail.get(..8).and_then(|t| t.try_into().ok()).map_or(0, i64::from_be_bytes);
+            // Events logged before keys named their target are held to the other caps only.
+            let target = tail.get(16..24).and_then(|t| t.try_into().ok()).map(u64::from_be_bytes);
+            let seen = target.map(|target| namespace.per_target.entry(target).or_default());
+            let target_full = seen.as_ref().is_some_and(|seen| **seen >= MAX_EVENTS_PER_TARGET);
+            if time < cutoff || namespace.count >= MAX_EVENTS_PER_NAMESPACE || target_full {
+                changes.push(Change::Delete(Table::Events, key.to_vec()));
+                continue;
+            }
+            if let Some(seen) = seen {
+                *seen += 1;
+            }
+            namespace.count += 1;
+            namespace.oldest_kept = Some(time);
+            kept.push((time, (key.len() + value.len()) as u64));
         }
+        namespace.finish(&mut oldest);
         let total: u64 = kept.iter().map(|(_, bytes)| bytes).sum();
         let kept_bytes = match oldest_kept(&kept, self.history.max_bytes) {
             Some((first_kept, bytes)) => {
-                for namespace in &namespaces {
-                    let prefix = event_prefix(namespace);
-                    let mut end = prefix.clone();
-                    end.extend_from_slice(&first_kept.to_be_bytes());
-                    changes.push(Change::DeleteRange(Table::Events, prefix, end));
+                for (prefix, oldest_kept) in oldest {
+                    if oldest_kept < first_kept {
+                        let mut end = prefix.clone();
+                        end.extend_from_slice(&first_kept.to_be_bytes());
+                        changes.push(Change::DeleteRange(Table::Events, prefix, end));
+                    }
                 }
                 bytes
             }
@@ -211,6 +215,26 @@ impl Builds {
             })
         })
         .await?
+    }
+}
+
+/// One namespace's events as a prune walks them, newest first.
+#[derive(Default)]
+struct NamespaceWalk {
+    /// Its events' key prefix (the namespace and a NUL).
+    prefix: Vec<u8>,
+    count: usize,
+    per_target: HashMap<u64, usize>,
+    /// The time of the oldest event kept so far.
+    oldest_kept: Option<i64>,
+}
+
+impl NamespaceWalk {
+    /// Notes the namespace's oldest kept event in `oldest`, if it keeps any.
+    fn finish(&mut self, oldest: &mut Vec<(Vec<u8>, i64)>) {
+        if let Some(time) = self.oldest_kept {
+            oldest.push((std::mem::take(&mut self.prefix), time));
+        }
     }
 }
 
@@ -357,11 +381,54 @@ mod tests {
     use crate::store::FreeSpace;
 
     fn open(dir: &std::path::Path, max_bytes: u64) -> Arc<Builds> {
+        open_counting(dir, max_bytes).0
+    }
+
+    /// As `open`, with records that count the range deletes of every batch written.
+    fn open_counting(dir: &std::path::Path, max_bytes: u64) -> (Arc<Builds>, Arc<Counting>) {
         let (db, rocks) = crate::store::open_for_tests(dir);
         let space = Arc::new(FreeSpace::new(dir.to_owned(), 0));
         let history = History { max_bytes, max_record_bytes: 1 << 30, space };
-        let records = Arc::new(crate::builds::RocksBuildRecords::new(db));
-        Builds::new(records, Arc::new(rocks), Arc::default(), history).unwrap()
+        let inner = crate::builds::RocksBuildRecords::new(db);
+        let records = Arc::new(Counting { inner, batches: std::sync::Mutex::default() });
+        let builds =
+            Builds::new(Arc::clone(&records) as _, Arc::new(rocks), Arc::default(), history).unwrap();
+        (builds, records)
+    }
+
+    /// Per batch written: its range deletes, and how many of them held no key.
+    struct Counting {
+        inner: crate::builds::RocksBuildRecords,
+        batches: std::sync::Mutex<Vec<(usize, usize)>>,
+    }
+
+    impl crate::builds::BuildRecords for Counting {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.inner.get(table, key)
+        }
+
+        fn write(&self, changes: Vec<Change>) -> Result<()> {
+            let (mut ranges, mut empty) = (0, 0);
+            for change in &changes {
+                if let Change::DeleteRange(table, from, to) = change {
+                    ranges += 1;
+                    let first = self.inner.scan(*table, from, false)?.next().transpose()?;
+                    if first.is_none_or(|(key, _)| key.as_ref() >= to.as_slice()) {
+                        empty += 1;
+                    }
+                }
+            }
+            self.batches.lock().unwrap().push((ranges, empty));
+            self.inner.write(changes)
+        }
+
+        fn scan(&self, table: Table, from: &[u8], reverse: bool) -> Result<crate::builds::Rows<'_>> {
+            self.inner.scan(table, from, reverse)
+        }
+
+        fn purge_namespace(&self, namespace: &str) -> Result<u64> {
+            self.inner.purge_namespace(namespace)
+        }
     }
 
     fn event(namespace: &str, time: i64, package: &str) -> v1::BuildEvent {
@@ -430,6 +497,40 @@ mod tests {
             namespaces.len()
         );
         assert!(!namespaces.contains(&"ns-0".to_owned()), "the oldest go first");
+    }
+
+    /// Namespaces are client-named: a prune must not cost a delete per namespace, only per
+    /// namespace that loses events, and still keep every namespace to the caps.
+    #[test]
+    fn a_prune_deletes_only_where_events_go_however_many_namespaces_there_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let max_bytes = 64 << 10;
+        let (builds, records) = open_counting(dir.path(), max_bytes);
+        let now = now_ms();
+        // Old events in 2,000 namespaces, then a burst in one that pushes the log past its size.
+        for i in 0..2000i64 {
+            builds.append(&event(&format!("ns-{i:04}"), now - 10_000 + i, "p")).unwrap();
+        }
+        builds.prune_events(now).unwrap();
+        let before = builds.event_namespaces().unwrap().len();
+        records.batches.lock().unwrap().clear();
+        for i in 0..100i64 {
+            builds.append(&event("busy", now - 1000 + i, &format!("p{i}"))).unwrap();
+        }
+        builds.prune_events(now).unwrap();
+        let batches = records.batches.lock().unwrap().clone();
+        let ranges: usize = batches.iter().map(|(ranges, _)| ranges).sum();
+        let empty: usize = batches.iter().map(|(_, empty)| empty).sum();
+        let after = builds.event_namespaces().unwrap();
+        let dropped = before + 1 - after.len();
+        assert!(before > 1000 && dropped > 0, "{before} namespaces, {dropped} emptied");
+        assert_eq!(empty, 0, "{ranges} range deletes, {empty} of them of nothing, over {before} namespaces");
+        // Each namespace emptied took one range; the rest lost nothing and cost nothing.
+        assert_eq!(ranges, dropped, "{ranges} range deletes for {dropped} namespaces emptied");
+        let total = builds.history_bytes.load(Ordering::Relaxed);
+        assert!(total <= max_bytes, "{total} bytes kept");
+        assert_eq!(count(&builds, "busy"), 100, "the newest are kept");
+        assert!(!after.contains(&"ns-0000".to_owned()) && after.contains(&"ns-1999".to_owned()));
     }
 
     #[test]
