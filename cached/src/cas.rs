@@ -2,6 +2,7 @@
 //! blocking threads, joined to gRPC by small bounded channels, so memory stays flat whatever
 //! the blob size.
 
+mod budget;
 mod recheck;
 
 use std::collections::HashSet;
@@ -13,6 +14,8 @@ use proto::frames::{FrameDecoder, FrameEncoder};
 use proto::{Digest, FRAME_SIZE};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+pub use self::budget::DecodeBudget;
+use self::budget::DecodeBudgets;
 pub use self::recheck::Recheck;
 use self::recheck::Rechecks;
 use crate::config::Limits;
@@ -57,17 +60,26 @@ pub struct Cas {
     limits: Limits,
     streams: Arc<Semaphore>,
     rechecks: Rechecks,
+    decode_budgets: DecodeBudgets,
 }
 
 impl Cas {
     pub fn new(store: SharedStore, limits: Limits) -> Self {
         let streams = Arc::new(Semaphore::new(limits.max_concurrent_streams));
         let rechecks = Rechecks::new(Arc::clone(&store));
-        Self { store, limits, streams, rechecks }
+        let decode_budgets = DecodeBudgets::new(limits.max_decode_rate);
+        Self { store, limits, streams, rechecks, decode_budgets }
     }
 
-    /// Reads back a blob a reader says came back wrong, and removes it if it is corrupt.
-    pub async fn recheck(&self, digest: Digest) -> Result<Recheck> {
+    /// The decoding the token named `token` may still ask of the server.
+    pub fn decode_budget(&self, token: &str) -> DecodeBudget {
+        self.decode_budgets.of(token)
+    }
+
+    /// Reads back a blob a reader says came back wrong, and removes it if it is corrupt. The
+    /// whole blob's decoding is charged to `budget` first.
+    pub async fn recheck(&self, digest: Digest, budget: &DecodeBudget) -> Result<Recheck> {
+        budget.charge(digest.size, 0)?;
         self.rechecks.recheck(digest).await
     }
 
@@ -148,8 +160,14 @@ impl Cas {
     /// Stores the blob whose bytes arrive on `data`. The upload is verified against `digest`
     /// before it becomes visible; if `data` ends early or fails, nothing is stored. Whether
     /// the blob may be stored at all (its size, the room left) is settled before the first
-    /// byte of `data` is read.
-    pub async fn upload<S>(&self, digest: Digest, encoding: Encoding, mut data: S) -> Result<UploadOutcome>
+    /// byte of `data` is read. Each compressed frame is charged to `budget` before it is decoded.
+    pub async fn upload<S>(
+        &self,
+        digest: Digest,
+        encoding: Encoding,
+        mut data: S,
+        budget: &DecodeBudget,
+    ) -> Result<UploadOutcome>
     where
         S: Stream<Item = Result<Bytes>> + Unpin,
     {
@@ -164,6 +182,7 @@ impl Cas {
         let mut writer =
             crate::task::spawn_blocking("cas upload", move || write_blob(opened, digest, encoding, receiver));
         let mut received = 0u64;
+        let mut frames = 0u64;
         loop {
             // The writer may refuse the upload (a bad frame, the disk below its floor) while
             // the client is between messages: answer then, not at its next message.
@@ -177,6 +196,12 @@ impl Cas {
             let Some(piece) = piece else { break };
             let piece = piece?;
             received += piece.len() as u64;
+            if encoding == Encoding::Zstd {
+                // A frame past the blob's last is refused by the writer, undecoded.
+                let decoded = proto::frames::frame_len(digest.size, frames).unwrap_or(0);
+                budget.charge(decoded as u64, piece.len() as u64)?;
+                frames += 1;
+            }
             if encoding == Encoding::Identity && received > digest.size {
                 return Err(Error::invalid(format!(
                     "upload of {digest} sent more than its {} bytes; nothing was stored",
@@ -231,9 +256,11 @@ impl Cas {
     pub async fn batch_write(
         &self,
         blobs: Vec<(Digest, Encoding, Bytes)>,
+        budget: &DecodeBudget,
     ) -> Result<Vec<Result<UploadOutcome>>> {
         self.check_batch_len(blobs.len())?;
         self.check_batch_declared(&blobs)?;
+        budget.charge(amplified(&blobs), 0)?;
         let present = self.contains(blobs.iter().map(|blob| blob.0).collect()).await?;
         let mut items: Vec<_> = blobs.into_iter().zip(present).collect();
         // A write blocks until the store holds it: through a shared tier that is a network
@@ -401,6 +428,15 @@ fn encode(encoder: &mut FrameEncoder, raw: &[u8]) -> Result<Bytes> {
         .encode(raw)
         .map(Bytes::from)
         .map_err(|err| Error::Internal(format!("zstd compression failed: {err}")))
+}
+
+/// What decoding a batch's compressed blobs costs beyond the bytes they arrived as.
+fn amplified(blobs: &[(Digest, Encoding, Bytes)]) -> u64 {
+    blobs
+        .iter()
+        .filter(|(_, encoding, _)| *encoding == Encoding::Zstd)
+        .map(|(digest, _, data)| digest.size.saturating_sub(data.len() as u64))
+        .sum()
 }
 
 /// Writes one lane of a batch in order, present blobs skipped.

@@ -133,6 +133,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "requests per second per token (a token's own rate_limit wins); 0 = unlimited",
         default: "10000",
     },
+    Setting {
+        key: "max_decode_rate",
+        help: "bytes per second one token may make the server decompress beyond what it sends \
+               (zstd uploads, rechecks), bursting to 16 seconds of it; 0 = unlimited",
+        default: "128MiB",
+    },
     Setting { key: "request_timeout", help: "deadline of every unary call", default: "60s" },
     Setting {
         key: "idle_timeout",
@@ -305,6 +311,9 @@ pub struct Limits {
     pub max_watches_per_token: usize,
     /// Requests per second per token; `None` is unlimited.
     pub rate_limit: Option<u32>,
+    /// Bytes per second a token may make the server decode beyond what it sent; `None` is
+    /// unlimited.
+    pub max_decode_rate: Option<u64>,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
     /// Bytes per second a stream must average past its grace; 0 is no minimum.
@@ -489,6 +498,7 @@ impl Config {
                 Ok(rate) => Ok(Some(rate)),
                 Err(_) => Err("expected a whole number of requests per second (0 = unlimited)".to_owned()),
             })?,
+            max_decode_rate: Some(get("max_decode_rate").size()?).filter(|&rate| rate > 0),
             request_timeout: get("request_timeout").duration()?,
             idle_timeout: get("idle_timeout").duration()?,
             min_transfer_rate: get("min_transfer_rate").size()?,

@@ -1,5 +1,6 @@
-//! Request rate per token: a token bucket that holds one second's worth of requests, so a token
-//! may burst to its rate at once and then sustain it.
+//! Rates per token: a token bucket. For requests it holds one second's worth, so a token may
+//! burst to its rate at once and then sustain it; for bytes of work ([`RateLimiter::charge`])
+//! the burst is chosen by the caller.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,11 +19,12 @@ struct Bucket {
 impl RateLimiter {
     pub fn per_second(rate: u32) -> Self {
         let rate = f64::from(rate.max(1));
-        Self {
-            per_second: rate,
-            burst: rate,
-            bucket: Mutex::new(Bucket { tokens: rate, refilled: Instant::now() }),
-        }
+        Self::with_burst(rate, rate)
+    }
+
+    /// A bucket refilled at `per_second` that holds at most `burst`, full at first.
+    pub fn with_burst(per_second: f64, burst: f64) -> Self {
+        Self { per_second, burst, bucket: Mutex::new(Bucket { tokens: burst, refilled: Instant::now() }) }
     }
 
     pub fn rate(&self) -> f64 {
@@ -35,16 +37,45 @@ impl RateLimiter {
     }
 
     fn check_at(&self, now: Instant) -> Result<(), Duration> {
-        let mut bucket = self.bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
-        bucket.refilled = now;
+        let mut bucket = self.refilled(now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second))
+            Err(self.wait_for(1.0 - bucket.tokens))
         }
+    }
+
+    /// Takes `amount` unless the bucket is in debt, letting it go below zero: a cost larger
+    /// than the burst (one whole blob) is allowed once, and paid back before the next.
+    pub fn charge(&self, amount: f64) -> Result<(), Duration> {
+        self.charge_at(amount, Instant::now())
+    }
+
+    fn charge_at(&self, amount: f64, now: Instant) -> Result<(), Duration> {
+        let mut bucket = self.refilled(now);
+        if bucket.tokens < 0.0 {
+            return Err(self.wait_for(-bucket.tokens));
+        }
+        bucket.tokens -= amount;
+        Ok(())
+    }
+
+    /// Whether the bucket is full, so forgetting it changes nothing.
+    pub fn is_full(&self) -> bool {
+        self.refilled(Instant::now()).tokens >= self.burst
+    }
+
+    fn refilled(&self, now: Instant) -> std::sync::MutexGuard<'_, Bucket> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
+        bucket.refilled = now;
+        bucket
+    }
+
+    fn wait_for(&self, tokens: f64) -> Duration {
+        Duration::from_secs_f64(tokens / self.per_second)
     }
 }
 
@@ -66,5 +97,16 @@ mod tests {
         // A long pause refills only up to the burst.
         let later = start + Duration::from_secs(60);
         assert_eq!((0..20).filter(|_| limiter.check_at(later).is_ok()).count(), 10);
+    }
+
+    #[test]
+    fn a_charge_past_the_burst_is_paid_back_before_the_next() {
+        let limiter = RateLimiter::with_burst(100.0, 1000.0);
+        let start = Instant::now();
+        assert!(limiter.charge_at(5000.0, start).is_ok(), "a full bucket takes any one charge");
+        let wait = limiter.charge_at(1.0, start).unwrap_err();
+        assert!(wait > Duration::from_secs(39) && wait <= Duration::from_secs(40), "{wait:?}");
+        assert!(limiter.charge_at(1.0, start + Duration::from_secs(39)).is_err());
+        assert!(limiter.charge_at(1.0, start + Duration::from_secs(40)).is_ok(), "the debt is paid");
     }
 }

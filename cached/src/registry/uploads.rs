@@ -31,7 +31,7 @@ use super::names::{Repository, Sha256Digest};
 use super::routes::Call;
 use super::{Registry, check_free_space};
 use crate::auth::Scope;
-use crate::cas::Encoding;
+use crate::cas::{DecodeBudget, Encoding};
 use crate::conn::Pace;
 use crate::store::FreeSpace;
 
@@ -400,7 +400,10 @@ async fn complete(
     let digest = Digest::from_hasher(&session.blake3, session.written);
     if !registry.cas.contains(vec![digest]).await?[0] {
         let file = tokio::fs::File::open(&session.path).await.map_err(io_error)?;
-        registry.cas.upload(digest, Encoding::Identity, Box::pin(read_chunks(file))).await?;
+        registry
+            .cas
+            .upload(digest, Encoding::Identity, Box::pin(read_chunks(file)), &DecodeBudget::unmetered())
+            .await?;
     }
     link(registry, repo, expected, digest).await
 }

@@ -8,7 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{compression, digests, encoding, item_status};
-use crate::cas::{Cas, Recheck, UploadOutcome};
+use crate::cas::{Cas, DecodeBudget, Recheck, UploadOutcome};
 use crate::error::Error;
 use crate::stats::Stats;
 
@@ -20,6 +20,10 @@ pub struct CasService {
 impl CasService {
     pub fn new(cas: Arc<Cas>, stats: Arc<Stats>) -> Self {
         Self { cas, stats }
+    }
+
+    fn decode_budget<T>(&self, request: &Request<T>) -> Result<DecodeBudget, Error> {
+        Ok(self.cas.decode_budget(&crate::auth::grant(request.extensions())?.token))
     }
 }
 
@@ -46,6 +50,7 @@ impl v1::cas_server::Cas for CasService {
         &self,
         request: Request<Streaming<v1::WriteRequest>>,
     ) -> Result<Response<v1::WriteResponse>, Status> {
+        let budget = self.decode_budget(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.next().await {
             Some(Ok(v1::WriteRequest { kind: Some(write_request::Kind::Header(header)) })) => header,
@@ -58,7 +63,7 @@ impl v1::cas_server::Cas for CasService {
             Ok(_) => Err(Error::invalid("after the WriteHeader, Cas.Write messages must carry data")),
             Err(status) => Err(Error::Transport(status)),
         });
-        let outcome = self.cas.upload(digest, encoding(header.compression)?, Box::pin(data)).await?;
+        let outcome = self.cas.upload(digest, encoding(header.compression)?, Box::pin(data), &budget).await?;
         let (already_present, stored_bytes) = match outcome {
             UploadOutcome::Stored { stored_bytes } => {
                 self.stats.api("Cas.Write").add_in(digest.size);
@@ -101,6 +106,7 @@ impl v1::cas_server::Cas for CasService {
         &self,
         request: Request<v1::BatchWriteRequest>,
     ) -> Result<Response<v1::BatchWriteResponse>, Status> {
+        let budget = self.decode_budget(&request)?;
         let request = request.into_inner();
         let blobs = request
             .blobs
@@ -111,7 +117,7 @@ impl v1::cas_server::Cas for CasService {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let digests: Vec<Digest> = blobs.iter().map(|blob| blob.0).collect();
-        let outcomes = self.cas.batch_write(blobs).await?;
+        let outcomes = self.cas.batch_write(blobs, &budget).await?;
         let counters = self.stats.api("Cas.BatchWrite");
         let results = digests
             .into_iter()
@@ -169,7 +175,7 @@ impl v1::cas_server::Cas for CasService {
         request: Request<v1::RecheckRequest>,
     ) -> Result<Response<v1::RecheckResponse>, Status> {
         let digest = Digest::from_wire(request.get_ref().digest.as_ref()).map_err(Error::from)?;
-        let outcome = match self.cas.recheck(digest).await? {
+        let outcome = match self.cas.recheck(digest, &self.decode_budget(&request)?).await? {
             Recheck::Sound => v1::recheck_response::Outcome::Sound,
             Recheck::Removed => v1::recheck_response::Outcome::Removed,
             Recheck::Absent => v1::recheck_response::Outcome::Absent,

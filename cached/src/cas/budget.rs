@@ -1,0 +1,145 @@
+//! What one token may make the server decompress beyond what it sends.
+//!
+//! A zstd frame of a few dozen bytes may stand for a whole frame of zeros, and the server
+//! decodes and hashes every frame of an upload before it can tell the digest was wrong. A
+//! stream upload is bounded only by max_blob_size, so a client could spend seconds of the
+//! server's CPU with each kilobyte it sends. Bytes decoded beyond the bytes received are
+//! charged to the caller's token, and so is a recheck, which decodes a whole blob for a
+//! request of a few bytes. Uncompressed uploads cost nothing here: the client paid for each
+//! byte by sending it.
+//!
+//! The bucket of a token refills at `max_decode_rate` and holds [`BURST_SECONDS`] of it, so a
+//! build's uploads (Go outputs compress about 4:1) or one large `cachectl put` pass, while a
+//! stream of zero bombs is refused before its frames are decoded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+
+use crate::auth::rate::RateLimiter;
+use crate::error::{Error, Result};
+
+/// Seconds of the rate a token's bucket holds.
+const BURST_SECONDS: u64 = 16;
+/// Buckets kept before full ones (which are as good as new) are dropped: lease credentials
+/// are tokens of their own, one per task attempt.
+const PRUNE_AT: usize = 1024;
+
+/// The decode budgets of all tokens.
+pub(super) struct DecodeBudgets {
+    /// Bytes per second; `None` is unlimited.
+    rate: Option<u64>,
+    buckets: DashMap<String, Arc<RateLimiter>>,
+    prune_at: AtomicUsize,
+}
+
+impl DecodeBudgets {
+    pub(super) fn new(rate: Option<u64>) -> Self {
+        Self { rate, buckets: DashMap::new(), prune_at: AtomicUsize::new(PRUNE_AT) }
+    }
+
+    /// The budget of the token named `token` (its grant's name).
+    pub(super) fn of(&self, token: &str) -> DecodeBudget {
+        let Some(rate) = self.rate else { return DecodeBudget::unmetered() };
+        DecodeBudget { token: token.to_owned(), rate, bucket: Some(self.bucket(token, rate)) }
+    }
+
+    fn bucket(&self, token: &str, rate: u64) -> Arc<RateLimiter> {
+        if let Some(bucket) = self.buckets.get(token) {
+            return Arc::clone(&bucket);
+        }
+        if self.buckets.len() >= self.prune_at.load(Ordering::Relaxed) {
+            self.buckets.retain(|_, bucket| !bucket.is_full());
+            self.prune_at.store(PRUNE_AT.max(2 * self.buckets.len()), Ordering::Relaxed);
+        }
+        let per_second = rate as f64;
+        let burst = per_second * BURST_SECONDS as f64;
+        Arc::clone(
+            &self
+                .buckets
+                .entry(token.to_owned())
+                .or_insert_with(|| Arc::new(RateLimiter::with_burst(per_second, burst))),
+        )
+    }
+}
+
+/// One caller's share of the server's decoding.
+pub struct DecodeBudget {
+    token: String,
+    rate: u64,
+    bucket: Option<Arc<RateLimiter>>,
+}
+
+impl DecodeBudget {
+    /// For the server's own uploads (registry blobs arrive uncompressed and are never charged).
+    pub fn unmetered() -> Self {
+        Self { token: String::new(), rate: 0, bucket: None }
+    }
+
+    /// Charges the decoding of `decoded` bytes of which the caller sent `sent`.
+    pub fn charge(&self, decoded: u64, sent: u64) -> Result<()> {
+        let Some(bucket) = &self.bucket else { return Ok(()) };
+        let amplified = decoded.saturating_sub(sent);
+        if amplified == 0 {
+            return Ok(());
+        }
+        bucket.charge(amplified as f64).map_err(|wait| {
+            Error::ResourceExhausted(format!(
+                "token `{}` has made the server decompress more than it sent, past its budget of \
+                 {} bytes per second (max_decode_rate); nothing was stored. Retry in {} ms, send \
+                 highly compressible blobs uncompressed, or ask the operator to raise \
+                 max_decode_rate",
+                self.token,
+                self.rate,
+                wait.as_millis().max(1)
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn amplified_bytes_are_charged_per_token_and_sent_bytes_are_free() {
+        let budgets = DecodeBudgets::new(Some(MIB));
+        let bomber = budgets.of("pr-7");
+        // Uncompressed bytes cost nothing, however many.
+        for _ in 0..1000 {
+            bomber.charge(MIB, MIB).unwrap();
+        }
+        // The burst is 16 MiB: a 17 MiB zero bomb sent as 1 KiB frames is refused part way.
+        let passed = (0..100).take_while(|_| bomber.charge(MIB, 1024).is_ok()).count();
+        assert_eq!(passed, 17, "the frame that empties the bucket still passes");
+        let err = bomber.charge(MIB, 1024).unwrap_err().to_string();
+        assert!(err.contains("pr-7") && err.contains("max_decode_rate"), "{err}");
+        // The same token's next request shares the bucket; another token has its own.
+        assert!(budgets.of("pr-7").charge(MIB, 0).is_err());
+        budgets.of("main").charge(16 * MIB, 0).unwrap();
+    }
+
+    #[test]
+    fn without_a_rate_nothing_is_charged() {
+        let budgets = DecodeBudgets::new(None);
+        for _ in 0..100 {
+            budgets.of("anyone").charge(u64::MAX, 0).unwrap();
+        }
+        assert!(budgets.buckets.is_empty());
+    }
+
+    #[test]
+    fn full_buckets_are_dropped_once_many_exist() {
+        let budgets = DecodeBudgets::new(Some(MIB));
+        budgets.of("spent").charge(MIB, 0).unwrap();
+        for i in 0..PRUNE_AT {
+            budgets.of(&format!("lease:{i}"));
+        }
+        budgets.of("one more");
+        assert!(budgets.buckets.len() <= 3, "{} buckets kept", budgets.buckets.len());
+        assert!(budgets.buckets.contains_key("spent"), "a bucket in use is kept");
+    }
+}
