@@ -10,6 +10,9 @@
 //!   are shared; their names are their SHA-256, checked when the go command puts them. A body
 //!   that comes from cached is checked against the CAS digest its entry names instead (cached
 //!   checked the SHA-256 when the entry was written; see `docs/gocacheprog.md`).
+//!   A session that may build untrusted code (`--read-only`) records under names salted
+//!   apart again ([`DiskTier::untrusted`]): it reads what trusted sessions recorded, but they
+//!   never read what it recorded.
 //! - `.part-*` beside them: files being written. `trim.txt`: its mtime is the last trim.
 //!
 //! Several go processes may share a root at once: every file is written under a temporary
@@ -80,6 +83,8 @@ pub struct DiskTier {
     room: Arc<Room>,
     /// Salts record names in a namespace other than the default ([`DiskTier::in_namespace`]).
     namespace_salt: Option<[u8; 32]>,
+    /// Salts the records of an untrusted session ([`DiskTier::untrusted`]).
+    untrusted_salt: Option<[u8; 32]>,
 }
 
 impl DiskTier {
@@ -95,7 +100,13 @@ impl DiskTier {
             let source = io::Error::new(io::ErrorKind::InvalidInput, "the path must be valid UTF-8");
             return Err(DiskError::Io { path: root, source });
         }
-        Ok(Self { room: Arc::new(Room::new(root.clone())), root, max_size, namespace_salt: None })
+        Ok(Self {
+            room: Arc::new(Room::new(root.clone())),
+            root,
+            max_size,
+            namespace_salt: None,
+            untrusted_salt: None,
+        })
     }
 
     /// Keeps the records of `namespace` apart from every other namespace's; the default
@@ -110,6 +121,20 @@ impl DiskTier {
         self
     }
 
+    /// Keeps what this session records apart from what trusted sessions read: the go command
+    /// records whatever its build produced under action IDs that do not cover every file a
+    /// compile reads (a header an assembly file includes from outside its package), so an
+    /// untrusted build could otherwise leave an object that a trusted build of other sources
+    /// then takes as its own, and uploads. Lookups still find trusted records, after the
+    /// session's own. Call after [`DiskTier::in_namespace`].
+    pub fn untrusted(mut self) -> Self {
+        let mut salt = Sha256::new();
+        salt.update(b"cachectl gocacheprog untrusted records\0");
+        salt.update(self.namespace_salt.unwrap_or_default());
+        self.untrusted_salt = Some(salt.finalize().into());
+        self
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -118,8 +143,19 @@ impl DiskTier {
         sharded(&self.root.join("o"), &output_id.to_string())
     }
 
+    /// Where this session records an action.
     fn action_path(&self, action_id: &ActionId) -> PathBuf {
-        let name = match &self.namespace_salt {
+        self.record_path(self.untrusted_salt.as_ref().or(self.namespace_salt.as_ref()), action_id)
+    }
+
+    /// Where this session looks an action up: its own records first, then trusted ones.
+    fn lookup_paths(&self, action_id: &ActionId) -> impl Iterator<Item = PathBuf> + '_ {
+        let untrusted = self.untrusted_salt.as_ref().map(|salt| self.record_path(Some(salt), action_id));
+        untrusted.into_iter().chain([self.record_path(self.namespace_salt.as_ref(), action_id)])
+    }
+
+    fn record_path(&self, salt: Option<&[u8; 32]>, action_id: &ActionId) -> PathBuf {
+        let name = match salt {
             None => *action_id,
             Some(salt) => {
                 ActionId(Sha256::new().chain_update(salt).chain_update(action_id.0).finalize().into())
@@ -133,15 +169,23 @@ impl DiskTier {
     /// can: the record's and the body's metadata are each read once, and reused for the LRU
     /// touch.
     pub fn lookup(&self, action_id: &ActionId) -> Result<Option<(Entry, PathBuf)>, DiskError> {
-        let record = self.action_path(action_id);
-        let mut file = match File::open(&record) {
+        for record in self.lookup_paths(action_id) {
+            if let Some(found) = self.lookup_at(&record)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    fn lookup_at(&self, record: &Path) -> Result<Option<(Entry, PathBuf)>, DiskError> {
+        let mut file = match File::open(record) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(io_at(&record)(err)),
+            Err(err) => return Err(io_at(record)(err)),
         };
         // A record is one short line; a single read takes it whole (it was written whole).
         let mut line = [0u8; RECORD_MAX];
-        let len = file.read(&mut line).map_err(io_at(&record))?;
+        let len = file.read(&mut line).map_err(io_at(record))?;
         let Some(entry) = std::str::from_utf8(&line[..len]).ok().and_then(parse_entry) else {
             return Ok(None); // Unreadable records are misses; the next put rewrites them.
         };
@@ -161,7 +205,7 @@ impl DiskTier {
 
     /// Whether an entry for the action is recorded here (its body is not looked at).
     pub fn has_entry(&self, action_id: &ActionId) -> bool {
-        fs::symlink_metadata(self.action_path(action_id)).is_ok()
+        self.lookup_paths(action_id).any(|record| fs::symlink_metadata(record).is_ok())
     }
 
     /// The body's path when it is present with the expected size.
@@ -464,6 +508,27 @@ mod tests {
         let entry = Entry { output_id: id, size: body.len() as u64, time_unix_nanos: 7 };
         tier.record(&ActionId([action; 32]), &entry).unwrap();
         path
+    }
+
+    #[test]
+    fn trusted_sessions_never_read_what_an_untrusted_one_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("main");
+        let untrusted = || trusted().untrusted();
+        let (honest, other) = (ActionId([1; 32]), ActionId([2; 32]));
+        let honest_body = put(&trusted(), 1, b"main's object");
+        assert_eq!(untrusted().lookup(&honest).unwrap().map(|(_, path)| path), Some(honest_body.clone()));
+        // An untrusted build records its own object under main's action, and a new one.
+        let planted = put(&untrusted(), 1, b"a pull request's object");
+        put(&untrusted(), 2, b"a pull request's other object");
+        assert_eq!(untrusted().lookup(&honest).unwrap().map(|(_, path)| path), Some(planted));
+        assert!(untrusted().has_entry(&other));
+        assert_eq!(trusted().lookup(&honest).unwrap().map(|(_, path)| path), Some(honest_body));
+        assert!(trusted().lookup(&other).unwrap().is_none() && !trusted().has_entry(&other));
+        // The default namespace, unsalted for trusted sessions, is kept apart as well.
+        let default = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("default");
+        put(&default().untrusted(), 3, b"planted in default");
+        assert!(default().lookup(&ActionId([3; 32])).unwrap().is_none());
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub async fn run(options: Options) -> Result<()> {
             source: err.into(),
         })?
         .in_namespace(&options.namespace);
+    let disk = if options.read_only { disk.untrusted() } else { disk };
     let counters = Arc::new(counters::Counters::default());
     let remote = options.server.as_ref().and_then(|server| {
         let (namespace, counters) = (options.namespace.clone(), Arc::clone(&counters));

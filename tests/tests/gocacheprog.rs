@@ -170,6 +170,36 @@ fn namespaces_sharing_a_local_tier_keep_their_entries_apart() {
     assert_eq!(counted(&fresh, "misses"), counted(&again, "misses"), "{fresh}");
 }
 
+/// A session that may build untrusted code (`--read-only`: a pull request on a shared runner)
+/// reads what trusted sessions recorded in the local tier, but no trusted session reads what
+/// it recorded: the go command's action IDs do not cover every file a compile reads, so its
+/// objects could answer a trusted build of other sources, which would then upload them.
+#[test]
+fn a_trusted_build_never_hits_what_a_read_only_one_recorded_locally() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let build = |read_only: bool| {
+        let mut go = env.go_bridged(&["build", "./..."], tier.path(), Some(&daemon.url()));
+        go.env("CACHED_NAMESPACE", "main");
+        if read_only {
+            go.env("CACHED_READ_ONLY", "true");
+        }
+        let built = run(go).success(if read_only { "read-only build" } else { "trusted build" });
+        summary(&built.stderr).to_owned()
+    };
+    let untrusted = build(true);
+    assert!(counted(&untrusted, "misses") > 0 && counted(&untrusted, "uploaded") == 0, "{untrusted}");
+    env.wipe_gocache();
+    let trusted = build(false);
+    assert_eq!(counted(&trusted, "local hits"), 0, "main used a read-only session's records: {trusted}");
+    assert!(counted(&trusted, "uploaded") > 0, "{trusted}");
+    // The read-only session finds what the trusted one recorded.
+    env.wipe_gocache();
+    let again = build(true);
+    assert!(counted(&again, "local hits") > 0 && counted(&again, "misses") < gets(&again), "{again}");
+}
+
 #[test]
 fn go_test_after_a_wipe_reports_cached() {
     let daemon = Daemon::start();
