@@ -124,6 +124,16 @@ pub const SETTINGS: &[Setting] = &[
         default: "1024",
     },
     Setting {
+        key: "max_streams_per_token",
+        help: "Cas.Read/Cas.Write streams one token may hold at once (of max_concurrent_streams)",
+        default: "128",
+    },
+    Setting {
+        key: "max_uploads_per_token",
+        help: "uploads one token may send at once (of max_concurrent_uploads)",
+        default: "64",
+    },
+    Setting {
         key: "max_concurrent_uploads",
         help: "most Cas.Write and Cas.BatchWrite calls received at once",
         default: "128",
@@ -309,6 +319,8 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     pub max_concurrent_uploads: usize,
     pub max_watches_per_token: usize,
+    pub max_streams_per_token: usize,
+    pub max_uploads_per_token: usize,
     /// Requests per second per token; `None` is unlimited.
     pub rate_limit: Option<u32>,
     /// Bytes per second a token may make the server decode beyond what it sent; `None` is
@@ -493,6 +505,8 @@ impl Config {
             max_streams_per_connection: get("max_streams_per_connection").count()? as u32,
             max_concurrent_uploads: get("max_concurrent_uploads").count()? as usize,
             max_watches_per_token: get("max_watches_per_token").count()? as usize,
+            max_streams_per_token: get("max_streams_per_token").count()? as usize,
+            max_uploads_per_token: get("max_uploads_per_token").count()? as usize,
             rate_limit: get("rate_limit").parse_with(|v| match v.parse::<u32>() {
                 Ok(0) => Ok(None),
                 Ok(rate) => Ok(Some(rate)),

@@ -19,9 +19,9 @@ use super::open::{Holding, OpenStreams};
 use super::rate::RateLimiter;
 use super::refusals::{EVERY, RefusalLog};
 use super::scopes::{self, Access, Method, Scope};
+use super::slots::{CAS_STREAMS, SlotKind, TokenSlot, TokenSlots, WATCH};
 use super::standing::{Secret, Standing};
 use super::tokens::{TokenSpec, TokenTable};
-use super::watches::{TokenWatches, WATCH};
 use crate::config::Config;
 use crate::error::Error;
 
@@ -43,7 +43,10 @@ pub struct AuthSettings {
     reloads: watch::Sender<u64>,
     /// Health and reflection streams, which no token bounds.
     open: Arc<OpenStreams>,
-    watches: Arc<TokenWatches>,
+    /// Per-token shares of long-lived slots (`auth::slots`).
+    watches: Arc<TokenSlots>,
+    token_uploads: Arc<TokenSlots>,
+    token_streams: Arc<TokenSlots>,
     refusals: RefusalLog,
 }
 
@@ -66,7 +69,9 @@ impl AuthSettings {
             max_uploads: limits.max_concurrent_uploads,
             reloads: watch::Sender::new(0),
             open: Arc::default(),
-            watches: Arc::new(TokenWatches::new(limits.max_watches_per_token)),
+            watches: Arc::new(TokenSlots::new(SlotKind::Watches, limits.max_watches_per_token)),
+            token_uploads: Arc::new(TokenSlots::new(SlotKind::Uploads, limits.max_uploads_per_token)),
+            token_streams: Arc::new(TokenSlots::new(SlotKind::Streams, limits.max_streams_per_token)),
             refusals: RefusalLog::default(),
         }
     }
@@ -204,6 +209,25 @@ impl AuthSettings {
             None
         };
         Ok(Admitted { grant, _upload: upload })
+    }
+
+    /// The token's shares of long-lived slots this call takes, held until its response body is
+    /// dropped. Without tokens every caller is `anonymous`, one party: only its watches are
+    /// capped, as they always were.
+    fn token_slots(&self, method: &Method, grant: &Grant) -> Result<Vec<TokenSlot>, Error> {
+        let token = grant.token.as_str();
+        let shared = token != Grant::ANONYMOUS;
+        let mut slots = Vec::new();
+        if method.path == WATCH {
+            slots.push(self.watches.open(token)?);
+        }
+        if shared && method.upload {
+            slots.push(self.token_uploads.open(token)?);
+        }
+        if shared && CAS_STREAMS.contains(&method.path) {
+            slots.push(self.token_streams.open(token)?);
+        }
+        Ok(slots)
     }
 
     /// The caller of `request`: a configured token, or the cache credential of a live lease.
@@ -421,10 +445,9 @@ where
             Ok(admitted) => admitted,
             Err(err) => return Box::pin(async move { Ok(refuse(err)) }),
         };
-        let watch = match (method.path == WATCH).then(|| settings.watches.open(&admitted.grant.token)) {
-            Some(Err(err)) => return Box::pin(async move { Ok(refuse(err)) }),
-            Some(Ok(slot)) => Some(slot),
-            None => None,
+        let slots = match settings.token_slots(&method, &admitted.grant) {
+            Ok(slots) => slots,
+            Err(err) => return Box::pin(async move { Ok(refuse(err)) }),
         };
         request.extensions_mut().insert(Arc::clone(&admitted.grant));
         if !method.unary {
@@ -453,9 +476,10 @@ where
             // A streaming upload's reply comes after its last byte, so the slot is held until
             // the upload is over.
             drop(admitted);
-            Ok(match watch {
-                Some(slot) => response.map(|body| Body::new(Holding::new(body, slot))),
-                None => response.map(Body::new),
+            Ok(if slots.is_empty() {
+                response.map(Body::new)
+            } else {
+                response.map(|body| Body::new(Holding::new(body, slots)))
             })
         })
     }

@@ -18,9 +18,9 @@ pub mod rate;
 mod refusals;
 pub mod reload;
 pub mod scopes;
+mod slots;
 pub mod standing;
 pub mod tokens;
-mod watches;
 
 use std::sync::Arc;
 

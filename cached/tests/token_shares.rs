@@ -1,0 +1,116 @@
+//! One token may hold only its share of the server-wide upload and stream pools: a tenant that
+//! opens every upload slot (a few bytes each, then nothing, within `idle_timeout`) would
+//! otherwise refuse every other tenant's uploads.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
+use common::{Server, data, header};
+use proto::Digest;
+use proto::v1::cas_client::CasClient;
+use proto::v1::{self, Compression};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+fn secret_of(name: &str) -> String {
+    format!("test-secret-of-{name}")
+}
+
+fn tokens_file(dir: &std::path::Path) -> String {
+    let text: String = ["pr", "main"]
+        .iter()
+        .map(|name| {
+            let spec = TokenSpec {
+                name: (*name).to_owned(),
+                scopes: Scopes::parse_list("read,cas-write").unwrap(),
+                namespaces: NamespacePattern::parse_list("*").unwrap(),
+                secret_hash: SecretHash::new(&secret_of(name)).unwrap(),
+                rate_limit: None,
+            };
+            format!("{}\n", spec.to_toml())
+        })
+        .collect();
+    let path = dir.join("tokens.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn as_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {}", secret_of(token)).parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// An upload that sends its header and then holds its slot until `sender` is dropped.
+async fn held_upload(
+    cas: &CasClient<Channel>,
+    token: &str,
+    seed: u8,
+) -> (mpsc::Sender<v1::WriteRequest>, cached::task::Task<Result<v1::WriteResponse, tonic::Status>>) {
+    let (sender, receiver) = mpsc::channel(4);
+    sender.send(header(Digest::of(&[seed]), Compression::Identity)).await.unwrap();
+    let (mut cas, request) = (cas.clone(), as_token(ReceiverStream::new(receiver), token));
+    let task =
+        cached::task::spawn("held upload", async move { cas.write(request).await.map(|r| r.into_inner()) });
+    // The call is admitted (and its slots taken) once its headers reach the server.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (sender, task)
+}
+
+async fn upload(cas: &CasClient<Channel>, token: &str, bytes: &[u8]) -> Result<Digest, tonic::Status> {
+    let digest = Digest::of(bytes);
+    let mut messages = vec![header(digest, Compression::Identity)];
+    messages.extend(bytes.chunks(1 << 20).map(|piece| data(Bytes::copy_from_slice(piece))));
+    cas.clone().write(as_token(futures::stream::iter(messages), token)).await?;
+    Ok(digest)
+}
+
+#[tokio::test]
+async fn a_token_holds_only_its_share_of_uploads_and_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path());
+    let settings = [
+        ("tokens_file", tokens.as_str()),
+        ("max_uploads_per_token", "2"),
+        ("max_streams_per_token", "3"),
+        ("idle_timeout", "30s"),
+    ];
+    let server = Server::start(&dir.path().join("data"), &settings).await;
+    let cas = server.clients().await.cas;
+
+    let first = held_upload(&cas, "pr", 1).await;
+    let second = held_upload(&cas, "pr", 2).await;
+    let err = upload(&cas, "pr", b"a third upload").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_uploads_per_token") && err.message().contains("`pr`"), "{err:?}");
+    upload(&cas, "main", b"another tenant's upload").await.expect("main has its own share");
+
+    // Reads count against the token's streams: two uploads and one unread download fill three.
+    let large = upload(&cas, "main", &common::noise(16 << 20, 3)).await.unwrap();
+    let read = |token: &str| {
+        let request = v1::ReadRequest { digest: Some(large.to_wire()), ..Default::default() };
+        let mut cas = cas.clone();
+        let request = as_token(request, token);
+        async move { cas.read(request).await.map(tonic::Response::into_inner) }
+    };
+    let unread = read("pr").await.expect("a third stream");
+    let err = read("pr").await.map(drop).unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_streams_per_token"), "{err:?}");
+    drop(read("main").await.expect("main reads"));
+
+    // Slots come back when the calls end.
+    drop((first.0, second.0, unread));
+    // Their streams ended without a byte of their blobs.
+    assert!(first.1.await.unwrap().is_err() && second.1.await.unwrap().is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    upload(&cas, "pr", b"after the others ended").await.expect("the share came back");
+    drop(read("pr").await.expect("a stream again"));
+    server.stop().await;
+}
