@@ -6,11 +6,14 @@
 mod common;
 
 use bytes::Bytes;
+use common::tokens::{as_token, tokens_file};
 use common::{Server, data, header};
 use proto::frames::FrameEncoder;
+use proto::v1::cas_client::CasClient;
 use proto::v1::{self, Compression};
 use proto::{Digest, FRAME_SIZE};
 use tonic::Code;
+use tonic::transport::Channel;
 
 /// CPU time this process has used, user and system, in clock ticks (1/100 s on Linux).
 fn cpu_ticks() -> u64 {
@@ -34,47 +37,62 @@ fn zero_bomb() -> Vec<v1::WriteRequest> {
     messages
 }
 
+/// Uploads `raw` as the token named `token`, as zstd frames or uncompressed.
+async fn write(cas: &CasClient<Channel>, token: &str, raw: &[u8], compression: Compression) -> Digest {
+    let digest = Digest::of(raw);
+    let pieces = match compression {
+        Compression::Zstd => common::frames(raw),
+        _ => raw.chunks(FRAME_SIZE).map(Bytes::copy_from_slice).collect(),
+    };
+    let mut messages = vec![header(digest, compression)];
+    messages.extend(pieces.into_iter().map(data));
+    cas.clone().write(as_token(futures::stream::iter(messages), token)).await.expect("upload");
+    digest
+}
+
 #[tokio::test]
 async fn a_zero_bomb_upload_is_refused_before_it_is_decoded() {
     let dir = tempfile::tempdir().unwrap();
-    // A bucket of 16 MiB, refilled at 1 MiB a second.
-    let server = Server::start(dir.path(), &[("max_decode_rate", "1MiB")]).await;
-    let clients = server.clients().await;
+    let tokens = tokens_file(dir.path(), &["pr", "main"], "read,cas-write");
+    // A bucket of 16 MiB per token, refilled at 1 MiB a second.
+    let settings = [("tokens_file", tokens.as_str()), ("max_decode_rate", "1MiB")];
+    let server = Server::start(&dir.path().join("data"), &settings).await;
+    let cas = server.clients().await.cas;
     assert!(zeros_frame().len() < 100, "a frame of zeros is tiny: {} bytes", zeros_frame().len());
 
     let before = cpu_ticks();
-    let result = clients.cas.clone().write(futures::stream::iter(zero_bomb())).await;
+    let result = cas.clone().write(as_token(futures::stream::iter(zero_bomb()), "pr")).await;
     let spent = cpu_ticks() - before;
     let err = match result {
         Ok(reply) => panic!("the zero bomb was stored: {reply:?}"),
         Err(err) => err,
     };
     assert_eq!(err.code(), Code::ResourceExhausted, "after {spent} ticks of CPU: {err:?}");
-    assert!(err.message().contains("max_decode_rate"), "{}", err.message());
+    assert!(err.message().contains("max_decode_rate") && err.message().contains("`pr`"), "{err:?}");
     // Decompressing and hashing the GiB took about 90 ticks here; 17 MiB takes a few.
     assert!(spent < 30, "the refused upload cost {spent} ticks of CPU");
 
     // The token's budget is spent: compressed work is refused, whatever the call...
-    let small = v1::BatchWriteRequest {
+    let zeros = Digest::of(&vec![0; FRAME_SIZE]);
+    let small = || v1::BatchWriteRequest {
         blobs: vec![v1::batch_write_request::Blob {
-            digest: Some(Digest::of(&vec![0; FRAME_SIZE]).to_wire()),
+            digest: Some(zeros.to_wire()),
             compression: Compression::Zstd as i32,
             data: zeros_frame(),
         }],
     };
-    let err = clients.cas.clone().batch_write(small).await.unwrap_err();
+    let err = cas.clone().batch_write(as_token(small(), "pr")).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    let stored = clients.write(&common::noise(3 * FRAME_SIZE, 1)).await;
+    let stored = write(&cas, "pr", &common::noise(3 * FRAME_SIZE, 1), Compression::Zstd).await;
     let recheck = v1::RecheckRequest { digest: Some(stored.to_wire()) };
-    let err = clients.cas.clone().recheck(recheck).await.unwrap_err();
+    let err = cas.clone().recheck(as_token(recheck, "pr")).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "a recheck decodes a whole blob: {err:?}");
 
     // ...but bytes that decode to no more than was sent cost nothing: incompressible frames
     // (the write above) and uncompressed uploads still go through.
-    let raw = common::noise(5 * FRAME_SIZE, 2);
-    let digest = Digest::of(&raw);
-    let messages = vec![header(digest, Compression::Identity), data(Bytes::from(raw))];
-    clients.cas.clone().write(futures::stream::iter(messages)).await.expect("an uncompressed upload");
-    assert!(clients.is_stored(stored).await && clients.is_stored(digest).await);
+    write(&cas, "pr", &common::noise(5 * FRAME_SIZE, 2), Compression::Identity).await;
+    // Another tenant has a budget of its own.
+    let reply = cas.clone().batch_write(as_token(small(), "main")).await.unwrap().into_inner();
+    assert_eq!(reply.results[0].status.as_ref().unwrap().code, 0, "{reply:?}");
     server.stop().await;
 }

@@ -7,45 +7,15 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
+use common::tokens::{as_token, tokens_file};
 use common::{Server, data, header};
 use proto::Digest;
 use proto::v1::cas_client::CasClient;
 use proto::v1::{self, Compression};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
-
-fn secret_of(name: &str) -> String {
-    format!("test-secret-of-{name}")
-}
-
-fn tokens_file(dir: &std::path::Path) -> String {
-    let text: String = ["pr", "main"]
-        .iter()
-        .map(|name| {
-            let spec = TokenSpec {
-                name: (*name).to_owned(),
-                scopes: Scopes::parse_list("read,cas-write").unwrap(),
-                namespaces: NamespacePattern::parse_list("*").unwrap(),
-                secret_hash: SecretHash::new(&secret_of(name)).unwrap(),
-                rate_limit: None,
-            };
-            format!("{}\n", spec.to_toml())
-        })
-        .collect();
-    let path = dir.join("tokens.toml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
-
-fn as_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = format!("Bearer {}", secret_of(token)).parse().unwrap();
-    request.metadata_mut().insert("authorization", value);
-    request
-}
 
 /// An upload that sends its header and then holds its slot until `sender` is dropped.
 async fn held_upload(
@@ -74,7 +44,7 @@ async fn upload(cas: &CasClient<Channel>, token: &str, bytes: &[u8]) -> Result<D
 #[tokio::test]
 async fn a_token_holds_only_its_share_of_uploads_and_streams() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = tokens_file(dir.path());
+    let tokens = tokens_file(dir.path(), &["pr", "main"], "read,cas-write");
     let settings = [
         ("tokens_file", tokens.as_str()),
         ("max_uploads_per_token", "2"),

@@ -10,13 +10,16 @@
 //!
 //! The bucket of a token refills at `max_decode_rate` and holds [`BURST_SECONDS`] of it, so a
 //! build's uploads (Go outputs compress about 4:1) or one large `cachectl put` pass, while a
-//! stream of zero bombs is refused before its frames are decoded.
+//! stream of zero bombs is refused before its frames are decoded. Without tokens every caller
+//! is `anonymous`, one party with no tenant to protect from another, and nothing is charged:
+//! one bucket for all of a fleet's runners would cap the server's compressed uploads instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
+use crate::auth::Grant;
 use crate::auth::rate::RateLimiter;
 use crate::error::{Error, Result};
 
@@ -41,7 +44,9 @@ impl DecodeBudgets {
 
     /// The budget of the token named `token` (its grant's name).
     pub(super) fn of(&self, token: &str) -> DecodeBudget {
-        let Some(rate) = self.rate else { return DecodeBudget::unmetered() };
+        let Some(rate) = self.rate.filter(|_| token != Grant::ANONYMOUS) else {
+            return DecodeBudget::unmetered();
+        };
         DecodeBudget { token: token.to_owned(), rate, bucket: Some(self.bucket(token, rate)) }
     }
 
@@ -123,10 +128,15 @@ mod tests {
     }
 
     #[test]
-    fn without_a_rate_nothing_is_charged() {
+    fn without_a_rate_or_without_tokens_nothing_is_charged() {
         let budgets = DecodeBudgets::new(None);
         for _ in 0..100 {
             budgets.of("anyone").charge(u64::MAX, 0).unwrap();
+        }
+        assert!(budgets.buckets.is_empty());
+        let budgets = DecodeBudgets::new(Some(MIB));
+        for _ in 0..100 {
+            budgets.of(Grant::ANONYMOUS).charge(u64::MAX, 0).unwrap();
         }
         assert!(budgets.buckets.is_empty());
     }

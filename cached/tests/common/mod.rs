@@ -6,6 +6,7 @@
 pub mod ca;
 pub mod logs;
 pub mod process;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::path::Path;
