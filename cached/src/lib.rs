@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod builds;
+pub mod caller;
 pub mod cas;
 pub mod config;
 pub mod conn;

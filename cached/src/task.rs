@@ -2,6 +2,7 @@
 //! what they are part of. The [`Task`] returned aborts the task when dropped, so a task lives
 //! only as long as whoever started it holds it; one that ends on its own (a stream that stops
 //! when its receiver goes) is let go with [`Task::detach`], which says so where it is started.
+//! A task is work for the same caller as the work that started it ([`crate::caller`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -62,7 +63,8 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    Task { handle: Some(tokio::spawn(future.instrument(span(name)))) }
+    let caller = crate::caller::current();
+    Task { handle: Some(tokio::spawn(crate::caller::scope(caller, future.instrument(span(name))))) }
 }
 
 /// Runs `work` on the blocking thread pool as the task `name`: for anything that blocks
@@ -74,7 +76,12 @@ where
     R: Send + 'static,
 {
     let span = span(name);
-    Task { handle: Some(tokio::task::spawn_blocking(move || span.in_scope(work))) }
+    let caller = crate::caller::current();
+    Task {
+        handle: Some(tokio::task::spawn_blocking(move || {
+            crate::caller::run_as(caller, || span.in_scope(work))
+        })),
+    }
 }
 
 #[cfg(test)]

@@ -458,7 +458,8 @@ where
         let min_rate = if method.upload { settings.min_transfer_rate } else { 0 };
         let pace = crate::conn::Pace { idle: settings.idle_timeout, min_rate };
         let request = request.map(|body| Body::new(IdleBody::new(body, pace)));
-        let call = inner.call(request);
+        // The handler, and what it spawns, is work for this token (`crate::caller`).
+        let call = crate::caller::scope(Some(Arc::from(admitted.grant.token.as_str())), inner.call(request));
         Box::pin(async move {
             let response = if method.unary {
                 match tokio::time::timeout(settings.request_timeout, call).await {

@@ -2,8 +2,11 @@
 //! burst to its rate at once and then sustain it; for bytes of work ([`RateLimiter::charge`])
 //! the burst is chosen by the caller.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
 
 pub struct RateLimiter {
     per_second: f64,
@@ -79,6 +82,52 @@ impl RateLimiter {
     }
 }
 
+/// Buckets kept before full ones (as good as new) are dropped: lease credentials are tokens
+/// of their own, one per task attempt.
+const PRUNE_BUCKETS_AT: usize = 1024;
+
+/// One bucket per token name, each refilled at `per_second` and holding `burst`.
+pub struct TokenBuckets {
+    per_second: f64,
+    burst: f64,
+    buckets: DashMap<String, Arc<RateLimiter>>,
+    prune_at: AtomicUsize,
+}
+
+impl TokenBuckets {
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        Self { per_second, burst, buckets: DashMap::new(), prune_at: AtomicUsize::new(PRUNE_BUCKETS_AT) }
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.per_second
+    }
+
+    /// The bucket of the token named `token`.
+    pub fn of(&self, token: &str) -> Arc<RateLimiter> {
+        if let Some(bucket) = self.buckets.get(token) {
+            return Arc::clone(&bucket);
+        }
+        if self.buckets.len() >= self.prune_at.load(Ordering::Relaxed) {
+            self.buckets.retain(|_, bucket| !bucket.is_full());
+            self.prune_at.store(PRUNE_BUCKETS_AT.max(2 * self.buckets.len()), Ordering::Relaxed);
+        }
+        let (per_second, burst) = (self.per_second, self.burst);
+        Arc::clone(
+            &self
+                .buckets
+                .entry(token.to_owned())
+                .or_insert_with(|| Arc::new(RateLimiter::with_burst(per_second, burst))),
+        )
+    }
+
+    /// Buckets kept, for tests of pruning.
+    #[cfg(test)]
+    pub fn kept(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +146,18 @@ mod tests {
         // A long pause refills only up to the burst.
         let later = start + Duration::from_secs(60);
         assert_eq!((0..20).filter(|_| limiter.check_at(later).is_ok()).count(), 10);
+    }
+
+    #[test]
+    fn full_buckets_are_dropped_once_many_exist() {
+        let buckets = TokenBuckets::new(1.0, 10.0);
+        buckets.of("spent").charge(1.0).unwrap();
+        for i in 0..PRUNE_BUCKETS_AT {
+            buckets.of(&format!("lease:{i}"));
+        }
+        buckets.of("one more");
+        assert!(buckets.kept() <= 3, "{} buckets kept", buckets.kept());
+        assert!(buckets.buckets.contains_key("spent"), "a bucket in use is kept");
     }
 
     #[test]

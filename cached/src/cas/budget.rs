@@ -15,57 +15,32 @@
 //! one bucket for all of a fleet's runners would cap the server's compressed uploads instead.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use dashmap::DashMap;
 
 use crate::auth::Grant;
-use crate::auth::rate::RateLimiter;
+use crate::auth::rate::{RateLimiter, TokenBuckets};
 use crate::error::{Error, Result};
 
 /// Seconds of the rate a token's bucket holds.
-const BURST_SECONDS: u64 = 16;
-/// Buckets kept before full ones (which are as good as new) are dropped: lease credentials
-/// are tokens of their own, one per task attempt.
-const PRUNE_AT: usize = 1024;
+const BURST_SECONDS: f64 = 16.0;
 
-/// The decode budgets of all tokens.
-pub(super) struct DecodeBudgets {
-    /// Bytes per second; `None` is unlimited.
-    rate: Option<u64>,
-    buckets: DashMap<String, Arc<RateLimiter>>,
-    prune_at: AtomicUsize,
-}
+/// The decode budgets of all tokens; `None` is unlimited.
+pub(super) struct DecodeBudgets(Option<TokenBuckets>);
 
 impl DecodeBudgets {
     pub(super) fn new(rate: Option<u64>) -> Self {
-        Self { rate, buckets: DashMap::new(), prune_at: AtomicUsize::new(PRUNE_AT) }
+        Self(rate.map(|rate| TokenBuckets::new(rate as f64, rate as f64 * BURST_SECONDS)))
     }
 
     /// The budget of the token named `token` (its grant's name).
     pub(super) fn of(&self, token: &str) -> DecodeBudget {
-        let Some(rate) = self.rate.filter(|_| token != Grant::ANONYMOUS) else {
-            return DecodeBudget::unmetered();
-        };
-        DecodeBudget { token: token.to_owned(), rate, bucket: Some(self.bucket(token, rate)) }
-    }
-
-    fn bucket(&self, token: &str, rate: u64) -> Arc<RateLimiter> {
-        if let Some(bucket) = self.buckets.get(token) {
-            return Arc::clone(&bucket);
+        match &self.0 {
+            Some(buckets) if token != Grant::ANONYMOUS => DecodeBudget {
+                token: token.to_owned(),
+                rate: buckets.rate() as u64,
+                bucket: Some(buckets.of(token)),
+            },
+            _ => DecodeBudget::unmetered(),
         }
-        if self.buckets.len() >= self.prune_at.load(Ordering::Relaxed) {
-            self.buckets.retain(|_, bucket| !bucket.is_full());
-            self.prune_at.store(PRUNE_AT.max(2 * self.buckets.len()), Ordering::Relaxed);
-        }
-        let per_second = rate as f64;
-        let burst = per_second * BURST_SECONDS as f64;
-        Arc::clone(
-            &self
-                .buckets
-                .entry(token.to_owned())
-                .or_insert_with(|| Arc::new(RateLimiter::with_burst(per_second, burst))),
-        )
     }
 }
 
@@ -133,23 +108,11 @@ mod tests {
         for _ in 0..100 {
             budgets.of("anyone").charge(u64::MAX, 0).unwrap();
         }
-        assert!(budgets.buckets.is_empty());
+        assert!(budgets.0.as_ref().is_none_or(|buckets| buckets.kept() == 0));
         let budgets = DecodeBudgets::new(Some(MIB));
         for _ in 0..100 {
             budgets.of(Grant::ANONYMOUS).charge(u64::MAX, 0).unwrap();
         }
-        assert!(budgets.buckets.is_empty());
-    }
-
-    #[test]
-    fn full_buckets_are_dropped_once_many_exist() {
-        let budgets = DecodeBudgets::new(Some(MIB));
-        budgets.of("spent").charge(MIB, 0).unwrap();
-        for i in 0..PRUNE_AT {
-            budgets.of(&format!("lease:{i}"));
-        }
-        budgets.of("one more");
-        assert!(budgets.buckets.len() <= 3, "{} buckets kept", budgets.buckets.len());
-        assert!(budgets.buckets.contains_key("spent"), "a bucket in use is kept");
+        assert!(budgets.0.as_ref().is_none_or(|buckets| buckets.kept() == 0));
     }
 }
