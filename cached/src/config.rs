@@ -261,6 +261,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "how long one request to the shared store may take, retries included",
         default: "10s",
     },
+    Setting {
+        key: "max_shared_lookups",
+        help: "requests to the shared store per second one token's local misses may cause, bursting \
+               to 16 seconds of them; past it they are misses (0 = unlimited)",
+        default: "2000",
+    },
     // Replicas: one PostgreSQL database keeps jobs, leases and build records (crate::postgres).
     Setting {
         key: "database_url",
@@ -721,6 +727,7 @@ fn shared_settings<'a>(
         region: optional("shared_store_region"),
         path_style: get("shared_store_path_style").switch()?,
         request_timeout,
+        lookups_per_token: Some(get("max_shared_lookups").count()? as u32).filter(|&rate| rate > 0),
     }))
 }
 

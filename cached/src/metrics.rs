@@ -637,6 +637,12 @@ fn encode_shared_store(
     )?;
     counter(
         encoder,
+        "shared_store_lookups_skipped",
+        "local misses not asked of the bucket: their token was over max_shared_lookups",
+        now.lookups_skipped,
+    )?;
+    counter(
+        encoder,
         "shared_store_fill_bytes",
         "stored bytes read from the bucket into the local tier",
         now.fill_bytes,

@@ -23,6 +23,24 @@ use std::time::{Duration, Instant};
 /// Longest any one go command may take before the test fails instead of hanging CI.
 pub const GO_DEADLINE: Duration = Duration::from_secs(300);
 
+/// Tokens minted with `cached token new` into `dir`: each (name, scopes) in every namespace.
+/// Returns the tokens file for `--tokens-file`, and each token's secret file by name.
+pub fn mint_tokens(dir: &Path, tokens: &[(&str, &str)]) -> (String, Vec<(String, PathBuf)>) {
+    let mut tables = String::new();
+    let mut secrets = Vec::new();
+    for (name, scopes) in tokens {
+        let secret_file = dir.join(format!("{name}.token"));
+        let mut new = Command::new(binary("cached"));
+        new.args(["token", "new", "--name", name, "--scopes", scopes, "--namespaces", "*", "--secret-file"])
+            .arg(&secret_file);
+        tables.push_str(&run(new).success("cached token new").stdout);
+        secrets.push(((*name).to_owned(), secret_file));
+    }
+    let file = dir.join("tokens.toml");
+    std::fs::write(&file, tables).expect("tokens file");
+    (file.display().to_string(), secrets)
+}
+
 /// Path of a workspace binary built next to this test executable (or this benchmark driver).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

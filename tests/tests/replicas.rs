@@ -51,6 +51,52 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// One token's local misses ask the bucket at most `max_shared_lookups` times a second (a
+/// bucket of 16 seconds of them, which one batch may overdraw): past that they are misses
+/// answered without the bucket, while another token's misses still reach it.
+#[test]
+fn a_tokens_lookups_of_the_bucket_are_bounded_and_others_keep_theirs() {
+    let s3 = S3Server::start();
+    let a = s3.replica();
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, secrets) = cached_e2e::mint_tokens(dir.path(), &[("pr", "read"), ("main", "read")]);
+    let b =
+        s3.replica_in(tempfile::tempdir().unwrap(), &["--tokens-file", &tokens, "--max-shared-lookups", "5"]);
+    let file = dir.path().join("blob");
+    std::fs::write(&file, noise(7, 100_000)).unwrap();
+    let digest = put(&a, &file);
+    let as_token = |name: &str, args: &[&str]| {
+        let secret = &secrets.iter().find(|(token, _)| token == name).unwrap().1;
+        let mut command = Command::new(binary("cachectl"));
+        command.args(["--server", &b.url(), "--token-file", secret.to_str().unwrap()]).args(args);
+        command.output().expect("cachectl")
+    };
+    let requests = || {
+        let stats: serde_json::Value =
+            serde_json::from_slice(&as_token("main", &["stats", "--json"]).stdout).unwrap();
+        stats["shared_store"]["requests"].as_u64().expect("shared store requests")
+    };
+
+    let before = requests();
+    let unknown: Vec<String> = (1..=1000).map(|i| format!("{i:064x}/100")).collect();
+    let mut has = vec!["has"];
+    has.extend(unknown.iter().map(String::as_str));
+    for _ in 0..3 {
+        let out = as_token("pr", &has);
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let asked = requests() - before;
+    assert!(asked <= 1010, "3 x 1000 misses of one token asked the bucket {asked} times");
+    // The token's misses are answered without the bucket until it has paid back its batch...
+    let fetched = dir.path().join("fetched");
+    let out = as_token("pr", &["get", &digest, "-o", fetched.to_str().unwrap()]);
+    assert!(!out.status.success(), "pr's read reached the bucket while over its lookups");
+    // ...and another token's are not.
+    let out = as_token("main", &["get", &digest, "-o", fetched.to_str().unwrap()]);
+    assert!(out.status.success(), "main's read: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&file).unwrap());
+}
+
 #[test]
 fn a_blob_a_build_and_a_purge_through_one_replica_reach_another() {
     let s3 = S3Server::start();

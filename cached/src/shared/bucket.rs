@@ -18,6 +18,7 @@ use tokio::runtime::Handle;
 
 use super::counters::SharedCounters;
 use super::layout::{LENGTH_PREFIX, Layout, TRAILER_LEN, parse_trailer};
+use super::lookups::LookupBudget;
 use super::settings::SharedSettings;
 use crate::error::{Error, Result};
 use crate::gocache::GoEntry;
@@ -38,6 +39,7 @@ pub struct Bucket {
     pub(super) runtime: Handle,
     url: String,
     pub counters: Arc<SharedCounters>,
+    lookups: LookupBudget,
 }
 
 impl Bucket {
@@ -75,11 +77,22 @@ impl Bucket {
             runtime,
             url: settings.url(),
             counters: Arc::new(SharedCounters::default()),
+            lookups: LookupBudget::new(settings.lookups_per_token),
         }))
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Whether `lookups` local misses of the current caller may ask the bucket
+    /// ([`super::lookups`]); those that may not are counted, and are misses.
+    pub fn admit_lookups(&self, lookups: usize) -> bool {
+        let admitted = self.lookups.admit(lookups);
+        if !admitted {
+            SharedCounters::add(&self.counters.lookups_skipped, lookups as u64);
+        }
+        admitted
     }
 
     /// Runs one request to its end, timing and counting it. A missing object is an answer,

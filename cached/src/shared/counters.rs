@@ -16,6 +16,8 @@ pub struct SharedCounters {
     /// Local misses the bucket answered: each one filled the local tier.
     pub shared_hits: AtomicU64,
     pub shared_misses: AtomicU64,
+    /// Local misses not asked of the bucket: their caller was over `max_shared_lookups`.
+    pub lookups_skipped: AtomicU64,
     /// Stored (compressed) bytes read from the bucket into the local tier.
     pub fill_bytes: AtomicU64,
     pub uploads: AtomicU64,
@@ -37,6 +39,7 @@ impl Default for SharedCounters {
             local_hits: AtomicU64::new(0),
             shared_hits: AtomicU64::new(0),
             shared_misses: AtomicU64::new(0),
+            lookups_skipped: AtomicU64::new(0),
             fill_bytes: AtomicU64::new(0),
             uploads: AtomicU64::new(0),
             upload_bytes: AtomicU64::new(0),
@@ -56,6 +59,7 @@ pub struct SharedSnapshot {
     pub local_hits: u64,
     pub shared_hits: u64,
     pub shared_misses: u64,
+    pub lookups_skipped: u64,
     pub fill_bytes: u64,
     pub uploads: u64,
     pub upload_bytes: u64,
@@ -114,6 +118,7 @@ impl SharedCounters {
             local_hits: get(&self.local_hits),
             shared_hits: get(&self.shared_hits),
             shared_misses: get(&self.shared_misses),
+            lookups_skipped: get(&self.lookups_skipped),
             fill_bytes: get(&self.fill_bytes),
             uploads: get(&self.uploads),
             upload_bytes: get(&self.upload_bytes),

@@ -52,6 +52,9 @@ impl GoEntryStore for SharedGoEntries {
         if let Some(entry) = self.local.get(namespace, action_id)? {
             return Ok(Some(entry));
         }
+        if !self.bucket.admit_lookups(1) {
+            return Ok(None);
+        }
         match self.bucket.get_entry(namespace, action_id) {
             Ok(Some(entry)) => {
                 self.local.put_synced(namespace, action_id, &entry)?;

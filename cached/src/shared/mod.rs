@@ -14,6 +14,7 @@ mod flights;
 mod go_entries;
 pub mod health;
 mod layout;
+mod lookups;
 pub mod purges;
 mod settings;
 mod tiered;

@@ -17,6 +17,8 @@ pub struct SharedSettings {
     pub path_style: bool,
     /// The longest one request may take, its retries included.
     pub request_timeout: Duration,
+    /// Bucket lookups per second one token's local misses may cause; `None` is unlimited.
+    pub lookups_per_token: Option<u32>,
 }
 
 impl SharedSettings {

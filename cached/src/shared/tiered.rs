@@ -48,6 +48,9 @@ impl Tiered {
         if self.local.contains(&[*digest])?[0] {
             return Ok(true);
         }
+        if !self.bucket.admit_lookups(1) {
+            return Ok(false);
+        }
         let frames = match self.bucket.open_blob(digest) {
             Ok(Some(frames)) => frames,
             Ok(None) => return Ok(false),
@@ -137,6 +140,9 @@ impl BlobStore for Tiered {
         let mut found = self.local.stat(digests)?;
         let missing: Vec<usize> = (0..digests.len()).filter(|&index| found[index].is_none()).collect();
         if missing.is_empty() {
+            return Ok(found);
+        }
+        if !self.bucket.admit_lookups(missing.len()) {
             return Ok(found);
         }
         let asked: Vec<Digest> = missing.iter().map(|&index| digests[index]).collect();
