@@ -10,6 +10,7 @@ pub mod frames;
 mod go_ids;
 pub mod guard;
 pub mod platform;
+pub mod text;
 
 pub use digest::{Digest, DigestError};
 pub use go_ids::{ActionId, GoIdError, OutputId};

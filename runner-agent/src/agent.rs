@@ -339,11 +339,11 @@ async fn settle(
         }
         Err(TaskError::Build(reason)) => {
             tracing::info!(task = %key, "build failed");
-            let reason = bounded_reason(reason);
+            let reason = proto::text::keep_ends(reason);
             Some(complete_request::Outcome::Failure(v1::TaskFailure { reason, retryable: false }))
         }
         Err(TaskError::Infrastructure(reason)) => {
-            let reason = bounded_reason(reason);
+            let reason = proto::text::keep_ends(reason);
             tracing::warn!(task = %key, error = %reason, "task failed");
             Some(complete_request::Outcome::Failure(v1::TaskFailure { reason, retryable: true }))
         }
@@ -364,35 +364,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         (_, Some(text)) => text,
         _ => "panicked",
     }
-}
-
-/// The most of a failure's reason sent to cached. cached refuses a message past its
-/// `max_message_size`, and a refused Complete leaves the lease to time out and the task to be
-/// built again; a reason holds build output, whose lines the job's code decides.
-pub const MAX_REASON: usize = 64 << 10;
-
-/// `reason`, or its first and last [`MAX_REASON`]` / 2` bytes around a line that says how
-/// much was cut: the first lines say what failed, the last how the build ended.
-pub fn bounded_reason(reason: String) -> String {
-    if reason.len() <= MAX_REASON {
-        return reason;
-    }
-    let half = MAX_REASON / 2 - 64;
-    let mut head = half;
-    while !reason.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = reason.len() - half;
-    while !reason.is_char_boundary(tail) {
-        tail += 1;
-    }
-    format!(
-        "{}\n[... {} bytes cut: a failure's reason is at most {} KiB ...]\n{}",
-        &reason[..head],
-        tail - head,
-        MAX_REASON >> 10,
-        &reason[tail..]
-    )
 }
 
 async fn release(remote: &RemoteExec, token: FencingToken, why: &str) {
@@ -429,17 +400,6 @@ async fn complete(remote: &RemoteExec, token: FencingToken, outcome: complete_re
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_long_reason_keeps_its_start_and_its_end_within_the_cap() {
-        let short = "go build failed (exit status 1):\n./main.go:3:1: syntax error".to_owned();
-        assert_eq!(bounded_reason(short.clone()), short);
-        let long = format!("go build failed:\n{}é{}\nexit status 1", "x".repeat(40_000), "ü".repeat(100_000));
-        let bounded = bounded_reason(long);
-        assert!(bounded.len() <= MAX_REASON, "{}", bounded.len());
-        assert!(bounded.starts_with("go build failed:\nxxx") && bounded.ends_with("üü\nexit status 1"));
-        assert!(bounded.contains("bytes cut: a failure's reason is at most 64 KiB"), "{bounded:.200}");
-    }
 
     #[tokio::test]
     async fn a_task_that_panics_fails_as_the_agents_trouble_and_leaves_no_directory() {

@@ -37,15 +37,18 @@ pub(super) fn requeue_task(task: &mut TaskStatus, why: String) -> JobEvent {
     queued
 }
 
-/// Redacts what an agent reports before anyone sees it.
+/// Redacts what an agent reports before anyone sees it, and bounds its text as agents do: a
+/// job's record is copied to every watcher and kept with the job, and an agent that does not
+/// bound it would make it as large as a message may be.
 pub(super) fn redact_outcome(outcome: Outcome) -> Outcome {
+    use proto::text::keep_ends;
     match outcome {
         Outcome::Failure { reason, retryable } => {
-            Outcome::Failure { reason: crate::redact::text(&reason), retryable }
+            Outcome::Failure { reason: keep_ends(crate::redact::text(&reason)), retryable }
         }
         // The build library's explanation quotes flags and environment values.
         Outcome::Success(mut result) => {
-            result.explanation = crate::redact::text(&result.explanation);
+            result.explanation = keep_ends(crate::redact::text(&result.explanation));
             Outcome::Success(result)
         }
     }
@@ -312,4 +315,29 @@ pub(super) fn log_event(task: &TaskStatus, lines: &[String]) -> JobEvent {
     let mut log = event(Kind::Log, task);
     log.message = crate::redact::text(&lines.join("\n"));
     log
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::text::MAX_REPORT;
+    use proto::v1::TaskResult;
+
+    use super::*;
+
+    #[test]
+    fn what_an_agent_reports_is_bounded_whatever_it_sent() {
+        let huge = format!("go build failed:\n{}\nexit status 2", "x".repeat(8 << 20));
+        let Outcome::Failure { reason, .. } =
+            redact_outcome(Outcome::Failure { reason: huge.clone(), retryable: false })
+        else {
+            panic!("a failure stays a failure")
+        };
+        assert!(reason.len() <= MAX_REPORT, "a reason of {} bytes was kept", reason.len());
+        assert!(reason.starts_with("go build failed:") && reason.ends_with("exit status 2"));
+        let result = TaskResult { explanation: huge, ..Default::default() };
+        let Outcome::Success(result) = redact_outcome(Outcome::Success(Box::new(result))) else {
+            panic!("a success stays a success")
+        };
+        assert!(result.explanation.len() <= MAX_REPORT, "{}", result.explanation.len());
+    }
 }
