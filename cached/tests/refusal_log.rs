@@ -7,6 +7,7 @@ mod common;
 use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
 use common::Server;
 use proto::v1;
+use proto::v1::go_cache_client::GoCacheClient;
 use proto::v1::stats_client::StatsClient;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -31,11 +32,20 @@ async fn a_flood_of_refused_calls_is_logged_once_per_reason() {
         secret_hash: SecretHash::new("the-ci-secret").unwrap(),
         rate_limit: Some(0),
     };
+    // A token of its own namespaces, which a caller names in each request.
+    let pr = TokenSpec {
+        name: "pr".to_owned(),
+        scopes: Scopes::parse_list("read").unwrap(),
+        namespaces: NamespacePattern::parse_list("pr/*").unwrap(),
+        secret_hash: SecretHash::new("the-pr-secret").unwrap(),
+        rate_limit: Some(0),
+    };
     let tokens = dir.path().join("tokens.toml");
-    std::fs::write(&tokens, spec.to_toml()).unwrap();
+    std::fs::write(&tokens, format!("{}\n{}", spec.to_toml(), pr.to_toml())).unwrap();
     let server = Server::start(&dir.path().join("data"), &[("tokens_file", tokens.to_str().unwrap())]).await;
     let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
-    let stats = StatsClient::new(channel);
+    let stats = StatsClient::new(channel.clone());
+    let go = GoCacheClient::new(channel);
 
     let callers = [
         (None, Code::Unauthenticated),
@@ -43,21 +53,28 @@ async fn a_flood_of_refused_calls_is_logged_once_per_reason() {
         (Some("cached_lease.forged"), Code::Unauthenticated),
         (Some("the-ci-secret"), Code::PermissionDenied),
     ];
-    for _ in 0..250 {
+    for round in 0..250 {
         for (secret, code) in callers {
             let err = stats.clone().get(request(secret)).await.unwrap_err();
             assert_eq!(err.code(), code, "{err:?}");
         }
+        let get = v1::GoGetRequest { namespace: format!("main-{round}"), action_id: vec![1; 32].into() };
+        let mut get = Request::new(get);
+        get.metadata_mut().insert("authorization", "Bearer the-pr-secret".parse().unwrap());
+        let err = go.clone().get(get).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     }
     server.stop().await;
 
     let log = captured.text();
-    let refusals: Vec<&str> =
-        log.lines().filter(|line| line.contains(" refused") || line.contains("scope denied")).collect();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|line| ["refused", "scope denied", "namespace denied"].iter().any(|what| line.contains(what)))
+        .collect();
     assert_eq!(
         refusals.len(),
-        callers.len(),
-        "1,000 refused calls from one address, one line per reason:\n{}",
+        callers.len() + 1,
+        "1,250 refused calls from one address, one line per reason:\n{}",
         refusals.iter().take(10).copied().collect::<Vec<_>>().join("\n")
     );
     for line in &refusals {

@@ -371,8 +371,12 @@ fn peer<B>(request: &http::Request<B>) -> String {
 }
 
 fn peer_addr<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    peer_addr_of(request.extensions())
+}
+
+/// The client's address, from what the transport attached to its request.
+pub(super) fn peer_addr_of(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let extensions = request.extensions();
     extensions
         .get::<TcpConnectInfo>()
         .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))

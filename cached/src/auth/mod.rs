@@ -31,7 +31,11 @@ pub use scopes::{NamespacePattern, Scope, Scopes};
 pub use standing::{Standing, lost, standing};
 pub use tokens::{SecretHash, TokenSpec};
 
+use self::refusals::{EVERY, RefusalLog};
 use crate::error::{Error, Result};
+
+/// Namespace denials, logged like the layer's refusals: once per address and interval.
+static NAMESPACE_DENIALS: std::sync::LazyLock<RefusalLog> = std::sync::LazyLock::new(RefusalLog::default);
 
 /// What the caller of one request may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +80,11 @@ pub fn check_namespace(extensions: &http::Extensions, namespace: &str) -> Result
         return Ok(grant);
     }
     let allowed: Vec<String> = grant.namespaces.iter().map(ToString::to_string).collect();
-    tracing::warn!(target: "audit", token = %grant.token, namespace, "namespace denied");
+    // Namespaces are the caller's to name, so a line per denial would let a token fill the disk.
+    let peer = layer::peer_addr_of(extensions).map_or_else(|| "unknown".to_owned(), |addr| addr.to_string());
+    if let Some(unlogged) = NAMESPACE_DENIALS.admit(&peer, "namespace denied") {
+        tracing::warn!(target: "audit", token = %grant.token, namespace, unlogged, "namespace denied{EVERY}");
+    }
     Err(Error::PermissionDenied(format!(
         "token `{}` may not use namespace `{namespace}`; it may use: {}",
         grant.token,
