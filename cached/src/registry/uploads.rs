@@ -30,7 +30,7 @@ use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest};
 use super::routes::Call;
 use super::{Registry, check_free_space};
-use crate::auth::Scope;
+use crate::auth::{Grant, Scope};
 use crate::cas::{DecodeBudget, Encoding};
 use crate::conn::Pace;
 use crate::store::FreeSpace;
@@ -48,6 +48,9 @@ pub(super) struct UploadLimits {
 /// the cap per namespace alone lets a token for `*` open sessions in as many namespaces as it
 /// names.
 const MAX_UPLOADS: usize = 1024;
+/// Most sessions one token holds open (or `registry_max_uploads`, if more), so that a token for
+/// `*` cannot take every session of the server either. Callers without tokens are one party.
+const MAX_UPLOADS_PER_TOKEN: usize = MAX_UPLOADS / 4;
 
 /// How many bytes a chunk spools between two looks at the disk's free space.
 const SPOOL_RECHECK: u64 = 8 << 20;
@@ -61,6 +64,8 @@ pub(super) struct Uploads {
 
 struct Entry {
     repo: Repository,
+    /// The token that opened it.
+    token: String,
     touched: Mutex<Instant>,
     /// Held by the one request working on the session.
     session: tokio::sync::Mutex<Session>,
@@ -92,8 +97,8 @@ impl Uploads {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens a session in `repo`, after dropping expired ones.
-    fn create(&self, repo: &Repository) -> RegistryResult<String> {
+    /// Opens a session in `repo` for the token named `token`, after dropping expired ones.
+    fn create(&self, repo: &Repository, token: &str) -> RegistryResult<String> {
         self.sweep();
         let mut id_bytes = [0u8; 16];
         getrandom::fill(&mut id_bytes)
@@ -102,7 +107,7 @@ impl Uploads {
         let path = self.dir.join(&id);
         std::fs::File::create_new(&path).map_err(io_error)?;
         let mut sessions = self.sessions();
-        if let Err(err) = self.check_room(&sessions, repo) {
+        if let Err(err) = self.check_room(&sessions, repo, token) {
             drop(sessions);
             let _ = std::fs::remove_file(&path);
             return Err(err);
@@ -110,6 +115,7 @@ impl Uploads {
         let session = Session { path, written: 0, sha256: Sha256::new(), blake3: blake3::Hasher::new() };
         let entry = Entry {
             repo: repo.clone(),
+            token: token.to_owned(),
             touched: Mutex::new(Instant::now()),
             session: tokio::sync::Mutex::new(session),
         };
@@ -117,8 +123,14 @@ impl Uploads {
         Ok(id)
     }
 
-    /// Refuses a new session in `repo` past the cap of its namespace or of all namespaces.
-    fn check_room(&self, sessions: &HashMap<String, Arc<Entry>>, repo: &Repository) -> RegistryResult<()> {
+    /// Refuses a new session in `repo` past the cap of its namespace, of its token or of all
+    /// namespaces.
+    fn check_room(
+        &self,
+        sessions: &HashMap<String, Arc<Entry>>,
+        repo: &Repository,
+        token: &str,
+    ) -> RegistryResult<()> {
         let most = MAX_UPLOADS.max(self.limits.per_namespace);
         if sessions.len() >= most {
             return Err(RegistryError::new(
@@ -127,6 +139,17 @@ impl Uploads {
                     "the server already has {} uploads open, the most it keeps in all namespaces \
                      together ({most}); finish or cancel one, or retry later",
                     sessions.len()
+                ),
+            ));
+        }
+        let per_token = MAX_UPLOADS_PER_TOKEN.max(self.limits.per_namespace);
+        let held = sessions.values().filter(|entry| entry.token == token).count();
+        if token != Grant::ANONYMOUS && held >= per_token {
+            return Err(RegistryError::new(
+                Code::TooManyRequests,
+                format!(
+                    "token `{token}` already has {held} uploads open, the most one token keeps \
+                     ({per_token}); finish or cancel one, or retry later"
                 ),
             ));
         }
@@ -232,7 +255,7 @@ pub(super) async fn start(registry: &Registry, repo: &Repository, call: Call) ->
         }
         // Not mountable: the spec's answer is an ordinary session.
     }
-    let id = registry.uploads.create(repo)?;
+    let id = registry.uploads.create(repo, &call.grant.token)?;
     let Some(expected) = call.param("digest").map(Sha256Digest::parse).transpose()? else {
         return Ok(accepted(repo, &id, 0, StatusCode::ACCEPTED));
     };
@@ -465,12 +488,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uploads = uploads(dir.path(), Duration::from_secs(3600));
         let (app, lib) = (Repository::parse("main/app").unwrap(), Repository::parse("main/lib").unwrap());
-        uploads.create(&app).unwrap();
-        uploads.create(&lib).unwrap();
-        let refused = uploads.create(&app).unwrap_err();
+        uploads.create(&app, "ci").unwrap();
+        uploads.create(&lib, "ci").unwrap();
+        let refused = uploads.create(&app, "ci").unwrap_err();
         assert_eq!(refused.code, Code::TooManyRequests, "{refused}");
         assert!(
-            uploads.create(&Repository::parse("pr-7/app").unwrap()).is_ok(),
+            uploads.create(&Repository::parse("pr-7/app").unwrap(), "ci").is_ok(),
             "another namespace has its own"
         );
         assert_eq!(
@@ -481,11 +504,28 @@ mod tests {
     }
 
     #[test]
+    fn sessions_are_capped_per_token_across_namespaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = uploads(dir.path(), Duration::from_secs(3600));
+        let repo = |i: usize| Repository::parse(&format!("team-{i}/app")).unwrap();
+        for i in 0..MAX_UPLOADS_PER_TOKEN {
+            uploads.create(&repo(i), "everywhere").unwrap();
+        }
+        let refused = uploads.create(&repo(MAX_UPLOADS_PER_TOKEN), "everywhere").unwrap_err();
+        assert_eq!(refused.code, Code::TooManyRequests, "{refused}");
+        assert!(refused.to_string().contains("token `everywhere`"), "{refused}");
+        uploads.create(&repo(MAX_UPLOADS_PER_TOKEN), "other").expect("another token has its own");
+        for i in 0..MAX_UPLOADS_PER_TOKEN + 1 {
+            uploads.create(&repo(i), Grant::ANONYMOUS).expect("callers without tokens are one party");
+        }
+    }
+
+    #[test]
     fn expired_sessions_go_with_their_spool_and_a_restart_empties_it() {
         let dir = tempfile::tempdir().unwrap();
         let uploads = uploads(dir.path(), Duration::ZERO);
         let repo = Repository::parse("main/app").unwrap();
-        let id = uploads.create(&repo).unwrap();
+        let id = uploads.create(&repo, "ci").unwrap();
         assert!(
             uploads.get(&Repository::parse("main/other").unwrap(), &id).is_err(),
             "a session is its repository's"
@@ -496,7 +536,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
 
         let kept = self::uploads(dir.path(), Duration::from_secs(3600));
-        kept.create(&repo).unwrap();
+        kept.create(&repo, "ci").unwrap();
         drop(kept);
         let reopened = self::uploads(dir.path(), Duration::from_secs(3600));
         assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
