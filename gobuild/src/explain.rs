@@ -176,6 +176,9 @@ pub fn miss_lines(
         "evicted" => {
             vec![format!("{head}: this build was cached, but its outputs have been evicted since")]
         }
+        "not_explained" => {
+            vec![format!("{head}: not explained (the server was explaining many other misses)")]
+        }
         basis => {
             let relation = if basis == "same_package" {
                 let other = explanation

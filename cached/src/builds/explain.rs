@@ -3,6 +3,7 @@
 //! `Explain` finds that event again by key or target.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proto::v1;
 
@@ -15,6 +16,7 @@ const BASIS_SAME_TARGET: &str = "same_target";
 const BASIS_SAME_PACKAGE: &str = "same_package";
 const BASIS_FIRST: &str = "first_build";
 const BASIS_EVICTED: &str = "evicted";
+const BASIS_NOT_EXPLAINED: &str = "not_explained";
 /// The cause a miss counts when nothing was built before.
 const CAUSE_FIRST: &str = "first build";
 const CAUSE_EVICTED: &str = "outputs evicted";
@@ -25,6 +27,43 @@ const MAX_EXPLAIN_CANDIDATES: usize = 64;
 /// Manifest bytes one miss explanation reads at most. The manifest that crosses it is still
 /// compared, so a package with a kept build is never explained as a first build.
 const MAX_EXPLAIN_BYTES: usize = 64 << 20;
+
+/// Misses explained at once, per core. A lookup needs only `read` and its explanation may read
+/// and compare [`MAX_EXPLAIN_BYTES`] of manifests: without a bound, one token's concurrent
+/// lookups could take every core. A miss past it is answered unexplained, at once, rather than
+/// held up: the build it belongs to is waiting.
+const EXPLAINING_PER_CORE: usize = 2;
+
+/// The misses being explained now.
+pub(super) struct Explaining {
+    now: AtomicUsize,
+    most: usize,
+}
+
+impl Default for Explaining {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Self { now: AtomicUsize::new(0), most: EXPLAINING_PER_CORE * cores.max(2) }
+    }
+}
+
+impl Explaining {
+    /// A place to explain one miss, if one is free.
+    fn enter(&self) -> Option<ExplainingSlot<'_>> {
+        let taken = self
+            .now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| (now < self.most).then_some(now + 1));
+        taken.is_ok().then(|| ExplainingSlot(&self.now))
+    }
+}
+
+struct ExplainingSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ExplainingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// What one explanation may still read.
 struct Budget {
@@ -45,6 +84,13 @@ impl Builds {
         manifest: &v1::BuildManifest,
         evicted: bool,
     ) -> Result<v1::MissExplanation> {
+        let Some(_slot) = self.explaining.enter() else {
+            return Ok(v1::MissExplanation {
+                basis: BASIS_NOT_EXPLAINED.to_owned(),
+                causes: vec!["not explained: the server was explaining many other misses".to_owned()],
+                ..Default::default()
+            });
+        };
         let budget = &mut Budget { candidates: MAX_EXPLAIN_CANDIDATES, bytes: MAX_EXPLAIN_BYTES };
         let nearest = match self.nearest(&target_prefix(namespace, target), manifest, budget)? {
             Some(found) => Some((BASIS_SAME_TARGET, found)),
@@ -280,16 +326,16 @@ mod tests {
         v1::BuildManifest { version: manifest::MANIFEST_VERSION, components }
     }
 
-    #[test]
-    fn a_miss_on_a_new_platform_reads_a_bounded_part_of_its_package() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, rocks) = crate::store::open_for_tests(dir.path());
+    /// Builds over counting records, with `builds` builds of `files` files recorded in `ci`,
+    /// spread over 20 platforms of one package.
+    fn recorded(dir: &std::path::Path, builds_count: usize, files: usize) -> (Arc<Builds>, Arc<Counting>) {
+        let (db, rocks) = crate::store::open_for_tests(dir);
         let output = Digest::of(b"binary");
         let mut writer = rocks.write(&output).unwrap();
         writer.put_frame(bytes::Bytes::from(zstd::encode_all(&b"binary"[..], 1).unwrap())).unwrap();
         writer.record_sha256([0; 32]);
         writer.commit().unwrap();
-        let space = Arc::new(FreeSpace::new(dir.path().to_owned(), 0));
+        let space = Arc::new(FreeSpace::new(dir.to_owned(), 0));
         let history = History { max_bytes: 1 << 30, max_record_bytes: 1 << 40, space };
         let records = Arc::new(Counting {
             inner: RocksBuildRecords::new(db),
@@ -297,10 +343,7 @@ mod tests {
             bytes: Default::default(),
         });
         let builds = Builds::new(records.clone(), Arc::new(rocks), Arc::default(), history).unwrap();
-
-        // 80 builds of ~1.2 MB: 20 platforms of one package, 4 builds each.
-        let files = 1200;
-        for build in 0..80 {
+        for build in 0..builds_count {
             let manifest = manifest(build, files);
             let key = manifest::key(&manifest);
             let request = BuildRecordRequest {
@@ -317,9 +360,17 @@ mod tests {
             };
             builds.record_blocking("ci", request, &key).unwrap();
         }
-
         records.rows.store(0, Ordering::Relaxed);
         records.bytes.store(0, Ordering::Relaxed);
+        (builds, records)
+    }
+
+    #[test]
+    fn a_miss_on_a_new_platform_reads_a_bounded_part_of_its_package() {
+        let dir = tempfile::tempdir().unwrap();
+        // 80 builds of ~1.2 MB: 20 platforms of one package, 4 builds each.
+        let files = 1200;
+        let (builds, records) = recorded(dir.path(), 80, files);
         let manifest = manifest(1000, files);
         let key = manifest::key(&manifest);
         let response = builds.lookup_blocking("ci", &target("never-seen"), &key, &manifest).unwrap();
@@ -338,5 +389,23 @@ mod tests {
 
     fn encode_len(manifest: &v1::BuildManifest) -> usize {
         super::super::keys::encode(manifest).len()
+    }
+
+    #[test]
+    fn a_miss_past_the_explanations_running_is_answered_unexplained_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let (builds, records) = recorded(dir.path(), 4, 10);
+        let busy: Vec<_> = std::iter::from_fn(|| builds.explaining.enter()).collect();
+        assert_eq!(busy.len(), builds.explaining.most);
+        let manifest = manifest(1000, 10);
+        let key = manifest::key(&manifest);
+        let miss = builds.lookup_blocking("ci", &target("os1"), &key, &manifest).unwrap();
+        let explanation = miss.explanation.unwrap();
+        assert!(!miss.hit);
+        assert_eq!(explanation.basis, BASIS_NOT_EXPLAINED, "{:?}", explanation.causes);
+        assert_eq!(records.rows.load(Ordering::Relaxed), 0, "no earlier manifest was read");
+        drop(busy);
+        let miss = builds.lookup_blocking("ci", &target("os1"), &key, &manifest).unwrap();
+        assert_eq!(miss.explanation.unwrap().basis, BASIS_SAME_TARGET, "a free place explains again");
     }
 }

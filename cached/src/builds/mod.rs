@@ -96,6 +96,8 @@ pub struct Builds {
     warned_floor: Mutex<Option<Instant>>,
     /// Explain and Stats calls reading the log now ([`HISTORY_SCANS`]).
     scans: Arc<tokio::sync::Semaphore>,
+    /// Misses being explained now (`explain::Explaining`).
+    explaining: explain::Explaining,
 }
 
 /// Explain and Stats calls that may read the event log at once. Each reads up to the whole log
@@ -191,6 +193,7 @@ impl Builds {
             forgetting: AtomicBool::new(false),
             warned_floor: Mutex::new(None),
             scans: Arc::new(tokio::sync::Semaphore::new(HISTORY_SCANS)),
+            explaining: explain::Explaining::default(),
             history,
         });
         this.prune_events(now_ms())?;

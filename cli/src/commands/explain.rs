@@ -84,6 +84,9 @@ impl ExplainReport {
         match self.basis.as_str() {
             "first_build" => lines.push("compared with nothing: first build of this target".to_owned()),
             "evicted" => lines.push("this build was cached, but its outputs had been evicted".to_owned()),
+            "not_explained" => {
+                lines.push("not compared: the server was explaining many other misses at the time".to_owned())
+            }
             basis => lines.push(format!(
                 "compared with {} ({}, built {})",
                 self.nearest_key,
