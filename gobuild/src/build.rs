@@ -156,9 +156,12 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// go build with the request's flags, output and packages.
-    fn go_args(&self) -> Vec<String> {
+    /// go build with the request's flags, output and packages; with -a when `rebuild`.
+    fn go_args(&self, rebuild: bool) -> Vec<String> {
         let mut args = vec!["build".to_owned()];
+        if rebuild {
+            args.push("-a".to_owned());
+        }
         args.extend(self.request.go_flags.iter().cloned());
         let has_output = self
             .request
@@ -173,11 +176,12 @@ impl Run<'_> {
         args
     }
 
-    /// Runs go build (with the bridge when `client` is given); returns go's exit code and how
-    /// long it took.
+    /// Runs go build (with the bridge when `client` is given, and rebuilding every package
+    /// when `rebuild`); returns go's exit code and how long it took.
     async fn go(
         &self,
         client: Option<&Client>,
+        rebuild: bool,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(i32, Duration), ClientError> {
         let mut env = self.request.env.clone();
@@ -191,7 +195,7 @@ impl Run<'_> {
         }
         let invocation = Invocation {
             program: self.options.go.clone(),
-            args: self.go_args(),
+            args: self.go_args(rebuild),
             dir: self.request.module_dir.clone(),
             env,
             env_remove,
@@ -233,7 +237,7 @@ impl Run<'_> {
         reason: String,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<BuildOutcome, ClientError> {
-        let (exit_code, _) = self.go(client, log).await?;
+        let (exit_code, _) = self.go(client, false, log).await?;
         let outputs = if exit_code == 0 { self.written_outputs().await } else { Vec::new() };
         Ok(BuildOutcome {
             hit: false,
@@ -383,7 +387,14 @@ pub async fn build_with(
     for line in &lines {
         say(log, line);
     }
-    let (exit_code, build_time) = run.go(Some(client), log).await?;
+    // go's action IDs hash only the files go lists for each package, so its cache (the
+    // bridge's, shared through the server) may hold an object built with an older version of
+    // a file this key names; recording that under this key would restore it on every hit.
+    let rebuild = derived.unseen_by_go;
+    if rebuild {
+        say(log, "rebuilding every package: the build reads files go's own cache does not key");
+    }
+    let (exit_code, build_time) = run.go(Some(client), rebuild, log).await?;
     let mut outcome = BuildOutcome {
         hit: false,
         key: key_hex,

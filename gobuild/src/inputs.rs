@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::exec::{Exec, Invocation};
 use crate::flags::BuildFlags;
+use crate::includes;
 use crate::manifest::Manifest;
 
 /// `go env -json`.
@@ -101,6 +102,9 @@ pub struct Derived {
     pub files: usize,
     /// Modules identified by version and go.sum hash.
     pub modules: usize,
+    /// Whether a package reads files (through includes and `#cgo` flags) that go's own cache
+    /// does not key for it.
+    pub unseen_by_go: bool,
 }
 
 /// Why no key could be derived (the wrapper then builds without the whole-build cache).
@@ -327,6 +331,7 @@ pub async fn derive(
     let mut from_module_cache = BTreeSet::new();
     let mut local_go_mods = BTreeSet::new();
     let mut seen_dirs = BTreeSet::new();
+    let mut include_scans = Vec::new();
     let mut cgo = false;
     let mut cxx = false;
     for package in packages {
@@ -374,6 +379,9 @@ pub async fn derive(
             continue;
         }
         let dir = Path::new(&package.dir);
+        if let Some(sources) = include_sources(package) {
+            include_scans.push(sources);
+        }
         for name in package
             .go_files
             .iter()
@@ -461,14 +469,54 @@ pub async fn derive(
         stamp(call, &mut manifest, &base, Path::new(gomod)).await?;
     }
 
-    let count = files.len();
-    let hashed = cached_client::task::spawn_blocking("hash-inputs", move || hash_files(files))
-        .await
-        .map_err(|err| NoKey(format!("hashing failed: {err}")))??;
+    let (count, unseen_by_go, hashed) = cached_client::task::spawn_blocking("hash-inputs", move || {
+        let unseen_by_go = add_included(&mut files, &include_scans, &base)?;
+        Ok::<_, NoKey>((files.len(), unseen_by_go, hash_files(files)?))
+    })
+    .await
+    .map_err(|err| NoKey(format!("hashing failed: {err}")))??;
     for (name, hash) in hashed {
         manifest.insert(name, hash, String::new());
     }
-    Ok(Derived { manifest, module, roots, goos, goarch, files: count, modules })
+    Ok(Derived { manifest, module, roots, goos, goarch, files: count, modules, unseen_by_go })
+}
+
+/// The files of a package whose includes and `#cgo` flags may name more inputs (none for a
+/// pure Go package, which adds nothing to the key).
+fn include_sources(package: &Package) -> Option<includes::Sources> {
+    let native: Vec<String> = [
+        &package.c_files,
+        &package.cxx_files,
+        &package.m_files,
+        &package.h_files,
+        &package.f_files,
+        &package.s_files,
+        &package.swig_files,
+        &package.swig_cxx_files,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
+    if native.is_empty() && package.cgo_files.is_empty() {
+        return None;
+    }
+    Some(includes::Sources { dir: PathBuf::from(&package.dir), native, cgo: package.cgo_files.clone() })
+}
+
+/// Adds the files the packages' includes and `#cgo` flags read to `files`, as `file.`
+/// components like the files go lists; a file already there keeps its one name. Returns
+/// whether a package reads files go's own cache does not key for it.
+fn add_included(files: &mut Vec<FileInput>, scans: &[includes::Sources], base: &Path) -> Result<bool, NoKey> {
+    if scans.is_empty() {
+        return Ok(false);
+    }
+    let found = includes::inputs(scans, &includes::LIMITS)?;
+    let keyed: BTreeSet<PathBuf> = files.iter().map(|(_, path)| includes::clean(path)).collect();
+    for path in found.files.into_iter().filter(|path| !keyed.contains(path)) {
+        files.push((format!("file.{}", relative(&path, base)), path));
+    }
+    Ok(found.unseen_by_go)
 }
 
 /// The values of `names` as go reads them (cmd/go/internal/cfg's Getenv): the environment
@@ -984,6 +1032,68 @@ mod tests {
             same.push("a workspace module's go version");
         }
         assert!(same.is_empty(), "the key missed {same:?}");
+    }
+
+    /// A Go assembly file that includes a header from outside its package, as go builds it:
+    /// the header's `VALUE` is what the binary prints.
+    fn write_included_value(dir: &Path) {
+        write(
+            dir,
+            &[
+                ("go.mod", "module example.com/m\n\ngo 1.22\n"),
+                (
+                    "cmd/app/main.go",
+                    "package main\n\nimport \"fmt\"\n\nfunc value() int\n\nfunc main() { fmt.Println(value()) }\n",
+                ),
+                (
+                    "cmd/app/value_stub.go",
+                    "//go:build !amd64\n\npackage main\n\nfunc value() int { return 0 }\n",
+                ),
+                (
+                    "cmd/app/val_amd64.s",
+                    "#include \"textflag.h\"\n#include \"../../inc/val.h\"\n\nTEXT ·value(SB), NOSPLIT, $0-8\n\tMOVQ $VALUE, ret+0(FP)\n\tRET\n",
+                ),
+                ("inc/val.h", "#define VALUE 1\n"),
+            ],
+        );
+    }
+
+    /// go's own cache misses this header (its action IDs hash only the files go list names):
+    /// a key that missed it would restore a binary printing 1 after the header says 666.
+    #[tokio::test]
+    async fn a_header_an_assembly_file_includes_from_outside_its_package_is_keyed() {
+        let module = tempfile::tempdir().unwrap();
+        write_included_value(module.path());
+        let flags = ["-buildvcs=false", "-trimpath", "./cmd/app"];
+        let env = [("GOARCH", "amd64")];
+        let before = derive_in(module.path(), &flags, &env).await;
+        edit(&module.path().join("inc/val.h"), "VALUE 1", "VALUE 666");
+        let after = derive_in(module.path(), &flags, &env).await;
+        assert_ne!(before.key(), after.key(), "the key missed a change of inc/val.h");
+        assert!(after.get("file.inc/val.h").is_some(), "the change is not named file.inc/val.h");
+    }
+
+    /// Keys recorded before includes were followed still hit when the includes name nothing
+    /// outside what go lists: system and toolchain headers, and the package's own `.h` files.
+    #[tokio::test]
+    async fn builds_without_outside_includes_keep_their_components() {
+        let module = tempfile::tempdir().unwrap();
+        write_included_value(module.path());
+        write(
+            module.path(),
+            &[
+                (
+                    "cmd/app/val_amd64.s",
+                    "#include \"textflag.h\"\n#include \"go_asm.h\"\n#include \"val.h\"\n\nTEXT ·value(SB), NOSPLIT, $0-8\n\tMOVQ $VALUE, ret+0(FP)\n\tRET\n",
+                ),
+                ("cmd/app/val.h", "#define VALUE 1\n"),
+            ],
+        );
+        let manifest =
+            derive_in(module.path(), &["-buildvcs=false", "./cmd/app"], &[("GOARCH", "amd64")]).await;
+        let files: Vec<&str> =
+            manifest.components().map(|c| c.name.as_str()).filter(|name| name.starts_with("file.")).collect();
+        assert_eq!(files, ["file.cmd/app/main.go", "file.cmd/app/val.h", "file.cmd/app/val_amd64.s"]);
     }
 
     #[test]

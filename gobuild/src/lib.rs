@@ -1,7 +1,8 @@
 //! The go command behind the whole-build cache (`cachectl go build`, and runner agents' builds).
 //!
 //! The build key comes from the Go build inputs ([`inputs`]: `go env -json` and one
-//! `go list -deps -json`), each hashed on its own into a [`manifest`]; the key is the hash of
+//! `go list -deps -json`, and the files the listed sources include, [`includes`]), each hashed
+//! on its own into a [`manifest`]; the key is the hash of
 //! the manifest (docs/build-keys.md). A hit restores the outputs without running the compiler
 //! or the linker ([`outputs`]); a miss prints why ([`explain`]: the server compared the
 //! manifest with the nearest earlier build of the target), runs go build with the GOCACHEPROG
@@ -20,6 +21,7 @@ pub mod build;
 pub mod exec;
 pub mod explain;
 pub mod flags;
+pub mod includes;
 pub mod inputs;
 pub mod manifest;
 pub mod modules;

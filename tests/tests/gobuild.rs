@@ -360,3 +360,53 @@ fn a_purged_namespace_builds_again_and_its_neighbours_keep_their_hits() {
     assert_eq!(empty.status.code(), Some(2), "{}", empty.stderr);
     assert!(empty.stderr.contains("name the namespace"), "{}", empty.stderr);
 }
+
+/// A header that an assembly file includes from outside its package is an input of the build
+/// (go list does not name it): a build after it changed misses and names it, instead of
+/// restoring the binary built with the old header, and records a binary built with the new one.
+#[test]
+fn a_header_included_from_outside_the_package_is_in_the_key() {
+    if std::env::consts::ARCH != "x86_64" {
+        return; // The assembly is amd64's, and the test runs what it builds.
+    }
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let files = [
+        (
+            "cmd/asmval/main.go",
+            "package main\n\nimport \"fmt\"\n\nfunc value() int\n\nfunc main() { fmt.Println(value()) }\n",
+        ),
+        (
+            "cmd/asmval/val_amd64.s",
+            "#include \"textflag.h\"\n#include \"../../inc/val.h\"\n\nTEXT ·value(SB), NOSPLIT, $0-8\n\tMOVQ $VALUE, ret+0(FP)\n\tRET\n",
+        ),
+        ("inc/val.h", "#define VALUE 1\n"),
+    ];
+    for (path, contents) in files {
+        std::fs::create_dir_all(ws.path(path).parent().unwrap()).unwrap();
+        std::fs::write(ws.path(path), contents).unwrap();
+    }
+    let build = |what: &str| {
+        let args = ["go", "build", "-trimpath", "-o", "bin/asmval", "./cmd/asmval"];
+        let built = run(ws.cachectl(&args, &[("GOARCH", "amd64")])).success(what);
+        let printed = Command::new(ws.path("bin/asmval")).output().unwrap().stdout;
+        (built.stderr, String::from_utf8_lossy(&printed).trim().to_owned())
+    };
+    let (first, printed) = build("first build");
+    assert!(headline(&first).contains("first build of this target"), "{first}");
+    assert_eq!(printed, "1");
+    let (hit, printed) = build("unchanged build");
+    assert!(headline(&hit).starts_with("cachectl: cache hit"), "{hit}");
+    assert_eq!(printed, "1");
+
+    // go's own cache keys the assembly by its own text only: the miss rebuilds past it, so
+    // what it records is built with the new header.
+    std::fs::write(ws.path("inc/val.h"), "#define VALUE 666\n").unwrap();
+    let (changed, printed) = build("build after the header changed");
+    assert!(headline(&changed).starts_with("cachectl: cache miss"), "{changed}");
+    assert_eq!(causes(&changed), ["1 source file changed: inc/val.h"], "{changed}");
+    assert_eq!(printed, "666", "{changed}");
+    let (hit, printed) = build("build with the changed header");
+    assert!(headline(&hit).starts_with("cachectl: cache hit"), "{hit}");
+    assert_eq!(printed, "666");
+}

@@ -1,0 +1,869 @@
+//! Files a build reads that `go list` does not name: headers pulled in by quoted `#include`
+//! (from assembly, C-family and Fortran files and cgo preambles), `.incbin`/`.include` data of
+//! the assembler, and files named by a package's `#cgo` flags (`${SRCDIR}/lib/libx.a`,
+//! `-L${SRCDIR}/lib`, `-I${SRCDIR}/../inc`). Without them a changed header outside the package
+//! directory would hit a key recorded with the old one (docs/build-keys.md, `file.`).
+//!
+//! An include that no local candidate satisfies stays out of the key, like system headers in
+//! go's own cache: `<stdio.h>`, `"textflag.h"`, `"go_asm.h"`, `"_cgo_export.h"`, `"stdio.h"`
+//! are found by the compiler in the system directories, GOROOT or its work directory.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Component as PathPart, Path, PathBuf};
+
+use crate::inputs::NoKey;
+
+/// The files of one package that are read for includes.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub dir: PathBuf,
+    /// Assembly, C, C++, Objective-C, Fortran, header and SWIG files, relative to `dir`.
+    pub native: Vec<String>,
+    /// cgo files: their comments hold the preamble and the `#cgo` directives.
+    pub cgo: Vec<String>,
+}
+
+/// How far a scan may go. The sources are a tenant's on a runner agent: an include tree, a
+/// `-L` directory or a file may be of any size, and a scan runs before every build.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Files read plus files found.
+    pub files: usize,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+pub const LIMITS: Limits = Limits { files: 20_000, bytes: 512 * 1024 * 1024 };
+
+/// The most of a line kept for matching: a directive and its path fit well within it.
+const MAX_LINE: usize = 8192;
+
+/// What a line asks the compiler or assembler to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Directive {
+    /// A quoted `#include`, `#include_next`, `#import`, `.include`, `%include` or Fortran
+    /// `include`: a source file, itself read for includes.
+    Include(String),
+    /// An include in angle brackets: the compiler looks for it in the `-I` directories (go's
+    /// for the package directory, and the `#cgo` ones) before the system's.
+    System(String),
+    /// `.incbin`: data.
+    Incbin(String),
+    /// An include whose file a macro names: it cannot be resolved without preprocessing.
+    Computed(String),
+    /// `#cgo [constraints] VERB: flags`, after `#cgo`.
+    Cgo(String),
+}
+
+/// What the packages' sources read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Included {
+    /// Every file read besides the sources themselves, resolved as described in the module
+    /// documentation; paths are lexically clean, so one file has one name. Files `go list`
+    /// names may be among them: the caller keys each path once.
+    pub files: BTreeSet<PathBuf>,
+    /// Whether a package reads a file that is not its own in `go list`: go's action ID for the
+    /// package, and so the go cache's entry for it, does not change with that file.
+    pub unseen_by_go: bool,
+}
+
+pub fn inputs(packages: &[Sources], limits: &Limits) -> Result<Included, NoKey> {
+    let mut scan = Scan { limits: *limits, files: 0, bytes: 0, found: Included::default() };
+    for sources in packages {
+        scan.package(sources)?;
+    }
+    Ok(scan.found)
+}
+
+/// `path` with `.` and `..` resolved lexically, as go's assembler joins include paths.
+pub fn clean(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            PathPart::CurDir => {}
+            PathPart::ParentDir if matches!(out.components().next_back(), Some(PathPart::Normal(_))) => {
+                out.pop();
+            }
+            PathPart::ParentDir if out.has_root() => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+struct Scan {
+    limits: Limits,
+    files: usize,
+    bytes: u64,
+    found: Included,
+}
+
+/// One package's include search: its directory and the `-I` directories of its `#cgo` flags.
+struct Package {
+    dir: PathBuf,
+    search: Vec<PathBuf>,
+    /// Its files as go lists them.
+    own: BTreeSet<PathBuf>,
+    /// Files read already, so include cycles end.
+    read: BTreeSet<PathBuf>,
+    /// Files to read for includes.
+    queue: Vec<PathBuf>,
+}
+
+/// What is at a path the build may read.
+enum Kind {
+    Missing,
+    Dir,
+    File,
+}
+
+impl Scan {
+    fn package(&mut self, sources: &Sources) -> Result<(), NoKey> {
+        let dir = clean(&sources.dir);
+        let own = sources.native.iter().chain(&sources.cgo).map(|name| dir.join(name)).collect();
+        let mut package =
+            Package { dir: dir.clone(), search: Vec::new(), own, read: BTreeSet::new(), queue: Vec::new() };
+        // The `#cgo` flags first: their -I directories are where later includes are searched.
+        let mut preamble = Vec::new();
+        for name in &sources.cgo {
+            let path = dir.join(name);
+            package.read.insert(path.clone());
+            for directive in self.directives(&path, true)? {
+                match directive {
+                    Directive::Cgo(text) => self.cgo_flags(&mut package, &text)?,
+                    other => preamble.push((path.clone(), other)),
+                }
+            }
+        }
+        for (from, directive) in preamble {
+            self.follow(&mut package, &from, directive)?;
+        }
+        package.queue.extend(sources.native.iter().map(|name| dir.join(name)).rev());
+        while let Some(path) = package.queue.pop() {
+            if !package.read.insert(path.clone()) {
+                continue;
+            }
+            for directive in self.directives(&path, false)? {
+                self.follow(&mut package, &path, directive)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys what `directive` in the file at `from` reads.
+    fn follow(&mut self, package: &mut Package, from: &Path, directive: Directive) -> Result<(), NoKey> {
+        let (name, source, from) = match directive {
+            Directive::Include(name) => (name, true, Some(from)),
+            Directive::System(name) => (name, true, None),
+            Directive::Incbin(name) => (name, false, Some(from)),
+            Directive::Computed(text) => {
+                let from = from.display();
+                return Err(NoKey(format!(
+                    "{from} includes a file named by a macro ({text}), which the build key cannot follow"
+                )));
+            }
+            Directive::Cgo(_) => return Ok(()), // Only cgo files' directives are cgo's.
+        };
+        if name.contains(char::REPLACEMENT_CHARACTER) {
+            let from = from.map_or(package.dir.as_path(), |from| from);
+            return Err(NoKey(format!("{} includes a file whose name is not UTF-8", from.display())));
+        }
+        for candidate in candidates(package, from, &name) {
+            if let Kind::File = self.kind(&candidate)? {
+                self.add(package, &candidate)?;
+                if source {
+                    package.queue.push(candidate);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a file `package` reads.
+    fn add(&mut self, package: &Package, path: &Path) -> Result<(), NoKey> {
+        self.found.unseen_by_go |= !package.own.contains(path);
+        if self.found.files.insert(path.to_owned()) {
+            self.count_file(path)?;
+        }
+        Ok(())
+    }
+
+    fn count_file(&mut self, path: &Path) -> Result<(), NoKey> {
+        self.files += 1;
+        if self.files > self.limits.files {
+            return Err(NoKey(format!(
+                "the build's sources read more than {} files through includes and #cgo flags (at {})",
+                self.limits.files,
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A directory, a regular file (followed through links), or nothing the build reads. A
+    /// FIFO or a device could yield anything on each read, so it gives no key.
+    fn kind(&self, path: &Path) -> Result<Kind, NoKey> {
+        match std::fs::metadata(path) {
+            Err(_) => Ok(Kind::Missing),
+            Ok(meta) if meta.is_dir() => Ok(Kind::Dir),
+            Ok(meta) if meta.is_file() => Ok(Kind::File),
+            Ok(_) => Err(NoKey(format!("the build reads {}, which is not a regular file", path.display()))),
+        }
+    }
+
+    /// Keys every regular file directly in `dir` (a `-I` or `-L` directory: the compiler or
+    /// linker may take any of them).
+    fn add_dir(&mut self, package: &Package, dir: &Path) -> Result<(), NoKey> {
+        let entries =
+            std::fs::read_dir(dir).map_err(|err| NoKey(format!("cannot list {}: {err}", dir.display())))?;
+        for entry in entries {
+            let path = dir.join(
+                entry.map_err(|err| NoKey(format!("cannot list {}: {err}", dir.display())))?.file_name(),
+            );
+            if let Kind::File = self.kind(&path)? {
+                self.add(package, &path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The directives in the file at `path`, read as a cgo file's comments when `go` is set.
+    fn directives(&mut self, path: &Path, go: bool) -> Result<Vec<Directive>, NoKey> {
+        self.count_file(path)?;
+        let cannot = |err: std::io::Error| NoKey(format!("cannot read {}: {err}", path.display()));
+        let mut file = std::fs::File::open(path).map_err(cannot)?;
+        let mut lines = Lines { fortran: !go, ..Lines::default() };
+        let mut comments = GoComments::default();
+        let mut buffer = vec![0; 64 * 1024];
+        loop {
+            let read = match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(cannot(err)),
+            };
+            self.bytes += read as u64;
+            if self.bytes > self.limits.bytes {
+                return Err(NoKey(format!(
+                    "the build's sources are more than {} to read for includes (at {})",
+                    size(self.limits.bytes),
+                    path.display()
+                )));
+            }
+            for &byte in &buffer[..read] {
+                if go { comments.byte(byte, &mut lines) } else { lines.byte(byte) }
+            }
+        }
+        lines.byte(b'\n');
+        Ok(lines.found)
+    }
+
+    /// Keys the files a package's `#cgo` flags name through `${SRCDIR}` or a relative path (the
+    /// compiler runs in the package directory), and adds its include directories.
+    fn cgo_flags(&mut self, package: &mut Package, text: &str) -> Result<(), NoKey> {
+        let Some((head, flags)) = text.split_once(':') else { return Ok(()) };
+        if !matches!(
+            head.split_whitespace().last(),
+            Some("CFLAGS" | "CPPFLAGS" | "CXXFLAGS" | "FFLAGS" | "LDFLAGS")
+        ) {
+            return Ok(()); // pkg-config names packages, not files.
+        }
+        let words = split_quoted(flags);
+        let mut words = words.iter();
+        while let Some(word) = words.next() {
+            let (value, flag) = match flag_value(word) {
+                FlagValue::Next(flag) => (words.next().map_or("", String::as_str), flag),
+                FlagValue::Joined(value, flag) => (value, flag),
+                FlagValue::List(list) => {
+                    for piece in list.split(',') {
+                        self.cgo_path(package, piece, Flag::Other)?;
+                    }
+                    continue;
+                }
+            };
+            self.cgo_path(package, value, flag)?;
+        }
+        Ok(())
+    }
+
+    fn cgo_path(&mut self, package: &mut Package, value: &str, flag: Flag) -> Result<(), NoKey> {
+        let Some(path) = local_path(&package.dir, value) else { return Ok(()) };
+        match self.kind(&path)? {
+            Kind::Missing => {}
+            Kind::Dir => {
+                if flag == Flag::Include {
+                    package.search.push(path.clone());
+                }
+                self.add_dir(package, &path)?;
+            }
+            Kind::File => {
+                self.add(package, &path)?;
+                if flag == Flag::Source {
+                    package.queue.push(path);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn size(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) { format!("{} MiB", bytes >> 20) } else { format!("{bytes} bytes") }
+}
+
+/// Where an include may be found, in the compiler's order: the including file's directory (not
+/// for an angle-bracket include, `from` None), the package directory (go passes it as -I, and the assembler's `.incbin`
+/// starts there), then the `#cgo` -I directories. Every one that exists is keyed, not only
+/// the first: `.incbin` and `#include_next` search in other orders.
+fn candidates(package: &Package, from: Option<&Path>, name: &str) -> Vec<PathBuf> {
+    let name = Path::new(name);
+    if name.is_absolute() {
+        return vec![clean(name)];
+    }
+    let from_dir = from.and_then(Path::parent);
+    let mut out: Vec<PathBuf> = Vec::new();
+    for dir in
+        from_dir.into_iter().chain([package.dir.as_path()]).chain(package.search.iter().map(PathBuf::as_path))
+    {
+        let candidate = clean(&dir.join(name));
+        if !out.contains(&candidate) {
+            out.push(candidate);
+        }
+    }
+    out
+}
+
+/// What a `#cgo` flag's path is to the build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flag {
+    /// An include directory.
+    Include,
+    /// A file read as source (`-include`, `-imacros`).
+    Source,
+    /// A library directory, a library, an object, anything else.
+    Other,
+}
+
+enum FlagValue<'a> {
+    /// The flag's value is the next word.
+    Next(Flag),
+    /// The value is in the word (`-I../inc`, or the word itself).
+    Joined(&'a str, Flag),
+    /// Comma-separated values (`-Wl,-rpath,${SRCDIR}/lib`).
+    List(&'a str),
+}
+
+fn flag_value(word: &str) -> FlagValue<'_> {
+    const INCLUDE_DIRS: &[&str] = &["-iquote", "-isystem", "-idirafter", "-I"];
+    const SOURCES: &[&str] = &["-include", "-imacros"];
+    const OTHER: &[&str] = &["-L", "-F"];
+    for (flags, kind) in [(INCLUDE_DIRS, Flag::Include), (SOURCES, Flag::Source), (OTHER, Flag::Other)] {
+        for flag in flags {
+            if word == *flag {
+                return FlagValue::Next(kind);
+            }
+            // `-include` takes no joined value, so `-includes` is no -I.
+            if let Some(value) = word.strip_prefix(flag).filter(|_| kind != Flag::Source) {
+                return FlagValue::Joined(value, kind);
+            }
+        }
+    }
+    if let Some(list) = word.strip_prefix("-Wl,").or_else(|| word.strip_prefix("-Wa,")) {
+        return FlagValue::List(list);
+    }
+    FlagValue::Joined(word, Flag::Other)
+}
+
+/// The local file or directory a `#cgo` flag value names: through `${SRCDIR}` (anywhere in
+/// it, as in `--sysroot=${SRCDIR}/x`), or as a relative path. Absolute paths written out are
+/// the machine's, like the system headers, and other flags are no paths.
+fn local_path(dir: &Path, value: &str) -> Option<PathBuf> {
+    if let Some(at) = value.find("${SRCDIR}") {
+        let expanded = value[at..].replace("${SRCDIR}", &dir.to_string_lossy());
+        return Some(clean(Path::new(&expanded)));
+    }
+    let relative = !value.is_empty() && !value.starts_with('-') && !Path::new(value).is_absolute();
+    relative.then(|| clean(&dir.join(value)))
+}
+
+/// Words as cgo splits a `#cgo` line: at spaces, with '…' and "…" quoting and `\` escapes.
+fn split_quoted(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quote = None;
+    let mut escaped = false;
+    let mut in_word = false;
+    for c in text.chars() {
+        if escaped {
+            word.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+            in_word = true;
+        } else if Some(c) == quote {
+            quote = None;
+        } else if quote.is_none() && (c == '\'' || c == '"') {
+            quote = Some(c);
+            in_word = true;
+        } else if quote.is_none() && c.is_whitespace() {
+            if in_word {
+                words.push(std::mem::take(&mut word));
+                in_word = false;
+            }
+        } else {
+            word.push(c);
+            in_word = true;
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// Logical lines of C-like text: physical lines joined at backslash-newline, each kept to
+/// [`MAX_LINE`] bytes, each matched for a directive.
+#[derive(Default)]
+struct Lines {
+    line: Vec<u8>,
+    /// Fortran's own `include 'file'` is matched too.
+    fortran: bool,
+    found: Vec<Directive>,
+}
+
+impl Lines {
+    fn byte(&mut self, byte: u8) {
+        if byte != b'\n' {
+            if self.line.len() < MAX_LINE {
+                self.line.push(byte);
+            }
+            return;
+        }
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        if self.line.last() == Some(&b'\\') {
+            self.line.pop();
+            return;
+        }
+        if let Some(directive) = directive(&self.line, self.fortran) {
+            self.found.push(directive);
+        }
+        self.line.clear();
+    }
+}
+
+/// Where a Go file's lexer is: only comment text reaches the lines.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum GoState {
+    #[default]
+    Code,
+    Slash,
+    LineComment,
+    Block,
+    BlockStar,
+    Str(bool),
+    Rune(bool),
+    Raw,
+}
+
+/// The comments of a Go file, where cgo's preamble and `#cgo` lines are, as lines; strings
+/// and code never look like directives.
+#[derive(Default)]
+struct GoComments {
+    state: GoState,
+}
+
+impl GoComments {
+    fn byte(&mut self, byte: u8, lines: &mut Lines) {
+        use GoState::*;
+        self.state = match (self.state, byte) {
+            (Slash, b'/') => LineComment,
+            (Slash, b'*') => Block,
+            (Slash, _) => {
+                self.state = Code;
+                return self.byte(byte, lines);
+            }
+            (Code, b'/') => Slash,
+            (Code, b'"') => Str(false),
+            (Code, b'\'') => Rune(false),
+            (Code, b'`') => Raw,
+            (Code, _) => Code,
+            (LineComment, b'\n') => {
+                lines.byte(b'\n');
+                Code
+            }
+            (LineComment, _) => {
+                lines.byte(byte);
+                LineComment
+            }
+            (Block, b'*') => BlockStar,
+            (Block, _) => {
+                lines.byte(byte);
+                Block
+            }
+            (BlockStar, b'/') => {
+                lines.byte(b'\n');
+                Code
+            }
+            (BlockStar, _) => {
+                lines.byte(b'*');
+                self.state = Block;
+                return self.byte(byte, lines);
+            }
+            (Str(false), b'\\') => Str(true),
+            (Str(false), b'"' | b'\n') => Code,
+            (Str(_), _) => Str(false),
+            (Rune(false), b'\\') => Rune(true),
+            (Rune(false), b'\'' | b'\n') => Code,
+            (Rune(_), _) => Rune(false),
+            (Raw, b'`') => Code,
+            (Raw, _) => Raw,
+        };
+    }
+}
+
+/// The directive a logical line holds, if any.
+fn directive(line: &[u8], fortran: bool) -> Option<Directive> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_start();
+    let (word, operand) = if let Some(rest) = text.strip_prefix('#') {
+        let (word, operand) = split_word(rest.trim_start());
+        if word == "cgo" {
+            return Some(Directive::Cgo(operand.to_owned()));
+        }
+        (word, operand)
+    } else if let Some(rest) = text.strip_prefix('.') {
+        let (word, operand) = split_word(rest);
+        if word == "incbin" {
+            return Some(quoted(operand, b'"').map_or_else(|| computed(word, operand), Directive::Incbin));
+        }
+        (word, operand)
+    } else if let Some(rest) = text.strip_prefix('%') {
+        split_word(rest)
+    } else if fortran {
+        let (word, operand) = split_word(text);
+        let name = quoted(operand, b'\'').or_else(|| quoted(operand, b'"'));
+        return name.filter(|_| word.eq_ignore_ascii_case("include")).map(Directive::Include);
+    } else {
+        return None;
+    };
+    if !matches!(word, "include" | "include_next" | "import") {
+        return None;
+    }
+    if operand.is_empty() {
+        return None; // Nothing for the compiler to read.
+    }
+    if let Some(name) = between(operand, '<', '>') {
+        return Some(Directive::System(name));
+    }
+    Some(quoted(operand, b'"').map_or_else(|| computed(word, operand), Directive::Include))
+}
+
+fn computed(word: &str, operand: &str) -> Directive {
+    Directive::Computed(format!("{word} {}", operand.trim_end()))
+}
+
+/// The identifier a directive starts with, and the rest after spaces.
+fn split_word(text: &str) -> (&str, &str) {
+    let end = text.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(text.len());
+    (&text[..end], text[end..].trim_start())
+}
+
+/// The text between `quote` and the next one at the start of `operand`. A name that is not
+/// UTF-8 keeps the replacement characters, so that it gives no key rather than passing for a
+/// system header that was not found.
+fn quoted(operand: &str, quote: u8) -> Option<String> {
+    between(operand, quote as char, quote as char)
+}
+
+fn between(operand: &str, open: char, close: char) -> Option<String> {
+    let rest = operand.strip_prefix(open)?;
+    Some(rest[..rest.find(close)?].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `files` (path, contents) under `dir`.
+    fn write(dir: &Path, files: &[(&str, &str)]) {
+        for (path, contents) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
+    }
+
+    fn package(root: &Path, dir: &str, native: &[&str], cgo: &[&str]) -> Sources {
+        Sources {
+            dir: root.join(dir),
+            native: native.iter().map(|name| (*name).to_owned()).collect(),
+            cgo: cgo.iter().map(|name| (*name).to_owned()).collect(),
+        }
+    }
+
+    /// The files found, relative to `root`.
+    fn found(root: &Path, packages: &[Sources]) -> Vec<String> {
+        let found = inputs(packages, &LIMITS).unwrap();
+        found.files.iter().map(|path| crate::inputs::relative(path, root)).collect()
+    }
+
+    fn refusal(packages: &[Sources], limits: &Limits) -> String {
+        inputs(packages, limits).unwrap_err().0
+    }
+
+    #[test]
+    fn a_quoted_include_from_a_parent_directory_is_found() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                (
+                    "cmd/app/val_amd64.s",
+                    "#include \"textflag.h\"\n#include \"../../inc/val.h\"\nTEXT ·value(SB),NOSPLIT,$0-8\n",
+                ),
+                ("inc/val.h", "#define VALUE 1\n"),
+            ],
+        );
+        assert_eq!(
+            found(root.path(), &[package(root.path(), "cmd/app", &["val_amd64.s"], &[])]),
+            ["inc/val.h"]
+        );
+    }
+
+    #[test]
+    fn includes_of_any_extension_are_followed_recursively() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                ("p/a.c", "#  include \"defs.inc\"\n"),
+                ("p/defs.inc", "#include \"../shared/one.h\"\n"),
+                // Relative to the including file, not to the package.
+                ("shared/one.h", "#include_next \"sub/two.h\"\n"),
+                ("shared/sub/two.h", "#include \\\n  \"three.def\"\n"),
+                ("shared/sub/three.def", "X(1)\n"),
+                ("p/m.F90", "      include 'consts.fi'\n"),
+                ("p/consts.fi", "integer, parameter :: n = 3\n"),
+            ],
+        );
+        assert_eq!(
+            found(root.path(), &[package(root.path(), "p", &["a.c", "m.F90"], &[])]),
+            ["p/consts.fi", "p/defs.inc", "shared/one.h", "shared/sub/three.def", "shared/sub/two.h"]
+        );
+    }
+
+    #[test]
+    fn assembler_data_and_includes_are_found_but_data_is_not_read() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                ("p/blob.S", "\t.section .rodata\n\t.incbin \"../data/blob.bin\"\n\t.include \"macros.s\"\n"),
+                ("p/macros.s", ".macro nop2\n.endm\n"),
+                ("data/blob.bin", "#include \"not-a-header.h\"\n"),
+                ("data/not-a-header.h", ""),
+            ],
+        );
+        assert_eq!(
+            found(root.path(), &[package(root.path(), "p", &["blob.S"], &[])]),
+            ["data/blob.bin", "p/macros.s"]
+        );
+    }
+
+    #[test]
+    fn cgo_flags_name_files_through_srcdir() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                (
+                    "p/x.go",
+                    "package p\n\n// #cgo linux,amd64 LDFLAGS: ${SRCDIR}/lib/libx.a -L${SRCDIR}/libs -lfoo -Wl,-rpath,${SRCDIR}/rpath\n// #cgo CFLAGS: -O2 -I${SRCDIR}/../inc \"-DNAME=a b\"\n// #cgo pkg-config: png\n// #include \"val.h\"\n// #include <stdlib.h>\nimport \"C\"\n",
+                ),
+                ("p/lib/libx.a", "!<arch>\n"),
+                ("p/lib/other.a", "not named"),
+                ("p/libs/libfoo.so", ""),
+                ("p/libs/libfoo.a", ""),
+                ("p/libs/nested/deeper.a", ""),
+                ("p/rpath/libbar.so", ""),
+                ("inc/val.h", "#include \"more.h\"\n"),
+                ("inc/more.h", ""),
+                ("inc/unused.h", ""),
+            ],
+        );
+        assert_eq!(
+            found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]),
+            [
+                "inc/more.h",
+                "inc/unused.h",
+                "inc/val.h",
+                "p/lib/libx.a",
+                "p/libs/libfoo.a",
+                "p/libs/libfoo.so",
+                "p/rpath/libbar.so"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_the_comments_of_a_cgo_file_are_read() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                (
+                    "p/x.go",
+                    "package p\n\n/*\n#include \"in_block.h\"\n*/\nimport \"C\"\n\nconst a = \"// #include \\\"in_string.h\\\"\"\nconst b = `\n#include \"in_raw.h\"\n#include %s\n`\nvar c = '/' // #include \"after_rune.h\"\n",
+                ),
+                ("p/in_block.h", ""),
+                ("p/in_string.h", ""),
+                ("p/in_raw.h", ""),
+                ("p/after_rune.h", ""),
+            ],
+        );
+        assert_eq!(
+            found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]),
+            ["p/after_rune.h", "p/in_block.h"]
+        );
+    }
+
+    /// System headers are found by the compiler in its own directories, like go's
+    /// textflag.h and go_asm.h: they are not the sources' and are not keyed.
+    #[test]
+    fn system_and_generated_headers_are_not_keyed() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                (
+                    "p/a.c",
+                    "#include <stdio.h>\n#include \"stdlib.h\"\n#include \"_cgo_export.h\"\n#import <Foundation/Foundation.h>\n",
+                ),
+                (
+                    "p/a_amd64.s",
+                    "#include \"go_asm.h\"\n#include \"textflag.h\"\n// #include \"commented.h\"\n",
+                ),
+                ("p/commented.h", ""),
+            ],
+        );
+        assert!(found(root.path(), &[package(root.path(), "p", &["a.c", "a_amd64.s"], &[])]).is_empty());
+    }
+
+    /// go passes the package directory to the C compiler as -I, so an angle-bracket include
+    /// may be the package's, or be in a `#cgo` include directory's subdirectory.
+    #[test]
+    fn angle_bracket_includes_are_looked_up_in_the_include_directories() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                (
+                    "p/x.go",
+                    "package p\n\n// #cgo CFLAGS: -I${SRCDIR}/include\n// #include <lib/api.h>\nimport \"C\"\n",
+                ),
+                ("p/include/lib/api.h", "#include <config.h>\n#include <stdint.h>\n"),
+                ("p/config.h", ""),
+            ],
+        );
+        assert_eq!(
+            found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]),
+            ["p/config.h", "p/include/lib/api.h"]
+        );
+    }
+
+    /// go's action ID for a package hashes the files go lists for it, not another package's.
+    #[test]
+    fn files_beyond_a_package_own_are_unseen_by_go() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                ("a/a_amd64.s", "#include \"textflag.h\"\n#include \"a.h\"\n"),
+                ("a/a.h", ""),
+                ("b/b_amd64.s", "#include \"../a/a.h\"\n"),
+            ],
+        );
+        let a = package(root.path(), "a", &["a_amd64.s", "a.h"], &[]);
+        let b = package(root.path(), "b", &["b_amd64.s"], &[]);
+        let own = inputs(std::slice::from_ref(&a), &LIMITS).unwrap();
+        assert!(!own.unseen_by_go, "{own:?}");
+        let other = inputs(&[a, b], &LIMITS).unwrap();
+        assert!(other.unseen_by_go, "{other:?}");
+        assert_eq!(other.files.len(), 1, "{other:?}");
+    }
+
+    #[test]
+    fn include_cycles_end() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                ("p/a.c", "#include \"../h/a.h\"\n"),
+                ("h/a.h", "#include \"b.h\"\n#include \"a.h\"\n"),
+                ("h/b.h", "#include \"../h/a.h\"\n#include \"./b.h\"\n"),
+            ],
+        );
+        assert_eq!(found(root.path(), &[package(root.path(), "p", &["a.c"], &[])]), ["h/a.h", "h/b.h"]);
+    }
+
+    #[test]
+    fn past_the_limits_there_is_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        let mut files = vec![("p/a.c".to_owned(), String::new())];
+        for i in 0..10 {
+            files[0].1.push_str(&format!("#include \"../h/{i}.h\"\n"));
+            files.push((format!("h/{i}.h"), "/* header */\n".to_owned()));
+        }
+        let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+        write(root.path(), &files);
+        let packages = [package(root.path(), "p", &["a.c"], &[])];
+        // a.c, then each header found and read.
+        assert!(inputs(&packages, &Limits { files: 21, bytes: 1 << 20 }).is_ok());
+        let err = refusal(&packages, &Limits { files: 20, bytes: 1 << 20 });
+        assert!(err.contains("more than 20 files"), "{err}");
+        let err = refusal(&packages, &Limits { files: 100, bytes: 100 });
+        assert!(err.contains("more than 100 bytes"), "{err}");
+    }
+
+    #[test]
+    fn an_include_named_by_a_macro_gives_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), &[("p/a.c", "#define H \"x.h\"\n#include H\n")]);
+        let err = refusal(&[package(root.path(), "p", &["a.c"], &[])], &LIMITS);
+        assert!(err.contains("named by a macro (include H)"), "{err}");
+    }
+
+    #[test]
+    fn every_local_candidate_is_keyed() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                ("p/sub/a.h", "#include \"c.h\"\n"),
+                ("p/sub/c.h", ""),
+                ("p/c.h", ""),
+                ("p/x.go", "package p\n\n// #cgo CPPFLAGS: -I inc\n// #include \"sub/a.h\"\nimport \"C\"\n"),
+                ("p/inc/c.h", ""),
+            ],
+        );
+        assert_eq!(
+            found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]),
+            ["p/c.h", "p/inc/c.h", "p/sub/a.h", "p/sub/c.h"]
+        );
+    }
+
+    #[test]
+    fn paths_are_cleaned_lexically() {
+        assert_eq!(clean(Path::new("/m/cmd/app/../../inc/./val.h")), Path::new("/m/inc/val.h"));
+        assert_eq!(clean(Path::new("/../x")), Path::new("/x"));
+        assert_eq!(clean(Path::new("a/../../b")), Path::new("../b"));
+    }
+
+    #[test]
+    fn cgo_lines_split_like_cgo() {
+        assert_eq!(split_quoted(r#"-I"a b" 'c d'\ e  -lx"#), ["-Ia b", "c d e", "-lx"]);
+    }
+}
