@@ -69,6 +69,11 @@ pub trait Exec: Send + Sync {
     async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured>;
     /// Runs to completion with the output going to `sink`; returns the exit code.
     async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32>;
+    /// The value of `name` in the environment commands start from, before an invocation's own
+    /// `env`: this process's, unless the commands run in an environment of their own.
+    fn inherited_var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
 }
 
 /// The most of one line of a streamed command's output that is kept: a build prints what its
@@ -221,6 +226,13 @@ impl Exec for Processes {
         let pid = child.id();
         let output = self.bounded(pid, child.wait_with_output()).await?;
         Ok(Captured { code: code(output.status), stdout: output.stdout, stderr: output.stderr })
+    }
+
+    fn inherited_var(&self, name: &str) -> Option<String> {
+        match &self.clean_env {
+            Some(env) => env.iter().rev().find(|(key, _)| key == name).map(|(_, value)| value.clone()),
+            None => std::env::var(name).ok(),
+        }
     }
 
     async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {

@@ -137,6 +137,12 @@ impl GoCall<'_> {
         }
     }
 
+    /// A variable as the build's processes see it: the call's own, else the one they inherit.
+    fn build_var(&self, name: &str) -> Option<String> {
+        let own = self.env.iter().rev().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+        own.or_else(|| self.exec.inherited_var(name))
+    }
+
     /// `program` (not the go command) as the build's processes run: its directory and
     /// environment.
     fn invocation_of(&self, program: impl Into<PathBuf>, args: Vec<String>) -> Invocation {
@@ -270,14 +276,7 @@ pub async fn derive(
     manifest.shown("env.GOEXPERIMENT", var(env, "GOEXPERIMENT"));
     manifest.shown("env.GOFIPS140", var(env, "GOFIPS140"));
     manifest.hidden("env.GOFLAGS", var(env, "GOFLAGS"));
-    let extlink = call
-        .env
-        .iter()
-        .rev()
-        .find(|(name, _)| name == "GO_EXTLINK_ENABLED")
-        .map(|(_, value)| value.clone())
-        .or_else(|| std::env::var("GO_EXTLINK_ENABLED").ok());
-    if let Some(extlink) = extlink {
+    if let Some(extlink) = call.build_var("GO_EXTLINK_ENABLED") {
         manifest.shown("env.GO_EXTLINK_ENABLED", &extlink);
     }
 
@@ -458,6 +457,10 @@ pub async fn derive(
         }
     }
     if cgo && cgo_on {
+        // The C compiler stamps __DATE__ and __TIME__ from it.
+        if let Some(epoch) = call.build_var("SOURCE_DATE_EPOCH") {
+            manifest.shown("env.SOURCE_DATE_EPOCH", &epoch);
+        }
         compiler_identity(call, &mut manifest, "CC", var(env, "CC")).await?;
         if cxx {
             compiler_identity(call, &mut manifest, "CXX", var(env, "CXX")).await?;
@@ -826,11 +829,15 @@ mod tests {
 
     /// The manifest `cachectl go build <args>` derives in `dir`, with the real go command.
     async fn derive_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Manifest {
-        let exec = Processes::default();
+        derive_with(&Processes::default(), dir, args, env).await
+    }
+
+    /// [`derive_in`], its commands run by `exec`.
+    async fn derive_with(exec: &Processes, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Manifest {
         let env = go_env(env);
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let line = flags::parse_command_line(&args).unwrap();
-        let call = GoCall { exec: &exec, go: Path::new("go"), dir, env: &env };
+        let call = GoCall { exec, go: Path::new("go"), dir, env: &env };
         let (go_env, packages) =
             call.read(&flags::effective("", &line).unwrap(), &line.packages).await.unwrap();
         let flags = flags::effective(go_env.get("GOFLAGS").map_or("", String::as_str), &line).unwrap();
@@ -963,6 +970,59 @@ mod tests {
         assert_eq!(
             key(PLAIN, vec![("CGO_ENABLED", "0"), ("CGO_LDFLAGS", "-L/opt/lib")]).await,
             key(PLAIN, vec![("CGO_ENABLED", "0")]).await
+        );
+    }
+
+    /// The C compiler stamps `__DATE__` and `__TIME__` from SOURCE_DATE_EPOCH, whether the
+    /// build's own variables set it or it runs in an environment of its own (an agent's task).
+    #[tokio::test]
+    async fn source_date_epoch_is_keyed_where_a_c_compiler_reads_it() {
+        let module = tempfile::tempdir().unwrap();
+        write(
+            module.path(),
+            &[
+                ("go.mod", "module example.com/m\n\ngo 1.22\n"),
+                (
+                    "main.go",
+                    "package main\n\n// const char *built(void) { return __DATE__ \" \" __TIME__; }\nimport \"C\"\n\nfunc main() { println(C.GoString(C.built())) }\n",
+                ),
+            ],
+        );
+        let dir = module.path();
+        let args = &["-buildvcs=false", "-trimpath", "."];
+        let cgo = |epoch: Option<&'static str>| {
+            let mut env = vec![("CGO_ENABLED", "1")];
+            env.extend(epoch.map(|epoch| ("SOURCE_DATE_EPOCH", epoch)));
+            env
+        };
+        let unset = derive_in(dir, args, &cgo(None)).await.key();
+        let old = derive_in(dir, args, &cgo(Some("1000000000"))).await.key();
+        let new = derive_in(dir, args, &cgo(Some("1700000000"))).await.key();
+        assert!(unset != old && old != new, "the build's SOURCE_DATE_EPOCH is not keyed");
+
+        // Commands that run in an environment of their own read it there, not in this process.
+        let sealed = |epoch: &str| {
+            let mut env: Vec<(String, String)> =
+                std::env::vars().filter(|(name, _)| name != "SOURCE_DATE_EPOCH").collect();
+            env.push(("SOURCE_DATE_EPOCH".to_owned(), epoch.to_owned()));
+            Processes { clean_env: Some(env), ..Processes::default() }
+        };
+        let old = derive_with(&sealed("1000000000"), dir, args, &cgo(None)).await.key();
+        let new = derive_with(&sealed("1700000000"), dir, args, &cgo(None)).await.key();
+        assert_ne!(old, new, "the SOURCE_DATE_EPOCH of the build's own environment is not keyed");
+
+        // Without cgo no C compiler runs, and the key stays as it was.
+        let plain = tempfile::tempdir().unwrap();
+        write(
+            plain.path(),
+            &[
+                ("go.mod", "module example.com/p\n\ngo 1.22\n"),
+                ("main.go", "package main\n\nfunc main() {}\n"),
+            ],
+        );
+        assert_eq!(
+            derive_in(plain.path(), args, &[("SOURCE_DATE_EPOCH", "1")]).await.key(),
+            derive_in(plain.path(), args, &[]).await.key()
         );
     }
 

@@ -306,6 +306,10 @@ impl Exec for GroupExec {
         result
     }
 
+    fn inherited_var(&self, name: &str) -> Option<String> {
+        self.processes.inherited_var(name)
+    }
+
     /// go build. Once it and everything of the build user are gone, the outputs are checked
     /// before the library reads (and caches) them.
     async fn stream(&self, invocation: &Invocation, sink: Sink<'_>) -> std::io::Result<i32> {
