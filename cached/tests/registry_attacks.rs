@@ -342,9 +342,9 @@ async fn an_oversized_entry_stored_earlier_is_listed_without_annotations_in_post
 }
 
 /// The location of a new upload session in `repo`.
-async fn open_session(registry: &Registry, repo: &str) -> Reply {
+async fn open_session_as(registry: &Registry, token: &str, repo: &str) -> Reply {
     let path = format!("/v2/{repo}/blobs/uploads/");
-    registry.send(reqwest::Method::POST, &path, "dev", None, Vec::new()).await
+    registry.send(reqwest::Method::POST, &path, token, None, Vec::new()).await
 }
 
 async fn session_location(registry: &Registry, repo: &str) -> String {
@@ -379,16 +379,32 @@ async fn below_min_free_space_spools_and_manifests_are_refused() {
     registry.stop().await;
 }
 
-/// `registry_max_uploads` holds per namespace, and a `*` token may name any namespace: open
-/// sessions are also capped in all.
+/// `registry_max_uploads` holds per namespace, and a `*` token may name any namespace: one
+/// token holds at most a quarter of the server's sessions, and all together at most 1024.
 #[tokio::test]
-async fn upload_sessions_are_capped_across_namespaces() {
+async fn upload_sessions_are_capped_per_token_and_across_namespaces() {
     let registry = Registry::start(&[("registry_max_uploads", "1")]).await;
-    for n in 0..1024 {
-        let opened = open_session(&registry, &format!("ns{n}/app")).await;
+    for n in 0..256 {
+        let opened = open_session_as(&registry, "dev", &format!("ns{n}/app")).await;
         assert_eq!(opened.status, 202, "session {n}: {}", opened.body);
     }
-    let refused = open_session(&registry, "one-more/app").await;
+    let refused = open_session_as(&registry, "dev", "one-more/app").await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body.contains("token `dev`") && refused.body.contains("256"), "{}", refused.body);
+    let other = open_session_as(&registry, "ci", "one-more/app").await;
+    assert_eq!(other.status, 202, "another token has its own share: {}", other.body);
+    registry.stop().await;
+
+    // With a larger registry_max_uploads a token may hold that many; the server still no more
+    // than 1024 in all.
+    let registry = Registry::start(&[("registry_max_uploads", "600")]).await;
+    for (token, first, count) in [("dev", 0, 600), ("ci", 600, 424)] {
+        for n in first..first + count {
+            let opened = open_session_as(&registry, token, &format!("ns{n}/app")).await;
+            assert_eq!(opened.status, 202, "session {n} of {token}: {}", opened.body);
+        }
+    }
+    let refused = open_session_as(&registry, "ci", "one-more/app").await;
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(refused.body.contains("TOOMANYREQUESTS") && refused.body.contains("1024"), "{}", refused.body);
     registry.stop().await;
