@@ -7,6 +7,12 @@
 //! An include that no local candidate satisfies stays out of the key, like system headers in
 //! go's own cache: `<stdio.h>`, `"textflag.h"`, `"go_asm.h"`, `"_cgo_export.h"`, `"stdio.h"`
 //! are found by the compiler in the system directories, GOROOT or its work directory.
+//!
+//! On a runner agent the sources are a tenant's and the scan runs in the agent, not as the
+//! build user: it reads and keys nothing outside the build's own modules. A name that leads out
+//! of them (an absolute path, `../` past the module, a link whose target is outside) makes the
+//! wrapper step aside untouched, and files are opened without following a last link or waiting
+//! on a FIFO, then checked to be regular files.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -18,6 +24,9 @@ use crate::inputs::NoKey;
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     pub dir: PathBuf,
+    /// The directory of the module the package is in (its own directory without one): what
+    /// the scan may read is inside the roots of the scanned packages.
+    pub root: PathBuf,
     /// Assembly, C, C++, Objective-C, Fortran, header and SWIG files, relative to `dir`.
     pub native: Vec<String>,
     /// cgo files: their comments hold the preamble and the `#cgo` directives.
@@ -38,6 +47,9 @@ pub const LIMITS: Limits = Limits { files: 20_000, bytes: 512 * 1024 * 1024 };
 
 /// The most of a line kept for matching: a directive and its path fit well within it.
 const MAX_LINE: usize = 8192;
+/// Directives one file may hold: a header of repeated includes would otherwise become
+/// millions of entries in the agent's memory.
+const MAX_DIRECTIVES: usize = 4096;
 
 /// What a line asks the compiler or assembler to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +81,8 @@ pub struct Included {
 }
 
 pub fn inputs(packages: &[Sources], limits: &Limits) -> Result<Included, NoKey> {
-    let mut scan = Scan { limits: *limits, files: 0, bytes: 0, found: Included::default() };
+    let roots = Roots::of(packages);
+    let mut scan = Scan { limits: *limits, files: 0, bytes: 0, found: Included::default(), roots };
     for sources in packages {
         scan.package(sources)?;
     }
@@ -97,6 +110,58 @@ struct Scan {
     files: usize,
     bytes: u64,
     found: Included,
+    roots: Roots,
+}
+
+/// The directories a scan may read in: the scanned packages' modules, as written and as the
+/// file system resolves them.
+struct Roots {
+    written: Vec<PathBuf>,
+    resolved: Vec<PathBuf>,
+}
+
+impl Roots {
+    fn of(packages: &[Sources]) -> Self {
+        let mut written: Vec<PathBuf> = packages.iter().map(|sources| clean(&sources.root)).collect();
+        written.sort();
+        written.dedup();
+        let resolved =
+            written.iter().map(|root| std::fs::canonicalize(root).unwrap_or_else(|_| root.clone())).collect();
+        Self { written, resolved }
+    }
+
+    /// Where `path` (lexically clean) really is, if it exists: refused when it leads outside
+    /// the roots, by its name or through links, without opening anything.
+    fn resolve(&self, path: &Path) -> Result<Option<PathBuf>, NoKey> {
+        if !self.written.iter().any(|root| path.starts_with(root)) {
+            return Err(NoKey(format!(
+                "the build's sources name {}, outside its modules, which the build key does not read",
+                path.display()
+            )));
+        }
+        let Ok(real) = std::fs::canonicalize(path) else { return Ok(None) };
+        if !self.resolved.iter().any(|root| real.starts_with(root)) {
+            return Err(NoKey(format!(
+                "{} leads outside the build's modules through a link, which the build key does not follow",
+                path.display()
+            )));
+        }
+        Ok(Some(real))
+    }
+}
+
+/// Opens a file to read without following a last link or waiting on a FIFO, and only if it
+/// is a regular file once open.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(file)
 }
 
 /// One package's include search: its directory and the `-I` directories of its `#cgo` flags.
@@ -172,7 +237,7 @@ impl Scan {
         for candidate in candidates(package, from, &name) {
             if let Kind::File = self.kind(&candidate)? {
                 self.add(package, &candidate)?;
-                if source {
+                if source && !package.read.contains(&candidate) && !package.queue.contains(&candidate) {
                     package.queue.push(candidate);
                 }
             }
@@ -204,7 +269,8 @@ impl Scan {
     /// A directory, a regular file (followed through links), or nothing the build reads. A
     /// FIFO or a device could yield anything on each read, so it gives no key.
     fn kind(&self, path: &Path) -> Result<Kind, NoKey> {
-        match std::fs::metadata(path) {
+        let Some(real) = self.roots.resolve(path)? else { return Ok(Kind::Missing) };
+        match std::fs::symlink_metadata(real) {
             Err(_) => Ok(Kind::Missing),
             Ok(meta) if meta.is_dir() => Ok(Kind::Dir),
             Ok(meta) if meta.is_file() => Ok(Kind::File),
@@ -232,7 +298,8 @@ impl Scan {
     fn directives(&mut self, path: &Path, go: bool) -> Result<Vec<Directive>, NoKey> {
         self.count_file(path)?;
         let cannot = |err: std::io::Error| NoKey(format!("cannot read {}: {err}", path.display()));
-        let mut file = std::fs::File::open(path).map_err(cannot)?;
+        let real = self.roots.resolve(path)?.ok_or_else(|| cannot(std::io::ErrorKind::NotFound.into()))?;
+        let mut file = open_regular(&real).map_err(cannot)?;
         let mut lines = Lines { fortran: !go, ..Lines::default() };
         let mut comments = GoComments::default();
         let mut buffer = vec![0; 64 * 1024];
@@ -256,6 +323,12 @@ impl Scan {
             }
         }
         lines.byte(b'\n');
+        if lines.found.len() > MAX_DIRECTIVES {
+            return Err(NoKey(format!(
+                "{} holds more than {MAX_DIRECTIVES} includes, more than the build key follows",
+                path.display()
+            )));
+        }
         Ok(lines.found)
     }
 
@@ -447,7 +520,10 @@ impl Lines {
             self.line.pop();
             return;
         }
-        if let Some(directive) = directive(&self.line, self.fortran) {
+        // One past the cap is kept, to say the file went past it.
+        if let Some(directive) =
+            directive(&self.line, self.fortran).filter(|_| self.found.len() <= MAX_DIRECTIVES)
+        {
             self.found.push(directive);
         }
         self.line.clear();
@@ -528,7 +604,8 @@ impl GoComments {
 fn directive(line: &[u8], fortran: bool) -> Option<Directive> {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_start();
-    let (word, operand) = if let Some(rest) = text.strip_prefix('#') {
+    // `%:` is the digraph of `#`, on in C by default.
+    let (word, operand) = if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
         let (word, operand) = split_word(rest.trim_start());
         if word == "cgo" {
             return Some(Directive::Cgo(operand.to_owned()));
@@ -549,11 +626,16 @@ fn directive(line: &[u8], fortran: bool) -> Option<Directive> {
     } else {
         return None;
     };
-    if !matches!(word, "include" | "include_next" | "import") {
+    if !matches!(word, "include" | "include_next" | "import" | "embed") {
         return None;
     }
     if operand.is_empty() {
         return None; // Nothing for the compiler to read.
+    }
+    if word == "embed" {
+        // C23: data, found like an include.
+        let name = between(operand, '<', '>').or_else(|| quoted(operand, b'"'));
+        return Some(name.map_or_else(|| computed(word, operand), Directive::Incbin));
     }
     if let Some(name) = between(operand, '<', '>') {
         return Some(Directive::System(name));
@@ -599,6 +681,7 @@ mod tests {
     fn package(root: &Path, dir: &str, native: &[&str], cgo: &[&str]) -> Sources {
         Sources {
             dir: root.join(dir),
+            root: root.to_owned(),
             native: native.iter().map(|name| (*name).to_owned()).collect(),
             cgo: cgo.iter().map(|name| (*name).to_owned()).collect(),
         }
@@ -612,6 +695,72 @@ mod tests {
 
     fn refusal(packages: &[Sources], limits: &Limits) -> String {
         inputs(packages, limits).unwrap_err().0
+    }
+
+    /// A job's sources are read by the agent, not as the build user: nothing outside the
+    /// build's modules is opened, named by the path or reached through a link.
+    #[test]
+    fn names_that_lead_outside_the_modules_give_no_key_and_are_not_read() {
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), &[("secret.h", "#define SECRET 1\n")]);
+        let secret = outside.path().join("secret.h");
+        let cases = [
+            ("an absolute include", format!("#include \"{}\"\n", secret.display()), "outside its modules"),
+            ("an absolute .incbin", ".incbin \"/proc/self/status\"\n".to_owned(), "outside its modules"),
+            (
+                "`../` past the module",
+                "#include \"../../../../../../../../etc/hostname\"\n".to_owned(),
+                "outside its modules",
+            ),
+            ("a link out of the module", "#include \"../../inc/secret.h\"\n".to_owned(), "through a link"),
+        ];
+        for (what, source, said) in cases {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("cmd/app/a.s", &source)]);
+            std::os::unix::fs::symlink(outside.path(), root.path().join("inc")).unwrap();
+            let refusal = refusal(&[package(root.path(), "cmd/app", &["a.s"], &[])], &LIMITS);
+            assert!(refusal.contains(said), "{what}: {refusal}");
+        }
+        // So does a -L directory named past the module through ${SRCDIR}.
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[(
+                "app.go",
+                "package app\n\n// #cgo LDFLAGS: -L${SRCDIR}/../../../../../../../proc\nimport \"C\"\n",
+            )],
+        );
+        let refusal = refusal(&[package(root.path(), "", &[], &["app.go"])], &LIMITS);
+        assert!(refusal.contains("outside its modules"), "{refusal}");
+    }
+
+    #[test]
+    fn a_fifo_in_the_tree_gives_no_key_and_is_not_waited_on() {
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), &[("cmd/app/a.S", ".incbin \"data.bin\"\n")]);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.path().join("cmd/app/data.bin"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let refusal = refusal(&[package(root.path(), "cmd/app", &["a.S"], &[])], &LIMITS);
+        assert!(refusal.contains("not a regular file"), "{refusal}");
+        assert!(
+            open_regular(&root.path().join("cmd/app/data.bin")).is_err(),
+            "opened without waiting, refused"
+        );
+    }
+
+    #[test]
+    fn a_file_of_endless_includes_gives_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        let many = "#include \"a.h\"\n".repeat(MAX_DIRECTIVES + 1);
+        write(root.path(), &[("a.s", many.as_str()), ("a.h", "")]);
+        let refusal = refusal(&[package(root.path(), "", &["a.s"], &[])], &LIMITS);
+        assert!(refusal.contains("more than 4096 includes"), "{refusal}");
     }
 
     #[test]

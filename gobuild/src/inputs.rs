@@ -504,7 +504,14 @@ fn include_sources(package: &Package) -> Option<includes::Sources> {
     if native.is_empty() && package.cgo_files.is_empty() {
         return None;
     }
-    Some(includes::Sources { dir: PathBuf::from(&package.dir), native, cgo: package.cgo_files.clone() })
+    let module = package.module.as_ref().map(|module| module.replace.as_deref().unwrap_or(module));
+    let root = module.map(|module| module.dir.as_str()).filter(|dir| !dir.is_empty()).unwrap_or(&package.dir);
+    Some(includes::Sources {
+        dir: PathBuf::from(&package.dir),
+        root: PathBuf::from(root),
+        native,
+        cgo: package.cgo_files.clone(),
+    })
 }
 
 /// Adds the files the packages' includes and `#cgo` flags read to `files`, as `file.`
@@ -754,8 +761,17 @@ fn hash_reader(mut reader: impl Read, buffer: &mut [u8]) -> std::io::Result<[u8;
 }
 
 /// BLAKE3 of the contents of the file at `path`.
+/// Opened without waiting on a FIFO, and only a regular file: the sources may be a tenant's.
 fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
-    hash_reader(std::fs::File::open(path)?, buffer)
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    hash_reader(file, buffer)
 }
 
 /// BLAKE3 of each file's contents, on a few threads.
