@@ -79,6 +79,8 @@ impl Cas {
     /// Reads back a blob a reader says came back wrong, and removes it if it is corrupt. The
     /// whole blob's decoding is charged to `budget` first.
     pub async fn recheck(&self, digest: Digest, budget: &DecodeBudget) -> Result<Recheck> {
+        // A declared size no stored blob can have would only put the token in debt.
+        self.check_blob_size(&digest)?;
         budget.charge(digest.size, 0)?;
         self.rechecks.recheck(digest).await
     }
@@ -112,11 +114,12 @@ impl Cas {
     }
 
     fn stream_permit(&self) -> Result<OwnedSemaphorePermit> {
-        Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
-            Error::ResourceExhausted(format!(
+        Arc::clone(&self.streams).try_acquire_owned().map_err(|_| Error::Busy {
+            message: format!(
                 "the server is already serving {} streams (max_concurrent_streams); retry shortly",
                 self.limits.max_concurrent_streams
-            ))
+            ),
+            retry_after: crate::auth::layer::POOL_RETRY,
         })
     }
 

@@ -17,6 +17,10 @@ pub enum Error {
     /// A size, count or concurrency limit was hit, or the disk is full.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A rate or a share of a pool is used up for now: the same request is admitted again after
+    /// `retry_after`, which the status carries ([`proto::RETRY_AFTER_MS`]).
+    #[error("{message}")]
+    Busy { message: String, retry_after: std::time::Duration },
     /// No token, or one this server does not know.
     #[error("{0}")]
     Unauthenticated(String),
@@ -113,7 +117,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::Busy { .. } => Code::ResourceExhausted,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -128,6 +132,13 @@ impl From<Error> for Status {
         if code == Code::Internal || code == Code::DataLoss {
             tracing::error!(error = %err, "request failed");
         }
-        Status::new(code, err.to_string())
+        let mut status = Status::new(code, err.to_string());
+        if let Error::Busy { retry_after, .. } = &err {
+            let millis = retry_after.as_millis().max(1).to_string();
+            if let Ok(value) = millis.parse() {
+                status.metadata_mut().insert(proto::RETRY_AFTER_MS, value);
+            }
+        }
+        status
     }
 }

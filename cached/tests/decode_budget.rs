@@ -69,6 +69,8 @@ async fn a_zero_bomb_upload_is_refused_before_it_is_decoded() {
     };
     assert_eq!(err.code(), Code::ResourceExhausted, "after {spent} ticks of CPU: {err:?}");
     assert!(err.message().contains("max_decode_rate") && err.message().contains("`pr`"), "{err:?}");
+    let wait: u64 = err.metadata().get(proto::RETRY_AFTER_MS).unwrap().to_str().unwrap().parse().unwrap();
+    assert!(wait > 0, "the refusal says when the budget is paid back: {err:?}");
     // Decompressing and hashing the GiB took about 90 ticks here; 17 MiB takes a few.
     assert!(spent < 30, "the refused upload cost {spent} ticks of CPU");
 

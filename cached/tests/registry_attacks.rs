@@ -545,3 +545,46 @@ async fn an_index_naming_more_than_4096_distinct_manifests_is_refused() {
     assert!(refused.body.contains("MANIFEST_INVALID") && refused.body.contains("4096"), "{}", refused.body);
     registry.stop().await;
 }
+
+/// A blob download takes one of its token's CAS streams (max_streams_per_token), as a
+/// Cas.Read does: one token's slow downloads cannot hold every stream of the server.
+#[tokio::test]
+async fn blob_downloads_count_against_their_tokens_streams() {
+    let registry = Registry::start(&[("max_streams_per_token", "1")]).await;
+    let blob: Vec<u8> = (0..32u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let digest = sha256(&blob);
+    let pushed = registry
+        .send(
+            reqwest::Method::POST,
+            &format!("/v2/main/app/blobs/uploads/?digest={digest}"),
+            "dev",
+            None,
+            blob,
+        )
+        .await;
+    assert_eq!(pushed.status, 201, "{}", pushed.body);
+    let url = format!("{}/v2/main/app/blobs/{digest}", registry.base);
+    let open = |who: &str| registry.http.get(&url).bearer_auth(secret(who)).send();
+
+    // Its body is not read: the download holds its stream.
+    let held = open("dev").await.unwrap();
+    assert_eq!(held.status(), 200);
+    let refused = registry.get(&format!("/v2/main/app/blobs/{digest}"), "dev").await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body.contains("max_streams_per_token"), "{}", refused.body);
+    let other = open("ci").await.unwrap();
+    assert_eq!(other.status(), 200, "another token has its own streams");
+    drop(other);
+
+    drop(held);
+    let mut again = 0;
+    for _ in 0..50 {
+        again = open("dev").await.unwrap().status().as_u16();
+        if again == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(again, 200, "the stream came back once the download ended");
+    registry.stop().await;
+}

@@ -59,6 +59,8 @@ async fn a_token_holds_only_its_share_of_uploads_and_streams() {
     let err = upload(&cas, "pr", b"a third upload").await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("max_uploads_per_token") && err.message().contains("`pr`"), "{err:?}");
+    // A share comes back: the refusal says when to try again, so clients retry rather than stop.
+    assert!(err.metadata().get(proto::RETRY_AFTER_MS).is_some(), "{err:?}");
     upload(&cas, "main", b"another tenant's upload").await.expect("main has its own share");
 
     // Reads count against the token's streams: two uploads and one unread download fill three.

@@ -25,7 +25,13 @@ pub enum ClientError {
     /// A call cached answered with an error status: the code tells a refusal (no write
     /// scope, a disk at its floor) from a failure.
     #[error("cached refused the request: {code:?}: {message}")]
-    Status { code: tonic::Code, message: String },
+    Status {
+        code: tonic::Code,
+        message: String,
+        /// When the server says the same request will be admitted ([`proto::RETRY_AFTER_MS`]):
+        /// a rate or a pool share used up for now, not a refusal that stands.
+        retry_after: Option<std::time::Duration>,
+    },
     #[error("{0} of the given digests are missing")]
     SomeMissing(usize),
     /// A program this command runs (the go command) could not be started or waited for.
@@ -50,6 +56,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The wait before the same request is admitted, when the server said it would be.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// 0 success, 1 failure, 2 bad input, 3 server unreachable.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -78,13 +92,21 @@ impl ClientError {
     }
 }
 
+/// The wait a RESOURCE_EXHAUSTED status asks for before the same request, if it is worth one.
+pub fn retry_after(status: &tonic::Status) -> Option<std::time::Duration> {
+    let millis = status.metadata().get(proto::RETRY_AFTER_MS)?.to_str().ok()?.parse::<u64>().ok()?;
+    (status.code() == tonic::Code::ResourceExhausted).then(|| std::time::Duration::from_millis(millis))
+}
+
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
         match status.code() {
             tonic::Code::Unavailable => {
                 Self::Unreachable { server: "the server".to_owned(), reason: status.message().to_owned() }
             }
-            code => Self::Status { code, message: status.message().to_owned() },
+            code => {
+                Self::Status { code, message: status.message().to_owned(), retry_after: retry_after(&status) }
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod busy;
 pub mod clock;
 pub mod connect;
 pub mod error;

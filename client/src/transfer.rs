@@ -14,6 +14,7 @@ use proto::{Digest, FRAME_SIZE};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::busy::retrying;
 use crate::connect::Client;
 use crate::error::{ClientError, Result};
 
@@ -99,7 +100,9 @@ pub async fn find_missing(client: &Client, digests: &[Digest]) -> Result<Vec<Dig
     let mut missing = Vec::new();
     for chunk in digests.chunks(BATCH_ITEMS) {
         let request = v1::FindMissingRequest { digests: chunk.iter().map(|d| d.to_wire()).collect() };
-        let response = client.cas.clone().find_missing(request).await?.into_inner();
+        let response = retrying(|| async { Ok(client.cas.clone().find_missing(request.clone()).await?) })
+            .await?
+            .into_inner();
         for wire in response.missing {
             missing.push(Digest::from_wire(Some(&wire)).map_err(|err| ClientError::Server(err.to_string()))?);
         }
@@ -107,8 +110,13 @@ pub async fn find_missing(client: &Client, digests: &[Digest]) -> Result<Vec<Dig
     Ok(missing)
 }
 
-/// Uploads small blobs (each at most one frame) in one request.
+/// Uploads small blobs (each at most one frame) in one request, made again while the server
+/// refuses it for now ([`crate::busy`]).
 pub async fn batch_write(client: &Client, blobs: Vec<(Digest, Bytes)>, level: i32) -> Result<()> {
+    retrying(|| batch_write_once(client, blobs.clone(), level)).await
+}
+
+async fn batch_write_once(client: &Client, blobs: Vec<(Digest, Bytes)>, level: i32) -> Result<()> {
     let compressed = crate::task::spawn_blocking(
         "compress-blobs",
         move || -> Result<Vec<v1::batch_write_request::Blob>> {
@@ -148,8 +156,13 @@ pub async fn batch_write(client: &Client, blobs: Vec<(Digest, Bytes)>, level: i3
     Ok(())
 }
 
-/// Streams one file up as zstd frames, compressed on a blocking thread while sending.
+/// Streams one file up as zstd frames, compressed on a blocking thread while sending; made
+/// again while the server refuses it for now ([`crate::busy`]).
 pub async fn upload_file(client: &Client, path: &Path, digest: Digest, level: i32) -> Result<()> {
+    retrying(|| upload_file_once(client, path, digest, level)).await
+}
+
+async fn upload_file_once(client: &Client, path: &Path, digest: Digest, level: i32) -> Result<()> {
     let (sender, frames) = mpsc::channel::<Bytes>(PIPELINE_FRAMES);
     let source = path.to_owned();
     let framer =

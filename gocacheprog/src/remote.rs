@@ -165,7 +165,8 @@ impl RemoteTier {
     }
 
     pub fn note_failure(&self, err: &RemoteError) {
-        if err.is_remote() {
+        // A refusal for now says the server is there: the breaker is for outages.
+        if err.is_remote() && !err.is_busy() {
             self.breaker.failure(&err.to_string());
         }
     }
@@ -552,5 +553,18 @@ mod tests {
         let outage = RemoteError::Status(tonic::Status::unavailable("down"));
         assert!(!outage.is_refusal() && outage.is_remote());
         assert!(!RemoteError::Internal("join".into()).is_remote());
+    }
+
+    /// A token over its rate or its share of uploads is told when to come back: that neither
+    /// stops the session's uploads nor counts toward the breaker.
+    #[test]
+    fn a_refusal_for_now_is_neither_a_standing_refusal_nor_an_outage() {
+        let mut busy = tonic::Status::resource_exhausted("token `ci` is already sending 64 uploads");
+        busy.metadata_mut().insert(proto::RETRY_AFTER_MS, "500".parse().unwrap());
+        for err in [RemoteError::Status(busy.clone()), RemoteError::Client(busy.into())] {
+            assert!(err.is_busy() && !err.is_refusal(), "{err}");
+        }
+        let full = RemoteError::Status(tonic::Status::resource_exhausted("the server's disk is nearly full"));
+        assert!(!full.is_busy() && full.is_refusal());
     }
 }

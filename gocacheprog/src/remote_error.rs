@@ -26,13 +26,25 @@ pub enum RemoteError {
 
 impl RemoteError {
     /// Whether the server answered and refused to store (a token without write scope, a disk
-    /// nearly full): it still serves reads, so this is no outage.
+    /// nearly full): it still serves reads, so this is no outage. A refusal for now
+    /// ([`RemoteError::is_busy`]) is not one.
     pub(crate) fn is_refusal(&self) -> bool {
         const REFUSALS: [tonic::Code; 3] =
             [tonic::Code::PermissionDenied, tonic::Code::Unauthenticated, tonic::Code::ResourceExhausted];
+        !self.is_busy()
+            && match self {
+                Self::Status(status) => REFUSALS.contains(&status.code()),
+                Self::Client(ClientError::Status { code, .. }) => REFUSALS.contains(code),
+                _ => false,
+            }
+    }
+
+    /// Whether the server refused this request for now (a rate, a share of a pool) and would
+    /// admit it again shortly: neither an outage nor a refusal that stands.
+    pub(crate) fn is_busy(&self) -> bool {
         match self {
-            Self::Status(status) => REFUSALS.contains(&status.code()),
-            Self::Client(ClientError::Status { code, .. }) => REFUSALS.contains(code),
+            Self::Status(status) => cached_client::error::retry_after(status).is_some(),
+            Self::Client(err) => err.retry_after().is_some(),
             _ => false,
         }
     }

@@ -25,6 +25,11 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cached_descriptor");
 
+/// Metadata of a RESOURCE_EXHAUSTED status that is worth retrying: milliseconds until a
+/// retry may be admitted (a rate, a share of a pool). Without it the refusal stands (a full
+/// disk) and a client stops asking for a while.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
 /// Uncompressed bytes in every stored zstd frame but a blob's last. Fixed so that the frame
 /// holding any offset is `offset / FRAME_SIZE`, which makes range reads need no index.
 pub const FRAME_SIZE: usize = 1 << 20;

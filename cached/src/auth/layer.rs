@@ -199,16 +199,26 @@ impl AuthSettings {
             )));
         }
         let upload = if method.upload {
-            Some(Arc::clone(&self.uploads).try_acquire_owned().map_err(|_| {
-                Error::ResourceExhausted(format!(
+            Some(Arc::clone(&self.uploads).try_acquire_owned().map_err(|_| Error::Busy {
+                message: format!(
                     "the server is already receiving {} uploads (max_concurrent_uploads); retry shortly",
                     self.max_uploads
-                ))
+                ),
+                retry_after: POOL_RETRY,
             })?)
         } else {
             None
         };
         Ok(Admitted { grant, _upload: upload })
+    }
+
+    /// One of the token's CAS streams, for a stream served outside the gRPC layer (a registry
+    /// blob download); none to take without tokens.
+    pub fn stream_slot(&self, token: &str) -> Result<Option<TokenSlot>, Error> {
+        if token == Grant::ANONYMOUS {
+            return Ok(None);
+        }
+        self.token_streams.open(token).map(Some)
     }
 
     /// The token's shares of long-lived slots this call takes, held until its response body is
@@ -316,15 +326,22 @@ fn within_rate(caller: Caller) -> Result<Arc<Grant>, Error> {
     if let Some(limiter) = &caller.limiter
         && let Err(wait) = limiter.check()
     {
-        return Err(Error::ResourceExhausted(format!(
-            "token `{}` is over its rate limit of {} requests per second (rate_limit); retry in {} ms",
-            caller.grant.token,
-            limiter.rate(),
-            wait.as_millis().max(1)
-        )));
+        return Err(Error::Busy {
+            message: format!(
+                "token `{}` is over its rate limit of {} requests per second (rate_limit); retry in {} ms",
+                caller.grant.token,
+                limiter.rate(),
+                wait.as_millis().max(1)
+            ),
+            retry_after: wait,
+        });
     }
     Ok(caller.grant)
 }
+
+/// When a caller refused a place in a full pool (uploads, streams) may try again: most calls
+/// holding one end within a second.
+pub(crate) const POOL_RETRY: Duration = Duration::from_millis(500);
 
 /// Limiters of lease credentials are dropped, for leases that ended, once this many exist.
 const PRUNE_LIMITERS_AT: usize = 1024;

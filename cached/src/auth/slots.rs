@@ -28,20 +28,22 @@ pub(super) enum SlotKind {
 
 impl SlotKind {
     fn refusal(self, token: &str, cap: usize) -> Error {
-        Error::ResourceExhausted(match self {
-            Self::Watches => format!(
+        let busy = |message| Error::Busy { message, retry_after: super::layer::POOL_RETRY };
+        match self {
+            // A watch lasts as long as its job: there is no moment worth retrying at.
+            Self::Watches => Error::ResourceExhausted(format!(
                 "token `{token}` already watches {cap} jobs (max_watches_per_token); close a watch \
                  or follow the jobs with Jobs.List"
-            ),
-            Self::Uploads => format!(
+            )),
+            Self::Uploads => busy(format!(
                 "token `{token}` is already sending {cap} uploads (max_uploads_per_token); retry \
                  once one has finished"
-            ),
-            Self::Streams => format!(
+            )),
+            Self::Streams => busy(format!(
                 "token `{token}` already holds {cap} Cas.Read/Cas.Write streams \
                  (max_streams_per_token); retry once one has finished"
-            ),
-        })
+            )),
+        }
     }
 }
 
@@ -79,7 +81,7 @@ impl TokenSlots {
 }
 
 /// One call's place, given back when it is dropped (with the call's response body).
-pub(super) struct TokenSlot {
+pub struct TokenSlot {
     slots: Arc<TokenSlots>,
     token: String,
 }

@@ -118,6 +118,12 @@ pub fn check_name(name: &str) -> Result<(), String> {
             "token name {name:?} must be 1 to {MAX_NAME_LEN} letters, digits, `-`, `_` or `.`"
         ));
     }
+    // Per-token limits leave the callers of a server without tokens alone: they are one party.
+    if name == super::Grant::ANONYMOUS {
+        return Err(format!(
+            "token name {name:?} is reserved for the callers of a server without tokens; choose another"
+        ));
+    }
     Ok(())
 }
 
@@ -366,6 +372,9 @@ mod tests {
         assert!(err.contains("`scopes`") && err.contains("raed"), "{err}");
         let err = parse(text("").replace("name = \"a\"", "name = \"a b\"")).unwrap_err();
         assert!(err.contains("token name"), "{err}");
+        // A token named like the callers of a server without tokens would escape per-token limits.
+        let err = parse(text("").replace("name = \"a\"", "name = \"anonymous\"")).unwrap_err();
+        assert!(err.contains("reserved"), "{err}");
         let err = parse(text("rate_limit = -1\n")).unwrap_err();
         assert!(err.contains("rate_limit"), "{err}");
     }

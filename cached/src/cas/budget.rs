@@ -64,8 +64,9 @@ impl DecodeBudget {
         if amplified == 0 {
             return Ok(());
         }
-        bucket.charge(amplified as f64).map_err(|wait| {
-            Error::ResourceExhausted(format!(
+        bucket.charge(amplified as f64).map_err(|wait| Error::Busy {
+            retry_after: wait,
+            message: format!(
                 "token `{}` has made the server decompress more than it sent, past its budget of \
                  {} bytes per second (max_decode_rate); nothing was stored. Retry in {} ms, send \
                  highly compressible blobs uncompressed, or ask the operator to raise \
@@ -73,7 +74,7 @@ impl DecodeBudget {
                 self.token,
                 self.rate,
                 wait.as_millis().max(1)
-            ))
+            ),
         })
     }
 }

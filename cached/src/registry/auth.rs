@@ -50,7 +50,9 @@ impl Registry {
     pub(super) fn caller(&self, headers: &HeaderMap, api: &str, peer: &str) -> RegistryResult<Arc<Grant>> {
         let secret = credential(headers);
         self.auth.grant_for_secret(secret.as_deref(), api, peer).map_err(|err| match err {
-            Error::ResourceExhausted(message) => RegistryError::new(Code::TooManyRequests, message),
+            Error::ResourceExhausted(message) | Error::Busy { message, .. } => {
+                RegistryError::new(Code::TooManyRequests, message)
+            }
             other => RegistryError::new(Code::Unauthorized, other.to_string())
                 .with_header(header::WWW_AUTHENTICATE, challenge(headers, self.tls)),
         })

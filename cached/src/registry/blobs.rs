@@ -41,13 +41,21 @@ impl Registry {
     }
 }
 
+/// What of a blob GET's request the answer needs.
+pub(super) struct BlobRequest<'a> {
+    pub headers: &'a HeaderMap,
+    /// The caller's token name, whose streams the download counts against.
+    pub token: &'a str,
+}
+
 pub(super) async fn get(
     registry: &Registry,
     repo: &Repository,
     reference: &str,
-    headers: &HeaderMap,
+    request: BlobRequest<'_>,
     head_only: bool,
 ) -> RegistryResult<Response> {
+    let headers = request.headers;
     let sha256 = Sha256Digest::parse(reference)?;
     let digest = registry.resolve_blob(repo, sha256).await?.ok_or_else(|| unknown(repo, &sha256))?;
     let range = match headers.get(header::RANGE).and_then(|value| value.to_str().ok()) {
@@ -58,8 +66,14 @@ pub(super) async fn get(
     let mut response = if head_only || start == end {
         Response::new(Body::empty())
     } else {
+        // One of the token's CAS streams (max_streams_per_token), as a Cas.Read would take,
+        // held for as long as the body is sent.
+        let slot = registry.auth.stream_slot(request.token)?;
         let chunks = registry.cas.download(digest, start, end - start, Encoding::Identity).await?;
-        let body = ReceiverStream::new(chunks).map(|chunk| chunk.map(|chunk| chunk.data));
+        let body = ReceiverStream::new(chunks).map(move |chunk| {
+            let _held = &slot;
+            chunk.map(|chunk| chunk.data)
+        });
         Response::new(Body::from_stream(body))
     };
     let headers = response.headers_mut();

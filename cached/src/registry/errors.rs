@@ -112,7 +112,9 @@ impl From<Error> for RegistryError {
             Error::InvalidArgument(message) => Self::new(Code::BlobUploadInvalid, message.clone()),
             Error::Unauthenticated(message) => Self::new(Code::Unauthorized, message.clone()),
             Error::PermissionDenied(message) => Self::new(Code::Denied, message.clone()),
-            Error::ResourceExhausted(message) => Self::new(Code::TooManyRequests, message.clone()),
+            Error::ResourceExhausted(message) | Error::Busy { message, .. } => {
+                Self::new(Code::TooManyRequests, message.clone())
+            }
             _ => {
                 tracing::error!(error = %err, "registry request failed");
                 Self::new(Code::Internal, err.to_string())

@@ -162,8 +162,10 @@ async fn serve(registry: &Registry, target: Target, request: Request, peer: &str
         Err(err) => return err.into_response(),
     };
     let query = parts.uri.query().map(form_urlencoded).unwrap_or_default();
+    let caller = Some(std::sync::Arc::from(grant.token.as_str()));
     let call = Call { method: parts.method, headers: parts.headers, query, body, grant };
-    match answer(registry, target, call).await {
+    // Work for this token, as gRPC calls are (`crate::caller`): its bucket lookups count.
+    match crate::caller::scope(caller, answer(registry, target, call)).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
@@ -192,7 +194,8 @@ async fn answer(registry: &Registry, target: Target, call: Call) -> RegistryResu
         Target::Blob(repo, digest) => match method {
             Method::GET | Method::HEAD => {
                 auth::check(&call.grant, Scope::Read, &repo)?;
-                blobs::get(registry, &repo, &digest, &call.headers, method == Method::HEAD).await
+                let request = blobs::BlobRequest { headers: &call.headers, token: &call.grant.token };
+                blobs::get(registry, &repo, &digest, request, method == Method::HEAD).await
             }
             Method::DELETE => {
                 auth::check(&call.grant, Scope::Admin, &repo)?;
