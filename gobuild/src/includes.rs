@@ -668,15 +668,7 @@ fn between(operand: &str, open: char, close: char) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Writes `files` (path, contents) under `dir`.
-    fn write(dir: &Path, files: &[(&str, &str)]) {
-        for (path, contents) in files {
-            let path = dir.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, contents).unwrap();
-        }
-    }
+    use crate::testing::write;
 
     fn package(root: &Path, dir: &str, native: &[&str], cgo: &[&str]) -> Sources {
         Sources {

@@ -807,15 +807,7 @@ mod tests {
     use super::*;
     use crate::exec::Processes;
     use crate::flags;
-
-    /// Writes `files` (path, contents) under `dir`.
-    fn write(dir: &Path, files: &[(&str, &str)]) {
-        for (path, contents) in files {
-            let path = dir.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, contents).unwrap();
-        }
-    }
+    use crate::testing::write;
 
     /// Runs `command` in `dir`; it must succeed.
     fn run(dir: &Path, command: &[&str], env: &[(&str, &str)]) {

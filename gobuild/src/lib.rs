@@ -26,6 +26,8 @@ pub mod inputs;
 pub mod manifest;
 pub mod modules;
 pub mod outputs;
+#[cfg(test)]
+mod testing;
 
 pub use build::{
     BuildOptions, BuildOutcome, BuildRequest, bridge_env, build, build_with, default_gocacheprog,
