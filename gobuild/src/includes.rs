@@ -603,7 +603,10 @@ impl GoComments {
 /// The directive a logical line holds, if any.
 fn directive(line: &[u8], fortran: bool) -> Option<Directive> {
     let text = String::from_utf8_lossy(line);
-    let text = text.trim_start();
+    let text = skip_comments(&text);
+    if let Some(name) = inline_incbin(text) {
+        return Some(Directive::Incbin(name));
+    }
     // `%:` is the digraph of `#`, on in C by default.
     let (word, operand) = if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
         let (word, operand) = split_word(rest.trim_start());
@@ -648,6 +651,25 @@ fn computed(word: &str, operand: &str) -> Directive {
 }
 
 /// The identifier a directive starts with, and the rest after spaces.
+/// `text` past leading blanks and block comments: `/* why */ #include "x.h"` is a directive.
+fn skip_comments(text: &str) -> &str {
+    let mut text = text.trim_start();
+    while let Some(rest) = text.strip_prefix("/*") {
+        let Some(end) = rest.find("*/") else { return text };
+        text = rest[end + 2..].trim_start();
+    }
+    text
+}
+
+/// The file of an `.incbin` in a C string (inline assembly: `__asm__(".incbin \"f\"")`),
+/// which the assembler reads as it would in a `.S` file.
+fn inline_incbin(text: &str) -> Option<String> {
+    const OPEN: &str = ".incbin \\\"";
+    let start = text.find(OPEN)? + OPEN.len();
+    let rest = &text[start..];
+    Some(rest[..rest.find("\\\"")?].to_owned())
+}
+
 fn split_word(text: &str) -> (&str, &str) {
     let end = text.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(text.len());
     (&text[..end], text[end..].trim_start())
@@ -724,6 +746,26 @@ mod tests {
         );
         let refusal = refusal(&[package(root.path(), "", &[], &["app.go"])], &LIMITS);
         assert!(refusal.contains("outside its modules"), "{refusal}");
+    }
+
+    #[test]
+    fn includes_after_a_comment_and_incbin_in_inline_assembly_are_keyed() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                (
+                    "app/a.c",
+                    "/* why */ #include \"../inc/a.h\"\n__asm__(\".incbin \\\"../data/blob.bin\\\"\");\n",
+                ),
+                ("inc/a.h", ""),
+                ("data/blob.bin", "data"),
+            ],
+        );
+        assert_eq!(
+            found(root.path(), &[package(root.path(), "app", &["a.c"], &[])]),
+            ["data/blob.bin", "inc/a.h"]
+        );
     }
 
     #[test]
