@@ -65,6 +65,12 @@ impl Drop for ExplainingSlot<'_> {
     }
 }
 
+/// The causes a miss adds to its namespace's counts: none for one left unexplained, which says
+/// how busy the server was (perhaps with another tenant's lookups), not why the build missed.
+pub(super) fn counted_causes(explanation: &v1::MissExplanation) -> &[String] {
+    if explanation.basis == BASIS_NOT_EXPLAINED { &[] } else { &explanation.causes }
+}
+
 /// What one explanation may still read.
 struct Budget {
     candidates: usize,
@@ -404,6 +410,7 @@ mod tests {
         assert!(!miss.hit);
         assert_eq!(explanation.basis, BASIS_NOT_EXPLAINED, "{:?}", explanation.causes);
         assert_eq!(records.rows.load(Ordering::Relaxed), 0, "no earlier manifest was read");
+        assert!(counted_causes(&explanation).is_empty(), "busy is no cause of the namespace's misses");
         drop(busy);
         let miss = builds.lookup_blocking("ci", &target("os1"), &key, &manifest).unwrap();
         assert_eq!(miss.explanation.unwrap().basis, BASIS_SAME_TARGET, "a free place explains again");

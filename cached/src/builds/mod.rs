@@ -254,7 +254,7 @@ impl Builds {
             evicted = true;
         }
         let explanation = self.explain_miss(namespace, target, key, manifest, evicted)?;
-        self.counters.miss(namespace, &explanation.causes);
+        self.counters.miss(namespace, explain::counted_causes(&explanation));
         self.append(&v1::BuildEvent {
             kind: "miss".to_owned(),
             namespace: namespace.to_owned(),
