@@ -213,6 +213,25 @@ impl Drop for GroupGuard {
     }
 }
 
+/// The most of a captured command's stdout or stderr that is kept in memory. What the build
+/// library captures (`go list -deps -json` of a build, `go env`, a compiler's version) is far
+/// smaller; a job's sources decide how much, so past it the command fails instead.
+pub const MAX_CAPTURED: u64 = 256 << 20;
+
+/// All of `pipe`, refused past `cap` bytes.
+async fn read_capped(pipe: Option<impl tokio::io::AsyncRead + Unpin>, cap: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let Some(pipe) = pipe else { return Ok(out) };
+    pipe.take(cap + 1).read_to_end(&mut out).await?;
+    if out.len() as u64 > cap {
+        return Err(std::io::Error::other(format!(
+            "the command printed more than {cap} bytes, more than is kept"
+        )));
+    }
+    Ok(out)
+}
+
 /// The exit code, or 128 + signal as a shell reports a killed process.
 fn code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
@@ -222,10 +241,18 @@ fn code(status: std::process::ExitStatus) -> i32 {
 #[tonic::async_trait]
 impl Exec for Processes {
     async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
-        let child = self.command(invocation).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let mut child = self.command(invocation).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let pid = child.id();
-        let output = self.bounded(pid, child.wait_with_output()).await?;
-        Ok(Captured { code: code(output.status), stdout: output.stdout, stderr: output.stderr })
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let captured = async {
+            let (stdout, stderr, status) = tokio::try_join!(
+                read_capped(stdout, MAX_CAPTURED),
+                read_capped(stderr, MAX_CAPTURED),
+                child.wait()
+            )?;
+            Ok(Captured { code: code(status), stdout, stderr })
+        };
+        self.bounded(pid, captured).await
     }
 
     fn inherited_var(&self, name: &str) -> Option<String> {
@@ -341,6 +368,17 @@ mod group_tests {
     fn alive(pid: i32) -> bool {
         std::path::Path::new(&format!("/proc/{pid}")).exists()
             && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+    }
+
+    #[tokio::test]
+    async fn captured_output_is_refused_past_its_cap() {
+        let ten: &[u8] = b"0123456789";
+        assert_eq!(read_capped(Some(ten), 10).await.unwrap(), ten);
+        let err = read_capped(Some(ten), 9).await.unwrap_err();
+        assert!(err.to_string().contains("more than 9 bytes"), "{err}");
+        // A command's own output goes through the same cap.
+        let printed = Processes::default().output(&sh("printf hello")).await.unwrap();
+        assert_eq!(printed.stdout, b"hello");
     }
 
     #[tokio::test]
