@@ -25,23 +25,20 @@ async fn a_flood_of_refused_calls_is_logged_once_per_reason() {
     let (captured, _guard) = common::logs::capture("audit=info,cached=info");
 
     let dir = tempfile::tempdir().unwrap();
-    let spec = TokenSpec {
-        name: "ci".to_owned(),
-        scopes: Scopes::parse_list("cas-write").unwrap(),
-        namespaces: NamespacePattern::parse_list("*").unwrap(),
-        secret_hash: SecretHash::new("the-ci-secret").unwrap(),
-        rate_limit: Some(0),
-    };
-    // A token of its own namespaces, which a caller names in each request.
-    let pr = TokenSpec {
-        name: "pr".to_owned(),
-        scopes: Scopes::parse_list("read").unwrap(),
-        namespaces: NamespacePattern::parse_list("pr/*").unwrap(),
-        secret_hash: SecretHash::new("the-pr-secret").unwrap(),
-        rate_limit: Some(0),
+    // `ci` may use every namespace; `pr` only its own, which a caller names in each request.
+    let spec = |name: &str, scopes: &str, namespaces: &str| {
+        let spec = TokenSpec {
+            name: name.to_owned(),
+            scopes: Scopes::parse_list(scopes).unwrap(),
+            namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
+            secret_hash: SecretHash::new(&format!("the-{name}-secret")).unwrap(),
+            rate_limit: Some(0),
+        };
+        spec.to_toml()
     };
     let tokens = dir.path().join("tokens.toml");
-    std::fs::write(&tokens, format!("{}\n{}", spec.to_toml(), pr.to_toml())).unwrap();
+    std::fs::write(&tokens, format!("{}\n{}", spec("ci", "cas-write", "*"), spec("pr", "read", "pr/*")))
+        .unwrap();
     let server = Server::start(&dir.path().join("data"), &[("tokens_file", tokens.to_str().unwrap())]).await;
     let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
     let stats = StatsClient::new(channel.clone());
