@@ -147,7 +147,10 @@ async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
+                // Another user's process may not make this warm fetch with its token.
+                if let Ok((stream, _)) = accepted
+                    && warm_wire::same_user(&stream)
+                {
                     let (flights, counters) = (Arc::clone(&flights), Arc::clone(&counters));
                     bridges.spawn(answer_bridge(stream, keys, flights, counters, stopped.clone()));
                 }

@@ -49,6 +49,10 @@ impl WarmLink {
     /// session with `keys`. Needs a tokio runtime.
     pub async fn connect(root: &Path, namespace: &str, keys: Option<&Keys>) -> Option<Arc<Self>> {
         let stream = UnixStream::connect(warm_wire::socket_path(root, namespace)).await.ok()?;
+        if !warm_wire::same_user(&stream) {
+            tracing::warn!("the warm socket of this local cache is another user's; not joining it");
+            return None;
+        }
         let (reader, mut writer) = stream.into_split();
         let mut reader = warm_wire::LineReader::new(reader);
         let lands_our_list = match keys {

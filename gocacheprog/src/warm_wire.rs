@@ -47,6 +47,13 @@ pub fn socket_path(root: &Path, namespace: &str) -> PathBuf {
     root.join(format!("warm-{hex}.sock"))
 }
 
+/// Whether the other end of `stream` runs as this process's user. The socket is the owner's
+/// (mode 0600), but it is chmodded only after it is bound, and the tier's directory may not be
+/// private: neither end talks to another user's process.
+pub fn same_user(stream: &tokio::net::UnixStream) -> bool {
+    stream.peer_cred().is_ok_and(|peer| peer.uid() == rustix::process::getuid().as_raw())
+}
+
 pub const JOINED: &str = "joined";
 pub const OTHER: &str = "other";
 
@@ -147,6 +154,33 @@ pub async fn write_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A warm fetches with its user's token and a bridge trusts what it says: neither talks to
+    /// another user's process. (Run as root only: it takes another uid to connect.)
+    #[tokio::test]
+    async fn only_a_peer_of_the_same_user_is_talked_to() {
+        let (ours, _other_end) = tokio::net::UnixStream::pair().unwrap();
+        assert!(same_user(&ours));
+        if !rustix::process::getuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let path = dir.path().join("warm.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let script = format!(
+            "import socket,time; s=socket.socket(socket.AF_UNIX); s.connect({:?}); time.sleep(2)",
+            path.display().to_string()
+        );
+        let mut nobody = std::process::Command::new("python3");
+        std::os::unix::process::CommandExt::uid(&mut nobody, 65534);
+        let mut child = nobody.args(["-c", &script]).spawn().unwrap();
+        let (theirs, _) = listener.accept().await.unwrap();
+        assert!(!same_user(&theirs), "a process of uid 65534 passed for ours");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     #[tokio::test]
     async fn a_line_without_an_end_is_refused_at_the_bound() {
