@@ -1,13 +1,18 @@
 //! A directory's tree as one layer (`cachectl image --layer DIR`), placed at `/`: a root
 //! filesystem or a toolchain next to the binary. Deterministic as the binary's layer: entries
 //! sorted by name bytes, permission bits kept, a fixed owner and mtime, no user or group names.
-//! Symlinks stay symlinks and are never followed, so nothing outside the directory is read.
+//! Symlinks stay symlinks and are never followed, so nothing outside the directory is read,
+//! even if the tree changes while it is walked: every directory is opened beneath the root
+//! with no link on the way (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`), every entry
+//! through its directory's handle, and a file must be the one that was listed once open.
 
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io::{self, BufReader, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use super::digest::HashingWriter;
 use super::error::{OciError, Result};
@@ -30,13 +35,16 @@ pub fn write_tree_layer(root: &Path, options: &TreeOptions, out: impl Write) -> 
     if !metadata.is_dir() {
         return Err(OciError::Usage(format!("--layer {}: not a directory", root.display())));
     }
+    let root_dir =
+        rustix::fs::open(root, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|err| OciError::file(root)(err.into()))?;
+    let walk = Walk { root, root_dir, options };
     let encoder =
         Encoder::new(HashingWriter::with_blake3(out), options.compression).map_err(OciError::file(root))?;
     let mut tar = tar::Builder::new(HashingWriter::new(encoder));
-    let mut pending = Vec::new();
-    append_children(&mut tar, root, Path::new(""), options, &mut pending)?;
+    let mut pending = vec![PathBuf::new()];
     while let Some(relative) = pending.pop() {
-        append_children(&mut tar, &root.join(&relative), &relative, options, &mut pending)?;
+        walk.append_children(&mut tar, &relative, &mut pending)?;
     }
     let (encoder, diff_id, _, _) = tar.into_inner().map_err(OciError::file(root))?.finish();
     let compressed = encoder.finish().map_err(OciError::file(root))?;
@@ -51,82 +59,138 @@ pub fn write_tree_layer(root: &Path, options: &TreeOptions, out: impl Write) -> 
     })
 }
 
-/// Appends the entries of `dir` (at `relative` in the layer) in name order. Subdirectories are
-/// pushed on `pending`, to be walked after: each directory's entries come as one sorted run,
-/// after its own entry.
-fn append_children<W: Write>(
-    tar: &mut tar::Builder<W>,
-    dir: &Path,
-    relative: &Path,
-    options: &TreeOptions,
-    pending: &mut Vec<PathBuf>,
-) -> Result<()> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(OciError::file(dir))? {
-        names.push(entry.map_err(OciError::file(dir))?.file_name());
+/// One walk of a tree: its root, open, and what the entries are written with.
+struct Walk<'a> {
+    root: &'a Path,
+    root_dir: OwnedFd,
+    options: &'a TreeOptions,
+}
+
+/// An entry as it was listed.
+struct Listed {
+    kind: FileType,
+    mode: u32,
+    size: u64,
+    identity: (u64, u64),
+}
+
+impl Walk<'_> {
+    fn refused(&self, relative: &Path) -> impl FnOnce(rustix::io::Errno) -> OciError + '_ {
+        let path = self.root.join(relative);
+        move |err| OciError::file(path)(err.into())
     }
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    let mut subdirs = Vec::new();
-    for name in names {
-        if name.as_bytes().starts_with(b".wh.") {
+
+    /// Appends the entries of the directory at `relative` in name order. Subdirectories are
+    /// pushed on `pending`, to be walked after: each directory's entries come as one sorted
+    /// run, after its own entry.
+    fn append_children<W: Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        relative: &Path,
+        pending: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let beneath = if relative.as_os_str().is_empty() { Path::new(".") } else { relative };
+        let dir = rustix::fs::openat2(
+            &self.root_dir,
+            beneath,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        )
+        .map_err(self.refused(relative))?;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&dir).map_err(self.refused(relative))? {
+            let name = entry.map_err(self.refused(relative))?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(name);
+            }
+        }
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let inside = relative.join(std::ffi::OsStr::from_bytes(&name));
+            if name.starts_with(b".wh.") {
+                return Err(OciError::Usage(format!(
+                    "--layer: {} would be read as an OCI whiteout",
+                    inside.display()
+                )));
+            }
+            let stat = rustix::fs::statat(&dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(self.refused(&inside))?;
+            let listed = Listed {
+                kind: FileType::from_raw_mode(stat.st_mode),
+                mode: stat.st_mode & 0o7777,
+                size: stat.st_size as u64,
+                identity: (stat.st_dev, stat.st_ino),
+            };
+            self.append_entry(tar, &dir, &name, &inside, &listed)?;
+            if listed.kind == FileType::Directory {
+                subdirs.push(inside);
+            }
+        }
+        pending.extend(subdirs.into_iter().rev());
+        Ok(())
+    }
+
+    fn append_entry<W: Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        dir: &OwnedFd,
+        name: &[u8],
+        inside: &Path,
+        listed: &Listed,
+    ) -> Result<()> {
+        let mut header = tar::Header::new_ustar();
+        header.set_uid(self.options.uid);
+        header.set_gid(self.options.gid);
+        header.set_mtime(self.options.mtime);
+        header.set_mode(listed.mode);
+        let written = match listed.kind {
+            FileType::Directory => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                tar.append_data(&mut header, inside, io::empty())
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dir, name, Vec::new()).map_err(self.refused(inside))?;
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                tar.append_link(&mut header, inside, std::ffi::OsStr::from_bytes(target.as_bytes()))
+            }
+            FileType::RegularFile => {
+                let file = self.open_listed(dir, name, inside, listed)?;
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(listed.size);
+                // A file that shrank since it was listed fails the append rather than padding it.
+                tar.append_data(&mut header, inside, io::Read::take(BufReader::new(file), listed.size))
+            }
+            _ => {
+                return Err(OciError::Usage(format!(
+                    "--layer: {} is not a file, directory or symlink",
+                    self.root.join(inside).display()
+                )));
+            }
+        };
+        written.map_err(OciError::file(self.root.join(inside)))
+    }
+
+    /// The file listed as `name` in `dir`: not through a link, not waiting on a FIFO, and the
+    /// same file once open, so one swapped in since it was listed is refused.
+    fn open_listed(&self, dir: &OwnedFd, name: &[u8], inside: &Path, listed: &Listed) -> Result<File> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).map_err(self.refused(inside))?;
+        let opened = rustix::fs::fstat(&fd).map_err(self.refused(inside))?;
+        if FileType::from_raw_mode(opened.st_mode) != FileType::RegularFile
+            || (opened.st_dev, opened.st_ino) != listed.identity
+        {
             return Err(OciError::Usage(format!(
-                "--layer: {} would be read as an OCI whiteout",
-                relative.join(&name).display()
+                "--layer: {} changed while the tree was read; nothing was written",
+                self.root.join(inside).display()
             )));
         }
-        let path = dir.join(&name);
-        let inside = relative.join(&name);
-        let metadata = std::fs::symlink_metadata(&path).map_err(OciError::file(&path))?;
-        append_entry(tar, &path, &inside, &metadata, options)?;
-        if metadata.is_dir() {
-            subdirs.push(inside);
-        }
+        Ok(File::from(fd))
     }
-    pending.extend(subdirs.into_iter().rev());
-    Ok(())
 }
-
-fn append_entry<W: Write>(
-    tar: &mut tar::Builder<W>,
-    path: &Path,
-    inside: &Path,
-    metadata: &Metadata,
-    options: &TreeOptions,
-) -> Result<()> {
-    let mut header = tar::Header::new_ustar();
-    header.set_uid(options.uid);
-    header.set_gid(options.gid);
-    header.set_mtime(options.mtime);
-    header.set_mode(metadata.mode() & 0o7777);
-    let kind = metadata.file_type();
-    let written = if kind.is_dir() {
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_size(0);
-        tar.append_data(&mut header, inside, io::empty())
-    } else if kind.is_symlink() {
-        let target = std::fs::read_link(path).map_err(OciError::file(path))?;
-        header.set_entry_type(tar::EntryType::Symlink);
-        header.set_size(0);
-        tar.append_link(&mut header, inside, target)
-    } else if kind.is_file() {
-        // O_NOFOLLOW: a file swapped for a symlink since it was listed is refused, not followed.
-        let file =
-            File::options().read(true).custom_flags(O_NOFOLLOW).open(path).map_err(OciError::file(path))?;
-        let size = metadata.len();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(size);
-        // A file that shrank since it was listed fails the append rather than padding it.
-        tar.append_data(&mut header, inside, io::Read::take(BufReader::new(file), size))
-    } else {
-        return Err(OciError::Usage(format!(
-            "--layer: {} is not a file, directory or symlink",
-            path.display()
-        )));
-    };
-    written.map_err(OciError::file(path))
-}
-
-const O_NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
 
 #[cfg(test)]
 mod tests {
@@ -293,5 +357,41 @@ mod tests {
         std::fs::write(&file, "").unwrap();
         let err = write_tree_layer(&file, &options(), std::io::sink()).unwrap_err().to_string();
         assert!(err.contains("not a directory"), "{err}");
+    }
+
+    /// The tree changing while it is walked never makes the walk read outside it: a directory
+    /// swapped for a link to elsewhere is not entered, a file swapped since it was listed is
+    /// refused once open.
+    #[test]
+    fn a_tree_changed_while_it_is_walked_is_refused_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "outside the tree").unwrap();
+        let walk = Walk {
+            root: root.path(),
+            root_dir: rustix::fs::open(root.path(), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+                .unwrap(),
+            options: &options(),
+        };
+        // Listed as a directory, then made a link before it is walked.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("sub")).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let err = walk.append_children(&mut tar, Path::new("sub"), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("sub"), "{err}");
+
+        // Listed as one file, another one there when it is opened.
+        std::fs::write(root.path().join("file"), "listed").unwrap();
+        let dir = rustix::fs::open(root.path(), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+        let stat = rustix::fs::statat(&dir, "file", AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        let listed = Listed {
+            kind: FileType::RegularFile,
+            mode: 0o644,
+            size: stat.st_size as u64,
+            identity: (stat.st_dev, stat.st_ino),
+        };
+        std::fs::write(root.path().join("swapped"), "swapped in").unwrap();
+        std::fs::rename(root.path().join("swapped"), root.path().join("file")).unwrap();
+        let err = walk.open_listed(&dir, b"file", Path::new("file"), &listed).unwrap_err().to_string();
+        assert!(err.contains("changed while the tree was read"), "{err}");
     }
 }
