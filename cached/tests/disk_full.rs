@@ -189,9 +189,13 @@ async fn an_upload_that_crosses_the_floor_while_it_streams_is_cut_off_and_stores
     let mut sent = 0;
     let filler = disk.path().join("filler");
     for frame in frames {
-        if sent == 16 {
+        // The server measures the disk again every 64 MiB an upload writes, from a sample at
+        // most 250 ms old: the disk fills just before the next measure, once the last sample
+        // is stale, so the floor (not ENOSPC, 56 MiB on) is what the upload meets.
+        if sent == 60 {
             let below_the_floor = room_above(disk.path(), FLOOR) + (8 << 20);
             std::fs::write(&filler, vec![1u8; below_the_floor as usize]).unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         if sender.send(common::data(frame)).await.is_err() {
             break; // The server answered and closed the stream.
