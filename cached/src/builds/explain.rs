@@ -3,7 +3,6 @@
 //! `Explain` finds that event again by key or target.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proto::v1;
 
@@ -34,34 +33,20 @@ const MAX_EXPLAIN_BYTES: usize = 64 << 20;
 /// held up: the build it belongs to is waiting.
 const EXPLAINING_PER_CORE: usize = 2;
 
-/// The misses being explained now.
-pub(super) struct Explaining {
-    now: AtomicUsize,
-    most: usize,
-}
+/// The misses being explained now: a place each, never waited for.
+pub(super) struct Explaining(Arc<tokio::sync::Semaphore>);
 
 impl Default for Explaining {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        Self { now: AtomicUsize::new(0), most: EXPLAINING_PER_CORE * cores.max(2) }
+        Self(Arc::new(tokio::sync::Semaphore::new(EXPLAINING_PER_CORE * cores.max(2))))
     }
 }
 
 impl Explaining {
     /// A place to explain one miss, if one is free.
-    fn enter(&self) -> Option<ExplainingSlot<'_>> {
-        let taken = self
-            .now
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| (now < self.most).then_some(now + 1));
-        taken.is_ok().then(|| ExplainingSlot(&self.now))
-    }
-}
-
-struct ExplainingSlot<'a>(&'a AtomicUsize);
-
-impl Drop for ExplainingSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+    fn enter(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.0.try_acquire().ok()
     }
 }
 
@@ -402,7 +387,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (builds, records) = recorded(dir.path(), 4, 10);
         let busy: Vec<_> = std::iter::from_fn(|| builds.explaining.enter()).collect();
-        assert_eq!(busy.len(), builds.explaining.most);
+        assert_eq!(builds.explaining.0.available_permits(), 0, "{} places taken", busy.len());
         let manifest = manifest(1000, 10);
         let key = manifest::key(&manifest);
         let miss = builds.lookup_blocking("ci", &target("os1"), &key, &manifest).unwrap();
