@@ -215,7 +215,7 @@ impl AuthSettings {
     /// One of the token's CAS streams, for a stream served outside the gRPC layer (a registry
     /// blob download); none to take without tokens.
     pub fn stream_slot(&self, token: &str) -> Result<Option<TokenSlot>, Error> {
-        if token == Grant::ANONYMOUS {
+        if !Grant::has_own_limits(token) {
             return Ok(None);
         }
         self.token_streams.open(token).map(Some)
@@ -226,7 +226,7 @@ impl AuthSettings {
     /// capped, as they always were.
     fn token_slots(&self, method: &Method, grant: &Grant) -> Result<Vec<TokenSlot>, Error> {
         let token = grant.token.as_str();
-        let shared = token != Grant::ANONYMOUS;
+        let shared = Grant::has_own_limits(token);
         let mut slots = Vec::new();
         if method.path == WATCH {
             slots.push(self.watches.open(token)?);

@@ -58,6 +58,13 @@ impl Grant {
         }
     }
 
+    /// Whether per-token limits (shares of pools, budgets) apply to the token named `token`:
+    /// not to the callers of a server without tokens, who are one party with no tenant to
+    /// keep from another (and a fleet of whom one share would throttle).
+    pub fn has_own_limits(token: &str) -> bool {
+        token != Self::ANONYMOUS
+    }
+
     pub fn allows_namespace(&self, namespace: &str) -> bool {
         self.namespaces.iter().any(|pattern| pattern.matches(namespace))
     }

@@ -34,7 +34,7 @@ impl DecodeBudgets {
     /// The budget of the token named `token` (its grant's name).
     pub(super) fn of(&self, token: &str) -> DecodeBudget {
         match &self.0 {
-            Some(buckets) if token != Grant::ANONYMOUS => DecodeBudget {
+            Some(buckets) if Grant::has_own_limits(token) => DecodeBudget {
                 token: token.to_owned(),
                 rate: buckets.rate() as u64,
                 bucket: Some(buckets.of(token)),

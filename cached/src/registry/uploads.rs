@@ -144,7 +144,7 @@ impl Uploads {
         }
         let per_token = MAX_UPLOADS_PER_TOKEN.max(self.limits.per_namespace);
         let held = sessions.values().filter(|entry| entry.token == token).count();
-        if token != Grant::ANONYMOUS && held >= per_token {
+        if Grant::has_own_limits(token) && held >= per_token {
             return Err(RegistryError::new(
                 Code::TooManyRequests,
                 format!(
