@@ -294,6 +294,83 @@ fn bad_input_stores_nothing() {
     assert!(tags.body.contains("\"tags\":[]"), "{}", tags.body);
 }
 
+/// A manifest is read whole before it is checked: a token pushing many 4 MiB manifests and
+/// sending their bodies slowly held 4 MiB per connection, up to `max_connections` (16384) of
+/// them. Its bodies in flight are held to its share; another token pushes meanwhile.
+#[test]
+fn a_token_holds_at_most_its_share_of_manifest_bodies_in_flight() {
+    use std::io::{Read, Write};
+    let server = Server::start(&[("flood", "read,cas-write,ac-write"), ("ci", "read,cas-write,ac-write")]);
+    let open_push = |tag: usize| {
+        let mut stream = TcpStream::connect(&server.registry).unwrap();
+        let head = format!(
+            "PUT /v2/main/app/manifests/t{tag} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n{{",
+            server.secret("flood"),
+            4 << 20
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        stream
+    };
+    let answer = |stream: &mut TcpStream| {
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    // A quarter of the 256 MiB the registry buffers: sixteen bodies of 4 MiB.
+    let mut held: Vec<TcpStream> = (0..16).map(open_push).collect();
+    for stream in &mut held {
+        assert_eq!(answer(stream), "", "the server waits for the rest of the body");
+    }
+    let mut over = open_push(16);
+    let refused = answer(&mut over);
+    assert!(refused.starts_with("HTTP/1.1 429"), "a 17th body in flight: {refused:?}");
+    assert!(refused.to_ascii_lowercase().contains("retry-after:"), "{refused}");
+    assert!(refused.contains("token `flood`"), "{refused}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(&config, b"{}").unwrap();
+    let config_digest = sha256(b"{}");
+    let secret = Some(server.secret("ci"));
+    let upload = server.url(&format!("/v2/main/app/blobs/uploads/?digest={config_digest}"));
+    assert_eq!(curl("POST", &upload, secret, &[], Some(&config)).status, 201);
+    let manifest = dir.path().join("manifest");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[]}}"#
+        ),
+    )
+    .unwrap();
+    let content_type = ["-H", "Content-Type: application/vnd.oci.image.manifest.v1+json"];
+    let pushed =
+        curl("PUT", &server.url("/v2/main/app/manifests/ci"), secret, &content_type, Some(&manifest));
+    assert_eq!(pushed.status, 201, "another token pushes meanwhile: {}", pushed.body);
+
+    // Connections closed give their room back.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let flood = Some(server.secret("flood"));
+        let again =
+            curl("PUT", &server.url("/v2/main/app/manifests/f"), flood, &content_type, Some(&manifest));
+        if again.status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the share did not come back: {} {}", again.status, again.body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A client trickling an upload (a byte now and then, never idle for `idle_timeout`) would
 /// hold an upload slot for ever: below `min_transfer_rate` it is cut off, and the blob it was
 /// sending is not stored.

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::auth;
 use super::blobs::{DIGEST_HEADER, insert};
+use super::buffers::{BodyReservation, held_body};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest, check_tag};
 use super::records::{
@@ -90,13 +91,20 @@ pub(super) async fn get(
     registry: &Registry,
     repo: &Repository,
     reference: &str,
+    token: &str,
     head_only: bool,
 ) -> RegistryResult<Response> {
     let digest =
         registry.resolve_reference(repo, reference).await?.ok_or_else(|| unknown(repo, reference))?;
     let manifest = registry.stored_manifest(repo, digest).await?.ok_or_else(|| unknown(repo, reference))?;
     let length = manifest.bytes.len();
-    let mut response = Response::new(if head_only { Body::empty() } else { Body::from(manifest.bytes) });
+    let body = if head_only {
+        Body::empty()
+    } else {
+        let reservation = registry.buffers.reserve(token, length as u64)?;
+        held_body(manifest.bytes, reservation)
+    };
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     insert(headers, header::CONTENT_TYPE.as_str(), &manifest.media_type);
     headers.insert(header::CONTENT_LENGTH, length.into());
@@ -108,7 +116,7 @@ pub(super) async fn put(
     registry: &Registry,
     repo: &Repository,
     reference: &str,
-    call: Call,
+    mut call: Call,
 ) -> RegistryResult<Response> {
     let by_digest = Sha256Digest::looks_like_digest(reference);
     // A manifest by digest is content-addressed; a tag is a pointer whoever may move decides
@@ -119,7 +127,7 @@ pub(super) async fn put(
     }
     let content_type =
         call.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).map(str::to_owned);
-    let bytes = read_limited(call.body).await?;
+    let (bytes, _reservation) = read_limited(registry, &mut call).await?;
     let digest = Sha256Digest::of(&bytes);
     if by_digest && Sha256Digest::parse(reference)? != digest {
         return Err(RegistryError::new(
@@ -215,14 +223,28 @@ fn check_referrer_scope(grant: &crate::auth::Grant, repo: &Repository) -> Regist
     })
 }
 
-/// The body, refused with 413 past [`MAX_MANIFEST_BYTES`] without reading further.
-async fn read_limited(body: Body) -> RegistryResult<Bytes> {
-    axum::body::to_bytes(body, MAX_MANIFEST_BYTES).await.map_err(|_| {
+/// The body, refused with 413 past [`MAX_MANIFEST_BYTES`] without reading further, with the
+/// room it holds in memory: what `Content-Length` declares, or the most a manifest may take.
+async fn read_limited(registry: &Registry, call: &mut Call) -> RegistryResult<(Bytes, BodyReservation)> {
+    let too_large = || {
         invalid(format!(
             "the manifest is larger than {MAX_MANIFEST_BYTES} bytes, or was cut off; nothing was stored"
         ))
         .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-    })
+    };
+    let declared = call
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_MANIFEST_BYTES) {
+        return Err(too_large());
+    }
+    let room = declared.unwrap_or(MAX_MANIFEST_BYTES);
+    let reservation = registry.buffers.reserve(&call.grant.token, room as u64)?;
+    let body = std::mem::take(&mut call.body);
+    let bytes = axum::body::to_bytes(body, room).await.map_err(|_| too_large())?;
+    Ok((bytes, reservation))
 }
 
 /// The media type to serve the manifest with: its own `mediaType`, which `Content-Type` must

@@ -12,6 +12,7 @@
 
 mod auth;
 mod blobs;
+mod buffers;
 mod errors;
 mod listen;
 mod manifests;
@@ -69,6 +70,8 @@ pub struct Registry {
     space: Arc<FreeSpace>,
     /// What the records may take.
     bound: Arc<retention::RecordBound>,
+    /// The memory manifest and referrers bodies hold in flight.
+    buffers: Arc<buffers::BodyBuffers>,
     metrics: Arc<Metrics>,
     /// Whether the listener speaks TLS, for the token realm it advertises.
     tls: bool,
@@ -98,7 +101,8 @@ impl Registry {
         let uploads = uploads::Uploads::open(spool, limits)
             .map_err(|err| Error::Internal(format!("registry upload directory: {err}")))?;
         let bound = Arc::new(retention::RecordBound::new(settings.max_records, Arc::clone(metrics.stats())));
-        Ok(Arc::new(Self { records, cas, auth, uploads, space, bound, metrics, tls }))
+        let buffers = buffers::BodyBuffers::new();
+        Ok(Arc::new(Self { records, cas, auth, uploads, space, bound, buffers, metrics, tls }))
     }
 
     /// Drops uploads untouched for `registry_upload_timeout`, with their spooled bytes, until

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::Registry;
 use super::blobs::insert;
+use super::buffers::held_body;
 use super::errors::RegistryResult;
 use super::manifests::OCI_INDEX;
 use super::names::{Repository, Sha256Digest};
@@ -27,7 +28,10 @@ pub(super) async fn list(
         })
         .await?;
     let filter = call.param("artifactType").filter(|kind| !kind.is_empty());
-    let mut response = index(&stored, filter).into_response();
+    let index = index(&stored, filter);
+    drop(stored);
+    let reservation = registry.buffers.reserve(&call.grant.token, index.len() as u64)?;
+    let mut response = held_body(index, reservation).into_response();
     insert(response.headers_mut(), header::CONTENT_TYPE.as_str(), OCI_INDEX);
     if filter.is_some() {
         insert(response.headers_mut(), "oci-filters-applied", "artifactType");

@@ -182,7 +182,7 @@ async fn answer(registry: &Registry, target: Target, call: Call) -> RegistryResu
         Target::Manifest(repo, reference) => match method {
             Method::GET | Method::HEAD => {
                 auth::check(&call.grant, Scope::Read, &repo)?;
-                manifests::get(registry, &repo, &reference, method == Method::HEAD).await
+                manifests::get(registry, &repo, &reference, &call.grant.token, method == Method::HEAD).await
             }
             Method::PUT => manifests::put(registry, &repo, &reference, call).await,
             Method::DELETE => {

@@ -1,0 +1,149 @@
+//! Memory that manifest and referrers bodies hold while they are received or sent. A manifest
+//! is read whole before it is checked (up to 4 MiB), and a stored one or a referrers index is
+//! sent from memory; a caller that sends or takes those bytes slowly on many connections would
+//! otherwise hold up to 4 MiB per connection (`max_connections` is 16384). So the bytes in
+//! flight are bounded in all ([`MAX_BUFFERED`]) and per token (a quarter of it, as upload
+//! sessions are): past either, the request is refused with 429 and a `Retry-After`, and
+//! other tokens keep their room. Callers without tokens are one party, held to the total only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::errors::{Code, RegistryError, RegistryResult};
+use crate::auth::Grant;
+
+/// The most bytes of manifest and referrers bodies held in memory at once.
+pub(super) const MAX_BUFFERED: u64 = 256 << 20;
+/// The most of them one token holds.
+const MAX_BUFFERED_PER_TOKEN: u64 = MAX_BUFFERED / 4;
+/// The wait a refused caller is asked to make: bodies held are sent or read within seconds.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
+#[derive(Default)]
+struct Held {
+    total: u64,
+    per_token: HashMap<String, u64>,
+}
+
+pub(super) struct BodyBuffers {
+    total_cap: u64,
+    token_cap: u64,
+    held: Mutex<Held>,
+}
+
+impl BodyBuffers {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self::with_caps(MAX_BUFFERED, MAX_BUFFERED_PER_TOKEN))
+    }
+
+    fn with_caps(total_cap: u64, token_cap: u64) -> Self {
+        Self { total_cap, token_cap, held: Mutex::default() }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Room for `bytes` of `token`'s body, given back when the reservation is dropped, or the
+    /// refusal that says which bound was reached.
+    pub(super) fn reserve(self: &Arc<Self>, token: &str, bytes: u64) -> RegistryResult<BodyReservation> {
+        let own_share = Grant::has_own_limits(token);
+        let mut held = self.held();
+        if held.total + bytes > self.total_cap {
+            return Err(refusal(format!(
+                "the registry already holds {} MiB of manifest bodies in flight, its most; retry \
+                 shortly",
+                self.total_cap >> 20
+            )));
+        }
+        if own_share {
+            let used = held.per_token.get(token).copied().unwrap_or(0);
+            if used + bytes > self.token_cap {
+                return Err(refusal(format!(
+                    "token `{token}` already has {} KiB of manifest bodies in flight, the most one \
+                     token holds ({} MiB); retry once its other pushes and pulls have finished",
+                    used >> 10,
+                    self.token_cap >> 20
+                )));
+            }
+            *held.per_token.entry(token.to_owned()).or_default() += bytes;
+        }
+        held.total += bytes;
+        Ok(BodyReservation { buffers: Arc::clone(self), token: own_share.then(|| token.to_owned()), bytes })
+    }
+
+    fn release(&self, token: Option<&str>, bytes: u64) {
+        let mut held = self.held();
+        held.total = held.total.saturating_sub(bytes);
+        if let Some(token) = token
+            && let Some(used) = held.per_token.get_mut(token)
+        {
+            *used = used.saturating_sub(bytes);
+            if *used == 0 {
+                held.per_token.remove(token);
+            }
+        }
+    }
+}
+
+fn refusal(message: String) -> RegistryError {
+    RegistryError::new(Code::TooManyRequests, message)
+        .with_header(http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())
+}
+
+/// Bytes of one body, counted until it is dropped.
+pub(super) struct BodyReservation {
+    buffers: Arc<BodyBuffers>,
+    /// The token whose share it counts against; `None` for callers without tokens.
+    token: Option<String>,
+    bytes: u64,
+}
+
+impl Drop for BodyReservation {
+    fn drop(&mut self) {
+        self.buffers.release(self.token.as_deref(), self.bytes);
+    }
+}
+
+/// A response body of `bytes` that holds `reservation` until it has been sent or dropped.
+pub(super) fn held_body(bytes: impl Into<bytes::Bytes>, reservation: BodyReservation) -> axum::body::Body {
+    let chunk = bytes.into();
+    let stream = futures::stream::once(async move {
+        let _held = reservation;
+        Ok::<_, std::convert::Infallible>(chunk)
+    });
+    axum::body::Body::from_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_holds_its_share_and_others_keep_theirs() {
+        let buffers = Arc::new(BodyBuffers::with_caps(100, 40));
+        let first = buffers.reserve("flood", 30).unwrap();
+        let refused = buffers.reserve("flood", 11).err().expect("past the token's share");
+        assert_eq!(refused.code, Code::TooManyRequests);
+        assert!(refused.message.contains("token `flood`"), "{refused}");
+        assert!(refused.headers.iter().any(|(name, _)| name == http::header::RETRY_AFTER));
+        let other = buffers.reserve("ci", 40).expect("another token has its own share");
+        drop(first);
+        let again = buffers.reserve("flood", 40).expect("the share came back");
+        drop((other, again));
+        let held = buffers.held();
+        assert_eq!((held.total, held.per_token.len()), (0, 0));
+    }
+
+    #[test]
+    fn the_total_bounds_every_caller_together() {
+        let buffers = Arc::new(BodyBuffers::with_caps(100, 40));
+        let held: Vec<_> = (0..5).map(|i| buffers.reserve(&format!("t{i}"), 20).unwrap()).collect();
+        let refused = buffers.reserve("t9", 1).err().expect("past the total");
+        assert!(refused.message.contains("in flight, its most"), "{refused}");
+        drop(held);
+        let anonymous = buffers.reserve(Grant::ANONYMOUS, 100).expect("no share without tokens");
+        assert!(buffers.reserve(Grant::ANONYMOUS, 1).is_err(), "but the total still holds");
+        drop(anonymous);
+    }
+}
