@@ -156,12 +156,9 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// go build with the request's flags, output and packages; with -a when `rebuild`.
-    fn go_args(&self, rebuild: bool) -> Vec<String> {
+    /// go build with the request's flags, output and packages.
+    fn go_args(&self) -> Vec<String> {
         let mut args = vec!["build".to_owned()];
-        if rebuild {
-            args.push("-a".to_owned());
-        }
         args.extend(self.request.go_flags.iter().cloned());
         let has_output = self
             .request
@@ -176,26 +173,29 @@ impl Run<'_> {
         args
     }
 
-    /// Runs go build (with the bridge when `client` is given, and rebuilding every package
-    /// when `rebuild`); returns go's exit code and how long it took.
+    /// Runs go build (with the bridge when `client` is given, keying its entries under
+    /// `salt` when given); returns go's exit code and how long it took.
     async fn go(
         &self,
         client: Option<&Client>,
-        rebuild: bool,
+        salt: Option<[u8; 32]>,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(i32, Duration), ClientError> {
         let mut env = self.request.env.clone();
-        let mut env_remove = Vec::new();
+        let mut env_remove = vec!["CACHED_ACTION_SALT".to_owned()];
         if let Some(client) = client {
             let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
             let (bridge, remove) =
                 bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect);
             env.extend(bridge);
-            env_remove = remove;
+            env_remove.extend(remove);
+            if let Some(salt) = salt {
+                env.push(("CACHED_ACTION_SALT".to_owned(), manifest::hex(&salt)));
+            }
         }
         let invocation = Invocation {
             program: self.options.go.clone(),
-            args: self.go_args(rebuild),
+            args: self.go_args(),
             dir: self.request.module_dir.clone(),
             env,
             env_remove,
@@ -237,7 +237,7 @@ impl Run<'_> {
         reason: String,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<BuildOutcome, ClientError> {
-        let (exit_code, _) = self.go(client, false, log).await?;
+        let (exit_code, _) = self.go(client, None, log).await?;
         let outputs = if exit_code == 0 { self.written_outputs().await } else { Vec::new() };
         Ok(BuildOutcome {
             hit: false,
@@ -390,11 +390,14 @@ pub async fn build_with(
     // go's action IDs hash only the files go lists for each package, so its cache (the
     // bridge's, shared through the server) may hold an object built with an older version of
     // a file this key names; recording that under this key would restore it on every hit.
-    let rebuild = derived.unseen_by_go;
-    if rebuild {
-        say(log, "rebuilding every package: the build reads files go's own cache does not key");
+    // The bridge keys this build's entries under a salt of those files instead.
+    let salt = derived.go_cache_salt;
+    if salt.is_some() {
+        say(log, "keying go's cache by the files the build includes that go's own cache does not key");
+        // go takes an output whose build ID matches its (unsalted) action ID as up to date.
+        remove_outputs(&planned)?;
     }
-    let (exit_code, build_time) = run.go(Some(client), rebuild, log).await?;
+    let (exit_code, build_time) = run.go(Some(client), salt, log).await?;
     let mut outcome = BuildOutcome {
         hit: false,
         key: key_hex,
@@ -424,6 +427,27 @@ fn code_name(status: &tonic::Status) -> String {
 
 fn files(count: usize) -> String {
     if count == 1 { "1 file".to_owned() } else { format!("{count} files") }
+}
+
+/// Removes the files the build will write, so that go links them again: it leaves an output
+/// alone when the build ID in it matches what it would build, which does not tell a file
+/// built from another version of an included file.
+fn remove_outputs(planned: &[Planned]) -> Result<(), ClientError> {
+    for output in planned {
+        match std::fs::remove_file(&output.path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ClientError::Local {
+                    what: format!(
+                        "cannot remove the old {} before building it again (go would keep it)",
+                        output.path.display()
+                    ),
+                    source: err.into(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The key inputs and the planned outputs, or why there are none.

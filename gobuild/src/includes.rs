@@ -75,9 +75,9 @@ pub struct Included {
     /// documentation; paths are lexically clean, so one file has one name. Files `go list`
     /// names may be among them: the caller keys each path once.
     pub files: BTreeSet<PathBuf>,
-    /// Whether a package reads a file that is not its own in `go list`: go's action ID for the
-    /// package, and so the go cache's entry for it, does not change with that file.
-    pub unseen_by_go: bool,
+    /// The files a package reads that are not its own in `go list`: go's action ID for the
+    /// package, and so the go cache's entry for it, does not change with them.
+    pub unseen_by_go: BTreeSet<PathBuf>,
 }
 
 pub fn inputs(packages: &[Sources], limits: &Limits) -> Result<Included, NoKey> {
@@ -247,7 +247,9 @@ impl Scan {
 
     /// Records a file `package` reads.
     fn add(&mut self, package: &Package, path: &Path) -> Result<(), NoKey> {
-        self.found.unseen_by_go |= !package.own.contains(path);
+        if !package.own.contains(path) {
+            self.found.unseen_by_go.insert(path.to_owned());
+        }
         if self.found.files.insert(path.to_owned()) {
             self.count_file(path)?;
         }
@@ -972,9 +974,9 @@ mod tests {
         let a = package(root.path(), "a", &["a_amd64.s", "a.h"], &[]);
         let b = package(root.path(), "b", &["b_amd64.s"], &[]);
         let own = inputs(std::slice::from_ref(&a), &LIMITS).unwrap();
-        assert!(!own.unseen_by_go, "{own:?}");
+        assert!(own.unseen_by_go.is_empty(), "{own:?}");
         let other = inputs(&[a, b], &LIMITS).unwrap();
-        assert!(other.unseen_by_go, "{other:?}");
+        assert_eq!(other.unseen_by_go, BTreeSet::from([root.path().join("a/a.h")]), "{other:?}");
         assert_eq!(other.files.len(), 1, "{other:?}");
     }
 

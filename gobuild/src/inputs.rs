@@ -102,9 +102,11 @@ pub struct Derived {
     pub files: usize,
     /// Modules identified by version and go.sum hash.
     pub modules: usize,
-    /// Whether a package reads files (through includes and `#cgo` flags) that go's own cache
-    /// does not key for it.
-    pub unseen_by_go: bool,
+    /// When a package reads files (through includes and `#cgo` flags) that go's own action ID
+    /// for it does not hash: a salt made of their names and contents, to key the go cache's
+    /// entries of this build by (`CACHED_ACTION_SALT`), so that none built from other
+    /// versions of them is taken.
+    pub go_cache_salt: Option<[u8; 32]>,
 }
 
 /// Why no key could be derived (the wrapper then builds without the whole-build cache).
@@ -478,10 +480,27 @@ pub async fn derive(
     })
     .await
     .map_err(|err| NoKey(format!("hashing failed: {err}")))??;
+    let go_cache_salt = salt_of(&unseen_by_go, &hashed);
     for (name, hash) in hashed {
         manifest.insert(name, hash, String::new());
     }
-    Ok(Derived { manifest, module, roots, goos, goarch, files: count, modules, unseen_by_go })
+    Ok(Derived { manifest, module, roots, goos, goarch, files: count, modules, go_cache_salt })
+}
+
+/// The salt of the files named `unseen` among `hashed`: their names and contents, in order.
+fn salt_of(unseen: &BTreeSet<String>, hashed: &[(String, [u8; 32])]) -> Option<[u8; 32]> {
+    if unseen.is_empty() {
+        return None;
+    }
+    let mut named: Vec<&(String, [u8; 32])> =
+        hashed.iter().filter(|(name, _)| unseen.contains(name)).collect();
+    named.sort();
+    let mut salt = blake3::Hasher::new();
+    salt.update(b"cached go cache salt\0");
+    for (name, hash) in named {
+        salt.update(name.as_bytes()).update(&[0]).update(hash);
+    }
+    Some(*salt.finalize().as_bytes())
 }
 
 /// The files of a package whose includes and `#cgo` flags may name more inputs (none for a
@@ -515,18 +534,25 @@ fn include_sources(package: &Package) -> Option<includes::Sources> {
 }
 
 /// Adds the files the packages' includes and `#cgo` flags read to `files`, as `file.`
-/// components like the files go lists; a file already there keeps its one name. Returns
-/// whether a package reads files go's own cache does not key for it.
-fn add_included(files: &mut Vec<FileInput>, scans: &[includes::Sources], base: &Path) -> Result<bool, NoKey> {
+/// components like the files go lists; a file already there keeps its one name. Returns the
+/// names of those a package reads that go's own cache does not key for it.
+fn add_included(
+    files: &mut Vec<FileInput>,
+    scans: &[includes::Sources],
+    base: &Path,
+) -> Result<BTreeSet<String>, NoKey> {
     if scans.is_empty() {
-        return Ok(false);
+        return Ok(BTreeSet::new());
     }
     let found = includes::inputs(scans, &includes::LIMITS)?;
-    let keyed: BTreeSet<PathBuf> = files.iter().map(|(_, path)| includes::clean(path)).collect();
-    for path in found.files.into_iter().filter(|path| !keyed.contains(path)) {
+    let keyed: BTreeMap<PathBuf, String> =
+        files.iter().map(|(name, path)| (includes::clean(path), name.clone())).collect();
+    for path in found.files.into_iter().filter(|path| !keyed.contains_key(path)) {
         files.push((format!("file.{}", relative(&path, base)), path));
     }
-    Ok(found.unseen_by_go)
+    let named =
+        |path: &PathBuf| keyed.get(path).cloned().unwrap_or_else(|| format!("file.{}", relative(path, base)));
+    Ok(found.unseen_by_go.iter().map(named).collect())
 }
 
 /// The values of `names` as go reads them (cmd/go/internal/cfg's Getenv): the environment

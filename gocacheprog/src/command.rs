@@ -64,6 +64,10 @@ pub struct Args {
     /// Print a one-line session summary on stderr when the go command ends (also CACHED_SUMMARY=1).
     #[arg(short, long)]
     verbose: bool,
+    /// Key every action under this salt (64 hex digits): `cachectl go build` passes one made
+    /// of the files a build's C and assembly sources include that go's action IDs miss.
+    #[arg(long, env = "CACHED_ACTION_SALT", value_parser = crate::salt::parse)]
+    action_salt: Option<[u8; 32]>,
 }
 
 /// CACHED_SUMMARY=1 (or true/yes) asks for the summary without changing GOCACHEPROG.
@@ -124,6 +128,7 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
         summary: args.verbose || summary_from_env(),
         preload: !(args.no_preload || preload_off_in_env()),
         preload_max: args.tier.preload_max,
+        action_salt: args.action_salt,
     };
     crate::run(options).await
 }

@@ -25,6 +25,7 @@ pub mod protocol;
 pub mod remote;
 pub mod remote_error;
 pub mod room;
+pub mod salt;
 pub mod server;
 pub mod session;
 pub mod tiers;
@@ -65,6 +66,8 @@ pub struct Options {
     pub preload: bool,
     /// Bytes a session preloads at most.
     pub preload_max: u64,
+    /// Moves every action ID into a key space of its own (see [`salt`]).
+    pub action_salt: Option<[u8; 32]>,
 }
 
 /// The default local tier: `<user cache dir>/cached/gocache`.
@@ -106,7 +109,11 @@ pub async fn run(options: Options) -> Result<()> {
     let tiers =
         Arc::new(tiers::Tiers::new(disk, remote, !options.read_only, preload, counters, tier_options));
     tiers.start();
-    server::serve(std::io::stdin(), std::io::stdout(), tiers)
+    let cache: Arc<dyn server::Cache> = match options.action_salt {
+        Some(salt) => Arc::new(salt::Salted::new(tiers, salt)),
+        None => tiers,
+    };
+    server::serve(std::io::stdin(), std::io::stdout(), cache)
         .await
         .map_err(|err| ClientError::Local { what: "gocacheprog".into(), source: err.into() })
 }

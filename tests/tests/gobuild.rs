@@ -409,4 +409,22 @@ fn a_header_included_from_outside_the_package_is_in_the_key() {
     let (hit, printed) = build("build with the changed header");
     assert!(headline(&hit).starts_with("cachectl: cache hit"), "{hit}");
     assert_eq!(printed, "666");
+
+    // The included files key go's cache apart, nothing else does: a change to Go code alone
+    // misses the whole build and compiles its own package only (`go build -a` compiled all).
+    let main = std::fs::read_to_string(ws.path("cmd/asmval/main.go")).unwrap();
+    std::fs::write(ws.path("cmd/asmval/main.go"), main.replace("Println(value())", "Println(value() + 1)"))
+        .unwrap();
+    let args = ["go", "build", "-x", "-trimpath", "-o", "bin/asmval", "./cmd/asmval"];
+    let built = run(ws.cachectl(&args, &[("GOARCH", "amd64")])).success("build after a Go change");
+    assert!(headline(&built.stderr).starts_with("cachectl: cache miss"), "{}", built.stderr);
+    let compiled: Vec<&str> = built
+        .stderr
+        .lines()
+        .filter(|line| line.contains("/compile -o"))
+        .filter_map(|line| line.split(" -p ").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(compiled, ["main"], "{}", built.stderr);
+    let printed = Command::new(ws.path("bin/asmval")).output().unwrap().stdout;
+    assert_eq!(String::from_utf8_lossy(&printed).trim(), "667");
 }
