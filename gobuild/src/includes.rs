@@ -523,9 +523,10 @@ impl Lines {
             return;
         }
         // One past the cap is kept, to say the file went past it.
-        if let Some(directive) =
-            directive(&self.line, self.fortran).filter(|_| self.found.len() <= MAX_DIRECTIVES)
-        {
+        for directive in directives(&self.line, self.fortran) {
+            if self.found.len() > MAX_DIRECTIVES {
+                break;
+            }
             self.found.push(directive);
         }
         self.line.clear();
@@ -602,20 +603,52 @@ impl GoComments {
     }
 }
 
-/// The directive a logical line holds, if any.
-fn directive(line: &[u8], fortran: bool) -> Option<Directive> {
+/// The directives a logical line holds: one, or the `__has_include`s of an `#if`.
+fn directives(line: &[u8], fortran: bool) -> Vec<Directive> {
     let text = String::from_utf8_lossy(line);
     let text = skip_comments(&text);
+    if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
+        let (word, condition) = split_word(skip_comments(rest));
+        if matches!(word, "if" | "elif") {
+            return has_includes(condition);
+        }
+    }
+    directive(text, fortran).into_iter().collect()
+}
+
+/// The files `__has_include` and `__has_include_next` ask about in a condition: whether one
+/// exists changes what the compiler reads, so each is found (and keyed) like an include.
+fn has_includes(condition: &str) -> Vec<Directive> {
+    const ASK: &str = "__has_include";
+    let mut found = Vec::new();
+    let mut rest = condition;
+    while let Some(at) = rest.find(ASK) {
+        let after = rest[at + ASK.len()..].strip_prefix("_next").unwrap_or(&rest[at + ASK.len()..]);
+        rest = after;
+        // `defined(__has_include)` and `#ifdef __has_include` ask about the feature only.
+        let Some(operand) = skip_comments(after).strip_prefix('(') else { continue };
+        let operand = skip_comments(operand);
+        let directive = match between(operand, '<', '>') {
+            Some(name) => Directive::System(name),
+            None => quoted(operand, b'"').map_or_else(|| computed(ASK, operand), Directive::Include),
+        };
+        found.push(directive);
+    }
+    found
+}
+
+/// The directive a line (past leading comments) holds, if any.
+fn directive(text: &str, fortran: bool) -> Option<Directive> {
     if let Some(name) = inline_incbin(text) {
         return Some(Directive::Incbin(name));
     }
     // `%:` is the digraph of `#`, on in C by default.
     let (word, operand) = if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
-        let (word, operand) = split_word(rest.trim_start());
+        let (word, operand) = split_word(skip_comments(rest));
         if word == "cgo" {
             return Some(Directive::Cgo(operand.to_owned()));
         }
-        (word, operand)
+        (word, skip_comments(operand))
     } else if let Some(rest) = text.strip_prefix('.') {
         let (word, operand) = split_word(rest);
         if word == "incbin" {
@@ -768,6 +801,33 @@ mod tests {
             found(root.path(), &[package(root.path(), "app", &["a.c"], &[])]),
             ["data/blob.bin", "inc/a.h"]
         );
+    }
+
+    #[test]
+    fn comments_inside_directives_and_has_include_are_followed() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                (
+                    "app/a.c",
+                    "# /* x */ include /* y */ \"../inc/a.h\"\n\
+                     #if defined(__has_include) && __has_include(\"../inc/opt.h\")\n\
+                     #elif __has_include_next (<sys.h>) || __has_include(\"../inc/gone.h\")\n\
+                     #endif\n",
+                ),
+                ("inc/a.h", ""),
+                ("inc/opt.h", ""),
+            ],
+        );
+        let sources = [package(root.path(), "app", &["a.c"], &[])];
+        assert_eq!(found(root.path(), &sources), ["inc/a.h", "inc/opt.h"]);
+        // A file asked about that appears later changes the key: it is found then.
+        write(root.path(), &[("inc/gone.h", "")]);
+        assert_eq!(found(root.path(), &sources), ["inc/a.h", "inc/gone.h", "inc/opt.h"]);
+        write(root.path(), &[("app/b.c", "#if __has_include(NAME)\n#endif\n")]);
+        let refused = refusal(&[package(root.path(), "app", &["b.c"], &[])], &LIMITS);
+        assert!(refused.contains("__has_include NAME"), "{refused}");
     }
 
     #[test]
