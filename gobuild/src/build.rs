@@ -29,6 +29,9 @@ pub struct BuildRequest {
     /// allow-listed variables enter the key (through `go env`).
     pub env: Vec<(String, String)>,
     pub namespace: String,
+    /// The directory the sources came in (a job's tree, a developer's repository): includes
+    /// may name files in it outside the build's modules. None: the modules only.
+    pub source_tree: Option<PathBuf>,
 }
 
 /// What a build did.
@@ -460,7 +463,8 @@ async fn derive(
         GoCall { exec: run.options.exec.as_ref(), go: &run.options.go, dir: &run.dir, env: &run.request.env };
     let (env, packages) = call.read(command_line, &line.packages).await.map_err(|err| err.0)?;
     let flags = flags::effective(env.get("GOFLAGS").map_or("", String::as_str), line).map_err(|err| err.0)?;
-    let derived = inputs::derive(&call, &flags, &env, &packages).await.map_err(|err| err.0)?;
+    let tree = run.request.source_tree.as_deref();
+    let derived = inputs::derive(&call, &flags, &env, &packages, tree).await.map_err(|err| err.0)?;
     let output = run.request.output.as_deref().or(flags.output.as_deref());
     let planned = outputs::plan(output, &derived.roots, &derived.goos, &run.dir)?;
     Ok((derived, planned))
@@ -580,7 +584,7 @@ mod tests {
         let call = GoCall { exec, go: std::path::Path::new("go"), dir, env: &[] };
         let (env, packages) = call.read(&command_line, &line.packages).await.unwrap();
         let flags = flags::effective("", &line).unwrap();
-        inputs::derive(&call, &flags, &env, &packages).await.unwrap()
+        inputs::derive(&call, &flags, &env, &packages, None).await.unwrap()
     }
 
     #[tokio::test]
@@ -637,6 +641,7 @@ mod tests {
             go_flags: vec!["-trimpath".into()],
             env: vec![("GOOS".into(), "windows".into())],
             namespace: "ci".into(),
+            source_tree: None,
         };
         let mut lines = Vec::new();
         let outcome = build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned()))

@@ -80,8 +80,11 @@ pub struct Included {
     pub unseen_by_go: BTreeSet<PathBuf>,
 }
 
-pub fn inputs(packages: &[Sources], limits: &Limits) -> Result<Included, NoKey> {
-    let roots = Roots::of(packages);
+/// What `packages` read, opening nothing outside their modules and `tree` (the directory the
+/// build's sources came in: a job's tree, a developer's repository), where headers shared
+/// by several modules may sit.
+pub fn inputs(packages: &[Sources], tree: Option<&Path>, limits: &Limits) -> Result<Included, NoKey> {
+    let roots = Roots::of(packages, tree);
     let mut scan = Scan { limits: *limits, files: 0, bytes: 0, found: Included::default(), roots };
     for sources in packages {
         scan.package(sources)?;
@@ -113,16 +116,17 @@ struct Scan {
     roots: Roots,
 }
 
-/// The directories a scan may read in: the scanned packages' modules, as written and as the
-/// file system resolves them.
+/// The directories a scan may read in: the scanned packages' modules and the source tree, as
+/// written and as the file system resolves them.
 struct Roots {
     written: Vec<PathBuf>,
     resolved: Vec<PathBuf>,
 }
 
 impl Roots {
-    fn of(packages: &[Sources]) -> Self {
-        let mut written: Vec<PathBuf> = packages.iter().map(|sources| clean(&sources.root)).collect();
+    fn of(packages: &[Sources], tree: Option<&Path>) -> Self {
+        let mut written: Vec<PathBuf> =
+            packages.iter().map(|sources| clean(&sources.root)).chain(tree.map(clean)).collect();
         written.sort();
         written.dedup();
         let resolved =
@@ -135,14 +139,16 @@ impl Roots {
     fn resolve(&self, path: &Path) -> Result<Option<PathBuf>, NoKey> {
         if !self.written.iter().any(|root| path.starts_with(root)) {
             return Err(NoKey(format!(
-                "the build's sources name {}, outside its modules, which the build key does not read",
+                "the build's sources name {}, outside its modules and source tree, which the build key \
+                 does not read",
                 path.display()
             )));
         }
         let Ok(real) = std::fs::canonicalize(path) else { return Ok(None) };
         if !self.resolved.iter().any(|root| real.starts_with(root)) {
             return Err(NoKey(format!(
-                "{} leads outside the build's modules through a link, which the build key does not follow",
+                "{} leads outside the build's modules and source tree through a link, which the build \
+                 key does not follow",
                 path.display()
             )));
         }
@@ -738,12 +744,12 @@ mod tests {
 
     /// The files found, relative to `root`.
     fn found(root: &Path, packages: &[Sources]) -> Vec<String> {
-        let found = inputs(packages, &LIMITS).unwrap();
+        let found = inputs(packages, None, &LIMITS).unwrap();
         found.files.iter().map(|path| crate::inputs::relative(path, root)).collect()
     }
 
     fn refusal(packages: &[Sources], limits: &Limits) -> String {
-        inputs(packages, limits).unwrap_err().0
+        inputs(packages, None, limits).unwrap_err().0
     }
 
     /// A job's sources are read by the agent, not as the build user: nothing outside the
@@ -781,6 +787,30 @@ mod tests {
         );
         let refusal = refusal(&[package(root.path(), "", &[], &["app.go"])], &LIMITS);
         assert!(refusal.contains("outside its modules"), "{refusal}");
+    }
+
+    /// A repository whose modules share headers above their go.mod files: found within the
+    /// source tree, refused beyond it.
+    #[test]
+    fn headers_above_the_module_are_read_within_the_source_tree() {
+        let repo = tempfile::tempdir().unwrap();
+        write(
+            repo.path(),
+            &[
+                ("include/val.h", "#include \"../../outside.h\"\n"),
+                ("go/cmd/app/a.s", "#include \"../../../include/val.h\"\n"),
+                ("go/go.mod", "module example.com/app\n"),
+            ],
+        );
+        let module = repo.path().join("go");
+        let sources = [package(&module, "cmd/app", &["a.s"], &[])];
+        let refused = inputs(&sources, None, &LIMITS).unwrap_err().0;
+        assert!(refused.contains("outside its modules and source tree"), "{refused}");
+        let refused = inputs(&sources, Some(repo.path()), &LIMITS).unwrap_err().0;
+        assert!(refused.contains("outside.h"), "past the tree it still stops: {refused}");
+        write(repo.path(), &[("include/val.h", "#define VALUE 1\n")]);
+        let found = inputs(&sources, Some(repo.path()), &LIMITS).unwrap();
+        assert_eq!(found.files, BTreeSet::from([repo.path().join("include/val.h")]));
     }
 
     #[test]
@@ -1033,9 +1063,9 @@ mod tests {
         );
         let a = package(root.path(), "a", &["a_amd64.s", "a.h"], &[]);
         let b = package(root.path(), "b", &["b_amd64.s"], &[]);
-        let own = inputs(std::slice::from_ref(&a), &LIMITS).unwrap();
+        let own = inputs(std::slice::from_ref(&a), None, &LIMITS).unwrap();
         assert!(own.unseen_by_go.is_empty(), "{own:?}");
-        let other = inputs(&[a, b], &LIMITS).unwrap();
+        let other = inputs(&[a, b], None, &LIMITS).unwrap();
         assert_eq!(other.unseen_by_go, BTreeSet::from([root.path().join("a/a.h")]), "{other:?}");
         assert_eq!(other.files.len(), 1, "{other:?}");
     }
@@ -1066,7 +1096,7 @@ mod tests {
         write(root.path(), &files);
         let packages = [package(root.path(), "p", &["a.c"], &[])];
         // a.c, then each header found and read.
-        assert!(inputs(&packages, &Limits { files: 21, bytes: 1 << 20 }).is_ok());
+        assert!(inputs(&packages, None, &Limits { files: 21, bytes: 1 << 20 }).is_ok());
         let err = refusal(&packages, &Limits { files: 20, bytes: 1 << 20 });
         assert!(err.contains("more than 20 files"), "{err}");
         let err = refusal(&packages, &Limits { files: 100, bytes: 100 });

@@ -223,7 +223,7 @@ fn in_module_cache(dir: &str, gomodcache: &str) -> bool {
 }
 
 /// Finds a VCS root from `dir` upwards: its directory and kind.
-fn vcs_root(dir: &Path) -> Option<(PathBuf, &'static str)> {
+pub fn vcs_root(dir: &Path) -> Option<(PathBuf, &'static str)> {
     const KINDS: &[(&str, &str)] =
         &[(".git", "git"), (".hg", "hg"), (".svn", "svn"), (".fossil", "fossil"), (".bzr", "bzr")];
     let mut current = Some(dir);
@@ -247,12 +247,16 @@ fn go_version_text(version: &str) -> String {
 type FileInput = (String, PathBuf);
 
 /// Derives the manifest of a build from what go reported.
+/// The key inputs of a build of `packages`; their includes may name files in `tree` (see
+/// [`includes::inputs`]) besides their modules.
 pub async fn derive(
     call: &GoCall<'_>,
     flags: &BuildFlags,
     env: &GoEnv,
     packages: &[Package],
+    tree: Option<&Path>,
 ) -> Result<Derived, NoKey> {
+    let tree = tree.map(Path::to_owned);
     let mut manifest = Manifest::default();
     let goos = var(env, "GOOS").to_owned();
     let goarch = var(env, "GOARCH").to_owned();
@@ -475,7 +479,7 @@ pub async fn derive(
     }
 
     let (count, unseen_by_go, hashed) = cached_client::task::spawn_blocking("hash-inputs", move || {
-        let unseen_by_go = add_included(&mut files, &include_scans, &base)?;
+        let unseen_by_go = add_included(&mut files, &include_scans, tree.as_deref(), &base)?;
         Ok::<_, NoKey>((files.len(), unseen_by_go, hash_files(files)?))
     })
     .await
@@ -539,12 +543,13 @@ fn include_sources(package: &Package) -> Option<includes::Sources> {
 fn add_included(
     files: &mut Vec<FileInput>,
     scans: &[includes::Sources],
+    tree: Option<&Path>,
     base: &Path,
 ) -> Result<BTreeSet<String>, NoKey> {
     if scans.is_empty() {
         return Ok(BTreeSet::new());
     }
-    let found = includes::inputs(scans, &includes::LIMITS)?;
+    let found = includes::inputs(scans, tree, &includes::LIMITS)?;
     let keyed: BTreeMap<PathBuf, String> =
         files.iter().map(|(name, path)| (includes::clean(path), name.clone())).collect();
     for path in found.files.into_iter().filter(|path| !keyed.contains_key(path)) {
@@ -875,7 +880,7 @@ mod tests {
         let (go_env, packages) =
             call.read(&flags::effective("", &line).unwrap(), &line.packages).await.unwrap();
         let flags = flags::effective(go_env.get("GOFLAGS").map_or("", String::as_str), &line).unwrap();
-        derive(&call, &flags, &go_env, &packages).await.unwrap().manifest
+        derive(&call, &flags, &go_env, &packages, None).await.unwrap().manifest
     }
 
     /// Closures made in a `for i` loop: a module at go 1.21 shares one `i` (the program prints

@@ -30,6 +30,8 @@ pub const WHOLE_BUILD_CACHE: bool = true;
 #[derive(Debug, Clone)]
 pub struct BuildInput {
     pub module_dir: PathBuf,
+    /// The job's source tree, which module_dir is in: includes may name files anywhere in it.
+    pub source_tree: PathBuf,
     pub packages: Vec<String>,
     /// Directory the executables are written to.
     pub output_dir: PathBuf,
@@ -105,6 +107,7 @@ impl Builder {
             go_flags: input.go_flags.clone(),
             env: Vec::new(),
             namespace: input.namespace.clone(),
+            source_tree: Some(input.source_tree.clone()),
         };
         let mut tail = std::collections::VecDeque::new();
         let mut forwarded = LogBudget::new(MAX_LOG_BYTES);

@@ -235,6 +235,7 @@ async fn build_task(
     let timeout = ctx.task_timeout.min(deadline.max(Duration::from_secs(1)));
     let input = BuildInput {
         module_dir,
+        source_tree: src.clone(),
         packages: spec.packages.clone(),
         output_dir: dir.path("out"),
         go_flags: spec.build_flags.iter().cloned().chain([NO_VCS.to_owned()]).collect(),

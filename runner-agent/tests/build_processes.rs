@@ -34,6 +34,7 @@ fn input(uid: u32) -> BuildInput {
     let root = rustix::process::geteuid().is_root();
     BuildInput {
         module_dir: PathBuf::from("/"),
+        source_tree: PathBuf::from("/"),
         packages: Vec::new(),
         output_dir: std::env::temp_dir().join("unused-outputs"),
         go_flags: Vec::new(),

@@ -361,6 +361,53 @@ fn a_purged_namespace_builds_again_and_its_neighbours_keep_their_hits() {
     assert!(empty.stderr.contains("name the namespace"), "{}", empty.stderr);
 }
 
+/// Modules of one repository may share headers above their go.mod files: within the
+/// repository they are keyed like any include (beyond it the wrapper reads nothing).
+#[test]
+fn a_header_above_the_module_is_keyed_within_its_repository() {
+    if std::env::consts::ARCH != "x86_64" {
+        return; // The assembly is amd64's, and the test runs what it builds.
+    }
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let repo = ws.module.parent().unwrap().to_owned();
+    let files = [
+        (
+            "cmd/asmval/main.go",
+            "package main\n\nimport \"fmt\"\n\nfunc value() int\n\nfunc main() { fmt.Println(value()) }\n",
+        ),
+        (
+            "cmd/asmval/val_amd64.s",
+            "#include \"textflag.h\"\n#include \"../../../include/val.h\"\n\nTEXT ·value(SB), NOSPLIT, $0-8\n\tMOVQ $VALUE, ret+0(FP)\n\tRET\n",
+        ),
+    ];
+    for (path, contents) in files {
+        std::fs::create_dir_all(ws.path(path).parent().unwrap()).unwrap();
+        std::fs::write(ws.path(path), contents).unwrap();
+    }
+    std::fs::create_dir_all(repo.join("include")).unwrap();
+    std::fs::write(repo.join("include/val.h"), "#define VALUE 1\n").unwrap();
+    let git = Command::new("git").args(["init", "-q"]).arg(&repo).status().unwrap();
+    assert!(git.success());
+    let build = |what: &str| {
+        let args = ["go", "build", "-trimpath", "-buildvcs=false", "-o", "bin/asmval", "./cmd/asmval"];
+        let built = run(ws.cachectl(&args, &[("GOARCH", "amd64")])).success(what);
+        let printed = Command::new(ws.path("bin/asmval")).output().unwrap().stdout;
+        (built.stderr, String::from_utf8_lossy(&printed).trim().to_owned())
+    };
+    let (first, printed) = build("first build");
+    assert!(headline(&first).contains("first build of this target"), "{first}");
+    assert_eq!(printed, "1");
+    std::fs::write(repo.join("include/val.h"), "#define VALUE 2\n").unwrap();
+    let (changed, printed) = build("build after the header changed");
+    assert!(headline(&changed).starts_with("cachectl: cache miss"), "{changed}");
+    assert_eq!(causes(&changed), ["1 source file changed: ../include/val.h"], "{changed}");
+    assert_eq!(printed, "2");
+    let (hit, printed) = build("unchanged build");
+    assert!(headline(&hit).starts_with("cachectl: cache hit"), "{hit}");
+    assert_eq!(printed, "2");
+}
+
 /// A header that an assembly file includes from outside its package is an input of the build
 /// (go list does not name it): a build after it changed misses and names it, instead of
 /// restoring the binary built with the old header, and records a binary built with the new one.

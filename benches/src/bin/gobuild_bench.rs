@@ -204,7 +204,7 @@ impl Bench {
         let (go_env, packages) = call.read(&command_line, &line.packages).await.expect("go env and go list");
         let goflags = go_env.get("GOFLAGS").cloned().unwrap_or_default();
         let flags = flags::effective(&goflags, &line).expect("flags");
-        let derived = inputs::derive(&call, &flags, &go_env, &packages).await.expect("derive");
+        let derived = inputs::derive(&call, &flags, &go_env, &packages, None).await.expect("derive");
         let _key = derived.manifest.key();
         (started.elapsed(), derived.files, derived.modules)
     }

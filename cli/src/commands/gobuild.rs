@@ -43,8 +43,17 @@ pub async fn build(
         // The library says why it does not cache, and runs go with the arguments as they are.
         Err(_) => (args, Vec::new()),
     };
-    let request =
-        BuildRequest { module_dir: dir, packages, output: None, go_flags, env: Vec::new(), namespace };
+    // The repository: modules in it may share headers above their go.mod files.
+    let source_tree = gobuild::inputs::vcs_root(&dir).map(|(root, _)| root);
+    let request = BuildRequest {
+        module_dir: dir,
+        packages,
+        output: None,
+        go_flags,
+        env: Vec::new(),
+        namespace,
+        source_tree,
+    };
     let client = connect(server, options).await?;
     let build_options =
         BuildOptions { inherit_stdio: true, bridge_connect: options.clone(), ..BuildOptions::default() };
