@@ -69,6 +69,13 @@ fn command() -> Command {
                 .arg(Arg::new("rate_limit").long("rate-limit").value_parser(clap::value_parser!(u32)).help(
                     "requests per second for this token; 0 = unlimited [default: the server's rate_limit]",
                 ))
+                .arg(
+                    Arg::new("max_priority")
+                        .long("max-priority")
+                        .allow_negative_numbers(true)
+                        .value_parser(clap::value_parser!(i32).range(-1000..=1000))
+                        .help("the highest priority this token's jobs may ask [default: 0; any for admin tokens]"),
+                )
                 .arg(Arg::new("secret_file").long("secret-file").value_name("FILE").help(
                     "write the secret to FILE (mode 0600) and print only the [[tokens]] table, for scripts",
                 )),
@@ -96,6 +103,7 @@ fn new_token(args: &ArgMatches) -> Result<(), String> {
         namespaces,
         secret_hash: SecretHash::new(&secret)?,
         rate_limit: args.get_one::<u32>("rate_limit").copied(),
+        max_priority: args.get_one::<i32>("max_priority").copied(),
     };
     match args.get_one::<String>("secret_file") {
         Some(path) => {

@@ -42,6 +42,7 @@ fn spec(name: &str, scopes: &str, namespaces: &str, rate_limit: Option<u32>) -> 
         namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
         secret_hash: SecretHash::new(&secret_of(name)).unwrap(),
         rate_limit,
+        max_priority: None,
     }
 }
 

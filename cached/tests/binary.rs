@@ -217,6 +217,7 @@ fn token(name: &str, secret: &str) -> TokenSpec {
         namespaces: NamespacePattern::parse_list("*").unwrap(),
         secret_hash: SecretHash::new(secret).unwrap(),
         rate_limit: None,
+        max_priority: None,
     }
 }
 

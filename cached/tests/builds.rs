@@ -240,6 +240,7 @@ fn read_token_file(dir: &std::path::Path) -> String {
         namespaces: NamespacePattern::parse_list("pr-*").unwrap(),
         secret_hash: SecretHash::new("pr-secret").unwrap(),
         rate_limit: None,
+        max_priority: None,
     };
     let path = dir.join("tokens.toml");
     std::fs::write(&path, spec.to_toml()).unwrap();

@@ -26,6 +26,7 @@ use tonic::{Code, Request};
 
 const TENANT: &str = "tenant-submit-secret";
 const AGENT: &str = "agent-worker-secret";
+const RELEASE: &str = "release-submit-secret";
 
 fn token(name: &str, secret: &str, scopes: &str, namespaces: &str) -> TokenSpec {
     TokenSpec {
@@ -34,6 +35,7 @@ fn token(name: &str, secret: &str, scopes: &str, namespaces: &str) -> TokenSpec 
         namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
         secret_hash: SecretHash::new(secret).unwrap(),
         rate_limit: None,
+        max_priority: None,
     }
 }
 
@@ -47,6 +49,7 @@ async fn start_with(dir: &Path, settings: &[(&str, &str)]) -> Server {
     let tokens = [
         token("tenant", TENANT, "read,submit", "pr-*"),
         token("agent", AGENT, "read,cas-write,ac-write,worker", "*"),
+        TokenSpec { max_priority: Some(10), ..token("release", RELEASE, "read,submit", "pr-*") },
     ];
     let path = dir.join("tokens.toml");
     std::fs::write(&path, tokens.iter().map(|t| format!("{}\n", t.to_toml())).collect::<String>()).unwrap();
@@ -105,10 +108,35 @@ async fn submit_accepts_what_a_job_may_well_ask_for() {
             EnvVar { name: "GOFLAGS".into(), value: "-buildvcs=false '-ldflags=-s -w'".into() },
         ],
         timeout_seconds: 3600,
-        priority: 10,
+        priority: -10,
         ..spec()
     };
     submit(&mut jobs, fine).await.expect("a reasonable job is queued");
+    server.stop().await;
+}
+
+/// Queued tasks run highest priority first: a tenant free to pick any priority would take
+/// every agent ahead of the others. Tokens ask 0 at most unless an operator allows more.
+#[tokio::test]
+async fn a_token_submits_at_most_its_max_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut jobs = JobsClient::new(channel(&server).await);
+    let refused = submit(&mut jobs, v1::JobSpec { priority: 1, ..spec() }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("at priority 0 at most") && refused.message().contains("max_priority")
+    );
+    for priority in [0, -1000] {
+        submit(&mut jobs, v1::JobSpec { priority, ..spec() }).await.expect("at or below the default");
+    }
+    let as_release = |priority| {
+        let spec = v1::JobSpec { priority, source_root: Some(Digest::of(b"release").to_wire()), ..spec() };
+        authorized(v1::SubmitRequest { spec: Some(spec), rebuild: false }, RELEASE)
+    };
+    jobs.submit(as_release(10)).await.expect("the release token may ask 10");
+    let refused = jobs.submit(as_release(11)).await.unwrap_err();
+    assert!(refused.message().contains("at priority 10 at most"), "{refused:?}");
     server.stop().await;
 }
 

@@ -45,6 +45,7 @@ fn token(name: &str, scopes: &str, namespaces: &str) -> TokenSpec {
         namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
         secret_hash: SecretHash::new(&secret_of(name)).unwrap(),
         rate_limit: None,
+        max_priority: None,
     }
 }
 

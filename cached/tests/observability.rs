@@ -52,6 +52,7 @@ fn tokens_file(dir: &std::path::Path) -> String {
         namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
         secret_hash: SecretHash::new(&format!("secret-of-{name}")).unwrap(),
         rate_limit: None,
+        max_priority: None,
     };
     let specs = [spec("ci", "read,cas-write,ac-write,admin", "*"), spec("pr", "read", "pr-*")];
     let path = dir.join("tokens.toml");

@@ -22,6 +22,7 @@ fn tokens_file(dir: &std::path::Path) -> String {
         namespaces: NamespacePattern::parse_list("*").unwrap(),
         secret_hash: SecretHash::new("a-secret-no-test-call-sends").unwrap(),
         rate_limit: None,
+        max_priority: None,
     };
     let path = dir.join("tokens.toml");
     std::fs::write(&path, spec.to_toml()).unwrap();

@@ -33,6 +33,7 @@ async fn a_flood_of_refused_calls_is_logged_once_per_reason() {
             namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
             secret_hash: SecretHash::new(&format!("the-{name}-secret")).unwrap(),
             rate_limit: Some(0),
+            max_priority: None,
         };
         spec.to_toml()
     };

@@ -34,6 +34,7 @@ fn token(name: &str, scopes: &str) -> String {
         namespaces: NamespacePattern::parse_list("*").unwrap(),
         secret_hash: SecretHash::new(&secret(name)).unwrap(),
         rate_limit: None,
+        max_priority: None,
     };
     spec.to_toml()
 }

@@ -17,6 +17,7 @@ fn token(name: &str, scopes: &str, secret: &str) -> String {
         namespaces: NamespacePattern::parse_list("*").unwrap(),
         secret_hash: SecretHash::new(secret).unwrap(),
         rate_limit: None,
+        max_priority: None,
     }
     .to_toml()
 }

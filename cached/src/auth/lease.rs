@@ -85,6 +85,8 @@ impl CacheClaims {
             token: self.lease.grant_name(),
             scopes: [Scope::Read, Scope::CasWrite, Scope::AcWrite].into_iter().collect::<Scopes>(),
             namespaces: vec![NamespacePattern::Exact(self.namespace.clone())],
+            // A build's credential submits no jobs.
+            max_priority: 0,
         }
     }
 }

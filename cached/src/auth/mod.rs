@@ -44,6 +44,8 @@ pub struct Grant {
     pub token: String,
     pub scopes: Scopes,
     pub namespaces: Vec<NamespacePattern>,
+    /// The highest `priority` its jobs may ask (`max_priority`).
+    pub max_priority: i32,
 }
 
 impl Grant {
@@ -55,6 +57,7 @@ impl Grant {
             token: Self::ANONYMOUS.to_owned(),
             scopes: Scopes::all(),
             namespaces: vec![NamespacePattern::Any],
+            max_priority: *crate::scheduler::validate::PRIORITIES.end(),
         }
     }
 
@@ -111,6 +114,7 @@ mod tests {
             token: "pr".to_owned(),
             scopes: Scopes::parse_list("read").unwrap(),
             namespaces: NamespacePattern::parse_list("pr-7/*").unwrap(),
+            max_priority: 0,
         }));
         assert_eq!(check_namespace(&extensions, "pr-7/linux").unwrap().token, "pr");
         let err = check_namespace(&extensions, "main").unwrap_err().to_string();

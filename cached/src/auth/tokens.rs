@@ -13,7 +13,8 @@ use dashmap::DashMap;
 
 use super::Grant;
 use super::rate::RateLimiter;
-use super::scopes::{NamespacePattern, Scopes};
+use super::scopes::{NamespacePattern, Scope, Scopes};
+use crate::scheduler::validate::PRIORITIES as JOB_PRIORITIES;
 
 const SECRET_PREFIX: &str = "cached_";
 /// A minted secret: the prefix and 32 bytes in unpadded base64url (43 characters).
@@ -30,6 +31,8 @@ pub struct TokenSpec {
     pub secret_hash: SecretHash,
     /// Requests per second; `None` takes the server's `rate_limit`, `Some(0)` is unlimited.
     pub rate_limit: Option<u32>,
+    /// The highest `priority` its jobs may ask; `None`: 0, or any with the `admin` scope.
+    pub max_priority: Option<i32>,
 }
 
 impl fmt::Debug for TokenSpec {
@@ -39,6 +42,7 @@ impl fmt::Debug for TokenSpec {
             .field("scopes", &self.scopes)
             .field("namespaces", &self.namespaces)
             .field("rate_limit", &self.rate_limit)
+            .field("max_priority", &self.max_priority)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +132,16 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 impl TokenSpec {
+    /// The highest priority its jobs may ask: as configured, else any for an admin token
+    /// and 0 for the others, so that no tenant moves ahead of the rest unless allowed.
+    pub fn max_priority(&self) -> i32 {
+        self.max_priority.unwrap_or(if self.scopes.contains(Scope::Admin) {
+            *JOB_PRIORITIES.end()
+        } else {
+            0
+        })
+    }
+
     /// The `[[tokens]]` table that configures this token, for `cached token new`.
     pub fn to_toml(&self) -> String {
         let list =
@@ -142,11 +156,14 @@ impl TokenSpec {
         if let Some(rate) = self.rate_limit {
             text.push_str(&format!("rate_limit = {rate}\n"));
         }
+        if let Some(priority) = self.max_priority {
+            text.push_str(&format!("max_priority = {priority}\n"));
+        }
         text
     }
 }
 
-const TOKEN_KEYS: &[&str] = &["name", "scopes", "namespaces", "secret_hash", "rate_limit"];
+const TOKEN_KEYS: &[&str] = &["name", "scopes", "namespaces", "secret_hash", "rate_limit", "max_priority"];
 
 /// Reads the value of a `tokens` key: an array of tables. `origin` says where it is, for errors.
 pub fn parse_tokens(value: &toml::Value, origin: &str) -> Result<Vec<TokenSpec>, String> {
@@ -213,7 +230,17 @@ fn parse_token(table: &toml::Table) -> Result<TokenSpec, String> {
         ),
         Some(_) => return Err("`rate_limit` must be a number of requests per second".to_owned()),
     };
-    Ok(TokenSpec { name: name.to_owned(), scopes, namespaces, secret_hash, rate_limit })
+    let max_priority = match table.get("max_priority") {
+        None => None,
+        Some(toml::Value::Integer(priority)) => Some(
+            i32::try_from(*priority)
+                .ok()
+                .filter(|priority| JOB_PRIORITIES.contains(priority))
+                .ok_or("`max_priority` must be a job priority, -1000 to 1000")?,
+        ),
+        Some(_) => return Err("`max_priority` must be a number, -1000 to 1000".to_owned()),
+    };
+    Ok(TokenSpec { name: name.to_owned(), scopes, namespaces, secret_hash, rate_limit, max_priority })
 }
 
 /// Checks a whole set of tokens: names must be unique.
@@ -253,6 +280,7 @@ impl TokenTable {
                         token: spec.name.clone(),
                         scopes: spec.scopes,
                         namespaces: spec.namespaces.clone(),
+                        max_priority: spec.max_priority(),
                     }),
                     limiter: rate.map(|rate| Arc::new(RateLimiter::per_second(rate))),
                     hash: spec.secret_hash.clone(),
@@ -326,6 +354,7 @@ mod tests {
             namespaces: NamespacePattern::parse_list("main/*").unwrap(),
             secret_hash: SecretHash::new(secret).unwrap(),
             rate_limit: None,
+            max_priority: None,
         }
     }
 
@@ -377,6 +406,24 @@ mod tests {
         assert!(err.contains("reserved"), "{err}");
         let err = parse(text("rate_limit = -1\n")).unwrap_err();
         assert!(err.contains("rate_limit"), "{err}");
+        for bad in ["max_priority = 1001\n", "max_priority = \"high\"\n"] {
+            let err = parse(text(bad)).unwrap_err();
+            assert!(err.contains("max_priority") && err.contains("-1000 to 1000"), "{err}");
+        }
+        assert_eq!(parse(text("max_priority = -5\n")).unwrap()[0].max_priority(), -5);
+    }
+
+    #[test]
+    fn tokens_ask_priority_0_at_most_unless_admin_or_allowed() {
+        let with = |scopes: &str, max_priority| TokenSpec {
+            scopes: Scopes::parse_list(scopes).unwrap(),
+            max_priority,
+            ..spec("s")
+        };
+        assert_eq!(with("read,submit", None).max_priority(), 0);
+        assert_eq!(with("submit,admin", None).max_priority(), 1000);
+        assert_eq!(with("read,submit", Some(50)).max_priority(), 50);
+        assert!(with("read,submit", Some(50)).to_toml().contains("max_priority = 50\n"));
     }
 
     #[test]

@@ -52,6 +52,7 @@ fn grant(name: &str, namespaces: &str) -> Arc<Grant> {
         token: name.to_owned(),
         scopes: Scopes::parse_list("worker").unwrap(),
         namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
+        max_priority: 0,
     })
 }
 

@@ -75,6 +75,20 @@ impl JobsService {
     }
 }
 
+/// Queued tasks run highest priority first, so a tenant free to choose any would take every
+/// agent ahead of the others: a token asks at most its `max_priority`.
+fn check_priority(grant: &auth::Grant, priority: i32) -> Result<(), Error> {
+    // One out of range is refused as such when the spec is checked.
+    if priority <= grant.max_priority || !crate::scheduler::validate::PRIORITIES.contains(&priority) {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "token `{}` may submit jobs at priority {} at most, not {priority}; an operator can raise \
+         it with `max_priority` in the token's [[tokens]] entry",
+        grant.token, grant.max_priority
+    )))
+}
+
 fn job_namespace(job: &proto::v1::JobStatus) -> &str {
     job.spec.as_ref().map_or("", |spec| spec.namespace.as_str())
 }
@@ -97,6 +111,7 @@ impl Jobs for JobsService {
         let spec = request.spec.ok_or_else(|| Error::invalid("spec is missing"))?;
         let ns = namespace(&spec.namespace)?.to_owned();
         let grant = auth::check_namespace(&extensions, &ns)?;
+        check_priority(&grant, spec.priority)?;
         let (packages, targets) = (logged_list(&spec.packages), spec.targets.len());
         let key = self.key_of(&spec);
         let reused = match key {

@@ -22,6 +22,7 @@ pub fn tokens_file(dir: &Path, names: &[&str], scopes: &str) -> String {
                 namespaces: NamespacePattern::parse_list("*").unwrap(),
                 secret_hash: SecretHash::new(&secret_of(name)).unwrap(),
                 rate_limit: None,
+                max_priority: None,
             };
             format!("{}\n", spec.to_toml())
         })

@@ -17,7 +17,7 @@ pub(super) const MAX_SPEC_BYTES: usize = 64 << 10;
 /// Bytes in a Go version (`go1.26.8`) and in a C compiler's name.
 pub(super) const MAX_WORD: usize = 64;
 /// The range of `priority`: higher runs first, 0 is the default.
-pub(super) const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
+pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
 
 /// A spec of at most [`MAX_SPEC_BYTES`], encoded.
 pub(super) fn check_spec_size(spec: &proto::v1::JobSpec) -> Result<(), String> {

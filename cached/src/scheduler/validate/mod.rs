@@ -11,6 +11,8 @@
 //! lists), [`image`] (the image spec) and [`result`] (what agents report back).
 
 mod bounds;
+
+pub use bounds::PRIORITIES;
 mod cgo;
 mod env;
 mod flags;
