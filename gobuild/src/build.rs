@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use proto::v1;
 
 use crate::exec::{Exec, Invocation, Processes, Sink};
+use crate::gocache::{self, GoCache};
 use crate::inputs::{Derived, GoCall};
 use crate::outputs::Planned;
 use crate::{explain, flags, inputs, manifest, outputs};
@@ -159,9 +160,12 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// go build with the request's flags, output and packages.
-    fn go_args(&self) -> Vec<String> {
+    /// go build with the request's flags, output and packages; with -a when `rebuild`.
+    fn go_args(&self, rebuild: bool) -> Vec<String> {
         let mut args = vec!["build".to_owned()];
+        if rebuild {
+            args.push("-a".to_owned());
+        }
         args.extend(self.request.go_flags.iter().cloned());
         let has_output = self
             .request
@@ -176,29 +180,39 @@ impl Run<'_> {
         args
     }
 
-    /// Runs go build (with the bridge when `client` is given, keying its entries under
-    /// `salt` when given); returns go's exit code and how long it took.
+    /// Runs go build, with the bridge to `client` as `go_cache` allows (without a client: as
+    /// this process's environment says); returns go's exit code and how long it took.
     async fn go(
         &self,
         client: Option<&Client>,
-        salt: Option<[u8; 32]>,
+        go_cache: GoCache,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(i32, Duration), ClientError> {
         let mut env = self.request.env.clone();
         let mut env_remove = vec!["CACHED_ACTION_SALT".to_owned()];
-        if let Some(client) = client {
-            let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
-            let (bridge, remove) =
-                bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect);
-            env.extend(bridge);
-            env_remove.extend(remove);
-            if let Some(salt) = salt {
-                env.push(("CACHED_ACTION_SALT".to_owned(), manifest::hex(&salt)));
+        let rebuild = client.is_some() && go_cache == GoCache::Off;
+        match (client, go_cache) {
+            (None, _) => {}
+            // go then uses its own GOCACHE, which -a neither reads nor trusts.
+            (Some(_), GoCache::Off) => env_remove.push("GOCACHEPROG".to_owned()),
+            (Some(client), GoCache::Shared | GoCache::Salted(_)) => {
+                let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
+                let (bridge, remove) = bridge_env(
+                    &client.server,
+                    &self.request.namespace,
+                    program,
+                    &self.options.bridge_connect,
+                );
+                env.extend(bridge);
+                env_remove.extend(remove);
+                if let GoCache::Salted(salt) = go_cache {
+                    env.push(("CACHED_ACTION_SALT".to_owned(), manifest::hex(&salt)));
+                }
             }
         }
         let invocation = Invocation {
             program: self.options.go.clone(),
-            args: self.go_args(),
+            args: self.go_args(rebuild),
             dir: self.request.module_dir.clone(),
             env,
             env_remove,
@@ -233,14 +247,18 @@ impl Run<'_> {
         outputs::hash(&planned).await
     }
 
-    /// go build without the whole-build cache.
+    /// go build without the whole-build cache, with go's as `go_cache` allows.
     async fn uncached(
         &self,
         client: Option<&Client>,
-        reason: String,
+        unkeyed: Unkeyed,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<BuildOutcome, ClientError> {
-        let (exit_code, _) = self.go(client, None, log).await?;
+        let Unkeyed { reason, go_cache } = unkeyed;
+        if client.is_some() {
+            say_go_cache(log, go_cache);
+        }
+        let (exit_code, _) = self.go(client, go_cache, log).await?;
         let outputs = if exit_code == 0 { self.written_outputs().await } else { Vec::new() };
         Ok(BuildOutcome {
             hit: false,
@@ -281,22 +299,25 @@ pub async fn build_with(
     };
     let run = Run { request, options, dir, started };
     let Some(client) = client else {
-        return run.uncached(None, "not cached: cached is unreachable".to_owned(), log).await;
+        return run.uncached(None, Unkeyed::new("not cached: cached is unreachable".to_owned()), log).await;
     };
     let (line, command_line) = match parsed {
         Ok(parsed) => parsed,
         Err(flags::Unsupported(reason)) => {
             say(log, &format!("not caching this build: {reason}"));
-            return run.uncached(Some(client), format!("not cached: {reason}"), log).await;
+            // Without the packages, the files the build reads are not known.
+            let unkeyed = Unkeyed { reason: format!("not cached: {reason}"), go_cache: GoCache::Off };
+            return run.uncached(Some(client), unkeyed, log).await;
         }
     };
 
     let derived = derive(&run, &line, &command_line).await;
     let (derived, planned) = match derived {
         Ok(found) => found,
-        Err(reason) => {
-            say(log, &format!("not caching this build: {reason}"));
-            return run.uncached(Some(client), format!("not cached: {reason}"), log).await;
+        Err(unkeyed) => {
+            say(log, &format!("not caching this build: {}", unkeyed.reason));
+            let unkeyed = Unkeyed { reason: format!("not cached: {}", unkeyed.reason), ..unkeyed };
+            return run.uncached(Some(client), unkeyed, log).await;
         }
     };
     let key = derived.manifest.key();
@@ -329,9 +350,8 @@ pub async fn build_with(
                     status.message()
                 ),
             );
-            return run
-                .uncached(Some(client), format!("not cached: lookup failed: {}", status.message()), log)
-                .await;
+            let reason = format!("not cached: lookup failed: {}", status.message());
+            return run.uncached(Some(client), Unkeyed { reason, go_cache: derived.go_cache }, log).await;
         }
         failed => {
             let reason = match failed {
@@ -345,7 +365,8 @@ pub async fn build_with(
                     client.server
                 ),
             );
-            return run.uncached(None, format!("not cached: cached is unreachable ({reason})"), log).await;
+            let unkeyed = Unkeyed::new(format!("not cached: cached is unreachable ({reason})"));
+            return run.uncached(None, unkeyed, log).await;
         }
     };
 
@@ -394,13 +415,12 @@ pub async fn build_with(
     // bridge's, shared through the server) may hold an object built with an older version of
     // a file this key names; recording that under this key would restore it on every hit.
     // The bridge keys this build's entries under a salt of those files instead.
-    let salt = derived.go_cache_salt;
-    if salt.is_some() {
-        say(log, "keying go's cache by the files the build includes that go's own cache does not key");
+    say_go_cache(log, derived.go_cache);
+    if let GoCache::Salted(_) = derived.go_cache {
         // go takes an output whose build ID matches its (unsalted) action ID as up to date.
         remove_outputs(&planned)?;
     }
-    let (exit_code, build_time) = run.go(Some(client), salt, log).await?;
+    let (exit_code, build_time) = run.go(Some(client), derived.go_cache, log).await?;
     let mut outcome = BuildOutcome {
         hit: false,
         key: key_hex,
@@ -453,20 +473,63 @@ fn remove_outputs(planned: &[Planned]) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// Why a build has no whole-build key, and how it may still use go's cache.
+struct Unkeyed {
+    reason: String,
+    go_cache: GoCache,
+}
+
+impl Unkeyed {
+    /// For a build that does not reach cached: its go cache is this process's affair.
+    fn new(reason: String) -> Self {
+        Self { reason, go_cache: GoCache::Shared }
+    }
+}
+
+/// Says how the build uses go's cache when that is not as usual.
+fn say_go_cache(log: &mut (dyn FnMut(&str) + Send), go_cache: GoCache) {
+    match go_cache {
+        GoCache::Shared => {}
+        GoCache::Salted(_) => {
+            say(log, "keying go's cache by the files the build includes that go's own cache does not key")
+        }
+        GoCache::Off => say(
+            log,
+            "compiling every package without go's shared cache: which files the build reads that \
+             go's cache does not key is not known",
+        ),
+    }
+}
+
 /// The key inputs and the planned outputs, or why there are none.
 async fn derive(
     run: &Run<'_>,
     line: &flags::CommandLine,
     command_line: &flags::BuildFlags,
-) -> Result<(Derived, Vec<Planned>), String> {
+) -> Result<(Derived, Vec<Planned>), Unkeyed> {
     let call =
         GoCall { exec: run.options.exec.as_ref(), go: &run.options.go, dir: &run.dir, env: &run.request.env };
-    let (env, packages) = call.read(command_line, &line.packages).await.map_err(|err| err.0)?;
-    let flags = flags::effective(env.get("GOFLAGS").map_or("", String::as_str), line).map_err(|err| err.0)?;
+    let (env, packages) = call
+        .read(command_line, &line.packages)
+        .await
+        .map_err(|err| Unkeyed { reason: err.0, go_cache: GoCache::Off })?;
     let tree = run.request.source_tree.as_deref();
-    let derived = inputs::derive(&call, &flags, &env, &packages, tree).await.map_err(|err| err.0)?;
+    // What go's cache may serve is decided by the include scan, key or no key.
+    let unkeyed = |reason: String| async {
+        let go_cache = gocache::for_unkeyed(&env, Some(packages.clone()), tree).await;
+        Unkeyed { reason, go_cache }
+    };
+    let flags = match flags::effective(env.get("GOFLAGS").map_or("", String::as_str), line) {
+        Ok(flags) => flags,
+        Err(err) => return Err(unkeyed(err.0).await),
+    };
+    let derived = match inputs::derive(&call, &flags, &env, &packages, tree).await {
+        Ok(derived) => derived,
+        Err(err) => return Err(unkeyed(err.0).await),
+    };
     let output = run.request.output.as_deref().or(flags.output.as_deref());
-    let planned = outputs::plan(output, &derived.roots, &derived.goos, &run.dir)?;
+    let planned = outputs::plan(output, &derived.roots, &derived.goos, &run.dir)
+        .map_err(|reason| Unkeyed { reason, go_cache: derived.go_cache })?;
     Ok((derived, planned))
 }
 

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::exec::{Exec, Invocation};
 use crate::flags::BuildFlags;
+use crate::gocache::GoCache;
 use crate::includes;
 use crate::manifest::Manifest;
 
@@ -102,11 +103,9 @@ pub struct Derived {
     pub files: usize,
     /// Modules identified by version and go.sum hash.
     pub modules: usize,
-    /// When a package reads files (through includes and `#cgo` flags) that go's own action ID
-    /// for it does not hash: a salt made of their names and contents, to key the go cache's
-    /// entries of this build by (`CACHED_ACTION_SALT`), so that none built from other
-    /// versions of them is taken.
-    pub go_cache_salt: Option<[u8; 32]>,
+    /// How the build may use go's cache, by whether a package reads files (through includes
+    /// and `#cgo` flags) that go's own action ID for it does not hash.
+    pub go_cache: GoCache,
 }
 
 /// Why no key could be derived (the wrapper then builds without the whole-build cache).
@@ -266,10 +265,7 @@ pub async fn derive(
     }
     let gowork = var(env, "GOWORK");
     let workspace = !gowork.is_empty() && gowork != "off";
-    let base: PathBuf = if workspace { Path::new(gowork) } else { Path::new(gomod) }
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_default();
+    let base = key_base(env);
     let gomodcache = var(env, "GOMODCACHE");
 
     manifest.shown("go.version", var(env, "GOVERSION"));
@@ -336,7 +332,7 @@ pub async fn derive(
     let mut from_module_cache = BTreeSet::new();
     let mut local_go_mods = BTreeSet::new();
     let mut seen_dirs = BTreeSet::new();
-    let mut include_scans = Vec::new();
+    let include_scans = include_scans(packages, gomodcache);
     let mut cgo = false;
     let mut cxx = false;
     for package in packages {
@@ -384,9 +380,6 @@ pub async fn derive(
             continue;
         }
         let dir = Path::new(&package.dir);
-        if let Some(sources) = include_sources(package) {
-            include_scans.push(sources);
-        }
         for name in package
             .go_files
             .iter()
@@ -484,27 +477,46 @@ pub async fn derive(
     })
     .await
     .map_err(|err| NoKey(format!("hashing failed: {err}")))??;
-    let go_cache_salt = salt_of(&unseen_by_go, &hashed);
+    let go_cache = GoCache::of_unseen(
+        hashed
+            .iter()
+            .filter(|(name, _)| unseen_by_go.contains(name))
+            .map(|(name, hash)| (name.as_str(), hash)),
+    )
+    .for_go(env);
     for (name, hash) in hashed {
         manifest.insert(name, hash, String::new());
     }
-    Ok(Derived { manifest, module, roots, goos, goarch, files: count, modules, go_cache_salt })
+    Ok(Derived { manifest, module, roots, goos, goarch, files: count, modules, go_cache })
 }
 
-/// The salt of the files named `unseen` among `hashed`: their names and contents, in order.
-fn salt_of(unseen: &BTreeSet<String>, hashed: &[(String, [u8; 32])]) -> Option<[u8; 32]> {
-    if unseen.is_empty() {
-        return None;
-    }
-    let mut named: Vec<&(String, [u8; 32])> =
-        hashed.iter().filter(|(name, _)| unseen.contains(name)).collect();
-    named.sort();
-    let mut salt = blake3::Hasher::new();
-    salt.update(b"cached go cache salt\0");
-    for (name, hash) in named {
-        salt.update(name.as_bytes()).update(&[0]).update(hash);
-    }
-    Some(*salt.finalize().as_bytes())
+/// The directory file names in a key are relative to: the workspace's or the main module's.
+pub(crate) fn key_base(env: &GoEnv) -> PathBuf {
+    let (gowork, gomod) = (var(env, "GOWORK"), var(env, "GOMOD"));
+    let workspace = !gowork.is_empty() && gowork != "off";
+    if workspace { Path::new(gowork) } else { Path::new(gomod) }
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default()
+}
+
+/// What the include scan reads of `packages`: each directory once, and not the standard
+/// library nor modules from the module cache (identified by version and checksum).
+pub(crate) fn include_scans(packages: &[Package], gomodcache: &str) -> Vec<includes::Sources> {
+    let mut seen_dirs = BTreeSet::new();
+    packages
+        .iter()
+        .filter(|package| !package.standard)
+        .filter(|package| {
+            let Some(module) = &package.module else { return true };
+            let effective = module.replace.as_deref().unwrap_or(module);
+            !(in_module_cache(&package.dir, gomodcache)
+                && !effective.version.is_empty()
+                && !effective.sum.is_empty())
+        })
+        .filter(|package| seen_dirs.insert(package.dir.clone()))
+        .filter_map(include_sources)
+        .collect()
 }
 
 /// The files of a package whose includes and `#cgo` flags may name more inputs (none for a
@@ -793,7 +805,7 @@ fn hash_reader(mut reader: impl Read, buffer: &mut [u8]) -> std::io::Result<[u8;
 
 /// BLAKE3 of the contents of the file at `path`.
 /// Opened without waiting on a FIFO, and only a regular file: the sources may be a tenant's.
-fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
+pub(crate) fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -21,6 +21,7 @@ pub mod build;
 pub mod exec;
 pub mod explain;
 pub mod flags;
+pub mod gocache;
 pub mod includes;
 pub mod inputs;
 pub mod manifest;

@@ -67,7 +67,7 @@ pub struct Args {
     /// Key every action under this salt (64 hex digits): `cachectl go build` passes one made
     /// of the files a build's C and assembly sources include that go's action IDs miss.
     #[arg(long, env = "CACHED_ACTION_SALT", value_parser = crate::salt::parse)]
-    action_salt: Option<[u8; 32]>,
+    action_salt: Option<crate::salt::Salt>,
 }
 
 /// CACHED_SUMMARY=1 (or true/yes) asks for the summary without changing GOCACHEPROG.

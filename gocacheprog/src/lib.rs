@@ -67,7 +67,7 @@ pub struct Options {
     /// Bytes a session preloads at most.
     pub preload_max: u64,
     /// Moves every action ID into a key space of its own (see [`salt`]).
-    pub action_salt: Option<[u8; 32]>,
+    pub action_salt: Option<salt::Salt>,
 }
 
 /// The default local tier: `<user cache dir>/cached/gocache`.
@@ -104,16 +104,16 @@ pub async fn run(options: Options) -> Result<()> {
         let max_bytes = options.preload_max.min(options.max_size / 2);
         preload::Preload::new(keys, max_bytes, !options.read_only, Arc::clone(&counters))
     });
-    let tier_options =
-        tiers::TierOptions { close_timeout: options.close_timeout, summary: options.summary, warm };
+    let tier_options = tiers::TierOptions {
+        close_timeout: options.close_timeout,
+        summary: options.summary,
+        warm,
+        salt: options.action_salt,
+    };
     let tiers =
         Arc::new(tiers::Tiers::new(disk, remote, !options.read_only, preload, counters, tier_options));
     tiers.start();
-    let cache: Arc<dyn server::Cache> = match options.action_salt {
-        Some(salt) => Arc::new(salt::Salted::new(tiers, salt)),
-        None => tiers,
-    };
-    server::serve(std::io::stdin(), std::io::stdout(), cache)
+    server::serve(std::io::stdin(), std::io::stdout(), tiers)
         .await
         .map_err(|err| ClientError::Local { what: "gocacheprog".into(), source: err.into() })
 }

@@ -37,9 +37,9 @@ pub struct Prefetches {
 }
 
 impl Prefetches {
-    /// The subkey to prefetch for a remote lookup of `action_id`, if any: not for a subkey
-    /// itself (nobody asks for a subkey's subkey) and not twice.
-    pub fn start(&self, action_id: &ActionId) -> Option<ActionId> {
+    /// The subkey to prefetch for a remote lookup of `action_id` (`stdout`, as the cache keys
+    /// it), if any: not for a subkey itself (nobody asks for a subkey's subkey) and not twice.
+    pub fn start(&self, action_id: &ActionId, stdout: ActionId) -> Option<ActionId> {
         let mut states = self.states.lock().unwrap_or_else(|poison| poison.into_inner());
         if states.contains_key(action_id) {
             return None;
@@ -47,7 +47,6 @@ impl Prefetches {
         if states.len() >= MAX_REMEMBERED {
             states.clear();
         }
-        let stdout = subkey(action_id, "stdout");
         states.entry(stdout).or_insert(State::Pending);
         Some(stdout)
     }
@@ -85,8 +84,9 @@ mod tests {
     #[test]
     fn subkeys_are_not_prefetched_again() {
         let prefetches = Prefetches::default();
-        let stdout = prefetches.start(&ActionId([1; 32])).unwrap();
-        assert_eq!(prefetches.start(&stdout), None);
+        let action = ActionId([1; 32]);
+        let stdout = prefetches.start(&action, subkey(&action, "stdout")).unwrap();
+        assert_eq!(prefetches.start(&stdout, subkey(&stdout, "stdout")), None);
         assert_eq!(prefetches.take(&stdout), Some(State::Pending));
         prefetches.finished(&stdout, false);
         assert_eq!(prefetches.take(&stdout), Some(State::Missing));

@@ -11,10 +11,11 @@ use proto::{ActionId, OutputId};
 use super::counters::{Counters, add, bump};
 use super::disk::{DiskError, DiskTier, Entry};
 use super::flights::{Flights, hit};
-use super::prefetch::{Prefetches, State};
+use super::prefetch::{Prefetches, State, subkey};
 use super::preload::Preload;
 use super::protocol::{Hit, now_unix_nanos};
 use super::remote::{RemoteTier, Upload};
+use super::salt::Salt;
 use super::server::{BodySink, Cache, Local};
 use super::uploads::Uploader;
 use super::warm_link::WarmLink;
@@ -26,6 +27,8 @@ pub struct TierOptions {
     pub summary: bool,
     /// A warm landing into the same local tier, which lookups ask before fetching.
     pub warm: Option<Arc<WarmLink>>,
+    /// Every action keyed under it (`--action-salt`).
+    pub salt: Option<Salt>,
 }
 
 pub struct Tiers {
@@ -109,6 +112,7 @@ impl Tiers {
 
 impl Cache for Tiers {
     fn get_local(&self, action_id: &ActionId) -> Local {
+        let action_id = &self.keyed(action_id);
         bump(&self.counters.gets);
         if let Some(preload) = &self.preload {
             preload.asked(action_id);
@@ -139,8 +143,11 @@ impl Cache for Tiers {
     }
 
     fn get_remote(self: Arc<Self>, action_id: ActionId) -> BoxFuture<'static, Option<Hit>> {
+        // The go command asks for the subkey of the action as it knows it, salted after.
+        let stdout = self.keyed(&subkey(&action_id, "stdout"));
+        let action_id = self.keyed(&action_id);
         Box::pin(async move {
-            if let Some(stdout) = self.prefetches.start(&action_id) {
+            if let Some(stdout) = self.prefetches.start(&action_id, stdout) {
                 self.prefetch(stdout);
             }
             let start = Instant::now();
@@ -164,6 +171,7 @@ impl Cache for Tiers {
         output_id: OutputId,
         size: u64,
     ) -> Result<Box<dyn BodySink>, String> {
+        let action_id = self.keyed(&action_id);
         bump(&self.counters.puts);
         let writer = self.disk.put_writer(output_id, size).map_err(|err| self.put_failed(&err))?;
         Ok(Box::new(PutSink {
@@ -216,6 +224,11 @@ impl Cache for Tiers {
 }
 
 impl Tiers {
+    /// The action as this session keys it: under its salt, if any.
+    fn keyed(&self, action_id: &ActionId) -> ActionId {
+        self.options.salt.as_ref().map_or(*action_id, |salt| salt.apply(action_id))
+    }
+
     /// Fetches a subkey into the local tier in the background (see `prefetch`).
     fn prefetch(self: &Arc<Self>, action_id: ActionId) {
         let this = Arc::clone(self);

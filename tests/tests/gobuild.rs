@@ -361,6 +361,37 @@ fn a_purged_namespace_builds_again_and_its_neighbours_keep_their_hits() {
     assert!(empty.stderr.contains("name the namespace"), "{}", empty.stderr);
 }
 
+/// A build the wrapper cannot key (here: a header named by a macro) still ran go through the
+/// shared go cache, whose action ID for the cgo package does not hash that header: after the
+/// header changed, go took the object built from the old one, and a build in a namespace
+/// could so put objects under IDs honest builds look up. Such a build now uses no shared
+/// go cache and compiles every package.
+#[test]
+fn a_build_whose_reads_are_not_known_uses_no_shared_go_cache() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let main = "package main\n\n// #define HEADER \"../../inc/val.h\"\n// #include HEADER\n\
+                // static int value(void) { return VALUE; }\nimport \"C\"\n\nimport \"fmt\"\n\n\
+                func main() { fmt.Println(C.value()) }\n";
+    std::fs::create_dir_all(ws.path("cmd/cgoval")).unwrap();
+    std::fs::create_dir_all(ws.path("inc")).unwrap();
+    std::fs::write(ws.path("cmd/cgoval/main.go"), main).unwrap();
+    std::fs::write(ws.path("inc/val.h"), "#define VALUE 1\n").unwrap();
+    let build = |what: &str| {
+        let args = ["go", "build", "-trimpath", "-o", "bin/cgoval", "./cmd/cgoval"];
+        let built = run(ws.cachectl(&args, &[("CGO_ENABLED", "1")])).success(what);
+        let printed = Command::new(ws.path("bin/cgoval")).output().unwrap().stdout;
+        (built.stderr, String::from_utf8_lossy(&printed).trim().to_owned())
+    };
+    let (first, printed) = build("first build");
+    assert!(first.contains("not caching this build") && first.contains("named by a macro"), "{first}");
+    assert!(first.contains("compiling every package without go's shared cache"), "{first}");
+    assert_eq!(printed, "1");
+    std::fs::write(ws.path("inc/val.h"), "#define VALUE 2\n").unwrap();
+    let (_, printed) = build("build after the header changed");
+    assert_eq!(printed, "2", "the object built from the old header was taken");
+}
+
 /// Modules of one repository may share headers above their go.mod files: within the
 /// repository they are keyed like any include (beyond it the wrapper reads nothing).
 #[test]

@@ -467,3 +467,54 @@ fn a_full_disk_under_the_local_tier_costs_old_entries_not_the_build() {
     assert!(left < old, "no old body was removed ({left} of {old} left)");
     assert_eq!(counted(summary(&tested.stderr), "failed"), 0, "{}", tested.stderr);
 }
+
+/// The server's go-cache misses in `namespace` so far.
+fn server_misses(daemon: &Daemon, namespace: &str) -> u64 {
+    let stats = Command::new(binary("cachectl"))
+        .args(["--server", &daemon.url(), "stats", "--json"])
+        .output()
+        .expect("cachectl stats");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+    let namespaces = stats["namespaces"].as_array().expect("namespaces");
+    let ns = namespaces.iter().find(|ns| ns["namespace"] == namespace);
+    ns.and_then(|ns| ns["go_misses"].as_u64()).unwrap_or(0)
+}
+
+/// Under a salt (`cachectl go build` passes one for builds whose sources include files go's
+/// action IDs miss) the `stdout` subkey the go command asks after each hit is prefetched as it
+/// will be asked: a fresh runner sends cached no more lookups that miss than without a salt
+/// (the prefetch asked for the subkey of the salted ID, which nobody stores).
+#[test]
+fn under_a_salt_the_subkeys_prefetched_are_the_ones_go_asks() {
+    let daemon = Daemon::start();
+    let env = GoEnv::new();
+    let mut fresh_misses = Vec::new();
+    for (namespace, salt) in [("plain", None), ("salted", Some("ab".repeat(32)))] {
+        let tier = tempfile::tempdir().unwrap();
+        // Each its own output: go skips linking one whose build ID it would produce.
+        let out = env.root.path().join(format!("bin-{namespace}"));
+        let build = |what: &str| {
+            let args = ["build", "-x", "-trimpath", "-o", out.to_str().unwrap(), "./cmd/app"];
+            let mut go = env.go_bridged(&args, tier.path(), Some(&daemon.url()));
+            go.env("CACHED_NAMESPACE", namespace).env("CACHED_PRELOAD", "0");
+            if let Some(salt) = &salt {
+                go.env("CACHED_ACTION_SALT", salt);
+            }
+            run(go).success(what)
+        };
+        env.wipe_gocache();
+        build("cold build");
+        let before = server_misses(&daemon, namespace);
+        env.wipe_gocache();
+        wipe(tier.path());
+        std::fs::remove_file(&out).unwrap();
+        let fresh = build("fresh runner");
+        assert_eq!(
+            compile_actions(&fresh.stderr),
+            Vec::<&str>::new(),
+            "{namespace}: the fresh runner compiled"
+        );
+        fresh_misses.push(server_misses(&daemon, namespace) - before);
+    }
+    assert_eq!(fresh_misses[1], fresh_misses[0], "misses of the fresh runner, salted against plain");
+}
