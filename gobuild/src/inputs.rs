@@ -278,8 +278,11 @@ pub async fn derive(
     manifest.shown("env.GOEXPERIMENT", var(env, "GOEXPERIMENT"));
     manifest.shown("env.GOFIPS140", var(env, "GOFIPS140"));
     manifest.hidden("env.GOFLAGS", var(env, "GOFLAGS"));
-    if let Some(extlink) = call.build_var("GO_EXTLINK_ENABLED") {
-        manifest.shown("env.GO_EXTLINK_ENABLED", &extlink);
+    // The same set-or-not reading for these: go passes them on to the tools it runs.
+    for name in ["GO_EXTLINK_ENABLED", "GODEBUG"] {
+        if let Some(value) = call.build_var(name) {
+            manifest.shown(&format!("env.{name}"), &value);
+        }
     }
 
     manifest.shown("flag.tags", &flags.tags.join(","));
@@ -1075,6 +1078,25 @@ mod tests {
             derive_in(plain.path(), args, &[("SOURCE_DATE_EPOCH", "1")]).await.key(),
             derive_in(plain.path(), args, &[]).await.key()
         );
+    }
+
+    /// GODEBUG reaches the go command and the tools it runs (a job may set it): a build with
+    /// another one is another build.
+    #[tokio::test]
+    async fn godebug_as_set_is_keyed() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            &[
+                ("go.mod", "module example.com/p\n\ngo 1.22\n"),
+                ("main.go", "package main\n\nfunc main() {}\n"),
+            ],
+        );
+        let args = &["-trimpath", "."];
+        let unset = derive_in(dir.path(), args, &[]).await;
+        let set = derive_in(dir.path(), args, &[("GODEBUG", "gctrace=1")]).await;
+        assert_ne!(unset.key(), set.key());
+        assert_eq!(set.get("env.GODEBUG").unwrap().display, "gctrace=1");
     }
 
     /// go compiles each module's packages with that module's Go version (-lang), so a change
