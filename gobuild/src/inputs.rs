@@ -281,7 +281,7 @@ pub async fn derive(
     // The same set-or-not reading for these: go passes them on to the tools it runs.
     for name in ["GO_EXTLINK_ENABLED", "GODEBUG"] {
         if let Some(value) = call.build_var(name) {
-            manifest.shown(&format!("env.{name}"), &value);
+            manifest.shown(format!("env.{name}"), &value);
         }
     }
 
