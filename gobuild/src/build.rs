@@ -180,8 +180,9 @@ impl Run<'_> {
         args
     }
 
-    /// Runs go build, with the bridge to `client` as `go_cache` allows (without a client: as
-    /// this process's environment says); returns go's exit code and how long it took.
+    /// Runs go build, with the bridge to `client` as `go_cache` allows; returns go's exit code
+    /// and how long it took. Without a client, a bridge the environment already names (an
+    /// agent's task has one) is held to `go_cache` as well.
     async fn go(
         &self,
         client: Option<&Client>,
@@ -190,11 +191,17 @@ impl Run<'_> {
     ) -> Result<(i32, Duration), ClientError> {
         let mut env = self.request.env.clone();
         let mut env_remove = vec!["CACHED_ACTION_SALT".to_owned()];
-        let rebuild = client.is_some() && go_cache == GoCache::Off;
+        let rebuild = go_cache == GoCache::Off;
         match (client, go_cache) {
-            (None, _) => {}
             // go then uses its own GOCACHE, which -a neither reads nor trusts.
-            (Some(_), GoCache::Off) => env_remove.push("GOCACHEPROG".to_owned()),
+            (_, GoCache::Off) => {
+                env.retain(|(name, _)| name != "GOCACHEPROG");
+                env_remove.push("GOCACHEPROG".to_owned());
+            }
+            (None, GoCache::Shared) => {}
+            (None, GoCache::Salted(salt)) => {
+                env.push(("CACHED_ACTION_SALT".to_owned(), manifest::hex(&salt)));
+            }
             (Some(client), GoCache::Shared | GoCache::Salted(_)) => {
                 let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
                 let (bridge, remove) = bridge_env(
@@ -255,9 +262,7 @@ impl Run<'_> {
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<BuildOutcome, ClientError> {
         let Unkeyed { reason, go_cache } = unkeyed;
-        if client.is_some() {
-            say_go_cache(log, go_cache);
-        }
+        say_go_cache(log, go_cache);
         let (exit_code, _) = self.go(client, go_cache, log).await?;
         let outputs = if exit_code == 0 { self.written_outputs().await } else { Vec::new() };
         Ok(BuildOutcome {
@@ -299,7 +304,16 @@ pub async fn build_with(
     };
     let run = Run { request, options, dir, started };
     let Some(client) = client else {
-        return run.uncached(None, Unkeyed::new("not cached: cached is unreachable".to_owned()), log).await;
+        // go may still reach a cache program the environment names.
+        let go_cache = match &parsed {
+            Ok((line, command_line)) => match derive(&run, line, command_line).await {
+                Ok((derived, _)) => derived.go_cache,
+                Err(unkeyed) => unkeyed.go_cache,
+            },
+            Err(_) => GoCache::Off,
+        };
+        let unkeyed = Unkeyed { reason: "not cached: cached is unreachable".to_owned(), go_cache };
+        return run.uncached(None, unkeyed, log).await;
     };
     let (line, command_line) = match parsed {
         Ok(parsed) => parsed,
@@ -365,8 +379,8 @@ pub async fn build_with(
                     client.server
                 ),
             );
-            let unkeyed = Unkeyed::new(format!("not cached: cached is unreachable ({reason})"));
-            return run.uncached(None, unkeyed, log).await;
+            let reason = format!("not cached: cached is unreachable ({reason})");
+            return run.uncached(None, Unkeyed { reason, go_cache: derived.go_cache }, log).await;
         }
     };
 
@@ -477,13 +491,6 @@ fn remove_outputs(planned: &[Planned]) -> Result<(), ClientError> {
 struct Unkeyed {
     reason: String,
     go_cache: GoCache,
-}
-
-impl Unkeyed {
-    /// For a build that does not reach cached: its go cache is this process's affair.
-    fn new(reason: String) -> Self {
-        Self { reason, go_cache: GoCache::Shared }
-    }
 }
 
 /// Says how the build uses go's cache when that is not as usual.
@@ -714,10 +721,48 @@ mod tests {
         assert!(!outcome.hit && outcome.key.is_empty());
         assert_eq!(lines, ["# example.com/m/cmd/app", "main.go:1: oops"]);
         let seen = exec.seen.lock().unwrap();
-        assert_eq!(seen.len(), 1, "no key derivation without a server");
-        assert_eq!(seen[0].args, ["build", "-trimpath", "-o", "bin/app", "./cmd/app"]);
-        assert!(seen[0].env.contains(&("GOOS".into(), "windows".into())));
-        assert!(!seen[0].env.iter().any(|(name, _)| name == "GOCACHEPROG"));
+        // go env and go list: which files the build reads decides how go's cache may serve it.
+        let build = seen.last().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert_eq!(build.args, ["build", "-trimpath", "-o", "bin/app", "./cmd/app"]);
+        assert!(build.env.contains(&("GOOS".into(), "windows".into())));
+        assert!(!build.env.iter().any(|(name, _)| name == "GOCACHEPROG" || name == "CACHED_ACTION_SALT"));
+    }
+
+    /// Without a server go may still run a cache program its environment names (an agent's
+    /// task has the bridge; the lookup may have failed): a build whose reads are not known
+    /// must not share go's cache through it, unsalted and writable.
+    #[tokio::test]
+    async fn without_a_server_a_build_whose_reads_are_not_known_uses_no_cache_program() {
+        let dir = module();
+        std::fs::write(dir.path().join("cmd/app/a.c"), "#include HEADER\n").unwrap();
+        let root = dir.path().display();
+        let list = format!(
+            r#"{{"ImportPath":"example.com/m/cmd/app","Name":"main","Dir":"{root}/cmd/app",
+ "Module":{{"Path":"example.com/m","Main":true,"Dir":"{root}"}},"GoFiles":["main.go"],"CFiles":["a.c"]}}"#
+        );
+        let mut exec = scripted(dir.path());
+        exec.outputs.retain(|(arg, _)| *arg != "list");
+        exec.outputs.push(("list", ok(list)));
+        let exec = Arc::new(exec);
+        let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
+        let request = BuildRequest {
+            module_dir: dir.path().to_owned(),
+            packages: vec!["./cmd/app".into()],
+            output: Some(PathBuf::from("bin/app")),
+            go_flags: Vec::new(),
+            env: vec![("GOCACHEPROG".into(), "cachectl gocacheprog".into())],
+            namespace: "ci".into(),
+            source_tree: None,
+        };
+        let mut lines = Vec::new();
+        build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned())).await.unwrap();
+        let seen = exec.seen.lock().unwrap();
+        let build = seen.last().unwrap();
+        assert_eq!(build.args, ["build", "-a", "-o", "bin/app", "./cmd/app"], "{lines:?}");
+        assert!(build.env_remove.iter().any(|name| name == "GOCACHEPROG"), "{build:?}");
+        assert!(!build.env.iter().any(|(name, _)| name == "GOCACHEPROG"), "{build:?}");
+        assert!(lines.iter().any(|line| line.contains("without go's shared cache")), "{lines:?}");
     }
 
     #[test]
