@@ -114,15 +114,13 @@ pub fn default_gocacheprog() -> String {
     format!("{quoted} gocacheprog")
 }
 
+/// The variables that start the bridge, and those to remove so that it sees each one way only.
+pub type BridgeEnv = (Vec<(String, String)>, Vec<String>);
+
 /// The environment that points the GOCACHEPROG bridge (`program`) at `server`, with the token
 /// and TLS settings of `connect` (passed by environment, never on a command line, never
 /// logged), and the variables to remove so the bridge sees the token one way only.
-pub fn bridge_env(
-    server: &str,
-    namespace: &str,
-    program: String,
-    connect: &ConnectOptions,
-) -> (Vec<(String, String)>, Vec<String>) {
+pub fn bridge_env(server: &str, namespace: &str, program: String, connect: &ConnectOptions) -> BridgeEnv {
     let mut env = vec![
         ("GOCACHEPROG".to_owned(), program),
         ("CACHED_ADDR".to_owned(), server.to_owned()),
@@ -189,37 +187,15 @@ impl Run<'_> {
         go_cache: GoCache,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(i32, Duration), ClientError> {
+        let bridge = client.map(|client| {
+            let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
+            bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect)
+        });
         let mut env = self.request.env.clone();
-        let mut env_remove = vec!["CACHED_ACTION_SALT".to_owned()];
-        let rebuild = go_cache == GoCache::Off;
-        match (client, go_cache) {
-            // go then uses its own GOCACHE, which -a neither reads nor trusts.
-            (_, GoCache::Off) => {
-                env.retain(|(name, _)| name != "GOCACHEPROG");
-                env_remove.push("GOCACHEPROG".to_owned());
-            }
-            (None, GoCache::Shared) => {}
-            (None, GoCache::Salted(salt)) => {
-                env.push(("CACHED_ACTION_SALT".to_owned(), manifest::hex(&salt)));
-            }
-            (Some(client), GoCache::Shared | GoCache::Salted(_)) => {
-                let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
-                let (bridge, remove) = bridge_env(
-                    &client.server,
-                    &self.request.namespace,
-                    program,
-                    &self.options.bridge_connect,
-                );
-                env.extend(bridge);
-                env_remove.extend(remove);
-                if let GoCache::Salted(salt) = go_cache {
-                    env.push(("CACHED_ACTION_SALT".to_owned(), manifest::hex(&salt)));
-                }
-            }
-        }
+        let env_remove = go_cache.apply(bridge, &mut env);
         let invocation = Invocation {
             program: self.options.go.clone(),
-            args: self.go_args(rebuild),
+            args: self.go_args(go_cache == GoCache::Off),
             dir: self.request.module_dir.clone(),
             env,
             env_remove,

@@ -10,11 +10,15 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::includes;
-use crate::inputs::{self, GoEnv, NoKey, Package};
+use crate::build::BridgeEnv;
+use crate::exec::Exec;
+use crate::inputs::{self, GoCall, GoEnv, NoKey, Package};
+use crate::{flags, includes};
 
 /// The go command from which GOCACHEPROG is on without an experiment.
 const CACHEPROG_SINCE: (u32, u32) = (1, 24);
+/// Where the bridge reads the salt.
+const SALT_VAR: &str = "CACHED_ACTION_SALT";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoCache {
@@ -37,6 +41,30 @@ impl GoCache {
             Self::Salted(_) if !runs_cache_program(env) => Self::Off,
             other => other,
         }
+    }
+
+    /// Sets up `env` (a command's own, over what it inherits) for go to use its cache as this
+    /// says, with `bridge` (its environment, and the variables to remove) when cached is
+    /// reached; returns the variables to remove. Without a bridge of the wrapper's, one the
+    /// environment already names (an agent's task has one) is held to this as well. `Off`
+    /// also needs `-a` on go's command line.
+    pub fn apply(self, bridge: Option<BridgeEnv>, env: &mut Vec<(String, String)>) -> Vec<String> {
+        let mut remove = vec![SALT_VAR.to_owned()];
+        env.retain(|(name, _)| name != SALT_VAR);
+        if self == Self::Off {
+            // go then uses its own GOCACHE, which -a neither reads nor trusts.
+            env.retain(|(name, _)| name != "GOCACHEPROG");
+            remove.push("GOCACHEPROG".to_owned());
+            return remove;
+        }
+        if let Some((bridge, bridge_remove)) = bridge {
+            env.extend(bridge);
+            remove.extend(bridge_remove);
+        }
+        if let Self::Salted(salt) = self {
+            env.push((SALT_VAR.to_owned(), crate::manifest::hex(&salt)));
+        }
+        remove
     }
 
     /// From the names and hashes of the files go's action IDs miss (none: shared).
@@ -91,6 +119,39 @@ pub async fn for_unkeyed(env: &GoEnv, packages: Option<Vec<Package>>, tree: Opti
     }
 }
 
+/// The go cache `go test <args>` in `dir` may use: the include scan over every package a test
+/// of the module could build (`go list -deps all`, with the command line's `-tags`). Test
+/// files cannot use cgo, so a package's test build reads the files its build does.
+pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option<&Path>) -> GoCache {
+    let mut list = Vec::new();
+    if let Some(tags) = test_tags(args) {
+        list.push(format!("-tags={tags}"));
+    }
+    list.push("all".to_owned());
+    let Ok(line) = flags::parse_command_line(&list) else { return GoCache::Off };
+    let Ok(flags) = flags::effective("", &line) else { return GoCache::Off };
+    let call = GoCall { exec, go: Path::new("go"), dir, env: &[] };
+    match call.read(&flags, &line.packages).await {
+        Ok((env, packages)) => for_unkeyed(&env, Some(packages), tree).await,
+        Err(_) => GoCache::Off,
+    }
+}
+
+/// The `-tags` a go test command line gives (the last, before `-args`).
+fn test_tags(args: &[String]) -> Option<String> {
+    let mut tags = None;
+    let mut args = args.iter().take_while(|arg| !matches!(arg.as_str(), "-args" | "--args"));
+    while let Some(arg) = args.next() {
+        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else { continue };
+        if let Some(value) = flag.strip_prefix("tags=") {
+            tags = Some(value.to_owned());
+        } else if flag == "tags" {
+            tags = args.next().cloned();
+        }
+    }
+    tags
+}
+
 fn hash_unseen(unseen: &BTreeSet<std::path::PathBuf>, base: &Path) -> Result<Vec<(String, [u8; 32])>, NoKey> {
     let mut buffer = vec![0; 64 << 10];
     unseen
@@ -126,6 +187,31 @@ mod tests {
             assert_eq!(salted.for_go(&go) == salted, kept, "{version} {experiment}");
             assert_eq!(GoCache::Shared.for_go(&go), GoCache::Shared);
         }
+    }
+
+    #[test]
+    fn the_tags_of_a_test_command_line() {
+        let args = |list: &[&str]| list.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
+        assert_eq!(test_tags(&args(&["-run", "X", "./..."])), None);
+        assert_eq!(test_tags(&args(&["-tags=a,b", "./..."])).as_deref(), Some("a,b"));
+        assert_eq!(test_tags(&args(&["--tags", "a", "-tags", "b", "."])).as_deref(), Some("b"));
+        assert_eq!(test_tags(&args(&["./...", "-args", "-tags=x"])), None);
+    }
+
+    #[test]
+    fn off_removes_the_cache_program_and_salted_passes_the_salt() {
+        let bridge =
+            || Some((vec![("GOCACHEPROG".to_owned(), "cachectl gocacheprog".to_owned())], Vec::new()));
+        let mut env = vec![("GOCACHEPROG".to_owned(), "inherited".to_owned())];
+        let remove = GoCache::Off.apply(bridge(), &mut env);
+        assert!(env.is_empty() && remove.contains(&"GOCACHEPROG".to_owned()), "{env:?} {remove:?}");
+        let mut env = Vec::new();
+        GoCache::Salted([0xab; 32]).apply(None, &mut env);
+        assert_eq!(env, [(SALT_VAR.to_owned(), "ab".repeat(32))]);
+        let mut env = vec![(SALT_VAR.to_owned(), "cd".repeat(32))];
+        let remove = GoCache::Shared.apply(bridge(), &mut env);
+        assert_eq!(env, [("GOCACHEPROG".to_owned(), "cachectl gocacheprog".to_owned())]);
+        assert!(remove.contains(&SALT_VAR.to_owned()));
     }
 
     #[test]

@@ -392,6 +392,40 @@ fn a_build_whose_reads_are_not_known_uses_no_shared_go_cache() {
     assert_eq!(printed, "2", "the object built from the old header was taken");
 }
 
+/// `cachectl go test` shares go's cache through the bridge as builds do, so it is held to the
+/// same include scan: a test of a cgo package whose header (outside the package) changed and
+/// now fails must not pass as `ok (cached)` from the object and result of the old header.
+#[test]
+fn go_test_after_an_included_header_changed_runs_again() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let files = [
+        (
+            "pkg/cval/val.go",
+            "package cval\n\n// #include \"../../inc/val.h\"\n// static int value(void) { return VALUE; }\nimport \"C\"\n\n\
+             func Value() int { return int(C.value()) }\n",
+        ),
+        (
+            "pkg/cval/val_test.go",
+            "package cval\n\nimport \"testing\"\n\nfunc TestValue(t *testing.T) {\n\tif Value() != 1 {\n\t\t\
+             t.Fatalf(\"value %d\", Value())\n\t}\n}\n",
+        ),
+        ("inc/val.h", "#define VALUE 1\n"),
+    ];
+    for (path, contents) in files {
+        std::fs::create_dir_all(ws.path(path).parent().unwrap()).unwrap();
+        std::fs::write(ws.path(path), contents).unwrap();
+    }
+    let test = || run(ws.cachectl(&["go", "test", "./pkg/cval"], &[("CGO_ENABLED", "1")]));
+    test().success("the first test run");
+    let again = test().success("the test run again");
+    assert!(again.stdout.contains("(cached)"), "an unchanged test is a cached result: {}", again.stdout);
+    std::fs::write(ws.path("inc/val.h"), "#define VALUE 2\n").unwrap();
+    let changed = test();
+    assert!(!changed.status.success(), "the test passed with the old header's object:\n{}", changed.stdout);
+    assert!(changed.stdout.contains("value 2"), "{}\n{}", changed.stdout, changed.stderr);
+}
+
 /// Modules of one repository may share headers above their go.mod files: within the
 /// repository they are keyed like any include (beyond it the wrapper reads nothing).
 #[test]

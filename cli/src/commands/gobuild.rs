@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use cached_client::connect::{Client, ConnectOptions};
 use cached_client::error::{ClientError, Result};
 use cached_gobuild::exec::{Exec, Invocation, Processes, Sink};
+use cached_gobuild::gocache::{self, GoCache};
 use cached_gobuild::{self as gobuild, BuildOptions, BuildRequest};
 
 /// Connects, or says once that the server is unreachable and goes on without it.
@@ -61,7 +62,8 @@ pub async fn build(
     Ok(outcome.exit_code)
 }
 
-/// Runs go test with the GOCACHEPROG bridge pointed at the server; returns go's exit code.
+/// Runs go test with the GOCACHEPROG bridge pointed at the server, as the files the tests'
+/// packages include allow (see `gobuild::gocache`); returns go's exit code.
 pub async fn test(
     server: &str,
     options: &ConnectOptions,
@@ -70,14 +72,21 @@ pub async fn test(
 ) -> Result<i32> {
     let dir = std::env::current_dir().map_err(ClientError::file("."))?;
     let client = connect(server, options).await?;
+    let tree = gobuild::inputs::vcs_root(&dir).map(|(root, _)| root);
+    let go_cache = gocache::for_test(&Processes::default(), &dir, &args, tree.as_deref()).await;
     let mut invocation = Invocation { program: PathBuf::from("go"), dir, ..Invocation::default() };
     invocation.args.push("test".to_owned());
-    invocation.args.extend(args);
-    if let Some(client) = &client {
-        let (env, remove) =
-            gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog(), options);
-        invocation.env = env;
-        invocation.env_remove = remove;
+    if go_cache == GoCache::Off {
+        eprintln!(
+            "cachectl: compiling every package without go's shared cache: which files the tests \
+             read that go's cache does not key is not known"
+        );
+        invocation.args.push("-a".to_owned());
     }
+    invocation.args.extend(args);
+    let bridge = client.as_ref().map(|client| {
+        gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog(), options)
+    });
+    invocation.env_remove = go_cache.apply(bridge, &mut invocation.env);
     Processes::default().stream(&invocation, Sink::Inherit).await.map_err(ClientError::run("go"))
 }
