@@ -524,8 +524,12 @@ fn hash_and_write(
     let path = temp.path().to_owned();
     for (from, plain) in plains {
         let plain = plain?;
-        hasher.update(plain.bytes());
         size += plain.bytes().len() as u64;
+        // A server sending more than the blob holds is refused before the disk takes it.
+        if size > digest.size {
+            return Err(corrupt(digest, format!("received more than its {} bytes", digest.size)));
+        }
+        hasher.update(plain.bytes());
         temp.write_all(plain.bytes()).map_err(ClientError::file(&path))?;
         if let Plain::Decoded(buffer) = plain {
             recycle(from, buffer);
@@ -629,6 +633,20 @@ mod tests {
             let Err(ClientError::Corrupt { reason, .. }) = landed else { panic!("a bad frame landed") };
             assert!(reason.contains("frame 2"), "the frame is named: {reason}");
         }
+    }
+
+    /// A server that keeps sending plain bytes past the blob's size does not grow the temp
+    /// file past it: the download stops at the first byte too many.
+    #[test]
+    fn bytes_past_the_size_are_refused_before_they_are_written() {
+        let raw = vec![7u8; 1000];
+        let endless: Vec<_> = (0..64).map(|_| piece(&[7u8; 64 << 10], Compression::Identity)).collect();
+        let (dir, landed) = land(Digest::of(&raw), endless);
+        let Err(ClientError::Corrupt { reason, .. }) = landed else { panic!("too many bytes landed") };
+        assert!(reason.contains("more than its 1000 bytes"), "{reason}");
+        let written: u64 =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        assert!(written <= 1000, "{written} bytes were written");
     }
 
     #[test]
