@@ -407,6 +407,43 @@ async fn an_agent_name_under_another_token_is_another_agent_in_postgresql() {
     server.stop().await;
 }
 
+/// Jobs no agent here can take, queued ahead of others (more than one leasing round looks
+/// at), must not keep the agents from the jobs after them: another namespace's, and jobs
+/// asking a Go version no agent has, which any submitter may queue.
+async fn jobs_no_agent_can_take_do_not_hold_the_queue(server: &Server) {
+    let mut jobs = jobs(server, "submitter").await;
+    for i in 0..40 {
+        let mut spec = if i % 2 == 0 {
+            spec("pr-9", &["linux/amd64"])
+        } else {
+            v1::JobSpec { go_version: "go1.99.0".into(), ..spec("main/old", &["linux/amd64"]) }
+        };
+        spec.source_root = Some(Digest::of(format!("tree {i}").as_bytes()).to_wire());
+        submit(&mut jobs, spec).await;
+    }
+    let buildable = submit(&mut jobs, spec("main/app", &["linux/amd64"])).await;
+    let mut agent = Agent::connect(server, "agent-main", "main-agent", 1).await;
+    assert_eq!(agent.task().await.token.unwrap().job_id, buildable);
+}
+
+#[tokio::test]
+async fn jobs_no_agent_can_take_do_not_hold_the_queue_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]).await;
+    jobs_no_agent_can_take_do_not_hold_the_queue(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_no_agent_can_take_do_not_hold_the_queue_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let server = start(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    jobs_no_agent_can_take_do_not_hold_the_queue(&server).await;
+    server.stop().await;
+}
+
 /// Registers until the session the same agent had before is noticed gone; panics with the
 /// last refusal after 5s.
 async fn register_once_gone(server: &Server, token: &str, info: AgentInfo, who: &str) -> Agent {

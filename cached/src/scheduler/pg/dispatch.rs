@@ -2,9 +2,11 @@
 //! slot, in order of most free slots: one transaction takes the first queued jobs in dispatch
 //! order (index tasks first, then priority, then oldest) with `FOR UPDATE SKIP LOCKED`, so a
 //! job another replica is leasing from is passed over rather than waited on, leases what the
-//! agent may and can build, and commits before the agent is sent a lease.
+//! agent may and can build, and commits before the agent is sent a lease. Jobs the agent can
+//! never take as they are ([`Passed`]) are left out of its later rounds.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use proto::v1::{FencingToken, JobState, LeaseResponse, Target, TaskState, job_event::Kind, lease_response};
 use tokio_postgres::Transaction;
@@ -18,6 +20,51 @@ use crate::error::Result;
 
 /// Jobs one leasing transaction looks at.
 const JOBS_PER_ROUND: i64 = 32;
+/// Leasing rounds one dispatch makes for one agent at most.
+const MAX_ROUNDS: usize = 64;
+/// Passed-over jobs remembered for all agents together; past it the memory starts again.
+const MAX_PASSED: usize = 1 << 16;
+
+/// The jobs each agent here had no use for, by agent key: each job with its version then. A
+/// job is passed over when nothing of it could be leased to the agent as it is: another
+/// namespace, or every queued task a build the agent cannot make (another Go version, a cgo
+/// target it has no C compiler for). Such jobs at the head of the queue would otherwise fill
+/// every round and keep the agent from the jobs after them, whoever submitted them. A job
+/// whose version changed is looked at again.
+#[derive(Default)]
+pub(super) struct Passed(Mutex<HashMap<String, HashMap<String, i64>>>);
+
+impl Passed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, i64>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The jobs `agent` passed over, and their versions then, as query parameters.
+    fn of(&self, agent: &str) -> (Vec<String>, Vec<i64>) {
+        self.lock()
+            .get(agent)
+            .map(|jobs| jobs.iter().map(|(id, version)| (id.clone(), *version)).unzip())
+            .unwrap_or_default()
+    }
+
+    fn add(&self, agent: &str, jobs: Vec<(String, i64)>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut passed = self.lock();
+        if passed.values().map(HashMap::len).sum::<usize>() + jobs.len() > MAX_PASSED {
+            passed.clear();
+        }
+        passed.entry(agent.to_owned()).or_default().extend(jobs);
+    }
+}
+
+/// What one leasing round did.
+struct Round {
+    outgoing: Vec<(LeaseId, LeaseResponse)>,
+    /// Jobs the agent had no use for.
+    passed: Vec<(String, i64)>,
+}
 
 /// An agent connected here that is taking tasks.
 struct Taker {
@@ -77,12 +124,16 @@ impl PgScheduler {
         rooms.sort_by_key(|(_, room)| std::cmp::Reverse(room.builds));
         let mut leased = false;
         for (taker, mut room) in rooms {
-            while room.builds > 0 || room.index_tasks > 0 {
-                let sent = self.lease_round(&taker, &mut room).await?;
-                if sent == 0 {
+            for _ in 0..MAX_ROUNDS {
+                if room.builds == 0 && room.index_tasks == 0 {
                     break;
                 }
-                leased = true;
+                let (sent, passed) = self.lease_round(&taker, &mut room).await?;
+                leased |= sent > 0;
+                // A round that neither leased nor passed anything over saw all there is.
+                if sent == 0 && passed == 0 {
+                    break;
+                }
             }
         }
         if leased {
@@ -108,13 +159,16 @@ impl PgScheduler {
         })
     }
 
-    /// One transaction of leases to `taker`; how many were sent.
-    async fn lease_round(&self, taker: &Taker, room: &mut Room) -> Result<usize> {
+    /// One transaction of leases to `taker`; how many were sent, and how many jobs it passed
+    /// over.
+    async fn lease_round(&self, taker: &Taker, room: &mut Room) -> Result<(usize, usize)> {
         let mut client = self.db.client().await?;
         let tx = client.transaction().await?;
-        let outgoing = self.take(&tx, taker, room).await?;
+        let Round { outgoing, passed } = self.take(&tx, taker, room).await?;
+        let passed_count = passed.len();
+        self.passed.add(&taker.agent, passed);
         if outgoing.is_empty() {
-            return Ok(0);
+            return Ok((0, passed_count));
         }
         tx.commit().await?;
         let count = outgoing.len();
@@ -125,37 +179,49 @@ impl PgScheduler {
                 tracing::warn!(job = %lease.job_id, task = lease.task, "agent stream gone while leasing");
             }
         }
-        Ok(count)
+        Ok((count, passed_count))
     }
 
-    /// Leases in `tx` what `taker` may and can take of the first queued jobs.
-    async fn take(
-        &self,
-        tx: &Transaction<'_>,
-        taker: &Taker,
-        room: &mut Room,
-    ) -> Result<Vec<(LeaseId, LeaseResponse)>> {
+    /// Leases in `tx` what `taker` may and can take of the first queued jobs it has not
+    /// passed over.
+    async fn take(&self, tx: &Transaction<'_>, taker: &Taker, room: &mut Room) -> Result<Round> {
+        let (passed_ids, passed_versions) = self.passed.of(&taker.agent);
         let rows = tx
             .query(
                 "SELECT job_id, record, version FROM jobs WHERE NOT finished \
                  AND ((queued_builds > 0 AND $1) OR (queued_index > 0 AND $2)) \
+                 AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], $5::int8[]) AS passed(job_id, version) \
+                     WHERE passed.job_id = jobs.job_id AND passed.version = jobs.version) \
                  ORDER BY queued_index > 0 DESC, priority DESC, submitted_ms, job_id \
                  LIMIT $3 FOR UPDATE SKIP LOCKED",
-                &[&(room.builds > 0), &(room.index_tasks > 0), &JOBS_PER_ROUND],
+                &[
+                    &(room.builds > 0),
+                    &(room.index_tasks > 0),
+                    &JOBS_PER_ROUND,
+                    &passed_ids,
+                    &passed_versions,
+                ],
             )
             .await?;
         let until = now_ms().saturating_add(millis(self.settings.lease_timeout));
-        let mut outgoing = Vec::new();
+        let mut round = Round { outgoing: Vec::new(), passed: Vec::new() };
+        let outgoing = &mut round.outgoing;
         for row in rows {
             if room.builds == 0 && room.index_tasks == 0 {
                 break;
             }
             let job_id: String = row.get(0);
+            let version: i64 = row.get(2);
             let mut job = rows::decode(&job_id, row.get(1))?;
-            if !taker.grant.allows_namespace(job_namespace(&job)) {
+            let usable = job.spec.as_ref().filter(|_| taker.grant.allows_namespace(job_namespace(&job)));
+            let Some(spec) = usable.cloned() else {
+                round.passed.push((job_id, version));
+                continue;
+            };
+            if never_usable(&job, &spec, &taker.info) {
+                round.passed.push((job_id, version));
                 continue;
             }
-            let Some(spec) = job.spec.clone() else { continue };
             let mut events = Vec::new();
             let mut order: Vec<usize> = (0..job.tasks.len()).collect();
             order.sort_by_key(|&index| !is_index(&job.tasks[index]));
@@ -198,10 +264,20 @@ impl PgScheduler {
                 outgoing.push((lease, LeaseResponse { kind: Some(lease_response::Kind::Task(message)) }));
             }
             if !events.is_empty() {
-                rows::update(tx, &job, row.get(2)).await?;
+                rows::update(tx, &job, version).await?;
                 rows::append_events(tx, &job_id, &events).await?;
             }
         }
-        Ok(outgoing)
+        Ok(round)
     }
+}
+
+/// Whether no queued task of `job` could be leased to `agent` however much room it had: each
+/// is a build it cannot make.
+fn never_usable(job: &proto::v1::JobStatus, spec: &proto::v1::JobSpec, agent: &proto::v1::AgentInfo) -> bool {
+    let none = Target::default();
+    job.tasks
+        .iter()
+        .filter(|task| task.state == TaskState::Queued as i32)
+        .all(|task| !is_index(task) && !can_build(agent, spec, task.target.as_ref().unwrap_or(&none)))
 }

@@ -61,6 +61,8 @@ pub struct PgScheduler {
     /// Current leases, as last read (every sweep) or granted here: what lease credentials are
     /// checked against without a query per request.
     live: RwLock<HashSet<LeaseId>>,
+    /// The jobs each agent here had no use for, as they were then (see `dispatch`).
+    passed: dispatch::Passed,
 }
 
 impl PgScheduler {
@@ -78,6 +80,7 @@ impl PgScheduler {
             workers: Mutex::new(Workers::default()),
             work: Notify::new(),
             changes,
+            passed: dispatch::Passed::default(),
             live: RwLock::new(HashSet::new()),
         });
         scheduler.refresh_live().await?;
