@@ -27,6 +27,8 @@ use tonic::{Code, Request};
 const TENANT: &str = "tenant-submit-secret";
 const AGENT: &str = "agent-worker-secret";
 const RELEASE: &str = "release-submit-secret";
+const EVERYWHERE: &str = "everywhere-submit-secret";
+const LISTER: &str = "lister-read-secret";
 
 fn token(name: &str, secret: &str, scopes: &str, namespaces: &str) -> TokenSpec {
     TokenSpec {
@@ -50,6 +52,8 @@ async fn start_with(dir: &Path, settings: &[(&str, &str)]) -> Server {
         token("tenant", TENANT, "read,submit", "pr-*"),
         token("agent", AGENT, "read,cas-write,ac-write,worker", "*"),
         TokenSpec { max_priority: Some(10), ..token("release", RELEASE, "read,submit", "pr-*") },
+        token("everywhere", EVERYWHERE, "read,submit", "*"),
+        token("lister", LISTER, "read", "pr_a/*,pr-1"),
     ];
     let path = dir.join("tokens.toml");
     std::fs::write(&path, tokens.iter().map(|t| format!("{}\n", t.to_toml())).collect::<String>()).unwrap();
@@ -435,6 +439,53 @@ async fn image_blobs_must_be_what_the_cas_holds(server: &Server) {
     let job = first.status.expect("a snapshot first");
     assert_eq!(job.state, v1::JobState::Succeeded as i32, "{job:?}");
     assert_eq!(job.image, Some(index));
+}
+
+/// A list shows the jobs of the caller's namespaces only, which a backend asks its store for
+/// (PostgreSQL: in the query, so a list costs what the caller may see); a prefix's `_` is a
+/// character, not a wildcard.
+async fn a_list_shows_the_callers_namespaces_only(server: &Server) {
+    let mut jobs = JobsClient::new(channel(server).await);
+    let mut mine = Vec::new();
+    for (n, namespace) in ["pr-1", "pr-2", "pr_a/x", "prba/x", "pr_a", "pr-1"].into_iter().enumerate() {
+        let spec = v1::JobSpec {
+            namespace: namespace.into(),
+            source_root: Some(Digest::of(format!("tree {n}").as_bytes()).to_wire()),
+            ..spec()
+        };
+        let request = authorized(v1::SubmitRequest { spec: Some(spec), rebuild: false }, EVERYWHERE);
+        let job = jobs.submit(request).await.unwrap().into_inner().job_id;
+        if matches!(namespace, "pr-1" | "pr_a/x") {
+            mine.push(job);
+        }
+    }
+    mine.reverse();
+    let listed = jobs
+        .list(authorized(v1::ListRequest { all: true, ..Default::default() }, LISTER))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<String> = listed.jobs.into_iter().map(|job| job.job_id).collect();
+    assert_eq!(ids, mine, "newest first, of pr-1 and pr_a/* only");
+}
+
+#[tokio::test]
+async fn a_list_shows_the_callers_namespaces_only_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    a_list_shows_the_callers_namespaces_only(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_list_shows_the_callers_namespaces_only_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let server =
+        start_with(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    a_list_shows_the_callers_namespaces_only(&server).await;
+    server.stop().await;
 }
 
 #[tokio::test]

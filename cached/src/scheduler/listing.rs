@@ -6,6 +6,8 @@
 
 use proto::v1::{JobSpec, JobStatus};
 
+use crate::auth::NamespacePattern;
+
 /// Which jobs a List asks for.
 pub struct ListQuery<'a> {
     pub limit: usize,
@@ -15,7 +17,13 @@ pub struct ListQuery<'a> {
     pub before: Option<&'a str>,
     /// Encoded bytes of the page's jobs in all.
     pub max_bytes: usize,
+    /// The namespaces whose jobs the caller may see: a backend that can ask its store for
+    /// those only does, so a caller's list costs what it may see, not what the store holds.
+    pub namespaces: &'a [NamespacePattern],
 }
+
+/// Every namespace, for the scheduler's own queries.
+pub const EVERY_NAMESPACE: &[NamespacePattern] = &[NamespacePattern::Any];
 
 pub struct ListPage {
     pub jobs: Vec<JobStatus>,
@@ -114,7 +122,8 @@ mod tests {
     }
 
     fn page(jobs: &[JobStatus], limit: usize, max_bytes: usize) -> ListPage {
-        let mut pager = Pager::new(&ListQuery { limit, all: true, before: None, max_bytes });
+        let mut pager =
+            Pager::new(&ListQuery { limit, all: true, before: None, max_bytes, namespaces: EVERY_NAMESPACE });
         for job in jobs {
             if !pager.offer(job) {
                 break;

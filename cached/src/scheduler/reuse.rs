@@ -103,7 +103,13 @@ impl FinishedJobs {
     pub async fn learn_kept(&self, scheduler: &dyn SchedulerBackend) -> Result<()> {
         let everything = |_: &JobStatus| true;
         // Once at start, with nobody waiting on a reply: every kept job in one page.
-        let query = ListQuery { limit: KEEP_FINISHED, all: true, before: None, max_bytes: usize::MAX };
+        let query = ListQuery {
+            limit: KEEP_FINISHED,
+            all: true,
+            before: None,
+            max_bytes: usize::MAX,
+            namespaces: super::listing::EVERY_NAMESPACE,
+        };
         let mut kept = scheduler.list(&query, &everything).await?.jobs;
         kept.retain(|job| job.state == JobState::Succeeded as i32);
         let mut recent = self.lock();

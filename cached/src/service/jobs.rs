@@ -215,7 +215,13 @@ impl Jobs for JobsService {
             .into());
         }
         let before = Some(request.before.as_str()).filter(|before| !before.is_empty());
-        let query = ListQuery { limit, all: request.all, before, max_bytes: MAX_LIST_BYTES };
+        let query = ListQuery {
+            limit,
+            all: request.all,
+            before,
+            max_bytes: MAX_LIST_BYTES,
+            namespaces: &grant.namespaces,
+        };
         let page = self.scheduler.list(&query, &visible).await?;
         Ok(Response::new(ListResponse { jobs: page.jobs, next: page.next.unwrap_or_default() }))
     }

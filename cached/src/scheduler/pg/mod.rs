@@ -35,6 +35,7 @@ use super::listing::{ListPage, ListQuery, Pager};
 use super::reuse::JobKey;
 use super::workers::Workers;
 use super::{Outcome, Session, Settings, abort, job_namespace, new_job, now_ms, transitions, unknown_job};
+use crate::auth::NamespacePattern;
 use crate::auth::{Grant, LeaseId, LeaseKeys, LiveLeases};
 use crate::error::Result;
 use crate::postgres::Database;
@@ -211,6 +212,26 @@ async fn lease_key(db: &Database) -> Result<[u8; 32]> {
     })
 }
 
+/// `patterns` as the list query asks them: whether every namespace, the exact names, and the
+/// prefixes as LIKE patterns (their `%`, `_` and `\` taken literally).
+fn namespace_filter(patterns: &[NamespacePattern]) -> (bool, Vec<String>, Vec<String>) {
+    let mut filter = (false, Vec::new(), Vec::new());
+    for pattern in patterns {
+        match pattern {
+            NamespacePattern::Any => filter.0 = true,
+            NamespacePattern::Exact(name) => filter.1.push(name.clone()),
+            NamespacePattern::Prefix(prefix) => {
+                let literal: String = prefix
+                    .chars()
+                    .flat_map(|c| if matches!(c, '%' | '_' | '\\') { vec!['\\', c] } else { vec![c] })
+                    .collect();
+                filter.2.push(format!("{literal}%"));
+            }
+        }
+    }
+    filter
+}
+
 impl LiveLeases for PgScheduler {
     fn is_live(&self, lease: &LeaseId) -> bool {
         self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(lease)
@@ -299,12 +320,13 @@ impl SchedulerBackend for PgScheduler {
         let client = self.db.client().await?;
         let mut pager = Pager::new(query);
         let mut before = query.before.map(str::to_owned);
+        let (every, exact, prefixes) = namespace_filter(query.namespaces);
         loop {
             let rows = client
                 .query(
                     "SELECT job_id, record FROM jobs WHERE ($1 OR NOT finished) AND ($2::text IS NULL OR job_id < $2) \
-                     ORDER BY job_id DESC LIMIT $3",
-                    &[&query.all, &before, &PAGE],
+                     AND ($4 OR namespace = ANY($5) OR namespace LIKE ANY($6)) ORDER BY job_id DESC LIMIT $3",
+                    &[&query.all, &before, &PAGE, &every, &exact, &prefixes],
                 )
                 .await?;
             for row in &rows {
