@@ -50,6 +50,9 @@ pub(crate) const DISK_SAMPLE: Duration = Duration::from_secs(1);
 /// Less room than this on the task's filesystem, for users without root's reserve, is a full
 /// disk: a compile or a link writes tens to hundreds of MiB.
 const LOW_DISK: u64 = 256 << 20;
+/// Fewer free inodes than this is a full disk as well: a build creates thousands of files, and
+/// a filesystem out of inodes fails them with ENOSPC while its bytes look free.
+const LOW_INODES: u64 = 16_384;
 
 /// The least time between two walks of a task's directory, and how many times a walk's own
 /// length the next waits at least: walking costs a stat per entry, so a build of many files
@@ -137,8 +140,29 @@ impl TaskDisk {
 /// before, during and after a build.
 pub(crate) struct Machine {
     dir: PathBuf,
-    least_free: Option<u64>,
+    least_free: Option<Room>,
     oom_kills: Option<u64>,
+}
+
+/// What a filesystem still takes: bytes and inodes (`None` where it has no inode table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Room {
+    bytes: u64,
+    inodes: Option<u64>,
+}
+
+impl Room {
+    fn least(self, other: Self) -> Self {
+        let inodes = match (self.inodes, other.inodes) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Self { bytes: self.bytes.min(other.bytes), inodes }
+    }
+
+    fn is_low(self) -> bool {
+        self.bytes < LOW_DISK || self.inodes.is_some_and(|inodes| inodes < LOW_INODES)
+    }
 }
 
 impl Machine {
@@ -149,8 +173,8 @@ impl Machine {
     }
 
     pub(crate) fn sample(&mut self) {
-        if let Some(free) = free_bytes(&self.dir) {
-            self.least_free = Some(self.least_free.map_or(free, |least| least.min(free)));
+        if let Some(free) = room(&self.dir) {
+            self.least_free = Some(self.least_free.map_or(free, |least| least.least(free)));
         }
     }
 
@@ -161,14 +185,16 @@ impl Machine {
             // A kernel before 4.13 does not count: a killed process is all there is to go by.
             _ => true,
         };
-        Facts { disk_low: self.least_free.is_some_and(|free| free < LOW_DISK), oom_killed }
+        Facts { disk_low: self.least_free.is_some_and(Room::is_low), oom_killed }
     }
 }
 
-/// Bytes users without root's reserve may still write on the filesystem of `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
+/// What users without root's reserve may still write on the filesystem of `dir`.
+fn room(dir: &Path) -> Option<Room> {
     let stat = rustix::fs::statvfs(dir).ok()?;
-    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+    // A filesystem without an inode table (btrfs) reports none at all.
+    let inodes = (stat.f_files > 0).then_some(stat.f_favail);
+    Some(Room { bytes: stat.f_bavail.saturating_mul(stat.f_frsize), inodes })
 }
 
 /// The kernel's count of processes its out-of-memory killer killed since boot.
@@ -189,6 +215,19 @@ mod tests {
     }
 
     const ROOMY: Facts = Facts { disk_low: false, oom_killed: false };
+
+    /// Out of inodes is a full disk, whatever bytes are free; a filesystem without an inode
+    /// table is judged by its bytes.
+    #[test]
+    fn a_filesystem_out_of_inodes_is_full() {
+        let plenty = Room { bytes: 100 << 30, inodes: Some(1 << 20) };
+        assert!(!plenty.is_low());
+        assert!(Room { inodes: Some(100), ..plenty }.is_low());
+        assert!(!Room { inodes: None, ..plenty }.is_low());
+        assert!(Room { bytes: 1 << 20, ..plenty }.is_low());
+        let later = Room { bytes: 200 << 30, inodes: Some(10) };
+        assert_eq!(plenty.least(later), Room { bytes: 100 << 30, inodes: Some(10) });
+    }
 
     #[test]
     fn a_full_disk_is_what_the_filesystem_says_not_what_the_build_prints() {
@@ -220,7 +259,7 @@ mod tests {
     #[test]
     fn the_machine_reads_free_space_and_the_kernels_kill_count() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(free_bytes(dir.path()).is_some_and(|free| free > 0));
+        assert!(room(dir.path()).is_some_and(|free| free.bytes > 0));
         assert!(Path::new("/proc/vmstat").exists() && oom_kills().is_some());
         let facts = Machine::watch(dir.path()).facts();
         assert!(!facts.oom_killed || oom_kills().is_none(), "{facts:?}");

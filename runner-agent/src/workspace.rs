@@ -30,6 +30,7 @@ use crate::TaskError;
 use crate::blobcache::{BlobCache, Pins};
 use crate::cancel::Cancel;
 use crate::sandbox::{self, Owner};
+use crate::taskdir::ENTRY_COST;
 
 /// Downloads in flight per task.
 const PARALLEL_DOWNLOADS: usize = 16;
@@ -45,24 +46,26 @@ fn tree_error(err: ClientError) -> TaskError {
     }
 }
 
-/// Refuses a tree whose files declare more than `max_bytes` in all (each file counted every
-/// time it appears: the copied ones take their size again), before any is fetched: fetched
-/// blobs are pinned in the cache for the task's life, past `--cache-size`, so a tree naming a
-/// huge blob (a small upload of compressed zeros) would fill the agent's disk. The declared
-/// sizes are the blobs' own: the cache refuses a blob of another size.
+/// Refuses a tree whose entries take more than `max_bytes` of disk in all (each file counted
+/// every time it appears: the copied ones take their size again), before any is fetched:
+/// fetched blobs are pinned in the cache for the task's life, past `--cache-size`, so a tree
+/// naming a huge blob (a small upload of compressed zeros) would fill the agent's disk. The
+/// declared sizes are the blobs' own: the cache refuses a blob of another size. Every entry
+/// takes at least [`ENTRY_COST`], as the build's own disk is counted: a tree of half a million
+/// empty directories declares no bytes but takes 2 GiB and as many inodes.
 fn check_size(tree: &ExpandedTree, max_bytes: u64) -> Result<(), TaskError> {
     let total = tree
         .nodes
         .iter()
-        .filter_map(|node| match node {
-            Node::File { digest, .. } => Some(digest.size),
-            _ => None,
+        .map(|node| match node {
+            Node::File { digest, .. } => digest.size.max(ENTRY_COST),
+            _ => ENTRY_COST,
         })
         .fold(0u64, u64::saturating_add);
     if total > max_bytes {
         return Err(TaskError::Build(format!(
-            "the job's tree was refused: its files take {total} bytes, more than the {max_bytes} a tree may \
-             take on this agent (--max-task-disk)"
+            "the job's tree was refused: its files and directories take {total} bytes, more than the \
+             {max_bytes} a tree may take on this agent (--max-task-disk; each entry counts at least {ENTRY_COST})"
         )));
     }
     Ok(())
@@ -366,7 +369,8 @@ mod tests {
         let root = Digest::of(&root_dir.encode_to_vec());
         blobs.insert(root, root_dir);
         let tree = expand(root, &blobs, &TreeLimits::default()).unwrap();
-        let total = 2 * ((20u64 << 30) + small.size);
+        // The two files twice (the small one at its least), and `sub`.
+        let total = 2 * ((20u64 << 30) + small.size.max(ENTRY_COST)) + ENTRY_COST;
 
         let err = check_size(&tree, 10 << 30).unwrap_err();
         let TaskError::Build(reason) = &err else { panic!("not the job's fault: {err}") };
@@ -376,6 +380,26 @@ mod tests {
         // Each file counted every time it appears: one copy of the bomb fits 21 GiB, two do not.
         assert!(check_size(&tree, 21 << 30).is_err());
         assert!(check_size(&tree, total).is_ok());
+    }
+
+    /// Directories declare no bytes, but each takes a block and an inode: a tree of many empty
+    /// ones (one small blob, named many times) is refused like one of large files.
+    #[test]
+    fn a_tree_of_empty_directories_takes_disk_too() {
+        let mut blobs: HashMap<Digest, Directory> = HashMap::new();
+        let empty = Directory::default();
+        let empty_digest = Digest::of(&empty.encode_to_vec());
+        blobs.insert(empty_digest, empty);
+        let directories = (0..1000)
+            .map(|i| DirectoryNode { name: format!("d{i}"), digest: Some(empty_digest.to_wire()) })
+            .collect();
+        let root_dir = Directory { directories, ..Directory::default() };
+        let root = Digest::of(&root_dir.encode_to_vec());
+        blobs.insert(root, root_dir);
+        let tree = expand(root, &blobs, &TreeLimits::default()).unwrap();
+        let err = check_size(&tree, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains(&(1000 * ENTRY_COST).to_string()), "{err}");
+        assert!(check_size(&tree, 1000 * ENTRY_COST).is_ok());
     }
 
     #[test]
