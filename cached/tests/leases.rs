@@ -701,13 +701,33 @@ async fn open_jobs_are_capped_per_token_across_its_namespaces() {
     server.stop().await;
 }
 
+const CAPS: [(&str, &str); 3] =
+    [("max_open_jobs_per_namespace", "2"), ("max_open_jobs_per_token", "3"), ("max_open_jobs", "3")];
+
 #[tokio::test]
 async fn open_jobs_are_capped_per_namespace_and_in_total() {
     let dir = tempfile::tempdir().unwrap();
-    let caps =
-        [("max_open_jobs_per_namespace", "2"), ("max_open_jobs_per_token", "3"), ("max_open_jobs", "3")];
-    let server = start(dir.path(), &caps).await;
-    let mut jobs = jobs(&server, "submitter").await;
+    let server = start(dir.path(), &CAPS).await;
+    open_jobs_are_capped(&server).await;
+    server.stop().await;
+}
+
+/// On PostgreSQL a submitter at a cap is refused before the lock all replicas' submissions
+/// take, and again under it.
+#[tokio::test]
+async fn open_jobs_are_capped_per_namespace_and_in_total_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let mut settings = CAPS.to_vec();
+    settings.extend([("database_url", url.as_str()), ("database_password_file", password.as_str())]);
+    let server = start(dir.path(), &settings).await;
+    open_jobs_are_capped(&server).await;
+    server.stop().await;
+}
+
+async fn open_jobs_are_capped(server: &Server) {
+    let mut jobs = jobs(server, "submitter").await;
     let a1 = submit(&mut jobs, spec("pr-1", &["linux/amd64"])).await;
     submit(&mut jobs, spec("pr-1", &["linux/amd64"])).await;
     let err = jobs
@@ -731,7 +751,6 @@ async fn open_jobs_are_capped_per_namespace_and_in_total() {
     // A finished job no longer counts.
     jobs.cancel(v1::CancelRequest { job_id: a1 }).await.unwrap();
     submit(&mut jobs, spec("pr-3", &["linux/amd64"])).await;
-    server.stop().await;
 }
 
 #[tokio::test]

@@ -212,6 +212,23 @@ async fn lease_key(db: &Database) -> Result<[u8; 32]> {
     })
 }
 
+/// The unfinished jobs of `namespace`, of `submitter`, and in all.
+async fn open_jobs(
+    client: &impl tokio_postgres::GenericClient,
+    namespace: &str,
+    submitter: &str,
+) -> Result<super::OpenJobs> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE namespace = $1), count(*) FILTER (WHERE submitter = $2), count(*) \
+             FROM jobs WHERE NOT finished",
+            &[&namespace, &submitter],
+        )
+        .await?;
+    let count = |column: usize| row.get::<_, i64>(column) as usize;
+    Ok(super::OpenJobs { in_namespace: count(0), by_submitter: count(1), total: count(2) })
+}
+
 /// `patterns` as the list query asks them: whether every namespace, the exact names, and the
 /// prefixes as LIKE patterns (their `%`, `_` and `\` taken literally).
 fn namespace_filter(patterns: &[NamespacePattern]) -> (bool, Vec<String>, Vec<String>) {
@@ -266,18 +283,16 @@ impl SchedulerBackend for PgScheduler {
         let job = new_job(spec, submitter, &self.settings)?;
         let namespace = job_namespace(&job).to_owned();
         let mut client = self.db.client().await?;
+        // A submitter at its cap is refused before the lock every replica's submissions take,
+        // so a flood of refused calls serialises nobody; the check under the lock decides.
+        super::check_open_jobs(
+            &self.settings,
+            &job,
+            open_jobs(&**client, &namespace, &job.submitter).await?,
+        )?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SUBMIT_LOCK]).await?;
-        let row = tx
-            .query_one(
-                "SELECT count(*) FILTER (WHERE namespace = $1), count(*) FILTER (WHERE submitter = $2), count(*) \
-                 FROM jobs WHERE NOT finished",
-                &[&namespace, &job.submitter],
-            )
-            .await?;
-        let count = |column: usize| row.get::<_, i64>(column) as usize;
-        let open = super::OpenJobs { in_namespace: count(0), by_submitter: count(1), total: count(2) };
-        super::check_open_jobs(&self.settings, &job, open)?;
+        super::check_open_jobs(&self.settings, &job, open_jobs(&*tx, &namespace, &job.submitter).await?)?;
         rows::insert(&tx, &job, &self.settings).await?;
         let queued: Vec<_> =
             job.tasks.iter().map(|task| super::event(proto::v1::job_event::Kind::Queued, task)).collect();
