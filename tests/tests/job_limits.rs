@@ -107,6 +107,34 @@ async fn an_attempt_logging_past_the_cap_is_cut_once_and_still_completes_on_post
     assert!(stored < LOG_CAP + (64 << 10), "job_events holds {stored} bytes");
 }
 
+/// A finished job's events (its build logs above all) are deleted from PostgreSQL once
+/// watchers have had them: ten lease timeouts after it finished (here 2 s each). Before, the
+/// last 1000 finished jobs kept every line, up to 8 MiB per task attempt.
+#[tokio::test]
+async fn a_finished_jobs_log_leaves_the_database_on_postgresql() {
+    let db = Postgres::start();
+    let daemon = start(&db.flags(), &["--lease-timeout", "2s", "--heartbeat-interval", "500ms"]);
+    let (logs, job) = flood_the_log(&daemon).await;
+    check_cut_log(&logs, &job);
+    let events = |job: &str| -> usize {
+        db.query(&format!("SELECT count(*) FROM job_events WHERE job_id = '{job}'")).parse().unwrap()
+    };
+    assert!(events(&job.job_id) > 0, "events are kept while watchers may read them");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while events(&job.job_id) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the finished job's events were not deleted");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The job itself stays, and a watch of it ends at once with its state.
+    let mut jobs = JobsClient::connect(daemon.url()).await.unwrap();
+    let mut watch = jobs.watch(v1::WatchRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(event) = watch.message().await.unwrap() {
+        last = Some(event.kind);
+    }
+    assert_eq!(last, Some(Kind::JobFinished as i32));
+}
+
 fn small_spec() -> v1::JobSpec {
     v1::JobSpec {
         source_root: Some(Digest::of(b"tree").to_wire()),

@@ -264,7 +264,7 @@ impl PgScheduler {
                 outgoing.push((lease, LeaseResponse { kind: Some(lease_response::Kind::Task(message)) }));
             }
             if !events.is_empty() {
-                rows::update(tx, &job, version).await?;
+                rows::update(tx, &job, version, &self.settings).await?;
                 rows::append_events(tx, &job_id, &events).await?;
             }
         }

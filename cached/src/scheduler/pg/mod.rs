@@ -110,7 +110,7 @@ impl PgScheduler {
         if events.is_empty() {
             return Ok((locked.job, false));
         }
-        rows::update(&tx, &locked.job, locked.version).await?;
+        rows::update(&tx, &locked.job, locked.version, &self.settings).await?;
         rows::append_events(&tx, job_id, &events).await?;
         tx.commit().await?;
         tracing::info!(job = %job_id, why, "job cancelled");
@@ -170,7 +170,7 @@ impl PgScheduler {
                     ended.push(LeaseId { job_id: job_id.clone(), task: task.index, attempt: task.attempt });
                 }
             }
-            rows::update(&tx, &locked.job, locked.version).await?;
+            rows::update(&tx, &locked.job, locked.version, &self.settings).await?;
         }
         tx.commit().await?;
         let count = ended.len();
@@ -417,7 +417,7 @@ impl SchedulerBackend for PgScheduler {
             events.push(transitions::log_event(task, &lines));
         }
         if changed {
-            rows::update(&tx, &locked.job, locked.version).await?;
+            rows::update(&tx, &locked.job, locked.version, &self.settings).await?;
         }
         rows::append_events(&tx, &token.job_id, &events).await?;
         tx.commit().await?;
@@ -438,7 +438,7 @@ impl SchedulerBackend for PgScheduler {
         let ended = if succeeded { TaskState::Succeeded } else { TaskState::Failed };
         rows::fence(&tx, token, ended as i32, now).await?;
         let events = transitions::apply_outcome(&mut locked.job, token, outcome, self.settings.max_attempts);
-        rows::update(&tx, &locked.job, locked.version).await?;
+        rows::update(&tx, &locked.job, locked.version, &self.settings).await?;
         rows::record_completion(&tx, token, &agent, succeeded, now).await?;
         rows::append_events(&tx, &token.job_id, &events).await?;
         tx.commit().await?;

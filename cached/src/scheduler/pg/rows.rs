@@ -9,7 +9,7 @@ use tokio_postgres::Transaction;
 use super::super::logcap;
 use super::super::reuse::JobKey;
 use super::super::store::record;
-use super::super::{Settings, is_index, job_deadline, job_finished, job_namespace};
+use super::super::{Settings, is_index, job_deadline, job_finished, job_namespace, now_ms};
 use crate::error::{Error, Result};
 
 /// A job as read under its row lock, and the version it had.
@@ -98,7 +98,8 @@ pub(super) async fn insert(tx: &Transaction<'_>, job: &JobStatus, settings: &Set
     let spec_key = job.spec.as_ref().map(|spec| JobKey::of(spec).as_bytes().to_vec());
     tx.execute(
         "INSERT INTO jobs (job_id, namespace, finished, queued_builds, queued_index, priority, submitted_ms, \
-         deadline_ms, version, record, spec_key, submitter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11)",
+         deadline_ms, version, record, spec_key, submitter, events_until_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11, CASE WHEN $3 THEN $12::int8 END)",
         &[
             &job.job_id,
             &job_namespace(job),
@@ -111,20 +112,43 @@ pub(super) async fn insert(tx: &Transaction<'_>, job: &JobStatus, settings: &Set
             &record::encode(job),
             &spec_key,
             &job.submitter,
+            &events_until(settings),
         ],
     )
     .await?;
     write_tasks(tx, job).await
 }
 
+/// When the events of a job finishing now may be deleted: ten lease timeouts on (five minutes
+/// by default), long past a watcher's reading them; a stream whose client stops reading is cut
+/// after `idle_timeout` (a minute) anyway.
+fn events_until(settings: &Settings) -> i64 {
+    let keep = i64::try_from(settings.lease_timeout.as_millis()).unwrap_or(i64::MAX).saturating_mul(10);
+    now_ms().saturating_add(keep)
+}
+
 /// Writes `job` back over the version it was read at.
-pub(super) async fn update(tx: &Transaction<'_>, job: &JobStatus, version: i64) -> Result<()> {
+pub(super) async fn update(
+    tx: &Transaction<'_>,
+    job: &JobStatus,
+    version: i64,
+    settings: &Settings,
+) -> Result<()> {
     let (builds, index) = queued(job);
     let written = tx
         .execute(
             "UPDATE jobs SET finished = $3, queued_builds = $4, queued_index = $5, version = version + 1, \
-             record = $6 WHERE job_id = $1 AND version = $2",
-            &[&job.job_id, &version, &job_finished(job), &builds, &index, &record::encode(job)],
+             record = $6, events_until_ms = CASE WHEN $3 THEN coalesce(events_until_ms, $7::int8) END \
+             WHERE job_id = $1 AND version = $2",
+            &[
+                &job.job_id,
+                &version,
+                &job_finished(job),
+                &builds,
+                &index,
+                &record::encode(job),
+                &events_until(settings),
+            ],
         )
         .await?;
     if written != 1 {

@@ -14,6 +14,8 @@ use crate::error::Result;
 
 /// Jobs one sweep looks at; the next sweep takes the rest.
 const SWEEP_BATCH: i64 = 256;
+/// Finished jobs whose events one sweep deletes (each may hold a task's logs many times over).
+const EVENTS_BATCH: i64 = 16;
 
 impl PgScheduler {
     pub(super) async fn run_sweeps(self: Arc<Self>) {
@@ -59,6 +61,7 @@ impl PgScheduler {
             self.changed();
         }
         self.prune().await?;
+        self.drop_finished_events(now).await?;
         self.refresh_live().await
     }
 
@@ -80,7 +83,7 @@ impl PgScheduler {
         if events.is_empty() {
             return Ok(false);
         }
-        rows::update(&tx, &locked.job, locked.version).await?;
+        rows::update(&tx, &locked.job, locked.version, &self.settings).await?;
         rows::append_events(&tx, job_id, &events).await?;
         tx.commit().await?;
         for task in &aborted {
@@ -91,6 +94,31 @@ impl PgScheduler {
         }
         self.abort_local(job_id, &aborted);
         Ok(true)
+    }
+
+    /// Deletes the events of jobs finished long enough ago (`events_until_ms`): up to 8 MiB of
+    /// build log per task attempt, which nothing reads once watchers have had the end, and
+    /// which the last [`KEEP_FINISHED`] jobs would otherwise keep in the database.
+    async fn drop_finished_events(&self, now: i64) -> Result<()> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        let due: Vec<String> = tx
+            .query(
+                "SELECT job_id FROM jobs WHERE events_until_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED",
+                &[&now, &EVENTS_BATCH],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let deleted = tx.execute("DELETE FROM job_events WHERE job_id = ANY($1)", &[&due]).await?;
+        tx.execute("UPDATE jobs SET events_until_ms = NULL WHERE job_id = ANY($1)", &[&due]).await?;
+        tx.commit().await?;
+        tracing::debug!(jobs = due.len(), deleted, "events of finished jobs deleted");
+        Ok(())
     }
 
     /// Deletes the oldest finished jobs beyond [`KEEP_FINISHED`] (their tasks and events go
