@@ -57,13 +57,15 @@ pub struct PgScheduler {
     workers: Mutex<Workers>,
     /// Wakes this replica's dispatcher.
     work: Notify,
-    /// Bumped on every change this replica makes: wakes its watchers.
+    /// Bumped on every change this replica makes: wakes the reader of its watched jobs.
     changes: signal::Sender<u64>,
     /// Current leases, as last read (every sweep) or granted here: what lease credentials are
     /// checked against without a query per request.
     live: RwLock<HashSet<LeaseId>>,
     /// The jobs each agent here had no use for, as they were then (see `dispatch`).
     passed: dispatch::Passed,
+    /// The jobs watched here, fed by one reader (see `watch`).
+    feeds: watch::Feeds,
 }
 
 impl PgScheduler {
@@ -82,6 +84,7 @@ impl PgScheduler {
             work: Notify::new(),
             changes,
             passed: dispatch::Passed::default(),
+            feeds: watch::Feeds::default(),
             live: RwLock::new(HashSet::new()),
         });
         scheduler.refresh_live().await?;
@@ -273,9 +276,11 @@ impl SchedulerBackend for PgScheduler {
         let _ = self.stop.send(true);
     }
 
-    /// Runs this replica's dispatcher beside the sweeps; both end at shutdown.
+    /// Runs this replica's dispatcher and the watches' reader beside the sweeps; all end at
+    /// shutdown.
     async fn run_sweeper(self: Arc<Self>) {
         let _dispatcher = crate::task::spawn("dispatcher", Arc::clone(&self).run_dispatcher());
+        let _feeds = crate::task::spawn("watch feeds", Arc::clone(&self).run_feeds());
         self.run_sweeps().await;
     }
 
