@@ -488,7 +488,7 @@ async fn a_flooding_token_is_rate_limited_while_another_is_served() {
 
 #[tokio::test]
 async fn action_cache_writes_and_jobs_are_audited_and_secrets_never_logged() {
-    let (captured, _guard) = common::logs::capture("audit=info,cached=debug");
+    let (captured, _guard) = common::logs::capture();
 
     let dir = tempfile::tempdir().unwrap();
     let specs =
@@ -546,7 +546,7 @@ async fn action_cache_writes_and_jobs_are_audited_and_secrets_never_logged() {
 
 #[tokio::test]
 async fn a_refused_submit_logs_a_bounded_escaped_line() {
-    let (captured, _guard) = common::logs::capture("audit=info");
+    let (captured, _guard) = common::logs::capture();
     let dir = tempfile::tempdir().unwrap();
     let tokens_file = write_tokens(dir.path(), &[spec("ci-main", "read,submit", "main/*", None)]);
     let server = Server::start(&dir.path().join("data"), &[("tokens_file", &tokens_file)]).await;

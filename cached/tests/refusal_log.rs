@@ -22,7 +22,7 @@ fn request(secret: Option<&str>) -> Request<v1::StatsRequest> {
 
 #[tokio::test]
 async fn a_flood_of_refused_calls_is_logged_once_per_reason() {
-    let (captured, _guard) = common::logs::capture("audit=info,cached=info");
+    let (captured, _guard) = common::logs::capture();
 
     let dir = tempfile::tempdir().unwrap();
     // `ci` may use every namespace; `pr` only its own, which a caller names in each request.
