@@ -77,6 +77,47 @@ impl Workspace {
 }
 
 /// The wrapper's headline: `cachectl: cache hit ...` or `cachectl: cache miss ...`.
+/// An amd64 program whose value comes from a header its assembly includes as `include`.
+fn asm_value_program(include: &str) -> [(&'static str, String); 2] {
+    [
+        (
+            "cmd/asmval/main.go",
+            "package main\n\nimport \"fmt\"\n\nfunc value() int\n\nfunc main() { fmt.Println(value()) }\n"
+                .to_owned(),
+        ),
+        (
+            "cmd/asmval/val_amd64.s",
+            format!(
+                "#include \"textflag.h\"\n#include \"{include}\"\n\nTEXT ·value(SB), NOSPLIT, $0-8\n\tMOVQ $VALUE, ret+0(FP)\n\tRET\n"
+            ),
+        ),
+    ]
+}
+
+impl Workspace {
+    /// Writes `files` (paths in the module) with their directories.
+    fn write<S: AsRef<str>>(&self, files: &[(&str, S)]) {
+        for (path, contents) in files {
+            std::fs::create_dir_all(self.path(path).parent().unwrap()).unwrap();
+            std::fs::write(self.path(path), contents.as_ref()).unwrap();
+        }
+    }
+
+    /// `cachectl <args>` with `env`, which must succeed: its stderr, and what the program it
+    /// built at `binary` prints.
+    fn build_and_run(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        binary: &str,
+        what: &str,
+    ) -> (String, String) {
+        let built = run(self.cachectl(args, env)).success(what);
+        let printed = Command::new(self.path(binary)).output().unwrap().stdout;
+        (built.stderr, String::from_utf8_lossy(&printed).trim().to_owned())
+    }
+}
+
 fn headline(stderr: &str) -> &str {
     stderr.lines().find(|line| line.starts_with("cachectl: cache ")).unwrap_or("")
 }
@@ -373,15 +414,10 @@ fn a_build_whose_reads_are_not_known_uses_no_shared_go_cache() {
     let main = "package main\n\n// #define HEADER \"../../inc/val.h\"\n// #include HEADER\n\
                 // static int value(void) { return VALUE; }\nimport \"C\"\n\nimport \"fmt\"\n\n\
                 func main() { fmt.Println(C.value()) }\n";
-    std::fs::create_dir_all(ws.path("cmd/cgoval")).unwrap();
-    std::fs::create_dir_all(ws.path("inc")).unwrap();
-    std::fs::write(ws.path("cmd/cgoval/main.go"), main).unwrap();
-    std::fs::write(ws.path("inc/val.h"), "#define VALUE 1\n").unwrap();
+    ws.write(&[("cmd/cgoval/main.go", main), ("inc/val.h", "#define VALUE 1\n")]);
     let build = |what: &str| {
         let args = ["go", "build", "-trimpath", "-o", "bin/cgoval", "./cmd/cgoval"];
-        let built = run(ws.cachectl(&args, &[("CGO_ENABLED", "1")])).success(what);
-        let printed = Command::new(ws.path("bin/cgoval")).output().unwrap().stdout;
-        (built.stderr, String::from_utf8_lossy(&printed).trim().to_owned())
+        ws.build_and_run(&args, &[("CGO_ENABLED", "1")], "bin/cgoval", what)
     };
     let (first, printed) = build("first build");
     assert!(first.contains("not caching this build") && first.contains("named by a macro"), "{first}");
@@ -412,10 +448,7 @@ fn go_test_after_an_included_header_changed_runs_again() {
         ),
         ("inc/val.h", "#define VALUE 1\n"),
     ];
-    for (path, contents) in files {
-        std::fs::create_dir_all(ws.path(path).parent().unwrap()).unwrap();
-        std::fs::write(ws.path(path), contents).unwrap();
-    }
+    ws.write(&files);
     let test = || run(ws.cachectl(&["go", "test", "./pkg/cval"], &[("CGO_ENABLED", "1")]));
     test().success("the first test run");
     let again = test().success("the test run again");
@@ -436,29 +469,14 @@ fn a_header_above_the_module_is_keyed_within_its_repository() {
     let daemon = Daemon::start();
     let ws = Workspace::new(daemon.url());
     let repo = ws.module.parent().unwrap().to_owned();
-    let files = [
-        (
-            "cmd/asmval/main.go",
-            "package main\n\nimport \"fmt\"\n\nfunc value() int\n\nfunc main() { fmt.Println(value()) }\n",
-        ),
-        (
-            "cmd/asmval/val_amd64.s",
-            "#include \"textflag.h\"\n#include \"../../../include/val.h\"\n\nTEXT ·value(SB), NOSPLIT, $0-8\n\tMOVQ $VALUE, ret+0(FP)\n\tRET\n",
-        ),
-    ];
-    for (path, contents) in files {
-        std::fs::create_dir_all(ws.path(path).parent().unwrap()).unwrap();
-        std::fs::write(ws.path(path), contents).unwrap();
-    }
+    ws.write(&asm_value_program("../../../include/val.h"));
     std::fs::create_dir_all(repo.join("include")).unwrap();
     std::fs::write(repo.join("include/val.h"), "#define VALUE 1\n").unwrap();
     let git = Command::new("git").args(["init", "-q"]).arg(&repo).status().unwrap();
     assert!(git.success());
     let build = |what: &str| {
         let args = ["go", "build", "-trimpath", "-buildvcs=false", "-o", "bin/asmval", "./cmd/asmval"];
-        let built = run(ws.cachectl(&args, &[("GOARCH", "amd64")])).success(what);
-        let printed = Command::new(ws.path("bin/asmval")).output().unwrap().stdout;
-        (built.stderr, String::from_utf8_lossy(&printed).trim().to_owned())
+        ws.build_and_run(&args, &[("GOARCH", "amd64")], "bin/asmval", what)
     };
     let (first, printed) = build("first build");
     assert!(headline(&first).contains("first build of this target"), "{first}");
@@ -483,26 +501,11 @@ fn a_header_included_from_outside_the_package_is_in_the_key() {
     }
     let daemon = Daemon::start();
     let ws = Workspace::new(daemon.url());
-    let files = [
-        (
-            "cmd/asmval/main.go",
-            "package main\n\nimport \"fmt\"\n\nfunc value() int\n\nfunc main() { fmt.Println(value()) }\n",
-        ),
-        (
-            "cmd/asmval/val_amd64.s",
-            "#include \"textflag.h\"\n#include \"../../inc/val.h\"\n\nTEXT ·value(SB), NOSPLIT, $0-8\n\tMOVQ $VALUE, ret+0(FP)\n\tRET\n",
-        ),
-        ("inc/val.h", "#define VALUE 1\n"),
-    ];
-    for (path, contents) in files {
-        std::fs::create_dir_all(ws.path(path).parent().unwrap()).unwrap();
-        std::fs::write(ws.path(path), contents).unwrap();
-    }
+    ws.write(&asm_value_program("../../inc/val.h"));
+    ws.write(&[("inc/val.h", "#define VALUE 1\n")]);
     let build = |what: &str| {
         let args = ["go", "build", "-trimpath", "-o", "bin/asmval", "./cmd/asmval"];
-        let built = run(ws.cachectl(&args, &[("GOARCH", "amd64")])).success(what);
-        let printed = Command::new(ws.path("bin/asmval")).output().unwrap().stdout;
-        (built.stderr, String::from_utf8_lossy(&printed).trim().to_owned())
+        ws.build_and_run(&args, &[("GOARCH", "amd64")], "bin/asmval", what)
     };
     let (first, printed) = build("first build");
     assert!(headline(&first).contains("first build of this target"), "{first}");
