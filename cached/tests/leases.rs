@@ -407,6 +407,47 @@ async fn an_agent_name_under_another_token_is_another_agent_in_postgresql() {
     server.stop().await;
 }
 
+/// Submitters take turns within a priority: a tenant that queued several jobs does not keep
+/// another tenant's first job waiting behind all of them. The first job of each goes first
+/// (oldest first among them), then each one's second, and so on.
+async fn submitters_take_turns(server: &Server) {
+    let mut flood = jobs(server, "submitter").await;
+    let mut other = jobs(server, "pr-1-submitter").await;
+    let mut flooded = Vec::new();
+    for i in 0..3 {
+        let mut spec = spec("main/app", &["linux/amd64"]);
+        spec.source_root = Some(Digest::of(format!("flood {i}").as_bytes()).to_wire());
+        flooded.push(submit(&mut flood, spec).await);
+    }
+    let theirs = submit(&mut other, spec("pr-1/app", &["linux/amd64"])).await;
+    let mut agent = Agent::connect(server, "agent-any", "turns", 1).await;
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let token = agent.task().await.token.unwrap();
+        order.push(token.job_id.clone());
+        complete(&mut agent.workers, &token).await.unwrap();
+    }
+    assert_eq!(order, [flooded[0].clone(), theirs, flooded[1].clone(), flooded[2].clone()]);
+}
+
+#[tokio::test]
+async fn submitters_take_turns_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]).await;
+    submitters_take_turns(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn submitters_take_turns_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let server = start(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    submitters_take_turns(&server).await;
+    server.stop().await;
+}
+
 /// Jobs no agent here can take, queued ahead of others (more than one leasing round looks
 /// at), must not keep the agents from the jobs after them: another namespace's, and jobs
 /// asking a Go version no agent has, which any submitter may queue.

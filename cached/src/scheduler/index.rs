@@ -15,11 +15,13 @@ use proto::v1::{JobStatus, TaskState};
 use super::{is_index, job_finished, job_namespace};
 
 /// A queued task in dispatch order: index tasks first (they finish jobs, in milliseconds),
-/// then by priority, then oldest job first.
+/// then by priority, then by the job's turn among its submitter's (`JobStatus.turn`), then
+/// oldest job first.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct QueueKey {
     pub(super) builds: bool,
     pub(super) negated_priority: i64,
+    pub(super) turn: u32,
     pub(super) submitted_unix_ms: i64,
     pub(super) job_id: String,
     pub(super) index: u32,
@@ -80,6 +82,7 @@ impl Index {
                     let key = QueueKey {
                         builds: !is_index(task),
                         negated_priority: -i64::from(priority),
+                        turn: job.turn,
                         submitted_unix_ms: job.submitted_unix_ms,
                         job_id: job.job_id.clone(),
                         index: task.index,

@@ -232,6 +232,17 @@ struct OpenJobs {
     total: usize,
 }
 
+/// Gives a new job its turn: how many unfinished jobs its submitter has (see
+/// `JobStatus.turn`). Callers of a server without tokens are one party: their jobs go in the
+/// order they came.
+fn take_turn(job: &mut JobStatus, open_by_submitter: usize) {
+    job.turn = if Grant::has_own_limits(&job.submitter) {
+        u32::try_from(open_by_submitter).unwrap_or(u32::MAX)
+    } else {
+        0
+    };
+}
+
 /// Refuses a job beyond `max_open_jobs_per_namespace`, `max_open_jobs_per_token` or
 /// `max_open_jobs`.
 fn check_open_jobs(settings: &Settings, job: &JobStatus, open: OpenJobs) -> Result<()> {
@@ -369,10 +380,12 @@ impl Scheduler {
     }
 
     pub fn submit(&self, spec: JobSpec, submitter: &str) -> Result<String> {
-        let job = new_job(spec, submitter, &self.settings)?;
+        let mut job = new_job(spec, submitter, &self.settings)?;
         let job_id = job.job_id.clone();
         let mut state = self.lock();
         self.check_open_jobs(&state.index, &job)?;
+        let open_by_submitter = state.index.open_by(&job.submitter);
+        take_turn(&mut job, open_by_submitter);
         self.save([&job], Durability::Synced)?;
         for task in &job.tasks {
             self.emit(&job_id, event(Kind::Queued, task));

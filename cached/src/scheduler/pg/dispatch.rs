@@ -1,6 +1,7 @@
 //! Leasing queued tasks to the agents connected to this replica. For each agent with a free
 //! slot, in order of most free slots: one transaction takes the first queued jobs in dispatch
-//! order (index tasks first, then priority, then oldest) with `FOR UPDATE SKIP LOCKED`, so a
+//! order (index tasks first, then priority, then the job's turn among its submitter's, then
+//! oldest) with `FOR UPDATE SKIP LOCKED`, so a
 //! job another replica is leasing from is passed over rather than waited on, leases what the
 //! agent may and can build, and commits before the agent is sent a lease. Jobs the agent can
 //! never take as they are ([`Passed`]) are left out of its later rounds.
@@ -192,7 +193,7 @@ impl PgScheduler {
                  AND ((queued_builds > 0 AND $1) OR (queued_index > 0 AND $2)) \
                  AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], $5::int8[]) AS passed(job_id, version) \
                      WHERE passed.job_id = jobs.job_id AND passed.version = jobs.version) \
-                 ORDER BY queued_index > 0 DESC, priority DESC, submitted_ms, job_id \
+                 ORDER BY queued_index > 0 DESC, priority DESC, turn, submitted_ms, job_id \
                  LIMIT $3 FOR UPDATE SKIP LOCKED",
                 &[
                     &(room.builds > 0),

@@ -285,7 +285,7 @@ impl SchedulerBackend for PgScheduler {
     }
 
     async fn submit(&self, spec: JobSpec, submitter: &str) -> Result<String> {
-        let job = new_job(spec, submitter, &self.settings)?;
+        let mut job = new_job(spec, submitter, &self.settings)?;
         let namespace = job_namespace(&job).to_owned();
         let mut client = self.db.client().await?;
         // A submitter at its cap is refused before the lock every replica's submissions take,
@@ -297,7 +297,10 @@ impl SchedulerBackend for PgScheduler {
         )?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SUBMIT_LOCK]).await?;
-        super::check_open_jobs(&self.settings, &job, open_jobs(&*tx, &namespace, &job.submitter).await?)?;
+        let open = open_jobs(&*tx, &namespace, &job.submitter).await?;
+        let by_submitter = open.by_submitter;
+        super::check_open_jobs(&self.settings, &job, open)?;
+        super::take_turn(&mut job, by_submitter);
         rows::insert(&tx, &job, &self.settings).await?;
         let queued: Vec<_> =
             job.tasks.iter().map(|task| super::event(proto::v1::job_event::Kind::Queued, task)).collect();

@@ -98,8 +98,8 @@ pub(super) async fn insert(tx: &Transaction<'_>, job: &JobStatus, settings: &Set
     let spec_key = job.spec.as_ref().map(|spec| JobKey::of(spec).as_bytes().to_vec());
     tx.execute(
         "INSERT INTO jobs (job_id, namespace, finished, queued_builds, queued_index, priority, submitted_ms, \
-         deadline_ms, version, record, spec_key, submitter, events_until_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11, CASE WHEN $3 THEN $12::int8 END)",
+         deadline_ms, version, record, spec_key, submitter, events_until_ms, turn) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11, CASE WHEN $3 THEN $12::int8 END, $13)",
         &[
             &job.job_id,
             &job_namespace(job),
@@ -113,6 +113,7 @@ pub(super) async fn insert(tx: &Transaction<'_>, job: &JobStatus, settings: &Set
             &spec_key,
             &job.submitter,
             &events_until(settings),
+            &i64::from(job.turn),
         ],
     )
     .await?;

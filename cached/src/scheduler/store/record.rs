@@ -47,6 +47,8 @@ pub struct StoredJob {
     pub error: String,
     #[prost(int64, tag = "10")]
     pub reuse_revoked_unix_ms: i64,
+    #[prost(uint32, tag = "11")]
+    pub turn: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -114,6 +116,7 @@ impl From<&JobStatus> for StoredJob {
             image,
             error,
             reuse_revoked_unix_ms,
+            turn,
         } = job.clone();
         Self {
             job_id,
@@ -126,6 +129,7 @@ impl From<&JobStatus> for StoredJob {
             image,
             error,
             reuse_revoked_unix_ms,
+            turn,
         }
     }
 }
@@ -143,6 +147,7 @@ impl From<StoredJob> for JobStatus {
             image,
             error,
             reuse_revoked_unix_ms,
+            turn,
         } = job;
         Self {
             job_id,
@@ -155,6 +160,7 @@ impl From<StoredJob> for JobStatus {
             image,
             error,
             reuse_revoked_unix_ms,
+            turn,
         }
     }
 }
