@@ -158,13 +158,21 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Whether go would start a cache program the environment names.
+    fn names_cache_program(&self) -> bool {
+        let own =
+            self.request.env.iter().rev().find(|(name, _)| name == "GOCACHEPROG").map(|(_, v)| v.clone());
+        own.or_else(|| self.options.exec.inherited_var("GOCACHEPROG"))
+            .is_some_and(|program| !program.is_empty())
+    }
+
     /// go build with the request's flags, output and packages; with -a when `rebuild`.
     fn go_args(&self, rebuild: bool) -> Vec<String> {
         let mut args = vec!["build".to_owned()];
-        if rebuild {
-            args.push("-a".to_owned());
-        }
         args.extend(self.request.go_flags.iter().cloned());
+        if rebuild {
+            args.insert(1 + leading_chdir(&self.request.go_flags), "-a".to_owned());
+        }
         let has_output = self
             .request
             .go_flags
@@ -191,6 +199,11 @@ impl Run<'_> {
             let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
             bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect)
         });
+        // A salt is read by a cache program only: without one, go reads its own GOCACHE.
+        let go_cache = match go_cache {
+            GoCache::Salted(_) if bridge.is_none() && !self.names_cache_program() => GoCache::Off,
+            other => other,
+        };
         let mut env = self.request.env.clone();
         let env_remove = go_cache.apply(bridge, &mut env);
         let invocation = Invocation {
@@ -447,6 +460,11 @@ fn files(count: usize) -> String {
 /// built from another version of an included file.
 fn remove_outputs(planned: &[Planned]) -> Result<(), ClientError> {
     for output in planned {
+        // Only a file go would link again: never `-o /dev/null`, a FIFO or a directory.
+        let is_file = std::fs::symlink_metadata(&output.path).is_ok_and(|meta| meta.is_file());
+        if !is_file {
+            continue;
+        }
         match std::fs::remove_file(&output.path) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
                 return Err(ClientError::Local {
@@ -461,6 +479,15 @@ fn remove_outputs(planned: &[Planned]) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// How many of `flags` a leading `-C dir` takes, which go wants before any other flag.
+pub fn leading_chdir(flags: &[String]) -> usize {
+    match flags.first().map(String::as_str) {
+        Some("-C" | "--C") => 2.min(flags.len()),
+        Some(flag) if flag.starts_with("-C=") || flag.starts_with("--C=") => 1,
+        _ => 0,
+    }
 }
 
 /// Why a build has no whole-build key, and how it may still use go's cache.
@@ -739,6 +766,32 @@ mod tests {
         assert!(build.env_remove.iter().any(|name| name == "GOCACHEPROG"), "{build:?}");
         assert!(!build.env.iter().any(|(name, _)| name == "GOCACHEPROG"), "{build:?}");
         assert!(lines.iter().any(|line| line.contains("without go's shared cache")), "{lines:?}");
+    }
+
+    /// Only regular files are removed before a salted build: never `-o /dev/null` (as root
+    /// that would remove the device), a FIFO or a directory.
+    #[test]
+    fn only_old_regular_outputs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, fifo) = (dir.path().join("app"), dir.path().join("pipe"));
+        std::fs::write(&file, b"old").unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR, 0)
+            .unwrap();
+        let planned: Vec<Planned> = [&file, &fifo, &dir.path().to_owned()]
+            .into_iter()
+            .map(|path| Planned { package: String::new(), path: path.clone() })
+            .collect();
+        remove_outputs(&planned).unwrap();
+        assert!(!file.exists(), "the old output is removed");
+        assert!(fifo.exists() && dir.path().exists(), "nothing else is");
+    }
+
+    #[test]
+    fn a_leading_chdir_stays_first() {
+        let flags = |list: &[&str]| list.iter().map(|flag| (*flag).to_owned()).collect::<Vec<_>>();
+        assert_eq!(leading_chdir(&flags(&["-C", "sub", "-trimpath"])), 2);
+        assert_eq!(leading_chdir(&flags(&["-C=sub"])), 1);
+        assert_eq!(leading_chdir(&flags(&["-trimpath", "-C", "sub"])), 0);
     }
 
     #[test]

@@ -73,17 +73,23 @@ pub async fn test(
     let dir = std::env::current_dir().map_err(ClientError::file("."))?;
     let client = connect(server, options).await?;
     let tree = gobuild::inputs::vcs_root(&dir).map(|(root, _)| root);
-    let go_cache = gocache::for_test(&Processes::default(), &dir, &args, tree.as_deref()).await;
+    let mut go_cache = gocache::for_test(&Processes::default(), &dir, &args, tree.as_deref()).await;
+    // A salt is read by a cache program only: without one, go reads its own GOCACHE.
+    let program = std::env::var("GOCACHEPROG").unwrap_or_default();
+    if matches!(go_cache, GoCache::Salted(_)) && client.is_none() && program.is_empty() {
+        go_cache = GoCache::Off;
+    }
     let mut invocation = Invocation { program: PathBuf::from("go"), dir, ..Invocation::default() };
     invocation.args.push("test".to_owned());
+    invocation.args.extend(args);
     if go_cache == GoCache::Off {
         eprintln!(
             "cachectl: compiling every package without go's shared cache: which files the tests \
              read that go's cache does not key is not known"
         );
-        invocation.args.push("-a".to_owned());
+        let at = 1 + gobuild::build::leading_chdir(&invocation.args[1..]);
+        invocation.args.insert(at, "-a".to_owned());
     }
-    invocation.args.extend(args);
     let bridge = client.as_ref().map(|client| {
         gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog(), options)
     });
