@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use futures::StreamExt;
+
 use super::errors::{Code, RegistryError, RegistryResult};
 use crate::auth::Grant;
 
@@ -105,12 +107,18 @@ impl Drop for BodyReservation {
     }
 }
 
+/// Bytes of a held body handed to the connection at a time: it takes the next piece only once
+/// it has room, so the reservation lasts until the last piece is taken, not the first.
+const PIECE: usize = 64 << 10;
+
 /// A response body of `bytes` that holds `reservation` until it has been sent or dropped.
 pub(super) fn held_body(bytes: impl Into<bytes::Bytes>, reservation: BodyReservation) -> axum::body::Body {
-    let chunk = bytes.into();
-    let stream = futures::stream::once(async move {
-        let _held = reservation;
-        Ok::<_, std::convert::Infallible>(chunk)
+    let bytes: bytes::Bytes = bytes.into();
+    let pieces: Vec<bytes::Bytes> =
+        (0..bytes.len()).step_by(PIECE).map(|at| bytes.slice(at..(at + PIECE).min(bytes.len()))).collect();
+    let stream = futures::stream::iter(pieces).map(move |piece| {
+        let _held = &reservation;
+        Ok::<_, std::convert::Infallible>(piece)
     });
     axum::body::Body::from_stream(stream)
 }
