@@ -26,7 +26,8 @@ const MAX_ROUNDS: usize = 64;
 /// Passed-over jobs remembered for all agents together; past it the memory starts again.
 const MAX_PASSED: usize = 1 << 16;
 
-/// The jobs each agent here had no use for, by agent key: each job with its version then. A
+/// The jobs each agent here had no use for, by the agent as it was (`Taker::passing_key`):
+/// each job with its version then. A
 /// job is passed over when nothing of it could be leased to the agent as it is: another
 /// namespace, or every queued task a build the agent cannot make (another Go version, a cgo
 /// target it has no C compiler for). Such jobs at the head of the queue would otherwise fill
@@ -74,6 +75,17 @@ struct Taker {
     info: proto::v1::AgentInfo,
     grant: Arc<Grant>,
     sender: LeaseSender,
+}
+
+impl Taker {
+    /// What the jobs it passed over are remembered under: the agent as it is now, so that one
+    /// coming back with another Go version, other C compilers or another grant looks again.
+    fn passing_key(&self) -> String {
+        let compilers: Vec<String> =
+            self.info.c_compilers.iter().map(|cc| format!("{}/{}={}", cc.goos, cc.goarch, cc.cc)).collect();
+        let namespaces: Vec<String> = self.grant.namespaces.iter().map(ToString::to_string).collect();
+        format!("{}\0{}\0{}\0{}", self.agent, self.info.go_version, compilers.join(","), namespaces.join(","))
+    }
 }
 
 /// What an agent can take now.
@@ -167,7 +179,7 @@ impl PgScheduler {
         let tx = client.transaction().await?;
         let Round { outgoing, passed } = self.take(&tx, taker, room).await?;
         let passed_count = passed.len();
-        self.passed.add(&taker.agent, passed);
+        self.passed.add(&taker.passing_key(), passed);
         if outgoing.is_empty() {
             return Ok((0, passed_count));
         }
@@ -186,7 +198,7 @@ impl PgScheduler {
     /// Leases in `tx` what `taker` may and can take of the first queued jobs it has not
     /// passed over.
     async fn take(&self, tx: &Transaction<'_>, taker: &Taker, room: &mut Room) -> Result<Round> {
-        let (passed_ids, passed_versions) = self.passed.of(&taker.agent);
+        let (passed_ids, passed_versions) = self.passed.of(&taker.passing_key());
         let rows = tx
             .query(
                 "SELECT job_id, record, version FROM jobs WHERE NOT finished \

@@ -60,13 +60,16 @@ impl Feeds {
         feeds.iter().map(|(job_id, feed)| (job_id.clone(), feed.after)).unzip()
     }
 
-    /// Hands events (in sequence order) to their jobs' watchers.
-    fn deliver(&self, events: Vec<(String, i64, JobEvent)>) {
+    /// Hands events (in sequence order) to their jobs' watchers; one that could not be read
+    /// is passed over.
+    fn deliver(&self, events: Vec<(String, i64, Option<JobEvent>)>) {
         let mut feeds = self.lock();
         for (job_id, seq, event) in events {
             if let Some(feed) = feeds.get_mut(&job_id).filter(|feed| seq > feed.after) {
                 feed.after = seq;
-                let _ = feed.sender.send(Arc::new((seq, event)));
+                if let Some(event) = event {
+                    let _ = feed.sender.send(Arc::new((seq, event)));
+                }
             }
         }
     }
@@ -109,14 +112,19 @@ impl PgScheduler {
                 )
                 .await?;
             let full = rows.len() as i64 == PAGE;
+            // A row that does not decode stalls no watch, its job's or another's.
             let events = rows
                 .iter()
                 .map(|row| {
                     let job_id: String = row.get(0);
-                    let event = decode(&job_id, row.get(2))?;
-                    Ok((job_id, row.get(1), event))
+                    let event = decode(&job_id, row.get(2))
+                        .inspect_err(
+                            |err| tracing::warn!(job = %job_id, error = %err, "an event was passed over"),
+                        )
+                        .ok();
+                    (job_id, row.get(1), event)
                 })
-                .collect::<Result<Vec<_>>>()?;
+                .collect();
             self.feeds.deliver(events);
             if !full {
                 return Ok(());
@@ -201,14 +209,19 @@ impl Watcher {
                     return Some(fed.1.clone());
                 }
                 Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if !self.resync().await {
+                        return None;
+                    }
+                }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     }
 
-    /// Past the backlog: the job as it is now, instead of the events missed.
-    async fn resync(&mut self) {
+    /// Past the backlog: the job as it is now, instead of the events missed; false once the
+    /// job is gone (pruned meanwhile), which ends the watch.
+    async fn resync(&mut self) -> bool {
         loop {
             match self.scheduler.watch_start(&self.job_id).await {
                 Ok((job, last)) => {
@@ -226,8 +239,9 @@ impl Watcher {
                     } else {
                         self.pending.push_back(event(Kind::Snapshot, job));
                     }
-                    return;
+                    return true;
                 }
+                Err(Error::NotFound(_)) => return false,
                 Err(err) => {
                     tracing::debug!(job = %self.job_id, error = %err, "watch cannot read the job; retrying");
                     tokio::time::sleep(RETRY).await;
