@@ -199,11 +199,7 @@ impl Run<'_> {
             let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
             bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect)
         });
-        // A salt is read by a cache program only: without one, go reads its own GOCACHE.
-        let go_cache = match go_cache {
-            GoCache::Salted(_) if bridge.is_none() && !self.names_cache_program() => GoCache::Off,
-            other => other,
-        };
+        let go_cache = go_cache.with_program(bridge.is_some() || self.names_cache_program());
         let mut env = self.request.env.clone();
         let env_remove = go_cache.apply(bridge, &mut env);
         let invocation = Invocation {

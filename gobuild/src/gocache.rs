@@ -7,12 +7,11 @@
 //! is; one that reads others keys its entries apart under a salt of those files' contents
 //! (`CACHED_ACTION_SALT`); one whose reads are not known uses no shared cache at all.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::build::BridgeEnv;
 use crate::exec::Exec;
-use crate::inputs::{self, GoCall, GoEnv, NoKey, Package};
+use crate::inputs::{self, GoCall, GoEnv, Package};
 use crate::{flags, includes};
 
 /// The go command from which GOCACHEPROG is on without an experiment.
@@ -39,6 +38,15 @@ impl GoCache {
     pub fn for_go(self, env: &GoEnv) -> Self {
         match self {
             Self::Salted(_) if !runs_cache_program(env) => Self::Off,
+            other => other,
+        }
+    }
+
+    /// As go will use it: a salt is read by a cache program only, so where none runs
+    /// (`program_runs` false) go would read its own GOCACHE, and no cache is used.
+    pub fn with_program(self, program_runs: bool) -> Self {
+        match self {
+            Self::Salted(_) if !program_runs => Self::Off,
             other => other,
         }
     }
@@ -108,7 +116,11 @@ pub async fn for_unkeyed(env: &GoEnv, packages: Option<Vec<Package>>, tree: Opti
     }
     let scanned = cached_client::task::spawn_blocking("scan-includes", move || {
         let found = includes::inputs(&scans, tree.as_deref(), &includes::LIMITS)?;
-        hash_unseen(&found.unseen_by_go, &base)
+        let files = found
+            .unseen_by_go
+            .iter()
+            .map(|path| (format!("file.{}", inputs::relative(path, &base)), path.clone()));
+        inputs::hash_files(files.collect())
     })
     .await;
     match scanned {
@@ -150,18 +162,6 @@ fn test_tags(args: &[String]) -> Option<String> {
         }
     }
     tags
-}
-
-fn hash_unseen(unseen: &BTreeSet<std::path::PathBuf>, base: &Path) -> Result<Vec<(String, [u8; 32])>, NoKey> {
-    let mut buffer = vec![0; 64 << 10];
-    unseen
-        .iter()
-        .map(|path| {
-            let hash = inputs::hash_file(path, &mut buffer)
-                .map_err(|err| NoKey(format!("cannot read {}: {err}", path.display())))?;
-            Ok((format!("file.{}", inputs::relative(path, base)), hash))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -808,7 +808,7 @@ fn hash_reader(mut reader: impl Read, buffer: &mut [u8]) -> std::io::Result<[u8;
 
 /// BLAKE3 of the contents of the file at `path`.
 /// Opened without waiting on a FIFO, and only a regular file: the sources may be a tenant's.
-pub(crate) fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
+fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -821,7 +821,7 @@ pub(crate) fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 
 }
 
 /// BLAKE3 of each file's contents, on a few threads.
-fn hash_files(files: Vec<FileInput>) -> Result<Vec<(String, [u8; 32])>, NoKey> {
+pub(crate) fn hash_files(files: Vec<FileInput>) -> Result<Vec<(String, [u8; 32])>, NoKey> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
     let chunk = files.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {

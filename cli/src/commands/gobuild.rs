@@ -73,12 +73,10 @@ pub async fn test(
     let dir = std::env::current_dir().map_err(ClientError::file("."))?;
     let client = connect(server, options).await?;
     let tree = gobuild::inputs::vcs_root(&dir).map(|(root, _)| root);
-    let mut go_cache = gocache::for_test(&Processes::default(), &dir, &args, tree.as_deref()).await;
-    // A salt is read by a cache program only: without one, go reads its own GOCACHE.
-    let program = std::env::var("GOCACHEPROG").unwrap_or_default();
-    if matches!(go_cache, GoCache::Salted(_)) && client.is_none() && program.is_empty() {
-        go_cache = GoCache::Off;
-    }
+    let inherited = std::env::var("GOCACHEPROG").is_ok_and(|program| !program.is_empty());
+    let go_cache = gocache::for_test(&Processes::default(), &dir, &args, tree.as_deref())
+        .await
+        .with_program(client.is_some() || inherited);
     let mut invocation = Invocation { program: PathBuf::from("go"), dir, ..Invocation::default() };
     invocation.args.push("test".to_owned());
     invocation.args.extend(args);
