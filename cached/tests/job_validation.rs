@@ -62,6 +62,20 @@ async fn start_with(dir: &Path, settings: &[(&str, &str)]) -> Server {
     Server::start(&dir.join("data"), &all).await
 }
 
+/// cached with the tokens here on a PostgreSQL of its own, which lives as long as the first
+/// two values do; `extra` settings on top.
+async fn start_in_postgresql(
+    extra: &[(&str, &str)],
+) -> (cached_e2e::postgres::Postgres, tempfile::TempDir, Server) {
+    let db = cached_e2e::postgres::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let mut settings = vec![("database_url", url.as_str()), ("database_password_file", password.as_str())];
+    settings.extend_from_slice(extra);
+    let server = start_with(dir.path(), &settings).await;
+    (db, dir, server)
+}
+
 async fn channel(server: &Server) -> Channel {
     Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap()
 }
@@ -479,11 +493,7 @@ async fn a_list_shows_the_callers_namespaces_only_in_memory() {
 
 #[tokio::test]
 async fn a_list_shows_the_callers_namespaces_only_in_postgresql() {
-    let db = cached_e2e::postgres::Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (url, password) = (db.url(), db.password_file().display().to_string());
-    let server =
-        start_with(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    let (_db, _dir, server) = start_in_postgresql(&[]).await;
     a_list_shows_the_callers_namespaces_only(&server).await;
     server.stop().await;
 }
@@ -498,11 +508,7 @@ async fn complete_refuses_image_blobs_the_cas_does_not_hold_as_reported() {
 
 #[tokio::test]
 async fn complete_refuses_image_blobs_the_cas_does_not_hold_as_reported_in_postgresql() {
-    let db = cached_e2e::postgres::Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (url, password) = (db.url(), db.password_file().display().to_string());
-    let server =
-        start_with(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    let (_db, _dir, server) = start_in_postgresql(&[]).await;
     image_blobs_must_be_what_the_cas_holds(&server).await;
     server.stop().await;
 }

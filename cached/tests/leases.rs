@@ -76,6 +76,20 @@ async fn start(dir: &Path, extra: &[(&str, &str)]) -> Server {
     Server::start(&dir.join("data"), &settings).await
 }
 
+/// cached with the tokens here on a PostgreSQL of its own, which lives as long as the first
+/// two values do; `extra` settings on top.
+async fn start_in_postgresql(
+    extra: &[(&str, &str)],
+) -> (cached_e2e::postgres::Postgres, tempfile::TempDir, Server) {
+    let db = cached_e2e::postgres::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let mut settings = vec![("database_url", url.as_str()), ("database_password_file", password.as_str())];
+    settings.extend_from_slice(extra);
+    let server = start(dir.path(), &settings).await;
+    (db, dir, server)
+}
+
 #[derive(Clone)]
 struct Bearer(MetadataValue<Ascii>);
 
@@ -399,10 +413,7 @@ async fn an_agent_name_under_another_token_is_another_agent() {
 
 #[tokio::test]
 async fn an_agent_name_under_another_token_is_another_agent_in_postgresql() {
-    let db = cached_e2e::postgres::Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (url, password) = (db.url(), db.password_file().display().to_string());
-    let server = start(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    let (_db, _dir, server) = start_in_postgresql(&[]).await;
     a_name_under_another_token_is_another_agent(&server).await;
     server.stop().await;
 }
@@ -440,10 +451,7 @@ async fn submitters_take_turns_in_memory() {
 
 #[tokio::test]
 async fn submitters_take_turns_in_postgresql() {
-    let db = cached_e2e::postgres::Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (url, password) = (db.url(), db.password_file().display().to_string());
-    let server = start(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    let (_db, _dir, server) = start_in_postgresql(&[]).await;
     submitters_take_turns(&server).await;
     server.stop().await;
 }
@@ -477,10 +485,7 @@ async fn jobs_no_agent_can_take_do_not_hold_the_queue_in_memory() {
 
 #[tokio::test]
 async fn jobs_no_agent_can_take_do_not_hold_the_queue_in_postgresql() {
-    let db = cached_e2e::postgres::Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (url, password) = (db.url(), db.password_file().display().to_string());
-    let server = start(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    let (_db, _dir, server) = start_in_postgresql(&[]).await;
     jobs_no_agent_can_take_do_not_hold_the_queue(&server).await;
     server.stop().await;
 }
@@ -568,10 +573,7 @@ async fn a_name_under_another_token_is_another_agent(server: &Server) {
 /// an upgrade costs no running build); another token's agent of that name is told to abort it.
 #[tokio::test]
 async fn a_lease_recorded_under_the_bare_name_stays_its_agents_in_postgresql() {
-    let db = cached_e2e::postgres::Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (url, password) = (db.url(), db.password_file().display().to_string());
-    let server = start(dir.path(), &[("database_url", &url), ("database_password_file", &password)]).await;
+    let (db, _dir, server) = start_in_postgresql(&[]).await;
     let mut jobs = jobs(&server, "submitter").await;
     let mut agent = Agent::register(&server, "agent-main", info("builder-1", 1, &[1; 16])).await.unwrap();
     let job = submit(&mut jobs, spec("main/app", &["linux/amd64"])).await;
@@ -757,12 +759,7 @@ async fn open_jobs_are_capped_per_namespace_and_in_total() {
 /// take, and again under it.
 #[tokio::test]
 async fn open_jobs_are_capped_per_namespace_and_in_total_in_postgresql() {
-    let db = cached_e2e::postgres::Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (url, password) = (db.url(), db.password_file().display().to_string());
-    let mut settings = CAPS.to_vec();
-    settings.extend([("database_url", url.as_str()), ("database_password_file", password.as_str())]);
-    let server = start(dir.path(), &settings).await;
+    let (_db, _dir, server) = start_in_postgresql(&CAPS).await;
     open_jobs_are_capped(&server).await;
     server.stop().await;
 }
