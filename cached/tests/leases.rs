@@ -456,6 +456,53 @@ async fn submitters_take_turns_in_postgresql() {
     server.stop().await;
 }
 
+/// A submitter's jobs keep their order whatever finishes meanwhile: a job submitted after its
+/// submitter's earlier ones finished (here, were cancelled) takes its turn after the ones
+/// still queued, not before them; and a newcomer's first job waits behind the turn the queue
+/// has reached, not ahead of it.
+async fn turns_keep_each_submitters_order(server: &Server) {
+    let mut flood = jobs(server, "submitter").await;
+    let mut other = jobs(server, "pr-1-submitter").await;
+    let mut flooded = Vec::new();
+    for i in 0..3 {
+        flooded.push(submit(&mut flood, numbered_spec("main/app", "flood", i)).await);
+    }
+    for job_id in &flooded[..2] {
+        flood.cancel(v1::CancelRequest { job_id: job_id.clone() }).await.unwrap();
+    }
+    flooded.push(submit(&mut flood, numbered_spec("main/app", "flood", 3)).await);
+    let theirs = submit(&mut other, numbered_spec("pr-1/app", "theirs", 0)).await;
+    let mut agent = Agent::connect(server, "agent-any", "turns", 1).await;
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let token = agent.task().await.token.unwrap();
+        order.push(token.job_id.clone());
+        complete(&mut agent.workers, &token).await.unwrap();
+    }
+    assert_eq!(order, [flooded[2].clone(), theirs, flooded[3].clone()]);
+}
+
+fn numbered_spec(namespace: &str, tree: &str, number: usize) -> v1::JobSpec {
+    let mut spec = spec(namespace, &["linux/amd64"]);
+    spec.source_root = Some(Digest::of(format!("{tree} {number}").as_bytes()).to_wire());
+    spec
+}
+
+#[tokio::test]
+async fn turns_keep_each_submitters_order_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]).await;
+    turns_keep_each_submitters_order(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn turns_keep_each_submitters_order_in_postgresql() {
+    let (_db, _dir, server) = start_in_postgresql(&[]).await;
+    turns_keep_each_submitters_order(&server).await;
+    server.stop().await;
+}
+
 /// Jobs no agent here can take, queued ahead of others (more than one leasing round looks
 /// at), must not keep the agents from the jobs after them: another namespace's, and jobs
 /// asking a Go version no agent has, which any submitter may queue.

@@ -33,8 +33,8 @@ struct Entry {
     queued: Vec<QueueKey>,
     /// (agent, is an index task) of each leased task.
     leased: Vec<(String, bool)>,
-    /// The namespace and the submitter it counts against while unfinished.
-    open: Option<(String, String)>,
+    /// The namespace and the submitter it counts against while unfinished, and its turn.
+    open: Option<(String, String, u32)>,
     finished: bool,
 }
 
@@ -47,6 +47,9 @@ pub(super) struct Index {
     assembling: HashMap<String, usize>,
     open: HashMap<String, usize>,
     open_by_submitter: HashMap<String, usize>,
+    /// The turns of the unfinished jobs, in all and by submitter (as counts of each turn).
+    turns: BTreeMap<u32, usize>,
+    turns_by_submitter: HashMap<String, BTreeMap<u32, usize>>,
     open_total: usize,
     /// Finished jobs by id, which sorts by submission.
     finished: BTreeSet<String>,
@@ -74,8 +77,15 @@ impl Index {
             let namespace = job_namespace(job).to_owned();
             *self.open.entry(namespace.clone()).or_default() += 1;
             *self.open_by_submitter.entry(job.submitter.clone()).or_default() += 1;
+            *self.turns.entry(job.turn).or_default() += 1;
+            *self
+                .turns_by_submitter
+                .entry(job.submitter.clone())
+                .or_default()
+                .entry(job.turn)
+                .or_default() += 1;
             self.open_total += 1;
-            entry.open = Some((namespace, job.submitter.clone()));
+            entry.open = Some((namespace, job.submitter.clone(), job.turn));
             let priority = job.spec.as_ref().map_or(0, |spec| spec.priority);
             for task in &job.tasks {
                 if task.state == TaskState::Queued as i32 {
@@ -109,9 +119,16 @@ impl Index {
             let counts = if *index_task { &mut self.assembling } else { &mut self.builds };
             decrement(counts, agent);
         }
-        if let Some((namespace, submitter)) = &entry.open {
+        if let Some((namespace, submitter, turn)) = &entry.open {
             decrement(&mut self.open, namespace);
             decrement(&mut self.open_by_submitter, submitter);
+            forget_turn(&mut self.turns, *turn);
+            if let Some(turns) = self.turns_by_submitter.get_mut(submitter) {
+                forget_turn(turns, *turn);
+                if turns.is_empty() {
+                    self.turns_by_submitter.remove(submitter);
+                }
+            }
             self.open_total -= 1;
         }
         if entry.finished {
@@ -159,6 +176,16 @@ impl Index {
         self.open_by_submitter.get(submitter).copied().unwrap_or(0)
     }
 
+    /// The lowest turn of an unfinished job.
+    pub(super) fn lowest_open_turn(&self) -> Option<u32> {
+        self.turns.keys().next().copied()
+    }
+
+    /// The highest turn of the submitter's unfinished jobs.
+    pub(super) fn latest_turn_of(&self, submitter: &str) -> Option<u32> {
+        self.turns_by_submitter.get(submitter)?.keys().next_back().copied()
+    }
+
     pub(super) fn open_total(&self) -> usize {
         self.open_total
     }
@@ -177,6 +204,15 @@ fn decrement(counts: &mut HashMap<String, usize>, key: &str) {
         *count -= 1;
         if *count == 0 {
             counts.remove(key);
+        }
+    }
+}
+
+fn forget_turn(turns: &mut BTreeMap<u32, usize>, turn: u32) {
+    if let Some(count) = turns.get_mut(&turn) {
+        *count -= 1;
+        if *count == 0 {
+            turns.remove(&turn);
         }
     }
 }

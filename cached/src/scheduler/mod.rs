@@ -225,19 +225,27 @@ fn new_job(mut spec: JobSpec, submitter: &str, settings: &Settings) -> Result<Jo
 }
 
 /// How many unfinished jobs there are: of the new job's namespace, of its submitter's, and in
-/// all.
+/// all; and the turns a new job's depends on.
 struct OpenJobs {
     in_namespace: usize,
     by_submitter: usize,
     total: usize,
+    /// The lowest turn of an unfinished job: how far the queue has come.
+    lowest_turn: Option<u32>,
+    /// The highest turn of the submitter's unfinished jobs.
+    submitters_latest_turn: Option<u32>,
 }
 
-/// Gives a new job its turn: how many unfinished jobs its submitter has (see
-/// `JobStatus.turn`). Callers of a server without tokens are one party: their jobs go in the
-/// order they came.
-fn take_turn(job: &mut JobStatus, open_by_submitter: usize) {
+/// Gives a new job its turn (`JobStatus.turn`): one past its submitter's latest unfinished
+/// job, and never before the lowest turn still unfinished. Each submitter's jobs so go in the
+/// order they came, one submitter's hundred queued jobs take turns 0 to 99 while a newcomer's
+/// first job takes the turn the queue has reached, and a job waits for at most its turn's
+/// worth of each other submitter's jobs. Callers of a server without tokens are one party:
+/// their jobs go in the order they came, all at turn 0.
+fn take_turn(job: &mut JobStatus, open: &OpenJobs) {
     job.turn = if Grant::has_own_limits(&job.submitter) {
-        u32::try_from(open_by_submitter).unwrap_or(u32::MAX)
+        let next_of_submitter = open.submitters_latest_turn.map_or(0, |turn| turn.saturating_add(1));
+        next_of_submitter.max(open.lowest_turn.unwrap_or(0))
     } else {
         0
     };
@@ -245,7 +253,17 @@ fn take_turn(job: &mut JobStatus, open_by_submitter: usize) {
 
 /// Refuses a job beyond `max_open_jobs_per_namespace`, `max_open_jobs_per_token` or
 /// `max_open_jobs`.
-fn check_open_jobs(settings: &Settings, job: &JobStatus, open: OpenJobs) -> Result<()> {
+fn open_jobs(index: &Index, job: &JobStatus) -> OpenJobs {
+    OpenJobs {
+        in_namespace: index.open_in(job_namespace(job)),
+        by_submitter: index.open_by(&job.submitter),
+        total: index.open_total(),
+        lowest_turn: index.lowest_open_turn(),
+        submitters_latest_turn: index.latest_turn_of(&job.submitter),
+    }
+}
+
+fn check_open_jobs(settings: &Settings, job: &JobStatus, open: &OpenJobs) -> Result<()> {
     let (per_namespace, per_token) = (settings.max_open_jobs_per_namespace, settings.max_open_jobs_per_token);
     if open.in_namespace >= per_namespace {
         return Err(Error::ResourceExhausted(format!(
@@ -383,9 +401,9 @@ impl Scheduler {
         let mut job = new_job(spec, submitter, &self.settings)?;
         let job_id = job.job_id.clone();
         let mut state = self.lock();
-        self.check_open_jobs(&state.index, &job)?;
-        let open_by_submitter = state.index.open_by(&job.submitter);
-        take_turn(&mut job, open_by_submitter);
+        let open = open_jobs(&state.index, &job);
+        check_open_jobs(&self.settings, &job, &open)?;
+        take_turn(&mut job, &open);
         self.save([&job], Durability::Synced)?;
         for task in &job.tasks {
             self.emit(&job_id, event(Kind::Queued, task));
@@ -395,16 +413,6 @@ impl Scheduler {
         state.jobs.insert(job_id.clone(), job);
         self.dispatch(&mut state, Scope::Job(&job_id));
         Ok(job_id)
-    }
-
-    /// Refuses a job beyond the caps on unfinished jobs.
-    fn check_open_jobs(&self, index: &Index, job: &JobStatus) -> Result<()> {
-        let open = OpenJobs {
-            in_namespace: index.open_in(job_namespace(job)),
-            by_submitter: index.open_by(&job.submitter),
-            total: index.open_total(),
-        };
-        check_open_jobs(&self.settings, job, open)
     }
 
     pub fn get(&self, job_id: &str) -> Option<JobStatus> {

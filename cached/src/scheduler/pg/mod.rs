@@ -223,13 +223,21 @@ async fn open_jobs(
 ) -> Result<super::OpenJobs> {
     let row = client
         .query_one(
-            "SELECT count(*) FILTER (WHERE namespace = $1), count(*) FILTER (WHERE submitter = $2), count(*) \
-             FROM jobs WHERE NOT finished",
+            "SELECT count(*) FILTER (WHERE namespace = $1), count(*) FILTER (WHERE submitter = $2), count(*), \
+             min(turn), max(turn) FILTER (WHERE submitter = $2) FROM jobs WHERE NOT finished",
             &[&namespace, &submitter],
         )
         .await?;
     let count = |column: usize| row.get::<_, i64>(column) as usize;
-    Ok(super::OpenJobs { in_namespace: count(0), by_submitter: count(1), total: count(2) })
+    let turn =
+        |column: usize| row.get::<_, Option<i64>>(column).map(|turn| u32::try_from(turn).unwrap_or(u32::MAX));
+    Ok(super::OpenJobs {
+        in_namespace: count(0),
+        by_submitter: count(1),
+        total: count(2),
+        lowest_turn: turn(3),
+        submitters_latest_turn: turn(4),
+    })
 }
 
 /// `patterns` as the list query asks them: whether every namespace, the exact names, and the
@@ -293,14 +301,13 @@ impl SchedulerBackend for PgScheduler {
         super::check_open_jobs(
             &self.settings,
             &job,
-            open_jobs(&**client, &namespace, &job.submitter).await?,
+            &open_jobs(&**client, &namespace, &job.submitter).await?,
         )?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SUBMIT_LOCK]).await?;
         let open = open_jobs(&*tx, &namespace, &job.submitter).await?;
-        let by_submitter = open.by_submitter;
-        super::check_open_jobs(&self.settings, &job, open)?;
-        super::take_turn(&mut job, by_submitter);
+        super::check_open_jobs(&self.settings, &job, &open)?;
+        super::take_turn(&mut job, &open);
         rows::insert(&tx, &job, &self.settings).await?;
         let queued: Vec<_> =
             job.tasks.iter().map(|task| super::event(proto::v1::job_event::Kind::Queued, task)).collect();
