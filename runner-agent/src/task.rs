@@ -181,7 +181,7 @@ async fn build_task(
                 proxy,
                 &proxy_dir,
                 &ctx.tree_limits,
-                ctx.max_task_disk,
+                ctx.max_task_disk.saturating_sub(tree.disk),
                 owner,
                 cancel,
             )

@@ -46,14 +46,14 @@ fn tree_error(err: ClientError) -> TaskError {
     }
 }
 
-/// Refuses a tree whose entries take more than `max_bytes` of disk in all (each file counted
-/// every time it appears: the copied ones take their size again), before any is fetched:
+/// The disk a tree's entries take in all (each file counted every time it appears: the copied
+/// ones take their size again), refusing a tree past `max_bytes` before any of it is fetched:
 /// fetched blobs are pinned in the cache for the task's life, past `--cache-size`, so a tree
 /// naming a huge blob (a small upload of compressed zeros) would fill the agent's disk. The
 /// declared sizes are the blobs' own: the cache refuses a blob of another size. Every entry
 /// takes at least [`ENTRY_COST`], as the build's own disk is counted: a tree of half a million
 /// empty directories declares no bytes but takes 2 GiB and as many inodes.
-fn check_size(tree: &ExpandedTree, max_bytes: u64) -> Result<(), TaskError> {
+fn check_size(tree: &ExpandedTree, max_bytes: u64) -> Result<u64, TaskError> {
     let total = tree
         .nodes
         .iter()
@@ -65,10 +65,11 @@ fn check_size(tree: &ExpandedTree, max_bytes: u64) -> Result<(), TaskError> {
     if total > max_bytes {
         return Err(TaskError::Build(format!(
             "the job's tree was refused: its files and directories take {total} bytes, more than the \
-             {max_bytes} a tree may take on this agent (--max-task-disk; each entry counts at least {ENTRY_COST})"
+             {max_bytes} left for it on this agent (--max-task-disk, which a job's source and module proxy \
+             trees share; each entry counts at least {ENTRY_COST})"
         )));
     }
-    Ok(())
+    Ok(total)
 }
 
 /// A materialized tree: what it holds, and its blobs kept in the cache while this lives (the
@@ -77,6 +78,8 @@ fn check_size(tree: &ExpandedTree, max_bytes: u64) -> Result<(), TaskError> {
 pub struct Materialized {
     pub tree: ExpandedTree,
     pub pins: Pins,
+    /// The disk its entries take, as counted against `--max-task-disk`.
+    pub disk: u64,
 }
 
 impl Materialized {
@@ -106,7 +109,7 @@ pub async fn materialize(
     cancel: &Cancel,
 ) -> Result<Materialized, TaskError> {
     let tree = cancel.guard(async { read_tree(client, root, limits).await.map_err(tree_error) }).await?;
-    check_size(&tree, max_bytes)?;
+    let disk = check_size(&tree, max_bytes)?;
     let wanted: BTreeSet<(Digest, bool)> = tree
         .nodes
         .iter()
@@ -128,7 +131,7 @@ pub async fn materialize(
     })
     .await
     .map_err(|err| TaskError::Infrastructure(format!("writing a tree: {err}")))??;
-    Ok(Materialized { tree, pins })
+    Ok(Materialized { tree, pins, disk })
 }
 
 /// Mode of the tree's directories.
