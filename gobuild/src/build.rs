@@ -11,7 +11,7 @@ use crate::exec::{Exec, Invocation, Processes, Sink};
 use crate::gocache::{self, GoCache};
 use crate::inputs::{Derived, GoCall};
 use crate::outputs::Planned;
-use crate::{explain, flags, inputs, manifest, outputs};
+use crate::{confine, explain, flags, inputs, manifest, outputs};
 use cached_client::connect::{Client, ConnectOptions};
 use cached_client::error::ClientError;
 
@@ -33,6 +33,11 @@ pub struct BuildRequest {
     /// The directory the sources came in (a job's tree, a developer's repository): includes
     /// may name files in it outside the build's modules. None: the modules only.
     pub source_tree: Option<PathBuf>,
+    /// The directories the build key may read in, for a builder that reads for someone else
+    /// (an agent, for a job): a build whose packages or modules lie elsewhere gets no key and
+    /// no shared go cache, and nothing of it is read. Empty: no bound, for one's own builds,
+    /// whose go.mod may rightly replace a module with a directory next to the repository.
+    pub confine_to: Vec<PathBuf>,
 }
 
 /// What a build did.
@@ -519,6 +524,10 @@ async fn derive(
         .read(command_line, &line.packages)
         .await
         .map_err(|err| Unkeyed { reason: err.0, go_cache: GoCache::Off })?;
+    if !run.request.confine_to.is_empty() {
+        confine::check(&packages, &run.request.confine_to)
+            .map_err(|err| Unkeyed { reason: err.0, go_cache: GoCache::Off })?;
+    }
     let tree = run.request.source_tree.as_deref();
     // What go's cache may serve is decided by the include scan, key or no key.
     let unkeyed = |reason: String| async {
@@ -711,6 +720,7 @@ mod tests {
             env: vec![("GOOS".into(), "windows".into())],
             namespace: "ci".into(),
             source_tree: None,
+            confine_to: Vec::new(),
         };
         let mut lines = Vec::new();
         let outcome = build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned()))
@@ -753,6 +763,7 @@ mod tests {
             env: vec![("GOCACHEPROG".into(), "cachectl gocacheprog".into())],
             namespace: "ci".into(),
             source_tree: None,
+            confine_to: Vec::new(),
         };
         let mut lines = Vec::new();
         build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned())).await.unwrap();

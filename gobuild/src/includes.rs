@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Component as PathPart, Path, PathBuf};
 
+use crate::confine::{Outside, Within};
 use crate::inputs::NoKey;
 
 /// The files of one package that are read for includes.
@@ -118,41 +119,29 @@ struct Scan {
 
 /// The directories a scan may read in: the scanned packages' modules and the source tree, as
 /// written and as the file system resolves them.
-struct Roots {
-    written: Vec<PathBuf>,
-    resolved: Vec<PathBuf>,
-}
+struct Roots(Within);
 
 impl Roots {
     fn of(packages: &[Sources], tree: Option<&Path>) -> Self {
-        let mut written: Vec<PathBuf> =
-            packages.iter().map(|sources| clean(&sources.root)).chain(tree.map(clean)).collect();
-        written.sort();
-        written.dedup();
-        let resolved =
-            written.iter().map(|root| std::fs::canonicalize(root).unwrap_or_else(|_| root.clone())).collect();
-        Self { written, resolved }
+        let modules = packages.iter().map(|sources| sources.root.as_path());
+        Self(Within::new(modules.chain(tree)))
     }
 
     /// Where `path` (lexically clean) really is, if it exists: refused when it leads outside
     /// the roots, by its name or through links, without opening anything.
     fn resolve(&self, path: &Path) -> Result<Option<PathBuf>, NoKey> {
-        if !self.written.iter().any(|root| path.starts_with(root)) {
-            return Err(NoKey(format!(
+        self.0.resolve(path).map_err(|outside| match outside {
+            Outside::ByName => NoKey(format!(
                 "the build's sources name {}, outside its modules and source tree, which the build key \
                  does not read",
                 path.display()
-            )));
-        }
-        let Ok(real) = std::fs::canonicalize(path) else { return Ok(None) };
-        if !self.resolved.iter().any(|root| real.starts_with(root)) {
-            return Err(NoKey(format!(
+            )),
+            Outside::ThroughLink => NoKey(format!(
                 "{} leads outside the build's modules and source tree through a link, which the build \
                  key does not follow",
                 path.display()
-            )));
-        }
-        Ok(Some(real))
+            )),
+        })
     }
 }
 

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
+mod confine;
 pub mod exec;
 pub mod explain;
 pub mod flags;

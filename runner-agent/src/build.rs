@@ -108,6 +108,8 @@ impl Builder {
             env: Vec::new(),
             namespace: input.namespace.clone(),
             source_tree: Some(input.source_tree.clone()),
+            // The key is read here, by the agent, from directories the job's go.mod names.
+            confine_to: vec![input.task_dir.clone()],
         };
         let mut tail = std::collections::VecDeque::new();
         let mut forwarded = LogBudget::new(MAX_LOG_BYTES);

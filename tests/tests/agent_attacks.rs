@@ -154,6 +154,17 @@ impl Cluster {
     /// Uploads `blobs` and submits a job of one linux/amd64 target over the tree `root`, as the
     /// submitter, through the cachectl library (cachectl submit refuses such trees itself).
     fn submit_tree(&self, blobs: Vec<(Digest, Bytes)>, root: Digest, module_dir: &str) -> String {
+        self.submit_trees(blobs, root, module_dir, None)
+    }
+
+    /// Submits the source tree `root`, and `module_proxy` as its module proxy tree.
+    fn submit_trees(
+        &self,
+        blobs: Vec<(Digest, Bytes)>,
+        root: Digest,
+        module_dir: &str,
+        module_proxy: Option<Digest>,
+    ) -> String {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let options = ConnectOptions::with_token(self.submit_secret.trim());
@@ -164,6 +175,7 @@ impl Cluster {
             }
             let spec = v1::JobSpec {
                 source_root: Some(root.to_wire()),
+                module_proxy: module_proxy.map(|proxy| proxy.to_wire()),
                 module_dir: module_dir.to_owned(),
                 packages: vec!["./cmd/app".to_owned()],
                 targets: vec![v1::Target {
@@ -221,6 +233,7 @@ impl Agent {
         std::fs::create_dir_all(&work).unwrap();
         let log = std::fs::File::create(parent.path().join("agent.log")).unwrap();
         let child = Command::new(binary("runner-agent"))
+            .current_dir(parent.path())
             .args(["--server", &cluster.daemon.url(), "--name", "target", "--grace", "2s"])
             .arg("--token-file")
             .arg(cluster.agent_token_file())
@@ -595,6 +608,95 @@ fn a_tree_bomb_is_refused_by_the_caps_and_the_agent_stays_small() {
     assert_eq!(task["attempt"], 1, "a refused tree is not retried: {task}");
     peak = peak.max(agent.rss());
     assert!(peak > 0 && peak < 200 << 20, "the agent grew to {} MiB", peak >> 20);
+}
+
+/// A job's source tree and its module proxy tree share one --max-task-disk: two trees each
+/// under it but over it together are refused before the second is downloaded, where each
+/// tree had the whole budget and a task took twice it before its build began.
+#[test]
+fn the_source_and_module_proxy_trees_share_the_task_disk() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let agent =
+        Agent::start_with_env(agent_parent(), &cluster, 1, &real_go(), &[("CACHED_MAX_TASK_DISK", "64MiB")]);
+    let go_mod = b"module example.com/heavy\n\ngo 1.21\n".as_slice();
+    let main_go = b"package main\n\nfunc main() {}\n".as_slice();
+    let (mut blobs, cmd) = app_sources(go_mod, main_go);
+    // 40 MiB each, from one 1 MiB blob named 40 times (every copy takes its size on disk).
+    let mut forty_copies = |seed: u8| {
+        let body = Bytes::from(vec![seed; 1 << 20]);
+        let digest = Digest::of(&body);
+        blobs.push((digest, body.clone()));
+        let files = (0..40).map(|i| file(&format!("copy{i}"), &body)).collect();
+        add(&mut blobs, Directory { files, ..Directory::default() })
+    };
+    let (data, modules) = (forty_copies(1), forty_copies(2));
+    let root = add(
+        &mut blobs,
+        Directory {
+            files: vec![file("go.mod", go_mod)],
+            directories: vec![dir("cmd", cmd), dir("data", data)],
+            ..Directory::default()
+        },
+    );
+    let proxy =
+        add(&mut blobs, Directory { directories: vec![dir("cache", modules)], ..Directory::default() });
+    let job = cluster.submit_trees(blobs, root, "", Some(proxy));
+    let task = cluster.finished_task(&job, Duration::from_secs(120), || {});
+    let log = agent.log();
+    assert_eq!(task["state"], "failed", "{task}\n{log}");
+    let error = task["error"].as_str().unwrap();
+    assert!(error.contains("tree was refused") && error.contains("--max-task-disk"), "{error}\n{log}");
+    assert_eq!(task["attempt"], 1, "a refused tree is not retried: {task}");
+}
+
+/// A job's go.mod may replace a module with any path. Through `/proc/self/cwd` the path is the
+/// job's own tree to the go command (run in it as the build user) but the agent's working
+/// directory to the agent, which reads the build key's files (as root): the key hashed, and the
+/// include scan quoted into the job's log, files of the agent's choosing none of the job's.
+#[test]
+fn a_replace_through_proc_self_reads_nothing_of_the_agents() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let parent = agent_parent();
+    const MARKER: &str = "ONLY_ROOT_MAY_READ_THIS_41f9";
+    const ASM: &str = "#include \"secret.h\"\n#include \"textflag.h\"\n\nTEXT ·f(SB),NOSPLIT,$0-8\n\tMOVQ $7, ret+0(FP)\n\tRET\n";
+    let probe_files = |dir: &Path, header: &str| {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("go.mod"), "module example.com/x\n\ngo 1.21\n").unwrap();
+        std::fs::write(dir.join("x.go"), "package x\n\nfunc f() int\n\nfunc F() int { return f() }\n")
+            .unwrap();
+        std::fs::write(dir.join("x_amd64.s"), ASM).unwrap();
+        std::fs::write(dir.join("secret.h"), header).unwrap();
+    };
+    // The agent's own: in its working directory, readable by root only.
+    let secret = parent.path().join("probe");
+    probe_files(&secret, &format!("#include {MARKER}\n"));
+    chmod(&secret, 0o700);
+    // The job's: the same names in its tree, which the go command reads.
+    let module = tempfile::tempdir().unwrap();
+    chmod(module.path(), 0o755);
+    probe_files(&module.path().join("probe"), "// nothing\n");
+    std::fs::write(
+        module.path().join("go.mod"),
+        "module example.com/m\n\ngo 1.21\n\nrequire example.com/x v0.0.0\n\nreplace example.com/x => /proc/self/cwd/probe\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(module.path().join("cmd/app")).unwrap();
+    std::fs::write(
+        module.path().join("cmd/app/main.go"),
+        "package main\n\nimport \"example.com/x\"\n\nfunc main() { println(x.F()) }\n",
+    )
+    .unwrap();
+    let agent = Agent::start_in(parent, &cluster, 1, &real_go());
+    let submitted =
+        run(cluster.cachectl(module.path(), &["submit", "--targets", "linux/amd64", "./cmd/app"]));
+    let log = agent.log();
+    let said = format!("{}\n{}\n{log}", submitted.stdout, submitted.stderr);
+    assert!(!said.contains(MARKER), "the agent read its own file for the job: {said}");
+    assert!(said.contains("outside the job's directories"), "the log says why the build has no key: {said}");
+    // The build itself fails: go runs the assembler in another directory, where the path
+    // names nothing.
 }
 
 /// A go command on a host whose system git configuration trusts every repository

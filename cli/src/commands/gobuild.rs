@@ -54,6 +54,7 @@ pub async fn build(
         env: Vec::new(),
         namespace,
         source_tree,
+        confine_to: Vec::new(),
     };
     let client = connect(server, options).await?;
     let build_options =
