@@ -65,6 +65,8 @@ enum Directive {
     Incbin(String),
     /// An include whose file a macro names: it cannot be resolved without preprocessing.
     Computed(String),
+    /// Text compilers may read as a directive or not, depending on their mode.
+    Ambiguous(String),
     /// `#cgo [constraints] VERB: flags`, after `#cgo`.
     Cgo(String),
 }
@@ -223,6 +225,12 @@ impl Scan {
                     "{from} includes a file named by a macro ({text}), which the build key cannot follow"
                 )));
             }
+            Directive::Ambiguous(text) => {
+                let from = from.display();
+                return Err(NoKey(format!(
+                    "{from} has {text}, which the build key cannot read for includes"
+                )));
+            }
             Directive::Cgo(_) => return Ok(()), // Only cgo files' directives are cgo's.
         };
         if name.contains(char::REPLACEMENT_CHARACTER) {
@@ -230,6 +238,9 @@ impl Scan {
             return Err(NoKey(format!("{} includes a file whose name is not UTF-8", from.display())));
         }
         for candidate in candidates(package, from, &name) {
+            if source {
+                self.refuse_precompiled(&candidate)?;
+            }
             if let Kind::File = self.kind(&candidate)? {
                 self.add(package, &candidate)?;
                 if source && !package.read.contains(&candidate) && !package.queue.contains(&candidate) {
@@ -238,6 +249,48 @@ impl Scan {
             }
         }
         Ok(())
+    }
+
+    /// gcc reads `x.h.gch` (a file, or a directory of them) in place of `x.h` where it finds
+    /// one: compiled from any text, it is nothing the scan can read for what it includes.
+    fn refuse_precompiled(&self, header: &Path) -> Result<(), NoKey> {
+        let mut name = header.as_os_str().to_owned();
+        name.push(".gch");
+        let precompiled = PathBuf::from(name);
+        match self.kind(&precompiled)? {
+            Kind::Missing => Ok(()),
+            Kind::Dir | Kind::File => Err(NoKey(format!(
+                "{} is a precompiled header, which the compiler reads in place of {}; the build key does \
+                 not follow precompiled headers",
+                precompiled.display(),
+                header.display()
+            ))),
+        }
+    }
+
+    /// A text file given to the linker is a linker script, and a thin archive names its
+    /// members' files: either reads files the scan cannot find.
+    fn refuse_indirect_linker_input(&mut self, path: &Path) -> Result<(), NoKey> {
+        let cannot = |err: std::io::Error| NoKey(format!("cannot read {}: {err}", path.display()));
+        let real = self.roots.resolve(path)?.ok_or_else(|| cannot(std::io::ErrorKind::NotFound.into()))?;
+        let mut head = Vec::with_capacity(512);
+        open_regular(&real).and_then(|file| file.take(512).read_to_end(&mut head)).map_err(cannot)?;
+        self.bytes += head.len() as u64;
+        let what = if head.starts_with(b"!<thin>\n") {
+            "a thin archive"
+        } else if head.starts_with(b"!<arch>\n") {
+            return Ok(());
+        } else if !head.is_empty()
+            && head.iter().all(|b| matches!(b, b'\t' | b'\n' | b'\r' | 0x0c | b' '..=b'~'))
+        {
+            "a linker script"
+        } else {
+            return Ok(());
+        };
+        Err(NoKey(format!(
+            "{} is {what}, which names files for the linker that the build key does not follow",
+            path.display()
+        )))
     }
 
     /// Records a file `package` reads.
@@ -276,8 +329,9 @@ impl Scan {
     }
 
     /// Keys every regular file directly in `dir` (a `-I` or `-L` directory: the compiler or
-    /// linker may take any of them).
-    fn add_dir(&mut self, package: &Package, dir: &Path) -> Result<(), NoKey> {
+    /// linker may take any of them). For the linker (`linking`), the libraries `-l` may take
+    /// are checked to be no scripts or thin archives.
+    fn add_dir(&mut self, package: &Package, dir: &Path, linking: bool) -> Result<(), NoKey> {
         let entries =
             std::fs::read_dir(dir).map_err(|err| NoKey(format!("cannot list {}: {err}", dir.display())))?;
         for entry in entries {
@@ -285,6 +339,10 @@ impl Scan {
                 entry.map_err(|err| NoKey(format!("cannot list {}: {err}", dir.display())))?.file_name(),
             );
             if let Kind::File = self.kind(&path)? {
+                let library = path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("lib"));
+                if linking && library {
+                    self.refuse_indirect_linker_input(&path)?;
+                }
                 self.add(package, &path)?;
             }
         }
@@ -319,7 +377,7 @@ impl Scan {
                 if go { comments.byte(byte, &mut lines) } else { lines.byte(byte) }
             }
         }
-        lines.byte(b'\n');
+        lines.end_line();
         if lines.found.len() > MAX_DIRECTIVES {
             return Err(NoKey(format!(
                 "{} holds more than {MAX_DIRECTIVES} includes, more than the build key follows",
@@ -333,12 +391,11 @@ impl Scan {
     /// compiler runs in the package directory), and adds its include directories.
     fn cgo_flags(&mut self, package: &mut Package, text: &str) -> Result<(), NoKey> {
         let Some((head, flags)) = text.split_once(':') else { return Ok(()) };
-        if !matches!(
-            head.split_whitespace().last(),
-            Some("CFLAGS" | "CPPFLAGS" | "CXXFLAGS" | "FFLAGS" | "LDFLAGS")
-        ) {
+        let verb = head.split_whitespace().last();
+        if !matches!(verb, Some("CFLAGS" | "CPPFLAGS" | "CXXFLAGS" | "FFLAGS" | "LDFLAGS")) {
             return Ok(()); // pkg-config names packages, not files.
         }
+        let linking = verb == Some("LDFLAGS");
         let words = split_quoted(flags);
         let mut words = words.iter();
         while let Some(word) = words.next() {
@@ -347,27 +404,48 @@ impl Scan {
                 FlagValue::Joined(value, flag) => (value, flag),
                 FlagValue::List(list) => {
                     for piece in list.split(',') {
-                        self.cgo_path(package, piece, Flag::Other)?;
+                        self.cgo_path(package, piece, Flag::Other, linking)?;
                     }
                     continue;
                 }
             };
-            self.cgo_path(package, value, flag)?;
+            self.cgo_path(package, value, flag, linking)?;
         }
         Ok(())
     }
 
-    fn cgo_path(&mut self, package: &mut Package, value: &str, flag: Flag) -> Result<(), NoKey> {
+    fn cgo_path(
+        &mut self,
+        package: &mut Package,
+        value: &str,
+        flag: Flag,
+        linking: bool,
+    ) -> Result<(), NoKey> {
         let Some(path) = local_path(&package.dir, value) else { return Ok(()) };
-        match self.kind(&path)? {
+        let kind = self.kind(&path)?;
+        if flag == Flag::Searched && !matches!(kind, Kind::Missing) {
+            return Err(NoKey(format!(
+                "a #cgo flag of {} makes the compiler look for headers or libraries under {} (a sysroot or \
+                 prefix), which the build key does not follow",
+                package.dir.display(),
+                path.display()
+            )));
+        }
+        if flag == Flag::Source {
+            self.refuse_precompiled(&path)?;
+        }
+        match kind {
             Kind::Missing => {}
             Kind::Dir => {
                 if flag == Flag::Include {
                     package.search.push(path.clone());
                 }
-                self.add_dir(package, &path)?;
+                self.add_dir(package, &path, linking)?;
             }
             Kind::File => {
+                if linking {
+                    self.refuse_indirect_linker_input(&path)?;
+                }
                 self.add(package, &path)?;
                 if flag == Flag::Source {
                     package.queue.push(path);
@@ -413,6 +491,9 @@ enum Flag {
     Source,
     /// A library directory, a library, an object, anything else.
     Other,
+    /// A directory under which the compiler or linker looks by names of its own (a sysroot, a
+    /// prefix, frameworks).
+    Searched,
 }
 
 enum FlagValue<'a> {
@@ -427,14 +508,23 @@ enum FlagValue<'a> {
 fn flag_value(word: &str) -> FlagValue<'_> {
     const INCLUDE_DIRS: &[&str] = &["-iquote", "-isystem", "-idirafter", "-I"];
     const SOURCES: &[&str] = &["-include", "-imacros"];
-    const OTHER: &[&str] = &["-L", "-F"];
-    for (flags, kind) in [(INCLUDE_DIRS, Flag::Include), (SOURCES, Flag::Source), (OTHER, Flag::Other)] {
+    const SEARCHED: &[&str] =
+        &["--sysroot", "-isysroot", "-iprefix", "-iwithprefix", "-imultilib", "-iframework", "-F", "-B"];
+    const OTHER: &[&str] = &["-L"];
+    let kinds = [
+        (INCLUDE_DIRS, Flag::Include),
+        (SOURCES, Flag::Source),
+        (SEARCHED, Flag::Searched),
+        (OTHER, Flag::Other),
+    ];
+    for (flags, kind) in kinds {
         for flag in flags {
             if word == *flag {
                 return FlagValue::Next(kind);
             }
             // `-include` takes no joined value, so `-includes` is no -I.
             if let Some(value) = word.strip_prefix(flag).filter(|_| kind != Flag::Source) {
+                let value = if kind == Flag::Searched { value.trim_start_matches('=') } else { value };
                 return FlagValue::Joined(value, kind);
             }
         }
@@ -492,11 +582,14 @@ fn split_quoted(text: &str) -> Vec<String> {
     words
 }
 
-/// Logical lines of C-like text: physical lines joined at backslash-newline, each kept to
-/// [`MAX_LINE`] bytes, each matched for a directive.
+/// Logical lines of C-like text as the preprocessor sees them: physical lines end at a line
+/// feed, a carriage return or both (gcc takes each), are joined at backslash-newline, and are
+/// each kept to [`MAX_LINE`] bytes and matched for a directive.
 #[derive(Default)]
 struct Lines {
     line: Vec<u8>,
+    /// The last byte was a carriage return, which ended a line: a line feed after it adds none.
+    after_cr: bool,
     /// Fortran's own `include 'file'` is matched too.
     fortran: bool,
     found: Vec<Directive>,
@@ -504,21 +597,29 @@ struct Lines {
 
 impl Lines {
     fn byte(&mut self, byte: u8) {
-        if byte != b'\n' {
-            if self.line.len() < MAX_LINE {
-                self.line.push(byte);
-            }
-            return;
+        let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
+        match byte {
+            b'\n' if after_cr => {}
+            b'\n' | b'\r' => self.end_line(),
+            _ if self.line.len() < MAX_LINE => self.line.push(byte),
+            _ => {}
         }
-        if self.line.last() == Some(&b'\r') {
-            self.line.pop();
-        }
+    }
+
+    fn end_line(&mut self) {
         if self.line.last() == Some(&b'\\') {
             self.line.pop();
             return;
         }
+        // `??/` is the trigraph of a backslash: whether it joins this line to the next depends
+        // on the compiler's mode (-std=c99 or gnu99), which the scan does not know.
+        let found = if self.line.ends_with(b"??/") {
+            vec![Directive::Ambiguous("a line that ends in the trigraph ??/".to_owned())]
+        } else {
+            directives(&self.line, self.fortran)
+        };
         // One past the cap is kept, to say the file went past it.
-        for directive in directives(&self.line, self.fortran) {
+        for directive in found {
             if self.found.len() > MAX_DIRECTIVES {
                 break;
             }
@@ -601,6 +702,9 @@ impl GoComments {
 /// The directives a logical line holds: one, or the `__has_include`s of an `#if`.
 fn directives(line: &[u8], fortran: bool) -> Vec<Directive> {
     let text = String::from_utf8_lossy(line);
+    // A byte order mark starts a file's first line, and `??=` is the trigraph of `#` (on with
+    // -std=c99 and the like): either way the line may be a directive to the compiler.
+    let text = text.trim_start_matches(['\u{feff}', ' ', '\t']).replace("??=", "#");
     let text = skip_comments(&text);
     if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
         let (word, condition) = split_word(skip_comments(rest));
@@ -1129,5 +1233,91 @@ mod tests {
     #[test]
     fn cgo_lines_split_like_cgo() {
         assert_eq!(split_quoted(r#"-I"a b" 'c d'\ e  -lx"#), ["-Ia b", "c d e", "-lx"]);
+    }
+
+    /// What gcc takes for a directive, the scan does too: a first line after a byte order
+    /// mark, lines ended by a carriage return alone, and `??=` for `#`. Where the compiler's
+    /// mode decides (a line continued by `??/`), there is no key.
+    #[test]
+    fn includes_hidden_by_line_ends_marks_and_trigraphs_are_found() {
+        let cases = [
+            ("a byte order mark", "\u{feff}#include \"../inc/val.h\"\nint v;\n"),
+            ("carriage returns alone", "int dummy;\r#include \"../inc/val.h\"\rint v;\r"),
+            ("a continuation at a CRLF", "#include \\\r\n\"../inc/val.h\"\r\n"),
+            ("the trigraph of #", "??=include \"../inc/val.h\"\n"),
+        ];
+        for (what, source) in cases {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("p/v.c", source), ("inc/val.h", "#define VALUE 1\n")]);
+            let found = found(root.path(), &[package(root.path(), "p", &["v.c"], &[])]);
+            assert_eq!(found, ["inc/val.h"], "{what}");
+        }
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), &[("p/v.c", "#inc??/\nlude \"../inc/val.h\"\n"), ("inc/val.h", "")]);
+        let refusal = refusal(&[package(root.path(), "p", &["v.c"], &[])], &LIMITS);
+        assert!(refusal.contains("??/"), "{refusal}");
+    }
+
+    /// gcc reads `x.h.gch` in place of `x.h`: a precompiled header next to an include (or a
+    /// `-include`) gives no key.
+    #[test]
+    fn a_precompiled_header_gives_no_key() {
+        for (source, cgo) in [
+            ("#include \"val.h\"\n", "package p\n"),
+            ("int v;\n", "package p\n\n// #cgo CFLAGS: -include ${SRCDIR}/val.h\nimport \"C\"\n"),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("p/v.c", source), ("p/p.go", cgo), ("p/val.h", "#define VALUE 1\n")]);
+            let sources = [package(root.path(), "p", &["v.c"], &["p.go"])];
+            assert!(inputs(&sources, None, &LIMITS).is_ok());
+            write(root.path(), &[("p/val.h.gch", "compiled from another val.h")]);
+            let refusal = refusal(&sources, &LIMITS);
+            assert!(refusal.contains("val.h.gch") && refusal.contains("precompiled"), "{refusal}");
+        }
+    }
+
+    /// A sysroot, prefix or framework directory in the tree makes the compiler find headers by
+    /// names the scan cannot follow.
+    #[test]
+    fn a_sysroot_in_the_tree_gives_no_key() {
+        for flag in ["--sysroot=${SRCDIR}/sys", "-isysroot ${SRCDIR}/sys", "--sysroot sys", "-F${SRCDIR}/sys"]
+        {
+            let root = tempfile::tempdir().unwrap();
+            let cgo = format!("package p\n\n// #cgo CFLAGS: {flag}\n// #include <myval.h>\nimport \"C\"\n");
+            write(root.path(), &[("p/p.go", &cgo), ("p/sys/usr/include/myval.h", "#define VAL 1\n")]);
+            let refusal = refusal(&[package(root.path(), "p", &[], &["p.go"])], &LIMITS);
+            assert!(refusal.contains("sysroot"), "{flag}: {refusal}");
+        }
+    }
+
+    /// A library the linker takes from a `-L` directory, or one named outright, that is a
+    /// linker script or a thin archive names files of its own: no key. Real archives are keyed.
+    #[test]
+    fn linker_scripts_and_thin_archives_give_no_key() {
+        let cgo = |flags: &str| format!("package p\n\n// #cgo LDFLAGS: {flags}\nimport \"C\"\n");
+        for (flags, library, what) in [
+            ("-L${SRCDIR}/lib -lval", "INPUT(sub/libreal.a)\n", "a linker script"),
+            ("-L${SRCDIR}/lib -lval", "!<thin>\n/               0  ", "a thin archive"),
+            ("${SRCDIR}/lib/libval.so", "GROUP ( sub/libreal.a )\n", "a linker script"),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            write(
+                root.path(),
+                &[("p/p.go", &cgo(flags)), ("p/lib/libval.so", library), ("p/lib/sub/libreal.a", "")],
+            );
+            let refusal = refusal(&[package(root.path(), "p", &[], &["p.go"])], &LIMITS);
+            assert!(refusal.contains(what), "{flags}: {refusal}");
+        }
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[
+                ("p/p.go", &cgo("-L${SRCDIR}/lib -lval")),
+                ("p/lib/libval.a", "!<arch>\n"),
+                ("p/lib/README", "text"),
+            ],
+        );
+        let found = found(root.path(), &[package(root.path(), "p", &[], &["p.go"])]);
+        assert_eq!(found, ["p/lib/README", "p/lib/libval.a"]);
     }
 }
