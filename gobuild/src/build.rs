@@ -538,6 +538,11 @@ async fn derive(
         Ok(flags) => flags,
         Err(err) => return Err(unkeyed(err.0).await),
     };
+    if flags.asm_include_dirs() {
+        let reason = "-asmflags gives the assembler include directories (-I), whose headers neither the build \
+                      key nor go's cache follows";
+        return Err(Unkeyed { reason: reason.to_owned(), go_cache: GoCache::Off });
+    }
     let derived = match inputs::derive(&call, &flags, &env, &packages, tree).await {
         Ok(derived) => derived,
         Err(err) => return Err(unkeyed(err.0).await),
@@ -772,6 +777,32 @@ mod tests {
         assert_eq!(build.args, ["build", "-a", "-o", "bin/app", "./cmd/app"], "{lines:?}");
         assert!(build.env_remove.iter().any(|name| name == "GOCACHEPROG"), "{build:?}");
         assert!(!build.env.iter().any(|(name, _)| name == "GOCACHEPROG"), "{build:?}");
+        assert!(lines.iter().any(|line| line.contains("without go's shared cache")), "{lines:?}");
+    }
+
+    /// `-asmflags=-I dir` gives the assembler headers go's action IDs do not cover: such a
+    /// build has no key and compiles without go's shared cache.
+    #[tokio::test]
+    async fn assembler_include_directories_use_no_cache_program() {
+        let dir = module();
+        let exec = Arc::new(scripted(dir.path()));
+        let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
+        let request = BuildRequest {
+            module_dir: dir.path().to_owned(),
+            packages: vec!["./cmd/app".into()],
+            output: Some(PathBuf::from("bin/app")),
+            go_flags: vec!["-asmflags=all=-I=../../inc".into()],
+            env: vec![("GOCACHEPROG".into(), "cachectl gocacheprog".into())],
+            namespace: "ci".into(),
+            source_tree: None,
+            confine_to: Vec::new(),
+        };
+        let mut lines = Vec::new();
+        build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned())).await.unwrap();
+        let seen = exec.seen.lock().unwrap();
+        let build = seen.last().unwrap();
+        assert!(build.args.contains(&"-a".to_owned()), "{build:?}");
+        assert!(build.env_remove.iter().any(|name| name == "GOCACHEPROG"), "{build:?}");
         assert!(lines.iter().any(|line| line.contains("without go's shared cache")), "{lines:?}");
     }
 

@@ -31,6 +31,19 @@ pub struct BuildFlags {
     pub list_flags: Vec<String>,
 }
 
+impl BuildFlags {
+    /// Whether `-asmflags` gives the assembler include directories (`-I dir`, for all packages
+    /// or a pattern's): go keys its action IDs by the flag's text, not by the headers there.
+    pub fn asm_include_dirs(&self) -> bool {
+        names_include_dirs(&self.asmflags)
+    }
+}
+
+/// Whether an `-asmflags` value (`[pattern=]flags`) holds `-I`.
+pub fn names_include_dirs(asmflags: &str) -> bool {
+    asmflags.split_whitespace().any(|word| word.starts_with("-I") || word.contains("=-I"))
+}
+
 impl Default for BuildFlags {
     fn default() -> Self {
         Self {

@@ -135,6 +135,11 @@ pub async fn for_unkeyed(env: &GoEnv, packages: Option<Vec<Package>>, tree: Opti
 /// of the module could build (`go list -deps all`, with the command line's `-tags`). Test
 /// files cannot use cgo, so a package's test build reads the files its build does.
 pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option<&Path>) -> GoCache {
+    let goflags = std::env::var("GOFLAGS").unwrap_or_default();
+    let goflags = goflags.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    if asm_include_dirs(args.iter().chain(&goflags)) {
+        return GoCache::Off;
+    }
     let mut list = Vec::new();
     if let Some(tags) = test_tags(args) {
         list.push(format!("-tags={tags}"));
@@ -147,6 +152,23 @@ pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option
         Ok((env, packages)) => for_unkeyed(&env, Some(packages), tree).await,
         Err(_) => GoCache::Off,
     }
+}
+
+/// Whether any `-asmflags` of a go command line (or GOFLAGS) gives include directories.
+fn asm_include_dirs<'a>(args: impl IntoIterator<Item = &'a String>) -> bool {
+    let mut args = args.into_iter().take_while(|arg| !matches!(arg.as_str(), "-args" | "--args"));
+    while let Some(arg) = args.next() {
+        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else { continue };
+        let value = match flag.strip_prefix("asmflags") {
+            Some("") => args.next().map_or("", String::as_str),
+            Some(joined) => joined.strip_prefix('=').unwrap_or(""),
+            None => continue,
+        };
+        if flags::names_include_dirs(value) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The `-tags` a go test command line gives (the last, before `-args`).
@@ -196,6 +218,15 @@ mod tests {
         assert_eq!(test_tags(&args(&["-tags=a,b", "./..."])).as_deref(), Some("a,b"));
         assert_eq!(test_tags(&args(&["--tags", "a", "-tags", "b", "."])).as_deref(), Some("b"));
         assert_eq!(test_tags(&args(&["./...", "-args", "-tags=x"])), None);
+    }
+
+    #[test]
+    fn assembler_include_directories_on_a_test_command_line() {
+        let args = |list: &[&str]| list.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
+        assert!(asm_include_dirs(&args(&["-asmflags=-I=../inc", "./..."])));
+        assert!(asm_include_dirs(&args(&["--asmflags", "all=-I ../inc", "./..."])));
+        assert!(!asm_include_dirs(&args(&["-asmflags=-trimpath", "./...", "-args", "-asmflags=-I=x"])));
+        assert!(!asm_include_dirs(&args(&["-gcflags=-I=x", "./..."])));
     }
 
     #[test]
