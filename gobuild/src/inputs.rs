@@ -81,6 +81,31 @@ const ARCH_LEVELS: &[(&str, &str)] = &[
 const CGO_FLAG_VARS: &[&str] = &["CGO_CFLAGS", "CGO_CPPFLAGS", "CGO_CXXFLAGS", "CGO_FFLAGS", "CGO_LDFLAGS"];
 /// The ones a binary's build info records, with cgo on and without -trimpath
 /// (cmd/go/internal/load's setBuildInfo), whether or not a package uses cgo.
+/// The C toolchain's own environment: where gcc and the linker look for headers, libraries and
+/// their programs, and where pkg-config looks for packages.
+const COMPILER_ENV: &[&str] = &[
+    "CPATH",
+    "C_INCLUDE_PATH",
+    "CPLUS_INCLUDE_PATH",
+    "OBJC_INCLUDE_PATH",
+    "LIBRARY_PATH",
+    "GCC_EXEC_PREFIX",
+    "COMPILER_PATH",
+    "PKG_CONFIG_PATH",
+    "PKG_CONFIG_LIBDIR",
+    "PKG_CONFIG_SYSROOT_DIR",
+];
+
+/// Whether go may link with the C compiler without a cgo package: asked for with
+/// `-linkmode=external`, or by build modes and instrumentation that need it on some targets.
+fn links_externally(flags: &BuildFlags) -> bool {
+    flags.ldflags.contains("linkmode")
+        || flags.race
+        || flags.msan
+        || flags.asan
+        || !matches!(flags.buildmode.as_str(), "" | "default" | "exe")
+}
+
 const RECORDED_CGO_FLAG_VARS: &[&str] = &["CGO_CFLAGS", "CGO_CPPFLAGS", "CGO_CXXFLAGS", "CGO_LDFLAGS"];
 
 /// A package named on the command line.
@@ -229,6 +254,31 @@ pub fn vcs_root(dir: &Path) -> Option<(PathBuf, &'static str)> {
     while let Some(path) = current {
         for (marker, kind) in KINDS {
             if path.join(marker).exists() {
+                return Some((path.to_owned(), kind));
+            }
+        }
+        current = path.parent();
+    }
+    None
+}
+
+/// The repository the go command stamps a binary from, found as go finds it from `dir`
+/// upwards (`vcs.FromDir`): git, Mercurial, Bazaar and Subversion only by a directory of
+/// their metadata, so a submodule's or worktree's `.git` file is passed over for the
+/// repository above it.
+fn go_vcs_root(dir: &Path) -> Option<(PathBuf, &'static str)> {
+    const KINDS: &[(&str, bool, &str)] = &[
+        (".hg", true, "hg"),
+        (".git", true, "git"),
+        (".bzr", true, "bzr"),
+        (".svn", true, "svn"),
+        (".fslckout", false, "fossil"),
+        ("_FOSSIL_", false, "fossil"),
+    ];
+    let mut current = Some(dir);
+    while let Some(path) = current {
+        for (marker, is_dir, kind) in KINDS {
+            if std::fs::metadata(path.join(marker)).is_ok_and(|meta| meta.is_dir() == *is_dir) {
                 return Some((path.to_owned(), kind));
             }
         }
@@ -463,15 +513,32 @@ pub async fn derive(
         if let Some(epoch) = call.build_var("SOURCE_DATE_EPOCH") {
             manifest.shown("env.SOURCE_DATE_EPOCH", &epoch);
         }
-        compiler_identity(call, &mut manifest, "CC", var(env, "CC")).await?;
         if cxx {
             compiler_identity(call, &mut manifest, "CXX", var(env, "CXX")).await?;
         }
         manifest.shown("env.PKG_CONFIG", var(env, "PKG_CONFIG"));
     }
+    // With cgo on, CC compiles the cgo packages and links every binary go links externally
+    // (cgo in use, or asked for): a pure Go program linked by another compiler differs.
+    if cgo_on && (cgo || links_externally(flags)) {
+        compiler_identity(call, &mut manifest, "CC", var(env, "CC")).await?;
+        for name in COMPILER_ENV {
+            if let Some(value) = call.build_var(name) {
+                manifest.shown(format!("env.{name}"), &value);
+            }
+        }
+    }
 
     if flags.buildvcs != "false" && roots.iter().any(|r| r.is_main) {
-        stamp(call, &mut manifest, &base, Path::new(gomod)).await?;
+        let mains: Vec<(&Path, &Path)> = packages
+            .iter()
+            .filter(|p| !p.dep_only && p.name == "main")
+            .map(|p| {
+                let module = p.module.as_ref().map_or(p.dir.as_str(), |module| module.dir.as_str());
+                (Path::new(&p.dir), Path::new(module))
+            })
+            .collect();
+        stamp(call, &mut manifest, &mains, Path::new(gomod)).await?;
     }
 
     let (count, unseen_by_go, hashed) = cached_client::task::spawn_blocking("hash-inputs", move || {
@@ -700,8 +767,28 @@ fn resolve(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
 
 /// VCS stamping: the revision, whether the tree is modified, and the tags go derives the main
 /// module's version from, as go records them.
-async fn stamp(call: &GoCall<'_>, manifest: &mut Manifest, base: &Path, gomod: &Path) -> Result<(), NoKey> {
-    let Some((root, kind)) = vcs_root(base) else { return Ok(()) };
+/// Keys what the go command stamps into a binary of the main packages in `mains` (their
+/// directories and their modules'): the repository of the directory go runs in, as go finds
+/// it, when the packages and their modules are in that same repository.
+async fn stamp(
+    call: &GoCall<'_>,
+    manifest: &mut Manifest,
+    mains: &[(&Path, &Path)],
+    gomod: &Path,
+) -> Result<(), NoKey> {
+    let Some((root, kind)) = go_vcs_root(call.dir) else { return Ok(()) };
+    let elsewhere = mains
+        .iter()
+        .flat_map(|(dir, module)| [dir, module])
+        .find(|dir| go_vcs_root(dir).map(|(found, _)| found).as_ref() != Some(&root));
+    if let Some(dir) = elsewhere {
+        return Err(NoKey(format!(
+            "{} is not in the repository of the directory go runs in ({}); whether and what go stamps \
+             then is not followed by the build key; build with -buildvcs=false",
+            dir.display(),
+            root.display()
+        )));
+    }
     if kind != "git" {
         return Err(NoKey(format!(
             "VCS stamping of {kind} checkouts is not supported; build with -buildvcs=false"
@@ -957,6 +1044,40 @@ mod tests {
         assert!(same.is_empty(), "the key missed {same:?}");
     }
 
+    /// A submodule's `.git` is a file, which the go command passes over: it stamps the
+    /// superproject's revision, so a commit there alone changes the binary and the key.
+    #[tokio::test]
+    async fn a_submodule_is_stamped_from_the_repository_go_stamps() {
+        let git = |dir: &Path, args: &[&str]| {
+            let mut command = vec!["git", "-c", "user.name=t", "-c", "user.email=t@example.com"];
+            command.extend_from_slice(args);
+            run(dir, &command, &[("GIT_CONFIG_GLOBAL", "/dev/null"), ("GIT_CONFIG_NOSYSTEM", "1")]);
+        };
+        let (module, superproject) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write(
+            module.path(),
+            &[
+                ("go.mod", "module example.com/m\n\ngo 1.22\n"),
+                ("main.go", "package main\n\nfunc main() {}\n"),
+            ],
+        );
+        git(module.path(), &["init", "-q"]);
+        git(module.path(), &["add", "."]);
+        git(module.path(), &["commit", "-q", "-m", "module"]);
+        git(superproject.path(), &["init", "-q"]);
+        let source = module.path().display().to_string();
+        git(
+            superproject.path(),
+            &["-c", "protocol.file.allow=always", "submodule", "add", "-q", &source, "sub"],
+        );
+        git(superproject.path(), &["commit", "-q", "-m", "with the submodule"]);
+        let sub = superproject.path().join("sub");
+        let before = derive_in(&sub, &["."], &[]).await;
+        git(superproject.path(), &["commit", "-q", "--allow-empty", "-m", "elsewhere"]);
+        let after = derive_in(&sub, &["."], &[]).await;
+        assert_ne!(after.key(), before.key(), "{:?}", after.get("vcs.revision"));
+    }
+
     #[test]
     fn version_tags_are_those_that_may_name_a_version() {
         let head = "c0ffee";
@@ -1017,6 +1138,13 @@ mod tests {
             }
         }
         assert!(same.is_empty(), "the key missed {same:?}");
+
+        // A pure Go program linked externally is linked by CC, whatever it is, under the C
+        // toolchain's own environment.
+        const EXTERNAL: &[&str] = &["-buildvcs=false", "-trimpath", "-ldflags=-linkmode=external", "."];
+        let external = key(EXTERNAL, vec![("CC", "gcc")]).await;
+        assert_ne!(key(EXTERNAL, vec![("CC", "gcc -static")]).await, external, "CC of an external link");
+        assert_ne!(key(EXTERNAL, vec![("CC", "gcc"), ("LIBRARY_PATH", "/opt/lib")]).await, external);
 
         // Where go records none of them, none is keyed.
         const TRIMPATH: &[&str] = &["-buildvcs=false", "-trimpath", "."];
