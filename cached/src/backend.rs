@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::gocache::{GoEntryStore, RocksGoEntries};
 use crate::registry::{RegistryRecords, RocksRegistry};
 use crate::scheduler::store::{JobRecords, RocksJobs};
-use crate::shared::purges::PurgeFollower;
+use crate::shared::purges::{PurgeEpochs, PurgeFollower};
 use crate::shared::{Bucket, SharedGoEntries};
 use crate::store::{Budget, RocksStore, StoreUpkeep, StoreUsage};
 
@@ -55,8 +55,11 @@ impl Backends {
     /// Puts the shared bucket behind the blobs and the Go entries: the local stores become
     /// its hot tier. Without it nothing changes.
     pub fn with_shared_store(mut self, bucket: Arc<Bucket>) -> Self {
-        self.purges = Some(Arc::new(PurgeFollower::new(Arc::clone(&bucket), Arc::clone(&self.go_entries))));
-        let entries = SharedGoEntries::new(self.go_entries, self.blobs.clone(), Arc::clone(&bucket));
+        let epochs = Arc::new(PurgeEpochs::default());
+        let follower =
+            PurgeFollower::new(Arc::clone(&bucket), Arc::clone(&self.go_entries), Arc::clone(&epochs));
+        self.purges = Some(Arc::new(follower));
+        let entries = SharedGoEntries::new(self.go_entries, self.blobs.clone(), Arc::clone(&bucket), epochs);
         self.go_entries = Arc::new(entries);
         self.shared = Some(bucket);
         self

@@ -81,6 +81,19 @@ impl Bucket {
         }))
     }
 
+    /// A bucket over `store` as it is, for tests of what replicas do with one.
+    #[cfg(test)]
+    pub(crate) fn over(store: Arc<dyn ObjectStore>, runtime: Handle) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            layout: Layout::new(""),
+            runtime,
+            url: "memory://".to_owned(),
+            counters: Arc::new(SharedCounters::default()),
+            lookups: LookupBudget::new(None),
+        })
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

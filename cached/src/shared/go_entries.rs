@@ -7,6 +7,7 @@ use std::sync::Arc;
 use proto::ActionId;
 
 use super::bucket::Bucket;
+use super::purges::PurgeEpochs;
 use super::upload::BlobUpload;
 use crate::error::{Error, Result};
 use crate::gocache::{EntrySlice, GoEntry, GoEntryStore};
@@ -17,11 +18,17 @@ pub struct SharedGoEntries {
     /// The local blobs, to copy up one the bucket lacks.
     local_blobs: RocksStore,
     bucket: Arc<Bucket>,
+    epochs: Arc<PurgeEpochs>,
 }
 
 impl SharedGoEntries {
-    pub fn new(local: Arc<dyn GoEntryStore>, local_blobs: RocksStore, bucket: Arc<Bucket>) -> Self {
-        Self { local, local_blobs, bucket }
+    pub fn new(
+        local: Arc<dyn GoEntryStore>,
+        local_blobs: RocksStore,
+        bucket: Arc<Bucket>,
+        epochs: Arc<PurgeEpochs>,
+    ) -> Self {
+        Self { local, local_blobs, bucket, epochs }
     }
 
     /// Makes sure the bucket holds the entry's blob: a blob only this replica holds (stored
@@ -46,8 +53,9 @@ impl SharedGoEntries {
 }
 
 impl GoEntryStore for SharedGoEntries {
-    /// Local first; a local miss asks the bucket and keeps what it finds. A bucket that does
-    /// not answer makes it a miss (the build goes on and compiles).
+    /// Local first; a local miss asks the bucket and keeps what it finds, unless a purge of
+    /// the namespace was applied meanwhile (see [`PurgeEpochs`]). A bucket that does not
+    /// answer makes it a miss (the build goes on and compiles).
     fn get(&self, namespace: &str, action_id: &ActionId) -> Result<Option<GoEntry>> {
         if let Some(entry) = self.local.get(namespace, action_id)? {
             return Ok(Some(entry));
@@ -55,9 +63,14 @@ impl GoEntryStore for SharedGoEntries {
         if !self.bucket.admit_lookups(1) {
             return Ok(None);
         }
+        let epoch = self.epochs.of(namespace);
         match self.bucket.get_entry(namespace, action_id) {
             Ok(Some(entry)) => {
                 self.local.put_synced(namespace, action_id, &entry)?;
+                if self.epochs.of(namespace) != epoch {
+                    self.local.remove(namespace, action_id)?;
+                    return Ok(None);
+                }
                 Ok(Some(entry))
             }
             Ok(None) => Ok(None),
@@ -92,6 +105,7 @@ impl GoEntryStore for SharedGoEntries {
     /// recorded, wherever it is kept. The other replicas' local copies go when they see the
     /// marker left for them ([`super::purges`]).
     fn purge_namespace(&self, namespace: &str) -> Result<u64> {
+        self.epochs.advance(namespace);
         let shared = self.bucket.purge_namespace(namespace)?;
         let local = self.local.purge_namespace(namespace)?;
         self.bucket.mark_purged(namespace)?;
@@ -105,5 +119,59 @@ impl GoEntryStore for SharedGoEntries {
 
     fn forget_oldest(&self, limit: usize) -> Result<u64> {
         self.local.forget_oldest(limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use object_store::ObjectStore;
+    use object_store::memory::InMemory;
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+
+    use super::*;
+    use crate::backend::Backends;
+    use crate::store::Budget;
+
+    /// A lookup on one replica reads an entry from the bucket just before a purge through
+    /// another replica deletes it, and this replica applies the purge while the read is under
+    /// way: the entry must not be kept, or local hits would serve it long after the purge.
+    #[test]
+    fn a_lookup_racing_a_purge_keeps_no_copy() {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let bucket: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        // This replica's reads come in slowly (after the bucket answered): 30 ms a byte.
+        let slow =
+            ThrottleConfig { wait_get_per_byte: Duration::from_millis(30), ..ThrottleConfig::default() };
+        let here =
+            Bucket::over(Arc::new(ThrottledStore::new(Arc::clone(&bucket), slow)), runtime.handle().clone());
+        let elsewhere = Bucket::over(bucket, runtime.handle().clone());
+        let dir = tempfile::tempdir().unwrap();
+        let backends = Backends::open_rocksdb(dir.path(), Budget::new(1 << 30, 0.9, 0.8), 1000)
+            .unwrap()
+            .with_shared_store(here);
+        let (entries, follower) = (Arc::clone(&backends.go_entries), backends.purges.clone().unwrap());
+
+        let (namespace, action_id) = ("pr-1", ActionId([7; 32]));
+        let entry = GoEntry {
+            output_id: proto::OutputId([1; 32]),
+            digest: proto::Digest::of(b"poisoned"),
+            time_unix_nanos: 1,
+        };
+        elsewhere.put_entry(namespace, &action_id, &entry).unwrap();
+        let lookup = std::thread::spawn({
+            let entries = Arc::clone(&entries);
+            move || entries.get(namespace, &action_id).unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        // The purge through the other replica, then this one following it.
+        elsewhere.purge_namespace(namespace).unwrap();
+        elsewhere.mark_purged(namespace).unwrap();
+        assert_eq!(follower.catch_up().unwrap(), 1);
+        assert!(!lookup.is_finished(), "the lookup was to be under way during the purge");
+        lookup.join().unwrap();
+        assert_eq!(entries.get(namespace, &action_id).unwrap(), None, "the purged entry came back");
     }
 }

@@ -23,17 +23,40 @@ use crate::gocache::GoEntryStore;
 /// How often a replica looks for purges through the others: one LIST of a few keys.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How many purges of each namespace this replica has applied to its local copies. A lookup
+/// that fetched an entry from the bucket while a purge was applied may have read it before the
+/// bucket's purge: it notes the count before its read and drops the copy it kept if the
+/// count moved meanwhile, or the copy would outlive the purge (local hits never ask the bucket
+/// again). Counts go up before the local copies are dropped.
+#[derive(Default)]
+pub struct PurgeEpochs(Mutex<HashMap<String, u64>>);
+
+impl PurgeEpochs {
+    pub fn of(&self, namespace: &str) -> u64 {
+        self.lock().get(namespace).copied().unwrap_or(0)
+    }
+
+    pub fn advance(&self, namespace: &str) {
+        *self.lock().entry(namespace.to_owned()).or_default() += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.0.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
 pub struct PurgeFollower {
     bucket: Arc<Bucket>,
     /// This replica's own RocksDB entries, under the shared tier.
     local: Arc<dyn GoEntryStore>,
+    epochs: Arc<PurgeEpochs>,
     /// Each marker applied since start, by key: the version it had.
     applied: Mutex<HashMap<String, String>>,
 }
 
 impl PurgeFollower {
-    pub fn new(bucket: Arc<Bucket>, local: Arc<dyn GoEntryStore>) -> Self {
-        Self { bucket, local, applied: Mutex::default() }
+    pub fn new(bucket: Arc<Bucket>, local: Arc<dyn GoEntryStore>, epochs: Arc<PurgeEpochs>) -> Self {
+        Self { bucket, local, epochs, applied: Mutex::default() }
     }
 
     /// Drops the local entries of every namespace purged (through any replica) since this one
@@ -46,6 +69,7 @@ impl PurgeFollower {
                 continue;
             }
             if let Some(namespace) = self.bucket.purged_namespace(&marker)? {
+                self.epochs.advance(&namespace);
                 let dropped = self.local.purge_namespace(&namespace)?;
                 tracing::info!(namespace, dropped, "a purge through another replica: local entries dropped");
                 purged += 1;
