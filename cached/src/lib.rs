@@ -96,7 +96,7 @@ pub async fn run(
         let tasks = (&mut servers, &mut background);
         start_registry(tasks, listener, &config, &backends, &services, &layers, tls.clone())?;
     }
-    follow_purges(&mut background, &backends).await;
+    follow_purges(&mut background, &config, &backends, &scheduler).await;
     let (grpc, health) = server::start(services, layers, &config.limits, listener, tls.clone()).await?;
     if let Some(bucket) = &backends.shared {
         let watch = shared::health::watch(Arc::clone(bucket), health.clone(), background.stop_signal());
@@ -113,17 +113,27 @@ pub async fn run(
     ordered.serve_until(grpc, shutdown).await
 }
 
-/// With a shared bucket: drops the local entries of namespaces purged through other replicas,
-/// first before serving, then in the background.
-async fn follow_purges(background: &mut Tasks, backends: &Backends) {
+/// With a shared bucket: drops the local entries of namespaces purged through other replicas
+/// (and, without a database, this replica's own build records and jobs of them), first before
+/// serving, then in the background.
+async fn follow_purges(
+    background: &mut Tasks,
+    config: &Config,
+    backends: &Backends,
+    scheduler: &Arc<dyn SchedulerBackend>,
+) {
     let Some(follower) = &backends.purges else { return };
-    let first = Arc::clone(follower);
-    match task::spawn_blocking("follow purges", move || first.catch_up()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => tracing::warn!(error = %err, "could not look for purges through other replicas yet"),
-        Err(err) => tracing::warn!(error = %err, "following purges panicked"),
+    let records = config.database.is_none().then(|| shared::purges::LocalRecords {
+        build_records: Arc::clone(&backends.build_records),
+        scheduler: Arc::clone(scheduler),
+    });
+    if let Err(err) = shared::purges::catch_up(follower, records.as_ref()).await {
+        tracing::warn!(error = %err, "could not look for purges through other replicas yet");
     }
-    background.spawn("follow purges", shared::purges::follow(Arc::clone(follower), background.stop_signal()));
+    background.spawn(
+        "follow purges",
+        shared::purges::follow(Arc::clone(follower), records, background.stop_signal()),
+    );
 }
 
 /// The metrics, and the queue gauges they show, which the scheduler's task keeps current.

@@ -153,6 +153,29 @@ fn a_blob_a_build_and_a_purge_through_one_replica_reach_another() {
     }
 }
 
+/// Without a database each replica keeps its own whole-build records: a purge through another
+/// replica reaches them through the bucket's marker too, or the purged build would still be
+/// restored here.
+#[test]
+fn a_purge_through_one_replica_reaches_anothers_whole_build_records() {
+    let s3 = S3Server::start();
+    let (a, b) = (s3.replica(), s3.replica());
+    let module = cached_e2e::remote::TinyModule::new();
+    let build = || {
+        let built = run(module.cachectl(&b.url(), &["go", "build", "-trimpath", "-o", "app", "."]));
+        built.success("cachectl go build").stderr
+    };
+    build();
+    assert!(build().contains("cachectl: cache hit"), "the second build through B is a hit");
+    let purged = cachectl(&a, &["admin", "purge", "--namespace", "default"]);
+    assert!(purged.status.success(), "{}", String::from_utf8_lossy(&purged.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while build().contains("cachectl: cache hit") {
+        assert!(Instant::now() < deadline, "B still restores a build purged through A");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Bytes free on the file system of `path`, as df says.
 fn free_bytes(path: &Path) -> u64 {
     let out = Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().expect("df");

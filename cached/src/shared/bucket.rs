@@ -3,8 +3,9 @@
 //! call is bounded by `request_timeout` (retries included) and counted; a failure for want of
 //! the bucket becomes `SharedStoreUnavailable`, naming the store.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,6 +41,14 @@ pub struct Bucket {
     url: String,
     pub counters: Arc<SharedCounters>,
     lookups: LookupBudget,
+    /// The ids of the purge markers this process wrote: its own purges, applied already.
+    marked: Mutex<HashSet<String>>,
+}
+
+/// A purge marker read back: which namespace, and whether this process wrote it.
+pub(super) struct PurgeNotice {
+    pub(super) namespace: String,
+    pub(super) ours: bool,
 }
 
 impl Bucket {
@@ -78,6 +87,7 @@ impl Bucket {
             url: settings.url(),
             counters: Arc::new(SharedCounters::default()),
             lookups: LookupBudget::new(settings.lookups_per_token),
+            marked: Mutex::default(),
         }))
     }
 
@@ -91,6 +101,7 @@ impl Bucket {
             url: "memory://".to_owned(),
             counters: Arc::new(SharedCounters::default()),
             lookups: LookupBudget::new(None),
+            marked: Mutex::default(),
         })
     }
 
@@ -233,7 +244,9 @@ impl Bucket {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|err| Error::Internal(format!("no randomness: {err}")))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let body = format!("{}-{:016x}\n{namespace}", now.as_millis(), u64::from_le_bytes(nonce));
+        let id = format!("{}-{:016x}", now.as_millis(), u64::from_le_bytes(nonce));
+        let body = format!("{id}\n{namespace}");
+        self.lock_marked().insert(id);
         self.call(self.store.put(&self.layout.purge_marker(namespace), PutPayload::from(body)))?;
         Ok(())
     }
@@ -260,12 +273,19 @@ impl Bucket {
     }
 
     /// The namespace a purge marker names; `None` if it went away meanwhile.
-    pub(super) fn purged_namespace(&self, marker: &PurgeMarker) -> Result<Option<String>> {
+    pub(super) fn purged_namespace(&self, marker: &PurgeMarker) -> Result<Option<PurgeNotice>> {
         let Some(body) = self.call(async { self.store.get(&marker.key).await?.bytes().await })? else {
             return Ok(None);
         };
         let body = String::from_utf8_lossy(&body);
-        Ok(body.split_once('\n').map(|(_, namespace)| namespace.to_owned()))
+        Ok(body.split_once('\n').map(|(id, namespace)| PurgeNotice {
+            namespace: namespace.to_owned(),
+            ours: self.lock_marked().contains(id),
+        }))
+    }
+
+    fn lock_marked(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.marked.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Asks the bucket for an object that is never written: any answer (a miss) proves it

@@ -161,15 +161,18 @@ mod tests {
             time_unix_nanos: 1,
         };
         elsewhere.put_entry(namespace, &action_id, &entry).unwrap();
-        let lookup = std::thread::spawn({
-            let entries = Arc::clone(&entries);
-            move || entries.get(namespace, &action_id).unwrap()
-        });
+        let lookup = std::thread::Builder::new()
+            .name("lookup".into())
+            .spawn({
+                let entries = Arc::clone(&entries);
+                move || entries.get(namespace, &action_id).unwrap()
+            })
+            .unwrap();
         std::thread::sleep(Duration::from_millis(100));
         // The purge through the other replica, then this one following it.
         elsewhere.purge_namespace(namespace).unwrap();
         elsewhere.mark_purged(namespace).unwrap();
-        assert_eq!(follower.catch_up().unwrap(), 1);
+        assert_eq!(follower.catch_up().unwrap(), [namespace]);
         assert!(!lookup.is_finished(), "the lookup was to be under way during the purge");
         lookup.join().unwrap();
         assert_eq!(entries.get(namespace, &action_id).unwrap(), None, "the purged entry came back");

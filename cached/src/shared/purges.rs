@@ -17,8 +17,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Bucket;
+use crate::admin::{Purged, purge_with_jobs};
+use crate::builds::BuildRecords;
 use crate::error::Result;
 use crate::gocache::GoEntryStore;
+use crate::scheduler::backend::SchedulerBackend;
 
 /// How often a replica looks for purges through the others: one LIST of a few keys.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(5);
@@ -60,19 +63,21 @@ impl PurgeFollower {
     }
 
     /// Drops the local entries of every namespace purged (through any replica) since this one
-    /// last looked; how many namespaces. Blocking.
-    pub fn catch_up(&self) -> Result<usize> {
-        let mut purged = 0;
+    /// last looked; those namespaces. Blocking.
+    pub fn catch_up(&self) -> Result<Vec<String>> {
+        let mut purged = Vec::new();
         for marker in self.bucket.purge_markers()? {
             let key = marker.key.to_string();
             if self.lock().get(&key) == Some(&marker.version) {
                 continue;
             }
-            if let Some(namespace) = self.bucket.purged_namespace(&marker)? {
+            // This replica's own purges were applied as they were made.
+            let notice = self.bucket.purged_namespace(&marker)?.filter(|notice| !notice.ours);
+            if let Some(namespace) = notice.map(|notice| notice.namespace) {
                 self.epochs.advance(&namespace);
                 let dropped = self.local.purge_namespace(&namespace)?;
                 tracing::info!(namespace, dropped, "a purge through another replica: local entries dropped");
-                purged += 1;
+                purged.push(namespace);
             }
             self.lock().insert(key, marker.version);
         }
@@ -84,9 +89,55 @@ impl PurgeFollower {
     }
 }
 
+/// What a replica without a database keeps of a namespace on its own besides Go entries:
+/// whole-build records and jobs. A purge through another replica reaches them through the
+/// marker too, or its whole builds would still be restored here, and its jobs (whose lease
+/// credentials write to the bucket) go on or be reused.
+pub struct LocalRecords {
+    pub build_records: Arc<dyn BuildRecords>,
+    pub scheduler: Arc<dyn SchedulerBackend>,
+}
+
+impl LocalRecords {
+    async fn purge(&self, namespace: &str) -> Result<()> {
+        let records = Arc::clone(&self.build_records);
+        let target = namespace.to_owned();
+        let report = purge_with_jobs(&*self.scheduler, namespace, move || {
+            Ok(Purged { go_entries: 0, build_records: records.purge_namespace(&target)? })
+        })
+        .await?;
+        tracing::info!(
+            namespace,
+            build_records = report.purged.build_records,
+            jobs_revoked = report.jobs_revoked,
+            jobs_cancelled = report.jobs_cancelled,
+            "a purge through another replica: local records and jobs purged"
+        );
+        Ok(())
+    }
+}
+
+/// Catches up once: local entries, then local records when the replica keeps them alone.
+pub async fn catch_up(follower: &Arc<PurgeFollower>, records: Option<&LocalRecords>) -> Result<()> {
+    let follower = Arc::clone(follower);
+    let purged = crate::task::spawn_blocking("follow purges", move || follower.catch_up())
+        .await
+        .map_err(|err| crate::error::Error::Internal(format!("following purges: {err}")))??;
+    if let Some(records) = records {
+        for namespace in purged {
+            records.purge(&namespace).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Catches up every `FOLLOW_INTERVAL` until `stop`. A bucket that does not answer is reported
 /// by the shared tier's health; the next look tries again.
-pub async fn follow(follower: Arc<PurgeFollower>, mut stop: watch::Receiver<bool>) {
+pub async fn follow(
+    follower: Arc<PurgeFollower>,
+    records: Option<LocalRecords>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(FOLLOW_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -94,11 +145,8 @@ pub async fn follow(follower: Arc<PurgeFollower>, mut stop: watch::Receiver<bool
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        let follower = Arc::clone(&follower);
-        match crate::task::spawn_blocking("follow purges", move || follower.catch_up()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::debug!(error = %err, "could not look for purges through other replicas"),
-            Err(err) => tracing::warn!(error = %err, "following purges panicked"),
+        if let Err(err) = catch_up(&follower, records.as_ref()).await {
+            tracing::debug!(error = %err, "could not look for purges through other replicas");
         }
     }
 }
