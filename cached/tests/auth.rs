@@ -486,6 +486,34 @@ async fn a_flooding_token_is_rate_limited_while_another_is_served() {
     server.stop().await;
 }
 
+/// A token of some namespaces sees the counters of those: not the per-API totals, which sum
+/// every tenant's traffic (hits and misses, bytes), nor the shared store's.
+#[tokio::test]
+async fn stats_show_a_namespace_token_no_other_tenants_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = [
+        spec("team-a", "read,cas-write,ac-write", "a", None),
+        spec("team-b", "read", "b", None),
+        spec("ops", "read", "*", None),
+    ];
+    let tokens_file = write_tokens(dir.path(), &specs);
+    let server = Server::start(&dir.path().join("data"), &[("tokens_file", &tokens_file)]).await;
+    let mut clients = clients(&server).await;
+    let lookup = v1::GoGetRequest { namespace: "a".into(), action_id: vec![7; 32].into() };
+    clients.go.get(request(lookup, Some(&secret_of("team-a")))).await.unwrap();
+    let stats_of = |name: &str| {
+        let mut stats = clients.stats.clone();
+        let secret = secret_of(name);
+        async move { stats.get(request(v1::StatsRequest {}, Some(&secret))).await.unwrap().into_inner() }
+    };
+    let theirs = stats_of("team-b").await;
+    assert!(theirs.apis.is_empty(), "team-b sees every tenant's traffic: {:?}", theirs.apis);
+    assert!(theirs.namespaces.iter().all(|ns| ns.namespace == "b"), "{:?}", theirs.namespaces);
+    let ops = stats_of("ops").await;
+    assert!(ops.apis.iter().any(|api| api.api == "GoCache.Get" && api.misses > 0), "{:?}", ops.apis);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn action_cache_writes_and_jobs_are_audited_and_secrets_never_logged() {
     let (captured, _guard) = common::logs::capture();

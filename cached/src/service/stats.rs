@@ -26,9 +26,14 @@ impl StatsService {
 /// anyone's, so only a token that may use every namespace sees their sum.
 fn may_see(grant: &Grant, namespace: &str) -> bool {
     if namespace == OTHER_NAMESPACES {
-        return grant.namespaces.contains(&NamespacePattern::Any);
+        return sees_everything(grant);
     }
     grant.allows_namespace(namespace)
+}
+
+/// Whether `grant` may use every namespace, and so see counters summed over all of them.
+fn sees_everything(grant: &Grant) -> bool {
+    grant.namespaces.contains(&NamespacePattern::Any)
 }
 
 fn shared_store(url: &str, counters: &SharedCounters) -> v1::SharedStoreStats {
@@ -69,9 +74,12 @@ fn snapshot(stats: &Stats, store: &dyn StoreUsage, space: &FreeSpace, grant: &Gr
             disk_free_bytes: space.available().unwrap_or(0),
             min_free_bytes: space.floor(),
         }),
+        // Counted over every namespace: another tenant's traffic is not a namespace-scoped
+        // token's to see.
         apis: stats
             .apis()
             .into_iter()
+            .filter(|_| sees_everything(grant))
             .map(|(api, c)| v1::ApiStats {
                 api,
                 requests: load(&c.requests),
@@ -82,7 +90,11 @@ fn snapshot(stats: &Stats, store: &dyn StoreUsage, space: &FreeSpace, grant: &Gr
                 bytes_out: load(&c.bytes_out),
             })
             .collect(),
-        shared_store: stats.shared_store.get().map(|(url, counters)| shared_store(url, counters)),
+        shared_store: stats
+            .shared_store
+            .get()
+            .filter(|_| sees_everything(grant))
+            .map(|(url, counters)| shared_store(url, counters)),
         namespaces: stats
             .namespaces()
             .into_iter()
