@@ -192,6 +192,7 @@ impl Bucket {
         let path = self.layout.blob(digest);
         let Some(result) = self.call(self.store.get(&path))? else { return Ok(None) };
         Ok(Some(ObjectFrames {
+            e_tag: result.meta.e_tag.clone(),
             chunks: result.into_stream(),
             runtime: self.runtime.clone(),
             store: Arc::clone(&self.store),
@@ -346,6 +347,10 @@ pub struct ObjectFrames {
     runtime: Handle,
     store: Arc<dyn ObjectStore>,
     path: object_store::path::Path,
+    /// The version first read: a resumed read takes the rest of that version or nothing, so
+    /// an object written again meanwhile (another replica's upload of the same blob, framed
+    /// otherwise) is not spliced into one that looks corrupt and is deleted.
+    e_tag: Option<String>,
     received: u64,
     resumes_left: u8,
     buffer: Vec<u8>,
@@ -381,7 +386,8 @@ impl ObjectFrames {
     }
 
     fn resume(&mut self) -> Result<(), FramesError> {
-        let options = GetOptions::default().with_range(Some(GetRange::Offset(self.received)));
+        let options = GetOptions { if_match: self.e_tag.clone(), ..GetOptions::default() }
+            .with_range(Some(GetRange::Offset(self.received)));
         let result = self.runtime.block_on(self.store.get_opts(&self.path, options));
         self.chunks = result.map_err(FramesError::Unreachable)?.into_stream();
         Ok(())
