@@ -398,8 +398,16 @@ impl BodyWriter {
             set_executable(file.as_file()).map_err(io_at(&self.dest))?;
             match file.persist_noclobber(&self.dest) {
                 Ok(_) => {}
-                // Another process stored the same verified body first; theirs is as good.
-                Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => {}
+                // Another process stored the same verified body first; theirs is as good, if it
+                // is the body's size. One that is not (cut short by a crash, damaged) is what
+                // made this body be written: the verified one replaces it.
+                Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => {
+                    let there =
+                        fs::metadata(&self.dest).is_ok_and(|m| m.is_file() && m.len() == self.expected);
+                    if !there {
+                        err.file.persist(&self.dest).map_err(|err| io_at(&self.dest)(err.error))?;
+                    }
+                }
                 Err(err) => return Err(io_at(&self.dest)(err.error)),
             }
         }
@@ -633,6 +641,25 @@ mod tests {
         assert!(tier.lookup(&ActionId([1; 32])).unwrap().is_none());
         fs::remove_file(&path).unwrap();
         assert!(tier.lookup(&ActionId([1; 32])).unwrap().is_none());
+    }
+
+    /// A body file cut short (a crash: nothing is synced) or damaged makes its entry a miss,
+    /// and the body fetched or built again replaces it: the path handed to the go command is
+    /// never the damaged file.
+    #[test]
+    fn a_damaged_body_is_replaced_by_the_next_verified_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 1 << 30).unwrap();
+        let path = put(&tier, 1, b"whole body");
+        fs::write(&path, b"").unwrap();
+        assert!(tier.lookup(&ActionId([1; 32])).unwrap().is_none());
+        let mut writer = tier.landing_writer(output_id(b"whole body"), Digest::of(b"whole body")).unwrap();
+        writer.write(b"whole body").unwrap();
+        assert_eq!(writer.commit().unwrap(), path);
+        assert_eq!(fs::read(&path).unwrap(), b"whole body");
+        fs::write(&path, b"short").unwrap();
+        assert_eq!(put(&tier, 1, b"whole body"), path);
+        assert_eq!(fs::read(&path).unwrap(), b"whole body");
     }
 
     #[test]
