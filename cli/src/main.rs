@@ -128,6 +128,10 @@ enum Command {
         /// Namespace of the build and Go action entries.
         #[arg(long, env = "CACHED_NAMESPACE", default_value = "")]
         namespace: String,
+        /// Look up only: record no build and upload nothing, the bridge included (an untrusted
+        /// build whose token may write; also CACHED_READ_ONLY=1).
+        #[arg(long, env = "CACHED_READ_ONLY", value_parser = BoolishValueParser::new())]
+        read_only: bool,
         #[command(subcommand)]
         command: GoCommand,
     },
@@ -220,13 +224,13 @@ async fn run(cli: Cli) -> Result<()> {
             let client = Client::connect(&cli.server, &connect).await?;
             commands::stats::run(&client, json, since).await
         }
-        Command::Go { namespace, command } => {
+        Command::Go { namespace, read_only, command } => {
             let code = match command {
                 GoCommand::Build { args } => {
-                    commands::gobuild::build(&cli.server, &connect, namespace, args).await?
+                    commands::gobuild::build(&cli.server, &connect, namespace, read_only, args).await?
                 }
                 GoCommand::Test { args } => {
-                    commands::gobuild::test(&cli.server, &connect, namespace, args).await?
+                    commands::gobuild::test(&cli.server, &connect, namespace, read_only, args).await?
                 }
             };
             if code != 0 {

@@ -70,6 +70,9 @@ pub struct BuildOptions {
     pub exec: Arc<dyn Exec>,
     /// How the GOCACHEPROG bridge of a miss connects: the token and TLS files it is handed.
     pub bridge_connect: ConnectOptions,
+    /// Look up only: a miss uploads nothing and records no build, and its bridge runs
+    /// read-only (an untrusted build, such as a pull request's, whose token may write).
+    pub read_only: bool,
 }
 
 impl Default for BuildOptions {
@@ -81,6 +84,7 @@ impl Default for BuildOptions {
             timeout: Duration::from_secs(20),
             exec: Arc::new(Processes::default()),
             bridge_connect: ConnectOptions::default(),
+            read_only: false,
         }
     }
 }
@@ -125,6 +129,9 @@ pub type BridgeEnv = (Vec<(String, String)>, Vec<String>);
 /// The environment that points the GOCACHEPROG bridge (`program`) at `server`, with the token
 /// and TLS settings of `connect` (passed by environment, never on a command line, never
 /// logged), and the variables to remove so the bridge sees the token one way only.
+/// Where the bridge reads that it may not upload.
+pub const READ_ONLY_VAR: &str = "CACHED_READ_ONLY";
+
 pub fn bridge_env(server: &str, namespace: &str, program: String, connect: &ConnectOptions) -> BridgeEnv {
     let mut env = vec![
         ("GOCACHEPROG".to_owned(), program),
@@ -202,7 +209,12 @@ impl Run<'_> {
     ) -> Result<(i32, Duration), ClientError> {
         let bridge = client.map(|client| {
             let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
-            bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect)
+            let (mut env, remove) =
+                bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect);
+            if self.options.read_only {
+                env.push((READ_ONLY_VAR.to_owned(), "true".to_owned()));
+            }
+            (env, remove)
         });
         let go_cache = go_cache.with_program(bridge.is_some() || self.names_cache_program());
         let mut env = self.request.env.clone();
@@ -433,7 +445,10 @@ pub async fn build_with(
         explanation: Some(lines.join("\n")),
         exit_code,
     };
-    if exit_code == 0 {
+    if exit_code == 0 && options.read_only {
+        say(log, "read-only: the build was not recorded");
+        outcome.outputs = outputs::hash(&planned).await;
+    } else if exit_code == 0 {
         match record(client, request, &target, &key, wire_manifest, &planned, build_time, options.timeout)
             .await
         {

@@ -51,8 +51,8 @@ pub struct Args {
     /// Use the local cache directory only; never contact cached.
     #[arg(long)]
     local_only: bool,
-    /// Fetch from cached but never upload.
-    #[arg(long, env = "CACHED_READ_ONLY")]
+    /// Fetch from cached but never upload (CACHED_READ_ONLY=1, true, yes or on).
+    #[arg(long, env = "CACHED_READ_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
     read_only: bool,
     /// How long the end of a go command waits for pending uploads.
     #[arg(long, env = "CACHED_CLOSE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]

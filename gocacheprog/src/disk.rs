@@ -461,15 +461,9 @@ fn parse_entry(text: &str) -> Option<Entry> {
     Some(Entry { output_id: OutputId(output_id), size, time_unix_nanos })
 }
 
-fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+/// 32 bytes written as 64 hex digits (nothing else: no sign, no spaces).
+pub(crate) fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    blake3::Hash::from_hex(hex).ok().map(|hash| *hash.as_bytes())
 }
 
 /// Refreshes the mtime that LRU trimming orders by. Best effort: a failure only makes the file

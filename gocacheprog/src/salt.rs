@@ -33,15 +33,7 @@ pub fn parse(text: &str) -> Result<Salt, String> {
              CACHED_ACTION_SALT unset otherwise"
         )
     };
-    if text.len() != 64 {
-        return Err(wrong());
-    }
-    let mut salt = [0u8; 32];
-    for (byte, pair) in salt.iter_mut().zip(text.as_bytes().chunks(2)) {
-        let pair = std::str::from_utf8(pair).map_err(|_| wrong())?;
-        *byte = u8::from_str_radix(pair, 16).map_err(|_| wrong())?;
-    }
-    Ok(Salt(salt))
+    crate::disk::parse_hex32(text).map(Salt).ok_or_else(wrong)
 }
 
 #[cfg(test)]
@@ -60,7 +52,7 @@ mod tests {
     #[test]
     fn a_salt_is_64_hex_digits() {
         assert_eq!(parse(&"ab".repeat(32)).unwrap(), Salt([0xab; 32]));
-        for bad in ["", "ab", &"zz".repeat(32), &"ab".repeat(33)] {
+        for bad in ["", "ab", &"zz".repeat(32), &"ab".repeat(33), &"+a".repeat(32)] {
             assert!(parse(bad).unwrap_err().contains("not 64 hex digits"), "{bad:?}");
         }
     }

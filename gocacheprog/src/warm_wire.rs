@@ -90,14 +90,7 @@ pub fn parse_answer(line: &str) -> Option<(ActionId, Answer)> {
 }
 
 fn parse_action(hex: &str) -> Option<ActionId> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(ActionId(out))
+    crate::disk::parse_hex32(hex).map(ActionId)
 }
 
 /// The longest line either side sends (a `session` line is about 140 bytes).

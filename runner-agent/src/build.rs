@@ -99,6 +99,7 @@ impl Builder {
             timeout: Duration::from_secs(20),
             exec: Arc::clone(&exec) as Arc<dyn Exec>,
             bridge_connect: self.bridge_connect.clone(),
+            read_only: false,
         };
         let request = BuildRequest {
             module_dir: input.module_dir.clone(),

@@ -350,6 +350,30 @@ fn unchanged_builds_hit_and_every_miss_names_its_cause() {
     assert_eq!(unknown.status.code(), Some(2), "{}", unknown.stderr);
 }
 
+/// A read-only build (an untrusted pull request's, whose token may write) looks up but records
+/// nothing: its binary, linked from what a read-only bridge served (its own untrusted local
+/// records among them), is never a later build's hit, and its bridge uploads nothing.
+#[test]
+fn a_read_only_build_records_nothing() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    for read_only in ["1", "yes"] {
+        let built = ws.build(&["-trimpath"], &[("CACHED_READ_ONLY", read_only)]).success("read-only build");
+        assert!(headline(&built.stderr).contains("cache miss"), "{}", built.stderr);
+        assert!(built.stderr.contains("read-only: the build was not recorded"), "{}", built.stderr);
+    }
+    let stats = ws.json(&["stats", "--json"]);
+    let puts: u64 =
+        stats["namespaces"].as_array().unwrap().iter().map(|ns| ns["go_puts"].as_u64().unwrap()).sum();
+    assert_eq!(puts, 0, "a read-only bridge uploaded: {stats}");
+    let after = ws.build(&["-trimpath"], &[]).success("trusted build");
+    assert!(
+        headline(&after.stderr).contains("cache miss"),
+        "the read-only build was recorded: {}",
+        after.stderr
+    );
+}
+
 #[test]
 fn with_the_server_down_go_still_builds() {
     let ws = Workspace::new(format!("http://127.0.0.1:{}", free_port()));

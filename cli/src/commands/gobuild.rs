@@ -33,6 +33,7 @@ pub async fn build(
     server: &str,
     options: &ConnectOptions,
     namespace: String,
+    read_only: bool,
     args: Vec<String>,
 ) -> Result<i32> {
     let dir = std::env::current_dir().map_err(ClientError::file("."))?;
@@ -57,8 +58,12 @@ pub async fn build(
         confine_to: Vec::new(),
     };
     let client = connect(server, options).await?;
-    let build_options =
-        BuildOptions { inherit_stdio: true, bridge_connect: options.clone(), ..BuildOptions::default() };
+    let build_options = BuildOptions {
+        inherit_stdio: true,
+        bridge_connect: options.clone(),
+        read_only,
+        ..BuildOptions::default()
+    };
     let outcome = gobuild::build_with(client.as_ref(), &request, &build_options, &mut log_line).await?;
     Ok(outcome.exit_code)
 }
@@ -69,6 +74,7 @@ pub async fn test(
     server: &str,
     options: &ConnectOptions,
     namespace: String,
+    read_only: bool,
     args: Vec<String>,
 ) -> Result<i32> {
     let dir = std::env::current_dir().map_err(ClientError::file("."))?;
@@ -90,7 +96,12 @@ pub async fn test(
         invocation.args.insert(at, "-a".to_owned());
     }
     let bridge = client.as_ref().map(|client| {
-        gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog(), options)
+        let (mut env, remove) =
+            gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog(), options);
+        if read_only {
+            env.push((gobuild::build::READ_ONLY_VAR.to_owned(), "true".to_owned()));
+        }
+        (env, remove)
     });
     invocation.env_remove = go_cache.apply(bridge, &mut invocation.env);
     Processes::default().stream(&invocation, Sink::Inherit).await.map_err(ClientError::run("go"))
