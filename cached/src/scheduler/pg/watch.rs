@@ -105,8 +105,11 @@ impl PgScheduler {
             let client = self.db.client().await?;
             let rows = client
                 .query(
-                    "SELECT e.job_id, e.seq, e.event FROM job_events e \
-                     JOIN unnest($1::text[], $2::int8[]) AS w(job_id, after) ON e.job_id = w.job_id AND e.seq > w.after \
+                    // Each watched job's next events through its (job_id, seq) index, never a
+                    // walk of every job's events in seq order.
+                    "SELECT w.job_id, e.seq, e.event FROM unnest($1::text[], $2::int8[]) AS w(job_id, after) \
+                     CROSS JOIN LATERAL (SELECT seq, event FROM job_events \
+                         WHERE job_id = w.job_id AND seq > w.after ORDER BY seq LIMIT $3) e \
                      ORDER BY e.seq LIMIT $3",
                     &[&jobs, &after, &PAGE],
                 )
