@@ -146,7 +146,10 @@ pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option
     }
     list.push("all".to_owned());
     let Ok(line) = flags::parse_command_line(&list) else { return GoCache::Off };
-    let Ok(flags) = flags::effective("", &line) else { return GoCache::Off };
+    let Ok(mut flags) = flags::effective("", &line) else { return GoCache::Off };
+    // A package that does not load fails its own tests and its dependents'; what the others
+    // read is still known.
+    flags.list_flags.push("-e".to_owned());
     let call = GoCall { exec, go: Path::new("go"), dir, env: &[] };
     match call.read(&flags, &line.packages).await {
         Ok((env, packages)) => for_unkeyed(&env, Some(packages), tree).await,
@@ -218,6 +221,23 @@ mod tests {
         assert_eq!(test_tags(&args(&["-tags=a,b", "./..."])).as_deref(), Some("a,b"));
         assert_eq!(test_tags(&args(&["--tags", "a", "-tags", "b", "."])).as_deref(), Some("b"));
         assert_eq!(test_tags(&args(&["./...", "-args", "-tags=x"])), None);
+    }
+
+    /// One broken package in the module leaves the others' tests their shared cache.
+    #[tokio::test]
+    async fn a_broken_package_does_not_turn_the_tests_cache_off() {
+        let module = tempfile::tempdir().unwrap();
+        crate::testing::write(
+            module.path(),
+            &[
+                ("go.mod", "module example.com/m\n\ngo 1.22\n"),
+                ("good/good.go", "package good\n\nfunc Two() int { return 2 }\n"),
+                ("bad/bad.go", "package bad\n\nimport _ \"example.com/nowhere\"\n"),
+            ],
+        );
+        let exec = crate::exec::Processes::default();
+        let args = ["./good".to_owned()];
+        assert_eq!(for_test(&exec, module.path(), &args, None).await, GoCache::Shared);
     }
 
     #[test]
