@@ -80,6 +80,24 @@ fn heartbeat_ticker(interval: Duration) -> tokio::time::Interval {
     ticker
 }
 
+/// Each task may take `--max-task-disk`; with less free than all of them at once, one job's
+/// files can fail another task's build as a full disk (the agent's trouble, retried
+/// elsewhere) before its own cap stops it.
+fn warn_if_tasks_do_not_fit(work_dir: &std::path::Path, capacity: u32, max_task_disk: u64) {
+    let Ok(stat) = rustix::fs::statvfs(work_dir) else { return };
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let needed = u64::from(capacity).saturating_mul(max_task_disk);
+    if free < needed {
+        tracing::warn!(
+            free_mib = free >> 20,
+            needed_mib = needed >> 20,
+            "the work directory's filesystem has less free space than --concurrency tasks of --max-task-disk \
+             each may take: one job's files can then fail another's build as a full disk; lower either, or \
+             give the work directory more room"
+        );
+    }
+}
+
 /// Runs until `shutdown` resolves and the drain is over.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let go = caps::go_info(&config.go)?;
@@ -99,6 +117,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         c_compilers = %c_compilers.iter().map(|c| format!("{}/{}={}", c.goos, c.goarch, c.cc)).collect::<Vec<_>>().join(","),
         work_dir = %config.work_dir.display(), "runner agent starting"
     );
+    warn_if_tasks_do_not_fit(&config.work_dir, info.capacity, config.max_task_disk);
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|err| format!("{}: {err}", config.work_dir.display()))?;
     let cache =

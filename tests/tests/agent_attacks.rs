@@ -650,6 +650,19 @@ fn the_source_and_module_proxy_trees_share_the_task_disk() {
     assert_eq!(task["attempt"], 1, "a refused tree is not retried: {task}");
 }
 
+/// An operator is told when the work directory cannot hold every task at its disk cap: one
+/// job's files could then fail another's build as a full disk.
+#[test]
+fn an_agent_whose_tasks_do_not_fit_its_disk_says_so() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let agent =
+        Agent::start_with_env(agent_parent(), &cluster, 2, &real_go(), &[("CACHED_MAX_TASK_DISK", "512TiB")]);
+    let said =
+        eventually(Duration::from_secs(20), || agent.log().contains("less free space than --concurrency"));
+    assert!(said, "{}", agent.log());
+}
+
 /// A job's go.mod may replace a module with any path. Through `/proc/self/cwd` the path is the
 /// job's own tree to the go command (run in it as the build user) but the agent's working
 /// directory to the agent, which reads the build key's files (as root): the key hashed, and the
