@@ -553,6 +553,9 @@ async fn derive(
         Ok(flags) => flags,
         Err(err) => return Err(unkeyed(err.0).await),
     };
+    if let Some(reason) = flags::ldflags_read_files(&flags.ldflags) {
+        return Err(unkeyed(format!("{reason}, which the build key does not read")).await);
+    }
     if flags.asm_include_dirs() {
         let reason = "-asmflags gives the assembler include directories (-I), whose headers neither the build \
                       key nor go's cache follows";

@@ -11,9 +11,13 @@ pub struct BuildFlags {
     /// Sorted, without duplicates.
     pub tags: Vec<String>,
     pub trimpath: bool,
-    pub ldflags: String,
-    pub gcflags: String,
-    pub asmflags: String,
+    /// Every `-ldflags` given (GOFLAGS' first), in order: go keeps each with its package
+    /// pattern, and a package takes the last that matches it.
+    pub ldflags: Vec<String>,
+    /// As `ldflags`.
+    pub gcflags: Vec<String>,
+    /// As `ldflags`.
+    pub asmflags: Vec<String>,
     pub buildmode: String,
     pub race: bool,
     pub msan: bool,
@@ -35,13 +39,86 @@ impl BuildFlags {
     /// Whether `-asmflags` gives the assembler include directories (`-I dir`, for all packages
     /// or a pattern's): go keys its action IDs by the flag's text, not by the headers there.
     pub fn asm_include_dirs(&self) -> bool {
-        names_include_dirs(&self.asmflags)
+        self.asmflags.iter().any(|value| names_include_dirs(value))
     }
 }
 
-/// Whether an `-asmflags` value (`[pattern=]flags`) holds `-I`.
+/// Why `-ldflags` makes the link read what the build key does not: `-extld` names the
+/// linker program, and `-extldflags` may name files (`@file` responses, scripts, objects by
+/// absolute path) whose contents the flag's text does not say.
+pub fn ldflags_read_files(values: &[String]) -> Option<String> {
+    for words in values.iter().map(|value| per_package_words(value)) {
+        let mut words = words.iter();
+        while let Some(word) = words.next() {
+            let name = word.strip_prefix("--").or_else(|| word.strip_prefix('-')).unwrap_or("");
+            let (name, joined) =
+                name.split_once('=').map_or((name, None), |(name, value)| (name, Some(value)));
+            match name {
+                "extld" => return Some("-ldflags names the external linker (-extld)".to_owned()),
+                "extldflags" => {
+                    let value =
+                        joined.map(str::to_owned).or_else(|| words.next().cloned()).unwrap_or_default();
+                    if quoted_fields(&value).iter().any(|flag| names_a_file(flag)) {
+                        return Some("-ldflags -extldflags names files for the external linker".to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// Whether a C compiler or linker argument names a file: a response file, or an existing
+/// path (an argument, or a value after `=` or in a `-Wl,` list).
+fn names_a_file(argument: &str) -> bool {
+    let pieces = argument.split([',', '=']);
+    argument.contains('@')
+        || pieces.map(|piece| piece.strip_prefix("-T").unwrap_or(piece)).any(|piece| {
+            let path = std::path::Path::new(piece);
+            path.is_absolute() && path.exists()
+        })
+}
+
+/// Whether an `-asmflags` value (`[pattern=]flags`) holds `-I`, in any form the assembler's
+/// flag parsing takes (`-I dir`, `-I=dir`, `--I dir`, quoted).
 pub fn names_include_dirs(asmflags: &str) -> bool {
-    asmflags.split_whitespace().any(|word| word.starts_with("-I") || word.contains("=-I"))
+    per_package_words(asmflags).iter().any(|word| {
+        let name = word.strip_prefix("--").or_else(|| word.strip_prefix('-')).unwrap_or("");
+        name.split_once('=').map_or(name, |(name, _)| name) == "I"
+    })
+}
+
+/// The tool flags of a per-package flag's value as go splits them: past an optional
+/// `pattern=`, fields at spaces, a field that starts with a quote running to the same quote.
+pub fn per_package_words(value: &str) -> Vec<String> {
+    let value = value.trim();
+    if value.starts_with('-') {
+        quoted_fields(value)
+    } else {
+        quoted_fields(value.split_once('=').map_or("", |(_, flags)| flags))
+    }
+}
+
+/// Fields at spaces, a field that starts with a quote running to the same quote (go's
+/// `quoted.Split`).
+fn quoted_fields(text: &str) -> Vec<String> {
+    let mut rest = text;
+    let mut words = Vec::new();
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', '\n', '\r']);
+        let Some(first) = rest.chars().next() else { return words };
+        let (word, after) = if first == '\'' || first == '"' {
+            let inner = &rest[1..];
+            let end = inner.find(first).unwrap_or(inner.len());
+            (&inner[..end], inner.get(end + 1..).unwrap_or(""))
+        } else {
+            let end = rest.find([' ', '\t', '\n', '\r']).unwrap_or(rest.len());
+            (&rest[..end], &rest[end..])
+        };
+        words.push(word.to_owned());
+        rest = after;
+    }
 }
 
 impl Default for BuildFlags {
@@ -50,9 +127,9 @@ impl Default for BuildFlags {
             output: None,
             tags: Vec::new(),
             trimpath: false,
-            ldflags: String::new(),
-            gcflags: String::new(),
-            asmflags: String::new(),
+            ldflags: Vec::new(),
+            gcflags: Vec::new(),
+            asmflags: Vec::new(),
             buildmode: "default".to_owned(),
             race: false,
             msan: false,
@@ -166,9 +243,9 @@ impl BuildFlags {
         match name {
             "o" => self.output = Some(PathBuf::from(text())),
             "tags" => self.tags = split_tags(&text()),
-            "ldflags" => self.ldflags = text(),
-            "gcflags" => self.gcflags = text(),
-            "asmflags" => self.asmflags = text(),
+            "ldflags" => self.ldflags.push(text()),
+            "gcflags" => self.gcflags.push(text()),
+            "asmflags" => self.asmflags.push(text()),
             "buildmode" => {
                 let mode = text();
                 if !matches!(mode.as_str(), "default" | "exe" | "pie") {
@@ -306,6 +383,28 @@ mod tests {
     }
 
     #[test]
+    fn every_per_package_flag_counts_and_is_read_as_go_splits_it() {
+        let line = parse_command_line(&args("-ldflags=-X=main.v=GOOD -ldflags=fmt=-s ./cmd/app")).unwrap();
+        let flags = effective("-ldflags=-w", &line).unwrap();
+        assert_eq!(flags.ldflags, ["-w", "-X=main.v=GOOD", "fmt=-s"]);
+        let line = parse_command_line(&args("-asmflags=-I=inc -asmflags=fmt=-S ./cmd/app")).unwrap();
+        assert!(effective("", &line).unwrap().asm_include_dirs(), "an -I before another -asmflags");
+        assert_eq!(per_package_words("all='-I' \"a b\" -S"), ["-I", "a b", "-S"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rsp");
+        std::fs::write(&file, "-Wl,--defsym=x=1").unwrap();
+        let file = file.display();
+        for files in [
+            format!("-extldflags=@{file}"),
+            format!("-extldflags '-Wl,-T,{file}'"),
+            "-extld=clang".to_owned(),
+        ] {
+            assert!(ldflags_read_files(std::slice::from_ref(&files)).is_some(), "{files}");
+        }
+        assert_eq!(ldflags_read_files(&["-s -w -extldflags=-static".to_owned()]), None);
+    }
+
+    #[test]
     fn flags_and_packages_split_as_go_does() {
         let line =
             parse_command_line(&args("-trimpath -o bin/app -tags=netgo,osusergo --ldflags -s ./cmd/app ./x"))
@@ -315,7 +414,7 @@ mod tests {
         assert!(flags.trimpath);
         assert_eq!(flags.output, Some(PathBuf::from("bin/app")));
         assert_eq!(flags.tags, ["netgo", "osusergo"]);
-        assert_eq!(flags.ldflags, "-s");
+        assert_eq!(flags.ldflags, ["-s"]);
         assert_eq!(flags.buildvcs, "false");
         assert_eq!(flags.modmode, "readonly");
         assert_eq!(flags.list_flags, ["-tags=netgo,osusergo"]);

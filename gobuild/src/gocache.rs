@@ -135,9 +135,7 @@ pub async fn for_unkeyed(env: &GoEnv, packages: Option<Vec<Package>>, tree: Opti
 /// of the module could build (`go list -deps all`, with the command line's `-tags`). Test
 /// files cannot use cgo, so a package's test build reads the files its build does.
 pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option<&Path>) -> GoCache {
-    let goflags = std::env::var("GOFLAGS").unwrap_or_default();
-    let goflags = goflags.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-    if asm_include_dirs(args.iter().chain(&goflags)) {
+    if asm_include_dirs(args) {
         return GoCache::Off;
     }
     let mut list = Vec::new();
@@ -152,14 +150,22 @@ pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option
     flags.list_flags.push("-e".to_owned());
     let call = GoCall { exec, go: Path::new("go"), dir, env: &[] };
     match call.read(&flags, &line.packages).await {
-        Ok((env, packages)) => for_unkeyed(&env, Some(packages), tree).await,
+        Ok((env, packages)) => {
+            // GOFLAGS as go sees it: the environment's, or the user's go env file.
+            let goflags = env.get("GOFLAGS").map_or("", String::as_str);
+            let goflags: Vec<String> = goflags.split_whitespace().map(str::to_owned).collect();
+            if asm_include_dirs(&goflags) {
+                return GoCache::Off;
+            }
+            for_unkeyed(&env, Some(packages), tree).await
+        }
         Err(_) => GoCache::Off,
     }
 }
 
 /// Whether any `-asmflags` of a go command line (or GOFLAGS) gives include directories.
-fn asm_include_dirs<'a>(args: impl IntoIterator<Item = &'a String>) -> bool {
-    let mut args = args.into_iter().take_while(|arg| !matches!(arg.as_str(), "-args" | "--args"));
+fn asm_include_dirs(args: &[String]) -> bool {
+    let mut args = args.iter().take_while(|arg| !matches!(arg.as_str(), "-args" | "--args"));
     while let Some(arg) = args.next() {
         let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else { continue };
         let value = match flag.strip_prefix("asmflags") {
@@ -245,6 +251,9 @@ mod tests {
         let args = |list: &[&str]| list.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
         assert!(asm_include_dirs(&args(&["-asmflags=-I=../inc", "./..."])));
         assert!(asm_include_dirs(&args(&["--asmflags", "all=-I ../inc", "./..."])));
+        assert!(asm_include_dirs(&args(&["-asmflags=--I=../inc", "./..."])));
+        assert!(asm_include_dirs(&args(&["-asmflags=all='-I' ../inc", "./..."])));
+        assert!(asm_include_dirs(&args(&["-asmflags", "-trimpath=x -I=../inc", "./..."])));
         assert!(!asm_include_dirs(&args(&["-asmflags=-trimpath", "./...", "-args", "-asmflags=-I=x"])));
         assert!(!asm_include_dirs(&args(&["-gcflags=-I=x", "./..."])));
     }

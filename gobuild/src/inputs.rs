@@ -94,12 +94,18 @@ const COMPILER_ENV: &[&str] = &[
     "PKG_CONFIG_PATH",
     "PKG_CONFIG_LIBDIR",
     "PKG_CONFIG_SYSROOT_DIR",
+    "LD_RUN_PATH",
+    "LD_LIBRARY_PATH",
+    "LDEMULATION",
+    "GNUTARGET",
 ];
 
 /// Whether go may link with the C compiler without a cgo package: asked for with
-/// `-linkmode=external`, or by build modes and instrumentation that need it on some targets.
-fn links_externally(flags: &BuildFlags) -> bool {
-    flags.ldflags.contains("linkmode")
+/// `-linkmode=external` or GO_EXTLINK_ENABLED=1, or by build modes and instrumentation that
+/// need it on some targets.
+fn links_externally(flags: &BuildFlags, extlink_enabled: bool) -> bool {
+    extlink_enabled
+        || flags.ldflags.iter().any(|value| value.contains("linkmode"))
         || flags.race
         || flags.msan
         || flags.asan
@@ -337,9 +343,10 @@ pub async fn derive(
 
     manifest.shown("flag.tags", &flags.tags.join(","));
     manifest.shown("flag.trimpath", &flags.trimpath.to_string());
-    manifest.hidden("flag.ldflags", &flags.ldflags);
-    manifest.hidden("flag.gcflags", &flags.gcflags);
-    manifest.hidden("flag.asmflags", &flags.asmflags);
+    // One value as it is (the keys of earlier versions); several joined by NULs, in order.
+    manifest.hidden("flag.ldflags", &flags.ldflags.join("\0"));
+    manifest.hidden("flag.gcflags", &flags.gcflags.join("\0"));
+    manifest.hidden("flag.asmflags", &flags.asmflags.join("\0"));
     manifest.shown("flag.buildmode", &flags.buildmode);
     manifest.shown("flag.race", &flags.race.to_string());
     manifest.shown("flag.msan", &flags.msan.to_string());
@@ -520,7 +527,8 @@ pub async fn derive(
     }
     // With cgo on, CC compiles the cgo packages and links every binary go links externally
     // (cgo in use, or asked for): a pure Go program linked by another compiler differs.
-    if cgo_on && (cgo || links_externally(flags)) {
+    let extlink_enabled = call.build_var("GO_EXTLINK_ENABLED").is_some_and(|value| value == "1");
+    if cgo_on && (cgo || links_externally(flags, extlink_enabled)) {
         compiler_identity(call, &mut manifest, "CC", var(env, "CC")).await?;
         for name in COMPILER_ENV {
             if let Some(value) = call.build_var(name) {
@@ -1145,6 +1153,14 @@ mod tests {
         let external = key(EXTERNAL, vec![("CC", "gcc")]).await;
         assert_ne!(key(EXTERNAL, vec![("CC", "gcc -static")]).await, external, "CC of an external link");
         assert_ne!(key(EXTERNAL, vec![("CC", "gcc"), ("LIBRARY_PATH", "/opt/lib")]).await, external);
+        assert_ne!(key(EXTERNAL, vec![("CC", "gcc"), ("LD_RUN_PATH", "/tmp/evil")]).await, external);
+        const PURE: &[&str] = &["-buildvcs=false", "-trimpath", "."];
+        let forced = |cc: &'static str| key(PURE, vec![("CC", cc), ("GO_EXTLINK_ENABLED", "1")]);
+        assert_ne!(
+            forced("gcc").await,
+            forced("gcc -static").await,
+            "CC of a link GO_EXTLINK_ENABLED forces"
+        );
 
         // Where go records none of them, none is keyed.
         const TRIMPATH: &[&str] = &["-buildvcs=false", "-trimpath", "."];
