@@ -114,6 +114,9 @@ pub async fn for_unkeyed(env: &GoEnv, packages: Option<Vec<Package>>, tree: Opti
     if scans.is_empty() {
         return GoCache::Shared;
     }
+    if inputs::refuse_reading_flags(env).is_err() {
+        return GoCache::Off;
+    }
     let scanned = cached_client::task::spawn_blocking("scan-includes", move || {
         let found = includes::inputs(&scans, tree.as_deref(), &includes::LIMITS)?;
         let files = found

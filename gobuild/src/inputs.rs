@@ -393,6 +393,9 @@ pub async fn derive(
     let mut local_go_mods = BTreeSet::new();
     let mut seen_dirs = BTreeSet::new();
     let include_scans = include_scans(packages, gomodcache);
+    if !include_scans.is_empty() {
+        refuse_reading_flags(env)?;
+    }
     let mut cgo = false;
     let mut cxx = false;
     for package in packages {
@@ -576,6 +579,14 @@ pub(crate) fn key_base(env: &GoEnv) -> PathBuf {
         .parent()
         .map(Path::to_owned)
         .unwrap_or_default()
+}
+
+/// Refuses a build whose C compiler flags from the environment (or `go env -w`) change how it
+/// reads sources, for the include scan of any package.
+pub(crate) fn refuse_reading_flags(env: &GoEnv) -> Result<(), NoKey> {
+    ["CGO_CFLAGS", "CGO_CPPFLAGS", "CGO_CXXFLAGS", "CGO_FFLAGS"]
+        .iter()
+        .try_for_each(|name| includes::refuse_reading_flags(var(env, name)))
 }
 
 /// What the include scan reads of `packages`: each directory once, and not the standard

@@ -18,6 +18,9 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Component as PathPart, Path, PathBuf};
 
+mod text;
+
+use self::text::{GoComments, MAX_DIRECTIVES, Reader};
 use crate::confine::{Outside, Within};
 use crate::inputs::NoKey;
 
@@ -45,12 +48,6 @@ pub struct Limits {
 }
 
 pub const LIMITS: Limits = Limits { files: 20_000, bytes: 512 * 1024 * 1024 };
-
-/// The most of a line kept for matching: a directive and its path fit well within it.
-const MAX_LINE: usize = 8192;
-/// Directives one file may hold: a header of repeated includes would otherwise become
-/// millions of entries in the agent's memory.
-const MAX_DIRECTIVES: usize = 4096;
 
 /// What a line asks the compiler or assembler to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +144,22 @@ impl Roots {
     }
 }
 
+/// Compiler flags that change how sources are read (their character set, the old
+/// preprocessor's rules): under them the scan's reading is not the compiler's.
+const READING_FLAGS: &[&str] = &["-finput-charset", "-traditional"];
+
+/// Refuses C compiler flags (a `#cgo` line's, or CGO_CFLAGS and the like as go passes them)
+/// that change how the compiler reads sources.
+pub fn refuse_reading_flags(flags: &str) -> Result<(), NoKey> {
+    match flags.split_whitespace().find(|word| READING_FLAGS.iter().any(|flag| word.starts_with(flag))) {
+        Some(flag) => Err(NoKey(format!(
+            "the C compiler is given {flag}, which changes how it reads sources, and so which files \
+             they include, in ways the build key does not follow"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Opens a file to read without following a last link or waiting on a FIFO, and only if it
 /// is a regular file once open.
 pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
@@ -200,6 +213,9 @@ impl Scan {
         }
         for (from, directive) in preamble {
             self.follow(&mut package, &from, directive)?;
+        }
+        if sources.native.iter().any(|name| is_fortran(name)) {
+            self.add_fortran_modules(&package)?;
         }
         package.queue.extend(sources.native.iter().map(|name| dir.join(name)).rev());
         while let Some(path) = package.queue.pop() {
@@ -268,27 +284,33 @@ impl Scan {
         }
     }
 
-    /// A text file given to the linker is a linker script, and a thin archive names its
-    /// members' files: either reads files the scan cannot find.
+    /// A file the linker may take must be an object, an archive or a shared library by its
+    /// magic number: anything else may be a linker script (text, in any encoding) or a thin
+    /// archive, which name files the scan cannot find.
     fn refuse_indirect_linker_input(&mut self, path: &Path) -> Result<(), NoKey> {
+        const MAGIC: &[&[u8]] = &[
+            b"\x7fELF",
+            b"!<arch>\n",
+            b"\xfe\xed\xfa\xce",
+            b"\xfe\xed\xfa\xcf",
+            b"\xce\xfa\xed\xfe",
+            b"\xcf\xfa\xed\xfe",
+            b"\xca\xfe\xba\xbe",
+            b"MZ",
+        ];
         let cannot = |err: std::io::Error| NoKey(format!("cannot read {}: {err}", path.display()));
         let real = self.roots.resolve(path)?.ok_or_else(|| cannot(std::io::ErrorKind::NotFound.into()))?;
-        let mut head = Vec::with_capacity(512);
-        open_regular(&real).and_then(|file| file.take(512).read_to_end(&mut head)).map_err(cannot)?;
+        let mut head = Vec::with_capacity(8);
+        open_regular(&real).and_then(|file| file.take(8).read_to_end(&mut head)).map_err(cannot)?;
         self.bytes += head.len() as u64;
-        let what = if head.starts_with(b"!<thin>\n") {
-            "a thin archive"
-        } else if head.starts_with(b"!<arch>\n") {
+        if head.is_empty() || MAGIC.iter().any(|magic| head.starts_with(magic)) {
             return Ok(());
-        } else if !head.is_empty()
-            && head.iter().all(|b| matches!(b, b'\t' | b'\n' | b'\r' | 0x0c | b' '..=b'~'))
-        {
-            "a linker script"
-        } else {
-            return Ok(());
-        };
+        }
+        let what =
+            if head.starts_with(b"!<thin>\n") { "a thin archive" } else { "no object, archive or library" };
         Err(NoKey(format!(
-            "{} is {what}, which names files for the linker that the build key does not follow",
+            "{} is {what} (a linker script?), which may name files for the linker that the build key does not \
+             follow",
             path.display()
         )))
     }
@@ -328,6 +350,25 @@ impl Scan {
         }
     }
 
+    /// Fortran's `use` reads compiled module files (`name.mod`) from the package directory,
+    /// which `go list` does not name: every one there is keyed.
+    fn add_fortran_modules(&mut self, package: &Package) -> Result<(), NoKey> {
+        let dir = &package.dir;
+        let entries =
+            std::fs::read_dir(dir).map_err(|err| NoKey(format!("cannot list {}: {err}", dir.display())))?;
+        for entry in entries {
+            let name =
+                entry.map_err(|err| NoKey(format!("cannot list {}: {err}", dir.display())))?.file_name();
+            let path = dir.join(&name);
+            if name.to_string_lossy().to_ascii_lowercase().ends_with(".mod")
+                && matches!(self.kind(&path)?, Kind::File)
+            {
+                self.add(package, &path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Keys every regular file directly in `dir` (a `-I` or `-L` directory: the compiler or
     /// linker may take any of them). For the linker (`linking`), the libraries `-l` may take
     /// are checked to be no scripts or thin archives.
@@ -355,7 +396,7 @@ impl Scan {
         let cannot = |err: std::io::Error| NoKey(format!("cannot read {}: {err}", path.display()));
         let real = self.roots.resolve(path)?.ok_or_else(|| cannot(std::io::ErrorKind::NotFound.into()))?;
         let mut file = open_regular(&real).map_err(cannot)?;
-        let mut lines = Lines { fortran: !go, ..Lines::default() };
+        let mut lines = Reader::new(!go);
         let mut comments = GoComments::default();
         let mut buffer = vec![0; 64 * 1024];
         loop {
@@ -377,14 +418,14 @@ impl Scan {
                 if go { comments.byte(byte, &mut lines) } else { lines.byte(byte) }
             }
         }
-        lines.end_line();
-        if lines.found.len() > MAX_DIRECTIVES {
+        let found = lines.finish();
+        if found.len() > MAX_DIRECTIVES {
             return Err(NoKey(format!(
                 "{} holds more than {MAX_DIRECTIVES} includes, more than the build key follows",
                 path.display()
             )));
         }
-        Ok(lines.found)
+        Ok(found)
     }
 
     /// Keys the files a package's `#cgo` flags name through `${SRCDIR}` or a relative path (the
@@ -396,6 +437,13 @@ impl Scan {
             return Ok(()); // pkg-config names packages, not files.
         }
         let linking = verb == Some("LDFLAGS");
+        refuse_reading_flags(flags)?;
+        if linking && split_quoted(flags).iter().any(|word| word.starts_with("-l:")) {
+            return Err(NoKey(
+                "a #cgo LDFLAGS line names a library file with -l:, which the build key does not follow"
+                    .into(),
+            ));
+        }
         let words = split_quoted(flags);
         let mut words = words.iter();
         while let Some(word) = words.next() {
@@ -454,6 +502,11 @@ impl Scan {
         }
         Ok(())
     }
+}
+
+fn is_fortran(name: &str) -> bool {
+    let extension = name.rsplit_once('.').map_or("", |(_, extension)| extension).to_ascii_lowercase();
+    matches!(extension.as_str(), "f" | "for" | "ftn" | "f90" | "f95" | "f03" | "f08")
 }
 
 fn size(bytes: u64) -> String {
@@ -580,245 +633,6 @@ fn split_quoted(text: &str) -> Vec<String> {
         words.push(word);
     }
     words
-}
-
-/// Logical lines of C-like text as the preprocessor sees them: physical lines end at a line
-/// feed, a carriage return or both (gcc takes each), are joined at backslash-newline, and are
-/// each kept to [`MAX_LINE`] bytes and matched for a directive.
-#[derive(Default)]
-struct Lines {
-    line: Vec<u8>,
-    /// The last byte was a carriage return, which ended a line: a line feed after it adds none.
-    after_cr: bool,
-    /// Fortran's own `include 'file'` is matched too.
-    fortran: bool,
-    found: Vec<Directive>,
-}
-
-impl Lines {
-    fn byte(&mut self, byte: u8) {
-        let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
-        match byte {
-            b'\n' if after_cr => {}
-            b'\n' | b'\r' => self.end_line(),
-            _ if self.line.len() < MAX_LINE => self.line.push(byte),
-            _ => {}
-        }
-    }
-
-    fn end_line(&mut self) {
-        if self.line.last() == Some(&b'\\') {
-            self.line.pop();
-            return;
-        }
-        // `??/` is the trigraph of a backslash: whether it joins this line to the next depends
-        // on the compiler's mode (-std=c99 or gnu99), which the scan does not know.
-        let found = if self.line.ends_with(b"??/") {
-            vec![Directive::Ambiguous("a line that ends in the trigraph ??/".to_owned())]
-        } else {
-            directives(&self.line, self.fortran)
-        };
-        // One past the cap is kept, to say the file went past it.
-        for directive in found {
-            if self.found.len() > MAX_DIRECTIVES {
-                break;
-            }
-            self.found.push(directive);
-        }
-        self.line.clear();
-    }
-}
-
-/// Where a Go file's lexer is: only comment text reaches the lines.
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-enum GoState {
-    #[default]
-    Code,
-    Slash,
-    LineComment,
-    Block,
-    BlockStar,
-    Str(bool),
-    Rune(bool),
-    Raw,
-}
-
-/// The comments of a Go file, where cgo's preamble and `#cgo` lines are, as lines; strings
-/// and code never look like directives.
-#[derive(Default)]
-struct GoComments {
-    state: GoState,
-}
-
-impl GoComments {
-    fn byte(&mut self, byte: u8, lines: &mut Lines) {
-        use GoState::*;
-        self.state = match (self.state, byte) {
-            (Slash, b'/') => LineComment,
-            (Slash, b'*') => Block,
-            (Slash, _) => {
-                self.state = Code;
-                return self.byte(byte, lines);
-            }
-            (Code, b'/') => Slash,
-            (Code, b'"') => Str(false),
-            (Code, b'\'') => Rune(false),
-            (Code, b'`') => Raw,
-            (Code, _) => Code,
-            (LineComment, b'\n') => {
-                lines.byte(b'\n');
-                Code
-            }
-            (LineComment, _) => {
-                lines.byte(byte);
-                LineComment
-            }
-            (Block, b'*') => BlockStar,
-            (Block, _) => {
-                lines.byte(byte);
-                Block
-            }
-            (BlockStar, b'/') => {
-                lines.byte(b'\n');
-                Code
-            }
-            (BlockStar, _) => {
-                lines.byte(b'*');
-                self.state = Block;
-                return self.byte(byte, lines);
-            }
-            (Str(false), b'\\') => Str(true),
-            (Str(false), b'"' | b'\n') => Code,
-            (Str(_), _) => Str(false),
-            (Rune(false), b'\\') => Rune(true),
-            (Rune(false), b'\'' | b'\n') => Code,
-            (Rune(_), _) => Rune(false),
-            (Raw, b'`') => Code,
-            (Raw, _) => Raw,
-        };
-    }
-}
-
-/// The directives a logical line holds: one, or the `__has_include`s of an `#if`.
-fn directives(line: &[u8], fortran: bool) -> Vec<Directive> {
-    let text = String::from_utf8_lossy(line);
-    // A byte order mark starts a file's first line, and `??=` is the trigraph of `#` (on with
-    // -std=c99 and the like): either way the line may be a directive to the compiler.
-    let text = text.trim_start_matches(['\u{feff}', ' ', '\t']).replace("??=", "#");
-    let text = skip_comments(&text);
-    if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
-        let (word, condition) = split_word(skip_comments(rest));
-        if matches!(word, "if" | "elif") {
-            return has_includes(condition);
-        }
-    }
-    directive(text, fortran).into_iter().collect()
-}
-
-/// The files `__has_include` and `__has_include_next` ask about in a condition: whether one
-/// exists changes what the compiler reads, so each is found (and keyed) like an include.
-fn has_includes(condition: &str) -> Vec<Directive> {
-    const ASK: &str = "__has_include";
-    let mut found = Vec::new();
-    let mut rest = condition;
-    while let Some(at) = rest.find(ASK) {
-        let after = rest[at + ASK.len()..].strip_prefix("_next").unwrap_or(&rest[at + ASK.len()..]);
-        rest = after;
-        // `defined(__has_include)` and `#ifdef __has_include` ask about the feature only.
-        let Some(operand) = skip_comments(after).strip_prefix('(') else { continue };
-        let operand = skip_comments(operand);
-        let directive = match between(operand, '<', '>') {
-            Some(name) => Directive::System(name),
-            None => quoted(operand, b'"').map_or_else(|| computed(ASK, operand), Directive::Include),
-        };
-        found.push(directive);
-    }
-    found
-}
-
-/// The directive a line (past leading comments) holds, if any.
-fn directive(text: &str, fortran: bool) -> Option<Directive> {
-    if let Some(name) = inline_incbin(text) {
-        return Some(Directive::Incbin(name));
-    }
-    // `%:` is the digraph of `#`, on in C by default.
-    let (word, operand) = if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
-        let (word, operand) = split_word(skip_comments(rest));
-        if word == "cgo" {
-            return Some(Directive::Cgo(operand.to_owned()));
-        }
-        (word, skip_comments(operand))
-    } else if let Some(rest) = text.strip_prefix('.') {
-        let (word, operand) = split_word(rest);
-        if word == "incbin" {
-            return Some(quoted(operand, b'"').map_or_else(|| computed(word, operand), Directive::Incbin));
-        }
-        (word, operand)
-    } else if let Some(rest) = text.strip_prefix('%') {
-        split_word(rest)
-    } else if fortran {
-        let (word, operand) = split_word(text);
-        let name = quoted(operand, b'\'').or_else(|| quoted(operand, b'"'));
-        return name.filter(|_| word.eq_ignore_ascii_case("include")).map(Directive::Include);
-    } else {
-        return None;
-    };
-    if !matches!(word, "include" | "include_next" | "import" | "embed") {
-        return None;
-    }
-    if operand.is_empty() {
-        return None; // Nothing for the compiler to read.
-    }
-    if word == "embed" {
-        // C23: data, found like an include.
-        let name = between(operand, '<', '>').or_else(|| quoted(operand, b'"'));
-        return Some(name.map_or_else(|| computed(word, operand), Directive::Incbin));
-    }
-    if let Some(name) = between(operand, '<', '>') {
-        return Some(Directive::System(name));
-    }
-    Some(quoted(operand, b'"').map_or_else(|| computed(word, operand), Directive::Include))
-}
-
-fn computed(word: &str, operand: &str) -> Directive {
-    Directive::Computed(format!("{word} {}", operand.trim_end()))
-}
-
-/// The identifier a directive starts with, and the rest after spaces.
-/// `text` past leading blanks and block comments: `/* why */ #include "x.h"` is a directive.
-fn skip_comments(text: &str) -> &str {
-    let mut text = text.trim_start();
-    while let Some(rest) = text.strip_prefix("/*") {
-        let Some(end) = rest.find("*/") else { return text };
-        text = rest[end + 2..].trim_start();
-    }
-    text
-}
-
-/// The file of an `.incbin` in a C string (inline assembly: `__asm__(".incbin \"f\"")`),
-/// which the assembler reads as it would in a `.S` file.
-fn inline_incbin(text: &str) -> Option<String> {
-    const OPEN: &str = ".incbin \\\"";
-    let start = text.find(OPEN)? + OPEN.len();
-    let rest = &text[start..];
-    Some(rest[..rest.find("\\\"")?].to_owned())
-}
-
-fn split_word(text: &str) -> (&str, &str) {
-    let end = text.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(text.len());
-    (&text[..end], text[end..].trim_start())
-}
-
-/// The text between `quote` and the next one at the start of `operand`. A name that is not
-/// UTF-8 keeps the replacement characters, so that it gives no key rather than passing for a
-/// system header that was not found.
-fn quoted(operand: &str, quote: u8) -> Option<String> {
-    between(operand, quote as char, quote as char)
-}
-
-fn between(operand: &str, open: char, close: char) -> Option<String> {
-    let rest = operand.strip_prefix(open)?;
-    Some(rest[..rest.find(close)?].to_owned())
 }
 
 #[cfg(test)]
@@ -1013,13 +827,22 @@ mod tests {
                 ("shared/one.h", "#include_next \"sub/two.h\"\n"),
                 ("shared/sub/two.h", "#include \\\n  \"three.def\"\n"),
                 ("shared/sub/three.def", "X(1)\n"),
-                ("p/m.F90", "      include 'consts.fi'\n"),
+                ("p/m.F90", "      include 'consts.fi'\n      use shapes\n"),
                 ("p/consts.fi", "integer, parameter :: n = 3\n"),
+                // A compiled Fortran module `use` reads.
+                ("p/shapes.mod", "compiled"),
             ],
         );
         assert_eq!(
             found(root.path(), &[package(root.path(), "p", &["a.c", "m.F90"], &[])]),
-            ["p/consts.fi", "p/defs.inc", "shared/one.h", "shared/sub/three.def", "shared/sub/two.h"]
+            [
+                "p/consts.fi",
+                "p/defs.inc",
+                "p/shapes.mod",
+                "shared/one.h",
+                "shared/sub/three.def",
+                "shared/sub/two.h"
+            ]
         );
     }
 
@@ -1308,6 +1131,17 @@ mod tests {
             let refusal = refusal(&[package(root.path(), "p", &[], &["p.go"])], &LIMITS);
             assert!(refusal.contains(what), "{flags}: {refusal}");
         }
+        for (flags, library) in [
+            ("-L${SRCDIR}/lib -lval", "/* \u{e9} */ INPUT(sub/libreal.a)\n"),
+            ("-L${SRCDIR}/lib -l:bar.ld", "\x7fELF"),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            write(
+                root.path(),
+                &[("p/p.go", &cgo(flags)), ("p/lib/libval.so", library), ("p/lib/bar.ld", "INPUT(x)")],
+            );
+            assert!(inputs(&[package(root.path(), "p", &[], &["p.go"])], None, &LIMITS).is_err(), "{flags}");
+        }
         let root = tempfile::tempdir().unwrap();
         write(
             root.path(),
@@ -1319,5 +1153,100 @@ mod tests {
         );
         let found = found(root.path(), &[package(root.path(), "p", &[], &["p.go"])]);
         assert_eq!(found, ["p/lib/README", "p/lib/libval.a"]);
+    }
+
+    /// Directives the preprocessor sees past what a line-by-line reading would: after a
+    /// comment that spans lines, across a backslash followed by blanks, after blank padding
+    /// longer than a line is kept, and after a C++ raw string holding a quote and `/*`.
+    #[test]
+    fn directives_are_read_after_comments_splices_padding_and_raw_strings() {
+        let cases = [
+            ("a comment across lines", "/* a\n */ #include \"../inc/v.h\"\n"),
+            ("a comment inside the directive", "#include /*\n*/ \"../inc/v.h\"\n"),
+            ("a backslash and blanks before the line end", "#inc\\  \nlude \"../inc/v.h\"\n"),
+            ("long padding", &format!("{}#include \"../inc/v.h\"\n", " ".repeat(9000))),
+            ("a raw string", "const char *s = R\"x(a\"b/*)x\";\n#include \"../inc/v.h\"\n"),
+            ("SWIG's %{ on the include's line", "%{ #include \"../inc/v.h\" %}\n"),
+        ];
+        for (what, source) in cases {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("p/v.c", source), ("inc/v.h", "#define VALUE 1\n")]);
+            assert_eq!(
+                found(root.path(), &[package(root.path(), "p", &["v.c"], &[])]),
+                ["inc/v.h"],
+                "{what}"
+            );
+        }
+        // A line whose directive lies past the part kept gives no key.
+        let root = tempfile::tempdir().unwrap();
+        let padded = format!("#include{}\"../inc/v.h\"\n", " ".repeat(9000).replace("  ", " x"));
+        write(root.path(), &[("p/v.c", &padded), ("inc/v.h", "")]);
+        assert!(refusal(&[package(root.path(), "p", &["v.c"], &[])], &LIMITS).contains("longer than"));
+    }
+
+    /// A `#cgo` flag that changes how the compiler reads sources (their character set) makes
+    /// a line the scan reads as text something else: no key.
+    #[test]
+    fn flags_that_change_how_sources_are_read_give_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        let cgo = "package p\n\n// #cgo CFLAGS: -finput-charset=ISO-2022-JP\nimport \"C\"\n";
+        write(root.path(), &[("p/p.go", cgo)]);
+        let refusal = refusal(&[package(root.path(), "p", &[], &["p.go"])], &LIMITS);
+        assert!(refusal.contains("-finput-charset"), "{refusal}");
+        assert!(
+            refuse_reading_flags("-O2 -g").is_ok() && refuse_reading_flags("-O2 -traditional-cpp").is_err()
+        );
+    }
+
+    /// cgo makes its preamble of a group of comments one after the other, a block comment's
+    /// text with nothing after it: `/*#inc*/` then `/*lude "x"*/` is an include. Groups apart
+    /// (a blank line, code) stay apart.
+    #[test]
+    fn a_preamble_is_read_as_cgo_joins_its_comments() {
+        for preamble in [
+            "/*\n#inc*/\n/*lude \"../inc/v.h\"\n*/\n",
+            "/* unrelated */\n\n/*#include \"../inc/v.h\"*/\n",
+            "// #include \"../inc/v.h\"\n",
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            let cgo = format!("package p\n\n{preamble}import \"C\"\n");
+            write(root.path(), &[("p/p.go", &cgo), ("inc/v.h", "")]);
+            assert_eq!(
+                found(root.path(), &[package(root.path(), "p", &[], &["p.go"])]),
+                ["inc/v.h"],
+                "{preamble}"
+            );
+        }
+    }
+
+    /// The assembler's `.incbin` and `.include` after a label or `;`, and in inline assembly
+    /// with a tab written as `\t`; a file named otherwise (a macro's argument, a string pasted
+    /// together) gives no key.
+    #[test]
+    fn assembler_reads_anywhere_in_a_line_are_found_or_give_no_key() {
+        let cases = [
+            ("p/a.S", "blob: .incbin \"../data/blob.bin\"\n\tnop; .include \"m.s\"\n"),
+            (
+                "p/a.c",
+                "__asm__(\".incbin\\t\\\"../data/blob.bin\\\"\");\n__asm__(\".include \\\"m.s\\\"\");\n",
+            ),
+        ];
+        for (file, source) in cases {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[(file, source), ("data/blob.bin", "data"), ("p/m.s", "")]);
+            let name = file.trim_start_matches("p/");
+            let mut found = found(root.path(), &[package(root.path(), "p", &[name], &[])]);
+            found.sort();
+            assert_eq!(found, ["data/blob.bin", "p/m.s"], "{file}");
+        }
+        for source in [
+            ".macro blob f\n.incbin \"\\f\"\n.endm\n",
+            "#define INCBIN(f) __asm__(\".incbin \\\"\" f \"\\\"\")\n",
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("p/a.S", source)]);
+            let refusal = refusal(&[package(root.path(), "p", &["a.S"], &[])], &LIMITS);
+            assert!(refusal.contains("incbin"), "{source}: {refusal}");
+        }
     }
 }

@@ -1,0 +1,543 @@
+//! Reading C-like text for the directives that name files, the way the preprocessor's first
+//! phases read it: physical lines end at a line feed, a carriage return or both; a backslash
+//! followed by blanks and a line end joins two lines; comments (`/* */` across lines, `//`)
+//! count as a space, and string, character and raw string literals are not comments. Where the
+//! scan cannot tell what the compiler will read, the line gives [`Directive::Ambiguous`] and
+//! the build no key: the reading fails closed.
+
+use super::Directive;
+
+/// The most of a logical line kept for matching, past its leading blanks: a directive and its
+/// path fit well within it.
+const MAX_LINE: usize = 8192;
+/// Directives one file may hold: a header of repeated includes would otherwise become millions
+/// of entries in the agent's memory.
+pub(super) const MAX_DIRECTIVES: usize = 4096;
+/// Raw string delimiters are at most this long (C++ `R"delim(...)delim"`).
+const MAX_RAW_DELIMITER: usize = 16;
+/// Words that, past the part of a line kept, may name a file for the compiler or assembler.
+const FILE_WORDS: [&[u8]; 4] = [b"include", b"incbin", b"import", b"embed"];
+
+/// Where the lexer is (translation phase 3).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum Lex {
+    #[default]
+    Code,
+    /// A `/` in code: a comment may start.
+    Slash,
+    Block,
+    BlockStar,
+    Line,
+    /// In a string or character literal (its quote), after a backslash or not.
+    Literal(u8, bool),
+    /// After `R"`, reading the delimiter up to `(`.
+    RawOpening(Vec<u8>),
+    /// In a raw string: its delimiter, and how much of `)delimiter"` was just seen.
+    Raw(Vec<u8>, usize),
+}
+
+/// Reads one file's bytes into its directives.
+pub(super) struct Reader {
+    /// The last byte was a carriage return, which ended a line: a line feed after it adds none.
+    after_cr: bool,
+    /// A backslash and the blanks after it, held until what follows says whether they join
+    /// two lines.
+    splice: Vec<u8>,
+    /// The last three bytes of the physical line, for a trigraph `??/` at its end.
+    tail: [u8; 3],
+    lex: Lex,
+    /// The block comment open now started on an earlier physical line.
+    comment_spans_lines: bool,
+    /// The logical line so far, comments as spaces.
+    line: Vec<u8>,
+    /// Where text after a comment that ended on a later physical line starts in `line`: read
+    /// as a line of its own too (compilers differ on whether a directive may start there).
+    restarts: Vec<usize>,
+    /// Non-blank bytes were dropped past [`MAX_LINE`]; the last of them, for [`FILE_WORDS`].
+    cut: Option<Vec<u8>>,
+    cut_names_a_file: bool,
+    /// The line gives no key whatever it holds.
+    ambiguous: Option<&'static str>,
+    /// Fortran's own `include 'file'` is matched too.
+    fortran: bool,
+    found: Vec<Directive>,
+}
+
+impl Reader {
+    pub(super) fn new(fortran: bool) -> Self {
+        Self {
+            after_cr: false,
+            splice: Vec::new(),
+            tail: [0; 3],
+            lex: Lex::Code,
+            comment_spans_lines: false,
+            line: Vec::new(),
+            restarts: Vec::new(),
+            cut: None,
+            cut_names_a_file: false,
+            ambiguous: None,
+            fortran,
+            found: Vec::new(),
+        }
+    }
+
+    /// The directives read, once the text is over.
+    pub(super) fn finish(mut self) -> Vec<Directive> {
+        for held in std::mem::take(&mut self.splice) {
+            self.lex_byte(held);
+        }
+        self.physical_line_end();
+        self.found
+    }
+
+    pub(super) fn byte(&mut self, byte: u8) {
+        let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
+        if byte == b'\n' && after_cr {
+            return;
+        }
+        let line_end = matches!(byte, b'\n' | b'\r');
+        if !self.splice.is_empty() {
+            if line_end {
+                // Backslash, blanks, line end: the next physical line continues this one.
+                self.splice.clear();
+                return;
+            }
+            if is_blank(byte) {
+                self.splice.push(byte);
+                return;
+            }
+            for held in std::mem::take(&mut self.splice) {
+                self.lex_byte(held);
+            }
+        }
+        if !line_end && !is_blank(byte) {
+            self.tail = [self.tail[1], self.tail[2], byte];
+        }
+        if byte == b'\\' {
+            self.splice.push(byte);
+        } else if line_end {
+            self.physical_line_end();
+        } else {
+            self.lex_byte(byte);
+        }
+    }
+
+    fn physical_line_end(&mut self) {
+        // `??/` is the trigraph of a backslash: whether it joins this line to the next (blanks
+        // between or not) depends on the compiler's mode (-std=c99 or gnu99), which the scan
+        // does not know.
+        if &self.tail == b"??/" {
+            self.ambiguous = Some("a line that ends in the trigraph ??/");
+        }
+        self.tail = [0; 3];
+        match std::mem::take(&mut self.lex) {
+            Lex::Slash => self.emit(b'/'),
+            Lex::Block | Lex::BlockStar => {
+                // The comment, line end included, is one space: the logical line goes on.
+                self.lex = Lex::Block;
+                self.comment_spans_lines = true;
+                return;
+            }
+            Lex::Raw(delimiter, seen) => {
+                self.lex = Lex::Raw(delimiter, seen);
+                self.end_line();
+                return;
+            }
+            // A literal or comment ends with its line; an unfinished raw string opening is none.
+            Lex::Code | Lex::Line | Lex::Literal(..) | Lex::RawOpening(_) => {}
+        }
+        self.end_line();
+    }
+
+    /// One byte of a physical line, in translation phase 3.
+    fn lex_byte(&mut self, byte: u8) {
+        match std::mem::take(&mut self.lex) {
+            Lex::Code => self.code(byte),
+            Lex::Slash => match byte {
+                b'*' => {
+                    self.emit(b' ');
+                    self.comment_spans_lines = false;
+                    self.lex = Lex::Block;
+                }
+                b'/' => {
+                    self.emit(b' ');
+                    self.lex = Lex::Line;
+                }
+                _ => {
+                    self.emit(b'/');
+                    self.code(byte);
+                }
+            },
+            Lex::Block => self.lex = if byte == b'*' { Lex::BlockStar } else { Lex::Block },
+            Lex::BlockStar => match byte {
+                b'/' => {
+                    // The text after a comment that started on an earlier line is read as a
+                    // line too.
+                    if self.comment_spans_lines {
+                        self.restarts.push(self.line.len());
+                    }
+                }
+                b'*' => self.lex = Lex::BlockStar,
+                _ => self.lex = Lex::Block,
+            },
+            Lex::Line => self.lex = Lex::Line,
+            Lex::Literal(quote, escaped) => {
+                self.emit(byte);
+                self.lex = match (escaped, byte) {
+                    (true, _) => Lex::Literal(quote, false),
+                    (false, b'\\') => Lex::Literal(quote, true),
+                    (false, _) if byte == quote => Lex::Code,
+                    _ => Lex::Literal(quote, false),
+                };
+            }
+            Lex::RawOpening(mut delimiter) => {
+                self.emit(byte);
+                if byte == b'(' {
+                    self.lex = Lex::Raw(delimiter, 0);
+                } else if delimiter.len() < MAX_RAW_DELIMITER && !b" ()\\\t\x0b\x0c".contains(&byte) {
+                    delimiter.push(byte);
+                    self.lex = Lex::RawOpening(delimiter);
+                } else {
+                    // No raw string after all: an ordinary one, as far as the scan can tell.
+                    self.lex = Lex::Literal(b'"', false);
+                }
+            }
+            Lex::Raw(delimiter, seen) => {
+                self.emit(byte);
+                let seen = match (seen, byte) {
+                    (_, b')') => 1,
+                    (0, _) => 0,
+                    (seen, b'"') if seen == delimiter.len() + 1 => {
+                        self.restarts.push(self.line.len());
+                        return;
+                    }
+                    (seen, _) if delimiter.get(seen - 1) == Some(&byte) => seen + 1,
+                    _ => 0,
+                };
+                self.lex = Lex::Raw(delimiter, seen);
+            }
+        }
+    }
+
+    fn code(&mut self, byte: u8) {
+        match byte {
+            b'/' => self.lex = Lex::Slash,
+            b'"' => {
+                self.lex =
+                    if self.raw_prefix() { Lex::RawOpening(Vec::new()) } else { Lex::Literal(b'"', false) };
+                self.emit(byte);
+            }
+            b'\'' => {
+                self.lex = Lex::Literal(b'\'', false);
+                self.emit(byte);
+            }
+            _ => self.emit(byte),
+        }
+    }
+
+    /// Whether the code before a `"` makes it a raw string: `R`, `u8R`, `uR`, `UR` or `LR`,
+    /// not the end of a longer identifier.
+    fn raw_prefix(&self) -> bool {
+        let Some(before) = self.line.strip_suffix(b"R") else { return false };
+        let before = [&b"u8"[..], b"u", b"U", b"L"]
+            .iter()
+            .find_map(|prefix| before.strip_suffix(*prefix))
+            .unwrap_or(before);
+        !before.last().is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+    }
+
+    fn emit(&mut self, byte: u8) {
+        if self.line.is_empty() && is_blank(byte) {
+            return;
+        }
+        if self.line.len() < MAX_LINE {
+            self.line.push(byte);
+            return;
+        }
+        if is_blank(byte) {
+            return;
+        }
+        let cut = self.cut.get_or_insert_with(Vec::new);
+        cut.push(byte);
+        if cut.len() > 8 {
+            cut.remove(0);
+        }
+        self.cut_names_a_file |= FILE_WORDS.iter().any(|word| cut.ends_with(word));
+    }
+
+    /// The logical line is over: its directives, or why it gives no key.
+    fn end_line(&mut self) {
+        let mut found = Vec::new();
+        if let Some(why) = self.ambiguous.take() {
+            found.push(Directive::Ambiguous(why.to_owned()));
+        } else if self.cut.is_some() && (self.cut_names_a_file || may_be_directive(&self.line)) {
+            found.push(Directive::Ambiguous(format!("a line longer than {MAX_LINE} bytes")));
+        } else {
+            found.extend(directives(&self.line, self.fortran));
+            for &start in &self.restarts {
+                found.extend(directives(&self.line[start..], self.fortran));
+            }
+        }
+        // One past the cap is kept, to say the file went past it.
+        for directive in found {
+            if self.found.len() > MAX_DIRECTIVES {
+                break;
+            }
+            self.found.push(directive);
+        }
+        self.line.clear();
+        self.restarts.clear();
+        self.cut = None;
+        self.cut_names_a_file = false;
+    }
+}
+
+fn is_blank(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | 0x0b | 0x0c)
+}
+
+/// Whether a line (its blanks skipped) starts like a directive.
+fn may_be_directive(line: &[u8]) -> bool {
+    matches!(line.first(), Some(b'#' | b'%' | b'.'))
+        || line.starts_with(b"??=")
+        || line.starts_with("\u{feff}".as_bytes())
+}
+
+/// Where a Go file's lexer is: only comment text reaches the reader.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum GoState {
+    #[default]
+    Code,
+    Slash,
+    LineComment,
+    Block,
+    BlockStar,
+    Str(bool),
+    Rune(bool),
+    Raw,
+}
+
+/// The comments of a Go file, where cgo's preamble and `#cgo` lines are, as cgo makes its
+/// preamble of them: a line comment's text and a line end, a block comment's text as it is,
+/// one after the other within a group of comments (no code or blank line between), so that
+/// `/*#inc*/` followed by `/*lude "x.h"*/` includes "x.h". Groups are kept apart by a line end.
+#[derive(Default)]
+pub(super) struct GoComments {
+    state: GoState,
+    /// Since the last comment: line ends seen, or `None` after code (or before any comment).
+    since_comment: Option<u32>,
+}
+
+impl GoComments {
+    pub(super) fn byte(&mut self, byte: u8, reader: &mut Reader) {
+        use GoState::*;
+        self.state = match (self.state, byte) {
+            (Slash, b'/' | b'*') => {
+                // A comment starts: a new group unless the last comment was just before.
+                if !matches!(self.since_comment, Some(0 | 1)) {
+                    reader.byte(b'\n');
+                }
+                self.since_comment = None;
+                if byte == b'/' { LineComment } else { Block }
+            }
+            (Slash, _) => {
+                self.since_comment = None;
+                self.state = Code;
+                return self.byte(byte, reader);
+            }
+            (Code, b'/') => Slash,
+            (Code, b'\n') => {
+                self.since_comment = self.since_comment.map(|lines| lines + 1);
+                Code
+            }
+            (Code, b' ' | b'\t' | b'\r') => Code,
+            (Code, other) => {
+                self.since_comment = None;
+                match other {
+                    b'"' => Str(false),
+                    b'\'' => Rune(false),
+                    b'`' => Raw,
+                    _ => Code,
+                }
+            }
+            (LineComment, b'\n') => {
+                reader.byte(b'\n');
+                self.since_comment = Some(1);
+                Code
+            }
+            (LineComment, _) => {
+                reader.byte(byte);
+                LineComment
+            }
+            (Block, b'*') => BlockStar,
+            (Block, _) => {
+                reader.byte(byte);
+                Block
+            }
+            (BlockStar, b'/') => {
+                self.since_comment = Some(0);
+                Code
+            }
+            (BlockStar, _) => {
+                reader.byte(b'*');
+                self.state = Block;
+                return self.byte(byte, reader);
+            }
+            (Str(false), b'\\') => Str(true),
+            (Str(false), b'"' | b'\n') => Code,
+            (Str(_), _) => Str(false),
+            (Rune(false), b'\\') => Rune(true),
+            (Rune(false), b'\'' | b'\n') => Code,
+            (Rune(_), _) => Rune(false),
+            (Raw, b'`') => Code,
+            (Raw, _) => Raw,
+        };
+    }
+}
+
+/// The directives a logical line holds: a preprocessor or SWIG directive at its start (or the
+/// `__has_include`s of an `#if`), and the assembler's `.incbin` and `.include` anywhere in
+/// it (after a label or `;`, or in a C string of inline assembly).
+fn directives(line: &[u8], fortran: bool) -> Vec<Directive> {
+    let text = String::from_utf8_lossy(line);
+    // A byte order mark starts a file's first line, and `??=` is the trigraph of `#` (on with
+    // -std=c99 and the like): either way the line may be a directive to the compiler. SWIG
+    // passes what `%{` opens to the C compiler as it is.
+    let text = text.trim_start_matches(['\u{feff}', ' ', '\t']).replace("??=", "#");
+    let text = text.strip_prefix("%{").map_or(text.as_str(), str::trim_start);
+    let mut found = assembler_directives(text);
+    if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
+        let (word, condition) = split_word(rest.trim_start());
+        if matches!(word, "if" | "elif") {
+            found.extend(has_includes(condition));
+            return found;
+        }
+    }
+    found.extend(directive(text, fortran));
+    found
+}
+
+/// The files `__has_include` and `__has_include_next` ask about in a condition: whether one
+/// exists changes what the compiler reads, so each is found (and keyed) like an include.
+fn has_includes(condition: &str) -> Vec<Directive> {
+    const ASK: &str = "__has_include";
+    let mut found = Vec::new();
+    let mut rest = condition;
+    while let Some(at) = rest.find(ASK) {
+        let after = rest[at + ASK.len()..].strip_prefix("_next").unwrap_or(&rest[at + ASK.len()..]);
+        rest = after;
+        // `defined(__has_include)` and `#ifdef __has_include` ask about the feature only.
+        let Some(operand) = after.trim_start().strip_prefix('(') else { continue };
+        let operand = operand.trim_start();
+        let directive = match between(operand, '<', '>') {
+            Some(name) => Directive::System(name),
+            None => quoted(operand, b'"').map_or_else(|| computed(ASK, operand), Directive::Include),
+        };
+        found.push(directive);
+    }
+    found
+}
+
+/// The preprocessor, SWIG or Fortran directive a line starts with, if any.
+fn directive(text: &str, fortran: bool) -> Option<Directive> {
+    // `%:` is the digraph of `#`, on in C by default.
+    let (word, operand) = if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
+        let (word, operand) = split_word(rest.trim_start());
+        if word == "cgo" {
+            return Some(Directive::Cgo(operand.to_owned()));
+        }
+        (word, operand)
+    } else if let Some(rest) = text.strip_prefix('%') {
+        split_word(rest)
+    } else if fortran {
+        let (word, operand) = split_word(text);
+        let name = quoted(operand, b'\'').or_else(|| quoted(operand, b'"'));
+        return name.filter(|_| word.eq_ignore_ascii_case("include")).map(Directive::Include);
+    } else {
+        return None;
+    };
+    if !matches!(word, "include" | "include_next" | "import" | "embed") {
+        return None;
+    }
+    if operand.is_empty() {
+        return None; // Nothing for the compiler to read.
+    }
+    if word == "embed" {
+        // C23: data, found like an include.
+        let name = between(operand, '<', '>').or_else(|| quoted(operand, b'"'));
+        return Some(name.map_or_else(|| computed(word, operand), Directive::Incbin));
+    }
+    if let Some(name) = between(operand, '<', '>') {
+        return Some(Directive::System(name));
+    }
+    Some(quoted(operand, b'"').map_or_else(|| computed(word, operand), Directive::Include))
+}
+
+/// Every `.incbin` and `.include` of the assembler in a line: statements may follow a label
+/// or a `;`, and C's inline assembly holds them in strings (`".incbin \"f\""`). One whose
+/// file is not a plain quoted name (a macro argument, a string pasted together) gives no key.
+fn assembler_directives(text: &str) -> Vec<Directive> {
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices('.') {
+        let before = text[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.') {
+            continue;
+        }
+        let (word, _) = split_word(&text[at + 1..]);
+        let data = match word {
+            "incbin" => true,
+            "include" => false,
+            _ => continue,
+        };
+        let operand = &text[at + 1 + word.len()..];
+        found.push(match assembler_operand(operand) {
+            Some(name) if data => Directive::Incbin(name),
+            Some(name) => Directive::Include(name),
+            None => Directive::Computed(format!(".{word}{}", operand.trim_end())),
+        });
+    }
+    found
+}
+
+/// The file an `.incbin` or `.include` names: `"name"`, or `\"name\"` in a C string, after
+/// blanks or the escapes `\t` and `\n` a C string writes them as.
+fn assembler_operand(operand: &str) -> Option<String> {
+    let mut rest = operand;
+    loop {
+        let trimmed = rest.trim_start_matches([' ', '\t']);
+        match trimmed.strip_prefix("\\t").or_else(|| trimmed.strip_prefix("\\n")) {
+            Some(after) => rest = after,
+            None => {
+                rest = trimmed;
+                break;
+            }
+        }
+    }
+    let name = match rest.strip_prefix("\\\"") {
+        Some(inner) => inner.find("\\\"").map(|end| &inner[..end]),
+        None => quoted(rest, b'"').map(|name| &rest[1..=name.len()]),
+    }?;
+    (!name.is_empty() && !name.contains(['\\', '"'])).then(|| name.to_owned())
+}
+
+fn computed(word: &str, operand: &str) -> Directive {
+    Directive::Computed(format!("{word} {}", operand.trim_end()))
+}
+
+/// The identifier a directive starts with, and the rest after blanks.
+fn split_word(text: &str) -> (&str, &str) {
+    let end = text.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(text.len());
+    (&text[..end], text[end..].trim_start())
+}
+
+/// The text between `quote` and the next one at the start of `operand`. A name that is not
+/// UTF-8 keeps the replacement characters, so that it gives no key rather than passing for a
+/// system header that was not found.
+fn quoted(operand: &str, quote: u8) -> Option<String> {
+    between(operand, quote as char, quote as char)
+}
+
+fn between(operand: &str, open: char, close: char) -> Option<String> {
+    let rest = operand.strip_prefix(open)?;
+    Some(rest[..rest.find(close)?].to_owned())
+}
