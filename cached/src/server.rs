@@ -33,6 +33,8 @@ use crate::{auth, conn, metrics, tls};
 
 /// How long an HTTP/2 keepalive ping may go unanswered before the connection is dropped.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Streams a peer may make the server reset on one connection before it is closed.
+const MAX_LOCAL_RESETS: usize = 1024;
 
 /// What the services serve.
 pub struct Services {
@@ -78,6 +80,9 @@ pub async fn start(
     let router = tonic::transport::Server::builder()
         .http2_adaptive_window(Some(true))
         .max_concurrent_streams(limits.max_streams_per_connection)
+        // tonic's default turns off h2's bound on streams a peer makes the server reset
+        // (CVE-2025-8671, "MadeYouReset"); hyper's own default is 1024.
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
         // Pings find connections whose peer vanished without closing them.
         .http2_keepalive_interval(Some(limits.idle_timeout))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

@@ -15,7 +15,7 @@ pub mod layer;
 pub mod lease;
 pub mod open;
 pub mod rate;
-mod refusals;
+pub(crate) mod refusals;
 pub mod reload;
 pub mod scopes;
 mod slots;

@@ -13,7 +13,7 @@ use crate::conn::PeerKey;
 /// How often one address's refusals of one reason are logged, as for refused connections.
 const LOG_EVERY: Duration = crate::conn::WARN_EVERY;
 /// What every refusal line says of the ones it stands for.
-pub(super) const EVERY: &str = " (logged once per 10s per address and reason; `unlogged` counts the rest)";
+pub(crate) const EVERY: &str = " (logged once per 10s per address and reason; `unlogged` counts the rest)";
 /// Addresses (and reasons) tracked at once. Past it, refusals from addresses not tracked yet
 /// share one entry per reason, so a flood from many addresses stays a line per interval too.
 const MAX_TRACKED: usize = 4096;
@@ -28,14 +28,14 @@ struct Entry {
 }
 
 #[derive(Default)]
-pub(super) struct RefusalLog {
+pub(crate) struct RefusalLog {
     entries: Mutex<HashMap<Key, Entry>>,
 }
 
 impl RefusalLog {
     /// Whether a refusal of `peer` for `reason` is logged now; if so, how many refusals of the
     /// same kind went unlogged since its last line.
-    pub(super) fn admit(&self, peer: &str, reason: &'static str) -> Option<u64> {
+    pub(crate) fn admit(&self, peer: &str, reason: &'static str) -> Option<u64> {
         self.admit_at(peer.parse::<SocketAddr>().ok().map(PeerKey::of), reason, Instant::now())
     }
 

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
+use crate::auth::refusals::{EVERY, RefusalLog};
 use crate::error::Error;
 use crate::gocache::namespace;
 use crate::scheduler::backend::SchedulerBackend;
@@ -47,11 +48,14 @@ type LeaseStream = Pin<Box<dyn Stream<Item = Result<LeaseResponse, Status>> + Se
 pub struct JobsService {
     scheduler: Arc<dyn SchedulerBackend>,
     finished: Arc<FinishedJobs>,
+    /// Refused submissions are logged as the auth layer's refusals are: a line per address
+    /// and interval, so a token refused at its rate limit does not fill the disk with them.
+    refusals: RefusalLog,
 }
 
 impl JobsService {
     pub fn new(scheduler: Arc<dyn SchedulerBackend>, finished: Arc<FinishedJobs>) -> Self {
-        Self { scheduler, finished }
+        Self { scheduler, finished, refusals: RefusalLog::default() }
     }
 
     /// The key of the spec as the scheduler will store it (validation normalises it); none for
@@ -107,6 +111,7 @@ async fn check_job_namespace(
 #[tonic::async_trait]
 impl Jobs for JobsService {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+        let peer = request.remote_addr().map(|addr| addr.to_string()).unwrap_or_default();
         let (_, extensions, request) = request.into_parts();
         let spec = request.spec.ok_or_else(|| Error::invalid("spec is missing"))?;
         let ns = namespace(&spec.namespace)?.to_owned();
@@ -123,20 +128,27 @@ impl Jobs for JobsService {
             None => self.submit_new(spec, key, &grant.token).await,
         };
         // A job runs the submitter's source on the agents: who asked for what is on record.
-        tracing::info!(
-            target: "audit",
-            token = %grant.token,
-            namespace = %ns,
-            job = %result.as_deref().unwrap_or("-"),
-            packages = %packages,
-            targets,
-            outcome = match (&result, &reused) {
-                (Err(_), _) => "refused",
-                (Ok(_), Some(_)) => "reused",
-                (Ok(_), None) => "queued",
-            },
-            "Jobs.Submit"
-        );
+        let outcome = match (&result, &reused) {
+            (Err(_), _) => "refused",
+            (Ok(_), Some(_)) => "reused",
+            (Ok(_), None) => "queued",
+        };
+        let unlogged =
+            if result.is_err() { self.refusals.admit(&peer, "Jobs.Submit refused") } else { Some(0) };
+        if let Some(unlogged) = unlogged {
+            tracing::info!(
+                target: "audit",
+                token = %grant.token,
+                namespace = %ns,
+                job = %result.as_deref().unwrap_or("-"),
+                packages = %packages,
+                targets,
+                outcome,
+                unlogged,
+                "Jobs.Submit{}",
+                if result.is_err() { EVERY } else { "" }
+            );
+        }
         Ok(Response::new(SubmitResponse { job_id: result?, reused: reused.is_some() }))
     }
 
