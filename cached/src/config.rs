@@ -134,6 +134,11 @@ pub const SETTINGS: &[Setting] = &[
         default: "64",
     },
     Setting {
+        key: "max_request_bytes_per_token",
+        help: "bytes of unary requests (all but uploads and streams) one token may have in flight at once",
+        default: "256MiB",
+    },
+    Setting {
         key: "max_concurrent_uploads",
         help: "most Cas.Write and Cas.BatchWrite calls received at once",
         default: "128",
@@ -327,6 +332,8 @@ pub struct Limits {
     pub max_watches_per_token: usize,
     pub max_streams_per_token: usize,
     pub max_uploads_per_token: usize,
+    /// Bytes of unary requests of one token being received (and so held) at once.
+    pub max_request_bytes_per_token: u64,
     /// Requests per second per token; `None` is unlimited.
     pub rate_limit: Option<u32>,
     /// Bytes per second a token may make the server decode beyond what it sent; `None` is
@@ -513,6 +520,7 @@ impl Config {
             max_watches_per_token: get("max_watches_per_token").count()? as usize,
             max_streams_per_token: get("max_streams_per_token").count()? as usize,
             max_uploads_per_token: get("max_uploads_per_token").count()? as usize,
+            max_request_bytes_per_token: get("max_request_bytes_per_token").size()?,
             rate_limit: get("rate_limit").parse_with(|v| match v.parse::<u32>() {
                 Ok(0) => Ok(None),
                 Ok(rate) => Ok(Some(rate)),

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tonic::body::Body;
 
 use super::Grant;
+use super::held::{HeldBody, HeldBytes};
 use super::idle::IdleBody;
 use super::lease::{CACHE_TOKEN_PREFIX, LeaseId, LeaseKeys, LiveLeases};
 use super::open::{Holding, OpenStreams};
@@ -47,6 +48,8 @@ pub struct AuthSettings {
     watches: Arc<TokenSlots>,
     token_uploads: Arc<TokenSlots>,
     token_streams: Arc<TokenSlots>,
+    /// Bytes of unary requests each token has in flight (`max_request_bytes_per_token`).
+    request_bytes: Arc<HeldBytes>,
     refusals: RefusalLog,
 }
 
@@ -72,6 +75,7 @@ impl AuthSettings {
             watches: Arc::new(TokenSlots::new(SlotKind::Watches, limits.max_watches_per_token)),
             token_uploads: Arc::new(TokenSlots::new(SlotKind::Uploads, limits.max_uploads_per_token)),
             token_streams: Arc::new(TokenSlots::new(SlotKind::Streams, limits.max_streams_per_token)),
+            request_bytes: HeldBytes::new(limits.max_request_bytes_per_token),
             refusals: RefusalLog::default(),
         }
     }
@@ -478,7 +482,15 @@ where
         // Uploads must keep up min_transfer_rate too; other streams (heartbeats) send now and then.
         let min_rate = if method.upload { settings.min_transfer_rate } else { 0 };
         let pace = crate::conn::Pace { idle: settings.idle_timeout, min_rate };
-        let request = request.map(|body| Body::new(IdleBody::new(body, pace)));
+        let held = method.unary && Grant::has_own_limits(&admitted.grant.token);
+        let request = request.map(|body| {
+            let body = IdleBody::new(body, pace);
+            if held {
+                Body::new(HeldBody::new(body, Arc::clone(&settings.request_bytes), &admitted.grant.token))
+            } else {
+                Body::new(body)
+            }
+        });
         // The handler, and what it spawns, is work for this token (`crate::caller`).
         let call = crate::caller::scope(Some(Arc::from(admitted.grant.token.as_str())), inner.call(request));
         Box::pin(async move {

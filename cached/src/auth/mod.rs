@@ -10,6 +10,7 @@
 //! A build on a runner agent reaches the cache with the credential of its lease ([`lease`]),
 //! which the layer checks beside the configured tokens.
 
+mod held;
 mod idle;
 pub mod layer;
 pub mod lease;
