@@ -134,6 +134,11 @@ pub const SETTINGS: &[Setting] = &[
         default: "64",
     },
     Setting {
+        key: "max_upload_bytes_per_token",
+        help: "bytes of unfinished uploads (CAS, and registry upload sessions apart) one token may hold on the disk",
+        default: "8GiB",
+    },
+    Setting {
         key: "max_request_bytes_per_token",
         help: "bytes of unary requests (all but uploads and streams) one token may have in flight at once",
         default: "256MiB",
@@ -334,6 +339,8 @@ pub struct Limits {
     pub max_uploads_per_token: usize,
     /// Bytes of unary requests of one token being received (and so held) at once.
     pub max_request_bytes_per_token: u64,
+    /// Bytes of one token's unfinished uploads on the disk (registry sessions counted apart).
+    pub max_upload_bytes_per_token: u64,
     /// Requests per second per token; `None` is unlimited.
     pub rate_limit: Option<u32>,
     /// Bytes per second a token may make the server decode beyond what it sent; `None` is
@@ -521,6 +528,7 @@ impl Config {
             max_streams_per_token: get("max_streams_per_token").count()? as usize,
             max_uploads_per_token: get("max_uploads_per_token").count()? as usize,
             max_request_bytes_per_token: get("max_request_bytes_per_token").size()?,
+            max_upload_bytes_per_token: get("max_upload_bytes_per_token").size()?,
             rate_limit: get("rate_limit").parse_with(|v| match v.parse::<u32>() {
                 Ok(0) => Ok(None),
                 Ok(rate) => Ok(Some(rate)),
@@ -708,6 +716,7 @@ fn registry_settings<'a>(
         upload_timeout,
         max_uploads_per_namespace: get("registry_max_uploads").count()? as usize,
         min_free_space: get("min_free_space").size()?,
+        max_upload_bytes_per_token: get("max_upload_bytes_per_token").size()?,
         max_records: max_registry_records(get)?,
         upload_pace: crate::conn::ConnLimits::from(limits).pace,
     }))

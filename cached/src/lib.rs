@@ -368,7 +368,10 @@ fn announce(config: &Config, listen: SocketAddr, tls: Option<&tls::Tls>, auth: &
 
 /// The free-space guard of the data directory, with a warning when `max_size` cannot fit there.
 fn free_space(config: &Config, usage: &dyn StoreUsage) -> Arc<FreeSpace> {
-    let space = Arc::new(FreeSpace::new(config.data_dir.clone(), config.min_free_space));
+    let space = Arc::new(
+        FreeSpace::new(config.data_dir.clone(), config.min_free_space)
+            .with_pending_cap(config.limits.max_upload_bytes_per_token),
+    );
     warn_if_the_disk_is_smaller(config, &space, usage);
     space
 }

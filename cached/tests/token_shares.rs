@@ -23,8 +23,17 @@ async fn held_upload(
     token: &str,
     seed: u8,
 ) -> (mpsc::Sender<v1::WriteRequest>, cached::task::Task<Result<v1::WriteResponse, tonic::Status>>) {
+    held_upload_with(cas, token, Digest::of(&[seed])).await
+}
+
+/// An upload of `digest` that sends its header and then what is sent on the returned sender.
+async fn held_upload_with(
+    cas: &CasClient<Channel>,
+    token: &str,
+    digest: Digest,
+) -> (mpsc::Sender<v1::WriteRequest>, cached::task::Task<Result<v1::WriteResponse, tonic::Status>>) {
     let (sender, receiver) = mpsc::channel(4);
-    sender.send(header(Digest::of(&[seed]), Compression::Identity)).await.unwrap();
+    sender.send(header(digest, Compression::Identity)).await.unwrap();
     let (mut cas, request) = (cas.clone(), as_token(ReceiverStream::new(receiver), token));
     let task =
         cached::task::spawn("held upload", async move { cas.write(request).await.map(|r| r.into_inner()) });
@@ -85,4 +94,57 @@ async fn a_token_holds_only_its_share_of_uploads_and_streams() {
     upload(&cas, "pr", b"after the others ended").await.expect("the share came back");
     drop(read("pr").await.expect("a stream again"));
     server.stop().await;
+}
+
+/// Bytes that do not compress: a store of them takes their size.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// An upload's written bytes sit on the disk until it commits, where eviction cannot reach
+/// them: one token's unfinished uploads may hold only its share (`max_upload_bytes_per_token`),
+/// or uploads held open would keep the disk below its floor for every tenant.
+#[tokio::test]
+async fn a_tokens_unfinished_uploads_hold_only_its_share_of_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path(), &["pr", "main"], "read,cas-write");
+    let settings =
+        [("tokens_file", tokens.as_str()), ("max_upload_bytes_per_token", "4MiB"), ("idle_timeout", "30s")];
+    let server = Server::start(&dir.path().join("data"), &settings).await;
+    let cas = server.clients().await.cas;
+
+    // 3 MiB written of an 8 MiB blob, then nothing.
+    let blob = noise(1, 8 << 20);
+    let (held, task) = held_upload_of(&cas, "pr", &blob, 3).await;
+    let err = upload(&cas, "pr", &noise(2, 2 << 20)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_upload_bytes_per_token"), "{err:?}");
+    upload(&cas, "main", &noise(3, 2 << 20)).await.expect("another token has its own share");
+    drop((held, task));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    upload(&cas, "pr", &noise(2, 2 << 20)).await.expect("the share came back");
+    server.stop().await;
+}
+
+/// An upload of `blob` that sends its first `pieces` MiB and then holds on.
+async fn held_upload_of(
+    cas: &CasClient<Channel>,
+    token: &str,
+    blob: &[u8],
+    pieces: usize,
+) -> (mpsc::Sender<v1::WriteRequest>, cached::task::Task<Result<v1::WriteResponse, tonic::Status>>) {
+    let (sender, task) = held_upload_with(cas, token, Digest::of(blob)).await;
+    for piece in blob.chunks(1 << 20).take(pieces) {
+        sender.send(data(Bytes::copy_from_slice(piece))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (sender, task)
 }

@@ -52,6 +52,8 @@ pub struct RegistrySettings {
     pub max_uploads_per_namespace: usize,
     /// `min_free_space`: below it, uploads are not spooled nor manifests stored.
     pub min_free_space: u64,
+    /// `max_upload_bytes_per_token`: bytes one token's open upload sessions may spool.
+    pub max_upload_bytes_per_token: u64,
     /// `max_registry_records`: bytes of blob links, manifests and tags kept; beyond it the
     /// oldest written are forgotten.
     pub max_records: u64,
@@ -90,7 +92,10 @@ impl Registry {
         tls: bool,
     ) -> Result<Arc<Self>> {
         let spool = data_dir.join("registry-uploads");
-        let space = Arc::new(FreeSpace::new(data_dir.to_owned(), settings.min_free_space));
+        let space = Arc::new(
+            FreeSpace::new(data_dir.to_owned(), settings.min_free_space)
+                .with_pending_cap(settings.max_upload_bytes_per_token),
+        );
         let limits = uploads::UploadLimits {
             timeout: settings.upload_timeout,
             per_namespace: settings.max_uploads_per_namespace,

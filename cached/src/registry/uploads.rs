@@ -33,7 +33,7 @@ use super::{Registry, check_free_space};
 use crate::auth::{Grant, Scope};
 use crate::cas::{DecodeBudget, Encoding};
 use crate::conn::Pace;
-use crate::store::FreeSpace;
+use crate::store::{FreeSpace, PendingBytes};
 
 pub(super) struct UploadLimits {
     pub timeout: Duration,
@@ -74,6 +74,8 @@ struct Entry {
 struct Session {
     path: PathBuf,
     written: u64,
+    /// What it spooled, against its token's share of the disk until the session goes.
+    pending: PendingBytes,
     sha256: Sha256,
     blake3: blake3::Hasher,
 }
@@ -112,7 +114,13 @@ impl Uploads {
             let _ = std::fs::remove_file(&path);
             return Err(err);
         }
-        let session = Session { path, written: 0, sha256: Sha256::new(), blake3: blake3::Hasher::new() };
+        let session = Session {
+            path,
+            written: 0,
+            pending: PendingBytes::new(&self.limits.space, Some(token)),
+            sha256: Sha256::new(),
+            blake3: blake3::Hasher::new(),
+        };
         let entry = Entry {
             repo: repo.clone(),
             token: token.to_owned(),
@@ -385,6 +393,7 @@ async fn append(session: &mut Session, body: Body, limits: &UploadLimits) -> Reg
             )
             .with_status(StatusCode::PAYLOAD_TOO_LARGE));
         }
+        session.pending.add(chunk.len() as u64).map_err(RegistryError::from)?;
         unchecked += chunk.len() as u64;
         if unchecked >= SPOOL_RECHECK {
             unchecked = 0;

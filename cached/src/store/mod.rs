@@ -19,7 +19,7 @@ use proto::Digest;
 pub use keys::BlobKey;
 pub use metrics::{Metered, StoreCounters};
 pub use rocks::{Budget, RocksStore, ScrubSlice, ScrubTotals, StoreTotals};
-pub use space::{Evictable, FreeSpace, SpaceGuarded, reclaim};
+pub use space::{Evictable, FreeSpace, PendingBytes, SpaceGuarded, reclaim};
 pub use verify::Verified;
 
 use crate::error::Result;

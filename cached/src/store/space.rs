@@ -19,6 +19,7 @@
 //! Housekeeping, once it acts, frees `HEADROOM` beyond what was short, so the uploads that
 //! were waiting fit again.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -49,6 +50,11 @@ pub struct FreeSpace {
     /// The largest upload refused since housekeeping last ran because the room above the floor
     /// was too small for it: housekeeping makes that room.
     wanted: AtomicU64,
+    /// Bytes of each token's unfinished uploads on this disk, and the most one token may have:
+    /// they are not the store's to evict, so one tenant's uploads held open would otherwise
+    /// keep the disk below its floor for everyone.
+    pending: Mutex<HashMap<String, u64>>,
+    pending_cap: u64,
 }
 
 impl FreeSpace {
@@ -60,6 +66,41 @@ impl FreeSpace {
             sample: Mutex::new(None),
             warned_exhausted: Mutex::new(None),
             wanted: AtomicU64::new(0),
+            pending: Mutex::default(),
+            pending_cap: u64::MAX,
+        }
+    }
+
+    /// With at most `cap` bytes of unfinished uploads per token (`max_upload_bytes_per_token`).
+    pub fn with_pending_cap(mut self, cap: u64) -> Self {
+        self.pending_cap = cap;
+        self
+    }
+
+    fn hold_pending(&self, token: &str, bytes: u64) -> Result<()> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = pending.entry(token.to_owned()).or_default();
+        if held.saturating_add(bytes) > self.pending_cap {
+            return Err(Error::Busy {
+                message: format!(
+                    "token `{token}` already has {} MiB of unfinished uploads on the server's disk \
+                     (max_upload_bytes_per_token); finish or cancel one, or retry once one is done",
+                    *held >> 20
+                ),
+                retry_after: PENDING_RETRY,
+            });
+        }
+        *held += bytes;
+        Ok(())
+    }
+
+    fn release_pending(&self, token: &str, bytes: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = pending.get_mut(token) {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                pending.remove(token);
+            }
         }
     }
 
@@ -149,6 +190,43 @@ impl FreeSpace {
     }
 }
 
+/// How long a caller refused for its unfinished uploads is asked to wait.
+const PENDING_RETRY: Duration = Duration::from_secs(1);
+
+/// The bytes one unfinished upload has written, held against its token's share of the disk
+/// (see [`FreeSpace::with_pending_cap`]) until it is dropped: committed, cancelled or expired.
+pub struct PendingBytes {
+    space: Arc<FreeSpace>,
+    /// `None` for the callers of a server without tokens, one party with no tenant to keep
+    /// from another.
+    token: Option<String>,
+    bytes: u64,
+}
+
+impl PendingBytes {
+    pub fn new(space: &Arc<FreeSpace>, token: Option<&str>) -> Self {
+        let token = token.filter(|token| crate::auth::Grant::has_own_limits(token)).map(str::to_owned);
+        Self { space: Arc::clone(space), token, bytes: 0 }
+    }
+
+    /// Holds `bytes` more, or refuses them past the token's share.
+    pub fn add(&mut self, bytes: u64) -> Result<()> {
+        if let Some(token) = &self.token {
+            self.space.hold_pending(token, bytes)?;
+            self.bytes += bytes;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PendingBytes {
+    fn drop(&mut self) {
+        if let Some(token) = &self.token {
+            self.space.release_pending(token, self.bytes);
+        }
+    }
+}
+
 /// The bytes a store holds, which eviction could give back.
 pub type Evictable = Box<dyn Fn() -> u64 + Send + Sync>;
 
@@ -179,8 +257,10 @@ impl<S: BlobStore> BlobStore for SpaceGuarded<S> {
 
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {
         self.space.admit(digest, (self.evictable)())?;
+        let caller = crate::caller::current();
         Ok(Box::new(GuardedWriter {
             inner: self.inner.write(digest)?,
+            pending: PendingBytes::new(&self.space, caller.as_deref()),
             space: Arc::clone(&self.space),
             unchecked: 0,
         }))
@@ -195,6 +275,8 @@ impl<S: BlobStore> BlobStore for SpaceGuarded<S> {
 /// disk below the floor.
 struct GuardedWriter {
     inner: Box<dyn FrameWriter>,
+    /// What it has written before its commit, against its caller's share.
+    pending: PendingBytes,
     space: Arc<FreeSpace>,
     /// Bytes written since the disk was last measured.
     unchecked: u64,
@@ -202,6 +284,7 @@ struct GuardedWriter {
 
 impl FrameWriter for GuardedWriter {
     fn put_frame(&mut self, frame: bytes::Bytes) -> Result<()> {
+        self.pending.add(frame.len() as u64)?;
         self.unchecked += frame.len() as u64;
         if self.unchecked >= RECHECK_EVERY {
             self.unchecked = 0;
