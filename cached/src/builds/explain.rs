@@ -317,6 +317,26 @@ mod tests {
         v1::BuildManifest { version: manifest::MANIFEST_VERSION, components }
     }
 
+    /// One token reads the history one call at a time: a second call of the same token is
+    /// refused (to retry) instead of queueing ahead of other tenants'; other tokens, and the
+    /// callers of a server without tokens, wait their turn as before.
+    #[tokio::test]
+    async fn a_token_has_one_turn_at_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (builds, _) = recorded(dir.path(), 1, 1);
+        let as_token = |token: &str| Some(Arc::from(token));
+        let first = crate::caller::scope(as_token("pr"), builds.scan_slot()).await.unwrap();
+        let Err(err) = crate::caller::scope(as_token("pr"), builds.scan_slot()).await else {
+            panic!("a second turn for the same token")
+        };
+        assert!(err.to_string().contains("retry once it is answered"), "{err}");
+        let other = crate::caller::scope(as_token("main"), builds.scan_slot()).await.unwrap();
+        let anonymous = builds.scan_slot().await.unwrap();
+        drop(first);
+        let again = crate::caller::scope(as_token("pr"), builds.scan_slot()).await.unwrap();
+        drop((other, anonymous, again));
+    }
+
     /// Builds over counting records, with `builds` builds of `files` files recorded in `ci`,
     /// spread over 20 platforms of one package.
     fn recorded(dir: &std::path::Path, builds_count: usize, files: usize) -> (Arc<Builds>, Arc<Counting>) {

@@ -32,8 +32,9 @@ mod records;
 mod retention;
 mod rocks;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use counters::{BuildCounters, BuildNamespaceCounters};
@@ -96,14 +97,39 @@ pub struct Builds {
     warned_floor: Mutex<Option<Instant>>,
     /// Explain and Stats calls reading the log now ([`HISTORY_SCANS`]).
     scans: Arc<tokio::sync::Semaphore>,
+    /// Tokens with an Explain or Stats call reading or waiting to read the log.
+    scanning: Arc<Mutex<HashSet<String>>>,
     /// Misses being explained now (`explain::Explaining`).
     explaining: explain::Explaining,
 }
 
 /// Explain and Stats calls that may read the event log at once. Each reads up to the whole log
 /// (`max_build_history`) an event at a time, and a `read` token may call them as often as its
-/// rate limit allows: the rest wait their turn instead of all reading at once.
+/// rate limit allows: the rest wait their turn instead of all reading at once. One token has
+/// one call reading or waiting at a time (another is refused, to retry), so one tenant's
+/// calls cannot queue ahead of every other's.
 const HISTORY_SCANS: usize = 4;
+
+/// How long a token refused a second history scan is asked to wait.
+const SCAN_RETRY: Duration = Duration::from_secs(1);
+
+/// A turn to read the event log: the server's slot, and the caller token's one turn.
+pub(crate) struct ScanSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _turn: Option<TokenTurn>,
+}
+
+/// A token's turn at the event log, given back when dropped.
+struct TokenTurn {
+    scanning: Arc<Mutex<HashSet<String>>>,
+    token: String,
+}
+
+impl Drop for TokenTurn {
+    fn drop(&mut self) {
+        self.scanning.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.token);
+    }
+}
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -165,11 +191,27 @@ fn outputs_size(outputs: &[v1::BuildOutput]) -> u64 {
 
 impl Builds {
     /// A turn to read the event log, held until the read is over.
-    async fn scan_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        Arc::clone(&self.scans)
+    async fn scan_slot(&self) -> Result<ScanSlot> {
+        let turn = match crate::caller::current().filter(|token| crate::auth::Grant::has_own_limits(token)) {
+            Some(token) => {
+                if !self.scanning.lock().unwrap_or_else(PoisonError::into_inner).insert(token.to_string()) {
+                    return Err(Error::Busy {
+                        message: format!(
+                            "token `{token}` already has a Builds.Explain or Builds.Stats call reading the build \
+                             history; retry once it is answered"
+                        ),
+                        retry_after: SCAN_RETRY,
+                    });
+                }
+                Some(TokenTurn { scanning: Arc::clone(&self.scanning), token: token.to_string() })
+            }
+            None => None,
+        };
+        let permit = Arc::clone(&self.scans)
             .acquire_owned()
             .await
-            .map_err(|_| Error::Internal("the build history's scan slots were closed".to_owned()))
+            .map_err(|_| Error::Internal("the build history's scan slots were closed".to_owned()))?;
+        Ok(ScanSlot { _permit: permit, _turn: turn })
     }
 
     pub fn new(
@@ -193,6 +235,7 @@ impl Builds {
             forgetting: AtomicBool::new(false),
             warned_floor: Mutex::new(None),
             scans: Arc::new(tokio::sync::Semaphore::new(HISTORY_SCANS)),
+            scanning: Arc::default(),
             explaining: explain::Explaining::default(),
             history,
         });

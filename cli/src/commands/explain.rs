@@ -131,7 +131,9 @@ impl ExplainReport {
 
 pub async fn run(client: &Client, namespace: String, query: String, json: bool) -> Result<()> {
     let request = v1::BuildExplainRequest { namespace: namespace.clone(), query: query.clone() };
-    let response = client.builds.clone().explain(request).await?.into_inner();
+    // One Explain or Stats call per token reads the history at a time: others wait their turn.
+    let explain = || async { Ok(client.builds.clone().explain(request.clone()).await?.into_inner()) };
+    let response = cached_client::busy::retrying(explain).await?;
     let Some(event) = response.event.filter(|_| response.found) else {
         let ns = if namespace.is_empty() { "default" } else { namespace.as_str() };
         return Err(ClientError::Usage(format!("no miss of {query:?} is recorded in namespace {ns}")));
