@@ -54,10 +54,14 @@ impl Backends {
 impl Backends {
     /// Puts the shared bucket behind the blobs and the Go entries: the local stores become
     /// its hot tier. Without it nothing changes.
-    pub fn with_shared_store(mut self, bucket: Arc<Bucket>) -> Self {
+    pub fn with_shared_store(mut self, bucket: Arc<Bucket>, data_dir: &Path) -> Self {
         let epochs = Arc::new(PurgeEpochs::default());
-        let follower =
-            PurgeFollower::new(Arc::clone(&bucket), Arc::clone(&self.go_entries), Arc::clone(&epochs));
+        let follower = PurgeFollower::new(
+            Arc::clone(&bucket),
+            Arc::clone(&self.go_entries),
+            Arc::clone(&epochs),
+            data_dir,
+        );
         self.purges = Some(Arc::new(follower));
         let entries = SharedGoEntries::new(self.go_entries, self.blobs.clone(), Arc::clone(&bucket), epochs);
         self.go_entries = Arc::new(entries);

@@ -216,7 +216,7 @@ async fn open_records(config: &Config) -> Result<(Backends, Arc<dyn SchedulerBac
     let (mut backends, scheduler) = crate::task::spawn_blocking("open stores", move || -> Result<_> {
         let mut backends = Backends::open_rocksdb(&data_dir, budget, max_go_entries)?;
         if let Some(bucket) = shared {
-            backends = backends.with_shared_store(bucket);
+            backends = backends.with_shared_store(bucket, &data_dir);
         }
         let scheduler = local
             .then(|| scheduler::Scheduler::open(Arc::clone(&backends.jobs), scheduler_settings))

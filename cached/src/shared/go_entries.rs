@@ -105,8 +105,12 @@ impl GoEntryStore for SharedGoEntries {
     /// recorded, wherever it is kept. The other replicas' local copies go when they see the
     /// marker left for them ([`super::purges`]).
     fn purge_namespace(&self, namespace: &str) -> Result<u64> {
+        // Before the bucket's purge, for lookups that read it before the delete and keep
+        // their copy after; and again before the local purge, for those that noted the count
+        // between the two and kept their copy before it (the local purge drops theirs).
         self.epochs.advance(namespace);
         let shared = self.bucket.purge_namespace(namespace)?;
+        self.epochs.advance(namespace);
         let local = self.local.purge_namespace(namespace)?;
         self.bucket.mark_purged(namespace)?;
         Ok(shared.max(local))
@@ -151,7 +155,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backends = Backends::open_rocksdb(dir.path(), Budget::new(1 << 30, 0.9, 0.8), 1000)
             .unwrap()
-            .with_shared_store(here);
+            .with_shared_store(here, dir.path());
         let (entries, follower) = (Arc::clone(&backends.go_entries), backends.purges.clone().unwrap());
 
         let (namespace, action_id) = ("pr-1", ActionId([7; 32]));
@@ -172,7 +176,9 @@ mod tests {
         // The purge through the other replica, then this one following it.
         elsewhere.purge_namespace(namespace).unwrap();
         elsewhere.mark_purged(namespace).unwrap();
-        assert_eq!(follower.catch_up().unwrap(), [namespace]);
+        let unapplied = follower.unapplied().unwrap();
+        assert_eq!(unapplied.len(), 1);
+        follower.drop_local(namespace).unwrap();
         assert!(!lookup.is_finished(), "the lookup was to be under way during the purge");
         lookup.join().unwrap();
         assert_eq!(entries.get(namespace, &action_id).unwrap(), None, "the purged entry came back");

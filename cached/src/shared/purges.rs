@@ -3,14 +3,16 @@
 //! entries it used, and a local hit never asks the bucket: it would go on answering with what
 //! the purge was for. So the purging replica leaves a marker in the bucket
 //! (`layout::purge_marker`), and every replica follows the markers: one it has not applied
-//! since it started drops its local copies of that namespace. A replica applies them all
-//! before it serves, then looks again every `FOLLOW_INTERVAL`.
+//! drops its local copies of that namespace, and, without a database, its own whole-build
+//! records and jobs of it ([`LocalRecords`]). A replica applies them before it serves, then
+//! looks again every `FOLLOW_INTERVAL`.
 //!
-//! Dropping local copies is only ever forgetting: entries still in the bucket are fetched again
-//! on the next lookup. So a restart, which forgets what was applied, applies every marker once
-//! more, which costs lookups and nothing else.
+//! A marker counts as applied once all of that succeeded, and what was applied is kept in the
+//! data directory (`purges-applied`): a restart does not purge again records and jobs made
+//! since, and a replica that was down when the purge happened applies it when it starts.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,41 +55,79 @@ pub struct PurgeFollower {
     /// This replica's own RocksDB entries, under the shared tier.
     local: Arc<dyn GoEntryStore>,
     epochs: Arc<PurgeEpochs>,
-    /// Each marker applied since start, by key: the version it had.
+    /// Each marker applied, by key: the version it had; kept in `record`.
     applied: Mutex<HashMap<String, String>>,
+    record: PathBuf,
+}
+
+/// A marker this replica has yet to apply.
+pub struct Unapplied {
+    key: String,
+    version: String,
+    /// The purged namespace; `None` when this replica made the purge itself (it applied it as
+    /// it made it) or the marker is gone.
+    namespace: Option<String>,
 }
 
 impl PurgeFollower {
-    pub fn new(bucket: Arc<Bucket>, local: Arc<dyn GoEntryStore>, epochs: Arc<PurgeEpochs>) -> Self {
-        Self { bucket, local, epochs, applied: Mutex::default() }
+    /// Follows the markers of `bucket`, keeping what it applied in `data_dir`.
+    pub fn new(
+        bucket: Arc<Bucket>,
+        local: Arc<dyn GoEntryStore>,
+        epochs: Arc<PurgeEpochs>,
+        data_dir: &Path,
+    ) -> Self {
+        let record = data_dir.join(APPLIED_FILE);
+        let applied = std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .map(|(key, version)| (key.to_owned(), version.to_owned()))
+            .collect();
+        Self { bucket, local, epochs, applied: Mutex::new(applied), record }
     }
 
-    /// Drops the local entries of every namespace purged (through any replica) since this one
-    /// last looked; those namespaces. Blocking.
-    pub fn catch_up(&self) -> Result<Vec<String>> {
-        let mut purged = Vec::new();
+    /// The markers not applied yet. Blocking.
+    pub fn unapplied(&self) -> Result<Vec<Unapplied>> {
+        let mut found = Vec::new();
         for marker in self.bucket.purge_markers()? {
             let key = marker.key.to_string();
             if self.lock().get(&key) == Some(&marker.version) {
                 continue;
             }
-            // This replica's own purges were applied as they were made.
-            let notice = self.bucket.purged_namespace(&marker)?.filter(|notice| !notice.ours);
-            if let Some(namespace) = notice.map(|notice| notice.namespace) {
-                self.epochs.advance(&namespace);
-                let dropped = self.local.purge_namespace(&namespace)?;
-                tracing::info!(namespace, dropped, "a purge through another replica: local entries dropped");
-                purged.push(namespace);
-            }
-            self.lock().insert(key, marker.version);
+            let notice = self.bucket.purged_namespace(&marker)?;
+            let namespace = notice.filter(|notice| !notice.ours).map(|notice| notice.namespace);
+            found.push(Unapplied { key, version: marker.version, namespace });
         }
-        Ok(purged)
+        Ok(found)
+    }
+
+    /// Drops this replica's local entries of `namespace`. Blocking.
+    pub(crate) fn drop_local(&self, namespace: &str) -> Result<()> {
+        self.epochs.advance(namespace);
+        let dropped = self.local.purge_namespace(namespace)?;
+        tracing::info!(namespace, dropped, "a purge through another replica: local entries dropped");
+        Ok(())
+    }
+
+    /// Records `marker` as applied, here and in the data directory. Blocking.
+    fn applied(&self, marker: &Unapplied) -> Result<()> {
+        let mut applied = self.lock();
+        applied.insert(marker.key.clone(), marker.version.clone());
+        let text: String = applied.iter().map(|(key, version)| format!("{key}\t{version}\n")).collect();
+        let temp = self.record.with_extension("tmp");
+        std::fs::write(&temp, text)
+            .and_then(|()| std::fs::rename(&temp, &self.record))
+            .map_err(|err| crate::error::Error::Internal(format!("{}: {err}", self.record.display())))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.applied.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
+
+/// Where a replica keeps the markers it applied.
+const APPLIED_FILE: &str = "purges-applied";
 
 /// What a replica without a database keeps of a namespace on its own besides Go entries:
 /// whole-build records and jobs. A purge through another replica reaches them through the
@@ -117,18 +157,31 @@ impl LocalRecords {
     }
 }
 
-/// Catches up once: local entries, then local records when the replica keeps them alone.
+/// Catches up once: for each marker not applied yet, the local entries, then the local
+/// records when the replica keeps them alone; the marker counts as applied only once all of
+/// that succeeded, so one that failed is tried again at the next look.
 pub async fn catch_up(follower: &Arc<PurgeFollower>, records: Option<&LocalRecords>) -> Result<()> {
-    let follower = Arc::clone(follower);
-    let purged = crate::task::spawn_blocking("follow purges", move || follower.catch_up())
-        .await
-        .map_err(|err| crate::error::Error::Internal(format!("following purges: {err}")))??;
-    if let Some(records) = records {
-        for namespace in purged {
-            records.purge(&namespace).await?;
+    let unapplied = blocking(follower, |follower| follower.unapplied()).await?;
+    for marker in unapplied {
+        if let Some(namespace) = marker.namespace.clone() {
+            blocking(follower, move |follower| follower.drop_local(&namespace)).await?;
+            if let (Some(records), Some(namespace)) = (records, &marker.namespace) {
+                records.purge(namespace).await?;
+            }
         }
+        blocking(follower, move |follower| follower.applied(&marker)).await?;
     }
     Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    follower: &Arc<PurgeFollower>,
+    work: impl FnOnce(&PurgeFollower) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let follower = Arc::clone(follower);
+    crate::task::spawn_blocking("follow purges", move || work(&follower))
+        .await
+        .map_err(|err| crate::error::Error::Internal(format!("following purges: {err}")))?
 }
 
 /// Catches up every `FOLLOW_INTERVAL` until `stop`. A bucket that does not answer is reported
