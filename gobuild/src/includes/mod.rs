@@ -50,7 +50,7 @@ pub struct Limits {
 pub const LIMITS: Limits = Limits { files: 20_000, bytes: 512 * 1024 * 1024 };
 
 /// What a line asks the compiler or assembler to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Directive {
     /// A quoted `#include`, `#include_next`, `#import`, `.include`, `%include` or Fortran
     /// `include`: a source file, itself read for includes.
@@ -417,6 +417,9 @@ impl Scan {
             for &byte in &buffer[..read] {
                 if go { comments.byte(byte, &mut lines) } else { lines.byte(byte) }
             }
+        }
+        if go {
+            comments.finish(&mut lines);
         }
         let found = lines.finish();
         if found.len() > MAX_DIRECTIVES {
@@ -790,7 +793,7 @@ mod tests {
     #[test]
     fn a_file_of_endless_includes_gives_no_key() {
         let root = tempfile::tempdir().unwrap();
-        let many = "#include \"a.h\"\n".repeat(MAX_DIRECTIVES + 1);
+        let many: String = (0..=MAX_DIRECTIVES).map(|i| format!("#include \"a{i}.h\"\n")).collect();
         write(root.path(), &[("a.s", many.as_str()), ("a.h", "")]);
         let refusal = refusal(&[package(root.path(), "", &["a.s"], &[])], &LIMITS);
         assert!(refusal.contains("more than 4096 includes"), "{refusal}");
@@ -1216,6 +1219,46 @@ mod tests {
                 ["inc/v.h"],
                 "{preamble}"
             );
+        }
+    }
+
+    /// What the C reader makes of one group of a Go file's comments does not carry into the
+    /// next (a `/*` in a doc comment opens no comment in the preamble); `#cgo` lines are read
+    /// line by line as go/build reads them, a C comment around one or a carriage return in it
+    /// notwithstanding.
+    #[test]
+    fn each_comment_group_of_a_go_file_is_read_on_its_own() {
+        for go in [
+            "package p\n\n// reads testdata/*.json\nvar x = 1\n\n// #include \"../inc/v.h\"\nimport \"C\"\n",
+            "package p\n\n/*\n#cgo CFLAGS: -I${SRCDIR}/../inc\n*/\n// #include <v.h>\nimport \"C\"\n",
+            "package p\n\n// #cgo CFLAGS: -O2 \r-I${SRCDIR}/../inc\n// #include <v.h>\nimport \"C\"\n",
+            "package p\n\n// char *s = \"\r/*\";\n// #include \"../inc/v.h\"\nimport \"C\"\n",
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("p/p.go", go), ("inc/v.h", "")]);
+            assert_eq!(
+                found(root.path(), &[package(root.path(), "p", &[], &["p.go"])]),
+                ["inc/v.h"],
+                "{go:?}"
+            );
+        }
+    }
+
+    /// Where the lexer's reading of literals and comments may not be the compiler's (`$` in an
+    /// identifier, digit separators, a splice in a raw string, a header name's backslash), a
+    /// directive at a line's start is still found.
+    #[test]
+    fn a_directive_at_a_lines_start_is_found_whatever_the_lexer_thinks() {
+        for source in [
+            "#define $R x\nconst char *s = $R\"x(\";\n#include \"../inc/v.h\"\n",
+            "int a = 1'000; int b = '/*';\n#include \"../inc/v.h\"\n",
+            "const char *s = R\"x(a)x\\\n\"/*)x\";\n#include \"../inc/v.h\"\n// */\n",
+            "#include \"a\\\" \"/*\"\n#include \"../inc/v.h\"\n",
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("p/v.cc", source), ("inc/v.h", "")]);
+            let found = found(root.path(), &[package(root.path(), "p", &["v.cc"], &[])]);
+            assert!(found.contains(&"inc/v.h".to_owned()), "{source:?}: {found:?}");
         }
     }
 

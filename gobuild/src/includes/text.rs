@@ -5,6 +5,8 @@
 //! scan cannot tell what the compiler will read, the line gives [`Directive::Ambiguous`] and
 //! the build no key: the reading fails closed.
 
+use std::collections::HashSet;
+
 use super::Directive;
 
 /// The most of a logical line kept for matching, past its leading blanks: a directive and its
@@ -13,6 +15,8 @@ const MAX_LINE: usize = 8192;
 /// Directives one file may hold: a header of repeated includes would otherwise become millions
 /// of entries in the agent's memory.
 pub(super) const MAX_DIRECTIVES: usize = 4096;
+/// The most of a group of Go comments kept for its `#cgo` lines: a preamble holds a few.
+const MAX_GROUP: usize = 1 << 20;
 /// Raw string delimiters are at most this long (C++ `R"delim(...)delim"`).
 const MAX_RAW_DELIMITER: usize = 16;
 /// Words that, past the part of a line kept, may name a file for the compiler or assembler.
@@ -58,9 +62,17 @@ pub(super) struct Reader {
     cut_names_a_file: bool,
     /// The line gives no key whatever it holds.
     ambiguous: Option<&'static str>,
+    /// The physical line as it is, read for directives too: where the lexer's reading of
+    /// comments and literals is not the compiler's (a mode the scan does not know, a dialect),
+    /// a directive at a line's start is still found. Keying more files than the compiler
+    /// reads is harmless; keying fewer is not.
+    physical: Vec<u8>,
+    physical_cut: bool,
     /// Fortran's own `include 'file'` is matched too.
     fortran: bool,
     found: Vec<Directive>,
+    /// What `found` holds, so a directive both readings find counts once.
+    seen: HashSet<Directive>,
 }
 
 impl Reader {
@@ -76,18 +88,30 @@ impl Reader {
             cut: None,
             cut_names_a_file: false,
             ambiguous: None,
+            physical: Vec::new(),
+            physical_cut: false,
             fortran,
             found: Vec::new(),
+            seen: HashSet::new(),
         }
     }
 
     /// The directives read, once the text is over.
     pub(super) fn finish(mut self) -> Vec<Directive> {
+        self.end_text();
+        self.found
+    }
+
+    /// Ends a text: a cgo preamble's comment group is one, and the next group starts afresh
+    /// (a `/*` in one group's text opens no comment in the next).
+    pub(super) fn end_text(&mut self) {
         for held in std::mem::take(&mut self.splice) {
             self.lex_byte(held);
         }
+        self.physical_view();
         self.physical_line_end();
-        self.found
+        self.lex = Lex::Code;
+        self.after_cr = false;
     }
 
     pub(super) fn byte(&mut self, byte: u8) {
@@ -96,6 +120,11 @@ impl Reader {
             return;
         }
         let line_end = matches!(byte, b'\n' | b'\r');
+        if line_end {
+            self.physical_view();
+        } else {
+            self.keep_physical(byte);
+        }
         if !self.splice.is_empty() {
             if line_end {
                 // Backslash, blanks, line end: the next physical line continues this one.
@@ -120,6 +149,49 @@ impl Reader {
         } else {
             self.lex_byte(byte);
         }
+    }
+
+    fn keep_physical(&mut self, byte: u8) {
+        if self.physical.is_empty() && is_blank(byte) {
+            return;
+        }
+        if self.physical.len() < MAX_LINE {
+            self.physical.push(byte);
+        } else if !is_blank(byte) {
+            self.physical_cut = true;
+        }
+    }
+
+    /// The directives of the physical line just ended, read as it is.
+    fn physical_view(&mut self) {
+        let line = std::mem::take(&mut self.physical);
+        if std::mem::take(&mut self.physical_cut) {
+            if may_be_directive(&line) {
+                self.push(Directive::Ambiguous(format!("a line longer than {MAX_LINE} bytes")));
+            }
+        } else {
+            // A line continued on the next is read whole by the lexer's view; here only what
+            // it names outright counts.
+            let continued = line.iter().rev().find(|byte| !is_blank(**byte)) == Some(&b'\\');
+            for directive in directives(&without_comments(&line), self.fortran) {
+                if !(continued && matches!(directive, Directive::Computed(_) | Directive::Ambiguous(_))) {
+                    self.push(directive);
+                }
+            }
+        }
+    }
+
+    /// Adds a directive once; one past the cap is kept, to say the file went past it.
+    fn push(&mut self, directive: Directive) {
+        if self.found.len() <= MAX_DIRECTIVES && self.seen.insert(directive.clone()) {
+            self.found.push(directive);
+        }
+    }
+
+    /// A `#cgo` line of a Go file's comments (go/build reads them line by line from the
+    /// comment group's text, apart from the C preprocessor).
+    pub(super) fn cgo(&mut self, line: String) {
+        self.push(Directive::Cgo(line));
     }
 
     fn physical_line_end(&mut self) {
@@ -243,7 +315,8 @@ impl Reader {
             .iter()
             .find_map(|prefix| before.strip_suffix(*prefix))
             .unwrap_or(before);
-        !before.last().is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        // gcc takes `$` and UTF-8 in identifiers: `$R"` is an identifier and a string.
+        !before.last().is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$') || *b >= 0x80)
     }
 
     fn emit(&mut self, byte: u8) {
@@ -278,18 +351,41 @@ impl Reader {
                 found.extend(directives(&self.line[start..], self.fortran));
             }
         }
-        // One past the cap is kept, to say the file went past it.
         for directive in found {
-            if self.found.len() > MAX_DIRECTIVES {
-                break;
-            }
-            self.found.push(directive);
+            self.push(directive);
         }
         self.line.clear();
         self.restarts.clear();
         self.cut = None;
         self.cut_names_a_file = false;
     }
+}
+
+/// A physical line without what reads as a comment on it alone (`/* */`, and from `//` or an
+/// unclosed `/*` to its end), outside double quotes.
+fn without_comments(line: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len());
+    let (mut at, mut quoted) = (0, false);
+    while at < line.len() {
+        let rest = &line[at..];
+        if !quoted && rest.starts_with(b"//") {
+            break;
+        }
+        if !quoted && rest.starts_with(b"/*") {
+            match rest[2..].windows(2).position(|pair| pair == b"*/") {
+                Some(end) => {
+                    out.push(b' ');
+                    at += 2 + end + 2;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        quoted ^= rest[0] == b'"';
+        out.push(rest[0]);
+        at += 1;
+    }
+    out
 }
 
 fn is_blank(byte: u8) -> bool {
@@ -320,22 +416,30 @@ enum GoState {
 /// The comments of a Go file, where cgo's preamble and `#cgo` lines are, as cgo makes its
 /// preamble of them: a line comment's text and a line end, a block comment's text as it is,
 /// one after the other within a group of comments (no code or blank line between), so that
-/// `/*#inc*/` followed by `/*lude "x.h"*/` includes "x.h". Groups are kept apart by a line end.
+/// `/*#inc*/` followed by `/*lude "x.h"*/` includes "x.h". Each group is a text of its own to
+/// the C reader, and its `#cgo` lines are read from its text line by line, as go/build reads
+/// them. Carriage returns are dropped, as Go's scanner drops them from comments.
 #[derive(Default)]
 pub(super) struct GoComments {
     state: GoState,
     /// Since the last comment: line ends seen, or `None` after code (or before any comment).
     since_comment: Option<u32>,
+    /// The text of the current group of comments.
+    group: Vec<u8>,
 }
 
 impl GoComments {
     pub(super) fn byte(&mut self, byte: u8, reader: &mut Reader) {
         use GoState::*;
+        let in_comment = matches!(self.state, LineComment | Block | BlockStar);
+        if byte == b'\r' && in_comment {
+            return;
+        }
         self.state = match (self.state, byte) {
             (Slash, b'/' | b'*') => {
                 // A comment starts: a new group unless the last comment was just before.
                 if !matches!(self.since_comment, Some(0 | 1)) {
-                    reader.byte(b'\n');
+                    self.end_group(reader);
                 }
                 self.since_comment = None;
                 if byte == b'/' { LineComment } else { Block }
@@ -361,17 +465,17 @@ impl GoComments {
                 }
             }
             (LineComment, b'\n') => {
-                reader.byte(b'\n');
+                self.text(b'\n', reader);
                 self.since_comment = Some(1);
                 Code
             }
             (LineComment, _) => {
-                reader.byte(byte);
+                self.text(byte, reader);
                 LineComment
             }
             (Block, b'*') => BlockStar,
             (Block, _) => {
-                reader.byte(byte);
+                self.text(byte, reader);
                 Block
             }
             (BlockStar, b'/') => {
@@ -379,7 +483,7 @@ impl GoComments {
                 Code
             }
             (BlockStar, _) => {
-                reader.byte(b'*');
+                self.text(b'*', reader);
                 self.state = Block;
                 return self.byte(byte, reader);
             }
@@ -392,6 +496,31 @@ impl GoComments {
             (Raw, b'`') => Code,
             (Raw, _) => Raw,
         };
+    }
+
+    /// The file is over: its last group too.
+    pub(super) fn finish(&mut self, reader: &mut Reader) {
+        self.end_group(reader);
+    }
+
+    fn text(&mut self, byte: u8, reader: &mut Reader) {
+        if self.group.len() < MAX_GROUP {
+            self.group.push(byte);
+        }
+        reader.byte(byte);
+    }
+
+    /// Ends a group of comments: its `#cgo` lines, and a fresh start for the C reader.
+    fn end_group(&mut self, reader: &mut Reader) {
+        let group = std::mem::take(&mut self.group);
+        for line in String::from_utf8_lossy(&group).lines() {
+            let line = line.trim();
+            let Some(rest) = line.strip_prefix("#cgo") else { continue };
+            if rest.starts_with([' ', '\t']) {
+                reader.cgo(rest.trim().to_owned());
+            }
+        }
+        reader.end_text();
     }
 }
 
@@ -442,11 +571,7 @@ fn has_includes(condition: &str) -> Vec<Directive> {
 fn directive(text: &str, fortran: bool) -> Option<Directive> {
     // `%:` is the digraph of `#`, on in C by default.
     let (word, operand) = if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
-        let (word, operand) = split_word(rest.trim_start());
-        if word == "cgo" {
-            return Some(Directive::Cgo(operand.to_owned()));
-        }
-        (word, operand)
+        split_word(rest.trim_start())
     } else if let Some(rest) = text.strip_prefix('%') {
         split_word(rest)
     } else if fortran {
