@@ -69,15 +69,33 @@ pub fn ldflags_read_files(values: &[String]) -> Option<String> {
     None
 }
 
-/// Whether a C compiler or linker argument names a file: a response file, or an existing
-/// path (an argument, or a value after `=` or in a `-Wl,` list).
+/// Whether an argument for the external linker (the C compiler) may name a file or program
+/// to read: a response file, anything that is not a flag (an object, a library, a script,
+/// relative to go's work directory or not), the flags whose value is a path or a program,
+/// and `-Wl,` values other than those known to be plain words.
 fn names_a_file(argument: &str) -> bool {
-    let pieces = argument.split([',', '=']);
-    argument.contains('@')
-        || pieces.map(|piece| piece.strip_prefix("-T").unwrap_or(piece)).any(|piece| {
-            let path = std::path::Path::new(piece);
-            path.is_absolute() && path.exists()
-        })
+    const PATHS: &[&str] =
+        &["-T", "-L", "-B", "-fuse-ld", "-specs", "--sysroot", "-isysroot", "-include", "-imacros"];
+    const PLAIN_VALUES: &[&str] =
+        &["-rpath", "-R", "-soname", "-h", "-z", "--build-id", "-O", "-e", "--entry"];
+    if argument.contains('@')
+        || !argument.starts_with('-')
+        || PATHS.iter().any(|flag| argument.starts_with(flag))
+    {
+        return true;
+    }
+    let Some(list) = argument.strip_prefix("-Wl,") else { return false };
+    let pieces: Vec<&str> = list.split(',').collect();
+    pieces.iter().enumerate().any(|(at, piece)| {
+        let after_plain = at > 0 && PLAIN_VALUES.contains(&pieces[at - 1]);
+        let (name, value) = piece.split_once('=').map_or((*piece, None), |(name, value)| (name, Some(value)));
+        let names_a_path = ["--script", "--version-script", "--dynamic-list", "-T", "-L", "--library-path"]
+            .iter()
+            .any(|flag| name.starts_with(flag));
+        names_a_path
+            || (!piece.starts_with('-') && !after_plain)
+            || value.is_some_and(|value| value.contains('/'))
+    })
 }
 
 /// Whether an `-asmflags` value (`[pattern=]flags`) holds `-I`, in any form the assembler's
@@ -402,6 +420,15 @@ mod tests {
             assert!(ldflags_read_files(std::slice::from_ref(&files)).is_some(), "{files}");
         }
         assert_eq!(ldflags_read_files(&["-s -w -extldflags=-static".to_owned()]), None);
+        assert_eq!(ldflags_read_files(&["-extldflags '-static -Wl,-rpath,$ORIGIN/lib'".to_owned()]), None);
+        for relative in [
+            "-extldflags '-Wl,-T,link.ld'",
+            "-extldflags=extra.o",
+            "-extldflags=-L./lib",
+            "-extldflags=-fuse-ld=gold",
+        ] {
+            assert!(ldflags_read_files(&[relative.to_owned()]).is_some(), "{relative}");
+        }
     }
 
     #[test]
