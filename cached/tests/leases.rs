@@ -57,6 +57,7 @@ fn tokens() -> Vec<TokenSpec> {
     vec![
         token("submitter", "submit,read,cas-write", "*"),
         token("pr-1-submitter", "submit,read", "pr-1/*"),
+        token("pr-2-submitter", "submit,read", "pr-2/*"),
         token("ci-main", "read,cas-write,ac-write", "main/*"),
         token("agent-main", AGENT_SCOPES, "main/*"),
         token("agent-pr", AGENT_SCOPES, "pr-*"),
@@ -480,6 +481,58 @@ async fn turns_keep_each_submitters_order(server: &Server) {
         complete(&mut agent.workers, &token).await.unwrap();
     }
     assert_eq!(order, [flooded[2].clone(), theirs, flooded[3].clone()]);
+}
+
+/// A job no agent takes (a Go version none has) holds no turn back: a newcomer's jobs take
+/// turns from the jobs being served, not from that job's, so they do not all go ahead of a
+/// submitter that has kept the agents busy.
+async fn a_job_no_agent_takes_holds_no_turn_back(server: &Server) {
+    let mut stuck = jobs(server, "pr-2-submitter").await;
+    let never = v1::JobSpec { go_version: "go1.99.0".into(), ..numbered_spec("pr-2/app", "stuck", 0) };
+    submit(&mut stuck, never).await;
+    let mut busy = jobs(server, "submitter").await;
+    let mut newcomer = jobs(server, "pr-1-submitter").await;
+    let mut agent = Agent::connect(server, "agent-any", "turns", 1).await;
+    // Each of busy's jobs is submitted while the one before runs.
+    let first = submit(&mut busy, numbered_spec("main/app", "busy", 0)).await;
+    let mut running = agent.task().await.token.unwrap();
+    assert_eq!(running.job_id, first);
+    let mut queued = String::new();
+    for i in 1..4 {
+        queued = submit(&mut busy, numbered_spec("main/app", "busy", i)).await;
+        if i < 3 {
+            complete(&mut agent.workers, &running).await.unwrap();
+            running = agent.task().await.token.unwrap();
+            assert_eq!(running.job_id, queued);
+        }
+    }
+    let theirs = [
+        submit(&mut newcomer, numbered_spec("pr-1/app", "new", 0)).await,
+        submit(&mut newcomer, numbered_spec("pr-1/app", "new", 1)).await,
+    ];
+    complete(&mut agent.workers, &running).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let token = agent.task().await.token.unwrap();
+        order.push(token.job_id.clone());
+        complete(&mut agent.workers, &token).await.unwrap();
+    }
+    assert_eq!(order, [theirs[0].clone(), queued, theirs[1].clone()]);
+}
+
+#[tokio::test]
+async fn a_job_no_agent_takes_holds_no_turn_back_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]).await;
+    a_job_no_agent_takes_holds_no_turn_back(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_no_agent_takes_holds_no_turn_back_in_postgresql() {
+    let (_db, _dir, server) = start_in_postgresql(&[]).await;
+    a_job_no_agent_takes_holds_no_turn_back(&server).await;
+    server.stop().await;
 }
 
 fn numbered_spec(namespace: &str, tree: &str, number: usize) -> v1::JobSpec {

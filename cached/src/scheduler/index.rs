@@ -47,8 +47,10 @@ pub(super) struct Index {
     assembling: HashMap<String, usize>,
     open: HashMap<String, usize>,
     open_by_submitter: HashMap<String, usize>,
-    /// The turns of the unfinished jobs, in all and by submitter (as counts of each turn).
+    /// The turns of the unfinished jobs, in all and by submitter (as counts of each turn),
+    /// and of those with a task leased now (being served).
     turns: BTreeMap<u32, usize>,
+    serving_turns: BTreeMap<u32, usize>,
     turns_by_submitter: HashMap<String, BTreeMap<u32, usize>>,
     open_total: usize,
     /// Finished jobs by id, which sorts by submission.
@@ -105,6 +107,9 @@ impl Index {
                     entry.leased.push((task.agent.clone(), is_index(task)));
                 }
             }
+            if !entry.leased.is_empty() {
+                *self.serving_turns.entry(job.turn).or_default() += 1;
+            }
         }
         self.entries.insert(job.job_id.clone(), entry);
     }
@@ -120,6 +125,9 @@ impl Index {
             decrement(counts, agent);
         }
         if let Some((namespace, submitter, turn)) = &entry.open {
+            if !entry.leased.is_empty() {
+                forget_turn(&mut self.serving_turns, *turn);
+            }
             decrement(&mut self.open, namespace);
             decrement(&mut self.open_by_submitter, submitter);
             forget_turn(&mut self.turns, *turn);
@@ -176,9 +184,10 @@ impl Index {
         self.open_by_submitter.get(submitter).copied().unwrap_or(0)
     }
 
-    /// The lowest turn of an unfinished job.
-    pub(super) fn lowest_open_turn(&self) -> Option<u32> {
-        self.turns.keys().next().copied()
+    /// The turn the queue has reached: the lowest of the jobs being served, or, with none,
+    /// the lowest unfinished (a job no agent takes never holds it back while others run).
+    pub(super) fn queue_head(&self) -> Option<u32> {
+        self.serving_turns.keys().next().or_else(|| self.turns.keys().next()).copied()
     }
 
     /// The highest turn of the submitter's unfinished jobs.

@@ -230,14 +230,15 @@ struct OpenJobs {
     in_namespace: usize,
     by_submitter: usize,
     total: usize,
-    /// The lowest turn of an unfinished job: how far the queue has come.
-    lowest_turn: Option<u32>,
+    /// How far the queue has come: the lowest turn of the jobs being served (a task leased),
+    /// else of the unfinished ones.
+    queue_head: Option<u32>,
     /// The highest turn of the submitter's unfinished jobs.
     submitters_latest_turn: Option<u32>,
 }
 
 /// Gives a new job its turn (`JobStatus.turn`): one past its submitter's latest unfinished
-/// job, and never before the lowest turn still unfinished. Each submitter's jobs so go in the
+/// job, and never before the turn the queue has reached (the lowest being served). Each submitter's jobs so go in the
 /// order they came, one submitter's hundred queued jobs take turns 0 to 99 while a newcomer's
 /// first job takes the turn the queue has reached, and a job waits for at most its turn's
 /// worth of each other submitter's jobs. Callers of a server without tokens are one party:
@@ -245,7 +246,7 @@ struct OpenJobs {
 fn take_turn(job: &mut JobStatus, open: &OpenJobs) {
     job.turn = if Grant::has_own_limits(&job.submitter) {
         let next_of_submitter = open.submitters_latest_turn.map_or(0, |turn| turn.saturating_add(1));
-        next_of_submitter.max(open.lowest_turn.unwrap_or(0))
+        next_of_submitter.max(open.queue_head.unwrap_or(0))
     } else {
         0
     };
@@ -258,7 +259,7 @@ fn open_jobs(index: &Index, job: &JobStatus) -> OpenJobs {
         in_namespace: index.open_in(job_namespace(job)),
         by_submitter: index.open_by(&job.submitter),
         total: index.open_total(),
-        lowest_turn: index.lowest_open_turn(),
+        queue_head: index.queue_head(),
         submitters_latest_turn: index.latest_turn_of(&job.submitter),
     }
 }

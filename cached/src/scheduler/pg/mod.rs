@@ -224,7 +224,9 @@ async fn open_jobs(
     let row = client
         .query_one(
             "SELECT count(*) FILTER (WHERE namespace = $1), count(*) FILTER (WHERE submitter = $2), count(*), \
-             min(turn), max(turn) FILTER (WHERE submitter = $2) FROM jobs WHERE NOT finished",
+             coalesce(min(turn) FILTER (WHERE EXISTS \
+                 (SELECT 1 FROM tasks WHERE tasks.job_id = jobs.job_id AND tasks.state = 2)), min(turn)), \
+             max(turn) FILTER (WHERE submitter = $2) FROM jobs WHERE NOT finished",
             &[&namespace, &submitter],
         )
         .await?;
@@ -235,7 +237,7 @@ async fn open_jobs(
         in_namespace: count(0),
         by_submitter: count(1),
         total: count(2),
-        lowest_turn: turn(3),
+        queue_head: turn(3),
         submitters_latest_turn: turn(4),
     })
 }
