@@ -140,7 +140,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         key: "max_request_bytes_per_token",
-        help: "bytes of unary requests (all but uploads and streams) one token may have in flight at once",
+        help: "bytes of unary requests (every call but streams) one token may have in flight at once",
         default: "256MiB",
     },
     Setting {

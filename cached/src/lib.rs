@@ -24,6 +24,7 @@ pub mod scheduler;
 pub mod server;
 pub mod service;
 pub mod shared;
+pub mod shares;
 pub mod shutdown;
 pub mod signals;
 pub mod stats;

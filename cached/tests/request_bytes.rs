@@ -54,14 +54,23 @@ async fn held_call(channel: &Channel, token: &str, sent: usize) -> (Held, Option
     let call = channel.clone().oneshot(request);
     let task = cached::task::spawn("held call", async move {
         if let Ok(response) = call.await {
-            let status = response.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
-            let _ = answered.send(status.unwrap_or_else(|| "(none in the headers)".to_owned())).await;
+            let _ = answered.send(status_of(response.headers())).await;
         }
         // Held: the response's body is never read.
         std::future::pending::<()>().await;
     });
     let status = tokio::time::timeout(Duration::from_secs(1), answer.recv()).await.ok().flatten();
     (Held { _sender: sender, _task: task }, status)
+}
+
+/// The gRPC status in a response's headers, and whether it says when to retry.
+fn status_of(headers: &http::HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    let mut status = header("grpc-status").unwrap_or_else(|| "(none in the headers)".to_owned());
+    if header(proto::RETRY_AFTER_MS).is_some() {
+        status.push_str(", retry after");
+    }
+    status
 }
 
 /// A call held open (its body's sender, and the task awaiting its answer).
@@ -86,7 +95,7 @@ async fn a_token_holds_only_its_share_of_request_bytes() {
     }
     // A fourth would hold more than 8 MiB: it is answered at once, and told to retry.
     let (fourth, status) = held_call(&channel, "pr", 3 << 20).await;
-    assert_eq!(status.as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+    assert_eq!(status.as_deref(), Some("8, retry after"), "RESOURCE_EXHAUSTED, to retry");
 
     // Another token's calls go on meanwhile.
     let mut cas = v1::cas_client::CasClient::new(channel.clone());

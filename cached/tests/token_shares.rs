@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::tokens::{as_token, tokens_file};
-use common::{Server, data, header};
+use common::{Server, data, header, noise};
 use proto::Digest;
 use proto::v1::cas_client::CasClient;
 use proto::v1::{self, Compression};
@@ -96,19 +96,6 @@ async fn a_token_holds_only_its_share_of_uploads_and_streams() {
     server.stop().await;
 }
 
-/// Bytes that do not compress: a store of them takes their size.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 /// An upload's written bytes sit on the disk until it commits, where eviction cannot reach
 /// them: one token's unfinished uploads may hold only its share (`max_upload_bytes_per_token`),
 /// or uploads held open would keep the disk below its floor for every tenant.
@@ -122,15 +109,15 @@ async fn a_tokens_unfinished_uploads_hold_only_its_share_of_the_disk() {
     let cas = server.clients().await.cas;
 
     // 3 MiB written of an 8 MiB blob, then nothing.
-    let blob = noise(1, 8 << 20);
+    let blob = noise(8 << 20, 1);
     let (held, task) = held_upload_of(&cas, "pr", &blob, 3).await;
-    let err = upload(&cas, "pr", &noise(2, 2 << 20)).await.unwrap_err();
+    let err = upload(&cas, "pr", &noise(2 << 20, 2)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("max_upload_bytes_per_token"), "{err:?}");
-    upload(&cas, "main", &noise(3, 2 << 20)).await.expect("another token has its own share");
+    upload(&cas, "main", &noise(2 << 20, 3)).await.expect("another token has its own share");
     drop((held, task));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    upload(&cas, "pr", &noise(2, 2 << 20)).await.expect("the share came back");
+    upload(&cas, "pr", &noise(2 << 20, 2)).await.expect("the share came back");
     server.stop().await;
 }
 

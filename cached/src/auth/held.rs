@@ -6,54 +6,40 @@
 //! yet decoded count against `max_request_bytes_per_token`; a request that would go past it is
 //! refused, and a request's bytes come back once its message is decoded (the body dropped).
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body::Frame;
 
 use crate::error::Error;
+use crate::shares::PerToken;
 
 /// How long a refused caller is asked to wait: bytes held come back as messages finish.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
-pub(super) struct HeldBytes {
-    cap: u64,
-    held: Mutex<HashMap<String, u64>>,
-}
+pub(super) struct HeldBytes(PerToken);
 
 impl HeldBytes {
     pub(super) fn new(cap: u64) -> Arc<Self> {
-        Arc::new(Self { cap, held: Mutex::default() })
+        Arc::new(Self(PerToken::new(cap)))
     }
 
     fn charge(&self, token: &str, bytes: u64) -> Result<(), Error> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let used = held.entry(token.to_owned()).or_default();
-        if used.saturating_add(bytes) > self.cap {
-            return Err(Error::Busy {
-                message: format!(
-                    "token `{token}` already has {} MiB of requests in flight (max_request_bytes_per_token); \
-                     retry once they are received",
-                    self.cap >> 20
-                ),
-                retry_after: RETRY_AFTER,
-            });
-        }
-        *used += bytes;
-        Ok(())
+        self.0.take(token, bytes).map_err(|held| Error::Busy {
+            message: format!(
+                "token `{token}` already has {} MiB of requests in flight, of {} MiB \
+                 (max_request_bytes_per_token); retry once they are received",
+                held >> 20,
+                self.0.cap() >> 20
+            ),
+            retry_after: RETRY_AFTER,
+        })
     }
 
     fn release(&self, token: &str, bytes: u64) {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(used) = held.get_mut(token) {
-            *used = used.saturating_sub(bytes);
-            if *used == 0 {
-                held.remove(token);
-            }
-        }
+        self.0.give_back(token, bytes);
     }
 }
 
@@ -118,13 +104,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_token_holds_its_share_and_gets_it_back() {
+    fn a_refusal_names_the_setting() {
         let share = HeldBytes::new(100);
         share.charge("ci", 60).unwrap();
         let err = share.charge("ci", 41).unwrap_err();
         assert!(err.to_string().contains("max_request_bytes_per_token"), "{err}");
-        share.charge("dev", 100).expect("another token has its own");
-        share.release("ci", 60);
-        share.charge("ci", 100).expect("bytes came back");
     }
 }

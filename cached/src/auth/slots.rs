@@ -7,10 +7,10 @@
 //! - uploads (`max_uploads_per_token`);
 //! - `Cas.Read` and `Cas.Write` streams (`max_streams_per_token`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use crate::error::Error;
+use crate::shares::PerToken;
 
 /// The path of the streams counted as watches.
 pub(super) const WATCH: &str = "/cached.v1.Jobs/Watch";
@@ -49,34 +49,23 @@ impl SlotKind {
 
 pub(super) struct TokenSlots {
     kind: SlotKind,
-    cap: usize,
-    held: Mutex<HashMap<String, usize>>,
+    held: PerToken,
 }
 
 impl TokenSlots {
     pub(super) fn new(kind: SlotKind, cap: usize) -> Self {
-        Self { kind, cap, held: Mutex::default() }
+        Self { kind, held: PerToken::new(cap as u64) }
     }
 
     /// A slot for one more call of `token`, or the refusal that says what to do.
     pub(super) fn open(self: &Arc<Self>, token: &str) -> Result<TokenSlot, Error> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let used = held.entry(token.to_owned()).or_default();
-        if *used >= self.cap {
-            return Err(self.kind.refusal(token, self.cap));
-        }
-        *used += 1;
+        let cap = self.held.cap() as usize;
+        self.held.take(token, 1).map_err(|_| self.kind.refusal(token, cap))?;
         Ok(TokenSlot { slots: Arc::clone(self), token: token.to_owned() })
     }
 
     fn close(&self, token: &str) {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(used) = held.get_mut(token) {
-            *used = used.saturating_sub(1);
-            if *used == 0 {
-                held.remove(token);
-            }
-        }
+        self.held.give_back(token, 1);
     }
 }
 
@@ -111,7 +100,7 @@ mod tests {
             drop(held);
             let again = slots.open("ci").expect("slots came back");
             drop((other, again));
-            assert!(slots.held.lock().unwrap().is_empty());
+            assert!(slots.held.is_empty());
         }
     }
 }

@@ -19,7 +19,6 @@
 //! Housekeeping, once it acts, frees `HEADROOM` beyond what was short, so the uploads that
 //! were waiting fit again.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +28,7 @@ use proto::Digest;
 
 use super::{BlobStore, Committed, FrameReader, FrameWriter, StoreUpkeep};
 use crate::error::{Error, Result};
+use crate::shares::PerToken;
 
 /// Uploads come in bursts of thousands of small blobs; one sample serves a burst.
 const SAMPLE_FOR: Duration = Duration::from_millis(250);
@@ -53,8 +53,7 @@ pub struct FreeSpace {
     /// Bytes of each token's unfinished uploads on this disk, and the most one token may have:
     /// they are not the store's to evict, so one tenant's uploads held open would otherwise
     /// keep the disk below its floor for everyone.
-    pending: Mutex<HashMap<String, u64>>,
-    pending_cap: u64,
+    pending: PerToken,
 }
 
 impl FreeSpace {
@@ -66,42 +65,29 @@ impl FreeSpace {
             sample: Mutex::new(None),
             warned_exhausted: Mutex::new(None),
             wanted: AtomicU64::new(0),
-            pending: Mutex::default(),
-            pending_cap: u64::MAX,
+            pending: PerToken::new(u64::MAX),
         }
     }
 
     /// With at most `cap` bytes of unfinished uploads per token (`max_upload_bytes_per_token`).
     pub fn with_pending_cap(mut self, cap: u64) -> Self {
-        self.pending_cap = cap;
+        self.pending = PerToken::new(cap);
         self
     }
 
     fn hold_pending(&self, token: &str, bytes: u64) -> Result<()> {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let held = pending.entry(token.to_owned()).or_default();
-        if held.saturating_add(bytes) > self.pending_cap {
-            return Err(Error::Busy {
-                message: format!(
-                    "token `{token}` already has {} MiB of unfinished uploads on the server's disk \
-                     (max_upload_bytes_per_token); finish or cancel one, or retry once one is done",
-                    *held >> 20
-                ),
-                retry_after: PENDING_RETRY,
-            });
-        }
-        *held += bytes;
-        Ok(())
+        self.pending.take(token, bytes).map_err(|held| Error::Busy {
+            message: format!(
+                "token `{token}` already has {} MiB of unfinished uploads on the server's disk \
+                 (max_upload_bytes_per_token); finish or cancel one, or retry once one is done",
+                held >> 20
+            ),
+            retry_after: PENDING_RETRY,
+        })
     }
 
     fn release_pending(&self, token: &str, bytes: u64) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(held) = pending.get_mut(token) {
-            *held = held.saturating_sub(bytes);
-            if *held == 0 {
-                pending.remove(token);
-            }
-        }
+        self.pending.give_back(token, bytes);
     }
 
     pub fn floor(&self) -> u64 {
