@@ -48,8 +48,8 @@ type LeaseStream = Pin<Box<dyn Stream<Item = Result<LeaseResponse, Status>> + Se
 pub struct JobsService {
     scheduler: Arc<dyn SchedulerBackend>,
     finished: Arc<FinishedJobs>,
-    /// Refused submissions are logged as the auth layer's refusals are: a line per address
-    /// and interval, so a token refused at its rate limit does not fill the disk with them.
+    /// Refused and reused submissions are logged as the auth layer's refusals are: a line per
+    /// address and interval, so a token submitting at its rate limit does not fill the disk.
     refusals: RefusalLog,
 }
 
@@ -133,8 +133,14 @@ impl Jobs for JobsService {
             (Ok(_), Some(_)) => "reused",
             (Ok(_), None) => "queued",
         };
-        let unlogged =
-            if result.is_err() { self.refusals.admit(&peer, "Jobs.Submit refused") } else { Some(0) };
+        // Refused and reused submissions cost the caller nothing but its rate: logged once per
+        // address and interval, with a count of the rest. Queued ones are capped by the open
+        // jobs and are all on record.
+        let unlogged = match outcome {
+            "refused" => self.refusals.admit(&peer, "Jobs.Submit refused"),
+            "reused" => self.refusals.admit(&peer, "Jobs.Submit reused"),
+            _ => Some(0),
+        };
         if let Some(unlogged) = unlogged {
             tracing::info!(
                 target: "audit",
@@ -146,7 +152,7 @@ impl Jobs for JobsService {
                 outcome,
                 unlogged,
                 "Jobs.Submit{}",
-                if result.is_err() { EVERY } else { "" }
+                if outcome == "queued" { "" } else { EVERY }
             );
         }
         Ok(Response::new(SubmitResponse { job_id: result?, reused: reused.is_some() }))
