@@ -16,7 +16,27 @@ const MIN_WAIT: Duration = Duration::from_millis(20);
 
 /// Runs `call` until it succeeds, fails for another reason, or has been refused for now
 /// [`RETRIES`] more times.
-pub async fn retrying<T, F, Fut>(mut call: F) -> Result<T>
+pub async fn retrying<T, F, Fut>(call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    retrying_while(call, |retries, _| retries < RETRIES).await
+}
+
+/// Runs `call` until it succeeds, fails for another reason, or has been refused for now for
+/// `patience`: for calls that wait their turn behind others of the same token (a history scan
+/// of a fleet sharing one), which may take longer than a few retries.
+pub async fn retrying_within<T, F, Fut>(patience: Duration, call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    retrying_while(call, |_, _| started.elapsed() < patience).await
+}
+
+async fn retrying_while<T, F, Fut>(mut call: F, mut again: impl FnMut(u32, Duration) -> bool) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
@@ -24,7 +44,7 @@ where
     let mut retries = 0;
     loop {
         match call().await {
-            Err(err) if retries < RETRIES && err.retry_after().is_some() => {
+            Err(err) if err.retry_after().is_some_and(|asked| again(retries, asked)) => {
                 let asked = err.retry_after().unwrap_or_default();
                 tokio::time::sleep(asked.clamp(MIN_WAIT, MAX_WAIT)).await;
                 retries += 1;

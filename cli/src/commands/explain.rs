@@ -129,11 +129,15 @@ impl ExplainReport {
     }
 }
 
+/// How long `explain` and `stats` wait for their token's turn at the build history: one call
+/// per token reads it at a time, and a fleet's other calls queue behind it.
+pub(crate) const HISTORY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub async fn run(client: &Client, namespace: String, query: String, json: bool) -> Result<()> {
     let request = v1::BuildExplainRequest { namespace: namespace.clone(), query: query.clone() };
     // One Explain or Stats call per token reads the history at a time: others wait their turn.
     let explain = || async { Ok(client.builds.clone().explain(request.clone()).await?.into_inner()) };
-    let response = cached_client::busy::retrying(explain).await?;
+    let response = cached_client::busy::retrying_within(HISTORY_PATIENCE, explain).await?;
     let Some(event) = response.event.filter(|_| response.found) else {
         let ns = if namespace.is_empty() { "default" } else { namespace.as_str() };
         return Err(ClientError::Usage(format!("no miss of {query:?} is recorded in namespace {ns}")));

@@ -14,7 +14,7 @@ pub async fn run(client: &Client, json: bool, since: Duration) -> Result<()> {
         proto::v1::BuildStatsRequest { namespace: String::new(), since_seconds: since.as_secs(), top: TOP };
     // One Explain or Stats call per token reads the history at a time: others wait their turn.
     let stats = || async { client.builds.clone().stats(request.clone()).await.map_err(ClientError::from) };
-    match cached_client::busy::retrying(stats).await {
+    match cached_client::busy::retrying_within(super::explain::HISTORY_PATIENCE, stats).await {
         Ok(builds) => report = report.with_builds(builds.into_inner()),
         // A server from before the whole-build cache: its section stays null.
         Err(ClientError::Status { code: tonic::Code::Unimplemented, .. }) => {}
