@@ -126,12 +126,12 @@ pub fn default_gocacheprog() -> String {
 /// The variables that start the bridge, and those to remove so that it sees each one way only.
 pub type BridgeEnv = (Vec<(String, String)>, Vec<String>);
 
-/// The environment that points the GOCACHEPROG bridge (`program`) at `server`, with the token
-/// and TLS settings of `connect` (passed by environment, never on a command line, never
-/// logged), and the variables to remove so the bridge sees the token one way only.
 /// Where the bridge reads that it may not upload.
 pub const READ_ONLY_VAR: &str = "CACHED_READ_ONLY";
 
+/// The environment that points the GOCACHEPROG bridge (`program`) at `server`, with the token
+/// and TLS settings of `connect` (passed by environment, never on a command line, never
+/// logged), and the variables to remove so the bridge sees the token one way only.
 pub fn bridge_env(server: &str, namespace: &str, program: String, connect: &ConnectOptions) -> BridgeEnv {
     let mut env = vec![
         ("GOCACHEPROG".to_owned(), program),
@@ -209,16 +209,15 @@ impl Run<'_> {
     ) -> Result<(i32, Duration), ClientError> {
         let bridge = client.map(|client| {
             let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
-            let (mut env, remove) =
-                bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect);
-            if self.options.read_only {
-                env.push((READ_ONLY_VAR.to_owned(), "true".to_owned()));
-            }
-            (env, remove)
+            bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect)
         });
         let go_cache = go_cache.with_program(bridge.is_some() || self.names_cache_program());
         let mut env = self.request.env.clone();
         let env_remove = go_cache.apply(bridge, &mut env);
+        if self.options.read_only {
+            // Whatever bridge runs, the wrapper's or one the environment names.
+            env.push((READ_ONLY_VAR.to_owned(), "true".to_owned()));
+        }
         let invocation = Invocation {
             program: self.options.go.clone(),
             args: self.go_args(go_cache == GoCache::Off),
@@ -726,6 +725,20 @@ mod tests {
         assert_eq!(without_trimpath.manifest.get("path.goroot").unwrap().display, "/goroot");
     }
 
+    /// A build of `./cmd/app` in `dir` to `bin/app`, in namespace `ci`.
+    fn app_request(dir: &std::path::Path, go_flags: Vec<String>, env: Vec<(String, String)>) -> BuildRequest {
+        BuildRequest {
+            module_dir: dir.to_owned(),
+            packages: vec!["./cmd/app".into()],
+            output: Some(PathBuf::from("bin/app")),
+            go_flags,
+            env,
+            namespace: "ci".into(),
+            source_tree: None,
+            confine_to: Vec::new(),
+        }
+    }
+
     #[tokio::test]
     async fn without_a_server_go_runs_plainly_and_its_exit_code_passes_through() {
         let dir = module();
@@ -735,16 +748,8 @@ mod tests {
             ..scripted(dir.path())
         });
         let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
-        let request = BuildRequest {
-            module_dir: dir.path().to_owned(),
-            packages: vec!["./cmd/app".into()],
-            output: Some(PathBuf::from("bin/app")),
-            go_flags: vec!["-trimpath".into()],
-            env: vec![("GOOS".into(), "windows".into())],
-            namespace: "ci".into(),
-            source_tree: None,
-            confine_to: Vec::new(),
-        };
+        let request =
+            app_request(dir.path(), vec!["-trimpath".into()], vec![("GOOS".into(), "windows".into())]);
         let mut lines = Vec::new();
         let outcome = build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned()))
             .await
@@ -778,16 +783,8 @@ mod tests {
         exec.outputs.push(("list", ok(list)));
         let exec = Arc::new(exec);
         let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
-        let request = BuildRequest {
-            module_dir: dir.path().to_owned(),
-            packages: vec!["./cmd/app".into()],
-            output: Some(PathBuf::from("bin/app")),
-            go_flags: Vec::new(),
-            env: vec![("GOCACHEPROG".into(), "cachectl gocacheprog".into())],
-            namespace: "ci".into(),
-            source_tree: None,
-            confine_to: Vec::new(),
-        };
+        let request =
+            app_request(dir.path(), Vec::new(), vec![("GOCACHEPROG".into(), "cachectl gocacheprog".into())]);
         let mut lines = Vec::new();
         build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned())).await.unwrap();
         let seen = exec.seen.lock().unwrap();
@@ -805,16 +802,11 @@ mod tests {
         let dir = module();
         let exec = Arc::new(scripted(dir.path()));
         let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
-        let request = BuildRequest {
-            module_dir: dir.path().to_owned(),
-            packages: vec!["./cmd/app".into()],
-            output: Some(PathBuf::from("bin/app")),
-            go_flags: vec!["-asmflags=all=-I=../../inc".into()],
-            env: vec![("GOCACHEPROG".into(), "cachectl gocacheprog".into())],
-            namespace: "ci".into(),
-            source_tree: None,
-            confine_to: Vec::new(),
-        };
+        let request = app_request(
+            dir.path(),
+            vec!["-asmflags=all=-I=../../inc".into()],
+            vec![("GOCACHEPROG".into(), "cachectl gocacheprog".into())],
+        );
         let mut lines = Vec::new();
         build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned())).await.unwrap();
         let seen = exec.seen.lock().unwrap();

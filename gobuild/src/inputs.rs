@@ -79,8 +79,6 @@ const ARCH_LEVELS: &[(&str, &str)] = &[
     ("wasm", "GOWASM"),
 ];
 const CGO_FLAG_VARS: &[&str] = &["CGO_CFLAGS", "CGO_CPPFLAGS", "CGO_CXXFLAGS", "CGO_FFLAGS", "CGO_LDFLAGS"];
-/// The ones a binary's build info records, with cgo on and without -trimpath
-/// (cmd/go/internal/load's setBuildInfo), whether or not a package uses cgo.
 /// The C toolchain's own environment: where gcc and the linker look for headers, libraries and
 /// their programs, and where pkg-config looks for packages.
 const COMPILER_ENV: &[&str] = &[
@@ -112,6 +110,8 @@ fn links_externally(flags: &BuildFlags, extlink_enabled: bool) -> bool {
         || !matches!(flags.buildmode.as_str(), "" | "default" | "exe")
 }
 
+/// The ones a binary's build info records, with cgo on and without -trimpath
+/// (cmd/go/internal/load's setBuildInfo), whether or not a package uses cgo.
 const RECORDED_CGO_FLAG_VARS: &[&str] = &["CGO_CFLAGS", "CGO_CPPFLAGS", "CGO_CXXFLAGS", "CGO_LDFLAGS"];
 
 /// A package named on the command line.

@@ -96,13 +96,12 @@ pub async fn test(
         invocation.args.insert(at, "-a".to_owned());
     }
     let bridge = client.as_ref().map(|client| {
-        let (mut env, remove) =
-            gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog(), options);
-        if read_only {
-            env.push((gobuild::build::READ_ONLY_VAR.to_owned(), "true".to_owned()));
-        }
-        (env, remove)
+        gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog(), options)
     });
     invocation.env_remove = go_cache.apply(bridge, &mut invocation.env);
+    if read_only {
+        // Whatever bridge runs, the wrapper's or one the environment names.
+        invocation.env.push((gobuild::build::READ_ONLY_VAR.to_owned(), "true".to_owned()));
+    }
     Processes::default().stream(&invocation, Sink::Inherit).await.map_err(ClientError::run("go"))
 }
