@@ -117,9 +117,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         c_compilers = %c_compilers.iter().map(|c| format!("{}/{}={}", c.goos, c.goarch, c.cc)).collect::<Vec<_>>().join(","),
         work_dir = %config.work_dir.display(), "runner agent starting"
     );
-    warn_if_tasks_do_not_fit(&config.work_dir, info.capacity, config.max_task_disk);
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|err| format!("{}: {err}", config.work_dir.display()))?;
+    warn_if_tasks_do_not_fit(&config.work_dir, info.capacity, config.max_task_disk);
     let cache =
         BlobCache::open(config.work_dir.join("blobs"), config.cache_size).map_err(|err| err.to_string())?;
     let modules = ModuleStore::open(config.work_dir.join("modules"), config.cache_size)
