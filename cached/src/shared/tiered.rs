@@ -83,7 +83,8 @@ impl Tiered {
     /// Copies an object's frames into the local tier through verification; returns their bytes.
     fn copy_verified(&self, digest: &Digest, mut frames: ObjectFrames) -> Result<u64, FillError> {
         let evictable = crate::store::evictable(&self.local);
-        let local = SpaceGuarded::new(Verified::new(self.local.clone()), Arc::clone(&self.space), evictable);
+        let local = SpaceGuarded::new(Verified::new(self.local.clone()), Arc::clone(&self.space), evictable)
+            .for_fills();
         let mut writer = local.write(digest).map_err(FillError::Local)?;
         let mut stored_bytes = 0u64;
         while let Some(frame) = frames.next_frame()? {

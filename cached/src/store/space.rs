@@ -220,11 +220,20 @@ pub struct SpaceGuarded<S> {
     inner: S,
     space: Arc<FreeSpace>,
     evictable: Evictable,
+    /// Whether writes count against their caller's share of unfinished uploads: not for the
+    /// shared tier's fills, which a read makes.
+    charged: bool,
 }
 
 impl<S: BlobStore> SpaceGuarded<S> {
     pub fn new(inner: S, space: Arc<FreeSpace>, evictable: Evictable) -> Self {
-        Self { inner, space, evictable }
+        Self { inner, space, evictable, charged: true }
+    }
+
+    /// For the copies a read makes (the shared tier's fills): not an upload of the caller's.
+    pub fn for_fills(mut self) -> Self {
+        self.charged = false;
+        self
     }
 }
 
@@ -243,7 +252,7 @@ impl<S: BlobStore> BlobStore for SpaceGuarded<S> {
 
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {
         self.space.admit(digest, (self.evictable)())?;
-        let caller = crate::caller::current();
+        let caller = crate::caller::current().filter(|_| self.charged);
         Ok(Box::new(GuardedWriter {
             inner: self.inner.write(digest)?,
             pending: PendingBytes::new(&self.space, caller.as_deref()),
