@@ -1233,6 +1233,7 @@ mod tests {
             "package p\n\n/*\n#cgo CFLAGS: -I${SRCDIR}/../inc\n*/\n// #include <v.h>\nimport \"C\"\n",
             "package p\n\n// #cgo CFLAGS: -O2 \r-I${SRCDIR}/../inc\n// #include <v.h>\nimport \"C\"\n",
             "package p\n\n// char *s = \"\r/*\";\n// #include \"../inc/v.h\"\nimport \"C\"\n",
+            "package p\n\n// reads testdata/*.json\nvar x = 1\n\n// #include \\\n// \"../inc/v.h\"\nimport \"C\"\n",
         ] {
             let root = tempfile::tempdir().unwrap();
             write(root.path(), &[("p/p.go", go), ("inc/v.h", "")]);
@@ -1242,6 +1243,16 @@ mod tests {
                 "{go:?}"
             );
         }
+    }
+
+    /// Text in a comment that only looks like a directive refuses nothing: the line as it is
+    /// only adds files it names outright.
+    #[test]
+    fn a_comment_about_directives_gives_a_key() {
+        let root = tempfile::tempdir().unwrap();
+        let source = "/*\n * Uses the assembler's .incbin directive, and #include MACRO.\n */\nint x;\n";
+        write(root.path(), &[("p/v.c", source)]);
+        assert!(found(root.path(), &[package(root.path(), "p", &["v.c"], &[])]).is_empty());
     }
 
     /// Where the lexer's reading of literals and comments may not be the compiler's (`$` in an

@@ -110,7 +110,13 @@ impl Reader {
         }
         self.physical_view();
         self.physical_line_end();
+        // A text that ends inside a comment or raw string ends its line too.
+        if !self.line.is_empty() || !self.restarts.is_empty() || self.ambiguous.is_some() {
+            self.end_line();
+        }
         self.lex = Lex::Code;
+        self.comment_spans_lines = false;
+        self.tail = [0; 3];
         self.after_cr = false;
     }
 
@@ -165,16 +171,11 @@ impl Reader {
     /// The directives of the physical line just ended, read as it is.
     fn physical_view(&mut self) {
         let line = std::mem::take(&mut self.physical);
-        if std::mem::take(&mut self.physical_cut) {
-            if may_be_directive(&line) {
-                self.push(Directive::Ambiguous(format!("a line longer than {MAX_LINE} bytes")));
-            }
-        } else {
-            // A line continued on the next is read whole by the lexer's view; here only what
-            // it names outright counts.
-            let continued = line.iter().rev().find(|byte| !is_blank(**byte)) == Some(&b'\\');
+        if !std::mem::take(&mut self.physical_cut) {
+            // Only what the line names outright counts here: the lexer's view decides what
+            // gives no key, so text in a comment (`see .incbin`) never refuses a build.
             for directive in directives(&without_comments(&line), self.fortran) {
-                if !(continued && matches!(directive, Directive::Computed(_) | Directive::Ambiguous(_))) {
+                if matches!(directive, Directive::Include(_) | Directive::System(_) | Directive::Incbin(_)) {
                     self.push(directive);
                 }
             }
@@ -186,6 +187,11 @@ impl Reader {
         if self.found.len() <= MAX_DIRECTIVES && self.seen.insert(directive.clone()) {
             self.found.push(directive);
         }
+    }
+
+    /// Gives the file no key, for `why`.
+    pub(super) fn ambiguous_text(&mut self, why: &str) {
+        self.push(Directive::Ambiguous(why.to_owned()));
     }
 
     /// A `#cgo` line of a Go file's comments (go/build reads them line by line from the
@@ -424,8 +430,9 @@ pub(super) struct GoComments {
     state: GoState,
     /// Since the last comment: line ends seen, or `None` after code (or before any comment).
     since_comment: Option<u32>,
-    /// The text of the current group of comments.
+    /// The text of the current group of comments, and whether it went past [`MAX_GROUP`].
     group: Vec<u8>,
+    group_cut: bool,
 }
 
 impl GoComments {
@@ -506,6 +513,8 @@ impl GoComments {
     fn text(&mut self, byte: u8, reader: &mut Reader) {
         if self.group.len() < MAX_GROUP {
             self.group.push(byte);
+        } else {
+            self.group_cut = true;
         }
         reader.byte(byte);
     }
@@ -513,6 +522,11 @@ impl GoComments {
     /// Ends a group of comments: its `#cgo` lines, and a fresh start for the C reader.
     fn end_group(&mut self, reader: &mut Reader) {
         let group = std::mem::take(&mut self.group);
+        if std::mem::take(&mut self.group_cut) {
+            reader.ambiguous_text(
+                "a group of comments longer than 1 MiB, whose #cgo lines the scan does not read",
+            );
+        }
         for line in String::from_utf8_lossy(&group).lines() {
             let line = line.trim();
             let Some(rest) = line.strip_prefix("#cgo") else { continue };
