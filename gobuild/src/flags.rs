@@ -58,7 +58,11 @@ pub fn ldflags_read_files(values: &[String]) -> Option<String> {
                 "extldflags" => {
                     let value =
                         joined.map(str::to_owned).or_else(|| words.next().cloned()).unwrap_or_default();
-                    if quoted_fields(&value).iter().any(|flag| names_a_file(flag)) {
+                    let fields = quoted_fields(&value);
+                    // What follows -Xlinker goes to the linker as a -Wl, piece would.
+                    let linker_args = fields.windows(2).filter(|pair| pair[0] == "-Xlinker");
+                    let passed = linker_args.map(|pair| format!("-Wl,{}", pair[1])).collect::<Vec<_>>();
+                    if fields.iter().chain(&passed).any(|flag| flag != "-Xlinker" && names_a_file(flag)) {
                         return Some("-ldflags -extldflags names files for the external linker".to_owned());
                     }
                 }
@@ -82,6 +86,10 @@ fn names_a_file(argument: &str) -> bool {
         || !argument.starts_with('-')
         || PATHS.iter().any(|flag| argument.starts_with(flag))
     {
+        return true;
+    }
+    // `-fprofile-use=/p`, `-fplugin=/p.so`, `--version-script=/v.map`: a value that is a path.
+    if argument.split_once('=').is_some_and(|(_, value)| value.contains('/')) {
         return true;
     }
     let Some(list) = argument.strip_prefix("-Wl,") else { return false };
@@ -426,6 +434,9 @@ mod tests {
             "-extldflags=extra.o",
             "-extldflags=-L./lib",
             "-extldflags=-fuse-ld=gold",
+            "-extldflags '-Xlinker --version-script=v.map'",
+            "-extldflags '-Xlinker --script=/abs/x.ld'",
+            "-extldflags=-fprofile-use=/abs/p",
         ] {
             assert!(ldflags_read_files(&[relative.to_owned()]).is_some(), "{relative}");
         }
