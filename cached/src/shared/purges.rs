@@ -9,10 +9,13 @@
 //!
 //! A marker counts as applied once all of that succeeded, and what was applied is kept in the
 //! data directory (`purges-applied`): a restart does not purge again records and jobs made
-//! since, and a replica that was down when the purge happened applies it when it starts.
+//! since, and a replica that was down when the purge happened applies it when it starts. A
+//! replica with no such record yet (new, or upgraded) takes the markers it first finds as
+//! applied to its records and jobs, dropping only its local entries.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,6 +61,8 @@ pub struct PurgeFollower {
     /// Each marker applied, by key: the version it had; kept in `record`.
     applied: Mutex<HashMap<String, String>>,
     record: PathBuf,
+    /// No record of applied markers was found: the first look applies no records purge.
+    first_look: AtomicBool,
 }
 
 /// A marker this replica has yet to apply.
@@ -78,13 +83,27 @@ impl PurgeFollower {
         data_dir: &Path,
     ) -> Self {
         let record = data_dir.join(APPLIED_FILE);
-        let applied = std::fs::read_to_string(&record)
+        let kept = std::fs::read_to_string(&record);
+        // Without a record (a new replica, or one from before records were kept), the markers
+        // already in the bucket drop local entries but purge no records or jobs: those
+        // purges were made before this replica kept anything to purge, or were applied by a
+        // version that did not record them, and applying them now would purge what was made
+        // since.
+        let first_look = kept.is_err();
+        let applied = kept
             .unwrap_or_default()
             .lines()
             .filter_map(|line| line.split_once('\t'))
             .map(|(key, version)| (key.to_owned(), version.to_owned()))
             .collect();
-        Self { bucket, local, epochs, applied: Mutex::new(applied), record }
+        Self {
+            bucket,
+            local,
+            epochs,
+            applied: Mutex::new(applied),
+            record,
+            first_look: AtomicBool::new(first_look),
+        }
     }
 
     /// The markers not applied yet. Blocking.
@@ -110,15 +129,28 @@ impl PurgeFollower {
         Ok(())
     }
 
-    /// Records `marker` as applied, here and in the data directory. Blocking.
-    fn applied(&self, marker: &Unapplied) -> Result<()> {
-        let mut applied = self.lock();
-        applied.insert(marker.key.clone(), marker.version.clone());
-        let text: String = applied.iter().map(|(key, version)| format!("{key}\t{version}\n")).collect();
+    /// Writes what was applied to the data directory. Blocking.
+    fn keep_record(&self) -> Result<()> {
+        let applied = self.lock();
+        self.write_record(applied.iter())
+    }
+
+    fn write_record<'a>(&self, applied: impl Iterator<Item = (&'a String, &'a String)>) -> Result<()> {
+        let text: String = applied.map(|(key, version)| format!("{key}\t{version}\n")).collect();
         let temp = self.record.with_extension("tmp");
         std::fs::write(&temp, text)
             .and_then(|()| std::fs::rename(&temp, &self.record))
             .map_err(|err| crate::error::Error::Internal(format!("{}: {err}", self.record.display())))
+    }
+
+    /// Records `marker` as applied, in the data directory and then here (so a restart never
+    /// finds applied what it does not). Blocking.
+    fn applied(&self, marker: &Unapplied) -> Result<()> {
+        let mut applied = self.lock();
+        let new = (&marker.key, &marker.version);
+        self.write_record(applied.iter().filter(|(key, _)| **key != marker.key).chain([new]))?;
+        applied.insert(marker.key.clone(), marker.version.clone());
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
@@ -162,16 +194,34 @@ impl LocalRecords {
 /// that succeeded, so one that failed is tried again at the next look.
 pub async fn catch_up(follower: &Arc<PurgeFollower>, records: Option<&LocalRecords>) -> Result<()> {
     let unapplied = blocking(follower, |follower| follower.unapplied()).await?;
+    let first_look = follower.first_look.load(Ordering::Relaxed);
+    let records = records.filter(|_| !first_look);
     for marker in unapplied {
-        if let Some(namespace) = marker.namespace.clone() {
-            blocking(follower, move |follower| follower.drop_local(&namespace)).await?;
-            if let (Some(records), Some(namespace)) = (records, &marker.namespace) {
-                records.purge(namespace).await?;
-            }
+        // One marker that fails (its namespace's records, say) holds none of the others back.
+        if let Err(err) = apply(follower, records, marker).await {
+            tracing::warn!(error = %err, "a purge through another replica could not be applied yet; trying again");
         }
-        blocking(follower, move |follower| follower.applied(&marker)).await?;
+    }
+    if first_look {
+        // From now on the record exists, even empty: a marker seen later is applied whole.
+        blocking(follower, PurgeFollower::keep_record).await?;
+        follower.first_look.store(false, Ordering::Relaxed);
     }
     Ok(())
+}
+
+async fn apply(
+    follower: &Arc<PurgeFollower>,
+    records: Option<&LocalRecords>,
+    marker: Unapplied,
+) -> Result<()> {
+    if let Some(namespace) = marker.namespace.clone() {
+        blocking(follower, move |follower| follower.drop_local(&namespace)).await?;
+        if let (Some(records), Some(namespace)) = (records, &marker.namespace) {
+            records.purge(namespace).await?;
+        }
+    }
+    blocking(follower, move |follower| follower.applied(&marker)).await
 }
 
 async fn blocking<T: Send + 'static>(
