@@ -396,10 +396,21 @@ impl BodyWriter {
         self.check.verify(self.output_id, self.written)?;
         if let Some(file) = self.file {
             set_executable(file.as_file()).map_err(io_at(&self.dest))?;
-            // Written only when no body of its size was there: a file there now is one cut
-            // short or damaged, or another process's copy of the same verified body. Either
-            // way the verified body takes its place, atomically.
-            file.persist(&self.dest).map_err(|err| io_at(&self.dest)(err.error))?;
+            match file.persist_noclobber(&self.dest) {
+                Ok(_) => {}
+                // Another process stored the same verified body first; theirs is as good, if it
+                // is the body's size (it may be open, which some systems keep from replacing).
+                // One that is not (cut short by a crash, damaged) is what made this body be
+                // written: the verified one replaces it.
+                Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => {
+                    let there =
+                        fs::metadata(&self.dest).is_ok_and(|m| m.is_file() && m.len() == self.expected);
+                    if !there {
+                        err.file.persist(&self.dest).map_err(|err| io_at(&self.dest)(err.error))?;
+                    }
+                }
+                Err(err) => return Err(io_at(&self.dest)(err.error)),
+            }
         }
         Ok(self.dest)
     }
