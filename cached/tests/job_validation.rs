@@ -69,8 +69,8 @@ async fn start_in_postgresql(
 ) -> (cached_e2e::postgres::Postgres, tempfile::TempDir, Server) {
     let db = cached_e2e::postgres::Postgres::start();
     let dir = tempfile::tempdir().unwrap();
-    let (url, password) = (db.url(), db.password_file().display().to_string());
-    let mut settings = vec![("database_url", url.as_str()), ("database_password_file", password.as_str())];
+    let database = common::database_settings(&db);
+    let mut settings: Vec<(&str, &str)> = database.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     settings.extend_from_slice(extra);
     let server = start_with(dir.path(), &settings).await;
     (db, dir, server)

@@ -180,3 +180,11 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// The settings that put cached's jobs and records on `db`.
+pub fn database_settings(db: &cached_e2e::postgres::Postgres) -> Vec<(String, String)> {
+    vec![
+        ("database_url".to_owned(), db.url()),
+        ("database_password_file".to_owned(), db.password_file().display().to_string()),
+    ]
+}
