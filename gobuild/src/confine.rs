@@ -56,13 +56,15 @@ impl Within {
 /// go.mod of its module and of the module's replacement.
 pub(crate) fn check(packages: &[Package], roots: &[PathBuf]) -> Result<(), NoKey> {
     let within = Within::new(roots.iter().map(PathBuf::as_path));
+    // A module's directory and go.mod come with each of its packages: each is resolved once.
+    let mut checked = std::collections::HashSet::new();
     for package in packages.iter().filter(|package| !package.standard) {
         let module = package.module.as_ref();
         let replacement = module.and_then(|module| module.replace.as_deref());
         let places = [Some(&package.dir), module.map(|m| &m.dir), module.map(|m| &m.go_mod)]
             .into_iter()
             .chain([replacement.map(|m| &m.dir), replacement.map(|m| &m.go_mod)]);
-        for place in places.flatten().filter(|place| !place.is_empty()) {
+        for place in places.flatten().filter(|place| !place.is_empty() && checked.insert(place.as_str())) {
             let path = clean(Path::new(place));
             match within.resolve(&path) {
                 Ok(_) => {}
