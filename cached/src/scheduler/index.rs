@@ -46,7 +46,6 @@ pub(super) struct Index {
     /// Leased index tasks per agent.
     assembling: HashMap<String, usize>,
     open: HashMap<String, usize>,
-    open_by_submitter: HashMap<String, usize>,
     /// The turns of the unfinished jobs, in all and by submitter (as counts of each turn),
     /// and of those with a task leased now (being served).
     turns: BTreeMap<u32, usize>,
@@ -78,7 +77,6 @@ impl Index {
         } else {
             let namespace = job_namespace(job).to_owned();
             *self.open.entry(namespace.clone()).or_default() += 1;
-            *self.open_by_submitter.entry(job.submitter.clone()).or_default() += 1;
             *self.turns.entry(job.turn).or_default() += 1;
             *self
                 .turns_by_submitter
@@ -129,7 +127,6 @@ impl Index {
                 forget_turn(&mut self.serving_turns, *turn);
             }
             decrement(&mut self.open, namespace);
-            decrement(&mut self.open_by_submitter, submitter);
             forget_turn(&mut self.turns, *turn);
             if let Some(turns) = self.turns_by_submitter.get_mut(submitter) {
                 forget_turn(turns, *turn);
@@ -181,7 +178,7 @@ impl Index {
     }
 
     pub(super) fn open_by(&self, submitter: &str) -> usize {
-        self.open_by_submitter.get(submitter).copied().unwrap_or(0)
+        self.turns_by_submitter.get(submitter).map_or(0, |turns| turns.values().sum())
     }
 
     /// The turn the queue has reached: the lowest of the jobs being served, or, with none,

@@ -238,11 +238,10 @@ struct OpenJobs {
 }
 
 /// Gives a new job its turn (`JobStatus.turn`): one past its submitter's latest unfinished
-/// job, and never before the turn the queue has reached (the lowest being served). Each submitter's jobs so go in the
-/// order they came, one submitter's hundred queued jobs take turns 0 to 99 while a newcomer's
-/// first job takes the turn the queue has reached, and a job waits for at most its turn's
-/// worth of each other submitter's jobs. Callers of a server without tokens are one party:
-/// their jobs go in the order they came, all at turn 0.
+/// job, and never before the turn the queue has reached (the lowest being served). Each
+/// submitter's jobs so go in the order they came, one submitter's hundred queued jobs take
+/// turns 0 to 99 while a newcomer's first job takes the turn the queue has reached. Callers of
+/// a server without tokens are one party: their jobs go in the order they came, all at turn 0.
 fn take_turn(job: &mut JobStatus, open: &OpenJobs) {
     job.turn = if Grant::has_own_limits(&job.submitter) {
         let next_of_submitter = open.submitters_latest_turn.map_or(0, |turn| turn.saturating_add(1));
@@ -252,8 +251,7 @@ fn take_turn(job: &mut JobStatus, open: &OpenJobs) {
     };
 }
 
-/// Refuses a job beyond `max_open_jobs_per_namespace`, `max_open_jobs_per_token` or
-/// `max_open_jobs`.
+/// What the index says of the unfinished jobs, for `job`.
 fn open_jobs(index: &Index, job: &JobStatus) -> OpenJobs {
     OpenJobs {
         in_namespace: index.open_in(job_namespace(job)),
@@ -264,6 +262,8 @@ fn open_jobs(index: &Index, job: &JobStatus) -> OpenJobs {
     }
 }
 
+/// Refuses a job beyond `max_open_jobs_per_namespace`, `max_open_jobs_per_token` or
+/// `max_open_jobs`.
 fn check_open_jobs(settings: &Settings, job: &JobStatus, open: &OpenJobs) -> Result<()> {
     let (per_namespace, per_token) = (settings.max_open_jobs_per_namespace, settings.max_open_jobs_per_token);
     if open.in_namespace >= per_namespace {
