@@ -168,34 +168,29 @@ pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option
 
 /// Whether any `-asmflags` of a go command line (or GOFLAGS) gives include directories.
 fn asm_include_dirs(args: &[String]) -> bool {
-    let mut args = args.iter().take_while(|arg| !matches!(arg.as_str(), "-args" | "--args"));
-    while let Some(arg) = args.next() {
-        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else { continue };
-        let value = match flag.strip_prefix("asmflags") {
-            Some("") => args.next().map_or("", String::as_str),
-            Some(joined) => joined.strip_prefix('=').unwrap_or(""),
-            None => continue,
-        };
-        if flags::names_include_dirs(value) {
-            return true;
-        }
-    }
-    false
+    flag_values(args, "asmflags").any(flags::names_include_dirs)
 }
 
 /// The `-tags` a go test command line gives (the last, before `-args`).
 fn test_tags(args: &[String]) -> Option<String> {
-    let mut tags = None;
+    flag_values(args, "tags").last().map(str::to_owned)
+}
+
+/// The values a go command line gives the flag `name` (`-name value`, `-name=value`, with one
+/// dash or two), in order, before `-args`.
+fn flag_values<'a>(args: &'a [String], name: &'a str) -> impl Iterator<Item = &'a str> {
     let mut args = args.iter().take_while(|arg| !matches!(arg.as_str(), "-args" | "--args"));
-    while let Some(arg) = args.next() {
-        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else { continue };
-        if let Some(value) = flag.strip_prefix("tags=") {
-            tags = Some(value.to_owned());
-        } else if flag == "tags" {
-            tags = args.next().cloned();
+    std::iter::from_fn(move || {
+        while let Some(arg) = args.next() {
+            let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else { continue };
+            match flag.strip_prefix(name) {
+                Some("") => return Some(args.next().map_or("", String::as_str)),
+                Some(joined) if joined.starts_with('=') => return Some(&joined[1..]),
+                _ => {}
+            }
         }
-    }
-    tags
+        None
+    })
 }
 
 #[cfg(test)]
