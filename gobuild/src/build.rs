@@ -218,13 +218,16 @@ impl Run<'_> {
             // Whatever bridge runs, the wrapper's or one the environment names.
             env.push((READ_ONLY_VAR.to_owned(), "true".to_owned()));
         }
-        let invocation = Invocation {
+        let mut invocation = Invocation {
             program: self.options.go.clone(),
             args: self.go_args(go_cache == GoCache::Off),
             dir: self.request.module_dir.clone(),
             env,
             env_remove,
         };
+        if go_cache == GoCache::Off {
+            gocache::keep_off(self.options.exec.as_ref(), &self.options.go, &mut invocation).await?;
+        }
         let started = Instant::now();
         let sink = if self.options.inherit_stdio { Sink::Inherit } else { Sink::Lines(log) };
         let code = self
@@ -627,7 +630,14 @@ mod tests {
     impl Exec for Scripted {
         async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
             self.seen.lock().unwrap().push(invocation.clone());
-            let first = invocation.args.first().map_or("", String::as_str);
+            let mut first = invocation.args.first().map_or("", String::as_str);
+            if invocation.args == ["env", "GOENV", "GOCACHEPROG"] {
+                // As go answers: with GOENV=off no env file, and so no program from it.
+                if invocation.env.contains(&("GOENV".to_owned(), "off".to_owned())) {
+                    return Ok(ok("off\n\n".to_owned()));
+                }
+                first = "env file";
+            }
             let found = self.outputs.iter().find(|(arg, _)| *arg == first).map(|(_, c)| c.clone());
             Ok(found.unwrap_or(Captured {
                 code: 1,
@@ -674,7 +684,11 @@ mod tests {
 {{"ImportPath":"example.com/m/cmd/app","Name":"main","Dir":"{root}/cmd/app",
  "Module":{{"Path":"example.com/m","Main":true,"Dir":"{root}"}},"GoFiles":["main.go"]}}"#
         );
-        Scripted { outputs: vec![("env", ok(env)), ("list", ok(list))], ..Scripted::default() }
+        let env_file = ok("off\n\n".to_owned());
+        Scripted {
+            outputs: vec![("env", ok(env)), ("list", ok(list)), ("env file", env_file)],
+            ..Scripted::default()
+        }
     }
 
     async fn derive_with(exec: &Scripted, dir: &std::path::Path, args: &[&str]) -> Derived {
@@ -814,6 +828,36 @@ mod tests {
         assert!(build.args.contains(&"-a".to_owned()), "{build:?}");
         assert!(build.env_remove.iter().any(|name| name == "GOCACHEPROG"), "{build:?}");
         assert!(lines.iter().any(|line| line.contains("without go's shared cache")), "{lines:?}");
+    }
+
+    /// `go env -w GOCACHEPROG=...` names a cache program in go's env file, which removing the
+    /// variable does not reach: the build runs with the file's other settings as variables
+    /// (the environment's own first) and GOENV=off.
+    #[tokio::test]
+    async fn a_build_without_a_cache_program_does_not_take_one_from_the_env_file() {
+        let dir = module();
+        let file = dir.path().join("go-env");
+        std::fs::write(&file, "GOCACHEPROG=cachectl gocacheprog\nGOFLAGS=-mod=mod\nGOPRIVATE=corp\n")
+            .unwrap();
+        let mut exec = scripted(dir.path());
+        exec.outputs.retain(|(arg, _)| *arg != "env file");
+        exec.outputs.push(("env file", ok(format!("{}\ncachectl gocacheprog\n", file.display()))));
+        let exec = Arc::new(exec);
+        let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
+        let request = app_request(
+            dir.path(),
+            vec!["-asmflags=all=-I=../../inc".into()],
+            vec![("GOPRIVATE".into(), "mine".into())],
+        );
+        build_with(None, &request, &options, &mut |_: &str| {}).await.unwrap();
+        let seen = exec.seen.lock().unwrap();
+        let build = seen.last().unwrap();
+        assert_eq!(build.args.first().map(String::as_str), Some("build"), "{build:?}");
+        let set = |name: &str| build.env.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(set("GOENV"), Some("off"), "{build:?}");
+        assert_eq!(set("GOFLAGS"), Some("-mod=mod"), "{build:?}");
+        assert_eq!(set("GOPRIVATE"), Some("mine"), "{build:?}");
+        assert_eq!(set("GOCACHEPROG"), None, "{build:?}");
     }
 
     /// Only regular files are removed before a salted build: never `-o /dev/null` (as root

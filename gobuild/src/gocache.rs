@@ -9,8 +9,10 @@
 
 use std::path::Path;
 
+use cached_client::error::ClientError;
+
 use crate::build::BridgeEnv;
-use crate::exec::Exec;
+use crate::exec::{Exec, Invocation};
 use crate::inputs::{self, GoCall, GoEnv, Package};
 use crate::{flags, includes};
 
@@ -89,6 +91,65 @@ impl GoCache {
         }
         Self::Salted(*salt.finalize().as_bytes())
     }
+}
+
+/// Keeps the go command of an `Off` build (`invocation`, set up by [`GoCache::apply`]) from a
+/// cache program its env file names: removing GOCACHEPROG from the environment does not reach
+/// one `go env -w` wrote there (a developer's machine; agents run with GOENV=off), and through
+/// it go would write objects built from unkeyed files under the IDs honest builds look up. The
+/// file then gives way to its other settings, set as variables where the environment sets none
+/// (go reads the environment first), and GOENV=off.
+pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -> Result<(), ClientError> {
+    let (file, program) = env_file_and_program(exec, go, invocation).await?;
+    if program.is_empty() {
+        return Ok(());
+    }
+    let unset_hint = "; remove the setting with `go env -u GOCACHEPROG`";
+    let settings =
+        inputs::env_file(Path::new(&file)).map_err(|err| off_failed(&format!("{}{unset_hint}", err.0)))?;
+    for (name, value) in settings {
+        let (Ok(name), Ok(value)) = (String::from_utf8(name), String::from_utf8(value)) else {
+            return Err(off_failed(&format!("{file} holds a setting that is not UTF-8{unset_hint}")));
+        };
+        if name != "GOCACHEPROG" && effective_var(exec, invocation, &name).is_empty() {
+            invocation.env.push((name, value));
+        }
+    }
+    invocation.env.push(("GOENV".to_owned(), "off".to_owned()));
+    let (_, program) = env_file_and_program(exec, go, invocation).await?;
+    if !program.is_empty() {
+        return Err(off_failed(&format!("GOCACHEPROG={program} is set in $GOROOT/go.env; remove it there")));
+    }
+    Ok(())
+}
+
+/// What `go env GOENV GOCACHEPROG` prints in `invocation`'s environment.
+async fn env_file_and_program(
+    exec: &dyn Exec,
+    go: &Path,
+    invocation: &Invocation,
+) -> Result<(String, String), ClientError> {
+    let mut probe = invocation.clone();
+    probe.program = go.to_path_buf();
+    probe.args = ["env", "GOENV", "GOCACHEPROG"].map(str::to_owned).to_vec();
+    let printed = exec.output(&probe).await.map_err(ClientError::run(go.display().to_string()))?;
+    let text = String::from_utf8_lossy(&printed.stdout);
+    let mut lines = text.lines();
+    match (printed.success(), lines.next(), lines.next()) {
+        (true, Some(file), Some(program)) => Ok((file.to_owned(), program.to_owned())),
+        _ => Err(off_failed(&format!("go env failed: {}", printed.first_error_line()))),
+    }
+}
+
+/// The value go sees of `name` in `invocation`'s environment (empty: unset).
+fn effective_var(exec: &dyn Exec, invocation: &Invocation, name: &str) -> String {
+    let own = invocation.env.iter().rev().find(|(set, _)| set == name).map(|(_, value)| value.clone());
+    let removed = invocation.env_remove.iter().any(|removed| removed == name);
+    own.or_else(|| if removed { None } else { exec.inherited_var(name) }).unwrap_or_default()
+}
+
+fn off_failed(why: &str) -> ClientError {
+    ClientError::Usage(format!("this build must run without go's cache program, and cannot: {why}"))
 }
 
 /// Whether the go command of `env` runs GOCACHEPROG.

@@ -710,7 +710,7 @@ const ENV_FILE_LIMIT: u64 = 1024 * 1024;
 /// with an upper-case letter, the last of a name winning; a file that cannot be read has none.
 /// One larger than [`ENV_FILE_LIMIT`] gives no key: go would read all of it, and settings past
 /// the limit could change the build.
-fn env_file(path: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, NoKey> {
+pub(crate) fn env_file(path: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, NoKey> {
     let mut bytes = Vec::new();
     let read =
         std::fs::File::open(path).and_then(|file| file.take(ENV_FILE_LIMIT + 1).read_to_end(&mut bytes));

@@ -459,6 +459,48 @@ fn a_build_whose_reads_are_not_known_uses_no_shared_go_cache() {
     assert_eq!(printed, "2", "the object built from the old header was taken");
 }
 
+/// A build that must not use go's shared cache removed GOCACHEPROG from the environment only;
+/// one `go env -w` wrote into go's env file still ran, and go wrote the objects of a build
+/// whose reads are not known through it, under the IDs honest builds look up. The program
+/// here is the bridge, and records which go command started it (the wrapper's own `go list`
+/// may: it only reads).
+#[test]
+fn no_cache_program_from_the_go_env_file_runs_for_a_build_without_shared_cache() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let main = "package main\n\n// #define HEADER \"../../inc/val.h\"\n// #include HEADER\n\
+                // static int value(void) { return VALUE; }\nimport \"C\"\n\n\
+                func main() { println(int(C.value())) }\n";
+    let test = "package main\n\nimport \"testing\"\n\nfunc TestValue(t *testing.T) {}\n";
+    ws.write(&[
+        ("cmd/cgoval/main.go", main),
+        ("cmd/cgoval/main_test.go", test),
+        ("inc/val.h", "#define VALUE 1\n"),
+    ]);
+    let started = ws.path("cache-program-started");
+    let program = ws.path("cache-program");
+    let script = format!(
+        "#!/bin/sh\ntr '\\0' ' ' < /proc/$PPID/cmdline >> '{}'\necho >> '{}'\nexec '{}' gocacheprog\n",
+        started.display(),
+        started.display(),
+        binary("cachectl").display()
+    );
+    std::fs::write(&program, script).unwrap();
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let env_file = ws.path("go-env");
+    std::fs::write(&env_file, format!("GOCACHEPROG={}\n", program.display())).unwrap();
+    let env_file = env_file.display().to_string();
+    let env = [("CGO_ENABLED", "1"), ("GOENV", env_file.as_str())];
+    let args = ["go", "build", "-o", "bin/cgoval", "./cmd/cgoval"];
+    let (built, printed) = ws.build_and_run(&args, &env, "bin/cgoval", "the build");
+    assert!(built.contains("compiling every package without go's shared cache"), "{built}");
+    assert_eq!(printed, "1");
+    run(ws.cachectl(&["go", "test", "./cmd/cgoval"], &env)).success("the test run");
+    let started = std::fs::read_to_string(&started).unwrap_or_default();
+    let by_builds = started.lines().filter(|line| line.contains(" build ") || line.contains(" test "));
+    assert_eq!(by_builds.count(), 0, "go started the cache program of its env file:\n{started}");
+}
+
 /// `cachectl go test` shares go's cache through the bridge as builds do, so it is held to the
 /// same include scan: a test of a cgo package whose header (outside the package) changed and
 /// now fails must not pass as `ok (cached)` from the object and result of the old header.

@@ -99,6 +99,10 @@ pub async fn test(
         gobuild::bridge_env(&client.server, &namespace, gobuild::default_gocacheprog(), options)
     });
     invocation.env_remove = go_cache.apply(bridge, &mut invocation.env);
+    if go_cache == GoCache::Off {
+        let go = invocation.program.clone();
+        gocache::keep_off(&Processes::default(), &go, &mut invocation).await?;
+    }
     if read_only {
         // Whatever bridge runs, the wrapper's or one the environment names.
         invocation.env.push((gobuild::build::READ_ONLY_VAR.to_owned(), "true".to_owned()));
