@@ -35,7 +35,9 @@ impl SchedulerBackend for Scheduler {
     }
 
     async fn submit(&self, spec: JobSpec, submitter: &str) -> Result<String> {
-        Scheduler::submit(self, spec, submitter)
+        let job_id = Scheduler::submit(self, spec, submitter)?;
+        self.synced().await?;
+        Ok(job_id)
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobStatus>> {
@@ -81,15 +83,21 @@ impl SchedulerBackend for Scheduler {
     }
 
     async fn cancel(&self, job_id: &str) -> Result<JobStatus> {
-        Scheduler::cancel(self, job_id)
+        let status = Scheduler::cancel(self, job_id)?;
+        self.synced().await?;
+        Ok(status)
     }
 
     async fn cancel_unfinished(&self, namespace: &str, why: &str) -> Result<u64> {
-        Scheduler::cancel_unfinished(self, namespace, why)
+        let cancelled = Scheduler::cancel_unfinished(self, namespace, why)?;
+        self.synced().await?;
+        Ok(cancelled)
     }
 
     async fn revoke_reuse(&self, namespace: &str) -> Result<u64> {
-        Scheduler::revoke_reuse(self, namespace)
+        let revoked = Scheduler::revoke_reuse(self, namespace)?;
+        self.synced().await?;
+        Ok(revoked)
     }
 
     async fn progress(
@@ -103,7 +111,8 @@ impl SchedulerBackend for Scheduler {
     }
 
     async fn complete(&self, token: &FencingToken, caller: &Grant, outcome: Outcome) -> Result<()> {
-        Scheduler::complete(self, token, caller, outcome)
+        Scheduler::complete(self, token, caller, outcome)?;
+        self.synced().await
     }
 
     async fn register(&self, info: AgentInfo, grant: Arc<Grant>) -> Result<Session> {

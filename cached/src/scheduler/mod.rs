@@ -378,6 +378,16 @@ impl Scheduler {
         })
     }
 
+    /// Makes what was written before durable, off the lock and off the async threads: Submit,
+    /// Cancel and Complete write under the lock (so that records follow the order of the
+    /// changes) and sync before they answer.
+    pub async fn synced(&self) -> Result<()> {
+        let store = Arc::clone(&self.store);
+        crate::task::spawn_blocking("sync jobs", move || store.sync())
+            .await?
+            .inspect_err(|err| tracing::error!(error = %err, "cannot sync jobs"))
+    }
+
     /// The job's own timeout, or `job_timeout`.
     fn timeout(&self, job: &JobStatus) -> Duration {
         job_timeout(&self.settings, job)
@@ -405,7 +415,7 @@ impl Scheduler {
         let open = open_jobs(&state.index, &job);
         check_open_jobs(&self.settings, &job, &open)?;
         take_turn(&mut job, &open);
-        self.save([&job], Durability::Synced)?;
+        self.save([&job], Durability::Buffered)?;
         for task in &job.tasks {
             self.emit(&job_id, event(Kind::Queued, task));
         }
@@ -459,7 +469,7 @@ impl Scheduler {
             abort(workers, job_id, task);
         }
         index.update(job);
-        let saved = self.save([&*job], Durability::Synced);
+        let saved = self.save([&*job], Durability::Buffered);
         tracing::info!(job = %job_id, "job cancelled");
         for event in events {
             self.emit(job_id, event);
@@ -483,8 +493,8 @@ impl Scheduler {
             index.update(job);
             cancelled.push((job.job_id.clone(), events));
         }
-        let saved =
-            self.save(cancelled.iter().filter_map(|(job_id, _)| state.jobs.get(job_id)), Durability::Synced);
+        let saved = self
+            .save(cancelled.iter().filter_map(|(job_id, _)| state.jobs.get(job_id)), Durability::Buffered);
         tracing::info!(namespace, jobs = cancelled.len(), why, "the namespace's unfinished jobs cancelled");
         let count = cancelled.len() as u64;
         for (job_id, events) in cancelled {
@@ -508,7 +518,7 @@ impl Scheduler {
             }
         }
         let jobs = revoked.iter().filter_map(|job_id| state.jobs.get(job_id));
-        self.save(jobs, Durability::Synced)?;
+        self.save(jobs, Durability::Buffered)?;
         tracing::info!(namespace, jobs = revoked.len(), "reuse of the namespace's jobs revoked");
         Ok(revoked.len() as u64)
     }
@@ -556,7 +566,7 @@ impl Scheduler {
             self.emit(&token.job_id, event);
         }
         index.update(job);
-        let saved = self.save([&*job], Durability::Synced);
+        let saved = self.save([&*job], Durability::Buffered);
         self.prune(&mut state);
         self.dispatch(&mut state, Scope::All);
         saved

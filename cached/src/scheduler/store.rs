@@ -6,7 +6,9 @@
 //!
 //! What is synced, and so survives a power cut once acknowledged ([`Durability::Synced`]): a
 //! submitted job (before Submit answers), a lease (before the agent is sent it), a completion
-//! (before Complete answers), a cancellation (before Cancel answers), and the server key. What
+//! (before Complete answers), a cancellation (before Cancel answers), and the server key;
+//! all but the lease and the key are written under the scheduler's lock and synced after it
+//! ([`JobRecords::sync`]), so that no disk sync holds every other call of the queue. What
 //! is not ([`Durability::Buffered`], in the WAL but not yet on disk): heartbeat lease
 //! extensions, a task marked started, leases the sweeper expired and jobs it timed out, and
 //! deleting old finished jobs. Losing those after a power cut costs at most a requeue (a lease
@@ -46,4 +48,9 @@ pub trait JobRecords: Send + Sync + 'static {
     fn save(&self, jobs: &[&JobStatus], durability: Durability) -> Result<()>;
 
     fn delete(&self, job_id: &str) -> Result<()>;
+
+    /// Makes every write before it durable, [`Durability::Buffered`] ones included: a change
+    /// written under the scheduler's lock is synced after it, so the lock is not held for a
+    /// disk sync (concurrent syncs are grouped into one).
+    fn sync(&self) -> Result<()>;
 }

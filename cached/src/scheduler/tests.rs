@@ -355,3 +355,87 @@ fn a_lease_recorded_under_the_bare_name_stays_its_agents() {
     assert_index_is_current(&scheduler, "the heartbeat");
     scheduler.complete(&lease, &ci, Outcome::Success(Box::default())).unwrap();
 }
+
+/// A disk whose syncs wait for the test: [`JobRecords::sync`] and synced writes block until
+/// released, once `slow` is set.
+struct SlowDisk {
+    inner: super::store::RocksJobs,
+    slow: std::sync::atomic::AtomicBool,
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl SlowDisk {
+    fn wait_if_slow(&self) {
+        if self.slow.load(std::sync::atomic::Ordering::SeqCst) {
+            self.entered.lock().unwrap().send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+        }
+    }
+}
+
+impl super::store::JobRecords for SlowDisk {
+    fn load(&self) -> crate::error::Result<Vec<proto::v1::JobStatus>> {
+        self.inner.load()
+    }
+
+    fn lease_key(&self) -> crate::error::Result<[u8; 32]> {
+        self.inner.lease_key()
+    }
+
+    fn save(
+        &self,
+        jobs: &[&proto::v1::JobStatus],
+        durability: super::store::Durability,
+    ) -> crate::error::Result<()> {
+        if durability == super::store::Durability::Synced {
+            self.wait_if_slow();
+        }
+        self.inner.save(jobs, durability)
+    }
+
+    fn delete(&self, job_id: &str) -> crate::error::Result<()> {
+        self.inner.delete(job_id)
+    }
+
+    fn sync(&self) -> crate::error::Result<()> {
+        self.wait_if_slow();
+        self.inner.sync()
+    }
+}
+
+/// Submit synced its record under the queue's lock: while the disk took its time, every
+/// other call (leases, heartbeats, other tenants' submits and watches) waited. The sync now
+/// comes after the lock, and Submit still answers only once it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_sync_of_a_submit_holds_no_other_call() {
+    use super::backend::SchedulerBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let disk = Arc::new(SlowDisk {
+        inner: super::store::RocksJobs::new(crate::db::open(dir.path()).unwrap()),
+        slow: false.into(),
+        entered: entered_tx.into(),
+        release: release_rx.into(),
+    });
+    let scheduler = Scheduler::open(disk.clone(), Settings::default()).unwrap();
+    let first = SchedulerBackend::submit(&*scheduler, spec("ci", 1, 0), "a").await.unwrap();
+    disk.slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    let submitting = {
+        let scheduler = Arc::clone(&scheduler);
+        crate::task::spawn("submit", async move {
+            SchedulerBackend::submit(&*scheduler, spec("ci", 1, 0), "b").await
+        })
+    };
+    entered.recv_timeout(std::time::Duration::from_secs(30)).expect("the submit reached the disk");
+    let (got_tx, got) = std::sync::mpsc::channel();
+    let reader = Arc::clone(&scheduler);
+    let _lookup =
+        crate::task::spawn_blocking("lookup", move || got_tx.send(reader.get(&first).is_some()).unwrap());
+    let answered = got.recv_timeout(std::time::Duration::from_secs(10));
+    assert!(!submitting.is_finished(), "Submit answered before its record was synced");
+    release.send(()).unwrap();
+    assert_eq!(answered, Ok(true), "a lookup waited for another call's disk sync");
+    submitting.await.unwrap().unwrap();
+}

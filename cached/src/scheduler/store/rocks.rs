@@ -76,6 +76,11 @@ impl JobRecords for RocksJobs {
         batch.delete_cf(jobs, job_id.as_bytes());
         self.write(batch, Durability::Buffered)
     }
+
+    fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
