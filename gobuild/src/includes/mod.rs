@@ -1273,6 +1273,23 @@ mod tests {
         }
     }
 
+    /// A digit separator (`1'0`) is no character literal and `0'R"` opens no raw string: read
+    /// as one, what follows (`'/*'` here) hid a spliced include, which only the lexer can
+    /// read, up to the next `*/`.
+    #[test]
+    fn digit_separators_hide_no_spliced_include() {
+        for source in [
+            "int a = 1'0'/*';\n#inc\\\nlude \"../inc/v.h\"\n// */\n",
+            "int a = 0x1'f'/*';\n#inc\\\nlude \"../inc/v.h\"\n// */\n",
+            "const char *s = 0'R\"x(\";\n#inc\\\nlude \"../inc/v.h\"\n// )x\"\n",
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("p/v.cc", source), ("inc/v.h", "")]);
+            let found = found(root.path(), &[package(root.path(), "p", &["v.cc"], &[])]);
+            assert_eq!(found, ["inc/v.h"], "{source:?}");
+        }
+    }
+
     /// The assembler's `.incbin` and `.include` after a label or `;`, and in inline assembly
     /// with a tab written as `\t`; a file named otherwise (a macro's argument, a string pasted
     /// together) gives no key.

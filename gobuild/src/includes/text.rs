@@ -32,6 +32,9 @@ enum Lex {
     Block,
     BlockStar,
     Line,
+    /// A `'` after a number: a digit separator when a digit or letter follows, else the quote
+    /// of a character literal.
+    NumberQuote,
     /// In a string or character literal (its quote), after a backslash or not.
     Literal(u8, bool),
     /// After `R"`, reading the delimiter up to `(`.
@@ -174,7 +177,13 @@ impl Reader {
         if !std::mem::take(&mut self.physical_cut) {
             // Only what the line names outright counts here: the lexer's view decides what
             // gives no key, so text in a comment (`see .incbin`) never refuses a build.
-            for directive in directives(&without_comments(&line), self.fortran) {
+            // Text after a `*/` is read as a line too: a comment that started on an earlier
+            // line may end there, which the lexer's view could not tell (it read a literal).
+            let after_comment = line.windows(2).position(|pair| pair == b"*/").map(|end| &line[end + 2..]);
+            let views = [Some(&line[..]), after_comment].into_iter().flatten();
+            let fortran = self.fortran;
+            let found: Vec<_> = views.flat_map(|view| directives(&without_comments(view), fortran)).collect();
+            for directive in found {
                 if matches!(directive, Directive::Include(_) | Directive::System(_) | Directive::Incbin(_)) {
                     self.push(directive);
                 }
@@ -222,7 +231,7 @@ impl Reader {
                 return;
             }
             // A literal or comment ends with its line; an unfinished raw string opening is none.
-            Lex::Code | Lex::Line | Lex::Literal(..) | Lex::RawOpening(_) => {}
+            Lex::Code | Lex::Line | Lex::NumberQuote | Lex::Literal(..) | Lex::RawOpening(_) => {}
         }
         self.end_line();
     }
@@ -259,6 +268,11 @@ impl Reader {
                 _ => self.lex = Lex::Block,
             },
             Lex::Line => self.lex = Lex::Line,
+            Lex::NumberQuote if byte.is_ascii_alphanumeric() || byte == b'_' => self.emit(byte),
+            Lex::NumberQuote => {
+                self.lex = Lex::Literal(b'\'', false);
+                self.lex_byte(byte);
+            }
             Lex::Literal(quote, escaped) => {
                 self.emit(byte);
                 self.lex = match (escaped, byte) {
@@ -305,6 +319,10 @@ impl Reader {
                     if self.raw_prefix() { Lex::RawOpening(Vec::new()) } else { Lex::Literal(b'"', false) };
                 self.emit(byte);
             }
+            b'\'' if ends_in_number(&self.line) => {
+                self.lex = Lex::NumberQuote;
+                self.emit(byte);
+            }
             b'\'' => {
                 self.lex = Lex::Literal(b'\'', false);
                 self.emit(byte);
@@ -316,6 +334,9 @@ impl Reader {
     /// Whether the code before a `"` makes it a raw string: `R`, `u8R`, `uR`, `UR` or `LR`,
     /// not the end of a longer identifier.
     fn raw_prefix(&self) -> bool {
+        if ends_in_number(&self.line) {
+            return false;
+        }
         let Some(before) = self.line.strip_suffix(b"R") else { return false };
         let before = [&b"u8"[..], b"u", b"U", b"L"]
             .iter()
@@ -392,6 +413,15 @@ fn without_comments(line: &[u8]) -> Vec<u8> {
         at += 1;
     }
     out
+}
+
+/// Whether the last token of `line` is a preprocessing number (`1'000`, `0x1'fp3`, `0'R`):
+/// a `'` after one is a digit separator (C++14, C23) and an `R"` in one opens no raw string.
+fn ends_in_number(line: &[u8]) -> bool {
+    let part_of_number = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'\'');
+    let token = &line[line.len() - line.iter().rev().take_while(|b| part_of_number(b)).count()..];
+    let token = token.strip_prefix(b".").unwrap_or(token);
+    token.first().is_some_and(u8::is_ascii_digit)
 }
 
 fn is_blank(byte: u8) -> bool {
