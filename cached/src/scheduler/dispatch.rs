@@ -7,7 +7,7 @@
 //! can make a queued task leasable: a new job (only that job's tasks: nothing else changed),
 //! an agent registering or leaving drain mode, and a slot or task freed (completion, expiry,
 //! cancel). A heartbeat that only extends leases dispatches nothing. The leases of one dispatch
-//! are written in one synced batch before any agent is sent one.
+//! are written in one batch under the lock, and synced after it, before any agent is sent one.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
@@ -37,7 +37,7 @@ struct Room {
 }
 
 /// A lease to send once it is on disk.
-struct Outgoing {
+pub(super) struct Outgoing {
     sender: LeaseSender,
     message: LeaseResponse,
     job_id: String,
@@ -112,19 +112,27 @@ impl Scheduler {
         if outgoing.is_empty() {
             return;
         }
-        let saved = self.save(changed.iter().filter_map(|job_id| jobs.get(job_id)), Durability::Synced);
-        if saved.is_err() {
-            tracing::error!(
-                leases = outgoing.len(),
-                "leases not sent: they could not be stored; they expire and the tasks are requeued"
-            );
+        let saved = self.save(changed.iter().filter_map(|job_id| jobs.get(job_id)), Durability::Buffered);
+        // Events go out in the order of the changes, under the lock; leases once synced.
+        for lease in &outgoing {
+            self.emit(&lease.job_id, lease.event.clone());
+        }
+        match saved {
+            Ok(()) => state.unsent.extend(outgoing),
+            Err(_) => not_sent(outgoing.len()),
+        }
+    }
+
+    /// Sends leases dispatch wrote, once synced; called after the lock is let go.
+    pub(super) fn send_leases(&self, outgoing: Vec<Outgoing>) {
+        if self.store.sync().inspect_err(|err| tracing::error!(error = %err, "cannot sync jobs")).is_err() {
+            return not_sent(outgoing.len());
         }
         for Outgoing { sender, message, job_id, event } in outgoing {
-            if saved.is_ok() && !sender.send(message) {
+            if !sender.send(message) {
                 // The session is gone; the lease expires and the task is requeued.
                 tracing::warn!(job = %job_id, task = event.task, "agent stream gone while leasing");
             }
-            self.emit(&job_id, event);
         }
     }
 
@@ -133,6 +141,14 @@ impl Scheduler {
     fn lease(&self, job: &JobStatus, lease: LeaseId, token: FencingToken) -> TaskLease {
         task_lease(&self.keys, job, lease, token, self.deadline(job))
     }
+}
+
+/// Leases that could not be stored are never sent: they expire and the tasks are requeued.
+fn not_sent(leases: usize) {
+    tracing::error!(
+        leases,
+        "leases not sent: they could not be stored; they expire and the tasks are requeued"
+    );
 }
 
 /// What the agent gets for `lease` of a job due by `deadline`: the task, its secret in

@@ -121,6 +121,40 @@ struct State {
     /// Bytes of build output each attempt has logged ([`logcap`]), by job, then task and
     /// attempt; a job's entries go with it.
     logged: HashMap<String, HashMap<(u32, u32), u64>>,
+    /// Leases written under the lock, sent once synced, after it ([`Locked`]).
+    unsent: Vec<dispatch::Outgoing>,
+}
+
+/// The scheduler's state, locked. When it is let go, the leases dispatch wrote are synced
+/// and sent: after the lock, so that no disk sync holds the queue.
+struct Locked<'a> {
+    state: Option<MutexGuard<'a, State>>,
+    scheduler: &'a Scheduler,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        self.state.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.state.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut state) = self.state.take() else { return };
+        let unsent = std::mem::take(&mut state.unsent);
+        drop(state);
+        if !unsent.is_empty() {
+            self.scheduler.send_leases(unsent);
+        }
+    }
 }
 
 pub struct Scheduler {
@@ -328,7 +362,13 @@ impl Scheduler {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (stop, _) = watch::channel(false);
         Ok(Arc::new(Self {
-            state: Mutex::new(State { jobs, workers: Workers::default(), index, logged: HashMap::new() }),
+            state: Mutex::new(State {
+                jobs,
+                workers: Workers::default(),
+                index,
+                logged: HashMap::new(),
+                unsent: Vec::new(),
+            }),
             store,
             keys,
             events,
@@ -362,8 +402,9 @@ impl Scheduler {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> Locked<'_> {
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Locked { state: Some(state), scheduler: self }
     }
 
     fn emit(&self, job_id: &str, event: JobEvent) {

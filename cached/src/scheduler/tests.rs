@@ -439,3 +439,45 @@ async fn a_slow_disk_sync_of_a_submit_holds_no_other_call() {
     assert_eq!(answered, Ok(true), "a lookup waited for another call's disk sync");
     submitting.await.unwrap().unwrap();
 }
+
+/// Dispatch synced the leases it made under the queue's lock, so a Submit that an idle agent
+/// could take held every other call for a disk sync too. The leases are now synced after the
+/// lock, and no agent is sent one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_sync_of_a_lease_holds_no_other_call() {
+    use super::backend::SchedulerBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let disk = Arc::new(SlowDisk {
+        inner: super::store::RocksJobs::new(crate::db::open(dir.path()).unwrap()),
+        slow: false.into(),
+        entered: entered_tx.into(),
+        release: release_rx.into(),
+    });
+    let scheduler = Scheduler::open(disk.clone(), Settings::default()).unwrap();
+    let first = SchedulerBackend::submit(&*scheduler, spec("ci", 1, 0), "a").await.unwrap();
+    let mut agent = Agent::register(&scheduler, "agent", 2, grant("agent", "*"));
+    assert_eq!(agent.leases().len(), 1, "the first job's task");
+    disk.slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    let submitting = {
+        let scheduler = Arc::clone(&scheduler);
+        crate::task::spawn("submit", async move {
+            SchedulerBackend::submit(&*scheduler, spec("ci", 1, 0), "b").await
+        })
+    };
+    let wait = std::time::Duration::from_secs(30);
+    entered.recv_timeout(wait).expect("the lease reached the disk");
+    let (got_tx, got) = std::sync::mpsc::channel();
+    let reader = Arc::clone(&scheduler);
+    let _lookup =
+        crate::task::spawn_blocking("lookup", move || got_tx.send(reader.get(&first).is_some()).unwrap());
+    let answered = got.recv_timeout(std::time::Duration::from_secs(10));
+    assert!(agent.leases().is_empty(), "a lease was sent before it was synced");
+    release.send(()).unwrap();
+    assert_eq!(answered, Ok(true), "a lookup waited for a lease's disk sync");
+    entered.recv_timeout(wait).expect("the submit synced");
+    release.send(()).unwrap();
+    submitting.await.unwrap().unwrap();
+    assert_eq!(agent.leases().len(), 1);
+}
