@@ -165,7 +165,7 @@ pub(super) async fn put(
                 if let Err(err) = records.touch(&used) {
                     tracing::warn!(error = %err, "marking the records a manifest names as used failed");
                 }
-                bound.count(records, counted);
+                bound.count(records, owned.namespace(), counted);
             }
             Ok(put)
         })

@@ -10,15 +10,23 @@
 //! sixteenth of it is free: a forgotten manifest takes its tags and referrer entry along, and
 //! pulling it is a 404, as pulling an evicted blob is. A push is never refused for it.
 //!
-//! The bytes are summed from the rows at the first push after start and after every sixteenth
-//! of the bound pushed here (with PostgreSQL the other replicas push too), and counted as
-//! pushes add them in between. A record deleted otherwise stays counted until its row goes:
-//! the count is never below what is stored.
+//! The bound is shared fairly among namespaces: what goes is the oldest of the namespaces that
+//! hold the most, each cut down to one level, the highest that brings the total under the
+//! target (a namespace below it loses nothing). Oldest first over all namespaces let one
+//! tenant's flood of 4 MiB manifests push out every other namespace's images, tags and
+//! signatures with a few dozen requests; now a flood pushes out the flooder's own records
+//! first.
+//!
+//! The bytes, in all and by namespace, are summed from the rows at the first push after start
+//! and after every sixteenth of the bound pushed here (with PostgreSQL the other replicas push
+//! too), and counted as pushes add them in between. A record deleted otherwise stays counted
+//! until its row goes: the count is never below what is stored.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use super::records::RegistryRecords;
+use super::records::{OrderRow, Recorded, RegistryRecords};
 use crate::error::Result;
 use crate::stats::Stats;
 
@@ -34,6 +42,8 @@ pub(super) struct RecordBound {
     /// Whether records written before there were rows have theirs.
     ordered: AtomicBool,
     forgetting: AtomicBool,
+    /// Bytes by namespace, counted as `bytes` is.
+    namespaces: Mutex<HashMap<String, u64>>,
     stats: Arc<Stats>,
 }
 
@@ -45,20 +55,24 @@ impl RecordBound {
             since_total: AtomicU64::new(u64::MAX / 2),
             ordered: AtomicBool::new(false),
             forgetting: AtomicBool::new(false),
+            namespaces: Mutex::default(),
             stats,
         }
     }
 
-    /// Counts `bytes` of records a push just added and forgets the oldest past the bound.
+    /// Counts `bytes` of records a push to `namespace` just added and forgets past the bound.
     /// Blocking. Upkeep: a failure is logged, never the push's.
-    pub(super) fn count(&self, records: &dyn RegistryRecords, bytes: u64) {
-        if let Err(err) = self.count_and_forget(records, bytes) {
+    pub(super) fn count(&self, records: &dyn RegistryRecords, namespace: &str, bytes: u64) {
+        if let Err(err) = self.count_and_forget(records, namespace, bytes) {
             tracing::warn!(error = %err, "keeping the registry's records to max_registry_records failed");
         }
     }
 
-    fn count_and_forget(&self, records: &dyn RegistryRecords, bytes: u64) -> Result<()> {
+    fn count_and_forget(&self, records: &dyn RegistryRecords, namespace: &str, bytes: u64) -> Result<()> {
         self.add(bytes);
+        if bytes > 0 {
+            *self.namespaces().entry(namespace.to_owned()).or_default() += bytes;
+        }
         let since = self.since_total.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
         if since >= self.max / 16 {
             self.total(records)?;
@@ -71,12 +85,19 @@ impl RecordBound {
         result
     }
 
+    fn namespaces(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.namespaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn add(&self, bytes: u64) {
         let total = self.bytes.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
         self.stats.registry_record_bytes.store(total, Ordering::Relaxed);
     }
 
-    fn subtract(&self, bytes: u64) {
+    fn subtract(&self, namespace: &str, bytes: u64) {
+        if let Some(held) = self.namespaces().get_mut(namespace) {
+            *held = held.saturating_sub(bytes);
+        }
         let update = |total: u64| Some(total.saturating_sub(bytes));
         let before = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, update).unwrap_or(0);
         self.stats.registry_record_bytes.store(before.saturating_sub(bytes), Ordering::Relaxed);
@@ -89,51 +110,104 @@ impl RecordBound {
             self.ordered.store(true, Ordering::Relaxed);
         }
         let (mut total, mut after) = (0u64, None);
+        let mut namespaces = HashMap::new();
         loop {
             let rows = records.oldest(after.as_deref(), PAGE)?;
-            total += rows.iter().map(|row| row.size).sum::<u64>();
+            for row in &rows {
+                total += row.size;
+                *namespaces.entry(namespace_of(row).to_owned()).or_default() += row.size;
+            }
             match rows.last() {
                 Some(last) if rows.len() == PAGE => after = Some(last.key.clone()),
                 _ => break,
             }
         }
+        *self.namespaces() = namespaces;
         self.bytes.store(total, Ordering::Relaxed);
         self.since_total.store(0, Ordering::Relaxed);
         self.stats.registry_record_bytes.store(total, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Forgets the oldest records until they take `target` bytes or less.
+    /// Forgets records until they take `target` bytes or less: the oldest of each namespace
+    /// above the [`fair_level`], down to it. One walk over the rows, oldest first.
     fn forget_down_to(&self, records: &dyn RegistryRecords, target: u64) -> Result<()> {
-        let (mut forgotten, mut freed) = (0, 0);
-        while self.bytes.load(Ordering::Relaxed) > target {
-            let over = self.bytes.load(Ordering::Relaxed) - target;
-            let mut rows = records.oldest(None, PAGE)?;
-            if rows.is_empty() {
+        let mut excess: HashMap<String, u64> = {
+            let namespaces = self.namespaces();
+            let level = fair_level(namespaces.values().copied(), target);
+            namespaces
+                .iter()
+                .filter(|(_, bytes)| **bytes > level)
+                .map(|(ns, bytes)| (ns.clone(), bytes - level))
+                .collect()
+        };
+        let (mut forgotten, mut freed, mut after) = (0, 0, None);
+        while !excess.is_empty() {
+            let rows = records.oldest(after.as_deref(), PAGE)?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.key.clone());
+            let full_page = rows.len() == PAGE;
+            let mut taken = Vec::new();
+            for row in rows {
+                // A row whose record cannot be read names nothing any namespace keeps.
+                let namespace = namespace_of(&row).to_owned();
+                let over = excess.get_mut(&namespace);
+                if row.recorded.is_some() && over.is_none() {
+                    continue;
+                }
+                if let Some(over) = over {
+                    *over = over.saturating_sub(row.size);
+                    if *over == 0 {
+                        excess.remove(&namespace);
+                    }
+                }
+                taken.push(row);
+            }
+            forgotten += records.forget(&taken)?;
+            for row in &taken {
+                freed += row.size;
+                self.subtract(namespace_of(row), row.size);
+            }
+            if !full_page {
                 break;
             }
-            // Only as many as the excess needs.
-            let mut take = 0;
-            let mut bytes = 0;
-            while take < rows.len() && bytes < over {
-                bytes += rows[take].size;
-                take += 1;
-            }
-            rows.truncate(take);
-            forgotten += records.forget(&rows)?;
-            freed += bytes;
-            self.subtract(bytes);
         }
         self.stats.registry_records_forgotten.fetch_add(forgotten, Ordering::Relaxed);
         if freed > 0 {
             tracing::info!(
                 records = forgotten,
                 bytes = freed,
-                "forgot the oldest registry records beyond max_registry_records"
+                "forgot the oldest registry records of the namespaces holding the most, beyond max_registry_records"
             );
         }
         Ok(())
     }
+}
+
+/// The namespace a row's record lives in ("" for an unreadable one).
+fn namespace_of(row: &OrderRow) -> &str {
+    match &row.recorded {
+        Some(Recorded::Blob { repo, .. } | Recorded::Manifest { repo, .. } | Recorded::Tag { repo, .. }) => {
+            repo.namespace()
+        }
+        None => "",
+    }
+}
+
+/// The highest level such that namespaces holding `bytes`, each cut down to it, hold `target`
+/// or less in all: what is above it goes, and a namespace below it keeps everything.
+fn fair_level(bytes: impl Iterator<Item = u64>, target: u64) -> u64 {
+    let mut bytes: Vec<u64> = bytes.collect();
+    bytes.sort_unstable();
+    let mut below = 0u64;
+    for (at, &held) in bytes.iter().enumerate() {
+        let above = (bytes.len() - at) as u64;
+        if below.saturating_add(held.saturating_mul(above)) > target {
+            return target.saturating_sub(below) / above;
+        }
+        below += held;
+    }
+    bytes.last().copied().unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -161,7 +235,7 @@ mod tests {
         let digest = Sha256Digest::of(&manifest.bytes);
         let write = ManifestWrite { digest, manifest: &manifest, tag, referrer: None };
         let ManifestPut::Stored { counted } = records.put_manifest(repo, write).unwrap() else { panic!() };
-        bound.count(records, counted);
+        bound.count(records, repo.namespace(), counted);
         digest
     }
 
@@ -186,8 +260,37 @@ mod tests {
         assert_eq!(bound.bytes.load(Ordering::Relaxed), total);
     }
 
-    /// One blob linked into ever more repositories, one tag moved again and again: each link and
-    /// each move counts, and a moved tag is kept by its newest move.
+    /// One namespace's flood of manifests pushed out every other namespace's images, tags and
+    /// signatures, oldest first over all: now the namespaces holding the most lose their
+    /// oldest first, and one below the fair level loses nothing.
+    #[test]
+    fn a_flood_in_one_namespace_forgets_its_own_records_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = open(dir.path());
+        let bound = RecordBound::new(64 << 10, Arc::new(Stats::default()));
+        let (main, evil) = (Repository::parse("main/app").unwrap(), Repository::parse("evil/junk").unwrap());
+        let kept: Vec<Sha256Digest> =
+            (0..10).map(|n| push(&records, &bound, &main, n, Some(&format!("v{n}")))).collect();
+        let flood: Vec<Sha256Digest> = (10..400).map(|n| push(&records, &bound, &evil, n, None)).collect();
+        for (n, digest) in kept.iter().enumerate() {
+            assert!(records.manifest(&main, digest).unwrap().is_some(), "main's manifest {n} was forgotten");
+            assert_eq!(records.tag(&main, &format!("v{n}")).unwrap(), Some(*digest));
+        }
+        assert_eq!(records.manifest(&evil, &flood[0]).unwrap(), None, "the flood's oldest is still stored");
+        assert!(records.manifest(&evil, &flood[389]).unwrap().is_some());
+        assert!(bound.bytes.load(Ordering::Relaxed) <= 64 << 10);
+    }
+
+    #[test]
+    fn the_fair_level_cuts_only_the_namespaces_above_it() {
+        assert_eq!(fair_level([100, 1200].into_iter(), 1170), 1070);
+        assert_eq!(fair_level([300, 300, 300].into_iter(), 600), 200);
+        assert_eq!(fair_level([10, 20].into_iter(), 100), 20, "nothing to cut");
+        assert_eq!(fair_level(std::iter::empty(), 100), 0);
+    }
+
+    /// One blob linked into ever more repositories of a namespace, one tag moved again and again:
+    /// each link and each move counts, and a moved tag is kept by its newest move.
     #[test]
     fn links_and_tags_count_and_a_moved_tag_is_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -199,14 +302,14 @@ mod tests {
         assert!(records.link_blob(&main, &sha, &blob).unwrap() > 0);
         assert_eq!(records.link_blob(&main, &sha, &blob).unwrap(), 0, "a link there already counts again");
         for n in 0..400 {
-            let repo = Repository::parse(&format!("pr-1/copy{n}")).unwrap();
+            let repo = Repository::parse(&format!("main/copy{n}")).unwrap();
             let counted = records.link_blob(&repo, &sha, &blob).unwrap();
-            bound.count(&records, counted);
+            bound.count(&records, repo.namespace(), counted);
         }
         // Moved after the links: the tag's first row is among the oldest.
         let moved = push(&records, &bound, &main, 1, Some("latest"));
         for n in 2..22 {
-            push(&records, &bound, &Repository::parse("pr-1/app").unwrap(), n, None);
+            push(&records, &bound, &Repository::parse("main/other").unwrap(), n, None);
         }
         assert!(bound.bytes.load(Ordering::Relaxed) <= 64 << 10);
         assert_eq!(records.blob(&main, &sha).unwrap(), None, "the oldest link is still stored");
@@ -225,7 +328,7 @@ mod tests {
         let (base, unused) = (Sha256Digest::of(b"base"), Sha256Digest::of(b"unused"));
         for sha256 in [base, unused] {
             let counted = records.link_blob(&repo, &sha256, &Digest::of(sha256.0.as_slice())).unwrap();
-            bound.count(&records, counted);
+            bound.count(&records, repo.namespace(), counted);
         }
         for n in 0..200 {
             records.touch(&[Recorded::Blob { repo: repo.clone(), sha256: base }]).unwrap();

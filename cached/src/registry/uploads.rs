@@ -452,7 +452,7 @@ async fn link(
     registry
         .records("registry link", move |records| {
             let counted = records.link_blob(&repo, &sha256, &digest)?;
-            bound.count(records, counted);
+            bound.count(records, repo.namespace(), counted);
             Ok(())
         })
         .await?;
