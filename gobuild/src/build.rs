@@ -551,17 +551,18 @@ async fn derive(
         let go_cache = gocache::for_unkeyed(&env, Some(packages.clone()), tree).await;
         Unkeyed { reason, go_cache }
     };
-    let flags = match flags::effective(env.get("GOFLAGS").map_or("", String::as_str), line) {
-        Ok(flags) => flags,
-        Err(err) => return Err(unkeyed(err.0).await),
-    };
-    if let Some(reason) = flags::ldflags_read_files(&flags.ldflags) {
-        return Err(unkeyed(format!("{reason}, which the build key does not read")).await);
-    }
+    // Flags that are not known could give the assembler include directories: no shared cache.
+    let flags = flags::effective(env.get("GOFLAGS").map_or("", String::as_str), line)
+        .map_err(|err| Unkeyed { reason: err.0, go_cache: GoCache::Off })?;
+    // Before any other reason to step aside: whatever the include scan finds, these headers
+    // are not among its files.
     if flags.asm_include_dirs() {
         let reason = "-asmflags gives the assembler include directories (-I), whose headers neither the build \
                       key nor go's cache follows";
         return Err(Unkeyed { reason: reason.to_owned(), go_cache: GoCache::Off });
+    }
+    if let Some(reason) = flags::ldflags_read_files(&flags.ldflags) {
+        return Err(unkeyed(format!("{reason}, which the build key does not read")).await);
     }
     let derived = match inputs::derive(&call, &flags, &env, &packages, tree).await {
         Ok(derived) => derived,
@@ -810,24 +811,32 @@ mod tests {
     }
 
     /// `-asmflags=-I dir` gives the assembler headers go's action IDs do not cover: such a
-    /// build has no key and compiles without go's shared cache.
+    /// build has no key and compiles without go's shared cache, also when another flag gives
+    /// no key first (`-extld` went by the include scan alone, which answered shared).
     #[tokio::test]
     async fn assembler_include_directories_use_no_cache_program() {
-        let dir = module();
-        let exec = Arc::new(scripted(dir.path()));
-        let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
-        let request = app_request(
-            dir.path(),
-            vec!["-asmflags=all=-I=../../inc".into()],
-            vec![("GOCACHEPROG".into(), "cachectl gocacheprog".into())],
-        );
-        let mut lines = Vec::new();
-        build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned())).await.unwrap();
-        let seen = exec.seen.lock().unwrap();
-        let build = seen.last().unwrap();
-        assert!(build.args.contains(&"-a".to_owned()), "{build:?}");
-        assert!(build.env_remove.iter().any(|name| name == "GOCACHEPROG"), "{build:?}");
-        assert!(lines.iter().any(|line| line.contains("without go's shared cache")), "{lines:?}");
+        for go_flags in [
+            vec!["-asmflags=all=-I=../../inc".to_owned()],
+            vec!["-ldflags=-extld=gcc".to_owned(), "-asmflags=all=-I=../../inc".to_owned()],
+        ] {
+            let dir = module();
+            let exec = Arc::new(scripted(dir.path()));
+            let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
+            let request = app_request(
+                dir.path(),
+                go_flags,
+                vec![("GOCACHEPROG".into(), "cachectl gocacheprog".into())],
+            );
+            let mut lines = Vec::new();
+            build_with(None, &request, &options, &mut |line: &str| lines.push(line.to_owned()))
+                .await
+                .unwrap();
+            let seen = exec.seen.lock().unwrap();
+            let build = seen.last().unwrap();
+            assert!(build.args.contains(&"-a".to_owned()), "{build:?}");
+            assert!(build.env_remove.iter().any(|name| name == "GOCACHEPROG"), "{build:?}");
+            assert!(lines.iter().any(|line| line.contains("without go's shared cache")), "{lines:?}");
+        }
     }
 
     /// `go env -w GOCACHEPROG=...` names a cache program in go's env file, which removing the

@@ -126,25 +126,12 @@ pub fn per_package_words(value: &str) -> Vec<String> {
     }
 }
 
-/// Fields at spaces, a field that starts with a quote running to the same quote (go's
-/// `quoted.Split`).
+/// Fields as go splits them ([`proto::quoted`]); none where go refuses the text (its build
+/// fails before anything is compiled).
 fn quoted_fields(text: &str) -> Vec<String> {
-    let mut rest = text;
-    let mut words = Vec::new();
-    loop {
-        rest = rest.trim_start_matches([' ', '\t', '\n', '\r']);
-        let Some(first) = rest.chars().next() else { return words };
-        let (word, after) = if first == '\'' || first == '"' {
-            let inner = &rest[1..];
-            let end = inner.find(first).unwrap_or(inner.len());
-            (&inner[..end], inner.get(end + 1..).unwrap_or(""))
-        } else {
-            let end = rest.find([' ', '\t', '\n', '\r']).unwrap_or(rest.len());
-            (&rest[..end], &rest[end..])
-        };
-        words.push(word.to_owned());
-        rest = after;
-    }
+    proto::quoted::split(text)
+        .map(|fields| fields.into_iter().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 impl Default for BuildFlags {
@@ -324,9 +311,11 @@ impl BuildFlags {
         Ok(())
     }
 
-    /// GOFLAGS: space-separated `-flag` or `-flag=value`, defaults for the command line.
+    /// GOFLAGS: `-flag` or `-flag=value` fields ([`split_goflags`]), defaults for the
+    /// command line.
     pub fn apply_goflags(&mut self, goflags: &str) -> Result<(), Unsupported> {
-        for word in goflags.split_whitespace() {
+        for word in split_goflags(goflags)? {
+            let word = word.as_str();
             let Some(flag) = word.strip_prefix("--").or_else(|| word.strip_prefix('-')) else {
                 return Err(Unsupported(format!("GOFLAGS holds {word:?}, which is not a flag")));
             };
@@ -338,6 +327,14 @@ impl BuildFlags {
         }
         Ok(())
     }
+}
+
+/// GOFLAGS split into fields as go splits it ([`proto::quoted`]): read any other way, a value
+/// go passes whole (`-ldflags=-X=a<NBSP>-trimpath`, `'-asmflags=-I d'`) would be taken for
+/// other flags, or refused where go takes it.
+pub fn split_goflags(goflags: &str) -> Result<Vec<String>, Unsupported> {
+    let fields = proto::quoted::split(goflags).map_err(|err| Unsupported(format!("GOFLAGS: {err}")))?;
+    Ok(fields.into_iter().map(str::to_owned).collect())
 }
 
 /// A go build command line split into its flags and its package arguments.
@@ -406,6 +403,22 @@ mod tests {
 
     fn args(text: &str) -> Vec<String> {
         text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn goflags_split_as_go_splits_them() {
+        let split = |text: &str| split_goflags(text).unwrap();
+        assert_eq!(split(" -a\t-b\n"), ["-a", "-b"]);
+        assert_eq!(split("-ldflags=-X=a\u{a0}-trimpath"), ["-ldflags=-X=a\u{a0}-trimpath"]);
+        assert_eq!(split("'-asmflags=-I d' \"-x y\""), ["-asmflags=-I d", "-x y"]);
+        assert_eq!(split("'a'b"), ["a", "b"]);
+        assert!(split_goflags("'-x").is_err());
+        let mut flags = BuildFlags::default();
+        flags.apply_goflags("-mod=mod '-asmflags=example.com/m=-I /inc'").unwrap();
+        assert!(flags.asm_include_dirs(), "refused before: a quoted field");
+        let mut flags = BuildFlags::default();
+        flags.apply_goflags("-ldflags=-X=main.v=a\u{a0}-trimpath").unwrap();
+        assert!(!flags.trimpath, "go passes -trimpath to the linker in that field");
     }
 
     #[test]

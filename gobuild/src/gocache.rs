@@ -217,7 +217,7 @@ pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option
         Ok((env, packages)) => {
             // GOFLAGS as go sees it: the environment's, or the user's go env file.
             let goflags = env.get("GOFLAGS").map_or("", String::as_str);
-            let goflags: Vec<String> = goflags.split_whitespace().map(str::to_owned).collect();
+            let Ok(goflags) = flags::split_goflags(goflags) else { return GoCache::Off };
             if asm_include_dirs(&goflags) {
                 return GoCache::Off;
             }

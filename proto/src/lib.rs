@@ -10,6 +10,7 @@ pub mod frames;
 mod go_ids;
 pub mod guard;
 pub mod platform;
+pub mod quoted;
 pub mod text;
 
 pub use digest::{Digest, DigestError};

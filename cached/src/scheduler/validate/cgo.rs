@@ -357,7 +357,7 @@ mod tests {
     use super::check;
 
     fn split(text: &str) -> Vec<&str> {
-        super::super::quoted::split(text).unwrap()
+        proto::quoted::split(text).unwrap()
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use proto::v1::EnvVar;
 
 use super::bounds::{MAX_FLAG, MAX_WORD, check_text, check_words};
-use super::{cgo, flags, quoted};
+use super::{cgo, flags};
 
 /// Variables in one job (each allowed name at most once).
 pub(super) const MAX_ENV: usize = 16;
@@ -53,14 +53,14 @@ fn check_name(name: &str) -> Result<(), String> {
 
 fn check_value(name: &str, value: &str) -> Result<(), String> {
     match name {
-        "GOFLAGS" => quoted::split(value)?.into_iter().try_for_each(flags::check),
+        "GOFLAGS" => proto::quoted::split(value)?.into_iter().try_for_each(flags::check),
         "GOEXPERIMENT" => check_experiments(value),
         "GODEBUG" => check_godebug(value),
         "SOURCE_DATE_EPOCH" => match value.parse::<u64>() {
             Ok(_) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
             _ => Err("expected seconds since 1970 in decimal digits".to_owned()),
         },
-        _ if cgo::is_cgo_flags(name) => cgo::check(name, &quoted::split(value)?),
+        _ if cgo::is_cgo_flags(name) => cgo::check(name, &proto::quoted::split(value)?),
         _ => Ok(()),
     }
 }

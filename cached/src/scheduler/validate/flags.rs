@@ -3,8 +3,8 @@
 //! it after `=` in the same item: otherwise go would take the next item (or the first package
 //! pattern) as its value.
 
+use super::paths;
 use super::toolflags::{self, Tool};
-use super::{paths, quoted};
 
 enum Value {
     /// `-race`, `-race=false`.
@@ -113,7 +113,8 @@ fn allowed() -> String {
 /// Comma-separated tags, or space-separated (with quotes) as go still accepts for Go 1.12's
 /// sake (cmd/go's tagsFlag). A tag is what a build constraint can name.
 fn check_tags(value: &str) -> Result<(), String> {
-    let tags = if value.contains([' ', '\'']) { quoted::split(value)? } else { value.split(',').collect() };
+    let tags =
+        if value.contains([' ', '\'']) { proto::quoted::split(value)? } else { value.split(',').collect() };
     for tag in tags.into_iter().filter(|tag| !tag.is_empty()) {
         if !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
             return Err(format!("build tag {tag:?} may hold letters, digits, _ and . only"));

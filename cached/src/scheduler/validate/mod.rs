@@ -18,7 +18,6 @@ mod env;
 mod flags;
 mod image;
 mod paths;
-mod quoted;
 mod result;
 mod toolflags;
 

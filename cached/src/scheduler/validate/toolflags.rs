@@ -5,7 +5,9 @@
 //! a flag or as that flag's value. Each tool gets an allow list of flags that name no file and
 //! no program (from `go tool link|compile|asm -help`); anything else is refused.
 
-use super::{paths, quoted};
+use proto::quoted;
+
+use super::paths;
 
 /// How a flag takes its value, in Go's flag package.
 #[derive(Clone, Copy)]

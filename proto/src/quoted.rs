@@ -2,14 +2,15 @@
 //! space, a field that *starts* with `'` or `"` runs to the matching quote with nothing
 //! unescaped inside. The go command splits `-ldflags`, `-gcflags`, `-asmflags`, GOFLAGS and the
 //! CGO_*FLAGS variables this way, so checking any other split would check other flags than the
-//! ones the tools see.
+//! ones the tools see. The server checks jobs' flags and the wrapper reads builds' flags
+//! with this one reading.
 
 fn is_space(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// The fields of `text`, or why it does not split (an unterminated quote).
-pub(super) fn split(text: &str) -> Result<Vec<&str>, String> {
+pub fn split(text: &str) -> Result<Vec<&str>, String> {
     let mut fields = Vec::new();
     let mut rest = text;
     loop {
