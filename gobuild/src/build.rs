@@ -632,10 +632,10 @@ mod tests {
         async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
             self.seen.lock().unwrap().push(invocation.clone());
             let mut first = invocation.args.first().map_or("", String::as_str);
-            if invocation.args == ["env", "GOENV", "GOCACHEPROG"] {
+            if invocation.args == ["env", "-json", "GOENV", "GOCACHEPROG"] {
                 // As go answers: with GOENV=off no env file, and so no program from it.
                 if invocation.env.contains(&("GOENV".to_owned(), "off".to_owned())) {
-                    return Ok(ok("off\n\n".to_owned()));
+                    return Ok(ok(r#"{"GOENV": "off", "GOCACHEPROG": ""}"#.to_owned()));
                 }
                 first = "env file";
             }
@@ -685,7 +685,7 @@ mod tests {
 {{"ImportPath":"example.com/m/cmd/app","Name":"main","Dir":"{root}/cmd/app",
  "Module":{{"Path":"example.com/m","Main":true,"Dir":"{root}"}},"GoFiles":["main.go"]}}"#
         );
-        let env_file = ok("off\n\n".to_owned());
+        let env_file = ok(r#"{"GOENV": "off", "GOCACHEPROG": ""}"#.to_owned());
         Scripted {
             outputs: vec![("env", ok(env)), ("list", ok(list)), ("env file", env_file)],
             ..Scripted::default()
@@ -845,12 +845,14 @@ mod tests {
     #[tokio::test]
     async fn a_build_without_a_cache_program_does_not_take_one_from_the_env_file() {
         let dir = module();
-        let file = dir.path().join("go-env");
+        // A line end in the name kept the program's line from where a line reader looked.
+        let file = dir.path().join("go-env\n");
         std::fs::write(&file, "GOCACHEPROG=cachectl gocacheprog\nGOFLAGS=-mod=mod\nGOPRIVATE=corp\n")
             .unwrap();
         let mut exec = scripted(dir.path());
         exec.outputs.retain(|(arg, _)| *arg != "env file");
-        exec.outputs.push(("env file", ok(format!("{}\ncachectl gocacheprog\n", file.display()))));
+        let printed = serde_json::json!({"GOENV": file, "GOCACHEPROG": "cachectl gocacheprog"});
+        exec.outputs.push(("env file", ok(printed.to_string())));
         let exec = Arc::new(exec);
         let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
         let request = app_request(

@@ -123,7 +123,8 @@ pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -
     Ok(())
 }
 
-/// What `go env GOENV GOCACHEPROG` prints in `invocation`'s environment.
+/// GOENV and GOCACHEPROG as go sees them in `invocation`'s environment (as JSON: a value may
+/// hold a line end).
 async fn env_file_and_program(
     exec: &dyn Exec,
     go: &Path,
@@ -131,13 +132,15 @@ async fn env_file_and_program(
 ) -> Result<(String, String), ClientError> {
     let mut probe = invocation.clone();
     probe.program = go.to_path_buf();
-    probe.args = ["env", "GOENV", "GOCACHEPROG"].map(str::to_owned).to_vec();
+    probe.args = ["env", "-json", "GOENV", "GOCACHEPROG"].map(str::to_owned).to_vec();
     let printed = exec.output(&probe).await.map_err(ClientError::run(go.display().to_string()))?;
-    let text = String::from_utf8_lossy(&printed.stdout);
-    let mut lines = text.lines();
-    match (printed.success(), lines.next(), lines.next()) {
-        (true, Some(file), Some(program)) => Ok((file.to_owned(), program.to_owned())),
-        _ => Err(off_failed(&format!("go env failed: {}", printed.first_error_line()))),
+    let values: Option<GoEnv> =
+        printed.success().then(|| serde_json::from_slice(&printed.stdout).ok()).flatten();
+    match values {
+        Some(mut values) => {
+            Ok((values.remove("GOENV").unwrap_or_default(), values.remove("GOCACHEPROG").unwrap_or_default()))
+        }
+        None => Err(off_failed(&format!("go env failed: {}", printed.first_error_line()))),
     }
 }
 
