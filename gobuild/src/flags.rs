@@ -233,13 +233,19 @@ fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, Unsupported> {
     }
 }
 
-/// Splits `tags` as go does (commas; spaces in old-style lists).
-fn split_tags(text: &str) -> Vec<String> {
-    let mut tags: Vec<String> =
-        text.split([',', ' ']).map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
-    tags.sort();
-    tags.dedup();
-    tags
+/// Splits `tags` as go does: at commas, or into quoted fields in an old-style list (spaces or
+/// quotes). Order and repeats are kept: go records the list as given in the binary. A tag with
+/// a comma in it (`-tags="'a,b'"`) would key as two tags: the wrapper steps aside.
+fn split_tags(text: &str) -> Result<Vec<String>, Unsupported> {
+    let tags: Vec<String> = if text.contains([' ', '\'']) {
+        quoted_fields(text)
+    } else {
+        text.split(',').filter(|tag| !tag.is_empty()).map(str::to_owned).collect()
+    };
+    match tags.iter().find(|tag| tag.contains(',')) {
+        Some(tag) => Err(Unsupported(format!("the build tag {tag:?} holds a comma"))),
+        None => Ok(tags),
+    }
 }
 
 impl BuildFlags {
@@ -255,7 +261,7 @@ impl BuildFlags {
         let text = || value.clone().unwrap_or_default();
         match name {
             "o" => self.output = Some(PathBuf::from(text())),
-            "tags" => self.tags = split_tags(&text()),
+            "tags" => self.tags = split_tags(&text())?,
             "ldflags" => self.ldflags.push(text()),
             "gcflags" => self.gcflags.push(text()),
             "asmflags" => self.asmflags.push(text()),
@@ -469,6 +475,16 @@ mod tests {
         assert_eq!(flags.buildvcs, "false");
         assert_eq!(flags.modmode, "readonly");
         assert_eq!(flags.list_flags, ["-tags=netgo,osusergo"]);
+    }
+
+    /// go records `-tags` in the binary as given: another order, or a repeat, is another binary.
+    #[test]
+    fn tags_keep_their_order_and_repeats() {
+        let tags = |text: &str| split_tags(text).unwrap();
+        assert_eq!(tags("zeta,alpha"), ["zeta", "alpha"]);
+        assert_eq!(tags("alpha,zeta,alpha"), ["alpha", "zeta", "alpha"]);
+        assert_eq!(tags("a b"), ["a", "b"]);
+        assert!(split_tags("'a,b' c").is_err(), "one tag with a comma would key as two");
     }
 
     #[test]

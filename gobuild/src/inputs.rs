@@ -334,8 +334,12 @@ pub async fn derive(
     manifest.shown("env.GOEXPERIMENT", var(env, "GOEXPERIMENT"));
     manifest.shown("env.GOFIPS140", var(env, "GOFIPS140"));
     manifest.hidden("env.GOFLAGS", var(env, "GOFLAGS"));
-    // The same set-or-not reading for these: go passes them on to the tools it runs.
-    for name in ["GO_EXTLINK_ENABLED", "GODEBUG"] {
+    // The same set-or-not reading for these: go passes them on to the tools it runs, and puts
+    // the compiler's debug settings (GOCOMPILEDEBUG=loopvarhash=n changes loop semantics) in
+    // its own action IDs.
+    for name in
+        ["GO_EXTLINK_ENABLED", "GODEBUG", "GOCOMPILEDEBUG", "GOCLOBBERDEADHASH", "GOSSAFUNC", "GOSSADIR"]
+    {
         if let Some(value) = call.build_var(name) {
             manifest.shown(format!("env.{name}"), &value);
         }
@@ -397,8 +401,9 @@ pub async fn derive(
         refuse_reading_flags(env)?;
     }
     let mut cgo = false;
-    let mut cxx = false;
+    let (mut cxx, mut fortran) = (false, false);
     for package in packages {
+        fortran |= !package.f_files.is_empty();
         cgo |= !package.cgo_files.is_empty()
             || !package.swig_files.is_empty()
             || !package.swig_cxx_files.is_empty();
@@ -525,6 +530,13 @@ pub async fn derive(
         }
         if cxx {
             compiler_identity(call, &mut manifest, "CXX", var(env, "CXX")).await?;
+        }
+        if fortran {
+            // go env does not print FC; go reads it as set, else gfortran.
+            let set = flags_as_set(call, env, &["FC"]).await?.pop().unwrap_or_default();
+            let fc = String::from_utf8(set).map_err(|_| NoKey("FC is not UTF-8".to_owned()))?;
+            compiler_identity(call, &mut manifest, "FC", if fc.is_empty() { "gfortran" } else { &fc })
+                .await?;
         }
         manifest.shown("env.PKG_CONFIG", var(env, "PKG_CONFIG"));
     }
@@ -1252,6 +1264,42 @@ mod tests {
         let set = derive_in(dir.path(), args, &[("GODEBUG", "gctrace=1")]).await;
         assert_ne!(unset.key(), set.key());
         assert_eq!(set.get("env.GODEBUG").unwrap().display, "gctrace=1");
+        // The compiler's debug settings: loopvarhash=n gives a go 1.22 module go 1.21 loops.
+        let compile_debug = derive_in(dir.path(), args, &[("GOCOMPILEDEBUG", "loopvarhash=n")]).await;
+        assert_ne!(unset.key(), compile_debug.key(), "GOCOMPILEDEBUG was not keyed");
+        let clobber = derive_in(dir.path(), args, &[("GOCLOBBERDEADHASH", "1")]).await;
+        assert_ne!(unset.key(), clobber.key());
+    }
+
+    /// A package with Fortran sources is compiled by FC (gfortran when unset): another
+    /// compiler is another build. Stand-in compilers print their versions.
+    #[tokio::test]
+    async fn the_fortran_compiler_is_keyed() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            &[
+                ("go.mod", "module example.com/p\n\ngo 1.22\n"),
+                (
+                    "main.go",
+                    "package main\n\n// int fval_(void);\nimport \"C\"\n\nfunc main() { println(C.fval_()) }\n",
+                ),
+                ("val.f", "      integer function fval()\n      fval = 1\n      end\n"),
+            ],
+        );
+        let compilers = tempfile::tempdir().unwrap();
+        for (name, version) in [("fc1", "Fortran 1"), ("fc2", "Fortran 2")] {
+            let path = compilers.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\necho '{version}'\n")).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        let args = &["-trimpath", "."];
+        let fc = |name: &str| compilers.path().join(name).display().to_string();
+        let (fc1, fc2) = (fc("fc1"), fc("fc2"));
+        let first = derive_in(dir.path(), args, &[("CGO_ENABLED", "1"), ("FC", &fc1)]).await;
+        let second = derive_in(dir.path(), args, &[("CGO_ENABLED", "1"), ("FC", &fc2)]).await;
+        assert!(first.get("cc.FC").is_some(), "FC was not keyed");
+        assert_ne!(first.key(), second.key());
     }
 
     /// go compiles each module's packages with that module's Go version (-lang), so a change
