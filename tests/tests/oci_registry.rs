@@ -237,6 +237,25 @@ fn tokens_decide_who_pulls_pushes_and_moves_tags() {
     assert_eq!(curl("DELETE", &tag, Some(server.secret("ci")), &[], None).status, 403);
 }
 
+/// Every registry refusal wrote a log line naming the repository the token chose (an audit
+/// grew the log by 4.6 MB/s from one connection): they are logged once per token and reason
+/// per interval, with the count of the rest.
+#[test]
+fn registry_refusals_are_logged_once_per_interval() {
+    let server = Server::start(&[("pull", "read")]);
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("blob");
+    std::fs::write(&blob, b"layer bytes").unwrap();
+    for n in 0..20 {
+        let upload = format!("/v2/main/app{n}/blobs/uploads/?digest={}", sha256(b"layer bytes"));
+        let denied = curl("POST", &server.url(&upload), Some(server.secret("pull")), &[], Some(&blob));
+        assert_eq!(denied.status, 403, "{}", denied.body);
+    }
+    let log = server.daemon.log();
+    let lines = log.lines().filter(|line| line.contains("registry scope denied")).count();
+    assert_eq!(lines, 1, "{log}");
+}
+
 #[test]
 fn bad_input_stores_nothing() {
     let server = Server::start(&[("ci", "read,cas-write,ac-write")]);

@@ -18,9 +18,17 @@ pub(crate) const EVERY: &str = " (logged once per 10s per address and reason; `u
 /// share one entry per reason, so a flood from many addresses stays a line per interval too.
 const MAX_TRACKED: usize = 4096;
 
+/// Who was refused: an address, or a token (where a refusal comes after the token was
+/// checked, as the registry's scope and namespace refusals do).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Who {
+    Peer(PeerKey),
+    Token(Box<str>),
+}
+
 /// Who was refused, as the log counts it: `None` for an address that did not parse, and for
-/// addresses that came while the table was full.
-type Key = (Option<PeerKey>, &'static str);
+/// callers that came while the table was full.
+type Key = (Option<Who>, &'static str);
 
 struct Entry {
     logged_at: Instant,
@@ -36,10 +44,16 @@ impl RefusalLog {
     /// Whether a refusal of `peer` for `reason` is logged now; if so, how many refusals of the
     /// same kind went unlogged since its last line.
     pub(crate) fn admit(&self, peer: &str, reason: &'static str) -> Option<u64> {
-        self.admit_at(peer.parse::<SocketAddr>().ok().map(PeerKey::of), reason, Instant::now())
+        let peer = peer.parse::<SocketAddr>().ok().map(|addr| Who::Peer(PeerKey::of(addr)));
+        self.admit_at(peer, reason, Instant::now())
     }
 
-    fn admit_at(&self, peer: Option<PeerKey>, reason: &'static str, now: Instant) -> Option<u64> {
+    /// [`Self::admit`] for a refusal of the token named `token`.
+    pub(crate) fn admit_token(&self, token: &str, reason: &'static str) -> Option<u64> {
+        self.admit_at(Some(Who::Token(token.into())), reason, Instant::now())
+    }
+
+    fn admit_at(&self, peer: Option<Who>, reason: &'static str, now: Instant) -> Option<u64> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let mut key = (peer, reason);
         if !entries.contains_key(&key) && entries.len() >= MAX_TRACKED {
@@ -69,8 +83,8 @@ impl RefusalLog {
 mod tests {
     use super::*;
 
-    fn peer(text: &str) -> Option<PeerKey> {
-        Some(PeerKey::of(text.parse().unwrap()))
+    fn peer(text: &str) -> Option<Who> {
+        Some(Who::Peer(PeerKey::of(text.parse().unwrap())))
     }
 
     #[test]
@@ -101,7 +115,7 @@ mod tests {
         let logged = (0..MAX_TRACKED as u32 + 500)
             .filter(|n| {
                 let addr = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + n), 1));
-                log.admit_at(Some(PeerKey::of(addr)), "unknown token", now).is_some()
+                log.admit_at(Some(Who::Peer(PeerKey::of(addr))), "unknown token", now).is_some()
             })
             .count();
         assert_eq!(logged, MAX_TRACKED + 1, "the overflow is logged once");

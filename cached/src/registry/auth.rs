@@ -15,6 +15,7 @@ use http::{HeaderMap, StatusCode, header};
 use super::Registry;
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::Repository;
+use crate::auth::refusals::{EVERY, RefusalLog};
 use crate::auth::{Grant, Scope};
 use crate::error::Error;
 
@@ -59,10 +60,16 @@ impl Registry {
     }
 }
 
+/// Registry refusals, logged once per token, reason and interval: a token names the
+/// repositories it is refused, and a line per refusal would let it fill the disk.
+static DENIALS: std::sync::LazyLock<RefusalLog> = std::sync::LazyLock::new(RefusalLog::default);
+
 /// Refuses (403 DENIED) a caller without `scope` or without access to `repo`'s namespace.
 pub(super) fn check(grant: &Grant, scope: Scope, repo: &Repository) -> RegistryResult<()> {
     if !grant.scopes.contains(scope) {
-        tracing::warn!(target: "audit", token = %grant.token, repository = %repo, %scope, "registry scope denied");
+        if let Some(unlogged) = DENIALS.admit_token(&grant.token, "registry scope denied") {
+            tracing::warn!(target: "audit", token = %grant.token, repository = %repo, %scope, unlogged, "registry scope denied{EVERY}");
+        }
         return Err(RegistryError::new(
             Code::Denied,
             format!(
@@ -72,7 +79,9 @@ pub(super) fn check(grant: &Grant, scope: Scope, repo: &Repository) -> RegistryR
         ));
     }
     if !grant.allows_namespace(repo.namespace()) {
-        tracing::warn!(target: "audit", token = %grant.token, repository = %repo, "registry namespace denied");
+        if let Some(unlogged) = DENIALS.admit_token(&grant.token, "registry namespace denied") {
+            tracing::warn!(target: "audit", token = %grant.token, repository = %repo, unlogged, "registry namespace denied{EVERY}");
+        }
         return Err(RegistryError::new(
             Code::Denied,
             format!(
