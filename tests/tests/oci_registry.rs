@@ -315,20 +315,26 @@ fn bad_input_stores_nothing() {
 
 /// A manifest is read whole before it is checked: a token pushing many 4 MiB manifests and
 /// sending their bodies slowly held 4 MiB per connection, up to `max_connections` (16384) of
-/// them. Its bodies in flight are held to its share; another token pushes meanwhile.
+/// them. Its bodies in flight are held to its share; another token pushes meanwhile. Room is
+/// taken as bytes arrive: a declared length alone (an audit held every push and pull of the
+/// server with 64 of them, at 3 bytes/s) holds nothing.
 #[test]
 fn a_token_holds_at_most_its_share_of_manifest_bodies_in_flight() {
     use std::io::{Read, Write};
     let server = Server::start(&[("flood", "read,cas-write,ac-write"), ("ci", "read,cas-write,ac-write")]);
-    let open_push = |tag: usize| {
+    // Pushes `tag` declaring 4 MiB and sending all but the last `held_back` bytes.
+    let open_push = |tag: usize, held_back: usize| {
         let mut stream = TcpStream::connect(&server.registry).unwrap();
         let head = format!(
             "PUT /v2/main/app/manifests/t{tag} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n{{",
+             Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
             server.secret("flood"),
             4 << 20
         );
+        stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
         stream.write_all(head.as_bytes()).unwrap();
+        // A refused body is not read to its end: the write may fail.
+        let _ = stream.write_all(&vec![b' '; (4 << 20) - held_back]);
         stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         stream
     };
@@ -344,12 +350,17 @@ fn a_token_holds_at_most_its_share_of_manifest_bodies_in_flight() {
         }
         String::from_utf8_lossy(&reply).into_owned()
     };
-    // A quarter of the 256 MiB the registry buffers: sixteen bodies of 4 MiB.
-    let mut held: Vec<TcpStream> = (0..16).map(open_push).collect();
+    // Declared, not sent: more than the share's sixteen, and nothing is refused.
+    let mut declared: Vec<TcpStream> = (0..32).map(|tag| open_push(100 + tag, 4 << 20)).collect();
+    for stream in &mut declared {
+        assert_eq!(answer(stream), "", "the server waits for the body");
+    }
+    // A quarter of the 256 MiB the registry buffers for pushes: sixteen bodies of 4 MiB.
+    let mut held: Vec<TcpStream> = (0..16).map(|tag| open_push(tag, 1)).collect();
     for stream in &mut held {
         assert_eq!(answer(stream), "", "the server waits for the rest of the body");
     }
-    let mut over = open_push(16);
+    let mut over = open_push(16, 1);
     let refused = answer(&mut over);
     assert!(refused.starts_with("HTTP/1.1 429"), "a 17th body in flight: {refused:?}");
     assert!(refused.to_ascii_lowercase().contains("retry-after:"), "{refused}");
@@ -388,6 +399,38 @@ fn a_token_holds_at_most_its_share_of_manifest_bodies_in_flight() {
         assert!(Instant::now() < deadline, "the share did not come back: {} {}", again.status, again.body);
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A manifest body trickled (a byte now and then) held its room for as long as the client
+/// liked: it is held to the upload pace, cut off, and nothing is stored.
+#[test]
+fn a_manifest_slower_than_min_transfer_rate_is_cut_off() {
+    use std::io::{Read, Write};
+    let flags = ["--idle-timeout", "2s", "--min-transfer-rate", "64KiB"];
+    let server = Server::start_with(&[("ci", "read,cas-write,ac-write")], &flags);
+    let mut stream = TcpStream::connect(&server.registry).unwrap();
+    let head = format!(
+        "PUT /v2/main/app/manifests/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 1000\r\n\r\n{{",
+        server.secret("ci")
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&reply).contains("cut off") && started.elapsed() < Duration::from_secs(30)
+    {
+        // A byte a second: never idle for 2 s, far under 64 KiB/s.
+        let _ = stream.write_all(b" ");
+        if let Ok(n) = stream.read(&mut buf) {
+            reply.extend_from_slice(&buf[..n]);
+        }
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400") && reply.contains("min_transfer_rate"), "{reply}");
+    let tag = server.url("/v2/main/app/manifests/slow");
+    assert_eq!(curl("GET", &tag, Some(server.secret("ci")), &[], None).status, 404, "nothing was stored");
 }
 
 /// A client trickling an upload (a byte now and then, never idle for `idle_timeout`) would

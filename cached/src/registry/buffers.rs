@@ -5,6 +5,8 @@
 //! flight are bounded in all ([`MAX_BUFFERED`]) and per token (a quarter of it, as upload
 //! sessions are): past either, the request is refused with 429 and a `Retry-After`, and
 //! other tokens keep their room. Callers without tokens are one party, held to the total only.
+//! Pushes and pulls have a pool each, so bodies pushed slowly never keep pulls waiting; a
+//! pushed body takes room as its bytes arrive, not as its `Content-Length` declares.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -49,7 +51,13 @@ impl BodyBuffers {
     /// Room for `bytes` of `token`'s body, given back when the reservation is dropped, or the
     /// refusal that says which bound was reached.
     pub(super) fn reserve(self: &Arc<Self>, token: &str, bytes: u64) -> RegistryResult<BodyReservation> {
-        let own_share = Grant::has_own_limits(token);
+        let token = Grant::has_own_limits(token).then(|| token.to_owned());
+        self.take(token.as_deref(), bytes)?;
+        Ok(BodyReservation { buffers: Arc::clone(self), token, bytes })
+    }
+
+    /// Counts `bytes` against the total and `token`'s share (none: the total only).
+    fn take(&self, token: Option<&str>, bytes: u64) -> RegistryResult<()> {
         let mut held = self.held();
         if held.total + bytes > self.total_cap {
             return Err(refusal(format!(
@@ -58,7 +66,7 @@ impl BodyBuffers {
                 self.total_cap >> 20
             )));
         }
-        if own_share {
+        if let Some(token) = token {
             let used = held.per_token.get(token).copied().unwrap_or(0);
             if used + bytes > self.token_cap {
                 return Err(refusal(format!(
@@ -71,7 +79,7 @@ impl BodyBuffers {
             *held.per_token.entry(token.to_owned()).or_default() += bytes;
         }
         held.total += bytes;
-        Ok(BodyReservation { buffers: Arc::clone(self), token: own_share.then(|| token.to_owned()), bytes })
+        Ok(())
     }
 
     fn release(&self, token: Option<&str>, bytes: u64) {
@@ -99,6 +107,15 @@ pub(super) struct BodyReservation {
     /// The token whose share it counts against; `None` for callers without tokens.
     token: Option<String>,
     bytes: u64,
+}
+
+impl BodyReservation {
+    /// Takes `bytes` more of the same share, or the refusal that says which bound was reached.
+    pub(super) fn grow(&mut self, bytes: u64) -> RegistryResult<()> {
+        self.buffers.take(self.token.as_deref(), bytes)?;
+        self.bytes += bytes;
+        Ok(())
+    }
 }
 
 impl Drop for BodyReservation {

@@ -5,10 +5,12 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{StatusCode, header};
 use serde::Deserialize;
 
@@ -101,7 +103,7 @@ pub(super) async fn get(
     let body = if head_only {
         Body::empty()
     } else {
-        let reservation = registry.buffers.reserve(token, length as u64)?;
+        let reservation = registry.pulls.reserve(token, length as u64)?;
         held_body(manifest.bytes, reservation)
     };
     let mut response = Response::new(body);
@@ -224,7 +226,9 @@ fn check_referrer_scope(grant: &crate::auth::Grant, repo: &Repository) -> Regist
 }
 
 /// The body, refused with 413 past [`MAX_MANIFEST_BYTES`] without reading further, with the
-/// room it holds in memory: what `Content-Length` declares, or the most a manifest may take.
+/// room it holds in memory, taken as its bytes arrive (a declared length nobody sends holds
+/// nothing). A body slower than the upload pace (`idle_timeout`, `min_transfer_rate`) is cut
+/// off: a client trickling bytes would hold its room for ever.
 async fn read_limited(registry: &Registry, call: &mut Call) -> RegistryResult<(Bytes, BodyReservation)> {
     let too_large = || {
         invalid(format!(
@@ -240,11 +244,31 @@ async fn read_limited(registry: &Registry, call: &mut Call) -> RegistryResult<(B
     if declared.is_some_and(|length| length > MAX_MANIFEST_BYTES) {
         return Err(too_large());
     }
-    let room = declared.unwrap_or(MAX_MANIFEST_BYTES);
-    let reservation = registry.buffers.reserve(&call.grant.token, room as u64)?;
-    let body = std::mem::take(&mut call.body);
-    let bytes = axum::body::to_bytes(body, room).await.map_err(|_| too_large())?;
-    Ok((bytes, reservation))
+    let mut reservation = registry.pushes.reserve(&call.grant.token, 0)?;
+    let mut data = std::mem::take(&mut call.body).into_data_stream();
+    let mut body = bytes::BytesMut::new();
+    let pace = registry.pace;
+    let mut waited = Duration::ZERO;
+    loop {
+        let received = body.len() as u64;
+        let allowance = pace.allowance(waited, received);
+        let started = Instant::now();
+        let Ok(next) = tokio::time::timeout(allowance, data.next()).await else {
+            let why = pace.overdue(waited, allowance, received).unwrap_or_default();
+            return Err(invalid(format!(
+                "the manifest was cut off for being too slow ({why}); nothing was stored"
+            )));
+        };
+        waited += started.elapsed();
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|_| too_large())?;
+        if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            return Err(too_large());
+        }
+        reservation.grow(chunk.len() as u64)?;
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body.freeze(), reservation))
 }
 
 /// The media type to serve the manifest with: its own `mediaType`, which `Content-Type` must

@@ -72,8 +72,12 @@ pub struct Registry {
     space: Arc<FreeSpace>,
     /// What the records may take.
     bound: Arc<retention::RecordBound>,
-    /// The memory manifest and referrers bodies hold in flight.
-    buffers: Arc<buffers::BodyBuffers>,
+    /// The memory manifest bodies being pushed hold in flight.
+    pushes: Arc<buffers::BodyBuffers>,
+    /// The memory manifest and referrers bodies being pulled hold in flight.
+    pulls: Arc<buffers::BodyBuffers>,
+    /// How long a pushed manifest's body may keep the server waiting, as an upload's may.
+    pace: crate::conn::Pace,
     metrics: Arc<Metrics>,
     /// Whether the listener speaks TLS, for the token realm it advertises.
     tls: bool,
@@ -106,8 +110,9 @@ impl Registry {
         let uploads = uploads::Uploads::open(spool, limits)
             .map_err(|err| Error::Internal(format!("registry upload directory: {err}")))?;
         let bound = Arc::new(retention::RecordBound::new(settings.max_records, Arc::clone(metrics.stats())));
-        let buffers = buffers::BodyBuffers::new();
-        Ok(Arc::new(Self { records, cas, auth, uploads, space, bound, buffers, metrics, tls }))
+        let (pushes, pulls) = (buffers::BodyBuffers::new(), buffers::BodyBuffers::new());
+        let pace = settings.upload_pace;
+        Ok(Arc::new(Self { records, cas, auth, uploads, space, bound, pushes, pulls, pace, metrics, tls }))
     }
 
     /// Drops uploads untouched for `registry_upload_timeout`, with their spooled bytes, until
