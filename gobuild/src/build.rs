@@ -668,6 +668,8 @@ mod tests {
         std::fs::write(dir.path().join("go.mod"), "module example.com/m\n").unwrap();
         std::fs::write(dir.path().join("go.sum"), "").unwrap();
         std::fs::write(dir.path().join("cmd/app/main.go"), "package main\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("goroot/src/fmt")).unwrap();
+        std::fs::write(dir.path().join("goroot/src/fmt/print.go"), "package fmt\n").unwrap();
         dir
     }
 
@@ -675,11 +677,11 @@ mod tests {
         let root = dir.display();
         let env = format!(
             r#"{{"GOOS":"linux","GOARCH":"amd64","GOAMD64":"v1","CGO_ENABLED":"0","GOVERSION":"go1.26.8",
-            "GOMOD":"{root}/go.mod","GOMODCACHE":"/modcache","GOFLAGS":"","GOROOT":"/goroot","GOWORK":"",
+            "GOMOD":"{root}/go.mod","GOMODCACHE":"/modcache","GOFLAGS":"","GOROOT":"{root}/goroot","GOWORK":"",
             "GOPROXY":"https://user:hunter2@proxy.example","GOAUTH":"netrc"}}"#
         );
         let list = format!(
-            r#"{{"ImportPath":"fmt","Standard":true,"DepOnly":true,"Dir":"/goroot/src/fmt","GoFiles":["print.go"]}}
+            r#"{{"ImportPath":"fmt","Standard":true,"DepOnly":true,"Dir":"{root}/goroot/src/fmt","GoFiles":["print.go"]}}
 {{"ImportPath":"golang.org/x/mod/semver","Name":"semver","DepOnly":true,"Dir":"/modcache/golang.org/x/mod@v0.1.0/semver",
  "Module":{{"Path":"golang.org/x/mod","Version":"v0.1.0","Sum":"h1:abc="}},"GoFiles":["semver.go"]}}
 {{"ImportPath":"example.com/m/cmd/app","Name":"main","Dir":"{root}/cmd/app",
@@ -737,7 +739,14 @@ mod tests {
         let edited = derive_with(&exec, dir.path(), &["-trimpath", "-tags=netgo", "./cmd/app"]).await;
         assert_ne!(edited.manifest.key(), before);
         let without_trimpath = derive_with(&exec, dir.path(), &["-tags=netgo", "./cmd/app"]).await;
-        assert_eq!(without_trimpath.manifest.get("path.goroot").unwrap().display, "/goroot");
+        let goroot = dir.path().join("goroot").display().to_string();
+        assert_eq!(without_trimpath.manifest.get("path.goroot").unwrap().display, goroot);
+        // The standard library's sources are keyed: a toolchain patched where it is installed
+        // keeps its version string.
+        std::fs::write(dir.path().join("goroot/src/fmt/print.go"), "package fmt // patched\n").unwrap();
+        let patched = derive_with(&exec, dir.path(), &["-trimpath", "-tags=netgo", "./cmd/app"]).await;
+        assert_ne!(patched.manifest.key(), edited.manifest.key(), "a patched standard library was not keyed");
+        assert!(patched.manifest.get("go.std").is_some());
     }
 
     /// A build of `./cmd/app` in `dir` to `bin/app`, in namespace `ci`.

@@ -39,12 +39,14 @@ fn hidden(name: &str) -> bool {
         || name.starts_with("file.")
         || name.starts_with("pgo.")
         || name == "vcs.root_go.mod"
+        || name == "go.std"
 }
 
 /// The label of a component in explanations.
 fn label(name: &str) -> String {
     match name {
         "go.version" => "go version".to_owned(),
+        "go.std" => "standard library sources".to_owned(),
         "env.arch_level" => "arch level".to_owned(),
         "vcs.revision" => "VCS revision".to_owned(),
         "vcs.modified" => "VCS modified".to_owned(),
@@ -95,6 +97,11 @@ pub fn summary(explanation: &v1::MissExplanation) -> Vec<String> {
     let changes = &explanation.changes;
     let goarch_changed = changes.iter().any(|c| c.name == "env.GOARCH");
     let cgo_changed = changes.iter().any(|c| c.name == "env.CGO_ENABLED");
+    // Which standard library files are compiled follows the version, the platform, tags and
+    // flags: its line says something only when none of those changed.
+    let settings_changed = changes
+        .iter()
+        .any(|c| c.name == "go.version" || c.name.starts_with("env.") || c.name.starts_with("flag."));
     let mut lines = Vec::new();
     let mut files: [(Vec<String>, &str); 3] =
         [(Vec::new(), "changed"), (Vec::new(), "added"), (Vec::new(), "removed")];
@@ -115,7 +122,7 @@ pub fn summary(explanation: &v1::MissExplanation) -> Vec<String> {
             });
             continue;
         }
-        if name == "env.arch_level" && goarch_changed {
+        if (name == "env.arch_level" && goarch_changed) || (name == "go.std" && settings_changed) {
             continue;
         }
         // The cgo flags and the C toolchain enter or leave the key with CGO_ENABLED.
@@ -249,6 +256,7 @@ mod tests {
                 change("flag.ldflags", "changed", "", ""),
                 change("flag.tags", "changed", "", "netgo"),
                 change("go.version", "changed", "go1.26.7", "go1.26.8"),
+                change("go.std", "changed", "", ""),
                 change("mod.go.sum", "changed", "", ""),
                 change("dep.golang.org/x/mod", "changed", "v0.1.0", "v0.2.0"),
             ],
@@ -277,6 +285,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(summary(&flags_only), ["CGO_LDFLAGS changed"]);
+        let patched_toolchain = v1::MissExplanation {
+            basis: "same_target".into(),
+            changes: vec![change("go.std", "changed", "", "")],
+            ..Default::default()
+        };
+        assert_eq!(summary(&patched_toolchain), ["standard library sources changed"]);
         assert!(full.contains(&"env.GOARCH: amd64 → arm64".to_owned()));
     }
 

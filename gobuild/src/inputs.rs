@@ -396,6 +396,8 @@ pub async fn derive(
     let mut from_module_cache = BTreeSet::new();
     let mut local_go_mods = BTreeSet::new();
     let mut seen_dirs = BTreeSet::new();
+    let mut std_files: Vec<FileInput> = Vec::new();
+    let std_root = Path::new(var(env, "GOROOT")).join("src");
     let include_scans = include_scans(packages, gomodcache);
     if !include_scans.is_empty() {
         refuse_reading_flags(env)?;
@@ -409,7 +411,15 @@ pub async fn derive(
             || !package.swig_cxx_files.is_empty();
         cxx |= !package.cxx_files.is_empty() || !package.swig_cxx_files.is_empty();
         if package.standard {
-            continue; // The go version (and GOROOT without -trimpath) identifies the standard library.
+            // Not the go version alone: a toolchain patched where it is installed (a distro's
+            // security fixes) says the same version. go's own action IDs hash these too.
+            if seen_dirs.insert(package.dir.clone()) {
+                let dir = Path::new(&package.dir);
+                let names = package_files(package).map(|name| dir.join(name));
+                std_files
+                    .extend(names.map(|path| (format!("{STD_PREFIX}{}", relative(&path, &std_root)), path)));
+            }
+            continue;
         }
         if let Some(module) = &package.module {
             // go compiles every package with its module's Go version (-lang, and its action
@@ -448,21 +458,7 @@ pub async fn derive(
             continue;
         }
         let dir = Path::new(&package.dir);
-        for name in package
-            .go_files
-            .iter()
-            .chain(&package.cgo_files)
-            .chain(&package.c_files)
-            .chain(&package.cxx_files)
-            .chain(&package.m_files)
-            .chain(&package.h_files)
-            .chain(&package.f_files)
-            .chain(&package.s_files)
-            .chain(&package.swig_files)
-            .chain(&package.swig_cxx_files)
-            .chain(&package.syso_files)
-            .chain(&package.embed_files)
-        {
+        for name in package_files(package) {
             let path = dir.join(name);
             files.push((format!("file.{}", relative(&path, &base)), path));
         }
@@ -566,10 +562,15 @@ pub async fn derive(
 
     let (count, unseen_by_go, hashed) = cached_client::task::spawn_blocking("hash-inputs", move || {
         let unseen_by_go = add_included(&mut files, &include_scans, tree.as_deref(), &base)?;
-        Ok::<_, NoKey>((files.len(), unseen_by_go, hash_files(files)?))
+        let count = files.len();
+        files.extend(std_files);
+        Ok::<_, NoKey>((count, unseen_by_go, hash_files(files)?))
     })
     .await
     .map_err(|err| NoKey(format!("hashing failed: {err}")))??;
+    let (std_hashed, hashed): (Vec<_>, Vec<_>) =
+        hashed.into_iter().partition(|(name, _)| name.starts_with(STD_PREFIX));
+    manifest.insert("go.std".to_owned(), std_digest(std_hashed), String::new());
     let go_cache = GoCache::of_unseen(
         hashed
             .iter()
@@ -581,6 +582,38 @@ pub async fn derive(
         manifest.insert(name, hash, String::new());
     }
     Ok(Derived { manifest, module, roots, goos, goarch, files: count, modules, go_cache })
+}
+
+/// Where the names of standard library files start while they are hashed.
+const STD_PREFIX: &str = "std.";
+
+/// Every file `go list` names for `package`'s build.
+fn package_files(package: &Package) -> impl Iterator<Item = &String> {
+    package
+        .go_files
+        .iter()
+        .chain(&package.cgo_files)
+        .chain(&package.c_files)
+        .chain(&package.cxx_files)
+        .chain(&package.m_files)
+        .chain(&package.h_files)
+        .chain(&package.f_files)
+        .chain(&package.s_files)
+        .chain(&package.swig_files)
+        .chain(&package.swig_cxx_files)
+        .chain(&package.syso_files)
+        .chain(&package.embed_files)
+}
+
+/// One component for the standard library's files the build compiles: their names (under
+/// `$GOROOT/src`) and contents.
+fn std_digest(mut hashed: Vec<(String, [u8; 32])>) -> [u8; 32] {
+    hashed.sort();
+    let mut digest = blake3::Hasher::new();
+    for (name, hash) in &hashed {
+        digest.update(name.as_bytes()).update(&[0]).update(hash);
+    }
+    *digest.finalize().as_bytes()
 }
 
 /// The directory file names in a key are relative to: the workspace's or the main module's.

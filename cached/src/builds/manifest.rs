@@ -118,6 +118,7 @@ fn change(name: &str, kind: &str, before: &str, after: &str) -> v1::ComponentCha
 pub fn category(name: &str) -> String {
     let fixed = match name {
         "go.version" => "go version",
+        "go.std" => "standard library",
         "env.GOOS" => "GOOS",
         "env.GOARCH" => "GOARCH",
         "env.arch_level" => "arch level",
@@ -151,13 +152,17 @@ pub fn category(name: &str) -> String {
 }
 
 /// The distinct cause categories of `changes`, in order of first appearance. An arch level
-/// that changed with GOARCH is part of the GOARCH change, not a cause of its own.
+/// that changed with GOARCH is part of the GOARCH change, not a cause of its own; so are the
+/// standard library files compiled, which follow the version, the platform, tags and flags.
 pub fn causes(changes: &[v1::ComponentChange]) -> Vec<String> {
     let goarch = changes.iter().any(|c| c.name == "env.GOARCH");
+    let settings = changes
+        .iter()
+        .any(|c| c.name == "go.version" || c.name.starts_with("env.") || c.name.starts_with("flag."));
     let mut causes: Vec<String> = Vec::new();
     for change in changes {
         let cause = category(&change.name);
-        if goarch && cause == "arch level" {
+        if (goarch && cause == "arch level") || (settings && change.name == "go.std") {
             continue;
         }
         if !causes.contains(&cause) {
@@ -245,6 +250,9 @@ mod tests {
         );
         assert_eq!(changes[0].before, "amd64");
         assert_eq!(causes(&changes), ["GOARCH", "source files"]);
+        let with_std = [changes.clone(), vec![change("go.std", "changed", "", "")]].concat();
+        assert_eq!(causes(&with_std), ["GOARCH", "source files"], "the platform's own files");
+        assert_eq!(causes(&[change("go.std", "changed", "", "")]), ["standard library"]);
         assert_eq!(category("flag.ldflags"), "-ldflags");
         assert_eq!(category("env.CGO_CFLAGS"), "cgo flags");
         assert_eq!(category("dep.golang.org/x/mod"), "dependencies");
