@@ -49,6 +49,7 @@ fn label(name: &str) -> String {
         "go.std" => "standard library sources".to_owned(),
         "env.arch_level" => "arch level".to_owned(),
         "vcs.revision" => "VCS revision".to_owned(),
+        "vcs.time" => "VCS commit time".to_owned(),
         "vcs.modified" => "VCS modified".to_owned(),
         "vcs.tags" => "VCS version tags".to_owned(),
         "vcs.root_go.mod" => "go.mod at the repository root".to_owned(),

@@ -860,7 +860,9 @@ async fn stamp(
     }
     let git = |args: &[&str]| Invocation::new("git", args, root.clone());
     let (revision, status, tags) = (
-        git(&["rev-parse", "HEAD"]),
+        // As go reads the revision and its time: a replaced commit (`git replace`) keeps its
+        // hash and takes the replacement's time.
+        git(&["-c", "log.showsignature=false", "log", "-1", "--format=%H:%ct"]),
         git(&["status", "--porcelain"]),
         // What go reads for the version (modfetch's codeRepo.convert in local mode): the tags
         // at HEAD (`git log --format=%D`) and the tags HEAD descends from
@@ -876,10 +878,12 @@ async fn stamp(
         tokio::join!(call.exec.output(&revision), call.exec.output(&status), call.exec.output(&tags));
     match (revision, status, tags) {
         (Ok(revision), Ok(status), Ok(tags)) if revision.success() && status.success() && tags.success() => {
-            let revision = String::from_utf8_lossy(&revision.stdout).trim().to_owned();
-            manifest.shown("vcs.revision", &revision);
+            let printed = String::from_utf8_lossy(&revision.stdout).trim().to_owned();
+            let (revision, time) = printed.split_once(':').unwrap_or((&printed, ""));
+            manifest.shown("vcs.revision", revision);
+            manifest.shown("vcs.time", time);
             manifest.shown("vcs.modified", &(!status.stdout.is_empty()).to_string());
-            let (value, display) = version_tags(&String::from_utf8_lossy(&tags.stdout), &revision);
+            let (value, display) = version_tags(&String::from_utf8_lossy(&tags.stdout), revision);
             manifest.summarized("vcs.tags", &value, &display);
             // go finds the module's place in the repository from the module path in the go.mod
             // at the repository's root, as it is on disk (ignored or untracked, it changes no
@@ -1059,6 +1063,50 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains(from), "{} lacks {from:?}", path.display());
         std::fs::write(path, text.replace(from, to)).unwrap();
+    }
+
+    /// go stamps vcs.time from `git log`, which a `git replace` of HEAD changes while the
+    /// revision stays: the time is keyed as go reads it.
+    #[tokio::test]
+    async fn a_replaced_head_with_another_time_is_another_build() {
+        let repo = tempfile::tempdir().unwrap();
+        write(
+            repo.path(),
+            &[
+                ("go.mod", "module example.com/m\n\ngo 1.22\n"),
+                ("main.go", "package main\n\nfunc main() {}\n"),
+            ],
+        );
+        let git = |args: &[&str]| {
+            let output = std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                .args(args)
+                .current_dir(repo.path())
+                .envs([("GIT_CONFIG_GLOBAL", "/dev/null"), ("GIT_CONFIG_NOSYSTEM", "1")])
+                .env("GIT_COMMITTER_DATE", "2001-01-01T00:00:00Z")
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        };
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-q", "-m", "one"]);
+        let head = git(&["rev-parse", "HEAD"]);
+        let before = derive_in(repo.path(), &["."], &[]).await;
+        let tree = git(&["rev-parse", "HEAD^{tree}"]);
+        let later = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "commit-tree", &tree, "-m", "one"])
+            .current_dir(repo.path())
+            .envs([("GIT_CONFIG_GLOBAL", "/dev/null"), ("GIT_CONFIG_NOSYSTEM", "1")])
+            .env("GIT_COMMITTER_DATE", "2002-01-01T00:00:00Z")
+            .output()
+            .unwrap();
+        let later = String::from_utf8(later.stdout).unwrap().trim().to_owned();
+        git(&["replace", &head, &later]);
+        let after = derive_in(repo.path(), &["."], &[]).await;
+        assert_eq!(after.get("vcs.revision").unwrap().display, head);
+        assert_ne!(before.key(), after.key(), "the replaced commit's time was not keyed");
     }
 
     /// go (1.24 on) stamps the main module's version from git tags: a version tag at HEAD is
