@@ -1,6 +1,7 @@
 //! Shares of a bounded resource per token: how much of it each token holds now, against a cap
 //! per token. A token's rate limit bounds how fast its calls come, not how much they hold;
-//! these bound that (streams, request bytes in flight, unfinished uploads on disk).
+//! these bound that (streams, request bytes in flight, unfinished uploads on disk). And the
+//! fair level records are cut down to by namespace when a bound is passed ([`fair_level`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -55,9 +56,34 @@ impl PerToken {
     }
 }
 
+/// The highest level such that holders of `bytes`, each cut down to it, hold `target` or less
+/// in all: what is above it goes, and a holder below it keeps everything. Records past a
+/// bound go this way by namespace, so a namespace's flood costs that namespace first.
+pub fn fair_level(bytes: impl Iterator<Item = u64>, target: u64) -> u64 {
+    let mut bytes: Vec<u64> = bytes.collect();
+    bytes.sort_unstable();
+    let mut below = 0u64;
+    for (at, &held) in bytes.iter().enumerate() {
+        let above = (bytes.len() - at) as u64;
+        if below.saturating_add(held.saturating_mul(above)) > target {
+            return target.saturating_sub(below) / above;
+        }
+        below += held;
+    }
+    bytes.last().copied().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fair_level_cuts_only_the_holders_above_it() {
+        assert_eq!(fair_level([100, 1200].into_iter(), 1170), 1070);
+        assert_eq!(fair_level([300, 300, 300].into_iter(), 600), 200);
+        assert_eq!(fair_level([10, 20].into_iter(), 100), 20, "nothing to cut");
+        assert_eq!(fair_level(std::iter::empty(), 100), 0);
+    }
 
     #[test]
     fn each_token_holds_up_to_its_cap_and_gets_it_back() {

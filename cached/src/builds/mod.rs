@@ -92,6 +92,8 @@ pub struct Builds {
     record_bytes: AtomicU64,
     /// Bytes recorded here since they were last summed.
     recorded_since_total: AtomicU64,
+    /// `record_bytes` by namespace, kept as it is.
+    namespace_record_bytes: Mutex<std::collections::HashMap<String, u64>>,
     /// Whether the oldest records are being forgotten now.
     forgetting: AtomicBool,
     warned_floor: Mutex<Option<Instant>>,
@@ -232,6 +234,7 @@ impl Builds {
             max_record_bytes: history.max_record_bytes,
             record_bytes: AtomicU64::new(0),
             recorded_since_total: AtomicU64::new(0),
+            namespace_record_bytes: Mutex::default(),
             forgetting: AtomicBool::new(false),
             warned_floor: Mutex::new(None),
             scans: Arc::new(tokio::sync::Semaphore::new(HISTORY_SCANS)),
@@ -389,7 +392,7 @@ impl Builds {
         ));
         self.records.write(changes)?;
         self.prune_target(namespace, &target)?;
-        self.count_record(size)?;
+        self.count_record(namespace, size)?;
         let bytes = outputs_size(&request.outputs);
         let counters = self.counters.namespace(namespace);
         counters.records.fetch_add(1, Ordering::Relaxed);

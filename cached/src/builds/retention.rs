@@ -13,13 +13,16 @@
 //! the index key, so whoever drops an index row (a target's pruning) drops its row too, and
 //! giving old records their rows again is harmless. The bytes counted are the rows' sizes,
 //! summed when the builds open and again after every sixteenth of the bound recorded here
-//! (with a shared database, other replicas record too), and kept up to date in between. Past
-//! the bound, the oldest rows go, with their index row and, unless a kept build of the same
-//! target has the same key, their entry, until a sixteenth of the bound is free. An entry removed
+//! (with a shared database, other replicas record too), and kept up to date in between, in all
+//! and by namespace. Past the bound, rows go, with their index row and, unless a kept build of
+//! the same target has the same key, their entry, until a sixteenth of the bound is free: the
+//! oldest of the namespaces holding the most, each cut down to one level
+//! ([`crate::shares::fair_level`]), so a namespace that floods records (any module, package
+//! and platform it likes) pushes out its own, not every other tenant's. An entry removed
 //! otherwise (its outputs evicted, its namespace purged) stays counted until its row goes: the
 //! count is never below what is stored.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use super::keys::{entry_key, index_tail};
@@ -54,6 +57,12 @@ pub(super) fn order_value(size: u64, index_key: &[u8]) -> Vec<u8> {
 fn parse_order(value: &[u8]) -> Option<(u64, &[u8])> {
     let (size, index_key) = value.split_first_chunk::<8>()?;
     Some((u64::from_be_bytes(*size), index_key))
+}
+
+/// The namespace an index key belongs to (its first field).
+fn namespace_of(index_key: &[u8]) -> String {
+    let end = index_key.iter().position(|b| *b == 0).unwrap_or(index_key.len());
+    String::from_utf8_lossy(&index_key[..end]).into_owned()
 }
 
 /// What one recorded build takes: its entry and its index row, keys and values.
@@ -108,20 +117,30 @@ impl Builds {
     /// Sums the order rows: what the recorded builds take, as every replica recorded them.
     fn total_records(&self) -> Result<()> {
         let mut total = 0u64;
+        let mut namespaces: HashMap<String, u64> = HashMap::new();
         for item in self.records.scan(Table::Order, &[], false)? {
             let (key, value) = item?;
-            if key.len() == ORDER_KEY_LEN {
-                total += parse_order(&value).map_or(0, |(size, _)| size);
+            if key.len() == ORDER_KEY_LEN
+                && let Some((size, index_key)) = parse_order(&value)
+            {
+                total += size;
+                *namespaces.entry(namespace_of(index_key)).or_default() += size;
             }
         }
+        *self.namespace_record_bytes() = namespaces;
         self.record_bytes.store(total, Ordering::Relaxed);
         self.recorded_since_total.store(0, Ordering::Relaxed);
         self.counters.record_bytes.store(total, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Counts a build just recorded (`size` bytes); past the bound, forgets the oldest.
-    pub(super) fn count_record(&self, size: u64) -> Result<()> {
+    fn namespace_record_bytes(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.namespace_record_bytes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a build just recorded in `namespace` (`size` bytes); past the bound, forgets.
+    pub(super) fn count_record(&self, namespace: &str, size: u64) -> Result<()> {
+        *self.namespace_record_bytes().entry(namespace.to_owned()).or_default() += size;
         let total = self.record_bytes.fetch_add(size, Ordering::Relaxed) + size;
         self.counters.record_bytes.store(total, Ordering::Relaxed);
         let since = self.recorded_since_total.fetch_add(size, Ordering::Relaxed) + size;
@@ -138,12 +157,20 @@ impl Builds {
         for index_key in index_keys {
             let key = order_key(index_key);
             if let Some(value) = self.records.get(Table::Order, &key)? {
-                freed += parse_order(&value).map_or(0, |(size, _)| size);
+                let size = parse_order(&value).map_or(0, |(size, _)| size);
+                self.uncount_namespace(&namespace_of(index_key), size);
+                freed += size;
                 changes.push(Change::Delete(Table::Order, key));
             }
         }
         self.uncount(freed);
         Ok(())
+    }
+
+    fn uncount_namespace(&self, namespace: &str, bytes: u64) {
+        if let Some(held) = self.namespace_record_bytes().get_mut(namespace) {
+            *held = held.saturating_sub(bytes);
+        }
     }
 
     fn uncount(&self, bytes: u64) {
@@ -172,17 +199,34 @@ impl Builds {
         let (mut freed, mut forgotten) = (0u64, 0u64);
         // Index rows this pass removes: a build they kept no longer keeps its entry.
         let mut gone: HashSet<Vec<u8>> = HashSet::new();
-        let total = self.record_bytes.load(Ordering::Relaxed);
+        let mut excess: HashMap<String, u64> = {
+            let held = self.namespace_record_bytes();
+            let level = crate::shares::fair_level(held.values().copied(), target);
+            held.iter()
+                .filter(|(_, bytes)| **bytes > level)
+                .map(|(ns, bytes)| (ns.clone(), bytes - level))
+                .collect()
+        };
         for item in self.records.scan(Table::Order, &[], false)? {
-            if total.saturating_sub(freed) <= target {
+            if excess.is_empty() {
                 break;
             }
             let (key, value) = item?;
             if key.len() != ORDER_KEY_LEN {
                 continue;
             }
+            let Some((size, index_key)) = parse_order(&value) else {
+                changes.push(Change::Delete(Table::Order, key.to_vec()));
+                continue;
+            };
+            let namespace = namespace_of(index_key);
+            let Some(over) = excess.get_mut(&namespace) else { continue };
+            *over = over.saturating_sub(size);
+            if *over == 0 {
+                excess.remove(&namespace);
+            }
+            self.uncount_namespace(&namespace, size);
             changes.push(Change::Delete(Table::Order, key.to_vec()));
-            let Some((size, index_key)) = parse_order(&value) else { continue };
             freed += size;
             changes.push(Change::Delete(Table::Index, index_key.to_vec()));
             gone.insert(index_key.to_vec());
@@ -201,7 +245,7 @@ impl Builds {
             tracing::info!(
                 builds = forgotten,
                 bytes = freed,
-                "forgot the oldest recorded builds beyond max_build_records"
+                "forgot the oldest recorded builds of the namespaces holding the most, beyond max_build_records"
             );
         }
         Ok(())
@@ -317,6 +361,37 @@ mod tests {
         let counted = builds.record_bytes.load(Ordering::Relaxed);
         builds.total_records().unwrap();
         assert_eq!(builds.record_bytes.load(Ordering::Relaxed), counted);
+    }
+
+    /// Oldest first over all namespaces, one namespace's flood of records pushed out every
+    /// other tenant's builds: now the namespaces holding the most lose their oldest first.
+    #[test]
+    fn a_flood_in_one_namespace_forgets_its_own_builds_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (builds, output) = open(dir.path(), 64 << 10);
+        let main: Vec<[u8; 32]> = (0..5)
+            .map(|n| {
+                let (mut request, key) = build(&format!("main{n}"), "v1", 1000, output);
+                request.namespace = "main".into();
+                builds.record_blocking("main", request, &key).unwrap();
+                key
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let flood: Vec<[u8; 32]> = (0..200)
+            .map(|n| {
+                let (mut request, key) = build(&format!("junk{n}"), "v1", 1000, output);
+                request.namespace = "evil".into();
+                builds.record_blocking("evil", request, &key).unwrap();
+                key
+            })
+            .collect();
+        for key in &main {
+            assert!(builds.entry("main", key).unwrap().is_some(), "a build of main was forgotten");
+        }
+        assert!(builds.entry("evil", &flood[0]).unwrap().is_none(), "the flood's oldest is still recorded");
+        assert!(builds.entry("evil", &flood[199]).unwrap().is_some());
+        assert!(builds.record_bytes.load(Ordering::Relaxed) <= 64 << 10);
     }
 
     /// A key recorded again keeps its entry when its older record is forgotten.

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use super::records::{OrderRow, Recorded, RegistryRecords};
 use crate::error::Result;
+use crate::shares::fair_level;
 use crate::stats::Stats;
 
 /// Rows read, and forgotten, at a time.
@@ -194,22 +195,6 @@ fn namespace_of(row: &OrderRow) -> &str {
     }
 }
 
-/// The highest level such that namespaces holding `bytes`, each cut down to it, hold `target`
-/// or less in all: what is above it goes, and a namespace below it keeps everything.
-fn fair_level(bytes: impl Iterator<Item = u64>, target: u64) -> u64 {
-    let mut bytes: Vec<u64> = bytes.collect();
-    bytes.sort_unstable();
-    let mut below = 0u64;
-    for (at, &held) in bytes.iter().enumerate() {
-        let above = (bytes.len() - at) as u64;
-        if below.saturating_add(held.saturating_mul(above)) > target {
-            return target.saturating_sub(below) / above;
-        }
-        below += held;
-    }
-    bytes.last().copied().unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -279,14 +264,6 @@ mod tests {
         assert_eq!(records.manifest(&evil, &flood[0]).unwrap(), None, "the flood's oldest is still stored");
         assert!(records.manifest(&evil, &flood[389]).unwrap().is_some());
         assert!(bound.bytes.load(Ordering::Relaxed) <= 64 << 10);
-    }
-
-    #[test]
-    fn the_fair_level_cuts_only_the_namespaces_above_it() {
-        assert_eq!(fair_level([100, 1200].into_iter(), 1170), 1070);
-        assert_eq!(fair_level([300, 300, 300].into_iter(), 600), 200);
-        assert_eq!(fair_level([10, 20].into_iter(), 100), 20, "nothing to cut");
-        assert_eq!(fair_level(std::iter::empty(), 100), 0);
     }
 
     /// One blob linked into ever more repositories of a namespace, one tag moved again and again:
