@@ -487,7 +487,8 @@ async fn a_flooding_token_is_rate_limited_while_another_is_served() {
 }
 
 /// A token of some namespaces sees the counters of those: not the per-API totals, which sum
-/// every tenant's traffic (hits and misses, bytes), nor the shared store's.
+/// every tenant's traffic (hits and misses, bytes), nor the shared store's, nor the store's
+/// (blobs, bytes, evictions, free disk).
 #[tokio::test]
 async fn stats_show_a_namespace_token_no_other_tenants_traffic() {
     let dir = tempfile::tempdir().unwrap();
@@ -509,8 +510,10 @@ async fn stats_show_a_namespace_token_no_other_tenants_traffic() {
     let theirs = stats_of("team-b").await;
     assert!(theirs.apis.is_empty(), "team-b sees every tenant's traffic: {:?}", theirs.apis);
     assert!(theirs.namespaces.iter().all(|ns| ns.namespace == "b"), "{:?}", theirs.namespaces);
+    assert!(theirs.store.is_none(), "team-b sees the server's stored and evicted totals: {:?}", theirs.store);
     let ops = stats_of("ops").await;
     assert!(ops.apis.iter().any(|api| api.api == "GoCache.Get" && api.misses > 0), "{:?}", ops.apis);
+    assert!(ops.store.is_some());
     server.stop().await;
 }
 

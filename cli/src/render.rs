@@ -12,7 +12,8 @@ pub struct StatsReport {
     pub server: String,
     pub version: String,
     pub uptime_seconds: u64,
-    pub store: StoreReport,
+    /// Server-wide totals; null for a token limited to some namespaces.
+    pub store: Option<StoreReport>,
     pub apis: Vec<ApiReport>,
     pub namespaces: Vec<NamespaceReport>,
     /// Whole builds (`cachectl go build`) over the `--since` window; null when the server has
@@ -179,14 +180,27 @@ fn ratio(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
 
+fn store_lines(out: &mut String, store: &StoreReport) {
+    let _ = writeln!(out, "  blobs      {}", store.blobs);
+    let _ = writeln!(
+        out,
+        "  stored     {} of {} budget ({} uncompressed, ratio {})",
+        bytes(store.stored_bytes),
+        bytes(store.max_bytes),
+        bytes(store.raw_bytes),
+        store.compression_ratio.map_or("-".to_owned(), |r| format!("{r:.2}x"))
+    );
+    let _ = writeln!(out, "  evicted    {} blobs, {}", store.evicted_blobs, bytes(store.evicted_bytes));
+    let _ = writeln!(out, "  disk       {}", disk_line(store));
+}
+
 impl StatsReport {
     pub fn new(server: &str, stats: v1::StatsResponse) -> Self {
-        let store = stats.store.unwrap_or_default();
         Self {
             server: server.to_owned(),
             version: stats.version,
             uptime_seconds: stats.uptime_seconds,
-            store: StoreReport {
+            store: stats.store.map(|store| StoreReport {
                 blobs: store.blobs,
                 raw_bytes: store.raw_bytes,
                 stored_bytes: store.stored_bytes,
@@ -198,7 +212,7 @@ impl StatsReport {
                 go_entries_dropped: store.go_entries_dropped,
                 disk_free_bytes: store.disk_free_bytes,
                 min_free_bytes: store.min_free_bytes,
-            },
+            }),
             apis: stats
                 .apis
                 .into_iter()
@@ -286,22 +300,16 @@ impl StatsReport {
 
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let store = &self.store;
         let _ =
             writeln!(out, "cached {} at {}, up {}", self.version, self.server, duration(self.uptime_seconds));
         let _ = writeln!(out);
         let _ = writeln!(out, "store");
-        let _ = writeln!(out, "  blobs      {}", store.blobs);
-        let _ = writeln!(
-            out,
-            "  stored     {} of {} budget ({} uncompressed, ratio {})",
-            bytes(store.stored_bytes),
-            bytes(store.max_bytes),
-            bytes(store.raw_bytes),
-            store.compression_ratio.map_or("-".to_owned(), |r| format!("{r:.2}x"))
-        );
-        let _ = writeln!(out, "  evicted    {} blobs, {}", store.evicted_blobs, bytes(store.evicted_bytes));
-        let _ = writeln!(out, "  disk       {}", disk_line(store));
+        match &self.store {
+            Some(store) => store_lines(&mut out, store),
+            None => {
+                let _ = writeln!(out, "  (server-wide totals are shown to tokens of every namespace)");
+            }
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -481,7 +489,7 @@ mod tests {
             ..Default::default()
         };
         let report = StatsReport::new("http://x", response);
-        assert_eq!(report.store.compression_ratio, Some(3.0));
+        assert_eq!(report.store.as_ref().unwrap().compression_ratio, Some(3.0));
         assert_eq!(report.apis[0].hit_rate, Some(0.75));
         assert!(report.to_table().contains("75.0%"));
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();

@@ -63,7 +63,8 @@ fn snapshot(stats: &Stats, store: &dyn StoreUsage, space: &FreeSpace, grant: &Gr
     v1::StatsResponse {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_seconds: stats.uptime_seconds(),
-        store: Some(v1::StoreStats {
+        // Server-wide, as `apis` are: how much others store and evict is not theirs to see.
+        store: sees_everything(grant).then(|| v1::StoreStats {
             blobs: totals.blobs,
             raw_bytes: totals.raw_bytes,
             stored_bytes: totals.stored_bytes,
