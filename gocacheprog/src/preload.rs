@@ -61,9 +61,43 @@ struct Slots {
     reads: Arc<Semaphore>,
 }
 
+/// Bytes the preload may still land. The list's size hints pace the walk; each body is
+/// charged its real size (the entry's) before it lands: a list's writer chooses its hints, and
+/// hints that understate took the preload past `--preload-max` and the local tier's half.
+struct Budget(AtomicU64);
+
+impl Budget {
+    fn left(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes`, or nothing and false when fewer are left.
+    fn take(&self, bytes: u64) -> bool {
+        self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(bytes)).is_ok()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Settles a body taken at its `hint` that is `actual` bytes: false, and the budget spent,
+    /// when the difference does not fit.
+    fn settle(&self, hint: u64, actual: u64) -> bool {
+        if actual <= hint {
+            self.give_back(hint - actual);
+            return true;
+        }
+        if self.take(actual - hint) {
+            return true;
+        }
+        self.0.store(0, Ordering::Relaxed);
+        false
+    }
+}
+
 pub struct Preload {
     keys: Keys,
-    max_bytes: u64,
+    budget: Budget,
     /// Whether the list is written back on close (not for read-only sessions).
     write: bool,
     /// The lists as read; unset until cached answered, and never set if it could not, so a
@@ -84,7 +118,7 @@ impl Preload {
     pub fn new(keys: Keys, max_bytes: u64, write: bool, counters: Arc<Counters>) -> Self {
         Self {
             keys,
-            max_bytes,
+            budget: Budget(AtomicU64::new(max_bytes)),
             write,
             previous: OnceLock::new(),
             listed: OnceLock::new(),
@@ -166,10 +200,9 @@ impl Preload {
         let batches = Arc::new(Semaphore::new(BATCHES));
         let slots =
             Slots { stores: Arc::new(Semaphore::new(STORES)), reads: Arc::new(Semaphore::new(READS)) };
-        let mut budget = self.max_bytes;
         let mut running = JoinSet::new();
         let mut next = 0;
-        while next < list.len() && budget > 0 {
+        while next < list.len() && self.budget.left() > 0 {
             let Ok(permit) = Arc::clone(&batches).acquire_owned().await else { break };
             if self.is_stale() || !remote.breaker.allows() {
                 break;
@@ -181,13 +214,15 @@ impl Preload {
             while next < list.len() && claims.len() < BATCH_ITEMS && bytes < BATCH_BYTES {
                 let record = list[next];
                 next += 1;
-                if record.size > budget || flights.disk().has_entry(&record.action_id) {
+                if flights.disk().has_entry(&record.action_id) || !self.budget.take(record.size) {
                     continue;
                 }
-                if let Some(claim) = flights.claim(record.action_id) {
-                    budget -= record.size;
-                    bytes += record.size;
-                    claims.push(claim);
+                match flights.claim(record.action_id) {
+                    Some(claim) => {
+                        bytes += record.size;
+                        claims.push((claim, record.size));
+                    }
+                    None => self.budget.give_back(record.size),
                 }
             }
             if claims.is_empty() {
@@ -205,25 +240,32 @@ impl Preload {
         self: Arc<Self>,
         flights: Arc<Flights>,
         remote: Arc<RemoteTier>,
-        claims: Vec<Claim>,
+        claims: Vec<(Claim, u64)>,
         bytes: u64,
         permit: OwnedSemaphorePermit,
         slots: Slots,
     ) {
-        let ids: Vec<ActionId> = claims.iter().map(Claim::action_id).collect();
+        let ids: Vec<ActionId> = claims.iter().map(|(claim, _)| claim.action_id()).collect();
         let replies = match remote.get_many(&ids, bytes).await {
             Ok(replies) => replies,
             Err(_) => {
                 // Whoever joined these fetches makes their own.
-                claims.into_iter().for_each(|claim| flights.settle(claim, PreloadOutcome::Failed));
+                claims.into_iter().for_each(|(claim, _)| flights.settle(claim, PreloadOutcome::Failed));
                 return;
             }
         };
         let disk = Arc::clone(flights.disk());
         let (mut here, mut large) = (Vec::new(), Vec::new());
-        for (claim, found) in claims.into_iter().zip(replies) {
+        for ((claim, hint), found) in claims.into_iter().zip(replies) {
             match found {
-                None => flights.settle(claim, PreloadOutcome::Missing),
+                None => {
+                    self.budget.give_back(hint);
+                    flights.settle(claim, PreloadOutcome::Missing);
+                }
+                // Past the budget at its real size: the go command fetches it if it asks.
+                Some(found) if !self.budget.settle(hint, found.entry.size) => {
+                    flights.settle(claim, PreloadOutcome::Failed);
+                }
                 Some(found) if found.is_here(&disk) => here.push((claim, found)),
                 Some(found) => large.push((claim, found)),
             }
@@ -317,4 +359,26 @@ impl Preload {
 struct Lists {
     exact: Vec<Record>,
     shared: Vec<Record>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hints pace the walk; the real sizes are what the budget pays. A list whose hints say 0
+    /// took the preload 36 MiB past a 1 MiB budget (audit): the first body that does not fit
+    /// at its real size is not landed, and the walk stops.
+    #[test]
+    fn bodies_are_charged_their_real_size() {
+        let budget = Budget(AtomicU64::new(1000));
+        assert!(budget.take(0) && budget.settle(0, 600), "fits");
+        assert_eq!(budget.left(), 400);
+        assert!(budget.take(0));
+        assert!(!budget.settle(0, 600), "600 bytes more do not fit in 400");
+        assert_eq!(budget.left(), 0, "the walk stops");
+        let honest = Budget(AtomicU64::new(1000));
+        assert!(honest.take(500) && honest.settle(500, 100));
+        assert_eq!(honest.left(), 900, "what a hint overstated comes back");
+        assert!(!honest.take(901));
+    }
 }
