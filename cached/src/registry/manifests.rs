@@ -56,6 +56,55 @@ struct Descriptor {
     urls: Vec<String>,
 }
 
+/// The fields of manifests, indexes and descriptors, as the specs spell them.
+const FIELDS: &[&str] = &[
+    "schemaVersion",
+    "mediaType",
+    "artifactType",
+    "config",
+    "layers",
+    "manifests",
+    "subject",
+    "annotations",
+    "digest",
+    "size",
+    "urls",
+    "data",
+    "platform",
+    "architecture",
+    "os",
+    "os.version",
+    "os.features",
+    "variant",
+    "features",
+];
+
+/// Refuses a field named as a known one but for its case (`"Subject"`, `"MEDIATYPE"`): the
+/// checks here read the exact names, while Go clients (containerd, cosign) match names
+/// without case, so such a field would pass the checks unseen and still be read by them.
+/// Annotation keys are the pusher's own.
+fn check_field_names(value: &serde_json::Value) -> RegistryResult<()> {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (name, field) in fields {
+                if let Some(known) =
+                    FIELDS.iter().find(|known| known.eq_ignore_ascii_case(name) && **known != name)
+                {
+                    return Err(invalid(format!(
+                        "the manifest has a field {name:?}; spell it {known:?} (field names are matched by case)"
+                    )));
+                }
+                if name != "annotations" {
+                    check_field_names(field)?;
+                }
+            }
+            Ok(())
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(check_field_names),
+        _ => Ok(()),
+    }
+}
+
 fn unknown(repo: &Repository, reference: &str) -> RegistryError {
     RegistryError::new(Code::ManifestUnknown, format!("manifest {reference} is not in {repo}"))
 }
@@ -137,8 +186,11 @@ pub(super) async fn put(
             format!("the manifest's digest is {digest}, not {reference}; nothing was stored"),
         ));
     }
-    let manifest: Manifest =
+    let document: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|err| invalid(format!("not a manifest: {err}")))?;
+    check_field_names(&document)?;
+    let manifest: Manifest =
+        serde_json::from_value(document).map_err(|err| invalid(format!("not a manifest: {err}")))?;
     if manifest.subject.is_some() {
         check_referrer_scope(&call.grant, repo)?;
     }
