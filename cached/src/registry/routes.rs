@@ -209,8 +209,8 @@ async fn answer(registry: &Registry, target: Target, call: Call) -> RegistryResu
                 (Method::POST, None) => uploads::start(registry, &repo, call).await,
                 (Method::PATCH, Some(id)) => uploads::patch(registry, &repo, &id, call).await,
                 (Method::PUT, Some(id)) => uploads::finish(registry, &repo, &id, call).await,
-                (Method::GET, Some(id)) => uploads::status(registry, &repo, &id),
-                (Method::DELETE, Some(id)) => uploads::cancel(registry, &repo, &id).await,
+                (Method::GET, Some(id)) => uploads::status(registry, &repo, &id, &call.grant.token),
+                (Method::DELETE, Some(id)) => uploads::cancel(registry, &repo, &id, &call.grant.token).await,
                 (method, _) => Err(unsupported(&method)),
             }
         }

@@ -161,7 +161,22 @@ impl Uploads {
                 ),
             ));
         }
-        let open = sessions.values().filter(|entry| entry.repo.namespace() == repo.namespace()).count();
+        let in_namespace = || sessions.values().filter(|entry| entry.repo.namespace() == repo.namespace());
+        // Half a namespace's room for one token: a token of many namespaces (a developer's)
+        // must not hold every slot of one that CI pushes to.
+        let own_in_namespace = (self.limits.per_namespace / 2).max(1);
+        let own = in_namespace().filter(|entry| entry.token == token).count();
+        if Grant::has_own_limits(token) && own >= own_in_namespace {
+            return Err(RegistryError::new(
+                Code::TooManyRequests,
+                format!(
+                    "token `{token}` already has {own} uploads open in namespace `{}`, the most one token \
+                     keeps there (half of registry_max_uploads); finish or cancel one",
+                    repo.namespace()
+                ),
+            ));
+        }
+        let open = in_namespace().count();
         if open >= self.limits.per_namespace {
             return Err(RegistryError::new(
                 Code::TooManyRequests,
@@ -176,16 +191,19 @@ impl Uploads {
 
     /// The session, kept open for another `registry_upload_timeout`: for requests that move
     /// the upload on.
-    fn get(&self, repo: &Repository, id: &str) -> RegistryResult<Arc<Entry>> {
-        let entry = self.find(repo, id)?;
+    fn get(&self, repo: &Repository, id: &str, token: &str) -> RegistryResult<Arc<Entry>> {
+        let entry = self.find(repo, id, token)?;
         *entry.touched.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
         Ok(entry)
     }
 
     /// The session, without extending it: asking where an upload stands sends no byte, and
     /// must not keep an abandoned one (its spool, its slot) open for ever.
-    fn find(&self, repo: &Repository, id: &str) -> RegistryResult<Arc<Entry>> {
-        let entry = self.sessions().get(id).filter(|entry| entry.repo == *repo).cloned();
+    /// A session is its repository's and its token's: another token that learns its id
+    /// (from a log, a proxy) cannot append to it, finish it or cancel it.
+    fn find(&self, repo: &Repository, id: &str, token: &str) -> RegistryResult<Arc<Entry>> {
+        let entry =
+            self.sessions().get(id).filter(|entry| entry.repo == *repo && entry.token == token).cloned();
         entry.ok_or_else(|| RegistryError::new(Code::BlobUploadUnknown, format!("no upload {id} in {repo}")))
     }
 
@@ -267,7 +285,7 @@ pub(super) async fn start(registry: &Registry, repo: &Repository, call: Call) ->
     let Some(expected) = call.param("digest").map(Sha256Digest::parse).transpose()? else {
         return Ok(accepted(repo, &id, 0, StatusCode::ACCEPTED));
     };
-    let entry = registry.uploads.get(repo, &id)?;
+    let entry = registry.uploads.get(repo, &id, &call.grant.token)?;
     let result = complete(registry, repo, &entry, call.body, expected).await;
     registry.uploads.remove(&id);
     result.map(|()| created(repo, &expected))
@@ -296,7 +314,7 @@ pub(super) async fn patch(
     id: &str,
     call: Call,
 ) -> RegistryResult<Response> {
-    let entry = registry.uploads.get(repo, id)?;
+    let entry = registry.uploads.get(repo, id, &call.grant.token)?;
     let mut session = entry.session.lock().await;
     check_content_range(&call, repo, id, session.written)?;
     if let Err(err) = append(&mut session, call.body, &registry.uploads.limits).await {
@@ -333,7 +351,7 @@ pub(super) async fn finish(
     id: &str,
     call: Call,
 ) -> RegistryResult<Response> {
-    let entry = registry.uploads.get(repo, id)?;
+    let entry = registry.uploads.get(repo, id, &call.grant.token)?;
     let Some(expected) = call.param("digest").map(Sha256Digest::parse).transpose()? else {
         return Err(RegistryError::new(Code::DigestInvalid, "closing an upload needs ?digest="));
     };
@@ -346,16 +364,26 @@ pub(super) async fn finish(
     result.map(|()| created(repo, &expected))
 }
 
-pub(super) fn status(registry: &Registry, repo: &Repository, id: &str) -> RegistryResult<Response> {
-    let entry = registry.uploads.find(repo, id)?;
+pub(super) fn status(
+    registry: &Registry,
+    repo: &Repository,
+    id: &str,
+    token: &str,
+) -> RegistryResult<Response> {
+    let entry = registry.uploads.find(repo, id, token)?;
     let written = entry.session.try_lock().map(|session| session.written).map_err(|_| {
         RegistryError::new(Code::TooManyRequests, format!("upload {id} is receiving a chunk; ask again"))
     })?;
     Ok(accepted(repo, id, written, StatusCode::NO_CONTENT))
 }
 
-pub(super) async fn cancel(registry: &Registry, repo: &Repository, id: &str) -> RegistryResult<Response> {
-    let entry = registry.uploads.get(repo, id)?;
+pub(super) async fn cancel(
+    registry: &Registry,
+    repo: &Repository,
+    id: &str,
+    token: &str,
+) -> RegistryResult<Response> {
+    let entry = registry.uploads.get(repo, id, token)?;
     let _session = entry.session.lock().await;
     registry.uploads.remove(id);
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -498,9 +526,12 @@ mod tests {
         let uploads = uploads(dir.path(), Duration::from_secs(3600));
         let (app, lib) = (Repository::parse("main/app").unwrap(), Repository::parse("main/lib").unwrap());
         uploads.create(&app, "ci").unwrap();
-        uploads.create(&lib, "ci").unwrap();
-        let refused = uploads.create(&app, "ci").unwrap_err();
+        let own = uploads.create(&lib, "ci").unwrap_err();
+        assert!(own.to_string().contains("token `ci`"), "half of the namespace's room per token: {own}");
+        uploads.create(&lib, "dev").unwrap();
+        let refused = uploads.create(&app, "other").unwrap_err();
         assert_eq!(refused.code, Code::TooManyRequests, "{refused}");
+        assert!(refused.to_string().contains("namespace `main`"), "{refused}");
         assert!(
             uploads.create(&Repository::parse("pr-7/app").unwrap(), "ci").is_ok(),
             "another namespace has its own"
@@ -536,12 +567,14 @@ mod tests {
         let repo = Repository::parse("main/app").unwrap();
         let id = uploads.create(&repo, "ci").unwrap();
         assert!(
-            uploads.get(&Repository::parse("main/other").unwrap(), &id).is_err(),
+            uploads.get(&Repository::parse("main/other").unwrap(), &id, "ci").is_err(),
             "a session is its repository's"
         );
+        assert!(uploads.get(&repo, &id, "other").is_err(), "a session is its token's");
+        assert!(uploads.get(&repo, &id, "ci").is_ok());
         std::thread::sleep(Duration::from_millis(5));
         uploads.sweep();
-        assert_eq!(uploads.get(&repo, &id).err().map(|err| err.code), Some(Code::BlobUploadUnknown));
+        assert_eq!(uploads.get(&repo, &id, "ci").err().map(|err| err.code), Some(Code::BlobUploadUnknown));
         assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
 
         let kept = self::uploads(dir.path(), Duration::from_secs(3600));
