@@ -579,7 +579,9 @@ async fn action_cache_writes_and_jobs_are_audited_and_secrets_never_logged() {
 async fn a_refused_submit_logs_a_bounded_escaped_line() {
     let (captured, _guard) = common::logs::capture();
     let dir = tempfile::tempdir().unwrap();
-    let tokens_file = write_tokens(dir.path(), &[spec("ci-main", "read,submit", "main/*", None)]);
+    let specs =
+        [spec("ci-main", "read,submit", "main/*", None), spec("ci-other", "read,submit", "main/*", None)];
+    let tokens_file = write_tokens(dir.path(), &specs);
     let server = Server::start(&dir.path().join("data"), &[("tokens_file", &tokens_file)]).await;
     let clients = clients(&server).await;
     // About 1 MiB of package patterns, too many and each with a line of its own.
@@ -592,14 +594,18 @@ async fn a_refused_submit_logs_a_bounded_escaped_line() {
         let refused = clients.jobs.clone().submit(request(submit.clone(), Some(&secret_of("ci-main")))).await;
         assert_eq!(refused.unwrap_err().code(), Code::InvalidArgument);
     }
+    // Another token from the same address has a line of its own.
+    let other = clients.jobs.clone().submit(request(submit.clone(), Some(&secret_of("ci-other")))).await;
+    assert_eq!(other.unwrap_err().code(), Code::InvalidArgument);
     server.stop().await;
 
     let log = captured.text();
     assert!(!log.lines().any(|line| line.starts_with("INJECTED")), "a submitted newline started a log line");
     let lines: Vec<&str> = log.lines().filter(|line| line.contains("Jobs.Submit")).collect();
-    assert_eq!(lines.len(), 1, "one line for 20 refusals in a few seconds: {lines:#?}");
+    assert_eq!(lines.len(), 2, "a line per token for 21 refusals in a few seconds: {lines:#?}");
     assert!(lines[0].len() <= 2 << 10, "a line of {} bytes", lines[0].len());
     assert!(lines[0].contains("refused") && lines[0].contains("more"), "{}", lines[0]);
+    assert!(lines[1].contains("ci-other"), "{}", lines[1]);
 }
 
 #[tokio::test]

@@ -14,6 +14,9 @@ use crate::conn::PeerKey;
 const LOG_EVERY: Duration = crate::conn::WARN_EVERY;
 /// What every refusal line says of the ones it stands for.
 pub(crate) const EVERY: &str = " (logged once per 10s per address and reason; `unlogged` counts the rest)";
+/// The same for refusals counted by token ([`RefusalLog::admit_token`]).
+pub(crate) const EVERY_PER_TOKEN: &str =
+    " (logged once per 10s per token and reason; `unlogged` counts the rest)";
 /// Addresses (and reasons) tracked at once. Past it, refusals from addresses not tracked yet
 /// share one entry per reason, so a flood from many addresses stays a line per interval too.
 const MAX_TRACKED: usize = 4096;
@@ -105,7 +108,9 @@ mod tests {
 
     #[test]
     fn the_note_tells_the_interval() {
-        assert!(EVERY.contains(&format!("{}s", LOG_EVERY.as_secs())), "{EVERY}");
+        for note in [EVERY, EVERY_PER_TOKEN] {
+            assert!(note.contains(&format!("{}s", LOG_EVERY.as_secs())), "{note}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use http::{HeaderMap, StatusCode, header};
 use super::Registry;
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::Repository;
-use crate::auth::refusals::{EVERY, RefusalLog};
+use crate::auth::refusals::{EVERY_PER_TOKEN, RefusalLog};
 use crate::auth::{Grant, Scope};
 use crate::error::Error;
 
@@ -68,7 +68,7 @@ static DENIALS: std::sync::LazyLock<RefusalLog> = std::sync::LazyLock::new(Refus
 pub(super) fn check(grant: &Grant, scope: Scope, repo: &Repository) -> RegistryResult<()> {
     if !grant.scopes.contains(scope) {
         if let Some(unlogged) = DENIALS.admit_token(&grant.token, "registry scope denied") {
-            tracing::warn!(target: "audit", token = %grant.token, repository = %repo, %scope, unlogged, "registry scope denied{EVERY}");
+            tracing::warn!(target: "audit", token = %grant.token, repository = %repo, %scope, unlogged, "registry scope denied{EVERY_PER_TOKEN}");
         }
         return Err(RegistryError::new(
             Code::Denied,
@@ -80,7 +80,7 @@ pub(super) fn check(grant: &Grant, scope: Scope, repo: &Repository) -> RegistryR
     }
     if !grant.allows_namespace(repo.namespace()) {
         if let Some(unlogged) = DENIALS.admit_token(&grant.token, "registry namespace denied") {
-            tracing::warn!(target: "audit", token = %grant.token, repository = %repo, unlogged, "registry namespace denied{EVERY}");
+            tracing::warn!(target: "audit", token = %grant.token, repository = %repo, unlogged, "registry namespace denied{EVERY_PER_TOKEN}");
         }
         return Err(RegistryError::new(
             Code::Denied,

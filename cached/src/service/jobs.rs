@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
-use crate::auth::refusals::{EVERY, RefusalLog};
+use crate::auth::refusals::{EVERY_PER_TOKEN, RefusalLog};
 use crate::error::Error;
 use crate::gocache::namespace;
 use crate::scheduler::backend::SchedulerBackend;
@@ -111,7 +111,6 @@ async fn check_job_namespace(
 #[tonic::async_trait]
 impl Jobs for JobsService {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
-        let peer = request.remote_addr().map(|addr| addr.to_string()).unwrap_or_default();
         let (_, extensions, request) = request.into_parts();
         let spec = request.spec.ok_or_else(|| Error::invalid("spec is missing"))?;
         let ns = namespace(&spec.namespace)?.to_owned();
@@ -134,11 +133,12 @@ impl Jobs for JobsService {
             (Ok(_), None) => "queued",
         };
         // Refused and reused submissions cost the caller nothing but its rate: logged once per
-        // address and interval, with a count of the rest. Queued ones are capped by the open
-        // jobs and are all on record.
+        // token and interval, with a count of the rest (by token: behind one address, another
+        // token's line would only be counted). Queued ones are capped by the open jobs and
+        // are all on record.
         let unlogged = match outcome {
-            "refused" => self.refusals.admit(&peer, "Jobs.Submit refused"),
-            "reused" => self.refusals.admit(&peer, "Jobs.Submit reused"),
+            "refused" => self.refusals.admit_token(&grant.token, "Jobs.Submit refused"),
+            "reused" => self.refusals.admit_token(&grant.token, "Jobs.Submit reused"),
             _ => Some(0),
         };
         if let Some(unlogged) = unlogged {
@@ -152,7 +152,7 @@ impl Jobs for JobsService {
                 outcome,
                 unlogged,
                 "Jobs.Submit{}",
-                if outcome == "queued" { "" } else { EVERY }
+                if outcome == "queued" { "" } else { EVERY_PER_TOKEN }
             );
         }
         Ok(Response::new(SubmitResponse { job_id: result?, reused: reused.is_some() }))
