@@ -1065,10 +1065,8 @@ mod tests {
         std::fs::write(path, text.replace(from, to)).unwrap();
     }
 
-    /// go stamps vcs.time from `git log`, which a `git replace` of HEAD changes while the
-    /// revision stays: the time is keyed as go reads it.
-    #[tokio::test]
-    async fn a_replaced_head_with_another_time_is_another_build() {
+    /// A module with one main package, in a new directory.
+    fn main_module() -> tempfile::TempDir {
         let repo = tempfile::tempdir().unwrap();
         write(
             repo.path(),
@@ -1077,33 +1075,39 @@ mod tests {
                 ("main.go", "package main\n\nfunc main() {}\n"),
             ],
         );
-        let git = |args: &[&str]| {
-            let output = std::process::Command::new("git")
-                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-                .args(args)
-                .current_dir(repo.path())
-                .envs([("GIT_CONFIG_GLOBAL", "/dev/null"), ("GIT_CONFIG_NOSYSTEM", "1")])
-                .env("GIT_COMMITTER_DATE", "2001-01-01T00:00:00Z")
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-            String::from_utf8(output.stdout).unwrap().trim().to_owned()
-        };
-        git(&["init", "-q"]);
-        git(&["add", "."]);
-        git(&["commit", "-q", "-m", "one"]);
-        let head = git(&["rev-parse", "HEAD"]);
-        let before = derive_in(repo.path(), &["."], &[]).await;
-        let tree = git(&["rev-parse", "HEAD^{tree}"]);
-        let later = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "commit-tree", &tree, "-m", "one"])
-            .current_dir(repo.path())
+        repo
+    }
+
+    /// git `args` in `dir` as user t, with none of this machine's configuration (no signing,
+    /// no hooks) and commits dated `date`; it must succeed. What it printed.
+    fn git_in(dir: &Path, date: &str, args: &[&str]) -> String {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
             .envs([("GIT_CONFIG_GLOBAL", "/dev/null"), ("GIT_CONFIG_NOSYSTEM", "1")])
-            .env("GIT_COMMITTER_DATE", "2002-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", date)
             .output()
             .unwrap();
-        let later = String::from_utf8(later.stdout).unwrap().trim().to_owned();
-        git(&["replace", &head, &later]);
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// go stamps vcs.time from `git log`, which a `git replace` of HEAD changes while the
+    /// revision stays: the time is keyed as go reads it.
+    #[tokio::test]
+    async fn a_replaced_head_with_another_time_is_another_build() {
+        let repo = main_module();
+        let git = |date: &str, args: &[&str]| git_in(repo.path(), date, args);
+        let date = "2001-01-01T00:00:00Z";
+        git(date, &["init", "-q"]);
+        git(date, &["add", "."]);
+        git(date, &["commit", "-q", "-m", "one"]);
+        let head = git(date, &["rev-parse", "HEAD"]);
+        let before = derive_in(repo.path(), &["."], &[]).await;
+        let tree = git(date, &["rev-parse", "HEAD^{tree}"]);
+        let later = git("2002-01-01T00:00:00Z", &["commit-tree", &tree, "-m", "one"]);
+        git(date, &["replace", &head, &later]);
         let after = derive_in(repo.path(), &["."], &[]).await;
         assert_eq!(after.get("vcs.revision").unwrap().display, head);
         assert_ne!(before.key(), after.key(), "the replaced commit's time was not keyed");
@@ -1114,19 +1118,9 @@ mod tests {
     /// pseudo-version. Tags that are no version change nothing.
     #[tokio::test]
     async fn the_git_tags_that_decide_the_stamped_version_are_keyed() {
-        let repo = tempfile::tempdir().unwrap();
-        write(
-            repo.path(),
-            &[
-                ("go.mod", "module example.com/m\n\ngo 1.22\n"),
-                ("main.go", "package main\n\nfunc main() {}\n"),
-            ],
-        );
+        let repo = main_module();
         let git = |args: &[&str]| {
-            let mut command = vec!["git", "-c", "user.name=t", "-c", "user.email=t@example.com"];
-            command.extend_from_slice(args);
-            // No signing or hooks from this machine's git configuration.
-            run(repo.path(), &command, &[("GIT_CONFIG_GLOBAL", "/dev/null"), ("GIT_CONFIG_NOSYSTEM", "1")]);
+            git_in(repo.path(), "2001-01-01T00:00:00Z", args);
         };
         git(&["init", "-q"]);
         git(&["add", "."]);

@@ -366,6 +366,21 @@ struct SlowDisk {
 }
 
 impl SlowDisk {
+    /// A disk in `dir`, not slow yet; what tells that a sync started, and what lets it end.
+    fn open(
+        dir: &std::path::Path,
+    ) -> (Arc<Self>, std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let disk = Arc::new(SlowDisk {
+            inner: super::store::RocksJobs::new(crate::db::open(dir).unwrap()),
+            slow: false.into(),
+            entered: entered_tx.into(),
+            release: release_rx.into(),
+        });
+        (disk, entered, release)
+    }
+
     fn wait_if_slow(&self) {
         if self.slow.load(std::sync::atomic::Ordering::SeqCst) {
             self.entered.lock().unwrap().send(()).unwrap();
@@ -411,14 +426,7 @@ impl super::store::JobRecords for SlowDisk {
 async fn a_slow_disk_sync_of_a_submit_holds_no_other_call() {
     use super::backend::SchedulerBackend;
     let dir = tempfile::tempdir().unwrap();
-    let (entered_tx, entered) = std::sync::mpsc::channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let disk = Arc::new(SlowDisk {
-        inner: super::store::RocksJobs::new(crate::db::open(dir.path()).unwrap()),
-        slow: false.into(),
-        entered: entered_tx.into(),
-        release: release_rx.into(),
-    });
+    let (disk, entered, release) = SlowDisk::open(dir.path());
     let scheduler = Scheduler::open(disk.clone(), Settings::default()).unwrap();
     let first = SchedulerBackend::submit(&*scheduler, spec("ci", 1, 0), "a").await.unwrap();
     disk.slow.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -447,14 +455,7 @@ async fn a_slow_disk_sync_of_a_submit_holds_no_other_call() {
 async fn a_slow_disk_sync_of_a_lease_holds_no_other_call() {
     use super::backend::SchedulerBackend;
     let dir = tempfile::tempdir().unwrap();
-    let (entered_tx, entered) = std::sync::mpsc::channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let disk = Arc::new(SlowDisk {
-        inner: super::store::RocksJobs::new(crate::db::open(dir.path()).unwrap()),
-        slow: false.into(),
-        entered: entered_tx.into(),
-        release: release_rx.into(),
-    });
+    let (disk, entered, release) = SlowDisk::open(dir.path());
     let scheduler = Scheduler::open(disk.clone(), Settings::default()).unwrap();
     let first = SchedulerBackend::submit(&*scheduler, spec("ci", 1, 0), "a").await.unwrap();
     let mut agent = Agent::register(&scheduler, "agent", 2, grant("agent", "*"));
