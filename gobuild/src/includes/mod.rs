@@ -1275,7 +1275,8 @@ mod tests {
 
     /// A digit separator (`1'0`) is no character literal and `0'R"` opens no raw string: read
     /// as one, what follows (`'/*'` here) hid a spliced include, which only the lexer can
-    /// read, up to the next `*/`.
+    /// read, up to the next `*/`. Whether `'` separates digits depends on the standard, so
+    /// both readings count.
     #[test]
     fn digit_separators_hide_no_spliced_include() {
         for source in [
@@ -1288,6 +1289,12 @@ mod tests {
             let found = found(root.path(), &[package(root.path(), "p", &["v.cc"], &[])]);
             assert_eq!(found, ["inc/v.h"], "{source:?}");
         }
+        // In C before C23 (gcc's default for .c files) `1'a'` is a number and a character
+        // literal: read only with separators, `' '` hid the same spliced include.
+        let c = "#define S(x) #x\nconst char *s = S(1'a' '/*');\n#inc\\\nlude \"../inc/v.h\"\n// */\n";
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), &[("p/v.c", c), ("inc/v.h", "")]);
+        assert_eq!(found(root.path(), &[package(root.path(), "p", &["v.c"], &[])]), ["inc/v.h"], "{c:?}");
     }
 
     /// The assembler's `.incbin` and `.include` after a label or `;`, and in inline assembly

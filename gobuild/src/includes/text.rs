@@ -44,7 +44,7 @@ enum Lex {
 }
 
 /// Reads one file's bytes into its directives.
-pub(super) struct Reader {
+struct Reading {
     /// The last byte was a carriage return, which ended a line: a line feed after it adds none.
     after_cr: bool,
     /// A backslash and the blanks after it, held until what follows says whether they join
@@ -73,13 +73,16 @@ pub(super) struct Reader {
     physical_cut: bool,
     /// Fortran's own `include 'file'` is matched too.
     fortran: bool,
+    /// Whether a `'` after a number is a digit separator (C++14, C23) or a quote (C before
+    /// C23, gcc's default for .c files before gcc 15): the scan does not know the standard.
+    digit_separators: bool,
     found: Vec<Directive>,
     /// What `found` holds, so a directive both readings find counts once.
     seen: HashSet<Directive>,
 }
 
-impl Reader {
-    pub(super) fn new(fortran: bool) -> Self {
+impl Reading {
+    fn new(fortran: bool, digit_separators: bool) -> Self {
         Self {
             after_cr: false,
             splice: Vec::new(),
@@ -94,6 +97,7 @@ impl Reader {
             physical: Vec::new(),
             physical_cut: false,
             fortran,
+            digit_separators,
             found: Vec::new(),
             seen: HashSet::new(),
         }
@@ -319,7 +323,7 @@ impl Reader {
                     if self.raw_prefix() { Lex::RawOpening(Vec::new()) } else { Lex::Literal(b'"', false) };
                 self.emit(byte);
             }
-            b'\'' if ends_in_number(&self.line) => {
+            b'\'' if self.digit_separators && ends_in_number(&self.line) => {
                 self.lex = Lex::NumberQuote;
                 self.emit(byte);
             }
@@ -334,7 +338,7 @@ impl Reader {
     /// Whether the code before a `"` makes it a raw string: `R`, `u8R`, `uR`, `UR` or `LR`,
     /// not the end of a longer identifier.
     fn raw_prefix(&self) -> bool {
-        if ends_in_number(&self.line) {
+        if self.digit_separators && ends_in_number(&self.line) {
             return false;
         }
         let Some(before) = self.line.strip_suffix(b"R") else { return false };
@@ -385,6 +389,45 @@ impl Reader {
         self.restarts.clear();
         self.cut = None;
         self.cut_names_a_file = false;
+    }
+}
+
+/// Reads one file's bytes into its directives, both ways a `'` after a number may be meant
+/// (digit separator or quote): what either reading finds is keyed, once.
+pub(super) struct Reader {
+    readings: [Reading; 2],
+}
+
+impl Reader {
+    pub(super) fn new(fortran: bool) -> Self {
+        Self { readings: [Reading::new(fortran, true), Reading::new(fortran, false)] }
+    }
+
+    pub(super) fn byte(&mut self, byte: u8) {
+        self.readings.iter_mut().for_each(|reading| reading.byte(byte));
+    }
+
+    /// Ends a text (a cgo preamble's comment group).
+    pub(super) fn end_text(&mut self) {
+        self.readings.iter_mut().for_each(Reading::end_text);
+    }
+
+    /// Gives the file no key, for `why`.
+    pub(super) fn ambiguous_text(&mut self, why: &str) {
+        self.readings[0].ambiguous_text(why);
+    }
+
+    /// A `#cgo` line of a Go file's comments.
+    pub(super) fn cgo(&mut self, line: String) {
+        self.readings[0].cgo(line);
+    }
+
+    pub(super) fn finish(self) -> Vec<Directive> {
+        let [with, without] = self.readings;
+        let mut union = with.finish();
+        let mut seen: HashSet<Directive> = union.iter().cloned().collect();
+        union.extend(without.finish().into_iter().filter(|directive| seen.insert(directive.clone())));
+        union
     }
 }
 
