@@ -84,6 +84,20 @@ where
     }
 }
 
+/// Runs `work`, which blocks briefly (a disk sync), where it is: on a multi-threaded runtime's
+/// worker the runtime first moves its other tasks to other threads; elsewhere (a blocking
+/// thread, a current-thread runtime, no runtime) it just runs.
+#[allow(clippy::disallowed_methods)]
+pub fn block_in_place<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

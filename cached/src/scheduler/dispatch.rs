@@ -41,6 +41,7 @@ pub(super) struct Outgoing {
     sender: LeaseSender,
     message: LeaseResponse,
     job_id: String,
+    attempt: u32,
     event: proto::v1::JobEvent,
 }
 
@@ -105,6 +106,7 @@ impl Scheduler {
             outgoing.push(Outgoing {
                 sender: worker.sender.clone(),
                 message,
+                attempt: leased_event.attempt,
                 job_id: key.job_id,
                 event: leased_event,
             });
@@ -125,10 +127,16 @@ impl Scheduler {
 
     /// Sends leases dispatch wrote, once synced; called after the lock is let go.
     pub(super) fn send_leases(&self, outgoing: Vec<Outgoing>) {
-        if self.store.sync().inspect_err(|err| tracing::error!(error = %err, "cannot sync jobs")).is_err() {
+        if self.sync_now().is_err() {
             return not_sent(outgoing.len());
         }
-        for Outgoing { sender, message, job_id, event } in outgoing {
+        // A cancel or an expiry during the sync ended some: those are not sent (the agent
+        // would build a task no one waits for until its next heartbeat's abort).
+        let outgoing: Vec<Outgoing> = {
+            let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            outgoing.into_iter().filter(|lease| still_leased(&state.jobs, lease)).collect()
+        };
+        for Outgoing { sender, message, job_id, event, .. } in outgoing {
             if !sender.send(message) {
                 // The session is gone; the lease expires and the task is requeued.
                 tracing::warn!(job = %job_id, task = event.task, "agent stream gone while leasing");
@@ -141,6 +149,12 @@ impl Scheduler {
     fn lease(&self, job: &JobStatus, lease: LeaseId, token: FencingToken) -> TaskLease {
         task_lease(&self.keys, job, lease, token, self.deadline(job))
     }
+}
+
+/// Whether `lease`'s task is leased still, at its attempt.
+fn still_leased(jobs: &std::collections::BTreeMap<String, JobStatus>, lease: &Outgoing) -> bool {
+    let task = jobs.get(&lease.job_id).and_then(|job| job.tasks.get(lease.event.task as usize));
+    task.is_some_and(|task| task.state == TaskState::Leased as i32 && task.attempt == lease.attempt)
 }
 
 /// Leases that could not be stored are never sent: they expire and the tasks are requeued.

@@ -36,7 +36,12 @@ impl SchedulerBackend for Scheduler {
 
     async fn submit(&self, spec: JobSpec, submitter: &str) -> Result<String> {
         let job_id = Scheduler::submit(self, spec, submitter)?;
-        self.synced().await?;
+        if let Err(err) = self.synced().await {
+            // Not on disk, and the caller is told so: the job must not run, nor hold a place
+            // of the caps that the caller's retry needs.
+            let _ = Scheduler::cancel(self, &job_id);
+            return Err(err);
+        }
         Ok(job_id)
     }
 

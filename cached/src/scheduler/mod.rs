@@ -125,6 +125,13 @@ struct State {
     unsent: Vec<dispatch::Outgoing>,
 }
 
+/// Syncs `store`, which then holds every write up to the `written`-th.
+fn sync_up_to(store: &dyn JobRecords, synced_upto: &AtomicU64, written: u64) -> Result<()> {
+    store.sync().inspect_err(|err| tracing::error!(error = %err, "cannot sync jobs"))?;
+    synced_upto.fetch_max(written, Ordering::Relaxed);
+    Ok(())
+}
+
 /// The scheduler's state, locked. When it is let go, the leases dispatch wrote are synced
 /// and sent: after the lock, so that no disk sync holds the queue.
 struct Locked<'a> {
@@ -160,6 +167,9 @@ impl Drop for Locked<'_> {
 pub struct Scheduler {
     state: Mutex<State>,
     store: Arc<dyn JobRecords>,
+    /// Buffered writes made, and how many of them a sync has made durable.
+    written: AtomicU64,
+    synced_upto: Arc<AtomicU64>,
     keys: Arc<LeaseKeys>,
     events: broadcast::Sender<Arc<(String, JobEvent)>>,
     settings: Settings,
@@ -370,6 +380,8 @@ impl Scheduler {
                 unsent: Vec::new(),
             }),
             store,
+            written: AtomicU64::new(0),
+            synced_upto: Arc::new(AtomicU64::new(0)),
             keys,
             events,
             settings,
@@ -416,17 +428,29 @@ impl Scheduler {
         let jobs: Vec<&JobStatus> = jobs.into_iter().collect();
         self.store.save(&jobs, durability).inspect_err(|err| {
             tracing::error!(error = %err, "cannot persist jobs");
-        })
+        })?;
+        if durability == Durability::Buffered && !jobs.is_empty() {
+            self.written.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Makes what was written before durable, off the lock and off the async threads: Submit,
     /// Cancel and Complete write under the lock (so that records follow the order of the
-    /// changes) and sync before they answer.
+    /// changes) and sync before they answer, unless a sync since (the leases') did.
     pub async fn synced(&self) -> Result<()> {
-        let store = Arc::clone(&self.store);
-        crate::task::spawn_blocking("sync jobs", move || store.sync())
-            .await?
-            .inspect_err(|err| tracing::error!(error = %err, "cannot sync jobs"))
+        let written = self.written.load(Ordering::Relaxed);
+        if self.synced_upto.load(Ordering::Relaxed) >= written {
+            return Ok(());
+        }
+        let (store, synced_upto) = (Arc::clone(&self.store), Arc::clone(&self.synced_upto));
+        crate::task::spawn_blocking("sync jobs", move || sync_up_to(&*store, &synced_upto, written)).await?
+    }
+
+    /// [`Self::synced`], blocking, where the caller is.
+    fn sync_now(&self) -> Result<()> {
+        let written = self.written.load(Ordering::Relaxed);
+        crate::task::block_in_place(|| sync_up_to(&*self.store, &self.synced_upto, written))
     }
 
     /// The job's own timeout, or `job_timeout`.

@@ -7,8 +7,10 @@
 //! What is synced, and so survives a power cut once acknowledged ([`Durability::Synced`]): a
 //! submitted job (before Submit answers), a lease (before the agent is sent it), a completion
 //! (before Complete answers), a cancellation (before Cancel answers), and the server key;
-//! all but the lease and the key are written under the scheduler's lock and synced after it
-//! ([`JobRecords::sync`]), so that no disk sync holds every other call of the queue. What
+//! all but the key are written under the scheduler's lock and synced after it
+//! ([`JobRecords::sync`]; leases when the lock is let go, before they are sent), so that no
+//! disk sync holds every other call of the queue, and a sync holds every write before it (a
+//! Submit whose lease was synced needs no sync of its own). What
 //! is not ([`Durability::Buffered`], in the WAL but not yet on disk): heartbeat lease
 //! extensions, a task marked started, leases the sweeper expired and jobs it timed out, and
 //! deleting old finished jobs. Losing those after a power cut costs at most a requeue (a lease
@@ -35,8 +37,8 @@ pub enum Durability {
     Buffered,
 }
 
-/// The scheduler's records. Every method blocks (briefly: the scheduler calls them under its
-/// lock, so that what is stored follows the order of the changes).
+/// The scheduler's records. Every method blocks briefly. The scheduler writes under its lock,
+/// so that what is stored follows the order of the changes, and syncs after it.
 pub trait JobRecords: Send + Sync + 'static {
     /// Every stored job, oldest first (ids sort by submission time).
     fn load(&self) -> Result<Vec<JobStatus>>;
@@ -51,6 +53,6 @@ pub trait JobRecords: Send + Sync + 'static {
 
     /// Makes every write before it durable, [`Durability::Buffered`] ones included: a change
     /// written under the scheduler's lock is synced after it, so the lock is not held for a
-    /// disk sync (concurrent syncs are grouped into one).
+    /// disk sync.
     fn sync(&self) -> Result<()>;
 }

@@ -361,6 +361,8 @@ fn a_lease_recorded_under_the_bare_name_stays_its_agents() {
 struct SlowDisk {
     inner: super::store::RocksJobs,
     slow: std::sync::atomic::AtomicBool,
+    /// Syncs fail, as a disk gone bad makes them.
+    failing: std::sync::atomic::AtomicBool,
     entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
     release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
@@ -375,6 +377,7 @@ impl SlowDisk {
         let disk = Arc::new(SlowDisk {
             inner: super::store::RocksJobs::new(crate::db::open(dir).unwrap()),
             slow: false.into(),
+            failing: false.into(),
             entered: entered_tx.into(),
             release: release_rx.into(),
         });
@@ -415,8 +418,29 @@ impl super::store::JobRecords for SlowDisk {
 
     fn sync(&self) -> crate::error::Result<()> {
         self.wait_if_slow();
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::error::Error::Internal("the disk failed".to_owned()));
+        }
         self.inner.sync()
     }
+}
+
+/// A Submit whose record could not be synced answers an error, but its job was already in
+/// the queue: it ran, and held the submitter's open-job place its retry needed. It is
+/// cancelled now.
+#[tokio::test]
+async fn a_submit_that_could_not_be_stored_leaves_no_job_running() {
+    use super::backend::SchedulerBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, _entered, _release) = SlowDisk::open(dir.path());
+    let settings = Settings { max_open_jobs_per_token: 1, ..Settings::default() };
+    let scheduler = Scheduler::open(disk.clone(), settings).unwrap();
+    disk.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = SchedulerBackend::submit(&*scheduler, spec("ci", 1, 0), "a").await;
+    assert!(failed.is_err());
+    assert!(scheduler.lock().jobs.values().all(super::job_finished), "an unstored job is queued");
+    disk.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    SchedulerBackend::submit(&*scheduler, spec("ci", 1, 0), "a").await.expect("the retry has its place");
 }
 
 /// Submit synced its record under the queue's lock: while the disk took its time, every
@@ -477,8 +501,37 @@ async fn a_slow_disk_sync_of_a_lease_holds_no_other_call() {
     assert!(agent.leases().is_empty(), "a lease was sent before it was synced");
     release.send(()).unwrap();
     assert_eq!(answered, Ok(true), "a lookup waited for a lease's disk sync");
-    entered.recv_timeout(wait).expect("the submit synced");
+    // The lease's sync holds the submitted job too: Submit needs no second one.
+    submitting.await.unwrap().unwrap();
+    assert!(entered.try_recv().is_err(), "a second sync");
+    assert_eq!(agent.leases().len(), 1);
+}
+
+/// A cancel that comes while a lease is being synced ends the task: the lease is not sent
+/// after it (the agent would build, unasked, until its next heartbeat's abort).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_cancelled_during_its_sync_is_not_sent() {
+    use super::backend::SchedulerBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, entered, release) = SlowDisk::open(dir.path());
+    let scheduler = Scheduler::open(disk.clone(), Settings::default()).unwrap();
+    let mut agent = Agent::register(&scheduler, "agent", 1, grant("agent", "*"));
+    disk.slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    let submitting = {
+        let scheduler = Arc::clone(&scheduler);
+        crate::task::spawn("submit", async move {
+            SchedulerBackend::submit(&*scheduler, spec("ci", 1, 0), "b").await
+        })
+    };
+    entered.recv_timeout(std::time::Duration::from_secs(30)).expect("the lease reached the disk");
+    let job = scheduler.lock().jobs.keys().next().cloned().unwrap();
+    scheduler.cancel(&job).unwrap();
+    disk.slow.store(false, std::sync::atomic::Ordering::SeqCst);
     release.send(()).unwrap();
     submitting.await.unwrap().unwrap();
-    assert_eq!(agent.leases().len(), 1);
+    let replies = agent.replies();
+    assert!(
+        !replies.iter().any(|reply| matches!(reply, lease_response::Kind::Task(_))),
+        "a cancelled task's lease was sent: {replies:?}"
+    );
 }
