@@ -551,9 +551,16 @@ async fn derive(
         let go_cache = gocache::for_unkeyed(&env, Some(packages.clone()), tree).await;
         Unkeyed { reason, go_cache }
     };
-    // Flags that are not known could give the assembler include directories: no shared cache.
-    let flags = flags::effective(env.get("GOFLAGS").map_or("", String::as_str), line)
-        .map_err(|err| Unkeyed { reason: err.0, go_cache: GoCache::Off })?;
+    let goflags = env.get("GOFLAGS").map_or("", String::as_str);
+    let flags = match flags::effective(goflags, line) {
+        Ok(flags) => flags,
+        // Flags the key does not take may still give the assembler include directories,
+        // whose headers the include scan does not see; GOFLAGS go splits otherwise, anything.
+        Err(err) => match flags::names_asm_include_dirs(goflags, line) {
+            Some(false) => return Err(unkeyed(err.0).await),
+            _ => return Err(Unkeyed { reason: err.0, go_cache: GoCache::Off }),
+        },
+    };
     // Before any other reason to step aside: whatever the include scan finds, these headers
     // are not among its files.
     if flags.asm_include_dirs() {
@@ -632,10 +639,13 @@ mod tests {
         async fn output(&self, invocation: &Invocation) -> std::io::Result<Captured> {
             self.seen.lock().unwrap().push(invocation.clone());
             let mut first = invocation.args.first().map_or("", String::as_str);
-            if invocation.args == ["env", "-json", "GOENV", "GOCACHEPROG"] {
-                // As go answers: with GOENV=off no env file, and so no program from it.
+            if invocation.args == ["env", "-json"]
+                && invocation.env_remove.iter().any(|name| name == "CACHED_ACTION_SALT")
+            {
+                // keep_off's probe, as go answers it: with GOENV=off no env file, and so no
+                // program from it.
                 if invocation.env.contains(&("GOENV".to_owned(), "off".to_owned())) {
-                    return Ok(ok(r#"{"GOENV": "off", "GOCACHEPROG": ""}"#.to_owned()));
+                    return Ok(ok(r#"{"GOENV": "off", "GOCACHEPROG": "", "GOFLAGS": ""}"#.to_owned()));
                 }
                 first = "env file";
             }
@@ -856,11 +866,14 @@ mod tests {
         let dir = module();
         // A line end in the name kept the program's line from where a line reader looked.
         let file = dir.path().join("go-env\n");
-        std::fs::write(&file, "GOCACHEPROG=cachectl gocacheprog\nGOFLAGS=-mod=mod\nGOPRIVATE=corp\n")
-            .unwrap();
+        let settings =
+            "GOCACHEPROG=cachectl gocacheprog\nGOFLAGS=-mod=mod\nGOPRIVATE=corp\nPATH=/evil\nGODEBUG=x=1\n";
+        std::fs::write(&file, settings).unwrap();
         let mut exec = scripted(dir.path());
         exec.outputs.retain(|(arg, _)| *arg != "env file");
-        let printed = serde_json::json!({"GOENV": file, "GOCACHEPROG": "cachectl gocacheprog"});
+        let printed = serde_json::json!({
+            "GOENV": file, "GOCACHEPROG": "cachectl gocacheprog", "GOFLAGS": "", "GOPRIVATE": "", "GODEBUG": ""
+        });
         exec.outputs.push(("env file", ok(printed.to_string())));
         let exec = Arc::new(exec);
         let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
@@ -878,6 +891,7 @@ mod tests {
         assert_eq!(set("GOFLAGS"), Some("-mod=mod"), "{build:?}");
         assert_eq!(set("GOPRIVATE"), Some("mine"), "{build:?}");
         assert_eq!(set("GOCACHEPROG"), None, "{build:?}");
+        assert_eq!((set("PATH"), set("GODEBUG")), (None, None), "go takes neither from its file: {build:?}");
     }
 
     /// Only regular files are removed before a salted build: never `-o /dev/null` (as root

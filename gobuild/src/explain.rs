@@ -98,11 +98,9 @@ pub fn summary(explanation: &v1::MissExplanation) -> Vec<String> {
     let changes = &explanation.changes;
     let goarch_changed = changes.iter().any(|c| c.name == "env.GOARCH");
     let cgo_changed = changes.iter().any(|c| c.name == "env.CGO_ENABLED");
-    // Which standard library files are compiled follows the version, the platform, tags and
-    // flags: its line says something only when none of those changed.
-    let settings_changed = changes
-        .iter()
-        .any(|c| c.name == "go.version" || c.name.starts_with("env.") || c.name.starts_with("flag."));
+    // Which standard library files are compiled follows the version, the platform, tags,
+    // flags and the imports of the build's own sources: its line says something only alone.
+    let others_changed = changes.iter().any(|c| c.name != "go.std");
     let mut lines = Vec::new();
     let mut files: [(Vec<String>, &str); 3] =
         [(Vec::new(), "changed"), (Vec::new(), "added"), (Vec::new(), "removed")];
@@ -123,7 +121,7 @@ pub fn summary(explanation: &v1::MissExplanation) -> Vec<String> {
             });
             continue;
         }
-        if (name == "env.arch_level" && goarch_changed) || (name == "go.std" && settings_changed) {
+        if (name == "env.arch_level" && goarch_changed) || (name == "go.std" && others_changed) {
             continue;
         }
         // The cgo flags and the C toolchain enter or leave the key with CGO_ENABLED.

@@ -100,7 +100,8 @@ impl GoCache {
 /// file then gives way to its other settings, set as variables where the environment sets none
 /// (go reads the environment first), and GOENV=off.
 pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -> Result<(), ClientError> {
-    let (file, program) = env_file_and_program(exec, go, invocation).await?;
+    let known = go_env(exec, go, invocation).await?;
+    let (file, program) = (var_of(&known, "GOENV"), var_of(&known, "GOCACHEPROG"));
     if program.is_empty() {
         return Ok(());
     }
@@ -111,37 +112,36 @@ pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -
         let (Ok(name), Ok(value)) = (String::from_utf8(name), String::from_utf8(value)) else {
             return Err(off_failed(&format!("{file} holds a setting that is not UTF-8{unset_hint}")));
         };
-        if name != "GOCACHEPROG" && effective_var(exec, invocation, &name).is_empty() {
+        // Only what go takes from the file: its own variables, not GODEBUG (the environment's
+        // alone) nor anything else a hand-edited file holds (PATH, LD_LIBRARY_PATH).
+        let taken =
+            known.contains_key(&name) && !matches!(name.as_str(), "GOCACHEPROG" | "GOENV" | "GODEBUG");
+        if taken && effective_var(exec, invocation, &name).is_empty() {
             invocation.env.push((name, value));
         }
     }
     invocation.env.push(("GOENV".to_owned(), "off".to_owned()));
-    let (_, program) = env_file_and_program(exec, go, invocation).await?;
+    let program = var_of(&go_env(exec, go, invocation).await?, "GOCACHEPROG");
     if !program.is_empty() {
         return Err(off_failed(&format!("GOCACHEPROG={program} is set in $GOROOT/go.env; remove it there")));
     }
     Ok(())
 }
 
-/// GOENV and GOCACHEPROG as go sees them in `invocation`'s environment (as JSON: a value may
+/// Every variable of go's as go sees it in `invocation`'s environment (as JSON: a value may
 /// hold a line end).
-async fn env_file_and_program(
-    exec: &dyn Exec,
-    go: &Path,
-    invocation: &Invocation,
-) -> Result<(String, String), ClientError> {
+async fn go_env(exec: &dyn Exec, go: &Path, invocation: &Invocation) -> Result<GoEnv, ClientError> {
     let mut probe = invocation.clone();
     probe.program = go.to_path_buf();
-    probe.args = ["env", "-json", "GOENV", "GOCACHEPROG"].map(str::to_owned).to_vec();
+    probe.args = ["env", "-json"].map(str::to_owned).to_vec();
     let printed = exec.output(&probe).await.map_err(ClientError::run(go.display().to_string()))?;
     let values: Option<GoEnv> =
         printed.success().then(|| serde_json::from_slice(&printed.stdout).ok()).flatten();
-    match values {
-        Some(mut values) => {
-            Ok((values.remove("GOENV").unwrap_or_default(), values.remove("GOCACHEPROG").unwrap_or_default()))
-        }
-        None => Err(off_failed(&format!("go env failed: {}", printed.first_error_line()))),
-    }
+    values.ok_or_else(|| off_failed(&format!("go env failed: {}", printed.first_error_line())))
+}
+
+fn var_of(env: &GoEnv, name: &str) -> String {
+    env.get(name).cloned().unwrap_or_default()
 }
 
 /// The value go sees of `name` in `invocation`'s environment (empty: unset).

@@ -153,16 +153,15 @@ pub fn category(name: &str) -> String {
 
 /// The distinct cause categories of `changes`, in order of first appearance. An arch level
 /// that changed with GOARCH is part of the GOARCH change, not a cause of its own; so are the
-/// standard library files compiled, which follow the version, the platform, tags and flags.
+/// standard library files compiled, which follow the version, the platform, tags, flags and
+/// the build's own imports: a cause only alone.
 pub fn causes(changes: &[v1::ComponentChange]) -> Vec<String> {
     let goarch = changes.iter().any(|c| c.name == "env.GOARCH");
-    let settings = changes
-        .iter()
-        .any(|c| c.name == "go.version" || c.name.starts_with("env.") || c.name.starts_with("flag."));
+    let others = changes.iter().any(|c| c.name != "go.std");
     let mut causes: Vec<String> = Vec::new();
     for change in changes {
         let cause = category(&change.name);
-        if (goarch && cause == "arch level") || (settings && change.name == "go.std") {
+        if (goarch && cause == "arch level") || (others && change.name == "go.std") {
             continue;
         }
         if !causes.contains(&cause) {
