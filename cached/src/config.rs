@@ -66,7 +66,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "max_registry_records",
         help: "bytes the registry's records (blob links, manifests, tags) may take; beyond it the \
-               oldest are forgotten [default: max_size / 16, at least 8MiB]",
+               oldest of the namespaces holding the most are forgotten [default: max_size / 16, at least 8MiB]",
         default: "",
     },
     Setting {
@@ -374,7 +374,8 @@ pub struct Config {
     pub min_free_space: u64,
     /// Go entries kept (all namespaces); beyond it the oldest puts are forgotten.
     pub max_go_entries: u64,
-    /// Bytes recorded whole builds may take; beyond it the oldest are forgotten.
+    /// Bytes recorded whole builds may take; beyond it the oldest of the namespaces holding the
+    /// most are forgotten.
     pub max_build_records: u64,
     pub max_build_history: u64,
     pub log_format: LogFormat,

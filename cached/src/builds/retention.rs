@@ -59,6 +59,13 @@ fn parse_order(value: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_be_bytes(*size), index_key))
 }
 
+/// Changes of one write while forgetting, and the bytes they free by namespace.
+#[derive(Default)]
+struct Batch {
+    changes: Vec<Change>,
+    freed: HashMap<String, u64>,
+}
+
 /// The namespace an index key belongs to (its first field).
 fn namespace_of(index_key: &[u8]) -> String {
     let end = index_key.iter().position(|b| *b == 0).unwrap_or(index_key.len());
@@ -195,7 +202,7 @@ impl Builds {
     }
 
     fn forget_records_down_to(&self, target: u64) -> Result<()> {
-        let mut changes = Vec::new();
+        let mut batch = Batch::default();
         let (mut freed, mut forgotten) = (0u64, 0u64);
         // Index rows this pass removes: a build they kept no longer keeps its entry.
         let mut gone: HashSet<Vec<u8>> = HashSet::new();
@@ -207,8 +214,11 @@ impl Builds {
                 .map(|(ns, bytes)| (ns.clone(), bytes - level))
                 .collect()
         };
+        // Enough is freed once the total is down to the target, whatever each namespace's
+        // share said (replicas sharing a database forget too).
+        let needed = self.record_bytes.load(Ordering::Relaxed).saturating_sub(target);
         for item in self.records.scan(Table::Order, &[], false)? {
-            if excess.is_empty() {
+            if excess.is_empty() || freed >= needed {
                 break;
             }
             let (key, value) = item?;
@@ -216,7 +226,7 @@ impl Builds {
                 continue;
             }
             let Some((size, index_key)) = parse_order(&value) else {
-                changes.push(Change::Delete(Table::Order, key.to_vec()));
+                batch.changes.push(Change::Delete(Table::Order, key.to_vec()));
                 continue;
             };
             let namespace = namespace_of(index_key);
@@ -225,21 +235,20 @@ impl Builds {
             if *over == 0 {
                 excess.remove(&namespace);
             }
-            self.uncount_namespace(&namespace, size);
-            changes.push(Change::Delete(Table::Order, key.to_vec()));
+            batch.changes.push(Change::Delete(Table::Order, key.to_vec()));
+            *batch.freed.entry(namespace).or_default() += size;
             freed += size;
-            changes.push(Change::Delete(Table::Index, index_key.to_vec()));
+            batch.changes.push(Change::Delete(Table::Index, index_key.to_vec()));
             gone.insert(index_key.to_vec());
             if let Some(entry) = self.entry_left_behind(index_key, &gone)? {
-                changes.push(Change::Delete(Table::Entries, entry));
+                batch.changes.push(Change::Delete(Table::Entries, entry));
             }
             forgotten += 1;
-            if changes.len() >= BATCH {
-                self.records.write(std::mem::take(&mut changes))?;
+            if batch.changes.len() >= BATCH {
+                self.write_batch(std::mem::take(&mut batch))?;
             }
         }
-        self.records.write(changes)?;
-        self.uncount(freed);
+        self.write_batch(batch)?;
         self.counters.records_forgotten.fetch_add(forgotten, Ordering::Relaxed);
         if forgotten > 0 {
             tracing::info!(
@@ -248,6 +257,17 @@ impl Builds {
                 "forgot the oldest recorded builds of the namespaces holding the most, beyond max_build_records"
             );
         }
+        Ok(())
+    }
+
+    /// Writes `batch` and only then uncounts what it freed, in all and by namespace: a failed
+    /// write leaves both counts as they were.
+    fn write_batch(&self, batch: Batch) -> Result<()> {
+        self.records.write(batch.changes)?;
+        for (namespace, bytes) in &batch.freed {
+            self.uncount_namespace(namespace, *bytes);
+        }
+        self.uncount(batch.freed.values().sum());
         Ok(())
     }
 

@@ -143,13 +143,19 @@ impl RecordBound {
                 .collect()
         };
         let (mut forgotten, mut freed, mut after) = (0, 0, None);
-        while !excess.is_empty() {
+        // Enough is freed once the total is down to the target, whatever each namespace's
+        // share said (replicas sharing a database forget too).
+        let needed = self.bytes.load(Ordering::Relaxed).saturating_sub(target);
+        while !excess.is_empty() && freed < needed {
             let rows = records.oldest(after.as_deref(), PAGE)?;
             let Some(last) = rows.last() else { break };
             after = Some(last.key.clone());
             let full_page = rows.len() == PAGE;
-            let mut taken = Vec::new();
+            let (mut taken, mut taking) = (Vec::new(), freed);
             for row in rows {
+                if taking >= needed {
+                    break;
+                }
                 // A row whose record cannot be read names nothing any namespace keeps.
                 let namespace = namespace_of(&row).to_owned();
                 let over = excess.get_mut(&namespace);
@@ -162,6 +168,7 @@ impl RecordBound {
                         excess.remove(&namespace);
                     }
                 }
+                taking += row.size;
                 taken.push(row);
             }
             forgotten += records.forget(&taken)?;
