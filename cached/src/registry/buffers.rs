@@ -20,6 +20,9 @@ use crate::auth::Grant;
 pub(super) const MAX_BUFFERED: u64 = 256 << 20;
 /// The most of them one token holds.
 const MAX_BUFFERED_PER_TOKEN: u64 = MAX_BUFFERED / 4;
+/// The most of them one namespace's repositories hold, all tokens together: several tokens of
+/// one tenant must not take the whole pool.
+const MAX_BUFFERED_PER_NAMESPACE: u64 = MAX_BUFFERED / 2;
 /// The wait a refused caller is asked to make: bodies held are sent or read within seconds.
 const RETRY_AFTER_SECONDS: u32 = 1;
 
@@ -27,21 +30,23 @@ const RETRY_AFTER_SECONDS: u32 = 1;
 struct Held {
     total: u64,
     per_token: HashMap<String, u64>,
+    per_namespace: HashMap<String, u64>,
 }
 
 pub(super) struct BodyBuffers {
     total_cap: u64,
     token_cap: u64,
+    namespace_cap: u64,
     held: Mutex<Held>,
 }
 
 impl BodyBuffers {
     pub(super) fn new() -> Arc<Self> {
-        Arc::new(Self::with_caps(MAX_BUFFERED, MAX_BUFFERED_PER_TOKEN))
+        Arc::new(Self::with_caps(MAX_BUFFERED, MAX_BUFFERED_PER_TOKEN, MAX_BUFFERED_PER_NAMESPACE))
     }
 
-    fn with_caps(total_cap: u64, token_cap: u64) -> Self {
-        Self { total_cap, token_cap, held: Mutex::default() }
+    fn with_caps(total_cap: u64, token_cap: u64, namespace_cap: u64) -> Self {
+        Self { total_cap, token_cap, namespace_cap, held: Mutex::default() }
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -50,15 +55,31 @@ impl BodyBuffers {
 
     /// Room for `bytes` of `token`'s body, given back when the reservation is dropped, or the
     /// refusal that says which bound was reached.
-    pub(super) fn reserve(self: &Arc<Self>, token: &str, bytes: u64) -> RegistryResult<BodyReservation> {
+    pub(super) fn reserve(
+        self: &Arc<Self>,
+        token: &str,
+        namespace: &str,
+        bytes: u64,
+    ) -> RegistryResult<BodyReservation> {
         let token = Grant::has_own_limits(token).then(|| token.to_owned());
-        self.take(token.as_deref(), bytes)?;
-        Ok(BodyReservation { buffers: Arc::clone(self), token, bytes })
+        let namespace = namespace.to_owned();
+        self.take(token.as_deref(), &namespace, bytes)?;
+        Ok(BodyReservation { buffers: Arc::clone(self), token, namespace, bytes })
     }
 
-    /// Counts `bytes` against the total and `token`'s share (none: the total only).
-    fn take(&self, token: Option<&str>, bytes: u64) -> RegistryResult<()> {
+    /// Counts `bytes` against the total, `namespace`'s share and `token`'s (none: the total
+    /// and the namespace's only).
+    fn take(&self, token: Option<&str>, namespace: &str, bytes: u64) -> RegistryResult<()> {
         let mut held = self.held();
+        let in_namespace = held.per_namespace.get(namespace).copied().unwrap_or(0);
+        if in_namespace + bytes > self.namespace_cap {
+            return Err(refusal(format!(
+                "namespace `{namespace}` already has {} KiB of manifest bodies in flight, the most \
+                 one namespace holds ({} MiB); retry once its other pushes and pulls have finished",
+                in_namespace >> 10,
+                self.namespace_cap >> 20
+            )));
+        }
         if held.total + bytes > self.total_cap {
             return Err(refusal(format!(
                 "the registry already holds {} MiB of manifest bodies in flight, its most; retry \
@@ -78,13 +99,20 @@ impl BodyBuffers {
             }
             *held.per_token.entry(token.to_owned()).or_default() += bytes;
         }
+        *held.per_namespace.entry(namespace.to_owned()).or_default() += bytes;
         held.total += bytes;
         Ok(())
     }
 
-    fn release(&self, token: Option<&str>, bytes: u64) {
+    fn release(&self, token: Option<&str>, namespace: &str, bytes: u64) {
         let mut held = self.held();
         held.total = held.total.saturating_sub(bytes);
+        if let Some(used) = held.per_namespace.get_mut(namespace) {
+            *used = used.saturating_sub(bytes);
+            if *used == 0 {
+                held.per_namespace.remove(namespace);
+            }
+        }
         if let Some(token) = token
             && let Some(used) = held.per_token.get_mut(token)
         {
@@ -106,13 +134,14 @@ pub(super) struct BodyReservation {
     buffers: Arc<BodyBuffers>,
     /// The token whose share it counts against; `None` for callers without tokens.
     token: Option<String>,
+    namespace: String,
     bytes: u64,
 }
 
 impl BodyReservation {
     /// Takes `bytes` more of the same share, or the refusal that says which bound was reached.
     pub(super) fn grow(&mut self, bytes: u64) -> RegistryResult<()> {
-        self.buffers.take(self.token.as_deref(), bytes)?;
+        self.buffers.take(self.token.as_deref(), &self.namespace, bytes)?;
         self.bytes += bytes;
         Ok(())
     }
@@ -120,7 +149,7 @@ impl BodyReservation {
 
 impl Drop for BodyReservation {
     fn drop(&mut self) {
-        self.buffers.release(self.token.as_deref(), self.bytes);
+        self.buffers.release(self.token.as_deref(), &self.namespace, self.bytes);
     }
 }
 
@@ -146,29 +175,42 @@ mod tests {
 
     #[test]
     fn a_token_holds_its_share_and_others_keep_theirs() {
-        let buffers = Arc::new(BodyBuffers::with_caps(100, 40));
-        let first = buffers.reserve("flood", 30).unwrap();
-        let refused = buffers.reserve("flood", 11).err().expect("past the token's share");
+        let buffers = Arc::new(BodyBuffers::with_caps(100, 40, 100));
+        let first = buffers.reserve("flood", "ns", 30).unwrap();
+        let refused = buffers.reserve("flood", "ns", 11).err().expect("past the token's share");
         assert_eq!(refused.code, Code::TooManyRequests);
         assert!(refused.message.contains("token `flood`"), "{refused}");
         assert!(refused.headers.iter().any(|(name, _)| name == http::header::RETRY_AFTER));
-        let other = buffers.reserve("ci", 40).expect("another token has its own share");
+        let other = buffers.reserve("ci", "ns", 40).expect("another token has its own share");
         drop(first);
-        let again = buffers.reserve("flood", 40).expect("the share came back");
+        let again = buffers.reserve("flood", "ns", 40).expect("the share came back");
         drop((other, again));
         let held = buffers.held();
-        assert_eq!((held.total, held.per_token.len()), (0, 0));
+        assert_eq!((held.total, held.per_token.len(), held.per_namespace.len()), (0, 0, 0));
+    }
+
+    /// Tokens of one namespace together hold at most its share: several tokens of one tenant
+    /// (an audit used four) do not take the whole pool from everyone else.
+    #[test]
+    fn a_namespace_holds_its_share_whatever_its_tokens() {
+        let buffers = Arc::new(BodyBuffers::with_caps(100, 40, 50));
+        let held: Vec<_> =
+            (0..2).map(|i| buffers.reserve(&format!("evil{i}"), "evil", 25).unwrap()).collect();
+        let refused = buffers.reserve("evil2", "evil", 1).err().expect("past the namespace's share");
+        assert!(refused.message.contains("namespace `evil`"), "{refused}");
+        buffers.reserve("ci", "main", 40).expect("another namespace has its own share");
+        drop(held);
     }
 
     #[test]
     fn the_total_bounds_every_caller_together() {
-        let buffers = Arc::new(BodyBuffers::with_caps(100, 40));
-        let held: Vec<_> = (0..5).map(|i| buffers.reserve(&format!("t{i}"), 20).unwrap()).collect();
-        let refused = buffers.reserve("t9", 1).err().expect("past the total");
+        let buffers = Arc::new(BodyBuffers::with_caps(100, 40, 1000));
+        let held: Vec<_> = (0..5).map(|i| buffers.reserve(&format!("t{i}"), "ns", 20).unwrap()).collect();
+        let refused = buffers.reserve("t9", "ns", 1).err().expect("past the total");
         assert!(refused.message.contains("in flight, its most"), "{refused}");
         drop(held);
-        let anonymous = buffers.reserve(Grant::ANONYMOUS, 100).expect("no share without tokens");
-        assert!(buffers.reserve(Grant::ANONYMOUS, 1).is_err(), "but the total still holds");
+        let anonymous = buffers.reserve(Grant::ANONYMOUS, "ns", 100).expect("no share without tokens");
+        assert!(buffers.reserve(Grant::ANONYMOUS, "ns", 1).is_err(), "but the total still holds");
         drop(anonymous);
     }
 }

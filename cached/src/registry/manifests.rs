@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -152,7 +151,7 @@ pub(super) async fn get(
     let body = if head_only {
         Body::empty()
     } else {
-        let reservation = registry.pulls.reserve(token, length as u64)?;
+        let reservation = registry.pulls.reserve(token, repo.namespace(), length as u64)?;
         held_body(manifest.bytes, reservation)
     };
     let mut response = Response::new(body);
@@ -178,7 +177,7 @@ pub(super) async fn put(
     }
     let content_type =
         call.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).map(str::to_owned);
-    let (bytes, _reservation) = read_limited(registry, &mut call).await?;
+    let (bytes, _reservation) = read_limited(registry, repo, &mut call).await?;
     let digest = Sha256Digest::of(&bytes);
     if by_digest && Sha256Digest::parse(reference)? != digest {
         return Err(RegistryError::new(
@@ -279,14 +278,17 @@ fn check_referrer_scope(grant: &crate::auth::Grant, repo: &Repository) -> Regist
 
 /// The body, refused with 413 past [`MAX_MANIFEST_BYTES`] without reading further, with the
 /// room it holds in memory, taken as its bytes arrive (a declared length nobody sends holds
-/// nothing). A body slower than the upload pace (`idle_timeout`, `min_transfer_rate`) is cut
-/// off: a client trickling bytes would hold its room for ever.
-async fn read_limited(registry: &Registry, call: &mut Call) -> RegistryResult<(Bytes, BodyReservation)> {
+/// nothing). The whole body must come within `idle_timeout` of the request: manifests are
+/// small, and a client that sent most of one and then a byte now and then would hold its room
+/// for as long as the bytes it sent earned under `min_transfer_rate`.
+async fn read_limited(
+    registry: &Registry,
+    repo: &Repository,
+    call: &mut Call,
+) -> RegistryResult<(Bytes, BodyReservation)> {
     let too_large = || {
-        invalid(format!(
-            "the manifest is larger than {MAX_MANIFEST_BYTES} bytes, or was cut off; nothing was stored"
-        ))
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        invalid(format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes; nothing was stored"))
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
     };
     let declared = call
         .headers
@@ -296,31 +298,31 @@ async fn read_limited(registry: &Registry, call: &mut Call) -> RegistryResult<(B
     if declared.is_some_and(|length| length > MAX_MANIFEST_BYTES) {
         return Err(too_large());
     }
-    let mut reservation = registry.pushes.reserve(&call.grant.token, 0)?;
+    let mut reservation = registry.pushes.reserve(&call.grant.token, repo.namespace(), 0)?;
     let mut data = std::mem::take(&mut call.body).into_data_stream();
-    let mut body = bytes::BytesMut::new();
-    let pace = registry.pace;
-    let mut waited = Duration::ZERO;
+    // Chunks as they came, joined at the end: a growing buffer would hold up to twice what
+    // the reservation counts.
+    let (mut chunks, mut received) = (Vec::new(), 0usize);
+    let deadline = tokio::time::Instant::now() + registry.pace.idle;
     loop {
-        let received = body.len() as u64;
-        let allowance = pace.allowance(waited, received);
-        let started = Instant::now();
-        let Ok(next) = tokio::time::timeout(allowance, data.next()).await else {
-            let why = pace.overdue(waited, allowance, received).unwrap_or_default();
+        let Ok(next) = tokio::time::timeout_at(deadline, data.next()).await else {
+            let waited = humantime::format_duration(registry.pace.idle);
             return Err(invalid(format!(
-                "the manifest was cut off for being too slow ({why}); nothing was stored"
+                "the manifest was cut off: {received} bytes came in {waited} (idle_timeout), the most a \
+                 manifest body may take; nothing was stored"
             )));
         };
-        waited += started.elapsed();
         let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|_| too_large())?;
-        if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+        let chunk =
+            chunk.map_err(|err| invalid(format!("the manifest was cut off: {err}; nothing was stored")))?;
+        if received + chunk.len() > MAX_MANIFEST_BYTES {
             return Err(too_large());
         }
         reservation.grow(chunk.len() as u64)?;
-        body.extend_from_slice(&chunk);
+        received += chunk.len();
+        chunks.push(chunk);
     }
-    Ok((body.freeze(), reservation))
+    Ok((chunks.concat().into(), reservation))
 }
 
 /// The media type to serve the manifest with: its own `mediaType`, which `Content-Type` must
