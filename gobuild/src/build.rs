@@ -757,6 +757,15 @@ mod tests {
         let patched = derive_with(&exec, dir.path(), &["-trimpath", "-tags=netgo", "./cmd/app"]).await;
         assert_ne!(patched.manifest.key(), edited.manifest.key(), "a patched standard library was not keyed");
         assert!(patched.manifest.get("go.std").is_some());
+        // And the assembler's headers, which go's -I gives every package's assembly.
+        std::fs::create_dir_all(dir.path().join("goroot/pkg/include")).unwrap();
+        std::fs::write(dir.path().join("goroot/pkg/include/textflag.h"), "#define NOSPLIT 4\n").unwrap();
+        let with_header = derive_with(&exec, dir.path(), &["-trimpath", "-tags=netgo", "./cmd/app"]).await;
+        assert_ne!(
+            with_header.manifest.key(),
+            patched.manifest.key(),
+            "the assembler's headers were not keyed"
+        );
     }
 
     /// A build of `./cmd/app` in `dir` to `bin/app`, in namespace `ci`.

@@ -398,6 +398,14 @@ pub async fn derive(
     let mut seen_dirs = BTreeSet::new();
     let mut std_files: Vec<FileInput> = Vec::new();
     let std_root = Path::new(var(env, "GOROOT")).join("src");
+    // The assembler's own headers (textflag.h, funcdata.h), which every package's assembly
+    // includes through go's -I and go's action IDs do not hash.
+    let asm_headers = Path::new(var(env, "GOROOT")).join("pkg").join("include");
+    if let Ok(entries) = std::fs::read_dir(&asm_headers) {
+        for path in entries.flatten().map(|entry| entry.path()).filter(|path| path.is_file()) {
+            std_files.push((format!("{STD_PREFIX}{}", relative(&path, &std_root)), path));
+        }
+    }
     let include_scans = include_scans(packages, gomodcache);
     if !include_scans.is_empty() {
         refuse_reading_flags(env)?;
