@@ -1297,6 +1297,27 @@ mod tests {
         assert_eq!(found(root.path(), &[package(root.path(), "p", &["v.c"], &[])]), ["inc/v.h"], "{c:?}");
     }
 
+    /// Where the scan's reading of literals is not the compiler's, the scan may see a comment
+    /// the compiler does not: a raw string whose end a splice moves (gcc keeps splices inside
+    /// raw strings), `R"` after a pp-number with an exponent sign, a trigraph `??/` in an ISO
+    /// mode. A spliced include in such a "comment" was missed by every reading: a comment's
+    /// lines are now read for the files they name too.
+    #[test]
+    fn a_spliced_include_in_what_the_scan_takes_for_a_comment_is_found() {
+        let tail = "#inc\\\nlude \"../inc/v.h\"\n// */\n";
+        for head in [
+            "#define S(...) #__VA_ARGS__\nstatic const char *s = S(R\"x( )x\\\n\" /* )x\");\n",
+            "#define S(...) #__VA_ARGS__\nstatic const char *s = S((1e+R\"x(\")x\"/*\");\n",
+            "static const char *s = \"??/\" /* \";\n",
+        ] {
+            let source = format!("{head}{tail}");
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("p/v.c", source.as_str()), ("inc/v.h", "")]);
+            let found = found(root.path(), &[package(root.path(), "p", &["v.c"], &[])]);
+            assert_eq!(found, ["inc/v.h"], "{source:?}");
+        }
+    }
+
     /// The assembler's `.incbin` and `.include` after a label or `;`, and in inline assembly
     /// with a tab written as `\t`; a file named otherwise (a macro's argument, a string pasted
     /// together) gives no key.

@@ -55,6 +55,13 @@ struct Reading {
     lex: Lex,
     /// The block comment open now started on an earlier physical line.
     comment_spans_lines: bool,
+    /// The text of the open block comment's current physical line, splices joined, when that
+    /// line started inside the comment: read for the files it names, since where the scan's
+    /// reading of literals is not the compiler's (raw strings and splices, trigraphs in ISO
+    /// modes, pp-numbers) the compiler may see code, and a spliced directive, there.
+    comment_line: Vec<u8>,
+    comment_line_read: bool,
+    comment_line_cut: bool,
     /// The logical line so far, comments as spaces.
     line: Vec<u8>,
     /// Where text after a comment that ended on a later physical line starts in `line`: read
@@ -89,6 +96,9 @@ impl Reading {
             tail: [0; 3],
             lex: Lex::Code,
             comment_spans_lines: false,
+            comment_line: Vec::new(),
+            comment_line_read: false,
+            comment_line_cut: false,
             line: Vec::new(),
             restarts: Vec::new(),
             cut: None,
@@ -227,6 +237,8 @@ impl Reading {
                 // The comment, line end included, is one space: the logical line goes on.
                 self.lex = Lex::Block;
                 self.comment_spans_lines = true;
+                self.read_comment_line();
+                self.comment_line_read = true;
                 return;
             }
             Lex::Raw(delimiter, seen) => {
@@ -248,6 +260,8 @@ impl Reading {
                 b'*' => {
                     self.emit(b' ');
                     self.comment_spans_lines = false;
+                    self.comment_line.clear();
+                    self.comment_line_read = false;
                     self.lex = Lex::Block;
                 }
                 b'/' => {
@@ -259,17 +273,27 @@ impl Reading {
                     self.code(byte);
                 }
             },
-            Lex::Block => self.lex = if byte == b'*' { Lex::BlockStar } else { Lex::Block },
+            Lex::Block => {
+                self.keep_comment_byte(byte);
+                self.lex = if byte == b'*' { Lex::BlockStar } else { Lex::Block };
+            }
             Lex::BlockStar => match byte {
                 b'/' => {
+                    self.read_comment_line();
                     // The text after a comment that started on an earlier line is read as a
                     // line too.
                     if self.comment_spans_lines {
                         self.restarts.push(self.line.len());
                     }
                 }
-                b'*' => self.lex = Lex::BlockStar,
-                _ => self.lex = Lex::Block,
+                b'*' => {
+                    self.keep_comment_byte(byte);
+                    self.lex = Lex::BlockStar;
+                }
+                _ => {
+                    self.keep_comment_byte(byte);
+                    self.lex = Lex::Block;
+                }
             },
             Lex::Line => self.lex = Lex::Line,
             Lex::NumberQuote if byte.is_ascii_alphanumeric() || byte == b'_' => self.emit(byte),
@@ -311,6 +335,34 @@ impl Reading {
                     _ => 0,
                 };
                 self.lex = Lex::Raw(delimiter, seen);
+            }
+        }
+    }
+
+    fn keep_comment_byte(&mut self, byte: u8) {
+        if self.comment_line.len() < MAX_LINE {
+            self.comment_line.push(byte);
+        } else if !is_blank(byte) {
+            self.comment_line_cut = true;
+        }
+    }
+
+    /// The files the block comment's line names, if it started inside the comment. Only
+    /// what it names outright counts, as in the physical-line view; a cut line that may be a
+    /// directive gives no key.
+    fn read_comment_line(&mut self) {
+        let line = std::mem::take(&mut self.comment_line);
+        let cut = std::mem::take(&mut self.comment_line_cut);
+        if !std::mem::take(&mut self.comment_line_read) {
+            return;
+        }
+        if cut && may_be_directive(&line) {
+            self.push(Directive::Ambiguous(format!("a line longer than {MAX_LINE} bytes in a comment")));
+            return;
+        }
+        for directive in directives(&line, self.fortran) {
+            if matches!(directive, Directive::Include(_) | Directive::System(_) | Directive::Incbin(_)) {
+                self.push(directive);
             }
         }
     }
@@ -461,8 +513,22 @@ fn without_comments(line: &[u8]) -> Vec<u8> {
 /// Whether the last token of `line` is a preprocessing number (`1'000`, `0x1'fp3`, `0'R`):
 /// a `'` after one is a digit separator (C++14, C23) and an `R"` in one opens no raw string.
 fn ends_in_number(line: &[u8]) -> bool {
-    let part_of_number = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'\'');
-    let token = &line[line.len() - line.iter().rev().take_while(|b| part_of_number(b)).count()..];
+    let part_of_number = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'\'');
+    // Back to the token's start; a sign after an exponent's e/E/p/P is part of it (`1e+R`).
+    let mut start = line.len();
+    while start > 0 {
+        let byte = line[start - 1];
+        let signed_exponent =
+            matches!(byte, b'+' | b'-') && start >= 2 && matches!(line[start - 2], b'e' | b'E' | b'p' | b'P');
+        if part_of_number(byte) {
+            start -= 1;
+        } else if signed_exponent {
+            start -= 2;
+        } else {
+            break;
+        }
+    }
+    let token = &line[start..];
     let token = token.strip_prefix(b".").unwrap_or(token);
     token.first().is_some_and(u8::is_ascii_digit)
 }
