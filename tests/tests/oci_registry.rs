@@ -306,11 +306,13 @@ fn bad_input_stores_nothing() {
 
     // Go clients read field names without case: "Layers" named a blob the registry never
     // checked (and "Subject" passed the scope check of a referrer), so both are refused.
-    let cased = absent.replace("\"config\"", "\"Config\"");
-    std::fs::write(&manifest, &cased).unwrap();
-    let by_case = curl("PUT", &tag, secret, &content_type, Some(&manifest));
-    assert_eq!(by_case.status, 400, "{}", by_case.body);
-    assert!(by_case.body.contains("MANIFEST_INVALID") && by_case.body.contains("Config"), "{}", by_case.body);
+    for cased in ["Config", "\u{17f}ubject"] {
+        let cased = absent.replace("\"config\"", &format!("\"{cased}\""));
+        std::fs::write(&manifest, &cased).unwrap();
+        let by_case = curl("PUT", &tag, secret, &content_type, Some(&manifest));
+        assert_eq!(by_case.status, 400, "{cased}: {}", by_case.body);
+        assert!(by_case.body.contains("MANIFEST_INVALID"), "{}", by_case.body);
+    }
     assert_eq!(curl("GET", &tag, secret, &[], None).status, 404, "nothing was tagged");
 
     std::fs::write(&manifest, format!("{{\"pad\":\"{}\"}}", "x".repeat(5 << 20))).unwrap();

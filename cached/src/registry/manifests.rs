@@ -78,14 +78,21 @@ const FIELDS: &[&str] = &[
     "features",
 ];
 
-/// Refuses a field named as a known one but for its case (`"Subject"`, `"MEDIATYPE"`): the
-/// checks here read the exact names, while Go clients (containerd, cosign) match names
-/// without case, so such a field would pass the checks unseen and still be read by them.
-/// Annotation keys are the pusher's own.
+/// Refuses a field named as a known one but for its case (`"Subject"`, `"MEDIATYPE"`, and
+/// any name not in ASCII, which Go folds too: `"ſubject"`): the checks here read the exact
+/// names, while Go clients (containerd, cosign) match names without case, so such a field
+/// would pass the checks unseen and still be read by them. Annotation keys are the pusher's
+/// own.
 fn check_field_names(value: &serde_json::Value) -> RegistryResult<()> {
     match value {
         serde_json::Value::Object(fields) => {
             for (name, field) in fields {
+                // Go folds case the Unicode way too: `ſubject` is `subject` to it.
+                if !name.is_ascii() {
+                    return Err(invalid(format!(
+                        "the manifest has a field {name:?}; field names are ASCII (annotation keys aside)"
+                    )));
+                }
                 if let Some(known) =
                     FIELDS.iter().find(|known| known.eq_ignore_ascii_case(name) && **known != name)
                 {
