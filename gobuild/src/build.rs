@@ -552,15 +552,11 @@ async fn derive(
         Unkeyed { reason, go_cache }
     };
     let goflags = env.get("GOFLAGS").map_or("", String::as_str);
-    let flags = match flags::effective(goflags, line) {
-        Ok(flags) => flags,
-        // Flags the key does not take may still give the assembler include directories,
-        // whose headers the include scan does not see; GOFLAGS go splits otherwise, anything.
-        Err(err) => match flags::names_asm_include_dirs(goflags, line) {
-            Some(false) => return Err(unkeyed(err.0).await),
-            _ => return Err(Unkeyed { reason: err.0, go_cache: GoCache::Off }),
-        },
-    };
+    // The command line was read already: what fails here is GOFLAGS, whose flags the key
+    // does not take (-overlay, -toolexec) change what is compiled from what the include scan
+    // reads. No shared go cache, as for such a command line.
+    let flags =
+        flags::effective(goflags, line).map_err(|err| Unkeyed { reason: err.0, go_cache: GoCache::Off })?;
     // Before any other reason to step aside: whatever the include scan finds, these headers
     // are not among its files.
     if flags.asm_include_dirs() {
@@ -875,8 +871,8 @@ mod tests {
         let dir = module();
         // A line end in the name kept the program's line from where a line reader looked.
         let file = dir.path().join("go-env\n");
-        let settings =
-            "GOCACHEPROG=cachectl gocacheprog\nGOFLAGS=-mod=mod\nGOPRIVATE=corp\nPATH=/evil\nGODEBUG=x=1\n";
+        let settings = "GOCACHEPROG=cachectl gocacheprog\nGOFLAGS=-mod=mod\nGOPRIVATE=corp\nPATH=/evil\n\
+                        GODEBUG=x=1\nCGO_CFLAGS_ALLOW=-fplugin.*\n";
         std::fs::write(&file, settings).unwrap();
         let mut exec = scripted(dir.path());
         exec.outputs.retain(|(arg, _)| *arg != "env file");
@@ -901,6 +897,35 @@ mod tests {
         assert_eq!(set("GOPRIVATE"), Some("mine"), "{build:?}");
         assert_eq!(set("GOCACHEPROG"), None, "{build:?}");
         assert_eq!((set("PATH"), set("GODEBUG")), (None, None), "go takes neither from its file: {build:?}");
+        assert_eq!(
+            set("CGO_CFLAGS_ALLOW"),
+            Some("-fplugin.*"),
+            "go env does not print it, go reads it: {build:?}"
+        );
+    }
+
+    /// `-overlay` in GOFLAGS compiles other files than those the include scan reads: no
+    /// shared go cache (with the scan's answer, an overlay's include was served stale).
+    #[tokio::test]
+    async fn goflags_the_key_does_not_take_use_no_cache_program() {
+        let dir = module();
+        let mut exec = scripted(dir.path());
+        for (name, captured) in &mut exec.outputs {
+            if *name == "env" {
+                let text = String::from_utf8(captured.stdout.clone()).unwrap();
+                captured.stdout =
+                    text.replace(r#""GOFLAGS":"""#, r#""GOFLAGS":"-overlay=ov.json""#).into_bytes();
+            }
+        }
+        let exec = Arc::new(exec);
+        let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
+        let request =
+            app_request(dir.path(), Vec::new(), vec![("GOCACHEPROG".into(), "cachectl gocacheprog".into())]);
+        build_with(None, &request, &options, &mut |_: &str| {}).await.unwrap();
+        let seen = exec.seen.lock().unwrap();
+        let build = seen.last().unwrap();
+        assert!(build.args.contains(&"-a".to_owned()), "{build:?}");
+        assert!(build.env_remove.iter().any(|name| name == "GOCACHEPROG"), "{build:?}");
     }
 
     /// Only regular files are removed before a salted build: never `-o /dev/null` (as root

@@ -343,25 +343,6 @@ pub fn split_goflags(goflags: &str) -> Result<Vec<String>, Unsupported> {
     Ok(fields.into_iter().map(str::to_owned).collect())
 }
 
-/// Whether GOFLAGS or the command line give `-asmflags` with include directories, read from
-/// the flags as given (for a command line the key does not take); `None` when GOFLAGS does
-/// not split.
-pub fn names_asm_include_dirs(goflags: &str, line: &CommandLine) -> Option<bool> {
-    let from_goflags: Vec<(String, Option<String>)> = split_goflags(goflags)
-        .ok()?
-        .into_iter()
-        .map(|word| {
-            let flag = word.trim_start_matches('-');
-            match flag.split_once('=') {
-                Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
-                None => (flag.to_owned(), None),
-            }
-        })
-        .collect();
-    let mut asmflags = from_goflags.iter().chain(&line.flags).filter(|(name, _)| name == "asmflags");
-    Some(asmflags.any(|(_, value)| value.as_deref().is_some_and(names_include_dirs)))
-}
-
 /// A go build command line split into its flags and its package arguments.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CommandLine {
@@ -428,18 +409,6 @@ mod tests {
 
     fn args(text: &str) -> Vec<String> {
         text.split_whitespace().map(str::to_owned).collect()
-    }
-
-    /// A command line the key does not take (here `-buildmode=plugin`) still has its
-    /// `-asmflags` read, in GOFLAGS too.
-    #[test]
-    fn asm_include_dirs_are_read_from_flags_the_key_does_not_take() {
-        let line = parse_command_line(&args("-buildmode=plugin -asmflags=all=-I=inc .")).unwrap();
-        assert_eq!(names_asm_include_dirs("", &line), Some(true));
-        let plain = parse_command_line(&args("-buildmode=plugin .")).unwrap();
-        assert_eq!(names_asm_include_dirs("", &plain), Some(false));
-        assert_eq!(names_asm_include_dirs("'-asmflags=-I d'", &plain), Some(true));
-        assert_eq!(names_asm_include_dirs("'-x", &plain), None);
     }
 
     #[test]

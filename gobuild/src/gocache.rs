@@ -112,10 +112,11 @@ pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -
         let (Ok(name), Ok(value)) = (String::from_utf8(name), String::from_utf8(value)) else {
             return Err(off_failed(&format!("{file} holds a setting that is not UTF-8{unset_hint}")));
         };
-        // Only what go takes from the file: its own variables, not GODEBUG (the environment's
-        // alone) nor anything else a hand-edited file holds (PATH, LD_LIBRARY_PATH).
-        let taken =
-            known.contains_key(&name) && !matches!(name.as_str(), "GOCACHEPROG" | "GOENV" | "GODEBUG");
+        // Only what go takes from the file: its own variables (some, CGO_CFLAGS_ALLOW or FC,
+        // go env does not print), not GODEBUG (the environment's alone) nor anything else a
+        // hand-edited file holds (PATH, LD_LIBRARY_PATH).
+        let own = known.contains_key(&name) || GO_VARIABLES.contains(&name.as_str());
+        let taken = own && !matches!(name.as_str(), "GOCACHEPROG" | "GOENV" | "GODEBUG");
         if taken && effective_var(exec, invocation, &name).is_empty() {
             invocation.env.push((name, value));
         }
@@ -127,6 +128,66 @@ pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -
     }
     Ok(())
 }
+
+/// The variables go reads from its env file as well as the environment (cmd/go's
+/// cfg.KnownEnv), beside those `go env -json` prints.
+const GO_VARIABLES: &[&str] = &[
+    "AR",
+    "CC",
+    "CGO_CFLAGS",
+    "CGO_CFLAGS_ALLOW",
+    "CGO_CFLAGS_DISALLOW",
+    "CGO_CPPFLAGS",
+    "CGO_CPPFLAGS_ALLOW",
+    "CGO_CPPFLAGS_DISALLOW",
+    "CGO_CXXFLAGS",
+    "CGO_CXXFLAGS_ALLOW",
+    "CGO_CXXFLAGS_DISALLOW",
+    "CGO_ENABLED",
+    "CGO_FFLAGS",
+    "CGO_FFLAGS_ALLOW",
+    "CGO_FFLAGS_DISALLOW",
+    "CGO_LDFLAGS",
+    "CGO_LDFLAGS_ALLOW",
+    "CGO_LDFLAGS_DISALLOW",
+    "CXX",
+    "FC",
+    "GCCGO",
+    "GO111MODULE",
+    "GO386",
+    "GOAMD64",
+    "GOARCH",
+    "GOARM",
+    "GOARM64",
+    "GOAUTH",
+    "GOBIN",
+    "GOCACHE",
+    "GOCOVERDIR",
+    "GOEXPERIMENT",
+    "GOFIPS140",
+    "GOFLAGS",
+    "GOINSECURE",
+    "GOLOONG64",
+    "GOMIPS",
+    "GOMIPS64",
+    "GOMODCACHE",
+    "GONOPROXY",
+    "GONOSUMDB",
+    "GOOS",
+    "GOPATH",
+    "GOPPC64",
+    "GOPRIVATE",
+    "GOPROXY",
+    "GORISCV64",
+    "GOROOT",
+    "GOSUMDB",
+    "GOTMPDIR",
+    "GOTOOLCHAIN",
+    "GOVCS",
+    "GOWASM",
+    "GO_EXTLINK_ENABLED",
+    "PKG_CONFIG",
+];
 
 /// Every variable of go's as go sees it in `invocation`'s environment (as JSON: a value may
 /// hold a line end).
