@@ -6,7 +6,8 @@
 //! sessions are): past either, the request is refused with 429 and a `Retry-After`, and
 //! other tokens keep their room. Callers without tokens are one party, held to the total only.
 //! Pushes and pulls have a pool each, so bodies pushed slowly never keep pulls waiting; a
-//! pushed body takes room as its bytes arrive, not as its `Content-Length` declares.
+//! pushed body takes room as its bytes arrive, not as its `Content-Length` declares, and the
+//! pushes to one namespace hold at most half the pool, whatever their tokens.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -55,24 +56,29 @@ impl BodyBuffers {
 
     /// Room for `bytes` of `token`'s body, given back when the reservation is dropped, or the
     /// refusal that says which bound was reached.
+    /// `namespace`: the namespace whose share the body counts against too, for bodies that
+    /// namespace's writers send (pushes); a pull counts against its reader's token only, as
+    /// any reader of a namespace could otherwise take that namespace's room.
     pub(super) fn reserve(
         self: &Arc<Self>,
         token: &str,
-        namespace: &str,
+        namespace: Option<&str>,
         bytes: u64,
     ) -> RegistryResult<BodyReservation> {
         let token = Grant::has_own_limits(token).then(|| token.to_owned());
-        let namespace = namespace.to_owned();
-        self.take(token.as_deref(), &namespace, bytes)?;
+        let namespace = namespace.map(str::to_owned);
+        self.take(token.as_deref(), namespace.as_deref(), bytes)?;
         Ok(BodyReservation { buffers: Arc::clone(self), token, namespace, bytes })
     }
 
-    /// Counts `bytes` against the total, `namespace`'s share and `token`'s (none: the total
-    /// and the namespace's only).
-    fn take(&self, token: Option<&str>, namespace: &str, bytes: u64) -> RegistryResult<()> {
+    /// Counts `bytes` against the total, `namespace`'s share and `token`'s (none: not that
+    /// share).
+    fn take(&self, token: Option<&str>, namespace: Option<&str>, bytes: u64) -> RegistryResult<()> {
         let mut held = self.held();
-        let in_namespace = held.per_namespace.get(namespace).copied().unwrap_or(0);
-        if in_namespace + bytes > self.namespace_cap {
+        let in_namespace = namespace.and_then(|ns| held.per_namespace.get(ns).copied()).unwrap_or(0);
+        if let Some(namespace) = namespace
+            && in_namespace + bytes > self.namespace_cap
+        {
             return Err(refusal(format!(
                 "namespace `{namespace}` already has {} KiB of manifest bodies in flight, the most \
                  one namespace holds ({} MiB); retry once its other pushes and pulls have finished",
@@ -99,15 +105,19 @@ impl BodyBuffers {
             }
             *held.per_token.entry(token.to_owned()).or_default() += bytes;
         }
-        *held.per_namespace.entry(namespace.to_owned()).or_default() += bytes;
+        if let Some(namespace) = namespace {
+            *held.per_namespace.entry(namespace.to_owned()).or_default() += bytes;
+        }
         held.total += bytes;
         Ok(())
     }
 
-    fn release(&self, token: Option<&str>, namespace: &str, bytes: u64) {
+    fn release(&self, token: Option<&str>, namespace: Option<&str>, bytes: u64) {
         let mut held = self.held();
         held.total = held.total.saturating_sub(bytes);
-        if let Some(used) = held.per_namespace.get_mut(namespace) {
+        if let Some(namespace) = namespace
+            && let Some(used) = held.per_namespace.get_mut(namespace)
+        {
             *used = used.saturating_sub(bytes);
             if *used == 0 {
                 held.per_namespace.remove(namespace);
@@ -134,14 +144,14 @@ pub(super) struct BodyReservation {
     buffers: Arc<BodyBuffers>,
     /// The token whose share it counts against; `None` for callers without tokens.
     token: Option<String>,
-    namespace: String,
+    namespace: Option<String>,
     bytes: u64,
 }
 
 impl BodyReservation {
     /// Takes `bytes` more of the same share, or the refusal that says which bound was reached.
     pub(super) fn grow(&mut self, bytes: u64) -> RegistryResult<()> {
-        self.buffers.take(self.token.as_deref(), &self.namespace, bytes)?;
+        self.buffers.take(self.token.as_deref(), self.namespace.as_deref(), bytes)?;
         self.bytes += bytes;
         Ok(())
     }
@@ -149,7 +159,7 @@ impl BodyReservation {
 
 impl Drop for BodyReservation {
     fn drop(&mut self) {
-        self.buffers.release(self.token.as_deref(), &self.namespace, self.bytes);
+        self.buffers.release(self.token.as_deref(), self.namespace.as_deref(), self.bytes);
     }
 }
 
@@ -176,14 +186,14 @@ mod tests {
     #[test]
     fn a_token_holds_its_share_and_others_keep_theirs() {
         let buffers = Arc::new(BodyBuffers::with_caps(100, 40, 100));
-        let first = buffers.reserve("flood", "ns", 30).unwrap();
-        let refused = buffers.reserve("flood", "ns", 11).err().expect("past the token's share");
+        let first = buffers.reserve("flood", Some("ns"), 30).unwrap();
+        let refused = buffers.reserve("flood", Some("ns"), 11).err().expect("past the token's share");
         assert_eq!(refused.code, Code::TooManyRequests);
         assert!(refused.message.contains("token `flood`"), "{refused}");
         assert!(refused.headers.iter().any(|(name, _)| name == http::header::RETRY_AFTER));
-        let other = buffers.reserve("ci", "ns", 40).expect("another token has its own share");
+        let other = buffers.reserve("ci", Some("ns"), 40).expect("another token has its own share");
         drop(first);
-        let again = buffers.reserve("flood", "ns", 40).expect("the share came back");
+        let again = buffers.reserve("flood", Some("ns"), 40).expect("the share came back");
         drop((other, again));
         let held = buffers.held();
         assert_eq!((held.total, held.per_token.len(), held.per_namespace.len()), (0, 0, 0));
@@ -195,22 +205,23 @@ mod tests {
     fn a_namespace_holds_its_share_whatever_its_tokens() {
         let buffers = Arc::new(BodyBuffers::with_caps(100, 40, 50));
         let held: Vec<_> =
-            (0..2).map(|i| buffers.reserve(&format!("evil{i}"), "evil", 25).unwrap()).collect();
-        let refused = buffers.reserve("evil2", "evil", 1).err().expect("past the namespace's share");
+            (0..2).map(|i| buffers.reserve(&format!("evil{i}"), Some("evil"), 25).unwrap()).collect();
+        let refused = buffers.reserve("evil2", Some("evil"), 1).err().expect("past the namespace's share");
         assert!(refused.message.contains("namespace `evil`"), "{refused}");
-        buffers.reserve("ci", "main", 40).expect("another namespace has its own share");
+        buffers.reserve("ci", Some("main"), 40).expect("another namespace has its own share");
         drop(held);
     }
 
     #[test]
     fn the_total_bounds_every_caller_together() {
         let buffers = Arc::new(BodyBuffers::with_caps(100, 40, 1000));
-        let held: Vec<_> = (0..5).map(|i| buffers.reserve(&format!("t{i}"), "ns", 20).unwrap()).collect();
-        let refused = buffers.reserve("t9", "ns", 1).err().expect("past the total");
+        let held: Vec<_> =
+            (0..5).map(|i| buffers.reserve(&format!("t{i}"), Some("ns"), 20).unwrap()).collect();
+        let refused = buffers.reserve("t9", Some("ns"), 1).err().expect("past the total");
         assert!(refused.message.contains("in flight, its most"), "{refused}");
         drop(held);
-        let anonymous = buffers.reserve(Grant::ANONYMOUS, "ns", 100).expect("no share without tokens");
-        assert!(buffers.reserve(Grant::ANONYMOUS, "ns", 1).is_err(), "but the total still holds");
+        let anonymous = buffers.reserve(Grant::ANONYMOUS, Some("ns"), 100).expect("no share without tokens");
+        assert!(buffers.reserve(Grant::ANONYMOUS, Some("ns"), 1).is_err(), "but the total still holds");
         drop(anonymous);
     }
 }

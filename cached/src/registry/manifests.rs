@@ -158,7 +158,7 @@ pub(super) async fn get(
     let body = if head_only {
         Body::empty()
     } else {
-        let reservation = registry.pulls.reserve(token, repo.namespace(), length as u64)?;
+        let reservation = registry.pulls.reserve(token, None, length as u64)?;
         held_body(manifest.bytes, reservation)
     };
     let mut response = Response::new(body);
@@ -305,7 +305,7 @@ async fn read_limited(
     if declared.is_some_and(|length| length > MAX_MANIFEST_BYTES) {
         return Err(too_large());
     }
-    let mut reservation = registry.pushes.reserve(&call.grant.token, repo.namespace(), 0)?;
+    let mut reservation = registry.pushes.reserve(&call.grant.token, Some(repo.namespace()), 0)?;
     let mut data = std::mem::take(&mut call.body).into_data_stream();
     // Chunks as they came, joined at the end: a growing buffer would hold up to twice what
     // the reservation counts.

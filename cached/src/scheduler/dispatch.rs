@@ -131,12 +131,11 @@ impl Scheduler {
             return not_sent(outgoing.len());
         }
         // A cancel or an expiry during the sync ended some: those are not sent (the agent
-        // would build a task no one waits for until its next heartbeat's abort).
-        let outgoing: Vec<Outgoing> = {
-            let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            outgoing.into_iter().filter(|lease| still_leased(&state.jobs, lease)).collect()
-        };
-        for Outgoing { sender, message, job_id, event, .. } in outgoing {
+        // would build a task no one waits for until its next heartbeat's abort). Sent under
+        // the lock, which a cancel's abort takes too, so no abort overtakes its lease.
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for lease in outgoing.into_iter().filter(|lease| still_leased(&state.jobs, lease)) {
+            let Outgoing { sender, message, job_id, event, .. } = lease;
             if !sender.send(message) {
                 // The session is gone; the lease expires and the task is requeued.
                 tracing::warn!(job = %job_id, task = event.task, "agent stream gone while leasing");

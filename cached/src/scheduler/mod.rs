@@ -128,7 +128,7 @@ struct State {
 /// Syncs `store`, which then holds every write up to the `written`-th.
 fn sync_up_to(store: &dyn JobRecords, synced_upto: &AtomicU64, written: u64) -> Result<()> {
     store.sync().inspect_err(|err| tracing::error!(error = %err, "cannot sync jobs"))?;
-    synced_upto.fetch_max(written, Ordering::Relaxed);
+    synced_upto.fetch_max(written, Ordering::Release);
     Ok(())
 }
 
@@ -430,7 +430,8 @@ impl Scheduler {
             tracing::error!(error = %err, "cannot persist jobs");
         })?;
         if durability == Durability::Buffered && !jobs.is_empty() {
-            self.written.fetch_add(1, Ordering::Relaxed);
+            // Release: a sync that reads the count holds this write (it is in the WAL).
+            self.written.fetch_add(1, Ordering::Release);
         }
         Ok(())
     }
@@ -439,8 +440,8 @@ impl Scheduler {
     /// Cancel and Complete write under the lock (so that records follow the order of the
     /// changes) and sync before they answer, unless a sync since (the leases') did.
     pub async fn synced(&self) -> Result<()> {
-        let written = self.written.load(Ordering::Relaxed);
-        if self.synced_upto.load(Ordering::Relaxed) >= written {
+        let written = self.written.load(Ordering::Acquire);
+        if self.synced_upto.load(Ordering::Acquire) >= written {
             return Ok(());
         }
         let (store, synced_upto) = (Arc::clone(&self.store), Arc::clone(&self.synced_upto));
@@ -449,7 +450,7 @@ impl Scheduler {
 
     /// [`Self::synced`], blocking, where the caller is.
     fn sync_now(&self) -> Result<()> {
-        let written = self.written.load(Ordering::Relaxed);
+        let written = self.written.load(Ordering::Acquire);
         crate::task::block_in_place(|| sync_up_to(&*self.store, &self.synced_upto, written))
     }
 

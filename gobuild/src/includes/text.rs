@@ -83,6 +83,9 @@ struct Reading {
     /// Whether a `'` after a number is a digit separator (C++14, C23) or a quote (C before
     /// C23, gcc's default for .c files before gcc 15): the scan does not know the standard.
     digit_separators: bool,
+    /// Whether this reading also reads each physical line as it is (one reading of a file
+    /// does: the view is the same for both).
+    reads_physical_lines: bool,
     found: Vec<Directive>,
     /// What `found` holds, so a directive both readings find counts once.
     seen: HashSet<Directive>,
@@ -108,6 +111,7 @@ impl Reading {
             physical_cut: false,
             fortran,
             digit_separators,
+            reads_physical_lines: digit_separators,
             found: Vec::new(),
             seen: HashSet::new(),
         }
@@ -175,7 +179,7 @@ impl Reading {
     }
 
     fn keep_physical(&mut self, byte: u8) {
-        if self.physical.is_empty() && is_blank(byte) {
+        if !self.reads_physical_lines || (self.physical.is_empty() && is_blank(byte)) {
             return;
         }
         if self.physical.len() < MAX_LINE {
