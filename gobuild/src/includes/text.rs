@@ -198,13 +198,17 @@ impl Reading {
             // Text after a `*/` is read as a line too: a comment that started on an earlier
             // line may end there, which the lexer's view could not tell (it read a literal).
             let after_comment = line.windows(2).position(|pair| pair == b"*/").map(|end| &line[end + 2..]);
-            let views = [Some(&line[..]), after_comment].into_iter().flatten();
-            let fortran = self.fortran;
-            let found: Vec<_> = views.flat_map(|view| directives(&without_comments(view), fortran)).collect();
-            for directive in found {
-                if matches!(directive, Directive::Include(_) | Directive::System(_) | Directive::Incbin(_)) {
-                    self.push(directive);
-                }
+            for view in [Some(&line[..]), after_comment].into_iter().flatten() {
+                self.add_named_files(&without_comments(view));
+            }
+        }
+    }
+
+    /// The files `line` names outright, as a directive would (never a reason for no key).
+    fn add_named_files(&mut self, line: &[u8]) {
+        for directive in directives(line, self.fortran) {
+            if matches!(directive, Directive::Include(_) | Directive::System(_) | Directive::Incbin(_)) {
+                self.push(directive);
             }
         }
     }
@@ -364,11 +368,7 @@ impl Reading {
             self.push(Directive::Ambiguous(format!("a line longer than {MAX_LINE} bytes in a comment")));
             return;
         }
-        for directive in directives(&line, self.fortran) {
-            if matches!(directive, Directive::Include(_) | Directive::System(_) | Directive::Incbin(_)) {
-                self.push(directive);
-            }
-        }
+        self.add_named_files(&line);
     }
 
     fn code(&mut self, byte: u8) {
