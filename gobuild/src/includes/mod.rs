@@ -1318,6 +1318,28 @@ mod tests {
         }
     }
 
+    /// Where the scan takes code for a comment (here a raw string ended by a splice, which gcc
+    /// keeps inside it), an include named by a macro there was dropped, and a spliced include
+    /// after a form feed was not seen as a directive: the first now gives no key, the second
+    /// is found, by a reading of every logical line as splices make it.
+    #[test]
+    fn what_the_scan_takes_for_a_comment_hides_no_include() {
+        let head = "static const char *s = R\"x(a)x\\\n\" /*\";\n)x\";\n";
+        let computed = format!("#define HDR \"../inc/v.h\"\n{head}#include HDR\n");
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), &[("p/v.c", computed.as_str()), ("inc/v.h", "")]);
+        let refused = refusal(&[package(root.path(), "p", &["v.c"], &[])], &LIMITS);
+        assert!(refused.contains("macro"), "{computed:?}: {refused}");
+        let form_feed = format!("{head}\x0c#inc\\\nlude \"../inc/v.h\"\n");
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), &[("p/v.c", form_feed.as_str()), ("inc/v.h", "")]);
+        assert_eq!(
+            found(root.path(), &[package(root.path(), "p", &["v.c"], &[])]),
+            ["inc/v.h"],
+            "{form_feed:?}"
+        );
+    }
+
     /// The assembler's `.incbin` and `.include` after a label or `;`, and in inline assembly
     /// with a tab written as `\t`; a file named otherwise (a macro's argument, a string pasted
     /// together) gives no key.

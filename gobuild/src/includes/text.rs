@@ -78,6 +78,11 @@ struct Reading {
     /// reads is harmless; keying fewer is not.
     physical: Vec<u8>,
     physical_cut: bool,
+    /// The logical line as splices make it, whatever the lexer takes its text for: read for
+    /// the files it names, since the lexer's reading of comments and literals may not be the
+    /// compiler's (raw strings and splices, trigraphs in ISO modes, assembler modes).
+    spliced: Vec<u8>,
+    spliced_cut: bool,
     /// Fortran's own `include 'file'` is matched too.
     fortran: bool,
     /// Whether a `'` after a number is a digit separator (C++14, C23) or a quote (C before
@@ -109,6 +114,8 @@ impl Reading {
             ambiguous: None,
             physical: Vec::new(),
             physical_cut: false,
+            spliced: Vec::new(),
+            spliced_cut: false,
             fortran,
             digit_separators,
             reads_physical_lines: digit_separators,
@@ -199,16 +206,33 @@ impl Reading {
             // line may end there, which the lexer's view could not tell (it read a literal).
             let after_comment = line.windows(2).position(|pair| pair == b"*/").map(|end| &line[end + 2..]);
             for view in [Some(&line[..]), after_comment].into_iter().flatten() {
-                self.add_named_files(&without_comments(view));
+                self.add_named_files(&without_comments(view), false);
             }
         }
     }
 
-    /// The files `line` names outright, as a directive would (never a reason for no key).
-    fn add_named_files(&mut self, line: &[u8]) {
+    /// The logical line as splices made it, comments on it stripped, for the files it names.
+    fn spliced_view(&mut self) {
+        let line = std::mem::take(&mut self.spliced);
+        if std::mem::take(&mut self.spliced_cut) && may_be_directive(&line) {
+            self.push(Directive::Ambiguous(format!("a line longer than {MAX_LINE} bytes")));
+            return;
+        }
+        self.add_named_files(&without_comments(&line), true);
+    }
+
+    /// The files `line` names outright, as a directive would. Text in a comment (`see
+    /// .incbin`) is no reason for no key; but with `spliced` (a logical line, splices joined)
+    /// a line that starts as an include whose file a macro names is: these views read text the
+    /// lexer took for a comment or a literal, which the compiler may read as a directive. A
+    /// physical line may end in a splice (`#include \`), so it is never one.
+    fn add_named_files(&mut self, line: &[u8], spliced: bool) {
+        let preprocessor_line = spliced && is_preprocessor_line(line);
         for directive in directives(line, self.fortran) {
-            if matches!(directive, Directive::Include(_) | Directive::System(_) | Directive::Incbin(_)) {
-                self.push(directive);
+            match directive {
+                Directive::Include(_) | Directive::System(_) | Directive::Incbin(_) => self.push(directive),
+                Directive::Computed(what) if preprocessor_line => self.push(Directive::Computed(what)),
+                _ => {}
             }
         }
     }
@@ -232,6 +256,7 @@ impl Reading {
     }
 
     fn physical_line_end(&mut self) {
+        self.spliced_view();
         // `??/` is the trigraph of a backslash: whether it joins this line to the next (blanks
         // between or not) depends on the compiler's mode (-std=c99 or gnu99), which the scan
         // does not know.
@@ -262,6 +287,13 @@ impl Reading {
 
     /// One byte of a physical line, in translation phase 3.
     fn lex_byte(&mut self, byte: u8) {
+        if self.reads_physical_lines {
+            if self.spliced.len() < MAX_LINE {
+                self.spliced.push(byte);
+            } else if !is_blank(byte) {
+                self.spliced_cut = true;
+            }
+        }
         match std::mem::take(&mut self.lex) {
             Lex::Code => self.code(byte),
             Lex::Slash => match byte {
@@ -368,7 +400,7 @@ impl Reading {
             self.push(Directive::Ambiguous(format!("a line longer than {MAX_LINE} bytes in a comment")));
             return;
         }
-        self.add_named_files(&line);
+        self.add_named_files(&line, true);
     }
 
     fn code(&mut self, byte: u8) {
@@ -537,6 +569,14 @@ fn ends_in_number(line: &[u8]) -> bool {
     token.first().is_some_and(u8::is_ascii_digit)
 }
 
+/// Whether `line` starts (after blanks and a byte order mark) as a preprocessor directive:
+/// `#`, its digraph `%:` or its trigraph `??=`.
+fn is_preprocessor_line(line: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_start_matches(['\u{feff}', ' ', '\t', '\x0b', '\x0c']);
+    text.starts_with('#') || text.starts_with("%:") || text.starts_with("??=")
+}
+
 fn is_blank(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | 0x0b | 0x0c)
 }
@@ -689,7 +729,7 @@ fn directives(line: &[u8], fortran: bool) -> Vec<Directive> {
     // A byte order mark starts a file's first line, and `??=` is the trigraph of `#` (on with
     // -std=c99 and the like): either way the line may be a directive to the compiler. SWIG
     // passes what `%{` opens to the C compiler as it is.
-    let text = text.trim_start_matches(['\u{feff}', ' ', '\t']).replace("??=", "#");
+    let text = text.trim_start_matches(['\u{feff}', ' ', '\t', '\x0b', '\x0c']).replace("??=", "#");
     let text = text.strip_prefix("%{").map_or(text.as_str(), str::trim_start);
     let mut found = assembler_directives(text);
     if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
