@@ -1340,6 +1340,39 @@ mod tests {
         );
     }
 
+    /// A fourth review's cases: a NUL byte (gcc's blank), a directive after `*/` where the
+    /// lexer took the comment for a raw string, a header name with a comment in it, a
+    /// directive behind 8 KiB of blanks, `__has_include` in a macro.
+    #[test]
+    fn lines_the_compiler_may_read_otherwise_are_found_or_give_no_key() {
+        let spaces = " ".repeat(9000);
+        let found_cases = [
+            "static const char *s = R\"x(a)x\\\n\" R\"y( )x\";\n/* c\n*/ #inc\\\nlude \"../inc/v.h\"\n// )y\"\n".to_owned(),
+            format!("static const char *s = R\"x(a)x\\\n\" /* )x\";\n{spaces}#inc\\\nlude \"../inc/v.h\"\n// */\n"),
+        ];
+        for source in &found_cases {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("p/v.c", source.as_str()), ("inc/v.h", "")]);
+            let found = found(root.path(), &[package(root.path(), "p", &["v.c"], &[])]);
+            assert_eq!(found, ["inc/v.h"], "{:?}", &source[..source.len().min(120)]);
+        }
+        for (source, why) in [
+            ("#\0include \"../inc/v.h\"\n", "NUL"),
+            ("#include <d/*x*/h.h>\n", "comment in it"),
+            ("#define HI __has_include(\"../inc/zz.h\")\n#if HI\n#endif\n", "__has_include"),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            write(root.path(), &[("p/v.c", source), ("inc/v.h", "")]);
+            let refused = refusal(&[package(root.path(), "p", &["v.c"], &[])], &LIMITS);
+            assert!(refused.contains(why), "{source:?}: {refused}");
+        }
+        let portable = "#ifdef __has_include\n#if __has_include(\"../inc/v.h\")\n#endif\n#endif\n\
+                        #include <stdio.h> /* see <a//b> */\n";
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), &[("p/v.c", portable), ("inc/v.h", "")]);
+        assert_eq!(found(root.path(), &[package(root.path(), "p", &["v.c"], &[])]), ["inc/v.h"]);
+    }
+
     /// The assembler's `.incbin` and `.include` after a label or `;`, and in inline assembly
     /// with a tab written as `\t`; a file named otherwise (a macro's argument, a string pasted
     /// together) gives no key.

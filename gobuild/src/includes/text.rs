@@ -218,7 +218,16 @@ impl Reading {
             self.push(Directive::Ambiguous(format!("a line longer than {MAX_LINE} bytes")));
             return;
         }
+        if let Some(why) = unreadable_line(&line) {
+            self.push(Directive::Ambiguous(why.to_owned()));
+            return;
+        }
         self.add_named_files(&without_comments(&line), true);
+        // After a `*/` the line may start over for the compiler: a comment that began at a
+        // line's start, which the lexer may have taken for a literal, ended there.
+        for (end, _) in line.windows(2).enumerate().filter(|(_, pair)| *pair == b"*/") {
+            self.add_named_files(&without_comments(&line[end + 2..]), true);
+        }
     }
 
     /// The files `line` names outright, as a directive would. Text in a comment (`see
@@ -287,7 +296,7 @@ impl Reading {
 
     /// One byte of a physical line, in translation phase 3.
     fn lex_byte(&mut self, byte: u8) {
-        if self.reads_physical_lines {
+        if self.reads_physical_lines && !(self.spliced.is_empty() && is_blank(byte)) {
             if self.spliced.len() < MAX_LINE {
                 self.spliced.push(byte);
             } else if !is_blank(byte) {
@@ -380,6 +389,9 @@ impl Reading {
     }
 
     fn keep_comment_byte(&mut self, byte: u8) {
+        if self.comment_line.is_empty() && is_blank(byte) {
+            return;
+        }
         if self.comment_line.len() < MAX_LINE {
             self.comment_line.push(byte);
         } else if !is_blank(byte) {
@@ -492,6 +504,11 @@ impl Reader {
     }
 
     pub(super) fn byte(&mut self, byte: u8) {
+        if byte == 0 {
+            // gcc reads a NUL as a blank, in splices and directives too (with a warning); no
+            // honest source holds one.
+            self.readings[0].ambiguous_text("a NUL byte, which the compiler reads as a blank");
+        }
         self.readings.iter_mut().for_each(|reading| reading.byte(byte));
     }
 
@@ -582,6 +599,37 @@ fn is_blank(byte: u8) -> bool {
 }
 
 /// Whether a line (its blanks skipped) starts like a directive.
+/// Why the compiler may read `line` in a way no reading here follows, if it may: a header name
+/// with a comment in it (comments are not stripped inside `<...>`), and `__has_include` outside
+/// an `#if`/`#elif` (a macro that asks it is expanded where the scan does not follow).
+fn unreadable_line(line: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_start_matches(['\u{feff}', ' ', '\t', '\x0b', '\x0c']);
+    if is_preprocessor_line(line) {
+        for word in ["include", "import", "embed", "__has_include"] {
+            for (at, _) in text.match_indices(word) {
+                let after = text[at + word.len()..].trim_start_matches("_next").trim_start();
+                let after = after.strip_prefix('(').map_or(after, str::trim_start);
+                let Some(name) = after.strip_prefix('<') else { continue };
+                let name = &name[..name.find('>').unwrap_or(name.len())];
+                if name.contains("/*") || name.contains("//") {
+                    return Some("a header name with a comment in it");
+                }
+            }
+        }
+    }
+    let asks = text.match_indices("__has_include").any(|(at, word)| {
+        let after = text[at + word.len()..].strip_prefix("_next").unwrap_or(&text[at + word.len()..]);
+        after.trim_start().starts_with('(')
+    });
+    let condition = text
+        .strip_prefix('#')
+        .or_else(|| text.strip_prefix("%:"))
+        .map(|rest| split_word(rest.trim_start()).0)
+        .is_some_and(|word| matches!(word, "if" | "elif"));
+    (asks && !condition).then_some("__has_include outside an #if or #elif (in a macro)")
+}
+
 fn may_be_directive(line: &[u8]) -> bool {
     matches!(line.first(), Some(b'#' | b'%' | b'.'))
         || line.starts_with(b"??=")
