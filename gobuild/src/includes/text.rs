@@ -4,6 +4,13 @@
 //! count as a space, and string, character and raw string literals are not comments. Where the
 //! scan cannot tell what the compiler will read, the line gives [`Directive::Ambiguous`] and
 //! the build no key: the reading fails closed.
+//!
+//! The lexer's reading may not be the compiler's (the language standard, gnu or ISO mode,
+//! assembler mode are not known here), so a file is read several ways and what any finds is
+//! keyed ([`Reader`]): the lexer with and without digit separators; each physical line as it
+//! is; each logical line as splices make it, and its text after each `*/`; each line of a block
+//! comment that starts inside it. In the last readings an include named by a macro gives no
+//! key, since their text may be a directive to the compiler.
 
 use std::collections::HashSet;
 
