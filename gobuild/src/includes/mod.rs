@@ -454,8 +454,19 @@ impl Scan {
                 FlagValue::Next(flag) => (words.next().map_or("", String::as_str), flag),
                 FlagValue::Joined(value, flag) => (value, flag),
                 FlagValue::List(list) => {
-                    for piece in list.split(',') {
-                        self.cgo_path(package, piece, Flag::Other, linking)?;
+                    let mut pieces = list.split(',');
+                    while let Some(piece) = pieces.next() {
+                        // `-Wp,-include,f` hands the preprocessor a source file.
+                        match flag_value(piece) {
+                            FlagValue::Next(Flag::Source) => {
+                                let file = pieces.next().unwrap_or("");
+                                self.cgo_path(package, file, Flag::Source, linking)?;
+                            }
+                            FlagValue::Joined(file, Flag::Source) => {
+                                self.cgo_path(package, file, Flag::Source, linking)?
+                            }
+                            _ => self.cgo_path(package, piece, Flag::Other, linking)?,
+                        }
                     }
                     continue;
                 }
@@ -563,7 +574,8 @@ enum FlagValue<'a> {
 
 fn flag_value(word: &str) -> FlagValue<'_> {
     const INCLUDE_DIRS: &[&str] = &["-iquote", "-isystem", "-idirafter", "-I"];
-    const SOURCES: &[&str] = &["-include", "-imacros"];
+    // gcc takes `--include=f` and a joined `-includef` as well.
+    const SOURCES: &[&str] = &["--include=", "--imacros=", "--include", "--imacros", "-include", "-imacros"];
     const SEARCHED: &[&str] =
         &["--sysroot", "-isysroot", "-iprefix", "-iwithprefix", "-imultilib", "-iframework", "-F", "-B"];
     const OTHER: &[&str] = &["-L"];
@@ -578,14 +590,13 @@ fn flag_value(word: &str) -> FlagValue<'_> {
             if word == *flag {
                 return FlagValue::Next(kind);
             }
-            // `-include` takes no joined value, so `-includes` is no -I.
-            if let Some(value) = word.strip_prefix(flag).filter(|_| kind != Flag::Source) {
+            if let Some(value) = word.strip_prefix(flag).filter(|value| !value.is_empty()) {
                 let value = if kind == Flag::Searched { value.trim_start_matches('=') } else { value };
                 return FlagValue::Joined(value, kind);
             }
         }
     }
-    if let Some(list) = word.strip_prefix("-Wl,").or_else(|| word.strip_prefix("-Wa,")) {
+    if let Some(list) = ["-Wl,", "-Wa,", "-Wp,"].iter().find_map(|prefix| word.strip_prefix(prefix)) {
         return FlagValue::List(list);
     }
     FlagValue::Joined(word, Flag::Other)
@@ -1234,6 +1245,8 @@ mod tests {
             "package p\n\n// #cgo CFLAGS: -O2 \r-I${SRCDIR}/../inc\n// #include <v.h>\nimport \"C\"\n",
             "package p\n\n// char *s = \"\r/*\";\n// #include \"../inc/v.h\"\nimport \"C\"\n",
             "package p\n\n// reads testdata/*.json\nvar x = 1\n\n// #include \\\n// \"../inc/v.h\"\nimport \"C\"\n",
+            // `*\r/` ends no Go comment (go's scanner keeps that carriage return).
+            "package p\n\n/*\n// x *\r// y\n#include \"../inc/v.h\"\n*/\nimport \"C\"\n",
         ] {
             let root = tempfile::tempdir().unwrap();
             write(root.path(), &[("p/p.go", go), ("inc/v.h", "")]);
@@ -1242,6 +1255,27 @@ mod tests {
                 ["inc/v.h"],
                 "{go:?}"
             );
+        }
+    }
+
+    /// gcc takes `-include` joined to its file, as `--include=`, and through `-Wp,`: the file
+    /// is read as source, so what it includes is keyed too.
+    #[test]
+    fn every_spelling_of_include_in_cgo_flags_reads_its_file() {
+        for flag in [
+            "-include${SRCDIR}/../inc/pre.h",
+            "--include=${SRCDIR}/../inc/pre.h",
+            "-Wp,-include,${SRCDIR}/../inc/pre.h",
+        ] {
+            let go = format!("package p\n\n// #cgo CFLAGS: {flag}\nimport \"C\"\n");
+            let root = tempfile::tempdir().unwrap();
+            write(
+                root.path(),
+                &[("p/p.go", go.as_str()), ("inc/pre.h", "#include \"v.h\"\n"), ("inc/v.h", "")],
+            );
+            let mut found = found(root.path(), &[package(root.path(), "p", &[], &["p.go"])]);
+            found.sort();
+            assert_eq!(found, ["inc/pre.h", "inc/v.h"], "{flag}");
         }
     }
 
@@ -1366,6 +1400,21 @@ mod tests {
             let refused = refusal(&[package(root.path(), "p", &["v.c"], &[])], &LIMITS);
             assert!(refused.contains(why), "{source:?}: {refused}");
         }
+        // Past the cut of a long line, text that may name a file (here after a `*/`, which
+        // Go's assembler reads as the end of a line comment's next line).
+        let padded = format!("// see below \\\n/*{}*/#include \"../inc/v.h\"\n", "x".repeat(9000));
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), &[("p/v.s", padded.as_str()), ("inc/v.h", "")]);
+        let refused = refusal(&[package(root.path(), "p", &["v.s"], &[])], &LIMITS);
+        assert!(refused.contains("longer than"), "{refused}");
+        let embed = "#if __has_embed(\"../inc/v.h\")\n#endif\n";
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), &[("p/v.c", embed), ("inc/v.h", "")]);
+        assert_eq!(
+            found(root.path(), &[package(root.path(), "p", &["v.c"], &[])]),
+            ["inc/v.h"],
+            "__has_embed"
+        );
         let portable = "#ifdef __has_include\n#if __has_include(\"../inc/v.h\")\n#endif\n#endif\n\
                         #include <stdio.h> /* see <a//b> */\n";
         let root = tempfile::tempdir().unwrap();

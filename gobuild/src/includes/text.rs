@@ -90,6 +90,9 @@ struct Reading {
     /// compiler's (raw strings and splices, trigraphs in ISO modes, assembler modes).
     spliced: Vec<u8>,
     spliced_cut: bool,
+    /// The last bytes cut from `spliced`, and whether what was cut names a file.
+    spliced_dropped: Vec<u8>,
+    spliced_cut_names_a_file: bool,
     /// Fortran's own `include 'file'` is matched too.
     fortran: bool,
     /// Whether a `'` after a number is a digit separator (C++14, C23) or a quote (C before
@@ -123,6 +126,8 @@ impl Reading {
             physical_cut: false,
             spliced: Vec::new(),
             spliced_cut: false,
+            spliced_dropped: Vec::new(),
+            spliced_cut_names_a_file: false,
             fortran,
             digit_separators,
             reads_physical_lines: digit_separators,
@@ -221,7 +226,11 @@ impl Reading {
     /// The logical line as splices made it, comments on it stripped, for the files it names.
     fn spliced_view(&mut self) {
         let line = std::mem::take(&mut self.spliced);
-        if std::mem::take(&mut self.spliced_cut) && may_be_directive(&line) {
+        self.spliced_dropped.clear();
+        let names_a_file = std::mem::take(&mut self.spliced_cut_names_a_file)
+            || FILE_WORDS.iter().any(|word| line.windows(word.len()).any(|part| part == *word));
+        // Whatever the line holds past the cut may be a directive (after a `*/`, say).
+        if std::mem::take(&mut self.spliced_cut) && (may_be_directive(&line) || names_a_file) {
             self.push(Directive::Ambiguous(format!("a line longer than {MAX_LINE} bytes")));
             return;
         }
@@ -308,6 +317,12 @@ impl Reading {
                 self.spliced.push(byte);
             } else if !is_blank(byte) {
                 self.spliced_cut = true;
+                let tail = &mut self.spliced_dropped;
+                tail.push(byte);
+                if tail.len() > 8 {
+                    tail.remove(0);
+                }
+                self.spliced_cut_names_a_file |= FILE_WORDS.iter().any(|word| tail.ends_with(word));
             }
         }
         match std::mem::take(&mut self.lex) {
@@ -625,16 +640,18 @@ fn unreadable_line(line: &[u8]) -> Option<&'static str> {
             }
         }
     }
-    let asks = text.match_indices("__has_include").any(|(at, word)| {
-        let after = text[at + word.len()..].strip_prefix("_next").unwrap_or(&text[at + word.len()..]);
-        after.trim_start().starts_with('(')
+    let asks = ["__has_include", "__has_embed"].iter().any(|ask| {
+        text.match_indices(ask).any(|(at, word)| {
+            let after = text[at + word.len()..].strip_prefix("_next").unwrap_or(&text[at + word.len()..]);
+            after.trim_start().starts_with('(')
+        })
     });
     let condition = text
         .strip_prefix('#')
         .or_else(|| text.strip_prefix("%:"))
         .map(|rest| split_word(rest.trim_start()).0)
         .is_some_and(|word| matches!(word, "if" | "elif"));
-    (asks && !condition).then_some("__has_include outside an #if or #elif (in a macro)")
+    (asks && !condition).then_some("__has_include or __has_embed outside an #if or #elif (in a macro)")
 }
 
 fn may_be_directive(line: &[u8]) -> bool {
@@ -671,6 +688,9 @@ pub(super) struct GoComments {
     /// The text of the current group of comments, and whether it went past [`MAX_GROUP`].
     group: Vec<u8>,
     group_cut: bool,
+    /// A carriage return came right after a block comment's `*`: go's scanner keeps it if a
+    /// `/` follows (`*\r/` does not end the comment, and cgo's text holds it).
+    held_cr: bool,
 }
 
 impl GoComments {
@@ -678,7 +698,15 @@ impl GoComments {
         use GoState::*;
         let in_comment = matches!(self.state, LineComment | Block | BlockStar);
         if byte == b'\r' && in_comment {
+            // go strips carriage returns from comments (cgo's text has none)...
+            self.held_cr |= self.state == BlockStar;
             return;
+        }
+        if std::mem::take(&mut self.held_cr) && self.state == BlockStar && byte == b'/' {
+            // ... but for `*\r/`, which to go ends nothing: the comment goes on.
+            self.text(b'*', reader);
+            self.text(b'\r', reader);
+            self.state = Block;
         }
         self.state = match (self.state, byte) {
             (Slash, b'/' | b'*') => {
@@ -801,20 +829,24 @@ fn directives(line: &[u8], fortran: bool) -> Vec<Directive> {
 /// The files `__has_include` and `__has_include_next` ask about in a condition: whether one
 /// exists changes what the compiler reads, so each is found (and keyed) like an include.
 fn has_includes(condition: &str) -> Vec<Directive> {
-    const ASK: &str = "__has_include";
     let mut found = Vec::new();
-    let mut rest = condition;
-    while let Some(at) = rest.find(ASK) {
-        let after = rest[at + ASK.len()..].strip_prefix("_next").unwrap_or(&rest[at + ASK.len()..]);
-        rest = after;
-        // `defined(__has_include)` and `#ifdef __has_include` ask about the feature only.
-        let Some(operand) = after.trim_start().strip_prefix('(') else { continue };
-        let operand = operand.trim_start();
-        let directive = match between(operand, '<', '>') {
-            Some(name) => Directive::System(name),
-            None => quoted(operand, b'"').map_or_else(|| computed(ASK, operand), Directive::Include),
-        };
-        found.push(directive);
+    for ask in ["__has_include", "__has_embed"] {
+        let mut rest = condition;
+        while let Some(at) = rest.find(ask) {
+            let after = rest[at + ask.len()..].strip_prefix("_next").unwrap_or(&rest[at + ask.len()..]);
+            rest = after;
+            // `defined(__has_include)` and `#ifdef __has_include` ask about the feature only.
+            let Some(operand) = after.trim_start().strip_prefix('(') else { continue };
+            let operand = operand.trim_start();
+            let name = between(operand, '<', '>').map(Ok).or_else(|| quoted(operand, b'"').map(Err));
+            found.push(match (ask, name) {
+                (_, None) => computed(ask, operand),
+                // C23's __has_embed asks whether the file is there and empty: data.
+                ("__has_embed", Some(Ok(name) | Err(name))) => Directive::Incbin(name),
+                (_, Some(Ok(name))) => Directive::System(name),
+                (_, Some(Err(name))) => Directive::Include(name),
+            });
+        }
     }
     found
 }
