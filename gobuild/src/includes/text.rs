@@ -26,6 +26,9 @@ pub(super) const MAX_DIRECTIVES: usize = 4096;
 const MAX_GROUP: usize = 1 << 20;
 /// Raw string delimiters are at most this long (C++ `R"delim(...)delim"`).
 const MAX_RAW_DELIMITER: usize = 16;
+/// What may come before a directive on its line: blanks (form feed and vertical tab are
+/// blanks to gcc) and, on a file's first line, a byte order mark.
+const LEADING_BLANKS: [char; 5] = ['\u{feff}', ' ', '\t', '\x0b', '\x0c'];
 /// Words that, past the part of a line kept, may name a file for the compiler or assembler.
 const FILE_WORDS: [&[u8]; 4] = [b"include", b"incbin", b"import", b"embed"];
 
@@ -227,10 +230,13 @@ impl Reading {
     fn spliced_view(&mut self) {
         let line = std::mem::take(&mut self.spliced);
         self.spliced_dropped.clear();
-        let names_a_file = std::mem::take(&mut self.spliced_cut_names_a_file)
-            || FILE_WORDS.iter().any(|word| line.windows(word.len()).any(|part| part == *word));
+        let cut_names_a_file = std::mem::take(&mut self.spliced_cut_names_a_file);
         // Whatever the line holds past the cut may be a directive (after a `*/`, say).
-        if std::mem::take(&mut self.spliced_cut) && (may_be_directive(&line) || names_a_file) {
+        let names_a_file = || {
+            cut_names_a_file
+                || FILE_WORDS.iter().any(|word| line.windows(word.len()).any(|part| part == *word))
+        };
+        if std::mem::take(&mut self.spliced_cut) && (may_be_directive(&line) || names_a_file()) {
             self.push(Directive::Ambiguous(format!("a line longer than {MAX_LINE} bytes")));
             return;
         }
@@ -612,7 +618,7 @@ fn ends_in_number(line: &[u8]) -> bool {
 /// `#`, its digraph `%:` or its trigraph `??=`.
 fn is_preprocessor_line(line: &[u8]) -> bool {
     let text = String::from_utf8_lossy(line);
-    let text = text.trim_start_matches(['\u{feff}', ' ', '\t', '\x0b', '\x0c']);
+    let text = text.trim_start_matches(LEADING_BLANKS);
     text.starts_with('#') || text.starts_with("%:") || text.starts_with("??=")
 }
 
@@ -625,18 +631,20 @@ fn is_blank(byte: u8) -> bool {
 /// with a comment in it (comments are not stripped inside `<...>`), and `__has_include` outside
 /// an `#if`/`#elif` (a macro that asks it is expanded where the scan does not follow).
 fn unreadable_line(line: &[u8]) -> Option<&'static str> {
+    // Both are directives' (a macro that asks __has_include is defined in one).
+    if !is_preprocessor_line(line) {
+        return None;
+    }
     let text = String::from_utf8_lossy(line);
-    let text = text.trim_start_matches(['\u{feff}', ' ', '\t', '\x0b', '\x0c']);
-    if is_preprocessor_line(line) {
-        for word in ["include", "import", "embed", "__has_include"] {
-            for (at, _) in text.match_indices(word) {
-                let after = text[at + word.len()..].trim_start_matches("_next").trim_start();
-                let after = after.strip_prefix('(').map_or(after, str::trim_start);
-                let Some(name) = after.strip_prefix('<') else { continue };
-                let name = &name[..name.find('>').unwrap_or(name.len())];
-                if name.contains("/*") || name.contains("//") {
-                    return Some("a header name with a comment in it");
-                }
+    let text = text.trim_start_matches(LEADING_BLANKS);
+    for word in ["include", "import", "embed", "__has_include"] {
+        for (at, _) in text.match_indices(word) {
+            let after = text[at + word.len()..].trim_start_matches("_next").trim_start();
+            let after = after.strip_prefix('(').map_or(after, str::trim_start);
+            let Some(name) = after.strip_prefix('<') else { continue };
+            let name = &name[..name.find('>').unwrap_or(name.len())];
+            if name.contains("/*") || name.contains("//") {
+                return Some("a header name with a comment in it");
             }
         }
     }
@@ -812,7 +820,7 @@ fn directives(line: &[u8], fortran: bool) -> Vec<Directive> {
     // A byte order mark starts a file's first line, and `??=` is the trigraph of `#` (on with
     // -std=c99 and the like): either way the line may be a directive to the compiler. SWIG
     // passes what `%{` opens to the C compiler as it is.
-    let text = text.trim_start_matches(['\u{feff}', ' ', '\t', '\x0b', '\x0c']).replace("??=", "#");
+    let text = text.trim_start_matches(LEADING_BLANKS).replace("??=", "#");
     let text = text.strip_prefix("%{").map_or(text.as_str(), str::trim_start);
     let mut found = assembler_directives(text);
     if let Some(rest) = text.strip_prefix('#').or_else(|| text.strip_prefix("%:")) {
