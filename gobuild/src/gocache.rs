@@ -101,7 +101,7 @@ impl GoCache {
 /// (go reads the environment first), and GOENV=off.
 pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -> Result<(), ClientError> {
     let known = go_env(exec, go, invocation).await?;
-    let (file, program) = (var_of(&known, "GOENV"), var_of(&known, "GOCACHEPROG"));
+    let (file, program) = (inputs::var(&known, "GOENV"), inputs::var(&known, "GOCACHEPROG"));
     if program.is_empty() {
         return Ok(());
     }
@@ -122,7 +122,8 @@ pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -
         }
     }
     invocation.env.push(("GOENV".to_owned(), "off".to_owned()));
-    let program = var_of(&go_env(exec, go, invocation).await?, "GOCACHEPROG");
+    let after = go_env(exec, go, invocation).await?;
+    let program = inputs::var(&after, "GOCACHEPROG");
     if !program.is_empty() {
         return Err(off_failed(&format!("GOCACHEPROG={program} is set in $GOROOT/go.env; remove it there")));
     }
@@ -199,10 +200,6 @@ async fn go_env(exec: &dyn Exec, go: &Path, invocation: &Invocation) -> Result<G
     let values: Option<GoEnv> =
         printed.success().then(|| serde_json::from_slice(&printed.stdout).ok()).flatten();
     values.ok_or_else(|| off_failed(&format!("go env failed: {}", printed.first_error_line())))
-}
-
-fn var_of(env: &GoEnv, name: &str) -> String {
-    env.get(name).cloned().unwrap_or_default()
 }
 
 /// The value go sees of `name` in `invocation`'s environment (empty: unset).

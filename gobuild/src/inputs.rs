@@ -228,7 +228,7 @@ impl GoCall<'_> {
     }
 }
 
-fn var<'a>(env: &'a GoEnv, name: &str) -> &'a str {
+pub(crate) fn var<'a>(env: &'a GoEnv, name: &str) -> &'a str {
     env.get(name).map_or("", String::as_str)
 }
 
