@@ -80,8 +80,8 @@ impl BodyBuffers {
             && in_namespace + bytes > self.namespace_cap
         {
             return Err(refusal(format!(
-                "namespace `{namespace}` already has {} KiB of manifest bodies in flight, the most \
-                 one namespace holds ({} MiB); retry once its other pushes and pulls have finished",
+                "namespace `{namespace}` already has {} KiB of manifest bodies being pushed, the \
+                 most one namespace holds ({} MiB); retry once its other pushes have finished",
                 in_namespace >> 10,
                 self.namespace_cap >> 20
             )));
