@@ -53,8 +53,8 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         key: "max_go_entries",
-        help: "Go action entries kept, all namespaces together; beyond it the oldest puts are \
-               forgotten [default: max_size / 4KiB]",
+        help: "Go action entries kept, all namespaces together; beyond it the oldest puts of the \
+               namespaces holding the most are forgotten [default: max_size / 4KiB]",
         default: "",
     },
     Setting {

@@ -21,8 +21,12 @@ pub const CF_LRU: &str = "lru";
 pub const CF_PENDING: &str = "pending";
 /// Go action entries: namespace + 0x00 + ActionID → entry.
 pub const CF_GO_ACTIONS: &str = "go_actions";
-/// Go entries in the order they were put, oldest first, for forgetting the oldest beyond
-/// `max_go_entries`: sequence (u64 BE) + namespace + 0x00 + ActionID → the entry put.
+/// Go entries in the order they were put within their namespace, oldest first, for forgetting
+/// the oldest beyond `max_go_entries`: namespace + 0x00 + number (u64 BE) + ActionID → the
+/// entry put.
+pub const CF_GO_QUEUE: &str = "go_queue";
+/// The order of Go entries over all namespaces of earlier versions: sequence (u64 BE) +
+/// namespace + 0x00 + ActionID → the entry put. Its rows move to `go_queue` on open.
 pub const CF_GO_ORDER: &str = "go_order";
 /// Store-wide totals, written in the same batches that change them.
 pub const CF_COUNTERS: &str = "counters";
@@ -61,6 +65,7 @@ const ALL_CFS: &[&str] = &[
     CF_PENDING,
     CF_GO_ACTIONS,
     CF_GO_ORDER,
+    CF_GO_QUEUE,
     CF_COUNTERS,
     CF_JOBS,
     CF_BUILD_ENTRIES,
@@ -132,7 +137,7 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
         options.set_max_write_buffer_number(2);
         options.set_target_file_size_base(8 << 20);
     } else {
-        if [CF_GO_ORDER, CF_BUILD_ORDER, CF_REGISTRY_ORDER].contains(&name) {
+        if [CF_GO_QUEUE, CF_BUILD_ORDER, CF_REGISTRY_ORDER].contains(&name) {
             // A queue: rows are deleted from its front as fast as they are added at its end.
             // Files thick with deletions are compacted early, so a walk from the front does
             // not step over every deleted row.

@@ -11,9 +11,9 @@
 //! blob stays, and a writer (a pull request's CI token in its namespace, a job's lease) may
 //! record entries without end, a few hundred bytes each, all pointing at one blob it keeps
 //! stored. So they have a bound of their own, `max_go_entries`, all namespaces together:
-//! beyond it the oldest puts are forgotten (by each Put past it, and by housekeeping), never
-//! a new one refused. A writer that floods the action cache pushes out the oldest entries,
-//! as an upload pushes out the least recently used blobs; it cannot fill the disk.
+//! beyond it the oldest puts of the namespaces holding the most are forgotten (by each Put
+//! past it, and by housekeeping), never a new one refused. A writer that floods the action
+//! cache pushes out its own namespace's oldest entries first; it cannot fill the disk.
 //!
 //! A stored entry is synced before Put answers (RocksDB groups concurrent synced writes into
 //! one WAL sync). Its blob was committed earlier in the same WAL, so the sync makes the blob
@@ -21,6 +21,7 @@
 //! go later (eviction, a lost unsynced eviction or upload); a lookup then finds the entry
 //! dangling, answers a miss and removes it.
 
+mod queues;
 mod rocks;
 
 use std::sync::Arc;

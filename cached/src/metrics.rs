@@ -322,7 +322,7 @@ impl Collector for StatsCollector {
         counter(
             &mut encoder,
             "go_entries_forgotten",
-            "Go entries forgotten, oldest first, to stay within max_go_entries",
+            "Go entries forgotten (the oldest of the namespaces holding the most) to stay within max_go_entries",
             load(&self.stats.go_entries_forgotten),
         )?;
         gauge(

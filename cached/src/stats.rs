@@ -70,7 +70,7 @@ pub struct Stats {
     namespaces: DashMap<String, Arc<NamespaceCounters>>,
     /// Go action entries dropped because their blob had been evicted.
     pub go_entries_dropped: AtomicU64,
-    /// Go action entries forgotten, oldest first, beyond `max_go_entries`.
+    /// Go action entries forgotten beyond `max_go_entries`: the oldest of the namespaces holding the most.
     pub go_entries_forgotten: AtomicU64,
     /// Go action entries counted against `max_go_entries`, as of the last put or round.
     pub go_entries: AtomicU64,

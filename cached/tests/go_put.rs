@@ -78,10 +78,11 @@ async fn below_the_free_space_floor_no_entry_is_stored() {
 /// Entries are not blobs: eviction under `max_size` never takes one whose blob stays, so a
 /// writer (a pull request's token in its own namespace) could once record entries without end,
 /// all pointing at one blob, until the disk reached its floor and every tenant's writes were
-/// refused. They are bounded now: beyond `max_go_entries` the oldest puts are forgotten, and
-/// what was recorded last, by anyone, is still a hit.
+/// refused. They are bounded now: beyond `max_go_entries` the oldest puts of the namespaces
+/// holding the most are forgotten, so the flood pushes out its own, and what was recorded last,
+/// by anyone, is still a hit.
 #[tokio::test]
-async fn a_flood_of_entries_for_one_blob_forgets_the_oldest_and_keeps_the_newest() {
+async fn a_flood_of_entries_for_one_blob_forgets_its_own_oldest_and_keeps_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("max_go_entries", "100")]).await;
     let clients = server.clients().await;
@@ -103,12 +104,17 @@ async fn a_flood_of_entries_for_one_blob_forgets_the_oldest_and_keeps_the_newest
         async move { go.put(request).await.expect("put") }
     };
 
+    // Another namespace's build recorded entries before the flood.
+    const BEFORE: u32 = 30;
+    for n in 0..BEFORE {
+        put("main", 1000 + n).await;
+    }
     // The flood: 1000 entries, 32 puts at a time, all for the one blob.
     const FLOOD: u32 = 1000;
     for chunk in (0..FLOOD).collect::<Vec<_>>().chunks(32) {
         futures::future::join_all(chunk.iter().map(|n| put("pr-1", *n))).await;
     }
-    // Someone else's build records an entry after it.
+    // And one after it.
     put("main", 7).await;
 
     let request =
@@ -122,6 +128,14 @@ async fn a_flood_of_entries_for_one_blob_forgets_the_oldest_and_keeps_the_newest
     let get = v1::GoGetRequest { namespace: "main".into(), action_id: action(7) };
     let hit = clients.go.clone().get(get).await.unwrap().into_inner();
     assert!(hit.entry.is_some(), "an entry recorded after the flood was forgotten");
+    // The flood cost its own namespace: main's older entries are all still hits.
+    let request = v1::GoGetManyRequest {
+        namespace: "main".into(),
+        action_ids: (1000..1000 + BEFORE).map(action).collect(),
+    };
+    let results = clients.go.clone().get_many(request).await.unwrap().into_inner().results;
+    let lost = results.iter().filter(|result| result.entry.is_none()).count();
+    assert_eq!(lost, 0, "{lost} of main's {BEFORE} entries recorded before pr-1's flood were forgotten");
 
     let metrics = server.metrics().await;
     let value = |name: &str| -> u64 {

@@ -1,110 +1,193 @@
 //! Go entries in RocksDB: `go_actions` holds namespace · NUL · ActionID → entry, and
-//! `go_order` every put in the order it was made, sequence (u64 BE) · namespace · NUL ·
-//! ActionID → the entry put, so the oldest can be forgotten once there are more than
-//! `max_entries` (`max_go_entries`).
+//! `go_queue` every put in the order it was made within its namespace, namespace · NUL ·
+//! number (u64 BE, the namespace's own) · ActionID → the entry put, so the oldest can be
+//! forgotten once there are more than `max_entries` (`max_go_entries`).
 //!
-//! Every put adds a row under a sequence of its own, and only the forgetting (one at a time)
-//! takes rows away, so the rows counted are those from the front (the first not yet taken) to
-//! the next sequence: no counter is written, and none can drift. A row whose entry was put
-//! again since, removed (its blob gone) or purged stays counted until the front reaches it;
-//! it then removes nothing. The count is therefore never below the entries stored: holding it
-//! to `max_entries` bounds them, whatever a writer does (many actions pointing at one blob,
-//! one action put again and again, many namespaces).
+//! The bound is shared fairly among namespaces: past it, what goes is the oldest puts of the
+//! namespaces holding the most, each cut down to one level ([`Queues::cuts`]); a namespace
+//! below that level loses nothing. With one order over all namespaces, a writer of its own
+//! namespace (a pull request's token) flooding entries pushed every other namespace's out;
+//! now a flood pushes out the flooder's own first.
+//!
+//! Every put adds a row under a number of its own, and only the forgetting (one at a time)
+//! takes rows away, so the rows a namespace has counted are those from its front (the first
+//! not yet taken) to its next number, read back from its first and last row when the store
+//! opens: no counter is written, and none can drift. A row whose entry was put again since,
+//! removed (its blob gone) or purged stays counted until the front reaches it; it then removes
+//! nothing. The count is therefore never below the entries stored: holding it to
+//! `max_entries` bounds them, whatever a writer does (many actions pointing at one blob, one
+//! action put again and again, many namespaces).
+//!
+//! Stores written before the order was by namespace kept one order over all namespaces in
+//! `go_order`; its rows move into `go_queue`, oldest first, when the store opens.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use proto::ActionId;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 
+use super::queues::{Cut, Queues};
 use super::{EntrySlice, GoEntry, GoEntryStore};
-use crate::db::{CF_COUNTERS, CF_GO_ACTIONS, CF_GO_ORDER, cf};
+use crate::db::{CF_COUNTERS, CF_GO_ACTIONS, CF_GO_ORDER, CF_GO_QUEUE, cf};
 use crate::error::{Error, Result};
 
-/// Rows removed per write while forgetting.
+/// Rows removed per write while forgetting, and moved per write when opening.
 const FORGET_BATCH: usize = 10_000;
-/// Marks (in `counters`) that every entry has its row in `go_order`: entries stored before
-/// there was an order get rows once, when the store first opens with one.
+/// Marks (in `counters`) that every entry has its row: entries stored before there was an
+/// order get rows once, when the store first opens with one.
 const ORDER_MARKER: &[u8] = b"go_order";
+const ACTION_LEN: usize = 32;
 
 pub struct RocksGoEntries {
     db: Arc<DB>,
     max_entries: u64,
-    order: Mutex<Order>,
-    /// Held while forgetting: one at a time, so each row is taken (and uncounted) once.
+    queues: Mutex<Queues>,
+    /// Held while forgetting or purging: one at a time, so each row is taken (and uncounted)
+    /// once.
     forgetting: Mutex<()>,
-}
-
-#[derive(Debug, Default)]
-struct Order {
-    /// The sequence the next put gets.
-    next: u64,
-    /// Every row before it has been taken: the rows counted are `front..next`.
-    front: u64,
-    /// Puts given a sequence whose write has not landed: forgetting stops before the first,
-    /// so no row lands behind the front.
-    in_flight: BTreeSet<u64>,
 }
 
 impl RocksGoEntries {
     /// The entries in `db`, at most about `max_entries` of them (at least 1). Entries stored
-    /// before `go_order` existed are given their rows first (once).
+    /// before there was an order are given their rows first (once), and rows of the order over
+    /// all namespaces are moved to their namespace's.
     pub fn open(db: Arc<DB>, max_entries: u64) -> Result<Self> {
-        index_unordered_entries(&db)?;
-        let rows = cf(&db, CF_GO_ORDER)?;
-        let first = db.iterator_cf(rows, IteratorMode::Start).next().transpose()?;
-        let last = db.iterator_cf(rows, IteratorMode::End).next().transpose()?;
-        let front = first.map(|(key, _)| sequence(&key)).transpose()?.unwrap_or(0);
-        let next = last.map(|(key, _)| sequence(&key).map(|seq| seq + 1)).transpose()?.unwrap_or(front);
-        let order = Order { next, front, in_flight: BTreeSet::new() };
-        Ok(Self { db, max_entries: max_entries.max(1), order: Mutex::new(order), forgetting: Mutex::new(()) })
+        let mut queues = read_queues(&db)?;
+        index_unordered_entries(&db, &mut queues)?;
+        move_rows_of_one_order(&db, &mut queues)?;
+        Ok(Self {
+            db,
+            max_entries: max_entries.max(1),
+            queues: Mutex::new(queues),
+            forgetting: Mutex::new(()),
+        })
     }
 
-    fn order(&self) -> MutexGuard<'_, Order> {
-        self.order.lock().unwrap_or_else(PoisonError::into_inner)
+    fn queues(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Takes the oldest rows `cut` names; returns the entries forgotten and where the
+    /// namespace's front moves. Rows missing below the horizon (failed or purged puts) are
+    /// passed over.
+    fn take(&self, cut: &Cut) -> Result<(u64, u64)> {
+        let (actions, rows) = (cf(&self.db, CF_GO_ACTIONS)?, cf(&self.db, CF_GO_QUEUE)?);
+        let prefix = namespace_prefix(&cut.namespace);
+        let mut walk = self.db.raw_iterator_cf(rows);
+        walk.seek(row_key(&prefix, cut.front, &[]));
+        let (mut batch, mut forgotten, mut front) = (WriteBatch::default(), 0, cut.front);
+        let want = cut.want.min(FORGET_BATCH as u64);
+        while front - cut.front < want {
+            let Some((key, recorded)) = walk.item() else {
+                front = cut.horizon;
+                break;
+            };
+            let number = match key.strip_prefix(prefix.as_slice()) {
+                Some(rest) => split_number(rest)?.0,
+                None => u64::MAX,
+            };
+            if number >= cut.horizon {
+                // Nothing of this namespace has landed between the front and the horizon.
+                front = cut.horizon;
+                break;
+            }
+            // Only the entry this row put: one put again since has a newer row.
+            let entry_key = entry_key_of_row(&prefix, key)?;
+            if self.db.get_pinned_cf(actions, &entry_key)?.is_some_and(|stored| *stored == *recorded) {
+                batch.delete_cf(actions, &entry_key);
+                forgotten += 1;
+            }
+            batch.delete_cf(rows, key);
+            front = number + 1;
+            walk.next();
+        }
+        walk.status()?;
+        // Not synced: rows a power cut brings back are taken again.
+        self.db.write(batch)?;
+        Ok((forgotten, front))
+    }
+}
+
+fn namespace_prefix(namespace: &str) -> Vec<u8> {
+    [namespace.as_bytes(), b"\0"].concat()
 }
 
 fn entry_key(namespace: &str, action_id: &ActionId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(namespace.len() + 33);
-    key.extend_from_slice(namespace.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&action_id.0);
-    key
+    [namespace.as_bytes(), b"\0", &action_id.0].concat()
 }
 
-fn row_key(sequence: u64, entry_key: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + entry_key.len());
-    key.extend_from_slice(&sequence.to_be_bytes());
-    key.extend_from_slice(entry_key);
-    key
+fn row_key(prefix: &[u8], number: u64, action: &[u8]) -> Vec<u8> {
+    [prefix, &number.to_be_bytes(), action].concat()
 }
 
-fn sequence(row_key: &[u8]) -> Result<u64> {
-    row_key
-        .first_chunk::<8>()
-        .map(|bytes| u64::from_be_bytes(*bytes))
-        .ok_or_else(|| Error::Corrupt(format!("a Go entry order row of {} bytes", row_key.len())))
+/// A row's number and action, from what follows its namespace prefix.
+fn split_number(rest: &[u8]) -> Result<(u64, &[u8])> {
+    match rest.split_first_chunk::<8>() {
+        Some((number, action)) if action.len() == ACTION_LEN => Ok((u64::from_be_bytes(*number), action)),
+        _ => Err(Error::Corrupt(format!("a Go entry order row ending in {} bytes", rest.len()))),
+    }
+}
+
+/// A row's namespace prefix (namespace · NUL), number and action.
+fn split_row(key: &[u8]) -> Result<(&[u8], u64, &[u8])> {
+    let end = key.iter().position(|byte| *byte == 0).map(|at| at + 1);
+    let Some((prefix, rest)) = end.map(|end| key.split_at(end)) else {
+        return Err(Error::Corrupt(format!(
+            "a Go entry order row of {} bytes without a namespace",
+            key.len()
+        )));
+    };
+    let (number, action) = split_number(rest)?;
+    Ok((prefix, number, action))
+}
+
+fn entry_key_of_row(prefix: &[u8], row: &[u8]) -> Result<Vec<u8>> {
+    let (_, action) = split_number(&row[prefix.len()..])?;
+    Ok([prefix, action].concat())
+}
+
+/// The namespace of a key's prefix (namespace · NUL).
+fn namespace_of(prefix: &[u8]) -> Result<String> {
+    prefix.strip_suffix(b"\0").and_then(|name| String::from_utf8(name.to_vec()).ok()).ok_or_else(|| {
+        Error::Corrupt(format!("a Go entry key's namespace {:?}", String::from_utf8_lossy(prefix)))
+    })
+}
+
+/// Each namespace's first and last row: one seek to each end of every namespace.
+fn read_queues(db: &DB) -> Result<Queues> {
+    let mut queues = Queues::default();
+    let mut walk = db.raw_iterator_cf(cf(db, CF_GO_QUEUE)?);
+    walk.seek_to_first();
+    while let Some(first) = walk.key() {
+        let (prefix, front, _) = split_row(first)?;
+        let prefix = prefix.to_vec();
+        let past = [&prefix[..prefix.len() - 1], b"\x01"].concat();
+        walk.seek_for_prev(&past);
+        let last = walk.key().map(split_row).transpose()?.map_or(front, |(_, number, _)| number);
+        queues.found(namespace_of(&prefix)?, front, last);
+        walk.seek(&past);
+    }
+    walk.status()?;
+    Ok(queues)
 }
 
 /// Gives every stored entry a row, unless that was done: the first open of a store written
 /// before the order existed. Cut off by a crash, it is done again from the start; an entry
 /// with two rows is counted twice until the older goes.
-fn index_unordered_entries(db: &DB) -> Result<()> {
+fn index_unordered_entries(db: &DB, queues: &mut Queues) -> Result<()> {
     let counters = cf(db, CF_COUNTERS)?;
     if db.get_pinned_cf(counters, ORDER_MARKER)?.is_some() {
         return Ok(());
     }
-    let (actions, rows) = (cf(db, CF_GO_ACTIONS)?, cf(db, CF_GO_ORDER)?);
-    let first = match db.iterator_cf(rows, IteratorMode::End).next().transpose()? {
-        Some((key, _)) => sequence(&key)? + 1,
-        None => 0,
-    };
+    let (actions, rows) = (cf(db, CF_GO_ACTIONS)?, cf(db, CF_GO_QUEUE)?);
     let mut batch = WriteBatch::default();
     let mut indexed = 0u64;
-    for (item, sequence) in db.iterator_cf(actions, IteratorMode::Start).zip(first..) {
+    for item in db.iterator_cf(actions, IteratorMode::Start) {
         let (key, value) = item?;
-        batch.put_cf(rows, row_key(sequence, &key), value);
+        let prefix_len = key.len().saturating_sub(ACTION_LEN);
+        let (prefix, action) = key.split_at(prefix_len);
+        let number = queues.number(&namespace_of(prefix)?, false);
+        batch.put_cf(rows, row_key(prefix, number, action), value);
         indexed += 1;
         if batch.len() >= FORGET_BATCH {
             db.write(std::mem::take(&mut batch))?;
@@ -114,6 +197,35 @@ fn index_unordered_entries(db: &DB) -> Result<()> {
     db.write(batch)?;
     if indexed > 0 {
         tracing::info!(entries = indexed, "Go entries stored before max_go_entries now count against it");
+    }
+    Ok(())
+}
+
+/// Moves the rows of the one order over all namespaces (number · namespace · NUL · ActionID),
+/// oldest first, to the end of their namespace's. Each write moves a batch whole, so a crash
+/// leaves the rest to the next open, still in order.
+fn move_rows_of_one_order(db: &DB, queues: &mut Queues) -> Result<()> {
+    let (old, rows) = (cf(db, CF_GO_ORDER)?, cf(db, CF_GO_QUEUE)?);
+    let mut batch = WriteBatch::default();
+    let mut moved = 0u64;
+    for item in db.iterator_cf(old, IteratorMode::Start) {
+        let (key, value) = item?;
+        let entry_key = key
+            .get(8..)
+            .filter(|rest| rest.len() > ACTION_LEN)
+            .ok_or_else(|| Error::Corrupt(format!("a Go entry order row of {} bytes", key.len())))?;
+        let (prefix, action) = entry_key.split_at(entry_key.len() - ACTION_LEN);
+        let number = queues.number(&namespace_of(prefix)?, false);
+        batch.put_cf(rows, row_key(prefix, number, action), value);
+        batch.delete_cf(old, &key);
+        moved += 1;
+        if batch.len() >= 2 * FORGET_BATCH {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    db.write(batch)?;
+    if moved > 0 {
+        tracing::info!(rows = moved, "Go entry order rows moved to their namespace's order");
     }
     Ok(())
 }
@@ -130,26 +242,18 @@ impl GoEntryStore for RocksGoEntries {
     fn put_synced(&self, namespace: &str, action_id: &ActionId, entry: &GoEntry) -> Result<()> {
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
-        let (actions, rows) = (cf(&self.db, CF_GO_ACTIONS)?, cf(&self.db, CF_GO_ORDER)?);
-        let key = entry_key(namespace, action_id);
+        let (actions, rows) = (cf(&self.db, CF_GO_ACTIONS)?, cf(&self.db, CF_GO_QUEUE)?);
         let value = entry.encode();
-        let sequence = {
-            let mut order = self.order();
-            let sequence = order.next;
-            order.next += 1;
-            order.in_flight.insert(sequence);
-            sequence
-        };
+        let number = self.queues().number(namespace, true);
         let mut batch = WriteBatch::default();
-        batch.put_cf(actions, &key, value);
-        batch.put_cf(rows, row_key(sequence, &key), value);
+        batch.put_cf(actions, entry_key(namespace, action_id), value);
+        batch.put_cf(rows, row_key(&namespace_prefix(namespace), number, &action_id.0), value);
         let written = self.db.write_opt(batch, &synced);
-        // A put that failed leaves a gap in the sequences, counted until the front passes it.
-        self.order().in_flight.remove(&sequence);
+        // A put that failed leaves a gap in the numbers, counted until the front passes it.
+        self.queues().landed(namespace, number);
         written?;
         Ok(())
     }
-
     fn remove(&self, namespace: &str, action_id: &ActionId) -> Result<()> {
         self.db.delete_cf(cf(&self.db, CF_GO_ACTIONS)?, entry_key(namespace, action_id))?;
         Ok(())
@@ -180,14 +284,20 @@ impl GoEntryStore for RocksGoEntries {
         Ok(())
     }
 
-    /// The entries go at once; their rows stay counted until the front reaches them.
+    /// The entries and their rows go at once; rows of puts still landing stay counted until
+    /// the front passes them.
     fn purge_namespace(&self, namespace: &str) -> Result<u64> {
-        crate::db::purge_namespace(&self.db, CF_GO_ACTIONS, &[], namespace)
+        let _turn = self.forgetting.lock().unwrap_or_else(PoisonError::into_inner);
+        let purged = crate::db::purge_namespace(&self.db, CF_GO_ACTIONS, &[CF_GO_QUEUE], namespace)?;
+        let mut queues = self.queues();
+        if let Some(horizon) = queues.horizon(namespace) {
+            queues.advance(namespace, horizon);
+        }
+        Ok(purged)
     }
 
     fn count(&self) -> u64 {
-        let order = self.order();
-        order.next - order.front
+        self.queues().counted()
     }
 
     fn forget_oldest(&self, limit: usize) -> Result<u64> {
@@ -197,46 +307,21 @@ impl GoEntryStore for RocksGoEntries {
             // Someone is forgetting already; what is over the bound is theirs.
             Err(TryLockError::WouldBlock) => return Ok(0),
         };
-        let (actions, rows) = (cf(&self.db, CF_GO_ACTIONS)?, cf(&self.db, CF_GO_ORDER)?);
-        let mut forgotten = 0;
-        let mut taken = 0;
+        let (mut forgotten, mut taken) = (0, 0);
+        let limit = limit as u64;
         while taken < limit {
-            let (over, front, horizon) = {
-                let order = self.order();
-                let horizon = order.in_flight.first().copied().unwrap_or(order.next);
-                ((order.next - order.front).saturating_sub(self.max_entries), order.front, horizon)
-            };
-            let want = over.min((limit - taken) as u64).min(FORGET_BATCH as u64) as usize;
-            if want == 0 {
+            let cuts = self.queues().cuts(self.max_entries, limit - taken);
+            let mut advanced = 0;
+            for cut in cuts {
+                let (gone, front) = self.take(&cut)?;
+                forgotten += gone;
+                advanced += self.queues().advance(&cut.namespace, front);
+            }
+            if advanced == 0 {
+                // Every row left over the bound is of a put still landing (or there is none).
                 break;
             }
-            let mut batch = WriteBatch::default();
-            let mut new_front = front;
-            let from = front.to_be_bytes();
-            for item in self.db.iterator_cf(rows, IteratorMode::From(&from, Direction::Forward)).take(want) {
-                let (key, recorded) = item?;
-                let sequence = sequence(&key)?;
-                if sequence >= horizon {
-                    break;
-                }
-                // Only the entry this row put: one put again since has a newer row.
-                let entry_key = &key[8..];
-                if self.db.get_pinned_cf(actions, entry_key)?.is_some_and(|stored| *stored == *recorded) {
-                    batch.delete_cf(actions, entry_key);
-                    forgotten += 1;
-                }
-                batch.delete_cf(rows, &key);
-                new_front = sequence + 1;
-                taken += 1;
-            }
-            if new_front == front {
-                // Every row left is of a put still landing (or there is none).
-                break;
-            }
-            // Not synced: rows a power cut brings back are taken again.
-            self.db.write(batch)?;
-            let mut order = self.order();
-            order.front = order.front.max(new_front);
+            taken += advanced;
         }
         Ok(forgotten)
     }
@@ -295,17 +380,86 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::db::open(dir.path()).unwrap();
         let entries = RocksGoEntries::open(db, 3).unwrap();
-        entries.put_synced("main", &action(1), &entry(1)).unwrap();
         for time in 0..5 {
             entries.put_synced("pr", &action(9), &entry(time)).unwrap();
         }
         entries.put_synced("pr", &action(1), &entry(1)).unwrap();
-        // main's entry is the oldest put; pr's action 9 survives its four older rows.
-        assert_eq!(entries.forget_oldest(usize::MAX).unwrap(), 1);
-        assert!(!stored(&entries, "main", 1));
+        entries.put_synced("pr", &action(2), &entry(1)).unwrap();
+        // The four older rows of action 9 go, and forget nothing.
+        assert_eq!(entries.forget_oldest(usize::MAX).unwrap(), 0);
         assert_eq!(entries.get("pr", &action(9)).unwrap(), Some(entry(4)));
-        assert!(stored(&entries, "pr", 1));
+        assert!(stored(&entries, "pr", 1) && stored(&entries, "pr", 2));
         assert_eq!(entries.count(), 3);
+        entries.put_synced("pr", &action(3), &entry(1)).unwrap();
+        assert_eq!(entries.forget_oldest(usize::MAX).unwrap(), 1);
+        assert!(!stored(&entries, "pr", 9));
+    }
+
+    /// A writer of its own namespace floods entries: the bound takes the flood's oldest, not
+    /// what other namespaces recorded before it, and it still does after a restart.
+    #[test]
+    fn a_flood_in_one_namespace_forgets_its_own_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let entries = RocksGoEntries::open(Arc::clone(&db), 10).unwrap();
+        for n in 0..4 {
+            entries.put_synced("main", &action(n), &entry(1)).unwrap();
+        }
+        for n in 0..20 {
+            entries.put_synced("pr-1", &action(n), &entry(1)).unwrap();
+        }
+        assert_eq!(entries.forget_oldest(usize::MAX).unwrap(), 14);
+        assert!((0..4).all(|n| stored(&entries, "main", n)), "main lost entries to pr-1's flood");
+        assert!((0..14).all(|n| !stored(&entries, "pr-1", n)));
+        assert!((14..20).all(|n| stored(&entries, "pr-1", n)));
+
+        drop(entries);
+        let entries = RocksGoEntries::open(db, 10).unwrap();
+        assert_eq!(entries.count(), 10);
+        for n in 20..30 {
+            entries.put_synced("pr-1", &action(n), &entry(1)).unwrap();
+        }
+        assert_eq!(entries.forget_oldest(usize::MAX).unwrap(), 10);
+        assert!((0..4).all(|n| stored(&entries, "main", n)), "reopened, main lost entries");
+        assert_eq!(entries.queues().namespace_counted("pr-1"), 6);
+    }
+
+    #[test]
+    fn a_purged_namespace_stops_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let entries = RocksGoEntries::open(Arc::clone(&db), 100).unwrap();
+        for n in 0..5 {
+            entries.put_synced("pr-1", &action(n), &entry(1)).unwrap();
+            entries.put_synced("main", &action(n), &entry(1)).unwrap();
+        }
+        assert_eq!(entries.purge_namespace("pr-1").unwrap(), 5);
+        assert_eq!(entries.count(), 5);
+        drop(entries);
+        assert_eq!(RocksGoEntries::open(db, 100).unwrap().count(), 5, "rows of the purge are left");
+    }
+
+    /// Rows of the one order over all namespaces that earlier versions kept move to their
+    /// namespace's, oldest first, and count as they did.
+    #[test]
+    fn rows_of_the_order_over_all_namespaces_move_to_their_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        db.put_cf(cf(&db, CF_COUNTERS).unwrap(), ORDER_MARKER, [1]).unwrap();
+        let old = cf(&db, CF_GO_ORDER).unwrap();
+        for (sequence, (namespace, n)) in
+            [("main", 0), ("pr-1", 0), ("pr-1", 1), ("main", 1), ("pr-1", 2)].into_iter().enumerate()
+        {
+            put_for_tests(&db, namespace, &action(n), &entry(1));
+            let key = [&(sequence as u64).to_be_bytes()[..], &entry_key(namespace, &action(n))].concat();
+            db.put_cf(old, key, entry(1).encode()).unwrap();
+        }
+        let entries = RocksGoEntries::open(Arc::clone(&db), 3).unwrap();
+        assert_eq!(entries.count(), 5);
+        assert!(db.iterator_cf(old, IteratorMode::Start).next().is_none(), "rows left in go_order");
+        assert_eq!(entries.forget_oldest(usize::MAX).unwrap(), 2);
+        assert!(stored(&entries, "main", 0) && stored(&entries, "main", 1));
+        assert!(!stored(&entries, "pr-1", 0) && !stored(&entries, "pr-1", 1) && stored(&entries, "pr-1", 2));
     }
 
     #[test]
@@ -333,11 +487,11 @@ mod tests {
         for n in 0..3 {
             entries.put_synced("ns", &action(n), &entry(1)).unwrap();
         }
-        // As if the put of sequence 1 had not landed yet.
-        entries.order().in_flight.insert(1);
+        // As if the put numbered 1 had not landed yet.
+        entries.queues().hold_in_flight("ns", 1);
         assert_eq!(entries.forget_oldest(usize::MAX).unwrap(), 1);
         assert!(!stored(&entries, "ns", 0) && stored(&entries, "ns", 1));
-        entries.order().in_flight.clear();
+        entries.queues().landed("ns", 1);
         assert_eq!(entries.forget_oldest(usize::MAX).unwrap(), 1);
         assert!(stored(&entries, "ns", 2) && !stored(&entries, "ns", 1));
     }
