@@ -3,8 +3,9 @@
 //! hard-linked into place, so inputs that repeat across tasks (the same sources for every
 //! target, the same module zips for every job) are downloaded once.
 //!
-//! The cache is capped (`--cache-size`): past the cap, the least recently used entries are
-//! removed until it is back under 90% of it. Entries a running task uses are pinned for the
+//! The cache is capped (`--cache-size`), each entry counted as the whole blocks it takes (one
+//! at least): past the cap, the least recently used entries are removed until it is back under
+//! 90% of it. Entries a running task uses are pinned for the
 //! task's life ([`Pins`], taken before they are fetched) and never removed; the cap counts the
 //! cache's own entries (a removed entry that a task directory still links stays on disk until
 //! that directory goes, as hard links do). So the cache may stay over the cap while everything
@@ -19,6 +20,7 @@ use cached_client::transfer;
 use proto::Digest;
 
 use crate::TaskError;
+use crate::taskdir::file_cost;
 
 fn io_error(what: &str, path: &Path, err: std::io::Error) -> TaskError {
     TaskError::Infrastructure(format!("{what} {}: {err}", path.display()))
@@ -35,7 +37,7 @@ struct Lru {
     cap: u64,
     total: u64,
     clock: u64,
-    /// name → (size, last use)
+    /// name → (disk it takes, last use)
     entries: HashMap<String, (u64, u64)>,
     /// last use → name
     order: BTreeMap<u64, String>,
@@ -53,11 +55,14 @@ impl Lru {
         }
     }
 
-    /// Records an entry (once, however many tasks downloaded it) as just used.
+    /// Records an entry of `size` bytes (once, however many tasks downloaded it) as just used.
+    /// It counts the whole blocks it takes, one at least: a job of many tiny files takes a
+    /// block and an inode for each, which counting bytes would let fill the disk under the cap.
     fn admit(&mut self, name: &str, size: u64) {
         if !self.entries.contains_key(name) {
-            self.entries.insert(name.to_owned(), (size, 0));
-            self.total += size;
+            let disk = file_cost(size);
+            self.entries.insert(name.to_owned(), (disk, 0));
+            self.total += disk;
         }
         self.touch(name);
     }
@@ -200,7 +205,7 @@ impl BlobCache {
         Pins { cache: self.clone(), names }
     }
 
-    /// Bytes in the cache's entries.
+    /// Disk the cache's entries take, as the cap counts it (whole blocks).
     pub fn size(&self) -> u64 {
         self.lock().total
     }
@@ -274,6 +279,12 @@ fn set_mode(_: &Path, _: u32) -> Result<(), TaskError> {
 mod tests {
     use super::*;
 
+    const BLOCK: u64 = crate::taskdir::ENTRY_COST;
+
+    fn blob(byte: u8) -> Vec<u8> {
+        vec![byte; BLOCK as usize]
+    }
+
     /// An entry as a download leaves it.
     fn put(cache: &BlobCache, bytes: &[u8]) -> PathBuf {
         let digest = Digest::of(bytes);
@@ -296,47 +307,68 @@ mod tests {
         assert_eq!(cache.cached(Digest::of(b"absent"), false).unwrap(), None);
     }
 
+    /// Files of a few bytes take a block and an inode each: a job of many tiny files would
+    /// otherwise fill the disk while the cache counts a few KiB.
+    #[test]
+    fn tiny_blobs_count_a_block_each_against_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path().to_owned(), 10 * BLOCK).unwrap();
+        let blobs: Vec<PathBuf> = (0..20u8).map(|i| put(&cache, &[i; 7])).collect();
+        assert!(cache.size() <= 10 * BLOCK, "{} bytes counted", cache.size());
+        assert!(!blobs[0].exists(), "the oldest tiny blob stayed");
+        assert!(blobs[19].is_file(), "the newest tiny blob went");
+        let entries = || std::fs::read_dir(dir.path()).unwrap().count() as u64;
+        assert_eq!(cache.size(), entries() * BLOCK);
+
+        // Reopened, the entries there count a block each too (which go first is the other
+        // test's: these were written within the file system's clock tick).
+        let reopened = BlobCache::open(dir.path().to_owned(), 4 * BLOCK).unwrap();
+        assert!(reopened.size() <= 4 * BLOCK, "{} bytes counted", reopened.size());
+        assert_eq!(reopened.size(), entries() * BLOCK);
+    }
+
+    /// Entries of a block each: the cap counts their bytes.
     #[test]
     fn the_cache_trims_least_recently_used_entries_but_never_pinned_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = BlobCache::open(dir.path().to_owned(), 250).unwrap();
-        let a = put(&cache, &[b'a'; 100]);
-        let pinned = cache.pin([(Digest::of(&[b'a'; 100]), false)]);
-        let b = put(&cache, &[b'b'; 100]);
-        assert_eq!(cache.size(), 200);
+        let cache = BlobCache::open(dir.path().to_owned(), 5 * BLOCK / 2).unwrap();
+        let a = put(&cache, &blob(b'a'));
+        let pinned = cache.pin([(Digest::of(&blob(b'a')), false)]);
+        let b = put(&cache, &blob(b'b'));
+        assert_eq!(cache.size(), 2 * BLOCK);
         // Over the cap: the oldest entry is pinned, so the next oldest goes.
-        let c = put(&cache, &[b'c'; 100]);
+        let c = put(&cache, &blob(b'c'));
         assert!(a.is_file() && !b.exists() && c.is_file());
-        assert_eq!(cache.size(), 200);
+        assert_eq!(cache.size(), 2 * BLOCK);
 
         // Use makes an entry recent; unpinned, the least recently used goes next.
-        cache.lock().touch(&BlobCache::name(Digest::of(&[b'a'; 100]), false));
+        cache.lock().touch(&BlobCache::name(Digest::of(&blob(b'a')), false));
         drop(pinned);
-        let d = put(&cache, &[b'd'; 100]);
+        let d = put(&cache, &blob(b'd'));
         assert!(a.is_file() && !c.exists() && d.is_file());
 
         // Everything pinned: the cache stays over its cap rather than pull a file from a task.
-        let all = cache.pin([(Digest::of(&[b'a'; 100]), false), (Digest::of(&[b'd'; 100]), false)]);
-        cache.lock().cap = 150;
-        let e = cache.pin([(Digest::of(&[b'e'; 100]), false)]);
-        let e_path = put(&cache, &[b'e'; 100]);
+        let all = cache.pin([(Digest::of(&blob(b'a')), false), (Digest::of(&blob(b'd')), false)]);
+        cache.lock().cap = 3 * BLOCK / 2;
+        let e = cache.pin([(Digest::of(&blob(b'e')), false)]);
+        let e_path = put(&cache, &blob(b'e'));
         assert!(a.is_file() && d.is_file() && e_path.is_file());
-        assert_eq!(cache.size(), 300);
+        assert_eq!(cache.size(), 3 * BLOCK);
         // Unpinned, it comes down under the cap at once, least recently used first.
         drop(all);
         assert!(!a.exists() && !d.exists() && e_path.is_file());
         drop(e);
-        assert_eq!(cache.size(), 100);
+        assert_eq!(cache.size(), BLOCK);
 
         // Reopened with a smaller cap, the oldest downloads go first; partial downloads too.
-        cache.lock().cap = 1000;
+        cache.lock().cap = 10 * BLOCK;
         std::fs::write(dir.path().join(".tmpXYZ"), b"partial").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let f = put(&cache, &[b'f'; 100]);
+        let f = put(&cache, &blob(b'f'));
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let g = put(&cache, &[b'g'; 100]);
-        let reopened = BlobCache::open(dir.path().to_owned(), 150).unwrap();
-        assert_eq!(reopened.size(), 100);
+        let g = put(&cache, &blob(b'g'));
+        let reopened = BlobCache::open(dir.path().to_owned(), 3 * BLOCK / 2).unwrap();
+        assert_eq!(reopened.size(), BLOCK);
         assert!(!e_path.exists() && !f.exists() && g.is_file());
         assert!(!dir.path().join(".tmpXYZ").exists());
     }

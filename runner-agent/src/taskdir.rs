@@ -144,6 +144,12 @@ pub fn check_outputs(dir: &Path, owner: Option<Owner>, outputs: Outputs) -> Resu
 /// (a file with several names too), at a block or more each.
 pub const ENTRY_COST: u64 = 4096;
 
+/// What a file of `size` bytes takes on disk at least: whole blocks, and one even when it is
+/// tiny or empty (its inode and name are not free either).
+pub fn file_cost(size: u64) -> u64 {
+    size.div_ceil(ENTRY_COST).max(1).saturating_mul(ENTRY_COST)
+}
+
 /// Bytes of disk the build's own files, directories and links under `root` take, stopping
 /// once past `stop_at`. With a build user, what belongs to it (the agent's files there, the
 /// sources and the module store's links, have caps of their own); without one, what has a

@@ -30,7 +30,7 @@ use crate::TaskError;
 use crate::blobcache::{BlobCache, Pins};
 use crate::cancel::Cancel;
 use crate::sandbox::{self, Owner};
-use crate::taskdir::ENTRY_COST;
+use crate::taskdir::{ENTRY_COST, file_cost};
 
 /// Downloads in flight per task.
 const PARALLEL_DOWNLOADS: usize = 16;
@@ -51,14 +51,15 @@ fn tree_error(err: ClientError) -> TaskError {
 /// fetched blobs are pinned in the cache for the task's life, past `--cache-size`, so a tree
 /// naming a huge blob (a small upload of compressed zeros) would fill the agent's disk. The
 /// declared sizes are the blobs' own: the cache refuses a blob of another size. Every entry
-/// takes at least [`ENTRY_COST`], as the build's own disk is counted: a tree of half a million
-/// empty directories declares no bytes but takes 2 GiB and as many inodes.
+/// takes at least [`ENTRY_COST`], a file whole blocks ([`file_cost`]), as the build's own disk
+/// is counted: a tree of half a million empty directories declares no bytes but takes 2 GiB and
+/// as many inodes.
 fn check_size(tree: &ExpandedTree, max_bytes: u64) -> Result<u64, TaskError> {
     let total = tree
         .nodes
         .iter()
         .map(|node| match node {
-            Node::File { digest, .. } => digest.size.max(ENTRY_COST),
+            Node::File { digest, .. } => file_cost(digest.size),
             _ => ENTRY_COST,
         })
         .fold(0u64, u64::saturating_add);

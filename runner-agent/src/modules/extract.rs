@@ -12,11 +12,85 @@ use sha2::{Digest as _, Sha256};
 const MAX_EXTRACTED: u64 = 500 << 20;
 
 /// What a file or directory costs on disk at least: a file's bytes are rounded up to it.
-pub(super) const BLOCK: u64 = 4096;
+pub(super) const BLOCK: u64 = crate::taskdir::ENTRY_COST;
+
+/// The go command's limit on a module zip's own size (golang.org/x/mod/zip.MaxZipFile).
+const MAX_ZIP: u64 = 500 << 20;
+
+/// The most central directory the agent parses: every entry parsed takes memory, a few
+/// hundred bytes beyond its name. Module zips of tens of thousands of files need a few MiB.
+const MAX_DIRECTORY: u64 = 32 << 20;
+
+/// What starts every central directory header, and the bytes of its fixed part.
+const HEADER_SIGNATURE: &[u8; 4] = b"PK\x01\x02";
+const HEADER_FIXED: usize = 46;
+
+/// What the zip parser could read into memory: every central directory header in the file,
+/// wherever an end record says the directory starts.
+#[derive(Debug, Default)]
+struct Headers {
+    entries: u64,
+    /// Their fixed parts, names, extra fields and comments.
+    bytes: u64,
+}
+
+/// Counts the central directory headers anywhere in `zip`. The zip parser tries one end
+/// record after another until one parses, reading as many headers as it claims, each at the
+/// signature where the previous one ended: so however the end records lie, it parses no more
+/// headers, nor header bytes, than the file holds signatures for.
+fn central_headers(zip: &mut impl Read) -> std::io::Result<Headers> {
+    let mut headers = Headers::default();
+    let mut window = Vec::with_capacity(2 * SCAN_CHUNK);
+    let mut chunk = vec![0u8; SCAN_CHUNK];
+    loop {
+        let read = zip.read(&mut chunk)?;
+        window.extend_from_slice(&chunk[..read]);
+        let at_end = read == 0;
+        // A header's fixed part may continue in the next chunk: look at it then.
+        let complete = if at_end { window.len() } else { window.len().saturating_sub(HEADER_FIXED - 1) };
+        for at in 0..complete {
+            if window[at] == HEADER_SIGNATURE[0] && window[at..].starts_with(HEADER_SIGNATURE) {
+                headers.entries += 1;
+                headers.bytes += header_bytes(&window[at..]);
+            }
+        }
+        if at_end {
+            return Ok(headers);
+        }
+        window.drain(..complete);
+    }
+}
+
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// The bytes of the central directory header at the start of `header`, as its lengths say
+/// (its fixed part alone if the file ends within it).
+fn header_bytes(header: &[u8]) -> u64 {
+    let length =
+        |at: usize| header.get(at..at + 2).map_or(0, |b| u64::from(u16::from_le_bytes([b[0], b[1]])));
+    HEADER_FIXED as u64 + length(28) + length(30) + length(32)
+}
+
+/// Why a zip of these central directory headers is left to the go command unparsed, if it is.
+fn refusal(headers: &Headers, task_share: u64) -> Option<String> {
+    // Each entry the agent extracts is a file of a block at least.
+    if headers.entries.saturating_mul(BLOCK) > task_share {
+        return Some(format!(
+            "its {} entries take more than the {task_share} bytes one task may have the agent extract",
+            headers.entries
+        ));
+    }
+    (headers.bytes > MAX_DIRECTORY).then(|| {
+        format!(
+            "its central directory takes {} bytes, more than the {MAX_DIRECTORY} the agent reads",
+            headers.bytes
+        )
+    })
+}
 
 /// What disk an extraction of files of these sizes, in these directories, takes at least.
 pub(super) fn charge(sizes: impl Iterator<Item = u64>, directories: usize) -> u64 {
-    let files: u64 = sizes.map(|size| size.div_ceil(BLOCK).max(1) * BLOCK).sum();
+    let files: u64 = sizes.map(crate::taskdir::file_cost).sum();
     files + directories as u64 * BLOCK
 }
 
@@ -60,8 +134,18 @@ pub(super) enum Inspection {
 
 /// Reads the names and declared sizes of the module zip `zip` (every name under `prefix`),
 /// writing nothing: whether the agent extracts it as the go command would, and what that takes.
-pub(super) fn inspect(zip: &Path, prefix: &str) -> Result<Inspection, String> {
-    let file = std::fs::File::open(zip).map_err(|err| format!("{}: {err}", zip.display()))?;
+/// A zip whose central directory no task's share (`task_share`) could extract, or too large to
+/// parse, is left to the go command before it is parsed.
+pub(super) fn inspect(zip: &Path, prefix: &str, task_share: u64) -> Result<Inspection, String> {
+    let failed = |err: std::io::Error| format!("{}: {err}", zip.display());
+    let file = std::fs::File::open(zip).map_err(failed)?;
+    if file.metadata().map_err(failed)?.len() > MAX_ZIP {
+        return Ok(Inspection::LeftToGo("the zip is over 500 MiB, which the go command refuses".into()));
+    }
+    let headers = central_headers(&mut &file).map_err(failed)?;
+    if let Some(why) = refusal(&headers, task_share) {
+        return Ok(Inspection::LeftToGo(why));
+    }
     let mut archive = match zip::ZipArchive::new(file) {
         Ok(archive) => archive,
         Err(err) => return Ok(Inspection::LeftToGo(format!("not a zip the agent reads: {err}"))),
@@ -150,10 +234,14 @@ pub(super) fn write_out(
     Ok(Some(format!("h1:{}", base64::engine::general_purpose::STANDARD.encode(summary))))
 }
 
+/// A task's share in these tests: every zip of them fits.
+#[cfg(test)]
+const TASK_SHARE: u64 = 1 << 30;
+
 /// Inspects and extracts `zip` into `dest`, as the store does.
 #[cfg(test)]
 fn extract(zip: &Path, prefix: &str, dest: &Path) -> Result<Option<(Contents, String)>, String> {
-    match inspect(zip, prefix)? {
+    match inspect(zip, prefix, TASK_SHARE)? {
         Inspection::Extractable(contents) => {
             Ok(write_out(zip, &contents, dest, &|| false)?.map(|hash| (contents, hash)))
         }
@@ -259,6 +347,68 @@ pub(super) mod tests {
             writer.write_all(content).unwrap();
         }
         writer.finish().unwrap();
+    }
+
+    const PREFIX: &str = "example.com/m@v1.0.0/";
+
+    /// A zip of `count` empty files.
+    fn write_empty_files(path: &Path, count: usize) {
+        let names: Vec<String> = (0..count).map(|i| format!("{PREFIX}{i}")).collect();
+        let entries: Vec<(&str, &[u8])> = names.iter().map(|name| (name.as_str(), &b""[..])).collect();
+        write_zip(path, &entries);
+    }
+
+    fn left_to_go(inspection: Inspection) -> String {
+        match inspection {
+            Inspection::LeftToGo(why) => why,
+            Inspection::Extractable(contents) => panic!("extractable: {} files", contents.names.len()),
+        }
+    }
+
+    /// Parsing a central directory takes memory for every entry: a small zip of millions of
+    /// empty entries would take gigabytes. Each file takes a block once extracted, so a zip of
+    /// more entries than a task's share has blocks for is refused unparsed.
+    #[test]
+    fn a_zip_of_more_entries_than_the_share_has_blocks_for_is_refused_unparsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = dir.path().join("many.zip");
+        write_empty_files(&zip, 300);
+        let why = left_to_go(inspect(&zip, PREFIX, 256 * BLOCK).unwrap());
+        assert!(why.contains("300 entries"), "{why}");
+        let Inspection::Extractable(contents) = inspect(&zip, PREFIX, 301 * BLOCK).unwrap() else {
+            panic!("a zip within the share was refused")
+        };
+        assert_eq!(contents.names.len(), 300);
+    }
+
+    #[test]
+    fn the_central_directory_is_measured_from_its_headers_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = dir.path().join("m.zip");
+        write_zip(
+            &zip,
+            &[
+                (&format!("{PREFIX}go.mod"), b"module example.com/m\n"),
+                (&format!("{PREFIX}a.go"), b"package m\n"),
+            ],
+        );
+        let headers = central_headers(&mut std::fs::File::open(&zip).unwrap()).unwrap();
+        assert_eq!(headers.entries, 2);
+        let names = format!("{PREFIX}go.mod{PREFIX}a.go").len() as u64;
+        assert!(headers.bytes >= 2 * 46 + names, "{headers:?}");
+        assert!(refusal(&headers, u64::MAX).is_none());
+        let huge = Headers { entries: 2, bytes: MAX_DIRECTORY + 1 };
+        assert!(refusal(&huge, u64::MAX).is_some_and(|why| why.contains("central directory")));
+    }
+
+    /// The go command refuses module zips over 500 MiB: the agent leaves them to it unread.
+    #[test]
+    fn a_zip_over_500_mib_is_left_to_the_go_command_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = dir.path().join("huge.zip");
+        std::fs::File::create(&zip).unwrap().set_len(MAX_ZIP + 1).unwrap();
+        let why = left_to_go(inspect(&zip, PREFIX, TASK_SHARE).unwrap());
+        assert!(why.contains("500 MiB"), "{why}");
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! can read its links but not change them. A zip that the agent would not extract exactly as the
 //! go command does (a name outside `<module>@<version>/`, an unusual file name, a directory or
 //! link entry, a nested module or vendor directory, more than 500 MiB) is left to the go
-//! command.
+//! command; so is, unparsed, a zip past what parsing its central directory may take (see
+//! `extract::inspect`): that takes memory for every entry, and a small zip can hold millions.
 //!
 //! Extraction is only a speed-up: whatever the store does not lay out, the go command extracts
 //! itself, and only the modules the build needs. A job's proxy, though, may hold zips its build
@@ -180,7 +181,7 @@ impl ModuleStore {
         share: u64,
         stopped: &dyn Fn() -> bool,
     ) -> Result<Option<(Tree, bool)>, String> {
-        {
+        let task_share = {
             let mut books = self.books();
             if books.refused.contains(&zip.digest) {
                 return Ok(None);
@@ -193,18 +194,23 @@ impl ModuleStore {
                 books.hold(zip.digest);
                 return Ok(Some((tree, false)));
             }
-        }
+            books.task_share
+        };
         if share == 0 {
             return Ok(None);
         }
         let Some(prefix) = zip.prefix() else { return self.refuse(zip, "its module path does not unescape") };
-        let contents = match inspect(&zip.file, &prefix)? {
+        let contents = match inspect(&zip.file, &prefix, task_share)? {
             Inspection::Extractable(contents) => contents,
             Inspection::LeftToGo(why) => return self.refuse(zip, &why),
         };
+        if contents.charge > task_share {
+            return self.refuse(zip, "it takes more than one task may have the agent extract");
+        }
         if contents.charge > share {
+            // Not remembered: a later task, its share whole, extracts it.
             tracing::info!(module = %zip.escaped_path, version = %zip.escaped_version, bytes = contents.charge,
-                "module zip left to the go command: past what one task may have the agent extract");
+                "module zip left to the go command: past what is left of this task's share");
             return Ok(None);
         }
         let Some(victims) = self.books().reserve(contents.charge) else {
@@ -380,6 +386,35 @@ mod tests {
             "a/@v/...zip",
         ] {
             assert!(ModuleZip::from_proxy_path(other, digest, "z".into()).is_none(), "{other}");
+        }
+    }
+
+    /// A zip no task's share could ever extract is parsed once, not by every task of the job.
+    #[test]
+    fn zips_past_a_whole_tasks_share_are_remembered_as_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = 256 * extract::BLOCK;
+        let many_names: Vec<String> = (0..300).map(|i| format!("example.com/many@v1.0.0/{i}")).collect();
+        let many: Vec<(&str, &[u8])> = many_names.iter().map(|name| (name.as_str(), &b""[..])).collect();
+        let large = vec![0u8; share as usize + 1];
+        let zips: Vec<ModuleZip> =
+            [("many", many), ("large", vec![("example.com/large@v1.0.0/big", &large[..])])]
+                .into_iter()
+                .map(|(module, entries)| {
+                    let file = dir.path().join(format!("{module}.zip"));
+                    write_zip(&file, &entries);
+                    let path = format!("example.com/{module}/@v/v1.0.0.zip");
+                    ModuleZip::from_proxy_path(&path, Digest::of(module.as_bytes()), file).unwrap()
+                })
+                .collect();
+        let store = ModuleStore::open(dir.path().join("store"), 8 * share).unwrap();
+        assert_eq!(store.books().task_share, share);
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        let (prepared, _linked) = store.prepare(&zips, &cache, None);
+        assert_eq!(prepared, Prepared { linked: 0, extracted: 0, left_to_go: 2 });
+        for zip in &zips {
+            assert!(store.books().refused.contains(&zip.digest), "{} not remembered", zip.escaped_path);
         }
     }
 
