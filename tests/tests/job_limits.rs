@@ -197,10 +197,15 @@ async fn flood_the_log(daemon: &Daemon) -> (Vec<String>, v1::JobStatus) {
         }
         panic!("the watch ended before the job did");
     });
-    let (_session, token) = lease(daemon).await;
+    let (session, token) = lease(daemon).await;
     let mut workers = WorkersClient::connect(daemon.url()).await.unwrap();
     let line = "x".repeat(LINE);
     for call in 0..CALLS {
+        // An agent heartbeats while it works: on a loaded machine the flood may outlast a
+        // 1 s lease timeout.
+        let heartbeat = v1::Heartbeat { running: vec![token.clone()], ..v1::Heartbeat::default() };
+        let beat = v1::LeaseRequest { kind: Some(v1::lease_request::Kind::Heartbeat(heartbeat)) };
+        session.send(beat).await.expect("the lease stream is open");
         let lines = vec![line.clone(); LINES_PER_CALL];
         let request = v1::ProgressRequest { token: Some(token.clone()), started: call == 0, lines };
         workers
