@@ -329,7 +329,7 @@ pub async fn build_with(
         }
     };
 
-    let derived = derive(&run, &line, &command_line).await;
+    let derived = without_old_outputs(&run, &line, &command_line).await?;
     let (derived, planned) = match derived {
         Ok(found) => found,
         Err(unkeyed) => {
@@ -434,10 +434,6 @@ pub async fn build_with(
     // a file this key names; recording that under this key would restore it on every hit.
     // The bridge keys this build's entries under a salt of those files instead.
     say_go_cache(log, derived.go_cache);
-    if let GoCache::Salted(_) = derived.go_cache {
-        // go takes an output whose build ID matches its (unsalted) action ID as up to date.
-        remove_outputs(&planned)?;
-    }
     let (exit_code, build_time) = run.go(Some(client), derived.go_cache, log).await?;
     let mut outcome = BuildOutcome {
         hit: false,
@@ -449,6 +445,9 @@ pub async fn build_with(
     };
     if exit_code == 0 && options.read_only {
         say(log, "read-only: the build was not recorded");
+        outcome.outputs = outputs::hash(&planned).await;
+    } else if exit_code == 0 && !inputs_unchanged(&run, &line, &command_line, &derived.manifest).await {
+        say(log, "warning: the build's inputs changed while go ran; the build was not cached");
         outcome.outputs = outputs::hash(&planned).await;
     } else if exit_code == 0 {
         match record(client, request, &target, &key, wire_manifest, &planned, build_time, options.timeout)
@@ -465,6 +464,53 @@ pub async fn build_with(
     Ok(outcome)
 }
 
+/// The key inputs and planned outputs, derived with the outputs of an earlier build removed
+/// first: go takes an output whose build ID matches its action ID as up to date, though that
+/// ID misses what the key adds (included files, the C toolchain's environment), and an old
+/// output left where go did not write must never be recorded as what it wrote. go stamps the
+/// repository as it finds it when it starts, so a tree that an untracked old output made
+/// dirty is derived again without it.
+async fn without_old_outputs(
+    run: &Run<'_>,
+    line: &flags::CommandLine,
+    command_line: &flags::BuildFlags,
+) -> Result<Result<(Derived, Vec<Planned>), Unkeyed>, ClientError> {
+    let derived = derive(run, line, command_line).await;
+    let Ok((found, planned)) = &derived else { return Ok(derived) };
+    let present = planned.iter().any(|output| is_regular_file(&output.path));
+    if !present {
+        return Ok(derived);
+    }
+    remove_outputs(planned)?;
+    let dirty = found.manifest.get(VCS_MODIFIED).is_some_and(|component| component.display == "true");
+    Ok(if dirty { derive(run, line, command_line).await } else { derived })
+}
+
+/// The component saying whether the repository had changes when the build started.
+const VCS_MODIFIED: &str = "vcs.modified";
+
+/// Whether the inputs derived again after go ran are those looked up: a file edited while go
+/// compiled (an editor saving, another step of the job) made a binary of other contents than
+/// the key names, which every later build of the key would restore. Whether the repository
+/// is dirty is left out: the outputs just written may be untracked files in it, and go
+/// stamped it as it was when go started.
+async fn inputs_unchanged(
+    run: &Run<'_>,
+    line: &flags::CommandLine,
+    command_line: &flags::BuildFlags,
+    looked_up: &manifest::Manifest,
+) -> bool {
+    let Ok((again, _)) = derive(run, line, command_line).await else { return false };
+    let inputs = |manifest: &manifest::Manifest| -> Vec<manifest::Component> {
+        manifest.components().filter(|component| component.name != VCS_MODIFIED).cloned().collect()
+    };
+    inputs(&again.manifest) == inputs(looked_up)
+}
+
+fn is_regular_file(path: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_file())
+}
+
 fn code_name(status: &tonic::Status) -> String {
     format!("{:?}", status.code())
 }
@@ -478,9 +524,8 @@ fn files(count: usize) -> String {
 /// built from another version of an included file.
 fn remove_outputs(planned: &[Planned]) -> Result<(), ClientError> {
     for output in planned {
-        // Only a file go would link again: never `-o /dev/null`, a FIFO or a directory.
-        let is_file = std::fs::symlink_metadata(&output.path).is_ok_and(|meta| meta.is_file());
-        if !is_file {
+        // Only a file go would link again: never a FIFO or a directory.
+        if !is_regular_file(&output.path) {
             continue;
         }
         match std::fs::remove_file(&output.path) {
@@ -566,6 +611,11 @@ async fn derive(
     }
     if let Some(reason) = flags::ldflags_read_files(&flags.ldflags) {
         return Err(unkeyed(format!("{reason}, which the build key does not read")).await);
+    }
+    if let Some(reason) = flags::tool_flags_read_files(&flags) {
+        // go's action IDs hash the flags, not what they name: no shared go cache either.
+        let reason = format!("{reason}, which neither the build key nor go's cache follows");
+        return Err(Unkeyed { reason, go_cache: GoCache::Off });
     }
     let derived = match inputs::derive(&call, &flags, &env, &packages, tree).await {
         Ok(derived) => derived,

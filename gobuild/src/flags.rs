@@ -109,9 +109,32 @@ fn names_a_file(argument: &str) -> bool {
 /// Whether an `-asmflags` value (`[pattern=]flags`) holds `-I`, in any form the assembler's
 /// flag parsing takes (`-I dir`, `-I=dir`, `--I dir`, quoted).
 pub fn names_include_dirs(asmflags: &str) -> bool {
-    per_package_words(asmflags).iter().any(|word| {
+    names_any_flag(asmflags, &["I"])
+}
+
+/// Compiler flags whose value is a file the compiler reads, or a directory it imports from:
+/// go's action IDs hash the flag's text, not what it names.
+const COMPILER_READS: &[&str] = &["pgoprofile", "importcfg", "embedcfg", "symabis", "coveragecfg", "I"];
+/// Linker flags of the same kind (-extld and -extldflags: [`ldflags_read_files`]), and -o,
+/// which would write the binary where the wrapper does not look.
+const LINKER_READS: &[&str] = &["libgcc", "importcfg", "L", "o"];
+
+/// Why `-gcflags` or `-ldflags` make a tool read files neither the build key nor go's cache
+/// follows (`-gcflags=all=-pgoprofile=FILE`, `-ldflags=-L DIR`), if they do.
+pub fn tool_flags_read_files(flags: &BuildFlags) -> Option<String> {
+    if let Some(value) = flags.gcflags.iter().find(|value| names_any_flag(value, COMPILER_READS)) {
+        return Some(format!("-gcflags {value:?} makes the compiler read files"));
+    }
+    let value = flags.ldflags.iter().find(|value| names_any_flag(value, LINKER_READS))?;
+    Some(format!("-ldflags {value:?} makes the linker read or write files"))
+}
+
+/// Whether a per-package tool flag value holds one of `names`, in any form go's tools parse
+/// (`-name value`, `-name=value`, `--name`, quoted).
+fn names_any_flag(value: &str, names: &[&str]) -> bool {
+    per_package_words(value).iter().any(|word| {
         let name = word.strip_prefix("--").or_else(|| word.strip_prefix('-')).unwrap_or("");
-        name.split_once('=').map_or(name, |(name, _)| name) == "I"
+        names.contains(&name.split_once('=').map_or(name, |(name, _)| name))
     })
 }
 
@@ -459,6 +482,26 @@ mod tests {
         ] {
             assert!(ldflags_read_files(&[relative.to_owned()]).is_some(), "{relative}");
         }
+    }
+
+    /// `-gcflags=all=-pgoprofile=FILE` made the compiler read a profile that neither the key
+    /// nor go's action IDs follow: an edited profile was served stale.
+    #[test]
+    fn tool_flags_naming_files_are_refused() {
+        let with = |gcflags: &[&str], ldflags: &[&str]| BuildFlags {
+            gcflags: gcflags.iter().map(|flag| flag.to_string()).collect(),
+            ldflags: ldflags.iter().map(|flag| flag.to_string()).collect(),
+            ..BuildFlags::default()
+        };
+        for gcflags in
+            ["all=-pgoprofile=/tmp/p.pgo", "-N -l -importcfg cfg", "./x=--I=/inc", "all='-symabis' s"]
+        {
+            assert!(tool_flags_read_files(&with(&[gcflags], &[])).is_some(), "{gcflags}");
+        }
+        for ldflags in ["-libgcc=/x/libgcc.a", "-L /dir", "all=-o=/tmp/elsewhere"] {
+            assert!(tool_flags_read_files(&with(&[], &[ldflags])).is_some(), "{ldflags}");
+        }
+        assert_eq!(tool_flags_read_files(&with(&["all=-N -l", "-m"], &["-s -w", "-X main.v=1"])), None);
     }
 
     #[test]

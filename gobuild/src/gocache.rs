@@ -7,7 +7,7 @@
 //! is; one that reads others keys its entries apart under a salt of those files' contents
 //! (`CACHED_ACTION_SALT`); one whose reads are not known uses no shared cache at all.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cached_client::error::ClientError;
 
@@ -256,30 +256,20 @@ pub async fn for_unkeyed(env: &GoEnv, packages: Option<Vec<Package>>, tree: Opti
     }
 }
 
-/// The go cache `go test <args>` in `dir` may use: the include scan over every package a test
-/// of the module could build (`go list -deps all`, with the command line's `-tags`). Test
-/// files cannot use cgo, so a package's test build reads the files its build does.
+/// The go cache `go test <args>`, started in `dir`, may use: the include scan over every
+/// package a test there could build (`go list -deps all` and the packages named), listed where
+/// go runs (`-C`) and with the build flags that choose packages and files (`-modfile`, `-mod`,
+/// `-tags`, ...). Test files cannot use cgo, so a package's test build reads the files its
+/// build does.
 pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option<&Path>) -> GoCache {
-    if asm_include_dirs(args) {
-        return GoCache::Off;
-    }
-    let mut list = Vec::new();
-    if let Some(tags) = test_tags(args) {
-        list.push(format!("-tags={tags}"));
-    }
-    list.push("all".to_owned());
-    let Ok(line) = flags::parse_command_line(&list) else { return GoCache::Off };
-    let Ok(mut flags) = flags::effective("", &line) else { return GoCache::Off };
-    // A package that does not load fails its own tests and its dependents'; what the others
-    // read is still known.
-    flags.list_flags.push("-e".to_owned());
-    let call = GoCall { exec, go: Path::new("go"), dir, env: &[] };
-    match call.read(&flags, &line.packages).await {
+    let Some(list) = TestList::of(dir, &test_build_line(args)) else { return GoCache::Off };
+    let call = GoCall { exec, go: Path::new("go"), dir: &list.dir, env: &[] };
+    match call.read(&list.flags, &list.patterns).await {
         Ok((env, packages)) => {
             // GOFLAGS as go sees it: the environment's, or the user's go env file.
             let goflags = env.get("GOFLAGS").map_or("", String::as_str);
             let Ok(goflags) = flags::split_goflags(goflags) else { return GoCache::Off };
-            if asm_include_dirs(&goflags) {
+            if compiles_unscanned_files(&test_build_line(&goflags).flags) {
                 return GoCache::Off;
             }
             for_unkeyed(&env, Some(packages), tree).await
@@ -288,31 +278,183 @@ pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option
     }
 }
 
-/// Whether any `-asmflags` of a go command line (or GOFLAGS) gives include directories.
-fn asm_include_dirs(args: &[String]) -> bool {
-    flag_values(args, "asmflags").any(flags::names_include_dirs)
+/// The `go list` that names what a go test may build.
+struct TestList {
+    /// Where go runs the tests.
+    dir: PathBuf,
+    flags: flags::BuildFlags,
+    patterns: Vec<String>,
 }
 
-/// The `-tags` a go test command line gives (the last, before `-args`).
-fn test_tags(args: &[String]) -> Option<String> {
-    flag_values(args, "tags").last().map(str::to_owned)
+impl TestList {
+    /// For the build flags and packages of a go test command line (`line`) started in `dir`;
+    /// none where the scan cannot tell what the tests compile.
+    fn of(dir: &Path, line: &flags::CommandLine) -> Option<Self> {
+        // .go files named on the command line make a package `all` does not hold.
+        if compiles_unscanned_files(&line.flags) || line.packages.iter().any(|p| p.ends_with(".go")) {
+            return None;
+        }
+        // -modfile, which go build's parsing refuses, is handed to go list as it is; -a and -n
+        // change whether go compiles, not what it reads.
+        let (modfile, chosen): (Vec<_>, Vec<_>) = line
+            .flags
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "a" | "n"))
+            .cloned()
+            .partition(|(name, _)| name == "modfile");
+        let mut flags =
+            flags::effective("", &flags::CommandLine { flags: chosen, packages: Vec::new() }).ok()?;
+        // Tool flags naming files (-gcflags=all=-pgoprofile=FILE) go's action IDs do not follow.
+        if flags::tool_flags_read_files(&flags).is_some() {
+            return None;
+        }
+        if let Some((_, Some(modfile))) = modfile.last() {
+            flags.list_flags.push(format!("-modfile={modfile}"));
+        }
+        // A package that does not load fails its own tests and its dependents'; what the
+        // others read is still known.
+        flags.list_flags.push("-e".to_owned());
+        let dir = flags.chdir.as_ref().map_or_else(|| dir.to_owned(), |chdir| dir.join(chdir));
+        let patterns = std::iter::once("all".to_owned()).chain(line.packages.iter().cloned()).collect();
+        Some(Self { dir, flags, patterns })
+    }
 }
 
-/// The values a go command line gives the flag `name` (`-name value`, `-name=value`, with one
-/// dash or two), in order, before `-args`.
-fn flag_values<'a>(args: &'a [String], name: &'a str) -> impl Iterator<Item = &'a str> {
-    let mut args = args.iter().take_while(|arg| !matches!(arg.as_str(), "-args" | "--args"));
-    std::iter::from_fn(move || {
-        while let Some(arg) = args.next() {
-            let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else { continue };
-            match flag.strip_prefix(name) {
-                Some("") => return Some(args.next().map_or("", String::as_str)),
-                Some(joined) if joined.starts_with('=') => return Some(&joined[1..]),
-                _ => {}
+/// Whether build flags (`line.flags` of [`test_build_line`]) have go compile other files than
+/// those the include scan reads: an overlay's, whatever a -toolexec program runs, headers
+/// from the assembler's include directories.
+fn compiles_unscanned_files(flags: &[(String, Option<String>)]) -> bool {
+    flags.iter().any(|(name, value)| {
+        let value = value.as_deref().unwrap_or("");
+        match name.as_str() {
+            "overlay" | "toolexec" => !value.is_empty(),
+            "asmflags" => flags::names_include_dirs(value),
+            _ => false,
+        }
+    })
+}
+
+/// Flags of go test's own and of the test binary's (also as `-test.name`) that take a value.
+const TEST_VALUE_FLAGS: &[&str] = &[
+    "bench",
+    "benchtime",
+    "blockprofile",
+    "blockprofilerate",
+    "count",
+    "coverprofile",
+    "cpu",
+    "cpuprofile",
+    "exec",
+    "fuzz",
+    "fuzzminimizetime",
+    "fuzztime",
+    "list",
+    "memprofile",
+    "memprofilerate",
+    "mutexprofile",
+    "mutexprofilefraction",
+    "o",
+    "outputdir",
+    "parallel",
+    "run",
+    "shuffle",
+    "skip",
+    "timeout",
+    "trace",
+    "vet",
+];
+/// Boolean flags of go test's own and of the test binary's.
+const TEST_BOOL_FLAGS: &[&str] =
+    &["artifacts", "benchmem", "c", "failfast", "fullpath", "json", "short", "v"];
+/// Boolean build flags of go test (`-race`, `-race=false`).
+const BUILD_BOOL_FLAGS: &[&str] = &[
+    "a",
+    "n",
+    "x",
+    "asan",
+    "msan",
+    "race",
+    "linkshared",
+    "trimpath",
+    "work",
+    "modcacherw",
+    "cover",
+    "buildvcs",
+];
+
+/// How go test takes a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TestFlag {
+    /// A build flag, which `go build` takes too.
+    Build { takes_value: bool },
+    /// Its own, or the test binary's.
+    Test { takes_value: bool },
+    /// One go test passes to the test binary without knowing it.
+    Unknown,
+}
+
+/// Test flags first: go test takes `-o`, `-exec`, `-v` and `-json` as its own.
+fn test_flag(name: &str) -> TestFlag {
+    let test_name = name.strip_prefix("test.").unwrap_or(name);
+    if TEST_VALUE_FLAGS.contains(&name) || TEST_VALUE_FLAGS.contains(&test_name) {
+        TestFlag::Test { takes_value: true }
+    } else if TEST_BOOL_FLAGS.contains(&name) || TEST_BOOL_FLAGS.contains(&test_name) {
+        TestFlag::Test { takes_value: false }
+    } else if BUILD_BOOL_FLAGS.contains(&name) {
+        TestFlag::Build { takes_value: false }
+    } else if flags::VALUE_FLAGS.contains(&name) {
+        TestFlag::Build { takes_value: true }
+    } else {
+        TestFlag::Unknown
+    }
+}
+
+/// The build flags (in order) and the packages of a go test command line (or of GOFLAGS'
+/// fields), split as go test splits it: flags and packages may come in any order, but the
+/// packages in one run; an unknown flag goes to the test binary, with the word after it when
+/// it has no `=value`; `-args` or `--` ends what go reads.
+fn test_build_line(args: &[String]) -> flags::CommandLine {
+    let mut line = flags::CommandLine::default();
+    let (mut packages_seen, mut in_packages, mut after_bare_unknown) = (false, false, false);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let value_of_unknown = std::mem::take(&mut after_bare_unknown);
+        if arg == "--" {
+            break;
+        }
+        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')).filter(|f| !f.is_empty())
+        else {
+            if packages_seen && !in_packages {
+                if value_of_unknown {
+                    continue;
+                }
+                break;
+            }
+            (packages_seen, in_packages) = (true, true);
+            line.packages.push(arg.clone());
+            continue;
+        };
+        in_packages = false;
+        let (name, inline) = flag.split_once('=').map_or((flag, None), |(name, value)| (name, Some(value)));
+        let inline = inline.map(str::to_owned);
+        match test_flag(name) {
+            TestFlag::Build { takes_value } => {
+                let value = if takes_value { inline.or_else(|| args.next().cloned()) } else { inline };
+                line.flags.push((name.to_owned(), value));
+            }
+            TestFlag::Test { takes_value } => {
+                if takes_value && inline.is_none() {
+                    args.next();
+                }
+            }
+            TestFlag::Unknown if name == "args" => break,
+            TestFlag::Unknown => {
+                packages_seen = true;
+                after_bare_unknown = inline.is_none();
             }
         }
-        None
-    })
+    }
+    line
 }
 
 #[cfg(test)]
@@ -340,13 +482,91 @@ mod tests {
         }
     }
 
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|arg| (*arg).to_owned()).collect()
+    }
+
+    fn build_flags(list: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        list.iter().map(|(name, value)| ((*name).to_owned(), value.map(str::to_owned))).collect()
+    }
+
     #[test]
-    fn the_tags_of_a_test_command_line() {
-        let args = |list: &[&str]| list.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
-        assert_eq!(test_tags(&args(&["-run", "X", "./..."])), None);
-        assert_eq!(test_tags(&args(&["-tags=a,b", "./..."])).as_deref(), Some("a,b"));
-        assert_eq!(test_tags(&args(&["--tags", "a", "-tags", "b", "."])).as_deref(), Some("b"));
-        assert_eq!(test_tags(&args(&["./...", "-args", "-tags=x"])), None);
+    fn a_test_command_line_splits_into_build_flags_and_packages_as_go_test_splits_it() {
+        let line = test_build_line(&args(&[
+            "-C",
+            "sub",
+            "-run",
+            "X",
+            "-tags=a,b",
+            "./...",
+            "-count",
+            "1",
+            "-v",
+            "--modfile",
+            "alt.mod",
+            "-race",
+            "-args",
+            "-tags=x",
+        ]));
+        assert_eq!(line.packages, ["./..."]);
+        let expected =
+            [("C", Some("sub")), ("tags", Some("a,b")), ("modfile", Some("alt.mod")), ("race", None)];
+        assert_eq!(line.flags, build_flags(&expected));
+        // The packages come in one run; an unknown flag without `=value` takes the next word.
+        let line = test_build_line(&args(&["./a", "./b", "-custom", "value", "-overlay=o.json", "./c"]));
+        assert_eq!(line.packages, ["./a", "./b"]);
+        assert_eq!(line.flags, build_flags(&[("overlay", Some("o.json"))]));
+        let line =
+            test_build_line(&args(&["-test.run", "X", "-exec", "sudo", "-o", "t.test", "./a", "--", "-a"]));
+        assert_eq!((line.packages, line.flags), (args(&["./a"]), Vec::new()));
+    }
+
+    /// The scan's go list runs where go runs the tests (`-C`), with the go.mod they use.
+    #[test]
+    fn the_scan_lists_where_and_as_the_tests_build() {
+        let line = test_build_line(&args(&[
+            "-C",
+            "sub",
+            "-modfile=alt.mod",
+            "-mod=mod",
+            "-tags",
+            "t",
+            "-a",
+            "-count=1",
+            "./pkg",
+        ]));
+        let list = TestList::of(Path::new("/m"), &line).unwrap();
+        assert_eq!(list.dir, Path::new("/m/sub"));
+        assert_eq!(list.flags.list_flags, ["-mod=mod", "-tags=t", "-modfile=alt.mod", "-e"]);
+        assert_eq!(list.patterns, ["all", "./pkg"]);
+    }
+
+    /// go compiles what the scan does not read: no list, so no shared cache.
+    #[test]
+    fn flags_that_compile_unscanned_files_leave_nothing_to_scan() {
+        for line in [
+            &["-overlay=o.json", "./..."][..],
+            &["./...", "-count=1", "-toolexec", "strace"],
+            &["-asmflags=-I=../inc", "./..."],
+            &["--asmflags", "all=-I ../inc", "./..."],
+            &["-asmflags=--I=../inc", "./..."],
+            &["-asmflags=all='-I' ../inc", "./..."],
+            &["-asmflags", "-trimpath=x -I=../inc", "./..."],
+            &["-linkshared", "./..."],
+            &["value_test.go", "value.go"],
+            &["-gcflags=all=-pgoprofile=/tmp/p.pgo", "./..."],
+        ] {
+            assert!(TestList::of(Path::new("/m"), &test_build_line(&args(line))).is_none(), "{line:?}");
+        }
+        for line in [
+            &["-asmflags=-trimpath", "./...", "-args", "-asmflags=-I=x"][..],
+            &["-gcflags=all=-N -l", "./..."],
+        ] {
+            assert!(TestList::of(Path::new("/m"), &test_build_line(&args(line))).is_some(), "{line:?}");
+        }
+        let goflags = flags::split_goflags("-mod=mod '-toolexec=strace -f'").unwrap();
+        assert!(compiles_unscanned_files(&test_build_line(&goflags).flags));
+        assert!(!compiles_unscanned_files(&test_build_line(&args(&["-modfile=alt.mod", "-count=1"])).flags));
     }
 
     /// One broken package in the module leaves the others' tests their shared cache.
@@ -364,18 +584,6 @@ mod tests {
         let exec = crate::exec::Processes::default();
         let args = ["./good".to_owned()];
         assert_eq!(for_test(&exec, module.path(), &args, None).await, GoCache::Shared);
-    }
-
-    #[test]
-    fn assembler_include_directories_on_a_test_command_line() {
-        let args = |list: &[&str]| list.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
-        assert!(asm_include_dirs(&args(&["-asmflags=-I=../inc", "./..."])));
-        assert!(asm_include_dirs(&args(&["--asmflags", "all=-I ../inc", "./..."])));
-        assert!(asm_include_dirs(&args(&["-asmflags=--I=../inc", "./..."])));
-        assert!(asm_include_dirs(&args(&["-asmflags=all='-I' ../inc", "./..."])));
-        assert!(asm_include_dirs(&args(&["-asmflags", "-trimpath=x -I=../inc", "./..."])));
-        assert!(!asm_include_dirs(&args(&["-asmflags=-trimpath", "./...", "-args", "-asmflags=-I=x"])));
-        assert!(!asm_include_dirs(&args(&["-gcflags=-I=x", "./..."])));
     }
 
     #[test]

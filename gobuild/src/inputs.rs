@@ -56,11 +56,12 @@ pub struct Package {
     pub swig_cxx_files: Vec<String>,
     pub syso_files: Vec<String>,
     pub embed_files: Vec<String>,
+    pub cgo_pkg_config: Vec<String>,
 }
 
 /// The fields `go list` is asked for: only these are computed and printed.
 const LIST_FIELDS: &str = "ImportPath,Name,Dir,Standard,DepOnly,Module,GoFiles,CgoFiles,CFiles,CXXFiles,MFiles,\
-HFiles,FFiles,SFiles,SwigFiles,SwigCXXFiles,SysoFiles,EmbedFiles";
+HFiles,FFiles,SFiles,SwigFiles,SwigCXXFiles,SysoFiles,EmbedFiles,CgoPkgConfig";
 
 /// Environment variables that enter the key (besides what `go env` reports). Nothing else of
 /// the environment does: no proxies, no tokens, no GOAUTH.
@@ -177,7 +178,7 @@ impl GoCall<'_> {
 
     /// `program` (not the go command) as the build's processes run: its directory and
     /// environment.
-    fn invocation_of(&self, program: impl Into<PathBuf>, args: Vec<String>) -> Invocation {
+    pub(crate) fn invocation_of(&self, program: impl Into<PathBuf>, args: Vec<String>) -> Invocation {
         Invocation {
             program: program.into(),
             args,
@@ -527,10 +528,27 @@ pub async fn derive(
             manifest.insert(format!("env.{name}"), *blake3::hash(&value).as_bytes(), String::new());
         }
     }
+    // Components the C toolchain reads and go's action IDs do not hash: a shared go cache
+    // would serve objects compiled under other values, so they salt it (see gocache.rs).
+    let mut unseen_settings: Vec<(String, [u8; 32])> = Vec::new();
+    fn unseen_by_go_actions(
+        manifest: &mut Manifest,
+        unseen: &mut Vec<(String, [u8; 32])>,
+        name: String,
+        value: &str,
+    ) {
+        manifest.shown(name.clone(), value);
+        unseen.push((name, *blake3::hash(value.as_bytes()).as_bytes()));
+    }
     if cgo && cgo_on {
         // The C compiler stamps __DATE__ and __TIME__ from it.
         if let Some(epoch) = call.build_var("SOURCE_DATE_EPOCH") {
-            manifest.shown("env.SOURCE_DATE_EPOCH", &epoch);
+            unseen_by_go_actions(
+                &mut manifest,
+                &mut unseen_settings,
+                "env.SOURCE_DATE_EPOCH".to_owned(),
+                &epoch,
+            );
         }
         if cxx {
             compiler_identity(call, &mut manifest, "CXX", var(env, "CXX")).await?;
@@ -543,6 +561,15 @@ pub async fn derive(
                 .await?;
         }
         manifest.shown("env.PKG_CONFIG", var(env, "PKG_CONFIG"));
+        let own_dirs: Vec<&Path> = std::iter::once(base.as_path()).chain(tree.as_deref()).collect();
+        for package in packages.iter().filter(|package| !package.standard) {
+            if let Some((name, hash, shown)) =
+                crate::pkgconfig::component(call, env, package, &own_dirs).await?
+            {
+                manifest.insert(name.clone(), hash, shown);
+                unseen_settings.push((name, hash));
+            }
+        }
     }
     // With cgo on, CC compiles the cgo packages and links every binary go links externally
     // (cgo in use, or asked for): a pure Go program linked by another compiler differs.
@@ -551,7 +578,7 @@ pub async fn derive(
         compiler_identity(call, &mut manifest, "CC", var(env, "CC")).await?;
         for name in COMPILER_ENV {
             if let Some(value) = call.build_var(name) {
-                manifest.shown(format!("env.{name}"), &value);
+                unseen_by_go_actions(&mut manifest, &mut unseen_settings, format!("env.{name}"), &value);
             }
         }
     }
@@ -579,13 +606,10 @@ pub async fn derive(
     let (std_hashed, hashed): (Vec<_>, Vec<_>) =
         hashed.into_iter().partition(|(name, _)| name.starts_with(STD_PREFIX));
     manifest.insert("go.std".to_owned(), std_digest(std_hashed), String::new());
-    let go_cache = GoCache::of_unseen(
-        hashed
-            .iter()
-            .filter(|(name, _)| unseen_by_go.contains(name))
-            .map(|(name, hash)| (name.as_str(), hash)),
-    )
-    .for_go(env);
+    let unseen_files = hashed.iter().filter(|(name, _)| unseen_by_go.contains(name));
+    let go_cache =
+        GoCache::of_unseen(unseen_files.chain(&unseen_settings).map(|(name, hash)| (name.as_str(), hash)))
+            .for_go(env);
     for (name, hash) in hashed {
         manifest.insert(name, hash, String::new());
     }

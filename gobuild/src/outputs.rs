@@ -22,12 +22,23 @@ pub struct Planned {
     pub path: PathBuf,
 }
 
-/// Whether `elem` is a major-version suffix (`v2`, `v10`) as go's DefaultExecName sees it.
+/// Whether `elem` is a major-version suffix (`v2`, `v10`) as go's DefaultExecName sees it:
+/// not `v1`, nor one with a leading zero (`v0`, `v05`), which name the binary themselves.
 fn is_version_element(elem: &str) -> bool {
-    elem.len() >= 2
-        && elem.starts_with('v')
-        && elem[1..].bytes().all(|b| b.is_ascii_digit())
-        && !matches!(elem, "v0" | "v1")
+    let Some(digits) = elem.strip_prefix('v') else { return false };
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+        && digits != "1"
+}
+
+/// Whether go takes the -o path for its null device and writes nothing (cmd/go's base.IsNull).
+fn is_null_device(output: &Path) -> bool {
+    if cfg!(windows) {
+        output.as_os_str().eq_ignore_ascii_case("NUL")
+    } else {
+        output == Path::new("/dev/null")
+    }
 }
 
 /// The executable name go gives a main package: its last path element (the one before a
@@ -51,6 +62,8 @@ pub fn plan(
     let mains: Vec<&Root> = roots.iter().filter(|r| r.is_main).collect();
     let planned = |root: &Root, path: PathBuf| Planned { package: root.import_path.clone(), path };
     match output {
+        // go builds and discards: nothing to record or to restore.
+        Some(output) if is_null_device(output) => Ok(Vec::new()),
         Some(output) => {
             let path = dir.join(output);
             let text = output.to_string_lossy();
@@ -104,6 +117,13 @@ pub async fn restore(
         if let Some(parent) = output.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(ClientError::file(parent))?;
         }
+        // The download renames its file over the path: never over a device, a FIFO or a
+        // directory, which go would not have replaced.
+        if let Ok(meta) = std::fs::symlink_metadata(&output.path)
+            && !(meta.is_file() || meta.file_type().is_symlink())
+        {
+            return Err(not_a_file(&output.path, "replace it with the build's output"));
+        }
         transfer::download_to_file(client, digest, &output.path).await?;
         make_executable(&output.path)?;
         written.push((output.path.clone(), digest));
@@ -111,11 +131,27 @@ pub async fn restore(
     Ok(written)
 }
 
-/// Uploads the outputs the build wrote; returns them with their digests.
+/// Uploads the outputs the build wrote; returns them with their digests. Each must be a
+/// regular file (the planned outputs were removed before the build, so one is what go wrote).
 pub async fn upload(client: &Client, planned: &[Planned]) -> Result<Vec<(Planned, Digest)>> {
+    for output in planned {
+        if !std::fs::symlink_metadata(&output.path).is_ok_and(|meta| meta.is_file()) {
+            return Err(not_a_file(&output.path, "record it as the build's output"));
+        }
+    }
     let paths: Vec<PathBuf> = planned.iter().map(|p| p.path.clone()).collect();
     let digests = transfer::upload_files(client, &paths, UPLOAD_LEVEL).await?;
     Ok(planned.iter().cloned().zip(digests).collect())
+}
+
+fn not_a_file(path: &Path, what: &str) -> ClientError {
+    ClientError::Local {
+        what: format!(
+            "{} is not a regular file written by the build, so the wrapper will not {what}",
+            path.display()
+        ),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput).into(),
+    }
 }
 
 /// The digests of the outputs without uploading them (no server).
@@ -146,6 +182,10 @@ mod tests {
         assert_eq!(exe_name("example.com/m/cmd/app", "windows"), "app.exe");
         assert_eq!(exe_name("app", "linux"), "app");
         assert_eq!(exe_name("example.com/x/v1", "linux"), "v1");
+        // go's isVersionElement: a leading zero is a name, not a major version.
+        assert_eq!(exe_name("example.com/m/cmd/app/v05", "linux"), "v05");
+        assert_eq!(exe_name("example.com/m/cmd/app/v0", "linux"), "v0");
+        assert_eq!(exe_name("example.com/m/cmd/app/v10", "linux"), "app");
     }
 
     #[test]
@@ -165,5 +205,8 @@ mod tests {
         );
         assert!(plan(None, &two, "linux", dir).unwrap().is_empty());
         assert!(plan(Some(Path::new("x.a")), &[root("m/lib", false)], "linux", dir).is_err());
+        // go builds for -o /dev/null and writes nothing; recording /dev/null's nothing as the
+        // binary served it to later builds of the same key.
+        assert!(plan(Some(Path::new("/dev/null")), &app, "linux", dir).unwrap().is_empty());
     }
 }

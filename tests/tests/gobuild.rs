@@ -615,3 +615,220 @@ fn a_header_included_from_outside_the_package_is_in_the_key() {
     assert_eq!(compiled, ["main"], "{}", built.stderr);
     assert_eq!(ws.printed("bin/asmval"), "667");
 }
+
+/// A cgo package in `dir` (of the module) whose value is `V` from `v.h`, found in the directory
+/// `include` names relative to the package (`-I${SRCDIR}/include`: go keys the flag's text,
+/// not the header), with a test that logs the value.
+fn cgo_header_package(ws: &Workspace, dir: &str, include: &str) {
+    let source = format!(
+        "package {name}\n\n// #cgo CFLAGS: -I${{SRCDIR}}/{include}\n// #include <v.h>\n\
+         // static int value(void) {{ return V; }}\nimport \"C\"\n\nfunc V() int {{ return int(C.value()) }}\n",
+        name = dir.rsplit('/').next().unwrap()
+    );
+    ws.write(&[(format!("{dir}/value.go").as_str(), source)]);
+}
+
+impl Workspace {
+    /// The value a test logs (`V=<n>`) under `cachectl go test <args> -count=1 -v`, on a fresh
+    /// runner: an empty local tier and GOCACHE, so that go's cache serves only what the
+    /// server holds.
+    fn value_logged_on_a_fresh_runner(&self, args: &[&str], what: &str) -> String {
+        let (tier, gocache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let command = [&["go", "test"][..], args, &["-count=1", "-v"]].concat();
+        let env = [
+            ("CGO_ENABLED", "1"),
+            ("CACHED_GOCACHE_DIR", tier.path().to_str().unwrap()),
+            ("GOCACHE", gocache.path().to_str().unwrap()),
+        ];
+        let done = run(self.cachectl(&command, &env)).success(what);
+        let logged = done.stdout.split_whitespace().find(|word| word.starts_with("V="));
+        logged
+            .unwrap_or_else(|| panic!("{what}: no value logged:\n{}\n{}", done.stdout, done.stderr))
+            .to_owned()
+    }
+}
+
+/// `cachectl go test -C sub` scanned the includes of the module it started in, not of the one
+/// go tests: the nested module's header went unseen, go's cache was shared unsalted, and after
+/// the header changed a fresh runner was served the object built from the old one.
+#[test]
+fn go_test_in_another_directory_scans_the_includes_there() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    ws.write(&[
+        ("sub/go.mod", "module example.com/sub\n\ngo 1.24\n"),
+        (
+            "sub/pkg/value_test.go",
+            "package pkg\n\nimport \"testing\"\n\nfunc TestV(t *testing.T) { t.Logf(\"V=%d\", V()) }\n",
+        ),
+        ("sub/include/v.h", "#define V 1\n"),
+    ]);
+    cgo_header_package(&ws, "sub/pkg", "../include");
+    let args = ["-C", "sub", "./pkg"];
+    assert_eq!(ws.value_logged_on_a_fresh_runner(&args, "the first test run"), "V=1");
+    std::fs::write(ws.path("sub/include/v.h"), "#define V 2\n").unwrap();
+    let value = ws.value_logged_on_a_fresh_runner(&args, "the test run after the header changed");
+    assert_eq!(value, "V=2", "the object built from the old header was served");
+}
+
+/// `-modfile` decides which modules a test builds: the scan read go.mod's, which lacks the
+/// dependency whose cgo header changed, and the old header's object was served.
+#[test]
+fn go_test_with_another_go_mod_scans_the_modules_it_names() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let go_mod = std::fs::read_to_string(ws.path("go.mod")).unwrap();
+    let alt_mod = format!("{go_mod}\nrequire example.com/dep v0.0.0\n\nreplace example.com/dep => ./dep\n");
+    ws.write(&[
+        ("alt.mod", alt_mod),
+        ("alt.sum", std::fs::read_to_string(ws.path("go.sum")).unwrap()),
+        ("dep/go.mod", "module example.com/dep\n\ngo 1.24\n".to_owned()),
+        ("dep/include/v.h", "#define V 1\n".to_owned()),
+        (
+            "app/app_test.go",
+            "package app\n\nimport (\n\t\"testing\"\n\n\t\"example.com/dep\"\n)\n\n\
+             func TestV(t *testing.T) { t.Logf(\"V=%d\", dep.V()) }\n"
+                .to_owned(),
+        ),
+    ]);
+    cgo_header_package(&ws, "dep", "include");
+    let args = ["-modfile=alt.mod", "./app"];
+    assert_eq!(ws.value_logged_on_a_fresh_runner(&args, "the first test run"), "V=1");
+    std::fs::write(ws.path("dep/include/v.h"), "#define V 2\n").unwrap();
+    let value = ws.value_logged_on_a_fresh_runner(&args, "the test run after the header changed");
+    assert_eq!(value, "V=2", "the object built from the old header was served");
+}
+
+/// go builds for `-o /dev/null` and writes nothing; the wrapper recorded /dev/null's nothing as
+/// the binary, and a later build of the same key to a file restored an empty file.
+#[test]
+fn a_build_to_dev_null_records_no_binary() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let discard = ["go", "build", "-trimpath", "-o", "/dev/null", "./cmd/app"];
+    // Once only: a hit of the old wrapper renamed its restored file over /dev/null.
+    run(ws.cachectl(&discard, &[])).success("build to /dev/null");
+    let to_file = ["go", "build", "-trimpath", "-o", "bin/app", "./cmd/app"];
+    let built = run(ws.cachectl(&to_file, &[])).success("build to a file");
+    let size = std::fs::metadata(ws.path("bin/app")).unwrap().len();
+    assert!(size > 100_000, "bin/app is {size} bytes:\n{}", built.stderr);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+}
+
+/// A cgo main package printing `V` from `header`, which the C compiler finds however the test
+/// sets it up (the package names no include directory).
+fn cgo_value_program(ws: &Workspace, header: &str) {
+    let main = format!(
+        "package main\n\n// #include <{header}>\n// static int value(void) {{ return V; }}\nimport \"C\"\n\n\
+         func main() {{ println(int(C.value())) }}\n"
+    );
+    ws.write(&[("cmd/cgoval/main.go", main)]);
+}
+
+impl Workspace {
+    /// `cachectl go build` of cmd/cgoval with cgo and `env`, on a fresh runner (an empty local
+    /// tier and GOCACHE, so go's cache serves only what the server holds): its stderr, and
+    /// what the binary prints.
+    fn cgo_value_on_a_fresh_runner(&self, env: &[(&str, &str)], what: &str) -> (String, String) {
+        let (tier, gocache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut all = vec![
+            ("CGO_ENABLED", "1"),
+            ("CACHED_GOCACHE_DIR", tier.path().to_str().unwrap()),
+            ("GOCACHE", gocache.path().to_str().unwrap()),
+        ];
+        all.extend_from_slice(env);
+        let args = ["go", "build", "-trimpath", "-o", "bin/cgoval", "./cmd/cgoval"];
+        self.build_and_run(&args, &all, "bin/cgoval", what)
+    }
+}
+
+/// CPATH is in the build key but not in go's action IDs: a miss after it changed took the
+/// object compiled under the old value from the shared go cache, linked it, and recorded that
+/// binary under the new key.
+#[test]
+fn a_compiler_setting_go_does_not_key_keeps_go_cache_entries_apart() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    cgo_value_program(&ws, "cpv.h");
+    let headers = tempfile::tempdir().unwrap();
+    for (dir, value) in [("a", 1), ("b", 2)] {
+        std::fs::create_dir_all(headers.path().join(dir)).unwrap();
+        std::fs::write(headers.path().join(dir).join("cpv.h"), format!("#define V {value}\n")).unwrap();
+    }
+    let cpath = |dir: &str| headers.path().join(dir).display().to_string();
+    let (_, printed) = ws.cgo_value_on_a_fresh_runner(&[("CPATH", &cpath("a"))], "build with CPATH a");
+    assert_eq!(printed, "1");
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&[("CPATH", &cpath("b"))], "build with CPATH b");
+    assert!(headline(&stderr).starts_with("cachectl: cache miss"), "{stderr}");
+    assert_eq!(printed, "2", "the object compiled under CPATH a was served:\n{stderr}");
+}
+
+/// What `#cgo pkg-config:` hands the C compiler was keyed nowhere: after the `.pc` file
+/// changed, the build hit and restored the binary built from the old flags.
+#[test]
+fn pkg_config_flags_are_in_the_key() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let main = "package main\n\n// #cgo pkg-config: cachedtest\n// static int value(void) { return V; }\n\
+                import \"C\"\n\nfunc main() { println(int(C.value())) }\n";
+    ws.write(&[("cmd/cgoval/main.go", main)]);
+    let pc = tempfile::tempdir().unwrap();
+    let write_pc = |value: u32| {
+        let text = format!("Name: cachedtest\nDescription: t\nVersion: 1\nCflags: -DV={value}\nLibs:\n");
+        std::fs::write(pc.path().join("cachedtest.pc"), text).unwrap();
+    };
+    let env = [("PKG_CONFIG_PATH", pc.path().to_str().unwrap())];
+    write_pc(1);
+    let (_, printed) = ws.cgo_value_on_a_fresh_runner(&env, "build with V=1");
+    assert_eq!(printed, "1");
+    write_pc(2);
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&env, "build with V=2");
+    assert!(headline(&stderr).starts_with("cachectl: cache miss"), "{stderr}");
+    assert_eq!(printed, "2", "{stderr}");
+}
+
+/// A file edited while go compiled (here by the C compiler, as an editor saving or another
+/// step of a job would) made a binary of other contents than the key derived before go ran:
+/// it was recorded under that key, and every later build of the key restored it.
+#[test]
+fn a_file_changed_while_go_builds_is_not_recorded() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    ws.write(&[
+        (
+            "cmd/cgoval/main.go",
+            "package main\n\n// static int value(void) { return 1; }\nimport \"C\"\n\n\
+             func main() { println(int(C.value()), note) }\n"
+                .to_owned(),
+        ),
+        ("cmd/cgoval/note.go", "package main\n\nconst note = \"old\"\n".to_owned()),
+    ]);
+    let note = ws.path("cmd/cgoval/note.go");
+    // The C compiler edits note.go when it compiles the package's cgo output, once: go env
+    // runs it too, while the key is derived.
+    let marker = ws.env.root.path().join("edit-once");
+    let cc = ws.env.root.path().join("cc.sh");
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in *cgo2.c*) [ -e '{marker}' ] && rm -f '{marker}' && sed -i s/old/new/ '{note}';; esac\n\
+         exec gcc \"$@\"\n",
+        marker = marker.display(),
+        note = note.display()
+    );
+    std::fs::write(&cc, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env = [("CC", cc.to_str().unwrap())];
+
+    std::fs::write(&marker, "").unwrap();
+    let (stderr, _) = ws.cgo_value_on_a_fresh_runner(&env, "build during which note.go changes");
+    assert!(!marker.exists(), "the C compiler did not run during the build:\n{stderr}");
+    assert!(stderr.contains("inputs changed while go ran"), "{stderr}");
+    std::fs::write(&note, "package main\n\nconst note = \"old\"\n").unwrap();
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&env, "build of the old note.go again");
+    assert!(
+        headline(&stderr).starts_with("cachectl: cache miss"),
+        "a build of changed files was recorded:\n{stderr}"
+    );
+    assert_eq!(printed, "1 old");
+}
