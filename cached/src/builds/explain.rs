@@ -56,6 +56,16 @@ pub(super) fn counted_causes(explanation: &v1::MissExplanation) -> &[String] {
     if explanation.basis == BASIS_NOT_EXPLAINED { &[] } else { &explanation.causes }
 }
 
+/// A miss whose entry is recorded but whose outputs could not be confirmed just now (the
+/// shared tier was not asked): not explained, and no cause the namespace's misses count.
+pub(super) fn unconfirmed() -> v1::MissExplanation {
+    v1::MissExplanation {
+        basis: BASIS_NOT_EXPLAINED.to_owned(),
+        causes: vec!["not explained: the server could not confirm the outputs are stored; retry".to_owned()],
+        ..Default::default()
+    }
+}
+
 /// What one explanation may still read.
 struct Budget {
     candidates: usize,

@@ -5,7 +5,8 @@
 //! families `build_entries`, `build_index` and `build_events` of `crate::db`):
 //! - entries: namespace · key → the recorded outputs and build duration. An entry is a
 //!   hit only while every output blob is stored; one whose blob was evicted is removed when
-//!   found, and answers a miss.
+//!   found, and answers a miss. One whose blob the shared tier was not asked about (see
+//!   `shared::presence`) answers a miss and stays.
 //! - index: namespace · module · package · GOOS/GOARCH · time · key → manifest. The
 //!   last [`MAX_PER_TARGET`] builds of each target; older ones go, with their entries.
 //! - order: time · hash of the index key → size and index key, one per recorded build, so
@@ -46,6 +47,7 @@ pub use self::pg::PgBuildRecords;
 pub use self::records::{BuildRecords, Change, Rows, Table};
 pub use self::rocks::RocksBuildRecords;
 use crate::error::{Error, Result};
+use crate::shared::Presence;
 use crate::store::{FreeSpace, SharedStore};
 
 /// Builds of one target kept for comparison (and their entries).
@@ -269,9 +271,10 @@ impl Builds {
         manifest: &v1::BuildManifest,
     ) -> Result<v1::BuildLookupResponse> {
         let now = now_ms();
-        let mut evicted = false;
+        let (mut evicted, mut unconfirmed) = (false, false);
         if let Some(entry) = self.entry(namespace, key)? {
-            if self.outputs_stored(&entry.outputs)? {
+            let stored = self.outputs_stored(&entry.outputs)?;
+            if stored == Presence::Held {
                 let bytes = outputs_size(&entry.outputs);
                 let counters = self.counters.namespace(namespace);
                 counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -294,12 +297,21 @@ impl Builds {
                     explanation: None,
                 });
             }
-            // Never a dangling hit: the entry goes, the lookup is a miss.
-            self.records.write(vec![Change::Delete(Table::Entries, entry_key(namespace, key))])?;
-            self.counters.entries_dropped.fetch_add(1, Ordering::Relaxed);
-            evicted = true;
+            if stored == Presence::Absent {
+                // Never a dangling hit: the entry goes, the lookup is a miss.
+                self.records.write(vec![Change::Delete(Table::Entries, entry_key(namespace, key))])?;
+                self.counters.entries_dropped.fetch_add(1, Ordering::Relaxed);
+                evicted = true;
+            } else {
+                // Every replica reads the entry: only proof its outputs are gone may drop it,
+                // not a caller's spent lookups nor this replica's trouble with the bucket.
+                unconfirmed = true;
+            }
         }
-        let explanation = self.explain_miss(namespace, target, key, manifest, evicted)?;
+        let explanation = match unconfirmed {
+            true => explain::unconfirmed(),
+            false => self.explain_miss(namespace, target, key, manifest, evicted)?,
+        };
         self.counters.miss(namespace, explain::counted_causes(&explanation));
         self.append(&v1::BuildEvent {
             kind: "miss".to_owned(),
@@ -326,15 +338,21 @@ impl Builds {
         }
     }
 
-    /// Whether every output blob is stored; opening each also marks it as used for eviction.
-    fn outputs_stored(&self, outputs: &[v1::BuildOutput]) -> Result<bool> {
-        for output in outputs {
-            let digest = Digest::from_wire(output.digest.as_ref())?;
-            if self.store.read(&digest, 0)?.is_none() {
-                return Ok(false);
+    /// Whether every output blob is stored: the worst of their answers. One held here is
+    /// opened, which marks it as used for eviction; one that is not is asked about, not copied
+    /// here (a client's reads copy what they need).
+    fn outputs_stored(&self, outputs: &[v1::BuildOutput]) -> Result<Presence> {
+        let digests = outputs
+            .iter()
+            .map(|output| Digest::from_wire(output.digest.as_ref()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for (digest, here) in digests.iter().zip(self.store.contains_locally(&digests)?) {
+            if here {
+                self.store.read(digest, 0)?;
             }
         }
-        Ok(true)
+        let answers = crate::shared::presence(self.store.as_ref(), &digests)?;
+        Ok(answers.into_iter().max().unwrap_or(Presence::Held))
     }
 
     pub async fn record(
@@ -438,5 +456,89 @@ impl Builds {
         }
         self.records.write(changes)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::testing::{Replica, SharedBucket, as_token, put, spend_lookups};
+
+    fn target() -> v1::BuildTarget {
+        v1::BuildTarget {
+            module: "example.com/app".into(),
+            package: "./cmd/app".into(),
+            goos: "linux".into(),
+            goarch: "amd64".into(),
+        }
+    }
+
+    /// A build of `target()` with `output`, and its key.
+    fn build(output: Digest) -> (v1::BuildRecordRequest, v1::BuildManifest, [u8; 32]) {
+        let manifest = v1::BuildManifest::default();
+        let key = manifest::key(&manifest);
+        let request = v1::BuildRecordRequest {
+            namespace: "main".into(),
+            target: Some(target()),
+            key: key.to_vec().into(),
+            manifest: Some(manifest.clone()),
+            outputs: vec![v1::BuildOutput {
+                path: "app".into(),
+                digest: Some(output.to_wire()),
+                mode: 0o755,
+            }],
+            build_duration_ms: 1,
+        };
+        (request, manifest, key)
+    }
+
+    /// Builds on `replica` over `records`, which every replica reads (PostgreSQL in production).
+    fn builds_on(replica: &Replica, records: &Arc<dyn BuildRecords>) -> Arc<Builds> {
+        let space = Arc::new(FreeSpace::new(std::env::temp_dir(), 0));
+        let history = History { max_bytes: 1 << 30, max_record_bytes: 1 << 40, space };
+        Builds::new(Arc::clone(records), Arc::clone(&replica.store), Arc::default(), history).unwrap()
+    }
+
+    /// A read-only token that spent its own lookups on replica B looks up another namespace's
+    /// build there, whose output B does not hold: a miss for it, and the record every replica
+    /// reads stays.
+    #[test]
+    fn a_lookup_that_may_not_ask_the_bucket_leaves_the_record() {
+        let shared = SharedBucket::new();
+        let (a, b) = (shared.replica(), shared.replica());
+        let records: Arc<dyn BuildRecords> = Arc::new(RocksBuildRecords::new(Arc::clone(&a.db)));
+        let (on_a, on_b) = (builds_on(&a, &records), builds_on(&b, &records));
+        let (request, manifest, key) = build(put(a.store.as_ref(), b"the victim's binary"));
+        as_token("victim", || on_a.record_blocking("main", request, &key)).unwrap();
+
+        spend_lookups(&b, "observer");
+        let observed =
+            as_token("observer", || on_b.lookup_blocking("main", &target(), &key, &manifest)).unwrap();
+        assert!(!observed.hit);
+        assert_ne!(observed.explanation.unwrap().basis, "evicted", "nothing said the outputs were gone");
+
+        assert!(records.get(Table::Entries, &entry_key("main", &key)).unwrap().is_some(), "the record went");
+        let victim = as_token("victim", || on_a.lookup_blocking("main", &target(), &key, &manifest)).unwrap();
+        assert!(victim.hit, "the victim's lookup through A missed");
+        assert!(on_b.lookup_blocking("main", &target(), &key, &manifest).unwrap().hit, "B may ask again");
+        assert_eq!(on_b.counters.entries_dropped.load(Ordering::Relaxed), 0);
+    }
+
+    /// An output the bucket says it does not have is gone for every replica: its record goes.
+    #[test]
+    fn a_lookup_the_bucket_says_is_gone_drops_the_record() {
+        let shared = SharedBucket::new();
+        let (a, b) = (shared.replica(), shared.replica());
+        let records: Arc<dyn BuildRecords> = Arc::new(RocksBuildRecords::new(Arc::clone(&a.db)));
+        let (on_a, on_b) = (builds_on(&a, &records), builds_on(&b, &records));
+        // Stored on A's disk alone, as before A had a shared tier.
+        let (request, manifest, key) = build(put(&crate::store::Verified::new(a.rocks.clone()), b"local"));
+        on_a.record_blocking("main", request, &key).unwrap();
+
+        let missed = on_b.lookup_blocking("main", &target(), &key, &manifest).unwrap();
+        assert!(!missed.hit);
+        assert_eq!(missed.explanation.unwrap().basis, "evicted");
+        assert!(records.get(Table::Entries, &entry_key("main", &key)).unwrap().is_none());
+        assert_eq!(on_b.counters.entries_dropped.load(Ordering::Relaxed), 1);
     }
 }

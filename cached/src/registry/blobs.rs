@@ -1,5 +1,8 @@
 //! Blob pulls (GET and HEAD, with `Range`) and deletes. A repository's blob is a link from its
-//! SHA-256 to a CAS blob; a link whose blob was evicted is a miss and is removed.
+//! SHA-256 to a CAS blob; a link whose blob was evicted is a miss and is removed. One whose
+//! blob the shared tier was not asked about (`shared::presence`) is a miss and stays.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -8,10 +11,13 @@ use http::{HeaderMap, StatusCode, header};
 use proto::Digest;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Registry;
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest};
+use super::{Registry, RegistryRecords};
 use crate::cas::Encoding;
+use crate::error::Result;
+use crate::shared::Presence;
+use crate::store::BlobStore;
 
 pub(super) const DIGEST_HEADER: &str = "docker-content-digest";
 
@@ -26,18 +32,37 @@ impl Registry {
         repo: &Repository,
         sha256: Sha256Digest,
     ) -> RegistryResult<Option<Digest>> {
-        let owned = repo.clone();
-        let Some(digest) =
-            self.records("registry blob", move |records| records.blob(&owned, &sha256)).await?
-        else {
-            return Ok(None);
-        };
-        if self.cas.contains(vec![digest]).await?[0] {
-            return Ok(Some(digest));
+        let (owned, store) = (repo.clone(), Arc::clone(self.cas.store()));
+        Ok(self.records("registry blob", move |records| resolve(records, &*store, &owned, &sha256)).await?)
+    }
+
+    /// Whether the CAS holds each of `digests`, and whether a miss is proof.
+    pub(super) async fn blob_presence(&self, digests: Vec<Digest>) -> Result<Vec<Presence>> {
+        let store = Arc::clone(self.cas.store());
+        crate::task::spawn_blocking("registry blob presence", move || {
+            crate::shared::presence(&*store, &digests)
+        })
+        .await?
+    }
+}
+
+/// `Registry::resolve_blob`, on a blocking thread.
+fn resolve(
+    records: &dyn RegistryRecords,
+    store: &dyn BlobStore,
+    repo: &Repository,
+    sha256: &Sha256Digest,
+) -> Result<Option<Digest>> {
+    let Some(digest) = records.blob(repo, sha256)? else { return Ok(None) };
+    match crate::shared::presence(store, &[digest])?[0] {
+        Presence::Held => Ok(Some(digest)),
+        // Every replica reads the link: only proof its blob is gone may drop it, not the
+        // caller's spent lookups nor this replica's trouble with the bucket.
+        Presence::Unknown => Ok(None),
+        Presence::Absent => {
+            records.unlink_blob(repo, sha256)?;
+            Ok(None)
         }
-        let owned = repo.clone();
-        self.records("registry unlink", move |records| records.unlink_blob(&owned, &sha256)).await?;
-        Ok(None)
     }
 }
 
@@ -141,6 +166,47 @@ pub(super) async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::RocksRegistry;
+    use crate::shared::testing::{SharedBucket, as_token, put, spend_lookups};
+
+    fn layer() -> (Repository, Sha256Digest) {
+        (Repository::parse("main/app").unwrap(), Sha256Digest([7; 32]))
+    }
+
+    /// A read-only token that spent its own lookups on replica B pulls (HEAD or GET) another
+    /// namespace's blob, which B does not hold: a miss for it, and the link every replica reads
+    /// stays.
+    #[test]
+    fn a_pull_that_may_not_ask_the_bucket_leaves_the_link() {
+        let shared = SharedBucket::new();
+        let (a, b) = (shared.replica(), shared.replica());
+        let records = RocksRegistry::new(Arc::clone(&a.db));
+        let (repo, sha256) = layer();
+        let digest = put(a.store.as_ref(), b"a layer");
+        records.link_blob(&repo, &sha256, &digest).unwrap();
+
+        spend_lookups(&b, "observer");
+        let observed = as_token("observer", || resolve(&records, b.store.as_ref(), &repo, &sha256)).unwrap();
+        assert_eq!(observed, None);
+        assert_eq!(records.blob(&repo, &sha256).unwrap(), Some(digest), "the link went");
+        assert_eq!(resolve(&records, a.store.as_ref(), &repo, &sha256).unwrap(), Some(digest));
+        assert_eq!(resolve(&records, b.store.as_ref(), &repo, &sha256).unwrap(), Some(digest));
+    }
+
+    /// A blob the bucket says it does not have is gone for every replica: its link goes.
+    #[test]
+    fn a_link_the_bucket_says_is_gone_goes() {
+        let shared = SharedBucket::new();
+        let (a, b) = (shared.replica(), shared.replica());
+        let records = RocksRegistry::new(Arc::clone(&a.db));
+        let (repo, sha256) = layer();
+        // Stored on A's disk alone, as before A had a shared tier.
+        let digest = put(&crate::store::Verified::new(a.rocks.clone()), b"local");
+        records.link_blob(&repo, &sha256, &digest).unwrap();
+
+        assert_eq!(resolve(&records, b.store.as_ref(), &repo, &sha256).unwrap(), None);
+        assert_eq!(records.blob(&repo, &sha256).unwrap(), None);
+    }
 
     #[test]
     fn ranges() {

@@ -25,6 +25,7 @@ use super::records::{
 use super::routes::Call;
 use super::{Registry, check_free_space};
 use crate::auth::Scope;
+use crate::shared::Presence;
 
 /// The largest manifest accepted: what the spec suggests registries accept at least.
 pub(super) const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -431,9 +432,13 @@ async fn check_references(
     };
     if !links.is_empty() {
         // A link whose CAS blob is gone (evicted) is no blob: it is dropped, as a pull drops it.
-        let present = registry.cas.contains(links).await?;
-        let gone: Vec<usize> =
-            present.iter().enumerate().filter(|(_, held)| !**held).map(|(i, _)| i).collect();
+        let present = registry.blob_presence(links).await?;
+        let gone: Vec<usize> = present
+            .iter()
+            .enumerate()
+            .filter(|(_, held)| **held == Presence::Absent)
+            .map(|(i, _)| i)
+            .collect();
         if let Some(&first) = gone.first() {
             let (owned, unlink) = (repo.clone(), gone.iter().map(|&i| blobs[i].0).collect::<Vec<_>>());
             registry
@@ -441,6 +446,10 @@ async fn check_references(
                     unlink.iter().try_for_each(|sha256| records.unlink_blob(&owned, sha256).map(drop))
                 })
                 .await?;
+            return Err(blob_unknown(first));
+        }
+        // One the shared tier was not asked about is refused for this push, and its link kept.
+        if let Some(first) = present.iter().position(|held| *held == Presence::Unknown) {
             return Err(blob_unknown(first));
         }
     }

@@ -94,13 +94,23 @@ impl Bucket {
     /// A bucket over `store` as it is, for tests of what replicas do with one.
     #[cfg(test)]
     pub(crate) fn over(store: Arc<dyn ObjectStore>, runtime: Handle) -> Arc<Self> {
+        Self::over_limited(store, runtime, None)
+    }
+
+    /// `over`, with each token's misses held to `lookups_per_token` (`max_shared_lookups`).
+    #[cfg(test)]
+    pub(crate) fn over_limited(
+        store: Arc<dyn ObjectStore>,
+        runtime: Handle,
+        lookups_per_token: Option<u32>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             layout: Layout::new(""),
             runtime,
             url: "memory://".to_owned(),
             counters: Arc::new(SharedCounters::default()),
-            lookups: LookupBudget::new(None),
+            lookups: LookupBudget::new(lookups_per_token),
             marked: Mutex::default(),
         })
     }

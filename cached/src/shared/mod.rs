@@ -15,6 +15,7 @@ mod go_entries;
 pub mod health;
 mod layout;
 mod lookups;
+mod presence;
 pub mod purges;
 mod settings;
 mod tiered;
@@ -23,5 +24,8 @@ mod upload;
 pub use bucket::Bucket;
 pub use counters::{SharedCounters, SharedSnapshot};
 pub use go_entries::SharedGoEntries;
+pub use presence::{Presence, presence};
 pub use settings::{SharedSettings, parse_store_url};
 pub use tiered::Tiered;
+#[cfg(test)]
+pub(crate) use tiered::testing;

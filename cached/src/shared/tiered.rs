@@ -4,7 +4,8 @@
 //! locally, then served from the local tier. Concurrent misses of one blob share one fetch.
 //!
 //! The bucket being down never fails a read: a miss that cannot be fetched is a miss. It
-//! fails writes, which are acknowledged only once in both tiers.
+//! fails writes, which are acknowledged only once in both tiers. A miss the bucket was not
+//! asked about is noted as such ([`super::presence`]): no proof the blob is gone.
 //!
 //! A fill is a write to the local disk like an upload, under the same free-space floor: one
 //! the room above the floor cannot take is a miss (housekeeping is asked to make that room),
@@ -18,6 +19,7 @@ use super::bucket::{Bucket, FramesError, ObjectFrames};
 use super::counters::SharedCounters;
 use super::flights::Flights;
 use super::layout::parse_trailer;
+use super::presence::not_asked;
 use super::upload::{BlobUpload, TieredWriter};
 use crate::error::{Error, Result};
 use crate::store::{
@@ -44,37 +46,47 @@ impl Tiered {
     /// Brings a blob from the bucket into the local tier, unless another caller just did;
     /// returns whether the local tier now holds it.
     fn fill(&self, digest: &Digest) -> Result<bool> {
+        let filled = self.try_fill(digest)?;
+        if filled == Filled::NotAsked {
+            not_asked(&[*digest]);
+        }
+        Ok(filled == Filled::Yes)
+    }
+
+    fn try_fill(&self, digest: &Digest) -> Result<Filled> {
         let _flight = self.flights.enter(*digest);
         if self.local.contains(&[*digest])?[0] {
-            return Ok(true);
+            return Ok(Filled::Yes);
         }
         if !self.bucket.admit_lookups(1) {
-            return Ok(false);
+            return Ok(Filled::NotAsked);
         }
         let frames = match self.bucket.open_blob(digest) {
             Ok(Some(frames)) => frames,
-            Ok(None) => return Ok(false),
+            Ok(None) => return Ok(Filled::Absent),
             Err(err) => {
                 tracing::warn!(%digest, error = %err, "a local miss could not be looked up in the shared store");
-                return Ok(false);
+                return Ok(Filled::NotAsked);
             }
         };
         match self.copy_verified(digest, frames) {
             Ok(stored_bytes) => {
                 SharedCounters::add(&self.counters().fill_bytes, stored_bytes);
-                Ok(true)
+                Ok(Filled::Yes)
             }
             Err(FillError::Unreachable(err)) => {
                 tracing::warn!(%digest, error = %err, "the shared store stopped answering while a blob was read");
-                Ok(false)
+                Ok(Filled::NotAsked)
             }
+            // Deleted from the bucket now, as `Bucket::stat` does with one: no sound copy is left.
             Err(FillError::Corrupt(why)) => {
                 self.bucket.discard_corrupt(digest, &why);
-                Ok(false)
+                Ok(Filled::Absent)
             }
+            // The bucket holds it; this disk cannot take it now.
             Err(FillError::Local(Error::ResourceExhausted(why))) => {
                 tracing::info!(%digest, reason = %why, "a local miss was not filled from the shared store: no room");
-                Ok(false)
+                Ok(Filled::NotAsked)
             }
             Err(FillError::Local(err)) => Err(err),
         }
@@ -109,6 +121,16 @@ impl Tiered {
     }
 }
 
+/// What a fill came to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Filled {
+    Yes,
+    /// The bucket has no (sound) object.
+    Absent,
+    /// Whether the bucket has one is not known: it was not asked, or did not answer.
+    NotAsked,
+}
+
 enum FillError {
     Unreachable(object_store::Error),
     Corrupt(String),
@@ -136,20 +158,23 @@ impl From<FramesError> for FillError {
 
 impl BlobStore for Tiered {
     /// Local first; what the local tier lacks is asked of the bucket. A bucket that does not
-    /// answer makes those blobs missing: a client then uploads them, which is always safe.
+    /// answer makes those blobs missing: a client then uploads them, which is always safe. Such
+    /// misses, and those the caller's lookups did not cover, are noted as no proof of absence.
     fn stat(&self, digests: &[Digest]) -> Result<Vec<Option<BlobInfo>>> {
         let mut found = self.local.stat(digests)?;
         let missing: Vec<usize> = (0..digests.len()).filter(|&index| found[index].is_none()).collect();
         if missing.is_empty() {
             return Ok(found);
         }
+        let asked: Vec<Digest> = missing.iter().map(|&index| digests[index]).collect();
         if !self.bucket.admit_lookups(missing.len()) {
+            not_asked(&asked);
             return Ok(found);
         }
-        let asked: Vec<Digest> = missing.iter().map(|&index| digests[index]).collect();
         match self.bucket.stat_many(&asked) {
             Ok(answers) => missing.into_iter().zip(answers).for_each(|(index, answer)| found[index] = answer),
             Err(err) => {
+                not_asked(&asked);
                 tracing::warn!(error = %err, blobs = asked.len(), "the shared store could not say which blobs it holds")
             }
         }
@@ -182,5 +207,103 @@ impl BlobStore for Tiered {
     /// copies (one found corrupt on this disk). Corrupt objects are deleted where found.
     fn remove(&self, digest: &Digest) -> Result<()> {
         self.local.remove(digest)
+    }
+}
+
+/// For tests: replicas sharing one bucket, each token's misses held to one lookup a second.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use object_store::memory::InMemory;
+    use proto::Digest;
+
+    use super::Tiered;
+    use crate::shared::Bucket;
+    use crate::store::{BlobStore, FreeSpace, RocksStore, SharedStore, Verified};
+
+    /// Lookups a token may ask of the bucket a second (`max_shared_lookups`).
+    const LOOKUPS_PER_TOKEN: u32 = 1;
+
+    pub(crate) struct SharedBucket {
+        objects: Arc<InMemory>,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    /// One replica: its own RocksDB in front of the shared bucket.
+    pub(crate) struct Replica {
+        pub(crate) db: Arc<rocksdb::DB>,
+        /// Its local tier alone, for blobs the bucket never had.
+        pub(crate) rocks: RocksStore,
+        pub(crate) store: SharedStore,
+        _dir: tempfile::TempDir,
+    }
+
+    impl SharedBucket {
+        pub(crate) fn new() -> Self {
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            Self { objects: Arc::new(InMemory::new()), runtime }
+        }
+
+        pub(crate) fn replica(&self) -> Replica {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, rocks) = crate::store::open_for_tests(dir.path());
+            let objects: Arc<dyn object_store::ObjectStore> = self.objects.clone();
+            let bucket =
+                Bucket::over_limited(objects, self.runtime.handle().clone(), Some(LOOKUPS_PER_TOKEN));
+            let space = Arc::new(FreeSpace::new(dir.path().to_owned(), 0));
+            let store = Arc::new(Verified::new(Tiered::new(rocks.clone(), bucket, space)));
+            Replica { db, rocks, store, _dir: dir }
+        }
+    }
+
+    /// Stores `data` (one frame's worth) through `store`.
+    pub(crate) fn put(store: &dyn BlobStore, data: &[u8]) -> Digest {
+        let digest = Digest::of(data);
+        let mut writer = store.write(&digest).unwrap();
+        let frame = proto::frames::FrameEncoder::new(1).unwrap().encode(data).unwrap();
+        writer.put_frame(bytes::Bytes::from(frame)).unwrap();
+        writer.commit().unwrap();
+        digest
+    }
+
+    /// Runs `work` for `token`, whose misses are held to its lookup budget.
+    pub(crate) fn as_token<R>(token: &str, work: impl FnOnce() -> R) -> R {
+        crate::caller::run_as(Some(Arc::from(token)), work)
+    }
+
+    /// Spends `token`'s lookups on this replica, as a `FindMissing` of digests no one stored.
+    pub(crate) fn spend_lookups(replica: &Replica, token: &str) {
+        let nobodys: Vec<Digest> = (0..1_000u32).map(|n| Digest::of(&n.to_le_bytes())).collect();
+        let held = as_token(token, || replica.store.contains(&nobodys)).unwrap();
+        assert!(held.iter().all(|held| !held));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::Digest;
+
+    use super::testing::{SharedBucket, as_token, put, spend_lookups};
+    use crate::shared::{Presence, presence};
+
+    /// A replica lacking a blob locally says `Absent` only when the bucket said so; a miss it
+    /// did not ask about (the caller over its lookups) is `Unknown`, whoever the blob belongs to.
+    #[test]
+    fn a_miss_not_asked_of_the_bucket_is_unknown() {
+        let shared = SharedBucket::new();
+        let (a, b) = (shared.replica(), shared.replica());
+        let held = put(a.store.as_ref(), b"an output");
+        let never = Digest::of(b"never stored");
+        spend_lookups(&b, "observer");
+
+        let observed = as_token("observer", || presence(b.store.as_ref(), &[held, never])).unwrap();
+        assert_eq!(observed, [Presence::Unknown, Presence::Unknown]);
+        let through_a = as_token("observer", || presence(a.store.as_ref(), &[held])).unwrap();
+        assert_eq!(through_a, [Presence::Held], "a local hit asks nothing");
+        let asked = presence(b.store.as_ref(), &[held, never]).unwrap();
+        assert_eq!(asked, [Presence::Held, Presence::Absent], "the bucket's answers are final");
+        assert!(b.store.read(&never, 0).unwrap().is_none());
     }
 }
