@@ -505,16 +505,21 @@ fn read_small_blob(
             "blob {digest} is larger than one frame ({FRAME_SIZE} bytes); read it with Cas.Read"
         )));
     }
-    let mut frames = store
-        .read(digest, 0)?
-        .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the store")))?;
-    budget.take(
-        digest,
-        match encoding {
-            Encoding::Zstd => frames.info().stored_bytes,
-            Encoding::Identity => digest.size,
-        },
-    )?;
+    let missing = || Error::NotFound(format!("blob {digest} is not in the store"));
+    let reply_bytes = |stored_bytes: u64| match encoding {
+        Encoding::Zstd => stored_bytes,
+        Encoding::Identity => digest.size,
+    };
+    // Charged before the blob is opened: with a shared tier, opening one this replica lacks
+    // copies all of it from the bucket, which a reply with no room left must not cost.
+    let stated = store.stat(&[*digest])?.pop().flatten().ok_or_else(missing)?;
+    budget.take(digest, reply_bytes(stated.stored_bytes))?;
+    let mut frames = store.read(digest, 0)?.ok_or_else(missing)?;
+    // A copy stored again since may have compressed otherwise (rare: charged as another item).
+    let more = reply_bytes(frames.info().stored_bytes).saturating_sub(reply_bytes(stated.stored_bytes));
+    if more > 0 {
+        budget.take(digest, more)?;
+    }
     let Some(frame) = frames.next().transpose()? else {
         return Ok(ReadChunk { data: Bytes::new(), encoding, skip_bytes: 0 });
     };
@@ -585,6 +590,36 @@ mod tests {
 
     use super::*;
     use crate::store::{BlobStore, RocksStore, Verified};
+
+    /// A batch of blobs this replica lacks: each was copied whole from the bucket before the
+    /// reply's budget refused it (an audit's BatchRead of 40 MiB filled all 40 MiB and
+    /// answered 25 of them RESOURCE_EXHAUSTED), so a small request could make a replica pull
+    /// GiBs and push other tenants' copies out of its disk. Only what the reply takes is filled.
+    #[test]
+    fn a_batch_read_fills_only_what_its_reply_takes() {
+        use crate::shared::testing::{SharedBucket, put};
+        let bucket = SharedBucket::new();
+        let (writer, reader) = (bucket.replica(), bucket.replica());
+        let blob = |seed: u8| -> Vec<u8> {
+            let mut state = u64::from(seed) + 1;
+            (0..256 << 10)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (state >> 56) as u8
+                })
+                .collect()
+        };
+        let digests: Vec<Digest> = (0..10).map(|seed| put(writer.store.as_ref(), &blob(seed))).collect();
+        let limit = 600 << 10;
+        let mut budget = ReplyBudget { limit, left: limit };
+        let answers: Vec<bool> = digests
+            .iter()
+            .map(|digest| read_small_blob(&reader.store, digest, Encoding::Zstd, &mut budget).is_ok())
+            .collect();
+        assert_eq!(answers.iter().filter(|read| **read).count(), 2, "{answers:?}");
+        let filled = reader.rocks.contains(&digests).unwrap().into_iter().filter(|held| *held).count();
+        assert_eq!(filled, 2, "blobs the reply had no room for were copied from the bucket");
+    }
 
     fn cas_on(rocks: &RocksStore) -> Cas {
         let config =
