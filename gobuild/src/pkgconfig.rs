@@ -40,12 +40,19 @@ pub(crate) async fn component(
     // As go does: options anywhere in the list go before the packages, and its own `--`.
     let (options, names): (Vec<&String>, Vec<&String>) =
         package.cgo_pkg_config.iter().filter(|arg| *arg != "--").partition(|arg| arg.starts_with("--"));
+    // Options (`--with-path=DIR`, `--define-variable=...`) would have pkg-config read .pc
+    // files from wherever a job names, with the rights of whoever derives the key (an agent).
+    if let Some(option) = options.first() {
+        return Err(NoKey(format!(
+            "the #cgo pkg-config lines of {} pass pkg-config the option {option}, which the build key does not follow",
+            package.import_path
+        )));
+    }
     let configured = var(env, "PKG_CONFIG");
     let program = configured.split_whitespace().next().unwrap_or("pkg-config");
     let mut printed = Vec::new();
     for what in ["--cflags", "--libs"] {
         let mut args = vec![what.to_owned()];
-        args.extend(options.iter().map(|option| option.to_string()));
         args.push("--".to_owned());
         args.extend(names.iter().map(|name| name.to_string()));
         let mut invocation = call.invocation_of(program, args);
