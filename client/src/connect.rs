@@ -250,6 +250,7 @@ pub struct Client {
     /// The whole-build cache (`cachectl go build`).
     pub builds: BuildsClient<Transport>,
     pub admin: AdminClient<Transport>,
+    replicas: Failover,
 }
 
 impl Client {
@@ -276,7 +277,7 @@ impl Client {
     /// Wraps channels to the replicas of `server` (a comma list).
     pub fn from_replicas(server: &str, replicas: Failover, options: &ConnectOptions) -> Result<Self> {
         let credentials = options.credentials()?;
-        let transport = InterceptedService::new(replicas, credentials);
+        let transport = InterceptedService::new(replicas.clone(), credentials);
         Ok(Self {
             server: server.to_owned(),
             cas: CasClient::new(transport.clone())
@@ -290,7 +291,15 @@ impl Client {
             builds: BuildsClient::new(transport)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
+            replicas,
         })
+    }
+
+    /// The same connections, each call carrying `token` instead: a runner agent acts for a
+    /// lease with the lease's own credential, which dies with the lease, never with its own.
+    pub fn with_token(&self, token: Secret) -> Result<Self> {
+        let options = ConnectOptions { token: Some(token), ..ConnectOptions::default() };
+        Self::from_replicas(&self.server, self.replicas.clone(), &options)
     }
 }
 

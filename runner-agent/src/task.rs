@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cached_client::Secret;
+use cached_client::connect::Client;
 use cached_client::remote_exec::RemoteExec;
 use cached_gobuild::modules;
 use proto::v1::{self, FencingToken, TaskLease};
@@ -116,6 +118,20 @@ async fn with_build_user(
     // Only now are the module store's trees this task linked free of its links.
     drop(linked);
     result
+}
+
+/// The client the build's whole-build lookup, restore and record go through: the lease's cache
+/// credential, as the bridge's. A purge cancels the namespace's jobs, and their credentials die
+/// with their leases; the agent's own token outlives them, so a build that read entries the
+/// purge removed and finished before its cancel arrived would have recorded its outputs again.
+/// Without tokens (no credential minted) the agent's own client.
+fn lease_cache_client(agent: &Client, lease: &TaskLease) -> Result<Client, TaskError> {
+    if lease.cache_token.is_empty() {
+        return Ok(agent.clone());
+    }
+    agent
+        .with_token(Secret::new(lease.cache_token.clone()))
+        .map_err(|err| TaskError::Infrastructure(format!("the lease's cache credential: {err}")))
 }
 
 /// `linked` receives the module store's trees the task's module cache links, for the caller to
@@ -247,7 +263,8 @@ async fn build_task(
         max_disk: ctx.max_task_disk,
     };
     say(format!("runner-agent: go build {} for {platform}", spec.packages.join(" ")));
-    let built = ctx.builder.build(&ctx.remote.client, &input, lines.clone(), cancel).await;
+    let cache = lease_cache_client(&ctx.remote.client, lease)?;
+    let built = ctx.builder.build(&cache, &input, lines.clone(), cancel).await;
     // Nothing of the build runs any more (the build library's last process took it all down).
     drop(served);
     let built = built?;

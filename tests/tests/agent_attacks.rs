@@ -61,9 +61,7 @@ impl Cluster {
         // Open like a home directory: only the token file's own mode keeps builds out.
         chmod(dir.path(), 0o755);
         let mut tables = String::new();
-        for (name, scopes) in
-            [("agent", "read,cas-write,ac-write,worker"), ("submitter", "read,cas-write,submit")]
-        {
+        for (name, scopes) in [("agent", "read,cas-write,worker"), ("submitter", "read,cas-write,submit")] {
             let mut new = Command::new(binary("cached"));
             new.args([
                 "token",
@@ -142,12 +140,28 @@ impl Cluster {
 
     /// Go action entries stored in all namespaces, as the submitter reads the counters.
     fn go_puts(&self) -> u64 {
+        self.as_submitter(|client| async move {
+            let stats = client.stats.clone().get(v1::StatsRequest {}).await.unwrap().into_inner();
+            stats.namespaces.iter().map(|namespace| namespace.go_puts).sum()
+        })
+    }
+
+    /// Whole builds recorded in all namespaces, as the submitter reads them.
+    fn build_records(&self) -> u64 {
+        self.as_submitter(|client| async move {
+            let request = v1::BuildStatsRequest::default();
+            let stats = client.builds.clone().stats(request).await.unwrap().into_inner();
+            stats.namespaces.iter().map(|namespace| namespace.records).sum()
+        })
+    }
+
+    /// Runs `call` with a client holding the submitter's token.
+    fn as_submitter<F: Future<Output = u64>>(&self, call: impl FnOnce(cached_client::Client) -> F) -> u64 {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let options = ConnectOptions::with_token(self.submit_secret.trim());
             let remote = RemoteExec::connect(&self.daemon.url(), &options).await.unwrap();
-            let stats = remote.client.stats.clone().get(v1::StatsRequest {}).await.unwrap().into_inner();
-            stats.namespaces.iter().map(|namespace| namespace.go_puts).sum()
+            call(remote.client).await
         })
     }
 
@@ -967,6 +981,22 @@ fn a_builds_tools_cannot_read_the_leases_cache_credential() {
     }
     // The scan cannot follow `/proc/self/environ`: the build ran without the shared go cache.
     assert_eq!(cluster.go_puts(), 0, "the build wrote the namespace's go cache\n{log}");
+}
+
+/// The agent's token here has no `ac-write`: a build's whole-build record goes with the lease's
+/// cache credential, which a purge's cancel ends, never with the agent's token, which outlives
+/// it (a build that read what a purge removed would record its outputs again).
+#[test]
+fn an_agents_build_is_recorded_with_the_leases_credential() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let agent = Agent::start(&cluster, 1, &real_go());
+    let (blobs, root) =
+        app_module(b"module example.com/recorded\n\ngo 1.21\n", b"package main\n\nfunc main() {}\n");
+    let job = cluster.submit_tree(blobs, root, "");
+    let task = cluster.finished_task(&job, Duration::from_secs(180), || {});
+    assert_eq!(task["state"], "succeeded", "{task}\n{}", agent.log());
+    assert_eq!(cluster.build_records(), 1, "the build was not recorded\n{task}\n{}", cluster.daemon.log());
 }
 
 /// Files in the job's tree of [`a_cancelled_jobs_tree_stops_downloading_at_once`]: each its own

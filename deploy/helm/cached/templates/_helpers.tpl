@@ -81,7 +81,7 @@ Values that would make a broken release are refused at render time, each with th
 {{- fail "the agents would send their token over plain http://: set tls.secret, or agents.allowInsecureToken=true for a cluster network you trust" -}}
 {{- end -}}
 {{- if and $v.auth.tokensSecret (not $v.agents.tokenSecret) -}}
-{{- fail "cached has tokens, so the agents need one: agents.tokenSecret (scopes worker, read, cas-write, ac-write)" -}}
+{{- fail "cached has tokens, so the agents need one: agents.tokenSecret (scopes worker, read, cas-write)" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
