@@ -1,21 +1,55 @@
 //! The token a piece of work is done for, carried from the gRPC call that started it into the
 //! tasks and blocking threads it spawns ([`crate::task`] passes it on). Budgets kept below the
 //! services, where no request is at hand (the shared tier's lookups), charge it.
+//!
+//! A caller also carries its token's share of the blocking thread pool ([`ThreadShares`]):
+//! everything slow in cached (RocksDB, the disk, the shared tier's bucket requests, a wait for
+//! another call's fill) holds one of the pool's threads, and a token whose calls held them all
+//! would stall every other tenant's calls. Work past its token's share waits for a thread
+//! without holding one.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use tokio::sync::Semaphore;
+
+/// Who work is for: a token, and the share of blocking threads its work may hold at once
+/// (none: no bound, the server's own work and the callers of a server without tokens).
+#[derive(Clone)]
+pub struct Caller {
+    token: Arc<str>,
+    threads: Option<Arc<Semaphore>>,
+}
+
+impl Caller {
+    /// Work for `token`, bound by no thread share.
+    pub fn unbounded(token: Arc<str>) -> Self {
+        Self { token, threads: None }
+    }
+
+    /// Permits for the blocking threads this caller's work may hold.
+    pub fn threads(&self) -> Option<&Arc<Semaphore>> {
+        self.threads.as_ref()
+    }
+}
 
 tokio::task_local! {
-    static CALLER: Option<Arc<str>>;
+    static CALLER: Option<Caller>;
 }
 
 thread_local! {
-    static ON_THIS_THREAD: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+    static ON_THIS_THREAD: RefCell<Option<Caller>> = const { RefCell::new(None) };
 }
 
 /// The token of the call this work is for; `None` for the server's own work.
 pub fn current() -> Option<Arc<str>> {
+    current_caller().map(|caller| caller.token)
+}
+
+/// The caller this work is for, its thread share included.
+pub fn current_caller() -> Option<Caller> {
     CALLER
         .try_with(Clone::clone)
         .ok()
@@ -23,15 +57,25 @@ pub fn current() -> Option<Arc<str>> {
         .or_else(|| ON_THIS_THREAD.with(|caller| caller.borrow().clone()))
 }
 
+/// Runs `future` as work for `token`, bound by no thread share.
+pub fn scope<F: Future>(token: Option<Arc<str>>, future: F) -> impl Future<Output = F::Output> {
+    scope_caller(token.map(Caller::unbounded), future)
+}
+
 /// Runs `future` as work for `caller`.
-pub fn scope<F: Future>(caller: Option<Arc<str>>, future: F) -> impl Future<Output = F::Output> {
+pub fn scope_caller<F: Future>(caller: Option<Caller>, future: F) -> impl Future<Output = F::Output> {
     CALLER.scope(caller, future)
 }
 
+/// Runs `work` on this (blocking) thread as work for `token`, bound by no thread share.
+pub fn run_as<R>(token: Option<Arc<str>>, work: impl FnOnce() -> R) -> R {
+    run_as_caller(token.map(Caller::unbounded), work)
+}
+
 /// Runs `work` on this (blocking) thread as work for `caller`.
-pub fn run_as<R>(caller: Option<Arc<str>>, work: impl FnOnce() -> R) -> R {
+pub fn run_as_caller<R>(caller: Option<Caller>, work: impl FnOnce() -> R) -> R {
     /// Puts back the thread's caller, even when `work` panics: the pool reuses the thread.
-    struct Restore(Option<Arc<str>>);
+    struct Restore(Option<Caller>);
     impl Drop for Restore {
         fn drop(&mut self) {
             ON_THIS_THREAD.with(|caller| *caller.borrow_mut() = self.0.take());
@@ -39,6 +83,40 @@ pub fn run_as<R>(caller: Option<Arc<str>>, work: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(ON_THIS_THREAD.with(|current| current.replace(caller)));
     work()
+}
+
+/// Each token's share of the blocking thread pool (`max_blocking_threads_per_token`): the
+/// permits of a token live while any of its work does, and are shared by all of it.
+pub struct ThreadShares {
+    per_token: usize,
+    tokens: Mutex<HashMap<Arc<str>, Weak<Semaphore>>>,
+}
+
+impl ThreadShares {
+    /// Shares of `per_token` threads each; 0 bounds nothing.
+    pub fn new(per_token: usize) -> Self {
+        Self { per_token, tokens: Mutex::default() }
+    }
+
+    /// The caller for work of `token`, holding the token's share.
+    pub fn caller(&self, token: &str) -> Caller {
+        let token: Arc<str> = Arc::from(token);
+        if self.per_token == 0 {
+            return Caller::unbounded(token);
+        }
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(threads) = tokens.get(&token).and_then(Weak::upgrade) {
+            return Caller { token, threads: Some(threads) };
+        }
+        // Shares of tokens with no work left are dropped as new ones come, so the map holds
+        // about the tokens with work in flight (lease credentials are a token each).
+        if tokens.len() >= 64 && tokens.len().is_power_of_two() {
+            tokens.retain(|_, share| share.strong_count() > 0);
+        }
+        let threads = Arc::new(Semaphore::new(self.per_token));
+        tokens.insert(Arc::clone(&token), Arc::downgrade(&threads));
+        Caller { token, threads: Some(threads) }
+    }
 }
 
 #[cfg(test)]
@@ -60,5 +138,22 @@ mod tests {
         // Nothing stays behind on the pool's threads.
         let after = crate::task::spawn_blocking("after", current).await.unwrap();
         assert_eq!((current(), after), (None, None));
+    }
+
+    #[test]
+    fn a_tokens_work_shares_one_share_while_any_of_it_runs() {
+        let shares = ThreadShares::new(3);
+        let first = shares.caller("pr-1");
+        let again = shares.caller("pr-1");
+        let other = shares.caller("main");
+        let same = |a: &Caller, b: &Caller| Arc::ptr_eq(a.threads().unwrap(), b.threads().unwrap());
+        assert!(same(&first, &again) && !same(&first, &other));
+        let running = first.threads().unwrap().clone().try_acquire_owned().unwrap();
+        drop((first, again));
+        // Work still running holds the share: a new call of the token gets what is left.
+        assert_eq!(shares.caller("pr-1").threads().unwrap().available_permits(), 2);
+        drop(running);
+        assert_eq!(shares.caller("pr-1").threads().unwrap().available_permits(), 3);
+        assert!(ThreadShares::new(0).caller("pr-1").threads().is_none());
     }
 }

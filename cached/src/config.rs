@@ -129,6 +129,17 @@ pub const SETTINGS: &[Setting] = &[
         default: "128",
     },
     Setting {
+        key: "max_blocking_threads",
+        help: "threads for blocking work: RocksDB, the disk, shared-store requests",
+        default: "512",
+    },
+    Setting {
+        key: "max_blocking_threads_per_token",
+        help: "of max_blocking_threads, most one token's calls hold at once; the rest of its work \
+               waits without a thread (0 = no bound)",
+        default: "160",
+    },
+    Setting {
         key: "max_uploads_per_token",
         help: "uploads one token may send at once (of max_concurrent_uploads)",
         default: "64",
@@ -337,6 +348,9 @@ pub struct Limits {
     pub max_watches_per_token: usize,
     pub max_streams_per_token: usize,
     pub max_uploads_per_token: usize,
+    pub max_blocking_threads: usize,
+    /// Blocking threads one token's work may hold at once; 0 is no bound.
+    pub max_blocking_threads_per_token: usize,
     /// Bytes of unary requests of one token being received (and so held) at once.
     pub max_request_bytes_per_token: u64,
     /// Bytes of one token's unfinished uploads on the disk (registry sessions counted apart).
@@ -528,6 +542,8 @@ impl Config {
             max_watches_per_token: get("max_watches_per_token").count()? as usize,
             max_streams_per_token: get("max_streams_per_token").count()? as usize,
             max_uploads_per_token: get("max_uploads_per_token").count()? as usize,
+            max_blocking_threads: get("max_blocking_threads").count()? as usize,
+            max_blocking_threads_per_token: get("max_blocking_threads_per_token").count_or_off()? as usize,
             max_request_bytes_per_token: get("max_request_bytes_per_token").size()?,
             max_upload_bytes_per_token: get("max_upload_bytes_per_token").size()?,
             rate_limit: get("rate_limit").parse_with(|v| match v.parse::<u32>() {
@@ -661,6 +677,7 @@ impl Config {
             ));
         }
         check_job_timeouts(&self.scheduler)?;
+        check_blocking_threads(&self.limits)?;
         let scheduler = &self.scheduler;
         for (key, cap) in [
             ("max_open_jobs_per_namespace", scheduler.max_open_jobs_per_namespace),
@@ -745,8 +762,27 @@ fn shared_settings<'a>(
         region: optional("shared_store_region"),
         path_style: get("shared_store_path_style").switch()?,
         request_timeout,
-        lookups_per_token: Some(get("max_shared_lookups").count()? as u32).filter(|&rate| rate > 0),
+        lookups_per_token: Some(get("max_shared_lookups").count_or_off()? as u32).filter(|&rate| rate > 0),
     }))
+}
+
+/// A token's share of the blocking threads must leave the pool to the others, and hold more
+/// than its streams: each stream holds a thread for its life, and with no share left the
+/// token's other calls would wait for its streams to end.
+fn check_blocking_threads(limits: &Limits) -> Result<(), ConfigError> {
+    let (pool, share, streams) =
+        (limits.max_blocking_threads, limits.max_blocking_threads_per_token, limits.max_streams_per_token);
+    if pool == 0 {
+        return Err(ConfigError::Inconsistent("max_blocking_threads must be at least 1".to_owned()));
+    }
+    if share != 0 && (share >= pool || share <= streams) {
+        return Err(ConfigError::Inconsistent(format!(
+            "max_blocking_threads_per_token ({share}) must be 0 (no bound) or above max_streams_per_token \
+             ({streams}) and below max_blocking_threads ({pool}): each stream holds a thread, and one \
+             token must leave threads to the others"
+        )));
+    }
+    Ok(())
 }
 
 /// The longest `max_job_timeout`: a year keeps every deadline in milliseconds far from
@@ -896,6 +932,15 @@ impl Field<'_> {
             Ok(n) if n > u64::from(u32::MAX) => Err("too large".to_owned()),
             Ok(n) => Ok(n),
             Err(_) => Err("expected a whole number".to_owned()),
+        })
+    }
+
+    /// A count where 0 turns the bound off.
+    fn count_or_off(&self) -> Result<u64, ConfigError> {
+        self.parse_with(|v| match v.parse::<u64>() {
+            Ok(n) if n > u64::from(u32::MAX) => Err("too large".to_owned()),
+            Ok(n) => Ok(n),
+            Err(_) => Err("expected a whole number (0 = no bound)".to_owned()),
         })
     }
 

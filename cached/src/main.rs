@@ -228,7 +228,11 @@ fn main() -> ExitCode {
             config.listen
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(config.limits.max_blocking_threads)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cached: cannot start the async runtime: {err}");

@@ -6,8 +6,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{JoinError, JoinHandle};
 use tracing::Instrument;
 
@@ -63,12 +65,13 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let caller = crate::caller::current();
-    Task { handle: Some(tokio::spawn(crate::caller::scope(caller, future.instrument(span(name))))) }
+    let caller = crate::caller::current_caller();
+    Task { handle: Some(tokio::spawn(crate::caller::scope_caller(caller, future.instrument(span(name))))) }
 }
 
 /// Runs `work` on the blocking thread pool as the task `name`: for anything that blocks
-/// (RocksDB, disk), never on an async worker thread.
+/// (RocksDB, disk), never on an async worker thread. Work of a caller with a thread share
+/// ([`crate::caller::ThreadShares`]) past its share waits for a permit first, on no thread.
 #[allow(clippy::disallowed_methods)] // The one place blocking tasks are spawned.
 pub fn spawn_blocking<F, R>(name: &'static str, work: F) -> Task<R>
 where
@@ -76,12 +79,28 @@ where
     R: Send + 'static,
 {
     let span = span(name);
-    let caller = crate::caller::current();
-    Task {
-        handle: Some(tokio::task::spawn_blocking(move || {
-            crate::caller::run_as(caller, || span.in_scope(work))
-        })),
-    }
+    let caller = crate::caller::current_caller();
+    let threads = caller.as_ref().and_then(|caller| caller.threads().cloned());
+    let permitted = threads.as_ref().map(|threads| Arc::clone(threads).try_acquire_owned());
+    let run = move |permit: Option<OwnedSemaphorePermit>| {
+        move || {
+            let _permit = permit;
+            crate::caller::run_as_caller(caller, || span.in_scope(work))
+        }
+    };
+    let handle = match (threads, permitted) {
+        (Some(threads), Some(Err(_))) => tokio::spawn(async move {
+            // The share is never closed.
+            let permit = threads.acquire_owned().await.ok();
+            match tokio::task::spawn_blocking(run(permit)).await {
+                Ok(output) => output,
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                Err(err) => panic!("the blocking task {name} did not run: {err}"),
+            }
+        }),
+        (_, permitted) => tokio::task::spawn_blocking(run(permitted.and_then(Result::ok))),
+    };
+    Task { handle: Some(handle) }
 }
 
 /// Runs `work`, which blocks briefly (a disk sync), where it is: on a multi-threaded runtime's

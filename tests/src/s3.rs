@@ -70,6 +70,23 @@ impl S3Server {
         std::fs::read_to_string(self.dir.path().join("versitygw.log")).unwrap_or_default()
     }
 
+    /// SIGSTOP: connections stay open and nothing answers, as with a hung service, until
+    /// [`S3Server::unpause`]. Drop still kills it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`S3Server::pause`].
+    pub fn unpause(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the S3 server is running");
+        let sent = Command::new("kill").arg(signal).arg(child.id().to_string()).status();
+        assert!(sent.is_ok_and(|status| status.success()), "kill {signal} versitygw failed");
+    }
+
     /// SIGKILL: the service is gone until `resume`.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

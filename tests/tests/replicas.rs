@@ -97,6 +97,65 @@ fn a_tokens_lookups_of_the_bucket_are_bounded_and_others_keep_theirs() {
     assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&file).unwrap());
 }
 
+/// Calls waiting on the bucket hold one of the replica's blocking threads each, and a token
+/// whose calls held them all would stall every other tenant, whatever it asks: a token holds
+/// at most its share (max_blocking_threads_per_token), the rest of its calls wait on none.
+#[test]
+fn a_token_waiting_on_a_hung_bucket_leaves_threads_to_the_others() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, secrets) =
+        cached_e2e::mint_tokens(dir.path(), &[("pr", "read"), ("main", "read,cas-write")]);
+    let flags = [
+        "--tokens-file",
+        &tokens,
+        "--max-blocking-threads",
+        "12",
+        "--max-blocking-threads-per-token",
+        "6",
+        "--max-streams-per-token",
+        "4",
+        "--shared-store-timeout",
+        "30s",
+    ];
+    let replica = s3.replica_in(tempfile::tempdir().unwrap(), &flags);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = |name: &str| {
+        let secret = &secrets.iter().find(|(token, _)| token == name).unwrap().1;
+        let secret = std::fs::read_to_string(secret).unwrap();
+        runtime.block_on(Client::connect(&replica.url(), &ConnectOptions::with_token(secret.trim()))).unwrap()
+    };
+    let (pr, main) = (client("pr"), client("main"));
+    let blob = Bytes::from(noise(11, 4096));
+    let digest = Digest::of(&blob);
+    runtime.block_on(cached_client::transfer::batch_write(&main, vec![(digest, blob)], 3)).unwrap();
+
+    s3.pause();
+    // Each asks the hung bucket about a blob nobody stored, on a thread of its own.
+    let waiting: Vec<_> = (0..24u64)
+        .map(|i| {
+            let request = v1::FindMissingRequest { digests: vec![Digest::of(&noise(100 + i, 64)).to_wire()] };
+            let mut cas = pr.cas.clone();
+            runtime.spawn(async move { cas.find_missing(request).await })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let request = v1::FindMissingRequest { digests: vec![digest.to_wire()] };
+    let mut cas = main.cas.clone();
+    let answer = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), cas.find_missing(request)).await });
+    let hung = waiting.iter().filter(|call| !call.is_finished()).count();
+    s3.unpause();
+    let answer = answer.expect("main's lookup of a blob the replica holds waited on pr's calls").unwrap();
+    assert!(answer.into_inner().missing.is_empty(), "main's blob went missing");
+    assert_eq!(
+        hung,
+        24,
+        "pr's calls did not all wait on the bucket, so they proved nothing\n{}",
+        replica.log()
+    );
+}
+
 #[test]
 fn a_blob_a_build_and_a_purge_through_one_replica_reach_another() {
     let s3 = S3Server::start();

@@ -23,6 +23,7 @@ use super::scopes::{self, Access, Method, Scope};
 use super::slots::{CAS_STREAMS, SlotKind, TokenSlot, TokenSlots, WATCH};
 use super::standing::{Secret, Standing};
 use super::tokens::{TokenSpec, TokenTable};
+use crate::caller::{self, ThreadShares};
 use crate::config::Config;
 use crate::error::Error;
 
@@ -50,6 +51,8 @@ pub struct AuthSettings {
     token_streams: Arc<TokenSlots>,
     /// Bytes of unary requests each token has in flight (`max_request_bytes_per_token`).
     request_bytes: Arc<HeldBytes>,
+    /// Per-token shares of the blocking thread pool (`max_blocking_threads_per_token`).
+    threads: ThreadShares,
     refusals: RefusalLog,
 }
 
@@ -76,7 +79,18 @@ impl AuthSettings {
             token_uploads: Arc::new(TokenSlots::new(SlotKind::Uploads, limits.max_uploads_per_token)),
             token_streams: Arc::new(TokenSlots::new(SlotKind::Streams, limits.max_streams_per_token)),
             request_bytes: HeldBytes::new(limits.max_request_bytes_per_token),
+            threads: ThreadShares::new(limits.max_blocking_threads_per_token),
             refusals: RefusalLog::default(),
+        }
+    }
+
+    /// Who a call of `token` works for: a token with limits of its own holds its share of the
+    /// blocking threads (`crate::caller`).
+    pub fn caller(&self, token: &str) -> caller::Caller {
+        if Grant::has_own_limits(token) {
+            self.threads.caller(token)
+        } else {
+            caller::Caller::unbounded(Arc::from(token))
         }
     }
 
@@ -492,7 +506,7 @@ where
             }
         });
         // The handler, and what it spawns, is work for this token (`crate::caller`).
-        let call = crate::caller::scope(Some(Arc::from(admitted.grant.token.as_str())), inner.call(request));
+        let call = caller::scope_caller(Some(settings.caller(&admitted.grant.token)), inner.call(request));
         Box::pin(async move {
             let response = if method.unary {
                 match tokio::time::timeout(settings.request_timeout, call).await {
