@@ -120,8 +120,8 @@ async fn with_build_user(
     result
 }
 
-/// The client the build's whole-build lookup, restore and record go through: the lease's cache
-/// credential, as the bridge's. A purge cancels the namespace's jobs, and their credentials die
+/// The client the build's whole-build lookup, restore and record, and the image's layer cache,
+/// go through: the lease's cache credential, as the bridge's. A purge cancels the namespace's jobs, and their credentials die
 /// with their leases; the agent's own token outlives them, so a build that read entries the
 /// purge removed and finished before its cancel arrived would have recorded its outputs again.
 /// Without tokens (no credential minted) the agent's own client.
@@ -288,14 +288,10 @@ async fn build_task(
         .collect();
     let image = match &spec.image {
         Some(image) => {
-            let layered = image::platform_image(
-                &ctx.remote.client,
-                &spec.namespace,
-                image,
-                &platform,
-                &built.outputs,
-                &lines,
-            );
+            // The layer cache writes the namespace's action cache: the lease's credential, as
+            // the build's record.
+            let layered =
+                image::platform_image(&cache, &spec.namespace, image, &platform, &built.outputs, &lines);
             cancel.guard(layered).await?
         }
         None => None,

@@ -983,20 +983,41 @@ fn a_builds_tools_cannot_read_the_leases_cache_credential() {
     assert_eq!(cluster.go_puts(), 0, "the build wrote the namespace's go cache\n{log}");
 }
 
-/// The agent's token here has no `ac-write`: a build's whole-build record goes with the lease's
-/// cache credential, which a purge's cancel ends, never with the agent's token, which outlives
-/// it (a build that read what a purge removed would record its outputs again).
+/// The agent's token here has no `ac-write`: what a task writes to the namespace's action cache
+/// (the build's whole-build record, the image's layer cache) goes with the lease's cache
+/// credential, which a purge's cancel ends, never with the agent's token, which outlives it (a
+/// build that read what a purge removed would record its outputs again).
 #[test]
-fn an_agents_build_is_recorded_with_the_leases_credential() {
+fn an_agents_build_and_layers_are_cached_with_the_leases_credential() {
     let _serial = serial();
     let cluster = Cluster::start();
     let agent = Agent::start(&cluster, 1, &real_go());
-    let (blobs, root) =
-        app_module(b"module example.com/recorded\n\ngo 1.21\n", b"package main\n\nfunc main() {}\n");
-    let job = cluster.submit_tree(blobs, root, "");
-    let task = cluster.finished_task(&job, Duration::from_secs(180), || {});
-    assert_eq!(task["state"], "succeeded", "{task}\n{}", agent.log());
-    assert_eq!(cluster.build_records(), 1, "the build was not recorded\n{task}\n{}", cluster.daemon.log());
+    let host = tempfile::tempdir().unwrap();
+    let module = host.path().join("module");
+    std::fs::create_dir_all(module.join("cmd/app")).unwrap();
+    std::fs::write(module.join("go.mod"), "module example.com/recorded\n\ngo 1.21\n").unwrap();
+    std::fs::write(module.join("cmd/app/main.go"), "package main\n\nfunc main() {}\n").unwrap();
+    let layout = host.path().join("layout").display().to_string();
+    let submit = |again: &str| {
+        let args = ["submit", again, "--targets", "linux/amd64", "--oci-layout", &layout, "./cmd/app"];
+        run(cluster.cachectl(&module, &args)).success(&format!("image submit\n{}", agent.log()));
+    };
+    submit("--priority=0");
+    assert_eq!(cluster.build_records(), 1, "the build was not recorded\n{}", cluster.daemon.log());
+    submit("--rebuild");
+    let listed = run(cluster.cachectl(&module, &["jobs", "list", "--all", "--json"])).success("jobs list");
+    let jobs: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let layered: Vec<bool> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["tasks"][0]["image"]["layer_cached"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(
+        layered.iter().filter(|cached| **cached).count(),
+        1,
+        "the rebuild's layer was not cached: {jobs}"
+    );
 }
 
 /// Files in the job's tree of [`a_cancelled_jobs_tree_stops_downloading_at_once`]: each its own
