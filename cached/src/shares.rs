@@ -1,7 +1,8 @@
 //! Shares of a bounded resource per token: how much of it each token holds now, against a cap
 //! per token. A token's rate limit bounds how fast its calls come, not how much they hold;
 //! these bound that (streams, request bytes in flight, unfinished uploads on disk). And the
-//! fair level records are cut down to by namespace when a bound is passed ([`fair_level`]).
+//! fair level records are cut down to by tenant and namespace when a bound is passed
+//! ([`fair_excess`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -73,6 +74,34 @@ pub fn fair_level(bytes: impl Iterator<Item = u64>, target: u64) -> u64 {
     bytes.last().copied().unwrap_or(0)
 }
 
+/// What each holder above its fair share must give up for all of them to hold `target` or
+/// less: a namespace's excess over its level, the level set among tenants first (a namespace's
+/// first path segment: `pr-1` for `pr-1/a` and `pr-1/b`), then among the namespaces of each
+/// tenant over its share. A token may write only the namespaces of its patterns, and a pull
+/// request's pattern (`pr-1234/*`) names as many namespaces as it likes: by namespace alone it
+/// could spread a flood over thousands and cut `main` down to a thousandth.
+pub fn fair_excess<'a>(held: impl Iterator<Item = (&'a str, u64)>, target: u64) -> HashMap<String, u64> {
+    let mut tenants: HashMap<&str, Vec<(&str, u64)>> = HashMap::new();
+    for (namespace, bytes) in held {
+        tenants.entry(tenant_of(namespace)).or_default().push((namespace, bytes));
+    }
+    let total = |namespaces: &[(&str, u64)]| namespaces.iter().map(|(_, bytes)| bytes).sum::<u64>();
+    let tenant_level = fair_level(tenants.values().map(|namespaces| total(namespaces)), target);
+    let mut excess = HashMap::new();
+    for namespaces in tenants.values().filter(|namespaces| total(namespaces) > tenant_level) {
+        let level = fair_level(namespaces.iter().map(|(_, bytes)| *bytes), tenant_level);
+        for (namespace, bytes) in namespaces.iter().filter(|(_, bytes)| *bytes > level) {
+            excess.insert((*namespace).to_owned(), bytes - level);
+        }
+    }
+    excess
+}
+
+/// The tenant a namespace is part of: its first path segment.
+fn tenant_of(namespace: &str) -> &str {
+    namespace.split_once('/').map_or(namespace, |(tenant, _)| tenant)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +112,23 @@ mod tests {
         assert_eq!(fair_level([300, 300, 300].into_iter(), 600), 200);
         assert_eq!(fair_level([10, 20].into_iter(), 100), 20, "nothing to cut");
         assert_eq!(fair_level(std::iter::empty(), 100), 0);
+    }
+
+    #[test]
+    fn a_tenant_spreading_over_namespaces_is_cut_as_one() {
+        let mut held = vec![("main", 800)];
+        let flood: Vec<String> = (0..500).map(|i| format!("pr-1/ns{i}")).collect();
+        held.extend(flood.iter().map(|namespace| (namespace.as_str(), 2)));
+        let excess = fair_excess(held.iter().map(|(namespace, bytes)| (*namespace, *bytes)), 1000);
+        // main keeps half; the flood's 1000 come down to 500 over its 500 namespaces.
+        assert_eq!(excess.get("main"), Some(&300));
+        assert_eq!(excess.get("pr-1/ns0"), Some(&1));
+        let cut: u64 = excess.values().sum();
+        assert_eq!(cut, 800, "1800 held, 1000 kept");
+        // Within a tenant, its namespaces share as namespaces do.
+        let excess = fair_excess([("main/a", 100), ("main/b", 1200)].into_iter(), 1170);
+        assert_eq!((excess.get("main/a"), excess.get("main/b")), (None, Some(&130)));
+        assert!(fair_excess([("main", 10), ("pr-1/a", 20)].into_iter(), 100).is_empty(), "nothing to cut");
     }
 
     #[test]

@@ -75,6 +75,57 @@ async fn below_the_free_space_floor_no_entry_is_stored() {
     server.stop().await;
 }
 
+/// An action ID numbered `n`.
+fn action(n: u32) -> bytes::Bytes {
+    let mut id = vec![0; 32];
+    id[..4].copy_from_slice(&n.to_be_bytes());
+    id.into()
+}
+
+/// Puts `entry` under action `n` in `namespace`.
+async fn put_entry(clients: &common::Clients, entry: &v1::GoEntry, namespace: &str, n: u32) {
+    let request =
+        v1::GoPutRequest { namespace: namespace.into(), action_id: action(n), entry: Some(entry.clone()) };
+    clients.go.clone().put(request).await.expect("put");
+}
+
+/// How many of actions `numbers` are hits in `namespace`.
+async fn hits_in(clients: &common::Clients, namespace: &str, numbers: std::ops::Range<u32>) -> usize {
+    let request =
+        v1::GoGetManyRequest { namespace: namespace.into(), action_ids: numbers.map(action).collect() };
+    let results = clients.go.clone().get_many(request).await.unwrap().into_inner().results;
+    results.iter().filter(|result| result.entry.is_some()).count()
+}
+
+/// A pull request's token may write any namespace of its pattern (`pr-1/*`): spread over 200
+/// of them, a flood cut by namespace alone took `main` down to a 201st of the bound. Tenants (a
+/// namespace's first path segment) share the bound first, then their namespaces theirs.
+#[tokio::test]
+async fn a_flood_spread_over_one_tenants_namespaces_is_cut_as_one_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("max_go_entries", "100")]).await;
+    let clients = server.clients().await;
+    let body = noise(512, 12);
+    clients.write(&body).await;
+    let entry = common::go_entry(&body);
+    const BEFORE: u32 = 40;
+    for n in 0..BEFORE {
+        put_entry(&clients, &entry, "main", n).await;
+    }
+    for chunk in (0..1000u32).collect::<Vec<_>>().chunks(32) {
+        let puts = chunk.iter().map(|n| {
+            let namespace = format!("pr-1/ns{}", n % 200);
+            let entry = &entry;
+            let clients = &clients;
+            async move { put_entry(clients, entry, &namespace, 1000 + n).await }
+        });
+        futures::future::join_all(puts).await;
+    }
+    let kept = hits_in(&clients, "main", 0..BEFORE).await;
+    assert_eq!(kept, BEFORE as usize, "main kept {kept} of its {BEFORE} entries under pr-1's spread flood");
+    server.stop().await;
+}
+
 /// Entries are not blobs: eviction under `max_size` never takes one whose blob stays, so a
 /// writer (a pull request's token in its own namespace) could once record entries without end,
 /// all pointing at one blob, until the disk reached its floor and every tenant's writes were
@@ -89,20 +140,7 @@ async fn a_flood_of_entries_for_one_blob_forgets_its_own_oldest_and_keeps_the_ne
     let body = noise(512, 11);
     clients.write(&body).await;
     let entry = common::go_entry(&body);
-    let action = |n: u32| -> bytes::Bytes {
-        let mut id = vec![0; 32];
-        id[..4].copy_from_slice(&n.to_be_bytes());
-        id.into()
-    };
-    let put = |namespace: &str, n: u32| {
-        let request = v1::GoPutRequest {
-            namespace: namespace.into(),
-            action_id: action(n),
-            entry: Some(entry.clone()),
-        };
-        let mut go = clients.go.clone();
-        async move { go.put(request).await.expect("put") }
-    };
+    let put = |namespace: &'static str, n: u32| put_entry(&clients, &entry, namespace, n);
 
     // Another namespace's build recorded entries before the flood.
     const BEFORE: u32 = 30;
@@ -129,12 +167,7 @@ async fn a_flood_of_entries_for_one_blob_forgets_its_own_oldest_and_keeps_the_ne
     let hit = clients.go.clone().get(get).await.unwrap().into_inner();
     assert!(hit.entry.is_some(), "an entry recorded after the flood was forgotten");
     // The flood cost its own namespace: main's older entries are all still hits.
-    let request = v1::GoGetManyRequest {
-        namespace: "main".into(),
-        action_ids: (1000..1000 + BEFORE).map(action).collect(),
-    };
-    let results = clients.go.clone().get_many(request).await.unwrap().into_inner().results;
-    let lost = results.iter().filter(|result| result.entry.is_none()).count();
+    let lost = BEFORE as usize - hits_in(&clients, "main", 1000..1000 + BEFORE).await;
     assert_eq!(lost, 0, "{lost} of main's {BEFORE} entries recorded before pr-1's flood were forgotten");
 
     let metrics = server.metrics().await;

@@ -16,9 +16,10 @@
 //! (with a shared database, other replicas record too), and kept up to date in between, in all
 //! and by namespace. Past the bound, rows go, with their index row and, unless a kept build of
 //! the same target has the same key, their entry, until a sixteenth of the bound is free: the
-//! oldest of the namespaces holding the most, each cut down to one level
-//! ([`crate::shares::fair_level`]), so a namespace that floods records (any module, package
-//! and platform it likes) pushes out its own, not every other tenant's. An entry removed
+//! oldest of the namespaces holding the most, each cut down to its fair share by tenant, then
+//! namespace ([`crate::shares::fair_excess`]), so a namespace that floods records (any module,
+//! package and platform it likes), or a pull request spreading them over namespaces of its
+//! pattern, pushes out its own, not every other tenant's. An entry removed
 //! otherwise (its outputs evicted, its namespace purged) stays counted until its row goes: the
 //! count is never below what is stored.
 
@@ -208,11 +209,7 @@ impl Builds {
         let mut gone: HashSet<Vec<u8>> = HashSet::new();
         let mut excess: HashMap<String, u64> = {
             let held = self.namespace_record_bytes();
-            let level = crate::shares::fair_level(held.values().copied(), target);
-            held.iter()
-                .filter(|(_, bytes)| **bytes > level)
-                .map(|(ns, bytes)| (ns.clone(), bytes - level))
-                .collect()
+            crate::shares::fair_excess(held.iter().map(|(ns, bytes)| (ns.as_str(), *bytes)), target)
         };
         // Enough is freed once the total is down to the target, whatever each namespace's
         // share said (replicas sharing a database forget too).

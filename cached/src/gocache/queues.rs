@@ -1,11 +1,12 @@
 //! The books of the Go entries' order rows, by namespace: each namespace's rows are numbered in
 //! the order they were put, and those counted are its front (the first not yet taken) to its
 //! next number. Past the bound, [`Queues::cuts`] says how many of whose oldest rows go: the
-//! namespaces holding the most, each cut down to one level ([`fair_level`]).
+//! namespaces holding the most, cut down to their fair share by tenant, then namespace
+//! ([`fair_excess`]).
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::shares::fair_level;
+use crate::shares::fair_excess;
 
 #[derive(Debug, Default)]
 pub(super) struct Queues {
@@ -97,23 +98,19 @@ impl Queues {
     }
 
     /// What to take for the count to come down by up to `budget` toward `max`: the oldest rows
-    /// of the namespaces above the fair level, largest excess first.
+    /// of the namespaces above their fair share, largest excess first.
     pub(super) fn cuts(&self, max: u64, budget: u64) -> Vec<Cut> {
         let over = self.counted.saturating_sub(max).min(budget);
         if over == 0 {
             return Vec::new();
         }
-        let counts = self.by_namespace.values().map(Queue::counted);
-        let level = fair_level(counts, self.counted - over);
-        let mut cuts: Vec<Cut> = self
-            .by_namespace
-            .iter()
-            .filter(|(_, queue)| queue.counted() > level)
-            .map(|(namespace, queue)| Cut {
-                namespace: namespace.clone(),
-                front: queue.front,
-                horizon: queue.horizon(),
-                want: queue.counted() - level,
+        let counts = self.by_namespace.iter().map(|(namespace, queue)| (namespace.as_str(), queue.counted()));
+        let excess = fair_excess(counts, self.counted - over);
+        let mut cuts: Vec<Cut> = excess
+            .into_iter()
+            .filter_map(|(namespace, want)| {
+                let queue = self.by_namespace.get(&namespace)?;
+                Some(Cut { front: queue.front, horizon: queue.horizon(), want, namespace })
             })
             .collect();
         cuts.sort_unstable_by(|a, b| b.want.cmp(&a.want).then_with(|| a.namespace.cmp(&b.namespace)));

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use super::records::{OrderRow, Recorded, RegistryRecords};
 use crate::error::Result;
-use crate::shares::fair_level;
+use crate::shares::fair_excess;
 use crate::stats::Stats;
 
 /// Rows read, and forgotten, at a time.
@@ -131,16 +131,11 @@ impl RecordBound {
     }
 
     /// Forgets records until they take `target` bytes or less: the oldest of each namespace
-    /// above the [`fair_level`], down to it. One walk over the rows, oldest first.
+    /// above its fair share ([`fair_excess`]), down to it. One walk over the rows, oldest first.
     fn forget_down_to(&self, records: &dyn RegistryRecords, target: u64) -> Result<()> {
         let mut excess: HashMap<String, u64> = {
             let namespaces = self.namespaces();
-            let level = fair_level(namespaces.values().copied(), target);
-            namespaces
-                .iter()
-                .filter(|(_, bytes)| **bytes > level)
-                .map(|(ns, bytes)| (ns.clone(), bytes - level))
-                .collect()
+            fair_excess(namespaces.iter().map(|(ns, bytes)| (ns.as_str(), *bytes)), target)
         };
         let (mut forgotten, mut freed, mut after) = (0, 0, None);
         // Enough is freed once the total is down to the target, whatever each namespace's
