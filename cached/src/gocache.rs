@@ -33,7 +33,7 @@ use proto::{ActionId, Digest, INLINE_BODY_MAX, OutputId};
 pub use self::rocks::RocksGoEntries;
 use crate::error::{Error, Result};
 use crate::stats::Stats;
-use crate::store::{FreeSpace, SharedStore};
+use crate::store::{BlobInfo, FreeSpace, SharedStore};
 
 const ENTRY_VERSION: u8 = 1;
 const ENTRY_LEN: usize = 1 + 32 + 8 + 32 + 8;
@@ -85,6 +85,33 @@ impl GoEntry {
 pub struct GoHit {
     pub entry: GoEntry,
     pub inline_body: Option<Bytes>,
+}
+
+/// What the store holds of a hit's body, and its bytes when the reply carries them.
+struct Body {
+    stored: BlobInfo,
+    inline: Option<Bytes>,
+}
+
+/// Whether a body of `size` bytes travels inline in a reply with `budget` bytes left for them.
+#[derive(Debug, PartialEq, Eq)]
+enum Inlining {
+    /// Too large for one frame, or empty: read with Cas.Read.
+    Never,
+    /// However it compressed: a stored frame is never larger than zstd's bound for its bytes.
+    Certain,
+    /// Only if it compressed well enough.
+    IfStoredFits,
+}
+
+fn inlining(size: u64, budget: u64) -> Inlining {
+    if !(1..=INLINE_BODY_MAX).contains(&size) {
+        return Inlining::Never;
+    }
+    match zstd::zstd_safe::compress_bound(size as usize) as u64 <= budget {
+        true => Inlining::Certain,
+        false => Inlining::IfStoredFits,
+    }
 }
 
 /// Checks a namespace and returns the one to use.
@@ -163,9 +190,10 @@ impl GoCache {
     }
 
     /// Looks up `ids`, in order. Bodies come inline while their stored bytes fit in
-    /// `inline_budget`, which is charged before a body is read: a request costs at most what
-    /// its reply may carry. An id asked twice is refused: it would cost twice and return
-    /// nothing new.
+    /// `inline_budget`, which is charged before a body is read, and only those are opened
+    /// (with a shared tier, copied here); the others are only confirmed stored: a request costs
+    /// at most what its reply may carry. An id asked twice is refused: it would cost twice and
+    /// return nothing new.
     pub async fn get_many(
         self: &Arc<Self>,
         namespace: String,
@@ -223,30 +251,79 @@ impl GoCache {
         let Some(entry) = self.entries.get(namespace, action_id)? else {
             return Ok(None);
         };
-        // Opening the blob both proves it is still stored and marks it as used.
-        let Some(mut frames) = self.store.read(&entry.digest, 0)? else {
-            self.entries.remove(namespace, action_id)?;
-            self.stats.go_entries_dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
+        // A blob gone, or with a shared tier one the bucket was not asked about (the caller's
+        // lookups spent, the bucket down): a miss either way, and the entry goes from here
+        // (with a shared tier only this replica's copy; the bucket keeps its own).
+        let Some(body) = self.body(&entry, inline_budget)? else {
+            return self.drop_entry(namespace, action_id);
         };
         // Put checked this, but an entry can come back wrong from the disk or a bucket, and
         // the bridge files a body under its OutputID where every namespace of a runner finds
         // it: a wrong one is dropped like a dangling one, never answered.
-        if frames.info().sha256 != entry.output_id.0 {
+        if body.stored.sha256 != entry.output_id.0 {
             tracing::warn!(namespace, action = %action_id, digest = %entry.digest, "Go entry whose OutputID is not its blob's SHA-256 dropped");
-            self.entries.remove(namespace, action_id)?;
-            self.stats.go_entries_dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
+            return self.drop_entry(namespace, action_id);
         }
-        let stored_bytes = frames.info().stored_bytes;
-        let inline = (1..=INLINE_BODY_MAX).contains(&entry.digest.size) && stored_bytes <= *inline_budget;
-        let inline_body = if inline {
-            *inline_budget -= stored_bytes;
-            frames.next().transpose()?
-        } else {
-            None
+        Ok(Some(GoHit { entry, inline_body: body.inline }))
+    }
+
+    fn drop_entry(&self, namespace: &str, action_id: &ActionId) -> Result<Option<GoHit>> {
+        self.entries.remove(namespace, action_id)?;
+        self.stats.go_entries_dropped.fetch_add(1, Ordering::Relaxed);
+        Ok(None)
+    }
+
+    /// What the store holds of `entry`'s body, with its bytes when the reply carries them;
+    /// `None` when it is not stored. With a shared tier, opening a body this replica lacks
+    /// copies all of it from the bucket: only a body the reply carries is opened, so a request
+    /// costs this replica's disk at most what its reply may carry. The others are confirmed.
+    fn body(&self, entry: &GoEntry, inline_budget: &mut u64) -> Result<Option<Body>> {
+        match inlining(entry.digest.size, *inline_budget) {
+            Inlining::Never => self.confirm(entry),
+            Inlining::Certain => self.open(entry, inline_budget),
+            Inlining::IfStoredFits => self.open_if_fits(entry, inline_budget),
+        }
+    }
+
+    /// Confirms the body is stored without opening it: from its metadata here, else from the
+    /// bucket's object (a stat, no copy). One held here is marked used, as opening it would.
+    fn confirm(&self, entry: &GoEntry) -> Result<Option<Body>> {
+        let Some(stored) = self.store.stat(&[entry.digest])?.pop().flatten() else {
+            return Ok(None);
         };
-        Ok(Some(GoHit { entry, inline_body }))
+        self.store.mark_used(&[entry.digest])?;
+        Ok(Some(Body { stored, inline: None }))
+    }
+
+    /// Opens the body and carries it when its stored bytes fit `inline_budget`, which is
+    /// charged before the bytes are read; a body of another OutputID is not carried.
+    fn open(&self, entry: &GoEntry, inline_budget: &mut u64) -> Result<Option<Body>> {
+        let Some(mut frames) = self.store.read(&entry.digest, 0)? else {
+            return Ok(None);
+        };
+        let stored = *frames.info();
+        let carried = stored.stored_bytes <= *inline_budget && stored.sha256 == entry.output_id.0;
+        let inline = match carried {
+            true => {
+                *inline_budget -= stored.stored_bytes;
+                frames.next().transpose()?
+            }
+            false => None,
+        };
+        Ok(Some(Body { stored, inline }))
+    }
+
+    /// How well the body compressed decides whether it fits: its metadata says, and only one
+    /// that fits is opened.
+    fn open_if_fits(&self, entry: &GoEntry, inline_budget: &mut u64) -> Result<Option<Body>> {
+        let Some(confirmed) = self.confirm(entry)? else { return Ok(None) };
+        let stored = confirmed.stored;
+        if stored.stored_bytes > *inline_budget || stored.sha256 != entry.output_id.0 {
+            return Ok(Some(confirmed));
+        }
+        // One that cannot be opened now after all (no room here to copy it, the caller's
+        // lookups spent) is still stored, as its metadata just said: a hit that does not carry it.
+        Ok(Some(self.open(entry, inline_budget)?.unwrap_or(confirmed)))
     }
 
     pub async fn put(self: &Arc<Self>, namespace: String, action_id: ActionId, entry: GoEntry) -> Result<()> {
@@ -307,6 +384,7 @@ impl GoCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::BlobStore;
 
     #[test]
     fn entry_round_trips() {
@@ -367,6 +445,83 @@ mod tests {
         assert!(cache.lookup("ns", &ActionId([2; 32]), &mut 0).unwrap().is_none());
         assert_eq!(stats.go_entries_dropped.load(Ordering::Relaxed), 1);
         assert_eq!(cache.sweep_dangling(&mut Vec::new(), 10).unwrap(), 0, "the wrong entry is gone");
+    }
+
+    /// `len` bytes zstd cannot compress, different for each seed.
+    fn noise(seed: u8, len: usize) -> Vec<u8> {
+        let mut state = u64::from(seed) + 1;
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// The Go cache of `replica`, with an entry in namespace "ns" for each body (action n for
+    /// the n-th), as a lookup finds them once it copied them from the bucket.
+    fn cache_with_entries(replica: &crate::shared::testing::Replica, bodies: &[Digest]) -> Arc<GoCache> {
+        let entries = RocksGoEntries::open(Arc::clone(&replica.db), u64::MAX).unwrap();
+        let space = Arc::new(FreeSpace::new(std::env::temp_dir(), 0));
+        let cache = GoCache::new(Arc::new(entries), Arc::clone(&replica.store), Arc::default(), space);
+        let infos = replica.store.stat(bodies).unwrap();
+        for (action, (digest, info)) in bodies.iter().zip(infos).enumerate() {
+            let output_id = OutputId(info.unwrap().sha256);
+            let entry = GoEntry { output_id, digest: *digest, time_unix_nanos: 1 };
+            rocks::put_for_tests(&replica.db, "ns", &ActionId([action as u8; 32]), &entry);
+        }
+        cache
+    }
+
+    /// A GetMany of entries whose bodies this replica lacks: every body was copied whole from
+    /// the bucket to be opened, carried or not, so one request naming many large entries
+    /// pulled GiBs into a replica and pushed other tenants' blobs out of its disk, though its
+    /// reply carried only metadata. Only the bodies the reply carries are copied.
+    #[test]
+    fn a_get_many_fills_only_the_bodies_its_reply_carries() {
+        use crate::shared::testing::{SharedBucket, put};
+        let bucket = SharedBucket::new();
+        let (writer, reader) = (bucket.replica(), bucket.replica());
+        let bodies: Vec<Digest> =
+            (0..10).map(|seed| put(writer.store.as_ref(), &noise(seed, 256 << 10))).collect();
+        let cache = cache_with_entries(&reader, &bodies);
+        let ids = (0..bodies.len()).map(|action| ActionId([action as u8; 32])).collect();
+
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let hits = runtime.block_on(cache.get_many("ns".into(), ids, 600 << 10)).unwrap();
+        assert!(hits.iter().all(Option::is_some), "every body is in the bucket: {hits:?}");
+        let carried = hits.iter().flatten().filter(|hit| hit.inline_body.is_some()).count();
+        assert_eq!(carried, 2, "the reply has room for two bodies");
+        let filled = reader.rocks.contains(&bodies).unwrap().into_iter().filter(|held| *held).count();
+        assert_eq!(filled, 2, "bodies the reply did not carry were copied from the bucket");
+    }
+
+    /// A hit that does not carry its body still marks it used, as opening it did: the bodies
+    /// builds ask for stay, and the others are evicted first.
+    #[test]
+    fn a_hit_not_carried_marks_its_body_used() {
+        let bucket = crate::shared::testing::SharedBucket::new();
+        let replica = bucket.replica();
+        let asked = crate::shared::testing::put(replica.store.as_ref(), &noise(1, 4 << 10));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let other = crate::shared::testing::put(replica.store.as_ref(), &noise(2, 4 << 10));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let cache = cache_with_entries(&replica, &[asked]);
+
+        let hit = cache.lookup("ns", &ActionId([0; 32]), &mut 0).unwrap().expect("a hit");
+        assert!(hit.inline_body.is_none());
+        assert_eq!(replica.rocks.evict_bytes(1).unwrap().0, 1);
+        assert_eq!(replica.rocks.contains(&[asked, other]).unwrap(), [true, false]);
+    }
+
+    #[test]
+    fn inlining_is_certain_only_when_any_stored_frame_fits() {
+        let bound = zstd::zstd_safe::compress_bound(1000) as u64;
+        assert_eq!(inlining(0, u64::MAX), Inlining::Never);
+        assert_eq!(inlining(INLINE_BODY_MAX + 1, u64::MAX), Inlining::Never);
+        assert_eq!(inlining(1000, bound), Inlining::Certain);
+        assert_eq!(inlining(1000, bound - 1), Inlining::IfStoredFits);
+        assert_eq!(inlining(1000, 0), Inlining::IfStoredFits);
     }
 
     #[test]

@@ -185,6 +185,11 @@ impl BlobStore for Tiered {
         self.local.contains(digests)
     }
 
+    /// The local copies only: a blob this replica lacks is not copied here to be marked.
+    fn mark_used(&self, digests: &[Digest]) -> Result<()> {
+        self.local.mark_used(digests)
+    }
+
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
         if let Some(frames) = self.local.read(digest, first_frame)? {
             SharedCounters::add(&self.counters().local_hits, 1);

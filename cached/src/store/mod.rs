@@ -59,6 +59,11 @@ pub trait BlobStore: Send + Sync + 'static {
         self.contains(digests)
     }
 
+    /// Marks the blobs this machine's own tier holds as used, as opening them does, for
+    /// eviction; reads and copies nothing. For a reply that names a blob without carrying it:
+    /// opening one a shared tier lacks locally would copy all of it from the bucket.
+    fn mark_used(&self, digests: &[Digest]) -> Result<()>;
+
     /// The frames of a stored blob from frame `first_frame` on, or `None` on a miss.
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>>;
 

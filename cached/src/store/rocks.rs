@@ -354,6 +354,14 @@ impl BlobStore for RocksStore {
             .collect()
     }
 
+    /// Opens each without reading its frames: opening notes the access time.
+    fn mark_used(&self, digests: &[Digest]) -> Result<()> {
+        for digest in digests {
+            self.read(digest, 0)?;
+        }
+        Ok(())
+    }
+
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
         let key = BlobKey::blake3(digest);
         let Some(meta) = self.inner.meta(&key)? else { return Ok(None) };

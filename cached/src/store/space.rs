@@ -246,6 +246,10 @@ impl<S: BlobStore> BlobStore for SpaceGuarded<S> {
         self.inner.contains_locally(digests)
     }
 
+    fn mark_used(&self, digests: &[Digest]) -> Result<()> {
+        self.inner.mark_used(digests)
+    }
+
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
         self.inner.read(digest, first_frame)
     }

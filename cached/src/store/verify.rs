@@ -37,6 +37,10 @@ impl<S: BlobStore + Clone> BlobStore for Verified<S> {
         self.inner.contains_locally(digests)
     }
 
+    fn mark_used(&self, digests: &[Digest]) -> Result<()> {
+        self.inner.mark_used(digests)
+    }
+
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
         let Some(frames) = self.inner.read(digest, first_frame)? else { return Ok(None) };
         let (store, digest) = (self.inner.clone(), *digest);
