@@ -135,6 +135,9 @@ fn passed_auth(result: Result<(), Status>) -> Result<(), Status> {
     }
 }
 
+/// The calls that name a job rather than a namespace.
+const JOB_CALLS: &[&str] = &["Jobs.Watch", "Jobs.Cancel"];
+
 /// The documented table: what each RPC needs, and whether its namespace is checked.
 const RPCS: &[(&str, Option<Scope>, bool)] = &[
     ("Cas.FindMissing", Some(Scope::Read), false),
@@ -404,6 +407,13 @@ async fn authorization_matrix() {
                             "{context}: the missing scope is named: {}",
                             status.message()
                         );
+                    }
+                    // Another namespace's job is unknown to the caller, as one that never was:
+                    // a refusal naming its namespace would say it exists, and where.
+                    (Some(_), Some(_)) if JOB_CALLS.contains(&rpc) && ns == OUT_OF_NAMESPACE => {
+                        let status = result.expect_err(&context);
+                        assert_eq!(status.code(), Code::NotFound, "{context}: {status:?}");
+                        assert!(!status.message().contains(ns), "{context}: {}", status.message());
                     }
                     (Some(_), Some(_)) if namespaced && ns == OUT_OF_NAMESPACE => {
                         let status = result.expect_err(&context);

@@ -683,7 +683,7 @@ fn abort_message(token: FencingToken) -> LeaseResponse {
     LeaseResponse { kind: Some(lease_response::Kind::Abort(token)) }
 }
 
-fn unknown_job(job_id: &str) -> Error {
+pub(crate) fn unknown_job(job_id: &str) -> Error {
     Error::NotFound(format!("no job {job_id:?}; `cachectl jobs list --all` shows the known ones"))
 }
 

@@ -98,14 +98,19 @@ fn job_namespace(job: &proto::v1::JobStatus) -> &str {
 }
 
 /// A job is visible to callers that may use its namespace, which is checked before the job
-/// is read: a caller refused costs no copy of another namespace's job.
+/// is read: a caller refused costs no copy of another namespace's job. To it the job is unknown,
+/// word for word: a refusal naming the namespace would tell another tenant the job exists and
+/// where (a project's name, say).
 async fn check_job_namespace(
     scheduler: &dyn SchedulerBackend,
     extensions: &http::Extensions,
     job_id: &str,
 ) -> Result<Arc<auth::Grant>, Status> {
     let ns = scheduler.namespace_of(job_id).await?;
-    Ok(auth::check_namespace(extensions, namespace(&ns)?)?)
+    match auth::check_namespace(extensions, namespace(&ns)?) {
+        Err(Error::PermissionDenied(_)) => Err(crate::scheduler::unknown_job(job_id).into()),
+        checked => Ok(checked?),
+    }
 }
 
 #[tonic::async_trait]
