@@ -21,6 +21,7 @@ use super::counters::SharedCounters;
 use super::layout::{LENGTH_PREFIX, Layout, TRAILER_LEN, parse_trailer};
 use super::lookups::LookupBudget;
 use super::settings::SharedSettings;
+use super::throttled::throttled;
 use crate::error::{Error, Result};
 use crate::gocache::GoEntry;
 use crate::store::BlobInfo;
@@ -140,7 +141,7 @@ impl Bucket {
         }
         let started = Instant::now();
         let outcome = request.await;
-        let reached = !matches!(&outcome, Err(err) if !is_answer(err));
+        let reached = !matches!(&outcome, Err(err) if !is_answer(err) && !throttled(err));
         self.counters.request_ended(started.elapsed(), reached);
         match outcome {
             Ok(value) => Ok(Some(value)),

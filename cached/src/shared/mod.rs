@@ -18,6 +18,7 @@ mod lookups;
 mod presence;
 pub mod purges;
 mod settings;
+mod throttled;
 mod tiered;
 mod upload;
 
