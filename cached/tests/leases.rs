@@ -889,6 +889,22 @@ async fn open_jobs_are_capped(server: &Server) {
     // A finished job no longer counts.
     jobs.cancel(v1::CancelRequest { job_id: a1 }).await.unwrap();
     submit(&mut jobs, spec("pr-3", &["linux/amd64"])).await;
+
+    // Past the cap, a token below its equal share of it still gets in: tokens that filled it
+    // between them (jobs no agent will take wait a day) cannot lock the others out.
+    let mut other = self::jobs(server, "pr-2-submitter").await;
+    submit(&mut other, spec("pr-2/a", &["linux/amd64"])).await;
+    let err = other
+        .submit(v1::SubmitRequest { spec: Some(spec("pr-2/b", &["linux/amd64"])), rebuild: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_open_jobs") && err.message().contains("share"), "{}", err.message());
+    let err = jobs
+        .submit(v1::SubmitRequest { spec: Some(spec("pr-4", &["linux/amd64"])), rebuild: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
 
 #[tokio::test]

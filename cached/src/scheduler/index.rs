@@ -192,6 +192,11 @@ impl Index {
         self.turns_by_submitter.get(submitter)?.keys().next_back().copied()
     }
 
+    /// Submitters with unfinished jobs.
+    pub(super) fn open_submitters(&self) -> usize {
+        self.turns_by_submitter.len()
+    }
+
     pub(super) fn open_total(&self) -> usize {
         self.open_total
     }

@@ -274,6 +274,8 @@ struct OpenJobs {
     in_namespace: usize,
     by_submitter: usize,
     total: usize,
+    /// Submitters with unfinished jobs.
+    submitters: usize,
     /// How far the queue has come: the lowest turn of the jobs being served (a task leased),
     /// else of the unfinished ones.
     queue_head: Option<u32>,
@@ -301,13 +303,14 @@ fn open_jobs(index: &Index, job: &JobStatus) -> OpenJobs {
         in_namespace: index.open_in(job_namespace(job)),
         by_submitter: index.open_by(&job.submitter),
         total: index.open_total(),
+        submitters: index.open_submitters(),
         queue_head: index.queue_head(),
         submitters_latest_turn: index.latest_turn_of(&job.submitter),
     }
 }
 
 /// Refuses a job beyond `max_open_jobs_per_namespace`, `max_open_jobs_per_token` or
-/// `max_open_jobs`.
+/// `max_open_jobs` (for a submitter at its share of it).
 fn check_open_jobs(settings: &Settings, job: &JobStatus, open: &OpenJobs) -> Result<()> {
     let (per_namespace, per_token) = (settings.max_open_jobs_per_namespace, settings.max_open_jobs_per_token);
     if open.in_namespace >= per_namespace {
@@ -324,13 +327,25 @@ fn check_open_jobs(settings: &Settings, job: &JobStatus, open: &OpenJobs) -> Res
             job.submitter
         )));
     }
-    let (open, total) = (open.total, settings.max_open_jobs);
-    if open >= total {
+    let total = settings.max_open_jobs;
+    if open.total >= total && open.by_submitter >= equal_share(total, open) {
         return Err(Error::ResourceExhausted(format!(
-            "cached already holds {total} unfinished jobs (max_open_jobs); retry once some finish"
+            "cached already holds {} unfinished jobs (max_open_jobs is {total}), and token `{}` holds \
+             {} of them, its share or more; retry once some finish",
+            open.total, job.submitter, open.by_submitter
         )));
     }
     Ok(())
+}
+
+/// A submitter's share of `max_open_jobs` among those with unfinished jobs, itself included.
+/// Past the cap a submitter below its share still gets in, so tokens that filled it between
+/// them (pull requests each submitting its most, of jobs no agent will take) cannot lock every
+/// other tenant out; all the submitters' shares add up to the cap, so at most twice it are
+/// unfinished.
+fn equal_share(max_open_jobs: usize, open: &OpenJobs) -> usize {
+    let submitters = open.submitters + usize::from(open.by_submitter == 0);
+    max_open_jobs / submitters.max(1)
 }
 
 fn token_text(token: &FencingToken) -> String {

@@ -215,7 +215,7 @@ async fn lease_key(db: &Database) -> Result<[u8; 32]> {
     })
 }
 
-/// The unfinished jobs of `namespace`, of `submitter`, and in all.
+/// The unfinished jobs of `namespace`, of `submitter`, and in all, and their submitters.
 async fn open_jobs(
     client: &impl tokio_postgres::GenericClient,
     namespace: &str,
@@ -226,7 +226,7 @@ async fn open_jobs(
             "SELECT count(*) FILTER (WHERE namespace = $1), count(*) FILTER (WHERE submitter = $2), count(*), \
              coalesce(min(turn) FILTER (WHERE EXISTS \
                  (SELECT 1 FROM tasks WHERE tasks.job_id = jobs.job_id AND tasks.state = 2)), min(turn)), \
-             max(turn) FILTER (WHERE submitter = $2) FROM jobs WHERE NOT finished",
+             max(turn) FILTER (WHERE submitter = $2), count(DISTINCT submitter) FROM jobs WHERE NOT finished",
             &[&namespace, &submitter],
         )
         .await?;
@@ -237,6 +237,7 @@ async fn open_jobs(
         in_namespace: count(0),
         by_submitter: count(1),
         total: count(2),
+        submitters: count(5),
         queue_head: turn(3),
         submitters_latest_turn: turn(4),
     })
