@@ -98,7 +98,7 @@ pub fn fair_excess<'a>(held: impl Iterator<Item = (&'a str, u64)>, target: u64) 
 }
 
 /// The tenant a namespace is part of: its first path segment.
-fn tenant_of(namespace: &str) -> &str {
+pub fn tenant_of(namespace: &str) -> &str {
     namespace.split_once('/').map_or(namespace, |(tenant, _)| tenant)
 }
 

@@ -15,6 +15,11 @@ use dashmap::DashMap;
 
 /// Namespaces counted one by one since start-up; later ones share [`OTHER_NAMESPACES`].
 pub const MAX_NAMESPACES: usize = 256;
+/// Of those, the most one tenant's (a namespace's first path segment) take; its later ones
+/// share `<tenant>/(other)`, which its own tokens see. First come, first served over all of
+/// them, a pull request's token spreading calls over its pattern (`pr-1/*`) took every entry
+/// after a restart, and other tenants' counters went where only `*` tokens see them.
+pub const MAX_NAMESPACES_PER_TENANT: usize = 32;
 /// Where the namespaces past [`MAX_NAMESPACES`] are counted. Only a token that may use every
 /// namespace sees it.
 pub const OTHER_NAMESPACES: &str = "(other)";
@@ -129,8 +134,9 @@ impl Stats {
     }
 }
 
-/// The entry of `name`, created while the map holds fewer than `max` names (a race may add a
-/// few more); past that, the shared entry `other`.
+/// The entry of `name`, created while the map holds fewer than `max` names and its tenant
+/// fewer than [`MAX_NAMESPACES_PER_TENANT`] (a race may add a few more); past the tenant's,
+/// its shared entry `<tenant>/<other>`; past `max`, the shared entry `other`.
 pub fn bounded_entry<T: Default>(
     map: &DashMap<String, Arc<T>>,
     name: &str,
@@ -140,8 +146,18 @@ pub fn bounded_entry<T: Default>(
     if let Some(counters) = map.get(name) {
         return Arc::clone(&counters);
     }
-    let name = if map.len() < max { name } else { other };
-    Arc::clone(&map.entry(name.to_owned()).or_default())
+    let tenant = crate::shares::tenant_of(name);
+    let tenants_entries = map.iter().filter(|entry| crate::shares::tenant_of(entry.key()) == tenant).count();
+    let name = if tenants_entries < MAX_NAMESPACES_PER_TENANT {
+        name.to_owned()
+    } else {
+        format!("{tenant}/{other}")
+    };
+    if let Some(counters) = map.get(&name) {
+        return Arc::clone(&counters);
+    }
+    let name = if map.len() < max { name } else { other.to_owned() };
+    Arc::clone(&map.entry(name).or_default())
 }
 
 fn sorted<T>(map: &DashMap<String, Arc<T>>) -> Vec<(String, Arc<T>)> {
@@ -201,6 +217,28 @@ mod tests {
         assert_eq!(api_label("/grpc.health.v1.Health/Check"), "Health.Check");
         assert_eq!(api_label("/cached.v1.Cas/Made-Up-1234"), OTHER_API);
         assert_eq!(api_label("/x"), OTHER_API);
+    }
+
+    /// A pull request's token spreading its calls over the namespaces of its pattern takes its
+    /// tenant's entries, not every tenant's.
+    #[test]
+    fn one_tenant_takes_at_most_its_share_of_the_entries() {
+        let stats = Stats::default();
+        for i in 0..500 {
+            stats.namespace(&format!("pr-1/ns{i}")).go_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.namespace("teama").go_puts.fetch_add(1, Ordering::Relaxed);
+        let namespaces = stats.namespaces();
+        assert_eq!(
+            namespaces.len(),
+            MAX_NAMESPACES_PER_TENANT + 2,
+            "the tenant's, its shared one and teama's"
+        );
+        let named =
+            |name: &str| namespaces.iter().find(|(n, _)| n == name).map(|(_, counters)| Arc::clone(counters));
+        let shared = named("pr-1/(other)").expect("the tenant's shared entry");
+        assert_eq!(shared.go_hits.load(Ordering::Relaxed), 500 - MAX_NAMESPACES_PER_TENANT as u64);
+        assert_eq!(named("teama").expect("teama's own entry").go_puts.load(Ordering::Relaxed), 1);
     }
 
     #[test]
