@@ -477,7 +477,7 @@ async fn without_old_outputs(
 ) -> Result<Result<(Derived, Vec<Planned>), Unkeyed>, ClientError> {
     let derived = derive(run, line, command_line).await;
     let Ok((found, planned)) = &derived else { return Ok(derived) };
-    let present = planned.iter().any(|output| is_regular_file(&output.path));
+    let present = planned.iter().any(|output| go_replaces(&output.path));
     if !present {
         return Ok(derived);
     }
@@ -511,6 +511,13 @@ fn is_regular_file(path: &std::path::Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_file())
 }
 
+/// Whether `path` holds an old output go would link again: never a FIFO or a directory, nor
+/// a file go refuses to overwrite (a script named like the binary), where go must fail as it
+/// does without the wrapper.
+fn go_replaces(path: &std::path::Path) -> bool {
+    is_regular_file(path) && outputs::go_would_overwrite(path)
+}
+
 fn code_name(status: &tonic::Status) -> String {
     format!("{:?}", status.code())
 }
@@ -524,8 +531,7 @@ fn files(count: usize) -> String {
 /// built from another version of an included file.
 fn remove_outputs(planned: &[Planned]) -> Result<(), ClientError> {
     for output in planned {
-        // Only a file go would link again: never a FIFO or a directory.
-        if !is_regular_file(&output.path) {
+        if !go_replaces(&output.path) {
             continue;
         }
         match std::fs::remove_file(&output.path) {
@@ -563,9 +569,11 @@ struct Unkeyed {
 fn say_go_cache(log: &mut (dyn FnMut(&str) + Send), go_cache: GoCache) {
     match go_cache {
         GoCache::Shared => {}
-        GoCache::Salted(_) => {
-            say(log, "keying go's cache by the files the build includes that go's own cache does not key")
-        }
+        GoCache::Salted(_) => say(
+            log,
+            "keying go's cache by the files the build includes and the C toolchain settings that go's own \
+             cache does not key",
+        ),
         GoCache::Off => say(
             log,
             "compiling every package without go's shared cache: which files the build reads that \
@@ -591,17 +599,18 @@ async fn derive(
             .map_err(|err| Unkeyed { reason: err.0, go_cache: GoCache::Off })?;
     }
     let tree = run.request.source_tree.as_deref();
-    // What go's cache may serve is decided by the include scan, key or no key.
-    let unkeyed = |reason: String| async {
-        let go_cache = gocache::for_unkeyed(&env, Some(packages.clone()), tree).await;
-        Unkeyed { reason, go_cache }
-    };
     let goflags = env.get("GOFLAGS").map_or("", String::as_str);
     // The command line was read already: what fails here is GOFLAGS, whose flags the key
     // does not take (-overlay, -toolexec) change what is compiled from what the include scan
     // reads. No shared go cache, as for such a command line.
     let flags =
         flags::effective(goflags, line).map_err(|err| Unkeyed { reason: err.0, go_cache: GoCache::Off })?;
+    // What go's cache may serve is decided as for a keyed build: the include scan and the
+    // C toolchain's settings.
+    let unkeyed = |reason: String| async {
+        let go_cache = gocache::for_unkeyed(&call, &env, &flags, &packages, tree).await;
+        Unkeyed { reason, go_cache }
+    };
     // Before any other reason to step aside: whatever the include scan finds, these headers
     // are not among its files.
     if flags.asm_include_dirs() {
@@ -981,19 +990,22 @@ mod tests {
     /// Only regular files are removed before a salted build: never `-o /dev/null` (as root
     /// that would remove the device), a FIFO or a directory.
     #[test]
-    fn only_old_regular_outputs_are_removed() {
+    fn only_old_outputs_go_would_overwrite_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let (file, fifo) = (dir.path().join("app"), dir.path().join("pipe"));
-        std::fs::write(&file, b"old").unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let (binary, empty, script, fifo) = (path("app"), path("empty"), path("script"), path("pipe"));
+        std::fs::write(&binary, b"\x7fELF\x02\x01\x01 old").unwrap();
+        std::fs::write(&empty, b"").unwrap();
+        std::fs::write(&script, b"#!/bin/sh\necho not a binary\n").unwrap();
         rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR, 0)
             .unwrap();
-        let planned: Vec<Planned> = [&file, &fifo, &dir.path().to_owned()]
+        let planned: Vec<Planned> = [&binary, &empty, &script, &fifo, &dir.path().to_owned()]
             .into_iter()
             .map(|path| Planned { package: String::new(), path: path.clone() })
             .collect();
         remove_outputs(&planned).unwrap();
-        assert!(!file.exists(), "the old output is removed");
-        assert!(fifo.exists() && dir.path().exists(), "nothing else is");
+        assert!(!binary.exists() && !empty.exists(), "old outputs are removed");
+        assert!(script.exists() && fifo.exists() && dir.path().exists(), "nothing else is");
     }
 
     #[test]

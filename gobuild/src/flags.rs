@@ -343,7 +343,12 @@ impl BuildFlags {
     /// GOFLAGS: `-flag` or `-flag=value` fields ([`split_goflags`]), defaults for the
     /// command line.
     pub fn apply_goflags(&mut self, goflags: &str) -> Result<(), Unsupported> {
-        for word in split_goflags(goflags)? {
+        self.apply_goflag_fields(&split_goflags(goflags)?)
+    }
+
+    /// GOFLAGS already split into its fields.
+    fn apply_goflag_fields(&mut self, fields: &[String]) -> Result<(), Unsupported> {
+        for word in fields {
             let word = word.as_str();
             let Some(flag) = word.strip_prefix("--").or_else(|| word.strip_prefix('-')) else {
                 return Err(Unsupported(format!("GOFLAGS holds {word:?}, which is not a flag")));
@@ -418,8 +423,13 @@ pub fn parse_command_line(args: &[String]) -> Result<CommandLine, Unsupported> {
 
 /// The effective build flags: GOFLAGS first, then the command line.
 pub fn effective(goflags: &str, line: &CommandLine) -> Result<BuildFlags, Unsupported> {
+    effective_fields(&split_goflags(goflags)?, line)
+}
+
+/// [`effective`], with GOFLAGS already split into its fields ([`split_goflags`]).
+pub fn effective_fields(goflags: &[String], line: &CommandLine) -> Result<BuildFlags, Unsupported> {
     let mut flags = BuildFlags::default();
-    flags.apply_goflags(goflags)?;
+    flags.apply_goflag_fields(goflags)?;
     for (name, value) in &line.flags {
         flags.apply(name, value.clone(), false)?;
     }

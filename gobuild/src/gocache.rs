@@ -13,6 +13,7 @@ use cached_client::error::ClientError;
 
 use crate::build::BridgeEnv;
 use crate::exec::{Exec, Invocation};
+use crate::flags::BuildFlags;
 use crate::inputs::{self, GoCall, GoEnv, Package};
 use crate::{flags, includes};
 
@@ -225,20 +226,42 @@ fn runs_cache_program(env: &GoEnv) -> bool {
     matches!((next(), next()), (Some(major), Some(minor)) if (major, minor) >= CACHEPROG_SINCE)
 }
 
-/// The go cache a build without a whole-build key may use: the include scan alone, run for
-/// the packages `go list` named (`None`: not known, so none).
-pub async fn for_unkeyed(env: &GoEnv, packages: Option<Vec<Package>>, tree: Option<&Path>) -> GoCache {
-    let Some(packages) = packages else { return GoCache::Off };
+/// The go cache a build without a whole-build key may use, run as `call` with its effective
+/// `flags`: salted as a keyed build would be, by the files the include scan finds for the
+/// packages `go list` named and by the C toolchain's settings go does not hash; none where
+/// either is not known.
+pub async fn for_unkeyed(
+    call: &GoCall<'_>,
+    env: &GoEnv,
+    flags: &BuildFlags,
+    packages: &[Package],
+    tree: Option<&Path>,
+) -> GoCache {
+    let base = inputs::key_base(env);
+    let own_dirs: Vec<&Path> = std::iter::once(base.as_path()).chain(tree).collect();
+    let mut unkept = crate::manifest::Manifest::default();
+    let settings = inputs::unseen_settings(call, env, flags, packages, &own_dirs, &mut unkept).await;
+    let (Ok(settings), Some(files)) = (settings, unseen_files(env, packages, tree).await) else {
+        return GoCache::Off;
+    };
+    GoCache::of_unseen(files.iter().chain(&settings).map(|(name, hash)| (name.as_str(), hash))).for_go(env)
+}
+
+/// The names and hashes of the files `packages` read that go's action IDs miss, as the
+/// include scan finds them (none: not known).
+async fn unseen_files(
+    env: &GoEnv,
+    packages: &[Package],
+    tree: Option<&Path>,
+) -> Option<Vec<(String, [u8; 32])>> {
     let gomodcache = env.get("GOMODCACHE").cloned().unwrap_or_default();
+    let scans = inputs::include_scans(packages, &gomodcache);
+    if scans.is_empty() {
+        return Some(Vec::new());
+    }
+    inputs::refuse_reading_flags(env).ok()?;
     let base = inputs::key_base(env);
     let tree = tree.map(Path::to_owned);
-    let scans = inputs::include_scans(&packages, &gomodcache);
-    if scans.is_empty() {
-        return GoCache::Shared;
-    }
-    if inputs::refuse_reading_flags(env).is_err() {
-        return GoCache::Off;
-    }
     let scanned = cached_client::task::spawn_blocking("scan-includes", move || {
         let found = includes::inputs(&scans, tree.as_deref(), &includes::LIMITS)?;
         let files = found
@@ -248,34 +271,59 @@ pub async fn for_unkeyed(env: &GoEnv, packages: Option<Vec<Package>>, tree: Opti
         inputs::hash_files(files.collect())
     })
     .await;
-    match scanned {
-        Ok(Ok(hashed)) => {
-            GoCache::of_unseen(hashed.iter().map(|(name, hash)| (name.as_str(), hash))).for_go(env)
-        }
-        _ => GoCache::Off,
-    }
+    scanned.ok()?.ok()
 }
 
 /// The go cache `go test <args>`, started in `dir`, may use: the include scan over every
 /// package a test there could build (`go list -deps all` and the packages named), listed where
 /// go runs (`-C`) and with the build flags that choose packages and files (`-modfile`, `-mod`,
-/// `-tags`, ...). Test files cannot use cgo, so a package's test build reads the files its
-/// build does.
+/// `-tags`, ...), and the C toolchain's settings. Test files cannot use cgo, so a package's
+/// test build reads the files its build does.
 pub async fn for_test(exec: &dyn Exec, dir: &Path, args: &[String], tree: Option<&Path>) -> GoCache {
-    let Some(list) = TestList::of(dir, &test_build_line(args)) else { return GoCache::Off };
+    let line = test_build_line(args);
+    let Some(list) = TestList::of(dir, &line) else { return GoCache::Off };
     let call = GoCall { exec, go: Path::new("go"), dir: &list.dir, env: &[] };
-    match call.read(&list.flags, &list.patterns).await {
-        Ok((env, packages)) => {
-            // GOFLAGS as go sees it: the environment's, or the user's go env file.
-            let goflags = env.get("GOFLAGS").map_or("", String::as_str);
-            let Ok(goflags) = flags::split_goflags(goflags) else { return GoCache::Off };
-            if compiles_unscanned_files(&test_build_line(&goflags).flags) {
-                return GoCache::Off;
-            }
-            for_unkeyed(&env, Some(packages), tree).await
-        }
-        Err(_) => GoCache::Off,
+    let Ok((env, packages)) = call.read(&list.flags, &list.patterns).await else { return GoCache::Off };
+    // GOFLAGS as go sees it: the environment's, or the user's go env file.
+    let goflags = env.get("GOFLAGS").map_or("", String::as_str);
+    match test_flags(goflags, &line) {
+        Some(flags) => for_unkeyed(&call, &env, &flags, &packages, tree).await,
+        None => GoCache::Off,
     }
+}
+
+/// The build flags a go test runs with, GOFLAGS' and then the command line's (`line`) as go
+/// combines them; none where they compile files the scan does not read, or make a tool read
+/// files neither the scan nor go's action IDs follow (`-gcflags=all=-pgoprofile=FILE`,
+/// `-ldflags=-extldflags=@FILE`), from either place. `-modfile` (which the scan's go list
+/// takes), `-a` and `-n` change what go reads or whether it compiles, not which files
+/// the compiler reads.
+fn test_flags(goflags: &str, line: &flags::CommandLine) -> Option<BuildFlags> {
+    // -overlay, -toolexec and the flags go build's wrapper refuses fail `effective`.
+    let from_goflags: Vec<String> = flags::split_goflags(goflags)
+        .ok()?
+        .into_iter()
+        .filter(|field| !is_unkeyed_test_flag(flag_name(field)))
+        .collect();
+    let command_line: Vec<_> =
+        line.flags.iter().filter(|(name, _)| !is_unkeyed_test_flag(name)).cloned().collect();
+    let line = flags::CommandLine { flags: command_line, packages: Vec::new() };
+    let effective = flags::effective_fields(&from_goflags, &line).ok()?;
+    let reads_files = flags::tool_flags_read_files(&effective).is_some()
+        || flags::ldflags_read_files(&effective.ldflags).is_some();
+    (!reads_files && !effective.asm_include_dirs()).then_some(effective)
+}
+
+/// Build flags a go test may take that `cachectl go build` refuses, and that change neither
+/// what the compiler reads nor how go's cache keys it.
+fn is_unkeyed_test_flag(name: &str) -> bool {
+    matches!(name, "modfile" | "a" | "n")
+}
+
+/// The name of a GOFLAGS field (`-name=value`, `--name`).
+fn flag_name(field: &str) -> &str {
+    let flag = field.strip_prefix("--").or_else(|| field.strip_prefix('-')).unwrap_or(field);
+    flag.split_once('=').map_or(flag, |(name, _)| name)
 }
 
 /// The `go list` that names what a go test may build.
@@ -304,10 +352,6 @@ impl TestList {
             .partition(|(name, _)| name == "modfile");
         let mut flags =
             flags::effective("", &flags::CommandLine { flags: chosen, packages: Vec::new() }).ok()?;
-        // Tool flags naming files (-gcflags=all=-pgoprofile=FILE) go's action IDs do not follow.
-        if flags::tool_flags_read_files(&flags).is_some() {
-            return None;
-        }
         if let Some((_, Some(modfile))) = modfile.last() {
             flags.list_flags.push(format!("-modfile={modfile}"));
         }
@@ -554,7 +598,6 @@ mod tests {
             &["-asmflags", "-trimpath=x -I=../inc", "./..."],
             &["-linkshared", "./..."],
             &["value_test.go", "value.go"],
-            &["-gcflags=all=-pgoprofile=/tmp/p.pgo", "./..."],
         ] {
             assert!(TestList::of(Path::new("/m"), &test_build_line(&args(line))).is_none(), "{line:?}");
         }
@@ -567,6 +610,29 @@ mod tests {
         let goflags = flags::split_goflags("-mod=mod '-toolexec=strace -f'").unwrap();
         assert!(compiles_unscanned_files(&test_build_line(&goflags).flags));
         assert!(!compiles_unscanned_files(&test_build_line(&args(&["-modfile=alt.mod", "-count=1"])).flags));
+    }
+
+    /// Flags that make a tool read files went unchecked in GOFLAGS (and -ldflags everywhere):
+    /// with `GOFLAGS=-gcflags=all=-pgoprofile=FILE`, an edited profile was served stale.
+    #[test]
+    fn flags_naming_files_in_goflags_or_on_the_command_line_give_no_shared_cache() {
+        let flags_of = |goflags: &str, line: &[&str]| test_flags(goflags, &test_build_line(&args(line)));
+        for (goflags, line) in [
+            ("-gcflags=all=-pgoprofile=/tmp/p.pgo", &["./..."][..]),
+            ("", &["-gcflags=all=-pgoprofile=/tmp/p.pgo", "./..."]),
+            ("-mod=mod '-ldflags=-extldflags=@/tmp/args'", &["./..."]),
+            ("", &["-ldflags", "-extld=/tmp/cc", "./..."]),
+            ("-ldflags=-L=/tmp", &["-count=1", "./..."]),
+            ("-asmflags=-I=/inc", &["./..."]),
+            ("-toolexec=strace", &["./..."]),
+            ("-count=1 '-x", &["./..."]),
+        ] {
+            assert!(flags_of(goflags, line).is_none(), "{goflags} {line:?}");
+        }
+        let flags =
+            flags_of("-modfile=alt.mod -a -count=1 -gcflags=all=-N", &["-ldflags=-s -w", "-n", "./..."]);
+        let flags = flags.expect("flags that read nothing");
+        assert_eq!((flags.gcflags, flags.ldflags), (args(&["all=-N"]), args(&["-s -w"])));
     }
 
     /// One broken package in the module leaves the others' tests their shared cache.

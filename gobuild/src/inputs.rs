@@ -102,8 +102,8 @@ const COMPILER_ENV: &[&str] = &[
 /// Whether go may link with the C compiler without a cgo package: asked for with
 /// `-linkmode=external` or GO_EXTLINK_ENABLED=1, or by build modes and instrumentation that
 /// need it on some targets.
-fn links_externally(flags: &BuildFlags, extlink_enabled: bool) -> bool {
-    extlink_enabled
+fn links_externally(flags: &BuildFlags, call: &GoCall<'_>) -> bool {
+    call.build_var("GO_EXTLINK_ENABLED").is_some_and(|value| value == "1")
         || flags.ldflags.iter().any(|value| value.contains("linkmode"))
         || flags.race
         || flags.msan
@@ -415,9 +415,7 @@ pub async fn derive(
     let (mut cxx, mut fortran) = (false, false);
     for package in packages {
         fortran |= !package.f_files.is_empty();
-        cgo |= !package.cgo_files.is_empty()
-            || !package.swig_files.is_empty()
-            || !package.swig_cxx_files.is_empty();
+        cgo |= uses_cgo(package);
         cxx |= !package.cxx_files.is_empty() || !package.swig_cxx_files.is_empty();
         if package.standard {
             // Not the go version alone: a toolchain patched where it is installed (a distro's
@@ -528,28 +526,7 @@ pub async fn derive(
             manifest.insert(format!("env.{name}"), *blake3::hash(&value).as_bytes(), String::new());
         }
     }
-    // Components the C toolchain reads and go's action IDs do not hash: a shared go cache
-    // would serve objects compiled under other values, so they salt it (see gocache.rs).
-    let mut unseen_settings: Vec<(String, [u8; 32])> = Vec::new();
-    fn unseen_by_go_actions(
-        manifest: &mut Manifest,
-        unseen: &mut Vec<(String, [u8; 32])>,
-        name: String,
-        value: &str,
-    ) {
-        manifest.shown(name.clone(), value);
-        unseen.push((name, *blake3::hash(value.as_bytes()).as_bytes()));
-    }
     if cgo && cgo_on {
-        // The C compiler stamps __DATE__ and __TIME__ from it.
-        if let Some(epoch) = call.build_var("SOURCE_DATE_EPOCH") {
-            unseen_by_go_actions(
-                &mut manifest,
-                &mut unseen_settings,
-                "env.SOURCE_DATE_EPOCH".to_owned(),
-                &epoch,
-            );
-        }
         if cxx {
             compiler_identity(call, &mut manifest, "CXX", var(env, "CXX")).await?;
         }
@@ -561,27 +538,14 @@ pub async fn derive(
                 .await?;
         }
         manifest.shown("env.PKG_CONFIG", var(env, "PKG_CONFIG"));
-        let own_dirs: Vec<&Path> = std::iter::once(base.as_path()).chain(tree.as_deref()).collect();
-        for package in packages.iter().filter(|package| !package.standard) {
-            if let Some((name, hash, shown)) =
-                crate::pkgconfig::component(call, env, package, &own_dirs).await?
-            {
-                manifest.insert(name.clone(), hash, shown);
-                unseen_settings.push((name, hash));
-            }
-        }
     }
     // With cgo on, CC compiles the cgo packages and links every binary go links externally
     // (cgo in use, or asked for): a pure Go program linked by another compiler differs.
-    let extlink_enabled = call.build_var("GO_EXTLINK_ENABLED").is_some_and(|value| value == "1");
-    if cgo_on && (cgo || links_externally(flags, extlink_enabled)) {
+    if cgo_on && (cgo || links_externally(flags, call)) {
         compiler_identity(call, &mut manifest, "CC", var(env, "CC")).await?;
-        for name in COMPILER_ENV {
-            if let Some(value) = call.build_var(name) {
-                unseen_by_go_actions(&mut manifest, &mut unseen_settings, format!("env.{name}"), &value);
-            }
-        }
     }
+    let own_dirs: Vec<&Path> = std::iter::once(base.as_path()).chain(tree.as_deref()).collect();
+    let unseen_settings = unseen_settings(call, env, flags, packages, &own_dirs, &mut manifest).await?;
 
     if flags.buildvcs != "false" && roots.iter().any(|r| r.is_main) {
         let mains: Vec<(&Path, &Path)> = packages
@@ -614,6 +578,61 @@ pub async fn derive(
         manifest.insert(name, hash, String::new());
     }
     Ok(Derived { manifest, module, roots, goos, goarch, files: count, modules, go_cache })
+}
+
+/// Whether go runs cgo (and so the C compiler) for `package`.
+fn uses_cgo(package: &Package) -> bool {
+    !package.cgo_files.is_empty() || !package.swig_files.is_empty() || !package.swig_cxx_files.is_empty()
+}
+
+/// The settings the C toolchain reads that go's action IDs do not hash: SOURCE_DATE_EPOCH
+/// (the compiler stamps __DATE__ and __TIME__ from it), the CPATH family and what `#cgo
+/// pkg-config:` lines print. Each becomes a component of `manifest`; the names and hashes
+/// returned salt go's cache, with a whole-build key or without one (see gocache.rs): a
+/// shared go cache would otherwise serve objects compiled under other values. `own_dirs`
+/// are the directories of the build's own sources. An error: what the toolchain is given
+/// cannot be known, so neither a key nor a salt covers it.
+pub(crate) async fn unseen_settings(
+    call: &GoCall<'_>,
+    env: &GoEnv,
+    flags: &BuildFlags,
+    packages: &[Package],
+    own_dirs: &[&Path],
+    manifest: &mut Manifest,
+) -> Result<Vec<(String, [u8; 32])>, NoKey> {
+    let cgo_on = var(env, "CGO_ENABLED") == "1";
+    let cgo = packages.iter().any(uses_cgo);
+    let mut unseen = Vec::new();
+    let mut shown = |name: String, value: &str| {
+        manifest.shown(name.clone(), value);
+        unseen.push((name, *blake3::hash(value.as_bytes()).as_bytes()));
+    };
+    if cgo
+        && cgo_on
+        && let Some(epoch) = call.build_var("SOURCE_DATE_EPOCH")
+    {
+        shown("env.SOURCE_DATE_EPOCH".to_owned(), &epoch);
+    }
+    if cgo_on && (cgo || links_externally(flags, call)) {
+        for name in COMPILER_ENV {
+            if let Some(value) = call.build_var(name) {
+                shown(format!("env.{name}"), &value);
+            }
+        }
+    }
+    if cgo && cgo_on {
+        let own_dirs: Vec<&Path> =
+            own_dirs.iter().copied().filter(|dir| !dir.as_os_str().is_empty()).collect();
+        for package in packages.iter().filter(|package| !package.standard) {
+            if let Some((name, hash, display)) =
+                crate::pkgconfig::component(call, env, package, &own_dirs).await?
+            {
+                manifest.insert(name.clone(), hash, display);
+                unseen.push((name, hash));
+            }
+        }
+    }
+    Ok(unseen)
 }
 
 /// Where the names of standard library files start while they are hashed.

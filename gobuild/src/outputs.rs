@@ -1,5 +1,6 @@
 //! Where go build writes its outputs, and moving them to and from the cache.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use proto::Digest;
@@ -89,6 +90,43 @@ pub fn plan(
     }
 }
 
+/// The first bytes of the files go overwrites with a build's output (cmd/go's objectMagic):
+/// archives, ELF, Mach-O, PE, Plan 9, wasm, XCOFF.
+const OBJECT_MAGIC: &[&[u8]] = &[
+    b"!<arch>\n",
+    b"<bigaf>\n",
+    b"\x7fELF",
+    &[0xFE, 0xED, 0xFA, 0xCE],
+    &[0xFE, 0xED, 0xFA, 0xCF],
+    &[0xCE, 0xFA, 0xED, 0xFE],
+    &[0xCF, 0xFA, 0xED, 0xFE],
+    &[0x4d, 0x5a, 0x90, 0x00, 0x03, 0x00],
+    &[0x4d, 0x5a, 0x78, 0x00, 0x01, 0x00],
+    &[0x00, 0x00, 0x01, 0xEB],
+    &[0x00, 0x00, 0x8a, 0x97],
+    &[0x00, 0x00, 0x06, 0x47],
+    &[0x00, 0x61, 0x73, 0x6D],
+    &[0x01, 0xDF],
+    &[0x01, 0xF7],
+];
+
+/// Whether go would write a build's output over what is at `path` (cmd/go's
+/// checkDstOverwrite): nothing, or an empty file or an object file; not a directory, nor a
+/// file of anything else (a script named like the binary), which go refuses to replace and
+/// fails the build on.
+pub fn go_would_overwrite(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else { return true };
+    if meta.is_dir() {
+        return false;
+    }
+    if !meta.is_file() || meta.len() == 0 {
+        return true;
+    }
+    let mut start = Vec::with_capacity(64);
+    let read = std::fs::File::open(path).and_then(|file| file.take(64).read_to_end(&mut start));
+    read.is_ok() && OBJECT_MAGIC.iter().any(|magic| start.starts_with(magic))
+}
+
 #[cfg(unix)]
 fn make_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -123,6 +161,16 @@ pub async fn restore(
             && !(meta.is_file() || meta.file_type().is_symlink())
         {
             return Err(not_a_file(&output.path, "replace it with the build's output"));
+        }
+        // Nor over a file go would refuse to overwrite: go build fails there.
+        if !go_would_overwrite(&output.path) {
+            return Err(ClientError::Local {
+                what: format!(
+                    "{} already exists and is not an object file, so go would not replace it",
+                    output.path.display()
+                ),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists).into(),
+            });
         }
         transfer::download_to_file(client, digest, &output.path).await?;
         make_executable(&output.path)?;

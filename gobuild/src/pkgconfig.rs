@@ -3,9 +3,10 @@
 //! its action IDs: a `.pc` file edited (or another one found on PKG_CONFIG_PATH) changes the
 //! objects and the binary, not go's cache keys. So the printed flags are a component of the
 //! build key and salt go's shared cache. Flags that point into the build's own tree name
-//! headers and libraries the include scan does not follow: such a build gets no key.
+//! headers and libraries the include scan does not follow: such a build gets no key, nor does
+//! one whose flags name paths through `..` or /proc, which a lexical reading cannot place.
 
-use std::path::Path;
+use std::path::{Component, Path};
 
 use crate::inputs::{GoCall, GoEnv, NoKey, Package, var};
 
@@ -77,29 +78,108 @@ pub(crate) async fn component(
 }
 
 /// Refuses flags that name a path in the build's own tree, or a relative one (the compiler
-/// runs in the package's directory).
+/// runs in the package's directory), or one whose place a lexical reading cannot tell.
 fn refuse_own_paths(flags: &str, own_dirs: &[&Path]) -> Result<(), NoKey> {
+    named_paths(flags).into_iter().try_for_each(|path| refuse_own_path(path, own_dirs))
+}
+
+/// The paths pkg-config's flags hand the C compiler or the linker.
+fn named_paths(flags: &str) -> Vec<&str> {
+    let (mut paths, mut linker_args) = (Vec::new(), Vec::new());
     let mut words = flags.split_whitespace();
     while let Some(word) = words.next() {
-        let paths: Vec<&str> = if let Some(list) = word.strip_prefix("-Wl,") {
-            list.split(',').filter(|piece| piece.starts_with(['/', '.'])).collect()
+        if let Some(list) = word.strip_prefix("-Wl,") {
+            paths.extend(linker_paths(&list.split(',').collect::<Vec<_>>()));
+        } else if word == "-Xlinker" {
+            linker_args.extend(words.next());
         } else if let Some(flag) = PATH_FLAGS.iter().find(|flag| word.starts_with(**flag)) {
             let joined = word[flag.len()..].trim_start_matches('=');
-            vec![if joined.is_empty() { words.next().unwrap_or("") } else { joined }]
-        } else if word.starts_with('-') {
-            Vec::new()
-        } else {
-            vec![word]
-        };
-        for path in paths {
-            let own = !path.starts_with('/') || own_dirs.iter().any(|dir| Path::new(path).starts_with(dir));
-            if own {
-                return Err(NoKey(format!(
-                    "pkg-config points the C compiler or linker at {path} in the build's own tree, which the build \
-                     key does not follow"
-                )));
-            }
+            paths.push(if joined.is_empty() { words.next().unwrap_or("") } else { joined });
+        } else if !word.starts_with('-') {
+            paths.push(word);
+        } else if let Some((_, value)) =
+            word.split_once('=').filter(|(_, value)| value.starts_with(['/', '.']))
+        {
+            // `-fplugin=/dir/p.so`, `-specs=./s`: a value that is a path.
+            paths.push(value);
         }
+    }
+    paths.extend(linker_paths(&linker_args));
+    paths
+}
+
+/// Linker options whose value is a path.
+const LINKER_PATH_OPTIONS: &[&str] = &[
+    "-rpath",
+    "--rpath",
+    "-rpath-link",
+    "--rpath-link",
+    "-R",
+    "--just-symbols",
+    "-T",
+    "--script",
+    "--default-script",
+    "--version-script",
+    "--dynamic-list",
+    "-L",
+    "--library-path",
+    "-Map",
+    "--Map",
+    "--retain-symbols-file",
+    "--sysroot",
+    "-plugin",
+    "--plugin",
+];
+/// Linker options whose value is a plain word (`-z relro`, `-soname libx.so.1`).
+const LINKER_WORD_OPTIONS: &[&str] =
+    &["-z", "-soname", "--soname", "-h", "--build-id", "-O", "-e", "--entry", "--exclude-libs", "-m"];
+
+/// The paths among the linker's arguments (the comma pieces of `-Wl,` options, or
+/// `-Xlinker` values): a piece that is not an option is an input file or the value of the
+/// option before it, a path unless that option takes a plain word; an option's `=value` is a
+/// path for options that take one, or when it looks like one; `-L`, `-R` and `-T` take theirs
+/// joined too.
+fn linker_paths<'a>(pieces: &[&'a str]) -> Vec<&'a str> {
+    let mut paths = Vec::new();
+    for (at, piece) in pieces.iter().enumerate() {
+        let before = if at > 0 { pieces[at - 1] } else { "" };
+        if !piece.starts_with('-') {
+            if !LINKER_WORD_OPTIONS.contains(&before) {
+                paths.push(*piece);
+            }
+        } else if let Some((name, value)) = piece.split_once('=') {
+            if LINKER_PATH_OPTIONS.contains(&name) || value.starts_with('.') || value.contains('/') {
+                paths.push(value);
+            }
+        } else if let Some(joined) = ["-L", "-R", "-T"].iter().find_map(|flag| piece.strip_prefix(flag))
+            && !joined.is_empty()
+            && !joined.starts_with('-')
+        {
+            paths.push(joined);
+        }
+    }
+    paths
+}
+
+/// Refuses `path` if it is relative, in one of `own_dirs`, or placed where a lexical reading
+/// cannot tell: through `..` (past a symbolic link it climbs out of somewhere else) or
+/// through /proc (`/proc/self/cwd` is wherever the compiler runs).
+fn refuse_own_path(path: &str, own_dirs: &[&Path]) -> Result<(), NoKey> {
+    let named = Path::new(path);
+    // Path's components drop repeated separators and `.` past the start.
+    let unplaceable = named.components().any(|part| part == Component::ParentDir)
+        || ["/proc", "/dev/fd"].iter().any(|alias| named.starts_with(alias));
+    if unplaceable {
+        return Err(NoKey(format!(
+            "pkg-config points the C compiler or linker at {path}, a path through .. or /proc that may lead \
+             into the build's own tree, which the build key does not follow"
+        )));
+    }
+    if !named.is_absolute() || own_dirs.iter().any(|dir| named.starts_with(dir)) {
+        return Err(NoKey(format!(
+            "pkg-config points the C compiler or linker at {path} in the build's own tree, which the build \
+             key does not follow"
+        )));
     }
     Ok(())
 }
@@ -126,5 +206,35 @@ mod tests {
         ] {
             assert!(refuse_own_paths(own, &[tree]).is_err(), "{own}");
         }
+    }
+
+    /// The check compared text: `..`, `/proc/self/cwd` (the compiler runs in the package's
+    /// directory) and `-Wl,` pieces that do not start with `/` or `.` reached the tree.
+    #[test]
+    fn paths_into_the_tree_by_any_spelling_give_no_key() {
+        let tree = Path::new("/src/app");
+        for own in [
+            "-I/usr/../src/app/inc",
+            "-I/usr/include/../../src/app/inc",
+            "-I/proc/self/cwd/inc",
+            "-L/proc/1/root/src/app/lib",
+            "-I/dev/fd/3",
+            "-I//src//app/./inc",
+            "-Wl,-R,file",
+            "-Wl,-R,/src/app/lib",
+            "-Wl,-Rlib",
+            "-Wl,--version-script=v.map",
+            "-Wl,--just-symbols,syms",
+            "-Wl,-T,ld.script",
+            "-Wl,@args",
+            "-Wl,--as-needed,obj.o",
+            "-Xlinker -R -Xlinker file",
+            "-fplugin=/src/app/plugin.so",
+        ] {
+            assert!(refuse_own_paths(own, &[tree]).is_err(), "{own}");
+        }
+        let system = "-Wl,-z,relro -Wl,-soname,libx.so.1 -Wl,--hash-style=gnu -Wl,-rpath=/opt/lib \
+                      -Wl,--as-needed -Wl,-R/usr/lib -Xlinker -z -Xlinker now -I/usr/include/./x";
+        assert!(refuse_own_paths(system, &[tree]).is_ok());
     }
 }

@@ -629,18 +629,24 @@ fn cgo_header_package(ws: &Workspace, dir: &str, include: &str) {
 }
 
 impl Workspace {
-    /// The value a test logs (`V=<n>`) under `cachectl go test <args> -count=1 -v`, on a fresh
-    /// runner: an empty local tier and GOCACHE, so that go's cache serves only what the
-    /// server holds.
-    fn value_logged_on_a_fresh_runner(&self, args: &[&str], what: &str) -> String {
+    /// `cachectl <args>` with cgo and `env` on a fresh runner: an empty local tier and GOCACHE,
+    /// so that go's cache serves only what the server holds.
+    fn on_a_fresh_runner(&self, args: &[&str], env: &[(&str, &str)]) -> Finished {
         let (tier, gocache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let command = [&["go", "test"][..], args, &["-count=1", "-v"]].concat();
-        let env = [
+        let mut all = vec![
             ("CGO_ENABLED", "1"),
             ("CACHED_GOCACHE_DIR", tier.path().to_str().unwrap()),
             ("GOCACHE", gocache.path().to_str().unwrap()),
         ];
-        let done = run(self.cachectl(&command, &env)).success(what);
+        all.extend_from_slice(env);
+        run(self.cachectl(args, &all))
+    }
+
+    /// The value a test logs (`V=<n>`) under `cachectl go test <args> -count=1 -v` with `env`,
+    /// on a fresh runner.
+    fn value_logged_on_a_fresh_runner(&self, args: &[&str], env: &[(&str, &str)], what: &str) -> String {
+        let command = [&["go", "test"][..], args, &["-count=1", "-v"]].concat();
+        let done = self.on_a_fresh_runner(&command, env).success(what);
         let logged = done.stdout.split_whitespace().find(|word| word.starts_with("V="));
         logged
             .unwrap_or_else(|| panic!("{what}: no value logged:\n{}\n{}", done.stdout, done.stderr))
@@ -665,9 +671,9 @@ fn go_test_in_another_directory_scans_the_includes_there() {
     ]);
     cgo_header_package(&ws, "sub/pkg", "../include");
     let args = ["-C", "sub", "./pkg"];
-    assert_eq!(ws.value_logged_on_a_fresh_runner(&args, "the first test run"), "V=1");
+    assert_eq!(ws.value_logged_on_a_fresh_runner(&args, &[], "the first test run"), "V=1");
     std::fs::write(ws.path("sub/include/v.h"), "#define V 2\n").unwrap();
-    let value = ws.value_logged_on_a_fresh_runner(&args, "the test run after the header changed");
+    let value = ws.value_logged_on_a_fresh_runner(&args, &[], "the test run after the header changed");
     assert_eq!(value, "V=2", "the object built from the old header was served");
 }
 
@@ -693,9 +699,9 @@ fn go_test_with_another_go_mod_scans_the_modules_it_names() {
     ]);
     cgo_header_package(&ws, "dep", "include");
     let args = ["-modfile=alt.mod", "./app"];
-    assert_eq!(ws.value_logged_on_a_fresh_runner(&args, "the first test run"), "V=1");
+    assert_eq!(ws.value_logged_on_a_fresh_runner(&args, &[], "the first test run"), "V=1");
     std::fs::write(ws.path("dep/include/v.h"), "#define V 2\n").unwrap();
-    let value = ws.value_logged_on_a_fresh_runner(&args, "the test run after the header changed");
+    let value = ws.value_logged_on_a_fresh_runner(&args, &[], "the test run after the header changed");
     assert_eq!(value, "V=2", "the object built from the old header was served");
 }
 
@@ -731,15 +737,9 @@ impl Workspace {
     /// tier and GOCACHE, so go's cache serves only what the server holds): its stderr, and
     /// what the binary prints.
     fn cgo_value_on_a_fresh_runner(&self, env: &[(&str, &str)], what: &str) -> (String, String) {
-        let (tier, gocache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut all = vec![
-            ("CGO_ENABLED", "1"),
-            ("CACHED_GOCACHE_DIR", tier.path().to_str().unwrap()),
-            ("GOCACHE", gocache.path().to_str().unwrap()),
-        ];
-        all.extend_from_slice(env);
         let args = ["go", "build", "-trimpath", "-o", "bin/cgoval", "./cmd/cgoval"];
-        self.build_and_run(&args, &all, "bin/cgoval", what)
+        let built = self.on_a_fresh_runner(&args, env).success(what);
+        (built.stderr, self.printed("bin/cgoval"))
     }
 }
 
@@ -831,4 +831,139 @@ fn a_file_changed_while_go_builds_is_not_recorded() {
         "a build of changed files was recorded:\n{stderr}"
     );
     assert_eq!(printed, "1 old");
+}
+
+/// A cgo package whose object shows a setting of the C compiler's that go's action IDs do
+/// not hash: it returns `__DATE__`, which SOURCE_DATE_EPOCH sets.
+const BUILT_PACKAGE: &str = "package built\n\n// static const char *date(void) { return __DATE__; }\nimport \"C\"\n\n\
+                             func Date() string { return C.GoString(C.date()) }\n";
+
+/// A main package in `dir` printing `built: <date>` from [`BUILT_PACKAGE`], importing `also`.
+fn date_program(ws: &Workspace, dir: &str, also: &[&str]) {
+    let imports: String = also.iter().map(|path| format!("\t_ \"example.com/gobuild/{path}\"\n")).collect();
+    let main = format!(
+        "package main\n\nimport (\n\t\"example.com/gobuild/pkg/built\"\n{imports})\n\n\
+         func main() {{ println(\"built:\", built.Date()) }}\n"
+    );
+    ws.write(&[(format!("{dir}/main.go").as_str(), main.as_str()), ("pkg/built/built.go", BUILT_PACKAGE)]);
+}
+
+/// A build without a whole-build key salted go's cache by included files only: one run with
+/// SOURCE_DATE_EPOCH=0 stored its objects under the action IDs honest builds look up, and a
+/// later build without it (a fresh runner) linked an object stamped `Jan  1 1970`. Here the
+/// first build has no key through `-ldflags=-extldflags=-L/tmp`, or through a `#cgo
+/// pkg-config:` option, which the toolchain's settings cannot be known past.
+#[test]
+fn a_build_without_a_key_keeps_go_cache_entries_of_other_compiler_settings_apart() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    date_program(&ws, "cmd/date", &[]);
+    date_program(&ws, "cmd/static", &["pkg/static"]);
+    let static_package = "package static\n\n// #cgo pkg-config: --static cachedtest\nimport \"C\"\n";
+    ws.write(&[("pkg/static/static.go", static_package)]);
+    let pc = tempfile::tempdir().unwrap();
+    let pc_text = "Name: cachedtest\nDescription: t\nVersion: 1\nCflags: -DSTATIC=1\nLibs:\n";
+    std::fs::write(pc.path().join("cachedtest.pc"), pc_text).unwrap();
+    let pc_path = pc.path().to_str().unwrap();
+    for (namespace, unkeyed) in [
+        ("extldflags", &["-ldflags=-extldflags=-L/tmp", "-o", "bin/first", "./cmd/date"][..]),
+        ("pkg-config", &["-o", "bin/first", "./cmd/static"]),
+    ] {
+        let env = [("CACHED_NAMESPACE", namespace), ("PKG_CONFIG_PATH", pc_path)];
+        let args = [&["go", "build", "-trimpath"][..], unkeyed].concat();
+        let epoch = [&env[..], &[("SOURCE_DATE_EPOCH", "0")]].concat();
+        let first = ws.on_a_fresh_runner(&args, &epoch).success("the build without a key");
+        assert!(first.stderr.contains("not caching this build"), "{namespace}: {}", first.stderr);
+        assert!(ws.printed("bin/first").contains("1970"), "{namespace}: {}", ws.printed("bin/first"));
+        let honest = ["go", "build", "-trimpath", "-o", "bin/date", "./cmd/date"];
+        let built = ws.on_a_fresh_runner(&honest, &env[..1]).success("the build without SOURCE_DATE_EPOCH");
+        let printed = ws.printed("bin/date");
+        assert!(
+            !printed.contains("1970"),
+            "{namespace}: the object of SOURCE_DATE_EPOCH=0 was served: {printed}\n{}",
+            built.stderr
+        );
+    }
+}
+
+/// `cachectl go test` decides go's cache as a build without a key does, so the same holds:
+/// with CPATH changed a fresh runner was served the object compiled under the old value.
+#[test]
+fn go_test_keeps_go_cache_entries_of_other_compiler_settings_apart() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    ws.write(&[
+        (
+            "pkg/cpv/cpv.go",
+            "package cpv\n\n// #include <cpv.h>\n// static int value(void) { return V; }\nimport \"C\"\n\n\
+             func V() int { return int(C.value()) }\n",
+        ),
+        (
+            "pkg/cpv/cpv_test.go",
+            "package cpv\n\nimport \"testing\"\n\nfunc TestV(t *testing.T) { t.Logf(\"V=%d\", V()) }\n",
+        ),
+    ]);
+    let headers = tempfile::tempdir().unwrap();
+    for (dir, value) in [("a", 1), ("b", 2)] {
+        std::fs::create_dir_all(headers.path().join(dir)).unwrap();
+        std::fs::write(headers.path().join(dir).join("cpv.h"), format!("#define V {value}\n")).unwrap();
+    }
+    let cpath = |dir: &str| headers.path().join(dir).display().to_string();
+    let logged =
+        ws.value_logged_on_a_fresh_runner(&["./pkg/cpv"], &[("CPATH", &cpath("a"))], "tests with CPATH a");
+    assert_eq!(logged, "V=1");
+    let logged =
+        ws.value_logged_on_a_fresh_runner(&["./pkg/cpv"], &[("CPATH", &cpath("b"))], "tests with CPATH b");
+    assert_eq!(logged, "V=2", "the object compiled under CPATH a was served");
+}
+
+/// `cachectl go test` checked GOFLAGS for -overlay and -toolexec only: with
+/// `-gcflags=all=-pgoprofile=FILE` there, go's action IDs hash the flag's text, not the
+/// profile, and a fresh runner passed on objects from the shared cache after the profile
+/// turned to garbage, where plain go fails.
+#[test]
+fn go_test_with_goflags_naming_a_profile_uses_no_shared_go_cache() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    ws.write(&[
+        ("pkg/two/two.go", "package two\n\nfunc Two() int { return 2 }\n"),
+        ("pkg/two/two_test.go", "package two\n\nimport \"testing\"\n\nfunc TestTwo(t *testing.T) {\n\tif Two() != 2 {\n\t\tt.Fatal()\n\t}\n}\n"),
+        ("p.pgo", ""),
+    ]);
+    let goflags = format!("-gcflags=all=-pgoprofile={}", ws.path("p.pgo").display());
+    let env = [("GOFLAGS", goflags.as_str())];
+    let args = ["go", "test", "-count=1", "./pkg/two"];
+    ws.on_a_fresh_runner(&args, &env).success("the tests with an empty profile");
+    std::fs::write(ws.path("p.pgo"), "garbage\n").unwrap();
+    let done = ws.on_a_fresh_runner(&args, &env);
+    assert!(
+        !done.status.success(),
+        "passed with a profile the compiler cannot read:\n{}\n{}",
+        done.stdout,
+        done.stderr
+    );
+    let printed = format!("{}\n{}", done.stdout, done.stderr);
+    assert!(printed.contains("PGO error"), "{printed}");
+}
+
+/// go refuses to write its output over a file that is not an object file ("build output
+/// "app" already exists and is not an object file"); the wrapper deleted such a file (a
+/// script named like the binary) before go ran, and a hit wrote over it.
+#[test]
+fn a_file_go_would_not_overwrite_stays_and_the_build_fails_as_go_does() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let script = "#!/bin/sh\necho a script\n";
+    let build = || run(ws.cachectl(&["go", "build", "-trimpath", "./cmd/app"], &[]));
+    for recorded in [false, true] {
+        if recorded {
+            std::fs::remove_file(ws.path("app")).unwrap();
+            build().success("the build that records a binary");
+        }
+        std::fs::write(ws.path("app"), script).unwrap();
+        let done = build();
+        assert!(!done.status.success(), "recorded: {recorded}: the build succeeded:\n{}", done.stderr);
+        assert!(done.stderr.contains("already exists and is not an object file"), "{}", done.stderr);
+        assert_eq!(std::fs::read_to_string(ws.path("app")).unwrap(), script, "recorded: {recorded}");
+    }
 }
