@@ -127,11 +127,22 @@ pub fn go_would_overwrite(path: &Path) -> bool {
     read.is_ok() && OBJECT_MAGIC.iter().any(|magic| start.starts_with(magic))
 }
 
+/// The mode go gives a binary it writes (0777 less the umask), so a hit writes what a build
+/// would: under `umask 077`, a binary others may not run.
 #[cfg(unix)]
 fn make_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(EXECUTABLE))
-        .map_err(ClientError::file(path))
+    let mode = 0o777 & !process_umask();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(ClientError::file(path))
+}
+
+/// The process's umask as Linux reports it (`Umask:` in /proc/self/status), else the usual
+/// 022. Setting it to read it back would race with every other thread creating files.
+#[cfg(unix)]
+fn process_umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let reported = status.lines().find_map(|line| line.strip_prefix("Umask:"));
+    reported.and_then(|mask| u32::from_str_radix(mask.trim(), 8).ok()).unwrap_or(0o022)
 }
 
 #[cfg(not(unix))]
@@ -139,7 +150,7 @@ fn make_executable(_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Downloads each recorded output to its planned path (verified, atomic, mode 0755).
+/// Downloads each recorded output to its planned path (verified, atomic, with go's mode).
 pub async fn restore(
     client: &Client,
     planned: &[Planned],

@@ -967,3 +967,27 @@ fn a_file_go_would_not_overwrite_stays_and_the_build_fails_as_go_does() {
         assert_eq!(std::fs::read_to_string(ws.path("app")).unwrap(), script, "recorded: {recorded}");
     }
 }
+
+/// A hit writes its binary with the mode go gives one (0777 less the umask), as a build would:
+/// it wrote 0755 whatever the umask, so under `umask 027` a restored binary was others' to run.
+#[test]
+fn a_restored_binary_has_the_mode_a_build_gives_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let build = |what: &str| {
+        let inner = ws.cachectl(&["go", "build", "-trimpath", "./cmd/app"], &[]);
+        let mut command = Command::new("/bin/sh");
+        command
+            .args(["-c", "umask 027 && exec \"$0\" \"$@\""])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        command.env_clear().envs(inner.get_envs().filter_map(|(name, value)| Some((name, value?))));
+        command.current_dir(inner.get_current_dir().unwrap());
+        run(command).success(what);
+        std::fs::metadata(ws.path("app")).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(build("the build that records"), 0o750, "go's own mode under umask 027");
+    std::fs::remove_file(ws.path("app")).unwrap();
+    assert_eq!(build("the hit"), 0o750, "the restored binary's mode");
+}
