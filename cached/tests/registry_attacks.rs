@@ -481,6 +481,88 @@ async fn a_flood_of_manifests_forgets_the_oldest_in_postgresql() {
     registry.stop().await;
 }
 
+/// A token with `read,cas-write` may neither move a tag nor sign, but every manifest it pushed
+/// by digest (up to 4 MiB each) counted against its namespace with the rest: past
+/// `max_registry_records` the namespace forgot its oldest records, a tagged image and its
+/// signature among them, in effect a tag delete, which needs `admin`. Now records no tag or
+/// signature reaches go first: the flood pushes out only itself.
+async fn a_cas_write_flood_forgets_nothing_a_tag_or_signature_reaches(registry: &Registry) {
+    let image = registry.ci_image().await;
+    // An index tagged by CI over a child pushed by digest, as multi-platform pushes go.
+    let child = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[],"annotations":{{"os":"linux"}}}}"#,
+        empty_config()
+    );
+    let pushed = registry.put_manifest("ci", &child, OCI_MANIFEST, None).await;
+    assert_eq!(pushed.status, 201, "{}", pushed.body);
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}}]}}"#,
+        sha256(child.as_bytes()),
+        child.len()
+    );
+    let pushed = registry.put_manifest("ci", &index, OCI_INDEX, Some("multi")).await;
+    assert_eq!(pushed.status, 201, "{}", pushed.body);
+    let signature = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/vnd.dev.cosign.artifact.sig.v1+json","config":{},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{image}","size":{}}}}}"#,
+        empty_config(),
+        image_manifest().len()
+    );
+    let signed = registry.put_manifest("ci", &signature, OCI_MANIFEST, None).await;
+    assert_eq!(signed.status, 201, "{}", signed.body);
+
+    let moved = registry.put_manifest("dev", &child, OCI_MANIFEST, Some("v1")).await;
+    assert_eq!(moved.status, 403, "dev moved a tag: {}", moved.body);
+    let padding = "x".repeat(3 << 20);
+    let mut junk = Vec::new();
+    for n in 0..6 {
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[],"annotations":{{"n":"{n}","pad":"{padding}"}}}}"#
+        );
+        let digest = sha256(manifest.as_bytes());
+        let path = format!("/v2/main/junk/manifests/{digest}");
+        let reply = registry
+            .send(reqwest::Method::PUT, &path, "dev", Some(OCI_MANIFEST), manifest.into_bytes())
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        junk.push(digest);
+    }
+    let oldest = registry.get(&format!("/v2/main/junk/manifests/{}", junk[0]), "dev").await;
+    assert_eq!(oldest.status, 404, "nothing was forgotten: the flood did not pass max_registry_records");
+
+    for reference in ["v1", "multi", &image, &sha256(child.as_bytes()), &sha256(signature.as_bytes())] {
+        let pulled = registry.get(&format!("/v2/main/app/manifests/{reference}"), "dev").await;
+        assert_eq!(pulled.status, 200, "main/app@{reference} was forgotten: {}", pulled.body);
+    }
+    let config = registry.get(&format!("/v2/main/app/blobs/{}", sha256(b"{}")), "dev").await;
+    assert_eq!(config.status, 200, "the images' config blob was forgotten: {}", config.body);
+    let tags = registry.get("/v2/main/app/tags/list", "dev").await;
+    let tags: serde_json::Value = serde_json::from_str(&tags.body).unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["multi", "v1"]));
+    let referrers = registry.referrers(&image).await;
+    assert_eq!(referrers["manifests"][0]["digest"], sha256(signature.as_bytes()), "{referrers}");
+}
+
+#[tokio::test]
+async fn a_cas_write_flood_forgets_nothing_a_tag_or_signature_reaches_in_rocksdb() {
+    let registry = Registry::start(&[("max_registry_records", "8MiB")]).await;
+    a_cas_write_flood_forgets_nothing_a_tag_or_signature_reaches(&registry).await;
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn a_cas_write_flood_forgets_nothing_a_tag_or_signature_reaches_in_postgresql() {
+    let db = cached_e2e::postgres::Postgres::start();
+    let (url, password) = (db.url(), db.password_file().display().to_string());
+    let settings = [
+        ("max_registry_records", "8MiB"),
+        ("database_url", url.as_str()),
+        ("database_password_file", password.as_str()),
+    ];
+    let registry = Registry::start(&settings).await;
+    a_cas_write_flood_forgets_nothing_a_tag_or_signature_reaches(&registry).await;
+    registry.stop().await;
+}
+
 /// An index names its children by digest, the same one as often as it likes: each was looked
 /// up on its own, reading the child's bytes out (a 4 MiB index naming a 4 MiB manifest 26,000
 /// times copied over 200 GB), and all were then marked used while every registry write

@@ -20,7 +20,7 @@ use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest, check_tag};
 use super::records::{
     MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, Recorded,
-    StoredManifest,
+    RegistryRecords, StoredManifest,
 };
 use super::routes::Call;
 use super::{Registry, check_free_space};
@@ -217,16 +217,30 @@ pub(super) async fn put(
     let bound = Arc::clone(&registry.bound);
     let put = registry
         .records("registry manifest put", move |records| {
-            let put = records.put_manifest(
-                &owned,
-                ManifestWrite { digest, manifest: &stored, tag: tag.as_deref(), referrer },
-            )?;
+            let write = ManifestWrite { digest, manifest: &stored, tag: tag.as_deref(), referrer };
+            let loose = write.is_loose();
+            let put = records.put_manifest(&owned, write)?;
             if let ManifestPut::Stored { counted } = put {
                 // What the manifest names is in use: as recent as it, and not forgotten first.
                 if let Err(err) = records.touch(&used) {
                     tracing::warn!(error = %err, "marking the records a manifest names as used failed");
                 }
-                bound.count(records, owned.namespace(), counted);
+                // Before counting, which may forget: a flood must not take what this tag or
+                // signature reaches between its push and its keeping.
+                if !loose {
+                    let reached =
+                        std::iter::once(Recorded::Manifest { repo: owned.clone(), digest, subject })
+                            .chain(subject.map(|subject| Recorded::Manifest {
+                                repo: owned.clone(),
+                                digest: subject,
+                                subject: None,
+                            }))
+                            .chain(used);
+                    if let Err(err) = keep_reached(records, &owned, reached.collect()) {
+                        tracing::warn!(error = %err, "keeping what a tag or a referrer reaches failed");
+                    }
+                }
+                bound.count(records, counted);
             }
             Ok(put)
         })
@@ -457,6 +471,42 @@ async fn check_references(
     let children =
         children.into_iter().map(|digest| Recorded::Manifest { repo: repo.clone(), digest, subject: None });
     Ok(blobs.chain(children).collect())
+}
+
+/// Makes `reached` kept, and what every manifest among them that was loose names, in turn:
+/// a tag or a signature vouches for all it reaches, children pushed by digest and their
+/// blobs included, so that loose records, which `cas-write` pushes, go before any of it.
+/// Each manifest is read once, when it stops being loose; what was kept already was reached
+/// before (or written before records were loose at all).
+fn keep_reached(
+    records: &dyn RegistryRecords,
+    repo: &Repository,
+    reached: Vec<Recorded>,
+) -> crate::error::Result<()> {
+    let mut next = reached;
+    while !next.is_empty() {
+        let mut named = Vec::new();
+        for kept in records.keep(&next)? {
+            let Recorded::Manifest { digest, .. } = kept else { continue };
+            if let Some(manifest) = records.manifest(repo, &digest)? {
+                named.extend(named_records(repo, &manifest.bytes));
+            }
+        }
+        next = named;
+    }
+    Ok(())
+}
+
+/// The records a stored manifest names in its repository: its config, layers, children and
+/// subject (nothing, if it does not parse as a manifest).
+fn named_records(repo: &Repository, bytes: &[u8]) -> Vec<Recorded> {
+    let Ok(manifest) = serde_json::from_slice::<Manifest>(bytes) else { return Vec::new() };
+    let digest = |descriptor: &Descriptor| Sha256Digest::parse(&descriptor.digest).ok();
+    let blobs = manifest.config.iter().chain(&manifest.layers).filter_map(digest);
+    let manifests = manifest.manifests.iter().chain(&manifest.subject).filter_map(digest);
+    let blobs = blobs.map(|sha256| Recorded::Blob { repo: repo.clone(), sha256 });
+    let manifests = manifests.map(|digest| Recorded::Manifest { repo: repo.clone(), digest, subject: None });
+    blobs.chain(manifests).collect()
 }
 
 /// The descriptor the referrers API lists for a manifest with a subject, within

@@ -14,8 +14,8 @@ use tokio::runtime::Handle;
 use super::names::{Repository, Sha256Digest};
 use super::records::{
     MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, ORDER_MARKER,
-    OrderRow, POINTERS, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, is_order_key,
-    listed_descriptor, order_time, place, pointed_row, pointer_of,
+    OrderRow, POINTERS, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, Written, is_order_key,
+    kept_value, listed_descriptor, order_time, place, pointed_row, pointer_of,
 };
 use crate::error::{Error, Result};
 use crate::postgres::Database;
@@ -41,22 +41,30 @@ impl PgRegistry {
     }
 }
 
-/// Places `recorded`'s row at `time` ([`place`]): a new row with `size`, or its row moved;
-/// returns the bytes it adds.
+/// The key and value of `recorded`'s row, found through its pointer.
+async fn current_row(
+    tx: &tokio_postgres::Transaction<'_>,
+    recorded: &Recorded,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let pointer = recorded.pointer_key();
+    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1", &[&pointer]).await?;
+    let Some(row_key) = row.and_then(|row| pointed_row(&pointer, row.get::<_, &[u8]>(0))) else {
+        return Ok(None);
+    };
+    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1", &[&row_key]).await?;
+    Ok(row.map(|row| (row_key, row.get::<_, Vec<u8>>(0))))
+}
+
+/// Places `recorded`'s row at `time` ([`place`]): a new row, or its row moved; returns the
+/// bytes it adds.
 async fn place_row(
     tx: &tokio_postgres::Transaction<'_>,
     recorded: &Recorded,
     time: i64,
-    size: Option<usize>,
+    written: Written,
 ) -> Result<u64> {
-    let pointer = recorded.pointer_key();
-    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1", &[&pointer]).await?;
-    let mut current = None;
-    if let Some(row_key) = row.and_then(|row| pointed_row(&pointer, row.get::<_, &[u8]>(0))) {
-        let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1", &[&row_key]).await?;
-        current = row.map(|row| (row_key, row.get::<_, Vec<u8>>(0)));
-    }
-    let placement = place(recorded, time, size.map(|size| size as u64), current);
+    let current = current_row(tx, recorded).await?;
+    let placement = place(recorded, time, written, current);
     if let Some(key) = &placement.delete {
         tx.execute("DELETE FROM registry_order WHERE key = $1", &[key]).await?;
     }
@@ -172,7 +180,7 @@ impl RegistryRecords for PgRegistry {
             // Pushed again, it is as recent as a new one.
             let recorded = Recorded::Blob { repo: repo.clone(), sha256: *sha256 };
             let size = (inserted > 0).then_some(repo.as_str().len() + 32 + 40);
-            let counted = place_row(&tx, &recorded, order_time(), size).await?;
+            let counted = place_row(&tx, &recorded, order_time(), Written::new(size, true)).await?;
             tx.commit().await?;
             Ok(counted)
         })
@@ -233,10 +241,13 @@ impl RegistryRecords for PgRegistry {
             let (now, mut counted) = (order_time(), 0);
             let subject = write.referrer.as_ref().map(|(subject, _)| *subject);
             let recorded = Recorded::Manifest { repo: repository.clone(), digest: write.digest, subject };
+            let loose = write.is_loose();
             match insert_manifest(&tx, repo, &write).await? {
                 Inserted::Differs(media_type) => return Ok(ManifestPut::MediaTypeDiffers(media_type)),
                 // Pushed again: as recent as a new one.
-                Inserted::Already => counted += place_row(&tx, &recorded, now, None).await?,
+                Inserted::Already => {
+                    counted += place_row(&tx, &recorded, now, Written::new(None, loose)).await?
+                }
                 Inserted::New => {
                     // The referrer entry lives and goes with the manifest: it counts with it.
                     let referrer = write.referrer.as_ref().map_or(0, |(_, descriptor)| 64 + descriptor.len());
@@ -245,7 +256,7 @@ impl RegistryRecords for PgRegistry {
                         + write.manifest.media_type.len()
                         + write.manifest.bytes.len()
                         + referrer;
-                    counted += place_row(&tx, &recorded, now, Some(size)).await?;
+                    counted += place_row(&tx, &recorded, now, Written::new(Some(size), loose)).await?;
                 }
             }
             if let Some(tag) = write.tag {
@@ -261,7 +272,7 @@ impl RegistryRecords for PgRegistry {
                 let recorded =
                     Recorded::Tag { repo: repository.clone(), tag: tag.to_owned(), digest: write.digest };
                 let size = (changed > 0).then_some(repo.len() + tag.len() + 32);
-                counted += place_row(&tx, &recorded, now, size).await?;
+                counted += place_row(&tx, &recorded, now, Written::new(size, false)).await?;
             }
             if let Some((subject, descriptor)) = &write.referrer {
                 tx.execute(
@@ -423,10 +434,29 @@ impl RegistryRecords for PgRegistry {
             let tx = client.transaction().await?;
             let now = order_time();
             for recorded in recorded {
-                place_row(&tx, recorded, now, None).await?;
+                place_row(&tx, recorded, now, Written::USED).await?;
             }
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    fn keep(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
+        self.run(async {
+            let mut client = self.db.client().await?;
+            let tx = client.transaction().await?;
+            let mut kept = Vec::new();
+            for recorded in recorded {
+                if let Some((key, value)) = current_row(&tx, recorded).await?
+                    && let Some(value) = kept_value(&value)
+                {
+                    tx.execute("UPDATE registry_order SET value = $2 WHERE key = $1", &[&key, &value])
+                        .await?;
+                    kept.push(recorded.clone());
+                }
+            }
+            tx.commit().await?;
+            Ok(kept)
         })
     }
 
@@ -479,9 +509,14 @@ impl RegistryRecords for PgRegistry {
                 };
                 recorded.push((Recorded::Tag { repo, tag: row.get(1), digest }, 0));
             }
-            // Records written before any row of theirs: one row each, however often this ran.
+            // Records written before any row of theirs: one row each, however often this ran,
+            // kept, since which of them a tag reaches is not known. A record with a row was
+            // pushed since, and is loose or kept as that push made it.
             for (recorded, size) in &recorded {
-                place_row(&tx, recorded, UNKNOWN_TIME, Some(size + 64)).await?;
+                if current_row(&tx, recorded).await?.is_some() {
+                    continue;
+                }
+                place_row(&tx, recorded, UNKNOWN_TIME, Written::new(Some(size + 64), false)).await?;
             }
             tx.execute(
                 "INSERT INTO registry_order (key, value) VALUES ($1, '') ON CONFLICT (key) DO NOTHING",

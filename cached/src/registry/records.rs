@@ -54,10 +54,19 @@ pub struct ManifestWrite<'a> {
     pub referrer: Option<(Sha256Digest, Vec<u8>)>,
 }
 
+impl ManifestWrite<'_> {
+    /// Whether the push leaves the manifest [loose](OrderRow::loose): pushed by digest, without
+    /// a subject, it needed only `cas-write`.
+    pub(super) fn is_loose(&self) -> bool {
+        self.tag.is_none() && self.referrer.is_none()
+    }
+}
+
 /// Every record a push adds (a blob link, a manifest with its referrer entry, a tag) also adds
 /// an order row: when it was written ([`order_time`], i64 BE) · 16 bytes of the BLAKE3 of what it names →
-/// the bytes it counts (u64 BE) · what it names ([`Recorded`]). The registry forgets the oldest
-/// beyond `max_registry_records` (`super::retention`).
+/// the bytes it counts (u64 BE) · what it names ([`Recorded`]), loose or kept (see
+/// [`OrderRow::loose`]). The registry forgets the oldest beyond `max_registry_records`
+/// (`super::retention`), loose ones first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     Blob {
@@ -84,7 +93,18 @@ pub struct OrderRow {
     pub key: Vec<u8>,
     pub size: u64,
     pub recorded: Option<Recorded>,
+    /// A blob link or a manifest pushed by digest that nothing kept names yet: `cas-write` may
+    /// push those without end, so they are forgotten before any record a tag or a signature
+    /// (`ac-write`) reaches, and cannot make a namespace forget those. An unreadable row is
+    /// loose.
+    pub loose: bool,
 }
+
+/// The kind bytes of loose records (blob links and manifests without a subject; tags and
+/// referrers are never loose): the kept kind in lower case. Rows written before there were
+/// loose ones read as kept, as protected as they were.
+const LOOSE_BLOB: u8 = b'b';
+const LOOSE_MANIFEST: u8 = b'm';
 
 /// Where the key of a row given to a record written before there were rows starts: before
 /// every other, so those are forgotten first.
@@ -121,16 +141,29 @@ impl Recorded {
         out
     }
 
-    fn encode(&self) -> Vec<u8> {
+    fn encode(&self, loose: bool) -> Vec<u8> {
         let mut out = self.identity();
-        if let Self::Manifest { subject: Some(subject), .. } = self {
-            out.extend_from_slice(&subject.0);
+        match self {
+            Self::Blob { .. } if loose => out[0] = LOOSE_BLOB,
+            Self::Manifest { subject: None, .. } if loose => out[0] = LOOSE_MANIFEST,
+            Self::Manifest { subject: Some(subject), .. } => out.extend_from_slice(&subject.0),
+            _ => {}
         }
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    /// The record and whether it is loose.
+    fn decode(bytes: &[u8]) -> Option<(Self, bool)> {
         let (&kind, rest) = bytes.split_first()?;
+        let (kind, loose) = match kind {
+            LOOSE_BLOB => (b'B', true),
+            LOOSE_MANIFEST => (b'M', true),
+            kind => (kind, false),
+        };
+        Some((Self::decode_kind(kind, rest)?, loose))
+    }
+
+    fn decode_kind(kind: u8, rest: &[u8]) -> Option<Self> {
         let (len, rest) = rest.split_first_chunk::<2>()?;
         let (repo, rest) = rest.split_at_checked(usize::from(u16::from_be_bytes(*len)))?;
         let repo = Repository::parse(std::str::from_utf8(repo).ok()?).ok()?;
@@ -160,9 +193,9 @@ impl Recorded {
 
     /// The order row (key, value) of this record at `time`, taking `size` bytes besides
     /// the row and its pointer, which count too.
-    fn row(&self, time: i64, size: u64) -> (Vec<u8>, Vec<u8>) {
+    fn row(&self, time: i64, size: u64, loose: bool) -> (Vec<u8>, Vec<u8>) {
         let key = row_key(time, &self.pointer_key());
-        let named = self.encode();
+        let named = self.encode(loose);
         let counted = size + (key.len() + 8 + named.len() + 24) as u64;
         let mut value = counted.to_be_bytes().to_vec();
         value.extend_from_slice(&named);
@@ -195,28 +228,51 @@ pub(super) struct Placement {
     pub counted: u64,
 }
 
+/// How a record is written: `size` bytes (`None`: written already, only used or pushed
+/// again) and whether this write leaves it [loose](OrderRow::loose). A record written already
+/// and kept stays kept: pushing it again by digest takes nothing from what a tag vouched for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Written {
+    pub(super) size: Option<u64>,
+    pub(super) loose: bool,
+}
+
+impl Written {
+    /// A record only used: its row moves, loose or kept as it was.
+    pub(super) const USED: Self = Self { size: None, loose: true };
+
+    pub(super) fn new(size: Option<usize>, loose: bool) -> Self {
+        Self { size: size.map(|size| size as u64), loose }
+    }
+}
+
 /// Places `recorded`'s row at `time`, given its row now (`current`, found through its
 /// pointer): a record written (`size` of bytes) gets a row, or its row anew; a record only
-/// used (`size` `None`) has its row moved to `time`, if it has one. One row per record: the
-/// oldest rows are the records longest unwritten and unused.
+/// used (`size` `None`) has its row moved to `time`, if it has one, and stays loose or kept as
+/// it was. One row per record: the oldest rows are the records longest unwritten and unused.
 pub(super) fn place(
     recorded: &Recorded,
     time: i64,
-    size: Option<u64>,
+    written: Written,
     current: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Placement {
+    let Written { size, loose } = written;
     let pointer = (recorded.pointer_key(), time.to_be_bytes().to_vec());
     match (size, current) {
         (None, None) => Placement::default(),
         (Some(size), None) => {
-            let (key, value) = recorded.row(time, size);
+            let (key, value) = recorded.row(time, size, loose);
             let counted = OrderRow::parse(&key, &value).size;
             Placement { delete: None, put: vec![(key, value), pointer], counted }
         }
         (size, Some((old_key, old_value))) => {
             let (key, value) = match size {
-                Some(size) => recorded.row(time, size),
-                None => (row_key(time, &recorded.pointer_key()), old_value.clone()),
+                Some(size) => recorded.row(time, size, loose),
+                None if loose => (row_key(time, &recorded.pointer_key()), old_value.clone()),
+                None => {
+                    let kept = kept_value(&old_value).unwrap_or_else(|| old_value.clone());
+                    (row_key(time, &recorded.pointer_key()), kept)
+                }
             };
             let counted =
                 OrderRow::parse(&key, &value).size.saturating_sub(OrderRow::parse(&old_key, &old_value).size);
@@ -231,8 +287,20 @@ impl OrderRow {
         let (size, named) = value
             .split_first_chunk::<8>()
             .map_or((0, &[][..]), |(size, named)| (u64::from_be_bytes(*size), named));
-        Self { key: key.to_vec(), size, recorded: Recorded::decode(named) }
+        let (recorded, loose) = Recorded::decode(named).map_or((None, true), |(r, loose)| (Some(r), loose));
+        Self { key: key.to_vec(), size, recorded, loose }
     }
+}
+
+/// A loose row's value made kept (`None` when it is kept already): the same size and record.
+pub(super) fn kept_value(value: &[u8]) -> Option<Vec<u8>> {
+    let kind = *value.get(8)?;
+    if !matches!(kind, LOOSE_BLOB | LOOSE_MANIFEST) {
+        return None;
+    }
+    let mut kept = value.to_vec();
+    kept[8] = kind.to_ascii_uppercase();
+    Some(kept)
 }
 
 /// The row a pointer's value (its time) points at, if it is one.
@@ -300,6 +368,10 @@ pub trait RegistryRecords: Send + Sync + 'static {
     /// Moves the rows of `recorded`, records a push used (the blobs and manifests a manifest
     /// names), to now: the oldest rows are of records longest unwritten and unused.
     fn touch(&self, recorded: &[Recorded]) -> Result<()>;
+
+    /// Makes the rows of `recorded`, records a tag or a referrer reaches, kept (see
+    /// [`OrderRow::loose`]); returns those that were loose. Their rows stay where they are.
+    fn keep(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>>;
 
     /// Gives an order row (at [`UNKNOWN_TIME`]) to every record written before there were rows,
     /// unless the [`ORDER_MARKER`] says that was done. Doing it again adds nothing.

@@ -10,21 +10,29 @@
 //! sixteenth of it is free: a forgotten manifest takes its tags and referrer entry along, and
 //! pulling it is a 404, as pulling an evicted blob is. A push is never refused for it.
 //!
-//! The bound is shared fairly among namespaces: what goes is the oldest of the namespaces that
+//! Loose records go first: blob links and manifests pushed by digest that no tag, referrer or
+//! manifest these reach names (`records::OrderRow::loose`). Only `ac-write` tags and signs, so
+//! a token with `cas-write` alone, which may push 4 MiB of loose records a request into any
+//! namespace it writes, pushes out loose records, never what a tag or a signature reaches: when
+//! its flood counted with the rest, it forgot a namespace's tagged images and signatures, in
+//! effect deleting tags, which needs `admin`. Kept records go only once no loose one is left.
+//!
+//! Each kind is shared fairly among namespaces: what goes is the oldest of the namespaces that
 //! hold the most, each cut down to one level, the highest that brings the total under the
 //! target (a namespace below it loses nothing). Oldest first over all namespaces let one
 //! tenant's flood of 4 MiB manifests push out every other namespace's images, tags and
 //! signatures with a few dozen requests; now a flood pushes out the flooder's own records
 //! first.
 //!
-//! The bytes, in all and by namespace, are summed from the rows at the first push after start
-//! and after every sixteenth of the bound pushed here (with PostgreSQL the other replicas push
-//! too), and counted as pushes add them in between. A record deleted otherwise stays counted
-//! until its row goes: the count is never below what is stored.
+//! The bytes are summed from the rows, by namespace, loose and kept apart, at the first push
+//! after start, after every sixteenth of the bound pushed here (with PostgreSQL the other
+//! replicas push too) and before forgetting, and counted as pushes add them in between. A
+//! record deleted otherwise stays counted until its row goes: the count is never below what
+//! is stored.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use super::records::{OrderRow, Recorded, RegistryRecords};
 use crate::error::Result;
@@ -42,10 +50,16 @@ pub(super) struct RecordBound {
     since_total: AtomicU64,
     /// Whether records written before there were rows have theirs.
     ordered: AtomicBool,
-    forgetting: AtomicBool,
-    /// Bytes by namespace, counted as `bytes` is.
-    namespaces: Mutex<HashMap<String, u64>>,
+    /// Whether a push is summing or forgetting: one at a time does.
+    upkeep: AtomicBool,
     stats: Arc<Stats>,
+}
+
+/// Bytes of the rows by namespace, as summed from them.
+#[derive(Debug, Default)]
+struct Held {
+    loose: HashMap<String, u64>,
+    kept: HashMap<String, u64>,
 }
 
 impl RecordBound {
@@ -55,39 +69,34 @@ impl RecordBound {
             bytes: AtomicU64::new(0),
             since_total: AtomicU64::new(u64::MAX / 2),
             ordered: AtomicBool::new(false),
-            forgetting: AtomicBool::new(false),
-            namespaces: Mutex::default(),
+            upkeep: AtomicBool::new(false),
             stats,
         }
     }
 
-    /// Counts `bytes` of records a push to `namespace` just added and forgets past the bound.
-    /// Blocking. Upkeep: a failure is logged, never the push's.
-    pub(super) fn count(&self, records: &dyn RegistryRecords, namespace: &str, bytes: u64) {
-        if let Err(err) = self.count_and_forget(records, namespace, bytes) {
+    /// Counts `bytes` of records a push just added and forgets past the bound. Blocking.
+    /// Upkeep: a failure is logged, never the push's.
+    pub(super) fn count(&self, records: &dyn RegistryRecords, bytes: u64) {
+        if let Err(err) = self.count_and_forget(records, bytes) {
             tracing::warn!(error = %err, "keeping the registry's records to max_registry_records failed");
         }
     }
 
-    fn count_and_forget(&self, records: &dyn RegistryRecords, namespace: &str, bytes: u64) -> Result<()> {
+    fn count_and_forget(&self, records: &dyn RegistryRecords, bytes: u64) -> Result<()> {
         self.add(bytes);
-        if bytes > 0 {
-            *self.namespaces().entry(namespace.to_owned()).or_default() += bytes;
-        }
         let since = self.since_total.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
-        if since >= self.max / 16 {
-            self.total(records)?;
-        }
-        if self.bytes.load(Ordering::Relaxed) <= self.max || self.forgetting.swap(true, Ordering::Acquire) {
+        let over = self.bytes.load(Ordering::Relaxed) > self.max;
+        if (since < self.max / 16 && !over) || self.upkeep.swap(true, Ordering::Acquire) {
             return Ok(());
         }
-        let result = self.forget_down_to(records, self.max - self.max / 16);
-        self.forgetting.store(false, Ordering::Release);
+        let result = self.total(records).and_then(|held| {
+            if self.bytes.load(Ordering::Relaxed) <= self.max {
+                return Ok(());
+            }
+            self.forget_down_to(records, &held, self.max - self.max / 16)
+        });
+        self.upkeep.store(false, Ordering::Release);
         result
-    }
-
-    fn namespaces(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.namespaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn add(&self, bytes: u64) {
@@ -95,59 +104,82 @@ impl RecordBound {
         self.stats.registry_record_bytes.store(total, Ordering::Relaxed);
     }
 
-    fn subtract(&self, namespace: &str, bytes: u64) {
-        if let Some(held) = self.namespaces().get_mut(namespace) {
-            *held = held.saturating_sub(bytes);
-        }
+    fn subtract(&self, bytes: u64) {
         let update = |total: u64| Some(total.saturating_sub(bytes));
         let before = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, update).unwrap_or(0);
         self.stats.registry_record_bytes.store(before.saturating_sub(bytes), Ordering::Relaxed);
     }
 
     /// Sums the rows (giving rows to records written before there were any, once).
-    fn total(&self, records: &dyn RegistryRecords) -> Result<()> {
+    fn total(&self, records: &dyn RegistryRecords) -> Result<Held> {
         if !self.ordered.load(Ordering::Relaxed) {
             records.give_order_rows()?;
             self.ordered.store(true, Ordering::Relaxed);
         }
-        let (mut total, mut after) = (0u64, None);
-        let mut namespaces = HashMap::new();
+        let (mut total, mut after, mut held) = (0u64, None, Held::default());
         loop {
             let rows = records.oldest(after.as_deref(), PAGE)?;
             for row in &rows {
                 total += row.size;
-                *namespaces.entry(namespace_of(row).to_owned()).or_default() += row.size;
+                let kind = if row.loose { &mut held.loose } else { &mut held.kept };
+                *kind.entry(namespace_of(row).to_owned()).or_default() += row.size;
             }
             match rows.last() {
                 Some(last) if rows.len() == PAGE => after = Some(last.key.clone()),
                 _ => break,
             }
         }
-        *self.namespaces() = namespaces;
         self.bytes.store(total, Ordering::Relaxed);
         self.since_total.store(0, Ordering::Relaxed);
         self.stats.registry_record_bytes.store(total, Ordering::Relaxed);
-        Ok(())
+        Ok(held)
     }
 
-    /// Forgets records until they take `target` bytes or less: the oldest of each namespace
-    /// above its fair share ([`fair_excess`]), down to it. One walk over the rows, oldest first.
-    fn forget_down_to(&self, records: &dyn RegistryRecords, target: u64) -> Result<()> {
-        let mut excess: HashMap<String, u64> = {
-            let namespaces = self.namespaces();
-            fair_excess(namespaces.iter().map(|(ns, bytes)| (ns.as_str(), *bytes)), target)
-        };
-        let (mut forgotten, mut freed, mut after) = (0, 0, None);
+    /// Forgets records until they take `target` bytes or less: loose ones first, then, if
+    /// that is not enough, kept ones, each the oldest of the namespaces above their fair share
+    /// of what is held of their kind ([`fair_excess`]), down to it.
+    fn forget_down_to(&self, records: &dyn RegistryRecords, held: &Held, target: u64) -> Result<()> {
         // Enough is freed once the total is down to the target, whatever each namespace's
         // share said (replicas sharing a database forget too).
         let needed = self.bytes.load(Ordering::Relaxed).saturating_sub(target);
+        let (mut forgotten, mut freed) = self.forget_of_kind(records, true, &held.loose, needed)?;
+        if freed < needed {
+            let (more, bytes) = self.forget_of_kind(records, false, &held.kept, needed - freed)?;
+            (forgotten, freed) = (forgotten + more, freed + bytes);
+        }
+        self.stats.registry_records_forgotten.fetch_add(forgotten, Ordering::Relaxed);
+        if freed > 0 {
+            tracing::info!(
+                records = forgotten,
+                bytes = freed,
+                "forgot the oldest registry records of the namespaces holding the most, beyond \
+                 max_registry_records, those no tag or referrer reaches first"
+            );
+        }
+        Ok(())
+    }
+
+    /// Forgets `needed` bytes of the rows that are `loose` (or kept), the oldest of the
+    /// namespaces holding more than their fair share of `held`, in one walk over the rows,
+    /// oldest first. Returns the records forgotten and the bytes freed.
+    fn forget_of_kind(
+        &self,
+        records: &dyn RegistryRecords,
+        loose: bool,
+        held: &HashMap<String, u64>,
+        needed: u64,
+    ) -> Result<(u64, u64)> {
+        let all: u64 = held.values().sum();
+        let mut excess =
+            fair_excess(held.iter().map(|(ns, bytes)| (ns.as_str(), *bytes)), all.saturating_sub(needed));
+        let (mut forgotten, mut freed, mut after) = (0, 0, None);
         while !excess.is_empty() && freed < needed {
             let rows = records.oldest(after.as_deref(), PAGE)?;
             let Some(last) = rows.last() else { break };
             after = Some(last.key.clone());
             let full_page = rows.len() == PAGE;
             let (mut taken, mut taking) = (Vec::new(), freed);
-            for row in rows {
+            for row in rows.into_iter().filter(|row| row.loose == loose) {
                 if taking >= needed {
                     break;
                 }
@@ -169,21 +201,13 @@ impl RecordBound {
             forgotten += records.forget(&taken)?;
             for row in &taken {
                 freed += row.size;
-                self.subtract(namespace_of(row), row.size);
+                self.subtract(row.size);
             }
             if !full_page {
                 break;
             }
         }
-        self.stats.registry_records_forgotten.fetch_add(forgotten, Ordering::Relaxed);
-        if freed > 0 {
-            tracing::info!(
-                records = forgotten,
-                bytes = freed,
-                "forgot the oldest registry records of the namespaces holding the most, beyond max_registry_records"
-            );
-        }
-        Ok(())
+        Ok((forgotten, freed))
     }
 }
 
@@ -222,7 +246,7 @@ mod tests {
         let digest = Sha256Digest::of(&manifest.bytes);
         let write = ManifestWrite { digest, manifest: &manifest, tag, referrer: None };
         let ManifestPut::Stored { counted } = records.put_manifest(repo, write).unwrap() else { panic!() };
-        bound.count(records, repo.namespace(), counted);
+        bound.count(records, counted);
         digest
     }
 
@@ -283,7 +307,7 @@ mod tests {
         for n in 0..400 {
             let repo = Repository::parse(&format!("main/copy{n}")).unwrap();
             let counted = records.link_blob(&repo, &sha, &blob).unwrap();
-            bound.count(&records, repo.namespace(), counted);
+            bound.count(&records, counted);
         }
         // Moved after the links: the tag's first row is among the oldest.
         let moved = push(&records, &bound, &main, 1, Some("latest"));
@@ -292,8 +316,37 @@ mod tests {
         }
         assert!(bound.bytes.load(Ordering::Relaxed) <= 64 << 10);
         assert_eq!(records.blob(&main, &sha).unwrap(), None, "the oldest link is still stored");
-        assert_eq!(records.manifest(&main, &first).unwrap(), None);
+        // A tag reached it: it goes only once no loose record is left, however old.
+        assert!(records.manifest(&main, &first).unwrap().is_some(), "a manifest a tag reached went first");
         assert_eq!(records.tag(&main, "latest").unwrap(), Some(moved), "the moved tag was forgotten");
+    }
+
+    /// Manifests pushed by digest (which `cas-write` may push) counted with the tagged ones,
+    /// so a flood of them into the namespace made it forget its tagged images: loose records
+    /// go first now, and kept ones only once none is left, still within the bound.
+    #[test]
+    fn a_flood_of_loose_records_forgets_no_tagged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = open(dir.path());
+        let bound = RecordBound::new(64 << 10, Arc::new(Stats::default()));
+        let (app, junk) = (Repository::parse("main/app").unwrap(), Repository::parse("main/junk").unwrap());
+        let tagged: Vec<Sha256Digest> =
+            (0..10).map(|n| push(&records, &bound, &app, n, Some(&format!("v{n}")))).collect();
+        let flood: Vec<Sha256Digest> = (10..400).map(|n| push(&records, &bound, &junk, n, None)).collect();
+        for (n, digest) in tagged.iter().enumerate() {
+            assert_eq!(records.tag(&app, &format!("v{n}")).unwrap(), Some(*digest), "tag v{n} was forgotten");
+            assert!(records.manifest(&app, digest).unwrap().is_some(), "manifest v{n} was forgotten");
+        }
+        assert_eq!(records.manifest(&junk, &flood[0]).unwrap(), None);
+        assert!(records.manifest(&junk, &flood[389]).unwrap().is_some());
+
+        // Tags alone past the bound: the oldest tagged go, after every loose one.
+        let more: Vec<Sha256Digest> =
+            (400..500).map(|n| push(&records, &bound, &app, n, Some(&format!("v{n}")))).collect();
+        assert!(bound.bytes.load(Ordering::Relaxed) <= 64 << 10);
+        assert!(flood.iter().all(|digest| records.manifest(&junk, digest).unwrap().is_none()));
+        assert_eq!(records.tag(&app, "v0").unwrap(), None, "the oldest tag is still there");
+        assert!(records.manifest(&app, &more[99]).unwrap().is_some());
     }
 
     /// A layer every image names is linked once, early: pushes that use it keep it, and only
@@ -307,7 +360,7 @@ mod tests {
         let (base, unused) = (Sha256Digest::of(b"base"), Sha256Digest::of(b"unused"));
         for sha256 in [base, unused] {
             let counted = records.link_blob(&repo, &sha256, &Digest::of(sha256.0.as_slice())).unwrap();
-            bound.count(&records, repo.namespace(), counted);
+            bound.count(&records, counted);
         }
         for n in 0..200 {
             records.touch(&[Recorded::Blob { repo: repo.clone(), sha256: base }]).unwrap();

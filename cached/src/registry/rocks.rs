@@ -10,8 +10,8 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use super::names::{Repository, Sha256Digest};
 use super::records::{
     MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, ORDER_MARKER, OrderRow, POINTERS,
-    Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, is_order_key, listed_descriptor, order_time,
-    place, pointed_row, pointer_of,
+    Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, Written, is_order_key, kept_value,
+    listed_descriptor, order_time, place, pointed_row, pointer_of,
 };
 use crate::db::{
     CF_REGISTRY_BLOBS, CF_REGISTRY_MANIFESTS, CF_REGISTRY_ORDER, CF_REGISTRY_REFERRERS, CF_REGISTRY_TAGS, cf,
@@ -91,25 +91,18 @@ impl RocksRegistry {
         self.puts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds to `batch` what places `recorded`'s row at `time` ([`place`]): a new row with
-    /// `size`, or its row moved; returns the bytes it adds. Call with `puts` held.
+    /// Adds to `batch` what places `recorded`'s row at `time` ([`place`]): a new row, or its
+    /// row moved; returns the bytes it adds. Call with `puts` held.
     fn place_row(
         &self,
         batch: &mut WriteBatch,
         recorded: &Recorded,
         time: i64,
-        size: Option<usize>,
+        written: Written,
     ) -> Result<u64> {
+        let current = self.current_row(recorded)?;
+        let placement = place(recorded, time, written, current);
         let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
-        let pointer = recorded.pointer_key();
-        let current = match self.db.get_cf(rows, &pointer)? {
-            Some(time) => match pointed_row(&pointer, &time) {
-                Some(row) => self.db.get_cf(rows, &row)?.map(|value| (row, value)),
-                None => None,
-            },
-            None => None,
-        };
-        let placement = place(recorded, time, size.map(|size| size as u64), current);
         if let Some(key) = placement.delete {
             batch.delete_cf(rows, key);
         }
@@ -117,6 +110,16 @@ impl RocksRegistry {
             batch.put_cf(rows, key, value);
         }
         Ok(placement.counted)
+    }
+
+    /// The key and value of `recorded`'s row, found through its pointer.
+    fn current_row(&self, recorded: &Recorded) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
+        let pointer = recorded.pointer_key();
+        let Some(row) = self.db.get_cf(rows, &pointer)?.and_then(|time| pointed_row(&pointer, &time)) else {
+            return Ok(None);
+        };
+        Ok(self.db.get_cf(rows, &row)?.map(|value| (row, value)))
     }
 
     /// Keys and values of `family` under `prefix`, from `from` on, at most `limit`.
@@ -187,7 +190,7 @@ impl RegistryRecords for RocksRegistry {
         let recorded = Recorded::Blob { repo: repo.clone(), sha256: *sha256 };
         // The same SHA-256 names the same bytes: a link there already is this one, pushed again.
         let size = self.db.get_pinned_cf(family, &link)?.is_none().then_some(link.len() + value.len());
-        let counted = self.place_row(&mut batch, &recorded, order_time(), size)?;
+        let counted = self.place_row(&mut batch, &recorded, order_time(), Written::new(size, true))?;
         batch.put_cf(family, link, value);
         self.db.write(batch)?;
         Ok(counted)
@@ -223,6 +226,7 @@ impl RegistryRecords for RocksRegistry {
         let (now, mut counted) = (order_time(), 0);
         let subject = write.referrer.as_ref().map(|(subject, _)| *subject);
         let recorded = Recorded::Manifest { repo: repo.clone(), digest: write.digest, subject };
+        let loose = write.is_loose();
         match self.db.get_pinned_cf(manifests, &manifest_key)? {
             None => {
                 let value = encode_manifest(write.manifest);
@@ -232,7 +236,7 @@ impl RegistryRecords for RocksRegistry {
                     .as_ref()
                     .map_or(0, |(_, descriptor)| repo.as_str().len() + 65 + descriptor.len());
                 let size = manifest_key.len() + value.len() + referrer_size;
-                counted += self.place_row(&mut batch, &recorded, now, Some(size))?;
+                counted += self.place_row(&mut batch, &recorded, now, Written::new(Some(size), loose))?;
                 batch.put_cf(manifests, manifest_key, value);
             }
             Some(stored) => {
@@ -241,14 +245,15 @@ impl RegistryRecords for RocksRegistry {
                     return Ok(ManifestPut::MediaTypeDiffers(media_type));
                 }
                 // Pushed again: as recent as a new one.
-                counted += self.place_row(&mut batch, &recorded, now, None)?;
+                counted += self.place_row(&mut batch, &recorded, now, Written::new(None, loose))?;
             }
         }
         if let Some(tag) = write.tag {
             let (tags, tag_key) = (cf(&self.db, CF_REGISTRY_TAGS)?, key(repo, &[tag.as_bytes()]));
             let moved = self.db.get_pinned_cf(tags, &tag_key)?.is_none_or(|named| *named != write.digest.0);
             let recorded = Recorded::Tag { repo: repo.clone(), tag: tag.to_owned(), digest: write.digest };
-            counted += self.place_row(&mut batch, &recorded, now, moved.then_some(tag_key.len() + 32))?;
+            let size = moved.then_some(tag_key.len() + 32);
+            counted += self.place_row(&mut batch, &recorded, now, Written::new(size, false))?;
             batch.put_cf(tags, tag_key, write.digest.0);
         }
         if let Some((subject, descriptor)) = &write.referrer {
@@ -388,9 +393,25 @@ impl RegistryRecords for RocksRegistry {
         let mut batch = WriteBatch::default();
         let now = order_time();
         for recorded in recorded {
-            self.place_row(&mut batch, recorded, now, None)?;
+            self.place_row(&mut batch, recorded, now, Written::USED)?;
         }
         Ok(self.db.write(batch)?)
+    }
+
+    fn keep(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
+        let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
+        let _put = self.lock();
+        let (mut batch, mut kept) = (WriteBatch::default(), Vec::new());
+        for recorded in recorded {
+            if let Some((key, value)) = self.current_row(recorded)?
+                && let Some(value) = kept_value(&value)
+            {
+                batch.put_cf(rows, key, value);
+                kept.push(recorded.clone());
+            }
+        }
+        self.db.write(batch)?;
+        Ok(kept)
     }
 
     fn give_order_rows(&self) -> Result<()> {
@@ -406,9 +427,15 @@ impl RegistryRecords for RocksRegistry {
             for entry in self.db.iterator_cf(cf(&self.db, family)?, IteratorMode::Start) {
                 let (stored_key, value) = entry?;
                 let Some(recorded) = self.recorded_of(kind, &stored_key, &value)? else { continue };
-                // Written before any row of it was: one row each, whatever a crash repeated.
+                // One row each, whatever a crash repeated; a record with a row was pushed since
+                // and is loose or kept as that push made it.
+                if self.current_row(&recorded)?.is_some() {
+                    continue;
+                }
+                // Written before there were rows: kept, since which of them a tag reaches is
+                // not known.
                 let size = stored_key.len() + value.len();
-                self.place_row(&mut batch, &recorded, UNKNOWN_TIME, Some(size))?;
+                self.place_row(&mut batch, &recorded, UNKNOWN_TIME, Written::new(Some(size), false))?;
                 if batch.len() >= 10_000 {
                     self.db.write(std::mem::take(&mut batch))?;
                 }

@@ -480,7 +480,7 @@ async fn link(
     registry
         .records("registry link", move |records| {
             let counted = records.link_blob(&repo, &sha256, &digest)?;
-            bound.count(records, repo.namespace(), counted);
+            bound.count(records, counted);
             Ok(())
         })
         .await?;
