@@ -222,6 +222,8 @@ impl Cas {
     }
 
     /// Streams a stored blob from `offset`, `limit` bytes (0: to the end), as frames or raw.
+    /// Only a read of the whole blob may fill it from a shared tier: a read of part of one this
+    /// replica does not hold is a miss (`BlobStore::read_part`).
     pub async fn download(
         &self,
         digest: Digest,
@@ -234,14 +236,18 @@ impl Cas {
         }
         let permit = self.stream_permit()?;
         let first_frame = offset / FRAME_SIZE as u64;
-        let store = Arc::clone(&self.store);
-        let frames = crate::task::spawn_blocking("cas open read", move || store.read(&digest, first_frame))
-            .await??
-            .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the store")))?;
         let end = match limit {
             0 => digest.size,
             limit => offset.saturating_add(limit).min(digest.size),
         };
+        let whole = offset == 0 && end == digest.size;
+        let frames = self.open_read(digest, first_frame, whole).await?.ok_or_else(|| match whole {
+            true => Error::NotFound(format!("blob {digest} is not in the store")),
+            false => Error::NotFound(format!(
+                "blob {digest} is not held by this server; a part of it is served only where it \
+                 is held: read it whole (offset 0, no limit) to have it brought here"
+            )),
+        })?;
         let (sender, receiver) = mpsc::channel(CHANNEL_FRAMES);
         let range = ReadRange { digest, offset, end, first_frame };
         // Ends at the blob's last frame, or as soon as the caller drops the receiver.
@@ -253,6 +259,21 @@ impl Cas {
         })
         .detach();
         Ok(receiver)
+    }
+
+    /// Opens a blob for `download`: a part of one only where it is held, never filled.
+    async fn open_read(
+        &self,
+        digest: Digest,
+        first_frame: u64,
+        whole: bool,
+    ) -> Result<Option<crate::store::FrameReader>> {
+        let store = Arc::clone(&self.store);
+        crate::task::spawn_blocking("cas open read", move || match whole {
+            true => store.read(&digest, first_frame),
+            false => store.read_part(&digest, first_frame),
+        })
+        .await?
     }
 
     /// Stores small blobs, each at most one frame. One result per blob, in order.
@@ -619,6 +640,35 @@ mod tests {
         assert_eq!(answers.iter().filter(|read| **read).count(), 2, "{answers:?}");
         let filled = reader.rocks.contains(&digests).unwrap().into_iter().filter(|held| *held).count();
         assert_eq!(filled, 2, "blobs the reply had no room for were copied from the bucket");
+    }
+
+    /// A Cas.Read of one byte of a blob this replica lacks copied the whole blob from the
+    /// bucket before sending it, whatever its size, pushing other tenants' copies off the disk:
+    /// a read of part of a blob is served only where it is held; a read of all of it fills.
+    #[test]
+    fn a_read_of_part_of_a_blob_fills_nothing() {
+        let bucket = crate::shared::testing::SharedBucket::new();
+        let (writer, reader) = (bucket.replica(), bucket.replica());
+        let raw = varied(4 * FRAME_SIZE + 999);
+        let digest = Digest::of(&raw);
+        let mut upload = writer.store.write(&digest).unwrap();
+        encode_frames(&raw).into_iter().for_each(|frame| upload.put_frame(frame).unwrap());
+        upload.commit().unwrap();
+        let cas = Cas::new(Arc::clone(&reader.store), cas_on(&reader.rocks).limits);
+        let held = || reader.rocks.contains(&[digest]).unwrap()[0];
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let read = |offset, limit| runtime.block_on(read_all(&cas, digest, offset, limit));
+
+        let (offset, limit) = (2 * FRAME_SIZE as u64 + 5, FRAME_SIZE as u64);
+        for (offset, limit) in [(0, 1), (offset, limit), (offset, 0)] {
+            let answer = read(offset, limit);
+            assert!(!held(), "a read of {limit} bytes at {offset} copied the whole blob here");
+            assert!(matches!(answer, Err(Error::NotFound(_))), "a part is served only where held");
+        }
+        assert!(read(0, 0).unwrap() == raw, "a whole read is served");
+        assert!(held(), "a whole read fills");
+        let part = read(offset, limit).unwrap();
+        assert!(part == raw[offset as usize..(offset + limit) as usize], "then parts are served here");
     }
 
     fn cas_on(rocks: &RocksStore) -> Cas {

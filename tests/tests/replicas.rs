@@ -239,6 +239,53 @@ fn a_purge_through_one_replica_reaches_anothers_whole_build_records() {
     assert!(build(&b).contains("cachectl: cache hit"), "B's restart purged the namespace again");
 }
 
+/// `limit` bytes of `digest` from `offset`, read through `daemon` as they arrive.
+fn read_part(daemon: &Daemon, digest: Digest, offset: u64, limit: u64) -> Result<Vec<u8>, tonic::Status> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::connect(&daemon.url(), &ConnectOptions::default()).await.unwrap();
+        let request = v1::ReadRequest {
+            digest: Some(digest.to_wire()),
+            offset,
+            limit,
+            accept: v1::Compression::Identity as i32,
+        };
+        let mut stream = client.cas.clone().read(request).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(message) = futures::StreamExt::next(&mut stream).await {
+            out.extend_from_slice(&message?.data);
+        }
+        Ok(out)
+    })
+}
+
+/// A read of one byte of a blob a replica lacks made it copy the whole blob from the bucket
+/// first, whatever its size: a part of a blob is served only where it is held, and the bytes
+/// a replica fills are those of whole reads.
+#[test]
+fn a_read_of_one_byte_does_not_copy_a_blob_onto_a_replica() {
+    let s3 = S3Server::start();
+    let (a, b) = (s3.replica(), s3.replica());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    let raw = noise(12, 24 << 20);
+    std::fs::write(&file, &raw).unwrap();
+    let digest: Digest = put(&a, &file).parse().unwrap();
+
+    for (offset, limit) in [(0, 1), (5 << 20, 1), (20 << 20, 0)] {
+        let refused = read_part(&b, digest, offset, limit).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    }
+    assert_eq!(shared_stats(&b)["fill_bytes"], 0, "B filled blobs it sent one byte of");
+
+    let fetched = dir.path().join("fetched");
+    assert!(get(&b, &digest.to_string(), &fetched), "B did not serve a whole read");
+    assert!(std::fs::read(&fetched).unwrap() == raw, "B served other bytes");
+    assert!(shared_stats(&b)["fill_bytes"].as_u64().unwrap() > 0, "a whole read fills");
+    let part = read_part(&b, digest, 5 << 20, 100).unwrap();
+    assert!(part == raw[5 << 20..(5 << 20) + 100], "B did not serve a part of what it holds");
+}
+
 /// Bytes free on the file system of `path`, as df says.
 fn free_bytes(path: &Path) -> u64 {
     let out = Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().expect("df");

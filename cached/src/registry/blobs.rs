@@ -9,13 +9,14 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http::{HeaderMap, StatusCode, header};
 use proto::Digest;
+use tokio::sync::mpsc::Receiver;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest};
 use super::{Registry, RegistryRecords};
-use crate::cas::Encoding;
-use crate::error::Result;
+use crate::cas::{Encoding, ReadChunk};
+use crate::error::{Error, Result};
 use crate::shared::Presence;
 use crate::store::BlobStore;
 
@@ -83,18 +84,19 @@ pub(super) async fn get(
     let headers = request.headers;
     let sha256 = Sha256Digest::parse(reference)?;
     let digest = registry.resolve_blob(repo, sha256).await?.ok_or_else(|| unknown(repo, &sha256))?;
-    let range = match headers.get(header::RANGE).and_then(|value| value.to_str().ok()) {
+    let mut range = match headers.get(header::RANGE).and_then(|value| value.to_str().ok()) {
         Some(value) if !head_only => Some(parse_range(value, digest.size)?),
         _ => None,
     };
-    let (start, end) = range.unwrap_or((0, digest.size));
+    let (mut start, mut end) = range.unwrap_or((0, digest.size));
     let mut response = if head_only || start == end {
         Response::new(Body::empty())
     } else {
         // One of the token's CAS streams (max_streams_per_token), as a Cas.Read would take,
         // held for as long as the body is sent.
         let slot = registry.auth.stream_slot(request.token)?;
-        let chunks = registry.cas.download(digest, start, end - start, Encoding::Identity).await?;
+        let (served, chunks) = download(registry, digest, range).await?;
+        (range, (start, end)) = (served, served.unwrap_or((0, digest.size)));
         let body = ReceiverStream::new(chunks).map(move |chunk| {
             let _held = &slot;
             chunk.map(|chunk| chunk.data)
@@ -112,6 +114,24 @@ pub(super) async fn get(
         insert(response.headers_mut(), header::CONTENT_RANGE.as_str(), &content_range);
     }
     Ok(response)
+}
+
+/// The bytes of `range` (all of the blob without one), and the range they are. A part of a
+/// blob is served only where it is held, and this replica would have to copy all of it from
+/// the bucket first: the whole blob is the answer then (HTTP lets a server ignore Range), so
+/// what it copies is what the reply carries.
+async fn download(
+    registry: &Registry,
+    digest: Digest,
+    range: Option<(u64, u64)>,
+) -> Result<(Option<(u64, u64)>, Receiver<Result<ReadChunk>>)> {
+    let Some((start, end)) = range else {
+        return Ok((None, registry.cas.download(digest, 0, 0, Encoding::Identity).await?));
+    };
+    match registry.cas.download(digest, start, end - start, Encoding::Identity).await {
+        Err(Error::NotFound(_)) => Ok((None, registry.cas.download(digest, 0, 0, Encoding::Identity).await?)),
+        chunks => Ok((range, chunks?)),
+    }
 }
 
 pub(super) fn insert(headers: &mut HeaderMap, name: &str, value: &str) {

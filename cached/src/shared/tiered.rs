@@ -10,6 +10,10 @@
 //! A fill is a write to the local disk like an upload, under the same free-space floor: one
 //! the room above the floor cannot take is a miss (housekeeping is asked to make that room),
 //! so a burst of reads on a nearly full replica cannot fill its disk and wedge RocksDB.
+//!
+//! Only a read of the whole blob fills. A read of part of one (a range, a limit) is served from
+//! the local tier or is a miss: a fill would copy all of the blob onto this disk for the part
+//! sent, and the object's frames can be verified only all together.
 
 use std::sync::Arc;
 
@@ -201,6 +205,18 @@ impl BlobStore for Tiered {
         }
         SharedCounters::add(&self.counters().shared_hits, 1);
         self.local.read(digest, first_frame)
+    }
+
+    /// The local copy only. Filling would copy the whole blob for a read that sends part of
+    /// it, and the bucket's object cannot serve the part instead: its frames are checked only
+    /// against the whole blob's BLAKE3, so no part of it is verified before all of it is read.
+    fn read_part(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
+        let frames = self.local.read(digest, first_frame)?;
+        match &frames {
+            Some(_) => SharedCounters::add(&self.counters().local_hits, 1),
+            None => not_asked(&[*digest]),
+        }
+        Ok(frames)
     }
 
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {

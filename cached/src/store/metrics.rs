@@ -32,6 +32,14 @@ impl<S: BlobStore> Metered<S> {
     pub fn new(inner: S, counters: Arc<StoreCounters>) -> Self {
         Self { inner, counters }
     }
+
+    fn metered(&self, frames: FrameReader) -> FrameReader {
+        let counters = Arc::clone(&self.counters);
+        frames.and_then(move |frame| {
+            add(&counters.read_bytes, frame.len() as u64);
+            Ok(frame)
+        })
+    }
 }
 
 impl<S: BlobStore> BlobStore for Metered<S> {
@@ -48,14 +56,11 @@ impl<S: BlobStore> BlobStore for Metered<S> {
     }
 
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
-        let Some(frames) = self.inner.read(digest, first_frame)? else {
-            return Ok(None);
-        };
-        let counters = Arc::clone(&self.counters);
-        Ok(Some(frames.and_then(move |frame| {
-            add(&counters.read_bytes, frame.len() as u64);
-            Ok(frame)
-        })))
+        Ok(self.inner.read(digest, first_frame)?.map(|frames| self.metered(frames)))
+    }
+
+    fn read_part(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
+        Ok(self.inner.read_part(digest, first_frame)?.map(|frames| self.metered(frames)))
     }
 
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {

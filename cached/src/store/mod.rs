@@ -67,6 +67,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// The frames of a stored blob from frame `first_frame` on, or `None` on a miss.
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>>;
 
+    /// `read`, for a read that sends only part of the blob: what this machine's own tier
+    /// holds, and a miss where `read` would copy the whole blob in from a shared tier first,
+    /// which would cost this disk more than the read sends. No default, so a decorator cannot
+    /// forget to pass it on and fall back to `read`.
+    fn read_part(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>>;
+
     /// Starts an upload. Nothing becomes visible until `commit`; dropping the writer without
     /// committing discards what it wrote.
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>>;

@@ -362,6 +362,10 @@ impl BlobStore for RocksStore {
         Ok(())
     }
 
+    fn read_part(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
+        self.read(digest, first_frame)
+    }
+
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
         let key = BlobKey::blake3(digest);
         let Some(meta) = self.inner.meta(&key)? else { return Ok(None) };

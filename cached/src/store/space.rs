@@ -254,6 +254,10 @@ impl<S: BlobStore> BlobStore for SpaceGuarded<S> {
         self.inner.read(digest, first_frame)
     }
 
+    fn read_part(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
+        self.inner.read_part(digest, first_frame)
+    }
+
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {
         self.space.admit(digest, (self.evictable)())?;
         let caller = crate::caller::current().filter(|_| self.charged);

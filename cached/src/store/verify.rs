@@ -26,6 +26,25 @@ impl<S: BlobStore + Clone> Verified<S> {
     pub fn new(inner: S) -> Self {
         Self { inner }
     }
+
+    /// Checks each frame's shape as it is read; a frame that fails is corrupt at rest, and
+    /// the blob is removed rather than served.
+    fn checked(&self, frames: FrameReader, digest: &Digest, first_frame: u64) -> FrameReader {
+        let (store, digest) = (self.inner.clone(), *digest);
+        let mut index = first_frame;
+        frames.and_then(move |frame| {
+            let expected = frame_len(digest.size, index).unwrap_or(0);
+            if let Err(err) = check_frame(&frame, index, expected) {
+                tracing::error!(%digest, error = %err, "a stored blob failed its frame check; removing it");
+                if let Err(removal) = store.remove(&digest) {
+                    tracing::warn!(%digest, error = %removal, "could not remove a corrupt blob");
+                }
+                return Err(Error::Corrupt(format!("blob {digest}: {err}; it was removed, upload it again")));
+            }
+            index += 1;
+            Ok(frame)
+        })
+    }
 }
 
 impl<S: BlobStore + Clone> BlobStore for Verified<S> {
@@ -42,21 +61,11 @@ impl<S: BlobStore + Clone> BlobStore for Verified<S> {
     }
 
     fn read(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
-        let Some(frames) = self.inner.read(digest, first_frame)? else { return Ok(None) };
-        let (store, digest) = (self.inner.clone(), *digest);
-        let mut index = first_frame;
-        Ok(Some(frames.and_then(move |frame| {
-            let expected = frame_len(digest.size, index).unwrap_or(0);
-            if let Err(err) = check_frame(&frame, index, expected) {
-                tracing::error!(%digest, error = %err, "a stored blob failed its frame check; removing it");
-                if let Err(removal) = store.remove(&digest) {
-                    tracing::warn!(%digest, error = %removal, "could not remove a corrupt blob");
-                }
-                return Err(Error::Corrupt(format!("blob {digest}: {err}; it was removed, upload it again")));
-            }
-            index += 1;
-            Ok(frame)
-        })))
+        Ok(self.inner.read(digest, first_frame)?.map(|frames| self.checked(frames, digest, first_frame)))
+    }
+
+    fn read_part(&self, digest: &Digest, first_frame: u64) -> Result<Option<FrameReader>> {
+        Ok(self.inner.read_part(digest, first_frame)?.map(|frames| self.checked(frames, digest, first_frame)))
     }
 
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {
