@@ -141,8 +141,11 @@ impl Bucket {
         }
         let started = Instant::now();
         let outcome = request.await;
-        let reached = !matches!(&outcome, Err(err) if !is_answer(err) && !throttled(err));
-        self.counters.request_ended(started.elapsed(), reached);
+        match &outcome {
+            Err(err) if throttled(err) => self.counters.request_throttled(started.elapsed()),
+            Err(err) if !is_answer(err) => self.counters.request_ended(started.elapsed(), false),
+            _ => self.counters.request_ended(started.elapsed(), true),
+        }
         match outcome {
             Ok(value) => Ok(Some(value)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),

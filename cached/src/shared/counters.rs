@@ -24,7 +24,7 @@ pub struct SharedCounters {
     pub upload_bytes: AtomicU64,
     /// Objects whose bytes did not match their key; each was deleted, never served.
     pub corrupt_objects: AtomicU64,
-    /// Requests that failed for want of the bucket (unreachable, timed out, refused).
+    /// Requests that failed for want of the bucket (unreachable, timed out, refused, throttled).
     pub errors: AtomicU64,
     pub requests: AtomicU64,
     pub request_nanos: AtomicU64,
@@ -91,6 +91,15 @@ impl SharedCounters {
                 tracing::warn!("the shared store does not answer: reads use the local tier, writes fail");
             }
         }
+    }
+
+    /// Notes a request the bucket refused for its rate: it failed, but the bucket answered, so
+    /// whether it counts as reachable stays as it was (a breaker one tenant's flood opened would
+    /// fail every tenant's writes; one a 429 closed would hide an outage).
+    pub fn request_throttled(&self, took: Duration) {
+        Self::add(&self.requests, 1);
+        Self::add(&self.request_nanos, u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        Self::add(&self.errors, 1);
     }
 
     /// Whether a request should be sent: always while the bucket answers; while it does not,

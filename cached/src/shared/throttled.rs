@@ -1,21 +1,23 @@
-//! Whether the bucket refused a request for its rate (S3 answers 503 `SlowDown`; others 429)
-//! rather than could not be reached. Throttled, it answered: the other callers' requests still
-//! go. The tier's breaker (`SharedCounters::may_send`) is for a bucket that does not answer;
-//! opened by throttling, one tenant's flood would fail every tenant's writes, and the purge
-//! follower's listing, until a probe got through.
+//! Whether the bucket refused a request for its rate: S3 answers 503 with a `SlowDown` code in
+//! its body, other stores 429. Throttled, it answered: the request fails, but whether the bucket
+//! counts as reachable stays as it was (`SharedCounters::request_throttled`). The tier's breaker
+//! is for a bucket that does not answer; opened by throttling, one tenant's flood would fail
+//! every tenant's writes until a probe got through. A 503 without that code is not throttling:
+//! proxies and load balancers answer so when the bucket behind them is gone (and a 503 to a
+//! HEAD has no body to tell).
 //!
-//! object_store keeps the status only in its error's text ("Server returned non-2xx status
-//! code: 503 Service Unavailable: <body>"); the test below pins that against a real server.
+//! object_store keeps the status and body only in its error's text ("Server returned non-2xx
+//! status code: 503 Service Unavailable: <body>"); the test below pins that against a real
+//! server.
 
 /// Whether `err`, or what caused it, is the bucket's throttling answer.
 pub(super) fn throttled(err: &object_store::Error) -> bool {
+    const MARKS: [&str; 3] =
+        ["status code: 429", "<Code>SlowDown</Code>", "<Code>RequestLimitExceeded</Code>"];
     let mut cause: Option<&dyn std::error::Error> = Some(err);
     while let Some(err) = cause {
         let text = err.to_string();
-        if ["status code: 503", "status code: 429", "<Code>SlowDown</Code>"]
-            .iter()
-            .any(|mark| text.contains(mark))
-        {
+        if MARKS.iter().any(|mark| text.contains(mark)) {
             return true;
         }
         cause = err.source();
@@ -71,24 +73,42 @@ mod tests {
     fn a_throttled_request_fails_but_keeps_the_bucket_reachable() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let digest = Digest::of(b"blob");
-        for status in [StatusCode::SERVICE_UNAVAILABLE, StatusCode::TOO_MANY_REQUESTS] {
-            let bucket = bucket_at(&runtime, &answering(&runtime, status, SLOW_DOWN));
-            assert!(bucket.stat(&digest).is_err(), "{status}: throttled is no answer");
-            assert!(bucket.probe().is_err(), "{status}: nor is it for a HEAD, which has no body");
-            assert!(bucket.counters.reachable(), "{status} opened the breaker");
-        }
-        // A bucket that does not answer still opens it.
+        let slow_down = bucket_at(&runtime, &answering(&runtime, StatusCode::SERVICE_UNAVAILABLE, SLOW_DOWN));
+        assert!(slow_down.stat(&digest).is_err(), "throttled is no answer");
+        assert!(slow_down.counters.reachable(), "503 SlowDown opened the breaker");
+        let too_many = bucket_at(&runtime, &answering(&runtime, StatusCode::TOO_MANY_REQUESTS, ""));
+        assert!(too_many.stat(&digest).is_err() && too_many.probe().is_err());
+        assert!(too_many.counters.reachable(), "429 opened the breaker");
+        // Nor does a throttled answer close a breaker an outage opened.
+        too_many.counters.request_ended(Duration::ZERO, false);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(too_many.probe().is_err());
+        assert!(!too_many.counters.reachable(), "a 429 closed the breaker");
+    }
+
+    /// Proxies answer 503 when the bucket behind them is gone, and 502: neither is throttling,
+    /// and the breaker opens, as it does for an endpoint no one answers for.
+    #[test]
+    fn a_bucket_gone_behind_a_proxy_opens_the_breaker() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let digest = Digest::of(b"blob");
         let unreachable = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", listener.local_addr().unwrap())
         };
-        let bucket = bucket_at(&runtime, &unreachable);
-        assert!(bucket.stat(&digest).is_err());
-        assert!(!bucket.counters.reachable(), "a bucket no one answers for is unreachable");
-        // And so does an answer that is not throttling.
-        let gateway = answering(&runtime, StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>");
-        let bucket = bucket_at(&runtime, &gateway);
-        assert!(bucket.stat(&digest).is_err());
-        assert!(!bucket.counters.reachable(), "502 from a proxy whose bucket is gone");
+        let no_upstream = "<html><body>503 Service Temporarily Unavailable</body></html>";
+        for endpoint in [
+            unreachable,
+            answering(&runtime, StatusCode::SERVICE_UNAVAILABLE, no_upstream),
+            answering(&runtime, StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>"),
+        ] {
+            let bucket = bucket_at(&runtime, &endpoint);
+            assert!(bucket.stat(&digest).is_err());
+            assert!(!bucket.counters.reachable(), "{endpoint}: the bucket counts as answering");
+        }
+        // A HEAD's 503 has no body to say SlowDown.
+        let slow_down = bucket_at(&runtime, &answering(&runtime, StatusCode::SERVICE_UNAVAILABLE, SLOW_DOWN));
+        assert!(slow_down.probe().is_err());
+        assert!(!slow_down.counters.reachable(), "a bodiless 503 counts as answering");
     }
 }
