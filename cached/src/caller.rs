@@ -89,32 +89,38 @@ pub fn run_as_caller<R>(caller: Option<Caller>, work: impl FnOnce() -> R) -> R {
 /// permits of a token live while any of its work does, and are shared by all of it.
 pub struct ThreadShares {
     per_token: usize,
-    tokens: Mutex<HashMap<Arc<str>, Weak<Semaphore>>>,
+    shares: Mutex<HashMap<Arc<str>, Weak<Semaphore>>>,
 }
 
 impl ThreadShares {
     /// Shares of `per_token` threads each; 0 bounds nothing.
     pub fn new(per_token: usize) -> Self {
-        Self { per_token, tokens: Mutex::default() }
+        Self { per_token, shares: Mutex::default() }
     }
 
     /// The caller for work of `token`, holding the token's share.
     pub fn caller(&self, token: &str) -> Caller {
+        self.caller_sharing(token, token)
+    }
+
+    /// The caller for work of `token`, holding the share named `share` (the leases of one
+    /// tenant share one).
+    pub fn caller_sharing(&self, token: &str, share: &str) -> Caller {
         let token: Arc<str> = Arc::from(token);
         if self.per_token == 0 {
             return Caller::unbounded(token);
         }
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(threads) = tokens.get(&token).and_then(Weak::upgrade) {
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(threads) = shares.get(share).and_then(Weak::upgrade) {
             return Caller { token, threads: Some(threads) };
         }
-        // Shares of tokens with no work left are dropped as new ones come, so the map holds
-        // about the tokens with work in flight (lease credentials are a token each).
-        if tokens.len() >= 64 && tokens.len().is_power_of_two() {
-            tokens.retain(|_, share| share.strong_count() > 0);
+        // Shares with no work left are dropped as new ones come, so the map holds about the
+        // shares with work in flight.
+        if shares.len() >= 64 && shares.len().is_power_of_two() {
+            shares.retain(|_, threads| threads.strong_count() > 0);
         }
         let threads = Arc::new(Semaphore::new(self.per_token));
-        tokens.insert(Arc::clone(&token), Arc::downgrade(&threads));
+        shares.insert(Arc::from(share), Arc::downgrade(&threads));
         Caller { token, threads: Some(threads) }
     }
 }
@@ -155,5 +161,11 @@ mod tests {
         drop(running);
         assert_eq!(shares.caller("pr-1").threads().unwrap().available_permits(), 3);
         assert!(ThreadShares::new(0).caller("pr-1").threads().is_none());
+        // Callers naming one share hold it together, under their own names.
+        let (a, b) = (
+            shares.caller_sharing("lease:j1/0/1", "lease:pr-1"),
+            shares.caller_sharing("lease:j2/0/1", "lease:pr-1"),
+        );
+        assert!(same(&a, &b) && a.token.as_ref() == "lease:j1/0/1");
     }
 }

@@ -84,13 +84,17 @@ impl AuthSettings {
         }
     }
 
-    /// Who a call of `token` works for: a token with limits of its own holds its share of the
-    /// blocking threads (`crate::caller`).
-    pub fn caller(&self, token: &str) -> caller::Caller {
-        if Grant::has_own_limits(token) {
-            self.threads.caller(token)
-        } else {
-            caller::Caller::unbounded(Arc::from(token))
+    /// Who a call of `grant` works for: a token with limits of its own holds its share of the
+    /// blocking threads (`crate::caller`). Lease credentials are a token each, so the leases of
+    /// one tenant's jobs share one share rather than each taking a whole one.
+    pub fn caller(&self, grant: &Grant) -> caller::Caller {
+        let token = grant.token.as_str();
+        if !Grant::has_own_limits(token) {
+            return caller::Caller::unbounded(Arc::from(token));
+        }
+        match super::lease::thread_share_of(grant) {
+            Some(share) => self.threads.caller_sharing(token, &share),
+            None => self.threads.caller_sharing(token, token),
         }
     }
 
@@ -506,7 +510,7 @@ where
             }
         });
         // The handler, and what it spawns, is work for this token (`crate::caller`).
-        let call = caller::scope_caller(Some(settings.caller(&admitted.grant.token)), inner.call(request));
+        let call = caller::scope_caller(Some(settings.caller(&admitted.grant)), inner.call(request));
         Box::pin(async move {
             let response = if method.unary {
                 match tokio::time::timeout(settings.request_timeout, call).await {

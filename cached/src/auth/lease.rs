@@ -91,6 +91,16 @@ impl CacheClaims {
     }
 }
 
+/// The blocking-thread share a lease credential's calls take: one per tenant of the job's
+/// namespace (its first path segment), for all its leases; `None` for any other grant.
+pub(super) fn thread_share_of(grant: &Grant) -> Option<String> {
+    if !grant.token.starts_with("lease:") {
+        return None;
+    }
+    let [NamespacePattern::Exact(namespace)] = grant.namespaces.as_slice() else { return None };
+    Some(format!("lease:{}", crate::shares::tenant_of(namespace)))
+}
+
 /// Whether a lease is still current: its task LEASED under that attempt, the lease not expired.
 /// The scheduler answers; auth does not depend on its type.
 pub trait LiveLeases: Send + Sync {
@@ -246,6 +256,18 @@ mod tests {
             assert!(keys.verify(bad, 0).is_err(), "{bad:?}");
         }
         assert!(keys.verify(&"a".repeat(5000), 0).is_err());
+    }
+
+    #[test]
+    fn the_leases_of_one_tenant_share_one_thread_share() {
+        let grant = |namespace: &str, attempt| {
+            CacheClaims { lease: lease(attempt), namespace: namespace.into(), expires_unix_ms: 1 }.grant()
+        };
+        let share = |grant: &Grant| thread_share_of(grant);
+        assert_eq!(share(&grant("pr-7/linux", 1)), Some("lease:pr-7".to_owned()));
+        assert_eq!(share(&grant("pr-7/linux", 1)), share(&grant("pr-7/windows", 2)));
+        assert_ne!(share(&grant("pr-7/linux", 1)), share(&grant("main", 1)));
+        assert_eq!(share(&Grant::anonymous()), None);
     }
 
     #[test]

@@ -162,7 +162,7 @@ async fn serve(registry: &Registry, target: Target, request: Request, peer: &str
         Err(err) => return err.into_response(),
     };
     let query = parts.uri.query().map(form_urlencoded).unwrap_or_default();
-    let caller = Some(registry.auth.caller(&grant.token));
+    let caller = Some(registry.auth.caller(&grant));
     let call = Call { method: parts.method, headers: parts.headers, query, body, grant };
     // Work for this token, as gRPC calls are (`crate::caller`): its bucket lookups count.
     match crate::caller::scope_caller(caller, answer(registry, target, call)).await {
