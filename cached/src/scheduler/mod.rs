@@ -328,7 +328,8 @@ fn check_open_jobs(settings: &Settings, job: &JobStatus, open: &OpenJobs) -> Res
         )));
     }
     let total = settings.max_open_jobs;
-    if open.total >= total && open.by_submitter >= equal_share(total, open) {
+    let past_share = open.by_submitter >= equal_share(total, open);
+    if open.total >= total && (past_share || open.total >= total.saturating_mul(2)) {
         return Err(Error::ResourceExhausted(format!(
             "cached already holds {} unfinished jobs (max_open_jobs is {total}), and token `{}` holds \
              {} of them, its share or more; retry once some finish",
@@ -341,8 +342,8 @@ fn check_open_jobs(settings: &Settings, job: &JobStatus, open: &OpenJobs) -> Res
 /// A submitter's share of `max_open_jobs` among those with unfinished jobs, itself included.
 /// Past the cap a submitter below its share still gets in, so tokens that filled it between
 /// them (pull requests each submitting its most, of jobs no agent will take) cannot lock every
-/// other tenant out; all the submitters' shares add up to the cap, so at most twice it are
-/// unfinished.
+/// other tenant out. Shares shrink as submitters come, so newcomers could still add up to a
+/// multiple of it: twice it is a hard stop.
 fn equal_share(max_open_jobs: usize, open: &OpenJobs) -> usize {
     let submitters = open.submitters + usize::from(open.by_submitter == 0);
     max_open_jobs / submitters.max(1)
