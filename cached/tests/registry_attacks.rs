@@ -64,8 +64,15 @@ impl Registry {
 
     /// As `start`, with the registry's records in `db`.
     async fn on_postgres(db: &cached_e2e::postgres::Postgres) -> Self {
+        Self::on_postgres_with(db, &[]).await
+    }
+
+    /// [`Registry::on_postgres`] with more `settings`.
+    async fn on_postgres_with(db: &cached_e2e::postgres::Postgres, settings: &[(&str, &str)]) -> Self {
         let (url, password) = (db.url(), db.password_file().display().to_string());
-        Self::start(&[("database_url", &url), ("database_password_file", &password)]).await
+        let mut all = settings.to_vec();
+        all.extend([("database_url", url.as_str()), ("database_password_file", password.as_str())]);
+        Self::start(&all).await
     }
 
     async fn stop(self) {
@@ -470,13 +477,7 @@ async fn a_flood_of_manifests_forgets_the_oldest_in_rocksdb() {
 #[tokio::test]
 async fn a_flood_of_manifests_forgets_the_oldest_in_postgresql() {
     let db = cached_e2e::postgres::Postgres::start();
-    let (url, password) = (db.url(), db.password_file().display().to_string());
-    let settings = [
-        ("max_registry_records", "8MiB"),
-        ("database_url", url.as_str()),
-        ("database_password_file", password.as_str()),
-    ];
-    let registry = Registry::start(&settings).await;
+    let registry = Registry::on_postgres_with(&db, &[("max_registry_records", "8MiB")]).await;
     a_flood_of_manifests_forgets_the_oldest_and_keeps_the_newest(&registry).await;
     registry.stop().await;
 }
@@ -552,13 +553,7 @@ async fn a_cas_write_flood_forgets_nothing_a_tag_or_signature_reaches_in_rocksdb
 #[tokio::test]
 async fn a_cas_write_flood_forgets_nothing_a_tag_or_signature_reaches_in_postgresql() {
     let db = cached_e2e::postgres::Postgres::start();
-    let (url, password) = (db.url(), db.password_file().display().to_string());
-    let settings = [
-        ("max_registry_records", "8MiB"),
-        ("database_url", url.as_str()),
-        ("database_password_file", password.as_str()),
-    ];
-    let registry = Registry::start(&settings).await;
+    let registry = Registry::on_postgres_with(&db, &[("max_registry_records", "8MiB")]).await;
     a_cas_write_flood_forgets_nothing_a_tag_or_signature_reaches(&registry).await;
     registry.stop().await;
 }
