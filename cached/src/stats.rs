@@ -147,16 +147,17 @@ pub fn bounded_entry<T: Default>(
         return Arc::clone(&counters);
     }
     let tenant = crate::shares::tenant_of(name);
-    let tenants_entries = map.iter().filter(|entry| crate::shares::tenant_of(entry.key()) == tenant).count();
-    let name = if tenants_entries < MAX_NAMESPACES_PER_TENANT {
-        name.to_owned()
-    } else {
-        format!("{tenant}/{other}")
-    };
-    if let Some(counters) = map.get(&name) {
+    let shared = format!("{tenant}/{other}");
+    if let Some(counters) = map.get(&shared) {
         return Arc::clone(&counters);
     }
-    let name = if map.len() < max { name } else { other.to_owned() };
+    if map.len() >= max {
+        return Arc::clone(&map.entry(other.to_owned()).or_default());
+    }
+    // Counted only while entries are still made, at most `max` times: a flood of new names
+    // past the caps costs two lookups each.
+    let held = map.iter().filter(|entry| crate::shares::tenant_of(entry.key()) == tenant).count();
+    let name = if held < MAX_NAMESPACES_PER_TENANT { name.to_owned() } else { shared };
     Arc::clone(&map.entry(name).or_default())
 }
 
