@@ -78,29 +78,70 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let span = span(name);
-    let caller = crate::caller::current_caller();
-    let threads = caller.as_ref().and_then(|caller| caller.threads().cloned());
-    let permitted = threads.as_ref().map(|threads| Arc::clone(threads).try_acquire_owned());
-    let run = move |permit: Option<OwnedSemaphorePermit>| {
-        move || {
-            let _permit = permit;
-            crate::caller::run_as_caller(caller, || span.in_scope(work))
-        }
+    let (span, caller) = (span(name), crate::caller::current_caller());
+    let Some(threads) = caller.as_ref().and_then(|caller| caller.threads().cloned()) else {
+        return Task { handle: Some(tokio::task::spawn_blocking(in_scope(span, caller, None, work))) };
     };
-    let handle = match (threads, permitted) {
-        (Some(threads), Some(Err(_))) => tokio::spawn(async move {
-            // The share is never closed.
-            let permit = threads.acquire_owned().await.ok();
-            match tokio::task::spawn_blocking(run(permit)).await {
-                Ok(output) => output,
-                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-                Err(err) => panic!("the blocking task {name} did not run: {err}"),
-            }
-        }),
-        (_, permitted) => tokio::task::spawn_blocking(run(permitted.and_then(Result::ok))),
-    };
+    if let Ok(permit) = Arc::clone(&threads).try_acquire_owned() {
+        return Task {
+            handle: Some(tokio::task::spawn_blocking(in_scope(span, caller, Some(permit), work))),
+        };
+    }
+    let handle = tokio::spawn(async move {
+        // The share is never closed.
+        let permit = threads.acquire_owned().await.ok();
+        run_blocking(name, tokio::task::spawn_blocking(in_scope(span, caller, permit, work))).await
+    });
     Task { handle: Some(handle) }
+}
+
+/// A blocking thread of the current caller's share, taken ahead of a wait on something all
+/// callers share (a server-wide slot), so that a caller whose share is busy waits for its
+/// thread before it takes that slot, not while holding it.
+pub struct ReservedThread(Option<OwnedSemaphorePermit>);
+
+/// Waits, on no thread, for a thread of the current caller's share (at once for a caller with
+/// no share).
+pub async fn reserve_thread() -> ReservedThread {
+    let threads = crate::caller::current_caller().and_then(|caller| caller.threads().cloned());
+    match threads {
+        // The share is never closed.
+        Some(threads) => ReservedThread(threads.acquire_owned().await.ok()),
+        None => ReservedThread(None),
+    }
+}
+
+/// [`spawn_blocking`] on a thread reserved beforehand.
+#[allow(clippy::disallowed_methods)] // The one place blocking tasks are spawned.
+pub fn spawn_blocking_reserved<F, R>(name: &'static str, thread: ReservedThread, work: F) -> Task<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let (span, caller) = (span(name), crate::caller::current_caller());
+    Task { handle: Some(tokio::task::spawn_blocking(in_scope(span, caller, thread.0, work))) }
+}
+
+/// `work` as it runs on a blocking thread: as work for `caller`, holding `permit` to its end.
+fn in_scope<F: FnOnce() -> R, R>(
+    span: tracing::Span,
+    caller: Option<crate::caller::Caller>,
+    permit: Option<OwnedSemaphorePermit>,
+    work: F,
+) -> impl FnOnce() -> R {
+    move || {
+        let _permit = permit;
+        crate::caller::run_as_caller(caller, || span.in_scope(work))
+    }
+}
+
+/// The output of a blocking task started from within a task, its panic passed on.
+async fn run_blocking<R>(name: &'static str, handle: JoinHandle<R>) -> R {
+    match handle.await {
+        Ok(output) => output,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => panic!("the blocking task {name} did not run: {err}"),
+    }
 }
 
 /// Runs `work`, which blocks briefly (a disk sync), where it is: on a multi-threaded runtime's

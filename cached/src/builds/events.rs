@@ -180,8 +180,7 @@ impl Builds {
     ) -> Result<v1::BuildStatsResponse> {
         let this = Arc::clone(self);
         let scan = self.scan_slot().await?;
-        crate::task::spawn_blocking("build stats", move || {
-            let _scan = scan;
+        scan.run("build stats", move || {
             let now = now_ms();
             let since_ms = if since.is_zero() { 0 } else { now - since.as_millis() as i64 };
             let namespaces = match namespace {

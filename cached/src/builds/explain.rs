@@ -191,11 +191,7 @@ impl Builds {
     ) -> Result<Option<v1::BuildEvent>> {
         let this = Arc::clone(self);
         let scan = self.scan_slot().await?;
-        crate::task::spawn_blocking("build explain", move || {
-            let _scan = scan;
-            this.explain_blocking(&namespace, &query)
-        })
-        .await?
+        scan.run("build explain", move || this.explain_blocking(&namespace, &query)).await?
     }
 
     fn explain_blocking(&self, namespace: &str, query: &str) -> Result<Option<v1::BuildEvent>> {
@@ -263,6 +259,7 @@ fn target_query(query: &str) -> impl Fn(&v1::BuildEvent) -> bool + '_ {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use proto::Digest;
     use proto::v1::BuildRecordRequest;
@@ -345,6 +342,36 @@ mod tests {
         drop(first);
         let again = crate::caller::scope(as_token("pr"), builds.scan_slot()).await.unwrap();
         drop((other, anonymous, again));
+    }
+
+    /// Tokens whose thread shares are all busy wait for a thread before they take one of the
+    /// server's few history scan slots, so another token's Stats is answered meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_waiting_for_a_thread_holds_no_scan_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (builds, _) = recorded(dir.path(), 1, 1);
+        let shares = crate::caller::ThreadShares::new(1);
+        let mut busy = Vec::new();
+        let mut waiting = Vec::new();
+        for tenant in 0..crate::builds::HISTORY_SCANS + 1 {
+            let caller = shares.caller(&format!("pr-{tenant}"));
+            busy.push(caller.threads().unwrap().clone().try_acquire_owned().unwrap());
+            let builds = Arc::clone(&builds);
+            let stats =
+                async move { builds.stats(None, Box::new(|_| true), Duration::ZERO, 0).await.map(|_| ()) };
+            waiting.push(crate::task::spawn("busy tenant", crate::caller::scope_caller(Some(caller), stats)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let main = crate::caller::scope_caller(
+            Some(shares.caller("main")),
+            builds.stats(None, Box::new(|_| true), Duration::ZERO, 0),
+        );
+        let answered = tokio::time::timeout(Duration::from_secs(10), main).await;
+        assert!(answered.expect("main waited behind tenants waiting for threads").is_ok());
+        drop(busy);
+        for stats in waiting {
+            stats.await.unwrap().unwrap();
+        }
     }
 
     /// Builds over counting records, with `builds` builds of `files` files recorded in `ci`,

@@ -121,6 +121,23 @@ const SCAN_RETRY: Duration = Duration::from_secs(1);
 pub(crate) struct ScanSlot {
     _permit: tokio::sync::OwnedSemaphorePermit,
     _turn: Option<TokenTurn>,
+    /// The caller's blocking thread for the scan, taken before the slot.
+    thread: Option<crate::task::ReservedThread>,
+}
+
+impl ScanSlot {
+    /// Runs the scan `work` on the thread reserved for it, holding the slot to its end.
+    fn run<R: Send + 'static>(
+        mut self,
+        name: &'static str,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> crate::task::Task<R> {
+        let thread = self.thread.take().expect("a scan slot runs one scan");
+        crate::task::spawn_blocking_reserved(name, thread, move || {
+            let _slot = self;
+            work()
+        })
+    }
 }
 
 /// A token's turn at the event log, given back when dropped.
@@ -211,11 +228,14 @@ impl Builds {
             }
             None => None,
         };
+        // The caller's thread first: one whose share is busy must not hold one of the server's
+        // few scan slots while it waits for a thread.
+        let thread = crate::task::reserve_thread().await;
         let permit = Arc::clone(&self.scans)
             .acquire_owned()
             .await
             .map_err(|_| Error::Internal("the build history's scan slots were closed".to_owned()))?;
-        Ok(ScanSlot { _permit: permit, _turn: turn })
+        Ok(ScanSlot { _permit: permit, _turn: turn, thread: Some(thread) })
     }
 
     pub fn new(

@@ -53,6 +53,9 @@ impl Rechecks {
         if self.recently_sound(&digest) {
             return Ok(Recheck::Sound);
         }
+        // The caller's thread first: one whose share is busy must not hold the server's only
+        // recheck slot while it waits for a thread.
+        let thread = crate::task::reserve_thread().await;
         let permit =
             Arc::clone(&self.one_at_a_time).acquire_owned().await.map_err(|_| Error::ShuttingDown)?;
         // Another report of the same blob may have been checked while this one waited.
@@ -62,7 +65,7 @@ impl Rechecks {
         let store = Arc::clone(&self.store);
         // The permit goes with the work: a caller that gives up must not let a second recheck
         // start while this one still runs.
-        let found = crate::task::spawn_blocking("cas recheck", move || {
+        let found = crate::task::spawn_blocking_reserved("cas recheck", thread, move || {
             let _permit = permit;
             recheck_stored(&store, &digest)
         })
