@@ -666,3 +666,39 @@ async fn blob_downloads_count_against_their_tokens_streams() {
     assert_eq!(again, 200, "the stream came back once the download ended");
     registry.stop().await;
 }
+
+/// On PostgreSQL, a forget that read rows just before a tagged push made one kept, or a push
+/// used one, leaves what they name: the push relies on it. An unchanged row goes.
+#[test]
+fn a_forget_leaves_rows_a_push_changed_since_it_read_them_in_postgresql() {
+    use cached::registry::{PgRegistry, RegistryRecords, Repository, Sha256Digest};
+
+    let db = cached_e2e::postgres::Postgres::start();
+    let password = db.password_file().display().to_string();
+    let settings = cached::postgres::DatabaseSettings::from_config(&db.url(), &password, "", &|_| None)
+        .unwrap()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database = runtime.block_on(cached::postgres::Database::open(&settings)).unwrap();
+    let records = {
+        let _inside = runtime.enter();
+        PgRegistry::new(database)
+    };
+    let repo = Repository::parse("teama/app").unwrap();
+    let blobs: Vec<Sha256Digest> = (0..3u8).map(|n| Sha256Digest::of(&[n])).collect();
+    for sha in &blobs {
+        records.link_blob(&repo, sha, &proto::Digest::of(&sha.0)).unwrap();
+    }
+    let read = records.oldest(None, 10).unwrap();
+    assert!(read.len() == 3 && read.iter().all(|row| row.loose), "{read:?}");
+    let recorded = |n: usize| read[n].recorded.clone().unwrap();
+    assert_eq!(records.keep(&[recorded(0)]).unwrap(), [recorded(0)]);
+    records.touch(&[recorded(1)]).unwrap();
+
+    let forgotten = records.forget(&read).unwrap();
+    assert_eq!((forgotten.records, forgotten.bytes), (1, read[2].size));
+    assert!(records.blob(&repo, &blobs[0]).unwrap().is_some(), "made kept since: stays");
+    assert!(records.blob(&repo, &blobs[1]).unwrap().is_some(), "used since: stays");
+    assert_eq!(records.blob(&repo, &blobs[2]).unwrap(), None);
+    assert_eq!(records.oldest(None, 10).unwrap().len(), 2, "the changed rows stay");
+}

@@ -13,9 +13,9 @@ use tokio::runtime::Handle;
 
 use super::names::{Repository, Sha256Digest};
 use super::records::{
-    MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, ORDER_MARKER,
-    OrderRow, POINTERS, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, Written, is_order_key,
-    kept_value, listed_descriptor, order_time, place, pointed_row, pointer_of,
+    Forgotten, MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite,
+    ORDER_MARKER, OrderRow, POINTERS, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, Written,
+    is_order_key, kept_value, listed_descriptor, order_time, place, pointed_row, pointer_of,
 };
 use crate::error::{Error, Result};
 use crate::postgres::Database;
@@ -39,6 +39,36 @@ impl PgRegistry {
     fn run<T>(&self, query: impl Future<Output = Result<T>>) -> Result<T> {
         self.runtime.block_on(query)
     }
+}
+
+/// Removes what `recorded` names, as it names it; whether it was there. A manifest's tags and
+/// referrer entry go with it (the schema's cascades).
+async fn forget_record(tx: &tokio_postgres::Transaction<'_>, recorded: Option<&Recorded>) -> Result<bool> {
+    let deleted = match recorded {
+        Some(Recorded::Blob { repo, sha256 }) => {
+            tx.execute(
+                "DELETE FROM registry_blobs WHERE repository = $1 AND sha256 = $2",
+                &[&repo.as_str(), &sha256.0.as_slice()],
+            )
+            .await?
+        }
+        Some(Recorded::Manifest { repo, digest, .. }) => {
+            tx.execute(
+                "DELETE FROM registry_manifests WHERE repository = $1 AND digest = $2",
+                &[&repo.as_str(), &digest.0.as_slice()],
+            )
+            .await?
+        }
+        Some(Recorded::Tag { repo, tag, digest }) => {
+            tx.execute(
+                "DELETE FROM registry_tags WHERE repository = $1 AND tag = $2 AND digest = $3",
+                &[&repo.as_str(), &tag, &digest.0.as_slice()],
+            )
+            .await?
+        }
+        None => 0,
+    };
+    Ok(deleted > 0)
 }
 
 /// The key and value of `recorded`'s row, found through its pointer.
@@ -407,24 +437,38 @@ impl RegistryRecords for PgRegistry {
         })
     }
 
-    fn delete_order_rows(&self, keys: &[Vec<u8>]) -> Result<()> {
-        let pointers: Vec<Vec<u8>> =
-            keys.iter().filter(|key| is_order_key(key)).map(|key| pointer_of(key)).collect();
-        let times: Vec<Vec<u8>> =
-            keys.iter().filter(|key| is_order_key(key)).map(|key| key[..8].to_vec()).collect();
+    fn forget(&self, rows: &[OrderRow]) -> Result<Forgotten> {
         self.run(async {
             let mut client = self.db.client().await?;
-            let tx = client.transaction().await?;
-            tx.execute("DELETE FROM registry_order WHERE key = ANY($1)", &[&keys]).await?;
-            // A pointer goes with the row it points at, not with an older one.
-            tx.execute(
-                "DELETE FROM registry_order o USING unnest($1::bytea[], $2::bytea[]) AS p(key, time) \
-                 WHERE o.key = p.key AND o.value = p.time",
-                &[&pointers, &times],
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(())
+            let mut forgotten = Forgotten::default();
+            // A transaction a row: the row as read is deleted first, which a push keeping or
+            // moving it waits behind (or has changed it already, and the delete finds nothing).
+            for row in rows {
+                let tx = client.transaction().await?;
+                let held = tx
+                    .execute(
+                        "DELETE FROM registry_order WHERE key = $1 AND value = $2",
+                        &[&row.key, &row.value],
+                    )
+                    .await?;
+                if held == 0 {
+                    tx.rollback().await?;
+                    continue;
+                }
+                if is_order_key(&row.key) {
+                    // A pointer goes with the row it points at, not with an older one.
+                    tx.execute(
+                        "DELETE FROM registry_order WHERE key = $1 AND value = $2",
+                        &[&pointer_of(&row.key), &&row.key[..8]],
+                    )
+                    .await?;
+                }
+                let gone = forget_record(&tx, row.recorded.as_ref()).await?;
+                tx.commit().await?;
+                forgotten.records += u64::from(gone);
+                forgotten.bytes += row.size;
+            }
+            Ok(forgotten)
         })
     }
 

@@ -98,6 +98,15 @@ pub struct OrderRow {
     /// (`ac-write`) reaches, and cannot make a namespace forget those. An unreadable row is
     /// loose.
     pub loose: bool,
+    /// The row's value as read: a forget goes ahead only while the row still holds it.
+    pub value: Vec<u8>,
+}
+
+/// What a forget removed: records, and the bytes of the rows that named them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Forgotten {
+    pub records: u64,
+    pub bytes: u64,
 }
 
 /// The kind bytes of loose records (blob links and manifests without a subject; tags and
@@ -288,7 +297,7 @@ impl OrderRow {
             .split_first_chunk::<8>()
             .map_or((0, &[][..]), |(size, named)| (u64::from_be_bytes(*size), named));
         let (recorded, loose) = Recorded::decode(named).map_or((None, true), |(r, loose)| (Some(r), loose));
-        Self { key: key.to_vec(), size, recorded, loose }
+        Self { key: key.to_vec(), size, recorded, loose, value: value.to_vec() }
     }
 }
 
@@ -362,9 +371,6 @@ pub trait RegistryRecords: Send + Sync + 'static {
     /// At most `limit` order rows, oldest first, from the first after `after` on.
     fn oldest(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<OrderRow>>;
 
-    /// Deletes the rows `keys` and the pointers to them.
-    fn delete_order_rows(&self, keys: &[Vec<u8>]) -> Result<()>;
-
     /// Moves the rows of `recorded`, records a push used (the blobs and manifests a manifest
     /// names), to now: the oldest rows are of records longest unwritten and unused.
     fn touch(&self, recorded: &[Recorded]) -> Result<()>;
@@ -377,27 +383,11 @@ pub trait RegistryRecords: Send + Sync + 'static {
     /// unless the [`ORDER_MARKER`] says that was done. Doing it again adds nothing.
     fn give_order_rows(&self) -> Result<()>;
 
-    /// Removes the records `rows` name, each only as its row recorded it, and the rows;
-    /// returns how many records went.
-    fn forget(&self, rows: &[OrderRow]) -> Result<u64> {
-        let mut forgotten = 0;
-        for row in rows {
-            let gone = match &row.recorded {
-                Some(Recorded::Blob { repo, sha256 }) => self.unlink_blob(repo, sha256)?,
-                Some(Recorded::Manifest { repo, digest, subject }) => {
-                    self.delete_manifest(repo, digest, subject.as_ref())?
-                }
-                Some(Recorded::Tag { repo, tag, digest }) => {
-                    self.tag(repo, tag)? == Some(*digest) && self.delete_tag(repo, tag)?
-                }
-                None => false,
-            };
-            forgotten += u64::from(gone);
-        }
-        let keys: Vec<Vec<u8>> = rows.iter().map(|row| row.key.clone()).collect();
-        self.delete_order_rows(&keys)?;
-        Ok(forgotten)
-    }
+    /// Removes the records `rows` name, each only as its row recorded it, and the rows: each
+    /// only while its row is as it was read, in one step with the check. A push since may have
+    /// made the row kept (a tag now reaches the record) or moved it (a push used the record):
+    /// what it names stays then, as the push left it.
+    fn forget(&self, rows: &[OrderRow]) -> Result<Forgotten>;
 }
 
 /// A stored referrer entry as listed: entries stored before [`MAX_DESCRIPTOR_BYTES`] was

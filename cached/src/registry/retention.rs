@@ -16,6 +16,8 @@
 //! namespace it writes, pushes out loose records, never what a tag or a signature reaches: when
 //! its flood counted with the rest, it forgot a namespace's tagged images and signatures, in
 //! effect deleting tags, which needs `admin`. Kept records go only once no loose one is left.
+//! A row is forgotten only while it is as the walk read it (`RegistryRecords::forget`): a
+//! tagged push that made it kept meanwhile, or a push that used it, keeps what it names.
 //!
 //! Each kind is shared fairly among namespaces: what goes is the oldest of the namespaces that
 //! hold the most, each cut down to one level, the highest that brings the total under the
@@ -198,11 +200,10 @@ impl RecordBound {
                 taking += row.size;
                 taken.push(row);
             }
-            forgotten += records.forget(&taken)?;
-            for row in &taken {
-                freed += row.size;
-                self.subtract(row.size);
-            }
+            // Rows a push changed since they were read stay, and free nothing.
+            let gone = records.forget(&taken)?;
+            (forgotten, freed) = (forgotten + gone.records, freed + gone.bytes);
+            self.subtract(gone.bytes);
             if !full_page {
                 break;
             }
@@ -393,8 +394,8 @@ mod tests {
             // As an older version left them: no rows.
             let rows: Vec<Vec<u8>> =
                 records.oldest(None, 100).unwrap().into_iter().map(|row| row.key).collect();
-            records.delete_order_rows(&rows).unwrap();
-            records.delete_order_rows(&[super::super::records::ORDER_MARKER.to_vec()]).unwrap();
+            records.delete_rows(&rows).unwrap();
+            records.delete_rows(&[super::super::records::ORDER_MARKER.to_vec()]).unwrap();
         }
         let records = open(dir.path());
         let bound = RecordBound::new(1 << 30, Arc::new(Stats::default()));

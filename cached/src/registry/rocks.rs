@@ -9,8 +9,8 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::names::{Repository, Sha256Digest};
 use super::records::{
-    MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, ORDER_MARKER, OrderRow, POINTERS,
-    Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, Written, is_order_key, kept_value,
+    Forgotten, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, ORDER_MARKER, OrderRow,
+    POINTERS, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, Written, is_order_key, kept_value,
     listed_descriptor, order_time, place, pointed_row, pointer_of,
 };
 use crate::db::{
@@ -89,6 +89,37 @@ fn split_manifest(value: &[u8]) -> Result<(String, &[u8])> {
 impl RocksRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.puts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes what `recorded` names, as it names it; whether it was there. Call with `puts`
+    /// held.
+    fn forget_record(&self, recorded: Option<&Recorded>) -> Result<bool> {
+        match recorded {
+            Some(Recorded::Blob { repo, sha256 }) => self.unlink_blob(repo, sha256),
+            Some(Recorded::Manifest { repo, digest, subject }) => {
+                self.delete_manifest(repo, digest, subject.as_ref())
+            }
+            Some(Recorded::Tag { repo, tag, digest }) => {
+                Ok(self.tag(repo, tag)? == Some(*digest) && self.delete_tag(repo, tag)?)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Deletes the order rows `keys` and the pointers to them. Call with `puts` held.
+    pub(super) fn delete_rows(&self, keys: &[Vec<u8>]) -> Result<()> {
+        let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
+        let mut batch = WriteBatch::default();
+        for key in keys {
+            batch.delete_cf(rows, key);
+            if is_order_key(key) {
+                let pointer = pointer_of(key);
+                if self.db.get_pinned_cf(rows, &pointer)?.is_some_and(|time| *time == key[..8]) {
+                    batch.delete_cf(rows, pointer);
+                }
+            }
+        }
+        Ok(self.db.write(batch)?)
     }
 
     /// Adds to `batch` what places `recorded`'s row at `time` ([`place`]): a new row, or its
@@ -372,20 +403,21 @@ impl RegistryRecords for RocksRegistry {
         Ok(found)
     }
 
-    fn delete_order_rows(&self, keys: &[Vec<u8>]) -> Result<()> {
-        let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
+    fn forget(&self, rows: &[OrderRow]) -> Result<Forgotten> {
+        let order = cf(&self.db, CF_REGISTRY_ORDER)?;
+        // Held from the check to the delete: pushes keep and move rows under it.
         let _put = self.lock();
-        let mut batch = WriteBatch::default();
-        for key in keys {
-            batch.delete_cf(rows, key);
-            if is_order_key(key) {
-                let pointer = pointer_of(key);
-                if self.db.get_pinned_cf(rows, &pointer)?.is_some_and(|time| *time == key[..8]) {
-                    batch.delete_cf(rows, pointer);
-                }
+        let (mut forgotten, mut gone) = (Forgotten::default(), Vec::new());
+        for row in rows {
+            if self.db.get_pinned_cf(order, &row.key)?.is_none_or(|value| *value != *row.value) {
+                continue;
             }
+            forgotten.records += u64::from(self.forget_record(row.recorded.as_ref())?);
+            forgotten.bytes += row.size;
+            gone.push(row.key.clone());
         }
-        Ok(self.db.write(batch)?)
+        self.delete_rows(&gone)?;
+        Ok(forgotten)
     }
 
     fn touch(&self, recorded: &[Recorded]) -> Result<()> {
@@ -533,5 +565,30 @@ mod tests {
         assert_eq!(records.referrers(&repo, &sha, 10, 1 << 20).unwrap(), [b"d".to_vec()]);
         records.delete_manifest(&repo, &referrer, Some(&sha)).unwrap();
         assert!(records.referrers(&repo, &sha, 10, 1 << 20).unwrap().is_empty());
+    }
+
+    /// A forget that read rows just before a tagged push made one kept, or a push used one,
+    /// leaves what they name: the push relies on it. Unchanged rows go with their records.
+    #[test]
+    fn a_forget_leaves_rows_a_push_changed_since_it_read_them() {
+        let (_dir, records) = open();
+        let repo = Repository::parse("teama/app").unwrap();
+        let blobs: Vec<Sha256Digest> = (0..3u8).map(|n| Sha256Digest::of(&[n])).collect();
+        for sha in &blobs {
+            records.link_blob(&repo, sha, &Digest::of(&sha.0)).unwrap();
+        }
+        let read = records.oldest(None, 10).unwrap();
+        assert!(read.iter().all(|row| row.loose), "{read:?}");
+        let recorded = |n: usize| Recorded::Blob { repo: repo.clone(), sha256: blobs[n] };
+        assert_eq!(records.keep(&[recorded(0)]).unwrap(), [recorded(0)]);
+        records.touch(&[recorded(1)]).unwrap();
+
+        let forgotten = records.forget(&read).unwrap();
+        assert_eq!(forgotten, Forgotten { records: 1, bytes: read[2].size });
+        assert!(records.blob(&repo, &blobs[0]).unwrap().is_some(), "made kept since: stays");
+        assert!(records.blob(&repo, &blobs[1]).unwrap().is_some(), "used since: stays");
+        assert_eq!(records.blob(&repo, &blobs[2]).unwrap(), None);
+        let left = records.oldest(None, 10).unwrap();
+        assert_eq!(left.len(), 2, "the changed rows stay, the forgotten one goes: {left:?}");
     }
 }
