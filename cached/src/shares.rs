@@ -37,6 +37,29 @@ impl PerToken {
         Ok(())
     }
 
+    /// [`PerToken::take`] from a server-wide pool of `pool` that every token draws on. With
+    /// per-token caps alone a few tokens held the whole pool, and every other tenant was
+    /// refused until they let go. So while two or more tokens hold some, each grows only to an
+    /// equal share of the pool that leaves room for one token more, and a token growing what it
+    /// holds must leave that room free: a token holding nothing yet still finds some.
+    pub fn take_from_pool(&self, token: &str, amount: u64, pool: u64) -> Result<(), u64> {
+        let mut held = self.lock();
+        let used = held.get(token).copied().unwrap_or(0);
+        let holders = held.len() as u64 + u64::from(used == 0);
+        let cap = match holders {
+            0 | 1 => self.cap,
+            _ => self.cap.min((pool / (holders + 1)).max(1)),
+        };
+        let free = pool.saturating_sub(held.values().sum());
+        let room_for_one_more = pool / (holders + 2);
+        if used.saturating_add(amount) > cap || (used > 0 && free.saturating_sub(amount) < room_for_one_more)
+        {
+            return Err(used);
+        }
+        *held.entry(token.to_owned()).or_default() += amount;
+        Ok(())
+    }
+
     pub fn give_back(&self, token: &str, amount: u64) {
         let mut held = self.lock();
         if let Some(used) = held.get_mut(token) {
@@ -142,5 +165,25 @@ mod tests {
         shares.give_back("ci", 100);
         shares.give_back("dev", 100);
         assert!(shares.is_empty());
+    }
+
+    #[test]
+    fn tokens_drawing_on_a_pool_leave_room_for_one_more() {
+        let pool = PerToken::new(128);
+        let take_all =
+            |token: &str| (0..256).take_while(|_| pool.take_from_pool(token, 1, 256).is_ok()).count();
+        // Alone, a token takes its cap, leaving a third of the pool to whoever comes.
+        assert_eq!(take_all("pr-1"), 128);
+        // A second grows to a third of the pool at most, leaving a quarter free.
+        assert_eq!(take_all("pr-2"), 64);
+        assert_eq!(pool.take_from_pool("pr-1", 1, 256), Err(128), "above its share now");
+        // However many come, the pool is never all held: one that holds nothing finds room.
+        let mut held = 128 + 64;
+        for n in 3..12 {
+            let took = take_all(&format!("pr-{n}"));
+            assert!(took >= 1);
+            held += took;
+        }
+        assert!(held < 256, "{held} of 256 held");
     }
 }

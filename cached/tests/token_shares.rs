@@ -96,6 +96,40 @@ async fn a_token_holds_only_its_share_of_uploads_and_streams() {
     server.stop().await;
 }
 
+/// Per-token caps alone let two tokens hold the whole pool (here 4 + 2 of 6 uploads), and a
+/// third tenant was refused until they let go: each token now grows only to its share while
+/// others hold some, leaving room for a token that holds none.
+#[tokio::test]
+async fn a_few_tokens_cannot_hold_the_whole_upload_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path(), &["pr-1", "pr-2", "main"], "read,cas-write");
+    let settings = [
+        ("tokens_file", tokens.as_str()),
+        ("max_concurrent_uploads", "6"),
+        ("max_uploads_per_token", "4"),
+        ("idle_timeout", "30s"),
+    ];
+    let server = Server::start(&dir.path().join("data"), &settings).await;
+    let cas = server.clients().await.cas;
+    let mut held = Vec::new();
+    for (token, seed) in [("pr-1", 10u8), ("pr-2", 20)] {
+        for n in 0..4 {
+            let (sender, task) = held_upload(&cas, token, seed + n).await;
+            if task.is_finished() {
+                let err = task.await.unwrap().unwrap_err();
+                assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+                break;
+            }
+            held.push((sender, task));
+        }
+    }
+    upload(&cas, "main", b"a tenant that holds no upload").await.expect("room left for main");
+    let err = upload(&cas, "pr-2", b"one more").await.unwrap_err();
+    assert!(err.message().contains("its share of max_concurrent_uploads"), "{err:?}");
+    drop(held);
+    server.stop().await;
+}
+
 /// An upload's written bytes sit on the disk until it commits, where eviction cannot reach
 /// them: one token's unfinished uploads may hold only its share (`max_upload_bytes_per_token`),
 /// or uploads held open would keep the disk below its floor for every tenant.

@@ -76,8 +76,16 @@ impl AuthSettings {
             reloads: watch::Sender::new(0),
             open: Arc::default(),
             watches: Arc::new(TokenSlots::new(SlotKind::Watches, limits.max_watches_per_token)),
-            token_uploads: Arc::new(TokenSlots::new(SlotKind::Uploads, limits.max_uploads_per_token)),
-            token_streams: Arc::new(TokenSlots::new(SlotKind::Streams, limits.max_streams_per_token)),
+            token_uploads: Arc::new(TokenSlots::of_pool(
+                SlotKind::Uploads,
+                limits.max_uploads_per_token,
+                limits.max_concurrent_uploads,
+            )),
+            token_streams: Arc::new(TokenSlots::of_pool(
+                SlotKind::Streams,
+                limits.max_streams_per_token,
+                limits.max_concurrent_streams,
+            )),
             request_bytes: HeldBytes::new(limits.max_request_bytes_per_token),
             threads: ThreadShares::new(limits.max_blocking_threads_per_token),
             refusals: RefusalLog::default(),

@@ -1,7 +1,8 @@
 //! Shares of the server's long-lived slots per token. A token's rate limit bounds how fast
 //! calls open, not how many stay open, and the server-wide pools (`max_concurrent_uploads`,
 //! `max_concurrent_streams`) are first come, first served: one token holding them all would
-//! refuse every other tenant. So each token holds at most its share of each:
+//! refuse every other tenant. So each token holds at most its share of each (of the pools,
+//! less while other tokens hold some: [`PerToken::take_from_pool`]):
 //! - `Jobs.Watch` streams, which last as long as their job (up to `max_job_timeout`) and cost a
 //!   subscription each (`max_watches_per_token`);
 //! - uploads (`max_uploads_per_token`);
@@ -27,21 +28,31 @@ pub(super) enum SlotKind {
 }
 
 impl SlotKind {
-    fn refusal(self, token: &str, cap: usize) -> Error {
+    /// The refusal of one more slot to `token`, which holds `held` of its `cap`: all of it, or
+    /// its share of the server's pool while other tokens hold some too.
+    fn refusal(self, token: &str, held: usize, cap: usize) -> Error {
         let busy = |message| Error::Busy { message, retry_after: super::layer::POOL_RETRY };
+        let share = |setting: &str, pool: &str| {
+            if held >= cap {
+                format!("({setting})")
+            } else {
+                format!("(its share of {pool} while other tokens use them too)")
+            }
+        };
         match self {
             // A watch lasts as long as its job: there is no moment worth retrying at.
             Self::Watches => Error::ResourceExhausted(format!(
-                "token `{token}` already watches {cap} jobs (max_watches_per_token); close a watch \
+                "token `{token}` already watches {held} jobs (max_watches_per_token); close a watch \
                  or follow the jobs with Jobs.List"
             )),
             Self::Uploads => busy(format!(
-                "token `{token}` is already sending {cap} uploads (max_uploads_per_token); retry \
-                 once one has finished"
+                "token `{token}` is already sending {held} uploads {}; retry once one has finished",
+                share("max_uploads_per_token", "max_concurrent_uploads")
             )),
             Self::Streams => busy(format!(
-                "token `{token}` already holds {cap} Cas.Read/Cas.Write streams \
-                 (max_streams_per_token); retry once one has finished"
+                "token `{token}` already holds {held} Cas.Read/Cas.Write streams {}; retry once one \
+                 has finished",
+                share("max_streams_per_token", "max_concurrent_streams")
             )),
         }
     }
@@ -50,17 +61,28 @@ impl SlotKind {
 pub(super) struct TokenSlots {
     kind: SlotKind,
     held: PerToken,
+    /// The server-wide pool the slots are of, if any ([`PerToken::take_from_pool`]).
+    pool: Option<u64>,
 }
 
 impl TokenSlots {
     pub(super) fn new(kind: SlotKind, cap: usize) -> Self {
-        Self { kind, held: PerToken::new(cap as u64) }
+        Self { kind, held: PerToken::new(cap as u64), pool: None }
+    }
+
+    /// Slots of a server-wide pool of `pool`, of which one token takes at most `cap`, and less
+    /// while other tokens hold some too.
+    pub(super) fn of_pool(kind: SlotKind, cap: usize, pool: usize) -> Self {
+        Self { kind, held: PerToken::new(cap as u64), pool: Some(pool as u64) }
     }
 
     /// A slot for one more call of `token`, or the refusal that says what to do.
     pub(super) fn open(self: &Arc<Self>, token: &str) -> Result<TokenSlot, Error> {
-        let cap = self.held.cap() as usize;
-        self.held.take(token, 1).map_err(|_| self.kind.refusal(token, cap))?;
+        let taken = match self.pool {
+            Some(pool) => self.held.take_from_pool(token, 1, pool),
+            None => self.held.take(token, 1),
+        };
+        taken.map_err(|held| self.kind.refusal(token, held as usize, self.held.cap() as usize))?;
         Ok(TokenSlot { slots: Arc::clone(self), token: token.to_owned() })
     }
 
