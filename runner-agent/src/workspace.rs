@@ -201,8 +201,11 @@ fn create(parent: &OwnedFd, blobs: &OwnedFd, node: &Node, owner: Option<Owner>) 
                 return copy(blobs, &blob, parent, name, 0o644, owner);
             }
             match rustix::fs::linkat(blobs, &blob, parent, name, AtFlags::empty()) {
-                // Another file system: a copy of the agent's, read-only like the blob.
-                Err(Errno::XDEV) => {
+                // Another file system, or a blob at the file system's most links (every task
+                // links the same inode, and one job's tree of 65,000 copies of a file other
+                // tenants ship too, the empty one, held ext4's limit): a copy of the agent's,
+                // read-only like the blob.
+                Err(Errno::XDEV | Errno::MLINK) => {
                     copy(blobs, &blob, parent, name, if *executable { 0o555 } else { 0o444 }, None)
                 }
                 linked => linked,
@@ -296,6 +299,38 @@ mod tests {
     fn cancel() -> (tokio::sync::watch::Sender<bool>, Cancel) {
         let (abort, flag) = tokio::sync::watch::channel(false);
         (abort, Cancel::new(flag))
+    }
+
+    /// A blob at the file system's most links is copied: a job's tree repeating a file other
+    /// tenants ship too (the empty one) held every link ext4 allows, and their trees failed.
+    #[test]
+    fn a_blob_at_its_most_links_is_copied() {
+        let (_abort, cancel) = cancel();
+        let work = tempfile::tempdir().unwrap();
+        let (blobs, hoard) = (work.path().join("blobs"), work.path().join("hoard"));
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::create_dir_all(&hoard).unwrap();
+        let body = Digest::of(b"");
+        let blob = blobs.join(BlobCache::name(body, false));
+        std::fs::write(&blob, b"").unwrap();
+        let mut links = 0;
+        loop {
+            // A file system without a limit within reach: nothing to test here.
+            if links > 1_000_000 {
+                return;
+            }
+            match std::fs::hard_link(&blob, hoard.join(links.to_string())) {
+                Ok(()) => links += 1,
+                Err(err) if err.raw_os_error() == Some(Errno::MLINK.raw_os_error()) => break,
+                Err(err) => panic!("{err}"),
+            }
+        }
+        let dest = work.path().join("src");
+        let nodes = vec![Node::File { path: "LICENSE".into(), digest: body, executable: false }];
+        write_tree(&nodes, &dest, &blobs, None, &cancel).expect("the blob is copied");
+        use std::os::unix::fs::MetadataExt;
+        let copied = std::fs::metadata(dest.join("LICENSE")).unwrap();
+        assert_eq!((copied.nlink(), copied.len()), (1, 0));
     }
 
     #[test]
