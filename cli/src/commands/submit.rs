@@ -12,7 +12,7 @@ use proto::platform::label;
 use proto::v1::{self, JobState, TaskState};
 use proto::{Digest, Platform};
 
-use crate::submit::progress::{View, duration, outcome, print_table, task_label};
+use crate::submit::progress::{View, duration, outcome, print_table, printable, task_label};
 use cached_client::connect::ConnectOptions;
 use cached_client::error::{ClientError, Result};
 use cached_client::remote_exec::RemoteExec;
@@ -475,10 +475,10 @@ pub async fn follow(
     }
     print_table(&rows);
     for task in status.tasks.iter().filter(|task| task.state == TaskState::Failed as i32) {
-        eprintln!("\n{} failed:\n{}", task_label(task), task.error.trim_end());
+        eprintln!("\n{} failed:\n{}", task_label(task), printable(task.error.trim_end()));
     }
     if !status.error.is_empty() {
-        eprintln!("\njob {job_id} failed: {}", status.error);
+        eprintln!("\njob {job_id} failed: {}", printable(&status.error));
         failed += 1;
     }
     let state = JobState::try_from(status.state).unwrap_or(JobState::Unspecified);

@@ -58,6 +58,20 @@ pub fn print_table(rows: &[[String; 5]]) {
     }
 }
 
+/// `text` from a job (its compiler's output, a failure's reason) as it may be shown on a
+/// terminal: control characters other than newlines and tabs escaped (`\u{1b}`), so a pull
+/// request's sources cannot retitle a maintainer's terminal, rewrite what it shows or set its
+/// clipboard through escape sequences in an error message.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 /// Progress: one bar per target on a terminal, one line per change otherwise.
 pub struct View {
     bars: Option<(MultiProgress, BTreeMap<u32, ProgressBar>)>,
@@ -83,6 +97,7 @@ impl View {
     }
 
     fn set(&mut self, task: u32, text: &str) {
+        let text = &printable(text);
         if self.shown.get(&task).is_some_and(|shown| shown == text) {
             return;
         }
@@ -177,5 +192,20 @@ impl View {
             }
             let _ = multi.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_from_a_job_are_shown_not_obeyed() {
+        let hostile = "main.go:3: error: \u{1b}]0;PWNED\u{7}\u{1b}[31mred\u{1b}[0m\r\n\tnext\u{9b}2J";
+        assert_eq!(
+            printable(hostile),
+            "main.go:3: error: \\u{1b}]0;PWNED\\u{7}\\u{1b}[31mred\\u{1b}[0m\\u{d}\n\tnext\\u{9b}2J"
+        );
+        assert_eq!(printable("plain ünïcode"), "plain ünïcode");
     }
 }
