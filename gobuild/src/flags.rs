@@ -329,8 +329,24 @@ impl BuildFlags {
             }
             other => return Err(Unsupported(format!("the wrapper does not know the flag -{other}"))),
         }
+        // The flags that change which packages a build needs, so `go list -deps` lists what go
+        // builds: -ldflags=-linkmode=external and some build modes add runtime/cgo, a cover
+        // mode sync/atomic. GOFLAGS go list reads itself.
         if !from_goflags
-            && matches!(name, "tags" | "mod" | "race" | "msan" | "asan" | "cover" | "coverpkg" | "pgo")
+            && matches!(
+                name,
+                "tags"
+                    | "mod"
+                    | "race"
+                    | "msan"
+                    | "asan"
+                    | "cover"
+                    | "covermode"
+                    | "coverpkg"
+                    | "pgo"
+                    | "ldflags"
+                    | "buildmode"
+            )
         {
             self.list_flags.push(match value {
                 Some(value) => format!("-{name}={value}"),
@@ -527,7 +543,7 @@ mod tests {
         assert_eq!(flags.ldflags, ["-s"]);
         assert_eq!(flags.buildvcs, "false");
         assert_eq!(flags.modmode, "readonly");
-        assert_eq!(flags.list_flags, ["-tags=netgo,osusergo"]);
+        assert_eq!(flags.list_flags, ["-tags=netgo,osusergo", "-ldflags=-s"]);
     }
 
     /// go records `-tags` in the binary as given: another order, or a repeat, is another binary.

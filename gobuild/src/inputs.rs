@@ -111,6 +111,19 @@ fn links_externally(flags: &BuildFlags, call: &GoCall<'_>) -> bool {
         || !matches!(flags.buildmode.as_str(), "" | "default" | "exe")
 }
 
+/// Whether a per-package flag (`-gcflags=./...=-N -l`) or -coverpkg names packages by a
+/// pattern relative to the directory go runs in.
+fn has_relative_pattern(flags: &BuildFlags) -> bool {
+    let is_local = |pattern: &str| {
+        matches!(pattern, "." | "..") || pattern.starts_with("./") || pattern.starts_with("../")
+    };
+    let per_package = flags.gcflags.iter().chain(&flags.ldflags).chain(&flags.asmflags).filter_map(|value| {
+        let value = value.trim_start();
+        (!value.starts_with('-')).then(|| value.split_once('=').map(|(pattern, _)| pattern)).flatten()
+    });
+    per_package.chain(flags.coverpkg.split(',')).any(|pattern| is_local(pattern.trim()))
+}
+
 /// The ones a binary's build info records, with cgo on and without -trimpath
 /// (cmd/go/internal/load's setBuildInfo), whether or not a package uses cgo.
 const RECORDED_CGO_FLAG_VARS: &[&str] = &["CGO_CFLAGS", "CGO_CPPFLAGS", "CGO_CXXFLAGS", "CGO_LDFLAGS"];
@@ -362,6 +375,11 @@ pub async fn derive(
     manifest.shown("flag.buildvcs", &flags.buildvcs);
     manifest.shown("flag.mod", &flags.modmode);
     manifest.shown("flag.pgo", &flags.pgo);
+    if has_relative_pattern(flags) {
+        // go matches such a pattern in the directory it runs in: the same text run elsewhere
+        // in the module names other packages.
+        manifest.shown("path.go_dir", &relative(call.dir, &base));
+    }
 
     if !flags.trimpath {
         // Without -trimpath, the binary records where its sources and the toolchain were.
@@ -512,9 +530,10 @@ pub async fn derive(
     }
 
     let cgo_on = var(env, "CGO_ENABLED") == "1";
-    // The CGO_* flags as set: with cgo in use they (or go's defaults when unset) go to the C
-    // compiler and linker; with cgo on and without -trimpath a binary records four of them.
-    let cgo_flags = if cgo && cgo_on {
+    // The CGO_* flags as set: with cgo in use, or an external link (which builds runtime/cgo
+    // and links with the C compiler), they (or go's defaults when unset) go to the C compiler
+    // and linker; with cgo on and without -trimpath a binary records four of them.
+    let cgo_flags = if cgo_on && (cgo || links_externally(flags, call)) {
         CGO_FLAG_VARS
     } else if cgo_on && !flags.trimpath && roots.iter().any(|r| r.is_main) {
         RECORDED_CGO_FLAG_VARS
@@ -1556,6 +1575,23 @@ mod tests {
         let files: Vec<&str> =
             manifest.components().map(|c| c.name.as_str()).filter(|name| name.starts_with("file.")).collect();
         assert_eq!(files, ["file.cmd/app/main.go", "file.cmd/app/val.h", "file.cmd/app/val_amd64.s"]);
+    }
+
+    #[test]
+    fn relative_package_patterns_are_told_from_others() {
+        let with = |gcflags: &[&str], coverpkg: &str| BuildFlags {
+            gcflags: gcflags.iter().map(|value| (*value).to_owned()).collect(),
+            coverpkg: coverpkg.to_owned(),
+            ..BuildFlags::default()
+        };
+        assert!(has_relative_pattern(&with(&["./...=-N -l"], "")));
+        assert!(has_relative_pattern(&with(&[" ..=-m"], "")));
+        assert!(has_relative_pattern(&with(&[], "example.com/m/...,./internal/...")));
+        assert!(!has_relative_pattern(&with(
+            &["-N -l", "all=-N -l", "example.com/m/...=-m"],
+            "example.com/m"
+        )));
+        assert!(!has_relative_pattern(&with(&["-d=x=./y"], "")), "a flag's own = is no pattern");
     }
 
     #[test]

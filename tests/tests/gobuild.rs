@@ -991,3 +991,45 @@ fn a_restored_binary_has_the_mode_a_build_gives_it() {
     std::fs::remove_file(ws.path("app")).unwrap();
     assert_eq!(build("the hit"), 0o750, "the restored binary's mode");
 }
+
+/// `-ldflags=-linkmode=external` on the command line builds runtime/cgo and links with the C
+/// compiler, but the key's `go list` did not see the flag, listed no cgo package, and left
+/// CGO_LDFLAGS out: a first build's `-Wl,-rpath` was in the binary a later build without it
+/// restored.
+#[test]
+fn an_external_link_keys_the_cgo_flags() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    ws.write(&[("cmd/plain/main.go", "package main\n\nfunc main() { println(\"plain\") }\n")]);
+    let args = ["go", "build", "-trimpath", "-ldflags=-linkmode=external", "-o", "bin/plain", "./cmd/plain"];
+    const RPATH: &[u8] = b"/tmp/cached-test-rpath";
+    let rpath = format!("-Wl,-rpath,{}", std::str::from_utf8(RPATH).unwrap());
+    ws.on_a_fresh_runner(&args, &[("CGO_LDFLAGS", &rpath)]).success("the build with an rpath");
+    let holds_rpath = || std::fs::read(ws.path("bin/plain")).unwrap().windows(RPATH.len()).any(|w| w == RPATH);
+    assert!(holds_rpath(), "the first build links with CGO_LDFLAGS");
+    std::fs::remove_file(ws.path("bin/plain")).unwrap();
+    let built = ws.on_a_fresh_runner(&args, &[]).success("the build without");
+    assert!(headline(&built.stderr).starts_with("cachectl: cache miss"), "{}", built.stderr);
+    assert!(!holds_rpath(), "the binary of the build with an rpath was restored:\n{}", built.stderr);
+}
+
+/// go matches `-gcflags=./...=-N -l` in the directory it runs in, but the key held the text
+/// alone: built from internal/ (its packages unoptimised), the binary was restored to a build
+/// from the module's root (every package unoptimised), and the other way round.
+#[test]
+fn a_relative_package_pattern_is_keyed_with_the_directory_go_runs_in() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let build = |dir: &str, target: &str, output: &str| {
+        let args = ["go", "build", "-trimpath", "-gcflags=./...=-N -l", "-o", output, target];
+        let mut command = ws.cachectl(&args, &[]);
+        command.current_dir(ws.path(dir));
+        run(command).success(&format!("the build in {dir:?}")).stderr
+    };
+    build("internal", "../cmd/app", "../bin/from-internal");
+    let stderr = build(".", "./cmd/app", "bin/from-root");
+    assert!(headline(&stderr).starts_with("cachectl: cache miss"), "{stderr}");
+    let (internal, root) =
+        (std::fs::read(ws.path("bin/from-internal")).unwrap(), std::fs::read(ws.path("bin/from-root")).unwrap());
+    assert_ne!(internal, root, "go builds other binaries from the two directories");
+}
