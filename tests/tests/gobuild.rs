@@ -1005,7 +1005,8 @@ fn an_external_link_keys_the_cgo_flags() {
     const RPATH: &[u8] = b"/tmp/cached-test-rpath";
     let rpath = format!("-Wl,-rpath,{}", std::str::from_utf8(RPATH).unwrap());
     ws.on_a_fresh_runner(&args, &[("CGO_LDFLAGS", &rpath)]).success("the build with an rpath");
-    let holds_rpath = || std::fs::read(ws.path("bin/plain")).unwrap().windows(RPATH.len()).any(|w| w == RPATH);
+    let holds_rpath =
+        || std::fs::read(ws.path("bin/plain")).unwrap().windows(RPATH.len()).any(|w| w == RPATH);
     assert!(holds_rpath(), "the first build links with CGO_LDFLAGS");
     std::fs::remove_file(ws.path("bin/plain")).unwrap();
     let built = ws.on_a_fresh_runner(&args, &[]).success("the build without");
@@ -1029,7 +1030,9 @@ fn a_relative_package_pattern_is_keyed_with_the_directory_go_runs_in() {
     build("internal", "../cmd/app", "../bin/from-internal");
     let stderr = build(".", "./cmd/app", "bin/from-root");
     assert!(headline(&stderr).starts_with("cachectl: cache miss"), "{stderr}");
-    let (internal, root) =
-        (std::fs::read(ws.path("bin/from-internal")).unwrap(), std::fs::read(ws.path("bin/from-root")).unwrap());
+    let (internal, root) = (
+        std::fs::read(ws.path("bin/from-internal")).unwrap(),
+        std::fs::read(ws.path("bin/from-root")).unwrap(),
+    );
     assert_ne!(internal, root, "go builds other binaries from the two directories");
 }
