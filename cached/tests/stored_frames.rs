@@ -132,3 +132,28 @@ async fn a_frame_far_larger_than_its_content_is_refused() {
     assert_nothing_stored(&clients, Digest::of(&blob)).await;
     server.stop().await;
 }
+
+/// A zstd frame of 1 MiB of zeros is about 40 bytes: sent one to a message, such frames were
+/// a run of tiny HTTP/2 DATA frames, and past h2's budget for them the receiving side ended
+/// the whole connection (a runner agent's lease stream and its other tenants' calls with it).
+/// A zero-filled output, as a binary with a large zeroed array links to, went neither up nor
+/// down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_of_zeros_goes_up_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]).await;
+    let client = cached_client::Client::connect(&format!("http://{}", server.addr), &Default::default())
+        .await
+        .unwrap();
+    let zeros = dir.path().join("zeros");
+    std::fs::File::create(&zeros).unwrap().set_len(512 << 20).unwrap();
+    let digests = cached_client::transfer::upload_files(&client, std::slice::from_ref(&zeros), 1)
+        .await
+        .expect("the upload of zeros");
+    let back = dir.path().join("back");
+    cached_client::transfer::download_to_file(&client, digests[0], &back)
+        .await
+        .expect("the download of zeros");
+    assert_eq!(std::fs::metadata(&back).unwrap().len(), 512 << 20);
+    server.stop().await;
+}

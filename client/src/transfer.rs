@@ -219,7 +219,8 @@ pub async fn write_frames(client: &Client, digest: Digest, frames: mpsc::Receive
             compression: Compression::Zstd as i32,
         })),
     };
-    let data = ReceiverStream::new(frames)
+    // Frames of zeros compress to a few dozen bytes each ([`proto::together`]).
+    let data = proto::together::sent_together(ReceiverStream::new(frames), Bytes::len)
         .map(|frame| v1::WriteRequest { kind: Some(write_request::Kind::Data(frame)) });
     let requests = futures::stream::once(async { header }).chain(data);
     client.cas.clone().write(requests).await?;

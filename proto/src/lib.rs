@@ -12,6 +12,7 @@ pub mod guard;
 pub mod platform;
 pub mod quoted;
 pub mod text;
+pub mod together;
 
 pub use digest::{Digest, DigestError};
 pub use go_ids::{ActionId, GoIdError, OutputId};

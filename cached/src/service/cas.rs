@@ -90,7 +90,12 @@ impl v1::cas_server::Cas for CasService {
                 Err(err) => return Err(err.into()),
             };
         counters.hit();
-        let stream = ReceiverStream::new(chunks).map(move |chunk| {
+        // Stored frames of zeros are a few dozen bytes each ([`proto::together`]); an error
+        // goes out at once.
+        let chunks = proto::together::sent_together(ReceiverStream::new(chunks), |chunk| {
+            chunk.as_ref().map_or(proto::together::TOGETHER_BYTES, |chunk| chunk.data.len())
+        });
+        let stream = chunks.map(move |chunk| {
             let chunk = chunk?;
             counters.add_out(chunk.data.len() as u64);
             Ok(v1::ReadResponse {
