@@ -39,20 +39,17 @@ impl PerToken {
 
     /// [`PerToken::take`] from a server-wide pool of `pool` that every token draws on. With
     /// per-token caps alone a few tokens held the whole pool, and every other tenant was
-    /// refused until they let go. So while two or more tokens hold some, each grows only to an
-    /// equal share of the pool that leaves room for one token more, and a token growing what it
-    /// holds must leave that room free: a token holding nothing yet still finds some.
+    /// refused until they let go. So a token growing what it holds must leave room for one
+    /// token more, `pool / (holders + 2)`, which only a token holding none may take from:
+    /// below that, tokens take up to their cap as before.
     pub fn take_from_pool(&self, token: &str, amount: u64, pool: u64) -> Result<(), u64> {
         let mut held = self.lock();
         let used = held.get(token).copied().unwrap_or(0);
         let holders = held.len() as u64 + u64::from(used == 0);
-        let cap = match holders {
-            0 | 1 => self.cap,
-            _ => self.cap.min((pool / (holders + 1)).max(1)),
-        };
         let free = pool.saturating_sub(held.values().sum());
         let room_for_one_more = pool / (holders + 2);
-        if used.saturating_add(amount) > cap || (used > 0 && free.saturating_sub(amount) < room_for_one_more)
+        if used.saturating_add(amount) > self.cap
+            || (used > 0 && free.saturating_sub(amount) < room_for_one_more)
         {
             return Err(used);
         }
@@ -172,11 +169,19 @@ mod tests {
         let pool = PerToken::new(128);
         let take_all =
             |token: &str| (0..256).take_while(|_| pool.take_from_pool(token, 1, 256).is_ok()).count();
-        // Alone, a token takes its cap, leaving a third of the pool to whoever comes.
+        // Alone, a token takes its cap; it would leave a third of the pool to whoever comes.
         assert_eq!(take_all("pr-1"), 128);
-        // A second grows to a third of the pool at most, leaving a quarter free.
+        // A second grows until a quarter of the pool is left.
         assert_eq!(take_all("pr-2"), 64);
-        assert_eq!(pool.take_from_pool("pr-1", 1, 256), Err(128), "above its share now");
+        // A token at its cap, or growing into the room left, is refused saying what it holds.
+        assert_eq!(pool.take_from_pool("pr-1", 1, 256), Err(128));
+        assert_eq!(pool.take_from_pool("pr-2", 1, 256), Err(64));
+        // Below the room left, a token takes up to its cap however many others hold some.
+        let busy = PerToken::new(128);
+        for n in 0..6 {
+            busy.take_from_pool(&format!("lease:{n}"), 2, 256).unwrap();
+        }
+        assert_eq!((0..256).take_while(|_| busy.take_from_pool("fleet", 1, 256).is_ok()).count(), 128);
         // However many come, the pool is never all held: one that holds nothing finds room.
         let mut held = 128 + 64;
         for n in 3..12 {

@@ -97,8 +97,8 @@ async fn a_token_holds_only_its_share_of_uploads_and_streams() {
 }
 
 /// Per-token caps alone let two tokens hold the whole pool (here 4 + 2 of 6 uploads), and a
-/// third tenant was refused until they let go: each token now grows only to its share while
-/// others hold some, leaving room for a token that holds none.
+/// third tenant was refused until they let go: a token growing what it holds now leaves room
+/// for a token that holds none.
 #[tokio::test]
 async fn a_few_tokens_cannot_hold_the_whole_upload_pool() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,7 +125,7 @@ async fn a_few_tokens_cannot_hold_the_whole_upload_pool() {
     }
     upload(&cas, "main", b"a tenant that holds no upload").await.expect("room left for main");
     let err = upload(&cas, "pr-2", b"one more").await.unwrap_err();
-    assert!(err.message().contains("its share of max_concurrent_uploads"), "{err:?}");
+    assert!(err.message().contains("the rest of max_concurrent_uploads is kept"), "{err:?}");
     drop(held);
     server.stop().await;
 }

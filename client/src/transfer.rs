@@ -320,7 +320,10 @@ pub async fn download_to_file_as(
     dest: &Path,
     compression: TransferCompression,
 ) -> Result<()> {
-    match download_verified(client, digest, dest, compression).await {
+    // A stream refused for now (the server's or the token's share of its streams is taken)
+    // is asked again, as uploads are.
+    let downloaded = crate::busy::retrying(|| download_verified(client, digest, dest, compression)).await;
+    match downloaded {
         Err(err) => Err(crate::recheck::after_failure(client, err).await),
         Ok(()) => Ok(()),
     }

@@ -100,7 +100,7 @@ impl AuthSettings {
         if !Grant::has_own_limits(token) {
             return caller::Caller::unbounded(Arc::from(token));
         }
-        match super::lease::thread_share_of(grant) {
+        match super::lease::share_of(grant) {
             Some(share) => self.threads.caller_sharing(token, &share),
             None => self.threads.caller_sharing(token, token),
         }
@@ -261,11 +261,14 @@ impl AuthSettings {
         if method.path == WATCH {
             slots.push(self.watches.open(token)?);
         }
+        // The leases of one tenant's jobs hold the pools together, as one token would.
+        let holder = super::lease::share_of(grant);
+        let holder = holder.as_deref().unwrap_or(token);
         if shared && method.upload {
-            slots.push(self.token_uploads.open(token)?);
+            slots.push(self.token_uploads.open(holder)?);
         }
         if shared && CAS_STREAMS.contains(&method.path) {
-            slots.push(self.token_streams.open(token)?);
+            slots.push(self.token_streams.open(holder)?);
         }
         Ok(slots)
     }
@@ -594,5 +597,28 @@ mod tests {
         assert_eq!(bearer(b"Bearer "), None);
         assert_eq!(bearer(b"Bearer"), None);
         assert_eq!(bearer(&[0xff, b' ', b'a']), None);
+    }
+
+    /// Each lease credential counted as one more holder of the stream and upload pools, and
+    /// every other token's room in them shrank with the fleet's running tasks: the leases of
+    /// one tenant hold them as one token.
+    #[test]
+    fn the_leases_of_one_tenant_hold_the_pools_as_one_token() {
+        let flags = [("max_streams_per_token", "3"), ("max_concurrent_streams", "8")]
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .into_iter()
+            .collect();
+        let config = Config::load(&flags, None, &|_| None).unwrap();
+        let auth = AuthSettings::new(&config);
+        let read = crate::auth::scopes::lookup(CAS_STREAMS[0]);
+        let lease = |task| {
+            let lease = crate::auth::LeaseId { job_id: "1a2b-cc".into(), task, attempt: 1 };
+            crate::auth::lease::CacheClaims { lease, namespace: "pr-7/x".into(), expires_unix_ms: 1 }.grant()
+        };
+        let held: Vec<TokenSlot> =
+            (0..3).map(|task| auth.token_slots(&read, &lease(task)).unwrap().remove(0)).collect();
+        let Err(err) = auth.token_slots(&read, &lease(3)) else { panic!("a fourth stream of pr-7's leases") };
+        assert!(err.to_string().contains("lease:pr-7"), "{err}");
+        drop(held);
     }
 }

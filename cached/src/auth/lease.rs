@@ -91,9 +91,11 @@ impl CacheClaims {
     }
 }
 
-/// The blocking-thread share a lease credential's calls take: one per tenant of the job's
-/// namespace (its first path segment), for all its leases; `None` for any other grant.
-pub(super) fn thread_share_of(grant: &Grant) -> Option<String> {
+/// The share a lease credential's calls take of the blocking threads and of the upload and
+/// stream pools: one per tenant of the job's namespace (its first path segment), for all its
+/// leases; `None` for any other grant. A share per lease made each running task one more
+/// holder of those pools, and every other token's share of them shrank with the fleet's work.
+pub(super) fn share_of(grant: &Grant) -> Option<String> {
     if !grant.token.starts_with("lease:") {
         return None;
     }
@@ -263,7 +265,7 @@ mod tests {
         let grant = |namespace: &str, attempt| {
             CacheClaims { lease: lease(attempt), namespace: namespace.into(), expires_unix_ms: 1 }.grant()
         };
-        let share = |grant: &Grant| thread_share_of(grant);
+        let share = |grant: &Grant| share_of(grant);
         assert_eq!(share(&grant("pr-7/linux", 1)), Some("lease:pr-7".to_owned()));
         assert_eq!(share(&grant("pr-7/linux", 1)), share(&grant("pr-7/windows", 2)));
         assert_ne!(share(&grant("pr-7/linux", 1)), share(&grant("main", 1)));

@@ -36,7 +36,7 @@ impl SlotKind {
             if held >= cap {
                 format!("({setting})")
             } else {
-                format!("(its share of {pool} while other tokens use them too)")
+                format!("(the rest of {pool} is kept for tokens that hold none)")
             }
         };
         match self {

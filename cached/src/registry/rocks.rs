@@ -405,18 +405,18 @@ impl RegistryRecords for RocksRegistry {
 
     fn forget(&self, rows: &[OrderRow]) -> Result<Forgotten> {
         let order = cf(&self.db, CF_REGISTRY_ORDER)?;
-        // Held from the check to the delete: pushes keep and move rows under it.
-        let _put = self.lock();
-        let (mut forgotten, mut gone) = (Forgotten::default(), Vec::new());
+        let mut forgotten = Forgotten::default();
         for row in rows {
+            // Held from the check to the delete, a row at a time (a manifest's delete reads its
+            // repository's tags): pushes keep and move rows under it.
+            let _put = self.lock();
             if self.db.get_pinned_cf(order, &row.key)?.is_none_or(|value| *value != *row.value) {
                 continue;
             }
             forgotten.records += u64::from(self.forget_record(row.recorded.as_ref())?);
             forgotten.bytes += row.size;
-            gone.push(row.key.clone());
+            self.delete_rows(std::slice::from_ref(&row.key))?;
         }
-        self.delete_rows(&gone)?;
         Ok(forgotten)
     }
 
