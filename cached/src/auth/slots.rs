@@ -1,8 +1,8 @@
 //! Shares of the server's long-lived slots per token. A token's rate limit bounds how fast
 //! calls open, not how many stay open, and the server-wide pools (`max_concurrent_uploads`,
 //! `max_concurrent_streams`) are first come, first served: one token holding them all would
-//! refuse every other tenant. So each token holds at most its share of each (of the pools,
-//! less while other tokens hold some: [`PerToken::take_from_pool`]):
+//! refuse every other tenant. So each token holds at most its share of each (and of the
+//! pools, a token growing leaves room for tokens that hold none: [`PerToken::take_from_pool`]):
 //! - `Jobs.Watch` streams, which last as long as their job (up to `max_job_timeout`) and cost a
 //!   subscription each (`max_watches_per_token`);
 //! - uploads (`max_uploads_per_token`);
