@@ -702,3 +702,58 @@ fn a_forget_leaves_rows_a_push_changed_since_it_read_them_in_postgresql() {
     assert_eq!(records.blob(&repo, &blobs[2]).unwrap(), None);
     assert_eq!(records.oldest(None, 10).unwrap().len(), 2, "the changed rows stay");
 }
+
+/// On PostgreSQL, a push that found a blob's link while a forget was removing it moved the
+/// forgotten link's row back (a row for nothing, counted twice) and answered that the blob was
+/// there: the manifest naming it then failed. The push now waits for the forget and links the
+/// blob anew. Here the forget is held just before it deletes the link, with the push waiting.
+#[test]
+fn a_push_racing_a_forget_of_its_blob_links_it_anew_in_postgresql() {
+    use std::sync::Arc;
+
+    use cached::registry::{PgRegistry, RegistryRecords, Repository, Sha256Digest};
+
+    let db = cached_e2e::postgres::Postgres::start();
+    let password = db.password_file().display().to_string();
+    let settings = cached::postgres::DatabaseSettings::from_config(&db.url(), &password, "", &|_| None)
+        .unwrap()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database = runtime.block_on(cached::postgres::Database::open(&settings)).unwrap();
+    let holder = runtime.block_on(cached::postgres::Database::open(&settings)).unwrap();
+    let records = Arc::new({
+        let _inside = runtime.enter();
+        PgRegistry::new(database)
+    });
+    let repo = Repository::parse("teama/app").unwrap();
+    let sha = Sha256Digest::of(b"layer");
+    let digest = proto::Digest::of(b"layer");
+    records.link_blob(&repo, &sha, &digest).unwrap();
+    let read = records.oldest(None, 10).unwrap();
+
+    // Holds the link's row, so the forget stops after deleting its order row and pointer.
+    let client = runtime.block_on(holder.client()).unwrap();
+    runtime.block_on(async {
+        client.batch_execute("BEGIN").await.unwrap();
+        let locked = "SELECT 1 FROM registry_blobs WHERE repository = $1 AND sha256 = $2 FOR UPDATE";
+        client.execute(locked, &[&repo.as_str(), &sha.0.as_slice()]).await.unwrap();
+    });
+    let forget = {
+        let records = Arc::clone(&records);
+        let forget = move || records.forget(&read).unwrap();
+        std::thread::Builder::new().name("forget".into()).spawn(forget).unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let push = {
+        let (records, repo) = (Arc::clone(&records), repo.clone());
+        let push = move || records.link_blob(&repo, &sha, &digest).unwrap();
+        std::thread::Builder::new().name("push".into()).spawn(push).unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    runtime.block_on(client.batch_execute("COMMIT")).unwrap();
+    assert_eq!(forget.join().unwrap().records, 1, "the forget went ahead");
+    push.join().unwrap();
+    assert!(records.blob(&repo, &sha).unwrap().is_some(), "the push answered that the blob is linked");
+    let rows = records.oldest(None, 10).unwrap();
+    assert_eq!(rows.len(), 1, "one row, for the new link: {rows:?}");
+}

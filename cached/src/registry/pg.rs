@@ -14,8 +14,8 @@ use tokio::runtime::Handle;
 use super::names::{Repository, Sha256Digest};
 use super::records::{
     Forgotten, MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite,
-    ORDER_MARKER, OrderRow, POINTERS, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, Written,
-    is_order_key, kept_value, listed_descriptor, order_time, place, pointed_row, pointer_of,
+    ORDER_MARKER, OrderRow, POINTERS, Placement, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME,
+    Written, is_order_key, kept_value, listed_descriptor, order_time, place, pointed_row, pointer_of,
 };
 use crate::error::{Error, Result};
 use crate::postgres::Database;
@@ -71,17 +71,38 @@ async fn forget_record(tx: &tokio_postgres::Transaction<'_>, recorded: Option<&R
     Ok(deleted > 0)
 }
 
-/// The key and value of `recorded`'s row, found through its pointer.
+/// Links the blob unless the repository has it; whether it was linked now. The same SHA-256
+/// names the same bytes: a link there already is this one.
+async fn insert_link(
+    tx: &tokio_postgres::Transaction<'_>,
+    repo: &Repository,
+    sha256: &Sha256Digest,
+    digest: &Digest,
+    size: i64,
+) -> Result<bool> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO registry_blobs (repository, sha256, cas_hash, cas_size) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (repository, sha256) DO NOTHING",
+            &[&repo.as_str(), &sha256.0.as_slice(), &digest.hash.as_slice(), &size],
+        )
+        .await?;
+    Ok(inserted > 0)
+}
+
+/// The key and value of `recorded`'s row, found through its pointer, both locked for the rest
+/// of `tx`: a forget deleting them ([`RegistryRecords::forget`]) is waited for, and then they
+/// are gone, rather than moved or kept again for a record the forget removed.
 async fn current_row(
     tx: &tokio_postgres::Transaction<'_>,
     recorded: &Recorded,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
     let pointer = recorded.pointer_key();
-    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1", &[&pointer]).await?;
+    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1 FOR UPDATE", &[&pointer]).await?;
     let Some(row_key) = row.and_then(|row| pointed_row(&pointer, row.get::<_, &[u8]>(0))) else {
         return Ok(None);
     };
-    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1", &[&row_key]).await?;
+    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1 FOR UPDATE", &[&row_key]).await?;
     Ok(row.map(|row| (row_key, row.get::<_, Vec<u8>>(0))))
 }
 
@@ -94,7 +115,11 @@ async fn place_row(
     written: Written,
 ) -> Result<u64> {
     let current = current_row(tx, recorded).await?;
-    let placement = place(recorded, time, written, current);
+    apply(tx, place(recorded, time, written, current)).await
+}
+
+/// Writes `placement`; returns the bytes it adds.
+async fn apply(tx: &tokio_postgres::Transaction<'_>, placement: Placement) -> Result<u64> {
     if let Some(key) = &placement.delete {
         tx.execute("DELETE FROM registry_order WHERE key = $1", &[key]).await?;
     }
@@ -199,18 +224,18 @@ impl RegistryRecords for PgRegistry {
         self.run(async {
             let mut client = self.db.client().await?;
             let tx = client.transaction().await?;
-            // The same SHA-256 names the same bytes: a link there already is this one.
-            let inserted = tx
-                .execute(
-                    "INSERT INTO registry_blobs (repository, sha256, cas_hash, cas_size) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (repository, sha256) DO NOTHING",
-                    &[&repo.as_str(), &sha256.0.as_slice(), &digest.hash.as_slice(), &size],
-                )
-                .await?;
-            // Pushed again, it is as recent as a new one.
+            let mut inserted = insert_link(&tx, repo, sha256, digest, size).await?;
             let recorded = Recorded::Blob { repo: repo.clone(), sha256: *sha256 };
-            let size = (inserted > 0).then_some(repo.as_str().len() + 32 + 40);
-            let counted = place_row(&tx, &recorded, order_time(), Written::new(size, true)).await?;
+            let current = current_row(&tx, &recorded).await?;
+            if !inserted && current.is_none() {
+                // A forget removed the link this push found, and its row, while the row's lock
+                // was waited for: it is linked anew.
+                inserted = insert_link(&tx, repo, sha256, digest, size).await?;
+            }
+            // Pushed again, it is as recent as a new one.
+            let size = inserted.then_some(repo.as_str().len() + 32 + 40);
+            let counted =
+                apply(&tx, place(&recorded, order_time(), Written::new(size, true), current)).await?;
             tx.commit().await?;
             Ok(counted)
         })
