@@ -667,23 +667,33 @@ async fn blob_downloads_count_against_their_tokens_streams() {
     registry.stop().await;
 }
 
+/// How cached reaches `db`.
+fn pg_settings(db: &cached_e2e::postgres::Postgres) -> cached::postgres::DatabaseSettings {
+    let password = db.password_file().display().to_string();
+    cached::postgres::DatabaseSettings::from_config(&db.url(), &password, "", &|_| None).unwrap().unwrap()
+}
+
+/// The registry's records on `db`, and the runtime their queries run on (called from outside it).
+fn pg_records(
+    db: &cached_e2e::postgres::Postgres,
+) -> (tokio::runtime::Runtime, cached::registry::PgRegistry) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database = runtime.block_on(cached::postgres::Database::open(&pg_settings(db))).unwrap();
+    let records = {
+        let _inside = runtime.enter();
+        cached::registry::PgRegistry::new(database)
+    };
+    (runtime, records)
+}
+
 /// On PostgreSQL, a forget that read rows just before a tagged push made one kept, or a push
 /// used one, leaves what they name: the push relies on it. An unchanged row goes.
 #[test]
 fn a_forget_leaves_rows_a_push_changed_since_it_read_them_in_postgresql() {
-    use cached::registry::{PgRegistry, RegistryRecords, Repository, Sha256Digest};
+    use cached::registry::{RegistryRecords, Repository, Sha256Digest};
 
     let db = cached_e2e::postgres::Postgres::start();
-    let password = db.password_file().display().to_string();
-    let settings = cached::postgres::DatabaseSettings::from_config(&db.url(), &password, "", &|_| None)
-        .unwrap()
-        .unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let database = runtime.block_on(cached::postgres::Database::open(&settings)).unwrap();
-    let records = {
-        let _inside = runtime.enter();
-        PgRegistry::new(database)
-    };
+    let (_runtime, records) = pg_records(&db);
     let repo = Repository::parse("teama/app").unwrap();
     let blobs: Vec<Sha256Digest> = (0..3u8).map(|n| Sha256Digest::of(&[n])).collect();
     for sha in &blobs {
@@ -711,20 +721,12 @@ fn a_forget_leaves_rows_a_push_changed_since_it_read_them_in_postgresql() {
 fn a_push_racing_a_forget_of_its_blob_links_it_anew_in_postgresql() {
     use std::sync::Arc;
 
-    use cached::registry::{PgRegistry, RegistryRecords, Repository, Sha256Digest};
+    use cached::registry::{RegistryRecords, Repository, Sha256Digest};
 
     let db = cached_e2e::postgres::Postgres::start();
-    let password = db.password_file().display().to_string();
-    let settings = cached::postgres::DatabaseSettings::from_config(&db.url(), &password, "", &|_| None)
-        .unwrap()
-        .unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let database = runtime.block_on(cached::postgres::Database::open(&settings)).unwrap();
-    let holder = runtime.block_on(cached::postgres::Database::open(&settings)).unwrap();
-    let records = Arc::new({
-        let _inside = runtime.enter();
-        PgRegistry::new(database)
-    });
+    let (runtime, records) = pg_records(&db);
+    let records = Arc::new(records);
+    let holder = runtime.block_on(cached::postgres::Database::open(&pg_settings(&db))).unwrap();
     let repo = Repository::parse("teama/app").unwrap();
     let sha = Sha256Digest::of(b"layer");
     let digest = proto::Digest::of(b"layer");
