@@ -141,11 +141,20 @@ fn names_any_flag(value: &str, names: &[&str]) -> bool {
 /// The tool flags of a per-package flag's value as go splits them: past an optional
 /// `pattern=`, fields at spaces, a field that starts with a quote running to the same quote.
 pub fn per_package_words(value: &str) -> Vec<String> {
+    match per_package_pattern(value) {
+        None => quoted_fields(value.trim()),
+        Some(pattern) => quoted_fields(value.trim()[pattern.len()..].strip_prefix('=').unwrap_or("")),
+    }
+}
+
+/// The `pattern` of a per-package flag's `pattern=flags` value, as go reads it: none when the
+/// value starts with a flag (it applies to the packages named on the command line).
+pub fn per_package_pattern(value: &str) -> Option<&str> {
     let value = value.trim();
     if value.starts_with('-') {
-        quoted_fields(value)
+        None
     } else {
-        quoted_fields(value.split_once('=').map_or("", |(_, flags)| flags))
+        Some(value.split_once('=').map_or(value, |(pattern, _)| pattern))
     }
 }
 

@@ -117,10 +117,12 @@ fn has_relative_pattern(flags: &BuildFlags) -> bool {
     let is_local = |pattern: &str| {
         matches!(pattern, "." | "..") || pattern.starts_with("./") || pattern.starts_with("../")
     };
-    let per_package = flags.gcflags.iter().chain(&flags.ldflags).chain(&flags.asmflags).filter_map(|value| {
-        let value = value.trim_start();
-        (!value.starts_with('-')).then(|| value.split_once('=').map(|(pattern, _)| pattern)).flatten()
-    });
+    let per_package = flags
+        .gcflags
+        .iter()
+        .chain(&flags.ldflags)
+        .chain(&flags.asmflags)
+        .filter_map(|value| crate::flags::per_package_pattern(value));
     per_package.chain(flags.coverpkg.split(',')).any(|pattern| is_local(pattern.trim()))
 }
 
