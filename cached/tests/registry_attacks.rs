@@ -117,6 +117,13 @@ impl Registry {
         assert_eq!(reply.status, 201, "{}", reply.body);
     }
 
+    /// Pushes `bytes` as a blob of `main/app`, in one request.
+    async fn push_blob(&self, who: &str, bytes: &[u8]) {
+        let path = format!("/v2/main/app/blobs/uploads/?digest={}", sha256(bytes));
+        let reply = self.send(reqwest::Method::POST, &path, who, None, bytes.to_vec()).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+
     /// CI's image `main/app:v1` (an empty image), returning its digest.
     async fn ci_image(&self) -> String {
         self.push_empty_config().await;
@@ -139,6 +146,28 @@ fn sha256(bytes: &[u8]) -> String {
 
 fn empty_config() -> String {
     format!(r#"{{"mediaType":"{EMPTY}","digest":"{}","size":2}}"#, sha256(b"{}"))
+}
+
+/// An image whose one layer is `layer`.
+fn image_with_layer(layer: &[u8]) -> String {
+    let layer = format!(
+        r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}"#,
+        sha256(layer),
+        layer.len()
+    );
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[{layer}]}}"#,
+        empty_config()
+    )
+}
+
+/// An index over one `child` manifest.
+fn index_over(child: &str) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}}]}}"#,
+        sha256(child.as_bytes()),
+        child.len()
+    )
 }
 
 fn image_manifest() -> String {
@@ -702,7 +731,8 @@ fn a_forget_leaves_rows_a_push_changed_since_it_read_them_in_postgresql() {
     let read = records.oldest(None, 10).unwrap();
     assert!(read.len() == 3 && read.iter().all(|row| row.loose), "{read:?}");
     let recorded = |n: usize| read[n].recorded.clone().unwrap();
-    assert_eq!(records.keep(&[recorded(0)]).unwrap(), [recorded(0)]);
+    assert_eq!(records.loose(&[recorded(0)]).unwrap(), [recorded(0)]);
+    assert_eq!(records.keep(&[recorded(0)]).unwrap(), [], "held: nothing missing");
     records.touch(&[recorded(1)]).unwrap();
 
     let forgotten = records.forget(&read).unwrap();
@@ -758,4 +788,123 @@ fn a_push_racing_a_forget_of_its_blob_links_it_anew_in_postgresql() {
     assert!(records.blob(&repo, &sha).unwrap().is_some(), "the push answered that the blob is linked");
     let rows = records.oldest(None, 10).unwrap();
     assert_eq!(rows.len(), 1, "one row, for the new link: {rows:?}");
+}
+
+/// The order row of `recorded` among `rows` (oldest first): its place, and whether it is loose.
+fn row_of(rows: &[cached::registry::OrderRow], recorded: &cached::registry::Recorded) -> (usize, bool) {
+    let place = rows.iter().position(|row| row.recorded.as_ref() == Some(recorded));
+    let place = place.unwrap_or_else(|| panic!("no row for {recorded:?} among {rows:?}"));
+    (place, rows[place].loose)
+}
+
+/// A child pushed by digest is loose, and so are its blobs: a flood may forget a layer of it
+/// (older than the child) while the child stays. An index tagged over the child then named an
+/// image whose pull failed (blob unknown); now the push is refused, so the client pushes the
+/// layer again. And once tagged, all the image reaches is kept and newer than the tag: the
+/// oldest go first, so a forget takes the tag before any part of what it names.
+#[test]
+fn an_index_over_a_child_that_lost_a_layer_is_refused_in_postgresql() {
+    use cached::registry::{Recorded, RegistryRecords, Repository, Sha256Digest};
+
+    let db = cached_e2e::postgres::Postgres::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = runtime.block_on(Registry::on_postgres(&db));
+    let (_records_runtime, records) = pg_records(&db);
+    let (layer, child) = (b"a layer".to_vec(), image_with_layer(b"a layer"));
+    let index = index_over(&child);
+    let push_child = || async {
+        registry.push_blob("dev", &layer).await;
+        let pushed = registry.put_manifest("dev", &child, OCI_MANIFEST, None).await;
+        assert_eq!(pushed.status, 201, "{}", pushed.body);
+    };
+    runtime.block_on(async {
+        registry.push_empty_config().await;
+        push_child().await;
+    });
+    let repo = Repository::parse("main/app").unwrap();
+    let layer_link = Recorded::Blob { repo: repo.clone(), sha256: Sha256Digest::of(&layer) };
+    let rows = records.oldest(None, 100).unwrap();
+    let read = rows[row_of(&rows, &layer_link).0].clone();
+    assert_eq!(records.forget(&[read]).unwrap().records, 1);
+
+    runtime.block_on(async {
+        let pushed = registry.put_manifest("ci", &index, OCI_INDEX, Some("multi")).await;
+        assert_eq!(pushed.status, 400, "the tag names an image whose layer is gone: {}", pushed.body);
+        assert!(pushed.body.contains("MANIFEST_BLOB_UNKNOWN"), "{}", pushed.body);
+        assert_eq!(registry.get("/v2/main/app/manifests/multi", "dev").await.status, 404);
+        push_child().await;
+        let pushed = registry.put_manifest("ci", &index, OCI_INDEX, Some("multi")).await;
+        assert_eq!(pushed.status, 201, "{}", pushed.body);
+    });
+
+    let rows = records.oldest(None, 100).unwrap();
+    let manifest = |json: &str| Recorded::Manifest {
+        repo: repo.clone(),
+        digest: Sha256Digest::of(json.as_bytes()),
+        subject: None,
+    };
+    let tag =
+        Recorded::Tag { repo: repo.clone(), tag: "multi".into(), digest: Sha256Digest::of(index.as_bytes()) };
+    let config = Recorded::Blob { repo: repo.clone(), sha256: Sha256Digest::of(b"{}") };
+    let [tag, index, child, config, layer] = [tag, manifest(&index), manifest(&child), config, layer_link]
+        .map(|recorded| row_of(&rows, &recorded));
+    for (part, (place, loose)) in [("child", child), ("config", config), ("layer", layer)] {
+        assert!(!loose, "the {part} is loose though a tag reaches it: {rows:?}");
+        assert!(place > tag.0 && place > index.0, "the {part} goes before the tag: {rows:?}");
+    }
+    assert!(config.0 > child.0 && layer.0 > child.0, "a layer goes before its image: {rows:?}");
+    runtime.block_on(registry.stop());
+}
+
+/// A tagged push found its layer, then a forget that had read the layer's row earlier removed
+/// it before the push stored the manifest: the tag named an image whose pull failed. The push
+/// now keeps what it names in one step with checking it is there, before storing. Here the
+/// push is held just before it stores (the manifests table is locked) while the forget runs.
+#[test]
+fn a_forget_between_a_pushs_check_and_its_store_leaves_what_it_names_in_postgresql() {
+    use std::sync::Arc;
+
+    use cached::registry::{Recorded, RegistryRecords, Repository, Sha256Digest};
+
+    let db = cached_e2e::postgres::Postgres::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = Arc::new(runtime.block_on(Registry::on_postgres(&db)));
+    let (records_runtime, records) = pg_records(&db);
+    let layer = b"a layer".to_vec();
+    runtime.block_on(async {
+        registry.push_empty_config().await;
+        registry.push_blob("dev", &layer).await;
+    });
+    let repo = Repository::parse("main/app").unwrap();
+    let layer_link = Recorded::Blob { repo, sha256: Sha256Digest::of(&layer) };
+    let rows = records.oldest(None, 100).unwrap();
+    let read = rows[row_of(&rows, &layer_link).0].clone();
+
+    let holder = records_runtime.block_on(cached::postgres::Database::open(&pg_settings(&db))).unwrap();
+    let client = records_runtime.block_on(holder.client()).unwrap();
+    records_runtime.block_on(async {
+        client
+            .batch_execute("BEGIN; LOCK TABLE registry_manifests IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .unwrap();
+    });
+    let push = {
+        let registry = Arc::clone(&registry);
+        let image = image_with_layer(&layer);
+        runtime.spawn(async move { registry.put_manifest("ci", &image, OCI_MANIFEST, Some("v1")).await })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    records.forget(&[read]).unwrap();
+    records_runtime.block_on(client.batch_execute("COMMIT")).unwrap();
+    let pushed = runtime.block_on(push).unwrap();
+
+    runtime.block_on(async {
+        assert!(pushed.status == 201 || pushed.status == 400, "{} {}", pushed.status, pushed.body);
+        if pushed.status == 201 {
+            let pulled = registry.get(&format!("/v2/main/app/blobs/{}", sha256(&layer)), "dev").await;
+            assert_eq!(pulled.status, 200, "main/app:v1 names a layer the registry forgot: {}", pulled.body);
+        }
+    });
+    let registry = Arc::into_inner(registry).expect("the push is done");
+    runtime.block_on(registry.stop());
 }

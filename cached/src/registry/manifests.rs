@@ -219,32 +219,31 @@ pub(super) async fn put(
         .records("registry manifest put", move |records| {
             let write = ManifestWrite { digest, manifest: &stored, tag: tag.as_deref(), referrer };
             let loose = write.is_loose();
+            let reached = match Reached::below(records, &owned, used)? {
+                Ok(reached) => reached,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            if let Some(missing) = reached.check(records, loose)? {
+                return Ok(Err(Refusal::Gone(missing)));
+            }
             let put = records.put_manifest(&owned, write)?;
             if let ManifestPut::Stored { counted } = put {
-                // What the manifest names is in use: as recent as it, and not forgotten first.
-                if let Err(err) = records.touch(&used) {
-                    tracing::warn!(error = %err, "marking the records a manifest names as used failed");
-                }
-                // Before counting, which may forget: a flood must not take what this tag or
-                // signature reaches between its push and its keeping.
+                // Before counting, which may forget.
+                reached.retime(records);
                 if !loose {
-                    let reached =
-                        std::iter::once(Recorded::Manifest { repo: owned.clone(), digest, subject })
-                            .chain(subject.map(|subject| Recorded::Manifest {
-                                repo: owned.clone(),
-                                digest: subject,
-                                subject: None,
-                            }))
-                            .chain(used);
-                    if let Err(err) = keep_reached(records, &owned, reached.collect()) {
-                        tracing::warn!(error = %err, "keeping what a tag or a referrer reaches failed");
-                    }
+                    let subjects = subject.map(|digest| Recorded::Manifest {
+                        repo: owned.clone(),
+                        digest,
+                        subject: None,
+                    });
+                    keep_subjects(records, &owned, subjects.into_iter().chain(reached.subjects).collect());
                 }
                 bound.count(records, counted);
             }
-            Ok(put)
+            Ok(Ok(put))
         })
-        .await?;
+        .await?
+        .map_err(|refusal| refusal.error(repo))?;
     refuse_unstored(put, repo, digest, subject)?;
     let mut response = StatusCode::CREATED.into_response();
     let headers = response.headers_mut();
@@ -473,40 +472,136 @@ async fn check_references(
     Ok(blobs.chain(children).collect())
 }
 
-/// Makes `reached` kept, and what every manifest among them that was loose names, in turn:
-/// a tag or a signature vouches for all it reaches, children pushed by digest and their
-/// blobs included, so that loose records, which `cas-write` pushes, go before any of it.
-/// Each manifest is read once, when it stops being loose; what was kept already was reached
-/// before (or written before records were loose at all).
-fn keep_reached(
-    records: &dyn RegistryRecords,
-    repo: &Repository,
-    reached: Vec<Recorded>,
-) -> crate::error::Result<()> {
-    let mut next = reached;
-    while !next.is_empty() {
-        let mut named = Vec::new();
-        for kept in records.keep(&next)? {
-            let Recorded::Manifest { digest, .. } = kept else { continue };
-            if let Some(manifest) = records.manifest(repo, &digest)? {
-                named.extend(named_records(repo, &manifest.bytes));
-            }
-        }
-        next = named;
-    }
-    Ok(())
+/// Most bytes of manifests one push reads to find what it reaches: a real index names a few
+/// small children, and one naming thousands of 4 MiB children must not make each push read
+/// gigabytes.
+const MAX_REACHED_MANIFEST_BYTES: usize = 16 << 20;
+
+/// Why a push was refused inside the records' step.
+enum Refusal {
+    /// A record it reaches is no longer held: a forget removed it after `check_references`
+    /// found it, or a child pushed by digest lost it while it was loose.
+    Gone(Recorded),
+    /// The manifests it reaches take more than [`MAX_REACHED_MANIFEST_BYTES`].
+    TooLarge,
 }
 
-/// The records a stored manifest names in its repository: its config, layers, children and
-/// subject (nothing, if it does not parse as a manifest).
-fn named_records(repo: &Repository, bytes: &[u8]) -> Vec<Recorded> {
-    let Ok(manifest) = serde_json::from_slice::<Manifest>(bytes) else { return Vec::new() };
+impl Refusal {
+    fn error(self, repo: &Repository) -> RegistryError {
+        let what = match self {
+            Self::TooLarge => {
+                return invalid(format!(
+                    "the manifests this one reaches take more than {} MiB together; push an index \
+                     naming fewer or smaller manifests; nothing was stored",
+                    MAX_REACHED_MANIFEST_BYTES >> 20
+                ));
+            }
+            Self::Gone(Recorded::Blob { sha256, .. }) => format!("blob {sha256}"),
+            Self::Gone(Recorded::Manifest { digest, .. }) => format!("manifest {digest}"),
+            Self::Gone(Recorded::Tag { tag, .. }) => format!("tag {tag}"),
+        };
+        RegistryError::new(
+            Code::ManifestBlobUnknown,
+            format!(
+                "{what}, which this manifest reaches, is no longer in {repo}: the registry forgot \
+                 it (the oldest records go past max_registry_records); push it again, then the \
+                 manifests over it; nothing was stored"
+            ),
+        )
+    }
+}
+
+/// What a manifest reaches, by depth: `levels[0]` what it names, each next level what the
+/// manifests of the one before name. Subjects, which need not be there, apart.
+struct Reached {
+    levels: Vec<Vec<Recorded>>,
+    subjects: Vec<Recorded>,
+}
+
+impl Reached {
+    /// Reads at most [`MAX_REACHED_MANIFEST_BYTES`] of manifests: each once a level, where
+    /// it is reached (one reached at two depths is moved at the deeper, and so is what it
+    /// names, below it).
+    fn below(
+        records: &dyn RegistryRecords,
+        repo: &Repository,
+        named: Vec<Recorded>,
+    ) -> crate::error::Result<Result<Self, Refusal>> {
+        let mut reached = Self { levels: vec![named], subjects: Vec::new() };
+        let mut bytes = 0;
+        loop {
+            let (mut next, mut listed) = (Vec::new(), HashSet::new());
+            for recorded in reached.levels.last().into_iter().flatten() {
+                let Recorded::Manifest { digest, .. } = recorded else { continue };
+                let Some(manifest) = records.manifest(repo, digest)? else { continue };
+                bytes += manifest.bytes.len();
+                if bytes > MAX_REACHED_MANIFEST_BYTES {
+                    return Ok(Err(Refusal::TooLarge));
+                }
+                let (names, subject) = named_records(repo, &manifest.bytes);
+                next.extend(names.into_iter().filter(|name| listed.insert(name.pointer_key())));
+                reached.subjects.extend(subject);
+            }
+            if next.is_empty() {
+                return Ok(Ok(reached));
+            }
+            reached.levels.push(next);
+        }
+    }
+
+    /// Whether all of it is still held, deepest first, each level in one step with what
+    /// protects it from a forget: kept, when a tag or a subject vouches for it (a manifest
+    /// only once all it names is, so a refusal leaves none kept over a loose record), else
+    /// used. Returns what is gone.
+    fn check(&self, records: &dyn RegistryRecords, loose: bool) -> crate::error::Result<Option<Recorded>> {
+        for level in self.levels.iter().rev() {
+            let missing = if loose { records.touch(level)? } else { records.keep(level)? };
+            if let Some(missing) = missing.into_iter().next() {
+                return Ok(Some(missing));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Moves its rows after the manifest's and its tag's, deeper ones later still: a forget
+    /// goes oldest first, so it takes a tag or a manifest before anything it reaches, and a
+    /// tag never names an image with a part forgotten.
+    fn retime(&self, records: &dyn RegistryRecords) {
+        for level in &self.levels {
+            if let Err(err) = records.touch(level) {
+                tracing::warn!(error = %err, "marking the records a manifest reaches as used failed");
+            }
+        }
+    }
+}
+
+/// Makes kept what `subjects` reach (the subjects of a signature, or of what a tag reaches):
+/// a referrer vouches for them too, but they need not be there, nor be moved.
+fn keep_subjects(records: &dyn RegistryRecords, repo: &Repository, subjects: Vec<Recorded>) {
+    if subjects.is_empty() {
+        return;
+    }
+    let kept = Reached::below(records, repo, subjects).and_then(|reached| match reached {
+        Ok(reached) => reached.check(records, false).map(drop),
+        Err(_) => Ok(()),
+    });
+    if let Err(err) = kept {
+        tracing::warn!(error = %err, "keeping what a referrer's subject reaches failed");
+    }
+}
+
+/// The records a stored manifest names in its repository: its config, layers (those fetched
+/// from elsewhere, `urls`, excepted) and children; and its subject, apart (nothing, if it
+/// does not parse as a manifest).
+fn named_records(repo: &Repository, bytes: &[u8]) -> (Vec<Recorded>, Option<Recorded>) {
+    let Ok(manifest) = serde_json::from_slice::<Manifest>(bytes) else { return (Vec::new(), None) };
     let digest = |descriptor: &Descriptor| Sha256Digest::parse(&descriptor.digest).ok();
-    let blobs = manifest.config.iter().chain(&manifest.layers).filter_map(digest);
-    let manifests = manifest.manifests.iter().chain(&manifest.subject).filter_map(digest);
+    let manifest_of = |digest| Recorded::Manifest { repo: repo.clone(), digest, subject: None };
+    let layers = manifest.layers.iter().filter(|layer| layer.urls.is_empty());
+    let blobs = manifest.config.iter().chain(layers).filter_map(digest);
     let blobs = blobs.map(|sha256| Recorded::Blob { repo: repo.clone(), sha256 });
-    let manifests = manifests.map(|digest| Recorded::Manifest { repo: repo.clone(), digest, subject: None });
-    blobs.chain(manifests).collect()
+    let named = blobs.chain(manifest.manifests.iter().filter_map(digest).map(manifest_of)).collect();
+    (named, manifest.subject.as_ref().and_then(digest).map(manifest_of))
 }
 
 /// The descriptor the referrers API lists for a manifest with a subject, within

@@ -34,7 +34,7 @@ use std::time::Duration;
 pub use errors::{Code, RegistryError};
 pub use names::{Repository, Sha256Digest};
 pub use pg::PgRegistry;
-pub use records::{ManifestPut, ManifestWrite, RegistryRecords, StoredManifest};
+pub use records::{ManifestPut, ManifestWrite, OrderRow, Recorded, RegistryRecords, StoredManifest};
 pub use rocks::RocksRegistry;
 
 use crate::auth::AuthSettings;

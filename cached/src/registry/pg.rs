@@ -71,6 +71,35 @@ async fn forget_record(tx: &tokio_postgres::Transaction<'_>, recorded: Option<&R
     Ok(deleted > 0)
 }
 
+/// Whether the registry holds `recorded` as it names it. After [`current_row`] in the same
+/// transaction, a forget of it has committed or waits for `tx`.
+async fn holds(tx: &tokio_postgres::Transaction<'_>, recorded: &Recorded) -> Result<bool> {
+    let found = match recorded {
+        Recorded::Blob { repo, sha256 } => {
+            tx.query_opt(
+                "SELECT 1 FROM registry_blobs WHERE repository = $1 AND sha256 = $2",
+                &[&repo.as_str(), &sha256.0.as_slice()],
+            )
+            .await?
+        }
+        Recorded::Manifest { repo, digest, .. } => {
+            tx.query_opt(
+                "SELECT 1 FROM registry_manifests WHERE repository = $1 AND digest = $2",
+                &[&repo.as_str(), &digest.0.as_slice()],
+            )
+            .await?
+        }
+        Recorded::Tag { repo, tag, digest } => {
+            tx.query_opt(
+                "SELECT 1 FROM registry_tags WHERE repository = $1 AND tag = $2 AND digest = $3",
+                &[&repo.as_str(), &tag, &digest.0.as_slice()],
+            )
+            .await?
+        }
+    };
+    Ok(found.is_some())
+}
+
 /// Links the blob unless the repository has it; whether it was linked now. The same SHA-256
 /// names the same bytes: a link there already is this one.
 async fn insert_link(
@@ -97,12 +126,23 @@ async fn current_row(
     tx: &tokio_postgres::Transaction<'_>,
     recorded: &Recorded,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    row_of(tx, recorded, " FOR UPDATE").await
+}
+
+/// The key and value of `recorded`'s row, found through its pointer, each read with `lock`
+/// (a locking clause, or nothing).
+async fn row_of(
+    tx: &tokio_postgres::Transaction<'_>,
+    recorded: &Recorded,
+    lock: &str,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let query = format!("SELECT value FROM registry_order WHERE key = $1{lock}");
     let pointer = recorded.pointer_key();
-    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1 FOR UPDATE", &[&pointer]).await?;
+    let row = tx.query_opt(&query, &[&pointer]).await?;
     let Some(row_key) = row.and_then(|row| pointed_row(&pointer, row.get::<_, &[u8]>(0))) else {
         return Ok(None);
     };
-    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1 FOR UPDATE", &[&row_key]).await?;
+    let row = tx.query_opt(&query, &[&row_key]).await?;
     Ok(row.map(|row| (row_key, row.get::<_, Vec<u8>>(0))))
 }
 
@@ -497,16 +537,39 @@ impl RegistryRecords for PgRegistry {
         })
     }
 
-    fn touch(&self, recorded: &[Recorded]) -> Result<()> {
+    fn touch(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
         self.run(async {
             let mut client = self.db.client().await?;
             let tx = client.transaction().await?;
-            let now = order_time();
+            let (now, mut missing) = (order_time(), Vec::new());
             for recorded in recorded {
-                place_row(&tx, recorded, now, Written::USED).await?;
+                // The row first: a forget deleting it is waited for, and its record is then gone.
+                let current = current_row(&tx, recorded).await?;
+                if holds(&tx, recorded).await? {
+                    apply(&tx, place(recorded, now, Written::USED, current)).await?;
+                } else {
+                    missing.push(recorded.clone());
+                }
             }
             tx.commit().await?;
-            Ok(())
+            Ok(missing)
+        })
+    }
+
+    fn loose(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
+        self.run(async {
+            let mut client = self.db.client().await?;
+            let tx = client.transaction().await?;
+            let mut loose = Vec::new();
+            for recorded in recorded {
+                if let Some((_, value)) = row_of(&tx, recorded, "").await?
+                    && kept_value(&value).is_some()
+                {
+                    loose.push(recorded.clone());
+                }
+            }
+            tx.commit().await?;
+            Ok(loose)
         })
     }
 
@@ -514,18 +577,20 @@ impl RegistryRecords for PgRegistry {
         self.run(async {
             let mut client = self.db.client().await?;
             let tx = client.transaction().await?;
-            let mut kept = Vec::new();
+            let mut missing = Vec::new();
             for recorded in recorded {
-                if let Some((key, value)) = current_row(&tx, recorded).await?
+                let current = current_row(&tx, recorded).await?;
+                if !holds(&tx, recorded).await? {
+                    missing.push(recorded.clone());
+                } else if let Some((key, value)) = current
                     && let Some(value) = kept_value(&value)
                 {
                     tx.execute("UPDATE registry_order SET value = $2 WHERE key = $1", &[&key, &value])
                         .await?;
-                    kept.push(recorded.clone());
                 }
             }
             tx.commit().await?;
-            Ok(kept)
+            Ok(missing)
         })
     }
 

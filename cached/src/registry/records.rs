@@ -372,11 +372,18 @@ pub trait RegistryRecords: Send + Sync + 'static {
     fn oldest(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<OrderRow>>;
 
     /// Moves the rows of `recorded`, records a push used (the blobs and manifests a manifest
-    /// names), to now: the oldest rows are of records longest unwritten and unused.
-    fn touch(&self, recorded: &[Recorded]) -> Result<()>;
+    /// names), to now: the oldest rows are of records longest unwritten and unused. Returns
+    /// those the registry no longer holds, checked in one step with the move: a forget that
+    /// read a row before it finds the row moved and leaves the record, one after it finds the
+    /// record newer than what it removes first.
+    fn touch(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>>;
+
+    /// Those of `recorded` whose rows are [loose](OrderRow::loose).
+    fn loose(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>>;
 
     /// Makes the rows of `recorded`, records a tag or a referrer reaches, kept (see
-    /// [`OrderRow::loose`]); returns those that were loose. Their rows stay where they are.
+    /// [`OrderRow::loose`]), in one step with the check that each is still held; returns those
+    /// the registry no longer holds. Their rows stay where they are.
     fn keep(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>>;
 
     /// Gives an order row (at [`UNKNOWN_TIME`]) to every record written before there were rows,

@@ -106,6 +106,16 @@ impl RocksRegistry {
         }
     }
 
+    /// Whether the registry holds `recorded` as it names it. Call with `puts` held: a forget
+    /// removes the record before its row, so only the record itself says it is there.
+    fn holds(&self, recorded: &Recorded) -> Result<bool> {
+        Ok(match recorded {
+            Recorded::Blob { repo, sha256 } => self.blob(repo, sha256)?.is_some(),
+            Recorded::Manifest { repo, digest, .. } => self.has_manifest(repo, digest)?,
+            Recorded::Tag { repo, tag, digest } => self.tag(repo, tag)? == Some(*digest),
+        })
+    }
+
     /// Deletes the order rows `keys` and the pointers to them. Call with `puts` held.
     pub(super) fn delete_rows(&self, keys: &[Vec<u8>]) -> Result<()> {
         let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
@@ -420,30 +430,48 @@ impl RegistryRecords for RocksRegistry {
         Ok(forgotten)
     }
 
-    fn touch(&self, recorded: &[Recorded]) -> Result<()> {
+    fn touch(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
         let _put = self.lock();
-        let mut batch = WriteBatch::default();
+        let (mut batch, mut missing) = (WriteBatch::default(), Vec::new());
         let now = order_time();
         for recorded in recorded {
-            self.place_row(&mut batch, recorded, now, Written::USED)?;
+            if self.holds(recorded)? {
+                self.place_row(&mut batch, recorded, now, Written::USED)?;
+            } else {
+                missing.push(recorded.clone());
+            }
         }
-        Ok(self.db.write(batch)?)
+        self.db.write(batch)?;
+        Ok(missing)
+    }
+
+    fn loose(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
+        let mut loose = Vec::new();
+        for recorded in recorded {
+            if let Some((_, value)) = self.current_row(recorded)?
+                && kept_value(&value).is_some()
+            {
+                loose.push(recorded.clone());
+            }
+        }
+        Ok(loose)
     }
 
     fn keep(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
         let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
         let _put = self.lock();
-        let (mut batch, mut kept) = (WriteBatch::default(), Vec::new());
+        let (mut batch, mut missing) = (WriteBatch::default(), Vec::new());
         for recorded in recorded {
-            if let Some((key, value)) = self.current_row(recorded)?
+            if !self.holds(recorded)? {
+                missing.push(recorded.clone());
+            } else if let Some((key, value)) = self.current_row(recorded)?
                 && let Some(value) = kept_value(&value)
             {
                 batch.put_cf(rows, key, value);
-                kept.push(recorded.clone());
             }
         }
         self.db.write(batch)?;
-        Ok(kept)
+        Ok(missing)
     }
 
     fn give_order_rows(&self) -> Result<()> {
@@ -580,8 +608,10 @@ mod tests {
         let read = records.oldest(None, 10).unwrap();
         assert!(read.iter().all(|row| row.loose), "{read:?}");
         let recorded = |n: usize| Recorded::Blob { repo: repo.clone(), sha256: blobs[n] };
-        assert_eq!(records.keep(&[recorded(0)]).unwrap(), [recorded(0)]);
-        records.touch(&[recorded(1)]).unwrap();
+        assert_eq!(records.loose(&[recorded(0), recorded(1)]).unwrap(), [recorded(0), recorded(1)]);
+        assert_eq!(records.keep(&[recorded(0)]).unwrap(), []);
+        assert_eq!(records.loose(&[recorded(0), recorded(1)]).unwrap(), [recorded(1)]);
+        assert_eq!(records.touch(&[recorded(1)]).unwrap(), []);
 
         let forgotten = records.forget(&read).unwrap();
         assert_eq!(forgotten, Forgotten { records: 1, bytes: read[2].size });
@@ -590,5 +620,10 @@ mod tests {
         assert_eq!(records.blob(&repo, &blobs[2]).unwrap(), None);
         let left = records.oldest(None, 10).unwrap();
         assert_eq!(left.len(), 2, "the changed rows stay, the forgotten one goes: {left:?}");
+
+        // A push naming the forgotten one learns it is gone, and places no row for it.
+        assert_eq!(records.touch(&[recorded(1), recorded(2)]).unwrap(), [recorded(2)]);
+        assert_eq!(records.keep(&[recorded(0), recorded(2)]).unwrap(), [recorded(2)]);
+        assert_eq!(records.oldest(None, 10).unwrap().len(), 2);
     }
 }
