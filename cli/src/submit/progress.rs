@@ -61,15 +61,23 @@ pub fn print_table(rows: &[[String; 5]]) {
 /// `text` from a job (its compiler's output, a failure's reason) as it may be shown on a
 /// terminal: control characters other than newlines and tabs escaped (`\u{1b}`), so a pull
 /// request's sources cannot retitle a maintainer's terminal, rewrite what it shows or set its
-/// clipboard through escape sequences in an error message.
+/// clipboard through escape sequences in an error message; and so are the marks that reorder
+/// or hide text (bidirectional overrides, zero-width characters), which make a line read as
+/// something other than what it says.
 pub fn printable(text: &str) -> String {
     text.chars()
         .map(|c| match c {
             '\n' | '\t' => c.to_string(),
-            c if c.is_control() => c.escape_unicode().to_string(),
+            c if c.is_control() || reorders_or_hides(c) => c.escape_unicode().to_string(),
             c => c.to_string(),
         })
         .collect()
+}
+
+/// The format characters a terminal draws as nothing or uses to reorder what follows.
+fn reorders_or_hides(c: char) -> bool {
+    matches!(c,
+        '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 /// Progress: one bar per target on a terminal, one line per change otherwise.
@@ -207,5 +215,8 @@ mod tests {
             "main.go:3: error: \\u{1b}]0;PWNED\\u{7}\\u{1b}[31mred\\u{1b}[0m\\u{d}\n\tnext\\u{9b}2J"
         );
         assert_eq!(printable("plain ünïcode"), "plain ünïcode");
+        // Reads "ok: failed checks" where the override is honoured, though it says "deliaf".
+        let reordered = "ok: \u{202e}deliaf\u{202c} checks\u{200b}";
+        assert_eq!(printable(reordered), "ok: \\u{202e}deliaf\\u{202c} checks\\u{200b}");
     }
 }
