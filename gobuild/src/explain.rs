@@ -56,6 +56,7 @@ fn label(name: &str) -> String {
         "path.module_dir" => "module directory".to_owned(),
         "path.goroot" => "GOROOT".to_owned(),
         "path.gomodcache" => "GOMODCACHE".to_owned(),
+        "path.pgo" => "PGO profile path".to_owned(),
         "pkg.roots" => "packages".to_owned(),
         "flag.tags" => "build tags".to_owned(),
         "cc.CC" => "C compiler".to_owned(),

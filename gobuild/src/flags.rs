@@ -44,8 +44,9 @@ impl BuildFlags {
 }
 
 /// Why `-ldflags` makes the link read what the build key does not: `-extld` names the
-/// linker program, and `-extldflags` may name files (`@file` responses, scripts, objects by
-/// absolute path) whose contents the flag's text does not say.
+/// linker program, and `-extldflags` may name files (`@file` responses, specs, scripts,
+/// objects, directories) in more spellings than any list of them holds, so only its words
+/// known to read no file are keyed ([`extld_word_is_plain`]).
 pub fn ldflags_read_files(values: &[String]) -> Option<String> {
     for words in values.iter().map(|value| per_package_words(value)) {
         let mut words = words.iter();
@@ -58,12 +59,12 @@ pub fn ldflags_read_files(values: &[String]) -> Option<String> {
                 "extldflags" => {
                     let value =
                         joined.map(str::to_owned).or_else(|| words.next().cloned()).unwrap_or_default();
-                    let fields = quoted_fields(&value);
-                    // What follows -Xlinker goes to the linker as a -Wl, piece would.
-                    let linker_args = fields.windows(2).filter(|pair| pair[0] == "-Xlinker");
-                    let passed = linker_args.map(|pair| format!("-Wl,{}", pair[1])).collect::<Vec<_>>();
-                    if fields.iter().chain(&passed).any(|flag| flag != "-Xlinker" && names_a_file(flag)) {
-                        return Some("-ldflags -extldflags names files for the external linker".to_owned());
+                    if !extldflags_are_plain(&quoted_fields(&value)) {
+                        return Some(
+                            "-ldflags -extldflags holds a flag not known to read no file (keyed are only \
+                             such as -static, -pie, -s, -pthread, -l<name>, -Wl,-z,<keyword>, -Wl,--as-needed)"
+                                .to_owned(),
+                        );
                     }
                 }
                 _ => {}
@@ -73,37 +74,141 @@ pub fn ldflags_read_files(values: &[String]) -> Option<String> {
     None
 }
 
-/// Whether an argument for the external linker (the C compiler) may name a file or program
-/// to read: a response file, anything that is not a flag (an object, a library, a script,
-/// relative to go's work directory or not), the flags whose value is a path or a program,
-/// and `-Wl,` values other than those known to be plain words.
-fn names_a_file(argument: &str) -> bool {
-    const PATHS: &[&str] =
-        &["-T", "-L", "-B", "-fuse-ld", "-specs", "--sysroot", "-isysroot", "-include", "-imacros"];
-    const PLAIN_VALUES: &[&str] =
-        &["-rpath", "-R", "-soname", "-h", "-z", "--build-id", "-O", "-e", "--entry"];
-    if argument.contains('@')
-        || !argument.starts_with('-')
-        || PATHS.iter().any(|flag| argument.starts_with(flag))
-    {
-        return true;
+/// Whether every field of an `-extldflags` value is known to make the external linker (the C
+/// compiler driver) read no file but the system's libraries by name.
+fn extldflags_are_plain(fields: &[String]) -> bool {
+    let mut fields = fields.iter().map(String::as_str);
+    // What -Xlinker passes, in order, as one list: `-Xlinker -z -Xlinker now`.
+    let mut linker: Vec<&str> = Vec::new();
+    while let Some(field) = fields.next() {
+        let plain = match field {
+            "-Xlinker" => fields.next().map(|piece| linker.push(piece)).is_some(),
+            "-z" => fields.next().is_some_and(is_keyword),
+            _ => match field.strip_prefix("-Wl,") {
+                Some(list) => linker_pieces_are_plain(&list.split(',').collect::<Vec<_>>()),
+                None => extld_word_is_plain(field),
+            },
+        };
+        if !plain {
+            return false;
+        }
     }
-    // `-fprofile-use=/p`, `-fplugin=/p.so`, `--version-script=/v.map`: a value that is a path.
-    if argument.split_once('=').is_some_and(|(_, value)| value.contains('/')) {
-        return true;
+    linker_pieces_are_plain(&linker)
+}
+
+/// Compiler driver flags that read no file.
+const PLAIN_EXTLD_WORDS: &[&str] = &[
+    "-static",
+    "-static-pie",
+    "-static-libgcc",
+    "-static-libstdc++",
+    "-shared-libgcc",
+    "-pie",
+    "-no-pie",
+    "-s",
+    "-pthread",
+    "-rdynamic",
+    "-m32",
+    "-m64",
+    "-g",
+    "-O0",
+    "-O1",
+    "-O2",
+    "-O3",
+    "-Os",
+    "-fPIC",
+    "-fpic",
+    "-fPIE",
+    "-fpie",
+    "-fno-PIC",
+    "-fno-pic",
+    "-fno-PIE",
+    "-fno-pie",
+    "-nodefaultlibs",
+    "-nostartfiles",
+];
+
+/// Whether one driver word reads no file: a known plain flag, or `-l<name>` (a system
+/// library by name: a `-L` directory that could hold one is not plain).
+fn extld_word_is_plain(word: &str) -> bool {
+    PLAIN_EXTLD_WORDS.contains(&word) || word.strip_prefix("-l").is_some_and(is_library_name)
+}
+
+/// A library name `-l` searches for: not `:file` and no path.
+fn is_library_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.'))
+}
+
+/// A plain keyword value (`-z relro`, `-soname libx.so.1`): no path, no response file.
+fn is_keyword(value: &str) -> bool {
+    !value.is_empty() && !value.starts_with('-') && !value.contains(['/', '@'])
+}
+
+/// Linker options that read no file.
+const PLAIN_LINKER_OPTIONS: &[&str] = &[
+    "--as-needed",
+    "--no-as-needed",
+    "--gc-sections",
+    "--no-gc-sections",
+    "-s",
+    "--strip-all",
+    "-S",
+    "--strip-debug",
+    "-E",
+    "--export-dynamic",
+    "--no-undefined",
+    "-Bstatic",
+    "-Bdynamic",
+    "-Bsymbolic",
+    "-Bsymbolic-functions",
+    "--enable-new-dtags",
+    "--disable-new-dtags",
+    "--eh-frame-hdr",
+    "--build-id",
+    "-O1",
+    "-O2",
+    "--relax",
+    "--no-relax",
+    "--sort-common",
+    "--fatal-warnings",
+    "--warn-common",
+    "-pie",
+    "-static",
+];
+/// Linker options whose `=value` or next piece is a plain word, never read: a run path is
+/// recorded in the binary, not opened.
+const KEYWORD_LINKER_OPTIONS: &[&str] = &[
+    "-z",
+    "-rpath",
+    "--rpath",
+    "-soname",
+    "--soname",
+    "-h",
+    "--build-id",
+    "--hash-style",
+    "--compress-debug-sections",
+    "--icf",
+];
+
+/// Whether linker arguments (`-Wl,` pieces, `-Xlinker` values) read no file.
+fn linker_pieces_are_plain(pieces: &[&str]) -> bool {
+    let mut pieces = pieces.iter().copied();
+    while let Some(piece) = pieces.next() {
+        let plain = if KEYWORD_LINKER_OPTIONS.contains(&piece) && piece != "--build-id" {
+            pieces
+                .next()
+                .is_some_and(|value| is_keyword(value) || (piece.ends_with("rpath") && !value.contains('@')))
+        } else if let Some((name, value)) = piece.split_once('=') {
+            KEYWORD_LINKER_OPTIONS.contains(&name)
+                && (is_keyword(value) || (name.ends_with("rpath") && !value.contains('@')))
+        } else {
+            PLAIN_LINKER_OPTIONS.contains(&piece)
+        };
+        if !plain {
+            return false;
+        }
     }
-    let Some(list) = argument.strip_prefix("-Wl,") else { return false };
-    let pieces: Vec<&str> = list.split(',').collect();
-    pieces.iter().enumerate().any(|(at, piece)| {
-        let after_plain = at > 0 && PLAIN_VALUES.contains(&pieces[at - 1]);
-        let (name, value) = piece.split_once('=').map_or((*piece, None), |(name, value)| (name, Some(value)));
-        let names_a_path = ["--script", "--version-script", "--dynamic-list", "-T", "-L", "--library-path"]
-            .iter()
-            .any(|flag| name.starts_with(flag));
-        names_a_path
-            || (!piece.starts_with('-') && !after_plain)
-            || value.is_some_and(|value| value.contains('/'))
-    })
+    true
 }
 
 /// Whether an `-asmflags` value (`[pattern=]flags`) holds `-I`, in any form the assembler's
@@ -517,6 +622,31 @@ mod tests {
         ] {
             assert!(ldflags_read_files(&[relative.to_owned()]).is_some(), "{relative}");
         }
+    }
+
+    /// Spellings a list of file-reading flags missed: only words known to read no file key.
+    #[test]
+    fn extldflags_key_only_words_known_to_read_no_file() {
+        for reads in [
+            "--specs=link.specs",
+            "--prefix=tools",
+            "--library-directory=lib",
+            "--for-linker=--script=x.ld",
+            "-Wl,--just-symbols=syms",
+            "-Wl,-R,syms",
+            "-Wl,--default-script=x.ld",
+            "-Wl,--mri-script=x.mri",
+            "-Wl,-rpath-link,lib",
+            "-l:libx.a",
+            "-z @rsp",
+            "-Xlinker",
+        ] {
+            let value = format!("-linkmode=external -extldflags '{reads}'");
+            assert!(ldflags_read_files(&[value]).is_some(), "{reads}");
+        }
+        let plain = "-extldflags '-static-pie -pthread -lm -z now -Wl,-z,relro,--as-needed,-soname,libx.so.1 \
+                     -Wl,--hash-style=gnu,-rpath=/opt/lib -Xlinker -z -Xlinker noexecstack -Wl,--build-id=sha1'";
+        assert_eq!(ldflags_read_files(&[plain.to_owned()]), None);
     }
 
     /// `-gcflags=all=-pgoprofile=FILE` made the compiler read a profile that neither the key

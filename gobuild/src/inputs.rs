@@ -13,6 +13,7 @@ use crate::flags::BuildFlags;
 use crate::gocache::GoCache;
 use crate::includes;
 use crate::manifest::Manifest;
+use crate::own::{self, OwnDirs};
 
 /// `go env -json`.
 pub type GoEnv = BTreeMap<String, String>;
@@ -528,7 +529,15 @@ pub async fn derive(
                 }
             }
         }
-        path => files.push(("pgo.profile".to_owned(), call.dir.join(path))),
+        path => {
+            let profile = call.dir.join(path);
+            if !flags.trimpath {
+                // go records the profile by its absolute path then: the same text and
+                // contents from another directory (`-C`) is another binary.
+                manifest.shown("path.pgo", &includes::clean(&profile).display().to_string());
+            }
+            files.push(("pgo.profile".to_owned(), profile));
+        }
     }
 
     let cgo_on = var(env, "CGO_ENABLED") == "1";
@@ -547,6 +556,9 @@ pub async fn derive(
             manifest.insert(format!("env.{name}"), *blake3::hash(&value).as_bytes(), String::new());
         }
     }
+    // First: it refuses a toolchain in the build's own tree before anything of it runs.
+    let own_dirs: Vec<&Path> = std::iter::once(base.as_path()).chain(tree.as_deref()).collect();
+    let unseen_settings = unseen_settings(call, env, flags, packages, &own_dirs, &mut manifest).await?;
     if cgo && cgo_on {
         if cxx {
             compiler_identity(call, &mut manifest, "CXX", var(env, "CXX")).await?;
@@ -565,8 +577,6 @@ pub async fn derive(
     if cgo_on && (cgo || links_externally(flags, call)) {
         compiler_identity(call, &mut manifest, "CC", var(env, "CC")).await?;
     }
-    let own_dirs: Vec<&Path> = std::iter::once(base.as_path()).chain(tree.as_deref()).collect();
-    let unseen_settings = unseen_settings(call, env, flags, packages, &own_dirs, &mut manifest).await?;
 
     if flags.buildvcs != "false" && roots.iter().any(|r| r.is_main) {
         let mains: Vec<(&Path, &Path)> = packages
@@ -623,6 +633,8 @@ pub(crate) async fn unseen_settings(
 ) -> Result<Vec<(String, [u8; 32])>, NoKey> {
     let cgo_on = var(env, "CGO_ENABLED") == "1";
     let cgo = packages.iter().any(uses_cgo);
+    let own = OwnDirs::of(env, packages, own_dirs);
+    refuse_own_toolchain(call, env, flags, packages, &own).await?;
     let mut unseen = Vec::new();
     let mut shown = |name: String, value: &str| {
         manifest.shown(name.clone(), value);
@@ -642,8 +654,7 @@ pub(crate) async fn unseen_settings(
         }
     }
     if cgo && cgo_on {
-        let own_dirs: Vec<&Path> =
-            own_dirs.iter().copied().filter(|dir| !dir.as_os_str().is_empty()).collect();
+        let own_dirs = own.dirs();
         for package in packages.iter().filter(|package| !package.standard) {
             if let Some((name, hash, display)) =
                 crate::pkgconfig::component(call, env, package, &own_dirs).await?
@@ -654,6 +665,69 @@ pub(crate) async fn unseen_settings(
         }
     }
     Ok(unseen)
+}
+
+/// Search paths of the C toolchain: the headers, libraries and programs found there are the
+/// build's inputs, which their text does not name.
+const TOOLCHAIN_SEARCH_PATHS: &[&str] = &[
+    "CPATH",
+    "C_INCLUDE_PATH",
+    "CPLUS_INCLUDE_PATH",
+    "OBJC_INCLUDE_PATH",
+    "LIBRARY_PATH",
+    "GCC_EXEC_PREFIX",
+    "COMPILER_PATH",
+];
+
+/// Refuses a C toolchain, or C compiler and linker settings from the environment, that reach
+/// into the build's `own` directories (see own.rs): what is there changes without changing
+/// the text the build key and go's action IDs hold.
+async fn refuse_own_toolchain(
+    call: &GoCall<'_>,
+    env: &GoEnv,
+    flags: &BuildFlags,
+    packages: &[Package],
+    own: &OwnDirs,
+) -> Result<(), NoKey> {
+    let cgo = packages.iter().any(uses_cgo);
+    if var(env, "CGO_ENABLED") != "1" || !(cgo || links_externally(flags, call)) {
+        return Ok(());
+    }
+    // The C compiler runs in each cgo package's directory; go itself where it was started.
+    let cgo_dirs = packages.iter().filter(|p| !p.standard && uses_cgo(p)).map(|p| Path::new(&p.dir));
+    let dirs: Vec<&Path> = std::iter::once(call.dir).chain(cgo_dirs).collect();
+    let search_path = call.build_var("PATH");
+    let command = |name: &str, command: &str| {
+        own::refuse_own_command(name, command, search_path.as_deref(), &dirs, own)
+    };
+    command("CC", var(env, "CC"))?;
+    if cgo {
+        if packages.iter().any(|p| !p.cxx_files.is_empty() || !p.swig_cxx_files.is_empty()) {
+            command("CXX", var(env, "CXX"))?;
+        }
+        if packages.iter().any(|p| !p.f_files.is_empty()) {
+            let set = flags_as_set(call, env, &["FC"]).await?.pop().unwrap_or_default();
+            let fc = String::from_utf8_lossy(&set);
+            command("FC", if fc.is_empty() { "gfortran" } else { &fc })?;
+        }
+        if packages.iter().any(|p| !p.cgo_pkg_config.is_empty()) {
+            let pkg_config = var(env, "PKG_CONFIG");
+            command("PKG_CONFIG", if pkg_config.is_empty() { "pkg-config" } else { pkg_config })?;
+        }
+    }
+    for name in CGO_FLAG_VARS {
+        let value = var(env, name);
+        let words = proto::quoted::split(value)
+            .map(|words| words.into_iter().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_else(|_| value.split_whitespace().map(str::to_owned).collect());
+        own::refuse_own_flags(name, &words, &dirs, own)?;
+    }
+    for name in TOOLCHAIN_SEARCH_PATHS {
+        if let Some(list) = call.build_var(name) {
+            own::refuse_own_search_path(name, &list, &dirs, own)?;
+        }
+    }
+    Ok(())
 }
 
 /// Where the names of standard library files start while they are hashed.
@@ -874,31 +948,48 @@ async fn compiler_identity(
         return Err(NoKey(format!("{program} --version failed: {}", captured.first_error_line())));
     }
     let version = String::from_utf8_lossy(&captured.stdout).into_owned();
-    let resolved = resolve(program, call.env).map_or_else(|| program.to_owned(), |p| p.display().to_string());
+    let resolved = resolve(program, call).ok_or_else(|| {
+        NoKey(format!("cannot find the program of {var} ({program}) on PATH to key its contents"))
+    })?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(command.as_bytes());
     hasher.update(b"\0");
-    hasher.update(resolved.as_bytes());
+    hasher.update(resolved.display().to_string().as_bytes());
     hasher.update(b"\0");
     hasher.update(version.as_bytes());
+    // A script or driver edited in place keeps its path and may keep its version.
+    for program in programs(command, call) {
+        let contents = hash_file(&program, &mut vec![0; HASH_BUFFER])
+            .map_err(|err| NoKey(format!("cannot read {} ({var}) to key it: {err}", program.display())))?;
+        hasher.update(b"\0");
+        hasher.update(&contents);
+    }
     let first = version.lines().next().unwrap_or("").trim();
     manifest.insert(format!("cc.{var}"), *hasher.finalize().as_bytes(), format!("{command}: {first}"));
     Ok(())
 }
 
-/// Where `program` is: itself when it names a path, else the first match on PATH (the
-/// request's PATH when it sets one).
-fn resolve(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
+/// Where `program` is: itself when it names a path, else the first match on the PATH the
+/// build's processes see.
+pub(crate) fn resolve(program: &str, call: &GoCall<'_>) -> Option<PathBuf> {
     if program.contains('/') {
-        return std::fs::canonicalize(program).ok();
+        return std::fs::canonicalize(call.dir.join(program)).ok();
     }
-    let path = env
-        .iter()
-        .rev()
-        .find(|(name, _)| name == "PATH")
-        .map(|(_, value)| std::ffi::OsString::from(value))
-        .or_else(|| std::env::var_os("PATH"))?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
+    own::resolve_program(program, call.build_var("PATH").as_deref(), Some(call.dir))
+}
+
+/// The files of a toolchain command's programs, links resolved: its first word's, and any
+/// later word's found on PATH (the compiler a wrapper such as ccache runs).
+fn programs(command: &str, call: &GoCall<'_>) -> Vec<PathBuf> {
+    let mut words = command.split_whitespace();
+    let first = words.next().and_then(|program| resolve(program, call));
+    let later = words
+        .filter(|word| !word.starts_with('-') && !word.contains('/'))
+        .filter_map(|word| resolve(word, call));
+    let mut found: Vec<PathBuf> =
+        first.into_iter().chain(later).filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    found.dedup();
+    found
 }
 
 /// VCS stamping: the revision, whether the tree is modified, and the tags go derives the main
@@ -1015,7 +1106,7 @@ fn version_tags(listing: &str, head: &str) -> (String, String) {
 /// How much of a file is held at once while hashing it. Input files come from the build's
 /// sources, which on a runner agent are a tenant's: a file (a `//go:embed` one, say) may be any
 /// size, so hashing must not hold it whole. A few of these per hashing thread is all.
-const HASH_BUFFER: usize = 64 * 1024;
+pub(crate) const HASH_BUFFER: usize = 64 * 1024;
 
 /// BLAKE3 of everything `reader` yields, read through `buffer`. The digest is the one of the
 /// whole contents at once (keys recorded before hashing streamed still hit).
@@ -1035,7 +1126,7 @@ fn hash_reader(mut reader: impl Read, buffer: &mut [u8]) -> std::io::Result<[u8;
 
 /// BLAKE3 of the contents of the file at `path`.
 /// Opened without waiting on a FIFO, and only a regular file: the sources may be a tenant's.
-fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
+pub(crate) fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -1447,6 +1538,35 @@ mod tests {
         let second = derive_in(dir.path(), args, &[("CGO_ENABLED", "1"), ("FC", &fc2)]).await;
         assert!(first.get("cc.FC").is_some(), "FC was not keyed");
         assert_ne!(first.key(), second.key());
+        // Edited in place, with the same path and version: its contents are keyed too.
+        let script = std::fs::read_to_string(&fc1).unwrap();
+        std::fs::write(&fc1, format!("{script}# -DV=2\n")).unwrap();
+        let edited = derive_in(dir.path(), args, &[("CGO_ENABLED", "1"), ("FC", &fc1)]).await;
+        assert_ne!(first.key(), edited.key(), "a compiler edited in place kept its key");
+    }
+
+    /// A C compiler in the module can change without changing its command or version: no key.
+    #[tokio::test]
+    async fn a_compiler_in_the_module_gives_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            &[
+                ("go.mod", "module example.com/p\n\ngo 1.22\n"),
+                ("main.go", "package main\n\n// int v(void) { return 1; }\nimport \"C\"\n\nfunc main() {}\n"),
+                ("tools/cc.sh", "#!/bin/sh\nexec gcc \"$@\"\n"),
+            ],
+        );
+        let cc = dir.path().join("tools/cc.sh");
+        std::fs::set_permissions(&cc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let exec = Processes::default();
+        let env = go_env(&[("CGO_ENABLED", "1"), ("CC", cc.to_str().unwrap())]);
+        let call = GoCall { exec: &exec, go: Path::new("go"), dir: dir.path(), env: &env };
+        let line = crate::flags::parse_command_line(&["-trimpath".to_owned(), ".".to_owned()]).unwrap();
+        let flags = crate::flags::effective("", &line).unwrap();
+        let (go_env, packages) = call.read(&flags, &line.packages).await.unwrap();
+        let refused = derive(&call, &flags, &go_env, &packages, None).await.unwrap_err();
+        assert!(refused.0.contains("CC=") && refused.0.contains("tools/cc.sh"), "{refused:?}");
     }
 
     /// go compiles each module's packages with that module's Go version (-lang), so a change

@@ -28,6 +28,7 @@ pub mod inputs;
 pub mod manifest;
 pub mod modules;
 pub mod outputs;
+mod own;
 mod pkgconfig;
 #[cfg(test)]
 mod testing;

@@ -72,7 +72,15 @@ pub(crate) async fn component(
         refuse_own_paths(&text, own_dirs)?;
         printed.push(text);
     }
-    let hash = *blake3::hash(printed.join("\0").as_bytes()).as_bytes();
+    // Its program too: one edited in place may print other flags to go than to the key.
+    let resolved = crate::inputs::resolve(program, call).ok_or_else(|| {
+        NoKey(format!("cannot find the program of PKG_CONFIG ({program}) on PATH to key it"))
+    })?;
+    let contents = crate::inputs::hash_file(&resolved, &mut vec![0; crate::inputs::HASH_BUFFER])
+        .map_err(|err| NoKey(format!("cannot read {} (PKG_CONFIG) to key it: {err}", resolved.display())))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(printed.join("\0").as_bytes()).update(b"\0").update(&contents);
+    let hash = *hasher.finalize().as_bytes();
     let shown = names.iter().map(|name| name.as_str()).collect::<Vec<_>>().join(" ");
     Ok(Some((format!("cgo.pkg-config.{}", package.import_path), hash, shown)))
 }

@@ -1036,3 +1036,149 @@ fn a_relative_package_pattern_is_keyed_with_the_directory_go_runs_in() {
     );
     assert_ne!(internal, root, "go builds other binaries from the two directories");
 }
+
+/// Writes an executable script at `path` in the module.
+fn write_script(ws: &Workspace, path: &str, text: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    ws.write(&[(path, text)]);
+    std::fs::set_permissions(ws.path(path), std::fs::Permissions::from_mode(0o755)).unwrap();
+    ws.path(path).display().to_string()
+}
+
+/// A cgo main package printing `V`, which the C compiler's settings define (1 when none does).
+fn cgo_define_program(ws: &Workspace, preamble: &str) {
+    let main = format!(
+        "package main\n\n{preamble}// #ifndef V\n// #define V 1\n// #endif\n\
+         // static int value(void) {{ return V; }}\nimport \"C\"\n\nfunc main() {{ println(int(C.value())) }}\n"
+    );
+    ws.write(&[("cmd/cgoval/main.go", main)]);
+}
+
+/// A C compiler in the tree was keyed by its command, path and `--version` output only: a
+/// tenant's tools/cc.sh defining V=2 recorded its binary, and an honest build with the plain
+/// cc.sh hit and printed 2; go's action IDs do not see the script either, so its objects
+/// poisoned the shared go cache. Such a build has no key and no shared go cache.
+#[test]
+fn a_c_compiler_in_the_tree_gives_no_key_and_no_shared_go_cache() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    cgo_define_program(&ws, "");
+    let cc = write_script(&ws, "tools/cc.sh", "#!/bin/sh\nexec gcc -DV=2 \"$@\"\n");
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&[("CC", &cc)], "the tenant's build");
+    assert_eq!(printed, "2", "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "the tenant's objects were shared:\n{stderr}");
+    write_script(&ws, "tools/cc.sh", "#!/bin/sh\nexec gcc \"$@\"\n");
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&[("CC", &cc)], "the honest build");
+    assert_eq!(printed, "1", "the tenant's binary or objects were served:\n{stderr}");
+    assert!(stderr.contains("not caching this build") && stderr.contains("CC"), "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "{stderr}");
+}
+
+/// A pkg-config in the tree printed one thing to the wrapper and another to go (its parent
+/// there): the tenant's binary, built with V=2, was recorded under the key of V=1's flags and
+/// restored to an honest build.
+#[test]
+fn a_pkg_config_in_the_tree_gives_no_key_and_no_shared_go_cache() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    cgo_define_program(&ws, "// #cgo pkg-config: cachedfoo\n");
+    let evil = "#!/bin/sh\ncase \"$1\" in --cflags) ;; *) echo; exit 0;; esac\n\
+                if [ \"$(cat /proc/$PPID/comm)\" = go ]; then echo -DV=2; else echo -DV=1; fi\n";
+    let pkg_config = write_script(&ws, "tools/pkg-config", evil);
+    let env = [("PKG_CONFIG", pkg_config.as_str())];
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&env, "the tenant's build");
+    assert_eq!(printed, "2", "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "the tenant's objects were shared:\n{stderr}");
+    write_script(
+        &ws,
+        "tools/pkg-config",
+        "#!/bin/sh\ncase \"$1\" in --cflags) echo -DV=1;; *) echo;; esac\n",
+    );
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&env, "the honest build");
+    assert_eq!(printed, "1", "the tenant's binary or objects were served:\n{stderr}");
+    assert!(stderr.contains("not caching this build") && stderr.contains("PKG_CONFIG"), "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "{stderr}");
+}
+
+/// CGO_CFLAGS=-I<module>/include was keyed as text: a quoted include found only there counted
+/// as a system header, so the tenant's header (V=2) was recorded and an honest one hit.
+#[test]
+fn cgo_flags_from_the_environment_naming_the_tree_give_no_key() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    cgo_define_program(&ws, "// #include \"greet.h\"\n");
+    ws.write(&[("include/greet.h", "#define V 2\n")]);
+    let flags = format!("-I{}", ws.path("include").display());
+    let env = [("CGO_CFLAGS", flags.as_str())];
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&env, "the tenant's build");
+    assert_eq!(printed, "2", "{stderr}");
+    ws.write(&[("include/greet.h", "#define V 3\n")]);
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&env, "the honest build");
+    assert_eq!(printed, "3", "the tenant's binary or objects were served:\n{stderr}");
+    assert!(stderr.contains("not caching this build") && stderr.contains("CGO_CFLAGS"), "{stderr}");
+    // And the CPATH family, the same way.
+    let cpath = ws.path("include").display().to_string();
+    let (stderr, _) = ws.cgo_value_on_a_fresh_runner(&[("CPATH", &cpath)], "a build with CPATH in the tree");
+    assert!(stderr.contains("not caching this build") && stderr.contains("CPATH"), "{stderr}");
+}
+
+/// Whether the ELF executable at `path` asks for an executable stack (PT_GNU_STACK with PF_X).
+fn executable_stack(path: &Path) -> bool {
+    let elf = std::fs::read(path).unwrap();
+    let u16_at = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap());
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).map(|n| phoff + n * size).any(|at| u32_at(at) == 0x6474_e551 && u32_at(at + 4) & 1 != 0)
+}
+
+/// `-extldflags=--specs=link.specs` read a file the key did not name: the tenant's specs
+/// (`-z execstack`) were recorded and restored to an honest build with other specs.
+#[test]
+fn extldflags_not_known_to_read_no_files_give_no_key() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    ws.write(&[
+        ("cmd/plain/main.go", "package main\n\nfunc main() { println(\"plain\") }\n"),
+        ("link.specs", "*link:\n+ -z execstack\n"),
+    ]);
+    let args = [
+        "go",
+        "build",
+        "-trimpath",
+        "-ldflags=-linkmode=external -extldflags=--specs=link.specs",
+        "-o",
+        "bin/plain",
+        "./cmd/plain",
+    ];
+    ws.on_a_fresh_runner(&args, &[]).success("the tenant's build");
+    assert!(executable_stack(&ws.path("bin/plain")), "the specs file was not used");
+    ws.write(&[("link.specs", "*link:\n+ -z noexecstack\n")]);
+    // As on another runner: go itself keeps an output whose build ID (the flags' text) matches.
+    std::fs::remove_file(ws.path("bin/plain")).unwrap();
+    let built = ws.on_a_fresh_runner(&args, &[]).success("the honest build");
+    assert!(!executable_stack(&ws.path("bin/plain")), "the tenant's binary was restored:\n{}", built.stderr);
+    assert!(built.stderr.contains("not caching this build"), "{}", built.stderr);
+}
+
+/// Without -trimpath go records `-pgo=` by its absolute path, which `-C` changes: the key held
+/// the flag's text and the profile's contents, so a build from b/ restored the binary built
+/// from a/, whose build info names a/'s profile.
+#[test]
+fn a_pgo_profile_is_keyed_by_the_path_a_binary_records() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    ws.write(&[("a/p.pprof", ""), ("b/p.pprof", "")]);
+    let recorded_profile = |dir: &str| {
+        let args = ["go", "build", "-C", dir, "-pgo=p.pprof", "-o", "../bin/app", "../cmd/app"];
+        let built = run(ws.cachectl(&args, &[])).success(&format!("the build in {dir}"));
+        let binary = ws.path("bin/app").display().to_string();
+        let info = run(ws.env.go(&["version", "-m", &binary])).success("go version -m").stdout;
+        let line = info.lines().find(|line| line.contains("-pgo=")).unwrap_or("").trim().to_owned();
+        (line, built.stderr)
+    };
+    let (from_a, _) = recorded_profile("a");
+    assert!(from_a.ends_with("/a/p.pprof"), "{from_a}");
+    let (from_b, stderr) = recorded_profile("b");
+    assert!(from_b.ends_with("/b/p.pprof"), "the binary built from a/ was restored: {from_b}\n{stderr}");
+}
