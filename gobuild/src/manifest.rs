@@ -53,8 +53,18 @@ impl Manifest {
         self.insert(name.into(), *blake3::hash(value.as_bytes()).as_bytes(), String::new());
     }
 
-    /// A component whose hash the caller computed (file contents).
+    /// A component whose hash the caller computed (file contents). A name given twice with
+    /// other contents keys both, in order: names come from the tenant's tree (`file.<path>`),
+    /// and a later input must never hide an earlier one from the key.
     pub fn insert(&mut self, name: String, hash: [u8; 32], display: String) {
+        let hash = match self.components.get(&name) {
+            Some(earlier) if earlier.hash != hash => {
+                let mut both = blake3::Hasher::new();
+                both.update(&earlier.hash).update(&hash);
+                *both.finalize().as_bytes()
+            }
+            _ => hash,
+        };
         self.components.insert(name.clone(), Component { name, hash, display });
     }
 
@@ -133,5 +143,22 @@ mod tests {
         let mut other = manifest.clone();
         other.hidden("flag.ldflags", "-X main.token=other");
         assert_ne!(manifest.key(), other.key());
+    }
+
+    #[test]
+    fn a_name_given_twice_keys_both_contents() {
+        let file = |contents: &[u8]| {
+            let mut manifest = Manifest::default();
+            manifest.insert("file.a.go".into(), *blake3::hash(contents).as_bytes(), String::new());
+            manifest
+        };
+        let (honest, hostile) = (file(b"honest"), file(b"hostile"));
+        let mut both = honest.clone();
+        both.insert("file.a.go".into(), *blake3::hash(b"hostile").as_bytes(), String::new());
+        assert_ne!(both.key(), hostile.key(), "the later file hid the earlier one");
+        assert_ne!(both.key(), honest.key());
+        let mut again = honest.clone();
+        again.insert("file.a.go".into(), *blake3::hash(b"honest").as_bytes(), String::new());
+        assert_eq!(again.key(), honest.key(), "the same input twice is one input");
     }
 }
