@@ -731,7 +731,6 @@ fn a_forget_leaves_rows_a_push_changed_since_it_read_them_in_postgresql() {
     let read = records.oldest(None, 10).unwrap();
     assert!(read.len() == 3 && read.iter().all(|row| row.loose), "{read:?}");
     let recorded = |n: usize| read[n].recorded.clone().unwrap();
-    assert_eq!(records.loose(&[recorded(0)]).unwrap(), [recorded(0)]);
     assert_eq!(records.keep(&[recorded(0)]).unwrap(), [], "held: nothing missing");
     records.touch(&[recorded(1)]).unwrap();
 
@@ -801,7 +800,8 @@ fn row_of(rows: &[cached::registry::OrderRow], recorded: &cached::registry::Reco
 /// (older than the child) while the child stays. An index tagged over the child then named an
 /// image whose pull failed (blob unknown); now the push is refused, so the client pushes the
 /// layer again. And once tagged, all the image reaches is kept and newer than the tag: the
-/// oldest go first, so a forget takes the tag before any part of what it names.
+/// oldest go first, so a forget takes the tag before any part of what it names (the config
+/// and layers of a child stayed older than the index and its tag before).
 #[test]
 fn an_index_over_a_child_that_lost_a_layer_is_refused_in_postgresql() {
     use cached::registry::{Recorded, RegistryRecords, Repository, Sha256Digest};
@@ -852,7 +852,6 @@ fn an_index_over_a_child_that_lost_a_layer_is_refused_in_postgresql() {
         assert!(!loose, "the {part} is loose though a tag reaches it: {rows:?}");
         assert!(place > tag.0 && place > index.0, "the {part} goes before the tag: {rows:?}");
     }
-    assert!(config.0 > child.0 && layer.0 > child.0, "a layer goes before its image: {rows:?}");
     runtime.block_on(registry.stop());
 }
 

@@ -472,17 +472,19 @@ async fn check_references(
     Ok(blobs.chain(children).collect())
 }
 
-/// Most bytes of manifests one push reads to find what it reaches: a real index names a few
-/// small children, and one naming thousands of 4 MiB children must not make each push read
-/// gigabytes.
+/// Most bytes of manifests one push reads to find what it reaches, and most records it may
+/// reach: a real index names a few small children, and one naming thousands of large children
+/// (or an index over indexes over them) must not make each push read and move that much.
 const MAX_REACHED_MANIFEST_BYTES: usize = 16 << 20;
+const MAX_REACHED_RECORDS: usize = 4 * MAX_REFERENCES;
 
 /// Why a push was refused inside the records' step.
 enum Refusal {
     /// A record it reaches is no longer held: a forget removed it after `check_references`
     /// found it, or a child pushed by digest lost it while it was loose.
     Gone(Recorded),
-    /// The manifests it reaches take more than [`MAX_REACHED_MANIFEST_BYTES`].
+    /// It reaches more than [`MAX_REACHED_MANIFEST_BYTES`] of manifests or
+    /// [`MAX_REACHED_RECORDS`] records.
     TooLarge,
 }
 
@@ -491,8 +493,9 @@ impl Refusal {
         let what = match self {
             Self::TooLarge => {
                 return invalid(format!(
-                    "the manifests this one reaches take more than {} MiB together; push an index \
-                     naming fewer or smaller manifests; nothing was stored",
+                    "the manifests this one reaches take more than {} MiB together, or name more \
+                     than {MAX_REACHED_RECORDS} blobs and manifests; push an index naming fewer or \
+                     smaller manifests; nothing was stored",
                     MAX_REACHED_MANIFEST_BYTES >> 20
                 ));
             }
@@ -511,66 +514,58 @@ impl Refusal {
     }
 }
 
-/// What a manifest reaches, by depth: `levels[0]` what it names, each next level what the
-/// manifests of the one before name. Subjects, which need not be there, apart.
+/// Everything a manifest reaches in its repository, each once: what it names, what the
+/// manifests among those name, and so on. Subjects, which need not be there, apart.
 struct Reached {
-    levels: Vec<Vec<Recorded>>,
+    records: Vec<Recorded>,
     subjects: Vec<Recorded>,
 }
 
 impl Reached {
-    /// Reads at most [`MAX_REACHED_MANIFEST_BYTES`] of manifests: each once a level, where
-    /// it is reached (one reached at two depths is moved at the deeper, and so is what it
-    /// names, below it).
+    /// Reads each manifest reached once, within [`MAX_REACHED_MANIFEST_BYTES`] and
+    /// [`MAX_REACHED_RECORDS`].
     fn below(
         records: &dyn RegistryRecords,
         repo: &Repository,
         named: Vec<Recorded>,
     ) -> crate::error::Result<Result<Self, Refusal>> {
-        let mut reached = Self { levels: vec![named], subjects: Vec::new() };
-        let mut bytes = 0;
-        loop {
-            let (mut next, mut listed) = (Vec::new(), HashSet::new());
-            for recorded in reached.levels.last().into_iter().flatten() {
-                let Recorded::Manifest { digest, .. } = recorded else { continue };
-                let Some(manifest) = records.manifest(repo, digest)? else { continue };
-                bytes += manifest.bytes.len();
-                if bytes > MAX_REACHED_MANIFEST_BYTES {
-                    return Ok(Err(Refusal::TooLarge));
-                }
-                let (names, subject) = named_records(repo, &manifest.bytes);
-                next.extend(names.into_iter().filter(|name| listed.insert(name.pointer_key())));
-                reached.subjects.extend(subject);
+        let mut listed: HashSet<Vec<u8>> = named.iter().map(Recorded::pointer_key).collect();
+        let mut reached = Self { records: named, subjects: Vec::new() };
+        let (mut next, mut bytes) = (0, 0);
+        while let Some(recorded) = reached.records.get(next) {
+            next += 1;
+            let Recorded::Manifest { digest, .. } = recorded else { continue };
+            let Some(manifest) = records.manifest(repo, digest)? else { continue };
+            bytes += manifest.bytes.len();
+            let (names, subject) = named_records(repo, &manifest.bytes);
+            reached.records.extend(names.into_iter().filter(|name| listed.insert(name.pointer_key())));
+            reached.subjects.extend(subject);
+            if bytes > MAX_REACHED_MANIFEST_BYTES || reached.records.len() > MAX_REACHED_RECORDS {
+                return Ok(Err(Refusal::TooLarge));
             }
-            if next.is_empty() {
-                return Ok(Ok(reached));
-            }
-            reached.levels.push(next);
         }
+        Ok(Ok(reached))
     }
 
-    /// Whether all of it is still held, deepest first, each level in one step with what
-    /// protects it from a forget: kept, when a tag or a subject vouches for it (a manifest
-    /// only once all it names is, so a refusal leaves none kept over a loose record), else
-    /// used. Returns what is gone.
+    /// Whether all of it is still held, in one step with what protects it from a forget that
+    /// read its rows before: moved to now, and kept when a tag or a subject vouches for it.
+    /// Returns what is gone.
     fn check(&self, records: &dyn RegistryRecords, loose: bool) -> crate::error::Result<Option<Recorded>> {
-        for level in self.levels.iter().rev() {
-            let missing = if loose { records.touch(level)? } else { records.keep(level)? };
-            if let Some(missing) = missing.into_iter().next() {
-                return Ok(Some(missing));
-            }
-        }
-        Ok(None)
+        let missing = if loose { records.touch(&self.records)? } else { records.keep(&self.records)? };
+        Ok(missing.into_iter().next())
     }
 
-    /// Moves its rows after the manifest's and its tag's, deeper ones later still: a forget
-    /// goes oldest first, so it takes a tag or a manifest before anything it reaches, and a
-    /// tag never names an image with a part forgotten.
+    /// Moves its rows after the manifest's and its tag's: a forget goes oldest first, so it
+    /// takes a tag or a manifest before anything it reaches, and a tag never names an image
+    /// with a part forgotten. Rows only ever move later, so that stays true.
     fn retime(&self, records: &dyn RegistryRecords) {
-        for level in &self.levels {
-            if let Err(err) = records.touch(level) {
-                tracing::warn!(error = %err, "marking the records a manifest reaches as used failed");
+        match records.touch(&self.records) {
+            Ok(gone) if gone.is_empty() => {}
+            // Only a forget that went through every newer record first gets here.
+            Ok(gone) => {
+                tracing::warn!(?gone, "records a stored manifest reaches were forgotten as it was stored")
             }
+            Err(err) => tracing::warn!(error = %err, "marking the records a manifest reaches as used failed"),
         }
     }
 }
@@ -701,5 +696,63 @@ mod tests {
             serde_json::from_slice(&referrer_descriptor(&image, "m", digest, 3).unwrap()).unwrap();
         assert_eq!(descriptor["artifactType"], "application/x-sig");
         assert_eq!(descriptor["size"], 3);
+    }
+
+    /// Stores `json` by digest in `repo`; returns what names it.
+    fn store(records: &super::super::RocksRegistry, repo: &Repository, json: &str) -> Recorded {
+        let digest = Sha256Digest::of(json.as_bytes());
+        let stored = StoredManifest { media_type: "m".into(), bytes: Bytes::from(json.to_owned()) };
+        let write = ManifestWrite { digest, manifest: &stored, tag: None, referrer: None };
+        records.put_manifest(repo, write).unwrap();
+        Recorded::Manifest { repo: repo.clone(), digest, subject: None }
+    }
+
+    fn descriptor(digest: Sha256Digest) -> String {
+        format!(r#"{{"mediaType":"m","digest":"{digest}","size":1}}"#)
+    }
+
+    /// A chain of small indexes, each over the one before and one image of thousands of
+    /// layers, made each push read and move that image once for every index under it
+    /// (seconds a push, by `cas-write`): what a push reaches is read and listed once.
+    #[test]
+    fn a_push_reads_and_moves_what_it_reaches_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = super::super::RocksRegistry::new(crate::db::open(dir.path()).unwrap());
+        let repo = Repository::parse("main/app").unwrap();
+        let layers: Vec<String> =
+            (0..1000u32).map(|n| descriptor(Sha256Digest::of(&n.to_be_bytes()))).collect();
+        let image = format!(r#"{{"layers":[{}]}}"#, layers.join(","));
+        let Recorded::Manifest { digest: image_digest, .. } = store(&records, &repo, &image) else {
+            panic!()
+        };
+        let mut top = None;
+        for _ in 0..20 {
+            let under =
+                top.map(|digest: Sha256Digest| format!(",{}", descriptor(digest))).unwrap_or_default();
+            let index = format!(r#"{{"manifests":[{}{under}]}}"#, descriptor(image_digest));
+            let Recorded::Manifest { digest, .. } = store(&records, &repo, &index) else { panic!() };
+            top = Some(digest);
+        }
+        let named = vec![Recorded::Manifest { repo: repo.clone(), digest: top.unwrap(), subject: None }];
+        let Ok(reached) = Reached::below(&records, &repo, named).unwrap() else { panic!("refused") };
+        assert_eq!(reached.records.len(), 20 + 1 + 1000, "each index, the image and its layers, once");
+
+        // Past the bound on records, the push is refused rather than moving them all.
+        let wide: Vec<String> = (0..5u32)
+            .map(|n| {
+                let layers = (0..4000u32)
+                    .map(|l| descriptor(Sha256Digest::of(&[n.to_be_bytes(), l.to_be_bytes()].concat())));
+                let Recorded::Manifest { digest, .. } = store(
+                    &records,
+                    &repo,
+                    &format!(r#"{{"layers":[{}]}}"#, layers.collect::<Vec<_>>().join(",")),
+                ) else {
+                    panic!()
+                };
+                descriptor(digest)
+            })
+            .collect();
+        let index = store(&records, &repo, &format!(r#"{{"manifests":[{}]}}"#, wide.join(",")));
+        assert!(matches!(Reached::below(&records, &repo, vec![index]).unwrap(), Err(Refusal::TooLarge)));
     }
 }

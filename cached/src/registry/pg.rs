@@ -15,7 +15,7 @@ use super::names::{Repository, Sha256Digest};
 use super::records::{
     Forgotten, MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite,
     ORDER_MARKER, OrderRow, POINTERS, Placement, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME,
-    Written, is_order_key, kept_value, listed_descriptor, order_time, place, pointed_row, pointer_of,
+    Written, is_order_key, listed_descriptor, order_time, place, pointed_row, pointer_of,
 };
 use crate::error::{Error, Result};
 use crate::postgres::Database;
@@ -38,6 +38,27 @@ impl PgRegistry {
 
     fn run<T>(&self, query: impl Future<Output = Result<T>>) -> Result<T> {
         self.runtime.block_on(query)
+    }
+
+    /// Moves the rows of those of `recorded` the registry holds to now, as `written` says;
+    /// returns the others.
+    fn move_held(&self, recorded: &[Recorded], written: Written) -> Result<Vec<Recorded>> {
+        self.run(async {
+            let mut client = self.db.client().await?;
+            let tx = client.transaction().await?;
+            let (now, mut missing) = (order_time(), Vec::new());
+            for recorded in recorded {
+                // The row first: a forget deleting it is waited for, and its record is then gone.
+                let current = current_row(&tx, recorded).await?;
+                if holds(&tx, recorded).await? {
+                    apply(&tx, place(recorded, now, written, current)).await?;
+                } else {
+                    missing.push(recorded.clone());
+                }
+            }
+            tx.commit().await?;
+            Ok(missing)
+        })
     }
 }
 
@@ -126,23 +147,12 @@ async fn current_row(
     tx: &tokio_postgres::Transaction<'_>,
     recorded: &Recorded,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-    row_of(tx, recorded, " FOR UPDATE").await
-}
-
-/// The key and value of `recorded`'s row, found through its pointer, each read with `lock`
-/// (a locking clause, or nothing).
-async fn row_of(
-    tx: &tokio_postgres::Transaction<'_>,
-    recorded: &Recorded,
-    lock: &str,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-    let query = format!("SELECT value FROM registry_order WHERE key = $1{lock}");
     let pointer = recorded.pointer_key();
-    let row = tx.query_opt(&query, &[&pointer]).await?;
+    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1 FOR UPDATE", &[&pointer]).await?;
     let Some(row_key) = row.and_then(|row| pointed_row(&pointer, row.get::<_, &[u8]>(0))) else {
         return Ok(None);
     };
-    let row = tx.query_opt(&query, &[&row_key]).await?;
+    let row = tx.query_opt("SELECT value FROM registry_order WHERE key = $1 FOR UPDATE", &[&row_key]).await?;
     Ok(row.map(|row| (row_key, row.get::<_, Vec<u8>>(0))))
 }
 
@@ -538,60 +548,11 @@ impl RegistryRecords for PgRegistry {
     }
 
     fn touch(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
-        self.run(async {
-            let mut client = self.db.client().await?;
-            let tx = client.transaction().await?;
-            let (now, mut missing) = (order_time(), Vec::new());
-            for recorded in recorded {
-                // The row first: a forget deleting it is waited for, and its record is then gone.
-                let current = current_row(&tx, recorded).await?;
-                if holds(&tx, recorded).await? {
-                    apply(&tx, place(recorded, now, Written::USED, current)).await?;
-                } else {
-                    missing.push(recorded.clone());
-                }
-            }
-            tx.commit().await?;
-            Ok(missing)
-        })
-    }
-
-    fn loose(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
-        self.run(async {
-            let mut client = self.db.client().await?;
-            let tx = client.transaction().await?;
-            let mut loose = Vec::new();
-            for recorded in recorded {
-                if let Some((_, value)) = row_of(&tx, recorded, "").await?
-                    && kept_value(&value).is_some()
-                {
-                    loose.push(recorded.clone());
-                }
-            }
-            tx.commit().await?;
-            Ok(loose)
-        })
+        self.move_held(recorded, Written::USED)
     }
 
     fn keep(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
-        self.run(async {
-            let mut client = self.db.client().await?;
-            let tx = client.transaction().await?;
-            let mut missing = Vec::new();
-            for recorded in recorded {
-                let current = current_row(&tx, recorded).await?;
-                if !holds(&tx, recorded).await? {
-                    missing.push(recorded.clone());
-                } else if let Some((key, value)) = current
-                    && let Some(value) = kept_value(&value)
-                {
-                    tx.execute("UPDATE registry_order SET value = $2 WHERE key = $1", &[&key, &value])
-                        .await?;
-                }
-            }
-            tx.commit().await?;
-            Ok(missing)
-        })
+        self.move_held(recorded, Written::KEPT)
     }
 
     fn give_order_rows(&self) -> Result<()> {

@@ -249,6 +249,8 @@ pub(super) struct Written {
 impl Written {
     /// A record only used: its row moves, loose or kept as it was.
     pub(super) const USED: Self = Self { size: None, loose: true };
+    /// A record a tag or a referrer reaches, used: its row moves, and is kept.
+    pub(super) const KEPT: Self = Self { size: None, loose: false };
 
     pub(super) fn new(size: Option<usize>, loose: bool) -> Self {
         Self { size: size.map(|size| size as u64), loose }
@@ -378,12 +380,8 @@ pub trait RegistryRecords: Send + Sync + 'static {
     /// record newer than what it removes first.
     fn touch(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>>;
 
-    /// Those of `recorded` whose rows are [loose](OrderRow::loose).
-    fn loose(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>>;
-
-    /// Makes the rows of `recorded`, records a tag or a referrer reaches, kept (see
-    /// [`OrderRow::loose`]), in one step with the check that each is still held; returns those
-    /// the registry no longer holds. Their rows stay where they are.
+    /// As [`RegistryRecords::touch`], and makes the rows kept (see [`OrderRow::loose`]):
+    /// `recorded` are records a tag or a referrer reaches.
     fn keep(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>>;
 
     /// Gives an order row (at [`UNKNOWN_TIME`]) to every record written before there were rows,

@@ -10,7 +10,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use super::names::{Repository, Sha256Digest};
 use super::records::{
     Forgotten, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, ORDER_MARKER, OrderRow,
-    POINTERS, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, Written, is_order_key, kept_value,
+    POINTERS, Recorded, RegistryRecords, StoredManifest, UNKNOWN_TIME, Written, is_order_key,
     listed_descriptor, order_time, place, pointed_row, pointer_of,
 };
 use crate::db::{
@@ -114,6 +114,23 @@ impl RocksRegistry {
             Recorded::Manifest { repo, digest, .. } => self.has_manifest(repo, digest)?,
             Recorded::Tag { repo, tag, digest } => self.tag(repo, tag)? == Some(*digest),
         })
+    }
+
+    /// Moves the rows of those of `recorded` the registry holds to now, as `written` says;
+    /// returns the others.
+    fn move_held(&self, recorded: &[Recorded], written: Written) -> Result<Vec<Recorded>> {
+        let _put = self.lock();
+        let (mut batch, mut missing) = (WriteBatch::default(), Vec::new());
+        let now = order_time();
+        for recorded in recorded {
+            if self.holds(recorded)? {
+                self.place_row(&mut batch, recorded, now, written)?;
+            } else {
+                missing.push(recorded.clone());
+            }
+        }
+        self.db.write(batch)?;
+        Ok(missing)
     }
 
     /// Deletes the order rows `keys` and the pointers to them. Call with `puts` held.
@@ -431,47 +448,11 @@ impl RegistryRecords for RocksRegistry {
     }
 
     fn touch(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
-        let _put = self.lock();
-        let (mut batch, mut missing) = (WriteBatch::default(), Vec::new());
-        let now = order_time();
-        for recorded in recorded {
-            if self.holds(recorded)? {
-                self.place_row(&mut batch, recorded, now, Written::USED)?;
-            } else {
-                missing.push(recorded.clone());
-            }
-        }
-        self.db.write(batch)?;
-        Ok(missing)
-    }
-
-    fn loose(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
-        let mut loose = Vec::new();
-        for recorded in recorded {
-            if let Some((_, value)) = self.current_row(recorded)?
-                && kept_value(&value).is_some()
-            {
-                loose.push(recorded.clone());
-            }
-        }
-        Ok(loose)
+        self.move_held(recorded, Written::USED)
     }
 
     fn keep(&self, recorded: &[Recorded]) -> Result<Vec<Recorded>> {
-        let rows = cf(&self.db, CF_REGISTRY_ORDER)?;
-        let _put = self.lock();
-        let (mut batch, mut missing) = (WriteBatch::default(), Vec::new());
-        for recorded in recorded {
-            if !self.holds(recorded)? {
-                missing.push(recorded.clone());
-            } else if let Some((key, value)) = self.current_row(recorded)?
-                && let Some(value) = kept_value(&value)
-            {
-                batch.put_cf(rows, key, value);
-            }
-        }
-        self.db.write(batch)?;
-        Ok(missing)
+        self.move_held(recorded, Written::KEPT)
     }
 
     fn give_order_rows(&self) -> Result<()> {
@@ -595,6 +576,23 @@ mod tests {
         assert!(records.referrers(&repo, &sha, 10, 1 << 20).unwrap().is_empty());
     }
 
+    /// A forget that read a kept row before a tagged push checked its record again leaves it:
+    /// keeping moves the row. It left a kept row as it was, and the forget then removed what
+    /// the push had just found there.
+    #[test]
+    fn keeping_a_kept_record_again_moves_its_row() {
+        let (_dir, records) = open();
+        let (repo, sha) = (Repository::parse("teama/app").unwrap(), Sha256Digest::of(b"x"));
+        records.link_blob(&repo, &sha, &Digest::of(b"x")).unwrap();
+        let blob = Recorded::Blob { repo: repo.clone(), sha256: sha };
+        assert_eq!(records.keep(std::slice::from_ref(&blob)).unwrap(), []);
+        let read = records.oldest(None, 10).unwrap();
+        assert!(read.len() == 1 && !read[0].loose, "{read:?}");
+        assert_eq!(records.keep(std::slice::from_ref(&blob)).unwrap(), []);
+        assert_eq!(records.forget(&read).unwrap().records, 0, "a push kept it since the forget read it");
+        assert!(records.blob(&repo, &sha).unwrap().is_some());
+    }
+
     /// A forget that read rows just before a tagged push made one kept, or a push used one,
     /// leaves what they name: the push relies on it. Unchanged rows go with their records.
     #[test]
@@ -608,9 +606,7 @@ mod tests {
         let read = records.oldest(None, 10).unwrap();
         assert!(read.iter().all(|row| row.loose), "{read:?}");
         let recorded = |n: usize| Recorded::Blob { repo: repo.clone(), sha256: blobs[n] };
-        assert_eq!(records.loose(&[recorded(0), recorded(1)]).unwrap(), [recorded(0), recorded(1)]);
         assert_eq!(records.keep(&[recorded(0)]).unwrap(), []);
-        assert_eq!(records.loose(&[recorded(0), recorded(1)]).unwrap(), [recorded(1)]);
         assert_eq!(records.touch(&[recorded(1)]).unwrap(), []);
 
         let forgotten = records.forget(&read).unwrap();
