@@ -520,6 +520,15 @@ impl RegistryRecords for PgRegistry {
             // moving it waits behind (or has changed it already, and the delete finds nothing).
             for row in rows {
                 let tx = client.transaction().await?;
+                if is_order_key(&row.key) {
+                    // Pointer before row, as pushes lock them (`current_row`): the other order
+                    // deadlocked a push moving the row, and PostgreSQL failed one of the two.
+                    tx.execute(
+                        "SELECT 1 FROM registry_order WHERE key = $1 FOR UPDATE",
+                        &[&pointer_of(&row.key)],
+                    )
+                    .await?;
+                }
                 let held = tx
                     .execute(
                         "DELETE FROM registry_order WHERE key = $1 AND value = $2",
