@@ -727,6 +727,20 @@ async fn refuse_own_toolchain(
             own::refuse_own_search_path(name, &list, &dirs, own)?;
         }
     }
+    // gcc and collect2 run the assembler, linker and compiler proper by name from PATH, and
+    // the loader gives every one of them the libraries these name: neither is in CC's identity.
+    own::refuse_own_programs_on_path(search_path.as_deref(), &dirs, own)?;
+    let library_path = call.build_var("LD_LIBRARY_PATH");
+    for name in ["LD_LIBRARY_PATH", "LD_RUN_PATH"] {
+        if let Some(list) = call.build_var(name) {
+            own::refuse_own_library_path(name, &list, &dirs, own)?;
+        }
+    }
+    for name in ["LD_PRELOAD", "LD_AUDIT"] {
+        if let Some(list) = call.build_var(name) {
+            own::refuse_own_preload(name, &list, library_path.as_deref(), &dirs, own)?;
+        }
+    }
     Ok(())
 }
 

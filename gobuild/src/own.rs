@@ -76,36 +76,98 @@ fn own_path(text: &str, dirs: &[&Path], own: &OwnDirs) -> Option<String> {
 /// Options whose value (joined, or the next word) is a word, never a file.
 const WORD_OPTIONS: &[&str] = &["-D", "-U", "-x", "-std", "-z", "-MT", "-MQ"];
 
+/// Options whose value maps path prefixes (`old=new`) in what the compiler writes: it reads
+/// nothing there, and `-ffile-prefix-map=$PWD/=` is how reproducible builds drop the tree.
+const MAP_OPTIONS: &[&str] =
+    &["-ffile-prefix-map=", "-fdebug-prefix-map=", "-fmacro-prefix-map=", "-fprofile-prefix-map="];
+
+/// Options that hand the next word to the linker, assembler or preprocessor as it is.
+const PASS_OPTIONS: &[&str] = &["-Xlinker", "-Xassembler", "-Xpreprocessor"];
+
+/// Options whose joined rest names a file or directory. Longest first where one name starts
+/// another: `-iwithprefixbefore<dir>` read as `-iwithprefix` would offer `before<dir>`.
+const JOINED_PATH_OPTIONS: &[&str] = &[
+    "-iwithprefixbefore",
+    "-iwithprefix",
+    "-iprefix",
+    "-isysroot",
+    "-isystem",
+    "-iquote",
+    "-idirafter",
+    "-iframeworkwithsysroot",
+    "-iframework",
+    "-imultilib",
+    "-imultiarch",
+    "-iplugindir",
+    "-include",
+    "-imacros",
+    "-I",
+    "-L",
+    "-B",
+    "-F",
+    "-T",
+];
+
 /// The pieces of a compiler command or flags variable that may name a file: words that are no
-/// options, an option's `=value`, the rest of a joined short option, the pieces of `-Wl,`,
-/// `-Wa,` and `-Wp,` lists.
+/// options, an option's `=value`, the rest of a joined option, response files (`@file`), and
+/// what `-Wl,`, `-Wa,`, `-Wp,` and `-Xlinker` (...) pass on.
 fn path_like(words: &[String]) -> Vec<&str> {
     let mut pieces = Vec::new();
     let mut after_word_option = false;
+    let mut after_pass_option = false;
     for word in words {
         if std::mem::take(&mut after_word_option) {
             continue;
         }
-        if WORD_OPTIONS.contains(&word.as_str()) {
+        if std::mem::take(&mut after_pass_option) {
+            passed_on(word, &mut pieces);
+        } else if let Some(file) = word.strip_prefix('@') {
+            pieces.push(file);
+        } else if WORD_OPTIONS.contains(&word.as_str()) {
             after_word_option = true;
+        } else if PASS_OPTIONS.contains(&word.as_str()) {
+            after_pass_option = true;
         } else if let Some(list) = ["-Wl,", "-Wa,", "-Wp,"].iter().find_map(|list| word.strip_prefix(list)) {
-            pieces.extend(list.split(',').map(|piece| piece.split_once('=').map_or(piece, |(_, v)| v)));
+            list.split(',').for_each(|piece| passed_on(piece, &mut pieces));
         } else if !word.starts_with('-') {
             pieces.push(word.as_str());
-        } else if WORD_OPTIONS.iter().any(|option| word.starts_with(option)) {
-        } else if let Some((_, value)) = word.split_once('=') {
-            pieces.push(value);
-        } else if let Some(rest) = word.strip_prefix("-I").or_else(|| word.strip_prefix("-L")) {
-            pieces.push(rest);
-        } else if let Some(rest) =
-            ["-isystem", "-iquote", "-idirafter", "-include", "-imacros", "-B", "-F", "-T"]
-                .iter()
-                .find_map(|option| word.strip_prefix(option))
-        {
-            pieces.push(rest);
+        } else if WORD_OPTIONS.iter().chain(MAP_OPTIONS).any(|option| word.starts_with(option)) {
+        } else {
+            if let Some((_, value)) = word.split_once('=') {
+                pieces.push(value);
+            }
+            // A directory named `inc=x` is one too: the rest of a joined option counts whole.
+            let joined = JOINED_PATH_OPTIONS.iter().find_map(|option| word.strip_prefix(option));
+            // An `-i` option not listed (gcc adds them) may take a path as well.
+            if let Some(rest) = joined.or_else(|| word.strip_prefix("-i")) {
+                pieces.push(rest.strip_prefix('=').unwrap_or(rest));
+            }
         }
     }
     pieces
+}
+
+/// The pieces of `piece`, a word the compiler hands to the linker, assembler or preprocessor,
+/// that may name a file. Their short options take joined values (`-Rsyms.o`, `-Tx.ld`,
+/// `-l:x.a`, `-dTx.ld`) that no list of options keeps up with, so the rest after any one
+/// letter counts; own_path passes over a word that names no file.
+fn passed_on<'a>(piece: &'a str, pieces: &mut Vec<&'a str>) {
+    if let Some(file) = piece.strip_prefix('@') {
+        pieces.push(file);
+    } else if !piece.starts_with('-') {
+        pieces.push(piece);
+    } else {
+        if let Some((_, value)) = piece.split_once('=') {
+            pieces.push(value);
+        }
+        if let Some(option) = piece.strip_prefix('-').filter(|option| !option.starts_with('-')) {
+            let rest = option.get(option.chars().next().map_or(0, char::len_utf8)..).unwrap_or_default();
+            pieces.push(rest.strip_prefix(':').unwrap_or(rest));
+            if let Some(script) = option.strip_prefix("dT") {
+                pieces.push(script);
+            }
+        }
+    }
 }
 
 /// Refuses a C toolchain command (`CC`, `CXX`, `FC`, `PKG_CONFIG`) any of whose words
@@ -193,6 +255,190 @@ pub(crate) fn resolve_program(
         .find(|candidate| candidate.is_file())
 }
 
+/// Programs gcc, clang, collect2 and go's cgo step run by name, found on PATH when not in the
+/// compiler's own directories: the assembler, linkers (`-fuse-ld=`), compiler proper and LTO
+/// parts, drivers and wrappers, binutils, pkg-config. A target prefix (`x86_64-linux-gnu-`) or
+/// version suffix (`-12`) may be added; `ld.<name>` is any `-fuse-ld=<name>`.
+const TOOLCHAIN_PROGRAMS: &[&str] = &[
+    "as",
+    "ld",
+    "real-ld",
+    "collect-ld",
+    "collect2",
+    "lto-wrapper",
+    "lto1",
+    "lto-dump",
+    "cc1",
+    "cc1plus",
+    "cc1obj",
+    "cc1objplus",
+    "f951",
+    "cpp",
+    "gcc",
+    "cc",
+    "c++",
+    "g++",
+    "clang",
+    "clang++",
+    "gfortran",
+    "lld",
+    "ld64.lld",
+    "mold",
+    "gold",
+    "objcopy",
+    "objdump",
+    "strip",
+    "nm",
+    "ar",
+    "ranlib",
+    "dsymutil",
+    "pkg-config",
+    "pkgconf",
+    "ccache",
+    "sccache",
+    "distcc",
+];
+
+/// Whether the C toolchain may run a program called `name` from PATH.
+fn toolchain_program(name: &str) -> bool {
+    let is = |name: &str| {
+        let unversioned = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        [name, unversioned.strip_suffix('-').unwrap_or(unversioned)].iter().any(|base| {
+            TOOLCHAIN_PROGRAMS.contains(base) || base.starts_with("ld.") || base.starts_with("llvm-")
+        })
+    };
+    is(name) || name.match_indices('-').any(|(at, _)| is(&name[at + 1..]))
+}
+
+/// The directories of `list`, a search path split at `separators`, that the build's own
+/// sources may control, each with its entry as given: an entry inside `own`, or one a
+/// lexical reading cannot place, or a relative or empty one, taken from each of `dirs`. The
+/// loader's search paths (`loader`) may start with `$ORIGIN`, the directory of the program
+/// it loads for, which is no directory of the tree (CC is refused there).
+fn own_entries<'a>(
+    list: &'a str,
+    separators: &[char],
+    loader: bool,
+    dirs: &[&Path],
+    own: &OwnDirs,
+) -> Vec<(&'a str, PathBuf)> {
+    let mut found = Vec::new();
+    for entry in list.split(separators) {
+        let path = Path::new(entry);
+        if loader && ["$ORIGIN", "${ORIGIN}"].iter().any(|token| entry.starts_with(token)) {
+        } else if !path.is_absolute() {
+            found.extend(dirs.iter().map(|dir| (entry, dir.join(path))));
+        } else if own_path(entry, dirs, own).is_some() {
+            found.push((entry, path.to_owned()));
+        }
+    }
+    found
+}
+
+/// How `entry` of a search path reads in a message.
+fn entry_text(entry: &str) -> String {
+    match entry {
+        "" => "an empty entry (the directory the program runs in)".to_owned(),
+        entry if !entry.starts_with('/') => format!("{entry}, relative to the directory the program runs in"),
+        entry => entry.to_owned(),
+    }
+}
+
+/// The first (by name) file of `dir` whose name `wanted` accepts.
+fn files_in(dir: &Path, wanted: impl Fn(&str) -> bool) -> Option<String> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| wanted(name) && dir.join(name).is_file())
+        .min()
+}
+
+/// Refuses a `PATH` whose entry inside the build's own tree, relative or empty holds a
+/// program the C compiler or linker runs by name (`as`, `ld.gold`, `collect2`, `cc1` ...):
+/// go and the build key know the toolchain by CC's program and version, not by what gcc
+/// finds on PATH, so a script there can change the objects without changing the key. An
+/// entry with only other tools (`bin/mytool`) is keyed as before.
+pub(crate) fn refuse_own_programs_on_path(
+    path: Option<&str>,
+    dirs: &[&Path],
+    own: &OwnDirs,
+) -> Result<(), NoKey> {
+    let Some(path) = path else { return Ok(()) };
+    for (entry, dir) in own_entries(path, &[':'], false, dirs, own) {
+        if let Some(program) = files_in(&dir, toolchain_program) {
+            return Err(NoKey(format!(
+                "PATH holds {}, which the build's own sources control, and gcc or the linker would run its \
+                 {program} ({}): go's cache and the build key do not read the programs the C toolchain \
+                 finds on PATH; take that directory off PATH for the build, or move {program} out of it",
+                entry_text(entry),
+                dir.join(&program).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a library search path of the loader or linker (`LD_LIBRARY_PATH`, `LD_RUN_PATH`)
+/// whose entry inside the build's own tree, relative or empty holds a shared library: cc1,
+/// as and ld load theirs through it, and ld resolves libraries' dependencies there. An entry
+/// that holds none (a trailing `:` with no library in the package) is harmless.
+pub(crate) fn refuse_own_library_path(
+    var: &str,
+    list: &str,
+    dirs: &[&Path],
+    own: &OwnDirs,
+) -> Result<(), NoKey> {
+    for (entry, dir) in own_entries(list, &[':', ';'], true, dirs, own) {
+        // `$LIB` and `$PLATFORM` expand to directories this name does not show.
+        let library = if entry.contains('$') {
+            Some("the libraries its expansion names".to_owned())
+        } else {
+            files_in(&dir, |name| name.contains(".so")).map(|name| dir.join(name).display().to_string())
+        };
+        if let Some(library) = library {
+            return Err(NoKey(format!(
+                "{var} holds {}, which the build's own sources control, and the C toolchain's programs \
+                 would load {library} from it: neither the build key nor go's cache reads it; point {var} \
+                 outside the module and source tree for the build",
+                entry_text(entry)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses libraries the loader puts into every program of the C toolchain (`LD_PRELOAD`,
+/// `LD_AUDIT`) that the build's own sources control: one inside the tree, a relative one, or
+/// a name the loader finds in the package's directory or on an `LD_LIBRARY_PATH` into the tree.
+pub(crate) fn refuse_own_preload(
+    var: &str,
+    list: &str,
+    library_path: Option<&str>,
+    dirs: &[&Path],
+    own: &OwnDirs,
+) -> Result<(), NoKey> {
+    let library_dirs =
+        library_path.map(|list| own_entries(list, &[':', ';'], true, dirs, own)).unwrap_or_default();
+    let reason = list.split([':', ' ']).filter(|entry| !entry.is_empty()).find_map(|entry| {
+        own_path(entry, dirs, own).or_else(|| {
+            let found = library_dirs
+                .iter()
+                .map(|(_, dir)| dir.join(entry))
+                .find(|file| !entry.contains('/') && file.is_file());
+            found.map(|file| format!("{entry}, found at {} on LD_LIBRARY_PATH", file.display()))
+        })
+    });
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(NoKey(format!(
+            "{var} loads {reason} into the C toolchain's programs, which the build's own sources \
+             control: neither the build key nor go's cache reads it; load a library outside the module \
+             and source tree, or unset {var} for the build"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +493,101 @@ mod tests {
                 && search("/usr/include:")
                 && search("/proc/self/cwd")
         );
+    }
+
+    /// A tree with `files` (empty), and its path.
+    fn tree_with(files: &[&str]) -> tempfile::TempDir {
+        let tree = tempfile::tempdir().unwrap();
+        for file in files {
+            let path = tree.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "").unwrap();
+        }
+        tree
+    }
+
+    #[test]
+    fn a_search_path_entry_holding_a_program_gcc_runs_gives_no_key() {
+        let tree =
+            tree_with(&["bin/mytool", "as/as", "ld/ld.gold", "cross/x86_64-linux-gnu-gcc-12", "pkg/cc1"]);
+        let root = tree.path();
+        let pkg = root.join("pkg");
+        let dirs = [root, pkg.as_path()];
+        let refused = |path: &str| refuse_own_programs_on_path(Some(path), &dirs, &own(root)).is_err();
+        let entry = |dir: &str| format!("{}:/usr/bin", root.join(dir).display());
+        assert!(!refused("/usr/local/bin:/usr/bin"));
+        assert!(!refused(&entry("bin")), "only an unrelated tool there");
+        assert!(!refused("bin:/usr/bin") && !refused("/usr/bin:nothing"));
+        assert!(refused(&entry("as")), "gcc runs as from PATH");
+        assert!(refused(&entry("ld")), "-fuse-ld=gold runs ld.gold from PATH");
+        assert!(refused(&entry("cross")));
+        assert!(refused("as:/usr/bin"), "a relative entry, from the directory go runs in");
+        assert!(refused("/usr/bin:"), "an empty entry: the package's directory holds cc1");
+        let message = refuse_own_programs_on_path(Some(&entry("as")), &dirs, &own(root)).unwrap_err().0;
+        assert!(message.contains("PATH") && message.contains("as/as"), "{message}");
+    }
+
+    #[test]
+    fn loader_settings_into_the_tree_give_no_key() {
+        let tree = tree_with(&["lib/libhook.so.1", "plain/notes.txt", "pkg/libz.so", "pkg/hook"]);
+        let root = tree.path();
+        let pkg = root.join("pkg");
+        let dirs = [root, pkg.as_path()];
+        let library =
+            |list: &str| refuse_own_library_path("LD_LIBRARY_PATH", list, &dirs, &own(root)).is_err();
+        let at = |dir: &str| root.join(dir).display().to_string();
+        assert!(!library("/usr/lib:/opt/lib") && !library(&at("plain")) && !library("/usr/lib:nothing"));
+        assert!(library(&at("lib")) && library("lib") && library("/usr/lib:") && library("/usr/lib::/opt"));
+        let preload = |list: &str, library_path: Option<&str>| {
+            refuse_own_preload("LD_PRELOAD", list, library_path, &dirs, &own(root)).is_err()
+        };
+        assert!(!preload("/usr/lib/libjemalloc.so.2 libeatmydata.so", None));
+        assert!(!preload("$ORIGIN/libx.so", None));
+        assert!(preload(&at("lib/libhook.so.1"), None));
+        assert!(preload("/usr/lib/libc.so.6:lib/libhook.so.1", None), "relative to the directory it runs in");
+        assert!(preload("hook", None), "a file of the package's directory");
+        assert!(preload("libhook.so.1", Some(&at("lib"))), "found on LD_LIBRARY_PATH in the tree");
+    }
+
+    #[test]
+    fn joined_options_passed_on_and_response_files_are_paths() {
+        let tree = tree_with(&["pkg/syms.o", "pkg/x.ld", "pkg/args"]);
+        let root = tree.path();
+        let pkg = root.join("pkg");
+        let dirs = [pkg.as_path()];
+        let words = |text: &str| text.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let refused = |text: &str| refuse_own_flags("CGO_LDFLAGS", &words(text), &dirs, &own(root)).is_err();
+        let r = root.display();
+        for text in [
+            format!("-iprefix{r}/inc/ -iwithprefixx"),
+            format!("-iwithprefixbefore{r}/inc"),
+            format!("-iwithprefix{r}/inc"),
+            format!("-isysroot{r}/sys"),
+            format!("-imultilib{r}/m"),
+            format!("-iplugindir={r}/plugins"),
+            format!("-inewoption{r}/x"),
+            format!("-I{r}/inc=x"),
+            "-Wl,-Rsyms.o".to_owned(),
+            "-Wl,-Tx.ld".to_owned(),
+            "-Wl,-dTx.ld".to_owned(),
+            "-Wl,-l:syms.o".to_owned(),
+            "-Xlinker -Rsyms.o".to_owned(),
+            "-Xassembler -Rsyms.o".to_owned(),
+            "-Wl,@args".to_owned(),
+            "-Xlinker @args".to_owned(),
+            "-Wa,@args".to_owned(),
+            "@args".to_owned(),
+            format!("@{r}/elsewhere"),
+        ] {
+            assert!(refused(&text), "{text}");
+        }
+        assert!(!refused("-O2 -g -Wl,-O1,--as-needed,-z,relro,-Bsymbolic -Wl,--sysroot=/opt/sys -lm"));
+        assert!(!refused(
+            "-iplugindir=/usr/lib/gcc/plugin -isysroot/opt/sys -Xlinker -Rfoo.o -Wl,@/etc/args"
+        ));
+        assert!(!refused(&format!(
+            "-ffile-prefix-map={r}/=  -fdebug-prefix-map={r}=/src -fmacro-prefix-map={r}=."
+        )));
+        assert!(!refused(&format!("-fprofile-prefix-map={r}=/p")));
     }
 }

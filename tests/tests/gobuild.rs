@@ -1074,6 +1074,39 @@ fn a_c_compiler_in_the_tree_gives_no_key_and_no_shared_go_cache() {
     assert!(stderr.contains("without go's shared cache"), "{stderr}");
 }
 
+/// gcc runs the assembler it finds on PATH, which the build key and go's action IDs do not
+/// read: with PATH=$PWD/bin:$PATH a tenant's bin/as turned `V` into 2 in the assembly, and an
+/// honest build with bin/as only running the system one hit the same key and printed 2. A
+/// PATH into the tree with only other tools there keeps its key.
+#[test]
+fn an_assembler_on_a_path_into_the_tree_gives_no_key_and_no_shared_go_cache() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    cgo_define_program(&ws, "");
+    write_script(&ws, "bin/mytool", "#!/bin/sh\n");
+    let path = format!("{}:{}", ws.path("bin").display(), std::env::var("PATH").unwrap());
+    let env = [("PATH", path.as_str())];
+    let evil = "#!/bin/sh\nfor arg; do case \"$arg\" in *.s) grep -q _Cfunc_value \"$arg\" && \
+                sed -i 's/\\$1,/$2,/' \"$arg\";; esac; done\nexec /usr/bin/as \"$@\"\n";
+    write_script(&ws, "bin/as", evil);
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&env, "the tenant's build");
+    assert_eq!(printed, "2", "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "the tenant's objects were shared:\n{stderr}");
+    write_script(&ws, "bin/as", "#!/bin/sh\nexec /usr/bin/as \"$@\"\n");
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&env, "the honest build");
+    assert_eq!(printed, "1", "the tenant's binary or objects were served:\n{stderr}");
+    assert!(stderr.contains("not caching this build") && stderr.contains("PATH"), "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "{stderr}");
+    std::fs::remove_file(ws.path("bin/as")).unwrap();
+    ws.cgo_value_on_a_fresh_runner(&env, "a build with only bin/mytool");
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&env, "that build again");
+    assert_eq!(printed, "1", "{stderr}");
+    assert!(
+        headline(&stderr).starts_with("cachectl: cache hit"),
+        "an unrelated tool lost the key:\n{stderr}"
+    );
+}
+
 /// A pkg-config in the tree printed one thing to the wrapper and another to go (its parent
 /// there): the tenant's binary, built with V=2, was recorded under the key of V=1's flags and
 /// restored to an honest build.
