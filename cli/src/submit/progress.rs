@@ -34,9 +34,11 @@ pub fn outcome(state: TaskState, hit: bool, done: &str) -> String {
 }
 
 pub fn print_table(rows: &[[String; 5]]) {
+    // Agent and output names come from the agents' reports.
+    let rows: Vec<[String; 5]> = rows.iter().map(|row| row.clone().map(|cell| printable(&cell))).collect();
     let header = ["TARGET", "AGENT", "CACHE", "TIME", "OUTPUT"];
     let mut widths = header.map(str::len);
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
@@ -53,7 +55,7 @@ pub fn print_table(rows: &[[String; 5]]) {
         println!("{}", text.trim_end());
     };
     line(header);
-    for row in rows {
+    for row in &rows {
         line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
     }
 }
@@ -74,10 +76,14 @@ pub fn printable(text: &str) -> String {
         .collect()
 }
 
-/// The format characters a terminal draws as nothing or uses to reorder what follows.
+/// The characters a terminal draws as nothing, breaks a line at, or uses to reorder what
+/// follows: format characters, line and paragraph separators, variation selectors, tags and
+/// the Hangul fillers.
 fn reorders_or_hides(c: char) -> bool {
     matches!(c,
-        '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+        '\u{00ad}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{180e}' | '\u{200b}'..='\u{200f}'
+        | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}'
+        | '\u{feff}' | '\u{ffa0}' | '\u{e0000}'..='\u{e007f}' | '\u{e0100}'..='\u{e01ef}')
 }
 
 /// Progress: one bar per target on a terminal, one line per change otherwise.
@@ -218,5 +224,6 @@ mod tests {
         // Reads "ok: failed checks" where the override is honoured, though it says "deliaf".
         let reordered = "ok: \u{202e}deliaf\u{202c} checks\u{200b}";
         assert_eq!(printable(reordered), "ok: \\u{202e}deliaf\\u{202c} checks\\u{200b}");
+        assert_eq!(printable("a\u{2028}b\u{e0041}\u{ad}"), "a\\u{2028}b\\u{e0041}\\u{ad}");
     }
 }
