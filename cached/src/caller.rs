@@ -15,18 +15,32 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use tokio::sync::Semaphore;
 
-/// Who work is for: a token, and the share of blocking threads its work may hold at once
-/// (none: no bound, the server's own work and the callers of a server without tokens).
+/// Who work is for: a token, the share of blocking threads its work may hold at once (none:
+/// no bound, the server's own work and the callers of a server without tokens), and whom the
+/// blobs it stores are charged to.
 #[derive(Clone)]
 pub struct Caller {
     token: Arc<str>,
     threads: Option<Arc<Semaphore>>,
+    owner: Arc<str>,
 }
 
 impl Caller {
     /// Work for `token`, bound by no thread share.
     pub fn unbounded(token: Arc<str>) -> Self {
-        Self { token, threads: None }
+        Self { owner: Arc::clone(&token), token, threads: None }
+    }
+
+    /// Work for `token` whose stored blobs are charged to `owner` (the leases of one tenant
+    /// are one owner), bound by no thread share.
+    fn unbounded_owned_by(token: Arc<str>, owner: &str) -> Self {
+        Self { token, threads: None, owner: Arc::from(owner) }
+    }
+
+    /// Whom the blobs this work stores are charged to: the store evicts the blobs of owners
+    /// holding more than their share first ([`crate::store`]).
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// Permits for the blocking threads this caller's work may hold.
@@ -104,15 +118,16 @@ impl ThreadShares {
     }
 
     /// The caller for work of `token`, holding the share named `share` (the leases of one
-    /// tenant share one).
+    /// tenant share one), whose stored blobs are charged to that share too.
     pub fn caller_sharing(&self, token: &str, share: &str) -> Caller {
         let token: Arc<str> = Arc::from(token);
         if self.per_token == 0 {
-            return Caller::unbounded(token);
+            return Caller::unbounded_owned_by(token, share);
         }
+        let owner: Arc<str> = Arc::from(share);
         let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(threads) = shares.get(share).and_then(Weak::upgrade) {
-            return Caller { token, threads: Some(threads) };
+            return Caller { token, threads: Some(threads), owner };
         }
         // Shares with no work left are dropped as new ones come, so the map holds about the
         // shares with work in flight.
@@ -120,8 +135,8 @@ impl ThreadShares {
             shares.retain(|_, threads| threads.strong_count() > 0);
         }
         let threads = Arc::new(Semaphore::new(self.per_token));
-        shares.insert(Arc::from(share), Arc::downgrade(&threads));
-        Caller { token, threads: Some(threads) }
+        shares.insert(Arc::clone(&owner), Arc::downgrade(&threads));
+        Caller { token, threads: Some(threads), owner }
     }
 }
 

@@ -1,11 +1,13 @@
-//! The byte budget: eviction keeps the store within it, least recently used first, and Go
-//! entries whose blob went are misses, never dangling hits.
+//! The byte budget: eviction keeps the store within it, least recently used first among the
+//! blobs of the tokens holding more than their share, and Go entries whose blob went are
+//! misses, never dangling hits.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Clients, Server, noise};
+use common::tokens::{as_token, tokens_file};
+use common::{Clients, Server, data, frames, header, noise};
 use proto::v1::{self, Compression};
 use proto::{Digest, OutputId};
 use sha2::{Digest as _, Sha256};
@@ -47,6 +49,48 @@ async fn eviction_keeps_the_budget_and_takes_least_recently_used_first() {
     assert!(clients.is_stored(*second.last().unwrap()).await, "the newest blob is kept");
     let kept = futures::future::join_all(first.iter().chain(&second).map(|d| clients.is_stored(*d))).await;
     assert_eq!(kept.iter().filter(|k| **k).count() as u64, store.blobs);
+    server.stop().await;
+}
+
+/// Uploads `data` with the token named `token`.
+async fn write_with_token(clients: &Clients, token: &str, data_bytes: &[u8]) -> Digest {
+    let digest = Digest::of(data_bytes);
+    let mut messages = vec![header(digest, Compression::Zstd)];
+    messages.extend(frames(data_bytes).into_iter().map(data));
+    clients.cas.clone().write(as_token(futures::stream::iter(messages), token)).await.expect("write");
+    digest
+}
+
+async fn is_stored_for(clients: &Clients, token: &str, digest: Digest) -> bool {
+    let request = as_token(v1::FindMissingRequest { digests: vec![digest.to_wire()] }, token);
+    clients.cas.clone().find_missing(request).await.expect("find missing").into_inner().missing.is_empty()
+}
+
+#[tokio::test]
+async fn a_tokens_flood_of_blobs_evicts_its_own_not_another_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path(), &["main", "pr-1"], "read,cas-write");
+    let settings = [("max_size", "4MiB"), ("tokens_file", tokens.as_str())];
+    let server = Server::start(&dir.path().join("data"), &settings).await;
+    let clients = server.clients().await;
+    let mut main = Vec::new();
+    for seed in 0..4 {
+        main.push(write_with_token(&clients, "main", &noise(BLOB, seed)).await);
+    }
+    // A pull request's token uploads four times the budget; with one order for everyone, main's
+    // blobs, the oldest, went first.
+    for seed in 100..164 {
+        write_with_token(&clients, "pr-1", &noise(BLOB, seed)).await;
+    }
+    for digest in &main {
+        assert!(is_stored_for(&clients, "main", *digest).await, "main's blob {digest} was evicted");
+    }
+    let pr_last = Digest::of(&noise(BLOB, 163));
+    assert!(is_stored_for(&clients, "pr-1", pr_last).await, "the newest upload is kept");
+    assert!(
+        !is_stored_for(&clients, "pr-1", Digest::of(&noise(BLOB, 100))).await,
+        "the flood lost its oldest"
+    );
     server.stop().await;
 }
 

@@ -2,6 +2,7 @@
 //! Eviction (`lru`) is a part of it: it works on the same batches, under the same lock.
 
 mod lru;
+mod owners;
 mod scrub;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use proto::frames::frame_count;
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
 
 use self::lru::AccessLog;
+use self::owners::Ledger;
 pub use self::scrub::{ScrubSlice, ScrubTotals};
 use super::keys::{BlobKey, BlobMeta, chunk_key, lru_key, u64_be};
 use super::{BlobInfo, BlobStore, Committed, FrameReader, FrameWriter, StoreUpkeep, StoreUsage};
@@ -88,9 +90,9 @@ pub struct RocksStore {
 
 struct Inner {
     db: Arc<DB>,
-    /// Held by every change to `blobs`, `lru` and the totals, which keeps them consistent
+    /// Held by every change to `blobs`, `lru` and the ledger, which keeps them consistent
     /// without read-modify-write races. Commits are short, so one lock is enough.
-    totals: Mutex<StoreTotals>,
+    ledger: Mutex<Ledger>,
     budget: Budget,
     access_log: AccessLog,
     evicted_blobs: AtomicU64,
@@ -109,10 +111,11 @@ impl RocksStore {
             None => StoreTotals::default(),
         };
         let next_upload = discard_interrupted_uploads(&db)?;
+        let ledger = Ledger::load(&db, totals)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                totals: Mutex::new(totals),
+                ledger: Mutex::new(ledger),
                 budget,
                 access_log: AccessLog::default(),
                 evicted_blobs: AtomicU64::new(0),
@@ -126,7 +129,7 @@ impl RocksStore {
     }
 
     pub fn totals(&self) -> StoreTotals {
-        *self.inner.lock_totals()
+        self.inner.lock_ledger().totals
     }
 
     pub fn budget(&self) -> Budget {
@@ -165,14 +168,14 @@ impl RocksStore {
     /// Deletes the blob stored under `key` if its record passes `still`; whether it did.
     fn remove_if(&self, key: &BlobKey, still: impl FnOnce(&BlobMeta) -> bool) -> Result<bool> {
         let inner = &self.inner;
-        let mut totals = inner.lock_totals();
+        let mut ledger = inner.lock_ledger();
         let Some(meta) = inner.meta(key)?.filter(still) else { return Ok(false) };
         let mut batch = WriteBatch::default();
-        let mut next = *totals;
+        let mut next = ledger.clone();
         inner.delete_blob(&mut batch, key, &meta, &mut next)?;
-        inner.put_totals(&mut batch, &next)?;
+        inner.put_ledger(&mut batch, &mut next)?;
         inner.db.write(batch)?;
-        *totals = next;
+        *ledger = next;
         Ok(true)
     }
 }
@@ -253,10 +256,10 @@ fn frame_read_options() -> ReadOptions {
 }
 
 impl Inner {
-    fn lock_totals(&self) -> MutexGuard<'_, StoreTotals> {
-        // A panic while holding the lock cannot leave the totals half-updated: they are only
-        // assigned after the batch that persists them succeeded.
-        self.totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock_ledger(&self) -> MutexGuard<'_, Ledger> {
+        // A panic while holding the lock cannot leave the ledger half-updated: it is only
+        // assigned after the batch that persists it succeeded.
+        self.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Frame `frame` of upload `upload_id` as stored; `None` when it is not (the blob went).
@@ -282,24 +285,25 @@ impl Inner {
     }
 
     /// Adds the deletion of a stored blob (metadata, access order, frames) to `batch`, and
-    /// takes it off `totals`.
+    /// takes it off `ledger`.
     fn delete_blob(
         &self,
         batch: &mut WriteBatch,
         key: &BlobKey,
         meta: &BlobMeta,
-        totals: &mut StoreTotals,
+        ledger: &mut Ledger,
     ) -> Result<()> {
         batch.delete_cf(cf(&self.db, CF_BLOBS)?, key.as_bytes());
-        batch.delete_cf(cf(&self.db, CF_LRU)?, lru_key(meta.atime_ms, key));
+        batch.delete_cf(cf(&self.db, CF_LRU)?, lru_key(meta.owner, meta.atime_ms, key));
         self.delete_chunks(batch, meta.upload_id, frame_count(meta.size))?;
-        totals.remove(meta);
+        ledger.remove(meta);
         Ok(())
     }
 
-    fn put_totals(&self, batch: &mut WriteBatch, totals: &StoreTotals) -> Result<()> {
-        batch.put_cf(cf(&self.db, CF_COUNTERS)?, TOTALS_KEY, totals.encode());
-        Ok(())
+    /// Adds what `ledger` holds now to `batch`.
+    fn put_ledger(&self, batch: &mut WriteBatch, ledger: &mut Ledger) -> Result<()> {
+        batch.put_cf(cf(&self.db, CF_COUNTERS)?, TOTALS_KEY, ledger.totals.encode());
+        ledger.put_changed(&self.db, batch)
     }
 }
 
@@ -441,13 +445,15 @@ impl FrameWriter for RocksWriter {
             )));
         };
         let inner = Arc::clone(&self.store.inner);
-        let mut totals = inner.lock_totals();
+        let (owner_name, owner) = owners::current_owner();
+        let mut ledger = inner.lock_ledger();
         let mut batch = WriteBatch::default();
-        let mut next_totals = *totals;
+        let mut next = ledger.clone();
         match inner.meta(&self.key)? {
+            // The blob keeps its first owner.
             Some(meta) if meta.sha256.is_some() => return Ok(Committed::AlreadyPresent),
             // A blob from before SHA-256s were recorded: this verified upload replaces it.
-            Some(legacy) => inner.delete_blob(&mut batch, &self.key, &legacy, &mut next_totals)?,
+            Some(legacy) => inner.delete_blob(&mut batch, &self.key, &legacy, &mut next)?,
             None => {}
         }
         let budget = inner.budget;
@@ -457,15 +463,15 @@ impl FrameWriter for RocksWriter {
                 self.stored_bytes, budget.max_bytes
             )));
         }
-        if next_totals.stored_bytes + self.stored_bytes > budget.max_bytes {
+        if next.totals.stored_bytes + self.stored_bytes > budget.max_bytes {
             let target = budget.low_bytes.min(budget.max_bytes - self.stored_bytes);
-            self.store.evict_locked(&mut totals, target)?;
+            self.store.evict_locked(&mut ledger, target)?;
             // Eviction may have taken the legacy blob being replaced: start again from what
             // is stored now.
             batch = WriteBatch::default();
-            next_totals = *totals;
+            next = ledger.clone();
             if let Some(legacy) = inner.meta(&self.key)? {
-                inner.delete_blob(&mut batch, &self.key, &legacy, &mut next_totals)?;
+                inner.delete_blob(&mut batch, &self.key, &legacy, &mut next)?;
             }
         }
         let now = lru::now_ms();
@@ -475,17 +481,19 @@ impl FrameWriter for RocksWriter {
             upload_id: self.upload_id,
             atime_ms: now,
             sha256: Some(sha256),
+            owner,
         };
-        next_totals.add(&meta);
+        next.add(&meta, &owner_name);
         let db = &inner.db;
         batch.put_cf(cf(db, CF_BLOBS)?, self.key.as_bytes(), meta.encode());
-        batch.put_cf(cf(db, CF_LRU)?, lru_key(now, &self.key), []);
+        batch.put_cf(cf(db, CF_LRU)?, lru_key(owner, now, &self.key), []);
         batch.delete_cf(cf(db, CF_PENDING)?, self.upload_id.to_be_bytes());
-        inner.put_totals(&mut batch, &next_totals)?;
+        inner.put_ledger(&mut batch, &mut next)?;
         db.write(batch)?;
-        *totals = next_totals;
+        let stored_bytes = next.totals.stored_bytes;
+        *ledger = next;
         self.finished = true;
-        if next_totals.stored_bytes > budget.high_bytes {
+        if stored_bytes > budget.high_bytes {
             inner.over_high_watermark.store(true, Ordering::Relaxed);
         }
         Ok(Committed::Stored { stored_bytes: self.stored_bytes })

@@ -1,17 +1,19 @@
-//! Approximate LRU eviction. Reads note access times in memory; they reach RocksDB in batches
-//! (`flush_access_times`), so a read never costs a write. Eviction walks the `lru` column
-//! family oldest first.
+//! Approximate LRU eviction, by owner. Reads note access times in memory; they reach RocksDB in
+//! batches (`flush_access_times`), so a read never costs a write. Eviction takes from the owners
+//! above their fair share of the budget ([`super::owners`]), walking each one's part of the
+//! `lru` column family oldest first.
 
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
 
-use super::{RocksStore, StoreTotals};
+use super::RocksStore;
+use super::owners::Ledger;
 use crate::db::{CF_BLOBS, CF_LRU, cf};
 use crate::error::Result;
-use crate::store::keys::{BlobKey, lru_key, u64_be};
+use crate::store::keys::{BlobKey, LRU_KEY_LEN, lru_key};
 
 /// Blobs evicted per write batch: bounds the batch size and the time the commit lock is held.
 const EVICTION_BATCH: usize = 512;
@@ -40,12 +42,12 @@ impl AccessLog {
 impl RocksStore {
     /// Writes the access times noted in memory to the `lru` index.
     pub fn flush_access_times(&self) -> Result<()> {
-        let totals = self.inner.lock_totals();
-        self.flush_access_times_locked(&totals)
+        let ledger = self.inner.lock_ledger();
+        self.flush_access_times_locked(&ledger)
     }
 
-    /// Like `flush_access_times`, for a caller that holds the totals lock.
-    fn flush_access_times_locked(&self, _locked: &StoreTotals) -> Result<()> {
+    /// Like `flush_access_times`, for a caller that holds the ledger's lock.
+    fn flush_access_times_locked(&self, _locked: &Ledger) -> Result<()> {
         let inner = &self.inner;
         let touched = inner.access_log.drain();
         if touched.is_empty() {
@@ -59,8 +61,8 @@ impl RocksStore {
             if meta.atime_ms >= atime_ms {
                 continue;
             }
-            batch.delete_cf(lru, lru_key(meta.atime_ms, &key));
-            batch.put_cf(lru, lru_key(atime_ms, &key), []);
+            batch.delete_cf(lru, lru_key(meta.owner, meta.atime_ms, &key));
+            batch.put_cf(lru, lru_key(meta.owner, atime_ms, &key), []);
             meta.atime_ms = atime_ms;
             batch.put_cf(blobs, key.as_bytes(), meta.encode());
         }
@@ -72,69 +74,121 @@ impl RocksStore {
     /// watermark once the high one was crossed.
     pub fn maintain(&self) -> Result<()> {
         let inner = &self.inner;
-        let mut totals = inner.lock_totals();
-        self.flush_access_times_locked(&totals)?;
+        let mut ledger = inner.lock_ledger();
+        self.flush_access_times_locked(&ledger)?;
         if inner.over_high_watermark.swap(false, Ordering::Relaxed)
-            && totals.stored_bytes > inner.budget.high_bytes
+            && ledger.totals.stored_bytes > inner.budget.high_bytes
         {
-            self.evict_locked(&mut totals, inner.budget.low_bytes)?;
+            self.evict_locked(&mut ledger, inner.budget.low_bytes)?;
         }
         Ok(())
     }
 
-    /// Evicts least recently used blobs storing about `bytes`; returns the (blobs, bytes)
-    /// evicted.
+    /// Evicts blobs storing about `bytes`, as eviction under the budget would; returns the
+    /// (blobs, bytes) evicted.
     pub fn evict_bytes(&self, bytes: u64) -> Result<(u64, u64)> {
-        let mut totals = self.inner.lock_totals();
-        let target = totals.stored_bytes.saturating_sub(bytes);
-        self.evict_locked(&mut totals, target)
+        let mut ledger = self.inner.lock_ledger();
+        let target = ledger.totals.stored_bytes.saturating_sub(bytes);
+        self.evict_locked(&mut ledger, target)
     }
 
-    /// Evicts least recently used blobs until at most `target` bytes are stored; returns the
-    /// (blobs, bytes) evicted. The caller holds the totals lock.
-    pub(super) fn evict_locked(&self, totals: &mut StoreTotals, target: u64) -> Result<(u64, u64)> {
+    /// Evicts blobs until at most `target` bytes are stored: from each owner above its fair
+    /// share of `target`, its least recently used blobs until it is down to that share. Should
+    /// the accounts not add up to what is stored, the rest goes from any owner, oldest first.
+    /// Returns the (blobs, bytes) evicted. The caller holds the ledger's lock.
+    pub(super) fn evict_locked(&self, ledger: &mut Ledger, target: u64) -> Result<(u64, u64)> {
         // Reads since the last flush must count, or a blob just used could go first.
-        self.flush_access_times_locked(totals)?;
+        self.flush_access_times_locked(ledger)?;
+        let mut evicted = Evicted::default();
+        for (owner, excess) in ledger.excess_over(target) {
+            let before = evicted.bytes;
+            self.evict_from(ledger, Some(owner), before.saturating_add(excess), target, &mut evicted)?;
+            if evicted.bytes > before {
+                tracing::info!(
+                    owner = ledger.name_of(owner),
+                    evicted_bytes = evicted.bytes - before,
+                    "evicted the blobs of an owner above its share"
+                );
+            }
+        }
+        self.evict_from(ledger, None, u64::MAX, target, &mut evicted)?;
+        let inner = &self.inner;
+        inner.evicted_blobs.fetch_add(evicted.blobs, Ordering::Relaxed);
+        inner.evicted_bytes.fetch_add(evicted.bytes, Ordering::Relaxed);
+        if evicted.blobs > 0 {
+            tracing::info!(
+                evicted_blobs = evicted.blobs,
+                evicted_bytes = evicted.bytes,
+                stored_bytes = ledger.totals.stored_bytes,
+                "evicted"
+            );
+        }
+        Ok((evicted.blobs, evicted.bytes))
+    }
+
+    /// Evicts the least recently used blobs of `owner` (of anyone: `None`) until `evicted`
+    /// reaches `until` bytes or at most `target` bytes are stored.
+    fn evict_from(
+        &self,
+        ledger: &mut Ledger,
+        owner: Option<u64>,
+        until: u64,
+        target: u64,
+        evicted: &mut Evicted,
+    ) -> Result<()> {
         let inner = &self.inner;
         let db = &inner.db;
-        let (blobs, lru) = (cf(db, CF_BLOBS)?, cf(db, CF_LRU)?);
-        let (mut evicted_blobs, mut evicted_bytes) = (0u64, 0u64);
-        while totals.stored_bytes > target {
+        let lru = cf(db, CF_LRU)?;
+        let prefix = owner.map(u64::to_be_bytes);
+        let done = |ledger: &Ledger, evicted: &Evicted| {
+            ledger.totals.stored_bytes <= target || evicted.bytes >= until
+        };
+        while !done(ledger, evicted) {
             let mut batch = WriteBatch::default();
-            let mut next = *totals;
+            let mut next = ledger.clone();
             let mut in_batch = 0;
-            for item in db.iterator_cf(lru, IteratorMode::Start) {
-                if next.stored_bytes <= target || in_batch == EVICTION_BATCH {
+            let from = match &prefix {
+                Some(prefix) => IteratorMode::From(prefix, Direction::Forward),
+                None => IteratorMode::Start,
+            };
+            for item in db.iterator_cf(lru, from) {
+                if done(&next, evicted) || in_batch == EVICTION_BATCH {
                     break;
                 }
                 let (lru_entry, _) = item?;
+                if prefix.is_some_and(|prefix| !lru_entry.starts_with(&prefix)) {
+                    break;
+                }
                 batch.delete_cf(lru, &lru_entry);
                 in_batch += 1;
-                let key = BlobKey::from_bytes(&lru_entry[8..])?;
+                if lru_entry.len() != LRU_KEY_LEN {
+                    continue;
+                }
+                let key = BlobKey::from_bytes(&lru_entry[16..])?;
                 let Some(meta) = inner.meta(&key)? else { continue };
                 // An entry older than the blob's recorded access time is stale; the current
                 // one is further along the index.
-                if meta.atime_ms != u64_be(&lru_entry) {
+                if lru_key(meta.owner, meta.atime_ms, &key)[..] != lru_entry[..] {
                     continue;
                 }
-                batch.delete_cf(blobs, key.as_bytes());
-                inner.delete_chunks(&mut batch, meta.upload_id, proto::frames::frame_count(meta.size))?;
-                next.remove(&meta);
-                evicted_blobs += 1;
-                evicted_bytes += meta.stored_bytes;
+                inner.delete_blob(&mut batch, &key, &meta, &mut next)?;
+                evicted.blobs += 1;
+                evicted.bytes += meta.stored_bytes;
             }
             if in_batch == 0 {
                 break;
             }
-            inner.put_totals(&mut batch, &next)?;
+            inner.put_ledger(&mut batch, &mut next)?;
             db.write(batch)?;
-            *totals = next;
+            *ledger = next;
         }
-        inner.evicted_blobs.fetch_add(evicted_blobs, Ordering::Relaxed);
-        inner.evicted_bytes.fetch_add(evicted_bytes, Ordering::Relaxed);
-        if evicted_blobs > 0 {
-            tracing::info!(evicted_blobs, evicted_bytes, stored_bytes = totals.stored_bytes, "evicted");
-        }
-        Ok((evicted_blobs, evicted_bytes))
+        Ok(())
     }
+}
+
+/// What an eviction took.
+#[derive(Default)]
+struct Evicted {
+    blobs: u64,
+    bytes: u64,
 }

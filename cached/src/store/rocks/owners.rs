@@ -1,0 +1,310 @@
+//! Whom each stored blob is charged to. Blobs are content-addressed and shared by everyone, so
+//! the store charges a blob to the caller that stored it first ([`crate::caller::Caller::owner`]:
+//! a token, or the share of one tenant's leases) and evicts from the owners holding more than a
+//! fair share of the budget first, each its least recently used blobs. By access order alone, a
+//! token that may write blobs (a pull request's `cas-write`) could push every other tenant's
+//! Go cache bodies and registry layers out of the store with a flood of its own.
+//!
+//! A blob keeps its owner: storing it again (another caller's upload of the same bytes) does
+//! not move it, so a caller cannot take another's blobs onto its own account and then flood
+//! them out. Reads by anyone keep it recently used within its owner's blobs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
+
+use super::StoreTotals;
+use crate::db::{CF_COUNTERS, CF_LRU, cf};
+use crate::error::{Error, Result};
+use crate::store::keys::{BlobKey, BlobMeta, UNATTRIBUTED, UNOWNED_LRU_KEY_LEN, lru_key, owner_id, u64_be};
+
+/// Where an owner's account is kept in `counters`: this prefix and the owner (u64 BE) →
+/// [`ACCOUNT_VERSION`], stored bytes (u64 BE), the owner's name.
+const ACCOUNT_PREFIX: &[u8] = b"store-owner/";
+const ACCOUNT_VERSION: u8 = 1;
+/// Written once every blob stored before there were owners is charged to [`UNATTRIBUTED`] and
+/// listed under it in the access order.
+const ATTRIBUTED_KEY: &[u8] = b"store-owners-attributed";
+/// Access order entries rewritten per batch when blobs of an earlier version are attributed.
+const ATTRIBUTE_BATCH: usize = 10_000;
+
+/// One owner's account: the stored bytes of the blobs charged to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Account {
+    pub name: Arc<str>,
+    pub stored_bytes: u64,
+}
+
+/// What the store holds, in all and per owner: kept exact by writing it in the same batch as
+/// every change to the blobs it counts.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Ledger {
+    pub totals: StoreTotals,
+    pub owners: HashMap<u64, Account>,
+    /// Owners whose accounts changed since the ledger was last written.
+    changed: Vec<u64>,
+}
+
+impl Ledger {
+    pub(super) fn add(&mut self, meta: &BlobMeta, owner_name: &str) {
+        self.totals.add(meta);
+        let account = self
+            .owners
+            .entry(meta.owner)
+            .or_insert_with(|| Account { name: Arc::from(owner_name), stored_bytes: 0 });
+        account.stored_bytes += meta.stored_bytes;
+        self.changed.push(meta.owner);
+    }
+
+    pub(super) fn remove(&mut self, meta: &BlobMeta) {
+        self.totals.remove(meta);
+        if let Some(account) = self.owners.get_mut(&meta.owner) {
+            account.stored_bytes = account.stored_bytes.saturating_sub(meta.stored_bytes);
+            self.changed.push(meta.owner);
+        }
+    }
+
+    /// What each owner above its fair share of `target` must give up, most first.
+    pub(super) fn excess_over(&self, target: u64) -> Vec<(u64, u64)> {
+        let level =
+            crate::shares::fair_level(self.owners.values().map(|account| account.stored_bytes), target);
+        let mut excess: Vec<(u64, u64)> = self
+            .owners
+            .iter()
+            .filter(|(_, account)| account.stored_bytes > level)
+            .map(|(owner, account)| (*owner, account.stored_bytes - level))
+            .collect();
+        excess.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        excess
+    }
+
+    /// The name of `owner`, for logs.
+    pub(super) fn name_of(&self, owner: u64) -> &str {
+        self.owners.get(&owner).map_or("", |account| &account.name)
+    }
+
+    /// Adds the accounts changed since the last write to `batch`; an empty one goes.
+    pub(super) fn put_changed(&mut self, db: &DB, batch: &mut WriteBatch) -> Result<()> {
+        let counters = cf(db, CF_COUNTERS)?;
+        self.changed.sort_unstable();
+        self.changed.dedup();
+        for owner in self.changed.drain(..) {
+            match self.owners.get(&owner) {
+                Some(account) if account.stored_bytes > 0 => {
+                    batch.put_cf(counters, account_key(owner), encode_account(account));
+                }
+                _ => {
+                    self.owners.remove(&owner);
+                    batch.delete_cf(counters, account_key(owner));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ledger as stored, charging blobs of earlier versions to [`UNATTRIBUTED`] first.
+    pub(super) fn load(db: &DB, totals: StoreTotals) -> Result<Self> {
+        attribute_earlier_blobs(db, &totals)?;
+        let counters = cf(db, CF_COUNTERS)?;
+        let mut owners = HashMap::new();
+        for item in db.iterator_cf(counters, IteratorMode::From(ACCOUNT_PREFIX, Direction::Forward)) {
+            let (key, value) = item?;
+            let Some(owner) = key.strip_prefix(ACCOUNT_PREFIX) else { break };
+            if owner.len() != 8 {
+                return Err(Error::Corrupt(format!("store owner key of {} bytes", key.len())));
+            }
+            owners.insert(u64_be(owner), decode_account(&value)?);
+        }
+        Ok(Self { totals, owners, changed: Vec::new() })
+    }
+}
+
+/// The name a caller's blobs are charged to, and its owner id (empty, [`UNATTRIBUTED`], for
+/// the server's own work).
+pub(super) fn current_owner() -> (String, u64) {
+    let name = crate::caller::current_caller().map(|caller| caller.owner().to_owned()).unwrap_or_default();
+    let owner = owner_id(&name);
+    (name, owner)
+}
+
+fn account_key(owner: u64) -> Vec<u8> {
+    let mut key = ACCOUNT_PREFIX.to_vec();
+    key.extend_from_slice(&owner.to_be_bytes());
+    key
+}
+
+fn encode_account(account: &Account) -> Vec<u8> {
+    let mut out = vec![ACCOUNT_VERSION];
+    out.extend_from_slice(&account.stored_bytes.to_be_bytes());
+    out.extend_from_slice(account.name.as_bytes());
+    out
+}
+
+fn decode_account(bytes: &[u8]) -> Result<Account> {
+    match bytes.split_first() {
+        Some((&ACCOUNT_VERSION, rest)) if rest.len() >= 8 => Ok(Account {
+            stored_bytes: u64_be(rest),
+            name: Arc::from(String::from_utf8_lossy(&rest[8..]).as_ref()),
+        }),
+        _ => Err(Error::Corrupt(format!("store owner account of {} bytes", bytes.len()))),
+    }
+}
+
+/// Lists the blobs of a store written before there were owners under [`UNATTRIBUTED`] in the
+/// access order and charges their bytes to it, once. A start cut off halfway leaves entries of
+/// both layouts, and the next start rewrites those left.
+fn attribute_earlier_blobs(db: &DB, totals: &StoreTotals) -> Result<()> {
+    let counters = cf(db, CF_COUNTERS)?;
+    if db.get_cf(counters, ATTRIBUTED_KEY)?.is_some() {
+        return Ok(());
+    }
+    let lru = cf(db, CF_LRU)?;
+    let mut batch = WriteBatch::default();
+    let mut rewritten = 0u64;
+    for item in db.iterator_cf(lru, IteratorMode::Start) {
+        let (entry, _) = item?;
+        if entry.len() != UNOWNED_LRU_KEY_LEN {
+            continue;
+        }
+        let key = BlobKey::from_bytes(&entry[8..])?;
+        batch.delete_cf(lru, &entry);
+        batch.put_cf(lru, lru_key(UNATTRIBUTED, u64_be(&entry), &key), []);
+        rewritten += 1;
+        if batch.len() >= 2 * ATTRIBUTE_BATCH {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    // Nothing was charged to anyone before: every stored byte is the unattributed owner's.
+    let earlier = Account { name: Arc::from(""), stored_bytes: totals.stored_bytes };
+    if earlier.stored_bytes > 0 {
+        batch.put_cf(counters, account_key(UNATTRIBUTED), encode_account(&earlier));
+    }
+    batch.put_cf(counters, ATTRIBUTED_KEY, []);
+    db.write(batch)?;
+    if rewritten > 0 {
+        tracing::info!(blobs = rewritten, "charged the blobs stored before owners to no owner");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proto::Digest;
+
+    use super::*;
+    use crate::db::CF_BLOBS;
+    use crate::store::rocks::{Budget, RocksStore};
+    use crate::store::{BlobStore, Committed};
+
+    /// Stores `data` as if `owner`'s call had uploaded it.
+    fn store_as(store: &RocksStore, owner: &str, data: &[u8]) -> Committed {
+        crate::caller::run_as(Some(Arc::from(owner)), || {
+            let mut writer = store.write(&Digest::of(data)).unwrap();
+            writer.put_frame(Bytes::copy_from_slice(data)).unwrap();
+            writer.record_sha256([7; 32]);
+            writer.commit().unwrap()
+        })
+    }
+
+    fn blob(owner: &str, i: usize) -> Vec<u8> {
+        let mut data = format!("{owner} blob {i} ").into_bytes();
+        data.resize(4096, b'.');
+        data
+    }
+
+    fn held(store: &RocksStore, data: &[u8]) -> bool {
+        store.stat(&[Digest::of(data)]).unwrap()[0].is_some()
+    }
+
+    #[test]
+    fn a_flood_of_one_owner_evicts_its_own_blobs_not_anothers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        // Room for 50 blobs; eviction takes the store down to 40.
+        let store = RocksStore::open(Arc::clone(&db), Budget::new(50 * 4096, 0.9, 0.8)).unwrap();
+        let main: Vec<Vec<u8>> = (0..10).map(|i| blob("main", i)).collect();
+        for data in &main {
+            store_as(&store, "main", data);
+        }
+        // The pull request stores one of main's blobs again: it stays charged to main.
+        assert_eq!(store_as(&store, "pr-1", &main[0]), Committed::AlreadyPresent);
+        for i in 0..200 {
+            store_as(&store, "pr-1", &blob("pr-1", i));
+            store.maintain().unwrap();
+        }
+        let kept = main.iter().filter(|data| held(&store, data)).count();
+        assert_eq!(kept, 10, "main's blobs are below its share and stay, however old");
+        assert!(held(&store, &blob("pr-1", 199)) && !held(&store, &blob("pr-1", 0)));
+        assert!(store.totals().stored_bytes <= 50 * 4096);
+
+        let ledger = store.inner.lock_ledger();
+        let account = |name: &str| ledger.owners[&owner_id(name)].stored_bytes;
+        assert_eq!(account("main"), 10 * 4096);
+        assert_eq!(account("main") + account("pr-1"), ledger.totals.stored_bytes);
+        drop(ledger);
+        // What is charged is persisted with the blobs.
+        drop(store);
+        let reopened = RocksStore::open(db, Budget::new(50 * 4096, 0.9, 0.8)).unwrap();
+        assert_eq!(reopened.inner.lock_ledger().owners[&owner_id("main")].stored_bytes, 10 * 4096);
+    }
+
+    #[test]
+    fn owners_above_their_share_lose_their_oldest_down_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let store = RocksStore::open(db, Budget::new(1 << 30, 0.9, 0.8)).unwrap();
+        for (owner, count) in [("a", 30), ("b", 20), ("c", 5)] {
+            for i in 0..count {
+                store_as(&store, owner, &blob(owner, i));
+            }
+        }
+        // 55 blobs, down by 25: a fair share of 30 blobs' bytes is 12.5 each beyond c's 5.
+        let (blobs, _) = store.evict_bytes(25 * 4096).unwrap();
+        assert!((25..=27).contains(&blobs), "{blobs}");
+        let count = |owner: &str, of: usize| (0..of).filter(|i| held(&store, &blob(owner, *i))).count();
+        assert_eq!(count("c", 5), 5);
+        assert!((12..=13).contains(&count("a", 30)) && (12..=13).contains(&count("b", 20)));
+        assert!(held(&store, &blob("a", 29)) && !held(&store, &blob("a", 0)), "oldest first");
+    }
+
+    #[test]
+    fn blobs_stored_before_owners_are_charged_to_no_owner_and_still_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let store = RocksStore::open(Arc::clone(&db), Budget::new(1 << 30, 0.9, 0.8)).unwrap();
+        let earlier: Vec<Vec<u8>> = (0..3).map(|i| blob("earlier", i)).collect();
+        for data in &earlier {
+            store_as(&store, "", data);
+        }
+        drop(store);
+        // Rewrite them as an earlier version left them: version 2 metadata, access order keyed
+        // by time alone, no accounts.
+        let (blobs, lru, counters) =
+            (cf(&db, CF_BLOBS).unwrap(), cf(&db, CF_LRU).unwrap(), cf(&db, CF_COUNTERS).unwrap());
+        for data in &earlier {
+            let key = BlobKey::blake3(&Digest::of(data));
+            let meta = BlobMeta::decode(&db.get_cf(blobs, key.as_bytes()).unwrap().unwrap()).unwrap();
+            let mut v2 = meta.encode();
+            v2.truncate(v2.len() - 8);
+            v2[0] = 2;
+            db.put_cf(blobs, key.as_bytes(), v2).unwrap();
+            db.delete_cf(lru, lru_key(UNATTRIBUTED, meta.atime_ms, &key)).unwrap();
+            let mut unowned = meta.atime_ms.to_be_bytes().to_vec();
+            unowned.extend_from_slice(key.as_bytes());
+            db.put_cf(lru, unowned, []).unwrap();
+        }
+        db.delete_cf(counters, ATTRIBUTED_KEY).unwrap();
+        db.delete_cf(counters, account_key(UNATTRIBUTED)).unwrap();
+
+        let store = RocksStore::open(Arc::clone(&db), Budget::new(1 << 30, 0.9, 0.8)).unwrap();
+        assert_eq!(store.inner.lock_ledger().owners[&UNATTRIBUTED].stored_bytes, 3 * 4096);
+        store_as(&store, "main", &blob("main", 0));
+        assert_eq!(store.evict_bytes(3 * 4096).unwrap(), (3, 3 * 4096), "the earlier blobs go first");
+        assert!(earlier.iter().all(|data| !held(&store, data)) && held(&store, &blob("main", 0)));
+        let entries: Vec<usize> =
+            db.iterator_cf(lru, IteratorMode::Start).map(|item| item.unwrap().0.len()).collect();
+        assert_eq!(entries, [crate::store::keys::LRU_KEY_LEN]);
+    }
+}
