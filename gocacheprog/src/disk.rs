@@ -121,16 +121,35 @@ impl DiskTier {
         self
     }
 
-    /// Keeps what this session records apart from what trusted sessions read: the go command
-    /// records whatever its build produced under action IDs that do not cover every file a
-    /// compile reads (a header an assembly file includes from outside its package), so an
-    /// untrusted build could otherwise leave an object that a trusted build of other sources
-    /// then takes as its own, and uploads. Lookups still find trusted records, after the
-    /// session's own. Call after [`DiskTier::in_namespace`].
-    pub fn untrusted(mut self) -> Self {
+    /// Keeps what this session records apart from what every other session reads: the go
+    /// command records whatever its build produced under action IDs that do not cover every
+    /// file a compile reads (a header an assembly file includes from outside its package), so
+    /// an untrusted build could otherwise leave an object that a build of other sources then
+    /// takes as its own: a trusted one, which uploads it, or another untrusted one (another
+    /// pull request's). Sessions naming the same `scope` (one pull request's go commands)
+    /// share their records; without one, a session's records are its own. Lookups still find
+    /// trusted records, after the session's own. Call after [`DiskTier::in_namespace`].
+    pub fn untrusted(mut self, scope: Option<&str>) -> Self {
         let mut salt = Sha256::new();
         salt.update(b"cachectl gocacheprog untrusted records\0");
         salt.update(self.namespace_salt.unwrap_or_default());
+        match scope {
+            Some(scope) => {
+                salt.update(b"scope\0");
+                salt.update(scope.as_bytes());
+            }
+            None => {
+                let mut session = [0u8; 32];
+                // Without randomness the session's pid and clock are still its own on this host.
+                if getrandom::fill(&mut session).is_err() {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                    let unique = format!("{} {:?}", std::process::id(), now);
+                    session = Sha256::digest(unique.as_bytes()).into();
+                }
+                salt.update(b"session\0");
+                salt.update(session);
+            }
+        }
         self.untrusted_salt = Some(salt.finalize().into());
         self
     }
@@ -517,20 +536,35 @@ mod tests {
     fn trusted_sessions_never_read_what_an_untrusted_one_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("main");
-        let untrusted = || trusted().untrusted();
+        let untrusted = || trusted().untrusted(Some("pr-1"));
         let (honest, other) = (ActionId([1; 32]), ActionId([2; 32]));
         let honest_body = put(&trusted(), 1, b"main's object");
         assert_eq!(untrusted().lookup(&honest).unwrap().map(|(_, path)| path), Some(honest_body.clone()));
         // An untrusted build records its own object under main's action, and a new one.
         let planted = put(&untrusted(), 1, b"a pull request's object");
         put(&untrusted(), 2, b"a pull request's other object");
+        // The pull request's later go commands (its scope) find them.
         assert_eq!(untrusted().lookup(&honest).unwrap().map(|(_, path)| path), Some(planted));
         assert!(untrusted().has_entry(&other));
-        assert_eq!(trusted().lookup(&honest).unwrap().map(|(_, path)| path), Some(honest_body));
+        assert_eq!(trusted().lookup(&honest).unwrap().map(|(_, path)| path), Some(honest_body.clone()));
         assert!(trusted().lookup(&other).unwrap().is_none() && !trusted().has_entry(&other));
+        // Another pull request's untrusted sessions, scoped or not, never read them either.
+        for other_session in [trusted().untrusted(Some("pr-2")), trusted().untrusted(None)] {
+            assert_eq!(
+                other_session.lookup(&honest).unwrap().map(|(_, path)| path),
+                Some(honest_body.clone())
+            );
+            assert!(!other_session.has_entry(&other));
+        }
+        // A session without a scope reads its own records, and no later one does.
+        let session = trusted().untrusted(None);
+        put(&session, 4, b"one session's object");
+        assert!(
+            session.has_entry(&ActionId([4; 32])) && !trusted().untrusted(None).has_entry(&ActionId([4; 32]))
+        );
         // The default namespace, unsalted for trusted sessions, is kept apart as well.
         let default = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("default");
-        put(&default().untrusted(), 3, b"planted in default");
+        put(&default().untrusted(None), 3, b"planted in default");
         assert!(default().lookup(&ActionId([3; 32])).unwrap().is_none());
     }
 

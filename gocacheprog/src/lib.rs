@@ -60,6 +60,9 @@ pub struct Options {
     pub close_timeout: Duration,
     /// Fetch from cached but never upload (for untrusted builds).
     pub read_only: bool,
+    /// Which read-only sessions share what they record in the local tier (one pull request's
+    /// go commands); `None`: each its own.
+    pub untrusted_scope: Option<String>,
     /// Print the session summary line on close.
     pub summary: bool,
     /// Read and write session lists and preload what they name.
@@ -83,7 +86,7 @@ pub async fn run(options: Options) -> Result<()> {
             source: err.into(),
         })?
         .in_namespace(&options.namespace);
-    let disk = if options.read_only { disk.untrusted() } else { disk };
+    let disk = if options.read_only { disk.untrusted(options.untrusted_scope.as_deref()) } else { disk };
     let counters = Arc::new(counters::Counters::default());
     let remote = options.server.as_ref().and_then(|server| {
         let (namespace, counters) = (options.namespace.clone(), Arc::clone(&counters));

@@ -200,6 +200,33 @@ fn a_trusted_build_never_hits_what_a_read_only_one_recorded_locally() {
     assert!(counted(&again, "local hits") > 0 && counted(&again, "misses") < gets(&again), "{again}");
 }
 
+/// Another pull request's read-only session on the same runner does not take what one recorded
+/// either (its objects answer action IDs that miss files its sources changed); sessions naming
+/// one scope (a pull request's go commands) share what they record.
+#[test]
+fn a_read_only_build_never_hits_what_another_read_only_one_recorded_unless_they_share_a_scope() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let build = |scope: Option<&str>| {
+        env.wipe_gocache();
+        let mut go = env.go_bridged(&["build", "./..."], tier.path(), Some(&daemon.url()));
+        go.env("CACHED_NAMESPACE", "main").env("CACHED_READ_ONLY", "true");
+        if let Some(scope) = scope {
+            go.env("CACHED_UNTRUSTED_SCOPE", scope);
+        }
+        summary(&run(go).success("read-only build").stderr).to_owned()
+    };
+    let first = build(Some("pr-1"));
+    assert!(counted(&first, "misses") > 0 && counted(&first, "local hits") == 0, "{first}");
+    let other = build(None);
+    assert_eq!(counted(&other, "local hits"), 0, "another pull request used pr-1's records: {other}");
+    let other_scope = build(Some("pr-2"));
+    assert_eq!(counted(&other_scope, "local hits"), 0, "pr-2 used pr-1's records: {other_scope}");
+    let same = build(Some("pr-1"));
+    assert!(counted(&same, "local hits") > 0, "pr-1's next go command found nothing: {same}");
+}
+
 #[test]
 fn go_test_after_a_wipe_reports_cached() {
     let daemon = Daemon::start();
