@@ -14,7 +14,7 @@ use proto::frames::frame_count;
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
 
 use self::lru::AccessLog;
-use self::owners::Ledger;
+use self::owners::{Change, Ledger};
 pub use self::scrub::{ScrubSlice, ScrubTotals};
 use super::keys::{BlobKey, BlobMeta, chunk_key, lru_key, u64_be};
 use super::{BlobInfo, BlobStore, Committed, FrameReader, FrameWriter, StoreUpkeep, StoreUsage};
@@ -101,11 +101,22 @@ struct Inner {
     next_upload: AtomicU64,
     scrubbed_bytes: AtomicU64,
     scrub_removed: AtomicU64,
+    /// [`lru::IDLE_AFTER`], in milliseconds (shorter in tests).
+    idle_after_ms: u64,
 }
 
 impl RocksStore {
     /// Opens the store in `db`, discarding uploads a crash cut off.
     pub fn open(db: Arc<DB>, budget: Budget) -> Result<Self> {
+        Self::open_idle_after(db, budget, lru::IDLE_AFTER)
+    }
+
+    /// [`RocksStore::open`], with blobs unused for `idle_after` evicted ahead of fair shares.
+    pub(crate) fn open_idle_after(
+        db: Arc<DB>,
+        budget: Budget,
+        idle_after: std::time::Duration,
+    ) -> Result<Self> {
         let totals = match db.get_cf(cf(&db, CF_COUNTERS)?, TOTALS_KEY)? {
             Some(bytes) => StoreTotals::decode(&bytes)?,
             None => StoreTotals::default(),
@@ -124,6 +135,7 @@ impl RocksStore {
                 next_upload: AtomicU64::new(next_upload),
                 scrubbed_bytes: AtomicU64::new(0),
                 scrub_removed: AtomicU64::new(0),
+                idle_after_ms: idle_after.as_millis() as u64,
             }),
         })
     }
@@ -171,11 +183,11 @@ impl RocksStore {
         let mut ledger = inner.lock_ledger();
         let Some(meta) = inner.meta(key)?.filter(still) else { return Ok(false) };
         let mut batch = WriteBatch::default();
-        let mut next = ledger.clone();
-        inner.delete_blob(&mut batch, key, &meta, &mut next)?;
-        inner.put_ledger(&mut batch, &mut next)?;
+        let mut change = ledger.change();
+        inner.delete_blob(&mut batch, key, &meta, &mut change)?;
+        ledger.put(&inner.db, &mut batch, &change)?;
         inner.db.write(batch)?;
-        *ledger = next;
+        ledger.apply(change);
         Ok(true)
     }
 }
@@ -285,25 +297,19 @@ impl Inner {
     }
 
     /// Adds the deletion of a stored blob (metadata, access order, frames) to `batch`, and
-    /// takes it off `ledger`.
+    /// takes it off the ledger in `change`.
     fn delete_blob(
         &self,
         batch: &mut WriteBatch,
         key: &BlobKey,
         meta: &BlobMeta,
-        ledger: &mut Ledger,
+        change: &mut Change,
     ) -> Result<()> {
         batch.delete_cf(cf(&self.db, CF_BLOBS)?, key.as_bytes());
         batch.delete_cf(cf(&self.db, CF_LRU)?, lru_key(meta.owner, meta.atime_ms, key));
         self.delete_chunks(batch, meta.upload_id, frame_count(meta.size))?;
-        ledger.remove(meta);
+        change.remove(meta);
         Ok(())
-    }
-
-    /// Adds what `ledger` holds now to `batch`.
-    fn put_ledger(&self, batch: &mut WriteBatch, ledger: &mut Ledger) -> Result<()> {
-        batch.put_cf(cf(&self.db, CF_COUNTERS)?, TOTALS_KEY, ledger.totals.encode());
-        ledger.put_changed(&self.db, batch)
     }
 }
 
@@ -448,12 +454,12 @@ impl FrameWriter for RocksWriter {
         let (owner_name, owner) = owners::current_owner();
         let mut ledger = inner.lock_ledger();
         let mut batch = WriteBatch::default();
-        let mut next = ledger.clone();
+        let mut change = ledger.change();
         match inner.meta(&self.key)? {
             // The blob keeps its first owner.
             Some(meta) if meta.sha256.is_some() => return Ok(Committed::AlreadyPresent),
             // A blob from before SHA-256s were recorded: this verified upload replaces it.
-            Some(legacy) => inner.delete_blob(&mut batch, &self.key, &legacy, &mut next)?,
+            Some(legacy) => inner.delete_blob(&mut batch, &self.key, &legacy, &mut change)?,
             None => {}
         }
         let budget = inner.budget;
@@ -463,15 +469,15 @@ impl FrameWriter for RocksWriter {
                 self.stored_bytes, budget.max_bytes
             )));
         }
-        if next.totals.stored_bytes + self.stored_bytes > budget.max_bytes {
+        if change.totals.stored_bytes + self.stored_bytes > budget.max_bytes {
             let target = budget.low_bytes.min(budget.max_bytes - self.stored_bytes);
             self.store.evict_locked(&mut ledger, target)?;
             // Eviction may have taken the legacy blob being replaced: start again from what
             // is stored now.
             batch = WriteBatch::default();
-            next = ledger.clone();
+            change = ledger.change();
             if let Some(legacy) = inner.meta(&self.key)? {
-                inner.delete_blob(&mut batch, &self.key, &legacy, &mut next)?;
+                inner.delete_blob(&mut batch, &self.key, &legacy, &mut change)?;
             }
         }
         let now = lru::now_ms();
@@ -483,15 +489,15 @@ impl FrameWriter for RocksWriter {
             sha256: Some(sha256),
             owner,
         };
-        next.add(&meta, &owner_name);
+        change.add(&meta, &owner_name);
         let db = &inner.db;
         batch.put_cf(cf(db, CF_BLOBS)?, self.key.as_bytes(), meta.encode());
         batch.put_cf(cf(db, CF_LRU)?, lru_key(owner, now, &self.key), []);
         batch.delete_cf(cf(db, CF_PENDING)?, self.upload_id.to_be_bytes());
-        inner.put_ledger(&mut batch, &mut next)?;
+        ledger.put(db, &mut batch, &change)?;
         db.write(batch)?;
-        let stored_bytes = next.totals.stored_bytes;
-        *ledger = next;
+        let stored_bytes = change.totals.stored_bytes;
+        ledger.apply(change);
         self.finished = true;
         if stored_bytes > budget.high_bytes {
             inner.over_high_watermark.store(true, Ordering::Relaxed);

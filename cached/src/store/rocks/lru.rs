@@ -13,10 +13,13 @@ use super::RocksStore;
 use super::owners::Ledger;
 use crate::db::{CF_BLOBS, CF_LRU, cf};
 use crate::error::Result;
-use crate::store::keys::{BlobKey, LRU_KEY_LEN, lru_key};
+use crate::store::keys::{BlobKey, LRU_KEY_LEN, lru_key, u64_be};
 
 /// Blobs evicted per write batch: bounds the batch size and the time the commit lock is held.
 const EVICTION_BATCH: usize = 512;
+
+/// How long a blob may go unused before eviction takes it ahead of any owner's fair share.
+pub(super) const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
@@ -92,17 +95,25 @@ impl RocksStore {
         self.evict_locked(&mut ledger, target)
     }
 
-    /// Evicts blobs until at most `target` bytes are stored: from each owner above its fair
-    /// share of `target`, its least recently used blobs until it is down to that share. Should
-    /// the accounts not add up to what is stored, the rest goes from any owner, oldest first.
-    /// Returns the (blobs, bytes) evicted. The caller holds the ledger's lock.
+    /// Evicts blobs until at most `target` bytes are stored. Blobs nobody used for
+    /// [`IDLE_AFTER`] go first, whoever holds them (an owner that stopped storing, a finished
+    /// pull request, keeps no claim on the store); then, from each owner above its fair share
+    /// of `target`, its least recently used blobs until it is down to that share. Should the
+    /// accounts not add up to what is stored, the rest goes from any owner. Returns the (blobs,
+    /// bytes) evicted. The caller holds the ledger's lock.
     pub(super) fn evict_locked(&self, ledger: &mut Ledger, target: u64) -> Result<(u64, u64)> {
         // Reads since the last flush must count, or a blob just used could go first.
         self.flush_access_times_locked(ledger)?;
         let mut evicted = Evicted::default();
+        let idle_before = now_ms().saturating_sub(self.inner.idle_after_ms);
+        for owner in self.owners_by_oldest(ledger)? {
+            let pass = Pass { owner: Some(owner), until: u64::MAX, idle_before: Some(idle_before) };
+            self.evict_from(ledger, &pass, target, &mut evicted)?;
+        }
         for (owner, excess) in ledger.excess_over(target) {
             let before = evicted.bytes;
-            self.evict_from(ledger, Some(owner), before.saturating_add(excess), target, &mut evicted)?;
+            let pass = Pass { owner: Some(owner), until: before.saturating_add(excess), idle_before: None };
+            self.evict_from(ledger, &pass, target, &mut evicted)?;
             if evicted.bytes > before {
                 tracing::info!(
                     owner = ledger.name_of(owner),
@@ -111,7 +122,16 @@ impl RocksStore {
                 );
             }
         }
-        self.evict_from(ledger, None, u64::MAX, target, &mut evicted)?;
+        let before = evicted.bytes;
+        self.evict_from(
+            ledger,
+            &Pass { owner: None, until: u64::MAX, idle_before: None },
+            target,
+            &mut evicted,
+        )?;
+        if evicted.bytes > before {
+            tracing::warn!(evicted_bytes = evicted.bytes - before, "evicted blobs the owner accounts missed");
+        }
         let inner = &self.inner;
         inner.evicted_blobs.fetch_add(evicted.blobs, Ordering::Relaxed);
         inner.evicted_bytes.fetch_add(evicted.bytes, Ordering::Relaxed);
@@ -126,37 +146,52 @@ impl RocksStore {
         Ok((evicted.blobs, evicted.bytes))
     }
 
-    /// Evicts the least recently used blobs of `owner` (of anyone: `None`) until `evicted`
-    /// reaches `until` bytes or at most `target` bytes are stored.
-    fn evict_from(
-        &self,
-        ledger: &mut Ledger,
-        owner: Option<u64>,
-        until: u64,
-        target: u64,
-        evicted: &mut Evicted,
-    ) -> Result<()> {
+    /// The owners, the one whose least recently used blob is oldest first.
+    fn owners_by_oldest(&self, ledger: &Ledger) -> Result<Vec<u64>> {
+        let db = &self.inner.db;
+        let lru = cf(db, CF_LRU)?;
+        let mut oldest = Vec::with_capacity(ledger.owners.len());
+        for owner in ledger.owners.keys() {
+            let prefix = owner.to_be_bytes();
+            if let Some(item) = db.iterator_cf(lru, IteratorMode::From(&prefix, Direction::Forward)).next() {
+                let (entry, _) = item?;
+                if entry.starts_with(&prefix) && entry.len() == LRU_KEY_LEN {
+                    oldest.push((u64_be(&entry[8..]), *owner));
+                }
+            }
+        }
+        oldest.sort_unstable();
+        Ok(oldest.into_iter().map(|(_, owner)| owner).collect())
+    }
+
+    /// Evicts the least recently used blobs of `pass.owner` (of anyone: `None`) until
+    /// `evicted` reaches `pass.until` bytes, at most `target` bytes are stored, or the next
+    /// blob was used at or after `pass.idle_before`.
+    fn evict_from(&self, ledger: &mut Ledger, pass: &Pass, target: u64, evicted: &mut Evicted) -> Result<()> {
         let inner = &self.inner;
         let db = &inner.db;
         let lru = cf(db, CF_LRU)?;
-        let prefix = owner.map(u64::to_be_bytes);
-        let done = |ledger: &Ledger, evicted: &Evicted| {
-            ledger.totals.stored_bytes <= target || evicted.bytes >= until
-        };
-        while !done(ledger, evicted) {
+        let prefix = pass.owner.map(u64::to_be_bytes);
+        let done = |stored: u64, evicted: &Evicted| stored <= target || evicted.bytes >= pass.until;
+        while !done(ledger.totals.stored_bytes, evicted) {
             let mut batch = WriteBatch::default();
-            let mut next = ledger.clone();
+            let mut change = ledger.change();
             let mut in_batch = 0;
             let from = match &prefix {
                 Some(prefix) => IteratorMode::From(prefix, Direction::Forward),
                 None => IteratorMode::Start,
             };
             for item in db.iterator_cf(lru, from) {
-                if done(&next, evicted) || in_batch == EVICTION_BATCH {
+                if done(change.totals.stored_bytes, evicted) || in_batch == EVICTION_BATCH {
                     break;
                 }
                 let (lru_entry, _) = item?;
                 if prefix.is_some_and(|prefix| !lru_entry.starts_with(&prefix)) {
+                    break;
+                }
+                if lru_entry.len() == LRU_KEY_LEN
+                    && pass.idle_before.is_some_and(|idle_before| u64_be(&lru_entry[8..]) >= idle_before)
+                {
                     break;
                 }
                 batch.delete_cf(lru, &lru_entry);
@@ -171,19 +206,27 @@ impl RocksStore {
                 if lru_key(meta.owner, meta.atime_ms, &key)[..] != lru_entry[..] {
                     continue;
                 }
-                inner.delete_blob(&mut batch, &key, &meta, &mut next)?;
+                inner.delete_blob(&mut batch, &key, &meta, &mut change)?;
                 evicted.blobs += 1;
                 evicted.bytes += meta.stored_bytes;
             }
             if in_batch == 0 {
                 break;
             }
-            inner.put_ledger(&mut batch, &mut next)?;
+            ledger.put(db, &mut batch, &change)?;
             db.write(batch)?;
-            *ledger = next;
+            ledger.apply(change);
         }
         Ok(())
     }
+}
+
+/// One walk of the access order: whose blobs, until how many bytes went, and whether only
+/// those unused since a time.
+struct Pass {
+    owner: Option<u64>,
+    until: u64,
+    idle_before: Option<u64>,
 }
 
 /// What an eviction took.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::StoreTotals;
-use crate::db::{CF_COUNTERS, CF_LRU, cf};
+use crate::db::{CF_BLOBS, CF_COUNTERS, CF_LRU, cf};
 use crate::error::{Error, Result};
 use crate::store::keys::{BlobKey, BlobMeta, UNATTRIBUTED, UNOWNED_LRU_KEY_LEN, lru_key, owner_id, u64_be};
 
@@ -37,32 +37,80 @@ pub(crate) struct Account {
 }
 
 /// What the store holds, in all and per owner: kept exact by writing it in the same batch as
-/// every change to the blobs it counts.
-#[derive(Debug, Default, Clone)]
+/// every change to the blobs it counts ([`Change`]).
+#[derive(Debug, Default)]
 pub(crate) struct Ledger {
     pub totals: StoreTotals,
     pub owners: HashMap<u64, Account>,
-    /// Owners whose accounts changed since the ledger was last written.
-    changed: Vec<u64>,
 }
 
-impl Ledger {
+/// What one batch changes in the [`Ledger`]: written with the batch ([`Ledger::put`]) and
+/// applied once it is ([`Ledger::apply`]).
+#[derive(Debug)]
+pub(crate) struct Change {
+    /// The totals once the batch is written.
+    pub totals: StoreTotals,
+    /// Stored bytes added to (or taken from) owners, with the name of an owner new to the ledger.
+    owners: Vec<(u64, i128, Option<Arc<str>>)>,
+}
+
+impl Change {
     pub(super) fn add(&mut self, meta: &BlobMeta, owner_name: &str) {
         self.totals.add(meta);
-        let account = self
-            .owners
-            .entry(meta.owner)
-            .or_insert_with(|| Account { name: Arc::from(owner_name), stored_bytes: 0 });
-        account.stored_bytes += meta.stored_bytes;
-        self.changed.push(meta.owner);
+        self.owners.push((meta.owner, i128::from(meta.stored_bytes), Some(Arc::from(owner_name))));
     }
 
     pub(super) fn remove(&mut self, meta: &BlobMeta) {
         self.totals.remove(meta);
-        if let Some(account) = self.owners.get_mut(&meta.owner) {
-            account.stored_bytes = account.stored_bytes.saturating_sub(meta.stored_bytes);
-            self.changed.push(meta.owner);
+        self.owners.push((meta.owner, -i128::from(meta.stored_bytes), None));
+    }
+}
+
+impl Ledger {
+    /// An empty change to the ledger as it is now.
+    pub(super) fn change(&self) -> Change {
+        Change { totals: self.totals, owners: Vec::new() }
+    }
+
+    /// The accounts `change` leaves: each owner it touches, with its stored bytes.
+    fn accounts_after(&self, change: &Change) -> HashMap<u64, Account> {
+        let mut after: HashMap<u64, Account> = HashMap::new();
+        for (owner, delta, name) in &change.owners {
+            let account = after.entry(*owner).or_insert_with(|| match self.owners.get(owner) {
+                Some(account) => account.clone(),
+                None => Account { name: name.clone().unwrap_or_else(|| Arc::from("")), stored_bytes: 0 },
+            });
+            let bytes = i128::from(account.stored_bytes) + delta;
+            account.stored_bytes = u64::try_from(bytes.max(0)).unwrap_or(u64::MAX);
         }
+        after
+    }
+
+    /// Adds what `change` leaves to `batch`: the totals, and the accounts it touches (an empty
+    /// one goes).
+    pub(super) fn put(&self, db: &DB, batch: &mut WriteBatch, change: &Change) -> Result<()> {
+        let counters = cf(db, CF_COUNTERS)?;
+        batch.put_cf(counters, super::TOTALS_KEY, change.totals.encode());
+        for (owner, account) in self.accounts_after(change) {
+            if account.stored_bytes > 0 {
+                batch.put_cf(counters, account_key(owner), encode_account(&account));
+            } else {
+                batch.delete_cf(counters, account_key(owner));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in `change`, whose batch was written.
+    pub(super) fn apply(&mut self, change: Change) {
+        for (owner, account) in self.accounts_after(&change) {
+            if account.stored_bytes > 0 {
+                self.owners.insert(owner, account);
+            } else {
+                self.owners.remove(&owner);
+            }
+        }
+        self.totals = change.totals;
     }
 
     /// What each owner above its fair share of `target` must give up, most first.
@@ -84,26 +132,8 @@ impl Ledger {
         self.owners.get(&owner).map_or("", |account| &account.name)
     }
 
-    /// Adds the accounts changed since the last write to `batch`; an empty one goes.
-    pub(super) fn put_changed(&mut self, db: &DB, batch: &mut WriteBatch) -> Result<()> {
-        let counters = cf(db, CF_COUNTERS)?;
-        self.changed.sort_unstable();
-        self.changed.dedup();
-        for owner in self.changed.drain(..) {
-            match self.owners.get(&owner) {
-                Some(account) if account.stored_bytes > 0 => {
-                    batch.put_cf(counters, account_key(owner), encode_account(account));
-                }
-                _ => {
-                    self.owners.remove(&owner);
-                    batch.delete_cf(counters, account_key(owner));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The ledger as stored, charging blobs of earlier versions to [`UNATTRIBUTED`] first.
+    /// The ledger as stored, charging blobs of earlier versions to [`UNATTRIBUTED`] first. Should
+    /// the accounts not add up to the totals, they are counted again from the blobs.
     pub(super) fn load(db: &DB, totals: StoreTotals) -> Result<Self> {
         attribute_earlier_blobs(db, &totals)?;
         let counters = cf(db, CF_COUNTERS)?;
@@ -116,7 +146,42 @@ impl Ledger {
             }
             owners.insert(u64_be(owner), decode_account(&value)?);
         }
-        Ok(Self { totals, owners, changed: Vec::new() })
+        let mut ledger = Self { totals, owners };
+        let accounted: u64 = ledger.owners.values().map(|account| account.stored_bytes).sum();
+        if accounted != totals.stored_bytes {
+            tracing::warn!(
+                accounted,
+                stored_bytes = totals.stored_bytes,
+                "the store's owner accounts do not add up to what it holds; counting them again"
+            );
+            ledger.count_again(db)?;
+        }
+        Ok(ledger)
+    }
+
+    /// Sets every account to the stored bytes of the blobs charged to it.
+    fn count_again(&mut self, db: &DB) -> Result<()> {
+        let mut counted: HashMap<u64, u64> = HashMap::new();
+        for item in db.iterator_cf(cf(db, CF_BLOBS)?, IteratorMode::Start) {
+            let (_, value) = item?;
+            let meta = BlobMeta::decode(&value)?;
+            *counted.entry(meta.owner).or_default() += meta.stored_bytes;
+        }
+        let counters = cf(db, CF_COUNTERS)?;
+        let mut batch = WriteBatch::default();
+        for owner in self.owners.keys() {
+            batch.delete_cf(counters, account_key(*owner));
+        }
+        let names = std::mem::take(&mut self.owners);
+        for (owner, stored_bytes) in counted {
+            let name =
+                names.get(&owner).map_or_else(|| Arc::from(format!("{owner:016x}")), |a| Arc::clone(&a.name));
+            let account = Account { name, stored_bytes };
+            batch.put_cf(counters, account_key(owner), encode_account(&account));
+            self.owners.insert(owner, account);
+        }
+        db.write(batch)?;
+        Ok(())
     }
 }
 
@@ -194,7 +259,6 @@ mod tests {
     use proto::Digest;
 
     use super::*;
-    use crate::db::CF_BLOBS;
     use crate::store::rocks::{Budget, RocksStore};
     use crate::store::{BlobStore, Committed};
 
@@ -267,6 +331,44 @@ mod tests {
         assert_eq!(count("c", 5), 5);
         assert!((12..=13).contains(&count("a", 30)) && (12..=13).contains(&count("b", 20)));
         assert!(held(&store, &blob("a", 29)) && !held(&store, &blob("a", 0)), "oldest first");
+    }
+
+    #[test]
+    fn blobs_nobody_used_for_a_while_go_before_any_owners_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let idle_after = std::time::Duration::from_millis(300);
+        let store = RocksStore::open_idle_after(db, Budget::new(1 << 30, 0.9, 0.8), idle_after).unwrap();
+        // Five finished pull requests, four blobs each, that nobody uses any more.
+        for pr in 0..5 {
+            for i in 0..4 {
+                store_as(&store, &format!("pr-{pr}"), &blob(&format!("pr-{pr}"), i));
+            }
+        }
+        std::thread::sleep(idle_after * 2);
+        for i in 0..20 {
+            store_as(&store, "main", &blob("main", i));
+        }
+        // Down to 25 blobs: by shares alone main, the one holding most, went down to 5.
+        store.evict_bytes(15 * 4096).unwrap();
+        let main = (0..20).filter(|i| held(&store, &blob("main", *i))).count();
+        assert_eq!(main, 20, "main lost blobs while idle ones stayed");
+        assert_eq!(store.totals().stored_bytes, 25 * 4096);
+    }
+
+    #[test]
+    fn accounts_that_do_not_add_up_are_counted_again_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let store = RocksStore::open(Arc::clone(&db), Budget::new(1 << 30, 0.9, 0.8)).unwrap();
+        store_as(&store, "main", &blob("main", 0));
+        store_as(&store, "pr-1", &blob("pr-1", 0));
+        drop(store);
+        db.delete_cf(cf(&db, CF_COUNTERS).unwrap(), account_key(owner_id("pr-1"))).unwrap();
+        let store = RocksStore::open(db, Budget::new(1 << 30, 0.9, 0.8)).unwrap();
+        let ledger = store.inner.lock_ledger();
+        assert_eq!(ledger.owners[&owner_id("pr-1")].stored_bytes, 4096);
+        assert_eq!(&*ledger.owners[&owner_id("main")].name, "main");
     }
 
     #[test]
