@@ -55,9 +55,10 @@ pub struct Args {
     #[arg(long, env = "CACHED_READ_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
     read_only: bool,
     /// With --read-only: the read-only sessions that share what they record in the local
-    /// directory, such as one pull request's go commands (its number or CI job id). Without
-    /// it each session's records are its own, so no other untrusted build takes them.
-    #[arg(long, env = "CACHED_UNTRUSTED_SCOPE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    /// directory, such as one pull request's go commands (its number or CI job id), set by
+    /// trusted CI configuration. Without it (or empty) each session's records are its own, so
+    /// no other untrusted build takes them.
+    #[arg(long, env = "CACHED_UNTRUSTED_SCOPE")]
     untrusted_scope: Option<String>,
     /// How long the end of a go command waits for pending uploads.
     #[arg(long, env = "CACHED_CLOSE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
@@ -130,7 +131,8 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
         timeout: args.tier.timeout,
         close_timeout: args.close_timeout,
         read_only: args.read_only,
-        untrusted_scope: args.untrusted_scope,
+        // An empty value (a pull request number on a push build) names no scope.
+        untrusted_scope: args.untrusted_scope.filter(|scope| !scope.is_empty()),
         summary: args.verbose || summary_from_env(),
         preload: !(args.no_preload || preload_off_in_env()),
         preload_max: args.tier.preload_max,

@@ -24,10 +24,11 @@
 //! entry whose body did not survive. A write that finds the disk full makes room first (see
 //! [`super::room`]).
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use proto::{ActionId, Digest, OutputId};
@@ -83,8 +84,11 @@ pub struct DiskTier {
     room: Arc<Room>,
     /// Salts record names in a namespace other than the default ([`DiskTier::in_namespace`]).
     namespace_salt: Option<[u8; 32]>,
-    /// Salts the records of an untrusted session ([`DiskTier::untrusted`]).
+    /// Salts the records of an untrusted session with a scope ([`DiskTier::untrusted`]).
     untrusted_salt: Option<[u8; 32]>,
+    /// The records of an untrusted session without a scope, which no other session may read:
+    /// in memory, so none pile up on disk where nothing would ever read them.
+    own_records: Option<Mutex<HashMap<ActionId, Entry>>>,
 }
 
 impl DiskTier {
@@ -106,6 +110,7 @@ impl DiskTier {
             max_size,
             namespace_salt: None,
             untrusted_salt: None,
+            own_records: None,
         })
     }
 
@@ -127,30 +132,21 @@ impl DiskTier {
     /// an untrusted build could otherwise leave an object that a build of other sources then
     /// takes as its own: a trusted one, which uploads it, or another untrusted one (another
     /// pull request's). Sessions naming the same `scope` (one pull request's go commands)
-    /// share their records; without one, a session's records are its own. Lookups still find
-    /// trusted records, after the session's own. Call after [`DiskTier::in_namespace`].
+    /// share their records; without one, a session's records are its own and stay in memory.
+    /// Lookups still find trusted records, after the session's own; what lands from cached is
+    /// recorded as trusted sessions record it ([`DiskTier::record_vouched`]). Call after
+    /// [`DiskTier::in_namespace`].
     pub fn untrusted(mut self, scope: Option<&str>) -> Self {
-        let mut salt = Sha256::new();
-        salt.update(b"cachectl gocacheprog untrusted records\0");
-        salt.update(self.namespace_salt.unwrap_or_default());
         match scope {
             Some(scope) => {
-                salt.update(b"scope\0");
+                let mut salt = Sha256::new();
+                salt.update(b"cachectl gocacheprog untrusted records\0");
+                salt.update(self.namespace_salt.unwrap_or_default());
                 salt.update(scope.as_bytes());
+                self.untrusted_salt = Some(salt.finalize().into());
             }
-            None => {
-                let mut session = [0u8; 32];
-                // Without randomness the session's pid and clock are still its own on this host.
-                if getrandom::fill(&mut session).is_err() {
-                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                    let unique = format!("{} {:?}", std::process::id(), now);
-                    session = Sha256::digest(unique.as_bytes()).into();
-                }
-                salt.update(b"session\0");
-                salt.update(session);
-            }
+            None => self.own_records = Some(Mutex::default()),
         }
-        self.untrusted_salt = Some(salt.finalize().into());
         self
     }
 
@@ -162,7 +158,7 @@ impl DiskTier {
         sharded(&self.root.join("o"), &output_id.to_string())
     }
 
-    /// Where this session records an action.
+    /// Where this session records an action (unless it keeps its records in memory).
     fn action_path(&self, action_id: &ActionId) -> PathBuf {
         self.record_path(self.untrusted_salt.as_ref().or(self.namespace_salt.as_ref()), action_id)
     }
@@ -188,6 +184,11 @@ impl DiskTier {
     /// can: the record's and the body's metadata are each read once, and reused for the LRU
     /// touch.
     pub fn lookup(&self, action_id: &ActionId) -> Result<Option<(Entry, PathBuf)>, DiskError> {
+        if let Some(entry) = self.own_record(action_id)
+            && let Some((body, _)) = self.body_metadata(&entry.output_id, entry.size)
+        {
+            return Ok(Some((entry, body)));
+        }
         for record in self.lookup_paths(action_id) {
             if let Some(found) = self.lookup_at(&record)? {
                 return Ok(Some(found));
@@ -224,7 +225,13 @@ impl DiskTier {
 
     /// Whether an entry for the action is recorded here (its body is not looked at).
     pub fn has_entry(&self, action_id: &ActionId) -> bool {
-        self.lookup_paths(action_id).any(|record| fs::symlink_metadata(record).is_ok())
+        self.own_record(action_id).is_some()
+            || self.lookup_paths(action_id).any(|record| fs::symlink_metadata(record).is_ok())
+    }
+
+    fn own_record(&self, action_id: &ActionId) -> Option<Entry> {
+        let records = self.own_records.as_ref()?;
+        records.lock().unwrap_or_else(PoisonError::into_inner).get(action_id).copied()
     }
 
     /// The body's path when it is present with the expected size.
@@ -240,7 +247,21 @@ impl DiskTier {
 
     /// Records an action's entry (replacing an older one: a rebuild may produce new output).
     pub fn record(&self, action_id: &ActionId, entry: &Entry) -> Result<(), DiskError> {
-        let path = self.action_path(action_id);
+        if let Some(records) = &self.own_records {
+            records.lock().unwrap_or_else(PoisonError::into_inner).insert(*action_id, *entry);
+            return Ok(());
+        }
+        self.record_at(self.action_path(action_id), entry)
+    }
+
+    /// Records an entry cached vouched for (it checked the OutputID when the entry was put,
+    /// and the body landed against its digest) where trusted sessions record: it is what they
+    /// would have landed, whichever session landed it.
+    pub fn record_vouched(&self, action_id: &ActionId, entry: &Entry) -> Result<(), DiskError> {
+        self.record_at(self.record_path(self.namespace_salt.as_ref(), action_id), entry)
+    }
+
+    fn record_at(&self, path: PathBuf, entry: &Entry) -> Result<(), DiskError> {
         let line = format!("{} {} {}\n", entry.output_id, entry.size, entry.time_unix_nanos);
         self.room
             .retry(|| {
@@ -556,9 +577,16 @@ mod tests {
             );
             assert!(!other_session.has_entry(&other));
         }
-        // A session without a scope reads its own records, and no later one does.
+        // A session without a scope reads its own records, and no later one does; they are
+        // kept in memory, where they cannot pile up.
+        let records = || {
+            let shards = fs::read_dir(dir.path().join("a")).unwrap();
+            shards.map(|shard| fs::read_dir(shard.unwrap().path()).unwrap().count()).sum::<usize>()
+        };
+        let before = records();
         let session = trusted().untrusted(None);
         put(&session, 4, b"one session's object");
+        assert_eq!(records(), before);
         assert!(
             session.has_entry(&ActionId([4; 32])) && !trusted().untrusted(None).has_entry(&ActionId([4; 32]))
         );

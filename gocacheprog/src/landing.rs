@@ -72,7 +72,7 @@ impl Found {
                 writer.commit()?
             }
         };
-        disk.record(&action_id, &entry)?;
+        disk.record_vouched(&action_id, &entry)?;
         Ok(path)
     }
 
@@ -112,7 +112,7 @@ pub fn store_frames(
         }
     }
     let path = writer.commit()?;
-    disk.record(&action_id, &entry)?;
+    disk.record_vouched(&action_id, &entry)?;
     Ok(path)
 }
 
