@@ -95,24 +95,32 @@ impl RocksStore {
         self.evict_locked(&mut ledger, target)
     }
 
-    /// Evicts blobs until at most `target` bytes are stored. Blobs nobody used for
-    /// [`IDLE_AFTER`] go first, whoever holds them (an owner that stopped storing, a finished
-    /// pull request, keeps no claim on the store); then, from each owner above its fair share
-    /// of `target`, its least recently used blobs until it is down to that share. Should the
-    /// accounts not add up to what is stored, the rest goes from any owner. Returns the (blobs,
-    /// bytes) evicted. The caller holds the ledger's lock.
+    /// Evicts blobs until at most `target` bytes are stored. The blobs of owners none of whose
+    /// blobs anyone stored or read for [`IDLE_AFTER`] go first, the longest idle owner first:
+    /// an owner that stopped (a finished pull request) keeps no claim on the store. Then, from
+    /// each owner above its fair share of `target`, its least recently used blobs until it is
+    /// down to that share; an owner in use keeps what is below the level, however old. Should
+    /// the accounts not add up to what is stored, the rest goes from any owner. Returns the
+    /// (blobs, bytes) evicted. The caller holds the ledger's lock.
     pub(super) fn evict_locked(&self, ledger: &mut Ledger, target: u64) -> Result<(u64, u64)> {
         // Reads since the last flush must count, or a blob just used could go first.
         self.flush_access_times_locked(ledger)?;
         let mut evicted = Evicted::default();
         let idle_before = now_ms().saturating_sub(self.inner.idle_after_ms);
-        for owner in self.owners_by_oldest(ledger)? {
-            let pass = Pass { owner: Some(owner), until: u64::MAX, idle_before: Some(idle_before) };
-            self.evict_from(ledger, &pass, target, &mut evicted)?;
+        for owner in self.idle_owners(ledger, idle_before)? {
+            let before = evicted.bytes;
+            self.evict_from(ledger, &Pass { owner: Some(owner), until: u64::MAX }, target, &mut evicted)?;
+            if evicted.bytes > before {
+                tracing::info!(
+                    owner = ledger.name_of(owner),
+                    evicted_bytes = evicted.bytes - before,
+                    "evicted the blobs of an owner nobody used for a day"
+                );
+            }
         }
         for (owner, excess) in ledger.excess_over(target) {
             let before = evicted.bytes;
-            let pass = Pass { owner: Some(owner), until: before.saturating_add(excess), idle_before: None };
+            let pass = Pass { owner: Some(owner), until: before.saturating_add(excess) };
             self.evict_from(ledger, &pass, target, &mut evicted)?;
             if evicted.bytes > before {
                 tracing::info!(
@@ -123,12 +131,7 @@ impl RocksStore {
             }
         }
         let before = evicted.bytes;
-        self.evict_from(
-            ledger,
-            &Pass { owner: None, until: u64::MAX, idle_before: None },
-            target,
-            &mut evicted,
-        )?;
+        self.evict_from(ledger, &Pass { owner: None, until: u64::MAX }, target, &mut evicted)?;
         if evicted.bytes > before {
             tracing::warn!(evicted_bytes = evicted.bytes - before, "evicted blobs the owner accounts missed");
         }
@@ -146,27 +149,33 @@ impl RocksStore {
         Ok((evicted.blobs, evicted.bytes))
     }
 
-    /// The owners, the one whose least recently used blob is oldest first.
-    fn owners_by_oldest(&self, ledger: &Ledger) -> Result<Vec<u64>> {
+    /// The owners whose most recently used blob was last used before `idle_before`, the longest
+    /// idle first.
+    fn idle_owners(&self, ledger: &Ledger, idle_before: u64) -> Result<Vec<u64>> {
         let db = &self.inner.db;
-        let lru = cf(db, CF_LRU)?;
-        let mut oldest = Vec::with_capacity(ledger.owners.len());
+        let mut entries = db.raw_iterator_cf(cf(db, CF_LRU)?);
+        let mut idle = Vec::new();
         for owner in ledger.owners.keys() {
             let prefix = owner.to_be_bytes();
-            if let Some(item) = db.iterator_cf(lru, IteratorMode::From(&prefix, Direction::Forward)).next() {
-                let (entry, _) = item?;
-                if entry.starts_with(&prefix) && entry.len() == LRU_KEY_LEN {
-                    oldest.push((u64_be(&entry[8..]), *owner));
+            let mut past_prefix = prefix.to_vec();
+            past_prefix.resize(LRU_KEY_LEN, 0xff);
+            entries.seek_for_prev(&past_prefix);
+            if let Some(newest) =
+                entries.key().filter(|key| key.starts_with(&prefix) && key.len() == LRU_KEY_LEN)
+            {
+                let used = u64_be(&newest[8..]);
+                if used < idle_before {
+                    idle.push((used, *owner));
                 }
             }
         }
-        oldest.sort_unstable();
-        Ok(oldest.into_iter().map(|(_, owner)| owner).collect())
+        entries.status()?;
+        idle.sort_unstable();
+        Ok(idle.into_iter().map(|(_, owner)| owner).collect())
     }
 
     /// Evicts the least recently used blobs of `pass.owner` (of anyone: `None`) until
-    /// `evicted` reaches `pass.until` bytes, at most `target` bytes are stored, or the next
-    /// blob was used at or after `pass.idle_before`.
+    /// `evicted` reaches `pass.until` bytes or at most `target` bytes are stored.
     fn evict_from(&self, ledger: &mut Ledger, pass: &Pass, target: u64, evicted: &mut Evicted) -> Result<()> {
         let inner = &self.inner;
         let db = &inner.db;
@@ -187,11 +196,6 @@ impl RocksStore {
                 }
                 let (lru_entry, _) = item?;
                 if prefix.is_some_and(|prefix| !lru_entry.starts_with(&prefix)) {
-                    break;
-                }
-                if lru_entry.len() == LRU_KEY_LEN
-                    && pass.idle_before.is_some_and(|idle_before| u64_be(&lru_entry[8..]) >= idle_before)
-                {
                     break;
                 }
                 batch.delete_cf(lru, &lru_entry);
@@ -221,12 +225,10 @@ impl RocksStore {
     }
 }
 
-/// One walk of the access order: whose blobs, until how many bytes went, and whether only
-/// those unused since a time.
+/// One walk of the access order: whose blobs, until how many bytes went.
 struct Pass {
     owner: Option<u64>,
     until: u64,
-    idle_before: Option<u64>,
 }
 
 /// What an eviction took.
