@@ -38,17 +38,19 @@ pub struct PurgeReport {
 /// may have read the entries, and its lease credential could write them back right after they
 /// are gone), no job from before is reused after (every one may have read them), and unfinished
 /// jobs are cancelled again (one leased while the purge ran may have read entries it then
-/// removed).
+/// removed). Reuse is revoked before the records go as well as after, so a submission that
+/// arrives while they are being removed is not answered with a job that read them.
 pub async fn purge_with_jobs(
     scheduler: &dyn SchedulerBackend,
     namespace: &str,
     remove: impl FnOnce() -> Result<Purged> + Send + 'static,
 ) -> Result<PurgeReport> {
     let mut jobs_cancelled = scheduler.cancel_unfinished(namespace, PURGED_WHILE_RUNNING).await?;
+    let mut jobs_revoked = scheduler.revoke_reuse(namespace).await?;
     let purged = crate::task::spawn_blocking("purge", remove)
         .await
         .map_err(|err| Error::Internal(format!("purge: {err}")))??;
-    let jobs_revoked = scheduler.revoke_reuse(namespace).await?;
+    jobs_revoked += scheduler.revoke_reuse(namespace).await?;
     jobs_cancelled += scheduler.cancel_unfinished(namespace, PURGED_WHILE_RUNNING).await?;
     Ok(PurgeReport { purged, jobs_revoked, jobs_cancelled })
 }
