@@ -101,6 +101,14 @@ fn warn_if_tasks_do_not_fit(work_dir: &std::path::Path, capacity: u32, max_task_
 /// Runs until `shutdown` resolves and the drain is over.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let go = caps::go_info(&config.go)?;
+    let relative = caps::relative_path_entries();
+    if !relative.is_empty() {
+        tracing::warn!(
+            entries = relative.join(", "),
+            "PATH has entries that are not absolute; builds run without them (a job's tree would \
+             supply the programs they name)"
+        );
+    }
     let c_compilers = caps::c_compilers(&go, &config.cc)?;
     let info = AgentInfo {
         agent_id: config.agent_id.clone(),

@@ -47,14 +47,42 @@ pub fn go_info(go: &Path) -> Result<GoInfo, String> {
     }
 }
 
-/// `command` on PATH.
+/// The PATH used when PATH is not set.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The PATH builds run with: the agent's own, its absolute entries only. An empty, `.` or
+/// relative entry names a directory relative to wherever a program runs, and the go command
+/// and the C compiler run programs inside the job's tree (gcc looks `as` up on PATH from the
+/// package directory): a job would ship an `as` that runs with the task's rights.
+pub fn build_path() -> String {
+    absolute_entries(&std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()))
+}
+
+/// The entries of the agent's PATH that [`build_path`] leaves out, to say so at start.
+pub fn relative_path_entries() -> Vec<String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.is_absolute())
+        .map(|dir| format!("{:?}", dir.display().to_string()))
+        .collect()
+}
+
+fn absolute_entries(path: &std::ffi::OsStr) -> String {
+    let kept: Vec<PathBuf> = std::env::split_paths(path).filter(|dir| dir.is_absolute()).collect();
+    std::env::join_paths(kept)
+        .ok()
+        .and_then(|joined| joined.into_string().ok())
+        .filter(|joined| !joined.is_empty())
+        .unwrap_or_else(|| DEFAULT_PATH.to_owned())
+}
+
+/// `command` on the PATH builds run with.
 pub fn which(command: &str) -> Option<PathBuf> {
     if command.contains('/') {
         let path = PathBuf::from(command);
         return path.is_file().then_some(path);
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(command)).find(|candidate| candidate.is_file())
+    std::env::split_paths(&build_path()).map(|dir| dir.join(command)).find(|candidate| candidate.is_file())
 }
 
 /// The C compilers found on PATH, plus `extra` (`goos/goarch=command`), which win.
@@ -82,4 +110,20 @@ pub fn c_compilers(host: &GoInfo, extra: &[String]) -> Result<Vec<CCompiler>, St
         add(&platform.goos, &platform.goarch, cc.to_owned());
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_get_only_the_absolute_entries_of_path() {
+        let entries = |path: &str| absolute_entries(std::ffi::OsStr::new(path));
+        assert_eq!(
+            entries(":/usr/local/go/bin::.:bin:./node_modules/.bin:/usr/bin"),
+            "/usr/local/go/bin:/usr/bin"
+        );
+        assert_eq!(entries(""), DEFAULT_PATH);
+        assert_eq!(entries(".:vendor/bin"), DEFAULT_PATH);
+    }
 }

@@ -471,7 +471,7 @@ pub fn self_check(owner: Owner, go: &Path, bridge: &Path, tasks: &Path, version:
         Command::new(program)
             .args(args)
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+            .env("PATH", crate::caps::build_path())
             .env("HOME", &scratch)
             .env("GOCACHE", scratch.join("gocache"))
             .env("GOENV", "off")

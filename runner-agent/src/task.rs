@@ -378,7 +378,7 @@ fn base_env(
 ) -> Result<Vec<(String, String)>, TaskError> {
     let own = |name: &str| dir.path(name).display().to_string();
     let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
+        ("PATH".into(), crate::caps::build_path()),
         ("HOME".into(), own("home")),
         ("TMPDIR".into(), own("tmp")),
         ("GOCACHE".into(), own("gocache")),

@@ -13,6 +13,8 @@
 //!   once, with the agent's memory flat;
 //! - a cgo package whose assembly takes in `/proc/self/environ` finds no lease credential in
 //!   it: only the bridge gets that, from a socket;
+//! - a program the job ships (`as`) is not run through an empty or relative entry of the
+//!   agent's PATH;
 //! - a job cancelled while the agent downloads its huge tree stops the download at once, and
 //!   its task directory is removed.
 //!
@@ -981,6 +983,48 @@ fn a_builds_tools_cannot_read_the_leases_cache_credential() {
     }
     // The scan cannot follow `/proc/self/environ`: the build ran without the shared go cache.
     assert_eq!(cluster.go_puts(), 0, "the build wrote the namespace's go cache\n{log}");
+}
+
+/// A cgo program: building it runs gcc, and gcc runs `as`.
+const CGO_MAIN: &str = r#"package main
+
+/*
+static int answer(void) { return 42; }
+*/
+import "C"
+
+import "fmt"
+
+func main() { fmt.Println(C.answer()) }
+"#;
+
+/// gcc runs `as` from PATH, in the package directory: an agent whose PATH has an empty or a
+/// relative entry (`./node_modules/.bin`) would run the job's own `as` with the task's rights,
+/// its credential socket included. Builds get only the absolute entries of the agent's PATH.
+#[test]
+fn a_relative_entry_on_the_agents_path_runs_nothing_the_job_ships() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let host = tempfile::tempdir().unwrap();
+    chmod(host.path(), 0o755);
+    let marks = host.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    chmod(&marks, 0o777);
+    let path = format!(":{}", std::env::var("PATH").unwrap());
+    let agent = Agent::start_with_env(agent_parent(), &cluster, 1, &real_go(), &[("PATH", path.as_str())]);
+    let module = host.path().join("module");
+    std::fs::create_dir_all(module.join("cmd/app")).unwrap();
+    std::fs::write(module.join("go.mod"), "module example.com/shipped\n\ngo 1.21\n").unwrap();
+    std::fs::write(module.join("cmd/app/main.go"), CGO_MAIN).unwrap();
+    let shipped =
+        format!("#!/bin/sh\ntouch {}/ran\nexec {} \"$@\"\n", marks.display(), on_path("as").display());
+    std::fs::write(module.join("cmd/app/as"), shipped).unwrap();
+    chmod(&module.join("cmd/app/as"), 0o755);
+    let submitted = run(cluster.cachectl(&module, &["submit", "--targets", "linux/amd64+cgo", "./cmd/app"]));
+    let log = agent.log();
+    submitted.success(&format!("the cgo build\n{log}"));
+    assert!(!marks.join("ran").exists(), "the agent ran the job's own `as`\n{log}");
+    assert!(log.contains("PATH has entries that are not absolute"), "{log}");
 }
 
 /// The agent's token here has no `ac-write`: what a task writes to the namespace's action cache
