@@ -38,6 +38,14 @@ impl Within {
         Self { written, resolved }
     }
 
+    /// Whether `path` (lexically clean) is within the directories by its name, or as the file
+    /// system resolves it.
+    pub(crate) fn holds(&self, path: &Path) -> bool {
+        self.written.iter().any(|root| path.starts_with(root))
+            || std::fs::canonicalize(path)
+                .is_ok_and(|real| self.resolved.iter().any(|root| real.starts_with(root)))
+    }
+
     /// Where `path` (lexically clean) really is, if it exists, without opening anything.
     pub(crate) fn resolve(&self, path: &Path) -> Result<Option<PathBuf>, Outside> {
         if !self.written.iter().any(|root| path.starts_with(root)) {

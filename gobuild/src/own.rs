@@ -53,7 +53,7 @@ impl OwnDirs {
 
 /// Why `text`, a path the toolchain is given through `var`, may be the build's own: one in
 /// an own directory, a relative one (the compiler runs in the package's directory) or one a
-/// lexical reading cannot place (`..`, /proc). `dirs` are where the toolchain runs.
+/// lexical reading cannot place (`..`, /proc, a link to it). `dirs` are where the toolchain runs.
 fn own_path(text: &str, dirs: &[&Path], own: &OwnDirs) -> Option<String> {
     let path = Path::new(text.trim_matches(['"', '\'']));
     // The loader's token for the binary's own directory (an rpath), not a path read now.
@@ -68,9 +68,55 @@ fn own_path(text: &str, dirs: &[&Path], own: &OwnDirs) -> Option<String> {
     if let Some(dir) = own.holding(path) {
         return Some(format!("{text}, inside {}", dir.display()));
     }
-    let unplaceable = path.components().any(|part| part == Component::ParentDir)
-        || ["/proc", "/dev/fd"].iter().any(|alias| path.starts_with(alias));
-    unplaceable.then(|| format!("{text}, which may lead into the build's own tree"))
+    may_lead_anywhere(path).then(|| format!("{text}, which may lead into the build's own tree"))
+}
+
+/// Whether `path` (absolute) is one a lexical reading cannot place: it has a `..` component
+/// (after a link, the link target's parent), or it is under `/proc` or `/dev/fd` by its name
+/// or through links on the way (`/proc/self/cwd` is the directory the tool runs in: the
+/// package's, to the C compiler; the agent's own, to the agent).
+pub(crate) fn may_lead_anywhere(path: &Path) -> bool {
+    path.components().any(|part| part == Component::ParentDir) || through_proc(path)
+}
+
+/// Whether `path` (absolute) reaches `/proc` or `/dev/fd`, by its name or through the links
+/// its parts are, followed one part at a time as the kernel resolves them (a link's `..` is
+/// its target's parent). Past 40 links it counts as reaching them.
+fn through_proc(path: &Path) -> bool {
+    let aliases = |path: &Path| ["/proc", "/dev/fd"].iter().any(|alias| path.starts_with(alias));
+    let mut rest: Vec<std::ffi::OsString> =
+        path.components().rev().map(|part| part.as_os_str().to_owned()).collect();
+    let mut resolved = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(part) = rest.pop() {
+        match Path::new(&part).components().next() {
+            Some(Component::RootDir) => resolved = PathBuf::from("/"),
+            Some(Component::ParentDir) => {
+                resolved.pop();
+            }
+            Some(Component::Normal(_)) => {
+                let next = resolved.join(&part);
+                if aliases(&next) {
+                    return true;
+                }
+                match std::fs::read_link(&next) {
+                    Ok(target) => {
+                        links += 1;
+                        if links > 40 {
+                            return true;
+                        }
+                        if target.is_absolute() {
+                            resolved = PathBuf::from("/");
+                        }
+                        rest.extend(target.components().rev().map(|part| part.as_os_str().to_owned()));
+                    }
+                    Err(_) => resolved = next,
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Options whose value (joined, or the next word) is a word, never a file.
@@ -111,7 +157,7 @@ const JOINED_PATH_OPTIONS: &[&str] = &[
 /// The pieces of a compiler command or flags variable that may name a file: words that are no
 /// options, an option's `=value`, the rest of a joined option, response files (`@file`), and
 /// what `-Wl,`, `-Wa,`, `-Wp,` and `-Xlinker` (...) pass on.
-fn path_like(words: &[String]) -> Vec<&str> {
+pub(crate) fn path_like(words: &[String]) -> Vec<&str> {
     let mut pieces = Vec::new();
     let mut after_word_option = false;
     let mut after_pass_option = false;
@@ -493,6 +539,28 @@ mod tests {
                 && search("/usr/include:")
                 && search("/proc/self/cwd")
         );
+    }
+
+    /// A link outside the tree to /proc/self/cwd (or /dev/fd) is the tool's directory too:
+    /// it counts as /proc, whose link the agent would resolve to its own directory.
+    #[test]
+    fn a_link_to_proc_leads_anywhere() {
+        let elsewhere = tempfile::tempdir().unwrap();
+        let cwd = elsewhere.path().join("cwd");
+        std::os::unix::fs::symlink("/proc/self/cwd", &cwd).unwrap();
+        std::os::unix::fs::symlink("./cwd", elsewhere.path().join("again")).unwrap();
+        std::os::unix::fs::symlink("/dev/fd", elsewhere.path().join("fd")).unwrap();
+        std::os::unix::fs::symlink("loop", elsewhere.path().join("loop")).unwrap();
+        for path in ["cwd/inc", "again/inc", "fd/3", "loop/x"] {
+            assert!(may_lead_anywhere(&elsewhere.path().join(path)), "{path}");
+        }
+        for path in ["/proc/self/cwd/inc", "/dev/fd/3", "/usr/../src"] {
+            assert!(may_lead_anywhere(Path::new(path)), "{path}");
+        }
+        assert!(!may_lead_anywhere(Path::new("/usr/include")) && !may_lead_anywhere(elsewhere.path()));
+        let root = Path::new("/src/app");
+        let words = vec![format!("-I{}", cwd.join("inc").display())];
+        assert!(refuse_own_flags("CGO_CFLAGS", &words, &[root], &own(root)).is_err());
     }
 
     /// A tree with `files` (empty), and its path.

@@ -1155,6 +1155,60 @@ fn cgo_flags_from_the_environment_naming_the_tree_give_no_key() {
     assert!(stderr.contains("not caching this build") && stderr.contains("CPATH"), "{stderr}");
 }
 
+/// `#cgo CFLAGS: -I/proc/self/cwd/inc` is the package's inc to gcc, which compiles the
+/// package's C files in its directory: the absolute path counted as the machine's, the header
+/// found only there as a system header, and the tenant's binary and objects (V=2) were served
+/// to an honest build with the same key (V=3). Such a flag gives no key and no shared go cache.
+#[test]
+fn a_cgo_flag_reaching_the_tree_through_proc_gives_no_key_and_no_shared_go_cache() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let main = "package main\n\n// #cgo CFLAGS: -I/proc/self/cwd/inc\n// int value(void);\nimport \"C\"\n\n\
+                func main() { println(int(C.value())) }\n";
+    ws.write(&[
+        ("cmd/cgoval/main.go", main),
+        ("cmd/cgoval/value.c", "#include \"greet.h\"\nint value(void) { return V; }\n"),
+        ("cmd/cgoval/inc/greet.h", "#define V 2\n"),
+    ]);
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&[], "the tenant's build");
+    assert_eq!(printed, "2", "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "the tenant's objects were shared:\n{stderr}");
+    ws.write(&[("cmd/cgoval/inc/greet.h", "#define V 3\n")]);
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&[], "the honest build");
+    assert_eq!(printed, "3", "the tenant's binary or objects were served:\n{stderr}");
+    assert!(stderr.contains("not caching this build") && stderr.contains("/proc/self/cwd/inc"), "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "{stderr}");
+}
+
+/// go's assembler reads `#include "inc\x2fval.h"` as a Go string, inc/val.h; the scan read the
+/// name as written, found nothing and took it for a system header: the tenant's binary and
+/// objects (666) were served to an honest build with the same key (42). A name with a
+/// backslash gives no key and no shared go cache.
+#[test]
+fn an_assembly_include_spelled_with_an_escape_gives_no_key_and_no_shared_go_cache() {
+    if std::env::consts::ARCH != "x86_64" {
+        return; // The assembly is amd64's, and the test runs what it builds.
+    }
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    ws.write(&asm_value_program("inc\\x2fval.h"));
+    ws.write(&[("cmd/asmval/inc/val.h", "#define VALUE 666\n")]);
+    let args = ["go", "build", "-trimpath", "-o", "bin/asmval", "./cmd/asmval"];
+    let env = [("GOARCH", "amd64"), ("CGO_ENABLED", "0")];
+    let build = |what: &str| {
+        let built = ws.on_a_fresh_runner(&args, &env).success(what);
+        (built.stderr, ws.printed("bin/asmval"))
+    };
+    let (stderr, printed) = build("the tenant's build");
+    assert_eq!(printed, "666", "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "the tenant's objects were shared:\n{stderr}");
+    ws.write(&[("cmd/asmval/inc/val.h", "#define VALUE 42\n")]);
+    let (stderr, printed) = build("the honest build");
+    assert_eq!(printed, "42", "the tenant's binary or objects were served:\n{stderr}");
+    assert!(stderr.contains("not caching this build") && stderr.contains("backslash"), "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "{stderr}");
+}
+
 /// Whether the ELF executable at `path` asks for an executable stack (PT_GNU_STACK with PF_X).
 fn executable_stack(path: &Path) -> bool {
     let elf = std::fs::read(path).unwrap();

@@ -231,6 +231,7 @@ impl Scan {
 
     /// Keys what `directive` in the file at `from` reads.
     fn follow(&mut self, package: &mut Package, from: &Path, directive: Directive) -> Result<(), NoKey> {
+        let file = from;
         let (name, source, from) = match directive {
             Directive::Include(name) => (name, true, Some(from)),
             Directive::System(name) => (name, true, None),
@@ -250,8 +251,15 @@ impl Scan {
             Directive::Cgo(_) => return Ok(()), // Only cgo files' directives are cgo's.
         };
         if name.contains(char::REPLACEMENT_CHARACTER) {
-            let from = from.map_or(package.dir.as_path(), |from| from);
-            return Err(NoKey(format!("{} includes a file whose name is not UTF-8", from.display())));
+            return Err(NoKey(format!("{} includes a file whose name is not UTF-8", file.display())));
+        }
+        if name.contains('\\') {
+            // go's assembler reads `#include "inc\x2fmagic.h"` as a Go string: inc/magic.h.
+            return Err(NoKey(format!(
+                "{} includes {name:?}, a name with a backslash, which go's assembler reads as an escape of a \
+                 Go string (\\x2f is /) and a C compiler as it is: the build key follows neither",
+                file.display()
+            )));
         }
         for candidate in candidates(package, from, &name) {
             if source {
@@ -448,6 +456,7 @@ impl Scan {
             ));
         }
         let words = split_quoted(flags);
+        self.refuse_own_absolute_paths(package, &words)?;
         let mut words = words.iter();
         while let Some(word) = words.next() {
             let (value, flag) = match flag_value(word) {
@@ -472,6 +481,37 @@ impl Scan {
                 }
             };
             self.cgo_path(package, value, flag, linking)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses `#cgo` flags that name, written out absolute, a path that may lead into the
+    /// build's own tree: with a `..` component, under `/proc` or `/dev/fd` by name or through
+    /// links (the compiler runs in the package directory, so `-I/proc/self/cwd/inc` is its
+    /// `inc`), or within the scan's modules and source tree by name or resolved. The scan keys
+    /// `${SRCDIR}` and relative paths only, and go's action IDs a flag's text: the files there
+    /// would be keyed by neither. Every path-like piece counts (`-I=/x` and `-I$SYSROOT/x` too,
+    /// sysroot-relative to gcc, the sysroot being `/` or another flag's), as own.rs reads
+    /// CGO_CFLAGS and the like; other absolute paths are the machine's, like `/usr/include`.
+    fn refuse_own_absolute_paths(&self, package: &Package, words: &[String]) -> Result<(), NoKey> {
+        for piece in crate::own::path_like(words) {
+            let path = piece.strip_prefix("$SYSROOT").or_else(|| piece.strip_prefix('=')).unwrap_or(piece);
+            let path = Path::new(path.trim_matches(['"', '\'']));
+            if !path.is_absolute() {
+                continue;
+            }
+            let why = if crate::own::may_lead_anywhere(path) {
+                "which may lead into the build's own tree (a `..` part, /proc or /dev/fd)"
+            } else if self.roots.0.holds(&clean(path)) {
+                "inside the build's modules or source tree"
+            } else {
+                continue;
+            };
+            return Err(NoKey(format!(
+                "a #cgo flag of {} names {piece}, {why}: neither the build key nor go's cache reads the files \
+                 there (go keys the flag's text); name them with ${{SRCDIR}} or a path relative to the package",
+                package.dir.display()
+            )));
         }
         Ok(())
     }
@@ -1298,13 +1338,91 @@ mod tests {
             "#define $R x\nconst char *s = $R\"x(\";\n#include \"../inc/v.h\"\n",
             "int a = 1'000; int b = '/*';\n#include \"../inc/v.h\"\n",
             "const char *s = R\"x(a)x\\\n\"/*)x\";\n#include \"../inc/v.h\"\n// */\n",
-            "#include \"a\\\" \"/*\"\n#include \"../inc/v.h\"\n",
         ] {
             let root = tempfile::tempdir().unwrap();
             write(root.path(), &[("p/v.cc", source), ("inc/v.h", "")]);
             let found = found(root.path(), &[package(root.path(), "p", &["v.cc"], &[])]);
             assert!(found.contains(&"inc/v.h".to_owned()), "{source:?}: {found:?}");
         }
+    }
+
+    /// go's assembler reads an `#include` name as a Go string (`"inc\x2fmagic.h"` is
+    /// inc/magic.h), a C compiler as it is: a name with a backslash gives no key, quoted or
+    /// in angle brackets, in any file, and wherever a reading finds it (`#include "a\" "/*"`).
+    #[test]
+    fn an_include_name_with_a_backslash_gives_no_key() {
+        for (file, source) in [
+            ("magic_amd64.s", "#include \"textflag.h\"\n#include \"inc\\x2fmagic.h\"\n"),
+            ("magic_amd64.s", "#include \"inc\\u002fmagic.h\"\n"),
+            ("magic_amd64.s", "# /* c */ include \"inc\\057magic.h\" // x\n"),
+            ("v.c", "#include <inc\\x2fmagic.h>\n"),
+            ("v.cc", "#include \"a\\\" \"/*\"\n#include \"../inc/v.h\"\n"),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            write(
+                root.path(),
+                &[(format!("p/{file}").as_str(), source), ("p/inc/magic.h", "#define MAGIC 666\n")],
+            );
+            let refused = refusal(&[package(root.path(), "p", &[file], &[])], &LIMITS);
+            assert!(refused.contains("backslash") && refused.contains(file), "{source:?}: {refused}");
+        }
+        let root = tempfile::tempdir().unwrap();
+        let go = "package p\n\n// #include \"inc\\x2fmagic.h\"\nimport \"C\"\n";
+        write(root.path(), &[("p/x.go", go), ("p/inc/magic.h", "")]);
+        let refused = refusal(&[package(root.path(), "p", &[], &["x.go"])], &LIMITS);
+        assert!(refused.contains("backslash"), "{refused}");
+    }
+
+    /// The compiler runs in the package directory: `-I/proc/self/cwd/inc` is the package's
+    /// inc, which neither the build key nor go's cache read. An absolute path in a `#cgo` line
+    /// that may lead into the build's own tree gives no key, in every form a flag names it;
+    /// the machine's own paths (`/usr/include`) keep the key.
+    #[test]
+    fn cgo_flags_with_absolute_paths_into_the_tree_give_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        write(root.path(), &[("p/inc/greet.h", "#define V 2\n"), ("p/lib/libx.a", "!<arch>\n")]);
+        let tree_link = elsewhere.path().join("tree");
+        std::os::unix::fs::symlink(root.path().join("p"), &tree_link).unwrap();
+        let proc_link = elsewhere.path().join("cwd");
+        std::os::unix::fs::symlink("/proc/self/cwd", &proc_link).unwrap();
+        let inside = root.path().join("p/inc").display().to_string();
+        let dotted = format!("/usr/..{}", root.path().join("p/inc").display());
+        let linked = tree_link.join("inc").display().to_string();
+        let through_proc = proc_link.join("inc").display().to_string();
+        for flags in [
+            "CFLAGS: -I/proc/self/cwd/inc".to_owned(),
+            "CFLAGS: -I /proc/self/cwd/inc".to_owned(),
+            "CPPFLAGS: -iquote/proc/self/cwd/inc".to_owned(),
+            "CXXFLAGS: -isystem /proc/self/cwd/inc".to_owned(),
+            "FFLAGS: -idirafter/dev/fd/../cwd/inc".to_owned(),
+            "CFLAGS: -I=/proc/self/cwd/inc".to_owned(),
+            "CFLAGS: -I$SYSROOT/proc/self/cwd/inc".to_owned(),
+            "CFLAGS: --sysroot=/proc/self/cwd".to_owned(),
+            "CFLAGS: -include /proc/self/cwd/inc/greet.h".to_owned(),
+            "CFLAGS: '-I/proc/self/cwd/inc'".to_owned(),
+            "LDFLAGS: -L/proc/self/cwd/lib -lx".to_owned(),
+            "LDFLAGS: /proc/self/cwd/lib/libx.a".to_owned(),
+            "LDFLAGS: -Wl,-L,/proc/self/cwd/lib".to_owned(),
+            "LDFLAGS: -Wl,-rpath=/proc/thread-self/cwd/lib".to_owned(),
+            "linux,amd64 CFLAGS: -I/proc/1234/cwd/inc".to_owned(),
+            format!("CFLAGS: -I{inside}"),
+            format!("CFLAGS: -I{dotted}"),
+            format!("CFLAGS: -I{linked}"),
+            format!("CFLAGS: -I{through_proc}"),
+        ] {
+            let go = format!("package p\n\n// #cgo {flags}\n// #include \"greet.h\"\nimport \"C\"\n");
+            write(root.path(), &[("p/x.go", go.as_str())]);
+            let refused = inputs(&[package(root.path(), "p", &[], &["x.go"])], None, &LIMITS);
+            let refused = refused.expect_err(&flags).0;
+            assert!(refused.contains("a #cgo flag of"), "{flags}: {refused}");
+        }
+        // The machine's paths are the machine's.
+        let go = "package p\n\n// #cgo CFLAGS: -I/usr/include -isystem /usr/local/include -I=/usr/include\n\
+                  // #cgo LDFLAGS: -L/usr/lib -lm -Wl,-rpath,/usr/lib /usr/lib/libnothere.a\n\
+                  // #include \"inc/greet.h\"\nimport \"C\"\n";
+        write(root.path(), &[("p/x.go", go)]);
+        assert_eq!(found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]), ["p/inc/greet.h"]);
     }
 
     /// A digit separator (`1'0`) is no character literal and `0'R"` opens no raw string: read
