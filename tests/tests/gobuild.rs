@@ -1180,6 +1180,37 @@ fn a_cgo_flag_reaching_the_tree_through_proc_gives_no_key_and_no_shared_go_cache
     assert!(stderr.contains("without go's shared cache"), "{stderr}");
 }
 
+/// gcc takes `lnk/../inc` through the link: with `lnk` a link to `a/b` it is `a/inc`. The
+/// scan cleaned the path as text, the package's `inc`, so a tenant's `a/inc/greet.h` (666) was
+/// read unkeyed and its binary served to an honest tree with the same files (2) whose `lnk`
+/// leads to `a`. A `..` after a link gives no key and no shared go cache.
+#[test]
+fn a_cgo_flag_going_up_from_a_link_gives_no_key_and_no_shared_go_cache() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let main = "package main\n\n// #cgo CFLAGS: -I${SRCDIR}/lnk/../inc\n// int value(void);\nimport \"C\"\n\n\
+                func main() { println(int(C.value())) }\n";
+    ws.write(&[
+        ("cmd/cgoval/main.go", main),
+        ("cmd/cgoval/value.c", "#include \"greet.h\"\nint value(void) { return V; }\n"),
+        ("cmd/cgoval/inc/greet.h", "#define V 2\n"),
+        ("cmd/cgoval/a/b/keep", ""),
+        ("cmd/cgoval/a/inc/greet.h", "#define V 666\n"),
+    ]);
+    let link = ws.module.join("cmd/cgoval/lnk");
+    std::os::unix::fs::symlink("a/b", &link).unwrap();
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&[], "the tenant's build");
+    assert_eq!(printed, "666", "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "the tenant's objects were shared:\n{stderr}");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("a", &link).unwrap();
+    std::fs::remove_file(ws.module.join("cmd/cgoval/a/inc/greet.h")).unwrap();
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&[], "the honest build");
+    assert_eq!(printed, "2", "the tenant's binary or objects were served:\n{stderr}");
+    assert!(stderr.contains("not caching this build") && stderr.contains("a symbolic link"), "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "{stderr}");
+}
+
 /// go's assembler reads `#include "inc\x2fval.h"` as a Go string, inc/val.h; the scan read the
 /// name as written, found nothing and took it for a system header: the tenant's binary and
 /// objects (666) were served to an honest build with the same key (42). A name with a

@@ -96,16 +96,40 @@ pub fn inputs(packages: &[Sources], tree: Option<&Path>, limits: &Limits) -> Res
 pub fn clean(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for part in path.components() {
-        match part {
-            PathPart::CurDir => {}
-            PathPart::ParentDir if matches!(out.components().next_back(), Some(PathPart::Normal(_))) => {
-                out.pop();
-            }
-            PathPart::ParentDir if out.has_root() => {}
-            other => out.push(other),
-        }
+        clean_step(&mut out, part);
     }
     out
+}
+
+fn clean_step(out: &mut PathBuf, part: PathPart) {
+    match part {
+        PathPart::CurDir => {}
+        PathPart::ParentDir if matches!(out.components().next_back(), Some(PathPart::Normal(_))) => {
+            out.pop();
+        }
+        PathPart::ParentDir if out.has_root() => {}
+        other => out.push(other),
+    }
+}
+
+/// `path` (absolute) cleaned as `clean` does, where that is the file the C compiler opens: the
+/// kernel takes a `..` after a symbolic link to the parent of the link's target, so with `lnk`
+/// a link to `a/b`, `lnk/../inc` is `a/inc`, not `inc`. Such a path gives no key.
+fn clean_as_opened(path: &Path) -> Result<PathBuf, NoKey> {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        if part == PathPart::ParentDir && out.is_absolute() && out.is_symlink() {
+            return Err(NoKey(format!(
+                "the build reads {}, whose `..` goes up from {}, a symbolic link: the compiler goes up from \
+                 where the link leads, which the build key does not follow; name the path without `..` \
+                 after a link",
+                path.display(),
+                out.display()
+            )));
+        }
+        clean_step(&mut out, part);
+    }
+    Ok(out)
 }
 
 struct Scan {
@@ -261,7 +285,7 @@ impl Scan {
                 file.display()
             )));
         }
-        for candidate in candidates(package, from, &name) {
+        for candidate in candidates(package, from, &name)? {
             if source {
                 self.refuse_precompiled(&candidate)?;
             }
@@ -523,7 +547,7 @@ impl Scan {
         flag: Flag,
         linking: bool,
     ) -> Result<(), NoKey> {
-        let Some(path) = local_path(&package.dir, value) else { return Ok(()) };
+        let Some(path) = local_path(&package.dir, value)? else { return Ok(()) };
         let kind = self.kind(&path)?;
         if flag == Flag::Searched && !matches!(kind, Kind::Missing) {
             return Err(NoKey(format!(
@@ -571,22 +595,22 @@ fn size(bytes: u64) -> String {
 /// for an angle-bracket include, `from` None), the package directory (go passes it as -I, and the assembler's `.incbin`
 /// starts there), then the `#cgo` -I directories. Every one that exists is keyed, not only
 /// the first: `.incbin` and `#include_next` search in other orders.
-fn candidates(package: &Package, from: Option<&Path>, name: &str) -> Vec<PathBuf> {
+fn candidates(package: &Package, from: Option<&Path>, name: &str) -> Result<Vec<PathBuf>, NoKey> {
     let name = Path::new(name);
     if name.is_absolute() {
-        return vec![clean(name)];
+        return Ok(vec![clean_as_opened(name)?]);
     }
     let from_dir = from.and_then(Path::parent);
     let mut out: Vec<PathBuf> = Vec::new();
     for dir in
         from_dir.into_iter().chain([package.dir.as_path()]).chain(package.search.iter().map(PathBuf::as_path))
     {
-        let candidate = clean(&dir.join(name));
+        let candidate = clean_as_opened(&dir.join(name))?;
         if !out.contains(&candidate) {
             out.push(candidate);
         }
     }
-    out
+    Ok(out)
 }
 
 /// What a `#cgo` flag's path is to the build.
@@ -645,13 +669,13 @@ fn flag_value(word: &str) -> FlagValue<'_> {
 /// The local file or directory a `#cgo` flag value names: through `${SRCDIR}` (anywhere in
 /// it, as in `--sysroot=${SRCDIR}/x`), or as a relative path. Absolute paths written out are
 /// the machine's, like the system headers, and other flags are no paths.
-fn local_path(dir: &Path, value: &str) -> Option<PathBuf> {
+fn local_path(dir: &Path, value: &str) -> Result<Option<PathBuf>, NoKey> {
     if let Some(at) = value.find("${SRCDIR}") {
         let expanded = value[at..].replace("${SRCDIR}", &dir.to_string_lossy());
-        return Some(clean(Path::new(&expanded)));
+        return clean_as_opened(Path::new(&expanded)).map(Some);
     }
     let relative = !value.is_empty() && !value.starts_with('-') && !Path::new(value).is_absolute();
-    relative.then(|| clean(&dir.join(value)))
+    relative.then(|| clean_as_opened(&dir.join(value))).transpose()
 }
 
 /// Words as cgo splits a `#cgo` line: at spaces, with '…' and "…" quoting and `\` escapes.
@@ -1423,6 +1447,36 @@ mod tests {
                   // #include \"inc/greet.h\"\nimport \"C\"\n";
         write(root.path(), &[("p/x.go", go)]);
         assert_eq!(found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]), ["p/inc/greet.h"]);
+    }
+
+    /// The kernel takes `..` after a link to the parent of the link's target: with `lnk` a link
+    /// to `a/b`, gcc reads `lnk/../inc` as `a/inc`, which a lexical reading took for the
+    /// package's `inc`. A `..` after a link gives no key, in #cgo flags and include names alike;
+    /// one after a directory keeps it.
+    #[test]
+    fn a_parent_step_after_a_link_gives_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            root.path(),
+            &[("p/inc/v.h", "#define V 42\n"), ("p/a/b/x", ""), ("p/a/inc/v.h", "#define V 666\n")],
+        );
+        std::os::unix::fs::symlink("a/b", root.path().join("p/lnk")).unwrap();
+        for (cgo, include) in [
+            ("#cgo CFLAGS: -I${SRCDIR}/lnk/../inc", "v.h"),
+            ("#cgo CFLAGS: -Ilnk/../inc", "v.h"),
+            ("#cgo CFLAGS: -include lnk/../inc/v.h", "inc/v.h"),
+            ("#cgo CFLAGS: -I${SRCDIR}/lnk", "../inc/v.h"),
+            ("", "lnk/../inc/v.h"),
+        ] {
+            let go = format!("package p\n\n// {cgo}\n// #include \"{include}\"\nimport \"C\"\n");
+            write(root.path(), &[("p/x.go", go.as_str())]);
+            let refused = refusal(&[package(root.path(), "p", &[], &["x.go"])], &LIMITS);
+            assert!(refused.contains("a symbolic link"), "{cgo} {include}: {refused}");
+        }
+        let go =
+            "package p\n\n// #cgo CFLAGS: -I${SRCDIR}/a/b/../../inc\n// #include \"v.h\"\nimport \"C\"\n";
+        write(root.path(), &[("p/x.go", go)]);
+        assert_eq!(found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]), ["p/inc/v.h"]);
     }
 
     /// A digit separator (`1'0`) is no character literal and `0'R"` opens no raw string: read
