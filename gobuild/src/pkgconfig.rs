@@ -70,6 +70,7 @@ pub(crate) async fn component(
         let text = String::from_utf8(captured.stdout)
             .map_err(|_| NoKey(format!("{program} {what} printed flags that are not UTF-8")))?;
         refuse_own_paths(&text, own_dirs)?;
+        crate::includes::refuse_reading_flags(&text)?;
         printed.push(text);
     }
     // Its program too: one edited in place may print other flags to go than to the key.

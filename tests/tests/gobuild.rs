@@ -1211,6 +1211,36 @@ fn a_cgo_flag_going_up_from_a_link_gives_no_key_and_no_shared_go_cache() {
     assert!(stderr.contains("without go's shared cache"), "{stderr}");
 }
 
+/// With clang's `-fmodules`, `#include "greet.h"` imports the module the package's
+/// `module.modulemap` declares, and clang reads every header the map names: a tenant's map
+/// naming `zz/evil.h` (V 666) was keyed by nothing, so its binary went to an honest tree with
+/// the same keyed files and no map (2). Module flags give no key and no shared go cache.
+#[test]
+fn clang_modules_give_no_key_and_no_shared_go_cache() {
+    let daemon = Daemon::start();
+    let ws = Workspace::new(daemon.url());
+    let main = "package main\n\n// #cgo CFLAGS: -fmodules\n// #include \"greet.h\"\n\
+                // #ifndef V\n// #define V 2\n// #endif\n// static int value(void) { return V; }\n\
+                import \"C\"\n\nfunc main() { println(int(C.value())) }\n";
+    ws.write(&[
+        ("cmd/cgoval/main.go", main),
+        ("cmd/cgoval/greet.h", "#pragma once\nint greet(void);\n"),
+        ("cmd/cgoval/module.modulemap", "module M { header \"greet.h\" header \"zz/evil.h\" export * }\n"),
+        ("cmd/cgoval/zz/evil.h", "#define V 666\n"),
+    ]);
+    let clang = [("CC", "clang")];
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&clang, "the tenant's build");
+    assert_eq!(printed, "666", "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "the tenant's objects were shared:\n{stderr}");
+    for tenants in ["cmd/cgoval/module.modulemap", "cmd/cgoval/zz/evil.h"] {
+        std::fs::remove_file(ws.module.join(tenants)).unwrap();
+    }
+    let (stderr, printed) = ws.cgo_value_on_a_fresh_runner(&clang, "the honest build");
+    assert_eq!(printed, "2", "the tenant's binary or objects were served:\n{stderr}");
+    assert!(stderr.contains("not caching this build") && stderr.contains("-fmodules"), "{stderr}");
+    assert!(stderr.contains("without go's shared cache"), "{stderr}");
+}
+
 /// go's assembler reads `#include "inc\x2fval.h"` as a Go string, inc/val.h; the scan read the
 /// name as written, found nothing and took it for a system header: the tenant's binary and
 /// objects (666) were served to an honest build with the same key (42). A name with a

@@ -169,13 +169,27 @@ impl Roots {
 }
 
 /// Compiler flags that change how sources are read (their character set, the old
-/// preprocessor's rules): under them the scan's reading is not the compiler's.
-const READING_FLAGS: &[&str] = &["-finput-charset", "-traditional"];
+/// preprocessor's rules) or what an include reads: with modules (`-fmodules` and its kin,
+/// clang's and gcc's), `#include "a.h"` imports the module a `module.modulemap` beside it
+/// declares, with every header the map names, none of which the scan reads. Under them the
+/// scan's reading is not the compiler's.
+const READING_FLAGS: &[&str] = &[
+    "-finput-charset",
+    "-traditional",
+    "-fmodule",
+    "-fcxx-modules",
+    "-fimplicit-module-maps",
+    "-fbuiltin-module-map",
+    "-fprebuilt-module-path",
+    "-fprebuilt-implicit-modules",
+];
 
-/// Refuses C compiler flags (a `#cgo` line's, or CGO_CFLAGS and the like as go passes them)
-/// that change how the compiler reads sources.
+/// Refuses C compiler flags (a `#cgo` line's, CGO_CFLAGS and the like as go passes them, or
+/// what pkg-config prints) that change how the compiler reads sources. The pieces of a
+/// `-Wp,` or `-Xclang`-like word count too: `-Wp,-traditional` hands the flag on.
 pub fn refuse_reading_flags(flags: &str) -> Result<(), NoKey> {
-    match flags.split_whitespace().find(|word| READING_FLAGS.iter().any(|flag| word.starts_with(flag))) {
+    let mut pieces = flags.split_whitespace().flat_map(|word| word.split(','));
+    match pieces.find(|piece| READING_FLAGS.iter().any(|flag| piece.starts_with(flag))) {
         Some(flag) => Err(NoKey(format!(
             "the C compiler is given {flag}, which changes how it reads sources, and so which files \
              they include, in ways the build key does not follow"
@@ -300,20 +314,23 @@ impl Scan {
     }
 
     /// gcc reads `x.h.gch` (a file, or a directory of them) in place of `x.h` where it finds
-    /// one: compiled from any text, it is nothing the scan can read for what it includes.
+    /// one, and clang `x.h.pch` for `-include x.h`: compiled from any text, it is nothing the
+    /// scan can read for what it includes.
     fn refuse_precompiled(&self, header: &Path) -> Result<(), NoKey> {
-        let mut name = header.as_os_str().to_owned();
-        name.push(".gch");
-        let precompiled = PathBuf::from(name);
-        match self.kind(&precompiled)? {
-            Kind::Missing => Ok(()),
-            Kind::Dir | Kind::File => Err(NoKey(format!(
-                "{} is a precompiled header, which the compiler reads in place of {}; the build key does \
-                 not follow precompiled headers",
-                precompiled.display(),
-                header.display()
-            ))),
+        for extension in [".gch", ".pch"] {
+            let mut name = header.as_os_str().to_owned();
+            name.push(extension);
+            let precompiled = PathBuf::from(name);
+            if !matches!(self.kind(&precompiled)?, Kind::Missing) {
+                return Err(NoKey(format!(
+                    "{} is a precompiled header, which the compiler reads in place of {}; the build key \
+                     does not follow precompiled headers",
+                    precompiled.display(),
+                    header.display()
+                )));
+            }
         }
+        Ok(())
     }
 
     /// A file the linker may take must be an object, an archive or a shared library by its
@@ -1159,8 +1176,8 @@ mod tests {
         assert!(refusal.contains("??/"), "{refusal}");
     }
 
-    /// gcc reads `x.h.gch` in place of `x.h`: a precompiled header next to an include (or a
-    /// `-include`) gives no key.
+    /// gcc reads `x.h.gch` in place of `x.h`, clang `x.h.pch`: a precompiled header next to an
+    /// include (or a `-include`) gives no key.
     #[test]
     fn a_precompiled_header_gives_no_key() {
         for (source, cgo) in [
@@ -1171,9 +1188,12 @@ mod tests {
             write(root.path(), &[("p/v.c", source), ("p/p.go", cgo), ("p/val.h", "#define VALUE 1\n")]);
             let sources = [package(root.path(), "p", &["v.c"], &["p.go"])];
             assert!(inputs(&sources, None, &LIMITS).is_ok());
-            write(root.path(), &[("p/val.h.gch", "compiled from another val.h")]);
-            let refusal = refusal(&sources, &LIMITS);
-            assert!(refusal.contains("val.h.gch") && refusal.contains("precompiled"), "{refusal}");
+            for precompiled in ["val.h.gch", "val.h.pch"] {
+                write(root.path(), &[(&format!("p/{precompiled}"), "compiled from another val.h")]);
+                let refusal = refusal(&sources, &LIMITS);
+                assert!(refusal.contains(precompiled) && refusal.contains("precompiled"), "{refusal}");
+                std::fs::remove_file(root.path().join("p").join(precompiled)).unwrap();
+            }
         }
     }
 
@@ -1274,6 +1294,34 @@ mod tests {
         assert!(
             refuse_reading_flags("-O2 -g").is_ok() && refuse_reading_flags("-O2 -traditional-cpp").is_err()
         );
+    }
+
+    /// With clang's `-fmodules`, `#include "a.h"` imports the module a `module.modulemap`
+    /// beside it declares, and every header the map names (a tenant's `evil.h` redefining a
+    /// macro) is read: none of it keyed, so one tree's binary went to another. Module flags
+    /// in any spelling give no key; turning modules off keeps it.
+    #[test]
+    fn module_flags_give_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        for flags in [
+            "-fmodules",
+            "-O2 -fmodules-ts",
+            "-fcxx-modules",
+            "-fmodule-map-file=${SRCDIR}/m.modulemap",
+            "-fimplicit-module-maps",
+            "-Xclang -fmodules",
+            "-Wp,-fmodules",
+            "-fprebuilt-module-path=/tmp",
+        ] {
+            let cgo = format!("package p\n\n// #cgo CFLAGS: {flags}\n// #include \"a.h\"\nimport \"C\"\n");
+            write(
+                root.path(),
+                &[("p/p.go", cgo.as_str()), ("p/a.h", ""), ("p/module.modulemap", "module M {}\n")],
+            );
+            let refusal = refusal(&[package(root.path(), "p", &[], &["p.go"])], &LIMITS);
+            assert!(refusal.contains("changes how it reads sources"), "{flags}: {refusal}");
+        }
+        assert!(refuse_reading_flags("-fno-modules -O2").is_ok());
     }
 
     /// cgo makes its preamble of a group of comments one after the other, a block comment's
