@@ -7,9 +7,10 @@
 //! golden files, embedded fixtures opened at run time) misses. This sets each tracked file to
 //! the time of the last commit on the first-parent line that changed it, plus a nanosecond
 //! part taken from its content (the blob ID), so two runners at the same commit agree, a file
-//! keeps its time across commits that do not change it, and two different contents never
-//! share a time even when committed in the same second. Directories get the latest time of
-//! the files below them.
+//! keeps its time across commits that do not change it, and two different contents committed
+//! in the same second almost never share a time. Directories get the latest time of the files
+//! below them. Whoever commits chooses the time and can grind a content to 30 bits of
+//! nanoseconds, so untrusted sessions take no result keyed by times (gocacheprog's testlog).
 //!
 //! Only what matches HEAD is touched: a tracked file with changes (staged or not) keeps its
 //! time, so a test that read it is not taken for one that read the committed content.

@@ -28,6 +28,7 @@ pub mod room;
 pub mod salt;
 pub mod server;
 pub mod session;
+pub mod testlog;
 pub mod tiers;
 pub mod trim;
 pub mod uploads;

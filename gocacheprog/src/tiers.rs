@@ -153,6 +153,10 @@ impl Cache for Tiers {
             let start = Instant::now();
             let found = self.flights.join(action_id).await;
             self.counters.waited(start.elapsed());
+            // What cached serves is the namespace's, trusted: an untrusted session takes no
+            // test result keyed by file times from it.
+            let found =
+                found.filter(|hit| self.disk.takes_trusted(std::path::Path::new(&hit.disk_path), hit.size));
             match &found {
                 Some(hit) => {
                     let preloaded = self.preloaded(&action_id);

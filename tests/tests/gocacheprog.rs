@@ -308,6 +308,53 @@ fn a_test_that_reads_testdata_hits_on_a_fresh_clone_after_restore_mtimes() {
     assert!(restored.contains("(cached)"), "{restored}");
 }
 
+/// go keys a cached test result by the size and time of the files the test opened, and
+/// `restore-mtimes` gives a content only 30 bits of its time: a pull request that dates its
+/// commit like main's and grinds a file of the same size to the same nanoseconds was told
+/// main's run had passed. Its read-only session runs such tests; a test that reads no file
+/// still comes from the cache.
+#[test]
+fn a_read_only_session_runs_a_test_whose_cached_result_is_keyed_by_file_times() {
+    let daemon = Daemon::start();
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let origin = tempfile::tempdir().unwrap();
+    golden_repository(origin.path());
+    let pure = "package pure\n\nimport \"testing\"\n\nfunc TestPure(t *testing.T) {}\n";
+    std::fs::create_dir_all(origin.path().join("pure")).unwrap();
+    std::fs::write(origin.path().join("pure/pure_test.go"), pure).unwrap();
+    git(origin.path(), &["add", "."]);
+    git(origin.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "pure"]);
+    let checkout = env.root.path().join("checkout");
+    let golden = checkout.join("testdata/golden.txt");
+    let test_fresh_clone = |read_only: bool, forge: Option<std::time::SystemTime>| {
+        wipe(&checkout);
+        git(env.root.path(), &["clone", "-q", origin.path().to_str().unwrap(), "checkout"]);
+        let mut restore = Command::new(binary("cachectl"));
+        restore.arg("restore-mtimes").arg(&checkout);
+        run(restore).success("restore-mtimes");
+        if let Some(time) = forge {
+            // Same size, same time: what grinding the content and the commit date yields.
+            std::fs::write(&golden, "EXPECTED\n").unwrap();
+            std::fs::File::options().write(true).open(&golden).unwrap().set_modified(time).unwrap();
+        }
+        env.wipe_gocache();
+        wipe(tier.path());
+        let mut go = env.go_bridged(&["test", "./..."], tier.path(), Some(&daemon.url()));
+        go.current_dir(&checkout).env("CACHED_NAMESPACE", "main");
+        if read_only {
+            go.env("CACHED_READ_ONLY", "true");
+        }
+        let done = run(go);
+        (done.stdout, std::fs::metadata(&golden).unwrap().modified().unwrap())
+    };
+    let (main, time) = test_fresh_clone(false, None);
+    assert!(main.starts_with("ok") && !main.contains("(cached)"), "{main}");
+    let (forged, _) = test_fresh_clone(true, Some(time));
+    assert!(forged.contains("FAIL\texample.com/golden"), "main's pass answered the forged file:\n{forged}");
+    assert!(forged.contains("ok  \texample.com/golden/pure\t(cached)"), "{forged}");
+}
+
 #[test]
 fn go_list_export_paths_stay_readable_after_the_bridge_exits() {
     let tier = tempfile::tempdir().unwrap();
