@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use proto::{ActionId, Digest, OutputId};
@@ -78,17 +78,31 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
     move |source| DiskError::Io { path: path.to_owned(), source }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 pub struct DiskTier {
     root: PathBuf,
     max_size: u64,
     room: Arc<Room>,
     /// Salts record names in a namespace other than the default ([`DiskTier::in_namespace`]).
     namespace_salt: Option<[u8; 32]>,
-    /// Salts the records of an untrusted session with a scope ([`DiskTier::untrusted`]).
-    untrusted_salt: Option<[u8; 32]>,
-    /// The records of an untrusted session without a scope, which no other session may read:
-    /// in memory, so none pile up on disk where nothing would ever read them.
-    own_records: Option<Mutex<HashMap<ActionId, Entry>>>,
+    /// Where an untrusted session keeps its records ([`DiskTier::untrusted`]); unset for a
+    /// trusted one, or one whose trust is not known yet.
+    untrusted: OnceLock<Untrusted>,
+    /// What a session whose trust is not known yet recorded, held until it is
+    /// ([`DiskTier::awaiting_trust`], [`DiskTier::settle`]); `None` once known.
+    undecided: Mutex<Option<HashMap<ActionId, Entry>>>,
+}
+
+/// Where an untrusted session's records go.
+enum Untrusted {
+    /// Salted with the scope its sessions share.
+    Scoped([u8; 32]),
+    /// In memory, which no other session may read, so none pile up on disk where nothing
+    /// would ever read them.
+    Own(Mutex<HashMap<ActionId, Entry>>),
 }
 
 impl DiskTier {
@@ -109,8 +123,8 @@ impl DiskTier {
             root,
             max_size,
             namespace_salt: None,
-            untrusted_salt: None,
-            own_records: None,
+            untrusted: OnceLock::new(),
+            undecided: Mutex::new(None),
         })
     }
 
@@ -136,18 +150,53 @@ impl DiskTier {
     /// Lookups still find trusted records, after the session's own; what lands from cached is
     /// recorded as trusted sessions record it ([`DiskTier::record_vouched`]). Call after
     /// [`DiskTier::in_namespace`].
-    pub fn untrusted(mut self, scope: Option<&str>) -> Self {
+    pub fn untrusted(self, scope: Option<&str>) -> Self {
+        let _ = self.untrusted.set(self.untrusted_records(scope));
+        self
+    }
+
+    fn untrusted_records(&self, scope: Option<&str>) -> Untrusted {
         match scope {
             Some(scope) => {
                 let mut salt = Sha256::new();
                 salt.update(b"cachectl gocacheprog untrusted records\0");
                 salt.update(self.namespace_salt.unwrap_or_default());
                 salt.update(scope.as_bytes());
-                self.untrusted_salt = Some(salt.finalize().into());
+                Untrusted::Scoped(salt.finalize().into())
             }
-            None => self.own_records = Some(Mutex::default()),
+            None => Untrusted::Own(Mutex::default()),
         }
+    }
+
+    /// A session told it is trusted whose token cached may still refuse writes (a pull
+    /// request's CI job run without `--read-only`): what it records is held in memory until
+    /// [`DiskTier::settle`] says which it is, so nothing it built is ever where trusted
+    /// sessions read before that is known.
+    pub fn awaiting_trust(self) -> Self {
+        *lock(&self.undecided) = Some(HashMap::new());
         self
+    }
+
+    /// Ends [`DiskTier::awaiting_trust`]: a trusted session writes what it held where trusted
+    /// sessions read; an untrusted one keeps it as `untrusted(scope)` would have. Once only.
+    pub fn settle(&self, trusted: bool, scope: Option<&str>) {
+        // Under the lock, so a record either joins what is held or sees the trust settled.
+        let mut undecided = lock(&self.undecided);
+        let Some(held) = undecided.take() else { return };
+        if !trusted {
+            let _ = self.untrusted.set(self.untrusted_records(scope));
+        }
+        for (action_id, entry) in held {
+            // A record lost here is a miss later: a cache may forget.
+            let _ = self.record_settled(&action_id, &entry);
+        }
+    }
+
+    fn salt_of_untrusted(&self) -> Option<&[u8; 32]> {
+        match self.untrusted.get() {
+            Some(Untrusted::Scoped(salt)) => Some(salt),
+            _ => None,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -160,12 +209,12 @@ impl DiskTier {
 
     /// Where this session records an action (unless it keeps its records in memory).
     fn action_path(&self, action_id: &ActionId) -> PathBuf {
-        self.record_path(self.untrusted_salt.as_ref().or(self.namespace_salt.as_ref()), action_id)
+        self.record_path(self.salt_of_untrusted().or(self.namespace_salt.as_ref()), action_id)
     }
 
     /// Where this session looks an action up: its own records first, then trusted ones.
     fn lookup_paths(&self, action_id: &ActionId) -> impl Iterator<Item = PathBuf> + '_ {
-        let untrusted = self.untrusted_salt.as_ref().map(|salt| self.record_path(Some(salt), action_id));
+        let untrusted = self.salt_of_untrusted().map(|salt| self.record_path(Some(salt), action_id));
         untrusted.into_iter().chain([self.record_path(self.namespace_salt.as_ref(), action_id)])
     }
 
@@ -203,8 +252,9 @@ impl DiskTier {
     /// Whether this session may answer with a trusted entry whose body is at `body`: an
     /// untrusted one takes no test result keyed by file times (see [`crate::testlog`]).
     pub fn takes_trusted(&self, body: &Path, size: u64) -> bool {
-        let untrusted = self.untrusted_salt.is_some() || self.own_records.is_some();
-        !untrusted || !crate::testlog::keys_files_by_time(body, size)
+        // While its trust is not known a session is taken for untrusted: it reruns a test.
+        let trusted = self.untrusted.get().is_none() && lock(&self.undecided).is_none();
+        trusted || !crate::testlog::keys_files_by_time(body, size)
     }
 
     fn lookup_at(&self, record: &Path) -> Result<Option<(Entry, PathBuf)>, DiskError> {
@@ -239,9 +289,15 @@ impl DiskTier {
             || self.lookup_paths(action_id).any(|record| fs::symlink_metadata(record).is_ok())
     }
 
+    /// What this session recorded where only it looks: in memory, held or its own.
     fn own_record(&self, action_id: &ActionId) -> Option<Entry> {
-        let records = self.own_records.as_ref()?;
-        records.lock().unwrap_or_else(PoisonError::into_inner).get(action_id).copied()
+        if let Some(held) = lock(&self.undecided).as_ref() {
+            return held.get(action_id).copied();
+        }
+        match self.untrusted.get() {
+            Some(Untrusted::Own(records)) => lock(records).get(action_id).copied(),
+            _ => None,
+        }
     }
 
     /// The body's path when it is present with the expected size.
@@ -257,8 +313,16 @@ impl DiskTier {
 
     /// Records an action's entry (replacing an older one: a rebuild may produce new output).
     pub fn record(&self, action_id: &ActionId, entry: &Entry) -> Result<(), DiskError> {
-        if let Some(records) = &self.own_records {
-            records.lock().unwrap_or_else(PoisonError::into_inner).insert(*action_id, *entry);
+        if let Some(held) = lock(&self.undecided).as_mut() {
+            held.insert(*action_id, *entry);
+            return Ok(());
+        }
+        self.record_settled(action_id, entry)
+    }
+
+    fn record_settled(&self, action_id: &ActionId, entry: &Entry) -> Result<(), DiskError> {
+        if let Some(Untrusted::Own(records)) = self.untrusted.get() {
+            lock(records).insert(*action_id, *entry);
             return Ok(());
         }
         self.record_at(self.action_path(action_id), entry)
@@ -604,6 +668,28 @@ mod tests {
         let default = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("default");
         put(&default().untrusted(None), 3, b"planted in default");
         assert!(default().lookup(&ActionId([3; 32])).unwrap().is_none());
+    }
+
+    /// A session told it is trusted holds what it records until cached says whether its token
+    /// may write: trusted, the records land where trusted sessions read; not (a pull
+    /// request's job run without --read-only), they stay its own, as --read-only keeps them.
+    #[test]
+    fn records_wait_for_the_sessions_trust_to_be_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("main");
+        let (first, second) = (ActionId([1; 32]), ActionId([2; 32]));
+        for (told, scope) in [(false, None), (false, Some("pr-1")), (true, None)] {
+            let session = trusted().awaiting_trust();
+            put(&session, 1, b"what the session built");
+            assert!(session.has_entry(&first) && !trusted().has_entry(&first), "told {told}");
+            session.settle(told, scope);
+            put(&session, 2, b"what it built after");
+            assert!(session.has_entry(&first) && session.has_entry(&second), "told {told}");
+            assert_eq!(trusted().has_entry(&first), told, "told {told}");
+            assert_eq!(trusted().has_entry(&second), told, "told {told}");
+            let same_scope = scope.map(|scope| trusted().untrusted(Some(scope)));
+            assert!(same_scope.is_none_or(|pr| pr.has_entry(&first) && pr.has_entry(&second)));
+        }
     }
 
     #[test]

@@ -87,7 +87,6 @@ pub async fn run(options: Options) -> Result<()> {
             source: err.into(),
         })?
         .in_namespace(&options.namespace);
-    let disk = if options.read_only { disk.untrusted(options.untrusted_scope.as_deref()) } else { disk };
     let counters = Arc::new(counters::Counters::default());
     let remote = options.server.as_ref().and_then(|server| {
         let (namespace, counters) = (options.namespace.clone(), Arc::clone(&counters));
@@ -98,6 +97,15 @@ pub async fn run(options: Options) -> Result<()> {
             })
             .ok()
     });
+    // A session told it is trusted asks cached too: a pull request's CI job run without
+    // --read-only must not leave what it built where main's sessions read.
+    let disk = match &remote {
+        _ if options.read_only => disk.untrusted(options.untrusted_scope.as_deref()),
+        Some(_) => disk.awaiting_trust(),
+        None => disk,
+    };
+    let trust_check = (remote.is_some() && !options.read_only)
+        .then(|| tiers::TrustCheck { scope: options.untrusted_scope.clone() });
     let keys = options.preload.then(|| session::KeyInputs::from_process(&options.namespace).keys());
     let warm = match &remote {
         Some(_) => warm_link::WarmLink::connect(disk.root(), &options.namespace, keys.as_ref()).await,
@@ -113,6 +121,7 @@ pub async fn run(options: Options) -> Result<()> {
         summary: options.summary,
         warm,
         salt: options.action_salt,
+        trust_check,
     };
     let tiers =
         Arc::new(tiers::Tiers::new(disk, remote, !options.read_only, preload, counters, tier_options));

@@ -120,6 +120,10 @@ impl RemoteTier {
         &self.client.server
     }
 
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// Tells cached what this session saw, local-tier hits included, so `cachectl stats` shows
     /// the hit rate builds really get. Best effort: skipped while the breaker is open, bounded
     /// by the request timeout, and failures are ignored.
@@ -398,6 +402,33 @@ impl RemoteTier {
             }
         };
         tokio::time::timeout(limit, streamed).await.map_err(|_| RemoteError::Timeout(limit))?
+    }
+
+    /// Whether cached lets this session's token record Go cache entries in its namespace
+    /// (GoCache.Access): `None` when it cannot say now (unreachable, slow, busy, or a version
+    /// without the call). A `false` also stops the uploads, which cached would refuse.
+    pub async fn may_put(&self) -> Option<bool> {
+        if !self.breaker.allows() {
+            return None;
+        }
+        let request = v1::GoAccessRequest { namespace: self.namespace.clone() };
+        let may_put = match self.call(self.timeout, self.client.go.clone().access(request)).await {
+            Ok(reply) => reply.may_put,
+            Err(RemoteError::Status(status))
+                if matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) =>
+            {
+                false
+            }
+            Err(err) => {
+                self.note_failure(&err);
+                tracing::debug!("cannot ask cached whether this session may record ({err})");
+                return None;
+            }
+        };
+        if !may_put {
+            self.uploads_refused.store(true, Ordering::Relaxed);
+        }
+        Some(may_put)
     }
 
     /// Uploads bodies (CAS blob first, then the entry that names it). Never fails: what cannot

@@ -29,6 +29,14 @@ pub struct TierOptions {
     pub warm: Option<Arc<WarmLink>>,
     /// Every action keyed under it (`--action-salt`).
     pub salt: Option<Salt>,
+    /// Set for a session told it is trusted, over a disk tier [`DiskTier::awaiting_trust`]:
+    /// it asks cached whether its token may record.
+    pub trust_check: Option<TrustCheck>,
+}
+
+pub struct TrustCheck {
+    /// Which sessions share its records if it is not trusted (`--untrusted-scope`).
+    pub scope: Option<String>,
 }
 
 pub struct Tiers {
@@ -42,6 +50,8 @@ pub struct Tiers {
     preload: Option<Arc<Preload>>,
     counters: Arc<Counters>,
     options: TierOptions,
+    /// The question [`TierOptions::trust_check`] asks, until `close` waits for its answer.
+    trust: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Tiers {
@@ -69,11 +79,34 @@ impl Tiers {
             remote,
             counters,
             options,
+            trust: std::sync::Mutex::new(None),
         }
     }
 
-    /// Starts the session preload, if there is one.
+    /// Starts the session preload, if there is one, and asks cached whether this session
+    /// may record where trusted sessions read.
     pub fn start(self: &Arc<Self>) {
+        if let (Some(check), Some(remote)) = (&self.options.trust_check, &self.remote) {
+            let (remote, disk, scope) = (Arc::clone(remote), Arc::clone(&self.disk), check.scope.clone());
+            let asked = cached_client::task::spawn("ask-trust", async move {
+                let may_put = remote.may_put().await;
+                if may_put == Some(false) {
+                    tracing::warn!(
+                        "the token may not record Go cache entries in namespace {:?} at {}: this session runs \
+                         as with --read-only, and what it records stays its own",
+                        remote.namespace(),
+                        remote.server()
+                    );
+                }
+                // Unknown (cached unreachable or older) is what the session was told: trusted.
+                let trusted = may_put != Some(false);
+                let _ = cached_client::task::spawn_blocking("settle-trust", move || {
+                    disk.settle(trusted, scope.as_deref())
+                })
+                .await;
+            });
+            *self.trust.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(asked);
+        }
         if let (Some(preload), Some(remote)) = (&self.preload, &self.remote) {
             // A warm that lands this session's list walks it; one that lands another's does not.
             let warm = self.options.warm.clone().filter(|warm| warm.lands_our_list());
@@ -193,6 +226,14 @@ impl Cache for Tiers {
 
     fn close(self: Arc<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            let asked = self.trust.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            if let Some(asked) = asked {
+                let _ = asked.await;
+            }
+            // Held records are written as the session was told, had the question failed.
+            let disk = Arc::clone(&self.disk);
+            let _ =
+                cached_client::task::spawn_blocking("settle-trust", move || disk.settle(true, None)).await;
             if let Some(preload) = &self.preload {
                 preload.stop();
             }

@@ -200,6 +200,33 @@ fn a_trusted_build_never_hits_what_a_read_only_one_recorded_locally() {
     assert!(counted(&again, "local hits") > 0 && counted(&again, "misses") < gets(&again), "{again}");
 }
 
+/// A pull request's CI job run without `--read-only`, but with a token that may only read,
+/// recorded what it built where main's next session on the runner read it. The bridge asks
+/// cached what its token may do: one that may not record keeps its records its own.
+#[test]
+fn a_session_whose_token_may_not_record_keeps_its_records_from_trusted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, secrets) =
+        cached_e2e::mint_tokens(dir.path(), &[("pr", "read"), ("main", "read,cas-write,ac-write")]);
+    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--tokens-file", &tokens]);
+    let tier = tempfile::tempdir().unwrap();
+    let env = GoEnv::new();
+    let build = |token: &str| {
+        let secret = &secrets.iter().find(|(name, _)| name == token).unwrap().1;
+        let mut go = env.go_bridged(&["build", "./..."], tier.path(), Some(&daemon.url()));
+        go.env("CACHED_NAMESPACE", "main").env("CACHED_TOKEN_FILE", secret);
+        let built = run(go).success(token);
+        (summary(&built.stderr).to_owned(), built.stderr)
+    };
+    let (pr, said) = build("pr");
+    assert!(counted(&pr, "misses") > 0 && counted(&pr, "uploaded") == 0, "{pr}");
+    assert!(said.contains("may not record Go cache entries"), "{said}");
+    env.wipe_gocache();
+    let (main, said) = build("main");
+    assert_eq!(counted(&main, "local hits"), 0, "main used the pull request's records: {main}");
+    assert!(counted(&main, "uploaded") > 0 && !said.contains("may not record"), "{said}");
+}
+
 /// Another pull request's read-only session on the same runner does not take what one recorded
 /// either (its objects answer action IDs that miss files its sources changed); sessions naming
 /// one scope (a pull request's go commands) share what they record.

@@ -201,6 +201,7 @@ pub const METHODS: &[Method] = &[
     method("/cached.v1.GoCache/Get", Scope::Read, true, false),
     method("/cached.v1.GoCache/GetMany", Scope::Read, true, false),
     method("/cached.v1.GoCache/Put", Scope::AcWrite, true, false),
+    method("/cached.v1.GoCache/Access", Scope::Read, true, false),
     method("/cached.v1.Stats/Get", Scope::Read, true, false),
     method("/cached.v1.Stats/Report", Scope::Read, true, false),
     method("/cached.v1.Builds/Lookup", Scope::Read, true, false),

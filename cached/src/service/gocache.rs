@@ -140,4 +140,14 @@ impl v1::go_cache_server::GoCache for GoCacheService {
         result?;
         Ok(Response::new(v1::GoPutResponse {}))
     }
+
+    async fn access(
+        &self,
+        request: Request<v1::GoAccessRequest>,
+    ) -> Result<Response<v1::GoAccessResponse>, Status> {
+        let (_, extensions, request) = request.into_parts();
+        let ns = namespace(&request.namespace)?;
+        let grant = auth::check_namespace(&extensions, ns)?;
+        Ok(Response::new(v1::GoAccessResponse { may_put: grant.scopes.contains(auth::Scope::AcWrite) }))
+    }
 }
