@@ -62,6 +62,12 @@ pub fn current() -> Option<Arc<str>> {
     current_caller().map(|caller| caller.token)
 }
 
+/// Whose budgets the current work counts against: its token's, or for a lease credential its
+/// tenant's share ([`crate::auth::Grant::budget`]), which its stored blobs are charged to too.
+pub fn current_owner() -> Option<Arc<str>> {
+    current_caller().map(|caller| caller.owner)
+}
+
 /// The caller this work is for, its thread share included.
 pub fn current_caller() -> Option<Caller> {
     CALLER

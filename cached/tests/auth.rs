@@ -149,6 +149,7 @@ const RPCS: &[(&str, Option<Scope>, bool)] = &[
     ("GoCache.Get", Some(Scope::Read), true),
     ("GoCache.GetMany", Some(Scope::Read), true),
     ("GoCache.Put", Some(Scope::AcWrite), true),
+    ("GoCache.Access", Some(Scope::Read), true),
     ("Stats.Get", Some(Scope::Read), false),
     ("Stats.Report", Some(Scope::Read), true),
     ("Builds.Lookup", Some(Scope::Read), true),
@@ -242,6 +243,10 @@ async fn call(
                 entry: Some(entry),
             };
             go.put(request(put, secret)).await?;
+        }
+        "GoCache.Access" => {
+            let access = v1::GoAccessRequest { namespace: ns.to_owned() };
+            go.access(request(access, secret)).await?;
         }
         "Stats.Get" => {
             stats.get(request(v1::StatsRequest {}, secret)).await?;

@@ -278,11 +278,21 @@ async fn a_worker_is_leased_only_jobs_its_token_covers() {
     let pr_token = pr_lease.token.clone().unwrap();
     assert_eq!(pr_token.job_id, pr_job);
 
-    // Progress and Complete check the caller's grant too, even with the lease's secret.
+    // Progress and Complete check the caller's grant too, even with the lease's secret, and
+    // answer as for a job that does not exist: whether another tenant's job does, and in
+    // which namespace, is not the caller's to learn.
     let mut main_workers = workers(&server, "agent-main").await;
-    let status = denied(progress(&mut main_workers, &pr_token, "x").await, "main/* progress on pr-7");
-    assert!(status.message().contains("pr-7"), "{}", status.message());
-    denied(complete(&mut main_workers, &pr_token).await, "main/* completes pr-7");
+    let mut made_up = pr_token.clone();
+    made_up.job_id = "1a00000000a-000000".into();
+    let unknown = progress(&mut main_workers, &made_up, "x").await.expect_err("a made-up job");
+    for (what, result) in [
+        ("main/* progress on pr-7", progress(&mut main_workers, &pr_token, "x").await),
+        ("main/* completes pr-7", complete(&mut main_workers, &pr_token).await),
+    ] {
+        let status = result.expect_err(what);
+        assert_eq!(status.code(), unknown.code(), "{what}: {status:?}");
+        assert!(!status.message().contains("pr-7"), "{what}: {}", status.message());
+    }
     complete(&mut pr.workers, &pr_token).await.unwrap();
     let (done, _) = finish(&mut jobs, &pr_job).await;
     assert_eq!(done.state, JobState::Succeeded as i32);
@@ -998,5 +1008,64 @@ async fn a_huge_job_timeout_neither_panics_the_scheduler_nor_stops_its_sweeper()
     assert!(matches!(agent.next(Duration::from_secs(5)).await, Some(lease_response::Kind::Abort(_))));
     let second = agent.task().await.token.unwrap();
     assert_eq!((second.job_id.as_str(), second.attempt), (job.as_str(), first.attempt + 1));
+    server.stop().await;
+}
+
+/// `blob`'s Cas.Write messages: a header, then 1 MiB pieces (what the server spools at once).
+fn write_messages(blob: &[u8]) -> Vec<v1::WriteRequest> {
+    let pieces = blob.chunks(1 << 20).map(|piece| data(Bytes::copy_from_slice(piece)));
+    std::iter::once(header(Digest::of(blob), Compression::Identity)).chain(pieces).collect()
+}
+
+/// Bytes zstd cannot shrink (the server counts what it stores).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect()
+}
+
+/// A Cas.Write of an 8 MiB blob under `credential` that sends 3 MiB of it and then waits,
+/// held while the returned sender lives.
+async fn held_upload(channel: &Channel, credential: &str) -> mpsc::Sender<v1::WriteRequest> {
+    let (sender, receiver) = mpsc::channel(8);
+    for message in write_messages(&noise(8 << 20, 0)).into_iter().take(4) {
+        sender.send(message).await.unwrap();
+    }
+    let mut cas = CasClient::with_interceptor(channel.clone(), bearer(credential));
+    cached::task::spawn("held upload", async move {
+        let _ = cas.write(ReceiverStream::new(receiver)).await;
+    })
+    .detach();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sender
+}
+
+/// The leases of one tenant's jobs share one budget of unfinished uploads, as one token's
+/// calls do: each lease credential is a token of its own, and with a budget each, whoever runs
+/// an agent for its own jobs held the budget once per task (8 leases held 240 MiB against a
+/// 32 MiB cap), keeping the disk below its floor for every tenant.
+#[tokio::test]
+async fn the_leases_of_one_tenant_share_one_budget_of_unfinished_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings =
+        [("max_upload_bytes_per_token", "4MiB"), ("heartbeat_interval", "1s"), ("lease_timeout", "60s")];
+    let server = start(dir.path(), &settings).await;
+    let mut jobs = jobs(&server, "submitter").await;
+    let mut agent = Agent::connect(&server, "agent-any", "a", 2).await;
+    submit(&mut jobs, spec("pr-7", &["linux/amd64", "linux/arm64"])).await;
+    let (first, second) = (agent.task().await, agent.task().await);
+    let channel = channel(&server).await;
+    let held = held_upload(&channel, &first.cache_token).await;
+    let mut cas = CasClient::with_interceptor(channel.clone(), bearer(&second.cache_token));
+    let refused = cas.write(futures::stream::iter(write_messages(&noise(2 << 20, 1)))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("lease:pr-7"), "{}", refused.message());
+    drop(held);
     server.stop().await;
 }

@@ -50,8 +50,12 @@ impl Registry {
     async fn start(settings: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("tokens.toml");
-        std::fs::write(&tokens, token("dev", "read,cas-write") + &token("ci", "read,cas-write,ac-write"))
-            .unwrap();
+        let specs = [
+            token("dev", "read,cas-write"),
+            token("ci", "read,cas-write,ac-write"),
+            token("late", "read,cas-write"),
+        ];
+        std::fs::write(&tokens, specs.concat()).unwrap();
         let tokens = tokens.display().to_string();
         let mut all = vec![("registry_listen", "127.0.0.1:0"), ("tokens_file", tokens.as_str())];
         all.extend_from_slice(settings);
@@ -417,7 +421,8 @@ async fn below_min_free_space_spools_and_manifests_are_refused() {
 }
 
 /// `registry_max_uploads` holds per namespace, and a `*` token may name any namespace: one
-/// token holds at most a quarter of the server's sessions, and all together at most 1024.
+/// token holds at most a quarter of the server's sessions, all together at most 1024, and
+/// tokens holding some leave room for one holding none.
 #[tokio::test]
 async fn upload_sessions_are_capped_per_token_and_across_namespaces() {
     let registry = Registry::start(&[("registry_max_uploads", "1")]).await;
@@ -432,18 +437,27 @@ async fn upload_sessions_are_capped_per_token_and_across_namespaces() {
     assert_eq!(other.status, 202, "another token has its own share: {}", other.body);
     registry.stop().await;
 
-    // With a larger registry_max_uploads a token may hold that many; the server still no more
-    // than 1024 in all.
+    // With a larger registry_max_uploads a token may hold that many; a token holding some
+    // leaves the last of the 1024 to tokens holding none: two tokens took them all before,
+    // and every other tenant waited out the sessions' hour.
     let registry = Registry::start(&[("registry_max_uploads", "600")]).await;
-    for (token, first, count) in [("dev", 0, 600), ("ci", 600, 424)] {
-        for n in first..first + count {
-            let opened = open_session_as(&registry, token, &format!("ns{n}/app")).await;
-            assert_eq!(opened.status, 202, "session {n} of {token}: {}", opened.body);
-        }
+    for n in 0..600 {
+        let opened = open_session_as(&registry, "dev", &format!("ns{n}/app")).await;
+        assert_eq!(opened.status, 202, "session {n} of dev: {}", opened.body);
     }
-    let refused = open_session_as(&registry, "ci", "one-more/app").await;
+    let mut opened = 0;
+    let refused = loop {
+        let reply = open_session_as(&registry, "ci", &format!("ns{}/app", 600 + opened)).await;
+        if reply.status != 202 {
+            break reply;
+        }
+        opened += 1;
+        assert!(opened < 424, "two tokens took all 1024 sessions");
+    };
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(refused.body.contains("TOOMANYREQUESTS") && refused.body.contains("1024"), "{}", refused.body);
+    let late = open_session_as(&registry, "late", "late/app").await;
+    assert_eq!(late.status, 202, "a token holding none found no room: {}", late.body);
     registry.stop().await;
 }
 

@@ -15,7 +15,7 @@ use tonic::body::Body;
 use super::Grant;
 use super::held::{HeldBody, HeldBytes};
 use super::idle::IdleBody;
-use super::lease::{CACHE_TOKEN_PREFIX, LeaseId, LeaseKeys, LiveLeases};
+use super::lease::{CACHE_TOKEN_PREFIX, LeaseKeys, LiveLeases};
 use super::open::{Holding, OpenStreams};
 use super::rate::RateLimiter;
 use super::refusals::{EVERY, RefusalLog};
@@ -343,8 +343,9 @@ impl AuthSettings {
                 claims.lease.grant_name()
             )));
         }
-        let limiter = self.default_rate.map(|rate| leases.limiter(&claims.lease, rate));
-        Ok(Caller { grant: Arc::new(claims.grant()), limiter })
+        let grant = claims.grant();
+        let limiter = self.default_rate.map(|rate| leases.limiter(&grant.budget(), rate));
+        Ok(Caller { grant: Arc::new(grant), limiter })
     }
 }
 
@@ -383,22 +384,23 @@ const PRUNE_LIMITERS_AT: usize = 1024;
 struct Leases {
     keys: Arc<LeaseKeys>,
     live: Arc<dyn LiveLeases>,
-    /// One bucket per lease at the server's `rate_limit`.
-    limiters: DashMap<LeaseId, Arc<RateLimiter>>,
+    /// One bucket per tenant share ([`Grant::budget`]) at the server's `rate_limit`.
+    limiters: DashMap<String, Arc<RateLimiter>>,
     prune_at: AtomicUsize,
 }
 
 impl Leases {
-    fn limiter(&self, lease: &LeaseId, rate: u32) -> Arc<RateLimiter> {
-        if let Some(limiter) = self.limiters.get(lease) {
+    fn limiter(&self, share: &str, rate: u32) -> Arc<RateLimiter> {
+        if let Some(limiter) = self.limiters.get(share) {
             return Arc::clone(&limiter);
         }
         if self.limiters.len() >= self.prune_at.load(Ordering::Relaxed) {
-            self.limiters.retain(|lease, _| self.live.is_live(lease));
+            // Only buckets no call holds now go: a tenant whose calls all ended starts full.
+            self.limiters.retain(|_, limiter| Arc::strong_count(limiter) > 1);
             self.prune_at.store(PRUNE_LIMITERS_AT.max(2 * self.limiters.len()), Ordering::Relaxed);
         }
         Arc::clone(
-            &self.limiters.entry(lease.clone()).or_insert_with(|| Arc::new(RateLimiter::per_second(rate))),
+            &self.limiters.entry(share.to_owned()).or_insert_with(|| Arc::new(RateLimiter::per_second(rate))),
         )
     }
 }
@@ -512,10 +514,11 @@ where
         let min_rate = if method.upload { settings.min_transfer_rate } else { 0 };
         let pace = crate::conn::Pace { idle: settings.idle_timeout, min_rate };
         let held = method.unary && Grant::has_own_limits(&admitted.grant.token);
+        let budget = admitted.grant.budget();
         let request = request.map(|body| {
             let body = IdleBody::new(body, pace);
             if held {
-                Body::new(HeldBody::new(body, Arc::clone(&settings.request_bytes), &admitted.grant.token))
+                Body::new(HeldBody::new(body, Arc::clone(&settings.request_bytes), &budget))
             } else {
                 Body::new(body)
             }

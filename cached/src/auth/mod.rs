@@ -69,6 +69,15 @@ impl Grant {
         token != Self::ANONYMOUS
     }
 
+    /// The name its per-token budgets are kept under (request bytes, unfinished uploads,
+    /// decoding, registry sessions, the rate limit, the pools): its token's, or for a lease
+    /// credential its tenant's share, which all the leases of one tenant's jobs hold together
+    /// as one token would. A budget per lease let whoever runs an agent for its own jobs take
+    /// each budget once per task.
+    pub fn budget(&self) -> String {
+        lease::share_of(self).unwrap_or_else(|| self.token.clone())
+    }
+
     pub fn allows_namespace(&self, namespace: &str) -> bool {
         self.namespaces.iter().any(|pattern| pattern.matches(namespace))
     }

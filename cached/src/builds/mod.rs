@@ -213,7 +213,9 @@ fn outputs_size(outputs: &[v1::BuildOutput]) -> u64 {
 impl Builds {
     /// A turn to read the event log, held until the read is over.
     async fn scan_slot(&self) -> Result<ScanSlot> {
-        let turn = match crate::caller::current().filter(|token| crate::auth::Grant::has_own_limits(token)) {
+        let turn = match crate::caller::current_owner()
+            .filter(|owner| crate::auth::Grant::has_own_limits(owner))
+        {
             Some(token) => {
                 if !self.scanning.lock().unwrap_or_else(PoisonError::into_inner).insert(token.to_string()) {
                     return Err(Error::Busy {

@@ -319,7 +319,7 @@ async fn read_limited(
     if declared.is_some_and(|length| length > MAX_MANIFEST_BYTES) {
         return Err(too_large());
     }
-    let mut reservation = registry.pushes.reserve(&call.grant.token, Some(repo.namespace()), 0)?;
+    let mut reservation = registry.pushes.reserve(&call.grant.budget(), Some(repo.namespace()), 0)?;
     let mut data = std::mem::take(&mut call.body).into_data_stream();
     // Chunks as they came, joined at the end: a growing buffer would hold up to twice what
     // the reservation counts.

@@ -30,7 +30,7 @@ pub(super) async fn list(
     let filter = call.param("artifactType").filter(|kind| !kind.is_empty());
     let index = index(&stored, filter);
     drop(stored);
-    let reservation = registry.pulls.reserve(&call.grant.token, None, index.len() as u64)?;
+    let reservation = registry.pulls.reserve(&call.grant.budget(), None, index.len() as u64)?;
     let mut response = held_body(index, reservation).into_response();
     insert(response.headers_mut(), header::CONTENT_TYPE.as_str(), OCI_INDEX);
     if filter.is_some() {

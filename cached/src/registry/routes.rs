@@ -182,7 +182,8 @@ async fn answer(registry: &Registry, target: Target, call: Call) -> RegistryResu
         Target::Manifest(repo, reference) => match method {
             Method::GET | Method::HEAD => {
                 auth::check(&call.grant, Scope::Read, &repo)?;
-                manifests::get(registry, &repo, &reference, &call.grant.token, method == Method::HEAD).await
+                manifests::get(registry, &repo, &reference, &call.grant.budget(), method == Method::HEAD)
+                    .await
             }
             Method::PUT => manifests::put(registry, &repo, &reference, call).await,
             Method::DELETE => {
@@ -194,7 +195,8 @@ async fn answer(registry: &Registry, target: Target, call: Call) -> RegistryResu
         Target::Blob(repo, digest) => match method {
             Method::GET | Method::HEAD => {
                 auth::check(&call.grant, Scope::Read, &repo)?;
-                let request = blobs::BlobRequest { headers: &call.headers, token: &call.grant.token };
+                let budget = call.grant.budget();
+                let request = blobs::BlobRequest { headers: &call.headers, token: &budget };
                 blobs::get(registry, &repo, &digest, request, method == Method::HEAD).await
             }
             Method::DELETE => {

@@ -10,7 +10,7 @@
 //! in all, spool nothing while the disk is below `min_free_space`, and are dropped once nothing
 //! was sent to them for `registry_upload_timeout`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -66,6 +66,9 @@ struct Entry {
     repo: Repository,
     /// The token that opened it.
     token: String,
+    /// Whose budget it counts against ([`Grant::budget`]: the token's, or for a lease its
+    /// tenant's, which all the tenant's leases share).
+    budget: String,
     touched: Mutex<Instant>,
     /// Held by the one request working on the session.
     session: tokio::sync::Mutex<Session>,
@@ -99,8 +102,9 @@ impl Uploads {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens a session in `repo` for the token named `token`, after dropping expired ones.
-    fn create(&self, repo: &Repository, token: &str) -> RegistryResult<String> {
+    /// Opens a session in `repo` for the token named `token`, counted against `budget`, after
+    /// dropping expired ones.
+    fn create(&self, repo: &Repository, token: &str, budget: &str) -> RegistryResult<String> {
         self.sweep();
         let mut id_bytes = [0u8; 16];
         getrandom::fill(&mut id_bytes)
@@ -109,7 +113,7 @@ impl Uploads {
         let path = self.dir.join(&id);
         std::fs::File::create_new(&path).map_err(io_error)?;
         let mut sessions = self.sessions();
-        if let Err(err) = self.check_room(&sessions, repo, token) {
+        if let Err(err) = self.check_room(&sessions, repo, budget) {
             drop(sessions);
             let _ = std::fs::remove_file(&path);
             return Err(err);
@@ -117,13 +121,14 @@ impl Uploads {
         let session = Session {
             path,
             written: 0,
-            pending: PendingBytes::new(&self.limits.space, Some(token)),
+            pending: PendingBytes::new(&self.limits.space, Some(budget)),
             sha256: Sha256::new(),
             blake3: blake3::Hasher::new(),
         };
         let entry = Entry {
             repo: repo.clone(),
             token: token.to_owned(),
+            budget: budget.to_owned(),
             touched: Mutex::new(Instant::now()),
             session: tokio::sync::Mutex::new(session),
         };
@@ -131,8 +136,11 @@ impl Uploads {
         Ok(id)
     }
 
-    /// Refuses a new session in `repo` past the cap of its namespace, of its token or of all
-    /// namespaces.
+    /// Refuses a new session in `repo` past the cap of its namespace, of its token (its
+    /// budget) or of all namespaces. A token that holds sessions must leave room for one token
+    /// more, `most / (holders + 2)`, which only a token holding none may take: with the caps
+    /// alone, four tokens of wide patterns (or one tenant's leases) held every session and
+    /// every other tenant was refused for the sessions' hour.
     fn check_room(
         &self,
         sessions: &HashMap<String, Arc<Entry>>,
@@ -140,18 +148,23 @@ impl Uploads {
         token: &str,
     ) -> RegistryResult<()> {
         let most = MAX_UPLOADS.max(self.limits.per_namespace);
-        if sessions.len() >= most {
+        let held = sessions.values().filter(|entry| entry.budget == token).count();
+        let holders = sessions.values().map(|entry| entry.budget.as_str()).collect::<HashSet<_>>().len()
+            + usize::from(held == 0);
+        let room_for_one_more = most / (holders + 2);
+        let shared = Grant::has_own_limits(token);
+        if sessions.len() >= most || (shared && held > 0 && most - sessions.len() <= room_for_one_more) {
             return Err(RegistryError::new(
                 Code::TooManyRequests,
                 format!(
-                    "the server already has {} uploads open, the most it keeps in all namespaces \
-                     together ({most}); finish or cancel one, or retry later",
+                    "the server has {} uploads open, of the most it keeps in all namespaces together \
+                     ({most}), and keeps the rest for callers holding none; finish or cancel one, or \
+                     retry later",
                     sessions.len()
                 ),
             ));
         }
         let per_token = MAX_UPLOADS_PER_TOKEN.max(self.limits.per_namespace);
-        let held = sessions.values().filter(|entry| entry.token == token).count();
         if Grant::has_own_limits(token) && held >= per_token {
             return Err(RegistryError::new(
                 Code::TooManyRequests,
@@ -165,7 +178,7 @@ impl Uploads {
         // Half a namespace's room for one token: a token of many namespaces (a developer's)
         // must not hold every slot of one that CI pushes to.
         let own_in_namespace = (self.limits.per_namespace / 2).max(1);
-        let own = in_namespace().filter(|entry| entry.token == token).count();
+        let own = in_namespace().filter(|entry| entry.budget == token).count();
         if Grant::has_own_limits(token) && own >= own_in_namespace {
             return Err(RegistryError::new(
                 Code::TooManyRequests,
@@ -281,7 +294,7 @@ pub(super) async fn start(registry: &Registry, repo: &Repository, call: Call) ->
         }
         // Not mountable: the spec's answer is an ordinary session.
     }
-    let id = registry.uploads.create(repo, &call.grant.token)?;
+    let id = registry.uploads.create(repo, &call.grant.token, &call.grant.budget())?;
     let Some(expected) = call.param("digest").map(Sha256Digest::parse).transpose()? else {
         return Ok(accepted(repo, &id, 0, StatusCode::ACCEPTED));
     };
@@ -525,15 +538,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uploads = uploads(dir.path(), Duration::from_secs(3600));
         let (app, lib) = (Repository::parse("main/app").unwrap(), Repository::parse("main/lib").unwrap());
-        uploads.create(&app, "ci").unwrap();
-        let own = uploads.create(&lib, "ci").unwrap_err();
+        uploads.create(&app, "ci", "ci").unwrap();
+        let own = uploads.create(&lib, "ci", "ci").unwrap_err();
         assert!(own.to_string().contains("token `ci`"), "half of the namespace's room per token: {own}");
-        uploads.create(&lib, "dev").unwrap();
-        let refused = uploads.create(&app, "other").unwrap_err();
+        uploads.create(&lib, "dev", "dev").unwrap();
+        let refused = uploads.create(&app, "other", "other").unwrap_err();
         assert_eq!(refused.code, Code::TooManyRequests, "{refused}");
         assert!(refused.to_string().contains("namespace `main`"), "{refused}");
         assert!(
-            uploads.create(&Repository::parse("pr-7/app").unwrap(), "ci").is_ok(),
+            uploads.create(&Repository::parse("pr-7/app").unwrap(), "ci", "ci").is_ok(),
             "another namespace has its own"
         );
         assert_eq!(
@@ -549,15 +562,50 @@ mod tests {
         let uploads = uploads(dir.path(), Duration::from_secs(3600));
         let repo = |i: usize| Repository::parse(&format!("team-{i}/app")).unwrap();
         for i in 0..MAX_UPLOADS_PER_TOKEN {
-            uploads.create(&repo(i), "everywhere").unwrap();
+            uploads.create(&repo(i), "everywhere", "everywhere").unwrap();
         }
-        let refused = uploads.create(&repo(MAX_UPLOADS_PER_TOKEN), "everywhere").unwrap_err();
+        let refused = uploads.create(&repo(MAX_UPLOADS_PER_TOKEN), "everywhere", "everywhere").unwrap_err();
         assert_eq!(refused.code, Code::TooManyRequests, "{refused}");
         assert!(refused.to_string().contains("token `everywhere`"), "{refused}");
-        uploads.create(&repo(MAX_UPLOADS_PER_TOKEN), "other").expect("another token has its own");
+        uploads.create(&repo(MAX_UPLOADS_PER_TOKEN), "other", "other").expect("another token has its own");
         for i in 0..MAX_UPLOADS_PER_TOKEN + 1 {
-            uploads.create(&repo(i), Grant::ANONYMOUS).expect("callers without tokens are one party");
+            uploads
+                .create(&repo(i), Grant::ANONYMOUS, Grant::ANONYMOUS)
+                .expect("callers without tokens are one party");
         }
+    }
+
+    /// Four tokens of wide patterns, or one tenant's leases, took all 1024 sessions and every
+    /// other tenant was refused for the sessions' hour: a token holding sessions leaves room
+    /// for one holding none, and one tenant's leases count as one token.
+    #[test]
+    fn sessions_leave_room_for_a_token_holding_none_and_leases_count_as_their_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = uploads(dir.path(), Duration::from_secs(3600));
+        let repo = |i: usize| Repository::parse(&format!("pr-{i}/app")).unwrap();
+        let lease = |task: usize| format!("lease:1a2b-cc/{task}/1");
+        let mut refused = None;
+        for i in 0..MAX_UPLOADS_PER_TOKEN + 1 {
+            if let Err(err) = uploads.create(&repo(i), &lease(i), "lease:pr-7") {
+                refused = Some((i, err));
+                break;
+            }
+        }
+        let (taken, err) = refused.expect("a tenant's leases took more than one token's sessions");
+        assert_eq!(taken, MAX_UPLOADS_PER_TOKEN, "{err}");
+        assert!(err.to_string().contains("token `lease:pr-7`"), "{err}");
+        let mut last_refusal = None;
+        for (k, token) in ["wide-1", "wide-2", "wide-3"].into_iter().enumerate() {
+            for i in 0..MAX_UPLOADS_PER_TOKEN {
+                if let Err(err) = uploads.create(&repo((k + 1) * 1000 + i), token, token) {
+                    last_refusal = Some(err);
+                    break;
+                }
+            }
+        }
+        let err = last_refusal.expect("the wide tokens were refused");
+        assert!(err.to_string().contains("keeps the rest for callers holding none"), "{err}");
+        uploads.create(&repo(9000), "late", "late").expect("room kept for a token holding none");
     }
 
     #[test]
@@ -565,7 +613,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uploads = uploads(dir.path(), Duration::ZERO);
         let repo = Repository::parse("main/app").unwrap();
-        let id = uploads.create(&repo, "ci").unwrap();
+        let id = uploads.create(&repo, "ci", "ci").unwrap();
         assert!(
             uploads.get(&Repository::parse("main/other").unwrap(), &id, "ci").is_err(),
             "a session is its repository's"
@@ -578,7 +626,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
 
         let kept = self::uploads(dir.path(), Duration::from_secs(3600));
-        kept.create(&repo, "ci").unwrap();
+        kept.create(&repo, "ci", "ci").unwrap();
         drop(kept);
         let reopened = self::uploads(dir.path(), Duration::from_secs(3600));
         assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);

@@ -260,11 +260,9 @@ pub(super) fn authorize<'a>(
     let namespace = job_namespace(job);
     if !caller.allows_namespace(namespace) {
         tracing::warn!(target: "audit", token = %caller.token, namespace, lease = %token_text(token), "worker outside its namespaces refused");
-        return Err(Error::PermissionDenied(format!(
-            "token `{}` may not act for jobs in namespace `{namespace}` ({})",
-            caller.token,
-            token_text(token)
-        )));
+        // As Watch and Cancel answer: whether another tenant's job exists, and its namespace,
+        // are not the caller's to learn.
+        return Err(super::unknown_job(&token.job_id));
     }
     if !keys.secret_matches(&lease_id(token), &caller.token, &token.secret) {
         tracing::warn!(target: "audit", token = %caller.token, lease = %token_text(token), "wrong lease secret refused");

@@ -23,7 +23,7 @@ impl CasService {
     }
 
     fn decode_budget<T>(&self, request: &Request<T>) -> Result<DecodeBudget, Error> {
-        Ok(self.cas.decode_budget(&crate::auth::grant(request.extensions())?.token))
+        Ok(self.cas.decode_budget(&crate::auth::grant(request.extensions())?.budget()))
     }
 }
 

@@ -117,11 +117,14 @@ async fn check_job_namespace(
 impl Jobs for JobsService {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let (_, extensions, request) = request.into_parts();
-        let spec = request.spec.ok_or_else(|| Error::invalid("spec is missing"))?;
-        let ns = namespace(&spec.namespace)?.to_owned();
-        let grant = auth::check_namespace(&extensions, &ns)?;
+        let mut spec = request.spec.ok_or_else(|| Error::invalid("spec is missing"))?;
+        // Named as everything after reads it (`""` is `default`): its reuse key, the lease
+        // credential's namespace, purges.
+        spec.namespace = namespace(&spec.namespace)?.to_owned();
+        let grant = auth::check_namespace(&extensions, &spec.namespace)?;
         check_priority(&grant, spec.priority)?;
         let (packages, targets) = (logged_list(&spec.packages), spec.targets.len());
+        let spec_namespace = spec.namespace.clone();
         let key = self.key_of(&spec);
         let reused = match key {
             Some(key) if !request.rebuild => self.finished.find(&*self.scheduler, key).await?,
@@ -150,7 +153,7 @@ impl Jobs for JobsService {
             tracing::info!(
                 target: "audit",
                 token = %grant.token,
-                namespace = %ns,
+                namespace = %spec_namespace,
                 job = %result.as_deref().unwrap_or("-"),
                 packages = %packages,
                 targets,

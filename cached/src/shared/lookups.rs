@@ -25,7 +25,7 @@ impl LookupBudget {
     /// local misses; they are charged to it if so.
     pub(super) fn admit(&self, lookups: usize) -> bool {
         let Some(buckets) = &self.0 else { return true };
-        let Some(token) = crate::caller::current() else { return true };
+        let Some(token) = crate::caller::current_owner() else { return true };
         if !Grant::has_own_limits(&token) {
             return true;
         }

@@ -260,10 +260,11 @@ impl<S: BlobStore> BlobStore for SpaceGuarded<S> {
 
     fn write(&self, digest: &Digest) -> Result<Box<dyn FrameWriter>> {
         self.space.admit(digest, (self.evictable)())?;
-        let caller = crate::caller::current().filter(|_| self.charged);
+        // Held against the caller's budget: its token's, or its tenant's for a lease.
+        let owner = crate::caller::current_owner().filter(|_| self.charged);
         Ok(Box::new(GuardedWriter {
             inner: self.inner.write(digest)?,
-            pending: PendingBytes::new(&self.space, caller.as_deref()),
+            pending: PendingBytes::new(&self.space, owner.as_deref()),
             space: Arc::clone(&self.space),
             unchecked: 0,
         }))

@@ -44,7 +44,7 @@ pub fn check_spec(spec: &mut JobSpec, settings: &Settings) -> Result<()> {
     if let Some(proxy) = &spec.module_proxy {
         Digest::from_wire(Some(proxy)).map_err(|err| invalid(format!("module_proxy: {err}")))?;
     }
-    crate::gocache::namespace(&spec.namespace)?;
+    spec.namespace = crate::gocache::namespace(&spec.namespace)?.to_owned();
     bounds::check_priority(spec.priority).map_err(invalid)?;
     bounds::check_timeout(spec.timeout_seconds, settings.max_job_timeout).map_err(invalid)?;
     check_text("module_dir", &spec.module_dir, paths::MAX_PATTERN).map_err(invalid)?;

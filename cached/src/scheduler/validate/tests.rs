@@ -38,6 +38,8 @@ fn with_env(name: &str, value: &str) -> JobSpec {
 #[test]
 fn defaults_and_refusals() {
     assert_eq!(check(spec()).unwrap().packages, ["."]);
+    // The namespace as every check reads it: the lease credential's, reuse's and purges'.
+    assert_eq!(check(spec()).unwrap().namespace, "default");
     check(with_flags(&["-trimpath", "-ldflags=-s -w", "--tags=netgo"])).unwrap();
     for bad in
         ["-toolexec=/bin/sh", "-exec", "-overlay=x.json", "-o=/etc/passwd", "-mod=mod", "-pgo=/x.pprof"]
