@@ -258,12 +258,12 @@ impl AuthSettings {
         let token = grant.token.as_str();
         let shared = Grant::has_own_limits(token);
         let mut slots = Vec::new();
-        if method.path == WATCH {
-            slots.push(self.watches.open(token)?);
-        }
         // The leases of one tenant's jobs hold the pools together, as one token would.
-        let holder = super::lease::share_of(grant);
-        let holder = holder.as_deref().unwrap_or(token);
+        let holder = grant.budget();
+        let holder = holder.as_str();
+        if method.path == WATCH {
+            slots.push(self.watches.open(holder)?);
+        }
         if shared && method.upload {
             slots.push(self.token_uploads.open(holder)?);
         }
