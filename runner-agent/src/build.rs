@@ -18,9 +18,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::TaskError;
 use crate::cancel::Cancel;
+use crate::cgroup::{Memory, Placement};
 use crate::sandbox::{self, Owner};
 use crate::taskdir;
-use crate::trouble::{DISK_SAMPLE, Machine, TaskDisk, agent_trouble};
+use crate::trouble::{DISK_SAMPLE, Machine, TaskDisk, agent_trouble, over_memory_limit};
 
 /// Whether builds go through the whole-build cache (`cached_gobuild`), so an unchanged
 /// target is a hit without the go command.
@@ -46,6 +47,10 @@ pub struct BuildInput {
     pub task_dir: PathBuf,
     /// The most disk the build's files there may take.
     pub max_disk: u64,
+    /// How the build's processes join the task's control group, where it has one.
+    pub placement: Option<Placement>,
+    /// The memory counters of the task's group, where it has a memory limit.
+    pub memory: Option<Memory>,
 }
 
 /// What came out, in the shape of `cached_gobuild::BuildOutcome`.
@@ -151,9 +156,15 @@ impl Builder {
         if let Some(reason) = exec.refused() {
             return Err(TaskError::Build(reason));
         }
+        // Before the machine's facts: a kill at the task's own limit counts as the machine's
+        // out-of-memory kill too, and that one is handed on to another agent.
+        let over_limit = input.memory.as_ref().filter(|memory| memory.own_limit_killed());
+        let output = tail.join("\n");
+        if let (Some(memory), false) = (over_limit, outcome.as_ref().is_ok_and(|o| o.exit_code == 0)) {
+            return Err(TaskError::Build(format!("{}:\n{output}", over_memory_limit(memory.limit()))));
+        }
         let outcome = outcome.map_err(|err| TaskError::Infrastructure(format!("build failed: {err}")))?;
         if outcome.exit_code != 0 {
-            let output = tail.join("\n");
             let facts = machine.facts();
             // A full disk is the agent's trouble only when this build's own files did not fill it.
             if facts.disk_low && disk.last_use().await > input.max_disk {
@@ -233,6 +244,8 @@ pub struct GroupExec {
     processes: Processes,
     /// This binary as the build user reaches it: every process starts through it.
     entry: PathBuf,
+    /// How it joins the task's control group.
+    placement: Option<Placement>,
     owner: Option<Owner>,
     output_dir: PathBuf,
     /// Processes running now; at zero the build user's leftovers are killed.
@@ -260,6 +273,7 @@ impl GroupExec {
         Self {
             processes,
             entry: entry.to_owned(),
+            placement: input.placement.clone(),
             owner,
             output_dir: input.output_dir.clone(),
             running: Mutex::new(0),
@@ -275,7 +289,12 @@ impl GroupExec {
     /// task decides.
     fn sealed(&self, invocation: &Invocation) -> Invocation {
         let decided_by_task = |name: &str| TASK_DECIDES.contains(&name);
-        let (program, args) = sandbox::through_entry(&self.entry, &invocation.program, &invocation.args);
+        let (program, args) = sandbox::through_entry(
+            &self.entry,
+            self.placement.as_ref(),
+            &invocation.program,
+            &invocation.args,
+        );
         Invocation {
             program,
             args,

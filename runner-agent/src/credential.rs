@@ -138,7 +138,7 @@ fn read(path: &Path) -> Result<Option<Secret>, String> {
 /// `path` as a socket address can name it: itself, or, when longer than an address holds (a
 /// long `--work-dir`), through a descriptor of its directory, which the caller holds while it
 /// binds or connects.
-fn addressable(path: &Path) -> std::io::Result<(PathBuf, Option<OwnedFd>)> {
+pub(crate) fn addressable(path: &Path) -> std::io::Result<(PathBuf, Option<OwnedFd>)> {
     if path.as_os_str().len() <= MAX_ADDRESS {
         return Ok((path.to_owned(), None));
     }

@@ -4,6 +4,7 @@
 //! drain on SIGTERM), [`task`] (one task: sources, module proxy, build, outputs, completion,
 //! each phase stopped by an abort through [`cancel`]),
 //! [`sandbox`] (the build users builds run as, and the start-up checks they need),
+//! [`cgroup`] (each task's control group: its memory, process and CPU limits),
 //! [`taskdir`] (a task's own directories), [`workspace`] (checked trees from the CAS into a
 //! directory, never through a link) through the [`blobcache`] (hard links), [`modules`] (module
 //! zips extracted once per agent and hard-linked into each task's module cache), [`build`] (the go
@@ -18,6 +19,7 @@ pub mod blobcache;
 pub mod build;
 pub mod cancel;
 pub mod caps;
+pub mod cgroup;
 pub mod credential;
 pub mod image;
 pub mod modules;

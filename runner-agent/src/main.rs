@@ -50,6 +50,17 @@ struct Cli {
     /// without root: builds run as the agent's user, unsafe for untrusted jobs].
     #[arg(long, env = "CACHED_BUILD_UIDS")]
     build_uids: Option<String>,
+    /// The most memory one task's build may take (the go command, its compilers and linker,
+    /// the bridge), in a control group of its own; a build past it is killed and fails as the
+    /// job's fault. A size, or `none` [default: the machine's memory divided by --concurrency;
+    /// a container's own limit stays the agent's trouble, as running out of the machine's].
+    /// Given, the agent refuses to start where it cannot set it.
+    #[arg(long, env = "CACHED_BUILD_MEMORY", value_parser = runner_agent::cgroup::parse_memory)]
+    build_memory: Option<runner_agent::cgroup::BuildMemory>,
+    /// The most processes and threads one task's build may have at once [default: 4096].
+    /// Given, the agent refuses to start where it cannot set it.
+    #[arg(long, env = "CACHED_BUILD_PIDS", value_parser = clap::value_parser!(u64).range(16..))]
+    build_pids: Option<u64>,
     /// Most entries (files, directories, links; a shared directory counted every time it
     /// appears) of a job's source or module tree.
     #[arg(long, env = "CACHED_MAX_TREE_ENTRIES", default_value_t = TreeLimits::default().max_entries)]
@@ -96,6 +107,12 @@ enum Command {
     /// What every build process starts through (see the sandbox module).
     #[command(hide = true, name = runner_agent::sandbox::ENTER_BUILD)]
     EnterBuild {
+        /// The agent's socket that places this process in its task's control group.
+        #[arg(long)]
+        placement: Option<PathBuf>,
+        /// `CONTROLLERS:PATH`, as /proc/self/cgroup shows the task's group once placed.
+        #[arg(long = "cgroup")]
+        cgroups: Vec<String>,
         program: PathBuf,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
@@ -165,6 +182,7 @@ async fn run(cli: Cli, token_on_command_line: bool) -> Result<(), String> {
         go: &cli.go,
         token_file: cli.token_file.as_deref(),
         token_on_command_line,
+        limits: runner_agent::cgroup::Request { memory: cli.build_memory, pids: cli.build_pids, concurrency },
     })?;
     let config = AgentConfig {
         server: cli.server,
@@ -211,8 +229,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    if let Some(Command::EnterBuild { program, args }) = &cli.command {
-        eprintln!("runner-agent: {}", runner_agent::sandbox::enter_build(program, args));
+    if let Some(Command::EnterBuild { placement, cgroups, program, args }) = &cli.command {
+        let placement = placement.as_ref().map(|socket| runner_agent::cgroup::Placement {
+            socket: socket.clone(),
+            expected: cgroups.clone(),
+        });
+        eprintln!("runner-agent: {}", runner_agent::sandbox::enter_build(placement.as_ref(), program, args));
         return ExitCode::from(ENTER_BUILD_FAILED);
     }
     if cli.command.is_none() {

@@ -7,10 +7,11 @@
 //! removed, before the uid is handed out again. Without root, builds run as the agent's own user, which is only
 //! safe for trusted jobs; the agent says so loudly at start.
 //!
-//! Every build process starts through this binary ([`enter_build`]), which makes it the
-//! kernel's out-of-memory killer's first choice (`oom_score_adj` 1000, inherited by what it
-//! runs) with no core dumps: a build that eats the machine's memory is what dies, never the
-//! agent, another task's bridge or a cached beside it.
+//! Every build process starts through this binary ([`enter_build`]), which joins the task's
+//! control group where the agent has them ([`crate::cgroup`]: the task's memory, process and
+//! CPU limits) and makes itself the kernel's out-of-memory killer's first choice
+//! (`oom_score_adj` 1000, inherited by what it runs) with no core dumps: a build that eats the
+//! machine's memory is what dies, never the agent, another task's bridge or a cached beside it.
 //!
 //! Start-up checks what builds will need: the work dir reachable by the build uids, the bridge
 //! (this binary; copied into the work dir when it is not reachable) and the go command runnable
@@ -26,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::cgroup::{Cgroups, Placement, TaskGroup};
 
 /// The first uid of the default pool; the pool has 64 uids, or `--concurrency` if more.
 pub const DEFAULT_FIRST_UID: u32 = 61000;
@@ -55,7 +58,7 @@ impl Sandbox {
     /// (or still being cleared of a finished task's processes).
     pub async fn acquire(&self) -> Result<BuildUser, String> {
         match self {
-            Self::Shared => Ok(BuildUser { owner: None, pool: None, permit: None }),
+            Self::Shared => Ok(BuildUser { owner: None, pool: None, permit: None, group: None }),
             Self::Users(pool) => {
                 let permit = Arc::clone(&pool.permits)
                     .acquire_owned()
@@ -64,11 +67,18 @@ impl Sandbox {
                 let uid = pool.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
                 // A permit is a free uid; never fall back to the agent's own user.
                 let uid = uid.ok_or("no build uid is free")?;
-                Ok(BuildUser {
+                let mut user = BuildUser {
                     owner: Some(Owner { uid, gid: uid }),
                     pool: Some(Arc::clone(pool)),
                     permit: Some(permit),
-                })
+                    group: None,
+                };
+                // Dropped on failure, the user goes back to the pool as after a task.
+                if let Some(cgroups) = &pool.cgroups {
+                    user.group =
+                        Some(cgroups.create(uid).map_err(|err| format!("the task's control group: {err}"))?);
+                }
+                Ok(user)
             }
         }
     }
@@ -81,6 +91,8 @@ pub struct BuildUsers {
     last: u32,
     free: Mutex<Vec<u32>>,
     permits: Arc<Semaphore>,
+    /// Each task's control group, where the agent limits builds.
+    cgroups: Option<Arc<Cgroups>>,
     _locks: Vec<File>,
 }
 
@@ -105,6 +117,7 @@ impl BuildUsers {
             last,
             free: Mutex::new((first..=last).rev().collect()),
             permits: Arc::new(Semaphore::new(count)),
+            cgroups: None,
             _locks: locks,
         })
     }
@@ -115,6 +128,16 @@ impl BuildUsers {
 
     pub fn range(&self) -> String {
         format!("{}-{}", self.first, self.last)
+    }
+
+    /// The uids, as `(first, last)`.
+    pub fn uids(&self) -> (u32, u32) {
+        (self.first, self.last)
+    }
+
+    /// Gives every task a control group of `cgroups`.
+    pub fn limit(&mut self, cgroups: Arc<Cgroups>) {
+        self.cgroups = Some(cgroups);
     }
 }
 
@@ -196,12 +219,19 @@ pub struct BuildUser {
     owner: Option<Owner>,
     pool: Option<Arc<BuildUsers>>,
     permit: Option<OwnedSemaphorePermit>,
+    /// The task's control group; removed once nothing runs as the user.
+    group: Option<TaskGroup>,
 }
 
 impl BuildUser {
     /// The uid and gid builds run as; `None` for the agent's own user.
     pub fn owner(&self) -> Option<Owner> {
         self.owner
+    }
+
+    /// The task's control group, where the agent limits builds.
+    pub fn group(&self) -> Option<&TaskGroup> {
+        self.group.as_ref()
     }
 
     /// Kills every process of this user (nothing when builds share the agent's user: their
@@ -217,10 +247,15 @@ impl BuildUser {
 impl Drop for BuildUser {
     fn drop(&mut self) {
         let (Some(owner), Some(pool)) = (self.owner.take(), self.pool.take()) else { return };
-        let permit = self.permit.take();
-        // Off the runtime: the uid goes back only once nothing runs as it and nothing it left
-        // where others write remains for the next tenant.
-        let cleared = move || reap(owner.uid).and_then(|()| clear_leftovers(owner.uid));
+        let (permit, group) = (self.permit.take(), self.group.take());
+        // Off the runtime: the uid goes back only once nothing runs as it, its group is gone
+        // (the next task's starts with nothing counted) and nothing it left where others write
+        // remains for the next tenant.
+        let cleared = move || {
+            reap(owner.uid)?;
+            group.map_or(Ok(()), TaskGroup::remove)?;
+            clear_leftovers(owner.uid)
+        };
         cached_client::task::spawn_thread("reap-build-user", move || match cleared() {
             Ok(()) => {
                 pool.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(owner.uid);
@@ -244,18 +279,41 @@ const BUILD_OOM_SCORE_ADJ: &str = "1000";
 pub const ENTER_BUILD: &str = "enter-build";
 
 /// `program args` started through [`ENTER_BUILD`] of `entry` (this binary, as build users
-/// reach it).
-pub fn through_entry(entry: &Path, program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
-    let mut wrapped = vec![ENTER_BUILD.to_owned(), "--".to_owned(), program.display().to_string()];
+/// reach it), in the task's control group when it has one.
+pub fn through_entry(
+    entry: &Path,
+    placement: Option<&Placement>,
+    program: &Path,
+    args: &[String],
+) -> (PathBuf, Vec<String>) {
+    let mut wrapped = vec![ENTER_BUILD.to_owned()];
+    if let Some(placement) = placement {
+        wrapped.extend([PLACEMENT_FLAG.to_owned(), placement.socket.display().to_string()]);
+        for line in &placement.expected {
+            wrapped.extend([CGROUP_FLAG.to_owned(), line.clone()]);
+        }
+    }
+    wrapped.extend(["--".to_owned(), program.display().to_string()]);
     wrapped.extend(args.iter().cloned());
     (entry.to_owned(), wrapped)
 }
 
-/// Runs in the build's process, already its user, and becomes `program`: first the
-/// out-of-memory killer's first choice, with no core dumps. Done here, after the user changed,
-/// because a process whose uid changed is not dumpable until it execs, and until then its
-/// /proc files are root's; raising one's own score needs no privilege. Returns only on failure.
-pub fn enter_build(program: &Path, args: &[std::ffi::OsString]) -> String {
+/// [`ENTER_BUILD`]'s options: the agent's placement socket, and each `CONTROLLERS:PATH` line
+/// /proc/self/cgroup must show once placed.
+pub const PLACEMENT_FLAG: &str = "--placement";
+pub const CGROUP_FLAG: &str = "--cgroup";
+
+/// Runs in the build's process, already its user, and becomes `program`: first in the task's
+/// control group (before anything of the build can fork), then the out-of-memory killer's first
+/// choice, with no core dumps. Done here, after the user changed, because a process whose uid
+/// changed is not dumpable until it execs, and until then its /proc files are root's; raising
+/// one's own score needs no privilege. Returns only on failure.
+pub fn enter_build(placement: Option<&Placement>, program: &Path, args: &[std::ffi::OsString]) -> String {
+    if let Some(placement) = placement
+        && let Err(err) = crate::cgroup::join(placement)
+    {
+        return format!("cannot join the task's control group: {err}");
+    }
     if let Err(err) = std::fs::write("/proc/self/oom_score_adj", BUILD_OOM_SCORE_ADJ) {
         return format!("cannot make the build the out-of-memory killer's first choice: {err}");
     }

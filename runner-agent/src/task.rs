@@ -22,6 +22,7 @@ use crate::TaskError;
 use crate::blobcache::BlobCache;
 use crate::build::{BuildInput, Builder};
 use crate::cancel::Cancel;
+use crate::cgroup::TaskGroup;
 use crate::credential;
 use crate::image;
 use crate::modules::{Linked, ModuleStore, ModuleZip, Prepared};
@@ -106,7 +107,7 @@ async fn with_build_user(
     let user = cancel.guard(async { ctx.sandbox.acquire().await.map_err(TaskError::Infrastructure) }).await?;
     let dir = TaskDir::create(taskdir::task_path(&ctx.work_dir, &token_name(token)), user.owner())?;
     let mut linked = None;
-    let result = build_task(ctx, lease, &dir, &mut linked, lines, &cancel).await;
+    let result = build_task(ctx, lease, &dir, user.group(), &mut linked, lines, &cancel).await;
     // Whatever finished meanwhile, an aborted task's result is nobody's any more.
     let result = cancel.check().and(result);
     // A build that daemonised is still running: nothing of it may outlive the task or touch
@@ -140,6 +141,7 @@ async fn build_task(
     ctx: &TaskContext,
     lease: &TaskLease,
     dir: &TaskDir,
+    group: Option<&TaskGroup>,
     linked: &mut Option<Linked>,
     lines: mpsc::UnboundedSender<String>,
     cancel: &Cancel,
@@ -261,6 +263,8 @@ async fn build_task(
         owner,
         task_dir: dir.root.clone(),
         max_disk: ctx.max_task_disk,
+        placement: group.map(|group| group.placement().clone()),
+        memory: group.and_then(|group| group.memory().cloned()),
     };
     say(format!("runner-agent: go build {} for {platform}", spec.packages.join(" ")));
     let cache = lease_cache_client(&ctx.remote.client, lease)?;

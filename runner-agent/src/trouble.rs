@@ -34,6 +34,16 @@ pub(crate) fn agent_trouble(exit_code: i32, output: &[String], facts: &Facts) ->
     None
 }
 
+/// Why a build whose processes the kernel killed at the task's own memory limit failed: the
+/// job asked more of the agent than any task gets, and would on any agent alike.
+pub(crate) fn over_memory_limit(limit: u64) -> String {
+    format!(
+        "the build needed more than the agent's per-task memory limit of {} (--build-memory), and the kernel \
+         killed it",
+        cached_client::size::human(limit)
+    )
+}
+
 /// What the machine said while a build ran.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Facts {

@@ -1,5 +1,6 @@
-//! Every process of a build starts through the agent's binary, which makes it the kernel's
-//! out-of-memory killer's first choice with no core dumps, as the build's user.
+//! Every process of a build starts through the agent's binary, which puts it in its task's
+//! control group and makes it the kernel's out-of-memory killer's first choice with no core
+//! dumps, as the build's user.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -8,11 +9,12 @@ use std::time::Duration;
 
 use cached_gobuild::exec::{Exec, Invocation};
 use runner_agent::build::{BuildInput, GroupExec};
+use runner_agent::cgroup::{BuildMemory, Cgroups, Request, SetUp};
 use runner_agent::sandbox::Owner;
 
 /// Uids no account uses, outside the agents' default pool the other tests take; one per test,
 /// since a build's end kills whatever its uid still runs.
-const BUILD_UIDS: [u32; 2] = [61_990, 61_991];
+const BUILD_UIDS: [u32; 3] = [61_990, 61_991, 61_992];
 
 /// The agent binary copied where a build user can run it, once for every test: a copy made
 /// while another test forks could be held open for writing by that child, and would not run
@@ -44,6 +46,8 @@ fn input(uid: u32) -> BuildInput {
         owner: root.then_some(Owner { uid, gid: uid }),
         task_dir: std::env::temp_dir().join("unused-task"),
         max_disk: u64::MAX,
+        placement: None,
+        memory: None,
     }
 }
 
@@ -75,4 +79,37 @@ async fn a_program_that_cannot_start_is_named() {
     let stderr = String::from_utf8_lossy(&ran.stderr);
     assert_eq!(ran.code, 126, "{stderr}");
     assert!(stderr.contains("cannot run /nonexistent/go"), "{stderr}");
+}
+
+/// The process the build library starts is in the task's group before the program runs: what
+/// it runs (`cat`, a child) shows the group in every hierarchy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_process_runs_in_its_tasks_control_group() {
+    let uid = BUILD_UIDS[2];
+    let sockets = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(sockets.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let request = Request { memory: Some(BuildMemory::Bytes(256 << 20)), pids: Some(64), concurrency: 1 };
+    let set_up = Cgroups::set_up(&request, (uid, uid), &sockets.path().join("place.sock"));
+    let cgroups = match set_up {
+        Ok(SetUp { cgroups: Some(cgroups), .. }) if rustix::process::geteuid().is_root() => cgroups,
+        Ok(_) => return eprintln!("skipped: task groups need root"),
+        Err(err) => {
+            assert!(!rustix::process::geteuid().is_root(), "as root, with cgroups: {err}");
+            return eprintln!("skipped: this process cannot make control groups: {err}");
+        }
+    };
+    let group = cgroups.create(uid).unwrap();
+    let mut input = input(uid);
+    input.placement = Some(group.placement().clone());
+    let ran = run(&input, "cat", &["/proc/self/cgroup"]).await;
+    let shown = String::from_utf8_lossy(&ran.stdout);
+    assert_eq!(ran.code, 0, "{shown}{}", String::from_utf8_lossy(&ran.stderr));
+    for line in &group.placement().expected {
+        let (controllers, path) = line.split_once(':').unwrap();
+        assert!(path.ends_with(&format!("/uid-{uid}")), "{line}");
+        let shows =
+            |l: &str| l.split_once(':').is_some_and(|(_, rest)| rest == format!("{controllers}:{path}"));
+        assert!(shown.lines().any(shows), "{line} not in:\n{shown}");
+    }
+    group.remove().unwrap();
 }

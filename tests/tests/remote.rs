@@ -121,15 +121,40 @@ struct Agent {
 
 impl Agent {
     fn start(server: &Server, name: &str, work: &Path, concurrency: u32) -> Self {
+        Self::launch(server, name, work, concurrency, &[], None)
+    }
+
+    /// As `start`, with more environment, and in `group` from its first instruction on (its
+    /// task groups go inside the group it finds itself in when it starts).
+    fn launch(
+        server: &Server,
+        name: &str,
+        work: &Path,
+        concurrency: u32,
+        env: &[(&str, &str)],
+        group: Option<&MemoryCgroup>,
+    ) -> Self {
         std::fs::create_dir_all(work).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(work.join("agent.log")).unwrap();
-        let child = Command::new(binary("runner-agent"))
+        let mut command = match group {
+            Some(group) => {
+                let mut shell = Command::new("/bin/sh");
+                shell
+                    .args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(group.procs())
+                    .arg(binary("runner-agent"));
+                shell
+            }
+            None => Command::new(binary("runner-agent")),
+        };
+        let child = command
             .args(["--server", &server.url(), "--name", name, "--grace", "2s"])
             .arg("--concurrency")
             .arg(concurrency.to_string())
             .arg("--work-dir")
             .arg(work)
             .args(if is_root() { vec!["--build-uids".to_owned(), build_uids()] } else { Vec::new() })
+            .envs(env.iter().copied())
             .env_remove("CACHED_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -137,10 +162,6 @@ impl Agent {
             .spawn()
             .expect("start runner-agent");
         Self { child: Some(child), work: work.to_owned() }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("the agent runs").id()
     }
 
     fn sigkill(&mut self) {
@@ -577,19 +598,68 @@ fn an_agent_out_of_memory_hands_the_task_on_and_the_job_succeeds() {
     let Some(memory) = MemoryCgroup::create(192 << 20) else { return };
     let server = Server::start();
     let cold = agent_parent();
-    let cramped = Agent::start(&server, "cramped", &cold.path().join("cramped"), 1);
-    memory.add(cramped.pid());
+    let cramped = Agent::launch(&server, "cramped", &cold.path().join("cramped"), 1, &[], Some(&memory));
     let module = Module::new();
-    // A map literal of 300,000 entries: its compile needs several times the group's memory.
+    // Its compile needs twice the group's memory.
+    write_big_table(&module, 300_000);
+    let job = module.submit_detached(&server, "linux/amd64");
+    hand_over(&server, &module, &job, cramped, "out-of-memory killer");
+    assert!(memory.oom_kills() > 0, "the kernel killed nothing, so the test proved nothing");
+}
+
+/// A map literal of `entries` entries in ./cmd/app: its compile needs about 1.4 KiB an entry
+/// (400 MiB for 300,000, 1.2 GiB for a million).
+fn write_big_table(module: &Module, entries: u32) {
     let mut table = String::from("package main\n\nvar table = map[string]int{\n");
-    for i in 0..300_000 {
+    for i in 0..entries {
         table.push_str(&format!("\t\"key{i}\": {i},\n"));
     }
     table.push_str("}\n");
     std::fs::write(module.dir().join("cmd/app/table.go"), table).unwrap();
-    let job = module.submit_detached(&server, "linux/amd64");
-    hand_over(&server, &module, &job, cramped, "out-of-memory killer");
-    assert!(memory.oom_kills() > 0, "the kernel killed nothing, so the test proved nothing");
+}
+
+/// A job whose build needs more memory than the agent gives each task (`--build-memory`) is
+/// killed at that limit and fails as the job's fault, at once, with the limit in its message:
+/// not handed on as the agent's trouble. The agent lives on, and another tenant's job it builds
+/// at the same time succeeds. The limit goes in the environment (CACHED_BUILD_MEMORY), so an
+/// agent without limits, which knows no such flag, runs this test too, and fails it.
+#[test]
+fn a_build_past_the_per_task_memory_limit_fails_as_the_jobs_fault_and_the_agent_builds_on() {
+    let _serial = serial();
+    if !is_root() || !MemoryCgroup::possible() {
+        eprintln!("skipped: per-task limits need the agent to run as root with a cgroup memory controller");
+        return;
+    }
+    let server = Server::start();
+    let cold = agent_parent();
+    // Room for a cold build of the standard library (its largest compiles take 300 MiB), not
+    // for twice that.
+    let env = [("CACHED_BUILD_MEMORY", "640MiB")];
+    let mut agent = Agent::launch(&server, "limited", &cold.path().join("limited"), 2, &env, None);
+    let hostile = Module::new();
+    write_big_table(&hostile, 1_000_000);
+    let tenant = Module::new();
+    let hostile_job = hostile.submit_detached(&server, "linux/amd64");
+    let tenant_job = tenant.submit_detached(&server, "linux/amd64");
+
+    let watched = run(hostile.cachectl(&server, &["jobs", "watch", "--no-download", &hostile_job]));
+    let said = format!("{}\n{}", watched.stdout, watched.stderr);
+    assert!(!watched.status.success(), "the hostile job succeeded:\n{said}\n{}", agent.log());
+    let limit = "needed more than the agent's per-task memory limit of 640.0 MiB (--build-memory)";
+    let jobs = hostile.jobs(&server);
+    let job = jobs.as_array().unwrap().iter().find(|job| job["job_id"] == hostile_job.as_str()).unwrap();
+    let task = &job["tasks"][0];
+    assert!(task.to_string().contains(limit) || said.contains(limit), "{task}\n{said}\n{}", agent.log());
+    assert_eq!(task["state"], "failed", "{task}");
+    assert_eq!(task["attempt"], 1, "the job's fault is not tried again: {task}");
+
+    let built = run(tenant.cachectl(&server, &["jobs", "watch", &tenant_job]));
+    let built = built.success(&format!("the other tenant's job\n{}", agent.log()));
+    assert!(built.stdout.contains("limited"), "{}", built.stdout);
+    assert_eq!(machine(&tenant.dir().join("dist/linux_amd64/app")), "elf/x86-64");
+    let alive = agent.child.as_mut().unwrap().try_wait().unwrap();
+    assert!(alive.is_none(), "the agent died: {alive:?}\n{}", agent.log());
+    assert!(agent.log().contains("control group of its own"), "{}", agent.log());
 }
 
 /// The cramped agent fails its attempt as its own trouble (`why` in its log) and is stopped;
