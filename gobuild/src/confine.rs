@@ -38,6 +38,11 @@ impl Within {
         Self { written, resolved }
     }
 
+    /// Whether `path` (lexically clean) is within the directories by its name.
+    pub(crate) fn names(&self, path: &Path) -> bool {
+        self.written.iter().any(|root| path.starts_with(root))
+    }
+
     /// Whether `path` (lexically clean) is within the directories by its name, or as the file
     /// system resolves it.
     pub(crate) fn holds(&self, path: &Path) -> bool {

@@ -114,10 +114,19 @@ fn clean_step(out: &mut PathBuf, part: PathPart) {
 
 /// `path` (absolute) cleaned as `clean` does, where that is the file the C compiler opens: the
 /// kernel takes a `..` after a symbolic link to the parent of the link's target, so with `lnk`
-/// a link to `a/b`, `lnk/../inc` is `a/inc`, not `inc`. Such a path gives no key.
-fn clean_as_opened(path: &Path) -> Result<PathBuf, NoKey> {
+/// a link to `a/b`, `lnk/../inc` is `a/inc`, not `inc`. Such a path gives no key, and so does a
+/// `..` after a part outside `roots`, which is not looked at: on an agent the scan runs as the
+/// agent, and what is there is none of the job's business.
+fn clean_as_opened(path: &Path, roots: &Roots) -> Result<PathBuf, NoKey> {
     let mut out = PathBuf::new();
     for part in path.components() {
+        if part == PathPart::ParentDir && out.is_absolute() && !roots.0.names(&out) {
+            return Err(NoKey(format!(
+                "the build's sources name {}, whose `..` goes up from outside its modules and source tree, \
+                 which the build key does not follow",
+                path.display()
+            )));
+        }
         if part == PathPart::ParentDir && out.is_absolute() && out.is_symlink() {
             return Err(NoKey(format!(
                 "the build reads {}, whose `..` goes up from {}, a symbolic link: the compiler goes up from \
@@ -185,10 +194,14 @@ const READING_FLAGS: &[&str] = &[
 ];
 
 /// Refuses C compiler flags (a `#cgo` line's, CGO_CFLAGS and the like as go passes them, or
-/// what pkg-config prints) that change how the compiler reads sources. The pieces of a
-/// `-Wp,` or `-Xclang`-like word count too: `-Wp,-traditional` hands the flag on.
+/// what pkg-config prints) that change how the compiler reads sources. Words are read as the
+/// text has them and as go unquotes them (`"-fmodules"`, `-fmod\ules` and `-fmodu''les` reach
+/// the compiler as `-fmodules`); the pieces of a `-Wp,`-like word count too: `-Wp,-traditional`
+/// hands the flag on.
 pub fn refuse_reading_flags(flags: &str) -> Result<(), NoKey> {
-    let mut pieces = flags.split_whitespace().flat_map(|word| word.split(','));
+    let raw = flags.split_whitespace().map(str::to_owned);
+    let words: Vec<String> = raw.chain(split_quoted(flags)).collect();
+    let mut pieces = words.iter().flat_map(|word| word.split(','));
     match pieces.find(|piece| READING_FLAGS.iter().any(|flag| piece.starts_with(flag))) {
         Some(flag) => Err(NoKey(format!(
             "the C compiler is given {flag}, which changes how it reads sources, and so which files \
@@ -299,7 +312,7 @@ impl Scan {
                 file.display()
             )));
         }
-        for candidate in candidates(package, from, &name)? {
+        for candidate in candidates(package, from, &name, &self.roots)? {
             if source {
                 self.refuse_precompiled(&candidate)?;
             }
@@ -564,7 +577,7 @@ impl Scan {
         flag: Flag,
         linking: bool,
     ) -> Result<(), NoKey> {
-        let Some(path) = local_path(&package.dir, value)? else { return Ok(()) };
+        let Some(path) = local_path(&package.dir, value, &self.roots)? else { return Ok(()) };
         let kind = self.kind(&path)?;
         if flag == Flag::Searched && !matches!(kind, Kind::Missing) {
             return Err(NoKey(format!(
@@ -612,17 +625,22 @@ fn size(bytes: u64) -> String {
 /// for an angle-bracket include, `from` None), the package directory (go passes it as -I, and the assembler's `.incbin`
 /// starts there), then the `#cgo` -I directories. Every one that exists is keyed, not only
 /// the first: `.incbin` and `#include_next` search in other orders.
-fn candidates(package: &Package, from: Option<&Path>, name: &str) -> Result<Vec<PathBuf>, NoKey> {
+fn candidates(
+    package: &Package,
+    from: Option<&Path>,
+    name: &str,
+    roots: &Roots,
+) -> Result<Vec<PathBuf>, NoKey> {
     let name = Path::new(name);
     if name.is_absolute() {
-        return Ok(vec![clean_as_opened(name)?]);
+        return Ok(vec![clean_as_opened(name, roots)?]);
     }
     let from_dir = from.and_then(Path::parent);
     let mut out: Vec<PathBuf> = Vec::new();
     for dir in
         from_dir.into_iter().chain([package.dir.as_path()]).chain(package.search.iter().map(PathBuf::as_path))
     {
-        let candidate = clean_as_opened(&dir.join(name))?;
+        let candidate = clean_as_opened(&dir.join(name), roots)?;
         if !out.contains(&candidate) {
             out.push(candidate);
         }
@@ -686,13 +704,13 @@ fn flag_value(word: &str) -> FlagValue<'_> {
 /// The local file or directory a `#cgo` flag value names: through `${SRCDIR}` (anywhere in
 /// it, as in `--sysroot=${SRCDIR}/x`), or as a relative path. Absolute paths written out are
 /// the machine's, like the system headers, and other flags are no paths.
-fn local_path(dir: &Path, value: &str) -> Result<Option<PathBuf>, NoKey> {
+fn local_path(dir: &Path, value: &str, roots: &Roots) -> Result<Option<PathBuf>, NoKey> {
     if let Some(at) = value.find("${SRCDIR}") {
         let expanded = value[at..].replace("${SRCDIR}", &dir.to_string_lossy());
-        return clean_as_opened(Path::new(&expanded)).map(Some);
+        return clean_as_opened(Path::new(&expanded), roots).map(Some);
     }
     let relative = !value.is_empty() && !value.starts_with('-') && !Path::new(value).is_absolute();
-    relative.then(|| clean_as_opened(&dir.join(value))).transpose()
+    relative.then(|| clean_as_opened(&dir.join(value), roots)).transpose()
 }
 
 /// Words as cgo splits a `#cgo` line: at spaces, with '…' and "…" quoting and `\` escapes.
@@ -778,6 +796,22 @@ mod tests {
             let refusal = refusal(&[package(root.path(), "cmd/app", &["a.s"], &[])], &LIMITS);
             assert!(refusal.contains(said), "{what}: {refusal}");
         }
+        // What is outside is not looked at: a `..` there is refused alike, link or not (on an
+        // agent the scan runs as the agent).
+        std::os::unix::fs::symlink("/", outside.path().join("lnk")).unwrap();
+        std::fs::create_dir(outside.path().join("dir")).unwrap();
+        let refusals: Vec<String> = ["lnk", "dir"]
+            .iter()
+            .map(|part| {
+                let root = tempfile::tempdir().unwrap();
+                let include = format!("#include \"{}/{part}/../secret.h\"\n", outside.path().display());
+                write(root.path(), &[("cmd/app/a.s", &include)]);
+                let refusal = refusal(&[package(root.path(), "cmd/app", &["a.s"], &[])], &LIMITS);
+                refusal.replace(part, "_")
+            })
+            .collect();
+        assert_eq!(refusals[0], refusals[1]);
+        assert!(refusals[0].contains("outside its modules"), "{}", refusals[0]);
         // So does a -L directory named past the module through ${SRCDIR}.
         let root = tempfile::tempdir().unwrap();
         write(
@@ -1312,6 +1346,11 @@ mod tests {
             "-Xclang -fmodules",
             "-Wp,-fmodules",
             "-fprebuilt-module-path=/tmp",
+            "\"-fmodules\"",
+            "'-fmodules'",
+            "-fmodu''les",
+            "-fmod\\ules",
+            "'-Wp,-fmodules'",
         ] {
             let cgo = format!("package p\n\n// #cgo CFLAGS: {flags}\n// #include \"a.h\"\nimport \"C\"\n");
             write(
