@@ -238,23 +238,29 @@ impl DiskTier {
         {
             return Ok(Some((entry, body)));
         }
-        let trusted = self.record_path(self.namespace_salt.as_ref(), action_id);
         for record in self.lookup_paths(action_id) {
-            let Some((entry, body)) = self.lookup_at(&record)? else { continue };
-            if record == trusted && !self.takes_trusted(&body, entry.size) {
-                return Ok(None);
+            if let Some(found) = self.lookup_at(&record)? {
+                return Ok(Some(found));
             }
-            return Ok(Some((entry, body)));
         }
         Ok(None)
     }
 
-    /// Whether this session may answer with a trusted entry whose body is at `body`: an
-    /// untrusted one takes no test result keyed by file times (see [`crate::testlog`]).
-    pub fn takes_trusted(&self, body: &Path, size: u64) -> bool {
-        // While its trust is not known a session is taken for untrusted: it reruns a test.
-        let trusted = self.untrusted.get().is_none() && lock(&self.undecided).is_none();
-        trusted || !crate::testlog::keys_files_by_time(body, size)
+    /// Whether this session may answer with an entry whose body is at `body` (`size` bytes),
+    /// wherever it was recorded: one that trusts none of its own work takes no test result
+    /// keyed by file times (see [`crate::testlog`]), not even one its own scope recorded (a
+    /// pull request's earlier push, whose file list then computes main's inputs from forged
+    /// times). `None` while the session's trust is not known yet and the body is such a log.
+    pub fn takes(&self, body: &Path, size: u64) -> Option<bool> {
+        let (undecided, untrusted) = {
+            // Under the lock, which `settle` holds while it sets the trust.
+            let held = lock(&self.undecided);
+            (held.is_some(), self.untrusted.get().is_some())
+        };
+        if (!undecided && !untrusted) || !crate::testlog::keys_files_by_time(body, size) {
+            return Some(true);
+        }
+        (!undecided).then_some(false)
     }
 
     fn lookup_at(&self, record: &Path) -> Result<Option<(Entry, PathBuf)>, DiskError> {
@@ -690,6 +696,30 @@ mod tests {
             let same_scope = scope.map(|scope| trusted().untrusted(Some(scope)));
             assert!(same_scope.is_none_or(|pr| pr.has_entry(&first) && pr.has_entry(&second)));
         }
+    }
+
+    /// A session that trusts none of its own work takes no test log naming files from any
+    /// record, its scope's included; one whose trust is not known yet cannot say yet.
+    #[test]
+    fn test_logs_naming_files_are_taken_by_trusted_sessions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("main");
+        let log = put(&trusted(), 1, b"# test log\nopen testdata/golden.txt\n");
+        let env_only = put(&trusted(), 2, b"# test log\ngetenv HOME\n");
+        let scoped = trusted().untrusted(Some("pr-1"));
+        let own_log = put(&scoped, 3, b"# test log\nstat go.mod\n");
+        let size = |path: &Path| fs::metadata(path).unwrap().len();
+        assert_eq!(trusted().takes(&log, size(&log)), Some(true));
+        for session in [trusted().untrusted(None), trusted().untrusted(Some("pr-1"))] {
+            assert_eq!(session.takes(&log, size(&log)), Some(false));
+            assert_eq!(session.takes(&own_log, size(&own_log)), Some(false));
+            assert_eq!(session.takes(&env_only, size(&env_only)), Some(true));
+        }
+        let undecided = trusted().awaiting_trust();
+        assert_eq!(undecided.takes(&log, size(&log)), None);
+        assert_eq!(undecided.takes(&env_only, size(&env_only)), Some(true));
+        undecided.settle(true, None);
+        assert_eq!(undecided.takes(&log, size(&log)), Some(true));
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod session;
 pub mod testlog;
 pub mod tiers;
 pub mod trim;
+pub mod trust;
 pub mod uploads;
 pub mod warm;
 pub mod warm_link;

@@ -405,30 +405,47 @@ impl RemoteTier {
     }
 
     /// Whether cached lets this session's token record Go cache entries in its namespace
-    /// (GoCache.Access): `None` when it cannot say now (unreachable, slow, busy, or a version
-    /// without the call). A `false` also stops the uploads, which cached would refuse.
+    /// (GoCache.Access): `None` when it cannot say (unreachable, slow, or a version without
+    /// the call). Asks again while cached is busy (a rate limit, a full pool): a refusal for now
+    /// says nothing of the token. A `false` also stops the uploads, which cached would refuse.
     pub async fn may_put(&self) -> Option<bool> {
-        if !self.breaker.allows() {
-            return None;
-        }
-        let request = v1::GoAccessRequest { namespace: self.namespace.clone() };
-        let may_put = match self.call(self.timeout, self.client.go.clone().access(request)).await {
-            Ok(reply) => reply.may_put,
-            Err(RemoteError::Status(status))
-                if matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) =>
-            {
-                false
-            }
-            Err(err) => {
-                self.note_failure(&err);
-                tracing::debug!("cannot ask cached whether this session may record ({err})");
+        let mut pause = Duration::from_millis(50);
+        loop {
+            if !self.breaker.allows() {
                 return None;
             }
-        };
-        if !may_put {
-            self.uploads_refused.store(true, Ordering::Relaxed);
+            let request = v1::GoAccessRequest { namespace: self.namespace.clone() };
+            let answer = self.call(self.timeout, self.client.go.clone().access(request)).await;
+            let may_put = match answer {
+                Ok(reply) => reply.may_put,
+                Err(RemoteError::Status(status))
+                    if matches!(
+                        status.code(),
+                        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                    ) =>
+                {
+                    false
+                }
+                Err(err) if err.is_busy() => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(RemoteError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
+                    tracing::debug!("cached is a version that cannot say whether this session may record");
+                    return None;
+                }
+                Err(err) => {
+                    self.note_failure(&err);
+                    tracing::debug!("cannot ask cached whether this session may record ({err})");
+                    return None;
+                }
+            };
+            if !may_put {
+                self.uploads_refused.store(true, Ordering::Relaxed);
+            }
+            return Some(may_put);
         }
-        Some(may_put)
     }
 
     /// Uploads bodies (CAS blob first, then the entry that names it). Never fails: what cannot

@@ -7,8 +7,9 @@
 //! agree across clones, but a pull request chooses its commit's time and can grind a content
 //! of the same size whose nanoseconds match (30 bits, minutes of CPU), and would then be told
 //! main's run passed. So a session that trusts none of its own work (`--read-only`) takes no
-//! such log from the trusted records: the test runs. A log of environment reads only is keyed
-//! by the values and stays a hit.
+//! such log from any record, its own scope's included (an earlier push's list of files would
+//! compute main's inputs from the forged times): the test runs. A log of environment reads
+//! only is keyed by the values and stays a hit.
 
 use std::fs::File;
 use std::io::Read;

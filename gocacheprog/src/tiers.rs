@@ -17,6 +17,7 @@ use super::protocol::{Hit, now_unix_nanos};
 use super::remote::{RemoteTier, Upload};
 use super::salt::Salt;
 use super::server::{BodySink, Cache, Local};
+use super::trust::Trust;
 use super::uploads::Uploader;
 use super::warm_link::WarmLink;
 
@@ -50,9 +51,13 @@ pub struct Tiers {
     preload: Option<Arc<Preload>>,
     counters: Arc<Counters>,
     options: TierOptions,
-    /// The question [`TierOptions::trust_check`] asks, until `close` waits for its answer.
-    trust: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The question [`TierOptions::trust_check`] asks.
+    trust: Option<Arc<Trust>>,
 }
+
+/// How long a lookup that found a test log naming files waits for the session's trust to be
+/// known before it answers a miss (the test runs).
+const TRUST_WAIT: Duration = Duration::from_secs(5);
 
 impl Tiers {
     /// `upload` false makes the remote tier read-only. Needs a tokio runtime.
@@ -70,6 +75,9 @@ impl Tiers {
             .as_ref()
             .filter(|_| upload)
             .map(|remote| Uploader::start(Arc::clone(remote), Arc::clone(&counters)));
+        let trust = options.trust_check.as_ref().zip(remote.as_ref()).map(|(check, remote)| {
+            Arc::new(Trust::new(Arc::clone(&disk), Arc::clone(remote), check.scope.clone()))
+        });
         Self {
             flights: Arc::new(Flights::new(Arc::clone(&disk), remote.clone(), options.warm.clone())),
             disk,
@@ -79,33 +87,15 @@ impl Tiers {
             remote,
             counters,
             options,
-            trust: std::sync::Mutex::new(None),
+            trust,
         }
     }
 
     /// Starts the session preload, if there is one, and asks cached whether this session
     /// may record where trusted sessions read.
     pub fn start(self: &Arc<Self>) {
-        if let (Some(check), Some(remote)) = (&self.options.trust_check, &self.remote) {
-            let (remote, disk, scope) = (Arc::clone(remote), Arc::clone(&self.disk), check.scope.clone());
-            let asked = cached_client::task::spawn("ask-trust", async move {
-                let may_put = remote.may_put().await;
-                if may_put == Some(false) {
-                    tracing::warn!(
-                        "the token may not record Go cache entries in namespace {:?} at {}: this session runs \
-                         as with --read-only, and what it records stays its own",
-                        remote.namespace(),
-                        remote.server()
-                    );
-                }
-                // Unknown (cached unreachable or older) is what the session was told: trusted.
-                let trusted = may_put != Some(false);
-                let _ = cached_client::task::spawn_blocking("settle-trust", move || {
-                    disk.settle(trusted, scope.as_deref())
-                })
-                .await;
-            });
-            *self.trust.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(asked);
+        if let Some(trust) = &self.trust {
+            trust.start();
         }
         if let (Some(preload), Some(remote)) = (&self.preload, &self.remote) {
             // A warm that lands this session's list walks it; one that lands another's does not.
@@ -141,6 +131,36 @@ impl Tiers {
             preload.recorder.missed(*action_id);
         }
     }
+
+    /// `hit`, unless this session may not answer with it ([`DiskTier::takes`]), waiting for
+    /// its trust to be known where that decides.
+    async fn answerable(&self, hit: Hit) -> Option<Hit> {
+        let body = std::path::Path::new(&hit.disk_path);
+        let takes = match self.disk.takes(body, hit.size) {
+            Some(takes) => takes,
+            None => {
+                if let Some(trust) = &self.trust {
+                    trust.known(TRUST_WAIT).await;
+                }
+                self.disk.takes(body, hit.size) == Some(true)
+            }
+        };
+        takes.then_some(hit)
+    }
+
+    fn local_hit(&self, action_id: &ActionId, entry: Entry, path: PathBuf) -> Local {
+        let prefetched = self.prefetches.take(action_id) == Some(State::Found);
+        let counter = if self.preloaded(action_id) {
+            &self.counters.preloaded_hits
+        } else if prefetched {
+            &self.counters.remote_hits
+        } else {
+            &self.counters.local_hits
+        };
+        bump(counter);
+        self.used(action_id, entry.size);
+        Local::Hit(hit(entry, path))
+    }
 }
 
 impl Cache for Tiers {
@@ -151,19 +171,16 @@ impl Cache for Tiers {
             preload.asked(action_id);
         }
         match self.disk.lookup(action_id) {
-            Ok(Some((entry, path))) => {
-                let prefetched = self.prefetches.take(action_id) == Some(State::Found);
-                let counter = if self.preloaded(action_id) {
-                    &self.counters.preloaded_hits
-                } else if prefetched {
-                    &self.counters.remote_hits
-                } else {
-                    &self.counters.local_hits
-                };
-                bump(counter);
-                self.used(action_id, entry.size);
-                Local::Hit(hit(entry, path))
-            }
+            Ok(Some((entry, path))) => match self.disk.takes(&path, entry.size) {
+                Some(true) => self.local_hit(action_id, entry, path),
+                // Not the session's to take; cached would answer the same.
+                Some(false) => {
+                    self.missed(action_id);
+                    Local::Miss
+                }
+                // Known once the session's trust is: the remote path waits for it.
+                None => self.local_miss(action_id),
+            },
             // An unreadable record is as good as none; the next put of the action rewrites it.
             Ok(None) | Err(_) => {
                 if self.prefetches.take(action_id) == Some(State::Missing) {
@@ -188,8 +205,10 @@ impl Cache for Tiers {
             self.counters.waited(start.elapsed());
             // What cached serves is the namespace's, trusted: an untrusted session takes no
             // test result keyed by file times from it.
-            let found =
-                found.filter(|hit| self.disk.takes_trusted(std::path::Path::new(&hit.disk_path), hit.size));
+            let found = match found {
+                Some(hit) => self.answerable(hit).await,
+                None => None,
+            };
             match &found {
                 Some(hit) => {
                     let preloaded = self.preloaded(&action_id);
@@ -226,14 +245,9 @@ impl Cache for Tiers {
 
     fn close(self: Arc<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let asked = self.trust.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-            if let Some(asked) = asked {
-                let _ = asked.await;
+            if let Some(trust) = &self.trust {
+                trust.close().await;
             }
-            // Held records are written as the session was told, had the question failed.
-            let disk = Arc::clone(&self.disk);
-            let _ =
-                cached_client::task::spawn_blocking("settle-trust", move || disk.settle(true, None)).await;
             if let Some(preload) = &self.preload {
                 preload.stop();
             }

@@ -354,7 +354,9 @@ fn a_read_only_session_runs_a_test_whose_cached_result_is_keyed_by_file_times() 
     git(origin.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "pure"]);
     let checkout = env.root.path().join("checkout");
     let golden = checkout.join("testdata/golden.txt");
-    let test_fresh_clone = |read_only: bool, forge: Option<std::time::SystemTime>| {
+    // A fresh clone at the same path; a pull request's sessions (`scope`) keep the runner's
+    // local tier from one push to the next.
+    let test_fresh_clone = |read_only: bool, scope: Option<&str>, forge: Option<std::time::SystemTime>| {
         wipe(&checkout);
         git(env.root.path(), &["clone", "-q", origin.path().to_str().unwrap(), "checkout"]);
         let mut restore = Command::new(binary("cachectl"));
@@ -366,20 +368,31 @@ fn a_read_only_session_runs_a_test_whose_cached_result_is_keyed_by_file_times() 
             std::fs::File::options().write(true).open(&golden).unwrap().set_modified(time).unwrap();
         }
         env.wipe_gocache();
-        wipe(tier.path());
+        if scope.is_none() {
+            wipe(tier.path());
+        }
         let mut go = env.go_bridged(&["test", "./..."], tier.path(), Some(&daemon.url()));
         go.current_dir(&checkout).env("CACHED_NAMESPACE", "main");
         if read_only {
             go.env("CACHED_READ_ONLY", "true");
         }
+        if let Some(scope) = scope {
+            go.env("CACHED_UNTRUSTED_SCOPE", scope);
+        }
         let done = run(go);
         (done.stdout, std::fs::metadata(&golden).unwrap().modified().unwrap())
     };
-    let (main, time) = test_fresh_clone(false, None);
+    let (main, time) = test_fresh_clone(false, None, None);
     assert!(main.starts_with("ok") && !main.contains("(cached)"), "{main}");
-    let (forged, _) = test_fresh_clone(true, Some(time));
+    let (forged, _) = test_fresh_clone(true, None, Some(time));
     assert!(forged.contains("FAIL\texample.com/golden"), "main's pass answered the forged file:\n{forged}");
     assert!(forged.contains("ok  \texample.com/golden/pure\t(cached)"), "{forged}");
+    // The pull request's first push records the test's file list in its scope; its next push,
+    // forged, computed main's inputs from that list and took main's pass.
+    let (honest, _) = test_fresh_clone(true, Some("pr-1"), None);
+    assert!(honest.starts_with("ok") && !honest.contains("ok  \texample.com/golden\t(cached)"), "{honest}");
+    let (forged, _) = test_fresh_clone(true, Some("pr-1"), Some(time));
+    assert!(forged.contains("FAIL\texample.com/golden"), "a pass answered the forged file:\n{forged}");
 }
 
 #[test]
