@@ -1046,26 +1046,28 @@ async fn held_upload(channel: &Channel, credential: &str) -> mpsc::Sender<v1::Wr
     sender
 }
 
-/// The leases of one tenant's jobs share one budget of unfinished uploads, as one token's
+/// The leases of one submitter's jobs share one budget of unfinished uploads, as one token's
 /// calls do: each lease credential is a token of its own, and with a budget each, whoever runs
 /// an agent for its own jobs held the budget once per task (8 leases held 240 MiB against a
 /// 32 MiB cap), keeping the disk below its floor for every tenant.
 #[tokio::test]
-async fn the_leases_of_one_tenant_share_one_budget_of_unfinished_uploads() {
+async fn the_leases_of_one_submitter_share_one_budget_of_unfinished_uploads() {
     let dir = tempfile::tempdir().unwrap();
     let settings =
         [("max_upload_bytes_per_token", "4MiB"), ("heartbeat_interval", "1s"), ("lease_timeout", "60s")];
     let server = start(dir.path(), &settings).await;
     let mut jobs = jobs(&server, "submitter").await;
     let mut agent = Agent::connect(&server, "agent-any", "a", 2).await;
-    submit(&mut jobs, spec("pr-7", &["linux/amd64", "linux/arm64"])).await;
+    // One submitter's jobs in namespaces of their own: a budget per namespace was one per job.
+    submit(&mut jobs, spec("pr-7", &["linux/amd64"])).await;
+    submit(&mut jobs, spec("pr-8", &["linux/amd64"])).await;
     let (first, second) = (agent.task().await, agent.task().await);
     let channel = channel(&server).await;
     let held = held_upload(&channel, &first.cache_token).await;
     let mut cas = CasClient::with_interceptor(channel.clone(), bearer(&second.cache_token));
     let refused = cas.write(futures::stream::iter(write_messages(&noise(2 << 20, 1)))).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(refused.message().contains("lease:pr-7"), "{}", refused.message());
+    assert!(refused.message().contains("lease:submitter"), "{}", refused.message());
     drop(held);
     server.stop().await;
 }

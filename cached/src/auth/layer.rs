@@ -94,16 +94,13 @@ impl AuthSettings {
 
     /// Who a call of `grant` works for: a token with limits of its own holds its share of the
     /// blocking threads (`crate::caller`). Lease credentials are a token each, so the leases of
-    /// one tenant's jobs share one share rather than each taking a whole one.
+    /// one submitter's jobs share one share rather than each taking a whole one.
     pub fn caller(&self, grant: &Grant) -> caller::Caller {
         let token = grant.token.as_str();
         if !Grant::has_own_limits(token) {
             return caller::Caller::unbounded(Arc::from(token));
         }
-        match super::lease::share_of(grant) {
-            Some(share) => self.threads.caller_sharing(token, &share),
-            None => self.threads.caller_sharing(token, token),
-        }
+        self.threads.caller_sharing(token, &grant.budget())
     }
 
     fn table(&self) -> Arc<TokenTable> {
@@ -258,7 +255,7 @@ impl AuthSettings {
         let token = grant.token.as_str();
         let shared = Grant::has_own_limits(token);
         let mut slots = Vec::new();
-        // The leases of one tenant's jobs hold the pools together, as one token would.
+        // The leases of one submitter's jobs hold the pools together, as one token would.
         let holder = grant.budget();
         let holder = holder.as_str();
         if method.path == WATCH {
@@ -384,7 +381,7 @@ const PRUNE_LIMITERS_AT: usize = 1024;
 struct Leases {
     keys: Arc<LeaseKeys>,
     live: Arc<dyn LiveLeases>,
-    /// One bucket per tenant share ([`Grant::budget`]) at the server's `rate_limit`.
+    /// One bucket per lease share ([`Grant::budget`]) at the server's `rate_limit`.
     limiters: DashMap<String, Arc<RateLimiter>>,
     prune_at: AtomicUsize,
 }
@@ -604,9 +601,9 @@ mod tests {
 
     /// Each lease credential counted as one more holder of the stream and upload pools, and
     /// every other token's room in them shrank with the fleet's running tasks: the leases of
-    /// one tenant hold them as one token.
+    /// one submitter hold them as one token.
     #[test]
-    fn the_leases_of_one_tenant_hold_the_pools_as_one_token() {
+    fn the_leases_of_one_submitter_hold_the_pools_as_one_token() {
         let flags = [("max_streams_per_token", "3"), ("max_concurrent_streams", "8")]
             .map(|(key, value)| (key.to_owned(), value.to_owned()))
             .into_iter()
@@ -616,12 +613,15 @@ mod tests {
         let read = crate::auth::scopes::lookup(CAS_STREAMS[0]);
         let lease = |task| {
             let lease = crate::auth::LeaseId { job_id: "1a2b-cc".into(), task, attempt: 1 };
-            crate::auth::lease::CacheClaims { lease, namespace: "pr-7/x".into(), expires_unix_ms: 1 }.grant()
+            // Jobs in namespaces of their own, by one submitter.
+            let namespace = format!("pr-{task}/x");
+            let submitter = "ci".to_owned();
+            crate::auth::lease::CacheClaims { lease, namespace, expires_unix_ms: 1, submitter }.grant()
         };
         let held: Vec<TokenSlot> =
             (0..3).map(|task| auth.token_slots(&read, &lease(task)).unwrap().remove(0)).collect();
-        let Err(err) = auth.token_slots(&read, &lease(3)) else { panic!("a fourth stream of pr-7's leases") };
-        assert!(err.to_string().contains("lease:pr-7"), "{err}");
+        let Err(err) = auth.token_slots(&read, &lease(3)) else { panic!("a fourth stream of ci's leases") };
+        assert!(err.to_string().contains("lease:ci"), "{err}");
         drop(held);
     }
 }

@@ -24,7 +24,9 @@ use super::{Grant, Scopes};
 
 /// How a cache credential starts; `cached_` like every secret of ours, so redaction finds it.
 pub const CACHE_TOKEN_PREFIX: &str = "cached_lease.";
-const CLAIMS_VERSION: &str = "v1";
+const CLAIMS_VERSION: &str = "v2";
+/// Claims without the submitter, from a server before it: still read during a rolling upgrade.
+const CLAIMS_VERSION_1: &str = "v1";
 const SECRET_CONTEXT: &str = "cached 2026-12 lease secret";
 const CACHE_TOKEN_CONTEXT: &str = "cached 2026-12 lease cache credential";
 /// Longest credential looked at; a real one is well under 300 bytes.
@@ -52,20 +54,27 @@ pub struct CacheClaims {
     pub namespace: String,
     /// The job's deadline: the credential is refused after it whatever the lease.
     pub expires_unix_ms: i64,
+    /// The token that submitted the job, whose leases share one set of budgets; empty in
+    /// credentials of an earlier version.
+    pub submitter: String,
 }
 
 impl CacheClaims {
     /// The claims as they are MACed: one field a line.
     pub fn encode(&self) -> String {
         let LeaseId { job_id, task, attempt } = &self.lease;
-        format!("{CLAIMS_VERSION}\n{job_id}\n{task}\n{attempt}\n{}\n{}", self.namespace, self.expires_unix_ms)
+        format!(
+            "{CLAIMS_VERSION}\n{job_id}\n{task}\n{attempt}\n{}\n{}\n{}",
+            self.namespace, self.expires_unix_ms, self.submitter
+        )
     }
 
     /// Claims from [`CacheClaims::encode`]'s text; none for anything else.
     pub fn decode(text: &str) -> Option<Self> {
         let mut fields = text.split('\n');
         let mut next = || fields.next();
-        if next()? != CLAIMS_VERSION {
+        let version = next()?;
+        if version != CLAIMS_VERSION && version != CLAIMS_VERSION_1 {
             return None;
         }
         let job_id = next()?.to_owned();
@@ -73,10 +82,11 @@ impl CacheClaims {
         let attempt = next()?.parse().ok()?;
         let namespace = next()?.to_owned();
         let expires_unix_ms = next()?.parse().ok()?;
+        let submitter = if version == CLAIMS_VERSION { next()?.to_owned() } else { String::new() };
         if next().is_some() {
             return None;
         }
-        Some(Self { lease: LeaseId { job_id, task, attempt }, namespace, expires_unix_ms })
+        Some(Self { lease: LeaseId { job_id, task, attempt }, namespace, expires_unix_ms, submitter })
     }
 
     /// What the build may do with it.
@@ -87,20 +97,20 @@ impl CacheClaims {
             namespaces: vec![NamespacePattern::Exact(self.namespace.clone())],
             // A build's credential submits no jobs.
             max_priority: 0,
+            share: Some(self.share()),
         }
     }
-}
 
-/// The share a lease credential's calls take of the blocking threads and of the upload and
-/// stream pools: one per tenant of the job's namespace (its first path segment), for all its
-/// leases; `None` for any other grant. A share per lease made each running task one more
-/// holder of those pools, and every other token's share of them shrank with the fleet's work.
-pub(super) fn share_of(grant: &Grant) -> Option<String> {
-    if !grant.token.starts_with("lease:") {
-        return None;
+    /// The budget the leases of one submitter's jobs hold together: one per submitting token
+    /// (a share per lease made each running task one more holder of every pool and budget,
+    /// and one per namespace gave a token of `pr-*` one per namespace it submits into). An
+    /// earlier version's credential names no submitter: its namespace's tenant, as then.
+    fn share(&self) -> String {
+        match self.submitter.as_str() {
+            "" => format!("lease:{}", crate::shares::tenant_of(&self.namespace)),
+            submitter => format!("lease:{submitter}"),
+        }
     }
-    let [NamespacePattern::Exact(namespace)] = grant.namespaces.as_slice() else { return None };
-    Some(format!("lease:{}", crate::shares::tenant_of(namespace)))
 }
 
 /// Whether a lease is still current: its task LEASED under that attempt, the lease not expired.
@@ -228,7 +238,12 @@ mod tests {
     #[test]
     fn cache_credentials_verify_only_unaltered_and_unexpired() {
         let keys = LeaseKeys::new(&[7; 32]);
-        let claims = CacheClaims { lease: lease(1), namespace: "pr-7/linux".into(), expires_unix_ms: 1000 };
+        let claims = CacheClaims {
+            lease: lease(1),
+            namespace: "pr-7/linux".into(),
+            expires_unix_ms: 1000,
+            submitter: "pr-7-ci".into(),
+        };
         assert_eq!(keys.mint(&claims), None, "nothing is minted without tokens");
         keys.set_minting(true);
         let credential = keys.mint(&claims).unwrap();
@@ -261,23 +276,35 @@ mod tests {
     }
 
     #[test]
-    fn the_leases_of_one_tenant_share_one_thread_share() {
-        let grant = |namespace: &str, attempt| {
-            CacheClaims { lease: lease(attempt), namespace: namespace.into(), expires_unix_ms: 1 }.grant()
+    fn the_leases_of_one_submitters_jobs_share_one_budget() {
+        let grant = |namespace: &str, submitter: &str, attempt| {
+            let submitter = submitter.into();
+            CacheClaims { lease: lease(attempt), namespace: namespace.into(), expires_unix_ms: 1, submitter }
+                .grant()
         };
-        let share = |grant: &Grant| share_of(grant);
-        assert_eq!(share(&grant("pr-7/linux", 1)), Some("lease:pr-7".to_owned()));
-        assert_eq!(share(&grant("pr-7/linux", 1)), share(&grant("pr-7/windows", 2)));
-        assert_ne!(share(&grant("pr-7/linux", 1)), share(&grant("main", 1)));
-        assert_eq!(share(&Grant::anonymous()), None);
+        let budget = |grant: Grant| grant.budget();
+        assert_eq!(budget(grant("pr-7/linux", "ci", 1)), "lease:ci");
+        // A token of `pr-*` submitting into many namespaces holds one budget, not one each.
+        assert_eq!(budget(grant("pr-7/linux", "ci", 1)), budget(grant("pr-8/windows", "ci", 2)));
+        assert_ne!(budget(grant("pr-7/linux", "ci", 1)), budget(grant("pr-7/linux", "other", 1)));
+        // An earlier version's credential: its namespace's tenant.
+        assert_eq!(budget(grant("pr-7/linux", "", 1)), "lease:pr-7");
+        assert_eq!(budget(Grant::anonymous()), "anonymous");
     }
 
     #[test]
     fn claims_decode_only_what_they_encode() {
-        let claims = CacheClaims { lease: lease(4), namespace: "main".into(), expires_unix_ms: i64::MAX };
+        let claims = CacheClaims {
+            lease: lease(4),
+            namespace: "main".into(),
+            expires_unix_ms: i64::MAX,
+            submitter: "ci".into(),
+        };
         assert_eq!(CacheClaims::decode(&claims.encode()), Some(claims.clone()));
         assert_eq!(CacheClaims::decode(&format!("{}\nextra", claims.encode())), None);
-        assert_eq!(CacheClaims::decode(&claims.encode().replace("v1", "v2")), None);
+        assert_eq!(CacheClaims::decode(&claims.encode().replace("v2", "v3")), None);
         assert_eq!(CacheClaims::decode("v1\njob\nx\n1\nns\n0"), None);
+        let earlier = CacheClaims::decode("v1\njob\n3\n1\nns\n0").expect("a v1 credential's claims");
+        assert_eq!(earlier.submitter, "");
     }
 }

@@ -47,6 +47,9 @@ pub struct Grant {
     pub namespaces: Vec<NamespacePattern>,
     /// The highest `priority` its jobs may ask (`max_priority`).
     pub max_priority: i32,
+    /// Whose budgets its calls count against when not its token's (a lease credential's: its
+    /// submitter's leases together, [`Grant::budget`]).
+    pub share: Option<String>,
 }
 
 impl Grant {
@@ -59,6 +62,7 @@ impl Grant {
             scopes: Scopes::all(),
             namespaces: vec![NamespacePattern::Any],
             max_priority: *crate::scheduler::validate::PRIORITIES.end(),
+            share: None,
         }
     }
 
@@ -71,11 +75,11 @@ impl Grant {
 
     /// The name its per-token budgets are kept under (request bytes, unfinished uploads,
     /// decoding, registry sessions, the rate limit, the pools): its token's, or for a lease
-    /// credential its tenant's share, which all the leases of one tenant's jobs hold together
+    /// credential its submitter's share, which all the leases of one submitter's jobs hold together
     /// as one token would. A budget per lease let whoever runs an agent for its own jobs take
     /// each budget once per task.
     pub fn budget(&self) -> String {
-        lease::share_of(self).unwrap_or_else(|| self.token.clone())
+        self.share.clone().unwrap_or_else(|| self.token.clone())
     }
 
     pub fn allows_namespace(&self, namespace: &str) -> bool {
@@ -125,6 +129,7 @@ mod tests {
             scopes: Scopes::parse_list("read").unwrap(),
             namespaces: NamespacePattern::parse_list("pr-7/*").unwrap(),
             max_priority: 0,
+            share: None,
         }));
         assert_eq!(check_namespace(&extensions, "pr-7/linux").unwrap().token, "pr");
         let err = check_namespace(&extensions, "main").unwrap_err().to_string();

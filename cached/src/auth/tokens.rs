@@ -281,6 +281,7 @@ impl TokenTable {
                         scopes: spec.scopes,
                         namespaces: spec.namespaces.clone(),
                         max_priority: spec.max_priority(),
+                        share: None,
                     }),
                     limiter: rate.map(|rate| Arc::new(RateLimiter::per_second(rate))),
                     hash: spec.secret_hash.clone(),

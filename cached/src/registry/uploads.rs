@@ -67,7 +67,7 @@ struct Entry {
     /// The token that opened it.
     token: String,
     /// Whose budget it counts against ([`Grant::budget`]: the token's, or for a lease its
-    /// tenant's, which all the tenant's leases share).
+    /// submitter's, which all the leases of its jobs share).
     budget: String,
     touched: Mutex<Instant>,
     /// Held by the one request working on the session.
@@ -139,7 +139,7 @@ impl Uploads {
     /// Refuses a new session in `repo` past the cap of its namespace, of its token (its
     /// budget) or of all namespaces. A token that holds sessions must leave room for one token
     /// more, `most / (holders + 2)`, which only a token holding none may take: with the caps
-    /// alone, four tokens of wide patterns (or one tenant's leases) held every session and
+    /// alone, four tokens of wide patterns (or one submitter's leases) held every session and
     /// every other tenant was refused for the sessions' hour.
     fn check_room(
         &self,
@@ -575,9 +575,9 @@ mod tests {
         }
     }
 
-    /// Four tokens of wide patterns, or one tenant's leases, took all 1024 sessions and every
+    /// Four tokens of wide patterns, or one submitter's leases, took all 1024 sessions and every
     /// other tenant was refused for the sessions' hour: a token holding sessions leaves room
-    /// for one holding none, and one tenant's leases count as one token.
+    /// for one holding none, and one submitter's leases count as one token.
     #[test]
     fn sessions_leave_room_for_a_token_holding_none_and_leases_count_as_their_tenant() {
         let dir = tempfile::tempdir().unwrap();

@@ -187,7 +187,12 @@ pub(super) fn task_lease(
     } else {
         (TaskKind::Build, Vec::new())
     };
-    let claims = CacheClaims { lease, namespace: job_namespace(job).to_owned(), expires_unix_ms: deadline };
+    let claims = CacheClaims {
+        lease,
+        namespace: job_namespace(job).to_owned(),
+        expires_unix_ms: deadline,
+        submitter: job.submitter.clone(),
+    };
     TaskLease {
         token: Some(token),
         spec: Some(spec),

@@ -53,6 +53,7 @@ fn grant(name: &str, namespaces: &str) -> Arc<Grant> {
         scopes: Scopes::parse_list("worker").unwrap(),
         namespaces: NamespacePattern::parse_list(namespaces).unwrap(),
         max_priority: 0,
+        share: None,
     })
 }
 
