@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cached::auth::{NamespacePattern, Scopes, SecretHash, TokenSpec};
-use common::{Server, data, header};
+use common::{Server, data, header, noise};
 use futures::StreamExt;
 use proto::Digest;
 use proto::v1::cas_client::CasClient;
@@ -1015,19 +1015,6 @@ async fn a_huge_job_timeout_neither_panics_the_scheduler_nor_stops_its_sweeper()
 fn write_messages(blob: &[u8]) -> Vec<v1::WriteRequest> {
     let pieces = blob.chunks(1 << 20).map(|piece| data(Bytes::copy_from_slice(piece)));
     std::iter::once(header(Digest::of(blob), Compression::Identity)).chain(pieces).collect()
-}
-
-/// Bytes zstd cannot shrink (the server counts what it stores).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
 }
 
 /// A Cas.Write of an 8 MiB blob under `credential` that sends 3 MiB of it and then waits,
