@@ -48,6 +48,11 @@ const LIMIT_SLACK: u64 = 64;
 /// What the agent answers a process it placed.
 const PLACED: &str = "placed";
 
+/// Placements answered at once: any build process may connect, so a build that connects in a
+/// loop must not pile up tasks and blocking threads in the agent; the rest wait in the
+/// listener's backlog.
+const MAX_PLACING: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Controller {
     Memory,
@@ -743,12 +748,17 @@ fn serve(cgroups: Arc<Cgroups>) -> Result<(), String> {
     let (address, _dir) = crate::credential::addressable(&socket).map_err(failed)?;
     let listener = tokio::net::UnixListener::bind(&address).map_err(failed)?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).map_err(failed)?;
+    let placing = Arc::new(tokio::sync::Semaphore::new(MAX_PLACING));
     cached_client::task::spawn("cgroup-placements", async move {
         loop {
+            let Ok(permit) = Arc::clone(&placing).acquire_owned().await else { return };
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let cgroups = Arc::clone(&cgroups);
-                    cached_client::task::spawn("cgroup-place", answer(cgroups, stream));
+                    cached_client::task::spawn("cgroup-place", async move {
+                        answer(cgroups, stream).await;
+                        drop(permit);
+                    });
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot accept on the build placement socket");
