@@ -18,13 +18,14 @@
 //!   their next heartbeat draws.
 
 mod dispatch;
+mod live;
 mod rows;
 mod sessions;
 mod sweep;
 mod watch;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use proto::v1::{AgentInfo, FencingToken, Heartbeat, JobSpec, JobStatus, TaskState};
@@ -61,7 +62,7 @@ pub struct PgScheduler {
     changes: signal::Sender<u64>,
     /// Current leases, as last read (every sweep) or granted here: what lease credentials are
     /// checked against without a query per request.
-    live: RwLock<HashSet<LeaseId>>,
+    live: live::LeaseSet,
     /// The jobs each agent here had no use for, as they were then (see `dispatch`).
     passed: dispatch::Passed,
     /// The jobs watched here, fed by one reader (see `watch`).
@@ -85,7 +86,7 @@ impl PgScheduler {
             changes,
             passed: dispatch::Passed::default(),
             feeds: watch::Feeds::default(),
-            live: RwLock::new(HashSet::new()),
+            live: live::LeaseSet::default(),
         });
         scheduler.refresh_live().await?;
         Ok(scheduler)
@@ -136,6 +137,20 @@ impl PgScheduler {
     }
 
     async fn refresh_live(&self) -> Result<()> {
+        let read = self.live.begin_read();
+        match self.read_live().await {
+            Ok(rows) => {
+                self.live.finish_read(read, rows);
+                Ok(())
+            }
+            Err(err) => {
+                self.live.abandon_read(read);
+                Err(err)
+            }
+        }
+    }
+
+    async fn read_live(&self) -> Result<HashSet<LeaseId>> {
         let client = self.db.client().await?;
         let rows = client
             .query(
@@ -143,16 +158,14 @@ impl PgScheduler {
                 &[&now_ms()],
             )
             .await?;
-        let live = rows
+        Ok(rows
             .iter()
             .map(|row| LeaseId {
                 job_id: row.get(0),
                 task: row.get::<_, i32>(1) as u32,
                 attempt: row.get::<_, i32>(2) as u32,
             })
-            .collect();
-        *self.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = live;
-        Ok(())
+            .collect())
     }
 
     /// Puts the leases `agent` (an [`agent_key`](super::workers::agent_key)) holds past their
@@ -185,12 +198,7 @@ impl PgScheduler {
     }
 
     fn set_live(&self, lease: LeaseId, live: bool) {
-        let mut leases = self.live.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if live {
-            leases.insert(lease);
-        } else {
-            leases.remove(&lease);
-        }
+        self.live.set(lease, live);
     }
 }
 
@@ -265,7 +273,7 @@ fn namespace_filter(patterns: &[NamespacePattern]) -> (bool, Vec<String>, Vec<St
 
 impl LiveLeases for PgScheduler {
     fn is_live(&self, lease: &LeaseId) -> bool {
-        self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(lease)
+        self.live.contains(lease)
     }
 }
 

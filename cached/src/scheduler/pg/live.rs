@@ -1,0 +1,149 @@
+//! The leases this replica accepts cache credentials for, without a query per request: read
+//! from the database every sweep, and changed at once by what this replica commits.
+//!
+//! A read takes a while, and what this replica commits meanwhile is newer than the rows it
+//! returns: a lease granted here after the read began would be dropped by it (the build's
+//! first cache calls refused), and one ended here (an expelled agent, a cancelled job) taken
+//! back (its credential accepted again until the next sweep). So each local change is kept
+//! with a sequence number until every read that began before it has been applied, and is
+//! applied again on top of those reads.
+
+use std::collections::HashSet;
+use std::sync::{PoisonError, RwLock};
+
+use crate::auth::LeaseId;
+
+#[derive(Default)]
+pub(super) struct LeaseSet {
+    state: RwLock<State>,
+}
+
+#[derive(Default)]
+struct State {
+    leases: HashSet<LeaseId>,
+    /// Local changes, oldest first, numbered from `next - changes.len()`.
+    changes: Vec<(u64, LeaseId, bool)>,
+    next: u64,
+    /// Sequence numbers at which reads under way began.
+    reading: Vec<u64>,
+}
+
+/// A read of the live leases under way: apply it with [`LeaseSet::finish_read`].
+#[must_use]
+pub(super) struct Read(u64);
+
+impl LeaseSet {
+    pub(super) fn contains(&self, lease: &LeaseId) -> bool {
+        self.state.read().unwrap_or_else(PoisonError::into_inner).leases.contains(lease)
+    }
+
+    /// A change this replica committed.
+    pub(super) fn set(&self, lease: LeaseId, live: bool) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        state.apply(&lease, live);
+        if !state.reading.is_empty() {
+            let seq = state.next;
+            state.changes.push((seq, lease, live));
+        }
+        state.next += 1;
+    }
+
+    /// Call before the query whose rows go to [`LeaseSet::finish_read`].
+    pub(super) fn begin_read(&self) -> Read {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let seq = state.next;
+        state.reading.push(seq);
+        Read(seq)
+    }
+
+    /// The rows of the read `read`, with every local change since it began on top.
+    pub(super) fn finish_read(&self, read: Read, rows: HashSet<LeaseId>) {
+        let mut guard = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
+        state.leases = rows;
+        let newer: Vec<(LeaseId, bool)> = state
+            .changes
+            .iter()
+            .filter(|(seq, ..)| *seq >= read.0)
+            .map(|(_, lease, live)| (lease.clone(), *live))
+            .collect();
+        for (lease, live) in newer {
+            state.apply(&lease, live);
+        }
+        state.forget(read.0);
+    }
+
+    /// A read that failed: its changes need keeping no longer for it.
+    pub(super) fn abandon_read(&self, read: Read) {
+        self.state.write().unwrap_or_else(PoisonError::into_inner).forget(read.0);
+    }
+}
+
+impl State {
+    /// The read that began at `began` is over: keep only changes a read under way needs.
+    fn forget(&mut self, began: u64) {
+        if let Some(at) = self.reading.iter().position(|seq| *seq == began) {
+            self.reading.swap_remove(at);
+        }
+        let oldest = self.reading.iter().copied().min().unwrap_or(self.next);
+        self.changes.retain(|(seq, ..)| *seq >= oldest);
+    }
+
+    fn apply(&mut self, lease: &LeaseId, live: bool) {
+        if live {
+            self.leases.insert(lease.clone());
+        } else {
+            self.leases.remove(lease);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(attempt: u32) -> LeaseId {
+        LeaseId { job_id: "job".into(), task: 0, attempt }
+    }
+
+    #[test]
+    fn a_lease_granted_while_a_read_was_under_way_stays_live() {
+        let live = LeaseSet::default();
+        let read = live.begin_read();
+        live.set(lease(1), true);
+        live.finish_read(read, HashSet::new());
+        assert!(live.contains(&lease(1)));
+    }
+
+    #[test]
+    fn a_lease_ended_while_a_read_was_under_way_stays_ended() {
+        let live = LeaseSet::default();
+        live.set(lease(1), true);
+        let read = live.begin_read();
+        live.set(lease(1), false);
+        live.finish_read(read, [lease(1)].into());
+        assert!(!live.contains(&lease(1)));
+    }
+
+    #[test]
+    fn a_read_that_began_after_a_change_has_the_last_word() {
+        let live = LeaseSet::default();
+        live.set(lease(1), true);
+        let read = live.begin_read();
+        live.finish_read(read, HashSet::new());
+        assert!(!live.contains(&lease(1)), "expired elsewhere, as the read says");
+    }
+
+    #[test]
+    fn overlapping_reads_each_keep_the_changes_made_since_they_began() {
+        let live = LeaseSet::default();
+        let first = live.begin_read();
+        live.set(lease(1), true);
+        let second = live.begin_read();
+        live.set(lease(2), true);
+        live.finish_read(second, [lease(1)].into());
+        live.finish_read(first, HashSet::new());
+        assert!(live.contains(&lease(1)) && live.contains(&lease(2)));
+        assert!(live.state.read().unwrap().changes.is_empty(), "nothing kept once no read is under way");
+    }
+}
