@@ -2,8 +2,8 @@
 
 mod common;
 
+use cached_e2e::free_port;
 use std::io::Read;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,10 +54,6 @@ fn serving(data_dir: &std::path::Path, port: u16, more_args: &[&str]) -> Command
         vec!["--listen", &listen, "--data-dir", data_dir.to_str().unwrap(), "--metrics-listen", "off"];
     args.extend_from_slice(more_args);
     cached(&args, &[])
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Daemon {

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cached_e2e::free_port;
 use common::process::Daemon;
 use common::{Server, data, header};
 use proto::Digest;
@@ -22,10 +23,6 @@ fn cached(args: &[&str]) -> Command {
     let mut command = Command::new(CACHED);
     command.args(args).env_clear().env("HOME", std::env::temp_dir());
     command
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]

@@ -94,7 +94,7 @@ async fn an_upload_over_max_size_is_refused_at_its_header() {
 #[test]
 fn max_blob_size_over_max_size_fails_at_start_naming_both() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = cached_e2e::free_port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cached"))
         .args(["--max-size", "1GiB", "--max-blob-size", "2GiB", "--metrics-listen", "off"])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])

@@ -27,7 +27,7 @@ struct Daemon {
 impl Daemon {
     async fn start(flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = cached_e2e::free_port();
         let child = Command::new(CACHED)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "off"])
             .args(["--log-level", "warn", "--data-dir"])

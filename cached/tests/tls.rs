@@ -156,7 +156,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(data_dir: &Path, settings: &[(String, String)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = cached_e2e::free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_cached"));
         command
             .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "off"])

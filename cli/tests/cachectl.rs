@@ -139,10 +139,7 @@ async fn has_reports_presence_and_stats_reflect_traffic() {
 
 #[test]
 fn errors_are_clear_and_exit_codes_distinct() {
-    let dead = format!(
-        "http://127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-    );
+    let dead = format!("http://127.0.0.1:{}", cached_e2e::free_port());
     let output = cachectl(&dead, &["stats"]);
     assert_eq!(output.status.code(), Some(3));
     assert!(

@@ -175,9 +175,39 @@ impl Drop for Daemon {
     }
 }
 
-/// A port nobody listens on right now (bound then released; good enough on loopback).
+/// A port for a server a test starts, free now on every address, and handed out once per
+/// test process.
+///
+/// A port the kernel chose (`bind(0)`) and released comes from the ephemeral range, where any
+/// outgoing connection, or another test's `bind(0)`, may take it before the server binds it;
+/// the server then fails to start and the test talks to whoever holds the port. So ports come
+/// from below that range, which neither hands out, from a counter that starts at a place of
+/// this process's own.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let below = ephemeral_range_start().saturating_sub(LOWEST);
+    if below < 1_000 {
+        return TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();
+    }
+    let start = u32::try_from(u64::from(std::process::id()) * 7919 % u64::from(below)).expect("below a u32");
+    for _ in 0..below {
+        let port = LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % below;
+        let port = u16::try_from(port).expect("ports are below 65536");
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOWEST} and the ephemeral range");
+}
+
+/// The lowest port the kernel hands out for `bind(0)` and outgoing connections.
+fn ephemeral_range_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A sealed go environment: its own GOCACHE, GOPATH and HOME under one temp dir, no proxy,

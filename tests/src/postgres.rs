@@ -115,7 +115,14 @@ impl Postgres {
             options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
         }
         let mut start = self.command("pg_ctl");
-        start.arg("-D").arg(self.data()).arg("-l").arg(self.log_file()).args(["-w", "-o", &options, "start"]);
+        // pg_ctl's default minute is short when a test binary starts a dozen servers at once on
+        // two cores; a server that cannot start at all says so at once, whatever the timeout.
+        start
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.log_file())
+            .args(["-w", "-t", "300", "-o", &options, "start"]);
         expect_success(start, "pg_ctl start");
     }
 

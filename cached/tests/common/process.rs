@@ -17,7 +17,7 @@ impl Daemon {
     /// Starts `cached` on `data_dir` with `args` beside its listener flags, in an environment
     /// of `env` only, and waits until it listens.
     pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = cached_e2e::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_cached"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "off"])
             .arg("--data-dir")
