@@ -1054,7 +1054,7 @@ async fn the_leases_of_one_submitter_share_one_budget_of_unfinished_uploads() {
     let mut cas = CasClient::with_interceptor(channel.clone(), bearer(&second.cache_token));
     let refused = cas.write(futures::stream::iter(write_messages(&noise(2 << 20, 1)))).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(refused.message().contains("lease:submitter"), "{}", refused.message());
+    assert!(refused.message().contains("the job leases of `submitter`"), "{}", refused.message());
     drop(held);
     server.stop().await;
 }

@@ -29,8 +29,9 @@ impl HeldBytes {
     fn charge(&self, token: &str, bytes: u64) -> Result<(), Error> {
         self.0.take(token, bytes).map_err(|held| Error::Busy {
             message: format!(
-                "token `{token}` already has {} MiB of requests in flight, of {} MiB \
+                "{} already has {} MiB of requests in flight, of {} MiB \
                  (max_request_bytes_per_token); retry once they are received",
+                super::Grant::describe_budget(token),
                 held >> 20,
                 self.0.cap() >> 20
             ),

@@ -359,8 +359,8 @@ fn within_rate(caller: Caller) -> Result<Arc<Grant>, Error> {
     {
         return Err(Error::Busy {
             message: format!(
-                "token `{}` is over its rate limit of {} requests per second (rate_limit); retry in {} ms",
-                caller.grant.token,
+                "{} is over its rate limit of {} requests per second (rate_limit); retry in {} ms",
+                Grant::describe_budget(&caller.grant.budget()),
                 limiter.rate(),
                 wait.as_millis().max(1)
             ),
@@ -621,7 +621,7 @@ mod tests {
         let held: Vec<TokenSlot> =
             (0..3).map(|task| auth.token_slots(&read, &lease(task)).unwrap().remove(0)).collect();
         let Err(err) = auth.token_slots(&read, &lease(3)) else { panic!("a fourth stream of ci's leases") };
-        assert!(err.to_string().contains("lease:ci"), "{err}");
+        assert!(err.to_string().contains("the job leases of `ci`"), "{err}");
         drop(held);
     }
 }

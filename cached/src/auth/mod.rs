@@ -82,6 +82,15 @@ impl Grant {
         self.share.clone().unwrap_or_else(|| self.token.clone())
     }
 
+    /// A budget named by [`Grant::budget`], as refusals name it to the caller: "token `ci`",
+    /// or "the job leases of `ci`".
+    pub fn describe_budget(budget: &str) -> String {
+        match budget.strip_prefix("lease:") {
+            Some(submitter) => format!("the job leases of `{submitter}`"),
+            None => format!("token `{budget}`"),
+        }
+    }
+
     pub fn allows_namespace(&self, namespace: &str) -> bool {
         self.namespaces.iter().any(|pattern| pattern.matches(namespace))
     }

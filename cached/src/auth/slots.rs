@@ -32,6 +32,7 @@ impl SlotKind {
     /// its share of the server's pool while other tokens hold some too.
     fn refusal(self, token: &str, held: usize, cap: usize) -> Error {
         let busy = |message| Error::Busy { message, retry_after: super::layer::POOL_RETRY };
+        let who = super::Grant::describe_budget(token);
         let share = |setting: &str, pool: &str| {
             if held >= cap {
                 format!("({setting})")
@@ -42,15 +43,15 @@ impl SlotKind {
         match self {
             // A watch lasts as long as its job: there is no moment worth retrying at.
             Self::Watches => Error::ResourceExhausted(format!(
-                "token `{token}` already watches {held} jobs (max_watches_per_token); close a watch \
+                "{who} already watches {held} jobs (max_watches_per_token); close a watch \
                  or follow the jobs with Jobs.List"
             )),
             Self::Uploads => busy(format!(
-                "token `{token}` is already sending {held} uploads {}; retry once one has finished",
+                "{who} is already sending {held} uploads {}; retry once one has finished",
                 share("max_uploads_per_token", "max_concurrent_uploads")
             )),
             Self::Streams => busy(format!(
-                "token `{token}` already holds {held} Cas.Read/Cas.Write streams {}; retry once one \
+                "{who} already holds {held} Cas.Read/Cas.Write streams {}; retry once one \
                  has finished",
                 share("max_streams_per_token", "max_concurrent_streams")
             )),

@@ -220,8 +220,9 @@ impl Builds {
                 if !self.scanning.lock().unwrap_or_else(PoisonError::into_inner).insert(token.to_string()) {
                     return Err(Error::Busy {
                         message: format!(
-                            "token `{token}` already has a Builds.Explain or Builds.Stats call reading the build \
-                             history; retry once it is answered"
+                            "{} already has a Builds.Explain or Builds.Stats call reading the build \
+                             history; retry once it is answered",
+                            crate::auth::Grant::describe_budget(&token)
                         ),
                         retry_after: SCAN_RETRY,
                     });

@@ -67,11 +67,11 @@ impl DecodeBudget {
         bucket.charge(amplified as f64).map_err(|wait| Error::Busy {
             retry_after: wait,
             message: format!(
-                "token `{}` has made the server decompress more than it sent, past its budget of \
+                "{} has made the server decompress more than it sent, past its budget of \
                  {} bytes per second (max_decode_rate); nothing was stored. Retry in {} ms, send \
                  highly compressible blobs uncompressed, or ask the operator to raise \
                  max_decode_rate",
-                self.token,
+                crate::auth::Grant::describe_budget(&self.token),
                 self.rate,
                 wait.as_millis().max(1)
             ),

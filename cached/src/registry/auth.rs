@@ -60,14 +60,15 @@ impl Registry {
     }
 }
 
-/// Registry refusals, logged once per token, reason and interval: a token names the
-/// repositories it is refused, and a line per refusal would let it fill the disk.
+/// Registry refusals, logged once per token (a submitter's job leases together), reason and
+/// interval: a token names the repositories it is refused, and a line per refusal would let
+/// it fill the disk.
 static DENIALS: std::sync::LazyLock<RefusalLog> = std::sync::LazyLock::new(RefusalLog::default);
 
 /// Refuses (403 DENIED) a caller without `scope` or without access to `repo`'s namespace.
 pub(super) fn check(grant: &Grant, scope: Scope, repo: &Repository) -> RegistryResult<()> {
     if !grant.scopes.contains(scope) {
-        if let Some(unlogged) = DENIALS.admit_token(&grant.token, "registry scope denied") {
+        if let Some(unlogged) = DENIALS.admit_token(&grant.budget(), "registry scope denied") {
             tracing::warn!(target: "audit", token = %grant.token, repository = %repo, %scope, unlogged, "registry scope denied{EVERY_PER_TOKEN}");
         }
         return Err(RegistryError::new(
@@ -79,7 +80,7 @@ pub(super) fn check(grant: &Grant, scope: Scope, repo: &Repository) -> RegistryR
         ));
     }
     if !grant.allows_namespace(repo.namespace()) {
-        if let Some(unlogged) = DENIALS.admit_token(&grant.token, "registry namespace denied") {
+        if let Some(unlogged) = DENIALS.admit_token(&grant.budget(), "registry namespace denied") {
             tracing::warn!(target: "audit", token = %grant.token, repository = %repo, unlogged, "registry namespace denied{EVERY_PER_TOKEN}");
         }
         return Err(RegistryError::new(

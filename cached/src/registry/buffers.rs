@@ -97,8 +97,9 @@ impl BodyBuffers {
             let used = held.per_token.get(token).copied().unwrap_or(0);
             if used + bytes > self.token_cap {
                 return Err(refusal(format!(
-                    "token `{token}` already has {} KiB of manifest bodies in flight, the most one \
+                    "{} already has {} KiB of manifest bodies in flight, the most one \
                      token holds ({} MiB); retry once its other pushes and pulls have finished",
+                    crate::auth::Grant::describe_budget(token),
                     used >> 10,
                     self.token_cap >> 20
                 )));

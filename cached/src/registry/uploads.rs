@@ -158,8 +158,8 @@ impl Uploads {
                 Code::TooManyRequests,
                 format!(
                     "the server has {} uploads open, of the most it keeps in all namespaces together \
-                     ({most}), and keeps the rest for callers holding none; finish or cancel one, or \
-                     retry later",
+                     ({most}), and keeps the last {room_for_one_more} for callers holding none; \
+                     finish or cancel one, or retry later",
                     sessions.len()
                 ),
             ));
@@ -169,8 +169,9 @@ impl Uploads {
             return Err(RegistryError::new(
                 Code::TooManyRequests,
                 format!(
-                    "token `{token}` already has {held} uploads open, the most one token keeps \
-                     ({per_token}); finish or cancel one, or retry later"
+                    "{} already has {held} uploads open, the most one token keeps \
+                     ({per_token}); finish or cancel one, or retry later",
+                    Grant::describe_budget(token)
                 ),
             ));
         }
@@ -183,8 +184,9 @@ impl Uploads {
             return Err(RegistryError::new(
                 Code::TooManyRequests,
                 format!(
-                    "token `{token}` already has {own} uploads open in namespace `{}`, the most one token \
+                    "{} already has {own} uploads open in namespace `{}`, the most one token \
                      keeps there (half of registry_max_uploads); finish or cancel one",
+                    Grant::describe_budget(token),
                     repo.namespace()
                 ),
             ));
@@ -593,7 +595,7 @@ mod tests {
         }
         let (taken, err) = refused.expect("a tenant's leases took more than one token's sessions");
         assert_eq!(taken, MAX_UPLOADS_PER_TOKEN, "{err}");
-        assert!(err.to_string().contains("token `lease:pr-7`"), "{err}");
+        assert!(err.to_string().contains("the job leases of `pr-7`"), "{err}");
         let mut last_refusal = None;
         for (k, token) in ["wide-1", "wide-2", "wide-3"].into_iter().enumerate() {
             for i in 0..MAX_UPLOADS_PER_TOKEN {
@@ -604,7 +606,7 @@ mod tests {
             }
         }
         let err = last_refusal.expect("the wide tokens were refused");
-        assert!(err.to_string().contains("keeps the rest for callers holding none"), "{err}");
+        assert!(err.to_string().contains("for callers holding none"), "{err}");
         uploads.create(&repo(9000), "late", "late").expect("room kept for a token holding none");
     }
 

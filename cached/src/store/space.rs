@@ -78,8 +78,9 @@ impl FreeSpace {
     fn hold_pending(&self, token: &str, bytes: u64) -> Result<()> {
         self.pending.take(token, bytes).map_err(|held| Error::Busy {
             message: format!(
-                "token `{token}` already has {} MiB of unfinished uploads on the server's disk \
+                "{} already has {} MiB of unfinished uploads on the server's disk \
                  (max_upload_bytes_per_token); finish or cancel one, or retry once one is done",
+                crate::auth::Grant::describe_budget(token),
                 held >> 20
             ),
             retry_after: PENDING_RETRY,
