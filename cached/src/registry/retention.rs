@@ -10,21 +10,25 @@
 //! sixteenth of it is free: a forgotten manifest takes its tags and referrer entry along, and
 //! pulling it is a 404, as pulling an evicted blob is. A push is never refused for it.
 //!
-//! Loose records go first: blob links and manifests pushed by digest that no tag, referrer or
-//! manifest these reach names (`records::OrderRow::loose`). Only `ac-write` tags and signs, so
-//! a token with `cas-write` alone, which may push 4 MiB of loose records a request into any
-//! namespace it writes, pushes out loose records, never what a tag or a signature reaches: when
-//! its flood counted with the rest, it forgot a namespace's tagged images and signatures, in
-//! effect deleting tags, which needs `admin`. Kept records go only once no loose one is left.
-//! A row is forgotten only while it is as the walk read it (`RegistryRecords::forget`): a
-//! tagged push that made it kept meanwhile, or a push that used it, keeps what it names.
+//! The records are shared fairly among namespaces: what goes is of the namespaces that hold
+//! the most, each cut down to one level, the highest that brings the total under the target
+//! (a namespace below it loses nothing). Oldest first over all namespaces let one tenant's
+//! flood of 4 MiB manifests push out every other namespace's images, tags and signatures with
+//! a few dozen requests; now a flood pushes out the flooder's own records first. The level is
+//! of what each namespace holds of both kinds together: with a level per kind, and loose
+//! records forgotten first over all namespaces, a flood of tagged manifests took every other
+//! namespace's loose records (images pushed by digest, and the blobs of every push under way,
+//! linked before the manifest that names them), breaking pushes at will.
 //!
-//! Each kind is shared fairly among namespaces: what goes is the oldest of the namespaces that
-//! hold the most, each cut down to one level, the highest that brings the total under the
-//! target (a namespace below it loses nothing). Oldest first over all namespaces let one
-//! tenant's flood of 4 MiB manifests push out every other namespace's images, tags and
-//! signatures with a few dozen requests; now a flood pushes out the flooder's own records
-//! first.
+//! Within a namespace over the level, loose records go first: blob links and manifests pushed
+//! by digest that no tag, referrer or manifest these reach names (`records::OrderRow::loose`).
+//! Only `ac-write` tags and signs, so a token with `cas-write` alone, which may push 4 MiB of
+//! loose records a request into any namespace it writes, pushes out loose records, never what
+//! a tag or a signature reaches: when its flood counted with the rest, it forgot a namespace's
+//! tagged images and signatures, in effect deleting tags, which needs `admin`. A namespace's
+//! kept records go only once its loose ones are gone and it is still over the level. A row is
+//! forgotten only while it is as the walk read it (`RegistryRecords::forget`): a tagged push
+//! that made it kept meanwhile, or a push that used it, keeps what it names.
 //!
 //! The bytes are summed from the rows, by namespace, loose and kept apart, at the first push
 //! after start, after every sixteenth of the bound pushed here (with PostgreSQL the other
@@ -137,16 +141,17 @@ impl RecordBound {
         Ok(held)
     }
 
-    /// Forgets records until they take `target` bytes or less: loose ones first, then, if
-    /// that is not enough, kept ones, each the oldest of the namespaces above their fair share
-    /// of what is held of their kind ([`fair_excess`]), down to it.
+    /// Forgets records until they take `target` bytes or less, of the namespaces above their
+    /// fair share of what is held ([`fair_excess`]), down to it: each one's oldest loose
+    /// records first, then, if that is not enough, its oldest kept ones.
     fn forget_down_to(&self, records: &dyn RegistryRecords, held: &Held, target: u64) -> Result<()> {
         // Enough is freed once the total is down to the target, whatever each namespace's
         // share said (replicas sharing a database forget too).
         let needed = self.bytes.load(Ordering::Relaxed).saturating_sub(target);
-        let (mut forgotten, mut freed) = self.forget_of_kind(records, true, &held.loose, needed)?;
+        let mut excess = held.excess(needed);
+        let (mut forgotten, mut freed) = self.forget_of_kind(records, true, &mut excess, needed)?;
         if freed < needed {
-            let (more, bytes) = self.forget_of_kind(records, false, &held.kept, needed - freed)?;
+            let (more, bytes) = self.forget_of_kind(records, false, &mut excess, needed - freed)?;
             (forgotten, freed) = (forgotten + more, freed + bytes);
         }
         self.stats.registry_records_forgotten.fetch_add(forgotten, Ordering::Relaxed);
@@ -162,18 +167,15 @@ impl RecordBound {
     }
 
     /// Forgets `needed` bytes of the rows that are `loose` (or kept), the oldest of the
-    /// namespaces holding more than their fair share of `held`, in one walk over the rows,
-    /// oldest first. Returns the records forgotten and the bytes freed.
+    /// namespaces with `excess` left, in one walk over the rows, oldest first, taking what it
+    /// forgets off their excess. Returns the records forgotten and the bytes freed.
     fn forget_of_kind(
         &self,
         records: &dyn RegistryRecords,
         loose: bool,
-        held: &HashMap<String, u64>,
+        excess: &mut HashMap<String, u64>,
         needed: u64,
     ) -> Result<(u64, u64)> {
-        let all: u64 = held.values().sum();
-        let mut excess =
-            fair_excess(held.iter().map(|(ns, bytes)| (ns.as_str(), *bytes)), all.saturating_sub(needed));
         let (mut forgotten, mut freed, mut after) = (0, 0, None);
         while !excess.is_empty() && freed < needed {
             let rows = records.oldest(after.as_deref(), PAGE)?;
@@ -209,6 +211,19 @@ impl RecordBound {
             }
         }
         Ok((forgotten, freed))
+    }
+}
+
+impl Held {
+    /// What each namespace holds above the fair level that frees `needed` bytes, of both kinds
+    /// together.
+    fn excess(&self, needed: u64) -> HashMap<String, u64> {
+        let mut both: HashMap<&str, u64> = HashMap::new();
+        for (namespace, bytes) in self.loose.iter().chain(&self.kept) {
+            *both.entry(namespace.as_str()).or_default() += bytes;
+        }
+        let all: u64 = both.values().sum();
+        fair_excess(both.into_iter(), all.saturating_sub(needed))
     }
 }
 
@@ -290,6 +305,32 @@ mod tests {
         }
         assert_eq!(records.manifest(&evil, &flood[0]).unwrap(), None, "the flood's oldest is still stored");
         assert!(records.manifest(&evil, &flood[389]).unwrap().is_some());
+        assert!(bound.bytes.load(Ordering::Relaxed) <= 64 << 10);
+    }
+
+    /// A level per kind, and loose records first over all namespaces: a flood of tagged
+    /// manifests took every other namespace's images pushed by digest and the blob links of
+    /// its pushes under way. A namespace below the level of both kinds together loses nothing.
+    #[test]
+    fn a_flood_of_tagged_manifests_forgets_no_other_namespaces_loose_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = open(dir.path());
+        let bound = RecordBound::new(64 << 10, Arc::new(Stats::default()));
+        let (alice, evil) =
+            (Repository::parse("alice/app").unwrap(), Repository::parse("evil/flood").unwrap());
+        let by_digest: Vec<Sha256Digest> = (0..5).map(|n| push(&records, &bound, &alice, n, None)).collect();
+        let (sha, blob) = (Sha256Digest::of(b"layer of a push under way"), Digest::of(b"layer"));
+        bound.count(&records, records.link_blob(&alice, &sha, &blob).unwrap());
+        let flood: Vec<Sha256Digest> =
+            (5..400).map(|n| push(&records, &bound, &evil, n, Some(&format!("t{n}")))).collect();
+        for (n, digest) in by_digest.iter().enumerate() {
+            assert!(
+                records.manifest(&alice, digest).unwrap().is_some(),
+                "alice's manifest {n} was forgotten"
+            );
+        }
+        assert!(records.blob(&alice, &sha).unwrap().is_some(), "the push under way lost its blob");
+        assert_eq!(records.manifest(&evil, &flood[0]).unwrap(), None, "the flood's oldest is still stored");
         assert!(bound.bytes.load(Ordering::Relaxed) <= 64 << 10);
     }
 
