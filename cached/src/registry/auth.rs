@@ -79,7 +79,9 @@ pub(super) fn check(grant: &Grant, scope: Scope, repo: &Repository) -> RegistryR
             ),
         ));
     }
-    if !grant.allows_namespace(repo.namespace()) {
+    // A pattern may name the namespace (`main`, `pr-*`) or the repositories under it
+    // (`pr-1234/*`, the recommended pull request token, which no first segment matches).
+    if !grant.allows_namespace(repo.namespace()) && !grant.allows_namespace(repo.as_str()) {
         if let Some(unlogged) = DENIALS.admit_token(&grant.budget(), "registry namespace denied") {
             tracing::warn!(target: "audit", token = %grant.token, repository = %repo, unlogged, "registry namespace denied{EVERY_PER_TOKEN}");
         }
@@ -120,6 +122,30 @@ pub(super) async fn token(registry: &Registry, headers: &HeaderMap, peer: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::NamespacePattern;
+
+    #[test]
+    fn a_token_reaches_the_repositories_its_patterns_name_and_no_others() {
+        let grant = |pattern: &str| Grant {
+            token: "pr".into(),
+            scopes: [Scope::Read].into_iter().collect(),
+            namespaces: vec![pattern.parse::<NamespacePattern>().unwrap()],
+            max_priority: 0,
+            share: None,
+        };
+        let allowed = |pattern: &str, repo: &str| {
+            check(&grant(pattern), Scope::Read, &Repository::parse(repo).unwrap()).is_ok()
+        };
+        assert!(allowed("pr-1234/*", "pr-1234/app"));
+        assert!(allowed("pr-1234/*", "pr-1234/app/tools"));
+        assert!(!allowed("pr-1234/*", "pr-12345/app"));
+        assert!(!allowed("pr-1234/*", "pr-1234"));
+        assert!(allowed("pr-1234", "pr-1234/app"));
+        assert!(allowed("main/app", "main/app"));
+        assert!(!allowed("main/app", "main/other"));
+        assert!(!allowed("main/app", "main/app/sub"));
+        assert!(!allowed("main/*", "mainline/app"));
+    }
 
     #[test]
     fn bearer_and_basic_credentials() {
