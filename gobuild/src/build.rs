@@ -735,6 +735,9 @@ mod tests {
         std::fs::write(dir.path().join("cmd/app/main.go"), "package main\n").unwrap();
         std::fs::create_dir_all(dir.path().join("goroot/src/fmt")).unwrap();
         std::fs::write(dir.path().join("goroot/src/fmt/print.go"), "package fmt\n").unwrap();
+        let semver = dir.path().join("modcache/golang.org/x/mod@v0.1.0/semver");
+        std::fs::create_dir_all(&semver).unwrap();
+        std::fs::write(semver.join("semver.go"), "package semver\n").unwrap();
         dir
     }
 
@@ -742,12 +745,12 @@ mod tests {
         let root = dir.display();
         let env = format!(
             r#"{{"GOOS":"linux","GOARCH":"amd64","GOAMD64":"v1","CGO_ENABLED":"0","GOVERSION":"go1.26.8",
-            "GOMOD":"{root}/go.mod","GOMODCACHE":"/modcache","GOFLAGS":"","GOROOT":"{root}/goroot","GOWORK":"",
+            "GOMOD":"{root}/go.mod","GOMODCACHE":"{root}/modcache","GOFLAGS":"","GOROOT":"{root}/goroot","GOWORK":"",
             "GOPROXY":"https://user:hunter2@proxy.example","GOAUTH":"netrc"}}"#
         );
         let list = format!(
             r#"{{"ImportPath":"fmt","Standard":true,"DepOnly":true,"Dir":"{root}/goroot/src/fmt","GoFiles":["print.go"]}}
-{{"ImportPath":"golang.org/x/mod/semver","Name":"semver","DepOnly":true,"Dir":"/modcache/golang.org/x/mod@v0.1.0/semver",
+{{"ImportPath":"golang.org/x/mod/semver","Name":"semver","DepOnly":true,"Dir":"{root}/modcache/golang.org/x/mod@v0.1.0/semver",
  "Module":{{"Path":"golang.org/x/mod","Version":"v0.1.0","Sum":"h1:abc="}},"GoFiles":["semver.go"]}}
 {{"ImportPath":"example.com/m/cmd/app","Name":"main","Dir":"{root}/cmd/app",
  "Module":{{"Path":"example.com/m","Main":true,"Dir":"{root}"}},"GoFiles":["main.go"]}}"#
@@ -783,7 +786,7 @@ mod tests {
         assert!(manifest.get("file.cmd/app/main.go").is_some());
         assert!(manifest.get("mod.go.mod").is_some() && manifest.get("mod.go.sum").is_some());
         assert!(manifest.get("path.goroot").is_none(), "-trimpath leaves paths out");
-        assert_eq!((derived.files, derived.modules), (3, 1));
+        assert_eq!((derived.files, derived.modules), (4, 1), "the module's file is hashed too");
         let wire = format!("{:?}", manifest.to_wire());
         for secret in ["hunter2", "proxy.example", "GOPROXY", "GOAUTH", "netrc"] {
             assert!(!wire.contains(secret), "{secret} reached the manifest");

@@ -336,6 +336,7 @@ pub async fn derive(
     if gomod.is_empty() || gomod == "/dev/null" || gomod == "NUL" {
         return Err(NoKey("not in a Go module (go env GOMOD is empty)".to_owned()));
     }
+    refuse_lossy_paths(env, packages)?;
     let gowork = var(env, "GOWORK");
     let workspace = !gowork.is_empty() && gowork != "off";
     let base = key_base(env);
@@ -428,6 +429,7 @@ pub async fn derive(
             std_files.push((format!("{STD_PREFIX}{}", relative(&path, &std_root)), path));
         }
     }
+    std_files.extend(toolchain_programs(call, env));
     let include_scans = include_scans(packages, gomodcache);
     if !include_scans.is_empty() {
         refuse_reading_flags(env)?;
@@ -449,6 +451,7 @@ pub async fn derive(
             }
             continue;
         }
+        let mut in_cache = None;
         if let Some(module) = &package.module {
             // go compiles every package with its module's Go version (-lang, and its action
             // IDs say `go <version>`), so each module's is part of the key.
@@ -465,21 +468,22 @@ pub async fn derive(
                 };
                 deps.insert(module.path.clone(), value);
                 from_module_cache.insert(module.path.clone());
-                continue;
-            }
-            // A module outside the module cache (a main module, a local replace directory, a
-            // vendored module): its files are hashed below, its go.mod as well (its go and
-            // require lines change the build), and its Go version is a component.
-            let origin = match &module.replace {
-                _ if module.main => "main module".to_owned(),
-                Some(to) if to.version.is_empty() => to.path.clone(),
-                Some(to) => format!("=> {} {}", to.path, to.version),
-                None => module.version.clone(),
-            };
-            let display = format!("{origin} ({go})");
-            deps.insert(module.path.clone(), (display.clone(), display));
-            if !module.go_mod.is_empty() && module.go_mod != gomod {
-                local_go_mods.insert(module.go_mod.clone());
+                in_cache = Some(module.path.as_str());
+            } else {
+                // A module outside the module cache (a main module, a local replace directory,
+                // a vendored module): its files are hashed below, its go.mod as well (its go
+                // and require lines change the build), and its Go version is a component.
+                let origin = match &module.replace {
+                    _ if module.main => "main module".to_owned(),
+                    Some(to) if to.version.is_empty() => to.path.clone(),
+                    Some(to) => format!("=> {} {}", to.path, to.version),
+                    None => module.version.clone(),
+                };
+                let display = format!("{origin} ({go})");
+                deps.insert(module.path.clone(), (display.clone(), display));
+                if !module.go_mod.is_empty() && module.go_mod != gomod {
+                    local_go_mods.insert(module.go_mod.clone());
+                }
             }
         }
         if !seen_dirs.insert(package.dir.clone()) {
@@ -488,14 +492,20 @@ pub async fn derive(
         let dir = Path::new(&package.dir);
         for name in package_files(package) {
             let path = dir.join(name);
-            files.push((format!("file.{}", relative(&path, &base)), path));
+            let name = match in_cache {
+                // Hashed too, and folded into the module's component: the go command checks a
+                // module's files against go.sum when it extracts them, never after, so the
+                // version and checksum say nothing of a module cache edited since (a runner's
+                // cache a job may write); go's own action IDs hash these files as well.
+                Some(module) => {
+                    format!("{MODULE_FILE_PREFIX}{module}\0{}", relative(&path, Path::new(gomodcache)))
+                }
+                None => format!("file.{}", relative(&path, &base)),
+            };
+            files.push((name, path));
         }
     }
     let modules = from_module_cache.len();
-    for (path, (display, value)) in deps {
-        let hash = *blake3::hash(value.as_bytes()).as_bytes();
-        manifest.insert(format!("dep.{path}"), hash, display);
-    }
 
     files.push(("mod.go.mod".to_owned(), PathBuf::from(gomod)));
     for go_mod in local_go_mods {
@@ -601,6 +611,9 @@ pub async fn derive(
     let (std_hashed, hashed): (Vec<_>, Vec<_>) =
         hashed.into_iter().partition(|(name, _)| name.starts_with(STD_PREFIX));
     manifest.insert("go.std".to_owned(), std_digest(std_hashed), String::new());
+    let (module_hashed, hashed): (Vec<_>, Vec<_>) =
+        hashed.into_iter().partition(|(name, _)| name.starts_with(MODULE_FILE_PREFIX));
+    insert_deps(&mut manifest, deps, module_hashed);
     let unseen_files = hashed.iter().filter(|(name, _)| unseen_by_go.contains(name));
     let go_cache =
         GoCache::of_unseen(unseen_files.chain(&unseen_settings).map(|(name, hash)| (name.as_str(), hash)))
@@ -746,6 +759,86 @@ async fn refuse_own_toolchain(
 
 /// Where the names of standard library files start while they are hashed.
 const STD_PREFIX: &str = "std.";
+/// The go command prints a path that is not UTF-8 with U+FFFD in place of the bytes it cannot
+/// show, so the key would hash another directory (`w\u{FFFD}`, which a tenant can make)
+/// than the one go compiles (`w\xFF`).
+fn refuse_lossy_paths(env: &GoEnv, packages: &[Package]) -> Result<(), NoKey> {
+    let mut texts: Vec<&String> = env.values().collect();
+    for package in packages {
+        texts.push(&package.dir);
+        texts.extend(package_files(package));
+        let replace = package.module.as_ref().and_then(|module| module.replace.as_deref());
+        for module in package.module.iter().chain(replace) {
+            texts.extend([&module.dir, &module.go_mod]);
+        }
+    }
+    match texts.into_iter().find(|text| text.contains('\u{FFFD}')) {
+        Some(path) => Err(NoKey(format!(
+            "go printed a path that is not UTF-8 ({path}): the key cannot name the files go reads; \
+             rename it"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Where `program` is found, as a process would find it with `path` as its PATH.
+fn on_path(program: &Path, path: Option<&str>) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return Some(program.to_owned());
+    }
+    std::env::split_paths(path?).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
+}
+
+/// Where the names of files from the module cache start while they are hashed:
+/// `<prefix><module path>\0<path under GOMODCACHE>`.
+const MODULE_FILE_PREFIX: &str = "modfile.";
+
+/// A `dep.<module path>` component per module: its version (or origin) and Go version, and
+/// for a module from the module cache the names and contents of its files the build compiles.
+fn insert_deps(
+    manifest: &mut Manifest,
+    deps: BTreeMap<String, (String, String)>,
+    module_hashed: Vec<(String, [u8; 32])>,
+) {
+    let mut files_of: BTreeMap<String, Vec<(String, [u8; 32])>> = BTreeMap::new();
+    for (name, hash) in module_hashed {
+        let (module, file) = name[MODULE_FILE_PREFIX.len()..].split_once('\0').unwrap_or(("", &name));
+        files_of.entry(module.to_owned()).or_default().push((file.to_owned(), hash));
+    }
+    for (path, (display, value)) in deps {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(value.as_bytes());
+        if let Some(files) = files_of.remove(&path) {
+            hasher.update(&[0]).update(&std_digest(files));
+        }
+        manifest.insert(format!("dep.{path}"), *hasher.finalize().as_bytes(), display);
+    }
+}
+
+/// The go command that ran and the tools it runs (`$GOTOOLDIR`: compile, link, asm, cgo,
+/// ...), each as named in the key. They make the bytes, and a toolchain replaced or patched
+/// where it is installed (a runner's tool cache a job may write) says the same GOVERSION.
+fn toolchain_programs(call: &GoCall<'_>, env: &GoEnv) -> Vec<FileInput> {
+    let go = Path::new(var(env, "GOROOT")).join("bin").join("go");
+    let mut programs = Vec::new();
+    // What was run as `go` when it is not that one: a wrapper, or the go that switched to
+    // the toolchain GOROOT names.
+    if let Some(run) = on_path(call.go, call.build_var("PATH").as_deref())
+        && std::fs::canonicalize(&run).ok() != std::fs::canonicalize(&go).ok()
+    {
+        programs.push((format!("{STD_PREFIX}@path/go"), run));
+    }
+    if go.is_file() {
+        programs.push((format!("{STD_PREFIX}@bin/go"), go));
+    }
+    if let Ok(entries) = std::fs::read_dir(var(env, "GOTOOLDIR")) {
+        for entry in entries.flatten().filter(|entry| entry.path().is_file()) {
+            let name = format!("{STD_PREFIX}@tool/{}", entry.file_name().to_string_lossy());
+            programs.push((name, entry.path()));
+        }
+    }
+    programs
+}
 
 /// Every file `go list` names for `package`'s build.
 fn package_files(package: &Package) -> impl Iterator<Item = &String> {
@@ -1560,6 +1653,145 @@ mod tests {
     }
 
     /// A C compiler in the module can change without changing its command or version: no key.
+    /// A module cache holding example.com/dep v1.0.0 as the go command extracts it (the files,
+    /// the .mod, and the .ziphash it checks go.sum against), and a module in `app` using it.
+    fn module_cache_and_app(root: &Path) -> (PathBuf, PathBuf) {
+        let cache = root.join("modcache");
+        let download = "cache/download/example.com/dep/@v";
+        write(
+            &cache,
+            &[
+                (&format!("{download}/v1.0.0.mod"), "module example.com/dep\n\ngo 1.21\n"),
+                (&format!("{download}/v1.0.0.info"), "{\"Version\":\"v1.0.0\"}\n"),
+                (&format!("{download}/v1.0.0.ziphash"), "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"),
+                ("example.com/dep@v1.0.0/go.mod", "module example.com/dep\n\ngo 1.21\n"),
+                ("example.com/dep@v1.0.0/dep.go", "package dep\n\nfunc Msg() string { return \"honest\" }\n"),
+            ],
+        );
+        let app = root.join("app");
+        write(
+            &app,
+            &[
+                ("go.mod", "module example.com/app\n\ngo 1.21\n\nrequire example.com/dep v1.0.0\n"),
+                (
+                    "main.go",
+                    "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/dep\"\n)\n\nfunc main() { fmt.Println(dep.Msg()) }\n",
+                ),
+            ],
+        );
+        let cache_var = cache.to_str().unwrap();
+        run(
+            &app,
+            &["go", "mod", "tidy"],
+            &[("GOMODCACHE", cache_var), ("GOPROXY", "off"), ("GOSUMDB", "off")],
+        );
+        (cache, app)
+    }
+
+    /// go checks a module's files against go.sum when it extracts them, never after: a module
+    /// cache edited since (a runner's, which a job may write) still says the same version and
+    /// checksum, and its build took the key of the honest files.
+    #[tokio::test]
+    async fn a_module_cache_edited_since_it_was_extracted_is_another_key() {
+        let root = tempfile::tempdir().unwrap();
+        let (cache, app) = module_cache_and_app(root.path());
+        let env = [("GOMODCACHE", cache.to_str().unwrap())];
+        let honest = derive_in(&app, &["-trimpath", "."], &env).await;
+        let dep = cache.join("example.com/dep@v1.0.0/dep.go");
+        std::fs::set_permissions(&dep, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        edit(&dep, "honest", "EVIL");
+        let edited = derive_in(&app, &["-trimpath", "."], &env).await;
+        assert_eq!(edited.get("dep.example.com/dep").unwrap().display, "v1.0.0");
+        assert_ne!(edited.key(), honest.key(), "the edited module cache took the honest key");
+
+        // Where the cache is does not matter with -trimpath.
+        let moved = root.path().join("elsewhere");
+        std::fs::rename(&cache, &moved).unwrap();
+        edit(&moved.join("example.com/dep@v1.0.0/dep.go"), "EVIL", "honest");
+        let elsewhere =
+            derive_in(&app, &["-trimpath", "."], &[("GOMODCACHE", moved.to_str().unwrap())]).await;
+        assert_eq!(elsewhere.key(), honest.key());
+    }
+
+    /// A GOROOT of links to this machine's, but for `tool`, a copy of the real one with
+    /// `extra` bytes at its end (it still runs).
+    fn goroot_with_tool(root: &Path, tool: &str, extra: &[u8]) -> PathBuf {
+        let go_env_var = |name: &str| {
+            let output = std::process::Command::new("go").args(["env", name]).output().unwrap();
+            PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+        };
+        let (real, tooldir) = (go_env_var("GOROOT"), go_env_var("GOTOOLDIR"));
+        let fake = root.join("goroot");
+        let link_all_but = |from: &Path, to: &Path, but: &str| {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap().flatten() {
+                if entry.file_name() != but {
+                    std::os::unix::fs::symlink(entry.path(), to.join(entry.file_name())).unwrap();
+                }
+            }
+        };
+        link_all_but(&real, &fake, "pkg");
+        link_all_but(&real.join("pkg"), &fake.join("pkg"), "tool");
+        let host = tooldir.file_name().unwrap();
+        link_all_but(&real.join("pkg/tool"), &fake.join("pkg/tool"), host.to_str().unwrap());
+        let fake_tools = fake.join("pkg/tool").join(host);
+        link_all_but(&tooldir, &fake_tools, tool);
+        let mut bytes = std::fs::read(tooldir.join(tool)).unwrap();
+        bytes.extend_from_slice(extra);
+        std::fs::write(fake_tools.join(tool), bytes).unwrap();
+        std::fs::set_permissions(fake_tools.join(tool), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        fake
+    }
+
+    /// The go version says nothing of a linker replaced where it is installed (a runner's tool
+    /// cache a job may write): the programs of the toolchain are keyed by their contents.
+    #[tokio::test]
+    async fn a_replaced_toolchain_program_is_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            &[
+                ("go.mod", "module example.com/p\n\ngo 1.22\n"),
+                ("main.go", "package main\n\nfunc main() {}\n"),
+            ],
+        );
+        let roots = tempfile::tempdir().unwrap();
+        let same = goroot_with_tool(&roots.path().join("same"), "link", b"");
+        let patched = goroot_with_tool(&roots.path().join("patched"), "link", b"\0patched");
+        let flags = ["-trimpath", "-buildvcs=false", "."];
+        let same = derive_in(dir.path(), &flags, &[("GOROOT", same.to_str().unwrap())]).await;
+        let patched = derive_in(dir.path(), &flags, &[("GOROOT", patched.to_str().unwrap())]).await;
+        let real = derive_in(dir.path(), &flags, &[]).await;
+        assert_eq!(same.key(), real.key(), "a GOROOT of links is the same toolchain");
+        assert_ne!(patched.get("go.std").unwrap().hash, same.get("go.std").unwrap().hash);
+        assert_ne!(patched.key(), same.key(), "the patched linker took the toolchain's key");
+    }
+
+    /// go prints a path that is not UTF-8 with U+FFFD for the bytes: the key would have hashed
+    /// the files of another directory, which a tenant can make.
+    #[tokio::test]
+    async fn a_path_that_is_not_utf8_gives_no_key() {
+        use std::os::unix::ffi::OsStrExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(std::ffi::OsStr::from_bytes(b"w\xff"));
+        write(
+            &dir,
+            &[
+                ("go.mod", "module example.com/p\n\ngo 1.22\n"),
+                ("main.go", "package main\n\nfunc main() {}\n"),
+            ],
+        );
+        let exec = Processes::default();
+        let env = go_env(&[]);
+        let call = GoCall { exec: &exec, go: Path::new("go"), dir: &dir, env: &env };
+        let line = crate::flags::parse_command_line(&["-trimpath".to_owned(), ".".to_owned()]).unwrap();
+        let flags = crate::flags::effective("", &line).unwrap();
+        let (go_env, packages) = call.read(&flags, &line.packages).await.unwrap();
+        let refused = derive(&call, &flags, &go_env, &packages, None).await.unwrap_err();
+        assert!(refused.0.contains("not UTF-8"), "{refused:?}");
+    }
+
     #[tokio::test]
     async fn a_compiler_in_the_module_gives_no_key() {
         let dir = tempfile::tempdir().unwrap();
