@@ -16,7 +16,7 @@ use super::Registry;
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::Repository;
 use crate::auth::refusals::{EVERY_PER_TOKEN, RefusalLog};
-use crate::auth::{Grant, Scope};
+use crate::auth::{Grant, NamespacePattern, Scope};
 use crate::error::Error;
 
 /// Where clients fetch a bearer token, on this listener.
@@ -79,9 +79,7 @@ pub(super) fn check(grant: &Grant, scope: Scope, repo: &Repository) -> RegistryR
             ),
         ));
     }
-    // A pattern may name the namespace (`main`, `pr-*`) or the repositories under it
-    // (`pr-1234/*`, the recommended pull request token, which no first segment matches).
-    if !grant.allows_namespace(repo.namespace()) && !grant.allows_namespace(repo.as_str()) {
+    if !allows_repository(grant, repo) {
         if let Some(unlogged) = DENIALS.admit_token(&grant.budget(), "registry namespace denied") {
             tracing::warn!(target: "audit", token = %grant.token, repository = %repo, unlogged, "registry namespace denied{EVERY_PER_TOKEN}");
         }
@@ -95,6 +93,17 @@ pub(super) fn check(grant: &Grant, scope: Scope, repo: &Repository) -> RegistryR
         ));
     }
     Ok(())
+}
+
+/// Whether a pattern of `grant` names the repository's namespace (`main`, `pr-*`), or all of
+/// it as `<namespace>/*` (`pr-1234/*`, the recommended pull request token, which no first
+/// segment matches). A pattern for part of a namespace (`main/app`, `teams/alpha/*`) does not
+/// reach its repositories: the registry keeps, counts and shares its records by namespace.
+fn allows_repository(grant: &Grant, repo: &Repository) -> bool {
+    grant.allows_namespace(repo.namespace())
+        || grant.namespaces.iter().any(|pattern| {
+            matches!(pattern, NamespacePattern::Prefix(prefix) if prefix.strip_suffix('/') == Some(repo.namespace()))
+        })
 }
 
 /// `GET /v2/`: 200 for a caller the server accepts, else 401 with the challenge.
@@ -122,7 +131,6 @@ pub(super) async fn token(registry: &Registry, headers: &HeaderMap, peer: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::NamespacePattern;
 
     #[test]
     fn a_token_reaches_the_repositories_its_patterns_name_and_no_others() {
@@ -139,11 +147,12 @@ mod tests {
         assert!(allowed("pr-1234/*", "pr-1234/app"));
         assert!(allowed("pr-1234/*", "pr-1234/app/tools"));
         assert!(!allowed("pr-1234/*", "pr-12345/app"));
-        assert!(!allowed("pr-1234/*", "pr-1234"));
+        assert!(allowed("pr-1234/*", "pr-1234"));
         assert!(allowed("pr-1234", "pr-1234/app"));
-        assert!(allowed("main/app", "main/app"));
-        assert!(!allowed("main/app", "main/other"));
-        assert!(!allowed("main/app", "main/app/sub"));
+        assert!(allowed("pr-*", "pr-7/app"));
+        assert!(!allowed("main/app", "main/app"), "part of a namespace");
+        assert!(!allowed("teams/alpha/*", "teams/alpha/app"), "part of a namespace");
+        assert!(!allowed("main/a*", "main/app"), "part of a namespace");
         assert!(!allowed("main/*", "mainline/app"));
     }
 
