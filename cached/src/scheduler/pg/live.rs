@@ -8,7 +8,7 @@
 //! with a sequence number until every read that began before it has been applied, and is
 //! applied again on top of those reads.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{PoisonError, RwLock};
 
 use crate::auth::LeaseId;
@@ -21,16 +21,27 @@ pub(super) struct LeaseSet {
 #[derive(Default)]
 struct State {
     leases: HashSet<LeaseId>,
-    /// Local changes, oldest first, numbered from `next - changes.len()`.
-    changes: Vec<(u64, LeaseId, bool)>,
+    /// The last local change of each lease while reads are under way, and its number: one
+    /// entry per lease, however many heartbeats extend it meanwhile.
+    changes: HashMap<LeaseId, (u64, bool)>,
     next: u64,
     /// Sequence numbers at which reads under way began.
     reading: Vec<u64>,
 }
 
-/// A read of the live leases under way: apply it with [`LeaseSet::finish_read`].
+/// A read of the live leases under way: apply it with [`LeaseSet::finish_read`]. Dropped
+/// unfinished (the read failed, or its task was cancelled), it keeps no changes for itself.
 #[must_use]
-pub(super) struct Read(u64);
+pub(super) struct Read<'a> {
+    set: &'a LeaseSet,
+    began: u64,
+}
+
+impl Drop for Read<'_> {
+    fn drop(&mut self) {
+        self.set.state.write().unwrap_or_else(PoisonError::into_inner).forget(self.began);
+    }
+}
 
 impl LeaseSet {
     pub(super) fn contains(&self, lease: &LeaseId) -> bool {
@@ -43,39 +54,35 @@ impl LeaseSet {
         state.apply(&lease, live);
         if !state.reading.is_empty() {
             let seq = state.next;
-            state.changes.push((seq, lease, live));
+            state.changes.insert(lease, (seq, live));
         }
         state.next += 1;
     }
 
     /// Call before the query whose rows go to [`LeaseSet::finish_read`].
-    pub(super) fn begin_read(&self) -> Read {
+    pub(super) fn begin_read(&self) -> Read<'_> {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        let seq = state.next;
-        state.reading.push(seq);
-        Read(seq)
+        let began = state.next;
+        state.reading.push(began);
+        Read { set: self, began }
     }
 
     /// The rows of the read `read`, with every local change since it began on top.
-    pub(super) fn finish_read(&self, read: Read, rows: HashSet<LeaseId>) {
+    pub(super) fn finish_read(&self, read: Read<'_>, rows: HashSet<LeaseId>) {
         let mut guard = self.state.write().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *guard;
         state.leases = rows;
-        let newer: Vec<(LeaseId, bool)> = state
-            .changes
-            .iter()
-            .filter(|(seq, ..)| *seq >= read.0)
-            .map(|(_, lease, live)| (lease.clone(), *live))
-            .collect();
-        for (lease, live) in newer {
-            state.apply(&lease, live);
+        for (lease, (seq, live)) in &state.changes {
+            if *seq >= read.began {
+                if *live {
+                    state.leases.insert(lease.clone());
+                } else {
+                    state.leases.remove(lease);
+                }
+            }
         }
-        state.forget(read.0);
-    }
-
-    /// A read that failed: its changes need keeping no longer for it.
-    pub(super) fn abandon_read(&self, read: Read) {
-        self.state.write().unwrap_or_else(PoisonError::into_inner).forget(read.0);
+        drop(guard);
+        drop(read);
     }
 }
 
@@ -86,7 +93,7 @@ impl State {
             self.reading.swap_remove(at);
         }
         let oldest = self.reading.iter().copied().min().unwrap_or(self.next);
-        self.changes.retain(|(seq, ..)| *seq >= oldest);
+        self.changes.retain(|_, (seq, _)| *seq >= oldest);
     }
 
     fn apply(&mut self, lease: &LeaseId, live: bool) {
@@ -145,5 +152,19 @@ mod tests {
         live.finish_read(first, HashSet::new());
         assert!(live.contains(&lease(1)) && live.contains(&lease(2)));
         assert!(live.state.read().unwrap().changes.is_empty(), "nothing kept once no read is under way");
+    }
+
+    #[test]
+    fn a_read_dropped_unfinished_keeps_nothing_and_a_lease_changed_often_is_one_entry() {
+        let live = LeaseSet::default();
+        let read = live.begin_read();
+        for _ in 0..1000 {
+            live.set(lease(1), true);
+        }
+        assert_eq!(live.state.read().unwrap().changes.len(), 1);
+        drop(read);
+        let state = live.state.read().unwrap();
+        assert!(state.changes.is_empty() && state.reading.is_empty());
+        assert!(state.leases.contains(&lease(1)));
     }
 }

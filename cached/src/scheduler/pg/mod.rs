@@ -48,6 +48,8 @@ pub const POLL: Duration = Duration::from_millis(200);
 const SUBMIT_LOCK: i64 = 0x6361_6368_6564_0002;
 /// The name of the lease server key in `server_keys`.
 const LEASE_KEY: &str = "lease";
+/// Longest a sweep's read of the live leases may take.
+const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct PgScheduler {
     db: Database,
@@ -138,16 +140,15 @@ impl PgScheduler {
 
     async fn refresh_live(&self) -> Result<()> {
         let read = self.live.begin_read();
-        match self.read_live().await {
-            Ok(rows) => {
-                self.live.finish_read(read, rows);
-                Ok(())
-            }
-            Err(err) => {
-                self.live.abandon_read(read);
-                Err(err)
-            }
-        }
+        // Local changes are kept while a read is under way: a read that hangs must end.
+        let rows = tokio::time::timeout(LIVE_READ_TIMEOUT, self.read_live()).await.map_err(|_| {
+            crate::error::Error::DeadlineExceeded(format!(
+                "reading the live leases took more than {} s",
+                LIVE_READ_TIMEOUT.as_secs()
+            ))
+        })??;
+        self.live.finish_read(read, rows);
+        Ok(())
     }
 
     async fn read_live(&self) -> Result<HashSet<LeaseId>> {
