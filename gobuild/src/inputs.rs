@@ -429,7 +429,8 @@ pub async fn derive(
             std_files.push((format!("{STD_PREFIX}{}", relative(&path, &std_root)), path));
         }
     }
-    std_files.extend(toolchain_programs(call, env));
+    // First: the largest files, hashed while the rest are.
+    std_files.splice(0..0, toolchain_programs(call, env));
     let include_scans = include_scans(packages, gomodcache);
     if !include_scans.is_empty() {
         refuse_reading_flags(env)?;
@@ -603,8 +604,10 @@ pub async fn derive(
     let (count, unseen_by_go, hashed) = cached_client::task::spawn_blocking("hash-inputs", move || {
         let unseen_by_go = add_included(&mut files, &include_scans, tree.as_deref(), &base)?;
         let count = files.len();
-        files.extend(std_files);
-        Ok::<_, NoKey>((count, unseen_by_go, hash_files(files)?))
+        // The standard library's first: the toolchain's programs are the largest files.
+        let mut all = std_files;
+        all.append(&mut files);
+        Ok::<_, NoKey>((count, unseen_by_go, hash_files(all)?))
     })
     .await
     .map_err(|err| NoKey(format!("hashing failed: {err}")))??;
@@ -781,10 +784,10 @@ fn refuse_lossy_paths(env: &GoEnv, packages: &[Package]) -> Result<(), NoKey> {
     }
 }
 
-/// Where `program` is found, as a process would find it with `path` as its PATH.
-fn on_path(program: &Path, path: Option<&str>) -> Option<PathBuf> {
+/// Where `program` is found, as a process in `dir` would find it with `path` as its PATH.
+fn on_path(program: &Path, dir: &Path, path: Option<&str>) -> Option<PathBuf> {
     if program.components().count() > 1 {
-        return Some(program.to_owned());
+        return Some(dir.join(program));
     }
     std::env::split_paths(path?).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
@@ -823,21 +826,70 @@ fn toolchain_programs(call: &GoCall<'_>, env: &GoEnv) -> Vec<FileInput> {
     let mut programs = Vec::new();
     // What was run as `go` when it is not that one: a wrapper, or the go that switched to
     // the toolchain GOROOT names.
-    if let Some(run) = on_path(call.go, call.build_var("PATH").as_deref())
+    if let Some(run) = on_path(call.go, call.dir, call.build_var("PATH").as_deref())
         && std::fs::canonicalize(&run).ok() != std::fs::canonicalize(&go).ok()
     {
-        programs.push((format!("{STD_PREFIX}@path/go"), run));
+        programs.push((format!("{PROGRAM_PREFIX}path/go"), run));
     }
     if go.is_file() {
-        programs.push((format!("{STD_PREFIX}@bin/go"), go));
+        programs.push((format!("{PROGRAM_PREFIX}bin/go"), go));
     }
     if let Ok(entries) = std::fs::read_dir(var(env, "GOTOOLDIR")) {
         for entry in entries.flatten().filter(|entry| entry.path().is_file()) {
-            let name = format!("{STD_PREFIX}@tool/{}", entry.file_name().to_string_lossy());
+            let name = format!("{PROGRAM_PREFIX}tool/{}", entry.file_name().to_string_lossy());
             programs.push((name, entry.path()));
         }
     }
     programs
+}
+
+/// Where the names of the toolchain's programs start while they are hashed (within `go.std`).
+const PROGRAM_PREFIX: &str = "std.@";
+
+/// The digests of the toolchain's programs, once per process as long as each file is as it
+/// was: a build derives its key two or three times, and the programs are tens of MiB. Only
+/// the toolchain's: a file the build's own tree holds is read each time (an edit in the same
+/// clock tick as the last keeps size and times).
+mod programs {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::{LazyLock, Mutex, PoisonError};
+
+    /// What identifies one version of a file: device, inode, size, modification and change
+    /// times (the change time moves with any write and cannot be set back).
+    type Version = (u64, u64, u64, i64, i64, i64, i64);
+
+    type Hashed = HashMap<PathBuf, (Version, [u8; 32])>;
+
+    static HASHED: LazyLock<Mutex<Hashed>> = LazyLock::new(Default::default);
+
+    fn version(path: &Path) -> std::io::Result<Version> {
+        let meta = std::fs::metadata(path)?;
+        Ok((
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        ))
+    }
+
+    pub(super) fn hash(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
+        let before = version(path)?;
+        if let Some((seen, hash)) = HASHED.lock().unwrap_or_else(PoisonError::into_inner).get(path)
+            && *seen == before
+        {
+            return Ok(*hash);
+        }
+        let hash = super::hash_file(path, buffer)?;
+        if version(path)? == before {
+            HASHED.lock().unwrap_or_else(PoisonError::into_inner).insert(path.to_owned(), (before, hash));
+        }
+        Ok(hash)
+    }
 }
 
 /// Every file `go list` names for `package`'s build.
@@ -1245,23 +1297,31 @@ pub(crate) fn hash_file(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 
     hash_reader(file, buffer)
 }
 
-/// BLAKE3 of each file's contents, on a few threads.
+/// BLAKE3 of each file's contents, on a few threads, each taking the next file when done
+/// (the toolchain's programs are a few large files among many small ones).
 pub(crate) fn hash_files(files: Vec<FileInput>) -> Result<Vec<(String, [u8; 32])>, NoKey> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
-    let chunk = files.len().div_ceil(threads).max(1);
+    let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        let workers: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
+        let workers: Vec<_> = (0..threads.min(files.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
                     let mut buffer = vec![0; HASH_BUFFER];
-                    part.iter()
-                        .map(|(name, path)| {
-                            let hash = hash_file(path, &mut buffer)
-                                .map_err(|err| NoKey(format!("cannot read {}: {err}", path.display())))?;
-                            Ok((name.clone(), hash))
-                        })
-                        .collect::<Result<Vec<_>, NoKey>>()
+                    let mut hashed = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((name, path)) = files.get(index) else { break };
+                        let hash = if name.starts_with(PROGRAM_PREFIX) {
+                            programs::hash(path, &mut buffer)
+                        } else {
+                            hash_file(path, &mut buffer)
+                        };
+                        let hash =
+                            hash.map_err(|err| NoKey(format!("cannot read {}: {err}", path.display())))?;
+                        hashed.push((index, name.clone(), hash));
+                    }
+                    Ok::<_, NoKey>(hashed)
                 })
             })
             .collect();
@@ -1269,7 +1329,9 @@ pub(crate) fn hash_files(files: Vec<FileInput>) -> Result<Vec<(String, [u8; 32])
         for worker in workers {
             out.extend(worker.join().map_err(|_| NoKey("a hashing thread panicked".to_owned()))??);
         }
-        Ok(out)
+        // In the order given.
+        out.sort_unstable_by_key(|(index, ..)| *index);
+        Ok(out.into_iter().map(|(_, name, hash)| (name, hash)).collect())
     })
 }
 
