@@ -46,7 +46,7 @@ fn hidden(name: &str) -> bool {
 fn label(name: &str) -> String {
     match name {
         "go.version" => "go version".to_owned(),
-        "go.std" => "standard library sources".to_owned(),
+        "go.std" => "the Go toolchain (its programs or standard library sources)".to_owned(),
         "env.arch_level" => "arch level".to_owned(),
         "vcs.revision" => "VCS revision".to_owned(),
         "vcs.time" => "VCS commit time".to_owned(),
@@ -290,7 +290,7 @@ mod tests {
             changes: vec![change("go.std", "changed", "", "")],
             ..Default::default()
         };
-        assert_eq!(summary(&patched_toolchain), ["standard library sources changed"]);
+        assert_eq!(summary(&patched_toolchain), ["the Go toolchain (its programs or standard library sources) changed"]);
         assert!(full.contains(&"env.GOARCH: amd64 → arm64".to_owned()));
     }
 
