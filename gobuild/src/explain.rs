@@ -290,7 +290,10 @@ mod tests {
             changes: vec![change("go.std", "changed", "", "")],
             ..Default::default()
         };
-        assert_eq!(summary(&patched_toolchain), ["the Go toolchain (its programs or standard library sources) changed"]);
+        assert_eq!(
+            summary(&patched_toolchain),
+            ["the Go toolchain (its programs or standard library sources) changed"]
+        );
         assert!(full.contains(&"env.GOARCH: amd64 → arm64".to_owned()));
     }
 
