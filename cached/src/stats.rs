@@ -72,7 +72,7 @@ pub struct NamespaceCounters {
 pub struct Stats {
     started: Instant,
     apis: DashMap<String, Arc<ApiCounters>>,
-    namespaces: DashMap<String, Arc<NamespaceCounters>>,
+    namespaces: BoundedNames<NamespaceCounters>,
     /// Go action entries dropped because their blob had been evicted.
     pub go_entries_dropped: AtomicU64,
     /// Go action entries forgotten beyond `max_go_entries`: the oldest of the namespaces holding the most.
@@ -94,7 +94,7 @@ impl Default for Stats {
         Self {
             started: Instant::now(),
             apis: DashMap::new(),
-            namespaces: DashMap::new(),
+            namespaces: BoundedNames::default(),
             go_entries_dropped: AtomicU64::new(0),
             go_entries_forgotten: AtomicU64::new(0),
             go_entries: AtomicU64::new(0),
@@ -121,7 +121,7 @@ impl Stats {
 
     /// Counters of one namespace, or of [`OTHER_NAMESPACES`] once `MAX_NAMESPACES` exist.
     pub fn namespace(&self, name: &str) -> Arc<NamespaceCounters> {
-        bounded_entry(&self.namespaces, name, MAX_NAMESPACES, OTHER_NAMESPACES)
+        self.namespaces.entry(name)
     }
 
     /// Every API's counters, sorted by name.
@@ -130,35 +130,65 @@ impl Stats {
     }
 
     pub fn namespaces(&self) -> Vec<(String, Arc<NamespaceCounters>)> {
-        sorted(&self.namespaces)
+        self.namespaces.sorted()
     }
 }
 
-/// The entry of `name`, created while the map holds fewer than `max` names and its tenant
-/// fewer than [`MAX_NAMESPACES_PER_TENANT`] (a race may add a few more); past the tenant's,
-/// its shared entry `<tenant>/<other>`; past `max`, the shared entry `other`.
-pub fn bounded_entry<T: Default>(
-    map: &DashMap<String, Arc<T>>,
-    name: &str,
-    max: usize,
-    other: &str,
-) -> Arc<T> {
-    if let Some(counters) = map.get(name) {
-        return Arc::clone(&counters);
+/// Counters by namespace, at most [`MAX_NAMESPACES`] of them.
+#[derive(Debug)]
+pub struct BoundedNames<T> {
+    map: DashMap<String, Arc<T>>,
+    /// How many entries each caller (its budget: a token, or a submitter's job leases) made.
+    made_by: DashMap<Arc<str>, usize>,
+}
+
+impl<T> Default for BoundedNames<T> {
+    fn default() -> Self {
+        Self { map: DashMap::new(), made_by: DashMap::new() }
     }
-    let tenant = crate::shares::tenant_of(name);
-    let shared = format!("{tenant}/{other}");
-    if let Some(counters) = map.get(&shared) {
-        return Arc::clone(&counters);
+}
+
+impl<T: Default> BoundedNames<T> {
+    /// The entry of `name`, made while there are fewer than [`MAX_NAMESPACES`], its tenant
+    /// holds fewer than [`MAX_NAMESPACES_PER_TENANT`] and the caller made fewer than as many
+    /// (a race may add a few more); past the tenant's, its shared entry
+    /// `<tenant>/(other)`; past the others, the shared entry [`OTHER_NAMESPACES`]. The
+    /// caller's cap: a token of `pr-*` calling into `pr-0` .. `pr-299`, each a tenant of its
+    /// own, took every entry, and other tenants' new namespaces went where only `*` tokens
+    /// see them.
+    pub fn entry(&self, name: &str) -> Arc<T> {
+        if let Some(counters) = self.map.get(name) {
+            return Arc::clone(&counters);
+        }
+        let tenant = crate::shares::tenant_of(name);
+        let shared = format!("{tenant}/{OTHER_NAMESPACES}");
+        if let Some(counters) = self.map.get(&shared) {
+            return Arc::clone(&counters);
+        }
+        let maker = crate::caller::current_owner().filter(|owner| crate::auth::Grant::has_own_limits(owner));
+        let made = maker.as_ref().and_then(|maker| self.made_by.get(maker).map(|made| *made)).unwrap_or(0);
+        if self.map.len() >= MAX_NAMESPACES || made >= MAX_NAMESPACES_PER_TENANT {
+            return Arc::clone(&self.map.entry(OTHER_NAMESPACES.to_owned()).or_default());
+        }
+        // Counted only while entries are still made, at most `MAX_NAMESPACES` times: a flood
+        // of new names past the caps costs a few lookups each.
+        let held = self.map.iter().filter(|entry| crate::shares::tenant_of(entry.key()) == tenant).count();
+        let name = if held < MAX_NAMESPACES_PER_TENANT { name.to_owned() } else { shared };
+        match self.map.entry(name) {
+            dashmap::Entry::Occupied(entry) => Arc::clone(entry.get()),
+            dashmap::Entry::Vacant(entry) => {
+                if let Some(maker) = maker {
+                    *self.made_by.entry(maker).or_default() += 1;
+                }
+                Arc::clone(entry.insert(Arc::default()).value())
+            }
+        }
     }
-    if map.len() >= max {
-        return Arc::clone(&map.entry(other.to_owned()).or_default());
+
+    /// Every entry, sorted by name.
+    pub fn sorted(&self) -> Vec<(String, Arc<T>)> {
+        sorted(&self.map)
     }
-    // Counted only while entries are still made, at most `max` times: a flood of new names
-    // past the caps costs two lookups each.
-    let held = map.iter().filter(|entry| crate::shares::tenant_of(entry.key()) == tenant).count();
-    let name = if held < MAX_NAMESPACES_PER_TENANT { name.to_owned() } else { shared };
-    Arc::clone(&map.entry(name).or_default())
 }
 
 fn sorted<T>(map: &DashMap<String, Arc<T>>) -> Vec<(String, Arc<T>)> {
@@ -240,6 +270,24 @@ mod tests {
         let shared = named("pr-1/(other)").expect("the tenant's shared entry");
         assert_eq!(shared.go_hits.load(Ordering::Relaxed), 500 - MAX_NAMESPACES_PER_TENANT as u64);
         assert_eq!(named("teama").expect("teama's own entry").go_puts.load(Ordering::Relaxed), 1);
+    }
+
+    /// A `pr-*` token's calls into namespaces each of a tenant of their own took every entry.
+    #[test]
+    fn one_token_makes_at_most_a_tenants_share_of_the_entries() {
+        let stats = Stats::default();
+        crate::caller::run_as(Some(Arc::from("pr-builds")), || {
+            for i in 0..300 {
+                stats.namespace(&format!("pr-{i}")).go_hits.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        crate::caller::run_as(Some(Arc::from("team-a")), || {
+            stats.namespace("teama").go_puts.fetch_add(1, Ordering::Relaxed);
+        });
+        let namespaces = stats.namespaces();
+        assert_eq!(namespaces.len(), MAX_NAMESPACES_PER_TENANT + 2, "the token's, (other) and teama's");
+        let teama = namespaces.iter().find(|(name, _)| name == "teama").expect("teama's own entry");
+        assert_eq!(teama.1.go_puts.load(Ordering::Relaxed), 1);
     }
 
     #[test]

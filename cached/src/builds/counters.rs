@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
-use crate::stats::{MAX_NAMESPACES, OTHER_NAMESPACES, bounded_entry};
+use crate::stats::BoundedNames;
 
 #[derive(Debug, Default)]
 pub struct BuildNamespaceCounters {
@@ -27,7 +27,7 @@ pub struct BuildNamespaceCounters {
 
 #[derive(Debug, Default)]
 pub struct BuildCounters {
-    namespaces: DashMap<String, Arc<BuildNamespaceCounters>>,
+    namespaces: BoundedNames<BuildNamespaceCounters>,
     /// Build entries removed because an output blob had been evicted.
     pub entries_dropped: AtomicU64,
     /// Recorded builds forgotten, oldest first, beyond `max_build_records`.
@@ -86,9 +86,9 @@ fn metric_cause(cause: &str) -> &'static str {
 }
 
 impl BuildCounters {
-    /// Counters of one namespace, or of [`OTHER_NAMESPACES`] once `MAX_NAMESPACES` exist.
+    /// Counters of one namespace, within [`BoundedNames`]' caps.
     pub fn namespace(&self, name: &str) -> Arc<BuildNamespaceCounters> {
-        bounded_entry(&self.namespaces, name, MAX_NAMESPACES, OTHER_NAMESPACES)
+        self.namespaces.entry(name)
     }
 
     pub fn miss(&self, namespace: &str, causes: &[String]) {
@@ -101,10 +101,7 @@ impl BuildCounters {
 
     /// Every namespace's counters, sorted by name.
     pub fn namespaces(&self) -> Vec<(String, Arc<BuildNamespaceCounters>)> {
-        let mut items: Vec<_> =
-            self.namespaces.iter().map(|entry| (entry.key().clone(), Arc::clone(entry.value()))).collect();
-        items.sort_by(|a, b| a.0.cmp(&b.0));
-        items
+        self.namespaces.sorted()
     }
 
     /// `(namespace, cause, misses)`, sorted.
