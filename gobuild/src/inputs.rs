@@ -1714,7 +1714,6 @@ mod tests {
         assert_ne!(first.key(), edited.key(), "a compiler edited in place kept its key");
     }
 
-    /// A C compiler in the module can change without changing its command or version: no key.
     /// A module cache holding example.com/dep v1.0.0 as the go command extracts it (the files,
     /// the .mod, and the .ziphash it checks go.sum against), and a module in `app` using it.
     fn module_cache_and_app(root: &Path) -> (PathBuf, PathBuf) {
@@ -1854,6 +1853,7 @@ mod tests {
         assert!(refused.0.contains("not UTF-8"), "{refused:?}");
     }
 
+    /// A C compiler in the module can change without changing its command or version: no key.
     #[tokio::test]
     async fn a_compiler_in_the_module_gives_no_key() {
         let dir = tempfile::tempdir().unwrap();

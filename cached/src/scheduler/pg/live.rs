@@ -51,7 +51,7 @@ impl LeaseSet {
     /// A change this replica committed.
     pub(super) fn set(&self, lease: LeaseId, live: bool) {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        state.apply(&lease, live);
+        apply(&mut state.leases, &lease, live);
         if !state.reading.is_empty() {
             let seq = state.next;
             state.changes.insert(lease, (seq, live));
@@ -69,20 +69,13 @@ impl LeaseSet {
 
     /// The rows of the read `read`, with every local change since it began on top.
     pub(super) fn finish_read(&self, read: Read<'_>, rows: HashSet<LeaseId>) {
-        let mut guard = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        let state = &mut *guard;
-        state.leases = rows;
-        for (lease, (seq, live)) in &state.changes {
-            if *seq >= read.began {
-                if *live {
-                    state.leases.insert(lease.clone());
-                } else {
-                    state.leases.remove(lease);
-                }
-            }
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let State { leases, changes, .. } = &mut *state;
+        *leases = rows;
+        for (lease, (_, live)) in changes.iter().filter(|(_, (seq, _))| *seq >= read.began) {
+            apply(leases, lease, *live);
         }
-        drop(guard);
-        drop(read);
+        // `read` forgets itself once the lock is given back.
     }
 }
 
@@ -95,13 +88,13 @@ impl State {
         let oldest = self.reading.iter().copied().min().unwrap_or(self.next);
         self.changes.retain(|_, (seq, _)| *seq >= oldest);
     }
+}
 
-    fn apply(&mut self, lease: &LeaseId, live: bool) {
-        if live {
-            self.leases.insert(lease.clone());
-        } else {
-            self.leases.remove(lease);
-        }
+fn apply(leases: &mut HashSet<LeaseId>, lease: &LeaseId, live: bool) {
+    if live {
+        leases.insert(lease.clone());
+    } else {
+        leases.remove(lease);
     }
 }
 
