@@ -15,6 +15,7 @@ use crate::build::BridgeEnv;
 use crate::exec::{Exec, Invocation};
 use crate::flags::BuildFlags;
 use crate::inputs::{self, GoCall, GoEnv, Package};
+use crate::modverify::NativeModules;
 use crate::{flags, includes};
 
 /// The go command from which GOCACHEPROG is on without an experiment.
@@ -256,13 +257,21 @@ async fn unseen_files(
 ) -> Option<Vec<(String, [u8; 32])>> {
     let gomodcache = env.get("GOMODCACHE").cloned().unwrap_or_default();
     let scans = inputs::include_scans(packages, &gomodcache);
-    if scans.is_empty() {
+    let native_modules = NativeModules::of(packages, &gomodcache);
+    if scans.is_empty() && native_modules.is_empty() {
         return Some(Vec::new());
     }
-    inputs::refuse_reading_flags(env).ok()?;
+    if !scans.is_empty() {
+        inputs::refuse_reading_flags(env).ok()?;
+    }
     let base = inputs::key_base(env);
     let tree = tree.map(Path::to_owned);
     let scanned = cached_client::task::spawn_blocking("scan-includes", move || {
+        // Objects compiled from an edited module would go under the honest action IDs.
+        native_modules.refuse_edited()?;
+        if scans.is_empty() {
+            return Ok(Vec::new());
+        }
         let found = includes::inputs(&scans, tree.as_deref(), &includes::LIMITS)?;
         let files = found
             .unseen_by_go
@@ -650,6 +659,27 @@ mod tests {
         let exec = crate::exec::Processes::default();
         let args = ["./good".to_owned()];
         assert_eq!(for_test(&exec, module.path(), &args, None).await, GoCache::Shared);
+    }
+
+    /// go's action IDs hash a cgo package's own files, not a header beside it: objects built
+    /// from a module cache edited since go extracted it would go under the honest IDs.
+    #[tokio::test]
+    async fn an_edited_module_cache_turns_the_shared_cache_off() {
+        let root = tempfile::tempdir().unwrap();
+        let (cache, app) = crate::testing::module_cache_with_cgo(root.path());
+        let mut env: Vec<(String, String)> = std::env::vars().collect();
+        let settings = [("GOMODCACHE", cache.to_str().unwrap()), ("CGO_ENABLED", "1"), ("GOPROXY", "off")];
+        env.extend(settings.map(|(name, value)| (name.to_owned(), value.to_owned())));
+        env.extend(
+            [("GOENV", "off"), ("GOFLAGS", ""), ("GOWORK", "off")].map(|(n, v)| (n.to_owned(), v.to_owned())),
+        );
+        let exec = crate::exec::Processes { clean_env: Some(env), ..Default::default() };
+        let args = ["./...".to_owned()];
+        assert_ne!(for_test(&exec, &app, &args, None).await, GoCache::Off);
+        let header = cache.join("example.com/dep@v1.0.0/inc/value.h");
+        std::fs::set_permissions(&header, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        std::fs::write(&header, "#define VALUE 666\n").unwrap();
+        assert_eq!(for_test(&exec, &app, &args, None).await, GoCache::Off);
     }
 
     #[test]

@@ -9,10 +9,12 @@ use std::path::{Component as PathPart, Path, PathBuf};
 use serde::Deserialize;
 
 use crate::exec::{Exec, Invocation};
+use crate::filememo::FileMemo;
 use crate::flags::BuildFlags;
 use crate::gocache::GoCache;
 use crate::includes;
 use crate::manifest::Manifest;
+use crate::modverify::NativeModules;
 use crate::own::{self, OwnDirs};
 
 /// `go env -json`.
@@ -264,9 +266,13 @@ pub fn relative(path: &Path, base: &Path) -> String {
     parts.join("/")
 }
 
-/// The module cache holds immutable, checksummed module versions.
-fn in_module_cache(dir: &str, gomodcache: &str) -> bool {
-    !gomodcache.is_empty() && Path::new(dir).starts_with(gomodcache)
+/// The module version `package` comes from when go extracted it into the module cache, checked
+/// against go.sum then (and not since): the replacement where there is one.
+pub(crate) fn extracted_module<'a>(package: &'a Package, gomodcache: &str) -> Option<&'a Module> {
+    let module = package.module.as_ref()?;
+    let effective = module.replace.as_deref().unwrap_or(module);
+    let in_cache = !gomodcache.is_empty() && Path::new(&package.dir).starts_with(gomodcache);
+    (in_cache && !effective.version.is_empty() && !effective.sum.is_empty()).then_some(effective)
 }
 
 /// Finds a VCS root from `dir` upwards: its directory and kind.
@@ -432,6 +438,7 @@ pub async fn derive(
     // First: the largest files, hashed while the rest are.
     std_files.splice(0..0, toolchain_programs(call, env));
     let include_scans = include_scans(packages, gomodcache);
+    let native_modules = NativeModules::of(packages, gomodcache);
     if !include_scans.is_empty() {
         refuse_reading_flags(env)?;
     }
@@ -457,9 +464,7 @@ pub async fn derive(
             // go compiles every package with its module's Go version (-lang, and its action
             // IDs say `go <version>`), so each module's is part of the key.
             let go = go_version_text(&module.go_version);
-            let effective = module.replace.as_deref().unwrap_or(module);
-            let from_cache = in_module_cache(&package.dir, gomodcache);
-            if from_cache && !effective.version.is_empty() && !effective.sum.is_empty() {
+            if extracted_module(package, gomodcache).is_some() {
                 let value = match &module.replace {
                     Some(to) => (
                         format!("=> {} {}", to.path, to.version),
@@ -602,6 +607,7 @@ pub async fn derive(
     }
 
     let (count, unseen_by_go, hashed) = cached_client::task::spawn_blocking("hash-inputs", move || {
+        native_modules.refuse_edited()?;
         let unseen_by_go = add_included(&mut files, &include_scans, tree.as_deref(), &base)?;
         let count = files.len();
         // The standard library's first: the toolchain's programs are the largest files.
@@ -846,51 +852,9 @@ fn toolchain_programs(call: &GoCall<'_>, env: &GoEnv) -> Vec<FileInput> {
 /// Where the names of the toolchain's programs start while they are hashed (within `go.std`).
 const PROGRAM_PREFIX: &str = "std.@";
 
-/// The digests of the toolchain's programs, once per process as long as each file is as it
-/// was: a build derives its key two or three times, and the programs are tens of MiB. Only
-/// the toolchain's: a file the build's own tree holds is read each time (an edit in the same
-/// clock tick as the last keeps size and times).
-mod programs {
-    use std::collections::HashMap;
-    use std::os::unix::fs::MetadataExt;
-    use std::path::{Path, PathBuf};
-    use std::sync::{LazyLock, Mutex, PoisonError};
-
-    /// What identifies one version of a file: device, inode, size, modification and change
-    /// times (the change time moves with any write and cannot be set back).
-    type Version = (u64, u64, u64, i64, i64, i64, i64);
-
-    type Hashed = HashMap<PathBuf, (Version, [u8; 32])>;
-
-    static HASHED: LazyLock<Mutex<Hashed>> = LazyLock::new(Default::default);
-
-    fn version(path: &Path) -> std::io::Result<Version> {
-        let meta = std::fs::metadata(path)?;
-        Ok((
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-            meta.ctime(),
-            meta.ctime_nsec(),
-        ))
-    }
-
-    pub(super) fn hash(path: &Path, buffer: &mut [u8]) -> std::io::Result<[u8; 32]> {
-        let before = version(path)?;
-        if let Some((seen, hash)) = HASHED.lock().unwrap_or_else(PoisonError::into_inner).get(path)
-            && *seen == before
-        {
-            return Ok(*hash);
-        }
-        let hash = super::hash_file(path, buffer)?;
-        if version(path)? == before {
-            HASHED.lock().unwrap_or_else(PoisonError::into_inner).insert(path.to_owned(), (before, hash));
-        }
-        Ok(hash)
-    }
-}
+/// The digests of the toolchain's programs (only the toolchain's: a file the build's own tree
+/// holds is read each time).
+static PROGRAMS: FileMemo = FileMemo::new();
 
 /// Every file `go list` names for `package`'s build.
 fn package_files(package: &Package) -> impl Iterator<Item = &String> {
@@ -940,28 +904,28 @@ pub(crate) fn refuse_reading_flags(env: &GoEnv) -> Result<(), NoKey> {
 }
 
 /// What the include scan reads of `packages`: each directory once, and not the standard
-/// library nor modules from the module cache (identified by version and checksum).
+/// library nor modules from the module cache (identified by version and checksum, their
+/// directories checked against it: [`crate::modverify`]).
 pub(crate) fn include_scans(packages: &[Package], gomodcache: &str) -> Vec<includes::Sources> {
     let mut seen_dirs = BTreeSet::new();
     packages
         .iter()
         .filter(|package| !package.standard)
-        .filter(|package| {
-            let Some(module) = &package.module else { return true };
-            let effective = module.replace.as_deref().unwrap_or(module);
-            !(in_module_cache(&package.dir, gomodcache)
-                && !effective.version.is_empty()
-                && !effective.sum.is_empty())
-        })
+        .filter(|package| extracted_module(package, gomodcache).is_none())
         .filter(|package| seen_dirs.insert(package.dir.clone()))
         .filter_map(include_sources)
         .collect()
 }
 
-/// The files of a package whose includes and `#cgo` flags may name more inputs (none for a
-/// pure Go package, which adds nothing to the key).
-fn include_sources(package: &Package) -> Option<includes::Sources> {
-    let native: Vec<String> = [
+/// Whether building `package` may read files `go list` does not name for it: its C-family,
+/// Fortran, assembly and SWIG sources include headers, and its cgo files' `#cgo` flags name
+/// directories and libraries. A pure Go package reads only its listed files.
+pub(crate) fn reads_beyond_its_files(package: &Package) -> bool {
+    native_files(package).next().is_some() || !package.cgo_files.is_empty()
+}
+
+fn native_files(package: &Package) -> impl Iterator<Item = &String> {
+    [
         &package.c_files,
         &package.cxx_files,
         &package.m_files,
@@ -973,11 +937,15 @@ fn include_sources(package: &Package) -> Option<includes::Sources> {
     ]
     .into_iter()
     .flatten()
-    .cloned()
-    .collect();
-    if native.is_empty() && package.cgo_files.is_empty() {
+}
+
+/// The files of a package whose includes and `#cgo` flags may name more inputs (none for a
+/// pure Go package, which adds nothing to the key).
+fn include_sources(package: &Package) -> Option<includes::Sources> {
+    if !reads_beyond_its_files(package) {
         return None;
     }
+    let native: Vec<String> = native_files(package).cloned().collect();
     let module = package.module.as_ref().map(|module| module.replace.as_deref().unwrap_or(module));
     let root = module.map(|module| module.dir.as_str()).filter(|dir| !dir.is_empty()).unwrap_or(&package.dir);
     Some(includes::Sources {
@@ -1313,7 +1281,7 @@ pub(crate) fn hash_files(files: Vec<FileInput>) -> Result<Vec<(String, [u8; 32])
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some((name, path)) = files.get(index) else { break };
                         let hash = if name.starts_with(PROGRAM_PREFIX) {
-                            programs::hash(path, &mut buffer)
+                            PROGRAMS.digest(path, |path| hash_file(path, &mut buffer))
                         } else {
                             hash_file(path, &mut buffer)
                         };
@@ -1340,18 +1308,7 @@ mod tests {
     use super::*;
     use crate::exec::Processes;
     use crate::flags;
-    use crate::testing::write;
-
-    /// Runs `command` in `dir`; it must succeed.
-    fn run(dir: &Path, command: &[&str], env: &[(&str, &str)]) {
-        let output = std::process::Command::new(command[0])
-            .args(&command[1..])
-            .current_dir(dir)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
-    }
+    use crate::testing::{module_cache_and_app, module_cache_with_cgo, run, write};
 
     /// The go command's settings for these tests: nothing of this machine's go configuration,
     /// no network, no toolchain switch; `env` on top.
@@ -1375,6 +1332,16 @@ mod tests {
 
     /// [`derive_in`], its commands run by `exec`.
     async fn derive_with(exec: &Processes, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Manifest {
+        try_derive_with(exec, dir, args, env).await.unwrap().manifest
+    }
+
+    /// What [`derive_in`] derives, or why there is no key.
+    async fn try_derive_with(
+        exec: &Processes,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Derived, NoKey> {
         let env = go_env(env);
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let line = flags::parse_command_line(&args).unwrap();
@@ -1382,7 +1349,7 @@ mod tests {
         let (go_env, packages) =
             call.read(&flags::effective("", &line).unwrap(), &line.packages).await.unwrap();
         let flags = flags::effective(go_env.get("GOFLAGS").map_or("", String::as_str), &line).unwrap();
-        derive(&call, &flags, &go_env, &packages, None).await.unwrap().manifest
+        derive(&call, &flags, &go_env, &packages, None).await
     }
 
     /// Closures made in a `for i` loop: a module at go 1.21 shares one `i` (the program prints
@@ -1714,41 +1681,6 @@ mod tests {
         assert_ne!(first.key(), edited.key(), "a compiler edited in place kept its key");
     }
 
-    /// A module cache holding example.com/dep v1.0.0 as the go command extracts it (the files,
-    /// the .mod, and the .ziphash it checks go.sum against), and a module in `app` using it.
-    fn module_cache_and_app(root: &Path) -> (PathBuf, PathBuf) {
-        let cache = root.join("modcache");
-        let download = "cache/download/example.com/dep/@v";
-        write(
-            &cache,
-            &[
-                (&format!("{download}/v1.0.0.mod"), "module example.com/dep\n\ngo 1.21\n"),
-                (&format!("{download}/v1.0.0.info"), "{\"Version\":\"v1.0.0\"}\n"),
-                (&format!("{download}/v1.0.0.ziphash"), "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"),
-                ("example.com/dep@v1.0.0/go.mod", "module example.com/dep\n\ngo 1.21\n"),
-                ("example.com/dep@v1.0.0/dep.go", "package dep\n\nfunc Msg() string { return \"honest\" }\n"),
-            ],
-        );
-        let app = root.join("app");
-        write(
-            &app,
-            &[
-                ("go.mod", "module example.com/app\n\ngo 1.21\n\nrequire example.com/dep v1.0.0\n"),
-                (
-                    "main.go",
-                    "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/dep\"\n)\n\nfunc main() { fmt.Println(dep.Msg()) }\n",
-                ),
-            ],
-        );
-        let cache_var = cache.to_str().unwrap();
-        run(
-            &app,
-            &["go", "mod", "tidy"],
-            &[("GOMODCACHE", cache_var), ("GOPROXY", "off"), ("GOSUMDB", "off")],
-        );
-        (cache, app)
-    }
-
     /// go checks a module's files against go.sum when it extracts them, never after: a module
     /// cache edited since (a runner's, which a job may write) still says the same version and
     /// checksum, and its build took the key of the honest files.
@@ -1772,6 +1704,59 @@ mod tests {
         let elsewhere =
             derive_in(&app, &["-trimpath", "."], &[("GOMODCACHE", moved.to_str().unwrap())]).await;
         assert_eq!(elsewhere.key(), honest.key());
+    }
+
+    /// A header edited in a runner's module cache since go extracted the module took the key
+    /// of the honest header: a module whose native sources the build compiles is checked
+    /// against its go.sum checksum.
+    #[tokio::test]
+    async fn a_header_edited_in_the_module_cache_gives_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        let (cache, app) = module_cache_with_cgo(root.path());
+        let env = [("GOMODCACHE", cache.to_str().unwrap()), ("CGO_ENABLED", "1")];
+        let (exec, flags) = (Processes::default(), ["-trimpath", "."]);
+        let honest = try_derive_with(&exec, &app, &flags, &env).await.unwrap().manifest;
+        let header = cache.join("example.com/dep@v1.0.0/inc/value.h");
+        std::fs::set_permissions(&header, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        edit(&header, "VALUE 1", "VALUE 666");
+        let refused =
+            try_derive_with(&exec, &app, &flags, &env).await.expect_err("the edited header took a key");
+        assert!(refused.0.contains("is not what go.sum's checksum says"), "{}", refused.0);
+
+        // Restored and moved: the same key, wherever the cache is.
+        edit(&header, "VALUE 666", "VALUE 1");
+        let moved = root.path().join("elsewhere");
+        std::fs::rename(&cache, &moved).unwrap();
+        let env = [("GOMODCACHE", moved.to_str().unwrap()), ("CGO_ENABLED", "1")];
+        assert_eq!(derive_in(&app, &flags, &env).await.key(), honest.key());
+    }
+
+    /// The directory hash is the one `go mod verify` checks a module cache against: it passes
+    /// for the fixture's module and fails, like the key, once a file is added.
+    #[test]
+    fn the_module_hash_is_the_one_go_mod_verify_checks() {
+        let root = tempfile::tempdir().unwrap();
+        let (cache, app) = module_cache_with_cgo(root.path());
+        let verify = || {
+            std::process::Command::new("go")
+                .args(["mod", "verify"])
+                .current_dir(&app)
+                .envs(go_env(&[("GOMODCACHE", cache.to_str().unwrap()), ("GOSUMDB", "off")]))
+                .output()
+                .unwrap()
+        };
+        let verified = verify();
+        assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+        let dep = cache.join("example.com/dep@v1.0.0");
+        std::fs::set_permissions(&dep, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::write(dep.join("inc/value.h.gch"), "precompiled").unwrap();
+        assert!(!verify().status.success(), "go mod verify took the added file");
+        assert_ne!(
+            crate::modverify::dir_hash(&dep, "example.com/dep@v1.0.0").unwrap(),
+            std::fs::read_to_string(cache.join("cache/download/example.com/dep/@v/v1.0.0.ziphash"))
+                .unwrap()
+                .trim()
+        );
     }
 
     /// A GOROOT of links to this machine's, but for `tool`, a copy of the real one with

@@ -1,0 +1,59 @@
+//! Digests of files kept for the life of the process while each file is as it was: a build
+//! derives its key two or three times, and some inputs (the toolchain's programs, a cgo
+//! module's bundled libraries) are tens of MiB that do not change between derivations.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex, PoisonError};
+
+/// What identifies one version of a file: device, inode, size, modification and change times
+/// (the change time moves with any write and cannot be set back).
+type Version = (u64, u64, u64, i64, i64, i64, i64);
+
+fn version(path: &Path) -> std::io::Result<Version> {
+    let meta = std::fs::metadata(path)?;
+    Ok((
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    ))
+}
+
+/// Each file's digest with the version it was computed from.
+type Digests = HashMap<PathBuf, (Version, [u8; 32])>;
+
+/// One kind of digest per memo: a file's is computed once per version.
+pub(crate) struct FileMemo(LazyLock<Mutex<Digests>>);
+
+impl FileMemo {
+    pub(crate) const fn new() -> Self {
+        Self(LazyLock::new(Default::default))
+    }
+
+    /// The digest `compute` gives of the file at `path`, remembered only when the file did
+    /// not change while it was read. Only for files outside the build's own tree: one edited
+    /// within the clock tick of the last write keeps size and times.
+    pub(crate) fn digest(
+        &self,
+        path: &Path,
+        compute: impl FnOnce(&Path) -> std::io::Result<[u8; 32]>,
+    ) -> std::io::Result<[u8; 32]> {
+        let before = version(path)?;
+        let known = self.0.lock().unwrap_or_else(PoisonError::into_inner).get(path).copied();
+        if let Some((seen, digest)) = known
+            && seen == before
+        {
+            return Ok(digest);
+        }
+        let digest = compute(path)?;
+        if version(path)? == before {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(path.to_owned(), (before, digest));
+        }
+        Ok(digest)
+    }
+}
