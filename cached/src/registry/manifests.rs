@@ -18,9 +18,10 @@ use super::blobs::{DIGEST_HEADER, insert};
 use super::buffers::{BodyReservation, held_body};
 use super::errors::{Code, RegistryError, RegistryResult};
 use super::names::{Repository, Sha256Digest, check_tag};
+use super::reach::{MAX_REACHED_MANIFEST_BYTES, MAX_REACHED_RECORDS, Reached, TooLarge, keep_subjects};
 use super::records::{
     MAX_DESCRIPTOR_BYTES, MAX_REFERRERS, MAX_REFERRERS_BYTES, ManifestPut, ManifestWrite, Recorded,
-    RegistryRecords, StoredManifest,
+    StoredManifest,
 };
 use super::routes::Call;
 use super::{Registry, check_free_space};
@@ -35,25 +36,25 @@ pub(super) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// The parts of a manifest or index the registry checks.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Manifest {
+pub(super) struct Manifest {
     media_type: Option<String>,
     artifact_type: Option<String>,
-    config: Option<Descriptor>,
+    pub(super) config: Option<Descriptor>,
     #[serde(default)]
-    layers: Vec<Descriptor>,
+    pub(super) layers: Vec<Descriptor>,
     #[serde(default)]
-    manifests: Vec<Descriptor>,
-    subject: Option<Descriptor>,
+    pub(super) manifests: Vec<Descriptor>,
+    pub(super) subject: Option<Descriptor>,
     annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(super) struct Descriptor {
     media_type: String,
-    digest: String,
+    pub(super) digest: String,
     #[serde(default)]
-    urls: Vec<String>,
+    pub(super) urls: Vec<String>,
 }
 
 /// The fields of manifests, indexes and descriptors, as the specs spell them.
@@ -214,14 +215,14 @@ pub(super) async fn put(
     check_free_space(&registry.space)?;
     let stored = StoredManifest { media_type, bytes };
     let (owned, tag) = (repo.clone(), (!by_digest).then(|| reference.to_owned()));
-    let bound = Arc::clone(&registry.bound);
+    let (bound, names) = (Arc::clone(&registry.bound), Arc::clone(&registry.manifest_names));
     let put = registry
         .records("registry manifest put", move |records| {
             let write = ManifestWrite { digest, manifest: &stored, tag: tag.as_deref(), referrer };
             let loose = write.is_loose();
-            let reached = match Reached::below(records, &owned, used)? {
+            let reached = match Reached::below(records, &names, &owned, used)? {
                 Ok(reached) => reached,
-                Err(refusal) => return Ok(Err(refusal)),
+                Err(TooLarge) => return Ok(Err(Refusal::TooLarge)),
             };
             if let Some(missing) = reached.check(records, loose)? {
                 return Ok(Err(Refusal::Gone(missing)));
@@ -236,7 +237,8 @@ pub(super) async fn put(
                         digest,
                         subject: None,
                     });
-                    keep_subjects(records, &owned, subjects.into_iter().chain(reached.subjects).collect());
+                    let subjects = subjects.into_iter().chain(reached.subjects).collect();
+                    keep_subjects(records, &names, &owned, subjects);
                 }
                 bound.count(records, counted);
             }
@@ -472,12 +474,6 @@ async fn check_references(
     Ok(blobs.chain(children).collect())
 }
 
-/// Most bytes of manifests one push reads to find what it reaches, and most records it may
-/// reach: a real index names a few small children, and one naming thousands of large children
-/// (or an index over indexes over them) must not make each push read and move that much.
-const MAX_REACHED_MANIFEST_BYTES: usize = 16 << 20;
-const MAX_REACHED_RECORDS: usize = 4 * MAX_REFERENCES;
-
 /// Why a push was refused inside the records' step.
 enum Refusal {
     /// A record it reaches is no longer held: a forget removed it after `check_references`
@@ -512,91 +508,6 @@ impl Refusal {
             ),
         )
     }
-}
-
-/// Everything a manifest reaches in its repository, each once: what it names, what the
-/// manifests among those name, and so on. Subjects, which need not be there, apart.
-struct Reached {
-    records: Vec<Recorded>,
-    subjects: Vec<Recorded>,
-}
-
-impl Reached {
-    /// Reads each manifest reached once, within [`MAX_REACHED_MANIFEST_BYTES`] and
-    /// [`MAX_REACHED_RECORDS`].
-    fn below(
-        records: &dyn RegistryRecords,
-        repo: &Repository,
-        named: Vec<Recorded>,
-    ) -> crate::error::Result<Result<Self, Refusal>> {
-        let mut listed: HashSet<Vec<u8>> = named.iter().map(Recorded::pointer_key).collect();
-        let mut reached = Self { records: named, subjects: Vec::new() };
-        let (mut next, mut bytes) = (0, 0);
-        while let Some(recorded) = reached.records.get(next) {
-            next += 1;
-            let Recorded::Manifest { digest, .. } = recorded else { continue };
-            let Some(manifest) = records.manifest(repo, digest)? else { continue };
-            bytes += manifest.bytes.len();
-            let (names, subject) = named_records(repo, &manifest.bytes);
-            reached.records.extend(names.into_iter().filter(|name| listed.insert(name.pointer_key())));
-            reached.subjects.extend(subject);
-            if bytes > MAX_REACHED_MANIFEST_BYTES || reached.records.len() > MAX_REACHED_RECORDS {
-                return Ok(Err(Refusal::TooLarge));
-            }
-        }
-        Ok(Ok(reached))
-    }
-
-    /// Whether all of it is still held, in one step with what protects it from a forget that
-    /// read its rows before: moved to now, and kept when a tag or a subject vouches for it.
-    /// Returns what is gone.
-    fn check(&self, records: &dyn RegistryRecords, loose: bool) -> crate::error::Result<Option<Recorded>> {
-        let missing = if loose { records.touch(&self.records)? } else { records.keep(&self.records)? };
-        Ok(missing.into_iter().next())
-    }
-
-    /// Moves its rows after the manifest's and its tag's: a forget goes oldest first, so it
-    /// takes a tag or a manifest before anything it reaches, and a tag never names an image
-    /// with a part forgotten. Rows only ever move later, so that stays true.
-    fn retime(&self, records: &dyn RegistryRecords) {
-        match records.touch(&self.records) {
-            Ok(gone) if gone.is_empty() => {}
-            // Only a forget that went through every newer record first gets here.
-            Ok(gone) => {
-                tracing::warn!(?gone, "records a stored manifest reaches were forgotten as it was stored")
-            }
-            Err(err) => tracing::warn!(error = %err, "marking the records a manifest reaches as used failed"),
-        }
-    }
-}
-
-/// Makes kept what `subjects` reach (the subjects of a signature, or of what a tag reaches):
-/// a referrer vouches for them too, but they need not be there, nor be moved.
-fn keep_subjects(records: &dyn RegistryRecords, repo: &Repository, subjects: Vec<Recorded>) {
-    if subjects.is_empty() {
-        return;
-    }
-    let kept = Reached::below(records, repo, subjects).and_then(|reached| match reached {
-        Ok(reached) => reached.check(records, false).map(drop),
-        Err(_) => Ok(()),
-    });
-    if let Err(err) = kept {
-        tracing::warn!(error = %err, "keeping what a referrer's subject reaches failed");
-    }
-}
-
-/// The records a stored manifest names in its repository: its config, layers (those fetched
-/// from elsewhere, `urls`, excepted) and children; and its subject, apart (nothing, if it
-/// does not parse as a manifest).
-fn named_records(repo: &Repository, bytes: &[u8]) -> (Vec<Recorded>, Option<Recorded>) {
-    let Ok(manifest) = serde_json::from_slice::<Manifest>(bytes) else { return (Vec::new(), None) };
-    let digest = |descriptor: &Descriptor| Sha256Digest::parse(&descriptor.digest).ok();
-    let manifest_of = |digest| Recorded::Manifest { repo: repo.clone(), digest, subject: None };
-    let layers = manifest.layers.iter().filter(|layer| layer.urls.is_empty());
-    let blobs = manifest.config.iter().chain(layers).filter_map(digest);
-    let blobs = blobs.map(|sha256| Recorded::Blob { repo: repo.clone(), sha256 });
-    let named = blobs.chain(manifest.manifests.iter().filter_map(digest).map(manifest_of)).collect();
-    (named, manifest.subject.as_ref().and_then(digest).map(manifest_of))
 }
 
 /// The descriptor the referrers API lists for a manifest with a subject, within
@@ -696,63 +607,5 @@ mod tests {
             serde_json::from_slice(&referrer_descriptor(&image, "m", digest, 3).unwrap()).unwrap();
         assert_eq!(descriptor["artifactType"], "application/x-sig");
         assert_eq!(descriptor["size"], 3);
-    }
-
-    /// Stores `json` by digest in `repo`; returns what names it.
-    fn store(records: &super::super::RocksRegistry, repo: &Repository, json: &str) -> Recorded {
-        let digest = Sha256Digest::of(json.as_bytes());
-        let stored = StoredManifest { media_type: "m".into(), bytes: Bytes::from(json.to_owned()) };
-        let write = ManifestWrite { digest, manifest: &stored, tag: None, referrer: None };
-        records.put_manifest(repo, write).unwrap();
-        Recorded::Manifest { repo: repo.clone(), digest, subject: None }
-    }
-
-    fn descriptor(digest: Sha256Digest) -> String {
-        format!(r#"{{"mediaType":"m","digest":"{digest}","size":1}}"#)
-    }
-
-    /// A chain of small indexes, each over the one before and one image of thousands of
-    /// layers, made each push read and move that image once for every index under it
-    /// (seconds a push, by `cas-write`): what a push reaches is read and listed once.
-    #[test]
-    fn a_push_reads_and_moves_what_it_reaches_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let records = super::super::RocksRegistry::new(crate::db::open(dir.path()).unwrap());
-        let repo = Repository::parse("main/app").unwrap();
-        let layers: Vec<String> =
-            (0..1000u32).map(|n| descriptor(Sha256Digest::of(&n.to_be_bytes()))).collect();
-        let image = format!(r#"{{"layers":[{}]}}"#, layers.join(","));
-        let Recorded::Manifest { digest: image_digest, .. } = store(&records, &repo, &image) else {
-            panic!()
-        };
-        let mut top = None;
-        for _ in 0..20 {
-            let under =
-                top.map(|digest: Sha256Digest| format!(",{}", descriptor(digest))).unwrap_or_default();
-            let index = format!(r#"{{"manifests":[{}{under}]}}"#, descriptor(image_digest));
-            let Recorded::Manifest { digest, .. } = store(&records, &repo, &index) else { panic!() };
-            top = Some(digest);
-        }
-        let named = vec![Recorded::Manifest { repo: repo.clone(), digest: top.unwrap(), subject: None }];
-        let Ok(reached) = Reached::below(&records, &repo, named).unwrap() else { panic!("refused") };
-        assert_eq!(reached.records.len(), 20 + 1 + 1000, "each index, the image and its layers, once");
-
-        // Past the bound on records, the push is refused rather than moving them all.
-        let wide: Vec<String> = (0..5u32)
-            .map(|n| {
-                let layers = (0..4000u32)
-                    .map(|l| descriptor(Sha256Digest::of(&[n.to_be_bytes(), l.to_be_bytes()].concat())));
-                let Recorded::Manifest { digest, .. } = store(
-                    &records,
-                    &repo,
-                    &format!(r#"{{"layers":[{}]}}"#, layers.collect::<Vec<_>>().join(",")),
-                ) else {
-                    panic!()
-                };
-                descriptor(digest)
-            })
-            .collect();
-        let index = store(&records, &repo, &format!(r#"{{"manifests":[{}]}}"#, wide.join(",")));
-        assert!(matches!(Reached::below(&records, &repo, vec![index]).unwrap(), Err(Refusal::TooLarge)));
     }
 }

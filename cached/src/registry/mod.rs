@@ -18,6 +18,7 @@ mod listen;
 mod manifests;
 mod names;
 mod pg;
+mod reach;
 mod records;
 mod referrers;
 mod retention;
@@ -72,6 +73,8 @@ pub struct Registry {
     space: Arc<FreeSpace>,
     /// What the records may take.
     bound: Arc<retention::RecordBound>,
+    /// The names of manifests pushes reached lately.
+    manifest_names: Arc<reach::ManifestNames>,
     /// The memory manifest bodies being pushed hold in flight.
     pushes: Arc<buffers::BodyBuffers>,
     /// The memory manifest and referrers bodies being pulled hold in flight.
@@ -112,7 +115,21 @@ impl Registry {
         let bound = Arc::new(retention::RecordBound::new(settings.max_records, Arc::clone(metrics.stats())));
         let (pushes, pulls) = (buffers::BodyBuffers::new(), buffers::BodyBuffers::new());
         let pace = settings.upload_pace;
-        Ok(Arc::new(Self { records, cas, auth, uploads, space, bound, pushes, pulls, pace, metrics, tls }))
+        let manifest_names = Arc::default();
+        Ok(Arc::new(Self {
+            records,
+            cas,
+            auth,
+            uploads,
+            space,
+            bound,
+            manifest_names,
+            pushes,
+            pulls,
+            pace,
+            metrics,
+            tls,
+        }))
     }
 
     /// Drops uploads untouched for `registry_upload_timeout`, with their spooled bytes, until
