@@ -958,7 +958,8 @@ mod tests {
         assert_eq!(set("GOFLAGS"), Some("-mod=mod"), "{build:?}");
         assert_eq!(set("GOPRIVATE"), Some("mine"), "{build:?}");
         assert_eq!(set("GOCACHEPROG"), None, "{build:?}");
-        assert_eq!((set("PATH"), set("GODEBUG")), (None, None), "go takes neither from its file: {build:?}");
+        // go takes neither from its file; the wrapper reads go's own GOCACHE without its index.
+        assert_eq!((set("PATH"), set("GODEBUG")), (None, Some("goindex=0")), "{build:?}");
         assert_eq!(
             set("CGO_CFLAGS_ALLOW"),
             Some("-fplugin.*"),

@@ -95,13 +95,16 @@ impl GoCache {
     }
 }
 
-/// Keeps the go command of an `Off` build (`invocation`, set up by [`GoCache::apply`]) from a
+/// Keeps the go command of an `Off` build (`invocation`, set up by [`GoCache::apply`]) from
+/// the module index in its own GOCACHE ([`without_module_index`]) and from a
 /// cache program its env file names: removing GOCACHEPROG from the environment does not reach
 /// one `go env -w` wrote there (a developer's machine; agents run with GOENV=off), and through
 /// it go would write objects built from unkeyed files under the IDs honest builds look up. The
 /// file then gives way to its other settings, set as variables where the environment sets none
 /// (go reads the environment first), and GOENV=off.
 pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -> Result<(), ClientError> {
+    let godebug = effective_var(exec, invocation, "GODEBUG");
+    invocation.env.push(without_module_index(Some(godebug)));
     let known = go_env(exec, go, invocation).await?;
     let (file, program) = (inputs::var(&known, "GOENV"), inputs::var(&known, "GOCACHEPROG"));
     if program.is_empty() {
@@ -130,6 +133,22 @@ pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -
         return Err(off_failed(&format!("GOCACHEPROG={program} is set in $GOROOT/go.env; remove it there")));
     }
     Ok(())
+}
+
+/// `GODEBUG` (as the build has it, `godebug`) for a go command that reads its own GOCACHE:
+/// without go's module index. go keeps there what each package's files are, their build
+/// constraints, imports and `#cgo` lines, keyed by the package directory and its files' names,
+/// sizes and times (a module-cache module by its directory alone), never by contents: on a
+/// runner whose GOCACHE other builds share, a pull request's tree of the same names, sizes and
+/// times (its commit time chosen, a content of the same size ground to match) or an edited
+/// module cache would decide which files the key reads and an `Off` build compiles. The last
+/// setting of a name wins, so the build's own GODEBUG stays as it is otherwise.
+pub(crate) fn without_module_index(godebug: Option<String>) -> (String, String) {
+    let value = match godebug.filter(|value| !value.is_empty()) {
+        Some(value) => format!("{value},goindex=0"),
+        None => "goindex=0".to_owned(),
+    };
+    ("GODEBUG".to_owned(), value)
 }
 
 /// The variables go reads from its env file as well as the environment (cmd/go's

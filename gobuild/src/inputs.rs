@@ -178,11 +178,13 @@ pub struct GoCall<'a> {
 
 impl GoCall<'_> {
     fn invocation(&self, args: Vec<String>) -> Invocation {
+        let mut env = self.env.to_vec();
+        env.push(crate::gocache::without_module_index(self.build_var("GODEBUG")));
         Invocation {
             program: self.go.to_owned(),
             args,
             dir: self.dir.to_owned(),
-            env: self.env.to_vec(),
+            env,
             // The inputs are read with the plain go command: no cache program is needed for it.
             env_remove: vec!["GOCACHEPROG".to_owned()],
         }
@@ -1679,6 +1681,44 @@ mod tests {
         std::fs::write(&fc1, format!("{script}# -DV=2\n")).unwrap();
         let edited = derive_in(dir.path(), args, &[("CGO_ENABLED", "1"), ("FC", &fc1)]).await;
         assert_ne!(first.key(), edited.key(), "a compiler edited in place kept its key");
+    }
+
+    /// go keeps an index of each package in its GOCACHE, keyed by the files' names, sizes and
+    /// times, not their contents: another tree at the same path with files of the same names,
+    /// sizes and times (a pull request's, on a runner whose GOCACHE builds share) made `go
+    /// list` report that tree's files, and the key of this one missed a file.
+    #[tokio::test]
+    async fn the_key_reads_no_package_index_another_tree_left_in_gocache() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, fresh) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let tree = |constraint: &str| {
+            let extra = format!("//go:build {constraint}\n\npackage main\n\nfunc init() {{ println(2) }}\n");
+            write(
+                dir.path(),
+                &[
+                    ("go.mod", "module example.com/p\n\ngo 1.22\n"),
+                    ("main.go", "package main\n\nfunc main() {}\n"),
+                    ("extra.go", &extra),
+                ],
+            );
+            // As `cachectl restore-mtimes` leaves a clone: the times of the commit.
+            let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+            for name in ["go.mod", "main.go", "extra.go"] {
+                let file = std::fs::File::options().write(true).open(dir.path().join(name)).unwrap();
+                file.set_modified(when).unwrap();
+            }
+        };
+        let flags = ["-trimpath", "-buildvcs=false", "."];
+        let derive = |cache: &Path| {
+            let (dir, cache) = (dir.path().to_owned(), cache.to_str().unwrap().to_owned());
+            async move { derive_in(&dir, &flags, &[("GOCACHE", &cache)]).await }
+        };
+        tree("!nope1");
+        let other = derive(shared.path()).await;
+        tree("ignore");
+        let honest = derive(fresh.path()).await;
+        assert_ne!(other.key(), honest.key(), "extra.go is compiled in one tree only");
+        assert_eq!(derive(shared.path()).await.key(), honest.key(), "the key read the other tree's files");
     }
 
     /// go checks a module's files against go.sum when it extracts them, never after: a module

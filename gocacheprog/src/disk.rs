@@ -248,16 +248,18 @@ impl DiskTier {
 
     /// Whether this session may answer with an entry whose body is at `body` (`size` bytes),
     /// wherever it was recorded: one that trusts none of its own work takes no test result
-    /// keyed by file times (see [`crate::testlog`]), not even one its own scope recorded (a
-    /// pull request's earlier push, whose file list then computes main's inputs from forged
-    /// times). `None` while the session's trust is not known yet and the body is such a log.
+    /// keyed by file times (see [`crate::testlog`]) and no index of go's packages (keyed by
+    /// them too, [`crate::goindex`]), not even one its own scope recorded (a pull request's
+    /// earlier push, whose file list then computes main's inputs from forged times). `None` while the session's trust is not known yet and the body is such a log.
     pub fn takes(&self, body: &Path, size: u64) -> Option<bool> {
         let (undecided, untrusted) = {
             // Under the lock, which `settle` holds while it sets the trust.
             let held = lock(&self.undecided);
             (held.is_some(), self.untrusted.get().is_some())
         };
-        if (!undecided && !untrusted) || !crate::testlog::keys_files_by_time(body, size) {
+        let keyed_by_time =
+            || crate::testlog::keys_files_by_time(body, size) || crate::goindex::is_index(body, size);
+        if (!undecided && !untrusted) || !keyed_by_time() {
             return Some(true);
         }
         (!undecided).then_some(false)
@@ -336,9 +338,14 @@ impl DiskTier {
 
     /// Records an entry cached vouched for (it checked the OutputID when the entry was put,
     /// and the body landed against its digest) where trusted sessions record: it is what they
-    /// would have landed, whichever session landed it.
-    pub fn record_vouched(&self, action_id: &ActionId, entry: &Entry) -> Result<(), DiskError> {
-        self.record_at(self.record_path(self.namespace_salt.as_ref(), action_id), entry)
+    /// would have landed, whichever session landed it. Not go's index of another machine's
+    /// files ([`crate::goindex`]): returns whether it was recorded.
+    pub fn record_vouched(&self, action_id: &ActionId, entry: &Entry) -> Result<bool, DiskError> {
+        if crate::goindex::is_index(&self.output_path(&entry.output_id), entry.size) {
+            return Ok(false);
+        }
+        self.record_at(self.record_path(self.namespace_salt.as_ref(), action_id), entry)?;
+        Ok(true)
     }
 
     fn record_at(&self, path: PathBuf, entry: &Entry) -> Result<(), DiskError> {
@@ -720,6 +727,28 @@ mod tests {
         assert_eq!(undecided.takes(&env_only, size(&env_only)), Some(true));
         undecided.settle(true, None);
         assert_eq!(undecided.takes(&log, size(&log)), Some(true));
+    }
+
+    /// go's index of a package is keyed by its files' names, sizes and times: main's, taken by
+    /// a pull request's session for a tree of the same names, sizes and times, listed main's
+    /// files (its own file was never compiled). Like test logs naming files, an untrusted
+    /// session takes none from any record.
+    #[test]
+    fn go_index_entries_are_taken_by_trusted_sessions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("main");
+        let index = put(&trusted(), 1, b"go index v2\n\0\0\0\0main's files");
+        let scoped = trusted().untrusted(Some("pr-1"));
+        let own_index = put(&scoped, 2, b"go index v2\n\0\0\0\0the pull request's earlier files");
+        let object = put(&trusted(), 3, b"!<arch>\n__.PKGDEF");
+        let size = |path: &Path| fs::metadata(path).unwrap().len();
+        assert_eq!(trusted().takes(&index, size(&index)), Some(true));
+        for session in [trusted().untrusted(None), trusted().untrusted(Some("pr-1"))] {
+            assert_eq!(session.takes(&index, size(&index)), Some(false));
+            assert_eq!(session.takes(&own_index, size(&own_index)), Some(false));
+            assert_eq!(session.takes(&object, size(&object)), Some(true));
+        }
+        assert_eq!(trusted().awaiting_trust().takes(&index, size(&index)), None);
     }
 
     #[test]

@@ -50,12 +50,13 @@ impl Found {
     /// Stores the body (unless it is already here) and records the action. Needs
     /// [`Found::is_here`]. The body must have its digest, or nothing is stored. `decoder`
     /// is any decoder, reused so that landing many small bodies does not set one up for each.
+    /// `None`: the entry is not one to land ([`crate::goindex`]), a miss.
     pub fn store(
         &self,
         disk: &DiskTier,
         action_id: ActionId,
         decoder: &mut FrameDecoder,
-    ) -> Result<PathBuf, RemoteError> {
+    ) -> Result<Option<PathBuf>, RemoteError> {
         let entry = self.entry;
         let path = match disk.existing_output(&entry.output_id, entry.size) {
             Some(path) => path,
@@ -72,8 +73,7 @@ impl Found {
                 writer.commit()?
             }
         };
-        disk.record_vouched(&action_id, &entry)?;
-        Ok(path)
+        Ok(disk.record_vouched(&action_id, &entry)?.then_some(path))
     }
 
     /// The inline body in memory, checked against its digest.
@@ -93,14 +93,15 @@ impl Found {
     }
 }
 
-/// Runs on a blocking thread: decodes each streamed piece into the body file.
+/// Runs on a blocking thread: decodes each streamed piece into the body file. `None` as for
+/// [`Found::store`].
 pub fn store_frames(
     disk: &DiskTier,
     action_id: ActionId,
     entry: Entry,
     digest: Digest,
     mut pieces: mpsc::Receiver<v1::ReadResponse>,
-) -> Result<PathBuf, RemoteError> {
+) -> Result<Option<PathBuf>, RemoteError> {
     let corrupt = |err: &dyn std::fmt::Display| RemoteError::Corrupt(err.to_string());
     let mut writer = disk.landing_writer(entry.output_id, digest)?;
     let mut decoder = FrameDecoder::new(entry.size, 0).map_err(|e| corrupt(&e))?;
@@ -112,8 +113,7 @@ pub fn store_frames(
         }
     }
     let path = writer.commit()?;
-    disk.record_vouched(&action_id, &entry)?;
-    Ok(path)
+    Ok(disk.record_vouched(&action_id, &entry)?.then_some(path))
 }
 
 #[cfg(test)]
@@ -161,7 +161,32 @@ mod tests {
         assert!(disk.lookup(&action).unwrap().is_none());
 
         let honest = found(output_id(right), Digest::of(right), right);
-        let path = honest.store(&disk, action, &mut new_decoder().unwrap()).unwrap();
+        let path = honest.store(&disk, action, &mut new_decoder().unwrap()).unwrap().unwrap();
         assert_eq!(std::fs::read(path).unwrap(), right);
+    }
+
+    /// go's index of a package is keyed by where its files are and their times, not what they
+    /// hold: one from cached (another machine's files) is never landed, inline or streamed.
+    #[test]
+    fn go_index_entries_from_cached_never_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::open(dir.path(), 1 << 30).unwrap();
+        let index = b"go index v2\n\0\0\0\0another machine's list of files".as_slice();
+        let entry = found(output_id(index), Digest::of(index), index);
+        let action = ActionId([1; 32]);
+        assert_eq!(entry.store(&disk, action, &mut new_decoder().unwrap()).unwrap(), None);
+        assert!(disk.lookup(&action).unwrap().is_none());
+
+        let (sender, pieces) = mpsc::channel(1);
+        let piece = v1::ReadResponse {
+            data: entry.inline.clone().unwrap(),
+            compression: Compression::Zstd as i32,
+            ..Default::default()
+        };
+        sender.try_send(piece).unwrap();
+        drop(sender);
+        let action = ActionId([2; 32]);
+        assert_eq!(store_frames(&disk, action, entry.entry, entry.digest, pieces).unwrap(), None);
+        assert!(disk.lookup(&action).unwrap().is_none());
     }
 }

@@ -18,6 +18,7 @@ pub mod command;
 pub mod counters;
 pub mod disk;
 pub mod flights;
+mod goindex;
 pub mod landing;
 pub mod prefetch;
 pub mod preload;

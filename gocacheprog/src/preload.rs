@@ -301,11 +301,7 @@ impl Preload {
                 let Ok(_slot) = reads.acquire_owned().await else { return };
                 let result =
                     remote.download_bulk(Arc::clone(flights.disk()), claim.action_id(), &found).await;
-                match result {
-                    Ok(Some(path)) => this.landed(&flights, &remote, claim, &found, Ok(path)),
-                    Ok(None) => flights.settle(claim, PreloadOutcome::Missing),
-                    Err(err) => this.landed(&flights, &remote, claim, &found, Err(err)),
-                }
+                this.landed(&flights, &remote, claim, &found, result);
             }
         });
         let _ = tokio::join!(stored, futures::future::join_all(downloads));
@@ -318,10 +314,12 @@ impl Preload {
         remote: &RemoteTier,
         claim: Claim,
         found: &Found,
-        result: Result<PathBuf, RemoteError>,
+        result: Result<Option<PathBuf>, RemoteError>,
     ) {
         match result {
-            Ok(path) => {
+            // Evicted since the lookup, or not an entry to land.
+            Ok(None) => flights.settle(claim, PreloadOutcome::Missing),
+            Ok(Some(path)) => {
                 self.stored.lock().unwrap_or_else(|poison| poison.into_inner()).insert(claim.action_id());
                 let counters = &self.counters;
                 bump(&counters.preloaded);

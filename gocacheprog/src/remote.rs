@@ -233,15 +233,14 @@ impl RemoteTier {
         let Some(found) = Found::from_reply(reply)? else { return Ok(None) };
         let (entry, digest) = (found.entry, found.digest);
         let landed = if found.is_here(&disk) {
-            off_runtime(entry.size, move || found.store(&disk, action_id, &mut new_decoder()?))
-                .await
-                .map(Some)
+            off_runtime(entry.size, move || found.store(&disk, action_id, &mut new_decoder()?)).await
         } else {
             self.download(&self.client, disk, action_id, entry, digest).await
         };
         let path = match landed {
             Ok(Some(path)) => path,
-            Ok(None) => return Ok(None), // The blob was evicted since the lookup.
+            // The blob was evicted since the lookup, or the entry is not one to land.
+            Ok(None) => return Ok(None),
             Err(err) => {
                 self.report_if_corrupt(digest, &err);
                 return Err(err);
@@ -398,7 +397,7 @@ impl RemoteTier {
                 writer.await.map_err(|err| RemoteError::Internal(format!("writing failed: {err}")))?;
             match failure {
                 Some(status) => Err(status.into()),
-                None => stored.map(Some),
+                None => stored,
             }
         };
         tokio::time::timeout(limit, streamed).await.map_err(|_| RemoteError::Timeout(limit))?

@@ -395,6 +395,53 @@ fn a_read_only_session_runs_a_test_whose_cached_result_is_keyed_by_file_times() 
     assert!(forged.contains("FAIL\texample.com/golden"), "a pass answered the forged file:\n{forged}");
 }
 
+/// go's index of a package (its files, build constraints and imports) is keyed by where the
+/// files are and their names, sizes and times, never their contents. Served from cached, main's
+/// index told a runner building another tree at the same path, of the same names, sizes and
+/// times (a pull request's forged commit, or any runner's edited module cache), to leave out
+/// a file that tree compiles. No index crosses machines: each runner indexes its own files.
+#[test]
+fn no_runner_builds_from_the_package_index_of_another() {
+    let daemon = Daemon::start();
+    let env = GoEnv::new();
+    let tree = env.root.path().join("tree");
+    // The times `cachectl restore-mtimes` gives a commit's files.
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let check_out = |constraint: &str| {
+        wipe(&tree);
+        let extra = format!("//go:build {constraint}\n\npackage main\n\nfunc init() {{ msg = \"extra\" }}\n");
+        let files = [
+            ("go.mod", "module example.com/forged\n\ngo 1.22\n".to_owned()),
+            ("main.go", "package main\n\nvar msg = \"main\"\n\nfunc main() { println(msg) }\n".to_owned()),
+            ("extra.go", extra),
+        ];
+        std::fs::create_dir_all(&tree).unwrap();
+        for (name, text) in files {
+            std::fs::write(tree.join(name), text).unwrap();
+            std::fs::File::options().write(true).open(tree.join(name)).unwrap().set_modified(when).unwrap();
+        }
+    };
+    let build_and_run = |read_only: bool| {
+        let (tier, out) = (tempfile::tempdir().unwrap(), env.root.path().join("app"));
+        env.wipe_gocache();
+        let mut go =
+            env.go_bridged(&["build", "-o", out.to_str().unwrap(), "."], tier.path(), Some(&daemon.url()));
+        go.current_dir(&tree).env("CACHED_NAMESPACE", "main");
+        if read_only {
+            go.env("CACHED_READ_ONLY", "true");
+        }
+        run(go).success("bridged build");
+        let printed = Command::new(&out).output().unwrap();
+        String::from_utf8_lossy(&printed.stderr).trim().to_owned()
+    };
+    check_out("ignore");
+    assert_eq!(build_and_run(false), "main");
+    // The same names, sizes and times; extra.go is compiled now.
+    check_out("!nope1");
+    assert_eq!(build_and_run(true), "extra", "a pull request's session listed main's files");
+    assert_eq!(build_and_run(false), "extra", "a fresh runner listed another runner's files");
+}
+
 #[test]
 fn go_list_export_paths_stay_readable_after_the_bridge_exits() {
     let tier = tempfile::tempdir().unwrap();
