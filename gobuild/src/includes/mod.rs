@@ -513,6 +513,9 @@ impl Scan {
         self.refuse_own_absolute_paths(package, &words)?;
         let mut words = words.iter();
         while let Some(word) = words.next() {
+            if linking {
+                refuse_relative_linker_input(package, word)?;
+            }
             let (value, flag) = match flag_value(word) {
                 FlagValue::Next(flag) => (words.next().map_or("", String::as_str), flag),
                 FlagValue::Joined(value, flag) => (value, flag),
@@ -610,6 +613,25 @@ impl Scan {
         }
         Ok(())
     }
+}
+
+/// Refuses a file a `#cgo LDFLAGS` word names by a relative path (`lib/libfoo.a`): go makes
+/// relative `-L` and `-I` paths absolute under the package directory but passes such a word as
+/// written, and the linker runs where go runs, so it reads the file there, which neither the
+/// key (the scan looks in the package directory) nor go's action IDs (the flag's text) follow.
+/// A word with neither `/` nor `.` is no file (`-framework CoreFoundation`).
+fn refuse_relative_linker_input(package: &Package, word: &str) -> Result<(), NoKey> {
+    let relative_file = !word.starts_with('-')
+        && !word.contains("${SRCDIR}")
+        && !Path::new(word).is_absolute()
+        && word.contains(['/', '.']);
+    if !relative_file {
+        return Ok(());
+    }
+    Err(NoKey(format!(
+        "a #cgo LDFLAGS line of {} names {word}, a path the linker reads relative to where go runs, which          the build key does not follow; name it with ${{SRCDIR}}/",
+        package.dir.display()
+    )))
 }
 
 fn is_fortran(name: &str) -> bool {
@@ -1026,6 +1048,24 @@ mod tests {
                 "p/rpath/libbar.so"
             ]
         );
+    }
+
+    /// go passes a relative file in `#cgo LDFLAGS` as written and links where it runs: the
+    /// scan read `p/lib/libfoo.a` while the linker took the module root's `lib/libfoo.a`, and
+    /// an edited library kept the key.
+    #[test]
+    fn a_relative_file_in_cgo_ldflags_gives_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        let cgo = |flags: &str| format!("package p\n\n// #cgo LDFLAGS: {flags}\nimport \"C\"\n");
+        for flags in ["lib/libfoo.a", "-lm libfoo.a", "./x.o"] {
+            write(root.path(), &[("p/x.go", &cgo(flags)), ("lib/libfoo.a", "!<arch>\n")]);
+            let refused = refusal(&[package(root.path(), "p", &[], &["x.go"])], &LIMITS);
+            assert!(refused.contains("relative to where go runs"), "{flags}: {refused}");
+        }
+        for flags in ["-framework CoreFoundation -lm", "${SRCDIR}/lib/libfoo.a", "-L/usr/lib -lfoo"] {
+            write(root.path(), &[("p/x.go", &cgo(flags))]);
+            found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]);
+        }
     }
 
     #[test]
