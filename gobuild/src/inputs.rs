@@ -676,6 +676,10 @@ pub(crate) async fn unseen_settings(
                 shown(format!("env.{name}"), &value);
             }
         }
+        if let Some((name, hash, display)) = programs_ahead_of_compiler(call, var(env, "CC"))? {
+            manifest.insert(name.clone(), hash, display);
+            unseen.push((name, hash));
+        }
     }
     if cgo && cgo_on {
         let own_dirs = own.dirs();
@@ -689,6 +693,32 @@ pub(crate) async fn unseen_settings(
         }
     }
     Ok(unseen)
+}
+
+/// The `cc.programs_ahead` component: the programs the C toolchain would run by name from the
+/// PATH entries ahead of the compiler's own directory ([`own::programs_ahead_of_compiler`]),
+/// by name and contents; none when there are none.
+fn programs_ahead_of_compiler(
+    call: &GoCall<'_>,
+    cc: &str,
+) -> Result<Option<(String, [u8; 32], String)>, NoKey> {
+    let Some(compiler) = cc.split_whitespace().next().and_then(|program| resolve(program, call)) else {
+        return Ok(None); // The compiler's identity says it cannot be found.
+    };
+    let programs = own::programs_ahead_of_compiler(call.build_var("PATH").as_deref(), &compiler);
+    if programs.is_empty() {
+        return Ok(None);
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0; HASH_BUFFER];
+    for program in &programs {
+        let contents = PROGRAMS
+            .digest(program, |path| hash_file(path, &mut buffer))
+            .map_err(|err| NoKey(format!("cannot read {} to key it: {err}", program.display())))?;
+        hasher.update(program.as_os_str().as_encoded_bytes()).update(&[0]).update(&contents);
+    }
+    let display = programs.iter().map(|program| program.display().to_string()).collect::<Vec<_>>().join(" ");
+    Ok(Some(("cc.programs_ahead".to_owned(), *hasher.finalize().as_bytes(), display)))
 }
 
 /// Search paths of the C toolchain: the headers, libraries and programs found there are the
@@ -1681,6 +1711,46 @@ mod tests {
         std::fs::write(&fc1, format!("{script}# -DV=2\n")).unwrap();
         let edited = derive_in(dir.path(), args, &[("CGO_ENABLED", "1"), ("FC", &fc1)]).await;
         assert_ne!(first.key(), edited.key(), "a compiler edited in place kept its key");
+    }
+
+    /// gcc runs the assembler and linker it finds on PATH before its own directory, and go's
+    /// action IDs know the toolchain by the compiler alone: an `as` in a runner's
+    /// `$GOPATH/bin` rewrote the objects and the key (and go's cache) took them.
+    #[tokio::test]
+    async fn an_assembler_ahead_of_the_compiler_on_path_is_keyed_and_salts_gos_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            &[
+                ("go.mod", "module example.com/p\n\ngo 1.22\n"),
+                (
+                    "main.go",
+                    "package main\n\n// int val(void) { return 42; }\nimport \"C\"\n\nfunc main() { println(C.val()) }\n",
+                ),
+            ],
+        );
+        let bin = tempfile::tempdir().unwrap();
+        let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+        let flags = ["-trimpath", "-buildvcs=false", "."];
+        let derive = |path: String| {
+            let dir = dir.path().to_owned();
+            async move {
+                let env = [("CGO_ENABLED", "1"), ("PATH", path.as_str())];
+                try_derive_with(&Processes::default(), &dir, &flags, &env).await.unwrap()
+            }
+        };
+        let plain = derive(path.clone()).await;
+        assert!(plain.manifest.get("cc.programs_ahead").is_none());
+        let assembler = bin.path().join("as");
+        std::fs::write(&assembler, "#!/bin/sh\nexec /usr/bin/as \"$@\"\n").unwrap();
+        std::fs::set_permissions(&assembler, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let wrapped = derive(path.clone()).await;
+        assert_ne!(wrapped.manifest.key(), plain.manifest.key(), "the assembler on PATH took the key");
+        assert!(matches!(wrapped.go_cache, GoCache::Salted(_)), "{:?}", wrapped.go_cache);
+        std::fs::write(&assembler, "#!/bin/sh\n# rewrites the objects\nexec /usr/bin/as \"$@\"\n").unwrap();
+        let edited = derive(path).await;
+        assert_ne!(edited.manifest.key(), wrapped.manifest.key());
+        assert_ne!(edited.go_cache, wrapped.go_cache);
     }
 
     /// go keeps an index of each package in its GOCACHE, keyed by the files' names, sizes and

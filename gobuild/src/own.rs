@@ -356,6 +356,33 @@ fn toolchain_program(name: &str) -> bool {
     is(name) || name.match_indices('-').any(|(at, _)| is(&name[at + 1..]))
 }
 
+/// The programs the C toolchain may run by name (`as`, `ld`, `collect2`, `cc1` ...) in the
+/// entries of `path` that come before the directory of the compiler `cc` (resolved): gcc finds
+/// its assembler and linker there before its own, and go's action IDs know the toolchain by
+/// the compiler alone. A runner's `$GOPATH/bin` or `~/.local/bin`, which other builds may
+/// write, is such an entry. Relative entries are refused elsewhere
+/// ([`refuse_own_programs_on_path`]); with no entry holding the compiler, every entry counts.
+pub(crate) fn programs_ahead_of_compiler(path: Option<&str>, cc: &Path) -> Vec<PathBuf> {
+    let Some(path) = path else { return Vec::new() };
+    let cc_dir = cc.parent().and_then(|dir| std::fs::canonicalize(dir).ok());
+    let mut found = Vec::new();
+    for entry in std::env::split_paths(path).filter(|entry| entry.is_absolute()) {
+        if cc_dir.is_some() && std::fs::canonicalize(&entry).ok() == cc_dir {
+            break;
+        }
+        let Ok(names) = std::fs::read_dir(&entry) else { continue };
+        let mut programs: Vec<PathBuf> = names
+            .filter_map(Result::ok)
+            .filter(|name| name.file_name().to_str().is_some_and(toolchain_program))
+            .map(|name| entry.join(name.file_name()))
+            .filter(|program| program.is_file())
+            .collect();
+        programs.sort();
+        found.extend(programs);
+    }
+    found
+}
+
 /// The directories of `list`, a search path split at `separators`, that the build's own
 /// sources may control, each with its entry as given: an entry inside `own`, or one a
 /// lexical reading cannot place, or a relative or empty one, taken from each of `dirs`. The
