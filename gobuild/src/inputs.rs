@@ -973,7 +973,7 @@ fn native_files(package: &Package) -> impl Iterator<Item = &String> {
 
 /// The files of a package whose includes and `#cgo` flags may name more inputs (none for a
 /// pure Go package, which adds nothing to the key).
-fn include_sources(package: &Package) -> Option<includes::Sources> {
+pub(crate) fn include_sources(package: &Package) -> Option<includes::Sources> {
     if !reads_beyond_its_files(package) {
         return None;
     }
@@ -1839,6 +1839,24 @@ mod tests {
         std::fs::rename(&cache, &moved).unwrap();
         let env = [("GOMODCACHE", moved.to_str().unwrap()), ("CGO_ENABLED", "1")];
         assert_eq!(derive_in(&app, &flags, &env).await.key(), honest.key());
+    }
+
+    /// A module-cache package's `#cgo` flags could name another module's directory
+    /// (`-I${SRCDIR}/../../sibling@v1.0.0/include`), which no checksum covered: an edited
+    /// header there kept the key.
+    #[tokio::test]
+    async fn cgo_flags_of_a_module_reaching_outside_it_give_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        let cgo_package = "package c\n\n// #cgo CFLAGS: -I${SRCDIR}/../../sibling@v1.0.0/include\n// #include <value.h>\nimport \"C\"\n\nfunc Value() int { return int(C.VALUE) }\n";
+        let main = "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/dep/c\"\n)\n\nfunc main() { fmt.Println(c.Value()) }\n";
+        let (cache, app) =
+            crate::testing::module_cache_and_app_of(root.path(), &[("c/c.go", cgo_package)], main);
+        write(&cache, &[("example.com/sibling@v1.0.0/include/value.h", "#define VALUE 1\n")]);
+        let env = [("GOMODCACHE", cache.to_str().unwrap()), ("CGO_ENABLED", "1")];
+        let refused = try_derive_with(&Processes::default(), &app, &["-trimpath", "."], &env)
+            .await
+            .expect_err("a header outside the module took a key");
+        assert!(refused.0.contains("outside its modules"), "{}", refused.0);
     }
 
     /// The directory hash is the one `go mod verify` checks a module cache against: it passes

@@ -34,9 +34,13 @@ const MAX_MODULE_FILES: usize = 100_000;
 /// derivation of the key.
 static MODULE_FILES: FileMemo = FileMemo::new();
 
-/// The modules from the module cache whose directories a build's native sources may read.
+/// The modules from the module cache whose directories a build's native sources may read,
+/// and those sources.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct NativeModules(BTreeMap<PathBuf, Checked>);
+pub(crate) struct NativeModules {
+    modules: BTreeMap<PathBuf, Checked>,
+    packages: Vec<includes::Sources>,
+}
 
 /// What a module directory must hash to.
 #[derive(Debug, Clone)]
@@ -49,27 +53,28 @@ struct Checked {
 
 impl NativeModules {
     pub(crate) fn of(packages: &[Package], gomodcache: &str) -> Self {
-        let native =
-            packages.iter().filter(|package| !package.standard && inputs::reads_beyond_its_files(package));
-        let modules =
-            native.filter_map(|package| inputs::extracted_module(package, gomodcache)).map(|module| {
-                let checked = Checked {
-                    prefix: format!("{}@{}", module.path, module.version),
-                    sum: module.sum.clone(),
-                };
-                (PathBuf::from(&module.dir), checked)
-            });
-        Self(modules.collect())
+        let mut native = Self::default();
+        for package in packages.iter().filter(|package| !package.standard) {
+            let Some(module) = inputs::extracted_module(package, gomodcache) else { continue };
+            let Some(sources) = inputs::include_sources(package) else { continue };
+            let checked =
+                Checked { prefix: format!("{}@{}", module.path, module.version), sum: module.sum.clone() };
+            native.modules.insert(PathBuf::from(&module.dir), checked);
+            native.packages.push(sources);
+        }
+        native
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.modules.is_empty()
     }
 
-    /// Refuses a key when a module's directory is not what its checksum says. Reads every
-    /// file of each module: run it off the async threads.
+    /// Refuses a key when a module's directory is not what its checksum says, or a package's
+    /// `#cgo` flags name files outside the modules checked. Reads every file of each module:
+    /// run it off the async threads.
     pub(crate) fn refuse_edited(&self) -> Result<(), NoKey> {
-        for (dir, checked) in &self.0 {
+        includes::refuse_flags_outside_modules(&self.packages, &includes::LIMITS)?;
+        for (dir, checked) in &self.modules {
             let found = dir_hash(dir, &checked.prefix)?;
             if found != checked.sum {
                 return Err(NoKey(format!(

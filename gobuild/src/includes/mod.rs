@@ -92,6 +92,20 @@ pub fn inputs(packages: &[Sources], tree: Option<&Path>, limits: &Limits) -> Res
     Ok(scan.found)
 }
 
+/// Refuses `#cgo` flags of `packages` that name files outside their modules (`-I${SRCDIR}/..`
+/// into another module's directory), reading only the cgo files' `#cgo` lines: for packages of
+/// modules from the module cache, whose own directories are checked against go.sum instead
+/// of scanned ([`crate::modverify`]), and whose includes a scan may not follow (go-sqlite3
+/// includes a file a macro names).
+pub fn refuse_flags_outside_modules(packages: &[Sources], limits: &Limits) -> Result<(), NoKey> {
+    let roots = Roots::of(packages, None);
+    let mut scan = Scan { limits: *limits, files: 0, bytes: 0, found: Included::default(), roots };
+    for sources in packages {
+        scan.flags(sources)?;
+    }
+    Ok(())
+}
+
 /// `path` with `.` and `..` resolved lexically, as go's assembler joins include paths.
 pub fn clean(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -245,6 +259,22 @@ enum Kind {
 }
 
 impl Scan {
+    /// What the `#cgo` lines of `sources` name, and nothing they include.
+    fn flags(&mut self, sources: &Sources) -> Result<(), NoKey> {
+        let dir = clean(&sources.dir);
+        let own = sources.cgo.iter().map(|name| dir.join(name)).collect();
+        let mut package =
+            Package { dir: dir.clone(), search: Vec::new(), own, read: BTreeSet::new(), queue: Vec::new() };
+        for name in &sources.cgo {
+            for directive in self.directives(&dir.join(name), true)? {
+                if let Directive::Cgo(text) = directive {
+                    self.cgo_flags(&mut package, &text)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn package(&mut self, sources: &Sources) -> Result<(), NoKey> {
         let dir = clean(&sources.dir);
         let own = sources.native.iter().chain(&sources.cgo).map(|name| dir.join(name)).collect();
