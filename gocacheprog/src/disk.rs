@@ -340,8 +340,18 @@ impl DiskTier {
     /// and the body landed against its digest) where trusted sessions record: it is what they
     /// would have landed, whichever session landed it. Not go's index of another machine's
     /// files ([`crate::goindex`]): returns whether it was recorded.
-    pub fn record_vouched(&self, action_id: &ActionId, entry: &Entry) -> Result<bool, DiskError> {
-        if crate::goindex::is_index(&self.output_path(&entry.output_id), entry.size) {
+    /// `head`: the body's first bytes where the caller saw them as they landed, else it is read.
+    pub fn record_vouched(
+        &self,
+        action_id: &ActionId,
+        entry: &Entry,
+        head: Option<&[u8]>,
+    ) -> Result<bool, DiskError> {
+        let index = match head {
+            Some(head) => crate::goindex::starts_index(head),
+            None => crate::goindex::is_index(&self.output_path(&entry.output_id), entry.size),
+        };
+        if index {
             return Ok(false);
         }
         self.record_at(self.record_path(self.namespace_salt.as_ref(), action_id), entry)?;

@@ -16,8 +16,9 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-/// What every index entry starts with (`indexVersion` and a newline).
-const MAGIC: &[u8] = b"go index v2\n";
+/// What every index entry starts with: `indexVersion` (`go index v2` in Go 1.26), whatever
+/// its version, so that a later format is not taken for a shareable body.
+const MAGIC: &[u8] = b"go index v";
 /// How many first bytes of a body tell an index entry.
 pub(crate) const HEAD_LEN: usize = MAGIC.len();
 

@@ -58,6 +58,7 @@ impl Found {
         decoder: &mut FrameDecoder,
     ) -> Result<Option<PathBuf>, RemoteError> {
         let entry = self.entry;
+        let mut head = Head::default();
         let path = match disk.existing_output(&entry.output_id, entry.size) {
             Some(path) => path,
             None => {
@@ -68,12 +69,14 @@ impl Found {
                 if entry.size > 0 {
                     decoder.restart(entry.size, 0);
                     let raw = decoder.decode(frame).map_err(|err| RemoteError::Corrupt(err.to_string()))?;
+                    head.take(raw);
                     writer.write(raw)?;
                 }
+                head.complete = true;
                 writer.commit()?
             }
         };
-        Ok(disk.record_vouched(&action_id, &entry)?.then_some(path))
+        Ok(disk.record_vouched(&action_id, &entry, head.known())?.then_some(path))
     }
 
     /// The inline body in memory, checked against its digest.
@@ -105,15 +108,39 @@ pub fn store_frames(
     let corrupt = |err: &dyn std::fmt::Display| RemoteError::Corrupt(err.to_string());
     let mut writer = disk.landing_writer(entry.output_id, digest)?;
     let mut decoder = FrameDecoder::new(entry.size, 0).map_err(|e| corrupt(&e))?;
+    let mut head = Head { complete: true, ..Head::default() };
     while let Some(piece) = pieces.blocking_recv() {
-        if piece.compression == Compression::Zstd as i32 {
-            writer.write(decoder.decode(&piece.data).map_err(|e| corrupt(&e))?)?;
+        let raw = if piece.compression == Compression::Zstd as i32 {
+            decoder.decode(&piece.data).map_err(|e| corrupt(&e))?
         } else {
-            writer.write(&piece.data)?;
-        }
+            &piece.data
+        };
+        head.take(raw);
+        writer.write(raw)?;
     }
     let path = writer.commit()?;
-    Ok(disk.record_vouched(&action_id, &entry)?.then_some(path))
+    Ok(disk.record_vouched(&action_id, &entry, head.known())?.then_some(path))
+}
+
+/// The first bytes of a body as it lands, which tell go's index entries
+/// ([`crate::goindex`]) without reading the file again.
+#[derive(Default)]
+struct Head {
+    bytes: Vec<u8>,
+    /// Whether the whole body passed through [`Head::take`].
+    complete: bool,
+}
+
+impl Head {
+    fn take(&mut self, piece: &[u8]) {
+        let wanted = crate::goindex::HEAD_LEN.saturating_sub(self.bytes.len()).min(piece.len());
+        self.bytes.extend_from_slice(&piece[..wanted]);
+    }
+
+    /// The head, when the body's bytes were seen (not a body already here).
+    fn known(&self) -> Option<&[u8]> {
+        self.complete.then_some(self.bytes.as_slice())
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +201,12 @@ mod tests {
         let index = b"go index v2\n\0\0\0\0another machine's list of files".as_slice();
         let entry = found(output_id(index), Digest::of(index), index);
         let action = ActionId([1; 32]);
+        assert_eq!(entry.store(&disk, action, &mut new_decoder().unwrap()).unwrap(), None);
+        assert!(disk.lookup(&action).unwrap().is_none());
+        // Its body is here now: read from the file this time.
+        assert!(
+            entry.is_here(&disk) && disk.existing_output(&entry.entry.output_id, entry.entry.size).is_some()
+        );
         assert_eq!(entry.store(&disk, action, &mut new_decoder().unwrap()).unwrap(), None);
         assert!(disk.lookup(&action).unwrap().is_none());
 
