@@ -211,7 +211,8 @@ impl Run<'_> {
             let program = self.options.gocacheprog.clone().unwrap_or_else(default_gocacheprog);
             bridge_env(&client.server, &self.request.namespace, program, &self.options.bridge_connect)
         });
-        let go_cache = go_cache.with_program(bridge.is_some() || self.names_cache_program());
+        let program_runs = bridge.is_some() || self.names_cache_program();
+        let go_cache = go_cache.with_program(program_runs);
         let mut env = self.request.env.clone();
         let env_remove = go_cache.apply(bridge, &mut env);
         if self.options.read_only {
@@ -227,6 +228,8 @@ impl Run<'_> {
         };
         if go_cache == GoCache::Off {
             gocache::keep_off(self.options.exec.as_ref(), &self.options.go, &mut invocation).await?;
+        } else if !program_runs {
+            gocache::without_own_index(self.options.exec.as_ref(), &mut invocation);
         }
         let started = Instant::now();
         let sink = if self.options.inherit_stdio { Sink::Inherit } else { Sink::Lines(log) };
@@ -923,6 +926,24 @@ mod tests {
             assert!(build.env_remove.iter().any(|name| name == "GOCACHEPROG"), "{build:?}");
             assert!(lines.iter().any(|line| line.contains("without go's shared cache")), "{lines:?}");
         }
+    }
+
+    /// Without a cache program go reads its own GOCACHE, and its module index there (keyed by
+    /// file names, sizes and times; other builds on the runner wrote it): the key's `go list`
+    /// reads none, so the build must not either, or the two may see other files.
+    #[tokio::test]
+    async fn a_build_reading_its_own_gocache_reads_no_module_index() {
+        let dir = module();
+        let exec = Arc::new(scripted(dir.path()));
+        let options = BuildOptions { exec: exec.clone(), ..BuildOptions::default() };
+        let request = app_request(dir.path(), Vec::new(), vec![("GODEBUG".into(), "x=1".into())]);
+        build_with(None, &request, &options, &mut |_: &str| {}).await.unwrap();
+        let seen = exec.seen.lock().unwrap();
+        let build = seen.last().unwrap();
+        assert_eq!(build.args.first().map(String::as_str), Some("build"), "{build:?}");
+        assert!(!build.args.contains(&"-a".to_owned()), "a shared cache: {build:?}");
+        let godebug = build.env.iter().rev().find(|(name, _)| name == "GODEBUG").map(|(_, v)| v.as_str());
+        assert_eq!(godebug, Some("x=1,goindex=0"), "{build:?}");
     }
 
     /// `go env -w GOCACHEPROG=...` names a cache program in go's env file, which removing the

@@ -103,8 +103,7 @@ impl GoCache {
 /// file then gives way to its other settings, set as variables where the environment sets none
 /// (go reads the environment first), and GOENV=off.
 pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -> Result<(), ClientError> {
-    let godebug = effective_var(exec, invocation, "GODEBUG");
-    invocation.env.push(without_module_index(Some(godebug)));
+    without_own_index(exec, invocation);
     let known = go_env(exec, go, invocation).await?;
     let (file, program) = (inputs::var(&known, "GOENV"), inputs::var(&known, "GOCACHEPROG"));
     if program.is_empty() {
@@ -145,10 +144,20 @@ pub async fn keep_off(exec: &dyn Exec, go: &Path, invocation: &mut Invocation) -
 /// setting of a name wins, so the build's own GODEBUG stays as it is otherwise.
 pub(crate) fn without_module_index(godebug: Option<String>) -> (String, String) {
     let value = match godebug.filter(|value| !value.is_empty()) {
-        Some(value) => format!("{value},goindex=0"),
-        None => "goindex=0".to_owned(),
+        Some(value) if value.ends_with(NO_INDEX) => value,
+        Some(value) => format!("{value},{NO_INDEX}"),
+        None => NO_INDEX.to_owned(),
     };
     ("GODEBUG".to_owned(), value)
+}
+
+const NO_INDEX: &str = "goindex=0";
+
+/// Has the go command of `invocation`, which reads its own GOCACHE (no cache program runs),
+/// read it without go's module index ([`without_module_index`]).
+pub fn without_own_index(exec: &dyn Exec, invocation: &mut Invocation) {
+    let godebug = effective_var(exec, invocation, "GODEBUG");
+    invocation.env.push(without_module_index(Some(godebug)));
 }
 
 /// The variables go reads from its env file as well as the environment (cmd/go's

@@ -676,10 +676,9 @@ pub(crate) async fn unseen_settings(
                 shown(format!("env.{name}"), &value);
             }
         }
-        if let Some((name, hash, display)) = programs_ahead_of_compiler(call, var(env, "CC"))? {
-            manifest.insert(name.clone(), hash, display);
-            unseen.push((name, hash));
-        }
+        let (name, hash, display) = driver_programs(call, var(env, "CC")).await?;
+        manifest.insert(name.clone(), hash, display);
+        unseen.push((name, hash));
     }
     if cgo && cgo_on {
         let own_dirs = own.dirs();
@@ -695,30 +694,41 @@ pub(crate) async fn unseen_settings(
     Ok(unseen)
 }
 
-/// The `cc.programs_ahead` component: the programs the C toolchain would run by name from the
-/// PATH entries ahead of the compiler's own directory ([`own::programs_ahead_of_compiler`]),
-/// by name and contents; none when there are none.
-fn programs_ahead_of_compiler(
-    call: &GoCall<'_>,
-    cc: &str,
-) -> Result<Option<(String, [u8; 32], String)>, NoKey> {
-    let Some(compiler) = cc.split_whitespace().next().and_then(|program| resolve(program, call)) else {
-        return Ok(None); // The compiler's identity says it cannot be found.
-    };
-    let programs = own::programs_ahead_of_compiler(call.build_var("PATH").as_deref(), &compiler);
-    if programs.is_empty() {
-        return Ok(None);
-    }
+/// The `cc.programs` component: the assembler, linker and collect2 the driver `cc` runs for
+/// every object and link, where it finds each (`-print-prog-name`, then the first match on
+/// PATH), by path and contents. gcc looks in its own directories first, then on PATH, where a
+/// runner's `$GOPATH/bin` or `~/.local/bin` (which other builds on the runner may write) can
+/// come first; go's action IDs know the toolchain by the compiler's version alone.
+async fn driver_programs(call: &GoCall<'_>, cc: &str) -> Result<(String, [u8; 32], String), NoKey> {
+    let mut words = cc.split_whitespace();
+    let program = words.next().ok_or_else(|| NoKey("cgo is on but CC is empty".to_owned()))?;
+    let args: Vec<String> = words.map(str::to_owned).collect();
+    let find = |tool: &'static str| driver_program(call, program, &args, tool);
+    let (assembler, linker, collect2) = tokio::join!(find("as"), find("ld"), find("collect2"));
+    let found = [assembler, linker, collect2];
     let mut hasher = blake3::Hasher::new();
+    let mut shown = Vec::new();
     let mut buffer = vec![0; HASH_BUFFER];
-    for program in &programs {
-        let contents = PROGRAMS
-            .digest(program, |path| hash_file(path, &mut buffer))
-            .map_err(|err| NoKey(format!("cannot read {} to key it: {err}", program.display())))?;
-        hasher.update(program.as_os_str().as_encoded_bytes()).update(&[0]).update(&contents);
+    for (tool, path) in ["as", "ld", "collect2"].into_iter().zip(found) {
+        // One the driver cannot find makes the build fail, not differ.
+        let Some(path) = path else { continue };
+        let contents = PROGRAMS.digest(&path, |path| hash_file(path, &mut buffer)).map_err(|err| {
+            NoKey(format!("cannot read {} ({tool} of {cc}) to key it: {err}", path.display()))
+        })?;
+        hasher.update(tool.as_bytes()).update(&[0]).update(path.as_os_str().as_encoded_bytes()).update(&[0]);
+        hasher.update(&contents);
+        shown.push(path.display().to_string());
     }
-    let display = programs.iter().map(|program| program.display().to_string()).collect::<Vec<_>>().join(" ");
-    Ok(Some(("cc.programs_ahead".to_owned(), *hasher.finalize().as_bytes(), display)))
+    Ok(("cc.programs".to_owned(), *hasher.finalize().as_bytes(), shown.join(" ")))
+}
+
+/// Where the driver `program` (with `args`, CC's other words) finds `tool`.
+async fn driver_program(call: &GoCall<'_>, program: &str, args: &[String], tool: &str) -> Option<PathBuf> {
+    let mut args = args.to_vec();
+    args.push(format!("-print-prog-name={tool}"));
+    let captured = call.exec.output(&call.invocation_of(program, args)).await.ok()?;
+    let name = String::from_utf8_lossy(&captured.stdout).trim().to_owned();
+    (captured.success() && !name.is_empty()).then(|| resolve(&name, call)).flatten()
 }
 
 /// Search paths of the C toolchain: the headers, libraries and programs found there are the
@@ -1713,11 +1723,11 @@ mod tests {
         assert_ne!(first.key(), edited.key(), "a compiler edited in place kept its key");
     }
 
-    /// gcc runs the assembler and linker it finds on PATH before its own directory, and go's
-    /// action IDs know the toolchain by the compiler alone: an `as` in a runner's
-    /// `$GOPATH/bin` rewrote the objects and the key (and go's cache) took them.
+    /// gcc runs the assembler and linker it finds on PATH when its own directories have none,
+    /// and go's action IDs know the toolchain by the compiler's version alone: an `as` in a
+    /// runner's `$GOPATH/bin` rewrote the objects and the key (and go's cache) took them.
     #[tokio::test]
-    async fn an_assembler_ahead_of_the_compiler_on_path_is_keyed_and_salts_gos_cache() {
+    async fn the_assembler_the_driver_runs_is_keyed_and_salts_gos_cache() {
         let dir = tempfile::tempdir().unwrap();
         write(
             dir.path(),
@@ -1740,13 +1750,14 @@ mod tests {
             }
         };
         let plain = derive(path.clone()).await;
-        assert!(plain.manifest.get("cc.programs_ahead").is_none());
+        assert!(plain.manifest.get("cc.programs").is_some_and(|programs| programs.display.contains("/as")));
         let assembler = bin.path().join("as");
         std::fs::write(&assembler, "#!/bin/sh\nexec /usr/bin/as \"$@\"\n").unwrap();
         std::fs::set_permissions(&assembler, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let wrapped = derive(path.clone()).await;
         assert_ne!(wrapped.manifest.key(), plain.manifest.key(), "the assembler on PATH took the key");
         assert!(matches!(wrapped.go_cache, GoCache::Salted(_)), "{:?}", wrapped.go_cache);
+        assert_ne!(wrapped.go_cache, plain.go_cache);
         std::fs::write(&assembler, "#!/bin/sh\n# rewrites the objects\nexec /usr/bin/as \"$@\"\n").unwrap();
         let edited = derive(path).await;
         assert_ne!(edited.manifest.key(), wrapped.manifest.key());
@@ -1857,6 +1868,28 @@ mod tests {
             .await
             .expect_err("a header outside the module took a key");
         assert!(refused.0.contains("outside its modules"), "{}", refused.0);
+    }
+
+    /// `CGO_CFLAGS=-I$GOMODCACHE/<module>@<version>/include` names headers in the module cache
+    /// that no checksum covered (the module has no native package in the build): an edited
+    /// header there kept the key.
+    #[tokio::test]
+    async fn a_compiler_setting_naming_the_module_cache_gives_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        let main =
+            "package main\n\n// #include <value.h>\nimport \"C\"\n\nfunc main() { println(C.VALUE) }\n";
+        let (cache, app) = crate::testing::module_cache_and_app_of(
+            root.path(),
+            &[("include/value.h", "#define VALUE 1\n")],
+            main,
+        );
+        let include = format!("-I{}", cache.join("example.com/dep@v1.0.0/include").display());
+        let env =
+            [("GOMODCACHE", cache.to_str().unwrap()), ("CGO_ENABLED", "1"), ("CGO_CFLAGS", include.as_str())];
+        let refused = try_derive_with(&Processes::default(), &app, &["-trimpath", "."], &env)
+            .await
+            .expect_err("a header in the module cache took a key");
+        assert!(refused.0.contains("CGO_CFLAGS names"), "{}", refused.0);
     }
 
     /// The directory hash is the one `go mod verify` checks a module cache against: it passes

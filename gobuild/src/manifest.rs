@@ -36,16 +36,7 @@ impl Manifest {
 
     /// A component whose value is hashed and shown as `display`, a readable summary of it.
     pub fn summarized(&mut self, name: impl Into<String>, value: &str, display: &str) {
-        let display = if display.len() > MAX_DISPLAY {
-            let mut end = MAX_DISPLAY;
-            while !display.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{}…", &display[..end])
-        } else {
-            display.to_owned()
-        };
-        self.insert(name.into(), *blake3::hash(value.as_bytes()).as_bytes(), display);
+        self.insert(name.into(), *blake3::hash(value.as_bytes()).as_bytes(), display.to_owned());
     }
 
     /// A component whose value is hashed but never shown (flags that may carry secrets).
@@ -56,7 +47,16 @@ impl Manifest {
     /// A component whose hash the caller computed (file contents). A name given twice with
     /// other contents keys both, in order: names come from the tenant's tree (`file.<path>`),
     /// and a later input must never hide an earlier one from the key.
-    pub fn insert(&mut self, name: String, hash: [u8; 32], display: String) {
+    /// A display past [`MAX_DISPLAY`] is cut (cached refuses long ones; the key is the hashes).
+    pub fn insert(&mut self, name: String, hash: [u8; 32], mut display: String) {
+        if display.len() > MAX_DISPLAY {
+            let mut end = MAX_DISPLAY;
+            while !display.is_char_boundary(end) {
+                end -= 1;
+            }
+            display.truncate(end);
+            display.push('…');
+        }
         let hash = match self.components.get(&name) {
             Some(earlier) if earlier.hash != hash => {
                 let mut both = blake3::Hasher::new();

@@ -40,6 +40,7 @@ static MODULE_FILES: FileMemo = FileMemo::new();
 pub(crate) struct NativeModules {
     modules: BTreeMap<PathBuf, Checked>,
     packages: Vec<includes::Sources>,
+    gomodcache: PathBuf,
 }
 
 /// What a module directory must hash to.
@@ -53,7 +54,7 @@ struct Checked {
 
 impl NativeModules {
     pub(crate) fn of(packages: &[Package], gomodcache: &str) -> Self {
-        let mut native = Self::default();
+        let mut native = Self { gomodcache: PathBuf::from(gomodcache), ..Self::default() };
         for package in packages.iter().filter(|package| !package.standard) {
             let Some(module) = inputs::extracted_module(package, gomodcache) else { continue };
             let Some(sources) = inputs::include_sources(package) else { continue };
@@ -73,7 +74,7 @@ impl NativeModules {
     /// `#cgo` flags name files outside the modules checked. Reads every file of each module:
     /// run it off the async threads.
     pub(crate) fn refuse_edited(&self) -> Result<(), NoKey> {
-        includes::refuse_flags_outside_modules(&self.packages, &includes::LIMITS)?;
+        includes::refuse_flags_outside_modules(&self.packages, &self.gomodcache, &includes::LIMITS)?;
         for (dir, checked) in &self.modules {
             let found = dir_hash(dir, &checked.prefix)?;
             if found != checked.sum {

@@ -18,7 +18,10 @@ pub(crate) struct OwnDirs(Vec<PathBuf>);
 impl OwnDirs {
     /// The directories of every module whose files are not from the module cache (local
     /// replaces, workspace modules), and `extra`.
-    /// `extra` are the main module's (or workspace's) directory and the source tree.
+    /// `extra` are the main module's (or workspace's) directory and the source tree. The
+    /// module cache counts too: the key reads its modules only as go lists their packages
+    /// (checked against go.sum, [`crate::modverify`]), and other builds on a runner may have
+    /// changed a directory a setting names there (`CGO_CFLAGS=-I$GOMODCACHE/x@v1/include`).
     pub(crate) fn of(env: &GoEnv, packages: &[Package], extra: &[&Path]) -> Self {
         let gomodcache = env.get("GOMODCACHE").map_or("", String::as_str);
         let modules = packages.iter().filter(|package| !package.standard).filter_map(|package| {
@@ -27,7 +30,9 @@ impl OwnDirs {
             let cached = !gomodcache.is_empty() && Path::new(dir).starts_with(gomodcache);
             (!dir.is_empty() && !cached).then(|| PathBuf::from(dir))
         });
-        let named: Vec<PathBuf> = extra.iter().map(|dir| dir.to_path_buf()).chain(modules).collect();
+        let module_cache = Some(PathBuf::from(gomodcache)).filter(|dir| dir.is_absolute());
+        let named: Vec<PathBuf> =
+            extra.iter().map(|dir| dir.to_path_buf()).chain(modules).chain(module_cache).collect();
         let resolved = named.iter().filter_map(|dir| std::fs::canonicalize(dir).ok());
         let mut dirs: Vec<PathBuf> = named.iter().map(|dir| includes::clean(dir)).chain(resolved).collect();
         dirs.retain(|dir| dir.is_absolute() && dir.parent().is_some());
@@ -354,33 +359,6 @@ fn toolchain_program(name: &str) -> bool {
         })
     };
     is(name) || name.match_indices('-').any(|(at, _)| is(&name[at + 1..]))
-}
-
-/// The programs the C toolchain may run by name (`as`, `ld`, `collect2`, `cc1` ...) in the
-/// entries of `path` that come before the directory of the compiler `cc` (resolved): gcc finds
-/// its assembler and linker there before its own, and go's action IDs know the toolchain by
-/// the compiler alone. A runner's `$GOPATH/bin` or `~/.local/bin`, which other builds may
-/// write, is such an entry. Relative entries are refused elsewhere
-/// ([`refuse_own_programs_on_path`]); with no entry holding the compiler, every entry counts.
-pub(crate) fn programs_ahead_of_compiler(path: Option<&str>, cc: &Path) -> Vec<PathBuf> {
-    let Some(path) = path else { return Vec::new() };
-    let cc_dir = cc.parent().and_then(|dir| std::fs::canonicalize(dir).ok());
-    let mut found = Vec::new();
-    for entry in std::env::split_paths(path).filter(|entry| entry.is_absolute()) {
-        if cc_dir.is_some() && std::fs::canonicalize(&entry).ok() == cc_dir {
-            break;
-        }
-        let Ok(names) = std::fs::read_dir(&entry) else { continue };
-        let mut programs: Vec<PathBuf> = names
-            .filter_map(Result::ok)
-            .filter(|name| name.file_name().to_str().is_some_and(toolchain_program))
-            .map(|name| entry.join(name.file_name()))
-            .filter(|program| program.is_file())
-            .collect();
-        programs.sort();
-        found.extend(programs);
-    }
-    found
 }
 
 /// The directories of `list`, a search path split at `separators`, that the build's own

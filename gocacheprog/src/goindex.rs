@@ -19,8 +19,6 @@ use std::path::Path;
 /// What every index entry starts with: `indexVersion` (`go index v2` in Go 1.26), whatever
 /// its version, so that a later format is not taken for a shareable body.
 const MAGIC: &[u8] = b"go index v";
-/// How many first bytes of a body tell an index entry.
-pub(crate) const HEAD_LEN: usize = MAGIC.len();
 
 /// Whether a body's first bytes are those of an index entry.
 pub(crate) fn starts_index(head: &[u8]) -> bool {
@@ -37,6 +35,32 @@ pub(crate) fn is_index(path: &Path, size: u64) -> bool {
     match File::open(path).and_then(|mut file| file.read_exact(&mut head)) {
         Ok(()) => starts_index(&head),
         Err(_) => true,
+    }
+}
+
+/// A body's first bytes as they pass (a put, a landing), which tell an index entry without
+/// reading the file again.
+#[derive(Default)]
+pub(crate) struct Head {
+    bytes: Vec<u8>,
+    /// Whether the whole body passed through [`Head::take`].
+    pub(crate) complete: bool,
+}
+
+impl Head {
+    pub(crate) fn take(&mut self, piece: &[u8]) {
+        let wanted = MAGIC.len().saturating_sub(self.bytes.len()).min(piece.len());
+        self.bytes.extend_from_slice(&piece[..wanted]);
+    }
+
+    /// The head, when the body's bytes were seen (not a body already here).
+    pub(crate) fn known(&self) -> Option<&[u8]> {
+        self.complete.then_some(self.bytes.as_slice())
+    }
+
+    /// Whether the bytes seen start an index entry.
+    pub(crate) fn is_index(&self) -> bool {
+        starts_index(&self.bytes)
     }
 }
 

@@ -13,6 +13,7 @@ use proto::{ActionId, Digest, OutputId};
 use tokio::sync::mpsc;
 
 use super::disk::{DiskTier, Entry};
+use super::goindex::Head;
 use super::remote_error::RemoteError;
 
 /// A decoder for [`Found::store`], which restarts it on each body.
@@ -108,7 +109,8 @@ pub fn store_frames(
     let corrupt = |err: &dyn std::fmt::Display| RemoteError::Corrupt(err.to_string());
     let mut writer = disk.landing_writer(entry.output_id, digest)?;
     let mut decoder = FrameDecoder::new(entry.size, 0).map_err(|e| corrupt(&e))?;
-    let mut head = Head { complete: true, ..Head::default() };
+    let mut head = Head::default();
+    head.complete = true;
     while let Some(piece) = pieces.blocking_recv() {
         let raw = if piece.compression == Compression::Zstd as i32 {
             decoder.decode(&piece.data).map_err(|e| corrupt(&e))?
@@ -120,27 +122,6 @@ pub fn store_frames(
     }
     let path = writer.commit()?;
     Ok(disk.record_vouched(&action_id, &entry, head.known())?.then_some(path))
-}
-
-/// The first bytes of a body as it lands, which tell go's index entries
-/// ([`crate::goindex`]) without reading the file again.
-#[derive(Default)]
-struct Head {
-    bytes: Vec<u8>,
-    /// Whether the whole body passed through [`Head::take`].
-    complete: bool,
-}
-
-impl Head {
-    fn take(&mut self, piece: &[u8]) {
-        let wanted = crate::goindex::HEAD_LEN.saturating_sub(self.bytes.len()).min(piece.len());
-        self.bytes.extend_from_slice(&piece[..wanted]);
-    }
-
-    /// The head, when the body's bytes were seen (not a body already here).
-    fn known(&self) -> Option<&[u8]> {
-        self.complete.then_some(self.bytes.as_slice())
-    }
 }
 
 #[cfg(test)]

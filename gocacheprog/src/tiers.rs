@@ -240,7 +240,7 @@ impl Cache for Tiers {
             writer,
             action_id,
             output_id,
-            head: Vec::with_capacity(crate::goindex::HEAD_LEN),
+            head: crate::goindex::Head::default(),
         }))
     }
 
@@ -318,7 +318,7 @@ struct PutSink {
     action_id: ActionId,
     output_id: OutputId,
     /// The body's first bytes, enough to tell go's index entries ([`crate::goindex`]).
-    head: Vec<u8>,
+    head: crate::goindex::Head,
 }
 
 impl PutSink {
@@ -327,7 +327,7 @@ impl PutSink {
         let time_unix_nanos = now_unix_nanos();
         let entry = Entry { output_id: self.output_id, size: digest.size, time_unix_nanos };
         self.tiers.disk.record(&self.action_id, &entry)?;
-        if crate::goindex::starts_index(&self.head) {
+        if self.head.is_index() {
             // True of this machine's files only: neither listed for nor sent to others.
             return Ok(path);
         }
@@ -349,8 +349,7 @@ impl PutSink {
 
 impl BodySink for PutSink {
     fn write(&mut self, piece: &[u8]) -> Result<(), String> {
-        let wanted = crate::goindex::HEAD_LEN.saturating_sub(self.head.len()).min(piece.len());
-        self.head.extend_from_slice(&piece[..wanted]);
+        self.head.take(piece);
         self.writer.write(piece).map_err(|err| {
             bump(&self.tiers.counters.put_errors);
             err.to_string()

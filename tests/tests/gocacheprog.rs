@@ -430,16 +430,20 @@ fn no_runner_builds_from_the_package_index_of_another() {
         if read_only {
             go.env("CACHED_READ_ONLY", "true");
         }
-        run(go).success("bridged build");
+        let built = run(go).success("bridged build");
         let printed = Command::new(&out).output().unwrap();
-        String::from_utf8_lossy(&printed.stderr).trim().to_owned()
+        (String::from_utf8_lossy(&printed.stderr).trim().to_owned(), summary(&built.stderr).to_owned())
     };
     check_out("ignore");
-    assert_eq!(build_and_run(false), "main");
+    let (printed, line) = build_and_run(false);
+    assert_eq!(printed, "main");
+    // The package's index entry is put in the local tier, not sent.
+    let sent = counted(&line, "uploaded") + counted(&line, "not uploaded");
+    assert!(sent < counted(&line, "puts"), "{line}");
     // The same names, sizes and times; extra.go is compiled now.
     check_out("!nope1");
-    assert_eq!(build_and_run(true), "extra", "a pull request's session listed main's files");
-    assert_eq!(build_and_run(false), "extra", "a fresh runner listed another runner's files");
+    assert_eq!(build_and_run(true).0, "extra", "a pull request's session listed main's files");
+    assert_eq!(build_and_run(false).0, "extra", "a fresh runner listed another runner's files");
 }
 
 #[test]

@@ -327,38 +327,4 @@ mod tests {
         let digest = Sha256Digest::of(&n.to_be_bytes());
         generations.current.contains_key(&digest) || generations.older.contains_key(&digest)
     }
-
-    #[test]
-    fn zz_timing() {
-        let dir = tempfile::tempdir().unwrap();
-        let records = super::super::RocksRegistry::new(crate::db::open(dir.path()).unwrap());
-        let repo = Repository::parse("main/app").unwrap();
-        let mut children = Vec::new();
-        for c in 0..400u32 {
-            let layers: Vec<String> = (0..30u32)
-                .map(|n| descriptor(Sha256Digest::of(&[c.to_be_bytes(), n.to_be_bytes()].concat())))
-                .collect();
-            let pad = "x".repeat(36000);
-            let Recorded::Manifest { digest, .. } = store(
-                &records,
-                &repo,
-                &format!(r#"{{"layers":[{}],"annotations":{{"p":"{pad}"}}}}"#, layers.join(",")),
-            ) else {
-                panic!()
-            };
-            children.push(descriptor(digest));
-        }
-        let index = store(&records, &repo, &format!(r#"{{"manifests":[{}]}}"#, children.join(",")));
-        let names = ManifestNames::default();
-        for round in 0..4 {
-            let t = std::time::Instant::now();
-            let Ok(r) = Reached::below(&records, &names, &repo, vec![index.clone()]).unwrap() else {
-                panic!()
-            };
-            eprintln!("round {round}: {} records in {:?}", r.records.len(), t.elapsed());
-            let t = std::time::Instant::now();
-            r.check(&records, true).unwrap();
-            eprintln!("  touch {:?}", t.elapsed());
-        }
-    }
 }

@@ -102,6 +102,8 @@ pub async fn test(
     if go_cache == GoCache::Off {
         let go = invocation.program.clone();
         gocache::keep_off(&Processes::default(), &go, &mut invocation).await?;
+    } else if client.is_none() && !inherited {
+        gocache::without_own_index(&Processes::default(), &mut invocation);
     }
     if read_only {
         // Whatever bridge runs, the wrapper's or one the environment names.

@@ -97,11 +97,22 @@ pub fn inputs(packages: &[Sources], tree: Option<&Path>, limits: &Limits) -> Res
 /// modules from the module cache, whose own directories are checked against go.sum instead
 /// of scanned ([`crate::modverify`]), and whose includes a scan may not follow (go-sqlite3
 /// includes a file a macro names).
-pub fn refuse_flags_outside_modules(packages: &[Sources], limits: &Limits) -> Result<(), NoKey> {
+/// An absolute path into `gomodcache` outside those modules counts as outside too.
+pub fn refuse_flags_outside_modules(
+    packages: &[Sources],
+    gomodcache: &Path,
+    limits: &Limits,
+) -> Result<(), NoKey> {
     let roots = Roots::of(packages, None);
     let mut scan = Scan { limits: *limits, files: 0, bytes: 0, found: Included::default(), roots };
     for sources in packages {
-        scan.flags(sources)?;
+        scan.flags(sources, gomodcache).map_err(|err| {
+            NoKey(format!(
+                "a #cgo line of {}, a module from the module cache: {}",
+                sources.dir.display(),
+                err.0
+            ))
+        })?;
     }
     Ok(())
 }
@@ -259,16 +270,24 @@ enum Kind {
 }
 
 impl Scan {
-    /// What the `#cgo` lines of `sources` name, and nothing they include.
-    fn flags(&mut self, sources: &Sources) -> Result<(), NoKey> {
+    /// Refuses a path the `#cgo` lines of `sources` name outside the roots; reads nothing
+    /// else, not what they include nor the files named (the roots are modules checked whole
+    /// against go.sum, [`crate::modverify`]), and takes run-time paths (`-rpath`,
+    /// `$ORIGIN/../lib`) for what they are.
+    fn flags(&mut self, sources: &Sources, gomodcache: &Path) -> Result<(), NoKey> {
         let dir = clean(&sources.dir);
-        let own = sources.cgo.iter().map(|name| dir.join(name)).collect();
-        let mut package =
-            Package { dir: dir.clone(), search: Vec::new(), own, read: BTreeSet::new(), queue: Vec::new() };
         for name in &sources.cgo {
             for directive in self.directives(&dir.join(name), true)? {
-                if let Directive::Cgo(text) = directive {
-                    self.cgo_flags(&mut package, &text)?;
+                let Directive::Cgo(text) = directive else { continue };
+                let Some((_, flags)) = text.split_once(':') else { continue };
+                for value in flag_paths(&split_quoted(flags)) {
+                    if let Some(path) = local_path(&dir, value, &self.roots)? {
+                        self.roots.resolve(&path)?;
+                    }
+                    let absolute = Path::new(value.trim_start_matches('='));
+                    if absolute.is_absolute() && clean(absolute).starts_with(gomodcache) {
+                        self.roots.resolve(&clean(absolute))?;
+                    }
                 }
             }
         }
@@ -659,7 +678,8 @@ fn refuse_relative_linker_input(package: &Package, word: &str) -> Result<(), NoK
         return Ok(());
     }
     Err(NoKey(format!(
-        "a #cgo LDFLAGS line of {} names {word}, a path the linker reads relative to where go runs, which          the build key does not follow; name it with ${{SRCDIR}}/",
+        "a #cgo LDFLAGS line of {} names {word}, a path the linker reads relative to where go runs, which the \
+         build key does not follow; write it as ${{SRCDIR}}/<path from the package directory>",
         package.dir.display()
     )))
 }
@@ -751,6 +771,33 @@ fn flag_value(word: &str) -> FlagValue<'_> {
         return FlagValue::List(list);
     }
     FlagValue::Joined(word, Flag::Other)
+}
+
+/// The values of `words` (one `#cgo` line's) that may name files: each flag's value and each
+/// piece of a `-Wl,`-like list, but not the run-time search paths the loader reads
+/// (`-rpath`/`-R` values, `$ORIGIN`, `@loader_path` and kin), which no build reads.
+fn flag_paths(words: &[String]) -> Vec<&str> {
+    const RUN_TIME: &[&str] = &["$ORIGIN", "${ORIGIN}", "@loader_path", "@executable_path", "@rpath"];
+    let mut values = Vec::new();
+    let mut words = words.iter();
+    while let Some(word) = words.next() {
+        match flag_value(word) {
+            FlagValue::Next(_) => values.extend(words.next().map(String::as_str)),
+            FlagValue::Joined(value, _) => values.push(value),
+            FlagValue::List(list) => {
+                let mut pieces = list.split(',');
+                while let Some(piece) = pieces.next() {
+                    if matches!(piece, "-rpath" | "-R" | "--rpath") {
+                        pieces.next();
+                    } else {
+                        values.push(piece);
+                    }
+                }
+            }
+        }
+    }
+    values.retain(|value| !RUN_TIME.iter().any(|prefix| value.starts_with(prefix)));
+    values
 }
 
 /// The local file or directory a `#cgo` flag value names: through `${SRCDIR}` (anywhere in
@@ -1095,6 +1142,39 @@ mod tests {
         for flags in ["-framework CoreFoundation -lm", "${SRCDIR}/lib/libfoo.a", "-L/usr/lib -lfoo"] {
             write(root.path(), &[("p/x.go", &cgo(flags))]);
             found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]);
+        }
+    }
+
+    /// A module from the module cache is checked whole against go.sum: of its `#cgo` lines only
+    /// paths leaving the checked modules count (another module's directory, named through
+    /// `${SRCDIR}` or in full), not the tree scan's other rules nor run-time search paths.
+    #[test]
+    fn only_paths_leaving_a_checked_module_refuse_its_cgo_lines() {
+        let cache = tempfile::tempdir().unwrap();
+        let module = cache.path().join("example.com/m@v1.0.0");
+        write(cache.path(), &[("example.com/other@v1.0.0/include/value.h", "#define VALUE 1\n")]);
+        let check = |flags: &str| {
+            let cgo = format!("package p\n\n// #cgo LDFLAGS: {flags}\nimport \"C\"\n");
+            write(&module, &[("p/x.go", &cgo)]);
+            refuse_flags_outside_modules(&[package(&module, "p", &[], &["x.go"])], cache.path(), &LIMITS)
+        };
+        for flags in [
+            "-Wl,-rpath,$ORIGIN/../../../../lib -lm",
+            "-Wl,-rpath,../../../../lib",
+            "-framework CoreFoundation",
+            "-l:libfoo.a -fmodules",
+            "lib/libfoo.a -F${SRCDIR}/Frameworks",
+            "-L/usr/lib -lfoo",
+        ] {
+            check(flags).unwrap_or_else(|refused| panic!("{flags}: {}", refused.0));
+        }
+        let full = format!("-I{}", cache.path().join("example.com/other@v1.0.0/include").display());
+        for flags in ["-I${SRCDIR}/../../other@v1.0.0/include", full.as_str()] {
+            let refused = check(flags).expect_err(flags).0;
+            assert!(
+                refused.contains("a module from the module cache") && refused.contains("outside"),
+                "{refused}"
+            );
         }
     }
 
