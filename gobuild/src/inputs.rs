@@ -609,13 +609,18 @@ pub async fn derive(
     }
 
     let (count, unseen_by_go, hashed) = cached_client::task::spawn_blocking("hash-inputs", move || {
-        native_modules.refuse_edited()?;
-        let unseen_by_go = add_included(&mut files, &include_scans, tree.as_deref(), &base)?;
-        let count = files.len();
-        // The standard library's first: the toolchain's programs are the largest files.
-        let mut all = std_files;
-        all.append(&mut files);
-        Ok::<_, NoKey>((count, unseen_by_go, hash_files(all)?))
+        std::thread::scope(|scope| {
+            // Whole modules (tens of MiB for a cgo module bundling its libraries), beside the rest.
+            let checked = scope.spawn(|| native_modules.refuse_edited());
+            let unseen_by_go = add_included(&mut files, &include_scans, tree.as_deref(), &base)?;
+            let count = files.len();
+            // The standard library's first: the toolchain's programs are the largest files.
+            let mut all = std_files;
+            all.append(&mut files);
+            let hashed = hash_files(all)?;
+            checked.join().map_err(|_| NoKey("checking the module cache panicked".to_owned()))??;
+            Ok::<_, NoKey>((count, unseen_by_go, hashed))
+        })
     })
     .await
     .map_err(|err| NoKey(format!("hashing failed: {err}")))??;

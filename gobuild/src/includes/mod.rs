@@ -664,24 +664,48 @@ impl Scan {
     }
 }
 
-/// Refuses a file a `#cgo LDFLAGS` word names by a relative path (`lib/libfoo.a`): go makes
-/// relative `-L` and `-I` paths absolute under the package directory but passes such a word as
-/// written, and the linker runs where go runs, so it reads the file there, which neither the
-/// key (the scan looks in the package directory) nor go's action IDs (the flag's text) follow.
-/// A word with neither `/` nor `.` is no file (`-framework CoreFoundation`).
+/// Refuses a file a `#cgo LDFLAGS` word names by a relative path (`lib/libfoo.a`, or a piece
+/// of a `-Wl,` list: `-Wl,--version-script=exports.map`): go makes relative `-L` and `-I` paths
+/// absolute under the package directory but passes these as written, and the linker runs
+/// where go runs, so it reads the file there, which neither the key (the scan looks in the
+/// package directory) nor go's action IDs (the flag's text) follow. A value with neither `/`
+/// nor `.` is no file (`-framework CoreFoundation`), nor is a name the linker records
+/// (`-soname`, `-install_name`) or a run-time search path.
 fn refuse_relative_linker_input(package: &Package, word: &str) -> Result<(), NoKey> {
-    let relative_file = !word.starts_with('-')
-        && !word.contains("${SRCDIR}")
-        && !Path::new(word).is_absolute()
-        && word.contains(['/', '.']);
-    if !relative_file {
-        return Ok(());
+    let relative_file = |value: &str| {
+        !value.starts_with('-')
+            && !value.contains("${SRCDIR}")
+            && !Path::new(value).is_absolute()
+            && value.contains(['/', '.'])
+    };
+    let named = match word.strip_prefix("-Wl,") {
+        None => relative_file(word).then_some(word),
+        Some(list) => {
+            let mut pieces = list.split(',');
+            let mut found = None;
+            while let Some(piece) = pieces.next() {
+                if matches!(piece, "-rpath" | "--rpath" | "-R" | "-soname" | "-h" | "-install_name") {
+                    pieces.next();
+                    continue;
+                }
+                let value =
+                    piece.split_once('=').filter(|_| piece.starts_with('-')).map_or(piece, |(_, v)| v);
+                if relative_file(value) && !run_time_path(value) {
+                    found = Some(value);
+                    break;
+                }
+            }
+            found
+        }
+    };
+    match named {
+        None => Ok(()),
+        Some(path) => Err(NoKey(format!(
+            "a #cgo LDFLAGS line of {} names {path}, a path the linker reads relative to where go runs, which \
+             the build key does not follow; write it as ${{SRCDIR}}/<path from the package directory>",
+            package.dir.display()
+        ))),
     }
-    Err(NoKey(format!(
-        "a #cgo LDFLAGS line of {} names {word}, a path the linker reads relative to where go runs, which the \
-         build key does not follow; write it as ${{SRCDIR}}/<path from the package directory>",
-        package.dir.display()
-    )))
 }
 
 fn is_fortran(name: &str) -> bool {
@@ -777,7 +801,6 @@ fn flag_value(word: &str) -> FlagValue<'_> {
 /// piece of a `-Wl,`-like list, but not the run-time search paths the loader reads
 /// (`-rpath`/`-R` values, `$ORIGIN`, `@loader_path` and kin), which no build reads.
 fn flag_paths(words: &[String]) -> Vec<&str> {
-    const RUN_TIME: &[&str] = &["$ORIGIN", "${ORIGIN}", "@loader_path", "@executable_path", "@rpath"];
     let mut values = Vec::new();
     let mut words = words.iter();
     while let Some(word) = words.next() {
@@ -796,8 +819,15 @@ fn flag_paths(words: &[String]) -> Vec<&str> {
             }
         }
     }
-    values.retain(|value| !RUN_TIME.iter().any(|prefix| value.starts_with(prefix)));
+    values.retain(|value| !run_time_path(value));
     values
+}
+
+/// Whether a linker flag value is a path the loader resolves when the program runs.
+fn run_time_path(value: &str) -> bool {
+    ["$ORIGIN", "${ORIGIN}", "@loader_path", "@executable_path", "@rpath"]
+        .iter()
+        .any(|token| value.starts_with(token))
 }
 
 /// The local file or directory a `#cgo` flag value names: through `${SRCDIR}` (anywhere in
@@ -1134,12 +1164,20 @@ mod tests {
     fn a_relative_file_in_cgo_ldflags_gives_no_key() {
         let root = tempfile::tempdir().unwrap();
         let cgo = |flags: &str| format!("package p\n\n// #cgo LDFLAGS: {flags}\nimport \"C\"\n");
-        for flags in ["lib/libfoo.a", "-lm libfoo.a", "./x.o"] {
+        for flags in
+            ["lib/libfoo.a", "-lm libfoo.a", "./x.o", "-Wl,--version-script=exports.map", "-Wl,lib/x.o"]
+        {
             write(root.path(), &[("p/x.go", &cgo(flags)), ("lib/libfoo.a", "!<arch>\n")]);
             let refused = refusal(&[package(root.path(), "p", &[], &["x.go"])], &LIMITS);
             assert!(refused.contains("relative to where go runs"), "{flags}: {refused}");
         }
-        for flags in ["-framework CoreFoundation -lm", "${SRCDIR}/lib/libfoo.a", "-L/usr/lib -lfoo"] {
+        for flags in [
+            "-framework CoreFoundation -lm",
+            "${SRCDIR}/lib/libfoo.a",
+            "-L/usr/lib -lfoo",
+            "-Wl,-soname,libfoo.so.1 -Wl,-rpath,$ORIGIN/../lib -Wl,--version-script=${SRCDIR}/exports.map",
+            "-Wl,-z,relro,--hash-style=gnu",
+        ] {
             write(root.path(), &[("p/x.go", &cgo(flags))]);
             found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]);
         }
