@@ -329,6 +329,8 @@ pub struct Cgroups {
     uids: (u32, u32),
     /// Where `enter-build` asks to be placed.
     socket: PathBuf,
+    /// Failed placements logged, per build uid: any local process may connect.
+    warnings: crate::quiet::Quiet,
 }
 
 /// What [`Cgroups::set_up`] made of the request: the groups, if any, and what could not be
@@ -366,6 +368,7 @@ impl Cgroups {
             pids,
             uids,
             socket: socket.to_owned(),
+            warnings: crate::quiet::Quiet::default(),
         };
         cgroups.remove_stale()?;
         let cgroups = Arc::new(cgroups);
@@ -464,6 +467,18 @@ impl Cgroups {
     }
 
     /// Moves `pid`, a process of `uid`, into the group of `uid`'s task.
+    /// Logs a placement that failed: at most once per build uid every few seconds, and only at
+    /// debug level for other processes (any local process may connect to the socket).
+    fn warn_unplaced(&self, uid: Option<u32>, err: &str) {
+        let Some(uid) = uid.filter(|uid| (self.uids.0..=self.uids.1).contains(uid)) else {
+            tracing::debug!(?uid, error = %err, "a process outside the build uids asked to be placed");
+            return;
+        };
+        if let Some(unsaid) = self.warnings.admit(uid) {
+            tracing::warn!(uid, error = %err, unsaid, "a build process could not be placed in its task's group");
+        }
+    }
+
     fn place(&self, pid: u32, uid: u32) -> Result<(), String> {
         if !(self.uids.0..=self.uids.1).contains(&uid) {
             return Err(format!("uid {uid} is not one of this agent's build uids"));
@@ -772,12 +787,13 @@ fn serve(cgroups: Arc<Cgroups>) -> Result<(), String> {
 
 async fn answer(cgroups: Arc<Cgroups>, mut stream: tokio::net::UnixStream) {
     use tokio::io::AsyncWriteExt;
+    let uid = stream.peer_cred().ok().map(|peer| peer.uid());
     let placed = match stream.peer_cred() {
         Ok(peer) => match peer.pid().and_then(|pid| u32::try_from(pid).ok()) {
             Some(pid) => {
-                let uid = peer.uid();
+                let (uid, placing) = (peer.uid(), Arc::clone(&cgroups));
                 // Moving a process between groups waits for the kernel's cgroup locks.
-                cached_client::task::spawn_blocking("cgroup-place", move || cgroups.place(pid, uid))
+                cached_client::task::spawn_blocking("cgroup-place", move || placing.place(pid, uid))
                     .await
                     .unwrap_or_else(|err| Err(err.to_string()))
             }
@@ -788,7 +804,7 @@ async fn answer(cgroups: Arc<Cgroups>, mut stream: tokio::net::UnixStream) {
     let reply = match placed {
         Ok(()) => PLACED.to_owned(),
         Err(err) => {
-            tracing::warn!(error = %err, "a build process could not be placed in its task's group");
+            cgroups.warn_unplaced(uid, &err);
             err
         }
     };

@@ -23,6 +23,7 @@ pub mod cgroup;
 pub mod credential;
 pub mod image;
 pub mod modules;
+mod quiet;
 pub mod sandbox;
 pub mod startup;
 pub mod task;
