@@ -114,14 +114,20 @@ fn inlining(size: u64, budget: u64) -> Inlining {
     }
 }
 
-/// Checks a namespace and returns the one to use.
+/// Checks a namespace and returns the one to use. Namespaces are opaque keys, but they read
+/// as paths in token patterns, logs and listings: `pr-1/../main` (which a `pr-1/*` token
+/// matches) would read as `main` there, so dot segments, empty ones and spaces at either end
+/// are refused.
 pub fn namespace(name: &str) -> Result<&str> {
     if name.is_empty() {
         return Ok(DEFAULT_NAMESPACE);
     }
-    if name.len() > MAX_NAMESPACE_LEN || name.chars().any(|c| c.is_control()) {
+    let printable = name.len() <= MAX_NAMESPACE_LEN && !name.chars().any(|c| c.is_control());
+    let plain_segments = name.split('/').all(|segment| !matches!(segment, "" | "." | ".."));
+    if !printable || !plain_segments || name.trim() != name {
         return Err(Error::invalid(format!(
-            "namespace {name:?} must be at most {MAX_NAMESPACE_LEN} bytes of printable text"
+            "namespace {name:?} must be at most {MAX_NAMESPACE_LEN} bytes of printable text, without \
+             spaces at either end, in `/`-separated parts none of which is empty, `.` or `..`"
         )));
     }
     Ok(name)
@@ -530,5 +536,12 @@ mod tests {
         assert_eq!(namespace("team/main").unwrap(), "team/main");
         assert!(namespace("a\0b").is_err());
         assert!(namespace(&"x".repeat(300)).is_err());
+        // A `pr-1/*` token matches these; logs and listings would read `main`.
+        for read_as_another in
+            ["pr-1/../main", "pr-1/x/../../main", "pr-1/./x", "pr-1//x", "/main", "pr-1/x ", " pr-1/x"]
+        {
+            assert!(namespace(read_as_another).is_err(), "{read_as_another:?}");
+        }
+        assert_eq!(namespace("pr-1/linux amd64").unwrap(), "pr-1/linux amd64");
     }
 }
