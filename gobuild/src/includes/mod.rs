@@ -561,10 +561,13 @@ impl Scan {
         let words = split_quoted(flags);
         self.refuse_own_absolute_paths(package, &words)?;
         let mut words = words.iter();
+        let mut previous: Option<&String> = None;
         while let Some(word) = words.next() {
-            if linking {
+            let argument = previous.is_some_and(|flag| NAME_ARGUMENTS.contains(&flag.as_str()));
+            if linking && !argument {
                 refuse_relative_linker_input(package, word)?;
             }
+            previous = Some(word);
             let (value, flag) = match flag_value(word) {
                 FlagValue::Next(flag) => (words.next().map_or("", String::as_str), flag),
                 FlagValue::Joined(value, flag) => (value, flag),
@@ -663,6 +666,18 @@ impl Scan {
         Ok(())
     }
 }
+
+/// Flags whose next word is a name or a setting, not a file (`-target x86_64-apple-macos10.12`).
+const NAME_ARGUMENTS: &[&str] = &[
+    "-target",
+    "--target",
+    "-arch",
+    "-framework",
+    "-weak_framework",
+    "-undefined",
+    "-install_name",
+    "-soname",
+];
 
 /// Refuses a file a `#cgo LDFLAGS` word names by a relative path (`lib/libfoo.a`, or a piece
 /// of a `-Wl,` list: `-Wl,--version-script=exports.map`): go makes relative `-L` and `-I` paths
@@ -1177,6 +1192,7 @@ mod tests {
             "-L/usr/lib -lfoo",
             "-Wl,-soname,libfoo.so.1 -Wl,-rpath,$ORIGIN/../lib -Wl,--version-script=${SRCDIR}/exports.map",
             "-Wl,-z,relro,--hash-style=gnu",
+            "-target x86_64-apple-macos10.12 -arch arm64",
         ] {
             write(root.path(), &[("p/x.go", &cgo(flags))]);
             found(root.path(), &[package(root.path(), "p", &[], &["x.go"])]);
