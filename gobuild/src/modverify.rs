@@ -48,7 +48,8 @@ pub(crate) struct NativeModules {
 struct Checked {
     /// `path@version`, the prefix of every file's name in the hash.
     prefix: String,
-    /// go.sum's `h1:` checksum.
+    /// The `h1:` checksum `go list` gives (`Module.Sum`): the `.ziphash` go checked against
+    /// go.sum when it extracted the module.
     sum: String,
 }
 

@@ -250,7 +250,8 @@ impl DiskTier {
     /// wherever it was recorded: one that trusts none of its own work takes no test result
     /// keyed by file times (see [`crate::testlog`]) and no index of go's packages (keyed by
     /// them too, [`crate::goindex`]), not even one its own scope recorded (a pull request's
-    /// earlier push, whose file list then computes main's inputs from forged times). `None` while the session's trust is not known yet and the body is such a log.
+    /// earlier push, whose file list then computes main's inputs from forged times). `None`
+    /// while the session's trust is not known yet and the body is such a log or index.
     pub fn takes(&self, body: &Path, size: u64) -> Option<bool> {
         let (undecided, untrusted) = {
             // Under the lock, which `settle` holds while it sets the trust.
