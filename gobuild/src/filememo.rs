@@ -57,3 +57,43 @@ impl FileMemo {
         Ok(digest)
     }
 }
+
+/// The digests `compute` gives of `paths` through `memo`, in order, on a few threads that each
+/// take the next file: a module of a few large libraries among many small files.
+pub(crate) fn digests(
+    memo: &FileMemo,
+    paths: &[&Path],
+    compute: fn(&Path, &mut [u8]) -> std::io::Result<[u8; 32]>,
+) -> Result<Vec<[u8; 32]>, (PathBuf, std::io::Error)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let next = AtomicUsize::new(0);
+    let mut out = vec![[0u8; 32]; paths.len()];
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.min(paths.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buffer = vec![0; 256 * 1024];
+                    let mut done = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(path) = paths.get(index) else { return Ok(done) };
+                        let digest = memo
+                            .digest(path, |path| compute(path, &mut buffer))
+                            .map_err(|err| (path.to_path_buf(), err))?;
+                        done.push((index, digest));
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            let done = worker.join().unwrap_or_else(|_| {
+                Err((PathBuf::new(), std::io::Error::other("a hashing thread panicked")))
+            })?;
+            for (index, digest) in done {
+                out[index] = digest;
+            }
+        }
+        Ok(out)
+    })
+}

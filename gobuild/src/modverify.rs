@@ -97,12 +97,11 @@ impl NativeModules {
 /// Hash1): SHA-256 of the lines `<sha256 hex>  <name>\n` of the files sorted by name.
 pub(crate) fn dir_hash(dir: &Path, prefix: &str) -> Result<String, NoKey> {
     let files = module_files(dir)?;
+    let paths: Vec<&Path> = files.values().map(PathBuf::as_path).collect();
+    let digests = crate::filememo::digests(&MODULE_FILES, &paths, sha256_file)
+        .map_err(|(path, err)| NoKey(format!("cannot read {}: {err}", path.display())))?;
     let mut summary = String::new();
-    let mut buffer = vec![0; 256 * 1024];
-    for (name, path) in files {
-        let digest = MODULE_FILES
-            .digest(&path, |path| sha256_file(path, &mut buffer))
-            .map_err(|err| NoKey(format!("cannot read {}: {err}", path.display())))?;
+    for (name, digest) in files.keys().zip(digests) {
         let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
         let _ = writeln!(summary, "{hex}  {prefix}/{name}");
     }
