@@ -12,13 +12,21 @@ use common::{Clients, Server, noise};
 use proto::v1::Compression;
 use proto::{Digest, FRAME_SIZE};
 
-/// Flips one byte in the middle of the first stored frame. Chunk keys are (upload id, frame)
-/// and upload ids only grow, so that is the first blob's first frame. Incompressible bytes are
-/// stored as raw zstd blocks: the frame stays well formed and only hashing finds the change.
+/// Flips one byte in the middle of the first frame of the largest stored blob (a build's
+/// largest is a package archive every link reads; the first uploaded may be one a fresh build
+/// never asks for). Chunk keys are (upload id, frame). Incompressible bytes are stored as raw
+/// zstd blocks: the frame stays well formed and only hashing finds the change.
 fn rot_first_frame(data_dir: &Path) {
     let db = cached::db::open(data_dir).unwrap();
     let chunks = cached::db::cf(&db, cached::db::CF_CHUNKS).unwrap();
-    let (key, value) = db.iterator_cf(chunks, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+    let mut stored: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    for item in db.iterator_cf(chunks, rocksdb::IteratorMode::Start) {
+        let (key, value) = item.unwrap();
+        *stored.entry(key[..8].to_vec()).or_default() += value.len();
+    }
+    let (upload, _) = stored.into_iter().max_by_key(|(upload, bytes)| (*bytes, upload.clone())).unwrap();
+    let first = db.iterator_cf(chunks, rocksdb::IteratorMode::From(&upload, rocksdb::Direction::Forward));
+    let (key, value) = first.into_iter().next().unwrap().unwrap();
     let mut value = value.to_vec();
     let middle = value.len() / 2;
     value[middle] ^= 0x01;
