@@ -49,14 +49,7 @@ impl Manifest {
     /// and a later input must never hide an earlier one from the key.
     /// A display past [`MAX_DISPLAY`] is cut (cached refuses long ones; the key is the hashes).
     pub fn insert(&mut self, name: String, hash: [u8; 32], mut display: String) {
-        if display.len() > MAX_DISPLAY {
-            let mut end = MAX_DISPLAY;
-            while !display.is_char_boundary(end) {
-                end -= 1;
-            }
-            display.truncate(end);
-            display.push('…');
-        }
+        proto::text::cut_marked(&mut display, MAX_DISPLAY);
         let hash = match self.components.get(&name) {
             Some(earlier) if earlier.hash != hash => {
                 let mut both = blake3::Hasher::new();

@@ -29,9 +29,39 @@ pub fn keep_ends(text: String) -> String {
     )
 }
 
+/// The largest character boundary of `text` at or before `max`.
+pub fn char_floor(text: &str, max: usize) -> usize {
+    let mut cut = max.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    cut
+}
+
+/// Cuts `text` to at most `max` bytes at a character boundary, ending it with `…`, when it is
+/// longer.
+pub fn cut_marked(text: &mut String, max: usize) {
+    if text.len() > max {
+        text.truncate(char_floor(text, max.saturating_sub('…'.len_utf8())));
+        text.push('…');
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cuts_fall_on_character_boundaries() {
+        assert_eq!(char_floor("aé", 2), 1);
+        assert_eq!(char_floor("ab", 9), 2);
+        let mut text = "ééé".to_owned();
+        cut_marked(&mut text, 5);
+        assert_eq!(text, "é…");
+        let mut short = "ab".to_owned();
+        cut_marked(&mut short, 2);
+        assert_eq!(short, "ab");
+    }
 
     #[test]
     fn a_long_text_keeps_its_start_and_its_end_within_the_cap() {

@@ -289,9 +289,9 @@ fn fit(event: &v1::BuildEvent) -> Option<Vec<u8>> {
     if let Some(explanation) = &mut event.explanation {
         for change in &mut explanation.changes {
             for value in [&mut change.before, &mut change.after] {
-                truncate(value, 128);
+                proto::text::cut_marked(value, 128);
             }
-            truncate(&mut change.name, 512);
+            proto::text::cut_marked(&mut change.name, 512);
         }
         while event.encoded_len() >= MAX_EVENT_BYTES {
             let explanation = event.explanation.as_mut().expect("checked above");
@@ -302,19 +302,6 @@ fn fit(event: &v1::BuildEvent) -> Option<Vec<u8>> {
         }
     }
     (event.encoded_len() < MAX_EVENT_BYTES).then(|| encode(&event))
-}
-
-/// Cuts `text` to at most `max` bytes, at a character boundary, marking the cut with `…`.
-fn truncate(text: &mut String, max: usize) {
-    if text.len() <= max {
-        return;
-    }
-    let mut end = max - '…'.len_utf8();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
-    text.push('…');
 }
 
 impl Builds {

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use proto::text::char_floor;
 use proto::v1::jobs_server::Jobs;
 use proto::v1::workers_server::Workers;
 use proto::v1::{
@@ -277,15 +278,6 @@ fn logged_list(items: &[String]) -> String {
     out
 }
 
-/// The largest char boundary of `text` at or before `max`.
-fn char_floor(text: &str, max: usize) -> usize {
-    let mut cut = max.min(text.len());
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    cut
-}
-
 /// Resolves once cached shuts down.
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
@@ -415,11 +407,7 @@ fn bound_lines(lines: Vec<String>) -> Vec<String> {
     let mut out = Vec::new();
     for mut line in lines.into_iter().take(MAX_LINES) {
         if line.len() > MAX_LINE_BYTES {
-            let mut cut = MAX_LINE_BYTES;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
+            line.truncate(char_floor(&line, MAX_LINE_BYTES));
             line.push_str(" [cut by cached: a line of build output is at most 4 KiB]");
         }
         if bytes + line.len() > MAX_PROGRESS_BYTES {
