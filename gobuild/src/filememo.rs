@@ -27,6 +27,10 @@ fn version(path: &Path) -> std::io::Result<Version> {
 /// Each file's digest with the version it was computed from.
 type Digests = HashMap<PathBuf, (Version, [u8; 32])>;
 
+/// Most files one memo remembers. A runner agent derives keys for task after task, each in a
+/// directory of its own (its module cache too): past this the memo starts over.
+const MAX_FILES: usize = 100_000;
+
 /// One kind of digest per memo: a file's is computed once per version.
 pub(crate) struct FileMemo(LazyLock<Mutex<Digests>>);
 
@@ -52,7 +56,11 @@ impl FileMemo {
         }
         let digest = compute(path)?;
         if version(path)? == before {
-            self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(path.to_owned(), (before, digest));
+            let mut digests = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if digests.len() >= MAX_FILES {
+                digests.clear();
+            }
+            digests.insert(path.to_owned(), (before, digest));
         }
         Ok(digest)
     }
@@ -96,4 +104,25 @@ pub(crate) fn digests(
         }
         Ok(out)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent's tasks each bring files of their own: the memo does not grow with them.
+    #[test]
+    fn the_memo_keeps_at_most_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let memo = FileMemo::new();
+        memo.0
+            .lock()
+            .unwrap()
+            .extend((0..MAX_FILES).map(|n| (PathBuf::from(n.to_string()), ((0, 0, 0, 0, 0, 0, 0), [0; 32]))));
+        assert_eq!(memo.digest(&file, |_| Ok([1; 32])).unwrap(), [1; 32]);
+        assert!(memo.0.lock().unwrap().len() <= MAX_FILES);
+        assert_eq!(memo.digest(&file, |_| Ok([2; 32])).unwrap(), [1; 32], "remembered after the reset");
+    }
 }
