@@ -258,9 +258,7 @@ impl DiskTier {
             let held = lock(&self.undecided);
             (held.is_some(), self.untrusted.get().is_some())
         };
-        let keyed_by_time =
-            || crate::testlog::keys_files_by_time(body, size) || crate::goindex::is_index(body, size);
-        if (!undecided && !untrusted) || !keyed_by_time() {
+        if (!undecided && !untrusted) || !keyed_by_file_times(body, size) {
             return Some(true);
         }
         (!undecided).then_some(false)
@@ -628,6 +626,19 @@ fn set_executable(file: &File) -> io::Result<()> {
 #[cfg(not(unix))]
 fn set_executable(_file: &File) -> io::Result<()> {
     Ok(())
+}
+
+/// Whether the body at `body` (`size` bytes) is an answer the go command keyed by file times:
+/// a test log naming files ([`crate::testlog`]) or an index of packages ([`crate::goindex`]).
+/// Opened once: an untrusted session asks this of every hit. Unreadable counts as one.
+fn keyed_by_file_times(body: &Path, size: u64) -> bool {
+    let Ok(mut file) = File::open(body) else { return true };
+    let mut head = Vec::with_capacity(16);
+    if (&mut file).take(16).read_to_end(&mut head).is_err() {
+        return true;
+    }
+    crate::goindex::starts_index(&head)
+        || crate::testlog::body_keys_files_by_time(head.as_slice().chain(file), size)
 }
 
 #[cfg(test)]

@@ -28,7 +28,17 @@ pub fn keys_files_by_time(path: &Path, size: u64) -> bool {
     if size < MAGIC.len() as u64 {
         return false;
     }
-    let Ok(mut file) = File::open(path) else { return true };
+    match File::open(path) {
+        Ok(file) => body_keys_files_by_time(file, size),
+        Err(_) => true,
+    }
+}
+
+/// [`keys_files_by_time`] of a body read from its start.
+pub fn body_keys_files_by_time(mut file: impl Read, size: u64) -> bool {
+    if size < MAGIC.len() as u64 {
+        return false;
+    }
     let mut head = [0u8; MAGIC.len()];
     if file.read_exact(&mut head).is_err() {
         return true;
