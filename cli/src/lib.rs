@@ -5,6 +5,18 @@
 
 #![forbid(unsafe_code)]
 
+/// `print!` for what a reader may stop reading (`cachectl jobs list | head`): see
+/// [`render::print_out`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::render::print_out(format_args!($($arg)*)) };
+}
+
+/// `println!`, as [`out!`].
+macro_rules! outln {
+    () => { $crate::render::print_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::render::print_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 pub mod commands;
 pub mod mtimes;
 pub mod render;

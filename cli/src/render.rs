@@ -1,6 +1,7 @@
 //! Stats as data (`StatsReport`, the stable `--json` form) and as a readable table.
 
 use std::fmt::Write;
+use std::io::Write as _;
 
 use cached_client::size::human as bytes;
 use proto::v1;
@@ -473,6 +474,17 @@ fn duration(seconds: u64) -> String {
         (0, 0) => format!("{s}s"),
         (0, _) => format!("{m}m {s}s"),
         _ => format!("{h}h {m}m {s}s"),
+    }
+}
+
+/// Writes to stdout. A reader that closed the pipe (`| head`) asked for no more: cachectl ends
+/// quietly, as `head` expects, instead of the panic `print!` gives.
+pub fn print_out(text: std::fmt::Arguments<'_>) {
+    if let Err(err) = std::io::stdout().lock().write_fmt(text) {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        panic!("failed printing to stdout: {err}");
     }
 }
 

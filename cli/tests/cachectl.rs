@@ -137,6 +137,25 @@ async fn has_reports_presence_and_stats_reflect_traffic() {
     server.stop().await.unwrap();
 }
 
+/// `cachectl stats | head -1` closes the pipe before cachectl is done: cachectl stops quietly,
+/// as other commands do, instead of panicking about a failed print.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_that_closes_the_pipe_ends_cachectl_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("data")).await;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(CACHECTL)
+        .args(["--server", &server.url(), "stats"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{:?}: {}", output.status, stderr(&output));
+    assert_eq!(stderr(&output), "");
+    server.stop().await.unwrap();
+}
+
 #[test]
 fn errors_are_clear_and_exit_codes_distinct() {
     let dead = format!("http://127.0.0.1:{}", cached_e2e::free_port());

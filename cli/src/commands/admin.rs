@@ -29,10 +29,13 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
             let mut client = Client::connect(server, connect).await?;
             let request = v1::PurgeRequest { namespace: namespace.clone() };
             let purged = client.admin.purge(request).await?.into_inner();
-            println!(
+            outln!(
                 "purged namespace `{namespace}`: {} Go action entries, {} whole-build records; {} earlier jobs \
                  will not be reused; {} unfinished jobs cancelled",
-                purged.go_entries, purged.build_records, purged.jobs_revoked, purged.jobs_cancelled
+                purged.go_entries,
+                purged.build_records,
+                purged.jobs_revoked,
+                purged.jobs_cancelled
             );
             Ok(())
         }

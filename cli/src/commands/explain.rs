@@ -144,9 +144,9 @@ pub async fn run(client: &Client, namespace: String, query: String, json: bool) 
     };
     let report = ExplainReport::new(event);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
-        print!("{}", report.to_text(cached_client::clock::now_ms()));
+        out!("{}", report.to_text(cached_client::clock::now_ms()));
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ pub async fn run(client: &Client, digests: &[Digest]) -> Result<()> {
     let missing = transfer::find_missing(client, digests).await?;
     for digest in digests {
         let state = if missing.contains(digest) { "missing" } else { "present" };
-        println!("{digest} {state}");
+        outln!("{digest} {state}");
     }
     match missing.len() {
         0 => Ok(()),

@@ -212,11 +212,11 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
                 "added": report.added,
             });
         }
-        println!("{}", serde_json::to_string_pretty(&document).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&document).unwrap_or_default());
     } else {
-        print!("{}", render(&result));
+        out!("{}", render(&result));
         if let Some(report) = &signed {
-            print!("{}", super::sign::render(report));
+            out!("{}", super::sign::render(report));
         }
     }
     Ok(())

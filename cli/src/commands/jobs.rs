@@ -109,17 +109,17 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
                 super::submit::follow(server, connect, remote, &job_id, output.as_deref(), Instant::now())
                     .await?;
             if let Some(index) = &status.image {
-                println!("image index {}", index.digest);
+                outln!("image index {}", index.digest);
             }
             Ok(())
         }
         Command::List { all, limit, json } => {
             let jobs = list(&mut remote, limit, all).await?;
             if json {
-                println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect()));
+                outln!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect()));
                 return Ok(());
             }
-            println!("{:<22}  {:<10}  {:<6}  {:<8}  TARGETS", "JOB", "STATE", "DONE", "AGE");
+            outln!("{:<22}  {:<10}  {:<6}  {:<8}  TARGETS", "JOB", "STATE", "DONE", "AGE");
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
@@ -137,7 +137,7 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
                 let age = humantime::format_duration(std::time::Duration::from_secs(
                     ((now - job.submitted_unix_ms) / 1000).max(0) as u64,
                 ));
-                println!(
+                outln!(
                     "{:<22}  {:<10}  {:<6}  {:<8}  {}",
                     job.job_id,
                     state_name(job.state),
@@ -151,7 +151,7 @@ pub async fn run(server: &str, connect: &ConnectOptions, command: Command) -> Re
         Command::Cancel { job_id } => {
             let status =
                 remote.jobs.cancel(v1::CancelRequest { job_id: job_id.clone() }).await?.into_inner().status;
-            println!("job {job_id} {}", status.map_or("?".to_owned(), |s| state_name(s.state)));
+            outln!("job {job_id} {}", status.map_or("?".to_owned(), |s| state_name(s.state)));
             Ok(())
         }
     }

@@ -10,9 +10,10 @@ pub fn run(dir: &Path) -> Result<()> {
         0 => String::new(),
         n => format!("; {n} changed file(s) left as they were"),
     };
-    println!(
+    outln!(
         "{} files and {} directories set to the time of their last commit{changed}",
-        restored.files, restored.dirs
+        restored.files,
+        restored.dirs
     );
     Ok(())
 }

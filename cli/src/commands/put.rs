@@ -18,7 +18,7 @@ pub fn check(files: &[PathBuf]) -> Result<()> {
 /// Uploads the files the server lacks; prints one `<hex>/<size>` per file, in order.
 pub async fn run(client: &Client, files: &[PathBuf], level: i32) -> Result<()> {
     for digest in transfer::upload_files(client, files, level).await? {
-        println!("{digest}");
+        outln!("{digest}");
     }
     Ok(())
 }

@@ -67,7 +67,7 @@ pub async fn run(args: Args) -> Result<()> {
     let reference = Reference::parse(&args.reference)?;
     let key = args.key.load()?;
     let report = signature::sign(&reference, &key, &args.registry.options()).await?;
-    print!("{}", render(&report));
+    out!("{}", render(&report));
     Ok(())
 }
 

@@ -21,9 +21,9 @@ pub async fn run(client: &Client, json: bool, since: Duration) -> Result<()> {
         Err(err) => return Err(err),
     }
     if json {
-        println!("{}", report.to_json());
+        outln!("{}", report.to_json());
     } else {
-        print!("{}", report.to_table());
+        out!("{}", report.to_table());
     }
     Ok(())
 }

@@ -301,7 +301,7 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
     let submitted = remote.jobs.submit(request).await?.into_inner();
     let job_id = submitted.job_id;
     if args.detach {
-        println!("{job_id}");
+        outln!("{job_id}");
         return Ok(());
     }
     match submitted.reused {
@@ -316,7 +316,7 @@ pub async fn run(server: &str, connect: &ConnectOptions, args: Args) -> Result<(
         let built = publish(&remote, &status, image, &args).await?;
         if let Some(key) = &sign_key {
             let report = super::image::sign_index(&built, key, &args.registry.options()).await?;
-            print!("{}", super::sign::render(&report));
+            out!("{}", super::sign::render(&report));
         }
     }
     Ok(())
@@ -376,7 +376,7 @@ async fn publish(
     for warning in derived.warnings.iter().chain(&built.warnings) {
         eprintln!("cachectl: warning: {warning}");
     }
-    print!("{}", super::image::render(&built));
+    out!("{}", super::image::render(&built));
     Ok(built)
 }
 
@@ -482,11 +482,7 @@ pub async fn follow(
         failed += 1;
     }
     let state = JobState::try_from(status.state).unwrap_or(JobState::Unspecified);
-    println!(
-        "job {job_id} {} in {:.1}s",
-        format!("{state:?}").to_lowercase(),
-        started.elapsed().as_secs_f64()
-    );
+    outln!("job {job_id} {} in {:.1}s", format!("{state:?}").to_lowercase(), started.elapsed().as_secs_f64());
     if failed > 0 {
         return Err(ClientError::Server(format!("{failed} of {} tasks did not succeed", status.tasks.len())));
     }

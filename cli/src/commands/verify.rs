@@ -24,7 +24,7 @@ pub async fn run(args: Args) -> Result<()> {
     let reference = Reference::parse(&args.reference)?;
     let key = PublicKey::load(&args.key)?;
     let report = signature::verify(&reference, &key, &args.registry.options()).await?;
-    println!(
+    outln!(
         "verified {}: {} of {} signature(s) hold for {}",
         report.image,
         report.valid,

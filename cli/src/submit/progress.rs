@@ -52,7 +52,7 @@ pub fn print_table(rows: &[[String; 5]]) {
                 text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", text.trim_end());
+        outln!("{}", text.trim_end());
     };
     line(header);
     for row in &rows {
