@@ -421,16 +421,15 @@ async fn check_references(
     let found = registry
         .records("registry manifest references", move |records| {
             let mut links = Vec::with_capacity(digests.len());
-            for (index, sha256) in digests.iter().enumerate() {
-                match records.blob(&owned, sha256)? {
+            for (index, link) in records.blobs(&owned, &digests)?.into_iter().enumerate() {
+                match link {
                     Some(link) => links.push(link),
                     None => return Ok(Err(Lacking::Blob(index))),
                 }
             }
-            for child in &named {
-                if !records.has_manifest(&owned, child)? {
-                    return Ok(Err(Lacking::Manifest(*child)));
-                }
+            let held = records.has_manifests(&owned, &named)?;
+            if let Some((child, _)) = named.iter().zip(held).find(|(_, held)| !held) {
+                return Ok(Err(Lacking::Manifest(*child)));
             }
             Ok(Ok(links))
         })

@@ -4,6 +4,7 @@
 //! them along in the database itself. The trait blocks (its callers run in blocking tasks), so
 //! each call drives its query on the runtime it was made in.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use bytes::Bytes;
@@ -268,6 +269,25 @@ impl RegistryRecords for PgRegistry {
         })
     }
 
+    fn blobs(&self, repo: &Repository, sha256s: &[Sha256Digest]) -> Result<Vec<Option<Digest>>> {
+        let wanted: Vec<&[u8]> = sha256s.iter().map(|sha256| sha256.0.as_slice()).collect();
+        self.run(async {
+            let client = self.db.client().await?;
+            let rows = client
+                .query(
+                    "SELECT sha256, cas_hash, cas_size FROM registry_blobs \
+                     WHERE repository = $1 AND sha256 = ANY($2)",
+                    &[&repo.as_str(), &wanted],
+                )
+                .await?;
+            let mut found = HashMap::with_capacity(rows.len());
+            for row in rows {
+                found.insert(row.get::<_, Vec<u8>>(0), cas_digest(row.get(1), row.get(2))?);
+            }
+            Ok(wanted.iter().map(|sha256| found.get(*sha256).copied()).collect())
+        })
+    }
+
     fn link_blob(&self, repo: &Repository, sha256: &Sha256Digest, digest: &Digest) -> Result<u64> {
         let size = i64::try_from(digest.size)
             .map_err(|_| Error::InvalidArgument(format!("blob {digest} is too large to record")))?;
@@ -330,6 +350,21 @@ impl RegistryRecords for PgRegistry {
                 )
                 .await?;
             Ok(row.is_some())
+        })
+    }
+
+    fn has_manifests(&self, repo: &Repository, digests: &[Sha256Digest]) -> Result<Vec<bool>> {
+        let wanted: Vec<&[u8]> = digests.iter().map(|digest| digest.0.as_slice()).collect();
+        self.run(async {
+            let client = self.db.client().await?;
+            let rows = client
+                .query(
+                    "SELECT digest FROM registry_manifests WHERE repository = $1 AND digest = ANY($2)",
+                    &[&repo.as_str(), &wanted],
+                )
+                .await?;
+            let held: HashSet<Vec<u8>> = rows.iter().map(|row| row.get(0)).collect();
+            Ok(wanted.iter().map(|digest| held.contains(*digest)).collect())
         })
     }
 

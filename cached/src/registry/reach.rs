@@ -42,16 +42,30 @@ impl Reached {
         let mut listed: HashSet<Vec<u8>> = named.iter().map(Recorded::pointer_key).collect();
         let mut reached = Self { records: named, subjects: Vec::new() };
         let (mut next, mut bytes) = (0, 0);
-        while let Some(recorded) = reached.records.get(next) {
-            next += 1;
-            let Recorded::Manifest { digest, .. } = recorded else { continue };
-            let Some(of) = names.of(records, repo, digest)? else { continue };
-            bytes += of.bytes;
-            let (named, subject) = of.records(repo);
-            reached.records.extend(named.filter(|name| listed.insert(name.pointer_key())));
-            reached.subjects.extend(subject);
-            if bytes > MAX_REACHED_MANIFEST_BYTES || reached.records.len() > MAX_REACHED_RECORDS {
-                return Ok(Err(TooLarge));
+        // A level at a time: what the manifests listed so far name is looked up together.
+        while next < reached.records.len() {
+            let level: Vec<Sha256Digest> = reached.records[next..]
+                .iter()
+                .filter_map(|recorded| match recorded {
+                    Recorded::Manifest { digest, .. } => Some(*digest),
+                    _ => None,
+                })
+                .collect();
+            next = reached.records.len();
+            let mut known = names.known_held(records, repo, &level)?;
+            for digest in &level {
+                let of = match known.remove(digest) {
+                    Some(held) => held,
+                    None => names.read(records, repo, digest)?,
+                };
+                let Some(of) = of else { continue };
+                bytes += of.bytes;
+                let (named, subject) = of.records(repo);
+                reached.records.extend(named.filter(|name| listed.insert(name.pointer_key())));
+                reached.subjects.extend(subject);
+                if bytes > MAX_REACHED_MANIFEST_BYTES || reached.records.len() > MAX_REACHED_RECORDS {
+                    return Ok(Err(TooLarge));
+                }
             }
         }
         Ok(Ok(reached))
@@ -164,16 +178,33 @@ struct Generations {
 }
 
 impl ManifestNames {
-    /// The names of the manifest `digest` in `repo`; `None` when the repository does not hold it.
-    fn of(
+    /// The names of those of `digests` whose names are known, each `None` when `repo` does
+    /// not hold it: one lookup for all of them.
+    fn known_held(
+        &self,
+        records: &dyn RegistryRecords,
+        repo: &Repository,
+        digests: &[Sha256Digest],
+    ) -> crate::error::Result<HashMap<Sha256Digest, Option<Arc<Names>>>> {
+        let known: Vec<(Sha256Digest, Arc<Names>)> =
+            digests.iter().filter_map(|digest| Some((*digest, self.known(digest)?))).collect();
+        let wanted: Vec<Sha256Digest> = known.iter().map(|(digest, _)| *digest).collect();
+        let held = records.has_manifests(repo, &wanted)?;
+        Ok(known
+            .into_iter()
+            .zip(held)
+            .map(|((digest, names), held)| (digest, held.then_some(names)))
+            .collect())
+    }
+
+    /// The names of the manifest `digest` in `repo`, read and parsed; `None` when the repository
+    /// does not hold it.
+    fn read(
         &self,
         records: &dyn RegistryRecords,
         repo: &Repository,
         digest: &Sha256Digest,
     ) -> crate::error::Result<Option<Arc<Names>>> {
-        if let Some(names) = self.known(digest) {
-            return Ok(records.has_manifest(repo, digest)?.then_some(names));
-        }
         let Some(manifest) = records.manifest(repo, digest)? else { return Ok(None) };
         let names = Arc::new(Names::parse(&manifest.bytes));
         self.remember(*digest, Arc::clone(&names));

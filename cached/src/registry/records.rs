@@ -341,6 +341,15 @@ pub trait RegistryRecords: Send + Sync + 'static {
     /// Whether the repository holds the manifest, without reading its bytes out: an index may
     /// name thousands of children, each up to 4 MiB.
     fn has_manifest(&self, repo: &Repository, digest: &Sha256Digest) -> Result<bool>;
+    /// `blob` for each of `sha256s`, in order: a backend across the network answers them in
+    /// one round trip (a manifest names up to [`super::manifests::MAX_REFERENCES`]).
+    fn blobs(&self, repo: &Repository, sha256s: &[Sha256Digest]) -> Result<Vec<Option<Digest>>> {
+        sha256s.iter().map(|sha256| self.blob(repo, sha256)).collect()
+    }
+    /// `has_manifest` for each of `digests`, in order, as `blobs`.
+    fn has_manifests(&self, repo: &Repository, digests: &[Sha256Digest]) -> Result<Vec<bool>> {
+        digests.iter().map(|digest| self.has_manifest(repo, digest)).collect()
+    }
     /// Stores the manifest (unless it is stored already), its tag and its referrer entry in
     /// one atomic write; nothing when the manifest is stored with another media type, or when
     /// the entry would be a new referrer of a subject whose referrers are full (see
