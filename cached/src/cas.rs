@@ -98,14 +98,48 @@ impl Cas {
         crate::task::spawn_blocking("cas contains", move || store.contains(&digests)).await?
     }
 
+    /// `contains`, for a caller that may store blobs and is about to rely on what it finds (a
+    /// client that skips uploading what is there): each blob found is claimed for it
+    /// ([`crate::store::BlobStore::claim`]), so a holder that stored it first cannot flood it
+    /// out from under the caller.
+    async fn contains_claiming(&self, digests: Vec<Digest>) -> Result<Vec<bool>> {
+        let store = Arc::clone(&self.store);
+        crate::task::spawn_blocking("cas contains", move || {
+            let present = store.contains(&digests)?;
+            let found: Vec<Digest> = digests
+                .iter()
+                .zip(&present)
+                .filter(|(_, present)| **present)
+                .map(|(digest, _)| *digest)
+                .collect();
+            store.claim(&found);
+            Ok(present)
+        })
+        .await?
+    }
+
+    /// Claims the blobs for the caller, which relies on them (a registry link, a record naming
+    /// them): see [`crate::store::BlobStore::claim`].
+    pub async fn claim(&self, digests: Vec<Digest>) -> Result<()> {
+        let store = Arc::clone(&self.store);
+        crate::task::spawn_blocking("cas claim", move || store.claim(&digests)).await?;
+        Ok(())
+    }
+
     /// The digests the store lacks, each once, in the order first asked. Clients ask for the
     /// digests of whole trees, where identical files repeat: duplicates are answered, not
     /// refused, and looked up once.
-    pub async fn find_missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>> {
+    ///
+    /// A caller that `may_store` claims what it finds: a reader's lookups must not hand it
+    /// blobs, and room, that others stored.
+    pub async fn find_missing(&self, digests: Vec<Digest>, may_store: bool) -> Result<Vec<Digest>> {
         self.check_batch_len(digests.len())?;
         let mut seen = HashSet::with_capacity(digests.len());
         let unique: Vec<Digest> = digests.into_iter().filter(|digest| seen.insert(*digest)).collect();
-        let present = self.contains(unique.clone()).await?;
+        let present = match may_store {
+            true => self.contains_claiming(unique.clone()).await?,
+            false => self.contains(unique.clone()).await?,
+        };
         Ok(unique
             .into_iter()
             .zip(present)
@@ -176,7 +210,7 @@ impl Cas {
     {
         self.check_blob_size(&digest)?;
         let _permit = self.stream_permit()?;
-        if self.contains(vec![digest]).await?[0] {
+        if self.contains_claiming(vec![digest]).await?[0] {
             return Ok(UploadOutcome::AlreadyPresent);
         }
         let store = Arc::clone(&self.store);
@@ -285,7 +319,7 @@ impl Cas {
         self.check_batch_len(blobs.len())?;
         self.check_batch_declared(&blobs)?;
         budget.charge(amplified(&blobs), 0)?;
-        let present = self.contains(blobs.iter().map(|blob| blob.0).collect()).await?;
+        let present = self.contains_claiming(blobs.iter().map(|blob| blob.0).collect()).await?;
         let mut items: Vec<_> = blobs.into_iter().zip(present).collect();
         // A write blocks until the store holds it: through a shared tier that is a network
         // round trip per blob, so the batch goes out in lanes rather than one after another.
@@ -708,6 +742,47 @@ mod tests {
             out.extend_from_slice(&chunk.data);
         }
         Ok(out)
+    }
+
+    /// A client that finds a blob present skips its upload, and one that uploads it anyway is
+    /// answered "already present": either way it relies on a blob another owner holds, and must
+    /// not lose it to that owner's share.
+    #[tokio::test]
+    async fn finding_or_uploading_a_blob_another_owner_holds_claims_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, rocks) = crate::store::open_for_tests(dir.path());
+        let cas = cas_on(&rocks);
+        let as_token = |token: &str| Some(Arc::from(token));
+        let unmetered = DecodeBudget::unmetered();
+        let upload = |raw: Vec<u8>| {
+            let digest = Digest::of(&raw);
+            let data = futures::stream::iter([Ok(Bytes::from(raw))]);
+            cas.upload(digest, Encoding::Identity, data, &unmetered)
+        };
+        // Bytes zstd does not shrink, so each blob stores about as much as the next.
+        let noise = |seed: u32| {
+            let mut raw = vec![0u8; 4096];
+            blake3::Hasher::new().update(&seed.to_be_bytes()).finalize_xof().fill(&mut raw);
+            raw
+        };
+        let (found, uploaded) = (noise(1000), noise(1001));
+        for raw in [found.clone(), uploaded.clone()].into_iter().chain((0..20).map(noise)) {
+            crate::caller::scope(as_token("pr-1"), upload(raw)).await.unwrap();
+            // Each its own access time, so the oldest are the two main relies on.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let missing =
+            crate::caller::scope(as_token("main"), cas.find_missing(vec![Digest::of(&found)], true)).await;
+        assert!(missing.unwrap().is_empty());
+        let again = crate::caller::scope(as_token("main"), upload(uploaded.clone())).await.unwrap();
+        assert_eq!(again, UploadOutcome::AlreadyPresent);
+
+        // pr-1 holds all 22 blobs: eviction down to 12 cuts pr-1, oldest first.
+        let per_blob = rocks.totals().stored_bytes / 22;
+        rocks.evict_bytes(10 * per_blob).unwrap();
+        let held = |raw: &[u8]| rocks.contains(&[Digest::of(raw)]).unwrap()[0];
+        assert!(held(&found) && held(&uploaded), "pr-1's share took blobs main relies on");
+        assert!(!held(&noise(0)), "pr-1 lost its own oldest instead");
     }
 
     #[tokio::test]

@@ -16,6 +16,9 @@ pub const CF_BLOBS: &str = "blobs";
 pub const CF_CHUNKS: &str = "chunks";
 /// Access order for eviction: access time in ms (u64 BE) + `BlobKey` → empty.
 pub const CF_LRU: &str = "lru";
+/// Claims on blobs another owner holds: `BlobKey` + claimant owner (u64 BE) → version byte and
+/// the claimant's name. Eviction from the holder's account passes such a blob to a claimant.
+pub const CF_CLAIMS: &str = "blob_claims";
 /// Uploads in progress: upload id → `BlobKey`. Whatever is left here at start-up was cut off by
 /// a crash, and its chunks are deleted.
 pub const CF_PENDING: &str = "pending";
@@ -62,6 +65,7 @@ const ALL_CFS: &[&str] = &[
     CF_BLOBS,
     CF_CHUNKS,
     CF_LRU,
+    CF_CLAIMS,
     CF_PENDING,
     CF_GO_ACTIONS,
     CF_GO_ORDER,

@@ -352,6 +352,7 @@ impl GoCache {
             // The entries are bounded, but RocksDB's WAL and memtables behind them are written
             // first: not below the floor RocksDB needs.
             this.space.recheck()?;
+            this.store.claim(&[entry.digest]);
             this.entries.put_synced(&namespace, &action_id, &entry)?;
             this.stats.namespace(&namespace).go_puts.fetch_add(1, Ordering::Relaxed);
             this.forget_after_call();

@@ -41,6 +41,19 @@ pub fn mint_tokens(dir: &Path, tokens: &[(&str, &str)]) -> (String, Vec<(String,
     (file.display().to_string(), secrets)
 }
 
+/// Bytes no compressor shrinks much, different for every seed.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 /// Path of a workspace binary built next to this test executable (or this benchmark driver).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

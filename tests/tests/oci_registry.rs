@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cached_e2e::postgres::Postgres;
 use cached_e2e::s3::S3Server;
-use cached_e2e::{Daemon, binary, free_port, tool};
+use cached_e2e::{Daemon, binary, free_port, noise, tool};
 
 /// A cached with the registry on its own port, and the secrets of its tokens by name.
 struct Server {
@@ -683,6 +683,47 @@ fn with_tls_the_registry_serves_https_from_the_grpc_certificate() {
     assert!(challenge.headers.contains("realm=\"https://"), "{}", challenge.headers);
     assert_eq!(curl("GET", &url, Some(server.secret("ci")), &cacert, None).status, 200);
     assert_eq!(curl("GET", &url.replace("https", "http"), None, &[], None).status, 0, "no plain HTTP");
+}
+
+/// A tenant that pushes another's next blob first (a cosign signature's payload and public
+/// layers are predictable) held it on its own account, and its flood of its own pushes then
+/// evicted it: the other tenant's pull failed BLOB_UNKNOWN (its signature did not verify)
+/// although it had pushed the blob too. The blob now passes to that tenant's account.
+#[test]
+fn a_blob_pushed_first_by_a_flooder_stays_pullable_by_a_tenant_that_pushed_it_too() {
+    let server =
+        Server::start_with(&[("pr", "read,cas-write"), ("main", "read,cas-write")], &["--max-size", "4MiB"]);
+    let dir = tempfile::tempdir().unwrap();
+    let push = |token: &str, repo: &str, bytes: &[u8]| {
+        let file = dir.path().join("blob");
+        std::fs::write(&file, bytes).unwrap();
+        let url = server.url(&format!("/v2/{repo}/blobs/uploads/?digest={}", sha256(bytes)));
+        let pushed = curl("POST", &url, Some(server.secret(token)), &[], Some(&file));
+        assert_eq!(pushed.status, 201, "{}", pushed.body);
+    };
+    let payload = noise(1, 64 << 10);
+    push("pr", "pr/decoy", &payload);
+    push("main", "main/app", &payload);
+    // 12 MiB of the flooder's own blobs through a 4 MiB store.
+    for seed in 0..200 {
+        push("pr", "pr/flood", &noise(1000 + seed, 64 << 10));
+    }
+    let pulled = curl(
+        "GET",
+        &server.url(&format!("/v2/main/app/blobs/{}", sha256(&payload))),
+        Some(server.secret("main")),
+        &[],
+        None,
+    );
+    assert_eq!(pulled.status, 200, "the flood evicted a blob main pushed: {}", pulled.body);
+    let first = curl(
+        "GET",
+        &server.url(&format!("/v2/pr/flood/blobs/{}", sha256(&noise(1000, 64 << 10)))),
+        Some(server.secret("pr")),
+        &[],
+        None,
+    );
+    assert_eq!(first.status, 404, "the flood lost its own oldest blobs");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cached_client::connect::{Client, ConnectOptions};
 use cached_e2e::s3::S3Server;
-use cached_e2e::{Daemon, GoEnv, Running, binary, compile_actions, count_files, run, wipe};
+use cached_e2e::{Daemon, GoEnv, Running, binary, compile_actions, count_files, noise, run, wipe};
 use proto::frames::FrameEncoder;
 use proto::v1::{self, write_request};
 use proto::{Digest, FRAME_SIZE};
@@ -36,19 +36,6 @@ fn shared_stats(daemon: &Daemon) -> serde_json::Value {
     let out = cachectl(daemon, &["stats", "--json"]);
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
     stats["shared_store"].clone()
-}
-
-/// Bytes no compressor shrinks much, different for every seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 /// One token's local misses ask the bucket at most `max_shared_lookups` times a second (a

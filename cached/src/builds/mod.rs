@@ -415,6 +415,7 @@ impl Builds {
         // Records are bounded (`retention`), but RocksDB's WAL and memtables behind them are
         // written first: not below the floor RocksDB needs.
         self.history.space.recheck()?;
+        self.store.claim(&digests);
         let target = request.target.clone().unwrap_or_default();
         let manifest = request.manifest.take().unwrap_or_default();
         let now = now_ms();

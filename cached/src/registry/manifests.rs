@@ -445,6 +445,8 @@ async fn check_references(
         }
     };
     if !links.is_empty() {
+        // The manifest relies on its blobs, whoever pushed or stored them first.
+        registry.cas.claim(links.clone()).await?;
         // A link whose CAS blob is gone (evicted) is no blob: it is dropped, as a pull drops it.
         let present = registry.blob_presence(links).await?;
         let gone: Vec<usize> = present

@@ -491,6 +491,8 @@ async fn link(
 ) -> RegistryResult<()> {
     // A mount writes no spool, only this record: not below the floor either.
     check_free_space(&registry.space)?;
+    // The repository now relies on the blob, whoever stored it first.
+    registry.cas.claim(vec![digest]).await?;
     let (repo, bound) = (repo.clone(), std::sync::Arc::clone(&registry.bound));
     registry
         .records("registry link", move |records| {

@@ -167,7 +167,12 @@ impl FinishedJobs {
         if digests.is_empty() {
             return Ok(false);
         }
-        Ok(self.cas.contains(digests).await?.into_iter().all(|present| present))
+        let present = self.cas.contains(digests.clone()).await?.into_iter().all(|present| present);
+        if present {
+            // The submitter reusing the job relies on its results as much as the first one did.
+            self.cas.claim(digests).await?;
+        }
+        Ok(present)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {

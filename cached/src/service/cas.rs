@@ -37,7 +37,9 @@ impl v1::cas_server::Cas for CasService {
     ) -> Result<Response<v1::FindMissingResponse>, Status> {
         let wanted = digests(&request.get_ref().digests)?;
         let total = wanted.len() as u64;
-        let missing = self.cas.find_missing(wanted).await?;
+        let may_store =
+            crate::auth::grant(request.extensions())?.scopes.contains(crate::auth::Scope::CasWrite);
+        let missing = self.cas.find_missing(wanted, may_store).await?;
         let counters = self.stats.api("Cas.FindMissing");
         counters.hits.fetch_add(total - missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
         counters.misses.fetch_add(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);

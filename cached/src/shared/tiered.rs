@@ -229,6 +229,10 @@ impl BlobStore for Tiered {
     fn remove(&self, digest: &Digest) -> Result<()> {
         self.local.remove(digest)
     }
+
+    fn claim(&self, digests: &[Digest]) {
+        self.local.claim(digests)
+    }
 }
 
 /// For tests: replicas sharing one bucket, each token's misses held to one lookup a second.

@@ -70,6 +70,10 @@ impl<S: BlobStore> BlobStore for Metered<S> {
     fn remove(&self, digest: &Digest) -> Result<()> {
         self.inner.remove(digest)
     }
+
+    fn claim(&self, digests: &[Digest]) {
+        self.inner.claim(digests)
+    }
 }
 
 struct MeteredWriter {

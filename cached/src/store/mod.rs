@@ -79,6 +79,13 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Deletes a stored blob (one found corrupt); nothing happens when it is not stored.
     fn remove(&self, digest: &Digest) -> Result<()>;
+
+    /// Notes that the current caller relies on these blobs (it stored, linked or recorded one
+    /// another owner holds): should eviction take one from its holder's account, it passes to
+    /// a claimant's instead of going. Blobs this machine does not hold are left alone. A claim
+    /// that cannot be noted is logged, not an error of the call. No default, so a decorator
+    /// cannot forget to pass it on.
+    fn claim(&self, digests: &[Digest]);
 }
 
 type Frames = Box<dyn Iterator<Item = Result<Bytes>> + Send>;

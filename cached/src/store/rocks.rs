@@ -1,9 +1,12 @@
 //! The RocksDB backend: frames in `chunks` (BlobDB), metadata in `blobs`, committed together.
 //! Eviction (`lru`) is a part of it: it works on the same batches, under the same lock.
 
+mod claims;
 mod lru;
 mod owners;
 mod scrub;
+#[cfg(test)]
+mod testing;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -307,6 +310,7 @@ impl Inner {
     ) -> Result<()> {
         batch.delete_cf(cf(&self.db, CF_BLOBS)?, key.as_bytes());
         batch.delete_cf(cf(&self.db, CF_LRU)?, lru_key(meta.owner, meta.atime_ms, key));
+        self.delete_claims(batch, key)?;
         self.delete_chunks(batch, meta.upload_id, frame_count(meta.size))?;
         change.remove(meta);
         Ok(())
@@ -416,6 +420,10 @@ impl BlobStore for RocksStore {
     fn remove(&self, digest: &Digest) -> Result<()> {
         self.remove_if(&BlobKey::blake3(digest), |_| true).map(drop)
     }
+
+    fn claim(&self, digests: &[Digest]) {
+        self.claim_for_caller(digests)
+    }
 }
 
 struct RocksWriter {
@@ -456,8 +464,11 @@ impl FrameWriter for RocksWriter {
         let mut batch = WriteBatch::default();
         let mut change = ledger.change();
         match inner.meta(&self.key)? {
-            // The blob keeps its first owner.
-            Some(meta) if meta.sha256.is_some() => return Ok(Committed::AlreadyPresent),
+            // The blob keeps its first owner; this one claims it.
+            Some(meta) if meta.sha256.is_some() => {
+                inner.claim_locked(&ledger, &[Digest { hash: self.key.hash(), size: self.size }]);
+                return Ok(Committed::AlreadyPresent);
+            }
             // A blob from before SHA-256s were recorded: this verified upload replaces it.
             Some(legacy) => inner.delete_blob(&mut batch, &self.key, &legacy, &mut change)?,
             None => {}

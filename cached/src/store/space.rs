@@ -274,6 +274,10 @@ impl<S: BlobStore> BlobStore for SpaceGuarded<S> {
     fn remove(&self, digest: &Digest) -> Result<()> {
         self.inner.remove(digest)
     }
+
+    fn claim(&self, digests: &[Digest]) {
+        self.inner.claim(digests)
+    }
 }
 
 /// Looks again every `RECHECK_EVERY` bytes and at commit: a long upload may have taken the

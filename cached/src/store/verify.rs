@@ -83,6 +83,10 @@ impl<S: BlobStore + Clone> BlobStore for Verified<S> {
     fn remove(&self, digest: &Digest) -> Result<()> {
         self.inner.remove(digest)
     }
+
+    fn claim(&self, digests: &[Digest]) {
+        self.inner.claim(digests)
+    }
 }
 
 struct VerifyingWriter {

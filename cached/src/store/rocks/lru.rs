@@ -18,6 +18,9 @@ use crate::store::keys::{BlobKey, LRU_KEY_LEN, lru_key, u64_be};
 /// Blobs evicted per write batch: bounds the batch size and the time the commit lock is held.
 const EVICTION_BATCH: usize = 512;
 
+/// Rounds of fair-share eviction in which a blob another owner claimed passes to it.
+const HAND_OVER_ROUNDS: usize = 16;
+
 /// How long a blob may go unused before eviction takes it ahead of any owner's fair share.
 pub(super) const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
@@ -108,45 +111,86 @@ impl RocksStore {
         let mut evicted = Evicted::default();
         let idle_before = now_ms().saturating_sub(self.inner.idle_after_ms);
         for owner in self.idle_owners(ledger, idle_before)? {
-            let before = evicted.bytes;
-            self.evict_from(ledger, &Pass { owner: Some(owner), until: u64::MAX }, target, &mut evicted)?;
-            if evicted.bytes > before {
-                tracing::info!(
-                    owner = ledger.name_of(owner),
-                    evicted_bytes = evicted.bytes - before,
-                    "evicted the blobs of an owner nobody used for a day"
-                );
-            }
+            let pass = Pass { owner: Some(owner), until: u64::MAX, hand_over: true };
+            self.evict_logged(
+                ledger,
+                &pass,
+                target,
+                &mut evicted,
+                "evicted the blobs of an owner nobody used for a day",
+            )?;
         }
-        for (owner, excess) in ledger.excess_over(target) {
-            let before = evicted.bytes;
-            let pass = Pass { owner: Some(owner), until: before.saturating_add(excess) };
-            self.evict_from(ledger, &pass, target, &mut evicted)?;
-            if evicted.bytes > before {
-                tracing::info!(
-                    owner = ledger.name_of(owner),
-                    evicted_bytes = evicted.bytes - before,
-                    "evicted the blobs of an owner above its share"
-                );
+        // A blob handed over counts on its claimant's account from then on, which may take that
+        // one above the level: the shares are worked out again until the store is down to the
+        // target. Each round deletes blobs or uses up claims, so the rounds end; one that does
+        // neither leaves no owner above the level. Past HAND_OVER_ROUNDS owners lose blobs as
+        // they did before claims, which bounds the time the lock is held whatever the claims.
+        for round in 0.. {
+            if ledger.totals.stored_bytes <= target {
+                break;
+            }
+            let (shed, hand_over) = (evicted.shed(), round < HAND_OVER_ROUNDS);
+            for (owner, excess) in ledger.excess_over(target) {
+                let pass =
+                    Pass { owner: Some(owner), until: evicted.shed().saturating_add(excess), hand_over };
+                self.evict_logged(
+                    ledger,
+                    &pass,
+                    target,
+                    &mut evicted,
+                    "evicted the blobs of an owner above its share",
+                )?;
+            }
+            if evicted.shed() == shed {
+                break;
             }
         }
         let before = evicted.bytes;
-        self.evict_from(ledger, &Pass { owner: None, until: u64::MAX }, target, &mut evicted)?;
+        self.evict_from(
+            ledger,
+            &Pass { owner: None, until: u64::MAX, hand_over: false },
+            target,
+            &mut evicted,
+        )?;
         if evicted.bytes > before {
             tracing::warn!(evicted_bytes = evicted.bytes - before, "evicted blobs the owner accounts missed");
         }
         let inner = &self.inner;
         inner.evicted_blobs.fetch_add(evicted.blobs, Ordering::Relaxed);
         inner.evicted_bytes.fetch_add(evicted.bytes, Ordering::Relaxed);
-        if evicted.blobs > 0 {
+        if evicted.blobs > 0 || evicted.handed_bytes > 0 {
             tracing::info!(
                 evicted_blobs = evicted.blobs,
                 evicted_bytes = evicted.bytes,
+                handed_over_bytes = evicted.handed_bytes,
                 stored_bytes = ledger.totals.stored_bytes,
                 "evicted"
             );
         }
         Ok((evicted.blobs, evicted.bytes))
+    }
+
+    /// `evict_from` for one owner, logging what it took from it and what passed to claimants.
+    fn evict_logged(
+        &self,
+        ledger: &mut Ledger,
+        pass: &Pass,
+        target: u64,
+        evicted: &mut Evicted,
+        message: &'static str,
+    ) -> Result<()> {
+        let (bytes, handed) = (evicted.bytes, evicted.handed_bytes);
+        let owner = pass.owner.map(|owner| ledger.name_of(owner).to_owned()).unwrap_or_default();
+        self.evict_from(ledger, pass, target, evicted)?;
+        if evicted.bytes > bytes || evicted.handed_bytes > handed {
+            tracing::info!(
+                owner,
+                evicted_bytes = evicted.bytes - bytes,
+                handed_over_bytes = evicted.handed_bytes - handed,
+                "{message}"
+            );
+        }
+        Ok(())
     }
 
     /// The owners whose most recently used blob was last used before `idle_before`, the longest
@@ -181,7 +225,8 @@ impl RocksStore {
         let db = &inner.db;
         let lru = cf(db, CF_LRU)?;
         let prefix = pass.owner.map(u64::to_be_bytes);
-        let done = |stored: u64, evicted: &Evicted| stored <= target || evicted.bytes >= pass.until;
+        let done = |stored: u64, evicted: &Evicted| stored <= target || evicted.shed() >= pass.until;
+        let claims_after = now_ms().saturating_sub(inner.idle_after_ms);
         while !done(ledger.totals.stored_bytes, evicted) {
             let mut batch = WriteBatch::default();
             let mut change = ledger.change();
@@ -210,6 +255,15 @@ impl RocksStore {
                 if lru_key(meta.owner, meta.atime_ms, &key)[..] != lru_entry[..] {
                     continue;
                 }
+                let successor = match pass.hand_over {
+                    true => inner.successor(ledger, &change, &mut batch, &key, &meta, claims_after)?,
+                    false => None,
+                };
+                if let Some(claimant) = successor {
+                    inner.hand_over(&mut batch, &key, &meta, &claimant, &mut change)?;
+                    evicted.handed_bytes += meta.stored_bytes;
+                    continue;
+                }
                 inner.delete_blob(&mut batch, &key, &meta, &mut change)?;
                 evicted.blobs += 1;
                 evicted.bytes += meta.stored_bytes;
@@ -225,15 +279,25 @@ impl RocksStore {
     }
 }
 
-/// One walk of the access order: whose blobs, until how many bytes went.
+/// One walk of the access order: whose blobs, until how many bytes they shed, and whether a
+/// blob another owner claimed passes to it rather than going ([`super::claims`]).
 struct Pass {
     owner: Option<u64>,
     until: u64,
+    hand_over: bool,
 }
 
-/// What an eviction took.
+/// What an eviction took, and what it handed to claimants.
 #[derive(Default)]
 struct Evicted {
     blobs: u64,
     bytes: u64,
+    handed_bytes: u64,
+}
+
+impl Evicted {
+    /// What the owners walked lost: deleted or handed over.
+    fn shed(&self) -> u64 {
+        self.bytes + self.handed_bytes
+    }
 }

@@ -7,7 +7,9 @@
 //!
 //! A blob keeps its owner: storing it again (another caller's upload of the same bytes) does
 //! not move it, so a caller cannot take another's blobs onto its own account and then flood
-//! them out. Reads by anyone keep it recently used within its owner's blobs.
+//! them out; it claims it instead ([`super::claims`]), and the blob passes to a claimant when
+//! its owner's share would evict it. Reads by anyone keep it recently used within its owner's
+//! blobs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,6 +72,14 @@ impl Ledger {
     /// An empty change to the ledger as it is now.
     pub(super) fn change(&self) -> Change {
         Change { totals: self.totals, owners: Vec::new() }
+    }
+
+    /// What `owner` holds once `change` is written.
+    pub(super) fn held_after(&self, change: &Change, owner: u64) -> u64 {
+        let held = self.owners.get(&owner).map_or(0, |account| account.stored_bytes);
+        let pending: i128 =
+            change.owners.iter().filter(|(changed, _, _)| *changed == owner).map(|(_, delta, _)| delta).sum();
+        u64::try_from((i128::from(held) + pending).max(0)).unwrap_or(u64::MAX)
     }
 
     /// The accounts `change` leaves: each owner it touches, with its stored bytes.
@@ -262,32 +272,12 @@ fn attribute_earlier_blobs(db: &DB, totals: &StoreTotals) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use proto::Digest;
 
     use super::*;
+    use crate::store::Committed;
+    use crate::store::rocks::testing::{blob, held, store_as};
     use crate::store::rocks::{Budget, RocksStore};
-    use crate::store::{BlobStore, Committed};
-
-    /// Stores `data` as if `owner`'s call had uploaded it.
-    fn store_as(store: &RocksStore, owner: &str, data: &[u8]) -> Committed {
-        crate::caller::run_as(Some(Arc::from(owner)), || {
-            let mut writer = store.write(&Digest::of(data)).unwrap();
-            writer.put_frame(Bytes::copy_from_slice(data)).unwrap();
-            writer.record_sha256([7; 32]);
-            writer.commit().unwrap()
-        })
-    }
-
-    fn blob(owner: &str, i: usize) -> Vec<u8> {
-        let mut data = format!("{owner} blob {i} ").into_bytes();
-        data.resize(4096, b'.');
-        data
-    }
-
-    fn held(store: &RocksStore, data: &[u8]) -> bool {
-        store.stat(&[Digest::of(data)]).unwrap()[0].is_some()
-    }
 
     #[test]
     fn a_flood_of_one_owner_evicts_its_own_blobs_not_anothers() {
