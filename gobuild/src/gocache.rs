@@ -300,7 +300,8 @@ async fn unseen_files(
         if scans.is_empty() {
             return Ok(Vec::new());
         }
-        let found = includes::inputs(&scans, tree.as_deref(), &includes::LIMITS)?;
+        let module_cache = (!gomodcache.is_empty()).then(|| Path::new(&gomodcache));
+        let found = includes::inputs(&scans, tree.as_deref(), module_cache, &includes::LIMITS)?;
         let files = found
             .unseen_by_go
             .iter()

@@ -608,11 +608,13 @@ pub async fn derive(
         stamp(call, &mut manifest, &mains, Path::new(gomod)).await?;
     }
 
+    let module_cache = (!gomodcache.is_empty()).then(|| PathBuf::from(gomodcache));
     let (count, unseen_by_go, hashed) = cached_client::task::spawn_blocking("hash-inputs", move || {
         std::thread::scope(|scope| {
             // Whole modules (tens of MiB for a cgo module bundling its libraries), beside the rest.
             let checked = scope.spawn(|| native_modules.refuse_edited());
-            let unseen_by_go = add_included(&mut files, &include_scans, tree.as_deref(), &base)?;
+            let unseen_by_go =
+                add_included(&mut files, &include_scans, tree.as_deref(), module_cache.as_deref(), &base)?;
             let count = files.len();
             // The standard library's first: the toolchain's programs are the largest files.
             let mut all = std_files;
@@ -1010,12 +1012,13 @@ fn add_included(
     files: &mut Vec<FileInput>,
     scans: &[includes::Sources],
     tree: Option<&Path>,
+    module_cache: Option<&Path>,
     base: &Path,
 ) -> Result<BTreeSet<String>, NoKey> {
     if scans.is_empty() {
         return Ok(BTreeSet::new());
     }
-    let found = includes::inputs(scans, tree, &includes::LIMITS)?;
+    let found = includes::inputs(scans, tree, module_cache, &includes::LIMITS)?;
     let keyed: BTreeMap<PathBuf, String> =
         files.iter().map(|(name, path)| (includes::clean(path), name.clone())).collect();
     for path in found.files.into_iter().filter(|path| !keyed.contains_key(path)) {
@@ -1895,6 +1898,28 @@ mod tests {
             .await
             .expect_err("a header in the module cache took a key");
         assert!(refused.0.contains("CGO_CFLAGS names"), "{}", refused.0);
+    }
+
+    /// The same path written out in a `#cgo` line of the build's own package: the scan took it
+    /// for the machine's, like /usr/include, and an edited header there kept the key.
+    #[tokio::test]
+    async fn a_cgo_line_naming_the_module_cache_in_full_gives_no_key() {
+        let root = tempfile::tempdir().unwrap();
+        let include = root.path().join("modcache/example.com/dep@v1.0.0/include");
+        let main = format!(
+            "package main\n\n// #cgo CFLAGS: -I{}\n// #include <value.h>\nimport \"C\"\n\nfunc main() {{ println(C.VALUE) }}\n",
+            include.display()
+        );
+        let (cache, app) = crate::testing::module_cache_and_app_of(
+            root.path(),
+            &[("include/value.h", "#define VALUE 1\n")],
+            &main,
+        );
+        let env = [("GOMODCACHE", cache.to_str().unwrap()), ("CGO_ENABLED", "1")];
+        let refused = try_derive_with(&Processes::default(), &app, &["-trimpath", "."], &env)
+            .await
+            .expect_err("a header in the module cache took a key");
+        assert!(refused.0.contains("inside the module cache"), "{}", refused.0);
     }
 
     /// The directory hash is the one `go mod verify` checks a module cache against: it passes

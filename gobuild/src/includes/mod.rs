@@ -82,10 +82,21 @@ pub struct Included {
 
 /// What `packages` read, opening nothing outside their modules and `tree` (the directory the
 /// build's sources came in: a job's tree, a developer's repository), where headers shared
-/// by several modules may sit.
-pub fn inputs(packages: &[Sources], tree: Option<&Path>, limits: &Limits) -> Result<Included, NoKey> {
+/// by several modules may sit. A `#cgo` flag naming a path in `module_cache` (GOMODCACHE)
+/// written out in full gives no key: other builds on the machine write there.
+pub fn inputs(
+    packages: &[Sources],
+    tree: Option<&Path>,
+    module_cache: Option<&Path>,
+    limits: &Limits,
+) -> Result<Included, NoKey> {
     let roots = Roots::of(packages, tree);
-    let mut scan = Scan { limits: *limits, files: 0, bytes: 0, found: Included::default(), roots };
+    let module_cache = module_cache.map_or_else(Vec::new, |cache| {
+        let resolved = std::fs::canonicalize(cache).ok();
+        std::iter::once(clean(cache)).chain(resolved).collect()
+    });
+    let mut scan =
+        Scan { limits: *limits, files: 0, bytes: 0, found: Included::default(), roots, module_cache };
     for sources in packages {
         scan.package(sources)?;
     }
@@ -104,7 +115,9 @@ pub fn refuse_flags_outside_modules(
     limits: &Limits,
 ) -> Result<(), NoKey> {
     let roots = Roots::of(packages, None);
-    let mut scan = Scan { limits: *limits, files: 0, bytes: 0, found: Included::default(), roots };
+    let module_cache = Vec::new();
+    let mut scan =
+        Scan { limits: *limits, files: 0, bytes: 0, found: Included::default(), roots, module_cache };
     for sources in packages {
         scan.flags(sources, gomodcache).map_err(|err| {
             NoKey(format!(
@@ -172,6 +185,8 @@ struct Scan {
     bytes: u64,
     found: Included,
     roots: Roots,
+    /// GOMODCACHE, as written and resolved, for the scan of a build's own packages.
+    module_cache: Vec<PathBuf>,
 }
 
 /// The directories a scan may read in: the scanned packages' modules and the source tree, as
@@ -613,6 +628,9 @@ impl Scan {
                 "which may lead into the build's own tree (a `..` part, /proc or /dev/fd)"
             } else if self.roots.0.holds(&clean(path)) {
                 "inside the build's modules or source tree"
+            } else if self.in_module_cache(path) {
+                "inside the module cache (GOMODCACHE), where other builds on this machine may have \
+                 edited it; require the module and name the files from a package of it"
             } else {
                 continue;
             };
@@ -623,6 +641,14 @@ impl Scan {
             )));
         }
         Ok(())
+    }
+
+    /// Whether `path` is in the module cache, by its name or resolved.
+    fn in_module_cache(&self, path: &Path) -> bool {
+        let resolved = std::fs::canonicalize(path).ok();
+        std::iter::once(clean(path))
+            .chain(resolved)
+            .any(|path| self.module_cache.iter().any(|cache| path.starts_with(cache)))
     }
 
     fn cgo_path(
@@ -908,12 +934,12 @@ mod tests {
 
     /// The files found, relative to `root`.
     fn found(root: &Path, packages: &[Sources]) -> Vec<String> {
-        let found = inputs(packages, None, &LIMITS).unwrap();
+        let found = inputs(packages, None, None, &LIMITS).unwrap();
         found.files.iter().map(|path| crate::inputs::relative(path, root)).collect()
     }
 
     fn refusal(packages: &[Sources], limits: &Limits) -> String {
-        inputs(packages, None, limits).unwrap_err().0
+        inputs(packages, None, None, limits).unwrap_err().0
     }
 
     /// A job's sources are read by the agent, not as the build user: nothing outside the
@@ -984,12 +1010,12 @@ mod tests {
         );
         let module = repo.path().join("go");
         let sources = [package(&module, "cmd/app", &["a.s"], &[])];
-        let refused = inputs(&sources, None, &LIMITS).unwrap_err().0;
+        let refused = inputs(&sources, None, None, &LIMITS).unwrap_err().0;
         assert!(refused.contains("outside its modules and source tree"), "{refused}");
-        let refused = inputs(&sources, Some(repo.path()), &LIMITS).unwrap_err().0;
+        let refused = inputs(&sources, Some(repo.path()), None, &LIMITS).unwrap_err().0;
         assert!(refused.contains("outside.h"), "past the tree it still stops: {refused}");
         write(repo.path(), &[("include/val.h", "#define VALUE 1\n")]);
-        let found = inputs(&sources, Some(repo.path()), &LIMITS).unwrap();
+        let found = inputs(&sources, Some(repo.path()), None, &LIMITS).unwrap();
         assert_eq!(found.files, BTreeSet::from([repo.path().join("include/val.h")]));
     }
 
@@ -1312,9 +1338,9 @@ mod tests {
         );
         let a = package(root.path(), "a", &["a_amd64.s", "a.h"], &[]);
         let b = package(root.path(), "b", &["b_amd64.s"], &[]);
-        let own = inputs(std::slice::from_ref(&a), None, &LIMITS).unwrap();
+        let own = inputs(std::slice::from_ref(&a), None, None, &LIMITS).unwrap();
         assert!(own.unseen_by_go.is_empty(), "{own:?}");
-        let other = inputs(&[a, b], None, &LIMITS).unwrap();
+        let other = inputs(&[a, b], None, None, &LIMITS).unwrap();
         assert_eq!(other.unseen_by_go, BTreeSet::from([root.path().join("a/a.h")]), "{other:?}");
         assert_eq!(other.files.len(), 1, "{other:?}");
     }
@@ -1345,7 +1371,7 @@ mod tests {
         write(root.path(), &files);
         let packages = [package(root.path(), "p", &["a.c"], &[])];
         // a.c, then each header found and read.
-        assert!(inputs(&packages, None, &Limits { files: 21, bytes: 1 << 20 }).is_ok());
+        assert!(inputs(&packages, None, None, &Limits { files: 21, bytes: 1 << 20 }).is_ok());
         let err = refusal(&packages, &Limits { files: 20, bytes: 1 << 20 });
         assert!(err.contains("more than 20 files"), "{err}");
         let err = refusal(&packages, &Limits { files: 100, bytes: 100 });
@@ -1425,7 +1451,7 @@ mod tests {
             let root = tempfile::tempdir().unwrap();
             write(root.path(), &[("p/v.c", source), ("p/p.go", cgo), ("p/val.h", "#define VALUE 1\n")]);
             let sources = [package(root.path(), "p", &["v.c"], &["p.go"])];
-            assert!(inputs(&sources, None, &LIMITS).is_ok());
+            assert!(inputs(&sources, None, None, &LIMITS).is_ok());
             for precompiled in ["val.h.gch", "val.h.pch"] {
                 write(root.path(), &[(&format!("p/{precompiled}"), "compiled from another val.h")]);
                 let refusal = refusal(&sources, &LIMITS);
@@ -1476,7 +1502,10 @@ mod tests {
                 root.path(),
                 &[("p/p.go", &cgo(flags)), ("p/lib/libval.so", library), ("p/lib/bar.ld", "INPUT(x)")],
             );
-            assert!(inputs(&[package(root.path(), "p", &[], &["p.go"])], None, &LIMITS).is_err(), "{flags}");
+            assert!(
+                inputs(&[package(root.path(), "p", &[], &["p.go"])], None, None, &LIMITS).is_err(),
+                "{flags}"
+            );
         }
         let root = tempfile::tempdir().unwrap();
         write(
@@ -1728,7 +1757,7 @@ mod tests {
         ] {
             let go = format!("package p\n\n// #cgo {flags}\n// #include \"greet.h\"\nimport \"C\"\n");
             write(root.path(), &[("p/x.go", go.as_str())]);
-            let refused = inputs(&[package(root.path(), "p", &[], &["x.go"])], None, &LIMITS);
+            let refused = inputs(&[package(root.path(), "p", &[], &["x.go"])], None, None, &LIMITS);
             let refused = refused.expect_err(&flags).0;
             assert!(refused.contains("a #cgo flag of"), "{flags}: {refused}");
         }
