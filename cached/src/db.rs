@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Options};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Options, SliceTransform,
+};
 
 use crate::error::{Error, Result};
 
@@ -19,6 +21,8 @@ pub const CF_LRU: &str = "lru";
 /// Claims on blobs another owner holds: `BlobKey` + claimant owner (u64 BE) → version byte and
 /// the claimant's name. Eviction from the holder's account passes such a blob to a claimant.
 pub const CF_CLAIMS: &str = "blob_claims";
+/// The part of a claim's key that names its blob.
+pub const CLAIMS_PREFIX_LEN: usize = 33;
 /// Uploads in progress: upload id → `BlobKey`. Whatever is left here at start-up was cut off by
 /// a crash, and its chunks are deleted.
 pub const CF_PENDING: &str = "pending";
@@ -146,6 +150,12 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
             // Files thick with deletions are compacted early, so a walk from the front does
             // not step over every deleted row.
             options.add_compact_on_deletion_collector_factory(16 << 10, 8 << 10, 0.5);
+        }
+        if name == CF_CLAIMS {
+            // Eviction looks up the claims of every blob it takes, nearly all of which have
+            // none: a filter over the blob key answers those without reading a block.
+            options.set_prefix_extractor(SliceTransform::create_fixed_prefix(CLAIMS_PREFIX_LEN));
+            options.set_memtable_prefix_bloom_ratio(0.1);
         }
         options.set_compression_type(DBCompressionType::Lz4);
         options.set_write_buffer_size(META_MEMTABLE_BYTES);

@@ -7,16 +7,17 @@
 //! a claimant, charged to it from then on, instead of deleting it. Only the last holder's
 //! share, or the last resort of eviction, deletes a blob.
 //!
-//! A claim lasts as long as an owner's blobs do unused ([`super::lru::IDLE_AFTER`]): claiming
-//! again renews it, an older one passes nothing and goes when it is next looked at, so a
-//! finished pull request's claims do not keep blobs. Claims are bounded by the owners (tokens
-//! and tenants' lease shares) times the blobs they name; a blob's claims go with it.
+//! A claim lasts while the blob does: one that reads the blob daily may never store it again
+//! (a tag pulled, a Go entry hit). A claimant that has gone (a finished pull request) gets the
+//! blob only to lose it to the next eviction, which takes the blobs of owners nobody used for a
+//! day first, and passes it on again to another claimant. Claims are bounded by the owners
+//! (tokens and tenants' lease shares) times the blobs they name; a blob's claims go with it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use proto::Digest;
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::WriteBatch;
 
 use super::lru::now_ms;
 use super::owners::{Change, Ledger, current_owner};
@@ -27,8 +28,8 @@ use crate::store::keys::{BlobKey, BlobMeta, UNATTRIBUTED, lru_key, u64_be};
 
 const CLAIM_VERSION: u8 = 1;
 const CLAIM_KEY_LEN: usize = 33 + 8;
-/// A claim older than this is written again when its owner claims the blob again, so that a
-/// claim in use never reaches `IDLE_AFTER`.
+/// A claim older than this is written again when its owner claims the blob again: the time it
+/// carries is the blob's last use by the claimant when it passes to it.
 const RENEW_AFTER_MS: u64 = 60 * 60 * 1000;
 
 fn claim_key(blob: &BlobKey, owner: u64) -> [u8; CLAIM_KEY_LEN] {
@@ -171,7 +172,7 @@ impl Inner {
         let db = &self.db;
         let prefix = key.as_bytes();
         let mut claimants = Vec::new();
-        for item in db.iterator_cf(cf(db, CF_CLAIMS)?, IteratorMode::From(prefix, Direction::Forward)) {
+        for item in db.prefix_iterator_cf(cf(db, CF_CLAIMS)?, prefix) {
             let (claim, value) = item?;
             if !claim.starts_with(prefix) {
                 break;
@@ -185,30 +186,23 @@ impl Inner {
         Ok(claimants)
     }
 
-    /// The claimant the blob under `key` passes to when `meta.owner` loses it: of those that
-    /// claimed it since `live_after` (within `IDLE_AFTER`), the one holding the least, whose
-    /// share it is likeliest to fit in. Older claims are deleted in `batch`.
+    /// The claimant the blob under `key` passes to when `meta.owner` loses it: the one holding
+    /// the least, whose share it is likeliest to fit in (when it does not fit that one's, it
+    /// fits no claimant's). Holdings count the blobs the batch in progress (`change`) hands
+    /// over already.
     pub(super) fn successor(
         &self,
         ledger: &Ledger,
         change: &Change,
-        batch: &mut WriteBatch,
         key: &BlobKey,
         meta: &BlobMeta,
-        live_after: u64,
     ) -> Result<Option<Claimant>> {
-        // As the batch leaves them: the blobs it hands over count already.
         let held = |owner: u64| ledger.held_after(change, owner);
-        let (live, stale): (Vec<Claimant>, Vec<Claimant>) = self
+        Ok(self
             .claims_on(key)?
             .into_iter()
             .filter(|claimant| claimant.owner != meta.owner)
-            .partition(|claimant| claimant.claimed_ms >= live_after);
-        let claims = cf(&self.db, CF_CLAIMS)?;
-        for claimant in stale {
-            batch.delete_cf(claims, claim_key(key, claimant.owner));
-        }
-        Ok(live.into_iter().min_by_key(|claimant| (held(claimant.owner), claimant.owner)))
+            .min_by_key(|claimant| (held(claimant.owner), claimant.owner)))
     }
 
     /// Adds the passing of a blob from its holder to `claimant` to `batch`, as `change`: the
@@ -238,7 +232,7 @@ impl Inner {
     pub(super) fn delete_claims(&self, batch: &mut WriteBatch, key: &BlobKey) -> Result<()> {
         let claims = cf(&self.db, CF_CLAIMS)?;
         let prefix = key.as_bytes();
-        for item in self.db.iterator_cf(claims, IteratorMode::From(prefix, Direction::Forward)) {
+        for item in self.db.prefix_iterator_cf(claims, prefix) {
             let (claim, _) = item?;
             if !claim.starts_with(prefix) {
                 break;
@@ -293,26 +287,29 @@ mod tests {
         assert_eq!(accounted, ledger.totals.stored_bytes);
     }
 
-    /// A finished pull request's claims keep nothing: a claim nobody renewed within the idle
-    /// time passes no blob, and goes.
+    /// A claim keeps passing the blob however long ago it was made: a tenant that pulls its tag
+    /// every day never stores its layers again (an audit: a claim that lapsed after a day let a
+    /// flood made a day later take the layer). A claimant that has gone gets the blob only to
+    /// lose it to the next eviction, which takes the blobs of owners nobody used first.
     #[test]
-    fn a_claim_not_renewed_within_the_idle_time_passes_nothing() {
+    fn a_claim_older_than_the_idle_time_still_passes_the_blob() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::db::open(dir.path()).unwrap();
         let idle_after = std::time::Duration::from_millis(300);
-        let store =
-            RocksStore::open_idle_after(Arc::clone(&db), Budget::new(1 << 30, 0.9, 0.8), idle_after).unwrap();
-        let old = blob("main", 0);
-        store_as(&store, "main", &old);
-        crate::caller::run_as(Some(Arc::from("pr-1")), || store.claim(&[Digest::of(&old)]));
+        let store = RocksStore::open_idle_after(db, Budget::new(1 << 30, 0.9, 0.8), idle_after).unwrap();
+        let layer = blob("main's layer", 0);
+        store_as(&store, "pr-1", &layer);
+        crate::caller::run_as(Some(Arc::from("main")), || store.claim(&[Digest::of(&layer)]));
         std::thread::sleep(idle_after * 2);
-        for i in 1..=4 {
-            store_as(&store, "main", &blob("main", i));
+        for i in 0..20 {
+            store_as(&store, "pr-1", &blob("pr-1", i));
         }
+        store.evict_bytes(10 * 4096).unwrap();
+        assert!(held(&store, &layer), "a claim made before the idle time passed nothing");
+        assert_eq!(account(&store, "main"), 4096);
+        // Main has not used it since: it is the first to go now.
         store.evict_bytes(4096).unwrap();
-        assert!(!held(&store, &old), "main's oldest went, not to a claimant gone idle");
-        assert_eq!(account(&store, "pr-1"), 0);
-        assert_eq!(db.iterator_cf(cf(&db, CF_CLAIMS).unwrap(), IteratorMode::Start).count(), 0);
+        assert!(!held(&store, &layer));
     }
 
     /// A caller that only names the blob (a registry link, a Go entry, a build record, a client
@@ -343,7 +340,7 @@ mod tests {
         assert_eq!(claimants, [owner_id("pr-1")]);
         store.remove(&digest).unwrap();
         assert!(store.inner.claims_on(&key).unwrap().is_empty(), "a blob's claims go with it");
-        let claims = db.iterator_cf(cf(&db, CF_CLAIMS).unwrap(), IteratorMode::Start).count();
+        let claims = db.iterator_cf(cf(&db, CF_CLAIMS).unwrap(), rocksdb::IteratorMode::Start).count();
         assert_eq!(claims, 0);
     }
 }

@@ -226,7 +226,6 @@ impl RocksStore {
         let lru = cf(db, CF_LRU)?;
         let prefix = pass.owner.map(u64::to_be_bytes);
         let done = |stored: u64, evicted: &Evicted| stored <= target || evicted.shed() >= pass.until;
-        let claims_after = now_ms().saturating_sub(inner.idle_after_ms);
         while !done(ledger.totals.stored_bytes, evicted) {
             let mut batch = WriteBatch::default();
             let mut change = ledger.change();
@@ -256,7 +255,7 @@ impl RocksStore {
                     continue;
                 }
                 let successor = match pass.hand_over {
-                    true => inner.successor(ledger, &change, &mut batch, &key, &meta, claims_after)?,
+                    true => inner.successor(ledger, &change, &key, &meta)?,
                     false => None,
                 };
                 if let Some(claimant) = successor {
