@@ -105,6 +105,19 @@ enum Untrusted {
     Own(Mutex<HashMap<ActionId, Entry>>),
 }
 
+/// The replicas `server` names (`--server`, several separated by commas), each once and in
+/// one order, so that the jobs of one deployment name it alike.
+pub fn server_identity(server: &str) -> String {
+    let mut replicas: Vec<String> = server
+        .split(',')
+        .map(|replica| replica.trim().trim_end_matches('/').to_ascii_lowercase())
+        .filter(|replica| !replica.is_empty())
+        .collect();
+    replicas.sort_unstable();
+    replicas.dedup();
+    replicas.join(",")
+}
+
 impl DiskTier {
     /// Opens (creating) the tier at `root`, which becomes absolute.
     pub fn open(root: &Path, max_size: u64) -> Result<Self, DiskError> {
@@ -128,13 +141,23 @@ impl DiskTier {
         })
     }
 
-    /// Keeps the records of `namespace` apart from every other namespace's; the default
-    /// namespace (`""` or `default`, as cached reads them) keeps the plain layout.
-    pub fn in_namespace(mut self, namespace: &str) -> Self {
-        self.namespace_salt = (!namespace.is_empty() && namespace != "default").then(|| {
+    /// Keeps the records of `namespace` on `server` (the replicas the session was told to
+    /// use; `None`: none, a local session) apart from every other namespace's and server's: a
+    /// session vouches for what it records, and lands, by its own server's word, which says
+    /// nothing of what another deployment's namespace of the same name holds. A local session
+    /// in the default namespace (`""` or `default`, as cached reads them) keeps the plain
+    /// layout of earlier versions.
+    pub fn in_namespace(mut self, server: Option<&str>, namespace: &str) -> Self {
+        let default = namespace.is_empty() || namespace == "default";
+        self.namespace_salt = (server.is_some() || !default).then(|| {
             let mut salt = Sha256::new();
             salt.update(b"cachectl gocacheprog local records\0");
-            salt.update(namespace.as_bytes());
+            if let Some(server) = server {
+                salt.update(b"server\0");
+                salt.update(server_identity(server).as_bytes());
+                salt.update(b"\0");
+            }
+            salt.update(if default { "" } else { namespace }.as_bytes());
             salt.finalize().into()
         });
         self
@@ -665,7 +688,7 @@ mod tests {
     #[test]
     fn trusted_sessions_never_read_what_an_untrusted_one_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("main");
+        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace(None, "main");
         let untrusted = || trusted().untrusted(Some("pr-1"));
         let (honest, other) = (ActionId([1; 32]), ActionId([2; 32]));
         let honest_body = put(&trusted(), 1, b"main's object");
@@ -700,7 +723,7 @@ mod tests {
             session.has_entry(&ActionId([4; 32])) && !trusted().untrusted(None).has_entry(&ActionId([4; 32]))
         );
         // The default namespace, unsalted for trusted sessions, is kept apart as well.
-        let default = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("default");
+        let default = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace(None, "default");
         put(&default().untrusted(None), 3, b"planted in default");
         assert!(default().lookup(&ActionId([3; 32])).unwrap().is_none());
     }
@@ -711,7 +734,7 @@ mod tests {
     #[test]
     fn records_wait_for_the_sessions_trust_to_be_known() {
         let dir = tempfile::tempdir().unwrap();
-        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("main");
+        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace(None, "main");
         let (first, second) = (ActionId([1; 32]), ActionId([2; 32]));
         for (told, scope) in [(false, None), (false, Some("pr-1")), (true, None)] {
             let session = trusted().awaiting_trust();
@@ -732,7 +755,7 @@ mod tests {
     #[test]
     fn test_logs_naming_files_are_taken_by_trusted_sessions_only() {
         let dir = tempfile::tempdir().unwrap();
-        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("main");
+        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace(None, "main");
         let log = put(&trusted(), 1, b"# test log\nopen testdata/golden.txt\n");
         let env_only = put(&trusted(), 2, b"# test log\ngetenv HOME\n");
         let scoped = trusted().untrusted(Some("pr-1"));
@@ -758,7 +781,7 @@ mod tests {
     #[test]
     fn go_index_entries_are_taken_by_trusted_sessions_only() {
         let dir = tempfile::tempdir().unwrap();
-        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace("main");
+        let trusted = || DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace(None, "main");
         let index = put(&trusted(), 1, b"go index v2\n\0\0\0\0main's files");
         let scoped = trusted().untrusted(Some("pr-1"));
         let own_index = put(&scoped, 2, b"go index v2\n\0\0\0\0the pull request's earlier files");
@@ -776,7 +799,8 @@ mod tests {
     #[test]
     fn namespaces_keep_their_records_apart_and_share_bodies() {
         let dir = tempfile::tempdir().unwrap();
-        let open = |namespace: &str| DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace(namespace);
+        let open =
+            |namespace: &str| DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace(None, namespace);
         let team = open("team");
         let body = put(&team, 1, b"team's body");
         let action = ActionId([1; 32]);
@@ -790,6 +814,34 @@ mod tests {
         put(&open(""), 2, b"plain");
         assert!(open("default").has_entry(&ActionId([2; 32])));
         assert!(dir.path().join("a/02").join(ActionId([2; 32]).to_string()).is_file());
+    }
+
+    /// A runner shared by the jobs of two deployments: a session writing namespace `main` on
+    /// one cached (any caller may write on a runner-local one without tokens) recorded what
+    /// main's sessions on the other then served as their own (an audit, end to end: the honest
+    /// build printed the other tree's value, and its whole-build record spread it).
+    #[test]
+    fn records_of_one_server_are_not_read_by_sessions_of_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let open =
+            |server: Option<&str>| DiskTier::open(dir.path(), 1 << 30).unwrap().in_namespace(server, "main");
+        let action = ActionId([1; 32]);
+        let body = put(&open(Some("http://other:9092")), 1, b"another deployment's object");
+        for server in [Some("http://central:9092"), None] {
+            assert!(
+                open(server).lookup(&action).unwrap().is_none(),
+                "{server:?} read another server's record"
+            );
+        }
+        // One deployment named alike by its jobs, replicas in any order.
+        let replicas = open(Some("http://a:1, http://b:1/")).lookup(&action).unwrap();
+        assert!(replicas.is_none());
+        put(&open(Some("http://a:1,http://b:1")), 2, b"the deployment's object");
+        assert!(open(Some("http://B:1/,http://a:1")).has_entry(&ActionId([2; 32])));
+        assert_eq!(
+            open(Some("http://central:9092")).existing_output(&output_id(b"another deployment's object"), 27),
+            Some(body)
+        );
     }
 
     #[test]

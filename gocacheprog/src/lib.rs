@@ -88,7 +88,7 @@ pub async fn run(options: Options) -> Result<()> {
             what: "cannot use the local cache directory".into(),
             source: err.into(),
         })?
-        .in_namespace(&options.namespace);
+        .in_namespace(options.server.as_deref(), &options.namespace);
     let counters = Arc::new(counters::Counters::default());
     let remote = options.server.as_ref().and_then(|server| {
         let (namespace, counters) = (options.namespace.clone(), Arc::clone(&counters));
@@ -110,7 +110,10 @@ pub async fn run(options: Options) -> Result<()> {
         .then(|| tiers::TrustCheck { scope: options.untrusted_scope.clone() });
     let keys = options.preload.then(|| session::KeyInputs::from_process(&options.namespace).keys());
     let warm = match &remote {
-        Some(_) => warm_link::WarmLink::connect(disk.root(), &options.namespace, keys.as_ref()).await,
+        Some(_) => {
+            let server = options.server.as_deref().unwrap_or_default();
+            warm_link::WarmLink::connect(disk.root(), server, &options.namespace, keys.as_ref()).await
+        }
         None => None,
     };
     let preload = keys.map(|keys| {

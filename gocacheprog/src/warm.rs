@@ -70,8 +70,8 @@ pub async fn run(options: WarmOptions) -> Result<String, WarmError> {
     let started = Instant::now();
     let disk = DiskTier::open(&options.dir, options.max_size)
         .map_err(WarmError::Disk)?
-        .in_namespace(&options.namespace);
-    let socket = warm_wire::socket_path(disk.root(), &options.namespace);
+        .in_namespace(Some(&options.server), &options.namespace);
+    let socket = warm_wire::socket_path(disk.root(), &options.server, &options.namespace);
     let Some(listener) = listen(&socket).await? else {
         return Ok("cachectl warm: another warm is landing into this local cache; leaving it to it".into());
     };

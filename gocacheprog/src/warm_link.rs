@@ -47,8 +47,13 @@ struct Waiting {
 impl WarmLink {
     /// Joins the warm of `namespace` in the local tier at `root`, if one is running, as the
     /// session with `keys`. Needs a tokio runtime.
-    pub async fn connect(root: &Path, namespace: &str, keys: Option<&Keys>) -> Option<Arc<Self>> {
-        let stream = UnixStream::connect(warm_wire::socket_path(root, namespace)).await.ok()?;
+    pub async fn connect(
+        root: &Path,
+        server: &str,
+        namespace: &str,
+        keys: Option<&Keys>,
+    ) -> Option<Arc<Self>> {
+        let stream = UnixStream::connect(warm_wire::socket_path(root, server, namespace)).await.ok()?;
         if !warm_wire::same_user(&stream) {
             tracing::warn!("the warm socket of this local cache is another user's; not joining it");
             return None;
@@ -172,10 +177,13 @@ mod tests {
     async fn lookups_fall_back_once_the_warm_dies_mid_answer() {
         let dir = tempfile::tempdir().unwrap();
         let keys = Keys { exact: None, shared: ActionId([9; 32]) };
-        assert!(WarmLink::connect(dir.path(), "ns", Some(&keys)).await.is_none(), "no warm, no link");
-        let listener = UnixListener::bind(warm_wire::socket_path(dir.path(), "ns")).unwrap();
+        assert!(
+            WarmLink::connect(dir.path(), "http://s", "ns", Some(&keys)).await.is_none(),
+            "no warm, no link"
+        );
+        let listener = UnixListener::bind(warm_wire::socket_path(dir.path(), "http://s", "ns")).unwrap();
         let warm = cached_client::task::spawn("fake-warm", one_answer_then_die(listener));
-        let link = WarmLink::connect(dir.path(), "ns", Some(&keys)).await.unwrap();
+        let link = WarmLink::connect(dir.path(), "http://s", "ns", Some(&keys)).await.unwrap();
         assert!(!link.lands_our_list());
         assert_eq!(link.ask(ActionId([1; 32])).await, Answer::Landed);
         // The warm dies with this one asked: it is fetched without it, as is every later one.

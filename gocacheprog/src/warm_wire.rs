@@ -38,11 +38,18 @@ impl Answer {
     }
 }
 
-/// The socket of the warm for `namespace` in the local tier at `root`.
-pub fn socket_path(root: &Path, namespace: &str) -> PathBuf {
+/// The socket of the warm for `namespace` on `server` in the local tier at `root`: a bridge
+/// joins only a warm landing from its own server, as the tier keeps records apart
+/// ([`crate::disk::DiskTier::in_namespace`]).
+pub fn socket_path(root: &Path, server: &str, namespace: &str) -> PathBuf {
     // cached reads "" and "default" as one namespace, and so does the local tier.
     let namespace = if namespace.is_empty() { "default" } else { namespace };
-    let hash = Sha256::new().chain_update(b"cachectl warm socket\0").chain_update(namespace).finalize();
+    let hash = Sha256::new()
+        .chain_update(b"cachectl warm socket\0")
+        .chain_update(crate::disk::server_identity(server))
+        .chain_update(b"\0")
+        .chain_update(namespace)
+        .finalize();
     let hex: String = hash[..8].iter().map(|byte| format!("{byte:02x}")).collect();
     root.join(format!("warm-{hex}.sock"))
 }
@@ -210,8 +217,10 @@ mod tests {
     #[test]
     fn each_namespace_has_its_socket() {
         let root = Path::new("/tier");
-        assert_eq!(socket_path(root, ""), socket_path(root, "default"));
-        assert_ne!(socket_path(root, "team"), socket_path(root, "default"));
-        assert!(socket_path(root, "team").starts_with(root));
+        let server = "http://127.0.0.1:1";
+        assert_eq!(socket_path(root, server, ""), socket_path(root, server, "default"));
+        assert_ne!(socket_path(root, server, "team"), socket_path(root, server, "default"));
+        assert_ne!(socket_path(root, server, "team"), socket_path(root, "http://127.0.0.1:2", "team"));
+        assert!(socket_path(root, server, "team").starts_with(root));
     }
 }
