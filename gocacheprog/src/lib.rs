@@ -34,6 +34,7 @@ pub mod tiers;
 pub mod trim;
 pub mod trust;
 pub mod uploads;
+pub mod vouched;
 pub mod warm;
 pub mod warm_link;
 pub mod warm_wire;
@@ -101,13 +102,29 @@ pub async fn run(options: Options) -> Result<()> {
     });
     // A session told it is trusted asks cached too: a pull request's CI job run without
     // --read-only must not leave what it built where main's sessions read.
-    let disk = match &remote {
+    let vouched = options.server.as_deref().map(|server| {
+        let token = options.connect.token.as_ref().map(|token| token.expose());
+        vouched::Vouched::new(disk.root(), server, &options.namespace, token)
+    });
+    let disk = match (&remote, &vouched) {
         _ if options.read_only => disk.untrusted(options.untrusted_scope.as_deref()),
-        Some(_) => disk.awaiting_trust(),
-        None => disk,
+        (Some(_), _) => disk.awaiting_trust(),
+        // A server it cannot use cannot say whether this session may record.
+        (None, Some(vouched)) if !vouched.lately() => {
+            tracing::warn!(
+                "cached never said lately that this token may record in namespace {:?}: what this session \
+                 records stays its own",
+                options.namespace
+            );
+            disk.untrusted(options.untrusted_scope.as_deref())
+        }
+        (None, _) => disk,
     };
-    let trust_check = (remote.is_some() && !options.read_only)
-        .then(|| tiers::TrustCheck { scope: options.untrusted_scope.clone() });
+    let trust_check = remote
+        .as_ref()
+        .zip(vouched)
+        .filter(|_| !options.read_only)
+        .map(|(_, vouched)| tiers::TrustCheck { scope: options.untrusted_scope.clone(), vouched });
     let keys = options.preload.then(|| session::KeyInputs::from_process(&options.namespace).keys());
     let warm = match &remote {
         Some(_) => {

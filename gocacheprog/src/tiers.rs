@@ -38,6 +38,8 @@ pub struct TierOptions {
 pub struct TrustCheck {
     /// Which sessions share its records if it is not trusted (`--untrusted-scope`).
     pub scope: Option<String>,
+    /// cached's last yes to this token, for when it cannot answer.
+    pub vouched: crate::vouched::Vouched,
 }
 
 pub struct Tiers {
@@ -76,7 +78,12 @@ impl Tiers {
             .filter(|_| upload)
             .map(|remote| Uploader::start(Arc::clone(remote), Arc::clone(&counters)));
         let trust = options.trust_check.as_ref().zip(remote.as_ref()).map(|(check, remote)| {
-            Arc::new(Trust::new(Arc::clone(&disk), Arc::clone(remote), check.scope.clone()))
+            Arc::new(Trust::new(
+                Arc::clone(&disk),
+                Arc::clone(remote),
+                check.scope.clone(),
+                check.vouched.clone(),
+            ))
         });
         Self {
             flights: Arc::new(Flights::new(Arc::clone(&disk), remote.clone(), options.warm.clone())),

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::disk::DiskTier;
 use super::remote::RemoteTier;
+use super::vouched::Vouched;
 
 /// How long `close` waits for an answer still coming: what a session recorded without one
 /// stays its own.
@@ -22,14 +23,21 @@ pub struct Trust {
     remote: Arc<RemoteTier>,
     /// Which sessions share its records if it is not trusted (`--untrusted-scope`).
     scope: Option<String>,
+    /// cached's last yes to this token, for when it cannot answer.
+    vouched: Vouched,
     /// True once the answer is in (or the question given up).
     settled: watch::Sender<bool>,
     asked: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Trust {
-    pub fn new(disk: Arc<DiskTier>, remote: Arc<RemoteTier>, scope: Option<String>) -> Self {
-        Self { disk, remote, scope, settled: watch::Sender::new(false), asked: Mutex::new(None) }
+    pub fn new(
+        disk: Arc<DiskTier>,
+        remote: Arc<RemoteTier>,
+        scope: Option<String>,
+        vouched: Vouched,
+    ) -> Self {
+        Self { disk, remote, scope, vouched, settled: watch::Sender::new(false), asked: Mutex::new(None) }
     }
 
     /// Asks, in the background.
@@ -45,11 +53,31 @@ impl Trust {
                     this.remote.server()
                 );
             }
-            // Unknown (cached unreachable, or a version without the question) is what the
-            // session was told: an outage must not empty the runners' local tiers.
-            this.settle(may_put != Some(false)).await;
+            let trusted = match may_put {
+                Some(answer) => {
+                    this.vouched.note(answer);
+                    answer
+                }
+                None => this.unanswered(),
+            };
+            this.settle(trusted).await;
         });
         *self.asked.lock().unwrap_or_else(PoisonError::into_inner) = Some(asked);
+    }
+
+    /// Whether a session cached could not answer is trusted: if cached said yes to its token
+    /// lately, so that an outage does not empty the runners' local tiers; else not, so that
+    /// no pull request's job breaks its own connection to record where main's sessions read.
+    fn unanswered(&self) -> bool {
+        let lately = self.vouched.lately();
+        if !lately {
+            tracing::warn!(
+                "cached at {} did not say whether this session may record, and has not said yes to this \
+                 token lately: what it records stays its own",
+                self.remote.server()
+            );
+        }
+        lately
     }
 
     async fn settle(&self, trusted: bool) {
@@ -74,8 +102,8 @@ impl Trust {
         let Some(mut asked) = asked else { return };
         match tokio::time::timeout(CLOSE_WAIT, &mut asked).await {
             Ok(Ok(())) => {}
-            // The question itself failed: as told.
-            Ok(Err(_)) => self.settle(true).await,
+            // The question itself failed: as when cached cannot answer.
+            Ok(Err(_)) => self.settle(self.unanswered()).await,
             Err(_) => {
                 asked.abort();
                 tracing::warn!(

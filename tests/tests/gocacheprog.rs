@@ -229,6 +229,42 @@ fn a_session_whose_token_may_not_record_keeps_its_records_from_trusted_ones() {
     assert!(counted(&main, "uploaded") > 0 && !said.contains("may not record"), "{said}");
 }
 
+/// The same pull request's job with a connection that fails (an audit: a CA file of its own
+/// checkout, `CACHED_TLS_CA=ci/ca.pem`, made garbage) could not be asked, and a session cached
+/// cannot answer was what it was told: trusted, recording where main read. It is trusted now
+/// only if cached said yes to its token lately, which a read-only token never hears.
+#[test]
+fn a_session_that_cannot_reach_cached_keeps_its_records_unless_its_token_was_told_yes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, secrets) =
+        cached_e2e::mint_tokens(dir.path(), &[("pr", "read"), ("main", "read,cas-write,ac-write")]);
+    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--tokens-file", &tokens]);
+    let tier = tempfile::tempdir().unwrap();
+    let garbage_ca = dir.path().join("ca.pem");
+    std::fs::write(&garbage_ca, "not a certificate").unwrap();
+    let env = GoEnv::new();
+    let build = |token: &str, broken: bool| {
+        env.wipe_gocache();
+        let secret = &secrets.iter().find(|(name, _)| name == token).unwrap().1;
+        let mut go = env.go_bridged(&["build", "./..."], tier.path(), Some(&daemon.url()));
+        go.env("CACHED_NAMESPACE", "main").env("CACHED_TOKEN_FILE", secret);
+        if broken {
+            go.env("CACHED_TLS_CA", &garbage_ca);
+        }
+        let built = run(go).success(token);
+        (summary(&built.stderr).to_owned(), built.stderr)
+    };
+    let (pr, said) = build("pr", true);
+    assert!(counted(&pr, "misses") > 0, "{pr}");
+    assert!(said.contains("what this session records stays its own"), "{said}");
+    let (main, _) = build("main", false);
+    assert_eq!(counted(&main, "local hits"), 0, "main used the pull request's records: {main}");
+    // Main's own token, told yes, stays trusted through a connection that fails.
+    let (main_broken, said) = build("main", true);
+    assert!(counted(&main_broken, "local hits") > 0, "{main_broken}");
+    assert!(!said.contains("stays its own"), "{said}");
+}
+
 /// Another pull request's read-only session on the same runner does not take what one recorded
 /// either (its objects answer action IDs that miss files its sources changed); sessions naming
 /// one scope (a pull request's go commands) share what they record.
