@@ -90,35 +90,33 @@ pub async fn run(options: Options) -> Result<()> {
             source: err.into(),
         })?
         .in_namespace(options.server.as_deref(), &options.namespace);
-    let counters = Arc::new(counters::Counters::default());
-    let remote = options.server.as_ref().and_then(|server| {
-        let (namespace, counters) = (options.namespace.clone(), Arc::clone(&counters));
-        remote::RemoteTier::new(server, &options.connect, namespace, options.timeout, counters)
-            // A cache problem never fails the build, a misconfigured one included: say it once.
-            .inspect_err(|err| {
-                tracing::warn!("cannot use cached ({err}); continuing with the local cache only");
-            })
-            .ok()
-    });
     // A session told it is trusted asks cached too: a pull request's CI job run without
     // --read-only must not leave what it built where main's sessions read.
     let vouched = options.server.as_deref().map(|server| {
         let token = options.connect.token.as_ref().map(|token| token.expose());
         vouched::Vouched::new(disk.root(), server, &options.namespace, token)
     });
-    let disk = match (&remote, &vouched) {
+    // A server it cannot use cannot say whether this session may record.
+    let unvouched = !options.read_only && vouched.as_ref().is_some_and(|vouched| !vouched.lately());
+    let counters = Arc::new(counters::Counters::default());
+    let remote = options.server.as_ref().and_then(|server| {
+        let (namespace, counters) = (options.namespace.clone(), Arc::clone(&counters));
+        remote::RemoteTier::new(server, &options.connect, namespace, options.timeout, counters)
+            // A cache problem never fails the build, a misconfigured one included: say it once.
+            .inspect_err(|err| {
+                let kept = match unvouched {
+                    true => "; what this session records stays its own (cached has not said lately that this token may record)",
+                    false => "",
+                };
+                tracing::warn!("cannot use cached ({err}); continuing with the local cache only{kept}");
+            })
+            .ok()
+    });
+    let disk = match &remote {
         _ if options.read_only => disk.untrusted(options.untrusted_scope.as_deref()),
-        (Some(_), _) => disk.awaiting_trust(),
-        // A server it cannot use cannot say whether this session may record.
-        (None, Some(vouched)) if !vouched.lately() => {
-            tracing::warn!(
-                "cached never said lately that this token may record in namespace {:?}: what this session \
-                 records stays its own",
-                options.namespace
-            );
-            disk.untrusted(options.untrusted_scope.as_deref())
-        }
-        (None, _) => disk,
+        Some(_) => disk.awaiting_trust(),
+        None if unvouched => disk.untrusted(options.untrusted_scope.as_deref()),
+        None => disk,
     };
     let trust_check = remote
         .as_ref()
