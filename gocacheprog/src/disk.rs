@@ -844,6 +844,12 @@ mod tests {
         );
     }
 
+    /// The answer errs on the side of running the test.
+    #[test]
+    fn a_body_that_cannot_be_read_counts_as_keyed_by_file_times() {
+        assert!(keyed_by_file_times(Path::new("/nonexistent/body"), 100));
+    }
+
     #[test]
     fn bodies_round_trip_as_absolute_executable_files() {
         let dir = tempfile::tempdir().unwrap();
